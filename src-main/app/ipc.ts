@@ -1,0 +1,47 @@
+// ipc.ts — serves the API contract to the window: one `api:<method>` channel per method, each call's
+// sender checked (our window, our app:// origin), answered with the dispatcher's envelope; push events
+// go out on `event:<name>`. Registering a channel twice fails at start-up.
+import { type BrowserWindow, type IpcMainInvokeEvent, ipcMain } from 'electron';
+
+import { methodNames } from '../api/contract.js';
+import type { Core } from '../core/core.js';
+
+export function checkSender(event: IpcMainInvokeEvent, win: BrowserWindow, origin: string): string | null {
+  if (event.sender.id !== win.webContents.id) return 'IPC from an unknown window';
+  const frame = event.senderFrame;
+  if (!frame) return 'IPC from a frame that is gone';
+  if (frame.parent !== null) return 'IPC from a sub-frame';
+  let frameOrigin: string;
+  try {
+    frameOrigin = new URL(frame.url).origin;
+  } catch {
+    return 'IPC from a frame without a URL';
+  }
+  return frameOrigin === origin ? null : `IPC from an unexpected origin ${frameOrigin}`;
+}
+
+const registered = new Set<string>();
+
+export function registerIpc(core: Core, win: BrowserWindow, origin: string): void {
+  for (const name of methodNames) {
+    const channel = `api:${name}`;
+    if (registered.has(channel)) throw new Error(`IPC channel ${channel} registered twice`);
+    registered.add(channel);
+    ipcMain.handle(channel, async (event, body: unknown) => {
+      const bad = checkSender(event, win, origin);
+      if (bad) return { ok: false, error: { code: 'UNAUTHORIZED', message: bad } };
+      return core.dispatcher.call(name, body);
+    });
+  }
+  const unsubscribe = core.events.subscribe((name, payload) => {
+    if (!win.isDestroyed()) win.webContents.send(`event:${name}`, payload);
+  });
+  win.webContents.on('did-finish-load', () => core.publishStatus(true));
+  win.on('closed', () => {
+    unsubscribe();
+    for (const name of methodNames) {
+      ipcMain.removeHandler(`api:${name}`);
+      registered.delete(`api:${name}`);
+    }
+  });
+}

@@ -1,0 +1,133 @@
+#!/usr/bin/env node
+// index.ts — `llms-train`, the command line with the same power as the app. Each subcommand is a thin
+// layer over src-main/core; what it prints for a person goes to stdout, errors go to stderr with a
+// non-zero exit. Subcommands for training, predict, eval, chat and merge arrive with their issues.
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+
+import { Command, InvalidArgumentError } from 'commander';
+
+import { loadEngine, listDevices } from '../core/engine/native.js';
+import { appRoot, appVersion, databaseFile, dataHome } from '../core/paths.js';
+import { Store } from '../core/store/store.js';
+import { serve } from './serve.js';
+
+function parsePort(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0 || n > 65535) throw new InvalidArgumentError('a port is an integer from 0 to 65535 (0 = any free port)');
+  return n;
+}
+
+function fail(err: unknown): never {
+  const e = err as Error & { hint?: string };
+  console.error(`llms-train: ${e.message ?? String(err)}`);
+  if (e.hint) console.error(`hint: ${e.hint}`);
+  process.exit(1);
+}
+
+/** Electron's binary path when it is installed, else null with the reason. */
+function electronBinary(): { path: string | null; why: string } {
+  try {
+    // In plain Node, the electron package exports the path of its binary (and throws if it is missing).
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    const p = require('electron') as unknown;
+    if (typeof p === 'string' && fs.existsSync(p)) return { path: p, why: '' };
+    return { path: null, why: "Electron's binary is not installed" };
+  } catch {
+    return { path: null, why: "Electron's binary is not installed (it could not be downloaded at npm install)" };
+  }
+}
+
+const program = new Command();
+program
+  .name('llms-train')
+  .description('LLMs-train: fine-tune large language models with LoRA/QLoRA on your own machine.')
+  .version(appVersion(), '-v, --version');
+
+program
+  .command('start')
+  .description('open the desktop window; where Electron cannot run, start browser mode on loopback')
+  .option('--port <port>', 'port for browser mode (0 = any free port)', parsePort, 0)
+  .action(async (o: { port: number }) => {
+    const el = electronBinary();
+    const headless = process.platform === 'linux' && !process.env.DISPLAY && !process.env.WAYLAND_DISPLAY;
+    if (el.path && !headless) {
+      const env = { ...process.env };
+      delete env.ELECTRON_RUN_AS_NODE;
+      const child = spawn(el.path, [appRoot()], { stdio: 'inherit', env });
+      child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+      return;
+    }
+    const why = el.path ? 'no display is available ($DISPLAY and $WAYLAND_DISPLAY are unset)' : el.why;
+    console.log(`The desktop window is unavailable: ${why}; starting browser mode on loopback.`);
+    await serve({ host: '127.0.0.1', port: o.port, allowRemote: false }).catch(fail);
+  });
+
+program
+  .command('serve')
+  .description('serve the workbench to a browser (HTTP + WebSocket, loopback, per-launch token)')
+  .option('--host <host>', 'address to bind', '127.0.0.1')
+  .option('--port <port>', 'port (0 = any free port)', parsePort, 0)
+  .option('--allow-remote', 'allow a non-loopback --host (prints a warning)', false)
+  .action(async (o: { host: string; port: number; allowRemote: boolean }) => {
+    await serve(o).catch(fail);
+  });
+
+program
+  .command('gpus')
+  .description('list compute devices (GPUs with memory, or CPU only)')
+  .option('--json', 'machine-readable output', false)
+  .action((o: { json: boolean }) => {
+    const engine = loadEngine();
+    if (!engine.addon) fail(new Error(engine.error ?? 'engine unavailable'));
+    const devices = listDevices(engine);
+    if (o.json) {
+      console.log(JSON.stringify(devices, null, 2));
+      return;
+    }
+    const gpus = devices.filter((d) => d.kind === 'cuda');
+    if (!gpus.length) console.log('CPU only (no CUDA GPU found)');
+    for (const d of devices) {
+      console.log(`[${d.index}] ${d.kind.toUpperCase()} ${d.name}: ${(d.memoryTotal / 2 ** 30).toFixed(1)} GiB total, ${(d.memoryFree / 2 ** 30).toFixed(1)} GiB free`);
+    }
+  });
+
+program
+  .command('runs')
+  .description('list runs recorded in the database')
+  .option('--json', 'machine-readable output', false)
+  .action((o: { json: boolean }) => {
+    const file = databaseFile(dataHome());
+    if (!fs.existsSync(file)) {
+      if (o.json) console.log('[]');
+      else console.log(`no runs yet (no database at ${file})`);
+      return;
+    }
+    let store: Store;
+    try {
+      store = Store.open(file);
+    } catch (err) {
+      fail(err);
+    }
+    const runs = store.runs.list();
+    store.close();
+    if (o.json) {
+      console.log(JSON.stringify(runs.map(({ spec: _spec, ...r }) => r), null, 2));
+      return;
+    }
+    if (!runs.length) console.log('no runs yet');
+    for (const r of runs) console.log(`#${r.id}\t${r.status}\t${r.createdAt}\t${r.name}${r.errorMessage ? `\t(${r.errorCode ?? 'ERROR'}: ${r.errorMessage})` : ''}`);
+  });
+
+program
+  .command('info')
+  .description('versions, data home, database and engine')
+  .action(() => {
+    const engine = loadEngine();
+    console.log(`LLMs-train ${appVersion()}`);
+    console.log(`data home: ${dataHome()} (set LLMS_TRAIN_HOME to change)`);
+    console.log(`database:  ${databaseFile(dataHome())}`);
+    console.log(`engine:    ${engine.addon ? `llmt-engine ${engine.version}; ${engine.addon.buildInfo()}` : `unavailable: ${engine.error}`}`);
+  });
+
+program.parseAsync(process.argv).catch(fail);

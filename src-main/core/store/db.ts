@@ -1,0 +1,102 @@
+// db.ts — opening the SQLite database: WAL, foreign keys, busy timeout, and the migration runner.
+// Only the main process opens the database (one writer); engine workers never do.
+import fs from 'node:fs';
+import path from 'node:path';
+
+import Database from 'better-sqlite3';
+
+import { type Migration, LATEST_SCHEMA_VERSION, migrations as defaultMigrations } from './migrations.js';
+
+export class StoreError extends Error {
+  constructor(
+    message: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'StoreError';
+  }
+}
+
+export type DB = Database.Database;
+
+export interface OpenOptions {
+  /** Path to better-sqlite3's .node built for this runtime (Electron needs its own build). */
+  nativeBinding?: string;
+  /** For tests: a different migration list. */
+  migrations?: readonly Migration[];
+  readonly?: boolean;
+}
+
+export function schemaVersion(db: DB): number {
+  return db.pragma('user_version', { simple: true }) as number;
+}
+
+/** Apply pending migrations in order, each in its own transaction. Returns the versions applied. */
+export function migrate(db: DB, list: readonly Migration[] = defaultMigrations): number[] {
+  const sorted = [...list].sort((a, b) => a.version - b.version);
+  for (let i = 0; i < sorted.length; i++) {
+    if (sorted[i]!.version !== i + 1) {
+      throw new StoreError(`migration list is not contiguous: expected version ${i + 1}, found ${sorted[i]!.version}`);
+    }
+  }
+  const latest = sorted.length;
+  const current = schemaVersion(db);
+  if (current > latest) {
+    throw new StoreError(
+      `the database is at schema version ${current}, newer than this LLMs-train understands (${latest})`,
+      'It was written by a newer version of LLMs-train: upgrade the app, or set LLMS_TRAIN_HOME to another folder.',
+    );
+  }
+  const applied: number[] = [];
+  for (const m of sorted) {
+    if (m.version <= current) continue;
+    const run = db.transaction(() => {
+      db.exec(m.sql);
+      db.pragma(`user_version = ${m.version}`);
+    });
+    try {
+      run();
+    } catch (err) {
+      throw new StoreError(
+        `database migration ${m.version} (${m.name}) failed and was rolled back: ${(err as Error).message}`,
+        'The database is unchanged. Please report this with the message above.',
+      );
+    }
+    applied.push(m.version);
+  }
+  return applied;
+}
+
+export function openDatabase(file: string, opts: OpenOptions = {}): DB {
+  if (file !== ':memory:') fs.mkdirSync(path.dirname(file), { recursive: true });
+  let db: DB;
+  try {
+    const dbOpts: Database.Options = {};
+    if (opts.nativeBinding) dbOpts.nativeBinding = opts.nativeBinding;
+    if (opts.readonly) dbOpts.readonly = true;
+    db = new Database(file, dbOpts);
+  } catch (err) {
+    throw new StoreError(
+      `cannot open the database ${file}: ${(err as Error).message}`,
+      'Check that the folder is writable and the file is an LLMs-train database (or set LLMS_TRAIN_HOME).',
+    );
+  }
+  try {
+    // Fails on a file that is not SQLite at all ("file is not a database").
+    if (!opts.readonly) db.pragma('journal_mode = WAL');
+    db.pragma('foreign_keys = ON');
+    db.pragma('busy_timeout = 5000');
+    db.pragma('synchronous = NORMAL');
+    if (!opts.readonly) migrate(db, opts.migrations ?? defaultMigrations);
+  } catch (err) {
+    db.close();
+    if (err instanceof StoreError) throw err;
+    throw new StoreError(
+      `cannot use the database ${file}: ${(err as Error).message}`,
+      'The file may be damaged or not an LLMs-train database; move it aside to start fresh.',
+    );
+  }
+  return db;
+}
+
+export { LATEST_SCHEMA_VERSION };

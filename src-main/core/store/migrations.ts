@@ -1,0 +1,128 @@
+// migrations.ts — the database schema as versioned, forward-only migrations. Never edit a migration that
+// has shipped: add the next one. Each runs in its own transaction together with the `user_version` bump,
+// so a failing migration leaves the database exactly as it was.
+export interface Migration {
+  version: number;
+  name: string;
+  sql: string;
+}
+
+export const migrations: readonly Migration[] = [
+  {
+    version: 1,
+    name: 'initial schema',
+    sql: `
+      CREATE TABLE settings (
+        key   TEXT PRIMARY KEY,
+        value TEXT NOT NULL               -- JSON
+      );
+
+      CREATE TABLE models (
+        id         INTEGER PRIMARY KEY,
+        path       TEXT NOT NULL UNIQUE,  -- local HF model folder
+        name       TEXT NOT NULL,
+        family     TEXT,                  -- catalog family (llama, chatglm2, ...)
+        model_type TEXT,                  -- config.json model_type
+        hf_id      TEXT,
+        info_json  TEXT,                  -- inspection result (params, dtype, vocab, context, ...)
+        added_at   TEXT NOT NULL
+      );
+
+      CREATE TABLE datasets (
+        id        INTEGER PRIMARY KEY,
+        path      TEXT NOT NULL UNIQUE,
+        name      TEXT NOT NULL,
+        format    TEXT,                   -- promptcblue, alpaca, sharegpt, columns, text
+        records   INTEGER,
+        info_json TEXT,
+        added_at  TEXT NOT NULL
+      );
+
+      CREATE TABLE experiments (
+        id          INTEGER PRIMARY KEY,
+        name        TEXT NOT NULL UNIQUE,
+        description TEXT NOT NULL DEFAULT '',
+        created_at  TEXT NOT NULL
+      );
+
+      CREATE TABLE runs (
+        id            INTEGER PRIMARY KEY,
+        experiment_id INTEGER REFERENCES experiments(id) ON DELETE SET NULL,
+        model_id      INTEGER REFERENCES models(id) ON DELETE SET NULL,
+        dataset_id    INTEGER REFERENCES datasets(id) ON DELETE SET NULL,
+        name          TEXT NOT NULL,
+        spec_json     TEXT NOT NULL,      -- the RunSpec, as validated
+        spec_version  INTEGER NOT NULL,
+        status        TEXT NOT NULL CHECK (status IN
+                        ('queued','running','completed','failed','stopped','interrupted')),
+        output_dir    TEXT,
+        created_at    TEXT NOT NULL,
+        started_at    TEXT,
+        ended_at      TEXT,
+        error_code    TEXT,
+        error_message TEXT,
+        error_hint    TEXT,
+        worker_pid    INTEGER,
+        exit_code     INTEGER,
+        exit_signal   TEXT
+      );
+      CREATE INDEX runs_by_status ON runs(status);
+      CREATE INDEX runs_by_experiment ON runs(experiment_id);
+
+      -- One row per (run, step, metric). value NULL means non-finite (NaN/Inf), which SQLite cannot store.
+      CREATE TABLE metrics (
+        run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step   INTEGER NOT NULL,
+        name   TEXT NOT NULL,             -- loss, eval_loss, lr, grad_norm, tokens_per_s, mem_bytes, ...
+        value  REAL,
+        time   REAL NOT NULL              -- unix seconds
+      );
+      CREATE INDEX metrics_by_run_name_step ON metrics(run_id, name, step);
+
+      CREATE TABLE checkpoints (
+        id         INTEGER PRIMARY KEY,
+        run_id     INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
+        step       INTEGER NOT NULL,
+        path       TEXT NOT NULL,
+        size_bytes INTEGER,
+        is_final   INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL,
+        UNIQUE (run_id, step)
+      );
+
+      CREATE TABLE evals (
+        id            INTEGER PRIMARY KEY,
+        run_id        INTEGER REFERENCES runs(id) ON DELETE CASCADE,
+        checkpoint_id INTEGER REFERENCES checkpoints(id) ON DELETE SET NULL,
+        data_path     TEXT NOT NULL,
+        metrics_json  TEXT NOT NULL,
+        created_at    TEXT NOT NULL
+      );
+      CREATE INDEX evals_by_run ON evals(run_id);
+
+      CREATE TABLE chat_sessions (
+        id            INTEGER PRIMARY KEY,
+        title         TEXT NOT NULL,
+        model_path    TEXT NOT NULL,
+        adapter_path  TEXT,
+        template      TEXT,
+        system_prompt TEXT,
+        params_json   TEXT NOT NULL DEFAULT '{}',
+        created_at    TEXT NOT NULL,
+        updated_at    TEXT NOT NULL
+      );
+
+      CREATE TABLE chat_messages (
+        id         INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL REFERENCES chat_sessions(id) ON DELETE CASCADE,
+        role       TEXT NOT NULL CHECK (role IN ('system','user','assistant')),
+        content    TEXT NOT NULL,
+        meta_json  TEXT,
+        created_at TEXT NOT NULL
+      );
+      CREATE INDEX chat_messages_by_session ON chat_messages(session_id, id);
+    `,
+  },
+];
+
+export const LATEST_SCHEMA_VERSION = migrations.reduce((v, m) => Math.max(v, m.version), 0);

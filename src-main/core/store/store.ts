@@ -1,0 +1,429 @@
+// store.ts — the repositories over the database: one small class per table group, typed rows in and
+// out, prepared statements reused. The rest of the core talks to SQLite only through these.
+import type { DB } from './db.js';
+import { StoreError, openDatabase, type OpenOptions } from './db.js';
+
+export type RunStatus = 'queued' | 'running' | 'completed' | 'failed' | 'stopped' | 'interrupted';
+
+const now = () => new Date().toISOString();
+
+export interface ExperimentRow {
+  id: number;
+  name: string;
+  description: string;
+  createdAt: string;
+  runCount: number;
+}
+
+export interface RunRow {
+  id: number;
+  experimentId: number | null;
+  modelId: number | null;
+  datasetId: number | null;
+  name: string;
+  spec: unknown;
+  specVersion: number;
+  status: RunStatus;
+  outputDir: string | null;
+  createdAt: string;
+  startedAt: string | null;
+  endedAt: string | null;
+  errorCode: string | null;
+  errorMessage: string | null;
+  errorHint: string | null;
+  workerPid: number | null;
+  exitCode: number | null;
+  exitSignal: string | null;
+}
+
+export interface MetricPoint {
+  step: number;
+  name: string;
+  /** Non-finite values are stored as NULL and read back as null. */
+  value: number | null;
+  /** unix seconds */
+  time: number;
+}
+
+export interface CheckpointRow {
+  id: number;
+  runId: number;
+  step: number;
+  path: string;
+  sizeBytes: number | null;
+  isFinal: boolean;
+  createdAt: string;
+}
+
+export interface ModelRow {
+  id: number;
+  path: string;
+  name: string;
+  family: string | null;
+  modelType: string | null;
+  hfId: string | null;
+  info: unknown;
+  addedAt: string;
+}
+
+export interface DatasetRow {
+  id: number;
+  path: string;
+  name: string;
+  format: string | null;
+  records: number | null;
+  info: unknown;
+  addedAt: string;
+}
+
+export interface EvalRow {
+  id: number;
+  runId: number | null;
+  checkpointId: number | null;
+  dataPath: string;
+  metrics: unknown;
+  createdAt: string;
+}
+
+export interface ChatSessionRow {
+  id: number;
+  title: string;
+  modelPath: string;
+  adapterPath: string | null;
+  template: string | null;
+  systemPrompt: string | null;
+  params: unknown;
+  createdAt: string;
+  updatedAt: string;
+}
+
+export interface ChatMessageRow {
+  id: number;
+  sessionId: number;
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+  meta: unknown;
+  createdAt: string;
+}
+
+const json = (v: unknown) => (v === undefined ? null : JSON.stringify(v));
+const parse = (s: string | null): unknown => (s == null ? null : JSON.parse(s));
+
+function isUniqueViolation(err: unknown): boolean {
+  return err instanceof Error && 'code' in err && String((err as { code: unknown }).code).startsWith('SQLITE_CONSTRAINT_UNIQUE');
+}
+
+export class SettingsRepo {
+  constructor(private readonly db: DB) {}
+  get<T>(key: string, fallback: T): T {
+    const row = this.db.prepare('SELECT value FROM settings WHERE key = ?').get(key) as { value: string } | undefined;
+    return row ? (JSON.parse(row.value) as T) : fallback;
+  }
+  set(key: string, value: unknown): void {
+    this.db
+      .prepare('INSERT INTO settings(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value')
+      .run(key, JSON.stringify(value));
+  }
+}
+
+export class ExperimentsRepo {
+  constructor(private readonly db: DB) {}
+  create(name: string, description = ''): ExperimentRow {
+    try {
+      const info = this.db
+        .prepare('INSERT INTO experiments(name, description, created_at) VALUES (?, ?, ?)')
+        .run(name, description, now());
+      return this.get(Number(info.lastInsertRowid))!;
+    } catch (err) {
+      if (isUniqueViolation(err)) throw new StoreError(`an experiment named '${name}' already exists`, 'Choose another name.');
+      throw err;
+    }
+  }
+  get(id: number): ExperimentRow | undefined {
+    return this.db
+      .prepare(
+        `SELECT e.id, e.name, e.description, e.created_at AS createdAt,
+                (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = e.id) AS runCount
+         FROM experiments e WHERE e.id = ?`,
+      )
+      .get(id) as ExperimentRow | undefined;
+  }
+  list(): ExperimentRow[] {
+    return this.db
+      .prepare(
+        `SELECT e.id, e.name, e.description, e.created_at AS createdAt,
+                (SELECT COUNT(*) FROM runs r WHERE r.experiment_id = e.id) AS runCount
+         FROM experiments e ORDER BY e.id DESC`,
+      )
+      .all() as ExperimentRow[];
+  }
+}
+
+const RUN_COLUMNS = `id, experiment_id AS experimentId, model_id AS modelId, dataset_id AS datasetId, name,
+  spec_json AS spec, spec_version AS specVersion, status, output_dir AS outputDir, created_at AS createdAt,
+  started_at AS startedAt, ended_at AS endedAt, error_code AS errorCode, error_message AS errorMessage,
+  error_hint AS errorHint, worker_pid AS workerPid, exit_code AS exitCode, exit_signal AS exitSignal`;
+
+function runFromRow(row: Record<string, unknown> | undefined): RunRow | undefined {
+  if (!row) return undefined;
+  return { ...(row as unknown as RunRow), spec: parse(row.spec as string) };
+}
+
+export interface NewRun {
+  name: string;
+  spec: unknown;
+  specVersion: number;
+  experimentId?: number | null;
+  modelId?: number | null;
+  datasetId?: number | null;
+  outputDir?: string | null;
+}
+
+export class RunsRepo {
+  constructor(private readonly db: DB) {}
+  create(r: NewRun): RunRow {
+    const info = this.db
+      .prepare(
+        `INSERT INTO runs(experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at)
+         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)`,
+      )
+      .run(r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now());
+    return this.get(Number(info.lastInsertRowid))!;
+  }
+  get(id: number): RunRow | undefined {
+    return runFromRow(this.db.prepare(`SELECT ${RUN_COLUMNS} FROM runs WHERE id = ?`).get(id) as Record<string, unknown> | undefined);
+  }
+  list(filter: { experimentId?: number; status?: RunStatus; limit?: number } = {}): RunRow[] {
+    const where: string[] = [];
+    const args: unknown[] = [];
+    if (filter.experimentId !== undefined) {
+      where.push('experiment_id = ?');
+      args.push(filter.experimentId);
+    }
+    if (filter.status !== undefined) {
+      where.push('status = ?');
+      args.push(filter.status);
+    }
+    args.push(filter.limit ?? 1000);
+    const sql = `SELECT ${RUN_COLUMNS} FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`;
+    return (this.db.prepare(sql).all(...args) as Record<string, unknown>[]).map((r) => runFromRow(r)!);
+  }
+  markRunning(id: number, pid: number | null): void {
+    this.db.prepare(`UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?), worker_pid = ? WHERE id = ?`).run(now(), pid, id);
+  }
+  finish(
+    id: number,
+    status: Exclude<RunStatus, 'queued' | 'running'>,
+    detail: { errorCode?: string; errorMessage?: string; errorHint?: string; exitCode?: number | null; exitSignal?: string | null } = {},
+  ): void {
+    this.db
+      .prepare(
+        `UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?, error_hint = ?,
+           exit_code = ?, exit_signal = ?, worker_pid = NULL WHERE id = ?`,
+      )
+      .run(status, now(), detail.errorCode ?? null, detail.errorMessage ?? null, detail.errorHint ?? null, detail.exitCode ?? null, detail.exitSignal ?? null, id);
+  }
+  /** At start-up: runs left 'running' by a crashed app become 'interrupted' (offered for resume). */
+  markInterrupted(): number {
+    return this.db
+      .prepare(
+        `UPDATE runs SET status = 'interrupted', ended_at = ?, worker_pid = NULL,
+           error_message = COALESCE(error_message, 'the app stopped while this run was running') WHERE status = 'running'`,
+      )
+      .run(now()).changes;
+  }
+}
+
+export class MetricsRepo {
+  private readonly insert;
+  private readonly insertMany;
+  constructor(private readonly db: DB) {
+    this.insert = db.prepare('INSERT INTO metrics(run_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)');
+    this.insertMany = db.transaction((runId: number, points: readonly MetricPoint[]) => {
+      for (const p of points) {
+        const v = p.value !== null && Number.isFinite(p.value) ? p.value : null;
+        this.insert.run(runId, p.step, p.name, v, p.time);
+      }
+    });
+  }
+  /** Bulk insert in one transaction (all or nothing). */
+  add(runId: number, points: readonly MetricPoint[]): void {
+    if (points.length) this.insertMany(runId, points);
+  }
+  series(runId: number, name: string, opts: { sinceStep?: number } = {}): MetricPoint[] {
+    return this.db
+      .prepare('SELECT step, name, value, time FROM metrics WHERE run_id = ? AND name = ? AND step > ? ORDER BY step, rowid')
+      .all(runId, name, opts.sinceStep ?? -1) as MetricPoint[];
+  }
+  names(runId: number): string[] {
+    return (this.db.prepare('SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name').all(runId) as { name: string }[]).map((r) => r.name);
+  }
+}
+
+export class CheckpointsRepo {
+  constructor(private readonly db: DB) {}
+  add(c: { runId: number; step: number; path: string; sizeBytes?: number | null; isFinal?: boolean }): CheckpointRow {
+    const info = this.db
+      .prepare(
+        `INSERT INTO checkpoints(run_id, step, path, size_bytes, is_final, created_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(run_id, step) DO UPDATE SET path = excluded.path, size_bytes = excluded.size_bytes, is_final = excluded.is_final`,
+      )
+      .run(c.runId, c.step, c.path, c.sizeBytes ?? null, c.isFinal ? 1 : 0, now());
+    void info;
+    return this.list(c.runId).find((r) => r.step === c.step)!;
+  }
+  list(runId: number): CheckpointRow[] {
+    const rows = this.db
+      .prepare(
+        `SELECT id, run_id AS runId, step, path, size_bytes AS sizeBytes, is_final AS isFinal, created_at AS createdAt
+         FROM checkpoints WHERE run_id = ? ORDER BY step`,
+      )
+      .all(runId) as (Omit<CheckpointRow, 'isFinal'> & { isFinal: number })[];
+    return rows.map((r) => ({ ...r, isFinal: r.isFinal === 1 }));
+  }
+}
+
+export class ModelsRepo {
+  constructor(private readonly db: DB) {}
+  upsert(m: { path: string; name: string; family?: string | null; modelType?: string | null; hfId?: string | null; info?: unknown }): ModelRow {
+    this.db
+      .prepare(
+        `INSERT INTO models(path, name, family, model_type, hf_id, info_json, added_at) VALUES (?, ?, ?, ?, ?, ?, ?)
+         ON CONFLICT(path) DO UPDATE SET name = excluded.name, family = excluded.family, model_type = excluded.model_type,
+           hf_id = excluded.hf_id, info_json = excluded.info_json`,
+      )
+      .run(m.path, m.name, m.family ?? null, m.modelType ?? null, m.hfId ?? null, json(m.info), now());
+    return this.list().find((r) => r.path === m.path)!;
+  }
+  list(): ModelRow[] {
+    const rows = this.db
+      .prepare(
+        `SELECT id, path, name, family, model_type AS modelType, hf_id AS hfId, info_json AS info, added_at AS addedAt
+         FROM models ORDER BY name`,
+      )
+      .all() as (Omit<ModelRow, 'info'> & { info: string | null })[];
+    return rows.map((r) => ({ ...r, info: parse(r.info) }));
+  }
+}
+
+export class DatasetsRepo {
+  constructor(private readonly db: DB) {}
+  upsert(d: { path: string; name: string; format?: string | null; records?: number | null; info?: unknown }): DatasetRow {
+    this.db
+      .prepare(
+        `INSERT INTO datasets(path, name, format, records, info_json, added_at) VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT(path) DO UPDATE SET name = excluded.name, format = excluded.format, records = excluded.records,
+           info_json = excluded.info_json`,
+      )
+      .run(d.path, d.name, d.format ?? null, d.records ?? null, json(d.info), now());
+    return this.list().find((r) => r.path === d.path)!;
+  }
+  list(): DatasetRow[] {
+    const rows = this.db
+      .prepare(
+        `SELECT id, path, name, format, records, info_json AS info, added_at AS addedAt FROM datasets ORDER BY name`,
+      )
+      .all() as (Omit<DatasetRow, 'info'> & { info: string | null })[];
+    return rows.map((r) => ({ ...r, info: parse(r.info) }));
+  }
+}
+
+export class EvalsRepo {
+  constructor(private readonly db: DB) {}
+  add(e: { runId?: number | null; checkpointId?: number | null; dataPath: string; metrics: unknown }): EvalRow {
+    const info = this.db
+      .prepare('INSERT INTO evals(run_id, checkpoint_id, data_path, metrics_json, created_at) VALUES (?, ?, ?, ?, ?)')
+      .run(e.runId ?? null, e.checkpointId ?? null, e.dataPath, JSON.stringify(e.metrics), now());
+    return this.list({ id: Number(info.lastInsertRowid) })[0]!;
+  }
+  list(filter: { runId?: number; id?: number } = {}): EvalRow[] {
+    const [col, val] = filter.id !== undefined ? ['id', filter.id] : filter.runId !== undefined ? ['run_id', filter.runId] : ['1', 1];
+    const rows = this.db
+      .prepare(
+        `SELECT id, run_id AS runId, checkpoint_id AS checkpointId, data_path AS dataPath, metrics_json AS metrics,
+           created_at AS createdAt FROM evals WHERE ${col} = ? ORDER BY id`,
+      )
+      .all(val) as (Omit<EvalRow, 'metrics'> & { metrics: string })[];
+    return rows.map((r) => ({ ...r, metrics: parse(r.metrics) }));
+  }
+}
+
+export class ChatRepo {
+  constructor(private readonly db: DB) {}
+  createSession(s: { title: string; modelPath: string; adapterPath?: string | null; template?: string | null; systemPrompt?: string | null; params?: unknown }): ChatSessionRow {
+    const t = now();
+    const info = this.db
+      .prepare(
+        `INSERT INTO chat_sessions(title, model_path, adapter_path, template, system_prompt, params_json, created_at, updated_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?)`,
+      )
+      .run(s.title, s.modelPath, s.adapterPath ?? null, s.template ?? null, s.systemPrompt ?? null, JSON.stringify(s.params ?? {}), t, t);
+    return this.getSession(Number(info.lastInsertRowid))!;
+  }
+  getSession(id: number): ChatSessionRow | undefined {
+    const r = this.db
+      .prepare(
+        `SELECT id, title, model_path AS modelPath, adapter_path AS adapterPath, template, system_prompt AS systemPrompt,
+           params_json AS params, created_at AS createdAt, updated_at AS updatedAt FROM chat_sessions WHERE id = ?`,
+      )
+      .get(id) as (Omit<ChatSessionRow, 'params'> & { params: string }) | undefined;
+    return r ? { ...r, params: parse(r.params) } : undefined;
+  }
+  addMessage(sessionId: number, role: ChatMessageRow['role'], content: string, meta?: unknown): ChatMessageRow {
+    const t = now();
+    const tx = this.db.transaction(() => {
+      const info = this.db
+        .prepare('INSERT INTO chat_messages(session_id, role, content, meta_json, created_at) VALUES (?, ?, ?, ?, ?)')
+        .run(sessionId, role, content, json(meta), t);
+      this.db.prepare('UPDATE chat_sessions SET updated_at = ? WHERE id = ?').run(t, sessionId);
+      return Number(info.lastInsertRowid);
+    });
+    const id = tx();
+    return this.messages(sessionId).find((m) => m.id === id)!;
+  }
+  messages(sessionId: number): ChatMessageRow[] {
+    const rows = this.db
+      .prepare(
+        `SELECT id, session_id AS sessionId, role, content, meta_json AS meta, created_at AS createdAt
+         FROM chat_messages WHERE session_id = ? ORDER BY id`,
+      )
+      .all(sessionId) as (Omit<ChatMessageRow, 'meta'> & { meta: string | null })[];
+    return rows.map((r) => ({ ...r, meta: parse(r.meta) }));
+  }
+}
+
+/** The whole store: one database connection, one repository per table group. */
+export class Store {
+  readonly settings: SettingsRepo;
+  readonly experiments: ExperimentsRepo;
+  readonly runs: RunsRepo;
+  readonly metrics: MetricsRepo;
+  readonly checkpoints: CheckpointsRepo;
+  readonly models: ModelsRepo;
+  readonly datasets: DatasetsRepo;
+  readonly evals: EvalsRepo;
+  readonly chat: ChatRepo;
+
+  private constructor(
+    readonly db: DB,
+    readonly file: string,
+  ) {
+    this.settings = new SettingsRepo(db);
+    this.experiments = new ExperimentsRepo(db);
+    this.runs = new RunsRepo(db);
+    this.metrics = new MetricsRepo(db);
+    this.checkpoints = new CheckpointsRepo(db);
+    this.models = new ModelsRepo(db);
+    this.datasets = new DatasetsRepo(db);
+    this.evals = new EvalsRepo(db);
+    this.chat = new ChatRepo(db);
+  }
+
+  static open(file: string, opts: OpenOptions = {}): Store {
+    return new Store(openDatabase(file, opts), file);
+  }
+
+  close(): void {
+    if (this.db.open) this.db.close();
+  }
+}

@@ -1,0 +1,262 @@
+// server.ts — browser mode: the API contract over HTTP (POST /api/<method>) and push events over a
+// WebSocket (/api/events), plus the built renderer, on loopback by default. Every request needs the
+// per-launch token: the printed URL carries it (?token=…); the page then sends it as a header, and a
+// cookie scoped to this port lets the browser fetch the page's own assets.
+import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import path from 'node:path';
+
+import { WebSocketServer, type WebSocket } from 'ws';
+
+import type { EventName } from '../api/contract.js';
+import { httpStatusFor } from '../api/errors.js';
+import type { Core } from '../core/core.js';
+import {
+  CONTENT_SECURITY_POLICY,
+  allowedHostHeader,
+  allowedOrigin,
+  cookieValue,
+  isLoopbackHost,
+  newToken,
+  tokenMatches,
+} from './security.js';
+
+export interface ServeOptions {
+  host?: string;
+  port?: number;
+  /** Required to bind anything but loopback. */
+  allowRemote?: boolean;
+  rendererDir: string;
+  token?: string;
+  log?: (line: string) => void;
+}
+
+export interface RunningServer {
+  url: string;
+  origin: string;
+  token: string;
+  port: number;
+  host: string;
+  close(): Promise<void>;
+}
+
+const MAX_BODY = 1 << 20;
+
+const MIME: Record<string, string> = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.ico': 'image/x-icon',
+  '.woff2': 'font/woff2',
+  '.map': 'application/json; charset=utf-8',
+};
+
+function securityHeaders(res: http.ServerResponse): void {
+  res.setHeader('Content-Security-Policy', CONTENT_SECURITY_POLICY);
+  res.setHeader('X-Content-Type-Options', 'nosniff');
+  res.setHeader('X-Frame-Options', 'DENY');
+  res.setHeader('Referrer-Policy', 'no-referrer');
+  res.setHeader('Cross-Origin-Opener-Policy', 'same-origin');
+  res.setHeader('Cross-Origin-Resource-Policy', 'same-origin');
+}
+
+function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
+  const text = JSON.stringify(body);
+  res.writeHead(status, { 'Content-Type': 'application/json; charset=utf-8', 'Cache-Control': 'no-store' });
+  res.end(text);
+}
+
+function sendError(res: http.ServerResponse, code: string, message: string, hint?: string): void {
+  sendJson(res, httpStatusFor(code), { error: hint ? { code, message, hint } : { code, message } });
+}
+
+const UNAUTHORIZED_HINT = 'Open the URL printed by `llms-train serve` or `npm start`: it carries ?token=… for this launch.';
+
+function readBody(req: http.IncomingMessage): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let size = 0;
+    req.on('data', (c: Buffer) => {
+      size += c.length;
+      if (size > MAX_BODY) {
+        reject(new Error(`request body is larger than ${MAX_BODY} bytes`));
+        req.destroy();
+        return;
+      }
+      chunks.push(c);
+    });
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+export async function startServer(core: Core, opts: ServeOptions): Promise<RunningServer> {
+  const host = opts.host ?? '127.0.0.1';
+  const loopback = isLoopbackHost(host);
+  if (!loopback && !opts.allowRemote) {
+    throw new Error(
+      `refusing to listen on ${host}: browser mode binds to loopback only. Pass --allow-remote to expose the workbench to your network (anyone with the token can then run jobs on this machine).`,
+    );
+  }
+  const token = opts.token ?? newToken();
+  const log = opts.log ?? (() => {});
+  let port = 0;
+  const cookieName = () => `llmt_token_${port}`;
+  const rendererRoot = path.resolve(opts.rendererDir);
+
+  const authorized = (req: http.IncomingMessage, url: URL, allowCookie: boolean): boolean => {
+    const auth = req.headers.authorization;
+    const bearer = auth && auth.startsWith('Bearer ') ? auth.slice(7).trim() : null;
+    const header = req.headers['x-llmt-token'];
+    if (tokenMatches(token, bearer)) return true;
+    if (typeof header === 'string' && tokenMatches(token, header)) return true;
+    if (tokenMatches(token, url.searchParams.get('token'))) return true;
+    return allowCookie && tokenMatches(token, cookieValue(req.headers.cookie, cookieName()));
+  };
+
+  const serveStatic = (req: http.IncomingMessage, res: http.ServerResponse, url: URL) => {
+    if (req.method !== 'GET' && req.method !== 'HEAD') {
+      sendError(res, 'NOT_FOUND', `${req.method} ${url.pathname} is not served`);
+      return;
+    }
+    let rel: string;
+    try {
+      rel = decodeURIComponent(url.pathname);
+    } catch {
+      sendError(res, 'BAD_REQUEST', 'malformed path');
+      return;
+    }
+    if (rel.endsWith('/')) rel += 'index.html';
+    const file = path.resolve(rendererRoot, '.' + path.posix.normalize(rel));
+    if (file !== rendererRoot && !file.startsWith(rendererRoot + path.sep)) {
+      sendError(res, 'NOT_FOUND', 'not found');
+      return;
+    }
+    fs.stat(file, (err, st) => {
+      if (err || !st.isFile()) {
+        if (!fs.existsSync(path.join(rendererRoot, 'index.html'))) {
+          sendError(res, 'UNAVAILABLE', `the renderer is not built (${rendererRoot} is missing)`, 'Run `npm run build` first.');
+        } else {
+          sendError(res, 'NOT_FOUND', `${url.pathname} not found`);
+        }
+        return;
+      }
+      const type = MIME[path.extname(file).toLowerCase()] ?? 'application/octet-stream';
+      const headers: Record<string, string | number> = { 'Content-Type': type, 'Content-Length': st.size };
+      headers['Cache-Control'] = type.startsWith('text/html') ? 'no-store' : 'private, max-age=3600';
+      if (url.searchParams.has('token')) {
+        // Let the browser load this page's assets; HttpOnly so page scripts cannot read it, Strict so no
+        // other site's page can use it. API calls still need the token header.
+        headers['Set-Cookie'] = `${cookieName()}=${encodeURIComponent(token)}; HttpOnly; SameSite=Strict; Path=/`;
+      }
+      res.writeHead(200, headers);
+      if (req.method === 'HEAD') {
+        res.end();
+        return;
+      }
+      fs.createReadStream(file).pipe(res);
+    });
+  };
+
+  const server = http.createServer((req, res) => {
+    securityHeaders(res);
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    if (!allowedHostHeader(req.headers.host, port, loopback)) {
+      sendError(res, 'BAD_REQUEST', `unexpected Host header '${req.headers.host ?? ''}'`, 'Use the printed URL (127.0.0.1 or localhost).');
+      return;
+    }
+    const isApi = url.pathname === '/api' || url.pathname.startsWith('/api/');
+    if (!authorized(req, url, !isApi)) {
+      sendError(res, 'UNAUTHORIZED', 'missing or wrong token', UNAUTHORIZED_HINT);
+      return;
+    }
+    if (!isApi) {
+      serveStatic(req, res, url);
+      return;
+    }
+    const method = url.pathname.slice('/api/'.length);
+    if (req.method !== 'POST') {
+      res.setHeader('Allow', 'POST');
+      sendJson(res, 405, { error: { code: 'BAD_REQUEST', message: `use POST for /api/${method}` } });
+      return;
+    }
+    if (!core.dispatcher.has(method)) {
+      sendError(res, 'NOT_FOUND', `unknown API method '${method}'`);
+      return;
+    }
+    readBody(req)
+      .then(async (text) => {
+        let body: unknown = {};
+        if (text.trim().length) {
+          try {
+            body = JSON.parse(text);
+          } catch (err) {
+            sendError(res, 'BAD_REQUEST', `request body is not valid JSON: ${(err as Error).message}`);
+            return;
+          }
+        }
+        const env = await core.dispatcher.call(method, body);
+        if (env.ok) sendJson(res, 200, { result: env.result });
+        else sendJson(res, httpStatusFor(env.error.code), { error: env.error });
+      })
+      .catch((err: Error) => sendError(res, 'BAD_REQUEST', err.message));
+  });
+
+  const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
+  const sockets = new Set<WebSocket>();
+  const unsubscribe = core.events.subscribe((name: EventName, payload: unknown) => {
+    const msg = JSON.stringify({ event: name, payload });
+    for (const ws of sockets) if (ws.readyState === ws.OPEN) ws.send(msg);
+  });
+
+  server.on('upgrade', (req, socket, head) => {
+    const url = new URL(req.url ?? '/', 'http://localhost');
+    const reject = (status: number, text: string) => {
+      socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
+    };
+    if (url.pathname !== '/api/events') return reject(404, 'Not Found');
+    if (!allowedHostHeader(req.headers.host, port, loopback)) return reject(400, 'Bad Request');
+    if (!allowedOrigin(req.headers.origin, req.headers.host)) return reject(403, 'Forbidden');
+    if (!authorized(req, url, false)) return reject(401, 'Unauthorized');
+    wss.handleUpgrade(req, socket, head, (ws) => {
+      sockets.add(ws);
+      ws.on('close', () => sockets.delete(ws));
+      ws.on('error', () => sockets.delete(ws));
+      ws.send(JSON.stringify({ event: 'status', payload: core.status() }));
+    });
+  });
+
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', (err: NodeJS.ErrnoException) => {
+      if (err.code === 'EADDRINUSE') reject(new Error(`port ${opts.port} on ${host} is already in use; pick another with --port (0 = any free port)`));
+      else reject(err);
+    });
+    server.listen(opts.port ?? 0, host, () => resolve());
+  });
+  port = (server.address() as AddressInfo).port;
+  const hostForUrl = host.includes(':') ? `[${host}]` : host;
+  const origin = `http://${hostForUrl}:${port}`;
+  const url = `${origin}/?token=${token}`;
+  log(`serving on ${origin}`);
+
+  return {
+    url,
+    origin,
+    token,
+    port,
+    host,
+    close: () =>
+      new Promise<void>((resolve) => {
+        unsubscribe();
+        for (const ws of sockets) ws.terminate();
+        wss.close();
+        server.closeAllConnections();
+        server.close(() => resolve());
+      }),
+  };
+}
