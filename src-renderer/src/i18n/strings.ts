@@ -1,0 +1,177 @@
+// strings.ts — every user-visible string of the renderer, in English and Simplified Chinese. Components
+// never hold literal text: they call t('key'). A unit test checks both tables have the same keys and
+// the same {placeholders}.
+export const en = {
+  'app.name': 'LLMs-train',
+  'nav.newRun': 'New fine-tune',
+  'nav.runs': 'Runs',
+  'nav.compare': 'Compare',
+  'nav.chat': 'Chat',
+  'nav.models': 'Models',
+  'nav.datasets': 'Datasets',
+  'nav.settings': 'Settings',
+  'nav.label': 'Main navigation',
+
+  'newRun.title': 'New fine-tune',
+  'newRun.intro': 'Pick a model and a dataset, set LoRA and the training knobs, then launch. Every choice becomes one RunSpec, the same one the CLI and config files produce.',
+  'newRun.step.model': 'Model',
+  'newRun.step.dataset': 'Dataset',
+  'newRun.step.method': 'Method',
+  'newRun.step.training': 'Training',
+  'newRun.step.hardware': 'Hardware',
+  'newRun.step.review': 'Review',
+  'newRun.cli': 'From a terminal: {command}',
+
+  'runs.title': 'Runs',
+  'runs.intro': 'Every fine-tune, newest first, with its status.',
+  'runs.empty': 'No runs yet. Start one from “New fine-tune”.',
+  'runs.col.id': '#',
+  'runs.col.name': 'Name',
+  'runs.col.status': 'Status',
+  'runs.col.created': 'Created',
+  'runs.col.error': 'Error',
+  'runs.status.queued': 'queued',
+  'runs.status.running': 'running',
+  'runs.status.completed': 'completed',
+  'runs.status.failed': 'failed',
+  'runs.status.stopped': 'stopped',
+  'runs.status.interrupted': 'interrupted',
+
+  'compare.title': 'Compare runs',
+  'compare.intro': 'Pick runs to overlay their loss curves and compare their settings and final metrics side by side.',
+  'compare.empty': 'There are no runs to compare yet.',
+  'compare.experiments': 'Experiments: {count}',
+
+  'chat.title': 'Chat',
+  'chat.intro': 'Talk to a base model, a trained adapter or any checkpoint, with the model family’s own prompt format.',
+  'chat.empty': 'No model has been added yet: add one under “Models”.',
+
+  'models.title': 'Models',
+  'models.intro': 'Local Hugging Face model folders and the catalog of supported families.',
+  'models.empty': 'No models yet. Add the folders where your models live in Settings.',
+  'models.col.name': 'Name',
+  'models.col.family': 'Family',
+  'models.col.path': 'Folder',
+
+  'datasets.title': 'Datasets',
+  'datasets.intro': 'Training and evaluation files: PromptCBLUE, Alpaca, ShareGPT, any prompt/response columns.',
+  'datasets.empty': 'No datasets yet.',
+  'datasets.col.name': 'Name',
+  'datasets.col.format': 'Format',
+  'datasets.col.records': 'Records',
+
+  'settings.title': 'Settings',
+  'settings.language': 'Language',
+  'settings.saved': 'Saved.',
+  'settings.dataHome': 'Data folder',
+  'settings.database': 'Database',
+  'settings.engine': 'Engine',
+  'settings.mode': 'Mode',
+  'settings.mode.desktop': 'desktop window',
+  'settings.mode.browser': 'browser (loopback server)',
+
+  'status.engine': 'Engine {version}',
+  'status.engineMissing': 'Engine unavailable',
+  'status.cpuOnly': 'CPU only',
+  'status.gpus': '{count} GPU(s): {names}',
+  'status.disconnected': 'Disconnected from the server — retrying…',
+  'status.connecting': 'Connecting…',
+  'status.version': 'v{version}',
+
+  'common.loading': 'Loading…',
+  'common.error': 'Error: {message}',
+} as const;
+
+export type StringKey = keyof typeof en;
+
+export const zhCN: Record<StringKey, string> = {
+  'app.name': 'LLMs-train',
+  'nav.newRun': '新建微调',
+  'nav.runs': '训练记录',
+  'nav.compare': '对比',
+  'nav.chat': '对话',
+  'nav.models': '模型',
+  'nav.datasets': '数据集',
+  'nav.settings': '设置',
+  'nav.label': '主导航',
+
+  'newRun.title': '新建微调',
+  'newRun.intro': '选择模型和数据集，设置 LoRA 与训练参数，然后启动。所有选择都会生成同一个 RunSpec，与命令行和配置文件生成的完全一致。',
+  'newRun.step.model': '模型',
+  'newRun.step.dataset': '数据集',
+  'newRun.step.method': '方法',
+  'newRun.step.training': '训练',
+  'newRun.step.hardware': '硬件',
+  'newRun.step.review': '确认',
+  'newRun.cli': '命令行：{command}',
+
+  'runs.title': '训练记录',
+  'runs.intro': '所有微调任务，按时间倒序，附带状态。',
+  'runs.empty': '还没有训练记录。请在“新建微调”中开始。',
+  'runs.col.id': '#',
+  'runs.col.name': '名称',
+  'runs.col.status': '状态',
+  'runs.col.created': '创建时间',
+  'runs.col.error': '错误',
+  'runs.status.queued': '排队中',
+  'runs.status.running': '运行中',
+  'runs.status.completed': '已完成',
+  'runs.status.failed': '失败',
+  'runs.status.stopped': '已停止',
+  'runs.status.interrupted': '已中断',
+
+  'compare.title': '对比训练',
+  'compare.intro': '选择多个训练，叠加它们的损失曲线，并排比较配置和最终指标。',
+  'compare.empty': '还没有可对比的训练。',
+  'compare.experiments': '实验：{count}',
+
+  'chat.title': '对话',
+  'chat.intro': '与基座模型、训练好的适配器或任意检查点对话，使用该模型家族自己的提示格式。',
+  'chat.empty': '还没有添加模型：请在“模型”中添加。',
+
+  'models.title': '模型',
+  'models.intro': '本地 Hugging Face 模型文件夹，以及支持的模型家族目录。',
+  'models.empty': '还没有模型。请在“设置”中添加存放模型的文件夹。',
+  'models.col.name': '名称',
+  'models.col.family': '家族',
+  'models.col.path': '文件夹',
+
+  'datasets.title': '数据集',
+  'datasets.intro': '训练与评测文件：PromptCBLUE、Alpaca、ShareGPT，或任意 prompt/response 列。',
+  'datasets.empty': '还没有数据集。',
+  'datasets.col.name': '名称',
+  'datasets.col.format': '格式',
+  'datasets.col.records': '条数',
+
+  'settings.title': '设置',
+  'settings.language': '语言',
+  'settings.saved': '已保存。',
+  'settings.dataHome': '数据文件夹',
+  'settings.database': '数据库',
+  'settings.engine': '引擎',
+  'settings.mode': '运行方式',
+  'settings.mode.desktop': '桌面窗口',
+  'settings.mode.browser': '浏览器（本机服务）',
+
+  'status.engine': '引擎 {version}',
+  'status.engineMissing': '引擎不可用',
+  'status.cpuOnly': '仅 CPU',
+  'status.gpus': '{count} 块 GPU：{names}',
+  'status.disconnected': '与服务器断开连接，正在重试…',
+  'status.connecting': '正在连接…',
+  'status.version': 'v{version}',
+
+  'common.loading': '加载中…',
+  'common.error': '错误：{message}',
+};
+
+export const tables = { en, 'zh-CN': zhCN } as const;
+export type Locale = keyof typeof tables;
+export const locales: { id: Locale; label: string }[] = [
+  { id: 'en', label: 'English' },
+  { id: 'zh-CN', label: '简体中文' },
+];
+
+export function format(template: string, params: Record<string, string | number> = {}): string {
+  return template.replace(/\{(\w+)\}/g, (m, k: string) => (k in params ? String(params[k]) : m));
+}

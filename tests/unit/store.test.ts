@@ -1,0 +1,184 @@
+// The SQLite store: pragmas, forward-only migrations in transactions, repositories, bulk metrics.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { StoreError, migrate, openDatabase, schemaVersion } from '../../src-main/core/store/db';
+import { LATEST_SCHEMA_VERSION, migrations } from '../../src-main/core/store/migrations';
+import { Store } from '../../src-main/core/store/store';
+
+const dirs: string[] = [];
+function dbFile(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-store-'));
+  dirs.push(d);
+  return path.join(d, 'nested', 'llms-train.db');
+}
+afterEach(() => {
+  for (const d of dirs.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+describe('openDatabase', () => {
+  it('creates the file with WAL, foreign keys and the latest schema', () => {
+    const file = dbFile();
+    const db = openDatabase(file);
+    expect(fs.existsSync(file)).toBe(true);
+    expect(db.pragma('journal_mode', { simple: true })).toBe('wal');
+    expect(db.pragma('foreign_keys', { simple: true })).toBe(1);
+    expect(schemaVersion(db)).toBe(LATEST_SCHEMA_VERSION);
+    const tables = (db.prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name").all() as { name: string }[]).map((r) => r.name);
+    expect(tables).toEqual(expect.arrayContaining(['models', 'datasets', 'experiments', 'runs', 'metrics', 'checkpoints', 'evals', 'chat_sessions', 'chat_messages', 'settings']));
+    db.close();
+  });
+
+  it('is idempotent: reopening applies nothing', () => {
+    const file = dbFile();
+    openDatabase(file).close();
+    const db = openDatabase(file);
+    expect(migrate(db)).toEqual([]);
+    db.close();
+  });
+
+  it('refuses a database written by a newer version, with a hint', () => {
+    const file = dbFile();
+    const db = openDatabase(file);
+    db.pragma(`user_version = ${LATEST_SCHEMA_VERSION + 5}`);
+    db.close();
+    try {
+      openDatabase(file);
+      expect.unreachable();
+    } catch (err) {
+      expect(err).toBeInstanceOf(StoreError);
+      expect((err as StoreError).message).toMatch(/newer than this LLMs-train understands/);
+      expect((err as StoreError).hint).toMatch(/LLMS_TRAIN_HOME/);
+    }
+  });
+
+  it('rolls back a failing migration completely', () => {
+    const file = dbFile();
+    const bad = [...migrations, { version: migrations.length + 1, name: 'broken', sql: 'CREATE TABLE half_done(x INTEGER); SELECT * FROM no_such_table;' }];
+    expect(() => openDatabase(file, { migrations: bad })).toThrow(/migration 2 \(broken\) failed and was rolled back/);
+    const db = openDatabase(file);
+    expect(schemaVersion(db)).toBe(1);
+    expect(db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'half_done'").get()).toEqual({ n: 0 });
+    db.close();
+  });
+
+  it('applies migrations in version order from an older schema', () => {
+    const file = dbFile();
+    const db1 = openDatabase(file);
+    db1.close();
+    const next = [...migrations, { version: 2, name: 'add tags', sql: 'ALTER TABLE runs ADD COLUMN tags TEXT' }];
+    const db = openDatabase(file, { migrations: next });
+    expect(schemaVersion(db)).toBe(2);
+    expect((db.prepare('PRAGMA table_info(runs)').all() as { name: string }[]).map((c) => c.name)).toContain('tags');
+    db.close();
+  });
+
+  it('refuses a gap in the migration list', () => {
+    const db = openDatabase(':memory:');
+    expect(() => migrate(db, [...migrations, { version: 3, name: 'gap', sql: '' }])).toThrow(/not contiguous/);
+    db.close();
+  });
+
+  it('explains a file that is not a database', () => {
+    const file = dbFile();
+    fs.mkdirSync(path.dirname(file), { recursive: true });
+    fs.writeFileSync(file, 'this is not sqlite'.repeat(200));
+    expect(() => openDatabase(file)).toThrow(/cannot use the database .*not a database/);
+  });
+});
+
+describe('Store repositories', () => {
+  it('creates experiments with unique names and counts their runs', () => {
+    const s = Store.open(dbFile());
+    const e = s.experiments.create('baseline', 'r=8');
+    expect(() => s.experiments.create('baseline')).toThrow(/already exists/);
+    s.runs.create({ name: 'r1', spec: { a: 1 }, specVersion: 1, experimentId: e.id });
+    expect(s.experiments.list()).toEqual([{ ...e, runCount: 1 }]);
+    s.close();
+  });
+
+  it('tracks a run through its states and filters the list', () => {
+    const s = Store.open(dbFile());
+    const r = s.runs.create({ name: 'run', spec: { lr: 2e-4 }, specVersion: 1, outputDir: '/out' });
+    expect(r.status).toBe('queued');
+    expect(r.spec).toEqual({ lr: 2e-4 });
+    s.runs.markRunning(r.id, 1234);
+    expect(s.runs.get(r.id)).toMatchObject({ status: 'running', workerPid: 1234 });
+    s.runs.finish(r.id, 'failed', { errorCode: 'OOM', errorMessage: 'out of memory', errorHint: 'lower the micro-batch', exitCode: 1 });
+    expect(s.runs.get(r.id)).toMatchObject({ status: 'failed', errorCode: 'OOM', errorHint: 'lower the micro-batch', workerPid: null, exitCode: 1 });
+    const r2 = s.runs.create({ name: 'run2', spec: {}, specVersion: 1 });
+    expect(s.runs.list().map((x) => x.id)).toEqual([r2.id, r.id]);
+    expect(s.runs.list({ status: 'failed' }).map((x) => x.id)).toEqual([r.id]);
+    expect(s.runs.list({ limit: 1 }).length).toBe(1);
+    s.close();
+  });
+
+  it('marks runs left running as interrupted at start-up', () => {
+    const file = dbFile();
+    const s = Store.open(file);
+    const r = s.runs.create({ name: 'crashed', spec: {}, specVersion: 1 });
+    s.runs.markRunning(r.id, 99);
+    s.close();
+    const s2 = Store.open(file);
+    expect(s2.runs.markInterrupted()).toBe(1);
+    expect(s2.runs.get(r.id)).toMatchObject({ status: 'interrupted', workerPid: null });
+    expect(s2.runs.get(r.id)!.errorMessage).toMatch(/app stopped/);
+    s2.close();
+  });
+
+  it('enforces the run status set and foreign keys', () => {
+    const s = Store.open(dbFile());
+    expect(() => s.db.prepare("INSERT INTO runs(name, spec_json, spec_version, status, created_at) VALUES ('x','{}',1,'bogus','t')").run()).toThrow(/CHECK/);
+    expect(() => s.metrics.add(424242, [{ step: 1, name: 'loss', value: 1, time: 0 }])).toThrow(/FOREIGN KEY/);
+    s.close();
+  });
+
+  it('bulk-inserts metrics in one transaction, non-finite values as null', () => {
+    const s = Store.open(dbFile());
+    const r = s.runs.create({ name: 'm', spec: {}, specVersion: 1 });
+    const pts = Array.from({ length: 2000 }, (_, i) => ({ step: i + 1, name: 'loss', value: 3 - i / 1000, time: 1700000000 + i }));
+    s.metrics.add(r.id, pts);
+    s.metrics.add(r.id, [{ step: 2001, name: 'loss', value: Number.NaN, time: 1 }, { step: 1, name: 'lr', value: 2e-4, time: 1 }]);
+    const loss = s.metrics.series(r.id, 'loss');
+    expect(loss.length).toBe(2001);
+    expect(loss[0]).toEqual({ step: 1, name: 'loss', value: 3, time: 1700000000 });
+    expect(loss[2000]!.value).toBeNull();
+    expect(s.metrics.series(r.id, 'loss', { sinceStep: 1999 }).map((p) => p.step)).toEqual([2000, 2001]);
+    expect(s.metrics.names(r.id)).toEqual(['loss', 'lr']);
+    // all-or-nothing: a bad point in the batch leaves nothing behind
+    expect(() => s.metrics.add(r.id, [{ step: 5000, name: 'loss', value: 1, time: 1 }, { step: 5001, name: null as unknown as string, value: 1, time: 1 }])).toThrow();
+    expect(s.metrics.series(r.id, 'loss', { sinceStep: 4000 })).toEqual([]);
+    // deleting the run deletes its metrics
+    s.db.prepare('DELETE FROM runs WHERE id = ?').run(r.id);
+    expect(s.metrics.series(r.id, 'loss')).toEqual([]);
+    s.close();
+  });
+
+  it('stores checkpoints, evals, models, datasets, chat and settings', () => {
+    const s = Store.open(dbFile());
+    const r = s.runs.create({ name: 'c', spec: {}, specVersion: 1 });
+    s.checkpoints.add({ runId: r.id, step: 300, path: '/o/checkpoint-300', sizeBytes: 10 });
+    const c = s.checkpoints.add({ runId: r.id, step: 600, path: '/o/checkpoint-600', isFinal: true });
+    expect(s.checkpoints.list(r.id).map((x) => [x.step, x.isFinal])).toEqual([[300, false], [600, true]]);
+    const ev = s.evals.add({ runId: r.id, checkpointId: c.id, dataPath: '/d/test.json', metrics: { bleu4: 12.5 } });
+    expect(s.evals.list({ runId: r.id })).toEqual([ev]);
+    expect(ev.metrics).toEqual({ bleu4: 12.5 });
+    const m = s.models.upsert({ path: '/m/llama', name: 'llama', family: 'llama', info: { params: 7e9 } });
+    expect(s.models.upsert({ path: '/m/llama', name: 'llama-7b' }).id).toBe(m.id);
+    expect(s.models.list()).toHaveLength(1);
+    s.datasets.upsert({ path: '/d/train.json', name: 'train', format: 'promptcblue', records: 6000 });
+    expect(s.datasets.list()[0]).toMatchObject({ format: 'promptcblue', records: 6000 });
+    const cs = s.chat.createSession({ title: 'hi', modelPath: '/m/llama' });
+    s.chat.addMessage(cs.id, 'user', '你好');
+    s.chat.addMessage(cs.id, 'assistant', '你好！', { tokens: 3 });
+    expect(s.chat.messages(cs.id).map((x) => [x.role, x.content, x.meta])).toEqual([['user', '你好', null], ['assistant', '你好！', { tokens: 3 }]]);
+    expect(() => s.chat.addMessage(cs.id, 'robot' as 'user', 'x')).toThrow(/CHECK/);
+    expect(s.settings.get('x', 5)).toBe(5);
+    s.settings.set('x', { a: [1] });
+    expect(s.settings.get('x', null)).toEqual({ a: [1] });
+    s.close();
+  });
+});
