@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { BrowserWindow, app, net, protocol, session, shell } from 'electron';
+import { BrowserWindow, app, dialog, net, protocol, session, shell } from 'electron';
 
 import { Core } from '../core/core.js';
 import { appRoot, rendererDir } from '../core/paths.js';
@@ -102,7 +102,8 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err) => {
+main().catch((err: Error & { hint?: string }) => {
   console.error('LLMs-train failed to start:', err);
+  dialog.showErrorBox('LLMs-train could not start', `${err.message}${err.hint ? `\n\n${err.hint}` : ''}\n\nBrowser mode (\`llms-train serve\`) may still work.`);
   app.exit(1);
 });

@@ -1,0 +1,53 @@
+// test.mjs — `npm test`: every suite, in order — the native C++ tests (ctest), then the TS suites (vitest:
+// unit, integration, e2e in Chromium, Electron smoke where possible). Needs `npm run build` first.
+// Ends with one summary line, "tests: N passed, N failed, N skipped", and a non-zero exit on any failure.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const extra = process.argv.slice(2);
+let passed = 0;
+let failed = 0;
+let skipped = 0;
+let ok = true;
+
+// 1. native
+const build = path.join(root, 'native', 'build');
+if (!fs.existsSync(path.join(build, 'CTestTestfile.cmake'))) {
+  console.error('npm test: native/build is missing — run `npm run build` first.');
+  process.exit(1);
+}
+const ctest = spawnSync('ctest', ['--test-dir', build, '--output-on-failure'], { encoding: 'utf8' });
+process.stdout.write(ctest.stdout ?? '');
+process.stderr.write(ctest.stderr ?? '');
+const m = /(\d+)% tests passed, (\d+) tests failed out of (\d+)/.exec(ctest.stdout ?? '');
+if (m) {
+  failed += Number(m[2]);
+  passed += Number(m[3]) - Number(m[2]);
+}
+if (ctest.status !== 0 || !m) ok = false;
+
+// 2. TypeScript suites
+const report = path.join(root, 'test-results', 'vitest.json');
+fs.mkdirSync(path.dirname(report), { recursive: true });
+fs.rmSync(report, { force: true });
+const vitest = spawnSync(
+  process.execPath,
+  [path.join(root, 'node_modules', 'vitest', 'vitest.mjs'), 'run', '--reporter=default', '--reporter=json', `--outputFile.json=${report}`, ...extra],
+  { stdio: 'inherit', cwd: root },
+);
+if (vitest.status !== 0) ok = false;
+if (fs.existsSync(report)) {
+  const r = JSON.parse(fs.readFileSync(report, 'utf8'));
+  passed += r.numPassedTests ?? 0;
+  failed += r.numFailedTests ?? 0;
+  skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
+  if ((r.numTotalTests ?? 0) === 0) ok = false;
+} else {
+  ok = false;
+}
+
+console.log(`tests: ${passed} passed, ${failed} failed, ${skipped} skipped`);
+process.exit(ok && failed === 0 ? 0 : 1);

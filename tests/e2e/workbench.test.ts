@@ -1,0 +1,103 @@
+// End to end in a real browser: Debian's Chromium (Playwright) against `llms-train serve`.
+import fs from 'node:fs';
+import path from 'node:path';
+
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT, type Served, startCli } from '../helpers/app';
+import { launchChromium } from '../helpers/browser';
+
+let app: Served;
+let browser: Browser;
+let page: Page;
+const consoleErrors: string[] = [];
+
+beforeAll(async () => {
+  app = await startCli(['serve', '--port', '0']);
+  browser = await launchChromium();
+  page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
+  page.on('console', (m) => {
+    if (m.type() === 'error') consoleErrors.push(m.text());
+  });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await app?.stop();
+});
+
+const screens = ['new', 'runs', 'compare', 'chat', 'models', 'datasets', 'settings'];
+
+describe('workbench in Chromium', () => {
+  it('loads from the printed URL and the status bar says CPU only', async () => {
+    await page.goto(app.url);
+    await page.getByTestId('status-devices').waitFor();
+    expect(await page.getByTestId('status-devices').textContent()).toBe('CPU only');
+    expect(await page.getByTestId('status-engine').textContent()).toMatch(/^Engine \d+\.\d+\.\d+$/);
+    expect(await page.getByTestId('status-version').textContent()).toMatch(/LLMs-train v\d/);
+    expect(await page.title()).toMatch(/LLMs-train/);
+  });
+
+  it('navigates to every screen', async () => {
+    for (const s of screens) {
+      await page.getByTestId(`nav-${s}`).click();
+      await page.getByTestId(`screen-${s}`).waitFor();
+      expect(page.url()).toContain(`#/${s}`);
+      expect(await page.getByTestId(`nav-${s}`).getAttribute('aria-current')).toBe('page');
+      expect(await page.locator('main h1').textContent()).toBeTruthy();
+    }
+    await page.getByTestId('nav-runs').click();
+    await page.getByTestId('runs-table-empty').waitFor();
+    expect(await page.getByTestId('runs-table-empty').textContent()).toMatch(/No runs yet/);
+  });
+
+  it('switches to 简体中文, saves it, and keeps it after a reload', async () => {
+    await page.getByTestId('nav-settings').click();
+    await page.getByTestId('settings-home').waitFor();
+    expect(await page.getByTestId('settings-home').textContent()).toBe(app.home);
+    await page.getByTestId('language-select').selectOption('zh-CN');
+    await page.getByTestId('settings-saved').waitFor();
+    expect(await page.getByTestId('nav-runs').textContent()).toBe('训练记录');
+    expect(await page.getByTestId('status-devices').textContent()).toBe('仅 CPU');
+    await page.screenshot({ path: path.join(ROOT, 'test-results', 'settings-zh.png') });
+    await page.evaluate(() => localStorage.clear());
+    await page.reload();
+    await page.getByTestId('status-devices').waitFor();
+    await page.waitForFunction(() => document.querySelector('[data-testid="nav-runs"]')?.textContent === '训练记录');
+    await page.getByTestId('language-select').selectOption('en');
+    await page.getByTestId('settings-saved').waitFor();
+    expect(await page.getByTestId('nav-runs').textContent()).toBe('Runs');
+  });
+
+  it('has run so far without console errors or CSP violations', () => {
+    expect(consoleErrors).toEqual([]);
+  });
+
+  it('gets 401 from the API without the token, 400 naming the field with it', async () => {
+    const result = await page.evaluate(async (token) => {
+      const noToken = await fetch('./api/getStatus', { method: 'POST', body: '{}' });
+      const bad = await fetch('./api/createExperiment', { method: 'POST', headers: { 'X-LLMT-Token': token }, body: JSON.stringify({ name: false }) });
+      return { noToken: noToken.status, bad: bad.status, badBody: await bad.json() };
+    }, app.token);
+    expect(result.noToken).toBe(401);
+    expect(result.bad).toBe(400);
+    expect(result.badBody.error.fields[0].path).toBe('name');
+  });
+
+  it('shows 401 for the page without the token', async () => {
+    const other = await browser.newPage();
+    const res = await other.goto(app.origin + '/');
+    expect(res?.status()).toBe(401);
+    expect(await other.textContent('body')).toMatch(/UNAUTHORIZED/);
+    await other.close();
+  });
+
+  it('takes the README screenshot', async () => {
+    await page.getByTestId('nav-new').click();
+    await page.getByTestId('wizard-steps').waitFor();
+    fs.mkdirSync(path.join(ROOT, 'test-results'), { recursive: true });
+    await page.screenshot({ path: path.join(ROOT, 'test-results', 'workbench.png') });
+  });
+});
