@@ -5,19 +5,10 @@ import { type BrowserWindow, type IpcMainInvokeEvent, ipcMain } from 'electron';
 
 import { methodNames } from '../api/contract.js';
 import type { Core } from '../core/core.js';
+import { senderProblem } from './sender.js';
 
 export function checkSender(event: IpcMainInvokeEvent, win: BrowserWindow, origin: string): string | null {
-  if (event.sender.id !== win.webContents.id) return 'IPC from an unknown window';
-  const frame = event.senderFrame;
-  if (!frame) return 'IPC from a frame that is gone';
-  if (frame.parent !== null) return 'IPC from a sub-frame';
-  let frameOrigin: string;
-  try {
-    frameOrigin = new URL(frame.url).origin;
-  } catch {
-    return 'IPC from a frame without a URL';
-  }
-  return frameOrigin === origin ? null : `IPC from an unexpected origin ${frameOrigin}`;
+  return senderProblem({ senderId: event.sender.id, frame: event.senderFrame }, win.webContents.id, origin);
 }
 
 const registered = new Set<string>();
