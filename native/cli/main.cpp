@@ -1,14 +1,24 @@
 // main.cpp — `llmt-engine`, the engine's standalone worker and verification tool.
-// It needs no Node: RunService spawns it (job file in, JSONL events on stdout, control on stdin), and it
-// runs on a bare GPU server or under torchrun/Slurm launchers. It uses the C API (llmt.h) and nothing else
-// of the engine. Exit codes: 0 success, 1 engine error (message on stderr, prefixed with its code),
-// 2 usage error.
+// It needs no Node: RunService spawns it (`train --job`: JSON-lines events on stdout, control lines on
+// stdin), and it runs on a bare GPU server or under torchrun/Slurm launchers. It reaches the engine only
+// through the C API (llmt.h); json.hpp is used as a plain JSON utility for its own files.
+// Exit codes: 0 success, 1 engine error (message on stderr, prefixed with its code), 2 usage error.
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <iostream>
+#include <map>
 #include <string>
+#include <thread>
+#include <vector>
 
 #include "../engine/json.hpp"
 #include "llmt.h"
+
+using llmt::Json;
 
 namespace {
 
@@ -16,15 +26,154 @@ const char *kUsage =
     "usage: llmt-engine <command> [options]\n"
     "\n"
     "commands:\n"
-    "  info [--json]     engine version, build features and compute devices\n"
-    "  version           print the engine version\n"
-    "  help              this text\n"
+    "  info [--json]                      engine version, build features and compute devices\n"
+    "  version                            print the engine version\n"
+    "  inspect --model DIR                describe an HF model folder as JSON (no weights loaded)\n"
+    "  create-tiny --family F --out DIR [--seed N]\n"
+    "                                     write a tiny random model (llama, baichuan, gpt_neox) as an HF folder\n"
+    "  forward --model DIR [--adapter DIR] --tokens T.json --out O.json\n"
+    "                                     T.json: {\"input_ids\": [[...]], \"labels\": [[...]]} (labels optional,\n"
+    "                                     -100 ignored, rows of equal length); O.json: {\"loss\", \"tokens\",\n"
+    "                                     \"logits\": [B][T][V]} in float32, no dropout\n"
+    "  grad --model DIR --adapter DIR --tokens T.json --out G.safetensors\n"
+    "                                     gradients of that mean loss w.r.t. every adapter parameter (LoRA A/B,\n"
+    "                                     modules_to_save), float32, keyed by PEFT's names, no dropout\n"
+    "  generate --model DIR [--adapter DIR] (--prompt-ids 1,2,3 | --tokens T.json) [--max-new-tokens N]\n"
+    "           [--temperature X] [--top-k K] [--top-p P] [--repetition-penalty R] [--greedy] [--seed N]\n"
+    "                                     generated ids as JSON {\"ids\": [...]}; tokens stream to stderr with --stream\n"
+    "  train --job JOB.json               run a training job; JSON-lines events on stdout; stdin lines\n"
+    "                                     \"stop\" (checkpoint, then exit) and \"abort\"; SIGTERM/SIGINT = stop\n"
+    "  help                               this text\n"
     "\n"
-    "Training (train), verification (forward, grad, generate) and bench arrive with the engine.\n";
+    "options for every command: --threads N (CPU worker threads)\n";
+
+int usage_error(const std::string &msg) {
+  std::fprintf(stderr, "llmt-engine: %s\n\n%s", msg.c_str(), kUsage);
+  return 2;
+}
 
 int fail(llmt_status st) {
   std::fprintf(stderr, "llmt-engine: %s: %s\n", llmt_status_name(st), llmt_last_error());
   return 1;
+}
+
+// --name value / --flag
+struct Args {
+  std::map<std::string, std::string> kv;
+  std::vector<std::string> flags;
+  std::string error;
+  bool has(const std::string &k) const { return kv.count(k) || std::find(flags.begin(), flags.end(), k) != flags.end(); }
+  std::string get(const std::string &k, const std::string &def = "") const {
+    auto it = kv.find(k);
+    return it == kv.end() ? def : it->second;
+  }
+};
+
+Args parse_args(int argc, char **argv, int from, std::initializer_list<const char *> valued,
+                std::initializer_list<const char *> boolean) {
+  Args a;
+  for (int i = from; i < argc; ++i) {
+    std::string s = argv[i];
+    bool is_v = false, is_b = false;
+    for (const char *v : valued) is_v = is_v || s == v;
+    for (const char *b : boolean) is_b = is_b || s == b;
+    if (is_v) {
+      if (i + 1 >= argc) {
+        a.error = "option " + s + " needs a value";
+        return a;
+      }
+      a.kv[s] = argv[++i];
+    } else if (is_b) {
+      a.flags.push_back(s);
+    } else {
+      a.error = "unknown option '" + s + "'";
+      return a;
+    }
+  }
+  return a;
+}
+
+bool read_file(const std::string &path, std::string &out) {
+  FILE *f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char buf[65536];
+  size_t n;
+  while ((n = std::fread(buf, 1, sizeof buf, f)) > 0) out.append(buf, n);
+  std::fclose(f);
+  return true;
+}
+
+bool write_file(const std::string &path, const std::string &text) {
+  const std::string tmp = path + ".tmp";
+  FILE *f = std::fopen(tmp.c_str(), "wb");
+  if (!f) return false;
+  bool ok = std::fwrite(text.data(), 1, text.size(), f) == text.size();
+  ok = std::fclose(f) == 0 && ok;
+  if (!ok || std::rename(tmp.c_str(), path.c_str()) != 0) {
+    std::remove(tmp.c_str());
+    return false;
+  }
+  return true;
+}
+
+// Reads {"input_ids": [[...]], "labels": [[...]]} with rows of equal length.
+bool read_tokens(const std::string &path, std::vector<int32_t> &ids, std::vector<int32_t> &labels, int64_t &B, int64_t &T,
+                 bool &has_labels, std::string &err) {
+  std::string text;
+  if (!read_file(path, text)) {
+    err = "cannot read " + path + ": " + std::strerror(errno);
+    return false;
+  }
+  Json j;
+  if (!Json::parse(text, j, err)) {
+    err = path + " is not valid JSON: " + err;
+    return false;
+  }
+  const Json &in = j.get("input_ids");
+  const Json &lb = j.get("labels");
+  if (!in.is_array() || in.size() == 0 || !in[0].is_array() || in[0].size() == 0) {
+    err = path + ": \"input_ids\" must be a non-empty list of non-empty lists of token ids";
+    return false;
+  }
+  B = static_cast<int64_t>(in.size());
+  T = static_cast<int64_t>(in[0].size());
+  has_labels = !lb.is_null();
+  if (has_labels && (!lb.is_array() || static_cast<int64_t>(lb.size()) != B)) {
+    err = path + ": \"labels\" must have one row per input_ids row";
+    return false;
+  }
+  for (int64_t r = 0; r < B; ++r) {
+    if (!in[r].is_array() || static_cast<int64_t>(in[r].size()) != T) {
+      err = path + ": input_ids row " + std::to_string(r) + " has a different length than row 0 (pad the rows)";
+      return false;
+    }
+    if (has_labels && (!lb[r].is_array() || static_cast<int64_t>(lb[r].size()) != T)) {
+      err = path + ": labels row " + std::to_string(r) + " must have the same length as input_ids";
+      return false;
+    }
+    for (int64_t t = 0; t < T; ++t) {
+      if (!in[r][t].is_integer()) {
+        err = path + ": input_ids[" + std::to_string(r) + "][" + std::to_string(t) + "] is not an integer";
+        return false;
+      }
+      ids.push_back(static_cast<int32_t>(in[r][t].as_int()));
+      if (has_labels) {
+        if (!lb[r][t].is_integer()) {
+          err = path + ": labels[" + std::to_string(r) + "][" + std::to_string(t) + "] is not an integer";
+          return false;
+        }
+        labels.push_back(static_cast<int32_t>(lb[r][t].as_int()));
+      }
+    }
+  }
+  return true;
+}
+
+int apply_threads(const Args &a) {
+  if (!a.has("--threads")) return 0;
+  int n = std::atoi(a.get("--threads").c_str());
+  llmt_status st = llmt_set_threads(n);
+  return st ? fail(st) : 0;
 }
 
 int cmd_info(bool as_json) {
@@ -37,12 +186,15 @@ int cmd_info(bool as_json) {
     llmt_device_info d;
     st = llmt_device_info_get(i, &d);
     if (st != LLMT_OK) return fail(st);
+    Json o = Json::object();
+    o.set("index", Json::integer(d.index));
+    o.set("kind", Json::string(d.kind == LLMT_DEVICE_CUDA ? "cuda" : "cpu"));
+    o.set("name", Json::string(d.name));
+    o.set("memory_total", Json::integer(static_cast<int64_t>(d.memory_total)));
+    o.set("memory_free", Json::integer(static_cast<int64_t>(d.memory_free)));
+    o.set("threads", Json::integer(d.threads));
     if (i) devices += ",";
-    devices += "{\"index\":" + std::to_string(d.index) + ",\"kind\":\"" +
-               (d.kind == LLMT_DEVICE_CUDA ? "cuda" : "cpu") + "\",\"name\":" + llmt::json_escape(d.name) +
-               ",\"memory_total\":" + std::to_string(d.memory_total) +
-               ",\"memory_free\":" + std::to_string(d.memory_free) + ",\"threads\":" + std::to_string(d.threads) +
-               "}";
+    devices += o.dump();
     char line[256];
     std::snprintf(line, sizeof(line), "  [%d] %s, %.1f GiB total, %.1f GiB free\n", d.index, d.name,
                   d.memory_total / 1073741824.0, d.memory_free / 1073741824.0);
@@ -50,12 +202,177 @@ int cmd_info(bool as_json) {
   }
   devices += "]";
   if (as_json) {
-    std::printf("{\"version\":%s,\"api_version\":%d,\"build\":%s,\"devices\":%s}\n",
-                llmt::json_escape(llmt_version()).c_str(), llmt_api_version(), llmt_build_info(), devices.c_str());
+    std::printf("{\"version\":%s,\"api_version\":%d,\"build\":%s,\"devices\":%s}\n", Json::string(llmt_version()).dump().c_str(),
+                llmt_api_version(), llmt_build_info(), devices.c_str());
   } else {
-    std::printf("llmt-engine %s (C API %d)\nbuild: %s\ndevices:\n%s", llmt_version(), llmt_api_version(),
-                llmt_build_info(), text.c_str());
+    std::printf("llmt-engine %s (C API %d)\nbuild: %s\ndevices:\n%s", llmt_version(), llmt_api_version(), llmt_build_info(),
+                text.c_str());
   }
+  return 0;
+}
+
+struct ModelHandle {
+  llmt_model *m = nullptr;
+  ~ModelHandle() { llmt_model_free(m); }
+};
+
+int cmd_forward(const Args &a, bool grad) {
+  const std::string model = a.get("--model"), adapter = a.get("--adapter"), tokens = a.get("--tokens"), out = a.get("--out");
+  if (model.empty() || tokens.empty() || out.empty()) return usage_error(std::string(grad ? "grad" : "forward") + " needs --model, --tokens and --out");
+  if (grad && adapter.empty()) return usage_error("grad needs --adapter (the LoRA whose gradients are wanted)");
+  std::vector<int32_t> ids, labels;
+  int64_t B = 0, T = 0;
+  bool has_labels = false;
+  std::string err;
+  if (!read_tokens(tokens, ids, labels, B, T, has_labels, err)) {
+    std::fprintf(stderr, "llmt-engine: BAD_INPUT: %s\n", err.c_str());
+    return 1;
+  }
+  if (grad && !has_labels) {
+    std::fprintf(stderr, "llmt-engine: BAD_INPUT: %s has no \"labels\": grad needs a loss\n", tokens.c_str());
+    return 1;
+  }
+  ModelHandle h;
+  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  if (st) return fail(st);
+  if (grad) {
+    double loss = 0;
+    st = llmt_model_grad(h.m, ids.data(), labels.data(), B, T, out.c_str(), &loss);
+    if (st) return fail(st);
+    std::printf("{\"loss\":%s}\n", Json::number(loss).dump().c_str());
+    return 0;
+  }
+  char *info = nullptr;
+  if ((st = llmt_model_info(h.m, &info))) return fail(st);
+  Json ij;
+  std::string e2;
+  Json::parse(info, ij, e2);
+  llmt_free_string(info);
+  const int64_t V = ij.get_int("vocab", 0);
+  std::vector<float> logits(static_cast<size_t>(B * T * V));
+  double loss = 0;
+  int64_t count = 0;
+  st = llmt_model_forward(h.m, ids.data(), has_labels ? labels.data() : nullptr, B, T, logits.data(), &loss, &count);
+  if (st) return fail(st);
+  std::string o = "{\"loss\":";
+  o += has_labels && count > 0 ? Json::number(loss).dump() : "null";
+  o += ",\"tokens\":" + std::to_string(count) + ",\"logits\":[";
+  char buf[32];
+  for (int64_t b = 0; b < B; ++b) {
+    o += b ? ",[" : "[";
+    for (int64_t t = 0; t < T; ++t) {
+      o += t ? ",[" : "[";
+      for (int64_t v = 0; v < V; ++v) {
+        std::snprintf(buf, sizeof buf, "%s%.9g", v ? "," : "", static_cast<double>(logits[(b * T + t) * V + v]));
+        o += buf;
+      }
+      o += "]";
+    }
+    o += "]";
+  }
+  o += "]}\n";
+  if (!write_file(out, o)) {
+    std::fprintf(stderr, "llmt-engine: IO: cannot write %s: %s\n", out.c_str(), std::strerror(errno));
+    return 1;
+  }
+  return 0;
+}
+
+std::atomic<int> g_control{0};
+
+void on_signal(int) {
+  // first signal: graceful stop; a second one: abort
+  g_control.store(g_control.load() >= 1 ? 2 : 1);
+}
+
+void print_event(void *, const char *json) {
+  std::fputs(json, stdout);
+  std::fputc('\n', stdout);
+  std::fflush(stdout);
+}
+
+int cmd_train(const Args &a) {
+  const std::string job = a.get("--job");
+  if (job.empty()) return usage_error("train needs --job JOB.json");
+  std::string text;
+  if (!read_file(job, text)) {
+    std::string msg = "cannot read the job file " + job + ": " + std::strerror(errno);
+    std::printf("{\"event\":\"error\",\"code\":\"IO\",\"message\":%s}\n", Json::string(msg).dump().c_str());
+    std::fprintf(stderr, "llmt-engine: IO: %s\n", msg.c_str());
+    return 1;
+  }
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
+  // control lines on stdin: "stop" (checkpoint, then exit), "abort"
+  std::thread([] {
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      if (line == "stop") g_control.store(std::max(g_control.load(), 1));
+      else if (line == "abort") g_control.store(2);
+    }
+  }).detach();
+  llmt_status st = llmt_train(text.c_str(), print_event, [](void *) { return g_control.load(); }, nullptr);
+  if (st) return fail(st);
+  return 0;
+}
+
+int cmd_generate(const Args &a) {
+  const std::string model = a.get("--model"), adapter = a.get("--adapter");
+  if (model.empty()) return usage_error("generate needs --model");
+  std::vector<int32_t> prompt;
+  if (a.has("--prompt-ids")) {
+    std::string s = a.get("--prompt-ids");
+    size_t at = 0;
+    while (at < s.size()) {
+      size_t c = s.find(',', at);
+      std::string tok = s.substr(at, c == std::string::npos ? std::string::npos : c - at);
+      char *end = nullptr;
+      long v = std::strtol(tok.c_str(), &end, 10);
+      if (tok.empty() || *end) return usage_error("--prompt-ids must be comma-separated integers");
+      prompt.push_back(static_cast<int32_t>(v));
+      if (c == std::string::npos) break;
+      at = c + 1;
+    }
+  } else if (a.has("--tokens")) {
+    std::vector<int32_t> labels;
+    int64_t B, T;
+    bool hl;
+    std::string err;
+    if (!read_tokens(a.get("--tokens"), prompt, labels, B, T, hl, err)) {
+      std::fprintf(stderr, "llmt-engine: BAD_INPUT: %s\n", err.c_str());
+      return 1;
+    }
+    prompt.resize(static_cast<size_t>(T));  // first row
+  } else {
+    return usage_error("generate needs --prompt-ids or --tokens");
+  }
+  Json p = Json::object();
+  if (a.has("--max-new-tokens")) p.set("max_new_tokens", Json::integer(std::atoll(a.get("--max-new-tokens").c_str())));
+  if (a.has("--temperature")) p.set("temperature", Json::number(std::atof(a.get("--temperature").c_str())));
+  if (a.has("--top-k")) p.set("top_k", Json::integer(std::atoll(a.get("--top-k").c_str())));
+  if (a.has("--top-p")) p.set("top_p", Json::number(std::atof(a.get("--top-p").c_str())));
+  if (a.has("--repetition-penalty")) p.set("repetition_penalty", Json::number(std::atof(a.get("--repetition-penalty").c_str())));
+  if (a.has("--seed")) p.set("seed", Json::integer(std::atoll(a.get("--seed").c_str())));
+  if (a.has("--greedy")) p.set("do_sample", Json::boolean(false));
+  ModelHandle h;
+  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  if (st) return fail(st);
+  std::signal(SIGINT, on_signal);
+  const int64_t cap = p.get_int("max_new_tokens", 512);
+  std::vector<int32_t> out(static_cast<size_t>(std::max<int64_t>(cap, 1)));
+  int64_t n = 0;
+  const bool stream = a.has("--stream");
+  st = llmt_model_generate(
+      h.m, prompt.data(), static_cast<int64_t>(prompt.size()), p.dump().c_str(),
+      stream ? static_cast<llmt_event_fn>([](void *, const char *e) { std::fprintf(stderr, "%s\n", e); }) : nullptr,
+      [](void *) { return g_control.load() ? 1 : 0; }, nullptr, out.data(), static_cast<int64_t>(out.size()), &n);
+  if (st && st != LLMT_ERR_ABORTED) return fail(st);
+  Json ids = Json::array();
+  for (int64_t i = 0; i < n; ++i) ids.push(Json::integer(out[static_cast<size_t>(i)]));
+  Json o = Json::object();
+  o.set("ids", ids);
+  o.set("stopped", Json::boolean(st == LLMT_ERR_ABORTED));
+  std::printf("%s\n", o.dump().c_str());
   return 0;
 }
 
@@ -76,16 +393,51 @@ int main(int argc, char **argv) {
     return 0;
   }
   if (cmd == "info") {
-    bool as_json = false;
-    for (int i = 2; i < argc; ++i) {
-      if (std::strcmp(argv[i], "--json") == 0) {
-        as_json = true;
-      } else {
-        std::fprintf(stderr, "llmt-engine info: unknown option '%s'\n%s", argv[i], kUsage);
-        return 2;
-      }
-    }
-    return cmd_info(as_json);
+    Args a = parse_args(argc, argv, 2, {}, {"--json"});
+    if (!a.error.empty()) return usage_error("info: " + a.error);
+    return cmd_info(a.has("--json"));
+  }
+  if (cmd == "inspect") {
+    Args a = parse_args(argc, argv, 2, {"--model"}, {});
+    if (!a.error.empty()) return usage_error("inspect: " + a.error);
+    if (!a.has("--model")) return usage_error("inspect needs --model DIR");
+    char *json = nullptr;
+    llmt_status st = llmt_model_inspect(a.get("--model").c_str(), &json);
+    if (st) return fail(st);
+    std::printf("%s\n", json);
+    llmt_free_string(json);
+    return 0;
+  }
+  if (cmd == "create-tiny") {
+    Args a = parse_args(argc, argv, 2, {"--family", "--out", "--seed"}, {});
+    if (!a.error.empty()) return usage_error("create-tiny: " + a.error);
+    if (!a.has("--family") || !a.has("--out")) return usage_error("create-tiny needs --family and --out");
+    llmt_status st = llmt_create_tiny(a.get("--family").c_str(), a.get("--out").c_str(),
+                                      static_cast<uint64_t>(std::atoll(a.get("--seed", "0").c_str())));
+    if (st) return fail(st);
+    std::printf("%s\n", a.get("--out").c_str());
+    return 0;
+  }
+  if (cmd == "forward" || cmd == "grad") {
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--out", "--threads"}, {});
+    if (!a.error.empty()) return usage_error(cmd + ": " + a.error);
+    if (int r = apply_threads(a)) return r;
+    return cmd_forward(a, cmd == "grad");
+  }
+  if (cmd == "train") {
+    Args a = parse_args(argc, argv, 2, {"--job", "--threads"}, {});
+    if (!a.error.empty()) return usage_error("train: " + a.error);
+    if (int r = apply_threads(a)) return r;
+    return cmd_train(a);
+  }
+  if (cmd == "generate") {
+    Args a = parse_args(argc, argv, 2,
+                        {"--model", "--adapter", "--prompt-ids", "--tokens", "--max-new-tokens", "--temperature", "--top-k",
+                         "--top-p", "--repetition-penalty", "--seed", "--threads"},
+                        {"--greedy", "--stream"});
+    if (!a.error.empty()) return usage_error("generate: " + a.error);
+    if (int r = apply_threads(a)) return r;
+    return cmd_generate(a);
   }
   std::fprintf(stderr, "llmt-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
   return 2;

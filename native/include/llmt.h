@@ -79,6 +79,69 @@ LLMT_API llmt_status llmt_device_count(int *out_count);
 /* Fills `out` for device `index`. Errors: LLMT_ERR_BAD_INPUT for a NULL `out` or index out of range. */
 LLMT_API llmt_status llmt_device_info_get(int index, llmt_device_info *out);
 
+/* ---- strings returned by the engine ----------------------------------------------------------------- */
+/* Frees a string the engine returned through a `char **out_json` parameter. NULL is ignored. */
+LLMT_API void llmt_free_string(char *s);
+
+/* ---- threads -------------------------------------------------------------------------------------------- */
+/* Worker threads of the CPU backend (default: all cores, or $LLMT_NUM_THREADS). Errors: BAD_INPUT if n < 1. */
+LLMT_API llmt_status llmt_set_threads(int n);
+
+/* ---- model folders ------------------------------------------------------------------------------------ */
+/* Describes a Hugging Face model folder without loading its weights: JSON with model_type, family,
+ * supported (bool) and reason, the parsed config (hidden, layers, heads, kv_heads, vocab, ...), parameter
+ * count, on-disk dtypes and the LoRA target module names. Validates every safetensors header.
+ * Errors: IO (missing folder/files), BAD_INPUT (malformed config or weights). An unsupported model_type is
+ * NOT an error here: `supported` is false and `reason` says why. Free *out_json with llmt_free_string. */
+LLMT_API llmt_status llmt_model_inspect(const char *dir, char **out_json);
+
+/* Writes a tiny random model of `family` ("llama", "baichuan", "gpt_neox") as an HF folder with a
+ * byte-level tokenizer. Errors: UNSUPPORTED (unknown family), IO. */
+LLMT_API llmt_status llmt_create_tiny(const char *family, const char *out_dir, uint64_t seed);
+
+/* ---- loaded models ------------------------------------------------------------------------------------ */
+typedef struct llmt_model llmt_model;
+
+/* Loads an HF folder (fp32 on the CPU backend) and, if adapter_dir is not NULL, a PEFT LoRA adapter
+ * (applied without merging; its parameters are trainable for llmt_model_grad).
+ * Errors: IO, BAD_INPUT (weights/adapter that do not fit, with names), UNSUPPORTED (model_type, adapter kind),
+ * OOM. */
+LLMT_API llmt_status llmt_model_load(const char *dir, const char *adapter_dir, llmt_model **out);
+LLMT_API void llmt_model_free(llmt_model *model);
+/* JSON: {model_type, vocab, hidden, layers, parameters, trainable, adapter, eos_ids, bos_id, pad_id}. */
+LLMT_API llmt_status llmt_model_info(llmt_model *model, char **out_json);
+
+/* Forward pass, no dropout. ids and labels are [batch * seq] row-major; labels may be NULL (no loss) and use
+ * -100 for ignored positions (HF semantics: the model shifts them). logits_out, if not NULL, receives
+ * [batch * seq * vocab] floats. *loss_out receives the mean token loss (NaN when no token counts) and
+ * *tokens_out the number of counted tokens; either may be NULL.
+ * Errors: BAD_INPUT (ids outside the vocabulary, bad shape), NAN (non-finite loss). */
+LLMT_API llmt_status llmt_model_forward(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch,
+                                        int64_t seq, float *logits_out, double *loss_out, int64_t *tokens_out);
+
+/* Gradients of the mean token loss with respect to every adapter parameter (LoRA A/B, modules_to_save),
+ * no dropout, written as float32 to a safetensors file at out_path keyed by PEFT's names.
+ * Errors: BAD_INPUT (no adapter loaded, no labelled token), IO, NAN. */
+LLMT_API llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch,
+                                     int64_t seq, const char *out_path, double *loss_out);
+
+/* Generates after `prompt` (n tokens). params_json (may be NULL): {"max_new_tokens", "do_sample", "temperature",
+ * "top_k", "top_p", "repetition_penalty", "seed", "stop_ids": [...]}; defaults are the seed project's
+ * (temperature 0.001, top_k 30, top_p 0.85, repetition_penalty 1.2, max_new_tokens 512) and the model's eos.
+ * on_token (may be NULL) receives {"token": id, "index": i} per generated token; abort (may be NULL) is polled
+ * before each token. Up to out_cap ids are copied to out_ids; *out_n receives the number generated.
+ * Errors: BAD_INPUT, ABORTED (the tokens generated so far are still returned). */
+LLMT_API llmt_status llmt_model_generate(llmt_model *model, const int32_t *prompt, int64_t n, const char *params_json,
+                                         llmt_event_fn on_token, llmt_abort_fn abort, void *user, int32_t *out_ids,
+                                         int64_t out_cap, int64_t *out_n);
+
+/* ---- training ------------------------------------------------------------------------------------------ */
+/* Runs a training job (JSON, see docs/formats.md) to its end. Events (started, step, eval, checkpoint,
+ * warning, error, done) go to on_event, one JSON object per call. `control` (may be NULL) is polled between
+ * micro-batches: return 0 to go on, 1 to stop gracefully (a checkpoint is written), 2 to abort.
+ * Errors: as the `error` event's code (BAD_INPUT, IO, OOM, NAN, UNSUPPORTED, ABORTED). */
+LLMT_API llmt_status llmt_train(const char *job_json, llmt_event_fn on_event, llmt_abort_fn control, void *user);
+
 #ifdef __cplusplus
 }
 #endif

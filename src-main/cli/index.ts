@@ -7,7 +7,7 @@ import fs from 'node:fs';
 
 import { Command, InvalidArgumentError } from 'commander';
 
-import { loadEngine, listDevices } from '../core/engine/native.js';
+import { engineBinary, loadEngine, listDevices } from '../core/engine/native.js';
 import { appRoot, appVersion, databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
 import { serve } from './serve.js';
@@ -117,6 +117,22 @@ program
     }
     if (!runs.length) console.log('no runs yet');
     for (const r of runs) console.log(`#${r.id}\t${r.status}\t${r.createdAt}\t${r.name}${r.errorMessage ? `\t(${r.errorCode ?? 'ERROR'}: ${r.errorMessage})` : ''}`);
+  });
+
+program
+  .command('engine')
+  .description('run the native engine CLI (llmt-engine): create-tiny, inspect, forward, grad, generate, train, …')
+  .allowUnknownOption(true)
+  .helpOption(false)
+  .argument('[args...]', 'arguments passed to llmt-engine (try: llms-train engine help)')
+  .action((args: string[]) => {
+    const exe = engineBinary();
+    if (!fs.existsSync(exe)) fail(new Error(`the engine binary is missing at ${exe}; build it with \`npm run build:native\``));
+    const child = spawn(exe, args, { stdio: 'inherit' });
+    const forward = (sig: NodeJS.Signals) => child.kill(sig);
+    process.on('SIGINT', forward);
+    process.on('SIGTERM', forward);
+    child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
   });
 
 program

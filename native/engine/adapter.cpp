@@ -1,0 +1,216 @@
+// adapter.cpp — PEFT LoRA adapters in and out: adapter_config.json (the keys PEFT 0.6 writes, so old and
+// new PEFT both load it) and adapter_model.safetensors with keys base_model.model.<module>.lora_A.weight
+// [r, in] / .lora_B.weight [out, r] (+ modules_to_save copies under their plain names). Also writes a
+// whole model back as an HF folder (full fine-tuning, merges).
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <set>
+
+#include "json.hpp"
+#include "model.hpp"
+#include "safetensors.hpp"
+#include "status.hpp"
+
+namespace llmt {
+
+namespace {
+
+llmt_status make_dirs(const std::string &dir) {
+  std::string cur;
+  size_t i = 0;
+  while (i <= dir.size()) {
+    size_t slash = dir.find('/', i);
+    cur = dir.substr(0, slash == std::string::npos ? dir.size() : slash);
+    if (!cur.empty() && ::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST) {
+      return set_error(LLMT_ERR_IO, "cannot create folder " + cur + ": " + std::strerror(errno));
+    }
+    if (slash == std::string::npos) break;
+    i = slash + 1;
+  }
+  return LLMT_OK;
+}
+
+Json string_list(const std::vector<std::string> &v) {
+  Json a = Json::array();
+  for (const auto &s : v) a.push(Json::string(s));
+  return a;
+}
+
+}  // namespace
+
+llmt_status make_directories(const std::string &dir) { return make_dirs(dir); }
+
+llmt_status Model::save_adapter(const std::string &dir) const {
+  if (!has_lora_) return set_error(LLMT_ERR_BAD_INPUT, "this model has no LoRA adapter to save");
+  llmt_status st = make_dirs(dir);
+  if (st != LLMT_OK) return st;
+  std::vector<TensorToWrite> tensors;
+  for (const auto &p : params) {
+    if (p->save_name.empty()) continue;
+    tensors.push_back({p->save_name, DType::F32, p->shape, p->data.data()});
+  }
+  st = write_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
+  if (st != LLMT_OK) return st;
+  // Keys sorted, as PEFT writes them (json.dumps(sort_keys=True)).
+  Json cfg = Json::object();
+  Json empty_obj = Json::object();
+  Json alpha_pattern = Json::object();
+  for (const auto &kv : spec_.alpha_pattern) alpha_pattern.set(kv.first, Json::number(kv.second));
+  Json rank_pattern = Json::object();
+  for (const auto &kv : spec_.rank_pattern) rank_pattern.set(kv.first, Json::integer(kv.second));
+  cfg.set("alpha_pattern", alpha_pattern);
+  cfg.set("auto_mapping", Json());
+  cfg.set("base_model_name_or_path", Json::string(dir_));
+  cfg.set("bias", Json::string(spec_.bias));
+  cfg.set("fan_in_fan_out", Json::boolean(false));
+  cfg.set("inference_mode", Json::boolean(true));
+  cfg.set("init_lora_weights", Json::boolean(true));
+  cfg.set("layers_pattern", Json());
+  cfg.set("layers_to_transform", Json());
+  cfg.set("lora_alpha", spec_.alpha == static_cast<double>(static_cast<int64_t>(spec_.alpha))
+                            ? Json::integer(static_cast<int64_t>(spec_.alpha))
+                            : Json::number(spec_.alpha));
+  cfg.set("lora_dropout", Json::number(spec_.dropout));
+  cfg.set("modules_to_save", spec_.modules_to_save.empty() ? Json() : string_list(spec_.modules_to_save));
+  cfg.set("peft_type", Json::string("LORA"));
+  cfg.set("r", Json::integer(spec_.r));
+  cfg.set("rank_pattern", rank_pattern);
+  cfg.set("revision", Json());
+  if (!spec_.target_regex.empty()) {
+    cfg.set("target_modules", Json::string(spec_.target_regex));
+  } else {
+    std::vector<std::string> t = spec_.targets;
+    std::sort(t.begin(), t.end());
+    cfg.set("target_modules", string_list(t));
+  }
+  cfg.set("task_type", Json::string("CAUSAL_LM"));
+  if (spec_.use_rslora) cfg.set("use_rslora", Json::boolean(true));
+  return write_text_file_atomic(dir + "/adapter_config.json", cfg.dump(2) + "\n");
+}
+
+llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
+  const std::string cfg_path = dir + "/adapter_config.json";
+  std::string text;
+  llmt_status st = read_text_file(cfg_path, text);
+  if (st != LLMT_OK) return set_error(st, std::string(llmt_last_error()) + " (a PEFT adapter folder holds adapter_config.json)");
+  Json j;
+  std::string err;
+  if (!Json::parse(text, j, err)) return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " is not valid JSON: " + err);
+  if (!j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " is not a JSON object");
+  std::string type = j.get_string("peft_type", "LORA");
+  if (type != "LORA") {
+    return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": peft_type \"" + type + "\" is not supported (only LORA)");
+  }
+  if (j.get_bool("fan_in_fan_out", false)) {
+    return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": fan_in_fan_out adapters (Conv1D models) are not supported");
+  }
+  if (j.get_bool("use_dora", false)) return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": DoRA adapters are not supported yet");
+  if (!j.get("layers_to_transform").is_null()) {
+    return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": layers_to_transform is not supported yet");
+  }
+  LoraSpec s;
+  s.r = j.get_int("r", 8);
+  s.alpha = j.get_number("lora_alpha", 8);
+  s.dropout = j.get_number("lora_dropout", 0.0);
+  s.use_rslora = j.get_bool("use_rslora", false);
+  s.bias = j.get_string("bias", "none");
+  const Json &t = j.get("target_modules");
+  if (t.is_string()) {
+    s.target_regex = t.as_string();
+  } else if (t.is_array()) {
+    for (const auto &x : t.items())
+      if (x.is_string()) s.targets.push_back(x.as_string());
+  }
+  const Json &mts = j.get("modules_to_save");
+  if (mts.is_array())
+    for (const auto &x : mts.items())
+      if (x.is_string()) s.modules_to_save.push_back(x.as_string());
+  for (const auto &kv : j.get("rank_pattern").members())
+    if (kv.second.is_integer()) s.rank_pattern[kv.first] = kv.second.as_int();
+  for (const auto &kv : j.get("alpha_pattern").members())
+    if (kv.second.is_number()) s.alpha_pattern[kv.first] = kv.second.as_double();
+
+  const std::string wpath = dir + "/adapter_model.safetensors";
+  struct stat sb;
+  if (::stat(wpath.c_str(), &sb) != 0) {
+    if (::stat((dir + "/adapter_model.bin").c_str(), &sb) == 0) {
+      return set_error(LLMT_ERR_UNSUPPORTED, dir + " holds adapter_model.bin (a pickle); convert it to safetensors first (it is never unpickled here)");
+    }
+    return set_error(LLMT_ERR_IO, wpath + " is missing");
+  }
+  std::unique_ptr<SafetensorsFile> f = SafetensorsFile::open(wpath, st);
+  if (!f) return st;
+  st = add_lora(s, 0);
+  if (st != LLMT_OK) return set_error(st, "adapter " + dir + " does not fit the model in " + dir_ + ": " + llmt_last_error());
+  std::set<std::string> used;
+  std::vector<std::string> missing;
+  for (auto &p : params) {
+    if (p->save_name.empty()) continue;
+    const TensorInfo *ti = f->find(p->save_name);
+    if (!ti) {
+      // PEFT variants that kept the adapter name in the key
+      std::string alt = p->save_name;
+      size_t at = alt.rfind(".weight");
+      if (at != std::string::npos && alt.find(".lora_") != std::string::npos) alt.insert(at, ".default");
+      ti = f->find(alt);
+    }
+    if (!ti) {
+      missing.push_back(p->save_name);
+      continue;
+    }
+    if (ti->shape != p->shape) {
+      std::string a = "[", b = "[";
+      for (size_t i = 0; i < ti->shape.size(); ++i) a += (i ? ", " : "") + std::to_string(ti->shape[i]);
+      for (size_t i = 0; i < p->shape.size(); ++i) b += (i ? ", " : "") + std::to_string(p->shape[i]);
+      return set_error(LLMT_ERR_BAD_INPUT, "adapter tensor '" + ti->name + "' in " + wpath + " has shape " + a +
+                                               "] but this model needs " + b + "]: the adapter was trained on a different base model");
+    }
+    used.insert(ti->name);
+    st = f->read_f32(*ti, p->data.data());
+    if (st != LLMT_OK) return st;
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 6; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 6) list += ", … (" + std::to_string(missing.size()) + " in all)";
+    return set_error(LLMT_ERR_BAD_INPUT, wpath + " lacks tensors its adapter_config.json implies for this model: " + list);
+  }
+  std::vector<std::string> extra;
+  for (const auto &ti : f->tensors())
+    if (!used.count(ti.name)) extra.push_back(ti.name);
+  if (!extra.empty()) {
+    std::string list;
+    for (size_t i = 0; i < extra.size() && i < 6; ++i) list += (i ? ", " : "") + extra[i];
+    if (extra.size() > 6) list += ", … (" + std::to_string(extra.size()) + " in all)";
+    return set_error(LLMT_ERR_BAD_INPUT, wpath + " holds tensors that match no module of this model: " + list +
+                                             "; was it trained on another architecture?");
+  }
+  if (!trainable) {
+    for (auto &p : params) {
+      p->trainable = false;
+      p->grad.clear();
+    }
+  }
+  return LLMT_OK;
+}
+
+llmt_status Model::save_model(const std::string &dir) const {
+  llmt_status st = make_dirs(dir);
+  if (st != LLMT_OK) return st;
+  std::vector<TensorToWrite> tensors;
+  for (const auto &p : params) {
+    if (p->name.find(".lora_") != std::string::npos) continue;
+    tensors.push_back({p->name, DType::F32, p->shape, p->data.data()});
+  }
+  st = write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  if (st != LLMT_OK) return st;
+  std::string text;
+  st = read_text_file(dir_ + "/config.json", text);
+  if (st != LLMT_OK) return st;
+  return write_text_file_atomic(dir + "/config.json", text);
+}
+
+}  // namespace llmt

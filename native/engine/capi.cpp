@@ -1,0 +1,320 @@
+// capi.cpp — the C API (include/llmt.h) over the engine's C++ classes. Every entry point catches
+// everything: a C++ exception (std::bad_alloc included) becomes a status code and a message, never an
+// abort of the host process (the Electron app, the CLI worker).
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <string>
+
+#include "../cpu/ops.hpp"
+#include "family.hpp"
+#include "generate.hpp"
+#include "json.hpp"
+#include "model.hpp"
+#include "safetensors.hpp"
+#include "status.hpp"
+#include "train.hpp"
+
+namespace llmt {
+llmt_status create_tiny(const std::string &family, const std::string &out, uint64_t seed);  // tiny.cpp
+}
+
+using namespace llmt;
+
+struct llmt_model {
+  std::unique_ptr<Model> m;
+  std::string adapter;
+};
+
+namespace {
+
+char *dup_string(const std::string &s) {
+  char *p = static_cast<char *>(std::malloc(s.size() + 1));
+  if (p) std::memcpy(p, s.c_str(), s.size() + 1);
+  return p;
+}
+
+template <typename F>
+llmt_status guarded(const char *what, F &&f) {
+  try {
+    return f();
+  } catch (const std::bad_alloc &) {
+    return set_error(LLMT_ERR_OOM, std::string(what) + ": out of memory");
+  } catch (const std::exception &e) {
+    return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": " + e.what());
+  } catch (...) {
+    return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": unknown error");
+  }
+}
+
+Json lora_targets_json(const ModelConfig &c) {
+  Json a = Json::array();
+  std::string all = c.family->all_lora_targets;
+  size_t at = 0;
+  while (true) {
+    size_t comma = all.find(',', at);
+    a.push(Json::string(all.substr(at, comma == std::string::npos ? std::string::npos : comma - at)));
+    if (comma == std::string::npos) break;
+    at = comma + 1;
+  }
+  return a;
+}
+
+}  // namespace
+
+extern "C" {
+
+void llmt_free_string(char *s) { std::free(s); }
+
+llmt_status llmt_set_threads(int n) {
+  if (n < 1) return set_error(LLMT_ERR_BAD_INPUT, "llmt_set_threads: n must be >= 1");
+  cpu::set_num_threads(n);
+  clear_error();
+  return LLMT_OK;
+}
+
+llmt_status llmt_model_inspect(const char *dir, char **out_json) {
+  return guarded("inspect", [&]() -> llmt_status {
+    if (!dir || !out_json) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_inspect: NULL argument");
+    std::string d = dir;
+    std::string text;
+    llmt_status st = read_text_file(d + "/config.json", text);
+    if (st) return set_error(st, std::string(llmt_last_error()) + " (a Hugging Face model folder must contain config.json)");
+    Json cj;
+    std::string err;
+    if (!Json::parse(text, cj, err)) return set_error(LLMT_ERR_BAD_INPUT, d + "/config.json is not valid JSON: " + err);
+    Json out = Json::object();
+    out.set("path", Json::string(d));
+    out.set("model_type", Json::string(cj.get_string("model_type")));
+    out.set("architectures", cj.get("architectures"));
+    ModelConfig c;
+    st = parse_config(cj, d + "/config.json", c);
+    if (st == LLMT_ERR_UNSUPPORTED) {
+      out.set("supported", Json::boolean(false));
+      out.set("reason", Json::string(llmt_last_error()));
+      *out_json = dup_string(out.dump());
+      clear_error();
+      return LLMT_OK;
+    }
+    if (st) return st;
+    auto ws = WeightSet::open_dir(d, st);
+    if (!ws) return st;
+    int64_t params = 0;
+    std::map<std::string, int64_t> dtypes;
+    for (const auto &n : ws->names()) {
+      const TensorInfo *t = ws->find(n);
+      params += t->numel();
+      dtypes[dtype_name(t->dtype)] += t->numel();
+    }
+    std::string dtype;
+    int64_t most = -1;
+    for (const auto &kv : dtypes)
+      if (kv.second > most) {
+        most = kv.second;
+        dtype = kv.first;
+      }
+    out.set("supported", Json::boolean(true));
+    out.set("family", Json::string(c.family->display));
+    out.set("parameters", Json::integer(params));
+    out.set("dtype", Json::string(dtype));
+    out.set("vocab", Json::integer(c.vocab));
+    out.set("hidden", Json::integer(c.hidden));
+    out.set("intermediate", Json::integer(c.inter));
+    out.set("layers", Json::integer(c.layers));
+    out.set("heads", Json::integer(c.heads));
+    out.set("kv_heads", Json::integer(c.kv_heads));
+    out.set("context", Json::integer(c.max_positions));
+    out.set("tie_embeddings", Json::boolean(c.tie_embeddings));
+    out.set("lora_targets", lora_targets_json(c));
+    out.set("default_lora_targets", Json::string(c.family->default_lora_targets));
+    *out_json = dup_string(out.dump());
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_create_tiny(const char *family, const char *out_dir, uint64_t seed) {
+  return guarded("create-tiny", [&]() -> llmt_status {
+    if (!family || !out_dir) return set_error(LLMT_ERR_BAD_INPUT, "llmt_create_tiny: NULL argument");
+    llmt_status st = create_tiny(family, out_dir, seed);
+    if (st == LLMT_OK) clear_error();
+    return st;
+  });
+}
+
+llmt_status llmt_model_load(const char *dir, const char *adapter_dir, llmt_model **out) {
+  return guarded("load", [&]() -> llmt_status {
+    if (!dir || !out) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_load: NULL argument");
+    *out = nullptr;
+    llmt_status st;
+    auto m = Model::load(dir, st);
+    if (!m) return st;
+    if (adapter_dir && *adapter_dir) {
+      if ((st = m->load_adapter(adapter_dir, true))) return st;
+    }
+    auto *h = new llmt_model();
+    h->m = std::move(m);
+    h->adapter = adapter_dir ? adapter_dir : "";
+    *out = h;
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+void llmt_model_free(llmt_model *model) { delete model; }
+
+llmt_status llmt_model_info(llmt_model *model, char **out_json) {
+  return guarded("info", [&]() -> llmt_status {
+    if (!model || !out_json) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_info: NULL argument");
+    const ModelConfig &c = model->m->config();
+    Json o = Json::object();
+    o.set("model_type", Json::string(c.model_type));
+    o.set("vocab", Json::integer(c.vocab));
+    o.set("hidden", Json::integer(c.hidden));
+    o.set("layers", Json::integer(c.layers));
+    o.set("parameters", Json::integer(model->m->num_parameters()));
+    o.set("trainable", Json::integer(model->m->num_trainable()));
+    o.set("adapter", model->adapter.empty() ? Json() : Json::string(model->adapter));
+    Json eos = Json::array();
+    if (c.eos_id >= 0) eos.push(Json::integer(c.eos_id));
+    for (auto e : c.extra_eos) eos.push(Json::integer(e));
+    o.set("eos_ids", eos);
+    o.set("bos_id", Json::integer(c.bos_id));
+    o.set("pad_id", Json::integer(c.pad_id));
+    *out_json = dup_string(o.dump());
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_forward(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq,
+                               float *logits_out, double *loss_out, int64_t *tokens_out) {
+  return guarded("forward", [&]() -> llmt_status {
+    if (!model || !ids || batch <= 0 || seq <= 0) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_forward: bad arguments");
+    Batch b;
+    b.B = batch;
+    b.T = seq;
+    b.ids.assign(ids, ids + batch * seq);
+    if (labels) b.labels.assign(labels, labels + batch * seq);
+    RunOptions o;
+    o.want_logits = logits_out != nullptr;
+    RunResult r;
+    llmt_status st = model->m->run(b, o, r);
+    if (st) return st;
+    if (logits_out) std::memcpy(logits_out, r.logits.data(), sizeof(float) * r.logits.size());
+    if (loss_out) *loss_out = r.count ? r.loss_sum / static_cast<double>(r.count) : NAN;
+    if (tokens_out) *tokens_out = r.count;
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq,
+                            const char *out_path, double *loss_out) {
+  return guarded("grad", [&]() -> llmt_status {
+    if (!model || !ids || !labels || !out_path || batch <= 0 || seq <= 0)
+      return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_grad: needs ids, labels and an output path");
+    auto params = model->m->trainable_params();
+    if (params.empty()) return set_error(LLMT_ERR_BAD_INPUT, "grad: the model has no trainable parameters; load an adapter (--adapter)");
+    Batch b;
+    b.B = batch;
+    b.T = seq;
+    b.ids.assign(ids, ids + batch * seq);
+    b.labels.assign(labels, labels + batch * seq);
+    int64_t count = 0;
+    for (int64_t r = 0; r < batch; ++r)
+      for (int64_t t = 1; t < seq; ++t) count += labels[r * seq + t] != -100;
+    if (count == 0) return set_error(LLMT_ERR_BAD_INPUT, "grad: no label other than -100 after the shift: the loss is undefined");
+    model->m->zero_grad();
+    RunOptions o;
+    o.backward = true;
+    o.grad_scale = 1.0f / static_cast<float>(count);
+    RunResult r;
+    llmt_status st = model->m->run(b, o, r);
+    if (st) return st;
+    std::vector<TensorToWrite> t;
+    for (Param *p : params) t.push_back({p->save_name.empty() ? p->name : p->save_name, DType::F32, p->shape, p->grad.data()});
+    if ((st = write_safetensors(out_path, t, {{"format", "pt"}}))) return st;
+    if (loss_out) *loss_out = r.loss_sum / static_cast<double>(r.count);
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_generate(llmt_model *model, const int32_t *prompt, int64_t n, const char *params_json,
+                                llmt_event_fn on_token, llmt_abort_fn abort, void *user, int32_t *out_ids, int64_t out_cap,
+                                int64_t *out_n) {
+  return guarded("generate", [&]() -> llmt_status {
+    if (out_n) *out_n = 0;
+    if (!model || !prompt || n <= 0) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_generate: empty prompt");
+    GenParams p;
+    const ModelConfig &c = model->m->config();
+    if (c.eos_id >= 0) p.stop_ids.push_back(static_cast<int32_t>(c.eos_id));
+    for (auto e : c.extra_eos) p.stop_ids.push_back(static_cast<int32_t>(e));
+    if (params_json && *params_json) {
+      Json j;
+      std::string err;
+      if (!Json::parse(params_json, j, err) || !j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, "generation parameters are not a JSON object: " + err);
+      p.max_new_tokens = j.get_int("max_new_tokens", p.max_new_tokens);
+      p.do_sample = j.get_bool("do_sample", p.do_sample);
+      p.temperature = j.get_number("temperature", p.temperature);
+      p.top_k = j.get_int("top_k", p.top_k);
+      p.top_p = j.get_number("top_p", p.top_p);
+      p.repetition_penalty = j.get_number("repetition_penalty", p.repetition_penalty);
+      p.seed = static_cast<uint64_t>(j.get_int("seed", 0));
+      if (j.get("stop_ids").is_array()) {
+        p.stop_ids.clear();
+        for (const auto &x : j.get("stop_ids").items())
+          if (x.is_integer()) p.stop_ids.push_back(static_cast<int32_t>(x.as_int()));
+      }
+    }
+    std::atomic<bool> stop{false};
+    int64_t index = 0;
+    std::vector<int32_t> out;
+    std::vector<int32_t> pr(prompt, prompt + n);
+    auto cb = [&](int32_t tok) {
+      if (on_token) {
+        std::string e = "{\"token\":" + std::to_string(tok) + ",\"index\":" + std::to_string(index) + "}";
+        on_token(user, e.c_str());
+      }
+      ++index;
+      if (abort && abort(user)) stop = true;
+      return true;
+    };
+    if (abort && abort(user)) stop = true;
+    llmt_status st = generate(*model->m, pr, p, cb, &stop, out);
+    const int64_t k = std::min<int64_t>(out_cap, static_cast<int64_t>(out.size()));
+    if (out_ids && k > 0) std::memcpy(out_ids, out.data(), sizeof(int32_t) * static_cast<size_t>(k));
+    if (out_n) *out_n = static_cast<int64_t>(out.size());
+    if (st == LLMT_OK) clear_error();
+    return st;
+  });
+}
+
+llmt_status llmt_train(const char *job_json, llmt_event_fn on_event, llmt_abort_fn control, void *user) {
+  return guarded("train", [&]() -> llmt_status {
+    if (!job_json) return set_error(LLMT_ERR_BAD_INPUT, "llmt_train: NULL job");
+    Json job;
+    std::string err;
+    TrainControl ctl;
+    ctl.emit = [&](const Json &e) {
+      if (on_event) on_event(user, e.dump().c_str());
+    };
+    if (control) ctl.poll = [&]() { return control(user); };
+    if (!Json::parse(job_json, job, err)) {
+      llmt_status st = set_error(LLMT_ERR_BAD_INPUT, "the job is not valid JSON: " + err);
+      Json e = Json::object();
+      e.set("event", Json::string("error"));
+      e.set("code", Json::string("BAD_INPUT"));
+      e.set("message", Json::string(llmt_last_error()));
+      ctl.emit(e);
+      return st;
+    }
+    llmt_status st = run_training(job, ctl);
+    if (st == LLMT_OK) clear_error();
+    return st;
+  });
+}
+
+}  // extern "C"

@@ -1,0 +1,35 @@
+// generate.hpp — text generation on token ids with a KV cache: greedy or sampled (HF's processor order:
+// repetition penalty, then temperature, top-k, top-p), stop tokens, abort, one callback per token.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <vector>
+
+#include "llmt.h"
+#include "model.hpp"
+#include "rng.hpp"
+
+namespace llmt {
+
+struct GenParams {
+  int64_t max_new_tokens = 512;
+  bool do_sample = true;
+  double temperature = 0.001;     // the seed project's defaults
+  int64_t top_k = 30;
+  double top_p = 0.85;
+  double repetition_penalty = 1.2;
+  uint64_t seed = 0;
+  std::vector<int32_t> stop_ids;  // generation ends after emitting one of these (it is included)
+};
+
+/** Generates after `prompt`. on_token(id) returning false stops early. Returns the generated ids. */
+llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenParams &p,
+                     const std::function<bool(int32_t)> &on_token, std::atomic<bool> *abort,
+                     std::vector<int32_t> &out);
+
+/** Applies the processors to one row of logits and picks the next token (exposed for tests). */
+int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p, Rng &rng);
+
+}  // namespace llmt

@@ -1,0 +1,156 @@
+// model.hpp — a loaded model: fp32 parameters on the CPU backend, optional LoRA adapters (PEFT's math),
+// and the forward/backward of a causal-LM batch for every family in the family table.
+//
+// Conventions
+//  - Activations are row-major [N, C] with N = B·T rows (batch-major); attention views q as [B,T,nh,hd].
+//  - The loss is returned as a SUM of token cross-entropies plus the token count; the caller chooses how
+//    to normalise (see train.cpp: HF Trainer semantics). Backward multiplies d(sum) by `grad_scale`.
+//  - Parameter gradients accumulate (+=) across calls until zero_grad(); that is how gradient
+//    accumulation works. Only trainable parameters own gradient buffers.
+//  - Dropout (LoRA input path only, as PEFT) uses a counter-based RNG keyed by (seed, layer, module,
+//    element): recomputation under gradient checkpointing regenerates the same masks.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "family.hpp"
+#include "llmt.h"
+
+namespace llmt {
+
+struct Param {
+  std::string name;               // HF tensor name, e.g. "model.layers.0.self_attn.q_proj.weight"
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+  std::vector<float> grad;        // allocated only when trainable
+  std::vector<float> adam_m, adam_v;  // allocated by the optimizer
+  bool trainable = false;
+  bool decay = true;              // weight decay applies (HF: not to biases and norm weights)
+  std::string save_name;          // key in adapter_model.safetensors when trainable
+  int64_t numel() const;
+};
+
+struct LoraSpec {
+  int64_t r = 8;
+  double alpha = 16;
+  double dropout = 0.0;
+  bool use_rslora = false;
+  std::vector<std::string> targets;    // PEFT list semantics (exact or ".{name}" suffix)
+  std::string target_regex;            // PEFT string semantics (re.fullmatch); used when non-empty
+  std::vector<std::string> modules_to_save;
+  std::map<std::string, int64_t> rank_pattern;
+  std::map<std::string, double> alpha_pattern;
+  std::string bias = "none";
+};
+
+struct Lora {
+  int64_t r = 0;
+  float scaling = 1.0f;
+  float dropout = 0.0f;
+  Param *A = nullptr;  // [r, in]
+  Param *B = nullptr;  // [out, r]
+};
+
+struct Linear {
+  std::string module;   // full module path, e.g. "model.layers.0.self_attn.q_proj"
+  std::string short_name;  // last component, e.g. "q_proj"
+  int64_t in = 0, out = 0;
+  Param *W = nullptr;   // [out, in]
+  Param *b = nullptr;   // [out] or null
+  Lora lora;            // r == 0: none
+  int role = 0;
+};
+
+struct Layer {
+  Param *norm1_w = nullptr, *norm1_b = nullptr, *norm2_w = nullptr, *norm2_b = nullptr;
+  // by role; unused roles are null
+  Linear *q = nullptr, *k = nullptr, *v = nullptr, *qkv = nullptr, *o = nullptr;
+  Linear *gate = nullptr, *up = nullptr, *down = nullptr, *fc1 = nullptr, *fc2 = nullptr;
+};
+
+struct Batch {
+  int64_t B = 0, T = 0;
+  std::vector<int32_t> ids;     // [B·T]
+  std::vector<int32_t> labels;  // [B·T] unshifted (HF `labels`), −100 = ignored; empty: no loss
+};
+
+struct RunOptions {
+  bool training = false;        // dropout on
+  bool backward = false;        // compute gradients
+  float grad_scale = 1.0f;      // d(loss_sum) multiplier, e.g. 1/token_count
+  bool checkpointing = false;   // keep only each block's input, recompute in the backward
+  uint64_t seed = 0;            // dropout RNG stream
+  bool want_logits = false;     // fill RunResult::logits [B·T, V]
+};
+
+struct RunResult {
+  double loss_sum = 0.0;
+  int64_t count = 0;            // tokens counted in loss_sum
+  std::vector<float> logits;
+};
+
+class Model {
+ public:
+  /** Loads config.json + safetensors from an HF folder (fp32 copies of the weights). */
+  static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st);
+  ~Model();
+
+  const ModelConfig &config() const { return cfg_; }
+  const std::string &dir() const { return dir_; }
+  int64_t num_parameters() const;
+  int64_t num_trainable() const;
+
+  /** Adds fresh LoRA adapters (PEFT init: A Kaiming-uniform(a=√5) = U(±1/√in), B = 0). */
+  llmt_status add_lora(const LoraSpec &spec, uint64_t seed);
+  /** Loads a PEFT adapter folder (adapter_config.json + adapter_model.safetensors). */
+  llmt_status load_adapter(const std::string &dir, bool trainable);
+  /** Writes a PEFT adapter folder atomically: adapter_config.json + adapter_model.safetensors. */
+  llmt_status save_adapter(const std::string &dir) const;
+  /** Writes the whole model as an HF folder (config.json + model.safetensors), atomically per file. */
+  llmt_status save_model(const std::string &dir) const;
+  /** Makes every parameter trainable (full fine-tuning). */
+  void make_all_trainable();
+  bool has_lora() const { return has_lora_; }
+  const LoraSpec &lora_spec() const { return spec_; }
+
+  std::vector<Param *> trainable_params();
+  void zero_grad();
+
+  /** Forward (and optionally backward) of one batch. */
+  llmt_status run(const Batch &batch, const RunOptions &opt, RunResult &out);
+
+  // Inference with a KV cache (generation). The cache holds post-RoPE keys and values per layer.
+  struct KvCache {
+    int64_t capacity = 0, length = 0;
+    std::vector<std::vector<float>> k, v;  // per layer [capacity, nkv, hd]
+  };
+  void init_cache(KvCache &c, int64_t capacity) const;
+  /** Feeds `n` tokens at positions cache.length… and returns the logits of the last one [V]. */
+  llmt_status infer(KvCache &cache, const int32_t *ids, int64_t n, std::vector<float> &last_logits);
+
+  std::vector<Layer> layers;
+  std::vector<std::unique_ptr<Linear>> linears;
+  Param *embed = nullptr, *final_w = nullptr, *final_b = nullptr, *lm_head = nullptr;
+  std::vector<std::unique_ptr<Param>> params;
+
+ private:
+  Model() = default;
+  struct Impl;
+  Param *new_param(const std::string &name, std::vector<int64_t> shape);
+  llmt_status attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora);
+  llmt_status apply_modules_to_save(const std::vector<std::string> &names);
+  ModelConfig cfg_;
+  std::string dir_;
+  LoraSpec spec_;
+  bool has_lora_ = false;
+  std::unique_ptr<Impl> impl_;
+};
+
+/** PEFT's target matching for one module path. */
+bool peft_target_matches(const LoraSpec &spec, const std::string &module);
+
+}  // namespace llmt
