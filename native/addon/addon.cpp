@@ -1,70 +1,29 @@
 // addon.cpp — the node-addon-api binding over the C API (llmt.h), loaded by src-main/core/engine.
-// Rules: include only llmt.h from the engine; throw a JS Error carrying the status name as `code`
-// for every failed call; anything that can block (loading, generation) becomes an AsyncWorker.
-// The JS surface is typed by hand in index.d.ts; keep the two in step.
+// Rules: include only llmt.h from the engine; every call that can take long (inspecting weights,
+// loading, generating) runs on a worker thread (AsyncWorker) and settles a Promise; generated tokens
+// stream back through a ThreadSafeFunction; failures reject with an Error whose `code` is the engine
+// status name (BAD_INPUT, IO, OOM, ...). The JS surface is typed by hand in index.d.ts.
 #include <napi.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <vector>
 
 #include "llmt.h"
 
 namespace {
 
-Napi::Error engine_error(Napi::Env env, llmt_status st) {
-  Napi::Error err = Napi::Error::New(env, std::string(llmt_status_name(st)) + ": " + llmt_last_error());
+Napi::Error engine_error(Napi::Env env, llmt_status st, const std::string &msg) {
+  Napi::Error err = Napi::Error::New(env, std::string(llmt_status_name(st)) + ": " + msg);
   err.Set("code", Napi::String::New(env, llmt_status_name(st)));
   return err;
 }
 
-Napi::Value Version(const Napi::CallbackInfo &info) { return Napi::String::New(info.Env(), llmt_version()); }
-
-Napi::Value ApiVersion(const Napi::CallbackInfo &info) {
-  return Napi::Number::New(info.Env(), llmt_api_version());
-}
-
-Napi::Value BuildInfo(const Napi::CallbackInfo &info) {
-  return Napi::String::New(info.Env(), llmt_build_info());
-}
-
-Napi::Value ListDevices(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  int count = 0;
-  llmt_status st = llmt_device_count(&count);
-  if (st != LLMT_OK) {
-    engine_error(env, st).ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::Array out = Napi::Array::New(env, static_cast<size_t>(count));
-  for (int i = 0; i < count; ++i) {
-    llmt_device_info d;
-    st = llmt_device_info_get(i, &d);
-    if (st != LLMT_OK) {
-      engine_error(env, st).ThrowAsJavaScriptException();
-      return env.Undefined();
-    }
-    Napi::Object o = Napi::Object::New(env);
-    o.Set("index", d.index);
-    o.Set("kind", d.kind == LLMT_DEVICE_CUDA ? "cuda" : "cpu");
-    o.Set("name", d.name);
-    o.Set("memoryTotal", static_cast<double>(d.memory_total));
-    o.Set("memoryFree", static_cast<double>(d.memory_free));
-    o.Set("threads", d.threads);
-    out.Set(static_cast<uint32_t>(i), o);
-  }
-  return out;
-}
-
-// Exposed for tests of the error path: asks for a device that does not exist.
-Napi::Value DeviceInfo(const Napi::CallbackInfo &info) {
-  Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) {
-    Napi::TypeError::New(env, "deviceInfo(index): index must be a number").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  llmt_device_info d;
-  llmt_status st = llmt_device_info_get(info[0].As<Napi::Number>().Int32Value(), &d);
-  if (st != LLMT_OK) {
-    engine_error(env, st).ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+Napi::Object device_object(Napi::Env env, const llmt_device_info &d) {
   Napi::Object o = Napi::Object::New(env);
   o.Set("index", d.index);
   o.Set("kind", d.kind == LLMT_DEVICE_CUDA ? "cuda" : "cpu");
@@ -75,12 +34,375 @@ Napi::Value DeviceInfo(const Napi::CallbackInfo &info) {
   return o;
 }
 
+Napi::Value Version(const Napi::CallbackInfo &info) { return Napi::String::New(info.Env(), llmt_version()); }
+Napi::Value ApiVersion(const Napi::CallbackInfo &info) { return Napi::Number::New(info.Env(), llmt_api_version()); }
+Napi::Value BuildInfo(const Napi::CallbackInfo &info) { return Napi::String::New(info.Env(), llmt_build_info()); }
+
+Napi::Value ListDevices(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int count = 0;
+  llmt_status st = llmt_device_count(&count);
+  if (st != LLMT_OK) {
+    engine_error(env, st, llmt_last_error()).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array out = Napi::Array::New(env, static_cast<size_t>(count));
+  for (int i = 0; i < count; ++i) {
+    llmt_device_info d;
+    st = llmt_device_info_get(i, &d);
+    if (st != LLMT_OK) {
+      engine_error(env, st, llmt_last_error()).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    out.Set(static_cast<uint32_t>(i), device_object(env, d));
+  }
+  return out;
+}
+
+Napi::Value DeviceInfo(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "deviceInfo(index): index must be a number").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  llmt_device_info d;
+  llmt_status st = llmt_device_info_get(info[0].As<Napi::Number>().Int32Value(), &d);
+  if (st != LLMT_OK) {
+    engine_error(env, st, llmt_last_error()).ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  return device_object(env, d);
+}
+
+// ---- Promise-based workers -------------------------------------------------------------------------------
+
+/** Runs `work` off the event loop; resolves with a JSON-parsed string, or with undefined. */
+class JsonWorker : public Napi::AsyncWorker {
+ public:
+  JsonWorker(Napi::Env env, std::function<llmt_status(std::string &)> work)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    status_ = work_(result_);
+    if (status_ != LLMT_OK) message_ = llmt_last_error();
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (status_ != LLMT_OK) {
+      deferred_.Reject(engine_error(env, status_, message_).Value());
+      return;
+    }
+    if (result_.empty()) {
+      deferred_.Resolve(env.Undefined());
+      return;
+    }
+    Napi::Object json = env.Global().Get("JSON").As<Napi::Object>();
+    Napi::Function parse = json.Get("parse").As<Napi::Function>();
+    deferred_.Resolve(parse.Call(json, {Napi::String::New(env, result_)}));
+  }
+  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::function<llmt_status(std::string &)> work_;
+  llmt_status status_ = LLMT_OK;
+  std::string message_, result_;
+};
+
+bool need_string(const Napi::CallbackInfo &info, size_t i, const char *what, std::string &out) {
+  if (info.Length() <= i || !info[i].IsString()) {
+    Napi::TypeError::New(info.Env(), std::string(what) + " must be a string").ThrowAsJavaScriptException();
+    return false;
+  }
+  out = info[i].As<Napi::String>().Utf8Value();
+  return true;
+}
+
+Napi::Value Inspect(const Napi::CallbackInfo &info) {
+  std::string dir;
+  if (!need_string(info, 0, "inspect(dir): dir", dir)) return info.Env().Undefined();
+  auto *w = new JsonWorker(info.Env(), [dir](std::string &out) {
+    char *json = nullptr;
+    llmt_status st = llmt_model_inspect(dir.c_str(), &json);
+    if (st == LLMT_OK) {
+      out = json;
+      llmt_free_string(json);
+    }
+    return st;
+  });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value CreateTiny(const Napi::CallbackInfo &info) {
+  std::string family, dir;
+  if (!need_string(info, 0, "createTiny(family, dir, seed?): family", family) ||
+      !need_string(info, 1, "createTiny(family, dir, seed?): dir", dir))
+    return info.Env().Undefined();
+  uint64_t seed = info.Length() > 2 && info[2].IsNumber() ? static_cast<uint64_t>(info[2].As<Napi::Number>().Int64Value()) : 0;
+  auto *w = new JsonWorker(info.Env(), [family, dir, seed](std::string &) { return llmt_create_tiny(family.c_str(), dir.c_str(), seed); });
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// ---- models ------------------------------------------------------------------------------------------------
+
+/** A loaded model. One generation at a time; free() (or GC) releases it once no generation runs. */
+class Model : public Napi::ObjectWrap<Model> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Model",
+                       {InstanceMethod<&Model::Generate>("generate"), InstanceMethod<&Model::Abort>("abort"),
+                        InstanceMethod<&Model::Info>("info"), InstanceMethod<&Model::Free>("free")});
+  }
+  explicit Model(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Model>(info) {
+    if (info.Length() < 1 || !info[0].IsExternal()) {
+      Napi::TypeError::New(info.Env(), "use loadModel(dir, adapter?) to create a Model").ThrowAsJavaScriptException();
+      return;
+    }
+    handle_ = info[0].As<Napi::External<llmt_model>>().Data();
+  }
+  ~Model() override {
+    if (handle_ && !busy_) llmt_model_free(handle_);
+  }
+
+  llmt_model *handle() const { return handle_; }
+  std::atomic<bool> busy_{false};
+  std::atomic<bool> abort_{false};
+
+ private:
+  Napi::Value Info(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (!handle_) {
+      engine_error(env, LLMT_ERR_BAD_INPUT, "the model was freed").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    char *json = nullptr;
+    llmt_status st = llmt_model_info(handle_, &json);
+    if (st) {
+      engine_error(env, st, llmt_last_error()).ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+    Napi::Value v = J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, json)});
+    llmt_free_string(json);
+    return v;
+  }
+  Napi::Value Abort(const Napi::CallbackInfo &info) {
+    abort_ = true;
+    return info.Env().Undefined();
+  }
+  Napi::Value Free(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    if (busy_) {
+      engine_error(env, LLMT_ERR_BAD_INPUT, "cannot free a model while it generates; abort() first").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    llmt_model_free(handle_);
+    handle_ = nullptr;
+    return env.Undefined();
+  }
+  Napi::Value Generate(const Napi::CallbackInfo &info);
+  llmt_model *handle_ = nullptr;
+};
+
+// Generation on a worker thread. Tokens go to JS through a ThreadSafeFunction; the Promise settles only
+// after both the worker finished AND every queued token callback ran (the TSFN's finalizer), so a caller
+// always sees all tokens before the result.
+class GenerateWorker : public Napi::AsyncWorker {
+ public:
+  GenerateWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, std::vector<int32_t> prompt, std::string params,
+                 Napi::Function on_token)
+      : Napi::AsyncWorker(env),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        model_(model),
+        ref_(std::move(ref)),
+        prompt_(std::move(prompt)),
+        params_(std::move(params)) {
+    SuppressDestruct();
+    if (!on_token.IsEmpty() && !on_token.IsUndefined()) {
+      pending_ = 2;
+      tsfn_ = Napi::ThreadSafeFunction::New(env, on_token, "llmt.generate.onToken", 0, 1, this,
+                                            [](Napi::Env, GenerateWorker *self) { self->Settle(); });
+    }
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    int64_t cap = 512;
+    // max_new_tokens bounds the output buffer; parse it cheaply from the params string
+    size_t at = params_.find("\"max_new_tokens\"");
+    if (at != std::string::npos) cap = std::max<int64_t>(1, std::atoll(params_.c_str() + params_.find(':', at) + 1));
+    out_.resize(static_cast<size_t>(cap));
+    status_ = llmt_model_generate(
+        model_->handle(), prompt_.data(), static_cast<int64_t>(prompt_.size()), params_.c_str(),
+        [](void *user, const char *event) {
+          auto *self = static_cast<GenerateWorker *>(user);
+          if (!self->tsfn_) return;
+          std::string *copy = new std::string(event);
+          napi_status s = self->tsfn_.BlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::string *e) {
+            if (env != nullptr && !fn.IsEmpty()) {
+              Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+              fn.Call({J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, *e)})});
+            }
+            delete e;
+          });
+          if (s != napi_ok) delete copy;
+        },
+        [](void *user) { return static_cast<GenerateWorker *>(user)->model_->abort_.load() ? 1 : 0; }, this, out_.data(),
+        static_cast<int64_t>(out_.size()), &n_);
+    if (status_ != LLMT_OK) message_ = llmt_last_error();
+    if (tsfn_) tsfn_.Release();
+  }
+  void OnOK() override { Settle(); }
+  void OnError(const Napi::Error &e) override {
+    error_ = Napi::Persistent(e.Value());
+    Settle();
+  }
+
+ private:
+  void Settle() {
+    if (--pending_ > 0) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    model_->busy_ = false;
+    if (!error_.IsEmpty()) {
+      deferred_.Reject(error_.Value());
+    } else if (status_ != LLMT_OK && status_ != LLMT_ERR_ABORTED) {
+      deferred_.Reject(engine_error(env, status_, message_).Value());
+    } else {
+      Napi::Object r = Napi::Object::New(env);
+      Napi::Array ids = Napi::Array::New(env, static_cast<size_t>(std::min<int64_t>(n_, static_cast<int64_t>(out_.size()))));
+      for (uint32_t i = 0; i < ids.Length(); ++i) ids.Set(i, out_[i]);
+      r.Set("ids", ids);
+      r.Set("aborted", status_ == LLMT_ERR_ABORTED);
+      deferred_.Resolve(r);
+    }
+    delete this;
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Model *model_;
+  Napi::ObjectReference ref_;  // keeps the JS Model alive while generating
+  std::vector<int32_t> prompt_;
+  std::string params_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::ObjectReference error_;
+  int pending_ = 1;
+  std::vector<int32_t> out_;
+  int64_t n_ = 0;
+  llmt_status status_ = LLMT_OK;
+  std::string message_;
+};
+
+Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!handle_) {
+    engine_error(env, LLMT_ERR_BAD_INPUT, "the model was freed").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (info.Length() < 1 || !info[0].IsArray()) {
+    Napi::TypeError::New(env, "generate(promptIds, params?, onToken?): promptIds must be an array of token ids").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  Napi::Array arr = info[0].As<Napi::Array>();
+  std::vector<int32_t> prompt;
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value v = arr.Get(i);
+    if (!v.IsNumber()) {
+      Napi::TypeError::New(env, "generate: promptIds[" + std::to_string(i) + "] is not a number").ThrowAsJavaScriptException();
+      return env.Undefined();
+    }
+    prompt.push_back(v.As<Napi::Number>().Int32Value());
+  }
+  std::string params = "{}";
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+    params = J.Get("stringify").As<Napi::Function>().Call(J, {info[1]}).As<Napi::String>().Utf8Value();
+  }
+  Napi::Function on_token;
+  if (info.Length() > 2 && info[2].IsFunction()) on_token = info[2].As<Napi::Function>();
+  bool expected = false;
+  if (!busy_.compare_exchange_strong(expected, true)) {
+    engine_error(env, LLMT_ERR_BAD_INPUT, "this model is already generating; wait for it or abort() it").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  abort_ = false;
+  auto *w = new GenerateWorker(env, this, Napi::Persistent(Value()), std::move(prompt), params, on_token);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+struct AddonData {
+  Napi::FunctionReference model_ctor;
+};
+
+class LoadWorker : public Napi::AsyncWorker {
+ public:
+  LoadWorker(Napi::Env env, std::string dir, std::string adapter)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), dir_(std::move(dir)), adapter_(std::move(adapter)) {}
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    status_ = llmt_model_load(dir_.c_str(), adapter_.empty() ? nullptr : adapter_.c_str(), &model_);
+    if (status_ != LLMT_OK) message_ = llmt_last_error();
+  }
+  void OnOK() override {
+    Napi::Env env = Env();
+    if (status_ != LLMT_OK) {
+      deferred_.Reject(engine_error(env, status_, message_).Value());
+      return;
+    }
+    AddonData *data = env.GetInstanceData<AddonData>();
+    deferred_.Resolve(data->model_ctor.New({Napi::External<llmt_model>::New(env, model_)}));
+  }
+  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  std::string dir_, adapter_;
+  llmt_model *model_ = nullptr;
+  llmt_status status_ = LLMT_OK;
+  std::string message_;
+};
+
+Napi::Value LoadModel(const Napi::CallbackInfo &info) {
+  std::string dir, adapter;
+  if (!need_string(info, 0, "loadModel(dir, adapter?): dir", dir)) return info.Env().Undefined();
+  if (info.Length() > 1 && info[1].IsString()) adapter = info[1].As<Napi::String>().Utf8Value();
+  auto *w = new LoadWorker(info.Env(), dir, adapter);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+Napi::Value SetThreads(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) {
+    Napi::TypeError::New(env, "setThreads(n): n must be a number").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  llmt_status st = llmt_set_threads(info[0].As<Napi::Number>().Int32Value());
+  if (st) engine_error(env, st, llmt_last_error()).ThrowAsJavaScriptException();
+  return env.Undefined();
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto *data = new AddonData();
+  Napi::Function ctor = Model::Define(env);
+  data->model_ctor = Napi::Persistent(ctor);
+  env.SetInstanceData<AddonData>(data);
   exports.Set("version", Napi::Function::New(env, Version, "version"));
   exports.Set("apiVersion", Napi::Function::New(env, ApiVersion, "apiVersion"));
   exports.Set("buildInfo", Napi::Function::New(env, BuildInfo, "buildInfo"));
   exports.Set("listDevices", Napi::Function::New(env, ListDevices, "listDevices"));
   exports.Set("deviceInfo", Napi::Function::New(env, DeviceInfo, "deviceInfo"));
+  exports.Set("inspect", Napi::Function::New(env, Inspect, "inspect"));
+  exports.Set("createTiny", Napi::Function::New(env, CreateTiny, "createTiny"));
+  exports.Set("loadModel", Napi::Function::New(env, LoadModel, "loadModel"));
+  exports.Set("setThreads", Napi::Function::New(env, SetThreads, "setThreads"));
+  exports.Set("Model", ctor);
   return exports;
 }
 

@@ -1,5 +1,6 @@
 // index.d.ts — hand-written types of the native addon (native/addon/addon.cpp). Keep in step with it.
-// Failed calls throw an Error whose `code` is the engine status name (BAD_INPUT, IO, OOM, ...).
+// Failed calls throw (or reject with) an Error whose `code` is the engine status name
+// (BAD_INPUT, IO, OOM, NAN, CUDA, UNSUPPORTED, ABORTED, INTERNAL).
 
 export interface NativeDevice {
   index: number;
@@ -13,6 +14,51 @@ export interface NativeDevice {
   threads: number;
 }
 
+/** What `inspect` reports of an HF model folder (no weights loaded). */
+export interface ModelInspection {
+  path: string;
+  model_type: string;
+  architectures?: string[] | null;
+  supported: boolean;
+  /** why not, when unsupported */
+  reason?: string;
+  family?: string;
+  parameters?: number;
+  dtype?: string;
+  vocab?: number;
+  hidden?: number;
+  intermediate?: number;
+  layers?: number;
+  heads?: number;
+  kv_heads?: number;
+  context?: number;
+  tie_embeddings?: boolean;
+  /** the LoRA-targetable linear module names of a block */
+  lora_targets?: string[];
+  default_lora_targets?: string;
+}
+
+export interface GenerateParams {
+  max_new_tokens?: number;
+  do_sample?: boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repetition_penalty?: number;
+  seed?: number;
+  /** defaults to the model's eos ids */
+  stop_ids?: number[];
+}
+
+export interface NativeModel {
+  /** Streams each token to onToken; resolves when done (aborted: true after abort()). One at a time. */
+  generate(promptIds: number[], params?: GenerateParams, onToken?: (e: { token: number; index: number }) => void): Promise<{ ids: number[]; aborted: boolean }>;
+  abort(): void;
+  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number };
+  /** Releases the weights now (else when garbage-collected). Throws while generating. */
+  free(): void;
+}
+
 export interface LlmtAddon {
   version(): string;
   apiVersion(): number;
@@ -20,4 +66,8 @@ export interface LlmtAddon {
   buildInfo(): string;
   listDevices(): NativeDevice[];
   deviceInfo(index: number): NativeDevice;
+  inspect(dir: string): Promise<ModelInspection>;
+  createTiny(family: 'llama' | 'baichuan' | 'gpt_neox', dir: string, seed?: number): Promise<void>;
+  loadModel(dir: string, adapter?: string): Promise<NativeModel>;
+  setThreads(n: number): void;
 }

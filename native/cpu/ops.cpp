@@ -1,0 +1,989 @@
+// ops.cpp — the CPU kernels declared in ops.hpp: packed, cache-blocked matmuls (AVX2/FMA micro-kernel picked
+// at run time on x86 when the CPU has it, portable C++ otherwise), norms, RoPE, activations, causal GQA
+// attention with a saved log-sum-exp, cross-entropy, embedding, AdamW and reductions. Work is split so that
+// every output element is reduced by one thread in a fixed order: results do not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "ops.hpp"
+
+// GEMM micro-kernels: AVX2+FMA compiled for run-time selection on x86 (GCC/Clang via a target attribute,
+// MSVC needs none), SSE2 (the x86-64 baseline) otherwise, plain C++ elsewhere or with LLMT_GEMM_PORTABLE.
+#if !defined(LLMT_GEMM_PORTABLE) && (defined(__GNUC__) || defined(__clang__)) && \
+    (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
+#include <immintrin.h>
+#define LLMT_GEMM_X86 1
+#define LLMT_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#elif !defined(LLMT_GEMM_PORTABLE) && defined(_MSC_VER) && (defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2))
+#include <immintrin.h>
+#include <intrin.h>
+#define LLMT_GEMM_X86 1
+#define LLMT_TARGET_AVX2
+#else
+#define LLMT_GEMM_X86 0
+#endif
+
+namespace llmt::cpu::detail {
+// Defined in threadpool.cpp: fn(ctx, begin, end) over min(nchunks, threads) contiguous chunks of [0, n).
+using ChunkFn = void (*)(void *ctx, int64_t begin, int64_t end);
+void run_chunks(int64_t n, int64_t nchunks, ChunkFn fn, void *ctx);
+}  // namespace llmt::cpu::detail
+
+namespace llmt::cpu {
+namespace {
+
+// ---- parallel helpers -------------------------------------------------------------------------------------
+
+// Runs f(begin, end) over nchunks contiguous chunks of [0, n) without a std::function (no allocation).
+template <class F>
+void par(int64_t n, int64_t nchunks, F &&f) {
+  if (n <= 0) return;
+  if (nchunks <= 1 || n == 1) {
+    f(int64_t{0}, n);
+    return;
+  }
+  using Fn = std::remove_reference_t<F>;
+  detail::run_chunks(
+      n, nchunks, [](void *ctx, int64_t b, int64_t e) { (*static_cast<Fn *>(ctx))(b, e); },
+      const_cast<void *>(static_cast<const void *>(&f)));
+}
+
+// How many chunks a job of `work` (≈ flops) over `items` independent items deserves.
+int64_t chunks_for(int64_t items, double work) {
+  constexpr double kGrain = 32768.0;  // below this much work per thread the hand-off costs more than it saves
+  int64_t k = static_cast<int64_t>(work / kGrain);
+  k = std::min<int64_t>(k, num_threads());
+  k = std::min<int64_t>(k, items);
+  return std::max<int64_t>(k, 1);
+}
+
+// Per-thread scratch that grows to the largest size asked for and is then reused (no per-call allocation
+// once warm). Slot 0..3 are distinct buffers.
+float *scratch(int slot, size_t n) {
+  thread_local std::vector<float> bufs[4];
+  std::vector<float> &v = bufs[slot];
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+
+// ---- vector-friendly primitives (8 fixed lanes: vectorised, and the order is fixed) -----------------------
+
+inline float dot(const float *__restrict a, const float *__restrict b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[i + u] * b[i + u];
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i] * b[i];
+  return s;
+}
+
+inline float sum(const float *__restrict a, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += a[i + u];
+  float s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; i < n; ++i) s += a[i];
+  return s;
+}
+
+// y[n] += a · x[n]
+inline void axpy(float *__restrict y, float a, const float *__restrict x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+inline uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+inline float float_of(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+
+// exp(x) in fp32 to ~1.4 ulp (Cephes polynomial), branch-free so loops over it vectorise. exp(x) = 0 for
+// x < −87 (true value < 1.7e-38), +inf for x > 88.72, NaN propagates. The clamps compare the bits as
+// integers: float compares keep GCC from if-converting the loop under the default -ftrapping-math.
+inline float exp_fast(float x) {
+  const uint32_t xb = bits_of(x);
+  const bool nan = (xb & 0x7fffffffu) > 0x7f800000u;
+  const bool under = xb > 0xC2AE0000u;                        // x < −87 (sign set, |x| > 87)
+  const bool over = static_cast<int32_t>(xb) > 0x42B17217;    // x > 88.7228
+  uint32_t cb = under ? 0xC2AE0000u : xb;
+  cb = static_cast<int32_t>(cb) > 0x42B00000 ? 0x42B00000u : cb;  // clamp to 88 for the arithmetic
+  const float xc = float_of(cb);
+  const float shift = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits
+  float fn = xc * 1.44269504088896341f + shift;
+  const int32_t n = static_cast<int32_t>(bits_of(fn)) - 0x4B400000;
+  fn -= shift;
+  float r = xc - fn * 0.693359375f;
+  r = r - fn * -2.12194440e-4f;
+  const float z = r * r;
+  float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
+             1.6666665459e-1f) * r + 5.0000001201e-1f;
+  y = y * z + r + 1.0f;
+  uint32_t yb = bits_of(y) + static_cast<uint32_t>(n) * (1u << 23);  // n ∈ [−126, 127], y ∈ [0.7, 1.42]
+  yb = under ? 0u : yb;
+  yb = over ? 0x7f800000u : yb;
+  yb = nan ? (xb | 0x00400000u) : yb;
+  return float_of(yb);
+}
+
+// ---- matmul: packed GEMM (BLIS-style loops) ----------------------------------------------------------------
+// C[i,j] (+)= Σ_k A(i,k)·B(k,j) with A(i,k) = A[i·rs + k·cs], B(k,j) = B[k·rs + j·cs]; all three variants are
+// this with different strides. Loops: jc (kNC columns) → pc (kKC depth; B panel packed once, shared) → tasks
+// over (M part, N panel range) → ic (kMC rows; A block packed per task unless N is narrow, where the
+// micro-kernel reads A in place) → micro-tiles of kMR×NR. Each C element is summed by one task in k order,
+// k-blocks in order, with the same operations whatever the split: the result is independent of the thread
+// count (and of whether A was packed).
+
+constexpr int64_t kMR = 6;
+constexpr int64_t kMaxNR = 16;
+constexpr int64_t kKC = 256;
+constexpr int64_t kMC = 96;    // multiple of kMR
+constexpr int64_t kNC = 2048;  // multiple of every NR
+
+struct View {
+  const float *p;
+  int64_t rs, cs;
+};
+
+// Micro-kernel: C[kMR, nr] (leading dimension ldc) = (add ? C : 0) + Σ_k A(i,k)·Bp[k, nr], where row i of A
+// reads a[i·ars + k·acs] for i < h (rows i ≥ h repeat row h−1, in bounds; the caller drops them) and Bp is a
+// packed panel. Packed A is ars = 1, acs = kMR.
+using Ukr = void (*)(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h, const float *b, float *c,
+                     int64_t ldc, bool add);
+
+inline void row_ptrs(const float *a, int64_t ars, int64_t h, const float *r[kMR]) {
+  for (int64_t i = 0; i < kMR; ++i) r[i] = a + std::min(i, h - 1) * ars;
+}
+
+#if !LLMT_GEMM_X86
+template <int NR>
+void ukr_generic(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h, const float *__restrict b,
+                 float *__restrict c, int64_t ldc, bool add) {
+  const float *r[kMR];
+  row_ptrs(a, ars, h, r);
+  float acc[kMR][NR];
+  for (int i = 0; i < kMR; ++i)
+    for (int j = 0; j < NR; ++j) acc[i][j] = 0.0f;
+  for (int64_t k = 0, off = 0; k < kc; ++k, off += acs) {
+    for (int i = 0; i < kMR; ++i) {
+      const float ai = r[i][off];
+      for (int j = 0; j < NR; ++j) acc[i][j] += ai * b[j];
+    }
+    b += NR;
+  }
+  for (int i = 0; i < kMR; ++i) {
+    float *ci = c + i * ldc;
+    if (add) {
+      for (int j = 0; j < NR; ++j) ci[j] = ci[j] + acc[i][j];
+    } else {
+      for (int j = 0; j < NR; ++j) ci[j] = acc[i][j];
+    }
+  }
+}
+#endif
+
+#if LLMT_GEMM_X86
+LLMT_TARGET_AVX2 void ukr_avx2_6x16(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h,
+                                    const float *__restrict b, float *__restrict c, int64_t ldc, bool add) {
+  const float *r[kMR];
+  row_ptrs(a, ars, h, r);
+  const float *r0 = r[0], *r1 = r[1], *r2 = r[2], *r3 = r[3], *r4 = r[4], *r5 = r[5];
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c10 = _mm256_setzero_ps(),
+         c11 = _mm256_setzero_ps(), c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps(),
+         c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps(), c40 = _mm256_setzero_ps(),
+         c41 = _mm256_setzero_ps(), c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int64_t k = 0, off = 0; k < kc; ++k, off += acs) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 ai = _mm256_broadcast_ss(r0 + off);
+    c00 = _mm256_fmadd_ps(ai, b0, c00);
+    c01 = _mm256_fmadd_ps(ai, b1, c01);
+    ai = _mm256_broadcast_ss(r1 + off);
+    c10 = _mm256_fmadd_ps(ai, b0, c10);
+    c11 = _mm256_fmadd_ps(ai, b1, c11);
+    ai = _mm256_broadcast_ss(r2 + off);
+    c20 = _mm256_fmadd_ps(ai, b0, c20);
+    c21 = _mm256_fmadd_ps(ai, b1, c21);
+    ai = _mm256_broadcast_ss(r3 + off);
+    c30 = _mm256_fmadd_ps(ai, b0, c30);
+    c31 = _mm256_fmadd_ps(ai, b1, c31);
+    ai = _mm256_broadcast_ss(r4 + off);
+    c40 = _mm256_fmadd_ps(ai, b0, c40);
+    c41 = _mm256_fmadd_ps(ai, b1, c41);
+    ai = _mm256_broadcast_ss(r5 + off);
+    c50 = _mm256_fmadd_ps(ai, b0, c50);
+    c51 = _mm256_fmadd_ps(ai, b1, c51);
+    b += 16;
+  }
+  const __m256 rows[6][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+  for (int i = 0; i < 6; ++i) {
+    float *ci = c + i * ldc;
+    __m256 v0 = rows[i][0], v1 = rows[i][1];
+    if (add) {
+      v0 = _mm256_add_ps(_mm256_loadu_ps(ci), v0);
+      v1 = _mm256_add_ps(_mm256_loadu_ps(ci + 8), v1);
+    }
+    _mm256_storeu_ps(ci, v0);
+    _mm256_storeu_ps(ci + 8, v1);
+  }
+}
+
+// The same with a 6×8 tile in SSE2 (mul + add, no FMA): 12 accumulators + 2 B vectors + 1 broadcast.
+void ukr_sse_6x8(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h, const float *__restrict b,
+                 float *__restrict c, int64_t ldc, bool add) {
+  const float *r[kMR];
+  row_ptrs(a, ars, h, r);
+  __m128 acc[6][2];
+  for (int i = 0; i < 6; ++i) acc[i][0] = acc[i][1] = _mm_setzero_ps();
+  for (int64_t k = 0, off = 0; k < kc; ++k, off += acs) {
+    const __m128 b0 = _mm_loadu_ps(b), b1 = _mm_loadu_ps(b + 4);
+    for (int i = 0; i < 6; ++i) {
+      const __m128 ai = _mm_set1_ps(r[i][off]);
+      acc[i][0] = _mm_add_ps(acc[i][0], _mm_mul_ps(ai, b0));
+      acc[i][1] = _mm_add_ps(acc[i][1], _mm_mul_ps(ai, b1));
+    }
+    b += 8;
+  }
+  for (int i = 0; i < 6; ++i) {
+    float *ci = c + i * ldc;
+    __m128 v0 = acc[i][0], v1 = acc[i][1];
+    if (add) {
+      v0 = _mm_add_ps(_mm_loadu_ps(ci), v0);
+      v1 = _mm_add_ps(_mm_loadu_ps(ci + 4), v1);
+    }
+    _mm_storeu_ps(ci, v0);
+    _mm_storeu_ps(ci + 4, v1);
+  }
+}
+
+bool cpu_has_avx2_fma() {
+#if defined(_MSC_VER) && !defined(__clang__)
+  int r[4];
+  __cpuid(r, 0);
+  if (r[0] < 7) return false;
+  __cpuid(r, 1);
+  const bool fma = (r[2] & (1 << 12)) != 0, osxsave = (r[2] & (1 << 27)) != 0, avx = (r[2] & (1 << 28)) != 0;
+  if (!fma || !osxsave || !avx || (_xgetbv(0) & 6) != 6) return false;  // the OS saves ymm state
+  __cpuidex(r, 7, 0);
+  return (r[1] & (1 << 5)) != 0;
+#else
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+}
+#endif
+
+struct GemmKernel {
+  int64_t nr;
+  Ukr ukr;
+};
+
+GemmKernel select_kernel() {
+  const char *env = std::getenv("LLMT_CPU_KERNELS");  // "generic": skip AVX2 (SSE2 on x86)
+  const bool generic = env != nullptr && std::strcmp(env, "generic") == 0;
+#if LLMT_GEMM_X86
+  if (!generic && cpu_has_avx2_fma()) return {16, ukr_avx2_6x16};
+  return {8, ukr_sse_6x8};
+#else
+  (void)generic;
+  return {8, ukr_generic<8>};
+#endif
+}
+
+const GemmKernel &gemm_kernel() {
+  static const GemmKernel k = select_kernel();
+  return k;
+}
+
+// Packs rows [i0, i0+mc) × depth [k0, k0+kc) of A into kMR-row panels: dst[panel][k][kMR], zero-padded.
+void pack_a(const View &A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float *__restrict dst) {
+  for (int64_t ip = 0; ip < mc; ip += kMR) {
+    const int64_t h = std::min(kMR, mc - ip);
+    float *__restrict d = dst + ip * kc;
+    if (A.cs == 1) {
+      for (int64_t i = 0; i < h; ++i) {
+        const float *__restrict s = A.p + (i0 + ip + i) * A.rs + k0;
+        for (int64_t k = 0; k < kc; ++k) d[k * kMR + i] = s[k];
+      }
+    } else {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float *__restrict s = A.p + (k0 + k) * A.cs + (i0 + ip) * A.rs;
+        for (int64_t i = 0; i < h; ++i) d[k * kMR + i] = s[i * A.rs];
+      }
+    }
+    for (int64_t i = h; i < kMR; ++i)
+      for (int64_t k = 0; k < kc; ++k) d[k * kMR + i] = 0.0f;
+  }
+}
+
+// Packs panels [p0, p1) (nr columns each) of B's columns [j0, j0+nc) × depth [k0, k0+kc): dst[panel][k][nr].
+void pack_b(const View &B, int64_t nr, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int64_t p0, int64_t p1,
+            float *__restrict dst) {
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t jp = p * nr, w = std::min(nr, nc - jp);
+    float *__restrict d = dst + jp * kc;
+    if (B.cs == 1) {
+      for (int64_t k = 0; k < kc; ++k) {
+        const float *__restrict s = B.p + (k0 + k) * B.rs + j0 + jp;
+        float *__restrict dk = d + k * nr;
+        for (int64_t j = 0; j < w; ++j) dk[j] = s[j];
+        for (int64_t j = w; j < nr; ++j) dk[j] = 0.0f;
+      }
+    } else {
+      for (int64_t j = 0; j < w; ++j) {
+        const float *__restrict s = B.p + (j0 + jp + j) * B.cs + k0 * B.rs;
+        for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = s[k * B.rs];
+      }
+      for (int64_t j = w; j < nr; ++j)
+        for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = 0.0f;
+    }
+  }
+}
+
+void gemm(const View &A, const View &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  const int64_t ldc = N;
+  if (K <= 0) {
+    if (!accumulate) std::memset(C, 0, sizeof(float) * static_cast<size_t>(M * N));
+    return;
+  }
+  const GemmKernel &gk = gemm_kernel();
+  const int64_t nr = gk.nr;
+  const Ukr ukr = gk.ukr;
+  const int64_t threads = num_threads();
+  const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  // Narrow N: an A block would serve few panels, so packing it costs more than it saves; read it in place.
+  const bool direct_a = N <= 4 * nr;
+  float *bbuf = scratch(0, static_cast<size_t>(kKC * kNC));  // the caller's: shared read-only by the tasks
+
+  for (int64_t jc = 0; jc < N; jc += kNC) {
+    const int64_t nc = std::min(kNC, N - jc);
+    const int64_t panels = (nc + nr - 1) / nr;
+    // Task grid: M split into parts of whole micro-rows; when M is short, N panels are split too.
+    const int64_t units = (M + kMR - 1) / kMR;
+    const int64_t want = flops < 2e5 ? 1 : threads;
+    const int64_t mparts = std::min(want, units);
+    const int64_t nparts = std::max<int64_t>(1, std::min(want / mparts, panels));
+    const int64_t tasks = mparts * nparts;
+
+    for (int64_t pc = 0; pc < K; pc += kKC) {
+      const int64_t kc = std::min(kKC, K - pc);
+      const bool add = accumulate || pc > 0;
+      par(panels, chunks_for(panels, 4.0 * static_cast<double>(kc * nc)),
+          [&](int64_t p0, int64_t p1) { pack_b(B, nr, jc, nc, pc, kc, p0, p1, bbuf); });
+      par(tasks, tasks, [&](int64_t t0, int64_t t1) {
+        float *abuf = direct_a ? nullptr : scratch(1, static_cast<size_t>(kMC * kKC));
+        float tile[kMR * kMaxNR];
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t mq = t / nparts, nq = t % nparts;
+          const int64_t m0 = std::min(M, units * mq / mparts * kMR);
+          const int64_t m1 = std::min(M, units * (mq + 1) / mparts * kMR);
+          const int64_t p0 = panels * nq / nparts, p1 = panels * (nq + 1) / nparts;
+          for (int64_t ic = m0; ic < m1; ic += kMC) {
+            const int64_t mc = std::min(kMC, m1 - ic);
+            if (!direct_a) pack_a(A, ic, mc, pc, kc, abuf);
+            for (int64_t p = p0; p < p1; ++p) {
+              const int64_t jp = p * nr, w = std::min(nr, nc - jp);
+              const float *bp = bbuf + jp * kc;
+              for (int64_t ir = 0; ir < mc; ir += kMR) {
+                const int64_t h = std::min(kMR, mc - ir);
+                const float *ap = direct_a ? A.p + (ic + ir) * A.rs + pc * A.cs : abuf + ir * kc;
+                const int64_t ars = direct_a ? A.rs : 1, acs = direct_a ? A.cs : kMR;
+                float *c = C + (ic + ir) * ldc + jc + jp;
+                if (h == kMR && w == nr) {
+                  ukr(kc, ap, ars, acs, h, bp, c, ldc, add);
+                } else {  // edge tile: same arithmetic through a scratch tile
+                  ukr(kc, ap, ars, acs, h, bp, tile, nr, false);
+                  for (int64_t i = 0; i < h; ++i)
+                    for (int64_t j = 0; j < w; ++j)
+                      c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * nr + j] : tile[i * nr + j];
+                }
+              }
+            }
+          }
+        }
+      });
+    }
+  }
+}
+
+}  // namespace
+
+// ---- matrix products ---------------------------------------------------------------------------------------
+
+void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  gemm(View{A, K, 1}, View{B, 1, K}, C, M, N, K, accumulate);  // B(k,j) = B[j·K + k]
+}
+
+void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  gemm(View{A, K, 1}, View{B, N, 1}, C, M, N, K, accumulate);
+}
+
+void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  gemm(View{A, 1, M}, View{B, N, 1}, C, M, N, K, accumulate);  // A(i,k) = A[k·M + i]
+}
+
+// y[rows,cols] += b[cols]
+void add_bias(float *y, const float *b, int64_t rows, int64_t cols) {
+  par(rows, chunks_for(rows, static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      float *__restrict yr = y + r * cols;
+      for (int64_t c = 0; c < cols; ++c) yr[c] += b[c];
+    }
+  });
+}
+
+namespace {
+constexpr int64_t kColBlock = 256;  // column strip reduced by one task over all rows (in row order)
+
+// out[c] += Σ_r f(r, c) for c in [0, cols): each strip of kColBlock columns is summed by one thread over rows
+// in order, into a local strip, then added to out — so calling twice from 0 gives exactly 2× the first call.
+template <class RowFn>
+void column_reduce(float *out, int64_t rows, int64_t cols, double work_per_elem, RowFn &&row) {
+  const int64_t strips = (cols + kColBlock - 1) / kColBlock;
+  par(strips, chunks_for(strips, work_per_elem * static_cast<double>(rows * cols)), [&](int64_t s0, int64_t s1) {
+    float acc[kColBlock];
+    for (int64_t s = s0; s < s1; ++s) {
+      const int64_t c0 = s * kColBlock, w = std::min(kColBlock, cols - c0);
+      for (int64_t c = 0; c < w; ++c) acc[c] = 0.0f;
+      for (int64_t r = 0; r < rows; ++r) row(r, c0, w, acc);
+      for (int64_t c = 0; c < w; ++c) out[c0 + c] += acc[c];
+    }
+  });
+}
+}  // namespace
+
+// db[cols] += Σ_rows dy[rows,cols]
+void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) {
+  column_reduce(db, rows, cols, 1.0, [&](int64_t r, int64_t c0, int64_t w, float *__restrict acc) {
+    const float *__restrict d = dy + r * cols + c0;
+    for (int64_t c = 0; c < w; ++c) acc[c] += d[c];
+  });
+}
+
+// ---- normalisation -------------------------------------------------------------------------------------------
+
+void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) {
+  par(rows, chunks_for(rows, 3.0 * static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *__restrict xr = x + r * cols;
+      float *__restrict yr = y + r * cols;
+      const float ms = dot(xr, xr, cols) / static_cast<float>(cols);
+      const float rs = 1.0f / std::sqrt(ms + eps);
+      if (rstd) rstd[r] = rs;
+      if (w) {
+        for (int64_t c = 0; c < cols; ++c) yr[c] = w[c] * (xr[c] * rs);
+      } else {
+        for (int64_t c = 0; c < cols; ++c) yr[c] = xr[c] * rs;
+      }
+    }
+  });
+}
+
+// x̂ = x·r; y = w⊙x̂. dx = r·(w⊙dy) − r³/cols · Σ(w⊙dy⊙x) · x;  dw += Σ_rows dy⊙x̂.
+void rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx, float *dw,
+                      int64_t rows, int64_t cols) {
+  par(rows, chunks_for(rows, 6.0 * static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *__restrict xr = x + r * cols;
+      const float *__restrict dyr = dy + r * cols;
+      float *__restrict dxr = dx + r * cols;
+      const float rs = rstd[r];
+      float *g = scratch(2, static_cast<size_t>(cols));  // w⊙dy
+      if (w) {
+        for (int64_t c = 0; c < cols; ++c) g[c] = w[c] * dyr[c];
+      } else {
+        for (int64_t c = 0; c < cols; ++c) g[c] = dyr[c];
+      }
+      const float s = dot(g, xr, cols);
+      const float coef = rs * rs * rs * s / static_cast<float>(cols);
+      for (int64_t c = 0; c < cols; ++c) dxr[c] = rs * g[c] - coef * xr[c];
+    }
+  });
+  if (dw) {
+    column_reduce(dw, rows, cols, 2.0, [&](int64_t r, int64_t c0, int64_t w_, float *__restrict acc) {
+      const float *__restrict xr = x + r * cols + c0;
+      const float *__restrict dyr = dy + r * cols + c0;
+      const float rs = rstd[r];
+      for (int64_t c = 0; c < w_; ++c) acc[c] += dyr[c] * (xr[c] * rs);
+    });
+  }
+}
+
+void layernorm_forward(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
+                       int64_t rows, int64_t cols, float eps) {
+  par(rows, chunks_for(rows, 5.0 * static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *__restrict xr = x + r * cols;
+      float *__restrict yr = y + r * cols;
+      const float mu = sum(xr, cols) / static_cast<float>(cols);
+      float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t c = 0;
+      for (; c + 8 <= cols; c += 8)
+        for (int u = 0; u < 8; ++u) {
+          const float d = xr[c + u] - mu;
+          acc[u] += d * d;
+        }
+      float var = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      for (; c < cols; ++c) var += (xr[c] - mu) * (xr[c] - mu);
+      var /= static_cast<float>(cols);
+      const float rs = 1.0f / std::sqrt(var + eps);
+      if (mean) mean[r] = mu;
+      if (rstd) rstd[r] = rs;
+      for (int64_t j = 0; j < cols; ++j) {
+        const float xh = (xr[j] - mu) * rs;
+        yr[j] = (w ? xh * w[j] : xh) + (b ? b[j] : 0.0f);
+      }
+    }
+  });
+}
+
+// x̂ = (x−μ)·r; g = w⊙dy. dx = r·(g − mean(g) − x̂·mean(g⊙x̂)); dw += Σ dy⊙x̂; db += Σ dy.
+void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
+                        float *dx, float *dw, float *db, int64_t rows, int64_t cols) {
+  par(rows, chunks_for(rows, 8.0 * static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *__restrict xr = x + r * cols;
+      const float *__restrict dyr = dy + r * cols;
+      float *__restrict dxr = dx + r * cols;
+      const float mu = mean[r], rs = rstd[r];
+      float *g = scratch(2, static_cast<size_t>(cols));
+      float *xh = scratch(3, static_cast<size_t>(cols));
+      for (int64_t c = 0; c < cols; ++c) {
+        g[c] = w ? w[c] * dyr[c] : dyr[c];
+        xh[c] = (xr[c] - mu) * rs;
+      }
+      const float mg = sum(g, cols) / static_cast<float>(cols);
+      const float mgx = dot(g, xh, cols) / static_cast<float>(cols);
+      for (int64_t c = 0; c < cols; ++c) dxr[c] = rs * (g[c] - mg - xh[c] * mgx);
+    }
+  });
+  if (dw) {
+    column_reduce(dw, rows, cols, 3.0, [&](int64_t r, int64_t c0, int64_t w_, float *__restrict acc) {
+      const float *__restrict xr = x + r * cols + c0;
+      const float *__restrict dyr = dy + r * cols + c0;
+      const float mu = mean[r], rs = rstd[r];
+      for (int64_t c = 0; c < w_; ++c) acc[c] += dyr[c] * ((xr[c] - mu) * rs);
+    });
+  }
+  if (db) bias_backward(dy, db, rows, cols);
+}
+
+// ---- rotary embeddings ---------------------------------------------------------------------------------------
+
+namespace {
+// Rotates the first rot_dims of every head of x[rows, heads, head_dim] by sign·angle (pairs i, i + rot_dims/2).
+void rope_apply(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
+                int64_t rot_dims, float pos_scale, float sign) {
+  const int64_t half = rot_dims / 2;
+  if (half <= 0 || rows <= 0 || heads <= 0) return;
+  par(rows, chunks_for(rows, 6.0 * static_cast<double>(rows * heads * rot_dims)), [&](int64_t r0, int64_t r1) {
+    float *cs = scratch(2, static_cast<size_t>(2 * half));
+    float *sn = cs + half;
+    for (int64_t r = r0; r < r1; ++r) {
+      const float t = static_cast<float>(pos[r]) * pos_scale;  // fp32, as HF
+      for (int64_t i = 0; i < half; ++i) {
+        const float ang = t * inv_freq[i];
+        cs[i] = std::cos(ang);
+        sn[i] = sign * std::sin(ang);
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        float *__restrict x1 = x + (r * heads + h) * head_dim;
+        float *__restrict x2 = x1 + half;
+        for (int64_t i = 0; i < half; ++i) {
+          const float a = x1[i], b = x2[i];
+          x1[i] = a * cs[i] - b * sn[i];  // HF: x·cos + rotate_half(x)·sin, rotate_half = cat(−x2, x1)
+          x2[i] = b * cs[i] + a * sn[i];
+        }
+      }
+    }
+  });
+}
+}  // namespace
+
+void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
+                  int64_t rot_dims, float pos_scale) {
+  rope_apply(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, 1.0f);
+}
+
+void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
+                   int64_t head_dim, int64_t rot_dims, float pos_scale) {
+  rope_apply(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, -1.0f);
+}
+
+// ---- activations -----------------------------------------------------------------------------------------------
+
+void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) {
+  par(n, chunks_for(n, 20.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = gate[i];
+      const float sg = 1.0f / (1.0f + exp_fast(-g));
+      out[i] = (g * sg) * up[i];
+    }
+  });
+}
+
+// out = g·σ(g)·u: dgate = dout·u·σ(g)·(1 + g·(1 − σ(g))), dup = dout·g·σ(g).
+void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n) {
+  par(n, chunks_for(n, 25.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float g = gate[i], u = up[i], d = dout[i];
+      const float sg = 1.0f / (1.0f + exp_fast(-g));
+      dgate[i] = d * u * (sg * (1.0f + g * (1.0f - sg)));
+      dup[i] = d * (g * sg);
+    }
+  });
+}
+
+namespace {
+constexpr float kSqrt1_2 = 0.70710678118654752f;
+constexpr float kInvSqrt2Pi = 0.39894228040143268f;
+constexpr float kGeluC = 0.7978845608028654f;  // sqrt(2/π)
+constexpr float kGeluA = 0.044715f;
+}  // namespace
+
+void gelu_forward(const float *x, float *y, int64_t n, Gelu kind) {
+  par(n, chunks_for(n, 40.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
+    if (kind == Gelu::Erf) {
+      for (int64_t i = b; i < e; ++i) y[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * kSqrt1_2));
+    } else {
+      for (int64_t i = b; i < e; ++i) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + std::tanh(kGeluC * (v + kGeluA * v * v * v)));
+      }
+    }
+  });
+}
+
+void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu kind) {
+  par(n, chunks_for(n, 60.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
+    if (kind == Gelu::Erf) {  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+      for (int64_t i = b; i < e; ++i) {
+        const float v = x[i];
+        const float cdf = 0.5f * (1.0f + std::erf(v * kSqrt1_2));
+        const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
+        dx[i] = dy[i] * (cdf + v * pdf);
+      }
+    } else {  // y = ½x(1+t), t = tanh(u), u = c(x + a·x³): y' = ½(1+t) + ½x(1−t²)·c(1 + 3a·x²)
+      for (int64_t i = b; i < e; ++i) {
+        const float v = x[i];
+        const float t = std::tanh(kGeluC * (v + kGeluA * v * v * v));
+        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * v * v));
+      }
+    }
+  });
+}
+
+// ---- attention ---------------------------------------------------------------------------------------------------
+// q row (b,i,h) at q + ((b·T + i)·nh + h)·hd; k/v row (b,j,g) at k + ((b·T + j)·nkv + g)·hd; lse at (b·nh + h)·T + i.
+// Work items pair row p with row T−1−p (or key block p with its mirror) so contiguous chunks carry equal work
+// under the causal triangle.
+
+void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
+                       int64_t nh, int64_t nkv, int64_t hd, float scale) {
+  if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
+  const int64_t group = nh / nkv, pairs = (T + 1) / 2, items = B * nh * pairs;
+  const double work = 4.0 * static_cast<double>(B * nh) * static_cast<double>(T) * static_cast<double>(T + 1) / 2 *
+                      static_cast<double>(hd + 8);
+  par(items, chunks_for(items, work), [&](int64_t it0, int64_t it1) {
+    float *s = scratch(2, static_cast<size_t>(T));
+    float *acc = scratch(3, static_cast<size_t>(hd));
+    for (int64_t it = it0; it < it1; ++it) {
+      const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, p = it % pairs, g = h / group;
+      const int64_t rows_here[2] = {p, T - 1 - p};
+      for (int rr = 0; rr < (rows_here[1] == p ? 1 : 2); ++rr) {
+        const int64_t i = rows_here[rr];
+        const float *qi = q + ((b * T + i) * nh + h) * hd;
+        const float *kb = k + (b * T * nkv + g) * hd;
+        const float *vb = v + (b * T * nkv + g) * hd;
+        const int64_t ks = nkv * hd;
+        float m = -std::numeric_limits<float>::infinity();
+        for (int64_t j = 0; j <= i; ++j) {
+          s[j] = scale * dot(qi, kb + j * ks, hd);
+          m = s[j] > m ? s[j] : m;
+        }
+        if (!(m > -std::numeric_limits<float>::infinity())) m = 0.0f;  // all −inf or NaN: keep them visible
+        for (int64_t j = 0; j <= i; ++j) s[j] = exp_fast(s[j] - m);
+        const float l = sum(s, i + 1);
+        for (int64_t d = 0; d < hd; ++d) acc[d] = 0.0f;
+        for (int64_t j = 0; j <= i; ++j) axpy(acc, s[j], vb + j * ks, hd);
+        const float inv = 1.0f / l;
+        float *oi = out + ((b * T + i) * nh + h) * hd;
+        for (int64_t d = 0; d < hd; ++d) oi[d] = acc[d] * inv;
+        lse[(b * nh + h) * T + i] = m + std::log(l);
+      }
+    }
+  });
+}
+
+// P_ij = exp(s_ij − lse_i), dP_ij = dout_i·v_j, D_i = dout_i·out_i, dS_ij = P_ij(dP_ij − D_i):
+// dq_i = scale·Σ_j dS_ij k_j, dk_j = scale·Σ_(h in group, i≥j) dS_ij q_i, dv_j = Σ_(h, i≥j) P_ij dout_i.
+// Three passes, each element reduced by one thread in a fixed order: (0) D_i, parked in dq[row·hd] (dq is
+// overwritten at the end anyway); (1) dk, dv by blocks of keys; (2) dq by query rows.
+void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                        const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
+                        int64_t nkv, int64_t hd, float scale) {
+  if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
+  const int64_t group = nh / nkv, ks = nkv * hd;
+  const double tri = static_cast<double>(T) * static_cast<double>(T + 1) / 2;
+
+  // (0) D_i into dq[row·hd].
+  const int64_t qrows = B * T * nh;
+  par(qrows, chunks_for(qrows, 2.0 * static_cast<double>(qrows * hd)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) dq[r * hd] = dot(dout + r * hd, out + r * hd, hd);
+  });
+
+  // (1) dk, dv: item = (b, g, key-block pair).
+  constexpr int64_t kJB = 16;
+  const int64_t nblk = (T + kJB - 1) / kJB, bpairs = (nblk + 1) / 2, items1 = B * nkv * bpairs;
+  par(items1, chunks_for(items1, 8.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
+      [&](int64_t it0, int64_t it1) {
+        float *dk_acc = scratch(2, static_cast<size_t>(kJB * hd));
+        float *dv_acc = scratch(3, static_cast<size_t>(kJB * hd));
+        for (int64_t it = it0; it < it1; ++it) {
+          const int64_t b = it / (nkv * bpairs), g = (it / bpairs) % nkv, bp = it % bpairs;
+          const int64_t blocks[2] = {bp, nblk - 1 - bp};
+          for (int bb = 0; bb < (blocks[1] == bp ? 1 : 2); ++bb) {
+            const int64_t j0 = blocks[bb] * kJB, j1 = std::min(T, j0 + kJB), nj = j1 - j0;
+            for (int64_t d = 0; d < nj * hd; ++d) dk_acc[d] = dv_acc[d] = 0.0f;
+            const float *kb = k + ((b * T + j0) * nkv + g) * hd;
+            const float *vb = v + ((b * T + j0) * nkv + g) * hd;
+            for (int64_t hh = 0; hh < group; ++hh) {
+              const int64_t h = g * group + hh;
+              for (int64_t i = j0; i < T; ++i) {
+                const int64_t row = (b * T + i) * nh + h;
+                const float *qi = q + row * hd, *doi = dout + row * hd;
+                const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
+                const int64_t jn = std::min(j1, i + 1) - j0;
+                for (int64_t jj = 0; jj < jn; ++jj) {
+                  const float pij = exp_fast(scale * dot(qi, kb + jj * ks, hd) - li);
+                  const float ds = pij * (dot(doi, vb + jj * ks, hd) - Di);
+                  axpy(dv_acc + jj * hd, pij, doi, hd);
+                  axpy(dk_acc + jj * hd, ds, qi, hd);
+                }
+              }
+            }
+            for (int64_t jj = 0; jj < nj; ++jj) {
+              float *dkj = dk + ((b * T + j0 + jj) * nkv + g) * hd;
+              float *dvj = dv + ((b * T + j0 + jj) * nkv + g) * hd;
+              for (int64_t d = 0; d < hd; ++d) {
+                dkj[d] = scale * dk_acc[jj * hd + d];
+                dvj[d] = dv_acc[jj * hd + d];
+              }
+            }
+          }
+        }
+      });
+
+  // (2) dq: item = (b, h, row pair).
+  const int64_t pairs = (T + 1) / 2, items2 = B * nh * pairs;
+  par(items2, chunks_for(items2, 6.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
+      [&](int64_t it0, int64_t it1) {
+        float *acc = scratch(2, static_cast<size_t>(hd));
+        for (int64_t it = it0; it < it1; ++it) {
+          const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, p = it % pairs, g = h / group;
+          const int64_t rows_here[2] = {p, T - 1 - p};
+          for (int rr = 0; rr < (rows_here[1] == p ? 1 : 2); ++rr) {
+            const int64_t i = rows_here[rr];
+            const int64_t row = (b * T + i) * nh + h;
+            const float *qi = q + row * hd, *doi = dout + row * hd;
+            const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
+            const float *kb = k + (b * T * nkv + g) * hd;
+            const float *vb = v + (b * T * nkv + g) * hd;
+            for (int64_t d = 0; d < hd; ++d) acc[d] = 0.0f;
+            for (int64_t j = 0; j <= i; ++j) {
+              const float pij = exp_fast(scale * dot(qi, kb + j * ks, hd) - li);
+              const float ds = pij * (dot(doi, vb + j * ks, hd) - Di);
+              axpy(acc, ds, kb + j * ks, hd);
+            }
+            float *dqi = dq + row * hd;
+            for (int64_t d = 0; d < hd; ++d) dqi[d] = scale * acc[d];
+          }
+        }
+      });
+}
+
+// ---- loss ---------------------------------------------------------------------------------------------------------
+
+namespace {
+// Fixed blocking of [0, n) for reductions, a function of n only (≤ 256 blocks of ≥ 4096 items), so the
+// summation order — and the result — is the same for every thread count.
+constexpr int64_t kMaxBlocks = 256;
+int64_t reduce_blocks(int64_t n, int64_t min_block) {
+  return std::max<int64_t>(1, std::min<int64_t>(kMaxBlocks, (n + min_block - 1) / min_block));
+}
+
+// log Σ exp(x[V]) with the max subtracted; sums in double lanes.
+float row_lse(const float *__restrict x, int64_t V) {
+  float mx[8];
+  for (int u = 0; u < 8; ++u) mx[u] = -std::numeric_limits<float>::infinity();
+  float nanflag = 0.0f;  // x·0 is NaN for a NaN or ±inf logit: poisons the result as it should
+  int64_t c = 0;
+  for (; c + 8 <= V; c += 8)
+    for (int u = 0; u < 8; ++u) {
+      mx[u] = x[c + u] > mx[u] ? x[c + u] : mx[u];
+      nanflag += x[c + u] * 0.0f;
+    }
+  float m = -std::numeric_limits<float>::infinity();
+  for (int u = 0; u < 8; ++u) m = mx[u] > m ? mx[u] : m;
+  for (; c < V; ++c) {
+    m = x[c] > m ? x[c] : m;
+    nanflag += x[c] * 0.0f;
+  }
+  if (!(m > -std::numeric_limits<float>::infinity())) m = 0.0f;
+  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  c = 0;
+  for (; c + 8 <= V; c += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += static_cast<double>(exp_fast(x[c + u] - m));
+  double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+  for (; c < V; ++c) s += static_cast<double>(exp_fast(x[c] - m));
+  return m + static_cast<float>(std::log(s)) + nanflag;
+}
+}  // namespace
+
+double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
+                             int64_t *count) {
+  if (N <= 0) {
+    if (count) *count = 0;
+    return 0.0;
+  }
+  const int64_t nb = reduce_blocks(N, 64);
+  double part[kMaxBlocks];
+  int64_t cnt[kMaxBlocks];
+  par(nb, chunks_for(nb, 12.0 * static_cast<double>(N * V)), [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      double s = 0.0;
+      int64_t c = 0;
+      for (int64_t r = N * blk / nb; r < N * (blk + 1) / nb; ++r) {
+        const float *xr = logits + r * V;
+        const float l = row_lse(xr, V);
+        lse[r] = l;
+        const int32_t t = targets[r];
+        if (t >= 0) {
+          s += static_cast<double>(l) - static_cast<double>(xr[t]);
+          ++c;
+        }
+      }
+      part[blk] = s;
+      cnt[blk] = c;
+    }
+  });
+  double total = 0.0;
+  int64_t n = 0;
+  for (int64_t blk = 0; blk < nb; ++blk) {
+    total += part[blk];
+    n += cnt[blk];
+  }
+  if (count) *count = n;
+  return total;
+}
+
+void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits, int64_t N,
+                            int64_t V, float scale) {
+  par(N, chunks_for(N, 10.0 * static_cast<double>(N * V)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float *__restrict xr = logits + r * V;
+      float *__restrict dr = dlogits + r * V;
+      const int32_t t = targets[r];
+      if (t < 0) {
+        std::memset(dr, 0, sizeof(float) * static_cast<size_t>(V));
+        continue;
+      }
+      const float l = lse[r];
+      for (int64_t c = 0; c < V; ++c) dr[c] = scale * exp_fast(xr[c] - l);
+      dr[t] = scale * (exp_fast(xr[t] - l) - 1.0f);
+    }
+  });
+}
+
+// ---- embedding ----------------------------------------------------------------------------------------------------
+
+void embedding_forward(const float *table, const int32_t *ids, float *out, int64_t N, int64_t H) {
+  par(N, chunks_for(N, static_cast<double>(N * H)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      std::memcpy(out + r * H, table + static_cast<int64_t>(ids[r]) * H, sizeof(float) * static_cast<size_t>(H));
+  });
+}
+
+// Split over column strips (64 floats = whole cache lines), rows in order: deterministic, no atomics.
+void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V) {
+  constexpr int64_t kStrip = 64;
+  const int64_t strips = (H + kStrip - 1) / kStrip;
+  par(strips, chunks_for(strips, static_cast<double>(N * H)), [&](int64_t s0, int64_t s1) {
+    const int64_t c0 = s0 * kStrip, c1 = std::min(H, s1 * kStrip);
+    for (int64_t r = 0; r < N; ++r) {
+      float *__restrict d = dtable + static_cast<int64_t>(ids[r]) * H;
+      const float *__restrict g = dout + r * H;
+      for (int64_t c = c0; c < c1; ++c) d[c] += g[c];
+    }
+  });
+}
+
+// ---- optimizer ----------------------------------------------------------------------------------------------------
+
+void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
+                float weight_decay, int64_t step) {
+  // Scalars in double then rounded once, as torch does with its Python-float hyper-parameters.
+  const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
+  const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
+  const float decay = static_cast<float>(1.0 - static_cast<double>(lr) * static_cast<double>(weight_decay));
+  const float step_size = static_cast<float>(static_cast<double>(lr) / bc1);
+  const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+  const float omb1 = 1.0f - beta1, omb2 = 1.0f - beta2;
+  par(n, chunks_for(n, 12.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const float gi = g[i];
+      const float mi = beta1 * m[i] + omb1 * gi;
+      const float vi = beta2 * v[i] + omb2 * gi * gi;
+      m[i] = mi;
+      v[i] = vi;
+      const float denom = std::sqrt(vi) / bc2_sqrt + eps;
+      p[i] = p[i] * decay - step_size * (mi / denom);
+    }
+  });
+}
+
+// ---- reductions ---------------------------------------------------------------------------------------------------
+
+double sum_squares(const float *x, int64_t n) {
+  if (n <= 0) return 0.0;
+  const int64_t nb = reduce_blocks(n, 1 << 14);
+  double part[kMaxBlocks];
+  par(nb, chunks_for(nb, 2.0 * static_cast<double>(n)), [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t lo = n * blk / nb, hi = n * (blk + 1) / nb;
+      const float *__restrict xs = x + lo;
+      const int64_t len = hi - lo;
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t i = 0;
+      for (; i + 8 <= len; i += 8)
+        for (int u = 0; u < 8; ++u) {
+          const double d = static_cast<double>(xs[i + u]);
+          acc[u] += d * d;
+        }
+      double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+      for (; i < len; ++i) s += static_cast<double>(xs[i]) * static_cast<double>(xs[i]);
+      part[blk] = s;
+    }
+  });
+  double total = 0.0;
+  for (int64_t blk = 0; blk < nb; ++blk) total += part[blk];
+  return total;
+}
+
+void scale_inplace(float *x, float s, int64_t n) {
+  par(n, chunks_for(n, static_cast<double>(n)), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) x[i] *= s;
+  });
+}
+
+}  // namespace llmt::cpu

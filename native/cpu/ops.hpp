@@ -1,0 +1,114 @@
+// ops.hpp — the CPU backend's kernels: fp32, row-major, multi-threaded. These are the reference every
+// other backend (CUDA) is checked against, and each forward has its backward here.
+//
+// Conventions
+//  - Shapes in comments: x[N,K] means N rows of K contiguous floats.
+//  - Backward functions ACCUMULATE into parameter gradients (dw, db, dW: `+=`) and OVERWRITE input
+//    gradients (dx) unless the name or comment says otherwise, like llm.c.
+//  - Nothing allocates per call except where stated; nothing throws; no globals but the thread count.
+//  - Results are deterministic for a given thread count: each output element is reduced by one thread
+//    in a fixed order (so a CPU run is bit-reproducible).
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace llmt::cpu {
+
+// ---- threads ---------------------------------------------------------------------------------------
+/** Worker threads used by every kernel (default: hardware concurrency, or LLMT_NUM_THREADS). */
+void set_num_threads(int n);
+int num_threads();
+/** Splits [0, n) into contiguous chunks run on the pool; fn(begin, end). Blocks until all are done. */
+void parallel_for(int64_t n, const std::function<void(int64_t, int64_t)> &fn);
+
+// ---- matrix products ---------------------------------------------------------------------------------
+// "nt": C[M,N] (+)= A[M,K] · B[N,K]ᵀ      (y = x·Wᵀ with W stored [out,in], as nn.Linear)
+void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+// "nn": C[M,N] (+)= A[M,K] · B[K,N]       (dx = dy·W)
+void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+// "tn": C[M,N] (+)= A[K,M]ᵀ · B[K,N]      (dW = dyᵀ·x: A = dy[K=rows, M=out], B = x[rows, N=in])
+void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+
+// y[rows,cols] += b[cols]
+void add_bias(float *y, const float *b, int64_t rows, int64_t cols);
+// db[cols] += Σ_rows dy[rows,cols]
+void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols);
+
+// ---- normalisation -------------------------------------------------------------------------------------
+// RMSNorm (LLaMA): y = w ⊙ x · rsqrt(mean(x²) + eps). Saves rstd[rows].
+void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps);
+// dx overwritten; dw accumulated (may be null when the weight is frozen).
+void rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx, float *dw,
+                      int64_t rows, int64_t cols);
+// LayerNorm (torch.nn.LayerNorm, biased variance): y = (x − mean)·rstd ⊙ w + b. Saves mean, rstd[rows].
+void layernorm_forward(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
+                       int64_t rows, int64_t cols, float eps);
+// dx overwritten; dw, db accumulated (either may be null).
+void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
+                        float *dx, float *dw, float *db, int64_t rows, int64_t cols);
+
+// ---- rotary embeddings ------------------------------------------------------------------------------------
+// Half-split ("NeoX") RoPE in place on x[rows, heads, head_dim], rotating the first rot_dims of each head
+// (pairs (i, i + rot_dims/2)), dims rot_dims..head_dim untouched. Angle for row r, pair i:
+// pos[r] · pos_scale · inv_freq[i], computed in fp32 as HF does (t = pos·pos_scale in fp32, then t·inv_freq).
+// inv_freq has rot_dims/2 entries. pos_scale is 1/factor for linear rope_scaling, else 1.
+void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
+                  int64_t head_dim, int64_t rot_dims, float pos_scale);
+// The backward of rope_forward, in place on dx (rotation by the negative angle).
+void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
+                   int64_t head_dim, int64_t rot_dims, float pos_scale);
+
+// ---- activations ---------------------------------------------------------------------------------------------
+// SwiGLU: out[n] = silu(gate[n]) · up[n]
+void swiglu_forward(const float *gate, const float *up, float *out, int64_t n);
+// dgate, dup overwritten.
+void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n);
+
+enum class Gelu { Erf, Tanh };  // Erf: torch exact GELU; Tanh: 0.5x(1+tanh(0.7978845608·(x+0.044715x³)))
+void gelu_forward(const float *x, float *y, int64_t n, Gelu kind);
+// dx overwritten.
+void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu kind);
+
+// ---- attention ------------------------------------------------------------------------------------------------
+// Causal softmax attention with grouped KV heads (GQA/MQA), never materialising more than one row of scores
+// per thread. q[B,T,nh,hd], k,v[B,T,nkv,hd] (nh % nkv == 0; kv head g serves query heads g·(nh/nkv) …),
+// out[B,T,nh,hd]; s = scale·q·kᵀ, key j visible to query i iff j ≤ i. Saves lse[B,nh,T] (log-sum-exp of
+// the scaled scores) for the backward.
+void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
+                       int64_t nh, int64_t nkv, int64_t hd, float scale);
+// dq, dk, dv overwritten. Recomputes the probabilities from q, k and lse.
+void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                        const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
+                        int64_t nkv, int64_t hd, float scale);
+
+// ---- loss ---------------------------------------------------------------------------------------------------
+// Cross-entropy over logits[N,V] against targets[N] (targets < 0 are ignored, e.g. −100).
+// Returns the SUM of −log softmax(logits)[target] over the counted rows (double accumulation) and writes
+// lse[N] (log-sum-exp per row) for the backward. *count receives the number of counted rows.
+double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
+                             int64_t *count);
+// dlogits[N,V] = scale · (softmax(logits) − onehot(target)) for counted rows, 0 for ignored rows (overwritten).
+void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits, int64_t N,
+                            int64_t V, float scale);
+
+// ---- embedding ------------------------------------------------------------------------------------------------
+// out[N,H] = table[ids[n]]. ids must be in [0, V) (checked by the caller).
+void embedding_forward(const float *table, const int32_t *ids, float *out, int64_t N, int64_t H);
+// dtable[ids[n]] += dout[n] (deterministic order).
+void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V);
+
+// ---- optimizer ------------------------------------------------------------------------------------------------
+// torch.optim.AdamW, one step (step ≥ 1, counted before this call's update):
+//   p ← p·(1 − lr·wd);  m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²;
+//   p ← p − (lr / (1 − β1^step)) · m / (sqrt(v) / sqrt(1 − β2^step) + eps)
+void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
+                float weight_decay, int64_t step);
+
+// ---- reductions ------------------------------------------------------------------------------------------------
+// Σ x² in double (for the global gradient norm).
+double sum_squares(const float *x, int64_t n);
+// x *= s
+void scale_inplace(float *x, float s, int64_t n);
+
+}  // namespace llmt::cpu

@@ -1,0 +1,440 @@
+// test_model.cpp — end-to-end checks of the model code on tiny random models of every family:
+// finite-difference checks of the LoRA (and full fine-tuning) gradients through the whole network,
+// gradient checkpointing and dropout-mask regeneration, adapter save/load round trips, KV-cache generation
+// against the full forward, training with bit-identical resume, and the bad inputs each must reject.
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "../cpu/ops.hpp"
+#include "../engine/generate.hpp"
+#include "../engine/model.hpp"
+#include "../engine/rng.hpp"
+#include "../engine/safetensors.hpp"
+#include "../engine/train.hpp"
+#include "llmt.h"
+
+using namespace llmt;
+
+static int g_failures = 0;
+#define CHECK(cond, msg)                                                                                  \
+  do {                                                                                                    \
+    if (!(cond)) {                                                                                        \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s — %s\n", __FILE__, __LINE__, #cond, std::string(msg).c_str()); \
+      ++g_failures;                                                                                       \
+    }                                                                                                     \
+  } while (0)
+
+static std::string g_tmp;
+
+static std::string tiny(const std::string &family, uint64_t seed = 1) {
+  std::string dir = g_tmp + "/" + family + "-" + std::to_string(seed);
+  struct stat sb;
+  if (::stat(dir.c_str(), &sb) != 0) {
+    llmt_status st = llmt_create_tiny(family.c_str(), dir.c_str(), seed);
+    CHECK(st == LLMT_OK, std::string("create_tiny: ") + llmt_last_error());
+  }
+  return dir;
+}
+
+static Batch make_batch(int64_t B, int64_t T, int64_t V, uint64_t seed) {
+  Batch b;
+  b.B = B;
+  b.T = T;
+  Rng r(seed);
+  for (int64_t i = 0; i < B * T; ++i) {
+    b.ids.push_back(static_cast<int32_t>(4 + r.below(static_cast<uint64_t>(V - 4))));
+    b.labels.push_back((i % T) < 2 ? -100 : b.ids.back());  // the first tokens are "prompt"
+  }
+  return b;
+}
+
+static void randomize(Param *p, float scale, uint64_t seed) {
+  Rng r(seed);
+  for (float &x : p->data) x = (r.uniform() * 2 - 1) * scale;
+}
+
+static double loss_of(Model &m, const Batch &b) {
+  RunOptions o;
+  RunResult r;
+  llmt_status st = m.run(b, o, r);
+  CHECK(st == LLMT_OK, llmt_last_error());
+  return r.loss_sum / static_cast<double>(r.count);
+}
+
+// Central differences on a few entries of each trainable parameter against the analytic gradient.
+static void fd_check(Model &m, const Batch &b, const std::string &what, int per_param = 4) {
+  m.zero_grad();
+  RunOptions o;
+  o.backward = true;
+  RunResult r0;
+  m.run(b, o, r0);  // to learn the count
+  m.zero_grad();
+  o.grad_scale = 1.0f / static_cast<float>(r0.count);
+  RunResult r;
+  CHECK(m.run(b, o, r) == LLMT_OK, llmt_last_error());
+  int checked = 0, bad = 0;
+  double worst = 0;
+  Rng pick(7);
+  for (Param *p : m.trainable_params()) {
+    for (int k = 0; k < per_param; ++k) {
+      const size_t i = static_cast<size_t>(pick.below(static_cast<uint64_t>(p->numel())));
+      const float orig = p->data[i];
+      const float eps = 1e-2f * std::max(1.0f, std::fabs(orig));
+      p->data[i] = orig + eps;
+      const double lp = loss_of(m, b);
+      p->data[i] = orig - eps;
+      const double lm = loss_of(m, b);
+      p->data[i] = orig;
+      const double fd = (lp - lm) / (2.0 * eps);
+      const double an = p->grad[i];
+      const double err = std::fabs(fd - an) / std::max(1e-3, std::fabs(fd) + std::fabs(an));
+      worst = std::max(worst, err);
+      ++checked;
+      if (err > 3e-2) {
+        ++bad;
+        std::fprintf(stderr, "  %s: %s[%zu]: finite difference %.6g vs analytic %.6g\n", what.c_str(), p->name.c_str(), i, fd, an);
+      }
+    }
+  }
+  CHECK(bad == 0, what + ": " + std::to_string(bad) + " of " + std::to_string(checked) + " gradient entries disagree");
+  std::printf("  %s: %d entries checked, worst relative error %.2e\n", what.c_str(), checked, worst);
+}
+
+static std::vector<float> grads_of(Model &m, const Batch &b, const RunOptions &o) {
+  m.zero_grad();
+  RunResult r;
+  CHECK(m.run(b, o, r) == LLMT_OK, llmt_last_error());
+  std::vector<float> all;
+  for (Param *p : m.trainable_params()) all.insert(all.end(), p->grad.begin(), p->grad.end());
+  return all;
+}
+
+static void test_family(const std::string &family) {
+  std::printf("family %s\n", family.c_str());
+  llmt_status st;
+  auto m = Model::load(tiny(family), st);
+  CHECK(m != nullptr, llmt_last_error());
+  if (!m) return;
+  LoraSpec spec;
+  spec.r = 4;
+  spec.alpha = 8;
+  spec.targets = {};  // every linear module of a block
+  std::string all = m->config().family->all_lora_targets;
+  size_t at = 0;
+  while (true) {
+    size_t c = all.find(',', at);
+    spec.targets.push_back(all.substr(at, c == std::string::npos ? std::string::npos : c - at));
+    if (c == std::string::npos) break;
+    at = c + 1;
+  }
+  CHECK(m->add_lora(spec, 3) == LLMT_OK, llmt_last_error());
+  // PEFT init: B is zero, A bounded by 1/sqrt(in)
+  for (auto &lin : m->linears) {
+    if (!lin->lora.r) continue;
+    bool zero = true;
+    for (float x : lin->lora.B->data) zero = zero && x == 0.0f;
+    CHECK(zero, "lora_B starts at zero");
+    float mx = 0;
+    for (float x : lin->lora.A->data) mx = std::max(mx, std::fabs(x));
+    CHECK(mx <= 1.0f / std::sqrt(static_cast<float>(lin->in)) + 1e-6f && mx > 0, "lora_A within the Kaiming bound");
+  }
+  const Batch b = make_batch(2, 7, m->config().vocab, 11);
+  const double base_loss = loss_of(*m, b);
+  CHECK(std::isfinite(base_loss) && base_loss > 0, "finite loss");
+  uint64_t s = 100;
+  for (auto &lin : m->linears)
+    if (lin->lora.r) randomize(lin->lora.B, 0.3f, s++);
+  CHECK(loss_of(*m, b) != base_loss, "a non-zero lora_B changes the output");
+  fd_check(*m, b, family + " LoRA");
+
+  // gradient checkpointing gives bit-identical gradients, also with dropout (masks regenerated)
+  RunOptions o;
+  o.backward = true;
+  o.grad_scale = 0.01f;
+  const auto g1 = grads_of(*m, b, o);
+  o.checkpointing = true;
+  const auto g2 = grads_of(*m, b, o);
+  CHECK(g1 == g2, "checkpointing changes nothing");
+  for (auto &lin : m->linears) lin->lora.dropout = 0.3f;
+  o.training = true;
+  o.seed = 99;
+  o.checkpointing = false;
+  const auto g3 = grads_of(*m, b, o);
+  o.checkpointing = true;
+  const auto g4 = grads_of(*m, b, o);
+  CHECK(g3 == g4, "dropout masks are regenerated identically under checkpointing");
+  CHECK(g3 != g1, "dropout changes the gradients in training mode");
+  for (auto &lin : m->linears) lin->lora.dropout = 0.0f;
+
+  // adapter round trip: save, load into a fresh model, same logits bit for bit
+  const std::string adir = g_tmp + "/adapter-" + family;
+  CHECK(m->save_adapter(adir) == LLMT_OK, llmt_last_error());
+  auto m2 = Model::load(tiny(family), st);
+  CHECK(m2 && m2->load_adapter(adir, false) == LLMT_OK, llmt_last_error());
+  RunOptions fo;
+  fo.want_logits = true;
+  RunResult r1, r2;
+  m->run(b, fo, r1);
+  m2->run(b, fo, r2);
+  CHECK(r1.logits == r2.logits, "a saved and reloaded adapter gives identical logits");
+
+  // KV-cache generation == argmax of the full forward at every step
+  std::vector<int32_t> prompt(b.ids.begin(), b.ids.begin() + 5);
+  GenParams gp;
+  gp.do_sample = false;
+  gp.max_new_tokens = 6;
+  gp.repetition_penalty = 1.0;
+  std::vector<int32_t> out;
+  CHECK(generate(*m2, prompt, gp, nullptr, nullptr, out) == LLMT_OK, llmt_last_error());
+  std::vector<int32_t> seq = prompt;
+  for (size_t i = 0; i < out.size(); ++i) {
+    Batch g;
+    g.B = 1;
+    g.T = static_cast<int64_t>(seq.size());
+    g.ids = seq;
+    RunResult rr;
+    m2->run(g, fo, rr);
+    const int64_t V = m2->config().vocab;
+    const float *last = rr.logits.data() + (g.T - 1) * V;
+    const int32_t best = static_cast<int32_t>(std::max_element(last, last + V) - last);
+    CHECK(best == out[i], "greedy token " + std::to_string(i) + " matches the full forward");
+    seq.push_back(out[i]);
+  }
+}
+
+static void test_full_finetune() {
+  std::printf("full fine-tuning gradients\n");
+  for (const char *family : {"llama", "gpt_neox"}) {
+    llmt_status st;
+    auto m = Model::load(tiny(family), st);
+    CHECK(m != nullptr, llmt_last_error());
+    if (!m) continue;
+    m->make_all_trainable();
+    fd_check(*m, make_batch(1, 6, m->config().vocab, 5), std::string(family) + " full", 2);
+  }
+}
+
+static void test_modules_to_save() {
+  std::printf("modules_to_save\n");
+  llmt_status st;
+  auto m = Model::load(tiny("llama"), st);
+  LoraSpec spec;
+  spec.r = 2;
+  spec.alpha = 4;
+  spec.targets = {"q_proj", "v_proj"};
+  spec.modules_to_save = {"lm_head", "embed_tokens"};
+  CHECK(m->add_lora(spec, 1) == LLMT_OK, llmt_last_error());
+  CHECK(m->lm_head->trainable && m->embed->trainable, "head and embedding trainable");
+  CHECK(m->lm_head->save_name == "base_model.model.lm_head.weight", "PEFT key of modules_to_save");
+  CHECK(m->embed->save_name == "base_model.model.model.embed_tokens.weight", "PEFT key of the embedding copy");
+  fd_check(*m, make_batch(2, 5, m->config().vocab, 9), "llama LoRA + modules_to_save", 3);
+}
+
+static std::string read_all(const std::string &p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+static void write_all(const std::string &p, const std::string &s) {
+  std::ofstream f(p, std::ios::binary);
+  f << s;
+}
+
+static void test_bad_inputs() {
+  std::printf("bad inputs\n");
+  llmt_status st;
+  // unsupported model_type lists the supported ones
+  std::string d = g_tmp + "/unsupported";
+  ::mkdir(d.c_str(), 0755);
+  write_all(d + "/config.json", "{\"model_type\": \"rwkv\", \"vocab_size\": 10, \"hidden_size\": 8, \"intermediate_size\": 8, \"num_hidden_layers\": 1, \"num_attention_heads\": 2}");
+  auto m = Model::load(d, st);
+  CHECK(!m && st == LLMT_ERR_UNSUPPORTED, "unsupported model_type");
+  CHECK(std::strstr(llmt_last_error(), "rwkv") && std::strstr(llmt_last_error(), "llama, baichuan, gpt_neox"), llmt_last_error());
+  // truncated weights name the file
+  std::string t = g_tmp + "/truncated";
+  ::mkdir(t.c_str(), 0755);
+  std::string src = tiny("llama");
+  write_all(t + "/config.json", read_all(src + "/config.json"));
+  std::string w = read_all(src + "/model.safetensors");
+  write_all(t + "/model.safetensors", w.substr(0, w.size() / 2));
+  m = Model::load(t, st);
+  CHECK(!m && st == LLMT_ERR_BAD_INPUT, "truncated safetensors rejected");
+  CHECK(std::strstr(llmt_last_error(), "model.safetensors") != nullptr, llmt_last_error());
+  // config that does not match the weights names the tensor
+  std::string cfg = read_all(src + "/config.json");
+  size_t at = cfg.find("\"hidden_size\": 64");
+  CHECK(at != std::string::npos, "tiny config has hidden_size 64");
+  if (at != std::string::npos) {
+    std::string wrong = cfg;
+    wrong.replace(at, 17, "\"hidden_size\": 32");
+    std::string mm = g_tmp + "/mismatch";
+    ::mkdir(mm.c_str(), 0755);
+    write_all(mm + "/config.json", wrong);
+    write_all(mm + "/model.safetensors", w);
+    m = Model::load(mm, st);
+    CHECK(!m && st == LLMT_ERR_BAD_INPUT && std::strstr(llmt_last_error(), "has shape"), llmt_last_error());
+  }
+  // an adapter for another architecture does not fit
+  auto llama = Model::load(tiny("llama"), st);
+  LoraSpec spec;
+  spec.targets = {"q_proj"};
+  spec.r = 2;
+  llama->add_lora(spec, 1);
+  llama->save_adapter(g_tmp + "/adapter-q");
+  auto neox = Model::load(tiny("gpt_neox"), st);
+  st = neox->load_adapter(g_tmp + "/adapter-q", false);
+  CHECK(st == LLMT_ERR_BAD_INPUT && std::strstr(llmt_last_error(), "not found"), llmt_last_error());
+  // an adapter whose shapes differ (another hidden size)
+  auto other = Model::load(tiny("llama", 2), st);
+  CHECK(other && other->load_adapter(g_tmp + "/adapter-q", false) == LLMT_OK, "same shapes load fine");
+  // out-of-vocabulary ids
+  Batch b = make_batch(1, 4, 320, 1);
+  b.ids[2] = 5000;
+  RunOptions o;
+  RunResult r;
+  st = llama->run(b, o, r);
+  CHECK(st == LLMT_ERR_BAD_INPUT && std::strstr(llmt_last_error(), "outside the vocabulary"), llmt_last_error());
+  // a target that matches nothing
+  auto l2 = Model::load(tiny("llama"), st);
+  LoraSpec bad;
+  bad.targets = {"query_key_value"};
+  st = l2->add_lora(bad, 1);
+  CHECK(st == LLMT_ERR_BAD_INPUT && std::strstr(llmt_last_error(), "q_proj"), llmt_last_error());
+}
+
+static void write_tokens(const std::string &path, int n, int T, uint64_t seed) {
+  std::string s = "{\"input_ids\": [";
+  std::string l = "\"labels\": [";
+  Rng r(seed);
+  for (int i = 0; i < n; ++i) {
+    s += i ? ",[" : "[";
+    l += i ? ",[" : "[";
+    const int len = T - static_cast<int>(r.below(3));
+    for (int t = 0; t < len; ++t) {
+      // a learnable pattern: each row counts up from a random start
+      const int id = 4 + static_cast<int>((i * 7 + t) % 50);
+      s += (t ? "," : "") + std::to_string(id);
+      l += (t ? "," : "") + std::to_string(t < 2 ? -100 : id);
+    }
+    s += "]";
+    l += "]";
+  }
+  write_all(path, s + "], " + l + "]}");
+}
+
+static std::vector<std::string> run_job(const std::string &job) {
+  std::vector<std::string> events;
+  llmt_status st = llmt_train(job.c_str(), [](void *u, const char *e) { static_cast<std::vector<std::string> *>(u)->push_back(e); },
+                              nullptr, &events);
+  CHECK(st == LLMT_OK, std::string("training failed: ") + llmt_last_error());
+  return events;
+}
+
+static void test_training_and_resume() {
+  std::printf("training and resume\n");
+  const std::string data = g_tmp + "/train.json";
+  write_tokens(data, 12, 10, 3);
+  auto job = [&](const std::string &out, int steps, const std::string &resume) {
+    return std::string("{\"model\": \"") + tiny("llama") + "\", \"lora\": {\"r\": 4, \"alpha\": 8, \"dropout\": 0.1, \"target_modules\": [\"q_proj\", \"v_proj\", \"down_proj\"]}," +
+           "\"data\": {\"train\": \"" + data + "\", \"eval\": \"" + data + "\"}, \"training\": {\"learning_rate\": 0.01, \"max_steps\": " + std::to_string(steps) +
+           ", \"micro_batch_size\": 3, \"gradient_accumulation_steps\": 2, \"warmup_steps\": 2, \"lr_scheduler\": \"cosine\", \"seed\": 5, \"weight_decay\": 0.01}," +
+           "\"output\": {\"dir\": \"" + out + "\", \"logging_steps\": 1, \"save_steps\": 3, \"eval_steps\": 3}" +
+           (resume.empty() ? "" : ", \"resume_from\": \"" + resume + "\"") + "}";
+  };
+  const std::string a = g_tmp + "/run-a";
+  auto ev = run_job(job(a, 6, ""));
+  CHECK(!ev.empty() && ev.front().find("\"started\"") != std::string::npos, "started event first");
+  CHECK(ev.back().find("\"done\"") != std::string::npos && ev.back().find("completed") != std::string::npos, "done event last");
+  int steps = 0, evals = 0, ckpts = 0;
+  for (auto &e : ev) {
+    steps += e.find("\"event\":\"step\"") != std::string::npos;
+    evals += e.find("\"event\":\"eval\"") != std::string::npos;
+    ckpts += e.find("\"event\":\"checkpoint\"") != std::string::npos;
+  }
+  CHECK(steps == 6 && evals == 2 && ckpts == 2, "6 step events, evals at 3 and 6, checkpoints at 3 and 6");
+  struct stat sb;
+  CHECK(::stat((a + "/checkpoint-3/optimizer.safetensors").c_str(), &sb) == 0, "checkpoint-3 has optimizer state");
+  CHECK(::stat((a + "/adapter_model.safetensors").c_str(), &sb) == 0, "final adapter at the top");
+  // as if the worker had been killed after step 3: resume the same job from checkpoint-3
+  const std::string cpy = g_tmp + "/run-c";
+  run_job(job(cpy, 6, a + "/checkpoint-3"));
+  CHECK(read_all(a + "/adapter_model.safetensors") == read_all(cpy + "/adapter_model.safetensors"),
+        "resuming from checkpoint-3 reproduces the uninterrupted run bit for bit");
+  // a learnable task: the loss goes down over 30 steps
+  auto ev2 = run_job(job(g_tmp + "/run-d", 30, ""));
+  double first = NAN, last = NAN;
+  for (auto &e : ev2) {
+    size_t p = e.find("\"loss\":");
+    if (e.find("\"event\":\"step\"") == std::string::npos || p == std::string::npos) continue;
+    double v = std::atof(e.c_str() + p + 7);
+    if (std::isnan(first)) first = v;
+    last = v;
+  }
+  CHECK(last < first * 0.8, "loss fell from " + std::to_string(first) + " to " + std::to_string(last));
+  // a bad job is an error event with a code
+  std::vector<std::string> bad;
+  llmt_status st = llmt_train("{\"model\": \"/nonexistent\", \"data\": {\"train\": \"x\"}, \"output\": {\"dir\": \"/tmp/x\"}, \"trainig\": {}}",
+                              [](void *u, const char *e) { static_cast<std::vector<std::string> *>(u)->push_back(e); }, nullptr, &bad);
+  CHECK(st == LLMT_ERR_BAD_INPUT && !bad.empty() && bad.back().find("unknown field") != std::string::npos, "unknown job field named");
+}
+
+static void test_schedules() {
+  std::printf("schedules\n");
+  CHECK(lr_factor("linear", 0, 0, 10) == 1.0, "linear starts at 1 without warmup");
+  CHECK(lr_factor("linear", 0, 2, 10) == 0.0 && lr_factor("linear", 1, 2, 10) == 0.5, "warmup ramps from 0");
+  CHECK(std::fabs(lr_factor("linear", 6, 2, 10) - 0.5) < 1e-12, "linear decay");
+  CHECK(std::fabs(lr_factor("cosine", 6, 2, 10) - 0.5) < 1e-12, "cosine midpoint");
+  CHECK(lr_factor("constant_with_warmup", 5, 2, 10) == 1.0 && lr_factor("constant", 0, 2, 10) == 1.0, "constants");
+}
+
+static void test_sampling() {
+  std::printf("sampling\n");
+  GenParams p;
+  p.temperature = 1.0;
+  p.top_k = 0;
+  p.top_p = 0.5;
+  p.repetition_penalty = 1.0;
+  Rng r(1);
+  // probabilities ~ [0.6, 0.3, 0.1]: top_p 0.5 keeps only token 0
+  for (int i = 0; i < 50; ++i) {
+    std::vector<float> lg = {std::log(0.6f), std::log(0.3f), std::log(0.1f)};
+    CHECK(pick_token(lg, {}, p, r) == 0, "top_p keeps the smallest set above the mass");
+  }
+  p.top_p = 1.0;
+  p.top_k = 2;
+  int counts[3] = {0, 0, 0};
+  for (int i = 0; i < 2000; ++i) {
+    std::vector<float> lg = {std::log(0.6f), std::log(0.3f), std::log(0.1f)};
+    counts[pick_token(lg, {}, p, r)]++;
+  }
+  CHECK(counts[2] == 0 && std::abs(counts[0] - 1333) < 120, "top_k 2 renormalises over two tokens");
+  p.do_sample = false;
+  p.repetition_penalty = 2.0;
+  std::vector<float> lg = {1.0f, 0.8f, -1.0f};
+  CHECK(pick_token(lg, {0}, p, r) == 1, "repetition penalty divides a seen positive logit");
+}
+
+int main() {
+  char tmpl[] = "/tmp/llmt-model-XXXXXX";
+  g_tmp = ::mkdtemp(tmpl);
+  cpu::set_num_threads(2);
+  test_schedules();
+  test_sampling();
+  for (const char *f : {"llama", "baichuan", "gpt_neox"}) test_family(f);
+  test_modules_to_save();
+  test_full_finetune();
+  test_bad_inputs();
+  test_training_and_resume();
+  std::string rm = "rm -rf " + g_tmp;
+  if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", g_tmp.c_str());
+  if (g_failures == 0) std::printf("test_model: all checks passed\n");
+  return g_failures == 0 ? 0 : 1;
+}

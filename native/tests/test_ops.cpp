@@ -1,0 +1,712 @@
+// test_ops.cpp — checks for the CPU kernels (cpu/ops.hpp): forwards against naive double references, every
+// backward against central finite differences of L = Σ out·R, accumulate/overwrite rules, determinism and
+// thread-count independence, and the thread pool itself. Plain checks with messages; non-zero exit on failure.
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "../cpu/ops.hpp"
+
+using namespace llmt::cpu;
+using Vec = std::vector<float>;
+
+static std::atomic<int> g_failures{0};  // CHECK may run inside pool chunks
+#define CHECK(cond, ...)                                                          \
+  do {                                                                            \
+    if (!(cond)) {                                                                \
+      std::fprintf(stderr, "%s:%d: CHECK failed: %s — ", __FILE__, __LINE__, #cond); \
+      std::fprintf(stderr, __VA_ARGS__);                                          \
+      std::fprintf(stderr, "\n");                                                 \
+      ++g_failures;                                                               \
+    }                                                                             \
+  } while (0)
+
+static std::mt19937 g_rng(12345);
+
+static Vec rnd(size_t n, float lo = -1.0f, float hi = 1.0f) {
+  std::uniform_real_distribution<float> u(lo, hi);
+  Vec v(n);
+  for (auto &x : v) x = u(g_rng);
+  return v;
+}
+
+static double dotd(const Vec &a, const Vec &b) {
+  double s = 0;
+  for (size_t i = 0; i < a.size(); ++i) s += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  return s;
+}
+
+static bool near(double got, double want, double rtol, double atol) {
+  return std::fabs(got - want) <= atol + rtol * std::max(std::fabs(got), std::fabs(want));
+}
+
+// Element-wise comparison; reports the first few mismatches.
+static void expect_close(const std::string &what, const float *got, const double *want, size_t n, double rtol,
+                         double atol) {
+  int bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (!near(got[i], want[i], rtol, atol)) {
+      if (bad < 3) CHECK(false, "%s[%zu]: got %.8g want %.8g", what.c_str(), i, got[i], want[i]);
+      ++bad;
+    }
+  }
+  if (bad > 3) std::fprintf(stderr, "  (%s: %d mismatches in all)\n", what.c_str(), bad);
+}
+static void expect_close(const std::string &what, const Vec &got, const std::vector<double> &want, double rtol,
+                         double atol) {
+  CHECK(got.size() == want.size(), "%s: size", what.c_str());
+  expect_close(what, got.data(), want.data(), std::min(got.size(), want.size()), rtol, atol);
+}
+static void expect_close(const std::string &what, const Vec &got, const Vec &want, double rtol, double atol) {
+  std::vector<double> w(want.begin(), want.end());
+  expect_close(what, got, w, rtol, atol);
+}
+
+static bool bit_equal(const Vec &a, const Vec &b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Central differences of loss() w.r.t. x[i] (x perturbed by ±eps in float) against grad[i], for up to
+// max_n evenly spread indices.
+static void fd_check(const std::string &what, Vec &x, const Vec &grad, const std::function<double()> &loss,
+                     double rtol = 1e-2, double atol = 2e-3, float eps = 1e-3f, size_t max_n = 400) {
+  CHECK(x.size() == grad.size(), "%s: gradient size", what.c_str());
+  const size_t n = x.size(), stride = n > max_n ? (n + max_n - 1) / max_n : 1;
+  int bad = 0;
+  for (size_t i = (n > max_n ? 1 : 0); i < n; i += stride) {
+    const float x0 = x[i], xp = x0 + eps, xm = x0 - eps;
+    x[i] = xp;
+    const double lp = loss();
+    x[i] = xm;
+    const double lm = loss();
+    x[i] = x0;
+    const double num = (lp - lm) / (static_cast<double>(xp) - static_cast<double>(xm));
+    if (!near(grad[i], num, rtol, atol)) {
+      if (bad < 3) CHECK(false, "%s: d/dx[%zu] analytic %.7g vs numeric %.7g", what.c_str(), i, grad[i], num);
+      ++bad;
+    }
+  }
+  if (bad > 3) std::fprintf(stderr, "  (%s: %d mismatches in all)\n", what.c_str(), bad);
+}
+
+// ---- thread pool ----------------------------------------------------------------------------------------------
+
+static void test_pool() {
+  const int saved = num_threads();
+  CHECK(saved >= 1, "num_threads() >= 1");
+  for (int t : {1, 2, 3, 5}) {
+    set_num_threads(t);
+    CHECK(num_threads() == t, "set_num_threads(%d)", t);
+    for (int64_t n : {0, 1, 2, 5, 1000, 100003}) {
+      std::vector<std::atomic<int>> hits(static_cast<size_t>(n));
+      for (auto &h : hits) h.store(0);
+      std::atomic<int> calls{0};
+      parallel_for(n, [&](int64_t b, int64_t e) {
+        CHECK(0 <= b && b < e && e <= n, "chunk [%lld, %lld) of %lld", (long long)b, (long long)e, (long long)n);
+        for (int64_t i = b; i < e; ++i) hits[static_cast<size_t>(i)]++;
+        calls++;
+      });
+      bool once = true;
+      for (auto &h : hits) once = once && h.load() == 1;
+      CHECK(once, "every index visited exactly once (threads %d, n %lld)", t, (long long)n);
+      CHECK(calls.load() <= std::max(1, t), "at most one chunk per thread (got %d)", calls.load());
+    }
+  }
+  // Nested calls run inline; callers on several threads (serialised inside) all complete.
+  set_num_threads(3);
+  std::atomic<int64_t> total{0};
+  parallel_for(4, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i)
+      parallel_for(10, [&](int64_t b2, int64_t e2) { total += e2 - b2; });
+  });
+  CHECK(total.load() == 40, "nested parallel_for covers everything (%lld)", (long long)total.load());
+  std::atomic<int64_t> sum{0};
+  std::vector<std::thread> callers;
+  for (int c = 0; c < 3; ++c)
+    callers.emplace_back([&] {
+      for (int rep = 0; rep < 50; ++rep)
+        parallel_for(1000, [&](int64_t b, int64_t e) { sum += e - b; });
+    });
+  for (auto &th : callers) th.join();
+  CHECK(sum.load() == 3 * 50 * 1000, "concurrent callers: %lld", (long long)sum.load());
+  set_num_threads(saved);
+}
+
+// ---- matmul ---------------------------------------------------------------------------------------------------
+
+enum class MM { NT, NN, TN };
+
+static void naive_mm(MM kind, const Vec &A, const Vec &B, std::vector<double> &C, int64_t M, int64_t N, int64_t K) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double s = 0;
+      for (int64_t k = 0; k < K; ++k) {
+        const double a = kind == MM::TN ? A[k * M + i] : A[i * K + k];
+        const double b = kind == MM::NT ? B[j * K + k] : B[k * N + j];
+        s += a * b;
+      }
+      C[i * N + j] += s;
+    }
+}
+
+static void run_mm(MM kind, const Vec &A, const Vec &B, Vec &C, int64_t M, int64_t N, int64_t K, bool acc) {
+  if (kind == MM::NT) matmul_nt(A.data(), B.data(), C.data(), M, N, K, acc);
+  if (kind == MM::NN) matmul_nn(A.data(), B.data(), C.data(), M, N, K, acc);
+  if (kind == MM::TN) matmul_tn(A.data(), B.data(), C.data(), M, N, K, acc);
+}
+
+static void check_mm(MM kind, int64_t M, int64_t N, int64_t K, bool acc) {
+  static const char *names[] = {"matmul_nt", "matmul_nn", "matmul_tn"};
+  const Vec A = rnd(static_cast<size_t>(M * K)), B = rnd(static_cast<size_t>(N * K));
+  Vec C = rnd(static_cast<size_t>(M * N));
+  std::vector<double> ref(C.size(), 0.0);
+  if (acc) std::copy(C.begin(), C.end(), ref.begin());
+  naive_mm(kind, A, B, ref, M, N, K);
+  run_mm(kind, A, B, C, M, N, K, acc);
+  char what[96];
+  std::snprintf(what, sizeof what, "%s M=%lld N=%lld K=%lld acc=%d", names[static_cast<int>(kind)], (long long)M,
+                (long long)N, (long long)K, acc ? 1 : 0);
+  expect_close(what, C, ref, 1e-4, 1e-5 * std::sqrt(static_cast<double>(K) + 1.0));
+}
+
+static void test_matmul() {
+  const int64_t sizes[] = {1, 7, 33, 65, 130};
+  for (MM kind : {MM::NT, MM::NN, MM::TN})
+    for (int64_t M : sizes)
+      for (int64_t N : sizes)
+        for (int64_t K : sizes) check_mm(kind, M, N, K, ((M + N + K) % 2) == 1);
+  for (MM kind : {MM::NT, MM::NN, MM::TN}) {
+    for (bool acc : {false, true}) {
+      check_mm(kind, 130, 65, 33, acc);
+      check_mm(kind, 13, 2100, 300, acc);  // crosses the depth block (256) and the column block (2048)
+      check_mm(kind, 301, 17, 520, acc);   // narrow N: A read in place
+      check_mm(kind, 200, 300, 16, acc);   // skinny K (LoRA)
+    }
+    // Degenerate sizes: M/N = 0 touch nothing; K = 0 zeroes C (or leaves it, accumulating).
+    Vec A(10, 1.0f), B(10, 1.0f), C(12, 7.0f);
+    run_mm(kind, A, B, C, 0, 3, 2, false);
+    run_mm(kind, A, B, C, 3, 0, 2, false);
+    CHECK(std::all_of(C.begin(), C.end(), [](float v) { return v == 7.0f; }), "M or N = 0 leaves C alone");
+    run_mm(kind, A, B, C, 3, 4, 0, true);
+    CHECK(std::all_of(C.begin(), C.end(), [](float v) { return v == 7.0f; }), "K = 0 with accumulate leaves C");
+    run_mm(kind, A, B, C, 3, 4, 0, false);
+    CHECK(std::all_of(C.begin(), C.end(), [](float v) { return v == 0.0f; }), "K = 0 overwrite zeroes C");
+  }
+}
+
+static void test_bias() {
+  const int64_t rows = 9, cols = 300;  // cols crosses the 256-column strip
+  Vec y = rnd(rows * cols), b = rnd(cols);
+  std::vector<double> ref(y.begin(), y.end());
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) ref[r * cols + c] += b[c];
+  add_bias(y.data(), b.data(), rows, cols);
+  expect_close("add_bias", y, ref, 1e-6, 1e-7);
+
+  const Vec dy = rnd(rows * cols);
+  Vec db(cols, 0.0f);
+  bias_backward(dy.data(), db.data(), rows, cols);
+  Vec x0 = rnd(rows * cols);
+  auto loss = [&]() {
+    Vec yy = x0;
+    add_bias(yy.data(), b.data(), rows, cols);
+    return dotd(yy, dy);
+  };
+  fd_check("bias_backward db", b, db, loss);
+  Vec db2 = db;
+  bias_backward(dy.data(), db2.data(), rows, cols);
+  bool doubled = true;
+  for (int64_t c = 0; c < cols; ++c) doubled = doubled && db2[c] == 2.0f * db[c];
+  CHECK(doubled, "bias_backward accumulates (twice = 2x)");
+}
+
+// ---- normalisation --------------------------------------------------------------------------------------------
+
+static void test_rmsnorm() {
+  const int64_t rows = 4, cols = 37;
+  const float eps = 1e-5f;
+  Vec x = rnd(rows * cols), w = rnd(cols, 0.5f, 1.5f), y(rows * cols), rstd(rows);
+  rmsnorm_forward(x.data(), w.data(), y.data(), rstd.data(), rows, cols, eps);
+  std::vector<double> ref(y.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double ms = 0;
+    for (int64_t c = 0; c < cols; ++c) ms += static_cast<double>(x[r * cols + c]) * x[r * cols + c];
+    const double rs = 1.0 / std::sqrt(ms / cols + eps);
+    CHECK(near(rstd[r], rs, 1e-5, 0), "rmsnorm rstd[%lld]", (long long)r);
+    for (int64_t c = 0; c < cols; ++c) ref[r * cols + c] = w[c] * x[r * cols + c] * rs;
+  }
+  expect_close("rmsnorm_forward", y, ref, 1e-5, 1e-6);
+
+  const Vec R = rnd(rows * cols);
+  Vec dx(rows * cols, 123.0f), dw(cols, 0.0f);
+  rmsnorm_backward(R.data(), x.data(), w.data(), rstd.data(), dx.data(), dw.data(), rows, cols);
+  auto loss = [&]() {
+    Vec yy(rows * cols), rr(rows);
+    rmsnorm_forward(x.data(), w.data(), yy.data(), rr.data(), rows, cols, eps);
+    return dotd(yy, R);
+  };
+  fd_check("rmsnorm dx", x, dx, loss);
+  fd_check("rmsnorm dw", w, dw, loss);
+  Vec dx2(rows * cols, -5.0f), dw2 = dw;
+  rmsnorm_backward(R.data(), x.data(), w.data(), rstd.data(), dx2.data(), dw2.data(), rows, cols);
+  CHECK(bit_equal(dx, dx2), "rmsnorm dx is overwritten");
+  bool doubled = true;
+  for (int64_t c = 0; c < cols; ++c) doubled = doubled && dw2[c] == 2.0f * dw[c];
+  CHECK(doubled, "rmsnorm dw accumulates");
+  Vec dx3(rows * cols);
+  rmsnorm_backward(R.data(), x.data(), w.data(), rstd.data(), dx3.data(), nullptr, rows, cols);
+  CHECK(bit_equal(dx, dx3), "rmsnorm with dw = null gives the same dx");
+}
+
+static void test_layernorm() {
+  const int64_t rows = 5, cols = 29;
+  const float eps = 1e-5f;
+  Vec x = rnd(rows * cols, -2.0f, 3.0f), w = rnd(cols, 0.5f, 1.5f), b = rnd(cols), y(rows * cols), mean(rows),
+      rstd(rows);
+  layernorm_forward(x.data(), w.data(), b.data(), y.data(), mean.data(), rstd.data(), rows, cols, eps);
+  std::vector<double> ref(y.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double mu = 0, var = 0;
+    for (int64_t c = 0; c < cols; ++c) mu += x[r * cols + c];
+    mu /= cols;
+    for (int64_t c = 0; c < cols; ++c) var += (x[r * cols + c] - mu) * (x[r * cols + c] - mu);
+    var /= cols;
+    const double rs = 1.0 / std::sqrt(var + eps);
+    CHECK(near(mean[r], mu, 1e-5, 1e-6) && near(rstd[r], rs, 1e-5, 0), "layernorm mean/rstd[%lld]", (long long)r);
+    for (int64_t c = 0; c < cols; ++c) ref[r * cols + c] = (x[r * cols + c] - mu) * rs * w[c] + b[c];
+  }
+  expect_close("layernorm_forward", y, ref, 1e-5, 1e-5);
+
+  const Vec R = rnd(rows * cols);
+  Vec dx(rows * cols, 9.0f), dw(cols, 0.0f), db(cols, 0.0f);
+  layernorm_backward(R.data(), x.data(), w.data(), mean.data(), rstd.data(), dx.data(), dw.data(), db.data(), rows,
+                     cols);
+  auto loss = [&]() {
+    Vec yy(rows * cols), mm(rows), rr(rows);
+    layernorm_forward(x.data(), w.data(), b.data(), yy.data(), mm.data(), rr.data(), rows, cols, eps);
+    return dotd(yy, R);
+  };
+  fd_check("layernorm dx", x, dx, loss);
+  fd_check("layernorm dw", w, dw, loss);
+  fd_check("layernorm db", b, db, loss);
+  Vec dx2(rows * cols, 1.0f), dw2 = dw, db2 = db;
+  layernorm_backward(R.data(), x.data(), w.data(), mean.data(), rstd.data(), dx2.data(), dw2.data(), db2.data(),
+                     rows, cols);
+  CHECK(bit_equal(dx, dx2), "layernorm dx is overwritten");
+  bool doubled = true;
+  for (int64_t c = 0; c < cols; ++c) doubled = doubled && dw2[c] == 2.0f * dw[c] && db2[c] == 2.0f * db[c];
+  CHECK(doubled, "layernorm dw, db accumulate");
+  Vec dx3(rows * cols);
+  layernorm_backward(R.data(), x.data(), w.data(), mean.data(), rstd.data(), dx3.data(), nullptr, nullptr, rows,
+                     cols);
+  CHECK(bit_equal(dx, dx3), "layernorm with dw = db = null gives the same dx");
+}
+
+// ---- RoPE -----------------------------------------------------------------------------------------------------
+
+static void test_rope() {
+  const int64_t rows = 5, heads = 3, hd = 10, rot = 8, half = rot / 2;
+  const float pos_scale = 0.5f;
+  const std::vector<int32_t> pos = {0, 1, 3, 7, 1000};
+  Vec inv_freq(half);
+  for (int64_t i = 0; i < half; ++i)
+    inv_freq[i] = static_cast<float>(1.0 / std::pow(10000.0, static_cast<double>(2 * i) / static_cast<double>(rot)));
+
+  Vec x = rnd(rows * heads * hd);
+  // HF: cos/sin = cat(freqs, freqs) in fp32; q_rot·cos + rotate_half(q_rot)·sin, rotate_half = cat(−x2, x1).
+  Vec ref = x;
+  for (int64_t r = 0; r < rows; ++r) {
+    float cosv[rot], sinv[rot];
+    const float t = static_cast<float>(pos[r]) * pos_scale;
+    for (int64_t i = 0; i < rot; ++i) {
+      const float ang = t * inv_freq[i % half];
+      cosv[i] = std::cos(ang);
+      sinv[i] = std::sin(ang);
+    }
+    for (int64_t h = 0; h < heads; ++h) {
+      const float *xi = &x[(r * heads + h) * hd];
+      float rh[rot];
+      for (int64_t i = 0; i < half; ++i) {
+        rh[i] = -xi[i + half];
+        rh[i + half] = xi[i];
+      }
+      for (int64_t i = 0; i < rot; ++i) ref[(r * heads + h) * hd + i] = xi[i] * cosv[i] + rh[i] * sinv[i];
+    }
+  }
+  Vec y = x;
+  rope_forward(y.data(), pos.data(), inv_freq.data(), rows, heads, hd, rot, pos_scale);
+  expect_close("rope_forward vs HF rotate_half", y, ref, 1e-6, 1e-6);
+  bool untouched = true;
+  for (int64_t r = 0; r < rows * heads; ++r)
+    for (int64_t i = rot; i < hd; ++i) untouched = untouched && y[r * hd + i] == x[r * hd + i];
+  CHECK(untouched, "rope leaves dims >= rot_dims alone");
+
+  Vec back = y;
+  rope_backward(back.data(), pos.data(), inv_freq.data(), rows, heads, hd, rot, pos_scale);
+  expect_close("rope backward∘forward = identity", back, x, 1e-5, 1e-6);
+
+  const Vec R = rnd(rows * heads * hd);
+  Vec dx = R;
+  rope_backward(dx.data(), pos.data(), inv_freq.data(), rows, heads, hd, rot, pos_scale);
+  auto loss = [&]() {
+    Vec yy = x;
+    rope_forward(yy.data(), pos.data(), inv_freq.data(), rows, heads, hd, rot, pos_scale);
+    return dotd(yy, R);
+  };
+  fd_check("rope dx", x, dx, loss);
+}
+
+// ---- activations ----------------------------------------------------------------------------------------------
+
+static void test_swiglu() {
+  const int64_t n = 45;
+  Vec gate = rnd(n, -4.0f, 4.0f), up = rnd(n, -2.0f, 2.0f), out(n);
+  gate[0] = 30.0f;
+  gate[1] = -30.0f;
+  gate[2] = 0.0f;
+  swiglu_forward(gate.data(), up.data(), out.data(), n);
+  std::vector<double> ref(n);
+  for (int64_t i = 0; i < n; ++i) ref[i] = gate[i] / (1.0 + std::exp(-static_cast<double>(gate[i]))) * up[i];
+  expect_close("swiglu_forward", out, ref, 1e-5, 1e-7);
+
+  const Vec R = rnd(n);
+  Vec dg(n, 3.0f), du(n, 3.0f);
+  swiglu_backward(R.data(), gate.data(), up.data(), dg.data(), du.data(), n);
+  auto loss = [&]() {
+    Vec o(n);
+    swiglu_forward(gate.data(), up.data(), o.data(), n);
+    return dotd(o, R);
+  };
+  fd_check("swiglu dgate", gate, dg, loss);
+  fd_check("swiglu dup", up, du, loss);
+}
+
+static void test_gelu() {
+  const int64_t n = 41;
+  for (Gelu kind : {Gelu::Erf, Gelu::Tanh}) {
+    const char *name = kind == Gelu::Erf ? "gelu(erf)" : "gelu(tanh)";
+    Vec x = rnd(n, -5.0f, 5.0f), y(n);
+    x[0] = 0.0f;
+    x[1] = -12.0f;
+    x[2] = 12.0f;
+    gelu_forward(x.data(), y.data(), n, kind);
+    std::vector<double> ref(n);
+    for (int64_t i = 0; i < n; ++i) {
+      const double v = x[i];
+      ref[i] = kind == Gelu::Erf
+                   ? 0.5 * v * (1.0 + std::erf(v / std::sqrt(2.0)))
+                   : 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v)));
+    }
+    expect_close(std::string(name) + " forward", y, ref, 1e-5, 1e-6);
+    const Vec R = rnd(n);
+    Vec dx(n, 2.0f);
+    gelu_backward(R.data(), x.data(), dx.data(), n, kind);
+    auto loss = [&]() {
+      Vec yy(n);
+      gelu_forward(x.data(), yy.data(), n, kind);
+      return dotd(yy, R);
+    };
+    fd_check(std::string(name) + " dx", x, dx, loss);
+  }
+}
+
+// ---- attention ------------------------------------------------------------------------------------------------
+
+struct AttnShape {
+  int64_t B, T, nh, nkv, hd;
+};
+
+static void naive_attention(const AttnShape &s, const Vec &q, const Vec &k, const Vec &v, float scale,
+                            std::vector<double> &out, std::vector<double> &lse) {
+  const int64_t group = s.nh / s.nkv;
+  out.assign(static_cast<size_t>(s.B * s.T * s.nh * s.hd), 0.0);
+  lse.assign(static_cast<size_t>(s.B * s.nh * s.T), 0.0);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.nh; ++h)
+      for (int64_t i = 0; i < s.T; ++i) {
+        // Full row of scores with the causal mask as −inf, then an ordinary softmax.
+        std::vector<double> sc(static_cast<size_t>(s.T));
+        double m = -INFINITY;
+        for (int64_t j = 0; j < s.T; ++j) {
+          double d = 0;
+          for (int64_t e = 0; e < s.hd; ++e)
+            d += static_cast<double>(q[((b * s.T + i) * s.nh + h) * s.hd + e]) *
+                 k[((b * s.T + j) * s.nkv + h / group) * s.hd + e];
+          sc[j] = j <= i ? d * scale : -INFINITY;
+          m = std::max(m, sc[j]);
+        }
+        double z = 0;
+        for (int64_t j = 0; j < s.T; ++j) z += std::exp(sc[j] - m);
+        lse[(b * s.nh + h) * s.T + i] = m + std::log(z);
+        for (int64_t j = 0; j < s.T; ++j) {
+          const double p = std::exp(sc[j] - m) / z;
+          for (int64_t e = 0; e < s.hd; ++e)
+            out[((b * s.T + i) * s.nh + h) * s.hd + e] += p * v[((b * s.T + j) * s.nkv + h / group) * s.hd + e];
+        }
+      }
+}
+
+static void test_attention_shape(const AttnShape &s, bool fd) {
+  char tag[96];
+  std::snprintf(tag, sizeof tag, "attention B=%lld T=%lld nh=%lld nkv=%lld hd=%lld", (long long)s.B, (long long)s.T,
+                (long long)s.nh, (long long)s.nkv, (long long)s.hd);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  const size_t nq = static_cast<size_t>(s.B * s.T * s.nh * s.hd), nk = static_cast<size_t>(s.B * s.T * s.nkv * s.hd);
+  Vec q = rnd(nq, -2.0f, 2.0f), k = rnd(nk, -2.0f, 2.0f), v = rnd(nk), out(nq), lse(s.B * s.nh * s.T);
+  attention_forward(q.data(), k.data(), v.data(), out.data(), lse.data(), s.B, s.T, s.nh, s.nkv, s.hd, scale);
+  std::vector<double> rout, rlse;
+  naive_attention(s, q, k, v, scale, rout, rlse);
+  expect_close(std::string(tag) + " out", out, rout, 1e-4, 1e-5);
+  expect_close(std::string(tag) + " lse", lse, rlse, 1e-5, 1e-5);
+
+  const Vec R = rnd(nq);
+  Vec dq(nq, 7.0f), dk(nk, 7.0f), dv(nk, 7.0f);
+  attention_backward(R.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), dq.data(), dk.data(), dv.data(),
+                     s.B, s.T, s.nh, s.nkv, s.hd, scale);
+  Vec dq2(nq, -1.0f), dk2(nk, -1.0f), dv2(nk, -1.0f);
+  attention_backward(R.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), dq2.data(), dk2.data(),
+                     dv2.data(), s.B, s.T, s.nh, s.nkv, s.hd, scale);
+  CHECK(bit_equal(dq, dq2) && bit_equal(dk, dk2) && bit_equal(dv, dv2),
+        "%s: dq/dk/dv overwritten, bit-identical on a rerun", tag);
+  if (!fd) return;
+  auto loss = [&]() {
+    Vec o(nq), l(s.B * s.nh * s.T);
+    attention_forward(q.data(), k.data(), v.data(), o.data(), l.data(), s.B, s.T, s.nh, s.nkv, s.hd, scale);
+    return dotd(o, R);
+  };
+  fd_check(std::string(tag) + " dq", q, dq, loss);
+  fd_check(std::string(tag) + " dk", k, dk, loss);
+  fd_check(std::string(tag) + " dv", v, dv, loss);
+}
+
+static void test_attention() {
+  test_attention_shape({2, 5, 4, 2, 8}, true);   // GQA
+  test_attention_shape({2, 5, 4, 1, 8}, true);   // MQA
+  test_attention_shape({2, 5, 4, 4, 8}, true);   // MHA
+  test_attention_shape({1, 37, 2, 1, 13}, true);  // several key blocks, odd head_dim
+  test_attention_shape({1, 1, 3, 3, 4}, true);   // a single position
+  test_attention_shape({2, 70, 6, 2, 16}, false);
+}
+
+// ---- loss -----------------------------------------------------------------------------------------------------
+
+static void test_cross_entropy() {
+  const int64_t N = 7, V = 37;
+  Vec logits = rnd(N * V, -3.0f, 3.0f);
+  for (int64_t c = 0; c < V; ++c) logits[2 * V + c] += 500.0f;  // needs the max subtracted
+  const std::vector<int32_t> targets = {3, -100, 36, 0, -1, 17, 5};
+  Vec lse(N);
+  int64_t count = -1;
+  const double total = cross_entropy_forward(logits.data(), targets.data(), lse.data(), N, V, &count);
+  double ref = 0;
+  int64_t rcount = 0;
+  for (int64_t r = 0; r < N; ++r) {
+    double m = -INFINITY, z = 0;
+    for (int64_t c = 0; c < V; ++c) m = std::max(m, static_cast<double>(logits[r * V + c]));
+    for (int64_t c = 0; c < V; ++c) z += std::exp(logits[r * V + c] - m);
+    const double l = m + std::log(z);
+    CHECK(near(lse[r], l, 1e-6, 1e-6), "cross-entropy lse[%lld] %.8g vs %.8g", (long long)r, lse[r], l);
+    if (targets[r] >= 0) {
+      ref += l - logits[r * V + targets[r]];
+      ++rcount;
+    }
+  }
+  CHECK(count == rcount, "cross-entropy count %lld vs %lld", (long long)count, (long long)rcount);
+  CHECK(near(total, ref, 1e-6, 1e-5), "cross-entropy sum %.10g vs %.10g", total, ref);
+
+  // Backward on moderate logits (at 500 a ±1e-3 float difference of the loss is mostly rounding).
+  for (int64_t c = 0; c < V; ++c) logits[2 * V + c] -= 500.0f;
+  cross_entropy_forward(logits.data(), targets.data(), lse.data(), N, V, &count);
+  const float scale = 1.0f / static_cast<float>(count);
+  Vec dl(N * V, 5.0f);
+  cross_entropy_backward(logits.data(), targets.data(), lse.data(), dl.data(), N, V, scale);
+  bool zero = true;
+  for (int64_t r : {1, 4})
+    for (int64_t c = 0; c < V; ++c) zero = zero && dl[r * V + c] == 0.0f;
+  CHECK(zero, "ignored rows get zero gradient");
+  auto loss = [&]() {
+    Vec l(N);
+    int64_t cnt = 0;
+    return scale * cross_entropy_forward(logits.data(), targets.data(), l.data(), N, V, &cnt);
+  };
+  fd_check("cross-entropy dlogits", logits, dl, loss, 1e-2, 1e-3);
+}
+
+// ---- embedding ------------------------------------------------------------------------------------------------
+
+static void test_embedding() {
+  const int64_t V = 5, H = 70, N = 9;  // H crosses a 64-column strip
+  const std::vector<int32_t> ids = {3, 1, 3, 0, 4, 3, 1, 2, 3};
+  Vec table = rnd(V * H), out(N * H);
+  embedding_forward(table.data(), ids.data(), out.data(), N, H);
+  bool ok = true;
+  for (int64_t n = 0; n < N; ++n)
+    ok = ok && std::memcmp(&out[n * H], &table[ids[n] * H], sizeof(float) * H) == 0;
+  CHECK(ok, "embedding_forward copies rows");
+
+  const Vec R = rnd(N * H);
+  const Vec d0 = rnd(V * H);
+  Vec dt = d0, ref = d0;
+  embedding_backward(R.data(), ids.data(), dt.data(), N, H, V);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < H; ++c) ref[ids[n] * H + c] += R[n * H + c];
+  CHECK(bit_equal(dt, ref), "embedding_backward accumulates in row order (repeated ids)");
+  Vec grad(V * H, 0.0f);
+  embedding_backward(R.data(), ids.data(), grad.data(), N, H, V);
+  auto loss = [&]() {
+    Vec o(N * H);
+    embedding_forward(table.data(), ids.data(), o.data(), N, H);
+    return dotd(o, R);
+  };
+  fd_check("embedding dtable", table, grad, loss);
+}
+
+// ---- optimizer and reductions -----------------------------------------------------------------------------------
+
+static void test_adamw() {
+  const int64_t n = 6;
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-8f, wd = 0.1f;
+  Vec p = rnd(n), m(n, 0.0f), v(n, 0.0f);
+  std::vector<double> pd(p.begin(), p.end()), md(n, 0.0), vd(n, 0.0);
+  for (int64_t step = 1; step <= 3; ++step) {
+    Vec g = rnd(n);
+    g[0] = 0.0f;  // a zero gradient: only the decay moves it on step 1
+    adamw_step(p.data(), g.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, step);
+    for (int64_t i = 0; i < n; ++i) {
+      pd[i] *= 1.0 - static_cast<double>(lr) * wd;
+      md[i] = b1 * md[i] + (1.0 - b1) * g[i];
+      vd[i] = b2 * vd[i] + (1.0 - b2) * static_cast<double>(g[i]) * g[i];
+      const double bc1 = 1.0 - std::pow(static_cast<double>(b1), step);
+      const double bc2 = 1.0 - std::pow(static_cast<double>(b2), step);
+      pd[i] -= (lr / bc1) * md[i] / (std::sqrt(vd[i]) / std::sqrt(bc2) + eps);
+    }
+    expect_close("adamw p step " + std::to_string(step), p, pd, 1e-5, 1e-7);
+    expect_close("adamw m step " + std::to_string(step), m, md, 1e-5, 1e-8);
+    expect_close("adamw v step " + std::to_string(step), v, vd, 1e-5, 1e-10);
+  }
+}
+
+static void test_reductions() {
+  const int64_t n = 300007;
+  Vec x = rnd(n);
+  double ref = 0;
+  for (float f : x) ref += static_cast<double>(f) * f;
+  CHECK(near(sum_squares(x.data(), n), ref, 1e-12, 0), "sum_squares %.15g vs %.15g", sum_squares(x.data(), n), ref);
+  CHECK(sum_squares(x.data(), 0) == 0.0, "sum_squares of nothing");
+  Vec y = x;
+  scale_inplace(y.data(), 0.25f, n);
+  bool ok = true;
+  for (int64_t i = 0; i < n; ++i) ok = ok && y[i] == x[i] * 0.25f;
+  CHECK(ok, "scale_inplace");
+}
+
+// ---- determinism ----------------------------------------------------------------------------------------------
+
+// Runs every kernel with a reduction on fixed inputs and returns all outputs concatenated.
+static Vec reduction_outputs() {
+  std::mt19937 saved = g_rng;
+  g_rng.seed(777);
+  Vec all;
+  auto add = [&](const Vec &v) { all.insert(all.end(), v.begin(), v.end()); };
+  {
+    const int64_t M = 150, N = 70, K = 600;
+    Vec A = rnd(M * K), B = rnd(N * K), C(M * N), C2(M * N), Bt = rnd(K * N), C3(M * N);
+    matmul_nt(A.data(), B.data(), C.data(), M, N, K, false);
+    matmul_nn(A.data(), Bt.data(), C2.data(), M, N, K, false);
+    Vec At = rnd(K * M);
+    matmul_tn(At.data(), Bt.data(), C3.data(), M, N, K, false);
+    add(C), add(C2), add(C3);
+    Vec W = rnd(300 * 500), X = rnd(64 * 500), Y(64 * 300);
+    matmul_nt(X.data(), W.data(), Y.data(), 64, 300, 500, false);
+    add(Y);
+  }
+  {
+    const AttnShape s{2, 45, 4, 2, 16};
+    const size_t nq = s.B * s.T * s.nh * s.hd, nk = s.B * s.T * s.nkv * s.hd;
+    Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), o(nq), l(s.B * s.nh * s.T), R = rnd(nq), dq(nq), dk(nk), dv(nk);
+    attention_forward(q.data(), k.data(), v.data(), o.data(), l.data(), s.B, s.T, s.nh, s.nkv, s.hd, 0.25f);
+    attention_backward(R.data(), q.data(), k.data(), v.data(), o.data(), l.data(), dq.data(), dk.data(), dv.data(),
+                       s.B, s.T, s.nh, s.nkv, s.hd, 0.25f);
+    add(o), add(l), add(dq), add(dk), add(dv);
+  }
+  {
+    const int64_t rows = 300, cols = 530;
+    Vec x = rnd(rows * cols), w = rnd(cols), b = rnd(cols), y(rows * cols), mu(rows), rs(rows), dy = rnd(rows * cols),
+        dx(rows * cols), dw(cols, 0.0f), db(cols, 0.0f);
+    rmsnorm_forward(x.data(), w.data(), y.data(), rs.data(), rows, cols, 1e-6f);
+    rmsnorm_backward(dy.data(), x.data(), w.data(), rs.data(), dx.data(), dw.data(), rows, cols);
+    add(y), add(dx), add(dw);
+    layernorm_forward(x.data(), w.data(), b.data(), y.data(), mu.data(), rs.data(), rows, cols, 1e-5f);
+    layernorm_backward(dy.data(), x.data(), w.data(), mu.data(), rs.data(), dx.data(), dw.data(), db.data(), rows,
+                       cols);
+    add(y), add(dx), add(dw), add(db);
+    const double ss = sum_squares(x.data(), rows * cols);
+    all.push_back(static_cast<float>(ss));
+    all.push_back(static_cast<float>(ss - static_cast<float>(ss)));
+  }
+  {
+    const int64_t N = 600, V = 257;
+    Vec logits = rnd(N * V, -4.0f, 4.0f), lse(N), dl(N * V);
+    std::vector<int32_t> t(N);
+    for (int64_t i = 0; i < N; ++i) t[i] = i % 5 == 0 ? -100 : static_cast<int32_t>((i * 31) % V);
+    int64_t cnt = 0;
+    const double tot = cross_entropy_forward(logits.data(), t.data(), lse.data(), N, V, &cnt);
+    cross_entropy_backward(logits.data(), t.data(), lse.data(), dl.data(), N, V, 1.0f / cnt);
+    all.push_back(static_cast<float>(tot));
+    all.push_back(static_cast<float>(tot - static_cast<float>(tot)));
+    add(lse), add(dl);
+  }
+  {
+    const int64_t N = 1000, H = 200, V = 37;
+    std::vector<int32_t> ids(N);
+    for (int64_t i = 0; i < N; ++i) ids[i] = static_cast<int32_t>((i * 7) % V);
+    Vec dout = rnd(N * H), dt(V * H, 0.0f);
+    embedding_backward(dout.data(), ids.data(), dt.data(), N, H, V);
+    add(dt);
+  }
+  g_rng = saved;
+  return all;
+}
+
+static void test_determinism() {
+  const int saved = num_threads();
+  set_num_threads(std::max(2, saved));
+  const Vec a = reduction_outputs(), b = reduction_outputs();
+  CHECK(bit_equal(a, b), "two identical runs give bit-identical results");
+  for (int t : {1, 3, 4}) {
+    set_num_threads(t);
+    CHECK(bit_equal(a, reduction_outputs()), "results do not depend on the thread count (%d threads)", t);
+  }
+  set_num_threads(saved);
+}
+
+int main() {
+  test_pool();
+  test_matmul();
+  test_bias();
+  test_rmsnorm();
+  test_layernorm();
+  test_rope();
+  test_swiglu();
+  test_gelu();
+  test_attention();
+  test_cross_entropy();
+  test_embedding();
+  test_adamw();
+  test_reductions();
+  test_determinism();
+  if (g_failures != 0) {
+    std::fprintf(stderr, "test_ops: %d check(s) failed\n", g_failures.load());
+    return 1;
+  }
+  std::printf("test_ops: all checks passed\n");
+  return 0;
+}

@@ -1,0 +1,176 @@
+// The engine through its two doors, on tiny models it creates: `llmt-engine` subcommands (as RunService
+// and the parity checks use them) and the addon's Promise API (inspect, load, streaming generation).
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import type { LlmtAddon } from '../../native/addon/index';
+import { ROOT } from '../helpers/app';
+
+const bin = path.join(ROOT, 'native', 'build', 'bin');
+const exe = path.join(bin, 'llmt-engine');
+const addon = createRequire(import.meta.url)(path.join(bin, 'llmt.node')) as LlmtAddon;
+let tmp: string;
+
+function engine(args: string[], input?: string) {
+  return spawnSync(exe, args, { encoding: 'utf8', input, timeout: 120_000 });
+}
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-engine-'));
+  for (const f of ['llama', 'baichuan', 'gpt_neox']) {
+    const r = engine(['create-tiny', '--family', f, '--out', path.join(tmp, f), '--seed', '3']);
+    expect(r.status, r.stderr).toBe(0);
+  }
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const tokens = { input_ids: [[1, 40, 41, 42, 43, 44], [1, 50, 51, 52, 53, 54]], labels: [[-100, -100, 41, 42, 43, 44], [-100, 50, 51, 52, 53, 54]] };
+
+describe('llmt-engine subcommands', () => {
+  it('create-tiny writes a real HF folder with a tokenizer', () => {
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'generation_config.json']) {
+      expect(fs.existsSync(path.join(tmp, 'llama', f))).toBe(true);
+    }
+    const tok = JSON.parse(fs.readFileSync(path.join(tmp, 'llama', 'tokenizer.json'), 'utf8'));
+    expect(tok.model.type).toBe('BPE');
+    expect(Object.keys(tok.model.vocab).length).toBe(260);
+  });
+
+  it('inspect describes each family without loading weights', () => {
+    const j = JSON.parse(engine(['inspect', '--model', path.join(tmp, 'gpt_neox')]).stdout);
+    expect(j).toMatchObject({ model_type: 'gpt_neox', supported: true, layers: 2, heads: 4, vocab: 320, dtype: 'F32' });
+    expect(j.lora_targets).toEqual(['query_key_value', 'dense', 'dense_h_to_4h', 'dense_4h_to_h']);
+    const l = JSON.parse(engine(['inspect', '--model', path.join(tmp, 'llama')]).stdout);
+    expect(l.kv_heads).toBe(2);
+  });
+
+  it('forward writes loss and logits [B][T][V]', () => {
+    const t = path.join(tmp, 't.json');
+    fs.writeFileSync(t, JSON.stringify(tokens));
+    const out = path.join(tmp, 'o.json');
+    const r = engine(['forward', '--model', path.join(tmp, 'llama'), '--tokens', t, '--out', out]);
+    expect(r.status, r.stderr).toBe(0);
+    const o = JSON.parse(fs.readFileSync(out, 'utf8'));
+    expect(o.logits).toHaveLength(2);
+    expect(o.logits[0]).toHaveLength(6);
+    expect(o.logits[0][0]).toHaveLength(320);
+    expect(o.tokens).toBe(9); // after the shift: 4 + 5 labelled targets
+    expect(o.loss).toBeGreaterThan(0);
+  });
+
+  it('trains 20 steps through a job file, streaming JSON-lines events, and writes a PEFT adapter', () => {
+    const data = path.join(tmp, 'train.json');
+    fs.writeFileSync(data, JSON.stringify({ input_ids: Array.from({ length: 8 }, (_, i) => [1, 10 + i, 11 + i, 12 + i, 13 + i, 2]), labels: Array.from({ length: 8 }, (_, i) => [-100, -100, 11 + i, 12 + i, 13 + i, 2]) }));
+    const out = path.join(tmp, 'run');
+    const job = path.join(tmp, 'job.json');
+    fs.writeFileSync(job, JSON.stringify({ model: path.join(tmp, 'gpt_neox'), lora: { r: 4, alpha: 8, target_modules: ['query_key_value', 'dense'] }, data: { train: data }, training: { learning_rate: 0.005, max_steps: 20, micro_batch_size: 4 }, output: { dir: out, logging_steps: 5, save_steps: 10 } }));
+    const r = engine(['train', '--job', job]);
+    expect(r.status, r.stderr).toBe(0);
+    const events = r.stdout.trim().split('\n').map((l) => JSON.parse(l));
+    expect(events[0].event).toBe('started');
+    expect(events.filter((e) => e.event === 'step').map((e) => e.step)).toEqual([5, 10, 15, 20]);
+    expect(events.filter((e) => e.event === 'checkpoint').map((e) => e.step)).toEqual([10, 20]);
+    expect(events.at(-1)).toMatchObject({ event: 'done', status: 'completed', step: 20 });
+    const cfg = JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8'));
+    expect(cfg).toMatchObject({ peft_type: 'LORA', r: 4, lora_alpha: 8, task_type: 'CAUSAL_LM', target_modules: ['dense', 'query_key_value'] });
+    expect(fs.existsSync(path.join(out, 'checkpoint-10', 'optimizer.safetensors'))).toBe(true);
+  });
+
+  it('stops gracefully on "stop" from stdin, with a checkpoint', async () => {
+    const data = path.join(tmp, 'train2.json');
+    fs.writeFileSync(data, JSON.stringify({ input_ids: [[1, 5, 6, 7, 8, 9, 10, 11]], labels: [[1, 5, 6, 7, 8, 9, 10, 11]] }));
+    const job = path.join(tmp, 'job2.json');
+    const out = path.join(tmp, 'run2');
+    fs.writeFileSync(job, JSON.stringify({ model: path.join(tmp, 'llama'), data: { train: data }, training: { max_steps: 100000, micro_batch_size: 1 }, output: { dir: out, logging_steps: 1, save_steps: 100000 } }));
+    const child = spawn(exe, ['train', '--job', job], { stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    const done = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+    await new Promise<void>((resolve) =>
+      child.stdout.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        if (stdout.includes('"event":"step"')) resolve();
+      }),
+    );
+    child.stdin.write('stop\n');
+    expect(await done).toBe(0);
+    const events = stdout.trim().split('\n').map((l) => JSON.parse(l));
+    const last = events.at(-1);
+    expect(last).toMatchObject({ event: 'done', status: 'stopped' });
+    expect(fs.existsSync(path.join(out, `checkpoint-${last.step}`, 'adapter_model.safetensors'))).toBe(true);
+  });
+
+  it('fails with a code and a named cause for bad input', () => {
+    const r = engine(['forward', '--model', path.join(tmp, 'nope'), '--tokens', 'x.json', '--out', 'y.json']);
+    expect(r.status).toBe(1);
+    const bad = path.join(tmp, 'bad.json');
+    fs.writeFileSync(bad, '{"input_ids": [[1, 2], [3]]}');
+    const r2 = engine(['forward', '--model', path.join(tmp, 'llama'), '--tokens', bad, '--out', path.join(tmp, 'z.json')]);
+    expect(r2.status).toBe(1);
+    expect(r2.stderr).toMatch(/BAD_INPUT: .*row 1 has a different length/);
+    const oov = path.join(tmp, 'oov.json');
+    fs.writeFileSync(oov, '{"input_ids": [[1, 99999]]}');
+    const r3 = engine(['forward', '--model', path.join(tmp, 'llama'), '--tokens', oov, '--out', path.join(tmp, 'z.json')]);
+    expect(r3.stderr).toMatch(/BAD_INPUT: token id 99999 .* outside the vocabulary/);
+    const job = path.join(tmp, 'badjob.json');
+    fs.writeFileSync(job, JSON.stringify({ model: path.join(tmp, 'llama'), data: { train: oov }, output: { dir: path.join(tmp, 'o') }, training: { learnig_rate: 1 } }));
+    const r4 = engine(['train', '--job', job]);
+    expect(r4.status).toBe(1);
+    const ev = JSON.parse(r4.stdout.trim().split('\n').at(-1)!);
+    expect(ev).toMatchObject({ event: 'error', code: 'BAD_INPUT' });
+    expect(ev.message).toMatch(/unknown field "training.learnig_rate"/);
+    const trunc = path.join(tmp, 'trunc');
+    fs.mkdirSync(trunc);
+    fs.copyFileSync(path.join(tmp, 'llama', 'config.json'), path.join(trunc, 'config.json'));
+    const w = fs.readFileSync(path.join(tmp, 'llama', 'model.safetensors'));
+    fs.writeFileSync(path.join(trunc, 'model.safetensors'), w.subarray(0, 100));
+    const r5 = engine(['inspect', '--model', trunc]);
+    expect(r5.status).toBe(1);
+    expect(r5.stderr).toMatch(/BAD_INPUT: .*model\.safetensors/);
+  });
+});
+
+describe('engine addon', () => {
+  it('inspects a folder off the event loop', async () => {
+    const j = await addon.inspect(path.join(tmp, 'baichuan'));
+    expect(j).toMatchObject({ model_type: 'baichuan', supported: true, lora_targets: ['W_pack', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] });
+    await expect(addon.inspect(path.join(tmp, 'missing'))).rejects.toMatchObject({ code: 'IO' });
+  });
+
+  it('reports an unsupported model_type as data, not as an error', async () => {
+    const d = path.join(tmp, 'rwkv');
+    fs.mkdirSync(d);
+    fs.writeFileSync(path.join(d, 'config.json'), JSON.stringify({ model_type: 'rwkv' }));
+    const j = await addon.inspect(d);
+    expect(j.supported).toBe(false);
+    expect(j.reason).toMatch(/supported: llama, baichuan, gpt_neox/);
+  });
+
+  it('streams generated tokens and can be aborted', async () => {
+    const m = await addon.loadModel(path.join(tmp, 'llama'));
+    const seen: number[] = [];
+    const r = await m.generate([1, 20, 21], { max_new_tokens: 8, do_sample: false, stop_ids: [] }, (e) => seen.push(e.token));
+    expect(r.ids).toHaveLength(8);
+    expect(seen).toEqual(r.ids);
+    expect(r.aborted).toBe(false);
+    // the same prompt greedily gives the same tokens
+    expect((await m.generate([1, 20, 21], { max_new_tokens: 8, do_sample: false, stop_ids: [] })).ids).toEqual(r.ids);
+    const p = m.generate([1, 20, 21], { max_new_tokens: 400, stop_ids: [] }, (e) => {
+      if (e.index === 2) m.abort();
+    });
+    expect(() => m.generate([1], {})).toThrow(/already generating/);
+    const a = await p;
+    expect(a.aborted).toBe(true);
+    expect(a.ids.length).toBeLessThan(400);
+    m.free();
+    expect(() => m.info()).toThrow(/freed/);
+  });
+
+  it('rejects with the engine code when a model cannot load', async () => {
+    await expect(addon.loadModel(path.join(tmp, 'rwkv'))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
+  });
+});
