@@ -5,6 +5,7 @@
 // Exit codes: 0 success, 1 engine error (message on stderr, prefixed with its code), 2 usage error.
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -43,6 +44,9 @@ const char *kUsage =
     "                                     generated ids as JSON {\"ids\": [...]}; tokens stream to stderr with --stream\n"
     "  train --job JOB.json               run a training job; JSON-lines events on stdout; stdin lines\n"
     "                                     \"stop\" (checkpoint, then exit) and \"abort\"; SIGTERM/SIGINT = stop\n"
+    "  bench --model DIR [--adapter DIR] [--batch B] [--seq T] [--iters N] [--warmup W]\n"
+    "                                     time one forward and one forward+backward (LoRA step) on random\n"
+    "                                     tokens; prints JSON with milliseconds and tokens/s\n"
     "  help                               this text\n"
     "\n"
     "options for every command: --threads N (CPU worker threads)\n";
@@ -376,6 +380,61 @@ int cmd_generate(const Args &a) {
   return 0;
 }
 
+int cmd_bench(const Args &a) {
+  const std::string model = a.get("--model"), adapter = a.get("--adapter");
+  if (model.empty()) return usage_error("bench needs --model");
+  const int64_t B = std::atoll(a.get("--batch", "1").c_str()), T = std::atoll(a.get("--seq", "128").c_str());
+  const int iters = std::atoi(a.get("--iters", "5").c_str()), warmup = std::atoi(a.get("--warmup", "1").c_str());
+  if (B <= 0 || T <= 1 || iters <= 0 || warmup < 0) return usage_error("bench: --batch >= 1, --seq >= 2, --iters >= 1");
+  ModelHandle h;
+  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  if (st) return fail(st);
+  char *info = nullptr;
+  if ((st = llmt_model_info(h.m, &info))) return fail(st);
+  Json ij;
+  std::string err;
+  Json::parse(info, ij, err);
+  llmt_free_string(info);
+  const int64_t V = ij.get_int("vocab", 2);
+  std::vector<int32_t> ids(static_cast<size_t>(B * T));
+  uint64_t x = 12345;
+  for (auto &v : ids) {
+    x = x * 6364136223846793005ull + 1442695040888963407ull;
+    v = static_cast<int32_t>((x >> 33) % static_cast<uint64_t>(V));
+  }
+  auto now = [] { return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count(); };
+  auto time_it = [&](auto fn) {
+    for (int i = 0; i < warmup; ++i)
+      if (llmt_status s = fn()) return -static_cast<double>(s);
+    std::vector<double> ms;
+    for (int i = 0; i < iters; ++i) {
+      const double t0 = now();
+      if (llmt_status s = fn()) return -static_cast<double>(s);
+      ms.push_back(now() - t0);
+    }
+    std::sort(ms.begin(), ms.end());
+    return ms[ms.size() / 2];  // median
+  };
+  double loss = 0;
+  const double fwd = time_it([&] { return llmt_model_forward(h.m, ids.data(), ids.data(), B, T, nullptr, &loss, nullptr); });
+  if (fwd < 0) return fail(static_cast<llmt_status>(-fwd));
+  Json o = Json::object();
+  o.set("batch", Json::integer(B));
+  o.set("seq", Json::integer(T));
+  o.set("parameters", ij.get("parameters"));
+  o.set("trainable", ij.get("trainable"));
+  o.set("forward_ms", Json::number(fwd));
+  o.set("forward_tokens_per_s", Json::number(B * T / (fwd / 1000.0)));
+  if (ij.get_int("trainable", 0) > 0) {
+    const double bwd = time_it([&] { return llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss); });
+    if (bwd < 0) return fail(static_cast<llmt_status>(-bwd));
+    o.set("train_step_ms", Json::number(bwd));
+    o.set("train_tokens_per_s", Json::number(B * T / (bwd / 1000.0)));
+  }
+  std::printf("%s\n", o.dump().c_str());
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -438,6 +497,12 @@ int main(int argc, char **argv) {
     if (!a.error.empty()) return usage_error("generate: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_generate(a);
+  }
+  if (cmd == "bench") {
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads"}, {});
+    if (!a.error.empty()) return usage_error("bench: " + a.error);
+    if (int r = apply_threads(a)) return r;
+    return cmd_bench(a);
   }
   std::fprintf(stderr, "llmt-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
   return 2;

@@ -17,15 +17,15 @@
 #if !defined(LLMT_GEMM_PORTABLE) && (defined(__GNUC__) || defined(__clang__)) && \
     (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #include <immintrin.h>
-#define LLMT_GEMM_X86 1
+#define LLMT_X86_SIMD 1
 #define LLMT_TARGET_AVX2 __attribute__((target("avx2,fma")))
 #elif !defined(LLMT_GEMM_PORTABLE) && defined(_MSC_VER) && (defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2))
 #include <immintrin.h>
 #include <intrin.h>
-#define LLMT_GEMM_X86 1
+#define LLMT_X86_SIMD 1
 #define LLMT_TARGET_AVX2
 #else
-#define LLMT_GEMM_X86 0
+#define LLMT_X86_SIMD 0
 #endif
 
 namespace llmt::cpu::detail {
@@ -98,6 +98,15 @@ inline void axpy(float *__restrict y, float a, const float *__restrict x, int64_
   for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
+// x[n] = sqrt(x[n]), correctly rounded; std::sqrt alone does not vectorise (errno) without -fno-math-errno.
+inline void sqrt_inplace(float *x, int64_t n) {
+  int64_t i = 0;
+#if LLMT_X86_SIMD
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(x + i, _mm_sqrt_ps(_mm_loadu_ps(x + i)));
+#endif
+  for (; i < n; ++i) x[i] = std::sqrt(x[i]);
+}
+
 inline uint32_t bits_of(float x) {
   uint32_t u;
   std::memcpy(&u, &x, 4);
@@ -110,15 +119,16 @@ inline float float_of(uint32_t u) {
 }
 
 // exp(x) in fp32 to ~1.4 ulp (Cephes polynomial), branch-free so loops over it vectorise. exp(x) = 0 for
-// x < −87 (true value < 1.7e-38), +inf for x > 88.72, NaN propagates. The clamps compare the bits as
-// integers: float compares keep GCC from if-converting the loop under the default -ftrapping-math.
+// x < −87 (true value < 1.7e-38), +inf for x > 88.72, NaN propagates.
 inline float exp_fast(float x) {
   const uint32_t xb = bits_of(x);
-  const bool nan = (xb & 0x7fffffffu) > 0x7f800000u;
-  const bool under = xb > 0xC2AE0000u;                        // x < −87 (sign set, |x| > 87)
-  const bool over = static_cast<int32_t>(xb) > 0x42B17217;    // x > 88.7228
-  uint32_t cb = under ? 0xC2AE0000u : xb;
-  cb = static_cast<int32_t>(cb) > 0x42B00000 ? 0x42B00000u : cb;  // clamp to 88 for the arithmetic
+  // All-ones masks from integer compares (float compares and selects keep GCC from if-converting the loop
+  // under the default -ftrapping-math).
+  const uint32_t m_nan = 0u - static_cast<uint32_t>((xb & 0x7fffffffu) > 0x7f800000u);
+  const uint32_t m_under = 0u - static_cast<uint32_t>(xb > 0xC2AE0000u);                   // x < −87
+  const uint32_t m_over = 0u - static_cast<uint32_t>(static_cast<int32_t>(xb) > 0x42B17217);  // x > 88.7228
+  uint32_t cb = xb > 0xC2AE0000u ? 0xC2AE0000u : xb;
+  cb = static_cast<int32_t>(cb) > 0x42B00000 ? 0x42B00000u : cb;  // clamp to [−87, 88] for the arithmetic
   const float xc = float_of(cb);
   const float shift = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits
   float fn = xc * 1.44269504088896341f + shift;
@@ -131,9 +141,9 @@ inline float exp_fast(float x) {
              1.6666665459e-1f) * r + 5.0000001201e-1f;
   y = y * z + r + 1.0f;
   uint32_t yb = bits_of(y) + static_cast<uint32_t>(n) * (1u << 23);  // n ∈ [−126, 127], y ∈ [0.7, 1.42]
-  yb = under ? 0u : yb;
-  yb = over ? 0x7f800000u : yb;
-  yb = nan ? (xb | 0x00400000u) : yb;
+  yb &= ~m_under;
+  yb = (yb & ~m_over) | (0x7f800000u & m_over);
+  yb = (yb & ~m_nan) | ((xb | 0x00400000u) & m_nan);
   return float_of(yb);
 }
 
@@ -166,7 +176,7 @@ inline void row_ptrs(const float *a, int64_t ars, int64_t h, const float *r[kMR]
   for (int64_t i = 0; i < kMR; ++i) r[i] = a + std::min(i, h - 1) * ars;
 }
 
-#if !LLMT_GEMM_X86
+#if !LLMT_X86_SIMD
 template <int NR>
 void ukr_generic(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h, const float *__restrict b,
                  float *__restrict c, int64_t ldc, bool add) {
@@ -193,7 +203,7 @@ void ukr_generic(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h
 }
 #endif
 
-#if LLMT_GEMM_X86
+#if LLMT_X86_SIMD
 LLMT_TARGET_AVX2 void ukr_avx2_6x16(int64_t kc, const float *a, int64_t ars, int64_t acs, int64_t h,
                                     const float *__restrict b, float *__restrict c, int64_t ldc, bool add) {
   const float *r[kMR];
@@ -290,7 +300,7 @@ struct GemmKernel {
 GemmKernel select_kernel() {
   const char *env = std::getenv("LLMT_CPU_KERNELS");  // "generic": skip AVX2 (SSE2 on x86)
   const bool generic = env != nullptr && std::strcmp(env, "generic") == 0;
-#if LLMT_GEMM_X86
+#if LLMT_X86_SIMD
   if (!generic && cpu_has_avx2_fma()) return {16, ukr_avx2_6x16};
   return {8, ukr_sse_6x8};
 #else
@@ -655,10 +665,11 @@ void gelu_forward(const float *x, float *y, int64_t n, Gelu kind) {
   par(n, chunks_for(n, 40.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
     if (kind == Gelu::Erf) {
       for (int64_t i = b; i < e; ++i) y[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * kSqrt1_2));
-    } else {
+    } else {  // ½x(1 + tanh u) = x·σ(2u): exact identity, vectorises, keeps relative accuracy for x ≪ 0
       for (int64_t i = b; i < e; ++i) {
         const float v = x[i];
-        y[i] = 0.5f * v * (1.0f + std::tanh(kGeluC * (v + kGeluA * v * v * v)));
+        const float u = kGeluC * (v + kGeluA * v * v * v);
+        y[i] = v / (1.0f + exp_fast(-2.0f * u));
       }
     }
   });
@@ -673,11 +684,12 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
         const float pdf = kInvSqrt2Pi * std::exp(-0.5f * v * v);
         dx[i] = dy[i] * (cdf + v * pdf);
       }
-    } else {  // y = ½x(1+t), t = tanh(u), u = c(x + a·x³): y' = ½(1+t) + ½x(1−t²)·c(1 + 3a·x²)
+    } else {  // y = x·s, s = σ(2u) = ½(1 + tanh u), u = c(x + a·x³): y' = s + 2x·s(1−s)·c(1 + 3a·x²)
       for (int64_t i = b; i < e; ++i) {
         const float v = x[i];
-        const float t = std::tanh(kGeluC * (v + kGeluA * v * v * v));
-        dx[i] = dy[i] * (0.5f * (1.0f + t) + 0.5f * v * (1.0f - t * t) * kGeluC * (1.0f + 3.0f * kGeluA * v * v));
+        const float u = kGeluC * (v + kGeluA * v * v * v);
+        const float sg = 1.0f / (1.0f + exp_fast(-2.0f * u));
+        dx[i] = dy[i] * (sg + 2.0f * v * sg * (1.0f - sg) * kGeluC * (1.0f + 3.0f * kGeluA * v * v));
       }
     }
   });
@@ -685,41 +697,159 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
 
 // ---- attention ---------------------------------------------------------------------------------------------------
 // q row (b,i,h) at q + ((b·T + i)·nh + h)·hd; k/v row (b,j,g) at k + ((b·T + j)·nkv + g)·hd; lse at (b·nh + h)·T + i.
-// Work items pair row p with row T−1−p (or key block p with its mirror) so contiguous chunks carry equal work
-// under the causal triangle.
+// Flash-style: queries and keys in blocks of kAB; a key block is transposed once (kT[hd][kAB]) so each query's
+// kAB scores are vector FMAs across keys, and the forward keeps an online softmax (running max, sum,
+// output) per query — scratch is O(kAB·hd) per thread, never a row of T scores. Work items pair block p with
+// block n−1−p so contiguous chunks carry equal work under the causal triangle.
+
+namespace {
+constexpr int64_t kAB = 16;
+
+// dstT[d][jj] = rows[jj][d] for jj < nj (row stride `stride`), 0 for nj ≤ jj < kAB.
+void load_block_t(const float *rows, int64_t stride, int64_t nj, int64_t hd, float *__restrict dstT) {
+  for (int64_t jj = 0; jj < kAB; ++jj) {
+    const float *r = rows + jj * stride;
+    if (jj < nj) {
+      for (int64_t d = 0; d < hd; ++d) dstT[d * kAB + jj] = r[d];
+    } else {
+      for (int64_t d = 0; d < hd; ++d) dstT[d * kAB + jj] = 0.0f;
+    }
+  }
+}
+
+// 16 key lanes as four 4-float vectors where the compiler has vector extensions (GCC/Clang: SSE, NEON),
+// plain loops elsewhere. Written out because GCC otherwise vectorises the outer d loop with shuffles.
+#if defined(__GNUC__) || defined(__clang__)
+#define LLMT_VEC4 1
+typedef float v4f __attribute__((vector_size(16)));
+inline v4f ld4(const float *p) {
+  v4f v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+inline void st4(float *p, v4f v) { std::memcpy(p, &v, sizeof v); }
+inline v4f bc4(float x) { return v4f{x, x, x, x}; }
+#else
+#define LLMT_VEC4 0
+#endif
+
+// s[jj] = scale · Σ_d x[d]·T[d][jj] (summed over d in order), then −inf for jj > last (masked keys).
+inline void scores(const float *__restrict x, const float *__restrict T, int64_t hd, float scale, int64_t last,
+                   float *__restrict s) {
+#if LLMT_VEC4
+  v4f a0 = bc4(0.0f), a1 = a0, a2 = a0, a3 = a0;
+  for (int64_t d = 0; d < hd; ++d) {
+    const v4f xd = bc4(x[d]);
+    const float *t = T + d * kAB;
+    a0 += xd * ld4(t);
+    a1 += xd * ld4(t + 4);
+    a2 += xd * ld4(t + 8);
+    a3 += xd * ld4(t + 12);
+  }
+  const v4f sc = bc4(scale);
+  st4(s, sc * a0);
+  st4(s + 4, sc * a1);
+  st4(s + 8, sc * a2);
+  st4(s + 12, sc * a3);
+#else
+  float acc[kAB];
+  for (int64_t jj = 0; jj < kAB; ++jj) acc[jj] = 0.0f;
+  for (int64_t d = 0; d < hd; ++d) {
+    const float xd = x[d];
+    const float *__restrict t = T + d * kAB;
+    for (int64_t jj = 0; jj < kAB; ++jj) acc[jj] += xd * t[jj];
+  }
+  for (int64_t jj = 0; jj < kAB; ++jj) s[jj] = scale * acc[jj];
+#endif
+  for (int64_t jj = last + 1; jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
+}
+
+// aT[d][jj] += a[d]·pa[jj] and bT[d][jj] += b[d]·pb[jj] for d < hd, jj < kAB.
+inline void outer_add2(const float *__restrict a, const float *__restrict pa, float *__restrict aT,
+                       const float *__restrict b, const float *__restrict pb, float *__restrict bT, int64_t hd) {
+#if LLMT_VEC4
+  const v4f pa0 = ld4(pa), pa1 = ld4(pa + 4), pa2 = ld4(pa + 8), pa3 = ld4(pa + 12);
+  const v4f pb0 = ld4(pb), pb1 = ld4(pb + 4), pb2 = ld4(pb + 8), pb3 = ld4(pb + 12);
+  for (int64_t d = 0; d < hd; ++d) {
+    const v4f ad = bc4(a[d]), bd = bc4(b[d]);
+    float *x = aT + d * kAB, *y = bT + d * kAB;
+    st4(x, ld4(x) + ad * pa0);
+    st4(x + 4, ld4(x + 4) + ad * pa1);
+    st4(x + 8, ld4(x + 8) + ad * pa2);
+    st4(x + 12, ld4(x + 12) + ad * pa3);
+    st4(y, ld4(y) + bd * pb0);
+    st4(y + 4, ld4(y + 4) + bd * pb1);
+    st4(y + 8, ld4(y + 8) + bd * pb2);
+    st4(y + 12, ld4(y + 12) + bd * pb3);
+  }
+#else
+  for (int64_t d = 0; d < hd; ++d) {
+    const float ad = a[d], bd = b[d];
+    float *__restrict x = aT + d * kAB;
+    float *__restrict y = bT + d * kAB;
+    for (int64_t jj = 0; jj < kAB; ++jj) x[jj] += ad * pa[jj];
+    for (int64_t jj = 0; jj < kAB; ++jj) y[jj] += bd * pb[jj];
+  }
+#endif
+}
+
+// Splits item index it over (outer, inner-pair) and yields the 1 or 2 blocks of the pair.
+inline int pair_blocks(int64_t pair, int64_t nblocks, int64_t out[2]) {
+  out[0] = pair;
+  out[1] = nblocks - 1 - pair;
+  return out[1] == pair ? 1 : 2;
+}
+}  // namespace
 
 void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
                        int64_t nh, int64_t nkv, int64_t hd, float scale) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
-  const int64_t group = nh / nkv, pairs = (T + 1) / 2, items = B * nh * pairs;
+  const int64_t group = nh / nkv, ks = nkv * hd, qs = nh * hd;
+  const int64_t nqb = (T + kAB - 1) / kAB, pairs = (nqb + 1) / 2, items = B * nh * pairs;
   const double work = 4.0 * static_cast<double>(B * nh) * static_cast<double>(T) * static_cast<double>(T + 1) / 2 *
-                      static_cast<double>(hd + 8);
+                      static_cast<double>(hd + 4);
   par(items, chunks_for(items, work), [&](int64_t it0, int64_t it1) {
-    float *s = scratch(2, static_cast<size_t>(T));
-    float *acc = scratch(3, static_cast<size_t>(hd));
+    float *kT = scratch(2, static_cast<size_t>(hd * kAB));
+    float *acc = scratch(3, static_cast<size_t>(kAB * hd));
+    float m[kAB], l[kAB], s[kAB];
     for (int64_t it = it0; it < it1; ++it) {
-      const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, p = it % pairs, g = h / group;
-      const int64_t rows_here[2] = {p, T - 1 - p};
-      for (int rr = 0; rr < (rows_here[1] == p ? 1 : 2); ++rr) {
-        const int64_t i = rows_here[rr];
-        const float *qi = q + ((b * T + i) * nh + h) * hd;
-        const float *kb = k + (b * T * nkv + g) * hd;
-        const float *vb = v + (b * T * nkv + g) * hd;
-        const int64_t ks = nkv * hd;
-        float m = -std::numeric_limits<float>::infinity();
-        for (int64_t j = 0; j <= i; ++j) {
-          s[j] = scale * dot(qi, kb + j * ks, hd);
-          m = s[j] > m ? s[j] : m;
+      const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, g = h / group;
+      int64_t blocks[2];
+      const int nbl = pair_blocks(it % pairs, nqb, blocks);
+      for (int bi = 0; bi < nbl; ++bi) {
+        const int64_t i0 = blocks[bi] * kAB, ni = std::min(kAB, T - i0);
+        for (int64_t r = 0; r < ni; ++r) {
+          m[r] = -std::numeric_limits<float>::infinity();
+          l[r] = 0.0f;
         }
-        if (!(m > -std::numeric_limits<float>::infinity())) m = 0.0f;  // all −inf or NaN: keep them visible
-        for (int64_t j = 0; j <= i; ++j) s[j] = exp_fast(s[j] - m);
-        const float l = sum(s, i + 1);
-        for (int64_t d = 0; d < hd; ++d) acc[d] = 0.0f;
-        for (int64_t j = 0; j <= i; ++j) axpy(acc, s[j], vb + j * ks, hd);
-        const float inv = 1.0f / l;
-        float *oi = out + ((b * T + i) * nh + h) * hd;
-        for (int64_t d = 0; d < hd; ++d) oi[d] = acc[d] * inv;
-        lse[(b * nh + h) * T + i] = m + std::log(l);
+        std::fill(acc, acc + ni * hd, 0.0f);
+        for (int64_t j0 = 0; j0 < i0 + ni; j0 += kAB) {
+          const int64_t nj = std::min(kAB, T - j0);
+          const float *kb = k + ((b * T + j0) * nkv + g) * hd, *vb = v + ((b * T + j0) * nkv + g) * hd;
+          load_block_t(kb, ks, nj, hd, kT);
+          for (int64_t r = 0; r < ni; ++r) {
+            const int64_t i = i0 + r, last = std::min(i - j0, nj - 1);
+            scores(q + (b * T + i) * qs + h * hd, kT, hd, scale, last, s);
+            float bm = m[r];
+            for (int64_t jj = 0; jj <= last; ++jj) bm = s[jj] > bm ? s[jj] : bm;
+            const float alpha = exp_fast(m[r] - bm);  // 0 on the first block (m = −inf)
+            for (int64_t jj = 0; jj < kAB; ++jj) s[jj] = exp_fast(s[jj] - bm);
+            l[r] = l[r] * alpha + sum(s, kAB);
+            float *ar = acc + r * hd;
+            if (alpha != 1.0f)
+              for (int64_t d = 0; d < hd; ++d) ar[d] *= alpha;
+            for (int64_t jj = 0; jj <= last; ++jj) axpy(ar, s[jj], vb + jj * ks, hd);
+            m[r] = bm;
+          }
+        }
+        for (int64_t r = 0; r < ni; ++r) {
+          const int64_t i = i0 + r;
+          const float inv = 1.0f / l[r];
+          float *oi = out + (b * T + i) * qs + h * hd;
+          const float *ar = acc + r * hd;
+          for (int64_t d = 0; d < hd; ++d) oi[d] = ar[d] * inv;
+          lse[(b * nh + h) * T + i] = m[r] + std::log(l[r]);
+        }
       }
     }
   });
@@ -728,12 +858,14 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
 // P_ij = exp(s_ij − lse_i), dP_ij = dout_i·v_j, D_i = dout_i·out_i, dS_ij = P_ij(dP_ij − D_i):
 // dq_i = scale·Σ_j dS_ij k_j, dk_j = scale·Σ_(h in group, i≥j) dS_ij q_i, dv_j = Σ_(h, i≥j) P_ij dout_i.
 // Three passes, each element reduced by one thread in a fixed order: (0) D_i, parked in dq[row·hd] (dq is
-// overwritten at the end anyway); (1) dk, dv by blocks of keys; (2) dq by query rows.
+// overwritten at the end anyway); (1) dk, dv by key blocks over the group's heads, queries in order;
+// (2) dq by query blocks, keys in order.
 void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                         const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
                         int64_t nkv, int64_t hd, float scale) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
   const int64_t group = nh / nkv, ks = nkv * hd;
+  const int64_t nblk = (T + kAB - 1) / kAB, pairs = (nblk + 1) / 2;
   const double tri = static_cast<double>(T) * static_cast<double>(T + 1) / 2;
 
   // (0) D_i into dq[row·hd].
@@ -743,70 +875,87 @@ void attention_backward(const float *dout, const float *q, const float *k, const
   });
 
   // (1) dk, dv: item = (b, g, key-block pair).
-  constexpr int64_t kJB = 16;
-  const int64_t nblk = (T + kJB - 1) / kJB, bpairs = (nblk + 1) / 2, items1 = B * nkv * bpairs;
+  const int64_t items1 = B * nkv * pairs;
   par(items1, chunks_for(items1, 8.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
       [&](int64_t it0, int64_t it1) {
-        float *dk_acc = scratch(2, static_cast<size_t>(kJB * hd));
-        float *dv_acc = scratch(3, static_cast<size_t>(kJB * hd));
+        float *kT = scratch(2, static_cast<size_t>(4 * hd * kAB));
+        float *vT = kT + hd * kAB, *dkT = vT + hd * kAB, *dvT = dkT + hd * kAB;
+        float s[kAB], dp[kAB];
         for (int64_t it = it0; it < it1; ++it) {
-          const int64_t b = it / (nkv * bpairs), g = (it / bpairs) % nkv, bp = it % bpairs;
-          const int64_t blocks[2] = {bp, nblk - 1 - bp};
-          for (int bb = 0; bb < (blocks[1] == bp ? 1 : 2); ++bb) {
-            const int64_t j0 = blocks[bb] * kJB, j1 = std::min(T, j0 + kJB), nj = j1 - j0;
-            for (int64_t d = 0; d < nj * hd; ++d) dk_acc[d] = dv_acc[d] = 0.0f;
-            const float *kb = k + ((b * T + j0) * nkv + g) * hd;
-            const float *vb = v + ((b * T + j0) * nkv + g) * hd;
+          const int64_t b = it / (nkv * pairs), g = (it / pairs) % nkv;
+          int64_t blocks[2];
+          const int nbl = pair_blocks(it % pairs, nblk, blocks);
+          for (int bi = 0; bi < nbl; ++bi) {
+            const int64_t j0 = blocks[bi] * kAB, nj = std::min(kAB, T - j0);
+            load_block_t(k + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, kT);
+            load_block_t(v + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, vT);
+            std::fill(dkT, dkT + 2 * hd * kAB, 0.0f);  // dkT and dvT
             for (int64_t hh = 0; hh < group; ++hh) {
               const int64_t h = g * group + hh;
               for (int64_t i = j0; i < T; ++i) {
                 const int64_t row = (b * T + i) * nh + h;
                 const float *qi = q + row * hd, *doi = dout + row * hd;
                 const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
-                const int64_t jn = std::min(j1, i + 1) - j0;
-                for (int64_t jj = 0; jj < jn; ++jj) {
-                  const float pij = exp_fast(scale * dot(qi, kb + jj * ks, hd) - li);
-                  const float ds = pij * (dot(doi, vb + jj * ks, hd) - Di);
-                  axpy(dv_acc + jj * hd, pij, doi, hd);
-                  axpy(dk_acc + jj * hd, ds, qi, hd);
+                const int64_t last = std::min(i - j0, nj - 1);
+                scores(qi, kT, hd, scale, last, s);
+                scores(doi, vT, hd, 1.0f, kAB - 1, dp);
+                for (int64_t jj = 0; jj < kAB; ++jj) {
+                  s[jj] = exp_fast(s[jj] - li);  // P (0 where masked)
+                  dp[jj] = s[jj] * (dp[jj] - Di);  // dS
                 }
+                outer_add2(doi, s, dvT, qi, dp, dkT, hd);
               }
             }
             for (int64_t jj = 0; jj < nj; ++jj) {
               float *dkj = dk + ((b * T + j0 + jj) * nkv + g) * hd;
               float *dvj = dv + ((b * T + j0 + jj) * nkv + g) * hd;
               for (int64_t d = 0; d < hd; ++d) {
-                dkj[d] = scale * dk_acc[jj * hd + d];
-                dvj[d] = dv_acc[jj * hd + d];
+                dkj[d] = scale * dkT[d * kAB + jj];
+                dvj[d] = dvT[d * kAB + jj];
               }
             }
           }
         }
       });
 
-  // (2) dq: item = (b, h, row pair).
-  const int64_t pairs = (T + 1) / 2, items2 = B * nh * pairs;
+  // (2) dq: item = (b, h, query-block pair).
+  const int64_t items2 = B * nh * pairs;
   par(items2, chunks_for(items2, 6.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
       [&](int64_t it0, int64_t it1) {
-        float *acc = scratch(2, static_cast<size_t>(hd));
+        float *kT = scratch(2, static_cast<size_t>(2 * hd * kAB));
+        float *vT = kT + hd * kAB;
+        float *acc = scratch(3, static_cast<size_t>(kAB * hd + kAB));
+        float *Dr = acc + kAB * hd;
+        float s[kAB], dp[kAB];
         for (int64_t it = it0; it < it1; ++it) {
-          const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, p = it % pairs, g = h / group;
-          const int64_t rows_here[2] = {p, T - 1 - p};
-          for (int rr = 0; rr < (rows_here[1] == p ? 1 : 2); ++rr) {
-            const int64_t i = rows_here[rr];
-            const int64_t row = (b * T + i) * nh + h;
-            const float *qi = q + row * hd, *doi = dout + row * hd;
-            const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
-            const float *kb = k + (b * T * nkv + g) * hd;
-            const float *vb = v + (b * T * nkv + g) * hd;
-            for (int64_t d = 0; d < hd; ++d) acc[d] = 0.0f;
-            for (int64_t j = 0; j <= i; ++j) {
-              const float pij = exp_fast(scale * dot(qi, kb + j * ks, hd) - li);
-              const float ds = pij * (dot(doi, vb + j * ks, hd) - Di);
-              axpy(acc, ds, kb + j * ks, hd);
+          const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, g = h / group;
+          int64_t blocks[2];
+          const int nbl = pair_blocks(it % pairs, nblk, blocks);
+          for (int bi = 0; bi < nbl; ++bi) {
+            const int64_t i0 = blocks[bi] * kAB, ni = std::min(kAB, T - i0);
+            for (int64_t r = 0; r < ni; ++r) Dr[r] = dq[((b * T + i0 + r) * nh + h) * hd];
+            std::fill(acc, acc + ni * hd, 0.0f);
+            for (int64_t j0 = 0; j0 < i0 + ni; j0 += kAB) {
+              const int64_t nj = std::min(kAB, T - j0);
+              const float *kb = k + ((b * T + j0) * nkv + g) * hd;
+              load_block_t(kb, ks, nj, hd, kT);
+              load_block_t(v + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, vT);
+              for (int64_t r = 0; r < ni; ++r) {
+                const int64_t i = i0 + r, row = (b * T + i) * nh + h;
+                const int64_t last = std::min(i - j0, nj - 1);
+                const float li = lse[(b * nh + h) * T + i];
+                scores(q + row * hd, kT, hd, scale, last, s);
+                scores(dout + row * hd, vT, hd, 1.0f, kAB - 1, dp);
+                for (int64_t jj = 0; jj < kAB; ++jj) dp[jj] = exp_fast(s[jj] - li) * (dp[jj] - Dr[r]);  // dS
+                float *ar = acc + r * hd;
+                for (int64_t jj = 0; jj <= last; ++jj) axpy(ar, dp[jj], kb + jj * ks, hd);
+              }
             }
-            float *dqi = dq + row * hd;
-            for (int64_t d = 0; d < hd; ++d) dqi[d] = scale * acc[d];
+            for (int64_t r = 0; r < ni; ++r) {
+              float *dqi = dq + ((b * T + i0 + r) * nh + h) * hd;
+              const float *ar = acc + r * hd;
+              for (int64_t d = 0; d < hd; ++d) dqi[d] = scale * ar[d];
+            }
           }
         }
       });
@@ -915,7 +1064,8 @@ void embedding_forward(const float *table, const int32_t *ids, float *out, int64
 }
 
 // Split over column strips (64 floats = whole cache lines), rows in order: deterministic, no atomics.
-void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V) {
+void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H,
+                        int64_t /*V*/) {
   constexpr int64_t kStrip = 64;
   const int64_t strips = (H + kStrip - 1) / kStrip;
   par(strips, chunks_for(strips, static_cast<double>(N * H)), [&](int64_t s0, int64_t s1) {
@@ -940,14 +1090,20 @@ void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float l
   const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
   const float omb1 = 1.0f - beta1, omb2 = 1.0f - beta2;
   par(n, chunks_for(n, 12.0 * static_cast<double>(n)), [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      const float gi = g[i];
-      const float mi = beta1 * m[i] + omb1 * gi;
-      const float vi = beta2 * v[i] + omb2 * gi * gi;
-      m[i] = mi;
-      v[i] = vi;
-      const float denom = std::sqrt(vi) / bc2_sqrt + eps;
-      p[i] = p[i] * decay - step_size * (mi / denom);
+    constexpr int64_t kBlk = 256;
+    float den[kBlk];
+    for (int64_t i0 = b; i0 < e; i0 += kBlk) {
+      const int64_t len = std::min(kBlk, e - i0);
+      float *__restrict pp = p + i0, *__restrict mm = m + i0, *__restrict vv = v + i0;
+      const float *__restrict gg = g + i0;
+      for (int64_t i = 0; i < len; ++i) {
+        const float gi = gg[i];
+        mm[i] = beta1 * mm[i] + omb1 * gi;
+        vv[i] = beta2 * vv[i] + omb2 * gi * gi;
+        den[i] = vv[i];
+      }
+      sqrt_inplace(den, len);
+      for (int64_t i = 0; i < len; ++i) pp[i] = pp[i] * decay - step_size * (mm[i] / (den[i] / bc2_sqrt + eps));
     }
   });
 }

@@ -210,22 +210,22 @@ llmt_status llmt_model_forward(llmt_model *model, const int32_t *ids, const int3
   });
 }
 
-llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq,
-                            const char *out_path, double *loss_out) {
-  return guarded("grad", [&]() -> llmt_status {
-    if (!model || !ids || !labels || !out_path || batch <= 0 || seq <= 0)
-      return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_grad: needs ids, labels and an output path");
-    auto params = model->m->trainable_params();
-    if (params.empty()) return set_error(LLMT_ERR_BAD_INPUT, "grad: the model has no trainable parameters; load an adapter (--adapter)");
+llmt_status llmt_model_backward(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq,
+                                double *loss_out) {
+  return guarded("backward", [&]() -> llmt_status {
+    if (!model || !ids || !labels || batch <= 0 || seq <= 0)
+      return set_error(LLMT_ERR_BAD_INPUT, "backward: needs ids and labels");
+    if (model->m->trainable_params().empty())
+      return set_error(LLMT_ERR_BAD_INPUT, "backward: the model has no trainable parameters; load an adapter (--adapter)");
+    int64_t count = 0;
+    for (int64_t r = 0; r < batch; ++r)
+      for (int64_t t = 1; t < seq; ++t) count += labels[r * seq + t] != -100;
+    if (count == 0) return set_error(LLMT_ERR_BAD_INPUT, "backward: no label other than -100 after the shift: the loss is undefined");
     Batch b;
     b.B = batch;
     b.T = seq;
     b.ids.assign(ids, ids + batch * seq);
     b.labels.assign(labels, labels + batch * seq);
-    int64_t count = 0;
-    for (int64_t r = 0; r < batch; ++r)
-      for (int64_t t = 1; t < seq; ++t) count += labels[r * seq + t] != -100;
-    if (count == 0) return set_error(LLMT_ERR_BAD_INPUT, "grad: no label other than -100 after the shift: the loss is undefined");
     model->m->zero_grad();
     RunOptions o;
     o.backward = true;
@@ -233,10 +233,22 @@ llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, const int32_t
     RunResult r;
     llmt_status st = model->m->run(b, o, r);
     if (st) return st;
-    std::vector<TensorToWrite> t;
-    for (Param *p : params) t.push_back({p->save_name.empty() ? p->name : p->save_name, DType::F32, p->shape, p->grad.data()});
-    if ((st = write_safetensors(out_path, t, {{"format", "pt"}}))) return st;
     if (loss_out) *loss_out = r.loss_sum / static_cast<double>(r.count);
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch, int64_t seq,
+                            const char *out_path, double *loss_out) {
+  return guarded("grad", [&]() -> llmt_status {
+    if (!out_path) return set_error(LLMT_ERR_BAD_INPUT, "grad: needs an output path");
+    llmt_status st = llmt_model_backward(model, ids, labels, batch, seq, loss_out);
+    if (st) return st;
+    std::vector<TensorToWrite> t;
+    for (Param *p : model->m->trainable_params())
+      t.push_back({p->save_name.empty() ? p->name : p->save_name, DType::F32, p->shape, p->grad.data()});
+    if ((st = write_safetensors(out_path, t, {{"format", "pt"}}))) return st;
     clear_error();
     return LLMT_OK;
   });

@@ -561,8 +561,12 @@ llmt_status write_safetensors(const std::string &path, const std::vector<TensorT
   std::vector<const TensorToWrite *> order;
   order.reserve(tensors.size());
   for (const TensorToWrite &t : tensors) order.push_back(&t);
-  std::sort(order.begin(), order.end(),
-            [](const TensorToWrite *a, const TensorToWrite *b) { return a->name < b->name; });
+  // As the Python library: larger element sizes first, then by name — keeps every tensor's data aligned
+  // to its element size (the header is padded to 8 bytes).
+  std::sort(order.begin(), order.end(), [](const TensorToWrite *a, const TensorToWrite *b) {
+    const size_t sa = dtype_size(a->dtype), sb = dtype_size(b->dtype);
+    return sa != sb ? sa > sb : a->name < b->name;
+  });
 
   Json header = Json::object();
   if (!metadata.empty()) {

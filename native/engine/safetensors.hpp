@@ -77,8 +77,8 @@ struct TensorToWrite {
 };
 
 /**
- * Writes a safetensors file atomically (temp file, fsync, rename). Tensors are written sorted by name
- * (as the Python library does); `metadata` becomes "__metadata__" (e.g. {"format": "pt"}).
+ * Writes a safetensors file atomically (temp file, fsync, rename). Tensors are written ordered by element
+ * size (largest first), then name, as the Python library does, so data stays aligned; `metadata` becomes "__metadata__" (e.g. {"format": "pt"}).
  * Errors: IO (with the OS reason, e.g. "No space left on device") — the final path is left untouched.
  */
 llmt_status write_safetensors(const std::string &path, const std::vector<TensorToWrite> &tensors,

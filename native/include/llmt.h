@@ -119,6 +119,11 @@ LLMT_API llmt_status llmt_model_info(llmt_model *model, char **out_json);
 LLMT_API llmt_status llmt_model_forward(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch,
                                         int64_t seq, float *logits_out, double *loss_out, int64_t *tokens_out);
 
+/* Forward + backward of the mean token loss, no dropout: gradients of the trainable parameters are zeroed,
+ * then computed (kept inside the model; used by llmt_model_grad and benchmarks). Errors: as llmt_model_grad. */
+LLMT_API llmt_status llmt_model_backward(llmt_model *model, const int32_t *ids, const int32_t *labels, int64_t batch,
+                                         int64_t seq, double *loss_out);
+
 /* Gradients of the mean token loss with respect to every adapter parameter (LoRA A/B, modules_to_save),
  * no dropout, written as float32 to a safetensors file at out_path keyed by PEFT's names.
  * Errors: BAD_INPUT (no adapter loaded, no labelled token), IO, NAN. */
