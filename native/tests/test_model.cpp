@@ -95,7 +95,9 @@ static void fd_check(Model &m, const Batch &b, const std::string &what, int per_
       p->data[i] = orig;
       const double fd = (lp - lm) / (2.0 * eps);
       const double an = p->grad[i];
-      const double err = std::fabs(fd - an) / std::max(1e-3, std::fabs(fd) + std::fabs(an));
+      // absolute floor: some true gradients are exactly 0 (e.g. a key bias outside the rotary dims), where
+      // the float32 central difference is pure rounding noise (~1e-4)
+      const double err = std::fabs(fd - an) / std::max(5e-3, std::fabs(fd) + std::fabs(an));
       worst = std::max(worst, err);
       ++checked;
       if (err > 3e-2) {

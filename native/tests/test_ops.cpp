@@ -264,6 +264,11 @@ static void test_rmsnorm() {
   Vec dx3(rows * cols);
   rmsnorm_backward(R.data(), x.data(), w.data(), rstd.data(), dx3.data(), nullptr, rows, cols);
   CHECK(bit_equal(dx, dx3), "rmsnorm with dw = null gives the same dx");
+  Vec inplace = R, dw4(cols, 0.0f);
+  rmsnorm_backward(inplace.data(), x.data(), w.data(), rstd.data(), inplace.data(), dw4.data(), rows, cols);
+  Vec dw1(cols, 0.0f), dx1(rows * cols);
+  rmsnorm_backward(R.data(), x.data(), w.data(), rstd.data(), dx1.data(), dw1.data(), rows, cols);
+  CHECK(bit_equal(inplace, dx1) && bit_equal(dw4, dw1), "rmsnorm backward with dx aliasing dy");
 }
 
 static void test_layernorm() {
@@ -308,6 +313,14 @@ static void test_layernorm() {
   layernorm_backward(R.data(), x.data(), w.data(), mean.data(), rstd.data(), dx3.data(), nullptr, nullptr, rows,
                      cols);
   CHECK(bit_equal(dx, dx3), "layernorm with dw = db = null gives the same dx");
+  Vec inplace = R, dw4(cols, 0.0f), db4(cols, 0.0f);
+  layernorm_backward(inplace.data(), x.data(), w.data(), mean.data(), rstd.data(), inplace.data(), dw4.data(),
+                     db4.data(), rows, cols);
+  Vec dw1(cols, 0.0f), db1(cols, 0.0f), dx1(rows * cols);
+  layernorm_backward(R.data(), x.data(), w.data(), mean.data(), rstd.data(), dx1.data(), dw1.data(), db1.data(), rows,
+                     cols);
+  CHECK(bit_equal(inplace, dx1) && bit_equal(dw4, dw1) && bit_equal(db4, db1),
+        "layernorm backward with dx aliasing dy");
 }
 
 // ---- RoPE -----------------------------------------------------------------------------------------------------
@@ -532,6 +545,9 @@ static void test_cross_entropy() {
   for (int64_t r : {1, 4})
     for (int64_t c = 0; c < V; ++c) zero = zero && dl[r * V + c] == 0.0f;
   CHECK(zero, "ignored rows get zero gradient");
+  Vec inplace = logits;  // dlogits written over the logits (llm.c style)
+  cross_entropy_backward(inplace.data(), targets.data(), lse.data(), inplace.data(), N, V, scale);
+  CHECK(bit_equal(inplace, dl), "cross-entropy backward in place (dlogits == logits)");
   auto loss = [&]() {
     Vec l(N);
     int64_t cnt = 0;
