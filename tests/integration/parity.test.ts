@@ -1,0 +1,136 @@
+// Numerical parity with the reference: HF transformers + PEFT (tests/python, CPU, fp32) on the same tiny
+// model folders and adapters. forward: logits within 1e-4 absolute; grad: every LoRA gradient within 1e-3
+// relative (to the tensor's largest entry); and adapters written by either side load in the other.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT } from '../helpers/app';
+
+const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
+const REF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
+const ENGINE = path.join(ROOT, 'native', 'build', 'bin', 'llmt-engine');
+let tmp: string;
+
+function run(cmd: string, args: string[]) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
+  if (r.status !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${r.status}):\n${r.stderr}\n${r.stdout}`);
+  return r.stdout;
+}
+const py = (args: string[]) => run(PY, [REF, ...args]);
+const engine = (args: string[]) => run(ENGINE, args);
+
+function readSafetensors(file: string): Map<string, Float32Array> {
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
+  const out = new Map<string, Float32Array>();
+  for (const [k, v] of Object.entries(header)) {
+    if (k === '__metadata__') continue;
+    expect(v.dtype).toBe('F32');
+    const [b, e] = v.data_offsets;
+    const bytes = buf.subarray(8 + n + b, 8 + n + e);
+    out.set(k, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
+  }
+  return out;
+}
+
+function maxAbsDiff(a: number[][][], b: number[][][]): number {
+  let m = 0;
+  a.forEach((row, i) => row.forEach((tok, j) => tok.forEach((x, k) => (m = Math.max(m, Math.abs(x - b[i]![j]![k]!))))));
+  return m;
+}
+
+const tokens = {
+  input_ids: [
+    [1, 37, 99, 14, 250, 61, 8, 77, 300, 12],
+    [1, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+  ],
+  labels: [
+    [-100, -100, -100, 14, 250, 61, 8, 77, 300, 12],
+    [-100, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+  ],
+};
+
+beforeAll(() => {
+  if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\` (or set LLMT_PY)`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-parity-'));
+  fs.writeFileSync(path.join(tmp, 'tokens.json'), JSON.stringify(tokens));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const families: { family: string; targets: string; save?: string }[] = [
+  { family: 'llama', targets: 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj', save: 'lm_head' },
+  { family: 'baichuan', targets: 'W_pack,o_proj,gate_proj,up_proj,down_proj' },
+  { family: 'gpt_neox', targets: 'query_key_value,dense,dense_h_to_4h,dense_4h_to_h' },
+];
+
+describe.each(families)('parity with HF transformers + PEFT: $family', ({ family, targets, save }) => {
+  let model: string;
+  let adapter: string;
+  const t = () => path.join(tmp, 'tokens.json');
+
+  beforeAll(() => {
+    model = path.join(tmp, family);
+    adapter = path.join(tmp, `${family}-adapter`);
+    engine(['create-tiny', '--family', family, '--out', model, '--seed', '7']);
+    py(['make-adapter', '--model', model, '--out', adapter, '--targets', targets, '--r', '4', '--alpha', '8', '--seed', '3', ...(save ? ['--modules-to-save', save] : [])]);
+  });
+
+  it('forward without an adapter: same loss and logits', () => {
+    const a = path.join(tmp, `${family}-ours.json`);
+    const b = path.join(tmp, `${family}-hf.json`);
+    engine(['forward', '--model', model, '--tokens', t(), '--out', a]);
+    py(['forward', '--model', model, '--tokens', t(), '--out', b]);
+    const ours = JSON.parse(fs.readFileSync(a, 'utf8'));
+    const hf = JSON.parse(fs.readFileSync(b, 'utf8'));
+    expect(maxAbsDiff(ours.logits, hf.logits)).toBeLessThan(1e-4);
+    expect(Math.abs(ours.loss - hf.loss)).toBeLessThan(1e-5);
+  });
+
+  it('forward with a PEFT-written adapter: same loss and logits', () => {
+    const a = path.join(tmp, `${family}-ours-lora.json`);
+    const b = path.join(tmp, `${family}-hf-lora.json`);
+    engine(['forward', '--model', model, '--adapter', adapter, '--tokens', t(), '--out', a]);
+    py(['forward', '--model', model, '--adapter', adapter, '--tokens', t(), '--out', b]);
+    const ours = JSON.parse(fs.readFileSync(a, 'utf8'));
+    const hf = JSON.parse(fs.readFileSync(b, 'utf8'));
+    const base = JSON.parse(fs.readFileSync(path.join(tmp, `${family}-hf.json`), 'utf8'));
+    expect(maxAbsDiff(hf.logits, base.logits)).toBeGreaterThan(1e-3); // the adapter really changes the output
+    expect(maxAbsDiff(ours.logits, hf.logits)).toBeLessThan(1e-4);
+    expect(Math.abs(ours.loss - hf.loss)).toBeLessThan(1e-5);
+  });
+
+  it('gradients of every LoRA (and modules_to_save) tensor agree within 1e-3 relative', () => {
+    const a = path.join(tmp, `${family}-ours.safetensors`);
+    const b = path.join(tmp, `${family}-hf.safetensors`);
+    engine(['grad', '--model', model, '--adapter', adapter, '--tokens', t(), '--out', a]);
+    py(['grad', '--model', model, '--adapter', adapter, '--tokens', t(), '--out', b]);
+    const ours = readSafetensors(a);
+    const hf = readSafetensors(b);
+    expect([...ours.keys()].sort()).toEqual([...hf.keys()].sort());
+    for (const [k, ref] of hf) {
+      const mine = ours.get(k)!;
+      let scale = 0;
+      let diff = 0;
+      for (let i = 0; i < ref.length; i++) {
+        scale = Math.max(scale, Math.abs(ref[i]!));
+        diff = Math.max(diff, Math.abs(ref[i]! - mine[i]!));
+      }
+      expect(diff / Math.max(scale, 1e-12), `${k}: max diff ${diff}, scale ${scale}`).toBeLessThan(1e-3);
+    }
+  });
+
+  it.skipIf(family === 'baichuan')('an adapter we train for 20 steps loads in PEFT unchanged and gives our logits', () => {
+    const out = path.join(tmp, `${family}-run`);
+    const job = path.join(tmp, `${family}-job.json`);
+    fs.writeFileSync(job, JSON.stringify({ model, lora: { r: 4, alpha: 8, dropout: 0.05, target_modules: targets.split(','), modules_to_save: save ? [save] : null }, data: { train: t() }, training: { learning_rate: 0.01, max_steps: 20, micro_batch_size: 2 }, output: { dir: out, logging_steps: 10, save_steps: 100 } }));
+    engine(['train', '--job', job]);
+    const logits = path.join(tmp, `${family}-trained.json`);
+    engine(['forward', '--model', model, '--adapter', out, '--tokens', t(), '--out', logits]);
+    py(['check-adapter', '--model', model, '--adapter', out, '--tokens', t(), '--logits', logits, '--atol', '1e-4']);
+  });
+});
