@@ -29,7 +29,20 @@ if (m) {
 }
 if (ctest.status !== 0 || !m) ok = false;
 
-// 2. TypeScript suites
+// 2. the reference Python for the parity tests (HF transformers + PEFT): set up on first use
+if (!process.env.LLMT_PY) {
+  const venvPy = path.join(root, '.venv-test', 'bin', 'python');
+  if (!fs.existsSync(venvPy)) {
+    console.log('npm test: setting up the reference Python (tests/python/setup.sh) for the parity tests…');
+    const s = spawnSync('bash', [path.join(root, 'tests', 'python', 'setup.sh')], { stdio: ['ignore', 'inherit', 'inherit'] });
+    if (s.status !== 0) {
+      console.error('npm test: tests/python/setup.sh failed; the parity tests will report it.');
+      ok = false;
+    }
+  }
+}
+
+// 3. TypeScript suites
 const report = path.join(root, 'test-results', 'vitest.json');
 fs.mkdirSync(path.dirname(report), { recursive: true });
 fs.rmSync(report, { force: true });

@@ -8,18 +8,21 @@
 #include <cstdlib>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "ops.hpp"
 
 // GEMM micro-kernels: AVX2+FMA compiled for run-time selection on x86 (GCC/Clang via a target attribute,
-// MSVC needs none), SSE2 (the x86-64 baseline) otherwise, plain C++ elsewhere or with LLMT_GEMM_PORTABLE.
-#if !defined(LLMT_GEMM_PORTABLE) && (defined(__GNUC__) || defined(__clang__)) && \
+// MSVC needs none), SSE2 (the x86-64 baseline) otherwise; plain C++ elsewhere, or everywhere with
+// -DLLMT_PORTABLE_KERNELS (also turns off the 4-float vector extensions the attention kernels use).
+#if !defined(LLMT_PORTABLE_KERNELS) && (defined(__GNUC__) || defined(__clang__)) && \
     (defined(__x86_64__) || defined(__i386__)) && defined(__SSE2__)
 #include <immintrin.h>
 #define LLMT_X86_SIMD 1
 #define LLMT_TARGET_AVX2 __attribute__((target("avx2,fma")))
-#elif !defined(LLMT_GEMM_PORTABLE) && defined(_MSC_VER) && (defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2))
+#elif !defined(LLMT_PORTABLE_KERNELS) && defined(_MSC_VER) && \
+    (defined(_M_X64) || (defined(_M_IX86_FP) && _M_IX86_FP >= 2))
 #include <immintrin.h>
 #include <intrin.h>
 #define LLMT_X86_SIMD 1
@@ -119,28 +122,30 @@ inline float float_of(uint32_t u) {
 }
 
 // exp(x) in fp32 to ~1.4 ulp (Cephes polynomial), branch-free so loops over it vectorise. exp(x) = 0 for
-// x < −87 (true value < 1.7e-38), +inf for x > 88.72, NaN propagates.
+// x < −86 (true value < 4.5e-38, so no denormals), +inf for x > 88.7228 (overflow), NaN propagates.
 inline float exp_fast(float x) {
   const uint32_t xb = bits_of(x);
   // All-ones masks from integer compares (float compares and selects keep GCC from if-converting the loop
-  // under the default -ftrapping-math).
+  // under the default -ftrapping-math). Sign-magnitude bits: unsigned > 0xC2AC0000 ⇔ x < −86.
   const uint32_t m_nan = 0u - static_cast<uint32_t>((xb & 0x7fffffffu) > 0x7f800000u);
-  const uint32_t m_under = 0u - static_cast<uint32_t>(xb > 0xC2AE0000u);                   // x < −87
+  const uint32_t m_under = 0u - static_cast<uint32_t>(xb > 0xC2AC0000u);
   const uint32_t m_over = 0u - static_cast<uint32_t>(static_cast<int32_t>(xb) > 0x42B17217);  // x > 88.7228
-  uint32_t cb = xb > 0xC2AE0000u ? 0xC2AE0000u : xb;
-  cb = static_cast<int32_t>(cb) > 0x42B00000 ? 0x42B00000u : cb;  // clamp to [−87, 88] for the arithmetic
+  uint32_t cb = xb > 0xC2AC0000u ? 0xC2AC0000u : xb;
+  cb = static_cast<int32_t>(cb) > 0x42B17217 ? 0x42B17217u : cb;  // clamp to [−86, 88.7228]
   const float xc = float_of(cb);
   const float shift = 12582912.0f;  // 1.5·2^23: adding it rounds to an integer held in the low mantissa bits
   float fn = xc * 1.44269504088896341f + shift;
-  const int32_t n = static_cast<int32_t>(bits_of(fn)) - 0x4B400000;
+  const int32_t n = static_cast<int32_t>(bits_of(fn)) - 0x4B400000;  // n = round(x·log2 e) ∈ [−124, 128]
   fn -= shift;
-  float r = xc - fn * 0.693359375f;
+  float r = xc - fn * 0.693359375f;  // r = x − n·ln 2 in two steps (Cody–Waite)
   r = r - fn * -2.12194440e-4f;
   const float z = r * r;
   float y = ((((1.9875691500e-4f * r + 1.3981999507e-3f) * r + 8.3334519073e-3f) * r + 4.1665795894e-2f) * r +
              1.6666665459e-1f) * r + 5.0000001201e-1f;
-  y = y * z + r + 1.0f;
-  uint32_t yb = bits_of(y) + static_cast<uint32_t>(n) * (1u << 23);  // n ∈ [−126, 127], y ∈ [0.7, 1.42]
+  y = y * z + r + 1.0f;  // e^r, r ∈ [−0.35, 0.35]
+  // y·2^n as (y·2^(n−1))·2 so that n = 128 still builds a normal float; the ×2 is exact (or overflows).
+  uint32_t yb = bits_of(y) + static_cast<uint32_t>(n - 1) * (1u << 23);
+  yb = bits_of(float_of(yb) * 2.0f);
   yb &= ~m_under;
   yb = (yb & ~m_over) | (0x7f800000u & m_over);
   yb = (yb & ~m_nan) | ((xb | 0x00400000u) & m_nan);
@@ -157,7 +162,7 @@ inline float exp_fast(float x) {
 
 constexpr int64_t kMR = 6;
 constexpr int64_t kMaxNR = 16;
-constexpr int64_t kKC = 256;
+constexpr int64_t kKC = 512;
 constexpr int64_t kMC = 96;    // multiple of kMR
 constexpr int64_t kNC = 2048;  // multiple of every NR
 
@@ -499,14 +504,22 @@ void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int6
   });
 }
 
-// x̂ = x·r; y = w⊙x̂. dx = r·(w⊙dy) − r³/cols · Σ(w⊙dy⊙x) · x;  dw += Σ_rows dy⊙x̂.
+// x̂ = x·r; y = w⊙x̂. dx = r·(w⊙dy) − r³/cols · Σ(w⊙dy⊙x) · x;  dw += Σ_rows dy⊙x̂. dw first, and dy is
+// read whole before dx is written, so dx may alias dy.
 void rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx, float *dw,
                       int64_t rows, int64_t cols) {
+  if (dw) {
+    column_reduce(dw, rows, cols, 2.0, [&](int64_t r, int64_t c0, int64_t w_, float *__restrict acc) {
+      const float *__restrict xr = x + r * cols + c0;
+      const float *__restrict dyr = dy + r * cols + c0;
+      const float rs = rstd[r];
+      for (int64_t c = 0; c < w_; ++c) acc[c] += dyr[c] * (xr[c] * rs);
+    });
+  }
   par(rows, chunks_for(rows, 6.0 * static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float *__restrict xr = x + r * cols;
-      const float *__restrict dyr = dy + r * cols;
-      float *__restrict dxr = dx + r * cols;
+      const float *xr = x + r * cols, *dyr = dy + r * cols;
+      float *dxr = dx + r * cols;
       const float rs = rstd[r];
       float *g = scratch(2, static_cast<size_t>(cols));  // w⊙dy
       if (w) {
@@ -519,14 +532,6 @@ void rmsnorm_backward(const float *dy, const float *x, const float *w, const flo
       for (int64_t c = 0; c < cols; ++c) dxr[c] = rs * g[c] - coef * xr[c];
     }
   });
-  if (dw) {
-    column_reduce(dw, rows, cols, 2.0, [&](int64_t r, int64_t c0, int64_t w_, float *__restrict acc) {
-      const float *__restrict xr = x + r * cols + c0;
-      const float *__restrict dyr = dy + r * cols + c0;
-      const float rs = rstd[r];
-      for (int64_t c = 0; c < w_; ++c) acc[c] += dyr[c] * (xr[c] * rs);
-    });
-  }
 }
 
 void layernorm_forward(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
@@ -557,14 +562,23 @@ void layernorm_forward(const float *x, const float *w, const float *b, float *y,
   });
 }
 
-// x̂ = (x−μ)·r; g = w⊙dy. dx = r·(g − mean(g) − x̂·mean(g⊙x̂)); dw += Σ dy⊙x̂; db += Σ dy.
+// x̂ = (x−μ)·r; g = w⊙dy. dx = r·(g − mean(g) − x̂·mean(g⊙x̂)); dw += Σ dy⊙x̂; db += Σ dy. As in RMSNorm,
+// dx may alias dy.
 void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
                         float *dx, float *dw, float *db, int64_t rows, int64_t cols) {
+  if (dw) {
+    column_reduce(dw, rows, cols, 3.0, [&](int64_t r, int64_t c0, int64_t w_, float *__restrict acc) {
+      const float *__restrict xr = x + r * cols + c0;
+      const float *__restrict dyr = dy + r * cols + c0;
+      const float mu = mean[r], rs = rstd[r];
+      for (int64_t c = 0; c < w_; ++c) acc[c] += dyr[c] * ((xr[c] - mu) * rs);
+    });
+  }
+  if (db) bias_backward(dy, db, rows, cols);
   par(rows, chunks_for(rows, 8.0 * static_cast<double>(rows * cols)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float *__restrict xr = x + r * cols;
-      const float *__restrict dyr = dy + r * cols;
-      float *__restrict dxr = dx + r * cols;
+      const float *xr = x + r * cols, *dyr = dy + r * cols;
+      float *dxr = dx + r * cols;
       const float mu = mean[r], rs = rstd[r];
       float *g = scratch(2, static_cast<size_t>(cols));
       float *xh = scratch(3, static_cast<size_t>(cols));
@@ -577,15 +591,6 @@ void layernorm_backward(const float *dy, const float *x, const float *w, const f
       for (int64_t c = 0; c < cols; ++c) dxr[c] = rs * (g[c] - mg - xh[c] * mgx);
     }
   });
-  if (dw) {
-    column_reduce(dw, rows, cols, 3.0, [&](int64_t r, int64_t c0, int64_t w_, float *__restrict acc) {
-      const float *__restrict xr = x + r * cols + c0;
-      const float *__restrict dyr = dy + r * cols + c0;
-      const float mu = mean[r], rs = rstd[r];
-      for (int64_t c = 0; c < w_; ++c) acc[c] += dyr[c] * ((xr[c] - mu) * rs);
-    });
-  }
-  if (db) bias_backward(dy, db, rows, cols);
 }
 
 // ---- rotary embeddings ---------------------------------------------------------------------------------------
@@ -719,7 +724,7 @@ void load_block_t(const float *rows, int64_t stride, int64_t nj, int64_t hd, flo
 
 // 16 key lanes as four 4-float vectors where the compiler has vector extensions (GCC/Clang: SSE, NEON),
 // plain loops elsewhere. Written out because GCC otherwise vectorises the outer d loop with shuffles.
-#if defined(__GNUC__) || defined(__clang__)
+#if !defined(LLMT_PORTABLE_KERNELS) && (defined(__GNUC__) || defined(__clang__))
 #define LLMT_VEC4 1
 typedef float v4f __attribute__((vector_size(16)));
 inline v4f ld4(const float *p) {
@@ -964,7 +969,7 @@ void attention_backward(const float *dout, const float *q, const float *k, const
 // ---- loss ---------------------------------------------------------------------------------------------------------
 
 namespace {
-// Fixed blocking of [0, n) for reductions, a function of n only (≤ 256 blocks of ≥ 4096 items), so the
+// Fixed blocking of [0, n) for reductions, a function of n only (≤ 256 blocks of ≥ min_block items), so the
 // summation order — and the result — is the same for every thread count.
 constexpr int64_t kMaxBlocks = 256;
 int64_t reduce_blocks(int64_t n, int64_t min_block) {
@@ -996,6 +1001,10 @@ float row_lse(const float *__restrict x, int64_t V) {
   double s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
   for (; c < V; ++c) s += static_cast<double>(exp_fast(x[c] - m));
   return m + static_cast<float>(std::log(s)) + nanflag;
+}
+// d[V] = scale·exp(x[V] − l), x and d distinct.
+void softmax_row_scaled(const float *__restrict x, float *__restrict d, int64_t V, float l, float scale) {
+  for (int64_t c = 0; c < V; ++c) d[c] = scale * exp_fast(x[c] - l);
 }
 }  // namespace
 
@@ -1040,16 +1049,21 @@ void cross_entropy_backward(const float *logits, const int32_t *targets, const f
                             int64_t V, float scale) {
   par(N, chunks_for(N, 10.0 * static_cast<double>(N * V)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
-      const float *__restrict xr = logits + r * V;
-      float *__restrict dr = dlogits + r * V;
+      const float *xr = logits + r * V;
+      float *dr = dlogits + r * V;
       const int32_t t = targets[r];
       if (t < 0) {
         std::memset(dr, 0, sizeof(float) * static_cast<size_t>(V));
         continue;
       }
       const float l = lse[r];
-      for (int64_t c = 0; c < V; ++c) dr[c] = scale * exp_fast(xr[c] - l);
-      dr[t] = scale * (exp_fast(xr[t] - l) - 1.0f);
+      const float pt = exp_fast(xr[t] - l);  // before the row may be overwritten (dlogits == logits is fine)
+      if (dr == xr) {
+        for (int64_t c = 0; c < V; ++c) dr[c] = scale * exp_fast(dr[c] - l);
+      } else {
+        softmax_row_scaled(xr, dr, V, l, scale);
+      }
+      dr[t] = scale * (pt - 1.0f);
     }
   });
 }

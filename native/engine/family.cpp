@@ -119,7 +119,8 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
   }
   c.rot_dims = c.head_dim;
   if (mt == "gpt_neox") {
-    double pct = j.get_number("rotary_pct", 1.0);
+    // transformers ≥ 4.45 also writes partial_rotary_factor (and newer configs may carry only it)
+    double pct = j.get_number("rotary_pct", j.get_number("partial_rotary_factor", 1.0));
     c.rot_dims = static_cast<int64_t>(c.head_dim * pct);  // int(head_dim * rotary_pct), as HF
     c.rope_theta = j.get_number("rotary_emb_base", j.get_number("rope_theta", 10000.0));
     c.norm_eps = j.get_number("layer_norm_eps", 1e-5);
@@ -143,7 +144,10 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
   if (c.rot_dims % 2 != 0 || c.rot_dims < 0) {
     return set_error(LLMT_ERR_BAD_INPUT, where + ": rotary dims per head (" + std::to_string(c.rot_dims) + ") must be even");
   }
-  const Json &rs = j.get("rope_scaling");
+  // transformers 5 folds rope_theta and the scaling into "rope_parameters"
+  const Json &rp = j.get("rope_parameters");
+  if (rp.is_object() && rp.has("rope_theta")) c.rope_theta = rp.get_number("rope_theta", c.rope_theta);
+  const Json &rs = !j.get("rope_scaling").is_null() ? j.get("rope_scaling") : rp;
   if (!rs.is_null()) {
     std::string type = rs.get_string("type", rs.get_string("rope_type"));
     double factor = rs.get_number("factor", 1.0);

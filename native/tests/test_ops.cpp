@@ -186,8 +186,8 @@ static void test_matmul() {
   for (MM kind : {MM::NT, MM::NN, MM::TN}) {
     for (bool acc : {false, true}) {
       check_mm(kind, 130, 65, 33, acc);
-      check_mm(kind, 13, 2100, 300, acc);  // crosses the depth block (256) and the column block (2048)
-      check_mm(kind, 301, 17, 520, acc);   // narrow N: A read in place
+      check_mm(kind, 13, 2100, 700, acc);  // crosses the depth block (512) and the column block (2048)
+      check_mm(kind, 301, 17, 1030, acc);  // narrow N: A read in place, three depth blocks
       check_mm(kind, 200, 300, 16, acc);   // skinny K (LoRA)
     }
     // Degenerate sizes: M/N = 0 touch nothing; K = 0 zeroes C (or leaves it, accumulating).
