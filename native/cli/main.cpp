@@ -437,7 +437,21 @@ int cmd_bench(const Args &a) {
 
 }  // namespace
 
+int run_main(int argc, char **argv);
+
 int main(int argc, char **argv) {
+  try {
+    return run_main(argc, argv);
+  } catch (const std::bad_alloc &) {
+    std::fprintf(stderr, "llmt-engine: OOM: out of memory; lower the batch size or the sequence length\n");
+    return 1;
+  } catch (const std::exception &e) {
+    std::fprintf(stderr, "llmt-engine: INTERNAL: %s\n", e.what());
+    return 1;
+  }
+}
+
+int run_main(int argc, char **argv) {
   if (argc < 2) {
     std::fputs(kUsage, stderr);
     return 2;

@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
+#include <exception>
 #include <functional>
 #include <mutex>
 #include <thread>
@@ -89,10 +90,24 @@ class Pool {
     }
     work_cv_.notify_all();
 
+    // Chunk 0 on the caller. Kernels never throw; a user's parallel_for body might, and then the workers
+    // must still finish with ctx before the exception leaves this frame.
+    std::exception_ptr error;
     t_inside_pool = true;
-    fn(ctx, 0, n / nchunks);  // chunk 0 on the caller
+    try {
+      fn(ctx, 0, n / nchunks);
+    } catch (...) {
+      error = std::current_exception();
+    }
     t_inside_pool = false;
+    wait_for_workers();
+    if (!error && worker_error_) error = worker_error_;
+    worker_error_ = nullptr;
+    if (error) std::rethrow_exception(error);
+  }
 
+ private:
+  void wait_for_workers() {
     const auto t0 = Clock::now();
     for (int i = 0; remaining_.load(std::memory_order_acquire) != 0; ++i) {
       LLMT_CPU_RELAX();
@@ -104,7 +119,6 @@ class Pool {
     }
   }
 
- private:
   void start_workers() {
     stop_workers();
     stop_.store(false);
@@ -143,7 +157,14 @@ class Pool {
       if (stop_.load()) return;
       if (index < nchunks_) {
         int64_t b = n_ * index / nchunks_, e = n_ * (index + 1) / nchunks_;
-        if (b < e) fn_(ctx_, b, e);
+        if (b < e) {
+          try {
+            fn_(ctx_, b, e);
+          } catch (...) {  // handed to the caller, which rethrows it once every chunk is done
+            std::lock_guard<std::mutex> lk(mu_);
+            if (!worker_error_) worker_error_ = std::current_exception();
+          }
+        }
       }
       if (remaining_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         { std::lock_guard<std::mutex> lk(mu_); }  // pairs with the caller's predicate check
@@ -162,6 +183,7 @@ class Pool {
   std::atomic<bool> stop_{false};
   // The current job (written before generation_ is bumped, read after it is seen).
   ChunkFn fn_ = nullptr;
+  std::exception_ptr worker_error_;  // first exception thrown by a worker's chunk (guarded by mu_)
   void *ctx_ = nullptr;
   int64_t n_ = 0, nchunks_ = 0;
 };

@@ -40,7 +40,7 @@ llmt_status guarded(const char *what, F &&f) {
   try {
     return f();
   } catch (const std::bad_alloc &) {
-    return set_error(LLMT_ERR_OOM, std::string(what) + ": out of memory");
+    return set_error(LLMT_ERR_OOM, std::string(what) + ": out of memory; lower the batch size or the sequence length (or use a machine with more memory)");
   } catch (const std::exception &e) {
     return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": " + e.what());
   } catch (...) {

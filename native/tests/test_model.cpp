@@ -304,6 +304,15 @@ static void test_bad_inputs() {
   RunResult r;
   st = llama->run(b, o, r);
   CHECK(st == LLMT_ERR_BAD_INPUT && std::strstr(llmt_last_error(), "outside the vocabulary"), llmt_last_error());
+  // non-finite weights end in a NAN error, not in garbage
+  {
+    auto nm = Model::load(tiny("gpt_neox"), st);
+    nm->layers[1].fc2->W->data[3] = NAN;
+    Batch nb = make_batch(1, 4, 320, 2);
+    RunResult nr;
+    st = nm->run(nb, o, nr);
+    CHECK(st == LLMT_ERR_NAN && std::strstr(llmt_last_error(), "not finite"), llmt_last_error());
+  }
   // a target that matches nothing
   auto l2 = Model::load(tiny("llama"), st);
   LoraSpec bad;

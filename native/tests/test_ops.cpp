@@ -9,6 +9,7 @@
 #include <cstring>
 #include <functional>
 #include <random>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -137,6 +138,21 @@ static void test_pool() {
     });
   for (auto &th : callers) th.join();
   CHECK(sum.load() == 3 * 50 * 1000, "concurrent callers: %lld", (long long)sum.load());
+  // An exception from any chunk reaches the caller after every chunk is done; the pool keeps working.
+  for (int64_t thrower : {0, 2}) {
+    bool caught = false;
+    try {
+      parallel_for(3, [&](int64_t b, int64_t e) {
+        if (b <= thrower && thrower < e) throw std::runtime_error("chunk failed");
+      });
+    } catch (const std::runtime_error &) {
+      caught = true;
+    }
+    CHECK(caught, "exception from chunk holding index %lld reaches the caller", (long long)thrower);
+  }
+  std::atomic<int64_t> after{0};
+  parallel_for(100, [&](int64_t b, int64_t e) { after += e - b; });
+  CHECK(after.load() == 100, "pool still works after an exception");
   set_num_threads(saved);
 }
 

@@ -174,3 +174,13 @@ describe('engine addon', () => {
     await expect(addon.loadModel(path.join(tmp, 'rwkv'))).rejects.toMatchObject({ code: 'UNSUPPORTED' });
   });
 });
+
+describe('llmt-engine under memory pressure', () => {
+  it('reports OOM with a hint instead of crashing', () => {
+    // 10^8 tokens under an 8 GB address-space limit: the ids fit, the activations (~25 GB) cannot be allocated
+    const r = spawnSync('bash', ['-c', `ulimit -v 8000000; exec "${exe}" bench --model "${path.join(tmp, 'llama')}" --batch 10000 --seq 10000 --iters 1 --warmup 0`], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.status).toBe(1);
+    expect(r.signal).toBeNull();
+    expect(r.stderr).toMatch(/OOM: .*out of memory; lower the batch size/);
+  });
+});
