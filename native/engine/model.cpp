@@ -9,6 +9,7 @@
 #include <set>
 
 #include "../cpu/ops.hpp"
+#include "backend.hpp"
 #include "rng.hpp"
 #include "safetensors.hpp"
 #include "status.hpp"
@@ -101,6 +102,7 @@ int64_t Model::num_trainable() const {
 std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
+  m->be_ = &cpu_backend();
   m->impl_ = std::make_unique<Impl>();
   st = load_config(dir, m->cfg_);
   if (st != LLMT_OK) return nullptr;
@@ -373,6 +375,7 @@ struct Ctx {
   int64_t B, T, N;
   bool training;
   uint64_t seed;
+  Backend *be;
 };
 
 uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
@@ -381,88 +384,75 @@ uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
 
 // y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
 void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
-  cpu::matmul_nt(x, L.W->data.data(), y, N, L.out, L.in, false);
-  if (L.b) cpu::add_bias(y, L.b->data.data(), N, L.out);
+  Backend &be = *c.be;
+  be.matmul_nt(x, L.W->data.data(), y, N, L.out, L.in, false);
+  if (L.b) be.add_bias(y, L.b->data.data(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
   const float *xin = x;
   if (c.training && L.lora.dropout > 0) {
     a.xdrop.resize(static_cast<size_t>(N * L.in));
-    const float p = L.lora.dropout, keep = 1.0f / (1.0f - p);
-    const uint64_t stream = dropout_stream(c.seed, layer, L.role);
-    a.stream = stream;
-    float *xd = a.xdrop.data();
-    cpu::parallel_for(N, [&](int64_t b, int64_t e) {
-      for (int64_t n = b; n < e; ++n)
-        for (int64_t i = 0; i < L.in; ++i) {
-          const int64_t idx = n * L.in + i;
-          xd[idx] = uniform01(stream, static_cast<uint64_t>(idx)) < p ? 0.0f : x[idx] * keep;
-        }
-    });
-    xin = xd;
+    a.stream = dropout_stream(c.seed, layer, L.role);
+    be.dropout_forward(x, a.xdrop.data(), N * L.in, L.lora.dropout, a.stream);
+    xin = a.xdrop.data();
   } else {
     a.xdrop.clear();
   }
   a.u.resize(static_cast<size_t>(N * r));
-  cpu::matmul_nt(xin, L.lora.A->data.data(), a.u.data(), N, r, L.in, false);
+  be.matmul_nt(xin, L.lora.A->data.data(), a.u.data(), N, r, L.in, false);
   // y += s · u·Bᵀ : scale u into a temporary to keep `u` for the backward
   std::vector<float> us(a.u);
-  cpu::scale_inplace(us.data(), L.lora.scaling, N * r);
-  cpu::matmul_nt(us.data(), L.lora.B->data.data(), y, N, L.out, r, true);
+  be.scale_inplace(us.data(), L.lora.scaling, N * r);
+  be.matmul_nt(us.data(), L.lora.B->data.data(), y, N, L.out, r, true);
 }
 
 // Backward of linear_forward. dx is overwritten (accumulate=false) or added to.
-void linear_backward(Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
+void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
                      const LinearActs &a) {
-  cpu::matmul_nn(dy, L.W->data.data(), dx, N, L.in, L.out, accumulate);
-  if (L.W->trainable) cpu::matmul_tn(dy, x, L.W->grad.data(), L.out, L.in, N, true);
-  if (L.b && L.b->trainable) cpu::bias_backward(dy, L.b->grad.data(), N, L.out);
+  be.matmul_nn(dy, L.W->data.data(), dx, N, L.in, L.out, accumulate);
+  if (L.W->trainable) be.matmul_tn(dy, x, L.W->grad.data(), L.out, L.in, N, true);
+  if (L.b && L.b->trainable) be.bias_backward(dy, L.b->grad.data(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
   const float s = L.lora.scaling;
   // du = s · dy·B  [N, r]
   std::vector<float> du(static_cast<size_t>(N * r));
-  cpu::matmul_nn(dy, L.lora.B->data.data(), du.data(), N, r, L.out, false);
-  cpu::scale_inplace(du.data(), s, N * r);
+  be.matmul_nn(dy, L.lora.B->data.data(), du.data(), N, r, L.out, false);
+  be.scale_inplace(du.data(), s, N * r);
   if (L.lora.B->trainable) {
     // dB += s · dyᵀ·u
     std::vector<float> us(a.u);
-    cpu::scale_inplace(us.data(), s, N * r);
-    cpu::matmul_tn(dy, us.data(), L.lora.B->grad.data(), L.out, r, N, true);
+    be.scale_inplace(us.data(), s, N * r);
+    be.matmul_tn(dy, us.data(), L.lora.B->grad.data(), L.out, r, N, true);
   }
   const float *xin = a.xdrop.empty() ? x : a.xdrop.data();
-  if (L.lora.A->trainable) cpu::matmul_tn(du.data(), xin, L.lora.A->grad.data(), r, L.in, N, true);
+  if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->grad.data(), r, L.in, N, true);
   // dx += dropout'(du·A)
   if (a.xdrop.empty()) {
-    cpu::matmul_nn(du.data(), L.lora.A->data.data(), dx, N, L.in, r, true);
+    be.matmul_nn(du.data(), L.lora.A->data.data(), dx, N, L.in, r, true);
   } else {
     std::vector<float> t(static_cast<size_t>(N * L.in));
-    cpu::matmul_nn(du.data(), L.lora.A->data.data(), t.data(), N, L.in, r, false);
-    const float p = L.lora.dropout, keep = 1.0f / (1.0f - p);
-    const uint64_t stream = a.stream;
-    cpu::parallel_for(N, [&](int64_t b, int64_t e) {
-      for (int64_t idx = b * L.in; idx < e * L.in; ++idx)
-        if (!(uniform01(stream, static_cast<uint64_t>(idx)) < p)) dx[idx] += t[idx] * keep;
-    });
+    be.matmul_nn(du.data(), L.lora.A->data.data(), t.data(), N, L.in, r, false);
+    be.dropout_backward(t.data(), dx, N * L.in, L.lora.dropout, a.stream);
   }
 }
 
-void norm_forward(const ModelConfig &c, const Param *w, const Param *b, const float *x, float *y, float *mean,
+void norm_forward(Backend &be, const ModelConfig &c, const Param *w, const Param *b, const float *x, float *y, float *mean,
                   float *rstd, int64_t N) {
   if (c.family->norm == NormKind::RMS)
-    cpu::rmsnorm_forward(x, w->data.data(), y, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
+    be.rmsnorm_forward(x, w->data.data(), y, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
   else
-    cpu::layernorm_forward(x, w->data.data(), b->data.data(), y, mean, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
+    be.layernorm_forward(x, w->data.data(), b->data.data(), y, mean, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
 }
 
-void norm_backward(const ModelConfig &c, Param *w, Param *b, const float *x, const float *mean, const float *rstd,
+void norm_backward(Backend &be, const ModelConfig &c, Param *w, Param *b, const float *x, const float *mean, const float *rstd,
                    const float *dy, float *dx, int64_t N) {
   float *dw = w->trainable ? w->grad.data() : nullptr;
   if (c.family->norm == NormKind::RMS) {
-    cpu::rmsnorm_backward(dy, x, w->data.data(), rstd, dx, dw, N, c.hidden);
+    be.rmsnorm_backward(dy, x, w->data.data(), rstd, dx, dw, N, c.hidden);
   } else {
     float *db = b && b->trainable ? b->grad.data() : nullptr;
-    cpu::layernorm_backward(dy, x, w->data.data(), mean, rstd, dx, dw, db, N, c.hidden);
+    be.layernorm_backward(dy, x, w->data.data(), mean, rstd, dx, dw, db, N, c.hidden);
   }
 }
 
@@ -476,40 +466,7 @@ std::vector<float> inv_freq(const ModelConfig &c) {
   return f;
 }
 
-// Split a fused qkv output [N, W] into q [N, nh·hd], k, v [N, nkv·hd] (or the reverse for gradients).
-void split_qkv(const ModelConfig &c, QkvLayout layout, float *qkv, float *q, float *k, float *v, int64_t N, bool merge) {
-  const int64_t hd = c.head_dim, qd = c.heads * hd, kvd = c.kv_heads * hd, W = qd + 2 * kvd;
-  cpu::parallel_for(N, [&](int64_t b, int64_t e) {
-    for (int64_t n = b; n < e; ++n) {
-      float *row = qkv + n * W;
-      float *qr = q + n * qd, *kr = k + n * kvd, *vr = v + n * kvd;
-      if (layout == QkvLayout::PackedBlocks) {
-        if (!merge) {
-          std::memcpy(qr, row, sizeof(float) * qd);
-          std::memcpy(kr, row + qd, sizeof(float) * kvd);
-          std::memcpy(vr, row + qd + kvd, sizeof(float) * kvd);
-        } else {
-          std::memcpy(row, qr, sizeof(float) * qd);
-          std::memcpy(row + qd, kr, sizeof(float) * kvd);
-          std::memcpy(row + qd + kvd, vr, sizeof(float) * kvd);
-        }
-      } else {  // PerHeadFused: per head [q_h, k_h, v_h] (nh == nkv)
-        for (int64_t h = 0; h < c.heads; ++h) {
-          float *src = row + h * 3 * hd;
-          if (!merge) {
-            std::memcpy(qr + h * hd, src, sizeof(float) * hd);
-            std::memcpy(kr + h * hd, src + hd, sizeof(float) * hd);
-            std::memcpy(vr + h * hd, src + 2 * hd, sizeof(float) * hd);
-          } else {
-            std::memcpy(src, qr + h * hd, sizeof(float) * hd);
-            std::memcpy(src + hd, kr + h * hd, sizeof(float) * hd);
-            std::memcpy(src + 2 * hd, vr + h * hd, sizeof(float) * hd);
-          }
-        }
-      }
-    }
-  });
-}
+QkvSplit split_layout(QkvLayout l) { return l == QkvLayout::PackedBlocks ? QkvSplit::Blocks : QkvSplit::PerHead; }
 
 void resize(std::vector<float> &v, int64_t n) { v.resize(static_cast<size_t>(n)); }
 
@@ -546,7 +503,8 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   }
   const bool bwd = opt.backward;
   const bool ckpt = bwd && opt.checkpointing;
-  Ctx ctx{B, T, N, opt.training, opt.seed};
+  Backend &be = *be_;
+  Ctx ctx{B, T, N, opt.training, opt.seed, &be};
   Impl &im = *impl_;
   im.acts.resize(static_cast<size_t>(c.layers));
   im.pos.resize(static_cast<size_t>(N));
@@ -562,32 +520,32 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     resize(a.h1, N * H);
     resize(a.mean1, N);
     resize(a.rstd1, N);
-    norm_forward(c, L.norm1_w, L.norm1_b, a.x_in.data(), a.h1.data(), a.mean1.data(), a.rstd1.data(), N);
+    norm_forward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.h1.data(), a.mean1.data(), a.rstd1.data(), N);
     resize(a.q, N * qd);
     resize(a.k, N * kvd);
     resize(a.v, N * kvd);
     if (L.qkv) {
       std::vector<float> fused(static_cast<size_t>(N * (qd + 2 * kvd)));
       linear_forward(*L.qkv, a.h1.data(), fused.data(), N, ctx, l, a.lin[kQKV]);
-      split_qkv(c, f.qkv_layout, fused.data(), a.q.data(), a.k.data(), a.v.data(), N, false);
+      be.qkv_split(fused.data(), a.q.data(), a.k.data(), a.v.data(), N, nh, nkv, hd, split_layout(f.qkv_layout), false);
     } else {
       linear_forward(*L.q, a.h1.data(), a.q.data(), N, ctx, l, a.lin[kQ]);
       linear_forward(*L.k, a.h1.data(), a.k.data(), N, ctx, l, a.lin[kK]);
       linear_forward(*L.v, a.h1.data(), a.v.data(), N, ctx, l, a.lin[kV]);
     }
     if (c.rot_dims > 0) {
-      cpu::rope_forward(a.q.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
-      cpu::rope_forward(a.k.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);
+      be.rope_forward(a.q.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
+      be.rope_forward(a.k.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);
     }
     resize(a.attn, N * qd);
     resize(a.lse, B * nh * T);
-    cpu::attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B, T, nh, nkv, hd, attn_scale);
+    be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B, T, nh, nkv, hd, attn_scale);
     std::vector<float> y(static_cast<size_t>(N * H));
     linear_forward(*L.o, a.attn.data(), y.data(), N, ctx, l, a.lin[kO]);
     const float *mlp_in_src;
     if (seq_residual) {
       resize(a.x_mid, N * H);
-      for (int64_t i = 0; i < N * H; ++i) a.x_mid[i] = a.x_in[i] + y[i];
+      be.add(a.x_mid.data(), a.x_in.data(), y.data(), nullptr, N * H);
       mlp_in_src = a.x_mid.data();
     } else {
       a.x_mid.clear();
@@ -596,7 +554,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     resize(a.h2, N * H);
     resize(a.mean2, N);
     resize(a.rstd2, N);
-    norm_forward(c, L.norm2_w, L.norm2_b, mlp_in_src, a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
+    norm_forward(be, c, L.norm2_w, L.norm2_b, mlp_in_src, a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
     std::vector<float> ym(static_cast<size_t>(N * H));
     resize(a.act, N * I);
     if (f.mlp == MlpKind::SwiGLU) {
@@ -604,25 +562,25 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       resize(a.b, N * I);
       linear_forward(*L.gate, a.h2.data(), a.a.data(), N, ctx, l, a.lin[kGate]);
       linear_forward(*L.up, a.h2.data(), a.b.data(), N, ctx, l, a.lin[kUp]);
-      cpu::swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
+      be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
       linear_forward(*L.down, a.act.data(), ym.data(), N, ctx, l, a.lin[kDown]);
     } else {
       resize(a.a, N * I);
       a.b.clear();
       linear_forward(*L.fc1, a.h2.data(), a.a.data(), N, ctx, l, a.lin[kFc1]);
-      cpu::gelu_forward(a.a.data(), a.act.data(), N * I, cpu::Gelu::Erf);
+      be.gelu_forward(a.a.data(), a.act.data(), N * I, cpu::Gelu::Erf);
       linear_forward(*L.fc2, a.act.data(), ym.data(), N, ctx, l, a.lin[kFc2]);
     }
     if (seq_residual) {
-      for (int64_t i = 0; i < N * H; ++i) x_out[i] = a.x_mid[i] + ym[i];
+      be.add(x_out, a.x_mid.data(), ym.data(), nullptr, N * H);
     } else {
-      for (int64_t i = 0; i < N * H; ++i) x_out[i] = a.x_in[i] + y[i] + ym[i];
+      be.add(x_out, a.x_in.data(), y.data(), ym.data(), N * H);
     }
   };
 
   // ---- forward ----
   std::vector<float> x(static_cast<size_t>(N * H));
-  cpu::embedding_forward(embed->data.data(), batch.ids.data(), x.data(), N, H);
+  be.embedding_forward(embed->data.data(), batch.ids.data(), x.data(), N, H);
   for (int64_t l = 0; l < c.layers; ++l) {
     LayerActs &a = im.acts[static_cast<size_t>(l)];
     a.x_in = x;
@@ -631,7 +589,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     block_forward(l, work, x.data());
   }
   std::vector<float> hf(static_cast<size_t>(N * H)), fmean(static_cast<size_t>(N)), frstd(static_cast<size_t>(N));
-  norm_forward(c, final_w, final_b, x.data(), hf.data(), fmean.data(), frstd.data(), N);
+  norm_forward(be, c, final_w, final_b, x.data(), hf.data(), fmean.data(), frstd.data(), N);
 
   // targets: labels shifted left by one within each row (HF: shift_labels = labels[..., 1:])
   std::vector<int32_t> targets(static_cast<size_t>(N), -100);
@@ -656,16 +614,16 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       resize(lg, rows * V);
       logits = lg.data();
     }
-    cpu::matmul_nt(hf.data() + r0 * H, lm_head->data.data(), logits, rows, V, H, false);
+    be.matmul_nt(hf.data() + r0 * H, lm_head->data.data(), logits, rows, V, H, false);
     resize(lse, rows);
     int64_t cnt = 0;
-    out.loss_sum += cpu::cross_entropy_forward(logits, targets.data() + r0, lse.data(), rows, V, &cnt);
+    out.loss_sum += be.cross_entropy_forward(logits, targets.data() + r0, lse.data(), rows, V, &cnt);
     out.count += cnt;
     if (bwd && cnt > 0) {
       resize(dlg, rows * V);
-      cpu::cross_entropy_backward(logits, targets.data() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
-      cpu::matmul_nn(dlg.data(), lm_head->data.data(), dhf.data() + r0 * H, rows, H, V, false);
-      if (lm_head->trainable) cpu::matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->grad.data(), V, H, rows, true);
+      be.cross_entropy_backward(logits, targets.data() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
+      be.matmul_nn(dlg.data(), lm_head->data.data(), dhf.data() + r0 * H, rows, H, V, false);
+      if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->grad.data(), V, H, rows, true);
     }
   }
   if (!std::isfinite(out.loss_sum)) {
@@ -676,7 +634,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
 
   // ---- backward ----
   std::vector<float> dx(static_cast<size_t>(N * H));
-  norm_backward(c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
+  norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
   std::vector<float> dy(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H)), dxin(static_cast<size_t>(N * H));
   for (int64_t l = c.layers - 1; l >= 0; --l) {
     Layer &L = layers[static_cast<size_t>(l)];
@@ -690,53 +648,53 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     // MLP branch: d(ym) = dx
     std::vector<float> dact(static_cast<size_t>(N * I)), dh2(static_cast<size_t>(N * H));
     if (f.mlp == MlpKind::SwiGLU) {
-      linear_backward(*L.down, a.act.data(), dx.data(), dact.data(), false, N, a.lin[kDown]);
+      linear_backward(be, *L.down, a.act.data(), dx.data(), dact.data(), false, N, a.lin[kDown]);
       std::vector<float> dg(static_cast<size_t>(N * I)), du(static_cast<size_t>(N * I));
-      cpu::swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
-      linear_backward(*L.gate, a.h2.data(), dg.data(), dh2.data(), false, N, a.lin[kGate]);
-      linear_backward(*L.up, a.h2.data(), du.data(), dh2.data(), true, N, a.lin[kUp]);
+      be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
+      linear_backward(be, *L.gate, a.h2.data(), dg.data(), dh2.data(), false, N, a.lin[kGate]);
+      linear_backward(be, *L.up, a.h2.data(), du.data(), dh2.data(), true, N, a.lin[kUp]);
     } else {
-      linear_backward(*L.fc2, a.act.data(), dx.data(), dact.data(), false, N, a.lin[kFc2]);
+      linear_backward(be, *L.fc2, a.act.data(), dx.data(), dact.data(), false, N, a.lin[kFc2]);
       std::vector<float> df(static_cast<size_t>(N * I));
-      cpu::gelu_backward(dact.data(), a.a.data(), df.data(), N * I, cpu::Gelu::Erf);
-      linear_backward(*L.fc1, a.h2.data(), df.data(), dh2.data(), false, N, a.lin[kFc1]);
+      be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, cpu::Gelu::Erf);
+      linear_backward(be, *L.fc1, a.h2.data(), df.data(), dh2.data(), false, N, a.lin[kFc1]);
     }
     // d(attention output y): sequential → d(x_mid) = dx + dnorm2; parallel → dx
     if (seq_residual) {
-      norm_backward(c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
-      for (int64_t i = 0; i < N * H; ++i) dy[i] = dx[i] + tmp[i];  // d(x_mid)
+      norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
+      be.add(dy.data(), dx.data(), tmp.data(), nullptr, N * H);  // d(x_mid)
     } else {
-      norm_backward(c, L.norm2_w, L.norm2_b, a.x_in.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
+      norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_in.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
       dy = dx;  // d(y_attn) = d(x_out)
     }
     // attention branch
     std::vector<float> dattn(static_cast<size_t>(N * qd));
-    linear_backward(*L.o, a.attn.data(), dy.data(), dattn.data(), false, N, a.lin[kO]);
+    linear_backward(be, *L.o, a.attn.data(), dy.data(), dattn.data(), false, N, a.lin[kO]);
     std::vector<float> dq(static_cast<size_t>(N * qd)), dk(static_cast<size_t>(N * kvd)), dv(static_cast<size_t>(N * kvd));
-    cpu::attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
+    be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
                             dk.data(), dv.data(), B, T, nh, nkv, hd, attn_scale);
     if (c.rot_dims > 0) {
-      cpu::rope_backward(dq.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
-      cpu::rope_backward(dk.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);
+      be.rope_backward(dq.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
+      be.rope_backward(dk.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);
     }
     std::vector<float> dh1(static_cast<size_t>(N * H));
     if (L.qkv) {
       std::vector<float> dfused(static_cast<size_t>(N * (qd + 2 * kvd)));
-      split_qkv(c, f.qkv_layout, dfused.data(), dq.data(), dk.data(), dv.data(), N, true);
-      linear_backward(*L.qkv, a.h1.data(), dfused.data(), dh1.data(), false, N, a.lin[kQKV]);
+      be.qkv_split(dfused.data(), dq.data(), dk.data(), dv.data(), N, nh, nkv, hd, split_layout(f.qkv_layout), true);
+      linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1.data(), false, N, a.lin[kQKV]);
     } else {
-      linear_backward(*L.q, a.h1.data(), dq.data(), dh1.data(), false, N, a.lin[kQ]);
-      linear_backward(*L.k, a.h1.data(), dk.data(), dh1.data(), true, N, a.lin[kK]);
-      linear_backward(*L.v, a.h1.data(), dv.data(), dh1.data(), true, N, a.lin[kV]);
+      linear_backward(be, *L.q, a.h1.data(), dq.data(), dh1.data(), false, N, a.lin[kQ]);
+      linear_backward(be, *L.k, a.h1.data(), dk.data(), dh1.data(), true, N, a.lin[kK]);
+      linear_backward(be, *L.v, a.h1.data(), dv.data(), dh1.data(), true, N, a.lin[kV]);
     }
-    norm_backward(c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
+    norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
     if (seq_residual) {
-      for (int64_t i = 0; i < N * H; ++i) dx[i] = dy[i] + dxin[i];
+      be.add(dx.data(), dy.data(), dxin.data(), nullptr, N * H);
     } else {
-      for (int64_t i = 0; i < N * H; ++i) dx[i] = dx[i] + tmp[i] + dxin[i];
+      be.add(dx.data(), dx.data(), tmp.data(), dxin.data(), N * H);
     }
   }
-  if (embed->trainable) cpu::embedding_backward(dx.data(), batch.ids.data(), embed->grad.data(), N, H, V);
+  if (embed->trainable) be.embedding_backward(dx.data(), batch.ids.data(), embed->grad.data(), N, H, V);
   return LLMT_OK;
 }
 
@@ -763,7 +721,8 @@ llmt_status Model::infer(KvCache &cache, const int32_t *ids, int64_t n, std::vec
   for (int64_t i = 0; i < n; ++i)
     if (ids[i] < 0 || ids[i] >= V)
       return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(ids[i]) + " is outside the vocabulary (size " + std::to_string(V) + ")");
-  Ctx ctx{1, n, n, false, 0};
+  Backend &be = *be_;
+  Ctx ctx{1, n, n, false, 0, &be};
   LinearActs scratch;
   std::vector<int32_t> pos(static_cast<size_t>(n));
   for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(p0 + i);
@@ -777,82 +736,54 @@ llmt_status Model::infer(KvCache &cache, const int32_t *ids, int64_t n, std::vec
       v(static_cast<size_t>(n * kvd)), att(static_cast<size_t>(n * qd)), y(static_cast<size_t>(n * H)),
       ym(static_cast<size_t>(n * H)), a(static_cast<size_t>(n * I)), b(static_cast<size_t>(n * I)),
       act(static_cast<size_t>(n * I)), mid(static_cast<size_t>(n * H));
-  cpu::embedding_forward(embed->data.data(), ids, x.data(), n, H);
+  be.embedding_forward(embed->data.data(), ids, x.data(), n, H);
   for (int64_t l = 0; l < c.layers; ++l) {
     Layer &L = layers[static_cast<size_t>(l)];
-    norm_forward(c, L.norm1_w, L.norm1_b, x.data(), h.data(), mean.data(), rstd.data(), n);
+    norm_forward(be, c, L.norm1_w, L.norm1_b, x.data(), h.data(), mean.data(), rstd.data(), n);
     if (L.qkv) {
       std::vector<float> fused(static_cast<size_t>(n * (qd + 2 * kvd)));
       linear_forward(*L.qkv, h.data(), fused.data(), n, ctx, l, scratch);
-      split_qkv(c, f.qkv_layout, fused.data(), q.data(), k.data(), v.data(), n, false);
+      be.qkv_split(fused.data(), q.data(), k.data(), v.data(), n, nh, nkv, hd, split_layout(f.qkv_layout), false);
     } else {
       linear_forward(*L.q, h.data(), q.data(), n, ctx, l, scratch);
       linear_forward(*L.k, h.data(), k.data(), n, ctx, l, scratch);
       linear_forward(*L.v, h.data(), v.data(), n, ctx, l, scratch);
     }
     if (c.rot_dims > 0) {
-      cpu::rope_forward(q.data(), pos.data(), freqs.data(), n, nh, hd, c.rot_dims, pos_scale);
-      cpu::rope_forward(k.data(), pos.data(), freqs.data(), n, nkv, hd, c.rot_dims, pos_scale);
+      be.rope_forward(q.data(), pos.data(), freqs.data(), n, nh, hd, c.rot_dims, pos_scale);
+      be.rope_forward(k.data(), pos.data(), freqs.data(), n, nkv, hd, c.rot_dims, pos_scale);
     }
     float *kc = cache.k[static_cast<size_t>(l)].data(), *vc = cache.v[static_cast<size_t>(l)].data();
     std::memcpy(kc + p0 * kvd, k.data(), sizeof(float) * static_cast<size_t>(n * kvd));
     std::memcpy(vc + p0 * kvd, v.data(), sizeof(float) * static_cast<size_t>(n * kvd));
-    const int64_t group = nh / nkv;
-    cpu::parallel_for(n * nh, [&](int64_t beg, int64_t end) {
-      std::vector<float> s(static_cast<size_t>(p0 + n));
-      for (int64_t w = beg; w < end; ++w) {
-        const int64_t i = w / nh, hh = w % nh, g = hh / group, last = p0 + i;
-        const float *qi = q.data() + i * qd + hh * hd;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j <= last; ++j) {
-          const float *kj = kc + j * kvd + g * hd;
-          float dot = 0;
-          for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-          s[j] = dot * scale;
-          mx = std::max(mx, s[j]);
-        }
-        double sum = 0;
-        for (int64_t j = 0; j <= last; ++j) {
-          s[j] = std::exp(s[j] - mx);
-          sum += s[j];
-        }
-        float *o = att.data() + i * qd + hh * hd;
-        for (int64_t d = 0; d < hd; ++d) o[d] = 0;
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t j = 0; j <= last; ++j) {
-          const float pj = s[j] * inv;
-          const float *vj = vc + j * kvd + g * hd;
-          for (int64_t d = 0; d < hd; ++d) o[d] += pj * vj[d];
-        }
-      }
-    });
+    be.attention_cached(q.data(), kc, vc, att.data(), p0, n, nh, nkv, hd, scale);
     linear_forward(*L.o, att.data(), y.data(), n, ctx, l, scratch);
     const float *mlp_src = x.data();
     if (seq_residual) {
-      for (int64_t i = 0; i < n * H; ++i) mid[i] = x[i] + y[i];
+      be.add(mid.data(), x.data(), y.data(), nullptr, n * H);
       mlp_src = mid.data();
     }
-    norm_forward(c, L.norm2_w, L.norm2_b, mlp_src, h.data(), mean.data(), rstd.data(), n);
+    norm_forward(be, c, L.norm2_w, L.norm2_b, mlp_src, h.data(), mean.data(), rstd.data(), n);
     if (f.mlp == MlpKind::SwiGLU) {
       linear_forward(*L.gate, h.data(), a.data(), n, ctx, l, scratch);
       linear_forward(*L.up, h.data(), b.data(), n, ctx, l, scratch);
-      cpu::swiglu_forward(a.data(), b.data(), act.data(), n * I);
+      be.swiglu_forward(a.data(), b.data(), act.data(), n * I);
       linear_forward(*L.down, act.data(), ym.data(), n, ctx, l, scratch);
     } else {
       linear_forward(*L.fc1, h.data(), a.data(), n, ctx, l, scratch);
-      cpu::gelu_forward(a.data(), act.data(), n * I, cpu::Gelu::Erf);
+      be.gelu_forward(a.data(), act.data(), n * I, cpu::Gelu::Erf);
       linear_forward(*L.fc2, act.data(), ym.data(), n, ctx, l, scratch);
     }
     if (seq_residual) {
-      for (int64_t i = 0; i < n * H; ++i) x[i] = mid[i] + ym[i];
+      be.add(x.data(), mid.data(), ym.data(), nullptr, n * H);
     } else {
-      for (int64_t i = 0; i < n * H; ++i) x[i] = x[i] + y[i] + ym[i];
+      be.add(x.data(), x.data(), y.data(), ym.data(), n * H);
     }
   }
   cache.length = p0 + n;
-  norm_forward(c, final_w, final_b, x.data() + (n - 1) * H, h.data(), mean.data(), rstd.data(), 1);
+  norm_forward(be, c, final_w, final_b, x.data() + (n - 1) * H, h.data(), mean.data(), rstd.data(), 1);
   last_logits.resize(static_cast<size_t>(V));
-  cpu::matmul_nt(h.data(), lm_head->data.data(), last_logits.data(), 1, V, H, false);
+  be.matmul_nt(h.data(), lm_head->data.data(), last_logits.data(), 1, V, H, false);
   for (float z : last_logits)
     if (!std::isfinite(z)) return set_error(LLMT_ERR_NAN, "the model produced non-finite logits");
   return LLMT_OK;

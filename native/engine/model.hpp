@@ -22,6 +22,8 @@
 
 namespace llmt {
 
+class Backend;
+
 struct Param {
   std::string name;               // HF tensor name, e.g. "model.layers.0.self_attn.q_proj.weight"
   std::vector<int64_t> shape;
@@ -101,6 +103,7 @@ class Model {
 
   const ModelConfig &config() const { return cfg_; }
   const std::string &dir() const { return dir_; }
+  Backend &backend() const { return *be_; }
   int64_t num_parameters() const;
   int64_t num_trainable() const;
 
@@ -144,6 +147,7 @@ class Model {
   llmt_status attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora);
   llmt_status apply_modules_to_save(const std::vector<std::string> &names);
   ModelConfig cfg_;
+  Backend *be_ = nullptr;  // the device this model computes on (the CPU backend today)
   std::string dir_;
   LoraSpec spec_;
   bool has_lora_ = false;

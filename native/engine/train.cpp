@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "../cpu/ops.hpp"
+#include "backend.hpp"
 #include "model.hpp"
 #include "rng.hpp"
 #include "safetensors.hpp"
@@ -505,7 +506,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       ctl.emit(w);
     }
     double sq = 0;
-    for (Param *p : tp) sq += cpu::sum_squares(p->grad.data(), p->numel());
+    for (Param *p : tp) sq += model->backend().sum_squares(p->grad.data(), p->numel());
     const double gnorm = std::sqrt(sq);
     if (!std::isfinite(gnorm) || (total_tokens > 0 && !std::isfinite(step_loss))) {
       return fail(set_error(LLMT_ERR_NAN, "the loss or gradient became " + std::string(std::isnan(gnorm) || std::isnan(step_loss) ? "NaN" : "infinite") +
@@ -513,11 +514,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
     if (job.max_grad_norm > 0 && gnorm > job.max_grad_norm) {
       const float coef = static_cast<float>(job.max_grad_norm / (gnorm + 1e-6));
-      for (Param *p : tp) cpu::scale_inplace(p->grad.data(), coef, p->numel());
+      for (Param *p : tp) model->backend().scale_inplace(p->grad.data(), coef, p->numel());
     }
     const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
     for (Param *p : tp) {
-      cpu::adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(), static_cast<float>(lr),
+      model->backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(), static_cast<float>(lr),
                       static_cast<float>(job.beta1), static_cast<float>(job.beta2), static_cast<float>(job.eps),
                       p->decay ? static_cast<float>(job.weight_decay) : 0.0f, step + 1);
     }

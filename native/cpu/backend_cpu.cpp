@@ -1,0 +1,186 @@
+// backend_cpu.cpp — the CPU implementation of engine/backend.hpp: host memory, no stream (ops run when
+// called), fp32 compute, every op forwarded to the reference kernels in ops.cpp.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "../engine/backend.hpp"
+#include "../engine/rng.hpp"
+#include "ops.hpp"
+
+namespace llmt {
+
+namespace {
+
+class CpuBackend final : public Backend {
+ public:
+  const char *name() const override { return "cpu"; }
+  DeviceKind kind() const override { return DeviceKind::CPU; }
+  ComputeType compute_type() const override { return ComputeType::F32; }
+
+  void *alloc(size_t bytes) override {
+    void *p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  void release(void *p) override { std::free(p); }
+  void upload(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void download(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void synchronize() override {}
+
+  void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nt(A, B, C, M, N, K, acc); }
+  void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nn(A, B, C, M, N, K, acc); }
+  void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_tn(A, B, C, M, N, K, acc); }
+  void add_bias(float *y, const float *b, int64_t rows, int64_t cols) override { cpu::add_bias(y, b, rows, cols); }
+  void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) override { cpu::bias_backward(dy, db, rows, cols); }
+  void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) override {
+    cpu::rmsnorm_forward(x, w, y, rstd, rows, cols, eps);
+  }
+  void rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx, float *dw, int64_t rows,
+                        int64_t cols) override {
+    cpu::rmsnorm_backward(dy, x, w, rstd, dx, dw, rows, cols);
+  }
+  void layernorm_forward(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd, int64_t rows,
+                         int64_t cols, float eps) override {
+    cpu::layernorm_forward(x, w, b, y, mean, rstd, rows, cols, eps);
+  }
+  void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd, float *dx,
+                          float *dw, float *db, int64_t rows, int64_t cols) override {
+    cpu::layernorm_backward(dy, x, w, mean, rstd, dx, dw, db, rows, cols);
+  }
+  void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
+                    int64_t rot_dims, float pos_scale) override {
+    cpu::rope_forward(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale);
+  }
+  void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
+                     int64_t rot_dims, float pos_scale) override {
+    cpu::rope_backward(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale);
+  }
+  void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) override { cpu::swiglu_forward(gate, up, out, n); }
+  void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n) override {
+    cpu::swiglu_backward(dout, gate, up, dgate, dup, n);
+  }
+  void gelu_forward(const float *x, float *y, int64_t n, cpu::Gelu kind) override { cpu::gelu_forward(x, y, n, kind); }
+  void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, cpu::Gelu kind) override {
+    cpu::gelu_backward(dy, x, dx, n, kind);
+  }
+  void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
+                         int64_t nh, int64_t nkv, int64_t hd, float scale) override {
+    cpu::attention_forward(q, k, v, out, lse, B, T, nh, nkv, hd, scale);
+  }
+  void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse,
+                          float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                          float scale) override {
+    cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale);
+  }
+  void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
+                        int64_t nkv, int64_t hd, float scale) override {
+    const int64_t qd = nh * hd, kvd = nkv * hd, group = nh / nkv;
+    cpu::parallel_for(n * nh, [&](int64_t beg, int64_t end) {
+      std::vector<float> s(static_cast<size_t>(p0 + n));
+      for (int64_t w = beg; w < end; ++w) {
+        const int64_t i = w / nh, hh = w % nh, g = hh / group, last = p0 + i;
+        const float *qi = q + i * qd + hh * hd;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j <= last; ++j) {
+          const float *kj = kc + j * kvd + g * hd;
+          float dot = 0;
+          for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
+          s[j] = dot * scale;
+          mx = std::max(mx, s[j]);
+        }
+        double sum = 0;
+        for (int64_t j = 0; j <= last; ++j) {
+          s[j] = std::exp(s[j] - mx);
+          sum += s[j];
+        }
+        float *o = out + i * qd + hh * hd;
+        for (int64_t d = 0; d < hd; ++d) o[d] = 0;
+        const float inv = static_cast<float>(1.0 / sum);
+        for (int64_t j = 0; j <= last; ++j) {
+          const float pj = s[j] * inv;
+          const float *vj = vc + j * kvd + g * hd;
+          for (int64_t d = 0; d < hd; ++d) o[d] += pj * vj[d];
+        }
+      }
+    });
+  }
+  double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V, int64_t *count) override {
+    return cpu::cross_entropy_forward(logits, targets, lse, N, V, count);
+  }
+  void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits, int64_t N, int64_t V,
+                              float scale) override {
+    cpu::cross_entropy_backward(logits, targets, lse, dlogits, N, V, scale);
+  }
+  void embedding_forward(const float *table, const int32_t *ids, float *out, int64_t N, int64_t H) override {
+    cpu::embedding_forward(table, ids, out, N, H);
+  }
+  void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V) override {
+    cpu::embedding_backward(dout, ids, dtable, N, H, V);
+  }
+  void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t step) override {
+    cpu::adamw_step(p, g, m, v, n, lr, beta1, beta2, eps, weight_decay, step);
+  }
+  double sum_squares(const float *x, int64_t n) override { return cpu::sum_squares(x, n); }
+  void scale_inplace(float *x, float s, int64_t n) override { cpu::scale_inplace(x, s, n); }
+
+  void add(float *out, const float *a, const float *b, const float *c, int64_t n) override {
+    cpu::parallel_for(n, [&](int64_t beg, int64_t end) {
+      if (c)
+        for (int64_t i = beg; i < end; ++i) out[i] = a[i] + b[i] + c[i];
+      else
+        for (int64_t i = beg; i < end; ++i) out[i] = a[i] + b[i];
+    });
+  }
+  void qkv_split(float *fused, float *q, float *k, float *v, int64_t N, int64_t nh, int64_t nkv, int64_t hd, QkvSplit layout,
+                 bool merge) override {
+    const int64_t qd = nh * hd, kvd = nkv * hd, W = qd + 2 * kvd;
+    auto mv = [merge](float *fused_part, float *sep, int64_t len) {
+      if (merge) std::memcpy(fused_part, sep, sizeof(float) * static_cast<size_t>(len));
+      else std::memcpy(sep, fused_part, sizeof(float) * static_cast<size_t>(len));
+    };
+    cpu::parallel_for(N, [&](int64_t beg, int64_t end) {
+      for (int64_t n = beg; n < end; ++n) {
+        float *row = fused + n * W;
+        if (layout == QkvSplit::Blocks) {
+          mv(row, q + n * qd, qd);
+          mv(row + qd, k + n * kvd, kvd);
+          mv(row + qd + kvd, v + n * kvd, kvd);
+        } else {  // per head [q_h, k_h, v_h] (nh == nkv)
+          for (int64_t h = 0; h < nh; ++h) {
+            float *src = row + h * 3 * hd;
+            mv(src, q + n * qd + h * hd, hd);
+            mv(src + hd, k + n * kvd + h * hd, hd);
+            mv(src + 2 * hd, v + n * kvd + h * hd, hd);
+          }
+        }
+      }
+    });
+  }
+  void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) override {
+    const float keep = 1.0f / (1.0f - p);
+    cpu::parallel_for(n, [&](int64_t beg, int64_t end) {
+      for (int64_t i = beg; i < end; ++i) out[i] = uniform01(stream, static_cast<uint64_t>(i)) < p ? 0.0f : x[i] * keep;
+    });
+  }
+  void dropout_backward(const float *dy, float *dx, int64_t n, float p, uint64_t stream) override {
+    const float keep = 1.0f / (1.0f - p);
+    cpu::parallel_for(n, [&](int64_t beg, int64_t end) {
+      for (int64_t i = beg; i < end; ++i)
+        if (!(uniform01(stream, static_cast<uint64_t>(i)) < p)) dx[i] += dy[i] * keep;
+    });
+  }
+};
+
+}  // namespace
+
+Backend &cpu_backend() {
+  static CpuBackend b;
+  return b;
+}
+
+}  // namespace llmt

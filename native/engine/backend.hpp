@@ -1,0 +1,98 @@
+// backend.hpp — the seam between the model code (model.cpp, train.cpp, generate.cpp) and a device.
+// The model never touches activation memory itself: every op, including element-wise residual adds,
+// head splitting and dropout, is a Backend call on pointers the backend owns, so the CUDA backend (its own
+// issue) plugs in by implementing this class with device pointers, a stream and bf16/fp16 compute.
+//
+// Contracts
+//  - Every op has the signature and semantics documented in cpu/ops.hpp (shapes, accumulate vs overwrite);
+//    the CPU backend is the reference implementation and the oracle for the others.
+//  - Pointers passed to ops are the backend's memory (host memory for the CPU backend, device memory for
+//    CUDA). Ops are enqueued in order on the backend's stream; results are visible to the host only after
+//    download() or synchronize().
+//  - alloc() throws std::bad_alloc when memory is exhausted; the C API turns that into LLMT_ERR_OOM.
+//  - compute_type() is the precision of matmul inputs (parameters and activations kept in it); master
+//    weights of trainable parameters and optimizer state stay fp32 in every backend.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "../cpu/ops.hpp"
+
+namespace llmt {
+
+enum class DeviceKind { CPU, CUDA };
+enum class ComputeType { F32, BF16, F16 };
+enum class QkvSplit { Blocks, PerHead };  // fused projection layouts, see family.hpp QkvLayout
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual const char *name() const = 0;
+  virtual DeviceKind kind() const = 0;
+  virtual ComputeType compute_type() const = 0;
+
+  // ---- memory and ordering ----
+  virtual void *alloc(size_t bytes) = 0;
+  virtual void release(void *p) = 0;
+  virtual void upload(void *dst, const void *host_src, size_t bytes) = 0;
+  virtual void download(void *host_dst, const void *src, size_t bytes) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- ops (cpu/ops.hpp has the contract of each) ----
+  virtual void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
+  virtual void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
+  virtual void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
+  virtual void add_bias(float *y, const float *b, int64_t rows, int64_t cols) = 0;
+  virtual void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) = 0;
+  virtual void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) = 0;
+  virtual void rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx, float *dw,
+                                int64_t rows, int64_t cols) = 0;
+  virtual void layernorm_forward(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd,
+                                 int64_t rows, int64_t cols, float eps) = 0;
+  virtual void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
+                                  float *dx, float *dw, float *db, int64_t rows, int64_t cols) = 0;
+  virtual void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
+                            int64_t head_dim, int64_t rot_dims, float pos_scale) = 0;
+  virtual void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
+                             int64_t head_dim, int64_t rot_dims, float pos_scale) = 0;
+  virtual void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) = 0;
+  virtual void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n) = 0;
+  virtual void gelu_forward(const float *x, float *y, int64_t n, cpu::Gelu kind) = 0;
+  virtual void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, cpu::Gelu kind) = 0;
+  virtual void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B,
+                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, float scale) = 0;
+  virtual void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                                  const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
+                                  int64_t nkv, int64_t hd, float scale) = 0;
+  /** One decoding chunk against a KV cache: queries q[n, nh, hd] at positions p0…p0+n−1 attend to cache
+   *  rows 0…(own position) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]. */
+  virtual void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,
+                                int64_t nh, int64_t nkv, int64_t hd, float scale) = 0;
+  virtual double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
+                                       int64_t *count) = 0;
+  virtual void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits,
+                                      int64_t N, int64_t V, float scale) = 0;
+  virtual void embedding_forward(const float *table, const int32_t *ids, float *out, int64_t N, int64_t H) = 0;
+  virtual void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V) = 0;
+  virtual void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2,
+                          float eps, float weight_decay, int64_t step) = 0;
+  virtual double sum_squares(const float *x, int64_t n) = 0;
+  virtual void scale_inplace(float *x, float s, int64_t n) = 0;
+
+  // ---- element-wise and layout ops the model needs between the big ones ----
+  /** out[i] = a[i] + b[i] (+ c[i] when c is not null); out may alias a. */
+  virtual void add(float *out, const float *a, const float *b, const float *c, int64_t n) = 0;
+  /** Splits fused q/k/v rows [N, nh·hd + 2·nkv·hd] into q[N, nh·hd], k, v[N, nkv·hd]; merge = the reverse. */
+  virtual void qkv_split(float *fused, float *q, float *k, float *v, int64_t N, int64_t nh, int64_t nkv, int64_t hd,
+                         QkvSplit layout, bool merge) = 0;
+  /** Inverted dropout with a counter-based mask: out = x·mask/(1−p), mask_i = uniform(stream, i) ≥ p. */
+  virtual void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) = 0;
+  /** dx += dy·mask/(1−p) with the same mask as dropout_forward(stream). */
+  virtual void dropout_backward(const float *dy, float *dx, int64_t n, float p, uint64_t stream) = 0;
+};
+
+/** The CPU backend (fp32, the reference). */
+Backend &cpu_backend();
+
+}  // namespace llmt
