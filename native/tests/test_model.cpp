@@ -240,6 +240,68 @@ static void test_modules_to_save() {
   fd_check(*m, make_batch(2, 5, m->config().vocab, 9), "llama LoRA + modules_to_save", 3);
 }
 
+static std::string read_all(const std::string &p);
+static void write_all(const std::string &p, const std::string &s);
+
+// A BF16 copy of a tiny model loads with exactly the rounded weights; a tied-embedding variant (no lm_head
+// tensor) loads with the head sharing the embedding and trains both uses through one gradient.
+static void test_dtypes_and_tying() {
+  std::printf("bf16 weights and tied embeddings\n");
+  llmt_status st;
+  const std::string src = tiny("llama");
+  auto f32 = Model::load(src, st);
+  auto ws = SafetensorsFile::open(src + "/model.safetensors", st);
+  std::vector<std::vector<uint16_t>> half;
+  std::vector<TensorToWrite> out;
+  for (const auto &t : ws->tensors()) {
+    std::vector<float> v(static_cast<size_t>(t.numel()));
+    ws->read_f32(t, v.data());
+    half.emplace_back();
+    for (float x : v) half.back().push_back(f32_to_bf16(x));
+  }
+  size_t i = 0;
+  for (const auto &t : ws->tensors()) out.push_back({t.name, DType::BF16, t.shape, half[i++].data()});
+  const std::string d = g_tmp + "/bf16";
+  ::mkdir(d.c_str(), 0755);
+  CHECK(write_safetensors(d + "/model.safetensors", out, {{"format", "pt"}}) == LLMT_OK, llmt_last_error());
+  write_all(d + "/config.json", read_all(src + "/config.json"));
+  auto b16 = Model::load(d, st);
+  CHECK(b16 != nullptr, llmt_last_error());
+  if (b16) {
+    bool same = true;
+    for (size_t p = 0; p < b16->params.size(); ++p)
+      for (size_t k = 0; k < b16->params[p]->data.size(); ++k)
+        same = same && b16->params[p]->data[k] == bf16_to_f32(f32_to_bf16(f32->params[p]->data[k]));
+    CHECK(same, "bf16 weights load as their exact float32 values");
+  }
+  // tied: drop lm_head.weight, set tie_word_embeddings
+  std::string cfg = read_all(src + "/config.json");
+  size_t at = cfg.find("\"tie_word_embeddings\": false");
+  CHECK(at != std::string::npos, "tiny config names tie_word_embeddings");
+  if (at == std::string::npos) return;
+  cfg.replace(at, 28, "\"tie_word_embeddings\": true");
+  std::vector<TensorToWrite> no_head;
+  std::vector<std::vector<float>> keep;
+  for (const auto &t : ws->tensors()) {
+    if (t.name == "lm_head.weight") continue;
+    keep.emplace_back(static_cast<size_t>(t.numel()));
+    ws->read_f32(t, keep.back().data());
+  }
+  size_t j = 0;
+  for (const auto &t : ws->tensors())
+    if (t.name != "lm_head.weight") no_head.push_back({t.name, DType::F32, t.shape, keep[j++].data()});
+  const std::string td = g_tmp + "/tied";
+  ::mkdir(td.c_str(), 0755);
+  write_all(td + "/config.json", cfg);
+  CHECK(write_safetensors(td + "/model.safetensors", no_head, {{"format", "pt"}}) == LLMT_OK, llmt_last_error());
+  auto tied = Model::load(td, st);
+  CHECK(tied && tied->lm_head == tied->embed, "tied head shares the embedding");
+  if (tied) {
+    tied->make_all_trainable();
+    fd_check(*tied, make_batch(1, 6, 320, 4), "tied llama full", 2);
+  }
+}
+
 static std::string read_all(const std::string &p) {
   std::ifstream f(p, std::ios::binary);
   return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
@@ -442,6 +504,7 @@ int main() {
   for (const char *f : {"llama", "baichuan", "gpt_neox"}) test_family(f);
   test_modules_to_save();
   test_full_finetune();
+  test_dtypes_and_tying();
   test_bad_inputs();
   test_training_and_resume();
   std::string rm = "rm -rf " + g_tmp;
