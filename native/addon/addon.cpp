@@ -59,12 +59,17 @@ Napi::Value ListDevices(const Napi::CallbackInfo &info) {
   return out;
 }
 
+bool need_number(const Napi::CallbackInfo &info, size_t i, const char *what) {
+  if (info.Length() <= i || !info[i].IsNumber()) {
+    Napi::TypeError::New(info.Env(), std::string(what) + " must be a number").ThrowAsJavaScriptException();
+    return false;
+  }
+  return true;
+}
+
 Napi::Value DeviceInfo(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) {
-    Napi::TypeError::New(env, "deviceInfo(index): index must be a number").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (!need_number(info, 0, "deviceInfo(index): index")) return env.Undefined();
   llmt_device_info d;
   llmt_status st = llmt_device_info_get(info[0].As<Napi::Number>().Int32Value(), &d);
   if (st != LLMT_OK) {
@@ -379,10 +384,7 @@ Napi::Value LoadModel(const Napi::CallbackInfo &info) {
 
 Napi::Value SetThreads(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsNumber()) {
-    Napi::TypeError::New(env, "setThreads(n): n must be a number").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
+  if (!need_number(info, 0, "setThreads(n): n")) return env.Undefined();
   llmt_status st = llmt_set_threads(info[0].As<Napi::Number>().Int32Value());
   if (st) engine_error(env, st, llmt_last_error()).ThrowAsJavaScriptException();
   return env.Undefined();

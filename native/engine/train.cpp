@@ -457,6 +457,22 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     return LLMT_OK;
   };
 
+  auto eval_and_emit = [&]() -> llmt_status {
+    double el = NAN;
+    int64_t et = 0;
+    if (llmt_status s = evaluate(el, et)) return s;
+    Json e = ev("eval");
+    e.set("step", Json::integer(step));
+    e.set("eval_loss", Json::number(el));
+    e.set("eval_tokens", Json::integer(et));
+    ctl.emit(e);
+    Json h = Json::object();
+    h.set("step", Json::integer(step));
+    h.set("eval_loss", Json::number(el));
+    log_history.push(h);
+    return LLMT_OK;
+  };
+
   double log_loss_sum = 0;
   int64_t log_steps = 0, log_tokens = 0;
   double log_t0 = now_s();
@@ -554,38 +570,18 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       log_t0 = t;
     }
     if (eval && job.eval_steps > 0 && step % job.eval_steps == 0) {
-      double el;
-      int64_t et;
-      if ((st = evaluate(el, et))) return fail(st);
-      Json e = ev("eval");
-      e.set("step", Json::integer(step));
-      e.set("eval_loss", Json::number(el));
-      e.set("eval_tokens", Json::integer(et));
-      ctl.emit(e);
-      Json h = Json::object();
-      h.set("step", Json::integer(step));
-      h.set("eval_loss", Json::number(el));
-      log_history.push(h);
+      if ((st = eval_and_emit())) return fail(st);
     }
     if (step % job.save_steps == 0 && step < total) {
       if ((st = save_checkpoint(step))) return fail(st);
     }
   }
-  if (stopped) {
-    if ((st = save_checkpoint(step))) return fail(st);
-  } else {
-    // the final state is always checkpointed, so a finished run can be extended or resumed
-    if ((st = save_checkpoint(step))) return fail(st);
-    if (eval && (job.eval_steps <= 0 || step % job.eval_steps != 0)) {
-      double el;
-      int64_t et;
-      if ((st = evaluate(el, et))) return fail(st);
-      Json e = ev("eval");
-      e.set("step", Json::integer(step));
-      e.set("eval_loss", Json::number(el));
-      e.set("eval_tokens", Json::integer(et));
-      ctl.emit(e);
-    }
+  if (!stopped && eval && (job.eval_steps <= 0 || step % job.eval_steps != 0)) {
+    if ((st = eval_and_emit())) return fail(st);
+  }
+  // the final state is always checkpointed, so a finished run can be extended and a stopped one resumed
+  if ((st = save_checkpoint(step))) return fail(st);
+  if (!stopped) {
     st = job.method == "lora" ? model->save_adapter(job.out_dir) : model->save_model(job.out_dir);
     if (st) return fail(st);
   }
