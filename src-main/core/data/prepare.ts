@@ -1,0 +1,261 @@
+// prepare.ts — `data prepare`: one pass over a dataset file that reads, validates, formats, templates,
+// tokenizes and truncates every record into a .tok file (plus an optional validation split), with a report
+// a user can act on: every broken record by line number, truncation counts, a length histogram, duplicates.
+// Results are cached by the content hashes of the data and the tokenizer plus every option that matters.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { type ColumnOptions, FORMAT_HINT, type Format, detectFormat, toSample } from './formats.js';
+import { readRecords } from './reader.js';
+import { type TemplateName, TEMPLATES, encodeSample } from './templates.js';
+import { TokWriter } from './tokfile.js';
+import type { Tokenizer } from './tokenizer/types.js';
+
+export interface PrepareOptions {
+  dataFile: string;
+  out: string;
+  tokenizer: Tokenizer;
+  format?: Format;
+  template?: TemplateName;
+  columns?: ColumnOptions;
+  maxSourceLength: number;
+  maxTargetLength: number;
+  trainOnPrompt?: boolean;
+  /** 'fail' (default): any bad record fails the whole file, listing every bad line; 'skip': count and go on */
+  onError?: 'fail' | 'skip';
+  /** Write a validation split here, taking validationPercent of the records (deterministic by seed). */
+  validationOut?: string;
+  validationPercent?: number;
+  seed?: number;
+  /** Folder of cached results; none when undefined. */
+  cacheDir?: string;
+  /** Recorded in the header (e.g. the model folder). */
+  source?: Record<string, unknown>;
+}
+
+export interface RecordError {
+  line: number;
+  reason: string;
+}
+
+export interface PrepareReport {
+  out: string;
+  format: Format;
+  template: TemplateName;
+  records: number;
+  written: number;
+  validation: { out: string; written: number } | null;
+  skipped: number;
+  errors: RecordError[];
+  errorCount: number;
+  truncated: { samples: number; tokens: number };
+  tokens: number;
+  lengths: { min: number; max: number; mean: number; p50: number; p95: number; histogram: { upTo: number; count: number }[] };
+  duplicates: number;
+  cached: boolean;
+  seconds: number;
+}
+
+export class PrepareError extends Error {
+  constructor(
+    message: string,
+    readonly errors: RecordError[],
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'PrepareError';
+  }
+}
+
+const MAX_LISTED_ERRORS = 1000;
+
+async function fileHash(file: string): Promise<string> {
+  const h = crypto.createHash('sha256');
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+function histogram(lengths: number[]): PrepareReport['lengths'] {
+  if (!lengths.length) return { min: 0, max: 0, mean: 0, p50: 0, p95: 0, histogram: [] };
+  const sorted = [...lengths].sort((a, b) => a - b);
+  const max = sorted.at(-1)!;
+  const width = Math.max(1, Math.ceil(max / 20));
+  const buckets = new Map<number, number>();
+  for (const l of lengths) {
+    const up = Math.ceil(l / width) * width;
+    buckets.set(up, (buckets.get(up) ?? 0) + 1);
+  }
+  return {
+    min: sorted[0]!,
+    max,
+    mean: Math.round((lengths.reduce((a, b) => a + b, 0) / lengths.length) * 10) / 10,
+    p50: sorted[Math.floor(sorted.length * 0.5)]!,
+    p95: sorted[Math.min(sorted.length - 1, Math.floor(sorted.length * 0.95))]!,
+    histogram: [...buckets.entries()].sort((a, b) => a[0] - b[0]).map(([upTo, count]) => ({ upTo, count })),
+  };
+}
+
+/** Deterministic split: a record goes to validation when hash(seed, index) falls below the percentage. */
+function inValidation(index: number, percent: number, seed: number): boolean {
+  const h = crypto.createHash('sha256').update(`${seed}:${index}`).digest();
+  return h.readUInt32LE(0) / 0x100000000 < percent / 100;
+}
+
+export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport> {
+  const t0 = Date.now();
+  if (!fs.existsSync(opt.dataFile)) throw new PrepareError(`the dataset ${opt.dataFile} does not exist`, []);
+  if (!(opt.maxSourceLength >= 2) || !(opt.maxTargetLength >= 3)) {
+    throw new PrepareError('max_source_length must be at least 2 and max_target_length at least 3', []);
+  }
+  const template = opt.template ?? 'raw';
+  if (!TEMPLATES.includes(template)) throw new PrepareError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, []);
+  const percent = opt.validationOut ? (opt.validationPercent ?? 5) : 0;
+  const seed = opt.seed ?? 42;
+
+  let cacheKey: string | null = null;
+  if (opt.cacheDir) {
+    const key = {
+      v: 1,
+      data: await fileHash(opt.dataFile),
+      tokenizer: opt.tokenizer.hash,
+      template,
+      format: opt.format ?? null,
+      columns: opt.columns ?? null,
+      lengths: [opt.maxSourceLength, opt.maxTargetLength],
+      trainOnPrompt: Boolean(opt.trainOnPrompt),
+      onError: opt.onError ?? 'fail',
+      split: [percent, seed],
+    };
+    cacheKey = crypto.createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 32);
+    const base = path.join(opt.cacheDir, cacheKey);
+    if (fs.existsSync(`${base}.json`) && fs.existsSync(`${base}.tok`) && (!percent || fs.existsSync(`${base}.val.tok`))) {
+      const report = JSON.parse(fs.readFileSync(`${base}.json`, 'utf8')) as PrepareReport;
+      copyAtomic(`${base}.tok`, opt.out);
+      if (percent && opt.validationOut) copyAtomic(`${base}.val.tok`, opt.validationOut);
+      return { ...report, out: opt.out, validation: report.validation && opt.validationOut ? { ...report.validation, out: opt.validationOut } : null, cached: true, seconds: (Date.now() - t0) / 1000 };
+    }
+  }
+
+  const train = new TokWriter(opt.out);
+  const val = percent ? new TokWriter(opt.validationOut!) : null;
+  const errors: RecordError[] = [];
+  let errorCount = 0;
+  let format: Format | null = opt.format ?? null;
+  let records = 0;
+  let truncSamples = 0;
+  let truncTokens = 0;
+  let tokens = 0;
+  let duplicates = 0;
+  const seen = new Set<string>();
+  const lengths: number[] = [];
+  const fail = (line: number, reason: string) => {
+    errorCount++;
+    if (errors.length < MAX_LISTED_ERRORS) errors.push({ line, reason });
+  };
+  try {
+    for await (const rec of readRecords(opt.dataFile)) {
+      records++;
+      if ('error' in rec) {
+        fail(rec.line, rec.error);
+        continue;
+      }
+      const obj = rec.value as Record<string, unknown>;
+      if (!format) {
+        format = detectFormat(obj, opt.columns);
+        if (!format) throw new PrepareError(`cannot tell the format of ${opt.dataFile} from line ${rec.line} (fields: ${Object.keys(obj).join(', ') || 'none'}); ${FORMAT_HINT}`, []);
+      }
+      let encoded;
+      try {
+        const sample = toSample(obj, format, opt.columns);
+        encoded = encodeSample(sample, template, opt.tokenizer, opt);
+      } catch (err) {
+        fail(rec.line, (err as Error).message);
+        continue;
+      }
+      const key = crypto.createHash('sha1').update(JSON.stringify(encoded.ids)).digest('base64');
+      if (seen.has(key)) duplicates++;
+      else seen.add(key);
+      if (encoded.truncatedTokens > 0) {
+        truncSamples++;
+        truncTokens += encoded.truncatedTokens;
+      }
+      if (!encoded.mask.some((m, i) => m && i > 0)) {
+        fail(rec.line, 'nothing to train on after truncation (every label is -100); raise max_target_length');
+        continue;
+      }
+      tokens += encoded.ids.length;
+      lengths.push(encoded.ids.length);
+      const target = val && inValidation(records - 1, percent, seed) ? val : train;
+      target.add(encoded.ids, encoded.mask);
+    }
+    if (!format) throw new PrepareError(`${opt.dataFile} holds no records`, []);
+    const policy = opt.onError ?? 'fail';
+    if (errorCount && policy === 'fail') {
+      const shown = errors.slice(0, 20).map((e) => `  ${opt.dataFile}:${e.line}: ${e.reason}`).join('\n');
+      throw new PrepareError(
+        `${errorCount} bad record(s) in ${opt.dataFile}:\n${shown}${errorCount > 20 ? `\n  … and ${errorCount - 20} more` : ''}`,
+        errors,
+        'Fix the lines above, or pass --on-error skip to leave them out (they are counted in the report).',
+      );
+    }
+    if (train.count === 0) throw new PrepareError(`no usable record in ${opt.dataFile}`, errors);
+    if (val && val.count === 0) throw new PrepareError(`the ${percent}% validation split of ${opt.dataFile} is empty; lower the percentage or give a validation file`, []);
+    const header = {
+      tokenizer_hash: opt.tokenizer.hash,
+      template,
+      format,
+      max_source_length: opt.maxSourceLength,
+      max_target_length: opt.maxTargetLength,
+      vocab_size: opt.tokenizer.vocabSize,
+      bos_id: opt.tokenizer.bosId,
+      eos_id: opt.tokenizer.eosId,
+      pad_id: opt.tokenizer.padId ?? opt.tokenizer.eosId ?? 0,
+      source: { data: path.resolve(opt.dataFile), ...opt.source },
+      created_by: 'llms-train data prepare',
+    };
+    await train.finish(header);
+    let validation: PrepareReport['validation'] = null;
+    if (val) {
+      await val.finish({ ...header, split: 'validation' });
+      validation = { out: opt.validationOut!, written: val.count };
+    }
+    const report: PrepareReport = {
+      out: opt.out,
+      format,
+      template,
+      records,
+      written: train.count,
+      validation,
+      skipped: errorCount,
+      errors,
+      errorCount,
+      truncated: { samples: truncSamples, tokens: truncTokens },
+      tokens,
+      lengths: histogram(lengths),
+      duplicates,
+      cached: false,
+      seconds: (Date.now() - t0) / 1000,
+    };
+    if (opt.cacheDir && cacheKey) {
+      fs.mkdirSync(opt.cacheDir, { recursive: true });
+      const base = path.join(opt.cacheDir, cacheKey);
+      copyAtomic(opt.out, `${base}.tok`);
+      if (validation) copyAtomic(validation.out, `${base}.val.tok`);
+      fs.writeFileSync(`${base}.json.tmp`, JSON.stringify(report));
+      fs.renameSync(`${base}.json.tmp`, `${base}.json`);
+    }
+    return report;
+  } catch (err) {
+    await train.abort();
+    if (val) await val.abort();
+    throw err;
+  }
+}
+
+function copyAtomic(from: string, to: string): void {
+  fs.mkdirSync(path.dirname(path.resolve(to)), { recursive: true });
+  const tmp = `${to}.${process.pid}.tmp`;
+  fs.copyFileSync(from, tmp);
+  fs.renameSync(tmp, to);
+}

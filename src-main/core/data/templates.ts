@@ -1,0 +1,193 @@
+// templates.ts — prompt templates: how a Sample becomes token ids and a loss mask for each model family,
+// with the seed's truncation (source ids cut to max_source_length − 1, target ids to max_target_length − 2).
+// Single-answer samples (PromptCBLUE, columns with history) fold earlier rounds into the prompt and train on
+// the last answer, as the seed and ChatGLM's scripts do; ShareGPT conversations train on every assistant turn.
+import type { Sample, Turn } from './formats.js';
+import type { Tokenizer } from './tokenizer/types.js';
+
+export const TEMPLATES = ['raw', 'chatglm', 'chatglm2', 'alpaca', 'belle', 'baichuan-chat', 'vicuna'] as const;
+export type TemplateName = (typeof TEMPLATES)[number];
+
+export interface EncodeOptions {
+  maxSourceLength: number;
+  maxTargetLength: number;
+  /** Train on the prompt tokens too (default: responses only). */
+  trainOnPrompt?: boolean;
+}
+
+export interface Encoded {
+  ids: number[];
+  /** true where the token is a label (HF labels[t] = ids[t]); false where labels[t] = −100. */
+  mask: boolean[];
+  /** Tokens removed by truncation (source + target). */
+  truncatedTokens: number;
+}
+
+type Piece = { id: number; train: boolean };
+
+interface Spec {
+  /** ids at the very start (never trained) */
+  prefix(t: Tok): number[];
+  /** the user part of round `i` (1-based) as text; `history` are earlier rounds for single-answer prompts */
+  prompt(query: string, history: [string, string][], system: string | null): string;
+  /** the user part of one round in multi-turn mode */
+  round(query: string, i: number, system: string | null): string;
+  /** special ids between the prompt and the answer, each trained or not */
+  between(t: Tok): Piece[];
+  /** ids after the answer (trained) */
+  end(t: Tok): number[];
+}
+
+class Tok {
+  constructor(
+    readonly tok: Tokenizer,
+    readonly template: string,
+  ) {}
+  need(name: 'bosId' | 'eosId'): number {
+    const v = this.tok[name];
+    if (v === null) throw new Error(`the tokenizer has no ${name === 'bosId' ? 'bos' : 'eos'} token, which the "${this.template}" template needs`);
+    return v;
+  }
+  special(...names: string[]): number {
+    for (const n of names) {
+      const id = this.tok.tokenToId(n);
+      if (id !== null) return id;
+    }
+    throw new Error(`the tokenizer has none of ${names.join(', ')}, which the "${this.template}" template needs`);
+  }
+}
+
+const VICUNA_SYSTEM =
+  "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
+
+const specs: Record<TemplateName, Spec> = {
+  // the seed's PromptCBLUE layout: prompt + [eos, bos] + target + [eos]; eos after the prompt is masked
+  raw: {
+    prefix: () => [],
+    prompt: (q, h) => h.map(([a, b]) => `${a}\n${b}\n`).join('') + q,
+    round: (q) => q,
+    between: (t) => [
+      { id: t.need('eosId'), train: false },
+      { id: t.need('bosId'), train: true },
+    ],
+    end: (t) => [t.need('eosId')],
+  },
+  // ChatGLM-6B v1: prompt + [gMASK, sop] + target + [eop]; labels from sop on
+  chatglm: {
+    prefix: () => [],
+    prompt: (q, h) => (h.length ? h.map(([a, b], i) => `[Round ${i}]\n问：${a}\n答：${b}\n`).join('') + `[Round ${h.length}]\n问：${q}\n答：` : q),
+    round: (q, i) => `[Round ${i - 1}]\n问：${q}\n答：`,
+    between: (t) => [
+      { id: t.special('[gMASK]'), train: false },
+      { id: t.special('sop', '<sop>'), train: true },
+    ],
+    end: (t) => [t.special('eop', '<eop>')],
+  },
+  // ChatGLM2-6B: [gMASK, sop] + prompt + target + [eos]
+  chatglm2: {
+    prefix: (t) => [t.special('[gMASK]'), t.special('sop', '<sop>')],
+    prompt: (q, h) => h.map(([a, b], i) => `[Round ${i + 1}]\n\n问：${a}\n\n答：${b}\n\n`).join('') + `[Round ${h.length + 1}]\n\n问：${q}\n\n答：`,
+    round: (q, i) => `[Round ${i}]\n\n问：${q}\n\n答：`,
+    between: () => [],
+    end: (t) => [t.need('eosId')],
+  },
+  alpaca: {
+    prefix: (t) => (t.tok.bosId !== null ? [t.tok.bosId] : []),
+    prompt: (q, h) =>
+      'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n' +
+      h.map(([a, b]) => `### Instruction:\n${a}\n\n### Response:\n${b}\n\n`).join('') +
+      `### Instruction:\n${q}\n\n### Response:\n`,
+    round: (q, i) =>
+      (i === 1 ? 'Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n' : '\n\n') +
+      `### Instruction:\n${q}\n\n### Response:\n`,
+    between: () => [],
+    end: (t) => [t.need('eosId')],
+  },
+  // BELLE: "Human: \n{input}\n\nAssistant: \n"
+  belle: {
+    prefix: () => [],
+    prompt: (q, h) => h.map(([a, b]) => `Human: \n${a}\n\nAssistant: \n${b}\n\n`).join('') + `Human: \n${q}\n\nAssistant: \n`,
+    round: (q, i) => `${i > 1 ? '\n\n' : ''}Human: \n${q}\n\nAssistant: \n`,
+    between: () => [],
+    end: (t) => [t.need('eosId')],
+  },
+  // Baichuan-13B-Chat: per round [195] + user + [196] + assistant + [eos] (user/assistant_token_id)
+  'baichuan-chat': {
+    prefix: () => [],
+    prompt: (q) => q,
+    round: (q) => q,
+    between: () => [{ id: 196, train: false }],
+    end: (t) => [t.need('eosId')],
+  },
+  vicuna: {
+    prefix: (t) => (t.tok.bosId !== null ? [t.tok.bosId] : []),
+    prompt: (q, h, sys) => `${sys ?? VICUNA_SYSTEM}` + h.map(([a, b]) => ` USER: ${a} ASSISTANT: ${b}</s>`).join('') + ` USER: ${q} ASSISTANT:`,
+    round: (q, i, sys) => (i === 1 ? `${sys ?? VICUNA_SYSTEM}` : '') + ` USER: ${q} ASSISTANT:`,
+    between: () => [],
+    end: (t) => [t.need('eosId')],
+  },
+};
+
+/** Baichuan-chat prefixes each user turn with 195 (not expressible as text). */
+function userPrefix(name: TemplateName): number[] {
+  return name === 'baichuan-chat' ? [195] : [];
+}
+
+export function encodeSample(sample: Sample, name: TemplateName, tokenizer: Tokenizer, opt: EncodeOptions): Encoded {
+  const spec = specs[name];
+  if (!spec) throw new Error(`unknown template "${name}" (known: ${TEMPLATES.join(', ')})`);
+  const t = new Tok(tokenizer, name);
+  const ids: number[] = [];
+  const mask: boolean[] = [];
+  const push = (xs: number[], train: boolean) => {
+    for (const x of xs) {
+      ids.push(x);
+      mask.push(train || Boolean(opt.trainOnPrompt));
+    }
+  };
+  if (sample.kind === 'text') {
+    // continued pre-training: the text itself, trained on everything, then eos
+    const body = tokenizer.encode(sample.text);
+    const max = opt.maxSourceLength + opt.maxTargetLength;
+    const keep = body.slice(0, Math.max(0, max - 1));
+    push(keep, true);
+    push([t.need('eosId')], true);
+    return { ids, mask: mask.map(() => true), truncatedTokens: body.length - keep.length };
+  }
+  const turns = sample.turns;
+  const system = turns[0]?.role === 'system' ? turns[0].content : null;
+  const chat: Turn[] = system !== null ? turns.slice(1) : turns;
+  const rounds: [string, string][] = [];
+  for (let i = 0; i + 1 < chat.length; i += 2) rounds.push([chat[i]!.content, chat[i + 1]!.content]);
+  let truncated = 0;
+  push(spec.prefix(t), false);
+  if (rounds.length === 1 || !sample.multiTurn) {
+    const [query, answer] = rounds.at(-1)!;
+    const src = tokenizer.encode(spec.prompt(query, rounds.slice(0, -1), system));
+    const tgt = tokenizer.encode(answer);
+    const s = src.slice(0, Math.max(0, opt.maxSourceLength - 1));
+    const g = tgt.slice(0, Math.max(0, opt.maxTargetLength - 2));
+    truncated += src.length - s.length + tgt.length - g.length;
+    push(userPrefix(name), false);
+    push(s, false);
+    for (const p of spec.between(t)) push([p.id], p.train);
+    push(g, true);
+    push(spec.end(t), true);
+    return { ids, mask, truncatedTokens: truncated };
+  }
+  // multi-turn: every assistant turn is trained; the whole sequence is capped at source + target lengths
+  rounds.forEach(([q, a], i) => {
+    push(userPrefix(name), false);
+    push(tokenizer.encode(spec.round(q, i + 1, system)), false);
+    for (const p of spec.between(t)) push([p.id], p.train);
+    push(tokenizer.encode(a), true);
+    push(spec.end(t), true);
+  });
+  const max = opt.maxSourceLength + opt.maxTargetLength;
+  if (ids.length > max) {
+    truncated = ids.length - max;
+    ids.length = max;
+    mask.length = max;
+  }
+  return { ids, mask, truncatedTokens: truncated };
+}

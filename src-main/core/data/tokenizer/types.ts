@@ -1,0 +1,21 @@
+// types.ts — what the data pipeline needs from a tokenizer, whatever implements it (HF `tokenizers` for
+// tokenizer.json, SentencePiece for tokenizer.model). Templates add every special token themselves.
+export interface Tokenizer {
+  readonly kind: 'tokenizers' | 'sentencepiece';
+  /** sha256 (hex) over the tokenizer files' names and contents: part of the .tok cache key. */
+  readonly hash: string;
+  /** Number of ids the tokenizer can produce (incl. added tokens). */
+  readonly vocabSize: number;
+  readonly bosId: number | null;
+  readonly eosId: number | null;
+  readonly padId: number | null;
+  readonly unkId: number | null;
+  /** Special/added tokens by content, e.g. {"<s>": 1, "[gMASK]": 64790}. */
+  readonly specialTokens: Readonly<Record<string, number>>;
+  /** Text → ids exactly as HF's `tokenizer(text, add_special_tokens=False).input_ids` (no bos/eos added). */
+  encode(text: string): number[];
+  /** ids → text, skipping nothing (special tokens are rendered). */
+  decode(ids: number[]): string;
+  /** The id of a token string (special or regular), or null. */
+  tokenToId(token: string): number | null;
+}

@@ -1,0 +1,163 @@
+// tokfile.ts — the tokenized dataset file (.tok, version 1; layout in docs/formats.md): a streaming writer
+// (samples appended one by one, assembled and renamed into place atomically at the end) and a reader for
+// `data show` and tests. The engine memory-maps the same layout (native/engine/tokdata.cpp).
+import fs from 'node:fs';
+import path from 'node:path';
+
+const MAGIC = Buffer.from('LLMTTOK1', 'ascii');
+
+export interface TokHeader {
+  num_samples: number;
+  num_tokens: number;
+  [key: string]: unknown;
+}
+
+export class TokWriter {
+  private readonly tmpIds: string;
+  private readonly tmpMask: string;
+  private readonly ids: fs.WriteStream;
+  private readonly mask: fs.WriteStream;
+  private readonly offsets: number[] = [0];
+  private tokens = 0;
+
+  constructor(readonly file: string) {
+    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    const base = `${file}.${process.pid}.tmp`;
+    this.tmpIds = `${base}.ids`;
+    this.tmpMask = `${base}.mask`;
+    this.ids = fs.createWriteStream(this.tmpIds);
+    this.mask = fs.createWriteStream(this.tmpMask);
+  }
+
+  get count(): number {
+    return this.offsets.length - 1;
+  }
+
+  add(ids: readonly number[], mask: readonly boolean[]): void {
+    if (ids.length === 0) throw new Error('a sample has no tokens');
+    if (ids.length !== mask.length) throw new Error('ids and mask differ in length');
+    const b = Buffer.alloc(ids.length * 4);
+    const m = Buffer.alloc(ids.length);
+    for (let i = 0; i < ids.length; i++) {
+      const id = ids[i]!;
+      if (!Number.isInteger(id) || id < 0 || id > 0x7fffffff) throw new Error(`token id ${id} is not a valid id`);
+      b.writeInt32LE(id, i * 4);
+      m[i] = mask[i] ? 1 : 0;
+    }
+    this.ids.write(b);
+    this.mask.write(m);
+    this.tokens += ids.length;
+    this.offsets.push(this.tokens);
+  }
+
+  /** Writes the final file (header, offsets, ids, mask) to a temp name, syncs it and renames it into place. */
+  async finish(header: Record<string, unknown>): Promise<TokHeader> {
+    await Promise.all([end(this.ids), end(this.mask)]);
+    const full: TokHeader = { ...header, num_samples: this.count, num_tokens: this.tokens };
+    const h = Buffer.from(JSON.stringify(full), 'utf8');
+    const fixed = Buffer.alloc(16);
+    MAGIC.copy(fixed, 0);
+    fixed.writeUInt32LE(1, 8);
+    fixed.writeUInt32LE(h.length, 12);
+    const pad = (8 - ((16 + h.length) % 8)) % 8;
+    const off = Buffer.alloc(this.offsets.length * 8);
+    this.offsets.forEach((o, i) => off.writeBigUInt64LE(BigInt(o), i * 8));
+    const tmp = `${this.file}.${process.pid}.tmp`;
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, fixed);
+      fs.writeSync(fd, h);
+      fs.writeSync(fd, Buffer.alloc(pad));
+      fs.writeSync(fd, off);
+      for (const part of [this.tmpIds, this.tmpMask]) {
+        const rfd = fs.openSync(part, 'r');
+        const buf = Buffer.alloc(1 << 20);
+        for (;;) {
+          const n = fs.readSync(rfd, buf, 0, buf.length, null);
+          if (!n) break;
+          fs.writeSync(fd, buf, 0, n);
+        }
+        fs.closeSync(rfd);
+      }
+      fs.fsyncSync(fd);
+    } catch (err) {
+      fs.closeSync(fd);
+      this.cleanup(tmp);
+      throw new Error(`cannot write ${this.file}: ${(err as Error).message}`);
+    }
+    fs.closeSync(fd);
+    fs.renameSync(tmp, this.file);
+    this.cleanup();
+    return full;
+  }
+
+  /** Removes the temporary files (after finish, or when giving up). */
+  cleanup(extra?: string): void {
+    for (const f of [this.tmpIds, this.tmpMask, extra]) if (f) fs.rmSync(f, { force: true });
+  }
+
+  async abort(): Promise<void> {
+    await Promise.all([end(this.ids), end(this.mask)]);
+    this.cleanup();
+  }
+}
+
+function end(s: fs.WriteStream): Promise<void> {
+  return new Promise((resolve, reject) => {
+    s.once('error', reject);
+    s.end(() => resolve());
+  });
+}
+
+export class TokReader {
+  readonly header: TokHeader;
+  private readonly offsets: BigUint64Array;
+  private readonly idsAt: number;
+  private readonly maskAt: number;
+
+  private constructor(
+    private readonly buf: Buffer,
+    readonly file: string,
+  ) {
+    const bad = (why: string) => new Error(`${file} is not a valid .tok file: ${why}`);
+    if (buf.length < 16 || !buf.subarray(0, 8).equals(MAGIC)) throw bad('wrong magic (not prepared by llms-train data prepare?)');
+    if (buf.readUInt32LE(8) !== 1) throw bad(`unsupported version ${buf.readUInt32LE(8)}`);
+    const hl = buf.readUInt32LE(12);
+    if (16 + hl > buf.length) throw bad('truncated header');
+    this.header = JSON.parse(buf.subarray(16, 16 + hl).toString('utf8')) as TokHeader;
+    const off = Math.ceil((16 + hl) / 8) * 8;
+    const n = this.header.num_samples;
+    const m = this.header.num_tokens;
+    if (off + 8 * (n + 1) + 5 * m !== buf.length) throw bad(`size ${buf.length} does not match its header (truncated?)`);
+    this.offsets = new BigUint64Array(buf.buffer.slice(buf.byteOffset + off, buf.byteOffset + off + 8 * (n + 1)));
+    this.idsAt = off + 8 * (n + 1);
+    this.maskAt = this.idsAt + 4 * m;
+  }
+
+  static open(file: string): TokReader {
+    return new TokReader(fs.readFileSync(file), file);
+  }
+
+  get size(): number {
+    return this.header.num_samples;
+  }
+
+  /** Sample i as HF input_ids and labels (−100 where not trained on). */
+  sample(i: number): { input_ids: number[]; labels: number[] } {
+    if (!Number.isInteger(i) || i < 0 || i >= this.size) throw new Error(`index ${i} is out of range (the file has ${this.size} samples)`);
+    const b = Number(this.offsets[i]);
+    const e = Number(this.offsets[i + 1]);
+    const input_ids: number[] = [];
+    const labels: number[] = [];
+    for (let t = b; t < e; t++) {
+      const id = this.buf.readInt32LE(this.idsAt + 4 * t);
+      input_ids.push(id);
+      labels.push(this.buf[this.maskAt + t] ? id : -100);
+    }
+    return { input_ids, labels };
+  }
+
+  length(i: number): number {
+    return Number(this.offsets[i + 1]! - this.offsets[i]!);
+  }
+}

@@ -1,0 +1,223 @@
+// The data pipeline's pure parts with a character-level test tokenizer: streaming readers (line numbers,
+// BOM, CRLF, invalid UTF-8, JSON arrays), format detection and record validation, templates and the seed's
+// truncation, the .tok writer/reader, and `prepare` (error policy, validation split, cache, report).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { detectFormat, toSample } from '../../src-main/core/data/formats';
+import { PrepareError, prepareDataset } from '../../src-main/core/data/prepare';
+import { type RawRecord, readRecords } from '../../src-main/core/data/reader';
+import { encodeSample } from '../../src-main/core/data/templates';
+import { TokReader, TokWriter } from '../../src-main/core/data/tokfile';
+import type { Tokenizer } from '../../src-main/core/data/tokenizer/types';
+
+/** One id per character (code point + 10); specials below 10. A stand-in for the real tokenizers here only. */
+const charTok: Tokenizer = {
+  kind: 'tokenizers',
+  hash: 'char-tokenizer-v1',
+  vocabSize: 0x110000 + 10,
+  bosId: 1,
+  eosId: 2,
+  padId: 0,
+  unkId: 3,
+  specialTokens: { '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 },
+  encode: (t) => [...t].map((c) => c.codePointAt(0)! + 10),
+  decode: (ids) => ids.map((i) => (i >= 10 ? String.fromCodePoint(i - 10) : `<${i}>`)).join(''),
+  tokenToId: (s) => ({ '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 })[s] ?? null,
+};
+const enc = charTok.encode;
+
+let tmp: string;
+beforeAll(() => (tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-data-'))));
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+async function collect(file: string): Promise<RawRecord[]> {
+  const out: RawRecord[] = [];
+  for await (const r of readRecords(file)) out.push(r);
+  return out;
+}
+
+describe('readers', () => {
+  it('reads JSONL with a BOM and CRLF, skipping blank lines, naming bad lines', async () => {
+    const f = path.join(tmp, 'a.jsonl');
+    const bad = Buffer.from([0xff, 0xfe, 0x41]);
+    fs.writeFileSync(f, Buffer.concat([Buffer.from('\ufeff{"input":"你好","target":"a"}\r\n\r\n{"input": 1,\r\n[1,2]\r\n'), bad, Buffer.from('\n{"input":"x","target":"y"}')]));
+    const recs = await collect(f);
+    expect(recs.map((r) => r.line)).toEqual([1, 3, 4, 5, 6]);
+    expect(recs[0]).toEqual({ line: 1, value: { input: '你好', target: 'a' } });
+    expect(recs[1]).toMatchObject({ line: 3, error: expect.stringMatching(/invalid JSON/) });
+    expect(recs[2]).toMatchObject({ line: 4, error: 'a record must be a JSON object' });
+    expect(recs[3]).toMatchObject({ line: 5, error: 'invalid UTF-8' });
+    expect(recs[4]).toEqual({ line: 6, value: { input: 'x', target: 'y' } });
+  });
+
+  it('streams a JSON array element by element with the line each starts on', async () => {
+    const f = path.join(tmp, 'b.json');
+    fs.writeFileSync(f, '[\n  {"input": "a, [b]", "target": "}"},\n  {\n    "input": "多行",\n    "target": "c"\n  },\n  {"bad": }\n]\n');
+    const recs = await collect(f);
+    expect(recs[0]).toEqual({ line: 2, value: { input: 'a, [b]', target: '}' } });
+    expect(recs[1]).toEqual({ line: 3, value: { input: '多行', target: 'c' } });
+    expect(recs[2]).toMatchObject({ line: 7, error: expect.stringMatching(/invalid JSON/) });
+  });
+
+  it('reports a truncated array and text after it', async () => {
+    const f = path.join(tmp, 'c.json');
+    fs.writeFileSync(f, '[{"input":"a","target":"b"},\n{"input":"c"');
+    const recs = await collect(f);
+    expect(recs.at(-1)).toMatchObject({ error: expect.stringMatching(/not closed/) });
+    fs.writeFileSync(f, '[{"input":"a","target":"b"}] x');
+    expect((await collect(f)).at(-1)).toMatchObject({ error: expect.stringMatching(/after the end/) });
+  });
+
+  it('reads plain text one record per non-empty line', async () => {
+    const f = path.join(tmp, 'd.txt');
+    fs.writeFileSync(f, 'first line\n\nsecond\r\n');
+    expect(await collect(f)).toEqual([{ line: 1, value: { text: 'first line' } }, { line: 3, value: { text: 'second' } }]);
+  });
+});
+
+describe('formats', () => {
+  it('detects each format', () => {
+    expect(detectFormat({ input: 'a', target: 'b', type: 'cls', answer_choices: [], sample_id: '1' })).toBe('promptcblue');
+    expect(detectFormat({ instruction: 'a', input: '', output: 'b' })).toBe('alpaca');
+    expect(detectFormat({ conversations: [] })).toBe('sharegpt');
+    expect(detectFormat({ prompt: 'a', response: 'b' })).toBe('columns');
+    expect(detectFormat({ q: 'a', a: 'b' }, { promptColumn: 'q', responseColumn: 'a' })).toBe('columns');
+    expect(detectFormat({ text: 'abc' })).toBe('text');
+    expect(detectFormat({ foo: 1 })).toBeNull();
+  });
+
+  it('says what is wrong with a record', () => {
+    expect(() => toSample({ input: 'a' }, 'promptcblue')).toThrow('missing column "target" (the answer)');
+    expect(() => toSample({ input: 'a', target: 5 }, 'promptcblue')).toThrow('column "target" must be a string, not number');
+    expect(() => toSample({ input: '  ', target: 'b' }, 'promptcblue')).toThrow('column "input" is empty');
+    expect(() => toSample({ q: 'a', a: 'b', h: [['x']] }, 'columns', { promptColumn: 'q', responseColumn: 'a', historyColumn: 'h' })).toThrow(/\[question, answer\] pair/);
+    const conv = (c: unknown[]) => toSample({ conversations: c }, 'sharegpt');
+    expect(() => conv([{ from: 'human', value: 'a' }, { from: 'human', value: 'b' }])).toThrow(/does not alternate: turn 2 is "user"/);
+    expect(() => conv([{ from: 'robot', value: 'a' }])).toThrow(/unknown speaker "robot"/);
+    expect(() => conv([{ from: 'human', value: 'a' }, { from: 'gpt', value: 'b' }, { from: 'human', value: 'c' }])).toThrow(/ends with a user turn/);
+  });
+
+  it('keeps history and multi-turn structure', () => {
+    const s = toSample({ q: 'now', a: 'yes', h: [['before', 'ok']] }, 'columns', { promptColumn: 'q', responseColumn: 'a', historyColumn: 'h' });
+    expect(s).toEqual({ kind: 'chat', turns: [{ role: 'user', content: 'before' }, { role: 'assistant', content: 'ok' }, { role: 'user', content: 'now' }, { role: 'assistant', content: 'yes' }] });
+    const a = toSample({ instruction: 'Translate', input: 'hi', output: '你好' }, 'alpaca');
+    expect(a).toMatchObject({ turns: [{ content: 'Translate\nhi' }, { content: '你好' }] });
+  });
+});
+
+describe('templates', () => {
+  const cblue = (input: string, target: string) => toSample({ input, target }, 'promptcblue');
+
+  it('raw: prompt + [eos, bos] + target + [eos], the prompt and its eos masked', () => {
+    const e = encodeSample(cblue('问题', '答'), 'raw', charTok, { maxSourceLength: 512, maxTargetLength: 64 });
+    expect(e.ids).toEqual([...enc('问题'), 2, 1, ...enc('答'), 2]);
+    expect(e.mask).toEqual([false, false, false, true, true, true]);
+    expect(e.truncatedTokens).toBe(0);
+  });
+
+  it('applies the seed truncation: source to max_source_length − 1, target to max_target_length − 2', () => {
+    const e = encodeSample(cblue('abcdefghij', '0123456789'), 'raw', charTok, { maxSourceLength: 5, maxTargetLength: 6 });
+    expect(e.ids).toEqual([...enc('abcd'), 2, 1, ...enc('0123'), 2]);
+    expect(e.truncatedTokens).toBe(6 + 6);
+  });
+
+  it('chatglm and chatglm2 layouts', () => {
+    const v1 = encodeSample(cblue('q', 'a'), 'chatglm', charTok, { maxSourceLength: 64, maxTargetLength: 64 });
+    expect(v1.ids).toEqual([...enc('q'), 4, 5, ...enc('a'), 6]);
+    expect(v1.mask).toEqual([false, false, true, true, true]);
+    const v2 = encodeSample(cblue('q', 'a'), 'chatglm2', charTok, { maxSourceLength: 64, maxTargetLength: 64 });
+    const p = enc('[Round 1]\n\n问：q\n\n答：');
+    expect(v2.ids).toEqual([4, 5, ...p, ...enc('a'), 2]);
+    expect(v2.mask.filter(Boolean).length).toBe(2);
+  });
+
+  it('multi-turn ShareGPT trains every assistant turn; baichuan-chat uses 195/196', () => {
+    const s = toSample({ conversations: [{ from: 'human', value: 'x' }, { from: 'gpt', value: 'y' }, { from: 'human', value: 'z' }, { from: 'gpt', value: 'w' }] }, 'sharegpt');
+    const e = encodeSample(s, 'baichuan-chat', charTok, { maxSourceLength: 64, maxTargetLength: 64 });
+    expect(e.ids).toEqual([195, ...enc('x'), 196, ...enc('y'), 2, 195, ...enc('z'), 196, ...enc('w'), 2]);
+    expect(e.mask).toEqual([false, false, false, true, true, false, false, false, true, true]);
+    const trained = encodeSample(s, 'baichuan-chat', charTok, { maxSourceLength: 64, maxTargetLength: 64, trainOnPrompt: true });
+    expect(trained.mask.every(Boolean)).toBe(true);
+  });
+
+  it('names a missing special token', () => {
+    const noEos = { ...charTok, eosId: null };
+    expect(() => encodeSample(cblue('a', 'b'), 'raw', noEos, { maxSourceLength: 8, maxTargetLength: 8 })).toThrow(/no eos token, which the "raw" template needs/);
+  });
+});
+
+describe('.tok files', () => {
+  it('round-trips samples and rejects a truncated file', async () => {
+    const f = path.join(tmp, 'x.tok');
+    const w = new TokWriter(f);
+    w.add([5, 6, 7], [false, true, true]);
+    w.add([8, 9], [false, false]);
+    const h = await w.finish({ template: 'raw', pad_id: 0 });
+    expect(h).toMatchObject({ num_samples: 2, num_tokens: 5, template: 'raw' });
+    expect(fs.readdirSync(tmp).filter((n) => n.includes('.tmp'))).toEqual([]);
+    const r = TokReader.open(f);
+    expect(r.sample(0)).toEqual({ input_ids: [5, 6, 7], labels: [-100, 6, 7] });
+    expect(r.sample(1)).toEqual({ input_ids: [8, 9], labels: [-100, -100] });
+    expect(() => r.sample(2)).toThrow(/out of range/);
+    fs.writeFileSync(path.join(tmp, 'cut.tok'), fs.readFileSync(f).subarray(0, 40));
+    expect(() => TokReader.open(path.join(tmp, 'cut.tok'))).toThrow(/not a valid \.tok file/);
+  });
+});
+
+describe('prepare', () => {
+  const write = (name: string, lines: string[]) => {
+    const f = path.join(tmp, name);
+    fs.writeFileSync(f, lines.join('\n'));
+    return f;
+  };
+  const good = (i: number) => JSON.stringify({ input: `问题${i}：这是第${i}条`, target: `答${i % 3}`, type: 'cls', answer_choices: ['答0', '答1', '答2'], sample_id: String(i) });
+
+  it('fails listing every bad line, writing nothing', async () => {
+    const f = write('bad.jsonl', [good(1), '{"input": "x"}', 'not json', good(2), '{"input": "", "target": "y"}']);
+    const out = path.join(tmp, 'bad.tok');
+    const err = (await prepareDataset({ dataFile: f, out, tokenizer: charTok, maxSourceLength: 64, maxTargetLength: 16 }).catch((e: unknown) => e)) as PrepareError;
+    expect(err).toBeInstanceOf(PrepareError);
+    expect(err.errors.map((e) => e.line)).toEqual([2, 3, 5]);
+    expect(err.message).toMatch(/bad\.jsonl:2: missing column "target"/);
+    expect(err.message).toMatch(/bad\.jsonl:3: invalid JSON/);
+    expect(err.message).toMatch(/bad\.jsonl:5: column "input" is empty/);
+    expect(fs.existsSync(out)).toBe(false);
+    expect(fs.readdirSync(tmp).filter((n) => n.startsWith('bad.tok'))).toEqual([]);
+  });
+
+  it('skips and counts by policy, splits validation deterministically, caches', async () => {
+    const lines = Array.from({ length: 200 }, (_, i) => good(i));
+    lines[10] = '{"input": 3, "target": "a"}';
+    lines[20] = good(19); // a duplicate of line 20
+    const f = write('ok.jsonl', lines);
+    const cacheDir = path.join(tmp, 'cache');
+    const opts = { dataFile: f, out: path.join(tmp, 'ok.tok'), validationOut: path.join(tmp, 'ok.val.tok'), validationPercent: 10, tokenizer: charTok, maxSourceLength: 8, maxTargetLength: 16, onError: 'skip' as const, cacheDir };
+    const r = await prepareDataset(opts);
+    expect(r.format).toBe('promptcblue');
+    expect(r.records).toBe(200);
+    expect(r.skipped).toBe(1);
+    expect(r.errors).toEqual([{ line: 11, reason: 'column "input" must be a string, not number' }]);
+    expect(r.written + r.validation!.written).toBe(199);
+    expect(r.validation!.written).toBeGreaterThan(5);
+    expect(r.validation!.written).toBeLessThan(40);
+    expect(r.duplicates).toBe(1);
+    expect(r.truncated.samples).toBeGreaterThan(150); // prompts are longer than 7 characters
+    expect(r.lengths.max).toBe(7 + 2 + 2 + 1);
+    expect(r.cached).toBe(false);
+    const again = await prepareDataset(opts);
+    expect(again.cached).toBe(true);
+    expect(again.written).toBe(r.written);
+    expect(fs.readFileSync(opts.out).equals(fs.readFileSync(path.join(cacheDir, fs.readdirSync(cacheDir).find((n) => n.endsWith('.tok') && !n.endsWith('.val.tok'))!)))).toBe(true);
+    const tok = TokReader.open(opts.out);
+    expect(tok.header).toMatchObject({ template: 'raw', max_source_length: 8, max_target_length: 16, tokenizer_hash: 'char-tokenizer-v1', eos_id: 2, bos_id: 1 });
+  });
+
+  it('explains an undetectable format', async () => {
+    const f = write('weird.jsonl', ['{"foo": 1}']);
+    await expect(prepareDataset({ dataFile: f, out: path.join(tmp, 'w.tok'), tokenizer: charTok, maxSourceLength: 8, maxTargetLength: 8 })).rejects.toThrow(/cannot tell the format .* line 1 \(fields: foo\)/);
+  });
+});
