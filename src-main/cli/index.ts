@@ -10,6 +10,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { engineBinary, loadEngine, listDevices } from '../core/engine/native.js';
 import { appRoot, appVersion, databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
+import { registerData } from './data.js';
 import { serve } from './serve.js';
 
 function parsePort(v: string): number {
@@ -145,5 +146,7 @@ program
     console.log(`database:  ${databaseFile(dataHome())}`);
     console.log(`engine:    ${engine.addon ? `llmt-engine ${engine.version}; ${engine.addon.buildInfo()}` : `unavailable: ${engine.error}`}`);
   });
+
+registerData(program, fail);
 
 program.parseAsync(process.argv).catch(fail);

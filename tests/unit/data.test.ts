@@ -221,3 +221,13 @@ describe('prepare', () => {
     await expect(prepareDataset({ dataFile: f, out: path.join(tmp, 'w.tok'), tokenizer: charTok, maxSourceLength: 8, maxTargetLength: 8 })).rejects.toThrow(/cannot tell the format .* line 1 \(fields: foo\)/);
   });
 });
+
+describe('prepare checks the tokenizer against the template first', () => {
+  it('fails once, clearly, when a needed special token is missing', async () => {
+    const f = path.join(tmp, 'one.jsonl');
+    fs.writeFileSync(f, '{"input": "a", "target": "b"}\n'.repeat(50));
+    const err = (await prepareDataset({ dataFile: f, out: path.join(tmp, 'one.tok'), tokenizer: { ...charTok, eosId: null }, maxSourceLength: 8, maxTargetLength: 8 }).catch((e: unknown) => e)) as PrepareError;
+    expect(err.message).toBe('the tokenizer has no eos token, which the "raw" template needs');
+    expect(err.hint).toMatch(/template/);
+  });
+});

@@ -6,7 +6,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type ColumnOptions, FORMAT_HINT, type Format, detectFormat, toSample } from './formats.js';
+import { type ColumnOptions, FORMAT_HINT, type Format, type Sample, detectFormat, toSample } from './formats.js';
 import { readRecords } from './reader.js';
 import { type TemplateName, TEMPLATES, encodeSample } from './templates.js';
 import { TokWriter } from './tokfile.js';
@@ -110,6 +110,12 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   }
   const template = opt.template ?? 'raw';
   if (!TEMPLATES.includes(template)) throw new PrepareError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, []);
+  try {
+    // a tokenizer that lacks what the template needs is one problem, not one per record
+    encodeSample({ kind: 'chat', turns: [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }] }, template, opt.tokenizer, opt);
+  } catch (err) {
+    throw new PrepareError(`${(err as Error).message}`, [], 'Choose a template that fits this model, or complete the tokenizer files (tokenizer_config.json, special_tokens_map.json).');
+  }
   const percent = opt.validationOut ? (opt.validationPercent ?? 5) : 0;
   const seed = opt.seed ?? 42;
 
@@ -154,6 +160,50 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     if (errors.length < MAX_LISTED_ERRORS) errors.push({ line, reason });
   };
   try {
+    // Records are processed in chunks: each chunk's texts are tokenized in one batch (encodeBatch, in
+    // parallel in Rust for tokenizer.json) by running the template twice — once recording the texts it
+    // encodes, once replaying their ids — so templates stay simple synchronous code.
+    const flush = async (chunk: { line: number; sample: Sample; index: number }[]) => {
+      const texts = new Set<string>();
+      // derived objects keep the tokenizer's getters and methods; only encode differs
+      const recorder = Object.assign(Object.create(opt.tokenizer) as Tokenizer, { encode: (t: string) => (texts.add(t), []) });
+      for (const c of chunk) {
+        try {
+          encodeSample(c.sample, template, recorder, opt);
+        } catch {
+          /* reported in the replay */
+        }
+      }
+      const list = [...texts];
+      const ids = opt.tokenizer.encodeBatch ? await opt.tokenizer.encodeBatch(list) : list.map((t) => opt.tokenizer.encode(t));
+      const memo = new Map(list.map((t, i) => [t, ids[i]!]));
+      const replay = Object.assign(Object.create(opt.tokenizer) as Tokenizer, { encode: (t: string) => memo.get(t) ?? opt.tokenizer.encode(t) });
+      for (const c of chunk) {
+        let encoded;
+        try {
+          encoded = encodeSample(c.sample, template, replay, opt);
+        } catch (err) {
+          fail(c.line, (err as Error).message);
+          continue;
+        }
+        const key = crypto.createHash('sha1').update(JSON.stringify(encoded.ids)).digest('base64');
+        if (seen.has(key)) duplicates++;
+        else seen.add(key);
+        if (encoded.truncatedTokens > 0) {
+          truncSamples++;
+          truncTokens += encoded.truncatedTokens;
+        }
+        if (!encoded.mask.some((m, i) => m && i > 0)) {
+          fail(c.line, 'nothing to train on after truncation (every label is -100); raise max_target_length');
+          continue;
+        }
+        tokens += encoded.ids.length;
+        lengths.push(encoded.ids.length);
+        const target = val && inValidation(c.index, percent, seed) ? val : train;
+        target.add(encoded.ids, encoded.mask);
+      }
+    };
+    let chunk: { line: number; sample: Sample; index: number }[] = [];
     for await (const rec of readRecords(opt.dataFile)) {
       records++;
       if ('error' in rec) {
@@ -165,30 +215,18 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         format = detectFormat(obj, opt.columns);
         if (!format) throw new PrepareError(`cannot tell the format of ${opt.dataFile} from line ${rec.line} (fields: ${Object.keys(obj).join(', ') || 'none'}); ${FORMAT_HINT}`, []);
       }
-      let encoded;
       try {
-        const sample = toSample(obj, format, opt.columns);
-        encoded = encodeSample(sample, template, opt.tokenizer, opt);
+        chunk.push({ line: rec.line, sample: toSample(obj, format, opt.columns), index: records - 1 });
       } catch (err) {
         fail(rec.line, (err as Error).message);
         continue;
       }
-      const key = crypto.createHash('sha1').update(JSON.stringify(encoded.ids)).digest('base64');
-      if (seen.has(key)) duplicates++;
-      else seen.add(key);
-      if (encoded.truncatedTokens > 0) {
-        truncSamples++;
-        truncTokens += encoded.truncatedTokens;
+      if (chunk.length >= 512) {
+        await flush(chunk);
+        chunk = [];
       }
-      if (!encoded.mask.some((m, i) => m && i > 0)) {
-        fail(rec.line, 'nothing to train on after truncation (every label is -100); raise max_target_length');
-        continue;
-      }
-      tokens += encoded.ids.length;
-      lengths.push(encoded.ids.length);
-      const target = val && inValidation(records - 1, percent, seed) ? val : train;
-      target.add(encoded.ids, encoded.mask);
     }
+    await flush(chunk);
     if (!format) throw new PrepareError(`${opt.dataFile} holds no records`, []);
     const policy = opt.onError ?? 'fail';
     if (errorCount && policy === 'fail') {

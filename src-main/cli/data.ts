@@ -1,0 +1,135 @@
+// data.ts — `llms-train data prepare|show|stats`: the data pipeline from the command line, with the seed's
+// flag names (--prompt_column, --response_column, --history_column, --max_source_length, --max_target_length).
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { type Command, InvalidArgumentError, Option } from 'commander';
+
+import { FORMATS, type Format } from '../core/data/formats.js';
+import { PrepareError, type PrepareReport, prepareDataset } from '../core/data/prepare.js';
+import { TEMPLATES, type TemplateName } from '../core/data/templates.js';
+import { TokReader } from '../core/data/tokfile.js';
+import { loadTokenizer } from '../core/data/tokenizer/index.js';
+import { dataHome } from '../core/paths.js';
+
+function positiveInt(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n <= 0) throw new InvalidArgumentError('a positive integer');
+  return n;
+}
+
+function printReport(r: PrepareReport): void {
+  console.log(`${r.out}: ${r.written} samples, ${r.tokens} tokens (format ${r.format}, template ${r.template}${r.cached ? ', from the cache' : ''})`);
+  if (r.validation) console.log(`${r.validation.out}: ${r.validation.written} validation samples`);
+  console.log(`records read: ${r.records}; skipped: ${r.skipped}; duplicates: ${r.duplicates}`);
+  const pct = r.written ? ((100 * r.truncated.samples) / (r.written + (r.validation?.written ?? 0))).toFixed(1) : '0';
+  console.log(`truncated: ${r.truncated.samples} samples (${pct}%), ${r.truncated.tokens} tokens`);
+  console.log(`length: min ${r.lengths.min}, mean ${r.lengths.mean}, p50 ${r.lengths.p50}, p95 ${r.lengths.p95}, max ${r.lengths.max}`);
+  const top = Math.max(1, ...r.lengths.histogram.map((b) => b.count));
+  for (const b of r.lengths.histogram) console.log(`  ≤${String(b.upTo).padStart(6)} ${'█'.repeat(Math.ceil((30 * b.count) / top))} ${b.count}`);
+  for (const e of r.errors.slice(0, 20)) console.log(`  skipped line ${e.line}: ${e.reason}`);
+}
+
+export function registerData(program: Command, fail: (err: unknown) => never): void {
+  const data = program.command('data').description('prepare datasets: tokenize, template and truncate into a .tok file');
+
+  data
+    .command('prepare')
+    .description('turn a dataset file (JSON / JSONL / text) into a tokenized .tok file for training')
+    .requiredOption('--model <dir>', 'HF model folder whose tokenizer to use')
+    .requiredOption('--data <file>', 'dataset file: PromptCBLUE, Alpaca, ShareGPT, columns (JSON array or JSONL), or .txt')
+    .requiredOption('--out <file>', 'output .tok file')
+    .addOption(new Option('--format <format>', 'override the detected format').choices([...FORMATS]))
+    .addOption(new Option('--template <template>', 'prompt template').choices([...TEMPLATES]).default('raw'))
+    .option('--prompt_column <name>', 'the prompt column (columns format)')
+    .option('--response_column <name>', 'the response column (columns format)')
+    .option('--history_column <name>', 'a column of [question, answer] pairs (columns format)')
+    .option('--max_source_length <n>', 'source tokens kept: max_source_length - 1', positiveInt, 512)
+    .option('--max_target_length <n>', 'target tokens kept: max_target_length - 2', positiveInt, 64)
+    .option('--train-on-prompt', 'also train on the prompt tokens', false)
+    .addOption(new Option('--on-error <policy>', 'a bad record fails the file, or is skipped and counted').choices(['fail', 'skip']).default('fail'))
+    .option('--validation-out <file>', 'also write a validation split here')
+    .option('--validation-percent <p>', 'share of records for the validation split', (v) => Number(v), 5)
+    .option('--seed <n>', 'seed of the validation split', (v) => Number(v), 42)
+    .option('--no-cache', 'do not reuse or store cached results')
+    .option('--json', 'print the report as JSON', false)
+    .action(async (o: {
+      model: string; data: string; out: string; format?: Format; template: TemplateName; prompt_column?: string; response_column?: string;
+      history_column?: string; max_source_length: number; max_target_length: number; trainOnPrompt: boolean; onError: 'fail' | 'skip';
+      validationOut?: string; validationPercent: number; seed: number; cache: boolean; json: boolean;
+    }) => {
+      try {
+        const tokenizer = await loadTokenizer(o.model);
+        const columns: Record<string, string> = {};
+        if (o.prompt_column) columns.promptColumn = o.prompt_column;
+        if (o.response_column) columns.responseColumn = o.response_column;
+        if (o.history_column) columns.historyColumn = o.history_column;
+        const report = await prepareDataset({
+          dataFile: o.data,
+          out: o.out,
+          tokenizer,
+          ...(o.format ? { format: o.format } : {}),
+          template: o.template,
+          columns,
+          maxSourceLength: o.max_source_length,
+          maxTargetLength: o.max_target_length,
+          trainOnPrompt: o.trainOnPrompt,
+          onError: o.onError,
+          ...(o.validationOut ? { validationOut: o.validationOut, validationPercent: o.validationPercent } : {}),
+          seed: o.seed,
+          ...(o.cache ? { cacheDir: path.join(dataHome(), 'cache', 'tok') } : {}),
+          source: { model: path.resolve(o.model) },
+        });
+        if (o.json) console.log(JSON.stringify(report));
+        else printReport(report);
+      } catch (err) {
+        if (err instanceof PrepareError) {
+          console.error(`llms-train: ${err.message}`);
+          if (err.hint) console.error(`hint: ${err.hint}`);
+          process.exit(1);
+        }
+        fail(err);
+      }
+    });
+
+  data
+    .command('show')
+    .description('print one tokenized sample as {"input_ids", "labels"} (labels -100 where not trained on)')
+    .argument('<file>', '.tok file')
+    .requiredOption('--index <i>', 'sample index (0-based)', (v) => Number(v))
+    .option('--json', 'JSON output (the default; kept for scripts)', true)
+    .action((file: string, o: { index: number }) => {
+      try {
+        console.log(JSON.stringify(TokReader.open(file).sample(o.index)));
+      } catch (err) {
+        fail(err);
+      }
+    });
+
+  data
+    .command('stats')
+    .description('counts and length statistics of a .tok file')
+    .argument('<file>', '.tok file')
+    .option('--json', 'JSON output', false)
+    .action((file: string, o: { json: boolean }) => {
+      try {
+        if (!fs.existsSync(file)) throw new Error(`${file} does not exist`);
+        const r = TokReader.open(file);
+        const lengths = Array.from({ length: r.size }, (_, i) => r.length(i)).sort((a, b) => a - b);
+        const labelled = Array.from({ length: r.size }, (_, i) => r.sample(i).labels.filter((x) => x !== -100).length).reduce((a, b) => a + b, 0);
+        const s = {
+          file,
+          samples: r.size,
+          tokens: r.header.num_tokens,
+          labelled_tokens: labelled,
+          min: lengths[0] ?? 0,
+          p50: lengths[Math.floor(lengths.length / 2)] ?? 0,
+          max: lengths.at(-1) ?? 0,
+          header: r.header,
+        };
+        console.log(o.json ? JSON.stringify(s) : `${file}: ${s.samples} samples, ${s.tokens} tokens (${s.labelled_tokens} trained on); length min ${s.min}, median ${s.p50}, max ${s.max}; template ${String(r.header.template)}`);
+      } catch (err) {
+        fail(err);
+      }
+    });
+}
