@@ -9,6 +9,7 @@ import { FORMATS, type Format } from '../core/data/formats.js';
 import { PrepareError, type PrepareReport, prepareDataset } from '../core/data/prepare.js';
 import { TEMPLATES, type TemplateName } from '../core/data/templates.js';
 import { TokReader } from '../core/data/tokfile.js';
+import { loadChatTemplate } from '../core/data/chat-template.js';
 import { loadTokenizer } from '../core/data/tokenizer/index.js';
 import { dataHome } from '../core/paths.js';
 
@@ -71,6 +72,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
           ...(o.format ? { format: o.format } : {}),
           template: o.template,
           columns,
+          ...(o.template === 'chat_template' ? { chatTemplate: loadChatTemplate(o.model) } : {}),
           maxSourceLength: o.max_source_length,
           maxTargetLength: o.max_target_length,
           trainOnPrompt: o.trainOnPrompt,

@@ -7,6 +7,7 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { loadChatTemplate } from '../../src-main/core/data/chat-template';
 import { detectFormat, toSample } from '../../src-main/core/data/formats';
 import { PrepareError, prepareDataset } from '../../src-main/core/data/prepare';
 import { type RawRecord, readRecords } from '../../src-main/core/data/reader';
@@ -229,5 +230,39 @@ describe('prepare checks the tokenizer against the template first', () => {
     const err = (await prepareDataset({ dataFile: f, out: path.join(tmp, 'one.tok'), tokenizer: { ...charTok, eosId: null }, maxSourceLength: 8, maxTargetLength: 8 }).catch((e: unknown) => e)) as PrepareError;
     expect(err.message).toBe('the tokenizer has no eos token, which the "raw" template needs');
     expect(err.hint).toMatch(/template/);
+  });
+});
+
+describe('chat_template', () => {
+  const chatml = (dir: string) => {
+    fs.mkdirSync(dir, { recursive: true });
+    fs.writeFileSync(
+      path.join(dir, 'tokenizer_config.json'),
+      JSON.stringify({
+        eos_token: '</s>',
+        chat_template: "{% for m in messages %}{{ '<|im_start|>' + m.role + '\\n' + m.content + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}",
+      }),
+    );
+    return loadChatTemplate(dir);
+  };
+
+  it('renders with the model template; masks prompts, trains answers with their closing text', () => {
+    const r = chatml(path.join(tmp, 'chatml'));
+    const s = toSample({ conversations: [{ from: 'human', value: 'hi' }, { from: 'gpt', value: 'yo' }, { from: 'human', value: 'x' }, { from: 'gpt', value: 'z' }] }, 'sharegpt');
+    const e = encodeSample(s, 'chat_template', charTok, { maxSourceLength: 512, maxTargetLength: 512, chatTemplate: r });
+    const text = charTok.decode(e.ids);
+    expect(text).toBe('<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nyo<|im_end|>\n<|im_start|>user\nx<|im_end|>\n<|im_start|>assistant\nz<|im_end|>\n');
+    const trained = charTok.decode(e.ids.filter((_, i) => e.mask[i]));
+    expect(trained).toBe('yo<|im_end|>\nz<|im_end|>\n');
+    const single = encodeSample(toSample({ input: 'q', target: 'a' }, 'promptcblue'), 'chat_template', charTok, { maxSourceLength: 512, maxTargetLength: 512, chatTemplate: r });
+    expect(charTok.decode(single.ids.filter((_, i) => single.mask[i]))).toBe('a<|im_end|>\n');
+  });
+
+  it('explains a folder without a chat_template', () => {
+    const d = path.join(tmp, 'nochat');
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, 'tokenizer_config.json'), '{}');
+    expect(() => loadChatTemplate(d)).toThrow(/has no chat_template; choose one of the built-in templates/);
+    expect(() => loadChatTemplate(path.join(tmp, 'missing'))).toThrow(/tokenizer_config\.json is missing/);
   });
 });

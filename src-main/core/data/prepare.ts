@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 
 import { type ColumnOptions, FORMAT_HINT, type Format, type Sample, detectFormat, toSample } from './formats.js';
+import type { ChatRenderer } from './chat-template.js';
 import { readRecords } from './reader.js';
 import { type TemplateName, TEMPLATES, encodeSample } from './templates.js';
 import { TokWriter } from './tokfile.js';
@@ -30,6 +31,8 @@ export interface PrepareOptions {
   seed?: number;
   /** Folder of cached results; none when undefined. */
   cacheDir?: string;
+  /** The model's chat_template, for template "chat_template". */
+  chatTemplate?: ChatRenderer;
   /** Recorded in the header (e.g. the model folder). */
   source?: Record<string, unknown>;
 }
@@ -126,6 +129,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       data: await fileHash(opt.dataFile),
       tokenizer: opt.tokenizer.hash,
       template,
+      chatTemplate: opt.chatTemplate?.id ?? null,
       format: opt.format ?? null,
       columns: opt.columns ?? null,
       lengths: [opt.maxSourceLength, opt.maxTargetLength],

@@ -2,10 +2,11 @@
 // with the seed's truncation (source ids cut to max_source_length − 1, target ids to max_target_length − 2).
 // Single-answer samples (PromptCBLUE, columns with history) fold earlier rounds into the prompt and train on
 // the last answer, as the seed and ChatGLM's scripts do; ShareGPT conversations train on every assistant turn.
+import type { ChatRenderer } from './chat-template.js';
 import type { Sample, Turn } from './formats.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
-export const TEMPLATES = ['raw', 'chatglm', 'chatglm2', 'alpaca', 'belle', 'baichuan-chat', 'vicuna'] as const;
+export const TEMPLATES = ['raw', 'chatglm', 'chatglm2', 'alpaca', 'belle', 'baichuan-chat', 'vicuna', 'chat_template'] as const;
 export type TemplateName = (typeof TEMPLATES)[number];
 
 export interface EncodeOptions {
@@ -13,6 +14,8 @@ export interface EncodeOptions {
   maxTargetLength: number;
   /** Train on the prompt tokens too (default: responses only). */
   trainOnPrompt?: boolean;
+  /** The model's own chat_template (template "chat_template"). */
+  chatTemplate?: ChatRenderer;
 }
 
 export interface Encoded {
@@ -60,7 +63,7 @@ class Tok {
 const VICUNA_SYSTEM =
   "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
-const specs: Record<TemplateName, Spec> = {
+const specs: Record<Exclude<TemplateName, 'chat_template'>, Spec> = {
   // the seed's PromptCBLUE layout: prompt + [eos, bos] + target + [eos]; eos after the prompt is masked
   raw: {
     prefix: () => [],
@@ -128,12 +131,57 @@ const specs: Record<TemplateName, Spec> = {
   },
 };
 
+/**
+ * The model's chat_template: the conversation is rendered prefix by prefix (with and without the generation
+ * prompt), so each assistant answer is the text the template adds for it; prompts are masked, answers (and
+ * whatever the template closes them with) trained. Single-answer samples keep the seed's truncation.
+ */
+function encodeWithChatTemplate(sample: Sample, tokenizer: Tokenizer, opt: EncodeOptions): Encoded {
+  const r = opt.chatTemplate;
+  if (!r) throw new Error('the "chat_template" template needs the model\'s chat_template (tokenizer_config.json)');
+  if (sample.kind === 'text') throw new Error('the "chat_template" template needs conversations, not plain text');
+  const msgs = sample.turns;
+  const ids: number[] = [];
+  const mask: boolean[] = [];
+  let truncated = 0;
+  const assistantAt = msgs.map((m, i) => (m.role === 'assistant' ? i : -1)).filter((i) => i >= 0);
+  const trained = sample.multiTurn ? assistantAt : assistantAt.slice(-1);
+  let done = '';
+  for (const k of trained) {
+    const prefix = r.render(msgs.slice(0, k), true);
+    const full = r.render(msgs.slice(0, k + 1), false);
+    if (!prefix.startsWith(done) || !full.startsWith(prefix)) {
+      throw new Error('the chat_template does not render this conversation as a growing prefix; pick a built-in template');
+    }
+    let src = tokenizer.encode(prefix.slice(done.length));
+    let tgt = tokenizer.encode(full.slice(prefix.length));
+    if (!sample.multiTurn) {
+      const s = src.slice(0, Math.max(0, opt.maxSourceLength - 1));
+      const g = tgt.slice(0, Math.max(0, opt.maxTargetLength - 2));
+      truncated += src.length - s.length + tgt.length - g.length;
+      src = s;
+      tgt = g;
+    }
+    for (const x of src) (ids.push(x), mask.push(Boolean(opt.trainOnPrompt)));
+    for (const x of tgt) (ids.push(x), mask.push(true));
+    done = full;
+  }
+  const max = opt.maxSourceLength + opt.maxTargetLength;
+  if (sample.multiTurn && ids.length > max) {
+    truncated += ids.length - max;
+    ids.length = max;
+    mask.length = max;
+  }
+  return { ids, mask, truncatedTokens: truncated };
+}
+
 /** Baichuan-chat prefixes each user turn with 195 (not expressible as text). */
 function userPrefix(name: TemplateName): number[] {
   return name === 'baichuan-chat' ? [195] : [];
 }
 
 export function encodeSample(sample: Sample, name: TemplateName, tokenizer: Tokenizer, opt: EncodeOptions): Encoded {
+  if (name === 'chat_template') return encodeWithChatTemplate(sample, tokenizer, opt);
   const spec = specs[name];
   if (!spec) throw new Error(`unknown template "${name}" (known: ${TEMPLATES.join(', ')})`);
   const t = new Tok(tokenizer, name);
