@@ -68,13 +68,13 @@ class CpuBackend final : public Backend {
     cpu::gelu_backward(dy, x, dx, n, kind);
   }
   void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
-                         int64_t nh, int64_t nkv, int64_t hd, float scale) override {
-    cpu::attention_forward(q, k, v, out, lse, B, T, nh, nkv, hd, scale);
+                         int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) override {
+    cpu::attention_forward(q, k, v, out, lse, B, T, nh, nkv, hd, scale, seg_start);
   }
   void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse,
                           float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
-                          float scale) override {
-    cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale);
+                          float scale, const int32_t *seg_start) override {
+    cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale, seg_start);
   }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
                         int64_t nkv, int64_t hd, float scale) override {

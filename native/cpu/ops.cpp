@@ -738,9 +738,10 @@ inline v4f bc4(float x) { return v4f{x, x, x, x}; }
 #define LLMT_VEC4 0
 #endif
 
-// s[jj] = scale · Σ_d x[d]·T[d][jj] (summed over d in order), then −inf for jj > last (masked keys).
+// s[jj] = scale · Σ_d x[d]·T[d][jj] (summed over d in order), then −inf for jj > last and jj < first (masked
+// keys: the causal future, and earlier samples of a packed row).
 inline void scores(const float *__restrict x, const float *__restrict T, int64_t hd, float scale, int64_t last,
-                   float *__restrict s) {
+                   float *__restrict s, int64_t first = 0) {
 #if LLMT_VEC4
   v4f a0 = bc4(0.0f), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t d = 0; d < hd; ++d) {
@@ -767,6 +768,7 @@ inline void scores(const float *__restrict x, const float *__restrict T, int64_t
   for (int64_t jj = 0; jj < kAB; ++jj) s[jj] = scale * acc[jj];
 #endif
   for (int64_t jj = last + 1; jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
+  for (int64_t jj = 0; jj < first && jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
 }
 
 // aT[d][jj] += a[d]·pa[jj] and bT[d][jj] += b[d]·pb[jj] for d < hd, jj < kAB.
@@ -807,7 +809,7 @@ inline int pair_blocks(int64_t pair, int64_t nblocks, int64_t out[2]) {
 }  // namespace
 
 void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
-                       int64_t nh, int64_t nkv, int64_t hd, float scale) {
+                       int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
   const int64_t group = nh / nkv, ks = nkv * hd, qs = nh * hd;
   const int64_t nqb = (T + kAB - 1) / kAB, pairs = (nqb + 1) / 2, items = B * nh * pairs;
@@ -834,7 +836,9 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
           load_block_t(kb, ks, nj, hd, kT);
           for (int64_t r = 0; r < ni; ++r) {
             const int64_t i = i0 + r, last = std::min(i - j0, nj - 1);
-            scores(q + (b * T + i) * qs + h * hd, kT, hd, scale, last, s);
+            const int64_t seg = seg_start ? seg_start[b * T + i] : 0;
+            if (j0 + nj <= seg) continue;  // the whole key block lies in an earlier sample of the row
+            scores(q + (b * T + i) * qs + h * hd, kT, hd, scale, last, s, seg - j0);
             float bm = m[r];
             for (int64_t jj = 0; jj <= last; ++jj) bm = s[jj] > bm ? s[jj] : bm;
             const float alpha = exp_fast(m[r] - bm);  // 0 on the first block (m = −inf)
@@ -867,7 +871,7 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
 // (2) dq by query blocks, keys in order.
 void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                         const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale) {
+                        int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
   const int64_t group = nh / nkv, ks = nkv * hd;
   const int64_t nblk = (T + kAB - 1) / kAB, pairs = (nblk + 1) / 2;
@@ -902,7 +906,7 @@ void attention_backward(const float *dout, const float *q, const float *k, const
                 const float *qi = q + row * hd, *doi = dout + row * hd;
                 const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
                 const int64_t last = std::min(i - j0, nj - 1);
-                scores(qi, kT, hd, scale, last, s);
+                scores(qi, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0);
                 scores(doi, vT, hd, 1.0f, kAB - 1, dp);
                 for (int64_t jj = 0; jj < kAB; ++jj) {
                   s[jj] = exp_fast(s[jj] - li);  // P (0 where masked)
@@ -949,7 +953,7 @@ void attention_backward(const float *dout, const float *q, const float *k, const
                 const int64_t i = i0 + r, row = (b * T + i) * nh + h;
                 const int64_t last = std::min(i - j0, nj - 1);
                 const float li = lse[(b * nh + h) * T + i];
-                scores(q + row * hd, kT, hd, scale, last, s);
+                scores(q + row * hd, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0);
                 scores(dout + row * hd, vT, hd, 1.0f, kAB - 1, dp);
                 for (int64_t jj = 0; jj < kAB; ++jj) dp[jj] = exp_fast(s[jj] - li) * (dp[jj] - Dr[r]);  // dS
                 float *ar = acc + r * hd;

@@ -75,12 +75,14 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
 // per thread. q[B,T,nh,hd], k,v[B,T,nkv,hd] (nh % nkv == 0; kv head g serves query heads g·(nh/nkv) …),
 // out[B,T,nh,hd]; s = scale·q·kᵀ, key j visible to query i iff j ≤ i. Saves lse[B,nh,T] (log-sum-exp of
 // the scaled scores) for the backward.
+// seg_start (optional, [B·T]): packed rows — key j is visible to query i only if also j ≥ seg_start[b·T+i]
+// (the index, within the row, where query i's sample begins). Null: plain causal attention.
 void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
-                       int64_t nh, int64_t nkv, int64_t hd, float scale);
+                       int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start = nullptr);
 // dq, dk, dv overwritten. Recomputes the probabilities from q, k and lse.
 void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                         const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale);
+                        int64_t nkv, int64_t hd, float scale, const int32_t *seg_start = nullptr);
 
 // ---- loss ---------------------------------------------------------------------------------------------------
 // Cross-entropy over logits[N,V] against targets[N] (targets < 0 are ignored, e.g. −100).

@@ -61,10 +61,10 @@ class Backend {
   virtual void gelu_forward(const float *x, float *y, int64_t n, cpu::Gelu kind) = 0;
   virtual void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, cpu::Gelu kind) = 0;
   virtual void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B,
-                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, float scale) = 0;
+                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) = 0;
   virtual void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                                   const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
-                                  int64_t nkv, int64_t hd, float scale) = 0;
+                                  int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) = 0;
   /** One decoding chunk against a KV cache: queries q[n, nh, hd] at positions p0…p0+n−1 attend to cache
    *  rows 0…(own position) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]. */
   virtual void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,

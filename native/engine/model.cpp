@@ -508,7 +508,25 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   Impl &im = *impl_;
   im.acts.resize(static_cast<size_t>(c.layers));
   im.pos.resize(static_cast<size_t>(N));
-  for (int64_t n = 0; n < N; ++n) im.pos[n] = static_cast<int32_t>(n % T);
+  std::vector<int32_t> seg;  // per token: where its sample starts within the row (packed rows only)
+  if (!batch.pos.empty()) {
+    if (static_cast<int64_t>(batch.pos.size()) != N) return set_error(LLMT_ERR_BAD_INPUT, "position ids must have the same shape as input_ids");
+    im.pos = batch.pos;
+    seg.resize(static_cast<size_t>(N));
+    for (int64_t b = 0; b < B; ++b) {
+      int32_t start = 0;
+      for (int64_t t = 0; t < T; ++t) {
+        const int32_t p = batch.pos[b * T + t];
+        if (p == 0) start = static_cast<int32_t>(t);
+        else if (t == 0 || p != batch.pos[b * T + t - 1] + 1)
+          return set_error(LLMT_ERR_BAD_INPUT, "position ids must count up by one within a sample and restart at 0 (row " + std::to_string(b) + ", position " + std::to_string(t) + ")");
+        seg[b * T + t] = start;
+      }
+    }
+  } else {
+    for (int64_t n = 0; n < N; ++n) im.pos[n] = static_cast<int32_t>(n % T);
+  }
+  const int32_t *seg_ptr = seg.empty() ? nullptr : seg.data();
   const std::vector<float> freqs = inv_freq(c);
   const float pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
   const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
@@ -539,7 +557,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     }
     resize(a.attn, N * qd);
     resize(a.lse, B * nh * T);
-    be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B, T, nh, nkv, hd, attn_scale);
+    be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B, T, nh, nkv, hd, attn_scale, seg_ptr);
     std::vector<float> y(static_cast<size_t>(N * H));
     linear_forward(*L.o, a.attn.data(), y.data(), N, ctx, l, a.lin[kO]);
     const float *mlp_in_src;
@@ -595,7 +613,8 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   std::vector<int32_t> targets(static_cast<size_t>(N), -100);
   if (!batch.labels.empty())
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t t = 0; t + 1 < T; ++t) targets[b * T + t] = batch.labels[b * T + t + 1];
+      for (int64_t t = 0; t + 1 < T; ++t)
+        if (seg.empty() || batch.pos[b * T + t + 1] != 0) targets[b * T + t] = batch.labels[b * T + t + 1];
 
   // logits and loss in row chunks: the full [N, V] matrix is only materialised when asked for.
   std::vector<float> dhf;
@@ -672,7 +691,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     linear_backward(be, *L.o, a.attn.data(), dy.data(), dattn.data(), false, N, a.lin[kO]);
     std::vector<float> dq(static_cast<size_t>(N * qd)), dk(static_cast<size_t>(N * kvd)), dv(static_cast<size_t>(N * kvd));
     be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
-                            dk.data(), dv.data(), B, T, nh, nkv, hd, attn_scale);
+                            dk.data(), dv.data(), B, T, nh, nkv, hd, attn_scale, seg_ptr);
     if (c.rot_dims > 0) {
       be.rope_backward(dq.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
       be.rope_backward(dk.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);

@@ -78,6 +78,9 @@ struct Batch {
   int64_t B = 0, T = 0;
   std::vector<int32_t> ids;     // [B·T]
   std::vector<int32_t> labels;  // [B·T] unshifted (HF `labels`), −100 = ignored; empty: no loss
+  /** [B·T] position ids, or empty for 0…T−1 in every row. Packed rows restart at 0 where each sample
+   *  begins; attention then never crosses a sample boundary and the positions restart with each sample. */
+  std::vector<int32_t> pos;
 };
 
 struct RunOptions {

@@ -2,6 +2,7 @@
 // Layout (little-endian; docs/formats.md is the reference):
 //   "LLMTTOK1" | u32 version=1 | u32 header_len | header JSON | zero padding to a multiple of 8 |
 //   u64 offsets[num_samples + 1] | i32 ids[num_tokens] | u8 mask[num_tokens]
+//   [| i32 position_ids[num_tokens]   when the header says "packed": true]
 // mask[t] = 1 when ids[t] is a label (HF labels[t] = ids[t]), 0 when labels[t] = −100.
 #include "tokdata.hpp"
 
@@ -71,7 +72,9 @@ std::unique_ptr<TokData> TokData::open(const std::string &path, llmt_status &st)
     const int64_t ns = d->header_.get_int("num_samples", -1), nt = d->header_.get_int("num_tokens", -1);
     if (ns < 0 || nt < 0) return bad("its header lacks num_samples/num_tokens");
     const size_t off = align8(16 + hlen);
-    const size_t need = off + 8 * static_cast<size_t>(ns + 1) + 4 * static_cast<size_t>(nt) + static_cast<size_t>(nt);
+    const bool packed = d->header_.get_bool("packed", false);
+    const size_t need = off + 8 * static_cast<size_t>(ns + 1) + 4 * static_cast<size_t>(nt) + static_cast<size_t>(nt) +
+                        (packed ? 4 * static_cast<size_t>(nt) : 0);
     if (need != size) {
       return bad("it is " + std::to_string(size) + " bytes but its header implies " + std::to_string(need) + " (truncated?)");
     }
@@ -82,6 +85,20 @@ std::unique_ptr<TokData> TokData::open(const std::string &path, llmt_status &st)
       if (d->offsets_[i + 1] <= d->offsets_[i]) return bad("sample " + std::to_string(i) + " is empty or its offsets decrease");
     d->ids_ = reinterpret_cast<const int32_t *>(p + off + 8 * static_cast<size_t>(ns + 1));
     d->mask_ = p + off + 8 * static_cast<size_t>(ns + 1) + 4 * static_cast<size_t>(nt);
+    if (packed) {
+      d->pos_ = reinterpret_cast<const int32_t *>(d->mask_ + nt);
+      for (int64_t i = 0; i < ns; ++i) {
+        int32_t first;
+        std::memcpy(&first, d->pos_ + d->offsets_[i], 4);
+        if (first != 0) return bad("packed row " + std::to_string(i) + " does not start at position 0");
+        for (uint64_t t = d->offsets_[i] + 1; t < d->offsets_[i + 1]; ++t) {
+          int32_t cur, prev;
+          std::memcpy(&cur, d->pos_ + t, 4);
+          std::memcpy(&prev, d->pos_ + t - 1, 4);
+          if (cur != 0 && cur != prev + 1) return bad("packed row " + std::to_string(i) + " has position ids that neither count up nor restart");
+        }
+      }
+    }
     for (int64_t t = 0; t < nt; ++t) {
       int32_t id;
       std::memcpy(&id, d->ids_ + t, 4);
@@ -163,6 +180,15 @@ void TokData::sample(int64_t i, std::vector<int32_t> &ids, std::vector<int32_t> 
     ids[t - b] = id;
     if (mask_) labels[t - b] = mask_[t] ? id : -100;
     else labels[t - b] = own_labels_[t];
+  }
+}
+
+void TokData::positions(int64_t i, std::vector<int32_t> &pos) const {
+  const uint64_t b = offsets_[i], e = offsets_[i + 1];
+  pos.resize(e - b);
+  for (uint64_t t = b; t < e; ++t) {
+    if (pos_) std::memcpy(&pos[t - b], pos_ + t, 4);
+    else pos[t - b] = static_cast<int32_t>(t - b);
   }
 }
 

@@ -23,6 +23,9 @@ class TokData {
   /** Sample i: ids and labels (HF-style, unshifted; −100 where not trained on). */
   void sample(int64_t i, std::vector<int32_t> &ids, std::vector<int32_t> &labels) const;
   const Json &header() const { return header_; }
+  /** Packed rows carry position ids that restart at 0 where each sample begins. */
+  bool packed() const { return pos_ != nullptr; }
+  void positions(int64_t i, std::vector<int32_t> &pos) const;
   int64_t pad_id() const { return pad_id_; }
   int64_t max_token_id() const { return max_id_; }
 
@@ -35,6 +38,7 @@ class TokData {
   std::vector<int32_t> own_labels_;
   const int32_t *ids_ = nullptr;
   const uint8_t *mask_ = nullptr;
+  const int32_t *pos_ = nullptr;  // packed files only
   void *map_ = nullptr;
   size_t map_size_ = 0;
   int64_t pad_id_ = 0;

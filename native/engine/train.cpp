@@ -229,11 +229,21 @@ void make_batch(const TokData &data, const std::vector<int64_t> &idx, int64_t pa
   b.T = T;
   b.ids.assign(static_cast<size_t>(b.B * T), static_cast<int32_t>(pad));
   b.labels.assign(static_cast<size_t>(b.B * T), -100);
-  std::vector<int32_t> ids, labels;
+  if (data.packed()) b.pos.assign(static_cast<size_t>(b.B * T), 0);
+  std::vector<int32_t> ids, labels, pos;
   for (size_t r = 0; r < idx.size(); ++r) {
     data.sample(idx[r], ids, labels);
     std::copy(ids.begin(), ids.end(), b.ids.begin() + static_cast<int64_t>(r) * T);
     std::copy(labels.begin(), labels.end(), b.labels.begin() + static_cast<int64_t>(r) * T);
+    if (data.packed()) {
+      data.positions(idx[r], pos);
+      int32_t next = 0;
+      for (int64_t t = 0; t < T; ++t) {  // padding continues the row's last sample
+        const int32_t v = t < static_cast<int64_t>(pos.size()) ? pos[static_cast<size_t>(t)] : next;
+        b.pos[static_cast<size_t>(static_cast<int64_t>(r) * T + t)] = v;
+        next = v + 1;
+      }
+    }
   }
 }
 

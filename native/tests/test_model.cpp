@@ -224,6 +224,58 @@ static void test_full_finetune() {
   }
 }
 
+// A packed row (two samples, positions restarting at 0) computes exactly what the samples give alone.
+static void test_packing() {
+  std::printf("packed rows\n");
+  llmt_status st;
+  auto m = Model::load(tiny("llama"), st);
+  LoraSpec spec;
+  spec.r = 2;
+  spec.targets = {"q_proj", "v_proj", "down_proj"};
+  m->add_lora(spec, 4);
+  for (auto &lin : m->linears)
+    if (lin->lora.r) randomize(lin->lora.B, 0.3f, 77);
+  // lengths that span several 16-key attention blocks, the second sample starting mid-block
+  Batch a = make_batch(1, 21, 320, 21), c = make_batch(1, 18, 320, 22);
+  Batch p;
+  p.B = 1;
+  p.T = 39;
+  p.ids = a.ids;
+  p.ids.insert(p.ids.end(), c.ids.begin(), c.ids.end());
+  p.labels = a.labels;
+  p.labels.insert(p.labels.end(), c.labels.begin(), c.labels.end());
+  for (int i = 0; i < 21; ++i) p.pos.push_back(i);
+  for (int i = 0; i < 18; ++i) p.pos.push_back(i);
+  RunOptions o;
+  o.want_logits = true;
+  o.backward = true;
+  m->zero_grad();
+  RunResult ra, rc, rp;
+  m->run(a, o, ra);
+  m->run(c, o, rc);
+  std::vector<float> separate;
+  for (Param *q : m->trainable_params()) separate.insert(separate.end(), q->grad.begin(), q->grad.end());
+  m->zero_grad();
+  CHECK(m->run(p, o, rp) == LLMT_OK, llmt_last_error());
+  CHECK(rp.count == ra.count + rc.count, "no target crosses the sample boundary");
+  CHECK(std::fabs(rp.loss_sum - (ra.loss_sum + rc.loss_sum)) < 1e-4, "packed loss = sum of the samples' losses");
+  double worst = 0;
+  for (size_t i = 0; i < ra.logits.size(); ++i) worst = std::max(worst, static_cast<double>(std::fabs(rp.logits[i] - ra.logits[i])));
+  for (size_t i = 0; i < rc.logits.size(); ++i) worst = std::max(worst, static_cast<double>(std::fabs(rp.logits[ra.logits.size() + i] - rc.logits[i])));
+  CHECK(worst < 1e-4, "packed logits equal the separate ones (max diff " + std::to_string(worst) + ")");
+  std::vector<float> packed;
+  for (Param *q : m->trainable_params()) packed.insert(packed.end(), q->grad.begin(), q->grad.end());
+  double gw = 0, gs = 0;
+  for (size_t i = 0; i < packed.size(); ++i) {
+    gw = std::max(gw, static_cast<double>(std::fabs(packed[i] - separate[i])));
+    gs = std::max(gs, static_cast<double>(std::fabs(separate[i])));
+  }
+  CHECK(gw <= 1e-4 * std::max(1.0, gs), "packed gradients equal the separate ones");
+  Batch bad = p;
+  bad.pos[3] = 7;
+  CHECK(m->run(bad, o, rp) == LLMT_ERR_BAD_INPUT, "positions that skip are rejected");
+}
+
 static void test_modules_to_save() {
   std::printf("modules_to_save\n");
   llmt_status st;
@@ -503,6 +555,7 @@ int main() {
   test_sampling();
   for (const char *f : {"llama", "baichuan", "gpt_neox"}) test_family(f);
   test_modules_to_save();
+  test_packing();
   test_full_finetune();
   test_dtypes_and_tying();
   test_bad_inputs();

@@ -22,7 +22,7 @@ function positiveInt(v: string): number {
 function printReport(r: PrepareReport): void {
   console.log(`${r.out}: ${r.written} samples, ${r.tokens} tokens (format ${r.format}, template ${r.template}${r.cached ? ', from the cache' : ''})`);
   if (r.validation) console.log(`${r.validation.out}: ${r.validation.written} validation samples`);
-  console.log(`records read: ${r.records}; skipped: ${r.skipped}; duplicates: ${r.duplicates}`);
+  console.log(`records read: ${r.records}; skipped: ${r.skipped}; duplicates: ${r.duplicates}${r.packedSamples ? `; ${r.packedSamples} samples packed into the rows` : ''}`);
   const pct = r.written ? ((100 * r.truncated.samples) / (r.written + (r.validation?.written ?? 0))).toFixed(1) : '0';
   console.log(`truncated: ${r.truncated.samples} samples (${pct}%), ${r.truncated.tokens} tokens`);
   console.log(`length: min ${r.lengths.min}, mean ${r.lengths.mean}, p50 ${r.lengths.p50}, p95 ${r.lengths.p95}, max ${r.lengths.max}`);
@@ -48,6 +48,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .option('--max_source_length <n>', 'source tokens kept: max_source_length - 1', positiveInt, 512)
     .option('--max_target_length <n>', 'target tokens kept: max_target_length - 2', positiveInt, 64)
     .option('--train-on-prompt', 'also train on the prompt tokens', false)
+    .option('--pack <row_length>', 'pack samples into rows of at most this many tokens (continued pre-training)', positiveInt)
     .addOption(new Option('--on-error <policy>', 'a bad record fails the file, or is skipped and counted').choices(['fail', 'skip']).default('fail'))
     .option('--validation-out <file>', 'also write a validation split here')
     .option('--validation-percent <p>', 'share of records for the validation split', (v) => Number(v), 5)
@@ -57,7 +58,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .action(async (o: {
       model: string; data: string; out: string; format?: Format; template: TemplateName; prompt_column?: string; response_column?: string;
       history_column?: string; max_source_length: number; max_target_length: number; trainOnPrompt: boolean; onError: 'fail' | 'skip';
-      validationOut?: string; validationPercent: number; seed: number; cache: boolean; json: boolean;
+      validationOut?: string; validationPercent: number; seed: number; cache: boolean; json: boolean; pack?: number;
     }) => {
       try {
         const tokenizer = await loadTokenizer(o.model);
@@ -76,6 +77,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
           maxSourceLength: o.max_source_length,
           maxTargetLength: o.max_target_length,
           trainOnPrompt: o.trainOnPrompt,
+          ...(o.pack ? { packRowLength: o.pack } : {}),
           onError: o.onError,
           ...(o.validationOut ? { validationOut: o.validationOut, validationPercent: o.validationPercent } : {}),
           seed: o.seed,

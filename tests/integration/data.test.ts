@@ -88,6 +88,25 @@ describe('data prepare reproduces the seed (raw template, SentencePiece LLaMA to
   });
 });
 
+describe('packed plain text for continued pre-training', () => {
+  it('packs lines into rows the engine trains on', async () => {
+    const txt = path.join(tmp, 'corpus.txt');
+    fs.writeFileSync(txt, Array.from({ length: 40 }, (_, i) => `第${i}行：患者 ${i} 的病程记录，体温 ${36 + (i % 3)}.${i % 10} 度。`).join('\n'));
+    const out = path.join(tmp, 'packed.tok');
+    const r = await runCli(['data', 'prepare', '--model', model, '--data', txt, '--out', out, '--pack', '256', '--no-cache', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const rep = JSON.parse(r.stdout);
+    expect(rep).toMatchObject({ format: 'text', packedSamples: 40 });
+    expect(rep.written).toBeLessThan(40);
+    const show = JSON.parse((await runCli(['data', 'show', out, '--index', '0'])).stdout);
+    expect(show.position_ids.filter((p: number) => p === 0).length).toBeGreaterThan(1);
+    const job = path.join(tmp, 'packed-job.json');
+    fs.writeFileSync(job, JSON.stringify({ model, data: { train: out }, training: { max_steps: 2, micro_batch_size: 2 }, output: { dir: path.join(tmp, 'packed-run'), save_steps: 100 } }));
+    const t = spawnSync(ENGINE, ['train', '--job', job], { encoding: 'utf8' });
+    expect(t.status, t.stderr + t.stdout).toBe(0);
+  });
+});
+
 describe('data prepare with bad files', () => {
   it('fails naming every broken line, or skips them by policy', async () => {
     const bad = path.join(tmp, 'bad.jsonl');

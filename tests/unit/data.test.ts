@@ -266,3 +266,25 @@ describe('chat_template', () => {
     expect(() => loadChatTemplate(path.join(tmp, 'missing'))).toThrow(/tokenizer_config\.json is missing/);
   });
 });
+
+describe('packing', () => {
+  it('packs samples into rows with positions restarting per sample, first tokens unlabelled', async () => {
+    const f = path.join(tmp, 'text.txt');
+    fs.writeFileSync(f, ['abc', 'defgh', 'ij', 'klmnopqrstu'].join('\n'));
+    const out = path.join(tmp, 'packed.tok');
+    const r = await prepareDataset({ dataFile: f, out, tokenizer: charTok, maxSourceLength: 8, maxTargetLength: 8, packRowLength: 10 });
+    expect(r.format).toBe('text');
+    expect(r.packedSamples).toBe(4);
+    const tok = TokReader.open(out);
+    expect(tok.header.packed).toBe(true);
+    // rows: [abc</s> defgh</s>] (10), [ij</s>] then klmn… (12 > 10 - 3) → own row
+    expect(tok.size).toBe(3);
+    const row0 = tok.sample(0);
+    expect(row0.input_ids).toEqual([...enc('abc'), 2, ...enc('defgh'), 2]);
+    expect(row0.position_ids).toEqual([0, 1, 2, 3, 0, 1, 2, 3, 4, 5]);
+    expect(row0.labels[0]).toBe(-100);
+    expect(row0.labels[4]).toBe(-100);
+    expect(row0.labels[5]).toBe(enc('e')[0]);
+    expect(tok.sample(2).input_ids).toEqual([...enc('klmnopqrstu'), 2]);
+  });
+});

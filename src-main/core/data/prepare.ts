@@ -31,6 +31,9 @@ export interface PrepareOptions {
   seed?: number;
   /** Folder of cached results; none when undefined. */
   cacheDir?: string;
+  /** Pack samples into rows of at most this many tokens (positions restart per sample; the engine keeps
+   *  attention inside each sample). A sample longer than a row gets a row of its own. */
+  packRowLength?: number;
   /** The model's chat_template, for template "chat_template". */
   chatTemplate?: ChatRenderer;
   /** Recorded in the header (e.g. the model folder). */
@@ -56,6 +59,8 @@ export interface PrepareReport {
   tokens: number;
   lengths: { min: number; max: number; mean: number; p50: number; p95: number; histogram: { upTo: number; count: number }[] };
   duplicates: number;
+  /** Samples packed into the written rows (0 when not packing). */
+  packedSamples: number;
   cached: boolean;
   seconds: number;
 }
@@ -120,6 +125,8 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     throw new PrepareError(`${(err as Error).message}`, [], 'Choose a template that fits this model, or complete the tokenizer files (tokenizer_config.json, special_tokens_map.json).');
   }
   const percent = opt.validationOut ? (opt.validationPercent ?? 5) : 0;
+  const pack = opt.packRowLength ?? 0;
+  if (pack && !(Number.isInteger(pack) && pack >= 8)) throw new PrepareError('the packing row length must be an integer of at least 8', []);
   const seed = opt.seed ?? 42;
 
   let cacheKey: string | null = null;
@@ -136,6 +143,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       trainOnPrompt: Boolean(opt.trainOnPrompt),
       onError: opt.onError ?? 'fail',
       split: [percent, seed],
+      pack,
     };
     cacheKey = crypto.createHash('sha256').update(JSON.stringify(key)).digest('hex').slice(0, 32);
     const base = path.join(opt.cacheDir, cacheKey);
@@ -147,8 +155,28 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     }
   }
 
-  const train = new TokWriter(opt.out);
-  const val = percent ? new TokWriter(opt.validationOut!) : null;
+  const train = new TokWriter(opt.out, pack > 0);
+  const val = percent ? new TokWriter(opt.validationOut!, pack > 0) : null;
+  // one open row per writer when packing
+  const rows = new Map<TokWriter, { ids: number[]; mask: boolean[]; pos: number[]; samples: number }>();
+  let packedSamples = 0;
+  const emit = (w: TokWriter, ids: number[], mask: boolean[]) => {
+    if (!pack) {
+      w.add(ids, mask);
+      return;
+    }
+    packedSamples++;
+    let row = rows.get(w);
+    if (row && row.ids.length + ids.length > pack) {
+      w.add(row.ids, row.mask, row.pos);
+      row = undefined;
+    }
+    if (!row) rows.set(w, (row = { ids: [], mask: [], pos: [], samples: 0 }));
+    row.ids.push(...ids);
+    row.mask.push(false, ...mask.slice(1)); // the first token of a sample is never predicted across the boundary
+    for (let i = 0; i < ids.length; i++) row.pos.push(i);
+    row.samples++;
+  };
   const errors: RecordError[] = [];
   let errorCount = 0;
   let format: Format | null = opt.format ?? null;
@@ -204,7 +232,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         tokens += encoded.ids.length;
         lengths.push(encoded.ids.length);
         const target = val && inValidation(c.index, percent, seed) ? val : train;
-        target.add(encoded.ids, encoded.mask);
+        emit(target, encoded.ids, encoded.mask);
       }
     };
     let chunk: { line: number; sample: Sample; index: number }[] = [];
@@ -231,6 +259,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       }
     }
     await flush(chunk);
+    for (const [w, row] of rows) if (row.ids.length) w.add(row.ids, row.mask, row.pos);
     if (!format) throw new PrepareError(`${opt.dataFile} holds no records`, []);
     const policy = opt.onError ?? 'fail';
     if (errorCount && policy === 'fail') {
@@ -276,6 +305,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       tokens,
       lengths: histogram(lengths),
       duplicates,
+      packedSamples,
       cached: false,
       seconds: (Date.now() - t0) / 1000,
     };

@@ -15,27 +15,41 @@ export interface TokHeader {
 export class TokWriter {
   private readonly tmpIds: string;
   private readonly tmpMask: string;
+  private readonly tmpPos: string;
   private readonly ids: fs.WriteStream;
   private readonly mask: fs.WriteStream;
+  private readonly pos: fs.WriteStream | null;
   private readonly offsets: number[] = [0];
   private tokens = 0;
 
-  constructor(readonly file: string) {
+  /** packed: rows of several samples, each row with position ids restarting at 0 per sample. */
+  constructor(
+    readonly file: string,
+    readonly packed = false,
+  ) {
     fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
     const base = `${file}.${process.pid}.tmp`;
     this.tmpIds = `${base}.ids`;
     this.tmpMask = `${base}.mask`;
+    this.tmpPos = `${base}.pos`;
     this.ids = fs.createWriteStream(this.tmpIds);
     this.mask = fs.createWriteStream(this.tmpMask);
+    this.pos = packed ? fs.createWriteStream(this.tmpPos) : null;
   }
 
   get count(): number {
     return this.offsets.length - 1;
   }
 
-  add(ids: readonly number[], mask: readonly boolean[]): void {
+  add(ids: readonly number[], mask: readonly boolean[], positions?: readonly number[]): void {
     if (ids.length === 0) throw new Error('a sample has no tokens');
     if (ids.length !== mask.length) throw new Error('ids and mask differ in length');
+    if (this.pos) {
+      if (!positions || positions.length !== ids.length || positions[0] !== 0) throw new Error('a packed row needs position ids starting at 0');
+      const p = Buffer.alloc(positions.length * 4);
+      positions.forEach((v, i) => p.writeInt32LE(v, i * 4));
+      this.pos.write(p);
+    }
     const b = Buffer.alloc(ids.length * 4);
     const m = Buffer.alloc(ids.length);
     for (let i = 0; i < ids.length; i++) {
@@ -52,8 +66,8 @@ export class TokWriter {
 
   /** Writes the final file (header, offsets, ids, mask) to a temp name, syncs it and renames it into place. */
   async finish(header: Record<string, unknown>): Promise<TokHeader> {
-    await Promise.all([end(this.ids), end(this.mask)]);
-    const full: TokHeader = { ...header, num_samples: this.count, num_tokens: this.tokens };
+    await Promise.all([end(this.ids), end(this.mask), ...(this.pos ? [end(this.pos)] : [])]);
+    const full: TokHeader = { ...header, ...(this.pos ? { packed: true } : {}), num_samples: this.count, num_tokens: this.tokens };
     const h = Buffer.from(JSON.stringify(full), 'utf8');
     const fixed = Buffer.alloc(16);
     MAGIC.copy(fixed, 0);
@@ -69,7 +83,7 @@ export class TokWriter {
       fs.writeSync(fd, h);
       fs.writeSync(fd, Buffer.alloc(pad));
       fs.writeSync(fd, off);
-      for (const part of [this.tmpIds, this.tmpMask]) {
+      for (const part of this.pos ? [this.tmpIds, this.tmpMask, this.tmpPos] : [this.tmpIds, this.tmpMask]) {
         const rfd = fs.openSync(part, 'r');
         const buf = Buffer.alloc(1 << 20);
         for (;;) {
@@ -93,11 +107,11 @@ export class TokWriter {
 
   /** Removes the temporary files (after finish, or when giving up). */
   cleanup(extra?: string): void {
-    for (const f of [this.tmpIds, this.tmpMask, extra]) if (f) fs.rmSync(f, { force: true });
+    for (const f of [this.tmpIds, this.tmpMask, this.tmpPos, extra]) if (f) fs.rmSync(f, { force: true });
   }
 
   async abort(): Promise<void> {
-    await Promise.all([end(this.ids), end(this.mask)]);
+    await Promise.all([end(this.ids), end(this.mask), ...(this.pos ? [end(this.pos)] : [])]);
     this.cleanup();
   }
 }
@@ -114,6 +128,7 @@ export class TokReader {
   private readonly offsets: BigUint64Array;
   private readonly idsAt: number;
   private readonly maskAt: number;
+  private readonly posAt: number | null;
 
   private constructor(
     private readonly buf: Buffer,
@@ -128,10 +143,12 @@ export class TokReader {
     const off = Math.ceil((16 + hl) / 8) * 8;
     const n = this.header.num_samples;
     const m = this.header.num_tokens;
-    if (off + 8 * (n + 1) + 5 * m !== buf.length) throw bad(`size ${buf.length} does not match its header (truncated?)`);
+    const packed = this.header.packed === true;
+    if (off + 8 * (n + 1) + (packed ? 9 : 5) * m !== buf.length) throw bad(`size ${buf.length} does not match its header (truncated?)`);
     this.offsets = new BigUint64Array(buf.buffer.slice(buf.byteOffset + off, buf.byteOffset + off + 8 * (n + 1)));
     this.idsAt = off + 8 * (n + 1);
     this.maskAt = this.idsAt + 4 * m;
+    this.posAt = packed ? this.maskAt + m : null;
   }
 
   static open(file: string): TokReader {
@@ -143,7 +160,7 @@ export class TokReader {
   }
 
   /** Sample i as HF input_ids and labels (−100 where not trained on). */
-  sample(i: number): { input_ids: number[]; labels: number[] } {
+  sample(i: number): { input_ids: number[]; labels: number[]; position_ids?: number[] } {
     if (!Number.isInteger(i) || i < 0 || i >= this.size) throw new Error(`index ${i} is out of range (the file has ${this.size} samples)`);
     const b = Number(this.offsets[i]);
     const e = Number(this.offsets[i + 1]);
@@ -154,7 +171,10 @@ export class TokReader {
       input_ids.push(id);
       labels.push(this.buf[this.maskAt + t] ? id : -100);
     }
-    return { input_ids, labels };
+    if (this.posAt === null) return { input_ids, labels };
+    const position_ids: number[] = [];
+    for (let t = b; t < e; t++) position_ids.push(this.buf.readInt32LE(this.posAt + 4 * t));
+    return { input_ids, labels, position_ids };
   }
 
   length(i: number): number {
