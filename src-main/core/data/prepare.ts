@@ -185,7 +185,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   let truncTokens = 0;
   let tokens = 0;
   let duplicates = 0;
-  const seen = new Set<string>();
+  const seen = new Set<number>();
   const lengths: number[] = [];
   const fail = (line: number, reason: string) => {
     errorCount++;
@@ -218,7 +218,8 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
           fail(c.line, (err as Error).message);
           continue;
         }
-        const key = crypto.createHash('sha1').update(JSON.stringify(encoded.ids)).digest('base64');
+        // 48 bits of a hash per sample: a number, so millions of samples stay cheap to remember
+        const key = crypto.createHash('sha1').update(Int32Array.from(encoded.ids)).digest().readUIntLE(0, 6);
         if (seen.has(key)) duplicates++;
         else seen.add(key);
         if (encoded.truncatedTokens > 0) {

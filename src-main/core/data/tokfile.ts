@@ -123,6 +123,10 @@ function end(s: fs.WriteStream): Promise<void> {
   });
 }
 
+/**
+ * Reads a .tok file without loading it whole: the header and offsets at open, each sample's bytes on demand
+ * (positioned reads), so `data show` on a multi-GB file stays instant.
+ */
 export class TokReader {
   readonly header: TokHeader;
   private readonly offsets: BigUint64Array;
@@ -131,49 +135,80 @@ export class TokReader {
   private readonly posAt: number | null;
 
   private constructor(
-    private readonly buf: Buffer,
+    private readonly fd: number,
     readonly file: string,
   ) {
     const bad = (why: string) => new Error(`${file} is not a valid .tok file: ${why}`);
-    if (buf.length < 16 || !buf.subarray(0, 8).equals(MAGIC)) throw bad('wrong magic (not prepared by llms-train data prepare?)');
-    if (buf.readUInt32LE(8) !== 1) throw bad(`unsupported version ${buf.readUInt32LE(8)}`);
-    const hl = buf.readUInt32LE(12);
-    if (16 + hl > buf.length) throw bad('truncated header');
-    this.header = JSON.parse(buf.subarray(16, 16 + hl).toString('utf8')) as TokHeader;
+    const size = fs.fstatSync(fd).size;
+    const fixed = this.read(0, Math.min(16, size));
+    if (size < 16 || !fixed.subarray(0, 8).equals(MAGIC)) throw bad('wrong magic (not prepared by llms-train data prepare?)');
+    if (fixed.readUInt32LE(8) !== 1) throw bad(`unsupported version ${fixed.readUInt32LE(8)}`);
+    const hl = fixed.readUInt32LE(12);
+    if (16 + hl > size) throw bad('truncated header');
+    try {
+      this.header = JSON.parse(this.read(16, hl).toString('utf8')) as TokHeader;
+    } catch {
+      throw bad('the header is not JSON');
+    }
     const off = Math.ceil((16 + hl) / 8) * 8;
     const n = this.header.num_samples;
     const m = this.header.num_tokens;
     const packed = this.header.packed === true;
-    if (off + 8 * (n + 1) + (packed ? 9 : 5) * m !== buf.length) throw bad(`size ${buf.length} does not match its header (truncated?)`);
-    this.offsets = new BigUint64Array(buf.buffer.slice(buf.byteOffset + off, buf.byteOffset + off + 8 * (n + 1)));
+    if (off + 8 * (n + 1) + (packed ? 9 : 5) * m !== size) throw bad(`size ${size} does not match its header (truncated?)`);
+    const ob = this.read(off, 8 * (n + 1));
+    this.offsets = new BigUint64Array(ob.buffer.slice(ob.byteOffset, ob.byteOffset + ob.byteLength));
     this.idsAt = off + 8 * (n + 1);
     this.maskAt = this.idsAt + 4 * m;
     this.posAt = packed ? this.maskAt + m : null;
   }
 
+  private read(at: number, length: number): Buffer {
+    const b = Buffer.alloc(length);
+    let got = 0;
+    while (got < length) {
+      const n = fs.readSync(this.fd, b, got, length - got, at + got);
+      if (n === 0) break;
+      got += n;
+    }
+    return b;
+  }
+
   static open(file: string): TokReader {
-    return new TokReader(fs.readFileSync(file), file);
+    const fd = fs.openSync(file, 'r');
+    try {
+      return new TokReader(fd, file);
+    } catch (err) {
+      fs.closeSync(fd);
+      throw err;
+    }
+  }
+
+  close(): void {
+    fs.closeSync(this.fd);
   }
 
   get size(): number {
     return this.header.num_samples;
   }
 
-  /** Sample i as HF input_ids and labels (−100 where not trained on). */
+  /** Sample i as HF input_ids and labels (−100 where not trained on), plus position_ids when packed. */
   sample(i: number): { input_ids: number[]; labels: number[]; position_ids?: number[] } {
     if (!Number.isInteger(i) || i < 0 || i >= this.size) throw new Error(`index ${i} is out of range (the file has ${this.size} samples)`);
     const b = Number(this.offsets[i]);
     const e = Number(this.offsets[i + 1]);
+    const ids = this.read(this.idsAt + 4 * b, 4 * (e - b));
+    const mask = this.read(this.maskAt + b, e - b);
     const input_ids: number[] = [];
     const labels: number[] = [];
-    for (let t = b; t < e; t++) {
-      const id = this.buf.readInt32LE(this.idsAt + 4 * t);
+    for (let t = 0; t < e - b; t++) {
+      const id = ids.readInt32LE(4 * t);
       input_ids.push(id);
-      labels.push(this.buf[this.maskAt + t] ? id : -100);
+      labels.push(mask[t] ? id : -100);
     }
     if (this.posAt === null) return { input_ids, labels };
+    const pos = this.read(this.posAt + 4 * b, 4 * (e - b));
     const position_ids: number[] = [];
-    for (let t = b; t < e; t++) position_ids.push(this.buf.readInt32LE(this.posAt + 4 * t));
+    for (let t = 0; t < e - b; t++) position_ids.push(pos.readInt32LE(4 * t));
     return { input_ids, labels, position_ids };
   }
 
