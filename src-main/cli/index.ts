@@ -12,6 +12,7 @@ import { appRoot, appVersion, databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
 import { registerData } from './data.js';
 import { serve } from './serve.js';
+import { registerTrain } from './train.js';
 
 function parsePort(v: string): number {
   const n = Number(v);
@@ -148,5 +149,6 @@ program
   });
 
 registerData(program, fail);
+registerTrain(program, fail);
 
 program.parseAsync(process.argv).catch(fail);

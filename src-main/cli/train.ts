@@ -1,0 +1,227 @@
+// train.ts — `llms-train train`: the seed project's command line (same flag names and meanings), or
+// `--config run.json`, into one RunSpec, run by RunService in this process: the run and its metrics land in
+// the same database the app reads. A progress line in a TTY, plain log lines otherwise; Ctrl-C stops
+// gracefully (a checkpoint is written), a second Ctrl-C kills the worker.
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { type Command, InvalidArgumentError, Option } from 'commander';
+
+import { Core } from '../core/core.js';
+import { dataHome } from '../core/paths.js';
+import { type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, readLoraConfig } from '../core/runs/runspec.js';
+import { type EngineEvent, RunService } from '../core/runs/service.js';
+import { TEMPLATES } from '../core/data/templates.js';
+
+const int = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError('an integer');
+  return n;
+};
+const num = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError('a number');
+  return n;
+};
+const bool = (v: string | undefined) => v === undefined || /^(true|1|yes)$/i.test(v);
+
+type Flags = Record<string, string | number | boolean | undefined>;
+
+/** Seed flags (and --config) → a validated RunSpec, plus warnings. */
+export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>; warnings: string[] } {
+  let base: RunSpecInput | Record<string, never> = {};
+  if (o.config) {
+    try {
+      base = JSON.parse(fs.readFileSync(String(o.config), 'utf8')) as RunSpecInput;
+    } catch (err) {
+      throw new RunSpecError(`cannot read --config ${o.config}: ${(err as Error).message}`);
+    }
+  }
+  const b = base as Partial<RunSpecInput>;
+  const spec: Record<string, unknown> & Partial<RunSpecInput> = { ...b };
+  const set = <T extends object>(key: 'model' | 'data' | 'training' | 'output' | 'lora' | 'devices', patch: T) => {
+    spec[key] = { ...((spec[key] as object | undefined) ?? {}), ...patch } as never;
+  };
+  const pick = (entries: [string, unknown][]) => Object.fromEntries(entries.filter(([, v]) => v !== undefined));
+  if (o.model_name_or_path) set('model', { path: String(o.model_name_or_path) });
+  set('data', pick([
+    ['train', o.train_file],
+    ['validation', o.validation_file],
+    ['prompt_column', o.prompt_column],
+    ['response_column', o.response_column],
+    ['history_column', o.history_column],
+    ['max_source_length', o.max_source_length],
+    ['max_target_length', o.max_target_length],
+    ['template', o.template],
+    ['format', o.format],
+    ['validation_percent', o.validation_split_percentage],
+  ]));
+  set('training', pick([
+    ['learning_rate', o.learning_rate],
+    ['lr_scheduler', o.lr_scheduler_type],
+    ['warmup_steps', o.warmup_steps],
+    ['max_steps', o.max_steps],
+    ['num_epochs', o.num_train_epochs],
+    ['micro_batch_size', o.per_device_train_batch_size],
+    ['eval_batch_size', o.per_device_eval_batch_size],
+    ['gradient_accumulation_steps', o.gradient_accumulation_steps],
+    ['max_grad_norm', o.max_grad_norm],
+    ['weight_decay', o.weight_decay],
+    ['seed', o.seed],
+    ['gradient_checkpointing', o.gradient_checkpointing ? true : undefined],
+    ['precision', o.bf16 ? 'bf16' : o.fp16 ? 'fp16' : undefined],
+  ]));
+  set('output', pick([
+    ['dir', o.output_dir],
+    ['logging_steps', o.logging_steps],
+    ['save_steps', o.save_steps],
+    ['eval_steps', o.eval_steps],
+    ['overwrite', o.overwrite_output_dir ? true : undefined],
+  ]));
+  if (o.device) set('devices', { kind: String(o.device) });
+  if (o.use_lora !== undefined) spec.method = bool(String(o.use_lora)) ? 'lora' : 'full';
+  if (o.lora_config) set('lora', readLoraConfig(String(o.lora_config)) ?? {});
+  if (o.resume_from_checkpoint) spec.resume_from = String(o.resume_from_checkpoint);
+  let warnings: string[] = [];
+  let input: RunSpecInput = spec as RunSpecInput;
+  if (o.deepspeed) {
+    const r = applyDeepspeed(input, String(o.deepspeed));
+    input = r.spec;
+    warnings = r.warnings;
+  }
+  const parsed = parseRunSpec(input);
+  if (parsed.devices.kind === 'cuda') throw new RunSpecError('--device cuda: this build has no CUDA backend yet; use --device cpu');
+  if (parsed.training.precision !== 'fp32' && parsed.devices.kind === 'cpu') {
+    warnings.push(`--${parsed.training.precision} on CPU: the CPU backend computes in fp32`);
+  }
+  return { spec: parsed, warnings };
+}
+
+function fmtEta(s: number): string {
+  if (!Number.isFinite(s) || s < 0) return '?';
+  const m = Math.floor(s / 60);
+  return m >= 60 ? `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m` : `${m}m${String(Math.round(s % 60)).padStart(2, '0')}s`;
+}
+
+export function registerTrain(program: Command, fail: (err: unknown) => never): void {
+  program
+    .command('train')
+    .description("fine-tune with the seed project's flags (or --config run.json); the run is recorded in the app's database")
+    .option('--config <file>', 'a RunSpec JSON file (flags override its fields)')
+    .option('--model_name_or_path <dir>', 'HF model folder')
+    .option('--train_file <file>', 'training data (PromptCBLUE, Alpaca, ShareGPT, columns, text)')
+    .option('--validation_file <file>', 'validation data')
+    .option('--validation_split_percentage <p>', 'split this share off the training data when no validation file is given', num)
+    .option('--cache_dir <dir>', 'where tokenized data is cached')
+    .option('--prompt_column <name>', 'prompt column')
+    .option('--response_column <name>', 'response column')
+    .option('--history_column <name>', 'history column')
+    .addOption(new Option('--template <t>', 'prompt template').choices([...TEMPLATES]))
+    .option('--format <f>', 'override the detected data format')
+    .option('--output_dir <dir>', 'output folder (checkpoints, final adapter, runspec.json, train.log)')
+    .option('--overwrite_output_dir', 'train into a non-empty output folder')
+    .option('--max_source_length <n>', 'source tokens (kept: n - 1)', int)
+    .option('--max_target_length <n>', 'target tokens (kept: n - 2)', int)
+    .option('--per_device_train_batch_size <n>', 'micro-batch size', int)
+    .option('--per_device_eval_batch_size <n>', 'evaluation batch size', int)
+    .option('--gradient_accumulation_steps <n>', 'micro-batches per optimizer step', int)
+    .option('--max_steps <n>', 'optimizer steps (wins over epochs)', int)
+    .option('--num_train_epochs <n>', 'epochs', num)
+    .option('--logging_steps <n>', 'log every n steps', int)
+    .option('--save_steps <n>', 'checkpoint every n steps', int)
+    .option('--eval_steps <n>', 'evaluate every n steps', int)
+    .option('--learning_rate <lr>', 'peak learning rate', num)
+    .option('--lr_scheduler_type <s>', 'linear, cosine, constant, constant_with_warmup')
+    .option('--warmup_steps <n>', 'warmup steps', int)
+    .option('--max_grad_norm <x>', 'gradient clipping', num)
+    .option('--weight_decay <x>', 'AdamW weight decay', num)
+    .option('--seed <n>', 'seed', int)
+    .option('--lora_config <file>', "the seed's LoRA config (configs/lora_config_<family>.json)")
+    .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False)')
+    .option('--bf16', 'bf16 mixed precision (GPU)')
+    .option('--fp16', 'fp16 mixed precision (GPU)')
+    .option('--gradient_checkpointing', 'recompute activations in the backward pass')
+    .option('--resume_from_checkpoint <dir>', 'a checkpoint-<step> folder, or "latest"')
+    .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
+    .addOption(new Option('--device <d>', 'cpu or cuda').choices(['cpu', 'cuda']))
+    .option('--json', 'print engine events as JSON lines', false)
+    .action(async (o: Flags) => {
+      let spec;
+      try {
+        const r = specFromFlags(o);
+        spec = r.spec;
+        for (const w of r.warnings) console.warn(`warning: ${w}`);
+      } catch (err) {
+        fail(err);
+      }
+      const core = new Core({ mode: 'browser', statusIntervalMs: 0 });
+      const service = new RunService(core.store, (run) => core.events.emit('runChanged', {
+        id: run.id, experimentId: run.experimentId, name: run.name, status: run.status, createdAt: run.createdAt,
+        startedAt: run.startedAt, endedAt: run.endedAt, errorCode: run.errorCode, errorMessage: run.errorMessage,
+      }));
+      const tty = process.stdout.isTTY && !o.json;
+      const t0 = Date.now();
+      let total = spec.training.max_steps;
+      let startStep = 0;
+      let handle;
+      try {
+        handle = await service.start(spec, {
+          cacheDir: o.cache_dir ? String(o.cache_dir) : path.join(dataHome(), 'cache', 'tok'),
+          // the watchdog's thresholds can be tightened (tests, impatient users)
+          ...(process.env.LLMS_TRAIN_STALL_WARN_MS ? { stallWarnMs: Number(process.env.LLMS_TRAIN_STALL_WARN_MS) } : {}),
+          ...(process.env.LLMS_TRAIN_STALL_KILL_MS ? { stallKillMs: Number(process.env.LLMS_TRAIN_STALL_KILL_MS) } : {}),
+          onLog: (l) => console.log(l),
+          onEvent: (e: EngineEvent) => {
+            if (o.json) {
+              console.log(JSON.stringify(e));
+              return;
+            }
+            if (e.event === 'started') {
+              total = Number(e.max_steps);
+              startStep = Number(e.start_step) || 0;
+              console.log(`training ${e.model_type} (${e.method}): ${Number(e.trainable_params).toLocaleString()} of ${Number(e.total_params).toLocaleString()} parameters trainable; ${e.train_samples} samples; ${total} steps`);
+            } else if (e.event === 'step') {
+              const step = Number(e.step);
+              const elapsed = (Date.now() - t0) / 1000;
+              const eta = ((total - step) * elapsed) / Math.max(1, step - startStep);
+              const line = `step ${step}/${total}  loss ${e.loss === null ? '—' : Number(e.loss).toFixed(4)}  lr ${Number(e.lr).toExponential(2)}  ${Math.round(Number(e.tokens_per_s))} tok/s  ETA ${fmtEta(eta)}`;
+              if (tty) {
+                const width = 24;
+                const fill = Math.round((width * step) / Math.max(1, total));
+                process.stdout.write(`\r[${'#'.repeat(fill)}${'.'.repeat(width - fill)}] ${line}   `);
+              } else console.log(line);
+            } else if (e.event === 'eval') {
+              console.log(`${tty ? '\n' : ''}eval at step ${e.step}: loss ${Number(e.eval_loss).toFixed(4)}`);
+            } else if (e.event === 'checkpoint') {
+              if (!tty) console.log(`checkpoint: ${e.path}`);
+            } else if (e.event === 'warning') {
+              console.warn(`${tty ? '\n' : ''}warning: ${e.message}`);
+            }
+          },
+        });
+      } catch (err) {
+        core.close();
+        fail(err);
+      }
+      let interrupts = 0;
+      const onSig = () => {
+        interrupts++;
+        if (interrupts === 1) {
+          console.log('\nstopping: writing a checkpoint (Ctrl-C again to kill)…');
+          handle.stop();
+        } else handle.kill();
+      };
+      process.on('SIGINT', onSig);
+      process.on('SIGTERM', onSig);
+      const run = await handle.done;
+      if (tty) process.stdout.write('\n');
+      core.close();
+      if (run.status === 'failed') {
+        console.error(`llms-train: run #${run.id} failed: ${run.errorCode}: ${run.errorMessage}`);
+        if (run.errorHint) console.error(`hint: ${run.errorHint}`);
+        process.exit(1);
+      }
+      console.log(`run #${run.id} ${run.status}; output in ${handle.outputDir}`);
+      process.exit(0);
+    });
+}

@@ -1,0 +1,181 @@
+// runspec.ts — the RunSpec: one versioned, validated description of a fine-tune, produced identically from
+// the CLI's seed flags, `--config run.json`, the seed's LoRA config files and its DeepSpeed JSON (and, later,
+// the wizard). It is stored with the run and turned into the engine's job file (docs/formats.md).
+import fs from 'node:fs';
+
+import { z } from 'zod';
+
+import { FORMATS } from '../data/formats.js';
+import { TEMPLATES } from '../data/templates.js';
+
+export const RUNSPEC_VERSION = 1;
+
+const PosInt = z.number().int().positive();
+
+export const RunSpec = z
+  .object({
+    version: z.literal(RUNSPEC_VERSION).default(RUNSPEC_VERSION),
+    name: z.string().min(1).max(200).optional(),
+    model: z.object({ path: z.string().min(1) }).strict(),
+    method: z.enum(['lora', 'full']).default('lora'),
+    lora: z
+      .object({
+        r: PosInt.default(8),
+        alpha: z.number().positive().default(32),
+        dropout: z.number().min(0).lt(1).default(0.05),
+        target_modules: z.array(z.string().min(1)).min(1).nullable().default(null),
+        modules_to_save: z.array(z.string().min(1)).nullable().default(null),
+      })
+      .strict()
+      .default({ r: 8, alpha: 32, dropout: 0.05, target_modules: null, modules_to_save: null }),
+    data: z
+      .object({
+        train: z.string().min(1),
+        validation: z.string().min(1).nullable().default(null),
+        validation_percent: z.number().min(0).lt(100).default(0),
+        format: z.enum(FORMATS as [string, ...string[]]).nullable().default(null),
+        template: z.enum(TEMPLATES).default('raw'),
+        prompt_column: z.string().min(1).nullable().default(null),
+        response_column: z.string().min(1).nullable().default(null),
+        history_column: z.string().min(1).nullable().default(null),
+        max_source_length: PosInt.default(512),
+        max_target_length: PosInt.default(64),
+      })
+      .strict(),
+    training: z
+      .object({
+        learning_rate: z.number().positive().default(2e-4),
+        lr_scheduler: z.enum(['linear', 'cosine', 'constant', 'constant_with_warmup']).default('linear'),
+        warmup_steps: z.number().int().min(0).default(0),
+        max_steps: z.number().int().default(-1),
+        num_epochs: z.number().positive().default(3),
+        micro_batch_size: PosInt.default(4),
+        eval_batch_size: PosInt.default(4),
+        gradient_accumulation_steps: PosInt.default(1),
+        max_grad_norm: z.number().min(0).default(1.0),
+        weight_decay: z.number().min(0).default(0),
+        seed: z.number().int().min(0).default(42),
+        precision: z.enum(['fp32', 'bf16', 'fp16']).default('fp32'),
+        gradient_checkpointing: z.boolean().default(false),
+      })
+      .strict()
+      .default({} as never),
+    devices: z.object({ kind: z.enum(['cpu', 'cuda']).default('cpu'), ids: z.array(z.number().int().min(0)).default([]) }).strict().default({ kind: 'cpu', ids: [] }),
+    output: z
+      .object({
+        dir: z.string().min(1),
+        logging_steps: PosInt.default(10),
+        save_steps: PosInt.default(500),
+        eval_steps: z.number().int().min(0).default(0),
+        overwrite: z.boolean().default(false),
+      })
+      .strict(),
+    resume_from: z.string().min(1).nullable().default(null),
+  })
+  .strict();
+
+export type RunSpec = z.output<typeof RunSpec>;
+export type RunSpecInput = z.input<typeof RunSpec>;
+
+export class RunSpecError extends Error {
+  constructor(
+    message: string,
+    readonly fields: { path: string; message: string }[] = [],
+  ) {
+    super(message);
+    this.name = 'RunSpecError';
+  }
+}
+
+/** Validates with field-level messages ("training.learning_rate: Too small: expected number to be >0"). */
+export function parseRunSpec(input: unknown): RunSpec {
+  const r = RunSpec.safeParse(input);
+  if (r.success) return r.data;
+  const fields = r.error.issues.map((i) => ({ path: i.path.map(String).join('.') || '(spec)', message: i.message }));
+  throw new RunSpecError(`invalid run spec: ${fields.map((f) => `${f.path}: ${f.message}`).join('; ')}`, fields);
+}
+
+/** The seed's LoRA config file: {lora_r, lora_alpha, lora_dropout, lora_target_modules, modules_to_save}. */
+export function readLoraConfig(file: string): RunSpecInput['lora'] {
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new RunSpecError(`cannot read the LoRA config ${file}: ${(err as Error).message}`);
+  }
+  const known = new Set(['lora_r', 'lora_alpha', 'lora_dropout', 'lora_target_modules', 'modules_to_save']);
+  const unknown = Object.keys(j).filter((k) => !known.has(k));
+  if (unknown.length) throw new RunSpecError(`${file}: unknown field(s) ${unknown.join(', ')} (the seed's LoRA config has ${[...known].join(', ')})`);
+  const out: NonNullable<RunSpecInput['lora']> = {};
+  if (j.lora_r !== undefined) out.r = j.lora_r as number;
+  if (j.lora_alpha !== undefined) out.alpha = j.lora_alpha as number;
+  if (j.lora_dropout !== undefined) out.dropout = j.lora_dropout as number;
+  if (j.lora_target_modules !== undefined) out.target_modules = j.lora_target_modules as string[];
+  if (j.modules_to_save !== undefined) out.modules_to_save = j.modules_to_save as string[] | null;
+  return out;
+}
+
+/**
+ * The seed's DeepSpeed JSON: what has a meaning here is mapped (fp16/bf16 "auto" or true, gradient_clipping,
+ * micro-batch, accumulation); ZeRO, buckets and the like have none on one process and come back as warnings.
+ */
+export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpecInput; warnings: string[] } {
+  let j: Record<string, unknown>;
+  try {
+    j = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+  } catch (err) {
+    throw new RunSpecError(`cannot read the DeepSpeed config ${file}: ${(err as Error).message}`);
+  }
+  const warnings: string[] = [];
+  const training = { ...(spec.training ?? {}) };
+  const enabled = (v: unknown) => v === true || v === 'auto' || (typeof v === 'object' && v !== null && ((v as { enabled?: unknown }).enabled === true || (v as { enabled?: unknown }).enabled === 'auto'));
+  for (const [k, v] of Object.entries(j)) {
+    if (k === 'bf16' || k === 'fp16') {
+      const on = enabled(v);
+      const explicit = typeof v === 'object' && v !== null && (v as { enabled?: unknown }).enabled === true;
+      if (explicit) training.precision = k;
+      else if (on) warnings.push(`deepspeed ${k}: "auto" — precision follows --bf16/--fp16 (fp32 on CPU)`);
+    } else if (k === 'gradient_clipping') {
+      if (typeof v === 'number') training.max_grad_norm = v;
+    } else if (k === 'train_micro_batch_size_per_gpu') {
+      if (typeof v === 'number') training.micro_batch_size = v;
+    } else if (k === 'gradient_accumulation_steps') {
+      if (typeof v === 'number') training.gradient_accumulation_steps = v;
+    } else if (k === 'train_batch_size' && v === 'auto') {
+      /* derived from micro-batch × accumulation × devices, as "auto" means */
+    } else {
+      warnings.push(`deepspeed ${k}: no meaning for the LLMs-train engine; ignored`);
+    }
+  }
+  return { spec: { ...spec, training }, warnings };
+}
+
+/** The engine's job JSON for a spec whose data has been tokenized into train/eval .tok files. */
+export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | null }, resumeFrom: string | null): Record<string, unknown> {
+  const t = spec.training;
+  return {
+    version: 1,
+    model: spec.model.path,
+    method: spec.method,
+    ...(spec.method === 'lora'
+      ? { lora: { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, target_modules: spec.lora.target_modules ?? [], modules_to_save: spec.lora.modules_to_save } }
+      : {}),
+    data: { train: tok.train, ...(tok.eval ? { eval: tok.eval } : {}) },
+    training: {
+      learning_rate: t.learning_rate,
+      lr_scheduler: t.lr_scheduler,
+      warmup_steps: t.warmup_steps,
+      max_steps: t.max_steps,
+      num_epochs: Math.ceil(t.num_epochs),
+      micro_batch_size: t.micro_batch_size,
+      eval_batch_size: t.eval_batch_size,
+      gradient_accumulation_steps: t.gradient_accumulation_steps,
+      max_grad_norm: t.max_grad_norm,
+      weight_decay: t.weight_decay,
+      seed: t.seed,
+      gradient_checkpointing: t.gradient_checkpointing,
+    },
+    output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },
+    ...(resumeFrom ? { resume_from: resumeFrom } : {}),
+  };
+}

@@ -1,0 +1,280 @@
+// service.ts — RunService: turns a RunSpec into a supervised engine run. It tokenizes the data (cached),
+// writes the run's files (runspec.json, job.json, train.log) into the output folder, spawns the
+// `llmt-engine train` worker, turns its JSON-lines events into batched SQLite rows (metrics, checkpoints,
+// status, errors) and push events, and watches it: a graceful stop, a kill, a dead worker recorded with its
+// exit code/signal and last log lines, and a watchdog for a stalled step. Only this process writes the DB.
+import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import readline from 'node:readline';
+
+import { prepareDataset } from '../data/prepare.js';
+import { loadTokenizer } from '../data/tokenizer/index.js';
+import { engineBinary } from '../engine/native.js';
+import type { MetricPoint, RunRow, Store } from '../store/store.js';
+import { type RunSpec, RUNSPEC_VERSION, toEngineJob } from './runspec.js';
+
+export interface EngineEvent {
+  event: string;
+  [k: string]: unknown;
+}
+
+export interface RunHandle {
+  runId: number;
+  outputDir: string;
+  /** Resolves when the worker has exited and the run row is final. */
+  done: Promise<RunRow>;
+  /** Graceful: the worker writes a checkpoint, then exits. */
+  stop(): void;
+  /** Immediate: SIGKILL. */
+  kill(): void;
+}
+
+export interface StartOptions {
+  /** Every engine event, as parsed (for progress bars and push events). */
+  onEvent?: (e: EngineEvent) => void;
+  /** Log lines about preparation (data, resume decisions). */
+  onLog?: (line: string) => void;
+  cacheDir?: string;
+  /** Watchdog: warn after this many ms without an event (default: max(120 s, 20 × median step)). */
+  stallWarnMs?: number;
+  /** Watchdog: fail after this many ms without an event (default: 5 × the warning time). */
+  stallKillMs?: number;
+  experimentId?: number;
+}
+
+const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'epoch'] as const;
+
+/** The newest complete checkpoint-<step> folder of an output dir, or null. */
+export function lastCheckpoint(dir: string): string | null {
+  if (!fs.existsSync(dir)) return null;
+  const steps = fs
+    .readdirSync(dir)
+    .map((n) => /^checkpoint-(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .filter((s) => fs.existsSync(path.join(dir, `checkpoint-${s}`, 'trainer_state.json')))
+    .sort((a, b) => a - b);
+  return steps.length ? path.join(dir, `checkpoint-${steps.at(-1)}`) : null;
+}
+
+export class RunService {
+  constructor(
+    private readonly store: Store,
+    private readonly onRunChanged?: (run: RunRow) => void,
+  ) {}
+
+  private changed(id: number): RunRow {
+    const r = this.store.runs.get(id)!;
+    this.onRunChanged?.(r);
+    return r;
+  }
+
+  /** HF's output-dir rule: a non-empty folder needs --overwrite_output_dir, unless it has a checkpoint to resume. */
+  resolveResume(spec: RunSpec): string | null {
+    if (spec.resume_from) {
+      const p = spec.resume_from === 'latest' ? lastCheckpoint(spec.output.dir) : spec.resume_from;
+      if (!p || !fs.existsSync(path.join(p, 'trainer_state.json'))) {
+        throw new Error(`cannot resume: ${spec.resume_from === 'latest' ? `no checkpoint in ${spec.output.dir}` : `${spec.resume_from} is not a complete checkpoint (no trainer_state.json)`}`);
+      }
+      return path.resolve(p);
+    }
+    if (spec.output.overwrite || !fs.existsSync(spec.output.dir)) return null;
+    const entries = fs.readdirSync(spec.output.dir).filter((n) => !n.startsWith('.'));
+    if (!entries.length) return null;
+    const last = lastCheckpoint(spec.output.dir);
+    if (last) return last;
+    throw new Error(`the output directory ${spec.output.dir} exists and is not empty; use --overwrite_output_dir to train into it anyway`);
+  }
+
+  async start(spec: RunSpec, opt: StartOptions = {}): Promise<RunHandle> {
+    const log = opt.onLog ?? (() => {});
+    const out = path.resolve(spec.output.dir);
+    const resume = this.resolveResume(spec);
+    fs.mkdirSync(out, { recursive: true });
+    const run = this.store.runs.create({
+      name: spec.name ?? path.basename(out),
+      spec,
+      specVersion: RUNSPEC_VERSION,
+      outputDir: out,
+      ...(opt.experimentId ? { experimentId: opt.experimentId } : {}),
+    });
+    this.changed(run.id);
+    const logFile = fs.createWriteStream(path.join(out, 'train.log'), { flags: 'a' });
+    const fail = (code: string, message: string, hint?: string) => {
+      this.store.runs.finish(run.id, 'failed', { errorCode: code, errorMessage: message, ...(hint ? { errorHint: hint } : {}) });
+      logFile.end(`error ${code}: ${message}\n`);
+      this.changed(run.id);
+    };
+    let train: string;
+    let evalTok: string | null = null;
+    try {
+      fs.writeFileSync(path.join(out, 'runspec.json.tmp'), JSON.stringify(spec, null, 2));
+      fs.renameSync(path.join(out, 'runspec.json.tmp'), path.join(out, 'runspec.json'));
+      if (resume) log(`resuming from ${resume}`);
+      const tokenizer = await loadTokenizer(spec.model.path);
+      const d = spec.data;
+      const columns: Record<string, string> = {};
+      if (d.prompt_column) columns.promptColumn = d.prompt_column;
+      if (d.response_column) columns.responseColumn = d.response_column;
+      if (d.history_column) columns.historyColumn = d.history_column;
+      const common = {
+        tokenizer,
+        template: d.template,
+        columns,
+        maxSourceLength: d.max_source_length,
+        maxTargetLength: d.max_target_length,
+        ...(d.format ? { format: d.format as never } : {}),
+        ...(opt.cacheDir ? { cacheDir: opt.cacheDir } : {}),
+        source: { model: path.resolve(spec.model.path) },
+      };
+      train = path.join(out, 'data', 'train.tok');
+      const splitOut = !d.validation && d.validation_percent > 0 ? path.join(out, 'data', 'eval.tok') : undefined;
+      const rep = await prepareDataset({ ...common, dataFile: d.train, out: train, ...(splitOut ? { validationOut: splitOut, validationPercent: d.validation_percent, seed: spec.training.seed } : {}) });
+      log(`data: ${rep.written} training samples (${rep.truncated.samples} truncated)${rep.cached ? ' from the cache' : ''}`);
+      if (splitOut) evalTok = splitOut;
+      if (d.validation) {
+        evalTok = path.join(out, 'data', 'eval.tok');
+        const v = await prepareDataset({ ...common, dataFile: d.validation, out: evalTok });
+        log(`data: ${v.written} validation samples`);
+      }
+    } catch (err) {
+      const e = err as Error & { hint?: string };
+      fail('BAD_INPUT', e.message, e.hint);
+      throw err;
+    }
+    const job = toEngineJob(spec, { train, eval: evalTok }, resume);
+    const jobFile = path.join(out, 'job.json');
+    fs.writeFileSync(jobFile, JSON.stringify(job, null, 2));
+
+    const exe = engineBinary();
+    if (!fs.existsSync(exe)) {
+      fail('UNAVAILABLE', `the engine binary is missing at ${exe}`, 'Build it with `npm run build:native`.');
+      throw new Error(`the engine binary is missing at ${exe}`);
+    }
+    const child: ChildProcessWithoutNullStreams = spawn(exe, ['train', '--job', jobFile], { stdio: ['pipe', 'pipe', 'pipe'] });
+    this.store.runs.markRunning(run.id, child.pid ?? null);
+    this.changed(run.id);
+
+    // batched metric inserts: at most every 500 ms, and always before a status change
+    let pending: MetricPoint[] = [];
+    const flushMetrics = () => {
+      if (!pending.length) return;
+      this.store.metrics.add(run.id, pending);
+      pending = [];
+    };
+    const flushTimer = setInterval(flushMetrics, 500);
+
+    let sawError: EngineEvent | null = null;
+    let sawDone: EngineEvent | null = null;
+    const stderrTail: string[] = [];
+    let lastEventAt = Date.now();
+    const stepTimes: number[] = [];
+    let lastStepAt = 0;
+    let warned = false;
+
+    const rl = readline.createInterface({ input: child.stdout });
+    rl.on('line', (line) => {
+      logFile.write(line + '\n');
+      let e: EngineEvent;
+      try {
+        e = JSON.parse(line) as EngineEvent;
+      } catch {
+        return; // not an event
+      }
+      const now = Date.now();
+      lastEventAt = now;
+      warned = false;
+      if (e.event === 'step') {
+        if (lastStepAt) stepTimes.push((now - lastStepAt) / Math.max(1, spec.output.logging_steps));
+        lastStepAt = now;
+        const step = Number(e.step);
+        const time = Number(e.time) || now / 1000;
+        for (const f of METRIC_FIELDS) {
+          const v = e[f];
+          if (typeof v === 'number' || v === null) pending.push({ step, name: f === 'lr' ? 'lr' : f, value: v as number | null, time });
+        }
+      } else if (e.event === 'eval') {
+        pending.push({ step: Number(e.step), name: 'eval_loss', value: (e.eval_loss as number) ?? null, time: now / 1000 });
+      } else if (e.event === 'checkpoint') {
+        flushMetrics();
+        this.store.checkpoints.add({ runId: run.id, step: Number(e.step), path: String(e.path) });
+      } else if (e.event === 'error') {
+        sawError = e;
+      } else if (e.event === 'done') {
+        sawDone = e;
+      }
+      opt.onEvent?.(e);
+    });
+    const erl = readline.createInterface({ input: child.stderr });
+    erl.on('line', (line) => {
+      logFile.write(`stderr: ${line}\n`);
+      stderrTail.push(line);
+      if (stderrTail.length > 20) stderrTail.shift();
+    });
+
+    // watchdog
+    const median = () => {
+      if (!stepTimes.length) return 0;
+      const s = [...stepTimes].sort((a, b) => a - b);
+      return s[Math.floor(s.length / 2)]!;
+    };
+    const watchdog = setInterval(() => {
+      const warnAfter = opt.stallWarnMs ?? Math.max(120_000, 20 * median() * spec.output.logging_steps);
+      const killAfter = opt.stallKillMs ?? 5 * warnAfter;
+      const quiet = Date.now() - lastEventAt;
+      if (quiet > killAfter) {
+        sawError = { event: 'error', code: 'STALLED', message: `the worker sent nothing for ${Math.round(quiet / 1000)} s and was stopped`, hint: 'Check train.log; a hung data loader, swap thrashing or a deadlock are the usual causes. Resume from the last checkpoint.' };
+        child.kill('SIGKILL');
+      } else if (quiet > warnAfter && !warned) {
+        warned = true;
+        const w: EngineEvent = { event: 'warning', message: `no progress for ${Math.round(quiet / 1000)} s (a step usually takes ${(median() / 1000).toFixed(1)} s)` };
+        logFile.write(JSON.stringify(w) + '\n');
+        opt.onEvent?.(w);
+      }
+    }, 1000);
+
+    const done = new Promise<RunRow>((resolve) => {
+      child.on('close', (code, signal) => {
+        clearInterval(flushTimer);
+        clearInterval(watchdog);
+        flushMetrics();
+        const err = sawError as EngineEvent | null;
+        const fin = sawDone as EngineEvent | null;
+        if (fin && code === 0) {
+          this.store.runs.finish(run.id, fin.status === 'stopped' ? 'stopped' : 'completed', { exitCode: 0 });
+        } else if (err) {
+          this.store.runs.finish(run.id, 'failed', {
+            errorCode: String(err.code ?? 'INTERNAL'),
+            errorMessage: String(err.message ?? 'the engine failed'),
+            ...(err.hint ? { errorHint: String(err.hint) } : {}),
+            exitCode: code,
+            exitSignal: signal,
+          });
+        } else {
+          const tail = stderrTail.slice(-5).join(' | ');
+          this.store.runs.finish(run.id, 'failed', {
+            errorCode: 'WORKER_DIED',
+            errorMessage: `the engine worker ${signal ? `was killed by ${signal}` : `exited with code ${code}`} without finishing${tail ? `; last output: ${tail}` : ''}`,
+            errorHint: 'Resume from the last checkpoint (llms-train train ... --resume_from_checkpoint latest).',
+            exitCode: code,
+            exitSignal: signal,
+          });
+        }
+        logFile.end();
+        resolve(this.changed(run.id));
+      });
+    });
+    return {
+      runId: run.id,
+      outputDir: out,
+      done,
+      stop: () => {
+        if (child.exitCode === null) child.stdin.write('stop\n');
+      },
+      kill: () => {
+        child.kill('SIGKILL');
+      },
+    };
+  }
+}

@@ -1,0 +1,119 @@
+// `llms-train train` with the seed's command line on a tiny model and the sample data: checkpoints every
+// save_steps, the run and its metrics in SQLite, kill -9 of the worker then resume to the same result, the
+// output-dir rules, and a hanging worker caught by the watchdog.
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { Store } from '../../src-main/core/store/store';
+import { CLI, ROOT, runCli } from '../helpers/app';
+
+const ENGINE = path.join(ROOT, 'native', 'build', 'bin', 'llmt-engine');
+const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
+let tmp: string;
+let model: string;
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-train-'));
+  model = path.join(tmp, 'model');
+  expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', model]).status).toBe(0);
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+const seedFlags = (out: string, steps: number, extra: string[] = []) => [
+  'train', '--model_name_or_path', model, '--use_lora', 'True', '--train_file', path.join(DATA, 'dev.json'),
+  '--validation_file', path.join(DATA, 'test.json'), '--prompt_column', 'input', '--response_column', 'target',
+  '--output_dir', out, '--max_source_length', '96', '--max_target_length', '16', '--per_device_train_batch_size', '4',
+  '--gradient_accumulation_steps', '2', '--max_steps', String(steps), '--logging_steps', '2', '--save_steps', '4',
+  '--learning_rate', '2e-3', '--lora_config', path.join(ROOT, 'configs', 'lora_config_llama.json'), '--device', 'cpu', ...extra,
+];
+
+function openStore(home: string): Store {
+  return Store.open(path.join(home, 'llms-train.db'));
+}
+
+describe('llms-train train (the seed command line)', () => {
+  it('trains, checkpoints every save_steps, and records the run and its metrics', async () => {
+    const home = path.join(tmp, 'home1');
+    const out = path.join(tmp, 'out1');
+    const r = await runCli(seedFlags(out, 10), { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/run #1 completed/);
+    for (const c of ['checkpoint-4', 'checkpoint-8', 'checkpoint-10']) expect(fs.existsSync(path.join(out, c, 'adapter_model.safetensors'))).toBe(true);
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'runspec.json', 'train.log', 'job.json']) expect(fs.existsSync(path.join(out, f))).toBe(true);
+    const store = openStore(home);
+    const run = store.runs.list()[0]!;
+    expect(run).toMatchObject({ status: 'completed', outputDir: out });
+    expect((run.spec as { lora: { r: number } }).lora.r).toBe(8);
+    expect(store.metrics.series(run.id, 'loss').map((p) => p.step)).toEqual([2, 4, 6, 8, 10]);
+    expect(store.metrics.names(run.id)).toEqual(expect.arrayContaining(['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'eval_loss']));
+    expect(store.checkpoints.list(run.id).map((c) => c.step)).toEqual([4, 8, 10]);
+    store.close();
+    const list = JSON.parse((await runCli(['runs', '--json'], { home })).stdout);
+    expect(list[0]).toMatchObject({ status: 'completed' });
+  });
+
+  it('refuses a non-empty output dir without --overwrite_output_dir, unless it can resume', async () => {
+    const out = path.join(tmp, 'busy');
+    fs.mkdirSync(out);
+    fs.writeFileSync(path.join(out, 'notes.txt'), 'mine');
+    const r = await runCli(seedFlags(out, 2), { home: path.join(tmp, 'home2') });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/exists and is not empty; use --overwrite_output_dir/);
+    expect(fs.readFileSync(path.join(out, 'notes.txt'), 'utf8')).toBe('mine');
+  });
+
+  it('records a kill -9 of the worker, then resumes to the same adapter as an uninterrupted run', async () => {
+    const home = path.join(tmp, 'home3');
+    const ref = path.join(tmp, 'ref');
+    expect((await runCli(seedFlags(ref, 16), { home, timeoutMs: 120_000 })).code).toBe(0);
+    const out = path.join(tmp, 'killed');
+    const child: ChildProcess = spawn(process.execPath, [CLI, ...seedFlags(out, 16)], { env: { ...process.env, LLMS_TRAIN_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    await new Promise<void>((resolve) =>
+      child.stdout!.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        if (stdout.includes('checkpoint-4')) resolve();
+      }),
+    );
+    const store = openStore(home);
+    const run = store.runs.list()[0]!;
+    expect(run.status).toBe('running');
+    process.kill(run.workerPid!, 'SIGKILL');
+    expect(await exited).toBe(1);
+    expect(stderr).toMatch(/WORKER_DIED: the engine worker was killed by SIGKILL/);
+    expect(store.runs.get(run.id)).toMatchObject({ status: 'failed', errorCode: 'WORKER_DIED', exitSignal: 'SIGKILL' });
+    store.close();
+    const r = await runCli([...seedFlags(out, 16), '--resume_from_checkpoint', 'latest'], { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toMatch(/resuming from .*checkpoint-\d+/);
+    expect(fs.readFileSync(path.join(out, 'adapter_model.safetensors')).equals(fs.readFileSync(path.join(ref, 'adapter_model.safetensors')))).toBe(true);
+  });
+
+  it('catches a hanging worker with the watchdog', async () => {
+    const fake = path.join(tmp, 'fake-native');
+    fs.mkdirSync(fake);
+    fs.writeFileSync(path.join(fake, 'llmt-engine'), '#!/bin/sh\necho \'{"event":"started","max_steps":10,"start_step":0}\'\nexec sleep 600\n', { mode: 0o755 });
+    const home = path.join(tmp, 'home4');
+    const r = await runCli(seedFlags(path.join(tmp, 'hang'), 4), {
+      home,
+      timeoutMs: 60_000,
+      env: { LLMS_TRAIN_NATIVE_DIR: fake, LLMS_TRAIN_STALL_WARN_MS: '1500', LLMS_TRAIN_STALL_KILL_MS: '4000' },
+    });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/warning: no progress for \d+ s/);
+    expect(r.stderr).toMatch(/STALLED: the worker sent nothing for \d+ s and was stopped/);
+  });
+
+  it('explains bad flags with the field', async () => {
+    const r = await runCli(['train', '--model_name_or_path', model, '--train_file', path.join(DATA, 'dev.json'), '--output_dir', path.join(tmp, 'x'), '--learning_rate', '-1']);
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/training\.learning_rate/);
+  });
+});
