@@ -96,6 +96,56 @@ describe('llms-train train (the seed command line)', () => {
     expect(fs.readFileSync(path.join(out, 'adapter_model.safetensors')).equals(fs.readFileSync(path.join(ref, 'adapter_model.safetensors')))).toBe(true);
   });
 
+  it('detects a corrupt checkpoint when resuming', async () => {
+    const home = path.join(tmp, 'home5');
+    const out = path.join(tmp, 'corrupt');
+    expect((await runCli(seedFlags(out, 4), { home, timeoutMs: 120_000 })).code).toBe(0);
+    const opt = path.join(out, 'checkpoint-4', 'optimizer.safetensors');
+    fs.writeFileSync(opt, fs.readFileSync(opt).subarray(0, 64));
+    const r = await runCli([...seedFlags(out, 8), '--resume_from_checkpoint', path.join(out, 'checkpoint-4')], { home, timeoutMs: 120_000 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/failed: BAD_INPUT: .*optimizer\.safetensors/);
+  });
+
+  it('keeps the database consistent when the main process is killed, and marks the run interrupted', async () => {
+    const home = path.join(tmp, 'home6');
+    const child: ChildProcess = spawn(process.execPath, [CLI, ...seedFlags(path.join(tmp, 'orphan'), 400)], { env: { ...process.env, LLMS_TRAIN_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    await new Promise<void>((resolve) =>
+      child.stdout!.on('data', (d: Buffer) => {
+        stdout += d.toString();
+        if (stdout.includes('step 2/')) resolve();
+      }),
+    );
+    const store0 = openStore(home);
+    const pid = store0.runs.list()[0]!.workerPid!;
+    store0.close();
+    child.kill('SIGKILL');
+    await new Promise((r) => child.on('exit', r));
+    // the worker notices its broken pipe and ends instead of running on as an orphan
+    const gone = await new Promise<boolean>((resolve) => {
+      const t0 = Date.now();
+      const iv = setInterval(() => {
+        let alive = true;
+        try {
+          process.kill(pid, 0);
+        } catch {
+          alive = false;
+        }
+        if (!alive || Date.now() - t0 > 15_000) {
+          clearInterval(iv);
+          resolve(!alive);
+        }
+      }, 100);
+    });
+    expect(gone).toBe(true);
+    const check = openStore(home);
+    expect(check.db.pragma('integrity_check', { simple: true })).toBe('ok');
+    expect(check.runs.list()[0]!.status).toBe('running');
+    expect(check.runs.markInterrupted()).toBe(1);
+    check.close();
+  });
+
   it('catches a hanging worker with the watchdog', async () => {
     const fake = path.join(tmp, 'fake-native');
     fs.mkdirSync(fake);
