@@ -164,6 +164,11 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
       let total = spec.training.max_steps;
       let startStep = 0;
       let handle;
+      let queuedRun: number | null = null;
+      const onQueueSig = () => {
+        if (queuedRun !== null) service.cancelQueued(queuedRun);
+      };
+      process.once('SIGINT', onQueueSig);
       try {
         handle = await service.start(spec, {
           cacheDir: o.cache_dir ? String(o.cache_dir) : path.join(dataHome(), 'cache', 'tok'),
@@ -171,6 +176,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
           ...(process.env.LLMS_TRAIN_STALL_WARN_MS ? { stallWarnMs: Number(process.env.LLMS_TRAIN_STALL_WARN_MS) } : {}),
           ...(process.env.LLMS_TRAIN_STALL_KILL_MS ? { stallKillMs: Number(process.env.LLMS_TRAIN_STALL_KILL_MS) } : {}),
           onLog: (l) => console.log(l),
+          onQueued: (id) => (queuedRun = id),
           onEvent: (e: EngineEvent) => {
             if (o.json) {
               console.log(JSON.stringify(e));
@@ -203,6 +209,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
         core.close();
         fail(err);
       }
+      process.removeListener('SIGINT', onQueueSig);
       let interrupts = 0;
       const onSig = () => {
         interrupts++;

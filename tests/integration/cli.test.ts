@@ -72,7 +72,7 @@ describe('llms-train CLI', () => {
     const home = tempHome();
     const store = Store.open(path.join(home, 'llms-train.db'));
     const r = store.runs.create({ name: 'was-running', spec: {}, specVersion: 1 });
-    store.runs.markRunning(r.id, 4242);
+    store.runs.markRunning(r.id, 99999999); // a pid that cannot exist: the worker is gone
     store.close();
     const s = await startCli(['serve', '--port', '0'], { home });
     try {

@@ -161,6 +161,27 @@ describe('llms-train train (the seed command line)', () => {
     expect(r.stderr).toMatch(/STALLED: the worker sent nothing for \d+ s and was stopped/);
   });
 
+  it('queues a second run on the same devices until the first is done', async () => {
+    const home = path.join(tmp, 'home7');
+    const a: ChildProcess = spawn(process.execPath, [CLI, ...seedFlags(path.join(tmp, 'qa'), 30)], { env: { ...process.env, LLMS_TRAIN_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    const aExit = new Promise<number | null>((resolve) => a.on('exit', (c) => resolve(c)));
+    let aOut = '';
+    await new Promise<void>((resolve) =>
+      a.stdout!.on('data', (d: Buffer) => {
+        aOut += d.toString();
+        if (aOut.includes('step 2/')) resolve();
+      }),
+    );
+    const b = await runCli(seedFlags(path.join(tmp, 'qb'), 2), { home, timeoutMs: 120_000 });
+    expect(await aExit).toBe(0);
+    expect(b.code, b.stderr).toBe(0);
+    expect(b.stdout).toMatch(/queued: waiting for run #1/);
+    const store = openStore(home);
+    const [second, first] = store.runs.list();
+    expect(new Date(second!.startedAt!).getTime()).toBeGreaterThanOrEqual(new Date(first!.endedAt!).getTime() - 1000);
+    store.close();
+  });
+
   it('explains bad flags with the field', async () => {
     const r = await runCli(['train', '--model_name_or_path', model, '--train_file', path.join(DATA, 'dev.json'), '--output_dir', path.join(tmp, 'x'), '--learning_rate', '-1']);
     expect(r.code).toBe(1);

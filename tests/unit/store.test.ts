@@ -121,9 +121,12 @@ describe('Store repositories', () => {
     const s = Store.open(file);
     const r = s.runs.create({ name: 'crashed', spec: {}, specVersion: 1 });
     s.runs.markRunning(r.id, 99);
+    const live = s.runs.create({ name: 'another process runs this one', spec: {}, specVersion: 1 });
+    s.runs.markRunning(live.id, 100);
     s.close();
     const s2 = Store.open(file);
-    expect(s2.runs.markInterrupted()).toBe(1);
+    expect(s2.runs.markInterrupted((pid) => pid === 100)).toBe(1);
+    expect(s2.runs.get(live.id)).toMatchObject({ status: 'running', workerPid: 100 });
     expect(s2.runs.get(r.id)).toMatchObject({ status: 'interrupted', workerPid: null });
     expect(s2.runs.get(r.id)!.errorMessage).toMatch(/app stopped/);
     s2.close();

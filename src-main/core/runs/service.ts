@@ -41,6 +41,8 @@ export interface StartOptions {
   /** Watchdog: fail after this many ms without an event (default: 5 × the warning time). */
   stallKillMs?: number;
   experimentId?: number;
+  /** Called with the run id when the run has to wait for its devices (so a caller can cancel it). */
+  onQueued?: (runId: number) => void;
 }
 
 const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'epoch'] as const;
@@ -87,6 +89,41 @@ export class RunService {
     throw new Error(`the output directory ${spec.output.dir} exists and is not empty; use --overwrite_output_dir to train into it anyway`);
   }
 
+  private stopQueued = new Set<number>();
+
+  /** Asks a queued run to leave the queue (a running one is stopped through its handle). */
+  cancelQueued(runId: number): void {
+    this.stopQueued.add(runId);
+  }
+
+  /** Waits while another live run uses the same devices (its worker process is checked, not just the row). */
+  private async waitForDevices(runId: number, spec: RunSpec, log: (l: string) => void, onQueued?: (runId: number) => void): Promise<'ok' | 'stopped'> {
+    const key = (s: RunSpec) => `${s.devices.kind}:${[...s.devices.ids].sort().join(',')}`;
+    const alive = (pid: number | null) => {
+      if (!pid) return false;
+      try {
+        process.kill(pid, 0);
+        return true;
+      } catch {
+        return false;
+      }
+    };
+    let announced = 0;
+    for (;;) {
+      if (this.stopQueued.has(runId)) return 'stopped';
+      const busy = this.store.runs
+        .list({ status: 'running' })
+        .find((r) => r.id !== runId && r.spec && key(r.spec as RunSpec) === key(spec) && alive(r.workerPid));
+      if (!busy) return 'ok';
+      if (announced !== busy.id) {
+        log(`queued: waiting for run #${busy.id} (${busy.name}) to free ${spec.devices.kind}${spec.devices.ids.length ? ` ${spec.devices.ids.join(',')}` : ''}`);
+        if (!announced) onQueued?.(runId);
+        announced = busy.id;
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+  }
+
   async start(spec: RunSpec, opt: StartOptions = {}): Promise<RunHandle> {
     const log = opt.onLog ?? (() => {});
     const out = path.resolve(spec.output.dir);
@@ -101,6 +138,14 @@ export class RunService {
     });
     this.changed(run.id);
     const logFile = fs.createWriteStream(path.join(out, 'train.log'), { flags: 'a' });
+    // the queue: one run per device set at a time, across every process that shares this database
+    const waited = await this.waitForDevices(run.id, spec, log, opt.onQueued);
+    if (waited === 'stopped') {
+      this.store.runs.finish(run.id, 'stopped', { errorMessage: 'stopped while waiting in the queue' });
+      logFile.end();
+      const r = this.changed(run.id);
+      return { runId: run.id, outputDir: out, done: Promise.resolve(r), stop: () => {}, kill: () => {} };
+    }
     const fail = (code: string, message: string, hint?: string) => {
       this.store.runs.finish(run.id, 'failed', { errorCode: code, errorMessage: message, ...(hint ? { errorHint: hint } : {}) });
       logFile.end(`error ${code}: ${message}\n`);

@@ -223,14 +223,30 @@ export class RunsRepo {
       )
       .run(status, now(), detail.errorCode ?? null, detail.errorMessage ?? null, detail.errorHint ?? null, detail.exitCode ?? null, detail.exitSignal ?? null, id);
   }
-  /** At start-up: runs left 'running' by a crashed app become 'interrupted' (offered for resume). */
-  markInterrupted(): number {
-    return this.db
-      .prepare(
-        `UPDATE runs SET status = 'interrupted', ended_at = ?, worker_pid = NULL,
-           error_message = COALESCE(error_message, 'the app stopped while this run was running') WHERE status = 'running'`,
-      )
-      .run(now()).changes;
+  /**
+   * At start-up: runs left 'running' by a crashed app become 'interrupted' (offered for resume). A run whose
+   * worker process is still alive belongs to another live process (e.g. a CLI `train` next to the app) and
+   * is left alone; `alive` decides (default: a signal-0 probe of the worker's pid).
+   */
+  markInterrupted(alive: (pid: number) => boolean = pidAlive): number {
+    const running = this.db.prepare(`SELECT id, worker_pid AS pid FROM runs WHERE status = 'running'`).all() as { id: number; pid: number | null }[];
+    const stale = running.filter((r) => r.pid === null || !alive(r.pid));
+    const mark = this.db.prepare(
+      `UPDATE runs SET status = 'interrupted', ended_at = ?, worker_pid = NULL,
+         error_message = COALESCE(error_message, 'the app stopped while this run was running') WHERE id = ? AND status = 'running'`,
+    );
+    const t = now();
+    this.db.transaction(() => stale.forEach((r) => mark.run(t, r.id)))();
+    return stale.length;
+  }
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
