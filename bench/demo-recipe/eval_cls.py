@@ -32,7 +32,7 @@ def main():
     ap.add_argument('--data', required=True)
     ap.add_argument('--tokenizer', help='folder with tokenizer.json (default: --model)')
     ap.add_argument('--jobs', type=int, default=2)
-    ap.add_argument('--max-new', type=int, default=8)
+    ap.add_argument('--max-new', type=int, default=24)
     ap.add_argument('--limit', type=int, default=0)
     ap.add_argument('--show', type=int, default=5)
     a = ap.parse_args()
