@@ -102,9 +102,20 @@ Json tokenizer_json() {
 
 llmt_status create_tiny(const std::string &family, const std::string &out, uint64_t seed) {
   Json c = Json::object();
-  const int64_t V = 320, H = 64, L = 2, nh = 4;
+  // "demo": the embedded demo's model (a llama of 590k parameters, HF's random init, vocab 1024 for the
+  // BPE tokenizer shipped in resources/demo; recipe in bench/demo-recipe/RECIPE.md)
+  const bool demo = family == "demo";
+  const int64_t V = demo ? 1024 : 320, H = demo ? 128 : 64, L = 2, nh = 4;
   Json arch = Json::array();
-  if (family == "llama") {
+  if (demo) {
+    arch.push(Json::string("LlamaForCausalLM"));
+    c.set("model_type", Json::string("llama"));
+    c.set("intermediate_size", Json::integer(256));
+    c.set("num_key_value_heads", Json::integer(4));
+    c.set("hidden_act", Json::string("silu"));
+    c.set("rms_norm_eps", Json::number(1e-6));
+    c.set("rope_theta", Json::number(10000.0));
+  } else if (family == "llama") {
     arch.push(Json::string("LlamaForCausalLM"));
     c.set("model_type", Json::string("llama"));
     c.set("intermediate_size", Json::integer(128));
@@ -128,7 +139,7 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
     c.set("layer_norm_eps", Json::number(1e-5));
     c.set("use_parallel_residual", Json::boolean(true));
   } else {
-    return set_error(LLMT_ERR_UNSUPPORTED, "create-tiny: unknown family \"" + family + "\" (supported: " + supported_model_types() + ")");
+    return set_error(LLMT_ERR_UNSUPPORTED, "create-tiny: unknown family \"" + family + "\" (supported: " + supported_model_types() + ", demo)");
   }
   c.set("architectures", arch);
   c.set("vocab_size", Json::integer(V));
@@ -136,6 +147,7 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
   c.set("num_hidden_layers", Json::integer(L));
   c.set("num_attention_heads", Json::integer(nh));
   c.set("max_position_embeddings", Json::integer(512));
+  (void)H;
   c.set("tie_word_embeddings", Json::boolean(false));
   c.set("bos_token_id", Json::integer(1));
   c.set("eos_token_id", Json::integer(2));
@@ -203,6 +215,10 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
     const bool is_bias = nm.size() > 5 && nm.compare(nm.size() - 5, 5, ".bias") == 0;
     const float fan_in = shapes[i].second.size() == 2 ? static_cast<float>(shapes[i].second[1]) : 1.0f;
     for (float &x : data[i]) {
+      if (demo) {  // HF's init: normal(0, initializer_range) for weights, ones for norms, zeros for biases
+        x = is_norm && !is_bias ? 1.0f : is_bias ? 0.0f : 0.02f * normal();
+        continue;
+      }
       if (is_norm && !is_bias) x = 1.0f + 0.1f * normal();
       else if (is_bias) x = 0.05f * normal();
       else x = normal() * (nm.find("embed") != std::string::npos ? 0.5f : 1.0f / std::sqrt(fan_in));

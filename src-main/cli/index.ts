@@ -76,6 +76,37 @@ program
   });
 
 program
+  .command('demo')
+  .description('the embedded default: fine-tune the tiny demo model on the bundled sample data on CPU, with accuracy before and after')
+  .action(async () => {
+    const { Core } = await import('../core/core.js');
+    const { RunService } = await import('../core/runs/service.js');
+    const { runDemo } = await import('../core/runs/demo.js');
+    const core = new Core({ mode: 'browser', statusIntervalMs: 0 });
+    const service = new RunService(core.store);
+    const tty = process.stdout.isTTY;
+    try {
+      const r = await runDemo(service, core.home, {
+        onLog: (l) => console.log(l),
+        onEvent: (e) => {
+          if (e.event === 'step') {
+            const line = `step ${String(e.step)}/300  loss ${Number(e.loss).toFixed(4)}  ${Math.round(Number(e.tokens_per_s))} tok/s`;
+            if (tty) process.stdout.write(`\r${line}   `);
+            else console.log(line);
+          } else if (e.event === 'eval') console.log(`${tty ? '\n' : ''}eval loss at step ${String(e.step)}: ${Number(e.eval_loss).toFixed(4)}`);
+        },
+      });
+      if (tty) process.stdout.write('\n');
+      console.log(`test accuracy (classification, ${r.after.total} records): before ${r.before.accuracy.toFixed(3)} → after ${r.after.accuracy.toFixed(3)}`);
+      console.log(`run #${r.runId} in ${r.outputDir}; ${r.seconds.toFixed(0)} s in all`);
+      core.close();
+    } catch (err) {
+      core.close();
+      fail(err);
+    }
+  });
+
+program
   .command('gpus')
   .description('list compute devices (GPUs with memory, or CPU only)')
   .option('--json', 'machine-readable output', false)

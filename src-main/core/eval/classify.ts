@@ -1,0 +1,63 @@
+// classify.ts — accuracy of a model on classification records (PromptCBLUE records with answer_choices):
+// greedy generation from each prompt in its training layout (the .tok sample up to and including the first
+// trained token), the prediction being the answer choice that occurs earliest in the generated text.
+import { loadEngine } from '../engine/native.js';
+import type { TokReader } from '../data/tokfile.js';
+import type { Tokenizer } from '../data/tokenizer/types.js';
+
+export interface ClsRecord {
+  target: string;
+  type?: string;
+  answer_choices?: string[] | null;
+}
+
+export interface ClsResult {
+  accuracy: number;
+  correct: number;
+  total: number;
+  /** predictions that contain none of the choices */
+  unmatched: number;
+}
+
+/** The choice found earliest in `text` (ties: the longest), or null. */
+export function pickChoice(text: string, choices: readonly string[]): string | null {
+  let best: string | null = null;
+  let at = Infinity;
+  for (const c of choices) {
+    const i = text.indexOf(c);
+    if (i >= 0 && (i < at || (i === at && c.length > (best?.length ?? 0)))) {
+      best = c;
+      at = i;
+    }
+  }
+  return best;
+}
+
+/** records[i] must be sample i of `tok` (prepared from the same file, nothing skipped). */
+export async function classificationAccuracy(modelDir: string, tokenizer: Tokenizer, records: ClsRecord[], tok: TokReader, maxNewTokens = 24): Promise<ClsResult> {
+  const engine = loadEngine();
+  if (!engine.addon) throw new Error(engine.error ?? 'the engine is unavailable');
+  const model = await engine.addon.loadModel(modelDir);
+  let correct = 0;
+  let total = 0;
+  let unmatched = 0;
+  try {
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i]!;
+      if (!r.answer_choices || r.answer_choices.length === 0) continue;
+      const s = tok.sample(i);
+      const first = s.labels.findIndex((l) => l !== -100);
+      if (first < 0) continue;
+      const prompt = s.input_ids.slice(0, first + 1);
+      const out = await model.generate(prompt, { do_sample: false, max_new_tokens: maxNewTokens, ...(tokenizer.eosId !== null ? { stop_ids: [tokenizer.eosId] } : {}) });
+      const text = tokenizer.decode(out.ids.filter((id) => id !== tokenizer.eosId));
+      const pred = pickChoice(text, r.answer_choices);
+      total++;
+      if (pred === null) unmatched++;
+      else if (pred === r.target.trim()) correct++;
+    }
+  } finally {
+    model.free();
+  }
+  return { accuracy: total ? correct / total : 0, correct, total, unmatched };
+}
