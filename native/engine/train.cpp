@@ -160,6 +160,18 @@ llmt_status parse_job(const Json &j, Job &job) {
   return LLMT_OK;
 }
 
+// Peak resident set (VmHWM), for checking the pre-flight memory estimate.
+int64_t peak_rss_bytes() {
+  int64_t kb = 0;
+  if (FILE *f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    while (std::fgets(line, sizeof line, f))
+      if (std::strncmp(line, "VmHWM:", 6) == 0) kb = std::atoll(line + 6);
+    std::fclose(f);
+  }
+  return kb * 1024;
+}
+
 int64_t rss_bytes() {
   long pages = 0, resident = 0;
   if (FILE *f = std::fopen("/proc/self/statm", "r")) {
@@ -566,6 +578,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       e.set("tokens", Json::integer(log_tokens));
       e.set("tokens_per_s", Json::number(log_tokens / std::max(1e-9, t - log_t0)));
       e.set("mem_bytes", Json::integer(rss_bytes()));
+      e.set("peak_mem_bytes", Json::integer(peak_rss_bytes()));
       e.set("time", Json::number(t));
       ctl.emit(e);
       Json h = Json::object();

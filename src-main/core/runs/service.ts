@@ -10,7 +10,8 @@ import readline from 'node:readline';
 
 import { prepareDataset } from '../data/prepare.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
-import { engineBinary } from '../engine/native.js';
+import { engineBinary, listDevices, loadEngine } from '../engine/native.js';
+import { describeEstimate, estimateRun, suggestions } from './estimate.js';
 import type { MetricPoint, RunRow, Store } from '../store/store.js';
 import { type RunSpec, RUNSPEC_VERSION, toEngineJob } from './runspec.js';
 
@@ -41,6 +42,8 @@ export interface StartOptions {
   /** Watchdog: fail after this many ms without an event (default: 5 × the warning time). */
   stallKillMs?: number;
   experimentId?: number;
+  /** Start even when the pre-flight estimate says the run will not fit in free memory. */
+  ignoreEstimate?: boolean;
   /** Called with the run id when the run has to wait for its devices (so a caller can cancel it). */
   onQueued?: (runId: number) => void;
 }
@@ -128,6 +131,23 @@ export class RunService {
     const log = opt.onLog ?? (() => {});
     const out = path.resolve(spec.output.dir);
     const resume = this.resolveResume(spec);
+    // pre-flight: the memory and step-time estimate, and a refusal (with what to change) if it cannot fit
+    const engine = loadEngine();
+    if (engine.addon) {
+      const info = await engine.addon.inspect(spec.model.path);
+      if (!info.supported) throw new Error(info.reason ?? `model_type ${info.model_type} is not supported`);
+      const cpu = listDevices(engine).find((d) => d.kind === 'cpu');
+      const est = estimateRun(info, spec, cpu?.threads ?? 1);
+      log(`estimate: ${describeEstimate(est)}`);
+      const free = cpu?.memoryFree ?? 0;
+      if (free > 0 && est.bytes.total > free && !opt.ignoreEstimate) {
+        const err = new Error(
+          `this run will not fit: it needs about ${(est.bytes.total / 2 ** 30).toFixed(2)} GiB but ${(free / 2 ** 30).toFixed(2)} GiB is free (${describeEstimate(est)})`,
+        ) as Error & { hint?: string };
+        err.hint = suggestions(spec).join('; ');
+        throw err;
+      }
+    }
     fs.mkdirSync(out, { recursive: true });
     const run = this.store.runs.create({
       name: spec.name ?? path.basename(out),

@@ -1,0 +1,106 @@
+// estimate.ts — the pre-flight estimate of a run's memory and step time on the CPU backend (fp32), from the
+// model's inspection (no weights loaded) and the RunSpec. It mirrors what the engine allocates: weights,
+// trainable parameters with their gradients and AdamW moments, the activations each block keeps for the
+// backward (all blocks, or only their inputs plus one block under gradient checkpointing), the backward's
+// temporaries, the logits chunk, and the process itself. Calibrated against measured peak RSS (VmHWM).
+import type { ModelInspection } from '../../../native/addon/index.js';
+import type { RunSpec } from './runspec.js';
+
+export interface Estimate {
+  bytes: {
+    weights: number;
+    trainable: number;
+    optimizer: number;
+    activations: number;
+    temporaries: number;
+    logits: number;
+    process: number;
+    total: number;
+  };
+  trainableParams: number;
+  /** tokens per micro-batch at the longest sequence the data can produce */
+  tokens: number;
+  /** a rough step time on this CPU (s), from the FLOPs and a conservative throughput */
+  stepSeconds: number;
+}
+
+const F = 4; // bytes per float (fp32)
+const PROCESS_BASELINE = 9.5 * 2 ** 20; // the engine process with its thread pool and scratch buffers
+
+/** PEFT's target rule: exact name or ".name" suffix; null = the family's default. */
+function targeted(name: string, targets: string[] | null, defaults: string): boolean {
+  const list = targets ?? defaults.split(',');
+  return list.some((t) => t === name);
+}
+
+export function estimateRun(info: ModelInspection, spec: RunSpec, threads: number): Estimate {
+  const H = info.hidden ?? 0;
+  const I = info.intermediate ?? 0;
+  const L = info.layers ?? 0;
+  const V = info.vocab ?? 0;
+  const nh = info.heads ?? 1;
+  const kvd = ((info.kv_heads ?? nh) * H) / nh;
+  const P = info.parameters ?? 0;
+  const neox = info.model_type === 'gpt_neox';
+  const T = spec.data.max_source_length + spec.data.max_target_length;
+  const N = spec.training.micro_batch_size * T;
+
+  // linear modules of a block: [name, in, out]
+  const mods: [string, number, number][] = neox
+    ? [['query_key_value', H, 3 * H], ['dense', H, H], ['dense_h_to_4h', H, I], ['dense_4h_to_h', I, H]]
+    : info.model_type === 'baichuan'
+      ? [['W_pack', H, 3 * H], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]]
+      : [['q_proj', H, H], ['k_proj', H, kvd], ['v_proj', H, kvd], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]];
+  let trainableParams = P;
+  let loraPerToken = 0;
+  if (spec.method === 'lora') {
+    const r = spec.lora.r;
+    trainableParams = 0;
+    for (const [name, inn, out] of mods) {
+      if (!targeted(name, spec.lora.target_modules, info.default_lora_targets ?? '')) continue;
+      trainableParams += L * r * (inn + out);
+      loraPerToken += r + (spec.lora.dropout > 0 ? inn : 0);
+    }
+    for (const m of spec.lora.modules_to_save ?? []) if (/embed|lm_head|embed_out/.test(m)) trainableParams += V * H;
+  }
+  // floats each block keeps per token for its backward
+  const perToken = (neox ? 6 * H + 2 * I : 6 * H + 2 * kvd + 3 * I) + nh + loraPerToken;
+  const activations = (spec.training.gradient_checkpointing ? L * N * H + N * perToken : L * N * perToken) * F;
+  const temporaries = N * (8 * H + 3 * I) * F + 5 * N * H * F;
+  const chunk = Math.min(N, Math.floor(2 ** 22 / Math.max(V, 1)));
+  const logits = chunk * V * F * 2;
+  const weights = P * F;
+  const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
+  const optimizer = trainableParams * F * 3; // gradient, exp_avg, exp_avg_sq
+  const total = weights + trainable + optimizer + activations + temporaries + logits + PROCESS_BASELINE;
+  // FLOPs: forward 2PN; backward 2PN for the inputs (+2PN for full weight gradients); attention 4·L·N·T·H·2
+  const flops = (spec.method === 'full' ? 6 : 4) * P * N + 8 * L * N * T * H * (spec.training.gradient_checkpointing ? 1.5 : 1);
+  const stepSeconds = (flops * spec.training.gradient_accumulation_steps) / (Math.max(1, threads) * 25e9);
+  return {
+    bytes: { weights, trainable, optimizer, activations, temporaries, logits, process: PROCESS_BASELINE, total },
+    trainableParams,
+    tokens: N,
+    stepSeconds,
+  };
+}
+
+const mb = (b: number) => `${(b / 2 ** 20).toFixed(b < 2 ** 30 ? 1 : 0)} MB`;
+
+export function describeEstimate(e: Estimate): string {
+  const b = e.bytes;
+  return (
+    `memory ≈ ${mb(b.total)} (weights ${mb(b.weights)}, trainable ${mb(b.trainable)}, optimizer ${mb(b.optimizer)}, ` +
+    `activations ${mb(b.activations)}, temporaries ${mb(b.temporaries + b.logits)}, process ${mb(b.process)}); ` +
+    `step ≈ ${e.stepSeconds < 1 ? `${(e.stepSeconds * 1000).toFixed(0)} ms` : `${e.stepSeconds.toFixed(1)} s`} on this CPU`
+  );
+}
+
+/** Concrete ways to make a run that does not fit, fit. */
+export function suggestions(spec: RunSpec): string[] {
+  const s: string[] = [];
+  if (spec.training.micro_batch_size > 1) s.push(`lower --per_device_train_batch_size (now ${spec.training.micro_batch_size}) and raise --gradient_accumulation_steps to keep the batch`);
+  if (!spec.training.gradient_checkpointing) s.push('turn on --gradient_checkpointing (activations of one block at a time)');
+  s.push(`shorten --max_source_length / --max_target_length (now ${spec.data.max_source_length} / ${spec.data.max_target_length})`);
+  if (spec.method === 'full') s.push('use LoRA (--use_lora True): no gradients or optimizer state for the base weights');
+  return s;
+}
