@@ -17,6 +17,8 @@ export interface CoreOptions {
   sqliteBinding?: string;
   /** How often the status event is re-sent (ms); 0 disables the timer. */
   statusIntervalMs?: number;
+  /** How often to look for runs changed by other processes (ms); 0 disables it. */
+  runsPollMs?: number;
 }
 
 const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [] };
@@ -53,6 +55,10 @@ export class Core {
   private readonly engine: EngineHandle;
   private readonly timer: NodeJS.Timeout | undefined;
   private lastStatusJson = '';
+  private dataVersion = -1;
+  private readonly runSeen = new Map<number, string>();
+  private runsPolled = false;
+  private readonly runsTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: CoreOptions) {
     this.home = opts.home ?? dataHome();
@@ -61,6 +67,14 @@ export class Core {
     this.interruptedAtStart = this.store.runs.markInterrupted();
     this.engine = loadEngine();
     this.dispatcher = new Dispatcher(this.handlers());
+    // Runs written by other processes (a CLI `llms-train train` beside the app) show up live: SQLite's
+    // data_version changes when another connection commits, and the changed runs are pushed as events.
+    this.pollRuns();
+    const runsEvery = opts.runsPollMs ?? 1000;
+    if (runsEvery > 0) {
+      this.runsTimer = setInterval(() => this.pollRuns(), runsEvery);
+      this.runsTimer.unref();
+    }
     const every = opts.statusIntervalMs ?? 5000;
     if (every > 0) {
       this.timer = setInterval(() => this.publishStatus(false), every);
@@ -88,6 +102,21 @@ export class Core {
     if (!force && visible === this.lastStatusJson) return;
     this.lastStatusJson = visible;
     this.events.emit('status', s);
+  }
+
+  /** Pushes runChanged for every run whose state changed since the last look (any process's writes). */
+  pollRuns(): void {
+    const v = this.store.db.pragma('data_version', { simple: true }) as number;
+    if (v === this.dataVersion) return;
+    this.dataVersion = v;
+    const first = !this.runsPolled;
+    this.runsPolled = true;
+    for (const r of this.store.runs.list({ limit: 200 })) {
+      const sig = `${r.status}|${r.startedAt}|${r.endedAt}|${r.errorCode}`;
+      if (this.runSeen.get(r.id) === sig) continue;
+      this.runSeen.set(r.id, sig);
+      if (!first) this.events.emit('runChanged', toSummary(r));
+    }
   }
 
   settings(): Settings {
@@ -132,6 +161,7 @@ export class Core {
 
   close(): void {
     if (this.timer) clearInterval(this.timer);
+    if (this.runsTimer) clearInterval(this.runsTimer);
     this.store.close();
   }
 }

@@ -218,3 +218,29 @@ describe('pre-flight estimate', () => {
     expect(r.stderr).toMatch(/hint: lower --per_device_train_batch_size .*gradient_checkpointing/);
   }, 120_000);
 });
+
+describe('the app sees CLI runs live', () => {
+  it('pushes runChanged over the WebSocket while `llms-train train` runs in another process', async () => {
+    const { startCli } = await import('../helpers/app');
+    const WebSocket = (await import('ws')).default;
+    const home = path.join(tmp, 'home9');
+    const app = await startCli(['serve', '--port', '0'], { home });
+    try {
+      const seen: { status: string }[] = [];
+      const ws = new WebSocket(`${app.origin.replace('http', 'ws')}/api/events?token=${app.token}`, { origin: app.origin });
+      ws.on('message', (m) => {
+        const e = JSON.parse(String(m)) as { event: string; payload: { status: string } };
+        if (e.event === 'runChanged') seen.push(e.payload);
+      });
+      await new Promise((r) => ws.once('open', r));
+      const r = await runCli(seedFlags(path.join(tmp, 'live'), 4), { home, timeoutMs: 120_000 });
+      expect(r.code, r.stderr).toBe(0);
+      const t0 = Date.now();
+      while (!seen.some((s) => s.status === 'completed') && Date.now() - t0 < 10_000) await new Promise((res) => setTimeout(res, 200));
+      ws.close();
+      expect(seen.map((s) => s.status)).toContain('completed');
+    } finally {
+      await app.stop();
+    }
+  });
+});
