@@ -9,6 +9,7 @@ import { BrowserWindow, app, dialog, net, protocol, session, shell } from 'elect
 import { Core } from '../core/core.js';
 import { appRoot, rendererDir } from '../core/paths.js';
 import { CONTENT_SECURITY_POLICY } from '../server/security.js';
+import { registerDefaults } from '../core/defaults.js';
 import { registerIpc } from './ipc.js';
 
 const SCHEME = 'app';
@@ -85,6 +86,7 @@ async function main(): Promise<void> {
   serveRenderer();
   const binding = electronSqliteBinding();
   const core = new Core({ mode: 'desktop', ...(binding ? { sqliteBinding: binding } : {}) });
+  registerDefaults(core);
   createWindow(core);
   app.on('window-all-closed', () => {
     core.close();

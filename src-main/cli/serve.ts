@@ -1,6 +1,7 @@
 // serve.ts — start the core plus the browser-mode server and keep them until a signal; shared by
 // `llms-train serve` and `llms-train start`'s fallback when no desktop window can open.
 import { Core } from '../core/core.js';
+import { registerDefaults } from '../core/defaults.js';
 import { isLoopbackHost } from '../server/security.js';
 import { startServer } from '../server/server.js';
 import { rendererDir } from '../core/paths.js';
@@ -21,6 +22,7 @@ export async function serve(opts: ServeCliOptions): Promise<void> {
     console.warn(`WARNING: listening on ${opts.host}: the workbench is reachable from other machines; anyone with the token can run jobs here. Prefer an SSH tunnel to 127.0.0.1.`);
   }
   const core = new Core({ mode: 'browser' });
+  registerDefaults(core);
   if (core.interruptedAtStart > 0) {
     console.log(`${core.interruptedAtStart} run(s) were still marked running from an earlier session and are now "interrupted" (resume them from the Runs screen).`);
   }

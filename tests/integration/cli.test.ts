@@ -20,6 +20,12 @@ describe('llms-train start', () => {
       expect((await fetch(s.url)).status).toBe(200);
       expect((await fetch(s.origin + '/')).status).toBe(401);
       expect((await post(s.origin, 'getStatus', {}, { 'X-LLMT-Token': s.token })).json.result.gpus).toEqual([]);
+      // a first start opens on the embedded defaults: the demo model and the bundled sample data
+      const models = (await post(s.origin, 'listModels', {}, { 'X-LLMT-Token': s.token })).json.result;
+      expect(models).toEqual([expect.objectContaining({ family: 'llama', name: expect.stringMatching(/demo/) })]);
+      expect(fs.existsSync(path.join(models[0].path, 'model.safetensors'))).toBe(true);
+      const datasets = (await post(s.origin, 'listDatasets', {}, { 'X-LLMT-Token': s.token })).json.result;
+      expect(datasets.map((d: { records: number }) => d.records).sort()).toEqual([150, 150, 800]);
     } finally {
       await s.stop();
     }
