@@ -9,6 +9,7 @@
 #include <atomic>
 #include <cstdlib>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -81,11 +82,15 @@ Napi::Value DeviceInfo(const Napi::CallbackInfo &info) {
 
 // ---- Promise-based workers -------------------------------------------------------------------------------
 
-/** Runs `work` off the event loop; resolves with a JSON-parsed string, or with undefined. */
+/**
+ * Runs `work` off the event loop and settles a Promise: rejected with the engine's code on failure; else
+ * resolved with `resolve(env)` when given, or with the JSON-parsed result string (undefined when empty).
+ */
 class JsonWorker : public Napi::AsyncWorker {
  public:
-  JsonWorker(Napi::Env env, std::function<llmt_status(std::string &)> work)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)) {}
+  JsonWorker(Napi::Env env, std::function<llmt_status(std::string &)> work,
+             std::function<Napi::Value(Napi::Env)> resolve = nullptr)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), work_(std::move(work)), resolve_(std::move(resolve)) {}
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
     status_ = work_(result_);
@@ -95,6 +100,10 @@ class JsonWorker : public Napi::AsyncWorker {
     Napi::Env env = Env();
     if (status_ != LLMT_OK) {
       deferred_.Reject(engine_error(env, status_, message_).Value());
+      return;
+    }
+    if (resolve_) {
+      deferred_.Resolve(resolve_(env));
       return;
     }
     if (result_.empty()) {
@@ -110,6 +119,7 @@ class JsonWorker : public Napi::AsyncWorker {
  private:
   Napi::Promise::Deferred deferred_;
   std::function<llmt_status(std::string &)> work_;
+  std::function<Napi::Value(Napi::Env)> resolve_;
   llmt_status status_ = LLMT_OK;
   std::string message_, result_;
 };
@@ -344,39 +354,17 @@ struct AddonData {
   Napi::FunctionReference model_ctor;
 };
 
-class LoadWorker : public Napi::AsyncWorker {
- public:
-  LoadWorker(Napi::Env env, std::string dir, std::string adapter)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), dir_(std::move(dir)), adapter_(std::move(adapter)) {}
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
-    status_ = llmt_model_load(dir_.c_str(), adapter_.empty() ? nullptr : adapter_.c_str(), &model_);
-    if (status_ != LLMT_OK) message_ = llmt_last_error();
-  }
-  void OnOK() override {
-    Napi::Env env = Env();
-    if (status_ != LLMT_OK) {
-      deferred_.Reject(engine_error(env, status_, message_).Value());
-      return;
-    }
-    AddonData *data = env.GetInstanceData<AddonData>();
-    deferred_.Resolve(data->model_ctor.New({Napi::External<llmt_model>::New(env, model_)}));
-  }
-  void OnError(const Napi::Error &e) override { deferred_.Reject(e.Value()); }
-
- private:
-  Napi::Promise::Deferred deferred_;
-  std::string dir_, adapter_;
-  llmt_model *model_ = nullptr;
-  llmt_status status_ = LLMT_OK;
-  std::string message_;
-};
-
 Napi::Value LoadModel(const Napi::CallbackInfo &info) {
   std::string dir, adapter;
   if (!need_string(info, 0, "loadModel(dir, adapter?): dir", dir)) return info.Env().Undefined();
   if (info.Length() > 1 && info[1].IsString()) adapter = info[1].As<Napi::String>().Utf8Value();
-  auto *w = new LoadWorker(info.Env(), dir, adapter);
+  auto model = std::make_shared<llmt_model *>(nullptr);
+  auto *w = new JsonWorker(
+      info.Env(),
+      [dir, adapter, model](std::string &) { return llmt_model_load(dir.c_str(), adapter.empty() ? nullptr : adapter.c_str(), model.get()); },
+      [model](Napi::Env env) -> Napi::Value {
+        return env.GetInstanceData<AddonData>()->model_ctor.New({Napi::External<llmt_model>::New(env, *model)});
+      });
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;
