@@ -69,6 +69,16 @@ export const RunSummary = z.object({
   endedAt: z.string().nullable(),
   errorCode: z.string().nullable(),
   errorMessage: z.string().nullable(),
+  tags: z.array(z.string()),
+  modelPath: z.string().nullable(),
+  dataPath: z.string().nullable(),
+  method: z.string().nullable(),
+  /** the last logged train loss, the lowest eval loss (and its step), the last logged step */
+  finalLoss: z.number().nullable(),
+  bestEvalLoss: z.number().nullable(),
+  bestEvalStep: z.number().nullable(),
+  lastStep: z.number().nullable(),
+  maxSteps: z.number().nullable(),
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 
@@ -77,6 +87,9 @@ export const Run = RunSummary.extend({
   specVersion: z.number().int(),
   outputDir: z.string().nullable(),
   errorHint: z.string().nullable(),
+  notes: z.string(),
+  /** true when this process supervises the worker (stop works from here) */
+  live: z.boolean(),
 });
 export type Run = z.infer<typeof Run>;
 
@@ -99,6 +112,106 @@ export const DatasetEntry = z.object({
 });
 
 const Empty = z.object({}).strict();
+
+/** A metric point as sent to the UI: [step, name, value (null = non-finite), unix seconds]. */
+export const MetricTuple = z.tuple([z.number(), z.string(), z.number().nullable(), z.number()]);
+export type MetricTuple = z.infer<typeof MetricTuple>;
+
+export interface CatalogFamily {
+  id: string;
+  name: string;
+  modelType: string;
+  language: string;
+  template: string;
+  loraConfig: string;
+  models: { hfId: string; params: string; needsMerge?: boolean }[];
+}
+export interface LocalModel {
+  path: string;
+  name: string;
+  modelType: string | null;
+  source: 'registered' | 'scanned';
+}
+export interface LoraPreset {
+  name: string;
+  file: string;
+  r: number;
+  alpha: number;
+  dropout: number;
+  targetModules: string[];
+  modulesToSave: string[] | null;
+}
+/** The engine's inspection of a model folder (no weights loaded). */
+export interface ModelInspection {
+  path: string;
+  model_type: string;
+  architectures?: string[] | null;
+  supported: boolean;
+  reason?: string;
+  family?: string;
+  parameters?: number;
+  dtype?: string;
+  vocab?: number;
+  hidden?: number;
+  intermediate?: number;
+  layers?: number;
+  heads?: number;
+  kv_heads?: number;
+  context?: number;
+  tie_embeddings?: boolean;
+  lora_targets?: string[];
+  default_lora_targets?: string;
+  /** the catalog family it belongs to, if any */
+  catalogFamily?: string | null;
+  /** the catalog's template suggestion */
+  template?: string | null;
+}
+export interface DatasetPreview {
+  file: string;
+  bytes: number;
+  kind: string;
+  format: string | null;
+  formatHint: string | null;
+  columns: string[];
+  records: number;
+  errors: { line: number; reason: string }[];
+  errorCount: number;
+  types: Record<string, number>;
+  rows: { line: number; raw: unknown; segments: { text: string; trained: boolean }[]; tokens: number; truncated: number }[];
+  stats: {
+    sampled: number;
+    unit: 'tokens' | 'characters';
+    lengths: { min: number; max: number; mean: number; p50: number; p95: number; histogram: { upTo: number; count: number }[] };
+    truncatedPercent: number;
+    trainedTokensPercent: number;
+  };
+}
+export interface RunPlan {
+  /** the validated RunSpec with every default filled in */
+  spec: Record<string, unknown>;
+  cli: string;
+  warnings: string[];
+  unsupported: string | null;
+  fits: boolean;
+  freeBytes: number;
+  suggestions: string[];
+  summary: string | null;
+  estimate: { bytes: Record<string, number>; stepSeconds: number | null; totalSeconds: number | null; steps: number | null } | null;
+}
+export interface CheckpointInfo {
+  id: number;
+  step: number;
+  path: string;
+  sizeBytes: number | null;
+  isFinal: boolean;
+  createdAt: string;
+}
+export interface RunComparison {
+  runs: (z.infer<typeof RunSummary> & { spec: unknown })[];
+  /** the RunSpec fields (dotted paths) whose values differ, with each run's value */
+  diff: { path: string; values: unknown[] }[];
+  evals: { runId: number; checkpointStep: number | null; dataPath: string; metrics: unknown; createdAt: string }[];
+}
 
 // ---- methods --------------------------------------------------------------------------------------
 
@@ -130,6 +243,62 @@ export const methods = {
   getRun: method(z.object({ id: Id }).strict(), Run, 'One run with its RunSpec.'),
   listModels: method(Empty, z.array(ModelEntry), 'Models known to the workbench.'),
   listDatasets: method(Empty, z.array(DatasetEntry), 'Datasets known to the workbench.'),
+  modelCatalog: method(
+    Empty,
+    z.custom<{ families: CatalogFamily[]; local: LocalModel[]; templates: string[]; presets: LoraPreset[] }>(),
+    "The seed's model families with their HF ids, local model folders (registered and found under the model directories), templates and LoRA presets.",
+  ),
+  inspectModel: method(z.object({ path: z.string().min(1).max(4096) }).strict(), z.custom<ModelInspection>(), 'Architecture, size, dtype, vocabulary, context, LoRA target names and whether the engine supports a model folder.'),
+  previewDataset: method(
+    z
+      .object({
+        path: z.string().min(1).max(4096),
+        format: z.string().nullable().optional(),
+        template: z.string().optional(),
+        promptColumn: z.string().optional(),
+        responseColumn: z.string().optional(),
+        historyColumn: z.string().optional(),
+        modelPath: z.string().nullable().optional(),
+        maxSourceLength: z.number().int().min(2).max(1_000_000).optional(),
+        maxTargetLength: z.number().int().min(3).max(1_000_000).optional(),
+        rows: z.number().int().min(0).max(50).optional(),
+      })
+      .strict(),
+    z.custom<DatasetPreview>(),
+    'Detected format, columns, the first rows through the template with trained tokens marked, length statistics and bad lines.',
+  ),
+  importDataset: method(
+    z.object({ name: z.string().trim().min(1).max(255), content: z.string().max(64 * 2 ** 20) }).strict(),
+    DatasetEntry,
+    "Saves an uploaded dataset file into the app's data folder and registers it (browser file picker, drag-and-drop).",
+  ),
+  addDataset: method(z.object({ path: z.string().min(1).max(4096), name: z.string().max(255).optional() }).strict(), DatasetEntry, 'Registers a dataset file by path.'),
+  planRun: method(
+    z.object({ spec: z.unknown() }).strict(),
+    z.custom<RunPlan>(),
+    'Validates a RunSpec (field errors as 400) and returns it complete, its CLI command and the memory/time estimate.',
+  ),
+  startRun: method(
+    z.object({ spec: z.unknown(), experimentId: Id.optional(), tags: z.array(z.string().min(1).max(64)).max(32).optional(), ignoreEstimate: z.boolean().optional() }).strict(),
+    RunSummary,
+    'Launches a run (queued behind other runs on the same devices).',
+  ),
+  stopRun: method(z.object({ id: Id, force: z.boolean().optional() }).strict(), RunSummary, 'Stops a run gracefully (a checkpoint is written); force kills the worker.'),
+  resumeRun: method(z.object({ id: Id }).strict(), RunSummary, 'Continues a stopped, failed or interrupted run from its last checkpoint (same run).'),
+  deleteRun: method(z.object({ id: Id, deleteFiles: z.boolean() }).strict(), z.object({ id: Id, filesRemoved: z.boolean() }), 'Deletes a run (and, if asked, its output folder).'),
+  updateRun: method(
+    z.object({ id: Id, name: z.string().trim().min(1).max(200).optional(), tags: z.array(z.string().trim().min(1).max(64)).max(32).optional(), notes: z.string().max(10_000).optional() }).strict(),
+    RunSummary,
+    "Renames a run or changes its tags or notes.",
+  ),
+  getMetrics: method(
+    z.object({ id: Id, afterRowid: z.number().int().min(0).optional(), names: z.array(z.string()).max(32).optional() }).strict(),
+    z.object({ points: z.array(MetricTuple), lastRowid: z.number().int() }),
+    "A run's metric points (all, or those added after a rowid), ordered by step.",
+  ),
+  listCheckpoints: method(z.object({ id: Id }).strict(), z.custom<CheckpointInfo[]>(), "A run's checkpoints."),
+  getRunLog: method(z.object({ id: Id, lines: z.number().int().min(1).max(5000).optional() }).strict(), z.object({ lines: z.array(z.string()) }), "The tail of a run's train.log."),
+  compareRuns: method(z.object({ ids: z.array(Id).min(1).max(16) }).strict(), z.custom<RunComparison>(), 'Several runs with their specs, the spec fields that differ, and their evaluations.'),
 } as const;
 
 export type Methods = typeof methods;
@@ -146,6 +315,8 @@ export const events = {
   status: AppStatus,
   /** A run changed state (queued → running → completed/failed/...). */
   runChanged: RunSummary,
+  /** New metric points of a run (batched, at most every 500 ms). */
+  metrics: z.object({ runId: Id, points: z.array(MetricTuple), lastRowid: z.number().int() }),
 } as const;
 
 export type Events = typeof events;

@@ -10,7 +10,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { Core } from '../core/core.js';
 import { dataHome } from '../core/paths.js';
 import { type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, readLoraConfig } from '../core/runs/runspec.js';
-import { type EngineEvent, RunService } from '../core/runs/service.js';
+import type { EngineEvent } from '../core/runs/service.js';
 import { TEMPLATES } from '../core/data/templates.js';
 
 const int = (v: string) => {
@@ -81,6 +81,15 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   if (o.device) set('devices', { kind: String(o.device) });
   if (o.use_lora !== undefined) spec.method = bool(String(o.use_lora)) ? 'lora' : 'full';
   if (o.lora_config) set('lora', readLoraConfig(String(o.lora_config)) ?? {});
+  const list = (v: unknown) => String(v).split(',').map((x) => x.trim()).filter(Boolean);
+  set('lora', pick([
+    ['r', o.lora_r],
+    ['alpha', o.lora_alpha],
+    ['dropout', o.lora_dropout],
+    ['target_modules', o.lora_target_modules !== undefined ? list(o.lora_target_modules) : undefined],
+    ['modules_to_save', o.modules_to_save !== undefined ? list(o.modules_to_save) : undefined],
+  ]));
+  if (o.run_name) spec.name = String(o.run_name);
   if (o.resume_from_checkpoint) spec.resume_from = String(o.resume_from_checkpoint);
   let warnings: string[] = [];
   let input: RunSpecInput = spec as RunSpecInput;
@@ -137,6 +146,12 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--weight_decay <x>', 'AdamW weight decay', num)
     .option('--seed <n>', 'seed', int)
     .option('--lora_config <file>', "the seed's LoRA config (configs/lora_config_<family>.json)")
+    .option('--lora_r <n>', 'LoRA rank (overrides --lora_config)', int)
+    .option('--lora_alpha <x>', 'LoRA alpha (overrides --lora_config)', num)
+    .option('--lora_dropout <p>', 'LoRA dropout (overrides --lora_config)', num)
+    .option('--lora_target_modules <names>', 'comma-separated module names to adapt (overrides --lora_config)')
+    .option('--modules_to_save <names>', 'comma-separated modules trained in full and saved with the adapter')
+    .option('--run_name <name>', 'the run\'s name in the app')
     .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False)')
     .option('--bf16', 'bf16 mixed precision (GPU)')
     .option('--fp16', 'fp16 mixed precision (GPU)')
@@ -154,11 +169,8 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
       } catch (err) {
         fail(err);
       }
-      const core = new Core({ mode: 'browser', statusIntervalMs: 0 });
-      const service = new RunService(core.store, (run) => core.events.emit('runChanged', {
-        id: run.id, experimentId: run.experimentId, name: run.name, status: run.status, createdAt: run.createdAt,
-        startedAt: run.startedAt, endedAt: run.endedAt, errorCode: run.errorCode, errorMessage: run.errorMessage,
-      }));
+      const core = new Core({ mode: 'browser', statusIntervalMs: 0, runsPollMs: 0, metricsPushMs: 0 });
+      const service = core.runs;
       const tty = process.stdout.isTTY && !o.json;
       const t0 = Date.now();
       let total = spec.training.max_steps;

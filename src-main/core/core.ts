@@ -1,12 +1,21 @@
 // core.ts — assembles the domain services (store, engine) and implements every API method once.
 // Both transports (app/ for the Electron window, server/ for browser mode) wrap the same Core.
 import fs from 'node:fs';
+import path from 'node:path';
 
-import type { AppStatus, Res, Settings } from '../api/contract.js';
+import type { AppStatus, MetricTuple, Res, RunSummary, Settings } from '../api/contract.js';
 import { Dispatcher, EventHub, type Handlers } from '../api/dispatcher.js';
 import { ApiError } from '../api/errors.js';
+import { previewDataset } from './data/preview.js';
+import type { Format } from './data/formats.js';
+import { TEMPLATES, type TemplateName } from './data/templates.js';
+import { loadTokenizer } from './data/tokenizer/index.js';
 import { type EngineHandle, listDevices, loadEngine } from './engine/native.js';
-import { appVersion, databaseFile, dataHome } from './paths.js';
+import { CATALOG, familyOf, loraPresets, scanModelDirs } from './models/catalog.js';
+import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
+import { cliCommand } from './runs/cli-command.js';
+import { parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
+import { planRun, type RunHandle, RunService } from './runs/service.js';
 import { StoreError } from './store/db.js';
 import { Store, type RunRow } from './store/store.js';
 
@@ -19,11 +28,17 @@ export interface CoreOptions {
   statusIntervalMs?: number;
   /** How often to look for runs changed by other processes (ms); 0 disables it. */
   runsPollMs?: number;
+  /** How often new metric points are pushed (ms); 0 disables it. */
+  metricsPushMs?: number;
 }
 
 const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [] };
 
-function toSummary(r: RunRow): Res<'listRuns'>[number] {
+type MetricSummary = ReturnType<Store['metrics']['summaries']> extends Map<number, infer V> ? V : never;
+
+export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
+  const spec = (r.spec ?? {}) as Partial<RunSpec>;
+  const maxSteps = spec.training?.max_steps;
   return {
     id: r.id,
     experimentId: r.experimentId,
@@ -34,7 +49,41 @@ function toSummary(r: RunRow): Res<'listRuns'>[number] {
     endedAt: r.endedAt,
     errorCode: r.errorCode,
     errorMessage: r.errorMessage,
+    tags: r.tags ?? [],
+    modelPath: spec.model?.path ?? null,
+    dataPath: spec.data?.train ?? null,
+    method: spec.method ?? null,
+    finalLoss: m?.finalLoss ?? null,
+    bestEvalLoss: m?.bestEvalLoss ?? null,
+    bestEvalStep: m?.bestEvalStep ?? null,
+    lastStep: m?.lastStep ?? null,
+    maxSteps: typeof maxSteps === 'number' && maxSteps > 0 ? maxSteps : null,
   };
+}
+
+/** Dotted paths of the leaves of a JSON value (arrays are leaves). */
+function leaves(v: unknown, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
+  if (v && typeof v === 'object' && !Array.isArray(v)) {
+    for (const [k, x] of Object.entries(v)) leaves(x, prefix ? `${prefix}.${k}` : k, out);
+  } else out.set(prefix, v);
+  return out;
+}
+
+/** The RunSpec fields whose values differ between runs (missing counts as a value). */
+export function specDiff(specs: readonly unknown[]): { path: string; values: unknown[] }[] {
+  const flat = specs.map((s) => leaves(s));
+  const paths = [...new Set(flat.flatMap((f) => [...f.keys()]))].sort();
+  return paths
+    .map((p) => ({ path: p, values: flat.map((f) => (f.has(p) ? f.get(p) : null)) }))
+    .filter((d) => new Set(d.values.map((v) => JSON.stringify(v ?? null))).size > 1);
+}
+
+function badInput(err: unknown): never {
+  if (err instanceof ApiError) throw err;
+  if (err instanceof RunSpecError) throw new ApiError('BAD_REQUEST', err.message, { fields: err.fields });
+  const e = err as Error & { hint?: string; code?: string };
+  const code = e.code && /^[A-Z_]+$/.test(e.code) ? e.code : 'BAD_INPUT';
+  throw new ApiError(code as never, e.message ?? String(err), e.hint ? { hint: e.hint } : {});
 }
 
 /** Store errors are the user's to act on (a name taken, a newer database): say so with their hint. */
@@ -59,6 +108,10 @@ export class Core {
   private readonly runSeen = new Map<number, string>();
   private runsPolled = false;
   private readonly runsTimer: NodeJS.Timeout | undefined;
+  readonly runs: RunService;
+  private readonly handles = new Map<number, RunHandle>();
+  private metricsRowid = 0;
+  private readonly metricsTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: CoreOptions) {
     this.home = opts.home ?? dataHome();
@@ -66,7 +119,15 @@ export class Core {
     this.store = Store.open(databaseFile(this.home), opts.sqliteBinding ? { nativeBinding: opts.sqliteBinding } : {});
     this.interruptedAtStart = this.store.runs.markInterrupted();
     this.engine = loadEngine();
+    this.runs = new RunService(this.store, (run) => this.emitRun(run));
     this.dispatcher = new Dispatcher(this.handlers());
+    // live charts: new metric points (from this process's runs and from CLI runs alike) are pushed in batches
+    this.metricsRowid = this.store.metrics.maxRowid();
+    const metricsEvery = opts.metricsPushMs ?? 500;
+    if (metricsEvery > 0) {
+      this.metricsTimer = setInterval(() => this.pushMetrics(), metricsEvery);
+      this.metricsTimer.unref();
+    }
     // Runs written by other processes (a CLI `llms-train train` beside the app) show up live: SQLite's
     // data_version changes when another connection commits, and the changed runs are pushed as events.
     this.pollRuns();
@@ -115,7 +176,73 @@ export class Core {
       const sig = `${r.status}|${r.startedAt}|${r.endedAt}|${r.errorCode}`;
       if (this.runSeen.get(r.id) === sig) continue;
       this.runSeen.set(r.id, sig);
-      if (!first) this.events.emit('runChanged', toSummary(r));
+      if (!first) this.emitRun(r);
+    }
+  }
+
+  summarize(rows: readonly RunRow[]): RunSummary[] {
+    const m = this.store.metrics.summaries(rows.map((r) => r.id));
+    return rows.map((r) => toSummary(r, m.get(r.id)));
+  }
+
+  emitRun(r: RunRow): void {
+    this.runSeen.set(r.id, `${r.status}|${r.startedAt}|${r.endedAt}|${r.errorCode}`);
+    this.events.emit('runChanged', this.summarize([r])[0]!);
+  }
+
+  /** Pushes the metric points added since the last push, one event per run. */
+  pushMetrics(): void {
+    if (!this.store.db.open) return;
+    const changed = this.store.metrics.changedSince(this.metricsRowid);
+    if (!changed.length) return;
+    const from = this.metricsRowid;
+    for (const c of changed) {
+      const pts = this.store.metrics.all(c.runId, { afterRowid: from });
+      const points: MetricTuple[] = pts.map((p) => [p.step, p.name, p.value, p.time]);
+      this.events.emit('metrics', { runId: c.runId, points, lastRowid: c.maxRowid });
+    }
+    this.metricsRowid = Math.max(...changed.map((c) => c.maxRowid));
+  }
+
+  private run(id: number): RunRow {
+    const r = this.store.runs.get(id);
+    if (!r) throw new ApiError('NOT_FOUND', `run ${id} does not exist`);
+    return r;
+  }
+
+  /** Starts a RunService run in the background; resolves once it has a row (or fails before one exists). */
+  private async launch(spec: RunSpec, opt: { experimentId?: number; tags?: string[]; ignoreEstimate?: boolean; runId?: number }): Promise<RunSummary> {
+    let handle: RunHandle;
+    try {
+      handle = await this.runs.start(spec, {
+        cacheDir: path.join(this.home, 'cache', 'tok'),
+        ...(opt.experimentId ? { experimentId: opt.experimentId } : {}),
+        ...(opt.tags ? { tags: opt.tags } : {}),
+        ...(opt.ignoreEstimate ? { ignoreEstimate: true } : {}),
+        ...(opt.runId !== undefined ? { runId: opt.runId } : {}),
+        onLog: (l) => {
+          const dir = path.resolve(spec.output.dir);
+          try {
+            fs.mkdirSync(dir, { recursive: true });
+            fs.appendFileSync(path.join(dir, 'train.log'), `${l}\n`);
+          } catch {
+            /* the log is best effort; the run reports its own errors */
+          }
+        },
+      });
+    } catch (err) {
+      return badInput(err);
+    }
+    this.handles.set(handle.runId, handle);
+    void handle.done.finally(() => this.handles.delete(handle.runId));
+    return this.summarize([this.run(handle.runId)])[0]!;
+  }
+
+  private normalizeSpec(input: unknown): RunSpec {
+    try {
+      return parseRunSpec(input);
+    } catch (err) {
+      return badInput(err);
     }
   }
 
@@ -147,12 +274,206 @@ export class Core {
         if (req.experimentId !== undefined) filter.experimentId = req.experimentId;
         if (req.status !== undefined) filter.status = req.status;
         if (req.limit !== undefined) filter.limit = req.limit;
-        return this.store.runs.list(filter).map(toSummary);
+        return this.summarize(this.store.runs.list(filter));
       },
       getRun: (req) => {
-        const r = this.store.runs.get(req.id);
-        if (!r) throw new ApiError('NOT_FOUND', `run ${req.id} does not exist`);
-        return { ...toSummary(r), spec: r.spec, specVersion: r.specVersion, outputDir: r.outputDir, errorHint: r.errorHint };
+        const r = this.run(req.id);
+        return { ...this.summarize([r])[0]!, spec: r.spec, specVersion: r.specVersion, outputDir: r.outputDir, errorHint: r.errorHint, notes: r.notes, live: this.handles.has(r.id) };
+      },
+      modelCatalog: () => {
+        const registered = this.store.models.list().map((m) => ({ path: m.path, name: m.name, modelType: m.modelType, source: 'registered' as const }));
+        const known = new Set(registered.map((m) => path.resolve(m.path)));
+        const scanned = scanModelDirs(this.settings().modelDirs).filter((m) => !known.has(path.resolve(m.path)));
+        return {
+          families: CATALOG.map((f) => ({ ...f, models: f.models.map((m) => ({ ...m })) })),
+          local: [...registered, ...scanned],
+          templates: [...TEMPLATES],
+          presets: loraPresets(path.join(appRoot(), 'configs')),
+        };
+      },
+      inspectModel: async (req) => {
+        if (!this.engine.addon) throw new ApiError('UNAVAILABLE', this.engine.error ?? 'the engine is not available');
+        try {
+          const info = await this.engine.addon.inspect(req.path);
+          const fam = familyOf(info.model_type, req.path);
+          return { ...info, catalogFamily: fam?.id ?? null, template: fam?.template ?? null };
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      previewDataset: async (req) => {
+        try {
+          let tokenizer = null;
+          if (req.modelPath) tokenizer = await loadTokenizer(req.modelPath);
+          const template = (req.template ?? 'raw') as TemplateName;
+          return await previewDataset({
+            file: req.path,
+            format: (req.format ?? null) as Format | null,
+            template,
+            columns: {
+              ...(req.promptColumn ? { promptColumn: req.promptColumn } : {}),
+              ...(req.responseColumn ? { responseColumn: req.responseColumn } : {}),
+              ...(req.historyColumn ? { historyColumn: req.historyColumn } : {}),
+            },
+            tokenizer,
+            modelDir: req.modelPath ?? null,
+            ...(req.maxSourceLength ? { maxSourceLength: req.maxSourceLength } : {}),
+            ...(req.maxTargetLength ? { maxTargetLength: req.maxTargetLength } : {}),
+            rows: req.rows ?? 5,
+          });
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      importDataset: (req) => {
+        const safe = path.basename(req.name).replace(/[^\w.\-\u4e00-\u9fff]+/g, '_').replace(/^\.+/, '') || 'dataset.json';
+        const dir = path.join(this.home, 'datasets');
+        fs.mkdirSync(dir, { recursive: true });
+        let file = path.join(dir, safe);
+        for (let i = 2; fs.existsSync(file); i++) file = path.join(dir, safe.replace(/(\.[^.]*)?$/, `-${i}$1`));
+        const tmp = `${file}.tmp-${process.pid}`;
+        fs.writeFileSync(tmp, req.content);
+        fs.renameSync(tmp, file);
+        const records = req.content.split('\n').filter((l) => l.trim()).length;
+        const row = this.store.datasets.upsert({ path: file, name: req.name, records });
+        return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt };
+      },
+      addDataset: (req) => {
+        const file = path.resolve(req.path);
+        if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new ApiError('NOT_FOUND', `${file} is not a file`, { hint: 'Check the path; datasets are .json or .jsonl files.' });
+        const row = this.store.datasets.upsert({ path: file, name: req.name ?? path.basename(file) });
+        return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt };
+      },
+      planRun: async (req) => {
+        const spec = this.normalizeSpec(req.spec);
+        const warnings: string[] = [];
+        if (spec.training.precision !== 'fp32' && spec.devices.kind === 'cpu') warnings.push(`${spec.training.precision} on CPU: the CPU backend computes in fp32`);
+        if (spec.devices.kind === 'cuda') warnings.push('this build has no CUDA backend yet: choose the CPU');
+        if (fs.existsSync(spec.output.dir) && fs.readdirSync(spec.output.dir).length && !spec.output.overwrite && !spec.resume_from) {
+          warnings.push(`the output folder ${spec.output.dir} is not empty: the run resumes from its last checkpoint if it has one, else it is refused (tick "overwrite")`);
+        }
+        let plan;
+        try {
+          plan = await planRun(spec);
+        } catch (err) {
+          return badInput(err);
+        }
+        const est = plan.estimate;
+        return {
+          spec: spec as unknown as Record<string, unknown>,
+          cli: cliCommand(spec),
+          warnings,
+          unsupported: plan.unsupported,
+          fits: plan.fits,
+          freeBytes: plan.freeBytes,
+          suggestions: plan.suggestions,
+          summary: plan.summary,
+          estimate: est
+            ? {
+                bytes: { ...est.bytes } as Record<string, number>,
+                stepSeconds: est.stepSeconds,
+                steps: spec.training.max_steps > 0 ? spec.training.max_steps : null,
+                totalSeconds: spec.training.max_steps > 0 ? est.stepSeconds * spec.training.max_steps : null,
+              }
+            : null,
+        };
+      },
+      startRun: async (req) => {
+        const spec = this.normalizeSpec(req.spec);
+        if (spec.devices.kind === 'cuda') throw new ApiError('UNSUPPORTED', 'this build has no CUDA backend yet', { hint: 'Choose the CPU in the hardware step.' });
+        return this.launch(spec, { ...(req.experimentId ? { experimentId: req.experimentId } : {}), ...(req.tags ? { tags: req.tags } : {}), ...(req.ignoreEstimate ? { ignoreEstimate: true } : {}) });
+      },
+      stopRun: (req) => {
+        const r = this.run(req.id);
+        const h = this.handles.get(r.id);
+        if (r.status === 'queued' && !h) {
+          this.runs.cancelQueued(r.id);
+          return this.summarize([r])[0]!;
+        }
+        if (!h) {
+          if (r.status === 'running') throw new ApiError('CONFLICT', `run ${r.id} is supervised by another process (worker pid ${r.workerPid ?? '?'})`, { hint: 'Stop it where it was started (Ctrl-C in its terminal).' });
+          throw new ApiError('CONFLICT', `run ${r.id} is not running (${r.status})`);
+        }
+        if (r.status === 'queued') this.runs.cancelQueued(r.id);
+        else if (req.force) h.kill();
+        else h.stop();
+        return this.summarize([r])[0]!;
+      },
+      resumeRun: async (req) => {
+        const r = this.run(req.id);
+        if (r.status === 'running' || r.status === 'queued') throw new ApiError('CONFLICT', `run ${r.id} is ${r.status}`);
+        if (r.status === 'completed') throw new ApiError('CONFLICT', `run ${r.id} has completed`, { hint: 'Start a new run with more steps instead.' });
+        const spec = this.normalizeSpec({ ...(r.spec as object), resume_from: 'latest' });
+        if (!r.outputDir) throw new ApiError('CONFLICT', `run ${r.id} has no output folder`);
+        try {
+          this.runs.resolveResume(spec);
+        } catch (err) {
+          throw new ApiError('CONFLICT', (err as Error).message, { hint: 'Without a checkpoint the run starts over: launch it again from the wizard (Copy as config).' });
+        }
+        return this.launch(spec, { runId: r.id, ignoreEstimate: true });
+      },
+      deleteRun: (req) => {
+        const r = this.run(req.id);
+        if (r.status === 'running' || (r.status === 'queued' && this.handles.has(r.id))) throw new ApiError('CONFLICT', `run ${r.id} is ${r.status}`, { hint: 'Stop it first.' });
+        let filesRemoved = false;
+        if (req.deleteFiles && r.outputDir && fs.existsSync(r.outputDir)) {
+          // only a folder this run wrote: it holds the run's runspec.json
+          if (!fs.existsSync(path.join(r.outputDir, 'runspec.json'))) throw new ApiError('CONFLICT', `${r.outputDir} does not look like this run's output folder (no runspec.json); not deleting it`);
+          fs.rmSync(r.outputDir, { recursive: true, force: true });
+          filesRemoved = true;
+        }
+        this.store.runs.delete(r.id);
+        this.runSeen.delete(r.id);
+        return { id: r.id, filesRemoved };
+      },
+      updateRun: (req) => {
+        const r = this.run(req.id);
+        this.store.runs.update(r.id, {
+          ...(req.name !== undefined ? { name: req.name } : {}),
+          ...(req.tags !== undefined ? { tags: req.tags } : {}),
+          ...(req.notes !== undefined ? { notes: req.notes } : {}),
+        });
+        const next = this.run(r.id);
+        this.emitRun(next);
+        return this.summarize([next])[0]!;
+      },
+      getMetrics: (req) => {
+        this.run(req.id);
+        const pts = this.store.metrics.all(req.id, { ...(req.afterRowid ? { afterRowid: req.afterRowid } : {}), ...(req.names ? { names: req.names } : {}) });
+        let last = req.afterRowid ?? 0;
+        for (const p of pts) if (p.rowid > last) last = p.rowid;
+        return { points: pts.map((p) => [p.step, p.name, p.value, p.time] as MetricTuple), lastRowid: last };
+      },
+      listCheckpoints: (req) => {
+        this.run(req.id);
+        return this.store.checkpoints.list(req.id).map(({ id, step, path: p, sizeBytes, isFinal, createdAt }) => ({ id, step, path: p, sizeBytes, isFinal, createdAt }));
+      },
+      getRunLog: (req) => {
+        const r = this.run(req.id);
+        const file = r.outputDir ? path.join(r.outputDir, 'train.log') : null;
+        if (!file || !fs.existsSync(file)) return { lines: [] };
+        // the tail only: read at most the last 1 MiB
+        const size = fs.statSync(file).size;
+        const fd = fs.openSync(file, 'r');
+        try {
+          const n = Math.min(size, 1 << 20);
+          const buf = Buffer.alloc(n);
+          fs.readSync(fd, buf, 0, n, size - n);
+          const lines = buf.toString('utf8').split('\n').filter((l) => l.length);
+          if (n < size) lines.shift();
+          return { lines: lines.slice(-(req.lines ?? 200)) };
+        } finally {
+          fs.closeSync(fd);
+        }
+      },
+      compareRuns: (req) => {
+        const rows = req.ids.map((id) => this.run(id));
+        const sums = this.summarize(rows);
+        const evals = rows.flatMap((r) => {
+          const cps = new Map(this.store.checkpoints.list(r.id).map((c) => [c.id, c.step]));
+          return this.store.evals.list({ runId: r.id }).map((e) => ({ runId: r.id, checkpointStep: e.checkpointId ? (cps.get(e.checkpointId) ?? null) : null, dataPath: e.dataPath, metrics: e.metrics, createdAt: e.createdAt }));
+        });
+        return { runs: sums.map((s, i) => ({ ...s, spec: rows[i]!.spec })), diff: specDiff(rows.map((r) => r.spec)), evals };
       },
       listModels: () => this.store.models.list().map(({ id, path, name, family, modelType, addedAt }) => ({ id, path, name, family, modelType, addedAt })),
       listDatasets: () => this.store.datasets.list().map(({ id, path, name, format, records, addedAt }) => ({ id, path, name, format, records, addedAt })),
@@ -162,6 +483,8 @@ export class Core {
   close(): void {
     if (this.timer) clearInterval(this.timer);
     if (this.runsTimer) clearInterval(this.runsTimer);
+    if (this.metricsTimer) clearInterval(this.metricsTimer);
+    for (const h of this.handles.values()) h.stop();
     this.store.close();
   }
 }

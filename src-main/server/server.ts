@@ -42,6 +42,8 @@ export interface RunningServer {
 }
 
 const MAX_BODY = 1 << 20;
+/** Dataset uploads (importDataset) carry a whole file: 64 MiB of text, JSON-escaped. */
+const MAX_UPLOAD_BODY = 160 << 20;
 
 const MIME: Record<string, string> = {
   '.html': 'text/html; charset=utf-8',
@@ -77,14 +79,14 @@ function sendError(res: http.ServerResponse, code: string, message: string, hint
 
 const UNAUTHORIZED_HINT = 'Open the URL printed by `llms-train serve` or `npm start`: it carries ?token=… for this launch.';
 
-function readBody(req: http.IncomingMessage): Promise<string> {
+function readBody(req: http.IncomingMessage, max = MAX_BODY): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > MAX_BODY) {
-        reject(new Error(`request body is larger than ${MAX_BODY} bytes`));
+      if (size > max) {
+        reject(new Error(`request body is larger than ${max} bytes`));
         req.destroy();
         return;
       }
@@ -189,7 +191,7 @@ export async function startServer(core: Core, opts: ServeOptions): Promise<Runni
       sendError(res, 'NOT_FOUND', `unknown API method '${method}'`);
       return;
     }
-    readBody(req)
+    readBody(req, method === 'importDataset' ? MAX_UPLOAD_BODY : MAX_BODY)
       .then(async (text) => {
         let body: unknown = {};
         if (text.trim().length) {

@@ -84,7 +84,7 @@ async function fileHash(file: string): Promise<string> {
   return h.digest('hex');
 }
 
-function histogram(lengths: number[]): PrepareReport['lengths'] {
+export function histogram(lengths: number[]): PrepareReport['lengths'] {
   if (!lengths.length) return { min: 0, max: 0, mean: 0, p50: 0, p95: 0, histogram: [] };
   const sorted = [...lengths].sort((a, b) => a - b);
   const max = sorted.at(-1)!;

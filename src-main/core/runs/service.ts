@@ -11,7 +11,7 @@ import readline from 'node:readline';
 import { prepareDataset } from '../data/prepare.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
 import { engineBinary, listDevices, loadEngine } from '../engine/native.js';
-import { describeEstimate, estimateRun, suggestions } from './estimate.js';
+import { describeEstimate, type Estimate, estimateRun, suggestions } from './estimate.js';
 import type { MetricPoint, RunRow, Store } from '../store/store.js';
 import { type RunSpec, RUNSPEC_VERSION, toEngineJob } from './runspec.js';
 
@@ -46,6 +46,33 @@ export interface StartOptions {
   ignoreEstimate?: boolean;
   /** Called with the run id when the run has to wait for its devices (so a caller can cancel it). */
   onQueued?: (runId: number) => void;
+  /** Continue this existing run (same id, metrics and checkpoints) instead of creating a new one. */
+  runId?: number;
+  tags?: string[];
+}
+
+export interface RunPlan {
+  estimate: Estimate | null;
+  /** Free memory of the chosen device in bytes (0 when unknown). */
+  freeBytes: number;
+  fits: boolean;
+  suggestions: string[];
+  /** The model cannot be trained by this engine (and why), or null. */
+  unsupported: string | null;
+  summary: string | null;
+}
+
+/** The pre-flight check: the memory/time estimate against the free memory of the run's device. */
+export async function planRun(spec: RunSpec): Promise<RunPlan> {
+  const engine = loadEngine();
+  if (!engine.addon) return { estimate: null, freeBytes: 0, fits: true, suggestions: [], unsupported: null, summary: null };
+  const info = await engine.addon.inspect(spec.model.path);
+  if (!info.supported) return { estimate: null, freeBytes: 0, fits: false, suggestions: [], unsupported: info.reason ?? `model_type ${info.model_type} is not supported`, summary: null };
+  const cpu = listDevices(engine).find((d) => d.kind === 'cpu');
+  const est = estimateRun(info, spec, cpu?.threads ?? 1);
+  const free = cpu?.memoryFree ?? 0;
+  const fits = !(free > 0 && est.bytes.total > free);
+  return { estimate: est, freeBytes: free, fits, suggestions: fits ? [] : suggestions(spec), unsupported: null, summary: describeEstimate(est) };
 }
 
 const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'epoch'] as const;
@@ -132,30 +159,41 @@ export class RunService {
     const out = path.resolve(spec.output.dir);
     const resume = this.resolveResume(spec);
     // pre-flight: the memory and step-time estimate, and a refusal (with what to change) if it cannot fit
-    const engine = loadEngine();
-    if (engine.addon) {
-      const info = await engine.addon.inspect(spec.model.path);
-      if (!info.supported) throw new Error(info.reason ?? `model_type ${info.model_type} is not supported`);
-      const cpu = listDevices(engine).find((d) => d.kind === 'cpu');
-      const est = estimateRun(info, spec, cpu?.threads ?? 1);
-      log(`estimate: ${describeEstimate(est)}`);
-      const free = cpu?.memoryFree ?? 0;
-      if (free > 0 && est.bytes.total > free && !opt.ignoreEstimate) {
-        const err = new Error(
-          `this run will not fit: it needs about ${(est.bytes.total / 2 ** 30).toFixed(2)} GiB but ${(free / 2 ** 30).toFixed(2)} GiB is free (${describeEstimate(est)})`,
-        ) as Error & { hint?: string };
-        err.hint = suggestions(spec).join('; ');
-        throw err;
-      }
+    const plan = await planRun(spec);
+    if (plan.unsupported) throw new Error(plan.unsupported);
+    if (plan.summary) log(`estimate: ${plan.summary}`);
+    if (!plan.fits && !opt.ignoreEstimate) {
+      const err = new Error(
+        `this run will not fit: it needs about ${((plan.estimate?.bytes.total ?? 0) / 2 ** 30).toFixed(2)} GiB but ${(plan.freeBytes / 2 ** 30).toFixed(2)} GiB is free (${plan.summary})`,
+      ) as Error & { hint?: string };
+      err.hint = plan.suggestions.join('; ');
+      throw err;
     }
     fs.mkdirSync(out, { recursive: true });
-    const run = this.store.runs.create({
-      name: spec.name ?? path.basename(out),
-      spec,
-      specVersion: RUNSPEC_VERSION,
-      outputDir: out,
-      ...(opt.experimentId ? { experimentId: opt.experimentId } : {}),
-    });
+    let run: RunRow;
+    let tokensSoFar = 0;
+    if (opt.runId !== undefined) {
+      // resuming in place: the points and checkpoint rows after the checkpoint's step are recomputed
+      const existing = this.store.runs.get(opt.runId);
+      if (!existing) throw new Error(`run ${opt.runId} does not exist`);
+      this.stopQueued.delete(existing.id);
+      const from = resume ? Number(/checkpoint-(\d+)$/.exec(resume)?.[1] ?? 0) : 0;
+      this.store.metrics.deleteAfter(existing.id, from);
+      this.store.checkpoints.deleteAfter(existing.id, from);
+      tokensSoFar = this.store.metrics.series(existing.id, 'tokens').reduce((m, p) => Math.max(m, p.value ?? 0), 0);
+      this.store.runs.requeue(existing.id);
+      this.store.db.prepare('UPDATE runs SET spec_json = ? WHERE id = ?').run(JSON.stringify(spec), existing.id);
+      run = this.store.runs.get(existing.id)!;
+    } else {
+      run = this.store.runs.create({
+        name: spec.name ?? path.basename(out),
+        spec,
+        specVersion: RUNSPEC_VERSION,
+        outputDir: out,
+        ...(opt.experimentId ? { experimentId: opt.experimentId } : {}),
+        ...(opt.tags ? { tags: opt.tags } : {}),
+      });
+    }
     this.changed(run.id);
     const logFile = fs.createWriteStream(path.join(out, 'train.log'), { flags: 'a' });
     // the queue: one run per device set at a time, across every process that shares this database
@@ -258,6 +296,11 @@ export class RunService {
         for (const f of METRIC_FIELDS) {
           const v = e[f];
           if (typeof v === 'number' || v === null) pending.push({ step, name: f === 'lr' ? 'lr' : f, value: v as number | null, time });
+        }
+        // cumulative trained tokens, so that runs can be aligned by tokens seen
+        if (typeof e.tokens === 'number') {
+          tokensSoFar += e.tokens;
+          pending.push({ step, name: 'tokens', value: tokensSoFar, time });
         }
       } else if (e.event === 'eval') {
         pending.push({ step: Number(e.step), name: 'eval_loss', value: (e.eval_loss as number) ?? null, time: now / 1000 });

@@ -123,6 +123,15 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX chat_messages_by_session ON chat_messages(session_id, id);
     `,
   },
+  {
+    version: 2,
+    name: 'run tags, checkpoint evaluation marks',
+    sql: `
+      ALTER TABLE runs ADD COLUMN tags_json TEXT NOT NULL DEFAULT '[]';
+      ALTER TABLE runs ADD COLUMN notes TEXT NOT NULL DEFAULT '';
+      CREATE INDEX metrics_by_run_step ON metrics(run_id, step);
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = migrations.reduce((v, m) => Math.max(v, m.version), 0);

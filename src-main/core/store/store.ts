@@ -34,6 +34,8 @@ export interface RunRow {
   workerPid: number | null;
   exitCode: number | null;
   exitSignal: string | null;
+  tags: string[];
+  notes: string;
 }
 
 export interface MetricPoint {
@@ -162,11 +164,13 @@ export class ExperimentsRepo {
 const RUN_COLUMNS = `id, experiment_id AS experimentId, model_id AS modelId, dataset_id AS datasetId, name,
   spec_json AS spec, spec_version AS specVersion, status, output_dir AS outputDir, created_at AS createdAt,
   started_at AS startedAt, ended_at AS endedAt, error_code AS errorCode, error_message AS errorMessage,
-  error_hint AS errorHint, worker_pid AS workerPid, exit_code AS exitCode, exit_signal AS exitSignal`;
+  error_hint AS errorHint, worker_pid AS workerPid, exit_code AS exitCode, exit_signal AS exitSignal,
+  tags_json AS tags, notes`;
 
 function runFromRow(row: Record<string, unknown> | undefined): RunRow | undefined {
   if (!row) return undefined;
-  return { ...(row as unknown as RunRow), spec: parse(row.spec as string) };
+  const tags = parse(row.tags as string);
+  return { ...(row as unknown as RunRow), spec: parse(row.spec as string), tags: Array.isArray(tags) ? tags.map(String) : [] };
 }
 
 export interface NewRun {
@@ -177,6 +181,7 @@ export interface NewRun {
   modelId?: number | null;
   datasetId?: number | null;
   outputDir?: string | null;
+  tags?: string[];
 }
 
 export class RunsRepo {
@@ -184,10 +189,10 @@ export class RunsRepo {
   create(r: NewRun): RunRow {
     const info = this.db
       .prepare(
-        `INSERT INTO runs(experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at)
-         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?)`,
+        `INSERT INTO runs(experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at, tags_json)
+         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)`,
       )
-      .run(r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now());
+      .run(r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now(), JSON.stringify(r.tags ?? []));
     return this.get(Number(info.lastInsertRowid))!;
   }
   get(id: number): RunRow | undefined {
@@ -207,6 +212,28 @@ export class RunsRepo {
     args.push(filter.limit ?? 1000);
     const sql = `SELECT ${RUN_COLUMNS} FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`;
     return (this.db.prepare(sql).all(...args) as Record<string, unknown>[]).map((r) => runFromRow(r)!);
+  }
+  /** Rename, retag or annotate a run. */
+  update(id: number, patch: { name?: string; tags?: string[]; notes?: string }): void {
+    const tx = this.db.transaction(() => {
+      if (patch.name !== undefined) this.db.prepare('UPDATE runs SET name = ? WHERE id = ?').run(patch.name, id);
+      if (patch.tags !== undefined) this.db.prepare('UPDATE runs SET tags_json = ? WHERE id = ?').run(JSON.stringify([...new Set(patch.tags)]), id);
+      if (patch.notes !== undefined) this.db.prepare('UPDATE runs SET notes = ? WHERE id = ?').run(patch.notes, id);
+    });
+    tx();
+  }
+  /** Deletes a run with its metrics, checkpoints rows and evaluations (ON DELETE CASCADE). */
+  delete(id: number): void {
+    this.db.prepare('DELETE FROM runs WHERE id = ?').run(id);
+  }
+  /** A stopped/failed/interrupted run goes back to the queue (resume keeps its id, metrics and checkpoints). */
+  requeue(id: number): void {
+    this.db
+      .prepare(
+        `UPDATE runs SET status = 'queued', ended_at = NULL, error_code = NULL, error_message = NULL, error_hint = NULL,
+           exit_code = NULL, exit_signal = NULL WHERE id = ?`,
+      )
+      .run(id);
   }
   markRunning(id: number, pid: number | null): void {
     this.db.prepare(`UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?), worker_pid = ? WHERE id = ?`).run(now(), pid, id);
@@ -271,6 +298,51 @@ export class MetricsRepo {
       .prepare('SELECT step, name, value, time FROM metrics WHERE run_id = ? AND name = ? AND step > ? ORDER BY step, rowid')
       .all(runId, name, opts.sinceStep ?? -1) as MetricPoint[];
   }
+  /** Every point of a run (optionally only the newer ones, by rowid), in insertion order. */
+  all(runId: number, opts: { afterRowid?: number; names?: readonly string[] } = {}): (MetricPoint & { rowid: number })[] {
+    const names = opts.names?.length ? ` AND name IN (${opts.names.map(() => '?').join(',')})` : '';
+    return this.db
+      .prepare(`SELECT rowid, step, name, value, time FROM metrics WHERE run_id = ? AND rowid > ?${names} ORDER BY step, rowid`)
+      .all(runId, opts.afterRowid ?? 0, ...(opts.names ?? [])) as (MetricPoint & { rowid: number })[];
+  }
+  /** Runs with points added after `rowid` (for live push), with the newest rowid. */
+  changedSince(rowid: number): { runId: number; maxRowid: number }[] {
+    return this.db.prepare('SELECT run_id AS runId, MAX(rowid) AS maxRowid FROM metrics WHERE rowid > ? GROUP BY run_id').all(rowid) as { runId: number; maxRowid: number }[];
+  }
+  maxRowid(): number {
+    return (this.db.prepare('SELECT COALESCE(MAX(rowid), 0) AS m FROM metrics').get() as { m: number }).m;
+  }
+  /** Points after a step are dropped when a run resumes from that step's checkpoint (they are recomputed). */
+  deleteAfter(runId: number, step: number): number {
+    return this.db.prepare('DELETE FROM metrics WHERE run_id = ? AND step > ?').run(runId, step).changes;
+  }
+  /** Per run: the last train loss, the best (lowest) eval loss and its step, the last step and timestamps. */
+  summaries(runIds: readonly number[]): Map<number, { finalLoss: number | null; bestEvalLoss: number | null; bestEvalStep: number | null; lastStep: number | null; tokens: number | null }> {
+    const out = new Map<number, { finalLoss: number | null; bestEvalLoss: number | null; bestEvalStep: number | null; lastStep: number | null; tokens: number | null }>();
+    if (!runIds.length) return out;
+    const q = runIds.map(() => '?').join(',');
+    for (const id of runIds) out.set(id, { finalLoss: null, bestEvalLoss: null, bestEvalStep: null, lastStep: null, tokens: null });
+    const last = this.db
+      .prepare(
+        `SELECT m.run_id AS runId, m.value AS value, m.step AS step FROM metrics m
+         JOIN (SELECT run_id, MAX(step) AS s FROM metrics WHERE name = 'loss' AND run_id IN (${q}) GROUP BY run_id) x
+           ON x.run_id = m.run_id AND x.s = m.step WHERE m.name = 'loss'`,
+      )
+      .all(...runIds) as { runId: number; value: number | null; step: number }[];
+    for (const r of last) Object.assign(out.get(r.runId)!, { finalLoss: r.value, lastStep: r.step });
+    const best = this.db
+      .prepare(
+        `SELECT run_id AS runId, MIN(value) AS value FROM metrics WHERE name = 'eval_loss' AND value IS NOT NULL AND run_id IN (${q}) GROUP BY run_id`,
+      )
+      .all(...runIds) as { runId: number; value: number }[];
+    const stepOf = this.db.prepare(`SELECT MIN(step) AS step FROM metrics WHERE run_id = ? AND name = 'eval_loss' AND value = ?`);
+    for (const r of best) Object.assign(out.get(r.runId)!, { bestEvalLoss: r.value, bestEvalStep: (stepOf.get(r.runId, r.value) as { step: number }).step });
+    const tok = this.db
+      .prepare(`SELECT run_id AS runId, MAX(value) AS value FROM metrics WHERE name = 'tokens' AND run_id IN (${q}) GROUP BY run_id`)
+      .all(...runIds) as { runId: number; value: number }[];
+    for (const r of tok) out.get(r.runId)!.tokens = r.value;
+    return out;
+  }
   names(runId: number): string[] {
     return (this.db.prepare('SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name').all(runId) as { name: string }[]).map((r) => r.name);
   }
@@ -296,6 +368,10 @@ export class CheckpointsRepo {
       )
       .all(runId) as (Omit<CheckpointRow, 'isFinal'> & { isFinal: number })[];
     return rows.map((r) => ({ ...r, isFinal: r.isFinal === 1 }));
+  }
+  /** Checkpoint rows after a step are dropped when a run resumes from an earlier one. */
+  deleteAfter(runId: number, step: number): void {
+    this.db.prepare('DELETE FROM checkpoints WHERE run_id = ? AND step > ?').run(runId, step);
   }
 }
 
@@ -362,6 +438,13 @@ export class EvalsRepo {
       .all(val) as (Omit<EvalRow, 'metrics'> & { metrics: string })[];
     return rows.map((r) => ({ ...r, metrics: parse(r.metrics) }));
   }
+  /** Replaces one evaluation's metrics (e.g. to mark it best). */
+  setMetrics(id: number, metrics: unknown): void {
+    this.db.prepare('UPDATE evals SET metrics_json = ? WHERE id = ?').run(JSON.stringify(metrics), id);
+  }
+  delete(id: number): boolean {
+    return this.db.prepare('DELETE FROM evals WHERE id = ?').run(id).changes > 0;
+  }
 }
 
 export class ChatRepo {
@@ -384,6 +467,41 @@ export class ChatRepo {
       )
       .get(id) as (Omit<ChatSessionRow, 'params'> & { params: string }) | undefined;
     return r ? { ...r, params: parse(r.params) } : undefined;
+  }
+  /** Sessions, most recently used first, with their message counts. */
+  listSessions(): (ChatSessionRow & { messageCount: number })[] {
+    const rows = this.db
+      .prepare(
+        `SELECT s.id, s.title, s.model_path AS modelPath, s.adapter_path AS adapterPath, s.template, s.system_prompt AS systemPrompt,
+           s.params_json AS params, s.created_at AS createdAt, s.updated_at AS updatedAt,
+           (SELECT COUNT(*) FROM chat_messages m WHERE m.session_id = s.id) AS messageCount
+         FROM chat_sessions s ORDER BY s.updated_at DESC, s.id DESC`,
+      )
+      .all() as (Omit<ChatSessionRow, 'params'> & { params: string; messageCount: number })[];
+    return rows.map((r) => ({ ...r, params: parse(r.params) }));
+  }
+  updateSession(
+    id: number,
+    patch: { title?: string; modelPath?: string; adapterPath?: string | null; template?: string | null; systemPrompt?: string | null; params?: unknown },
+  ): ChatSessionRow | undefined {
+    const cols: [string, unknown][] = [];
+    if (patch.title !== undefined) cols.push(['title', patch.title]);
+    if (patch.modelPath !== undefined) cols.push(['model_path', patch.modelPath]);
+    if (patch.adapterPath !== undefined) cols.push(['adapter_path', patch.adapterPath]);
+    if (patch.template !== undefined) cols.push(['template', patch.template]);
+    if (patch.systemPrompt !== undefined) cols.push(['system_prompt', patch.systemPrompt]);
+    if (patch.params !== undefined) cols.push(['params_json', JSON.stringify(patch.params ?? {})]);
+    cols.push(['updated_at', now()]);
+    this.db.prepare(`UPDATE chat_sessions SET ${cols.map(([c]) => `${c} = ?`).join(', ')} WHERE id = ?`).run(...cols.map(([, v]) => v), id);
+    return this.getSession(id);
+  }
+  /** Deletes a session and its messages. */
+  deleteSession(id: number): boolean {
+    return this.db.prepare('DELETE FROM chat_sessions WHERE id = ?').run(id).changes > 0;
+  }
+  /** Deletes a session's messages (all, or those after message `afterId`). */
+  clearMessages(sessionId: number, afterId = 0): number {
+    return this.db.prepare('DELETE FROM chat_messages WHERE session_id = ? AND id > ?').run(sessionId, afterId).changes;
   }
   addMessage(sessionId: number, role: ChatMessageRow['role'], content: string, meta?: unknown): ChatMessageRow {
     const t = now();

@@ -1,7 +1,16 @@
 // strings.ts — every user-visible string of the renderer, in English and Simplified Chinese. Components
 // never hold literal text: they call t('key'). A unit test checks both tables have the same keys and
 // the same {placeholders}.
-export const en = {
+import { en as en_common, zh as zh_common } from './strings/common';
+import { en as en_wizard, zh as zh_wizard } from './strings/wizard';
+import { en as en_run, zh as zh_run } from './strings/run';
+import { en as en_runs, zh as zh_runs } from './strings/runs';
+import { en as en_compare, zh as zh_compare } from './strings/compare';
+import { en as en_models, zh as zh_models } from './strings/models';
+import { en as en_datasets, zh as zh_datasets } from './strings/datasets';
+import { en as en_chat, zh as zh_chat } from './strings/chat';
+
+const enBase = {
   'app.name': 'LLMs-train',
   'nav.newRun': 'New fine-tune',
   'nav.runs': 'Runs',
@@ -82,9 +91,11 @@ export const en = {
   'common.error': 'Error: {message}',
 } as const;
 
+export const en = { ...enBase, ...en_common, ...en_wizard, ...en_run, ...en_runs, ...en_compare, ...en_models, ...en_datasets, ...en_chat } as const;
+
 export type StringKey = keyof typeof en;
 
-export const zhCN: Record<StringKey, string> = {
+const zhBase: Record<keyof typeof enBase, string> = {
   'app.name': 'LLMs-train',
   'nav.newRun': '新建微调',
   'nav.runs': '训练记录',
@@ -164,6 +175,8 @@ export const zhCN: Record<StringKey, string> = {
   'common.loading': '加载中…',
   'common.error': '错误：{message}',
 };
+
+export const zhCN: Record<StringKey, string> = { ...zhBase, ...zh_common, ...zh_wizard, ...zh_run, ...zh_runs, ...zh_compare, ...zh_models, ...zh_datasets, ...zh_chat };
 
 export const tables = { en, 'zh-CN': zhCN } as const;
 export type Locale = keyof typeof tables;

@@ -1,0 +1,80 @@
+// cli-command.ts — a RunSpec written back as the `llms-train train` command line with the seed's flag names,
+// so what the wizard built can be run (and scripted) from a terminal. Only what differs from the defaults is
+// written; `specFromFlags(parse(cliCommand(spec)))` gives the same RunSpec back (tested).
+import { RunSpec } from './runspec.js';
+
+/** POSIX-shell quoting: bare when safe, else single quotes. */
+export function shellQuote(s: string): string {
+  return /^[A-Za-z0-9_@%+=:,./-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
+}
+
+export function cliArgs(spec: RunSpec): string[] {
+  const d = RunSpec.parse({ model: { path: 'm' }, data: { train: 't' }, output: { dir: 'o' } });
+  const a: string[] = [];
+  const flag = (name: string, v: unknown, def?: unknown) => {
+    if (v === null || v === undefined || v === def) return;
+    a.push(`--${name}`, String(v));
+  };
+  const sw = (name: string, on: boolean) => {
+    if (on) a.push(`--${name}`);
+  };
+  if (spec.name) flag('run_name', spec.name);
+  flag('model_name_or_path', spec.model.path);
+  flag('train_file', spec.data.train);
+  flag('validation_file', spec.data.validation);
+  flag('validation_split_percentage', spec.data.validation_percent, d.data.validation_percent);
+  flag('format', spec.data.format);
+  flag('template', spec.data.template, d.data.template);
+  flag('prompt_column', spec.data.prompt_column);
+  flag('response_column', spec.data.response_column);
+  flag('history_column', spec.data.history_column);
+  flag('max_source_length', spec.data.max_source_length, d.data.max_source_length);
+  flag('max_target_length', spec.data.max_target_length, d.data.max_target_length);
+  flag('output_dir', spec.output.dir);
+  sw('overwrite_output_dir', spec.output.overwrite);
+  if (spec.method === 'full') flag('use_lora', 'False');
+  else {
+    flag('lora_r', spec.lora.r, d.lora.r);
+    flag('lora_alpha', spec.lora.alpha, d.lora.alpha);
+    flag('lora_dropout', spec.lora.dropout, d.lora.dropout);
+    if (spec.lora.target_modules) flag('lora_target_modules', spec.lora.target_modules.join(','));
+    if (spec.lora.modules_to_save) flag('modules_to_save', spec.lora.modules_to_save.join(','));
+  }
+  const t = spec.training;
+  const td = d.training;
+  flag('learning_rate', t.learning_rate, td.learning_rate);
+  flag('lr_scheduler_type', t.lr_scheduler, td.lr_scheduler);
+  flag('warmup_steps', t.warmup_steps, td.warmup_steps);
+  flag('max_steps', t.max_steps, td.max_steps);
+  flag('num_train_epochs', t.num_epochs, td.num_epochs);
+  flag('per_device_train_batch_size', t.micro_batch_size, td.micro_batch_size);
+  flag('per_device_eval_batch_size', t.eval_batch_size, td.eval_batch_size);
+  flag('gradient_accumulation_steps', t.gradient_accumulation_steps, td.gradient_accumulation_steps);
+  flag('max_grad_norm', t.max_grad_norm, td.max_grad_norm);
+  flag('weight_decay', t.weight_decay, td.weight_decay);
+  flag('seed', t.seed, td.seed);
+  sw('bf16', t.precision === 'bf16');
+  sw('fp16', t.precision === 'fp16');
+  sw('gradient_checkpointing', t.gradient_checkpointing);
+  flag('logging_steps', spec.output.logging_steps, d.output.logging_steps);
+  flag('save_steps', spec.output.save_steps, d.output.save_steps);
+  flag('eval_steps', spec.output.eval_steps, d.output.eval_steps);
+  flag('device', spec.devices.kind, 'cpu');
+  flag('resume_from_checkpoint', spec.resume_from);
+  return a;
+}
+
+/** The whole command, one flag per line (copy-pastable into a POSIX shell). */
+export function cliCommand(spec: RunSpec): string {
+  const a = cliArgs(spec);
+  const lines: string[] = ['llms-train train'];
+  for (let i = 0; i < a.length; i++) {
+    const f = a[i]!;
+    const next = a[i + 1];
+    if (next !== undefined && !next.startsWith('--')) {
+      lines.push(`${f} ${shellQuote(next)}`);
+      i++;
+    } else lines.push(f);
+  }
+  return lines.join(' \\\n  ');
+}

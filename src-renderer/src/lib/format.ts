@@ -1,0 +1,55 @@
+// format.ts — numbers, sizes and durations as people read them (locale-aware where it matters).
+export function bytes(n: number | null | undefined): string {
+  if (n === null || n === undefined || !Number.isFinite(n)) return '—';
+  const u = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let i = 0;
+  let v = n;
+  while (Math.abs(v) >= 1024 && i < u.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return `${v >= 100 || i === 0 ? Math.round(v) : v.toFixed(v >= 10 ? 1 : 2)} ${u[i]}`;
+}
+
+export function duration(seconds: number | null | undefined): string {
+  if (seconds === null || seconds === undefined || !Number.isFinite(seconds) || seconds < 0) return '—';
+  const s = Math.round(seconds);
+  if (s < 60) return `${s}s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m}m${String(s % 60).padStart(2, '0')}s`;
+  return `${Math.floor(m / 60)}h${String(m % 60).padStart(2, '0')}m`;
+}
+
+/** Seconds between two ISO timestamps (to now when `end` is null). */
+export function elapsed(start: string | null, end: string | null): number | null {
+  if (!start) return null;
+  return ((end ? Date.parse(end) : Date.now()) - Date.parse(start)) / 1000;
+}
+
+export function num(v: number | null | undefined, digits = 4): string {
+  if (v === null || v === undefined) return '—';
+  if (!Number.isFinite(v)) return String(v);
+  const a = Math.abs(v);
+  if (a !== 0 && (a < 1e-3 || a >= 1e6)) return v.toExponential(2);
+  return Number(v.toFixed(digits)).toString();
+}
+
+export function count(v: number | null | undefined): string {
+  if (v === null || v === undefined) return '—';
+  if (v >= 1e9) return `${(v / 1e9).toFixed(2)}B`;
+  if (v >= 1e6) return `${(v / 1e6).toFixed(2)}M`;
+  if (v >= 1e4) return `${(v / 1e3).toFixed(1)}k`;
+  return String(v);
+}
+
+/** Exponential moving average with TensorBoard's debiasing (weight in [0, 1)). */
+export function smooth(values: readonly (number | null)[], weight: number): (number | null)[] {
+  let last = 0;
+  let n = 0;
+  return values.map((v) => {
+    if (v === null || !Number.isFinite(v)) return null;
+    last = last * weight + (1 - weight) * v;
+    n++;
+    return last / (1 - Math.pow(weight, n));
+  });
+}

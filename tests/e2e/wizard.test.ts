@@ -1,0 +1,149 @@
+// The first fine-tune as a new user does it, in Chromium through browser mode: the wizard opens on the
+// embedded defaults (demo model, sample dataset), walks through its six steps without typing a path,
+// launches, the run view's charts receive points while it trains, stop writes a checkpoint and resume
+// continues the same run to completion. Screenshots of each step go to test-results/screens/.
+import fs from 'node:fs';
+import path from 'node:path';
+
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT, type Served, startCli } from '../helpers/app';
+import { launchChromium } from '../helpers/browser';
+
+let app: Served;
+let browser: Browser;
+let page: Page;
+const consoleErrors: string[] = [];
+const shots = path.join(ROOT, 'test-results', 'screens');
+
+async function shot(name: string): Promise<void> {
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+
+async function api<T>(method: string, body: unknown): Promise<T> {
+  const res = await fetch(`${app.origin}/api/${method}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-LLMT-Token': app.token }, body: JSON.stringify(body) });
+  const j = (await res.json()) as { result?: T; error?: { message: string } };
+  if (j.error) throw new Error(j.error.message);
+  return j.result as T;
+}
+
+const points = async (testid: string) => Number(await page.getByTestId(testid).getAttribute('data-points'));
+
+beforeAll(async () => {
+  app = await startCli(['serve', '--port', '0']);
+  browser = await launchChromium();
+  page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
+  page.on('console', (m) => {
+    if (m.type() === 'error') consoleErrors.push(m.text());
+  });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+});
+
+afterAll(async () => {
+  await browser?.close();
+  await app?.stop();
+});
+
+describe('New fine-tune wizard', () => {
+  it('opens on the demo model and shows its inspection', async () => {
+    await page.goto(app.url);
+    await page.getByTestId('screen-new').waitFor();
+    await page.getByTestId('model-option-0').waitFor();
+    expect(await page.getByTestId('model-option-0').isChecked()).toBe(true);
+    await page.getByTestId('model-supported').waitFor();
+    expect(await page.getByTestId('model-inspect').textContent()).toMatch(/llama/);
+    // the catalog lists the seed's families with their Hugging Face ids
+    const catalog = await page.getByTestId('model-catalog').textContent();
+    for (const id of ['THUDM/chatglm2-6b', 'baichuan-inc/Baichuan-13B-Chat', 'EleutherAI/pythia-70m-deduped', 'TigerResearch/tigerbot-7b-sft']) expect(catalog).toContain(id);
+    await shot('wizard-1-model');
+  });
+
+  it('previews the sample dataset with the trained tokens highlighted', async () => {
+    await page.getByTestId('wizard-next').click();
+    await page.getByTestId('dataset-preview').waitFor();
+    expect(await page.getByTestId('dataset-format').textContent()).toMatch(/promptcblue/);
+    expect(await page.getByTestId('dataset-records').textContent()).toMatch(/800/);
+    expect(await page.getByTestId('dataset-row').count()).toBeGreaterThan(0);
+    expect(await page.getByTestId('trained-segment').count()).toBeGreaterThan(0);
+    await shot('wizard-2-dataset');
+  });
+
+  it('offers the method, the knobs and the devices', async () => {
+    await page.getByTestId('wizard-next').click();
+    await page.getByTestId('method').waitFor();
+    // the demo recipe is full fine-tuning; LoRA shows the model's real module names as checkboxes
+    expect(await page.getByTestId('method-full').isChecked()).toBe(true);
+    await page.getByTestId('method-lora').check();
+    const modules = await page.getByTestId('target-modules').textContent();
+    for (const m of ['q_proj', 'v_proj', 'down_proj']) expect(modules).toContain(m);
+    await shot('wizard-3-method');
+    await page.getByTestId('method-full').check();
+    await page.getByTestId('wizard-next').click();
+    await page.getByTestId('knob-max-steps').waitFor();
+    expect(Number(await page.getByTestId('knob-max-steps').inputValue())).toBe(300);
+    await shot('wizard-4-training');
+    await page.getByTestId('knob-max-steps').fill('120');
+    await page.getByTestId('wizard-next').click();
+    await page.getByTestId('hardware').waitFor();
+    expect(await page.getByTestId('device-cpu').isChecked()).toBe(true);
+    await shot('wizard-5-hardware');
+  });
+
+  it('reviews the RunSpec with its estimate and CLI command', async () => {
+    await page.getByTestId('wizard-next').click();
+    await page.getByTestId('review-cli').waitFor();
+    const cli = (await page.getByTestId('review-cli').textContent()) ?? '';
+    expect(cli).toMatch(/^llms-train train/);
+    expect(cli).toContain('--use_lora False');
+    expect(cli).toContain('--max_steps 120');
+    expect(cli).toMatch(/--train_file \S*promptcblue-demo\/train\.json/);
+    expect(await page.getByTestId('review-estimate').textContent()).toMatch(/Memory: about/);
+    const spec = JSON.parse((await page.getByTestId('review-spec').textContent()) ?? '{}') as { method: string; training: { learning_rate: number } };
+    expect(spec.method).toBe('full');
+    expect(spec.training.learning_rate).toBe(0.001);
+    // "Save as config" downloads the RunSpec as JSON
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByTestId('save-config').click()]);
+    const saved = JSON.parse(fs.readFileSync((await download.path())!, 'utf8')) as { model: { path: string } };
+    expect(saved.model.path).toMatch(/llms-train-demo/);
+    await page.getByTestId('run-name').fill('wizard demo');
+    await shot('wizard-6-review');
+  });
+
+  it('launches; the charts move while it trains; stop and resume finish the same run', async () => {
+    await page.getByTestId('wizard-launch').click();
+    await page.getByTestId('screen-run').waitFor();
+    expect(page.url()).toMatch(/#\/runs\/\d+$/);
+    const runId = Number(/#\/runs\/(\d+)$/.exec(page.url())![1]);
+    // points arrive by push while it trains
+    await expect.poll(() => points('chart-loss'), { timeout: 60_000, interval: 250 }).toBeGreaterThan(4);
+    const first = await points('chart-loss');
+    await expect.poll(() => points('chart-loss'), { timeout: 60_000, interval: 250 }).toBeGreaterThan(first);
+    expect(await points('chart-lr')).toBeGreaterThan(0);
+    await shot('run-live');
+    // stop: the worker writes a checkpoint and the run is 'stopped'
+    await page.getByTestId('run-stop').click();
+    await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 60_000 }).toBe('stopped');
+    await page.getByTestId('checkpoints').waitFor();
+    const stoppedAt = Number(((await page.getByTestId('run-step').textContent()) ?? '0').split('/')[0]);
+    expect(stoppedAt).toBeGreaterThan(0);
+    expect(stoppedAt).toBeLessThan(120);
+    // resume continues the same run from its checkpoint to the end
+    await page.getByTestId('run-resume').click();
+    await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 120_000, interval: 500 }).toBe('completed');
+    expect(page.url()).toMatch(new RegExp(`#/runs/${runId}$`));
+    const run = await api<{ status: string; lastStep: number; bestEvalLoss: number | null }>('getRun', { id: runId });
+    expect(run.status).toBe('completed');
+    expect(run.lastStep).toBe(120);
+    expect(run.bestEvalLoss).not.toBeNull();
+    // one point per logged step: resuming recomputed the steps after the checkpoint instead of duplicating them
+    const m = await api<{ points: [number, string, number | null, number][] }>('getMetrics', { id: runId, names: ['loss'] });
+    const steps = m.points.map((p) => p[0]);
+    expect(new Set(steps).size).toBe(steps.length);
+    expect(steps.at(-1)).toBe(120);
+    expect(await page.getByTestId('run-log').textContent()).toMatch(/resuming from/);
+    await shot('run-completed');
+    expect(consoleErrors).toEqual([]);
+  }, 300_000);
+});
