@@ -238,6 +238,21 @@ export class Core {
     return this.summarize([this.run(handle.runId)])[0]!;
   }
 
+  /** Registers a dataset file with its detected format and record count (parsed, not tokenized). */
+  private async registerDataset(file: string, name: string): Promise<Res<'addDataset'>> {
+    let format: string | null = null;
+    let records: number | null = null;
+    try {
+      const p = await previewDataset({ file, rows: 0, statsLimit: 0 });
+      format = p.format;
+      records = p.records;
+    } catch {
+      /* unreadable files are still listed; their preview says what is wrong */
+    }
+    const row = this.store.datasets.upsert({ path: file, name, format, records });
+    return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt };
+  }
+
   private normalizeSpec(input: unknown): RunSpec {
     try {
       return parseRunSpec(input);
@@ -334,15 +349,12 @@ export class Core {
         const tmp = `${file}.tmp-${process.pid}`;
         fs.writeFileSync(tmp, req.content);
         fs.renameSync(tmp, file);
-        const records = req.content.split('\n').filter((l) => l.trim()).length;
-        const row = this.store.datasets.upsert({ path: file, name: req.name, records });
-        return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt };
+        return this.registerDataset(file, req.name);
       },
       addDataset: (req) => {
         const file = path.resolve(req.path);
         if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new ApiError('NOT_FOUND', `${file} is not a file`, { hint: 'Check the path; datasets are .json or .jsonl files.' });
-        const row = this.store.datasets.upsert({ path: file, name: req.name ?? path.basename(file) });
-        return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt };
+        return this.registerDataset(file, req.name ?? path.basename(file));
       },
       planRun: async (req) => {
         const spec = this.normalizeSpec(req.spec);

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { Store } from '../../src-main/core/store/store';
 import { ROOT, type Served, startCli } from '../helpers/app';
 import { launchChromium } from '../helpers/browser';
 
@@ -146,4 +147,35 @@ describe('New fine-tune wizard', () => {
     await shot('run-completed');
     expect(consoleErrors).toEqual([]);
   }, 300_000);
+
+  it('draws a 100,000-step run through decimation, and shows a failed run’s code, message and hint', async () => {
+    // a long finished run written straight into the app's database (as a CLI run on another process would)
+    const store = Store.open(path.join(app.home, 'llms-train.db'));
+    let id: number;
+    try {
+      const run = store.runs.create({ name: 'long run', spec: { model: { path: '/m' }, data: { train: '/t' }, output: { dir: '/o' }, training: { max_steps: 100_000 } }, specVersion: 1 });
+      id = run.id;
+      const pts = [];
+      for (let step = 1; step <= 100_000; step++) pts.push({ step, name: 'loss', value: 2 + Math.exp(-step / 20_000) + 0.1 * Math.sin(step), time: 1_700_000_000 + step * 0.1 });
+      store.metrics.add(id, pts);
+      store.runs.markRunning(id, null);
+      store.runs.finish(id, 'failed', { errorCode: 'NAN', errorMessage: 'the loss became NaN at step 100000', errorHint: 'Lower the learning rate or enable gradient clipping.' });
+    } finally {
+      store.close();
+    }
+    await page.goto(`${app.url}#/runs/${id}`);
+    await page.getByTestId('run-error').waitFor();
+    const err = await page.getByTestId('run-error').textContent();
+    expect(err).toContain('NAN');
+    expect(err).toContain('the loss became NaN');
+    expect(err).toContain('Lower the learning rate');
+    // raw and smoothed series: 200,000 points handed to the chart, a few thousand drawn
+    await expect.poll(() => points('chart-loss'), { timeout: 30_000 }).toBe(200_000);
+    await expect.poll(async () => Number(await page.getByTestId('chart-loss').getAttribute('data-drawn')), { timeout: 30_000 }).toBeGreaterThan(0);
+    expect(Number(await page.getByTestId('chart-loss').getAttribute('data-drawn'))).toBeLessThan(5000);
+    // the page stays usable: switching the axis to time redraws
+    await page.getByTestId('x-axis').selectOption('time');
+    await expect.poll(async () => Number(await page.getByTestId('chart-loss').getAttribute('data-drawn')), { timeout: 30_000 }).toBeLessThan(5000);
+    await shot('run-100k-failed');
+  }, 120_000);
 });

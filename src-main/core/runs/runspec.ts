@@ -59,7 +59,7 @@ export const RunSpec = z
         gradient_checkpointing: z.boolean().default(false),
       })
       .strict()
-      .default({} as never),
+      .prefault({}),
     devices: z.object({ kind: z.enum(['cpu', 'cuda']).default('cpu'), ids: z.array(z.number().int().min(0)).default([]) }).strict().default({ kind: 'cpu', ids: [] }),
     output: z
       .object({

@@ -1,0 +1,181 @@
+// The pieces behind the wizard and the compare view: the RunSpec ↔ CLI round trip, the config diff, the
+// dataset preview, and the store's run bookkeeping (tags, resume in place, deletion, summaries).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { specFromFlags } from '../../src-main/cli/train';
+import { specDiff } from '../../src-main/core/core';
+import { previewDataset } from '../../src-main/core/data/preview';
+import { CATALOG, familyOf, loraPresets, scanModelDirs } from '../../src-main/core/models/catalog';
+import { cliArgs, cliCommand, shellQuote } from '../../src-main/core/runs/cli-command';
+import { parseRunSpec } from '../../src-main/core/runs/runspec';
+import { Store } from '../../src-main/core/store/store';
+
+const tmps: string[] = [];
+const tmp = () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-ui-'));
+  tmps.push(d);
+  return d;
+};
+afterEach(() => {
+  for (const d of tmps.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+
+/** What a shell + commander would hand specFromFlags for these argv words. */
+function flags(args: string[]): Record<string, string | number | boolean> {
+  const o: Record<string, string | number | boolean> = {};
+  for (let i = 0; i < args.length; i++) {
+    const k = args[i]!.replace(/^--/, '');
+    const v = args[i + 1];
+    if (v === undefined || v.startsWith('--')) o[k] = true;
+    else {
+      o[k] = /^-?\d+(\.\d+)?(e-?\d+)?$/i.test(v) ? Number(v) : v;
+      i++;
+    }
+  }
+  return o;
+}
+
+describe('RunSpec → CLI command', () => {
+  it('round-trips a LoRA spec with every knob changed', () => {
+    const spec = parseRunSpec({
+      name: "lr sweep 'a'",
+      model: { path: '/models/chatglm2-6b' },
+      lora: { r: 16, alpha: 64, dropout: 0.1, target_modules: ['query_key_value', 'dense'], modules_to_save: ['output_layer'] },
+      data: { train: '/data/my train.json', validation: '/data/dev.json', template: 'chatglm2', prompt_column: 'q', response_column: 'a', max_source_length: 256, max_target_length: 48, format: 'columns' },
+      training: { learning_rate: 3e-4, lr_scheduler: 'cosine', warmup_steps: 20, max_steps: 1000, micro_batch_size: 2, eval_batch_size: 8, gradient_accumulation_steps: 16, max_grad_norm: 0.5, weight_decay: 0.01, seed: 7, gradient_checkpointing: true },
+      output: { dir: '/runs/x', logging_steps: 5, save_steps: 300, eval_steps: 100, overwrite: true },
+    });
+    const back = specFromFlags(flags(cliArgs(spec))).spec;
+    expect(back).toEqual(spec);
+    const cmd = cliCommand(spec);
+    expect(cmd.split('\n')[0]).toBe("llms-train train \\");
+    expect(cmd).toContain("--train_file '/data/my train.json'");
+    expect(cmd).toContain("--run_name 'lr sweep '\\''a'\\'''");
+    expect(cmd).toContain('--lora_target_modules query_key_value,dense');
+  });
+
+  it('round-trips full fine-tuning and writes only what differs from the defaults', () => {
+    const spec = parseRunSpec({ model: { path: '/m' }, method: 'full', data: { train: '/t.json' }, output: { dir: '/o' } });
+    const args = cliArgs(spec);
+    expect(args).toEqual(['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o', '--use_lora', 'False']);
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+  });
+
+  it('quotes for a POSIX shell', () => {
+    expect(shellQuote('/a/b-c_d.json')).toBe('/a/b-c_d.json');
+    expect(shellQuote('a b')).toBe("'a b'");
+    expect(shellQuote("it's")).toBe("'it'\\''s'");
+    expect(shellQuote('$HOME')).toBe("'$HOME'");
+  });
+});
+
+describe('config diff', () => {
+  it('lists only the fields that differ, by dotted path', () => {
+    const a = parseRunSpec({ model: { path: '/m' }, data: { train: '/t' }, output: { dir: '/o1' }, training: { learning_rate: 1e-4 } });
+    const b = parseRunSpec({ model: { path: '/m' }, data: { train: '/t' }, output: { dir: '/o2' }, training: { learning_rate: 2e-4 }, lora: { target_modules: ['q_proj'] } });
+    const d = specDiff([a, b]);
+    expect(d.map((x) => x.path)).toEqual(['lora.target_modules', 'output.dir', 'training.learning_rate']);
+    expect(d.find((x) => x.path === 'training.learning_rate')!.values).toEqual([1e-4, 2e-4]);
+    expect(specDiff([a, a])).toEqual([]);
+  });
+});
+
+describe('dataset preview', () => {
+  it('detects the format, renders rows, and lists bad lines with their numbers', async () => {
+    const f = path.join(tmp(), 'd.jsonl');
+    fs.writeFileSync(f, ['{"input": "病人头痛", "target": "神经内科", "type": "cls"}', '{"input": "x"', '{"input": "发热", "target": "感染科", "type": "cls"}', '{"instruction": 1}'].join('\n'));
+    const p = await previewDataset({ file: f, rows: 5 });
+    expect(p.format).toBe('promptcblue');
+    expect(p.records).toBe(4);
+    expect(p.errorCount).toBe(2);
+    expect(p.errors.map((e) => e.line)).toEqual([2, 4]);
+    expect(p.rows).toHaveLength(2);
+    expect(p.rows[0]!.segments).toEqual([
+      { text: '病人头痛\n', trained: false },
+      { text: '神经内科\n', trained: true },
+    ]);
+    expect(p.types).toEqual({ cls: 2 });
+    expect(p.stats.unit).toBe('characters');
+    expect(p.columns).toEqual(['input', 'target', 'type', 'instruction']);
+  });
+
+  it('says what is wrong with a file that is not a dataset', async () => {
+    await expect(previewDataset({ file: path.join(tmp(), 'missing.json') })).rejects.toThrow(/does not exist/);
+    const f = path.join(tmp(), 'odd.jsonl');
+    fs.writeFileSync(f, '{"question": "a", "answer": "b"}\n');
+    const p = await previewDataset({ file: f });
+    expect(p.format).toBeNull();
+    expect(p.formatHint).toMatch(/expected one of/);
+    const q = await previewDataset({ file: f, columns: { promptColumn: 'question', responseColumn: 'answer' } });
+    expect(q.format).toBe('columns');
+    expect(q.rows[0]!.segments.map((s) => s.trained)).toEqual([false, true]);
+  });
+});
+
+describe('catalog', () => {
+  it("covers the seed's families and their LoRA presets", () => {
+    const ids = CATALOG.flatMap((f) => f.models.map((m) => m.hfId));
+    for (const id of ['ziqingyang/chinese-alpaca-plus-lora-7b', 'openlm-research/open_llama_13b', 'BelleGroup/BELLE-LLaMA-EXT-7B', 'THUDM/chatglm-6b', 'THUDM/chatglm2-6b', 'baichuan-inc/baichuan-7B', 'baichuan-inc/Baichuan-13B-Chat', 'TigerResearch/tigerbot-7b-base', 'EleutherAI/pythia-12b-deduped'])
+      expect(ids).toContain(id);
+    const presets = loraPresets(path.join(__dirname, '..', '..', 'configs'));
+    for (const f of CATALOG) expect(presets.map((p) => path.basename(p.file))).toContain(f.loraConfig);
+    expect(familyOf('chatglm', '/models/chatglm2-6b')!.id).toBe('chatglm2');
+    expect(familyOf('chatglm', '/models/THUDM/chatglm-6b')!.id).toBe('chatglm');
+    expect(familyOf('bloom', '/m/tigerbot-7b-sft')!.id).toBe('tigerbot');
+    expect(familyOf('RefinedWebModel')!.id).toBe('falcon');
+  });
+
+  it('finds model folders under the configured directories (one and two levels deep)', () => {
+    const root = tmp();
+    for (const d of ['a', 'org/b', 'org/c/deep-too-far/x']) fs.mkdirSync(path.join(root, d), { recursive: true });
+    fs.writeFileSync(path.join(root, 'a', 'config.json'), '{"model_type": "llama"}');
+    fs.writeFileSync(path.join(root, 'org', 'b', 'config.json'), '{"model_type": "bloom"}');
+    fs.writeFileSync(path.join(root, 'org', 'c', 'deep-too-far', 'x', 'config.json'), '{}');
+    const found = scanModelDirs([root, path.join(root, 'missing')]);
+    expect(found.map((m) => [path.relative(root, m.path), m.modelType])).toEqual([
+      ['a', 'llama'],
+      ['org/b', 'bloom'],
+    ]);
+  });
+});
+
+describe('store: runs for the UI', () => {
+  it('keeps tags and notes, summarises metrics, resumes in place and deletes with cascades', () => {
+    const s = Store.open(path.join(tmp(), 'db.sqlite'));
+    try {
+      const r = s.runs.create({ name: 'a', spec: {}, specVersion: 1, tags: ['x', 'y'] });
+      expect(s.runs.get(r.id)!.tags).toEqual(['x', 'y']);
+      s.runs.update(r.id, { tags: ['y', 'z', 'z'], notes: 'n', name: 'b' });
+      expect(s.runs.get(r.id)).toMatchObject({ tags: ['y', 'z'], notes: 'n', name: 'b' });
+      const pts = [];
+      for (let step = 1; step <= 10; step++) pts.push({ step, name: 'loss', value: 10 - step, time: step }, { step, name: 'tokens', value: step * 100, time: step });
+      pts.push({ step: 5, name: 'eval_loss', value: 3, time: 5 }, { step: 10, name: 'eval_loss', value: 4, time: 10 });
+      s.metrics.add(r.id, pts);
+      expect(s.metrics.summaries([r.id]).get(r.id)).toEqual({ finalLoss: 0, bestEvalLoss: 3, bestEvalStep: 5, lastStep: 10, tokens: 1000 });
+      const since = s.metrics.maxRowid();
+      s.metrics.add(r.id, [{ step: 11, name: 'loss', value: 1, time: 11 }]);
+      expect(s.metrics.changedSince(since)).toEqual([{ runId: r.id, maxRowid: since + 1 }]);
+      s.checkpoints.add({ runId: r.id, step: 5, path: '/c5' });
+      s.checkpoints.add({ runId: r.id, step: 10, path: '/c10' });
+      // resuming from step 5 drops what comes after it
+      expect(s.metrics.deleteAfter(r.id, 5)).toBe(12);
+      s.checkpoints.deleteAfter(r.id, 5);
+      expect(s.checkpoints.list(r.id).map((c) => c.step)).toEqual([5]);
+      s.runs.finish(r.id, 'stopped', { errorMessage: 'x' });
+      s.runs.requeue(r.id);
+      expect(s.runs.get(r.id)).toMatchObject({ status: 'queued', endedAt: null, errorMessage: null });
+      s.evals.add({ runId: r.id, dataPath: '/t', metrics: { acc: 1 } });
+      s.runs.delete(r.id);
+      expect(s.runs.get(r.id)).toBeUndefined();
+      expect(s.metrics.all(r.id)).toEqual([]);
+      expect(s.checkpoints.list(r.id)).toEqual([]);
+      expect(s.evals.list({ runId: r.id })).toEqual([]);
+    } finally {
+      s.close();
+    }
+  });
+});
