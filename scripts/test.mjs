@@ -29,16 +29,16 @@ if (m) {
 }
 if (ctest.status !== 0 || !m) ok = false;
 
-// 2. the reference Python for the parity tests (HF transformers + PEFT): set up on first use
+// 2. the reference Python for the parity and metrics tests (HF transformers + PEFT, sacrebleu, rouge-score,
+// scikit-learn): setup.sh is idempotent (a hash check when up to date) and rebuilds the venv when
+// requirements.txt changed since it was made
 if (!process.env.LLMT_PY) {
   const venvPy = path.join(root, '.venv-test', 'bin', 'python');
-  if (!fs.existsSync(venvPy)) {
-    console.log('npm test: setting up the reference Python (tests/python/setup.sh) for the parity tests…');
-    const s = spawnSync('bash', [path.join(root, 'tests', 'python', 'setup.sh')], { stdio: ['ignore', 'inherit', 'inherit'] });
-    if (s.status !== 0) {
-      console.error('npm test: tests/python/setup.sh failed; the parity tests will report it.');
-      ok = false;
-    }
+  if (!fs.existsSync(venvPy)) console.log('npm test: setting up the reference Python (tests/python/setup.sh) for the parity tests…');
+  const s = spawnSync('bash', [path.join(root, 'tests', 'python', 'setup.sh')], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (s.status !== 0) {
+    console.error('npm test: tests/python/setup.sh failed; the parity tests will report it.');
+    ok = false;
   }
 }
 

@@ -52,12 +52,12 @@ class CpuBackend final : public Backend {
     cpu::layernorm_backward(dy, x, w, mean, rstd, dx, dw, db, rows, cols);
   }
   void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
-                    int64_t rot_dims, float pos_scale) override {
-    cpu::rope_forward(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale);
+                    int64_t rot_dims, float pos_scale, bool interleaved) override {
+    cpu::rope_forward(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, interleaved);
   }
   void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
-                     int64_t rot_dims, float pos_scale) override {
-    cpu::rope_backward(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale);
+                     int64_t rot_dims, float pos_scale, bool interleaved) override {
+    cpu::rope_backward(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, interleaved);
   }
   void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) override { cpu::swiglu_forward(gate, up, out, n); }
   void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n) override {
@@ -68,45 +68,18 @@ class CpuBackend final : public Backend {
     cpu::gelu_backward(dy, x, dx, n, kind);
   }
   void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
-                         int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) override {
-    cpu::attention_forward(q, k, v, out, lse, B, T, nh, nkv, hd, scale, seg_start);
+                         int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                         const int32_t *prefix) override {
+    cpu::attention_forward(q, k, v, out, lse, B, T, nh, nkv, hd, scale, seg_start, alibi, prefix);
   }
   void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse,
                           float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
-                          float scale, const int32_t *seg_start) override {
-    cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale, seg_start);
+                          float scale, const int32_t *seg_start, const float *alibi, const int32_t *prefix) override {
+    cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale, seg_start, alibi, prefix);
   }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale) override {
-    const int64_t qd = nh * hd, kvd = nkv * hd, group = nh / nkv;
-    cpu::parallel_for(n * nh, [&](int64_t beg, int64_t end) {
-      std::vector<float> s(static_cast<size_t>(p0 + n));
-      for (int64_t w = beg; w < end; ++w) {
-        const int64_t i = w / nh, hh = w % nh, g = hh / group, last = p0 + i;
-        const float *qi = q + i * qd + hh * hd;
-        float mx = -INFINITY;
-        for (int64_t j = 0; j <= last; ++j) {
-          const float *kj = kc + j * kvd + g * hd;
-          float dot = 0;
-          for (int64_t d = 0; d < hd; ++d) dot += qi[d] * kj[d];
-          s[j] = dot * scale;
-          mx = std::max(mx, s[j]);
-        }
-        double sum = 0;
-        for (int64_t j = 0; j <= last; ++j) {
-          s[j] = std::exp(s[j] - mx);
-          sum += s[j];
-        }
-        float *o = out + i * qd + hh * hd;
-        for (int64_t d = 0; d < hd; ++d) o[d] = 0;
-        const float inv = static_cast<float>(1.0 / sum);
-        for (int64_t j = 0; j <= last; ++j) {
-          const float pj = s[j] * inv;
-          const float *vj = vc + j * kvd + g * hd;
-          for (int64_t d = 0; d < hd; ++d) o[d] += pj * vj[d];
-        }
-      }
-    });
+                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
+    cpu::attention_cached(q, kc, vc, out, p0, n, nh, nkv, hd, scale, alibi, prefix);
   }
   double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V, int64_t *count) override {
     return cpu::cross_entropy_forward(logits, targets, lse, N, V, count);
@@ -136,6 +109,25 @@ class CpuBackend final : public Backend {
         for (int64_t i = beg; i < end; ++i) out[i] = a[i] + b[i];
     });
   }
+  void axpby(float *out, float alpha, const float *a, float beta, const float *b, int64_t n) override {
+    cpu::parallel_for(n, [&](int64_t beg, int64_t end) {
+      for (int64_t i = beg; i < end; ++i) out[i] = alpha * a[i] + beta * b[i];
+    });
+  }
+  void split_cols(float *fused, float *a, float *b, int64_t N, int64_t wa, int64_t wb, bool merge) override {
+    cpu::parallel_for(N, [&](int64_t beg, int64_t end) {
+      for (int64_t n = beg; n < end; ++n) {
+        float *row = fused + n * (wa + wb);
+        if (merge) {
+          std::memcpy(row, a + n * wa, sizeof(float) * static_cast<size_t>(wa));
+          std::memcpy(row + wa, b + n * wb, sizeof(float) * static_cast<size_t>(wb));
+        } else {
+          std::memcpy(a + n * wa, row, sizeof(float) * static_cast<size_t>(wa));
+          std::memcpy(b + n * wb, row + wa, sizeof(float) * static_cast<size_t>(wb));
+        }
+      }
+    });
+  }
   void qkv_split(float *fused, float *q, float *k, float *v, int64_t N, int64_t nh, int64_t nkv, int64_t hd, QkvSplit layout,
                  bool merge) override {
     const int64_t qd = nh * hd, kvd = nkv * hd, W = qd + 2 * kvd;
@@ -150,6 +142,14 @@ class CpuBackend final : public Backend {
           mv(row, q + n * qd, qd);
           mv(row + qd, k + n * kvd, kvd);
           mv(row + qd + kvd, v + n * kvd, kvd);
+        } else if (layout == QkvSplit::Grouped) {  // per kv group [q × r, k, v]
+          const int64_t r = nh / nkv;
+          for (int64_t g = 0; g < nkv; ++g) {
+            float *src = row + g * (r + 2) * hd;
+            mv(src, q + n * qd + g * r * hd, r * hd);
+            mv(src + r * hd, k + n * kvd + g * hd, hd);
+            mv(src + (r + 1) * hd, v + n * kvd + g * hd, hd);
+          }
         } else {  // per head [q_h, k_h, v_h] (nh == nkv)
           for (int64_t h = 0; h < nh; ++h) {
             float *src = row + h * 3 * hd;

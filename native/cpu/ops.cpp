@@ -598,7 +598,7 @@ void layernorm_backward(const float *dy, const float *x, const float *w, const f
 namespace {
 // Rotates the first rot_dims of every head of x[rows, heads, head_dim] by sign·angle (pairs i, i + rot_dims/2).
 void rope_apply(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
-                int64_t rot_dims, float pos_scale, float sign) {
+                int64_t rot_dims, float pos_scale, float sign, bool interleaved) {
   const int64_t half = rot_dims / 2;
   if (half <= 0 || rows <= 0 || heads <= 0) return;
   par(rows, chunks_for(rows, 6.0 * static_cast<double>(rows * heads * rot_dims)), [&](int64_t r0, int64_t r1) {
@@ -612,7 +612,16 @@ void rope_apply(float *x, const int32_t *pos, const float *inv_freq, int64_t row
         sn[i] = sign * std::sin(ang);
       }
       for (int64_t h = 0; h < heads; ++h) {
-        float *__restrict x1 = x + (r * heads + h) * head_dim;
+        float *__restrict xh = x + (r * heads + h) * head_dim;
+        if (interleaved) {  // ChatGLM2: pairs (2i, 2i+1)
+          for (int64_t i = 0; i < half; ++i) {
+            const float a = xh[2 * i], b = xh[2 * i + 1];
+            xh[2 * i] = a * cs[i] - b * sn[i];
+            xh[2 * i + 1] = b * cs[i] + a * sn[i];
+          }
+          continue;
+        }
+        float *__restrict x1 = xh;
         float *__restrict x2 = x1 + half;
         for (int64_t i = 0; i < half; ++i) {
           const float a = x1[i], b = x2[i];
@@ -626,13 +635,13 @@ void rope_apply(float *x, const int32_t *pos, const float *inv_freq, int64_t row
 }  // namespace
 
 void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
-                  int64_t rot_dims, float pos_scale) {
-  rope_apply(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, 1.0f);
+                  int64_t rot_dims, float pos_scale, bool interleaved) {
+  rope_apply(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, 1.0f, interleaved);
 }
 
 void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
-                   int64_t head_dim, int64_t rot_dims, float pos_scale) {
-  rope_apply(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, -1.0f);
+                   int64_t head_dim, int64_t rot_dims, float pos_scale, bool interleaved) {
+  rope_apply(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, -1.0f, interleaved);
 }
 
 // ---- activations -----------------------------------------------------------------------------------------------
@@ -740,8 +749,9 @@ inline v4f bc4(float x) { return v4f{x, x, x, x}; }
 
 // s[jj] = scale · Σ_d x[d]·T[d][jj] (summed over d in order), then −inf for jj > last and jj < first (masked
 // keys: the causal future, and earlier samples of a packed row).
+// slope ≠ 0 adds the ALiBi bias slope·(j0 + jj) (j0: the block's first key index in the row).
 inline void scores(const float *__restrict x, const float *__restrict T, int64_t hd, float scale, int64_t last,
-                   float *__restrict s, int64_t first = 0) {
+                   float *__restrict s, int64_t first = 0, float slope = 0.0f, int64_t j0 = 0) {
 #if LLMT_VEC4
   v4f a0 = bc4(0.0f), a1 = a0, a2 = a0, a3 = a0;
   for (int64_t d = 0; d < hd; ++d) {
@@ -767,6 +777,8 @@ inline void scores(const float *__restrict x, const float *__restrict T, int64_t
   }
   for (int64_t jj = 0; jj < kAB; ++jj) s[jj] = scale * acc[jj];
 #endif
+  if (slope != 0.0f)
+    for (int64_t jj = 0; jj < kAB; ++jj) s[jj] += slope * static_cast<float>(j0 + jj);
   for (int64_t jj = last + 1; jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
   for (int64_t jj = 0; jj < first && jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
 }
@@ -809,7 +821,8 @@ inline int pair_blocks(int64_t pair, int64_t nblocks, int64_t out[2]) {
 }  // namespace
 
 void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
-                       int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) {
+                       int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                       const int32_t *prefix) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
   const int64_t group = nh / nkv, ks = nkv * hd, qs = nh * hd;
   const int64_t nqb = (T + kAB - 1) / kAB, pairs = (nqb + 1) / 2, items = B * nh * pairs;
@@ -821,6 +834,8 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
     float m[kAB], l[kAB], s[kAB];
     for (int64_t it = it0; it < it1; ++it) {
       const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, g = h / group;
+      const float slope = alibi ? alibi[h] : 0.0f;
+      const int64_t P = prefix ? std::min<int64_t>(prefix[b], T) : 0;
       int64_t blocks[2];
       const int nbl = pair_blocks(it % pairs, nqb, blocks);
       for (int bi = 0; bi < nbl; ++bi) {
@@ -830,15 +845,16 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
           l[r] = 0.0f;
         }
         std::fill(acc, acc + ni * hd, 0.0f);
-        for (int64_t j0 = 0; j0 < i0 + ni; j0 += kAB) {
+        for (int64_t j0 = 0; j0 < std::max(i0 + ni, P); j0 += kAB) {
           const int64_t nj = std::min(kAB, T - j0);
           const float *kb = k + ((b * T + j0) * nkv + g) * hd, *vb = v + ((b * T + j0) * nkv + g) * hd;
           load_block_t(kb, ks, nj, hd, kT);
           for (int64_t r = 0; r < ni; ++r) {
-            const int64_t i = i0 + r, last = std::min(i - j0, nj - 1);
+            const int64_t i = i0 + r, last = std::min(std::max(i, P - 1) - j0, nj - 1);
             const int64_t seg = seg_start ? seg_start[b * T + i] : 0;
+            if (last < 0) continue;        // the whole key block lies in this query's future
             if (j0 + nj <= seg) continue;  // the whole key block lies in an earlier sample of the row
-            scores(q + (b * T + i) * qs + h * hd, kT, hd, scale, last, s, seg - j0);
+            scores(q + (b * T + i) * qs + h * hd, kT, hd, scale, last, s, seg - j0, slope, j0);
             float bm = m[r];
             for (int64_t jj = 0; jj <= last; ++jj) bm = s[jj] > bm ? s[jj] : bm;
             const float alpha = exp_fast(m[r] - bm);  // 0 on the first block (m = −inf)
@@ -871,7 +887,8 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
 // (2) dq by query blocks, keys in order.
 void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                         const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) {
+                        int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                        const int32_t *prefix) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
   const int64_t group = nh / nkv, ks = nkv * hd;
   const int64_t nblk = (T + kAB - 1) / kAB, pairs = (nblk + 1) / 2;
@@ -892,6 +909,7 @@ void attention_backward(const float *dout, const float *q, const float *k, const
         float s[kAB], dp[kAB];
         for (int64_t it = it0; it < it1; ++it) {
           const int64_t b = it / (nkv * pairs), g = (it / pairs) % nkv;
+          const int64_t P = prefix ? std::min<int64_t>(prefix[b], T) : 0;
           int64_t blocks[2];
           const int nbl = pair_blocks(it % pairs, nblk, blocks);
           for (int bi = 0; bi < nbl; ++bi) {
@@ -901,12 +919,14 @@ void attention_backward(const float *dout, const float *q, const float *k, const
             std::fill(dkT, dkT + 2 * hd * kAB, 0.0f);  // dkT and dvT
             for (int64_t hh = 0; hh < group; ++hh) {
               const int64_t h = g * group + hh;
-              for (int64_t i = j0; i < T; ++i) {
+              const float slope = alibi ? alibi[h] : 0.0f;
+              for (int64_t i = j0 < P ? 0 : j0; i < T; ++i) {
                 const int64_t row = (b * T + i) * nh + h;
                 const float *qi = q + row * hd, *doi = dout + row * hd;
                 const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
-                const int64_t last = std::min(i - j0, nj - 1);
-                scores(qi, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0);
+                const int64_t last = std::min(std::max(i, P - 1) - j0, nj - 1);
+                if (last < 0) continue;
+                scores(qi, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0, slope, j0);
                 scores(doi, vT, hd, 1.0f, kAB - 1, dp);
                 for (int64_t jj = 0; jj < kAB; ++jj) {
                   s[jj] = exp_fast(s[jj] - li);  // P (0 where masked)
@@ -938,22 +958,25 @@ void attention_backward(const float *dout, const float *q, const float *k, const
         float s[kAB], dp[kAB];
         for (int64_t it = it0; it < it1; ++it) {
           const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, g = h / group;
+          const float slope = alibi ? alibi[h] : 0.0f;
+          const int64_t P = prefix ? std::min<int64_t>(prefix[b], T) : 0;
           int64_t blocks[2];
           const int nbl = pair_blocks(it % pairs, nblk, blocks);
           for (int bi = 0; bi < nbl; ++bi) {
             const int64_t i0 = blocks[bi] * kAB, ni = std::min(kAB, T - i0);
             for (int64_t r = 0; r < ni; ++r) Dr[r] = dq[((b * T + i0 + r) * nh + h) * hd];
             std::fill(acc, acc + ni * hd, 0.0f);
-            for (int64_t j0 = 0; j0 < i0 + ni; j0 += kAB) {
+            for (int64_t j0 = 0; j0 < std::max(i0 + ni, P); j0 += kAB) {
               const int64_t nj = std::min(kAB, T - j0);
               const float *kb = k + ((b * T + j0) * nkv + g) * hd;
               load_block_t(kb, ks, nj, hd, kT);
               load_block_t(v + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, vT);
               for (int64_t r = 0; r < ni; ++r) {
                 const int64_t i = i0 + r, row = (b * T + i) * nh + h;
-                const int64_t last = std::min(i - j0, nj - 1);
+                const int64_t last = std::min(std::max(i, P - 1) - j0, nj - 1);
+                if (last < 0) continue;
                 const float li = lse[(b * nh + h) * T + i];
-                scores(q + row * hd, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0);
+                scores(q + row * hd, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0, slope, j0);
                 scores(dout + row * hd, vT, hd, 1.0f, kAB - 1, dp);
                 for (int64_t jj = 0; jj < kAB; ++jj) dp[jj] = exp_fast(s[jj] - li) * (dp[jj] - Dr[r]);  // dS
                 float *ar = acc + r * hd;
@@ -966,6 +989,39 @@ void attention_backward(const float *dout, const float *q, const float *k, const
               for (int64_t d = 0; d < hd; ++d) dqi[d] = scale * ar[d];
             }
           }
+        }
+      });
+}
+
+void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
+                      int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) {
+  const int64_t qd = nh * hd, kvd = nkv * hd, group = nh / nkv;
+  par(n * nh, chunks_for(n * nh, 4.0 * static_cast<double>(n * nh) * static_cast<double>(p0 + n) * static_cast<double>(hd)),
+      [&](int64_t beg, int64_t end) {
+        float *s = scratch(2, static_cast<size_t>(p0 + n));
+        for (int64_t w = beg; w < end; ++w) {
+          const int64_t i = w / nh, hh = w % nh, g = hh / group;
+          const int64_t last = std::min(std::max(p0 + i, prefix - 1), p0 + n - 1);
+          const float slope = alibi ? alibi[hh] : 0.0f;
+          const float *qi = q + i * qd + hh * hd;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j <= last; ++j) {
+            const float *kj = kc + j * kvd + g * hd;
+            float d = 0;
+            for (int64_t e = 0; e < hd; ++e) d += qi[e] * kj[e];
+            s[j] = d * scale;
+            if (alibi) s[j] += slope * static_cast<float>(j);
+            mx = std::max(mx, s[j]);
+          }
+          double z = 0;
+          for (int64_t j = 0; j <= last; ++j) {
+            s[j] = std::exp(s[j] - mx);
+            z += s[j];
+          }
+          float *o = out + i * qd + hh * hd;
+          for (int64_t e = 0; e < hd; ++e) o[e] = 0;
+          const float inv = static_cast<float>(1.0 / z);
+          for (int64_t j = 0; j <= last; ++j) axpy(o, s[j] * inv, vc + j * kvd + g * hd, hd);
         }
       });
 }

@@ -53,11 +53,13 @@ void layernorm_backward(const float *dy, const float *x, const float *w, const f
 // (pairs (i, i + rot_dims/2)), dims rot_dims..head_dim untouched. Angle for row r, pair i:
 // pos[r] · pos_scale · inv_freq[i], computed in fp32 as HF does (t = pos·pos_scale in fp32, then t·inv_freq).
 // inv_freq has rot_dims/2 entries. pos_scale is 1/factor for linear rope_scaling, else 1.
+// interleaved (ChatGLM2): pairs (2i, 2i+1) instead: (x₀cos − x₁sin, x₁cos + x₀sin), angle pos·inv_freq[i].
+// ChatGLM-6B's 2-D RoPE is two calls: x with rot_dims = head_dim/2, then x + head_dim/2 (same head_dim stride).
 void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
-                  int64_t head_dim, int64_t rot_dims, float pos_scale);
+                  int64_t head_dim, int64_t rot_dims, float pos_scale, bool interleaved = false);
 // The backward of rope_forward, in place on dx (rotation by the negative angle).
 void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
-                   int64_t head_dim, int64_t rot_dims, float pos_scale);
+                   int64_t head_dim, int64_t rot_dims, float pos_scale, bool interleaved = false);
 
 // ---- activations ---------------------------------------------------------------------------------------------
 // SwiGLU: out[n] = silu(gate[n]) · up[n]
@@ -77,12 +79,23 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
 // the scaled scores) for the backward.
 // seg_start (optional, [B·T]): packed rows — key j is visible to query i only if also j ≥ seg_start[b·T+i]
 // (the index, within the row, where query i's sample begins). Null: plain causal attention.
+// alibi (optional, [nh]): ALiBi slopes; s_ij = scale·q_i·k_j + alibi[h]·j (j = key index in the row, not
+// scaled — BLOOM's baddbmm, Baichuan-13B's mask; shift-invariant per query, so packed rows need no offset).
+// prefix (optional, [B]): prefix-LM (ChatGLM-6B): keys j < prefix[b] are visible to every query of row b,
+// also later ones (bidirectional prefix); not combined with seg_start.
 void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
-                       int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start = nullptr);
+                       int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start = nullptr,
+                       const float *alibi = nullptr, const int32_t *prefix = nullptr);
 // dq, dk, dv overwritten. Recomputes the probabilities from q, k and lse.
 void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                         const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale, const int32_t *seg_start = nullptr);
+                        int64_t nkv, int64_t hd, float scale, const int32_t *seg_start = nullptr,
+                        const float *alibi = nullptr, const int32_t *prefix = nullptr);
+// One decoding chunk against a KV cache: queries q[n, nh, hd] at positions p0…p0+n−1 attend to cache rows
+// 0…max(own position, prefix−1) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]. alibi as above (j = cache row).
+void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,
+                      int64_t nh, int64_t nkv, int64_t hd, float scale, const float *alibi = nullptr,
+                      int64_t prefix = 0);
 
 // ---- loss ---------------------------------------------------------------------------------------------------
 // Cross-entropy over logits[N,V] against targets[N] (targets < 0 are ignored, e.g. −100).

@@ -23,7 +23,7 @@ namespace llmt {
 
 enum class DeviceKind { CPU, CUDA };
 enum class ComputeType { F32, BF16, F16 };
-enum class QkvSplit { Blocks, PerHead };  // fused projection layouts, see family.hpp QkvLayout
+enum class QkvSplit { Blocks, PerHead, Grouped };  // fused projection layouts, see family.hpp QkvLayout
 
 class Backend {
  public:
@@ -53,22 +53,25 @@ class Backend {
   virtual void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd,
                                   float *dx, float *dw, float *db, int64_t rows, int64_t cols) = 0;
   virtual void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
-                            int64_t head_dim, int64_t rot_dims, float pos_scale) = 0;
+                            int64_t head_dim, int64_t rot_dims, float pos_scale, bool interleaved) = 0;
   virtual void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads,
-                             int64_t head_dim, int64_t rot_dims, float pos_scale) = 0;
+                             int64_t head_dim, int64_t rot_dims, float pos_scale, bool interleaved) = 0;
   virtual void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) = 0;
   virtual void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n) = 0;
   virtual void gelu_forward(const float *x, float *y, int64_t n, cpu::Gelu kind) = 0;
   virtual void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, cpu::Gelu kind) = 0;
   virtual void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B,
-                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) = 0;
+                                 int64_t T, int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start,
+                                 const float *alibi, const int32_t *prefix) = 0;
   virtual void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                                   const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
-                                  int64_t nkv, int64_t hd, float scale, const int32_t *seg_start) = 0;
+                                  int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                                  const int32_t *prefix) = 0;
   /** One decoding chunk against a KV cache: queries q[n, nh, hd] at positions p0…p0+n−1 attend to cache
-   *  rows 0…(own position) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]. */
+   *  rows 0…max(own position, prefix−1) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]; optional ALiBi. */
   virtual void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,
-                                int64_t nh, int64_t nkv, int64_t hd, float scale) = 0;
+                                int64_t nh, int64_t nkv, int64_t hd, float scale, const float *alibi,
+                                int64_t prefix) = 0;
   virtual double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
                                        int64_t *count) = 0;
   virtual void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits,
@@ -83,7 +86,13 @@ class Backend {
   // ---- element-wise and layout ops the model needs between the big ones ----
   /** out[i] = a[i] + b[i] (+ c[i] when c is not null); out may alias a. */
   virtual void add(float *out, const float *a, const float *b, const float *c, int64_t n) = 0;
-  /** Splits fused q/k/v rows [N, nh·hd + 2·nkv·hd] into q[N, nh·hd], k, v[N, nkv·hd]; merge = the reverse. */
+  /** out[i] = alpha·a[i] + beta·b[i] (residual and branch scaling: ChatGLM-6B, MiniCPM); out may alias a or b. */
+  virtual void axpby(float *out, float alpha, const float *a, float beta, const float *b, int64_t n) = 0;
+  /** Column split of fused rows [N, wa + wb] into a[N, wa], b[N, wb] (merge = the reverse). */
+  virtual void split_cols(float *fused, float *a, float *b, int64_t N, int64_t wa, int64_t wb, bool merge) = 0;
+  /** Splits fused q/k/v rows [N, nh·hd + 2·nkv·hd] into q[N, nh·hd], k, v[N, nkv·hd]; merge = the reverse.
+   *  Blocks: [Q | K | V]; PerHead: per head [q_h, k_h, v_h] (nh == nkv); Grouped (Falcon new decoder
+   *  architecture): per kv group g [q_{g·r} … q_{g·r+r−1}, k_g, v_g], r = nh/nkv. */
   virtual void qkv_split(float *fused, float *q, float *k, float *v, int64_t N, int64_t nh, int64_t nkv, int64_t hd,
                          QkvSplit layout, bool merge) = 0;
   /** Inverted dropout with a counter-based mask: out = x·mask/(1−p), mask_i = uniform(stream, i) ≥ p. */

@@ -2,7 +2,10 @@
 // Facts per family come from shared/MODEL-FAMILIES.md (HF transformers / the families' own code).
 #include "family.hpp"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "safetensors.hpp"
 #include "status.hpp"
@@ -25,23 +28,64 @@ const std::vector<FamilyRow> &families() {
        "attention.query_key_value", "attention.dense", nullptr, nullptr, nullptr, "mlp.dense_h_to_4h",
        "mlp.dense_4h_to_h", "gpt_neox.final_layer_norm", "embed_out", "query_key_value",
        "query_key_value,dense,dense_h_to_4h,dense_4h_to_h"},
+      // Baichuan-13B: Baichuan-7B's tensors, ALiBi instead of RoPE (told apart by config.json, see parse_config)
+      {"baichuan", "Baichuan-13B (ALiBi)", NormKind::RMS, QkvLayout::PackedBlocks, MlpKind::SwiGLU, false,
+       "model.embed_tokens", "model.layers.{i}", "input_layernorm", "post_attention_layernorm", nullptr, nullptr, nullptr,
+       "self_attn.W_pack", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", nullptr, nullptr,
+       "model.norm", "lm_head", "W_pack", "W_pack,o_proj,gate_proj,up_proj,down_proj", "baichuan13b"},
+      {"bloom", "BLOOM / BLOOMZ / TigerBot v1", NormKind::Layer, QkvLayout::PerHeadFused, MlpKind::GeluTanh, true,
+       "transformer.word_embeddings", "transformer.h.{i}", "input_layernorm", "post_attention_layernorm", nullptr, nullptr,
+       nullptr, "self_attention.query_key_value", "self_attention.dense", nullptr, nullptr, nullptr, "mlp.dense_h_to_4h",
+       "mlp.dense_4h_to_h", "transformer.ln_f", "lm_head", "query_key_value",
+       "query_key_value,dense,dense_h_to_4h,dense_4h_to_h", "bloom", "transformer.word_embeddings_layernorm",
+       "transformer."},
+      // Falcon: qkv layout, norms, biases and residual style come from config.json (see parse_config)
+      {"falcon", "Falcon", NormKind::Layer, QkvLayout::PackedBlocks, MlpKind::Gelu, false, "transformer.word_embeddings",
+       "transformer.h.{i}", "input_layernorm", "post_attention_layernorm", nullptr, nullptr, nullptr,
+       "self_attention.query_key_value", "self_attention.dense", nullptr, nullptr, nullptr, "mlp.dense_h_to_4h",
+       "mlp.dense_4h_to_h", "transformer.ln_f", "lm_head", "query_key_value",
+       "query_key_value,dense,dense_h_to_4h,dense_4h_to_h", "falcon", nullptr, "transformer."},
+      {"minicpm", "MiniCPM", NormKind::RMS, QkvLayout::Separate, MlpKind::SwiGLU, false, "model.embed_tokens",
+       "model.layers.{i}", "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+       "self_attn.v_proj", nullptr, "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", nullptr, nullptr,
+       "model.norm", "lm_head", "q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj", "minicpm"},
+      {"chatglm", "ChatGLM-6B", NormKind::Layer, QkvLayout::PerHeadFused, MlpKind::GeluTanh, true,
+       "transformer.word_embeddings", "transformer.layers.{i}", "input_layernorm", "post_attention_layernorm", nullptr,
+       nullptr, nullptr, "attention.query_key_value", "attention.dense", nullptr, nullptr, nullptr, "mlp.dense_h_to_4h",
+       "mlp.dense_4h_to_h", "transformer.final_layernorm", "lm_head", "query_key_value",
+       "query_key_value,dense,dense_h_to_4h,dense_4h_to_h", "chatglm"},
+      {"chatglm", "ChatGLM2-6B / ChatGLM3-6B", NormKind::RMS, QkvLayout::PackedBlocks, MlpKind::SwiGLUFused, false,
+       "transformer.embedding.word_embeddings", "transformer.encoder.layers.{i}", "input_layernorm",
+       "post_attention_layernorm", nullptr, nullptr, nullptr, "self_attention.query_key_value", "self_attention.dense",
+       nullptr, nullptr, nullptr, "mlp.dense_h_to_4h", "mlp.dense_4h_to_h", "transformer.encoder.final_layernorm",
+       "transformer.output_layer", "query_key_value", "query_key_value,dense,dense_h_to_4h,dense_4h_to_h", "chatglm2"},
   };
   return rows;
 }
 
 const FamilyRow *find_family(const std::string &model_type) {
+  // legacy custom-code Falcon configs (convert_custom_code_checkpoint.py)
+  const std::string mt = model_type == "RefinedWebModel" || model_type == "RefinedWeb" ? "falcon" : model_type;
   for (const auto &r : families())
-    if (model_type == r.model_type) return &r;
+    if (mt == r.model_type) return &r;
+  return nullptr;
+}
+
+const FamilyRow *find_family_id(const std::string &id) {
+  for (const auto &r : families())
+    if (id == r.key()) return &r;
   return nullptr;
 }
 
 std::string supported_model_types() {
+  std::vector<std::string> seen;
   std::string s;
   for (const auto &r : families()) {
-    if (!s.empty()) s += ", ";
-    s += r.model_type;
+    if (std::find(seen.begin(), seen.end(), r.model_type) != seen.end()) continue;
+    seen.push_back(r.model_type);
+    s += (s.empty() ? "" : ", ") + std::string(r.model_type);
   }
-  return s;
+  return s + ", RefinedWebModel, RefinedWeb";
 }
 
 std::string layer_name(const char *pattern, int64_t i) {
@@ -52,16 +96,6 @@ std::string layer_name(const char *pattern, int64_t i) {
 }
 
 namespace {
-
-llmt_status need_int(const Json &j, const char *key, const std::string &where, int64_t &out) {
-  const Json &v = j.get(key);
-  if (!v.is_integer() || v.as_int() <= 0) {
-    return set_error(LLMT_ERR_BAD_INPUT, where + ": \"" + key + "\" must be a positive integer" +
-                                             (v.is_null() ? " (it is missing)" : ""));
-  }
-  out = v.as_int();
-  return LLMT_OK;
-}
 
 int64_t first_int(const Json &v, int64_t def, std::vector<int64_t> *rest = nullptr) {
   if (v.is_integer()) return v.as_int();
@@ -74,7 +108,88 @@ int64_t first_int(const Json &v, int64_t def, std::vector<int64_t> *rest = nullp
   return def;
 }
 
+// The first of `keys` present in j (config.json field names differ between families and releases).
+const Json &field(const Json &j, std::initializer_list<const char *> keys) {
+  for (const char *k : keys)
+    if (j.has(k) && !j.get(k).is_null()) return j.get(k);
+  static const Json null_json;
+  return null_json;
+}
+
+llmt_status need_int_of(const Json &j, std::initializer_list<const char *> keys, const std::string &where, int64_t &out) {
+  const Json &v = field(j, keys);
+  if (!v.is_integer() || v.as_int() <= 0) {
+    return set_error(LLMT_ERR_BAD_INPUT, where + ": \"" + *keys.begin() + "\" must be a positive integer" +
+                                             (v.is_null() ? " (it is missing)" : ""));
+  }
+  out = v.as_int();
+  return LLMT_OK;
+}
+
+// ALiBi slopes, BLOOM's recipe (build_alibi_tensor): fp32 torch.pow(base, k).
+std::vector<float> alibi_bloom(int64_t n) {
+  const int64_t m = int64_t(1) << static_cast<int>(std::floor(std::log2(static_cast<double>(n))));
+  std::vector<float> s;
+  const float base = static_cast<float>(std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(m)) - 3))));
+  for (int64_t k = 1; k <= m; ++k) s.push_back(std::pow(base, static_cast<float>(k)));
+  if (m != n) {
+    const float extra = static_cast<float>(std::pow(2.0, -std::pow(2.0, -(std::log2(2.0 * static_cast<double>(m)) - 3))));
+    const int64_t rem = std::min(m, n - m);
+    for (int64_t k = 1; k < 1 + 2 * rem; k += 2) s.push_back(std::pow(extra, static_cast<float>(k)));
+  }
+  return s;
+}
+
+// ALiBi slopes, Baichuan-13B's recipe (_get_interleave): start·ratio^i in double, then fp32.
+std::vector<double> interleave_pow2(int64_t n) {
+  const double start = std::pow(2.0, -std::pow(2.0, -(std::log2(static_cast<double>(n)) - 3)));
+  std::vector<double> out;
+  for (int64_t i = 0; i < n; ++i) out.push_back(start * std::pow(start, static_cast<double>(i)));
+  return out;
+}
+std::vector<double> interleave(int64_t n) {
+  const double l = std::log2(static_cast<double>(n));
+  if (l == std::floor(l)) return interleave_pow2(n);
+  const int64_t m = int64_t(1) << static_cast<int>(std::floor(l));
+  std::vector<double> out = interleave_pow2(m), more = interleave(2 * m);
+  for (int64_t i = 0; i < n - m; ++i) out.push_back(more[static_cast<size_t>(2 * i)]);
+  return out;
+}
+
+// fp32 → fp16 → fp32 (round to nearest even), for ChatGLM-6B's half-precision inv_freq.
+float round_to_half(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  const uint32_t sign = u & 0x80000000u;
+  const uint32_t absu = u & 0x7fffffffu;
+  float a;
+  std::memcpy(&a, &absu, 4);
+  if (a < 6.103515625e-05f) {  // subnormal half: quantum 2^-24
+    const float q = 5.9604644775390625e-08f;
+    float r = std::nearbyint(a / q) * q;
+    uint32_t ru;
+    std::memcpy(&ru, &r, 4);
+    ru |= sign;
+    std::memcpy(&r, &ru, 4);
+    return r;
+  }
+  // keep 10 mantissa bits: add half of the dropped 13 bits (ties to even), then truncate
+  const uint32_t lsb = (absu >> 13) & 1u;
+  uint32_t r = (absu + 0x0fffu + lsb) & ~0x1fffu;
+  r |= sign;
+  float out;
+  std::memcpy(&out, &r, 4);
+  return out;
+}
+
 }  // namespace
+
+std::vector<float> alibi_slopes_bloom(int64_t n) { return alibi_bloom(n); }
+std::vector<float> alibi_slopes_baichuan(int64_t n) {
+  std::vector<float> out;
+  for (double x : interleave(n)) out.push_back(static_cast<float>(x));
+  return out;
+}
 
 llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c) {
   if (!j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, where + " is not a JSON object");
@@ -88,36 +203,77 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
                                                ") is not supported by this engine; supported: " +
                                                supported_model_types());
   }
-  llmt_status st;
-  if ((st = need_int(j, "vocab_size", where, c.vocab))) return st;
-  if ((st = need_int(j, "hidden_size", where, c.hidden))) return st;
-  if ((st = need_int(j, "intermediate_size", where, c.inter))) return st;
-  if ((st = need_int(j, "num_hidden_layers", where, c.layers))) return st;
-  if ((st = need_int(j, "num_attention_heads", where, c.heads))) return st;
-  if (c.hidden % c.heads != 0) {
-    return set_error(LLMT_ERR_BAD_INPUT, where + ": hidden_size " + std::to_string(c.hidden) +
-                                             " is not divisible by num_attention_heads " + std::to_string(c.heads));
-  }
-  c.head_dim = c.hidden / c.heads;
-  c.kv_heads = c.heads;
   const std::string &mt = c.model_type;
-  if (mt == "llama") {
-    const Json &kv = j.get("num_key_value_heads");
-    if (!kv.is_null()) {
-      if (!kv.is_integer() || kv.as_int() <= 0 || c.heads % kv.as_int() != 0) {
-        return set_error(LLMT_ERR_BAD_INPUT, where + ": num_key_value_heads must be a positive divisor of "
-                                                     "num_attention_heads (" + std::to_string(c.heads) + ")");
-      }
-      c.kv_heads = kv.as_int();
+  // rows that share a model_type: told apart by config.json
+  if (mt == "chatglm") {
+    // ChatGLM2/3 configs carry multi-query/RMSNorm/kv_channels fields; ChatGLM-6B v1 has position_encoding_2d,
+    // inner_hidden_size and max_sequence_length instead.
+    const bool v2 = j.has("padded_vocab_size") || j.has("multi_query_attention") || j.has("kv_channels") ||
+                    j.has("ffn_hidden_size") || j.has("rmsnorm");
+    c.family = find_family_id(v2 ? "chatglm2" : "chatglm");
+  } else if (mt == "baichuan") {
+    // Baichuan-13B has model_max_length and no max_position_embeddings (MODEL-FAMILIES §4)
+    const bool alibi = !j.has("max_position_embeddings") && j.has("model_max_length");
+    c.family = find_family_id(alibi ? "baichuan13b" : "baichuan");
+  }
+  const FamilyRow &f = *c.family;
+  const std::string id = f.key();
+  c.norm = f.norm;
+  c.qkv_layout = f.qkv_layout;
+  c.mlp = f.mlp;
+  c.attn_norm = f.attn_norm;
+  c.mlp_norm = f.mlp_norm;
+  c.qkv_bias = c.linear_bias = f.linear_bias;
+
+  llmt_status st;
+  const bool glm1 = id == "chatglm", glm2 = id == "chatglm2";
+  if ((st = need_int_of(j, {glm2 ? "padded_vocab_size" : "vocab_size", "vocab_size"}, where, c.vocab))) return st;
+  if ((st = need_int_of(j, {"hidden_size", "n_embed"}, where, c.hidden))) return st;
+  if ((st = need_int_of(j, {"num_hidden_layers", "n_layer", "num_layers"}, where, c.layers))) return st;
+  if ((st = need_int_of(j, {"num_attention_heads", "n_head"}, where, c.heads))) return st;
+  if (id == "bloom") {
+    c.inter = 4 * c.hidden;  // BLOOM's MLP width is fixed at 4H
+  } else if (id == "falcon") {
+    const Json &ffn = j.get("ffn_hidden_size");
+    c.inter = ffn.is_integer() && ffn.as_int() > 0 ? ffn.as_int() : 4 * c.hidden;
+  } else if (glm1) {
+    const Json &ffn = j.get("inner_hidden_size");
+    c.inter = ffn.is_integer() && ffn.as_int() > 0 ? ffn.as_int() : 4 * c.hidden;
+  } else if (glm2) {
+    if ((st = need_int_of(j, {"ffn_hidden_size"}, where, c.inter))) return st;
+  } else {
+    if ((st = need_int_of(j, {"intermediate_size"}, where, c.inter))) return st;
+  }
+  if (glm2 && j.get("kv_channels").is_integer() && j.get("kv_channels").as_int() > 0) {
+    c.head_dim = j.get("kv_channels").as_int();  // ChatGLM2's head size need not be hidden / heads
+  } else {
+    if (c.hidden % c.heads != 0) {
+      return set_error(LLMT_ERR_BAD_INPUT, where + ": hidden_size " + std::to_string(c.hidden) +
+                                               " is not divisible by num_attention_heads " + std::to_string(c.heads));
     }
+    c.head_dim = c.hidden / c.heads;
+  }
+  c.kv_heads = c.heads;
+  auto kv_from = [&](const Json &kv, const char *name) -> llmt_status {
+    if (kv.is_null()) return LLMT_OK;
+    if (!kv.is_integer() || kv.as_int() <= 0 || c.heads % kv.as_int() != 0) {
+      return set_error(LLMT_ERR_BAD_INPUT, where + ": " + name + " must be a positive divisor of num_attention_heads (" +
+                                               std::to_string(c.heads) + ")");
+    }
+    c.kv_heads = kv.as_int();
+    return LLMT_OK;
+  };
+  if (mt == "llama" || id == "minicpm") {
+    if ((st = kv_from(j.get("num_key_value_heads"), "num_key_value_heads"))) return st;
     if (j.has("head_dim") && j.get("head_dim").is_integer() && j.get("head_dim").as_int() != c.head_dim) {
       return set_error(LLMT_ERR_UNSUPPORTED, where + ": a head_dim different from hidden_size / num_attention_heads is not supported yet");
     }
     if (j.get_bool("attention_bias", false) || j.get_bool("mlp_bias", false)) {
-      return set_error(LLMT_ERR_UNSUPPORTED, where + ": attention_bias/mlp_bias LLaMA variants are not supported yet");
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": attention_bias/mlp_bias " + mt + " variants are not supported yet");
     }
   }
   c.rot_dims = c.head_dim;
+  c.rope_theta = 10000.0;
   if (mt == "gpt_neox") {
     // transformers ≥ 4.45 also writes partial_rotary_factor (and newer configs may carry only it)
     double pct = j.get_number("rotary_pct", j.get_number("partial_rotary_factor", 1.0));
@@ -132,34 +288,147 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
     if (j.get_bool("attention_bias", true) == false) {
       return set_error(LLMT_ERR_UNSUPPORTED, where + ": gpt_neox without attention biases is not supported yet");
     }
+  } else if (id == "bloom") {
+    c.pos = PosKind::Alibi;
+    c.alibi = alibi_bloom(c.heads);
+    c.rot_dims = 0;
+    c.norm_eps = j.get_number("layer_norm_epsilon", 1e-5);
+    c.tie_embeddings = j.get_bool("tie_word_embeddings", true);
+    if (j.get_bool("apply_residual_connection_post_layernorm", false)) c.residual_from_norm = true;
+  } else if (id == "falcon") {
+    // legacy RW configs: new_decoder_architecture ⇔ n_head_kv present (convert_custom_code_checkpoint.py)
+    const bool legacy = mt != "falcon";
+    const bool new_arch = legacy ? j.has("n_head_kv") : j.get_bool("new_decoder_architecture", false);
+    const bool multi_query = j.get_bool("multi_query", true);
+    c.parallel_residual = j.get_bool("parallel_attn", true);
+    c.qkv_bias = c.linear_bias = j.get_bool("bias", false);
+    c.norm_eps = j.get_number("layer_norm_epsilon", 1e-5);
+    c.tie_embeddings = j.get_bool("tie_word_embeddings", true);
+    c.rope_theta = j.get_number("rope_theta", 10000.0);
+    if (j.get_bool("alibi", false)) {
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": Falcon with alibi (falcon-rw) is not supported yet; falcon-7b/40b use RoPE");
+    }
+    if (j.get_string("activation", "gelu") != "gelu") {
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": Falcon activation \"" + j.get_string("activation") + "\" is not supported (only \"gelu\")");
+    }
+    const Json &kv = field(j, {"num_kv_heads", "n_head_kv"});
+    if (new_arch) {
+      if ((st = kv_from(kv, "num_kv_heads"))) return st;
+      c.qkv_layout = QkvLayout::GroupedFused;
+      if (!c.parallel_residual) {
+        return set_error(LLMT_ERR_UNSUPPORTED, where + ": Falcon's new decoder architecture without parallel_attn is not supported");
+      }
+      const Json &nln = j.get("num_ln_in_parallel_attn");
+      if (nln.is_null() || nln.as_int() == 2) {
+        c.attn_norm = "ln_attn";
+        c.mlp_norm = "ln_mlp";
+      } else {
+        c.attn_norm = "input_layernorm";
+        c.mlp_norm.clear();  // one norm feeds both branches
+      }
+    } else if (multi_query) {
+      c.kv_heads = 1;
+      c.qkv_layout = QkvLayout::PackedBlocks;  // [Q (n·d) | K (d) | V (d)]
+    } else {
+      if ((st = kv_from(kv, "num_kv_heads"))) return st;
+      if (c.kv_heads != c.heads) {
+        return set_error(LLMT_ERR_UNSUPPORTED, where + ": Falcon with num_kv_heads < heads needs new_decoder_architecture");
+      }
+      c.qkv_layout = QkvLayout::PerHeadFused;
+    }
+    if (!new_arch && c.parallel_residual) c.mlp_norm.clear();  // falcon-7b: one input_layernorm for both branches
+  } else if (glm1) {
+    if (!j.get_bool("position_encoding_2d", true)) {
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": ChatGLM-6B with position_encoding_2d false is not supported");
+    }
+    if (!j.get("pre_seq_len").is_null() || j.get_int("quantization_bit", 0) != 0) {
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": P-tuning (pre_seq_len) and quantized (quantization_bit) ChatGLM checkpoints are not supported; use the fp16 base model");
+    }
+    c.pos = PosKind::Rope2D;
+    c.rot_dims = c.head_dim / 2;
+    c.norm_eps = j.get_number("layernorm_epsilon", 1e-5);
+    c.tie_embeddings = j.get_bool("tie_word_embeddings", true);
+    c.residual_from_norm = true;
+    c.residual_alpha = static_cast<float>(std::sqrt(2.0 * 28.0));  // GLMBlock's num_layers=28 default, never overridden
+    c.mask_id = j.get_int("mask_token_id", 130000);
+    c.gmask_id = j.get_int("gmask_token_id", 130001);
+    // inv_freq = (1/10000^(arange(0, d/2, 2)/(d/2))).half(): fp16-valued
+    const int64_t dim = c.head_dim / 2;
+    for (int64_t i = 0; i < dim / 2; ++i) {
+      const float e = static_cast<float>(2 * i) / static_cast<float>(dim);
+      c.rope_freqs.push_back(round_to_half(1.0f / static_cast<float>(std::pow(10000.0, static_cast<double>(e)))));
+    }
+    if (c.head_dim % 4 != 0) return set_error(LLMT_ERR_BAD_INPUT, where + ": ChatGLM-6B needs a head size divisible by 4");
+  } else if (glm2) {
+    if (j.get_bool("multi_query_attention", false)) {  // [Q | K (G·c) | V (G·c)]
+      if ((st = kv_from(j.get("multi_query_group_num"), "multi_query_group_num"))) return st;
+      if (j.get("multi_query_group_num").is_null()) c.kv_heads = 1;
+    } else {
+      c.qkv_layout = QkvLayout::PerHeadFused;  // view [n, 3c], split in three
+    }
+    if (!j.get_bool("rmsnorm", true) || !j.get_bool("post_layer_norm", true)) {
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": ChatGLM2 with rmsnorm or post_layer_norm false is not supported");
+    }
+    if (!j.get("pre_seq_len").is_null()) {
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": P-tuning v2 checkpoints (pre_seq_len) are not supported");
+    }
+    c.qkv_bias = j.get_bool("add_qkv_bias", false);
+    c.linear_bias = j.get_bool("add_bias_linear", false);
+    c.pos = PosKind::RopeInterleaved;
+    c.rot_dims = c.head_dim / 2;
+    c.norm_eps = j.get_number("layernorm_epsilon", 1e-5);
+    c.tie_embeddings = j.get_bool("tie_word_embeddings", false);
+    if (j.get_bool("apply_residual_connection_post_layernorm", false)) c.residual_from_norm = true;
+    if (c.head_dim % 4 != 0) return set_error(LLMT_ERR_BAD_INPUT, where + ": ChatGLM2 needs kv_channels divisible by 4");
   } else {
+    // llama-like: llama, baichuan (7B and 13B), minicpm
     c.rope_theta = j.get_number("rope_theta", 10000.0);
     c.norm_eps = j.get_number("rms_norm_eps", 1e-6);
-    c.tie_embeddings = j.get_bool("tie_word_embeddings", false);
+    c.tie_embeddings = j.get_bool("tie_word_embeddings", id == "minicpm");
     std::string act = j.get_string("hidden_act", "silu");
     if (act != "silu" && act != "swish") {
       return set_error(LLMT_ERR_UNSUPPORTED, where + ": hidden_act \"" + act + "\" is not supported for " + mt + " (only \"silu\")");
+    }
+    if (id == "baichuan13b") {
+      c.pos = PosKind::Alibi;
+      c.alibi = alibi_slopes_baichuan(c.heads);
+      c.rot_dims = 0;
+    }
+    if (id == "minicpm") {
+      const double scale_emb = j.get_number("scale_emb", 1.0), base = j.get_number("dim_model_base", 1.0),
+                   depth = j.get_number("scale_depth", 1.0);
+      if (!(base > 0)) return set_error(LLMT_ERR_BAD_INPUT, where + ": dim_model_base must be positive");
+      if (j.get_int("pretraining_tp", 1) > 1) {
+        return set_error(LLMT_ERR_UNSUPPORTED, where + ": MiniCPM with pretraining_tp > 1 (which skips the logit scaling) is not supported");
+      }
+      c.embed_scale = static_cast<float>(scale_emb);
+      c.branch_scale = static_cast<float>(depth / std::sqrt(static_cast<double>(c.layers)));
+      c.logit_scale = static_cast<float>(1.0 / (static_cast<double>(c.hidden) / base));
     }
   }
   if (c.rot_dims % 2 != 0 || c.rot_dims < 0) {
     return set_error(LLMT_ERR_BAD_INPUT, where + ": rotary dims per head (" + std::to_string(c.rot_dims) + ") must be even");
   }
-  // transformers 5 folds rope_theta and the scaling into "rope_parameters"
-  const Json &rp = j.get("rope_parameters");
-  if (rp.is_object() && rp.has("rope_theta")) c.rope_theta = rp.get_number("rope_theta", c.rope_theta);
-  const Json &rs = !j.get("rope_scaling").is_null() ? j.get("rope_scaling") : rp;
-  if (!rs.is_null()) {
-    std::string type = rs.get_string("type", rs.get_string("rope_type"));
-    double factor = rs.get_number("factor", 1.0);
-    if (type == "linear") {
-      if (!(factor >= 1.0)) return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling.factor must be >= 1");
-      c.rope_linear_factor = factor;
-    } else if (type != "default") {
-      return set_error(LLMT_ERR_UNSUPPORTED, where + ": rope_scaling type \"" + type + "\" is not supported yet (only \"linear\")");
+  if (c.pos == PosKind::Rope) {
+    // transformers 5 folds rope_theta and the scaling into "rope_parameters"
+    const Json &rp = j.get("rope_parameters");
+    if (rp.is_object() && rp.has("rope_theta")) c.rope_theta = rp.get_number("rope_theta", c.rope_theta);
+    const Json &rs = !j.get("rope_scaling").is_null() ? j.get("rope_scaling") : rp;
+    if (!rs.is_null()) {
+      std::string type = rs.get_string("type", rs.get_string("rope_type"));
+      double factor = rs.get_number("factor", 1.0);
+      if (type == "linear") {
+        if (!(factor >= 1.0)) return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling.factor must be >= 1");
+        c.rope_linear_factor = factor;
+      } else if (type != "default") {
+        return set_error(LLMT_ERR_UNSUPPORTED, where + ": rope_scaling type \"" + type + "\" is not supported yet (only \"linear\")");
+      }
     }
   }
   if (!(c.norm_eps > 0) || !std::isfinite(c.norm_eps)) return set_error(LLMT_ERR_BAD_INPUT, where + ": the norm epsilon must be positive");
-  c.max_positions = j.get_int("max_position_embeddings", 2048);
+  c.max_positions = field(j, {"max_position_embeddings", "model_max_length", "max_sequence_length", "seq_length"}).is_integer()
+                        ? field(j, {"max_position_embeddings", "model_max_length", "max_sequence_length", "seq_length"}).as_int()
+                        : 2048;
   c.bos_id = first_int(j.get("bos_token_id"), -1);
   c.eos_id = first_int(j.get("eos_token_id"), -1, &c.extra_eos);
   c.pad_id = first_int(j.get("pad_token_id"), -1);

@@ -16,10 +16,22 @@ namespace llmt {
 enum class NormKind { RMS, Layer };
 enum class QkvLayout {
   Separate,       // q_proj, k_proj, v_proj (llama)
-  PackedBlocks,   // one fused linear, rows [Q | K | V] (baichuan W_pack)
-  PerHeadFused,   // one fused linear, rows per head [q_h, k_h, v_h] (gpt_neox, bloom)
+  PackedBlocks,   // one fused linear, rows [Q | K | V] (baichuan W_pack, chatglm2, falcon-7b multi-query)
+  PerHeadFused,   // one fused linear, rows per head [q_h, k_h, v_h] (gpt_neox, bloom, chatglm v1)
+  GroupedFused,   // one fused linear, rows per kv group [q × n/G, k, v] (falcon new decoder architecture)
 };
-enum class MlpKind { SwiGLU, Gelu };
+enum class MlpKind {
+  SwiGLU,       // down(silu(gate·x) ⊙ up·x) (llama)
+  Gelu,         // fc2(gelu_erf(fc1·x)) (gpt_neox, falcon)
+  GeluTanh,     // fc2(gelu_tanh(fc1·x)) (bloom, chatglm v1)
+  SwiGLUFused,  // fc2(silu(u₁) ⊙ u₂), [u₁ | u₂] = fc1·x (chatglm2 dense_h_to_4h)
+};
+enum class PosKind {
+  Rope,             // half-split RoPE on the first rot_dims of each head
+  RopeInterleaved,  // pairs (2i, 2i+1) on the first rot_dims (chatglm2: half of each head)
+  Rope2D,           // chatglm v1: half-split RoPE of width d/2 on each half, positions and block positions
+  Alibi,            // no rotation; ALiBi bias in attention (bloom, baichuan-13b)
+};
 enum class LinearRole { Q, K, V, QKV, O, Gate, Up, Down, Fc1, Fc2 };
 
 struct FamilyRow {
@@ -40,12 +52,20 @@ struct FamilyRow {
   const char *lm_head;
   const char *default_lora_targets;  // PEFT's default for this model_type (comma list), or the usual set
   const char *all_lora_targets;      // every linear module name of a block
+  const char *id = nullptr;          // unique family id (create-tiny --family); null: model_type
+  const char *embed_norm = nullptr;  // LayerNorm right after the embedding (bloom word_embeddings_layernorm)
+  const char *bare_prefix = nullptr;  // prefix absent from checkpoints saved from the bare model (bloom-560m)
+
+  const char *key() const { return id ? id : model_type; }
 };
 
 /** The table. */
 const std::vector<FamilyRow> &families();
-/** Row for a model_type, or null. */
+/** Row for a model_type (or its legacy alias, e.g. RefinedWebModel → falcon), or null. Where several rows
+ *  share a model_type (chatglm v1/v2, baichuan 7B/13B) this is the first; parse_config picks by config.json. */
 const FamilyRow *find_family(const std::string &model_type);
+/** Row by family id (FamilyRow::key()), or null. */
+const FamilyRow *find_family_id(const std::string &id);
 /** "llama, baichuan, gpt_neox" — for error messages. */
 std::string supported_model_types();
 
@@ -65,7 +85,23 @@ struct ModelConfig {
   double norm_eps = 1e-6;
   int64_t max_positions = 2048;
   bool tie_embeddings = false;
-  bool parallel_residual = false;  // gpt_neox use_parallel_residual
+  bool parallel_residual = false;  // gpt_neox use_parallel_residual, falcon parallel_attn
+  // the block recipe, resolved from the row and config.json
+  PosKind pos = PosKind::Rope;
+  QkvLayout qkv_layout = QkvLayout::Separate;
+  MlpKind mlp = MlpKind::SwiGLU;
+  NormKind norm = NormKind::RMS;
+  std::string attn_norm, mlp_norm;  // norm module names in a layer; mlp_norm empty: both branches share attn_norm
+  bool qkv_bias = false;            // the q/k/v (or fused) projection has a bias
+  bool linear_bias = false;         // the other linears have biases
+  bool residual_from_norm = false;  // residual taken from the norm output (chatglm v1, bloom's flag)
+  float residual_alpha = 1.0f;      // ... times this (chatglm v1: sqrt(2·28))
+  float branch_scale = 1.0f;        // attention/MLP outputs scaled before the residual add (minicpm)
+  float embed_scale = 1.0f;         // embedding output scale (minicpm scale_emb)
+  float logit_scale = 1.0f;         // final-norm output scale before the LM head (minicpm 1/(H/dim_model_base))
+  std::vector<float> alibi;         // [heads] slopes when pos == Alibi
+  std::vector<float> rope_freqs;    // inv_freq when the family fixes it (chatglm v1: fp16-rounded), else empty
+  int64_t mask_id = -1, gmask_id = -1;  // chatglm v1 [MASK], [gMASK]
   int64_t bos_id = -1, eos_id = -1, pad_id = -1;
   std::vector<int64_t> extra_eos;  // eos_token_id given as a list
 };
@@ -77,6 +113,11 @@ struct ModelConfig {
  */
 llmt_status load_config(const std::string &dir, ModelConfig &out);
 llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &out);
+
+/** ALiBi slopes per head: BLOOM's recipe (fp32 powers) and Baichuan-13B's (_get_interleave, double then fp32);
+ *  the same values except for rounding (MODEL-FAMILIES §1). */
+std::vector<float> alibi_slopes_bloom(int64_t heads);
+std::vector<float> alibi_slopes_baichuan(int64_t heads);
 
 /** Expands "{i}" in a name pattern. */
 std::string layer_name(const char *pattern, int64_t i);

@@ -36,7 +36,8 @@ bool ends_with(const std::string &s, const std::string &suffix) {
 
 // Known non-parameter buffers some checkpoints carry; ignored when present.
 bool ignorable_tensor(const std::string &name) {
-  return ends_with(name, "rotary_emb.inv_freq") || ends_with(name, "attention.masked_bias") ||
+  return ends_with(name, "rotary_emb.inv_freq") || ends_with(name, "rotary_pos_emb.inv_freq") ||
+         ends_with(name, "attention.masked_bias") ||
          ends_with(name, "attention.bias");
 }
 
@@ -113,9 +114,14 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
 
   const int64_t H = c.hidden, I = c.inter, V = c.vocab, hd = c.head_dim;
   const int64_t qd = c.heads * hd, kvd = c.kv_heads * hd;
-  const bool ln = f.norm == NormKind::Layer;
+  const bool ln = c.norm == NormKind::Layer;
 
   m->embed = m->new_param(std::string(f.embed) + ".weight", {V, H});
+  if (f.embed_norm) {
+    m->embed_norm_w = m->new_param(std::string(f.embed_norm) + ".weight", {H});
+    m->embed_norm_b = m->new_param(std::string(f.embed_norm) + ".bias", {H});
+    m->embed_norm_w->decay = m->embed_norm_b->decay = false;
+  }
   auto add_linear = [&](int64_t layer, const char *name, int64_t out, int64_t in, int role) -> Linear * {
     auto lin = std::make_unique<Linear>();
     lin->module = layer_name(f.layer, layer) + "." + name;
@@ -124,7 +130,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
     lin->out = out;
     lin->role = role;
     lin->W = m->new_param(lin->module + ".weight", {out, in});
-    if (f.linear_bias) {
+    if (role == kQKV || role == kQ || role == kK || role == kV ? c.qkv_bias : c.linear_bias) {
       lin->b = m->new_param(lin->module + ".bias", {out});
       lin->b->decay = false;
     }
@@ -134,15 +140,21 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
   for (int64_t l = 0; l < c.layers; ++l) {
     Layer L;
     std::string pre = layer_name(f.layer, l) + ".";
-    L.norm1_w = m->new_param(pre + f.attn_norm + ".weight", {H});
-    L.norm2_w = m->new_param(pre + f.mlp_norm + ".weight", {H});
-    L.norm1_w->decay = L.norm2_w->decay = false;
+    L.norm1_w = m->new_param(pre + c.attn_norm + ".weight", {H});
+    L.norm1_w->decay = false;
     if (ln) {
-      L.norm1_b = m->new_param(pre + f.attn_norm + ".bias", {H});
-      L.norm2_b = m->new_param(pre + f.mlp_norm + ".bias", {H});
-      L.norm1_b->decay = L.norm2_b->decay = false;
+      L.norm1_b = m->new_param(pre + c.attn_norm + ".bias", {H});
+      L.norm1_b->decay = false;
     }
-    if (f.qkv_layout == QkvLayout::Separate) {
+    if (!c.mlp_norm.empty()) {
+      L.norm2_w = m->new_param(pre + c.mlp_norm + ".weight", {H});
+      L.norm2_w->decay = false;
+      if (ln) {
+        L.norm2_b = m->new_param(pre + c.mlp_norm + ".bias", {H});
+        L.norm2_b->decay = false;
+      }
+    }
+    if (c.qkv_layout == QkvLayout::Separate) {
       L.q = add_linear(l, f.q, qd, H, kQ);
       L.k = add_linear(l, f.k, kvd, H, kK);
       L.v = add_linear(l, f.v, kvd, H, kV);
@@ -150,12 +162,12 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
       L.qkv = add_linear(l, f.qkv, qd + 2 * kvd, H, kQKV);
     }
     L.o = add_linear(l, f.o, H, qd, kO);
-    if (f.mlp == MlpKind::SwiGLU) {
+    if (c.mlp == MlpKind::SwiGLU) {
       L.gate = add_linear(l, f.gate, I, H, kGate);
       L.up = add_linear(l, f.up, I, H, kUp);
       L.down = add_linear(l, f.down, H, I, kDown);
     } else {
-      L.fc1 = add_linear(l, f.fc1, I, H, kFc1);
+      L.fc1 = add_linear(l, f.fc1, c.mlp == MlpKind::SwiGLUFused ? 2 * I : I, H, kFc1);
       L.fc2 = add_linear(l, f.fc2, H, I, kFc2);
     }
     m->layers.push_back(L);
@@ -176,20 +188,27 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
   // Load every parameter; collect what is missing or mis-shaped.
   std::vector<std::string> missing;
   std::set<std::string> expected;
+  // checkpoints saved from the bare base model (e.g. bigscience/bloom-560m) lack the "transformer." prefix
+  const std::string bare = f.bare_prefix ? f.bare_prefix : "";
+  auto file_name = [&](const std::string &name) -> std::string {
+    if (ws->find(name) || bare.empty() || name.compare(0, bare.size(), bare) != 0) return name;
+    return name.substr(bare.size());
+  };
   for (auto &p : m->params) {
-    expected.insert(p->name);
-    const TensorInfo *t = ws->find(p->name);
+    const std::string fname = file_name(p->name);
+    expected.insert(fname);
+    const TensorInfo *t = ws->find(fname);
     if (!t) {
       missing.push_back(p->name);
       continue;
     }
     if (t->shape != p->shape) {
-      st = set_error(LLMT_ERR_BAD_INPUT, "tensor '" + p->name + "' in " + ws->file_of(p->name) + " has shape " +
+      st = set_error(LLMT_ERR_BAD_INPUT, "tensor '" + p->name + "' in " + ws->file_of(fname) + " has shape " +
                                              shape_str(t->shape) + " but config.json implies " + shape_str(p->shape) +
                                              "; config.json and the weights do not belong together");
       return nullptr;
     }
-    st = ws->read_f32(p->name, p->data.data());
+    st = ws->read_f32(fname, p->data.data());
     if (st != LLMT_OK) return nullptr;
   }
   if (!missing.empty()) {
@@ -204,7 +223,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
   std::vector<std::string> unexpected;
   for (const auto &n : ws->names()) {
     if (expected.count(n) || ignorable_tensor(n)) continue;
-    if (c.tie_embeddings && n == head_name) continue;  // tied: HF ignores a saved copy too
+    if (c.tie_embeddings && (n == head_name || n == file_name(head_name))) continue;  // tied: HF ignores a saved copy too
     unexpected.push_back(n);
   }
   if (!unexpected.empty()) {
@@ -439,7 +458,7 @@ void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, fl
 
 void norm_forward(Backend &be, const ModelConfig &c, const Param *w, const Param *b, const float *x, float *y, float *mean,
                   float *rstd, int64_t N) {
-  if (c.family->norm == NormKind::RMS)
+  if (c.norm == NormKind::RMS)
     be.rmsnorm_forward(x, w->data.data(), y, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
   else
     be.layernorm_forward(x, w->data.data(), b->data.data(), y, mean, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
@@ -448,7 +467,7 @@ void norm_forward(Backend &be, const ModelConfig &c, const Param *w, const Param
 void norm_backward(Backend &be, const ModelConfig &c, Param *w, Param *b, const float *x, const float *mean, const float *rstd,
                    const float *dy, float *dx, int64_t N) {
   float *dw = w->trainable ? w->grad.data() : nullptr;
-  if (c.family->norm == NormKind::RMS) {
+  if (c.norm == NormKind::RMS) {
     be.rmsnorm_backward(dy, x, w->data.data(), rstd, dx, dw, N, c.hidden);
   } else {
     float *db = b && b->trainable ? b->grad.data() : nullptr;
@@ -457,6 +476,7 @@ void norm_backward(Backend &be, const ModelConfig &c, Param *w, Param *b, const 
 }
 
 std::vector<float> inv_freq(const ModelConfig &c) {
+  if (!c.rope_freqs.empty()) return c.rope_freqs;  // the family fixes its table (chatglm v1: fp16-valued)
   // HF: 1 / base^(arange(0, D, 2).float() / D), in fp32
   std::vector<float> f(static_cast<size_t>(c.rot_dims / 2));
   for (int64_t i = 0; i < c.rot_dims / 2; ++i) {
@@ -466,9 +486,292 @@ std::vector<float> inv_freq(const ModelConfig &c) {
   return f;
 }
 
-QkvSplit split_layout(QkvLayout l) { return l == QkvLayout::PackedBlocks ? QkvSplit::Blocks : QkvSplit::PerHead; }
+QkvSplit split_layout(QkvLayout l) {
+  return l == QkvLayout::PackedBlocks ? QkvSplit::Blocks : l == QkvLayout::GroupedFused ? QkvSplit::Grouped : QkvSplit::PerHead;
+}
 
 void resize(std::vector<float> &v, int64_t n) { v.resize(static_cast<size_t>(n)); }
+
+// What one block call needs besides the layer's parameters: positions and the attention flavour.
+struct Fwd {
+  Fwd(const ModelConfig &cfg, Backend &backend, Ctx cx) : c(cfg), be(backend), ctx(cx) {}
+  const ModelConfig &c;
+  Backend &be;
+  Ctx ctx;
+  const int32_t *pos = nullptr;    // [N] rotary positions (chatglm v1: position ids)
+  const int32_t *block = nullptr;  // [N] chatglm v1 block position ids (second half of each head)
+  std::vector<float> freqs;
+  float pos_scale = 1.0f, scale = 1.0f;
+  // training attention (B, T from ctx)
+  const int32_t *seg = nullptr, *prefix = nullptr;
+  // cached attention (inference): cache rows p0… of layer l; prefix as a scalar
+  Model::KvCache *cache = nullptr;
+  int64_t p0 = 0, cache_prefix = 0;
+};
+
+// Rotary positions on q [N, nh, hd] and k [N, nkv, hd]; `back` applies the transpose (the backward).
+void apply_positions(const Fwd &F, float *q, float *k, bool back) {
+  const ModelConfig &c = F.c;
+  const int64_t N = F.ctx.N, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim;
+  auto rope = [&](float *x, int64_t heads, const int32_t *pos, int64_t rot, float ps, bool il) {
+    if (back) F.be.rope_backward(x, pos, F.freqs.data(), N, heads, hd, rot, ps, il);
+    else F.be.rope_forward(x, pos, F.freqs.data(), N, heads, hd, rot, ps, il);
+  };
+  switch (c.pos) {
+    case PosKind::Rope:
+      if (c.rot_dims > 0) {
+        rope(q, nh, F.pos, c.rot_dims, F.pos_scale, false);
+        rope(k, nkv, F.pos, c.rot_dims, F.pos_scale, false);
+      }
+      break;
+    case PosKind::RopeInterleaved:
+      rope(q, nh, F.pos, c.rot_dims, 1.0f, true);
+      rope(k, nkv, F.pos, c.rot_dims, 1.0f, true);
+      break;
+    case PosKind::Rope2D:  // first half of each head by position, second half by block position
+      rope(q, nh, F.pos, hd / 2, 1.0f, false);
+      rope(k, nkv, F.pos, hd / 2, 1.0f, false);
+      rope(q + hd / 2, nh, F.block, hd / 2, 1.0f, false);
+      rope(k + hd / 2, nkv, F.block, hd / 2, 1.0f, false);
+      break;
+    case PosKind::Alibi:
+      break;
+  }
+}
+
+const float *alibi_of(const ModelConfig &c) { return c.pos == PosKind::Alibi ? c.alibi.data() : nullptr; }
+
+void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *in, float *ym) {
+  Backend &be = F.be;
+  const int64_t N = F.ctx.N, I = F.c.inter;
+  resize(a.act, N * I);
+  resize(a.a, N * I);
+  switch (F.c.mlp) {
+    case MlpKind::SwiGLU:
+      resize(a.b, N * I);
+      linear_forward(*L.gate, in, a.a.data(), N, F.ctx, l, a.lin[kGate]);
+      linear_forward(*L.up, in, a.b.data(), N, F.ctx, l, a.lin[kUp]);
+      be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
+      linear_forward(*L.down, a.act.data(), ym, N, F.ctx, l, a.lin[kDown]);
+      break;
+    case MlpKind::SwiGLUFused: {
+      resize(a.b, N * I);
+      std::vector<float> fused(static_cast<size_t>(N * 2 * I));
+      linear_forward(*L.fc1, in, fused.data(), N, F.ctx, l, a.lin[kFc1]);
+      be.split_cols(fused.data(), a.a.data(), a.b.data(), N, I, I, false);
+      be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
+      linear_forward(*L.fc2, a.act.data(), ym, N, F.ctx, l, a.lin[kFc2]);
+      break;
+    }
+    case MlpKind::Gelu:
+    case MlpKind::GeluTanh:
+      a.b.clear();
+      linear_forward(*L.fc1, in, a.a.data(), N, F.ctx, l, a.lin[kFc1]);
+      be.gelu_forward(a.a.data(), a.act.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
+      linear_forward(*L.fc2, a.act.data(), ym, N, F.ctx, l, a.lin[kFc2]);
+      break;
+  }
+}
+
+// d(mlp input) into dh (overwritten) from d(mlp output) dym.
+void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const float *dym, float *dh) {
+  Backend &be = F.be;
+  const int64_t N = F.ctx.N, I = F.c.inter;
+  std::vector<float> dact(static_cast<size_t>(N * I));
+  switch (F.c.mlp) {
+    case MlpKind::SwiGLU: {
+      linear_backward(be, *L.down, a.act.data(), dym, dact.data(), false, N, a.lin[kDown]);
+      std::vector<float> dg(static_cast<size_t>(N * I)), du(static_cast<size_t>(N * I));
+      be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
+      linear_backward(be, *L.gate, in, dg.data(), dh, false, N, a.lin[kGate]);
+      linear_backward(be, *L.up, in, du.data(), dh, true, N, a.lin[kUp]);
+      break;
+    }
+    case MlpKind::SwiGLUFused: {
+      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2]);
+      std::vector<float> dg(static_cast<size_t>(N * I)), du(static_cast<size_t>(N * I)), dfused(static_cast<size_t>(N * 2 * I));
+      be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
+      be.split_cols(dfused.data(), dg.data(), du.data(), N, I, I, true);
+      linear_backward(be, *L.fc1, in, dfused.data(), dh, false, N, a.lin[kFc1]);
+      break;
+    }
+    case MlpKind::Gelu:
+    case MlpKind::GeluTanh: {
+      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2]);
+      std::vector<float> df(static_cast<size_t>(N * I));
+      be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
+      linear_backward(be, *L.fc1, in, df.data(), dh, false, N, a.lin[kFc1]);
+      break;
+    }
+  }
+}
+
+// The forward of one block from a.x_in into x_out, saving every activation the backward needs.
+void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out) {
+  const ModelConfig &c = F.c;
+  Backend &be = F.be;
+  const int64_t N = F.ctx.N, H = c.hidden, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim;
+  const int64_t qd = nh * hd, kvd = nkv * hd;
+  const float s = c.branch_scale, alpha = c.residual_alpha;
+  resize(a.h1, N * H);
+  resize(a.mean1, N);
+  resize(a.rstd1, N);
+  norm_forward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.h1.data(), a.mean1.data(), a.rstd1.data(), N);
+  resize(a.q, N * qd);
+  resize(a.k, N * kvd);
+  resize(a.v, N * kvd);
+  if (L.qkv) {
+    std::vector<float> fused(static_cast<size_t>(N * (qd + 2 * kvd)));
+    linear_forward(*L.qkv, a.h1.data(), fused.data(), N, F.ctx, l, a.lin[kQKV]);
+    be.qkv_split(fused.data(), a.q.data(), a.k.data(), a.v.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), false);
+  } else {
+    linear_forward(*L.q, a.h1.data(), a.q.data(), N, F.ctx, l, a.lin[kQ]);
+    linear_forward(*L.k, a.h1.data(), a.k.data(), N, F.ctx, l, a.lin[kK]);
+    linear_forward(*L.v, a.h1.data(), a.v.data(), N, F.ctx, l, a.lin[kV]);
+  }
+  apply_positions(F, a.q.data(), a.k.data(), false);
+  resize(a.attn, N * qd);
+  if (F.cache) {
+    float *kc = F.cache->k[static_cast<size_t>(l)].data(), *vc = F.cache->v[static_cast<size_t>(l)].data();
+    std::memcpy(kc + F.p0 * kvd, a.k.data(), sizeof(float) * static_cast<size_t>(N * kvd));
+    std::memcpy(vc + F.p0 * kvd, a.v.data(), sizeof(float) * static_cast<size_t>(N * kvd));
+    be.attention_cached(a.q.data(), kc, vc, a.attn.data(), F.p0, N, nh, nkv, hd, F.scale, alibi_of(c), F.cache_prefix);
+  } else {
+    resize(a.lse, F.ctx.B * nh * F.ctx.T);
+    be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
+                         F.scale, F.seg, alibi_of(c), F.prefix);
+  }
+  std::vector<float> y(static_cast<size_t>(N * H)), ym(static_cast<size_t>(N * H));
+  linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
+  if (c.parallel_residual) {  // x' = x + attn(N1(x)) + mlp(N2(x)) (N2 = N1 when the layer has one norm)
+    a.x_mid.clear();
+    const float *mlp_in = a.h1.data();
+    if (L.norm2_w) {
+      resize(a.h2, N * H);
+      resize(a.mean2, N);
+      resize(a.rstd2, N);
+      norm_forward(be, c, L.norm2_w, L.norm2_b, a.x_in.data(), a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
+      mlp_in = a.h2.data();
+    } else {
+      a.h2.clear();
+    }
+    mlp_forward(F, L, l, a, mlp_in, ym.data());
+    if (s == 1.0f) {
+      be.add(x_out, a.x_in.data(), y.data(), ym.data(), N * H);
+    } else {
+      be.add(ym.data(), y.data(), ym.data(), nullptr, N * H);
+      be.axpby(x_out, 1.0f, a.x_in.data(), s, ym.data(), N * H);
+    }
+    return;
+  }
+  // sequential: x_mid = R(x) + s·attn(N1(x)); x' = R(x_mid) + s·mlp(N2(x_mid)); R = identity or α·norm output
+  resize(a.x_mid, N * H);
+  if (!c.residual_from_norm && s == 1.0f) be.add(a.x_mid.data(), a.x_in.data(), y.data(), nullptr, N * H);
+  else if (!c.residual_from_norm) be.axpby(a.x_mid.data(), 1.0f, a.x_in.data(), s, y.data(), N * H);
+  else be.axpby(a.x_mid.data(), alpha, a.h1.data(), s, y.data(), N * H);
+  resize(a.h2, N * H);
+  resize(a.mean2, N);
+  resize(a.rstd2, N);
+  norm_forward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
+  mlp_forward(F, L, l, a, a.h2.data(), ym.data());
+  if (!c.residual_from_norm && s == 1.0f) be.add(x_out, a.x_mid.data(), ym.data(), nullptr, N * H);
+  else if (!c.residual_from_norm) be.axpby(x_out, 1.0f, a.x_mid.data(), s, ym.data(), N * H);
+  else be.axpby(x_out, alpha, a.h2.data(), s, ym.data(), N * H);
+}
+
+// Backward of the attention branch: from d(attention output) dy to d(N1 output) dh1 (overwritten).
+void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float *dy, float *dh1) {
+  const ModelConfig &c = F.c;
+  Backend &be = F.be;
+  const int64_t N = F.ctx.N, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim, qd = nh * hd, kvd = nkv * hd;
+  std::vector<float> dattn(static_cast<size_t>(N * qd));
+  linear_backward(be, *L.o, a.attn.data(), dy, dattn.data(), false, N, a.lin[kO]);
+  std::vector<float> dq(static_cast<size_t>(N * qd)), dk(static_cast<size_t>(N * kvd)), dv(static_cast<size_t>(N * kvd));
+  be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(), dk.data(),
+                        dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, alibi_of(c), F.prefix);
+  apply_positions(F, dq.data(), dk.data(), true);
+  if (L.qkv) {
+    std::vector<float> dfused(static_cast<size_t>(N * (qd + 2 * kvd)));
+    be.qkv_split(dfused.data(), dq.data(), dk.data(), dv.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), true);
+    linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1, false, N, a.lin[kQKV]);
+  } else {
+    linear_backward(be, *L.q, a.h1.data(), dq.data(), dh1, false, N, a.lin[kQ]);
+    linear_backward(be, *L.k, a.h1.data(), dk.data(), dh1, true, N, a.lin[kK]);
+    linear_backward(be, *L.v, a.h1.data(), dv.data(), dh1, true, N, a.lin[kV]);
+  }
+}
+
+// Backward of block_forward: dx holds d(x_out) on entry and d(x_in) on return.
+void block_backward(const Fwd &F, Layer &L, LayerActs &a, std::vector<float> &dx) {
+  const ModelConfig &c = F.c;
+  Backend &be = F.be;
+  const int64_t N = F.ctx.N, H = c.hidden;
+  const float s = c.branch_scale, alpha = c.residual_alpha;
+  std::vector<float> dyb(static_cast<size_t>(N * H)), dh1(static_cast<size_t>(N * H)), dh2(static_cast<size_t>(N * H)),
+      tmp(static_cast<size_t>(N * H)), dxin(static_cast<size_t>(N * H));
+  if (c.parallel_residual) {
+    const float *dbr = dx.data();  // d(branch outputs) = s·d(x_out)
+    if (s != 1.0f) {
+      be.axpby(dyb.data(), s, dx.data(), 0.0f, dx.data(), N * H);
+      dbr = dyb.data();
+    }
+    mlp_backward(F, L, a, L.norm2_w ? a.h2.data() : a.h1.data(), dbr, dh2.data());
+    attention_branch_backward(F, L, a, dbr, dh1.data());
+    if (L.norm2_w) {
+      norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_in.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
+      norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
+      be.add(dx.data(), dx.data(), tmp.data(), dxin.data(), N * H);
+    } else {
+      be.add(dh1.data(), dh1.data(), dh2.data(), nullptr, N * H);
+      norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
+      be.add(dx.data(), dx.data(), dxin.data(), nullptr, N * H);
+    }
+    return;
+  }
+  // MLP half: d(ym) = s·dx; d(h2) += α·dx when the residual comes from the norm
+  const float *dym = dx.data();
+  if (s != 1.0f) {
+    be.axpby(dyb.data(), s, dx.data(), 0.0f, dx.data(), N * H);
+    dym = dyb.data();
+  }
+  mlp_backward(F, L, a, a.h2.data(), dym, dh2.data());
+  if (c.residual_from_norm) be.axpby(dh2.data(), 1.0f, dh2.data(), alpha, dx.data(), N * H);
+  norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
+  std::vector<float> dmid(static_cast<size_t>(N * H));
+  if (c.residual_from_norm) dmid = tmp;
+  else be.add(dmid.data(), dx.data(), tmp.data(), nullptr, N * H);
+  // attention half
+  const float *dy = dmid.data();
+  if (s != 1.0f) {
+    be.axpby(dyb.data(), s, dmid.data(), 0.0f, dmid.data(), N * H);
+    dy = dyb.data();
+  }
+  attention_branch_backward(F, L, a, dy, dh1.data());
+  if (c.residual_from_norm) be.axpby(dh1.data(), 1.0f, dh1.data(), alpha, dmid.data(), N * H);
+  norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
+  if (c.residual_from_norm) dx = dxin;
+  else be.add(dx.data(), dmid.data(), dxin.data(), nullptr, N * H);
+}
+
+// ChatGLM-6B v1: per row, context length (index of the first bos = <sop>) and the [gMASK] (else [MASK]) index;
+// HF's get_position_ids/get_masks raise without them.
+llmt_status glm_row_info(const ModelConfig &c, const int32_t *ids, int64_t T, int64_t row, int64_t &ctx_len, int64_t &mask_pos) {
+  ctx_len = mask_pos = -1;
+  int64_t m = -1, g = -1;
+  for (int64_t t = 0; t < T; ++t) {
+    if (ctx_len < 0 && ids[t] == c.bos_id) ctx_len = t;
+    if (g < 0 && ids[t] == c.gmask_id) g = t;
+    if (m < 0 && ids[t] == c.mask_id) m = t;
+  }
+  mask_pos = g >= 0 ? g : m;
+  if (ctx_len < 0 || mask_pos < 0) {
+    return set_error(LLMT_ERR_BAD_INPUT, "ChatGLM-6B needs [gMASK] (id " + std::to_string(c.gmask_id) + ") or [MASK] and then <sop> (bos, id " +
+                                             std::to_string(c.bos_id) + ") in every row (row " + std::to_string(row) +
+                                             " lacks " + (mask_pos < 0 ? "the mask token" : "<sop>") +
+                                             "); use the chatglm template, which appends them to the prompt");
+  }
+  return LLMT_OK;
+}
 
 }  // namespace
 
@@ -476,9 +779,7 @@ void resize(std::vector<float> &v, int64_t n) { v.resize(static_cast<size_t>(n))
 
 llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out) {
   const ModelConfig &c = cfg_;
-  const FamilyRow &f = *c.family;
-  const int64_t B = batch.B, T = batch.T, N = B * T, H = c.hidden, I = c.inter, V = c.vocab;
-  const int64_t nh = c.heads, nkv = c.kv_heads, hd = c.head_dim, qd = nh * hd, kvd = nkv * hd;
+  const int64_t B = batch.B, T = batch.T, N = B * T, H = c.hidden, V = c.vocab;
   if (B <= 0 || T <= 0 || static_cast<int64_t>(batch.ids.size()) != N) {
     return set_error(LLMT_ERR_BAD_INPUT, "batch shape: " + std::to_string(batch.ids.size()) + " ids for B=" +
                                              std::to_string(B) + ", T=" + std::to_string(T));
@@ -498,19 +799,19 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
                                                " is neither -100 nor a token id below " + std::to_string(V));
     }
   }
-  if (T > c.max_positions && c.rope_linear_factor == 1.0) {
-    // HF computes positions past max_position_embeddings the same way; only warn-worthy, not an error.
-  }
   const bool bwd = opt.backward;
   const bool ckpt = bwd && opt.checkpointing;
   Backend &be = *be_;
-  Ctx ctx{B, T, N, opt.training, opt.seed, &be};
   Impl &im = *impl_;
   im.acts.resize(static_cast<size_t>(c.layers));
   im.pos.resize(static_cast<size_t>(N));
   std::vector<int32_t> seg;  // per token: where its sample starts within the row (packed rows only)
+  std::vector<int32_t> block, prefix;  // chatglm v1
   if (!batch.pos.empty()) {
     if (static_cast<int64_t>(batch.pos.size()) != N) return set_error(LLMT_ERR_BAD_INPUT, "position ids must have the same shape as input_ids");
+    if (c.pos == PosKind::Rope2D) {
+      return set_error(LLMT_ERR_UNSUPPORTED, "packed rows are not supported for ChatGLM-6B (its positions and prefix mask come from [gMASK]/<sop> per row); turn packing off");
+    }
     im.pos = batch.pos;
     seg.resize(static_cast<size_t>(N));
     for (int64_t b = 0; b < B; ++b) {
@@ -523,91 +824,52 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
         seg[b * T + t] = start;
       }
     }
+  } else if (c.pos == PosKind::Rope2D) {
+    block.resize(static_cast<size_t>(N));
+    prefix.resize(static_cast<size_t>(B));
+    for (int64_t b = 0; b < B; ++b) {
+      int64_t ctx_len, mask_pos;
+      llmt_status st = glm_row_info(c, batch.ids.data() + b * T, T, b, ctx_len, mask_pos);
+      if (st) return st;
+      prefix[b] = static_cast<int32_t>(ctx_len);
+      for (int64_t t = 0; t < T; ++t) {
+        im.pos[b * T + t] = static_cast<int32_t>(t < ctx_len ? t : mask_pos);
+        block[b * T + t] = static_cast<int32_t>(t < ctx_len ? 0 : t - ctx_len + 1);
+      }
+    }
   } else {
     for (int64_t n = 0; n < N; ++n) im.pos[n] = static_cast<int32_t>(n % T);
   }
-  const int32_t *seg_ptr = seg.empty() ? nullptr : seg.data();
-  const std::vector<float> freqs = inv_freq(c);
-  const float pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
-  const float attn_scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool seq_residual = f.norm == NormKind::RMS || !c.parallel_residual;
-
-  // The forward of one block from acts.x_in; fills every saved activation of `a`.
-  auto block_forward = [&](int64_t l, LayerActs &a, float *x_out) {
-    Layer &L = layers[static_cast<size_t>(l)];
-    resize(a.h1, N * H);
-    resize(a.mean1, N);
-    resize(a.rstd1, N);
-    norm_forward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.h1.data(), a.mean1.data(), a.rstd1.data(), N);
-    resize(a.q, N * qd);
-    resize(a.k, N * kvd);
-    resize(a.v, N * kvd);
-    if (L.qkv) {
-      std::vector<float> fused(static_cast<size_t>(N * (qd + 2 * kvd)));
-      linear_forward(*L.qkv, a.h1.data(), fused.data(), N, ctx, l, a.lin[kQKV]);
-      be.qkv_split(fused.data(), a.q.data(), a.k.data(), a.v.data(), N, nh, nkv, hd, split_layout(f.qkv_layout), false);
-    } else {
-      linear_forward(*L.q, a.h1.data(), a.q.data(), N, ctx, l, a.lin[kQ]);
-      linear_forward(*L.k, a.h1.data(), a.k.data(), N, ctx, l, a.lin[kK]);
-      linear_forward(*L.v, a.h1.data(), a.v.data(), N, ctx, l, a.lin[kV]);
-    }
-    if (c.rot_dims > 0) {
-      be.rope_forward(a.q.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
-      be.rope_forward(a.k.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);
-    }
-    resize(a.attn, N * qd);
-    resize(a.lse, B * nh * T);
-    be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), B, T, nh, nkv, hd, attn_scale, seg_ptr);
-    std::vector<float> y(static_cast<size_t>(N * H));
-    linear_forward(*L.o, a.attn.data(), y.data(), N, ctx, l, a.lin[kO]);
-    const float *mlp_in_src;
-    if (seq_residual) {
-      resize(a.x_mid, N * H);
-      be.add(a.x_mid.data(), a.x_in.data(), y.data(), nullptr, N * H);
-      mlp_in_src = a.x_mid.data();
-    } else {
-      a.x_mid.clear();
-      mlp_in_src = a.x_in.data();
-    }
-    resize(a.h2, N * H);
-    resize(a.mean2, N);
-    resize(a.rstd2, N);
-    norm_forward(be, c, L.norm2_w, L.norm2_b, mlp_in_src, a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
-    std::vector<float> ym(static_cast<size_t>(N * H));
-    resize(a.act, N * I);
-    if (f.mlp == MlpKind::SwiGLU) {
-      resize(a.a, N * I);
-      resize(a.b, N * I);
-      linear_forward(*L.gate, a.h2.data(), a.a.data(), N, ctx, l, a.lin[kGate]);
-      linear_forward(*L.up, a.h2.data(), a.b.data(), N, ctx, l, a.lin[kUp]);
-      be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
-      linear_forward(*L.down, a.act.data(), ym.data(), N, ctx, l, a.lin[kDown]);
-    } else {
-      resize(a.a, N * I);
-      a.b.clear();
-      linear_forward(*L.fc1, a.h2.data(), a.a.data(), N, ctx, l, a.lin[kFc1]);
-      be.gelu_forward(a.a.data(), a.act.data(), N * I, cpu::Gelu::Erf);
-      linear_forward(*L.fc2, a.act.data(), ym.data(), N, ctx, l, a.lin[kFc2]);
-    }
-    if (seq_residual) {
-      be.add(x_out, a.x_mid.data(), ym.data(), nullptr, N * H);
-    } else {
-      be.add(x_out, a.x_in.data(), y.data(), ym.data(), N * H);
-    }
-  };
+  Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
+  F.pos = im.pos.data();
+  F.block = block.empty() ? nullptr : block.data();
+  F.freqs = inv_freq(c);
+  F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
+  F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  F.seg = seg.empty() ? nullptr : seg.data();
+  F.prefix = prefix.empty() ? nullptr : prefix.data();
 
   // ---- forward ----
-  std::vector<float> x(static_cast<size_t>(N * H));
+  std::vector<float> x(static_cast<size_t>(N * H)), x_emb, emb_mean, emb_rstd;
   be.embedding_forward(embed->data.data(), batch.ids.data(), x.data(), N, H);
+  if (embed_norm_w) {  // bloom: LayerNorm on the embeddings
+    x_emb = x;
+    emb_mean.resize(static_cast<size_t>(N));
+    emb_rstd.resize(static_cast<size_t>(N));
+    be.layernorm_forward(x_emb.data(), embed_norm_w->data.data(), embed_norm_b->data.data(), x.data(), emb_mean.data(),
+                         emb_rstd.data(), N, H, static_cast<float>(c.norm_eps));
+  }
+  if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, N * H);
   for (int64_t l = 0; l < c.layers; ++l) {
     LayerActs &a = im.acts[static_cast<size_t>(l)];
     a.x_in = x;
     LayerActs &work = ckpt ? im.scratch : a;
     if (ckpt) work.x_in = a.x_in;
-    block_forward(l, work, x.data());
+    block_forward(F, layers[static_cast<size_t>(l)], l, work, x.data());
   }
   std::vector<float> hf(static_cast<size_t>(N * H)), fmean(static_cast<size_t>(N)), frstd(static_cast<size_t>(N));
   norm_forward(be, c, final_w, final_b, x.data(), hf.data(), fmean.data(), frstd.data(), N);
+  if (c.logit_scale != 1.0f) be.scale_inplace(hf.data(), c.logit_scale, N * H);
 
   // targets: labels shifted left by one within each row (HF: shift_labels = labels[..., 1:])
   std::vector<int32_t> targets(static_cast<size_t>(N), -100);
@@ -652,66 +914,25 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   if (!bwd) return LLMT_OK;
 
   // ---- backward ----
-  std::vector<float> dx(static_cast<size_t>(N * H));
+  if (c.logit_scale != 1.0f) be.scale_inplace(dhf.data(), c.logit_scale, N * H);
+  std::vector<float> dx(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H));
   norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
-  std::vector<float> dy(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H)), dxin(static_cast<size_t>(N * H));
   for (int64_t l = c.layers - 1; l >= 0; --l) {
     Layer &L = layers[static_cast<size_t>(l)];
     LayerActs *ap = &im.acts[static_cast<size_t>(l)];
     if (ckpt) {
       im.scratch.x_in = ap->x_in;
-      block_forward(l, im.scratch, tmp.data());
+      block_forward(F, L, l, im.scratch, tmp.data());
       ap = &im.scratch;
     }
-    LayerActs &a = *ap;
-    // MLP branch: d(ym) = dx
-    std::vector<float> dact(static_cast<size_t>(N * I)), dh2(static_cast<size_t>(N * H));
-    if (f.mlp == MlpKind::SwiGLU) {
-      linear_backward(be, *L.down, a.act.data(), dx.data(), dact.data(), false, N, a.lin[kDown]);
-      std::vector<float> dg(static_cast<size_t>(N * I)), du(static_cast<size_t>(N * I));
-      be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
-      linear_backward(be, *L.gate, a.h2.data(), dg.data(), dh2.data(), false, N, a.lin[kGate]);
-      linear_backward(be, *L.up, a.h2.data(), du.data(), dh2.data(), true, N, a.lin[kUp]);
-    } else {
-      linear_backward(be, *L.fc2, a.act.data(), dx.data(), dact.data(), false, N, a.lin[kFc2]);
-      std::vector<float> df(static_cast<size_t>(N * I));
-      be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, cpu::Gelu::Erf);
-      linear_backward(be, *L.fc1, a.h2.data(), df.data(), dh2.data(), false, N, a.lin[kFc1]);
-    }
-    // d(attention output y): sequential → d(x_mid) = dx + dnorm2; parallel → dx
-    if (seq_residual) {
-      norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
-      be.add(dy.data(), dx.data(), tmp.data(), nullptr, N * H);  // d(x_mid)
-    } else {
-      norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_in.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
-      dy = dx;  // d(y_attn) = d(x_out)
-    }
-    // attention branch
-    std::vector<float> dattn(static_cast<size_t>(N * qd));
-    linear_backward(be, *L.o, a.attn.data(), dy.data(), dattn.data(), false, N, a.lin[kO]);
-    std::vector<float> dq(static_cast<size_t>(N * qd)), dk(static_cast<size_t>(N * kvd)), dv(static_cast<size_t>(N * kvd));
-    be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
-                            dk.data(), dv.data(), B, T, nh, nkv, hd, attn_scale, seg_ptr);
-    if (c.rot_dims > 0) {
-      be.rope_backward(dq.data(), im.pos.data(), freqs.data(), N, nh, hd, c.rot_dims, pos_scale);
-      be.rope_backward(dk.data(), im.pos.data(), freqs.data(), N, nkv, hd, c.rot_dims, pos_scale);
-    }
-    std::vector<float> dh1(static_cast<size_t>(N * H));
-    if (L.qkv) {
-      std::vector<float> dfused(static_cast<size_t>(N * (qd + 2 * kvd)));
-      be.qkv_split(dfused.data(), dq.data(), dk.data(), dv.data(), N, nh, nkv, hd, split_layout(f.qkv_layout), true);
-      linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1.data(), false, N, a.lin[kQKV]);
-    } else {
-      linear_backward(be, *L.q, a.h1.data(), dq.data(), dh1.data(), false, N, a.lin[kQ]);
-      linear_backward(be, *L.k, a.h1.data(), dk.data(), dh1.data(), true, N, a.lin[kK]);
-      linear_backward(be, *L.v, a.h1.data(), dv.data(), dh1.data(), true, N, a.lin[kV]);
-    }
-    norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
-    if (seq_residual) {
-      be.add(dx.data(), dy.data(), dxin.data(), nullptr, N * H);
-    } else {
-      be.add(dx.data(), dx.data(), tmp.data(), dxin.data(), N * H);
-    }
+    block_backward(F, L, *ap, dx);
+  }
+  if (c.embed_scale != 1.0f) be.scale_inplace(dx.data(), c.embed_scale, N * H);
+  if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable)) {
+    be.layernorm_backward(dx.data(), x_emb.data(), embed_norm_w->data.data(), emb_mean.data(), emb_rstd.data(), tmp.data(),
+                          embed_norm_w->trainable ? embed_norm_w->grad.data() : nullptr,
+                          embed_norm_b->trainable ? embed_norm_b->grad.data() : nullptr, N, H);
+    dx.swap(tmp);
   }
   if (embed->trainable) be.embedding_backward(dx.data(), batch.ids.data(), embed->grad.data(), N, H, V);
   return LLMT_OK;
@@ -722,6 +943,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
 void Model::init_cache(KvCache &c, int64_t capacity) const {
   c.capacity = capacity;
   c.length = 0;
+  c.glm_ctx = c.glm_mask_pos = -1;
   const size_t per = static_cast<size_t>(capacity * cfg_.kv_heads * cfg_.head_dim);
   c.k.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per));
   c.v.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per));
@@ -729,9 +951,7 @@ void Model::init_cache(KvCache &c, int64_t capacity) const {
 
 llmt_status Model::infer(KvCache &cache, const int32_t *ids, int64_t n, std::vector<float> &last_logits) {
   const ModelConfig &c = cfg_;
-  const FamilyRow &f = *c.family;
-  const int64_t H = c.hidden, I = c.inter, V = c.vocab, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim;
-  const int64_t qd = nh * hd, kvd = nkv * hd, p0 = cache.length;
+  const int64_t H = c.hidden, V = c.vocab, p0 = cache.length;
   if (n <= 0) return set_error(LLMT_ERR_BAD_INPUT, "infer: no tokens");
   if (p0 + n > cache.capacity) {
     return set_error(LLMT_ERR_BAD_INPUT, "the sequence (" + std::to_string(p0 + n) + " tokens) is longer than the cache (" +
@@ -741,66 +961,53 @@ llmt_status Model::infer(KvCache &cache, const int32_t *ids, int64_t n, std::vec
     if (ids[i] < 0 || ids[i] >= V)
       return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(ids[i]) + " is outside the vocabulary (size " + std::to_string(V) + ")");
   Backend &be = *be_;
-  Ctx ctx{1, n, n, false, 0, &be};
-  LinearActs scratch;
-  std::vector<int32_t> pos(static_cast<size_t>(n));
+  std::vector<int32_t> pos(static_cast<size_t>(n)), block;
   for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(p0 + i);
-  const std::vector<float> freqs = inv_freq(c);
-  const float pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
-  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-  const bool seq_residual = f.norm == NormKind::RMS || !c.parallel_residual;
+  Fwd F(c, be, Ctx{1, n, n, false, 0, &be});
+  if (c.pos == PosKind::Rope2D) {
+    // ChatGLM-6B: the prompt (first chunk) must hold [gMASK] and <sop>; later tokens keep position = mask
+    // position and count block positions up (HF prepare_inputs_for_generation / get_position_ids)
+    if (p0 == 0) {
+      int64_t ctx_len, mask_pos;
+      llmt_status st = glm_row_info(c, ids, n, 0, ctx_len, mask_pos);
+      if (st) return st;
+      cache.glm_ctx = ctx_len;
+      cache.glm_mask_pos = mask_pos;
+    }
+    block.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t t = p0 + i;
+      pos[i] = static_cast<int32_t>(t < cache.glm_ctx ? t : cache.glm_mask_pos);
+      block[i] = static_cast<int32_t>(t < cache.glm_ctx ? 0 : t - cache.glm_ctx + 1);
+    }
+    F.block = block.data();
+    F.cache_prefix = cache.glm_ctx;
+  }
+  F.pos = pos.data();
+  F.freqs = inv_freq(c);
+  F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
+  F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  F.cache = &cache;
+  F.p0 = p0;
 
-  std::vector<float> x(static_cast<size_t>(n * H)), h(static_cast<size_t>(n * H)), mean(static_cast<size_t>(n)),
-      rstd(static_cast<size_t>(n)), q(static_cast<size_t>(n * qd)), k(static_cast<size_t>(n * kvd)),
-      v(static_cast<size_t>(n * kvd)), att(static_cast<size_t>(n * qd)), y(static_cast<size_t>(n * H)),
-      ym(static_cast<size_t>(n * H)), a(static_cast<size_t>(n * I)), b(static_cast<size_t>(n * I)),
-      act(static_cast<size_t>(n * I)), mid(static_cast<size_t>(n * H));
+  std::vector<float> x(static_cast<size_t>(n * H)), tmp(static_cast<size_t>(n * H)), mean(static_cast<size_t>(n)),
+      rstd(static_cast<size_t>(n));
   be.embedding_forward(embed->data.data(), ids, x.data(), n, H);
+  if (embed_norm_w) {
+    be.layernorm_forward(x.data(), embed_norm_w->data.data(), embed_norm_b->data.data(), tmp.data(), mean.data(), rstd.data(),
+                         n, H, static_cast<float>(c.norm_eps));
+    x.swap(tmp);
+  }
+  if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, n * H);
+  LayerActs a;
   for (int64_t l = 0; l < c.layers; ++l) {
-    Layer &L = layers[static_cast<size_t>(l)];
-    norm_forward(be, c, L.norm1_w, L.norm1_b, x.data(), h.data(), mean.data(), rstd.data(), n);
-    if (L.qkv) {
-      std::vector<float> fused(static_cast<size_t>(n * (qd + 2 * kvd)));
-      linear_forward(*L.qkv, h.data(), fused.data(), n, ctx, l, scratch);
-      be.qkv_split(fused.data(), q.data(), k.data(), v.data(), n, nh, nkv, hd, split_layout(f.qkv_layout), false);
-    } else {
-      linear_forward(*L.q, h.data(), q.data(), n, ctx, l, scratch);
-      linear_forward(*L.k, h.data(), k.data(), n, ctx, l, scratch);
-      linear_forward(*L.v, h.data(), v.data(), n, ctx, l, scratch);
-    }
-    if (c.rot_dims > 0) {
-      be.rope_forward(q.data(), pos.data(), freqs.data(), n, nh, hd, c.rot_dims, pos_scale);
-      be.rope_forward(k.data(), pos.data(), freqs.data(), n, nkv, hd, c.rot_dims, pos_scale);
-    }
-    float *kc = cache.k[static_cast<size_t>(l)].data(), *vc = cache.v[static_cast<size_t>(l)].data();
-    std::memcpy(kc + p0 * kvd, k.data(), sizeof(float) * static_cast<size_t>(n * kvd));
-    std::memcpy(vc + p0 * kvd, v.data(), sizeof(float) * static_cast<size_t>(n * kvd));
-    be.attention_cached(q.data(), kc, vc, att.data(), p0, n, nh, nkv, hd, scale);
-    linear_forward(*L.o, att.data(), y.data(), n, ctx, l, scratch);
-    const float *mlp_src = x.data();
-    if (seq_residual) {
-      be.add(mid.data(), x.data(), y.data(), nullptr, n * H);
-      mlp_src = mid.data();
-    }
-    norm_forward(be, c, L.norm2_w, L.norm2_b, mlp_src, h.data(), mean.data(), rstd.data(), n);
-    if (f.mlp == MlpKind::SwiGLU) {
-      linear_forward(*L.gate, h.data(), a.data(), n, ctx, l, scratch);
-      linear_forward(*L.up, h.data(), b.data(), n, ctx, l, scratch);
-      be.swiglu_forward(a.data(), b.data(), act.data(), n * I);
-      linear_forward(*L.down, act.data(), ym.data(), n, ctx, l, scratch);
-    } else {
-      linear_forward(*L.fc1, h.data(), a.data(), n, ctx, l, scratch);
-      be.gelu_forward(a.data(), act.data(), n * I, cpu::Gelu::Erf);
-      linear_forward(*L.fc2, act.data(), ym.data(), n, ctx, l, scratch);
-    }
-    if (seq_residual) {
-      be.add(x.data(), mid.data(), ym.data(), nullptr, n * H);
-    } else {
-      be.add(x.data(), x.data(), y.data(), ym.data(), n * H);
-    }
+    a.x_in = x;
+    block_forward(F, layers[static_cast<size_t>(l)], l, a, x.data());
   }
   cache.length = p0 + n;
+  std::vector<float> h(static_cast<size_t>(H));
   norm_forward(be, c, final_w, final_b, x.data() + (n - 1) * H, h.data(), mean.data(), rstd.data(), 1);
+  if (c.logit_scale != 1.0f) be.scale_inplace(h.data(), c.logit_scale, H);
   last_logits.resize(static_cast<size_t>(V));
   be.matmul_nt(h.data(), lm_head->data.data(), last_logits.data(), 1, V, H, false);
   for (float z : last_logits)

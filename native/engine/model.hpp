@@ -68,6 +68,7 @@ struct Linear {
 };
 
 struct Layer {
+  // norm2 is null when one norm feeds both parallel branches (falcon-7b)
   Param *norm1_w = nullptr, *norm1_b = nullptr, *norm2_w = nullptr, *norm2_b = nullptr;
   // by role; unused roles are null
   Linear *q = nullptr, *k = nullptr, *v = nullptr, *qkv = nullptr, *o = nullptr;
@@ -133,6 +134,7 @@ class Model {
   struct KvCache {
     int64_t capacity = 0, length = 0;
     std::vector<std::vector<float>> k, v;  // per layer [capacity, nkv, hd]
+    int64_t glm_ctx = -1, glm_mask_pos = -1;  // ChatGLM-6B: <sop> and [gMASK] indices of the prompt
   };
   void init_cache(KvCache &c, int64_t capacity) const;
   /** Feeds `n` tokens at positions cache.length… and returns the logits of the last one [V]. */
@@ -141,6 +143,7 @@ class Model {
   std::vector<Layer> layers;
   std::vector<std::unique_ptr<Linear>> linears;
   Param *embed = nullptr, *final_w = nullptr, *final_b = nullptr, *lm_head = nullptr;
+  Param *embed_norm_w = nullptr, *embed_norm_b = nullptr;  // bloom's word_embeddings_layernorm
   std::vector<std::unique_ptr<Param>> params;
 
  private:

@@ -7,6 +7,13 @@
 //  - logged loss: the mean of the step losses since the last log; grad_norm: the global L2 norm before
 //    clipping; lr: the rate used by this step's update;
 //  - AdamW (torch) with decay on all but biases and norm weights; schedules as transformers.get_scheduler.
+// Data parallelism (docs/distributed.md): N ranks each load the model; rank 0's trainable weights (and, on
+// resume, its checkpoint) are broadcast; micro-batch k of a step is the slice [r·b, (r+1)·b) of the global
+// micro-batch of N·b samples, and every normalisation uses GLOBAL token counts (all-reduced before the
+// backward), so the summed gradients and the reduced loss are those of one worker with micro-batch N·b.
+// Gradients are summed in buckets on a communication thread; every rank then clips and steps identically
+// (ranks stay bit-identical without re-broadcasting weights). Only rank 0 emits the run's events and writes
+// the output folder; other ranks emit only their `error`.
 #include "train.hpp"
 
 #include <sys/stat.h>
@@ -19,12 +26,17 @@
 #include <cstdio>
 #include <cstring>
 #include <dirent.h>
+#include <map>
+#include <condition_variable>
 #include <memory>
+#include <mutex>
 #include <set>
+#include <thread>
 #include <vector>
 
 #include "../cpu/ops.hpp"
 #include "backend.hpp"
+#include "collective.hpp"
 #include "model.hpp"
 #include "rng.hpp"
 #include "safetensors.hpp"
@@ -62,6 +74,10 @@ struct Job {
   int64_t logging_steps = 10, save_steps = 500, eval_steps = 0, save_total_limit = 0;
   std::string resume_from;
   int64_t threads = 0;
+  // distributed (docs/formats.md "distributed"); the world itself comes from the environment
+  std::string dist_backend = "auto";
+  double dist_timeout_s = 300, bucket_mb = 25;
+  int64_t dist_world_size = 0, zero_stage = 0;
   Json raw;
 };
 
@@ -80,7 +96,7 @@ llmt_status check_keys(const Json &o, const std::string &where, std::initializer
 }
 
 llmt_status parse_job(const Json &j, Job &job) {
-  llmt_status st = check_keys(j, "(job)", {"version", "model", "method", "lora", "data", "training", "output", "resume_from", "threads"});
+  llmt_status st = check_keys(j, "(job)", {"version", "model", "method", "lora", "data", "training", "output", "resume_from", "threads", "distributed"});
   if (st) return st;
   job.raw = j;
   const Json &m = j.get("model");
@@ -144,6 +160,20 @@ llmt_status parse_job(const Json &j, Job &job) {
   job.save_total_limit = o.get_int("save_total_limit", 0);
   job.resume_from = j.get_string("resume_from");
   job.threads = j.get_int("threads", 0);
+  const Json &dj = j.get("distributed");
+  if (!dj.is_null()) {
+    if ((st = check_keys(dj, "distributed", {"backend", "world_size", "timeout_s", "bucket_mb", "zero_stage"}))) return st;
+    job.dist_backend = dj.get_string("backend", "auto");
+    job.dist_world_size = dj.get_int("world_size", 0);
+    job.dist_timeout_s = dj.get_number("timeout_s", 300);
+    job.bucket_mb = dj.get_number("bucket_mb", 25);
+    job.zero_stage = dj.get_int("zero_stage", 0);
+    if (job.dist_backend != "auto" && job.dist_backend != "gloo" && job.dist_backend != "nccl")
+      return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.backend must be auto, gloo or nccl");
+    if (!(job.dist_timeout_s > 0)) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.timeout_s must be positive");
+    if (!(job.bucket_mb > 0)) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.bucket_mb must be positive");
+    if (job.zero_stage != 0 && job.zero_stage != 1) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.zero_stage must be 0 or 1");
+  }
   auto positive = [](int64_t v, const char *name) -> llmt_status {
     return v > 0 ? LLMT_OK : set_error(LLMT_ERR_BAD_INPUT, std::string("job: ") + name + " must be a positive integer");
   };
@@ -272,9 +302,249 @@ Json ev(const char *name) {
   return e;
 }
 
+// ---- data parallelism ----
+
+double mono_s() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
+
+// One rank's place in the world and its communicator; world_size 1 means none of this is used.
+struct Dist {
+  DistEnv env;
+  std::unique_ptr<KvStore> store;
+  std::unique_ptr<Collective> comm;
+  double comm_wait_s = 0;  // time this rank spent blocked in collectives (since the last log)
+  int64_t timeout_ms = 300000;
+  bool on() const { return env.world_size > 1; }
+  int rank() const { return env.rank; }
+  int world() const { return env.world_size; }
+
+  // A failed collective: the peer is gone (or timed out). Name the rank that failed first when it left a
+  // note in the store, so every rank's error points at the cause.
+  llmt_status lost(const std::string &what, Json *extra) {
+    std::string msg = std::string(comm ? comm->last_error() : "") + " (during " + what + ")";
+    int first = -1;
+    std::string note;
+    if (store) {
+      const double until = mono_s() + 2.0;
+      while (first < 0 && mono_s() < until) {
+        for (int r = 0; r < world() && first < 0; ++r) {
+          std::vector<char> v;
+          if (r != rank() && store->try_get("failed/" + std::to_string(r), v) == 1) {
+            first = r;
+            note.assign(v.begin(), v.end());
+          }
+        }
+        if (first < 0) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+      }
+    }
+    if (extra) {
+      extra->set("peer_lost", Json::boolean(true));
+      if (first >= 0) extra->set("failed_rank", Json::integer(first));
+    }
+    return set_error(LLMT_ERR_IO, "rank " + std::to_string(rank()) + " lost its peers: " +
+                                      (first >= 0 ? "rank " + std::to_string(first) + " failed first (" + note + "); " : "") + msg);
+  }
+  int allreduce(double *v, size_t n) {
+    const double t = mono_s();
+    int r = comm->allreduce_sum(v, n, CollDType::F64);
+    comm_wait_s += mono_s() - t;
+    return r;
+  }
+  int allreduce(float *v, size_t n) {
+    const double t = mono_s();
+    int r = comm->allreduce_sum(v, n, CollDType::F32);
+    comm_wait_s += mono_s() - t;
+    return r;
+  }
+  int broadcast(float *v, size_t n) { return comm->broadcast(v, n, CollDType::F32, 0); }
+  int broadcast(double *v, size_t n) { return comm->broadcast(v, n, CollDType::F64, 0); }
+};
+
+// Sums gradients over the ranks in buckets of about bucket_mb, on a communication thread, two buckets in
+// flight: while bucket i is reduced, the main thread packs bucket i+1 and unpacks (and takes the squared
+// norm of) bucket i−1. Buckets follow the parameters in reverse (the order a backward pass finishes them),
+// so a per-layer "gradient ready" hook in Model::run could start them during the backward; there is no
+// such hook yet, so today the reduction starts after the last micro-batch's backward.
+class GradReducer {
+ public:
+  GradReducer(Collective &comm, std::vector<Param *> params, double bucket_mb) : comm_(comm) {
+    const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024 / sizeof(float)));
+    std::reverse(params.begin(), params.end());
+    for (Param *p : params) {
+      if (buckets_.empty() || (buckets_.back().numel > 0 && buckets_.back().numel + p->numel() > cap)) buckets_.emplace_back();
+      buckets_.back().params.push_back(p);
+      buckets_.back().numel += p->numel();
+      max_numel_ = std::max(max_numel_, buckets_.back().numel);
+    }
+    for (auto &b : flat_) b.resize(static_cast<size_t>(max_numel_));
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~GradReducer() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  size_t num_buckets() const { return buckets_.size(); }
+
+  /** Sums every gradient over the ranks; sum_sq gets the squared L2 norm of the result. wait_s: time the
+   *  main thread waited for the network (the exposed part of the communication). */
+  int reduce(Backend &be, double &sum_sq, double &wait_s, std::string &err) {
+    sum_sq = 0;
+    wait_s = 0;
+    const size_t nb = buckets_.size();
+    int rc = 0;
+    auto pack = [&](size_t i) {
+      float *dst = flat_[i % 2].data();
+      for (Param *p : buckets_[i].params) {
+        std::memcpy(dst, p->grad.data(), sizeof(float) * static_cast<size_t>(p->numel()));
+        dst += p->numel();
+      }
+      submit(i);
+    };
+    for (size_t i = 0; i < std::min<size_t>(2, nb); ++i) pack(i);
+    for (size_t i = 0; i < nb; ++i) {
+      const double t = mono_s();
+      int r = wait(i);
+      wait_s += mono_s() - t;
+      if (r && !rc) {
+        rc = r;
+        err = comm_.last_error();
+      }
+      if (!rc) {
+        const float *src = flat_[i % 2].data();
+        for (Param *p : buckets_[i].params) {
+          std::memcpy(p->grad.data(), src, sizeof(float) * static_cast<size_t>(p->numel()));
+          src += p->numel();
+        }
+      }
+      if (i + 2 < nb && !rc) pack(i + 2);
+      if (!rc)
+        for (Param *p : buckets_[i].params) sum_sq += be.sum_squares(p->grad.data(), p->numel());
+      if (rc) break;
+    }
+    // drain what is still queued so the next call starts clean
+    for (;;) {
+      std::unique_lock<std::mutex> g(mu_);
+      if (queue_.empty() && !busy_) break;
+      cv_.wait(g);
+    }
+    done_.clear();
+    return rc;
+  }
+
+ private:
+  struct Bucket {
+    std::vector<Param *> params;
+    int64_t numel = 0;
+  };
+  void submit(size_t i) {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      queue_.push_back(i);
+    }
+    cv_.notify_all();
+  }
+  int wait(size_t i) {
+    std::unique_lock<std::mutex> g(mu_);
+    cv_.wait(g, [&] { return done_.count(i) > 0; });
+    return done_[i];
+  }
+  void loop() {
+    for (;;) {
+      size_t i;
+      {
+        std::unique_lock<std::mutex> g(mu_);
+        cv_.wait(g, [&] { return quit_ || !queue_.empty(); });
+        if (quit_) return;
+        i = queue_.front();
+        queue_.erase(queue_.begin());
+        busy_ = true;
+      }
+      const int r = failed_ ? LLMT_ERR_IO : comm_.allreduce_sum(flat_[i % 2].data(), static_cast<size_t>(buckets_[i].numel), CollDType::F32);
+      if (r) failed_ = true;
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        done_[i] = r;
+        busy_ = false;
+      }
+      cv_.notify_all();
+    }
+  }
+  Collective &comm_;
+  std::vector<Bucket> buckets_;
+  int64_t max_numel_ = 0;
+  std::vector<float> flat_[2];
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<size_t> queue_;
+  std::map<size_t, int> done_;
+  bool busy_ = false, quit_ = false, failed_ = false;
+};
+
+// ZeRO-1-like optimizer-state sharding (full fine-tuning, distributed.zero_stage 1): parameters are split
+// into N contiguous groups of about equal size; rank r keeps AdamW state only for group r, updates only those
+// parameters, and the updated values reach every rank through one all-reduce in which the other ranks
+// contribute zeros (exact: x + 0 = x). An all-gather would move half the bytes; the small Collective
+// interface has none yet.
+std::vector<int> shard_owners(const std::vector<Param *> &tp, int world) {
+  int64_t total = 0;
+  for (Param *p : tp) total += p->numel();
+  std::vector<int> owner(tp.size(), 0);
+  int64_t acc = 0;
+  for (size_t i = 0; i < tp.size(); ++i) {
+    owner[i] = std::min<int>(world - 1, static_cast<int>((acc + tp[i]->numel() / 2) * world / std::max<int64_t>(1, total)));
+    acc += tp[i]->numel();
+  }
+  return owner;
+}
+
+// Moves every parameter (or, with which = 1/2, its AdamW m/v) so that each rank has the owner's values:
+// non-owners contribute zeros to a bucketed all-reduce. Ranks without the state pass empty vectors.
+int gather_from_owners(Dist &d, const std::vector<Param *> &tp, const std::vector<int> &owner, int which,
+                       std::vector<std::vector<float>> *out, int64_t bucket_elems) {
+  std::vector<float> flat;
+  size_t i = 0;
+  while (i < tp.size()) {
+    size_t j = i;
+    int64_t n = 0;
+    while (j < tp.size() && (n == 0 || n + tp[j]->numel() <= bucket_elems)) n += tp[j++]->numel();
+    flat.assign(static_cast<size_t>(n), 0.0f);
+    int64_t at = 0;
+    for (size_t k = i; k < j; ++k) {
+      const Param *p = tp[k];
+      if (owner[k] == d.rank()) {
+        const float *src = which == 0 ? p->data.data() : which == 1 ? p->adam_m.data() : p->adam_v.data();
+        std::memcpy(flat.data() + at, src, sizeof(float) * static_cast<size_t>(p->numel()));
+      }
+      at += p->numel();
+    }
+    if (int r = d.allreduce(flat.data(), flat.size())) return r;
+    at = 0;
+    for (size_t k = i; k < j; ++k) {
+      Param *p = tp[k];
+      float *dst = which == 0 ? p->data.data() : out ? (*out)[k].data() : nullptr;
+      if (dst) std::memcpy(dst, flat.data() + at, sizeof(float) * static_cast<size_t>(p->numel()));
+      at += p->numel();
+    }
+    i = j;
+  }
+  return 0;
+}
+
 }  // namespace
 
 llmt_status run_training(const Json &job_json, TrainControl &ctl) {
+  Dist dist;
+  // Only rank 0 speaks for the run; other ranks emit only their own errors (tagged with their rank).
+  auto emit = [&](const Json &e) {
+    if (!ctl.emit) return;
+    if (!dist.on() || dist.rank() == 0) ctl.emit(e);
+  };
+  bool peer_lost = false;
+  Json lost_extra = Json::object();
   auto fail = [&](llmt_status st, const std::string &hint = "") {
     Json e = ev("error");
     e.set("code", Json::string(llmt_status_name(st)));
@@ -288,14 +558,74 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         default: break;
       }
     }
+    if (peer_lost) h = "Another rank failed or was killed: its own error names the cause. Resume from the last checkpoint.";
     if (!h.empty()) e.set("hint", Json::string(h));
+    if (dist.on()) {
+      e.set("rank", Json::integer(dist.rank()));
+      for (const auto &kv : lost_extra.members()) e.set(kv.first, kv.second);
+      // leave a note for the peers, so their "lost my peers" errors can name this rank as the cause
+      if (!peer_lost && dist.store) dist.store->set("failed/" + std::to_string(dist.rank()), [&] {
+        const std::string m = std::string(llmt_status_name(st)) + ": " + llmt_last_error();
+        return std::vector<char>(m.begin(), m.end());
+      }());
+    }
     if (ctl.emit) ctl.emit(e);
     return st;
+  };
+  // a failed collective: the error names the step and, when known, the rank that failed first
+  auto comm_fail = [&](const std::string &what) {
+    peer_lost = true;
+    return fail(dist.lost(what, &lost_extra));
   };
   Job job;
   llmt_status st = parse_job(job_json, job);
   if (st) return fail(st);
+
+  // ---- the world: torchrun / Slurm variables; a rendezvous and a communicator when there are several ranks ----
+  if ((st = read_dist_env(dist.env))) return fail(st);
+  if (job.dist_world_size > 0 && job.dist_world_size != dist.env.world_size) {
+    return fail(set_error(LLMT_ERR_BAD_INPUT, "job: distributed.world_size is " + std::to_string(job.dist_world_size) + " but the environment says " +
+                                                  std::to_string(dist.env.world_size) + " (" +
+                                                  (dist.env.source == "single" ? "no RANK/WORLD_SIZE or SLURM_* variables" : dist.env.source) +
+                                                  "): start the workers with `llms-train train --nproc_per_node N`, torchrun-style variables or srun"));
+  }
   if (job.threads > 0) cpu::set_num_threads(static_cast<int>(job.threads));
+  else if (dist.env.local_world_size > 1) {  // ranks on one machine share its cores
+    const int hw = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    cpu::set_num_threads(std::max(1, hw / dist.env.local_world_size));
+  }
+  dist.timeout_ms = static_cast<int64_t>(job.dist_timeout_s * 1000);
+  std::string backend_name = "none";
+  Json rank_info = Json::array();
+  if (dist.on()) {
+    backend_name = job.dist_backend == "auto" ? (cpu_backend().kind() == DeviceKind::CUDA ? "nccl" : "gloo") : job.dist_backend;
+    if (backend_name == "nccl")
+      return fail(set_error(LLMT_ERR_UNSUPPORTED, "distributed.backend \"nccl\" needs the CUDA backend (device buffers), which this engine does not have yet; use gloo on CPU"));
+    dist.store = open_tcp_store(dist.env, dist.timeout_ms, st);
+    if (!dist.store) return fail(st);
+    dist.comm = open_collective(backend_name, dist.env, *dist.store, dist.timeout_ms, st);
+    if (!dist.comm) return fail(st);
+    // who is who, for the run view (host, pid, local rank)
+    char host[256] = {0};
+    ::gethostname(host, sizeof host - 1);
+    Json me = Json::object();
+    me.set("rank", Json::integer(dist.rank()));
+    me.set("local_rank", Json::integer(dist.env.local_rank));
+    me.set("host", Json::string(host));
+    me.set("pid", Json::integer(static_cast<int64_t>(::getpid())));
+    const std::string mine = me.dump();
+    if (dist.store->set("info/" + std::to_string(dist.rank()), std::vector<char>(mine.begin(), mine.end()))) return fail(set_error(LLMT_ERR_IO, dist.store->last_error()));
+    if (dist.rank() == 0) {
+      for (int r = 0; r < dist.world(); ++r) {
+        std::vector<char> v;
+        Json j;
+        std::string err;
+        if (dist.store->get("info/" + std::to_string(r), v, dist.timeout_ms) == 0 && Json::parse(std::string(v.begin(), v.end()), j, err)) rank_info.push(j);
+      }
+    }
+  }
+  const int W = dist.world();
+  const bool zero1 = dist.on() && job.zero_stage == 1 && job.method == "full";
 
   auto model = Model::load(job.model_dir, st);
   if (!model) return fail(st);
@@ -325,23 +655,29 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (eval->max_token_id() >= cfg.vocab) return fail(set_error(LLMT_ERR_BAD_INPUT, "the eval set uses token ids beyond the model's vocabulary"));
   }
   const int64_t n = train->size();
-  const int64_t batches_per_epoch = (n + job.micro_batch - 1) / job.micro_batch;
+  const int64_t global_micro = job.micro_batch * W;  // samples of one micro-batch over all ranks
+  const int64_t batches_per_epoch = (n + global_micro - 1) / global_micro;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (batches_per_epoch + job.grad_accum - 1) / job.grad_accum);
   const int64_t total = job.max_steps > 0 ? job.max_steps : job.epochs * steps_per_epoch;
   const int64_t warmup = job.warmup_steps > 0 ? job.warmup_steps : static_cast<int64_t>(std::ceil(job.warmup_ratio * total));
   std::vector<Param *> tp = model->trainable_params();
-  for (Param *p : tp) {
-    p->adam_m.assign(p->data.size(), 0.0f);
-    p->adam_v.assign(p->data.size(), 0.0f);
+  const std::vector<int> owner = zero1 ? shard_owners(tp, W) : std::vector<int>(tp.size(), dist.rank());
+  auto owns = [&](size_t i) { return owner[i] == dist.rank(); };
+  for (size_t i = 0; i < tp.size(); ++i) {
+    // with ZeRO-1 a rank holds AdamW state only for the parameters it owns (rank 0 gathers the rest to save)
+    tp[i]->adam_m.assign(owns(i) ? tp[i]->data.size() : 0, 0.0f);
+    tp[i]->adam_v.assign(owns(i) ? tp[i]->data.size() : 0, 0.0f);
   }
-  if ((st = make_directories(job.out_dir))) return fail(st);
+  const int64_t bucket_elems = std::max<int64_t>(1, static_cast<int64_t>(job.bucket_mb * 1024 * 1024 / sizeof(float)));
+  if (dist.rank() == 0 && (st = make_directories(job.out_dir))) return fail(st);
 
-  // ---- resume ----
+  // ---- resume: rank 0 reads the checkpoint; the others receive it below ----
   int64_t step = 0;
   Cursor cur;
   Json log_history = Json::array();
   std::string resumed;
-  if (!job.resume_from.empty()) {
+  std::vector<std::vector<float>> full_m, full_v;  // ZeRO-1 on rank 0: the whole AdamW state, for resume/save
+  if (!job.resume_from.empty() && dist.rank() == 0) {
     std::string ck = job.resume_from;
     if (ck == "latest") {
       auto steps = list_checkpoints(job.out_dir);
@@ -361,18 +697,54 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (!w) return fail(st);
     auto opt = SafetensorsFile::open(ck + "/optimizer.safetensors", st);
     if (!opt) return fail(st);
-    for (Param *p : tp) {
+    for (size_t i = 0; i < tp.size(); ++i) {
+      Param *p = tp[i];
       const std::string key = job.method == "lora" ? p->save_name : p->name;
       const TensorInfo *a = w->find(key), *m = opt->find(key + ".exp_avg"), *v = opt->find(key + ".exp_avg_sq");
       if (!a || !m || !v || a->numel() != p->numel() || m->numel() != p->numel() || v->numel() != p->numel()) {
         return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " does not match this job (tensor " + key +
                                                       " missing or of another shape): was it written by another run?"));
       }
-      if ((st = w->read_f32(*a, p->data.data())) || (st = opt->read_f32(*m, p->adam_m.data())) ||
-          (st = opt->read_f32(*v, p->adam_v.data())))
-        return fail(st);
+      if (!owns(i)) {  // ZeRO-1: read into scratch, sent to the owner below
+        full_m.resize(tp.size());
+        full_v.resize(tp.size());
+        full_m[i].resize(static_cast<size_t>(p->numel()));
+        full_v[i].resize(static_cast<size_t>(p->numel()));
+      }
+      float *mdst = owns(i) ? p->adam_m.data() : full_m[i].data();
+      float *vdst = owns(i) ? p->adam_v.data() : full_v[i].data();
+      if ((st = w->read_f32(*a, p->data.data())) || (st = opt->read_f32(*m, mdst)) || (st = opt->read_f32(*v, vdst))) return fail(st);
     }
     resumed = ck;
+  }
+
+  // ---- one start for every rank: rank 0's trainable weights, its resume point and optimizer state ----
+  if (dist.on()) {
+    double meta[4] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0};
+    if (dist.broadcast(meta, 4)) return comm_fail("the start-up broadcast");
+    step = static_cast<int64_t>(meta[0]);
+    cur.epoch = static_cast<int64_t>(meta[1]);
+    cur.index = static_cast<int64_t>(meta[2]);
+    for (Param *p : tp)
+      if (dist.broadcast(p->data.data(), static_cast<size_t>(p->numel()))) return comm_fail("the broadcast of rank 0's weights");
+    if (meta[3] != 0) {  // resumed: AdamW state from rank 0 (to its owner under ZeRO-1)
+      std::vector<float> scratch;
+      for (size_t i = 0; i < tp.size(); ++i) {
+        Param *p = tp[i];
+        for (int which = 1; which <= 2; ++which) {
+          float *buf;
+          if (owns(i)) buf = which == 1 ? p->adam_m.data() : p->adam_v.data();
+          else if (dist.rank() == 0) buf = which == 1 ? full_m[i].data() : full_v[i].data();
+          else {
+            scratch.resize(static_cast<size_t>(p->numel()));
+            buf = scratch.data();
+          }
+          if (dist.broadcast(buf, static_cast<size_t>(p->numel()))) return comm_fail("the broadcast of the optimizer state");
+        }
+      }
+      full_m.clear();
+      full_v.clear();
+    }
   }
 
   {
@@ -390,25 +762,37 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     e.set("threads", Json::integer(cpu::num_threads()));
     e.set("start_step", Json::integer(step));
     if (!resumed.empty()) e.set("resumed_from", Json::string(resumed));
-    ctl.emit(e);
+    e.set("world_size", Json::integer(W));
+    if (dist.on()) {
+      e.set("backend", Json::string(backend_name));
+      e.set("global_batch_size", Json::integer(global_micro * job.grad_accum));
+      e.set("zero_stage", Json::integer(zero1 ? 1 : 0));
+      e.set("ranks", rank_info);
+    }
+    emit(e);
   }
 
   std::vector<int64_t> order = epoch_order(n, job.seed, cur.epoch);
+  // The global micro-batch (N·b samples of the epoch order), of which this rank takes [r·b, (r+1)·b).
   auto next_indices = [&](std::vector<int64_t> &idx) {
     if (cur.index >= n) {
       ++cur.epoch;
       cur.index = 0;
       order = epoch_order(n, job.seed, cur.epoch);
     }
-    const int64_t take = std::min(job.micro_batch, n - cur.index);
-    idx.assign(order.begin() + cur.index, order.begin() + cur.index + take);
+    const int64_t take = std::min(global_micro, n - cur.index);
+    const int64_t lo = std::min(take, dist.rank() * job.micro_batch), hi = std::min(take, lo + job.micro_batch);
+    idx.assign(order.begin() + cur.index + lo, order.begin() + cur.index + hi);
     cur.index += take;
   };
 
+  // Evaluation: eval batches dealt round-robin over the ranks; the sums are all-reduced.
+  bool eval_comm_failed = false;
   auto evaluate = [&](double &loss, int64_t &tokens) -> llmt_status {
-    double sum = 0;
-    tokens = 0;
-    for (int64_t b0 = 0; b0 < eval->size(); b0 += job.eval_batch) {
+    double acc[2] = {0, 0};
+    int64_t bi = 0;
+    for (int64_t b0 = 0; b0 < eval->size(); b0 += job.eval_batch, ++bi) {
+      if (bi % W != dist.rank()) continue;
       std::vector<int64_t> idx;
       for (int64_t i = b0; i < std::min(eval->size(), b0 + job.eval_batch); ++i) idx.push_back(i);
       Batch b;
@@ -416,15 +800,38 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       RunOptions o;
       RunResult r;
       if (llmt_status s = model->run(b, o, r)) return s;
-      sum += r.loss_sum;
-      tokens += r.count;
+      acc[0] += r.loss_sum;
+      acc[1] += static_cast<double>(r.count);
       if (ctl.poll && ctl.poll() == 2) return set_error(LLMT_ERR_ABORTED, "aborted during evaluation");
     }
-    loss = tokens ? sum / static_cast<double>(tokens) : NAN;
+    if (dist.on() && dist.allreduce(acc, 2)) {
+      eval_comm_failed = true;
+      return LLMT_ERR_IO;
+    }
+    tokens = static_cast<int64_t>(acc[1]);
+    loss = tokens ? acc[0] / acc[1] : NAN;
     return LLMT_OK;
   };
 
+  // Every rank calls this at the same steps (under ZeRO-1 the AdamW state is gathered to rank 0); only rank 0 writes.
+  bool save_comm_failed = false;
   auto save_checkpoint = [&](int64_t at_step) -> llmt_status {
+    std::vector<std::vector<float>> gm, gv;
+    if (zero1) {
+      gm.resize(tp.size());
+      gv.resize(tp.size());
+      if (dist.rank() == 0)
+        for (size_t i = 0; i < tp.size(); ++i) {
+          gm[i].resize(static_cast<size_t>(tp[i]->numel()));
+          gv[i].resize(static_cast<size_t>(tp[i]->numel()));
+        }
+      if (gather_from_owners(dist, tp, owner, 1, dist.rank() == 0 ? &gm : nullptr, bucket_elems) ||
+          gather_from_owners(dist, tp, owner, 2, dist.rank() == 0 ? &gv : nullptr, bucket_elems)) {
+        save_comm_failed = true;
+        return LLMT_ERR_IO;
+      }
+    }
+    if (dist.rank() != 0) return LLMT_OK;
     const std::string final_dir = job.out_dir + "/checkpoint-" + std::to_string(at_step);
     const std::string tmp = final_dir + ".tmp-" + std::to_string(::getpid());
     remove_tree(tmp);
@@ -439,8 +846,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       names.push_back(key + ".exp_avg_sq");
     }
     for (size_t i = 0; i < tp.size(); ++i) {
-      opt.push_back({names[2 * i], DType::F32, tp[i]->shape, tp[i]->adam_m.data()});
-      opt.push_back({names[2 * i + 1], DType::F32, tp[i]->shape, tp[i]->adam_v.data()});
+      const float *m = owns(i) ? tp[i]->adam_m.data() : gm[i].data();
+      const float *v = owns(i) ? tp[i]->adam_v.data() : gv[i].data();
+      opt.push_back({names[2 * i], DType::F32, tp[i]->shape, m});
+      opt.push_back({names[2 * i + 1], DType::F32, tp[i]->shape, v});
     }
     if ((s = write_safetensors(tmp + "/optimizer.safetensors", opt, {{"step", std::to_string(at_step)}}))) return s;
     Json ts = Json::object();
@@ -452,6 +861,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     dc.set("index", Json::integer(cur.index));
     ts.set("data_cursor", dc);
     ts.set("seed", Json::integer(static_cast<int64_t>(job.seed)));
+    if (W > 1) ts.set("world_size", Json::integer(W));
     ts.set("log_history", log_history);
     if ((s = write_text_file_atomic(tmp + "/trainer_state.json", ts.dump(2) + "\n"))) return s;
     Json rng = Json::object();
@@ -468,7 +878,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     Json e = ev("checkpoint");
     e.set("step", Json::integer(at_step));
     e.set("path", Json::string(final_dir));
-    ctl.emit(e);
+    emit(e);
     if (job.save_total_limit > 0) {
       auto steps = list_checkpoints(job.out_dir);
       while (static_cast<int64_t>(steps.size()) > job.save_total_limit) {
@@ -478,16 +888,21 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
     return LLMT_OK;
   };
+  auto checkpoint = [&](int64_t at_step) -> llmt_status {
+    llmt_status s = save_checkpoint(at_step);
+    if (s && save_comm_failed) return comm_fail("the optimizer-state gather for checkpoint-" + std::to_string(at_step));
+    return s ? fail(s) : LLMT_OK;
+  };
 
   auto eval_and_emit = [&]() -> llmt_status {
     double el = NAN;
     int64_t et = 0;
-    if (llmt_status s = evaluate(el, et)) return s;
+    if (llmt_status s = evaluate(el, et)) return eval_comm_failed ? comm_fail("evaluation at step " + std::to_string(step)) : fail(s);
     Json e = ev("eval");
     e.set("step", Json::integer(step));
     e.set("eval_loss", Json::number(el));
     e.set("eval_tokens", Json::integer(et));
-    ctl.emit(e);
+    emit(e);
     Json h = Json::object();
     h.set("step", Json::integer(step));
     h.set("eval_loss", Json::number(el));
@@ -495,56 +910,92 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     return LLMT_OK;
   };
 
+  std::unique_ptr<GradReducer> reducer;
+  if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb);
+
   double log_loss_sum = 0;
   int64_t log_steps = 0, log_tokens = 0;
   double log_t0 = now_s();
   double last_loss = NAN;
+  // this rank's own numbers since the last log, for `rank_stats`
+  double my_tokens = 0, my_compute_s = 0, my_t0 = mono_s();
   bool stopped = false;
+  const size_t GA = static_cast<size_t>(job.grad_accum);
   while (step < total) {
     if (ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
-    if (ctl.poll && ctl.poll() == 1) {
+    bool want_stop = ctl.poll && ctl.poll() == 1;
+    if (!dist.on() && want_stop) {
       stopped = true;
       break;
     }
     model->zero_grad();
-    std::vector<Batch> micro(static_cast<size_t>(job.grad_accum));
-    int64_t total_tokens = 0;
-    std::vector<int64_t> counts(micro.size());
-    for (size_t k = 0; k < micro.size(); ++k) {
+    const Cursor cur_before = cur;
+    std::vector<Batch> micro(GA);
+    // global target-token counts per micro-batch (+ the ranks' stop votes), all-reduced before any backward
+    std::vector<double> counts(GA + 1, 0.0);
+    for (size_t k = 0; k < GA; ++k) {
       std::vector<int64_t> idx;
       next_indices(idx);
-      make_batch(*train, idx, train->pad_id(), micro[k]);
-      counts[k] = count_targets(micro[k]);
-      total_tokens += counts[k];
+      if (!idx.empty()) make_batch(*train, idx, train->pad_id(), micro[k]);
+      counts[k] = static_cast<double>(count_targets(micro[k]));
     }
-    double step_loss = 0;
-    int64_t step_tokens = 0;
-    for (size_t k = 0; k < micro.size(); ++k) {
+    if (dist.on()) {
+      counts[GA] = want_stop ? 1.0 : 0.0;
+      if (dist.allreduce(counts.data(), counts.size())) return comm_fail("the token-count all-reduce of step " + std::to_string(step + 1));
+      if (counts[GA] > 0) {  // a rank was asked to stop: every rank stops before this step, cursor untouched
+        cur = cur_before;
+        order = epoch_order(n, job.seed, cur.epoch);
+        stopped = true;
+        break;
+      }
+    }
+    double total_tokens = 0;
+    for (size_t k = 0; k < GA; ++k) total_tokens += counts[k];
+    // per micro-batch loss sums (this rank's, then all ranks'), and this rank's padded tokens
+    std::vector<double> losses(GA + 1, 0.0);
+    const double tc0 = mono_s();
+    for (size_t k = 0; k < GA; ++k) {
+      if (micro[k].B == 0) continue;  // the epoch's last global micro-batch left this rank nothing
       RunOptions o;
       o.training = true;
       o.backward = true;
       o.checkpointing = job.checkpointing;
       o.seed = mix64(job.seed ^ mix64(static_cast<uint64_t>(step) * 1315423911ull + k + 1));
-      if (loss_norm == "token_mean") o.grad_scale = total_tokens ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
-      else o.grad_scale = counts[k] ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(micro.size())) : 0.0f;
+      if (loss_norm == "token_mean") o.grad_scale = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
+      else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(GA)) : 0.0f;
       RunResult r;
       if ((st = model->run(micro[k], o, r))) {
         if (st == LLMT_ERR_NAN) set_error(st, std::string(llmt_last_error()) + " (step " + std::to_string(step + 1) + ")");
         return fail(st);
       }
-      step_tokens += micro[k].B * micro[k].T;
-      if (loss_norm == "token_mean") step_loss += r.loss_sum;
-      else step_loss += r.count ? r.loss_sum / static_cast<double>(r.count) / static_cast<double>(micro.size()) : 0.0;
+      losses[k] = r.loss_sum;
+      losses[GA] += static_cast<double>(micro[k].B * micro[k].T);
       if (ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
     }
-    if (loss_norm == "token_mean") step_loss = total_tokens ? step_loss / static_cast<double>(total_tokens) : NAN;
+    my_compute_s += mono_s() - tc0;
+    my_tokens += losses[GA];
+    double sq = 0;
+    if (dist.on()) {
+      double wait_s = 0;
+      std::string err;
+      if (reducer->reduce(model->backend(), sq, wait_s, err)) return comm_fail("the gradient all-reduce of step " + std::to_string(step + 1));
+      dist.comm_wait_s += wait_s;
+      if (dist.allreduce(losses.data(), losses.size())) return comm_fail("the loss all-reduce of step " + std::to_string(step + 1));
+    } else {
+      for (Param *p : tp) sq += model->backend().sum_squares(p->grad.data(), p->numel());
+    }
+    double step_loss = 0;
+    for (size_t k = 0; k < GA; ++k) {
+      if (loss_norm == "token_mean") step_loss += losses[k];
+      else step_loss += counts[k] > 0 ? losses[k] / counts[k] / static_cast<double>(GA) : 0.0;
+    }
+    const int64_t step_tokens = static_cast<int64_t>(losses[GA]);
+    if (loss_norm == "token_mean") step_loss = total_tokens > 0 ? step_loss / total_tokens : NAN;
     if (total_tokens == 0) {
       Json w = ev("warning");
       w.set("message", Json::string("step " + std::to_string(step + 1) + " had no target tokens (every label is -100); HF would report a NaN loss"));
-      ctl.emit(w);
+      emit(w);
     }
-    double sq = 0;
-    for (Param *p : tp) sq += model->backend().sum_squares(p->grad.data(), p->numel());
     const double gnorm = std::sqrt(sq);
     if (!std::isfinite(gnorm) || (total_tokens > 0 && !std::isfinite(step_loss))) {
       return fail(set_error(LLMT_ERR_NAN, "the loss or gradient became " + std::string(std::isnan(gnorm) || std::isnan(step_loss) ? "NaN" : "infinite") +
@@ -552,14 +1003,22 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
     if (job.max_grad_norm > 0 && gnorm > job.max_grad_norm) {
       const float coef = static_cast<float>(job.max_grad_norm / (gnorm + 1e-6));
-      for (Param *p : tp) model->backend().scale_inplace(p->grad.data(), coef, p->numel());
+      for (size_t i = 0; i < tp.size(); ++i)
+        if (owns(i)) model->backend().scale_inplace(tp[i]->grad.data(), coef, tp[i]->numel());
     }
     const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
-    for (Param *p : tp) {
+    for (size_t i = 0; i < tp.size(); ++i) {
+      if (!owns(i)) {
+        if (zero1) std::fill(tp[i]->data.begin(), tp[i]->data.end(), 0.0f);  // refilled from its owner below
+        continue;
+      }
+      Param *p = tp[i];
       model->backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(), static_cast<float>(lr),
                       static_cast<float>(job.beta1), static_cast<float>(job.beta2), static_cast<float>(job.eps),
                       p->decay ? static_cast<float>(job.weight_decay) : 0.0f, step + 1);
     }
+    if (zero1 && gather_from_owners(dist, tp, owner, 0, nullptr, bucket_elems))
+      return comm_fail("the ZeRO-1 parameter all-gather of step " + std::to_string(step + 1));
     ++step;
     if (total_tokens > 0) {
       log_loss_sum += step_loss;
@@ -580,7 +1039,43 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       e.set("mem_bytes", Json::integer(rss_bytes()));
       e.set("peak_mem_bytes", Json::integer(peak_rss_bytes()));
       e.set("time", Json::number(t));
-      ctl.emit(e);
+      emit(e);
+      if (dist.on()) {
+        // every rank's own throughput and memory, gathered into one event (slot r of a zeroed table)
+        constexpr int K = 6;
+        const double wall = std::max(1e-9, mono_s() - my_t0);
+        std::vector<double> table(static_cast<size_t>(K * W), 0.0);
+        double *row = table.data() + K * dist.rank();
+        row[0] = my_tokens;
+        row[1] = my_tokens / wall;
+        row[2] = my_compute_s;
+        row[3] = dist.comm_wait_s;
+        row[4] = static_cast<double>(rss_bytes());
+        row[5] = static_cast<double>(peak_rss_bytes());
+        if (dist.allreduce(table.data(), table.size())) return comm_fail("the per-rank statistics of step " + std::to_string(step));
+        Json rs = ev("rank_stats");
+        rs.set("step", Json::integer(step));
+        rs.set("interval_s", Json::number(wall));
+        Json ranks = Json::array();
+        for (int r = 0; r < W; ++r) {
+          const double *x = table.data() + K * r;
+          Json o = Json::object();
+          o.set("rank", Json::integer(r));
+          o.set("tokens", Json::integer(static_cast<int64_t>(x[0])));
+          o.set("tokens_per_s", Json::number(x[1]));
+          o.set("compute_s", Json::number(x[2]));
+          o.set("comm_wait_s", Json::number(x[3]));
+          o.set("mem_bytes", Json::integer(static_cast<int64_t>(x[4])));
+          o.set("peak_mem_bytes", Json::integer(static_cast<int64_t>(x[5])));
+          ranks.push(o);
+        }
+        rs.set("ranks", ranks);
+        emit(rs);
+        my_tokens = 0;
+        my_compute_s = 0;
+        dist.comm_wait_s = 0;
+        my_t0 = mono_s();
+      }
       Json h = Json::object();
       h.set("step", Json::integer(step));
       h.set("loss", e.get("loss"));
@@ -593,27 +1088,30 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       log_t0 = t;
     }
     if (eval && job.eval_steps > 0 && step % job.eval_steps == 0) {
-      if ((st = eval_and_emit())) return fail(st);
+      if ((st = eval_and_emit())) return st;
     }
     if (step % job.save_steps == 0 && step < total) {
-      if ((st = save_checkpoint(step))) return fail(st);
+      if ((st = checkpoint(step))) return st;
     }
   }
+  reducer.reset();
   if (!stopped && eval && (job.eval_steps <= 0 || step % job.eval_steps != 0)) {
-    if ((st = eval_and_emit())) return fail(st);
+    if ((st = eval_and_emit())) return st;
   }
   // the final state is always checkpointed, so a finished run can be extended and a stopped one resumed
-  if ((st = save_checkpoint(step))) return fail(st);
-  if (!stopped) {
+  if ((st = checkpoint(step))) return st;
+  if (!stopped && dist.rank() == 0) {
     st = job.method == "lora" ? model->save_adapter(job.out_dir) : model->save_model(job.out_dir);
     if (st) return fail(st);
   }
+  // ranks leave together, so none sees another's exit as a failure while it is still finishing
+  if (dist.on() && dist.comm->barrier()) return comm_fail("the final barrier");
   Json e = ev("done");
   e.set("status", Json::string(stopped ? "stopped" : "completed"));
   e.set("step", Json::integer(step));
   e.set("output_dir", Json::string(job.out_dir));
   e.set("last_loss", std::isfinite(last_loss) ? Json::number(last_loss) : Json());
-  ctl.emit(e);
+  emit(e);
   return LLMT_OK;
 }
 

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "../cpu/ops.hpp"
+#include "../engine/family.hpp"
 
 using namespace llmt::cpu;
 using Vec = std::vector<float>;
@@ -720,6 +721,161 @@ static void test_determinism() {
   set_num_threads(saved);
 }
 
+
+// ---- attention with ALiBi, a bidirectional prefix (ChatGLM-6B) and packed segments; the KV-cache kernel ----------
+
+// Full-row reference: s_ij = scale·q·k + slope_h·j; visible iff (j ≤ i or j < prefix[b]) and j ≥ seg_start.
+static void naive_attention_ex(const AttnShape &s, const Vec &q, const Vec &k, const Vec &v, float scale,
+                               const float *alibi, const int32_t *prefix, const int32_t *seg,
+                               std::vector<double> &out) {
+  const int64_t group = s.nh / s.nkv;
+  out.assign(static_cast<size_t>(s.B * s.T * s.nh * s.hd), 0.0);
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t h = 0; h < s.nh; ++h)
+      for (int64_t i = 0; i < s.T; ++i) {
+        std::vector<double> sc(static_cast<size_t>(s.T));
+        double m = -INFINITY;
+        for (int64_t j = 0; j < s.T; ++j) {
+          const bool vis = (j <= i || (prefix && j < prefix[b])) && (!seg || j >= seg[b * s.T + i]);
+          double d = 0;
+          for (int64_t e = 0; e < s.hd; ++e)
+            d += static_cast<double>(q[((b * s.T + i) * s.nh + h) * s.hd + e]) * k[((b * s.T + j) * s.nkv + h / group) * s.hd + e];
+          sc[j] = vis ? d * scale + (alibi ? static_cast<double>(alibi[h]) * j : 0.0) : -INFINITY;
+          m = std::max(m, sc[j]);
+        }
+        double z = 0;
+        for (int64_t j = 0; j < s.T; ++j) z += std::exp(sc[j] - m);
+        for (int64_t j = 0; j < s.T; ++j) {
+          const double p = std::exp(sc[j] - m) / z;
+          for (int64_t e = 0; e < s.hd; ++e)
+            out[((b * s.T + i) * s.nh + h) * s.hd + e] += p * v[((b * s.T + j) * s.nkv + h / group) * s.hd + e];
+        }
+      }
+}
+
+static void test_attention_ex(const AttnShape &s, bool use_alibi, bool use_prefix, bool use_seg) {
+  char tag[128];
+  std::snprintf(tag, sizeof tag, "attention%s%s%s B=%lld T=%lld nh=%lld nkv=%lld", use_alibi ? " alibi" : "",
+                use_prefix ? " prefix" : "", use_seg ? " segments" : "", (long long)s.B, (long long)s.T, (long long)s.nh,
+                (long long)s.nkv);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(s.hd));
+  const size_t nq = static_cast<size_t>(s.B * s.T * s.nh * s.hd), nk = static_cast<size_t>(s.B * s.T * s.nkv * s.hd);
+  Vec q = rnd(nq, -2.0f, 2.0f), k = rnd(nk, -2.0f, 2.0f), v = rnd(nk), out(nq), lse(s.B * s.nh * s.T);
+  std::vector<float> slopes;
+  if (use_alibi) slopes = llmt::alibi_slopes_bloom(s.nh);
+  std::vector<int32_t> prefix, seg;
+  for (int64_t b = 0; b < s.B; ++b) prefix.push_back(static_cast<int32_t>(std::min<int64_t>(s.T, 3 + 17 * b)));
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t t = 0; t < s.T; ++t) seg.push_back(static_cast<int32_t>(t < s.T / 2 ? 0 : s.T / 2));
+  const float *al = use_alibi ? slopes.data() : nullptr;
+  const int32_t *pf = use_prefix ? prefix.data() : nullptr, *sg = use_seg ? seg.data() : nullptr;
+  attention_forward(q.data(), k.data(), v.data(), out.data(), lse.data(), s.B, s.T, s.nh, s.nkv, s.hd, scale, sg, al, pf);
+  std::vector<double> ref;
+  naive_attention_ex(s, q, k, v, scale, al, pf, sg, ref);
+  expect_close(std::string(tag) + " out", out, ref, 1e-4, 1e-5);
+  const Vec R = rnd(nq);
+  Vec dq(nq), dk(nk), dv(nk);
+  attention_backward(R.data(), q.data(), k.data(), v.data(), out.data(), lse.data(), dq.data(), dk.data(), dv.data(), s.B,
+                     s.T, s.nh, s.nkv, s.hd, scale, sg, al, pf);
+  auto loss = [&]() {
+    Vec o(nq), l(s.B * s.nh * s.T);
+    attention_forward(q.data(), k.data(), v.data(), o.data(), l.data(), s.B, s.T, s.nh, s.nkv, s.hd, scale, sg, al, pf);
+    return dotd(o, R);
+  };
+  fd_check(std::string(tag) + " dq", q, dq, loss);
+  fd_check(std::string(tag) + " dk", k, dk, loss);
+  fd_check(std::string(tag) + " dv", v, dv, loss);
+  if (use_seg || s.B != 1) return;
+  // the KV-cache kernel: a prompt chunk then one token at a time gives the full attention's rows
+  Vec cached(nq);
+  const int64_t first = std::max<int64_t>(1, use_prefix ? prefix[0] : s.T / 2), qd = s.nh * s.hd;
+  attention_cached(q.data(), k.data(), v.data(), cached.data(), 0, first, s.nh, s.nkv, s.hd, scale, al, use_prefix ? prefix[0] : 0);
+  for (int64_t p = first; p < s.T; ++p)
+    attention_cached(q.data() + p * qd, k.data(), v.data(), cached.data() + p * qd, p, 1, s.nh, s.nkv, s.hd, scale, al,
+                     use_prefix ? prefix[0] : 0);
+  expect_close(std::string(tag) + " cached", cached, ref, 1e-4, 1e-5);
+}
+
+static void test_attention_variants() {
+  // ALiBi slopes (MODEL-FAMILIES §1): n = 6 → [1/4, 1/16, 1/64, 1/256, 1/2, 1/8]; both recipes agree there
+  const std::vector<float> want = {0.25f, 0.0625f, 0.015625f, 0.00390625f, 0.5f, 0.125f};
+  CHECK(llmt::alibi_slopes_bloom(6) == want, "bloom ALiBi slopes for 6 heads");
+  CHECK(llmt::alibi_slopes_baichuan(6) == want, "baichuan ALiBi slopes for 6 heads");
+  const auto b40 = llmt::alibi_slopes_bloom(40), c40 = llmt::alibi_slopes_baichuan(40);
+  double worst = 0;
+  for (size_t i = 0; i < b40.size(); ++i) worst = std::max(worst, std::fabs(static_cast<double>(b40[i]) - c40[i]));
+  CHECK(b40.size() == 40 && c40.size() == 40 && worst < 1e-6, "40-head slopes: recipes within rounding (%g)", worst);
+  for (bool al : {false, true})
+    for (bool pf : {false, true}) {
+      if (!al && !pf) continue;
+      test_attention_ex({1, 37, 6, 2, 8}, al, pf, false);  // several key blocks, GQA
+      test_attention_ex({2, 21, 4, 4, 8}, al, pf, false);  // prefix longer than a block in row 1
+    }
+  test_attention_ex({2, 40, 4, 1, 8}, true, false, true);  // ALiBi in packed rows
+}
+
+// ---- interleaved RoPE (ChatGLM2) and 2-D RoPE (ChatGLM-6B) ---------------------------------------------------------
+
+static void test_rope_variants() {
+  const int64_t rows = 4, heads = 3, hd = 16, rot = 8;
+  const std::vector<int32_t> pos = {0, 1, 5, 300}, blk = {0, 0, 1, 2};
+  Vec inv(rot / 2);
+  for (int64_t i = 0; i < rot / 2; ++i) inv[i] = static_cast<float>(1.0 / std::pow(10000.0, 2.0 * i / rot));
+  // interleaved: pairs (2i, 2i+1) of the first rot dims (ChatGLM2's apply_rotary_pos_emb)
+  Vec x = rnd(rows * heads * hd), y = x, ref = x;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t i = 0; i < rot / 2; ++i) {
+        const float ang = static_cast<float>(pos[r]) * inv[i], c = std::cos(ang), sn = std::sin(ang);
+        const float *xi = &x[(r * heads + h) * hd];
+        ref[(r * heads + h) * hd + 2 * i] = xi[2 * i] * c - xi[2 * i + 1] * sn;
+        ref[(r * heads + h) * hd + 2 * i + 1] = xi[2 * i + 1] * c + xi[2 * i] * sn;
+      }
+  rope_forward(y.data(), pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, true);
+  expect_close("interleaved rope vs ChatGLM2's formula", y, ref, 1e-6, 1e-6);
+  const Vec R = rnd(rows * heads * hd);
+  Vec dx = R;
+  rope_backward(dx.data(), pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, true);
+  fd_check("interleaved rope dx", x, dx, [&]() {
+    Vec yy = x;
+    rope_forward(yy.data(), pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, true);
+    return dotd(yy, R);
+  });
+  // 2-D: half-split RoPE of width hd/2 on each half, positions then block positions (two calls, same stride)
+  auto two_d = [&](Vec &z, bool back) {
+    if (back) {
+      rope_backward(z.data(), pos.data(), inv.data(), rows, heads, hd, hd / 2, 1.0f);
+      rope_backward(z.data() + hd / 2, blk.data(), inv.data(), rows, heads, hd, hd / 2, 1.0f);
+    } else {
+      rope_forward(z.data(), pos.data(), inv.data(), rows, heads, hd, hd / 2, 1.0f);
+      rope_forward(z.data() + hd / 2, blk.data(), inv.data(), rows, heads, hd, hd / 2, 1.0f);
+    }
+  };
+  Vec z = x;
+  two_d(z, false);
+  Vec ref2 = x;
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t h = 0; h < heads; ++h)
+      for (int half = 0; half < 2; ++half) {
+        const float t = static_cast<float>(half ? blk[r] : pos[r]);
+        float *o = &ref2[(r * heads + h) * hd + half * hd / 2];
+        const float *xi = &x[(r * heads + h) * hd + half * hd / 2];
+        for (int64_t i = 0; i < hd / 4; ++i) {  // pairs (i, i + hd/4) within the half
+          const float ang = t * inv[i], c = std::cos(ang), sn = std::sin(ang);
+          o[i] = xi[i] * c - xi[i + hd / 4] * sn;
+          o[i + hd / 4] = xi[i + hd / 4] * c + xi[i] * sn;
+        }
+      }
+  expect_close("2-D rope vs ChatGLM-6B's formula", z, ref2, 1e-6, 1e-6);
+  Vec dz = R;
+  two_d(dz, true);
+  fd_check("2-D rope dx", x, dz, [&]() {
+    Vec yy = x;
+    two_d(yy, false);
+    return dotd(yy, R);
+  });
+}
+
 int main() {
   test_pool();
   test_matmul();
@@ -730,6 +886,8 @@ int main() {
   test_swiglu();
   test_gelu();
   test_attention();
+  test_attention_variants();
+  test_rope_variants();
   test_cross_entropy();
   test_embedding();
   test_adamw();

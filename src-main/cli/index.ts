@@ -10,7 +10,11 @@ import { Command, InvalidArgumentError } from 'commander';
 import { engineBinary, loadEngine, listDevices } from '../core/engine/native.js';
 import { appRoot, appVersion, databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
+import { registerChat } from './chat.js';
 import { registerData } from './data.js';
+import { registerEval } from './eval.js';
+import { registerModels } from './models.js';
+import { registerPredict } from './predict.js';
 import { serve } from './serve.js';
 import { registerTrain } from './train.js';
 
@@ -181,5 +185,9 @@ program
 
 registerData(program, fail);
 registerTrain(program, fail);
+registerPredict(program, fail);
+registerEval(program, fail);
+registerChat(program, fail);
+registerModels(program, fail);
 
 program.parseAsync(process.argv).catch(fail);

@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LlmtAddon } from '../../native/addon/index';
 import { ROOT } from '../helpers/app';
 
-const bin = path.join(ROOT, 'native', 'build', 'bin');
+const bin = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
 const exe = path.join(bin, 'llmt-engine');
 const addon = createRequire(import.meta.url)(path.join(bin, 'llmt.node')) as LlmtAddon;
 let tmp: string;

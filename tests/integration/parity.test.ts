@@ -12,7 +12,7 @@ import { ROOT } from '../helpers/app';
 
 const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
 const REF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
-const ENGINE = path.join(ROOT, 'native', 'build', 'bin', 'llmt-engine');
+const ENGINE = path.join(process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin'), 'llmt-engine');
 let tmp: string;
 
 function run(cmd: string, args: string[]) {

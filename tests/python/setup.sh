@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Test-only: sets up the Python reference stack used by LLMs-train's tests
-# (HF transformers + PEFT on Debian's CPU torch). The product never needs Python.
+# (HF transformers + PEFT on Debian's CPU torch; sacrebleu, rouge-score and scikit-learn for the
+# evaluation metrics). The product never needs Python.
 #
 #   bash tests/python/setup.sh            # idempotent; last stdout line = venv python
 #   PY="$(bash tests/python/setup.sh | tail -n1)"
@@ -82,18 +83,21 @@ if [ "$want" != "$have" ] || ! "$VENV/bin/python" -c "import importlib.metadata 
   WH="${LLMT_PY_WHEELHOUSE:-${PIP_CACHE_DIR:-$HOME/.cache/pip}/llmt-wheels}"
   # --no-deps: requirements.txt is the full closure. Debian's torch reports 1.13.0a0, which
   # fails peft's "torch>=1.13.0": with dependency resolution pip would pull the multi-GB CUDA
-  # torch wheel from PyPI.
+  # torch wheel from PyPI. --ignore-installed: a pin that equals a Debian package's version (six,
+  # colorama) is still installed into the venv, so the closure check below finds it there.
   PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
   export PIP_NO_INPUT=1
-  if [ -d "$WH" ] && "${PIP[@]}" install --no-deps --no-index --find-links "$WH" -r "$REQ" >/dev/null 2>&1; then
+  if [ -d "$WH" ] && "${PIP[@]}" install --no-deps --ignore-installed --no-index --find-links "$WH" -r "$REQ" >/dev/null 2>&1; then
     log "installed requirements.txt from the wheelhouse $WH"
   elif mkdir -p "$WH" 2>/dev/null && [ -w "$WH" ]; then
-    log "pip download -r requirements.txt -> $WH"
-    "${PIP[@]}" download --no-deps --only-binary=:all: -d "$WH" -r "$REQ" >&2
-    "${PIP[@]}" install --no-deps --no-index --find-links "$WH" -r "$REQ" >&2
+    # binary wheels only, except rouge-score (PyPI has only its sdist): pip wheel builds it into the
+    # wheelhouse once, so later installs stay offline
+    log "pip wheel -r requirements.txt -> $WH"
+    "${PIP[@]}" wheel --no-deps --only-binary=:all: --no-binary=rouge-score -w "$WH" -r "$REQ" >&2
+    "${PIP[@]}" install --no-deps --ignore-installed --no-index --find-links "$WH" -r "$REQ" >&2
   else
     log "wheelhouse $WH not writable: plain pip install"
-    "${PIP[@]}" install --no-deps -r "$REQ" >&2
+    "${PIP[@]}" install --no-deps --ignore-installed -r "$REQ" >&2
   fi
   # The pinned set must be a closed, consistent set on its own: every requirement of every
   # pinned package is met by a package inside the venv, except torch/numpy (Debian's).
@@ -134,6 +138,7 @@ sys.exit(1 if bad else 0)
 EOF
   "$VENV/bin/python" - <<'EOF' >&2 || die "smoke import failed"
 import torch, numpy, transformers, peft, safetensors, accelerate
+import sacrebleu, sklearn.metrics, rouge_score.rouge_scorer  # metrics references (tests/python/metrics_reference.py)
 assert torch.__version__.startswith("1.13"), torch.__version__
 print("setup.sh: torch", torch.__version__, "numpy", numpy.__version__,
       "transformers", transformers.__version__, "peft", peft.__version__,

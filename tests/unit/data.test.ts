@@ -145,6 +145,15 @@ describe('templates', () => {
     expect(trained.mask.every(Boolean)).toBe(true);
   });
 
+  it('minicpm: bos + "<用户>{q}<AI>" + answer + eos, history folded into the prompt', () => {
+    const e = encodeSample(cblue('q', 'a'), 'minicpm', charTok, { maxSourceLength: 64, maxTargetLength: 64 });
+    expect(e.ids).toEqual([1, ...enc('<用户>q<AI>'), ...enc('a'), 2]);
+    expect(e.mask.filter(Boolean).length).toBe(2);
+    const s = toSample({ conversations: [{ from: 'human', value: 'x' }, { from: 'gpt', value: 'y' }, { from: 'human', value: 'z' }, { from: 'gpt', value: 'w' }] }, 'sharegpt');
+    const m = encodeSample(s, 'minicpm', charTok, { maxSourceLength: 64, maxTargetLength: 64 });
+    expect(m.ids).toEqual([1, ...enc('<用户>x<AI>'), ...enc('y'), 2, ...enc('<用户>z<AI>'), ...enc('w'), 2]);
+  });
+
   it('names a missing special token', () => {
     const noEos = { ...charTok, eosId: null };
     expect(() => encodeSample(cblue('a', 'b'), 'raw', noEos, { maxSourceLength: 8, maxTargetLength: 8 })).toThrow(/no eos token, which the "raw" template needs/);

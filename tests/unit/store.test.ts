@@ -58,27 +58,31 @@ describe('openDatabase', () => {
   it('rolls back a failing migration completely', () => {
     const file = dbFile();
     const bad = [...migrations, { version: migrations.length + 1, name: 'broken', sql: 'CREATE TABLE half_done(x INTEGER); SELECT * FROM no_such_table;' }];
-    expect(() => openDatabase(file, { migrations: bad })).toThrow(/migration 2 \(broken\) failed and was rolled back/);
+    expect(() => openDatabase(file, { migrations: bad })).toThrow(new RegExp(`migration ${migrations.length + 1} \\(broken\\) failed and was rolled back`));
     const db = openDatabase(file);
-    expect(schemaVersion(db)).toBe(1);
+    expect(schemaVersion(db)).toBe(LATEST_SCHEMA_VERSION);
     expect(db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'half_done'").get()).toEqual({ n: 0 });
     db.close();
   });
 
   it('applies migrations in version order from an older schema', () => {
     const file = dbFile();
-    const db1 = openDatabase(file);
+    // a database of schema 1 (as the first release wrote it) is brought up to date, in order
+    const db1 = openDatabase(file, { migrations: migrations.slice(0, 1) });
+    db1.prepare("INSERT INTO runs(name, spec_json, spec_version, status, created_at) VALUES ('old', '{}', 1, 'completed', 'x')").run();
     db1.close();
-    const next = [...migrations, { version: 2, name: 'add tags', sql: 'ALTER TABLE runs ADD COLUMN tags TEXT' }];
+    const next = [...migrations, { version: migrations.length + 1, name: 'add a column', sql: 'ALTER TABLE runs ADD COLUMN extra TEXT' }];
     const db = openDatabase(file, { migrations: next });
-    expect(schemaVersion(db)).toBe(2);
-    expect((db.prepare('PRAGMA table_info(runs)').all() as { name: string }[]).map((c) => c.name)).toContain('tags');
+    expect(schemaVersion(db)).toBe(migrations.length + 1);
+    const cols = (db.prepare('PRAGMA table_info(runs)').all() as { name: string }[]).map((c) => c.name);
+    expect(cols).toEqual(expect.arrayContaining(['tags_json', 'notes', 'extra']));
+    expect(db.prepare("SELECT tags_json AS t FROM runs WHERE name = 'old'").get()).toEqual({ t: '[]' });
     db.close();
   });
 
   it('refuses a gap in the migration list', () => {
     const db = openDatabase(':memory:');
-    expect(() => migrate(db, [...migrations, { version: 3, name: 'gap', sql: '' }])).toThrow(/not contiguous/);
+    expect(() => migrate(db, [...migrations, { version: migrations.length + 2, name: 'gap', sql: '' }])).toThrow(/not contiguous/);
     db.close();
   });
 

@@ -6,7 +6,7 @@ import type { ChatRenderer } from './chat-template.js';
 import type { Sample, Turn } from './formats.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
-export const TEMPLATES = ['raw', 'chatglm', 'chatglm2', 'alpaca', 'belle', 'baichuan-chat', 'vicuna', 'chat_template'] as const;
+export const TEMPLATES = ['raw', 'chatglm', 'chatglm2', 'alpaca', 'belle', 'baichuan-chat', 'minicpm', 'vicuna', 'chat_template'] as const;
 export type TemplateName = (typeof TEMPLATES)[number];
 
 export interface EncodeOptions {
@@ -120,6 +120,14 @@ const specs: Record<Exclude<TemplateName, 'chat_template'>, Spec> = {
     prompt: (q) => q,
     round: (q) => q,
     between: () => [{ id: 196, train: false }],
+    end: (t) => [t.need('eosId')],
+  },
+  // MiniCPM chat (modeling_minicpm.py `chat`): bos, then per round "<用户>{q}<AI>" + answer; eos after the answer
+  minicpm: {
+    prefix: (t) => (t.tok.bosId !== null ? [t.tok.bosId] : []),
+    prompt: (q, h) => h.map(([a, b]) => `<用户>${a}<AI>${b}`).join('') + `<用户>${q}<AI>`,
+    round: (q) => `<用户>${q}<AI>`,
+    between: () => [],
     end: (t) => [t.need('eosId')],
   },
   vicuna: {
@@ -238,4 +246,65 @@ export function encodeSample(sample: Sample, name: TemplateName, tokenizer: Toke
     mask.length = max;
   }
   return { ids, mask, truncatedTokens: truncated };
+}
+
+export interface PromptOptions {
+  /** Cut the prompt text's ids to maxSourceLength − 1, as training does (single-answer layout only). */
+  maxSourceLength?: number;
+  /** The model's own chat_template (template "chat_template"). */
+  chatTemplate?: ChatRenderer;
+}
+
+/**
+ * The ids a model writes its next answer after: `turns` (an optional system turn, then user/assistant turns
+ * ending with a user turn) laid out exactly as training lays out a sample up to its answer — the template's
+ * prefix, the prompt, and every special id between prompt and answer. Earlier rounds are folded into the
+ * prompt text as the single-answer layout does (the seed's and ChatGLM's chat); Baichuan-chat, whose prompt has
+ * no history form, and chat_template use their per-round layouts. A system prompt goes where the template
+ * has a place for it (vicuna, chat_template), else it opens the prompt text on a line of its own.
+ */
+export function encodePrompt(turns: readonly Turn[], name: TemplateName, tokenizer: Tokenizer, opt: PromptOptions = {}): number[] {
+  const system = turns[0]?.role === 'system' ? turns[0].content : null;
+  const chat = system !== null ? turns.slice(1) : [...turns];
+  if (!chat.length || chat.at(-1)!.role !== 'user') throw new Error('a prompt must end with a user turn');
+  chat.forEach((t, i) => {
+    const want = i % 2 === 0 ? 'user' : 'assistant';
+    if (t.role !== want) throw new Error(`the conversation does not alternate: turn ${i + 1} is "${t.role}" where "${want}" was expected`);
+  });
+  if (name === 'chat_template') {
+    const r = opt.chatTemplate;
+    if (!r) throw new Error('the "chat_template" template needs the model\'s chat_template (tokenizer_config.json)');
+    return tokenizer.encode(r.render([...turns], true));
+  }
+  const spec = specs[name];
+  if (!spec) throw new Error(`unknown template "${name}" (known: ${TEMPLATES.join(', ')})`);
+  const t = new Tok(tokenizer, name);
+  const rounds: [string, string][] = [];
+  for (let i = 0; i + 1 < chat.length; i += 2) rounds.push([chat[i]!.content, chat[i + 1]!.content]);
+  const query = chat.at(-1)!.content;
+  const ids: number[] = [...spec.prefix(t)];
+  const between = () => spec.between(t).map((p) => p.id);
+  if (name === 'baichuan-chat') {
+    const sys = system !== null ? tokenizer.encode(system) : [];
+    ids.push(...sys);
+    rounds.forEach(([q, a], i) => {
+      ids.push(...userPrefix(name), ...tokenizer.encode(spec.round(q, i + 1, system)), ...between(), ...tokenizer.encode(a), ...spec.end(t));
+    });
+    ids.push(...userPrefix(name), ...tokenizer.encode(spec.round(query, rounds.length + 1, system)), ...between());
+    return ids;
+  }
+  let text = spec.prompt(query, rounds, system);
+  if (system !== null && name !== 'vicuna') text = `${system}\n${text}`;
+  let src = tokenizer.encode(text);
+  if (opt.maxSourceLength !== undefined) src = src.slice(0, Math.max(0, opt.maxSourceLength - 1));
+  ids.push(...userPrefix(name), ...src, ...between());
+  return ids;
+}
+
+/** The ids that end an answer in this template's layout (generation stops after one of them). */
+export function answerEndIds(name: TemplateName, tokenizer: Tokenizer): number[] {
+  if (name === 'chat_template') return tokenizer.eosId !== null ? [tokenizer.eosId] : [];
+  const spec = specs[name];
+  if (!spec) throw new Error(`unknown template "${name}" (known: ${TEMPLATES.join(', ')})`);
+  return spec.end(new Tok(tokenizer, name));
 }

@@ -1,9 +1,10 @@
 // classify.ts — accuracy of a model on classification records (PromptCBLUE records with answer_choices):
 // greedy generation from each prompt in its training layout (the .tok sample up to and including the first
-// trained token), the prediction being the answer choice that occurs earliest in the generated text.
+// trained token), the prediction being the answer choice named in the generated text (metrics.ts pickChoice).
 import { loadEngine } from '../engine/native.js';
 import type { TokReader } from '../data/tokfile.js';
 import type { Tokenizer } from '../data/tokenizer/types.js';
+import { pickChoice } from './metrics.js';
 
 export interface ClsRecord {
   target: string;
@@ -19,19 +20,8 @@ export interface ClsResult {
   unmatched: number;
 }
 
-/** The choice found earliest in `text` (ties: the longest), or null. */
-export function pickChoice(text: string, choices: readonly string[]): string | null {
-  let best: string | null = null;
-  let at = Infinity;
-  for (const c of choices) {
-    const i = text.indexOf(c);
-    if (i >= 0 && (i < at || (i === at && c.length > (best?.length ?? 0)))) {
-      best = c;
-      at = i;
-    }
-  }
-  return best;
-}
+/** The answer choice a generation names (see metrics.ts: earliest occurrence, ties the longest), or null. */
+export { pickChoice };
 
 /** records[i] must be sample i of `tok` (prepared from the same file, nothing skipped). */
 export async function classificationAccuracy(modelDir: string, tokenizer: Tokenizer, records: ClsRecord[], tok: TokReader, maxNewTokens = 24): Promise<ClsResult> {

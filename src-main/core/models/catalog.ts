@@ -97,7 +97,7 @@ export const CATALOG: readonly CatalogFamily[] = [
     ],
   },
   {
-    id: 'minicpm', name: 'MiniCPM', modelType: 'minicpm', language: 'zh+en', template: 'raw', loraConfig: 'lora_config_minicpm.json',
+    id: 'minicpm', name: 'MiniCPM', modelType: 'minicpm', language: 'zh+en', template: 'minicpm', loraConfig: 'lora_config_minicpm.json',
     models: [{ hfId: 'openbmb/MiniCPM-2B-sft-bf16', params: '2.7B' }],
   },
 ];

@@ -1,0 +1,84 @@
+// options.ts — what the predict, eval and chat commands share: the seed's sampling flags over the seed's
+// defaults, the template flag, Ctrl-C handling that stops work but keeps what is done.
+import { type Command, InvalidArgumentError, Option } from 'commander';
+
+import { samplingParams, type SamplingParams } from '../core/chat/service.js';
+import { TEMPLATES } from '../core/data/templates.js';
+
+export type Fail = (err: unknown) => never;
+
+export const int = (v: string) => {
+  const n = Number(v);
+  if (!Number.isInteger(n)) throw new InvalidArgumentError('an integer');
+  return n;
+};
+export const posInt = (v: string) => {
+  const n = int(v);
+  if (n < 1) throw new InvalidArgumentError('a positive integer');
+  return n;
+};
+export const num = (v: string) => {
+  const n = Number(v);
+  if (!Number.isFinite(n)) throw new InvalidArgumentError('a number');
+  return n;
+};
+export const bool = (v: string | undefined) => v === undefined || /^(true|1|yes)$/i.test(v);
+
+export interface SamplingFlags {
+  max_new_tokens?: number;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repetition_penalty?: number;
+  do_sample?: boolean;
+  greedy?: boolean;
+  seed?: number;
+}
+
+/** The sampling flags (the seed's names); unset ones keep the seed's defaults. */
+export function samplingOptions(cmd: Command, maxNewDefault?: string): Command {
+  return cmd
+    .option('--max_new_tokens <n>', `tokens to generate at most${maxNewDefault ? ` (default ${maxNewDefault})` : ' (default 512)'}`, posInt)
+    .option('--temperature <x>', 'sampling temperature (default 0.001)', num)
+    .option('--top_k <k>', 'top-k (default 30; 0 = off)', int)
+    .option('--top_p <p>', 'top-p (default 0.85)', num)
+    .option('--repetition_penalty <r>', 'repetition penalty (default 1.2)', num)
+    .option('--do_sample [bool]', 'sample (default true; false = greedy)', bool)
+    .option('--greedy', 'greedy decoding (same as --do_sample false)')
+    .option('--seed <n>', 'sampling seed (default 0)', int);
+}
+
+export function paramsOf(o: SamplingFlags): SamplingParams {
+  const p: SamplingParams = {};
+  if (o.max_new_tokens !== undefined) p.max_new_tokens = o.max_new_tokens;
+  if (o.temperature !== undefined) p.temperature = o.temperature;
+  if (o.top_k !== undefined) p.top_k = o.top_k;
+  if (o.top_p !== undefined) p.top_p = o.top_p;
+  if (o.repetition_penalty !== undefined) p.repetition_penalty = o.repetition_penalty;
+  if (o.do_sample !== undefined) p.do_sample = o.do_sample;
+  if (o.greedy) p.do_sample = false;
+  if (o.seed !== undefined) p.seed = o.seed;
+  samplingParams(p); // range checks with a clear message
+  return p;
+}
+
+export const templateOption = () => new Option('--template <name>', 'prompt template (the one the adapter was trained with)').choices(TEMPLATES as unknown as string[]).default('raw');
+
+/** First Ctrl-C: abort (work so far is kept); a second one: exit at once. */
+export function onInterrupt(abort: () => void): () => void {
+  let count = 0;
+  const handler = () => {
+    count++;
+    if (count === 1) {
+      process.stderr.write('\nstopping… (Ctrl-C again to quit at once)\n');
+      abort();
+    } else process.exit(130);
+  };
+  process.on('SIGINT', handler);
+  process.on('SIGTERM', handler);
+  return () => {
+    process.off('SIGINT', handler);
+    process.off('SIGTERM', handler);
+  };
+}
+

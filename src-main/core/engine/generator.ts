@@ -1,0 +1,331 @@
+// generator.ts — text generation in this process: models (with their adapters) and tokenizers loaded once
+// and kept (a few at a time), a conversation laid out by its template, tokens streamed as text deltas. The
+// engine host runs this inside its child process (host-child.ts) so an engine failure cannot take the app down;
+// nothing here knows about processes or the UI.
+import path from 'node:path';
+
+import { loadChatTemplate, type ChatRenderer } from '../data/chat-template.js';
+import type { Turn } from '../data/formats.js';
+import { TEMPLATES, type TemplateName, answerEndIds, encodePrompt } from '../data/templates.js';
+import { loadTokenizer, type LoadedTokenizer } from '../data/tokenizer/index.js';
+import type { GenerateParams, NativeModel } from '../../../native/addon/index.js';
+import { loadEngine } from './native.js';
+import { StreamDecoder } from './stream-decoder.js';
+
+export type { GenerateParams };
+
+/** The seed project's sampling defaults (the engine's own defaults, spelled out for the UI). */
+export const SEED_SAMPLING: Required<Omit<GenerateParams, 'stop_ids'>> = {
+  max_new_tokens: 512,
+  do_sample: true,
+  temperature: 0.001,
+  top_k: 30,
+  top_p: 0.85,
+  repetition_penalty: 1.2,
+  seed: 0,
+};
+
+export interface ModelRef {
+  /** HF model folder (for a full fine-tune's checkpoint: the checkpoint folder) */
+  model: string;
+  /** PEFT adapter folder, or none */
+  adapter?: string | null;
+  /** folder holding the tokenizer (default: the model folder) */
+  tokenizer?: string | null;
+}
+
+export interface GenerateRequest extends ModelRef {
+  /** the conversation so far, ending with a user turn (a leading system turn allowed) */
+  messages?: Turn[];
+  /** shorthand for one user turn */
+  prompt?: string;
+  /** a system prompt (placed before the messages) */
+  system?: string | null;
+  template?: TemplateName;
+  /** cut the prompt text as training does (max_source_length) */
+  maxSourceLength?: number;
+  params?: Omit<GenerateParams, 'stop_ids'>;
+}
+
+export type FinishReason = 'stop' | 'length' | 'aborted';
+
+export interface GenerateResult {
+  text: string;
+  /** generated token ids, the final stop id included */
+  ids: number[];
+  promptTokens: number;
+  finish: FinishReason;
+  seconds: number;
+}
+
+export interface LoadedInfo {
+  model: string;
+  adapter: string | null;
+  modelType: string;
+  parameters: number;
+  vocab: number;
+  eosIds: number[];
+  seconds: number;
+  cached: boolean;
+}
+
+export class GenerateError extends Error {
+  constructor(
+    message: string,
+    readonly code: string,
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'GenerateError';
+  }
+}
+
+interface Entry {
+  key: string;
+  model: NativeModel;
+  info: ReturnType<NativeModel['info']>;
+  /** generations run one at a time per model */
+  busy: Promise<unknown>;
+  /** generations holding this entry (running or waiting); such a model is never freed */
+  users: number;
+  lastUse: number;
+}
+
+const keyOf = (model: string, adapter: string | null | undefined) => `${path.resolve(model)}\u0000${adapter ? path.resolve(adapter) : ''}`;
+
+/** Turns a request into the conversation to lay out. */
+export function requestTurns(req: Pick<GenerateRequest, 'messages' | 'prompt' | 'system'>): Turn[] {
+  const turns: Turn[] = [];
+  const msgs = req.messages ?? (req.prompt !== undefined ? [{ role: 'user' as const, content: req.prompt }] : null);
+  if (!msgs || !msgs.length) throw new GenerateError('nothing to answer: give a prompt or messages ending with a user turn', 'BAD_INPUT');
+  if (req.system && msgs[0]?.role !== 'system') turns.push({ role: 'system', content: req.system });
+  turns.push(...msgs);
+  return turns;
+}
+
+export class Generator {
+  private readonly models = new Map<string, Entry>();
+  private readonly tokenizers = new Map<string, Promise<LoadedTokenizer>>();
+  private readonly chatTemplates = new Map<string, ChatRenderer>();
+  private readonly loading = new Map<string, Promise<Entry>>();
+  /** current generations by request id, to abort them */
+  private readonly running = new Map<string, { model: NativeModel; aborted: boolean }>();
+  /** requests still being prepared (model loading, prompt), and those of them already aborted */
+  private readonly preparing = new Set<string>();
+  private readonly cancelled = new Set<string>();
+
+  /** `maxModels`: models kept loaded (least recently used ones are freed), 2 so A/B mode does not reload. */
+  constructor(private readonly maxModels = 2) {}
+
+  private addon() {
+    const engine = loadEngine();
+    if (!engine.addon) throw new GenerateError(engine.error ?? 'the engine is unavailable', 'ENGINE_UNAVAILABLE', 'Build the engine with `npm run build:native`.');
+    return engine.addon;
+  }
+
+  tokenizer(dir: string): Promise<LoadedTokenizer> {
+    const k = path.resolve(dir);
+    let t = this.tokenizers.get(k);
+    if (!t) {
+      t = loadTokenizer(k);
+      this.tokenizers.set(k, t);
+      t.catch(() => this.tokenizers.delete(k));
+    }
+    return t;
+  }
+
+  private chatTemplate(dir: string): ChatRenderer {
+    const k = path.resolve(dir);
+    let r = this.chatTemplates.get(k);
+    if (!r) {
+      r = loadChatTemplate(k);
+      this.chatTemplates.set(k, r);
+    }
+    return r;
+  }
+
+  private async entry(ref: ModelRef): Promise<{ e: Entry; cached: boolean; seconds: number }> {
+    const key = keyOf(ref.model, ref.adapter);
+    const have = this.models.get(key);
+    if (have) {
+      have.lastUse = Date.now();
+      return { e: have, cached: true, seconds: 0 };
+    }
+    const t0 = Date.now();
+    let p = this.loading.get(key);
+    if (!p) {
+      p = (async () => {
+        const model = await this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined);
+        const e: Entry = { key, model, info: model.info(), busy: Promise.resolve(), users: 0, lastUse: Date.now() };
+        this.models.set(key, e);
+        await this.evict(key);
+        return e;
+      })();
+      this.loading.set(key, p);
+      p.finally(() => this.loading.delete(key)).catch(() => {});
+    }
+    try {
+      const e = await p;
+      return { e, cached: false, seconds: (Date.now() - t0) / 1000 };
+    } catch (err) {
+      const x = err as Error & { code?: string };
+      throw new GenerateError(`cannot load ${ref.model}${ref.adapter ? ` with the adapter ${ref.adapter}` : ''}: ${x.message}`, x.code ?? 'IO');
+    }
+  }
+
+  /** Frees the least recently used idle models beyond maxModels (busy ones stay until a later load). */
+  private async evict(keep: string): Promise<void> {
+    const others = [...this.models.values()].filter((e) => e.key !== keep && e.users === 0).sort((a, b) => a.lastUse - b.lastUse);
+    while (others.length && this.models.size > this.maxModels) {
+      const e = others.shift()!;
+      this.models.delete(e.key);
+      await e.busy.catch(() => {});
+      e.model.free();
+    }
+  }
+
+  /** Loads a model (and adapter) and its tokenizer ahead of the first request; cached per model + adapter. */
+  async load(ref: ModelRef): Promise<LoadedInfo> {
+    const [{ e, cached, seconds }] = await Promise.all([this.entry(ref), this.tokenizer(ref.tokenizer ?? ref.model)]);
+    return {
+      model: path.resolve(ref.model),
+      adapter: ref.adapter ? path.resolve(ref.adapter) : null,
+      modelType: e.info.model_type,
+      parameters: e.info.parameters,
+      vocab: e.info.vocab,
+      eosIds: e.info.eos_ids,
+      seconds,
+      cached,
+    };
+  }
+
+  /** The prompt ids of a request (what generate() feeds the model). */
+  async promptIds(req: GenerateRequest): Promise<number[]> {
+    const tokDir = req.tokenizer ?? req.model;
+    const tok = await this.tokenizer(tokDir);
+    const template = req.template ?? 'raw';
+    if (!TEMPLATES.includes(template)) throw new GenerateError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, 'BAD_INPUT');
+    try {
+      return encodePrompt(requestTurns(req), template, tok, {
+        ...(req.maxSourceLength !== undefined ? { maxSourceLength: req.maxSourceLength } : {}),
+        ...(template === 'chat_template' ? { chatTemplate: this.chatTemplate(tokDir) } : {}),
+      });
+    } catch (err) {
+      if (err instanceof GenerateError) throw err;
+      throw new GenerateError((err as Error).message, 'BAD_INPUT');
+    }
+  }
+
+  /**
+   * Generates an answer, streaming complete-character text deltas to onDelta. `id` names the request for
+   * abort(id). The prompt is tokenized at once; the generation waits for the model if it is busy.
+   */
+  async generate(id: string, req: GenerateRequest, onDelta?: (text: string) => void): Promise<GenerateResult> {
+    const t0 = Date.now();
+    const tokDir = req.tokenizer ?? req.model;
+    this.preparing.add(id);
+    let e: Entry;
+    let tok: LoadedTokenizer;
+    let prompt: number[];
+    try {
+      const got = await Promise.all([this.entry(req), this.tokenizer(tokDir), this.promptIds(req)]);
+      [, tok, prompt] = got;
+      e = got[0].e;
+      // a model evicted while the prompt was prepared is loaded again
+      while (this.models.get(e.key) !== e) e = (await this.entry(req)).e;
+    } catch (err) {
+      this.cancelled.delete(id);
+      throw err;
+    } finally {
+      this.preparing.delete(id);
+    }
+    const early = this.cancelled.delete(id);
+    e.users++;
+    try {
+      return await this.run(id, e, tok, prompt, req, t0, onDelta, early);
+    } finally {
+      e.users--;
+    }
+  }
+
+  private async run(id: string, e: Entry, tok: LoadedTokenizer, prompt: number[], req: GenerateRequest, t0: number, onDelta?: (text: string) => void, aborted = false): Promise<GenerateResult> {
+    const template = req.template ?? 'raw';
+    if (!prompt.length) throw new GenerateError('the prompt has no tokens', 'BAD_INPUT');
+    const stop = [...new Set([...e.info.eos_ids, ...answerEndIds(template, tok)])];
+    const skip = new Set<number>([...stop, ...Object.values(tok.specialTokens)]);
+    if (tok.bosId !== null) skip.add(tok.bosId);
+    if (tok.padId !== null) skip.add(tok.padId);
+    const params: GenerateParams = { ...SEED_SAMPLING, ...req.params, stop_ids: stop };
+    const slot = { model: e.model, aborted };
+    this.running.set(id, slot);
+    const run = e.busy.then(async () => {
+      if (slot.aborted) return { ids: [] as number[], aborted: true };
+      e.lastUse = Date.now();
+      const dec = new StreamDecoder((ids) => tok.decode(ids), skip);
+      const out = await e.model.generate(prompt, params, ({ token }) => {
+        const d = dec.push(token);
+        if (d && onDelta) onDelta(d);
+      });
+      const rest = dec.flush();
+      if (rest && onDelta) onDelta(rest);
+      return out;
+    });
+    e.busy = run.catch(() => {});
+    try {
+      const out = await run;
+      const textIds = out.ids.filter((x) => !skip.has(x));
+      const last = out.ids.at(-1);
+      const finish: FinishReason = out.aborted || slot.aborted ? 'aborted' : last !== undefined && stop.includes(last) ? 'stop' : 'length';
+      return { text: tok.decode(textIds), ids: out.ids, promptTokens: prompt.length, finish, seconds: (Date.now() - t0) / 1000 };
+    } catch (err) {
+      const x = err as Error & { code?: string };
+      throw new GenerateError(x.message, x.code ?? 'INTERNAL');
+    } finally {
+      this.running.delete(id);
+    }
+  }
+
+  /** Stops request `id` (running: the engine stops after the current token; waiting: it never starts). */
+  abort(id: string): void {
+    const r = this.running.get(id);
+    if (!r) {
+      if (this.preparing.has(id)) this.cancelled.add(id);
+      return;
+    }
+    r.aborted = true;
+    // only the model's current generation can be aborted; a waiting one sees `aborted` when its turn comes
+    const current = [...this.running.entries()].find(([, s]) => s.model === r.model);
+    if (current && current[0] === id) r.model.abort();
+  }
+
+  abortAll(): void {
+    for (const id of [...this.running.keys(), ...this.preparing]) this.abort(id);
+  }
+
+  /** Frees a model now (after its generation ends). */
+  async unload(ref: ModelRef): Promise<boolean> {
+    const e = this.models.get(keyOf(ref.model, ref.adapter));
+    if (!e) return false;
+    this.models.delete(e.key);
+    await e.busy.catch(() => {});
+    e.model.free();
+    return true;
+  }
+
+  async dispose(): Promise<void> {
+    this.abortAll();
+    for (const e of [...this.models.values()]) {
+      this.models.delete(e.key);
+      await e.busy.catch(() => {});
+      e.model.free();
+    }
+    for (const t of this.tokenizers.values()) {
+      try {
+        (await t).dispose?.();
+      } catch {
+        /* failed loads have nothing to free */
+      }
+    }
+    this.tokenizers.clear();
+  }
+}

@@ -1,0 +1,23 @@
+// host-protocol.ts — the messages between EngineHost (parent) and host-child.ts (child). Structured-clone
+// values only (Electron's MessagePort and Node's IPC channel both carry them).
+import type { GenerateRequest, GenerateResult, LoadedInfo, ModelRef } from './generator.js';
+
+export type ParentMessage =
+  | { op: 'load'; id: string; ref: ModelRef }
+  | { op: 'generate'; id: string; request: GenerateRequest }
+  /** target: a generate request's id; none: every request */
+  | { op: 'abort'; id: string; target?: string }
+  | { op: 'unload'; id: string; ref: ModelRef }
+  | { op: 'dispose'; id: string };
+
+export interface WireError {
+  message: string;
+  code: string;
+  hint?: string;
+}
+
+export type ChildMessage =
+  | { type: 'ready'; pid: number }
+  | { id: string; type: 'delta'; text: string }
+  | { id: string; type: 'result'; result: GenerateResult | LoadedInfo | boolean }
+  | { id: string; type: 'error'; error: WireError };

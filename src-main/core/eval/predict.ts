@@ -1,0 +1,331 @@
+// predict.ts — the seed's inference script: every record of a test file answered by a model (+ adapter) and
+// written out as a copy with its answer field (PromptCBLUE: `target`) replaced by the generated text. The whole
+// file is checked before any generation (every bad record named by line). Output goes to `<out>.partial` record
+// by record and is renamed to `<out>` when complete; an interrupted run resumes from the partial file when the
+// data, model and settings are unchanged. Generation runs in the engine host's child process.
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { type ColumnOptions, type Format, type Turn, detectFormat } from '../data/formats.js';
+import { readRecords } from '../data/reader.js';
+import { TEMPLATES, type TemplateName } from '../data/templates.js';
+import type { GenerateParams } from '../engine/generator.js';
+import { EngineHost, EngineHostError, type HostGenerateResult } from '../engine/host.js';
+
+export interface PredictOptions {
+  model: string;
+  adapter?: string | null;
+  /** tokenizer folder (default: the model folder) */
+  tokenizer?: string | null;
+  data: string;
+  out: string;
+  template?: TemplateName;
+  /** prompt ids cut to max_source_length − 1 as in training (default 512) */
+  maxSourceLength?: number;
+  params?: Omit<GenerateParams, 'stop_ids'>;
+  /** requests kept in flight (prompts are prepared while the engine generates); default 4 */
+  batchSize?: number;
+  /** continue from `<out>.partial` when it was made with the same data and settings (default true) */
+  resume?: boolean;
+  /** 'fail' (default): any bad record stops before generating; 'skip': leave bad records out and report them */
+  onError?: 'fail' | 'skip';
+  /** only the first N usable records */
+  limit?: number;
+  format?: Format;
+  columns?: ColumnOptions;
+  /** an engine host to use (default: one made for this call and disposed at the end) */
+  host?: EngineHost;
+  onProgress?: (p: PredictProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface PredictProgress {
+  done: number;
+  total: number;
+  /** records taken over from a partial file */
+  resumed: number;
+  /** generated tokens so far (this call) */
+  tokens: number;
+}
+
+export interface RecordError {
+  line: number;
+  reason: string;
+}
+
+export interface PredictReport {
+  out: string;
+  format: Format;
+  field: string;
+  records: number;
+  written: number;
+  resumed: number;
+  skipped: number;
+  errors: RecordError[];
+  /** generation ends: eos/answer end, or max_new_tokens reached */
+  finish: { stop: number; length: number };
+  tokens: number;
+  seconds: number;
+}
+
+export class PredictError extends Error {
+  constructor(
+    message: string,
+    readonly code: 'BAD_INPUT' | 'STOPPED' | 'ENGINE',
+    readonly errors: RecordError[] = [],
+    readonly hint?: string,
+  ) {
+    super(message);
+    this.name = 'PredictError';
+  }
+}
+
+interface Item {
+  line: number;
+  rec: Record<string, unknown>;
+  turns: Turn[];
+}
+
+/** The answer field that predict replaces, per format. */
+export function answerField(format: Format, cols: ColumnOptions = {}): string {
+  switch (format) {
+    case 'promptcblue':
+      return 'target';
+    case 'alpaca':
+      return 'output';
+    case 'columns':
+      return cols.responseColumn ?? 'response';
+    default:
+      throw new PredictError(`predict answers prompts (PromptCBLUE, Alpaca, prompt/response columns), not "${format}" records`, 'BAD_INPUT');
+  }
+}
+
+function str(rec: Record<string, unknown>, key: string, allowEmpty = false): string {
+  const v = rec[key];
+  if (typeof v !== 'string') throw new Error(`"${key}" must be a string${v === undefined ? ' (missing)' : ''}`);
+  if (!allowEmpty && !v.trim()) throw new Error(`"${key}" is empty`);
+  return v;
+}
+
+/** The conversation a record asks to continue. */
+export function promptTurns(rec: Record<string, unknown>, format: Format, cols: ColumnOptions = {}): Turn[] {
+  switch (format) {
+    case 'promptcblue':
+      return [{ role: 'user', content: str(rec, 'input') }];
+    case 'alpaca': {
+      const ins = str(rec, 'instruction');
+      const input = typeof rec.input === 'string' ? rec.input : '';
+      return [{ role: 'user', content: input.trim() ? `${ins}\n${input}` : ins }];
+    }
+    case 'columns': {
+      const turns: Turn[] = [];
+      const h = cols.historyColumn ? rec[cols.historyColumn] : null;
+      if (h != null) {
+        if (!Array.isArray(h)) throw new Error(`"${cols.historyColumn}" must be a list of [question, answer] pairs`);
+        h.forEach((pair, i) => {
+          if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== 'string' || typeof pair[1] !== 'string') {
+            throw new Error(`"${cols.historyColumn}"[${i}] must be a [question, answer] pair of strings`);
+          }
+          turns.push({ role: 'user', content: pair[0] }, { role: 'assistant', content: pair[1] });
+        });
+      }
+      turns.push({ role: 'user', content: str(rec, cols.promptColumn ?? 'prompt') });
+      return turns;
+    }
+    default:
+      throw new PredictError(`predict answers prompts (PromptCBLUE, Alpaca, prompt/response columns), not "${format}" records`, 'BAD_INPUT');
+  }
+}
+
+async function sha256File(file: string): Promise<string> {
+  const h = crypto.createHash('sha256');
+  for await (const chunk of fs.createReadStream(file, { highWaterMark: 1 << 20 })) h.update(chunk as Buffer);
+  return h.digest('hex');
+}
+
+/** Reads and checks every record; nothing is generated for a file with problems (unless skipping them). */
+async function loadItems(opt: PredictOptions): Promise<{ items: Item[]; format: Format; field: string; errors: RecordError[]; records: number }> {
+  if (!fs.existsSync(opt.data)) throw new PredictError(`the test file ${opt.data} does not exist`, 'BAD_INPUT');
+  const items: Item[] = [];
+  const errors: RecordError[] = [];
+  let format: Format | null = opt.format ?? null;
+  let records = 0;
+  for await (const r of readRecords(opt.data)) {
+    records++;
+    if ('error' in r) {
+      errors.push({ line: r.line, reason: r.error });
+      continue;
+    }
+    const rec = r.value as Record<string, unknown>;
+    if (!format) {
+      format = detectFormat(rec, opt.columns) ?? ('input' in rec ? 'promptcblue' : null);
+      if (!format) throw new PredictError(`cannot tell the format of ${opt.data} from line ${r.line} (fields: ${Object.keys(rec).join(', ') || 'none'}); expected PromptCBLUE {"input", "target"}, Alpaca {"instruction", "input", "output"} or {"prompt", "response"}`, 'BAD_INPUT');
+      answerField(format, opt.columns);
+    }
+    try {
+      items.push({ line: r.line, rec, turns: promptTurns(rec, format, opt.columns) });
+    } catch (err) {
+      errors.push({ line: r.line, reason: (err as Error).message });
+    }
+  }
+  if (!format) throw new PredictError(`${opt.data} holds no records`, 'BAD_INPUT');
+  return { items, format, field: answerField(format, opt.columns), errors, records };
+}
+
+/** Complete lines of a partial output (a torn last line is cut off); null when it cannot be used. */
+function readPartial(file: string): { lines: number; bytes: number } | null {
+  let buf: Buffer;
+  try {
+    buf = fs.readFileSync(file);
+  } catch {
+    return null;
+  }
+  let lines = 0;
+  let bytes = 0;
+  let start = 0;
+  for (;;) {
+    const nl = buf.indexOf(10, start);
+    if (nl < 0) break;
+    try {
+      JSON.parse(buf.subarray(start, nl).toString('utf8'));
+    } catch {
+      break;
+    }
+    lines++;
+    bytes = nl + 1;
+    start = nl + 1;
+  }
+  return { lines, bytes };
+}
+
+export async function predict(opt: PredictOptions): Promise<PredictReport> {
+  const t0 = Date.now();
+  const template = opt.template ?? 'raw';
+  if (!TEMPLATES.includes(template)) throw new PredictError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, 'BAD_INPUT');
+  const batch = opt.batchSize ?? 4;
+  if (!(Number.isInteger(batch) && batch >= 1)) throw new PredictError('batch size must be a positive integer', 'BAD_INPUT');
+  const maxSource = opt.maxSourceLength ?? 512;
+  const loaded = await loadItems(opt);
+  const { format, field, errors } = loaded;
+  if (errors.length && (opt.onError ?? 'fail') === 'fail') {
+    const shown = errors.slice(0, 20).map((e) => `  ${opt.data}:${e.line}: ${e.reason}`).join('\n');
+    throw new PredictError(
+      `${errors.length} bad record(s) in ${opt.data}:\n${shown}${errors.length > 20 ? `\n  … and ${errors.length - 20} more` : ''}`,
+      'BAD_INPUT',
+      errors,
+      'Fix the lines above, or pass --on-error skip to leave them out.',
+    );
+  }
+  const items = opt.limit !== undefined ? loaded.items.slice(0, Math.max(0, opt.limit)) : loaded.items;
+  if (!items.length) throw new PredictError(`no usable record in ${opt.data}`, 'BAD_INPUT', errors);
+
+  const out = path.resolve(opt.out);
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  const partial = `${out}.partial`;
+  const metaFile = `${out}.partial.json`;
+  const meta = JSON.stringify({
+    v: 1,
+    data: await sha256File(opt.data),
+    model: path.resolve(opt.model),
+    adapter: opt.adapter ? path.resolve(opt.adapter) : null,
+    tokenizer: opt.tokenizer ? path.resolve(opt.tokenizer) : null,
+    template,
+    maxSource,
+    params: opt.params ?? {},
+    limit: opt.limit ?? null,
+    format,
+    columns: opt.columns ?? null,
+    skipped: errors.length,
+  });
+  let resumed = 0;
+  if (opt.resume !== false && fs.existsSync(metaFile) && fs.readFileSync(metaFile, 'utf8') === meta) {
+    const p = readPartial(partial);
+    if (p && p.lines <= items.length) {
+      fs.truncateSync(partial, p.bytes);
+      resumed = p.lines;
+    }
+  }
+  if (!resumed) {
+    fs.writeFileSync(partial, '');
+    fs.writeFileSync(metaFile, meta);
+  }
+
+  const host = opt.host ?? new EngineHost();
+  const ownHost = !opt.host;
+  const fd = fs.openSync(partial, 'a');
+  let tokens = 0;
+  let done = resumed;
+  const finish = { stop: 0, length: 0 };
+  const progress = () => opt.onProgress?.({ done, total: items.length, resumed, tokens });
+  // aborts this call's requests only (the host may be shared with chat)
+  const mine = new AbortController();
+  const onAbort = () => mine.abort();
+  opt.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    progress();
+    const inFlight = new Map<number, Promise<HostGenerateResult>>();
+    const launch = (i: number) => {
+      const it = items[i]!;
+      const p = host.generate({
+        model: opt.model,
+        adapter: opt.adapter ?? null,
+        tokenizer: opt.tokenizer ?? null,
+        messages: it.turns,
+        template,
+        maxSourceLength: maxSource,
+        ...(opt.params ? { params: opt.params } : {}),
+      }, undefined, { signal: mine.signal });
+      p.catch(() => {});
+      inFlight.set(i, p);
+    };
+    let next = resumed;
+    for (let i = resumed; i < items.length; i++) {
+      while (next < items.length && next < i + batch && !opt.signal?.aborted) launch(next++);
+      if (opt.signal?.aborted) throw new PredictError('stopped', 'STOPPED');
+      let r: HostGenerateResult;
+      try {
+        r = await inFlight.get(i)!;
+      } catch (err) {
+        const e = err as EngineHostError;
+        throw new PredictError(`generation failed for ${opt.data}:${items[i]!.line}: ${e.message}`, 'ENGINE', [], e.hint);
+      } finally {
+        inFlight.delete(i);
+      }
+      if (r.finish === 'aborted' || opt.signal?.aborted) throw new PredictError('stopped', 'STOPPED');
+      finish[r.finish]++;
+      tokens += r.ids.length;
+      const rec = { ...items[i]!.rec, [field]: r.text };
+      fs.writeSync(fd, JSON.stringify(rec) + '\n');
+      done++;
+      progress();
+    }
+    fs.fsyncSync(fd);
+  } catch (err) {
+    mine.abort();
+    if (err instanceof PredictError) {
+      const kept = `${done} of ${items.length} predictions are kept in ${partial}; run the same command again to resume`;
+      throw new PredictError(err.code === 'STOPPED' ? `stopped: ${kept}` : `${err.message}\n${kept}`, err.code, err.errors, err.hint);
+    }
+    throw err;
+  } finally {
+    opt.signal?.removeEventListener('abort', onAbort);
+    fs.closeSync(fd);
+    if (ownHost) await host.dispose();
+  }
+  fs.renameSync(partial, out);
+  fs.rmSync(metaFile, { force: true });
+  return {
+    out,
+    format,
+    field,
+    records: loaded.records,
+    written: items.length,
+    resumed,
+    skipped: errors.length,
+    errors,
+    finish,
+    tokens,
+    seconds: (Date.now() - t0) / 1000,
+  };
+}
