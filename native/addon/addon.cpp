@@ -169,7 +169,8 @@ class Model : public Napi::ObjectWrap<Model> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Model",
-                       {InstanceMethod<&Model::Generate>("generate"), InstanceMethod<&Model::Abort>("abort"),
+                       {InstanceMethod<&Model::Generate>("generate"), InstanceMethod<&Model::EvalLoss>("evalLoss"),
+                        InstanceMethod<&Model::Abort>("abort"),
                         InstanceMethod<&Model::Info>("info"), InstanceMethod<&Model::Free>("free")});
   }
   explicit Model(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Model>(info) {
@@ -220,6 +221,7 @@ class Model : public Napi::ObjectWrap<Model> {
     return env.Undefined();
   }
   Napi::Value Generate(const Napi::CallbackInfo &info);
+  Napi::Value EvalLoss(const Napi::CallbackInfo &info);
   llmt_model *handle_ = nullptr;
 };
 
@@ -345,6 +347,116 @@ Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
   }
   abort_ = false;
   auto *w = new GenerateWorker(env, this, Napi::Persistent(Value()), std::move(prompt), params, on_token);
+  Napi::Promise p = w->Promise();
+  w->Queue();
+  return p;
+}
+
+// The evaluation loss on a worker thread (llmt_model_eval_loss): progress events through a ThreadSafeFunction,
+// settled like GenerateWorker (after the worker AND every queued callback); abort() rejects with ABORTED.
+class EvalWorker : public Napi::AsyncWorker {
+ public:
+  EvalWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, std::string path, int64_t batch, Napi::Function on_progress)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), model_(model), ref_(std::move(ref)),
+        path_(std::move(path)), batch_(batch) {
+    SuppressDestruct();
+    if (!on_progress.IsEmpty() && !on_progress.IsUndefined()) {
+      pending_ = 2;
+      tsfn_ = Napi::ThreadSafeFunction::New(env, on_progress, "llmt.evalLoss.onProgress", 0, 1, this,
+                                            [](Napi::Env, EvalWorker *self) { self->Settle(); });
+    }
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    char *out = nullptr;
+    status_ = llmt_model_eval_loss(
+        model_->handle(), path_.c_str(), batch_,
+        [](void *user, const char *event) {
+          auto *self = static_cast<EvalWorker *>(user);
+          if (!self->tsfn_) return;
+          std::string *copy = new std::string(event);
+          napi_status s = self->tsfn_.NonBlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::string *e) {
+            if (env != nullptr && !fn.IsEmpty()) {
+              Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+              fn.Call({J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, *e)})});
+            }
+            delete e;
+          });
+          if (s != napi_ok) delete copy;
+        },
+        [](void *user) { return static_cast<EvalWorker *>(user)->model_->abort_.load() ? 1 : 0; }, this, &out);
+    if (status_ == LLMT_OK) {
+      result_ = out;
+      llmt_free_string(out);
+    } else {
+      message_ = llmt_last_error();
+    }
+    if (tsfn_) tsfn_.Release();
+  }
+  void OnOK() override { Settle(); }
+  void OnError(const Napi::Error &e) override {
+    error_ = Napi::Persistent(e.Value());
+    Settle();
+  }
+
+ private:
+  void Settle() {
+    if (--pending_ > 0) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    model_->busy_ = false;
+    if (!error_.IsEmpty()) {
+      deferred_.Reject(error_.Value());
+    } else if (status_ != LLMT_OK) {
+      deferred_.Reject(engine_error(env, status_, message_).Value());
+    } else {
+      Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+      deferred_.Resolve(J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, result_)}));
+    }
+    delete this;
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Model *model_;
+  Napi::ObjectReference ref_;  // keeps the JS Model alive while evaluating
+  std::string path_;
+  int64_t batch_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::ObjectReference error_;
+  int pending_ = 1;
+  llmt_status status_ = LLMT_OK;
+  std::string message_, result_;
+};
+
+Napi::Value Model::EvalLoss(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  if (!handle_) {
+    engine_error(env, LLMT_ERR_BAD_INPUT, "the model was freed").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  std::string path;
+  if (!need_string(info, 0, "evalLoss(tokPath, options?, onProgress?): tokPath", path)) return env.Undefined();
+  int64_t batch = 4;
+  if (info.Length() > 1 && info[1].IsObject()) {
+    Napi::Value b = info[1].As<Napi::Object>().Get("batchSize");
+    if (!b.IsUndefined()) {
+      if (!b.IsNumber() || b.As<Napi::Number>().DoubleValue() < 1 ||
+          b.As<Napi::Number>().DoubleValue() != static_cast<double>(b.As<Napi::Number>().Int64Value())) {
+        Napi::TypeError::New(env, "evalLoss: options.batchSize must be a positive integer").ThrowAsJavaScriptException();
+        return env.Undefined();
+      }
+      batch = b.As<Napi::Number>().Int64Value();
+    }
+  }
+  Napi::Function on_progress;
+  if (info.Length() > 2 && info[2].IsFunction()) on_progress = info[2].As<Napi::Function>();
+  bool expected = false;
+  if (!busy_.compare_exchange_strong(expected, true)) {
+    engine_error(env, LLMT_ERR_BAD_INPUT, "this model is busy (generating or evaluating); wait for it or abort() it").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  abort_ = false;
+  auto *w = new EvalWorker(env, this, Napi::Persistent(Value()), std::move(path), batch, on_progress);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

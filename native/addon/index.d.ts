@@ -50,9 +50,26 @@ export interface GenerateParams {
   stop_ids?: number[];
 }
 
+export interface EvalLossResult {
+  /** mean token loss (labels ≠ −100, shifted) over the whole set */
+  loss: number;
+  /** scored tokens */
+  tokens: number;
+  samples: number;
+  /** exp(loss) */
+  perplexity: number;
+}
+
 export interface NativeModel {
   /** Streams each token to onToken; resolves when done (aborted: true after abort()). One at a time. */
   generate(promptIds: number[], params?: GenerateParams, onToken?: (e: { token: number; index: number }) => void): Promise<{ ids: number[]; aborted: boolean }>;
+  /**
+   * Evaluation loss on a tokenized dataset (.tok), computed as a training job's eval with eval_batch_size =
+   * batchSize (default 4): the same value bit for bit. onProgress after each batch (samples done/total).
+   * abort() rejects it with code ABORTED. One operation (generate or evalLoss) at a time per model.
+   */
+  evalLoss(tokPath: string, options?: { batchSize?: number }, onProgress?: (e: { event: 'progress'; done: number; total: number }) => void): Promise<EvalLossResult>;
+  /** Stops the running generate/evalLoss/generateBatch. */
   abort(): void;
   info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number };
   /** Releases the weights now (else when garbage-collected). Throws while generating. */

@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
+#include <cstdlib>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
@@ -15,6 +17,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <unistd.h>
 
 #include "../engine/json.hpp"
 #include "llmt.h"
@@ -42,11 +46,23 @@ const char *kUsage =
     "  generate --model DIR [--adapter DIR] (--prompt-ids 1,2,3 | --tokens T.json) [--max-new-tokens N]\n"
     "           [--temperature X] [--top-k K] [--top-p P] [--repetition-penalty R] [--greedy] [--seed N]\n"
     "                                     generated ids as JSON {\"ids\": [...]}; tokens stream to stderr with --stream\n"
+    "  eval --model DIR [--adapter DIR] --data FILE.tok [--batch N] [--json] [--progress]\n"
+    "                                     evaluation loss and perplexity on a tokenized dataset, computed as a training\n"
+    "                                     job's eval (eval_batch_size N, default 4): the same value bit for bit;\n"
+    "                                     --progress: {\"event\":\"progress\",...} lines on stderr\n"
     "  train --job JOB.json               run a training job; JSON-lines events on stdout; stdin lines\n"
     "                                     \"stop\" (checkpoint, then exit) and \"abort\"; SIGTERM/SIGINT = stop\n"
+    "                                     data-parallel over several workers when RANK/WORLD_SIZE/MASTER_ADDR/\n"
+    "                                     MASTER_PORT (torchrun) or SLURM_PROCID/SLURM_NTASKS (srun) are set;\n"
+    "                                     see docs/distributed.md\n"
     "  bench --model DIR [--adapter DIR] [--batch B] [--seq T] [--iters N] [--warmup W]\n"
     "                                     time one forward and one forward+backward (LoRA step) on random\n"
     "                                     tokens; prints JSON with milliseconds and tokens/s\n"
+    "  convert DIR [--out DIR] [--max-shard-bytes N]\n"
+    "                                     pytorch_model.bin (sharded too) or adapter_model.bin -> safetensors, read by a\n"
+    "                                     restricted unpickler that runs no code; in place unless --out (a new folder)\n"
+    "  merge --model DIR --adapter DIR --out DIR [--dtype auto|float32|float16|bfloat16] [--max-shard-bytes N]\n"
+    "                                     merge a LoRA adapter (or a vocabulary-extending delta) into its base; HF folder\n"
     "  help                               this text\n"
     "\n"
     "options for every command: --threads N (CPU worker threads)\n";
@@ -435,6 +451,69 @@ int cmd_bench(const Args &a) {
   return 0;
 }
 
+int cmd_eval(const Args &a) {
+  const std::string model = a.get("--model"), adapter = a.get("--adapter"), data = a.get("--data");
+  if (model.empty() || data.empty()) return usage_error("eval needs --model and --data");
+  char *end = nullptr;
+  const long long batch = std::strtoll(a.get("--batch", "4").c_str(), &end, 10);
+  if (*end || batch < 1) return usage_error("eval: --batch must be a positive integer");
+  ModelHandle h;
+  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  if (st) return fail(st);
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
+  char *out = nullptr;
+  st = llmt_model_eval_loss(
+      h.m, data.c_str(), batch,
+      a.has("--progress") ? static_cast<llmt_event_fn>([](void *, const char *e) { std::fprintf(stderr, "%s\n", e); }) : nullptr,
+      [](void *) { return g_control.load() ? 1 : 0; }, nullptr, &out);
+  if (st) return fail(st);
+  Json r;
+  std::string err;
+  Json::parse(out, r, err);
+  if (a.has("--json")) std::printf("%s\n", out);
+  else
+    std::printf("eval loss %.6f  perplexity %.4f  (%lld tokens, %lld samples)\n", r.get_number("loss", NAN), r.get_number("perplexity", NAN),
+                static_cast<long long>(r.get_int("tokens", 0)), static_cast<long long>(r.get_int("samples", 0)));
+  llmt_free_string(out);
+  return 0;
+}
+
+// Progress of convert/merge on stderr: one line per tensor when not a TTY, a rewritten line on a TTY.
+void op_progress(void *user, const char *json) {
+  Json e;
+  std::string err;
+  if (!Json::parse(json, e, err)) return;
+  const bool tty = user != nullptr;
+  std::fprintf(stderr, tty ? "\r%s %lld/%lld %-60.60s" : "%s %lld/%lld %s\n", e.get_string("stage").c_str(),
+               static_cast<long long>(e.get_int("done", 0)), static_cast<long long>(e.get_int("total", 0)),
+               e.get_string("name").c_str());
+}
+
+int cmd_model_op(const std::string &cmd, const Args &a, const std::string &positional) {
+  Json opts = Json::object();
+  if (a.has("--max-shard-bytes")) opts.set("max_shard_bytes", Json::integer(std::atoll(a.get("--max-shard-bytes").c_str())));
+  if (a.has("--dtype")) opts.set("dtype", Json::string(a.get("--dtype")));
+  void *tty = isatty(2) ? reinterpret_cast<void *>(1) : nullptr;
+  // SIGTERM/SIGINT stop between tensors: the engine removes its temporary output and nothing half-written stays.
+  std::signal(SIGTERM, on_signal);
+  std::signal(SIGINT, on_signal);
+  auto stop = [](void *) -> int { return g_control.load() != 0; };
+  char *out = nullptr;
+  llmt_status st;
+  if (cmd == "convert") {
+    st = llmt_model_convert(positional.c_str(), a.get("--out").c_str(), opts.dump().c_str(), op_progress, stop, tty, &out);
+  } else {
+    st = llmt_model_merge(a.get("--model").c_str(), a.get("--adapter").c_str(), a.get("--out").c_str(), opts.dump().c_str(),
+                          op_progress, stop, tty, &out);
+  }
+  if (tty) std::fputc('\n', stderr);
+  if (st) return fail(st);
+  std::printf("%s\n", out);
+  llmt_free_string(out);
+  return 0;
+}
+
 }  // namespace
 
 int run_main(int argc, char **argv);
@@ -512,11 +591,29 @@ int run_main(int argc, char **argv) {
     if (int r = apply_threads(a)) return r;
     return cmd_generate(a);
   }
+  if (cmd == "eval") {
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--data", "--batch", "--threads"}, {"--json", "--progress"});
+    if (!a.error.empty()) return usage_error("eval: " + a.error);
+    if (int r = apply_threads(a)) return r;
+    return cmd_eval(a);
+  }
   if (cmd == "bench") {
     Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads"}, {});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);
+  }
+  if (cmd == "convert") {
+    if (argc < 3 || argv[2][0] == '-') return usage_error("convert needs the model (or adapter) folder: convert DIR [--out DIR]");
+    Args a = parse_args(argc, argv, 3, {"--out", "--max-shard-bytes", "--threads"}, {});
+    if (!a.error.empty()) return usage_error("convert: " + a.error);
+    return cmd_model_op(cmd, a, argv[2]);
+  }
+  if (cmd == "merge") {
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--out", "--dtype", "--max-shard-bytes", "--threads"}, {});
+    if (!a.error.empty()) return usage_error("merge: " + a.error);
+    if (!a.has("--model") || !a.has("--adapter") || !a.has("--out")) return usage_error("merge needs --model, --adapter and --out");
+    return cmd_model_op(cmd, a, "");
   }
   std::fprintf(stderr, "llmt-engine: unknown command '%s'\n%s", cmd.c_str(), kUsage);
   return 2;

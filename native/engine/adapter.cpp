@@ -13,6 +13,7 @@
 #include "model.hpp"
 #include "safetensors.hpp"
 #include "status.hpp"
+#include "torchbin.hpp"
 
 namespace llmt {
 
@@ -133,15 +134,17 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
   for (const auto &kv : j.get("alpha_pattern").members())
     if (kv.second.is_number()) s.alpha_pattern[kv.first] = kv.second.as_double();
 
-  const std::string wpath = dir + "/adapter_model.safetensors";
+  std::string wpath = dir + "/adapter_model.safetensors";
   struct stat sb;
+  std::unique_ptr<SafetensorsFile> f;
   if (::stat(wpath.c_str(), &sb) != 0) {
-    if (::stat((dir + "/adapter_model.bin").c_str(), &sb) == 0) {
-      return set_error(LLMT_ERR_UNSUPPORTED, dir + " holds adapter_model.bin (a pickle); convert it to safetensors first (it is never unpickled here)");
-    }
-    return set_error(LLMT_ERR_IO, wpath + " is missing");
+    if (::stat((dir + "/adapter_model.bin").c_str(), &sb) != 0) return set_error(LLMT_ERR_IO, wpath + " is missing");
+    // A PyTorch pickle: read by the restricted unpickler (torchbin.hpp), which runs no code from the file.
+    wpath = dir + "/adapter_model.bin";
+    f = open_torch_checkpoint(wpath, st);
+  } else {
+    f = SafetensorsFile::open(wpath, st);
   }
-  std::unique_ptr<SafetensorsFile> f = SafetensorsFile::open(wpath, st);
   if (!f) return st;
   st = add_lora(s, 0);
   if (st != LLMT_OK) return set_error(st, "adapter " + dir + " does not fit the model in " + dir_ + ": " + llmt_last_error());

@@ -8,10 +8,12 @@
 #include <string>
 
 #include "../cpu/ops.hpp"
+#include "evaluate.hpp"
 #include "family.hpp"
 #include "generate.hpp"
 #include "json.hpp"
 #include "model.hpp"
+#include "modelops.hpp"
 #include "safetensors.hpp"
 #include "status.hpp"
 #include "train.hpp"
@@ -304,6 +306,45 @@ llmt_status llmt_model_generate(llmt_model *model, const int32_t *prompt, int64_
   });
 }
 
+llmt_status llmt_model_eval_loss(llmt_model *model, const char *tok_path, int64_t batch_size, llmt_event_fn on_event,
+                                 llmt_abort_fn abort, void *user, char **out_json) {
+  return guarded("eval", [&]() -> llmt_status {
+    if (out_json) *out_json = nullptr;
+    if (!model || !tok_path || !out_json) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_eval_loss: NULL argument");
+    if (batch_size < 1) return set_error(LLMT_ERR_BAD_INPUT, "eval: the batch size must be at least 1");
+    llmt_status st;
+    auto data = TokData::open(tok_path, st);
+    if (!data) return st;
+    const ModelConfig &c = model->m->config();
+    if (data->max_token_id() >= c.vocab) {
+      return set_error(LLMT_ERR_BAD_INPUT, std::string(tok_path) + " uses token id " + std::to_string(data->max_token_id()) +
+                                               " but the model's vocabulary has " + std::to_string(c.vocab) +
+                                               " tokens: was it tokenized for another model?");
+    }
+    EvalProgress p;
+    if (abort) p.aborted = [&] { return abort(user) != 0; };
+    if (on_event) {
+      p.batch = [&](int64_t done, int64_t total) {
+        std::string e = "{\"event\":\"progress\",\"done\":" + std::to_string(done) + ",\"total\":" + std::to_string(total) + "}";
+        on_event(user, e.c_str());
+      };
+    }
+    double acc[2] = {0, 0};
+    if ((st = eval_loss_sums(*model->m, *data, batch_size, 0, 1, p, acc))) return st;
+    const int64_t tokens = static_cast<int64_t>(acc[1]);
+    if (!tokens) return set_error(LLMT_ERR_BAD_INPUT, std::string("eval: no token of ") + tok_path + " is scored (every label is -100)");
+    const double loss = acc[0] / acc[1];
+    Json o = Json::object();
+    o.set("loss", Json::number(loss));
+    o.set("tokens", Json::integer(tokens));
+    o.set("samples", Json::integer(data->size()));
+    o.set("perplexity", Json::number(std::exp(loss)));
+    *out_json = dup_string(o.dump());
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
 llmt_status llmt_train(const char *job_json, llmt_event_fn on_event, llmt_abort_fn control, void *user) {
   return guarded("train", [&]() -> llmt_status {
     if (!job_json) return set_error(LLMT_ERR_BAD_INPUT, "llmt_train: NULL job");
@@ -326,6 +367,44 @@ llmt_status llmt_train(const char *job_json, llmt_event_fn on_event, llmt_abort_
     llmt_status st = run_training(job, ctl);
     if (st == LLMT_OK) clear_error();
     return st;
+  });
+}
+
+llmt_status llmt_model_convert(const char *dir, const char *out_dir, const char *options_json, llmt_event_fn on_event,
+                               llmt_abort_fn abort, void *user, char **out_json) {
+  return guarded("convert", [&]() -> llmt_status {
+    if (!dir) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_convert: NULL dir");
+    Json opts = Json::object();
+    std::string err;
+    if (options_json && *options_json && !Json::parse(options_json, opts, err))
+      return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_convert: options are not valid JSON: " + err);
+    OpCallbacks cb{on_event, abort, user};
+    Json report;
+    llmt_status st = convert_checkpoint(dir, out_dir ? out_dir : "", static_cast<uint64_t>(opts.get_int("max_shard_bytes", 0)),
+                                        cb, report);
+    if (st) return st;
+    if (out_json) *out_json = dup_string(report.dump());
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_merge(const char *model_dir, const char *adapter_dir, const char *out_dir, const char *options_json,
+                             llmt_event_fn on_event, llmt_abort_fn abort, void *user, char **out_json) {
+  return guarded("merge", [&]() -> llmt_status {
+    if (!model_dir || !adapter_dir || !out_dir || !*out_dir)
+      return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_merge: model_dir, adapter_dir and out_dir are required");
+    Json opts = Json::object();
+    std::string err;
+    if (options_json && *options_json && !Json::parse(options_json, opts, err))
+      return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_merge: options are not valid JSON: " + err);
+    OpCallbacks cb{on_event, abort, user};
+    Json report;
+    llmt_status st = merge_adapter(model_dir, adapter_dir, out_dir, opts, cb, report);
+    if (st) return st;
+    if (out_json) *out_json = dup_string(report.dump());
+    clear_error();
+    return LLMT_OK;
   });
 }
 

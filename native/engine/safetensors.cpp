@@ -33,6 +33,7 @@
 
 #include "json.hpp"
 #include "status.hpp"
+#include "torchbin.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -519,9 +520,25 @@ const TensorInfo *SafetensorsFile::find(const std::string &name) const {
   return it == index_.end() ? nullptr : it->second;
 }
 
+std::unique_ptr<SafetensorsFile> SafetensorsFile::adopt(const std::string &path, void *map, size_t map_size,
+                                                        std::vector<std::vector<uint8_t>> owned,
+                                                        std::vector<TensorInfo> tensors, const std::string &format) {
+  std::unique_ptr<SafetensorsFile> sf(new SafetensorsFile());
+  sf->path_ = path;
+  sf->map_ = map;
+  sf->map_size_ = map_size;
+  sf->owned_ = std::move(owned);
+  sf->tensors_ = std::move(tensors);
+  sf->format_ = format;
+  for (const TensorInfo &t : sf->tensors_) sf->index_[t.name] = &t;
+  return sf;
+}
+
 llmt_status SafetensorsFile::read_f32(const TensorInfo &t, float *out) const {
   const auto *lo = static_cast<const uint8_t *>(map_);
-  if (!lo || t.data < lo || t.data + t.nbytes > lo + map_size_)
+  bool inside = lo && t.data >= lo && t.data + t.nbytes <= lo + map_size_;
+  for (const auto &b : owned_) inside = inside || (t.data >= b.data() && t.data + t.nbytes <= b.data() + b.size());
+  if (!inside && t.nbytes > 0)
     return set_error(LLMT_ERR_BAD_INPUT, "tensor '" + t.name + "' does not belong to file " + path_);
   if (!out && t.nbytes > 0)
     return set_error(LLMT_ERR_BAD_INPUT, "read_f32 of tensor '" + t.name + "': output pointer is NULL");
@@ -626,6 +643,7 @@ llmt_status write_safetensors(const std::string &path, const std::vector<TensorT
 
 std::unique_ptr<WeightSet> WeightSet::open_dir(const std::string &dir, llmt_status &status) {
   static const char *const kIndexName = "model.safetensors.index.json";
+  static const char *const kBinIndexName = "pytorch_model.bin.index.json";
   auto fail = [&](llmt_status code, const std::string &msg) {
     status = set_error(code, msg);
     return nullptr;
@@ -640,47 +658,51 @@ std::unique_ptr<WeightSet> WeightSet::open_dir(const std::string &dir, llmt_stat
   std::unique_ptr<WeightSet> ws(new WeightSet());
   const std::string index_path = join_path(dir, kIndexName);
   const std::string single_path = join_path(dir, "model.safetensors");
+  const std::string bin_index_path = join_path(dir, kBinIndexName);
+  const std::string bin_path = join_path(dir, "pytorch_model.bin");
+  using Opener = std::unique_ptr<SafetensorsFile> (*)(const std::string &, llmt_status &);
 
-  if (path_exists(index_path)) {
+  // A sharded set: `index` names each tensor's shard; every shard must exist before any is opened.
+  auto open_indexed = [&](const std::string &index_file, const char *index_name, Opener opener) -> bool {
     std::string text;
-    llmt_status s = read_text_file(index_path, text);
+    llmt_status s = read_text_file(index_file, text);
     if (s != LLMT_OK) {
       status = s;
-      return nullptr;
+      return false;
     }
     Json index;
     std::string jerr;
     if (!Json::parse(text, index, jerr))
-      return fail(LLMT_ERR_BAD_INPUT, index_path + " is not valid JSON (" + jerr + "); re-download it");
+      return fail(LLMT_ERR_BAD_INPUT, index_file + " is not valid JSON (" + jerr + "); re-download it"), false;
     const Json &map = index.get("weight_map");
     if (!map.is_object())
-      return fail(LLMT_ERR_BAD_INPUT, index_path + " has no \"weight_map\" object; re-download it");
+      return fail(LLMT_ERR_BAD_INPUT, index_file + " has no \"weight_map\" object; re-download it"), false;
 
     // Shards in order of first mention; all must exist before any is opened.
     std::vector<std::string> shards;
     std::set<std::string> seen;
     for (const auto &kv : map.members()) {
       if (!kv.second.is_string())
-        return fail(LLMT_ERR_BAD_INPUT, index_path + ": the weight_map entry for tensor '" + kv.first +
-                                            "' is not a file name string");
+        return fail(LLMT_ERR_BAD_INPUT, index_file + ": the weight_map entry for tensor '" + kv.first +
+                                            "' is not a file name string"), false;
       const std::string &shard = kv.second.as_string();
       if (!is_plain_relative_path(shard))
-        return fail(LLMT_ERR_BAD_INPUT, index_path + ": the weight_map entry for tensor '" + kv.first +
-                                            "' names an invalid shard file '" + shard + "'");
+        return fail(LLMT_ERR_BAD_INPUT, index_file + ": the weight_map entry for tensor '" + kv.first +
+                                            "' names an invalid shard file '" + shard + "'"), false;
       if (seen.insert(shard).second) shards.push_back(shard);
     }
     for (const std::string &shard : shards) {
       if (!path_exists(join_path(dir, shard)))
-        return fail(LLMT_ERR_IO, shard + " is missing (listed in " + std::string(kIndexName) + "); the download of " +
-                                     dir + " is incomplete");
+        return fail(LLMT_ERR_IO, shard + " is missing (listed in " + std::string(index_name) + "); the download of " +
+                                     dir + " is incomplete"), false;
     }
     std::map<std::string, const SafetensorsFile *> by_name;
     for (const std::string &shard : shards) {
       llmt_status s2 = LLMT_OK;
-      auto f = SafetensorsFile::open(join_path(dir, shard), s2);
+      auto f = opener(join_path(dir, shard), s2);
       if (!f) {
         status = s2;
-        return nullptr;
+        return false;
       }
       by_name[shard] = f.get();
       ws->files_.push_back(std::move(f));
@@ -688,24 +710,37 @@ std::unique_ptr<WeightSet> WeightSet::open_dir(const std::string &dir, llmt_stat
     for (const auto &kv : map.members()) {
       const SafetensorsFile *f = by_name[kv.second.as_string()];
       if (!f->find(kv.first))
-        return fail(LLMT_ERR_BAD_INPUT, "tensor '" + kv.first + "' is listed in " + std::string(kIndexName) +
+        return fail(LLMT_ERR_BAD_INPUT, "tensor '" + kv.first + "' is listed in " + std::string(index_name) +
                                             " under " + kv.second.as_string() +
                                             " but that shard does not contain it; the index and shards do not match "
-                                            "(mixed downloads?)");
+                                            "(mixed downloads?)"), false;
     }
-  } else if (path_exists(single_path)) {
+    return true;
+  };
+  auto open_single = [&](const std::string &file, Opener opener) -> bool {
     llmt_status s = LLMT_OK;
-    auto f = SafetensorsFile::open(single_path, s);
+    auto f = opener(file, s);
     if (!f) {
       status = s;
-      return nullptr;
+      return false;
     }
     ws->files_.push_back(std::move(f));
+    return true;
+  };
+
+  if (path_exists(index_path)) {
+    if (!open_indexed(index_path, kIndexName, &SafetensorsFile::open)) return nullptr;
+  } else if (path_exists(single_path)) {
+    if (!open_single(single_path, &SafetensorsFile::open)) return nullptr;
+  } else if (path_exists(bin_index_path)) {
+    ws->format_ = "pt";
+    if (!open_indexed(bin_index_path, kBinIndexName, &open_torch_checkpoint)) return nullptr;
+  } else if (path_exists(bin_path)) {
+    ws->format_ = "pt";
+    if (!open_single(bin_path, &open_torch_checkpoint)) return nullptr;
   } else {
-    std::string msg = "no safetensors weights found in " + dir + " (expected model.safetensors or " + kIndexName + ")";
-    if (path_exists(join_path(dir, "pytorch_model.bin")) || path_exists(join_path(dir, "pytorch_model.bin.index.json")))
-      msg += "; found pytorch_model.bin: .bin checkpoints must be converted to safetensors first";
-    return fail(LLMT_ERR_BAD_INPUT, msg);
+    return fail(LLMT_ERR_BAD_INPUT, "no weights found in " + dir + " (expected model.safetensors, " + kIndexName +
+                                        ", pytorch_model.bin or " + kBinIndexName + ")");
   }
 
   for (const auto &f : ws->files_) {

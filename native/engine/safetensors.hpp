@@ -58,8 +58,19 @@ class SafetensorsFile {
   /** Copies a tensor into `out` as float32 (converting F16/BF16/F64). Errors: BAD_INPUT for other dtypes. */
   llmt_status read_f32(const TensorInfo &t, float *out) const;
 
+  /** Wraps tensors another reader found (torchbin.cpp: PyTorch checkpoints). Their data lies inside `map`
+   *  (`map_size` bytes, now owned: unmapped — freed on Windows — with this object) or inside `owned`
+   *  (copies of non-contiguous views). `format` is "pt" for PyTorch checkpoints. */
+  static std::unique_ptr<SafetensorsFile> adopt(const std::string &path, void *map, size_t map_size,
+                                                std::vector<std::vector<uint8_t>> owned, std::vector<TensorInfo> tensors,
+                                                const std::string &format);
+  /** "safetensors", or what adopt() was given ("pt"). */
+  const std::string &format() const { return format_; }
+
  private:
   SafetensorsFile() = default;
+  std::string format_ = "safetensors";
+  std::vector<std::vector<uint8_t>> owned_;
   std::string path_;
   void *map_ = nullptr;
   size_t map_size_ = 0;
@@ -91,15 +102,21 @@ llmt_status write_safetensors(const std::string &path, const std::vector<TensorT
  */
 class WeightSet {
  public:
-  /** Opens `dir/model.safetensors` or `dir/model.safetensors.index.json` (+ shards). */
+  /** Opens `dir/model.safetensors` or `dir/model.safetensors.index.json` (+ shards); where neither exists,
+   *  `dir/pytorch_model.bin.index.json` (+ shards) or `dir/pytorch_model.bin` (see torchbin.hpp). */
   static std::unique_ptr<WeightSet> open_dir(const std::string &dir, llmt_status &status);
   const TensorInfo *find(const std::string &name) const;
   std::vector<std::string> names() const;  // sorted
   /** The file a tensor lives in (for error messages). */
   std::string file_of(const std::string &name) const;
   llmt_status read_f32(const std::string &name, float *out) const;
+  /** The files in order (shards in order of first mention in the index). */
+  const std::vector<std::unique_ptr<SafetensorsFile>> &files() const { return files_; }
+  /** "safetensors" or "pt" (pytorch_model.bin checkpoints, read by torchbin.cpp's restricted unpickler). */
+  const std::string &format() const { return format_; }
 
  private:
+  std::string format_ = "safetensors";
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, std::pair<const SafetensorsFile *, const TensorInfo *>> index_;
 };

@@ -37,6 +37,7 @@
 #include "../cpu/ops.hpp"
 #include "backend.hpp"
 #include "collective.hpp"
+#include "evaluate.hpp"
 #include "model.hpp"
 #include "rng.hpp"
 #include "safetensors.hpp"
@@ -264,30 +265,7 @@ std::vector<int64_t> epoch_order(int64_t n, uint64_t seed, int64_t epoch) {
   return p;
 }
 
-void make_batch(const TokData &data, const std::vector<int64_t> &idx, int64_t pad, Batch &b) {
-  int64_t T = 0;
-  for (int64_t i : idx) T = std::max(T, data.length(i));
-  b.B = static_cast<int64_t>(idx.size());
-  b.T = T;
-  b.ids.assign(static_cast<size_t>(b.B * T), static_cast<int32_t>(pad));
-  b.labels.assign(static_cast<size_t>(b.B * T), -100);
-  if (data.packed()) b.pos.assign(static_cast<size_t>(b.B * T), 0);
-  std::vector<int32_t> ids, labels, pos;
-  for (size_t r = 0; r < idx.size(); ++r) {
-    data.sample(idx[r], ids, labels);
-    std::copy(ids.begin(), ids.end(), b.ids.begin() + static_cast<int64_t>(r) * T);
-    std::copy(labels.begin(), labels.end(), b.labels.begin() + static_cast<int64_t>(r) * T);
-    if (data.packed()) {
-      data.positions(idx[r], pos);
-      int32_t next = 0;
-      for (int64_t t = 0; t < T; ++t) {  // padding continues the row's last sample
-        const int32_t v = t < static_cast<int64_t>(pos.size()) ? pos[static_cast<size_t>(t)] : next;
-        b.pos[static_cast<size_t>(static_cast<int64_t>(r) * T + t)] = v;
-        next = v + 1;
-      }
-    }
-  }
-}
+// make_batch: evaluate.cpp (shared with llmt_model_eval_loss)
 
 int64_t count_targets(const Batch &b) {
   int64_t c = 0;
@@ -324,7 +302,7 @@ struct Dist {
     int first = -1;
     std::string note;
     if (store) {
-      const double until = mono_s() + 2.0;
+      const double until = mono_s() + 1.0;
       while (first < 0 && mono_s() < until) {
         for (int r = 0; r < world() && first < 0; ++r) {
           std::vector<char> v;
@@ -790,20 +768,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   bool eval_comm_failed = false;
   auto evaluate = [&](double &loss, int64_t &tokens) -> llmt_status {
     double acc[2] = {0, 0};
-    int64_t bi = 0;
-    for (int64_t b0 = 0; b0 < eval->size(); b0 += job.eval_batch, ++bi) {
-      if (bi % W != dist.rank()) continue;
-      std::vector<int64_t> idx;
-      for (int64_t i = b0; i < std::min(eval->size(), b0 + job.eval_batch); ++i) idx.push_back(i);
-      Batch b;
-      make_batch(*eval, idx, eval->pad_id(), b);
-      RunOptions o;
-      RunResult r;
-      if (llmt_status s = model->run(b, o, r)) return s;
-      acc[0] += r.loss_sum;
-      acc[1] += static_cast<double>(r.count);
-      if (ctl.poll && ctl.poll() == 2) return set_error(LLMT_ERR_ABORTED, "aborted during evaluation");
-    }
+    EvalProgress ep;
+    ep.aborted = [&] { return ctl.poll && ctl.poll() == 2; };
+    if (llmt_status s = eval_loss_sums(*model, *eval, job.eval_batch, dist.rank(), W, ep, acc)) return s;
     if (dist.on() && dist.allreduce(acc, 2)) {
       eval_comm_failed = true;
       return LLMT_ERR_IO;

@@ -140,6 +140,40 @@ LLMT_API llmt_status llmt_model_generate(llmt_model *model, const int32_t *promp
                                          llmt_event_fn on_token, llmt_abort_fn abort, void *user, int32_t *out_ids,
                                          int64_t out_cap, int64_t *out_n);
 
+/* Evaluation loss on a tokenized dataset (a .tok file, or a JSON tokens file {"input_ids","labels"}), no dropout,
+ * computed exactly as a training job's eval (engine/evaluate.hpp): batches of batch_size consecutive samples,
+ * right-padded; loss = summed token cross-entropies / scored tokens (labels != -100, shifted). For the same file and
+ * eval_batch_size = batch_size, `loss` is bit-identical to the job's eval_loss. on_event (may be NULL) receives
+ * {"event":"progress","done":samples,"total":samples} after each batch; abort (may be NULL) is polled after each
+ * batch. *out_json receives {"loss","tokens","samples","perplexity"}; free it with llmt_free_string.
+ * Errors: IO, BAD_INPUT (bad file, ids beyond the vocabulary, batch_size < 1, no scored token), UNSUPPORTED
+ * (packed rows for ChatGLM-6B), NAN, ABORTED. */
+LLMT_API llmt_status llmt_model_eval_loss(llmt_model *model, const char *tok_path, int64_t batch_size, llmt_event_fn on_event,
+                                         llmt_abort_fn abort, void *user, char **out_json);
+
+/* ---- model manager: conversion and merging (see engine/modelops.hpp) --------------------------------------- */
+/* Converts the PyTorch checkpoint in `dir` (pytorch_model.bin, its sharded index, or a PEFT adapter folder's
+ * adapter_model.bin — read by a restricted unpickler that runs no code) to safetensors: into `dir` itself when
+ * out_dir is NULL/""/dir, else into a new folder out_dir with the other files copied (atomically: complete or
+ * absent). options_json (may be NULL): {"max_shard_bytes": N}. on_event (may be NULL) receives
+ * {"event":"progress","stage","done","total","name"}; abort (may be NULL) is polled per tensor. *out_json (may
+ * be NULL) receives {"out","kind","files","tensors","bytes"}; free it with llmt_free_string.
+ * Errors: IO, BAD_INPUT (damaged or malicious checkpoint, nothing to convert), UNSUPPORTED (legacy format),
+ * ABORTED. */
+LLMT_API llmt_status llmt_model_convert(const char *dir, const char *out_dir, const char *options_json,
+                                        llmt_event_fn on_event, llmt_abort_fn abort, void *user, char **out_json);
+
+/* Merges a PEFT LoRA adapter into its base and writes an HF folder out_dir (must not exist or be empty):
+ * W + s·B·A per LoRA pair (s = alpha/r, alpha/sqrt(r) with rsLoRA), modules_to_save tensors replace the
+ * base's, a larger embedding/lm_head extends the vocabulary (Chinese-LLaMA-Alpaca deltas; the adapter folder's
+ * tokenizer must match it). options_json (may be NULL): {"dtype": "auto"|"float32"|"float16"|"bfloat16",
+ * "max_shard_bytes": N}; auto keeps the base dtype. Callbacks and *out_json as llmt_model_convert
+ * ({"out","dtype","merged_modules","replaced_tensors","vocab_before","vocab_after","files",...}).
+ * Errors: IO, BAD_INPUT (adapter for another base, vocabulary mismatch, existing output), UNSUPPORTED, ABORTED. */
+LLMT_API llmt_status llmt_model_merge(const char *model_dir, const char *adapter_dir, const char *out_dir,
+                                      const char *options_json, llmt_event_fn on_event, llmt_abort_fn abort,
+                                      void *user, char **out_json);
+
 /* ---- training ------------------------------------------------------------------------------------------ */
 /* Runs a training job (JSON, see docs/formats.md) to its end. Events (started, step, eval, checkpoint,
  * warning, error, done) go to on_event, one JSON object per call. `control` (may be NULL) is polled between

@@ -113,6 +113,19 @@ export const DatasetEntry = z.object({
 
 const Empty = z.object({}).strict();
 
+const Sampling = z
+  .object({
+    max_new_tokens: z.number().int().min(1).max(32_768).optional(),
+    do_sample: z.boolean().optional(),
+    temperature: z.number().min(0).max(100).optional(),
+    top_k: z.number().int().min(0).optional(),
+    top_p: z.number().gt(0).max(1).optional(),
+    repetition_penalty: z.number().positive().max(100).optional(),
+    seed: z.number().int().min(0).optional(),
+  })
+  .strict();
+const ChatTarget = z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), template: z.string().optional() }).strict();
+
 /** A metric point as sent to the UI: [step, name, value (null = non-finite), unix seconds]. */
 export const MetricTuple = z.tuple([z.number(), z.string(), z.number().nullable(), z.number()]);
 export type MetricTuple = z.infer<typeof MetricTuple>;
@@ -197,6 +210,57 @@ export interface RunPlan {
   suggestions: string[];
   summary: string | null;
   estimate: { bytes: Record<string, number>; stepSeconds: number | null; totalSeconds: number | null; steps: number | null } | null;
+}
+export interface SamplingParams {
+  max_new_tokens?: number;
+  do_sample?: boolean;
+  temperature?: number;
+  top_k?: number;
+  top_p?: number;
+  repetition_penalty?: number;
+  seed?: number;
+}
+export interface ChatSessionInfo {
+  id: number;
+  title: string;
+  model: string;
+  adapter: string | null;
+  template: string;
+  system: string | null;
+  params: Required<SamplingParams>;
+  createdAt: string;
+  updatedAt: string;
+  messageCount?: number;
+}
+export interface ChatMessageInfo {
+  id: number;
+  role: 'system' | 'user' | 'assistant';
+  content: string;
+  meta: unknown;
+  createdAt: string;
+}
+export interface AnswerInfo {
+  text: string;
+  tokens: number;
+  promptTokens: number;
+  finish: 'stop' | 'length' | 'aborted';
+  seconds: number;
+  /** the engine host had died and was restarted before this answer (why), or null */
+  restarted: string | null;
+}
+/** One stored evaluation of a checkpoint (see docs/metrics.md). */
+export interface EvalInfo {
+  evalId: number;
+  runId: number | null;
+  checkpoint: string;
+  step: number | null;
+  data: string;
+  loss: { loss: number; perplexity: number; tokens: number } | null;
+  report: unknown;
+  predictions: string | null;
+  best?: { metric: string; value: number } | false;
+  seconds: number;
+  createdAt: string;
 }
 export interface CheckpointInfo {
   id: number;
@@ -299,6 +363,42 @@ export const methods = {
   listCheckpoints: method(z.object({ id: Id }).strict(), z.custom<CheckpointInfo[]>(), "A run's checkpoints."),
   getRunLog: method(z.object({ id: Id, lines: z.number().int().min(1).max(5000).optional() }).strict(), z.object({ lines: z.array(z.string()) }), "The tail of a run's train.log."),
   compareRuns: method(z.object({ ids: z.array(Id).min(1).max(16) }).strict(), z.custom<RunComparison>(), 'Several runs with their specs, the spec fields that differ, and their evaluations.'),
+  listChatSessions: method(Empty, z.custom<ChatSessionInfo[]>(), 'Saved chat sessions, most recent first.'),
+  createChatSession: method(
+    z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), template: z.string().optional(), system: z.string().max(20_000).nullable().optional(), title: z.string().max(200).optional(), params: Sampling.optional() }).strict(),
+    z.custom<ChatSessionInfo>(),
+    'A new chat with a base model and an adapter or checkpoint (or none), a template, a system prompt and sampling settings.',
+  ),
+  getChatSession: method(z.object({ id: Id }).strict(), z.custom<ChatSessionInfo & { messages: ChatMessageInfo[] }>(), 'A chat session with its messages.'),
+  updateChatSession: method(
+    z.object({ id: Id, title: z.string().max(200).optional(), adapter: z.string().max(4096).nullable().optional(), template: z.string().optional(), system: z.string().max(20_000).nullable().optional(), params: Sampling.optional() }).strict(),
+    z.custom<ChatSessionInfo>(),
+    "Changes a session's title, adapter, template, system prompt or sampling.",
+  ),
+  deleteChatSession: method(z.object({ id: Id }).strict(), z.object({ id: Id }), 'Deletes a chat session and its messages.'),
+  clearChatSession: method(z.object({ id: Id }).strict(), z.object({ removed: z.number().int() }), "Removes a session's messages."),
+  sendChat: method(
+    z.object({ id: Id, text: z.string().min(1).max(100_000), params: Sampling.optional() }).strict(),
+    z.custom<{ user: ChatMessageInfo; assistant: ChatMessageInfo; answer: AnswerInfo }>(),
+    'Adds a user message and answers it through the session template; tokens stream as chatDelta events.',
+  ),
+  stopChat: method(Empty, z.object({ stopped: z.boolean() }), 'Stops every answer being generated (what was generated is kept).'),
+  compareAnswers: method(
+    z.object({ requestId: z.string().min(1).max(64), a: ChatTarget, b: ChatTarget, prompt: z.string().min(1).max(100_000), system: z.string().max(20_000).nullable().optional(), params: Sampling.optional() }).strict(),
+    z.custom<{ a: AnswerInfo | { error: { code: string; message: string } }; b: AnswerInfo | { error: { code: string; message: string } } }>(),
+    'A/B: one prompt answered by two (model, adapter) choices side by side; deltas stream as chatDelta events with side a/b.',
+  ),
+  evaluateCheckpoint: method(
+    z.object({ runId: Id, checkpointPath: z.string().min(1).max(4096), data: z.string().min(1).max(4096), limit: z.number().int().min(1).optional(), predict: z.boolean().optional(), loss: z.boolean().optional() }).strict(),
+    z.custom<EvalInfo>(),
+    'Predictions + metrics (per task type) and eval loss/perplexity of one checkpoint on a test file; stored with the run.',
+  ),
+  evaluateAllCheckpoints: method(
+    z.object({ runId: Id, data: z.string().min(1).max(4096), metric: z.string().optional(), limit: z.number().int().min(1).optional(), predict: z.boolean().optional(), loss: z.boolean().optional() }).strict(),
+    z.custom<{ evals: EvalInfo[]; best: { evalId: number; checkpoint: string; metric: string; value: number } | null }>(),
+    "Evaluates every checkpoint of a run and marks the best (eval loss by default).",
+  ),
+  listEvals: method(z.object({ runId: Id }).strict(), z.custom<EvalInfo[]>(), "A run's stored evaluations."),
 } as const;
 
 export type Methods = typeof methods;
@@ -317,6 +417,12 @@ export const events = {
   runChanged: RunSummary,
   /** New metric points of a run (batched, at most every 500 ms). */
   metrics: z.object({ runId: Id, points: z.array(MetricTuple), lastRowid: z.number().int() }),
+  /** Generated text as it streams: a session's answer, or one side of an A/B request. */
+  chatDelta: z.object({ sessionId: Id.optional(), requestId: z.string().optional(), side: z.enum(['a', 'b']).optional(), delta: z.string() }),
+  /** The engine host (interactive generation) died and will restart on the next request. */
+  engineHost: z.object({ event: z.enum(['exit', 'restart']), message: z.string() }),
+  /** Progress of an evaluation. */
+  evalProgress: z.object({ runId: Id, phase: z.enum(['predict', 'loss']), done: z.number().int(), total: z.number().int(), checkpoint: z.string() }),
 } as const;
 
 export type Events = typeof events;

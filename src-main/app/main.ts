@@ -4,9 +4,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { BrowserWindow, app, dialog, net, protocol, session, shell } from 'electron';
+import { BrowserWindow, app, dialog, net, protocol, session, shell, utilityProcess } from 'electron';
 
 import { Core } from '../core/core.js';
+import { electronLauncher } from '../core/engine/host.js';
 import { appRoot, rendererDir } from '../core/paths.js';
 import { CONTENT_SECURITY_POLICY } from '../server/security.js';
 import { registerDefaults } from '../core/defaults.js';
@@ -85,7 +86,8 @@ async function main(): Promise<void> {
   });
   serveRenderer();
   const binding = electronSqliteBinding();
-  const core = new Core({ mode: 'desktop', ...(binding ? { sqliteBinding: binding } : {}) });
+  // interactive generation runs in an Electron utility process, so an engine crash cannot take the window down
+  const core = new Core({ mode: 'desktop', hostLauncher: electronLauncher(utilityProcess), ...(binding ? { sqliteBinding: binding } : {}) });
   registerDefaults(core);
   createWindow(core);
   app.on('window-all-closed', () => {

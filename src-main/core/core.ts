@@ -16,6 +16,9 @@ import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
 import { parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
 import { planRun, type RunHandle, RunService } from './runs/service.js';
+import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
+import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher } from './engine/host.js';
+import { type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint, listEvals } from './eval/service.js';
 import { StoreError } from './store/db.js';
 import { Store, type RunRow } from './store/store.js';
 
@@ -30,6 +33,32 @@ export interface CoreOptions {
   runsPollMs?: number;
   /** How often new metric points are pushed (ms); 0 disables it. */
   metricsPushMs?: number;
+  /** How the engine host (interactive generation) is started: Electron's utilityProcess in the app. */
+  hostLauncher?: Launcher;
+}
+
+function exitText(e: ExitInfo): string {
+  return `the engine process ${e.signal ? `was killed by ${e.signal}` : `exited with code ${e.code}`} at ${e.at}${e.failedRequests ? ` (${e.failedRequests} request(s) failed)` : ''}`;
+}
+
+function answerOf(r: HostGenerateResult): Res<'sendChat'>['answer'] {
+  return { text: r.text, tokens: r.ids.length, promptTokens: r.promptTokens, finish: r.finish, seconds: r.seconds, restarted: r.restarted ? exitText(r.restarted) : null };
+}
+
+function evalInfo(e: CheckpointEval): Res<'listEvals'>[number] {
+  return {
+    evalId: e.evalId,
+    runId: e.runId,
+    checkpoint: e.checkpoint,
+    step: e.step,
+    data: e.data,
+    loss: e.loss ? { loss: e.loss.loss, perplexity: e.loss.perplexity, tokens: e.loss.tokens } : null,
+    report: e.report,
+    predictions: e.predictions,
+    ...(e.best !== undefined ? { best: e.best } : {}),
+    seconds: e.seconds,
+    createdAt: e.createdAt,
+  };
 }
 
 const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [] };
@@ -111,6 +140,8 @@ export class Core {
   readonly runs: RunService;
   private readonly handles = new Map<number, RunHandle>();
   private metricsRowid = 0;
+  private hostInstance: EngineHost | null = null;
+  private chatInstance: ChatService | null = null;
   private readonly metricsTimer: NodeJS.Timeout | undefined;
 
   constructor(private readonly opts: CoreOptions) {
@@ -202,6 +233,21 @@ export class Core {
       this.events.emit('metrics', { runId: c.runId, points, lastRowid: c.maxRowid });
     }
     this.metricsRowid = Math.max(...changed.map((c) => c.maxRowid));
+  }
+
+  /** The engine host for chat and evaluation: a child process started on first use, restarted after a crash. */
+  get host(): EngineHost {
+    if (!this.hostInstance) {
+      this.hostInstance = new EngineHost(this.opts.hostLauncher ? { launcher: this.opts.hostLauncher } : {});
+      this.hostInstance.on('exit', (e: ExitInfo) => this.events.emit('engineHost', { event: 'exit', message: `${exitText(e)}; it restarts on the next request` }));
+      this.hostInstance.on('restart', (e: { reason: ExitInfo }) => this.events.emit('engineHost', { event: 'restart', message: `restarted after ${exitText(e.reason)}` }));
+    }
+    return this.hostInstance;
+  }
+
+  get chat(): ChatService {
+    if (!this.chatInstance) this.chatInstance = new ChatService(this.store, this.host);
+    return this.chatInstance;
   }
 
   private run(id: number): RunRow {
@@ -478,6 +524,107 @@ export class Core {
           fs.closeSync(fd);
         }
       },
+      listChatSessions: () => this.chat.listSessions(),
+      createChatSession: (req) => {
+        try {
+          return this.chat.createSession({
+            model: req.model,
+            ...(req.adapter ? { adapter: req.adapter } : {}),
+            ...(req.template ? { template: req.template as never } : {}),
+            ...(req.system !== undefined ? { system: req.system } : {}),
+            ...(req.title ? { title: req.title } : {}),
+            ...(req.params ? { params: req.params as SamplingParams } : {}),
+          });
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      getChatSession: (req) => {
+        const s = this.chat.getSession(req.id);
+        if (!s) throw new ApiError('NOT_FOUND', `chat session ${req.id} does not exist`);
+        return s;
+      },
+      updateChatSession: (req) => {
+        try {
+          const { id, ...patch } = req;
+          return this.chat.updateSession(id, patch as never);
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      deleteChatSession: (req) => {
+        if (!this.chat.deleteSession(req.id)) throw new ApiError('NOT_FOUND', `chat session ${req.id} does not exist`);
+        return { id: req.id };
+      },
+      clearChatSession: (req) => ({ removed: this.chat.clear(req.id) }),
+      sendChat: async (req) => {
+        try {
+          const r = await this.chat.send(req.id, req.text, (delta) => this.events.emit('chatDelta', { sessionId: req.id, delta }), req.params ? { params: req.params as SamplingParams } : {});
+          return { user: r.user, assistant: r.assistant, answer: answerOf(r.result) };
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      stopChat: () => {
+        if (this.hostInstance) this.hostInstance.stop();
+        return { stopped: this.hostInstance !== null };
+      },
+      compareAnswers: async (req) => {
+        try {
+          const target = (t: typeof req.a) => ({ model: t.model, ...(t.adapter ? { adapter: t.adapter } : {}), ...(t.template ? { template: t.template as never } : {}) });
+          const r = await compareAnswers(
+            this.host,
+            { a: target(req.a), b: target(req.b), prompt: req.prompt, ...(req.system !== undefined ? { system: req.system } : {}), ...(req.params ? { params: req.params as SamplingParams } : {}) },
+            (side, delta) => this.events.emit('chatDelta', { requestId: req.requestId, side, delta }),
+          );
+          const side = (x: (typeof r)['a']) => ('error' in x ? { error: x.error } : answerOf(x));
+          return { a: side(r.a), b: side(r.b) };
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      evaluateCheckpoint: async (req) => {
+        this.run(req.runId);
+        try {
+          const e = await evaluateCheckpoint(this.store, {
+            runId: req.runId,
+            checkpointPath: req.checkpointPath,
+            data: req.data,
+            host: this.host,
+            ...(req.limit ? { limit: req.limit } : {}),
+            ...(req.predict !== undefined ? { predict: req.predict } : {}),
+            ...(req.loss !== undefined ? { loss: req.loss } : {}),
+            onProgress: (p) => this.events.emit('evalProgress', { runId: req.runId, ...p }),
+          });
+          this.emitRun(this.run(req.runId));
+          return evalInfo(e);
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      evaluateAllCheckpoints: async (req) => {
+        this.run(req.runId);
+        try {
+          const r = await evaluateAllCheckpoints(this.store, {
+            runId: req.runId,
+            data: req.data,
+            host: this.host,
+            ...(req.metric ? { metric: req.metric as BestMetric } : {}),
+            ...(req.limit ? { limit: req.limit } : {}),
+            ...(req.predict !== undefined ? { predict: req.predict } : {}),
+            ...(req.loss !== undefined ? { loss: req.loss } : {}),
+            onProgress: (p) => this.events.emit('evalProgress', { runId: req.runId, ...p }),
+          });
+          this.emitRun(this.run(req.runId));
+          return { evals: r.evals.map(evalInfo), best: r.best };
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      listEvals: (req) => {
+        this.run(req.runId);
+        return listEvals(this.store, { runId: req.runId }).map(evalInfo);
+      },
       compareRuns: (req) => {
         const rows = req.ids.map((id) => this.run(id));
         const sums = this.summarize(rows);
@@ -497,6 +644,7 @@ export class Core {
     if (this.runsTimer) clearInterval(this.runsTimer);
     if (this.metricsTimer) clearInterval(this.metricsTimer);
     for (const h of this.handles.values()) h.stop();
+    if (this.hostInstance) void this.hostInstance.dispose();
     this.store.close();
   }
 }

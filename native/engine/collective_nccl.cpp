@@ -1,0 +1,185 @@
+// collective_nccl.cpp — the Collective interface over NCCL, loaded at run time with dlopen (libnccl.so.2 and
+// the CUDA runtime), so the engine builds and runs without either. The few NCCL/CUDA typedefs and prototypes
+// it needs are declared here (stable ABI since NCCL 2.x), or taken from nccl.h when the build has it.
+//
+// UNTESTED ON HARDWARE: this file compiles in every build, and the "library missing" path is tested, but no
+// run on GPUs has exercised it yet (the CUDA backend that would hand it device buffers is its own issue).
+//
+// Design: rank 0 makes the ncclUniqueId and publishes it through the rendezvous store; every rank then
+// calls ncclCommInitRank on device LOCAL_RANK. Each collective is enqueued on the caller's stream and then
+// waited for by polling cudaStreamQuery and ncclCommGetAsyncError with a deadline; on a timeout or an
+// asynchronous error (a dead peer) the communicator is aborted (ncclCommAbort), so a rank that loses its
+// peers returns an error instead of hanging in a kernel forever.
+#include <dlfcn.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+
+#include "collective.hpp"
+#include "status.hpp"
+
+namespace llmt {
+namespace {
+
+// ---- the slice of nccl.h / cuda_runtime_api.h we use (values fixed by NVIDIA's ABI) ----
+using ncclResult_t = int;
+constexpr ncclResult_t kNcclSuccess = 0, kNcclInProgress = 7;
+using ncclComm_t = void *;
+struct ncclUniqueId {
+  char internal[128];
+};
+constexpr int kNcclFloat32 = 7, kNcclFloat64 = 8, kNcclSum = 0;
+using cudaError_t = int;
+constexpr cudaError_t kCudaSuccess = 0, kCudaErrorNotReady = 600;
+
+struct NcclApi {
+  ncclResult_t (*GetUniqueId)(ncclUniqueId *) = nullptr;
+  ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int) = nullptr;
+  ncclResult_t (*AllReduce)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
+  ncclResult_t (*Broadcast)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
+  ncclResult_t (*CommDestroy)(ncclComm_t) = nullptr;
+  ncclResult_t (*CommAbort)(ncclComm_t) = nullptr;
+  ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *) = nullptr;
+  const char *(*GetErrorString)(ncclResult_t) = nullptr;
+  cudaError_t (*SetDevice)(int) = nullptr;
+  cudaError_t (*StreamQuery)(void *) = nullptr;
+  const char *(*CudaErrorString)(cudaError_t) = nullptr;
+};
+
+void *open_first(std::initializer_list<const char *> names, std::string &tried) {
+  for (const char *n : names) {
+    if (void *h = ::dlopen(n, RTLD_NOW | RTLD_LOCAL)) return h;
+    const char *e = ::dlerror();
+    tried += std::string(tried.empty() ? "" : "; ") + (e ? e : n);
+  }
+  return nullptr;
+}
+
+template <typename F>
+bool sym(void *h, const char *name, F &out) {
+  out = reinterpret_cast<F>(::dlsym(h, name));
+  return out != nullptr;
+}
+
+llmt_status load_api(NcclApi &api) {
+  std::string tried;
+  void *nccl = open_first({"libnccl.so.2", "libnccl.so"}, tried);
+  if (!nccl) {
+    return set_error(LLMT_ERR_UNSUPPORTED, "NCCL (libnccl.so.2) cannot be loaded: " + tried +
+                                               ". Install NVIDIA's NCCL (e.g. the libnccl2 package, or pip's nvidia-nccl-cu12 with its "
+                                               "lib folder on LD_LIBRARY_PATH)");
+  }
+  void *rt = open_first({"libcudart.so.13", "libcudart.so.12", "libcudart.so.11.0", "libcudart.so"}, tried);
+  if (!rt) return set_error(LLMT_ERR_UNSUPPORTED, "the CUDA runtime (libcudart.so) cannot be loaded: " + tried);
+  bool ok = sym(nccl, "ncclGetUniqueId", api.GetUniqueId) && sym(nccl, "ncclCommInitRank", api.CommInitRank) &&
+            sym(nccl, "ncclAllReduce", api.AllReduce) && sym(nccl, "ncclBroadcast", api.Broadcast) &&
+            sym(nccl, "ncclCommDestroy", api.CommDestroy) && sym(nccl, "ncclCommAbort", api.CommAbort) &&
+            sym(nccl, "ncclCommGetAsyncError", api.CommGetAsyncError) && sym(nccl, "ncclGetErrorString", api.GetErrorString) &&
+            sym(rt, "cudaSetDevice", api.SetDevice) && sym(rt, "cudaStreamQuery", api.StreamQuery) &&
+            sym(rt, "cudaGetErrorString", api.CudaErrorString);
+  if (!ok) return set_error(LLMT_ERR_UNSUPPORTED, "libnccl.so.2 or libcudart lacks a needed function (NCCL >= 2.4 is required)");
+  return LLMT_OK;
+}
+
+class NcclCollective : public Collective {
+ public:
+  NcclCollective(NcclApi api, ncclComm_t comm, int rank, int size, int64_t timeout_ms)
+      : api_(api), comm_(comm), rank_(rank), size_(size), timeout_ms_(timeout_ms) {}
+  ~NcclCollective() override {
+    if (comm_) (broken_ ? api_.CommAbort : api_.CommDestroy)(comm_);
+  }
+  const char *name() const override { return "nccl"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+
+  int allreduce_sum(void *buf, size_t count, CollDType type, void *stream) override {
+    if (broken_) return unusable();
+    const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
+    return finish("all-reduce", api_.AllReduce(buf, buf, count, dt, kNcclSum, comm_, stream), stream);
+  }
+  int broadcast(void *buf, size_t count, CollDType type, int root, void *stream) override {
+    if (broken_) return unusable();
+    const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
+    return finish("broadcast", api_.Broadcast(buf, buf, count, dt, root, comm_, stream), stream);
+  }
+  int barrier() override {
+    // NCCL has no barrier: an all-reduce of one element on the default stream needs device memory, which the
+    // CUDA backend provides; until then the trainer uses the store for start-up ordering only.
+    error_ = "nccl: barrier() needs a device buffer; use allreduce_sum on a one-element device buffer";
+    return LLMT_ERR_UNSUPPORTED;
+  }
+  const char *last_error() const override { return error_.c_str(); }
+
+ private:
+  int unusable() {
+    error_ = "nccl: the communicator was aborted after an earlier error";
+    return LLMT_ERR_CUDA;
+  }
+  // Waits for the enqueued operation with a deadline, watching NCCL's asynchronous errors (a dead peer).
+  int finish(const char *what, ncclResult_t r, void *stream) {
+    if (r != kNcclSuccess && r != kNcclInProgress) return fail(what, std::string("ncclResult ") + api_.GetErrorString(r));
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
+    for (;;) {
+      cudaError_t q = api_.StreamQuery(stream);
+      if (q == kCudaSuccess) return 0;
+      if (q != kCudaErrorNotReady) return fail(what, std::string("CUDA: ") + api_.CudaErrorString(q));
+      ncclResult_t async = kNcclSuccess;
+      api_.CommGetAsyncError(comm_, &async);
+      if (async != kNcclSuccess && async != kNcclInProgress) return fail(what, std::string("a peer failed: ") + api_.GetErrorString(async));
+      if (std::chrono::steady_clock::now() > deadline) return fail(what, "timed out after " + std::to_string(timeout_ms_ / 1000) + " s");
+      std::this_thread::sleep_for(std::chrono::microseconds(50));
+    }
+  }
+  int fail(const char *what, const std::string &why) {
+    broken_ = true;
+    error_ = std::string("nccl ") + what + " failed on rank " + std::to_string(rank_) + ": " + why;
+    return LLMT_ERR_CUDA;
+  }
+  NcclApi api_;
+  ncclComm_t comm_;
+  int rank_, size_;
+  int64_t timeout_ms_;
+  bool broken_ = false;
+  std::string error_;
+};
+
+}  // namespace
+
+std::unique_ptr<Collective> open_nccl(const DistEnv &env, KvStore &store, int device, int64_t timeout_ms, llmt_status &st) {
+  NcclApi api;
+  if ((st = load_api(api))) return nullptr;
+  if (cudaError_t e = api.SetDevice(device)) {
+    st = set_error(LLMT_ERR_CUDA, "cudaSetDevice(" + std::to_string(device) + "): " + api.CudaErrorString(e));
+    return nullptr;
+  }
+  ncclUniqueId id;
+  std::memset(&id, 0, sizeof id);
+  if (env.rank == 0) {
+    if (ncclResult_t r = api.GetUniqueId(&id)) {
+      st = set_error(LLMT_ERR_CUDA, std::string("ncclGetUniqueId: ") + api.GetErrorString(r));
+      return nullptr;
+    }
+    if (store.set("nccl/unique_id", std::vector<char>(id.internal, id.internal + sizeof id.internal))) {
+      st = set_error(LLMT_ERR_IO, store.last_error());
+      return nullptr;
+    }
+  } else {
+    std::vector<char> v;
+    if (store.get("nccl/unique_id", v, timeout_ms) || v.size() != sizeof id.internal) {
+      st = set_error(LLMT_ERR_IO, std::string("nccl: no unique id from rank 0: ") + store.last_error());
+      return nullptr;
+    }
+    std::memcpy(id.internal, v.data(), sizeof id.internal);
+  }
+  ncclComm_t comm = nullptr;
+  if (ncclResult_t r = api.CommInitRank(&comm, env.world_size, id, env.rank)) {
+    st = set_error(LLMT_ERR_CUDA, std::string("ncclCommInitRank: ") + api.GetErrorString(r));
+    return nullptr;
+  }
+  st = LLMT_OK;
+  return std::make_unique<NcclCollective>(api, comm, env.rank, env.world_size, timeout_ms);
+}
+
+}  // namespace llmt

@@ -1,0 +1,241 @@
+// Model manager against real references: checkpoints written by PyTorch's torch.save (safe .bin loading,
+// convert), a planted os.system pickle (refused, never run), adapter merge vs the engine's base+adapter and
+// vs PEFT's merge_and_unload, a Chinese-LLaMA-Alpaca style vocabulary-extending delta vs the merge script's
+// recipe (resize_token_embeddings + PEFT merge), and the GGUF export read by llama.cpp's gguf-py and — when
+// node-llama-cpp is installed (LLMT_NODE_LLAMA_CPP=<folder with node_modules>, see docs/models.md) — run by
+// llama.cpp itself with log-probabilities compared to ours.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { exportGguf } from '../../src-main/core/models/gguf';
+import { ROOT } from '../helpers/app';
+
+const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
+const REF = path.join(ROOT, 'tests', 'python', 'model_manager_ref.py');
+const HF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
+const NATIVE = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
+const ENGINE = path.join(NATIVE, 'llmt-engine');
+let tmp: string;
+
+function run(cmd: string, args: string[], ok = true) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
+  if (ok && r.status !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${r.status}):\n${r.stderr}\n${r.stdout}`);
+  return r;
+}
+const ref = (args: string[]) => run(PY, [REF, ...args]).stdout;
+const engine = (args: string[]) => run(ENGINE, args).stdout;
+const t = (name: string) => path.join(tmp, name);
+type Logits = number[][][];
+function logits(model: string, tokens: string, adapter?: string): Logits {
+  const out = t(`logits-${Math.random().toString(36).slice(2)}.json`);
+  engine(['forward', '--model', model, ...(adapter ? ['--adapter', adapter] : []), '--tokens', tokens, '--out', out]);
+  return (JSON.parse(fs.readFileSync(out, 'utf8')) as { logits: Logits }).logits;
+}
+function maxAbsDiff(a: Logits, b: Logits): number {
+  let m = 0;
+  a.forEach((r, i) => r.forEach((tok, j) => tok.forEach((x, k) => (m = Math.max(m, Math.abs(x - b[i]![j]![k]!))))));
+  return m;
+}
+
+beforeAll(() => {
+  if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\` (or set LLMT_PY)`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-models-'));
+  engine(['create-tiny', '--family', 'llama', '--out', t('base')]);
+  fs.writeFileSync(t('tokens.json'), JSON.stringify({ input_ids: [[1, 37, 99, 14, 250, 61, 8, 77, 300, 12]] }));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('PyTorch .bin checkpoints (restricted unpickler)', () => {
+  it('a folder with only pytorch_model.bin (torch.save) loads, inspects and gives its safetensors twin\'s logits', () => {
+    ref(['torch-save', '--model', t('base'), '--out', t('bin')]);
+    expect(fs.readdirSync(t('bin'))).toContain('pytorch_model.bin');
+    const info = JSON.parse(engine(['inspect', '--model', t('bin')])) as { parameters: number; dtype: string };
+    expect(info).toMatchObject({ supported: true, dtype: 'F32', parameters: 115008 });
+    expect(logits(t('bin'), t('tokens.json'))).toEqual(logits(t('base'), t('tokens.json')));
+  });
+
+  it('sharded fp16 .bin (pytorch_model.bin.index.json) converts once to identical safetensors shards', () => {
+    ref(['torch-save', '--model', t('base'), '--out', t('bin16'), '--dtype', 'f16', '--shards', '2']);
+    const before = logits(t('bin16'), t('tokens.json'));
+    const rep = JSON.parse(engine(['convert', t('bin16'), '--out', t('conv16')])) as { files: string[] };
+    expect(rep.files).toEqual(['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json']);
+    expect(fs.existsSync(t('conv16/tokenizer.json'))).toBe(true);
+    expect(fs.readdirSync(t('conv16')).some((f) => f.endsWith('.bin'))).toBe(false);
+    expect(logits(t('conv16'), t('tokens.json'))).toEqual(before);
+    expect(JSON.parse(engine(['inspect', '--model', t('conv16')])).dtype).toBe('F16');
+    // a missing shard is named
+    fs.rmSync(t('bin16/pytorch_model-00002-of-00002.bin'));
+    const r = run(ENGINE, ['inspect', '--model', t('bin16')], false);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toContain('pytorch_model-00002-of-00002.bin is missing');
+  });
+
+  it('refuses a pickle that asks for os.system by name, and the planted command never runs', () => {
+    const marker = t('PWNED');
+    ref(['evil', '--out', t('evil'), '--marker', marker]);
+    fs.copyFileSync(t('base/config.json'), t('evil/config.json'));
+    for (const args of [['convert', t('evil')], ['inspect', '--model', t('evil')], ['forward', '--model', t('evil'), '--tokens', t('tokens.json'), '--out', t('x.json')]]) {
+      const r = run(ENGINE, args, false);
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/refusing to load .*pytorch_model\.bin: it asks for posix\.system \(os\.system\), which a state dict never needs/);
+    }
+    expect(fs.existsSync(marker)).toBe(false);
+    expect(fs.existsSync(t('evil/model.safetensors'))).toBe(false);
+  });
+
+  it('a truncated checkpoint gets a specific error', () => {
+    fs.mkdirSync(t('trunc'));
+    const b = fs.readFileSync(t('bin/pytorch_model.bin'));
+    fs.writeFileSync(t('trunc/pytorch_model.bin'), b.subarray(0, b.length - 1000));
+    fs.copyFileSync(t('base/config.json'), t('trunc/config.json'));
+    const r = run(ENGINE, ['inspect', '--model', t('trunc')], false);
+    expect(r.stderr).toMatch(/BAD_INPUT: cannot read .*pytorch_model\.bin: it is truncated or damaged/);
+  });
+});
+
+describe('merge an adapter into its base', () => {
+  it('merged logits equal base+adapter (engine) and PEFT merge_and_unload; dtype and atomic output', () => {
+    run(PY, [HF, 'make-adapter', '--model', t('base'), '--out', t('ad'), '--targets', 'q_proj,v_proj,gate_proj,down_proj', '--r', '4', '--alpha', '8', '--modules-to-save', 'lm_head']);
+    const rep = JSON.parse(engine(['merge', '--model', t('base'), '--adapter', t('ad'), '--out', t('merged')])) as Record<string, unknown>;
+    expect(rep).toMatchObject({ dtype: 'float32', merged_modules: 8, replaced_tensors: 1, vocab_after: 320 });
+    const merged = logits(t('merged'), t('tokens.json'));
+    const withAdapter = logits(t('base'), t('tokens.json'), t('ad'));
+    expect(maxAbsDiff(merged, withAdapter)).toBeLessThan(5e-5);
+    ref(['peft-merge', '--model', t('base'), '--adapter', t('ad'), '--tokens', t('tokens.json'), '--out', t('peft.json')]);
+    const peft = (JSON.parse(fs.readFileSync(t('peft.json'), 'utf8')) as { logits: Logits }).logits;
+    expect(maxAbsDiff(merged, peft)).toBeLessThan(5e-5);
+    expect(fs.readdirSync(t('merged')).sort()).toEqual(['config.json', 'generation_config.json', 'model.safetensors', 'special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json']);
+    // an existing output is refused; no temp folder is left behind
+    const again = run(ENGINE, ['merge', '--model', t('base'), '--adapter', t('ad'), '--out', t('merged')], false);
+    expect(again.stderr).toContain('already exists and is not empty');
+    expect(fs.readdirSync(tmp).some((f) => f.includes('.tmp-'))).toBe(false);
+    engine(['merge', '--model', t('base'), '--adapter', t('ad'), '--out', t('merged16'), '--dtype', 'float16']);
+    expect(JSON.parse(engine(['inspect', '--model', t('merged16')])).dtype).toBe('F16');
+    expect(JSON.parse(fs.readFileSync(t('merged16/config.json'), 'utf8')).torch_dtype).toBe('float16');
+  });
+
+  it('Chinese-LLaMA-Alpaca style delta (adapter_model.bin, extended vocabulary) matches resize + PEFT merge', () => {
+    ref(['vocab-delta', '--model', t('base'), '--out', t('zh'), '--extra', '68']);
+    const rep = JSON.parse(engine(['merge', '--model', t('base'), '--adapter', t('zh'), '--out', t('zhm')])) as Record<string, unknown>;
+    expect(rep).toMatchObject({ vocab_before: 320, vocab_after: 328, tokenizer_from: 'adapter' });
+    expect(JSON.parse(fs.readFileSync(t('zhm/config.json'), 'utf8')).vocab_size).toBe(328);
+    fs.writeFileSync(t('tokens-zh.json'), JSON.stringify({ input_ids: [[1, 20, 325, 50, 327, 7, 8]] }));
+    ref(['peft-merge', '--model', t('base'), '--adapter', t('zh'), '--tokens', t('tokens-zh.json'), '--out', t('zh.json')]);
+    const want = (JSON.parse(fs.readFileSync(t('zh.json'), 'utf8')) as { logits: Logits }).logits;
+    expect(maxAbsDiff(logits(t('zhm'), t('tokens-zh.json')), want)).toBeLessThan(5e-5);
+    // the delta's tokenizer must match its embeddings: a wrong tokenizer is a clear error
+    fs.mkdirSync(t('zhbad'));
+    for (const f of ['adapter_config.json', 'adapter_model.bin']) fs.copyFileSync(t(`zh/${f}`), t(`zhbad/${f}`));
+    fs.copyFileSync(t('base/tokenizer.json'), t('zhbad/tokenizer.json'));
+    const r = run(ENGINE, ['merge', '--model', t('base'), '--adapter', t('zhbad'), '--out', t('zhbadm')], false);
+    expect(r.stderr).toContain("vocabulary mismatch: the adapter's embeddings have 328 rows but the tokenizer in");
+    expect(fs.existsSync(t('zhbadm'))).toBe(false);
+  });
+});
+
+describe('GGUF export', () => {
+  it('writes llama-architecture GGUF (+ Modelfile) that llama.cpp reads, with logits close to ours', async () => {
+    const gguf = t('export/model.gguf');
+    const res = await exportGguf({ modelDir: t('merged'), out: gguf, dtype: 'f32', template: 'alpaca' });
+    expect(res).toMatchObject({ architecture: 'llama', tensors: 21, vocab: 320, tokenizer: 'gpt2' });
+    const modelfile = fs.readFileSync(t('export/Modelfile'), 'utf8');
+    expect(modelfile).toContain('FROM ./model.gguf');
+    expect(modelfile).toContain('### Instruction:\n{{ .Content }}\n\n### Response:\n');
+    expect(modelfile).toContain('PARAMETER stop "</s>"');
+    ref(['gguf-dump', '--file', gguf, '--out', t('dump.json')]);
+    const dump = JSON.parse(fs.readFileSync(t('dump.json'), 'utf8')) as { fields: Record<string, unknown>; tensors: { name: string; shape: number[]; type: string }[] };
+    expect(dump.fields).toMatchObject({
+      'general.architecture': 'llama',
+      'llama.block_count': 2,
+      'llama.attention.head_count': 4,
+      'llama.attention.head_count_kv': 2,
+      'tokenizer.ggml.model': 'gpt2',
+      'tokenizer.ggml.eos_token_id': 2,
+    });
+    expect(String(dump.fields['tokenizer.chat_template'])).toContain('### Instruction:');
+    expect(dump.tensors.find((x) => x.name === 'blk.0.attn_k.weight')).toMatchObject({ shape: [64, 32], type: 'F32' });
+
+    // llama.cpp itself, when node-llama-cpp is available
+    const nlcDir = process.env.LLMT_NODE_LLAMA_CPP;
+    // node-llama-cpp is not a dependency (its install pulls ~700 MB of GPU builds): typed here by hand.
+    type Ctx = { getSequence(): { controlledEvaluate(i: unknown): Promise<unknown[]> }; dispose(): Promise<void> };
+    type Nlc = {
+      LlamaLogLevel: { error: unknown };
+      getLlama(o: unknown): Promise<{ loadModel(o: unknown): Promise<{ createContext(o: unknown): Promise<Ctx>; dispose(): Promise<void> }>; dispose(): Promise<void> }>;
+    };
+    let mod: Nlc;
+    try {
+      const req = createRequire(nlcDir ? path.join(path.resolve(nlcDir), 'index.js') : __filename);
+      mod = (await import(req.resolve('node-llama-cpp'))) as Nlc;
+    } catch {
+      console.warn('node-llama-cpp is not installed: the GGUF was checked with gguf-py only (set LLMT_NODE_LLAMA_CPP)');
+      return;
+    }
+    const llama = await mod.getLlama({ gpu: false, build: 'never', logLevel: mod.LlamaLogLevel.error });
+    const ids = [1, 37, 99, 14, 250, 61, 8, 77, 300, 12];
+    // next-token log-probabilities of llama.cpp (f32 KV cache, no flash attention) vs the engine's logits
+    const compare = async (file: string, modelDir: string): Promise<number> => {
+      const model = await llama.loadModel({ modelPath: file });
+      const ctx = await model.createContext({ contextSize: 64, threads: 2, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32', flashAttention: false });
+      const out = await ctx.getSequence().controlledEvaluate(ids.map((x) => [x, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }] as const));
+      const ours = logits(modelDir, t('tokens.json'))[0]!;
+      let worst = 0;
+      ids.forEach((_, i) => {
+        const row = ours[i]!;
+        const mx = Math.max(...row);
+        const lse = mx + Math.log(row.reduce((a, x) => a + Math.exp(x - mx), 0));
+        const probs = (out[i] as { next: { probabilities: Map<number, number> } }).next.probabilities;
+        for (let v = 0; v < row.length; v++) worst = Math.max(worst, Math.abs(Math.log(probs.get(v) ?? 0) - (row[v]! - lse)));
+      });
+      await ctx.dispose();
+      await model.dispose();
+      return worst;
+    };
+    const worst = await compare(gguf, t('merged'));
+    console.log(`llama.cpp vs engine (llama): max |log-prob diff| ${worst.toExponential(2)} over ${ids.length}×320`);
+    expect(worst).toBeLessThan(1e-3);
+    // Baichuan-7B: W_pack split into q/k/v, written as the llama architecture
+    engine(['create-tiny', '--family', 'baichuan', '--out', t('baichuan')]);
+    await exportGguf({ modelDir: t('baichuan'), out: t('export-bc/m.gguf'), dtype: 'f32' });
+    const worstBc = await compare(t('export-bc/m.gguf'), t('baichuan'));
+    console.log(`llama.cpp vs engine (baichuan): max |log-prob diff| ${worstBc.toExponential(2)}`);
+    expect(worstBc).toBeLessThan(1e-3);
+    await llama.dispose();
+  });
+});
+
+describe('model manager service (src-main/core/models/manager.ts)', () => {
+  it('convert, merge and export report progress; an aborted merge leaves nothing; delete stays inside the model folder', async () => {
+    const models = await import('../../src-main/core/models/manager');
+    process.env.LLMS_TRAIN_NATIVE_DIR = NATIVE;
+    const seen: string[] = [];
+    const conv = await models.convert(t('bin'), { out: t('svc-conv'), onProgress: (p) => seen.push(`${p.done}/${p.total}`) });
+    expect(conv.files).toEqual(['model.safetensors']);
+    expect(seen.at(-1)).toBe('21/21');
+    const ac = new AbortController();
+    const p = models.merge({ model: t('base'), adapter: t('ad'), out: t('svc-aborted'), signal: ac.signal });
+    ac.abort(); // SIGTERM to the worker at once (a tiny merge would otherwise finish first)
+    await expect(p).rejects.toMatchObject({ code: 'ABORTED' });
+    expect(fs.existsSync(t('svc-aborted'))).toBe(false);
+    expect(fs.readdirSync(tmp).some((f) => f.startsWith('svc-aborted'))).toBe(false);
+    await expect(models.merge({ model: t('base'), adapter: t('zhbad'), out: t('svc-bad') })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('vocabulary mismatch') });
+    // export straight from a .bin base plus an adapter: merged, then written with the belle template's Modelfile
+    const r = await models.exportModel({ model: t('bin'), adapter: t('ad'), out: t('svc-export/m.gguf'), template: 'belle' });
+    expect(r).toMatchObject({ tensors: 21, vocab: 320 });
+    expect(fs.readFileSync(t('svc-export/Modelfile'), 'utf8')).toContain('Human: \n{{ .Content }}\n\nAssistant: \n');
+    expect(fs.readdirSync(t('svc-export')).sort()).toEqual(['Modelfile', 'm.gguf']);
+    const info = await models.inspect(t('bin'));
+    expect(info.supported).toBe(true);
+    expect(() => models.remove(t('base'), { home: t('home') })).toThrow(/not a model folder inside/);
+    fs.mkdirSync(t('home/models/x'), { recursive: true });
+    fs.copyFileSync(t('base/config.json'), t('home/models/x/config.json'));
+    expect(models.list(t('home')).map((m) => [m.name, m.kind])).toEqual([['x', 'model']]);
+    models.remove(t('home/models/x'), { home: t('home') });
+    expect(fs.existsSync(t('home/models/x'))).toBe(false);
+  });
+});
