@@ -44,8 +44,10 @@ const char *kUsage =
     "                                     gradients of that mean loss w.r.t. every adapter parameter (LoRA A/B,\n"
     "                                     modules_to_save), float32, keyed by PEFT's names, no dropout\n"
     "  generate --model DIR [--adapter DIR] (--prompt-ids 1,2,3 | --tokens T.json) [--max-new-tokens N]\n"
-    "           [--temperature X] [--top-k K] [--top-p P] [--repetition-penalty R] [--greedy] [--seed N]\n"
-    "                                     generated ids as JSON {\"ids\": [...]}; tokens stream to stderr with --stream\n"
+    "           [--temperature X] [--top-k K] [--top-p P] [--repetition-penalty R] [--greedy] [--seed N] [--batch]\n"
+    "                                     generated ids as JSON {\"ids\": [...]}; tokens stream to stderr with --stream;\n"
+    "                                     --batch: every prompt at once (--prompt-ids 1,2;3,4,5 or every row of T.json,\n"
+    "                                     rows of any length), {\"ids\": [[...], ...]}, each row as if generated alone\n"
     "  eval --model DIR [--adapter DIR] --data FILE.tok [--batch N] [--json] [--progress]\n"
     "                                     evaluation loss and perplexity on a tokenized dataset, computed as a training\n"
     "                                     job's eval (eval_batch_size N, default 4): the same value bit for bit;\n"
@@ -336,9 +338,86 @@ int cmd_train(const Args &a) {
   return 0;
 }
 
+Json gen_params(const Args &a) {
+  Json p = Json::object();
+  if (a.has("--max-new-tokens")) p.set("max_new_tokens", Json::integer(std::atoll(a.get("--max-new-tokens").c_str())));
+  if (a.has("--temperature")) p.set("temperature", Json::number(std::atof(a.get("--temperature").c_str())));
+  if (a.has("--top-k")) p.set("top_k", Json::integer(std::atoll(a.get("--top-k").c_str())));
+  if (a.has("--top-p")) p.set("top_p", Json::number(std::atof(a.get("--top-p").c_str())));
+  if (a.has("--repetition-penalty")) p.set("repetition_penalty", Json::number(std::atof(a.get("--repetition-penalty").c_str())));
+  if (a.has("--seed")) p.set("seed", Json::integer(std::atoll(a.get("--seed").c_str())));
+  if (a.has("--greedy")) p.set("do_sample", Json::boolean(false));
+  return p;
+}
+
+// generate --batch: prompts of any lengths from --prompt-ids "1,2;3,4,5" or the rows of --tokens T.json.
+int cmd_generate_batch(const Args &a) {
+  std::vector<int32_t> flat;
+  std::vector<int64_t> lengths;
+  if (a.has("--prompt-ids")) {
+    const std::string s = a.get("--prompt-ids");
+    int64_t len = 0;
+    size_t at = 0;
+    while (at <= s.size()) {
+      const size_t c = s.find_first_of(",;", at);
+      const std::string tok = s.substr(at, c == std::string::npos ? std::string::npos : c - at);
+      char *end = nullptr;
+      const long v = std::strtol(tok.c_str(), &end, 10);
+      if (tok.empty() || *end) return usage_error("--prompt-ids must be comma-separated integers, prompts separated by ';'");
+      flat.push_back(static_cast<int32_t>(v));
+      ++len;
+      if (c == std::string::npos || s[c] == ';') {
+        lengths.push_back(len);
+        len = 0;
+      }
+      if (c == std::string::npos) break;
+      at = c + 1;
+    }
+  } else if (a.has("--tokens")) {
+    std::string text, err;
+    Json j;
+    if (!read_file(a.get("--tokens"), text) || !Json::parse(text, j, err) || !j.get("input_ids").is_array()) {
+      std::fprintf(stderr, "llmt-engine: BAD_INPUT: %s must be JSON with \"input_ids\": [[...], ...] %s\n", a.get("--tokens").c_str(), err.c_str());
+      return 1;
+    }
+    for (const auto &row : j.get("input_ids").items()) {
+      if (!row.is_array()) return usage_error("--tokens: every input_ids row must be a list of ids");
+      for (const auto &x : row.items()) flat.push_back(static_cast<int32_t>(x.as_int()));
+      lengths.push_back(static_cast<int64_t>(row.size()));
+    }
+  } else {
+    return usage_error("generate needs --prompt-ids or --tokens");
+  }
+  const Json p = gen_params(a);
+  ModelHandle h;
+  llmt_status st = llmt_model_load(a.get("--model").c_str(), a.has("--adapter") ? a.get("--adapter").c_str() : nullptr, &h.m);
+  if (st) return fail(st);
+  std::signal(SIGINT, on_signal);
+  const int64_t cap = std::max<int64_t>(1, p.get_int("max_new_tokens", 512)), R = static_cast<int64_t>(lengths.size());
+  std::vector<int32_t> out(static_cast<size_t>(cap * R));
+  std::vector<int64_t> n(static_cast<size_t>(R));
+  st = llmt_model_generate_batch(
+      h.m, flat.data(), lengths.data(), R, p.dump().c_str(),
+      a.has("--stream") ? static_cast<llmt_event_fn>([](void *, const char *e) { std::fprintf(stderr, "%s\n", e); }) : nullptr,
+      [](void *) { return g_control.load() ? 1 : 0; }, nullptr, out.data(), cap, n.data());
+  if (st && st != LLMT_ERR_ABORTED) return fail(st);
+  Json ids = Json::array();
+  for (int64_t r = 0; r < R; ++r) {
+    Json row = Json::array();
+    for (int64_t i = 0; i < std::min(n[r], cap); ++i) row.push(Json::integer(out[static_cast<size_t>(r * cap + i)]));
+    ids.push(row);
+  }
+  Json o = Json::object();
+  o.set("ids", ids);
+  o.set("stopped", Json::boolean(st == LLMT_ERR_ABORTED));
+  std::printf("%s\n", o.dump().c_str());
+  return 0;
+}
+
 int cmd_generate(const Args &a) {
   const std::string model = a.get("--model"), adapter = a.get("--adapter");
   if (model.empty()) return usage_error("generate needs --model");
+  if (a.has("--batch")) return cmd_generate_batch(a);
   std::vector<int32_t> prompt;
   if (a.has("--prompt-ids")) {
     std::string s = a.get("--prompt-ids");
@@ -586,7 +665,7 @@ int run_main(int argc, char **argv) {
     Args a = parse_args(argc, argv, 2,
                         {"--model", "--adapter", "--prompt-ids", "--tokens", "--max-new-tokens", "--temperature", "--top-k",
                          "--top-p", "--repetition-penalty", "--seed", "--threads"},
-                        {"--greedy", "--stream"});
+                        {"--greedy", "--stream", "--batch"});
     if (!a.error.empty()) return usage_error("generate: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_generate(a);

@@ -144,6 +144,12 @@ llmt_status read_dist_env(DistEnv &env) {
   if (env_int("MASTER_PORT", v, st)) {
     if (v < 1 || v > 65535) return set_error(LLMT_ERR_BAD_INPUT, "MASTER_PORT must be a TCP port (1-65535)");
     env.master_port = v;
+    // under torchrun the agent already serves PyTorch's TCPStore on MASTER_PORT: ours takes the next port
+    if (env_str("TORCHELASTIC_USE_AGENT_STORE") == "True") env.master_port = v < 65535 ? v + 1 : v - 1;
+  }
+  if (env_int("LLMT_MASTER_PORT", v, st)) {  // an explicit port for the engine's rendezvous wins
+    if (v < 1 || v > 65535) return set_error(LLMT_ERR_BAD_INPUT, "LLMT_MASTER_PORT must be a TCP port (1-65535)");
+    env.master_port = v;
   }
   return st;
 }

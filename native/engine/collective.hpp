@@ -64,7 +64,9 @@ struct DistEnv {
 
 /** Reads RANK/WORLD_SIZE/LOCAL_RANK/LOCAL_WORLD_SIZE/MASTER_ADDR/MASTER_PORT, else SLURM_PROCID/SLURM_NTASKS/
  *  SLURM_LOCALID/SLURM_NTASKS_PER_NODE with MASTER_ADDR from the environment or the first host of
- *  SLURM_JOB_NODELIST (simple lists only: "node[1-4]" and "a,b" forms). Errors: BAD_INPUT naming the variable. */
+ *  SLURM_JOB_NODELIST (simple lists only: "node[1-4]" and "a,b" forms). Under torchrun
+ *  (TORCHELASTIC_USE_AGENT_STORE=True, its agent owns MASTER_PORT) the store uses MASTER_PORT+1;
+ *  LLMT_MASTER_PORT overrides the port. Errors: BAD_INPUT naming the variable. */
 llmt_status read_dist_env(DistEnv &env);
 
 /** Slurm's compact host list → its first host name ("gpu[03-05,07]" → "gpu03"); "" when not understood. */

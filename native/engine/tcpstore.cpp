@@ -87,9 +87,13 @@ class StoreServer {
     if (listen_fd_ >= 0) ::shutdown(listen_fd_, SHUT_RDWR);
     if (accept_.joinable()) accept_.join();
     if (listen_fd_ >= 0) ::close(listen_fd_);
-    std::lock_guard<std::mutex> g(mu_);
-    for (int fd : conns_) ::shutdown(fd, SHUT_RDWR);
-    for (auto &t : workers_) t.detach();  // each ends on its closed socket; the process may be leaving
+    std::vector<std::thread> workers;
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      for (int fd : conns_) ::shutdown(fd, SHUT_RDWR);  // each worker's recv returns at once
+      workers.swap(workers_);
+    }
+    for (auto &t : workers) t.join();
   }
 
   llmt_status start(const DistEnv &env) {

@@ -35,7 +35,8 @@ static bool contains(const std::string &h, const std::string &n) { return h.find
 
 static void clear_env() {
   for (const char *v : {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "SLURM_PROCID",
-                        "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST", "LLMT_GLOO_PLUGIN"})
+                        "SLURM_NTASKS", "SLURM_LOCALID", "SLURM_NTASKS_PER_NODE", "SLURM_JOB_NODELIST", "LLMT_GLOO_PLUGIN",
+                        "TORCHELASTIC_USE_AGENT_STORE", "LLMT_MASTER_PORT"})
     ::unsetenv(v);
 }
 
@@ -72,6 +73,12 @@ static void test_env() {
   CHECK(e.source == "torchrun" && e.rank == 1 && e.world_size == 4 && e.local_rank == 1 && e.local_world_size == 2 &&
             e.master_addr == "10.0.0.5" && e.master_port == 29611,
         "torchrun variables");
+  ::setenv("TORCHELASTIC_USE_AGENT_STORE", "True", 1);
+  CHECK(read_dist_env(e) == LLMT_OK && e.master_port == 29612, "torchrun's agent owns MASTER_PORT: the next one");
+  ::setenv("LLMT_MASTER_PORT", "31000", 1);
+  CHECK(read_dist_env(e) == LLMT_OK && e.master_port == 31000, "LLMT_MASTER_PORT wins");
+  ::unsetenv("TORCHELASTIC_USE_AGENT_STORE");
+  ::unsetenv("LLMT_MASTER_PORT");
   ::setenv("RANK", "4", 1);
   CHECK(read_dist_env(e) == LLMT_ERR_BAD_INPUT && contains(llmt_last_error(), "outside a world of 4"), llmt_last_error());
   ::setenv("RANK", "x", 1);

@@ -39,7 +39,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   }
   const b = base as Partial<RunSpecInput>;
   const spec: Record<string, unknown> & Partial<RunSpecInput> = { ...b };
-  const set = <T extends object>(key: 'model' | 'data' | 'training' | 'output' | 'lora' | 'devices', patch: T) => {
+  const set = <T extends object>(key: 'model' | 'data' | 'training' | 'output' | 'lora' | 'devices' | 'distributed', patch: T) => {
     spec[key] = { ...((spec[key] as object | undefined) ?? {}), ...patch } as never;
   };
   const pick = (entries: [string, unknown][]) => Object.fromEntries(entries.filter(([, v]) => v !== undefined));
@@ -79,6 +79,10 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['overwrite', o.overwrite_output_dir ? true : undefined],
   ]));
   if (o.device) set('devices', { kind: String(o.device) });
+  set('distributed', pick([
+    ['nproc_per_node', o.nproc_per_node],
+    ['zero_stage', o.zero_stage],
+  ]));
   if (o.use_lora !== undefined) spec.method = bool(String(o.use_lora)) ? 'lora' : 'full';
   if (o.lora_config) set('lora', readLoraConfig(String(o.lora_config)) ?? {});
   const list = (v: unknown) => String(v).split(',').map((x) => x.trim()).filter(Boolean);
@@ -159,6 +163,8 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--resume_from_checkpoint <dir>', 'a checkpoint-<step> folder, or "latest"')
     .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
     .addOption(new Option('--device <d>', 'cpu or cuda').choices(['cpu', 'cuda']))
+    .option('--nproc_per_node <n>', 'data-parallel workers on this machine (torchrun\'s flag); each takes --per_device_train_batch_size samples per micro-batch', int)
+    .option('--zero_stage <n>', 'with --nproc_per_node > 1 and full fine-tuning: 1 shards the optimizer state over the workers', int)
     .option('--json', 'print engine events as JSON lines', false)
     .action(async (o: Flags) => {
       let spec;

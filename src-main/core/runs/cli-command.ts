@@ -60,6 +60,8 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('save_steps', spec.output.save_steps, d.output.save_steps);
   flag('eval_steps', spec.output.eval_steps, d.output.eval_steps);
   flag('device', spec.devices.kind, 'cpu');
+  flag('nproc_per_node', spec.distributed.nproc_per_node, d.distributed.nproc_per_node);
+  flag('zero_stage', spec.distributed.zero_stage, d.distributed.zero_stage);
   flag('resume_from_checkpoint', spec.resume_from);
   return a;
 }

@@ -61,6 +61,15 @@ export const RunSpec = z
       .strict()
       .prefault({}),
     devices: z.object({ kind: z.enum(['cpu', 'cuda']).default('cpu'), ids: z.array(z.number().int().min(0)).default([]) }).strict().default({ kind: 'cpu', ids: [] }),
+    // data parallelism on this machine: nproc_per_node workers (torchrun's flag), one per device; rank 0 reports
+    // the run. zero_stage 1 shards AdamW state over the workers (full fine-tuning only). docs/distributed.md
+    distributed: z
+      .object({
+        nproc_per_node: PosInt.max(64).default(1),
+        zero_stage: z.union([z.literal(0), z.literal(1)]).default(0),
+      })
+      .strict()
+      .default({ nproc_per_node: 1, zero_stage: 0 }),
     output: z
       .object({
         dir: z.string().min(1),
@@ -128,6 +137,7 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
   }
   const warnings: string[] = [];
   const training = { ...(spec.training ?? {}) };
+  let distributed = { ...(spec.distributed ?? {}) };
   const enabled = (v: unknown) => v === true || v === 'auto' || (typeof v === 'object' && v !== null && ((v as { enabled?: unknown }).enabled === true || (v as { enabled?: unknown }).enabled === 'auto'));
   for (const [k, v] of Object.entries(j)) {
     if (k === 'bf16' || k === 'fp16') {
@@ -141,13 +151,21 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
       if (typeof v === 'number') training.micro_batch_size = v;
     } else if (k === 'gradient_accumulation_steps') {
       if (typeof v === 'number') training.gradient_accumulation_steps = v;
+    } else if (k === 'zero_optimization') {
+      const stage = typeof v === 'object' && v !== null ? (v as { stage?: unknown }).stage : undefined;
+      if (typeof stage === 'number' && stage >= 1) {
+        distributed = { ...distributed, zero_stage: 1 };
+        if (stage > 1) warnings.push(`deepspeed zero_optimization.stage ${stage}: the engine shards optimizer state only (ZeRO-1, full fine-tuning); gradients and parameters stay whole on each worker`);
+      }
+      const rest = typeof v === 'object' && v !== null ? Object.keys(v).filter((x) => x !== 'stage') : [];
+      if (rest.length) warnings.push(`deepspeed zero_optimization.${rest.join(', ')}: no meaning for the LLMs-train engine; ignored`);
     } else if (k === 'train_batch_size' && v === 'auto') {
       /* derived from micro-batch × accumulation × devices, as "auto" means */
     } else {
       warnings.push(`deepspeed ${k}: no meaning for the LLMs-train engine; ignored`);
     }
   }
-  return { spec: { ...spec, training }, warnings };
+  return { spec: { ...spec, training, ...(Object.keys(distributed).length ? { distributed } : {}) }, warnings };
 }
 
 /** The engine's job JSON for a spec whose data has been tokenized into train/eval .tok files. */
@@ -177,5 +195,8 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     },
     output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },
     ...(resumeFrom ? { resume_from: resumeFrom } : {}),
+    ...(spec.distributed.nproc_per_node > 1
+      ? { distributed: { world_size: spec.distributed.nproc_per_node, backend: spec.devices.kind === 'cuda' ? 'nccl' : 'gloo', zero_stage: spec.distributed.zero_stage } }
+      : {}),
   };
 }

@@ -3,8 +3,12 @@
 // `llmt-engine train` worker, turns its JSON-lines events into batched SQLite rows (metrics, checkpoints,
 // status, errors) and push events, and watches it: a graceful stop, a kill, a dead worker recorded with its
 // exit code/signal and last log lines, and a watchdog for a stalled step. Only this process writes the DB.
+// With distributed.nproc_per_node = N it starts N workers (torchrun's variables, a loopback rendezvous): one
+// run row, rank 0's events drive it, every rank's stderr lands in train.log prefixed with its rank, and if
+// any rank fails all are stopped and the run records the failing rank's own error (not its peers' echoes).
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 
@@ -71,11 +75,27 @@ export async function planRun(spec: RunSpec): Promise<RunPlan> {
   const cpu = listDevices(engine).find((d) => d.kind === 'cpu');
   const est = estimateRun(info, spec, cpu?.threads ?? 1);
   const free = cpu?.memoryFree ?? 0;
-  const fits = !(free > 0 && est.bytes.total > free);
+  // CPU workers of one run share this machine's memory
+  const workers = spec.devices.kind === 'cpu' ? spec.distributed.nproc_per_node : 1;
+  const fits = !(free > 0 && est.bytes.total * workers > free);
   return { estimate: est, freeBytes: free, fits, suggestions: fits ? [] : suggestions(spec), unsupported: null, summary: describeEstimate(est) };
 }
 
 const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'epoch'] as const;
+/** Per-rank fields of a `rank_stats` event stored as metrics named `rank<r>.<field>`. */
+const RANK_METRIC_FIELDS = ['tokens_per_s', 'mem_bytes', 'peak_mem_bytes', 'comm_wait_s'] as const;
+
+/** A free TCP port on loopback for the workers' rendezvous (rank 0 listens on it). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const port = (srv.address() as net.AddressInfo).port;
+      srv.close(() => resolve(port));
+    });
+  });
+}
 
 /** The newest complete checkpoint-<step> folder of an output dir, or null. */
 export function lastCheckpoint(dir: string): string | null {
@@ -255,7 +275,19 @@ export class RunService {
       fail('UNAVAILABLE', `the engine binary is missing at ${exe}`, 'Build it with `npm run build:native`.');
       throw new Error(`the engine binary is missing at ${exe}`);
     }
-    const child: ChildProcessWithoutNullStreams = spawn(exe, ['train', '--job', jobFile], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const nproc = spec.distributed.nproc_per_node;
+    const port = nproc > 1 ? await freePort() : 0;
+    const workers: ChildProcessWithoutNullStreams[] = [];
+    for (let rank = 0; rank < nproc; rank++) {
+      // torchrun's variables; the engine reads them (docs/distributed.md)
+      const env = nproc > 1
+        ? { ...process.env, RANK: String(rank), WORLD_SIZE: String(nproc), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(nproc), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) }
+        : process.env;
+      const w = spawn(exe, ['train', '--job', jobFile], { stdio: ['pipe', 'pipe', 'pipe'], env });
+      w.stdin.on('error', () => {}); // a control line to a worker that has just exited
+      workers.push(w);
+    }
+    const child = workers[0]!;
     this.store.runs.markRunning(run.id, child.pid ?? null);
     this.changed(run.id);
 
@@ -268,23 +300,20 @@ export class RunService {
     };
     const flushTimer = setInterval(flushMetrics, 500);
 
-    let sawError: EngineEvent | null = null;
+    // per rank: its error event (if any), how it ended, and whether we killed it
+    interface RankState { error: EngineEvent | null; errorAt: number; code: number | null; signal: NodeJS.Signals | null; closed: boolean; closedAt: number }
+    const ranks: RankState[] = workers.map(() => ({ error: null, errorAt: 0, code: null, signal: null, closed: false, closedAt: 0 }));
+    let killedByUs = false;
+    let sawError: EngineEvent | null = null; // set by the watchdog
     let sawDone: EngineEvent | null = null;
     const stderrTail: string[] = [];
     let lastEventAt = Date.now();
     const stepTimes: number[] = [];
     let lastStepAt = 0;
     let warned = false;
+    const tag = (rank: number) => (nproc > 1 ? `[rank ${rank}] ` : '');
 
-    const rl = readline.createInterface({ input: child.stdout });
-    rl.on('line', (line) => {
-      logFile.write(line + '\n');
-      let e: EngineEvent;
-      try {
-        e = JSON.parse(line) as EngineEvent;
-      } catch {
-        return; // not an event
-      }
+    const onRank0Event = (e: EngineEvent) => {
       const now = Date.now();
       lastEventAt = now;
       warned = false;
@@ -302,23 +331,57 @@ export class RunService {
           tokensSoFar += e.tokens;
           pending.push({ step, name: 'tokens', value: tokensSoFar, time });
         }
+      } else if (e.event === 'rank_stats') {
+        const step = Number(e.step);
+        for (const r of (Array.isArray(e.ranks) ? e.ranks : []) as Record<string, unknown>[]) {
+          for (const f of RANK_METRIC_FIELDS) {
+            if (typeof r[f] === 'number') pending.push({ step, name: `rank${Number(r.rank)}.${f}`, value: r[f] as number, time: now / 1000 });
+          }
+        }
       } else if (e.event === 'eval') {
         pending.push({ step: Number(e.step), name: 'eval_loss', value: (e.eval_loss as number) ?? null, time: now / 1000 });
       } else if (e.event === 'checkpoint') {
         flushMetrics();
         this.store.checkpoints.add({ runId: run.id, step: Number(e.step), path: String(e.path) });
-      } else if (e.event === 'error') {
-        sawError = e;
       } else if (e.event === 'done') {
         sawDone = e;
       }
-      opt.onEvent?.(e);
-    });
-    const erl = readline.createInterface({ input: child.stderr });
-    erl.on('line', (line) => {
-      logFile.write(`stderr: ${line}\n`);
-      stderrTail.push(line);
-      if (stderrTail.length > 20) stderrTail.shift();
+    };
+
+    // a failed rank stops the others: their collectives fail at once when its sockets close; SIGKILL is the backstop
+    let reaper: NodeJS.Timeout | null = null;
+    const stopTheRest = () => {
+      if (reaper || nproc === 1) return;
+      reaper = setTimeout(() => {
+        for (const [i, w] of workers.entries()) if (!ranks[i]!.closed) w.kill('SIGKILL');
+      }, 3000);
+    };
+
+    workers.forEach((w, rank) => {
+      const rl = readline.createInterface({ input: w.stdout });
+      rl.on('line', (line) => {
+        logFile.write(tag(rank) + line + '\n');
+        let e: EngineEvent;
+        try {
+          e = JSON.parse(line) as EngineEvent;
+        } catch {
+          return; // not an event
+        }
+        if (e.event === 'error') {
+          if (!ranks[rank]!.error) {
+            ranks[rank]!.error = e;
+            ranks[rank]!.errorAt = Date.now();
+          }
+          stopTheRest();
+        } else if (rank === 0) onRank0Event(e);
+        if (rank === 0 || e.event === 'error') opt.onEvent?.(e);
+      });
+      const erl = readline.createInterface({ input: w.stderr });
+      erl.on('line', (line) => {
+        logFile.write(`${nproc > 1 ? `stderr[rank ${rank}]` : 'stderr'}: ${line}\n`);
+        stderrTail.push(tag(rank) + line);
+        if (stderrTail.length > 20) stderrTail.shift();
+      });
     });
 
     // watchdog
@@ -333,7 +396,7 @@ export class RunService {
       const quiet = Date.now() - lastEventAt;
       if (quiet > killAfter) {
         sawError = { event: 'error', code: 'STALLED', message: `the worker sent nothing for ${Math.round(quiet / 1000)} s and was stopped`, hint: 'Check train.log; a hung data loader, swap thrashing or a deadlock are the usual causes. Resume from the last checkpoint.' };
-        child.kill('SIGKILL');
+        for (const w of workers) w.kill('SIGKILL');
       } else if (quiet > warnAfter && !warned) {
         warned = true;
         const w: EngineEvent = { event: 'warning', message: `no progress for ${Math.round(quiet / 1000)} s (a step usually takes ${(median() / 1000).toFixed(1)} s)` };
@@ -342,35 +405,65 @@ export class RunService {
       }
     }, 1000);
 
+    /**
+     * The run's error when several ranks failed: a rank's own error first (not a peer's "lost its peers"),
+     * then a rank that died without a word (killed, crashed) — the earliest of each kind — then the rest.
+     */
+    const rootCause = (): { rank: number; error: EngineEvent | null } | null => {
+      const failed = ranks.map((r, i) => ({ ...r, rank: i })).filter((r) => r.error || (r.code !== 0 && r.closed));
+      if (!failed.length) return null;
+      const own = failed.filter((r) => r.error && !r.error.peer_lost).sort((a, b) => a.errorAt - b.errorAt);
+      if (own.length) return { rank: own[0]!.rank, error: own[0]!.error };
+      const silent = failed.filter((r) => !r.error).sort((a, b) => a.closedAt - b.closedAt);
+      if (silent.length && !killedByUs) return { rank: silent[0]!.rank, error: null };
+      const lost = failed.filter((r) => r.error).sort((a, b) => a.errorAt - b.errorAt);
+      if (lost.length && !killedByUs) return { rank: lost[0]!.rank, error: lost[0]!.error };
+      return { rank: 0, error: ranks[0]!.error };
+    };
+
     const done = new Promise<RunRow>((resolve) => {
-      child.on('close', (code, signal) => {
-        clearInterval(flushTimer);
-        clearInterval(watchdog);
-        flushMetrics();
-        const err = sawError as EngineEvent | null;
-        const fin = sawDone as EngineEvent | null;
-        if (fin && code === 0) {
-          this.store.runs.finish(run.id, fin.status === 'stopped' ? 'stopped' : 'completed', { exitCode: 0 });
-        } else if (err) {
-          this.store.runs.finish(run.id, 'failed', {
-            errorCode: String(err.code ?? 'INTERNAL'),
-            errorMessage: String(err.message ?? 'the engine failed'),
-            ...(err.hint ? { errorHint: String(err.hint) } : {}),
-            exitCode: code,
-            exitSignal: signal,
-          });
-        } else {
-          const tail = stderrTail.slice(-5).join(' | ');
-          this.store.runs.finish(run.id, 'failed', {
-            errorCode: 'WORKER_DIED',
-            errorMessage: `the engine worker ${signal ? `was killed by ${signal}` : `exited with code ${code}`} without finishing${tail ? `; last output: ${tail}` : ''}`,
-            errorHint: 'Resume from the last checkpoint (llms-train train ... --resume_from_checkpoint latest).',
-            exitCode: code,
-            exitSignal: signal,
-          });
-        }
-        logFile.end();
-        resolve(this.changed(run.id));
+      let open = workers.length;
+      workers.forEach((w, rank) => {
+        w.on('close', (code, signal) => {
+          Object.assign(ranks[rank]!, { code, signal, closed: true, closedAt: Date.now() });
+          if (code !== 0) stopTheRest();
+          if (--open > 0) return;
+          if (reaper) clearTimeout(reaper);
+          clearInterval(flushTimer);
+          clearInterval(watchdog);
+          flushMetrics();
+          const fin = sawDone as EngineEvent | null;
+          const allOk = ranks.every((r) => r.code === 0);
+          const cause = rootCause();
+          const who = (r: number) => (nproc > 1 ? `rank ${r}: ` : '');
+          const watch = sawError as EngineEvent | null;
+          if (fin && allOk) {
+            this.store.runs.finish(run.id, fin.status === 'stopped' ? 'stopped' : 'completed', { exitCode: 0 });
+          } else if (watch || cause?.error) {
+            const err = (watch ?? cause!.error)!;
+            const r = watch ? 0 : cause!.rank;
+            this.store.runs.finish(run.id, 'failed', {
+              errorCode: String(err.code ?? 'INTERNAL'),
+              errorMessage: (watch ? '' : who(r)) + String(err.message ?? 'the engine failed'),
+              ...(err.hint ? { errorHint: String(err.hint) } : {}),
+              exitCode: ranks[r]!.code,
+              exitSignal: ranks[r]!.signal,
+            });
+          } else {
+            const r = cause?.rank ?? 0;
+            const { code: c, signal: sig } = ranks[r]!;
+            const tail = stderrTail.slice(-5).join(' | ');
+            this.store.runs.finish(run.id, 'failed', {
+              errorCode: 'WORKER_DIED',
+              errorMessage: `the engine worker${nproc > 1 ? ` of rank ${r} (pid ${workers[r]!.pid})` : ''} ${sig ? `was killed by ${sig}` : `exited with code ${c}`} without finishing${tail ? `; last output: ${tail}` : ''}`,
+              errorHint: 'Resume from the last checkpoint (llms-train train ... --resume_from_checkpoint latest).',
+              exitCode: c,
+              exitSignal: sig,
+            });
+          }
+          logFile.end();
+          resolve(this.changed(run.id));
+        });
       });
     });
     return {
@@ -378,10 +471,12 @@ export class RunService {
       outputDir: out,
       done,
       stop: () => {
-        if (child.exitCode === null) child.stdin.write('stop\n');
+        // every rank hears it; they agree on the step to stop at through their next all-reduce
+        for (const w of workers) if (w.exitCode === null) w.stdin.write('stop\n');
       },
       kill: () => {
-        child.kill('SIGKILL');
+        killedByUs = true;
+        for (const w of workers) w.kill('SIGKILL');
       },
     };
   }
