@@ -73,6 +73,9 @@ export const en = {
   'newRun.hw.cpu': '{threads} threads · {free} free of {total}',
   'newRun.hw.gpu': '{free} free of {total}',
   'newRun.hw.noGpu': 'No NVIDIA GPU was found: training runs on the CPU.',
+  'newRun.hw.workers': 'CPU worker processes',
+  'newRun.hw.workersHelp': 'Data parallel: each worker takes its share of every batch and the gradients are summed (same curve as one worker with the whole batch).',
+  'newRun.hw.zero': 'Shard the optimizer state over the workers (ZeRO-1): less memory per worker',
 
   'newRun.review.name': 'Run name',
   'newRun.review.tags': 'Tags (comma-separated)',
@@ -163,6 +166,9 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.hw.cpu': '{threads} 个线程 · 可用 {free}，共 {total}',
   'newRun.hw.gpu': '可用 {free}，共 {total}',
   'newRun.hw.noGpu': '未发现 NVIDIA GPU：训练将在 CPU 上运行。',
+  'newRun.hw.workers': 'CPU 工作进程数',
+  'newRun.hw.workersHelp': '数据并行：每个进程处理每个批次中的一份，梯度相加（与单进程处理整个批次的曲线相同）。',
+  'newRun.hw.zero': '将优化器状态分片到各工作进程（ZeRO-1）：每个进程占用更少内存',
 
   'newRun.review.name': '训练名称',
   'newRun.review.tags': '标签（逗号分隔）',

@@ -1,0 +1,129 @@
+// Chat in Chromium through browser mode: a LoRA adapter trained on the demo model (through the CLI, into the
+// served home) is picked from the run's outputs; the answer streams into the page token by token, the session
+// is saved, A/B mode answers one prompt with base and adapter side by side, and killing the engine's process
+// mid-answer gives a clear error — the next message restarts it and says so.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import type { Browser, Page } from 'playwright-core';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT, runCli, type Served, startCli } from '../helpers/app';
+import { launchChromium } from '../helpers/browser';
+
+let app: Served;
+let browser: Browser;
+let page: Page;
+const shots = path.join(ROOT, 'test-results', 'screens');
+const data = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
+
+async function shot(name: string): Promise<void> {
+  fs.mkdirSync(shots, { recursive: true });
+  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
+}
+
+/** The engine host's child process (a Node process running host-child.js under the server). */
+function hostPid(): number | null {
+  try {
+    const out = execFileSync('pgrep', ['-P', String(app.proc.pid), '-f', 'host-child'], { encoding: 'utf8' }).trim();
+    return out ? Number(out.split('\n')[0]) : null;
+  } catch {
+    return null;
+  }
+}
+
+beforeAll(async () => {
+  app = await startCli(['serve', '--port', '0']);
+  // a short LoRA run on the demo model, recorded in the served home's database
+  const r = await runCli(
+    [
+      'train',
+      '--model_name_or_path', path.join(app.home, 'models', 'llms-train-demo'),
+      '--train_file', path.join(data, 'train.json'),
+      '--output_dir', path.join(app.home, 'runs', 'chat-lora'),
+      '--run_name', 'chat lora',
+      '--max_steps', '20', '--save_steps', '10', '--logging_steps', '5',
+      '--max_source_length', '128', '--max_target_length', '32',
+      '--per_device_train_batch_size', '8', '--learning_rate', '1e-3',
+      '--lora_target_modules', 'q_proj,v_proj',
+    ],
+    { home: app.home, timeoutMs: 120_000 },
+  );
+  expect(r.code, r.stderr).toBe(0);
+  browser = await launchChromium();
+  page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+}, 180_000);
+
+afterAll(async () => {
+  await browser?.close();
+  await app?.stop();
+});
+
+describe('chat in the browser', () => {
+  it('streams an answer from the trained adapter and saves the session', async () => {
+    await page.goto(`${app.url}#/chat`);
+    await page.getByTestId('chat-setup').waitFor();
+    // the run's final adapter is offered for the demo model
+    await expect.poll(async () => (await page.getByTestId('chat-adapter').locator('option').allTextContents()).join('|')).toMatch(/run #1 chat lora: final/);
+    const final = await page.getByTestId('chat-adapter').locator('option', { hasText: 'final' }).getAttribute('value');
+    await page.getByTestId('chat-adapter').selectOption(final!);
+    await page.getByTestId('chat-max-new').fill('48');
+    await page.getByTestId('chat-start').click();
+    await page.getByTestId('chat-messages').waitFor();
+    // count the DOM updates of the streaming bubble: more than one means tokens arrived one by one
+    await page.evaluate(() => {
+      const w = window as unknown as { __updates: number };
+      w.__updates = 0;
+      new MutationObserver((ms) => {
+        for (const m of ms) if ((m.target as Element).closest?.('[data-testid="msg-streaming"]') || (m.target.parentElement?.closest('[data-testid="msg-streaming"]') ?? null)) w.__updates++;
+      }).observe(document.querySelector('[data-testid="chat-messages"]')!, { subtree: true, childList: true, characterData: true });
+    });
+    await page.getByTestId('chat-input').fill('以下是一段医患对话，请判断科室：病人头痛三天。');
+    await page.getByTestId('chat-input').press('Enter');
+    await page.getByTestId('msg-assistant').first().waitFor({ timeout: 60_000 });
+    expect(await page.getByTestId('msg-user').first().textContent()).toContain('病人头痛三天');
+    expect(((await page.getByTestId('msg-assistant').first().textContent()) ?? '').length).toBeGreaterThan(0);
+    expect(await page.evaluate(() => (window as unknown as { __updates: number }).__updates)).toBeGreaterThan(1);
+    // saved: the session is listed with a title from the first message, and survives a reload
+    expect(await page.getByTestId('chat-sessions').textContent()).toContain('以下是一段医患对话');
+    await page.reload();
+    await page.getByTestId('chat-sessions').getByRole('button', { name: /以下是一段医患对话/ }).click();
+    await expect.poll(() => page.getByTestId('msg-assistant').count()).toBe(1);
+    await shot('chat');
+  });
+
+  it('answers one prompt with base and adapter side by side (A/B)', async () => {
+    await page.getByTestId('chat-ab').click();
+    await page.getByTestId('ab-setup').waitFor();
+    const final = await page.getByTestId('chat-adapterB').locator('option', { hasText: 'final' }).getAttribute('value');
+    await page.getByTestId('chat-adapterB').selectOption(final!);
+    await page.getByTestId('chat-max-new').fill('24');
+    await page.getByTestId('chat-input').fill('病人咳嗽，应该去哪个科室？');
+    await page.getByTestId('chat-send').click();
+    await page.getByTestId('ab-answers').waitFor();
+    await expect.poll(async () => page.getByTestId('chat-send').isVisible(), { timeout: 60_000 }).toBe(true);
+    const a = (await page.getByTestId('ab-a').textContent()) ?? '';
+    const b = (await page.getByTestId('ab-b').textContent()) ?? '';
+    expect(a).toMatch(/tokens in/);
+    expect(b).toMatch(/tokens in/);
+    await shot('chat-ab');
+  });
+
+  it('survives the engine process dying: the page says so, and the next message restarts it', async () => {
+    // (killing it in the middle of an answer is covered in tests/integration/generation.test.ts)
+    await page.getByTestId('chat-new').click();
+    await page.getByTestId('chat-max-new').fill('16');
+    await page.getByTestId('chat-start').click();
+    await expect.poll(() => hostPid(), { timeout: 20_000 }).not.toBeNull();
+    process.kill(hostPid()!, 'SIGKILL');
+    await page.getByTestId('chat-notice').waitFor({ timeout: 30_000 });
+    expect(await page.getByTestId('chat-notice').textContent()).toMatch(/engine process stopped: .*killed by SIGKILL/);
+    await page.getByTestId('chat-input').fill('你好');
+    await page.getByTestId('chat-send').click();
+    await page.getByTestId('msg-assistant').first().waitFor({ timeout: 60_000 });
+    expect(await page.getByTestId('chat-notice').textContent()).toMatch(/restarted/);
+    expect(hostPid()).not.toBeNull();
+    await shot('chat-restarted');
+  });
+});
