@@ -41,7 +41,12 @@ export function httpStatusFor(code: string): number {
     case 'NOT_FOUND':
       return 404;
     case 'CONFLICT':
+    case 'ABORTED': // cancelled by the user: the request ended as asked, not a server fault
       return 409;
+    case 'UNSUPPORTED':
+      return 422;
+    case 'AUTH':
+      return 403;
     case 'UNAVAILABLE':
       return 503;
     default:
