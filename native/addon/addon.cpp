@@ -170,6 +170,7 @@ class Model : public Napi::ObjectWrap<Model> {
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "Model",
                        {InstanceMethod<&Model::Generate>("generate"), InstanceMethod<&Model::EvalLoss>("evalLoss"),
+                        InstanceMethod<&Model::GenerateBatch>("generateBatch"),
                         InstanceMethod<&Model::Abort>("abort"),
                         InstanceMethod<&Model::Info>("info"), InstanceMethod<&Model::Free>("free")});
   }
@@ -220,7 +221,9 @@ class Model : public Napi::ObjectWrap<Model> {
     handle_ = nullptr;
     return env.Undefined();
   }
-  Napi::Value Generate(const Napi::CallbackInfo &info);
+  Napi::Value Generate(const Napi::CallbackInfo &info) { return StartGenerate(info, false); }
+  Napi::Value GenerateBatch(const Napi::CallbackInfo &info) { return StartGenerate(info, true); }
+  Napi::Value StartGenerate(const Napi::CallbackInfo &info, bool batch);
   Napi::Value EvalLoss(const Napi::CallbackInfo &info);
   llmt_model *handle_ = nullptr;
 };
@@ -230,14 +233,16 @@ class Model : public Napi::ObjectWrap<Model> {
 // always sees all tokens before the result.
 class GenerateWorker : public Napi::AsyncWorker {
  public:
-  GenerateWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, std::vector<int32_t> prompt, std::string params,
-                 Napi::Function on_token)
+  /** batch: resolve with ids per prompt (generateBatch); else with the one prompt's ids (generate). */
+  GenerateWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, std::vector<std::vector<int32_t>> prompts,
+                 std::string params, Napi::Function on_token, bool batch)
       : Napi::AsyncWorker(env),
         deferred_(Napi::Promise::Deferred::New(env)),
         model_(model),
         ref_(std::move(ref)),
-        prompt_(std::move(prompt)),
-        params_(std::move(params)) {
+        prompts_(std::move(prompts)),
+        params_(std::move(params)),
+        batch_(batch) {
     SuppressDestruct();
     if (!on_token.IsEmpty() && !on_token.IsUndefined()) {
       pending_ = 2;
@@ -251,10 +256,17 @@ class GenerateWorker : public Napi::AsyncWorker {
     // max_new_tokens bounds the output buffer; parse it cheaply from the params string
     size_t at = params_.find("\"max_new_tokens\"");
     if (at != std::string::npos) cap = std::max<int64_t>(1, std::atoll(params_.c_str() + params_.find(':', at) + 1));
-    out_.resize(static_cast<size_t>(cap));
-    status_ = llmt_model_generate(
-        model_->handle(), prompt_.data(), static_cast<int64_t>(prompt_.size()), params_.c_str(),
-        [](void *user, const char *event) {
+    cap_ = cap;
+    const int64_t R = static_cast<int64_t>(prompts_.size());
+    out_.resize(static_cast<size_t>(cap * R));
+    n_.assign(static_cast<size_t>(R), 0);
+    std::vector<int32_t> flat;
+    std::vector<int64_t> lengths;
+    for (const auto &p : prompts_) {
+      flat.insert(flat.end(), p.begin(), p.end());
+      lengths.push_back(static_cast<int64_t>(p.size()));
+    }
+    llmt_event_fn on_token = [](void *user, const char *event) {
           auto *self = static_cast<GenerateWorker *>(user);
           if (!self->tsfn_) return;
           std::string *copy = new std::string(event);
@@ -266,9 +278,14 @@ class GenerateWorker : public Napi::AsyncWorker {
             delete e;
           });
           if (s != napi_ok) delete copy;
-        },
-        [](void *user) { return static_cast<GenerateWorker *>(user)->model_->abort_.load() ? 1 : 0; }, this, out_.data(),
-        static_cast<int64_t>(out_.size()), &n_);
+    };
+    llmt_abort_fn abort = [](void *user) { return static_cast<GenerateWorker *>(user)->model_->abort_.load() ? 1 : 0; };
+    if (batch_)
+      status_ = llmt_model_generate_batch(model_->handle(), flat.data(), lengths.data(), R, params_.c_str(), on_token, abort, this,
+                                          out_.data(), cap, n_.data());
+    else
+      status_ = llmt_model_generate(model_->handle(), flat.data(), lengths[0], params_.c_str(), on_token, abort, this, out_.data(),
+                                    cap, n_.data());
     if (status_ != LLMT_OK) message_ = llmt_last_error();
     if (tsfn_) tsfn_.Release();
   }
@@ -290,9 +307,18 @@ class GenerateWorker : public Napi::AsyncWorker {
       deferred_.Reject(engine_error(env, status_, message_).Value());
     } else {
       Napi::Object r = Napi::Object::New(env);
-      Napi::Array ids = Napi::Array::New(env, static_cast<size_t>(std::min<int64_t>(n_, static_cast<int64_t>(out_.size()))));
-      for (uint32_t i = 0; i < ids.Length(); ++i) ids.Set(i, out_[i]);
-      r.Set("ids", ids);
+      auto row = [&](size_t k) {
+        Napi::Array ids = Napi::Array::New(env, static_cast<size_t>(std::min<int64_t>(n_[k], cap_)));
+        for (uint32_t i = 0; i < ids.Length(); ++i) ids.Set(i, out_[k * static_cast<size_t>(cap_) + i]);
+        return ids;
+      };
+      if (batch_) {
+        Napi::Array all = Napi::Array::New(env, prompts_.size());
+        for (size_t k = 0; k < prompts_.size(); ++k) all.Set(static_cast<uint32_t>(k), row(k));
+        r.Set("ids", all);
+      } else {
+        r.Set("ids", row(0));
+      }
       r.Set("aborted", status_ == LLMT_ERR_ABORTED);
       deferred_.Resolve(r);
     }
@@ -302,36 +328,58 @@ class GenerateWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   Model *model_;
   Napi::ObjectReference ref_;  // keeps the JS Model alive while generating
-  std::vector<int32_t> prompt_;
+  std::vector<std::vector<int32_t>> prompts_;
   std::string params_;
+  bool batch_;
   Napi::ThreadSafeFunction tsfn_;
   Napi::ObjectReference error_;
   int pending_ = 1;
-  std::vector<int32_t> out_;
-  int64_t n_ = 0;
+  std::vector<int32_t> out_;  // [prompts × cap_]
+  std::vector<int64_t> n_;
+  int64_t cap_ = 0;
   llmt_status status_ = LLMT_OK;
   std::string message_;
 };
 
-Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
+// ids of one prompt from a JS array; false (with a TypeError thrown) when it is not an array of numbers
+bool prompt_ids(Napi::Env env, Napi::Value v, const std::string &what, std::vector<int32_t> &out) {
+  if (!v.IsArray()) {
+    Napi::TypeError::New(env, what + " must be an array of token ids").ThrowAsJavaScriptException();
+    return false;
+  }
+  Napi::Array arr = v.As<Napi::Array>();
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value x = arr.Get(i);
+    if (!x.IsNumber()) {
+      Napi::TypeError::New(env, what + "[" + std::to_string(i) + "] is not a number").ThrowAsJavaScriptException();
+      return false;
+    }
+    out.push_back(x.As<Napi::Number>().Int32Value());
+  }
+  return true;
+}
+
+Napi::Value Model::StartGenerate(const Napi::CallbackInfo &info, bool batch) {
   Napi::Env env = info.Env();
   if (!handle_) {
     engine_error(env, LLMT_ERR_BAD_INPUT, "the model was freed").ThrowAsJavaScriptException();
     return env.Undefined();
   }
-  if (info.Length() < 1 || !info[0].IsArray()) {
-    Napi::TypeError::New(env, "generate(promptIds, params?, onToken?): promptIds must be an array of token ids").ThrowAsJavaScriptException();
-    return env.Undefined();
-  }
-  Napi::Array arr = info[0].As<Napi::Array>();
-  std::vector<int32_t> prompt;
-  for (uint32_t i = 0; i < arr.Length(); ++i) {
-    Napi::Value v = arr.Get(i);
-    if (!v.IsNumber()) {
-      Napi::TypeError::New(env, "generate: promptIds[" + std::to_string(i) + "] is not a number").ThrowAsJavaScriptException();
+  std::vector<std::vector<int32_t>> prompts;
+  if (batch) {
+    if (info.Length() < 1 || !info[0].IsArray() || info[0].As<Napi::Array>().Length() == 0) {
+      Napi::TypeError::New(env, "generateBatch(prompts, params?, onToken?): prompts must be a non-empty array of token id arrays").ThrowAsJavaScriptException();
       return env.Undefined();
     }
-    prompt.push_back(v.As<Napi::Number>().Int32Value());
+    Napi::Array all = info[0].As<Napi::Array>();
+    for (uint32_t k = 0; k < all.Length(); ++k) {
+      prompts.emplace_back();
+      if (!prompt_ids(env, all.Get(k), "generateBatch: prompts[" + std::to_string(k) + "]", prompts.back())) return env.Undefined();
+    }
+  } else {
+    prompts.emplace_back();
+    if (!prompt_ids(env, info.Length() > 0 ? info[0] : env.Undefined(), "generate(promptIds, params?, onToken?): promptIds", prompts.back()))
+      return env.Undefined();
   }
   std::string params = "{}";
   if (info.Length() > 1 && info[1].IsObject()) {
@@ -346,7 +394,7 @@ Napi::Value Model::Generate(const Napi::CallbackInfo &info) {
     return env.Undefined();
   }
   abort_ = false;
-  auto *w = new GenerateWorker(env, this, Napi::Persistent(Value()), std::move(prompt), params, on_token);
+  auto *w = new GenerateWorker(env, this, Napi::Persistent(Value()), std::move(prompts), params, on_token, batch);
   Napi::Promise p = w->Promise();
   w->Queue();
   return p;

@@ -64,6 +64,16 @@ export interface NativeModel {
   /** Streams each token to onToken; resolves when done (aborted: true after abort()). One at a time. */
   generate(promptIds: number[], params?: GenerateParams, onToken?: (e: { token: number; index: number }) => void): Promise<{ ids: number[]; aborted: boolean }>;
   /**
+   * Generates after several prompts at once (one forward per step over the unfinished ones, each stopping on its
+   * own). Row r equals generate(prompts[r]) with seed params.seeds[r] (default params.seed), bit for bit.
+   * onToken receives each token with its row. Resolves with the ids per prompt (aborted: true after abort()).
+   */
+  generateBatch(
+    prompts: number[][],
+    params?: GenerateParams & { seeds?: number[] },
+    onToken?: (e: { row: number; token: number; index: number }) => void,
+  ): Promise<{ ids: number[][]; aborted: boolean }>;
+  /**
    * Evaluation loss on a tokenized dataset (.tok), computed as a training job's eval with eval_batch_size =
    * batchSize (default 4): the same value bit for bit. onProgress after each batch (samples done/total).
    * abort() rejects it with code ABORTED. One operation (generate or evalLoss) at a time per model.
@@ -72,7 +82,7 @@ export interface NativeModel {
   /** Stops the running generate/evalLoss/generateBatch. */
   abort(): void;
   info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number };
-  /** Releases the weights now (else when garbage-collected). Throws while generating. */
+  /** Releases the weights now (else when garbage-collected). Throws while generating or evaluating. */
   free(): void;
 }
 

@@ -445,14 +445,7 @@ int cmd_generate(const Args &a) {
   } else {
     return usage_error("generate needs --prompt-ids or --tokens");
   }
-  Json p = Json::object();
-  if (a.has("--max-new-tokens")) p.set("max_new_tokens", Json::integer(std::atoll(a.get("--max-new-tokens").c_str())));
-  if (a.has("--temperature")) p.set("temperature", Json::number(std::atof(a.get("--temperature").c_str())));
-  if (a.has("--top-k")) p.set("top_k", Json::integer(std::atoll(a.get("--top-k").c_str())));
-  if (a.has("--top-p")) p.set("top_p", Json::number(std::atof(a.get("--top-p").c_str())));
-  if (a.has("--repetition-penalty")) p.set("repetition_penalty", Json::number(std::atof(a.get("--repetition-penalty").c_str())));
-  if (a.has("--seed")) p.set("seed", Json::integer(std::atoll(a.get("--seed").c_str())));
-  if (a.has("--greedy")) p.set("do_sample", Json::boolean(false));
+  const Json p = gen_params(a);
   ModelHandle h;
   llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
   if (st) return fail(st);

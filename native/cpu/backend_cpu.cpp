@@ -34,6 +34,13 @@ class CpuBackend final : public Backend {
   void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nt(A, B, C, M, N, K, acc); }
   void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nn(A, B, C, M, N, K, acc); }
   void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_tn(A, B, C, M, N, K, acc); }
+  bool supports_q4() const override { return true; }
+  void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    cpu::matmul_nt_q4(A, W, C, M, N, K, acc);
+  }
+  void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    cpu::matmul_nn_q4(A, W, C, M, N, K, acc);
+  }
   void add_bias(float *y, const float *b, int64_t rows, int64_t cols) override { cpu::add_bias(y, b, rows, cols); }
   void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) override { cpu::bias_backward(dy, db, rows, cols); }
   void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) override {

@@ -169,6 +169,7 @@ constexpr int64_t kNC = 2048;  // multiple of every NR
 struct View {
   const float *p;
   int64_t rs, cs;
+  const BDecoder *dec = nullptr;  // B only: decode instead of reading p (p is then null; offsets index B's elements)
 };
 
 // Micro-kernel: C[kMR, nr] (leading dimension ldc) = (add ? C : 0) + Σ_k A(i,k)·Bp[k, nr], where row i of A
@@ -346,6 +347,24 @@ void pack_b(const View &B, int64_t nr, int64_t j0, int64_t nc, int64_t k0, int64
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t jp = p * nr, w = std::min(nr, nc - jp);
     float *__restrict d = dst + jp * kc;
+    if (B.dec) {  // decoded B: same panel layout, elements fetched through the decoder
+      if (B.cs == 1) {
+        for (int64_t k = 0; k < kc; ++k) {
+          float *dk = d + k * nr;
+          B.dec->fn(B.dec->ctx, (k0 + k) * B.rs + j0 + jp, w, dk);
+          for (int64_t j = w; j < nr; ++j) dk[j] = 0.0f;
+        }
+      } else {
+        float *col = scratch(2, static_cast<size_t>(kc));
+        for (int64_t j = 0; j < w; ++j) {
+          B.dec->fn(B.dec->ctx, (j0 + jp + j) * B.cs + k0 * B.rs, kc, col);  // B.rs == 1 (nt)
+          for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = col[k];
+        }
+        for (int64_t j = w; j < nr; ++j)
+          for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = 0.0f;
+      }
+      continue;
+    }
     if (B.cs == 1) {
       for (int64_t k = 0; k < kc; ++k) {
         const float *__restrict s = B.p + (k0 + k) * B.rs + j0 + jp;
@@ -445,6 +464,14 @@ void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, i
 
 void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
   gemm(View{A, 1, M}, View{B, N, 1}, C, M, N, K, accumulate);  // A(i,k) = A[k·M + i]
+}
+
+void matmul_nt_dec(const float *A, const BDecoder &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  gemm(View{A, K, 1}, View{nullptr, 1, K, &B}, C, M, N, K, accumulate);
+}
+
+void matmul_nn_dec(const float *A, const BDecoder &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  gemm(View{A, K, 1}, View{nullptr, N, 1, &B}, C, M, N, K, accumulate);
 }
 
 // y[rows,cols] += b[cols]

@@ -30,6 +30,17 @@ void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, i
 // "tn": C[M,N] (+)= A[K,M]ᵀ · B[K,N]      (dW = dyᵀ·x: A = dy[K=rows, M=out], B = x[rows, N=in])
 void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
 
+// The same with B given by a decoder instead of fp32 memory (4-bit weights, cpu/q4.hpp): the GEMM decodes B
+// into its packed panel (at most kKC×kNC floats per thread), so B never exists in fp32; bit-identical to the
+// plain call on the decoded matrix. fn(ctx, begin, n, out) writes elements [begin, begin+n) of B's flat
+// row-major storage ([N,K] for nt, [K,N] for nn) as fp32; it runs on the worker threads.
+struct BDecoder {
+  void (*fn)(const void *ctx, int64_t begin, int64_t n, float *out);
+  const void *ctx;
+};
+void matmul_nt_dec(const float *A, const BDecoder &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+void matmul_nn_dec(const float *A, const BDecoder &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+
 // y[rows,cols] += b[cols]
 void add_bias(float *y, const float *b, int64_t rows, int64_t cols);
 // db[cols] += Σ_rows dy[rows,cols]

@@ -201,6 +201,9 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
 }
 
 llmt_status Model::save_model(const std::string &dir) const {
+  if (!q4_weights.empty()) {
+    return set_error(LLMT_ERR_UNSUPPORTED, "this model was loaded with 4-bit quantization; merge or save from the unquantized base model");
+  }
   llmt_status st = make_dirs(dir);
   if (st != LLMT_OK) return st;
   std::vector<TensorToWrite> tensors;

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "../cpu/ops.hpp"
+#include "../cpu/q4.hpp"
 
 namespace llmt {
 
@@ -99,6 +100,17 @@ class Backend {
   virtual void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) = 0;
   /** dx += dy·mask/(1−p) with the same mask as dropout_forward(stream). */
   virtual void dropout_backward(const float *dy, float *dx, int64_t n, float p, uint64_t stream) = 0;
+
+  // ---- 4-bit base weights (QLoRA; layout and exact semantics in cpu/q4.hpp) ----
+  // W is a Q4View over this backend's memory; the weight is decoded tile by tile inside the GEMM, never
+  // materialised in full. Bit-identical to matmul_nt/matmul_nn on the dequantized weight on the CPU backend.
+  // A backend that returns false from supports_q4() is never handed a 4-bit weight (the model refuses to load
+  // one with LLMT_ERR_UNSUPPORTED), so its defaults below are unreachable.
+  virtual bool supports_q4() const { return false; }
+  /** C[M,N] (+)= A[M,K]·Wᵀ, W [N,K] (the forward y = x·Wᵀ). */
+  virtual void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
+  /** C[M,N] (+)= A[M,K]·W, W [K,N] (the input gradient dx = dy·W; the frozen weight gets no gradient). */
+  virtual void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
 };
 
 /** The CPU backend (fp32, the reference). */

@@ -1,6 +1,8 @@
 // capi.cpp — the C API (include/llmt.h) over the engine's C++ classes. Every entry point catches
 // everything: a C++ exception (std::bad_alloc included) becomes a status code and a message, never an
 // abort of the host process (the Electron app, the CLI worker).
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -61,6 +63,36 @@ Json lora_targets_json(const ModelConfig &c) {
     at = comma + 1;
   }
   return a;
+}
+
+// Generation parameters (llmt.h, llmt_model_generate); `seeds` (may be null) receives the batch's per-row seeds.
+llmt_status parse_gen_params(const Model &m, const char *params_json, GenParams &p, std::vector<uint64_t> *seeds) {
+  const ModelConfig &c = m.config();
+  if (c.eos_id >= 0) p.stop_ids.push_back(static_cast<int32_t>(c.eos_id));
+  for (auto e : c.extra_eos) p.stop_ids.push_back(static_cast<int32_t>(e));
+  if (!params_json || !*params_json) return LLMT_OK;
+  Json j;
+  std::string err;
+  if (!Json::parse(params_json, j, err) || !j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, "generation parameters are not a JSON object: " + err);
+  p.max_new_tokens = j.get_int("max_new_tokens", p.max_new_tokens);
+  p.do_sample = j.get_bool("do_sample", p.do_sample);
+  p.temperature = j.get_number("temperature", p.temperature);
+  p.top_k = j.get_int("top_k", p.top_k);
+  p.top_p = j.get_number("top_p", p.top_p);
+  p.repetition_penalty = j.get_number("repetition_penalty", p.repetition_penalty);
+  p.seed = static_cast<uint64_t>(j.get_int("seed", 0));
+  if (j.get("stop_ids").is_array()) {
+    p.stop_ids.clear();
+    for (const auto &x : j.get("stop_ids").items())
+      if (x.is_integer()) p.stop_ids.push_back(static_cast<int32_t>(x.as_int()));
+  }
+  if (seeds && j.get("seeds").is_array()) {
+    for (const auto &x : j.get("seeds").items()) {
+      if (!x.is_integer()) return set_error(LLMT_ERR_BAD_INPUT, "generation parameters: \"seeds\" must be a list of integers");
+      seeds->push_back(static_cast<uint64_t>(x.as_int()));
+    }
+  }
+  return LLMT_OK;
 }
 
 }  // namespace
@@ -151,6 +183,28 @@ llmt_status llmt_model_load(const char *dir, const char *adapter_dir, llmt_model
     *out = nullptr;
     llmt_status st;
     auto m = Model::load(dir, st);
+    if (!m) return st;
+    if (adapter_dir && *adapter_dir) {
+      if ((st = m->load_adapter(adapter_dir, true))) return st;
+    }
+    auto *h = new llmt_model();
+    h->m = std::move(m);
+    h->adapter = adapter_dir ? adapter_dir : "";
+    *out = h;
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, const char *quantization,
+                                      llmt_model **out) {
+  return guarded("load", [&]() -> llmt_status {
+    if (!dir || !out) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_load_quantized: NULL argument");
+    *out = nullptr;
+    QuantSpec q;
+    llmt_status st = parse_quant_spec(quantization ? quantization : "", q);
+    if (st) return st;
+    auto m = Model::load(dir, st, q);
     if (!m) return st;
     if (adapter_dir && *adapter_dir) {
       if ((st = m->load_adapter(adapter_dir, true))) return st;
@@ -263,26 +317,7 @@ llmt_status llmt_model_generate(llmt_model *model, const int32_t *prompt, int64_
     if (out_n) *out_n = 0;
     if (!model || !prompt || n <= 0) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_generate: empty prompt");
     GenParams p;
-    const ModelConfig &c = model->m->config();
-    if (c.eos_id >= 0) p.stop_ids.push_back(static_cast<int32_t>(c.eos_id));
-    for (auto e : c.extra_eos) p.stop_ids.push_back(static_cast<int32_t>(e));
-    if (params_json && *params_json) {
-      Json j;
-      std::string err;
-      if (!Json::parse(params_json, j, err) || !j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, "generation parameters are not a JSON object: " + err);
-      p.max_new_tokens = j.get_int("max_new_tokens", p.max_new_tokens);
-      p.do_sample = j.get_bool("do_sample", p.do_sample);
-      p.temperature = j.get_number("temperature", p.temperature);
-      p.top_k = j.get_int("top_k", p.top_k);
-      p.top_p = j.get_number("top_p", p.top_p);
-      p.repetition_penalty = j.get_number("repetition_penalty", p.repetition_penalty);
-      p.seed = static_cast<uint64_t>(j.get_int("seed", 0));
-      if (j.get("stop_ids").is_array()) {
-        p.stop_ids.clear();
-        for (const auto &x : j.get("stop_ids").items())
-          if (x.is_integer()) p.stop_ids.push_back(static_cast<int32_t>(x.as_int()));
-      }
-    }
+    if (llmt_status st = parse_gen_params(*model->m, params_json, p, nullptr)) return st;
     std::atomic<bool> stop{false};
     int64_t index = 0;
     std::vector<int32_t> out;
@@ -301,6 +336,44 @@ llmt_status llmt_model_generate(llmt_model *model, const int32_t *prompt, int64_
     const int64_t k = std::min<int64_t>(out_cap, static_cast<int64_t>(out.size()));
     if (out_ids && k > 0) std::memcpy(out_ids, out.data(), sizeof(int32_t) * static_cast<size_t>(k));
     if (out_n) *out_n = static_cast<int64_t>(out.size());
+    if (st == LLMT_OK) clear_error();
+    return st;
+  });
+}
+
+llmt_status llmt_model_generate_batch(llmt_model *model, const int32_t *prompts, const int64_t *lengths, int64_t n_prompts,
+                                      const char *params_json, llmt_event_fn on_token, llmt_abort_fn abort, void *user,
+                                      int32_t *out_ids, int64_t out_cap, int64_t *out_n) {
+  return guarded("generate", [&]() -> llmt_status {
+    if (out_n && n_prompts > 0) std::fill(out_n, out_n + n_prompts, 0);
+    if (!model || !prompts || !lengths || n_prompts <= 0) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_generate_batch: no prompts");
+    GenParams p;
+    std::vector<uint64_t> seeds;
+    if (llmt_status st = parse_gen_params(*model->m, params_json, p, &seeds)) return st;
+    std::vector<std::vector<int32_t>> pr(static_cast<size_t>(n_prompts));
+    for (int64_t r = 0, at = 0; r < n_prompts; at += lengths[r], ++r) {
+      if (lengths[r] <= 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: prompt " + std::to_string(r) + " has no tokens");
+      pr[r].assign(prompts + at, prompts + at + lengths[r]);
+    }
+    std::atomic<bool> stop{false};
+    std::vector<int64_t> index(static_cast<size_t>(n_prompts), 0);
+    auto cb = [&](int64_t r, int32_t tok) {
+      if (on_token) {
+        std::string e = "{\"row\":" + std::to_string(r) + ",\"token\":" + std::to_string(tok) + ",\"index\":" + std::to_string(index[r]) + "}";
+        on_token(user, e.c_str());
+      }
+      ++index[r];
+      if (abort && abort(user)) stop = true;
+      return true;
+    };
+    if (abort && abort(user)) stop = true;
+    std::vector<std::vector<int32_t>> out;
+    llmt_status st = generate_batch(*model->m, pr, p, seeds, cb, &stop, out);
+    for (int64_t r = 0; r < n_prompts && r < static_cast<int64_t>(out.size()); ++r) {
+      const int64_t k = std::min<int64_t>(out_cap, static_cast<int64_t>(out[r].size()));
+      if (out_ids && k > 0) std::memcpy(out_ids + r * out_cap, out[r].data(), sizeof(int32_t) * static_cast<size_t>(k));
+      if (out_n) out_n[r] = static_cast<int64_t>(out[r].size());
+    }
     if (st == LLMT_OK) clear_error();
     return st;
   });

@@ -64,27 +64,78 @@ int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen,
 llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenParams &p,
                      const std::function<bool(int32_t)> &on_token, std::atomic<bool> *abort,
                      std::vector<int32_t> &out) {
-  out.clear();
-  if (prompt.empty()) return set_error(LLMT_ERR_BAD_INPUT, "generate: the prompt has no tokens");
+  std::vector<std::vector<int32_t>> outs;
+  llmt_status st = generate_batch(m, {prompt}, p, {}, on_token ? [&](int64_t, int32_t t) { return on_token(t); } : std::function<bool(int64_t, int32_t)>(),
+                                  abort, outs);
+  out = outs.empty() ? std::vector<int32_t>() : std::move(outs[0]);
+  return st;
+}
+
+llmt_status generate_batch(Model &m, const std::vector<std::vector<int32_t>> &prompts, const GenParams &p,
+                           const std::vector<uint64_t> &seeds, const std::function<bool(int64_t, int32_t)> &on_token,
+                           std::atomic<bool> *abort, std::vector<std::vector<int32_t>> &out) {
+  const int64_t R = static_cast<int64_t>(prompts.size());
+  out.assign(static_cast<size_t>(R), {});
+  if (R == 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: no prompts");
+  for (int64_t r = 0; r < R; ++r)
+    if (prompts[r].empty()) return set_error(LLMT_ERR_BAD_INPUT, R == 1 ? "generate: the prompt has no tokens" : "generate: prompt " + std::to_string(r) + " has no tokens");
+  if (!seeds.empty() && static_cast<int64_t>(seeds.size()) != R) return set_error(LLMT_ERR_BAD_INPUT, "generate: one seed per prompt");
   if (p.max_new_tokens < 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: max_new_tokens must be >= 0");
   if (p.top_p <= 0 || p.top_p > 1) return set_error(LLMT_ERR_BAD_INPUT, "generate: top_p must be in (0, 1]");
   if (p.repetition_penalty <= 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: repetition_penalty must be positive");
-  Model::KvCache cache;
-  m.init_cache(cache, static_cast<int64_t>(prompt.size()) + p.max_new_tokens + 1);
-  std::vector<float> logits;
-  llmt_status st = m.infer(cache, prompt.data(), static_cast<int64_t>(prompt.size()), logits);
-  if (st) return st;
-  std::vector<int32_t> seen = prompt;
-  Rng rng(p.seed);
-  for (int64_t i = 0; i < p.max_new_tokens; ++i) {
+  const int64_t V = m.config().vocab;
+  std::vector<Model::KvCache> caches(static_cast<size_t>(R));
+  std::vector<std::vector<int32_t>> seen(prompts);
+  std::vector<Rng> rng;
+  for (int64_t r = 0; r < R; ++r) {
+    m.init_cache(caches[r], static_cast<int64_t>(prompts[r].size()) + p.max_new_tokens + 1);
+    rng.emplace_back(seeds.empty() ? p.seed : seeds[r]);
+  }
+  std::vector<float> logits(static_cast<size_t>(R * V)), chunk, row(static_cast<size_t>(V));
+  // prefill: prompts grouped up to ~4096 tokens per forward (rows are independent: grouping changes no value)
+  for (int64_t r0 = 0; r0 < R;) {
+    std::vector<Model::KvCache *> cs;
+    std::vector<const int32_t *> ids;
+    std::vector<int64_t> ns;
+    int64_t tokens = 0;
+    for (int64_t r = r0; r < R && (cs.empty() || tokens + static_cast<int64_t>(prompts[r].size()) <= 4096); ++r) {
+      cs.push_back(&caches[r]);
+      ids.push_back(prompts[r].data());
+      ns.push_back(static_cast<int64_t>(prompts[r].size()));
+      tokens += ns.back();
+    }
+    if (llmt_status st = m.infer_batch(cs.data(), ids.data(), ns.data(), static_cast<int64_t>(cs.size()), chunk)) return st;
+    std::copy(chunk.begin(), chunk.end(), logits.begin() + r0 * V);
+    r0 += static_cast<int64_t>(cs.size());
+  }
+  std::vector<int64_t> active(static_cast<size_t>(R));  // rows still generating; logits row i belongs to active[i]
+  for (int64_t r = 0; r < R; ++r) active[r] = r;
+  for (int64_t i = 0; i < p.max_new_tokens && !active.empty(); ++i) {
     if (abort && abort->load()) return set_error(LLMT_ERR_ABORTED, "generation stopped");
-    const int32_t tok = pick_token(logits, seen, p, rng);
-    out.push_back(tok);
-    seen.push_back(tok);
-    if (on_token && !on_token(tok)) break;
-    if (std::find(p.stop_ids.begin(), p.stop_ids.end(), tok) != p.stop_ids.end()) break;
-    if (i + 1 == p.max_new_tokens) break;
-    if ((st = m.infer(cache, &tok, 1, logits))) return st;
+    std::vector<int64_t> next;
+    std::vector<int32_t> toks;
+    for (size_t k = 0; k < active.size(); ++k) {
+      const int64_t r = active[k];
+      std::copy(logits.begin() + static_cast<int64_t>(k) * V, logits.begin() + static_cast<int64_t>(k + 1) * V, row.begin());
+      const int32_t tok = pick_token(row, seen[r], p, rng[r]);
+      out[r].push_back(tok);
+      seen[r].push_back(tok);
+      if (on_token && !on_token(r, tok)) continue;
+      if (std::find(p.stop_ids.begin(), p.stop_ids.end(), tok) != p.stop_ids.end()) continue;
+      if (i + 1 == p.max_new_tokens) continue;
+      next.push_back(r);
+      toks.push_back(tok);
+    }
+    active.swap(next);
+    if (active.empty()) break;
+    std::vector<Model::KvCache *> cs;
+    std::vector<const int32_t *> ids;
+    std::vector<int64_t> ns(active.size(), 1);
+    for (size_t k = 0; k < active.size(); ++k) {
+      cs.push_back(&caches[active[k]]);
+      ids.push_back(&toks[k]);
+    }
+    if (llmt_status st = m.infer_batch(cs.data(), ids.data(), ns.data(), static_cast<int64_t>(active.size()), logits)) return st;
   }
   return LLMT_OK;
 }

@@ -29,6 +29,15 @@ llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenPara
                      const std::function<bool(int32_t)> &on_token, std::atomic<bool> *abort,
                      std::vector<int32_t> &out);
 
+/** Generates after each of `prompts` at once: one forward per step over every unfinished sequence (each with its
+ *  own KV cache and positions, so no padding), each stopping at its own stop id / max_new_tokens, the
+ *  processors applied per row with its own RNG seeded by seeds[r] (empty: p.seed for every row). Row r's output
+ *  equals generate(prompts[r]) with seed seeds[r], bit for bit. on_token(r, id) returning false stops row r.
+ *  abort stops all rows (LLMT_ERR_ABORTED; `out` keeps what was generated). */
+llmt_status generate_batch(Model &m, const std::vector<std::vector<int32_t>> &prompts, const GenParams &p,
+                           const std::vector<uint64_t> &seeds, const std::function<bool(int64_t, int32_t)> &on_token,
+                           std::atomic<bool> *abort, std::vector<std::vector<int32_t>> &out);
+
 /** Applies the processors to one row of logits and picks the next token (exposed for tests). */
 int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p, Rng &rng);
 

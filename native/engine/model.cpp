@@ -100,10 +100,17 @@ int64_t Model::num_trainable() const {
   return n;
 }
 
-std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
+std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) { return load(dir, st, QuantSpec()); }
+
+std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, const QuantSpec &quant) {
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
   m->be_ = &cpu_backend();
+  m->quant_ = quant;
+  if (quant.enabled && !m->be_->supports_q4()) {
+    st = set_error(LLMT_ERR_UNSUPPORTED, std::string("4-bit quantization is not implemented on the ") + m->be_->name() + " backend yet");
+    return nullptr;
+  }
   m->impl_ = std::make_unique<Impl>();
   st = load_config(dir, m->cfg_);
   if (st != LLMT_OK) return nullptr;
@@ -130,6 +137,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
     lin->out = out;
     lin->role = role;
     lin->W = m->new_param(lin->module + ".weight", {out, in});
+    if (quant.enabled) std::vector<float>().swap(lin->W->data);  // filled as 4-bit while loading
     if (role == kQKV || role == kQ || role == kK || role == kV ? c.qkv_bias : c.linear_bias) {
       lin->b = m->new_param(lin->module + ".bias", {out});
       lin->b->decay = false;
@@ -207,6 +215,16 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) {
                                              shape_str(t->shape) + " but config.json implies " + shape_str(p->shape) +
                                              "; config.json and the weights do not belong together");
       return nullptr;
+    }
+    if (quant.enabled && p->data.empty()) {  // a block linear of a QLoRA load: stream in, quantize, drop
+      std::vector<float> tmp(static_cast<size_t>(p->numel()));
+      if ((st = ws->read_f32(fname, tmp.data())) != LLMT_OK) return nullptr;
+      auto q = std::make_unique<Q4Weight>();
+      quantize_weight(tmp.data(), p->shape[0], p->shape[1], quant, *q);
+      for (auto &lin : m->linears)
+        if (lin->W == p.get()) lin->q4 = q.get();
+      m->q4_weights.push_back(std::move(q));
+      continue;
     }
     st = ws->read_f32(fname, p->data.data());
     if (st != LLMT_OK) return nullptr;
@@ -361,6 +379,9 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
   }
   llmt_status st = apply_modules_to_save(s.modules_to_save);
   if (st != LLMT_OK) return st;
+  for (auto &lin : linears)
+    if (lin->q4 && lin->W->trainable)
+      return set_error(LLMT_ERR_UNSUPPORTED, "modules_to_save lists " + lin->module + ", which is 4-bit under QLoRA; it cannot be trained");
   for (auto &p : params)
     if (p->trainable) p->grad.assign(p->data.size(), 0.0f);
   return LLMT_OK;
@@ -404,7 +425,8 @@ uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
 // y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
 void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
-  be.matmul_nt(x, L.W->data.data(), y, N, L.out, L.in, false);
+  if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
+  else be.matmul_nt(x, L.W->data.data(), y, N, L.out, L.in, false);
   if (L.b) be.add_bias(y, L.b->data.data(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
@@ -428,8 +450,9 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
 // Backward of linear_forward. dx is overwritten (accumulate=false) or added to.
 void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
                      const LinearActs &a) {
-  be.matmul_nn(dy, L.W->data.data(), dx, N, L.in, L.out, accumulate);
-  if (L.W->trainable) be.matmul_tn(dy, x, L.W->grad.data(), L.out, L.in, N, true);
+  if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);  // frozen: no dW
+  else be.matmul_nn(dy, L.W->data.data(), dx, N, L.in, L.out, accumulate);
+  if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->grad.data(), L.out, L.in, N, true);
   if (L.b && L.b->trainable) be.bias_backward(dy, L.b->grad.data(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
@@ -504,9 +527,13 @@ struct Fwd {
   float pos_scale = 1.0f, scale = 1.0f;
   // training attention (B, T from ctx)
   const int32_t *seg = nullptr, *prefix = nullptr;
-  // cached attention (inference): cache rows p0… of layer l; prefix as a scalar
-  Model::KvCache *cache = nullptr;
-  int64_t p0 = 0, cache_prefix = 0;
+  // cached attention (inference): per sequence, its rows [row0, row0+n) of the chunk go to cache rows p0… of
+  // layer l and attend to that cache (ChatGLM-6B: with its prefix)
+  struct CachedSeq {
+    Model::KvCache *cache;
+    int64_t row0, n, p0, prefix;
+  };
+  std::vector<CachedSeq> cached;
 };
 
 // Rotary positions on q [N, nh, hd] and k [N, nkv, hd]; `back` applies the transpose (the backward).
@@ -631,11 +658,14 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
   }
   apply_positions(F, a.q.data(), a.k.data(), false);
   resize(a.attn, N * qd);
-  if (F.cache) {
-    float *kc = F.cache->k[static_cast<size_t>(l)].data(), *vc = F.cache->v[static_cast<size_t>(l)].data();
-    std::memcpy(kc + F.p0 * kvd, a.k.data(), sizeof(float) * static_cast<size_t>(N * kvd));
-    std::memcpy(vc + F.p0 * kvd, a.v.data(), sizeof(float) * static_cast<size_t>(N * kvd));
-    be.attention_cached(a.q.data(), kc, vc, a.attn.data(), F.p0, N, nh, nkv, hd, F.scale, alibi_of(c), F.cache_prefix);
+  if (!F.cached.empty()) {
+    for (const Fwd::CachedSeq &cs : F.cached) {
+      float *kc = cs.cache->k[static_cast<size_t>(l)].data(), *vc = cs.cache->v[static_cast<size_t>(l)].data();
+      std::memcpy(kc + cs.p0 * kvd, a.k.data() + cs.row0 * kvd, sizeof(float) * static_cast<size_t>(cs.n * kvd));
+      std::memcpy(vc + cs.p0 * kvd, a.v.data() + cs.row0 * kvd, sizeof(float) * static_cast<size_t>(cs.n * kvd));
+      be.attention_cached(a.q.data() + cs.row0 * qd, kc, vc, a.attn.data() + cs.row0 * qd, cs.p0, cs.n, nh, nkv, hd, F.scale,
+                          alibi_of(c), cs.prefix);
+    }
   } else {
     resize(a.lse, F.ctx.B * nh * F.ctx.T);
     be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
@@ -950,66 +980,86 @@ void Model::init_cache(KvCache &c, int64_t capacity) const {
 }
 
 llmt_status Model::infer(KvCache &cache, const int32_t *ids, int64_t n, std::vector<float> &last_logits) {
+  KvCache *c = &cache;
+  return infer_batch(&c, &ids, &n, 1, last_logits);
+}
+
+llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids, const int64_t *n, int64_t S,
+                               std::vector<float> &last_logits) {
   const ModelConfig &c = cfg_;
-  const int64_t H = c.hidden, V = c.vocab, p0 = cache.length;
-  if (n <= 0) return set_error(LLMT_ERR_BAD_INPUT, "infer: no tokens");
-  if (p0 + n > cache.capacity) {
-    return set_error(LLMT_ERR_BAD_INPUT, "the sequence (" + std::to_string(p0 + n) + " tokens) is longer than the cache (" +
-                                             std::to_string(cache.capacity) + "); lower max_new_tokens or the prompt length");
+  const int64_t H = c.hidden, V = c.vocab;
+  if (S <= 0) return set_error(LLMT_ERR_BAD_INPUT, "infer: no sequences");
+  int64_t N = 0;
+  for (int64_t s = 0; s < S; ++s) {
+    const KvCache &cache = *caches[s];
+    if (n[s] <= 0) return set_error(LLMT_ERR_BAD_INPUT, "infer: no tokens");
+    if (cache.length + n[s] > cache.capacity) {
+      return set_error(LLMT_ERR_BAD_INPUT, "the sequence (" + std::to_string(cache.length + n[s]) + " tokens) is longer than the cache (" +
+                                               std::to_string(cache.capacity) + "); lower max_new_tokens or the prompt length");
+    }
+    for (int64_t i = 0; i < n[s]; ++i)
+      if (ids[s][i] < 0 || ids[s][i] >= V)
+        return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(ids[s][i]) + " is outside the vocabulary (size " + std::to_string(V) + ")");
+    N += n[s];
   }
-  for (int64_t i = 0; i < n; ++i)
-    if (ids[i] < 0 || ids[i] >= V)
-      return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(ids[i]) + " is outside the vocabulary (size " + std::to_string(V) + ")");
   Backend &be = *be_;
-  std::vector<int32_t> pos(static_cast<size_t>(n)), block;
-  for (int64_t i = 0; i < n; ++i) pos[i] = static_cast<int32_t>(p0 + i);
-  Fwd F(c, be, Ctx{1, n, n, false, 0, &be});
-  if (c.pos == PosKind::Rope2D) {
-    // ChatGLM-6B: the prompt (first chunk) must hold [gMASK] and <sop>; later tokens keep position = mask
-    // position and count block positions up (HF prepare_inputs_for_generation / get_position_ids)
-    if (p0 == 0) {
-      int64_t ctx_len, mask_pos;
-      llmt_status st = glm_row_info(c, ids, n, 0, ctx_len, mask_pos);
-      if (st) return st;
-      cache.glm_ctx = ctx_len;
-      cache.glm_mask_pos = mask_pos;
+  std::vector<int32_t> flat(static_cast<size_t>(N)), pos(static_cast<size_t>(N)), block;
+  if (c.pos == PosKind::Rope2D) block.resize(static_cast<size_t>(N));
+  Fwd F(c, be, Ctx{1, N, N, false, 0, &be});
+  for (int64_t s = 0, row = 0; s < S; row += n[s], ++s) {
+    KvCache &cache = *caches[s];
+    const int64_t p0 = cache.length;
+    std::copy(ids[s], ids[s] + n[s], flat.begin() + row);
+    for (int64_t i = 0; i < n[s]; ++i) pos[row + i] = static_cast<int32_t>(p0 + i);
+    if (c.pos == PosKind::Rope2D) {
+      // ChatGLM-6B: the prompt (first chunk) must hold [gMASK] and <sop>; later tokens keep position = mask
+      // position and count block positions up (HF prepare_inputs_for_generation / get_position_ids)
+      if (p0 == 0) {
+        int64_t ctx_len, mask_pos;
+        llmt_status st = glm_row_info(c, ids[s], n[s], s, ctx_len, mask_pos);
+        if (st) return st;
+        cache.glm_ctx = ctx_len;
+        cache.glm_mask_pos = mask_pos;
+      }
+      for (int64_t i = 0; i < n[s]; ++i) {
+        const int64_t t = p0 + i;
+        pos[row + i] = static_cast<int32_t>(t < cache.glm_ctx ? t : cache.glm_mask_pos);
+        block[row + i] = static_cast<int32_t>(t < cache.glm_ctx ? 0 : t - cache.glm_ctx + 1);
+      }
     }
-    block.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t t = p0 + i;
-      pos[i] = static_cast<int32_t>(t < cache.glm_ctx ? t : cache.glm_mask_pos);
-      block[i] = static_cast<int32_t>(t < cache.glm_ctx ? 0 : t - cache.glm_ctx + 1);
-    }
-    F.block = block.data();
-    F.cache_prefix = cache.glm_ctx;
+    F.cached.push_back({&cache, row, n[s], p0, c.pos == PosKind::Rope2D ? cache.glm_ctx : 0});
   }
+  F.block = block.empty() ? nullptr : block.data();
   F.pos = pos.data();
   F.freqs = inv_freq(c);
   F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
   F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  F.cache = &cache;
-  F.p0 = p0;
 
-  std::vector<float> x(static_cast<size_t>(n * H)), tmp(static_cast<size_t>(n * H)), mean(static_cast<size_t>(n)),
-      rstd(static_cast<size_t>(n));
-  be.embedding_forward(embed->data.data(), ids, x.data(), n, H);
+  std::vector<float> x(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H)), mean(static_cast<size_t>(N)),
+      rstd(static_cast<size_t>(N));
+  be.embedding_forward(embed->data.data(), flat.data(), x.data(), N, H);
   if (embed_norm_w) {
     be.layernorm_forward(x.data(), embed_norm_w->data.data(), embed_norm_b->data.data(), tmp.data(), mean.data(), rstd.data(),
-                         n, H, static_cast<float>(c.norm_eps));
+                         N, H, static_cast<float>(c.norm_eps));
     x.swap(tmp);
   }
-  if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, n * H);
+  if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, N * H);
   LayerActs a;
   for (int64_t l = 0; l < c.layers; ++l) {
     a.x_in = x;
     block_forward(F, layers[static_cast<size_t>(l)], l, a, x.data());
   }
-  cache.length = p0 + n;
-  std::vector<float> h(static_cast<size_t>(H));
-  norm_forward(be, c, final_w, final_b, x.data() + (n - 1) * H, h.data(), mean.data(), rstd.data(), 1);
-  if (c.logit_scale != 1.0f) be.scale_inplace(h.data(), c.logit_scale, H);
-  last_logits.resize(static_cast<size_t>(V));
-  be.matmul_nt(h.data(), lm_head->data.data(), last_logits.data(), 1, V, H, false);
+  for (int64_t s = 0; s < S; ++s) caches[s]->length += n[s];
+  // the last row of each sequence: final norm and the head on S rows
+  std::vector<float> last(static_cast<size_t>(S * H)), h(static_cast<size_t>(S * H));
+  for (int64_t s = 0, row = 0; s < S; ++s) {
+    row += n[s];
+    std::copy(x.begin() + (row - 1) * H, x.begin() + row * H, last.begin() + s * H);
+  }
+  norm_forward(be, c, final_w, final_b, last.data(), h.data(), mean.data(), rstd.data(), S);
+  if (c.logit_scale != 1.0f) be.scale_inplace(h.data(), c.logit_scale, S * H);
+  last_logits.resize(static_cast<size_t>(S * V));
+  be.matmul_nt(h.data(), lm_head->data.data(), last_logits.data(), S, V, H, false);
   for (float z : last_logits)
     if (!std::isfinite(z)) return set_error(LLMT_ERR_NAN, "the model produced non-finite logits");
   return LLMT_OK;

@@ -19,6 +19,7 @@
 
 #include "family.hpp"
 #include "llmt.h"
+#include "quant.hpp"
 
 namespace llmt {
 
@@ -65,6 +66,7 @@ struct Linear {
   Param *b = nullptr;   // [out] or null
   Lora lora;            // r == 0: none
   int role = 0;
+  const Q4Weight *q4 = nullptr;  // QLoRA: the frozen 4-bit base weight; W keeps its shape, W->data is empty
 };
 
 struct Layer {
@@ -103,6 +105,10 @@ class Model {
  public:
   /** Loads config.json + safetensors from an HF folder (fp32 copies of the weights). */
   static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st);
+  /** The same, quantizing the linear weights of the blocks to 4 bits while streaming them in (quant.hpp):
+   *  each is read in fp32, quantized and dropped before the next, so the fp32 model never exists at once. */
+  static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st, const QuantSpec &quant);
+  const QuantSpec &quantization() const { return quant_; }
   ~Model();
 
   const ModelConfig &config() const { return cfg_; }
@@ -139,12 +145,19 @@ class Model {
   void init_cache(KvCache &c, int64_t capacity) const;
   /** Feeds `n` tokens at positions cache.length… and returns the logits of the last one [V]. */
   llmt_status infer(KvCache &cache, const int32_t *ids, int64_t n, std::vector<float> &last_logits);
+  /** One chunk of each of S sequences, each with its own cache: sequence s feeds n[s] ≥ 1 tokens ids[s] at
+   *  positions caches[s]->length…. One forward over all Σn tokens (every op but attention treats rows alone;
+   *  attention runs per sequence against its cache), so each sequence's logits are bit-identical to infer() on
+   *  it alone. last_logits receives [S, V]: the logits of each sequence's last token. */
+  llmt_status infer_batch(KvCache *const *caches, const int32_t *const *ids, const int64_t *n, int64_t S,
+                          std::vector<float> &last_logits);
 
   std::vector<Layer> layers;
   std::vector<std::unique_ptr<Linear>> linears;
   Param *embed = nullptr, *final_w = nullptr, *final_b = nullptr, *lm_head = nullptr;
   Param *embed_norm_w = nullptr, *embed_norm_b = nullptr;  // bloom's word_embeddings_layernorm
   std::vector<std::unique_ptr<Param>> params;
+  std::vector<std::unique_ptr<Q4Weight>> q4_weights;  // QLoRA base weights, referenced by Linear::q4
 
  private:
   Model() = default;
@@ -157,6 +170,7 @@ class Model {
   std::string dir_;
   LoraSpec spec_;
   bool has_lora_ = false;
+  QuantSpec quant_;
   std::unique_ptr<Impl> impl_;
 };
 

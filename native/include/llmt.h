@@ -107,6 +107,12 @@ typedef struct llmt_model llmt_model;
  * Errors: IO, BAD_INPUT (weights/adapter that do not fit, with names), UNSUPPORTED (model_type, adapter kind),
  * OOM. */
 LLMT_API llmt_status llmt_model_load(const char *dir, const char *adapter_dir, llmt_model **out);
+/* The same with the linear weights of the transformer blocks quantized to 4 bits while loading (QLoRA;
+ * bitsandbytes' NF4/FP4 with blocksize 64 and double-quantized scales): quantization is "nf4", "fp4" or
+ * "none"/NULL (= llmt_model_load). Embeddings, norms and the LM head stay fp32; the adapter is fp32.
+ * Errors: as llmt_model_load, plus BAD_INPUT (unknown quantization), UNSUPPORTED (backend without 4-bit ops). */
+LLMT_API llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, const char *quantization,
+                                               llmt_model **out);
 LLMT_API void llmt_model_free(llmt_model *model);
 /* JSON: {model_type, vocab, hidden, layers, parameters, trainable, adapter, eos_ids, bos_id, pad_id}. */
 LLMT_API llmt_status llmt_model_info(llmt_model *model, char **out_json);
@@ -139,6 +145,19 @@ LLMT_API llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, cons
 LLMT_API llmt_status llmt_model_generate(llmt_model *model, const int32_t *prompt, int64_t n, const char *params_json,
                                          llmt_event_fn on_token, llmt_abort_fn abort, void *user, int32_t *out_ids,
                                          int64_t out_cap, int64_t *out_n);
+
+/* Generates after n_prompts prompts at once (batched): `prompts` holds their ids back to back, lengths[r] the
+ * length of prompt r (>= 1). params_json as llmt_model_generate, plus "seeds": [...] (one per prompt; default: every
+ * row uses "seed"). One forward per step over every unfinished sequence (own KV cache and positions each, no
+ * padding); each row stops at its own stop id or max_new_tokens, the processors apply per row with its own RNG. Row
+ * r's ids equal llmt_model_generate on prompt r alone with seed seeds[r], bit for bit. on_token (may be NULL)
+ * receives {"row": r, "token": id, "index": i}; abort (may be NULL) is polled after each token. out_ids is
+ * [n_prompts * out_cap] (row r at r * out_cap, up to out_cap ids each); out_n[n_prompts] receives the counts.
+ * Errors: BAD_INPUT, ABORTED (the tokens generated so far are still returned). */
+LLMT_API llmt_status llmt_model_generate_batch(llmt_model *model, const int32_t *prompts, const int64_t *lengths,
+                                               int64_t n_prompts, const char *params_json, llmt_event_fn on_token,
+                                               llmt_abort_fn abort, void *user, int32_t *out_ids, int64_t out_cap,
+                                               int64_t *out_n);
 
 /* Evaluation loss on a tokenized dataset (a .tok file, or a JSON tokens file {"input_ids","labels"}), no dropout,
  * computed exactly as a training job's eval (engine/evaluate.hpp): batches of batch_size consecutive samples,

@@ -16,6 +16,7 @@
 
 #include "../cpu/ops.hpp"
 #include "../engine/generate.hpp"
+#include "../engine/json.hpp"
 #include "../engine/model.hpp"
 #include "../engine/rng.hpp"
 #include "../engine/safetensors.hpp"
@@ -121,6 +122,92 @@ static std::vector<float> grads_of(Model &m, const Batch &b, const RunOptions &o
   return all;
 }
 
+// Batched generation (prompts of different lengths, one forward per step) == each prompt generated alone, bit for
+// bit: the logits of a batched chunk, greedy decoding with per-row stops, and sampling with per-row seeds.
+static void test_batched_generation(Model &m, const std::string &family) {
+  const ModelConfig &c = m.config();
+  std::vector<std::vector<int32_t>> prompts;
+  Rng r(42);
+  for (int len : {5, 2, 8, 3}) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < len; ++t) p.push_back(static_cast<int32_t>(4 + r.below(static_cast<uint64_t>(c.vocab - 4))));
+    if (c.pos == PosKind::Rope2D) {  // ChatGLM-6B prompts end with [gMASK] <sop>
+      p.push_back(static_cast<int32_t>(c.gmask_id));
+      p.push_back(static_cast<int32_t>(c.bos_id));
+    }
+    prompts.push_back(p);
+  }
+  const int64_t V = c.vocab, S = static_cast<int64_t>(prompts.size());
+  // one batched prefill and one batched decoding step against per-sequence infer()
+  std::vector<Model::KvCache> bc(prompts.size()), sc(prompts.size());
+  std::vector<Model::KvCache *> cp;
+  std::vector<const int32_t *> ip;
+  std::vector<int64_t> np;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    m.init_cache(bc[i], 16);
+    m.init_cache(sc[i], 16);
+    cp.push_back(&bc[i]);
+    ip.push_back(prompts[i].data());
+    np.push_back(static_cast<int64_t>(prompts[i].size()));
+  }
+  std::vector<float> batched, alone;
+  CHECK(m.infer_batch(cp.data(), ip.data(), np.data(), S, batched) == LLMT_OK, llmt_last_error());
+  bool same = batched.size() == static_cast<size_t>(S * V);
+  for (size_t i = 0; i < prompts.size() && same; ++i) {
+    CHECK(m.infer(sc[i], prompts[i].data(), np[i], alone) == LLMT_OK, llmt_last_error());
+    same = std::equal(alone.begin(), alone.end(), batched.begin() + static_cast<int64_t>(i) * V);
+  }
+  const int32_t next[4] = {7, 9, 11, 13};
+  std::vector<const int32_t *> np1 = {next, next + 1, next + 2, next + 3};
+  std::vector<int64_t> ones(prompts.size(), 1);
+  CHECK(m.infer_batch(cp.data(), np1.data(), ones.data(), S, batched) == LLMT_OK, llmt_last_error());
+  for (size_t i = 0; i < prompts.size() && same; ++i) {
+    CHECK(m.infer(sc[i], next + i, 1, alone) == LLMT_OK, llmt_last_error());
+    same = std::equal(alone.begin(), alone.end(), batched.begin() + static_cast<int64_t>(i) * V);
+  }
+  CHECK(same, family + ": batched prefill and decoding logits equal each sequence's own, bit for bit");
+
+  auto check = [&](GenParams gp, const std::vector<uint64_t> &seeds, const std::string &what) {
+    std::vector<std::vector<int32_t>> outs;
+    CHECK(generate_batch(m, prompts, gp, seeds, nullptr, nullptr, outs) == LLMT_OK, llmt_last_error());
+    bool eq = outs.size() == prompts.size();
+    size_t lens = 0;
+    for (size_t i = 0; i < prompts.size() && eq; ++i) {
+      GenParams g1 = gp;
+      if (!seeds.empty()) g1.seed = seeds[i];
+      std::vector<int32_t> one;
+      CHECK(generate(m, prompts[i], g1, nullptr, nullptr, one) == LLMT_OK, llmt_last_error());
+      eq = one == outs[i];
+      lens += outs[i].size();
+    }
+    CHECK(eq, family + ": " + what + ": each batched row equals its prompt generated alone");
+    return outs;
+  };
+  GenParams greedy;
+  greedy.do_sample = false;
+  greedy.max_new_tokens = 7;
+  greedy.stop_ids.clear();
+  auto g = check(greedy, {}, "greedy");
+  // a stop id that row 0 emits early: that row ends, the others go on
+  if (!g.empty() && g[0].size() > 2) {
+    greedy.stop_ids = {g[0][1]};
+    auto g2 = check(greedy, {}, "greedy with a stop id");
+    const size_t first = static_cast<size_t>(std::find(g[0].begin(), g[0].end(), g[0][1]) - g[0].begin());
+    CHECK(g2[0].size() == first + 1 && g2[0].back() == g[0][1], family + ": row 0 stops at its stop id");
+  }
+  GenParams sample;
+  sample.temperature = 1.0;
+  sample.top_k = 0;
+  sample.top_p = 0.95;
+  sample.repetition_penalty = 1.3;
+  sample.max_new_tokens = 6;
+  sample.stop_ids.clear();
+  check(sample, {11, 12, 13, 14}, "sampling with per-row seeds");
+  sample.seed = 5;
+  sample.top_k = 20;
+  check(sample, {}, "sampling with one seed");
+}
+
 static void test_family(const std::string &family) {
   std::printf("family %s\n", family.c_str());
   llmt_status st;
@@ -219,6 +306,7 @@ static void test_family(const std::string &family) {
     CHECK(best == out[i], "greedy token " + std::to_string(i) + " matches the full forward");
     seq.push_back(out[i]);
   }
+  test_batched_generation(*m2, family);
 }
 
 static void test_full_finetune() {
@@ -605,6 +693,51 @@ static void test_training_and_resume() {
   CHECK(st == LLMT_ERR_BAD_INPUT && !bad.empty() && bad.back().find("unknown field") != std::string::npos, "unknown job field named");
 }
 
+// llmt_model_eval_loss == the training job's eval_loss, bit for bit (same file, same eval batch size).
+static void test_eval_loss() {
+  std::printf("eval loss\n");
+  const std::string data = g_tmp + "/eval.json";
+  write_tokens(data, 11, 9, 8);  // rows of 7..9 tokens: the last batch is short, batches are padded
+  const std::string out = g_tmp + "/run-eval";
+  const std::string job = std::string("{\"model\": \"") + tiny("llama") + "\", \"lora\": {\"r\": 4, \"alpha\": 8, \"target_modules\": [\"q_proj\", \"v_proj\"]}," +
+                          "\"data\": {\"train\": \"" + data + "\", \"eval\": \"" + data + "\"}, \"training\": {\"learning_rate\": 0.05, \"max_steps\": 2, " +
+                          "\"micro_batch_size\": 4, \"eval_batch_size\": 3, \"seed\": 2}, \"output\": {\"dir\": \"" + out +
+                          "\", \"logging_steps\": 1, \"save_steps\": 2, \"eval_steps\": 2}}";
+  double trained = NAN;
+  for (auto &e : run_job(job)) {
+    Json j;
+    std::string err;
+    if (Json::parse(e, j, err) && j.get_string("event") == "eval") trained = j.get_number("eval_loss", NAN);
+  }
+  CHECK(std::isfinite(trained), "the job reports an eval_loss");
+  llmt_model *m = nullptr;
+  CHECK(llmt_model_load(tiny("llama").c_str(), (out + "/checkpoint-2").c_str(), &m) == LLMT_OK, llmt_last_error());
+  if (!m) return;
+  std::vector<std::string> events;
+  char *res = nullptr;
+  llmt_status st = llmt_model_eval_loss(m, data.c_str(), 3, [](void *u, const char *e) { static_cast<std::vector<std::string> *>(u)->push_back(e); },
+                                        nullptr, &events, &res);
+  CHECK(st == LLMT_OK && res, llmt_last_error());
+  Json r;
+  std::string err;
+  CHECK(res && Json::parse(res, r, err), "eval result is JSON");
+  llmt_free_string(res);
+  CHECK(r.get_number("loss", NAN) == trained, "eval loss " + std::to_string(r.get_number("loss", NAN)) + " is the job's eval_loss " + std::to_string(trained) + " bit for bit");
+  CHECK(r.get_int("samples", 0) == 11 && r.get_int("tokens", 0) > 0, "samples and tokens counted");
+  CHECK(r.get_number("perplexity", 0) == std::exp(r.get_number("loss", 0)), "perplexity = exp(loss)");
+  CHECK(events.size() == 4 && events.back() == "{\"event\":\"progress\",\"done\":11,\"total\":11}", "one progress event per batch");
+  // another batch size: the same loss up to rounding (token mean over the same tokens)
+  st = llmt_model_eval_loss(m, data.c_str(), 11, nullptr, nullptr, nullptr, &res);
+  CHECK(st == LLMT_OK && Json::parse(res, r, err) && std::fabs(r.get_number("loss", 0) - trained) < 1e-5 * trained, "batch size changes only rounding");
+  llmt_free_string(res);
+  res = nullptr;
+  st = llmt_model_eval_loss(m, data.c_str(), 2, nullptr, [](void *) { return 1; }, nullptr, &res);
+  CHECK(st == LLMT_ERR_ABORTED && res == nullptr, "abort stops the evaluation");
+  CHECK(llmt_model_eval_loss(m, data.c_str(), 0, nullptr, nullptr, nullptr, &res) == LLMT_ERR_BAD_INPUT, "batch size 0 is rejected");
+  CHECK(llmt_model_eval_loss(m, (g_tmp + "/missing.tok").c_str(), 2, nullptr, nullptr, nullptr, &res) == LLMT_ERR_IO, "a missing file is an IO error");
+  llmt_model_free(m);
+}
+
 static void test_schedules() {
   std::printf("schedules\n");
   CHECK(lr_factor("linear", 0, 0, 10) == 1.0, "linear starts at 1 without warmup");
@@ -657,6 +790,7 @@ int main() {
   test_legacy_layouts();
   test_bad_inputs();
   test_training_and_resume();
+  test_eval_loss();
   std::string rm = "rm -rf " + g_tmp;
   if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", g_tmp.c_str());
   if (g_failures == 0) std::printf("test_model: all checks passed\n");

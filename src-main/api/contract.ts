@@ -124,6 +124,7 @@ const Sampling = z
     seed: z.number().int().min(0).optional(),
   })
   .strict();
+const OpId = z.string().min(1).max(64);
 const ChatTarget = z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), template: z.string().optional() }).strict();
 
 /** A metric point as sent to the UI: [step, name, value (null = non-finite), unix seconds]. */
@@ -399,6 +400,24 @@ export const methods = {
     "Evaluates every checkpoint of a run and marks the best (eval loss by default).",
   ),
   listEvals: method(z.object({ runId: Id }).strict(), z.custom<EvalInfo[]>(), "A run's stored evaluations."),
+  downloadModel: method(
+    z.object({ opId: OpId, repo: z.string().regex(/^[\w.-]+\/[\w.-]+$/, 'owner/name'), revision: z.string().max(200).optional(), endpoint: z.string().url().optional(), token: z.string().max(500).optional() }).strict(),
+    z.object({ dir: z.string(), files: z.array(z.string()), bytes: z.number() }),
+    "Downloads a Hugging Face model (resumable, checksums verified) into the app's model folder and registers it; progress as modelProgress events.",
+  ),
+  convertModel: method(z.object({ opId: OpId, path: z.string().min(1).max(4096), out: z.string().max(4096).optional() }).strict(), z.custom<{ out: string; files: string[]; tensors: number; bytes: number }>(), 'pytorch_model.bin → safetensors, read without running any code from the file.'),
+  mergeAdapter: method(
+    z.object({ opId: OpId, model: z.string().min(1).max(4096), adapter: z.string().min(1).max(4096), out: z.string().min(1).max(4096), dtype: z.enum(['auto', 'float32', 'float16', 'bfloat16']).optional() }).strict(),
+    z.custom<{ out: string; dtype: string; merged_modules: number; files: string[]; bytes: number }>(),
+    'Merges an adapter into its base and saves an HF model folder (registered as a model).',
+  ),
+  exportGguf: method(
+    z.object({ opId: OpId, model: z.string().min(1).max(4096), adapter: z.string().max(4096).optional(), out: z.string().min(1).max(4096), dtype: z.enum(['f32', 'f16', 'bf16']).optional(), template: z.string().optional(), name: z.string().max(200).optional() }).strict(),
+    z.custom<{ out: string; modelfile: string | null; bytes: number }>(),
+    'GGUF export (merging an adapter first) with an Ollama Modelfile matching the training template.',
+  ),
+  cancelModelOp: method(z.object({ opId: OpId }).strict(), z.object({ cancelled: z.boolean() }), 'Cancels a download, conversion, merge or export (nothing half-written is left).'),
+  deleteModel: method(z.object({ path: z.string().min(1).max(4096), deleteFiles: z.boolean() }).strict(), z.object({ path: z.string(), filesRemoved: z.boolean() }), "Forgets a model; with deleteFiles also removes its folder (only inside the app's model folder)."),
 } as const;
 
 export type Methods = typeof methods;
@@ -421,6 +440,16 @@ export const events = {
   chatDelta: z.object({ sessionId: Id.optional(), requestId: z.string().optional(), side: z.enum(['a', 'b']).optional(), delta: z.string() }),
   /** The engine host (interactive generation) died and will restart on the next request. */
   engineHost: z.object({ event: z.enum(['exit', 'restart']), message: z.string() }),
+  /** Progress of a model operation (download: bytes/speed/eta; convert/merge/export: tensors). */
+  modelProgress: z.object({
+    opId: z.string(),
+    stage: z.string(),
+    done: z.number(),
+    total: z.number(),
+    name: z.string(),
+    speed: z.number().nullable(),
+    eta: z.number().nullable(),
+  }),
   /** Progress of an evaluation. */
   evalProgress: z.object({ runId: Id, phase: z.enum(['predict', 'loss']), done: z.number().int(), total: z.number().int(), checkpoint: z.string() }),
 } as const;

@@ -49,6 +49,7 @@ export function registerEval(program: Command, fail: Fail): void {
       .option('--no-loss', 'run evaluation: predictions and metrics only')
       .option('--limit <n>', 'only the first N records', posInt)
       .option('--threads <n>', 'engine CPU threads', posInt)
+      .option('--eval_batch_size <n>', 'samples per forward pass for the loss of --model (a run\'s evaluation uses its eval_batch_size)', posInt, 4)
       .option('--json', 'machine-readable output', false),
     'the run\'s max_target_length',
   ).action(
@@ -72,6 +73,7 @@ export function registerEval(program: Command, fail: Fail): void {
         loss: boolean;
         limit?: number;
         threads?: number;
+        eval_batch_size: number;
         json: boolean;
       },
     ) => {
@@ -130,6 +132,7 @@ export function registerEval(program: Command, fail: Fail): void {
             template: o.template,
             maxSourceLength: o.max_source_length,
             maxTargetLength: o.max_target_length,
+            batchSize: o.eval_batch_size,
             ...(o.limit !== undefined ? { limit: o.limit } : {}),
             ...(o.threads ? { threads: o.threads } : {}),
             onProgress: (d, t) => bar.update(d, t),

@@ -21,7 +21,7 @@ export function registerPredict(program: Command, fail: Fail): void {
       .requiredOption('--out <file>', 'predictions file to write (JSON Lines)')
       .addOption(templateOption())
       .option('--max_source_length <n>', 'prompt tokens kept, as in training', posInt, 512)
-      .option('--batch_size <n>', 'requests in flight (prompts are prepared while the engine generates; the engine generates one sequence at a time)', posInt, 4)
+      .option('--batch_size <n>', 'records generated together in one engine batch (the same answers as one at a time, faster)', posInt, 4)
       .option('--limit <n>', 'only the first N records', posInt)
       .addOption(new Option('--on-error <policy>', 'bad records: fail before generating, or skip them').choices(['fail', 'skip']).default('fail'))
       .option('--no-resume', 'start over even when <out>.partial from an interrupted run exists')

@@ -12,6 +12,8 @@ import { TEMPLATES, type TemplateName } from './data/templates.js';
 import { loadTokenizer } from './data/tokenizer/index.js';
 import { type EngineHandle, listDevices, loadEngine } from './engine/native.js';
 import { CATALOG, familyOf, loraPresets, scanModelDirs } from './models/catalog.js';
+import * as models from './models/manager.js';
+import { modelsHome } from './models/download.js';
 import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
 import { parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
@@ -141,6 +143,7 @@ export class Core {
   private readonly handles = new Map<number, RunHandle>();
   private metricsRowid = 0;
   private hostInstance: EngineHost | null = null;
+  private readonly ops = new Map<string, AbortController>();
   private chatInstance: ChatService | null = null;
   private readonly metricsTimer: NodeJS.Timeout | undefined;
 
@@ -233,6 +236,38 @@ export class Core {
       this.events.emit('metrics', { runId: c.runId, points, lastRowid: c.maxRowid });
     }
     this.metricsRowid = Math.max(...changed.map((c) => c.maxRowid));
+  }
+
+  /** Runs a cancellable model operation under its opId, with progress events. */
+  private async modelOp<T>(opId: string, fn: (signal: AbortSignal, progress: (p: { stage: string; done: number; total: number; name: string; speed?: number | null; eta?: number | null }) => void) => Promise<T>): Promise<T> {
+    if (this.ops.has(opId)) throw new ApiError('CONFLICT', `operation ${opId} is already running`);
+    const ac = new AbortController();
+    this.ops.set(opId, ac);
+    let last = 0;
+    const progress = (p: { stage: string; done: number; total: number; name: string; speed?: number | null; eta?: number | null }) => {
+      const now = Date.now();
+      if (now - last < 200 && p.done < p.total) return; // throttled
+      last = now;
+      this.events.emit('modelProgress', { opId, stage: p.stage, done: p.done, total: p.total, name: p.name, speed: p.speed ?? null, eta: p.eta ?? null });
+    };
+    try {
+      return await fn(ac.signal, progress);
+    } catch (err) {
+      return badInput(err);
+    } finally {
+      this.ops.delete(opId);
+    }
+  }
+
+  private registerModel(dir: string, hfId?: string): void {
+    let modelType: string | null = null;
+    try {
+      modelType = (JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as { model_type?: string }).model_type ?? null;
+    } catch {
+      /* an adapter or a folder without config: listed by path */
+    }
+    const fam = familyOf(modelType, dir);
+    this.store.models.upsert({ path: dir, name: hfId ?? path.basename(dir), family: fam?.id ?? null, modelType, ...(hfId ? { hfId } : {}) });
   }
 
   /** The engine host for chat and evaluation: a child process started on first use, restarted after a crash. */
@@ -621,6 +656,64 @@ export class Core {
           return badInput(err);
         }
       },
+      downloadModel: (req) =>
+        this.modelOp(req.opId, async (signal, progress) => {
+          const r = await models.download({
+            repo: req.repo,
+            dest: path.join(modelsHome(this.home), req.repo.replace('/', '--')),
+            ...(req.revision ? { revision: req.revision } : {}),
+            ...(req.endpoint ? { endpoint: req.endpoint } : {}),
+            ...(req.token ? { token: req.token } : {}),
+            signal,
+            onProgress: (p) => progress({ stage: 'download', done: p.bytes, total: p.total, name: p.file, speed: p.speed, eta: p.eta }),
+          });
+          this.registerModel(r.dir, req.repo);
+          return r;
+        }),
+      convertModel: (req) =>
+        this.modelOp(req.opId, async (signal, progress) => {
+          const r = await models.convert(req.path, { ...(req.out ? { out: req.out } : {}), signal, onProgress: progress });
+          if (req.out) this.registerModel(r.out);
+          return r;
+        }),
+      mergeAdapter: (req) =>
+        this.modelOp(req.opId, async (signal, progress) => {
+          const r = await models.merge({ model: req.model, adapter: req.adapter, out: req.out, ...(req.dtype ? { dtype: req.dtype } : {}), signal, onProgress: progress });
+          this.registerModel(r.out);
+          return r;
+        }),
+      exportGguf: (req) =>
+        this.modelOp(req.opId, async (signal, progress) => {
+          const r = await models.exportModel({
+            model: req.model,
+            out: req.out,
+            ...(req.adapter ? { adapter: req.adapter } : {}),
+            ...(req.dtype ? { dtype: req.dtype } : {}),
+            ...(req.template ? { template: req.template as never } : {}),
+            ...(req.name ? { name: req.name } : {}),
+            signal,
+            onProgress: progress,
+          });
+          return { out: r.gguf, modelfile: r.modelfile, bytes: r.bytes };
+        }),
+      cancelModelOp: (req) => {
+        const ac = this.ops.get(req.opId);
+        ac?.abort();
+        return { cancelled: Boolean(ac) };
+      },
+      deleteModel: (req) => {
+        const target = path.resolve(req.path);
+        if (req.deleteFiles) {
+          try {
+            models.remove(target, { home: this.home });
+          } catch (err) {
+            return badInput(err);
+          }
+        }
+        this.store.db.prepare('DELETE FROM models WHERE path = ?').run(req.path);
+        this.store.db.prepare('DELETE FROM models WHERE path = ?').run(target);
+        return { path: target, filesRemoved: req.deleteFiles };
+      },
       listEvals: (req) => {
         this.run(req.runId);
         return listEvals(this.store, { runId: req.runId }).map(evalInfo);
@@ -645,6 +738,7 @@ export class Core {
     if (this.metricsTimer) clearInterval(this.metricsTimer);
     for (const h of this.handles.values()) h.stop();
     if (this.hostInstance) void this.hostInstance.dispose();
+    for (const ac of this.ops.values()) ac.abort();
     this.store.close();
   }
 }

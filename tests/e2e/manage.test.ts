@@ -248,10 +248,10 @@ describe('models: download from a mirror, cancel, delete', () => {
     await page.getByTestId('models-notice').waitFor();
     await page.locator('[data-testid="model-local"]', { hasText: dir }).waitFor({ state: 'detached' });
     expect(fs.existsSync(dir)).toBe(false);
-    // the refused delete (400) and the cancelled download (ABORTED, 500) answered with HTTP errors, which Chromium
+    // the refused delete (400) and the cancelled download (ABORTED, 409) answered with HTTP errors, which Chromium
     // logs; nothing else may be logged
     const httpErrors = consoleErrors.filter((e) => /^Failed to load resource: the server responded with a status of/.test(e));
-    expect(httpErrors.map((e) => /status of (\d+)/.exec(e)![1]).sort()).toEqual(['400', '500']);
+    expect(httpErrors.map((e) => /status of (\d+)/.exec(e)![1]).sort()).toEqual(['400', '409']);
     expect(consoleErrors.filter((e) => !httpErrors.includes(e))).toEqual([]);
   });
 });

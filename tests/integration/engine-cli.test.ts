@@ -104,6 +104,33 @@ describe('llmt-engine subcommands', () => {
     expect(fs.existsSync(path.join(out, `checkpoint-${last.step}`, 'adapter_model.safetensors'))).toBe(true);
   });
 
+  it('generate --batch answers every prompt as generate answers it alone', () => {
+    const model = path.join(tmp, 'baichuan');
+    const flags = ['--max-new-tokens', '6', '--temperature', '1', '--top-k', '0', '--seed', '4'];
+    const b = engine(['generate', '--model', model, '--batch', '--prompt-ids', '1,40,41,42;1,50;1,60,61,62,63,64', ...flags]);
+    expect(b.status, b.stderr).toBe(0);
+    const ids = JSON.parse(b.stdout).ids as number[][];
+    expect(ids).toHaveLength(3);
+    ['1,40,41,42', '1,50', '1,60,61,62,63,64'].forEach((p, k) => {
+      const one = engine(['generate', '--model', model, '--prompt-ids', p, ...flags]);
+      expect(JSON.parse(one.stdout).ids).toEqual(ids[k]);
+    });
+  });
+
+  it('eval prints the loss of a dataset without logits; --batch as the job\'s eval_batch_size', () => {
+    const t = path.join(tmp, 'eval.json');
+    fs.writeFileSync(t, JSON.stringify(tokens));
+    const r = engine(['eval', '--model', path.join(tmp, 'llama'), '--data', t, '--batch', '2', '--json']);
+    expect(r.status, r.stderr).toBe(0);
+    const j = JSON.parse(r.stdout);
+    const f = path.join(tmp, 'o2.json');
+    engine(['forward', '--model', path.join(tmp, 'llama'), '--tokens', t, '--out', f]);
+    const fwd = JSON.parse(fs.readFileSync(f, 'utf8'));
+    expect(j).toMatchObject({ loss: fwd.loss, tokens: fwd.tokens, samples: 2 });
+    expect(j.perplexity).toBeCloseTo(Math.exp(fwd.loss), 12);
+    expect(engine(['eval', '--model', path.join(tmp, 'llama'), '--data', t, '--batch', '0']).status).toBe(2);
+  });
+
   it('fails with a code and a named cause for bad input', () => {
     const r = engine(['forward', '--model', path.join(tmp, 'nope'), '--tokens', 'x.json', '--out', 'y.json']);
     expect(r.status).toBe(1);

@@ -11,6 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { prepareDataset } from '../../src-main/core/data/prepare';
 import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
 import { EngineHost, type RestartInfo, type UtilityProcessModule, electronLauncher } from '../../src-main/core/engine/host';
+import { loadEngine } from '../../src-main/core/engine/native';
 import { evalLoss } from '../../src-main/core/eval/loss';
 import { PredictError, predict } from '../../src-main/core/eval/predict';
 import { evaluateAllCheckpoints, listEvals } from '../../src-main/core/eval/service';
@@ -20,7 +21,7 @@ import { Store } from '../../src-main/core/store/store';
 import { CLI, ROOT, runCli, tempHome } from '../helpers/app';
 
 const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
-const ENGINE = path.join(ROOT, 'native', 'build', 'bin', 'llmt-engine');
+const ENGINE = path.join(process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin'), 'llmt-engine');
 let home: string;
 let model: string;
 let outDir: string;
@@ -178,6 +179,37 @@ describe('predict', () => {
     expect(t.stdout).toMatch(/classification \(%\)[\s\S]*\n\(all\)\s+\d+/);
   });
 
+  it('batched predict writes exactly what one record at a time writes', async () => {
+    const base = { model, data: path.join(DATA, 'test.json'), limit: 10, maxSourceLength: 128, host };
+    for (const params of [{ max_new_tokens: 12 }, { max_new_tokens: 10, temperature: 0.9, top_k: 0, top_p: 0.95, seed: 7 }]) {
+      const one = path.join(home, 'pred', 'batch-1.jsonl');
+      const many = path.join(home, 'pred', 'batch-4.jsonl');
+      await predict({ ...base, params, out: one, batchSize: 1, resume: false });
+      const r = await predict({ ...base, params, out: many, batchSize: 4, resume: false });
+      expect(r.written).toBe(10);
+      expect(fs.readFileSync(many, 'utf8')).toBe(fs.readFileSync(one, 'utf8'));
+    }
+  });
+
+  it('the addon generateBatch gives each prompt what generate gives it alone', async () => {
+    const m = await loadEngine().addon!.loadModel(model);
+    try {
+      const prompts = [[5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16, 17, 18, 19]];
+      const params = { max_new_tokens: 6, temperature: 1, top_k: 0, top_p: 0.9, stop_ids: [] };
+      const rows = new Map<number, number[]>();
+      const b = await m.generateBatch(prompts, { ...params, seeds: [1, 2, 3] }, ({ row, token }) => rows.set(row, [...(rows.get(row) ?? []), token]));
+      expect(b.aborted).toBe(false);
+      for (const [k, p] of prompts.entries()) {
+        const one = await m.generate(p, { ...params, seed: k + 1 });
+        expect(b.ids[k]).toEqual(one.ids);
+        expect(rows.get(k)).toEqual(one.ids);
+      }
+      expect(() => m.generateBatch([[1], 'x' as unknown as number[]])).toThrow(/prompts\[1\] must be an array/);
+    } finally {
+      m.free();
+    }
+  });
+
   it('resumes an interrupted run from its partial file, to the same result', async () => {
     const base = { model, data: path.join(DATA, 'test.json'), limit: 6, maxSourceLength: 128, params: { max_new_tokens: 3 }, host, batchSize: 2 };
     const whole = path.join(home, 'pred', 'whole.jsonl');
@@ -218,12 +250,42 @@ describe('predict', () => {
 });
 
 describe('evaluation', () => {
-  it("the eval loss equals the training job's eval_loss on the same data", async () => {
+  it("the eval loss equals the training job's eval_loss on the same data, bit for bit", async () => {
+    const addon = loadEngine().addon!;
     for (const step of [2, 4]) {
-      const r = await evalLoss({ model, adapter: path.join(outDir, `checkpoint-${step}`), data: dev, maxSourceLength: 128, maxTargetLength: 32 });
+      const adapter = path.join(outDir, `checkpoint-${step}`);
+      let progress = 0;
+      // the job's eval_batch_size (8): the same batches, the same sums
+      const r = await evalLoss({ model, adapter, data: dev, maxSourceLength: 128, maxTargetLength: 32, batchSize: 8, onProgress: (d) => (progress = d) });
       expect(r.samples).toBe(24);
-      expect(r.loss).toBeCloseTo(trainedEvalLoss.get(step)!, 10);
-      expect(r.perplexity).toBeCloseTo(Math.exp(r.loss), 10);
+      expect(progress).toBe(24);
+      expect(r.loss).toBe(trainedEvalLoss.get(step)!);
+      expect(r.perplexity).toBeCloseTo(Math.exp(r.loss), 12);
+      // the addon's evalLoss on the job's own eval file
+      const m = await addon.loadModel(model, adapter);
+      try {
+        const a = await m.evalLoss(path.join(home, 'dev.tok'), { batchSize: 8 });
+        expect(a).toEqual({ loss: trainedEvalLoss.get(step)!, tokens: r.tokens, samples: 24, perplexity: r.perplexity });
+      } finally {
+        m.free();
+      }
+    }
+    // another batch size: the same token mean up to rounding; --limit: the first records only
+    const r4 = await evalLoss({ model, adapter: path.join(outDir, 'checkpoint-2'), data: dev, maxSourceLength: 128, maxTargetLength: 32 });
+    expect(r4.loss).toBeCloseTo(trainedEvalLoss.get(2)!, 5);
+    const r5 = await evalLoss({ model, data: dev, maxSourceLength: 128, maxTargetLength: 32, limit: 5 });
+    expect(r5.samples).toBe(5);
+  });
+
+  it('the addon evalLoss is abortable and checks its arguments', async () => {
+    const m = await loadEngine().addon!.loadModel(model);
+    try {
+      expect(() => m.evalLoss(path.join(home, 'dev.tok'), { batchSize: 0 })).toThrow(/batchSize must be a positive integer/);
+      const p = m.evalLoss(path.join(home, 'dev.tok'), { batchSize: 1 }, () => m.abort());
+      await expect(p).rejects.toMatchObject({ code: 'ABORTED' });
+      await expect(m.evalLoss(path.join(home, 'missing.tok'))).rejects.toMatchObject({ code: 'IO' });
+    } finally {
+      m.free();
     }
   });
 

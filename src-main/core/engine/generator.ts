@@ -285,6 +285,73 @@ export class Generator {
     }
   }
 
+  /**
+   * Generates answers to several requests at once (one engine batch: one forward per step for all of them; each
+   * answer equals the one generate() gives for its request alone). The requests must share the model, adapter,
+   * tokenizer, template and params. `id` names the batch for abort(id). No streaming.
+   */
+  async generateBatch(id: string, reqs: GenerateRequest[]): Promise<GenerateResult[]> {
+    const t0 = Date.now();
+    const first = reqs[0];
+    if (!first) throw new GenerateError('generateBatch: no requests', 'BAD_INPUT');
+    const same = (r: GenerateRequest) =>
+      keyOf(r.model, r.adapter) === keyOf(first.model, first.adapter) &&
+      (r.tokenizer ?? r.model) === (first.tokenizer ?? first.model) &&
+      (r.template ?? 'raw') === (first.template ?? 'raw') &&
+      JSON.stringify(r.params ?? {}) === JSON.stringify(first.params ?? {});
+    if (!reqs.every(same)) throw new GenerateError('generateBatch: every request of a batch must use the same model, adapter, tokenizer, template and parameters', 'BAD_INPUT');
+    this.preparing.add(id);
+    let e: Entry;
+    let tok: LoadedTokenizer;
+    let prompts: number[][];
+    try {
+      const got = await Promise.all([this.entry(first), this.tokenizer(first.tokenizer ?? first.model), Promise.all(reqs.map((r) => this.promptIds(r)))]);
+      [, tok, prompts] = got;
+      e = got[0].e;
+      while (this.models.get(e.key) !== e) e = (await this.entry(first)).e;
+    } catch (err) {
+      this.cancelled.delete(id);
+      throw err;
+    } finally {
+      this.preparing.delete(id);
+    }
+    if (prompts.some((p) => !p.length)) throw new GenerateError('a prompt has no tokens', 'BAD_INPUT');
+    const early = this.cancelled.delete(id);
+    e.users++;
+    try {
+      const template = first.template ?? 'raw';
+      const stop = [...new Set([...e.info.eos_ids, ...answerEndIds(template, tok)])];
+      const skip = new Set<number>([...stop, ...Object.values(tok.specialTokens)]);
+      if (tok.bosId !== null) skip.add(tok.bosId);
+      if (tok.padId !== null) skip.add(tok.padId);
+      const params: GenerateParams = { ...SEED_SAMPLING, ...first.params, stop_ids: stop };
+      const slot = { model: e.model, aborted: early };
+      this.running.set(id, slot);
+      const run = e.busy.then(async () => {
+        if (slot.aborted) return { ids: prompts.map(() => [] as number[]), aborted: true };
+        e.lastUse = Date.now();
+        return e.model.generateBatch(prompts, params);
+      });
+      e.busy = run.catch(() => {});
+      try {
+        const out = await run;
+        const seconds = (Date.now() - t0) / 1000;
+        return out.ids.map((ids, k) => {
+          const last = ids.at(-1);
+          const finish: FinishReason = out.aborted || slot.aborted ? 'aborted' : last !== undefined && stop.includes(last) ? 'stop' : 'length';
+          return { text: tok.decode(ids.filter((x) => !skip.has(x))), ids, promptTokens: prompts[k]!.length, finish, seconds };
+        });
+      } catch (err) {
+        const x = err as Error & { code?: string };
+        throw new GenerateError(x.message, x.code ?? 'INTERNAL');
+      } finally {
+        this.running.delete(id);
+      }
+    } finally {
+      e.users--;
+    }
+  }
+
   /** Stops request `id` (running: the engine stops after the current token; waiting: it never starts). */
   abort(id: string): void {
     const r = this.running.get(id);

@@ -43,6 +43,14 @@ async function handle(m: ParentMessage): Promise<void> {
       }
       return;
     }
+    case 'generateBatch': {
+      try {
+        send({ id: m.id, type: 'result', result: await generator.generateBatch(m.id, m.requests) });
+      } catch (err) {
+        send({ id: m.id, type: 'error', error: errorOf(err) });
+      }
+      return;
+    }
     case 'abort':
       if (m.target) generator.abort(m.target);
       else generator.abortAll();

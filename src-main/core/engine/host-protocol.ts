@@ -5,6 +5,8 @@ import type { GenerateRequest, GenerateResult, LoadedInfo, ModelRef } from './ge
 export type ParentMessage =
   | { op: 'load'; id: string; ref: ModelRef }
   | { op: 'generate'; id: string; request: GenerateRequest }
+  /** several requests in one engine batch (same model, template and params) */
+  | { op: 'generateBatch'; id: string; requests: GenerateRequest[] }
   /** target: a generate request's id; none: every request */
   | { op: 'abort'; id: string; target?: string }
   | { op: 'unload'; id: string; ref: ModelRef }
@@ -19,5 +21,5 @@ export interface WireError {
 export type ChildMessage =
   | { type: 'ready'; pid: number }
   | { id: string; type: 'delta'; text: string }
-  | { id: string; type: 'result'; result: GenerateResult | LoadedInfo | boolean }
+  | { id: string; type: 'result'; result: GenerateResult | GenerateResult[] | LoadedInfo | boolean }
   | { id: string; type: 'error'; error: WireError };

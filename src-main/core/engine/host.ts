@@ -321,6 +321,26 @@ export class EngineHost extends EventEmitter {
     }
   }
 
+  /**
+   * Generates answers to several requests in one engine batch (same model, adapter, tokenizer, template and
+   * params; each answer as generate() gives it alone). Errors and abort as generate(); no streaming.
+   */
+  async generateBatch(requests: GenerateRequest[], opt: { signal?: AbortSignal } = {}): Promise<HostGenerateResult[]> {
+    const id = newId();
+    const signal = opt.signal;
+    if (signal?.aborted) throw new EngineHostError('the request was aborted before it started', 'ABORTED');
+    const onAbort = () => this.child?.alive && this.child.handle.send({ op: 'abort', id: newId(), target: id });
+    signal?.addEventListener('abort', onAbort, { once: true });
+    try {
+      const r = await this.call<GenerateResult[]>({ op: 'generateBatch', id, requests });
+      const restarted = this.unreported && this.starts > 1 ? this.unreported : null;
+      this.unreported = null;
+      return r.map((x) => ({ ...x, restarted }));
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
   /** Stops every generation in flight (each resolves with finish 'aborted'). */
   stop(): void {
     if (this.child?.alive) this.child.handle.send({ op: 'abort', id: newId() });

@@ -205,6 +205,7 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
       template,
       maxSourceLength: spec.data.max_source_length,
       maxTargetLength: spec.data.max_target_length,
+      batchSize: spec.training.eval_batch_size,
       ...(format ? { format } : {}),
       columns,
       ...(opt.limit !== undefined ? { limit: opt.limit } : {}),
