@@ -32,6 +32,8 @@ Napi::Object device_object(Napi::Env env, const llmt_device_info &d) {
   o.Set("memoryTotal", static_cast<double>(d.memory_total));
   o.Set("memoryFree", static_cast<double>(d.memory_free));
   o.Set("threads", d.threads);
+  o.Set("utilization", d.utilization);
+  o.Set("computeCapability", d.compute_capability);
   return o;
 }
 

@@ -12,6 +12,10 @@ export interface NativeDevice {
   memoryFree: number;
   /** CPU worker threads; 0 for GPUs */
   threads: number;
+  /** GPU busy percent (NVML); -1 if unknown or the CPU */
+  utilization: number;
+  /** GPUs: major*10 + minor (90 = sm_90); 0 for the CPU */
+  computeCapability: number;
 }
 
 /** What `inspect` reports of an HF model folder (no weights loaded). */

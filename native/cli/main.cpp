@@ -57,6 +57,8 @@ const char *kUsage =
     "                                     data-parallel over several workers when RANK/WORLD_SIZE/MASTER_ADDR/\n"
     "                                     MASTER_PORT (torchrun) or SLURM_PROCID/SLURM_NTASKS (srun) are set;\n"
     "                                     see docs/distributed.md\n"
+    "  quantize --in X.safetensors --out Y.safetensors [--quantization nf4|fp4] [--no-double-quant] [--dequantized]\n"
+    "                                     every float tensor as bitsandbytes 4-bit (transformers' key layout)\n"
     "  bench --model DIR [--adapter DIR] [--batch B] [--seq T] [--iters N] [--warmup W]\n"
     "                                     time one forward and one forward+backward (LoRA step) on random\n"
     "                                     tokens; prints JSON with milliseconds and tokens/s\n"
@@ -67,7 +69,11 @@ const char *kUsage =
     "                                     merge a LoRA adapter (or a vocabulary-extending delta) into its base; HF folder\n"
     "  help                               this text\n"
     "\n"
-    "options for every command: --threads N (CPU worker threads)\n";
+    "options for forward, grad, train and bench: --quantization nf4|fp4|none (QLoRA: the block linears as\n"
+    "                                     bitsandbytes 4-bit, double-quantized scales; train: overrides the job field)\n"
+    "options for every command: --threads N (CPU worker threads)\n"
+    "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
+    "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
 int usage_error(const std::string &msg) {
   std::fprintf(stderr, "llmt-engine: %s\n\n%s", msg.c_str(), kUsage);
@@ -233,6 +239,15 @@ int cmd_info(bool as_json) {
   return 0;
 }
 
+// --device cpu|cuda|cuda:N|auto (default cpu): a missing GPU falls back to the CPU with one line on stderr.
+llmt_status apply_device(const Args &a, llmt_model *m) {
+  if (!a.has("--device")) return LLMT_OK;
+  char note[512] = {0};
+  llmt_status st = llmt_model_set_device(m, a.get("--device").c_str(), note, sizeof note);
+  if (st == LLMT_OK && note[0]) std::fprintf(stderr, "llmt-engine: %s\n", note);
+  return st;
+}
+
 struct ModelHandle {
   llmt_model *m = nullptr;
   ~ModelHandle() { llmt_model_free(m); }
@@ -255,8 +270,10 @@ int cmd_forward(const Args &a, bool grad) {
     return 1;
   }
   ModelHandle h;
-  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  llmt_status st = llmt_model_load_quantized(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
+                                             a.get("--quantization").c_str(), &h.m);
   if (st) return fail(st);
+  if ((st = apply_device(a, h.m))) return fail(st);
   if (grad) {
     double loss = 0;
     st = llmt_model_grad(h.m, ids.data(), labels.data(), B, T, out.c_str(), &loss);
@@ -322,6 +339,14 @@ int cmd_train(const Args &a) {
     std::printf("{\"event\":\"error\",\"code\":\"IO\",\"message\":%s}\n", Json::string(msg).dump().c_str());
     std::fprintf(stderr, "llmt-engine: IO: %s\n", msg.c_str());
     return 1;
+  }
+  if (a.has("--quantization")) {  // overrides the job's "quantization" field
+    Json j;
+    std::string perr;
+    if (Json::parse(text, j, perr) && j.is_object()) {
+      j.set("quantization", Json::string(a.get("--quantization")));
+      text = j.dump();
+    }
   }
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
@@ -475,8 +500,10 @@ int cmd_bench(const Args &a) {
   const int iters = std::atoi(a.get("--iters", "5").c_str()), warmup = std::atoi(a.get("--warmup", "1").c_str());
   if (B <= 0 || T <= 1 || iters <= 0 || warmup < 0) return usage_error("bench: --batch >= 1, --seq >= 2, --iters >= 1");
   ModelHandle h;
-  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  llmt_status st = llmt_model_load_quantized(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
+                                             a.get("--quantization").c_str(), &h.m);
   if (st) return fail(st);
+  if ((st = apply_device(a, h.m))) return fail(st);
   char *info = nullptr;
   if ((st = llmt_model_info(h.m, &info))) return fail(st);
   Json ij;
@@ -613,7 +640,7 @@ int run_main(int argc, char **argv) {
     return 0;
   }
   if (cmd == "version" || cmd == "--version") {
-    std::printf("%s\n", llmt_version());
+    std::printf("%s\n%s\n", llmt_version(), llmt_backends_info());  // line 1: the version alone (scripts read it)
     return 0;
   }
   if (cmd == "info") {
@@ -643,13 +670,23 @@ int run_main(int argc, char **argv) {
     return 0;
   }
   if (cmd == "forward" || cmd == "grad") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--out", "--threads"}, {});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--out", "--threads", "--quantization", "--device"}, {});
     if (!a.error.empty()) return usage_error(cmd + ": " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_forward(a, cmd == "grad");
   }
+  if (cmd == "quantize") {  // verification tool: a safetensors file → bitsandbytes 4-bit layout
+    Args a = parse_args(argc, argv, 2, {"--in", "--out", "--quantization", "--threads"}, {"--no-double-quant", "--dequantized"});
+    if (!a.error.empty()) return usage_error("quantize: " + a.error);
+    if (a.get("--in").empty() || a.get("--out").empty()) return usage_error("quantize needs --in and --out");
+    if (int r = apply_threads(a)) return r;
+    llmt_status st = llmt_quantize_file(a.get("--in").c_str(), a.get("--out").c_str(), a.get("--quantization", "nf4").c_str(),
+                                        a.has("--no-double-quant") ? 0 : 1, a.has("--dequantized") ? 1 : 0);
+    if (st) return fail(st);
+    return 0;
+  }
   if (cmd == "train") {
-    Args a = parse_args(argc, argv, 2, {"--job", "--threads"}, {});
+    Args a = parse_args(argc, argv, 2, {"--job", "--threads", "--quantization"}, {});
     if (!a.error.empty()) return usage_error("train: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_train(a);
@@ -670,7 +707,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads"}, {});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device"}, {});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

@@ -1,8 +1,9 @@
-// device.cpp — the device list. Index 0 is the host CPU (threads and RAM read from the OS);
-// the CUDA backend (its own issue) appends GPUs found through NVML/the runtime loaded with dlopen.
+// device.cpp — the device list. Index 0 is the host CPU (threads and RAM read from the OS); GPUs follow
+// (index 1 + CUDA ordinal), found through the driver and NVML loaded with dlopen (cuda/loader.cpp), in every build.
 #include <cstdio>
 #include <cstring>
 #include <thread>
+#include <vector>
 
 #if defined(__linux__)
 #include <sys/sysinfo.h>
@@ -10,6 +11,7 @@
 #endif
 
 #include "../engine/status.hpp"
+#include "../cuda/loader.hpp"
 
 namespace {
 
@@ -50,7 +52,7 @@ extern "C" {
 llmt_status llmt_device_count(int *out_count) {
   if (out_count == nullptr) return llmt::set_error(LLMT_ERR_BAD_INPUT, "llmt_device_count: out_count is NULL");
   llmt::clear_error();
-  *out_count = 1;  // CPU only until the CUDA backend registers GPUs
+  *out_count = 1 + static_cast<int>(llmt::cudadl::list_gpus(nullptr).size());  // CPU, then GPUs (driver + NVML, dlopen'ed)
   return LLMT_OK;
 }
 
@@ -64,7 +66,23 @@ llmt_status llmt_device_info_get(int index, llmt_device_info *out) {
                                                    " device(s))");
   }
   std::memset(out, 0, sizeof(*out));
+  if (index > 0) {  // a GPU: listed through the dlopen'ed driver and NVML (cuda/loader.cpp), in CUDA ordinal order
+    std::vector<llmt::cudadl::Gpu> gpus = llmt::cudadl::list_gpus(nullptr);
+    if (index - 1 >= static_cast<int>(gpus.size()))
+      return llmt::set_error(LLMT_ERR_BAD_INPUT, "llmt_device_info_get: GPU " + std::to_string(index - 1) + " went away");
+    const auto &g = gpus[static_cast<size_t>(index - 1)];
+    out->index = index;
+    out->kind = LLMT_DEVICE_CUDA;
+    std::snprintf(out->name, sizeof(out->name), "%s", g.name.c_str());
+    out->memory_total = g.memory_total;
+    out->memory_free = g.memory_free;
+    out->utilization = g.utilization;
+    out->compute_capability = g.cc_major * 10 + g.cc_minor;
+    llmt::clear_error();
+    return LLMT_OK;
+  }
   out->index = 0;
+  out->utilization = -1;
   out->kind = LLMT_DEVICE_CPU;
   out->threads = cpu_threads();
   std::snprintf(out->name, sizeof(out->name), "CPU (%d threads)", out->threads);

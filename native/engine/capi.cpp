@@ -10,6 +10,7 @@
 #include <string>
 
 #include "../cpu/ops.hpp"
+#include "../cuda/cuda.hpp"
 #include "evaluate.hpp"
 #include "family.hpp"
 #include "generate.hpp"
@@ -43,7 +44,10 @@ template <typename F>
 llmt_status guarded(const char *what, F &&f) {
   try {
     return f();
-  } catch (const std::bad_alloc &) {
+  } catch (const CudaError &e) {
+    return set_error(LLMT_ERR_CUDA, std::string(what) + ": " + e.what());
+  } catch (const std::bad_alloc &e) {
+    if (std::strncmp(e.what(), "CUDA out of memory", 18) == 0) return set_error(LLMT_ERR_OOM, std::string(what) + ": " + e.what());
     return set_error(LLMT_ERR_OOM, std::string(what) + ": out of memory; lower the batch size or the sequence length (or use a machine with more memory)");
   } catch (const std::exception &e) {
     return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": " + e.what());
@@ -213,6 +217,21 @@ llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, 
     h->m = std::move(m);
     h->adapter = adapter_dir ? adapter_dir : "";
     *out = h;
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_quantize_file(const char *in_path, const char *out_path, const char *quantization, int double_quant,
+                               int with_dequantized) {
+  return guarded("quantize", [&]() -> llmt_status {
+    if (!in_path || !out_path) return set_error(LLMT_ERR_BAD_INPUT, "llmt_quantize_file: NULL argument");
+    QuantSpec q;
+    llmt_status st = parse_quant_spec(quantization ? quantization : "nf4", q);
+    if (st) return st;
+    if (!q.enabled) return set_error(LLMT_ERR_BAD_INPUT, "llmt_quantize_file: quantization must be \"nf4\" or \"fp4\"");
+    q.double_quant = double_quant != 0;
+    if ((st = quantize_safetensors(in_path, out_path, q, with_dequantized != 0))) return st;
     clear_error();
     return LLMT_OK;
   });
@@ -479,6 +498,28 @@ llmt_status llmt_model_merge(const char *model_dir, const char *adapter_dir, con
     clear_error();
     return LLMT_OK;
   });
+}
+
+// ---- compute devices of a loaded model (CUDA backend: cuda/, docs/cuda.md) ----------------------------------------
+llmt_status llmt_model_set_device(llmt_model *model, const char *device, char *fallback_note, size_t note_cap) {
+  return guarded("set-device", [&]() -> llmt_status {
+    if (!model || !device) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_set_device: NULL argument");
+    std::string fallback, err;
+    Backend *be = select_backend(device, &fallback, &err);
+    if (!be) return set_error(LLMT_ERR_BAD_INPUT, err);
+    model->m->set_backend(*be);
+    if (fallback_note && note_cap) {
+      std::strncpy(fallback_note, fallback.c_str(), note_cap - 1);
+      fallback_note[note_cap - 1] = 0;
+    }
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+const char *llmt_backends_info(void) {
+  static const std::string s = "backends: " + compiled_backends() + "\n" + runnable_backends();
+  return s.c_str();
 }
 
 }  // extern "C"

@@ -1,7 +1,9 @@
 // generate.cpp — sampling and the generation loop (see generate.hpp). Matches transformers' logits
 // processors: RepetitionPenaltyLogitsProcessor (score < 0 ? score·p : score/p over every token already in
 // the sequence), TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper (keep the smallest set whose
-// probability mass exceeds top_p, at least one token), then a draw from the softmax.
+// probability mass exceeds top_p, at least one token), then a draw from the softmax. One loop serves one prompt
+// and a batch: every unfinished sequence advances by one token per Model::infer_batch call (own cache, own
+// positions, own RNG), so a row of a batch is bit-identical to its prompt generated alone.
 #include "generate.hpp"
 
 #include <algorithm>

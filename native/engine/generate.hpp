@@ -1,5 +1,6 @@
 // generate.hpp — text generation on token ids with a KV cache: greedy or sampled (HF's processor order:
-// repetition penalty, then temperature, top-k, top-p), stop tokens, abort, one callback per token.
+// repetition penalty, then temperature, top-k, top-p), stop tokens, abort, one callback per token; one prompt
+// or a batch of prompts of any lengths (generate_batch), each row as if generated alone.
 #pragma once
 
 #include <atomic>

@@ -114,6 +114,9 @@ class Model {
   const ModelConfig &config() const { return cfg_; }
   const std::string &dir() const { return dir_; }
   Backend &backend() const { return *be_; }
+  /** Computes on `be` from now on (cuda/cuda.hpp select_backend). Parameters stay in host vectors; a CUDA backend
+   *  stages them per op (correct, slow: device-resident state is the next step, docs/cuda.md). */
+  void set_backend(Backend &be) { be_ = &be; }
   int64_t num_parameters() const;
   int64_t num_trainable() const;
 

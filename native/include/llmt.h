@@ -72,9 +72,12 @@ typedef struct llmt_device_info {
   uint64_t memory_total;    /* bytes; host RAM for the CPU */
   uint64_t memory_free;     /* bytes available now; 0 if unknown */
   int threads;              /* worker threads the CPU backend uses; 0 for GPUs */
+  int utilization;          /* GPU busy percent over NVML's last sample period; -1 if unknown or the CPU */
+  int compute_capability;   /* GPUs: major*10 + minor (90 = sm_90); 0 for the CPU */
 } llmt_device_info;
 
-/* Number of devices (>= 1). Errors: none today; kept fallible for drivers that fail to load. */
+/* Number of devices (>= 1): the CPU, then each GPU the NVIDIA driver reports (device index 1 + N is CUDA device N),
+ * listed in every build through libcuda/NVML loaded at run time (absent libraries: CPU only). Errors: none today. */
 LLMT_API llmt_status llmt_device_count(int *out_count);
 /* Fills `out` for device `index`. Errors: LLMT_ERR_BAD_INPUT for a NULL `out` or index out of range. */
 LLMT_API llmt_status llmt_device_info_get(int index, llmt_device_info *out);
@@ -102,6 +105,15 @@ LLMT_API llmt_status llmt_create_tiny(const char *family, const char *out_dir, u
 /* ---- loaded models ------------------------------------------------------------------------------------ */
 typedef struct llmt_model llmt_model;
 
+/* Makes `model` compute on `device`: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when usable). "cuda" without a
+ * usable GPU keeps the CPU and, when `fallback_note` is not NULL, copies a one-line reason into it (up to
+ * note_cap bytes; "" when no fallback happened). The CUDA backend is fp32 and NOT yet validated on a GPU (docs/cuda.md).
+ * Errors: BAD_INPUT (malformed device string). */
+LLMT_API llmt_status llmt_model_set_device(llmt_model *model, const char *device, char *fallback_note, size_t note_cap);
+/* Backends compiled into this library and whether each can run here, as text lines, e.g.
+ * "backends: cpu, cuda(sm_80,...)\ncpu: yes\ncuda: no device (libcuda.so.1 not found)". Never NULL. */
+LLMT_API const char *llmt_backends_info(void);
+
 /* Loads an HF folder (fp32 on the CPU backend) and, if adapter_dir is not NULL, a PEFT LoRA adapter
  * (applied without merging; its parameters are trainable for llmt_model_grad).
  * Errors: IO, BAD_INPUT (weights/adapter that do not fit, with names), UNSUPPORTED (model_type, adapter kind),
@@ -113,6 +125,12 @@ LLMT_API llmt_status llmt_model_load(const char *dir, const char *adapter_dir, l
  * Errors: as llmt_model_load, plus BAD_INPUT (unknown quantization), UNSUPPORTED (backend without 4-bit ops). */
 LLMT_API llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, const char *quantization,
                                                llmt_model **out);
+/* Quantizes every float tensor of the safetensors file in_path as bitsandbytes' quantize_4bit (blocksize 64;
+ * quantization "nf4"/"fp4"; double_quant = compress_statistics) and writes out_path in transformers' bnb 4-bit
+ * key layout (docs/formats.md "4-bit tensors"); with_dequantized adds "<name>.dequantized" float32 tensors.
+ * Errors: IO, BAD_INPUT. */
+LLMT_API llmt_status llmt_quantize_file(const char *in_path, const char *out_path, const char *quantization,
+                                        int double_quant, int with_dequantized);
 LLMT_API void llmt_model_free(llmt_model *model);
 /* JSON: {model_type, vocab, hidden, layers, parameters, trainable, adapter, eos_ids, bos_id, pad_id}. */
 LLMT_API llmt_status llmt_model_info(llmt_model *model, char **out_json);

@@ -44,6 +44,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   };
   const pick = (entries: [string, unknown][]) => Object.fromEntries(entries.filter(([, v]) => v !== undefined));
   if (o.model_name_or_path) set('model', { path: String(o.model_name_or_path) });
+  if (o.quantization !== undefined) set('model', { quantization: String(o.quantization) });
   set('data', pick([
     ['train', o.train_file],
     ['validation', o.validation_file],
@@ -157,6 +158,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--modules_to_save <names>', 'comma-separated modules trained in full and saved with the adapter')
     .option('--run_name <name>', 'the run\'s name in the app')
     .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False)')
+    .addOption(new Option('--quantization <q>', 'QLoRA: the base model\'s block linears as 4-bit (bitsandbytes NF4/FP4, double-quantized scales); LoRA only').choices(['none', 'nf4', 'fp4']))
     .option('--bf16', 'bf16 mixed precision (GPU)')
     .option('--fp16', 'fp16 mixed precision (GPU)')
     .option('--gradient_checkpointing', 'recompute activations in the backward pass')

@@ -80,6 +80,9 @@ describe('New fine-tune wizard', () => {
     const modules = await page.getByTestId('target-modules').textContent();
     for (const m of ['q_proj', 'v_proj', 'down_proj']) expect(modules).toContain(m);
     await shot('wizard-3-method');
+    // QLoRA: LoRA on a 4-bit base (NF4 by default)
+    await page.getByTestId('method-qlora').check();
+    expect(await page.getByTestId('quant-type').inputValue()).toBe('nf4');
     await page.getByTestId('method-full').check();
     await page.getByTestId('wizard-next').click();
     await page.getByTestId('knob-max-steps').waitFor();
@@ -178,4 +181,23 @@ describe('New fine-tune wizard', () => {
     await expect.poll(async () => Number(await page.getByTestId('chart-loss').getAttribute('data-drawn')), { timeout: 30_000 }).toBeLessThan(5000);
     await shot('run-100k-failed');
   }, 120_000);
+
+  it('shows per-worker throughput and memory for a data-parallel run', async () => {
+    const models = await api<{ path: string }[]>('listModels', {});
+    const run = await api<{ id: number }>('startRun', {
+      spec: {
+        name: 'two workers',
+        model: { path: models[0]!.path },
+        data: { train: path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo', 'train.json'), max_source_length: 128, max_target_length: 32 },
+        training: { max_steps: 16, micro_batch_size: 4, learning_rate: 1e-3 },
+        distributed: { nproc_per_node: 2 },
+        output: { dir: path.join(app.home, 'runs', 'dp'), logging_steps: 2, save_steps: 100 },
+      },
+    });
+    await page.goto(`${app.url}#/runs/${run.id}`);
+    await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 120_000, interval: 500 }).toBe('completed');
+    await expect.poll(() => points('chart-rank-tokens'), { timeout: 10_000 }).toBeGreaterThan(0);
+    expect(await page.getByTestId('chart-rank-memory').textContent()).toContain('Memory per worker');
+    await shot('run-two-workers');
+  }, 180_000);
 });

@@ -20,6 +20,7 @@ export function cliArgs(spec: RunSpec): string[] {
   };
   if (spec.name) flag('run_name', spec.name);
   flag('model_name_or_path', spec.model.path);
+  flag('quantization', spec.model.quantization, d.model.quantization);
   flag('train_file', spec.data.train);
   flag('validation_file', spec.data.validation);
   flag('validation_split_percentage', spec.data.validation_percent, d.data.validation_percent);

@@ -16,7 +16,9 @@ export const RunSpec = z
   .object({
     version: z.literal(RUNSPEC_VERSION).default(RUNSPEC_VERSION),
     name: z.string().min(1).max(200).optional(),
-    model: z.object({ path: z.string().min(1) }).strict(),
+    // quantization: QLoRA — the base model's block linears as bitsandbytes 4-bit (NF4 or FP4, double-quantized
+    // scales) while the LoRA adapter trains in fp32; method stays "lora" (docs/formats.md "quantization")
+    model: z.object({ path: z.string().min(1), quantization: z.enum(['none', 'nf4', 'fp4']).default('none') }).strict(),
     method: z.enum(['lora', 'full']).default('lora'),
     lora: z
       .object({
@@ -81,7 +83,11 @@ export const RunSpec = z
       .strict(),
     resume_from: z.string().min(1).nullable().default(null),
   })
-  .strict();
+  .strict()
+  .refine((s) => s.model.quantization === 'none' || s.method === 'lora', {
+    message: 'model.quantization (QLoRA) needs method "lora": the 4-bit base weights are frozen',
+    path: ['model', 'quantization'],
+  });
 
 export type RunSpec = z.output<typeof RunSpec>;
 export type RunSpecInput = z.input<typeof RunSpec>;
@@ -175,6 +181,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     version: 1,
     model: spec.model.path,
     method: spec.method,
+    ...(spec.model.quantization !== 'none' ? { quantization: spec.model.quantization } : {}),
     ...(spec.method === 'lora'
       ? { lora: { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, target_modules: spec.lora.target_modules ?? [], modules_to_save: spec.lora.modules_to_save } }
       : {}),

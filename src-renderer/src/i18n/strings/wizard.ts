@@ -36,8 +36,9 @@ export const en = {
 
   'newRun.method.title': 'Fine-tuning method',
   'newRun.method.lora': 'small low-rank adapters on chosen layers; the base stays frozen (fast, little memory, a few MB to save).',
-  'newRun.method.qlora': 'LoRA on a 4-bit NF4 base: the least memory.',
-  'newRun.method.qloraUnavailable': 'not available in this build yet',
+  'newRun.method.qlora': 'LoRA on a base quantized to 4 bits (NF4, with double quantization) while it loads: the least memory.',
+  'newRun.method.quantType': '4-bit type',
+  'newRun.method.qloraCpuOnly': 'This build computes QLoRA on the CPU only.',
   'newRun.method.fullName': 'Full fine-tuning',
   'newRun.method.full': 'every weight is trained (most memory; saves a whole model).',
   'newRun.method.preset': 'Preset (configs/)',
@@ -129,8 +130,9 @@ export const zh: Record<keyof typeof en, string> = {
 
   'newRun.method.title': '微调方法',
   'newRun.method.lora': '在选定的层上加入小型低秩适配器，基座模型保持冻结（快、省显存，保存仅几 MB）。',
-  'newRun.method.qlora': '在 4 位 NF4 量化的基座上做 LoRA：显存占用最少。',
-  'newRun.method.qloraUnavailable': '当前版本尚不可用',
+  'newRun.method.qlora': '在加载时量化为 4 位（NF4，含双重量化）的基座上做 LoRA：显存占用最少。',
+  'newRun.method.quantType': '4 位格式',
+  'newRun.method.qloraCpuOnly': '当前版本仅在 CPU 上计算 QLoRA。',
   'newRun.method.fullName': '全量微调',
   'newRun.method.full': '训练所有权重（显存占用最多，保存完整模型）。',
   'newRun.method.preset': '预设（configs/）',

@@ -1,0 +1,609 @@
+// backend_cuda.cpp — the CUDA implementation of engine/backend.hpp (fp32, the CPU contracts exactly): device memory
+// from a caching allocator, one non-blocking stream, kernels from kernels.cu (an embedded fatbin loaded with the
+// driver API), GEMMs through cuBLAS when it can be dlopen'ed (else the fatbin's tiled GEMM). No CUDA library is
+// linked: everything comes through cuda/loader.cpp, so this file builds without CUDA headers too.
+//
+// Host pointers. Today's model code keeps parameters and activations in host std::vectors (model.cpp); so that a
+// model runs on this backend unchanged, every op accepts host pointers too: inputs that are not ours are staged
+// into device scratch, outputs copied back, and the op then completes before returning (CPU-like semantics).
+// Pointers from alloc() stay on the device and ops on them are asynchronous (stream order) as backend.hpp says.
+// Staging is correct but slow; device-resident model state is the next step (docs/cuda.md).
+//
+// STATUS: compiled, NOT yet run on a GPU (no GPU was available while writing it). test_cuda validates it.
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <new>
+#include <string>
+#include <vector>
+
+#include "../engine/backend.hpp"
+#include "cuda.hpp"
+#include "loader.hpp"
+
+extern "C" {
+extern const unsigned char llmt_cuda_fatbin[];  // embed_fatbin.c
+}
+
+namespace llmt {
+
+using namespace cudadl;
+
+namespace {
+
+/** Device out-of-memory: a std::bad_alloc (→ LLMT_ERR_OOM) that says what was being allocated. */
+struct CudaOom : std::bad_alloc {
+  std::string msg;
+  explicit CudaOom(std::string m) : msg(std::move(m)) {}
+  const char *what() const noexcept override { return msg.c_str(); }
+};
+
+const char *kKernels[] = {"k_gemm", "k_add_bias", "k_col_sum", "k_add", "k_axpby", "k_scale", "k_split_cols",
+                          "k_qkv_split", "k_dropout_fwd", "k_dropout_bwd", "k_rms_fwd", "k_rms_bwd", "k_rms_dw",
+                          "k_ln_fwd", "k_ln_bwd", "k_ln_dwdb", "k_rope", "k_swiglu_fwd", "k_swiglu_bwd", "k_gelu_fwd",
+                          "k_gelu_bwd", "k_attn_fwd", "k_attn_delta", "k_attn_bwd_dq", "k_attn_bwd_dkdv",
+                          "k_attn_cached", "k_ce_fwd", "k_ce_bwd", "k_embed_fwd", "k_embed_bwd", "k_adamw", "k_sumsq"};
+
+class CudaBackend final : public Backend {
+ public:
+  CudaBackend(int index) : d_(driver()), index_(index) {}
+
+  /** Creates the context, stream, module and cuBLAS handle; false with *why on failure. */
+  bool init(std::string *why) {
+    if (d_.cuDeviceGet(&dev_, index_) != 0) return fail(why, "no CUDA device " + std::to_string(index_));
+    int major = 0, minor = 0;
+    d_.cuDeviceGetAttribute(&major, kAttrCcMajor, dev_);
+    d_.cuDeviceGetAttribute(&minor, kAttrCcMinor, dev_);
+    if (major < 8)
+      return fail(why, "GPU " + std::to_string(index_) + " has compute capability " + std::to_string(major) + "." +
+                           std::to_string(minor) + "; this engine's kernels need 8.0 or newer (Ampere+)");
+    CUresult r;
+    if ((r = d_.cuDevicePrimaryCtxRetain(&ctx_, dev_)) != 0) return fail(why, "cuDevicePrimaryCtxRetain: " + d_.error(r));
+    if ((r = d_.cuCtxSetCurrent(ctx_)) != 0) return fail(why, "cuCtxSetCurrent: " + d_.error(r));
+    if ((r = d_.cuModuleLoadData(&mod_, llmt_cuda_fatbin)) != 0)
+      return fail(why, "loading the engine's kernels failed: " + d_.error(r) +
+                           " (driver too old for this build's CUDA toolkit? driver " + std::to_string(d_.version) + ")");
+    for (const char *k : kKernels) {
+      CUfunction f = nullptr;
+      if ((r = d_.cuModuleGetFunction(&f, mod_, k)) != 0) return fail(why, std::string("kernel ") + k + ": " + d_.error(r));
+      fn_[k] = f;
+    }
+    if ((r = d_.cuStreamCreate(&stream_, kStreamNonBlocking)) != 0) return fail(why, "cuStreamCreate: " + d_.error(r));
+    sync_each_ = std::getenv("LLMT_CUDA_SYNC") && std::strcmp(std::getenv("LLMT_CUDA_SYNC"), "0") != 0;
+    const Cublas &cb = cublas();
+    if (cb.ok && cb.create(&blas_) == 0) {
+      cb.set_stream(blas_, stream_);
+      const char *tf = std::getenv("LLMT_CUDA_TF32");
+      cb.set_math_mode(blas_, tf && std::strcmp(tf, "1") == 0 ? kCublasTf32Math : kCublasDefaultMath);
+    } else {
+      blas_ = nullptr;
+      blas_note_ = cb.ok ? "cublasCreate failed" : cb.why;
+    }
+    name_ = "cuda:" + std::to_string(index_);
+    return true;
+  }
+
+  const char *name() const override { return name_.c_str(); }
+  DeviceKind kind() const override { return DeviceKind::CUDA; }
+  ComputeType compute_type() const override { return ComputeType::F32; }
+  bool has_cublas() const { return blas_ != nullptr; }
+  const std::string &cublas_note() const { return blas_note_; }
+
+  // ---- memory: a caching allocator (size classes of 512 B, blocks reused in stream order) ----
+  void *alloc(size_t bytes) override {
+    cur();
+    const size_t sz = std::max<size_t>(512, (bytes + 511) / 512 * 512);
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = cache_.lower_bound(sz);
+    if (it != cache_.end() && it->first <= sz * 2) {  // a cached block that wastes at most half
+      CUdeviceptr p = it->second;
+      live_[p] = it->first;
+      cache_.erase(it);
+      return reinterpret_cast<void *>(p);
+    }
+    CUdeviceptr p = 0;
+    CUresult r = d_.cuMemAlloc(&p, sz);
+    if (r == kErrOutOfMemory) {  // give the cache back to the driver and retry once
+      d_.cuStreamSynchronize(stream_);
+      for (auto &c : cache_) d_.cuMemFree(c.second);
+      cache_.clear();
+      r = d_.cuMemAlloc(&p, sz);
+    }
+    if (r != 0) {
+      size_t fr = 0, tot = 0;
+      d_.cuMemGetInfo(&fr, &tot);
+      throw CudaOom("CUDA out of memory allocating " + mib(sz) + " on " + name_ + " (" + mib(fr) + " free of " + mib(tot) +
+                    ", " + mib(in_use()) + " held by the engine); use a smaller micro-batch or sequence length, "
+                    "gradient checkpointing, or QLoRA");
+    }
+    live_[p] = sz;
+    return reinterpret_cast<void *>(p);
+  }
+  void release(void *p) override {
+    if (!p) return;
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = live_.find(reinterpret_cast<CUdeviceptr>(p));
+    if (it == live_.end()) return;  // not ours
+    cache_.emplace(it->second, it->first);
+    live_.erase(it);
+  }
+  void upload(void *dst, const void *src, size_t bytes) override {
+    cur();
+    if (!is_dev(dst)) {
+      synchronize();
+      std::memcpy(dst, src, bytes);
+      return;
+    }
+    check(d_.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream_), "upload");
+  }
+  void download(void *dst, const void *src, size_t bytes) override {
+    cur();
+    if (!is_dev(src)) {
+      synchronize();
+      std::memcpy(dst, src, bytes);
+      return;
+    }
+    check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
+    synchronize();
+  }
+  void synchronize() override {
+    cur();
+    check(d_.cuStreamSynchronize(stream_), last_kernel_.empty() ? "synchronize" : ("a kernel up to " + last_kernel_).c_str());
+  }
+
+  // ---- ops ----
+  void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    Stage s(*this);
+    gemm(s.in(A, M * K), s.in(B, N * K), s.out(C, M * N, acc), M, N, K, acc, /*nt*/ 0);
+    s.done();
+  }
+  void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    Stage s(*this);
+    gemm(s.in(A, M * K), s.in(B, K * N), s.out(C, M * N, acc), M, N, K, acc, 1);
+    s.done();
+  }
+  void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    Stage s(*this);
+    gemm(s.in(A, K * M), s.in(B, K * N), s.out(C, M * N, acc), M, N, K, acc, 2);
+    s.done();
+  }
+  void add_bias(float *y, const float *b, int64_t rows, int64_t cols) override {
+    Stage s(*this);
+    ew("k_add_bias", rows * cols, s.out(y, rows * cols, true), s.in(b, cols), ll(rows), ll(cols));
+    s.done();
+  }
+  void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) override {
+    Stage s(*this);
+    ew("k_col_sum", cols, s.in(dy, rows * cols), s.out(db, cols, true), ll(rows), ll(cols));
+    s.done();
+  }
+  void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) override {
+    Stage s(*this);
+    rowk("k_rms_fwd", rows, s.in(x, rows * cols), s.in(w, cols), s.out(y, rows * cols), s.out(rstd, rows), ll(rows), ll(cols), eps);
+    s.done();
+  }
+  void rmsnorm_backward(const float *dy, const float *x, const float *w, const float *rstd, float *dx, float *dw, int64_t rows,
+                        int64_t cols) override {
+    Stage s(*this);
+    const float *ddy = s.in(dy, rows * cols), *dxx = s.in(x, rows * cols), *drs = s.in(rstd, rows);
+    float *ddw = s.out(dw, cols, true);
+    if (ddw) ew("k_rms_dw", cols, ddy, dxx, drs, ddw, ll(rows), ll(cols));  // before dx: dx may alias dy
+    rowk("k_rms_bwd", rows, ddy, dxx, s.in(w, cols), drs, s.out(dx, rows * cols), ll(rows), ll(cols));
+    s.done();
+  }
+  void layernorm_forward(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd, int64_t rows,
+                         int64_t cols, float eps) override {
+    Stage s(*this);
+    rowk("k_ln_fwd", rows, s.in(x, rows * cols), s.in(w, cols), s.in(b, cols), s.out(y, rows * cols), s.out(mean, rows),
+         s.out(rstd, rows), ll(rows), ll(cols), eps);
+    s.done();
+  }
+  void layernorm_backward(const float *dy, const float *x, const float *w, const float *mean, const float *rstd, float *dx,
+                          float *dw, float *db, int64_t rows, int64_t cols) override {
+    Stage s(*this);
+    const float *ddy = s.in(dy, rows * cols), *dxx = s.in(x, rows * cols), *dm = s.in(mean, rows), *drs = s.in(rstd, rows);
+    float *ddw = s.out(dw, cols, true), *ddb = s.out(db, cols, true);
+    if (ddw || ddb) ew("k_ln_dwdb", cols, ddy, dxx, dm, drs, ddw, ddb, ll(rows), ll(cols));
+    rowk("k_ln_bwd", rows, ddy, dxx, s.in(w, cols), dm, drs, s.out(dx, rows * cols), ll(rows), ll(cols));
+    s.done();
+  }
+  void rope_forward(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
+                    int64_t rot_dims, float pos_scale, bool interleaved) override {
+    rope(x, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, 1.0f, interleaved);
+  }
+  void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim,
+                     int64_t rot_dims, float pos_scale, bool interleaved) override {
+    rope(dx, pos, inv_freq, rows, heads, head_dim, rot_dims, pos_scale, -1.0f, interleaved);
+  }
+  void swiglu_forward(const float *gate, const float *up, float *out, int64_t n) override {
+    Stage s(*this);
+    ew("k_swiglu_fwd", n, s.in(gate, n), s.in(up, n), s.out(out, n), ll(n));
+    s.done();
+  }
+  void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n) override {
+    Stage s(*this);
+    ew("k_swiglu_bwd", n, s.in(dout, n), s.in(gate, n), s.in(up, n), s.out(dgate, n), s.out(dup, n), ll(n));
+    s.done();
+  }
+  void gelu_forward(const float *x, float *y, int64_t n, cpu::Gelu kind) override {
+    Stage s(*this);
+    ew("k_gelu_fwd", n, s.in(x, n), s.out(y, n), ll(n), int(kind == cpu::Gelu::Erf ? 0 : 1));
+    s.done();
+  }
+  void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, cpu::Gelu kind) override {
+    Stage s(*this);
+    ew("k_gelu_bwd", n, s.in(dy, n), s.in(x, n), s.out(dx, n), ll(n), int(kind == cpu::Gelu::Erf ? 0 : 1));
+    s.done();
+  }
+  void attention_forward(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
+                         int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                         const int32_t *prefix) override {
+    check_hd(hd);
+    Stage s(*this);
+    warps("k_attn_fwd", B * nh * T, s.in(q, B * T * nh * hd), s.in(k, B * T * nkv * hd), s.in(v, B * T * nkv * hd),
+          s.out(out, B * T * nh * hd), s.out(lse, B * nh * T), ll(B), ll(T), ll(nh), ll(nkv), ll(hd), scale,
+          s.in(seg_start, B * T), s.in(alibi, nh), s.in(prefix, B));
+    s.done();
+  }
+  void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out, const float *lse,
+                          float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh, int64_t nkv, int64_t hd,
+                          float scale, const int32_t *seg_start, const float *alibi, const int32_t *prefix) override {
+    check_hd(hd);
+    Stage s(*this);
+    const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
+    const float *ddo = s.in(dout, nq), *dq_ = s.in(q, nq), *dk_ = s.in(k, nk), *dv_ = s.in(v, nk), *dl = s.in(lse, B * nh * T);
+    const int32_t *dseg = s.in(seg_start, B * T), *dpre = s.in(prefix, B);
+    const float *dal = s.in(alibi, nh);
+    float *D = s.scratch<float>(B * T * nh);
+    warps("k_attn_delta", B * T * nh, ddo, s.in(out, nq), D, ll(B * T * nh), ll(hd));
+    warps("k_attn_bwd_dq", B * nh * T, ddo, dq_, dk_, dv_, dl, static_cast<const float *>(D), s.out(dq, nq), ll(B), ll(T),
+          ll(nh), ll(nkv), ll(hd), scale, dseg, dal, dpre);
+    warps("k_attn_bwd_dkdv", B * nkv * T, ddo, dq_, dk_, dv_, dl, static_cast<const float *>(D), s.out(dk, nk),
+          s.out(dv, nk), ll(B), ll(T), ll(nh), ll(nkv), ll(hd), scale, dseg, dal, dpre);
+    s.done();
+  }
+  void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
+                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
+    check_hd(hd);
+    Stage s(*this);
+    const int64_t rows = std::max(p0 + n, prefix);  // cache rows any query can see
+    warps("k_attn_cached", n * nh, s.in(q, n * nh * hd), s.in(kc, rows * nkv * hd), s.in(vc, rows * nkv * hd),
+          s.out(out, n * nh * hd), ll(p0), ll(n), ll(nh), ll(nkv), ll(hd), scale, s.in(alibi, nh), ll(prefix));
+    s.done();
+  }
+  double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
+                               int64_t *count) override {
+    if (N <= 0) {
+      if (count) *count = 0;
+      return 0.0;
+    }
+    Stage s(*this);
+    const int32_t *dt = s.in(targets, N);
+    double *loss = s.scratch<double>(N);
+    launch("k_ce_fwd", unsigned(N), 256, s.in(logits, N * V), dt, s.out(lse, N), loss, ll(N), ll(V));
+    s.done();
+    std::vector<double> l(static_cast<size_t>(N));
+    std::vector<int32_t> t(static_cast<size_t>(N));
+    download(l.data(), loss, sizeof(double) * l.size());
+    download(t.data(), dt, sizeof(int32_t) * t.size());
+    double total = 0.0;
+    int64_t c = 0;
+    for (int64_t r = 0; r < N; ++r)
+      if (t[static_cast<size_t>(r)] >= 0) {
+        total += l[static_cast<size_t>(r)];
+        ++c;
+      }
+    if (count) *count = c;
+    return total;
+  }
+  void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits, int64_t N, int64_t V,
+                              float scale) override {
+    Stage s(*this);
+    ew("k_ce_bwd", N * V, s.in(logits, N * V), s.in(targets, N), s.in(lse, N), s.out(dlogits, N * V), ll(N), ll(V), scale);
+    s.done();
+  }
+  void embedding_forward(const float *table, const int32_t *ids, float *out, int64_t N, int64_t H) override {
+    Stage s(*this);
+    const int64_t V = is_dev(table) ? 0 : rows_needed(ids, N);
+    ew("k_embed_fwd", N * H, s.in(table, V * H), s.in(ids, N), s.out(out, N * H), ll(N), ll(H));
+    s.done();
+  }
+  void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V) override {
+    Stage s(*this);
+    ew("k_embed_bwd", H, s.in(dout, N * H), s.in(ids, N), s.out(dtable, V * H, true), ll(N), ll(H));
+    s.done();
+  }
+  void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float lr, float beta1, float beta2, float eps,
+                  float weight_decay, int64_t step) override {
+    const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
+    const float decay = static_cast<float>(1.0 - static_cast<double>(lr) * static_cast<double>(weight_decay));
+    const float step_size = static_cast<float>(static_cast<double>(lr) / bc1);
+    const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+    Stage s(*this);
+    ew("k_adamw", n, s.out(p, n, true), s.in(g, n), s.out(m, n, true), s.out(v, n, true), ll(n), beta1, beta2, 1.0f - beta1,
+       1.0f - beta2, eps, decay, step_size, bc2_sqrt);
+    s.done();
+  }
+  double sum_squares(const float *x, int64_t n) override {
+    if (n <= 0) return 0.0;
+    Stage s(*this);
+    const unsigned nb = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(256, (n + (1 << 14) - 1) >> 14)));
+    double *part = s.scratch<double>(nb);
+    launch("k_sumsq", nb, 256, s.in(x, n), ll(n), part);
+    s.done();
+    std::vector<double> h(nb);
+    download(h.data(), part, sizeof(double) * nb);
+    double t = 0.0;
+    for (double v : h) t += v;
+    return t;
+  }
+  void scale_inplace(float *x, float sc, int64_t n) override {
+    Stage s(*this);
+    ew("k_scale", n, s.out(x, n, true), sc, ll(n));
+    s.done();
+  }
+  void add(float *out, const float *a, const float *b, const float *c, int64_t n) override {
+    Stage s(*this);
+    const float *da = s.in(a, n), *db = s.in(b, n), *dc = s.in(c, n);
+    ew("k_add", n, s.out(out, n), da, db, dc, ll(n));
+    s.done();
+  }
+  void axpby(float *out, float alpha, const float *a, float beta, const float *b, int64_t n) override {
+    Stage s(*this);
+    const float *da = s.in(a, n), *db = s.in(b, n);
+    ew("k_axpby", n, s.out(out, n), alpha, da, beta, db, ll(n));
+    s.done();
+  }
+  void split_cols(float *fused, float *a, float *b, int64_t N, int64_t wa, int64_t wb, bool merge) override {
+    Stage s(*this);
+    float *df = merge ? s.out(fused, N * (wa + wb)) : const_cast<float *>(s.in(fused, N * (wa + wb)));
+    float *da = merge ? const_cast<float *>(s.in(a, N * wa)) : s.out(a, N * wa);
+    float *db = merge ? const_cast<float *>(s.in(b, N * wb)) : s.out(b, N * wb);
+    ew("k_split_cols", N * (wa + wb), df, da, db, ll(N), ll(wa), ll(wb), int(merge));
+    s.done();
+  }
+  void qkv_split(float *fused, float *q, float *k, float *v, int64_t N, int64_t nh, int64_t nkv, int64_t hd, QkvSplit layout,
+                 bool merge) override {
+    const int64_t qd = nh * hd, kvd = nkv * hd, W = qd + 2 * kvd;
+    Stage s(*this);
+    auto io = [&](float *p, int64_t n, bool written) { return written ? s.out(p, n) : const_cast<float *>(s.in(p, n)); };
+    float *df = io(fused, N * W, merge), *dq = io(q, N * qd, !merge), *dk = io(k, N * kvd, !merge), *dv = io(v, N * kvd, !merge);
+    const int lay = layout == QkvSplit::Blocks ? 0 : layout == QkvSplit::PerHead ? 1 : 2;
+    ew("k_qkv_split", N * W, df, dq, dk, dv, ll(N), ll(nh), ll(nkv), ll(hd), lay, int(merge));
+    s.done();
+  }
+  void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) override {
+    Stage s(*this);
+    ew("k_dropout_fwd", n, s.in(x, n), s.out(out, n), ll(n), p, static_cast<unsigned long long>(stream));
+    s.done();
+  }
+  void dropout_backward(const float *dy, float *dx, int64_t n, float p, uint64_t stream) override {
+    Stage s(*this);
+    ew("k_dropout_bwd", n, s.in(dy, n), s.out(dx, n, true), ll(n), p, static_cast<unsigned long long>(stream));
+    s.done();
+  }
+
+ private:
+  using ll = long long;
+
+  // Per-op staging of host pointers (see the file comment). in(): device pointer to read; out(): device pointer to
+  // write (inout: its current contents are uploaded first); done(): copies outputs back and completes the op when
+  // anything was staged. Nulls stay null. Scratch is released in stream order (safe with one stream).
+  class Stage {
+   public:
+    explicit Stage(CudaBackend &be) : be_(be) { be_.cur(); }
+    ~Stage() {
+      for (void *p : tmp_) be_.release(p);
+    }
+    template <typename T>
+    const T *in(const T *p, int64_t n) {
+      if (!p || be_.is_dev(p)) return p;
+      T *d = static_cast<T *>(take(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
+      if (n > 0) be_.check(be_.d_.cuMemcpyHtoDAsync(ptr(d), p, sizeof(T) * static_cast<size_t>(n), be_.stream_), "staging upload");
+      return d;
+    }
+    template <typename T>
+    T *out(T *p, int64_t n, bool inout = false) {
+      if (!p || be_.is_dev(p)) return p;
+      T *d = inout ? const_cast<T *>(in(static_cast<const T *>(p), n))
+                   : static_cast<T *>(take(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
+      outs_.push_back({p, d, sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 0))});
+      return d;
+    }
+    template <typename T>
+    T *scratch(int64_t n) {
+      return static_cast<T *>(take(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
+    }
+    void done() {
+      for (auto &o : outs_)
+        if (o.bytes) be_.check(be_.d_.cuMemcpyDtoHAsync(o.host, ptr(o.dev), o.bytes, be_.stream_), "staging download");
+      if (staged_) be_.synchronize();
+    }
+
+   private:
+    struct Out {
+      void *host;
+      void *dev;
+      size_t bytes;
+    };
+    static CUdeviceptr ptr(const void *p) { return reinterpret_cast<CUdeviceptr>(p); }
+    void *take(size_t bytes) {
+      void *d = be_.alloc(bytes);
+      tmp_.push_back(d);
+      staged_ = true;
+      return d;
+    }
+    CudaBackend &be_;
+    std::vector<void *> tmp_;
+    std::vector<Out> outs_;
+    bool staged_ = false;
+  };
+
+  static bool fail(std::string *why, const std::string &m) {
+    if (why) *why = m;
+    return false;
+  }
+  static std::string mib(size_t b) { return std::to_string(b >> 20) + " MiB"; }
+  size_t in_use() const {
+    size_t t = 0;
+    for (auto &l : live_) t += l.second;
+    for (auto &c : cache_) t += c.first;
+    return t;
+  }
+  void cur() {
+    CUresult r = d_.cuCtxSetCurrent(ctx_);
+    if (r != 0) throw CudaError("CUDA: cuCtxSetCurrent failed: " + d_.error(r));
+  }
+  bool is_dev(const void *p) {
+    if (!p) return false;
+    const CUdeviceptr a = reinterpret_cast<CUdeviceptr>(p);
+    std::lock_guard<std::mutex> lk(mu_);
+    auto it = live_.upper_bound(a);
+    if (it == live_.begin()) return false;
+    --it;
+    return a < it->first + it->second;
+  }
+  void check(CUresult r, const std::string &what) {
+    if (r == 0) return;
+    if (r == kErrOutOfMemory) throw CudaOom("CUDA out of memory in " + what + " on " + name_);
+    throw CudaError("CUDA error in " + what + " on " + name_ + ": " + d_.error(r));
+  }
+  void check_hd(int64_t hd) {
+    if (hd > 256) throw CudaError("CUDA attention supports head_dim ≤ 256 (got " + std::to_string(hd) + ")");
+  }
+  int64_t rows_needed(const int32_t *ids, int64_t N) {
+    std::vector<int32_t> h(static_cast<size_t>(N));
+    if (N > 0) download(h.data(), ids, sizeof(int32_t) * h.size());
+    int64_t mx = -1;
+    for (int32_t v : h) mx = std::max<int64_t>(mx, v);
+    return mx + 1;
+  }
+
+  template <typename... A>
+  void launch(const char *k, unsigned grid, unsigned block, A... args) {
+    if (grid == 0) return;
+    void *params[] = {static_cast<void *>(&args)...};
+    last_kernel_ = k;
+    check(d_.cuLaunchKernel(fn_.at(k), grid, 1, 1, block, 1, 1, 0, stream_, params, nullptr), std::string("kernel ") + k);
+    if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
+  }
+  // element-wise / grid-stride kernels over n items
+  template <typename... A>
+  void ew(const char *k, int64_t n, A... args) {
+    if (n <= 0) return;
+    launch(k, static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 65535LL * 16)), 256, args...);
+  }
+  // one block per row
+  template <typename... A>
+  void rowk(const char *k, int64_t rows, A... args) {
+    if (rows <= 0) return;
+    launch(k, static_cast<unsigned>(rows), 256, args...);
+  }
+  // one warp per item, 4 warps per block
+  template <typename... A>
+  void warps(const char *k, int64_t items, A... args) {
+    if (items <= 0) return;
+    launch(k, static_cast<unsigned>((items + 3) / 4), 128, args...);
+  }
+  void rope(float *x, const int32_t *pos, const float *inv_freq, int64_t rows, int64_t heads, int64_t head_dim, int64_t rot,
+            float ps, float sign, bool il) {
+    const int64_t half = rot / 2;
+    if (half <= 0 || rows <= 0 || heads <= 0) return;
+    Stage s(*this);
+    ew("k_rope", rows * heads * half, s.out(x, rows * heads * head_dim, true), s.in(pos, rows), s.in(inv_freq, half), ll(rows),
+       ll(heads), ll(head_dim), ll(half), ps, sign, int(il));
+    s.done();
+  }
+  // C[M,N] (+)= op(A)·op(B); kind 0 nt, 1 nn, 2 tn (cpu/ops.hpp). cuBLAS is column-major: compute Cᵀ = op(B)ᵀ·op(A)ᵀ.
+  void gemm(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+      if (!acc) check(d_.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(C), 0, sizeof(float) * M * N, stream_), "gemm zero");
+      return;
+    }
+    if (blas_ && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
+      const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+      const int m = int(M), n = int(N), k = int(K);
+      cublasStatus_t st;
+      last_kernel_ = "cublasSgemm";
+      if (kind == 0) st = cublas().sgemm(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, B, k, A, k, &beta, C, n);
+      else if (kind == 1) st = cublas().sgemm(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, B, n, A, k, &beta, C, n);
+      else st = cublas().sgemm(blas_, kCublasOpN, kCublasOpT, n, m, k, &one, B, n, A, m, &beta, C, n);
+      if (st != 0)
+        throw CudaError("cuBLAS sgemm failed on " + name_ + ": " +
+                        (cublas().status_string ? cublas().status_string(st) : ("status " + std::to_string(st))));
+      return;
+    }
+    ll sam, sak, sbk, sbn;
+    if (kind == 0) sam = K, sak = 1, sbk = 1, sbn = K;
+    else if (kind == 1) sam = K, sak = 1, sbk = N, sbn = 1;
+    else sam = 1, sak = M, sbk = N, sbn = 1;
+    void *params[] = {&A, &B, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acc};
+    int acci = acc ? 1 : 0;
+    params[10] = &acci;
+    last_kernel_ = "k_gemm";
+    check(d_.cuLaunchKernel(fn_.at("k_gemm"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
+                            nullptr),
+          "kernel k_gemm");
+    if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm");
+  }
+
+  const Driver &d_;
+  int index_;
+  std::string name_ = "cuda";
+  CUdevice dev_ = 0;
+  CUcontext ctx_ = nullptr;
+  CUmodule mod_ = nullptr;
+  CUstream stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  std::string blas_note_;
+  std::map<std::string, CUfunction> fn_;
+  std::mutex mu_;
+  std::map<CUdeviceptr, size_t> live_;       // base → size of blocks handed out
+  std::multimap<size_t, CUdeviceptr> cache_;  // size → free cached blocks
+  bool sync_each_ = false;
+  std::string last_kernel_;
+};
+
+}  // namespace
+
+Backend *cuda_backend(int index, std::string *why) {
+  static std::mutex mu;
+  static std::map<int, std::unique_ptr<CudaBackend>> made;
+  static std::map<int, std::string> failed;
+  std::lock_guard<std::mutex> lk(mu);
+  if (made.count(index)) return made[index].get();
+  if (failed.count(index)) {
+    if (why) *why = failed[index];
+    return nullptr;
+  }
+  const Driver &d = driver();
+  std::string reason;
+  if (!d.ok) {
+    reason = "no device (" + d.why + ")";
+  } else if (index < 0 || index >= d.devices) {
+    reason = "no CUDA device " + std::to_string(index) + " (this machine has " + std::to_string(d.devices) + ")";
+  } else {
+    auto be = std::make_unique<CudaBackend>(index);
+    if (be->init(&reason)) {
+      static bool said = false;
+      if (!be->has_cublas() && !said) {
+        said = true;
+        std::fprintf(stderr, "llmt: cuBLAS not loadable (%s): the CUDA backend uses its own GEMM kernel (slower)\n",
+                     be->cublas_note().c_str());
+      }
+      made[index] = std::move(be);
+      return made[index].get();
+    }
+  }
+  failed[index] = reason;
+  if (why) *why = reason;
+  return nullptr;
+}
+
+}  // namespace llmt

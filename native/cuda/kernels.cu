@@ -1,0 +1,594 @@
+// kernels.cu — the CUDA backend's device code, fp32, one extern "C" kernel per op (or op phase) of the Backend
+// seam; semantics are exactly cpu/ops.hpp's (shapes, accumulate vs overwrite). Compiled by nvcc into a fatbin
+// (sm_80/86/89/90 + PTX) that backend_cuda.cpp loads with the driver API, so the host side links no CUDA library.
+//
+// STATUS: compiled, NOT yet run on a GPU. `test_cuda` (op parity vs the CPU backend) validates every kernel on a
+// GPU server (bench/gpu.sh); until it has passed there, treat these as unverified.
+//
+// Conventions
+//  - Sizes are long long (int64) on the host side of every launch; float scalars are float; flags are int.
+//  - Reductions are deterministic: every output element is reduced by one thread/warp/block in a fixed order
+//    (no float atomics), so a CUDA run is reproducible for a given device.
+//  - Attention never materialises a T×T matrix: one warp per query (forward, dq) or per key (dk/dv), with an
+//    online softmax in the forward and the saved lse in the backward (flash-attention's maths, simple schedule;
+//    tensor-core tiling is the next step, docs/cuda.md).
+typedef long long ll;
+
+#define GRID_STRIDE(i, n) for (ll i = (ll)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (ll)blockDim.x * gridDim.x)
+
+namespace {
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Block-wide sum for blockDim.x a multiple of 32 (≤ 1024); every thread gets the result.
+__device__ float block_sum(float v) {
+  __shared__ float sh[32];
+  __shared__ float total;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();  // sh may still be read by a previous call
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  if (w == 0) {
+    float t = lane < nw ? sh[lane] : 0.0f;
+    t = warp_sum(t);
+    if (lane == 0) total = t;
+  }
+  __syncthreads();
+  return total;
+}
+
+__device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
+  z += 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+// engine/rng.hpp uniform01, bit for bit.
+__device__ __forceinline__ float uniform01(unsigned long long stream, unsigned long long index) {
+  return (float)(mix64(stream ^ mix64(index)) >> 40) * (1.0f / 16777216.0f);
+}
+
+constexpr int kMaxHdPerLane = 8;  // attention: head_dim ≤ 256 (32 lanes × 8)
+
+}  // namespace
+
+extern "C" {
+
+// ---- GEMM fallback (used when cuBLAS is not loadable) ------------------------------------------------------------
+// C[M,N] (+)= Σ_k A(m,k)·B(k,n), A(m,k) = A[m·sam + k·sak], B(k,n) = B[k·sbk + n·sbn]. 16×16 tiles in shared memory.
+__global__ void k_gemm(const float *A, const float *B, float *C, ll M, ll N, ll K, ll sam, ll sak, ll sbk, ll sbn,
+                       int acc) {
+  __shared__ float As[16][17], Bs[16][17];
+  const ll m = (ll)blockIdx.y * 16 + threadIdx.y, n = (ll)blockIdx.x * 16 + threadIdx.x;
+  float s = 0.0f;
+  for (ll k0 = 0; k0 < K; k0 += 16) {
+    const ll am = (ll)blockIdx.y * 16 + threadIdx.y, ak = k0 + threadIdx.x;
+    As[threadIdx.y][threadIdx.x] = (am < M && ak < K) ? A[am * sam + ak * sak] : 0.0f;
+    const ll bk = k0 + threadIdx.y, bn = (ll)blockIdx.x * 16 + threadIdx.x;
+    Bs[threadIdx.y][threadIdx.x] = (bk < K && bn < N) ? B[bk * sbk + bn * sbn] : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 16; ++kk) s += As[threadIdx.y][kk] * Bs[kk][threadIdx.x];
+    __syncthreads();
+  }
+  if (m < M && n < N) C[m * N + n] = acc ? C[m * N + n] + s : s;
+}
+
+// ---- bias, element-wise -------------------------------------------------------------------------------------------
+__global__ void k_add_bias(float *y, const float *b, ll rows, ll cols) {
+  GRID_STRIDE(i, rows * cols) y[i] += b[i % cols];
+}
+// db[c] += Σ_r dy[r,c] (one thread per column, rows in order).
+__global__ void k_col_sum(const float *dy, float *db, ll rows, ll cols) {
+  GRID_STRIDE(c, cols) {
+    float s = 0.0f;
+    for (ll r = 0; r < rows; ++r) s += dy[r * cols + c];
+    db[c] += s;
+  }
+}
+__global__ void k_add(float *out, const float *a, const float *b, const float *c, ll n) {
+  GRID_STRIDE(i, n) out[i] = c ? a[i] + b[i] + c[i] : a[i] + b[i];
+}
+__global__ void k_axpby(float *out, float alpha, const float *a, float beta, const float *b, ll n) {
+  GRID_STRIDE(i, n) out[i] = alpha * a[i] + beta * b[i];
+}
+__global__ void k_scale(float *x, float s, ll n) {
+  GRID_STRIDE(i, n) x[i] *= s;
+}
+__global__ void k_split_cols(float *fused, float *a, float *b, ll N, ll wa, ll wb, int merge) {
+  const ll W = wa + wb;
+  GRID_STRIDE(i, N * W) {
+    const ll n = i / W, c = i % W;
+    float *sep = c < wa ? a + n * wa + c : b + n * wb + (c - wa);
+    if (merge) fused[i] = *sep;
+    else *sep = fused[i];
+  }
+}
+// layout: 0 Blocks [Q|K|V], 1 PerHead [q_h,k_h,v_h], 2 Grouped per kv group [q×r, k, v] (backend.hpp QkvSplit order)
+__global__ void k_qkv_split(float *fused, float *q, float *k, float *v, ll N, ll nh, ll nkv, ll hd, int layout,
+                            int merge) {
+  const ll qd = nh * hd, kvd = nkv * hd, W = qd + 2 * kvd;
+  GRID_STRIDE(i, N * W) {
+    const ll n = i / W, c = i % W;
+    float *sep;
+    if (layout == 0) {
+      sep = c < qd ? q + n * qd + c : c < qd + kvd ? k + n * kvd + (c - qd) : v + n * kvd + (c - qd - kvd);
+    } else if (layout == 2) {
+      const ll r = nh / nkv, gw = (r + 2) * hd, g = c / gw, o = c % gw;
+      sep = o < r * hd ? q + n * qd + g * r * hd + o : o < (r + 1) * hd ? k + n * kvd + g * hd + (o - r * hd)
+                                                                         : v + n * kvd + g * hd + (o - (r + 1) * hd);
+    } else {
+      const ll h = c / (3 * hd), o = c % (3 * hd);
+      sep = o < hd ? q + n * qd + h * hd + o : o < 2 * hd ? k + n * kvd + h * hd + (o - hd) : v + n * kvd + h * hd + (o - 2 * hd);
+    }
+    if (merge) fused[i] = *sep;
+    else *sep = fused[i];
+  }
+}
+__global__ void k_dropout_fwd(const float *x, float *out, ll n, float p, unsigned long long stream) {
+  const float keep = 1.0f / (1.0f - p);
+  GRID_STRIDE(i, n) out[i] = uniform01(stream, (unsigned long long)i) < p ? 0.0f : x[i] * keep;
+}
+__global__ void k_dropout_bwd(const float *dy, float *dx, ll n, float p, unsigned long long stream) {
+  const float keep = 1.0f / (1.0f - p);
+  GRID_STRIDE(i, n) if (!(uniform01(stream, (unsigned long long)i) < p)) dx[i] += dy[i] * keep;
+}
+
+// ---- normalisation (one block per row; weight gradients one thread per column) ---------------------------------------
+__global__ void k_rms_fwd(const float *x, const float *w, float *y, float *rstd, ll rows, ll cols, float eps) {
+  const ll r = blockIdx.x;
+  const float *xr = x + r * cols;
+  float s = 0.0f;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c] * xr[c];
+  s = block_sum(s);
+  const float rs = 1.0f / sqrtf(s / (float)cols + eps);
+  if (rstd && threadIdx.x == 0) rstd[r] = rs;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) y[r * cols + c] = w ? w[c] * (xr[c] * rs) : xr[c] * rs;
+}
+// dx = r·g − r³/cols·Σ(g⊙x)·x, g = w⊙dy (dx may alias dy: each thread reads its dy[c] before writing dx[c]).
+__global__ void k_rms_bwd(const float *dy, const float *x, const float *w, const float *rstd, float *dx, ll rows,
+                          ll cols) {
+  const ll r = blockIdx.x;
+  const float *xr = x + r * cols, *dyr = dy + r * cols;
+  const float rs = rstd[r];
+  float s = 0.0f;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) s += (w ? w[c] * dyr[c] : dyr[c]) * xr[c];
+  s = block_sum(s);
+  const float coef = rs * rs * rs * s / (float)cols;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float g = w ? w[c] * dyr[c] : dyr[c];
+    dx[r * cols + c] = rs * g - coef * xr[c];
+  }
+}
+__global__ void k_rms_dw(const float *dy, const float *x, const float *rstd, float *dw, ll rows, ll cols) {
+  GRID_STRIDE(c, cols) {
+    float s = 0.0f;
+    for (ll r = 0; r < rows; ++r) s += dy[r * cols + c] * (x[r * cols + c] * rstd[r]);
+    dw[c] += s;
+  }
+}
+__global__ void k_ln_fwd(const float *x, const float *w, const float *b, float *y, float *mean, float *rstd, ll rows,
+                         ll cols, float eps) {
+  const ll r = blockIdx.x;
+  const float *xr = x + r * cols;
+  float s = 0.0f;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) s += xr[c];
+  const float mu = block_sum(s) / (float)cols;
+  float v = 0.0f;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) v += (xr[c] - mu) * (xr[c] - mu);
+  const float rs = 1.0f / sqrtf(block_sum(v) / (float)cols + eps);
+  if (threadIdx.x == 0) {
+    if (mean) mean[r] = mu;
+    if (rstd) rstd[r] = rs;
+  }
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float xh = (xr[c] - mu) * rs;
+    y[r * cols + c] = (w ? xh * w[c] : xh) + (b ? b[c] : 0.0f);
+  }
+}
+// dx = r·(g − mean(g) − x̂·mean(g⊙x̂)), g = w⊙dy.
+__global__ void k_ln_bwd(const float *dy, const float *x, const float *w, const float *mean, const float *rstd, float *dx,
+                         ll rows, ll cols) {
+  const ll r = blockIdx.x;
+  const float *xr = x + r * cols, *dyr = dy + r * cols;
+  const float mu = mean[r], rs = rstd[r];
+  float sg = 0.0f, sgx = 0.0f;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float g = w ? w[c] * dyr[c] : dyr[c];
+    sg += g;
+    sgx += g * ((xr[c] - mu) * rs);
+  }
+  const float mg = block_sum(sg) / (float)cols;
+  const float mgx = block_sum(sgx) / (float)cols;
+  for (ll c = threadIdx.x; c < cols; c += blockDim.x) {
+    const float g = w ? w[c] * dyr[c] : dyr[c];
+    const float xh = (xr[c] - mu) * rs;
+    dx[r * cols + c] = rs * (g - mg - xh * mgx);
+  }
+}
+__global__ void k_ln_dwdb(const float *dy, const float *x, const float *mean, const float *rstd, float *dw, float *db,
+                          ll rows, ll cols) {
+  GRID_STRIDE(c, cols) {
+    float sw = 0.0f, sb = 0.0f;
+    for (ll r = 0; r < rows; ++r) {
+      const float d = dy[r * cols + c];
+      sw += d * ((x[r * cols + c] - mean[r]) * rstd[r]);
+      sb += d;
+    }
+    if (dw) dw[c] += sw;
+    if (db) db[c] += sb;
+  }
+}
+
+// ---- RoPE (both layouts), in place; sign −1 is the backward -----------------------------------------------------------
+__global__ void k_rope(float *x, const int *pos, const float *inv_freq, ll rows, ll heads, ll head_dim, ll half,
+                       float pos_scale, float sign, int interleaved) {
+  GRID_STRIDE(idx, rows * heads * half) {
+    const ll i = idx % half, rh = idx / half, r = rh / heads;
+    const float t = (float)pos[r] * pos_scale;
+    const float ang = t * inv_freq[i];
+    float sn, cs;
+    sincosf(ang, &sn, &cs);
+    sn *= sign;
+    float *xh = x + rh * head_dim;
+    const ll i1 = interleaved ? 2 * i : i, i2 = interleaved ? 2 * i + 1 : i + half;
+    const float a = xh[i1], b = xh[i2];
+    xh[i1] = a * cs - b * sn;
+    xh[i2] = b * cs + a * sn;
+  }
+}
+
+// ---- activations ------------------------------------------------------------------------------------------------------
+__global__ void k_swiglu_fwd(const float *gate, const float *up, float *out, ll n) {
+  GRID_STRIDE(i, n) {
+    const float g = gate[i];
+    out[i] = (g / (1.0f + expf(-g))) * up[i];
+  }
+}
+__global__ void k_swiglu_bwd(const float *dout, const float *gate, const float *up, float *dgate, float *dup, ll n) {
+  GRID_STRIDE(i, n) {
+    const float g = gate[i], u = up[i], d = dout[i];
+    const float sg = 1.0f / (1.0f + expf(-g));
+    dgate[i] = d * u * (sg * (1.0f + g * (1.0f - sg)));
+    dup[i] = d * (g * sg);
+  }
+}
+// kind 0: erf (exact), 1: tanh approximation (as cpu/ops.cpp)
+__global__ void k_gelu_fwd(const float *x, float *y, ll n, int kind) {
+  GRID_STRIDE(i, n) {
+    const float v = x[i];
+    if (kind == 0) y[i] = 0.5f * v * (1.0f + erff(v * 0.70710678118654752f));
+    else y[i] = v / (1.0f + expf(-2.0f * (0.7978845608028654f * (v + 0.044715f * v * v * v))));
+  }
+}
+__global__ void k_gelu_bwd(const float *dy, const float *x, float *dx, ll n, int kind) {
+  GRID_STRIDE(i, n) {
+    const float v = x[i];
+    if (kind == 0) {
+      const float cdf = 0.5f * (1.0f + erff(v * 0.70710678118654752f));
+      const float pdf = 0.39894228040143268f * expf(-0.5f * v * v);
+      dx[i] = dy[i] * (cdf + v * pdf);
+    } else {
+      const float c = 0.7978845608028654f, a = 0.044715f;
+      const float sg = 1.0f / (1.0f + expf(-2.0f * c * (v + a * v * v * v)));
+      dx[i] = dy[i] * (sg + 2.0f * v * sg * (1.0f - sg) * c * (1.0f + 3.0f * a * v * v));
+    }
+  }
+}
+
+// ---- attention --------------------------------------------------------------------------------------------------------
+// q row (b,i,h) at ((b·T + i)·nh + h)·hd; k/v row (b,j,g) at ((b·T + j)·nkv + g)·hd; lse at (b·nh + h)·T + i.
+// Key j is visible to query i iff j ≤ max(i, P−1) and j ≥ seg_start[b·T+i] (P = prefix[b] or 0; seg 0 if absent).
+// Scores s = scale·q·k + alibi[h]·j.
+
+// One warp per (b, h, i), i fastest so a block's warps share K/V rows in L2.
+__global__ void k_attn_fwd(const float *q, const float *k, const float *v, float *out, float *lse, ll B, ll T, ll nh,
+                           ll nkv, ll hd, float scale, const int *seg_start, const float *alibi, const int *prefix) {
+  const ll warp = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= B * nh * T) return;
+  const ll i = warp % T, h = (warp / T) % nh, b = warp / (T * nh), g = h / (nh / nkv);
+  const ll P = prefix ? min((ll)prefix[b], T) : 0;
+  const ll last = max(i, P - 1), first = seg_start ? (ll)seg_start[b * T + i] : 0;
+  const float slope = alibi ? alibi[h] : 0.0f;
+  float qv[kMaxHdPerLane], acc[kMaxHdPerLane];
+  const float *qi = q + ((b * T + i) * nh + h) * hd;
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    qv[e] = d < hd ? qi[d] : 0.0f;
+    acc[e] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (ll j = first; j <= last; ++j) {
+    const float *kj = k + ((b * T + j) * nkv + g) * hd;
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxHdPerLane; ++e) {
+      const ll d = lane + 32 * e;
+      if (d < hd) s += qv[e] * kj[d];
+    }
+    s = warp_sum(s) * scale + slope * (float)j;
+    const float mn = fmaxf(m, s);
+    const float alpha = expf(m - mn), p = expf(s - mn);
+    l = l * alpha + p;
+    const float *vj = v + ((b * T + j) * nkv + g) * hd;
+#pragma unroll
+    for (int e = 0; e < kMaxHdPerLane; ++e) {
+      const ll d = lane + 32 * e;
+      if (d < hd) acc[e] = acc[e] * alpha + p * vj[d];
+    }
+    m = mn;
+  }
+  float *oi = out + ((b * T + i) * nh + h) * hd;
+  const float inv = 1.0f / l;
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    if (d < hd) oi[d] = acc[e] * inv;
+  }
+  if (lane == 0) lse[(b * nh + h) * T + i] = m + logf(l);
+}
+
+// D[(b·T+i)·nh+h] = dout_i·out_i (one warp per query row).
+__global__ void k_attn_delta(const float *dout, const float *out, float *D, ll rows, ll hd) {
+  const ll r = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (r >= rows) return;
+  float s = 0.0f;
+  for (ll d = lane; d < hd; d += 32) s += dout[r * hd + d] * out[r * hd + d];
+  s = warp_sum(s);
+  if (lane == 0) D[r] = s;
+}
+
+// dq_i = scale·Σ_j P_ij(dP_ij − D_i)·k_j, one warp per (b, h, i), keys in order.
+__global__ void k_attn_bwd_dq(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                              const float *D, float *dq, ll B, ll T, ll nh, ll nkv, ll hd, float scale,
+                              const int *seg_start, const float *alibi, const int *prefix) {
+  const ll warp = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= B * nh * T) return;
+  const ll i = warp % T, h = (warp / T) % nh, b = warp / (T * nh), g = h / (nh / nkv);
+  const ll P = prefix ? min((ll)prefix[b], T) : 0;
+  const ll last = max(i, P - 1), first = seg_start ? (ll)seg_start[b * T + i] : 0;
+  const float slope = alibi ? alibi[h] : 0.0f;
+  const ll row = (b * T + i) * nh + h;
+  const float L = lse[(b * nh + h) * T + i], Di = D[row];
+  float qv[kMaxHdPerLane], dov[kMaxHdPerLane], acc[kMaxHdPerLane];
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    qv[e] = d < hd ? q[row * hd + d] : 0.0f;
+    dov[e] = d < hd ? dout[row * hd + d] : 0.0f;
+    acc[e] = 0.0f;
+  }
+  for (ll j = first; j <= last; ++j) {
+    const float *kj = k + ((b * T + j) * nkv + g) * hd, *vj = v + ((b * T + j) * nkv + g) * hd;
+    float s = 0.0f, dp = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxHdPerLane; ++e) {
+      const ll d = lane + 32 * e;
+      if (d < hd) {
+        s += qv[e] * kj[d];
+        dp += dov[e] * vj[d];
+      }
+    }
+    s = warp_sum(s) * scale + slope * (float)j;
+    dp = warp_sum(dp);
+    const float ds = expf(s - L) * (dp - Di);
+#pragma unroll
+    for (int e = 0; e < kMaxHdPerLane; ++e) {
+      const ll d = lane + 32 * e;
+      if (d < hd) acc[e] += ds * kj[d];
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    if (d < hd) dq[row * hd + d] = acc[e] * scale;
+  }
+}
+
+// dk_j = scale·Σ_(h in group, i) dS_ij q_i, dv_j = Σ P_ij dout_i; one warp per (b, g, j), heads then queries in order.
+__global__ void k_attn_bwd_dkdv(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                                const float *D, float *dk, float *dv, ll B, ll T, ll nh, ll nkv, ll hd, float scale,
+                                const int *seg_start, const float *alibi, const int *prefix) {
+  const ll warp = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= B * nkv * T) return;
+  const ll j = warp % T, g = (warp / T) % nkv, b = warp / (T * nkv), group = nh / nkv;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0;
+  const ll krow = (b * T + j) * nkv + g;
+  float kv_[kMaxHdPerLane], vv[kMaxHdPerLane], ak[kMaxHdPerLane], av[kMaxHdPerLane];
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    kv_[e] = d < hd ? k[krow * hd + d] : 0.0f;
+    vv[e] = d < hd ? v[krow * hd + d] : 0.0f;
+    ak[e] = av[e] = 0.0f;
+  }
+  const ll i0 = j < P ? 0 : j;
+  for (ll hh = 0; hh < group; ++hh) {
+    const ll h = g * group + hh;
+    const float slope = alibi ? alibi[h] : 0.0f;
+    for (ll i = i0; i < T; ++i) {
+      if (seg_start && j < (ll)seg_start[b * T + i]) continue;
+      if (j > max(i, P - 1)) continue;
+      const ll row = (b * T + i) * nh + h;
+      const float *qi = q + row * hd, *doi = dout + row * hd;
+      float s = 0.0f, dp = 0.0f;
+#pragma unroll
+      for (int e = 0; e < kMaxHdPerLane; ++e) {
+        const ll d = lane + 32 * e;
+        if (d < hd) {
+          s += qi[d] * kv_[e];
+          dp += doi[d] * vv[e];
+        }
+      }
+      s = warp_sum(s) * scale + slope * (float)j;
+      dp = warp_sum(dp);
+      const float p = expf(s - lse[(b * nh + h) * T + i]);
+      const float ds = p * (dp - D[row]);
+#pragma unroll
+      for (int e = 0; e < kMaxHdPerLane; ++e) {
+        const ll d = lane + 32 * e;
+        if (d < hd) {
+          ak[e] += ds * qi[d];
+          av[e] += p * doi[d];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    if (d < hd) {
+      dk[krow * hd + d] = ak[e] * scale;
+      dv[krow * hd + d] = av[e];
+    }
+  }
+}
+
+// KV-cache decoding: queries q[n,nh,hd] at positions p0+i attend to cache rows 0…min(max(p0+i, prefix−1), p0+n−1).
+__global__ void k_attn_cached(const float *q, const float *kc, const float *vc, float *out, ll p0, ll n, ll nh, ll nkv,
+                              ll hd, float scale, const float *alibi, ll prefix) {
+  const ll warp = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  const int lane = threadIdx.x & 31;
+  if (warp >= n * nh) return;
+  const ll i = warp / nh, h = warp % nh, g = h / (nh / nkv), qd = nh * hd, kvd = nkv * hd;
+  const ll last = min(max(p0 + i, prefix - 1), p0 + n - 1);
+  const float slope = alibi ? alibi[h] : 0.0f;
+  float qv[kMaxHdPerLane], acc[kMaxHdPerLane];
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    qv[e] = d < hd ? q[i * qd + h * hd + d] : 0.0f;
+    acc[e] = 0.0f;
+  }
+  float m = -INFINITY, l = 0.0f;
+  for (ll j = 0; j <= last; ++j) {
+    const float *kj = kc + j * kvd + g * hd, *vj = vc + j * kvd + g * hd;
+    float s = 0.0f;
+#pragma unroll
+    for (int e = 0; e < kMaxHdPerLane; ++e) {
+      const ll d = lane + 32 * e;
+      if (d < hd) s += qv[e] * kj[d];
+    }
+    s = warp_sum(s) * scale + slope * (float)j;
+    const float mn = fmaxf(m, s);
+    const float alpha = expf(m - mn), p = expf(s - mn);
+    l = l * alpha + p;
+#pragma unroll
+    for (int e = 0; e < kMaxHdPerLane; ++e) {
+      const ll d = lane + 32 * e;
+      if (d < hd) acc[e] = acc[e] * alpha + p * vj[d];
+    }
+    m = mn;
+  }
+  const float inv = 1.0f / l;
+#pragma unroll
+  for (int e = 0; e < kMaxHdPerLane; ++e) {
+    const ll d = lane + 32 * e;
+    if (d < hd) out[i * qd + h * hd + d] = acc[e] * inv;
+  }
+}
+
+// ---- cross-entropy: online log-sum-exp per row (one block per row, one pass over the logits) ---------------------------
+// lse[r] = log Σ exp(x); loss[r] = lse − x[t] (double) for t ≥ 0, else 0. Probabilities are never stored.
+__global__ void k_ce_fwd(const float *logits, const int *targets, float *lse, double *loss, ll N, ll V) {
+  const ll r = blockIdx.x;
+  const float *xr = logits + r * V;
+  float m = -INFINITY, s = 0.0f, nanflag = 0.0f;
+  for (ll c = threadIdx.x; c < V; c += blockDim.x) {
+    const float x = xr[c];
+    nanflag += x * 0.0f;
+    if (x > m) {
+      s = s * expf(m - x) + 1.0f;
+      m = x;
+    } else if (m > -INFINITY) {
+      s += expf(x - m);
+    }
+  }
+  __shared__ float sm[1024], ss[1024];
+  sm[threadIdx.x] = m;
+  ss[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) {
+      const float m1 = sm[threadIdx.x], m2 = sm[threadIdx.x + o];
+      const float mm = fmaxf(m1, m2);
+      const float s1 = m1 == -INFINITY ? 0.0f : ss[threadIdx.x] * expf(m1 - mm);
+      const float s2 = m2 == -INFINITY ? 0.0f : ss[threadIdx.x + o] * expf(m2 - mm);
+      sm[threadIdx.x] = mm;
+      ss[threadIdx.x] = s1 + s2;
+    }
+    __syncthreads();
+  }
+  const float nf = block_sum(nanflag);
+  if (threadIdx.x == 0) {
+    float mm = sm[0];
+    if (!(mm > -INFINITY)) mm = 0.0f;
+    const float l = mm + logf(ss[0]) + nf;
+    lse[r] = l;
+    const int t = targets[r];
+    loss[r] = t >= 0 ? (double)l - (double)xr[t] : 0.0;
+  }
+}
+// dlogits = scale·(softmax − onehot) for counted rows, 0 for ignored rows; dlogits may alias logits.
+__global__ void k_ce_bwd(const float *logits, const int *targets, const float *lse, float *dlogits, ll N, ll V,
+                         float scale) {
+  GRID_STRIDE(i, N * V) {
+    const ll r = i / V, c = i % V;
+    const int t = targets[r];
+    if (t < 0) {
+      dlogits[i] = 0.0f;
+    } else {
+      const float p = expf(logits[i] - lse[r]);
+      dlogits[i] = c == t ? scale * (p - 1.0f) : scale * p;
+    }
+  }
+}
+
+// ---- embedding ------------------------------------------------------------------------------------------------------------
+__global__ void k_embed_fwd(const float *table, const int *ids, float *out, ll N, ll H) {
+  GRID_STRIDE(i, N * H) out[i] = table[(ll)ids[i / H] * H + i % H];
+}
+// dtable[ids[n]] += dout[n]: one thread per column, rows in order (deterministic, no atomics).
+__global__ void k_embed_bwd(const float *dout, const int *ids, float *dtable, ll N, ll H) {
+  GRID_STRIDE(c, H) {
+    for (ll r = 0; r < N; ++r) dtable[(ll)ids[r] * H + c] += dout[r * H + c];
+  }
+}
+
+// ---- optimizer, reductions ----------------------------------------------------------------------------------------------
+__global__ void k_adamw(float *p, const float *g, float *m, float *v, ll n, float beta1, float beta2, float omb1,
+                        float omb2, float eps, float decay, float step_size, float bc2_sqrt) {
+  GRID_STRIDE(i, n) {
+    const float gi = g[i];
+    const float mi = beta1 * m[i] + omb1 * gi;
+    const float vi = beta2 * v[i] + omb2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = p[i] * decay - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+  }
+}
+// part[block] = Σ x² over the block's fixed slice, in double (host sums the parts in order).
+__global__ void k_sumsq(const float *x, ll n, double *part) {
+  const ll nb = gridDim.x, lo = n * blockIdx.x / nb, hi = n * (blockIdx.x + 1) / nb;
+  double s = 0.0;
+  for (ll i = lo + threadIdx.x; i < hi; i += blockDim.x) s += (double)x[i] * (double)x[i];
+  __shared__ double sh[256];
+  sh[threadIdx.x] = s;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+}
+
+}  // extern "C"

@@ -1,0 +1,97 @@
+// QLoRA (issue 11) through the built engine and CLI: the engine's 4-bit quantization against bitsandbytes
+// (tests/python/bnb_reference.py: bitsandbytes' native CPU library + ports of its CUDA and CPU 4-bit kernels),
+// `llmt-engine forward --quantization nf4`, and a tiny model trained with `llms-train train --quantization nf4`
+// into a PEFT adapter. Bit-exactness of the QLoRA forward/backward vs the dequantized model: native test_q4.
+// Set LLMS_TRAIN_NATIVE_DIR to test another build of llmt-engine (default native/build/bin).
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { Store } from '../../src-main/core/store/store';
+import { ROOT, runCli } from '../helpers/app';
+
+const NATIVE = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
+const ENGINE = path.join(NATIVE, 'llmt-engine');
+const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
+const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
+let tmp: string;
+let model: string;
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-qlora-'));
+  model = path.join(tmp, 'model');
+  expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', model]).status).toBe(0);
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('QLoRA', () => {
+  it('quantizes as bitsandbytes does: codes, double-quantized scales and dequantized values identical', () => {
+    if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\``);
+    const fetched = spawnSync('bash', [path.join(ROOT, 'tests', 'python', 'fetch_bnb.sh')], { encoding: 'utf8' });
+    const r = spawnSync(PY, [path.join(ROOT, 'tests', 'python', 'bnb_reference.py'), ENGINE, path.join(tmp, 'bnb')], {
+      encoding: 'utf8',
+      env: { ...process.env, ...(fetched.status === 0 ? { LLMT_BNB_CPU_LIB: fetched.stdout.trim() } : {}) },
+      timeout: 120_000,
+    });
+    expect(r.status, r.stderr + r.stdout.slice(-4000)).toBe(0);
+    const report = JSON.parse(r.stdout);
+    expect(report.ok).toBe(true);
+    if (fetched.status === 0) expect(report.native_lib).toBeTruthy();
+    const cases = Object.values(report.tensors) as { values_eq: boolean; max_abs_diff: number }[];
+    expect(cases.length).toBe(28);
+    for (const c of cases) expect(c).toMatchObject({ values_eq: true, max_abs_diff: 0 });
+  }, 180_000);
+
+  it('llmt-engine forward --quantization nf4 runs the 4-bit model (and rejects unknown kinds)', () => {
+    const tokens = path.join(tmp, 't.json');
+    fs.writeFileSync(tokens, JSON.stringify({ input_ids: [[5, 9, 11, 30, 7, 2]], labels: [[-100, 9, 11, 30, 7, 2]] }));
+    const run = (q: string) => {
+      const out = path.join(tmp, `f-${q}.json`);
+      const r = spawnSync(ENGINE, ['forward', '--model', model, '--tokens', tokens, '--out', out, '--quantization', q], { encoding: 'utf8' });
+      return { r, j: r.status === 0 ? JSON.parse(fs.readFileSync(out, 'utf8')) : null };
+    };
+    const full = run('none');
+    const nf4 = run('nf4');
+    const fp4 = run('fp4');
+    expect(nf4.r.status, nf4.r.stderr).toBe(0);
+    expect(fp4.r.status, fp4.r.stderr).toBe(0);
+    expect(Number.isFinite(nf4.j.loss)).toBe(true);
+    expect(nf4.j.loss).not.toBe(full.j.loss); // the weights really are 4-bit
+    expect(Math.abs(nf4.j.loss - full.j.loss)).toBeLessThan(0.5);
+    const bad = run('int3');
+    expect(bad.r.status).not.toBe(0);
+    expect(bad.r.stderr).toMatch(/BAD_INPUT.*nf4/);
+  });
+
+  it('llms-train train --quantization nf4 trains a tiny model into a PEFT adapter', async () => {
+    const home = path.join(tmp, 'home');
+    const out = path.join(tmp, 'out');
+    const r = await runCli([
+      'train', '--model_name_or_path', model, '--quantization', 'nf4', '--train_file', path.join(DATA, 'dev.json'),
+      '--prompt_column', 'input', '--response_column', 'target', '--output_dir', out, '--max_source_length', '64',
+      '--max_target_length', '16', '--per_device_train_batch_size', '4', '--max_steps', '6', '--logging_steps', '2',
+      '--save_steps', '100', '--learning_rate', '5e-3', '--lora_config', path.join(ROOT, 'configs', 'lora_config_llama.json'),
+      '--device', 'cpu', '--json',
+    ], { home, timeoutMs: 120_000, env: { ...process.env, LLMS_TRAIN_NATIVE_DIR: NATIVE } });
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors']) expect(fs.existsSync(path.join(out, f))).toBe(true);
+    const job = JSON.parse(fs.readFileSync(path.join(out, 'job.json'), 'utf8'));
+    expect(job).toMatchObject({ method: 'lora', quantization: 'nf4' });
+    expect(r.stdout).toMatch(/"quantization":"nf4"/);
+    const store = Store.open(path.join(home, 'llms-train.db'));
+    const run = store.runs.list()[0]!;
+    expect((run.spec as { model: { quantization: string } }).model.quantization).toBe('nf4');
+    const loss = store.metrics.series(run.id, 'loss').map((p) => p.value);
+    store.close();
+    expect(loss.length).toBe(3);
+    expect(loss[2]!).toBeLessThan(loss[0]!);
+    // --use_lora False with quantization is refused before anything runs
+    const bad = await runCli(['train', '--model_name_or_path', model, '--quantization', 'nf4', '--use_lora', 'False', '--train_file',
+      path.join(DATA, 'dev.json'), '--output_dir', path.join(tmp, 'bad')], { home });
+    expect(bad.code).not.toBe(0);
+    expect(bad.stderr + bad.stdout).toMatch(/quantization/);
+  }, 180_000);
+});
