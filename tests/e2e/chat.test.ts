@@ -43,10 +43,10 @@ beforeAll(async () => {
       '--train_file', path.join(data, 'train.json'),
       '--output_dir', path.join(app.home, 'runs', 'chat-lora'),
       '--run_name', 'chat lora',
-      '--max_steps', '20', '--save_steps', '10', '--logging_steps', '5',
+      '--max_steps', '100', '--save_steps', '50', '--logging_steps', '20',
       '--max_source_length', '128', '--max_target_length', '32',
-      '--per_device_train_batch_size', '8', '--learning_rate', '1e-3',
-      '--lora_target_modules', 'q_proj,v_proj',
+      '--per_device_train_batch_size', '16', '--learning_rate', '3e-3', '--lr_scheduler_type', 'cosine', '--warmup_steps', '10',
+      '--lora_r', '16', '--lora_target_modules', 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj',
     ],
     { home: app.home, timeoutMs: 120_000 },
   );
@@ -61,14 +61,37 @@ afterAll(async () => {
 });
 
 describe('chat in the browser', () => {
-  it('streams an answer from the trained adapter and saves the session', async () => {
+  it('answers with the trained adapter in the task’s terms, and saves the session', async () => {
     await page.goto(`${app.url}#/chat`);
     await page.getByTestId('chat-setup').waitFor();
     // the run's final adapter is offered for the demo model
     await expect.poll(async () => (await page.getByTestId('chat-adapter').locator('option').allTextContents()).join('|')).toMatch(/run #1 chat lora: final/);
     const final = await page.getByTestId('chat-adapter').locator('option', { hasText: 'final' }).getAttribute('value');
     await page.getByTestId('chat-adapter').selectOption(final!);
-    await page.getByTestId('chat-max-new').fill('48');
+    await page.getByTestId('chat-max-new').fill('32');
+    await page.getByTestId('chat-start').click();
+    await page.getByTestId('chat-messages').waitFor();
+    // a record of the sample test split: the adapter has learned to answer with one of its choices
+    const rec = JSON.parse(fs.readFileSync(path.join(data, 'test.json'), 'utf8').split('\n')[0]!) as { input: string; answer_choices: string[] };
+    await page.getByTestId('chat-input').fill(rec.input);
+    await page.getByTestId('chat-input').press('Enter');
+    await page.getByTestId('msg-assistant').first().waitFor({ timeout: 60_000 });
+    const answer = ((await page.getByTestId('msg-assistant').first().textContent()) ?? '').trim();
+    expect(rec.answer_choices).toContain(answer);
+    // saved: the session is listed with a title from the first message, and survives a reload
+    const title = rec.input.split('\n')[0]!.slice(0, 12);
+    expect(await page.getByTestId('chat-sessions').textContent()).toContain(title);
+    await page.reload();
+    await page.getByTestId('chat-sessions').getByRole('button', { name: title }).click();
+    await expect.poll(() => page.getByTestId('msg-assistant').count()).toBe(1);
+    await shot('chat');
+  });
+
+  it('streams tokens into the page as they are generated', async () => {
+    await page.getByTestId('chat-new').click();
+    await page.getByTestId('chat-setup').waitFor();
+    await page.getByTestId('chat-adapter').selectOption('');
+    await page.getByTestId('chat-max-new').fill('64');
     await page.getByTestId('chat-start').click();
     await page.getByTestId('chat-messages').waitFor();
     // count the DOM updates of the streaming bubble: more than one means tokens arrived one by one
@@ -76,21 +99,18 @@ describe('chat in the browser', () => {
       const w = window as unknown as { __updates: number };
       w.__updates = 0;
       new MutationObserver((ms) => {
-        for (const m of ms) if ((m.target as Element).closest?.('[data-testid="msg-streaming"]') || (m.target.parentElement?.closest('[data-testid="msg-streaming"]') ?? null)) w.__updates++;
+        for (const m of ms) {
+          const el = m.target instanceof Element ? m.target : m.target.parentElement;
+          if (el?.closest('[data-testid="msg-streaming"]')) w.__updates++;
+        }
       }).observe(document.querySelector('[data-testid="chat-messages"]')!, { subtree: true, childList: true, characterData: true });
     });
-    await page.getByTestId('chat-input').fill('以下是一段医患对话，请判断科室：病人头痛三天。');
-    await page.getByTestId('chat-input').press('Enter');
+    await page.getByTestId('chat-input').fill('你好');
+    await page.getByTestId('chat-send').click();
     await page.getByTestId('msg-assistant').first().waitFor({ timeout: 60_000 });
-    expect(await page.getByTestId('msg-user').first().textContent()).toContain('病人头痛三天');
-    expect(((await page.getByTestId('msg-assistant').first().textContent()) ?? '').length).toBeGreaterThan(0);
-    expect(await page.evaluate(() => (window as unknown as { __updates: number }).__updates)).toBeGreaterThan(1);
-    // saved: the session is listed with a title from the first message, and survives a reload
-    expect(await page.getByTestId('chat-sessions').textContent()).toContain('以下是一段医患对话');
-    await page.reload();
-    await page.getByTestId('chat-sessions').getByRole('button', { name: /以下是一段医患对话/ }).click();
-    await expect.poll(() => page.getByTestId('msg-assistant').count()).toBe(1);
-    await shot('chat');
+    // the untrained base model rambles until max_new_tokens: 64 tokens, streamed
+    expect(((await page.getByTestId('msg-assistant').first().textContent()) ?? '').length).toBeGreaterThan(10);
+    expect(await page.evaluate(() => (window as unknown as { __updates: number }).__updates)).toBeGreaterThan(3);
   });
 
   it('answers one prompt with base and adapter side by side (A/B)', async () => {
