@@ -46,8 +46,11 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   const N = spec.training.micro_batch_size * T;
 
   // linear modules of a block: [name, in, out]
-  const mods: [string, number, number][] = neox
-    ? [['query_key_value', H, 3 * H], ['dense', H, H], ['dense_h_to_4h', H, I], ['dense_4h_to_h', I, H]]
+  const targets = new Set(info.lora_targets ?? []);
+  const fusedQkv = neox || targets.has('query_key_value');
+  const mods: [string, number, number][] = fusedQkv
+    ? // GPT-NeoX, BLOOM, Falcon, ChatGLM: one fused qkv (grouped/multi-query KV where the family has it)
+      [['query_key_value', H, H + 2 * kvd], ['dense', H, H], ['dense_h_to_4h', H, info.model_type === 'chatglm' && /ChatGLM2/.test(info.family ?? '') ? 2 * I : I], ['dense_4h_to_h', I, H]]
     : info.model_type === 'baichuan'
       ? [['W_pack', H, 3 * H], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]]
       : [['q_proj', H, H], ['k_proj', H, kvd], ['v_proj', H, kvd], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]];
