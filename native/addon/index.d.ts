@@ -37,6 +37,8 @@ export interface ModelInspection {
   kv_heads?: number;
   context?: number;
   tie_embeddings?: boolean;
+  /** a saved 4-bit (bitsandbytes layout) folder: "nf4" or "fp4"; absent or "none" otherwise */
+  quantization?: string;
   /** the LoRA-targetable linear module names of a block */
   lora_targets?: string[];
   default_lora_targets?: string;

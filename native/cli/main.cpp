@@ -57,8 +57,11 @@ const char *kUsage =
     "                                     data-parallel over several workers when RANK/WORLD_SIZE/MASTER_ADDR/\n"
     "                                     MASTER_PORT (torchrun) or SLURM_PROCID/SLURM_NTASKS (srun) are set;\n"
     "                                     see docs/distributed.md\n"
-    "  quantize --in X.safetensors --out Y.safetensors [--quantization nf4|fp4] [--no-double-quant] [--dequantized]\n"
-    "                                     every float tensor as bitsandbytes 4-bit (transformers' key layout)\n"
+    "  quantize --model DIR --out DIR [--type nf4|fp4] [--no-double-quant]\n"
+    "                                     a bitsandbytes 4-bit checkpoint of the model (transformers' layout and\n"
+    "                                     quantization_config); forward/grad/train/bench load it as stored\n"
+    "  quantize --in X.safetensors --out Y.safetensors [--type nf4|fp4] [--no-double-quant] [--dequantized]\n"
+    "                                     every float tensor as bitsandbytes 4-bit (verification against bnb)\n"
     "  bench --model DIR [--adapter DIR] [--batch B] [--seq T] [--iters N] [--warmup W]\n"
     "                                     time one forward and one forward+backward (LoRA step) on random\n"
     "                                     tokens; prints JSON with milliseconds and tokens/s\n"
@@ -675,14 +678,22 @@ int run_main(int argc, char **argv) {
     if (int r = apply_threads(a)) return r;
     return cmd_forward(a, cmd == "grad");
   }
-  if (cmd == "quantize") {  // verification tool: a safetensors file → bitsandbytes 4-bit layout
-    Args a = parse_args(argc, argv, 2, {"--in", "--out", "--quantization", "--threads"}, {"--no-double-quant", "--dequantized"});
+  if (cmd == "quantize") {  // --model: a bnb 4-bit model folder; --in: one safetensors file (verification tool)
+    Args a = parse_args(argc, argv, 2, {"--model", "--in", "--out", "--type", "--quantization", "--threads"},
+                        {"--no-double-quant", "--dequantized"});
     if (!a.error.empty()) return usage_error("quantize: " + a.error);
-    if (a.get("--in").empty() || a.get("--out").empty()) return usage_error("quantize needs --in and --out");
+    if (a.get("--model").empty() == a.get("--in").empty() || a.get("--out").empty())
+      return usage_error("quantize needs --model DIR (or --in FILE) and --out");
+    if (a.has("--model") && a.has("--dequantized")) return usage_error("quantize: --dequantized goes with --in only");
     if (int r = apply_threads(a)) return r;
-    llmt_status st = llmt_quantize_file(a.get("--in").c_str(), a.get("--out").c_str(), a.get("--quantization", "nf4").c_str(),
-                                        a.has("--no-double-quant") ? 0 : 1, a.has("--dequantized") ? 1 : 0);
+    const std::string type = a.get("--type", a.get("--quantization", "nf4"));
+    const int dq = a.has("--no-double-quant") ? 0 : 1;
+    llmt_status st = a.has("--model")
+                         ? llmt_quantize_model(a.get("--model").c_str(), a.get("--out").c_str(), type.c_str(), dq)
+                         : llmt_quantize_file(a.get("--in").c_str(), a.get("--out").c_str(), type.c_str(), dq,
+                                              a.has("--dequantized") ? 1 : 0);
     if (st) return fail(st);
+    if (a.has("--model")) std::printf("%s\n", a.get("--out").c_str());
     return 0;
   }
   if (cmd == "train") {

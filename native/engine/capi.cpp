@@ -136,12 +136,24 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
       return LLMT_OK;
     }
     if (st) return st;
+    QuantSpec quant;
+    if ((st = folder_quant_spec(cj, d + "/config.json", quant))) return st;
     auto ws = WeightSet::open_dir(d, st);
     if (!ws) return st;
     int64_t params = 0;
     std::map<std::string, int64_t> dtypes;
     for (const auto &n : ws->names()) {
       const TensorInfo *t = ws->find(n);
+      if (quant.enabled) {  // a 4-bit checkpoint: count each weight as its logical shape, in its original dtype
+        int64_t numel = 0;
+        std::string orig;
+        if (is_q4_state_tensor(n)) continue;
+        if (stored_q4_info(*ws, n, numel, orig)) {
+          params += numel;
+          dtypes[orig == "bfloat16" ? "BF16" : orig == "float16" ? "F16" : "F32"] += numel;
+          continue;
+        }
+      }
       params += t->numel();
       dtypes[dtype_name(t->dtype)] += t->numel();
     }
@@ -156,6 +168,8 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     out.set("family", Json::string(c.family->display));
     out.set("parameters", Json::integer(params));
     out.set("dtype", Json::string(dtype));
+    out.set("quantization", Json::string(quant_name(quant)));  // stored 4-bit weights (bnb checkpoint), else "none"
+    if (quant.enabled) out.set("double_quant", Json::boolean(quant.double_quant));
     out.set("vocab", Json::integer(c.vocab));
     out.set("hidden", Json::integer(c.hidden));
     out.set("intermediate", Json::integer(c.inter));
@@ -232,6 +246,20 @@ llmt_status llmt_quantize_file(const char *in_path, const char *out_path, const 
     if (!q.enabled) return set_error(LLMT_ERR_BAD_INPUT, "llmt_quantize_file: quantization must be \"nf4\" or \"fp4\"");
     q.double_quant = double_quant != 0;
     if ((st = quantize_safetensors(in_path, out_path, q, with_dequantized != 0))) return st;
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_quantize_model(const char *dir, const char *out_dir, const char *quantization, int double_quant) {
+  return guarded("quantize", [&]() -> llmt_status {
+    if (!dir || !out_dir) return set_error(LLMT_ERR_BAD_INPUT, "llmt_quantize_model: NULL argument");
+    QuantSpec q;
+    llmt_status st = parse_quant_spec(quantization ? quantization : "nf4", q);
+    if (st) return st;
+    if (!q.enabled) return set_error(LLMT_ERR_BAD_INPUT, "llmt_quantize_model: quantization must be \"nf4\" or \"fp4\"");
+    q.double_quant = double_quant != 0;
+    if ((st = quantize_model_dir(dir, out_dir, q))) return st;
     clear_error();
     return LLMT_OK;
   });

@@ -6,7 +6,10 @@
 // run on GPUs has exercised it yet (the CUDA backend that would hand it device buffers is its own issue).
 //
 // Design: rank 0 makes the ncclUniqueId and publishes it through the rendezvous store; every rank then
-// calls ncclCommInitRank on device LOCAL_RANK. Each collective is enqueued on the caller's stream and then
+// creates its communicator on device LOCAL_RANK, non-blocking (ncclCommInitRankConfig with blocking = 0, NCCL
+// >= 2.14) and polled with ncclCommGetAsyncError against the same deadline as the collectives, so a peer lost
+// during start-up fails the rank instead of hanging it (the communicator is aborted). Older NCCLs fall back to
+// the blocking ncclCommInitRank, which has no timeout. Each collective is enqueued on the caller's stream and then
 // waited for by polling cudaStreamQuery and ncclCommGetAsyncError with a deadline; on a timeout or an
 // asynchronous error (a dead peer) the communicator is aborted (ncclCommAbort), so a rank that loses its
 // peers returns an error instead of hanging in a kernel forever.
@@ -31,12 +34,21 @@ struct ncclUniqueId {
   char internal[128];
 };
 constexpr int kNcclFloat32 = 7, kNcclFloat64 = 8, kNcclSum = 0;
+// ncclConfig_t as NCCL 2.14 introduced it. NCCL copies `size` bytes and gives fields newer than `version` their
+// defaults, so this prefix is valid for every later release (NCCL_CONFIG_INITIALIZER with blocking set).
+struct ncclConfig214 {
+  size_t size = sizeof(ncclConfig214);
+  unsigned int magic = 0xcafebeef;
+  unsigned int version = 21400;  // NCCL_VERSION(2, 14, 0)
+  int blocking = 0;
+};
 using cudaError_t = int;
 constexpr cudaError_t kCudaSuccess = 0, kCudaErrorNotReady = 600;
 
 struct NcclApi {
   ncclResult_t (*GetUniqueId)(ncclUniqueId *) = nullptr;
   ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int) = nullptr;
+  ncclResult_t (*CommInitRankConfig)(ncclComm_t *, int, ncclUniqueId, int, ncclConfig214 *) = nullptr;  // NCCL >= 2.14
   ncclResult_t (*AllReduce)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
   ncclResult_t (*Broadcast)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
   ncclResult_t (*CommDestroy)(ncclComm_t) = nullptr;
@@ -80,6 +92,7 @@ llmt_status load_api(NcclApi &api) {
             sym(rt, "cudaSetDevice", api.SetDevice) && sym(rt, "cudaStreamQuery", api.StreamQuery) &&
             sym(rt, "cudaGetErrorString", api.CudaErrorString);
   if (!ok) return set_error(LLMT_ERR_UNSUPPORTED, "libnccl.so.2 or libcudart lacks a needed function (NCCL >= 2.4 is required)");
+  sym(nccl, "ncclCommInitRankConfig", api.CommInitRankConfig);  // optional: without it, no start-up timeout
   return LLMT_OK;
 }
 
@@ -117,17 +130,20 @@ class NcclCollective : public Collective {
     error_ = "nccl: the communicator was aborted after an earlier error";
     return LLMT_ERR_CUDA;
   }
-  // Waits for the enqueued operation with a deadline, watching NCCL's asynchronous errors (a dead peer).
+  // Waits for the enqueued operation with a deadline, watching NCCL's asynchronous errors (a dead peer). A
+  // non-blocking communicator may still be enqueuing (ncclInProgress): the stream is queried only after that.
   int finish(const char *what, ncclResult_t r, void *stream) {
     if (r != kNcclSuccess && r != kNcclInProgress) return fail(what, std::string("ncclResult ") + api_.GetErrorString(r));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms_);
     for (;;) {
-      cudaError_t q = api_.StreamQuery(stream);
-      if (q == kCudaSuccess) return 0;
-      if (q != kCudaErrorNotReady) return fail(what, std::string("CUDA: ") + api_.CudaErrorString(q));
       ncclResult_t async = kNcclSuccess;
       api_.CommGetAsyncError(comm_, &async);
       if (async != kNcclSuccess && async != kNcclInProgress) return fail(what, std::string("a peer failed: ") + api_.GetErrorString(async));
+      if (async == kNcclSuccess) {
+        cudaError_t q = api_.StreamQuery(stream);
+        if (q == kCudaSuccess) return 0;
+        if (q != kCudaErrorNotReady) return fail(what, std::string("CUDA: ") + api_.CudaErrorString(q));
+      }
       if (std::chrono::steady_clock::now() > deadline) return fail(what, "timed out after " + std::to_string(timeout_ms_ / 1000) + " s");
       std::this_thread::sleep_for(std::chrono::microseconds(50));
     }
@@ -174,9 +190,33 @@ std::unique_ptr<Collective> open_nccl(const DistEnv &env, KvStore &store, int de
     std::memcpy(id.internal, v.data(), sizeof id.internal);
   }
   ncclComm_t comm = nullptr;
-  if (ncclResult_t r = api.CommInitRank(&comm, env.world_size, id, env.rank)) {
-    st = set_error(LLMT_ERR_CUDA, std::string("ncclCommInitRank: ") + api.GetErrorString(r));
-    return nullptr;
+  if (!api.CommInitRankConfig) {  // NCCL < 2.14: blocking, no timeout
+    if (ncclResult_t r = api.CommInitRank(&comm, env.world_size, id, env.rank)) {
+      st = set_error(LLMT_ERR_CUDA, std::string("ncclCommInitRank: ") + api.GetErrorString(r));
+      return nullptr;
+    }
+  } else {
+    // non-blocking: returns at once (ncclInProgress) and connects in the background; poll with a deadline
+    ncclConfig214 cfg;
+    ncclResult_t r = api.CommInitRankConfig(&comm, env.world_size, id, env.rank, &cfg);
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(timeout_ms);
+    while (r == kNcclInProgress) {
+      if (std::chrono::steady_clock::now() > deadline) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      if (ncclResult_t q = api.CommGetAsyncError(comm, &r)) {
+        r = q;
+        break;
+      }
+    }
+    if (r != kNcclSuccess) {
+      const bool timed_out = r == kNcclInProgress;
+      if (comm) api.CommAbort(comm);
+      st = set_error(timed_out ? LLMT_ERR_IO : LLMT_ERR_CUDA,
+                     "ncclCommInitRankConfig on rank " + std::to_string(env.rank) + ": " +
+                         (timed_out ? "timed out after " + std::to_string(timeout_ms / 1000) + " s (a peer never joined: it died or is unreachable)"
+                                    : std::string(api.GetErrorString(r))));
+      return nullptr;
+    }
   }
   st = LLMT_OK;
   return std::make_unique<NcclCollective>(api, comm, env.rank, env.world_size, timeout_ms);

@@ -102,7 +102,17 @@ int64_t Model::num_trainable() const {
 
 std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) { return load(dir, st, QuantSpec()); }
 
-std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, const QuantSpec &quant) {
+std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, const QuantSpec &requested) {
+  // a bnb 4-bit checkpoint (`llmt-engine quantize`, transformers' save_pretrained) loads as stored
+  QuantSpec stored;
+  if ((st = stored_quant_spec(dir, stored)) != LLMT_OK) return nullptr;
+  const bool prequantized = stored.enabled;
+  if (prequantized && requested.enabled && requested.type != stored.type) {
+    st = set_error(LLMT_ERR_BAD_INPUT, dir + " is already quantized as " + quant_name(stored) + "; ask for \"" +
+                                           quant_name(stored) + "\" (or \"none\") or use the full-precision model");
+    return nullptr;
+  }
+  const QuantSpec quant = prequantized ? stored : requested;
   std::unique_ptr<Model> m(new Model());
   m->dir_ = dir;
   m->be_ = &cpu_backend();
@@ -208,6 +218,16 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     const TensorInfo *t = ws->find(fname);
     if (!t) {
       missing.push_back(p->name);
+      continue;
+    }
+    if (prequantized && p->data.empty()) {  // a block linear stored 4-bit: used as stored, no re-quantization
+      auto q = std::make_unique<Q4Weight>();
+      std::vector<std::string> used;
+      if ((st = read_q4_weight(*ws, fname, p->shape, quant, *q, used)) != LLMT_OK) return nullptr;
+      expected.insert(used.begin(), used.end());
+      for (auto &lin : m->linears)
+        if (lin->W == p.get()) lin->q4 = q.get();
+      m->q4_weights.push_back(std::move(q));
       continue;
     }
     if (t->shape != p->shape) {
@@ -803,6 +823,24 @@ llmt_status glm_row_info(const ModelConfig &c, const int32_t *ids, int64_t T, in
   return LLMT_OK;
 }
 
+// The trainable parameters of one stage of the backward, for RunOptions::grad_ready.
+void push_trainable(std::vector<Param *> &v, Param *p) {
+  if (p && p->trainable) v.push_back(p);
+}
+void push_linear(std::vector<Param *> &v, const Linear *L) {
+  if (!L) return;
+  push_trainable(v, L->W);
+  push_trainable(v, L->b);
+  if (L->lora.r) {
+    push_trainable(v, L->lora.A);
+    push_trainable(v, L->lora.B);
+  }
+}
+void block_params(std::vector<Param *> &v, const Layer &L) {
+  for (Param *p : {L.norm1_w, L.norm1_b, L.norm2_w, L.norm2_b}) push_trainable(v, p);
+  for (const Linear *lin : {L.q, L.k, L.v, L.qkv, L.o, L.gate, L.up, L.down, L.fc1, L.fc2}) push_linear(v, lin);
+}
+
 }  // namespace
 
 // ---- forward / backward of a batch ---------------------------------------------------------------------------
@@ -944,9 +982,18 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   if (!bwd) return LLMT_OK;
 
   // ---- backward ----
+  // gradient-ready hook: each stage's trainable parameters, reported once their gradients are complete
+  std::vector<Param *> ready;
   if (c.logit_scale != 1.0f) be.scale_inplace(dhf.data(), c.logit_scale, N * H);
   std::vector<float> dx(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H));
   norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
+  if (opt.grad_ready) {
+    ready.clear();
+    if (lm_head != embed) push_trainable(ready, lm_head);  // a tied head also collects the embedding's gradient
+    push_trainable(ready, final_w);
+    push_trainable(ready, final_b);
+    opt.grad_ready(c.layers, ready);
+  }
   for (int64_t l = c.layers - 1; l >= 0; --l) {
     Layer &L = layers[static_cast<size_t>(l)];
     LayerActs *ap = &im.acts[static_cast<size_t>(l)];
@@ -956,6 +1003,11 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       ap = &im.scratch;
     }
     block_backward(F, L, *ap, dx);
+    if (opt.grad_ready) {
+      ready.clear();
+      block_params(ready, L);
+      opt.grad_ready(l, ready);
+    }
   }
   if (c.embed_scale != 1.0f) be.scale_inplace(dx.data(), c.embed_scale, N * H);
   if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable)) {
@@ -965,6 +1017,13 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     dx.swap(tmp);
   }
   if (embed->trainable) be.embedding_backward(dx.data(), batch.ids.data(), embed->grad.data(), N, H, V);
+  if (opt.grad_ready) {
+    ready.clear();
+    push_trainable(ready, embed);
+    push_trainable(ready, embed_norm_w);
+    push_trainable(ready, embed_norm_b);
+    opt.grad_ready(-1, ready);
+  }
   return LLMT_OK;
 }
 

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -93,6 +94,15 @@ struct RunOptions {
   bool checkpointing = false;   // keep only each block's input, recompute in the backward
   uint64_t seed = 0;            // dropout RNG stream
   bool want_logits = false;     // fill RunResult::logits [B·T, V]
+  /** Gradient-ready hook (data parallelism: train.cpp starts each all-reduce bucket as soon as it is complete).
+   *  When set, the backward calls it each time a group of trainable parameters has received its last gradient
+   *  contribution of this call, in backward order, exactly once per group: stage `layers` = the head (lm_head
+   *  unless tied to the embedding, the final norm), then each block l = layers−1 … 0 (its norms, linears and
+   *  their LoRA factors), then stage −1 = the embeddings (embedding, bloom's embedding norm, a tied head).
+   *  `ready` lists the group's trainable parameters (maybe none); their gradients are not touched again by this
+   *  call. Set it only on the last call before the gradients are used (the last micro-batch of an accumulation
+   *  step): earlier micro-batches' gradients are not final. Empty (the default): no cost. */
+  std::function<void(int64_t stage, const std::vector<Param *> &ready)> grad_ready;
 };
 
 struct RunResult {
@@ -106,7 +116,10 @@ class Model {
   /** Loads config.json + safetensors from an HF folder (fp32 copies of the weights). */
   static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st);
   /** The same, quantizing the linear weights of the blocks to 4 bits while streaming them in (quant.hpp):
-   *  each is read in fp32, quantized and dropped before the next, so the fp32 model never exists at once. */
+   *  each is read in fp32, quantized and dropped before the next, so the fp32 model never exists at once.
+   *  A folder that already is a bnb 4-bit checkpoint (config.json "quantization_config": `llmt-engine quantize`,
+   *  transformers' save_pretrained) loads its 4-bit weights as stored, whatever `quant` asks for (another type:
+   *  BAD_INPUT); quantization() then reports the stored spec. */
   static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st, const QuantSpec &quant);
   const QuantSpec &quantization() const { return quant_; }
   ~Model();

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "json.hpp"
+
 #include "../cpu/q4.hpp"
 #include "llmt.h"
 
@@ -54,5 +56,41 @@ std::vector<float> dequantize_weight(const Q4Weight &q);
  *  nested_blocksize, nested_offset, nested_dtype}); with `dequantized`, also `<name>.dequantized` fp32 (ours,
  *  for verification against bitsandbytes: tests/python/bnb_reference.py). */
 llmt_status quantize_safetensors(const std::string &in, const std::string &out, const QuantSpec &spec, bool dequantized);
+
+// ---- pre-quantized model folders (transformers' bnb 4-bit checkpoints) ---------------------------------------
+// A folder is pre-quantized when config.json holds transformers' BitsAndBytesConfig.to_dict() as
+// "quantization_config" with quant_method "bitsandbytes" and load_in_4bit true. Its block linears are stored as
+// `quantize_safetensors` writes them; everything else keeps its dtype. The model loads them as stored.
+
+/** From a parsed config.json: `out.enabled` when it describes a bnb 4-bit checkpoint (type, double_quant from
+ *  bnb_4bit_quant_type / bnb_4bit_use_double_quant). Errors: UNSUPPORTED for another quant_method (gptq, awq,
+ *  …), bnb 8-bit, or a quant storage other than uint8; BAD_INPUT for a malformed quantization_config. */
+llmt_status folder_quant_spec(const Json &config, const std::string &where, QuantSpec &out);
+/** The same for `dir/config.json`; a missing or unparsable file gives OK with `out` disabled (load_config
+ *  reports it). */
+llmt_status stored_quant_spec(const std::string &dir, QuantSpec &out);
+/** transformers' BitsAndBytesConfig(load_in_4bit=True, …).to_dict() for `spec` (compute dtype float32). */
+Json bnb_quantization_config(const QuantSpec &spec);
+
+class WeightSet;
+/** True for the tensors that carry a 4-bit weight's state: `<W>.absmax`, `.quant_map`, `.nested_absmax`,
+ *  `.nested_quant_map`, `.quant_state.bitsandbytes__nf4|fp4`. */
+bool is_q4_state_tensor(const std::string &name);
+/** Reads the stored 4-bit weight `name` (with its state tensors) of logical shape `shape` = [rows, cols]:
+ *  checks the quant_state JSON (quant_type = spec's, blocksize 64, shape, nested 256 / float32), the sizes, and
+ *  that quant_map / nested_quant_map are bitsandbytes' standard maps; appends the names it used to `used`.
+ *  Errors: BAD_INPUT naming the tensor and what is wrong. */
+llmt_status read_q4_weight(const WeightSet &ws, const std::string &name, const std::vector<int64_t> &shape,
+                           const QuantSpec &spec, Q4Weight &out, std::vector<std::string> &used);
+/** The logical element count and original dtype ("bfloat16", …) of a stored 4-bit weight, from its quant_state;
+ *  false when `name` is not one. */
+bool stored_q4_info(const WeightSet &ws, const std::string &name, int64_t &numel, std::string &dtype);
+
+/** `llmt-engine quantize --model DIR --out DIR`: writes a bnb 4-bit checkpoint of the HF folder `in_dir` — the
+ *  block linears (the weights Model::load quantizes) in the layout above, every other tensor unchanged in its
+ *  dtype, config.json plus "quantization_config", the other files (tokenizer, generation config) copied. Streams:
+ *  one fp32 tensor at a time; the output holds the 4-bit weights in memory until written (≈ 0.53 byte/param).
+ *  Errors: IO, BAD_INPUT, UNSUPPORTED (the folder's family, or a folder already quantized). */
+llmt_status quantize_model_dir(const std::string &in_dir, const std::string &out_dir, const QuantSpec &spec);
 
 }  // namespace llmt

@@ -11,7 +11,8 @@
 // resume, its checkpoint) are broadcast; micro-batch k of a step is the slice [r·b, (r+1)·b) of the global
 // micro-batch of N·b samples, and every normalisation uses GLOBAL token counts (all-reduced before the
 // backward), so the summed gradients and the reduced loss are those of one worker with micro-batch N·b.
-// Gradients are summed in buckets on a communication thread; every rank then clips and steps identically
+// Gradients are summed in buckets on a communication thread, each started by Model::run's gradient-ready hook
+// during the last micro-batch's backward as soon as it is complete; every rank then clips and steps identically
 // (ranks stay bit-identical without re-broadcasting weights). Only rank 0 emits the run's events and writes
 // the output folder; other ranks emit only their `error`.
 #include "train.hpp"
@@ -82,6 +83,7 @@ struct Job {
   std::string dist_backend = "auto";
   double dist_timeout_s = 300, bucket_mb = 25;
   int64_t dist_world_size = 0, zero_stage = 0;
+  bool overlap = true;  // start gradient buckets during the backward (false: after it, for measurements)
   Json raw;
 };
 
@@ -177,12 +179,13 @@ llmt_status parse_job(const Json &j, Job &job) {
   job.threads = j.get_int("threads", 0);
   const Json &dj = j.get("distributed");
   if (!dj.is_null()) {
-    if ((st = check_keys(dj, "distributed", {"backend", "world_size", "timeout_s", "bucket_mb", "zero_stage"}))) return st;
+    if ((st = check_keys(dj, "distributed", {"backend", "world_size", "timeout_s", "bucket_mb", "zero_stage", "overlap_backward"}))) return st;
     job.dist_backend = dj.get_string("backend", "auto");
     job.dist_world_size = dj.get_int("world_size", 0);
     job.dist_timeout_s = dj.get_number("timeout_s", 300);
     job.bucket_mb = dj.get_number("bucket_mb", 25);
     job.zero_stage = dj.get_int("zero_stage", 0);
+    job.overlap = dj.get_bool("overlap_backward", true);
     if (job.dist_backend != "auto" && job.dist_backend != "gloo" && job.dist_backend != "nccl")
       return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.backend must be auto, gloo or nccl");
     if (!(job.dist_timeout_s > 0)) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.timeout_s must be positive");
@@ -351,23 +354,29 @@ struct Dist {
   int broadcast(double *v, size_t n) { return comm->broadcast(v, n, CollDType::F64, 0); }
 };
 
-// Sums gradients over the ranks in buckets of about bucket_mb, on a communication thread, two buckets in
-// flight: while bucket i is reduced, the main thread packs bucket i+1 and unpacks (and takes the squared
-// norm of) bucket i−1. Buckets follow the parameters in reverse (the order a backward pass finishes them),
-// so a per-layer "gradient ready" hook in Model::run could start them during the backward; there is no
-// such hook yet, so today the reduction starts after the last micro-batch's backward.
+// Sums gradients over the ranks in buckets of about bucket_mb on a communication thread, overlapped with the
+// backward pass. Buckets follow the parameters in reverse (the order a backward finishes them: head, last block
+// … first block, embeddings). On the last micro-batch of a step, Model::run's gradient-ready hook calls ready()
+// after each stage; every bucket whose parameters are all final is handed to the thread at once, in bucket order,
+// so the last layers are on the wire while earlier layers are still in backward. The thread packs a bucket,
+// all-reduces it and unpacks it (a bucket of one parameter is reduced in place); the main thread takes the
+// squared norm of the summed buckets in bucket order, whenever one is done, then waits for the rest in finish().
+// Bucket boundaries, the summation order and the norm's order are those of a reduction after the backward, so
+// the result is bit-identical with or without overlap.
 class GradReducer {
  public:
-  GradReducer(Collective &comm, std::vector<Param *> params, double bucket_mb) : comm_(comm) {
+  GradReducer(Collective &comm, std::vector<Param *> params, double bucket_mb, Backend &be) : comm_(comm), be_(be) {
     const int64_t cap = std::max<int64_t>(1, static_cast<int64_t>(bucket_mb * 1024 * 1024 / sizeof(float)));
     std::reverse(params.begin(), params.end());
     for (Param *p : params) {
       if (buckets_.empty() || (buckets_.back().numel > 0 && buckets_.back().numel + p->numel() > cap)) buckets_.emplace_back();
       buckets_.back().params.push_back(p);
       buckets_.back().numel += p->numel();
+      bucket_of_[p] = buckets_.size() - 1;
       max_numel_ = std::max(max_numel_, buckets_.back().numel);
     }
-    for (auto &b : flat_) b.resize(static_cast<size_t>(max_numel_));
+    pending_.resize(buckets_.size());
+    flat_.resize(static_cast<size_t>(max_numel_));
     thread_ = std::thread([this] { loop(); });
   }
   ~GradReducer() {
@@ -379,49 +388,48 @@ class GradReducer {
     thread_.join();
   }
   size_t num_buckets() const { return buckets_.size(); }
+  /** Buckets handed to the thread by ready(), i.e. before the backward finished, in the last step. */
+  size_t overlapped() const { return early_; }
 
-  /** Sums every gradient over the ranks; sum_sq gets the squared L2 norm of the result. wait_s: time the
-   *  main thread waited for the network (the exposed part of the communication). */
-  int reduce(Backend &be, double &sum_sq, double &wait_s, std::string &err) {
-    sum_sq = 0;
+  /** A new step: no gradient is final yet. */
+  void begin() {
+    for (size_t i = 0; i < buckets_.size(); ++i) pending_[i] = buckets_[i].params.size();
+    next_submit_ = next_norm_ = early_ = 0;
+    sum_sq_ = 0;
+  }
+  /** The gradient-ready hook: these parameters' gradients are final. Never waits for the network. */
+  void ready(const std::vector<Param *> &ps) {
+    for (Param *p : ps) {
+      auto it = bucket_of_.find(p);
+      if (it != bucket_of_.end() && pending_[it->second] > 0) --pending_[it->second];
+    }
+    while (next_submit_ < buckets_.size() && pending_[next_submit_] == 0) {
+      submit(next_submit_++);
+      ++early_;
+    }
+    while (next_norm_ < next_submit_ && done(next_norm_) == 0) norm(next_norm_++);
+  }
+  /** After the backward: hands over what is left, waits for every bucket and gives the squared L2 norm of the
+   *  summed gradients. wait_s: time the main thread waited for the network (the exposed communication). */
+  int finish(double &sum_sq, double &wait_s, std::string &err) {
     wait_s = 0;
-    const size_t nb = buckets_.size();
+    while (next_submit_ < buckets_.size()) submit(next_submit_++);
     int rc = 0;
-    auto pack = [&](size_t i) {
-      float *dst = flat_[i % 2].data();
-      for (Param *p : buckets_[i].params) {
-        std::memcpy(dst, p->grad.data(), sizeof(float) * static_cast<size_t>(p->numel()));
-        dst += p->numel();
-      }
-      submit(i);
-    };
-    for (size_t i = 0; i < std::min<size_t>(2, nb); ++i) pack(i);
-    for (size_t i = 0; i < nb; ++i) {
+    for (; next_norm_ < buckets_.size(); ++next_norm_) {
       const double t = mono_s();
-      int r = wait(i);
+      const int r = wait(next_norm_);
       wait_s += mono_s() - t;
-      if (r && !rc) {
+      if (r) {
         rc = r;
         err = comm_.last_error();
+        break;
       }
-      if (!rc) {
-        const float *src = flat_[i % 2].data();
-        for (Param *p : buckets_[i].params) {
-          std::memcpy(p->grad.data(), src, sizeof(float) * static_cast<size_t>(p->numel()));
-          src += p->numel();
-        }
-      }
-      if (i + 2 < nb && !rc) pack(i + 2);
-      if (!rc)
-        for (Param *p : buckets_[i].params) sum_sq += be.sum_squares(p->grad.data(), p->numel());
-      if (rc) break;
+      norm(next_norm_);
     }
-    // drain what is still queued so the next call starts clean
-    for (;;) {
-      std::unique_lock<std::mutex> g(mu_);
-      if (queue_.empty() && !busy_) break;
-      cv_.wait(g);
-    }
+    sum_sq = sum_sq_;
+    // drain what is still queued so the next step starts clean
+    std::unique_lock<std::mutex> g(mu_);
+    cv_.wait(g, [&] { return queue_.empty() && !busy_; });
     done_.clear();
     return rc;
   }
@@ -431,6 +439,9 @@ class GradReducer {
     std::vector<Param *> params;
     int64_t numel = 0;
   };
+  void norm(size_t i) {
+    for (Param *p : buckets_[i].params) sum_sq_ += be_.sum_squares(p->grad.data(), p->numel());
+  }
   void submit(size_t i) {
     {
       std::lock_guard<std::mutex> g(mu_);
@@ -438,10 +449,31 @@ class GradReducer {
     }
     cv_.notify_all();
   }
+  int done(size_t i) {  // 0: reduced; −1: not yet; else the error
+    std::lock_guard<std::mutex> g(mu_);
+    auto it = done_.find(i);
+    return it == done_.end() ? -1 : it->second;
+  }
   int wait(size_t i) {
     std::unique_lock<std::mutex> g(mu_);
     cv_.wait(g, [&] { return done_.count(i) > 0; });
     return done_[i];
+  }
+  int reduce(size_t i) {
+    const Bucket &b = buckets_[i];
+    if (b.params.size() == 1) return comm_.allreduce_sum(b.params[0]->grad.data(), static_cast<size_t>(b.numel), CollDType::F32);
+    float *dst = flat_.data();
+    for (Param *p : b.params) {
+      std::memcpy(dst, p->grad.data(), sizeof(float) * static_cast<size_t>(p->numel()));
+      dst += p->numel();
+    }
+    if (int r = comm_.allreduce_sum(flat_.data(), static_cast<size_t>(b.numel), CollDType::F32)) return r;
+    const float *src = flat_.data();
+    for (Param *p : b.params) {
+      std::memcpy(p->grad.data(), src, sizeof(float) * static_cast<size_t>(p->numel()));
+      src += p->numel();
+    }
+    return 0;
   }
   void loop() {
     for (;;) {
@@ -454,7 +486,7 @@ class GradReducer {
         queue_.erase(queue_.begin());
         busy_ = true;
       }
-      const int r = failed_ ? LLMT_ERR_IO : comm_.allreduce_sum(flat_[i % 2].data(), static_cast<size_t>(buckets_[i].numel), CollDType::F32);
+      const int r = failed_ ? LLMT_ERR_IO : reduce(i);
       if (r) failed_ = true;
       {
         std::lock_guard<std::mutex> g(mu_);
@@ -465,9 +497,16 @@ class GradReducer {
     }
   }
   Collective &comm_;
+  Backend &be_;
   std::vector<Bucket> buckets_;
+  std::map<const Param *, size_t> bucket_of_;
   int64_t max_numel_ = 0;
-  std::vector<float> flat_[2];
+  std::vector<float> flat_;  // the thread's packing buffer
+  // main thread only
+  std::vector<size_t> pending_;  // per bucket: parameters not yet final
+  size_t next_submit_ = 0, next_norm_ = 0, early_ = 0;
+  double sum_sq_ = 0;
+  // shared with the thread, under mu_
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
@@ -633,6 +672,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
   }
   const ModelConfig &cfg = model->config();
+  // a folder saved 4-bit loads its weights as stored: they are frozen, so only LoRA can train it
+  if (model->quantization().enabled && job.method != "lora")
+    return fail(set_error(LLMT_ERR_BAD_INPUT, "job: " + job.model_dir + " holds 4-bit (QLoRA) weights, which cannot be trained in full; use method \"lora\" (or train the original full-precision folder)"));
   if (job.method == "lora") {
     if (!job.init_adapter.empty()) st = model->load_adapter(job.init_adapter, true);
     else st = model->add_lora(job.lora, job.seed);
@@ -755,7 +797,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     e.set("model", Json::string(job.model_dir));
     e.set("model_type", Json::string(cfg.model_type));
     e.set("method", Json::string(job.method));
-    e.set("quantization", Json::string(quant_name(job.quant)));
+    e.set("quantization", Json::string(quant_name(model->quantization())));
     e.set("total_params", Json::integer(model->num_parameters()));
     e.set("trainable_params", Json::integer(model->num_trainable()));
     e.set("train_samples", Json::integer(n));
@@ -904,14 +946,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   };
 
   std::unique_ptr<GradReducer> reducer;
-  if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb);
+  if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb, model->backend());
 
   double log_loss_sum = 0;
   int64_t log_steps = 0, log_tokens = 0;
   double log_t0 = now_s();
   double last_loss = NAN;
   // this rank's own numbers since the last log, for `rank_stats`
-  double my_tokens = 0, my_compute_s = 0, my_t0 = mono_s();
+  double my_tokens = 0, my_compute_s = 0, my_grad_wait_s = 0, my_t0 = mono_s();
+  double my_buckets = 0, my_buckets_early = 0;  // gradient buckets reduced, and of those started during the backward
   bool stopped = false;
   const size_t GA = static_cast<size_t>(job.grad_accum);
   while (step < total) {
@@ -946,6 +989,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     for (size_t k = 0; k < GA; ++k) total_tokens += counts[k];
     // per micro-batch loss sums (this rank's, then all ranks'), and this rank's padded tokens
     std::vector<double> losses(GA + 1, 0.0);
+    // the last micro-batch this rank computes: its backward finalises the gradients, bucket by bucket
+    size_t last = GA;
+    for (size_t k = 0; k < GA; ++k)
+      if (micro[k].B > 0) last = k;
+    if (reducer) reducer->begin();
     const double tc0 = mono_s();
     for (size_t k = 0; k < GA; ++k) {
       if (micro[k].B == 0) continue;  // the epoch's last global micro-batch left this rank nothing
@@ -956,6 +1004,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       o.seed = mix64(job.seed ^ mix64(static_cast<uint64_t>(step) * 1315423911ull + k + 1));
       if (loss_norm == "token_mean") o.grad_scale = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
       else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(GA)) : 0.0f;
+      if (reducer && job.overlap && k == last) o.grad_ready = [&](int64_t, const std::vector<Param *> &ready) { reducer->ready(ready); };
       RunResult r;
       if ((st = model->run(micro[k], o, r))) {
         if (st == LLMT_ERR_NAN) set_error(st, std::string(llmt_last_error()) + " (step " + std::to_string(step + 1) + ")");
@@ -963,7 +1012,8 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       }
       losses[k] = r.loss_sum;
       losses[GA] += static_cast<double>(micro[k].B * micro[k].T);
-      if (ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
+      // (not after the last: its buckets are on the wire; the abort is seen at the top of the next step)
+      if (!(reducer && k == last) && ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
     }
     my_compute_s += mono_s() - tc0;
     my_tokens += losses[GA];
@@ -971,8 +1021,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (dist.on()) {
       double wait_s = 0;
       std::string err;
-      if (reducer->reduce(model->backend(), sq, wait_s, err)) return comm_fail("the gradient all-reduce of step " + std::to_string(step + 1));
+      if (reducer->finish(sq, wait_s, err)) return comm_fail("the gradient all-reduce of step " + std::to_string(step + 1));
       dist.comm_wait_s += wait_s;
+      my_grad_wait_s += wait_s;
+      my_buckets += static_cast<double>(reducer->num_buckets());
+      my_buckets_early += static_cast<double>(reducer->overlapped());
       if (dist.allreduce(losses.data(), losses.size())) return comm_fail("the loss all-reduce of step " + std::to_string(step + 1));
     } else {
       for (Param *p : tp) sq += model->backend().sum_squares(p->grad.data(), p->numel());
@@ -1035,7 +1088,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       emit(e);
       if (dist.on()) {
         // every rank's own throughput and memory, gathered into one event (slot r of a zeroed table)
-        constexpr int K = 6;
+        constexpr int K = 9;
         const double wall = std::max(1e-9, mono_s() - my_t0);
         std::vector<double> table(static_cast<size_t>(K * W), 0.0);
         double *row = table.data() + K * dist.rank();
@@ -1045,6 +1098,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         row[3] = dist.comm_wait_s;
         row[4] = static_cast<double>(rss_bytes());
         row[5] = static_cast<double>(peak_rss_bytes());
+        row[6] = my_grad_wait_s;
+        row[7] = my_buckets;
+        row[8] = my_buckets_early;
         if (dist.allreduce(table.data(), table.size())) return comm_fail("the per-rank statistics of step " + std::to_string(step));
         Json rs = ev("rank_stats");
         rs.set("step", Json::integer(step));
@@ -1060,12 +1116,16 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
           o.set("comm_wait_s", Json::number(x[3]));
           o.set("mem_bytes", Json::integer(static_cast<int64_t>(x[4])));
           o.set("peak_mem_bytes", Json::integer(static_cast<int64_t>(x[5])));
+          o.set("grad_wait_s", Json::number(x[6]));
+          o.set("buckets", Json::integer(static_cast<int64_t>(x[7])));
+          o.set("buckets_overlapped", Json::integer(static_cast<int64_t>(x[8])));
           ranks.push(o);
         }
         rs.set("ranks", ranks);
         emit(rs);
         my_tokens = 0;
         my_compute_s = 0;
+        my_grad_wait_s = my_buckets = my_buckets_early = 0;
         dist.comm_wait_s = 0;
         my_t0 = mono_s();
       }

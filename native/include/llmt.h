@@ -93,7 +93,9 @@ LLMT_API llmt_status llmt_set_threads(int n);
 /* ---- model folders ------------------------------------------------------------------------------------ */
 /* Describes a Hugging Face model folder without loading its weights: JSON with model_type, family,
  * supported (bool) and reason, the parsed config (hidden, layers, heads, kv_heads, vocab, ...), parameter
- * count, on-disk dtypes and the LoRA target module names. Validates every safetensors header.
+ * count, on-disk dtypes and the LoRA target module names, and `quantization` ("none", or "nf4"/"fp4" with
+ * `double_quant` for a bnb 4-bit checkpoint, whose parameters and dtype are then the weights' logical ones).
+ * Validates every safetensors header.
  * Errors: IO (missing folder/files), BAD_INPUT (malformed config or weights). An unsupported model_type is
  * NOT an error here: `supported` is false and `reason` says why. Free *out_json with llmt_free_string. */
 LLMT_API llmt_status llmt_model_inspect(const char *dir, char **out_json);
@@ -131,6 +133,12 @@ LLMT_API llmt_status llmt_model_load_quantized(const char *dir, const char *adap
  * Errors: IO, BAD_INPUT. */
 LLMT_API llmt_status llmt_quantize_file(const char *in_path, const char *out_path, const char *quantization,
                                         int double_quant, int with_dequantized);
+/* Writes out_dir as a bitsandbytes 4-bit checkpoint of the HF model folder dir, as transformers' save_pretrained
+ * of a load_in_4bit model does: the block linears 4-bit ("nf4"/"fp4"; double_quant = bnb_4bit_use_double_quant)
+ * in the key layout above, every other tensor unchanged, config.json with "quantization_config", the tokenizer
+ * files copied. llmt_model_load* read such a folder as stored (no re-quantization). Streams the input one tensor
+ * at a time. Errors: IO, BAD_INPUT (out_dir is dir or holds other weights; dir already quantized), UNSUPPORTED. */
+LLMT_API llmt_status llmt_quantize_model(const char *dir, const char *out_dir, const char *quantization, int double_quant);
 LLMT_API void llmt_model_free(llmt_model *model);
 /* JSON: {model_type, vocab, hidden, layers, parameters, trainable, adapter, eos_ids, bos_id, pad_id}. */
 LLMT_API llmt_status llmt_model_info(llmt_model *model, char **out_json);

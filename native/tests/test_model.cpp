@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -325,6 +326,78 @@ static void test_full_finetune() {
       b.ids[3] = static_cast<int32_t>(m->config().bos_id);
     }
     fd_check(*m, b, std::string(family) + " full", 2, std::string(family) == "chatglm" ? 3e-2f : 1e-2f);
+  }
+}
+
+// The gradient-ready hook (RunOptions::grad_ready, used by data parallelism): on the last micro-batch of an
+// accumulation step it fires once per stage in backward order (head, blocks last to first, embeddings), reports
+// every trainable parameter exactly once, each with its gradient already final; the gradients are bit-identical
+// to a run without the hook; an earlier micro-batch without the hook reports nothing.
+static void test_grad_ready_hook() {
+  std::printf("gradient-ready hook\n");
+  struct Case {
+    const char *family;
+    bool full;  // full fine-tuning, else LoRA on q/v plus modules_to_save
+  };
+  // llama: separate head; minicpm: tied head (final only with the embedding); bloom: embedding norm
+  for (const Case &cs : {Case{"llama", true}, Case{"llama", false}, Case{"minicpm", true}, Case{"bloom", true}, Case{"falcon", false}}) {
+    const std::string what = std::string(cs.family) + (cs.full ? " full" : " lora");
+    llmt_status st;
+    auto m = Model::load(tiny(cs.family), st);
+    CHECK(m != nullptr, llmt_last_error());
+    if (!m) continue;
+    if (cs.full) {
+      m->make_all_trainable();
+    } else {
+      LoraSpec spec;
+      spec.r = 4;
+      spec.modules_to_save = {m->config().family->lm_head};
+      CHECK(m->add_lora(spec, 3) == LLMT_OK, llmt_last_error());
+      for (auto &lin : m->linears)
+        if (lin->lora.r) randomize(lin->lora.B, 0.1f, 9);  // B = 0 would make the A gradients zero
+    }
+    const int64_t V = m->config().vocab, L = m->config().layers;
+    const Batch b1 = make_batch(2, 5, V, 11), b2 = make_batch(2, 5, V, 12);
+    RunOptions o;
+    o.training = true;
+    o.backward = true;
+    o.grad_scale = 0.05f;
+    RunResult r;
+    // reference: two micro-batches, no hook
+    m->zero_grad();
+    CHECK(m->run(b1, o, r) == LLMT_OK, llmt_last_error());
+    CHECK(m->run(b2, o, r) == LLMT_OK, llmt_last_error());
+    std::vector<std::vector<float>> ref;
+    for (Param *p : m->trainable_params()) ref.push_back(p->grad);
+    // the same with the hook on the second (last) micro-batch only
+    std::vector<int64_t> stages;
+    std::map<const Param *, std::vector<float>> seen;
+    int repeats = 0;
+    m->zero_grad();
+    CHECK(m->run(b1, o, r) == LLMT_OK, llmt_last_error());
+    o.grad_ready = [&](int64_t stage, const std::vector<Param *> &ready) {
+      stages.push_back(stage);
+      for (Param *p : ready)
+        if (!seen.emplace(p, p->grad).second) ++repeats;
+    };
+    CHECK(m->run(b2, o, r) == LLMT_OK, llmt_last_error());
+    std::vector<int64_t> want;
+    for (int64_t l = L; l >= -1; --l) want.push_back(l);
+    CHECK(stages == want, what + ": stages in backward order, one call each (got " + std::to_string(stages.size()) + " calls)");
+    CHECK(repeats == 0, what + ": a parameter reported twice");
+    const std::vector<Param *> tp = m->trainable_params();
+    size_t missing = 0, changed = 0, differ = 0;
+    for (size_t i = 0; i < tp.size(); ++i) {
+      auto it = seen.find(tp[i]);
+      if (it == seen.end()) ++missing;
+      else if (std::memcmp(it->second.data(), tp[i]->grad.data(), sizeof(float) * tp[i]->grad.size()) != 0) ++changed;
+      if (std::memcmp(ref[i].data(), tp[i]->grad.data(), sizeof(float) * ref[i].size()) != 0) ++differ;
+    }
+    CHECK(missing == 0, what + ": " + std::to_string(missing) + " trainable parameters never reported");
+    CHECK(changed == 0, what + ": " + std::to_string(changed) + " gradients changed after they were reported ready");
+    CHECK(differ == 0, what + ": " + std::to_string(differ) + " gradients differ from a run without the hook");
+    CHECK(seen.size() == tp.size(), what + ": only trainable parameters are reported");
+    std::printf("  %s: %zu stages, %zu parameters reported once each, final when reported\n", what.c_str(), stages.size(), seen.size());
   }
 }
 
@@ -784,6 +857,7 @@ int main() {
                         "chatglm2", "chatglm"})
     test_family(f);
   test_modules_to_save();
+  test_grad_ready_hook();
   test_packing();
   test_full_finetune();
   test_dtypes_and_tying();

@@ -2,6 +2,7 @@
 // hard-coded values from bitsandbytes' kernels, quantize→dequantize error bounds, the 4-bit matmuls bit-equal
 // to the fp32 GEMM on the dequantized weight, and a tiny model whose QLoRA forward and LoRA gradients equal,
 // bit for bit, those of the same model holding the dequantized weights in fp32 (plus finite differences).
+// A saved bnb 4-bit checkpoint (llmt_quantize_model) loads as stored, bit-equal to quantizing on load.
 // The comparison with bitsandbytes on many tensors is tests/python/bnb_reference.py (tests/integration/qlora).
 #include <cmath>
 #include <cstdio>
@@ -12,6 +13,7 @@
 
 #include "../cpu/ops.hpp"
 #include "../cpu/q4.hpp"
+#include "../engine/json.hpp"
 #include "../engine/model.hpp"
 #include "../engine/quant.hpp"
 #include "../engine/rng.hpp"
@@ -241,6 +243,96 @@ static void test_model(const std::string &tmp) {
   CHECK(parse_quant_spec("int8", bad) == LLMT_ERR_BAD_INPUT, "unknown quantization");
 }
 
+static bool same_q4(const Q4Weight &a, const Q4Weight &b) {
+  return a.type == b.type && a.rows == b.rows && a.cols == b.cols && a.packed == b.packed && a.qabsmax == b.qabsmax &&
+         a.absmax2 == b.absmax2 && std::memcmp(&a.offset, &b.offset, sizeof(float)) == 0 &&
+         a.absmax.size() == b.absmax.size() &&
+         std::memcmp(a.absmax.data(), b.absmax.data(), a.absmax.size() * sizeof(float)) == 0;
+}
+
+// `quantize --model` → a bnb 4-bit folder; loading it uses the stored weights: the same 4-bit weights, logits and
+// LoRA gradients, bit for bit, as quantizing the original on load.
+static void test_saved(const std::string &tmp) {
+  const std::string dir = tmp + "/llama";  // made by test_model
+  struct Case { const char *type; bool dq; };
+  for (Case k : {Case{"nf4", true}, Case{"fp4", true}, Case{"nf4", false}}) {
+    const std::string out = tmp + "/q-" + k.type + (k.dq ? "" : "-nodq");
+    CHECK(llmt_quantize_model(dir.c_str(), out.c_str(), k.type, k.dq ? 1 : 0) == LLMT_OK, llmt_last_error());
+    QuantSpec s;
+    CHECK(parse_quant_spec(k.type, s) == LLMT_OK, "spec");
+    s.double_quant = k.dq;
+    llmt_status st;
+    auto ml = Model::load(dir, st, s);     // quantized on load
+    auto ms = Model::load(out, st);        // stored 4-bit, nothing asked
+    CHECK(ml && ms, llmt_last_error());
+    if (!ml || !ms) return;
+    CHECK(ms->quantization().enabled && ms->quantization().type == s.type && ms->quantization().double_quant == k.dq,
+          "the stored spec is the model's");
+    bool same = ml->linears.size() == ms->linears.size();
+    for (size_t i = 0; same && i < ml->linears.size(); ++i)
+      same = ms->linears[i]->q4 && ms->linears[i]->W->data.empty() && same_q4(*ml->linears[i]->q4, *ms->linears[i]->q4);
+    CHECK(same, std::string(k.type) + ": stored 4-bit weights == quantize-on-load's");
+    for (size_t i = 0; i < ml->params.size(); ++i)
+      CHECK(same_bits(ml->params[i]->data, ms->params[i]->data), "unquantized tensor " + ml->params[i]->name);
+    LoraSpec ls;
+    ls.r = 4;
+    ls.alpha = 8;
+    ls.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    CHECK(ml->add_lora(ls, 7) == LLMT_OK && ms->add_lora(ls, 7) == LLMT_OK, llmt_last_error());
+    for (size_t i = 0; i < ml->params.size(); ++i) {
+      Param &p = *ml->params[i];
+      if (p.name.find("lora_B") == std::string::npos) continue;
+      Rng r(i);
+      for (float &x : p.data) x = (r.uniform() * 2 - 1) * 0.05f;
+      ms->params[i]->data = p.data;
+    }
+    Batch b;
+    b.B = 2;
+    b.T = 7;
+    Rng r(11);
+    for (int i = 0; i < 14; ++i) {
+      b.ids.push_back(static_cast<int32_t>(3 + r.below(static_cast<uint64_t>(ml->config().vocab - 3))));
+      b.labels.push_back(b.ids.back());
+    }
+    RunOptions o;
+    o.want_logits = true;
+    o.backward = true;
+    RunResult rl, rs;
+    ml->zero_grad();
+    ms->zero_grad();
+    CHECK(ml->run(b, o, rl) == LLMT_OK && ms->run(b, o, rs) == LLMT_OK, llmt_last_error());
+    CHECK(same_bits(rl.logits, rs.logits) && rl.loss_sum == rs.loss_sum, std::string(k.type) + ": logits bit-identical");
+    auto tl = ml->trainable_params(), ts = ms->trainable_params();
+    bool g = tl.size() == ts.size() && !tl.empty();
+    for (size_t i = 0; g && i < tl.size(); ++i) g = same_bits(tl[i]->grad, ts[i]->grad);
+    CHECK(g, std::string(k.type) + ": LoRA gradients bit-identical");
+    std::printf("  saved %s%s checkpoint: 4-bit weights, logits and LoRA gradients bit-equal to quantize-on-load\n", k.type,
+                k.dq ? "" : " (no double quant)");
+  }
+  // refusals: another type than stored, quantizing a 4-bit folder again, writing over the input
+  QuantSpec fp4;
+  CHECK(parse_quant_spec("fp4", fp4) == LLMT_OK, "spec");
+  llmt_status st;
+  CHECK(!Model::load(tmp + "/q-nf4", st, fp4) && st == LLMT_ERR_BAD_INPUT, "nf4 folder asked as fp4");
+  CHECK(llmt_quantize_model((tmp + "/q-nf4").c_str(), (tmp + "/again").c_str(), "nf4", 1) == LLMT_ERR_BAD_INPUT, "already 4-bit");
+  CHECK(llmt_quantize_model(dir.c_str(), dir.c_str(), "nf4", 1) == LLMT_ERR_BAD_INPUT, "out == in");
+  char *js = nullptr;
+  CHECK(llmt_model_inspect((tmp + "/q-nf4").c_str(), &js) == LLMT_OK, llmt_last_error());
+  char *js0 = nullptr;
+  CHECK(llmt_model_inspect(dir.c_str(), &js0) == LLMT_OK, llmt_last_error());
+  if (js && js0) {
+    Json a, b0;
+    std::string err;
+    CHECK(Json::parse(js, a, err) && Json::parse(js0, b0, err), err);
+    CHECK(a.get_string("quantization") == "nf4" && a.get_bool("double_quant", false) && b0.get_string("quantization") == "none",
+          "inspect reports the quantization");
+    CHECK(a.get_int("parameters", 0) == b0.get_int("parameters", -1) && a.get_string("dtype") == b0.get_string("dtype"),
+          "inspect counts a 4-bit checkpoint's logical parameters");
+  }
+  llmt_free_string(js);
+  llmt_free_string(js0);
+}
+
 int main() {
   char tmpl[] = "/tmp/llmt-q4-XXXXXX";
   const std::string tmp = ::mkdtemp(tmpl);
@@ -249,6 +341,7 @@ int main() {
   test_error_bounds();
   test_matmuls();
   test_model(tmp);
+  test_saved(tmp);
   std::string rm = "rm -rf " + tmp;
   if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", tmp.c_str());
   if (g_failures) {

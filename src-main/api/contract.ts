@@ -173,6 +173,8 @@ export interface ModelInspection {
   kv_heads?: number;
   context?: number;
   tie_embeddings?: boolean;
+  /** a saved 4-bit (bitsandbytes layout) folder: nf4 or fp4 */
+  quantization?: string;
   lora_targets?: string[];
   default_lora_targets?: string;
   /** the catalog family it belongs to, if any */
@@ -412,7 +414,7 @@ export const methods = {
     'Merges an adapter into its base and saves an HF model folder (registered as a model).',
   ),
   exportGguf: method(
-    z.object({ opId: OpId, model: z.string().min(1).max(4096), adapter: z.string().max(4096).optional(), out: z.string().min(1).max(4096), dtype: z.enum(['f32', 'f16', 'bf16']).optional(), template: z.string().optional(), name: z.string().max(200).optional() }).strict(),
+    z.object({ opId: OpId, model: z.string().min(1).max(4096), adapter: z.string().max(4096).optional(), adapterOnly: z.boolean().optional(), out: z.string().min(1).max(4096), dtype: z.enum(['f32', 'f16', 'bf16']).optional(), template: z.string().optional(), name: z.string().max(200).optional() }).strict(),
     z.custom<{ out: string; modelfile: string | null; bytes: number }>(),
     'GGUF export (merging an adapter first) with an Ollama Modelfile matching the training template.',
   ),

@@ -136,19 +136,21 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
 
   model
     .command('export')
-    .description('GGUF for llama.cpp / Ollama / LM Studio (llama and baichuan families), plus an Ollama Modelfile')
+    .description('GGUF for llama.cpp / Ollama / LM Studio (llama, baichuan, minicpm, gpt_neox, bloom, falcon, chatglm2), plus an Ollama <name>.Modelfile')
     .requiredOption('--model <dir>', 'model folder (merged, or the base with --adapter)')
     .option('--adapter <dir>', 'merge this adapter first')
+    .option('--adapter-only', "with --adapter: write the adapter alone as llama.cpp's LoRA GGUF (no merge)", false)
     .requiredOption('--out <file>', 'the .gguf file')
     .addOption(new Option('--dtype <dtype>', 'tensor type').choices(['f32', 'f16', 'bf16']).default('f16'))
     .addOption(new Option('--template <template>', 'the training template (chat template and Modelfile)').choices([...TEMPLATES]))
     .option('--name <name>', 'general.name in the GGUF')
-    .action(async (o: { model: string; adapter?: string; out: string; dtype: 'f32' | 'f16' | 'bf16'; template?: TemplateName; name?: string }) => {
+    .action(async (o: { model: string; adapter?: string; adapterOnly: boolean; out: string; dtype: 'f32' | 'f16' | 'bf16'; template?: TemplateName; name?: string }) => {
       const ac = abortOnSigint();
       try {
         const r = await models.exportModel({ ...o, signal: ac.signal, onProgress: (p) => status(opLine(p)) });
-        status(`wrote ${r.gguf} (${human(r.bytes)}, ${r.tensors} tensors, ${r.tokenizer} tokenizer, ${r.vocab} tokens)`, true);
-        if (r.modelfile) console.log(`Ollama: cd ${path.dirname(r.gguf)} && ollama create my-model -f Modelfile`);
+        if (o.adapterOnly) status(`wrote ${r.gguf} (${human(r.bytes)}, ${r.tensors} LoRA tensors, ${r.architecture}): load it with the base model's GGUF (llama.cpp --lora)`, true);
+        else status(`wrote ${r.gguf} (${human(r.bytes)}, ${r.architecture}, ${r.tensors} tensors, ${r.tokenizer} tokenizer, ${r.vocab} tokens)`, true);
+        if (r.modelfile) console.log(`Ollama: cd ${path.dirname(r.gguf)} && ollama create my-model -f ${path.basename(r.modelfile)}`);
       } catch (e) {
         status('', true);
         fail(e);

@@ -688,6 +688,7 @@ export class Core {
             model: req.model,
             out: req.out,
             ...(req.adapter ? { adapter: req.adapter } : {}),
+            ...(req.adapterOnly ? { adapterOnly: true } : {}),
             ...(req.dtype ? { dtype: req.dtype } : {}),
             ...(req.template ? { template: req.template as never } : {}),
             ...(req.name ? { name: req.name } : {}),

@@ -1,5 +1,6 @@
 // Data parallelism over CPU workers (Gloo), through the built engine and CLI: 2 workers with micro-batch b
-// give the loss curve of 1 worker with micro-batch 2b (LoRA and full fine-tuning, within 1e-5), the
+// give the loss curve of 1 worker with micro-batch 2b (LoRA and full fine-tuning, within 1e-5) with the gradient
+// all-reduce started during the backward (rank_stats counts the buckets that were), the
 // launcher (`llms-train train --nproc_per_node 2`) records one run driven by rank 0 with per-rank stats, and
 // killing one worker stops the run with that worker's error. Needs the Gloo plug-in (Debian's libgloo-dev);
 // skipped with a note when the engine was built without it.
@@ -129,6 +130,16 @@ describe.skipIf(!HAS_GLOO)('data parallelism on CPU workers (Gloo)', () => {
       expect(stats).toHaveLength(6);
       expect((stats[0]!.ranks as Ev[]).map((r) => r.rank)).toEqual([0, 1]);
       expect((stats[0]!.ranks as Ev[])[1]!.mem_bytes).toBeGreaterThan(0);
+      // the all-reduce overlapped the backward: on every rank some buckets were handed to the communication
+      // thread by the gradient-ready hook before the last micro-batch's backward returned (a count, not a timing)
+      for (const r of [0, 1]) {
+        const rs = stats.map((e) => (e.ranks as Ev[])[r]!);
+        for (const x of rs) expect(x.buckets_overlapped as number).toBeLessThanOrEqual(x.buckets as number);
+        expect(rs.reduce((a, x) => a + (x.buckets_overlapped as number), 0)).toBeGreaterThan(0);
+        expect(rs.every((x) => (x.grad_wait_s as number) <= (x.comm_wait_s as number) + 1e-9)).toBe(true);
+      }
+      const diffs = loss(a).map((x, i) => Math.abs(x - loss(b)[i]!));
+      console.log(`${method}: max |loss diff| 2×2 vs 1×4 = ${Math.max(...diffs).toExponential(2)}`);
       // rank 1 speaks only for its errors; only rank 0 writes the output folder
       expect(two[1]!.stdout.trim()).toBe('');
       expect(fs.existsSync(path.join(tmp, `two-${method}`, 'checkpoint-3', 'optimizer.safetensors'))).toBe(true);

@@ -3,7 +3,8 @@
 // vs PEFT's merge_and_unload, a Chinese-LLaMA-Alpaca style vocabulary-extending delta vs the merge script's
 // recipe (resize_token_embeddings + PEFT merge), and the GGUF export read by llama.cpp's gguf-py and — when
 // node-llama-cpp is installed (LLMT_NODE_LLAMA_CPP=<folder with node_modules>, see docs/models.md) — run by
-// llama.cpp itself with log-probabilities compared to ours.
+// llama.cpp itself with log-probabilities compared to ours: every family llama.cpp knows, a LoRA adapter GGUF on
+// its base GGUF, and a SentencePiece tokenizer.model (token ids too).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -12,7 +13,9 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
 import { exportGguf } from '../../src-main/core/models/gguf';
+import { llamaSpModel } from '../fixtures/tokenizers/fixtures';
 import { ROOT } from '../helpers/app';
 
 const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
@@ -35,6 +38,32 @@ function logits(model: string, tokens: string, adapter?: string): Logits {
   const out = t(`logits-${Math.random().toString(36).slice(2)}.json`);
   engine(['forward', '--model', model, ...(adapter ? ['--adapter', adapter] : []), '--tokens', tokens, '--out', out]);
   return (JSON.parse(fs.readFileSync(out, 'utf8')) as { logits: Logits }).logits;
+}
+type StMap = Record<string, { shape: number[]; data: Float32Array }>;
+function readSafetensors(file: string): StMap {
+  const b = fs.readFileSync(file);
+  const n = Number(b.readBigUInt64LE(0));
+  const h = JSON.parse(b.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; shape: number[]; data_offsets: [number, number] }>;
+  const out: StMap = {};
+  for (const [k, v] of Object.entries(h)) {
+    if (k === '__metadata__') continue;
+    const s = b.subarray(8 + n + v.data_offsets[0], 8 + n + v.data_offsets[1]);
+    out[k] = { shape: v.shape, data: new Float32Array(s.buffer.slice(s.byteOffset, s.byteOffset + s.length)) };
+  }
+  return out;
+}
+function writeSafetensors(file: string, tensors: StMap) {
+  const header: Record<string, unknown> = {};
+  let off = 0;
+  for (const [k, v] of Object.entries(tensors)) {
+    header[k] = { dtype: 'F32', shape: v.shape, data_offsets: [off, off + v.data.byteLength] };
+    off += v.data.byteLength;
+  }
+  let h = Buffer.from(JSON.stringify(header));
+  h = Buffer.concat([h, Buffer.alloc((8 - (h.length % 8)) % 8, 0x20)]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(h.length));
+  fs.writeFileSync(file, Buffer.concat([len, h, ...Object.values(tensors).map((v) => Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength))]));
 }
 function maxAbsDiff(a: Logits, b: Logits): number {
   let m = 0;
@@ -138,17 +167,71 @@ describe('merge an adapter into its base', () => {
   });
 });
 
+// llama.cpp itself, when node-llama-cpp is available (LLMT_NODE_LLAMA_CPP=<folder with node_modules>).
+// node-llama-cpp is not a dependency (its install pulls ~700 MB of GPU builds): typed here by hand.
+type Ctx = { getSequence(): { controlledEvaluate(i: unknown): Promise<unknown[]> }; dispose(): Promise<void> };
+type NlcModel = { createContext(o: unknown): Promise<Ctx>; tokenize(text: string): number[]; dispose(): Promise<void> };
+type Llama = { loadModel(o: unknown): Promise<NlcModel>; dispose(): Promise<void> };
+type Nlc = { LlamaLogLevel: { error: unknown }; getLlama(o: unknown): Promise<Llama> };
+let llamaCpp: Llama | null | undefined;
+async function getLlamaCpp(): Promise<Llama | null> {
+  if (llamaCpp !== undefined) return llamaCpp;
+  const nlcDir = process.env.LLMT_NODE_LLAMA_CPP;
+  try {
+    const req = createRequire(nlcDir ? path.join(path.resolve(nlcDir), 'index.js') : __filename);
+    const mod = (await import(req.resolve('node-llama-cpp'))) as Nlc;
+    llamaCpp = await mod.getLlama({ gpu: false, build: 'never', logLevel: mod.LlamaLogLevel.error });
+  } catch {
+    console.warn('node-llama-cpp is not installed: the GGUFs are checked with gguf-py only (set LLMT_NODE_LLAMA_CPP)');
+    llamaCpp = null;
+  }
+  return llamaCpp;
+}
+afterAll(async () => llamaCpp?.dispose());
+
+const IDS = [1, 37, 99, 14, 250, 61, 8, 77, 300, 12];
+/** Max |log p| difference between llama.cpp's next-token distribution (f32 KV cache, no flash attention) on the
+ *  GGUF `file` (+ a LoRA GGUF) and the engine's logits for `modelDir` (+ the PEFT `adapter`), over all tokens. */
+async function llamaCppDiff(llama: Llama, file: string, modelDir: string, o: { lora?: string; adapter?: string; ids?: number[]; model?: NlcModel } = {}): Promise<number> {
+  const ids = o.ids ?? IDS;
+  const model = o.model ?? (await llama.loadModel({ modelPath: file }));
+  const ctx = await model.createContext({
+    contextSize: 64, threads: 2, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32', flashAttention: false,
+    ...(o.lora ? { lora: { adapters: [{ filePath: o.lora }] } } : {}),
+  });
+  const out = await ctx.getSequence().controlledEvaluate(ids.map((x) => [x, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }] as const));
+  const tokens = t(`ids-${Math.random().toString(36).slice(2)}.json`);
+  fs.writeFileSync(tokens, JSON.stringify({ input_ids: [ids] }));
+  const ours = logits(modelDir, tokens, o.adapter)[0]!;
+  let worst = 0;
+  ids.forEach((_, i) => {
+    const row = ours[i]!;
+    const mx = Math.max(...row);
+    const lse = mx + Math.log(row.reduce((a, x) => a + Math.exp(x - mx), 0));
+    const probs = (out[i] as { next: { probabilities: Map<number, number> } }).next.probabilities;
+    for (let v = 0; v < row.length; v++) worst = Math.max(worst, Math.abs(Math.log(probs.get(v) ?? 0) - (row[v]! - lse)));
+  });
+  await ctx.dispose();
+  if (!o.model) await model.dispose();
+  return worst;
+}
+type Dump = { fields: Record<string, unknown>; tensors: { name: string; shape: number[]; type: string }[] };
+function ggufDump(file: string): Dump {
+  const out = `${file}.dump.json`;
+  ref(['gguf-dump', '--file', file, '--out', out]);
+  return JSON.parse(fs.readFileSync(out, 'utf8')) as Dump;
+}
+
 describe('GGUF export', () => {
-  it('writes llama-architecture GGUF (+ Modelfile) that llama.cpp reads, with logits close to ours', async () => {
+  it('writes llama-architecture GGUF (+ <name>.Modelfile) that llama.cpp reads, with logits close to ours', async () => {
     const gguf = t('export/model.gguf');
     const res = await exportGguf({ modelDir: t('merged'), out: gguf, dtype: 'f32', template: 'alpaca' });
-    expect(res).toMatchObject({ architecture: 'llama', tensors: 21, vocab: 320, tokenizer: 'gpt2' });
-    const modelfile = fs.readFileSync(t('export/Modelfile'), 'utf8');
+    expect(res).toMatchObject({ architecture: 'llama', tensors: 21, vocab: 320, tokenizer: 'gpt2', modelfile: t('export/model.Modelfile') });
+    const modelfile = fs.readFileSync(t('export/model.Modelfile'), 'utf8');
     expect(modelfile).toContain('FROM ./model.gguf');
     expect(modelfile).toContain('### Instruction:\n{{ .Content }}\n\n### Response:\n');
     expect(modelfile).toContain('PARAMETER stop "</s>"');
-    ref(['gguf-dump', '--file', gguf, '--out', t('dump.json')]);
-    const dump = JSON.parse(fs.readFileSync(t('dump.json'), 'utf8')) as { fields: Record<string, unknown>; tensors: { name: string; shape: number[]; type: string }[] };
+    const dump = ggufDump(gguf);
     expect(dump.fields).toMatchObject({
       'general.architecture': 'llama',
       'llama.block_count': 2,
@@ -159,53 +242,115 @@ describe('GGUF export', () => {
     });
     expect(String(dump.fields['tokenizer.chat_template'])).toContain('### Instruction:');
     expect(dump.tensors.find((x) => x.name === 'blk.0.attn_k.weight')).toMatchObject({ shape: [64, 32], type: 'F32' });
-
-    // llama.cpp itself, when node-llama-cpp is available
-    const nlcDir = process.env.LLMT_NODE_LLAMA_CPP;
-    // node-llama-cpp is not a dependency (its install pulls ~700 MB of GPU builds): typed here by hand.
-    type Ctx = { getSequence(): { controlledEvaluate(i: unknown): Promise<unknown[]> }; dispose(): Promise<void> };
-    type Nlc = {
-      LlamaLogLevel: { error: unknown };
-      getLlama(o: unknown): Promise<{ loadModel(o: unknown): Promise<{ createContext(o: unknown): Promise<Ctx>; dispose(): Promise<void> }>; dispose(): Promise<void> }>;
-    };
-    let mod: Nlc;
-    try {
-      const req = createRequire(nlcDir ? path.join(path.resolve(nlcDir), 'index.js') : __filename);
-      mod = (await import(req.resolve('node-llama-cpp'))) as Nlc;
-    } catch {
-      console.warn('node-llama-cpp is not installed: the GGUF was checked with gguf-py only (set LLMT_NODE_LLAMA_CPP)');
-      return;
-    }
-    const llama = await mod.getLlama({ gpu: false, build: 'never', logLevel: mod.LlamaLogLevel.error });
-    const ids = [1, 37, 99, 14, 250, 61, 8, 77, 300, 12];
-    // next-token log-probabilities of llama.cpp (f32 KV cache, no flash attention) vs the engine's logits
-    const compare = async (file: string, modelDir: string): Promise<number> => {
-      const model = await llama.loadModel({ modelPath: file });
-      const ctx = await model.createContext({ contextSize: 64, threads: 2, experimentalKvCacheKeyType: 'F32', experimentalKvCacheValueType: 'F32', flashAttention: false });
-      const out = await ctx.getSequence().controlledEvaluate(ids.map((x) => [x, { generateNext: { probabilities: true, options: { temperature: 1, topK: 0, topP: 1, minP: 0 } } }] as const));
-      const ours = logits(modelDir, t('tokens.json'))[0]!;
-      let worst = 0;
-      ids.forEach((_, i) => {
-        const row = ours[i]!;
-        const mx = Math.max(...row);
-        const lse = mx + Math.log(row.reduce((a, x) => a + Math.exp(x - mx), 0));
-        const probs = (out[i] as { next: { probabilities: Map<number, number> } }).next.probabilities;
-        for (let v = 0; v < row.length; v++) worst = Math.max(worst, Math.abs(Math.log(probs.get(v) ?? 0) - (row[v]! - lse)));
-      });
-      await ctx.dispose();
-      await model.dispose();
-      return worst;
-    };
-    const worst = await compare(gguf, t('merged'));
-    console.log(`llama.cpp vs engine (llama): max |log-prob diff| ${worst.toExponential(2)} over ${ids.length}×320`);
-    expect(worst).toBeLessThan(1e-3);
-    // Baichuan-7B: W_pack split into q/k/v, written as the llama architecture
+    // Baichuan-7B (W_pack split into q/k/v, written as the llama architecture) into the same folder: each
+    // export keeps its own Modelfile
     engine(['create-tiny', '--family', 'baichuan', '--out', t('baichuan')]);
-    await exportGguf({ modelDir: t('baichuan'), out: t('export-bc/m.gguf'), dtype: 'f32' });
-    const worstBc = await compare(t('export-bc/m.gguf'), t('baichuan'));
+    await exportGguf({ modelDir: t('baichuan'), out: t('export/bc.gguf'), dtype: 'f32', template: 'vicuna' });
+    expect(fs.readdirSync(t('export')).filter((f) => !f.endsWith('.json')).sort()).toEqual(['bc.Modelfile', 'bc.gguf', 'model.Modelfile', 'model.gguf']);
+    expect(fs.readFileSync(t('export/bc.Modelfile'), 'utf8')).toContain('FROM ./bc.gguf');
+    expect(fs.readFileSync(t('export/model.Modelfile'), 'utf8')).toContain('FROM ./model.gguf');
+
+    const llama = await getLlamaCpp();
+    if (!llama) return;
+    const worst = await llamaCppDiff(llama, gguf, t('merged'));
+    console.log(`llama.cpp vs engine (llama): max |log-prob diff| ${worst.toExponential(2)} over ${IDS.length}×320`);
+    expect(worst).toBeLessThan(1e-3);
+    const worstBc = await llamaCppDiff(llama, t('export/bc.gguf'), t('baichuan'));
     console.log(`llama.cpp vs engine (baichuan): max |log-prob diff| ${worstBc.toExponential(2)}`);
     expect(worstBc).toBeLessThan(1e-3);
-    await llama.dispose();
+  });
+
+  // The GELU families differ from the engine by llama.cpp's GELU: tanh approximation looked up in an f16
+  // table (ggml_vec_gelu_f32). Emulating that GELU in transformers gives the same differences (5.3e-3
+  // gpt_neox, 4.1e-3 bloom, 6.2e-3 falcon), so 1e-2 there; 1e-3 for the others.
+  const FAMILIES: [family: string, arch: string, tol: number, keys: Record<string, unknown>][] = [
+    ['gpt_neox', 'gptneox', 1e-2, { 'gptneox.rope.dimension_count': 4, 'gptneox.use_parallel_residual': true }],
+    ['bloom', 'bloom', 1e-2, { 'bloom.attention.head_count': 4 }],
+    ['falcon', 'falcon', 1e-2, { 'falcon.attention.head_count_kv': 1 }],
+    ['falcon40b', 'falcon', 1e-2, { 'falcon.attention.head_count_kv': 2 }],
+    ['minicpm', 'minicpm', 1e-3, { 'minicpm.embedding_scale': 12, 'minicpm.logit_scale': 4 }],
+    ['chatglm2', 'chatglm', 1e-3, { 'chatglm.rope.dimension_count': 8, 'chatglm.attention.head_count_kv': 2 }],
+  ];
+  it('gpt_neox, bloom, falcon (7B and 40B layouts), minicpm and chatglm2 export and run in llama.cpp', async () => {
+    const llama = await getLlamaCpp();
+    for (const [family, arch, tol, keys] of FAMILIES) {
+      const dir = t(`fam-${family}`);
+      engine(['create-tiny', '--family', family, '--out', dir]);
+      const r = await exportGguf({ modelDir: dir, out: t(`fam/${family}.gguf`), dtype: 'f32' });
+      expect(r.architecture).toBe(arch);
+      if (!llama) {
+        const dump = ggufDump(r.gguf);
+        expect(dump.fields).toMatchObject({ 'general.architecture': arch, ...keys });
+        continue;
+      }
+      const worst = await llamaCppDiff(llama, r.gguf, dir);
+      console.log(`llama.cpp vs engine (${family} as ${arch}): max |log-prob diff| ${worst.toExponential(2)}`);
+      expect(worst).toBeLessThan(tol);
+    }
+  });
+
+  it('families llama.cpp cannot run fail with UNSUPPORTED, naming the family', async () => {
+    engine(['create-tiny', '--family', 'chatglm', '--out', t('fam-chatglm')]);
+    await expect(exportGguf({ modelDir: t('fam-chatglm'), out: t('fam/chatglm.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('ChatGLM-6B (v1)') });
+    engine(['create-tiny', '--family', 'baichuan13b', '--out', t('fam-bc13')]);
+    await expect(exportGguf({ modelDir: t('fam-bc13'), out: t('fam/bc13.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('Baichuan-13B') });
+    expect(fs.readdirSync(t('fam')).filter((f) => f.includes('chatglm.') || f.includes('bc13'))).toEqual([]);
+  });
+
+  it('a LoRA adapter alone as llama.cpp\'s adapter GGUF: base GGUF + adapter GGUF give the engine\'s base+adapter', async () => {
+    run(PY, [HF, 'make-adapter', '--model', t('base'), '--out', t('ad-qkv'), '--targets', 'q_proj,k_proj,v_proj,o_proj,gate_proj,down_proj', '--r', '4', '--alpha', '8']);
+    const models = await import('../../src-main/core/models/manager');
+    const r = await models.exportModel({ model: t('base'), adapter: t('ad-qkv'), adapterOnly: true, out: t('lora/ad.gguf'), dtype: 'f32' });
+    expect(r).toMatchObject({ architecture: 'llama', tensors: 24, modelfile: null });
+    const dump = ggufDump(r.gguf);
+    expect(dump.fields).toMatchObject({ 'general.architecture': 'llama', 'general.type': 'adapter', 'adapter.type': 'lora', 'adapter.lora.alpha': 8 });
+    expect(dump.tensors.find((x) => x.name === 'blk.0.attn_k.weight.lora_a')).toMatchObject({ shape: [64, 4] });
+    expect(dump.tensors.find((x) => x.name === 'blk.0.attn_k.weight.lora_b')).toMatchObject({ shape: [4, 32] });
+    // modules_to_save (a full lm_head) has no place in a LoRA GGUF
+    await expect(models.exportModel({ model: t('base'), adapter: t('ad'), adapterOnly: true, out: t('lora/bad.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('lm_head') });
+    expect(fs.existsSync(t('lora/bad.gguf'))).toBe(false);
+
+    const llama = await getLlamaCpp();
+    if (!llama) return;
+    const base = await exportGguf({ modelDir: t('base'), out: t('lora/base.gguf'), dtype: 'f32' });
+    const model = await llama.loadModel({ modelPath: base.gguf });
+    const worst = await llamaCppDiff(llama, base.gguf, t('base'), { lora: r.gguf, adapter: t('ad-qkv'), model });
+    const without = await llamaCppDiff(llama, base.gguf, t('base'), { adapter: t('ad-qkv'), model });
+    await model.dispose();
+    console.log(`llama.cpp base+LoRA GGUF vs engine base+adapter: max |log-prob diff| ${worst.toExponential(2)} (base alone: ${without.toExponential(2)})`);
+    expect(worst).toBeLessThan(1e-3);
+    expect(without).toBeGreaterThan(1e-2); // the adapter matters
+  });
+
+  it('a SentencePiece tokenizer.model (LLaMA-2, 32000 pieces): llama.cpp tokenizes as we do and gives our logits', async () => {
+    const dir = t('llama-sp');
+    fs.mkdirSync(dir);
+    const cfg = JSON.parse(fs.readFileSync(t('base/config.json'), 'utf8')) as Record<string, unknown>;
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...cfg, vocab_size: 32000 }));
+    const st = readSafetensors(t('base/model.safetensors'));
+    let seed = 12345;
+    const rnd = () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5;
+    for (const k of ['model.embed_tokens.weight', 'lm_head.weight']) st[k] = { shape: [32000, 64], data: Float32Array.from({ length: 32000 * 64 }, rnd) };
+    writeSafetensors(path.join(dir, 'model.safetensors'), st);
+    fs.writeFileSync(path.join(dir, 'tokenizer.model'), await llamaSpModel());
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', add_bos_token: true, tokenizer_class: 'LlamaTokenizer' }));
+    const r = await exportGguf({ modelDir: dir, out: t('sp/sp.gguf'), dtype: 'f32' });
+    expect(r).toMatchObject({ architecture: 'llama', vocab: 32000, tokenizer: 'llama' });
+    const tok = await loadTokenizer(dir);
+    const text = 'Hello world! Ünïcödé 你好, tabs\tand  spaces 123';
+    const ours = tok.encode(text);
+    const llama = await getLlamaCpp();
+    if (!llama) {
+      const dump = ggufDump(r.gguf);
+      expect(dump.fields).toMatchObject({ 'tokenizer.ggml.model': 'llama', 'tokenizer.ggml.bos_token_id': 1, 'tokenizer.ggml.add_bos_token': true });
+      return;
+    }
+    const model = await llama.loadModel({ modelPath: r.gguf });
+    expect([...model.tokenize(text)]).toEqual(ours);
+    const worst = await llamaCppDiff(llama, r.gguf, dir, { ids: [1, ...ours], model });
+    await model.dispose();
+    console.log(`llama.cpp vs engine (SentencePiece llama, ${ours.length + 1}×32000): max |log-prob diff| ${worst.toExponential(2)}`);
+    expect(worst).toBeLessThan(1e-3);
   });
 });
 
@@ -227,8 +372,8 @@ describe('model manager service (src-main/core/models/manager.ts)', () => {
     // export straight from a .bin base plus an adapter: merged, then written with the belle template's Modelfile
     const r = await models.exportModel({ model: t('bin'), adapter: t('ad'), out: t('svc-export/m.gguf'), template: 'belle' });
     expect(r).toMatchObject({ tensors: 21, vocab: 320 });
-    expect(fs.readFileSync(t('svc-export/Modelfile'), 'utf8')).toContain('Human: \n{{ .Content }}\n\nAssistant: \n');
-    expect(fs.readdirSync(t('svc-export')).sort()).toEqual(['Modelfile', 'm.gguf']);
+    expect(fs.readFileSync(t('svc-export/m.Modelfile'), 'utf8')).toContain('Human: \n{{ .Content }}\n\nAssistant: \n');
+    expect(fs.readdirSync(t('svc-export')).sort()).toEqual(['m.Modelfile', 'm.gguf']);
     const info = await models.inspect(t('bin'));
     expect(info.supported).toBe(true);
     expect(() => models.remove(t('base'), { home: t('home') })).toThrow(/not a model folder inside/);

@@ -1,7 +1,8 @@
 // QLoRA (issue 11) through the built engine and CLI: the engine's 4-bit quantization against bitsandbytes
 // (tests/python/bnb_reference.py: bitsandbytes' native CPU library + ports of its CUDA and CPU 4-bit kernels),
 // `llmt-engine forward --quantization nf4`, and a tiny model trained with `llms-train train --quantization nf4`
-// into a PEFT adapter. Bit-exactness of the QLoRA forward/backward vs the dequantized model: native test_q4.
+// into a PEFT adapter; `llmt-engine quantize --model` (a bnb 4-bit checkpoint, loaded as stored). Bit-exactness
+// of the QLoRA forward/backward vs the dequantized model and of the saved folder vs on-load: native test_q4.
 // Set LLMS_TRAIN_NATIVE_DIR to test another build of llmt-engine (default native/build/bin).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -65,6 +66,51 @@ describe('QLoRA', () => {
     expect(bad.r.status).not.toBe(0);
     expect(bad.r.stderr).toMatch(/BAD_INPUT.*nf4/);
   });
+
+  it('llmt-engine quantize --model writes a bnb 4-bit checkpoint (transformers\' layout) that loads as stored', async () => {
+    const q = path.join(tmp, 'model-nf4');
+    const r = spawnSync(ENGINE, ['quantize', '--model', model, '--out', q, '--type', 'nf4'], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const cfg = JSON.parse(fs.readFileSync(path.join(q, 'config.json'), 'utf8'));
+    expect(cfg.quantization_config).toMatchObject({
+      quant_method: 'bitsandbytes', load_in_4bit: true, bnb_4bit_quant_type: 'nf4', bnb_4bit_use_double_quant: true,
+      bnb_4bit_quant_storage: 'uint8',
+    });
+    for (const f of ['tokenizer.json', 'tokenizer_config.json']) expect(fs.existsSync(path.join(q, f))).toBe(true);
+    // key names, dtypes, shapes and quant_state JSON as transformers 4.45 + bitsandbytes' QuantState.from_dict expect
+    if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\``);
+    const layout = spawnSync(PY, [path.join(ROOT, 'tests', 'python', 'bnb_layout_check.py'), q, model], { encoding: 'utf8', timeout: 60_000 });
+    expect(layout.status, layout.stderr + layout.stdout).toBe(0);
+    expect(JSON.parse(layout.stdout)).toMatchObject({ ok: true, converted: 14, skipped: ['lm_head'] });
+    const info = JSON.parse(spawnSync(ENGINE, ['inspect', '--model', q], { encoding: 'utf8' }).stdout);
+    const info0 = JSON.parse(spawnSync(ENGINE, ['inspect', '--model', model], { encoding: 'utf8' }).stdout);
+    expect(info).toMatchObject({ quantization: 'nf4', double_quant: true, parameters: info0.parameters, dtype: info0.dtype });
+    expect(info0.quantization).toBe('none');
+    // the stored weights give the forward of quantize-on-load (bit-exactness: native test_q4)
+    const tokens = path.join(tmp, 'tq.json');
+    fs.writeFileSync(tokens, JSON.stringify({ input_ids: [[5, 9, 11, 30, 7, 2]], labels: [[-100, 9, 11, 30, 7, 2]] }));
+    const fwd = (m: string, extra: string[]) => {
+      const out = path.join(tmp, `fq-${fs.readdirSync(tmp).length}.json`);
+      const f = spawnSync(ENGINE, ['forward', '--model', m, '--tokens', tokens, '--out', out, ...extra], { encoding: 'utf8' });
+      expect(f.status, f.stderr).toBe(0);
+      return fs.readFileSync(out, 'utf8');
+    };
+    expect(fwd(q, [])).toBe(fwd(model, ['--quantization', 'nf4']));
+    const wrong = spawnSync(ENGINE, ['forward', '--model', q, '--tokens', tokens, '--out', path.join(tmp, 'x.json'), '--quantization', 'fp4'], { encoding: 'utf8' });
+    expect(wrong.status).not.toBe(0);
+    expect(wrong.stderr).toMatch(/BAD_INPUT.*already quantized as nf4/);
+    // and it trains (a QLoRA run on the stored 4-bit weights)
+    const out = path.join(tmp, 'out-stored');
+    const t = await runCli([
+      'train', '--model_name_or_path', q, '--quantization', 'nf4', '--train_file', path.join(DATA, 'dev.json'),
+      '--prompt_column', 'input', '--response_column', 'target', '--output_dir', out, '--max_source_length', '32',
+      '--max_target_length', '8', '--per_device_train_batch_size', '2', '--max_steps', '4', '--logging_steps', '1',
+      '--save_steps', '100', '--learning_rate', '5e-3', '--lora_config', path.join(ROOT, 'configs', 'lora_config_llama.json'),
+      '--device', 'cpu', '--json',
+    ], { home: path.join(tmp, 'home-stored'), timeoutMs: 120_000, env: { ...process.env, LLMS_TRAIN_NATIVE_DIR: NATIVE } });
+    expect(t.code, t.stderr + t.stdout).toBe(0);
+    expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
+  }, 120_000);
 
   it('llms-train train --quantization nf4 trains a tiny model into a PEFT adapter', async () => {
     const home = path.join(tmp, 'home');

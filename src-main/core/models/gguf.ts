@@ -1,9 +1,11 @@
 // gguf.ts — exports a (merged) HF model folder as a GGUF file for llama.cpp / Ollama / LM Studio, plus an
 // Ollama Modelfile whose TEMPLATE and stop tokens match the training template (data/templates.ts).
 // GGUF v3 as llama.cpp's gguf-py writes it: header, metadata KVs, tensor infos, data aligned to 32 bytes.
-// Families: llama (LLaMA, Chinese-LLaMA, BELLE-LLaMA, TigerBot, …) and baichuan (Baichuan-7B, exported as the
-// llama architecture with W_pack split, as llama.cpp's converter does). Q/K rows are permuted from HF's
-// rotate-half layout to GGML's interleaved RoPE layout (convert_hf_to_gguf.py `LlamaModel.permute`).
+// Llama-style Q/K rows are permuted from HF's rotate-half layout to GGML's interleaved RoPE layout.
+// Families (planFor, after convert_hf_to_gguf.py): llama, baichuan (7B as llama with W_pack split; 13B only at
+// 40 layers, where llama.cpp picks ALiBi), minicpm, gpt_neox, bloom, falcon (7B and 40B layouts), chatglm2/3;
+// anything else (ChatGLM-6B v1, falcon-rw, …) fails with code UNSUPPORTED. Fused QKV rows are reordered to
+// llama.cpp's [Q|K|V]. exportAdapterGguf writes llama.cpp's LoRA adapter GGUF for the same families.
 // Reads safetensors only (convert a pytorch_model.bin folder first). Writes `<out>.tmp` and renames it.
 import fs from 'node:fs';
 import path from 'node:path';
@@ -183,7 +185,10 @@ function spPieces(buf: Buffer): { piece: string; score: number; type: number }[]
     if (wire === 0) varint(end);
     else if (wire === 1) p += 8;
     else if (wire === 5) p += 4;
-    else if (wire === 2) p += varint(end);
+    else if (wire === 2) {
+      const l = varint(end); // not `p += varint(end)`: that reads p before varint moves it
+      p += l;
+    }
     else throw new Error('tokenizer.model is not a SentencePiece model');
   };
   while (p < buf.length) {
@@ -340,7 +345,7 @@ export function ollamaModelfile(ggufName: string, name: TemplateName, vocab: Pic
   g += `{{ else if eq .Role "assistant" }}{{ .Content }}${eos}{{ end }}{{ end }}`;
   const lines = [
     `# Ollama Modelfile written by LLMs-train: training template "${name}"`,
-    `# ollama create my-model -f Modelfile`,
+    `# ollama create my-model -f ${ggufName.replace(/\.gguf$/i, '')}.Modelfile`,
     `FROM ./${ggufName}`,
     `TEMPLATE """${g}"""`,
   ];
@@ -432,19 +437,297 @@ function encodeData(t: OutTensor, f: Float32Array): Buffer {
   return out;
 }
 
-/** HF [n_head·hd, in] rows (rotate-half) → GGML's interleaved rows (convert_hf_to_gguf.py permute). */
-export function permuteQK(w: Float32Array, rows: number, cols: number, nHead: number): Float32Array {
+// ---- tensor plans: which GGUF tensor comes from which HF tensor, and how its rows are reordered -----------
+
+/** A row map: output row i is source row map[i]. Every layout change the export needs (Q/K permutation, fused
+ *  QKV reordering, W_pack split) only moves rows, so the same map also turns a LoRA B into the GGUF's lora_b. */
+type RowMap = Int32Array;
+
+const seq = (start: number, n: number): RowMap => Int32Array.from({ length: n }, (_, i) => start + i);
+/** a ∘ b: first select `a`'s rows, then reorder them by `b`. */
+const compose = (a: RowMap, b: RowMap): RowMap => b.map((i) => a[i]!);
+
+/** HF rotate-half rows [n_head·hd] → GGML's interleaved rows (convert_hf_to_gguf.py `LlamaModel.permute`). */
+export function permuteRows(rows: number, nHead: number): RowMap {
   const hd = rows / nHead;
   const half = hd / 2;
-  const out = new Float32Array(w.length);
-  for (let h = 0; h < nHead; h++)
-    for (let i = 0; i < half; i++)
-      for (let j = 0; j < 2; j++) {
-        const src = (h * hd + j * half + i) * cols;
-        const dst = (h * hd + i * 2 + j) * cols;
-        out.set(w.subarray(src, src + cols), dst);
-      }
+  const out = new Int32Array(rows);
+  for (let h = 0; h < nHead; h++) for (let i = 0; i < half; i++) for (let j = 0; j < 2; j++) out[h * hd + i * 2 + j] = h * hd + j * half + i;
   return out;
+}
+
+/** GPT-NeoX/BLOOM fused QKV, per head [n_head, 3, hd] → [Q all heads | K | V] (the layout llama.cpp views). */
+function qkvPerHead(nHead: number, hd: number): RowMap {
+  const out: number[] = [];
+  for (let k = 0; k < 3; k++) for (let h = 0; h < nHead; h++) for (let d = 0; d < hd; d++) out.push((h * 3 + k) * hd + d);
+  return Int32Array.from(out);
+}
+
+/** Falcon's grouped QKV [n_kv, n_head/n_kv + 2, hd] (7B: one group) → [Q | K | V] ("jploski" layout). */
+function falconQkv(nHead: number, nKv: number, hd: number): RowMap {
+  const nq = nHead / nKv;
+  const slots = nq + 2;
+  const out: number[] = [];
+  for (let g = 0; g < nKv; g++) for (let q = 0; q < nq; q++) for (let d = 0; d < hd; d++) out.push((g * slots + q) * hd + d);
+  for (const k of [nq, nq + 1]) for (let g = 0; g < nKv; g++) for (let d = 0; d < hd; d++) out.push((g * slots + k) * hd + d);
+  return Int32Array.from(out);
+}
+
+function gatherRows(w: Float32Array, cols: number, map: RowMap | undefined): Float32Array {
+  if (!map) return w;
+  const out = new Float32Array(map.length * cols);
+  map.forEach((r, i) => out.set(w.subarray(r * cols, (r + 1) * cols), i * cols));
+  return out;
+}
+
+/** HF [n_head·hd, in] rows (rotate-half) → GGML's interleaved rows. */
+export function permuteQK(w: Float32Array, rows: number, cols: number, nHead: number): Float32Array {
+  return gatherRows(w, cols, permuteRows(rows, nHead));
+}
+
+/** One GGUF tensor: from HF tensor `src`, rows reordered/selected by `rows`; `vec` = 1-D (norms, biases: f32). */
+interface Spec {
+  name: string;
+  src: string;
+  rows?: RowMap;
+  vec?: boolean;
+}
+
+interface Plan {
+  /** general.architecture */
+  arch: string;
+  /** what the user calls it, for messages */
+  family: string;
+  specs: Spec[];
+  /** the architecture's own keys (prefixed) */
+  kv: [string, KvValue][];
+  vocabSize: number;
+  /** tokenizer.ggml.add_bos_token when the tokenizer config does not say */
+  addBos?: boolean;
+}
+
+/** An error with a status code the CLI and the API show (UNSUPPORTED: llama.cpp cannot run it). */
+function unsupported(msg: string): Error {
+  return Object.assign(new Error(`UNSUPPORTED: ${msg}`), { code: 'UNSUPPORTED' });
+}
+
+/** The tensor plan and metadata for a model folder's config.json, after convert_hf_to_gguf.py's model classes
+ *  (GPTNeoXModel, BloomModel, FalconModel, MiniCPMModel, ChatGLMModel, LlamaModel, BaichuanModel). */
+function planFor(cfg: Record<string, unknown>, has: (name: string) => boolean): Plan {
+  const num = (keys: string | string[], def?: number): number => {
+    for (const k of Array.isArray(keys) ? keys : [keys]) if (typeof cfg[k] === 'number') return cfg[k] as number;
+    if (def !== undefined) return def;
+    throw new Error(`config.json lacks ${Array.isArray(keys) ? keys.join(' / ') : keys}`);
+  };
+  const u32 = (v: number): KvValue => ({ t: 'u32', v });
+  const f32 = (v: number): KvValue => ({ t: 'f32', v });
+  const mt = String(cfg.model_type ?? '');
+  const H = num(['hidden_size', 'n_embed', 'd_model']);
+  const nh = num(['num_attention_heads', 'n_head']);
+  const L = num(['num_hidden_layers', 'n_layer', 'num_layers']);
+  const V = num(['padded_vocab_size', 'vocab_size']);
+  const specs: Spec[] = [];
+  const add = (name: string, src: string, rows?: RowMap) => specs.push({ name, src, rows });
+  /** weight + bias (when the checkpoint has one) */
+  const addWB = (name: string, src: string, rows?: RowMap, vec = false) => {
+    specs.push({ name: `${name}.weight`, src: `${src}.weight`, rows, vec });
+    if (has(`${src}.bias`)) specs.push({ name: `${name}.bias`, src: `${src}.bias`, rows, vec: true });
+  };
+  const norm = (name: string, src: string) => addWB(name, src, undefined, true);
+  const untiedOutput = (src: string) => {
+    if (has(src) && cfg.tie_word_embeddings !== true) add('output.weight', src);
+  };
+
+  if (mt === 'llama' || mt === 'baichuan' || mt === 'minicpm') {
+    const nkv = num('num_key_value_heads', nh);
+    const hd = num('head_dim', H / nh);
+    // Baichuan-13B (ALiBi) is told apart as the engine does: model_max_length and no max_position_embeddings.
+    const alibi = mt === 'baichuan' && cfg.max_position_embeddings === undefined && cfg.model_max_length !== undefined;
+    if (alibi && L !== 40)
+      throw unsupported(`Baichuan-13B-style (ALiBi) model with ${L} layers: llama.cpp's "baichuan" architecture picks ALiBi only for 40-layer models`);
+    const arch = mt === 'minicpm' ? 'minicpm' : alibi ? 'baichuan' : 'llama';
+    add('token_embd.weight', 'model.embed_tokens.weight');
+    for (let l = 0; l < L; l++) {
+      const p = `model.layers.${l}.`;
+      const b = `blk.${l}.`;
+      norm(`${b}attn_norm`, `${p}input_layernorm`);
+      if (mt === 'baichuan') {
+        add(`${b}attn_q.weight`, `${p}self_attn.W_pack.weight`, compose(seq(0, H), permuteRows(H, nh)));
+        add(`${b}attn_k.weight`, `${p}self_attn.W_pack.weight`, compose(seq(H, H), permuteRows(H, nh)));
+        add(`${b}attn_v.weight`, `${p}self_attn.W_pack.weight`, seq(2 * H, H));
+      } else {
+        add(`${b}attn_q.weight`, `${p}self_attn.q_proj.weight`, permuteRows(nh * hd, nh));
+        add(`${b}attn_k.weight`, `${p}self_attn.k_proj.weight`, permuteRows(nkv * hd, nkv));
+        add(`${b}attn_v.weight`, `${p}self_attn.v_proj.weight`);
+      }
+      add(`${b}attn_output.weight`, `${p}self_attn.o_proj.weight`);
+      norm(`${b}ffn_norm`, `${p}post_attention_layernorm`);
+      add(`${b}ffn_gate.weight`, `${p}mlp.gate_proj.weight`);
+      add(`${b}ffn_up.weight`, `${p}mlp.up_proj.weight`);
+      add(`${b}ffn_down.weight`, `${p}mlp.down_proj.weight`);
+    }
+    norm('output_norm', 'model.norm');
+    untiedOutput('lm_head.weight');
+    const kv: [string, KvValue][] = [
+      [`${arch}.vocab_size`, u32(V)],
+      [`${arch}.context_length`, u32(num(['max_position_embeddings', 'model_max_length'], 2048))],
+      [`${arch}.embedding_length`, u32(H)],
+      [`${arch}.block_count`, u32(L)],
+      [`${arch}.feed_forward_length`, u32(num('intermediate_size'))],
+      [`${arch}.rope.dimension_count`, u32(hd)],
+      [`${arch}.attention.head_count`, u32(nh)],
+      [`${arch}.attention.head_count_kv`, u32(nkv)],
+      [`${arch}.attention.layer_norm_rms_epsilon`, f32(num('rms_norm_eps', 1e-6))],
+      [`${arch}.rope.freq_base`, f32(num('rope_theta', 10000))],
+    ];
+    const rs = cfg.rope_scaling as { type?: string; rope_type?: string; factor?: number } | null | undefined;
+    if (rs && (rs.type ?? rs.rope_type) === 'linear' && typeof rs.factor === 'number') {
+      kv.push([`${arch}.rope.scaling.type`, { t: 'str', v: 'linear' }], [`${arch}.rope.scaling.factor`, f32(rs.factor)]);
+    } else if (rs) throw unsupported(`rope_scaling ${JSON.stringify(rs)} cannot be exported yet (linear only)`);
+    if (mt === 'minicpm') {
+      // MiniCPM's muP scales (llama.cpp runs it with the granite graph: embeddings ×scale_emb, residual branches
+      // ×scale_depth/√L, logits ÷ hidden/dim_model_base)
+      kv.push(
+        ['minicpm.embedding_scale', f32(num('scale_emb'))],
+        ['minicpm.residual_scale', f32(num('scale_depth') / Math.sqrt(L))],
+        ['minicpm.logit_scale', f32(H / num('dim_model_base'))],
+      );
+    }
+    return { arch, family: mt === 'baichuan' ? (alibi ? 'Baichuan-13B' : 'Baichuan-7B') : mt, specs, kv, vocabSize: V };
+  }
+
+  if (mt === 'gpt_neox') {
+    const hd = H / nh;
+    add('token_embd.weight', 'gpt_neox.embed_in.weight');
+    for (let l = 0; l < L; l++) {
+      const p = `gpt_neox.layers.${l}.`;
+      const b = `blk.${l}.`;
+      norm(`${b}attn_norm`, `${p}input_layernorm`);
+      addWB(`${b}attn_qkv`, `${p}attention.query_key_value`, qkvPerHead(nh, hd));
+      addWB(`${b}attn_output`, `${p}attention.dense`);
+      norm(`${b}ffn_norm`, `${p}post_attention_layernorm`);
+      addWB(`${b}ffn_up`, `${p}mlp.dense_h_to_4h`);
+      addWB(`${b}ffn_down`, `${p}mlp.dense_4h_to_h`);
+    }
+    norm('output_norm', 'gpt_neox.final_layer_norm');
+    add('output.weight', has('embed_out.weight') ? 'embed_out.weight' : 'gpt_neox.embed_in.weight');
+    const kv: [string, KvValue][] = [
+      ['gptneox.context_length', u32(num('max_position_embeddings', 2048))],
+      ['gptneox.embedding_length', u32(H)],
+      ['gptneox.block_count', u32(L)],
+      ['gptneox.feed_forward_length', u32(num('intermediate_size', 4 * H))],
+      ['gptneox.rope.dimension_count', u32(Math.floor(num(['rotary_pct', 'partial_rotary_factor'], 1) * hd))],
+      ['gptneox.rope.freq_base', f32(num(['rotary_emb_base', 'rope_theta'], 10000))],
+      ['gptneox.attention.head_count', u32(nh)],
+      ['gptneox.use_parallel_residual', { t: 'bool', v: cfg.use_parallel_residual !== false }],
+      ['gptneox.attention.layer_norm_epsilon', f32(num('layer_norm_eps', 1e-5))],
+    ];
+    return { arch: 'gptneox', family: 'gpt_neox', specs, kv, vocabSize: V };
+  }
+
+  if (mt === 'bloom') {
+    const t = has('transformer.word_embeddings.weight') ? 'transformer.' : '';
+    add('token_embd.weight', `${t}word_embeddings.weight`);
+    norm('token_embd_norm', `${t}word_embeddings_layernorm`);
+    for (let l = 0; l < L; l++) {
+      const p = `${t}h.${l}.`;
+      const b = `blk.${l}.`;
+      norm(`${b}attn_norm`, `${p}input_layernorm`);
+      addWB(`${b}attn_qkv`, `${p}self_attention.query_key_value`, qkvPerHead(nh, H / nh));
+      addWB(`${b}attn_output`, `${p}self_attention.dense`);
+      norm(`${b}ffn_norm`, `${p}post_attention_layernorm`);
+      addWB(`${b}ffn_up`, `${p}mlp.dense_h_to_4h`);
+      addWB(`${b}ffn_down`, `${p}mlp.dense_4h_to_h`);
+    }
+    norm('output_norm', `${t}ln_f`);
+    untiedOutput('lm_head.weight');
+    const kv: [string, KvValue][] = [
+      ['bloom.context_length', u32(num(['seq_length', 'n_positions', 'max_position_embeddings'], 2048))],
+      ['bloom.embedding_length', u32(H)],
+      ['bloom.feed_forward_length', u32(4 * H)],
+      ['bloom.block_count', u32(L)],
+      ['bloom.attention.head_count', u32(nh)],
+      ['bloom.attention.head_count_kv', u32(nh)],
+      ['bloom.attention.layer_norm_epsilon', f32(num('layer_norm_epsilon', 1e-5))],
+    ];
+    return { arch: 'bloom', family: 'bloom', specs, kv, vocabSize: V };
+  }
+
+  if (mt === 'falcon' || mt === 'RefinedWeb' || mt === 'RefinedWebModel') {
+    const newDec = cfg.new_decoder_architecture === true;
+    if (cfg.alibi === true) throw unsupported('Falcon with ALiBi (falcon-rw): llama.cpp\'s "falcon" architecture uses RoPE');
+    if (cfg.bias === true) throw unsupported('Falcon with linear biases: llama.cpp\'s "falcon" architecture has none');
+    if (!newDec && cfg.parallel_attn === false) throw unsupported('Falcon without parallel attention: llama.cpp\'s "falcon" architecture runs attention and MLP in parallel');
+    const nkv = newDec ? num(['num_kv_heads', 'n_head_kv'], nh) : cfg.multi_query === false ? nh : 1;
+    const hd = H / nh;
+    const t = has('transformer.word_embeddings.weight') ? 'transformer.' : '';
+    add('token_embd.weight', `${t}word_embeddings.weight`);
+    for (let l = 0; l < L; l++) {
+      const p = `${t}h.${l}.`;
+      const b = `blk.${l}.`;
+      if (has(`${p}ln_attn.weight`)) {
+        // llama.cpp feeds attn_norm_2 to attention and attn_norm to the MLP (gguf-py's tensor map)
+        norm(`${b}attn_norm`, `${p}ln_mlp`);
+        norm(`${b}attn_norm_2`, `${p}ln_attn`);
+      } else norm(`${b}attn_norm`, `${p}input_layernorm`);
+      add(`${b}attn_qkv.weight`, `${p}self_attention.query_key_value.weight`, falconQkv(nh, nkv, hd));
+      add(`${b}attn_output.weight`, `${p}self_attention.dense.weight`);
+      add(`${b}ffn_up.weight`, `${p}mlp.dense_h_to_4h.weight`);
+      add(`${b}ffn_down.weight`, `${p}mlp.dense_4h_to_h.weight`);
+    }
+    norm('output_norm', `${t}ln_f`);
+    untiedOutput('lm_head.weight');
+    const kv: [string, KvValue][] = [
+      ['falcon.context_length', u32(num('max_position_embeddings', 2048))],
+      ['falcon.tensor_data_layout', { t: 'str', v: 'jploski' }],
+      ['falcon.embedding_length', u32(H)],
+      ['falcon.feed_forward_length', u32(num('ffn_hidden_size', 4 * H))],
+      ['falcon.block_count', u32(L)],
+      ['falcon.attention.head_count', u32(nh)],
+      ['falcon.attention.head_count_kv', u32(nkv)],
+      ['falcon.attention.layer_norm_epsilon', f32(num('layer_norm_epsilon', 1e-5))],
+      ['falcon.rope.freq_base', f32(num('rope_theta', 10000))],
+    ];
+    return { arch: 'falcon', family: newDec ? 'falcon (new decoder, 40B-style)' : 'falcon (7B-style)', specs, kv, vocabSize: V };
+  }
+
+  if (mt === 'chatglm') {
+    if (cfg.position_encoding_2d === true || cfg.padded_vocab_size === undefined)
+      throw unsupported('ChatGLM-6B (v1): llama.cpp has no architecture for its 2-D positions and GLM blocks ("chatglm" there is ChatGLM2/3 and GLM-4); export ChatGLM2-6B or later');
+    if (cfg.rmsnorm === false || cfg.post_layer_norm === false || cfg.add_bias_linear === true || cfg.apply_residual_connection_post_layernorm === true)
+      throw unsupported('a ChatGLM2 variant (layer norm / linear biases / post-layernorm residual) that llama.cpp\'s "chatglm" architecture does not run');
+    const nkv = cfg.multi_query_attention === true ? num('multi_query_group_num') : nh;
+    const hd = H / nh;
+    const e = 'transformer.encoder.';
+    add('token_embd.weight', 'transformer.embedding.word_embeddings.weight');
+    for (let l = 0; l < L; l++) {
+      const p = `${e}layers.${l}.`;
+      const b = `blk.${l}.`;
+      norm(`${b}attn_norm`, `${p}input_layernorm`);
+      addWB(`${b}attn_qkv`, `${p}self_attention.query_key_value`);
+      add(`${b}attn_output.weight`, `${p}self_attention.dense.weight`);
+      norm(`${b}ffn_norm`, `${p}post_attention_layernorm`);
+      add(`${b}ffn_up.weight`, `${p}mlp.dense_h_to_4h.weight`);
+      add(`${b}ffn_down.weight`, `${p}mlp.dense_4h_to_h.weight`);
+    }
+    norm('output_norm', `${e}final_layernorm`);
+    add('output.weight', 'transformer.output_layer.weight');
+    const kv: [string, KvValue][] = [
+      ['chatglm.context_length', u32(num('seq_length', H))],
+      ['chatglm.embedding_length', u32(H)],
+      ['chatglm.feed_forward_length', u32(num('ffn_hidden_size'))],
+      ['chatglm.block_count', u32(L)],
+      ['chatglm.attention.head_count', u32(nh)],
+      ['chatglm.attention.head_count_kv', u32(nkv)],
+      ['chatglm.attention.layer_norm_rms_epsilon', f32(num('layernorm_epsilon', 1e-5))],
+      // RoPE on the first half of each head, interleaved pairs (GLM's original rope)
+      ['chatglm.rope.dimension_count', u32(Math.floor(hd * num('partial_rotary_factor', 0.5)))],
+      ['chatglm.rope.freq_base', f32(10000 * num('rope_ratio', 1))],
+    ];
+    return { arch: 'chatglm', family: 'chatglm2', specs, kv, vocabSize: V, addBos: false };
+  }
+
+  throw unsupported(`model_type "${mt}": GGUF export covers llama, baichuan, minicpm, gpt_neox, bloom, falcon and chatglm2`);
 }
 
 export interface ExportOptions {
@@ -472,112 +755,17 @@ export interface ExportResult {
   tokenizer: string;
 }
 
-/** Writes the GGUF (and the Modelfile), yielding to the event loop between tensors. Rejects with a message
- *  naming what is unsupported or damaged; an aborted or failed export leaves no file under the final name. */
-export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
-  const cfg = JSON.parse(fs.readFileSync(path.join(o.modelDir, 'config.json'), 'utf8')) as Record<string, unknown>;
-  const num = (k: string, def?: number): number => {
-    const v = cfg[k];
-    if (typeof v === 'number') return v;
-    if (def !== undefined) return def;
-    throw new Error(`config.json lacks ${k}`);
-  };
-  const mt = String(cfg.model_type ?? '');
-  if (mt !== 'llama' && mt !== 'baichuan')
-    throw new Error(`GGUF export supports the llama and baichuan (7B) families for now, not model_type "${mt}"`);
-  if (o.template && !TEMPLATES.includes(o.template)) throw new Error(`unknown template "${o.template}"`);
-  const dtype = o.dtype ?? 'f16';
-  const wtype = dtype === 'f32' ? GGML.F32 : dtype === 'f16' ? GGML.F16 : GGML.BF16;
-  const st = openSafetensorsDir(o.modelDir);
-  const H = num('hidden_size');
-  const nh = num('num_attention_heads');
-  const nkv = num('num_key_value_heads', nh);
-  const L = num('num_hidden_layers');
-  const V = num('vocab_size');
-  const hd = num('head_dim', H / nh);
-  const tensor = (n: string) => {
-    const t = st.get(n);
-    if (!t) throw new Error(`the weights lack '${n}'`);
-    return t;
-  };
-  const out: OutTensor[] = [];
-  const add = (name: string, src: string, is1d = false, f?: (x: Float32Array) => Float32Array) => {
-    const t = tensor(src);
-    out.push({ name, shape: t.shape, type: is1d ? GGML.F32 : wtype, data: () => (f ? f(readF32(t)) : readF32(t)) });
-  };
-  add('token_embd.weight', 'model.embed_tokens.weight');
-  for (let l = 0; l < L; l++) {
-    const p = `model.layers.${l}.`;
-    const b = `blk.${l}.`;
-    add(`${b}attn_norm.weight`, `${p}input_layernorm.weight`, true);
-    if (mt === 'baichuan') {
-      const w = tensor(`${p}self_attn.W_pack.weight`);
-      const part = (k: number) => () => readF32(w).subarray(k * H * H, (k + 1) * H * H);
-      out.push({ name: `${b}attn_q.weight`, shape: [H, H], type: wtype, data: () => permuteQK(part(0)(), H, H, nh) });
-      out.push({ name: `${b}attn_k.weight`, shape: [H, H], type: wtype, data: () => permuteQK(part(1)(), H, H, nh) });
-      out.push({ name: `${b}attn_v.weight`, shape: [H, H], type: wtype, data: () => part(2)().slice() });
-    } else {
-      add(`${b}attn_q.weight`, `${p}self_attn.q_proj.weight`, false, (x) => permuteQK(x, nh * hd, H, nh));
-      add(`${b}attn_k.weight`, `${p}self_attn.k_proj.weight`, false, (x) => permuteQK(x, nkv * hd, H, nkv));
-      add(`${b}attn_v.weight`, `${p}self_attn.v_proj.weight`);
-    }
-    add(`${b}attn_output.weight`, `${p}self_attn.o_proj.weight`);
-    add(`${b}ffn_norm.weight`, `${p}post_attention_layernorm.weight`, true);
-    add(`${b}ffn_gate.weight`, `${p}mlp.gate_proj.weight`);
-    add(`${b}ffn_up.weight`, `${p}mlp.up_proj.weight`);
-    add(`${b}ffn_down.weight`, `${p}mlp.down_proj.weight`);
-  }
-  add('output_norm.weight', 'model.norm.weight', true);
-  if (st.has('lm_head.weight') && !cfg.tie_word_embeddings) add('output.weight', 'lm_head.weight');
-
-  const vocab = readVocab(o.modelDir, V);
-  const tcfg = readJsonIf(path.join(o.modelDir, 'tokenizer_config.json')) ?? {};
-  const turns = o.template ? TURNS[o.template] : undefined;
-  if (o.template && o.template !== 'chat_template' && !turns) throw new Error(`no export layout for template "${o.template}" (known: ${EXPORT_TEMPLATES.join(', ')})`);
-  const chatTemplate = turns ? jinjaTemplate(o.template!) : typeof tcfg.chat_template === 'string' ? tcfg.chat_template : null;
-
-  const kv: [string, KvValue][] = [
-    ['general.architecture', { t: 'str', v: 'llama' }],
-    ['general.name', { t: 'str', v: o.name ?? path.basename(path.resolve(o.modelDir)) }],
-    ['general.file_type', { t: 'u32', v: dtype === 'f32' ? 0 : dtype === 'f16' ? 1 : 32 }],
-    ['general.alignment', { t: 'u32', v: ALIGN }],
-    ['llama.vocab_size', { t: 'u32', v: V }],
-    ['llama.context_length', { t: 'u32', v: num('max_position_embeddings', num('model_max_length', 2048)) }],
-    ['llama.embedding_length', { t: 'u32', v: H }],
-    ['llama.block_count', { t: 'u32', v: L }],
-    ['llama.feed_forward_length', { t: 'u32', v: num('intermediate_size') }],
-    ['llama.rope.dimension_count', { t: 'u32', v: hd }],
-    ['llama.attention.head_count', { t: 'u32', v: nh }],
-    ['llama.attention.head_count_kv', { t: 'u32', v: nkv }],
-    ['llama.attention.layer_norm_rms_epsilon', { t: 'f32', v: num('rms_norm_eps', 1e-6) }],
-    ['llama.rope.freq_base', { t: 'f32', v: num('rope_theta', 10000) }],
-  ];
-  const rs = cfg.rope_scaling as { type?: string; rope_type?: string; factor?: number } | null | undefined;
-  if (rs && (rs.type ?? rs.rope_type) === 'linear' && typeof rs.factor === 'number') {
-    kv.push(['llama.rope.scaling.type', { t: 'str', v: 'linear' }], ['llama.rope.scaling.factor', { t: 'f32', v: rs.factor }]);
-  } else if (rs) throw new Error(`rope_scaling ${JSON.stringify(rs)} cannot be exported yet (linear only)`);
-  kv.push(['tokenizer.ggml.model', { t: 'str', v: vocab.model }]);
-  if (vocab.pre) kv.push(['tokenizer.ggml.pre', { t: 'str', v: vocab.pre }]);
-  kv.push(['tokenizer.ggml.tokens', { t: 'arr', of: 'str', v: vocab.tokens }]);
-  if (vocab.scores) kv.push(['tokenizer.ggml.scores', { t: 'arr', of: 'f32', v: vocab.scores }]);
-  kv.push(['tokenizer.ggml.token_type', { t: 'arr', of: 'i32', v: vocab.types }]);
-  if (vocab.merges) kv.push(['tokenizer.ggml.merges', { t: 'arr', of: 'str', v: vocab.merges }]);
-  for (const [k, v] of [['bos', vocab.bos], ['eos', vocab.eos], ['unknown', vocab.unk], ['padding', vocab.pad]] as const)
-    if (v !== null && v >= 0) kv.push([`tokenizer.ggml.${k}_token_id`, { t: 'u32', v }]);
-  const addBos = turns ? turns.bos : typeof tcfg.add_bos_token === 'boolean' ? tcfg.add_bos_token : vocab.model === 'llama';
-  kv.push(['tokenizer.ggml.add_bos_token', { t: 'bool', v: addBos }], ['tokenizer.ggml.add_eos_token', { t: 'bool', v: false }]);
-  if (chatTemplate) kv.push(['tokenizer.chat_template', { t: 'str', v: chatTemplate }]);
-
-  // Header + metadata + tensor infos, then the data, each tensor aligned.
+/** Writes header, metadata and tensors to `<out>.tmp`, then renames it; yields to the event loop per tensor. */
+async function writeGguf(out: string, kv: [string, KvValue][], tensors: OutTensor[], o: Pick<ExportOptions, 'signal' | 'onProgress'>): Promise<void> {
   const head = new Buf();
   head.push(Buffer.from('GGUF', 'ascii'));
   head.u32(3);
-  head.u64(out.length);
+  head.u64(tensors.length);
   head.u64(kv.length);
   for (const [k, v] of kv) writeKv(head, k, v);
   let offset = 0;
   const offsets: number[] = [];
-  for (const t of out) {
+  for (const t of tensors) {
     const n = t.shape.reduce((a, b) => a * b, 1);
     head.str(t.name);
     head.u32(t.shape.length);
@@ -588,23 +776,23 @@ export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
     offset += Math.ceil((n * (t.type === GGML.F32 ? 4 : 2)) / ALIGN) * ALIGN;
   }
   const pad = (n: number) => Buffer.alloc((ALIGN - (n % ALIGN)) % ALIGN);
-  fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
-  const tmp = `${o.out}.tmp`;
+  fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
+  const tmp = `${out}.tmp`;
   const fd = fs.openSync(tmp, 'w');
   let ok = false;
   try {
     for (const p of head.parts) fs.writeSync(fd, p);
     fs.writeSync(fd, pad(head.size));
     let written = 0;
-    for (let i = 0; i < out.length; i++) {
-      const t = out[i]!;
+    for (let i = 0; i < tensors.length; i++) {
+      const t = tensors[i]!;
       if (o.signal?.aborted) throw Object.assign(new Error('export stopped on request'), { code: 'ABORTED' });
       const b = encodeData(t, t.data());
       if (written !== offsets[i]) throw new Error('internal: GGUF offsets out of step');
       fs.writeSync(fd, b);
       fs.writeSync(fd, pad(b.length));
       written += b.length + pad(b.length).length;
-      o.onProgress?.(i + 1, out.length, t.name);
+      o.onProgress?.(i + 1, tensors.length, t.name);
       await new Promise((r) => setImmediate(r));
     }
     fs.fsyncSync(fd);
@@ -613,12 +801,169 @@ export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
     fs.closeSync(fd);
     if (!ok) fs.rmSync(tmp, { force: true });
   }
-  fs.renameSync(tmp, o.out);
+  fs.renameSync(tmp, out);
+}
+
+function readConfig(dir: string): Record<string, unknown> {
+  const f = path.join(dir, 'config.json');
+  if (!fs.existsSync(f)) throw new Error(`no config.json in ${dir}`);
+  return JSON.parse(fs.readFileSync(f, 'utf8')) as Record<string, unknown>;
+}
+
+const fileType = (d: GgufDtype) => (d === 'f32' ? 0 : d === 'f16' ? 1 : 32);
+const ggmlType = (d: GgufDtype) => (d === 'f32' ? GGML.F32 : d === 'f16' ? GGML.F16 : GGML.BF16);
+
+/** `<dir>/<name>.Modelfile` for `<dir>/<name>.gguf`: two exports into one folder keep their own Modelfile. */
+export function modelfilePath(gguf: string): string {
+  return path.join(path.dirname(gguf), `${path.basename(gguf).replace(/\.gguf$/i, '')}.Modelfile`);
+}
+
+/** Writes the GGUF (and the Modelfile), yielding to the event loop between tensors. Rejects with a message
+ *  naming what is unsupported (code UNSUPPORTED) or damaged; an aborted or failed export leaves no file under
+ *  the final name. */
+export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
+  const cfg = readConfig(o.modelDir);
+  if (o.template && !TEMPLATES.includes(o.template)) throw new Error(`unknown template "${o.template}"`);
+  const st = openSafetensorsDir(o.modelDir);
+  const plan = planFor(cfg, (n) => st.has(n));
+  const dtype = o.dtype ?? 'f16';
+  const wtype = ggmlType(dtype);
+  const out: OutTensor[] = plan.specs.map((s) => {
+    const t = st.get(s.src);
+    if (!t) throw new Error(`the weights lack '${s.src}' (needed for ${s.name} of the ${plan.family} export)`);
+    const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
+    return { name: s.name, shape: s.rows ? [s.rows.length, ...t.shape.slice(1)] : t.shape, type: s.vec ? GGML.F32 : wtype, data: () => gatherRows(readF32(t), cols, s.rows) };
+  });
+
+  const vocab = readVocab(o.modelDir, plan.vocabSize);
+  const tcfg = readJsonIf(path.join(o.modelDir, 'tokenizer_config.json')) ?? {};
+  const turns = o.template ? TURNS[o.template] : undefined;
+  if (o.template && o.template !== 'chat_template' && !turns) throw new Error(`no export layout for template "${o.template}" (known: ${EXPORT_TEMPLATES.join(', ')})`);
+  const chatTemplate = turns ? jinjaTemplate(o.template!) : typeof tcfg.chat_template === 'string' ? tcfg.chat_template : null;
+
+  const kv: [string, KvValue][] = [
+    ['general.architecture', { t: 'str', v: plan.arch }],
+    ['general.name', { t: 'str', v: o.name ?? path.basename(path.resolve(o.modelDir)) }],
+    ['general.file_type', { t: 'u32', v: fileType(dtype) }],
+    ['general.alignment', { t: 'u32', v: ALIGN }],
+    ...plan.kv,
+  ];
+  kv.push(['tokenizer.ggml.model', { t: 'str', v: vocab.model }]);
+  if (vocab.pre) kv.push(['tokenizer.ggml.pre', { t: 'str', v: vocab.pre }]);
+  kv.push(['tokenizer.ggml.tokens', { t: 'arr', of: 'str', v: vocab.tokens }]);
+  if (vocab.scores) kv.push(['tokenizer.ggml.scores', { t: 'arr', of: 'f32', v: vocab.scores }]);
+  kv.push(['tokenizer.ggml.token_type', { t: 'arr', of: 'i32', v: vocab.types }]);
+  if (vocab.merges) kv.push(['tokenizer.ggml.merges', { t: 'arr', of: 'str', v: vocab.merges }]);
+  for (const [k, v] of [['bos', vocab.bos], ['eos', vocab.eos], ['unknown', vocab.unk], ['padding', vocab.pad]] as const)
+    if (v !== null && v >= 0) kv.push([`tokenizer.ggml.${k}_token_id`, { t: 'u32', v }]);
+  const addBos = turns ? turns.bos : typeof tcfg.add_bos_token === 'boolean' ? tcfg.add_bos_token : (plan.addBos ?? vocab.model === 'llama');
+  kv.push(['tokenizer.ggml.add_bos_token', { t: 'bool', v: addBos }], ['tokenizer.ggml.add_eos_token', { t: 'bool', v: false }]);
+  if (chatTemplate) kv.push(['tokenizer.chat_template', { t: 'str', v: chatTemplate }]);
+
+  await writeGguf(o.out, kv, out, o);
   let modelfile: string | null = null;
   if (turns && o.modelfile !== false) {
-    modelfile = path.join(path.dirname(o.out), 'Modelfile');
+    modelfile = modelfilePath(o.out);
     fs.writeFileSync(`${modelfile}.tmp`, ollamaModelfile(path.basename(o.out), o.template!, vocab));
     fs.renameSync(`${modelfile}.tmp`, modelfile);
   }
-  return { gguf: o.out, modelfile, architecture: 'llama', tensors: out.length, bytes: fs.statSync(o.out).size, vocab: vocab.tokens.length, tokenizer: vocab.model };
+  return { gguf: o.out, modelfile, architecture: plan.arch, tensors: out.length, bytes: fs.statSync(o.out).size, vocab: vocab.tokens.length, tokenizer: vocab.model };
+}
+
+// ---- a LoRA adapter alone (llama.cpp's adapter GGUF, as convert_lora_to_gguf.py writes it) ------------------
+
+export interface AdapterExportOptions {
+  /** the base model folder the adapter was trained on (for the architecture and the tensor layout) */
+  modelDir: string;
+  /** the PEFT adapter folder (adapter_config.json + adapter_model.safetensors) */
+  adapterDir: string;
+  out: string;
+  dtype?: GgufDtype;
+  name?: string;
+  onProgress?: (done: number, total: number, tensor: string) => void;
+  signal?: AbortSignal;
+}
+
+/** Which tensors the base has, without reading weights: safetensors headers, or a sharded .bin's index. */
+function baseTensorNames(dir: string): (name: string) => boolean {
+  const binIndex = path.join(dir, 'pytorch_model.bin.index.json');
+  if (!fs.existsSync(path.join(dir, 'model.safetensors')) && !fs.existsSync(path.join(dir, 'model.safetensors.index.json')) && fs.existsSync(binIndex)) {
+    const wm = (JSON.parse(fs.readFileSync(binIndex, 'utf8')) as { weight_map?: Record<string, string> }).weight_map ?? {};
+    return (n) => n in wm;
+  }
+  const st = openSafetensorsDir(dir);
+  return (n) => st.has(n);
+}
+
+/** PEFT's per-module pattern lookup (rank_pattern / alpha_pattern keys match a suffix of the module name). */
+function patternValue(patterns: unknown, module: string): number | undefined {
+  if (!patterns || typeof patterns !== 'object') return undefined;
+  for (const [k, v] of Object.entries(patterns as Record<string, number>)) if (new RegExp(`(^|.*\\.)${k}$`).test(module)) return v;
+  return undefined;
+}
+
+/** Writes llama.cpp's LoRA adapter GGUF: general.type = adapter, adapter.type = lora, adapter.lora.alpha, and
+ *  for each adapted base tensor `<gguf name>.lora_a` [r, in] and `.lora_b` [out, r] (HF order; B's rows moved
+ *  like the base tensor's rows). llama.cpp scales by alpha / r of each pair, so per-module scales that differ
+ *  (rsLoRA, rank_pattern, alpha_pattern) are folded into lora_b. Load it with the base GGUF of the same model. */
+export async function exportAdapterGguf(o: AdapterExportOptions): Promise<ExportResult> {
+  const cfg = readConfig(o.modelDir);
+  const acfgFile = path.join(o.adapterDir, 'adapter_config.json');
+  if (!fs.existsSync(acfgFile)) throw new Error(`no adapter_config.json in ${o.adapterDir}`);
+  const acfg = JSON.parse(fs.readFileSync(acfgFile, 'utf8')) as Record<string, unknown>;
+  if (acfg.peft_type !== undefined && acfg.peft_type !== 'LORA') throw unsupported(`adapter type ${String(acfg.peft_type)}: llama.cpp loads LoRA adapters only`);
+  const single = path.join(o.adapterDir, 'adapter_model.safetensors');
+  if (!fs.existsSync(single)) {
+    if (fs.existsSync(path.join(o.adapterDir, 'adapter_model.bin'))) throw new Error(`${o.adapterDir} holds adapter_model.bin only: convert it to safetensors first (llms-train model convert)`);
+    throw new Error(`no adapter_model.safetensors in ${o.adapterDir}`);
+  }
+  const ad = new Map(readStHeader(single).map((t) => [t.name.replace(/^base_model\.model\./, ''), t]));
+  const plan = planFor(cfg, baseTensorNames(o.modelDir));
+  const r0 = typeof acfg.r === 'number' ? acfg.r : 8;
+  const alpha0 = typeof acfg.lora_alpha === 'number' ? acfg.lora_alpha : r0;
+  const dtype = o.dtype ?? 'f16';
+  const wtype = ggmlType(dtype);
+  const used = new Set<string>();
+  const out: OutTensor[] = [];
+  for (const s of plan.specs) {
+    if (s.vec || !s.src.endsWith('.weight')) continue;
+    const module = s.src.slice(0, -'.weight'.length);
+    const a = ad.get(`${module}.lora_A.weight`);
+    const b = ad.get(`${module}.lora_B.weight`);
+    if (!a || !b) continue;
+    used.add(`${module}.lora_A.weight`).add(`${module}.lora_B.weight`);
+    const r = a.shape[0]!;
+    if (b.shape[1] !== r) throw new Error(`${module}: lora_A has ${r} rows but lora_B ${b.shape[1]} columns`);
+    const alpha = patternValue(acfg.alpha_pattern, module) ?? alpha0;
+    const rank = patternValue(acfg.rank_pattern, module) ?? r;
+    const scale = acfg.use_rslora === true ? alpha / Math.sqrt(rank) : alpha / rank;
+    const fold = (scale * r) / alpha0; // llama.cpp applies alpha0 / r
+    out.push({ name: `${s.name}.lora_a`, shape: a.shape, type: wtype, data: () => readF32(a) });
+    out.push({
+      name: `${s.name}.lora_b`,
+      shape: s.rows ? [s.rows.length, r] : b.shape,
+      type: wtype,
+      data: () => {
+        const x = gatherRows(readF32(b), r, s.rows);
+        return fold === 1 ? x : x.map((v) => v * fold);
+      },
+    });
+  }
+  const left = [...ad.keys()].filter((k) => !used.has(k));
+  if (left.length)
+    throw unsupported(
+      `adapter tensor '${left[0]}'${left.length > 1 ? ` (and ${left.length - 1} more)` : ''} has no place in llama.cpp's LoRA GGUF (only LoRA pairs on the ${plan.family} model's linear weights; modules_to_save, embedding LoRA and biases need a merged export)`,
+    );
+  if (!out.length) throw new Error(`${o.adapterDir} holds no LoRA pairs`);
+  const kv: [string, KvValue][] = [
+    ['general.architecture', { t: 'str', v: plan.arch }],
+    ['general.type', { t: 'str', v: 'adapter' }],
+    ['general.name', { t: 'str', v: o.name ?? path.basename(path.resolve(o.adapterDir)) }],
+    ['general.file_type', { t: 'u32', v: fileType(dtype) }],
+    ['general.alignment', { t: 'u32', v: ALIGN }],
+    ['adapter.type', { t: 'str', v: 'lora' }],
+    ['adapter.lora.alpha', { t: 'f32', v: alpha0 }],
+  ];
+  await writeGguf(o.out, kv, out, o);
+  return { gguf: o.out, modelfile: null, architecture: plan.arch, tensors: out.length, bytes: fs.statSync(o.out).size, vocab: 0, tokenizer: 'none' };
 }

@@ -11,7 +11,7 @@ import type { TemplateName } from '../data/templates.js';
 import { engineBinary } from '../engine/native.js';
 import { dataHome } from '../paths.js';
 import { downloadModel, modelsHome, type DownloadOptions, type DownloadProgress } from './download.js';
-import { exportGguf, type ExportResult, type GgufDtype } from './gguf.js';
+import { exportAdapterGguf, exportGguf, type ExportResult, type GgufDtype } from './gguf.js';
 
 export type { DownloadProgress, ExportResult, ModelInspection };
 
@@ -167,14 +167,35 @@ export interface ExportOptions extends RunOpts {
   dtype?: GgufDtype;
   template?: TemplateName;
   name?: string;
+  /** with `adapter`: write llama.cpp's LoRA adapter GGUF of the adapter alone (load it next to the base's GGUF)
+   *  instead of merging; `model` is the base it was trained on */
+  adapterOnly?: boolean;
 }
 
-/** GGUF (+ Ollama Modelfile); converts a .bin folder and merges an adapter first when needed. */
+/** gguf.ts's errors as ModelOpError (UNSUPPORTED, ABORTED, else BAD_INPUT). */
+function asOpError(e: unknown): unknown {
+  if (e instanceof ModelOpError || !(e instanceof Error)) return e;
+  const code = (e as { code?: unknown }).code;
+  return new ModelOpError(e.message, typeof code === 'string' ? code : 'BAD_INPUT');
+}
+
+/** GGUF (+ Ollama Modelfile `<name>.Modelfile`); converts a .bin folder and merges an adapter first when needed;
+ *  with `adapterOnly`, the adapter alone as llama.cpp's LoRA GGUF. */
 export async function exportModel(o: ExportOptions): Promise<ExportResult> {
+  if (o.adapterOnly && !o.adapter) throw new ModelOpError('adapterOnly needs an adapter folder', 'BAD_INPUT');
   fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
   const work = fs.mkdtempSync(path.join(path.dirname(path.resolve(o.out)), '.llmt-export-'));
+  const onProgress = (done: number, total: number, name: string) => o.onProgress?.({ stage: 'export', done, total, name });
   try {
     let dir = o.model;
+    if (o.adapter && o.adapterOnly) {
+      let adapter = o.adapter;
+      if (!fs.existsSync(path.join(adapter, 'adapter_model.safetensors'))) {
+        adapter = path.join(work, 'adapter');
+        await convert(o.adapter, { out: adapter, onProgress: o.onProgress, signal: o.signal });
+      }
+      return await exportAdapterGguf({ modelDir: o.model, adapterDir: adapter, out: o.out, dtype: o.dtype, name: o.name, signal: o.signal, onProgress });
+    }
     if (o.adapter) {
       dir = path.join(work, 'merged');
       await merge({ model: o.model, adapter: o.adapter, out: dir, onProgress: o.onProgress, signal: o.signal });
@@ -190,8 +211,10 @@ export async function exportModel(o: ExportOptions): Promise<ExportResult> {
       template: o.template,
       name: o.name,
       signal: o.signal,
-      onProgress: (done, total, name) => o.onProgress?.({ stage: 'export', done, total, name }),
+      onProgress,
     });
+  } catch (e) {
+    throw asOpError(e);
   } finally {
     fs.rmSync(work, { recursive: true, force: true });
   }

@@ -75,7 +75,9 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // QLoRA: the block linears are bitsandbytes 4-bit — 0.5 byte per weight plus per 64-weight block one scale
   // (1 byte when double-quantized, + 4 bytes per 256 blocks); embeddings, norms and the head stay fp32
   const linearParams = mods.reduce((a, [, inn, out]) => a + L * inn * out, 0);
-  const q4 = spec.model.quantization !== 'none' ? Math.min(linearParams, P) : 0;
+  // quantized on load (RunSpec), or a folder saved 4-bit (the inspection says so)
+  const stored4bit = info.quantization !== undefined && info.quantization !== 'none';
+  const q4 = spec.model.quantization !== 'none' || stored4bit ? Math.min(linearParams, P) : 0;
   const weights = (P - q4) * F + q4 * (0.5 + 1 / 64 + 4 / (64 * 256));
   const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
   const optimizer = trainableParams * F * 3; // gradient, exp_avg, exp_avg_sq
