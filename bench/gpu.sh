@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bench/gpu.sh OUT_DIR — one go on a bare Linux GPU server (CUDA + nvcc, CMake, a Python with torch, transformers,
 # peft, safetensors; no Node, no network): builds llmt-engine with CUDA, runs the CUDA-vs-CPU parity checks
-# (test_cuda: every op forward/backward + one LoRA step end to end), then benchmarks a LoRA step of a LLaMA-7B-shaped
+# (test_cuda: every op forward/backward, one LoRA step end to end, 4 LoRA steps with the state resident on the GPU
+# and the host↔device copies per step bounded), then benchmarks a LoRA step of a LLaMA-7B-shaped
 # model (random weights) against HF transformers + PEFT on the same GPU at seq 512 and 2048 (bench/hf_peft_bench.py),
 # and writes everything to OUT_DIR (results.json, results.md, logs). Budget: ~10 minutes on one H200; every phase has
 # its own time limit and a phase that runs out is recorded as such, not hidden.

@@ -27,9 +27,21 @@ class CpuBackend final : public Backend {
     return p;
   }
   void release(void *p) override { std::free(p); }
-  void upload(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
-  void download(void *dst, const void *src, size_t bytes) override { std::memcpy(dst, src, bytes); }
+  void upload(void *dst, const void *src, size_t bytes) override {
+    ++xfer_.uploads;
+    xfer_.bytes_up += static_cast<int64_t>(bytes);
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
+  void download(void *dst, const void *src, size_t bytes) override {
+    ++xfer_.downloads;
+    xfer_.bytes_down += static_cast<int64_t>(bytes);
+    if (bytes) std::memcpy(dst, src, bytes);
+  }
   void synchronize() override {}
+  bool host_memory() const override { return true; }
+  void sum_squares_acc(const float *x, int64_t n, double *acc) override { cpu::sum_squares_acc(x, n, acc); }
+  void fill(float *x, float value, int64_t n) override { cpu::fill(x, value, n); }
+  void copy(float *dst, const float *src, int64_t n) override { cpu::copy(dst, src, n); }
 
   void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nt(A, B, C, M, N, K, acc); }
   void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nn(A, B, C, M, N, K, acc); }

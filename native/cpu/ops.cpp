@@ -1244,3 +1244,17 @@ void scale_inplace(float *x, float s, int64_t n) {
 }
 
 }  // namespace llmt::cpu
+
+namespace llmt::cpu {
+
+void sum_squares_acc(const float *x, int64_t n, double *acc) { *acc += sum_squares(x, n); }
+
+void fill(float *x, float value, int64_t n) {
+  if (n > 0) std::fill(x, x + n, value);
+}
+
+void copy(float *dst, const float *src, int64_t n) {
+  if (n > 0 && dst != src) std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
+}
+
+}  // namespace llmt::cpu

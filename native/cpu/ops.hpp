@@ -136,5 +136,13 @@ void adamw_step(float *p, const float *g, float *m, float *v, int64_t n, float l
 double sum_squares(const float *x, int64_t n);
 // x *= s
 void scale_inplace(float *x, float s, int64_t n);
+// *acc += sum_squares(x, n) (acc: one double in backend memory; the global gradient norm downloads it once)
+void sum_squares_acc(const float *x, int64_t n, double *acc);
+
+// ---- memory ------------------------------------------------------------------------------------------------------
+// x[i] = value
+void fill(float *x, float value, int64_t n);
+// dst[i] = src[i] (non-overlapping)
+void copy(float *dst, const float *src, int64_t n);
 
 }  // namespace llmt::cpu

@@ -138,6 +138,8 @@ class CudaBackend final : public Backend {
       std::memcpy(dst, src, bytes);
       return;
     }
+    ++xfer_.uploads;
+    xfer_.bytes_up += static_cast<int64_t>(bytes);
     check(d_.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream_), "upload");
   }
   void download(void *dst, const void *src, size_t bytes) override {
@@ -147,6 +149,8 @@ class CudaBackend final : public Backend {
       std::memcpy(dst, src, bytes);
       return;
     }
+    ++xfer_.downloads;
+    xfer_.bytes_down += static_cast<int64_t>(bytes);
     check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
     synchronize();
   }
@@ -347,6 +351,29 @@ class CudaBackend final : public Backend {
     ew("k_scale", n, s.out(x, n, true), sc, ll(n));
     s.done();
   }
+  void sum_squares_acc(const float *x, int64_t n, double *acc) override {
+    if (n <= 0) return;
+    Stage s(*this);
+    const unsigned nb = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(256, (n + (1 << 14) - 1) >> 14)));
+    double *part = s.scratch<double>(nb);
+    launch("k_sumsq", nb, 256, s.in(x, n), ll(n), part);
+    launch("k_sumsq_acc", 1, 1, static_cast<const double *>(part), int(nb), s.out(acc, 1, true));
+    s.done();
+  }
+  void fill(float *x, float v, int64_t n) override {
+    Stage s(*this);
+    ew("k_fill", n, s.out(x, n), v, ll(n));
+    s.done();
+  }
+  void copy(float *dst, const float *src, int64_t n) override {
+    if (n <= 0 || dst == src) return;
+    Stage s(*this);
+    const float *ds = s.in(src, n);
+    float *dd = s.out(dst, n);
+    check(d_.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dd), reinterpret_cast<CUdeviceptr>(ds), sizeof(float) * size_t(n), stream_),
+          "copy");
+    s.done();
+  }
   void add(float *out, const float *a, const float *b, const float *c, int64_t n) override {
     Stage s(*this);
     const float *da = s.in(a, n), *db = s.in(b, n), *dc = s.in(c, n);
@@ -403,6 +430,9 @@ class CudaBackend final : public Backend {
     template <typename T>
     const T *in(const T *p, int64_t n) {
       if (!p || be_.is_dev(p)) return p;
+      ++be_.xfer_.staged;
+      ++be_.xfer_.uploads;
+      be_.xfer_.bytes_up += static_cast<int64_t>(sizeof(T)) * std::max<int64_t>(n, 0);
       T *d = static_cast<T *>(take(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
       if (n > 0) be_.check(be_.d_.cuMemcpyHtoDAsync(ptr(d), p, sizeof(T) * static_cast<size_t>(n), be_.stream_), "staging upload");
       return d;
@@ -410,6 +440,9 @@ class CudaBackend final : public Backend {
     template <typename T>
     T *out(T *p, int64_t n, bool inout = false) {
       if (!p || be_.is_dev(p)) return p;
+      if (!inout) ++be_.xfer_.staged;
+      ++be_.xfer_.downloads;
+      be_.xfer_.bytes_down += static_cast<int64_t>(sizeof(T)) * std::max<int64_t>(n, 0);
       T *d = inout ? const_cast<T *>(in(static_cast<const T *>(p), n))
                    : static_cast<T *>(take(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
       outs_.push_back({p, d, sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 0))});

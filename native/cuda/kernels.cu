@@ -591,4 +591,15 @@ __global__ void k_sumsq(const float *x, ll n, double *part) {
   if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
 }
 
+// acc[0] += Σ part[0..nb) in order (one thread: the partial sums of k_sumsq; keeps the global norm on the device)
+__global__ void k_sumsq_acc(const double *part, int nb, double *acc) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double t = 0.0;
+  for (int i = 0; i < nb; ++i) t += part[i];
+  acc[0] += t;
+}
+__global__ void k_fill(float *x, float v, ll n) {
+  GRID_STRIDE(i, n) x[i] = v;
+}
+
 }  // extern "C"

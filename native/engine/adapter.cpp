@@ -9,6 +9,7 @@
 #include <cstring>
 #include <set>
 
+#include "backend.hpp"
 #include "json.hpp"
 #include "model.hpp"
 #include "safetensors.hpp"
@@ -48,6 +49,7 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   if (!has_lora_) return set_error(LLMT_ERR_BAD_INPUT, "this model has no LoRA adapter to save");
   llmt_status st = make_dirs(dir);
   if (st != LLMT_OK) return st;
+  to_host();  // trained weights from backend memory (a no-op on the CPU backend)
   std::vector<TensorToWrite> tensors;
   for (const auto &p : params) {
     if (p->save_name.empty()) continue;
@@ -197,6 +199,7 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
       p->grad.clear();
     }
   }
+  dirty_ = !be_->host_memory();  // the host vectors changed: run() uploads them
   return LLMT_OK;
 }
 
@@ -206,6 +209,7 @@ llmt_status Model::save_model(const std::string &dir) const {
   }
   llmt_status st = make_dirs(dir);
   if (st != LLMT_OK) return st;
+  to_host();
   std::vector<TensorToWrite> tensors;
   for (const auto &p : params) {
     if (p->name.find(".lora_") != std::string::npos) continue;

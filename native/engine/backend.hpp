@@ -26,6 +26,14 @@ enum class DeviceKind { CPU, CUDA };
 enum class ComputeType { F32, BF16, F16 };
 enum class QkvSplit { Blocks, PerHead, Grouped };  // fused projection layouts, see family.hpp QkvLayout
 
+/** Host↔device copies a backend has made (upload/download calls, plus the per-op staging of host pointers a CUDA
+ *  backend still does for memory that is not its own). Tests bound these per training step. */
+struct TransferStats {
+  int64_t uploads = 0, downloads = 0;      // calls
+  int64_t bytes_up = 0, bytes_down = 0;
+  int64_t staged = 0;                      // op arguments that were host memory (each one copy at least)
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
@@ -39,6 +47,12 @@ class Backend {
   virtual void upload(void *dst, const void *host_src, size_t bytes) = 0;
   virtual void download(void *host_dst, const void *src, size_t bytes) = 0;
   virtual void synchronize() = 0;
+  /** True when alloc() returns plain host memory that host code may read and write directly (the CPU backend):
+   *  the model then keeps its parameters in their host vectors and uses them in place (no copies). False: the
+   *  model keeps its own copies in alloc() memory and moves data only with upload()/download(). */
+  virtual bool host_memory() const { return false; }
+  const TransferStats &transfers() const { return xfer_; }
+  void reset_transfers() { xfer_ = TransferStats(); }
 
   // ---- ops (cpu/ops.hpp has the contract of each) ----
   virtual void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
@@ -83,6 +97,13 @@ class Backend {
                           float eps, float weight_decay, int64_t step) = 0;
   virtual double sum_squares(const float *x, int64_t n) = 0;
   virtual void scale_inplace(float *x, float s, int64_t n) = 0;
+  /** *acc += Σ x² in double; acc is this backend's memory (one double), so a global norm over many tensors costs
+   *  one download. Bit-identical to `acc += sum_squares(x, n)`. */
+  virtual void sum_squares_acc(const float *x, int64_t n, double *acc) = 0;
+  /** x[i] = value (zeroing gradients and fresh buffers). */
+  virtual void fill(float *x, float value, int64_t n) = 0;
+  /** dst[i] = src[i] within this backend's memory (bit-exact; no host round trip). */
+  virtual void copy(float *dst, const float *src, int64_t n) = 0;
 
   // ---- element-wise and layout ops the model needs between the big ones ----
   /** out[i] = a[i] + b[i] (+ c[i] when c is not null); out may alias a. */
@@ -111,6 +132,9 @@ class Backend {
   virtual void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
   /** C[M,N] (+)= A[M,K]·W, W [K,N] (the input gradient dx = dy·W; the frozen weight gets no gradient). */
   virtual void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
+
+ protected:
+  TransferStats xfer_;  // implementations count every host↔device copy here
 };
 
 /** The CPU backend (fp32, the reference). */

@@ -11,6 +11,7 @@
 
 #include "../cpu/ops.hpp"
 #include "../cuda/cuda.hpp"
+#include "backend.hpp"
 #include "evaluate.hpp"
 #include "family.hpp"
 #include "generate.hpp"
@@ -349,6 +350,7 @@ llmt_status llmt_model_grad(llmt_model *model, const int32_t *ids, const int32_t
     llmt_status st = llmt_model_backward(model, ids, labels, batch, seq, loss_out);
     if (st) return st;
     std::vector<TensorToWrite> t;
+    model->m->to_host(true);  // the gradients from backend memory (a no-op on the CPU backend)
     for (Param *p : model->m->trainable_params())
       t.push_back({p->save_name.empty() ? p->name : p->save_name, DType::F32, p->shape, p->grad.data()});
     if ((st = write_safetensors(out_path, t, {{"format", "pt"}}))) return st;
@@ -535,6 +537,9 @@ llmt_status llmt_model_set_device(llmt_model *model, const char *device, char *f
     std::string fallback, err;
     Backend *be = select_backend(device, &fallback, &err);
     if (!be) return set_error(LLMT_ERR_BAD_INPUT, err);
+    if (model->m->quantization().enabled && !be->supports_q4())
+      return set_error(LLMT_ERR_UNSUPPORTED, std::string("QLoRA (4-bit base weights) runs on the CPU backend only; the ") + be->name() +
+                                                 " backend cannot use them yet: load the model without quantization for this device");
     model->m->set_backend(*be);
     if (fallback_note && note_cap) {
       std::strncpy(fallback_note, fallback.c_str(), note_cap - 1);

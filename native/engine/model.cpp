@@ -1,5 +1,8 @@
 // model.cpp — loading HF weights into fp32 parameters, LoRA (PEFT semantics), and the forward/backward
-// of every family in the family table, on the CPU kernels (cpu/ops.hpp). See model.hpp for conventions.
+// of every family in the family table, as Backend ops (backend.hpp). See model.hpp for conventions.
+// Memory: parameters per model.hpp (Param::w()/g()); every activation, scratch buffer, index array and KV cache
+// of run()/infer() lives in backend memory (Buf, DevArray), so on a device backend nothing is copied per op —
+// only token ids/labels/positions go up once per call, and the loss and sampled logits come down.
 #include "model.hpp"
 
 #include <algorithm>
@@ -58,16 +61,120 @@ bool peft_target_matches(const LoraSpec &spec, const std::string &module) {
   return false;
 }
 
+// ---- backend memory for activations ------------------------------------------------------------------------
+namespace {
+
+// A float buffer in backend memory (Backend::alloc). resize() keeps the contents and zero-fills what it adds, as
+// std::vector does, so the CPU path computes exactly what it did with vectors. Grows, never shrinks; move-only.
+class Buf {
+ public:
+  Buf() = default;
+  explicit Buf(Backend &be) : be_(&be) {}
+  Buf(Backend &be, int64_t n) : be_(&be) { resize(n); }
+  Buf(const Buf &) = delete;
+  Buf &operator=(const Buf &) = delete;
+  Buf(Buf &&o) noexcept { swap(o); }
+  Buf &operator=(Buf &&o) noexcept {
+    swap(o);
+    return *this;
+  }
+  ~Buf() { reset(); }
+  void bind(Backend *be) {
+    if (be_ != be) reset();
+    be_ = be;
+  }
+  float *data() { return p_; }
+  const float *data() const { return p_; }
+  int64_t size() const { return n_; }
+  bool empty() const { return n_ == 0; }
+  void clear() { n_ = 0; }
+  void resize(int64_t n) {
+    if (n > cap_) {
+      float *q = static_cast<float *>(be_->alloc(sizeof(float) * static_cast<size_t>(n)));
+      if (n_ > 0) be_->copy(q, p_, n_);
+      if (p_) be_->release(p_);
+      p_ = q;
+      cap_ = n;
+    }
+    if (n > n_) be_->fill(p_ + n_, 0.0f, n - n_);
+    n_ = n;
+  }
+  /** *this = o (the same length and contents). */
+  void copy_from(const Buf &o) {
+    if (o.n_ > cap_) {
+      if (p_) be_->release(p_);
+      p_ = static_cast<float *>(be_->alloc(sizeof(float) * static_cast<size_t>(o.n_)));
+      cap_ = o.n_;
+    }
+    n_ = o.n_;
+    if (n_ > 0) be_->copy(p_, o.p_, n_);
+  }
+  void swap(Buf &o) {
+    std::swap(be_, o.be_);
+    std::swap(p_, o.p_);
+    std::swap(n_, o.n_);
+    std::swap(cap_, o.cap_);
+  }
+
+ private:
+  void reset() {
+    if (p_) be_->release(p_);
+    p_ = nullptr;
+    n_ = cap_ = 0;
+  }
+  Backend *be_ = nullptr;
+  float *p_ = nullptr;
+  int64_t n_ = 0, cap_ = 0;
+};
+
+// A host array the ops of one call read (token ids, positions, targets, rotary frequencies, ALiBi slopes): one
+// upload into backend memory, or the host array itself on a host-memory backend.
+template <typename T>
+class DevArray {
+ public:
+  DevArray(Backend &be, const T *host, int64_t n) : be_(be) {
+    if (!host || n <= 0) return;
+    if (be.host_memory()) {
+      p_ = host;
+      return;
+    }
+    own_ = static_cast<T *>(be.alloc(sizeof(T) * static_cast<size_t>(n)));
+    be.upload(own_, host, sizeof(T) * static_cast<size_t>(n));
+    p_ = own_;
+  }
+  DevArray(Backend &be, const std::vector<T> &v) : DevArray(be, v.empty() ? nullptr : v.data(), static_cast<int64_t>(v.size())) {}
+  DevArray(const DevArray &) = delete;
+  DevArray &operator=(const DevArray &) = delete;
+  ~DevArray() {
+    if (own_) be_.release(own_);
+  }
+  const T *get() const { return p_; }
+
+ private:
+  Backend &be_;
+  const T *p_ = nullptr;
+  T *own_ = nullptr;
+};
+
+}  // namespace
+
 // ---- per-call activation storage -----------------------------------------------------------------------
 struct LinearActs {
-  uint64_t stream = 0;       // dropout RNG stream (mask regenerated in the backward)
-  std::vector<float> xdrop;  // dropout(x) when dropout > 0 in training (mask and 1/(1-p) applied)
-  std::vector<float> u;      // dropout(x)·Aᵀ [N, r]
+  uint64_t stream = 0;  // dropout RNG stream (mask regenerated in the backward)
+  Buf xdrop;            // dropout(x) when dropout > 0 in training (mask and 1/(1-p) applied)
+  Buf u;                // dropout(x)·Aᵀ [N, r]
 };
 
 struct LayerActs {
-  std::vector<float> x_in, h1, mean1, rstd1, q, k, v, attn, lse, x_mid, h2, mean2, rstd2, a, b, act;
+  Buf x_in, h1, mean1, rstd1, q, k, v, attn, lse, x_mid, h2, mean2, rstd2, a, b, act;
   LinearActs lin[kNumRoles];
+  void bind(Backend *be) {
+    for (Buf *p : {&x_in, &h1, &mean1, &rstd1, &q, &k, &v, &attn, &lse, &x_mid, &h2, &mean2, &rstd2, &a, &b, &act}) p->bind(be);
+    for (LinearActs &l : lin) {
+      l.xdrop.bind(be);
+      l.u.bind(be);
+    }
+  }
 };
 
 struct Model::Impl {
@@ -76,7 +183,68 @@ struct Model::Impl {
   std::vector<int32_t> pos;
 };
 
-Model::~Model() = default;
+Model::~Model() {
+  impl_.reset();  // activations first (they hold backend memory)
+  release_device();
+}
+
+void Model::release_device() {
+  if (!be_) return;
+  for (auto &p : params)
+    for (float **d : {&p->dev_w, &p->dev_g, &p->dev_m, &p->dev_v})
+      if (*d) {
+        be_->release(*d);
+        *d = nullptr;
+      }
+}
+
+void Model::set_backend(Backend &be) {
+  if (&be == be_) return;
+  to_host(true, true);  // the state the old backend holds comes back to the host vectors first
+  release_device();
+  if (impl_) {
+    impl_->acts.clear();
+    impl_->scratch.bind(&be);
+  }
+  be_ = &be;
+  dirty_ = !be.host_memory();
+}
+
+void Model::to_device() {
+  dirty_ = false;
+  Backend &be = *be_;
+  if (be.host_memory()) return;
+  auto put = [&](float *&d, const std::vector<float> &h) {
+    if (h.empty()) {
+      if (d) be.release(d);
+      d = nullptr;
+      return;
+    }
+    if (!d) d = static_cast<float *>(be.alloc(sizeof(float) * h.size()));
+    be.upload(d, h.data(), sizeof(float) * h.size());
+  };
+  for (auto &p : params) {
+    put(p->dev_w, p->data);
+    put(p->dev_g, p->trainable ? p->grad : std::vector<float>());
+    put(p->dev_m, p->adam_m);
+    put(p->dev_v, p->adam_v);
+  }
+}
+
+void Model::to_host(bool grads, bool optimizer) const {
+  if (!be_ || be_->host_memory()) return;
+  auto get = [&](std::vector<float> &h, const float *d) {
+    if (d && !h.empty()) be_->download(h.data(), d, sizeof(float) * h.size());
+  };
+  for (const auto &p : params) {
+    if (p->trainable) get(p->data, p->dev_w);  // frozen weights never change on the device
+    if (grads) get(p->grad, p->dev_g);
+    if (optimizer) {
+      get(p->adam_m, p->dev_m);
+      get(p->adam_v, p->dev_v);
+    }
+  }
+}
 
 Param *Model::new_param(const std::string &name, std::vector<int64_t> shape) {
   auto p = std::make_unique<Param>();
@@ -404,6 +572,7 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
       return set_error(LLMT_ERR_UNSUPPORTED, "modules_to_save lists " + lin->module + ", which is 4-bit under QLoRA; it cannot be trained");
   for (auto &p : params)
     if (p->trainable) p->grad.assign(p->data.size(), 0.0f);
+  dirty_ = !be_->host_memory();
   return LLMT_OK;
 }
 
@@ -413,6 +582,7 @@ void Model::make_all_trainable() {
     p->save_name = p->name;
     p->grad.assign(p->data.size(), 0.0f);
   }
+  dirty_ = !be_->host_memory();
 }
 
 std::vector<Param *> Model::trainable_params() {
@@ -423,8 +593,9 @@ std::vector<Param *> Model::trainable_params() {
 }
 
 void Model::zero_grad() {
+  if (dirty_) to_device();
   for (auto &p : params)
-    if (p->trainable) std::fill(p->grad.begin(), p->grad.end(), 0.0f);
+    if (p->trainable) be_->fill(p->g(), 0.0f, p->numel());
 }
 
 // ---- building blocks -----------------------------------------------------------------------------------------
@@ -446,55 +617,57 @@ uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
 void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
   if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
-  else be.matmul_nt(x, L.W->data.data(), y, N, L.out, L.in, false);
-  if (L.b) be.add_bias(y, L.b->data.data(), N, L.out);
+  else be.matmul_nt(x, L.W->w(), y, N, L.out, L.in, false);
+  if (L.b) be.add_bias(y, L.b->w(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
   const float *xin = x;
   if (c.training && L.lora.dropout > 0) {
-    a.xdrop.resize(static_cast<size_t>(N * L.in));
+    a.xdrop.resize(N * L.in);
     a.stream = dropout_stream(c.seed, layer, L.role);
     be.dropout_forward(x, a.xdrop.data(), N * L.in, L.lora.dropout, a.stream);
     xin = a.xdrop.data();
   } else {
     a.xdrop.clear();
   }
-  a.u.resize(static_cast<size_t>(N * r));
-  be.matmul_nt(xin, L.lora.A->data.data(), a.u.data(), N, r, L.in, false);
+  a.u.resize(N * r);
+  be.matmul_nt(xin, L.lora.A->w(), a.u.data(), N, r, L.in, false);
   // y += s · u·Bᵀ : scale u into a temporary to keep `u` for the backward
-  std::vector<float> us(a.u);
+  Buf us(be);
+  us.copy_from(a.u);
   be.scale_inplace(us.data(), L.lora.scaling, N * r);
-  be.matmul_nt(us.data(), L.lora.B->data.data(), y, N, L.out, r, true);
+  be.matmul_nt(us.data(), L.lora.B->w(), y, N, L.out, r, true);
 }
 
 // Backward of linear_forward. dx is overwritten (accumulate=false) or added to.
 void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
                      const LinearActs &a) {
   if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);  // frozen: no dW
-  else be.matmul_nn(dy, L.W->data.data(), dx, N, L.in, L.out, accumulate);
-  if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->grad.data(), L.out, L.in, N, true);
-  if (L.b && L.b->trainable) be.bias_backward(dy, L.b->grad.data(), N, L.out);
+  else be.matmul_nn(dy, L.W->w(), dx, N, L.in, L.out, accumulate);
+  if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->g(), L.out, L.in, N, true);
+  if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
   const float s = L.lora.scaling;
   // du = s · dy·B  [N, r]
-  std::vector<float> du(static_cast<size_t>(N * r));
-  be.matmul_nn(dy, L.lora.B->data.data(), du.data(), N, r, L.out, false);
+  Buf du(be, N * r);
+  be.matmul_nn(dy, L.lora.B->w(), du.data(), N, r, L.out, false);
   be.scale_inplace(du.data(), s, N * r);
   if (L.lora.B->trainable) {
     // dB += s · dyᵀ·u
-    std::vector<float> us(a.u);
+    Buf us(be);
+    us.copy_from(a.u);
     be.scale_inplace(us.data(), s, N * r);
-    be.matmul_tn(dy, us.data(), L.lora.B->grad.data(), L.out, r, N, true);
+    be.matmul_tn(dy, us.data(), L.lora.B->g(), L.out, r, N, true);
   }
   const float *xin = a.xdrop.empty() ? x : a.xdrop.data();
-  if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->grad.data(), r, L.in, N, true);
+  if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->g(), r, L.in, N, true);
   // dx += dropout'(du·A)
   if (a.xdrop.empty()) {
-    be.matmul_nn(du.data(), L.lora.A->data.data(), dx, N, L.in, r, true);
+    be.matmul_nn(du.data(), L.lora.A->w(), dx, N, L.in, r, true);
   } else {
-    std::vector<float> t(static_cast<size_t>(N * L.in));
-    be.matmul_nn(du.data(), L.lora.A->data.data(), t.data(), N, L.in, r, false);
+    Buf t(be, N * L.in);
+    be.matmul_nn(du.data(), L.lora.A->w(), t.data(), N, L.in, r, false);
     be.dropout_backward(t.data(), dx, N * L.in, L.lora.dropout, a.stream);
   }
 }
@@ -502,19 +675,19 @@ void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, fl
 void norm_forward(Backend &be, const ModelConfig &c, const Param *w, const Param *b, const float *x, float *y, float *mean,
                   float *rstd, int64_t N) {
   if (c.norm == NormKind::RMS)
-    be.rmsnorm_forward(x, w->data.data(), y, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
+    be.rmsnorm_forward(x, w->w(), y, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
   else
-    be.layernorm_forward(x, w->data.data(), b->data.data(), y, mean, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
+    be.layernorm_forward(x, w->w(), b->w(), y, mean, rstd, N, c.hidden, static_cast<float>(c.norm_eps));
 }
 
 void norm_backward(Backend &be, const ModelConfig &c, Param *w, Param *b, const float *x, const float *mean, const float *rstd,
                    const float *dy, float *dx, int64_t N) {
-  float *dw = w->trainable ? w->grad.data() : nullptr;
+  float *dw = w->trainable ? w->g() : nullptr;
   if (c.norm == NormKind::RMS) {
-    be.rmsnorm_backward(dy, x, w->data.data(), rstd, dx, dw, N, c.hidden);
+    be.rmsnorm_backward(dy, x, w->w(), rstd, dx, dw, N, c.hidden);
   } else {
-    float *db = b && b->trainable ? b->grad.data() : nullptr;
-    be.layernorm_backward(dy, x, w->data.data(), mean, rstd, dx, dw, db, N, c.hidden);
+    float *db = b && b->trainable ? b->g() : nullptr;
+    be.layernorm_backward(dy, x, w->w(), mean, rstd, dx, dw, db, N, c.hidden);
   }
 }
 
@@ -533,7 +706,7 @@ QkvSplit split_layout(QkvLayout l) {
   return l == QkvLayout::PackedBlocks ? QkvSplit::Blocks : l == QkvLayout::GroupedFused ? QkvSplit::Grouped : QkvSplit::PerHead;
 }
 
-void resize(std::vector<float> &v, int64_t n) { v.resize(static_cast<size_t>(n)); }
+void resize(Buf &v, int64_t n) { v.resize(n); }
 
 // What one block call needs besides the layer's parameters: positions and the attention flavour.
 struct Fwd {
@@ -543,7 +716,8 @@ struct Fwd {
   Ctx ctx;
   const int32_t *pos = nullptr;    // [N] rotary positions (chatglm v1: position ids)
   const int32_t *block = nullptr;  // [N] chatglm v1 block position ids (second half of each head)
-  std::vector<float> freqs;
+  const float *freqs = nullptr;    // [rot_dims/2] rotary inverse frequencies (backend memory)
+  const float *alibi = nullptr;    // [nh] ALiBi slopes or null (backend memory)
   float pos_scale = 1.0f, scale = 1.0f;
   // training attention (B, T from ctx)
   const int32_t *seg = nullptr, *prefix = nullptr;
@@ -561,8 +735,8 @@ void apply_positions(const Fwd &F, float *q, float *k, bool back) {
   const ModelConfig &c = F.c;
   const int64_t N = F.ctx.N, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim;
   auto rope = [&](float *x, int64_t heads, const int32_t *pos, int64_t rot, float ps, bool il) {
-    if (back) F.be.rope_backward(x, pos, F.freqs.data(), N, heads, hd, rot, ps, il);
-    else F.be.rope_forward(x, pos, F.freqs.data(), N, heads, hd, rot, ps, il);
+    if (back) F.be.rope_backward(x, pos, F.freqs, N, heads, hd, rot, ps, il);
+    else F.be.rope_forward(x, pos, F.freqs, N, heads, hd, rot, ps, il);
   };
   switch (c.pos) {
     case PosKind::Rope:
@@ -603,7 +777,7 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
       break;
     case MlpKind::SwiGLUFused: {
       resize(a.b, N * I);
-      std::vector<float> fused(static_cast<size_t>(N * 2 * I));
+      Buf fused(be, N * 2 * I);
       linear_forward(*L.fc1, in, fused.data(), N, F.ctx, l, a.lin[kFc1]);
       be.split_cols(fused.data(), a.a.data(), a.b.data(), N, I, I, false);
       be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
@@ -624,11 +798,11 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
 void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const float *dym, float *dh) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, I = F.c.inter;
-  std::vector<float> dact(static_cast<size_t>(N * I));
+  Buf dact(be, N * I);
   switch (F.c.mlp) {
     case MlpKind::SwiGLU: {
       linear_backward(be, *L.down, a.act.data(), dym, dact.data(), false, N, a.lin[kDown]);
-      std::vector<float> dg(static_cast<size_t>(N * I)), du(static_cast<size_t>(N * I));
+      Buf dg(be, N * I), du(be, N * I);
       be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
       linear_backward(be, *L.gate, in, dg.data(), dh, false, N, a.lin[kGate]);
       linear_backward(be, *L.up, in, du.data(), dh, true, N, a.lin[kUp]);
@@ -636,7 +810,7 @@ void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const f
     }
     case MlpKind::SwiGLUFused: {
       linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2]);
-      std::vector<float> dg(static_cast<size_t>(N * I)), du(static_cast<size_t>(N * I)), dfused(static_cast<size_t>(N * 2 * I));
+      Buf dg(be, N * I), du(be, N * I), dfused(be, N * 2 * I);
       be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
       be.split_cols(dfused.data(), dg.data(), du.data(), N, I, I, true);
       linear_backward(be, *L.fc1, in, dfused.data(), dh, false, N, a.lin[kFc1]);
@@ -645,7 +819,7 @@ void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const f
     case MlpKind::Gelu:
     case MlpKind::GeluTanh: {
       linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2]);
-      std::vector<float> df(static_cast<size_t>(N * I));
+      Buf df(be, N * I);
       be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
       linear_backward(be, *L.fc1, in, df.data(), dh, false, N, a.lin[kFc1]);
       break;
@@ -668,7 +842,7 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
   resize(a.k, N * kvd);
   resize(a.v, N * kvd);
   if (L.qkv) {
-    std::vector<float> fused(static_cast<size_t>(N * (qd + 2 * kvd)));
+    Buf fused(be, N * (qd + 2 * kvd));
     linear_forward(*L.qkv, a.h1.data(), fused.data(), N, F.ctx, l, a.lin[kQKV]);
     be.qkv_split(fused.data(), a.q.data(), a.k.data(), a.v.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), false);
   } else {
@@ -680,18 +854,20 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
   resize(a.attn, N * qd);
   if (!F.cached.empty()) {
     for (const Fwd::CachedSeq &cs : F.cached) {
-      float *kc = cs.cache->k[static_cast<size_t>(l)].data(), *vc = cs.cache->v[static_cast<size_t>(l)].data();
-      std::memcpy(kc + cs.p0 * kvd, a.k.data() + cs.row0 * kvd, sizeof(float) * static_cast<size_t>(cs.n * kvd));
-      std::memcpy(vc + cs.p0 * kvd, a.v.data() + cs.row0 * kvd, sizeof(float) * static_cast<size_t>(cs.n * kvd));
+      const size_t li = static_cast<size_t>(l);
+      float *kc = cs.cache->dk.empty() ? cs.cache->k[li].data() : cs.cache->dk[li].get();
+      float *vc = cs.cache->dv.empty() ? cs.cache->v[li].data() : cs.cache->dv[li].get();
+      be.copy(kc + cs.p0 * kvd, a.k.data() + cs.row0 * kvd, cs.n * kvd);
+      be.copy(vc + cs.p0 * kvd, a.v.data() + cs.row0 * kvd, cs.n * kvd);
       be.attention_cached(a.q.data() + cs.row0 * qd, kc, vc, a.attn.data() + cs.row0 * qd, cs.p0, cs.n, nh, nkv, hd, F.scale,
-                          alibi_of(c), cs.prefix);
+                          F.alibi, cs.prefix);
     }
   } else {
     resize(a.lse, F.ctx.B * nh * F.ctx.T);
     be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
-                         F.scale, F.seg, alibi_of(c), F.prefix);
+                         F.scale, F.seg, F.alibi, F.prefix);
   }
-  std::vector<float> y(static_cast<size_t>(N * H)), ym(static_cast<size_t>(N * H));
+  Buf y(be, N * H), ym(be, N * H);
   linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
   if (c.parallel_residual) {  // x' = x + attn(N1(x)) + mlp(N2(x)) (N2 = N1 when the layer has one norm)
     a.x_mid.clear();
@@ -734,14 +910,14 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
   const ModelConfig &c = F.c;
   Backend &be = F.be;
   const int64_t N = F.ctx.N, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim, qd = nh * hd, kvd = nkv * hd;
-  std::vector<float> dattn(static_cast<size_t>(N * qd));
+  Buf dattn(be, N * qd);
   linear_backward(be, *L.o, a.attn.data(), dy, dattn.data(), false, N, a.lin[kO]);
-  std::vector<float> dq(static_cast<size_t>(N * qd)), dk(static_cast<size_t>(N * kvd)), dv(static_cast<size_t>(N * kvd));
+  Buf dq(be, N * qd), dk(be, N * kvd), dv(be, N * kvd);
   be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(), dk.data(),
-                        dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, alibi_of(c), F.prefix);
+                        dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix);
   apply_positions(F, dq.data(), dk.data(), true);
   if (L.qkv) {
-    std::vector<float> dfused(static_cast<size_t>(N * (qd + 2 * kvd)));
+    Buf dfused(be, N * (qd + 2 * kvd));
     be.qkv_split(dfused.data(), dq.data(), dk.data(), dv.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), true);
     linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1, false, N, a.lin[kQKV]);
   } else {
@@ -752,13 +928,13 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
 }
 
 // Backward of block_forward: dx holds d(x_out) on entry and d(x_in) on return.
-void block_backward(const Fwd &F, Layer &L, LayerActs &a, std::vector<float> &dx) {
+void block_backward(const Fwd &F, Layer &L, LayerActs &a, Buf &dx) {
   const ModelConfig &c = F.c;
   Backend &be = F.be;
   const int64_t N = F.ctx.N, H = c.hidden;
   const float s = c.branch_scale, alpha = c.residual_alpha;
-  std::vector<float> dyb(static_cast<size_t>(N * H)), dh1(static_cast<size_t>(N * H)), dh2(static_cast<size_t>(N * H)),
-      tmp(static_cast<size_t>(N * H)), dxin(static_cast<size_t>(N * H));
+  Buf dyb(be, N * H), dh1(be, N * H), dh2(be, N * H),
+      tmp(be, N * H), dxin(be, N * H);
   if (c.parallel_residual) {
     const float *dbr = dx.data();  // d(branch outputs) = s·d(x_out)
     if (s != 1.0f) {
@@ -787,8 +963,8 @@ void block_backward(const Fwd &F, Layer &L, LayerActs &a, std::vector<float> &dx
   mlp_backward(F, L, a, a.h2.data(), dym, dh2.data());
   if (c.residual_from_norm) be.axpby(dh2.data(), 1.0f, dh2.data(), alpha, dx.data(), N * H);
   norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
-  std::vector<float> dmid(static_cast<size_t>(N * H));
-  if (c.residual_from_norm) dmid = tmp;
+  Buf dmid(be, N * H);
+  if (c.residual_from_norm) dmid.copy_from(tmp);
   else be.add(dmid.data(), dx.data(), tmp.data(), nullptr, N * H);
   // attention half
   const float *dy = dmid.data();
@@ -799,7 +975,7 @@ void block_backward(const Fwd &F, Layer &L, LayerActs &a, std::vector<float> &dx
   attention_branch_backward(F, L, a, dy, dh1.data());
   if (c.residual_from_norm) be.axpby(dh1.data(), 1.0f, dh1.data(), alpha, dmid.data(), N * H);
   norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
-  if (c.residual_from_norm) dx = dxin;
+  if (c.residual_from_norm) dx.copy_from(dxin);
   else be.add(dx.data(), dmid.data(), dxin.data(), nullptr, N * H);
 }
 
@@ -869,9 +1045,12 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   }
   const bool bwd = opt.backward;
   const bool ckpt = bwd && opt.checkpointing;
+  if (dirty_) to_device();
   Backend &be = *be_;
   Impl &im = *impl_;
   im.acts.resize(static_cast<size_t>(c.layers));
+  for (LayerActs &a : im.acts) a.bind(&be);
+  im.scratch.bind(&be);
   im.pos.resize(static_cast<size_t>(N));
   std::vector<int32_t> seg;  // per token: where its sample starts within the row (packed rows only)
   std::vector<int32_t> block, prefix;  // chatglm v1
@@ -908,71 +1087,72 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   } else {
     for (int64_t n = 0; n < N; ++n) im.pos[n] = static_cast<int32_t>(n % T);
   }
-  Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
-  F.pos = im.pos.data();
-  F.block = block.empty() ? nullptr : block.data();
-  F.freqs = inv_freq(c);
-  F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
-  F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
-  F.seg = seg.empty() ? nullptr : seg.data();
-  F.prefix = prefix.empty() ? nullptr : prefix.data();
-
-  // ---- forward ----
-  std::vector<float> x(static_cast<size_t>(N * H)), x_emb, emb_mean, emb_rstd;
-  be.embedding_forward(embed->data.data(), batch.ids.data(), x.data(), N, H);
-  if (embed_norm_w) {  // bloom: LayerNorm on the embeddings
-    x_emb = x;
-    emb_mean.resize(static_cast<size_t>(N));
-    emb_rstd.resize(static_cast<size_t>(N));
-    be.layernorm_forward(x_emb.data(), embed_norm_w->data.data(), embed_norm_b->data.data(), x.data(), emb_mean.data(),
-                         emb_rstd.data(), N, H, static_cast<float>(c.norm_eps));
-  }
-  if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, N * H);
-  for (int64_t l = 0; l < c.layers; ++l) {
-    LayerActs &a = im.acts[static_cast<size_t>(l)];
-    a.x_in = x;
-    LayerActs &work = ckpt ? im.scratch : a;
-    if (ckpt) work.x_in = a.x_in;
-    block_forward(F, layers[static_cast<size_t>(l)], l, work, x.data());
-  }
-  std::vector<float> hf(static_cast<size_t>(N * H)), fmean(static_cast<size_t>(N)), frstd(static_cast<size_t>(N));
-  norm_forward(be, c, final_w, final_b, x.data(), hf.data(), fmean.data(), frstd.data(), N);
-  if (c.logit_scale != 1.0f) be.scale_inplace(hf.data(), c.logit_scale, N * H);
-
   // targets: labels shifted left by one within each row (HF: shift_labels = labels[..., 1:])
   std::vector<int32_t> targets(static_cast<size_t>(N), -100);
   if (!batch.labels.empty())
     for (int64_t b = 0; b < B; ++b)
       for (int64_t t = 0; t + 1 < T; ++t)
         if (seg.empty() || batch.pos[b * T + t + 1] != 0) targets[b * T + t] = batch.labels[b * T + t + 1];
+  // the host arrays the ops read, in backend memory once per call (token I/O)
+  const std::vector<float> freqs = inv_freq(c);
+  DevArray<int32_t> d_ids(be, batch.ids), d_pos(be, im.pos), d_block(be, block), d_seg(be, seg), d_prefix(be, prefix),
+      d_targets(be, targets);
+  DevArray<float> d_freqs(be, freqs), d_alibi(be, alibi_of(c), c.heads);
+  Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
+  F.pos = d_pos.get();
+  F.block = d_block.get();
+  F.freqs = d_freqs.get();
+  F.alibi = d_alibi.get();
+  F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
+  F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  F.seg = d_seg.get();
+  F.prefix = d_prefix.get();
+
+  // ---- forward ----
+  Buf x(be, N * H), x_emb(be), emb_mean(be), emb_rstd(be);
+  be.embedding_forward(embed->w(), d_ids.get(), x.data(), N, H);
+  if (embed_norm_w) {  // bloom: LayerNorm on the embeddings
+    x_emb.copy_from(x);
+    emb_mean.resize(N);
+    emb_rstd.resize(N);
+    be.layernorm_forward(x_emb.data(), embed_norm_w->w(), embed_norm_b->w(), x.data(), emb_mean.data(),
+                         emb_rstd.data(), N, H, static_cast<float>(c.norm_eps));
+  }
+  if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, N * H);
+  for (int64_t l = 0; l < c.layers; ++l) {
+    LayerActs &a = im.acts[static_cast<size_t>(l)];
+    a.x_in.copy_from(x);
+    LayerActs &work = ckpt ? im.scratch : a;
+    if (ckpt) work.x_in.copy_from(a.x_in);
+    block_forward(F, layers[static_cast<size_t>(l)], l, work, x.data());
+  }
+  Buf hf(be, N * H), fmean(be, N), frstd(be, N);
+  norm_forward(be, c, final_w, final_b, x.data(), hf.data(), fmean.data(), frstd.data(), N);
+  if (c.logit_scale != 1.0f) be.scale_inplace(hf.data(), c.logit_scale, N * H);
 
   // logits and loss in row chunks: the full [N, V] matrix is only materialised when asked for.
-  std::vector<float> dhf;
-  if (bwd) dhf.assign(static_cast<size_t>(N * H), 0.0f);
+  Buf dhf(be);
+  if (bwd) dhf.resize(N * H);
   if (opt.want_logits) out.logits.resize(static_cast<size_t>(N * V));
   out.loss_sum = 0.0;
   out.count = 0;
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 22) / std::max<int64_t>(V, 1)));
-  std::vector<float> lg, lse, dlg;
+  Buf lg(be), lse(be), dlg(be);
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
-    float *logits;
-    if (opt.want_logits) {
-      logits = out.logits.data() + r0 * V;
-    } else {
-      resize(lg, rows * V);
-      logits = lg.data();
-    }
-    be.matmul_nt(hf.data() + r0 * H, lm_head->data.data(), logits, rows, V, H, false);
+    resize(lg, rows * V);
+    float *logits = lg.data();
+    be.matmul_nt(hf.data() + r0 * H, lm_head->w(), logits, rows, V, H, false);
+    if (opt.want_logits) be.download(out.logits.data() + r0 * V, logits, sizeof(float) * static_cast<size_t>(rows * V));
     resize(lse, rows);
     int64_t cnt = 0;
-    out.loss_sum += be.cross_entropy_forward(logits, targets.data() + r0, lse.data(), rows, V, &cnt);
+    out.loss_sum += be.cross_entropy_forward(logits, d_targets.get() + r0, lse.data(), rows, V, &cnt);
     out.count += cnt;
     if (bwd && cnt > 0) {
       resize(dlg, rows * V);
-      be.cross_entropy_backward(logits, targets.data() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
-      be.matmul_nn(dlg.data(), lm_head->data.data(), dhf.data() + r0 * H, rows, H, V, false);
-      if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->grad.data(), V, H, rows, true);
+      be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
+      be.matmul_nn(dlg.data(), lm_head->w(), dhf.data() + r0 * H, rows, H, V, false);
+      if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
     }
   }
   if (!std::isfinite(out.loss_sum)) {
@@ -985,7 +1165,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   // gradient-ready hook: each stage's trainable parameters, reported once their gradients are complete
   std::vector<Param *> ready;
   if (c.logit_scale != 1.0f) be.scale_inplace(dhf.data(), c.logit_scale, N * H);
-  std::vector<float> dx(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H));
+  Buf dx(be, N * H), tmp(be, N * H);
   norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
   if (opt.grad_ready) {
     ready.clear();
@@ -998,7 +1178,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     Layer &L = layers[static_cast<size_t>(l)];
     LayerActs *ap = &im.acts[static_cast<size_t>(l)];
     if (ckpt) {
-      im.scratch.x_in = ap->x_in;
+      im.scratch.x_in.copy_from(ap->x_in);
       block_forward(F, L, l, im.scratch, tmp.data());
       ap = &im.scratch;
     }
@@ -1011,12 +1191,12 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   }
   if (c.embed_scale != 1.0f) be.scale_inplace(dx.data(), c.embed_scale, N * H);
   if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable)) {
-    be.layernorm_backward(dx.data(), x_emb.data(), embed_norm_w->data.data(), emb_mean.data(), emb_rstd.data(), tmp.data(),
-                          embed_norm_w->trainable ? embed_norm_w->grad.data() : nullptr,
-                          embed_norm_b->trainable ? embed_norm_b->grad.data() : nullptr, N, H);
+    be.layernorm_backward(dx.data(), x_emb.data(), embed_norm_w->w(), emb_mean.data(), emb_rstd.data(), tmp.data(),
+                          embed_norm_w->trainable ? embed_norm_w->g() : nullptr,
+                          embed_norm_b->trainable ? embed_norm_b->g() : nullptr, N, H);
     dx.swap(tmp);
   }
-  if (embed->trainable) be.embedding_backward(dx.data(), batch.ids.data(), embed->grad.data(), N, H, V);
+  if (embed->trainable) be.embedding_backward(dx.data(), d_ids.get(), embed->g(), N, H, V);
   if (opt.grad_ready) {
     ready.clear();
     push_trainable(ready, embed);
@@ -1034,8 +1214,22 @@ void Model::init_cache(KvCache &c, int64_t capacity) const {
   c.length = 0;
   c.glm_ctx = c.glm_mask_pos = -1;
   const size_t per = static_cast<size_t>(capacity * cfg_.kv_heads * cfg_.head_dim);
-  c.k.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per));
-  c.v.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per));
+  c.k.clear();
+  c.v.clear();
+  c.dk.clear();
+  c.dv.clear();
+  if (be_->host_memory()) {
+    c.k.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per));
+    c.v.assign(static_cast<size_t>(cfg_.layers), std::vector<float>(per));
+    return;
+  }
+  Backend *be = be_;  // in backend memory, released with the cache
+  for (int64_t l = 0; l < cfg_.layers; ++l)
+    for (auto *side : {&c.dk, &c.dv}) {
+      float *p = static_cast<float *>(be->alloc(sizeof(float) * std::max<size_t>(per, 1)));
+      be->fill(p, 0.0f, static_cast<int64_t>(per));
+      side->emplace_back(p, [be](float *q) { be->release(q); });
+    }
 }
 
 llmt_status Model::infer(KvCache &cache, const int32_t *ids, int64_t n, std::vector<float> &last_logits) {
@@ -1061,6 +1255,7 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
         return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(ids[s][i]) + " is outside the vocabulary (size " + std::to_string(V) + ")");
     N += n[s];
   }
+  if (dirty_) to_device();
   Backend &be = *be_;
   std::vector<int32_t> flat(static_cast<size_t>(N)), pos(static_cast<size_t>(N)), block;
   if (c.pos == PosKind::Rope2D) block.resize(static_cast<size_t>(N));
@@ -1088,37 +1283,44 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
     }
     F.cached.push_back({&cache, row, n[s], p0, c.pos == PosKind::Rope2D ? cache.glm_ctx : 0});
   }
-  F.block = block.empty() ? nullptr : block.data();
-  F.pos = pos.data();
-  F.freqs = inv_freq(c);
+  const std::vector<float> freqs = inv_freq(c);
+  DevArray<int32_t> d_ids(be, flat), d_pos(be, pos), d_block(be, block);
+  DevArray<float> d_freqs(be, freqs), d_alibi(be, alibi_of(c), c.heads);
+  F.block = d_block.get();
+  F.pos = d_pos.get();
+  F.freqs = d_freqs.get();
+  F.alibi = d_alibi.get();
   F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
   F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
 
-  std::vector<float> x(static_cast<size_t>(N * H)), tmp(static_cast<size_t>(N * H)), mean(static_cast<size_t>(N)),
-      rstd(static_cast<size_t>(N));
-  be.embedding_forward(embed->data.data(), flat.data(), x.data(), N, H);
+  Buf x(be, N * H), tmp(be, N * H), mean(be, N),
+      rstd(be, N);
+  be.embedding_forward(embed->w(), d_ids.get(), x.data(), N, H);
   if (embed_norm_w) {
-    be.layernorm_forward(x.data(), embed_norm_w->data.data(), embed_norm_b->data.data(), tmp.data(), mean.data(), rstd.data(),
+    be.layernorm_forward(x.data(), embed_norm_w->w(), embed_norm_b->w(), tmp.data(), mean.data(), rstd.data(),
                          N, H, static_cast<float>(c.norm_eps));
     x.swap(tmp);
   }
   if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, N * H);
   LayerActs a;
+  a.bind(&be);
   for (int64_t l = 0; l < c.layers; ++l) {
-    a.x_in = x;
+    a.x_in.copy_from(x);
     block_forward(F, layers[static_cast<size_t>(l)], l, a, x.data());
   }
   for (int64_t s = 0; s < S; ++s) caches[s]->length += n[s];
   // the last row of each sequence: final norm and the head on S rows
-  std::vector<float> last(static_cast<size_t>(S * H)), h(static_cast<size_t>(S * H));
+  Buf last(be, S * H), h(be, S * H);
   for (int64_t s = 0, row = 0; s < S; ++s) {
     row += n[s];
-    std::copy(x.begin() + (row - 1) * H, x.begin() + row * H, last.begin() + s * H);
+    be.copy(last.data() + s * H, x.data() + (row - 1) * H, H);
   }
   norm_forward(be, c, final_w, final_b, last.data(), h.data(), mean.data(), rstd.data(), S);
   if (c.logit_scale != 1.0f) be.scale_inplace(h.data(), c.logit_scale, S * H);
   last_logits.resize(static_cast<size_t>(S * V));
-  be.matmul_nt(h.data(), lm_head->data.data(), last_logits.data(), S, V, H, false);
+  Buf lg(be, S * V);
+  be.matmul_nt(h.data(), lm_head->w(), lg.data(), S, V, H, false);
+  be.download(last_logits.data(), lg.data(), sizeof(float) * last_logits.size());  // the sampler reads them on the host
   for (float z : last_logits)
     if (!std::isfinite(z)) return set_error(LLMT_ERR_NAN, "the model produced non-finite logits");
   return LLMT_OK;

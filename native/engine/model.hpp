@@ -26,6 +26,11 @@ namespace llmt {
 
 class Backend;
 
+// Where a parameter lives. On a backend whose memory is host memory (CPU: Backend::host_memory()) the host
+// vectors ARE the backend's memory and the dev_* pointers stay null. On any other backend (CUDA) the model keeps
+// the state in backend memory (dev_*: weights, gradient, AdamW moments) and the host vectors are only the
+// load/save copies: Model::to_device() uploads them, Model::to_host() downloads them. Ops always take w(), g(),
+// m(), v(); host code reads data/grad/adam_* only after to_host().
 struct Param {
   std::string name;               // HF tensor name, e.g. "model.layers.0.self_attn.q_proj.weight"
   std::vector<int64_t> shape;
@@ -36,6 +41,12 @@ struct Param {
   bool decay = true;              // weight decay applies (HF: not to biases and norm weights)
   std::string save_name;          // key in adapter_model.safetensors when trainable
   int64_t numel() const;
+  float *dev_w = nullptr, *dev_g = nullptr, *dev_m = nullptr, *dev_v = nullptr;  // backend copies [numel] or null
+  float *w() { return dev_w ? dev_w : data.data(); }
+  const float *w() const { return dev_w ? dev_w : data.data(); }
+  float *g() { return dev_g ? dev_g : grad.data(); }
+  float *m() { return dev_m ? dev_m : adam_m.data(); }
+  float *v() { return dev_v ? dev_v : adam_v.data(); }
 };
 
 struct LoraSpec {
@@ -129,7 +140,15 @@ class Model {
   Backend &backend() const { return *be_; }
   /** Computes on `be` from now on (cuda/cuda.hpp select_backend). Parameters stay in host vectors; a CUDA backend
    *  stages them per op (correct, slow: device-resident state is the next step, docs/cuda.md). */
-  void set_backend(Backend &be) { be_ = &be; }
+  void set_backend(Backend &be);
+  /** Backend copies of the parameters (device-resident state): uploads every parameter's host data, and the
+   *  gradient and AdamW moments where the host holds them, into backend memory, allocating what is missing.
+   *  A no-op on a host-memory backend (CPU). run()/infer() call it when the host side changed (set_backend,
+   *  add_lora, load_adapter, make_all_trainable); call it after writing host vectors yourself (resume). */
+  void to_device();
+  /** Downloads the trainable weights (and, when asked, gradients and AdamW moments) into the host vectors,
+   *  for saving or inspection. A no-op on a host-memory backend. */
+  void to_host(bool grads = false, bool optimizer = false) const;
   int64_t num_parameters() const;
   int64_t num_trainable() const;
 
@@ -155,7 +174,8 @@ class Model {
   // Inference with a KV cache (generation). The cache holds post-RoPE keys and values per layer.
   struct KvCache {
     int64_t capacity = 0, length = 0;
-    std::vector<std::vector<float>> k, v;  // per layer [capacity, nkv, hd]
+    std::vector<std::vector<float>> k, v;  // per layer [capacity, nkv, hd] (host-memory backends)
+    std::vector<std::shared_ptr<float>> dk, dv;  // the same in backend memory (other backends; released with it)
     int64_t glm_ctx = -1, glm_mask_pos = -1;  // ChatGLM-6B: <sop> and [gMASK] indices of the prompt
   };
   void init_cache(KvCache &c, int64_t capacity) const;
@@ -182,7 +202,9 @@ class Model {
   llmt_status attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora);
   llmt_status apply_modules_to_save(const std::vector<std::string> &names);
   ModelConfig cfg_;
-  Backend *be_ = nullptr;  // the device this model computes on (the CPU backend today)
+  Backend *be_ = nullptr;  // the device this model computes on (cpu_backend() unless set_backend)
+  bool dirty_ = false;     // host vectors changed since the last to_device() (non-host backends only)
+  void release_device();
   std::string dir_;
   LoraSpec spec_;
   bool has_lora_ = false;

@@ -440,7 +440,7 @@ class GradReducer {
     int64_t numel = 0;
   };
   void norm(size_t i) {
-    for (Param *p : buckets_[i].params) sum_sq_ += be_.sum_squares(p->grad.data(), p->numel());
+    for (Param *p : buckets_[i].params) sum_sq_ += be_.sum_squares(p->g(), p->numel());
   }
   void submit(size_t i) {
     {
@@ -461,16 +461,19 @@ class GradReducer {
   }
   int reduce(size_t i) {
     const Bucket &b = buckets_[i];
-    if (b.params.size() == 1) return comm_.allreduce_sum(b.params[0]->grad.data(), static_cast<size_t>(b.numel), CollDType::F32);
+    // Gloo reduces host memory: gradients in backend memory are staged through flat_ (download → reduce → upload);
+    // on a host-memory backend a single-tensor bucket is reduced in place. (NCCL can take device pointers later.)
+    if (b.params.size() == 1 && be_.host_memory())
+      return comm_.allreduce_sum(b.params[0]->g(), static_cast<size_t>(b.numel), CollDType::F32);
     float *dst = flat_.data();
     for (Param *p : b.params) {
-      std::memcpy(dst, p->grad.data(), sizeof(float) * static_cast<size_t>(p->numel()));
+      be_.download(dst, p->g(), sizeof(float) * static_cast<size_t>(p->numel()));
       dst += p->numel();
     }
     if (int r = comm_.allreduce_sum(flat_.data(), static_cast<size_t>(b.numel), CollDType::F32)) return r;
     const float *src = flat_.data();
     for (Param *p : b.params) {
-      std::memcpy(p->grad.data(), src, sizeof(float) * static_cast<size_t>(p->numel()));
+      be_.upload(p->g(), src, sizeof(float) * static_cast<size_t>(p->numel()));
       src += p->numel();
     }
     return 0;
@@ -664,6 +667,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     std::string fallback, derr;
     Backend *be = select_backend(job.device, &fallback, &derr);
     if (!be) return fail(set_error(LLMT_ERR_BAD_INPUT, "job: " + derr));
+    if (model->quantization().enabled && !be->supports_q4())
+      return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("QLoRA (4-bit base weights) runs on the CPU backend only; the ") + be->name() +
+                                                      " backend cannot use them yet. Use \"device\": \"cpu\" or \"quantization\": \"none\""));
+    if (zero1 && !be->host_memory())
+      return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("distributed.zero_stage 1 runs on the CPU backend only for now; use zero_stage 0 on ") + be->name()));
     model->set_backend(*be);
     if (!fallback.empty()) {
       Json w = ev("warning");
@@ -867,6 +875,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       }
     }
     if (dist.rank() != 0) return LLMT_OK;
+    model->to_host(false, true);  // weights and AdamW moments from backend memory (a no-op on the CPU backend)
     const std::string final_dir = job.out_dir + "/checkpoint-" + std::to_string(at_step);
     const std::string tmp = final_dir + ".tmp-" + std::to_string(::getpid());
     remove_tree(tmp);
@@ -946,6 +955,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   };
 
   std::unique_ptr<GradReducer> reducer;
+  // everything the host wrote (LoRA init, resume, rank 0's broadcast) goes to backend memory once; from here on the
+  // state stays there and only scalars (loss, grad norm) and checkpoints cross to the host
+  model->to_device();
+  std::shared_ptr<double> sq_acc;  // the grad-norm accumulator in backend memory
   if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb, model->backend());
 
   double log_loss_sum = 0;
@@ -1028,7 +1041,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       my_buckets_early += static_cast<double>(reducer->overlapped());
       if (dist.allreduce(losses.data(), losses.size())) return comm_fail("the loss all-reduce of step " + std::to_string(step + 1));
     } else {
-      for (Param *p : tp) sq += model->backend().sum_squares(p->grad.data(), p->numel());
+      // one double in backend memory accumulates Σg² over every tensor: one download per step (the logged norm)
+      Backend &be = model->backend();
+      if (!sq_acc) {
+        Backend *bp = &be;
+        sq_acc.reset(static_cast<double *>(be.alloc(sizeof(double))), [bp](double *q) { bp->release(q); });
+      }
+      be.upload(sq_acc.get(), &sq, sizeof(double));
+      for (Param *p : tp) be.sum_squares_acc(p->g(), p->numel(), sq_acc.get());
+      be.download(&sq, sq_acc.get(), sizeof(double));
     }
     double step_loss = 0;
     for (size_t k = 0; k < GA; ++k) {
@@ -1050,7 +1071,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (job.max_grad_norm > 0 && gnorm > job.max_grad_norm) {
       const float coef = static_cast<float>(job.max_grad_norm / (gnorm + 1e-6));
       for (size_t i = 0; i < tp.size(); ++i)
-        if (owns(i)) model->backend().scale_inplace(tp[i]->grad.data(), coef, tp[i]->numel());
+        if (owns(i)) model->backend().scale_inplace(tp[i]->g(), coef, tp[i]->numel());
     }
     const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
     for (size_t i = 0; i < tp.size(); ++i) {
@@ -1059,7 +1080,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         continue;
       }
       Param *p = tp[i];
-      model->backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(), static_cast<float>(lr),
+      model->backend().adamw_step(p->w(), p->g(), p->m(), p->v(), p->numel(), static_cast<float>(lr),
                       static_cast<float>(job.beta1), static_cast<float>(job.beta2), static_cast<float>(job.eps),
                       p->decay ? static_cast<float>(job.weight_decay) : 0.0f, step + 1);
     }
@@ -1154,6 +1175,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   // the final state is always checkpointed, so a finished run can be extended and a stopped one resumed
   if ((st = checkpoint(step))) return st;
   if (!stopped && dist.rank() == 0) {
+    model->to_host();
     st = job.method == "lora" ? model->save_adapter(job.out_dir) : model->save_model(job.out_dir);
     if (st) return fail(st);
   }

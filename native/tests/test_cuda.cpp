@@ -1,10 +1,13 @@
 // test_cuda.cpp — CUDA backend checks: (1) op parity, every op of the Backend seam forward and backward, CUDA vs the
 // CPU reference, with per-dtype tolerances (fp32 today: the seam is fp32-only); (2) end to end, one LoRA step on a
-// tiny model (loss and every LoRA gradient) CUDA vs CPU. Without a usable GPU it prints why and passes (SKIP), so
+// tiny model (loss and every LoRA gradient) CUDA vs CPU; (3) a few LoRA training steps with the model state resident on
+// the GPU: loss curve and final adapter vs CPU within fp32 tolerances, and the host↔device copies per step bounded
+// (token ids/positions/targets up, the grad-norm scalar down, no per-op staging). Without a usable GPU it prints why and passes (SKIP), so
 // ctest passes on CPU-only machines; bench/gpu.sh runs it on a GPU server, where it must print "PASS".
 // Also run as `test_cuda --list` to print the checks. NOTE: written without a GPU; first GPU run pending.
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -309,12 +312,102 @@ void end_to_end(Backend &gpu, const std::string &tmp) {
     }
     compare_scalar(std::string("e2e_") + family + ".loss", ra.loss_sum / double(ra.count), rb.loss_sum / double(rb.count), 1e-4);
     std::vector<float> ga, gb;
+    b->to_host(true);  // gradients live in GPU memory
     for (size_t i = 0; i < pa.size(); ++i) {
       ga.insert(ga.end(), pa[i]->grad.begin(), pa[i]->grad.end());
       gb.insert(gb.end(), pb[i]->grad.begin(), pb[i]->grad.end());
     }
     compare(std::string("e2e_") + family + ".lora_grads(" + std::to_string(pa.size()) + ")", ga, gb, {2e-3, 1e-5});
   }
+}
+
+// A few LoRA training steps as train.cpp runs them (zero, forward+backward, global norm through one device double,
+// AdamW on device pointers), CPU vs CUDA with the state resident on the GPU.
+void train_steps(Backend &gpu, const std::string &tmp) {
+  const std::string dir = tmp + "/tiny-llama";
+  llmt_status st;
+  auto a = Model::load(dir, st), b = Model::load(dir, st);
+  if (!a || !b) {
+    ++g_fail;
+    std::printf("FAIL load: %s\n", llmt_last_error());
+    return;
+  }
+  b->set_backend(gpu);
+  LoraSpec spec;
+  spec.r = 4;
+  spec.alpha = 8;
+  spec.dropout = 0.1;
+  spec.targets = {"q_proj", "v_proj", "o_proj", "down_proj"};
+  a->add_lora(spec, 5);
+  b->add_lora(spec, 5);
+  for (Model *m : {a.get(), b.get()}) {
+    for (Param *p : m->trainable_params()) {
+      p->adam_m.assign(size_t(p->numel()), 0.0f);
+      p->adam_v.assign(size_t(p->numel()), 0.0f);
+    }
+    m->to_device();
+  }
+  Batch batch;
+  batch.B = 2;
+  batch.T = 24;
+  Rng r(9);
+  const int64_t V = a->config().vocab;
+  for (int64_t i = 0; i < batch.B * batch.T; ++i) {
+    batch.ids.push_back(int32_t(4 + r.below(uint64_t(V - 4))));
+    batch.labels.push_back(i % batch.T < 3 ? -100 : batch.ids.back());
+  }
+  std::vector<float> la, lb;
+  TransferStats worst;
+  for (int64_t step = 1; step <= 4; ++step) {
+    for (Model *m : {a.get(), b.get()}) {
+      Backend &be = m->backend();
+      be.reset_transfers();
+      m->zero_grad();
+      RunOptions o;
+      o.backward = o.training = true;
+      o.seed = uint64_t(step);
+      o.grad_scale = 1.0f / 40.0f;
+      RunResult res;
+      if (m->run(batch, o, res) != LLMT_OK) {
+        ++g_fail;
+        std::printf("FAIL run: %s\n", llmt_last_error());
+        return;
+      }
+      double sq = 0.0;
+      double *acc = static_cast<double *>(be.alloc(sizeof(double)));
+      be.upload(acc, &sq, sizeof sq);
+      for (Param *p : m->trainable_params()) be.sum_squares_acc(p->g(), p->numel(), acc);
+      be.download(&sq, acc, sizeof sq);
+      be.release(acc);
+      for (Param *p : m->trainable_params())
+        be.adamw_step(p->w(), p->g(), p->m(), p->v(), p->numel(), 1e-2f, 0.9f, 0.999f, 1e-8f, p->decay ? 0.01f : 0.0f, step);
+      be.synchronize();
+      (m == a.get() ? la : lb).push_back(float(res.loss_sum / double(res.count)));
+      (m == a.get() ? la : lb).push_back(float(std::sqrt(sq)));
+      if (m == b.get()) {
+        const TransferStats &t = be.transfers();
+        worst.uploads = std::max(worst.uploads, t.uploads);
+        worst.downloads = std::max(worst.downloads, t.downloads);
+        worst.staged = std::max(worst.staged, t.staged);
+      }
+    }
+  }
+  compare("train4.loss_and_gnorm_curve", la, lb, {1e-3, 1e-5});
+  b->to_host(false, true);
+  std::vector<float> wa, wb;
+  auto pa = a->trainable_params(), pb = b->trainable_params();
+  for (size_t i = 0; i < pa.size(); ++i) {
+    wa.insert(wa.end(), pa[i]->data.begin(), pa[i]->data.end());
+    wb.insert(wb.end(), pb[i]->data.begin(), pb[i]->data.end());
+  }
+  compare("train4.final_adapter(" + std::to_string(pa.size()) + ")", wa, wb, {2e-3, 1e-5});
+  ++g_checks;
+  // per step on the GPU: ids, positions, targets, rotary table, norm accumulator up; the CE loss (per-row losses and
+  // targets) and the grad norm down; nothing staged per op
+  const bool bounded = worst.uploads <= 6 && worst.downloads <= 4 && worst.staged == 0;
+  if (!bounded) ++g_fail;
+  std::printf("%s train4.transfers_per_step up %lld ≤ 6, down %lld ≤ 4, staged %lld == 0\n", bounded ? "ok  " : "FAIL",
+              (long long)worst.uploads, (long long)worst.downloads, (long long)worst.staged);
 }
 
 }  // namespace
@@ -332,7 +425,10 @@ int main(int argc, char **argv) {
   ::mkdir(tmp.c_str(), 0755);
   try {
     op_parity(*gpu);
-    if (!(argc > 1 && std::strcmp(argv[1], "--ops-only") == 0)) end_to_end(*gpu, tmp);
+    if (!(argc > 1 && std::strcmp(argv[1], "--ops-only") == 0)) {
+      end_to_end(*gpu, tmp);
+      train_steps(*gpu, tmp);
+    }
   } catch (const std::exception &e) {
     ++g_fail;
     std::printf("FAIL exception: %s\n", e.what());

@@ -10,18 +10,14 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT, runCli, type Served, startCli } from '../helpers/app';
-import { launchChromium } from '../helpers/browser';
+import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
 let browser: Browser;
 let page: Page;
-const shots = path.join(ROOT, 'test-results', 'screens');
 const data = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
 
-async function shot(name: string): Promise<void> {
-  fs.mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
-}
+const shot = (name: string) => screenshot(page, name);
 
 /** The engine host's child process (a Node process running host-child.js under the server). */
 function hostPid(): number | null {
@@ -51,8 +47,7 @@ beforeAll(async () => {
     { home: app.home, timeoutMs: 120_000 },
   );
   expect(r.code, r.stderr).toBe(0);
-  browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+  ({ browser, page } = await openPage({ width: 1280, height: 860 }));
 }, 180_000);
 
 afterAll(async () => {

@@ -14,7 +14,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT, runCli, type Served, startCli, tempHome } from '../helpers/app';
-import { launchChromium } from '../helpers/browser';
+import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
 let browser: Browser;
@@ -23,7 +23,6 @@ let hub: http.Server;
 let endpoint: string;
 let runId: number;
 const consoleErrors: string[] = [];
-const SHOTS = path.join(ROOT, 'test-results', 'screens');
 const ENGINE = path.join(ROOT, 'native', 'build', 'bin', 'llmt-engine');
 
 // ---- a loopback "Hub": /api/models/{repo}/revision/{rev} and /{repo}/resolve/{rev}/{file} -----------------------
@@ -68,9 +67,7 @@ function serveHub(req: http.IncomingMessage, res: http.ServerResponse): void {
   }, 400);
 }
 
-async function shot(name: string): Promise<void> {
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`), fullPage: true });
-}
+const shot = (name: string) => screenshot(page, name);
 async function go(hash: string): Promise<void> {
   await page.evaluate((h) => (location.hash = h), hash);
 }
@@ -82,7 +79,6 @@ async function api<T>(method: string, body: unknown): Promise<T> {
 }
 
 beforeAll(async () => {
-  fs.mkdirSync(SHOTS, { recursive: true });
   app = await startCli(['serve', '--port', '0']);
   // a short LoRA run on the demo model (which exists once the server has started), checkpoints at 10 and 20
   const r = await runCli(
@@ -115,12 +111,7 @@ beforeAll(async () => {
   await new Promise<void>((res) => hub.listen(0, '127.0.0.1', res));
   endpoint = `http://127.0.0.1:${(hub.address() as AddressInfo).port}`;
 
-  browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
-  page.on('console', (m) => {
-    if (m.type() === 'error') consoleErrors.push(m.text());
-  });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  ({ browser, page } = await openPage({ width: 1360, height: 900 }, consoleErrors));
   await page.goto(app.url);
   await page.getByTestId('status-devices').waitFor();
 }, 180_000);

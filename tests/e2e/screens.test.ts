@@ -8,13 +8,12 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { CLI, ROOT, runCli, type Served, startCli } from '../helpers/app';
-import { launchChromium } from '../helpers/browser';
+import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
 let browser: Browser;
 let page: Page;
 const consoleErrors: string[] = [];
-const SHOTS = path.join(ROOT, 'test-results', 'screens');
 const out = (name: string) => path.join(app.home, 'runs-out', name);
 let longRun: ChildProcess | null = null;
 
@@ -37,9 +36,7 @@ function trainArgs(name: string, lr: string, maxSteps = 20): string[] {
   ];
 }
 
-async function shot(name: string): Promise<void> {
-  await page.screenshot({ path: path.join(SHOTS, `${name}.png`) });
-}
+const shot = (name: string) => screenshot(page, name, false);
 
 async function setLocale(locale: 'en' | 'zh-CN'): Promise<void> {
   await page.evaluate(
@@ -58,7 +55,6 @@ async function go(hash: string): Promise<void> {
 }
 
 beforeAll(async () => {
-  fs.mkdirSync(SHOTS, { recursive: true });
   app = await startCli(['serve', '--port', '0']);
   // the demo model exists once the server has started; two short full fine-tunes with different learning rates
   for (const [name, lr] of [
@@ -68,12 +64,7 @@ beforeAll(async () => {
     const r = await runCli(trainArgs(name, lr), { home: app.home, timeoutMs: 60_000 });
     expect(r.code, r.stderr + r.stdout).toBe(0);
   }
-  browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('console', (m) => {
-    if (m.type() === 'error') consoleErrors.push(m.text());
-  });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  ({ browser, page } = await openPage({ width: 1280, height: 900 }, consoleErrors));
   await page.goto(`${app.url}#/runs`);
   await page.getByTestId('status-devices').waitFor();
 });

@@ -10,18 +10,14 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
 import { ROOT, type Served, startCli } from '../helpers/app';
-import { launchChromium } from '../helpers/browser';
+import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
 let browser: Browser;
 let page: Page;
 const consoleErrors: string[] = [];
-const shots = path.join(ROOT, 'test-results', 'screens');
 
-async function shot(name: string): Promise<void> {
-  fs.mkdirSync(shots, { recursive: true });
-  await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
-}
+const shot = (name: string) => screenshot(page, name);
 
 async function api<T>(method: string, body: unknown): Promise<T> {
   const res = await fetch(`${app.origin}/api/${method}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-LLMT-Token': app.token }, body: JSON.stringify(body) });
@@ -34,12 +30,7 @@ const points = async (testid: string) => Number(await page.getByTestId(testid).g
 
 beforeAll(async () => {
   app = await startCli(['serve', '--port', '0']);
-  browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1360, height: 900 } });
-  page.on('console', (m) => {
-    if (m.type() === 'error') consoleErrors.push(m.text());
-  });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  ({ browser, page } = await openPage({ width: 1360, height: 900 }, consoleErrors));
 });
 
 afterAll(async () => {

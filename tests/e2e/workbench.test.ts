@@ -6,7 +6,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT, type Served, startCli } from '../helpers/app';
-import { launchChromium } from '../helpers/browser';
+import { openPage } from '../helpers/browser';
 
 let app: Served;
 let browser: Browser;
@@ -15,12 +15,7 @@ const consoleErrors: string[] = [];
 
 beforeAll(async () => {
   app = await startCli(['serve', '--port', '0']);
-  browser = await launchChromium();
-  page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  page.on('console', (m) => {
-    if (m.type() === 'error') consoleErrors.push(m.text());
-  });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  ({ browser, page } = await openPage({ width: 1280, height: 800 }, consoleErrors));
 });
 
 afterAll(async () => {

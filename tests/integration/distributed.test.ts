@@ -16,9 +16,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
 import { CLI as DEFAULT_CLI, ROOT } from '../helpers/app';
+import { ENGINE, NATIVE } from '../helpers/native';
 
-const NATIVE = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
-const ENGINE = path.join(NATIVE, 'llmt-engine');
 const CLI = process.env.LLMS_TRAIN_CLI || DEFAULT_CLI;
 const HAS_GLOO = fs.existsSync(path.join(NATIVE, 'libllmt_gloo.so'));
 const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');

@@ -19,9 +19,9 @@ import { ensureDemoModel } from '../../src-main/core/runs/demo';
 import { parseRunSpec } from '../../src-main/core/runs/runspec';
 import { Store } from '../../src-main/core/store/store';
 import { CLI, ROOT, runCli, tempHome } from '../helpers/app';
+import { ENGINE } from '../helpers/native';
 
 const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
-const ENGINE = path.join(process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin'), 'llmt-engine');
 let home: string;
 let model: string;
 let outDir: string;

@@ -17,12 +17,10 @@ import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
 import { exportGguf } from '../../src-main/core/models/gguf';
 import { llamaSpModel } from '../fixtures/tokenizers/fixtures';
 import { ROOT } from '../helpers/app';
+import { ENGINE, NATIVE, PY } from '../helpers/native';
 
-const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
 const REF = path.join(ROOT, 'tests', 'python', 'model_manager_ref.py');
 const HF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
-const NATIVE = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
-const ENGINE = path.join(NATIVE, 'llmt-engine');
 let tmp: string;
 
 function run(cmd: string, args: string[], ok = true) {

@@ -9,10 +9,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT } from '../helpers/app';
+import { ENGINE, maxAbsDiff, PY, readSafetensors } from '../helpers/native';
 
-const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
 const REF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
-const ENGINE = path.join(process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin'), 'llmt-engine');
 let tmp: string;
 
 function run(cmd: string, args: string[]) {
@@ -22,27 +21,6 @@ function run(cmd: string, args: string[]) {
 }
 const py = (args: string[]) => run(PY, [REF, ...args]);
 const engine = (args: string[]) => run(ENGINE, args);
-
-function readSafetensors(file: string): Map<string, Float32Array> {
-  const buf = fs.readFileSync(file);
-  const n = Number(buf.readBigUInt64LE(0));
-  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { dtype: string; data_offsets: [number, number] }>;
-  const out = new Map<string, Float32Array>();
-  for (const [k, v] of Object.entries(header)) {
-    if (k === '__metadata__') continue;
-    expect(v.dtype).toBe('F32');
-    const [b, e] = v.data_offsets;
-    const bytes = buf.subarray(8 + n + b, 8 + n + e);
-    out.set(k, new Float32Array(bytes.buffer.slice(bytes.byteOffset, bytes.byteOffset + bytes.byteLength)));
-  }
-  return out;
-}
-
-function maxAbsDiff(a: number[][][], b: number[][][]): number {
-  let m = 0;
-  a.forEach((row, i) => row.forEach((tok, j) => tok.forEach((x, k) => (m = Math.max(m, Math.abs(x - b[i]![j]![k]!))))));
-  return m;
-}
 
 const tokens = {
   input_ids: [

@@ -13,10 +13,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
 import { ROOT, runCli } from '../helpers/app';
+import { ENGINE, NATIVE, PY } from '../helpers/native';
 
-const NATIVE = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
-const ENGINE = path.join(NATIVE, 'llmt-engine');
-const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
 const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
 let tmp: string;
 let model: string;

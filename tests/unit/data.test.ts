@@ -13,22 +13,8 @@ import { PrepareError, prepareDataset } from '../../src-main/core/data/prepare';
 import { type RawRecord, readRecords } from '../../src-main/core/data/reader';
 import { encodeSample } from '../../src-main/core/data/templates';
 import { TokReader, TokWriter } from '../../src-main/core/data/tokfile';
-import type { Tokenizer } from '../../src-main/core/data/tokenizer/types';
+import { charTok } from '../helpers/char-tokenizer';
 
-/** One id per character (code point + 10); specials below 10. A stand-in for the real tokenizers here only. */
-const charTok: Tokenizer = {
-  kind: 'tokenizers',
-  hash: 'char-tokenizer-v1',
-  vocabSize: 0x110000 + 10,
-  bosId: 1,
-  eosId: 2,
-  padId: 0,
-  unkId: 3,
-  specialTokens: { '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 },
-  encode: (t) => [...t].map((c) => c.codePointAt(0)! + 10),
-  decode: (ids) => ids.map((i) => (i >= 10 ? String.fromCodePoint(i - 10) : `<${i}>`)).join(''),
-  tokenToId: (s) => ({ '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 })[s] ?? null,
-};
 const enc = charTok.encode;
 
 let tmp: string;

@@ -10,26 +10,12 @@ import type { ChatRenderer } from '../../src-main/core/data/chat-template';
 import type { Sample } from '../../src-main/core/data/formats';
 import { TEMPLATES, answerEndIds, encodePrompt, encodeSample } from '../../src-main/core/data/templates';
 import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
-import type { Tokenizer } from '../../src-main/core/data/tokenizer/types';
 import { SEED_SAMPLING, requestTurns } from '../../src-main/core/engine/generator';
 import type { EngineHost } from '../../src-main/core/engine/host';
 import { StreamDecoder } from '../../src-main/core/engine/stream-decoder';
 import { Store } from '../../src-main/core/store/store';
+import { charTok } from '../helpers/char-tokenizer';
 
-/** One id per character (code point + 10); specials below 10 (as in data.test.ts). */
-const charTok: Tokenizer = {
-  kind: 'tokenizers',
-  hash: 'char-tokenizer-v1',
-  vocabSize: 0x110000 + 10,
-  bosId: 1,
-  eosId: 2,
-  padId: 0,
-  unkId: 3,
-  specialTokens: { '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 },
-  encode: (t) => [...t].map((c) => c.codePointAt(0)! + 10),
-  decode: (ids) => ids.map((i) => (i >= 10 ? String.fromCodePoint(i - 10) : `<${i}>`)).join(''),
-  tokenToId: (s) => ({ '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 })[s] ?? null,
-};
 const enc = charTok.encode;
 const opt = { maxSourceLength: 64, maxTargetLength: 32 };
 
