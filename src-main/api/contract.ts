@@ -4,6 +4,8 @@
 // No Electron, no Node-only imports: the renderer imports this file's types.
 import { z } from 'zod';
 
+import type { ModelInspection as NativeInspection } from '../../native/addon/index.js';
+
 // ---- shared shapes -------------------------------------------------------------------------------
 
 export const Locale = z.enum(['en', 'zh-CN']);
@@ -155,33 +157,9 @@ export interface LoraPreset {
   targetModules: string[];
   modulesToSave: string[] | null;
 }
-/** The engine's inspection of a model folder (no weights loaded). */
-export interface ModelInspection {
-  path: string;
-  model_type: string;
-  architectures?: string[] | null;
-  supported: boolean;
-  reason?: string;
-  family?: string;
-  parameters?: number;
-  dtype?: string;
-  vocab?: number;
-  hidden?: number;
-  intermediate?: number;
-  layers?: number;
-  heads?: number;
-  kv_heads?: number;
-  context?: number;
-  tie_embeddings?: boolean;
-  /** a saved 4-bit (bitsandbytes layout) folder: nf4 or fp4 */
-  quantization?: string;
-  lora_targets?: string[];
-  default_lora_targets?: string;
-  /** the catalog family it belongs to, if any */
-  catalogFamily?: string | null;
-  /** the catalog's template suggestion */
-  template?: string | null;
-}
+/** The engine's inspection of a model folder (no weights loaded; fields in native/addon/index.d.ts), with the
+ *  catalog family it belongs to and that family's template, if any. */
+export type ModelInspection = NativeInspection & { catalogFamily?: string | null; template?: string | null };
 export interface DatasetPreview {
   file: string;
   bytes: number;
