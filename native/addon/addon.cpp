@@ -230,30 +230,93 @@ class Model : public Napi::ObjectWrap<Model> {
   llmt_model *handle_ = nullptr;
 };
 
-// Generation on a worker thread. Tokens go to JS through a ThreadSafeFunction; the Promise settles only
-// after both the worker finished AND every queued token callback ran (the TSFN's finalizer), so a caller
-// always sees all tokens before the result.
-class GenerateWorker : public Napi::AsyncWorker {
+// An engine call on a worker thread that streams JSON events to an optional JS callback through a
+// ThreadSafeFunction. The Promise settles only after both the worker finished AND every queued callback ran
+// (the TSFN's finalizer), so a caller always sees every event before the result. Subclasses make the engine
+// call in Run() and build the resolved value in Result(); Rejects() says which statuses reject.
+class StreamingWorker : public Napi::AsyncWorker {
+ public:
+  /** blocking: events wait for room in the queue (tokens must all arrive); else they may be dropped (progress). */
+  StreamingWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, Napi::Function on_event, const char *name, bool blocking)
+      : Napi::AsyncWorker(env), model_(model), deferred_(Napi::Promise::Deferred::New(env)), ref_(std::move(ref)), blocking_(blocking) {
+    SuppressDestruct();
+    if (!on_event.IsEmpty() && !on_event.IsUndefined()) {
+      pending_ = 2;
+      tsfn_ = Napi::ThreadSafeFunction::New(env, on_event, name, 0, 1, this, [](Napi::Env, StreamingWorker *self) { self->Settle(); });
+    }
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() final {
+    status_ = Run();
+    if (status_ != LLMT_OK) message_ = llmt_last_error();
+    if (tsfn_) tsfn_.Release();
+  }
+  void OnOK() final { Settle(); }
+  void OnError(const Napi::Error &e) final {
+    error_ = Napi::Persistent(e.Value());
+    Settle();
+  }
+
+ protected:
+  virtual llmt_status Run() = 0;
+  virtual Napi::Value Result(Napi::Env env) = 0;
+  virtual bool Rejects(llmt_status s) const { return s != LLMT_OK; }
+  /** llmt_event_fn: one engine event (JSON text) to the JS callback, parsed. */
+  static void Emit(void *user, const char *event) {
+    auto *self = static_cast<StreamingWorker *>(user);
+    if (!self->tsfn_) return;
+    std::string *copy = new std::string(event);
+    auto call = [](Napi::Env env, Napi::Function fn, std::string *e) {
+      if (env != nullptr && !fn.IsEmpty()) {
+        Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+        fn.Call({J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, *e)})});
+      }
+      delete e;
+    };
+    napi_status s = self->blocking_ ? self->tsfn_.BlockingCall(copy, call) : self->tsfn_.NonBlockingCall(copy, call);
+    if (s != napi_ok) delete copy;
+  }
+  /** llmt_abort_fn: the model's abort() flag. */
+  static int Aborted(void *user) { return static_cast<StreamingWorker *>(user)->model_->abort_.load() ? 1 : 0; }
+
+  Model *model_;
+  llmt_status status_ = LLMT_OK;
+  std::string message_;
+
+ private:
+  void Settle() {
+    if (--pending_ > 0) return;
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    model_->busy_ = false;
+    if (!error_.IsEmpty()) deferred_.Reject(error_.Value());
+    else if (Rejects(status_)) deferred_.Reject(engine_error(env, status_, message_).Value());
+    else deferred_.Resolve(Result(env));
+    delete this;
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference ref_;  // keeps the JS Model alive while the call runs
+  bool blocking_;
+  Napi::ThreadSafeFunction tsfn_;
+  Napi::ObjectReference error_;
+  int pending_ = 1;
+};
+
+// Generation (one prompt, or a batch): tokens stream as {"token", "index"[, "row"]}; abort() resolves with
+// aborted: true and the tokens generated so far.
+class GenerateWorker : public StreamingWorker {
  public:
   /** batch: resolve with ids per prompt (generateBatch); else with the one prompt's ids (generate). */
   GenerateWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, std::vector<std::vector<int32_t>> prompts,
                  std::string params, Napi::Function on_token, bool batch)
-      : Napi::AsyncWorker(env),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        model_(model),
-        ref_(std::move(ref)),
+      : StreamingWorker(env, model, std::move(ref), on_token, "llmt.generate.onToken", true),
         prompts_(std::move(prompts)),
         params_(std::move(params)),
-        batch_(batch) {
-    SuppressDestruct();
-    if (!on_token.IsEmpty() && !on_token.IsUndefined()) {
-      pending_ = 2;
-      tsfn_ = Napi::ThreadSafeFunction::New(env, on_token, "llmt.generate.onToken", 0, 1, this,
-                                            [](Napi::Env, GenerateWorker *self) { self->Settle(); });
-    }
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
+        batch_(batch) {}
+
+ protected:
+  llmt_status Run() override {
     int64_t cap = 512;
     // max_new_tokens bounds the output buffer; parse it cheaply from the params string
     size_t at = params_.find("\"max_new_tokens\"");
@@ -268,79 +331,38 @@ class GenerateWorker : public Napi::AsyncWorker {
       flat.insert(flat.end(), p.begin(), p.end());
       lengths.push_back(static_cast<int64_t>(p.size()));
     }
-    llmt_event_fn on_token = [](void *user, const char *event) {
-          auto *self = static_cast<GenerateWorker *>(user);
-          if (!self->tsfn_) return;
-          std::string *copy = new std::string(event);
-          napi_status s = self->tsfn_.BlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::string *e) {
-            if (env != nullptr && !fn.IsEmpty()) {
-              Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
-              fn.Call({J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, *e)})});
-            }
-            delete e;
-          });
-          if (s != napi_ok) delete copy;
-    };
-    llmt_abort_fn abort = [](void *user) { return static_cast<GenerateWorker *>(user)->model_->abort_.load() ? 1 : 0; };
     if (batch_)
-      status_ = llmt_model_generate_batch(model_->handle(), flat.data(), lengths.data(), R, params_.c_str(), on_token, abort, this,
-                                          out_.data(), cap, n_.data());
-    else
-      status_ = llmt_model_generate(model_->handle(), flat.data(), lengths[0], params_.c_str(), on_token, abort, this, out_.data(),
-                                    cap, n_.data());
-    if (status_ != LLMT_OK) message_ = llmt_last_error();
-    if (tsfn_) tsfn_.Release();
+      return llmt_model_generate_batch(model_->handle(), flat.data(), lengths.data(), R, params_.c_str(), Emit, Aborted, this,
+                                       out_.data(), cap, n_.data());
+    return llmt_model_generate(model_->handle(), flat.data(), lengths[0], params_.c_str(), Emit, Aborted, this, out_.data(), cap,
+                               n_.data());
   }
-  void OnOK() override { Settle(); }
-  void OnError(const Napi::Error &e) override {
-    error_ = Napi::Persistent(e.Value());
-    Settle();
+  bool Rejects(llmt_status s) const override { return s != LLMT_OK && s != LLMT_ERR_ABORTED; }
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object r = Napi::Object::New(env);
+    auto row = [&](size_t k) {
+      Napi::Array ids = Napi::Array::New(env, static_cast<size_t>(std::min<int64_t>(n_[k], cap_)));
+      for (uint32_t i = 0; i < ids.Length(); ++i) ids.Set(i, out_[k * static_cast<size_t>(cap_) + i]);
+      return ids;
+    };
+    if (batch_) {
+      Napi::Array all = Napi::Array::New(env, prompts_.size());
+      for (size_t k = 0; k < prompts_.size(); ++k) all.Set(static_cast<uint32_t>(k), row(k));
+      r.Set("ids", all);
+    } else {
+      r.Set("ids", row(0));
+    }
+    r.Set("aborted", status_ == LLMT_ERR_ABORTED);
+    return r;
   }
 
  private:
-  void Settle() {
-    if (--pending_ > 0) return;
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    model_->busy_ = false;
-    if (!error_.IsEmpty()) {
-      deferred_.Reject(error_.Value());
-    } else if (status_ != LLMT_OK && status_ != LLMT_ERR_ABORTED) {
-      deferred_.Reject(engine_error(env, status_, message_).Value());
-    } else {
-      Napi::Object r = Napi::Object::New(env);
-      auto row = [&](size_t k) {
-        Napi::Array ids = Napi::Array::New(env, static_cast<size_t>(std::min<int64_t>(n_[k], cap_)));
-        for (uint32_t i = 0; i < ids.Length(); ++i) ids.Set(i, out_[k * static_cast<size_t>(cap_) + i]);
-        return ids;
-      };
-      if (batch_) {
-        Napi::Array all = Napi::Array::New(env, prompts_.size());
-        for (size_t k = 0; k < prompts_.size(); ++k) all.Set(static_cast<uint32_t>(k), row(k));
-        r.Set("ids", all);
-      } else {
-        r.Set("ids", row(0));
-      }
-      r.Set("aborted", status_ == LLMT_ERR_ABORTED);
-      deferred_.Resolve(r);
-    }
-    delete this;
-  }
-
-  Napi::Promise::Deferred deferred_;
-  Model *model_;
-  Napi::ObjectReference ref_;  // keeps the JS Model alive while generating
   std::vector<std::vector<int32_t>> prompts_;
   std::string params_;
   bool batch_;
-  Napi::ThreadSafeFunction tsfn_;
-  Napi::ObjectReference error_;
-  int pending_ = 1;
   std::vector<int32_t> out_;  // [prompts × cap_]
   std::vector<int64_t> n_;
   int64_t cap_ = 0;
-  llmt_status status_ = LLMT_OK;
-  std::string message_;
 };
 
 // ids of one prompt from a JS array; false (with a TypeError thrown) when it is not an array of numbers
@@ -402,80 +424,32 @@ Napi::Value Model::StartGenerate(const Napi::CallbackInfo &info, bool batch) {
   return p;
 }
 
-// The evaluation loss on a worker thread (llmt_model_eval_loss): progress events through a ThreadSafeFunction,
-// settled like GenerateWorker (after the worker AND every queued callback); abort() rejects with ABORTED.
-class EvalWorker : public Napi::AsyncWorker {
+// The evaluation loss (llmt_model_eval_loss): progress events to the callback (may be dropped when JS is
+// busy); abort() rejects with ABORTED.
+class EvalWorker : public StreamingWorker {
  public:
   EvalWorker(Napi::Env env, Model *model, Napi::ObjectReference ref, std::string path, int64_t batch, Napi::Function on_progress)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), model_(model), ref_(std::move(ref)),
-        path_(std::move(path)), batch_(batch) {
-    SuppressDestruct();
-    if (!on_progress.IsEmpty() && !on_progress.IsUndefined()) {
-      pending_ = 2;
-      tsfn_ = Napi::ThreadSafeFunction::New(env, on_progress, "llmt.evalLoss.onProgress", 0, 1, this,
-                                            [](Napi::Env, EvalWorker *self) { self->Settle(); });
-    }
-  }
-  Napi::Promise Promise() { return deferred_.Promise(); }
-  void Execute() override {
+      : StreamingWorker(env, model, std::move(ref), on_progress, "llmt.evalLoss.onProgress", false), path_(std::move(path)), batch_(batch) {}
+
+ protected:
+  llmt_status Run() override {
     char *out = nullptr;
-    status_ = llmt_model_eval_loss(
-        model_->handle(), path_.c_str(), batch_,
-        [](void *user, const char *event) {
-          auto *self = static_cast<EvalWorker *>(user);
-          if (!self->tsfn_) return;
-          std::string *copy = new std::string(event);
-          napi_status s = self->tsfn_.NonBlockingCall(copy, [](Napi::Env env, Napi::Function fn, std::string *e) {
-            if (env != nullptr && !fn.IsEmpty()) {
-              Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
-              fn.Call({J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, *e)})});
-            }
-            delete e;
-          });
-          if (s != napi_ok) delete copy;
-        },
-        [](void *user) { return static_cast<EvalWorker *>(user)->model_->abort_.load() ? 1 : 0; }, this, &out);
-    if (status_ == LLMT_OK) {
+    llmt_status st = llmt_model_eval_loss(model_->handle(), path_.c_str(), batch_, Emit, Aborted, this, &out);
+    if (st == LLMT_OK) {
       result_ = out;
       llmt_free_string(out);
-    } else {
-      message_ = llmt_last_error();
     }
-    if (tsfn_) tsfn_.Release();
+    return st;
   }
-  void OnOK() override { Settle(); }
-  void OnError(const Napi::Error &e) override {
-    error_ = Napi::Persistent(e.Value());
-    Settle();
+  Napi::Value Result(Napi::Env env) override {
+    Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
+    return J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, result_)});
   }
 
  private:
-  void Settle() {
-    if (--pending_ > 0) return;
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    model_->busy_ = false;
-    if (!error_.IsEmpty()) {
-      deferred_.Reject(error_.Value());
-    } else if (status_ != LLMT_OK) {
-      deferred_.Reject(engine_error(env, status_, message_).Value());
-    } else {
-      Napi::Object J = env.Global().Get("JSON").As<Napi::Object>();
-      deferred_.Resolve(J.Get("parse").As<Napi::Function>().Call(J, {Napi::String::New(env, result_)}));
-    }
-    delete this;
-  }
-
-  Napi::Promise::Deferred deferred_;
-  Model *model_;
-  Napi::ObjectReference ref_;  // keeps the JS Model alive while evaluating
   std::string path_;
   int64_t batch_;
-  Napi::ThreadSafeFunction tsfn_;
-  Napi::ObjectReference error_;
-  int pending_ = 1;
-  llmt_status status_ = LLMT_OK;
-  std::string message_, result_;
+  std::string result_;
 };
 
 Napi::Value Model::EvalLoss(const Napi::CallbackInfo &info) {

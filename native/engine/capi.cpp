@@ -196,22 +196,27 @@ llmt_status llmt_create_tiny(const char *family, const char *out_dir, uint64_t s
   });
 }
 
+// Loads a model (quantized on load when `q` asks for it), attaches the adapter, and hands out the handle.
+static llmt_status load_model_handle(const char *dir, const char *adapter_dir, const QuantSpec &q, llmt_model **out) {
+  *out = nullptr;
+  llmt_status st;
+  auto m = Model::load(dir, st, q);
+  if (!m) return st;
+  if (adapter_dir && *adapter_dir) {
+    if ((st = m->load_adapter(adapter_dir, true))) return st;
+  }
+  auto *h = new llmt_model();
+  h->m = std::move(m);
+  h->adapter = adapter_dir ? adapter_dir : "";
+  *out = h;
+  clear_error();
+  return LLMT_OK;
+}
+
 llmt_status llmt_model_load(const char *dir, const char *adapter_dir, llmt_model **out) {
   return guarded("load", [&]() -> llmt_status {
     if (!dir || !out) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_load: NULL argument");
-    *out = nullptr;
-    llmt_status st;
-    auto m = Model::load(dir, st);
-    if (!m) return st;
-    if (adapter_dir && *adapter_dir) {
-      if ((st = m->load_adapter(adapter_dir, true))) return st;
-    }
-    auto *h = new llmt_model();
-    h->m = std::move(m);
-    h->adapter = adapter_dir ? adapter_dir : "";
-    *out = h;
-    clear_error();
-    return LLMT_OK;
+    return load_model_handle(dir, adapter_dir, QuantSpec{}, out);
   });
 }
 
@@ -221,19 +226,8 @@ llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, 
     if (!dir || !out) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_load_quantized: NULL argument");
     *out = nullptr;
     QuantSpec q;
-    llmt_status st = parse_quant_spec(quantization ? quantization : "", q);
-    if (st) return st;
-    auto m = Model::load(dir, st, q);
-    if (!m) return st;
-    if (adapter_dir && *adapter_dir) {
-      if ((st = m->load_adapter(adapter_dir, true))) return st;
-    }
-    auto *h = new llmt_model();
-    h->m = std::move(m);
-    h->adapter = adapter_dir ? adapter_dir : "";
-    *out = h;
-    clear_error();
-    return LLMT_OK;
+    if (llmt_status st = parse_quant_spec(quantization ? quantization : "", q)) return st;
+    return load_model_handle(dir, adapter_dir, q, out);
   });
 }
 
