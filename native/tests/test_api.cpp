@@ -7,14 +7,7 @@
 
 #include "llmt.h"
 
-static int g_failures = 0;
-#define CHECK(cond, msg)                                                   \
-  do {                                                                     \
-    if (!(cond)) {                                                         \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s — %s\n", __FILE__, __LINE__, #cond, msg); \
-      ++g_failures;                                                        \
-    }                                                                      \
-  } while (0)
+#include "check.hpp"
 
 int main() {
   CHECK(llmt_api_version() == LLMT_API_VERSION, "library and header API versions differ");

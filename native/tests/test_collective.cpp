@@ -21,15 +21,7 @@
 
 using namespace llmt;
 
-static int g_failures = 0, g_checks = 0;
-#define CHECK(cond, msg)                                                                                           \
-  do {                                                                                                             \
-    ++g_checks;                                                                                                    \
-    if (!(cond)) {                                                                                                 \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s — %s\n", __FILE__, __LINE__, #cond, std::string(msg).c_str()); \
-      ++g_failures;                                                                                                \
-    }                                                                                                              \
-  } while (0)
+#include "check.hpp"
 
 static bool contains(const std::string &h, const std::string &n) { return h.find(n) != std::string::npos; }
 

@@ -26,17 +26,7 @@
 using llmt::DType;
 using llmt::Json;
 
-static int g_failures = 0;
-static int g_checks = 0;
-#define CHECK(cond, msg)                                                                          \
-  do {                                                                                            \
-    ++g_checks;                                                                                   \
-    if (!(cond)) {                                                                                \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s — %s\n", __FILE__, __LINE__, #cond,           \
-                   std::string(msg).c_str());                                                     \
-      ++g_failures;                                                                               \
-    }                                                                                             \
-  } while (0)
+#include "check.hpp"
 
 static bool contains(const std::string &hay, const std::string &needle) {
   return hay.find(needle) != std::string::npos;

@@ -26,14 +26,7 @@
 
 using namespace llmt;
 
-static int g_failures = 0;
-#define CHECK(cond, msg)                                                                                  \
-  do {                                                                                                    \
-    if (!(cond)) {                                                                                        \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s — %s\n", __FILE__, __LINE__, #cond, std::string(msg).c_str()); \
-      ++g_failures;                                                                                       \
-    }                                                                                                     \
-  } while (0)
+#include "check.hpp"
 
 static std::string g_tmp;
 

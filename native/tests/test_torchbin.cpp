@@ -23,15 +23,7 @@
 
 using llmt::DType;
 
-static int g_failures = 0, g_checks = 0;
-#define CHECK(cond, msg)                                                                                   \
-  do {                                                                                                     \
-    ++g_checks;                                                                                            \
-    if (!(cond)) {                                                                                         \
-      std::fprintf(stderr, "%s:%d: CHECK failed: %s — %s\n", __FILE__, __LINE__, #cond, std::string(msg).c_str()); \
-      ++g_failures;                                                                                        \
-    }                                                                                                      \
-  } while (0)
+#include "check.hpp"
 static bool has(const std::string &h, const std::string &n) { return h.find(n) != std::string::npos; }
 static std::string g_tmp;
 
