@@ -42,11 +42,13 @@ struct CudaOom : std::bad_alloc {
   const char *what() const noexcept override { return msg.c_str(); }
 };
 
+// Kernels looked up at init (a fatbin without one of them is refused then); any other is looked up on first use.
 const char *kKernels[] = {"k_gemm", "k_add_bias", "k_col_sum", "k_add", "k_axpby", "k_scale", "k_split_cols",
                           "k_qkv_split", "k_dropout_fwd", "k_dropout_bwd", "k_rms_fwd", "k_rms_bwd", "k_rms_dw",
                           "k_ln_fwd", "k_ln_bwd", "k_ln_dwdb", "k_rope", "k_swiglu_fwd", "k_swiglu_bwd", "k_gelu_fwd",
                           "k_gelu_bwd", "k_attn_fwd", "k_attn_delta", "k_attn_bwd_dq", "k_attn_bwd_dkdv",
-                          "k_attn_cached", "k_ce_fwd", "k_ce_bwd", "k_embed_fwd", "k_embed_bwd", "k_adamw", "k_sumsq"};
+                          "k_attn_cached", "k_ce_fwd", "k_ce_bwd", "k_embed_fwd", "k_embed_bwd", "k_adamw", "k_sumsq",
+                          "k_sumsq_acc", "k_fill"};
 
 class CudaBackend final : public Backend {
  public:
@@ -517,12 +519,20 @@ class CudaBackend final : public Backend {
     return mx + 1;
   }
 
+  CUfunction fn(const char *k) {
+    auto it = fn_.find(k);
+    if (it != fn_.end()) return it->second;
+    CUfunction f = nullptr;
+    CUresult r = d_.cuModuleGetFunction(&f, mod_, k);
+    if (r != 0) throw CudaError(std::string("CUDA kernel ") + k + " is not in this engine's fatbin: " + d_.error(r));
+    return fn_[k] = f;
+  }
   template <typename... A>
   void launch(const char *k, unsigned grid, unsigned block, A... args) {
     if (grid == 0) return;
     void *params[] = {static_cast<void *>(&args)...};
     last_kernel_ = k;
-    check(d_.cuLaunchKernel(fn_.at(k), grid, 1, 1, block, 1, 1, 0, stream_, params, nullptr), std::string("kernel ") + k);
+    check(d_.cuLaunchKernel(fn(k), grid, 1, 1, block, 1, 1, 0, stream_, params, nullptr), std::string("kernel ") + k);
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
   }
   // element-wise / grid-stride kernels over n items
@@ -580,7 +590,7 @@ class CudaBackend final : public Backend {
     int acci = acc ? 1 : 0;
     params[10] = &acci;
     last_kernel_ = "k_gemm";
-    check(d_.cuLaunchKernel(fn_.at("k_gemm"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
+    check(d_.cuLaunchKernel(fn("k_gemm"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
                             nullptr),
           "kernel k_gemm");
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm");
