@@ -10,8 +10,11 @@ MFU = tokens/s * F / peak, with F (FLOPs per token) = 4N + 6*L*d*T/2*2 + 6*r*S:
   4N      frozen base: forward 2N + input-gradient backward 2N (no weight gradients; recomputation not counted)
   attn    causal attention, QK^T and PV: forward 2*2*d*(T/2) per layer and token, x3 for forward+backward
   LoRA    S = sum over adapted linears of (in + out); forward 2rS, backward 4rS
-peak = 989e12 (H100/H200 dense bf16) unless LLMT_PEAK_FLOPS is set. Our side today computes in fp32 through a
-staging path (docs/cuda.md), so its ratio measures that v1, not the target design.
+peak = 989e12 (H100/H200 dense bf16) unless LLMT_PEAK_FLOPS is set.
+Our side runs the same recipe: `--precision bf16` (frozen weights bf16, GEMMs on cublasGemmEx with bf16 inputs and fp32
+accumulation, LoRA fp32) and `--checkpointing`; activations and attention are fp32 today (docs/cuda.md). Then, for
+issue 11, QLoRA (`--quantization nf4`, double-quantized, quantized on load) at the first sequence length: its peak
+memory (target <= 6 GB at seq 512) and its tokens/s relative to our bf16 LoRA (target >= 0.9x).
 """
 import argparse, json, os, subprocess, sys, tempfile, threading, time
 
@@ -91,7 +94,7 @@ def main():
     del model
     torch.cuda.empty_cache()
     base_mem = gpu_mem_used()
-    for T in seqs:
+    def ours(T, extra, label):
         peak_used = [0]
         stop = threading.Event()
         def poll():
@@ -99,21 +102,28 @@ def main():
                 peak_used[0] = max(peak_used[0], gpu_mem_used()); time.sleep(0.2)
         th = threading.Thread(target=poll, daemon=True); th.start()
         cmd = [a.engine, "bench", "--model", os.path.join(work, "base"), "--adapter", os.path.join(work, "adapter"),
-               "--batch", "1", "--seq", str(T), "--iters", "2", "--warmup", "1", "--device", "cuda"]
+               "--batch", "1", "--seq", str(T), "--iters", "2", "--warmup", "1", "--device", "cuda", "--checkpointing"] + extra
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=int(os.environ.get("LLMT_OUR_TIMEOUT", "150")))
             if p.returncode == 0:
                 j = json.loads(p.stdout.strip().splitlines()[-1])
                 tps = j.get("train_tokens_per_s", 0.0)
-                res["ours"][T] = {"step_ms": j.get("train_step_ms"), "tokens_per_s": tps,
-                                  "peak_mem": max(0, peak_used[0] - base_mem),
-                                  "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak, "precision": "fp32 (staged)"}
+                out = {"step_ms": j.get("train_step_ms"), "tokens_per_s": tps, "peak_mem": max(0, peak_used[0] - base_mem),
+                       "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak, "precision": label}
             else:
-                res["ours"][T] = {"error": (p.stderr or p.stdout)[-400:]}
+                out = {"error": (p.stderr or p.stdout)[-400:]}
         except subprocess.TimeoutExpired:
-            res["ours"][T] = {"error": "timed out (the v1 staging path is slow; see docs/cuda.md)"}
+            out = {"error": "timed out"}
         stop.set(); th.join()
-        print("llmt-engine", T, res["ours"][T], flush=True)
+        print("llmt-engine", label, T, out, flush=True)
+        return out
+    for T in seqs:
+        res["ours"][T] = ours(T, ["--precision", "bf16"], "bf16 weights, fp32 activations")
+    T0 = seqs[0]
+    res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4"], "QLoRA nf4 (double quant), fp32 activations")}
+    q, b = res["ours_qlora"][T0], res["ours"].get(T0, {})
+    res["qlora_targets"] = {"seq": T0, "peak_mem_gb": q.get("peak_mem", 0) / 1e9 if "peak_mem" in q else None,
+                            "speed_vs_our_bf16": q["tokens_per_s"] / b["tokens_per_s"] if "tokens_per_s" in q and b.get("tokens_per_s") else None}
     lines = [f"# LoRA step, LLaMA-7B shape ({L} layers), r=16 all linear, micro-batch 1 — {gpu}, {res['date']}",
              f"parity checks: {a.parity}", "",
              "| seq | HF+PEFT tok/s | ours tok/s | speed ratio | HF peak GiB | ours peak GiB | memory ratio | HF MFU | ours MFU |",
@@ -127,6 +137,12 @@ def main():
         lines.append(f"| {T} | {f(h,'tokens_per_s')} | {f(o,'tokens_per_s')} | {sr and f'{sr:.2f}x'} | "
                      f"{f(h,'peak_mem',2**30,'{:.1f}')} | {f(o,'peak_mem',2**30,'{:.1f}')} | {mr and f'{mr:.2f}x'} | "
                      f"{f(h,'mfu',0.01,'{:.0f}%')} | {f(o,'mfu',0.01,'{:.0f}%')} |")
+    qt = res["qlora_targets"]
+    qmem = "-" if qt["peak_mem_gb"] is None else "%.2f GB" % qt["peak_mem_gb"]
+    qspd = "-" if qt["speed_vs_our_bf16"] is None else "%.2fx" % qt["speed_vs_our_bf16"]
+    qerr = res["ours_qlora"][qt["seq"]].get("error", "")[:80]
+    lines += ["", "QLoRA (nf4, seq %d): peak %s (target <= 6 GB), tokens/s vs our bf16 LoRA %s (target >= 0.9x) %s"
+              % (qt["seq"], qmem, qspd, qerr)]
     with open(os.path.join(a.out, "results.json"), "w") as fh:
         json.dump(res, fh, indent=1, default=str)
     with open(os.path.join(a.out, "results.md"), "w") as fh:

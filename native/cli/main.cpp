@@ -75,6 +75,8 @@ const char *kUsage =
     "options for forward, grad, train and bench: --quantization nf4|fp4|none (QLoRA: the block linears as\n"
     "                                     bitsandbytes 4-bit, double-quantized scales; train: overrides the job field)\n"
     "options for every command: --threads N (CPU worker threads)\n"
+    "forward, grad, bench: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
+    "bench: --checkpointing (gradient checkpointing in the timed backward)\n"
     "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
     "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
@@ -251,6 +253,12 @@ llmt_status apply_device(const Args &a, llmt_model *m) {
   return st;
 }
 
+// --precision fp32|bf16|fp16 (default fp32): frozen base weights in 16 bits (Model::set_precision)
+llmt_status apply_precision(const Args &a, llmt_model *m) {
+  if (!a.has("--precision")) return LLMT_OK;
+  return llmt_model_set_precision(m, a.get("--precision").c_str());
+}
+
 struct ModelHandle {
   llmt_model *m = nullptr;
   ~ModelHandle() { llmt_model_free(m); }
@@ -276,7 +284,7 @@ int cmd_forward(const Args &a, bool grad) {
   llmt_status st = llmt_model_load_quantized(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
                                              a.get("--quantization").c_str(), &h.m);
   if (st) return fail(st);
-  if ((st = apply_device(a, h.m))) return fail(st);
+  if ((st = apply_device(a, h.m)) || (st = apply_precision(a, h.m))) return fail(st);
   if (grad) {
     double loss = 0;
     st = llmt_model_grad(h.m, ids.data(), labels.data(), B, T, out.c_str(), &loss);
@@ -506,7 +514,8 @@ int cmd_bench(const Args &a) {
   llmt_status st = llmt_model_load_quantized(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
                                              a.get("--quantization").c_str(), &h.m);
   if (st) return fail(st);
-  if ((st = apply_device(a, h.m))) return fail(st);
+  if ((st = apply_device(a, h.m)) || (st = apply_precision(a, h.m))) return fail(st);
+  if ((st = llmt_model_set_checkpointing(h.m, a.has("--checkpointing") ? 1 : 0))) return fail(st);
   char *info = nullptr;
   if ((st = llmt_model_info(h.m, &info))) return fail(st);
   Json ij;
@@ -673,7 +682,7 @@ int run_main(int argc, char **argv) {
     return 0;
   }
   if (cmd == "forward" || cmd == "grad") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--out", "--threads", "--quantization", "--device"}, {});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--tokens", "--out", "--threads", "--quantization", "--device", "--precision"}, {});
     if (!a.error.empty()) return usage_error(cmd + ": " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_forward(a, cmd == "grad");
@@ -718,7 +727,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device"}, {});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision"}, {"--checkpointing"});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

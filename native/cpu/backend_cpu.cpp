@@ -15,6 +15,24 @@ namespace llmt {
 
 namespace {
 
+void decode_bf16(const void *ctx, int64_t begin, int64_t n, float *out) {
+  const uint16_t *w = static_cast<const uint16_t *>(ctx) + begin;
+  for (int64_t i = 0; i < n; ++i) out[i] = bf16_to_f32(w[i]);
+}
+void decode_f16(const void *ctx, int64_t begin, int64_t n, float *out) {
+  const uint16_t *w = static_cast<const uint16_t *>(ctx) + begin;
+  for (int64_t i = 0; i < n; ++i) out[i] = f16_to_f32(w[i]);
+}
+// The GEMM's A operand as a 16-bit tensor core reads it: each element rounded to the weight's type.
+std::vector<float> round_half(const float *A, int64_t n, Half t) {
+  std::vector<float> a(static_cast<size_t>(n));
+  if (t == Half::F16)
+    for (int64_t i = 0; i < n; ++i) a[size_t(i)] = f16_to_f32(f32_to_f16(A[i]));
+  else
+    for (int64_t i = 0; i < n; ++i) a[size_t(i)] = bf16_to_f32(f32_to_bf16(A[i]));
+  return a;
+}
+
 class CpuBackend final : public Backend {
  public:
   const char *name() const override { return "cpu"; }
@@ -46,6 +64,15 @@ class CpuBackend final : public Backend {
   void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nt(A, B, C, M, N, K, acc); }
   void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nn(A, B, C, M, N, K, acc); }
   void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_tn(A, B, C, M, N, K, acc); }
+  bool supports_half() const override { return true; }
+  void matmul_nt_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    std::vector<float> a = round_half(A, M * K, t);
+    cpu::matmul_nt_dec(a.data(), cpu::BDecoder{t == Half::F16 ? decode_f16 : decode_bf16, W}, C, M, N, K, acc);
+  }
+  void matmul_nn_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    std::vector<float> a = round_half(A, M * K, t);
+    cpu::matmul_nn_dec(a.data(), cpu::BDecoder{t == Half::F16 ? decode_f16 : decode_bf16, W}, C, M, N, K, acc);
+  }
   bool supports_q4() const override { return true; }
   void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     cpu::matmul_nt_q4(A, W, C, M, N, K, acc);

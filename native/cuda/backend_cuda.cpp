@@ -9,7 +9,8 @@
 // Pointers from alloc() stay on the device and ops on them are asynchronous (stream order) as backend.hpp says.
 // Staging is correct but slow; device-resident model state is the next step (docs/cuda.md).
 //
-// STATUS: compiled, NOT yet run on a GPU (no GPU was available while writing it). test_cuda validates it.
+// STATUS: compiled and run under cuemu (native/tests/cuemu: the driver API emulated on the CPU), NOT yet run on a GPU.
+// test_cuda validates it (bench/gpu.sh on a GPU server).
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
@@ -48,7 +49,7 @@ const char *kKernels[] = {"k_gemm", "k_add_bias", "k_col_sum", "k_add", "k_axpby
                           "k_ln_fwd", "k_ln_bwd", "k_ln_dwdb", "k_rope", "k_swiglu_fwd", "k_swiglu_bwd", "k_gelu_fwd",
                           "k_gelu_bwd", "k_attn_fwd", "k_attn_delta", "k_attn_bwd_dq", "k_attn_bwd_dkdv",
                           "k_attn_cached", "k_ce_fwd", "k_ce_bwd", "k_embed_fwd", "k_embed_bwd", "k_adamw", "k_sumsq",
-                          "k_sumsq_acc", "k_fill"};
+                          "k_sumsq_acc", "k_fill", "k_gemm_q4_nt", "k_gemm_q4_nn"};
 
 class CudaBackend final : public Backend {
  public:
@@ -175,6 +176,17 @@ class CudaBackend final : public Backend {
   void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     Stage s(*this);
     gemm(s.in(A, K * M), s.in(B, K * N), s.out(C, M * N, acc), M, N, K, acc, 2);
+    s.done();
+  }
+  bool supports_half() const override { return true; }
+  void matmul_nt_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    Stage s(*this);
+    gemm_half(s.in(A, M * K), s.in(W, N * K), t, s.out(C, M * N, acc), M, N, K, acc, 0);
+    s.done();
+  }
+  void matmul_nn_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    Stage s(*this);
+    gemm_half(s.in(A, M * K), s.in(W, K * N), t, s.out(C, M * N, acc), M, N, K, acc, 1);
     s.done();
   }
   void add_bias(float *y, const float *b, int64_t rows, int64_t cols) override {
@@ -417,6 +429,16 @@ class CudaBackend final : public Backend {
     s.done();
   }
 
+  // ---- 4-bit base weights (QLoRA): the weight stays packed in device memory and is decoded per tile inside the
+  // GEMM kernel (kernels.cu q4_gemm); a view over host memory is staged like any other op argument.
+  bool supports_q4() const override { return true; }
+  void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    gemm_q4("k_gemm_q4_nt", A, W, C, M, N, K, acc);
+  }
+  void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    gemm_q4("k_gemm_q4_nn", A, W, C, M, N, K, acc);
+  }
+
  private:
   using ll = long long;
 
@@ -594,6 +616,78 @@ class CudaBackend final : public Backend {
                             nullptr),
           "kernel k_gemm");
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm");
+  }
+
+  // C[M,N] (+)= half(A)·op(W), W 16-bit; kind 0: W [N,K] (nt), 1: W [K,N] (nn). With cuBLAS: A is rounded into a
+  // 16-bit scratch and cublasGemmEx runs on the tensor cores (fp32 compute and output); else k_gemm_half.
+  void gemm_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+      if (!acc) check(d_.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(C), 0, sizeof(float) * M * N, stream_), "gemm zero");
+      return;
+    }
+    const int type = t == Half::F16 ? 2 : 1;
+    if (blas_ && cublas().gemm_ex && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
+      uint16_t *Ah = static_cast<uint16_t *>(alloc(sizeof(uint16_t) * size_t(M * K)));
+      ew("k_to_half", M * K, A, Ah, ll(M * K), type);
+      const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+      const int m = int(M), n = int(N), k = int(K), dt = type == 2 ? kCudaR16F : kCudaR16BF;
+      last_kernel_ = "cublasGemmEx";
+      const cublasStatus_t st =
+          kind == 0 ? cublas().gemm_ex(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, W, dt, k, Ah, dt, k, &beta, C, kCudaR32F, n,
+                                       kCublasCompute32F, kCublasGemmDefault)
+                    : cublas().gemm_ex(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, W, dt, n, Ah, dt, k, &beta, C, kCudaR32F, n,
+                                       kCublasCompute32F, kCublasGemmDefault);
+      release(Ah);  // stream-ordered reuse: safe with one stream
+      if (st != 0)
+        throw CudaError("cuBLAS GemmEx failed on " + name_ + ": " +
+                        (cublas().status_string ? cublas().status_string(st) : ("status " + std::to_string(st))));
+      return;
+    }
+    ll sam = K, sak = 1, sbk, sbn;
+    if (kind == 0) sbk = 1, sbn = K;
+    else sbk = N, sbn = 1;
+    int acci = acc ? 1 : 0;
+    void *params[] = {&A, &W, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acci, const_cast<int *>(&type)};
+    last_kernel_ = "k_gemm_half";
+    check(d_.cuLaunchKernel(fn("k_gemm_half"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
+                            nullptr),
+          "kernel k_gemm_half");
+    if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm_half");
+  }
+
+  // C[M,N] (+)= A[M,K]·op(W), W 4-bit with N·K elements (op: k_gemm_q4_nt Wᵀ, k_gemm_q4_nn W); 64×64 tiles of C.
+  void gemm_q4(const char *k, const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) {
+    if (M <= 0 || N <= 0) return;
+    if (W.n != N * K)
+      throw CudaError(std::string(k) + ": the 4-bit weight has " + std::to_string(W.n) + " elements, not " +
+                      std::to_string(N) + "×" + std::to_string(K));
+    Stage s(*this);
+    const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
+    const float *dA = s.in(A, M * K);
+    const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
+    const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
+    const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
+    const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
+    const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
+    if (!W.qabsmax && !am) throw CudaError(std::string(k) + ": the 4-bit weight has no scales");
+    float *dC = s.out(C, M * N, acc);
+    float off = W.offset;
+    int type = W.type == cpu::Q4Type::FP4 ? 2 : 1, acci = acc ? 1 : 0;
+    ll n = N, kk = K;
+    const unsigned gx = unsigned((N + 63) / 64);
+    const int64_t rows_per_launch = 65535LL * 64;  // grid.y limit
+    for (int64_t m0 = 0; m0 < M; m0 += rows_per_launch) {
+      const float *a = dA + m0 * K;
+      float *c = dC + m0 * N;
+      ll m = std::min<int64_t>(rows_per_launch, M - m0);
+      void *params[] = {&a, &pk, &am, &qa, &a2, &c2, &off, &type, &c, &m, &n, &kk, &acci};
+      last_kernel_ = k;
+      check(d_.cuLaunchKernel(fn(k), gx, unsigned((m + 63) / 64), 1, 256, 1, 1, 0, stream_, params, nullptr),
+            std::string("kernel ") + k);
+      if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
+    }
+    s.done();
   }
 
   const Driver &d_;

@@ -1,6 +1,6 @@
 // cuda.hpp — what the engine (model/train/capi/CLI) sees of the CUDA backend. Declared in every build; in a
 // build without LLMT_CUDA (cuda/nocuda.cpp) the backend is never available and the reason says so.
-// STATUS: the kernels behind this have been compiled (sm_80/86/89/90 + PTX) but NOT yet run on a GPU — see
+// STATUS: the kernels behind this have been compiled (sm_80/86/89/90 + PTX) and run under cuemu, NOT yet on a GPU — see
 // docs/cuda.md; `test_cuda` / `bench/gpu.sh` are the checks that validate them on a GPU server.
 #pragma once
 

@@ -2,7 +2,7 @@
 // seam; semantics are exactly cpu/ops.hpp's (shapes, accumulate vs overwrite). Compiled by nvcc into a fatbin
 // (sm_80/86/89/90 + PTX) that backend_cuda.cpp loads with the driver API, so the host side links no CUDA library.
 //
-// STATUS: compiled, NOT yet run on a GPU. `test_cuda` (op parity vs the CPU backend) validates every kernel on a
+// STATUS: compiled, run under cuemu (the kernels as C++ on the CPU), NOT yet run on a GPU. `test_cuda` (op parity vs the CPU backend) validates every kernel on a
 // GPU server (bench/gpu.sh); until it has passed there, treat these as unverified.
 //
 // Conventions
@@ -13,6 +13,8 @@
 //    online softmax in the forward and the saved lse in the backward (flash-attention's maths, simple schedule;
 //    tensor-core tiling is the next step, docs/cuda.md).
 typedef long long ll;
+
+#include "../cpu/half.hpp"  // bf16/fp16 rounding, bit-identical to the CPU backend's
 
 #define GRID_STRIDE(i, n) for (ll i = (ll)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (ll)blockDim.x * gridDim.x)
 
@@ -54,6 +56,113 @@ __device__ __forceinline__ float uniform01(unsigned long long stream, unsigned l
 
 constexpr int kMaxHdPerLane = 8;  // attention: head_dim ≤ 256 (32 lanes × 8)
 
+// ---- 4-bit weights (QLoRA; format and exact decoding in cpu/q4.hpp) ----------------------------------------------------
+// The 16 code values, the same fp32 literals as cpu/q4.cpp kNF4 / kFP4 (test_cuda checks every value bit for bit).
+__constant__ float kQ4Nf4[16] = {-1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f,
+                                 -0.28444138169288635f, -0.18477343022823334f, -0.09105003625154495f, 0.0f,
+                                 0.07958029955625534f, 0.16093020141124725f, 0.24611230194568634f, 0.33791524171829224f,
+                                 0.44070982933044434f, 0.5626170039176941f, 0.7229568362236023f, 1.0f};
+__constant__ float kQ4Fp4[16] = {0.0f, 0.0625f / 12.0f, 8.0f / 12.0f, 1.0f, 4.0f / 12.0f, 6.0f / 12.0f, 2.0f / 12.0f,
+                                 3.0f / 12.0f, -0.0f, -0.0625f / 12.0f, -8.0f / 12.0f, -1.0f, -4.0f / 12.0f, -6.0f / 12.0f,
+                                 -2.0f / 12.0f, -3.0f / 12.0f};
+
+constexpr int kQ4Tile = 64;   // C tile: 64 rows (M) × 64 columns (N)
+constexpr int kQ4TileK = 32;  // K slice per step
+constexpr int kQ4Threads = 256;  // 16 × 16 threads, each 4 × 4 outputs (rows ty + 16u, columns tx + 16v)
+
+// cpu/q4.hpp q4_block_scale: absmax[b], or code2[qabsmax[b]]·absmax2[b/256] + offset as two rounded fp32 operations
+// (never an fma, so it is the CPU's value bit for bit).
+__device__ __forceinline__ float q4_scale(const float *absmax, const unsigned char *qabsmax, const float *absmax2,
+                                          const float *code2, float offset, ll b) {
+  if (!qabsmax) return absmax[b];
+  return __fadd_rn(__fmul_rn(code2[qabsmax[b]], absmax2[b >> 8]), offset);
+}
+
+// C[M,N] (+)= A[M,K]·op(W) with W 4-bit, decoded tile by tile into shared memory (never in full):
+//   NN false: op(W) = Wᵀ, W [N,K] (element (n,k) at flat index n·K + k);  NN true: W [K,N] (k·N + n).
+// Per K step the block decodes the scales its W slice needs once (each W row of the slice spans ≤ 64 consecutive
+// elements, so at most two 64-element blocks: the first and the next), then every thread decodes its elements
+// (byte idx/2, high nibble for even idx) as code[q]·scale. Global loads are coalesced: a warp reads one row of A's
+// slice (32 floats) and 32 consecutive elements (16–17 consecutive bytes) of one W row.
+template <bool NN>
+__device__ void q4_gemm(const float *A, const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
+                        const float *absmax2, const float *code2, float offset, int type, float *C, ll M, ll N, ll K,
+                        int acc) {
+  __shared__ float As[kQ4TileK][kQ4Tile + 1];  // [k][m]
+  __shared__ float Ws[kQ4TileK][kQ4Tile + 1];  // [k][n]
+  __shared__ float code[16];
+  __shared__ float scl[kQ4Tile][2];  // per W row of the slice: scales of its first block and the next
+  __shared__ ll blk0[kQ4Tile];       // its first block
+  const int tid = threadIdx.x, tx = tid & 15, ty = tid >> 4;
+  const ll m0 = (ll)blockIdx.y * kQ4Tile, n0 = (ll)blockIdx.x * kQ4Tile;
+  const ll nblocks = (N * K + 63) >> 6;
+  if (tid < 16) code[tid] = type == 2 ? kQ4Fp4[tid] : kQ4Nf4[tid];
+  float s[4][4];
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+#pragma unroll
+    for (int v = 0; v < 4; ++v) s[u][v] = 0.0f;
+  for (ll k0 = 0; k0 < K; k0 += kQ4TileK) {
+    // scales of this slice: NT rows are n0…n0+63 (k0…k0+31 of each), NN rows are k0…k0+31 (n0…n0+63 of each)
+    const int rows = NN ? kQ4TileK : kQ4Tile;
+    if (tid < 2 * rows) {
+      const int i = tid >> 1, h = tid & 1;
+      const ll r = (NN ? k0 : n0) + i;
+      if (r < (NN ? K : N)) {
+        const ll b0 = (NN ? r * N + n0 : r * K + k0) >> 6, b = b0 + h;
+        scl[i][h] = b < nblocks ? q4_scale(absmax, qabsmax, absmax2, code2, offset, b) : 0.0f;
+        if (h == 0) blk0[i] = b0;
+      }
+    }
+#pragma unroll
+    for (int e0 = 0; e0 < kQ4Tile * kQ4TileK; e0 += kQ4Threads) {  // A slice [64 m][32 k]
+      const int e = e0 + tid, i = e >> 5, j = e & 31;
+      const ll m = m0 + i, k = k0 + j;
+      As[j][i] = (m < M && k < K) ? A[m * K + k] : 0.0f;
+    }
+    __syncthreads();  // scales (and, the first time, the code table) are visible
+#pragma unroll
+    for (int e0 = 0; e0 < kQ4Tile * kQ4TileK; e0 += kQ4Threads) {  // W slice → Ws[32 k][64 n]
+      const int e = e0 + tid;
+      const int j = NN ? e >> 6 : e & 31, i = NN ? e & 63 : e >> 5;  // k and n within the slice
+      const ll k = k0 + j, n = n0 + i;
+      float w = 0.0f;
+      if (k < K && n < N) {
+        const ll idx = NN ? k * N + n : n * K + k;
+        const unsigned byte = packed[idx >> 1];
+        const unsigned q = (idx & 1) ? (byte & 15u) : (byte >> 4);
+        const int row = NN ? j : i;
+        w = code[q] * scl[row][(idx >> 6) - blk0[row]];
+      }
+      Ws[j][i] = w;
+    }
+    __syncthreads();
+#pragma unroll 8
+    for (int kk = 0; kk < kQ4TileK; ++kk) {
+      float a[4], w[4];
+#pragma unroll
+      for (int u = 0; u < 4; ++u) a[u] = As[kk][ty + 16 * u];
+#pragma unroll
+      for (int v = 0; v < 4; ++v) w[v] = Ws[kk][tx + 16 * v];
+#pragma unroll
+      for (int u = 0; u < 4; ++u)
+#pragma unroll
+        for (int v = 0; v < 4; ++v) s[u][v] += a[u] * w[v];
+    }
+    __syncthreads();  // before the next slice overwrites As / Ws / scl
+  }
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const ll m = m0 + ty + 16 * u;
+    if (m >= M) continue;
+#pragma unroll
+    for (int v = 0; v < 4; ++v) {
+      const ll n = n0 + tx + 16 * v;
+      if (n < N) C[m * N + n] = acc ? C[m * N + n] + s[u][v] : s[u][v];
+    }
+  }
+}
+
 }  // namespace
 
 extern "C" {
@@ -70,6 +179,30 @@ __global__ void k_gemm(const float *A, const float *B, float *C, ll M, ll N, ll 
     As[threadIdx.y][threadIdx.x] = (am < M && ak < K) ? A[am * sam + ak * sak] : 0.0f;
     const ll bk = k0 + threadIdx.y, bn = (ll)blockIdx.x * 16 + threadIdx.x;
     Bs[threadIdx.y][threadIdx.x] = (bk < K && bn < N) ? B[bk * sbk + bn * sbn] : 0.0f;
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < 16; ++kk) s += As[threadIdx.y][kk] * Bs[kk][threadIdx.x];
+    __syncthreads();
+  }
+  if (m < M && n < N) C[m * N + n] = acc ? C[m * N + n] + s : s;
+}
+
+// ---- 16-bit weights (mixed precision) ---------------------------------------------------------------------------
+// y = x rounded to bf16 (type 1) or fp16 (type 2): the A operand of a 16-bit tensor-core GEMM (cublasGemmEx).
+__global__ void k_to_half(const float *x, unsigned short *y, ll n, int type) {
+  GRID_STRIDE(i, n) y[i] = llmt::to_half(x[i], type);
+}
+// Own GEMM when cuBLAS is missing: as k_gemm with B 16-bit and A rounded to B's type on load.
+__global__ void k_gemm_half(const float *A, const unsigned short *B, float *C, ll M, ll N, ll K, ll sam, ll sak, ll sbk,
+                            ll sbn, int acc, int type) {
+  __shared__ float As[16][17], Bs[16][17];
+  const ll m = (ll)blockIdx.y * 16 + threadIdx.y, n = (ll)blockIdx.x * 16 + threadIdx.x;
+  float s = 0.0f;
+  for (ll k0 = 0; k0 < K; k0 += 16) {
+    const ll am = (ll)blockIdx.y * 16 + threadIdx.y, ak = k0 + threadIdx.x;
+    As[threadIdx.y][threadIdx.x] = (am < M && ak < K) ? llmt::from_half(llmt::to_half(A[am * sam + ak * sak], type), type) : 0.0f;
+    const ll bk = k0 + threadIdx.y, bn = (ll)blockIdx.x * 16 + threadIdx.x;
+    Bs[threadIdx.y][threadIdx.x] = (bk < K && bn < N) ? llmt::from_half(B[bk * sbk + bn * sbn], type) : 0.0f;
     __syncthreads();
 #pragma unroll
     for (int kk = 0; kk < 16; ++kk) s += As[threadIdx.y][kk] * Bs[kk][threadIdx.x];
@@ -600,6 +733,21 @@ __global__ void k_sumsq_acc(const double *part, int nb, double *acc) {
 }
 __global__ void k_fill(float *x, float v, ll n) {
   GRID_STRIDE(i, n) x[i] = v;
+}
+
+// ---- 4-bit base weights (QLoRA): GEMMs that decode the weight per tile (q4_gemm above) -----------------------------------
+// Launch: grid (ceil(N/64), ceil(M/64)), 256 threads. type: 1 NF4, 2 FP4. absmax null ⇔ nested (qabsmax, absmax2, code2).
+// C[M,N] (+)= A[M,K]·Wᵀ, W [N,K] (the forward).
+__global__ void k_gemm_q4_nt(const float *A, const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
+                             const float *absmax2, const float *code2, float offset, int type, float *C, ll M, ll N, ll K,
+                             int acc) {
+  q4_gemm<false>(A, packed, absmax, qabsmax, absmax2, code2, offset, type, C, M, N, K, acc);
+}
+// C[M,N] (+)= A[M,K]·W, W [K,N] (the input gradient).
+__global__ void k_gemm_q4_nn(const float *A, const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
+                             const float *absmax2, const float *code2, float offset, int type, float *C, ll M, ll N, ll K,
+                             int acc) {
+  q4_gemm<true>(A, packed, absmax, qabsmax, absmax2, code2, offset, type, C, M, N, K, acc);
 }
 
 }  // extern "C"

@@ -125,6 +125,7 @@ const Cublas &cublas() {
       return c;
     }
     sym(h, "cublasGetStatusString", c.status_string);
+    sym(h, "cublasGemmEx", c.gemm_ex);
     std::string why;
     c.lt = open_lib({"libcublasLt.so.13", "libcublasLt.so.12"}, &c.lt_soname, &why) != nullptr;
     return c;

@@ -72,6 +72,8 @@ using cublasHandle_t = cublasContext *;
 using cublasStatus_t = int;  // CUBLAS_STATUS_SUCCESS = 0
 constexpr int kCublasOpN = 0, kCublasOpT = 1;
 constexpr int kCublasDefaultMath = 0, kCublasTf32Math = 3;
+constexpr int kCudaR32F = 0, kCudaR16F = 2, kCudaR16BF = 14;  // cudaDataType
+constexpr int kCublasCompute32F = 68, kCublasGemmDefault = -1;
 
 struct Cublas {
   bool ok = false;
@@ -85,6 +87,9 @@ struct Cublas {
   cublasStatus_t (*sgemm)(cublasHandle_t, int, int, int, int, int, const float *, const float *, int, const float *, int,
                           const float *, float *, int) = nullptr;
   const char *(*status_string)(cublasStatus_t) = nullptr;  // may be null (old cuBLAS)
+  // cublasGemmEx (16-bit inputs, fp32 output and compute); null if missing: the backend's own kernel is used
+  cublasStatus_t (*gemm_ex)(cublasHandle_t, int, int, int, int, int, const void *, const void *, int, int, const void *, int,
+                            int, const void *, void *, int, int, int, int) = nullptr;
 };
 /** Loads cuBLAS (and cuBLASLt) once. Directories in $LLMT_CUDA_LIB_DIRS (':'-separated) are tried first. */
 const Cublas &cublas();

@@ -213,7 +213,8 @@ llmt_status Model::save_model(const std::string &dir) const {
   std::vector<TensorToWrite> tensors;
   for (const auto &p : params) {
     if (p->name.find(".lora_") != std::string::npos) continue;
-    tensors.push_back({p->name, DType::F32, p->shape, p->data.data()});
+    if (p->half_type) tensors.push_back({p->name, p->half_type == uint8_t(Half::F16) ? DType::F16 : DType::BF16, p->shape, p->half.data()});
+    else tensors.push_back({p->name, DType::F32, p->shape, p->data.data()});
   }
   st = write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
   if (st != LLMT_OK) return st;

@@ -18,6 +18,7 @@
 #include <cstdint>
 
 #include "../cpu/ops.hpp"
+#include "../cpu/half.hpp"
 #include "../cpu/q4.hpp"
 
 namespace llmt {
@@ -132,6 +133,18 @@ class Backend {
   virtual void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
   /** C[M,N] (+)= A[M,K]·W, W [K,N] (the input gradient dx = dy·W; the frozen weight gets no gradient). */
   virtual void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
+
+  // ---- 16-bit frozen weights (mixed precision: Model::set_precision, cpu/half.hpp) ----
+  // W holds bf16 or fp16 bits in this backend's memory. A is rounded to W's type first (round-to-nearest-even, as
+  // autocast does before a tensor-core GEMM with 16-bit inputs), products are summed in fp32 and C stays fp32.
+  // A backend that returns false from supports_half() is never handed a 16-bit weight.
+  virtual bool supports_half() const { return false; }
+  /** C[M,N] (+)= half(A)[M,K]·Wᵀ, W [N,K] (the forward y = x·Wᵀ). */
+  virtual void matmul_nt_half(const float *A, const uint16_t *W, Half type, float *C, int64_t M, int64_t N, int64_t K,
+                              bool acc);
+  /** C[M,N] (+)= half(A)[M,K]·W, W [K,N] (the input gradient dx = dy·W; a frozen weight gets no gradient). */
+  virtual void matmul_nn_half(const float *A, const uint16_t *W, Half type, float *C, int64_t M, int64_t N, int64_t K,
+                              bool acc);
 
  protected:
   TransferStats xfer_;  // implementations count every host↔device copy here

@@ -31,6 +31,7 @@ using namespace llmt;
 struct llmt_model {
   std::unique_ptr<Model> m;
   std::string adapter;
+  bool checkpointing = false;  // llmt_model_set_checkpointing: llmt_model_backward recomputes each block
 };
 
 namespace {
@@ -39,6 +40,22 @@ char *dup_string(const std::string &s) {
   char *p = static_cast<char *>(std::malloc(s.size() + 1));
   if (p) std::memcpy(p, s.c_str(), s.size() + 1);
   return p;
+}
+
+/** The status (and last error) for the exception being handled, as guarded() maps it. Call inside a catch block. */
+llmt_status status_of_current_exception(const char *what) {
+  try {
+    throw;
+  } catch (const CudaError &e) {
+    return set_error(LLMT_ERR_CUDA, std::string(what) + ": " + e.what());
+  } catch (const std::bad_alloc &e) {
+    if (std::strncmp(e.what(), "CUDA out of memory", 18) == 0) return set_error(LLMT_ERR_OOM, std::string(what) + ": " + e.what());
+    return set_error(LLMT_ERR_OOM, std::string(what) + ": out of memory; lower the batch size or the sequence length (or use a machine with more memory)");
+  } catch (const std::exception &e) {
+    return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": " + e.what());
+  } catch (...) {
+    return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": unknown error");
+  }
 }
 
 template <typename F>
@@ -327,6 +344,7 @@ llmt_status llmt_model_backward(llmt_model *model, const int32_t *ids, const int
     model->m->zero_grad();
     RunOptions o;
     o.backward = true;
+    o.checkpointing = model->checkpointing;
     o.grad_scale = 1.0f / static_cast<float>(count);
     RunResult r;
     llmt_status st = model->m->run(b, o, r);
@@ -467,7 +485,9 @@ llmt_status llmt_train(const char *job_json, llmt_event_fn on_event, llmt_abort_
     Json job;
     std::string err;
     TrainControl ctl;
+    bool error_sent = false;
     ctl.emit = [&](const Json &e) {
+      error_sent = error_sent || e.get_string("event") == "error";
       if (on_event) on_event(user, e.dump().c_str());
     };
     if (control) ctl.poll = [&]() { return control(user); };
@@ -480,7 +500,24 @@ llmt_status llmt_train(const char *job_json, llmt_event_fn on_event, llmt_abort_
       ctl.emit(e);
       return st;
     }
-    llmt_status st = run_training(job, ctl);
+    llmt_status st;
+    try {
+      st = run_training(job, ctl);
+    } catch (...) {  // a device error or out-of-memory thrown from an op: still one error event with a hint
+      st = status_of_current_exception("train");
+    }
+    if (st != LLMT_OK && !error_sent) {
+      Json e = Json::object();
+      e.set("event", Json::string("error"));
+      e.set("code", Json::string(llmt_status_name(st)));
+      e.set("message", Json::string(llmt_last_error()));
+      const char *hint = st == LLMT_ERR_OOM ? "Lower micro_batch_size or the sequence lengths, enable gradient_checkpointing, or use QLoRA; the last checkpoint is intact."
+                         : st == LLMT_ERR_CUDA ? "A CUDA kernel or library call failed: rerun with LLMT_CUDA_SYNC=1 to name the failing kernel exactly, then resume from the last checkpoint."
+                         : st == LLMT_ERR_INTERNAL ? "An internal engine error: please report it with the job file; resume from the last checkpoint."
+                                                   : nullptr;
+      if (hint) e.set("hint", Json::string(hint));
+      ctl.emit(e);
+    }
     if (st == LLMT_OK) clear_error();
     return st;
   });
@@ -531,9 +568,9 @@ llmt_status llmt_model_set_device(llmt_model *model, const char *device, char *f
     std::string fallback, err;
     Backend *be = select_backend(device, &fallback, &err);
     if (!be) return set_error(LLMT_ERR_BAD_INPUT, err);
-    if (model->m->quantization().enabled && !be->supports_q4())
-      return set_error(LLMT_ERR_UNSUPPORTED, std::string("QLoRA (4-bit base weights) runs on the CPU backend only; the ") + be->name() +
-                                                 " backend cannot use them yet: load the model without quantization for this device");
+    if (model->m->quantization().enabled && !be->supports_q4())  // CPU and CUDA both have 4-bit kernels
+      return set_error(LLMT_ERR_UNSUPPORTED, std::string("the ") + be->name() +
+                                                 " backend has no 4-bit (QLoRA) kernels: load the model without quantization for this device");
     model->m->set_backend(*be);
     if (fallback_note && note_cap) {
       std::strncpy(fallback_note, fallback.c_str(), note_cap - 1);
@@ -542,6 +579,23 @@ llmt_status llmt_model_set_device(llmt_model *model, const char *device, char *f
     clear_error();
     return LLMT_OK;
   });
+}
+
+llmt_status llmt_model_set_precision(llmt_model *model, const char *precision) {
+  return guarded("set-precision", [&]() -> llmt_status {
+    if (!model || !precision) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_set_precision: NULL argument");
+    llmt_status st = model->m->set_precision(precision);
+    if (st) return st;
+    clear_error();
+    return LLMT_OK;
+  });
+}
+
+llmt_status llmt_model_set_checkpointing(llmt_model *model, int on) {
+  if (!model) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_set_checkpointing: NULL model");
+  model->checkpointing = on != 0;
+  clear_error();
+  return LLMT_OK;
 }
 
 const char *llmt_backends_info(void) {

@@ -183,6 +183,46 @@ struct Model::Impl {
   std::vector<int32_t> pos;
 };
 
+namespace {
+
+// QLoRA on a device backend: each 4-bit weight's arrays are uploaded once (frozen: later to_device() calls skip them)
+// with one shared copy of the nested-scale map; view() then hands the backend these device pointers.
+template <typename T>
+void q4_put(Backend &be, T *&d, const std::vector<T> &h) {
+  if (h.empty()) return;
+  d = static_cast<T *>(be.alloc(sizeof(T) * h.size()));
+  be.upload(d, h.data(), sizeof(T) * h.size());
+}
+
+void q4_to_device(Backend &be, Model &m) {
+  if (m.q4_weights.empty()) return;
+  if (!m.q4_dev_code2) {
+    m.q4_dev_code2 = static_cast<float *>(be.alloc(sizeof(float) * 256));
+    be.upload(m.q4_dev_code2, cpu::dynamic_map(), sizeof(float) * 256);
+  }
+  for (auto &q : m.q4_weights) {
+    if (q->dev_packed) continue;
+    q4_put(be, q->dev_absmax, q->absmax);
+    q4_put(be, q->dev_qabsmax, q->qabsmax);
+    q4_put(be, q->dev_absmax2, q->absmax2);
+    q->dev_code2 = q->qabsmax.empty() ? nullptr : m.q4_dev_code2;
+    q4_put(be, q->dev_packed, q->packed);  // last: it marks the weight as uploaded
+  }
+}
+
+void release_q4_device(Backend &be, Model &m) {
+  for (auto &q : m.q4_weights) {
+    for (uint8_t **d : {&q->dev_packed, &q->dev_qabsmax})
+      if (*d) be.release(*d), *d = nullptr;
+    for (float **d : {&q->dev_absmax, &q->dev_absmax2})
+      if (*d) be.release(*d), *d = nullptr;
+    q->dev_code2 = nullptr;
+  }
+  if (m.q4_dev_code2) be.release(m.q4_dev_code2), m.q4_dev_code2 = nullptr;
+}
+
+}  // namespace
+
 Model::~Model() {
   impl_.reset();  // activations first (they hold backend memory)
   release_device();
@@ -190,12 +230,18 @@ Model::~Model() {
 
 void Model::release_device() {
   if (!be_) return;
-  for (auto &p : params)
+  for (auto &p : params) {
     for (float **d : {&p->dev_w, &p->dev_g, &p->dev_m, &p->dev_v})
       if (*d) {
         be_->release(*d);
         *d = nullptr;
       }
+    if (p->dev_half) {
+      be_->release(p->dev_half);
+      p->dev_half = nullptr;
+    }
+  }
+  release_q4_device(*be_, *this);
 }
 
 void Model::set_backend(Backend &be) {
@@ -224,11 +270,16 @@ void Model::to_device() {
     be.upload(d, h.data(), sizeof(float) * h.size());
   };
   for (auto &p : params) {
+    if (!p->half.empty() && !p->dev_half) {  // frozen 16-bit weights never change: uploaded once
+      p->dev_half = static_cast<uint16_t *>(be.alloc(sizeof(uint16_t) * p->half.size()));
+      be.upload(p->dev_half, p->half.data(), sizeof(uint16_t) * p->half.size());
+    }
     put(p->dev_w, p->data);
     put(p->dev_g, p->trainable ? p->grad : std::vector<float>());
     put(p->dev_m, p->adam_m);
     put(p->dev_v, p->adam_v);
   }
+  q4_to_device(be, *this);
 }
 
 void Model::to_host(bool grads, bool optimizer) const {
@@ -244,6 +295,62 @@ void Model::to_host(bool grads, bool optimizer) const {
       get(p->adam_v, p->dev_v);
     }
   }
+}
+
+llmt_status Model::restore_fp32(Param &p) {
+  if (!p.half_type) return LLMT_OK;
+  llmt_status st;
+  std::unique_ptr<WeightSet> ws = WeightSet::open_dir(dir_, st);
+  if (!ws) return st;
+  const std::string bare = cfg_.family->bare_prefix ? cfg_.family->bare_prefix : "";
+  std::string fname = p.name;
+  if (!ws->find(fname) && !bare.empty() && fname.compare(0, bare.size(), bare) == 0) fname = fname.substr(bare.size());
+  std::vector<float> data(static_cast<size_t>(p.numel()));
+  if ((st = ws->read_f32(fname, data.data())) != LLMT_OK) return st;
+  p.data.swap(data);
+  std::vector<uint16_t>().swap(p.half);
+  p.half_type = 0;
+  if (p.dev_half) {
+    be_->release(p.dev_half);
+    p.dev_half = nullptr;
+  }
+  if (!be_->host_memory()) dirty_ = true;
+  return LLMT_OK;
+}
+
+llmt_status Model::set_precision(const std::string &precision) {
+  if (precision.empty() || precision == "fp32") return LLMT_OK;
+  if (precision != "bf16" && precision != "fp16")
+    return set_error(LLMT_ERR_BAD_INPUT, "precision must be \"fp32\", \"bf16\" or \"fp16\" (got \"" + precision + "\")");
+  const Half t = precision == "bf16" ? Half::BF16 : Half::F16;
+  if (precision_ != "fp32" && precision_ != precision)
+    return set_error(LLMT_ERR_BAD_INPUT, "this model already keeps its frozen weights in " + precision_);
+  if (!be_->supports_half())
+    return set_error(LLMT_ERR_UNSUPPORTED, std::string("the ") + be_->name() + " backend has no 16-bit weights; use precision fp32");
+  std::vector<Param *> todo;
+  for (auto &L : linears)
+    if (!L->q4 && !L->W->trainable && !L->W->half_type && !L->W->data.empty()) todo.push_back(L->W);
+  if (lm_head && lm_head != embed && !lm_head->trainable && !lm_head->half_type && !lm_head->data.empty()) todo.push_back(lm_head);
+  for (Param *p : todo) {  // check first: a failure leaves the model unchanged
+    if (t != Half::F16) break;
+    for (float v : p->data)
+      if (std::isfinite(v) && !std::isfinite(f16_to_f32(f32_to_f16(v))))
+        return set_error(LLMT_ERR_BAD_INPUT, p->name + " holds " + std::to_string(v) +
+                                                 ", beyond fp16's range (±65504); use precision bf16 (or fp32)");
+  }
+  for (Param *p : todo) {
+    p->half.resize(p->data.size());
+    for (size_t i = 0; i < p->data.size(); ++i) p->half[i] = to_half(p->data[i], int(t));
+    p->half_type = static_cast<uint8_t>(t);
+    std::vector<float>().swap(p->data);
+    if (p->dev_w) {
+      be_->release(p->dev_w);
+      p->dev_w = nullptr;
+    }
+    if (!be_->host_memory()) dirty_ = true;
+  }
+  precision_ = precision;
+  return LLMT_OK;
 }
 
 Param *Model::new_param(const std::string &name, std::vector<int64_t> shape) {
@@ -271,6 +378,18 @@ int64_t Model::num_trainable() const {
 std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st) { return load(dir, st, QuantSpec()); }
 
 std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, const QuantSpec &requested) {
+  return load(dir, st, requested, "fp32");
+}
+
+std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, const QuantSpec &requested,
+                                   const std::string &precision) {
+  int half = 0;  // 16-bit type the frozen weights stream into (0: fp32)
+  if (precision == "bf16") half = int(Half::BF16);
+  else if (precision == "fp16") half = int(Half::F16);
+  else if (!precision.empty() && precision != "fp32") {
+    st = set_error(LLMT_ERR_BAD_INPUT, "precision must be \"fp32\", \"bf16\" or \"fp16\" (got \"" + precision + "\")");
+    return nullptr;
+  }
   // a bnb 4-bit checkpoint (`llmt-engine quantize`, transformers' save_pretrained) loads as stored
   QuantSpec stored;
   if ((st = stored_quant_spec(dir, stored)) != LLMT_OK) return nullptr;
@@ -285,10 +404,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
   m->dir_ = dir;
   m->be_ = &cpu_backend();
   m->quant_ = quant;
-  if (quant.enabled && !m->be_->supports_q4()) {
-    st = set_error(LLMT_ERR_UNSUPPORTED, std::string("4-bit quantization is not implemented on the ") + m->be_->name() + " backend yet");
-    return nullptr;
-  }
+  m->precision_ = half ? precision : "fp32";
   m->impl_ = std::make_unique<Impl>();
   st = load_config(dir, m->cfg_);
   if (st != LLMT_OK) return nullptr;
@@ -315,7 +431,8 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     lin->out = out;
     lin->role = role;
     lin->W = m->new_param(lin->module + ".weight", {out, in});
-    if (quant.enabled) std::vector<float>().swap(lin->W->data);  // filled as 4-bit while loading
+    if (quant.enabled || half) std::vector<float>().swap(lin->W->data);  // filled as 4-bit / 16-bit while loading
+    if (half && !quant.enabled) lin->W->half_type = static_cast<uint8_t>(half);
     if (role == kQKV || role == kQ || role == kK || role == kV ? c.qkv_bias : c.linear_bias) {
       lin->b = m->new_param(lin->module + ".bias", {out});
       lin->b->decay = false;
@@ -369,6 +486,10 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     m->lm_head = m->embed;
   } else {
     m->lm_head = m->new_param(head_name, {V, H});
+    if (half) {
+      std::vector<float>().swap(m->lm_head->data);
+      m->lm_head->half_type = static_cast<uint8_t>(half);
+    }
   }
 
   // Load every parameter; collect what is missing or mis-shaped.
@@ -388,7 +509,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
       missing.push_back(p->name);
       continue;
     }
-    if (prequantized && p->data.empty()) {  // a block linear stored 4-bit: used as stored, no re-quantization
+    if (prequantized && p->data.empty() && !p->half_type) {  // a block linear stored 4-bit: used as stored, no re-quantization
       auto q = std::make_unique<Q4Weight>();
       std::vector<std::string> used;
       if ((st = read_q4_weight(*ws, fname, p->shape, quant, *q, used)) != LLMT_OK) return nullptr;
@@ -403,6 +524,20 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
                                              shape_str(t->shape) + " but config.json implies " + shape_str(p->shape) +
                                              "; config.json and the weights do not belong together");
       return nullptr;
+    }
+    if (p->half_type && p->half.empty()) {  // mixed precision: stream in, round to 16 bits, drop the fp32 tensor
+      std::vector<float> tmp(static_cast<size_t>(p->numel()));
+      if ((st = ws->read_f32(fname, tmp.data())) != LLMT_OK) return nullptr;
+      p->half.resize(tmp.size());
+      for (size_t i = 0; i < tmp.size(); ++i) {
+        p->half[i] = to_half(tmp[i], p->half_type);
+        if (p->half_type == uint8_t(Half::F16) && std::isfinite(tmp[i]) && !std::isfinite(f16_to_f32(p->half[i]))) {
+          st = set_error(LLMT_ERR_BAD_INPUT, p->name + " holds " + std::to_string(tmp[i]) +
+                                                 ", beyond fp16's range (±65504); use precision bf16 (or fp32)");
+          return nullptr;
+        }
+      }
+      continue;
     }
     if (quant.enabled && p->data.empty()) {  // a block linear of a QLoRA load: stream in, quantize, drop
       std::vector<float> tmp(static_cast<size_t>(p->numel()));
@@ -482,6 +617,11 @@ llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) 
       if (ends_with(module, n)) return true;  // PEFT: key.endswith(target_key)
     return false;
   };
+  for (auto &p : params) {  // a 16-bit frozen weight that becomes trainable is re-read in fp32
+    if (!p->half_type || p->name.find(".lora_") != std::string::npos) continue;
+    if (!listed(p->name.substr(0, p->name.rfind('.')))) continue;
+    if (llmt_status st = restore_fp32(*p)) return st;
+  }
   if (lm_head == embed && (listed(head_module) || listed(embed_module))) {
     Param *head = new_param(head_module + ".weight", embed->shape);
     head->data = embed->data;
@@ -576,13 +716,17 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
   return LLMT_OK;
 }
 
-void Model::make_all_trainable() {
+llmt_status Model::make_all_trainable() {
+  for (auto &p : params)
+    if (llmt_status st = restore_fp32(*p)) return st;
+  precision_ = "fp32";
   for (auto &p : params) {
     p->trainable = true;
     p->save_name = p->name;
     p->grad.assign(p->data.size(), 0.0f);
   }
   dirty_ = !be_->host_memory();
+  return LLMT_OK;
 }
 
 std::vector<Param *> Model::trainable_params() {
@@ -613,11 +757,21 @@ uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
   return mix64(seed ^ mix64(static_cast<uint64_t>(layer) * 0x9E3779B97F4A7C15ull + static_cast<uint64_t>(role) + 1));
 }
 
+// C (+)= A·Wᵀ / A·W for a weight that may be stored in 16 bits (Model::set_precision)
+void weight_nt(Backend &be, const Param &W, const float *A, float *C, int64_t M, int64_t N, int64_t K, bool acc) {
+  if (W.half_type) be.matmul_nt_half(A, W.h(), Half(W.half_type), C, M, N, K, acc);
+  else be.matmul_nt(A, W.w(), C, M, N, K, acc);
+}
+void weight_nn(Backend &be, const Param &W, const float *A, float *C, int64_t M, int64_t N, int64_t K, bool acc) {
+  if (W.half_type) be.matmul_nn_half(A, W.h(), Half(W.half_type), C, M, N, K, acc);
+  else be.matmul_nn(A, W.w(), C, M, N, K, acc);
+}
+
 // y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
 void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
   if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
-  else be.matmul_nt(x, L.W->w(), y, N, L.out, L.in, false);
+  else weight_nt(be, *L.W, x, y, N, L.out, L.in, false);
   if (L.b) be.add_bias(y, L.b->w(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
@@ -643,7 +797,7 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
 void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
                      const LinearActs &a) {
   if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);  // frozen: no dW
-  else be.matmul_nn(dy, L.W->w(), dx, N, L.in, L.out, accumulate);
+  else weight_nn(be, *L.W, dy, dx, N, L.in, L.out, accumulate);
   if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->g(), L.out, L.in, N, true);
   if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, L.out);
   if (!L.lora.r) return;
@@ -1142,7 +1296,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     const int64_t rows = std::min(chunk, N - r0);
     resize(lg, rows * V);
     float *logits = lg.data();
-    be.matmul_nt(hf.data() + r0 * H, lm_head->w(), logits, rows, V, H, false);
+    weight_nt(be, *lm_head, hf.data() + r0 * H, logits, rows, V, H, false);
     if (opt.want_logits) be.download(out.logits.data() + r0 * V, logits, sizeof(float) * static_cast<size_t>(rows * V));
     resize(lse, rows);
     int64_t cnt = 0;
@@ -1151,7 +1305,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     if (bwd && cnt > 0) {
       resize(dlg, rows * V);
       be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
-      be.matmul_nn(dlg.data(), lm_head->w(), dhf.data() + r0 * H, rows, H, V, false);
+      weight_nn(be, *lm_head, dlg.data(), dhf.data() + r0 * H, rows, H, V, false);
       if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
     }
   }
@@ -1319,7 +1473,7 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
   if (c.logit_scale != 1.0f) be.scale_inplace(h.data(), c.logit_scale, S * H);
   last_logits.resize(static_cast<size_t>(S * V));
   Buf lg(be, S * V);
-  be.matmul_nt(h.data(), lm_head->w(), lg.data(), S, V, H, false);
+  weight_nt(be, *lm_head, h.data(), lg.data(), S, V, H, false);
   be.download(last_logits.data(), lg.data(), sizeof(float) * last_logits.size());  // the sampler reads them on the host
   for (float z : last_logits)
     if (!std::isfinite(z)) return set_error(LLMT_ERR_NAN, "the model produced non-finite logits");

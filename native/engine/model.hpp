@@ -42,6 +42,11 @@ struct Param {
   std::string save_name;          // key in adapter_model.safetensors when trainable
   int64_t numel() const;
   float *dev_w = nullptr, *dev_g = nullptr, *dev_m = nullptr, *dev_v = nullptr;  // backend copies [numel] or null
+  // Mixed precision (Model::set_precision): a frozen weight kept as bf16/fp16 bits; `data` is empty then.
+  uint8_t half_type = 0;          // 0: fp32 in data; else a Half (cpu/half.hpp)
+  std::vector<uint16_t> half;     // [numel] 16-bit weight (host copy)
+  uint16_t *dev_half = nullptr;   // backend copy or null
+  const uint16_t *h() const { return dev_half ? dev_half : half.data(); }
   float *w() { return dev_w ? dev_w : data.data(); }
   const float *w() const { return dev_w ? dev_w : data.data(); }
   float *g() { return dev_g ? dev_g : grad.data(); }
@@ -132,7 +137,21 @@ class Model {
    *  transformers' save_pretrained) loads its 4-bit weights as stored, whatever `quant` asks for (another type:
    *  BAD_INPUT); quantization() then reports the stored spec. */
   static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st, const QuantSpec &quant);
+  /** As above, with mixed precision applied while streaming the weights in ("bf16"/"fp16": every block linear that
+   *  is not 4-bit and an untied head are read one tensor at a time and kept only as 16-bit values — the fp32 model
+   *  never exists in memory). A weight made trainable later (modules_to_save, make_all_trainable) is re-read in
+   *  fp32 from the folder. Errors as set_precision. */
+  static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st, const QuantSpec &quant,
+                                     const std::string &precision);
   const QuantSpec &quantization() const { return quant_; }
+  /** Mixed precision: "bf16" or "fp16" keeps every frozen base weight (block linears and an untied, frozen LM head;
+   *  not the embedding, norms, biases, LoRA factors or anything trainable) as 16-bit values — half the memory — and
+   *  their GEMMs read the activations rounded to that type with fp32 accumulation (Backend::matmul_*_half); LoRA
+   *  weights, gradients and AdamW state stay fp32. Call after add_lora / load_adapter / make_all_trainable: weights
+   *  made trainable later must still be fp32. "fp32" (the default) changes nothing. Errors: BAD_INPUT (unknown name,
+   *  a weight beyond fp16's range), UNSUPPORTED (the backend has no 16-bit GEMM). */
+  llmt_status set_precision(const std::string &precision);
+  const std::string &precision() const { return precision_; }
   ~Model();
 
   const ModelConfig &config() const { return cfg_; }
@@ -161,7 +180,8 @@ class Model {
   /** Writes the whole model as an HF folder (config.json + model.safetensors), atomically per file. */
   llmt_status save_model(const std::string &dir) const;
   /** Makes every parameter trainable (full fine-tuning). */
-  void make_all_trainable();
+  /** Every weight trainable (full fine-tuning); 16-bit weights are re-read in fp32 first (IO errors). */
+  llmt_status make_all_trainable();
   bool has_lora() const { return has_lora_; }
   const LoraSpec &lora_spec() const { return spec_; }
 
@@ -194,6 +214,7 @@ class Model {
   Param *embed_norm_w = nullptr, *embed_norm_b = nullptr;  // bloom's word_embeddings_layernorm
   std::vector<std::unique_ptr<Param>> params;
   std::vector<std::unique_ptr<Q4Weight>> q4_weights;  // QLoRA base weights, referenced by Linear::q4
+  float *q4_dev_code2 = nullptr;  // backend copy of cpu::dynamic_map() shared by the q4 weights (device backends)
 
  private:
   Model() = default;
@@ -205,10 +226,13 @@ class Model {
   Backend *be_ = nullptr;  // the device this model computes on (cpu_backend() unless set_backend)
   bool dirty_ = false;     // host vectors changed since the last to_device() (non-host backends only)
   void release_device();
+  /** A 16-bit frozen weight becoming trainable: its fp32 values re-read from the model folder. */
+  llmt_status restore_fp32(Param &p);
   std::string dir_;
   LoraSpec spec_;
   bool has_lora_ = false;
   QuantSpec quant_;
+  std::string precision_ = "fp32";
   std::unique_ptr<Impl> impl_;
 };
 

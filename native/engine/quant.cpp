@@ -27,6 +27,13 @@ void Backend::matmul_nn_q4(const float *, const cpu::Q4View &, float *, int64_t,
   throw std::logic_error(std::string("the ") + name() + " backend has no 4-bit matmul");
 }
 
+void Backend::matmul_nt_half(const float *, const uint16_t *, Half, float *, int64_t, int64_t, int64_t, bool) {
+  throw std::logic_error(std::string("the ") + name() + " backend has no 16-bit-weight matmul");
+}
+void Backend::matmul_nn_half(const float *, const uint16_t *, Half, float *, int64_t, int64_t, int64_t, bool) {
+  throw std::logic_error(std::string("the ") + name() + " backend has no 16-bit-weight matmul");
+}
+
 llmt_status parse_quant_spec(const std::string &s, QuantSpec &out) {
   out = QuantSpec();
   if (s.empty() || s == "none") return LLMT_OK;
@@ -51,13 +58,14 @@ cpu::Q4View Q4Weight::view() const {
   cpu::Q4View v;
   v.type = type;
   v.n = numel();
-  v.packed = packed.data();
+  const bool dev = dev_packed != nullptr;
+  v.packed = dev ? dev_packed : packed.data();
   if (qabsmax.empty()) {
-    v.absmax = absmax.data();
+    v.absmax = dev ? dev_absmax : absmax.data();
   } else {
-    v.qabsmax = qabsmax.data();
-    v.absmax2 = absmax2.data();
-    v.code2 = cpu::dynamic_map();
+    v.qabsmax = dev ? dev_qabsmax : qabsmax.data();
+    v.absmax2 = dev ? dev_absmax2 : absmax2.data();
+    v.code2 = dev ? dev_code2 : cpu::dynamic_map();
     v.offset = offset;
   }
   return v;

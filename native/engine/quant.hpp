@@ -29,7 +29,7 @@ llmt_status parse_quant_spec(const std::string &s, QuantSpec &out);
 /** "nf4", "fp4" or "none". */
 const char *quant_name(const QuantSpec &q);
 
-/** One frozen 4-bit weight [rows, cols] in host memory. */
+/** One frozen 4-bit weight [rows, cols] in host memory, plus its backend copy on a device backend. */
 struct Q4Weight {
   cpu::Q4Type type = cpu::Q4Type::NF4;
   int64_t rows = 0, cols = 0;
@@ -38,8 +38,14 @@ struct Q4Weight {
   std::vector<uint8_t> qabsmax;   // [ceil(n/64)] (double-quantized)
   std::vector<float> absmax2;     // [ceil(nb/256)]
   float offset = 0.0f;
+  // The same arrays in backend memory (a backend without host memory: Model::to_device uploads them once, the weight
+  // being frozen; Model releases them), else null. dev_code2 is the model's one copy of cpu::dynamic_map().
+  uint8_t *dev_packed = nullptr, *dev_qabsmax = nullptr;
+  float *dev_absmax = nullptr, *dev_absmax2 = nullptr;
+  const float *dev_code2 = nullptr;
   int64_t numel() const { return rows * cols; }
-  size_t bytes() const;           // memory held
+  size_t bytes() const;           // memory held (host)
+  /** The host arrays, or the backend copies once uploaded (dev_packed set). */
   cpu::Q4View view() const;
 };
 

@@ -74,6 +74,7 @@ struct Job {
   int64_t warmup_steps = 0, max_steps = -1, epochs = 3, micro_batch = 4, grad_accum = 1, eval_batch = 4;
   uint64_t seed = 42;
   bool checkpointing = false;
+  std::string precision = "fp32";  // training.precision: frozen base weights in bf16/fp16 (Model::set_precision)
   std::string out_dir;
   int64_t logging_steps = 10, save_steps = 500, eval_steps = 0, save_total_limit = 0;
   std::string resume_from;
@@ -147,7 +148,7 @@ llmt_status parse_job(const Json &j, Job &job) {
     if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "max_steps", "num_epochs",
                                           "micro_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay",
                                           "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "gradient_checkpointing",
-                                          "loss_normalization", "eval_batch_size"})))
+                                          "loss_normalization", "eval_batch_size", "precision"})))
       return st;
     job.lr = t.get_number("learning_rate", job.lr);
     job.schedule = t.get_string("lr_scheduler", job.schedule);
@@ -166,6 +167,9 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.checkpointing = t.get_bool("gradient_checkpointing", false);
     job.loss_norm = t.get_string("loss_normalization", "auto");
     job.eval_batch = t.get_int("eval_batch_size", job.micro_batch);
+    job.precision = t.get_string("precision", "fp32");
+    if (job.precision != "fp32" && job.precision != "bf16" && job.precision != "fp16")
+      return set_error(LLMT_ERR_BAD_INPUT, "job: training.precision must be \"fp32\", \"bf16\" or \"fp16\" (got \"" + job.precision + "\")");
   }
   const Json &o = j.get("output");
   if ((st = check_keys(o, "output", {"dir", "logging_steps", "save_steps", "eval_steps", "save_total_limit"}))) return st;
@@ -661,15 +665,17 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   const int W = dist.world();
   const bool zero1 = dist.on() && job.zero_stage == 1 && job.method == "full";
 
-  auto model = Model::load(job.model_dir, st, job.quant);
+  // LoRA in bf16/fp16: the frozen weights stream in as 16-bit (the fp32 model never exists in memory); a full
+  // fine-tune loads fp32 (every weight trains)
+  auto model = Model::load(job.model_dir, st, job.quant, job.method == "lora" ? job.precision : "fp32");
   if (!model) return fail(st);
-  {  // compute device (the CUDA backend is fp32 and not yet validated on a GPU: docs/cuda.md)
+  {  // compute device (the CUDA backend is validated under cuemu, not yet on a GPU: docs/cuda.md)
     std::string fallback, derr;
     Backend *be = select_backend(job.device, &fallback, &derr);
     if (!be) return fail(set_error(LLMT_ERR_BAD_INPUT, "job: " + derr));
-    if (model->quantization().enabled && !be->supports_q4())
-      return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("QLoRA (4-bit base weights) runs on the CPU backend only; the ") + be->name() +
-                                                      " backend cannot use them yet. Use \"device\": \"cpu\" or \"quantization\": \"none\""));
+    if (model->quantization().enabled && !be->supports_q4())  // CPU and CUDA both have 4-bit kernels
+      return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("the ") + be->name() +
+                                                      " backend has no 4-bit (QLoRA) kernels. Use \"device\": \"cpu\" or \"quantization\": \"none\""));
     if (zero1 && !be->host_memory())
       return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("distributed.zero_stage 1 runs on the CPU backend only for now; use zero_stage 0 on ") + be->name()));
     model->set_backend(*be);
@@ -688,7 +694,16 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     else st = model->add_lora(job.lora, job.seed);
     if (st) return fail(st);
   } else {
-    model->make_all_trainable();
+    if ((st = model->make_all_trainable())) return fail(st);
+  }
+  if (job.precision != "fp32") {
+    if (job.method == "full") {
+      Json w = ev("warning");
+      w.set("message", Json::string("training.precision " + job.precision + " applies to frozen base weights; a full fine-tune trains every weight, so it computes in fp32"));
+      emit(w);
+    } else if ((st = model->set_precision(job.precision))) {
+      return fail(st);
+    }
   }
   std::string loss_norm = job.loss_norm;
   if (loss_norm == "auto") loss_norm = cfg.model_type == "baichuan" ? "mean_of_means" : "token_mean";
@@ -969,6 +984,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   double my_tokens = 0, my_compute_s = 0, my_grad_wait_s = 0, my_t0 = mono_s();
   double my_buckets = 0, my_buckets_early = 0;  // gradient buckets reduced, and of those started during the backward
   bool stopped = false;
+  // fp16: dynamic loss scaling as torch.cuda.amp.GradScaler (init 2¹⁶, ×0.5 and the step skipped on an inf/NaN
+  // gradient, ×2 after 2000 clean steps): the gradients reaching the fp16-rounded GEMM inputs stay in range.
+  const bool scaled = job.precision == "fp16" && job.method == "lora";
+  double loss_scale = scaled ? 65536.0 : 1.0;
+  int64_t clean_steps = 0;
   const size_t GA = static_cast<size_t>(job.grad_accum);
   while (step < total) {
     if (ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
@@ -1017,6 +1037,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       o.seed = mix64(job.seed ^ mix64(static_cast<uint64_t>(step) * 1315423911ull + k + 1));
       if (loss_norm == "token_mean") o.grad_scale = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
       else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(GA)) : 0.0f;
+      o.grad_scale *= static_cast<float>(loss_scale);
       if (reducer && job.overlap && k == last) o.grad_ready = [&](int64_t, const std::vector<Param *> &ready) { reducer->ready(ready); };
       RunResult r;
       if ((st = model->run(micro[k], o, r))) {
@@ -1063,18 +1084,36 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       w.set("message", Json::string("step " + std::to_string(step + 1) + " had no target tokens (every label is -100); HF would report a NaN loss"));
       emit(w);
     }
-    const double gnorm = std::sqrt(sq);
-    if (!std::isfinite(gnorm) || (total_tokens > 0 && !std::isfinite(step_loss))) {
+    double gnorm = std::sqrt(sq) / loss_scale;
+    bool skip_update = false;
+    if (scaled && !std::isfinite(gnorm) && !(total_tokens > 0 && !std::isfinite(step_loss))) {
+      // an fp16 overflow in the scaled gradients: skip this update, back off the scale
+      loss_scale *= 0.5;
+      clean_steps = 0;
+      if (loss_scale < 1.0)
+        return fail(set_error(LLMT_ERR_NAN, "the fp16 gradients overflow even with a loss scale below 1 (step " + std::to_string(step + 1) +
+                                                "); train with precision bf16 or fp32"));
+      Json w = ev("warning");
+      w.set("message", Json::string("fp16: the gradients overflowed at step " + std::to_string(step + 1) + "; update skipped, loss scale now " +
+                                    std::to_string(static_cast<int64_t>(loss_scale))));
+      emit(w);
+      skip_update = true;
+      gnorm = NAN;
+    }
+    if (!skip_update && (!std::isfinite(gnorm) || (total_tokens > 0 && !std::isfinite(step_loss)))) {
       return fail(set_error(LLMT_ERR_NAN, "the loss or gradient became " + std::string(std::isnan(gnorm) || std::isnan(step_loss) ? "NaN" : "infinite") +
                                               " at step " + std::to_string(step + 1)));
     }
-    if (job.max_grad_norm > 0 && gnorm > job.max_grad_norm) {
-      const float coef = static_cast<float>(job.max_grad_norm / (gnorm + 1e-6));
-      for (size_t i = 0; i < tp.size(); ++i)
-        if (owns(i)) model->backend().scale_inplace(tp[i]->g(), coef, tp[i]->numel());
+    if (!skip_update) {  // unscale (fp16) and clip in one pass
+      double coef = 1.0 / loss_scale;
+      if (job.max_grad_norm > 0 && gnorm > job.max_grad_norm) coef *= job.max_grad_norm / (gnorm + 1e-6);
+      if (coef != 1.0)
+        for (size_t i = 0; i < tp.size(); ++i)
+          if (owns(i)) model->backend().scale_inplace(tp[i]->g(), static_cast<float>(coef), tp[i]->numel());
     }
+    if (scaled && !skip_update && ++clean_steps % 2000 == 0) loss_scale *= 2.0;
     const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
-    for (size_t i = 0; i < tp.size(); ++i) {
+    for (size_t i = 0; i < tp.size() && !skip_update; ++i) {
       if (!owns(i)) {
         if (zero1) std::fill(tp[i]->data.begin(), tp[i]->data.end(), 0.0f);  // refilled from its owner below
         continue;
@@ -1100,7 +1139,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       e.set("epoch", Json::number(cur.epoch + static_cast<double>(cur.index) / static_cast<double>(n)));
       e.set("loss", log_steps ? Json::number(log_loss_sum / static_cast<double>(log_steps)) : Json());
       e.set("lr", Json::number(lr));
-      e.set("grad_norm", Json::number(gnorm));
+      e.set("grad_norm", std::isfinite(gnorm) ? Json::number(gnorm) : Json());  // null: an fp16 step skipped
       e.set("tokens", Json::integer(log_tokens));
       e.set("tokens_per_s", Json::number(log_tokens / std::max(1e-9, t - log_t0)));
       e.set("mem_bytes", Json::integer(rss_bytes()));

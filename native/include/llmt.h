@@ -109,9 +109,17 @@ typedef struct llmt_model llmt_model;
 
 /* Makes `model` compute on `device`: "cpu" (default), "cuda", "cuda:N" or "auto" (CUDA when usable). "cuda" without a
  * usable GPU keeps the CPU and, when `fallback_note` is not NULL, copies a one-line reason into it (up to
- * note_cap bytes; "" when no fallback happened). The CUDA backend is fp32 and NOT yet validated on a GPU (docs/cuda.md).
+ * note_cap bytes; "" when no fallback happened). The CUDA backend is validated under the cuemu emulator, not yet on a GPU (docs/cuda.md).
  * Errors: BAD_INPUT (malformed device string). */
 LLMT_API llmt_status llmt_model_set_device(llmt_model *model, const char *device, char *fallback_note, size_t note_cap);
+/* Mixed precision for a loaded model: "bf16" or "fp16" keeps its frozen base weights (block linears, an untied head)
+ * as 16-bit values — half their memory — and their GEMMs read the activations rounded to that type with fp32
+ * accumulation; LoRA weights stay fp32. "fp32" (the default) changes nothing. Call after loading the adapter.
+ * Errors: BAD_INPUT (unknown name, a weight beyond fp16's range), UNSUPPORTED (the backend has no 16-bit GEMM). */
+LLMT_API llmt_status llmt_model_set_precision(llmt_model *model, const char *precision);
+/* Gradient checkpointing for llmt_model_backward: keep only each block's input and recompute it in the backward
+ * (as training.gradient_checkpointing does for jobs). Off by default. */
+LLMT_API llmt_status llmt_model_set_checkpointing(llmt_model *model, int on);
 /* Backends compiled into this library and whether each can run here, as text lines, e.g.
  * "backends: cpu, cuda(sm_80,...)\ncpu: yes\ncuda: no device (libcuda.so.1 not found)". Never NULL. */
 LLMT_API const char *llmt_backends_info(void);

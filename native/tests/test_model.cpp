@@ -11,6 +11,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@
 #include "../cpu/ops.hpp"
 #include "../engine/generate.hpp"
 #include "../engine/json.hpp"
+#include "../engine/backend.hpp"
 #include "../engine/model.hpp"
 #include "../engine/rng.hpp"
 #include "../engine/safetensors.hpp"
@@ -711,6 +713,193 @@ static std::vector<std::string> run_job(const std::string &job) {
   return events;
 }
 
+static bool m_bad_precision_refused() {
+  std::vector<std::string> ev;
+  std::string j = std::string("{\"model\": \"") + tiny("llama") + "\", \"data\": {\"train\": \"x\"}, \"output\": {\"dir\": \"/tmp/x\"}, \"training\": {\"precision\": \"fp8\"}}";
+  llmt_status st = llmt_train(j.c_str(), [](void *u, const char *e) { static_cast<std::vector<std::string> *>(u)->push_back(e); }, nullptr, &ev);
+  return st == LLMT_ERR_BAD_INPUT && std::string(llmt_last_error()).find("precision") != std::string::npos;
+}
+
+// 16-bit conversions: every fp16/bf16 value round-trips; fp32 → fp16 agrees with the compiler's _Float16 (IEEE RNE)
+// on a sweep of fp32 values incl. ties, subnormals and overflow; bf16 ties go to even.
+static void test_half_conversions() {
+  std::printf("half conversions\n");
+  int bad16 = 0, badbf = 0;
+  for (uint32_t h = 0; h < 65536; ++h) {
+    const float f = f16_to_f32(uint16_t(h)), b = bf16_to_f32(uint16_t(h));
+    if (!std::isnan(f) && f32_to_f16(f) != h) ++bad16;
+    if (!std::isnan(b) && f32_to_bf16(b) != h) ++badbf;
+    if (std::isnan(f) != std::isnan(float(static_cast<_Float16>(f)))) ++bad16;
+  }
+  CHECK(bad16 == 0 && badbf == 0, "every fp16 and bf16 value round-trips (" + std::to_string(bad16) + ", " + std::to_string(badbf) + ")");
+  int mism = 0;
+  Rng r(3);
+  for (int i = 0; i < 2000000; ++i) {
+    uint32_t u = uint32_t(r.next() >> 32);
+    if (i % 4 == 1) u = (u & 0x807fffffu) | ((100u + u % 50u) << 23);  // exponents around fp16's range, subnormals
+    if (i % 4 == 2) u = (u & 0xffffe000u) | 0x1000u;                   // exact fp16 ties
+    float f;
+    std::memcpy(&f, &u, 4);
+    if (std::isnan(f)) continue;
+    _Float16 ref = static_cast<_Float16>(f);
+    uint16_t rb;
+    std::memcpy(&rb, &ref, 2);
+    if (f32_to_f16(f) != rb) ++mism;
+  }
+  CHECK(mism == 0, "fp32 → fp16 equals _Float16's rounding (" + std::to_string(mism) + " mismatches)");
+  CHECK(f32_to_bf16(bf16_to_f32(0x3f80) + std::ldexp(1.0f, -8)) == 0x3f80, "bf16 tie 1 + 2⁻⁸ rounds to even (down)");
+  CHECK(f32_to_bf16(bf16_to_f32(0x3f81) + std::ldexp(1.0f, -8)) == 0x3f82, "bf16 tie 1 + 3·2⁻⁸ rounds to even (up)");
+  CHECK(f32_to_f16(65504.0f) == 0x7bff && f32_to_f16(65519.0f) == 0x7bff && f32_to_f16(65520.0f) == 0x7c00, "fp16 overflow boundary");
+  CHECK(f32_to_bf16(std::numeric_limits<float>::quiet_NaN()) != 0x7f80 && std::isnan(bf16_to_f32(f32_to_bf16(NAN))), "NaN stays NaN");
+}
+
+// Mixed precision on the CPU backend: frozen weights in bf16/fp16 (half the bytes), LoRA fp32; loss and LoRA
+// gradients close to fp32, and exactly those of an fp32 model whose weights and GEMM inputs were rounded alike.
+static void test_mixed_precision() {
+  std::printf("mixed precision\n");
+  for (const char *family : {"llama", "falcon"})
+    for (const char *prec : {"bf16", "fp16"}) {
+      llmt_status st;
+      auto a = Model::load(tiny(family), st), b = Model::load(tiny(family), st);
+      CHECK(a && b, "load");
+      if (!a || !b) return;
+      LoraSpec spec;
+      spec.r = 4;
+      spec.alpha = 8;
+      spec.targets = {"q_proj", "v_proj", "down_proj", "query_key_value", "dense_4h_to_h"};
+      a->add_lora(spec, 3);
+      b->add_lora(spec, 3);
+      for (Model *m : {a.get(), b.get()})
+        for (Param *p : m->trainable_params()) randomize(p, 0.05f, 11);
+      CHECK(b->set_precision(prec) == LLMT_OK, std::string("set_precision ") + prec + ": " + llmt_last_error());
+      size_t halfw = 0, f32w = 0;
+      for (auto &p : b->params) {
+        if (p->half_type) {
+          CHECK(p->data.empty() && int64_t(p->half.size()) == p->numel(), p->name + " keeps only its 16-bit copy");
+          halfw += p->half.size();
+        }
+        f32w += p->data.size();
+      }
+      CHECK(halfw > f32w, std::string(family) + ": most weights are 16-bit (" + std::to_string(halfw) + " vs " + std::to_string(f32w) + " fp32)");
+      for (Param *p : b->trainable_params()) CHECK(!p->half_type, "trainable " + p->name + " stays fp32");
+      Batch batch = make_batch(2, 12, a->config().vocab, 7);
+      RunOptions o;
+      o.backward = true;
+      RunResult ra, rb;
+      a->zero_grad();
+      b->zero_grad();
+      CHECK(a->run(batch, o, ra) == LLMT_OK && b->run(batch, o, rb) == LLMT_OK, "run");
+      const double la = ra.loss_sum / double(ra.count), lb = rb.loss_sum / double(rb.count);
+      CHECK(std::fabs(la - lb) < 2e-2 * std::fabs(la) && la != lb,
+            std::string(family) + " " + prec + ": loss " + std::to_string(lb) + " vs fp32 " + std::to_string(la));
+      double dot = 0, na = 0, nb = 0;
+      auto pa = a->trainable_params(), pb = b->trainable_params();
+      for (size_t i = 0; i < pa.size(); ++i)
+        for (size_t j = 0; j < pa[i]->grad.size(); ++j) {
+          dot += double(pa[i]->grad[j]) * pb[i]->grad[j];
+          na += double(pa[i]->grad[j]) * pa[i]->grad[j];
+          nb += double(pb[i]->grad[j]) * pb[i]->grad[j];
+        }
+      const double cosv = dot / std::sqrt(na * nb);
+      CHECK(cosv > 0.999, std::string(family) + " " + prec + ": LoRA gradients agree with fp32 (cosine " + std::to_string(cosv) + ")");
+      // the same product by hand: W rounded, x rounded, fp32 sums
+      Linear *L = b->linears.front().get();
+      Linear *La = a->linears.front().get();
+      std::vector<float> x(size_t(3 * L->in)), want(size_t(3 * L->out)), got(size_t(3 * L->out)), xr = x, wr = La->W->data;
+      Rng r(5);
+      for (float &v : x) v = (r.uniform() * 2 - 1) * 3;
+      const int t = std::string(prec) == "fp16" ? 2 : 1;
+      for (size_t i = 0; i < x.size(); ++i) xr[i] = from_half(to_half(x[i], t), t);
+      for (float &v : wr) v = from_half(to_half(v, t), t);
+      cpu_backend().matmul_nt(xr.data(), wr.data(), want.data(), 3, L->out, L->in, false);
+      cpu_backend().matmul_nt_half(x.data(), L->W->h(), Half(t), got.data(), 3, L->out, L->in, false);
+      CHECK(want == got, std::string(prec) + ": matmul_nt_half == fp32 GEMM on rounded operands, bit for bit");
+    }
+  {  // streaming: the weights come in as 16-bit (bit-identical to converting after an fp32 load)
+    llmt_status st;
+    auto a = Model::load(tiny("llama"), st), b = Model::load(tiny("llama"), st, QuantSpec(), "bf16");
+    CHECK(a && b, std::string("streamed bf16 load: ") + llmt_last_error());
+    if (!a || !b) return;
+    CHECK(a->set_precision("bf16") == LLMT_OK && b->precision() == "bf16", "precision reported");
+    bool same = true, no_f32 = true;
+    for (size_t i = 0; i < a->params.size(); ++i) {
+      same = same && a->params[i]->half == b->params[i]->half && a->params[i]->data == b->params[i]->data;
+      no_f32 = no_f32 && !(b->params[i]->half_type && !b->params[i]->data.empty());
+    }
+    CHECK(same && no_f32, "streamed 16-bit weights equal the converted ones, no fp32 copy");
+    // modules_to_save on a block linear: that weight is re-read in fp32 and trains
+    auto c = Model::load(tiny("llama"), st, QuantSpec(), "bf16"), f = Model::load(tiny("llama"), st);
+    LoraSpec spec;
+    spec.r = 2;
+    spec.targets = {"q_proj"};
+    spec.modules_to_save = {"down_proj"};
+    CHECK(c->add_lora(spec, 1) == LLMT_OK, std::string("add_lora with modules_to_save on a 16-bit load: ") + llmt_last_error());
+    bool restored = false;
+    for (auto &L : c->linears)
+      if (L->short_name == "down_proj") {
+        for (auto &Lf : f->linears)
+          if (Lf->module == L->module) restored = L->W->trainable && !L->W->half_type && L->W->data == Lf->W->data;
+        break;
+      }
+    CHECK(restored, "modules_to_save re-reads the 16-bit weight in fp32");
+    auto d = Model::load(tiny("llama"), st, QuantSpec(), "fp16");
+    CHECK(d->make_all_trainable() == LLMT_OK && d->precision() == "fp32", "make_all_trainable restores fp32");
+    bool all = true;
+    for (auto &p : d->params) all = all && !p->half_type && int64_t(p->data.size()) == p->numel();
+    CHECK(all, "every weight fp32 after make_all_trainable");
+    CHECK(!Model::load(tiny("llama"), st, QuantSpec(), "int8") && st == LLMT_ERR_BAD_INPUT, "an unknown precision at load is refused");
+  }
+  llmt_status st;
+  auto m = Model::load(tiny("llama"), st);
+  CHECK(m->set_precision("fp8") == LLMT_ERR_BAD_INPUT, "unknown precision refused");
+  m->params.front()->data[0] = 1e6f;  // the embedding: not converted, so no error
+  for (auto &L : m->linears) L->W->data[0] = 1e6f;
+  CHECK(m->set_precision("fp16") == LLMT_ERR_BAD_INPUT && std::string(llmt_last_error()).find("fp16's range") != std::string::npos,
+        "a weight beyond fp16's range is refused by name");
+  CHECK(m->set_precision("bf16") == LLMT_OK, "bf16 holds it");
+}
+
+// training.precision through the job: bf16 trains close to fp32; fp16 uses dynamic loss scaling (an injected
+// overflow skips the update and halves the scale); the adapter stays fp32.
+static void test_precision_jobs() {
+  std::printf("precision jobs\n");
+  const std::string data = g_tmp + "/train-prec.json";
+  write_tokens(data, 12, 10, 3);
+  auto job = [&](const std::string &out, const std::string &prec, const std::string &lr) {
+    return std::string("{\"model\": \"") + tiny("llama") + "\", \"lora\": {\"r\": 4, \"alpha\": 8, \"target_modules\": [\"q_proj\", \"v_proj\", \"down_proj\"]}," +
+           "\"data\": {\"train\": \"" + data + "\"}, \"training\": {\"learning_rate\": " + lr + ", \"max_steps\": 12, \"micro_batch_size\": 3, \"seed\": 5, \"precision\": \"" + prec + "\"}," +
+           "\"output\": {\"dir\": \"" + out + "\", \"logging_steps\": 1, \"save_steps\": 100}}";
+  };
+  auto losses = [](const std::vector<std::string> &ev) {
+    std::vector<double> l;
+    for (auto &e : ev) {
+      size_t p = e.find("\"loss\":");
+      if (e.find("\"event\":\"step\"") != std::string::npos && p != std::string::npos) l.push_back(std::atof(e.c_str() + p + 7));
+    }
+    return l;
+  };
+  auto f32 = losses(run_job(job(g_tmp + "/prec-f32", "fp32", "0.01")));
+  auto bf = losses(run_job(job(g_tmp + "/prec-bf16", "bf16", "0.01")));
+  auto fp = run_job(job(g_tmp + "/prec-fp16", "fp16", "0.01"));
+  auto f16 = losses(fp);
+  CHECK(f32.size() == 12 && bf.size() == 12 && f16.size() == 12, "12 logged steps each");
+  double worst = 0;
+  for (size_t i = 0; i < std::min(f32.size(), bf.size()); ++i) worst = std::max(worst, std::fabs(f32[i] - bf[i]) / f32[i]);
+  CHECK(worst < 0.03 && worst > 0, "bf16 loss curve within 3% of fp32 (worst " + std::to_string(worst) + ")");
+  for (size_t i = 0; i < std::min(f32.size(), f16.size()); ++i) worst = std::max(worst, std::fabs(f32[i] - f16[i]) / f32[i]);
+  CHECK(worst < 0.03, "fp16 loss curve within 3% of fp32 (worst " + std::to_string(worst) + ")");
+  std::string hdr = read_all(g_tmp + "/prec-bf16/adapter_model.safetensors").substr(0, 400);
+  CHECK(hdr.find("\"F32\"") != std::string::npos && hdr.find("BF16") == std::string::npos, "the adapter is saved in fp32");
+  // a learning rate so large the activations blow up: fp16 overflows, skips, backs off — or fails with a hint
+  auto huge = job(g_tmp + "/prec-fp16-huge", "fp16", "1e30");
+  std::vector<std::string> ev;
+  llmt_status st = llmt_train(huge.c_str(), [](void *u, const char *e) { static_cast<std::vector<std::string> *>(u)->push_back(e); }, nullptr, &ev);
+  bool skipped = false;
+  for (auto &e : ev) skipped = skipped || e.find("update skipped, loss scale now 32768") != std::string::npos;
+  CHECK(st == LLMT_ERR_NAN || skipped, "fp16 overflow: a skipped update with a halved scale, or a NaN error");
+  CHECK(m_bad_precision_refused(), "training.precision \"fp8\" refused");
+}
+
 static void test_training_and_resume() {
   std::printf("training and resume\n");
   const std::string data = g_tmp + "/train.json";
@@ -857,6 +1046,9 @@ int main() {
   test_legacy_layouts();
   test_bad_inputs();
   test_training_and_resume();
+  test_half_conversions();
+  test_mixed_precision();
+  test_precision_jobs();
   test_eval_loss();
   std::string rm = "rm -rf " + g_tmp;
   if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", g_tmp.c_str());

@@ -79,7 +79,11 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['eval_steps', o.eval_steps],
     ['overwrite', o.overwrite_output_dir ? true : undefined],
   ]));
-  if (o.device) set('devices', { kind: String(o.device) });
+  if (o.device) {
+    const m = /^(cpu|cuda)(?::(\d+))?$/.exec(String(o.device));
+    if (!m || (m[1] === 'cpu' && m[2] !== undefined)) throw new RunSpecError(`--device ${String(o.device)}: use cpu, cuda or cuda:N`);
+    set('devices', { kind: m[1], ids: m[2] !== undefined ? [Number(m[2])] : [] });
+  }
   set('distributed', pick([
     ['nproc_per_node', o.nproc_per_node],
     ['zero_stage', o.zero_stage],
@@ -104,9 +108,8 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     warnings = r.warnings;
   }
   const parsed = parseRunSpec(input);
-  if (parsed.devices.kind === 'cuda') throw new RunSpecError('--device cuda: this build has no CUDA backend yet; use --device cpu');
-  if (parsed.training.precision !== 'fp32' && parsed.devices.kind === 'cpu') {
-    warnings.push(`--${parsed.training.precision} on CPU: the CPU backend computes in fp32`);
+  if (parsed.training.precision !== 'fp32' && parsed.method === 'full') {
+    warnings.push(`--${parsed.training.precision}: a full fine-tune trains every weight, so it computes in fp32`);
   }
   return { spec: parsed, warnings };
 }
@@ -159,12 +162,12 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--run_name <name>', 'the run\'s name in the app')
     .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False)')
     .addOption(new Option('--quantization <q>', 'QLoRA: the base model\'s block linears as 4-bit (bitsandbytes NF4/FP4, double-quantized scales); LoRA only').choices(['none', 'nf4', 'fp4']))
-    .option('--bf16', 'bf16 mixed precision (GPU)')
-    .option('--fp16', 'fp16 mixed precision (GPU)')
+    .option('--bf16', 'bf16 mixed precision: frozen base weights kept in bf16 (half the memory), GEMM inputs rounded to bf16, fp32 accumulation; LoRA and optimizer in fp32')
+    .option('--fp16', 'fp16 mixed precision: as --bf16 with fp16, plus dynamic loss scaling')
     .option('--gradient_checkpointing', 'recompute activations in the backward pass')
     .option('--resume_from_checkpoint <dir>', 'a checkpoint-<step> folder, or "latest"')
     .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
-    .addOption(new Option('--device <d>', 'cpu or cuda').choices(['cpu', 'cuda']))
+    .option('--device <d>', 'cpu, cuda or cuda:N (one GPU; without a usable GPU the engine falls back to the CPU with a warning)')
     .option('--nproc_per_node <n>', 'data-parallel workers on this machine (torchrun\'s flag); each takes --per_device_train_batch_size samples per micro-batch', int)
     .option('--zero_stage <n>', 'with --nproc_per_node > 1 and full fine-tuning: 1 shards the optimizer state over the workers', int)
     .option('--json', 'print engine events as JSON lines', false)

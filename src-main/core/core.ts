@@ -190,6 +190,11 @@ export class Core {
     };
   }
 
+  /** Whether the engine lists CUDA device `index` (a usable GPU). */
+  private gpuListed(index: number): boolean {
+    return listDevices(this.engine).some((d) => d.kind === 'cuda' && d.index === index);
+  }
+
   /** Push the status event; unless forced, only when something a user sees has changed. */
   publishStatus(force = true): void {
     const s = this.status();
@@ -440,8 +445,8 @@ export class Core {
       planRun: async (req) => {
         const spec = this.normalizeSpec(req.spec);
         const warnings: string[] = [];
-        if (spec.training.precision !== 'fp32' && spec.devices.kind === 'cpu') warnings.push(`${spec.training.precision} on CPU: the CPU backend computes in fp32`);
-        if (spec.devices.kind === 'cuda') warnings.push('this build has no CUDA backend yet: choose the CPU');
+        if (spec.training.precision !== 'fp32' && spec.method === 'full') warnings.push(`${spec.training.precision}: a full fine-tune trains every weight, so it computes in fp32 (the precision applies to frozen base weights)`);
+        if (spec.devices.kind === 'cuda' && !this.gpuListed(spec.devices.ids[0] ?? 0)) warnings.push(`GPU ${spec.devices.ids[0] ?? 0} is not usable here: the engine will fall back to the CPU`);
         if (fs.existsSync(spec.output.dir) && fs.readdirSync(spec.output.dir).length && !spec.output.overwrite && !spec.resume_from) {
           warnings.push(`the output folder ${spec.output.dir} is not empty: the run resumes from its last checkpoint if it has one, else it is refused (tick "overwrite")`);
         }
@@ -473,7 +478,6 @@ export class Core {
       },
       startRun: async (req) => {
         const spec = this.normalizeSpec(req.spec);
-        if (spec.devices.kind === 'cuda') throw new ApiError('UNSUPPORTED', 'this build has no CUDA backend yet', { hint: 'Choose the CPU in the hardware step.' });
         return this.launch(spec, { ...(req.experimentId ? { experimentId: req.experimentId } : {}), ...(req.tags ? { tags: req.tags } : {}), ...(req.ignoreEstimate ? { ignoreEstimate: true } : {}) });
       },
       stopRun: (req) => {

@@ -196,7 +196,7 @@ describe('pre-flight estimate', () => {
     const demo = path.join(tmp, 'demo-model');
     expect(spawnSync(ENGINE, ['create-tiny', '--family', 'demo', '--out', demo]).status).toBe(0);
     const info = JSON.parse(spawnSync(ENGINE, ['inspect', '--model', demo], { encoding: 'utf8' }).stdout);
-    for (const [T, mb, ckpt, method] of [[128, 16, false, 'full'], [128, 16, true, 'full'], [256, 8, false, 'lora']] as const) {
+    for (const [T, mb, ckpt, method, precision] of [[128, 16, false, 'full', 'fp32'], [128, 16, true, 'full', 'fp32'], [256, 8, false, 'lora', 'fp32'], [256, 8, false, 'lora', 'bf16']] as const) {
       // every sample exactly T tokens, so the estimate's worst case is what runs
       const tok = path.join(tmp, `est-${T}-${mb}.json`);
       const ids = Array.from({ length: 32 }, (_, i) => Array.from({ length: T }, (_, j) => ((7 * i + j) % 300) + 4));
@@ -204,13 +204,13 @@ describe('pre-flight estimate', () => {
       const out = path.join(tmp, `est-out-${T}-${mb}-${ckpt}`);
       const job = path.join(tmp, 'est-job.json');
       const lora = { r: 8, alpha: 16, target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] };
-      fs.writeFileSync(job, JSON.stringify({ model: demo, method, lora, data: { train: tok }, training: { max_steps: 3, micro_batch_size: mb, gradient_checkpointing: ckpt }, output: { dir: out, logging_steps: 1, save_steps: 1000 }, threads: 2 }));
+      fs.writeFileSync(job, JSON.stringify({ model: demo, method, lora, data: { train: tok }, training: { max_steps: 3, micro_batch_size: mb, gradient_checkpointing: ckpt, precision }, output: { dir: out, logging_steps: 1, save_steps: 1000 }, threads: 2 }));
       const r = spawnSync(ENGINE, ['train', '--job', job], { encoding: 'utf8' });
       expect(r.status, r.stderr).toBe(0);
       const peak = Math.max(...r.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.event === 'step').map((e) => e.peak_mem_bytes));
-      const spec = parseRunSpec({ model: { path: demo }, method, lora: { r: 8, alpha: 16, dropout: 0, target_modules: lora.target_modules }, data: { train: tok, max_source_length: T - 16, max_target_length: 16 }, training: { micro_batch_size: mb, gradient_checkpointing: ckpt }, output: { dir: out } });
+      const spec = parseRunSpec({ model: { path: demo }, method, lora: { r: 8, alpha: 16, dropout: 0, target_modules: lora.target_modules }, data: { train: tok, max_source_length: T - 16, max_target_length: 16 }, training: { micro_batch_size: mb, gradient_checkpointing: ckpt, precision }, output: { dir: out } });
       const est = estimateRun(info, spec, 2).bytes.total;
-      expect(Math.abs(est - peak) / peak, `T=${T} mb=${mb} ckpt=${ckpt} ${method}: estimate ${est}, measured ${peak}`).toBeLessThan(0.25);
+      expect(Math.abs(est - peak) / peak, `T=${T} mb=${mb} ckpt=${ckpt} ${method} ${precision}: estimate ${est}, measured ${peak}`).toBeLessThan(0.25);
     }
     const r = await runCli([...seedFlags(path.join(tmp, 'toobig'), 2, ['--per_device_train_batch_size', '50000', '--max_source_length', '4096'])], { home: path.join(tmp, 'home8') });
     expect(r.code).toBe(1);

@@ -12,7 +12,8 @@
 //  - launch limits (≤ 1024 threads per block, grid.y/z ≤ 65535, block.z ≤ 64); a block whose threads deadlock on
 //    __syncthreads / divergent warp shuffles; errors are sticky like a GPU context's;
 //  - the module image is a fatbin (magic 0xBA55ED50) and each kernel looked up exists in kernels.cu.
-// LLMT_CUEMU_MEMORY_MB caps device memory (default 2048) so out-of-memory paths can be tested.
+// LLMT_CUEMU_MEMORY_MB caps device memory (default 2048) so out-of-memory paths can be tested;
+// LLMT_CUEMU_FAIL_KERNEL=k_name makes every launch of that kernel fail (CUDA_ERROR_LAUNCH_FAILED, sticky).
 #undef _FORTIFY_SOURCE  // __longjmp_chk refuses the jumps between fiber stacks this scheduler is made of
 #include <setjmp.h>
 #include <sys/mman.h>
@@ -115,6 +116,15 @@ uint64_t warp_exchange(uint64_t v, int src) {
   return w.slot[b][static_cast<size_t>(src & 31)];
 }
 
+// getcontext is returns_twice: kept out of run_grid so its locals stay in registers safely
+__attribute__((noinline)) void make_fiber(Fiber &f) {
+  getcontext(&f.uc);
+  f.uc.uc_stack.ss_sp = f.stack;
+  f.uc.uc_stack.ss_size = kStack;
+  f.uc.uc_link = nullptr;
+  makecontext(&f.uc, fiber_main, 0);
+}
+
 /** Runs every block of a launch; "" or what went wrong. */
 std::string run_grid(void (*call)(void *, void **), void *fn, void **params, Dim3 grid, Dim3 block) {
   const unsigned nt = block.x * block.y * block.z;
@@ -145,11 +155,7 @@ std::string run_grid(void (*call)(void *, void **), void *fn, void **params, Dim
           f.c.lane = static_cast<int>(t & 31);
           f.c.warp = static_cast<int>(t >> 5);
           f.stack = g_stacks[t];
-          getcontext(&f.uc);
-          f.uc.uc_stack.ss_sp = f.stack;
-          f.uc.uc_stack.ss_size = kStack;
-          f.uc.uc_link = nullptr;
-          makecontext(&f.uc, fiber_main, 0);
+          make_fiber(f);
         }
         for (;;) {
           bool any = false;
@@ -347,6 +353,8 @@ EXPORT int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsign
                              " is not device memory (a host pointer or a freed block)");
     }
   }
+  if (const char *inject = std::getenv("LLMT_CUEMU_FAIL_KERNEL"))  // fault injection for the engine's error paths
+    if (name == inject) return fail(719, "kernel " + name + ": failure injected by LLMT_CUEMU_FAIL_KERNEL");
   std::string err = run_grid(k->call, k->fn, params, Dim3{gx, gy, gz}, Dim3{bx, by, bz});
   if (!err.empty()) return fail(719, "kernel " + name + ": " + err);
   return 0;
@@ -472,6 +480,41 @@ EXPORT int cublasSgemm_v2(void *, int ta, int tb, int m, int n, int k, const flo
       }
       float &c = C[i + size_t(j) * ldc];
       c = *beta == 0.0f ? *alpha * s : *alpha * s + *beta * c;
+    }
+  return 0;
+}
+EXPORT int cublasGemmEx(void *, int ta, int tb, int m, int n, int k, const void *alpha, const void *A, int atype, int lda,
+                        const void *B, int btype, int ldb, const void *beta, void *C, int ctype, int ldc, int compute, int) {
+  if (g_sticky) return 13;
+  auto size_of = [](int t) { return t == 0 ? 4 : (t == 2 || t == 14) ? 2 : 0; };
+  if (!size_of(atype) || !size_of(btype) || ctype != 0 || compute != 68 || m < 0 || n < 0 || k < 0 ||
+      lda < std::max(1, ta ? k : m) || ldb < std::max(1, tb ? n : k) || ldc < std::max(1, m)) {
+    fail(1, "cublasGemmEx: unsupported types or invalid dimensions");
+    return 7;
+  }
+  {
+    std::lock_guard<std::mutex> lk(g_mu);
+    const size_t na = size_t(ta ? m : k) * size_t(lda), nb = size_t(tb ? k : n) * size_t(ldb), nc = size_t(n) * size_t(ldc);
+    if ((k && m && !find(reinterpret_cast<uintptr_t>(A), size_t(size_of(atype)) * (na - size_t(lda) + size_t(ta ? k : m)))) ||
+        (k && n && !find(reinterpret_cast<uintptr_t>(B), size_t(size_of(btype)) * (nb - size_t(ldb) + size_t(tb ? n : k)))) ||
+        (m && n && !find(reinterpret_cast<uintptr_t>(C), sizeof(float) * (nc - size_t(ldc) + size_t(m))))) {
+      fail(700, "cublasGemmEx: an operand is not (entirely) device memory");
+      return 13;
+    }
+  }
+  auto load = [](const void *p, int type, size_t i) -> float {
+    if (type == 0) return static_cast<const float *>(p)[i];
+    return llmt::from_half(static_cast<const uint16_t *>(p)[i], type == 2 ? 2 : 1);
+  };
+  const float al = *static_cast<const float *>(alpha), be = *static_cast<const float *>(beta);
+  float *Cf = static_cast<float *>(C);
+  for (int j = 0; j < n; ++j)
+    for (int i = 0; i < m; ++i) {
+      float s = 0.0f;
+      for (int l = 0; l < k; ++l)
+        s += load(A, atype, ta ? l + size_t(i) * lda : i + size_t(l) * lda) * load(B, btype, tb ? j + size_t(l) * ldb : l + size_t(j) * ldb);
+      float &c = Cf[i + size_t(j) * ldc];
+      c = be == 0.0f ? al * s : al * s + be * c;
     }
   return 0;
 }

@@ -19,6 +19,7 @@
 #define __forceinline__ inline
 #define __noinline__
 #define __shared__ static
+#define __constant__
 #define __launch_bounds__(...)
 
 namespace cuemu {
@@ -104,3 +105,10 @@ inline float __expf(float x) { return std::exp(x); }
 inline float __logf(float x) { return std::log(x); }
 inline float __fdividef(float a, float b) { return a / b; }
 inline float __saturatef(float x) { return x < 0.f ? 0.f : x > 1.f ? 1.f : x; }
+// one IEEE operation each, round to nearest (the product is stored through a volatile so that a host build with FMA
+// (-march=native) cannot contract __fadd_rn(__fmul_rn(a, b), c) into an fma, just as nvcc never contracts these)
+inline float __fmul_rn(float a, float b) {
+  volatile float p = a * b;
+  return p;
+}
+inline float __fadd_rn(float a, float b) { return a + b; }

@@ -60,7 +60,7 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('logging_steps', spec.output.logging_steps, d.output.logging_steps);
   flag('save_steps', spec.output.save_steps, d.output.save_steps);
   flag('eval_steps', spec.output.eval_steps, d.output.eval_steps);
-  flag('device', spec.devices.kind, 'cpu');
+  flag('device', spec.devices.kind === 'cuda' && spec.devices.ids.length ? `cuda:${spec.devices.ids[0]}` : spec.devices.kind, 'cpu');
   flag('nproc_per_node', spec.distributed.nproc_per_node, d.distributed.nproc_per_node);
   flag('zero_stage', spec.distributed.zero_stage, d.distributed.zero_stage);
   flag('resume_from_checkpoint', spec.resume_from);

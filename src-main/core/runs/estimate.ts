@@ -78,7 +78,12 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // quantized on load (RunSpec), or a folder saved 4-bit (the inspection says so)
   const stored4bit = info.quantization !== undefined && info.quantization !== 'none';
   const q4 = spec.model.quantization !== 'none' || stored4bit ? Math.min(linearParams, P) : 0;
-  const weights = (P - q4) * F + q4 * (0.5 + 1 / 64 + 4 / (64 * 256));
+  // mixed precision (training.precision bf16/fp16, LoRA): the frozen block linears (unless 4-bit) and an untied
+  // frozen head are kept at 2 bytes per weight (Model::set_precision); embeddings, norms, LoRA stay fp32
+  const lowp = spec.method === 'lora' && spec.training.precision !== 'fp32';
+  const headListed = (spec.lora.modules_to_save ?? []).some((m) => /lm_head|embed_out|output_layer/.test(m));
+  const half16 = lowp ? (q4 ? 0 : Math.min(linearParams, P)) + (info.tie_embeddings || headListed ? 0 : V * H) : 0;
+  const weights = (P - q4 - half16) * F + q4 * (0.5 + 1 / 64 + 4 / (64 * 256)) + half16 * 2;
   const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
   const optimizer = trainableParams * F * 3; // gradient, exp_avg, exp_avg_sq
   const total = weights + trainable + optimizer + activations + temporaries + logits + PROCESS_BASELINE;

@@ -87,6 +87,10 @@ export const RunSpec = z
   .refine((s) => s.model.quantization === 'none' || s.method === 'lora', {
     message: 'model.quantization (QLoRA) needs method "lora": the 4-bit base weights are frozen',
     path: ['model', 'quantization'],
+  })
+  .refine((s) => s.devices.kind !== 'cuda' || s.devices.ids.length <= 1, {
+    message: 'one GPU per run for now: data parallelism over several GPUs (NCCL) has not been validated on GPUs yet',
+    path: ['devices', 'ids'],
   });
 
 export type RunSpec = z.output<typeof RunSpec>;
@@ -181,6 +185,8 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     version: 1,
     model: spec.model.path,
     method: spec.method,
+    // the engine computes on this device; without a usable GPU it falls back to the CPU and says so (a warning event)
+    device: spec.devices.kind === 'cuda' ? `cuda:${spec.devices.ids[0] ?? 0}` : 'cpu',
     ...(spec.model.quantization !== 'none' ? { quantization: spec.model.quantization } : {}),
     ...(spec.method === 'lora'
       ? { lora: { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, target_modules: spec.lora.target_modules ?? [], modules_to_save: spec.lora.modules_to_save } }
@@ -199,6 +205,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
       weight_decay: t.weight_decay,
       seed: t.seed,
       gradient_checkpointing: t.gradient_checkpointing,
+      precision: t.precision,
     },
     output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },
     ...(resumeFrom ? { resume_from: resumeFrom } : {}),
