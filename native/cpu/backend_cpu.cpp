@@ -123,6 +123,25 @@ class CpuBackend final : public Backend {
                           float scale, const int32_t *seg_start, const float *alibi, const int32_t *prefix) override {
     cpu::attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale, seg_start, alibi, prefix);
   }
+  // Mixed precision: the inputs rounded as the tensor-core kernels read them, then the fp32 reference (the
+  // probabilities stay fp32 here: the CUDA kernels' rounding of P is within the mixed-precision tolerance)
+  void attention_forward_lp(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
+                            int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                            const int32_t *prefix, Half t) override {
+    const std::vector<float> qr = round_half(q, B * T * nh * hd, t), kr = round_half(k, B * T * nkv * hd, t),
+                             vr = round_half(v, B * T * nkv * hd, t);
+    cpu::attention_forward(qr.data(), kr.data(), vr.data(), out, lse, B, T, nh, nkv, hd, scale, seg_start, alibi, prefix);
+  }
+  void attention_backward_lp(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                             const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh, int64_t nkv,
+                             int64_t hd, float scale, const int32_t *seg_start, const float *alibi, const int32_t *prefix,
+                             Half t) override {
+    const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
+    const std::vector<float> dr = round_half(dout, nq, t), qr = round_half(q, nq, t), kr = round_half(k, nk, t),
+                             vr = round_half(v, nk, t);
+    cpu::attention_backward(dr.data(), qr.data(), kr.data(), vr.data(), out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale,
+                            seg_start, alibi, prefix);
+  }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
                         int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
     cpu::attention_cached(q, kc, vc, out, p0, n, nh, nkv, hd, scale, alibi, prefix);

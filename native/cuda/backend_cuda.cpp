@@ -284,6 +284,52 @@ class CudaBackend final : public Backend {
           s.out(dv, nk), ll(B), ll(T), ll(nh), ll(nkv), ll(hd), scale, dseg, dal, dpre);
     s.done();
   }
+  // Mixed precision: the tensor-core (WMMA) flash-attention kernels for head_dim 64 and 128; anything else, fp32.
+  void attention_forward_lp(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B, int64_t T,
+                            int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                            const int32_t *prefix, Half t) override {
+    if (!tc_attention(hd, T, B, nh, nkv)) {  // the fp32 kernels on rounded inputs (the CPU's semantics)
+      Stage s(*this);
+      const float *qr = rounded(s, q, B * T * nh * hd, t), *kr = rounded(s, k, B * T * nkv * hd, t), *vr = rounded(s, v, B * T * nkv * hd, t);
+      attention_forward(qr, kr, vr, s.out(out, B * T * nh * hd), s.out(lse, B * nh * T), B, T, nh, nkv, hd, scale,
+                        s.in(seg_start, B * T), s.in(alibi, nh), s.in(prefix, B));
+      s.done();
+      return;
+    }
+    Stage s(*this);
+    const std::string kn = tc_name("k_attn_fwd_tc_", t, hd);
+    launch_grid(kn.c_str(), unsigned((T + 31) / 32), unsigned(nh), unsigned(B), 64, s.in(q, B * T * nh * hd),
+                s.in(k, B * T * nkv * hd), s.in(v, B * T * nkv * hd), s.out(out, B * T * nh * hd), s.out(lse, B * nh * T), ll(T),
+                ll(nh), ll(nkv), scale, s.in(seg_start, B * T), s.in(alibi, nh), s.in(prefix, B));
+    s.done();
+  }
+  void attention_backward_lp(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                             const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh, int64_t nkv,
+                             int64_t hd, float scale, const int32_t *seg_start, const float *alibi, const int32_t *prefix,
+                             Half t) override {
+    if (!tc_attention(hd, T, B, nh, nkv)) {
+      Stage s(*this);
+      const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
+      const float *dr = rounded(s, dout, nq, t), *qr = rounded(s, q, nq, t), *kr = rounded(s, k, nk, t), *vr = rounded(s, v, nk, t);
+      attention_backward(dr, qr, kr, vr, s.in(out, nq), s.in(lse, B * nh * T), s.out(dq, nq), s.out(dk, nk), s.out(dv, nk), B, T,
+                         nh, nkv, hd, scale, s.in(seg_start, B * T), s.in(alibi, nh), s.in(prefix, B));
+      s.done();
+      return;
+    }
+    Stage s(*this);
+    const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
+    const float *ddo = s.in(dout, nq), *dq_ = s.in(q, nq), *dk_ = s.in(k, nk), *dv_ = s.in(v, nk), *dl = s.in(lse, B * nh * T);
+    const int32_t *dseg = s.in(seg_start, B * T), *dpre = s.in(prefix, B);
+    const float *dal = s.in(alibi, nh);
+    float *D = s.scratch<float>(B * T * nh);
+    warps("k_attn_delta", B * T * nh, ddo, s.in(out, nq), D, ll(B * T * nh), ll(hd));
+    const std::string kq = tc_name("k_attn_dq_tc_", t, hd), kkv = tc_name("k_attn_dkdv_tc_", t, hd);
+    launch_grid(kq.c_str(), unsigned((T + 31) / 32), unsigned(nh), unsigned(B), 64, ddo, dq_, dk_, dv_, dl,
+                static_cast<const float *>(D), s.out(dq, nq), ll(T), ll(nh), ll(nkv), scale, dseg, dal, dpre);
+    launch_grid(kkv.c_str(), unsigned((T + 31) / 32), unsigned(nkv), unsigned(B), 64, ddo, dq_, dk_, dv_, dl,
+                static_cast<const float *>(D), s.out(dk, nk), s.out(dv, nk), ll(T), ll(nh), ll(nkv), scale, dseg, dal, dpre);
+    s.done();
+  }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
                         int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
     check_hd(hd);
@@ -317,6 +363,19 @@ class CudaBackend final : public Backend {
       }
     if (count) *count = c;
     return total;
+  }
+  // The loss stays on the device: per-row losses (k_ce_fwd) reduced by one block in a fixed order (k_ce_acc) into the
+  // two scalars; no download, no synchronisation (the model downloads them once per run).
+  void cross_entropy_forward_acc(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
+                                 double *loss_acc, int64_t *count_acc, bool accumulate) override {
+    Stage s(*this);
+    const int32_t *dt = s.in(targets, N);
+    double *loss = static_cast<double *>(alloc(sizeof(double) * static_cast<size_t>(std::max<int64_t>(N, 1))));
+    if (N > 0) launch("k_ce_fwd", unsigned(N), 256, s.in(logits, N * V), dt, s.out(lse, N), loss, ll(N), ll(V));
+    launch("k_ce_acc", 1, 256, static_cast<const double *>(loss), dt, ll(N), s.out(loss_acc, 1, accumulate),
+           reinterpret_cast<long long *>(s.out(count_acc, 1, accumulate)), int(accumulate));
+    release(loss);  // stream-ordered reuse: safe with one stream
+    s.done();
   }
   void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits, int64_t N, int64_t V,
                               float scale) override {
@@ -472,9 +531,13 @@ class CudaBackend final : public Backend {
       outs_.push_back({p, d, sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 0))});
       return d;
     }
+    // Device-only temporaries: released in stream order like the rest, but no host copy is involved, so unlike
+    // staged arguments they do not make done() synchronise (sum_squares_acc, called per tensor, stays asynchronous).
     template <typename T>
     T *scratch(int64_t n) {
-      return static_cast<T *>(take(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1))));
+      void *d = be_.alloc(sizeof(T) * static_cast<size_t>(std::max<int64_t>(n, 1)));
+      tmp_.push_back(d);
+      return static_cast<T *>(d);
     }
     void done() {
       for (auto &o : outs_)
@@ -541,6 +604,27 @@ class CudaBackend final : public Backend {
     return mx + 1;
   }
 
+  template <class S>
+  const float *rounded(S &s, const float *x, int64_t n, Half t) {
+    float *y = s.template scratch<float>(n);
+    ew("k_round_half", n, s.in(x, n), y, ll(n), int(t == Half::F16 ? 2 : 1));
+    return y;
+  }
+  static bool tc_attention(int64_t hd, int64_t T, int64_t B, int64_t nh, int64_t nkv) {
+    if (std::getenv("LLMT_CUDA_NO_TC_ATTENTION")) return false;  // A/B measurements and bisecting
+    return (hd == 64 || hd == 128) && nkv > 0 && nh % nkv == 0 && B <= 65535 && nh <= 65535 && (T + 31) / 32 < (1LL << 31);
+  }
+  static std::string tc_name(const char *prefix, Half t, int64_t hd) {
+    return std::string(prefix) + (t == Half::F16 ? "f16_" : "bf16_") + std::to_string(hd);
+  }
+  template <typename... A>
+  void launch_grid(const char *k, unsigned gx, unsigned gy, unsigned gz, unsigned block, A... args) {
+    if (gx == 0 || gy == 0 || gz == 0) return;
+    void *params[] = {static_cast<void *>(&args)...};
+    last_kernel_ = k;
+    check(d_.cuLaunchKernel(fn(k), gx, gy, gz, block, 1, 1, 0, stream_, params, nullptr), std::string("kernel ") + k);
+    if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
+  }
   CUfunction fn(const char *k) {
     auto it = fn_.find(k);
     if (it != fn_.end()) return it->second;

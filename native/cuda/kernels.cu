@@ -16,6 +16,13 @@ typedef long long ll;
 
 #include "../cpu/half.hpp"  // bf16/fp16 rounding, bit-identical to the CPU backend's
 
+#if defined(__CUDACC__)
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
+#endif
+namespace wm = nvcuda::wmma;
+
 #define GRID_STRIDE(i, n) for (ll i = (ll)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (ll)blockDim.x * gridDim.x)
 
 namespace {
@@ -191,6 +198,11 @@ __global__ void k_gemm(const float *A, const float *B, float *C, ll M, ll N, ll 
 // y = x rounded to bf16 (type 1) or fp16 (type 2): the A operand of a 16-bit tensor-core GEMM (cublasGemmEx).
 __global__ void k_to_half(const float *x, unsigned short *y, ll n, int type) {
   GRID_STRIDE(i, n) y[i] = llmt::to_half(x[i], type);
+}
+// y = x rounded to bf16/fp16 and back (fp32): the inputs of the fp32 attention kernels when the tensor-core ones do
+// not apply (Backend::attention_*_lp keeps its rounding semantics for every head_dim)
+__global__ void k_round_half(const float *x, float *y, ll n, int type) {
+  GRID_STRIDE(i, n) y[i] = llmt::from_half(llmt::to_half(x[i], type), type);
 }
 // Own GEMM when cuBLAS is missing: as k_gemm with B 16-bit and A rounded to B's type on load.
 __global__ void k_gemm_half(const float *A, const unsigned short *B, float *C, ll M, ll N, ll K, ll sam, ll sak, ll sbk,
@@ -671,6 +683,36 @@ __global__ void k_ce_fwd(const float *logits, const int *targets, float *lse, do
     loss[r] = t >= 0 ? (double)l - (double)xr[t] : 0.0;
   }
 }
+// The loss of one logits chunk into two device scalars (Backend::cross_entropy_forward_acc): one block of 256 threads,
+// thread i sums the counted rows of its fixed slice [N·i/256, N·(i+1)/256) in row order, then a fixed tree in shared
+// memory; acc = (accumulate ? acc : 0) + chunk sum. Deterministic, no atomics; the host downloads acc once per call.
+__global__ void k_ce_acc(const double *loss, const int *targets, ll N, double *loss_acc, long long *count_acc,
+                         int accumulate) {
+  const ll lo = N * threadIdx.x / blockDim.x, hi = N * (threadIdx.x + 1) / blockDim.x;
+  double s = 0.0;
+  long long c = 0;
+  for (ll r = lo; r < hi; ++r)
+    if (targets[r] >= 0) {
+      s += loss[r];
+      ++c;
+    }
+  __shared__ double sl[256];
+  __shared__ long long sc[256];
+  sl[threadIdx.x] = s;
+  sc[threadIdx.x] = c;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) {
+      sl[threadIdx.x] += sl[threadIdx.x + o];
+      sc[threadIdx.x] += sc[threadIdx.x + o];
+    }
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) {
+    loss_acc[0] = (accumulate ? loss_acc[0] : 0.0) + sl[0];
+    count_acc[0] = (accumulate ? count_acc[0] : 0) + sc[0];
+  }
+}
 // dlogits = scale·(softmax − onehot) for counted rows, 0 for ignored rows; dlogits may alias logits.
 __global__ void k_ce_bwd(const float *logits, const int *targets, const float *lse, float *dlogits, ll N, ll V,
                          float scale) {
@@ -750,4 +792,312 @@ __global__ void k_gemm_q4_nn(const float *A, const unsigned char *packed, const 
   q4_gemm<true>(A, packed, absmax, qabsmax, absmax2, code2, offset, type, C, M, N, K, acc);
 }
 
+}  // extern "C"
+
+// ---- tensor-core attention (mixed-precision runs: Backend::attention_*_lp) -----------------------------------------
+// The flash-attention schedule on WMMA 16×16×16 tiles: q, k, v (and dout) rounded to TT (bf16 or fp16), products on
+// tensor cores with fp32 accumulation; masks, softmax statistics and the online rescaling in fp32; the probabilities
+// (and dS) rounded to TT for their products, as FlashAttention-2 does. Blocks of 64 threads = 2 warps × 16 rows,
+// key/query tiles of 32. No T×T matrix; deterministic (each output tile accumulated by one warp in a fixed order, no
+// atomics); the masks of k_attn_fwd (causal, packed segments, prefix-LM, ALiBi). head_dim 64 or 128 (else the host
+// uses the fp32 kernels). Shared memory stays under the 48 KB static limit.
+namespace {
+template <class TT> __device__ __forceinline__ TT to_tt(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 to_tt<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half to_tt<__half>(float v) { return __float2half_rn(v); }
+
+constexpr int kTc = 32;  // rows (queries or keys) per block: 2 warps × 16
+
+// rows [r0, r0+32) of a strided fp32 tensor (row r at base[r·stride]) → TT tile [32][LD]; rows ≥ T are zeros
+template <class TT, int HD, int LD>
+__device__ __forceinline__ void stage_rows(TT *dst, const float *base, ll r0, ll T, ll stride) {
+  for (int idx = threadIdx.x; idx < kTc * HD; idx += blockDim.x) {
+    const int r = idx / HD, d = idx % HD;
+    const ll row = r0 + r;
+    dst[r * LD + d] = to_tt<TT>(row < T ? base[row * stride + d] : 0.0f);
+  }
+}
+
+// acc[16×16·nt] (+)= A(16×K from a 16-bit row-major tile at a, ldm lda) · B where B's element (kk, n) is at
+// b[n·ldb + kk] (col_major: B = Xᵀ of a row-major X tile) — the "· Xᵀ" products (scores, dP)
+template <class TT, int K>
+__device__ __forceinline__ void mma_abt(float *out, int ldo, const wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> *af,
+                                        const TT *x, int ldx) {
+  for (int nt = 0; nt < 2; ++nt) {
+    wm::fragment<wm::accumulator, 16, 16, 16, float> acc;
+    wm::fill_fragment(acc, 0.0f);
+    for (int kk = 0; kk < K / 16; ++kk) {
+      wm::fragment<wm::matrix_b, 16, 16, 16, TT, wm::col_major> bf;
+      wm::load_matrix_sync(bf, x + nt * 16 * ldx + kk * 16, ldx);
+      wm::mma_sync(acc, af[kk], bf, acc);
+    }
+    wm::store_matrix_sync(out + nt * 16, acc, ldo, wm::mem_row_major);
+  }
+}
+
+// acc[nt] += A (16×32, 16-bit row-major at a, lda) · X (32×HD row-major at x, ldx), for every 16-column tile nt
+template <class TT, int HD>
+__device__ __forceinline__ void mma_ax(wm::fragment<wm::accumulator, 16, 16, 16, float> *acc, const TT *a, int lda, const TT *x,
+                                       int ldx) {
+  for (int kk = 0; kk < 2; ++kk) {
+    wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> af;
+    wm::load_matrix_sync(af, a + kk * 16, lda);
+    for (int nt = 0; nt < HD / 16; ++nt) {
+      wm::fragment<wm::matrix_b, 16, 16, 16, TT, wm::row_major> bf;
+      wm::load_matrix_sync(bf, x + kk * 16 * ldx + nt * 16, ldx);
+      wm::mma_sync(acc[nt], af, bf, acc[nt]);
+    }
+  }
+}
+
+template <class TT, int HD>
+__device__ void attn_fwd_tc(const float *q, const float *k, const float *v, float *out, float *lse, ll T, ll nh, ll nkv,
+                            float scale, const int *seg_start, const float *alibi, const int *prefix) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, LDO = HD + 4, NT = HD / 16;
+  __shared__ __align__(32) TT Ks[kTc * LD];
+  __shared__ __align__(32) TT Vs[kTc * LD];
+  __shared__ __align__(32) float Ss[2 * 16 * LDS];
+  __shared__ __align__(32) TT Ps[2 * 16 * LDP];
+  __shared__ __align__(32) float Os[2 * 16 * LDO];
+  __shared__ ll range[2];
+  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)blockIdx.x * kTc, g = h / (nh / nkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
+  const float slope = alibi ? alibi[h] : 0.0f;
+  const float *qb = q + (b * T * nh + h) * HD, *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
+  if (threadIdx.x == 0) {  // the keys any row of this block sees
+    ll lo = T, hi = -1;
+    for (ll ii = i0; ii < min(i0 + kTc, T); ++ii) {
+      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
+      hi = max(hi, min(max(ii, P - 1), T - 1));
+    }
+    range[0] = lo;
+    range[1] = hi;
+  }
+  stage_rows<TT, HD, LD>(Ks, qb, i0, T, nh * HD);
+  __syncthreads();
+  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT];
+  for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(qf[kk], Ks + warp * 16 * LD + kk * 16, LD);
+  __syncthreads();
+  float o[HD / 2];
+  for (int d = 0; d < HD / 2; ++d) o[d] = 0.0f;
+  float m = -INFINITY, l = 0.0f;
+  const ll first = (i < T && seg_start) ? (ll)seg_start[b * T + i] : 0, last = i < T ? max(i, P - 1) : -1;
+  float *Sw = Ss + warp * 16 * LDS, *Ow = Os + warp * 16 * LDO;
+  TT *Pw = Ps + warp * 16 * LDP;
+  for (ll j0 = range[0] / kTc * kTc; j0 <= range[1]; j0 += kTc) {
+    stage_rows<TT, HD, LD>(Ks, kb, j0, T, nkv * HD);
+    stage_rows<TT, HD, LD>(Vs, vb, j0, T, nkv * HD);
+    __syncthreads();
+    mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);  // S = Q·Kᵀ (16 × 32 per warp)
+    __syncwarp();
+    float sv[16], mx = -INFINITY;
+    for (int c = 0; c < 16; ++c) {
+      const ll j = j0 + half * 16 + c;
+      const bool vis = j < T && j >= first && j <= last;
+      sv[c] = vis ? Sw[r * LDS + half * 16 + c] * scale + slope * (float)j : -INFINITY;
+      mx = fmaxf(mx, sv[c]);
+    }
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    const float mn = fmaxf(m, mx);
+    const float alpha = mn == -INFINITY ? 1.0f : expf(m - mn);
+    float rs = 0.0f;
+    for (int c = 0; c < 16; ++c) {
+      const float p = sv[c] == -INFINITY ? 0.0f : expf(sv[c] - mn);
+      rs += p;
+      Pw[r * LDP + half * 16 + c] = to_tt<TT>(p);
+    }
+    rs += __shfl_xor_sync(0xffffffffu, rs, 1);
+    l = l * alpha + rs;
+    m = mn;
+    for (int d = 0; d < HD / 2; ++d) o[d] *= alpha;
+    __syncwarp();
+    wm::fragment<wm::accumulator, 16, 16, 16, float> pv[NT];  // P·V for this key tile
+    for (int nt = 0; nt < NT; ++nt) wm::fill_fragment(pv[nt], 0.0f);
+    mma_ax<TT, HD>(pv, Pw, LDP, Vs, LD);
+    for (int nt = 0; nt < NT; ++nt) wm::store_matrix_sync(Ow + nt * 16, pv[nt], LDO, wm::mem_row_major);
+    __syncwarp();
+    for (int d = 0; d < HD / 2; ++d) o[d] += Ow[r * LDO + half * (HD / 2) + d];
+    __syncthreads();
+  }
+  if (i < T) {
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float *oi = out + ((b * T + i) * nh + h) * HD + half * (HD / 2);
+    for (int d = 0; d < HD / 2; ++d) oi[d] = o[d] * inv;
+    if (half == 0) lse[(b * nh + h) * T + i] = m + logf(l);
+  }
+}
+
+// dq_i = scale·Σ_j P_ij(dP_ij − D_i)·k_j for a 32-query tile (one 16-row slice per warp), keys in order.
+template <class TT, int HD>
+__device__ void attn_bwd_dq_tc(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                               const float *D, float *dq, ll T, ll nh, ll nkv, float scale, const int *seg_start,
+                               const float *alibi, const int *prefix) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, LDO = HD + 4, NT = HD / 16;
+  __shared__ __align__(32) unsigned char kv[2 * kTc * LD * sizeof(TT)];  // K and V tiles; at the end, dq staging
+  __shared__ __align__(32) float Ss[2 * 16 * LDS];
+  __shared__ __align__(32) float dPs[2 * 16 * LDS];
+  __shared__ __align__(32) TT dSs[2 * 16 * LDP];
+  __shared__ ll range[2];
+  TT *Ks = reinterpret_cast<TT *>(kv), *Vs = Ks + kTc * LD;
+  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)blockIdx.x * kTc, g = h / (nh / nkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
+  const float slope = alibi ? alibi[h] : 0.0f;
+  const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
+  if (threadIdx.x == 0) {
+    ll lo = T, hi = -1;
+    for (ll ii = i0; ii < min(i0 + kTc, T); ++ii) {
+      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
+      hi = max(hi, min(max(ii, P - 1), T - 1));
+    }
+    range[0] = lo;
+    range[1] = hi;
+  }
+  stage_rows<TT, HD, LD>(Ks, q + (b * T * nh + h) * HD, i0, T, nh * HD);
+  stage_rows<TT, HD, LD>(Vs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
+  __syncthreads();
+  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT], df[NT];
+  for (int kk = 0; kk < NT; ++kk) {
+    wm::load_matrix_sync(qf[kk], Ks + warp * 16 * LD + kk * 16, LD);
+    wm::load_matrix_sync(df[kk], Vs + warp * 16 * LD + kk * 16, LD);
+  }
+  __syncthreads();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[NT];
+  for (int nt = 0; nt < NT; ++nt) wm::fill_fragment(acc[nt], 0.0f);
+  const float Li = i < T ? lse[(b * nh + h) * T + i] : 0.0f, Di = i < T ? D[(b * T + i) * nh + h] : 0.0f;
+  const ll first = (i < T && seg_start) ? (ll)seg_start[b * T + i] : 0, last = i < T ? max(i, P - 1) : -1;
+  float *Sw = Ss + warp * 16 * LDS, *dPw = dPs + warp * 16 * LDS;
+  TT *dSw = dSs + warp * 16 * LDP;
+  for (ll j0 = range[0] / kTc * kTc; j0 <= range[1]; j0 += kTc) {
+    stage_rows<TT, HD, LD>(Ks, kb, j0, T, nkv * HD);
+    stage_rows<TT, HD, LD>(Vs, vb, j0, T, nkv * HD);
+    __syncthreads();
+    mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);   // S = Q·Kᵀ
+    mma_abt<TT, HD>(dPw, LDS, df, Vs, LD);  // dP = dO·Vᵀ
+    __syncwarp();
+    for (int c = 0; c < 16; ++c) {
+      const int cc = half * 16 + c;
+      const ll j = j0 + cc;
+      const bool vis = j < T && j >= first && j <= last;
+      const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Li) : 0.0f;
+      dSw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Di));
+    }
+    __syncwarp();
+    mma_ax<TT, HD>(acc, dSw, LDP, Ks, LD);  // dQ += dS·K
+    __syncthreads();
+  }
+  float *Ow = reinterpret_cast<float *>(kv) + warp * 16 * LDO;
+  for (int nt = 0; nt < NT; ++nt) wm::store_matrix_sync(Ow + nt * 16, acc[nt], LDO, wm::mem_row_major);
+  __syncwarp();
+  if (i < T) {
+    float *di = dq + ((b * T + i) * nh + h) * HD + half * (HD / 2);
+    for (int d = 0; d < HD / 2; ++d) di[d] = Ow[r * LDO + half * (HD / 2) + d] * scale;
+  }
+}
+
+// dk_j = scale·Σ_(h in group, i) dS_ij q_i, dv_j = Σ P_ij dout_i for a 32-key tile (16 keys per warp): heads of the
+// group, then query tiles in order.
+template <class TT, int HD>
+__device__ void attn_bwd_dkdv_tc(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                                 const float *D, float *dk, float *dv, ll T, ll nh, ll nkv, float scale,
+                                 const int *seg_start, const float *alibi, const int *prefix) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, LDO = HD + 4, NT = HD / 16;
+  __shared__ __align__(32) unsigned char qd[2 * kTc * LD * sizeof(TT)];  // Q and dO tiles; at the end, staging
+  __shared__ __align__(32) float Ss[2 * 16 * LDS];
+  __shared__ __align__(32) float dPs[2 * 16 * LDS];
+  __shared__ __align__(32) TT Pts[2 * 16 * LDP];
+  __shared__ __align__(32) TT dSts[2 * 16 * LDP];
+  __shared__ float Ls[kTc], Ds[kTc];
+  TT *Qs = reinterpret_cast<TT *>(qd), *dOs = Qs + kTc * LD;
+  const ll b = blockIdx.z, g = blockIdx.y, j0 = (ll)blockIdx.x * kTc, group = nh / nkv;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0, j = j0 + warp * 16 + r;
+  const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
+  stage_rows<TT, HD, LD>(Qs, kb, j0, T, nkv * HD);
+  stage_rows<TT, HD, LD>(dOs, vb, j0, T, nkv * HD);
+  __syncthreads();
+  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> kf[NT], vf[NT];
+  for (int kk = 0; kk < NT; ++kk) {
+    wm::load_matrix_sync(kf[kk], Qs + warp * 16 * LD + kk * 16, LD);
+    wm::load_matrix_sync(vf[kk], dOs + warp * 16 * LD + kk * 16, LD);
+  }
+  __syncthreads();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> dkf[NT], dvf[NT];
+  for (int nt = 0; nt < NT; ++nt) {
+    wm::fill_fragment(dkf[nt], 0.0f);
+    wm::fill_fragment(dvf[nt], 0.0f);
+  }
+  float *Sw = Ss + warp * 16 * LDS, *dPw = dPs + warp * 16 * LDS;
+  TT *Ptw = Pts + warp * 16 * LDP, *dStw = dSts + warp * 16 * LDP;
+  const ll qlo = j0 < P ? 0 : j0;  // causal: only queries at or after the tile's first key (all under a prefix)
+  for (ll hh = 0; hh < group; ++hh) {
+    const ll h = g * group + hh;
+    const float slope = alibi ? alibi[h] : 0.0f;
+    const float *qb = q + (b * T * nh + h) * HD, *db = dout + (b * T * nh + h) * HD;
+    for (ll i0 = qlo; i0 < T; i0 += kTc) {
+      stage_rows<TT, HD, LD>(Qs, qb, i0, T, nh * HD);
+      stage_rows<TT, HD, LD>(dOs, db, i0, T, nh * HD);
+      if (threadIdx.x < kTc) {
+        const ll ii = i0 + threadIdx.x;
+        Ls[threadIdx.x] = ii < T ? lse[(b * nh + h) * T + ii] : 0.0f;
+        Ds[threadIdx.x] = ii < T ? D[(b * T + ii) * nh + h] : 0.0f;
+      }
+      __syncthreads();
+      mma_abt<TT, HD>(Sw, LDS, kf, Qs, LD);    // Sᵀ = K·Qᵀ (16 keys × 32 queries per warp)
+      mma_abt<TT, HD>(dPw, LDS, vf, dOs, LD);  // dPᵀ = V·dOᵀ
+      __syncwarp();
+      for (int c = 0; c < 16; ++c) {
+        const int cc = half * 16 + c;
+        const ll i = i0 + cc;
+        const bool vis = j < T && i < T && j <= max(i, P - 1) && (!seg_start || j >= (ll)seg_start[b * T + i]);
+        const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Ls[cc]) : 0.0f;
+        Ptw[r * LDP + cc] = to_tt<TT>(p);
+        dStw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Ds[cc]));
+      }
+      __syncwarp();
+      mma_ax<TT, HD>(dvf, Ptw, LDP, dOs, LD);  // dV += Pᵀ·dO
+      mma_ax<TT, HD>(dkf, dStw, LDP, Qs, LD);  // dK += dSᵀ·Q
+      __syncthreads();
+    }
+  }
+  float *Ow = reinterpret_cast<float *>(qd) + warp * 16 * LDO;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (int nt = 0; nt < NT; ++nt) wm::store_matrix_sync(Ow + nt * 16, pass ? dvf[nt] : dkf[nt], LDO, wm::mem_row_major);
+    __syncwarp();
+    if (j < T) {
+      float *dst = (pass ? dv : dk) + ((b * T + j) * nkv + g) * HD + half * (HD / 2);
+      const float sc = pass ? 1.0f : scale;
+      for (int d = 0; d < HD / 2; ++d) dst[d] = Ow[r * LDO + half * (HD / 2) + d] * sc;
+    }
+    __syncwarp();
+  }
+}
+}  // namespace
+
+extern "C" {
+#define LLMT_TC_FWD_ARGS                                                                                            \
+  const float *q, const float *k, const float *v, float *out, float *lse, ll T, ll nh, ll nkv, float scale,        \
+      const int *seg_start, const float *alibi, const int *prefix
+#define LLMT_TC_FWD_PASS q, k, v, out, lse, T, nh, nkv, scale, seg_start, alibi, prefix
+#define LLMT_TC_DQ_ARGS                                                                                             \
+  const float *dout, const float *q, const float *k, const float *v, const float *lse, const float *D, float *dq,   \
+      ll T, ll nh, ll nkv, float scale, const int *seg_start, const float *alibi, const int *prefix
+#define LLMT_TC_DQ_PASS dout, q, k, v, lse, D, dq, T, nh, nkv, scale, seg_start, alibi, prefix
+#define LLMT_TC_DKDV_ARGS                                                                                           \
+  const float *dout, const float *q, const float *k, const float *v, const float *lse, const float *D, float *dk,   \
+      float *dv, ll T, ll nh, ll nkv, float scale, const int *seg_start, const float *alibi, const int *prefix
+#define LLMT_TC_DKDV_PASS dout, q, k, v, lse, D, dk, dv, T, nh, nkv, scale, seg_start, alibi, prefix
+__global__ void k_attn_fwd_tc_bf16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__nv_bfloat16, 64>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc_bf16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__nv_bfloat16, 128>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc_f16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__half, 64>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc_f16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__half, 128>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_dq_tc_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 64>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 128>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__half, 64>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc_f16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__half, 128>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dkdv_tc_bf16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__nv_bfloat16, 64>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__nv_bfloat16, 128>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__half, 64>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__half, 128>(LLMT_TC_DKDV_PASS); }
 }  // extern "C"

@@ -53,9 +53,11 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   std::vector<TensorToWrite> tensors;
   for (const auto &p : params) {
     if (p->save_name.empty()) continue;
+    fetch_host(*p);  // an adapter loaded frozen lives on the device only
     tensors.push_back({p->save_name, DType::F32, p->shape, p->data.data()});
   }
   st = write_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
+  free_frozen_host();
   if (st != LLMT_OK) return st;
   // Keys sorted, as PEFT writes them (json.dumps(sort_keys=True)).
   Json cfg = Json::object();
@@ -210,6 +212,8 @@ llmt_status Model::save_model(const std::string &dir) const {
   llmt_status st = make_dirs(dir);
   if (st != LLMT_OK) return st;
   to_host();
+  // a device backend keeps the frozen weights only in its memory: their host copies exist for the write alone
+  fetch_host_weights();
   std::vector<TensorToWrite> tensors;
   for (const auto &p : params) {
     if (p->name.find(".lora_") != std::string::npos) continue;
@@ -217,6 +221,7 @@ llmt_status Model::save_model(const std::string &dir) const {
     else tensors.push_back({p->name, DType::F32, p->shape, p->data.data()});
   }
   st = write_safetensors(dir + "/model.safetensors", tensors, {{"format", "pt"}});
+  free_frozen_host();
   if (st != LLMT_OK) return st;
   std::string text;
   st = read_text_file(dir_ + "/config.json", text);

@@ -85,11 +85,54 @@ class Backend {
                                   const int32_t *prefix) = 0;
   /** One decoding chunk against a KV cache: queries q[n, nh, hd] at positions p0…p0+n−1 attend to cache
    *  rows 0…max(own position, prefix−1) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]; optional ALiBi. */
+  /** attention_forward for mixed-precision runs: q, k, v rounded to `t` for the products (tensor cores), masks,
+   *  softmax statistics and accumulation in fp32 (the probabilities rounded to `t` for P·V, as FlashAttention-2).
+   *  Default: the fp32 op. */
+  virtual void attention_forward_lp(const float *q, const float *k, const float *v, float *out, float *lse, int64_t B,
+                                    int64_t T, int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start,
+                                    const float *alibi, const int32_t *prefix, Half t) {
+    (void)t;
+    attention_forward(q, k, v, out, lse, B, T, nh, nkv, hd, scale, seg_start, alibi, prefix);
+  }
+  /** attention_backward for mixed-precision runs (dout, q, k, v rounded to `t` for the products). Default: fp32. */
+  virtual void attention_backward_lp(const float *dout, const float *q, const float *k, const float *v, const float *out,
+                                     const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
+                                     int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
+                                     const int32_t *prefix, Half t) {
+    (void)t;
+    attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale, seg_start, alibi, prefix);
+  }
   virtual void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,
                                 int64_t nh, int64_t nkv, int64_t hd, float scale, const float *alibi,
                                 int64_t prefix) = 0;
   virtual double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
                                        int64_t *count) = 0;
+  /** The same loss, kept in this backend's memory: *loss_acc (one double) and *count_acc (one int64) receive this
+   *  chunk's loss sum and counted rows — added to them when `accumulate`, else overwriting them — so a model's
+   *  loss over many logits chunks costs one download (Model::run) instead of a host sync per chunk. The default
+   *  runs cross_entropy_forward and adds on the host (a host-memory backend writes in place; any other downloads and
+   *  uploads the two scalars: correct, not fast). A device backend overrides it with a device-side reduction.
+   *  Deterministic. On the CPU bit-identical to `acc = (accumulate ? acc : 0) + cross_entropy_forward(...)`. */
+  virtual void cross_entropy_forward_acc(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
+                                         double *loss_acc, int64_t *count_acc, bool accumulate) {
+    int64_t cnt = 0;
+    const double l = cross_entropy_forward(logits, targets, lse, N, V, &cnt);
+    if (host_memory()) {
+      *loss_acc = (accumulate ? *loss_acc : 0.0) + l;
+      *count_acc = (accumulate ? *count_acc : 0) + cnt;
+      return;
+    }
+    double hl = 0.0;
+    int64_t hc = 0;
+    if (accumulate) {
+      download(&hl, loss_acc, sizeof hl);
+      download(&hc, count_acc, sizeof hc);
+    }
+    hl += l;
+    hc += cnt;
+    upload(loss_acc, &hl, sizeof hl);
+    upload(count_acc, &hc, sizeof hc);
+  }
   virtual void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits,
                                       int64_t N, int64_t V, float scale) = 0;
   virtual void embedding_forward(const float *table, const int32_t *ids, float *out, int64_t N, int64_t H) = 0;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <regex>
 #include <set>
@@ -201,13 +202,39 @@ void q4_to_device(Backend &be, Model &m) {
     be.upload(m.q4_dev_code2, cpu::dynamic_map(), sizeof(float) * 256);
   }
   for (auto &q : m.q4_weights) {
-    if (q->dev_packed) continue;
-    q4_put(be, q->dev_absmax, q->absmax);
-    q4_put(be, q->dev_qabsmax, q->qabsmax);
-    q4_put(be, q->dev_absmax2, q->absmax2);
-    q->dev_code2 = q->qabsmax.empty() ? nullptr : m.q4_dev_code2;
-    q4_put(be, q->dev_packed, q->packed);  // last: it marks the weight as uploaded
+    if (q->host_freed) continue;
+    if (!q->dev_packed) {
+      q4_put(be, q->dev_absmax, q->absmax);
+      q4_put(be, q->dev_qabsmax, q->qabsmax);
+      q4_put(be, q->dev_absmax2, q->absmax2);
+      q->dev_code2 = q->qabsmax.empty() ? nullptr : m.q4_dev_code2;
+      q4_put(be, q->dev_packed, q->packed);  // last: it marks the weight as uploaded
+    }
+    // frozen: the device copy is the only one from now on (q4_fetch re-creates the host arrays when leaving)
+    std::vector<uint8_t>().swap(q->packed);
+    std::vector<float>().swap(q->absmax);
+    std::vector<uint8_t>().swap(q->qabsmax);
+    std::vector<float>().swap(q->absmax2);
+    q->host_freed = true;
   }
+}
+
+template <typename T>
+void q4_get(Backend &be, std::vector<T> &h, const T *d, int64_t n) {
+  if (!d) return;
+  h.resize(static_cast<size_t>(n));
+  be.download(h.data(), d, sizeof(T) * h.size());
+}
+
+// The host arrays of a 4-bit weight whose host copy q4_to_device freed, downloaded (the device copy stays).
+void q4_fetch(Backend &be, Q4Weight &q) {
+  if (!q.host_freed || !q.dev_packed) return;
+  const int64_t n = q.numel(), nb = (n + cpu::kQ4Block - 1) / cpu::kQ4Block;
+  q4_get(be, q.packed, q.dev_packed, (n + 1) / 2);
+  q4_get(be, q.absmax, q.dev_absmax, nb);
+  q4_get(be, q.qabsmax, q.dev_qabsmax, nb);
+  q4_get(be, q.absmax2, q.dev_absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2);
+  q.host_freed = false;
 }
 
 void release_q4_device(Backend &be, Model &m) {
@@ -247,6 +274,7 @@ void Model::release_device() {
 void Model::set_backend(Backend &be) {
   if (&be == be_) return;
   to_host(true, true);  // the state the old backend holds comes back to the host vectors first
+  fetch_host_weights();  // and the frozen weights it alone held
   release_device();
   if (impl_) {
     impl_->acts.clear();
@@ -270,6 +298,11 @@ void Model::to_device() {
     be.upload(d, h.data(), sizeof(float) * h.size());
   };
   for (auto &p : params) {
+    if (p->host_freed && p->trainable) {  // made trainable behind the model's back: its values from the device
+      fetch_host(*p);
+      if (p->grad.size() != p->data.size()) p->grad.assign(p->data.size(), 0.0f);
+    }
+    if (p->host_freed) continue;  // frozen and uploaded: the device copy is current (and the only one)
     if (!p->half.empty() && !p->dev_half) {  // frozen 16-bit weights never change: uploaded once
       p->dev_half = static_cast<uint16_t *>(be.alloc(sizeof(uint16_t) * p->half.size()));
       be.upload(p->dev_half, p->half.data(), sizeof(uint16_t) * p->half.size());
@@ -278,8 +311,61 @@ void Model::to_device() {
     put(p->dev_g, p->trainable ? p->grad : std::vector<float>());
     put(p->dev_m, p->adam_m);
     put(p->dev_v, p->adam_v);
+    if (!p->trainable && (p->dev_w || p->dev_half)) {  // frozen: never changes on the device, so the host copy goes
+      std::vector<float>().swap(p->data);
+      std::vector<uint16_t>().swap(p->half);
+      p->host_freed = true;
+    }
   }
   q4_to_device(be, *this);
+}
+
+void Model::fetch_host(Param &p) const {
+  if (!p.host_freed || !be_) return;
+  const size_t n = static_cast<size_t>(p.numel());
+  if (p.dev_half) {
+    p.half.resize(n);
+    be_->download(p.half.data(), p.dev_half, sizeof(uint16_t) * n);
+  } else if (p.dev_w) {
+    p.data.resize(n);
+    be_->download(p.data.data(), p.dev_w, sizeof(float) * n);
+  }
+  p.host_freed = false;
+}
+
+void Model::fetch_host_weights() const {
+  for (const auto &p : params) fetch_host(*p);
+  if (be_)
+    for (const auto &q : q4_weights) q4_fetch(*be_, *q);
+}
+
+void Model::free_frozen_host() const {
+  // dirty_: a host vector may be newer than its device copy; the next to_device() uploads and frees it instead
+  if (!be_ || be_->host_memory() || dirty_) return;
+  for (const auto &p : params)
+    if (!p->trainable && !p->host_freed && (p->dev_w || p->dev_half)) {
+      std::vector<float>().swap(p->data);
+      std::vector<uint16_t>().swap(p->half);
+      p->host_freed = true;
+    }
+  for (const auto &q : q4_weights)
+    if (!q->host_freed && q->dev_packed) {
+      std::vector<uint8_t>().swap(q->packed);
+      std::vector<float>().swap(q->absmax);
+      std::vector<uint8_t>().swap(q->qabsmax);
+      std::vector<float>().swap(q->absmax2);
+      q->host_freed = true;
+    }
+}
+
+int64_t Model::host_weight_bytes() const {
+  int64_t b = 0;
+  for (const auto &p : params)
+    b += static_cast<int64_t>(p->data.capacity() * sizeof(float) + p->half.capacity() * sizeof(uint16_t));
+  for (const auto &q : q4_weights)
+    b += static_cast<int64_t>(q->packed.capacity() + q->absmax.capacity() * sizeof(float) + q->qabsmax.capacity() +
+                              q->absmax2.capacity() * sizeof(float));
+  return b;
 }
 
 void Model::to_host(bool grads, bool optimizer) const {
@@ -310,6 +396,7 @@ llmt_status Model::restore_fp32(Param &p) {
   p.data.swap(data);
   std::vector<uint16_t>().swap(p.half);
   p.half_type = 0;
+  p.host_freed = false;  // the fp32 values come from the folder, whatever the device held
   if (p.dev_half) {
     be_->release(p.dev_half);
     p.dev_half = nullptr;
@@ -328,9 +415,11 @@ llmt_status Model::set_precision(const std::string &precision) {
   if (!be_->supports_half())
     return set_error(LLMT_ERR_UNSUPPORTED, std::string("the ") + be_->name() + " backend has no 16-bit weights; use precision fp32");
   std::vector<Param *> todo;
+  auto fp32_frozen = [](const Param *p) { return !p->trainable && !p->half_type && (p->host_freed || !p->data.empty()); };
   for (auto &L : linears)
-    if (!L->q4 && !L->W->trainable && !L->W->half_type && !L->W->data.empty()) todo.push_back(L->W);
-  if (lm_head && lm_head != embed && !lm_head->trainable && !lm_head->half_type && !lm_head->data.empty()) todo.push_back(lm_head);
+    if (!L->q4 && fp32_frozen(L->W)) todo.push_back(L->W);
+  if (lm_head && lm_head != embed && fp32_frozen(lm_head)) todo.push_back(lm_head);
+  for (Param *p : todo) fetch_host(*p);  // freed on the host after an upload: the fp32 values back first
   for (Param *p : todo) {  // check first: a failure leaves the model unchanged
     if (t != Half::F16) break;
     for (float v : p->data)
@@ -624,6 +713,7 @@ llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) 
   }
   if (lm_head == embed && (listed(head_module) || listed(embed_module))) {
     Param *head = new_param(head_module + ".weight", embed->shape);
+    fetch_host(*embed);  // on a device backend its host copy may have been freed after the upload
     head->data = embed->data;
     lm_head = head;
   }
@@ -632,6 +722,7 @@ llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) 
     if (p->name.find(".lora_") != std::string::npos) continue;
     std::string module = p->name.substr(0, p->name.rfind('.'));
     if (!listed(module)) continue;
+    fetch_host(*p);  // a frozen weight freed on the host after its upload: trainable state lives on both sides
     p->trainable = true;
     p->save_name = "base_model.model." + p->name;
     any = true;
@@ -711,7 +802,10 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
     if (lin->q4 && lin->W->trainable)
       return set_error(LLMT_ERR_UNSUPPORTED, "modules_to_save lists " + lin->module + ", which is 4-bit under QLoRA; it cannot be trained");
   for (auto &p : params)
-    if (p->trainable) p->grad.assign(p->data.size(), 0.0f);
+    if (p->trainable) {
+      fetch_host(*p);  // LoRA biases made trainable above
+      p->grad.assign(p->data.size(), 0.0f);
+    }
   dirty_ = !be_->host_memory();
   return LLMT_OK;
 }
@@ -721,6 +815,7 @@ llmt_status Model::make_all_trainable() {
     if (llmt_status st = restore_fp32(*p)) return st;
   precision_ = "fp32";
   for (auto &p : params) {
+    fetch_host(*p);  // fp32 weights freed on the host after their upload
     p->trainable = true;
     p->save_name = p->name;
     p->grad.assign(p->data.size(), 0.0f);
@@ -873,6 +968,7 @@ struct Fwd {
   const float *freqs = nullptr;    // [rot_dims/2] rotary inverse frequencies (backend memory)
   const float *alibi = nullptr;    // [nh] ALiBi slopes or null (backend memory)
   float pos_scale = 1.0f, scale = 1.0f;
+  int attn_half = 0;  // mixed precision (Model::set_precision): attention_*_lp with this Half type
   // training attention (B, T from ctx)
   const int32_t *seg = nullptr, *prefix = nullptr;
   // cached attention (inference): per sequence, its rows [row0, row0+n) of the chunk go to cache rows p0… of
@@ -1018,8 +1114,12 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
     }
   } else {
     resize(a.lse, F.ctx.B * nh * F.ctx.T);
-    be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
-                         F.scale, F.seg, F.alibi, F.prefix);
+    if (F.attn_half)
+      be.attention_forward_lp(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
+                              F.scale, F.seg, F.alibi, F.prefix, Half(F.attn_half));
+    else
+      be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
+                           F.scale, F.seg, F.alibi, F.prefix);
   }
   Buf y(be, N * H), ym(be, N * H);
   linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
@@ -1067,8 +1167,13 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
   Buf dattn(be, N * qd);
   linear_backward(be, *L.o, a.attn.data(), dy, dattn.data(), false, N, a.lin[kO]);
   Buf dq(be, N * qd), dk(be, N * kvd), dv(be, N * kvd);
-  be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(), dk.data(),
-                        dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix);
+  if (F.attn_half)
+    be.attention_backward_lp(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
+                             dk.data(), dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix,
+                             Half(F.attn_half));
+  else
+    be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(), dk.data(),
+                          dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix);
   apply_positions(F, dq.data(), dk.data(), true);
   if (L.qkv) {
     Buf dfused(be, N * (qd + 2 * kvd));
@@ -1253,6 +1358,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       d_targets(be, targets);
   DevArray<float> d_freqs(be, freqs), d_alibi(be, alibi_of(c), c.heads);
   Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
+  F.attn_half = precision_ == "bf16" ? int(Half::BF16) : precision_ == "fp16" ? int(Half::F16) : 0;
   F.pos = d_pos.get();
   F.block = d_block.get();
   F.freqs = d_freqs.get();
@@ -1290,6 +1396,33 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   if (opt.want_logits) out.logits.resize(static_cast<size_t>(N * V));
   out.loss_sum = 0.0;
   out.count = 0;
+  // The loss sum and the counted rows accumulate in backend memory (cross_entropy_forward_acc) and come down once, at
+  // the end of the call (loss_out): no host synchronisation per chunk. The host counts each chunk's targets itself
+  // to skip the backward of chunks without any.
+  struct LossAcc {
+    double loss;
+    int64_t count;
+  };
+  struct AccRelease {
+    Backend &be;
+    void *p;
+    ~AccRelease() { be.release(p); }
+  };
+  LossAcc *d_acc = static_cast<LossAcc *>(be.alloc(sizeof(LossAcc)));
+  AccRelease acc_release{be, d_acc};
+  double *d_loss = reinterpret_cast<double *>(d_acc);
+  int64_t *d_count = reinterpret_cast<int64_t *>(reinterpret_cast<char *>(d_acc) + offsetof(LossAcc, count));
+  auto loss_out = [&]() -> llmt_status {
+    LossAcc h{0.0, 0};
+    be.download(&h, d_acc, sizeof h);
+    out.loss_sum = h.loss;
+    out.count = h.count;
+    if (!std::isfinite(out.loss_sum)) {
+      return set_error(LLMT_ERR_NAN, "the loss is not finite (" + std::to_string(out.loss_sum) +
+                                         "); the weights or the learning rate may have diverged");
+    }
+    return LLMT_OK;
+  };
   const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 22) / std::max<int64_t>(V, 1)));
   Buf lg(be), lse(be), dlg(be);
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
@@ -1300,8 +1433,8 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     if (opt.want_logits) be.download(out.logits.data() + r0 * V, logits, sizeof(float) * static_cast<size_t>(rows * V));
     resize(lse, rows);
     int64_t cnt = 0;
-    out.loss_sum += be.cross_entropy_forward(logits, d_targets.get() + r0, lse.data(), rows, V, &cnt);
-    out.count += cnt;
+    for (int64_t r = r0; r < r0 + rows; ++r) cnt += targets[static_cast<size_t>(r)] >= 0;
+    be.cross_entropy_forward_acc(logits, d_targets.get() + r0, lse.data(), rows, V, d_loss, d_count, r0 > 0);
     if (bwd && cnt > 0) {
       resize(dlg, rows * V);
       be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
@@ -1309,11 +1442,9 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
     }
   }
-  if (!std::isfinite(out.loss_sum)) {
-    return set_error(LLMT_ERR_NAN, "the loss is not finite (" + std::to_string(out.loss_sum) +
-                                       "); the weights or the learning rate may have diverged");
-  }
-  if (!bwd) return LLMT_OK;
+  // without a backward the loss comes down now; with one, after it (the check then fails the call as before, the
+  // gradients of a non-finite loss being no use either)
+  if (!bwd) return loss_out();
 
   // ---- backward ----
   // gradient-ready hook: each stage's trainable parameters, reported once their gradients are complete
@@ -1358,7 +1489,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     push_trainable(ready, embed_norm_b);
     opt.grad_ready(-1, ready);
   }
-  return LLMT_OK;
+  return loss_out();
 }
 
 // ---- inference with a KV cache ----------------------------------------------------------------------------------

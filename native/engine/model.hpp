@@ -30,7 +30,8 @@ class Backend;
 // vectors ARE the backend's memory and the dev_* pointers stay null. On any other backend (CUDA) the model keeps
 // the state in backend memory (dev_*: weights, gradient, AdamW moments) and the host vectors are only the
 // load/save copies: Model::to_device() uploads them, Model::to_host() downloads them. Ops always take w(), g(),
-// m(), v(); host code reads data/grad/adam_* only after to_host().
+// m(), v(); host code reads data/grad/adam_* only after to_host(). Frozen weights keep no host copy there at all
+// (host_freed below): the model downloads one where it needs it, and set_backend() restores them all.
 struct Param {
   std::string name;               // HF tensor name, e.g. "model.layers.0.self_attn.q_proj.weight"
   std::vector<int64_t> shape;
@@ -46,6 +47,11 @@ struct Param {
   uint8_t half_type = 0;          // 0: fp32 in data; else a Half (cpu/half.hpp)
   std::vector<uint16_t> half;     // [numel] 16-bit weight (host copy)
   uint16_t *dev_half = nullptr;   // backend copy or null
+  // A frozen weight on a device backend: after the upload its host vector (`data`, or `half`) is freed — the device
+  // copy never changes and is the only one (Model::to_device); Model re-creates it by download when host code needs
+  // it (set_backend, save_model, save_adapter, a weight becoming trainable, set_precision). Always false on a
+  // host-memory backend.
+  bool host_freed = false;
   const uint16_t *h() const { return dev_half ? dev_half : half.data(); }
   float *w() { return dev_w ? dev_w : data.data(); }
   const float *w() const { return dev_w ? dev_w : data.data(); }
@@ -157,14 +163,23 @@ class Model {
   const ModelConfig &config() const { return cfg_; }
   const std::string &dir() const { return dir_; }
   Backend &backend() const { return *be_; }
-  /** Computes on `be` from now on (cuda/cuda.hpp select_backend). Parameters stay in host vectors; a CUDA backend
-   *  stages them per op (correct, slow: device-resident state is the next step, docs/cuda.md). */
+  /** Computes on `be` from now on (cuda/cuda.hpp select_backend). The state the old backend held comes back to
+   *  the host vectors first (trainable weights, gradients, AdamW moments, and the frozen weights to_device() freed
+   *  on the host, downloaded), so a model moved back to the CPU computes exactly as one that never left it. */
   void set_backend(Backend &be);
   /** Backend copies of the parameters (device-resident state): uploads every parameter's host data, and the
    *  gradient and AdamW moments where the host holds them, into backend memory, allocating what is missing.
+   *  Frozen weights (fp32, 16-bit and 4-bit) are uploaded once and their host vectors then freed (Param::host_freed,
+   *  Q4Weight::host_freed): the host keeps only trainable state (host_weight_bytes()).
    *  A no-op on a host-memory backend (CPU). run()/infer() call it when the host side changed (set_backend,
    *  add_lora, load_adapter, make_all_trainable); call it after writing host vectors yourself (resume). */
   void to_device();
+  /** Bytes of weights held in host memory: every Param's `data` and `half` vectors and the 4-bit weights' host
+   *  arrays (not gradients or AdamW moments). After to_device() on a device backend: the trainable weights only. */
+  int64_t host_weight_bytes() const;
+  /** Re-creates (downloads) the host copy of every frozen weight to_device() freed; the device copies stay. A no-op
+   *  when none was freed. The model calls it itself where host code needs them (set_backend, save_model, …). */
+  void fetch_host_weights() const;
   /** Downloads the trainable weights (and, when asked, gradients and AdamW moments) into the host vectors,
    *  for saving or inspection. A no-op on a host-memory backend. */
   void to_host(bool grads = false, bool optimizer = false) const;
@@ -226,6 +241,11 @@ class Model {
   Backend *be_ = nullptr;  // the device this model computes on (cpu_backend() unless set_backend)
   bool dirty_ = false;     // host vectors changed since the last to_device() (non-host backends only)
   void release_device();
+  /** The host copy of one frozen weight to_device() freed, downloaded (a no-op unless p.host_freed). */
+  void fetch_host(Param &p) const;
+  /** After a fetch: frees the host copies of frozen weights whose device copy is current again (save_model,
+   *  save_adapter); nothing while dirty_ (to_device() does it then). */
+  void free_frozen_host() const;
   /** A 16-bit frozen weight becoming trainable: its fp32 values re-read from the model folder. */
   llmt_status restore_fp32(Param &p);
   std::string dir_;

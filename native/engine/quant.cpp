@@ -60,7 +60,7 @@ cpu::Q4View Q4Weight::view() const {
   v.n = numel();
   const bool dev = dev_packed != nullptr;
   v.packed = dev ? dev_packed : packed.data();
-  if (qabsmax.empty()) {
+  if (!nested()) {
     v.absmax = dev ? dev_absmax : absmax.data();
   } else {
     v.qabsmax = dev ? dev_qabsmax : qabsmax.data();

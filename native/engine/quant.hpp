@@ -43,7 +43,11 @@ struct Q4Weight {
   uint8_t *dev_packed = nullptr, *dev_qabsmax = nullptr;
   float *dev_absmax = nullptr, *dev_absmax2 = nullptr;
   const float *dev_code2 = nullptr;
+  // The host arrays were freed after the upload (the backend copies are the only ones; Model re-creates them by
+  // download when it leaves the device backend). Never true on a host-memory backend.
+  bool host_freed = false;
   int64_t numel() const { return rows * cols; }
+  bool nested() const { return dev_packed ? dev_qabsmax != nullptr : !qabsmax.empty(); }  // double-quantized scales
   size_t bytes() const;           // memory held (host)
   /** The host arrays, or the backend copies once uploaded (dev_packed set). */
   cpu::Q4View view() const;

@@ -2,7 +2,8 @@
 // CPU reference, with per-dtype tolerances (fp32 today: the seam is fp32-only); (2) end to end, one LoRA step on a
 // tiny model (loss and every LoRA gradient) CUDA vs CPU; (3) a few LoRA training steps with the model state resident on
 // the GPU: loss curve and final adapter vs CPU within fp32 tolerances, and the host↔device copies per step bounded
-// (token ids/positions/targets up, the grad-norm scalar down, no per-op staging); (4) QLoRA: the 4-bit GEMMs (NF4/FP4,
+// (token ids/positions/targets up, the loss and grad-norm scalars down, no per-op staging), the host holding only the
+// trainable weights, and fp32/bf16/NF4 models back on the CPU bit-identical to CPU-only ones; (4) QLoRA: the 4-bit GEMMs (NF4/FP4,
 // plain and double-quantized scales) vs the CPU, their decoding (code tables, scales) bit-exact, and a QLoRA step,
 // training run and generation on a tiny llama quantized on load, its 4-bit weights resident on the GPU. Without a
 // usable GPU it prints why and passes (SKIP), so ctest passes on CPU-only machines; bench/gpu.sh runs it on a GPU server, where it must print "PASS".
@@ -179,6 +180,44 @@ void op_parity(Backend &gpu) {
                                    x[7].data(), x[8].data(), B, T, nh, nkv, hd, scale, sp, ap, pp);
            });
   }
+  // mixed-precision attention (the tensor-core kernels, head_dim 64/128) vs the CPU's: both read q, k, v (and dout)
+  // rounded to bf16/fp16; the GPU also rounds P and dS for their products (FlashAttention-2), hence the tolerance
+  struct TcCase {
+    const char *name;
+    int64_t B, T, nh, nkv, hd;
+    bool seg, alibi, prefix;
+  };
+  for (Half t : {Half::BF16, Half::F16})
+    for (const TcCase &cs : {TcCase{"gqa", 2, 45, 4, 2, 64, false, false, false}, TcCase{"mqa_seg", 2, 70, 4, 1, 128, true, false, false},
+                             TcCase{"alibi_prefix", 2, 37, 2, 2, 64, false, true, true}, TcCase{"mha_short", 1, 5, 2, 2, 128, false, false, false}}) {
+      const int64_t B = cs.B, T = cs.T, nh = cs.nh, nkv = cs.nkv, hd = cs.hd;
+      const float scale = 1.0f / std::sqrt(float(hd));
+      std::vector<int32_t> seg, prefix;
+      std::vector<float> alibi;
+      if (cs.seg)
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t i = 0; i < T; ++i) seg.push_back(int32_t(i < 10 ? 0 : i < 40 ? 10 : 40));
+      if (cs.prefix) prefix = {7, 40};
+      if (cs.alibi)
+        for (int64_t h = 0; h < nh; ++h) alibi.push_back(-std::pow(2.0f, -float(h + 1)));
+      const int32_t *sp = seg.empty() ? nullptr : seg.data(), *pp = prefix.empty() ? nullptr : prefix.data();
+      const float *ap = alibi.empty() ? nullptr : alibi.data();
+      const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
+      auto q = rnd(nq, 50, 2), k = rnd(nk, 51, 2), v = rnd(nk, 52);
+      const std::string nm = std::string("tc_") + (t == Half::BF16 ? "bf16_" : "fp16_") + cs.name;
+      const Tol tol = t == Half::BF16 ? Tol{3e-2, 1e-2} : Tol{8e-3, 2e-3};
+      parity(nm + "_forward", cpu, gpu, {q, k, v, rnd(nq, 0), rnd(B * nh * T, 0)}, {3, 4}, tol, [&](Backend &be, auto &x) {
+        be.attention_forward_lp(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), B, T, nh, nkv, hd, scale, sp, ap,
+                                pp, t);
+      });
+      std::vector<float> out(static_cast<size_t>(nq)), lse(static_cast<size_t>(B * nh * T));
+      cpu.attention_forward_lp(q.data(), k.data(), v.data(), out.data(), lse.data(), B, T, nh, nkv, hd, scale, sp, ap, pp, t);
+      parity(nm + "_backward", cpu, gpu, {rnd(nq, 53), q, k, v, out, lse, rnd(nq, 0), rnd(nk, 0), rnd(nk, 0)}, {6, 7, 8}, tol,
+             [&](Backend &be, auto &x) {
+               be.attention_backward_lp(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), x[5].data(), x[6].data(),
+                                        x[7].data(), x[8].data(), B, T, nh, nkv, hd, scale, sp, ap, pp, t);
+             });
+    }
   {  // KV cache: 5 new tokens at p0 = 9 of a 20-row cache, GQA, ALiBi and a prefix
     const int64_t nh = 4, nkv = 2, hd = 32, p0 = 9, nn = 5, cap = 20;
     std::vector<float> alibi = {-0.5f, -0.25f, -0.125f, -0.0625f};
@@ -202,6 +241,55 @@ void op_parity(Backend &gpu) {
     compare_scalar("cross_entropy_forward.loss", s1, s2, 1e-5);
     compare_scalar("cross_entropy_forward.count", double(c1), double(c2), 0);
     compare("cross_entropy_forward.lse", l1, l2, kF32Reduce);
+    // the loss kept on the device (Model::run): two chunks into one double + one int64, staged host scalars and resident
+    // ones; resident, the chunks cost no transfer at all (the reduction is k_ce_acc, fixed order, no atomics)
+    for (int64_t NA : {int64_t(13), int64_t(700)}) {
+      const int64_t VA = NA == 13 ? V : 50, half = NA / 2 + 1;
+      std::vector<int32_t> ta(static_cast<size_t>(NA));
+      for (int64_t i = 0; i < NA; ++i) ta[size_t(i)] = i % 4 == 0 ? -100 : int32_t(i * 71 % VA);
+      auto lg = rnd(NA * VA, 51, 8);
+      std::vector<float> lr(static_cast<size_t>(NA)), la(static_cast<size_t>(NA));
+      int64_t cr = 0;
+      const double sr = cpu.cross_entropy_forward(lg.data(), ta.data(), lr.data(), NA, VA, &cr);
+      double hl = 123.0;
+      int64_t hc = 77;
+      gpu.cross_entropy_forward_acc(lg.data(), ta.data(), la.data(), half, VA, &hl, &hc, false);
+      gpu.cross_entropy_forward_acc(lg.data() + half * VA, ta.data() + half, la.data() + half, NA - half, VA, &hl, &hc, true);
+      const std::string n = "cross_entropy_forward_acc_N" + std::to_string(NA);
+      compare_scalar(n + "_staged.loss", sr, hl, 1e-5);
+      compare_scalar(n + "_staged.count", double(cr), double(hc), 0);
+      compare(n + "_staged.lse", lr, la, kF32Reduce);
+      float *dlg = static_cast<float *>(gpu.alloc(sizeof(float) * lg.size()));
+      float *dlse = static_cast<float *>(gpu.alloc(sizeof(float) * size_t(NA)));
+      int32_t *dt = static_cast<int32_t *>(gpu.alloc(sizeof(int32_t) * ta.size()));
+      char *acc = static_cast<char *>(gpu.alloc(16));
+      gpu.upload(dlg, lg.data(), sizeof(float) * lg.size());
+      gpu.upload(dt, ta.data(), sizeof(int32_t) * ta.size());
+      gpu.synchronize();
+      gpu.reset_transfers();
+      double *dl = reinterpret_cast<double *>(acc);
+      int64_t *dc = reinterpret_cast<int64_t *>(acc + 8);
+      gpu.cross_entropy_forward_acc(dlg, dt, dlse, half, VA, dl, dc, false);
+      gpu.cross_entropy_forward_acc(dlg + half * VA, dt + half, dlse + half, NA - half, VA, dl, dc, true);
+      const TransferStats x = gpu.transfers();
+      struct {
+        double l;
+        int64_t c;
+      } h{0.0, 0};
+      gpu.download(&h, acc, sizeof h);
+      for (void *p : {static_cast<void *>(dlg), static_cast<void *>(dlse), static_cast<void *>(dt), static_cast<void *>(acc)})
+        gpu.release(p);
+      compare_scalar(n + "_resident.loss", sr, h.l, 1e-5);
+      compare_scalar(n + "_resident.count", double(cr), double(h.c), 0);
+      ++g_checks;
+      if (h.l != hl) ++g_fail;
+      std::printf("%s %s_resident.bit_identical_to_staged (deterministic)\n", h.l == hl ? "ok  " : "FAIL", n.c_str());
+      ++g_checks;
+      const bool none = x.uploads == 0 && x.downloads == 0 && x.staged == 0;
+      if (!none) ++g_fail;
+      std::printf("%s %s_resident.transfers up %lld, down %lld, staged %lld (all 0)\n", none ? "ok  " : "FAIL", n.c_str(),
+                  (long long)x.uploads, (long long)x.downloads, (long long)x.staged);
+    }
     parity("cross_entropy_backward", cpu, gpu, {logits, l1, rnd(NN * V, 0)}, {2}, kF32Reduce,
            [&](Backend &be, auto &x) { be.cross_entropy_backward(x[0].data(), t.data(), x[1].data(), x[2].data(), NN, V, 0.1f); });
     const int64_t H = 70, VV = 50;
@@ -455,9 +543,19 @@ Batch test_batch(int64_t V) {
 // adapter, and b's host↔device copies per step.
 // adapter_tol: 16-bit weights round the GEMM inputs, so an fp32 difference at the last bit between CPU and GPU
 // activations can move an input by one bf16/fp16 step; their adapters are compared with a looser tolerance.
-void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label, Tol adapter_tol = {2e-3, 1e-5}) {
+void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label, Tol adapter_tol = {2e-3, 1e-5},
+                   Tol curve_tol = {1e-3, 1e-5}) {
   Model *a = &ma, *b = &mb;
   const Batch batch = test_batch(a->config().vocab);
+  {  // after to_device the frozen weights (fp32, 16-bit or 4-bit) live in GPU memory only
+    int64_t tb = 0;
+    for (Param *p : b->trainable_params()) tb += p->numel() * int64_t(sizeof(float));
+    const int64_t held = b->host_weight_bytes();
+    ++g_checks;
+    if (held != tb) ++g_fail;
+    std::printf("%s %s.host_weight_bytes %lld == trainable %lld (the CPU model holds %lld)\n", held == tb ? "ok  " : "FAIL",
+                label.c_str(), (long long)held, (long long)tb, (long long)a->host_weight_bytes());
+  }
   std::vector<float> la, lb;
   TransferStats worst;
   for (int64_t step = 1; step <= steps; ++step) {
@@ -494,7 +592,7 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
       }
     }
   }
-  compare(label + ".loss_and_gnorm_curve", la, lb, {1e-3, 1e-5});
+  compare(label + ".loss_and_gnorm_curve", la, lb, curve_tol);
   b->to_host(false, true);
   std::vector<float> wa, wb;
   auto pa = a->trainable_params(), pb = b->trainable_params();
@@ -502,13 +600,26 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
     wa.insert(wa.end(), pa[i]->data.begin(), pa[i]->data.end());
     wb.insert(wb.end(), pb[i]->data.begin(), pb[i]->data.end());
   }
-  compare(label + ".final_adapter(" + std::to_string(pa.size()) + ")", wa, wb, adapter_tol);
+  if (adapter_tol.rtol < 0) {  // mixed precision: see the caller — the adapters as vectors, relative L2 distance
+    double d2 = 0, n2 = 0;
+    for (size_t i = 0; i < wa.size(); ++i) {
+      d2 += (double(wa[i]) - wb[i]) * (double(wa[i]) - wb[i]);
+      n2 += double(wa[i]) * wa[i];
+    }
+    const double rel = std::sqrt(d2 / std::max(n2, 1e-30));
+    ++g_checks;
+    if (!(rel <= adapter_tol.atol) || wa.size() != wb.size()) ++g_fail;
+    std::printf("%s %s.final_adapter(%zu) relative L2 distance %.3g ≤ %.3g\n", rel <= adapter_tol.atol ? "ok  " : "FAIL",
+                label.c_str(), pa.size(), rel, adapter_tol.atol);
+  } else {
+    compare(label + ".final_adapter(" + std::to_string(pa.size()) + ")", wa, wb, adapter_tol);
+  }
   ++g_checks;
-  // per step on the GPU: ids, positions, targets, rotary table, norm accumulator up; the CE loss (per-row losses and
-  // targets) and the grad norm down; nothing staged per op
-  const bool bounded = worst.uploads <= 6 && worst.downloads <= 4 && worst.staged == 0;
+  // per step on the GPU: ids, positions, targets, rotary table, norm accumulator up; the loss (sum and count reduced
+  // on the device: one 16-byte download per run) and the grad norm down; nothing staged per op
+  const bool bounded = worst.uploads <= 5 && worst.downloads <= 2 && worst.staged == 0;
   if (!bounded) ++g_fail;
-  std::printf("%s %s.transfers_per_step up %lld ≤ 6, down %lld ≤ 4, staged %lld == 0\n", bounded ? "ok  " : "FAIL",
+  std::printf("%s %s.transfers_per_step up %lld ≤ 5, down %lld ≤ 2, staged %lld == 0\n", bounded ? "ok  " : "FAIL",
               label.c_str(), (long long)worst.uploads, (long long)worst.downloads, (long long)worst.staged);
 }
 
@@ -607,7 +718,10 @@ void half_precision(Backend &gpu, const std::string &tmp) {
     if (on_dev == 0 || f32_left) ++g_fail;
     std::printf("%s %s.weights_16bit_on_device %lld, with an fp32 copy %lld\n", on_dev && !f32_left ? "ok  " : "FAIL", prec,
                 (long long)on_dev, (long long)f32_left);
-    train_compare(*a, *b, 3, std::string(prec) + "_train3", {2e-2, 1e-4});
+    // 16-bit rounding of every GEMM and attention input (q, k, v, dout) turns last-bit fp32 differences between the
+    // two backends into occasional one-step bf16/fp16 differences; AdamW then turns a near-zero gradient element's
+    // flipped sign into a ±lr step, so the adapters are compared as whole vectors (relative L2 distance ≤ 5 %)
+    train_compare(*a, *b, 3, std::string(prec) + "_train3", {-1, 5e-2}, {5e-3, 1e-5});
   }
 }
 
@@ -714,6 +828,79 @@ void qlora(Backend &gpu, const std::string &tmp) {
   }
 }
 
+// Frozen weights in GPU memory only (Model::to_device frees their host copies): fp32, bf16 and NF4 (double-quantized)
+// LoRA models go to the GPU, run a forward there, and come back with set_backend(cpu): every weight (fp32, 16-bit,
+// 4-bit arrays) and the forward bit-identical to a model that never left the CPU. Prints the host-memory drop.
+void host_weights_roundtrip(Backend &gpu, const std::string &tmp) {
+  const std::string dir = tmp + "/tiny-llama";
+  for (const std::string variant : {"fp32", "bf16", "nf4"}) {
+    QuantSpec qs;
+    if (variant == "nf4") {
+      qs.enabled = true;
+      qs.type = cpu::Q4Type::NF4;
+      qs.double_quant = true;
+    }
+    llmt_status st;
+    auto c = Model::load(dir, st, qs), d = Model::load(dir, st, qs);
+    if (!c || !d) {
+      ++g_fail;
+      std::printf("FAIL load %s: %s\n", variant.c_str(), llmt_last_error());
+      continue;
+    }
+    d->set_backend(gpu);
+    LoraSpec spec;
+    spec.r = 4;
+    spec.alpha = 8;
+    spec.targets = {"q_proj", "v_proj", "down_proj"};
+    bool ok = true;
+    for (Model *m : {c.get(), d.get()}) {
+      ok = ok && m->add_lora(spec, 5) == LLMT_OK;
+      if (variant == "bf16") ok = ok && m->set_precision("bf16") == LLMT_OK;
+    }
+    if (!ok) {
+      ++g_fail;
+      std::printf("FAIL setup %s: %s\n", variant.c_str(), llmt_last_error());
+      continue;
+    }
+    const int64_t before = d->host_weight_bytes();
+    d->to_device();
+    const int64_t after = d->host_weight_bytes();
+    int64_t tb = 0;
+    for (Param *p : d->trainable_params()) tb += p->numel() * int64_t(sizeof(float));
+    const Batch batch = test_batch(c->config().vocab);
+    RunOptions o;
+    o.want_logits = true;
+    RunResult rc, rg, rd;
+    if (c->run(batch, o, rc) != LLMT_OK || d->run(batch, o, rg) != LLMT_OK) {
+      ++g_fail;
+      std::printf("FAIL run %s: %s\n", variant.c_str(), llmt_last_error());
+      continue;
+    }
+    compare("host_free_" + variant + ".gpu_logits", rc.logits, rg.logits, variant == "bf16" ? Tol{2e-2, 1e-3} : kF32Reduce);
+    ++g_checks;
+    if (after != tb) ++g_fail;
+    std::printf("%s host_free_%s.host_weight_bytes %lld before to_device, %lld after (= trainable %lld)\n",
+                after == tb ? "ok  " : "FAIL", variant.c_str(), (long long)before, (long long)after, (long long)tb);
+    d->set_backend(cpu_backend());
+    bool same = d->run(batch, o, rd) == LLMT_OK && rd.logits.size() == rc.logits.size() &&
+                std::memcmp(rd.logits.data(), rc.logits.data(), sizeof(float) * rc.logits.size()) == 0 &&
+                rd.loss_sum == rc.loss_sum && c->params.size() == d->params.size() &&
+                c->q4_weights.size() == d->q4_weights.size() && d->host_weight_bytes() == before;
+    for (size_t i = 0; same && i < c->params.size(); ++i)
+      same = c->params[i]->data.size() == d->params[i]->data.size() && c->params[i]->half == d->params[i]->half &&
+             (c->params[i]->data.empty() ||
+              std::memcmp(c->params[i]->data.data(), d->params[i]->data.data(), sizeof(float) * c->params[i]->data.size()) == 0);
+    for (size_t i = 0; same && i < c->q4_weights.size(); ++i) {
+      const Q4Weight &x = *c->q4_weights[i], &y = *d->q4_weights[i];
+      same = x.packed == y.packed && x.absmax == y.absmax && x.qabsmax == y.qabsmax && x.absmax2 == y.absmax2;
+    }
+    ++g_checks;
+    if (!same) ++g_fail;
+    std::printf("%s host_free_%s.back_on_cpu: every weight downloaded (%lld bytes), forward bit-identical to a CPU-only model\n",
+                same ? "ok  " : "FAIL", variant.c_str(), (long long)d->host_weight_bytes());
+  }
+}
+
 }  // namespace
 
 int main(int argc, char **argv) {
@@ -735,6 +922,7 @@ int main(int argc, char **argv) {
       train_steps(*gpu, tmp);
       qlora(*gpu, tmp);
       half_precision(*gpu, tmp);
+      host_weights_roundtrip(*gpu, tmp);
     }
   } catch (const std::exception &e) {
     ++g_fail;

@@ -21,6 +21,7 @@
 #define __shared__ static
 #define __constant__
 #define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
 
 namespace cuemu {
 
@@ -62,7 +63,8 @@ T shfl_from(T v, int src) {
 #define gridDim (::cuemu::coords().grid_dim)
 
 inline void __syncthreads() { ::cuemu::syncthreads(); }
-inline void __syncwarp(unsigned = 0xffffffffu) {}
+// A warp barrier (the emulated lanes run one after another, so lanes reading what others wrote need it as on Volta+)
+inline void __syncwarp(unsigned = 0xffffffffu) { ::cuemu::warp_exchange(0, 0); }
 template <typename T>
 T __shfl_xor_sync(unsigned, T v, int mask, int width = 32) {
   const int lane = ::cuemu::coords().lane;
@@ -112,3 +114,84 @@ inline float __fmul_rn(float a, float b) {
   return p;
 }
 inline float __fadd_rn(float a, float b) { return a + b; }
+
+// ---- 16-bit types and WMMA (tensor-core fragments) ---------------------------------------------------------------
+// __nv_bfloat16 / __half hold the bits; conversions are cpu/half.hpp's (round to nearest even, as the intrinsics).
+// A WMMA fragment here holds its whole tile in every lane (the hardware spreads it over the warp in an unspecified
+// layout, so kernels may only use load/store/fill/mma on fragments — exactly what this supports); mma_sync sums in
+// fp32. All lanes of a warp call these collectively, as CUDA requires.
+#include <type_traits>
+
+#include "../../cpu/half.hpp"
+
+struct __nv_bfloat16 {
+  unsigned short x;
+};
+struct __half {
+  unsigned short x;
+};
+inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16{llmt::f32_to_bf16(f)}; }
+inline __half __float2half_rn(float f) { return __half{llmt::f32_to_f16(f)}; }
+inline float __bfloat162float(__nv_bfloat16 h) { return llmt::bf16_to_f32(h.x); }
+inline float __half2float(__half h) { return llmt::f16_to_f32(h.x); }
+
+namespace cuemu {
+inline float wmma_float(float v) { return v; }
+inline float wmma_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+inline float wmma_float(__half v) { return __half2float(v); }
+}  // namespace cuemu
+
+namespace nvcuda {
+namespace wmma {
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int R = std::is_same<Use, matrix_b>::value ? K : M;
+  static constexpr int C = std::is_same<Use, matrix_a>::value ? K : N;
+  static constexpr int num_elements = R * C;
+  float v[R * C];
+};
+
+template <class Use, int M, int N, int K, class T, class Layout, class P>
+void load_matrix_sync(fragment<Use, M, N, K, T, Layout> &f, const P *p, unsigned ldm) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  static_assert(!std::is_same<Use, accumulator>::value, "accumulators load with a layout_t");
+  for (int r = 0; r < F::R; ++r)
+    for (int c = 0; c < F::C; ++c)
+      f.v[r * F::C + c] = ::cuemu::wmma_float(std::is_same<Layout, row_major>::value ? p[r * ldm + c] : p[c * ldm + r]);
+}
+template <int M, int N, int K>
+void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const float *p, unsigned ldm, layout_t l) {
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) f.v[r * N + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
+}
+template <int M, int N, int K>
+void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f, unsigned ldm, layout_t l) {
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r * N + c];
+  ::cuemu::warp_exchange(0, 0);  // the tile is the warp's only once every lane has stored (kernels __syncwarp anyway)
+}
+template <class Use, int M, int N, int K, class T, class Layout>
+void fill_fragment(fragment<Use, M, N, K, T, Layout> &f, float v) {
+  for (float &x : f.v) x = v;
+}
+template <int M, int N, int K, class TA, class LA, class TB, class LB>
+void mma_sync(fragment<accumulator, M, N, K, float> &d, const fragment<matrix_a, M, N, K, TA, LA> &a,
+              const fragment<matrix_b, M, N, K, TB, LB> &b, const fragment<accumulator, M, N, K, float> &c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float s = c.v[i * N + j];
+      for (int k = 0; k < K; ++k) s += a.v[i * K + k] * b.v[k * N + j];
+      out[i * N + j] = s;
+    }
+  std::memcpy(d.v, out, sizeof out);
+}
+}  // namespace wmma
+}  // namespace nvcuda
