@@ -98,7 +98,8 @@ def main():
     base = ["bench", "--adapter", adapter, "--batch", str(a.batch), "--seq", str(a.seq), "--iters", str(a.iters),
             "--warmup", "1", "--threads", str(a.threads)]
     rows = {}
-    for name, extra in (("fp32 LoRA", ["--model", model]), ("QLoRA nf4 (quantize on load)", ["--model", model, "--quantization", "nf4"]),
+    for name, extra in (("fp32 LoRA", ["--model", model]), ("bf16 LoRA (streamed in)", ["--model", model, "--precision", "bf16"]),
+                        ("QLoRA nf4 (quantize on load)", ["--model", model, "--quantization", "nf4"]),
                         ("QLoRA nf4 (saved 4-bit folder)", ["--model", q])):
         out, wall, peak = run([a.engine] + base + extra)
         j = json.loads(out)

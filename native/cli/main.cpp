@@ -281,8 +281,8 @@ int cmd_forward(const Args &a, bool grad) {
     return 1;
   }
   ModelHandle h;
-  llmt_status st = llmt_model_load_quantized(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
-                                             a.get("--quantization").c_str(), &h.m);
+  llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
+                                         a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
   if (st) return fail(st);
   if ((st = apply_device(a, h.m)) || (st = apply_precision(a, h.m))) return fail(st);
   if (grad) {
@@ -511,8 +511,8 @@ int cmd_bench(const Args &a) {
   const int iters = std::atoi(a.get("--iters", "5").c_str()), warmup = std::atoi(a.get("--warmup", "1").c_str());
   if (B <= 0 || T <= 1 || iters <= 0 || warmup < 0) return usage_error("bench: --batch >= 1, --seq >= 2, --iters >= 1");
   ModelHandle h;
-  llmt_status st = llmt_model_load_quantized(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
-                                             a.get("--quantization").c_str(), &h.m);
+  llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
+                                         a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
   if (st) return fail(st);
   if ((st = apply_device(a, h.m)) || (st = apply_precision(a, h.m))) return fail(st);
   if ((st = llmt_model_set_checkpointing(h.m, a.has("--checkpointing") ? 1 : 0))) return fail(st);
@@ -630,6 +630,11 @@ int cmd_model_op(const std::string &cmd, const Args &a, const std::string &posit
 int run_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
+#if !defined(_WIN32)
+  // a peer rank that died must not kill this one through SIGPIPE (Gloo writes to its sockets without MSG_NOSIGNAL):
+  // the write fails with EPIPE instead and the collective reports the lost peer, naming the rank that failed
+  std::signal(SIGPIPE, SIG_IGN);
+#endif
   try {
     return run_main(argc, argv);
   } catch (const std::bad_alloc &) {

@@ -80,6 +80,15 @@ class CpuBackend final : public Backend {
   void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     cpu::matmul_nn_q4(A, W, C, M, N, K, acc);
   }
+  // mixed precision: A rounded, then the exact 4-bit GEMM on a decoder that rounds each weight element (cpu/q4.hpp)
+  void matmul_nt_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    std::vector<float> a = round_half(A, M * K, t);
+    cpu::matmul_nt_q4_half(a.data(), W, t, C, M, N, K, acc);
+  }
+  void matmul_nn_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    std::vector<float> a = round_half(A, M * K, t);
+    cpu::matmul_nn_q4_half(a.data(), W, t, C, M, N, K, acc);
+  }
   void add_bias(float *y, const float *b, int64_t rows, int64_t cols) override { cpu::add_bias(y, b, rows, cols); }
   void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) override { cpu::bias_backward(dy, db, rows, cols); }
   void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) override {

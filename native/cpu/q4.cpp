@@ -169,6 +169,14 @@ void q4_dequantize(const Q4View &w, int64_t begin, int64_t count, float *out) {
   }
 }
 
+void q4_dequantize_half(const Q4View &w, Half t, int64_t begin, int64_t count, float *out) {
+  q4_dequantize(w, begin, count, out);
+  if (t == Half::F16)
+    for (int64_t i = 0; i < count; ++i) out[i] = f16_to_f32(f32_to_f16(out[i]));
+  else
+    for (int64_t i = 0; i < count; ++i) out[i] = bf16_to_f32(f32_to_bf16(out[i]));
+}
+
 void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax) {
   const int64_t nb = (n + kQ4Block - 1) / kQ4Block;
   parallel_for(nb, [&](int64_t b0, int64_t b1) {
@@ -218,6 +226,15 @@ namespace {
 void decode_q4(const void *ctx, int64_t begin, int64_t count, float *out) {
   q4_dequantize(*static_cast<const Q4View *>(ctx), begin, count, out);
 }
+// the weight as a 16-bit tensor-core GEMM reads it: each decoded element rounded to bf16/fp16
+struct Q4Half {
+  const Q4View *w;
+  Half t;
+};
+void decode_q4_half(const void *ctx, int64_t begin, int64_t count, float *out) {
+  const Q4Half &q = *static_cast<const Q4Half *>(ctx);
+  q4_dequantize_half(*q.w, q.t, begin, count, out);
+}
 }  // namespace
 
 void matmul_nt_q4(const float *A, const Q4View &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
@@ -226,6 +243,16 @@ void matmul_nt_q4(const float *A, const Q4View &B, float *C, int64_t M, int64_t 
 
 void matmul_nn_q4(const float *A, const Q4View &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
   matmul_nn_dec(A, BDecoder{decode_q4, &B}, C, M, N, K, accumulate);
+}
+
+void matmul_nt_q4_half(const float *A, const Q4View &B, Half t, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  const Q4Half q{&B, t};
+  matmul_nt_dec(A, BDecoder{decode_q4_half, &q}, C, M, N, K, accumulate);
+}
+
+void matmul_nn_q4_half(const float *A, const Q4View &B, Half t, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
+  const Q4Half q{&B, t};
+  matmul_nn_dec(A, BDecoder{decode_q4_half, &q}, C, M, N, K, accumulate);
 }
 
 }  // namespace llmt::cpu

@@ -19,6 +19,8 @@
 
 #include <cstdint>
 
+#include "half.hpp"
+
 namespace llmt::cpu {
 
 enum class Q4Type : uint8_t { NF4 = 1, FP4 = 2 };
@@ -55,6 +57,9 @@ inline float q4_block_scale(const Q4View &w, int64_t b) {
 
 /** out[0..count) = the dequantized elements [begin, begin+count) (any alignment). */
 void q4_dequantize(const Q4View &w, int64_t begin, int64_t count, float *out);
+/** The same elements each rounded to bf16/fp16 (round to nearest even, cpu/half.hpp) and widened back to fp32: the
+ *  weight as a 16-bit tensor-core GEMM reads it after decoding (Backend::matmul_*_q4_lp). */
+void q4_dequantize_half(const Q4View &w, Half t, int64_t begin, int64_t count, float *out);
 
 /** 4-bit blockwise quantization of x[n]: packed[(n+1)/2], absmax[ceil(n/64)]. Multi-threaded, deterministic. */
 void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax);
@@ -69,5 +74,9 @@ void q4_double_quantize(const float *absmax, int64_t nb, uint8_t *qabsmax, float
 void matmul_nt_q4(const float *A, const Q4View &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
 // "nn": C[M,N] (+)= A[M,K] · W, W = B [K,N] (dx = dy·W)
 void matmul_nn_q4(const float *A, const Q4View &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+// The same with every decoded weight element rounded to t (q4_dequantize_half); A is used as given (the CPU backend's
+// matmul_*_q4_lp rounds it first). Bit-identical to matmul_nt / matmul_nn on the rounded dequantized matrix.
+void matmul_nt_q4_half(const float *A, const Q4View &B, Half t, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
+void matmul_nn_q4_half(const float *A, const Q4View &B, Half t, float *C, int64_t M, int64_t N, int64_t K, bool accumulate);
 
 }  // namespace llmt::cpu

@@ -497,6 +497,14 @@ class CudaBackend final : public Backend {
   void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     gemm_q4("k_gemm_q4_nn", A, W, C, M, N, K, acc);
   }
+  // Mixed precision (QLoRA with compute in bf16/fp16): the tensor-core kernels, which decode the weight tile into
+  // 16-bit shared memory and run WMMA with fp32 accumulation (kernels.cu q4_gemm_tc); 128×64 tiles of C.
+  void matmul_nt_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    gemm_q4(t == Half::F16 ? "k_gemm_q4_nt_tc_f16" : "k_gemm_q4_nt_tc_bf16", A, W, C, M, N, K, acc, 128, 256);
+  }
+  void matmul_nn_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    gemm_q4(t == Half::F16 ? "k_gemm_q4_nn_tc_f16" : "k_gemm_q4_nn_tc_bf16", A, W, C, M, N, K, acc, 128, 256);
+  }
 
  private:
   using ll = long long;
@@ -740,8 +748,10 @@ class CudaBackend final : public Backend {
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm_half");
   }
 
-  // C[M,N] (+)= A[M,K]·op(W), W 4-bit with N·K elements (op: k_gemm_q4_nt Wᵀ, k_gemm_q4_nn W); 64×64 tiles of C.
-  void gemm_q4(const char *k, const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) {
+  // C[M,N] (+)= A[M,K]·op(W), W 4-bit with N·K elements (op: k_gemm_q4_nt* Wᵀ, k_gemm_q4_nn* W); tiles of tile_m × 64
+  // of C (k_gemm_q4_nt/nn: 64 rows, 256 threads; the tensor-core k_gemm_q4_*_tc_*: 128 rows, 256 threads).
+  void gemm_q4(const char *k, const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc,
+               int64_t tile_m = 64, unsigned threads = 256) {
     if (M <= 0 || N <= 0) return;
     if (W.n != N * K)
       throw CudaError(std::string(k) + ": the 4-bit weight has " + std::to_string(W.n) + " elements, not " +
@@ -760,14 +770,14 @@ class CudaBackend final : public Backend {
     int type = W.type == cpu::Q4Type::FP4 ? 2 : 1, acci = acc ? 1 : 0;
     ll n = N, kk = K;
     const unsigned gx = unsigned((N + 63) / 64);
-    const int64_t rows_per_launch = 65535LL * 64;  // grid.y limit
+    const int64_t rows_per_launch = 65535LL * tile_m;  // grid.y limit
     for (int64_t m0 = 0; m0 < M; m0 += rows_per_launch) {
       const float *a = dA + m0 * K;
       float *c = dC + m0 * N;
       ll m = std::min<int64_t>(rows_per_launch, M - m0);
       void *params[] = {&a, &pk, &am, &qa, &a2, &c2, &off, &type, &c, &m, &n, &kk, &acci};
       last_kernel_ = k;
-      check(d_.cuLaunchKernel(fn(k), gx, unsigned((m + 63) / 64), 1, 256, 1, 1, 0, stream_, params, nullptr),
+      check(d_.cuLaunchKernel(fn(k), gx, unsigned((m + tile_m - 1) / tile_m), 1, threads, 1, 1, 0, stream_, params, nullptr),
             std::string("kernel ") + k);
       if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
     }

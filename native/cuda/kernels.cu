@@ -1101,3 +1101,158 @@ __global__ void k_attn_dkdv_tc_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__
 __global__ void k_attn_dkdv_tc_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__half, 64>(LLMT_TC_DKDV_PASS); }
 __global__ void k_attn_dkdv_tc_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__half, 128>(LLMT_TC_DKDV_PASS); }
 }  // extern "C"
+
+// ---- 4-bit base weights on tensor cores (mixed-precision QLoRA: Backend::matmul_*_q4_lp) ----------------------------
+// C[M,N] (+)= t(A)·op(t(W)), t() = rounding to TT (bf16 or fp16), W 4-bit and decoded per tile into 16-bit shared
+// memory inside the GEMM (no full- or half-precision copy of a weight exists), products on WMMA 16×16×16 tiles with
+// fp32 accumulation, C fp32. Each weight element is decoded as in q4_gemm (code[q]·scale in fp32, the scale by
+// q4_scale: two rounded fp32 operations for nested scales) and then rounded to TT — cpu/q4.hpp q4_dequantize_half.
+// Tiles: 128 (M) × 64 (N) of C per block of 256 threads = 8 warps in 4 (M) × 2 (N), each warp 32×32 (2×2 fp32
+// accumulators); K in slices of 32. Per slice: A's 128×32 slice is staged fp32 → TT (16-byte loads when aligned), W's
+// slice decoded once per block (each thread 8 consecutive elements of one W row: one 32-bit load of 4 bytes and one
+// scale when aligned; otherwise element by element with bounds), then 2 k-steps of 2×2 mma per warp. Edges (M, N, K
+// not multiples of the tile) are zero-filled. Each C element is accumulated by one warp in a fixed order:
+// deterministic. Static shared memory ≈ 25 KB.
+// The W slice in shared memory is [row][LDW] with the slice's rows of W: NT (W [N,K]) 64 rows n of 32 k each, read as
+// a col_major matrix_b (B(k,n) = W[n,k]); NN (W [K,N]) 32 rows k of 64 n each, read row_major (B(k,n) = W[k,n]).
+namespace {
+constexpr int kQ4TcM = 128, kQ4TcN = 64, kQ4TcK = 32, kQ4TcThreads = 256;
+constexpr int kQ4TcLdA = kQ4TcK + 8;  // 16-bit A tile [128][40] (ldm a multiple of 8)
+constexpr int kQ4TcLdC = 20;          // fp32 epilogue staging per warp [16][20] (ldm a multiple of 4)
+
+struct __align__(16) q4_f4 {  // four floats loaded as one 16-byte access
+  float x, y, z, w;
+};
+template <bool NN> struct q4_tc_b { using layout = wm::col_major; };
+template <> struct q4_tc_b<true> { using layout = wm::row_major; };
+
+// 4 bytes at p (4-byte aligned) as a little-endian word: byte 0 in bits 0…7
+__device__ __forceinline__ unsigned ld_u32(const unsigned char *p) {
+#if defined(__CUDACC__)
+  return *reinterpret_cast<const unsigned *>(p);
+#else
+  unsigned u;
+  std::memcpy(&u, p, 4);
+  return u;
+#endif
+}
+
+template <class TT, bool NN>
+__device__ void q4_gemm_tc(const float *A, const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
+                           const float *absmax2, const float *code2, float offset, int type, float *C, ll M, ll N, ll K,
+                           int acc) {
+  constexpr int RW = NN ? kQ4TcK : kQ4TcN;  // rows of W's slice (NT: n, NN: k)
+  constexpr int LW = NN ? kQ4TcN : kQ4TcK;  // consecutive elements per row (NT: k, NN: n)
+  constexpr int LDW = LW + 8;
+  __shared__ __align__(32) TT As[kQ4TcM * kQ4TcLdA];
+  __shared__ __align__(32) TT Ws[RW * LDW];
+  __shared__ __align__(32) float Cs[8 * 16 * kQ4TcLdC];
+  __shared__ float code[16];
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, wr = warp >> 1, wc = warp & 1;
+  const ll m0 = (ll)blockIdx.y * kQ4TcM, n0 = (ll)blockIdx.x * kQ4TcN;
+  const ll wrows = NN ? K : N, wlen = NN ? N : K;  // W is [wrows, wlen] row-major
+  const bool avec = ((size_t)A & 15) == 0 && (K & 3) == 0, pvec = ((size_t)packed & 3) == 0;
+  if (tid < 16) code[tid] = type == 2 ? kQ4Fp4[tid] : kQ4Nf4[tid];
+  __syncthreads();  // the code table
+  // this thread's W chunk: row r of the slice, elements c…c+7 of it
+  const int r = tid / (LW / 8), c = (tid % (LW / 8)) * 8;
+  wm::fragment<wm::accumulator, 16, 16, 16, float> cf[2][2];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wm::fill_fragment(cf[i][j], 0.0f);
+  for (ll k0 = 0; k0 < K; k0 += kQ4TcK) {
+    // A slice [128 m][32 k] → TT
+    if (avec && m0 + kQ4TcM <= M && k0 + kQ4TcK <= K) {
+      for (int e = tid; e < kQ4TcM * kQ4TcK / 4; e += kQ4TcThreads) {
+        const int i = e >> 3, j = (e & 7) * 4;
+        const q4_f4 v = *reinterpret_cast<const q4_f4 *>(A + (m0 + i) * K + k0 + j);
+        TT *d = As + i * kQ4TcLdA + j;
+        d[0] = to_tt<TT>(v.x);
+        d[1] = to_tt<TT>(v.y);
+        d[2] = to_tt<TT>(v.z);
+        d[3] = to_tt<TT>(v.w);
+      }
+    } else {
+      for (int e = tid; e < kQ4TcM * kQ4TcK; e += kQ4TcThreads) {
+        const int i = e >> 5, j = e & 31;
+        const ll m = m0 + i, k = k0 + j;
+        As[i * kQ4TcLdA + j] = to_tt<TT>((m < M && k < K) ? A[m * K + k] : 0.0f);
+      }
+    }
+    // W slice: rows (NT: n0…, NN: k0…), columns (NT: k0…, NN: n0…)
+    {
+      const ll row = (NN ? k0 : n0) + r, col = (NN ? n0 : k0) + c;
+      const ll idx = row * wlen + col;  // flat index of the chunk's first element
+      TT *d = Ws + r * LDW + c;
+      if (pvec && (idx & 7) == 0 && row < wrows && col + 8 <= wlen) {  // 4 aligned bytes, one 64-element block
+        const unsigned u = ld_u32(packed + (idx >> 1));
+        const float s = q4_scale(absmax, qabsmax, absmax2, code2, offset, idx >> 6);
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          const unsigned byte = (u >> (8 * (q >> 1))) & 255u;
+          d[q] = to_tt<TT>(code[(q & 1) ? (byte & 15u) : (byte >> 4)] * s);
+        }
+      } else {
+        for (int q = 0; q < 8; ++q) {
+          float w = 0.0f;
+          if (row < wrows && col + q < wlen) {
+            const ll x = idx + q;
+            const unsigned byte = packed[x >> 1];
+            w = code[(x & 1) ? (byte & 15u) : (byte >> 4)] * q4_scale(absmax, qabsmax, absmax2, code2, offset, x >> 6);
+          }
+          d[q] = to_tt<TT>(w);
+        }
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < kQ4TcK / 16; ++kk) {
+      wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> af[2];
+      wm::fragment<wm::matrix_b, 16, 16, 16, TT, typename q4_tc_b<NN>::layout> bf[2];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) wm::load_matrix_sync(af[i], As + (wr * 32 + i * 16) * kQ4TcLdA + kk * 16, kQ4TcLdA);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const int n = wc * 32 + j * 16;
+        wm::load_matrix_sync(bf[j], NN ? Ws + kk * 16 * LDW + n : Ws + n * LDW + kk * 16, LDW);
+      }
+#pragma unroll
+      for (int i = 0; i < 2; ++i)
+#pragma unroll
+        for (int j = 0; j < 2; ++j) wm::mma_sync(cf[i][j], af[i], bf[j], cf[i][j]);
+    }
+    __syncthreads();  // before the next slice overwrites As / Ws
+  }
+  // epilogue: each 16×16 accumulator through the warp's staging tile, 8 elements per lane, bounds-checked
+  float *Cw = Cs + warp * 16 * kQ4TcLdC;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      wm::store_matrix_sync(Cw, cf[i][j], kQ4TcLdC, wm::mem_row_major);
+      __syncwarp();
+      for (int q = 0; q < 8; ++q) {
+        const int e = lane + 32 * q, rr = e >> 4, cc = e & 15;
+        const ll m = m0 + wr * 32 + i * 16 + rr, n = n0 + wc * 32 + j * 16 + cc;
+        if (m < M && n < N) {
+          const float v = Cw[rr * kQ4TcLdC + cc];
+          C[m * N + n] = acc ? C[m * N + n] + v : v;
+        }
+      }
+      __syncwarp();  // before the next store_matrix_sync overwrites the staging tile
+    }
+}
+}  // namespace
+
+extern "C" {
+// Launch: grid (ceil(N/64), ceil(M/128)), 256 threads; arguments as k_gemm_q4_nt / k_gemm_q4_nn.
+#define LLMT_Q4TC_ARGS                                                                                              \
+  const float *A, const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,                   \
+      const float *absmax2, const float *code2, float offset, int type, float *C, ll M, ll N, ll K, int acc
+#define LLMT_Q4TC_PASS A, packed, absmax, qabsmax, absmax2, code2, offset, type, C, M, N, K, acc
+__global__ void k_gemm_q4_nt_tc_bf16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__nv_bfloat16, false>(LLMT_Q4TC_PASS); }
+__global__ void k_gemm_q4_nt_tc_f16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__half, false>(LLMT_Q4TC_PASS); }
+__global__ void k_gemm_q4_nn_tc_bf16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__nv_bfloat16, true>(LLMT_Q4TC_PASS); }
+__global__ void k_gemm_q4_nn_tc_f16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__half, true>(LLMT_Q4TC_PASS); }
+}  // extern "C"

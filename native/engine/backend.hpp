@@ -176,6 +176,20 @@ class Backend {
   virtual void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
   /** C[M,N] (+)= A[M,K]·W, W [K,N] (the input gradient dx = dy·W; the frozen weight gets no gradient). */
   virtual void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc);
+  /** matmul_nt_q4 for mixed-precision runs (QLoRA's compute_dtype bf16/fp16): A rounded to `t`, each weight element
+   *  decoded exactly as matmul_nt_q4 does (code·scale in fp32) and then rounded to `t`, products summed in fp32, C fp32
+   *  (a 16-bit tensor-core GEMM on the decoded tile). Default: the fp32 op. */
+  virtual void matmul_nt_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K,
+                               bool acc) {
+    (void)t;
+    matmul_nt_q4(A, W, C, M, N, K, acc);
+  }
+  /** matmul_nn_q4 with the rounding of matmul_nt_q4_lp (the input gradient of a mixed-precision QLoRA run). */
+  virtual void matmul_nn_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K,
+                               bool acc) {
+    (void)t;
+    matmul_nn_q4(A, W, C, M, N, K, acc);
+  }
 
   // ---- 16-bit frozen weights (mixed precision: Model::set_precision, cpu/half.hpp) ----
   // W holds bf16 or fp16 bits in this backend's memory. A is rounded to W's type first (round-to-nearest-even, as

@@ -214,10 +214,11 @@ llmt_status llmt_create_tiny(const char *family, const char *out_dir, uint64_t s
 }
 
 // Loads a model (quantized on load when `q` asks for it), attaches the adapter, and hands out the handle.
-static llmt_status load_model_handle(const char *dir, const char *adapter_dir, const QuantSpec &q, llmt_model **out) {
+static llmt_status load_model_handle(const char *dir, const char *adapter_dir, const QuantSpec &q, llmt_model **out,
+                                     const std::string &precision = "fp32") {
   *out = nullptr;
   llmt_status st;
-  auto m = Model::load(dir, st, q);
+  auto m = Model::load(dir, st, q, precision);
   if (!m) return st;
   if (adapter_dir && *adapter_dir) {
     if ((st = m->load_adapter(adapter_dir, true))) return st;
@@ -245,6 +246,17 @@ llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, 
     QuantSpec q;
     if (llmt_status st = parse_quant_spec(quantization ? quantization : "", q)) return st;
     return load_model_handle(dir, adapter_dir, q, out);
+  });
+}
+
+llmt_status llmt_model_load_mixed(const char *dir, const char *adapter_dir, const char *quantization, const char *precision,
+                                  llmt_model **out) {
+  return guarded("load", [&]() -> llmt_status {
+    if (!dir || !out) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_load_mixed: NULL argument");
+    *out = nullptr;
+    QuantSpec q;
+    if (llmt_status st = parse_quant_spec(quantization ? quantization : "", q)) return st;
+    return load_model_handle(dir, adapter_dir, q, out, precision && *precision ? precision : "fp32");
   });
 }
 

@@ -846,6 +846,7 @@ struct Ctx {
   bool training;
   uint64_t seed;
   Backend *be;
+  int half = 0;  // mixed precision (Model::set_precision): the 4-bit GEMMs run as matmul_*_q4_lp with this Half type
 };
 
 uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
@@ -865,7 +866,8 @@ void weight_nn(Backend &be, const Param &W, const float *A, float *C, int64_t M,
 // y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
 void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
-  if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
+  if (L.q4 && c.half) be.matmul_nt_q4_lp(x, L.q4->view(), Half(c.half), y, N, L.out, L.in, false);
+  else if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
   else weight_nt(be, *L.W, x, y, N, L.out, L.in, false);
   if (L.b) be.add_bias(y, L.b->w(), N, L.out);
   if (!L.lora.r) return;
@@ -889,9 +891,11 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
 }
 
 // Backward of linear_forward. dx is overwritten (accumulate=false) or added to.
+// half: Ctx::half (the 4-bit weight's input gradient in bf16/fp16 on tensor cores, as its forward).
 void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
-                     const LinearActs &a) {
-  if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);  // frozen: no dW
+                     const LinearActs &a, int half) {
+  if (L.q4 && half) be.matmul_nn_q4_lp(dy, L.q4->view(), Half(half), dx, N, L.in, L.out, accumulate);  // frozen: no dW
+  else if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);
   else weight_nn(be, *L.W, dy, dx, N, L.in, L.out, accumulate);
   if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->g(), L.out, L.in, N, true);
   if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, L.out);
@@ -1051,27 +1055,27 @@ void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const f
   Buf dact(be, N * I);
   switch (F.c.mlp) {
     case MlpKind::SwiGLU: {
-      linear_backward(be, *L.down, a.act.data(), dym, dact.data(), false, N, a.lin[kDown]);
+      linear_backward(be, *L.down, a.act.data(), dym, dact.data(), false, N, a.lin[kDown], F.ctx.half);
       Buf dg(be, N * I), du(be, N * I);
       be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
-      linear_backward(be, *L.gate, in, dg.data(), dh, false, N, a.lin[kGate]);
-      linear_backward(be, *L.up, in, du.data(), dh, true, N, a.lin[kUp]);
+      linear_backward(be, *L.gate, in, dg.data(), dh, false, N, a.lin[kGate], F.ctx.half);
+      linear_backward(be, *L.up, in, du.data(), dh, true, N, a.lin[kUp], F.ctx.half);
       break;
     }
     case MlpKind::SwiGLUFused: {
-      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2]);
+      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2], F.ctx.half);
       Buf dg(be, N * I), du(be, N * I), dfused(be, N * 2 * I);
       be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
       be.split_cols(dfused.data(), dg.data(), du.data(), N, I, I, true);
-      linear_backward(be, *L.fc1, in, dfused.data(), dh, false, N, a.lin[kFc1]);
+      linear_backward(be, *L.fc1, in, dfused.data(), dh, false, N, a.lin[kFc1], F.ctx.half);
       break;
     }
     case MlpKind::Gelu:
     case MlpKind::GeluTanh: {
-      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2]);
+      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2], F.ctx.half);
       Buf df(be, N * I);
       be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
-      linear_backward(be, *L.fc1, in, df.data(), dh, false, N, a.lin[kFc1]);
+      linear_backward(be, *L.fc1, in, df.data(), dh, false, N, a.lin[kFc1], F.ctx.half);
       break;
     }
   }
@@ -1165,7 +1169,7 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
   Backend &be = F.be;
   const int64_t N = F.ctx.N, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim, qd = nh * hd, kvd = nkv * hd;
   Buf dattn(be, N * qd);
-  linear_backward(be, *L.o, a.attn.data(), dy, dattn.data(), false, N, a.lin[kO]);
+  linear_backward(be, *L.o, a.attn.data(), dy, dattn.data(), false, N, a.lin[kO], F.ctx.half);
   Buf dq(be, N * qd), dk(be, N * kvd), dv(be, N * kvd);
   if (F.attn_half)
     be.attention_backward_lp(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
@@ -1178,11 +1182,11 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
   if (L.qkv) {
     Buf dfused(be, N * (qd + 2 * kvd));
     be.qkv_split(dfused.data(), dq.data(), dk.data(), dv.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), true);
-    linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1, false, N, a.lin[kQKV]);
+    linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1, false, N, a.lin[kQKV], F.ctx.half);
   } else {
-    linear_backward(be, *L.q, a.h1.data(), dq.data(), dh1, false, N, a.lin[kQ]);
-    linear_backward(be, *L.k, a.h1.data(), dk.data(), dh1, true, N, a.lin[kK]);
-    linear_backward(be, *L.v, a.h1.data(), dv.data(), dh1, true, N, a.lin[kV]);
+    linear_backward(be, *L.q, a.h1.data(), dq.data(), dh1, false, N, a.lin[kQ], F.ctx.half);
+    linear_backward(be, *L.k, a.h1.data(), dk.data(), dh1, true, N, a.lin[kK], F.ctx.half);
+    linear_backward(be, *L.v, a.h1.data(), dv.data(), dh1, true, N, a.lin[kV], F.ctx.half);
   }
 }
 
@@ -1359,6 +1363,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   DevArray<float> d_freqs(be, freqs), d_alibi(be, alibi_of(c), c.heads);
   Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
   F.attn_half = precision_ == "bf16" ? int(Half::BF16) : precision_ == "fp16" ? int(Half::F16) : 0;
+  F.ctx.half = F.attn_half;
   F.pos = d_pos.get();
   F.block = d_block.get();
   F.freqs = d_freqs.get();
@@ -1545,6 +1550,7 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
   std::vector<int32_t> flat(static_cast<size_t>(N)), pos(static_cast<size_t>(N)), block;
   if (c.pos == PosKind::Rope2D) block.resize(static_cast<size_t>(N));
   Fwd F(c, be, Ctx{1, N, N, false, 0, &be});
+  F.ctx.half = precision_ == "bf16" ? int(Half::BF16) : precision_ == "fp16" ? int(Half::F16) : 0;  // as run()
   for (int64_t s = 0, row = 0; s < S; row += n[s], ++s) {
     KvCache &cache = *caches[s];
     const int64_t p0 = cache.length;

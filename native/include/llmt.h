@@ -133,6 +133,11 @@ LLMT_API llmt_status llmt_model_load(const char *dir, const char *adapter_dir, l
  * bitsandbytes' NF4/FP4 with blocksize 64 and double-quantized scales): quantization is "nf4", "fp4" or
  * "none"/NULL (= llmt_model_load). Embeddings, norms and the LM head stay fp32; the adapter is fp32.
  * Errors: as llmt_model_load, plus BAD_INPUT (unknown quantization), UNSUPPORTED (backend without 4-bit ops). */
+/* As llmt_model_load_quantized, with mixed precision applied while the weights stream in: precision "bf16"/"fp16" keeps
+ * the frozen base weights (block linears that are not 4-bit, an untied head) only as 16-bit values, so the fp32 model
+ * never exists in memory (llmt_model_set_precision after a plain load converts afterwards). NULL or "" = "fp32". */
+LLMT_API llmt_status llmt_model_load_mixed(const char *dir, const char *adapter_dir, const char *quantization,
+                                          const char *precision, llmt_model **out);
 LLMT_API llmt_status llmt_model_load_quantized(const char *dir, const char *adapter_dir, const char *quantization,
                                                llmt_model **out);
 /* Quantizes every float tensor of the safetensors file in_path as bitsandbytes' quantize_4bit (blocksize 64;

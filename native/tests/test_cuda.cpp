@@ -465,6 +465,88 @@ void q4_op_parity(Backend &gpu) {
   }
 }
 
+// The mixed-precision 4-bit GEMMs (matmul_*_q4_lp: the tensor-core kernels k_gemm_q4_*_tc_*) vs the CPU backend:
+// both round A and every decoded weight element to bf16/fp16 alike, and products of 16-bit values are exact in fp32,
+// so only the summation order differs (the fp32 tolerance). bf16/fp16 × NF4/FP4 × plain/nested scales, shapes with
+// M, N, K not multiples of the 128×64×32 tiles (K odd: the element-by-element decode; K, N multiples of 8: the
+// vectorised one with a partial last slice), overwrite and accumulate, the weight staged and resident. Then the
+// decoding alone, exactly: with A = I the GEMM returns the rounded weight, bit for bit cpu::q4_dequantize_half.
+void q4_lp_op_parity(Backend &gpu) {
+  Backend &cpu = cpu_backend();
+  struct Shape {
+    int64_t M, N, K;
+  };
+  for (const Shape &sh : {Shape{37, 53, 61}, Shape{150, 136, 200}, Shape{5, 72, 264}})
+    for (Half h : {Half::BF16, Half::F16})
+      for (cpu::Q4Type t : {cpu::Q4Type::NF4, cpu::Q4Type::FP4})
+        for (bool dq : {false, true}) {
+          const int64_t M = sh.M, N = sh.N, K = sh.K;
+          const std::string tag = std::string(h == Half::BF16 ? "bf16_" : "fp16_") + q4_name(t, dq) + "_" +
+                                  std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
+          const Q4Weight wnt = quantized(N, K, t, dq, 90 + uint64_t(K));  // forward: W [N, K]
+          const Q4Weight wnn = quantized(K, N, t, dq, 91 + uint64_t(K));  // input gradient: W [K, N]
+          DevQ4 dnt(gpu, wnt), dnn(gpu, wnn);
+          for (int acc = 0; acc < 2; ++acc)
+            for (int resident = 0; resident < 2; ++resident) {
+              const std::string sfx = std::string(acc ? "_acc" : "") + (resident ? "_resident" : "_staged");
+              const cpu::Q4View &vnt = resident ? dnt.v : wnt.view(), &vnn = resident ? dnn.v : wnn.view();
+              parity("matmul_nt_q4_lp_" + tag + sfx, cpu, gpu, {rnd(M * K, 92, 3.0f), rnd(M * N, 93)}, {1}, kF32Reduce,
+                     [&](Backend &be, auto &v) {
+                       be.matmul_nt_q4_lp(v[0].data(), &be == &cpu ? wnt.view() : vnt, h, v[1].data(), M, N, K, acc);
+                     });
+              parity("matmul_nn_q4_lp_" + tag + sfx, cpu, gpu, {rnd(M * K, 94, 3.0f), rnd(M * N, 95)}, {1}, kF32Reduce,
+                     [&](Backend &be, auto &v) {
+                       be.matmul_nn_q4_lp(v[0].data(), &be == &cpu ? wnn.view() : vnn, h, v[1].data(), M, N, K, acc);
+                     });
+            }
+        }
+  // exact decoding: A = I returns the weight rounded to h (nt: C [Cc, R] = Wᵀ; nn: C [R, Cc] = W)
+  auto exact = [&](const std::string &what, const Q4Weight &q, Half h) {
+    const int64_t R = q.rows, Cc = q.cols;
+    std::vector<float> ref(size_t(R * Cc));
+    cpu::q4_dequantize_half(q.view(), h, 0, R * Cc, ref.data());
+    DevQ4 d(gpu, q);
+    std::vector<float> I1(size_t(Cc * Cc), 0.0f), I2(size_t(R * R), 0.0f), c1(size_t(Cc * R)), c2(size_t(R * Cc), 7.0f);
+    for (int64_t i = 0; i < Cc; ++i) I1[size_t(i * Cc + i)] = 1.0f;
+    for (int64_t i = 0; i < R; ++i) I2[size_t(i * R + i)] = 1.0f;
+    gpu.matmul_nt_q4_lp(I1.data(), d.v, h, c1.data(), Cc, R, Cc, false);
+    gpu.matmul_nn_q4_lp(I2.data(), d.v, h, c2.data(), R, Cc, R, false);
+    gpu.synchronize();
+    int64_t bad = 0, first = -1, rounded = 0;
+    const std::vector<float> full = dequantize_weight(q);
+    for (int64_t r = 0; r < R; ++r)
+      for (int64_t c = 0; c < Cc; ++c) {
+        const float w = ref[size_t(r * Cc + c)];
+        rounded += w != full[size_t(r * Cc + c)];
+        if (!(c1[size_t(c * R + r)] == w && c2[size_t(r * Cc + c)] == w)) {
+          if (first < 0) first = r * Cc + c;
+          ++bad;
+        }
+      }
+    ++g_checks;
+    if (bad || !rounded) ++g_fail;  // the rounding must be visible: a kernel decoding in fp32 would not pass either
+    std::printf("%s %-34s %lld of %lld elements differ (%lld changed by the rounding)%s\n", bad || !rounded ? "FAIL" : "ok  ",
+                what.c_str(), (long long)bad, (long long)(R * Cc), (long long)rounded,
+                bad ? (" (first at " + std::to_string(first) + ")").c_str() : "");
+  };
+  for (Half h : {Half::BF16, Half::F16}) {
+    const std::string hn = h == Half::BF16 ? "bf16_" : "fp16_";
+    for (cpu::Q4Type t : {cpu::Q4Type::NF4, cpu::Q4Type::FP4}) {
+      Q4Weight q;
+      q.type = t;
+      q.rows = 8;
+      q.cols = 64;  // 512 elements: bytes 0…255, 8 blocks
+      for (int i = 0; i < 256; ++i) q.packed.push_back(uint8_t(i));
+      q.absmax = {1.0f, 0.37f, 2.5f, 1e-3f, 1.0f, 0.0f, 3.0f, 0.5f};
+      exact("q4_lp_code_table_" + hn + q4_name(t, false) + "_exact", q, h);
+      for (bool dq : {false, true}) {
+        exact("q4_lp_decode_" + hn + q4_name(t, dq) + "_70x250_exact", quantized(70, 250, t, dq, 96), h);
+        exact("q4_lp_decode_" + hn + q4_name(t, dq) + "_136x72_exact", quantized(136, 72, t, dq, 97), h);
+      }
+    }
+  }
+}
+
 // One LoRA step (forward + backward, no dropout) on a tiny llama: loss and every LoRA gradient, CUDA vs CPU.
 void end_to_end(Backend &gpu, const std::string &tmp) {
   for (const char *family : {"llama", "gpt_neox"}) {
@@ -828,6 +910,55 @@ void qlora(Backend &gpu, const std::string &tmp) {
   }
 }
 
+// QLoRA computing in bf16/fp16 (bitsandbytes' compute_dtype; training.precision with quantization): the 4-bit weights
+// stay 4-bit and resident, their GEMMs run on the tensor-core kernels (matmul_*_q4_lp), attention on the tensor-core
+// kernels, an untied head would be 16-bit. Training steps vs the CPU backend, compared like the 16-bit LoRA runs.
+void qlora_half(Backend &gpu, const std::string &tmp) {
+  const std::string dir = tmp + "/tiny-llama";
+  struct Case {
+    cpu::Q4Type t;
+    bool dq;
+    const char *prec;
+  };
+  for (const Case &cs : {Case{cpu::Q4Type::NF4, true, "bf16"}, Case{cpu::Q4Type::FP4, false, "fp16"}}) {
+    const std::string tag = std::string("qlora_") + q4_name(cs.t, cs.dq) + "_" + cs.prec;
+    QuantSpec qs;
+    qs.enabled = true;
+    qs.type = cs.t;
+    qs.double_quant = cs.dq;
+    llmt_status st;
+    auto a = Model::load(dir, st, qs, cs.prec), b = Model::load(dir, st, qs, cs.prec);
+    if (!a || !b) {
+      ++g_fail;
+      std::printf("FAIL load %s: %s\n", tag.c_str(), llmt_last_error());
+      continue;
+    }
+    b->set_backend(gpu);
+    LoraSpec spec;
+    spec.r = 4;
+    spec.alpha = 8;
+    spec.dropout = 0.1;
+    spec.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
+    bool ok = true;
+    for (Model *m : {a.get(), b.get()}) {
+      ok = ok && m->add_lora(spec, 5) == LLMT_OK && m->set_precision(cs.prec) == LLMT_OK && m->precision() == cs.prec;
+      for (Param *p : m->trainable_params()) {
+        p->adam_m.assign(size_t(p->numel()), 0.0f);
+        p->adam_v.assign(size_t(p->numel()), 0.0f);
+      }
+      m->to_device();
+    }
+    int n4 = 0;
+    for (auto &lin : b->linears) n4 += lin->q4 && lin->q4->dev_packed && !lin->W->half_type && !lin->W->dev_w;
+    ++g_checks;
+    if (!ok || n4 != 14) ++g_fail;
+    std::printf("%s %s.setup: precision %s, %d linears 4-bit in GPU memory%s\n", ok && n4 == 14 ? "ok  " : "FAIL", tag.c_str(),
+                b->precision().c_str(), n4, ok ? "" : (std::string(" — ") + llmt_last_error()).c_str());
+    if (!ok) continue;
+    train_compare(*a, *b, 3, tag + "_train3", {-1, 5e-2}, {5e-3, 1e-5});
+  }
+}
+
 // Frozen weights in GPU memory only (Model::to_device frees their host copies): fp32, bf16 and NF4 (double-quantized)
 // LoRA models go to the GPU, run a forward there, and come back with set_backend(cpu): every weight (fp32, 16-bit,
 // 4-bit arrays) and the forward bit-identical to a model that never left the CPU. Prints the host-memory drop.
@@ -917,10 +1048,12 @@ int main(int argc, char **argv) {
   try {
     op_parity(*gpu);
     q4_op_parity(*gpu);
+    q4_lp_op_parity(*gpu);
     if (!(argc > 1 && std::strcmp(argv[1], "--ops-only") == 0)) {
       end_to_end(*gpu, tmp);
       train_steps(*gpu, tmp);
       qlora(*gpu, tmp);
+      qlora_half(*gpu, tmp);
       half_precision(*gpu, tmp);
       host_weights_roundtrip(*gpu, tmp);
     }

@@ -900,6 +900,103 @@ static void test_precision_jobs() {
   CHECK(m_bad_precision_refused(), "training.precision \"fp8\" refused");
 }
 
+// QLoRA computing in bf16/fp16 (bitsandbytes' compute_dtype): the 4-bit weights stay 4-bit, their GEMMs round the
+// input and each decoded weight element (matmul_*_q4_lp); the forward (loss, logits) and the LoRA gradients stay close
+// to QLoRA in fp32, the ops are exactly fp32 GEMMs on the rounded operands, and a QLoRA job trains with the precision.
+static void test_qlora_precision() {
+  std::printf("QLoRA with bf16/fp16 compute\n");
+  QuantSpec qs;
+  qs.enabled = true;
+  qs.type = cpu::Q4Type::NF4;
+  qs.double_quant = true;
+  for (const char *prec : {"bf16", "fp16"}) {
+    llmt_status st;
+    auto a = Model::load(tiny("llama"), st, qs), b = Model::load(tiny("llama"), st, qs, prec);
+    CHECK(a && b, std::string("QLoRA load with precision ") + prec + ": " + llmt_last_error());
+    if (!a || !b) return;
+    LoraSpec spec;
+    spec.r = 4;
+    spec.alpha = 8;
+    spec.targets = {"q_proj", "v_proj", "gate_proj", "down_proj"};
+    CHECK(a->add_lora(spec, 3) == LLMT_OK && b->add_lora(spec, 3) == LLMT_OK, "add_lora");
+    for (Model *m : {a.get(), b.get()})
+      for (Param *p : m->trainable_params()) randomize(p, 0.05f, 11);
+    CHECK(b->set_precision(prec) == LLMT_OK && b->precision() == prec, std::string("precision ") + prec + " on a QLoRA model");
+    int n4 = 0, other = 0;
+    for (auto &L : b->linears) {
+      n4 += L->q4 && !L->W->half_type && L->W->data.empty();
+      other += !L->q4;
+    }
+    CHECK(n4 > 0 && other == 0, std::string(prec) + ": every block linear stays 4-bit (" + std::to_string(n4) + ")");
+    Batch batch = make_batch(2, 12, a->config().vocab, 7);
+    RunOptions o;
+    o.backward = true;
+    o.want_logits = true;
+    RunResult ra, rb;
+    a->zero_grad();
+    b->zero_grad();
+    CHECK(a->run(batch, o, ra) == LLMT_OK && b->run(batch, o, rb) == LLMT_OK, "run");
+    const double la = ra.loss_sum / double(ra.count), lb = rb.loss_sum / double(rb.count);
+    CHECK(std::fabs(la - lb) < 2e-2 * std::fabs(la) && la != lb,
+          std::string("QLoRA ") + prec + ": loss " + std::to_string(lb) + " vs fp32 " + std::to_string(la));
+    double d2 = 0, n2 = 0;
+    for (size_t i = 0; i < ra.logits.size() && ra.logits.size() == rb.logits.size(); ++i) {
+      d2 += (double(ra.logits[i]) - rb.logits[i]) * (double(ra.logits[i]) - rb.logits[i]);
+      n2 += double(ra.logits[i]) * ra.logits[i];
+    }
+    const double rel = std::sqrt(d2 / std::max(n2, 1e-30));
+    CHECK(!ra.logits.empty() && ra.logits.size() == rb.logits.size() && rel < 2e-2 && rel > 0,
+          std::string("QLoRA ") + prec + ": logits within 2% of fp32 (relative L2 " + std::to_string(rel) + ")");
+    double dot = 0, na = 0, nb = 0;
+    auto pa = a->trainable_params(), pb = b->trainable_params();
+    for (size_t i = 0; i < pa.size(); ++i)
+      for (size_t j = 0; j < pa[i]->grad.size(); ++j) {
+        dot += double(pa[i]->grad[j]) * pb[i]->grad[j];
+        na += double(pa[i]->grad[j]) * pa[i]->grad[j];
+        nb += double(pb[i]->grad[j]) * pb[i]->grad[j];
+      }
+    const double cosv = dot / std::sqrt(na * nb);
+    CHECK(cosv > 0.999, std::string("QLoRA ") + prec + ": LoRA gradients agree with fp32 (cosine " + std::to_string(cosv) + ")");
+    std::printf("  QLoRA nf4dq %s: loss %.6f vs fp32 %.6f, logits relative L2 %.2e, LoRA gradient cosine %.6f\n", prec, lb, la,
+                rel, cosv);
+    // the ops by hand: x and the dequantized weight rounded to 16 bits, then fp32 GEMMs — bit for bit
+    const Linear *L = b->linears.front().get();
+    const cpu::Q4View w = L->q4->view();
+    const Half t = std::string(prec) == "fp16" ? Half::F16 : Half::BF16;
+    std::vector<float> x(size_t(3 * L->in)), dy(size_t(3 * L->out)), xr, dyr, wr(size_t(L->out * L->in));
+    Rng r(5);
+    for (float &v : x) v = (r.uniform() * 2 - 1) * 3;
+    for (float &v : dy) v = (r.uniform() * 2 - 1) * 3;
+    for (float v : x) xr.push_back(from_half(to_half(v, int(t)), int(t)));
+    for (float v : dy) dyr.push_back(from_half(to_half(v, int(t)), int(t)));
+    cpu::q4_dequantize_half(w, t, 0, L->out * L->in, wr.data());
+    std::vector<float> want(size_t(3 * L->out)), got(want.size()), wantn(size_t(3 * L->in)), gotn(wantn.size());
+    cpu_backend().matmul_nt(xr.data(), wr.data(), want.data(), 3, L->out, L->in, false);
+    cpu_backend().matmul_nt_q4_lp(x.data(), w, t, got.data(), 3, L->out, L->in, false);
+    cpu_backend().matmul_nn(dyr.data(), wr.data(), wantn.data(), 3, L->in, L->out, false);
+    cpu_backend().matmul_nn_q4_lp(dy.data(), w, t, gotn.data(), 3, L->in, L->out, false);
+    CHECK(want == got && wantn == gotn, std::string(prec) + ": matmul_*_q4_lp == fp32 GEMMs on the rounded operands, bit for bit");
+    std::vector<float> full(wr.size());
+    cpu::q4_dequantize(w, 0, L->out * L->in, full.data());
+    CHECK(full != wr, std::string(prec) + ": the rounding of the decoded weight is visible");
+  }
+  // a QLoRA job with training.precision bf16 trains (nothing refuses the combination)
+  const std::string data = g_tmp + "/train-qlora-prec.json";
+  write_tokens(data, 12, 10, 3);
+  const std::string out = g_tmp + "/qlora-bf16";
+  const std::string job = std::string("{\"model\": \"") + tiny("llama") + "\", \"quantization\": \"nf4\", \"lora\": {\"r\": 4, \"alpha\": 8, \"target_modules\": [\"q_proj\", \"v_proj\", \"down_proj\"]}," +
+                          "\"data\": {\"train\": \"" + data + "\"}, \"training\": {\"learning_rate\": 0.01, \"max_steps\": 4, \"micro_batch_size\": 3, \"seed\": 5, \"precision\": \"bf16\"}," +
+                          "\"output\": {\"dir\": \"" + out + "\", \"logging_steps\": 1, \"save_steps\": 100}}";
+  auto ev = run_job(job);
+  int steps = 0;
+  bool warned = false;
+  for (auto &e : ev) {
+    steps += e.find("\"event\":\"step\"") != std::string::npos;
+    warned = warned || e.find("\"warning\"") != std::string::npos;
+  }
+  CHECK(steps == 4 && !warned, "a QLoRA job with precision bf16 runs its 4 steps without a warning");
+}
+
 static void test_training_and_resume() {
   std::printf("training and resume\n");
   const std::string data = g_tmp + "/train.json";
@@ -1049,6 +1146,7 @@ int main() {
   test_half_conversions();
   test_mixed_precision();
   test_precision_jobs();
+  test_qlora_precision();
   test_eval_loss();
   std::string rm = "rm -rf " + g_tmp;
   if (std::system(rm.c_str()) != 0) std::fprintf(stderr, "could not remove %s\n", g_tmp.c_str());

@@ -17,6 +17,7 @@ export type RunStatus = z.infer<typeof RunStatus>;
 const Id = z.number().int().positive();
 
 export const Device = z.object({
+  /** CPU: 0. GPU: its CUDA ordinal (`cuda:N`). */
   index: z.number().int().nonnegative(),
   kind: z.enum(['cpu', 'cuda']),
   name: z.string(),

@@ -88,7 +88,16 @@ __attribute__((noinline)) void resume(Fiber *f) {
   if (!_setjmp(g_sched)) {
     if (!f->started) {
       f->started = true;
+#if defined(__x86_64__)
+      // first entry: switch to the fiber's stack and call fiber_main (no signal-mask syscalls, unlike setcontext;
+      // later switches are _setjmp/_longjmp, which save no signal mask either)
+      char *top = f->stack + kStack - 64;
+      top = reinterpret_cast<char *>(reinterpret_cast<uintptr_t>(top) & ~uintptr_t(15));
+      asm volatile("mov %0, %%rsp\n\tcall *%1\n\tud2" : : "r"(top), "r"(&fiber_main) : "memory");
+      __builtin_unreachable();
+#else
       setcontext(&f->uc);
+#endif
     }
     _longjmp(f->jb, 1);
   }
@@ -118,6 +127,10 @@ uint64_t warp_exchange(uint64_t v, int src) {
 
 // getcontext is returns_twice: kept out of run_grid so its locals stay in registers safely
 __attribute__((noinline)) void make_fiber(Fiber &f) {
+#if defined(__x86_64__)
+  (void)f;  // started by a stack switch in resume()
+  return;
+#endif
   getcontext(&f.uc);
   f.uc.uc_stack.ss_sp = f.stack;
   f.uc.uc_stack.ss_size = kStack;

@@ -46,8 +46,9 @@ export function loadEngine(dir = nativeDir()): EngineHandle {
   return cached;
 }
 
-/** Devices from the engine; without an engine, no devices are known. */
+/** Devices from the engine; without an engine, no devices are known. The CPU has index 0; a GPU's index is its CUDA
+ *  ordinal (what `--device cuda:N` and the job's "device" take) — the engine lists GPU N at position 1 + N. */
 export function listDevices(engine = loadEngine()): NativeDevice[] {
   if (!engine.addon) return [];
-  return engine.addon.listDevices();
+  return engine.addon.listDevices().map((d) => (d.kind === 'cuda' ? { ...d, index: d.index - 1 } : d));
 }
