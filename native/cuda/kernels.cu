@@ -850,6 +850,17 @@ __device__ __forceinline__ void mma_ax(wm::fragment<wm::accumulator, 16, 16, 16,
   }
 }
 
+// range[0..1] = the first and last key any query row [i0, i0+32) of batch row b can see (the block's key loop)
+__device__ __forceinline__ void tc_key_range(ll *range, ll b, ll i0, ll T, ll P, const int *seg_start) {
+  ll lo = T, hi = -1;
+  for (ll ii = i0; ii < min(i0 + kTc, T); ++ii) {
+    lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
+    hi = max(hi, min(max(ii, P - 1), T - 1));
+  }
+  range[0] = lo;
+  range[1] = hi;
+}
+
 template <class TT, int HD>
 __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, float *out, float *lse, ll T, ll nh, ll nkv,
                             float scale, const int *seg_start, const float *alibi, const int *prefix) {
@@ -865,15 +876,7 @@ __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, floa
   const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
   const float slope = alibi ? alibi[h] : 0.0f;
   const float *qb = q + (b * T * nh + h) * HD, *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  if (threadIdx.x == 0) {  // the keys any row of this block sees
-    ll lo = T, hi = -1;
-    for (ll ii = i0; ii < min(i0 + kTc, T); ++ii) {
-      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
-      hi = max(hi, min(max(ii, P - 1), T - 1));
-    }
-    range[0] = lo;
-    range[1] = hi;
-  }
+  if (threadIdx.x == 0) tc_key_range(range, b, i0, T, P, seg_start);
   stage_rows<TT, HD, LD>(Ks, qb, i0, T, nh * HD);
   __syncthreads();
   wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT];
@@ -945,15 +948,7 @@ __device__ void attn_bwd_dq_tc(const float *dout, const float *q, const float *k
   const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
   const float slope = alibi ? alibi[h] : 0.0f;
   const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  if (threadIdx.x == 0) {
-    ll lo = T, hi = -1;
-    for (ll ii = i0; ii < min(i0 + kTc, T); ++ii) {
-      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
-      hi = max(hi, min(max(ii, P - 1), T - 1));
-    }
-    range[0] = lo;
-    range[1] = hi;
-  }
+  if (threadIdx.x == 0) tc_key_range(range, b, i0, T, P, seg_start);
   stage_rows<TT, HD, LD>(Ks, q + (b * T * nh + h) * HD, i0, T, nh * HD);
   stage_rows<TT, HD, LD>(Vs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
   __syncthreads();

@@ -62,15 +62,8 @@ template <typename F>
 llmt_status guarded(const char *what, F &&f) {
   try {
     return f();
-  } catch (const CudaError &e) {
-    return set_error(LLMT_ERR_CUDA, std::string(what) + ": " + e.what());
-  } catch (const std::bad_alloc &e) {
-    if (std::strncmp(e.what(), "CUDA out of memory", 18) == 0) return set_error(LLMT_ERR_OOM, std::string(what) + ": " + e.what());
-    return set_error(LLMT_ERR_OOM, std::string(what) + ": out of memory; lower the batch size or the sequence length (or use a machine with more memory)");
-  } catch (const std::exception &e) {
-    return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": " + e.what());
   } catch (...) {
-    return set_error(LLMT_ERR_INTERNAL, std::string(what) + ": unknown error");
+    return status_of_current_exception(what);
   }
 }
 

@@ -84,6 +84,49 @@ void parity(const std::string &name, Backend &cpu, Backend &gpu, std::vector<std
   for (int o : outs) compare(name + "[" + std::to_string(o) + "]", a[static_cast<size_t>(o)], b[static_cast<size_t>(o)], tol);
 }
 
+struct AttnCase {
+  const char *name;
+  int64_t B, T, nh, nkv, hd;
+  bool seg, alibi, prefix;
+};
+
+// Attention forward and backward, CUDA vs CPU, for one shape: half = 0 the fp32 ops, else attention_*_lp with that
+// Half type. Packed segments start at 10 and 25 (40 when T > 40); prefix lengths 7 and 12 (40 when T > 40).
+void attention_parity(Backend &gpu, const AttnCase &cs, int half, Tol tol, uint64_t seed, float qk_scale) {
+  Backend &cpu = cpu_backend();
+  const int64_t B = cs.B, T = cs.T, nh = cs.nh, nkv = cs.nkv, hd = cs.hd, s2 = T > 40 ? 40 : 25;
+  const float scale = 1.0f / std::sqrt(float(hd));
+  std::vector<int32_t> seg, prefix;
+  std::vector<float> alibi;
+  if (cs.seg)
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < T; ++i) seg.push_back(int32_t(i < 10 ? 0 : i < s2 ? 10 : s2));
+  if (cs.prefix) prefix = {7, int32_t(T > 40 ? 40 : 12)};
+  if (cs.alibi)
+    for (int64_t h = 0; h < nh; ++h) alibi.push_back(-std::pow(2.0f, -float(h + 1)));
+  const int32_t *sp = seg.empty() ? nullptr : seg.data(), *pp = prefix.empty() ? nullptr : prefix.data();
+  const float *ap = alibi.empty() ? nullptr : alibi.data();
+  const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
+  auto q = rnd(nq, seed, qk_scale), k = rnd(nk, seed + 1, qk_scale), v = rnd(nk, seed + 2);
+  auto fwd = [&](Backend &be, const float *qq, const float *kk, const float *vv, float *out, float *lse) {
+    if (half) be.attention_forward_lp(qq, kk, vv, out, lse, B, T, nh, nkv, hd, scale, sp, ap, pp, Half(half));
+    else be.attention_forward(qq, kk, vv, out, lse, B, T, nh, nkv, hd, scale, sp, ap, pp);
+  };
+  parity(std::string(cs.name) + "_forward", cpu, gpu, {q, k, v, rnd(nq, 0), rnd(B * nh * T, 0)}, {3, 4}, tol,
+         [&](Backend &be, auto &x) { fwd(be, x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data()); });
+  std::vector<float> out(static_cast<size_t>(nq)), lse(static_cast<size_t>(B * nh * T));
+  fwd(cpu, q.data(), k.data(), v.data(), out.data(), lse.data());
+  parity(std::string(cs.name) + "_backward", cpu, gpu, {rnd(nq, seed + 3), q, k, v, out, lse, rnd(nq, 0), rnd(nk, 0), rnd(nk, 0)},
+         {6, 7, 8}, tol, [&](Backend &be, auto &x) {
+           if (half)
+             be.attention_backward_lp(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), x[5].data(), x[6].data(),
+                                      x[7].data(), x[8].data(), B, T, nh, nkv, hd, scale, sp, ap, pp, Half(half));
+           else
+             be.attention_backward(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), x[5].data(), x[6].data(),
+                                   x[7].data(), x[8].data(), B, T, nh, nkv, hd, scale, sp, ap, pp);
+         });
+}
+
 void op_parity(Backend &gpu) {
   Backend &cpu = cpu_backend();
   const int64_t M = 37, N = 53, K = 61;
@@ -144,79 +187,21 @@ void op_parity(Backend &gpu) {
     parity("gelu_backward_" + s, cpu, gpu, {rnd(n, 31), rnd(n, 32, 6), rnd(n, 0)}, {2}, kF32,
            [&](Backend &be, auto &v) { be.gelu_backward(v[0].data(), v[1].data(), v[2].data(), n, g); });
   }
-  // attention: GQA, MQA and MHA; packed segments, ALiBi, prefix-LM
-  struct Case {
-    const char *name;
-    int64_t B, T, nh, nkv, hd;
-    bool seg, alibi, prefix;
-  };
-  for (const Case &cs : {Case{"attn_gqa", 2, 33, 4, 2, 32, false, false, false}, Case{"attn_mqa", 1, 40, 4, 1, 64, false, false, false},
-                         Case{"attn_mha_seg", 2, 37, 3, 3, 16, true, false, false},
-                         Case{"attn_alibi", 1, 29, 4, 4, 16, false, true, false},
-                         Case{"attn_prefix", 2, 31, 2, 2, 128, false, false, true}}) {
-    const int64_t B = cs.B, T = cs.T, nh = cs.nh, nkv = cs.nkv, hd = cs.hd;
-    const float scale = 1.0f / std::sqrt(float(hd));
-    std::vector<int32_t> seg, prefix;
-    std::vector<float> alibi;
-    if (cs.seg)
-      for (int64_t b = 0; b < B; ++b)
-        for (int64_t i = 0; i < T; ++i) seg.push_back(int32_t(i < 10 ? 0 : i < 25 ? 10 : 25));
-    if (cs.prefix) prefix = {7, 12};
-    if (cs.alibi)
-      for (int64_t h = 0; h < nh; ++h) alibi.push_back(-std::pow(2.0f, -float(h + 1)));
-    const int32_t *sp = seg.empty() ? nullptr : seg.data(), *pp = prefix.empty() ? nullptr : prefix.data();
-    const float *ap = alibi.empty() ? nullptr : alibi.data();
-    const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
-    auto q = rnd(nq, 40), k = rnd(nk, 41), v = rnd(nk, 42);
-    parity(std::string(cs.name) + "_forward", cpu, gpu, {q, k, v, rnd(nq, 0), rnd(B * nh * T, 0)}, {3, 4}, kF32Reduce,
-           [&](Backend &be, auto &x) {
-             be.attention_forward(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), B, T, nh, nkv, hd, scale, sp, ap, pp);
-           });
-    std::vector<float> out(static_cast<size_t>(nq)), lse(static_cast<size_t>(B * nh * T));
-    cpu.attention_forward(q.data(), k.data(), v.data(), out.data(), lse.data(), B, T, nh, nkv, hd, scale, sp, ap, pp);
-    parity(std::string(cs.name) + "_backward", cpu, gpu, {rnd(nq, 43), q, k, v, out, lse, rnd(nq, 0), rnd(nk, 0), rnd(nk, 0)},
-           {6, 7, 8}, kF32Reduce, [&](Backend &be, auto &x) {
-             be.attention_backward(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), x[5].data(), x[6].data(),
-                                   x[7].data(), x[8].data(), B, T, nh, nkv, hd, scale, sp, ap, pp);
-           });
-  }
+  // attention: GQA, MQA and MHA; packed segments, ALiBi, prefix-LM (fp32 kernels)
+  for (const AttnCase &cs : {AttnCase{"attn_gqa", 2, 33, 4, 2, 32, false, false, false},
+                             AttnCase{"attn_mqa", 1, 40, 4, 1, 64, false, false, false},
+                             AttnCase{"attn_mha_seg", 2, 37, 3, 3, 16, true, false, false},
+                             AttnCase{"attn_alibi", 1, 29, 4, 4, 16, false, true, false},
+                             AttnCase{"attn_prefix", 2, 31, 2, 2, 128, false, false, true}})
+    attention_parity(gpu, cs, 0, kF32Reduce, 40, 1.0f);
   // mixed-precision attention (the tensor-core kernels, head_dim 64/128) vs the CPU's: both read q, k, v (and dout)
   // rounded to bf16/fp16; the GPU also rounds P and dS for their products (FlashAttention-2), hence the tolerance
-  struct TcCase {
-    const char *name;
-    int64_t B, T, nh, nkv, hd;
-    bool seg, alibi, prefix;
-  };
   for (Half t : {Half::BF16, Half::F16})
-    for (const TcCase &cs : {TcCase{"gqa", 2, 45, 4, 2, 64, false, false, false}, TcCase{"mqa_seg", 2, 70, 4, 1, 128, true, false, false},
-                             TcCase{"alibi_prefix", 2, 37, 2, 2, 64, false, true, true}, TcCase{"mha_short", 1, 5, 2, 2, 128, false, false, false}}) {
-      const int64_t B = cs.B, T = cs.T, nh = cs.nh, nkv = cs.nkv, hd = cs.hd;
-      const float scale = 1.0f / std::sqrt(float(hd));
-      std::vector<int32_t> seg, prefix;
-      std::vector<float> alibi;
-      if (cs.seg)
-        for (int64_t b = 0; b < B; ++b)
-          for (int64_t i = 0; i < T; ++i) seg.push_back(int32_t(i < 10 ? 0 : i < 40 ? 10 : 40));
-      if (cs.prefix) prefix = {7, 40};
-      if (cs.alibi)
-        for (int64_t h = 0; h < nh; ++h) alibi.push_back(-std::pow(2.0f, -float(h + 1)));
-      const int32_t *sp = seg.empty() ? nullptr : seg.data(), *pp = prefix.empty() ? nullptr : prefix.data();
-      const float *ap = alibi.empty() ? nullptr : alibi.data();
-      const int64_t nq = B * T * nh * hd, nk = B * T * nkv * hd;
-      auto q = rnd(nq, 50, 2), k = rnd(nk, 51, 2), v = rnd(nk, 52);
+    for (AttnCase cs : {AttnCase{"gqa", 2, 45, 4, 2, 64, false, false, false}, AttnCase{"mqa_seg", 2, 70, 4, 1, 128, true, false, false},
+                        AttnCase{"alibi_prefix", 2, 37, 2, 2, 64, false, true, true}, AttnCase{"mha_short", 1, 5, 2, 2, 128, false, false, false}}) {
       const std::string nm = std::string("tc_") + (t == Half::BF16 ? "bf16_" : "fp16_") + cs.name;
-      const Tol tol = t == Half::BF16 ? Tol{3e-2, 1e-2} : Tol{8e-3, 2e-3};
-      parity(nm + "_forward", cpu, gpu, {q, k, v, rnd(nq, 0), rnd(B * nh * T, 0)}, {3, 4}, tol, [&](Backend &be, auto &x) {
-        be.attention_forward_lp(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), B, T, nh, nkv, hd, scale, sp, ap,
-                                pp, t);
-      });
-      std::vector<float> out(static_cast<size_t>(nq)), lse(static_cast<size_t>(B * nh * T));
-      cpu.attention_forward_lp(q.data(), k.data(), v.data(), out.data(), lse.data(), B, T, nh, nkv, hd, scale, sp, ap, pp, t);
-      parity(nm + "_backward", cpu, gpu, {rnd(nq, 53), q, k, v, out, lse, rnd(nq, 0), rnd(nk, 0), rnd(nk, 0)}, {6, 7, 8}, tol,
-             [&](Backend &be, auto &x) {
-               be.attention_backward_lp(x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data(), x[5].data(), x[6].data(),
-                                        x[7].data(), x[8].data(), B, T, nh, nkv, hd, scale, sp, ap, pp, t);
-             });
+      cs.name = nm.c_str();
+      attention_parity(gpu, cs, int(t), t == Half::BF16 ? Tol{3e-2, 1e-2} : Tol{8e-3, 2e-3}, 50, 2.0f);
     }
   {  // KV cache: 5 new tokens at p0 = 9 of a 20-row cache, GQA, ALiBi and a prefix
     const int64_t nh = 4, nkv = 2, hd = 32, p0 = 9, nn = 5, cap = 20;
@@ -705,33 +690,45 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
               label.c_str(), (long long)worst.uploads, (long long)worst.downloads, (long long)worst.staged);
 }
 
-// A few LoRA training steps as train.cpp runs them (zero, forward+backward, global norm through one device double,
-// AdamW on device pointers), CPU vs CUDA with the state resident on the GPU.
-void train_steps(Backend &gpu, const std::string &tmp) {
-  const std::string dir = tmp + "/tiny-llama";
+// Two copies of the tiny llama with the same LoRA (r 4, alpha 8, dropout 0.1 on `targets`), the second on `gpu`, both
+// with AdamW state and uploaded; `precision` "" keeps fp32. False (a FAIL counted) when a step fails.
+bool lora_pair(Backend &gpu, const std::string &dir, const std::vector<std::string> &targets, const char *precision,
+               std::unique_ptr<Model> &a, std::unique_ptr<Model> &b) {
   llmt_status st;
-  auto a = Model::load(dir, st), b = Model::load(dir, st);
+  a = Model::load(dir, st);
+  b = Model::load(dir, st);
   if (!a || !b) {
     ++g_fail;
     std::printf("FAIL load: %s\n", llmt_last_error());
-    return;
+    return false;
   }
   b->set_backend(gpu);
   LoraSpec spec;
   spec.r = 4;
   spec.alpha = 8;
   spec.dropout = 0.1;
-  spec.targets = {"q_proj", "v_proj", "o_proj", "down_proj"};
-  a->add_lora(spec, 5);
-  b->add_lora(spec, 5);
+  spec.targets = targets;
   for (Model *m : {a.get(), b.get()}) {
+    m->add_lora(spec, 5);
+    if (*precision && m->set_precision(precision) != LLMT_OK) {
+      ++g_fail;
+      std::printf("FAIL set_precision %s: %s\n", precision, llmt_last_error());
+      return false;
+    }
     for (Param *p : m->trainable_params()) {
       p->adam_m.assign(size_t(p->numel()), 0.0f);
       p->adam_v.assign(size_t(p->numel()), 0.0f);
     }
     m->to_device();
   }
-  train_compare(*a, *b, 4, "train4");
+  return true;
+}
+
+// A few LoRA training steps as train.cpp runs them (zero, forward+backward, global norm through one device double,
+// AdamW on device pointers), CPU vs CUDA with the state resident on the GPU.
+void train_steps(Backend &gpu, const std::string &tmp) {
+  std::unique_ptr<Model> a, b;
+  if (lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "v_proj", "o_proj", "down_proj"}, "", a, b)) train_compare(*a, *b, 4, "train4");
 }
 
 // Mixed precision: the 16-bit-weight GEMMs (bf16, fp16; nt and nn; overwrite and accumulate; weight staged from the
@@ -763,34 +760,10 @@ void half_precision(Backend &gpu, const std::string &tmp) {
         gpu.release(dw);
         compare(name + "_resident", ref, dev, kF32Reduce);
       }
-  const std::string dir = tmp + "/tiny-llama";
   for (const char *prec : {"bf16", "fp16"}) {
-    llmt_status st;
-    auto a = Model::load(dir, st), b = Model::load(dir, st);
-    if (!a || !b) {
-      ++g_fail;
-      std::printf("FAIL load: %s\n", llmt_last_error());
+    std::unique_ptr<Model> a, b;
+    if (!lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, prec, a, b))
       return;
-    }
-    b->set_backend(gpu);
-    LoraSpec spec;
-    spec.r = 4;
-    spec.alpha = 8;
-    spec.dropout = 0.1;
-    spec.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-    for (Model *m : {a.get(), b.get()}) {
-      m->add_lora(spec, 5);
-      if (m->set_precision(prec) != LLMT_OK) {
-        ++g_fail;
-        std::printf("FAIL set_precision %s: %s\n", prec, llmt_last_error());
-        return;
-      }
-      for (Param *p : m->trainable_params()) {
-        p->adam_m.assign(size_t(p->numel()), 0.0f);
-        p->adam_v.assign(size_t(p->numel()), 0.0f);
-      }
-      m->to_device();
-    }
     int64_t on_dev = 0, f32_left = 0;
     for (auto &p : b->params) {
       on_dev += p->half_type && p->dev_half;

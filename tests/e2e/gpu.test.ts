@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { type Served, startCli } from '../helpers/app';
+import { callApi, type Served, startCli } from '../helpers/app';
 import { openPage, screenshot } from '../helpers/browser';
 import { NATIVE } from '../helpers/native';
 
@@ -21,12 +21,7 @@ let browser: Browser;
 let page: Page;
 const consoleErrors: string[] = [];
 
-async function api<T>(method: string, body: unknown): Promise<T> {
-  const res = await fetch(`${app.origin}/api/${method}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-LLMT-Token': app.token }, body: JSON.stringify(body) });
-  const j = (await res.json()) as { result?: T; error?: { message: string } };
-  if (j.error) throw new Error(j.error.message);
-  return j.result as T;
-}
+const api = <T>(method: string, body: unknown): Promise<T> => callApi<T>(app, method, body);
 
 beforeAll(async () => {
   if (!HAVE_EMU) return;

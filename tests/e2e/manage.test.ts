@@ -13,7 +13,7 @@ import path from 'node:path';
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { ROOT, runCli, type Served, startCli, tempHome } from '../helpers/app';
+import { callApi, ROOT, runCli, type Served, startCli, tempHome } from '../helpers/app';
 import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
@@ -71,12 +71,7 @@ const shot = (name: string) => screenshot(page, name);
 async function go(hash: string): Promise<void> {
   await page.evaluate((h) => (location.hash = h), hash);
 }
-async function api<T>(method: string, body: unknown): Promise<T> {
-  const res = await fetch(`${app.origin}/api/${method}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-LLMT-Token': app.token }, body: JSON.stringify(body) });
-  const j = (await res.json()) as { result?: T; error?: { message: string } };
-  if (j.error) throw new Error(j.error.message);
-  return j.result as T;
-}
+const api = <T>(method: string, body: unknown): Promise<T> => callApi<T>(app, method, body);
 
 beforeAll(async () => {
   app = await startCli(['serve', '--port', '0']);

@@ -9,7 +9,7 @@ import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
-import { ROOT, type Served, startCli } from '../helpers/app';
+import { callApi, ROOT, type Served, startCli } from '../helpers/app';
 import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
@@ -19,12 +19,7 @@ const consoleErrors: string[] = [];
 
 const shot = (name: string) => screenshot(page, name);
 
-async function api<T>(method: string, body: unknown): Promise<T> {
-  const res = await fetch(`${app.origin}/api/${method}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-LLMT-Token': app.token }, body: JSON.stringify(body) });
-  const j = (await res.json()) as { result?: T; error?: { message: string } };
-  if (j.error) throw new Error(j.error.message);
-  return j.result as T;
-}
+const api = <T>(method: string, body: unknown): Promise<T> => callApi<T>(app, method, body);
 
 const points = async (testid: string) => Number(await page.getByTestId(testid).getAttribute('data-points'));
 

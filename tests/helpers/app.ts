@@ -22,6 +22,14 @@ export interface Served {
 }
 
 /** Runs `llms-train <args>` and resolves once it prints the browser URL. */
+/** POST /api/<method> on a served app with its token; the result, or throws with the API error's message. */
+export async function callApi<T>(app: Served, method: string, body: unknown): Promise<T> {
+  const res = await fetch(`${app.origin}/api/${method}`, { method: 'POST', headers: { 'Content-Type': 'application/json', 'X-LLMT-Token': app.token }, body: JSON.stringify(body) });
+  const j = (await res.json()) as { result?: T; error?: { message: string } };
+  if (j.error) throw new Error(j.error.message);
+  return j.result as T;
+}
+
 export function startCli(args: string[], opts: { home?: string; env?: NodeJS.ProcessEnv } = {}): Promise<Served> {
   const home = opts.home ?? tempHome();
   const proc = spawn(process.execPath, [CLI, ...args], {
