@@ -338,7 +338,9 @@ void on_signal(int) {
 void print_event(void *, const char *json) {
   std::fputs(json, stdout);
   std::fputc('\n', stdout);
-  std::fflush(stdout);
+  // SIGPIPE is ignored (cmd_train): when whoever reads our events is gone (the app was killed), the write fails with EPIPE
+  // and the run aborts at its next control poll instead of training on as an orphan
+  if (std::fflush(stdout) != 0 || std::ferror(stdout)) g_control.store(2);
 }
 
 int cmd_train(const Args &a) {
@@ -361,6 +363,12 @@ int cmd_train(const Args &a) {
   }
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
+#if !defined(_WIN32)
+  // a peer rank that died must not kill this one through SIGPIPE (Gloo writes to its sockets without MSG_NOSIGNAL):
+  // the write fails with EPIPE instead and the collective reports the lost peer, naming the rank that failed; a
+  // closed event pipe (the app killed) aborts the run in print_event
+  std::signal(SIGPIPE, SIG_IGN);
+#endif
   // control lines on stdin: "stop" (checkpoint, then exit), "abort"
   std::thread([] {
     std::string line;
@@ -630,11 +638,6 @@ int cmd_model_op(const std::string &cmd, const Args &a, const std::string &posit
 int run_main(int argc, char **argv);
 
 int main(int argc, char **argv) {
-#if !defined(_WIN32)
-  // a peer rank that died must not kill this one through SIGPIPE (Gloo writes to its sockets without MSG_NOSIGNAL):
-  // the write fails with EPIPE instead and the collective reports the lost peer, naming the rank that failed
-  std::signal(SIGPIPE, SIG_IGN);
-#endif
   try {
     return run_main(argc, argv);
   } catch (const std::bad_alloc &) {
