@@ -11,7 +11,7 @@ import { specDiff } from '../../src-main/core/core';
 import { previewDataset } from '../../src-main/core/data/preview';
 import { CATALOG, familyOf, loraPresets, scanModelDirs } from '../../src-main/core/models/catalog';
 import { cliArgs, cliCommand, shellQuote } from '../../src-main/core/runs/cli-command';
-import { parseRunSpec } from '../../src-main/core/runs/runspec';
+import { parseRunSpec, toEngineJob } from '../../src-main/core/runs/runspec';
 import { Store } from '../../src-main/core/store/store';
 
 const tmps: string[] = [];
@@ -63,6 +63,22 @@ describe('RunSpec → CLI command', () => {
     const args = cliArgs(spec);
     expect(args).toEqual(['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o', '--use_lora', 'False']);
     expect(specFromFlags(flags(args)).spec).toEqual(spec);
+  });
+
+  it('round-trips one GPU with mixed precision, and refuses a malformed --device or several GPUs', () => {
+    const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [1] }, training: { precision: 'bf16' } });
+    const args = cliArgs(spec);
+    expect(args).toEqual(expect.arrayContaining(['--device', 'cuda:1', '--bf16']));
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+    expect(specFromFlags(flags(['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o', '--device', 'cuda'])).spec.devices).toEqual({ kind: 'cuda', ids: [] });
+    for (const bad of ['cuda:x', 'cpu:0', 'tpu']) {
+      expect(() => specFromFlags(flags(['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o', '--device', bad]))).toThrow(/use cpu, cuda or cuda:N/);
+    }
+    expect(() => parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [0, 1] } })).toThrow(/one GPU per run/);
+    // the engine job carries the device and the precision
+    const job = toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { device: string; training: { precision: string } };
+    expect(job.device).toBe('cuda:1');
+    expect(job.training.precision).toBe('bf16');
   });
 
   it('quotes for a POSIX shell', () => {
