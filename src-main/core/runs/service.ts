@@ -72,9 +72,12 @@ export async function planRun(spec: RunSpec): Promise<RunPlan> {
   if (!engine.addon) return { estimate: null, freeBytes: 0, fits: true, suggestions: [], unsupported: null, summary: null };
   const info = await engine.addon.inspect(spec.model.path);
   if (!info.supported) return { estimate: null, freeBytes: 0, fits: false, suggestions: [], unsupported: info.reason ?? `model_type ${info.model_type} is not supported`, summary: null };
-  const cpu = listDevices(engine).find((d) => d.kind === 'cpu');
+  const devices = listDevices(engine);
+  const cpu = devices.find((d) => d.kind === 'cpu');
   const est = estimateRun(info, spec, cpu?.threads ?? 1);
-  const free = cpu?.memoryFree ?? 0;
+  // a GPU run is checked against that GPU's free memory (0 when the driver does not say: no check)
+  const gpu = spec.devices.kind === 'cuda' ? devices.find((d) => d.kind === 'cuda' && d.index === (spec.devices.ids[0] ?? 0)) : undefined;
+  const free = spec.devices.kind === 'cuda' ? (gpu?.memoryFree ?? 0) : (cpu?.memoryFree ?? 0);
   // CPU workers of one run share this machine's memory
   const workers = spec.devices.kind === 'cpu' ? spec.distributed.nproc_per_node : 1;
   const fits = !(free > 0 && est.bytes.total * workers > free);
