@@ -643,11 +643,7 @@ class CudaBackend final : public Backend {
   }
   template <typename... A>
   void launch(const char *k, unsigned grid, unsigned block, A... args) {
-    if (grid == 0) return;
-    void *params[] = {static_cast<void *>(&args)...};
-    last_kernel_ = k;
-    check(d_.cuLaunchKernel(fn(k), grid, 1, 1, block, 1, 1, 0, stream_, params, nullptr), std::string("kernel ") + k);
-    if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
+    launch_grid(k, grid, 1, 1, block, args...);
   }
   // element-wise / grid-stride kernels over n items
   template <typename... A>
