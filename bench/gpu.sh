@@ -6,7 +6,9 @@
 # model (random weights) against HF transformers + PEFT on the same GPU at seq 512 and 2048 (bench/hf_peft_bench.py),
 # and writes everything to OUT_DIR (results.json, results.md, logs). Budget: ~10 minutes on one H200; every phase has
 # its own time limit and a phase that runs out is recorded as such, not hidden.
-# Env: PYTHON (default python3), NVCC (default: nvcc on PATH or /usr/local/cuda/bin/nvcc), CUDA_ARCHS (default: this GPU's).
+# Env: PYTHON (default python3), NVCC (default: nvcc on PATH or /usr/local/cuda/bin/nvcc), CUDA_ARCHS (default: this GPU's),
+# BENCH_ARGS (more arguments for bench/hf_peft_bench.py, e.g. a smoke run without a GPU:
+# "--device cpu --dims 2,64,4,160,256 --seqs 32,64" with LLMT_CUDA_LIB_DIRS at the test emulator native/build/cuemu/gpu).
 set -uo pipefail
 OUT="${1:?usage: bench/gpu.sh OUT_DIR}"
 mkdir -p "$OUT"
@@ -53,6 +55,7 @@ grep -q "^PASS" "$OUT/parity.log" && PARITY=pass || PARITY="fail(rc=$PARITY_RC)"
 
 log "benchmark: HF transformers + PEFT vs llmt-engine (LLaMA-7B shape, r=16 all linear, micro-batch 1, seq 512 and 2048)"
 LEFT=$(( 570 - ($(date +%s) - START) ))
-timeout "$(( LEFT > 60 ? LEFT : 60 ))" "$PY" "$ROOT/bench/hf_peft_bench.py" --engine "$ENGINE" --out "$OUT" --parity "$PARITY" \
+# shellcheck disable=SC2086  # BENCH_ARGS is a list of words
+timeout "$(( LEFT > 60 ? LEFT : 60 ))" "$PY" "$ROOT/bench/hf_peft_bench.py" --engine "$ENGINE" --out "$OUT" --parity "$PARITY" ${BENCH_ARGS:-} \
   2>&1 | tee -a "$OUT/gpu.log"
 log "done in $(( $(date +%s) - START )) s; results in $OUT (results.json, results.md)"

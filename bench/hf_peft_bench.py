@@ -17,7 +17,7 @@ issue 11, QLoRA (`--quantization nf4 --precision bf16`: double-quantized, quanti
 in bf16 on tensor cores as bitsandbytes' compute_dtype=bfloat16 does) at the first sequence length: its peak
 memory (target <= 6 GB at seq 512) and its tokens/s relative to our bf16 LoRA (target >= 0.9x).
 """
-import argparse, json, os, subprocess, sys, tempfile, threading, time
+import argparse, contextlib, json, os, subprocess, sys, tempfile, threading, time
 
 def flops_per_token(L, d, inter, vocab, T, r):
     N = L * (4 * d * d + 3 * d * inter) + 2 * vocab * d  # linear params incl. embeddings/head as matmuls
@@ -40,28 +40,52 @@ def main():
     ap.add_argument("--parity", default="unknown")
     ap.add_argument("--seqs", default="512,2048")
     ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--device", default="cuda", help="torch device of the HF side (cpu: a smoke run of this script)")
+    ap.add_argument("--engine-device", default="cuda", help="llmt-engine's --device")
+    ap.add_argument("--dims", default=os.environ.get("LLMT_BENCH_DIMS", ""),
+                    help="layers,hidden,heads,intermediate,vocab instead of LLaMA-7B's (smoke runs)")
     a = ap.parse_args()
+    os.makedirs(a.out, exist_ok=True)
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from peft import LoraConfig, get_peft_model
     L = int(os.environ.get("LLMT_BENCH_LAYERS", "32"))
     d, inter, vocab, heads, r = 4096, 11008, 32000, 32, 16
+    if a.dims:
+        L, d, heads, inter, vocab = (int(x) for x in a.dims.split(","))
+    dev = a.device
+    cuda = dev.startswith("cuda")
+    def sync():
+        if cuda:
+            torch.cuda.synchronize()
     seqs = [int(s) for s in a.seqs.split(",")]
     peak = float(os.environ.get("LLMT_PEAK_FLOPS", "989e12"))
-    gpu = torch.cuda.get_device_name(0)
-    res = {"date": time.strftime("%Y-%m-%d"), "gpu": gpu, "layers": L, "parity": a.parity, "hf": {}, "ours": {},
-           "flops_formula": "4N + 6*L*d*T + 6*r*S (see bench/hf_peft_bench.py)"}
+    import transformers, peft
+    gpu = torch.cuda.get_device_name(0) if cuda else "CPU (smoke run: " + dev + ")"
+    res = {"date": time.strftime("%Y-%m-%d"), "gpu": gpu, "layers": L, "dims": [L, d, heads, inter, vocab],
+           "parity": a.parity, "hf": {}, "ours": {},
+           "versions": {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__},
+           "flops_formula": "4N + 6*L*d*T + 6*r*S (see bench/hf_peft_bench.py)",
+           "memory": "peak_mem = bytes the allocator held from the device (torch max_memory_reserved; ours: the engine's "
+                     "caching allocator, the same notion); peak_alloc = bytes handed out (torch max_memory_allocated); "
+                     "the memory ratio is peak_mem / peak_mem. The CUDA context is in neither."}
+    # SDPA (the peer's fast attention); a torch without it (< 2.0: CI's smoke run) falls back to eager, recorded
+    attn = "sdpa" if hasattr(torch.nn.functional, "scaled_dot_product_attention") else "eager"
+    res["hf_attention"] = attn
     cfg = LlamaConfig(hidden_size=d, intermediate_size=inter, num_hidden_layers=L, num_attention_heads=heads,
-                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=4096)
-    cfg._attn_implementation = "sdpa"
+                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=4096,
+                      attn_implementation=attn)
+    cfg._attn_implementation = attn
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
-    with torch.device("cuda"):
+    with (torch.device(dev) if cuda else contextlib.nullcontext()):  # (torch < 2 has no device context: CPU is its default)
         model = LlamaForCausalLM(cfg)
     torch.set_default_dtype(torch.float32)
     work = tempfile.mkdtemp(prefix="llmt-bench-", dir=os.environ.get("LLMT_BENCH_TMP"))
     t0 = time.time()
-    model.save_pretrained(os.path.join(work, "base"), safe_serialization=True)
+    # safetensors is the default (and, from transformers 5, the only format: its save_pretrained has no
+    # safe_serialization argument any more)
+    model.save_pretrained(os.path.join(work, "base"))
     print(f"wrote the base model for llmt-engine in {time.time() - t0:.0f} s", flush=True)
     targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     model = get_peft_model(model, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0))
@@ -73,27 +97,31 @@ def main():
     model.base_model.model.enable_input_require_grads()
     model.train()
     for T in seqs:
-        ids = torch.randint(0, vocab, (1, T), device="cuda")
+        ids = torch.randint(0, vocab, (1, T), device=dev)
         try:
-            torch.cuda.reset_peak_memory_stats()
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
             times = []
             for i in range(1 + a.iters):
-                torch.cuda.synchronize(); t = time.time()
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+                sync(); t = time.time()
+                with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
                     loss = model(input_ids=ids, labels=ids).loss
                 loss.backward()
-                torch.cuda.synchronize()
+                sync()
                 if i: times.append(time.time() - t)
                 model.zero_grad(set_to_none=True)
             ms = sorted(times)[len(times) // 2] * 1000
             tps = T / (ms / 1000)
-            res["hf"][T] = {"step_ms": ms, "tokens_per_s": tps, "peak_mem": torch.cuda.max_memory_allocated(),
+            res["hf"][T] = {"step_ms": ms, "tokens_per_s": tps, "loss": float(loss),
                             "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak}
-        except torch.cuda.OutOfMemoryError as e:
+            if cuda:
+                res["hf"][T].update(peak_mem=torch.cuda.max_memory_reserved(), peak_alloc=torch.cuda.max_memory_allocated())
+        except (torch.cuda.OutOfMemoryError if cuda else MemoryError) as e:
             res["hf"][T] = {"error": "OOM: " + str(e)[:200]}
         print("HF+PEFT", T, res["hf"][T], flush=True)
     del model
-    torch.cuda.empty_cache()
+    if cuda:
+        torch.cuda.empty_cache()
     base_mem = gpu_mem_used()
     def ours(T, extra, label):
         peak_used = [0]
@@ -103,14 +131,20 @@ def main():
                 peak_used[0] = max(peak_used[0], gpu_mem_used()); time.sleep(0.2)
         th = threading.Thread(target=poll, daemon=True); th.start()
         cmd = [a.engine, "bench", "--model", os.path.join(work, "base"), "--adapter", os.path.join(work, "adapter"),
-               "--batch", "1", "--seq", str(T), "--iters", "2", "--warmup", "1", "--device", "cuda", "--checkpointing"] + extra
+               "--batch", "1", "--seq", str(T), "--iters", "2", "--warmup", "1", "--device", a.engine_device,
+               "--checkpointing"] + extra
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=int(os.environ.get("LLMT_OUR_TIMEOUT", "150")))
             if p.returncode == 0:
                 j = json.loads(p.stdout.strip().splitlines()[-1])
                 tps = j.get("train_tokens_per_s", 0.0)
-                out = {"step_ms": j.get("train_step_ms"), "tokens_per_s": tps, "peak_mem": max(0, peak_used[0] - base_mem),
+                dm = j.get("device_memory") or {}
+                out = {"step_ms": j.get("train_step_ms"), "tokens_per_s": tps, "device": j.get("device"),
+                       "peak_mem": dm.get("peak_reserved"), "peak_alloc": dm.get("peak_allocated"),
+                       "process_gpu_mem": max(0, peak_used[0] - base_mem) or None,  # nvidia-smi: + CUDA context
                        "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak, "precision": label}
+                if not out["peak_mem"]:
+                    out["peak_mem"] = out["process_gpu_mem"]
             else:
                 out = {"error": (p.stderr or p.stdout)[-400:]}
         except subprocess.TimeoutExpired:
@@ -125,20 +159,24 @@ def main():
     res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16"],
                                   "QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations")}
     q, b = res["ours_qlora"][T0], res["ours"].get(T0, {})
-    res["qlora_targets"] = {"seq": T0, "peak_mem_gb": q.get("peak_mem", 0) / 1e9 if "peak_mem" in q else None,
+    # the QLoRA memory target is about fitting a GPU: the larger of the allocator's peak and the process's use (nvidia-smi,
+    # with the CUDA context)
+    qpeak = max(q.get("peak_mem") or 0, q.get("process_gpu_mem") or 0)
+    res["qlora_targets"] = {"seq": T0, "peak_mem_gb": qpeak / 1e9 if qpeak else None,
                             "speed_vs_our_bf16": q["tokens_per_s"] / b["tokens_per_s"] if "tokens_per_s" in q and b.get("tokens_per_s") else None}
     lines = [f"# LoRA step, LLaMA-7B shape ({L} layers), r=16 all linear, micro-batch 1 — {gpu}, {res['date']}",
              f"parity checks: {a.parity}", "",
-             "| seq | HF+PEFT tok/s | ours tok/s | speed ratio | HF peak GiB | ours peak GiB | memory ratio | HF MFU | ours MFU |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| seq | HF+PEFT tok/s | ours tok/s | speed ratio | HF peak GiB | ours peak GiB | memory ratio | allocated ratio | HF MFU | ours MFU |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for T in seqs:
         h, o = res["hf"].get(T, {}), res["ours"].get(T, {})
         sr = o["tokens_per_s"] / h["tokens_per_s"] if "tokens_per_s" in o and "tokens_per_s" in h else None
         mr = o["peak_mem"] / h["peak_mem"] if o.get("peak_mem") and h.get("peak_mem") else None
-        res.setdefault("ratios", {})[T] = {"speed": sr, "memory": mr}
+        ar = o["peak_alloc"] / h["peak_alloc"] if o.get("peak_alloc") and h.get("peak_alloc") else None
+        res.setdefault("ratios", {})[T] = {"speed": sr, "memory": mr, "memory_allocated": ar}
         f = lambda x, k, s=1.0, fmt="{:.1f}": fmt.format(x[k] / s) if k in x and x[k] is not None else x.get("error", "-")[:40]
         lines.append(f"| {T} | {f(h,'tokens_per_s')} | {f(o,'tokens_per_s')} | {sr and f'{sr:.2f}x'} | "
-                     f"{f(h,'peak_mem',2**30,'{:.1f}')} | {f(o,'peak_mem',2**30,'{:.1f}')} | {mr and f'{mr:.2f}x'} | "
+                     f"{f(h,'peak_mem',2**30,'{:.1f}')} | {f(o,'peak_mem',2**30,'{:.1f}')} | {mr and f'{mr:.2f}x'} | {ar and f'{ar:.2f}x'} | "
                      f"{f(h,'mfu',0.01,'{:.0f}%')} | {f(o,'mfu',0.01,'{:.0f}%')} |")
     qt = res["qlora_targets"]
     qmem = "-" if qt["peak_mem_gb"] is None else "%.2f GB" % qt["peak_mem_gb"]
@@ -146,6 +184,9 @@ def main():
     qerr = res["ours_qlora"][qt["seq"]].get("error", "")[:80]
     lines += ["", "QLoRA (nf4, bf16 compute, seq %d): peak %s (target <= 6 GB), tokens/s vs our bf16 LoRA %s (target >= 0.9x) %s"
               % (qt["seq"], qmem, qspd, qerr)]
+    lines += ["", "peak GiB: what each allocator held from the GPU (torch max_memory_reserved; ours the same), CUDA context "
+              "excluded; allocated ratio: torch max_memory_allocated vs ours. Versions: " +
+              ", ".join(f"{k} {v}" for k, v in res["versions"].items())]
     with open(os.path.join(a.out, "results.json"), "w") as fh:
         json.dump(res, fh, indent=1, default=str)
     with open(os.path.join(a.out, "results.md"), "w") as fh:

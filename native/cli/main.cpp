@@ -566,6 +566,13 @@ int cmd_bench(const Args &a) {
     o.set("train_step_ms", Json::number(bwd));
     o.set("train_tokens_per_s", Json::number(B * T / (bwd / 1000.0)));
   }
+  // the device allocator's peaks over load + all iterations (PyTorch's max_memory_allocated/reserved counterparts)
+  if ((st = llmt_model_info(h.m, &info))) return fail(st);
+  Json mj;
+  Json::parse(info, mj, err);
+  llmt_free_string(info);
+  o.set("device", mj.get("device"));
+  o.set("device_memory", mj.get("device_memory"));
   std::printf("%s\n", o.dump().c_str());
   return 0;
 }

@@ -106,13 +106,17 @@ class CudaBackend final : public Backend {
       CUdeviceptr p = it->second;
       live_[p] = it->first;
       cache_.erase(it);
+      note_alloc(static_cast<int64_t>(live_[p]), 0);
       return reinterpret_cast<void *>(p);
     }
     CUdeviceptr p = 0;
     CUresult r = d_.cuMemAlloc(&p, sz);
     if (r == kErrOutOfMemory) {  // give the cache back to the driver and retry once
       d_.cuStreamSynchronize(stream_);
-      for (auto &c : cache_) d_.cuMemFree(c.second);
+      for (auto &c : cache_) {
+        d_.cuMemFree(c.second);
+        mem_.reserved -= static_cast<int64_t>(c.first);
+      }
       cache_.clear();
       r = d_.cuMemAlloc(&p, sz);
     }
@@ -124,7 +128,12 @@ class CudaBackend final : public Backend {
                     "gradient checkpointing, or QLoRA");
     }
     live_[p] = sz;
+    note_alloc(static_cast<int64_t>(sz), static_cast<int64_t>(sz));
     return reinterpret_cast<void *>(p);
+  }
+  MemoryStats memory_stats() const override {
+    std::lock_guard<std::mutex> lk(mu_);
+    return mem_;
   }
   void release(void *p) override {
     if (!p) return;
@@ -132,6 +141,7 @@ class CudaBackend final : public Backend {
     auto it = live_.find(reinterpret_cast<CUdeviceptr>(p));
     if (it == live_.end()) return;  // not ours
     cache_.emplace(it->second, it->first);
+    mem_.allocated -= static_cast<int64_t>(it->second);
     live_.erase(it);
   }
   void upload(void *dst, const void *src, size_t bytes) override {
@@ -790,9 +800,16 @@ class CudaBackend final : public Backend {
   cublasHandle_t blas_ = nullptr;
   std::string blas_note_;
   std::map<std::string, CUfunction> fn_;
-  std::mutex mu_;
+  mutable std::mutex mu_;
   std::map<CUdeviceptr, size_t> live_;       // base → size of blocks handed out
   std::multimap<size_t, CUdeviceptr> cache_;  // size → free cached blocks
+  MemoryStats mem_;                            // under mu_
+  void note_alloc(int64_t handed_out, int64_t new_from_driver) {  // under mu_
+    mem_.allocated += handed_out;
+    mem_.reserved += new_from_driver;
+    mem_.peak_allocated = std::max(mem_.peak_allocated, mem_.allocated);
+    mem_.peak_reserved = std::max(mem_.peak_reserved, mem_.reserved);
+  }
   bool sync_each_ = false;
   std::string last_kernel_;
 };

@@ -29,6 +29,13 @@ enum class QkvSplit { Blocks, PerHead, Grouped };  // fused projection layouts, 
 
 /** Host↔device copies a backend has made (upload/download calls, plus the per-op staging of host pointers a CUDA
  *  backend still does for memory that is not its own). Tests bound these per training step. */
+// Device memory of a backend's allocator, in bytes: `allocated` is what callers hold now, `reserved` what the
+// allocator holds from the device (allocated + its cache of freed blocks) — the counterparts of PyTorch's
+// memory_allocated / memory_reserved; peaks since the backend was made. Zero on backends that use host memory.
+struct MemoryStats {
+  int64_t allocated = 0, peak_allocated = 0, reserved = 0, peak_reserved = 0;
+};
+
 struct TransferStats {
   int64_t uploads = 0, downloads = 0;      // calls
   int64_t bytes_up = 0, bytes_down = 0;
@@ -52,6 +59,7 @@ class Backend {
    *  the model then keeps its parameters in their host vectors and uses them in place (no copies). False: the
    *  model keeps its own copies in alloc() memory and moves data only with upload()/download(). */
   virtual bool host_memory() const { return false; }
+  virtual MemoryStats memory_stats() const { return MemoryStats(); }
   const TransferStats &transfers() const { return xfer_; }
   void reset_transfers() { xfer_ = TransferStats(); }
 

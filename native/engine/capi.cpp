@@ -302,6 +302,14 @@ llmt_status llmt_model_info(llmt_model *model, char **out_json) {
     o.set("eos_ids", eos);
     o.set("bos_id", Json::integer(c.bos_id));
     o.set("pad_id", Json::integer(c.pad_id));
+    o.set("device", Json::string(model->m->backend().name()));
+    const MemoryStats ms = model->m->backend().memory_stats();
+    Json mem = Json::object();  // the device allocator's bytes (zero on the CPU backend): see backend.hpp
+    mem.set("allocated", Json::integer(ms.allocated));
+    mem.set("peak_allocated", Json::integer(ms.peak_allocated));
+    mem.set("reserved", Json::integer(ms.reserved));
+    mem.set("peak_reserved", Json::integer(ms.peak_reserved));
+    o.set("device_memory", mem);
     *out_json = dup_string(o.dump());
     clear_error();
     return LLMT_OK;

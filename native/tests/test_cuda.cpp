@@ -1007,6 +1007,31 @@ void host_weights_roundtrip(Backend &gpu, const std::string &tmp) {
 
 }  // namespace
 
+// The caching allocator's counters (bench's peak memory, PyTorch's memory_allocated/reserved counterparts): a freed
+// block stays reserved and is reused; peaks only grow.
+void allocator_stats(Backend &gpu) {
+  auto expect = [](bool ok, const std::string &what) {
+    ++g_checks;
+    if (!ok) ++g_fail;
+    std::printf("%s allocator: %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  };
+  const int64_t mb = 3 << 20;
+  const MemoryStats s0 = gpu.memory_stats();
+  void *p = gpu.alloc(mb);
+  const MemoryStats s1 = gpu.memory_stats();
+  expect(s1.allocated == s0.allocated + mb, "an allocation counts as allocated");
+  expect(s1.reserved >= s0.reserved && s1.reserved >= s1.allocated, "reserved covers allocated");
+  expect(s1.peak_allocated >= s1.allocated && s1.peak_reserved >= s1.reserved, "peaks cover the current figures");
+  gpu.release(p);
+  const MemoryStats s2 = gpu.memory_stats();
+  expect(s2.allocated == s0.allocated && s2.reserved == s1.reserved, "a freed block leaves allocated, stays reserved");
+  void *q = gpu.alloc(mb);
+  const MemoryStats s3 = gpu.memory_stats();
+  expect(s3.reserved == s1.reserved && s3.allocated == s1.allocated, "the cached block is reused (reserved unchanged)");
+  gpu.release(q);
+  expect(gpu.memory_stats().peak_allocated == s3.peak_allocated, "releasing does not lower the peak");
+}
+
 int main(int argc, char **argv) {
   std::string why;
   Backend *gpu = cuda_backend(0, &why);
@@ -1019,6 +1044,7 @@ int main(int argc, char **argv) {
   std::string tmp = std::string(std::getenv("TMPDIR") ? std::getenv("TMPDIR") : "/tmp") + "/llmt_test_cuda";
   ::mkdir(tmp.c_str(), 0755);
   try {
+    allocator_stats(*gpu);
     op_parity(*gpu);
     q4_op_parity(*gpu);
     q4_lp_op_parity(*gpu);

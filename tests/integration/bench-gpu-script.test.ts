@@ -1,0 +1,82 @@
+// bench/hf_peft_bench.py — the HF transformers + PEFT side of bench/gpu.sh and the driver of our side — run end to
+// end as a smoke run: a tiny LLaMA shape, torch on the CPU (this machine's reference stack), llmt-engine on its CUDA
+// backend under cuemu (native/tests/cuemu). GPU time is scarce (one short try per task that gets a GPU), so the
+// script must not first meet its own bugs there: this runs every line of it (model creation, save, PEFT, the timed
+// steps, both of our runs incl. QLoRA, the ratios and the report) against the installed transformers/peft.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT } from '../helpers/app';
+import { ENGINE, NATIVE, PY } from '../helpers/native';
+
+const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
+const HAVE_EMU = fs.existsSync(path.join(EMU, 'libcuda.so.1'));
+if (!HAVE_EMU) console.warn(`bench-gpu-script: skipped — ${EMU} is missing (this engine build has no CUDA backend)`);
+
+type Side = { tokens_per_s?: number; step_ms?: number; loss?: number; peak_mem?: number; peak_alloc?: number; device?: string; error?: string };
+type Results = {
+  gpu: string;
+  dims: number[];
+  versions: Record<string, string>;
+  hf: Record<string, Side>;
+  ours: Record<string, Side>;
+  ours_qlora: Record<string, Side>;
+  ratios: Record<string, { speed: number | null; memory: number | null }>;
+  qlora_targets: { seq: number; peak_mem_gb: number | null; speed_vs_our_bf16: number | null };
+};
+
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-benchpy-'));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the emulated CUDA engine)', () => {
+  it('times both sides, reports tokens/s, peak memory, MFU and the ratios, and cleans up its weights', () => {
+    if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\``);
+    const out = path.join(tmp, 'out');
+    const work = path.join(tmp, 'work');
+    fs.mkdirSync(work);
+    const r = spawnSync(
+      PY,
+      [path.join(ROOT, 'bench', 'hf_peft_bench.py'), '--engine', ENGINE, '--out', out, '--device', 'cpu',
+        '--dims', '2,64,4,160,256', '--seqs', '16,32', '--iters', '1', '--parity', 'smoke'],
+      { encoding: 'utf8', env: { ...process.env, LLMT_CUDA_LIB_DIRS: EMU, LLMT_BENCH_TMP: work }, timeout: 600_000 },
+    );
+    expect(r.status, r.stderr + r.stdout).toBe(0);
+    const res = JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as Results;
+    expect(res.dims).toEqual([2, 64, 4, 160, 256]);
+    expect(Object.keys(res.versions)).toEqual(['torch', 'transformers', 'peft']);
+    for (const T of ['16', '32']) {
+      const hf = res.hf[T]!, ours = res.ours[T]!;
+      expect(hf.error).toBeUndefined();
+      expect(hf.tokens_per_s).toBeGreaterThan(0);
+      // random init, random tokens: the loss of a near-uniform 256-way prediction
+      expect(Math.abs(hf.loss! - Math.log(256))).toBeLessThan(0.5);
+      expect(ours.error, JSON.stringify(ours)).toBeUndefined();
+      expect(ours.device).toBe('cuda:0');
+      expect(ours.tokens_per_s).toBeGreaterThan(0);
+      // the engine's allocator: bytes held from the device >= bytes handed out > the bf16 weights alone
+      expect(ours.peak_alloc!).toBeGreaterThan(2 * (2 * 256 * 64 + 2 * (4 * 64 * 64 + 3 * 64 * 160)));
+      expect(ours.peak_mem!).toBeGreaterThanOrEqual(ours.peak_alloc!);
+      expect(res.ratios[T]!.speed).toBeCloseTo(ours.tokens_per_s! / hf.tokens_per_s!, 6);
+    }
+    // the longer sequence needs more activation memory
+    expect(res.ours['32']!.peak_alloc!).toBeGreaterThan(res.ours['16']!.peak_alloc!);
+    // QLoRA at the first length: 4-bit weights hold less than bf16 ones
+    const q = res.ours_qlora['16']!;
+    expect(q.error, JSON.stringify(q)).toBeUndefined();
+    expect(q.peak_alloc!).toBeLessThan(res.ours['16']!.peak_alloc!);
+    expect(res.qlora_targets.speed_vs_our_bf16).toBeCloseTo(q.tokens_per_s! / res.ours['16']!.tokens_per_s!, 6);
+    const md = fs.readFileSync(path.join(out, 'results.md'), 'utf8');
+    expect(md).toMatch(/\| seq \| HF\+PEFT tok\/s \| ours tok\/s \| speed ratio/);
+    expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
+    expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
+    // the HF folder + adapter it wrote for our side are gone
+    expect(fs.readdirSync(work)).toEqual([]);
+  }, 600_000);
+});
