@@ -73,6 +73,14 @@ class CpuBackend final : public Backend {
     std::vector<float> a = round_half(A, M * K, t);
     cpu::matmul_nn_dec(a.data(), cpu::BDecoder{t == Half::F16 ? decode_f16 : decode_bf16, W}, C, M, N, K, acc);
   }
+  void embedding_forward_half(const uint16_t *table, Half t, const int32_t *ids, float *out, int64_t N, int64_t H) override {
+    for (int64_t n = 0; n < N; ++n) {
+      const uint16_t *row = table + static_cast<int64_t>(ids[n]) * H;
+      float *o = out + n * H;
+      if (t == Half::F16) decode_f16(row, 0, H, o);
+      else decode_bf16(row, 0, H, o);
+    }
+  }
   bool supports_q4() const override { return true; }
   void matmul_nt_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     cpu::matmul_nt_q4(A, W, C, M, N, K, acc);

@@ -399,6 +399,12 @@ class CudaBackend final : public Backend {
     ew("k_embed_fwd", N * H, s.in(table, V * H), s.in(ids, N), s.out(out, N * H), ll(N), ll(H));
     s.done();
   }
+  void embedding_forward_half(const uint16_t *table, Half t, const int32_t *ids, float *out, int64_t N, int64_t H) override {
+    Stage s(*this);
+    const int64_t V = is_dev(table) ? 0 : rows_needed(ids, N);
+    ew("k_embed_fwd_half", N * H, s.in(table, V * H), s.in(ids, N), s.out(out, N * H), ll(N), ll(H), int(t));
+    s.done();
+  }
   void embedding_backward(const float *dout, const int32_t *ids, float *dtable, int64_t N, int64_t H, int64_t V) override {
     Stage s(*this);
     ew("k_embed_bwd", H, s.in(dout, N * H), s.in(ids, N), s.out(dtable, V * H, true), ll(N), ll(H));

@@ -732,6 +732,10 @@ __global__ void k_ce_bwd(const float *logits, const int *targets, const float *l
 __global__ void k_embed_fwd(const float *table, const int *ids, float *out, ll N, ll H) {
   GRID_STRIDE(i, N * H) out[i] = table[(ll)ids[i / H] * H + i % H];
 }
+// a 16-bit frozen table (mixed precision): widened to fp32, exact
+__global__ void k_embed_fwd_half(const unsigned short *table, const int *ids, float *out, ll N, ll H, int type) {
+  GRID_STRIDE(i, N * H) out[i] = llmt::from_half(table[(ll)ids[i / H] * H + i % H], type);
+}
 // dtable[ids[n]] += dout[n]: one thread per column, rows in order (deterministic, no atomics).
 __global__ void k_embed_bwd(const float *dout, const int *ids, float *dtable, ll N, ll H) {
   GRID_STRIDE(c, H) {

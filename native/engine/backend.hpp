@@ -210,6 +210,9 @@ class Backend {
   /** C[M,N] (+)= half(A)[M,K]·W, W [K,N] (the input gradient dx = dy·W; a frozen weight gets no gradient). */
   virtual void matmul_nn_half(const float *A, const uint16_t *W, Half type, float *C, int64_t M, int64_t N, int64_t K,
                               bool acc);
+  /** out[n,:] = fp32(table[ids[n],:]) for a 16-bit frozen embedding table [V,H] (exact: widening only). */
+  virtual void embedding_forward_half(const uint16_t *table, Half type, const int32_t *ids, float *out, int64_t N,
+                                      int64_t H);
 
  protected:
   TransferStats xfer_;  // implementations count every host↔device copy here

@@ -419,6 +419,7 @@ llmt_status Model::set_precision(const std::string &precision) {
   for (auto &L : linears)
     if (!L->q4 && fp32_frozen(L->W)) todo.push_back(L->W);
   if (lm_head && lm_head != embed && fp32_frozen(lm_head)) todo.push_back(lm_head);
+  if (embed && fp32_frozen(embed)) todo.push_back(embed);
   for (Param *p : todo) fetch_host(*p);  // freed on the host after an upload: the fp32 values back first
   for (Param *p : todo) {  // check first: a failure leaves the model unchanged
     if (t != Half::F16) break;
@@ -507,6 +508,10 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
   const bool ln = c.norm == NormKind::Layer;
 
   m->embed = m->new_param(std::string(f.embed) + ".weight", {V, H});
+  if (half) {  // the frozen table in 16 bits too (also when tied: the head's GEMM reads it as a 16-bit weight)
+    std::vector<float>().swap(m->embed->data);
+    m->embed->half_type = static_cast<uint8_t>(half);
+  }
   if (f.embed_norm) {
     m->embed_norm_w = m->new_param(std::string(f.embed_norm) + ".weight", {H});
     m->embed_norm_b = m->new_param(std::string(f.embed_norm) + ".bias", {H});
@@ -713,6 +718,8 @@ llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) 
   }
   if (lm_head == embed && (listed(head_module) || listed(embed_module))) {
     Param *head = new_param(head_module + ".weight", embed->shape);
+    // the untied copy starts from the table's fp32 values: a 16-bit frozen table is re-read in fp32 (and stays so)
+    if (llmt_status st = restore_fp32(*embed)) return st;
     fetch_host(*embed);  // on a device backend its host copy may have been freed after the upload
     head->data = embed->data;
     lm_head = head;
@@ -861,6 +868,12 @@ void weight_nt(Backend &be, const Param &W, const float *A, float *C, int64_t M,
 void weight_nn(Backend &be, const Param &W, const float *A, float *C, int64_t M, int64_t N, int64_t K, bool acc) {
   if (W.half_type) be.matmul_nn_half(A, W.h(), Half(W.half_type), C, M, N, K, acc);
   else be.matmul_nn(A, W.w(), C, M, N, K, acc);
+}
+
+// x[n,:] = table[ids[n],:] from an fp32 or (mixed precision, frozen) 16-bit table
+void embed_rows(Backend &be, const Param &table, const int32_t *ids, float *x, int64_t N, int64_t H) {
+  if (table.half_type) be.embedding_forward_half(table.h(), Half(table.half_type), ids, x, N, H);
+  else be.embedding_forward(table.w(), ids, x, N, H);
 }
 
 // y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
@@ -1375,7 +1388,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
 
   // ---- forward ----
   Buf x(be, N * H), x_emb(be), emb_mean(be), emb_rstd(be);
-  be.embedding_forward(embed->w(), d_ids.get(), x.data(), N, H);
+  embed_rows(be, *embed, d_ids.get(), x.data(), N, H);
   if (embed_norm_w) {  // bloom: LayerNorm on the embeddings
     x_emb.copy_from(x);
     emb_mean.resize(N);
@@ -1586,7 +1599,7 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
 
   Buf x(be, N * H), tmp(be, N * H), mean(be, N),
       rstd(be, N);
-  be.embedding_forward(embed->w(), d_ids.get(), x.data(), N, H);
+  embed_rows(be, *embed, d_ids.get(), x.data(), N, H);
   if (embed_norm_w) {
     be.layernorm_forward(x.data(), embed_norm_w->w(), embed_norm_b->w(), tmp.data(), mean.data(), rstd.data(),
                          N, H, static_cast<float>(c.norm_eps));

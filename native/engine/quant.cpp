@@ -33,6 +33,9 @@ void Backend::matmul_nt_half(const float *, const uint16_t *, Half, float *, int
 void Backend::matmul_nn_half(const float *, const uint16_t *, Half, float *, int64_t, int64_t, int64_t, bool) {
   throw std::logic_error(std::string("the ") + name() + " backend has no 16-bit-weight matmul");
 }
+void Backend::embedding_forward_half(const uint16_t *, Half, const int32_t *, float *, int64_t, int64_t) {
+  throw std::logic_error(std::string("the ") + name() + " backend has no 16-bit embedding");
+}
 
 llmt_status parse_quant_spec(const std::string &s, QuantSpec &out) {
   out = QuantSpec();

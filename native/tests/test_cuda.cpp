@@ -760,6 +760,34 @@ void half_precision(Backend &gpu, const std::string &tmp) {
         gpu.release(dw);
         compare(name + "_resident", ref, dev, kF32Reduce);
       }
+  // the 16-bit embedding table: rows widened to fp32, exactly (host table staged, and resident on the device)
+  for (Half t : {Half::BF16, Half::F16}) {
+    const int64_t V = 37, H = 24, N = 19;
+    const std::vector<float> tf = rnd(V * H, 51, 2.0f);
+    std::vector<uint16_t> table(tf.size());
+    for (size_t i = 0; i < tf.size(); ++i) table[i] = to_half(tf[i], int(t));
+    std::vector<int32_t> ids(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) ids[size_t(i)] = int32_t((i * 7 + 3) % V);
+    std::vector<float> ref(size_t(N * H)), got(ref.size(), -1.f), dev(ref.size(), -1.f);
+    cpu.embedding_forward_half(table.data(), t, ids.data(), ref.data(), N, H);
+    gpu.embedding_forward_half(table.data(), t, ids.data(), got.data(), N, H);
+    gpu.synchronize();
+    uint16_t *dt = static_cast<uint16_t *>(gpu.alloc(sizeof(uint16_t) * table.size()));
+    int32_t *di = static_cast<int32_t *>(gpu.alloc(sizeof(int32_t) * ids.size()));
+    gpu.upload(dt, table.data(), sizeof(uint16_t) * table.size());
+    gpu.upload(di, ids.data(), sizeof(int32_t) * ids.size());
+    gpu.embedding_forward_half(dt, t, di, dev.data(), N, H);
+    gpu.synchronize();
+    gpu.release(dt);
+    gpu.release(di);
+    bool widened = true;
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t h = 0; h < H; ++h) widened = widened && ref[size_t(n * H + h)] == from_half(table[size_t(ids[size_t(n)] * H + h)], int(t));
+    const std::string name = std::string(t == Half::BF16 ? "bf16" : "fp16") + "_embedding";
+    compare(name, ref, got, {0, 0});
+    compare(name + "_resident", ref, dev, {0, 0});
+    compare(name + "_cpu_widens", {float(widened)}, {1.0f}, {0, 0});
+  }
   for (const char *prec : {"bf16", "fp16"}) {
     std::unique_ptr<Model> a, b;
     if (!lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, prec, a, b))

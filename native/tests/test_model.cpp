@@ -827,6 +827,40 @@ static void test_mixed_precision() {
       no_f32 = no_f32 && !(b->params[i]->half_type && !b->params[i]->data.empty());
     }
     CHECK(same && no_f32, "streamed 16-bit weights equal the converted ones, no fp32 copy");
+    CHECK(b->embed->half_type == uint8_t(Half::BF16) && b->embed->data.empty() && a->embed->half == b->embed->half,
+          "the frozen embedding table is 16-bit too");
+    {  // a forward on it: each embedded row is the table's 16-bit row widened (exact), so the logits equal an fp32-table
+       // model whose table holds exactly those values
+      auto e = Model::load(tiny("llama"), st, QuantSpec(), "bf16");
+      e->embed->data.resize(e->embed->half.size());
+      for (size_t k = 0; k < e->embed->half.size(); ++k) e->embed->data[k] = bf16_to_f32(e->embed->half[k]);
+      std::vector<uint16_t>().swap(e->embed->half);
+      e->embed->half_type = 0;
+      Batch batch = make_batch(2, 9, b->config().vocab, 3);
+      RunOptions o;
+      o.want_logits = true;
+      RunResult rb, re;
+      CHECK(b->run(batch, o, rb) == LLMT_OK && e->run(batch, o, re) == LLMT_OK && rb.logits == re.logits && !rb.logits.empty(),
+            "forward with the 16-bit table == forward with its values in fp32, bit for bit");
+    }
+    {  // a tied table (falcon) untied for modules_to_save=["lm_head"]: the new head starts from the fp32 values on disk
+      auto t16 = Model::load(tiny("falcon"), st, QuantSpec(), "bf16"), t32 = Model::load(tiny("falcon"), st);
+      CHECK(t16 && t32 && t16->lm_head == t16->embed && t16->embed->half_type, "tied falcon: one 16-bit table");
+      LoraSpec ls;
+      ls.r = 2;
+      ls.targets = {"query_key_value"};
+      ls.modules_to_save = {"lm_head"};
+      CHECK(t16->add_lora(ls, 1) == LLMT_OK, std::string("untie a 16-bit table: ") + llmt_last_error());
+      CHECK(t16->lm_head != t16->embed && t16->lm_head->trainable && !t16->lm_head->half_type &&
+                t16->lm_head->data == t32->embed->data && !t16->embed->trainable,
+            "the trained head is an fp32 copy of the table as stored");
+      Batch batch = make_batch(1, 6, t16->config().vocab, 4);
+      RunOptions o;
+      o.backward = true;
+      RunResult r;
+      t16->zero_grad();
+      CHECK(t16->run(batch, o, r) == LLMT_OK && std::isfinite(r.loss_sum), "and it trains");
+    }
     // modules_to_save on a block linear: that weight is re-read in fp32 and trains
     auto c = Model::load(tiny("llama"), st, QuantSpec(), "bf16"), f = Model::load(tiny("llama"), st);
     LoraSpec spec;
