@@ -445,6 +445,12 @@ llmt_status load_config(const std::string &dir, ModelConfig &out) {
   Json j;
   std::string err;
   if (!Json::parse(text, j, err)) return set_error(LLMT_ERR_BAD_INPUT, path + " is not valid JSON: " + err);
+  // transformers 5 writes rope_theta (and partial_rotary_factor) inside "rope_parameters": the top level wins when
+  // both are present, as in transformers' own back-compatibility
+  const Json rp = j.get("rope_parameters");
+  if (j.is_object() && rp.is_object())
+    for (const char *k : {"rope_theta", "partial_rotary_factor"})
+      if (!j.has(k) && rp.has(k)) j.set(k, rp.get(k));
   return parse_config(j, path, out);
 }
 

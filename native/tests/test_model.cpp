@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -755,6 +756,67 @@ static void test_half_conversions() {
 
 // Mixed precision on the CPU backend: frozen weights in bf16/fp16 (half the bytes), LoRA fp32; loss and LoRA
 // gradients close to fp32, and exactly those of an fp32 model whose weights and GEMM inputs were rounded alike.
+// transformers 5 writes RoPE settings as one "rope_parameters" object (rope_theta, the scaling's type and factor,
+// gpt_neox's partial_rotary_factor) instead of top-level keys: a folder in either layout computes the same logits.
+static void test_rope_parameters_layout() {
+  std::printf("rope_parameters (transformers 5 config layout)\n");
+  auto variant = [&](const std::string &family, const std::string &name, const std::vector<std::string> &drop,
+                     const std::vector<std::pair<std::string, Json>> &add) {
+    const std::string src = tiny(family);
+    Json j;
+    std::string err;
+    CHECK(Json::parse(read_all(src + "/config.json"), j, err), err);
+    Json o = Json::object();
+    for (const auto &kv : j.members())
+      if (std::find(drop.begin(), drop.end(), kv.first) == drop.end()) o.set(kv.first, kv.second);
+    for (const auto &kv : add) o.set(kv.first, kv.second);
+    const std::string d = g_tmp + "/" + name;
+    ::mkdir(d.c_str(), 0755);
+    write_all(d + "/config.json", o.dump(2));
+    write_all(d + "/model.safetensors", read_all(src + "/model.safetensors"));
+    return d;
+  };
+  auto logits = [&](const std::string &dir) {
+    llmt_status st;
+    auto m = Model::load(dir, st);
+    CHECK(m != nullptr, dir + ": " + llmt_last_error());
+    if (!m) return std::vector<float>();
+    Batch batch = make_batch(1, 12, m->config().vocab, 8);
+    RunOptions o;
+    o.want_logits = true;
+    RunResult r;
+    CHECK(m->run(batch, o, r) == LLMT_OK, llmt_last_error());
+    return r.logits;
+  };
+  auto obj = [](std::vector<std::pair<std::string, Json>> kv) {
+    Json o = Json::object();
+    for (auto &p : kv) o.set(p.first, p.second);
+    return o;
+  };
+  // llama: theta 5000 with linear scaling ×2, old layout vs rope_parameters
+  const auto l_old = logits(variant("llama", "rope-llama-old", {},
+                                    {{"rope_theta", Json::number(5000.0)},
+                                     {"rope_scaling", obj({{"type", Json::string("linear")}, {"factor", Json::number(2.0)}})}}));
+  const auto l_new = logits(variant("llama", "rope-llama-v5", {"rope_theta", "rope_scaling"},
+                                    {{"rope_parameters", obj({{"rope_type", Json::string("linear")},
+                                                              {"rope_theta", Json::number(5000.0)},
+                                                              {"factor", Json::number(2.0)}})}}));
+  const auto l_def = logits(tiny("llama"));
+  CHECK(!l_old.empty() && l_old == l_new, "llama: rope_parameters {linear, theta 5000, factor 2} == the top-level keys");
+  CHECK(l_old != l_def, "llama: and they differ from the defaults (the settings are read, not ignored)");
+  // gpt_neox: rotary base and the rotary fraction
+  const std::vector<std::string> neox_keys = {"rotary_pct", "partial_rotary_factor", "rotary_emb_base", "rope_theta"};
+  const auto n_old = logits(variant("gpt_neox", "rope-neox-old", neox_keys,
+                                    {{"rotary_pct", Json::number(0.5)}, {"rotary_emb_base", Json::number(5000.0)}}));
+  const auto n_new = logits(variant("gpt_neox", "rope-neox-v5", neox_keys,
+                                    {{"rope_parameters", obj({{"rope_type", Json::string("default")},
+                                                              {"rope_theta", Json::number(5000.0)},
+                                                              {"partial_rotary_factor", Json::number(0.5)}})}}));
+  const auto n_def = logits(variant("gpt_neox", "rope-neox-def", neox_keys, {}));
+  CHECK(!n_old.empty() && n_old == n_new, "gpt_neox: rope_parameters {theta 5000, partial_rotary_factor 0.5} == rotary_emb_base/rotary_pct");
+  CHECK(n_old != n_def, "gpt_neox: and they differ from the defaults");
+}
+
 static void test_mixed_precision() {
   std::printf("mixed precision\n");
   for (const char *family : {"llama", "falcon"})
@@ -1178,6 +1240,7 @@ int main() {
   test_bad_inputs();
   test_training_and_resume();
   test_half_conversions();
+  test_rope_parameters_layout();
   test_mixed_precision();
   test_precision_jobs();
   test_qlora_precision();

@@ -511,9 +511,24 @@ function unsupported(msg: string): Error {
   return Object.assign(new Error(`UNSUPPORTED: ${msg}`), { code: 'UNSUPPORTED' });
 }
 
+/** transformers 5 writes the RoPE settings as one "rope_parameters" object (rope_type, rope_theta, factor,
+ *  partial_rotary_factor, ...) instead of top-level rope_theta / rope_scaling: read either layout (the top level wins
+ *  where both are present). */
+export function withRopeParameters(cfg: Record<string, unknown>): Record<string, unknown> {
+  const rp = cfg.rope_parameters;
+  if (!rp || typeof rp !== 'object' || Array.isArray(rp)) return cfg;
+  const p = rp as Record<string, unknown>;
+  const out: Record<string, unknown> = { ...cfg };
+  for (const k of ['rope_theta', 'partial_rotary_factor']) if (out[k] === undefined && typeof p[k] === 'number') out[k] = p[k];
+  const type = p.rope_type ?? p.type;
+  if ((out.rope_scaling === undefined || out.rope_scaling === null) && typeof type === 'string' && type !== 'default') out.rope_scaling = p;
+  return out;
+}
+
 /** The tensor plan and metadata for a model folder's config.json, after convert_hf_to_gguf.py's model classes
  *  (GPTNeoXModel, BloomModel, FalconModel, MiniCPMModel, ChatGLMModel, LlamaModel, BaichuanModel). */
-function planFor(cfg: Record<string, unknown>, has: (name: string) => boolean): Plan {
+function planFor(config: Record<string, unknown>, has: (name: string) => boolean): Plan {
+  const cfg = withRopeParameters(config);
   const num = (keys: string | string[], def?: number): number => {
     for (const k of Array.isArray(keys) ? keys : [keys]) if (typeof cfg[k] === 'number') return cfg[k] as number;
     if (def !== undefined) return def;
