@@ -131,6 +131,7 @@ class CudaBackend final : public Backend {
     note_alloc(static_cast<int64_t>(sz), static_cast<int64_t>(sz));
     return reinterpret_cast<void *>(p);
   }
+  void *stream_handle() const override { return stream_; }
   MemoryStats memory_stats() const override {
     std::lock_guard<std::mutex> lk(mu_);
     return mem_;

@@ -60,6 +60,8 @@ class Backend {
    *  model keeps its own copies in alloc() memory and moves data only with upload()/download(). */
   virtual bool host_memory() const { return false; }
   virtual MemoryStats memory_stats() const { return MemoryStats(); }
+  /** The device stream this backend orders its work on (a CUstream, for NCCL's collectives), or null. */
+  virtual void *stream_handle() const { return nullptr; }
   const TransferStats &transfers() const { return xfer_; }
   void reset_transfers() { xfer_ = TransferStats(); }
 

@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "llmt.h"
@@ -48,6 +49,15 @@ class Collective {
   virtual int size() const = 0;
   /** In place: buf[i] = Σ over ranks of buf[i]. Every rank ends with bitwise identical values. */
   virtual int allreduce_sum(void *buf, size_t count, CollDType type, void *stream = nullptr) = 0;
+  /** In place, several buffers of one type as one operation where the library can (NCCL: one group call). */
+  virtual int allreduce_sum_many(const std::vector<std::pair<void *, size_t>> &bufs, CollDType type, void *stream = nullptr) {
+    for (const auto &b : bufs)
+      if (int r = allreduce_sum(b.first, b.second, type, stream)) return r;
+    return 0;
+  }
+  /** True when buffers must be device memory (NCCL: the CUDA backend's, ordered on `stream`), false for host memory
+   *  (Gloo). */
+  virtual bool device_buffers() const { return false; }
   /** In place: every rank's buf becomes root's. */
   virtual int broadcast(void *buf, size_t count, CollDType type, int root, void *stream = nullptr) = 0;
   virtual int barrier() = 0;

@@ -2,8 +2,8 @@
 // the CUDA runtime), so the engine builds and runs without either. The few NCCL/CUDA typedefs and prototypes
 // it needs are declared here (stable ABI since NCCL 2.x), or taken from nccl.h when the build has it.
 //
-// UNTESTED ON HARDWARE: this file compiles in every build, and the "library missing" path is tested, but no
-// run on GPUs has exercised it yet (the CUDA backend that would hand it device buffers is its own issue).
+// Not yet run on GPUs: the trainer drives it over the CUDA backend's device buffers, tested under cuemu (its test
+// NCCL and CUDA runtime: native/tests/cuemu), whose collectives follow NCCL's semantics between processes.
 //
 // Design: rank 0 makes the ncclUniqueId and publishes it through the rendezvous store; every rank then
 // creates its communicator on device LOCAL_RANK, non-blocking (ncclCommInitRankConfig with blocking = 0, NCCL
@@ -16,6 +16,7 @@
 #include <dlfcn.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -51,6 +52,8 @@ struct NcclApi {
   ncclResult_t (*CommInitRankConfig)(ncclComm_t *, int, ncclUniqueId, int, ncclConfig214 *) = nullptr;  // NCCL >= 2.14
   ncclResult_t (*AllReduce)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
   ncclResult_t (*Broadcast)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
+  ncclResult_t (*GroupStart)() = nullptr;
+  ncclResult_t (*GroupEnd)() = nullptr;
   ncclResult_t (*CommDestroy)(ncclComm_t) = nullptr;
   ncclResult_t (*CommAbort)(ncclComm_t) = nullptr;
   ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *) = nullptr;
@@ -61,6 +64,18 @@ struct NcclApi {
 };
 
 void *open_first(std::initializer_list<const char *> names, std::string &tried) {
+  // LLMT_CUDA_LIB_DIRS first (pip's nvidia-* lib folders, as for the driver and cuBLAS: cuda/loader.cpp)
+  if (const char *dirs = std::getenv("LLMT_CUDA_LIB_DIRS")) {
+    const std::string s = dirs;
+    for (size_t at = 0; at <= s.size();) {
+      size_t c = s.find(':', at);
+      if (c == std::string::npos) c = s.size();
+      if (c > at)
+        for (const char *n : names)
+          if (void *h = ::dlopen((s.substr(at, c - at) + "/" + n).c_str(), RTLD_NOW | RTLD_LOCAL)) return h;
+      at = c + 1;
+    }
+  }
   for (const char *n : names) {
     if (void *h = ::dlopen(n, RTLD_NOW | RTLD_LOCAL)) return h;
     const char *e = ::dlerror();
@@ -87,6 +102,7 @@ llmt_status load_api(NcclApi &api) {
   if (!rt) return set_error(LLMT_ERR_UNSUPPORTED, "the CUDA runtime (libcudart.so) cannot be loaded: " + tried);
   bool ok = sym(nccl, "ncclGetUniqueId", api.GetUniqueId) && sym(nccl, "ncclCommInitRank", api.CommInitRank) &&
             sym(nccl, "ncclAllReduce", api.AllReduce) && sym(nccl, "ncclBroadcast", api.Broadcast) &&
+            sym(nccl, "ncclGroupStart", api.GroupStart) && sym(nccl, "ncclGroupEnd", api.GroupEnd) &&
             sym(nccl, "ncclCommDestroy", api.CommDestroy) && sym(nccl, "ncclCommAbort", api.CommAbort) &&
             sym(nccl, "ncclCommGetAsyncError", api.CommGetAsyncError) && sym(nccl, "ncclGetErrorString", api.GetErrorString) &&
             sym(rt, "cudaSetDevice", api.SetDevice) && sym(rt, "cudaStreamQuery", api.StreamQuery) &&
@@ -112,6 +128,19 @@ class NcclCollective : public Collective {
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
     return finish("all-reduce", api_.AllReduce(buf, buf, count, dt, kNcclSum, comm_, stream), stream);
   }
+  // one group: NCCL fuses the all-reduces of a gradient bucket into one launch, no packing copy
+  int allreduce_sum_many(const std::vector<std::pair<void *, size_t>> &bufs, CollDType type, void *stream) override {
+    if (broken_) return unusable();
+    const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
+    ncclResult_t r = api_.GroupStart();
+    for (const auto &b : bufs) {
+      if (r != kNcclSuccess && r != kNcclInProgress) break;
+      r = api_.AllReduce(b.first, b.first, b.second, dt, kNcclSum, comm_, stream);
+    }
+    const ncclResult_t e = api_.GroupEnd();  // always closes the group, even after a failed enqueue
+    return finish("grouped all-reduce", r != kNcclSuccess && r != kNcclInProgress ? r : e, stream);
+  }
+  bool device_buffers() const override { return true; }
   int broadcast(void *buf, size_t count, CollDType type, int root, void *stream) override {
     if (broken_) return unusable();
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;

@@ -342,20 +342,42 @@ struct Dist {
     return set_error(LLMT_ERR_IO, "rank " + std::to_string(rank()) + " lost its peers: " +
                                       (first >= 0 ? "rank " + std::to_string(first) + " failed first (" + note + "); " : "") + msg);
   }
+  // A communicator on device buffers (NCCL) gets host values through this backend's memory, on its stream.
+  Backend *staging = nullptr;
+  template <typename T>
+  int collective(T *v, size_t n, bool bcast) {
+    const CollDType t = sizeof(T) == 8 ? CollDType::F64 : CollDType::F32;
+    if (!staging) return bcast ? comm->broadcast(v, n, t, 0) : comm->allreduce_sum(v, n, t);
+    if (n == 0) return 0;
+    const size_t bytes = sizeof(T) * n;
+    void *d = staging->alloc(bytes);
+    staging->upload(d, v, bytes);
+    void *s = staging->stream_handle();
+    const int r = bcast ? comm->broadcast(d, n, t, 0, s) : comm->allreduce_sum(d, n, t, s);
+    if (!r) staging->download(v, d, bytes);
+    staging->release(d);
+    return r;
+  }
   int allreduce(double *v, size_t n) {
     const double t = mono_s();
-    int r = comm->allreduce_sum(v, n, CollDType::F64);
+    int r = collective(v, n, false);
     comm_wait_s += mono_s() - t;
     return r;
   }
   int allreduce(float *v, size_t n) {
     const double t = mono_s();
-    int r = comm->allreduce_sum(v, n, CollDType::F32);
+    int r = collective(v, n, false);
     comm_wait_s += mono_s() - t;
     return r;
   }
-  int broadcast(float *v, size_t n) { return comm->broadcast(v, n, CollDType::F32, 0); }
-  int broadcast(double *v, size_t n) { return comm->broadcast(v, n, CollDType::F64, 0); }
+  int broadcast(float *v, size_t n) { return collective(v, n, true); }
+  int broadcast(double *v, size_t n) { return collective(v, n, true); }
+  // NCCL has no barrier: a one-element all-reduce is one
+  int barrier() {
+    if (!staging) return comm->barrier();
+    double x = 0;
+    return collective(&x, 1, false);
+  }
 };
 
 // Sums gradients over the ranks in buckets of about bucket_mb on a communication thread, overlapped with the
@@ -380,7 +402,7 @@ class GradReducer {
       max_numel_ = std::max(max_numel_, buckets_.back().numel);
     }
     pending_.resize(buckets_.size());
-    flat_.resize(static_cast<size_t>(max_numel_));
+    if (!comm.device_buffers()) flat_.resize(static_cast<size_t>(max_numel_));  // Gloo packs buckets in host memory
     thread_ = std::thread([this] { loop(); });
   }
   ~GradReducer() {
@@ -465,6 +487,11 @@ class GradReducer {
   }
   int reduce(size_t i) {
     const Bucket &b = buckets_[i];
+    if (comm_.device_buffers()) {  // NCCL: each gradient in place on the device, the bucket as one group
+      std::vector<std::pair<void *, size_t>> bufs;
+      for (Param *p : b.params) bufs.emplace_back(p->g(), static_cast<size_t>(p->numel()));
+      return comm_.allreduce_sum_many(bufs, CollDType::F32, be_.stream_handle());
+    }
     // Gloo reduces host memory: gradients in backend memory are staged through flat_ (download → reduce → upload);
     // on a host-memory backend a single-tensor bucket is reduced in place. (NCCL can take device pointers later.)
     if (b.params.size() == 1 && be_.host_memory())
@@ -633,16 +660,47 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     cpu::set_num_threads(std::max(1, hw / dist.env.local_world_size));
   }
   dist.timeout_ms = static_cast<int64_t>(job.dist_timeout_s * 1000);
+  // ---- the compute device: a rank of a data-parallel job on GPUs takes cuda:LOCAL_RANK of the visible GPUs (the
+  // launcher picks them with CUDA_VISIBLE_DEVICES, as torchrun users do) ----
+  std::string device = job.device;
+  if (dist.on() && (device == "cuda" || device == "auto")) {
+    device = "cuda:" + std::to_string(dist.env.local_rank);
+    if (job.device == "auto") device = "auto:" + std::to_string(dist.env.local_rank);
+  } else if (dist.on() && device.compare(0, 5, "cuda:") == 0) {
+    return fail(set_error(LLMT_ERR_BAD_INPUT, "job: device \"" + device + "\" in a data-parallel job: name no GPU index (\"device\": \"cuda\"); each rank uses cuda:LOCAL_RANK, and CUDA_VISIBLE_DEVICES chooses the GPUs"));
+  }
+  std::string fallback;
+  Backend *be = nullptr;
+  {
+    std::string derr;
+    be = select_backend(device.compare(0, 5, "auto:") == 0 ? "cuda:" + device.substr(5) : device, &fallback, &derr);
+    if (!be) return fail(set_error(LLMT_ERR_BAD_INPUT, "job: " + derr));
+    if (device.compare(0, 5, "auto:") == 0) fallback.clear();  // "auto" takes the CPU without a word
+  }
   std::string backend_name = "none";
   Json rank_info = Json::array();
   if (dist.on()) {
-    backend_name = job.dist_backend == "auto" ? (cpu_backend().kind() == DeviceKind::CUDA ? "nccl" : "gloo") : job.dist_backend;
-    if (backend_name == "nccl")
-      return fail(set_error(LLMT_ERR_UNSUPPORTED, "distributed.backend \"nccl\" needs the CUDA backend (device buffers), which this engine does not have yet; use gloo on CPU"));
+    const bool gpu = be->kind() == DeviceKind::CUDA;
+    backend_name = job.dist_backend == "auto" ? (gpu ? "nccl" : "gloo") : job.dist_backend;
+    if (backend_name == "nccl" && !gpu)
+      return fail(set_error(LLMT_ERR_UNSUPPORTED, "distributed.backend \"nccl\" needs GPU workers (\"device\": \"cuda\"); this rank runs on " +
+                                                      std::string(be->name()) + (fallback.empty() ? "" : " (" + fallback + ")") + "; use gloo"));
     dist.store = open_tcp_store(dist.env, dist.timeout_ms, st);
     if (!dist.store) return fail(st);
     dist.comm = open_collective(backend_name, dist.env, *dist.store, dist.timeout_ms, st);
+    if (!dist.comm && st == LLMT_ERR_UNSUPPORTED && job.dist_backend == "auto" && backend_name == "nccl") {
+      // NCCL cannot load (the same on every rank of this machine): Gloo, with the gradients staged through host memory
+      const std::string why = llmt_last_error();
+      backend_name = "gloo";
+      dist.comm = open_collective(backend_name, dist.env, *dist.store, dist.timeout_ms, st);
+      if (dist.comm) {
+        Json w = ev("warning");
+        w.set("message", Json::string("NCCL is unavailable (" + why + "): the GPU workers all-reduce through host memory with Gloo, which is slower"));
+        emit(w);
+      }
+    }
     if (!dist.comm) return fail(st);
+    if (dist.comm->device_buffers()) dist.staging = be;
     // who is who, for the run view (host, pid, local rank)
     char host[256] = {0};
     ::gethostname(host, sizeof host - 1);
@@ -651,6 +709,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     me.set("local_rank", Json::integer(dist.env.local_rank));
     me.set("host", Json::string(host));
     me.set("pid", Json::integer(static_cast<int64_t>(::getpid())));
+    me.set("device", Json::string(be->name()));
     const std::string mine = me.dump();
     if (dist.store->set("info/" + std::to_string(dist.rank()), std::vector<char>(mine.begin(), mine.end()))) return fail(set_error(LLMT_ERR_IO, dist.store->last_error()));
     if (dist.rank() == 0) {
@@ -670,9 +729,6 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   auto model = Model::load(job.model_dir, st, job.quant, job.method == "lora" ? job.precision : "fp32");
   if (!model) return fail(st);
   {  // compute device (the CUDA backend is validated under cuemu, not yet on a GPU: docs/cuda.md)
-    std::string fallback, derr;
-    Backend *be = select_backend(job.device, &fallback, &derr);
-    if (!be) return fail(set_error(LLMT_ERR_BAD_INPUT, "job: " + derr));
     if (model->quantization().enabled && !be->supports_q4())  // CPU and CUDA both have 4-bit kernels
       return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("the ") + be->name() +
                                                       " backend has no 4-bit (QLoRA) kernels. Use \"device\": \"cpu\" or \"quantization\": \"none\""));
@@ -1219,7 +1275,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (st) return fail(st);
   }
   // ranks leave together, so none sees another's exit as a failure while it is still finishing
-  if (dist.on() && dist.comm->barrier()) return comm_fail("the final barrier");
+  if (dist.on() && dist.barrier()) return comm_fail("the final barrier");
   Json e = ev("done");
   e.set("status", Json::string(stopped ? "stopped" : "completed"));
   e.set("step", Json::integer(step));

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <functional>
 #include <cstdio>
 #include <cstdlib>
 #include <map>
@@ -299,13 +300,20 @@ EXPORT int cuDriverGetVersion(int *v) {
   *v = 13000;
   return 0;
 }
+// LLMT_CUEMU_DEVICES=N: N devices (default 1), so data-parallel runs can put each rank on its own ordinal. Each
+// process emulates the one it uses; the devices do not share memory.
+static int device_count() {
+  const char *e = std::getenv("LLMT_CUEMU_DEVICES");
+  const int n = e ? std::atoi(e) : 1;
+  return n < 1 ? 1 : n > 16 ? 16 : n;
+}
 EXPORT int cuDeviceGetCount(int *n) {
-  *n = 1;
+  *n = device_count();
   return 0;
 }
 EXPORT int cuDeviceGet(int *d, int i) {
-  if (i != 0) return 101;  // CUDA_ERROR_INVALID_DEVICE
-  *d = 0;
+  if (i < 0 || i >= device_count()) return 101;  // CUDA_ERROR_INVALID_DEVICE
+  *d = i;
   return 0;
 }
 EXPORT int cuDeviceGetName(char *name, int len, int) {
@@ -320,8 +328,8 @@ EXPORT int cuDeviceGetAttribute(int *v, int attr, int) {
   *v = attr == 75 ? 9 : attr == 76 ? 0 : attr == 16 ? 4 : 0;
   return 0;
 }
-EXPORT int cuDeviceGetPCIBusId(char *s, int len, int) {
-  std::snprintf(s, static_cast<size_t>(len), "0000:00:00.0");
+EXPORT int cuDeviceGetPCIBusId(char *s, int len, int d) {
+  std::snprintf(s, static_cast<size_t>(len), "0000:%02x:00.0", d);
   return 0;
 }
 EXPORT int cuDevicePrimaryCtxRetain(void **ctx, int) {
@@ -529,5 +537,237 @@ EXPORT int cublasGemmEx(void *, int ta, int tb, int m, int n, int k, const void 
       float &c = Cf[i + size_t(j) * ldc];
       c = be == 0.0f ? al * s : al * s + be * c;
     }
+  return 0;
+}
+
+// ---- the CUDA runtime calls NCCL's users make (collective_nccl.cpp), on the driver emulation above -------------------
+static int g_rt_device = 0;
+EXPORT int cudaSetDevice(int d) {
+  if (d < 0 || d >= device_count()) return 101;  // cudaErrorInvalidDevice
+  g_rt_device = d;
+  return 0;
+}
+EXPORT int cudaGetDevice(int *d) {
+  *d = g_rt_device;
+  return 0;
+}
+EXPORT int cudaStreamQuery(void *) { return g_sticky ? 719 : 0; }  // work runs at launch here: always complete
+EXPORT int cudaStreamSynchronize(void *) { return g_sticky ? 719 : 0; }
+EXPORT const char *cudaGetErrorString(int e) {
+  return e == 0 ? "no error" : e == 101 ? "invalid device ordinal" : e == 719 ? "unspecified launch failure" : "cuemu runtime error";
+}
+
+// ---- NCCL between processes (test harness): a shared-memory segment per communicator --------------------------------
+// Semantics kept: every rank calls the same collectives in the same order; buffers must be device memory (a host
+// pointer fails as on a GPU); all-reduce sums in rank order, so every rank ends with bitwise identical values; a
+// rank whose peer is gone (its process exited, or it aborted its communicator) gets ncclRemoteError instead of
+// hanging, and LLMT_CUEMU_NCCL_TIMEOUT_MS (default 120000) bounds every wait. Groups run their operations eagerly.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <fstream>
+#include <random>
+#include <thread>
+
+namespace cuemu {
+namespace {
+constexpr size_t kSlot = 1 << 20;  // bytes each rank stages per round
+constexpr int kMaxRanks = 16;
+struct NcclShared {
+  std::atomic<uint32_t> joined, bar_count, bar_gen, aborted;
+  int32_t pid[kMaxRanks];
+};
+struct NcclComm {
+  NcclShared *sh = nullptr;
+  char *slots = nullptr;
+  size_t map_len = 0;
+  int rank = 0, nranks = 0;
+  std::string name;
+};
+size_t nccl_map_len(int nranks) { return 4096 + kSlot * size_t(nranks); }
+int64_t nccl_timeout_ms() {
+  const char *e = std::getenv("LLMT_CUEMU_NCCL_TIMEOUT_MS");
+  return e ? std::atoll(e) : 120000;
+}
+bool alive(int pid) {
+  if (pid <= 0) return true;  // not joined yet
+  if (::kill(pid, 0) != 0) return false;
+  std::ifstream st("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(st, line);
+  const size_t paren = line.rfind(')');
+  return !(paren != std::string::npos && paren + 2 < line.size() && line[paren + 2] == 'Z');  // a zombie is dead
+}
+// 0, or ncclRemoteError (6) when a peer is gone / aborted or the wait timed out
+int wait_until(NcclComm &c, const std::function<bool()> &done, const char *what) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(nccl_timeout_ms());
+  for (int spin = 0; !done(); ++spin) {
+    if (c.sh->aborted.load()) {
+      std::fprintf(stderr, "cuemu nccl: %s: a peer aborted its communicator\n", what);
+      return 6;
+    }
+    if (spin % 64 == 0) {
+      for (int r = 0; r < c.nranks; ++r)
+        if (r != c.rank && !alive(c.sh->pid[r])) {
+          std::fprintf(stderr, "cuemu nccl: %s: rank %d (pid %d) is gone\n", what, r, c.sh->pid[r]);
+          return 6;
+        }
+      if (std::chrono::steady_clock::now() > deadline) {
+        std::fprintf(stderr, "cuemu nccl: %s: timed out\n", what);
+        return 6;
+      }
+    }
+    std::this_thread::sleep_for(std::chrono::microseconds(spin < 1000 ? 5 : 200));
+  }
+  return 0;
+}
+int barrier(NcclComm &c, const char *what) {
+  const uint32_t gen = c.sh->bar_gen.load();
+  if (c.sh->bar_count.fetch_add(1) + 1 == uint32_t(c.nranks)) {
+    c.sh->bar_count.store(0);
+    c.sh->bar_gen.fetch_add(1);
+    return 0;
+  }
+  return wait_until(c, [&] { return c.sh->bar_gen.load() != gen; }, what);
+}
+bool device_range(const void *p, size_t n) {
+  std::lock_guard<std::mutex> lk(g_mu);
+  return n == 0 || find(reinterpret_cast<uintptr_t>(p), n) != nullptr;
+}
+size_t nccl_size(int dt) { return dt == 7 ? 4 : dt == 8 ? 8 : 0; }  // ncclFloat32, ncclFloat64
+}  // namespace
+}  // namespace cuemu
+
+struct CuemuNcclId {
+  char internal[128];
+};
+EXPORT int ncclGetVersion(int *v) {
+  *v = 22300;
+  return 0;
+}
+EXPORT const char *ncclGetErrorString(int r) {
+  switch (r) {
+    case 0: return "no error";
+    case 2: return "unhandled system error";
+    case 4: return "invalid argument";
+    case 6: return "remote process exited or there was a network error";
+    default: return "cuemu nccl error";
+  }
+}
+EXPORT int ncclGetUniqueId(CuemuNcclId *id) {
+  std::memset(id->internal, 0, sizeof id->internal);
+  std::random_device rd;
+  std::snprintf(id->internal, sizeof id->internal, "/llmt-cuemu-nccl-%d-%08x%08x", int(getpid()), rd(), rd());
+  return 0;
+}
+EXPORT int ncclCommInitRank(void **out, int nranks, CuemuNcclId id, int rank) {
+  if (nranks < 1 || nranks > kMaxRanks || rank < 0 || rank >= nranks) return 4;
+  auto *c = new NcclComm();
+  c->rank = rank;
+  c->nranks = nranks;
+  c->name.assign(id.internal, strnlen(id.internal, sizeof id.internal));
+  c->map_len = nccl_map_len(nranks);
+  const int fd = ::shm_open(c->name.c_str(), O_CREAT | O_RDWR, 0600);
+  if (fd < 0 || ::ftruncate(fd, off_t(c->map_len)) != 0) {
+    std::fprintf(stderr, "cuemu nccl: shm_open/ftruncate %s failed\n", c->name.c_str());
+    if (fd >= 0) ::close(fd);
+    delete c;
+    return 2;
+  }
+  void *m = ::mmap(nullptr, c->map_len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  ::close(fd);
+  if (m == MAP_FAILED) {
+    delete c;
+    return 2;
+  }
+  c->sh = static_cast<NcclShared *>(m);
+  c->slots = static_cast<char *>(m) + 4096;
+  c->sh->pid[rank] = int32_t(getpid());
+  c->sh->joined.fetch_add(1);
+  if (int r = wait_until(*c, [&] { return c->sh->joined.load() >= uint32_t(nranks); }, "ncclCommInitRank")) {
+    ::munmap(m, c->map_len);
+    delete c;
+    return r;
+  }
+  if (int r = barrier(*c, "ncclCommInitRank")) {  // everyone has it mapped: the name can go
+    ::munmap(m, c->map_len);
+    delete c;
+    return r;
+  }
+  if (rank == 0) ::shm_unlink(c->name.c_str());
+  *out = c;
+  return 0;
+}
+// (blocking in this emulation: returns when every rank has joined)
+EXPORT int ncclCommInitRankConfig(void **out, int nranks, CuemuNcclId id, int rank, void *) {
+  return ncclCommInitRank(out, nranks, id, rank);
+}
+EXPORT int ncclCommGetAsyncError(void *, int *r) {
+  *r = 0;
+  return 0;
+}
+EXPORT int ncclCommDestroy(void *p) {
+  auto *c = static_cast<NcclComm *>(p);
+  ::munmap(c->sh, c->map_len);
+  delete c;
+  return 0;
+}
+EXPORT int ncclCommAbort(void *p) {
+  auto *c = static_cast<NcclComm *>(p);
+  c->sh->aborted.store(1);  // peers waiting in a collective fail at once instead of timing out
+  return ncclCommDestroy(p);
+}
+EXPORT int ncclGroupStart() { return 0; }
+EXPORT int ncclGroupEnd() { return 0; }
+EXPORT int ncclAllReduce(const void *send, void *recv, size_t count, int dt, int op, void *comm, void *) {
+  auto &c = *static_cast<NcclComm *>(comm);
+  const size_t es = nccl_size(dt);
+  if (!es || op != 0) return 4;  // sums of f32/f64 only (what the engine uses)
+  if (g_sticky) return 1;
+  if (!device_range(send, count * es) || !device_range(recv, count * es)) {
+    fail(1, "ncclAllReduce: a buffer is not device memory");
+    return 4;
+  }
+  const size_t per = kSlot / es;
+  for (size_t off = 0; off < count; off += per) {
+    const size_t n = std::min(per, count - off);
+    std::memcpy(c.slots + kSlot * size_t(c.rank), static_cast<const char *>(send) + off * es, n * es);
+    if (int r = barrier(c, "ncclAllReduce")) return r;
+    for (size_t i = 0; i < n; ++i) {
+      if (es == 4) {
+        float s = 0.0f;
+        for (int k = 0; k < c.nranks; ++k) s += reinterpret_cast<const float *>(c.slots + kSlot * size_t(k))[i];
+        static_cast<float *>(recv)[off + i] = s;
+      } else {
+        double s = 0.0;
+        for (int k = 0; k < c.nranks; ++k) s += reinterpret_cast<const double *>(c.slots + kSlot * size_t(k))[i];
+        static_cast<double *>(recv)[off + i] = s;
+      }
+    }
+    if (int r = barrier(c, "ncclAllReduce")) return r;  // slots are reused only after everyone has read them
+  }
+  return 0;
+}
+EXPORT int ncclBroadcast(const void *send, void *recv, size_t count, int dt, int root, void *comm, void *) {
+  auto &c = *static_cast<NcclComm *>(comm);
+  const size_t es = nccl_size(dt);
+  if (!es || root < 0 || root >= c.nranks) return 4;
+  if (g_sticky) return 1;
+  if ((c.rank == root && !device_range(send, count * es)) || !device_range(recv, count * es)) {
+    fail(1, "ncclBroadcast: a buffer is not device memory");
+    return 4;
+  }
+  const size_t per = kSlot / es;
+  for (size_t off = 0; off < count; off += per) {
+    const size_t n = std::min(per, count - off);
+    char *slot = c.slots + kSlot * size_t(root);
+    if (c.rank == root) std::memcpy(slot, static_cast<const char *>(send) + off * es, n * es);
+    if (int r = barrier(c, "ncclBroadcast")) return r;
+    if (c.rank != root || send != recv) std::memcpy(static_cast<char *>(recv) + off * es, slot, n * es);
+    if (int r = barrier(c, "ncclBroadcast")) return r;
+  }
   return 0;
 }
