@@ -1,0 +1,179 @@
+// Data parallelism on GPUs through the engine's CLI, on cuemu (native/tests/cuemu) with two emulated devices
+// (LLMT_CUEMU_DEVICES=2): each rank a separate llmt-engine process on cuda:LOCAL_RANK, gradients all-reduced by NCCL
+// over device buffers (cuemu's NCCL works between processes through shared memory with NCCL's semantics: device
+// buffers only, rank-order sums, a dead peer is an error). What must hold: 2 GPUs × micro-batch b follow 1 GPU ×
+// 2b; NCCL and Gloo (host-staged) give the same adapter bit for bit; without NCCL the run falls back to Gloo with a
+// warning; a killed rank stops its peer with a peer-lost error (no hang); misconfigured jobs are refused clearly.
+import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ENGINE, NATIVE, readSafetensors } from '../helpers/native';
+
+const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
+const EMU_NO_NCCL = path.join(NATIVE, '..', 'cuemu', 'gpu-noblas'); // the driver only: no cuBLAS, no NCCL
+const HAVE_EMU = fs.existsSync(path.join(EMU, 'libnccl.so.2'));
+const HAS_GLOO = fs.existsSync(path.join(NATIVE, 'libllmt_gloo.so'));
+if (!HAVE_EMU) console.warn(`multi-gpu-emulated: skipped — ${EMU}/libnccl.so.2 is missing (this engine build has no CUDA backend)`);
+
+type Ev = { event: string; loss?: number; code?: string; message?: string; hint?: string; step?: number; rank?: number; [k: string]: unknown };
+const parse = (s: string): Ev[] =>
+  s
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as Ev);
+
+let tmp: string;
+let model: string;
+let tokens: string;
+
+function port(): Promise<number> {
+  return new Promise((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+}
+
+function writeJob(name: string, o: { device?: string; world?: number; mb: number; backend?: string; steps?: number }) {
+  const file = path.join(tmp, `${name}.json`);
+  fs.writeFileSync(
+    file,
+    JSON.stringify({
+      model,
+      device: o.device ?? 'cuda',
+      lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj', 'o_proj', 'down_proj'] },
+      data: { train: tokens },
+      training: { learning_rate: 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3 },
+      output: { dir: path.join(tmp, name), logging_steps: 1, save_steps: 100 },
+      threads: 1,
+      ...(o.world && o.world > 1 ? { distributed: { world_size: o.world, backend: o.backend ?? 'auto', timeout_s: 60 } } : {}),
+    }),
+  );
+  return file;
+}
+
+type Result = { code: number | null; stdout: string; stderr: string; events: Ev[] };
+function collect(c: ChildProcess): Promise<Result> {
+  return new Promise((resolve) => {
+    let stdout = '';
+    let stderr = '';
+    c.stdout!.on('data', (d: Buffer) => (stdout += d.toString()));
+    c.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    c.on('close', (code) => resolve({ code, stdout, stderr, events: parse(stdout) }));
+  });
+}
+
+/** `world` ranks of one job with torchrun's variables, on the emulated GPUs (lib dir `libs`). */
+async function ranks(job: string, world: number, libs = EMU, onSpawn?: (procs: ChildProcess[]) => void): Promise<Result[]> {
+  const p = await port();
+  const procs = Array.from({ length: world }, (_, r) =>
+    spawn(ENGINE, ['train', '--job', job], {
+      env: {
+        ...process.env,
+        LLMT_CUDA_LIB_DIRS: libs,
+        LLMT_CUEMU_DEVICES: '2',
+        LLMT_CUEMU_NCCL_TIMEOUT_MS: '60000',
+        RANK: String(r),
+        WORLD_SIZE: String(world),
+        LOCAL_RANK: String(r),
+        LOCAL_WORLD_SIZE: String(world),
+        MASTER_ADDR: '127.0.0.1',
+        MASTER_PORT: String(p),
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    }),
+  );
+  onSpawn?.(procs);
+  return Promise.all(procs.map(collect));
+}
+const losses = (r: Result) => r.events.filter((e) => e.event === 'step').map((e) => e.loss!);
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-mgpu-'));
+  model = path.join(tmp, 'model');
+  expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', model]).status).toBe(0);
+  tokens = path.join(tmp, 'train.json');
+  const ids = Array.from({ length: 24 }, (_, i) => Array.from({ length: 20 }, (_, j) => ((5 * i + 3 * j) % 200) + 4));
+  fs.writeFileSync(tokens, JSON.stringify({ input_ids: ids, labels: ids.map((r) => r.map((t, j) => (j < 4 ? -100 : t))) }));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
+  it('lists two emulated GPUs', () => {
+    const r = spawnSync(ENGINE, ['--version'], { encoding: 'utf8', env: { ...process.env, LLMT_CUDA_LIB_DIRS: EMU, LLMT_CUEMU_DEVICES: '2' } });
+    expect(r.stdout).toMatch(/cuda: 2 device\(s\)[^\n]*\n\s+\[0\] cuemu[^\n]*\n\s+\[1\] cuemu/);
+  });
+
+  it('2 GPUs × micro-batch 2 follow 1 GPU × 4, over NCCL on cuda:0 and cuda:1', async () => {
+    const [one] = await ranks(writeJob('one', { mb: 4 }), 1);
+    expect(one!.code, one!.stderr).toBe(0);
+    const two = await ranks(writeJob('two', { world: 2, mb: 2 }), 2);
+    for (const r of two) expect(r.code, r.stderr + r.stdout).toBe(0);
+    const started = two[0]!.events.find((e) => e.event === 'started')!;
+    expect(started.backend).toBe('nccl');
+    expect(started.world_size).toBe(2);
+    expect((started.ranks as { device: string }[]).map((x) => x.device)).toEqual(['cuda:0', 'cuda:1']);
+    expect(two[0]!.events.some((e) => e.event === 'warning')).toBe(false);
+    const a = losses(one!), b = losses(two[0]!);
+    expect(b).toHaveLength(4);
+    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-6);
+    // rank 0 writes the adapter; rank 1 only trains
+    expect(fs.existsSync(path.join(tmp, 'two', 'adapter_model.safetensors'))).toBe(true);
+  }, 300_000);
+
+  it.skipIf(!HAS_GLOO)('NCCL and Gloo (host-staged) give the same adapter bit for bit', async () => {
+    const nccl = await ranks(writeJob('n2', { world: 2, mb: 2, backend: 'nccl' }), 2);
+    const gloo = await ranks(writeJob('g2', { world: 2, mb: 2, backend: 'gloo' }), 2);
+    for (const r of [...nccl, ...gloo]) expect(r.code, r.stderr).toBe(0);
+    const x = readSafetensors(path.join(tmp, 'n2', 'adapter_model.safetensors'));
+    const y = readSafetensors(path.join(tmp, 'g2', 'adapter_model.safetensors'));
+    expect([...x.keys()].sort()).toEqual([...y.keys()].sort());
+    for (const [k, v] of x) expect(Buffer.from(v.buffer).equals(Buffer.from(y.get(k)!.buffer)), k).toBe(true);
+  }, 300_000);
+
+  it.skipIf(!HAS_GLOO)('falls back to Gloo with a warning when NCCL cannot be loaded', async () => {
+    const r = await ranks(writeJob('fallback', { world: 2, mb: 2 }), 2, EMU_NO_NCCL);
+    for (const x of r) expect(x.code, x.stderr).toBe(0);
+    const started = r[0]!.events.find((e) => e.event === 'started')!;
+    expect(started.backend).toBe('gloo');
+    const w = r[0]!.events.find((e) => e.event === 'warning' && /NCCL is unavailable/.test(e.message ?? ''));
+    expect(w?.message).toMatch(/libnccl\.so\.2/);
+  }, 300_000);
+
+  it('a killed GPU rank stops its peer at once with a peer-lost error from NCCL', async () => {
+    const job = writeJob('killed', { world: 2, mb: 2, steps: 400 });
+    const t0 = Date.now();
+    const [r0, r1] = await ranks(job, 2, EMU, (procs) => {
+      let seen = '';
+      procs[0]!.stdout!.on('data', (d: Buffer) => {
+        seen += d.toString();
+        if (/"event":"step","step":2\b/.test(seen) && !procs[1]!.killed) procs[1]!.kill('SIGKILL');
+      });
+    });
+    expect(r1!.code).toBeNull(); // killed
+    expect(r0!.code).not.toBe(0);
+    const err = r0!.events.find((e) => e.event === 'error')!;
+    expect(err.message).toMatch(/rank 0 lost its peers/);
+    expect(err.message).toMatch(/nccl .*all-reduce failed on rank 0: .*remote process exited/);
+    expect(err.peer_lost).toBe(true);
+    expect(err.hint).toMatch(/Another rank failed or was killed/);
+    expect(Date.now() - t0).toBeLessThan(120_000); // not the 400 steps, not a hang
+  }, 300_000);
+
+  it('refuses a GPU index in a data-parallel job, and NCCL for CPU workers', async () => {
+    const idx = await ranks(writeJob('idx', { world: 2, mb: 2, device: 'cuda:1' }), 2);
+    const e = idx[0]!.events.find((x) => x.event === 'error')!;
+    expect(e.code).toBe('BAD_INPUT');
+    expect(e.message).toMatch(/name no GPU index .*CUDA_VISIBLE_DEVICES/);
+    const cpu = await ranks(writeJob('cpu-nccl', { world: 2, mb: 2, device: 'cpu', backend: 'nccl' }), 2);
+    const c = cpu[0]!.events.find((x) => x.event === 'error')!;
+    expect(c.code).toBe('UNSUPPORTED');
+    expect(c.message).toMatch(/needs GPU workers/);
+  }, 300_000);
+});
