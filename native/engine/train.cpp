@@ -1200,11 +1200,16 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       e.set("tokens_per_s", Json::number(log_tokens / std::max(1e-9, t - log_t0)));
       e.set("mem_bytes", Json::integer(rss_bytes()));
       e.set("peak_mem_bytes", Json::integer(peak_rss_bytes()));
+      const MemoryStats gm = be->memory_stats();  // a GPU's memory as its allocator holds it (0 on the CPU backend)
+      if (!be->host_memory()) {
+        e.set("gpu_mem_bytes", Json::integer(gm.reserved));
+        e.set("gpu_peak_mem_bytes", Json::integer(gm.peak_reserved));
+      }
       e.set("time", Json::number(t));
       emit(e);
       if (dist.on()) {
         // every rank's own throughput and memory, gathered into one event (slot r of a zeroed table)
-        constexpr int K = 9;
+        constexpr int K = 11;
         const double wall = std::max(1e-9, mono_s() - my_t0);
         std::vector<double> table(static_cast<size_t>(K * W), 0.0);
         double *row = table.data() + K * dist.rank();
@@ -1217,6 +1222,8 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         row[6] = my_grad_wait_s;
         row[7] = my_buckets;
         row[8] = my_buckets_early;
+        row[9] = static_cast<double>(gm.reserved);
+        row[10] = static_cast<double>(gm.peak_reserved);
         if (dist.allreduce(table.data(), table.size())) return comm_fail("the per-rank statistics of step " + std::to_string(step));
         Json rs = ev("rank_stats");
         rs.set("step", Json::integer(step));
@@ -1235,6 +1242,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
           o.set("grad_wait_s", Json::number(x[6]));
           o.set("buckets", Json::integer(static_cast<int64_t>(x[7])));
           o.set("buckets_overlapped", Json::integer(static_cast<int64_t>(x[8])));
+          if (!be->host_memory()) {  // every rank of a job runs on the same kind of device
+            o.set("gpu_mem_bytes", Json::integer(static_cast<int64_t>(x[9])));
+            o.set("gpu_peak_mem_bytes", Json::integer(static_cast<int64_t>(x[10])));
+          }
           ranks.push(o);
         }
         rs.set("ranks", ranks);

@@ -123,6 +123,13 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
     const a = losses(one!), b = losses(two[0]!);
     expect(b).toHaveLength(4);
     for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-6);
+    // GPU memory as each rank's allocator holds it, in the step events and per rank
+    const step = two[0]!.events.find((e) => e.event === 'step')!;
+    expect(step.gpu_mem_bytes as number).toBeGreaterThan(0);
+    expect(step.gpu_peak_mem_bytes as number).toBeGreaterThanOrEqual(step.gpu_mem_bytes as number);
+    const rs = two[0]!.events.find((e) => e.event === 'rank_stats')!;
+    for (const x of rs.ranks as { gpu_mem_bytes: number }[]) expect(x.gpu_mem_bytes).toBeGreaterThan(0);
+    expect(one!.events.find((e) => e.event === 'step')!.gpu_mem_bytes as number).toBeGreaterThan(0);
     // rank 0 writes the adapter; rank 1 only trains
     expect(fs.existsSync(path.join(tmp, 'two', 'adapter_model.safetensors'))).toBe(true);
   }, 300_000);
