@@ -309,8 +309,8 @@ void Model::to_device() {
     }
     put(p->dev_w, p->data);
     put(p->dev_g, p->trainable ? p->grad : std::vector<float>());
-    put(p->dev_m, p->adam_m);
-    put(p->dev_v, p->adam_v);
+    put(p->dev_m, p->host_optimizer ? std::vector<float>() : p->adam_m);
+    put(p->dev_v, p->host_optimizer ? std::vector<float>() : p->adam_v);
     if (!p->trainable && (p->dev_w || p->dev_half)) {  // frozen: never changes on the device, so the host copy goes
       std::vector<float>().swap(p->data);
       std::vector<uint16_t>().swap(p->half);

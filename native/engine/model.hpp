@@ -39,6 +39,7 @@ struct Param {
   std::vector<float> grad;        // allocated only when trainable
   std::vector<float> adam_m, adam_v;  // allocated by the optimizer
   bool trainable = false;
+  bool host_optimizer = false;    // AdamW moments stay in host memory on a device backend (training.offload_optimizer)
   bool decay = true;              // weight decay applies (HF: not to biases and norm weights)
   std::string save_name;          // key in adapter_model.safetensors when trainable
   int64_t numel() const;

@@ -75,6 +75,7 @@ struct Job {
   uint64_t seed = 42;
   bool checkpointing = false;
   std::string precision = "fp32";  // training.precision: frozen base weights in bf16/fp16 (Model::set_precision)
+  bool offload_optimizer = false;  // training.offload_optimizer: AdamW state and step in host memory (GPU runs)
   std::string out_dir;
   int64_t logging_steps = 10, save_steps = 500, eval_steps = 0, save_total_limit = 0;
   std::string resume_from;
@@ -148,7 +149,7 @@ llmt_status parse_job(const Json &j, Job &job) {
     if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "max_steps", "num_epochs",
                                           "micro_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay",
                                           "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "gradient_checkpointing",
-                                          "loss_normalization", "eval_batch_size", "precision"})))
+                                          "loss_normalization", "eval_batch_size", "precision", "offload_optimizer"})))
       return st;
     job.lr = t.get_number("learning_rate", job.lr);
     job.schedule = t.get_string("lr_scheduler", job.schedule);
@@ -168,6 +169,9 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.loss_norm = t.get_string("loss_normalization", "auto");
     job.eval_batch = t.get_int("eval_batch_size", job.micro_batch);
     job.precision = t.get_string("precision", "fp32");
+    if (t.has("offload_optimizer") && !t.get("offload_optimizer").is_bool())
+      return set_error(LLMT_ERR_BAD_INPUT, "job: training.offload_optimizer must be true or false");
+    job.offload_optimizer = t.get_bool("offload_optimizer", false);
     if (job.precision != "fp32" && job.precision != "bf16" && job.precision != "fp16")
       return set_error(LLMT_ERR_BAD_INPUT, "job: training.precision must be \"fp32\", \"bf16\" or \"fp16\" (got \"" + job.precision + "\")");
   }
@@ -885,6 +889,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     e.set("warmup_steps", Json::integer(warmup));
     e.set("loss_normalization", Json::string(loss_norm));
     e.set("threads", Json::integer(cpu::num_threads()));
+    e.set("offload_optimizer", Json::boolean(job.offload_optimizer && !model->backend().host_memory()));
     e.set("start_step", Json::integer(step));
     if (!resumed.empty()) e.set("resumed_from", Json::string(resumed));
     e.set("world_size", Json::integer(W));
@@ -895,6 +900,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       e.set("ranks", rank_info);
     }
     emit(e);
+    if (job.offload_optimizer && model->backend().host_memory()) {
+      Json w = ev("warning");
+      w.set("message", Json::string("training.offload_optimizer applies to GPU runs: on the CPU the optimizer state is in host memory already"));
+      emit(w);
+    }
   }
 
   std::vector<int64_t> order = epoch_order(n, job.seed, cur.epoch);
@@ -1027,7 +1037,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
 
   std::unique_ptr<GradReducer> reducer;
   // everything the host wrote (LoRA init, resume, rank 0's broadcast) goes to backend memory once; from here on the
-  // state stays there and only scalars (loss, grad norm) and checkpoints cross to the host
+  // state stays there and only scalars (loss, grad norm) and checkpoints cross to the host. With offload_optimizer on
+  // a GPU, the AdamW moments never go there: the step runs on the host (ZeRO-Offload's CPU Adam), taking the clipped
+  // gradients down and the updated weights up (8 bytes of GPU memory per trainable parameter saved).
+  const bool host_adam = job.offload_optimizer && !model->backend().host_memory();
+  for (Param *p : tp) p->host_optimizer = host_adam;
   model->to_device();
   std::shared_ptr<double> sq_acc;  // the grad-norm accumulator in backend memory
   if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb, model->backend());
@@ -1175,9 +1189,20 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         continue;
       }
       Param *p = tp[i];
-      model->backend().adamw_step(p->w(), p->g(), p->m(), p->v(), p->numel(), static_cast<float>(lr),
+      Backend &be = model->backend();
+      const float wd = p->decay ? static_cast<float>(job.weight_decay) : 0.0f;
+      if (host_adam) {  // the host holds the master weights and the moments; the device gets the new weights
+        const size_t bytes = sizeof(float) * static_cast<size_t>(p->numel());
+        be.download(p->grad.data(), p->g(), bytes);
+        cpu_backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(),
+                                 static_cast<float>(lr), static_cast<float>(job.beta1), static_cast<float>(job.beta2),
+                                 static_cast<float>(job.eps), wd, step + 1);
+        be.upload(p->w(), p->data.data(), bytes);
+        continue;
+      }
+      be.adamw_step(p->w(), p->g(), p->m(), p->v(), p->numel(), static_cast<float>(lr),
                       static_cast<float>(job.beta1), static_cast<float>(job.beta2), static_cast<float>(job.eps),
-                      p->decay ? static_cast<float>(job.weight_decay) : 0.0f, step + 1);
+                      wd, step + 1);
     }
     if (zero1 && gather_from_owners(dist, tp, owner, 0, nullptr, bucket_elems))
       return comm_fail("the ZeRO-1 parameter all-gather of step " + std::to_string(step + 1));

@@ -23,13 +23,13 @@ let model: string;
 let tokens: string;
 const emuEnv = (extra: Record<string, string> = {}) => ({ ...process.env, LLMT_CUDA_LIB_DIRS: EMU, ...extra });
 
-type Ev = { event: string; loss?: number; code?: string; message?: string; hint?: string; step?: number };
+type Ev = { event: string; loss?: number; code?: string; message?: string; hint?: string; step?: number; [k: string]: unknown };
 
 function train(
   name: string,
   device: string,
   precision: string,
-  extra: { env?: Record<string, string>; steps?: number; resume?: string; model?: string; targets?: string[] } = {},
+  extra: { env?: Record<string, string>; steps?: number; resume?: string; model?: string; targets?: string[]; offload?: boolean } = {},
 ) {
   const out = path.join(tmp, name);
   const job = path.join(tmp, `${name}.job.json`);
@@ -40,7 +40,10 @@ function train(
       device,
       lora: { r: 4, alpha: 8, dropout: 0.1, target_modules: extra.targets ?? ['q_proj', 'v_proj', 'o_proj', 'down_proj'] },
       data: { train: tokens },
-      training: { learning_rate: 0.01, max_steps: extra.steps ?? 6, micro_batch_size: 3, gradient_accumulation_steps: 2, seed: 3, precision },
+      training: {
+        learning_rate: 0.01, max_steps: extra.steps ?? 6, micro_batch_size: 3, gradient_accumulation_steps: 2, seed: 3, precision,
+        ...(extra.offload ? { offload_optimizer: true } : {}),
+      },
       output: { dir: out, logging_steps: 1, save_steps: 2 },
       ...(extra.resume ? { resume_from: extra.resume } : {}),
       threads: 2,
@@ -118,6 +121,36 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     expect(maxRel(cpu.losses, gpu.losses)).toBeLessThan(1e-2);
     expect(maxRel(notc.losses, gpu.losses)).toBeLessThan(1e-2);
     expect(maxRel(notc.losses, gpu.losses)).toBeGreaterThan(0); // the tensor-core kernels ran (they round P and dS too)
+  }, 300_000);
+
+  it('offload_optimizer: AdamW on the host gives the same run with 8 bytes per trainable parameter less on the GPU, and resumes', () => {
+    const dev = train('adam-dev', 'cuda', 'fp32');
+    const off = train('adam-host', 'cuda', 'fp32', { offload: true });
+    for (const r of [dev, off]) expect(r.status, r.stderr).toBe(0);
+    expect(off.events.find((e) => e.event === 'started')!.offload_optimizer).toBe(true);
+    expect(dev.events.find((e) => e.event === 'started')!.offload_optimizer).toBe(false);
+    expect(maxRel(dev.losses, off.losses)).toBeLessThan(1e-6);
+    const a = readSafetensors(path.join(dev.out, 'adapter_model.safetensors'));
+    const b = readSafetensors(path.join(off.out, 'adapter_model.safetensors'));
+    let worst = 0;
+    let trainable = 0;
+    for (const [k, v] of a) {
+      trainable += v.length;
+      v.forEach((x, i) => (worst = Math.max(worst, Math.abs(x - b.get(k)![i]!))));
+    }
+    expect(worst).toBeLessThan(1e-6);
+    const peak = (r: typeof dev) => Math.max(...r.events.filter((e) => e.event === 'step').map((e) => e.gpu_peak_mem_bytes as number));
+    // the moments (2 × 4 bytes per trainable parameter) never reach the GPU; allocations are rounded up to 512 bytes
+    expect(peak(dev) - peak(off)).toBeGreaterThanOrEqual(8 * trainable);
+    expect(peak(dev) - peak(off)).toBeLessThan(8 * trainable + 512 * 2 * a.size);
+    // the checkpoint holds the host moments; resuming from it continues the same run
+    const resumed = train('adam-host-resume', 'cuda', 'fp32', { offload: true, resume: path.join(off.out, 'checkpoint-4') });
+    expect(resumed.status, resumed.stderr).toBe(0);
+    expect(maxRel(resumed.losses, off.losses.slice(4))).toBeLessThan(1e-6);
+    // on the CPU the option changes nothing, and says so
+    const cpu = train('adam-cpu', 'cpu', 'fp32', { offload: true });
+    expect(cpu.status, cpu.stderr).toBe(0);
+    expect(cpu.events.some((e) => e.event === 'warning' && /offload_optimizer applies to GPU runs/.test(e.message ?? ''))).toBe(true);
   }, 300_000);
 
   it('device out-of-memory is an OOM error with a hint, and the last checkpoint stays intact', () => {
