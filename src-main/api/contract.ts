@@ -188,7 +188,10 @@ export interface RunPlan {
   warnings: string[];
   unsupported: string | null;
   fits: boolean;
+  /** free memory of the run's device; several GPUs: the least free among them */
   freeBytes: number;
+  /** GPU runs: each selected GPU (every worker holds the whole model, so the estimate is per GPU); empty on the CPU */
+  gpus: { index: number; freeBytes: number; fits: boolean }[];
   suggestions: string[];
   summary: string | null;
   estimate: { bytes: Record<string, number>; stepSeconds: number | null; totalSeconds: number | null; steps: number | null } | null;

@@ -79,13 +79,23 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['eval_steps', o.eval_steps],
     ['overwrite', o.overwrite_output_dir ? true : undefined],
   ]));
+  let gpus: number[] | null = null; // the GPUs --device names (null: no GPU --device)
   if (o.device) {
-    const m = /^(cpu|cuda)(?::(\d+))?$/.exec(String(o.device));
-    if (!m || (m[1] === 'cpu' && m[2] !== undefined)) throw new RunSpecError(`--device ${String(o.device)}: use cpu, cuda or cuda:N`);
-    set('devices', { kind: m[1], ids: m[2] !== undefined ? [Number(m[2])] : [] });
+    const m = /^(cpu|cuda)(?::(\d+(?:,\d+)*))?$/.exec(String(o.device).replace(/\s+/g, ''));
+    if (!m || (m[1] === 'cpu' && m[2] !== undefined)) throw new RunSpecError(`--device ${String(o.device)}: use cpu, cuda or cuda:N, or cuda:N,M,... for several GPUs (one worker each)`);
+    const ids = m[2] !== undefined ? m[2].split(',').map(Number) : [];
+    if (m[1] === 'cuda') gpus = ids;
+    set('devices', { kind: m[1], ids });
+  }
+  // a GPU --device sets the worker count (one per GPU: cuda:0,1 is two); --nproc_per_node may say so too, nothing else
+  const gpuWorkers = gpus ? Math.max(1, gpus.length) : undefined;
+  if (gpus && gpus.length >= 2 && o.nproc_per_node !== undefined && Number(o.nproc_per_node) !== gpus.length) {
+    throw new RunSpecError(`--nproc_per_node ${String(o.nproc_per_node)}: --device ${String(o.device)} runs one worker per GPU, so it must be ${gpus.length} (or left out)`, [
+      { path: 'distributed.nproc_per_node', message: `must be ${gpus.length}, the number of GPUs in --device` },
+    ]);
   }
   set('distributed', pick([
-    ['nproc_per_node', o.nproc_per_node],
+    ['nproc_per_node', o.nproc_per_node ?? gpuWorkers],
     ['zero_stage', o.zero_stage],
   ]));
   if (o.use_lora !== undefined) spec.method = bool(String(o.use_lora)) ? 'lora' : 'full';
@@ -167,9 +177,9 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--gradient_checkpointing', 'recompute activations in the backward pass')
     .option('--resume_from_checkpoint <dir>', 'a checkpoint-<step> folder, or "latest"')
     .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
-    .option('--device <d>', 'cpu, cuda or cuda:N (one GPU; without a usable GPU the engine falls back to the CPU with a warning)')
-    .option('--nproc_per_node <n>', 'data-parallel workers on this machine (torchrun\'s flag); each takes --per_device_train_batch_size samples per micro-batch', int)
-    .option('--zero_stage <n>', 'with --nproc_per_node > 1 and full fine-tuning: 1 shards the optimizer state over the workers', int)
+    .option('--device <d>', 'cpu, cuda, cuda:N (one GPU) or cuda:N,M,... (several GPUs: data parallel, one worker per GPU, each holding the whole model; the batch is split across them); without a usable GPU the engine falls back to the CPU with a warning')
+    .option('--nproc_per_node <n>', 'data-parallel workers on this machine (torchrun\'s flag); each takes --per_device_train_batch_size samples per micro-batch. On the CPU: any count; with --device cuda:N,M,...: the number of GPUs (implied; may be left out)', int)
+    .option('--zero_stage <n>', 'CPU workers only (--nproc_per_node > 1, full fine-tuning): 1 shards the optimizer state over the workers', int)
     .option('--json', 'print engine events as JSON lines', false)
     .action(async (o: Flags) => {
       let spec;

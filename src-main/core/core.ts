@@ -16,7 +16,7 @@ import * as models from './models/manager.js';
 import { modelsHome } from './models/download.js';
 import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
-import { parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
+import { gpuIds, parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
 import { planRun, type RunHandle, RunService } from './runs/service.js';
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
 import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher } from './engine/host.js';
@@ -446,7 +446,8 @@ export class Core {
         const spec = this.normalizeSpec(req.spec);
         const warnings: string[] = [];
         if (spec.training.precision !== 'fp32' && spec.method === 'full') warnings.push(`${spec.training.precision}: a full fine-tune trains every weight, so it computes in fp32 (the precision applies to frozen base weights)`);
-        if (spec.devices.kind === 'cuda' && !this.gpuListed(spec.devices.ids[0] ?? 0)) warnings.push(`GPU ${spec.devices.ids[0] ?? 0} is not usable here: the engine will fall back to the CPU`);
+        const missing = gpuIds(spec).filter((i) => !this.gpuListed(i));
+        if (missing.length) warnings.push(`GPU ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not usable here: the engine will fall back to the CPU`);
         if (fs.existsSync(spec.output.dir) && fs.readdirSync(spec.output.dir).length && !spec.output.overwrite && !spec.resume_from) {
           warnings.push(`the output folder ${spec.output.dir} is not empty: the run resumes from its last checkpoint if it has one, else it is refused (tick "overwrite")`);
         }
@@ -464,6 +465,7 @@ export class Core {
           unsupported: plan.unsupported,
           fits: plan.fits,
           freeBytes: plan.freeBytes,
+          gpus: plan.gpus,
           suggestions: plan.suggestions,
           summary: plan.summary,
           estimate: est

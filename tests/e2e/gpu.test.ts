@@ -58,18 +58,24 @@ describe.skipIf(!HAVE_EMU)('a fine-tune on a GPU from the wizard (emulated GPU)'
     expect(hw).toMatch(/GPU 0: cuemu/);
     await page.getByTestId('device-gpu-0').check();
     expect(await page.getByTestId('device-cpu').isChecked()).toBe(false);
+    // one worker per selected GPU (the CPU worker count is for CPU runs)
+    expect(await page.getByTestId('gpu-workers').textContent()).toMatch(/Workers: 1, one per selected GPU \(GPU 0\)/);
+    expect(await page.getByTestId('cpu-workers').count()).toBe(0);
     await screenshot(page, 'wizard-gpu-hardware');
     await page.getByTestId('wizard-next').click();
     await page.getByTestId('review-cli').waitFor();
     const cli = (await page.getByTestId('review-cli').textContent()) ?? '';
     expect(cli).toContain('--device cuda:0');
     expect(cli).toContain('--bf16');
+    // a GPU run's estimate is per GPU (every worker holds the whole model)
+    expect(await page.getByTestId('review-estimate').textContent()).toMatch(/Memory per GPU, on 1 GPU\(s\) \(0\): about .* needed on each/);
     const spec = JSON.parse((await page.getByTestId('review-spec').textContent()) ?? '{}') as { devices: { kind: string; ids: number[] }; training: { precision: string } };
     expect(spec.devices).toEqual({ kind: 'cuda', ids: [0] });
     expect(spec.training.precision).toBe('bf16');
     await page.getByTestId('wizard-launch').click();
     await page.getByTestId('screen-run').waitFor();
     const runId = Number(/#\/runs\/(\d+)$/.exec(page.url())![1]);
+    expect(await page.getByTestId('run-device').textContent()).toBe('GPU 0');
     await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 240_000, interval: 500 }).toBe('completed');
     const run = await api<{ status: string; lastStep: number }>('getRun', { id: runId });
     expect(run).toMatchObject({ status: 'completed', lastStep: 4 });

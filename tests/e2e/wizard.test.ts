@@ -183,6 +183,7 @@ describe('New fine-tune wizard', () => {
     await page.goto(`${app.url}#/runs/${run.id}`);
     await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 120_000, interval: 500 }).toBe('completed');
     await expect.poll(() => points('chart-rank-tokens'), { timeout: 10_000 }).toBeGreaterThan(0);
+    expect(await page.getByTestId('run-device').textContent()).toBe('CPU × 2 workers');
     expect(await page.getByTestId('chart-rank-memory').textContent()).toContain('Memory per worker');
     await shot('run-two-workers');
   }, 180_000);

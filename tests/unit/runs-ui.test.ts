@@ -65,20 +65,50 @@ describe('RunSpec → CLI command', () => {
     expect(specFromFlags(flags(args)).spec).toEqual(spec);
   });
 
-  it('round-trips one GPU with mixed precision, and refuses a malformed --device or several GPUs', () => {
+  it('round-trips one GPU with mixed precision, and refuses a malformed --device', () => {
     const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [1] }, training: { precision: 'bf16' } });
     const args = cliArgs(spec);
     expect(args).toEqual(expect.arrayContaining(['--device', 'cuda:1', '--bf16']));
     expect(specFromFlags(flags(args)).spec).toEqual(spec);
     expect(specFromFlags(flags(['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o', '--device', 'cuda'])).spec.devices).toEqual({ kind: 'cuda', ids: [] });
-    for (const bad of ['cuda:x', 'cpu:0', 'tpu']) {
+    for (const bad of ['cuda:x', 'cpu:0', 'tpu', 'cuda:0,', 'cuda:,1', 'cpu:0,1', 'cuda:0;1']) {
       expect(() => specFromFlags(flags(['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o', '--device', bad]))).toThrow(/use cpu, cuda or cuda:N/);
     }
-    expect(() => parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [0, 1] } })).toThrow(/one GPU per run/);
+    // one GPU: one worker (nproc_per_node left at 1; no distributed block in the job)
+    expect(spec.distributed.nproc_per_node).toBe(1);
+    expect(toEngineJob(spec, { train: '/t.tok', eval: null }, null)).not.toHaveProperty('distributed');
     // the engine job carries the device and the precision
     const job = toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { device: string; training: { precision: string } };
     expect(job.device).toBe('cuda:1');
     expect(job.training.precision).toBe('bf16');
+  });
+
+  it('round-trips several GPUs as --device cuda:0,1 (one worker per GPU, the count implied)', () => {
+    const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 }, training: { precision: 'bf16' } });
+    const args = cliArgs(spec);
+    expect(args).toEqual(expect.arrayContaining(['--device', 'cuda:0,1', '--bf16']));
+    expect(args).not.toContain('--nproc_per_node');
+    expect(cliCommand(spec)).toContain('--device cuda:0,1');
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+    // GPU order is kept (worker r computes on the r-th listed GPU), and three GPUs mean three workers
+    const three = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [3, 1, 2] }, distributed: { nproc_per_node: 3 } });
+    expect(cliArgs(three)).toEqual(expect.arrayContaining(['--device', 'cuda:3,1,2']));
+    expect(specFromFlags(flags(cliArgs(three))).spec).toEqual(three);
+  });
+
+  it('--device cuda:0,1 sets one worker per GPU; a contradicting --nproc_per_node is refused', () => {
+    const base = ['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o'];
+    const two = specFromFlags(flags([...base, '--device', 'cuda:0,1'])).spec;
+    expect(two.devices).toEqual({ kind: 'cuda', ids: [0, 1] });
+    expect(two.distributed).toEqual({ nproc_per_node: 2, zero_stage: 0 });
+    expect(specFromFlags(flags([...base, '--device', 'cuda:0,1', '--nproc_per_node', '2'])).spec).toEqual(two);
+    expect(() => specFromFlags(flags([...base, '--device', 'cuda:0,1', '--nproc_per_node', '3']))).toThrow(/--nproc_per_node 3: .* must be 2/);
+    // one GPU, several workers: refused by the spec with the field named
+    expect(() => specFromFlags(flags([...base, '--device', 'cuda:0', '--nproc_per_node', '2']))).toThrow(/distributed\.nproc_per_node: one worker per GPU/);
+    // ZeRO-1 is for CPU workers
+    expect(() => specFromFlags(flags([...base, '--device', 'cuda:0,1', '--use_lora', 'False', '--zero_stage', '1']))).toThrow(/distributed\.zero_stage: ZeRO-1 .* CPU workers only/);
+    // CPU workers keep --nproc_per_node as given
+    expect(specFromFlags(flags([...base, '--device', 'cpu', '--nproc_per_node', '3'])).spec.distributed.nproc_per_node).toBe(3);
   });
 
   it('quotes for a POSIX shell', () => {

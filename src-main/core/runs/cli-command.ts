@@ -1,7 +1,7 @@
 // cli-command.ts — a RunSpec written back as the `llms-train train` command line with the seed's flag names,
 // so what the wizard built can be run (and scripted) from a terminal. Only what differs from the defaults is
 // written; `specFromFlags(parse(cliCommand(spec)))` gives the same RunSpec back (tested).
-import { RunSpec } from './runspec.js';
+import { isMultiGpu, RunSpec } from './runspec.js';
 
 /** POSIX-shell quoting: bare when safe, else single quotes. */
 export function shellQuote(s: string): string {
@@ -60,8 +60,9 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('logging_steps', spec.output.logging_steps, d.output.logging_steps);
   flag('save_steps', spec.output.save_steps, d.output.save_steps);
   flag('eval_steps', spec.output.eval_steps, d.output.eval_steps);
-  flag('device', spec.devices.kind === 'cuda' && spec.devices.ids.length ? `cuda:${spec.devices.ids[0]}` : spec.devices.kind, 'cpu');
-  flag('nproc_per_node', spec.distributed.nproc_per_node, d.distributed.nproc_per_node);
+  flag('device', spec.devices.kind === 'cuda' && spec.devices.ids.length ? `cuda:${spec.devices.ids.join(',')}` : spec.devices.kind, 'cpu');
+  // several GPUs: one worker each, so --device cuda:0,1 says the worker count too
+  if (!isMultiGpu(spec)) flag('nproc_per_node', spec.distributed.nproc_per_node, d.distributed.nproc_per_node);
   flag('zero_stage', spec.distributed.zero_stage, d.distributed.zero_stage);
   flag('resume_from_checkpoint', spec.resume_from);
   return a;

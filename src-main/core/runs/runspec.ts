@@ -88,10 +88,39 @@ export const RunSpec = z
     message: 'model.quantization (QLoRA) needs method "lora": the 4-bit base weights are frozen',
     path: ['model', 'quantization'],
   })
-  .refine((s) => s.devices.kind !== 'cuda' || s.devices.ids.length <= 1, {
-    message: 'one GPU per run for now: data parallelism over several GPUs (NCCL) has not been validated on GPUs yet',
-    path: ['devices', 'ids'],
+  // GPUs: one worker per GPU, each holding the whole model; several GPUs are data parallel (docs/distributed.md)
+  .superRefine((s, ctx) => {
+    const ids = s.devices.ids;
+    if (new Set(ids).size !== ids.length) ctx.addIssue({ code: 'custom', message: `each GPU may be listed once (got ${ids.join(', ')})`, path: ['devices', 'ids'] });
+    if (s.devices.kind !== 'cuda') return;
+    const n = s.distributed.nproc_per_node;
+    if (ids.length >= 2 && n !== ids.length) {
+      ctx.addIssue({ code: 'custom', message: `a run on several GPUs has one worker per GPU: nproc_per_node must be ${ids.length} (the number of GPUs in devices.ids), not ${n}`, path: ['distributed', 'nproc_per_node'] });
+    } else if (ids.length < 2 && n > 1) {
+      ctx.addIssue({ code: 'custom', message: `one worker per GPU: ${n} workers on one GPU are not supported; to train on several GPUs list them in devices.ids (--device cuda:0,1)`, path: ['distributed', 'nproc_per_node'] });
+    }
+    if (ids.length >= 2 && s.distributed.zero_stage !== 0) {
+      ctx.addIssue({ code: 'custom', message: 'ZeRO-1 (zero_stage 1) is supported for CPU workers only: on several GPUs every worker keeps the whole optimizer state; use zero_stage 0', path: ['distributed', 'zero_stage'] });
+    }
   });
+
+/** Whether the spec trains on several GPUs (one worker per GPU, CUDA_VISIBLE_DEVICES set per worker). */
+export function isMultiGpu(spec: Pick<RunSpec, 'devices'>): boolean {
+  return spec.devices.kind === 'cuda' && spec.devices.ids.length >= 2;
+}
+
+/** The GPUs a cuda spec computes on (no id: GPU 0, as the engine's "cuda" means); none for a CPU spec. */
+export function gpuIds(spec: Pick<RunSpec, 'devices'>): number[] {
+  if (spec.devices.kind !== 'cuda') return [];
+  return spec.devices.ids.length ? [...spec.devices.ids] : [0];
+}
+
+/** A run's devices as people read them: "CPU", "CPU × 2 workers", "GPU 0", "GPU 0, 1". */
+export function deviceLabel(spec: Pick<RunSpec, 'devices' | 'distributed'>): string {
+  if (spec.devices.kind === 'cuda') return `GPU ${gpuIds(spec).join(', ')}`;
+  const n = spec.distributed?.nproc_per_node ?? 1;
+  return n > 1 ? `CPU × ${n} workers` : 'CPU';
+}
 
 export type RunSpec = z.output<typeof RunSpec>;
 export type RunSpecInput = z.input<typeof RunSpec>;
@@ -163,7 +192,10 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
       if (typeof v === 'number') training.gradient_accumulation_steps = v;
     } else if (k === 'zero_optimization') {
       const stage = typeof v === 'object' && v !== null ? (v as { stage?: unknown }).stage : undefined;
-      if (typeof stage === 'number' && stage >= 1) {
+      if (typeof stage === 'number' && stage >= 1 && spec.devices?.kind === 'cuda') {
+        // the engine shards optimizer state on CPU workers only: GPU workers each keep all of it
+        warnings.push(`deepspeed zero_optimization.stage ${stage}: ZeRO is not done on GPUs (each GPU worker keeps the whole optimizer state); ignored`);
+      } else if (typeof stage === 'number' && stage >= 1) {
         distributed = { ...distributed, zero_stage: 1 };
         if (stage > 1) warnings.push(`deepspeed zero_optimization.stage ${stage}: the engine shards optimizer state only (ZeRO-1, full fine-tuning); gradients and parameters stay whole on each worker`);
       }
@@ -186,7 +218,8 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     model: spec.model.path,
     method: spec.method,
     // the engine computes on this device; without a usable GPU it falls back to the CPU and says so (a warning event)
-    device: spec.devices.kind === 'cuda' ? `cuda:${spec.devices.ids[0] ?? 0}` : 'cpu',
+    // several GPUs: "cuda" — each worker sees only the run's GPUs (CUDA_VISIBLE_DEVICES) and takes cuda:LOCAL_RANK
+    device: spec.devices.kind === 'cuda' ? (isMultiGpu(spec) ? 'cuda' : `cuda:${spec.devices.ids[0] ?? 0}`) : 'cpu',
     ...(spec.model.quantization !== 'none' ? { quantization: spec.model.quantization } : {}),
     ...(spec.method === 'lora'
       ? { lora: { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, target_modules: spec.lora.target_modules ?? [], modules_to_save: spec.lora.modules_to_save } }
@@ -210,7 +243,8 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },
     ...(resumeFrom ? { resume_from: resumeFrom } : {}),
     ...(spec.distributed.nproc_per_node > 1
-      ? { distributed: { world_size: spec.distributed.nproc_per_node, backend: spec.devices.kind === 'cuda' ? 'nccl' : 'gloo', zero_stage: spec.distributed.zero_stage } }
+      ? // GPU workers: "auto" — NCCL, or Gloo (with a warning event) where NCCL cannot load
+        { distributed: { world_size: spec.distributed.nproc_per_node, backend: spec.devices.kind === 'cuda' ? 'auto' : 'gloo', zero_stage: spec.distributed.zero_stage } }
       : {}),
   };
 }

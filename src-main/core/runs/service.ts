@@ -6,6 +6,8 @@
 // With distributed.nproc_per_node = N it starts N workers (torchrun's variables, a loopback rendezvous): one
 // run row, rank 0's events drive it, every rank's stderr lands in train.log prefixed with its rank, and if
 // any rank fails all are stopped and the run records the failing rank's own error (not its peers' echoes).
+// On several GPUs (devices.ids = [i0, i1, ...]) it is the same, one worker per GPU, each seeing only the run's
+// GPUs (CUDA_VISIBLE_DEVICES) and computing on cuda:LOCAL_RANK.
 import { type ChildProcessWithoutNullStreams, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -14,10 +16,10 @@ import readline from 'node:readline';
 
 import { prepareDataset } from '../data/prepare.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
-import { engineBinary, listDevices, loadEngine } from '../engine/native.js';
+import { engineBinary, listDevices, loadEngine, type NativeDevice } from '../engine/native.js';
 import { describeEstimate, type Estimate, estimateRun, suggestions } from './estimate.js';
 import type { MetricPoint, RunRow, Store } from '../store/store.js';
-import { type RunSpec, RUNSPEC_VERSION, toEngineJob } from './runspec.js';
+import { deviceLabel, gpuIds, isMultiGpu, type RunSpec, RUNSPEC_VERSION, toEngineJob } from './runspec.js';
 
 export interface EngineEvent {
   event: string;
@@ -57,31 +59,110 @@ export interface StartOptions {
 
 export interface RunPlan {
   estimate: Estimate | null;
-  /** Free memory of the chosen device in bytes (0 when unknown). */
+  /** Free memory of the chosen device in bytes (0 when unknown); several GPUs: the least free among them. */
   freeBytes: number;
   fits: boolean;
   suggestions: string[];
   /** The model cannot be trained by this engine (and why), or null. */
   unsupported: string | null;
   summary: string | null;
+  /** GPU runs: each selected GPU's free memory (0: unknown) and whether one worker's estimate fits in it. */
+  gpus: GpuFit[];
 }
 
-/** The pre-flight check: the memory/time estimate against the free memory of the run's device. */
+export interface GpuFit {
+  index: number;
+  freeBytes: number;
+  fits: boolean;
+}
+
+export interface FitCheck {
+  fits: boolean;
+  /** CPU: the host's free memory; GPUs: the least free among the run's GPUs (0 when unknown). */
+  freeBytes: number;
+  /** What the whole run needs of that memory: CPU workers share the host; each GPU worker has its GPU. */
+  needBytes: number;
+  /** GPU runs: one entry per selected GPU. */
+  gpus: GpuFit[];
+}
+
+type FitDevice = Pick<NativeDevice, 'kind' | 'index' | 'memoryFree'>;
+
+/**
+ * Whether a run whose one worker needs `workerBytes` fits. CPU workers share this machine's memory (the
+ * estimate times the workers); on GPUs every worker holds the whole model on its own GPU, so the estimate is
+ * checked against the free memory of EACH selected GPU, and the run does not fit if any of them lacks room.
+ * A device whose free memory is unknown (0, or not listed) is not checked.
+ */
+export function fitCheck(workerBytes: number, spec: Pick<RunSpec, 'devices' | 'distributed'>, devices: readonly FitDevice[]): FitCheck {
+  if (spec.devices.kind === 'cuda') {
+    const gpus = gpuIds(spec).map((index) => {
+      const free = devices.find((d) => d.kind === 'cuda' && d.index === index)?.memoryFree ?? 0;
+      return { index, freeBytes: free, fits: !(free > 0 && workerBytes > free) };
+    });
+    const known = gpus.filter((g) => g.freeBytes > 0).map((g) => g.freeBytes);
+    return { fits: gpus.every((g) => g.fits), freeBytes: known.length ? Math.min(...known) : 0, needBytes: workerBytes, gpus };
+  }
+  const free = devices.find((d) => d.kind === 'cpu')?.memoryFree ?? 0;
+  const need = workerBytes * spec.distributed.nproc_per_node;
+  return { fits: !(free > 0 && need > free), freeBytes: free, needBytes: need, gpus: [] };
+}
+
+const gib = (b: number) => `${(b / 2 ** 30).toFixed(2)} GiB`;
+
+/** The GPUs that lack room, said plainly (first among the suggestions of a multi-GPU run that does not fit). */
+export function gpuShortfall(check: FitCheck): string | null {
+  const short = check.gpus.filter((g) => !g.fits);
+  if (!short.length || check.gpus.length < 2) return null;
+  return `${short.map((g) => `GPU ${g.index} has ${gib(g.freeBytes)} free`).join(', ')}, below the ${gib(check.needBytes)} each worker needs (every GPU holds the whole model): free memory there or leave ${short.length > 1 ? 'them' : 'it'} out`;
+}
+
+/** The pre-flight check: the memory/time estimate against the free memory of the run's device(s). */
 export async function planRun(spec: RunSpec): Promise<RunPlan> {
   const engine = loadEngine();
-  if (!engine.addon) return { estimate: null, freeBytes: 0, fits: true, suggestions: [], unsupported: null, summary: null };
+  if (!engine.addon) return { estimate: null, freeBytes: 0, fits: true, suggestions: [], unsupported: null, summary: null, gpus: [] };
   const info = await engine.addon.inspect(spec.model.path);
-  if (!info.supported) return { estimate: null, freeBytes: 0, fits: false, suggestions: [], unsupported: info.reason ?? `model_type ${info.model_type} is not supported`, summary: null };
+  if (!info.supported) return { estimate: null, freeBytes: 0, fits: false, suggestions: [], unsupported: info.reason ?? `model_type ${info.model_type} is not supported`, summary: null, gpus: [] };
   const devices = listDevices(engine);
   const cpu = devices.find((d) => d.kind === 'cpu');
   const est = estimateRun(info, spec, cpu?.threads ?? 1);
-  // a GPU run is checked against that GPU's free memory (0 when the driver does not say: no check)
-  const gpu = spec.devices.kind === 'cuda' ? devices.find((d) => d.kind === 'cuda' && d.index === (spec.devices.ids[0] ?? 0)) : undefined;
-  const free = spec.devices.kind === 'cuda' ? (gpu?.memoryFree ?? 0) : (cpu?.memoryFree ?? 0);
-  // CPU workers of one run share this machine's memory
-  const workers = spec.devices.kind === 'cpu' ? spec.distributed.nproc_per_node : 1;
-  const fits = !(free > 0 && est.bytes.total * workers > free);
-  return { estimate: est, freeBytes: free, fits, suggestions: fits ? [] : suggestions(spec), unsupported: null, summary: describeEstimate(est) };
+  const check = fitCheck(est.bytes.total, spec, devices);
+  const short = gpuShortfall(check);
+  const multi = isMultiGpu(spec);
+  return {
+    estimate: est,
+    freeBytes: check.freeBytes,
+    fits: check.fits,
+    suggestions: check.fits ? [] : [...(short ? [short] : []), ...suggestions(spec)],
+    unsupported: null,
+    summary: describeEstimate(est) + (multi ? `; per GPU, on ${check.gpus.length} GPUs (${deviceLabel(spec)}), one worker each` : ''),
+    gpus: check.gpus,
+  };
+}
+
+/**
+ * The environment of one engine worker. One worker: the parent's, untouched. Several: torchrun's variables
+ * (docs/distributed.md) with a loopback rendezvous; a run on several GPUs also sets CUDA_VISIBLE_DEVICES to
+ * the run's GPUs so each worker takes cuda:LOCAL_RANK of them. The ids are CUDA ordinals as listDevices reports
+ * them, i.e. as this process sees the GPUs: under an inherited CUDA_VISIBLE_DEVICES they index that list.
+ */
+export function workerEnv(spec: Pick<RunSpec, 'devices' | 'distributed'>, rank: number, port: number, base: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const n = spec.distributed.nproc_per_node;
+  if (n <= 1) return base;
+  const env: NodeJS.ProcessEnv = { ...base, RANK: String(rank), WORLD_SIZE: String(n), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(n), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) };
+  if (isMultiGpu(spec)) {
+    const inherited = (base.CUDA_VISIBLE_DEVICES ?? '').split(',').map((x) => x.trim()).filter(Boolean);
+    env.CUDA_VISIBLE_DEVICES = spec.devices.ids.map((i) => (inherited.length ? (inherited[i] ?? String(i)) : String(i))).join(',');
+  }
+  return env;
+}
+
+/** Whether two runs compete for a device: any shared GPU, or both on the CPU. */
+export function devicesOverlap(a: Pick<RunSpec, 'devices'>, b: Pick<RunSpec, 'devices'>): boolean {
+  if (a.devices.kind !== b.devices.kind) return false;
+  if (a.devices.kind === 'cpu') return true;
+  const ga = new Set(gpuIds(a));
+  return gpuIds(b).some((i) => ga.has(i));
 }
 
 const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'epoch'] as const;
@@ -151,7 +232,6 @@ export class RunService {
 
   /** Waits while another live run uses the same devices (its worker process is checked, not just the row). */
   private async waitForDevices(runId: number, spec: RunSpec, log: (l: string) => void, onQueued?: (runId: number) => void): Promise<'ok' | 'stopped'> {
-    const key = (s: RunSpec) => `${s.devices.kind}:${[...s.devices.ids].sort().join(',')}`;
     const alive = (pid: number | null) => {
       if (!pid) return false;
       try {
@@ -166,10 +246,10 @@ export class RunService {
       if (this.stopQueued.has(runId)) return 'stopped';
       const busy = this.store.runs
         .list({ status: 'running' })
-        .find((r) => r.id !== runId && r.spec && key(r.spec as RunSpec) === key(spec) && alive(r.workerPid));
+        .find((r) => r.id !== runId && (r.spec as RunSpec | null)?.devices && devicesOverlap(r.spec as RunSpec, spec) && alive(r.workerPid));
       if (!busy) return 'ok';
       if (announced !== busy.id) {
-        log(`queued: waiting for run #${busy.id} (${busy.name}) to free ${spec.devices.kind}${spec.devices.ids.length ? ` ${spec.devices.ids.join(',')}` : ''}`);
+        log(`queued: waiting for run #${busy.id} (${busy.name}) to free ${deviceLabel(busy.spec as RunSpec)}`);
         if (!announced) onQueued?.(runId);
         announced = busy.id;
       }
@@ -186,8 +266,11 @@ export class RunService {
     if (plan.unsupported) throw new Error(plan.unsupported);
     if (plan.summary) log(`estimate: ${plan.summary}`);
     if (!plan.fits && !opt.ignoreEstimate) {
+      const short = plan.gpus.filter((g) => !g.fits);
       const err = new Error(
-        `this run will not fit: it needs about ${((plan.estimate?.bytes.total ?? 0) / 2 ** 30).toFixed(2)} GiB but ${(plan.freeBytes / 2 ** 30).toFixed(2)} GiB is free (${plan.summary})`,
+        plan.gpus.length > 1
+          ? `this run will not fit: each of its ${plan.gpus.length} GPU workers needs about ${gib(plan.estimate?.bytes.total ?? 0)} but ${short.map((g) => `GPU ${g.index} has ${gib(g.freeBytes)}`).join(', ')} free (${plan.summary})`
+          : `this run will not fit: it needs about ${gib(plan.estimate?.bytes.total ?? 0)} but ${gib(plan.freeBytes)} is free (${plan.summary})`,
       ) as Error & { hint?: string };
       err.hint = plan.suggestions.join('; ');
       throw err;
@@ -282,11 +365,8 @@ export class RunService {
     const port = nproc > 1 ? await freePort() : 0;
     const workers: ChildProcessWithoutNullStreams[] = [];
     for (let rank = 0; rank < nproc; rank++) {
-      // torchrun's variables; the engine reads them (docs/distributed.md)
-      const env = nproc > 1
-        ? { ...process.env, RANK: String(rank), WORLD_SIZE: String(nproc), LOCAL_RANK: String(rank), LOCAL_WORLD_SIZE: String(nproc), MASTER_ADDR: '127.0.0.1', MASTER_PORT: String(port) }
-        : process.env;
-      const w = spawn(exe, ['train', '--job', jobFile], { stdio: ['pipe', 'pipe', 'pipe'], env });
+      // torchrun's variables (and, on several GPUs, CUDA_VISIBLE_DEVICES); the engine reads them
+      const w = spawn(exe, ['train', '--job', jobFile], { stdio: ['pipe', 'pipe', 'pipe'], env: workerEnv(spec, rank, port) });
       w.stdin.on('error', () => {}); // a control line to a worker that has just exited
       workers.push(w);
     }

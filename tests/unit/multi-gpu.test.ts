@@ -1,0 +1,160 @@
+// Several local GPUs in one run (data parallel, one worker per GPU): what the RunSpec accepts and refuses (with
+// the field named), the engine job it becomes, the per-GPU memory check, the workers' environments
+// (CUDA_VISIBLE_DEVICES for multi-GPU runs only), the device queue, and the seed's DeepSpeed ZeRO on GPUs.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { describe, expect, it } from 'vitest';
+
+import { applyDeepspeed, deviceLabel, parseRunSpec, RunSpecError, toEngineJob } from '../../src-main/core/runs/runspec';
+import { devicesOverlap, fitCheck, gpuShortfall, workerEnv } from '../../src-main/core/runs/service';
+
+const base = { model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' } };
+const gpus = (ids: number[], distributed: object = { nproc_per_node: ids.length }) => parseRunSpec({ ...base, devices: { kind: 'cuda', ids }, distributed });
+
+/** The field errors of a refused spec (fails the test if it is accepted). */
+function refused(input: object): { path: string; message: string }[] {
+  try {
+    parseRunSpec(input);
+  } catch (err) {
+    expect(err).toBeInstanceOf(RunSpecError);
+    return (err as RunSpecError).fields;
+  }
+  throw new Error('the spec was accepted');
+}
+
+const GiB = 2 ** 30;
+
+describe('RunSpec on several GPUs', () => {
+  it('accepts two GPUs with one worker each', () => {
+    const spec = gpus([0, 1]);
+    expect(spec.devices).toEqual({ kind: 'cuda', ids: [0, 1] });
+    expect(spec.distributed).toEqual({ nproc_per_node: 2, zero_stage: 0 });
+    expect(deviceLabel(spec)).toBe('GPU 0, 1');
+    expect(deviceLabel(gpus([1]))).toBe('GPU 1');
+    expect(deviceLabel(parseRunSpec({ ...base, distributed: { nproc_per_node: 2 } }))).toBe('CPU × 2 workers');
+  });
+
+  it('refuses a worker count that is not one per GPU, naming the field', () => {
+    // two GPUs, the default single worker / three workers
+    expect(refused({ ...base, devices: { kind: 'cuda', ids: [0, 1] } })).toEqual([{ path: 'distributed.nproc_per_node', message: expect.stringMatching(/one worker per GPU: nproc_per_node must be 2 .*not 1/) }]);
+    expect(refused({ ...base, devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 3 } })).toEqual([{ path: 'distributed.nproc_per_node', message: expect.stringMatching(/must be 2 .*not 3/) }]);
+    // one GPU (or "cuda" without an id) with several workers
+    expect(refused({ ...base, devices: { kind: 'cuda', ids: [1] }, distributed: { nproc_per_node: 2 } })).toEqual([{ path: 'distributed.nproc_per_node', message: expect.stringMatching(/one worker per GPU: 2 workers on one GPU/) }]);
+    expect(refused({ ...base, devices: { kind: 'cuda', ids: [] }, distributed: { nproc_per_node: 2 } })[0]!.path).toBe('distributed.nproc_per_node');
+    // a GPU listed twice
+    expect(refused({ ...base, devices: { kind: 'cuda', ids: [0, 0] }, distributed: { nproc_per_node: 2 } })).toEqual([{ path: 'devices.ids', message: expect.stringMatching(/each GPU may be listed once/) }]);
+  });
+
+  it('refuses ZeRO-1 on several GPUs (CPU workers only) and keeps it for CPU workers', () => {
+    expect(refused({ ...base, method: 'full', devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2, zero_stage: 1 } })).toEqual([
+      { path: 'distributed.zero_stage', message: expect.stringMatching(/ZeRO-1 .*CPU workers only/) },
+    ]);
+    expect(parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: 2, zero_stage: 1 } }).distributed.zero_stage).toBe(1);
+  });
+
+  it("maps the seed's DeepSpeed ZeRO to nothing on GPUs, with a warning", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-mgpu-'));
+    const f = path.join(dir, 'ds.json');
+    fs.writeFileSync(f, JSON.stringify({ zero_optimization: { stage: 2 } }));
+    const r = applyDeepspeed({ ...base, devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 } }, f);
+    expect(parseRunSpec(r.spec).distributed).toEqual({ nproc_per_node: 2, zero_stage: 0 });
+    expect(r.warnings.join('\n')).toMatch(/ZeRO is not done on GPUs/);
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+});
+
+describe('the engine job', () => {
+  const job = (spec: ReturnType<typeof parseRunSpec>) => toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { device: string; distributed?: unknown };
+
+  it('of two GPUs: device "cuda" (no index) and a distributed block with backend "auto"', () => {
+    const j = job(gpus([2, 5]));
+    expect(j.device).toBe('cuda');
+    expect(j.distributed).toEqual({ world_size: 2, backend: 'auto', zero_stage: 0 });
+  });
+
+  it('of one GPU: cuda:N and no distributed block; of CPU workers: Gloo', () => {
+    const one = job(gpus([3]));
+    expect(one.device).toBe('cuda:3');
+    expect(one).not.toHaveProperty('distributed');
+    const cpu = job(parseRunSpec({ ...base, distributed: { nproc_per_node: 2 } }));
+    expect(cpu.device).toBe('cpu');
+    expect(cpu.distributed).toEqual({ world_size: 2, backend: 'gloo', zero_stage: 0 });
+  });
+});
+
+describe('the pre-flight memory check', () => {
+  const devices = [
+    { kind: 'cpu' as const, index: 0, memoryFree: 16 * GiB },
+    { kind: 'cuda' as const, index: 0, memoryFree: 10 * GiB },
+    { kind: 'cuda' as const, index: 1, memoryFree: 3 * GiB },
+    { kind: 'cuda' as const, index: 2, memoryFree: 12 * GiB },
+  ];
+
+  it('checks one worker against EACH selected GPU, not their sum', () => {
+    // 4 GiB per worker: fits on GPU 0 and 2, not on GPU 1 (though 10 + 3 GiB together would hold 2 × 4)
+    const c = fitCheck(4 * GiB, gpus([0, 1]), devices);
+    expect(c.fits).toBe(false);
+    expect(c.needBytes).toBe(4 * GiB);
+    expect(c.freeBytes).toBe(3 * GiB);
+    expect(c.gpus).toEqual([
+      { index: 0, freeBytes: 10 * GiB, fits: true },
+      { index: 1, freeBytes: 3 * GiB, fits: false },
+    ]);
+    expect(gpuShortfall(c)).toMatch(/^GPU 1 has 3\.00 GiB free, below the 4\.00 GiB each worker needs/);
+    const ok = fitCheck(4 * GiB, gpus([0, 2]), devices);
+    expect(ok).toMatchObject({ fits: true, freeBytes: 10 * GiB });
+    expect(gpuShortfall(ok)).toBeNull();
+    // 11 GiB: only GPU 2 has room, so two GPUs whose sum (22 GiB) is ample still do not fit
+    expect(fitCheck(11 * GiB, gpus([0, 2]), devices).fits).toBe(false);
+  });
+
+  it('checks a single GPU against its own free memory, and skips GPUs whose free memory is unknown', () => {
+    expect(fitCheck(4 * GiB, gpus([1]), devices)).toMatchObject({ fits: false, freeBytes: 3 * GiB });
+    expect(fitCheck(4 * GiB, gpus([2]), devices)).toMatchObject({ fits: true, freeBytes: 12 * GiB });
+    // GPU 7 is not listed: not checked
+    expect(fitCheck(4 * GiB, gpus([2, 7]), devices)).toMatchObject({ fits: true, freeBytes: 12 * GiB });
+  });
+
+  it('keeps CPU workers sharing the host memory', () => {
+    const cpu = (n: number) => parseRunSpec({ ...base, distributed: { nproc_per_node: n } });
+    expect(fitCheck(6 * GiB, cpu(2), devices)).toMatchObject({ fits: true, needBytes: 12 * GiB, freeBytes: 16 * GiB, gpus: [] });
+    expect(fitCheck(6 * GiB, cpu(3), devices)).toMatchObject({ fits: false, needBytes: 18 * GiB });
+  });
+});
+
+describe("the workers' environment", () => {
+  const parent = { PATH: '/usr/bin', HOME: '/home/u' };
+
+  it('sets CUDA_VISIBLE_DEVICES to the GPU ids in every worker of a multi-GPU run, with torchrun variables', () => {
+    const spec = gpus([1, 3]);
+    const envs = [0, 1].map((r) => workerEnv(spec, r, 29500, parent));
+    expect(envs.map((e) => e.CUDA_VISIBLE_DEVICES)).toEqual(['1,3', '1,3']);
+    expect(envs[1]).toMatchObject({ RANK: '1', WORLD_SIZE: '2', LOCAL_RANK: '1', LOCAL_WORLD_SIZE: '2', MASTER_ADDR: '127.0.0.1', MASTER_PORT: '29500', PATH: '/usr/bin' });
+  });
+
+  it('maps the ids through an inherited CUDA_VISIBLE_DEVICES (the ordinals this process sees)', () => {
+    expect(workerEnv(gpus([0, 2]), 0, 1, { ...parent, CUDA_VISIBLE_DEVICES: '4,5,6' }).CUDA_VISIBLE_DEVICES).toBe('4,6');
+  });
+
+  it('does not set CUDA_VISIBLE_DEVICES for one GPU or for CPU workers', () => {
+    expect(workerEnv(gpus([1]), 0, 0, parent)).toBe(parent);
+    const cpu = parseRunSpec({ ...base, distributed: { nproc_per_node: 2 } });
+    const e = workerEnv(cpu, 1, 29500, parent);
+    expect(e).toMatchObject({ RANK: '1', WORLD_SIZE: '2' });
+    expect(e).not.toHaveProperty('CUDA_VISIBLE_DEVICES');
+    expect(workerEnv(parseRunSpec(base), 0, 0, parent)).toBe(parent);
+  });
+});
+
+describe('the device queue', () => {
+  it('holds runs that share a GPU (or both use the CPU), not runs on other GPUs', () => {
+    const cpu = parseRunSpec(base);
+    expect(devicesOverlap(gpus([0, 1]), gpus([1]))).toBe(true);
+    expect(devicesOverlap(gpus([0, 1]), gpus([2, 3]))).toBe(false);
+    expect(devicesOverlap(gpus([0]), parseRunSpec({ ...base, devices: { kind: 'cuda', ids: [] } }))).toBe(true);
+    expect(devicesOverlap(gpus([0]), cpu)).toBe(false);
+    expect(devicesOverlap(cpu, parseRunSpec({ ...base, distributed: { nproc_per_node: 2 } }))).toBe(true);
+  });
+});
