@@ -52,26 +52,32 @@ describe.skipIf(!HAVE_EMU)('a fine-tune on a GPU from the wizard (emulated GPU)'
     await page.getByTestId('knob-max-steps').fill('4');
     await page.getByTestId('knob-micro-batch').fill('2');
     await page.getByTestId('knob-precision').selectOption('bf16');
+
     await page.getByTestId('wizard-next').click();
     await page.getByTestId('hardware').waitFor();
     const hw = (await page.getByTestId('hardware').textContent()) ?? '';
     expect(hw).toMatch(/GPU 0: cuemu/);
+    // a GPU run may keep the AdamW state in host memory (the knob is there for GPU runs only)
+    expect(await page.getByTestId('knob-offload-optimizer').count()).toBe(0);
     await page.getByTestId('device-gpu-0').check();
     expect(await page.getByTestId('device-cpu').isChecked()).toBe(false);
     // one worker per selected GPU (the CPU worker count is for CPU runs)
     expect(await page.getByTestId('gpu-workers').textContent()).toMatch(/Workers: 1, one per selected GPU \(GPU 0\)/);
     expect(await page.getByTestId('cpu-workers').count()).toBe(0);
+    await page.getByTestId('knob-offload-optimizer').check();
     await screenshot(page, 'wizard-gpu-hardware');
     await page.getByTestId('wizard-next').click();
     await page.getByTestId('review-cli').waitFor();
     const cli = (await page.getByTestId('review-cli').textContent()) ?? '';
     expect(cli).toContain('--device cuda:0');
     expect(cli).toContain('--bf16');
+    expect(cli).toContain('--offload_optimizer');
     // a GPU run's estimate is per GPU (every worker holds the whole model)
     expect(await page.getByTestId('review-estimate').textContent()).toMatch(/Memory per GPU, on 1 GPU\(s\) \(0\): about .* needed on each/);
-    const spec = JSON.parse((await page.getByTestId('review-spec').textContent()) ?? '{}') as { devices: { kind: string; ids: number[] }; training: { precision: string } };
+    const spec = JSON.parse((await page.getByTestId('review-spec').textContent()) ?? '{}') as { devices: { kind: string; ids: number[] }; training: { precision: string; offload_optimizer: boolean } };
     expect(spec.devices).toEqual({ kind: 'cuda', ids: [0] });
     expect(spec.training.precision).toBe('bf16');
+    expect(spec.training.offload_optimizer).toBe(true);
     await page.getByTestId('wizard-launch').click();
     await page.getByTestId('screen-run').waitFor();
     const runId = Number(/#\/runs\/(\d+)$/.exec(page.url())![1]);
@@ -79,6 +85,12 @@ describe.skipIf(!HAVE_EMU)('a fine-tune on a GPU from the wizard (emulated GPU)'
     await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 240_000, interval: 500 }).toBe('completed');
     const run = await api<{ status: string; lastStep: number }>('getRun', { id: runId });
     expect(run).toMatchObject({ status: 'completed', lastStep: 4 });
+    // the GPU's memory is recorded and drawn beside the host's
+    const { points } = await api<{ points: [number, string, number | null, number][] }>('getMetrics', { id: runId });
+    const gpuMem = points.filter((p) => p[1] === 'gpu_mem_bytes');
+    expect(gpuMem.length).toBeGreaterThan(0);
+    expect(gpuMem.every((p) => (p[2] ?? 0) > 0)).toBe(true);
+    expect(await page.getByTestId('chart-memory').getAttribute('data-series')).toMatch(/GPU MiB/);
     const log = (await page.getByTestId('run-log').textContent()) ?? '';
     expect(log).not.toMatch(/CUDA unavailable|falls? back to the CPU/);
     await screenshot(page, 'run-gpu-completed');

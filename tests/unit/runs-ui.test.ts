@@ -83,6 +83,37 @@ describe('RunSpec → CLI command', () => {
     expect(job.training.precision).toBe('bf16');
   });
 
+  it('round-trips --offload_optimizer; the job carries it and the GPU estimate leaves the AdamW moments off the GPU', async () => {
+    const { estimateRun } = await import('../../src-main/core/runs/estimate');
+    const base = { model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda' as const, ids: [0] } };
+    const spec = parseRunSpec({ ...base, training: { offload_optimizer: true } });
+    const args = cliArgs(spec);
+    expect(args).toContain('--offload_optimizer');
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+    const job = toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { training: Record<string, unknown> };
+    expect(job.training.offload_optimizer).toBe(true);
+    const plain = parseRunSpec(base);
+    expect(cliArgs(plain)).not.toContain('--offload_optimizer');
+    expect((toEngineJob(plain, { train: '/t.tok', eval: null }, null) as { training: Record<string, unknown> }).training).not.toHaveProperty('offload_optimizer');
+    // a 7B LLaMA shape, LoRA r=16 on all seven projections: 40 M trainable parameters, 2 × 4 bytes of moments each
+    const info = { supported: true, model_type: 'llama', hidden: 4096, intermediate: 11008, layers: 32, vocab: 32000, heads: 32, kv_heads: 32, parameters: 6_738_415_616, default_lora_targets: 'q_proj,v_proj' } as Parameters<typeof estimateRun>[0];
+    const lora = { r: 16, alpha: 32, dropout: 0, target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] };
+    const on = estimateRun(info, parseRunSpec({ ...base, lora, training: { offload_optimizer: true } }), 1);
+    const off = estimateRun(info, parseRunSpec({ ...base, lora }), 1);
+    expect(on.trainableParams).toBe(39_976_960);
+    expect(off.bytes.optimizer - on.bytes.optimizer).toBe(8 * on.trainableParams);
+    // on the CPU it changes nothing (the state is host memory either way)
+    const cpu = (o: boolean) => estimateRun(info, parseRunSpec({ ...base, devices: { kind: 'cpu', ids: [] }, lora, training: { offload_optimizer: o } }), 1).bytes.total;
+    expect(cpu(true)).toBe(cpu(false));
+    // bf16: the frozen linears, the embedding table and the untied head at 2 bytes; the table stays fp32 when trained
+    const bf = (m: string[] = []) => estimateRun(info, parseRunSpec({ ...base, lora: { ...lora, modules_to_save: m }, training: { precision: 'bf16' } }), 1).bytes.weights;
+    const linear = 32 * (4 * 4096 * 4096 + 3 * 4096 * 11008);
+    const norms = info.parameters! - linear - 2 * 32000 * 4096; // 65 RMSNorm weights of 4096
+    expect(norms).toBe(65 * 4096);
+    expect(bf()).toBe(norms * 4 + (linear + 2 * 32000 * 4096) * 2);
+    expect(bf(['embed_tokens']) - bf()).toBe(32000 * 4096 * 2);
+  });
+
   it('round-trips several GPUs as --device cuda:0,1 (one worker per GPU, the count implied)', () => {
     const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 }, training: { precision: 'bf16' } });
     const args = cliArgs(spec);

@@ -78,14 +78,19 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // quantized on load (RunSpec), or a folder saved 4-bit (the inspection says so)
   const stored4bit = info.quantization !== undefined && info.quantization !== 'none';
   const q4 = spec.model.quantization !== 'none' || stored4bit ? Math.min(linearParams, P) : 0;
-  // mixed precision (training.precision bf16/fp16, LoRA): the frozen block linears (unless 4-bit) and an untied
-  // frozen head are kept at 2 bytes per weight (Model::set_precision); embeddings, norms, LoRA stay fp32
+  // mixed precision (training.precision bf16/fp16, LoRA): the frozen block linears (unless 4-bit), the frozen
+  // embedding table and an untied frozen head are kept at 2 bytes per weight (Model::set_precision); norms and LoRA
+  // stay fp32, and so does a table trained through modules_to_save (a tied one untied for it: both copies)
   const lowp = spec.method === 'lora' && spec.training.precision !== 'fp32';
   const headListed = (spec.lora.modules_to_save ?? []).some((m) => /lm_head|embed_out|output_layer/.test(m));
-  const half16 = lowp ? (q4 ? 0 : Math.min(linearParams, P)) + (info.tie_embeddings || headListed ? 0 : V * H) : 0;
+  const embedListed = (spec.lora.modules_to_save ?? []).some((m) => /embed_tokens|embed_in|word_embeddings|wte|embedding/.test(m));
+  const embedHalf = lowp && !embedListed && !(info.tie_embeddings && headListed) ? V * H : 0;
+  const headHalf = lowp && !info.tie_embeddings && !headListed ? V * H : 0;
+  const half16 = lowp ? (q4 ? 0 : Math.min(linearParams, P)) + embedHalf + headHalf : 0;
   const weights = (P - q4 - half16) * F + q4 * (0.5 + 1 / 64 + 4 / (64 * 256)) + half16 * 2;
   const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
-  const optimizer = trainableParams * F * 3; // gradient, exp_avg, exp_avg_sq
+  // gradient, exp_avg, exp_avg_sq; a GPU run with offload_optimizer keeps only the gradient on the GPU
+  const optimizer = trainableParams * F * (spec.training.offload_optimizer && spec.devices.kind === 'cuda' ? 1 : 3);
   const total = weights + trainable + optimizer + activations + temporaries + logits + PROCESS_BASELINE;
   // FLOPs: forward 2PN; backward 2PN for the inputs (+2PN for full weight gradients); attention 4·L·N·T·H·2
   const flops = (spec.method === 'full' ? 6 : 4) * P * N + 8 * L * N * T * H * (spec.training.gradient_checkpointing ? 1.5 : 1);
@@ -116,5 +121,6 @@ export function suggestions(spec: RunSpec): string[] {
   if (!spec.training.gradient_checkpointing) s.push('turn on --gradient_checkpointing (activations of one block at a time)');
   s.push(`shorten --max_source_length / --max_target_length (now ${spec.data.max_source_length} / ${spec.data.max_target_length})`);
   if (spec.method === 'full') s.push('use LoRA (--use_lora True): no gradients or optimizer state for the base weights');
+  if (spec.devices.kind === 'cuda' && !spec.training.offload_optimizer) s.push('turn on --offload_optimizer (the AdamW state in host memory, 8 bytes per trainable parameter off the GPU)');
   return s;
 }

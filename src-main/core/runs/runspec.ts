@@ -59,6 +59,8 @@ export const RunSpec = z
         seed: z.number().int().min(0).default(42),
         precision: z.enum(['fp32', 'bf16', 'fp16']).default('fp32'),
         gradient_checkpointing: z.boolean().default(false),
+        // GPU runs: the AdamW state and step in host memory (engine training.offload_optimizer)
+        offload_optimizer: z.boolean().default(false),
       })
       .strict()
       .prefault({}),
@@ -238,6 +240,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
       weight_decay: t.weight_decay,
       seed: t.seed,
       gradient_checkpointing: t.gradient_checkpointing,
+      ...(t.offload_optimizer ? { offload_optimizer: true } : {}),
       precision: t.precision,
     },
     output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },

@@ -165,9 +165,9 @@ export function devicesOverlap(a: Pick<RunSpec, 'devices'>, b: Pick<RunSpec, 'de
   return gpuIds(b).some((i) => ga.has(i));
 }
 
-const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'epoch'] as const;
+const METRIC_FIELDS = ['loss', 'lr', 'grad_norm', 'tokens_per_s', 'mem_bytes', 'gpu_mem_bytes', 'epoch'] as const;
 /** Per-rank fields of a `rank_stats` event stored as metrics named `rank<r>.<field>`. */
-const RANK_METRIC_FIELDS = ['tokens_per_s', 'mem_bytes', 'peak_mem_bytes', 'comm_wait_s'] as const;
+const RANK_METRIC_FIELDS = ['tokens_per_s', 'mem_bytes', 'peak_mem_bytes', 'gpu_mem_bytes', 'comm_wait_s'] as const;
 
 /** A free TCP port on loopback for the workers' rendezvous (rank 0 listens on it). */
 export function freePort(): Promise<number> {
