@@ -12,6 +12,8 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { Store } from '../../src-main/core/store/store';
+import { ROOT, runCli } from '../helpers/app';
 import { ENGINE, NATIVE, readSafetensors } from '../helpers/native';
 
 const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
@@ -171,6 +173,39 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
     expect(err.peer_lost).toBe(true);
     expect(err.hint).toMatch(/Another rank failed or was killed/);
     expect(Date.now() - t0).toBeLessThan(120_000); // not the 400 steps, not a hang
+  }, 300_000);
+
+  it('`llms-train train --device cuda:0,1` runs one worker per GPU through the app and records both', async () => {
+    const home = path.join(tmp, 'home');
+    const out = path.join(tmp, 'cli-2gpu');
+    const r = await runCli(
+      [
+        'train', '--model_name_or_path', model, '--use_lora', 'True',
+        '--train_file', path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo', 'dev.json'),
+        '--prompt_column', 'input', '--response_column', 'target', '--output_dir', out,
+        '--max_source_length', '32', '--max_target_length', '8', '--per_device_train_batch_size', '2',
+        '--max_steps', '3', '--logging_steps', '1', '--save_steps', '3', '--learning_rate', '1e-3',
+        '--device', 'cuda:0,1', '--bf16', '--json',
+      ],
+      { home, env: { LLMT_CUDA_LIB_DIRS: EMU, LLMT_CUEMU_DEVICES: '2' }, timeoutMs: 300_000 },
+    );
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
+    const job = JSON.parse(fs.readFileSync(path.join(out, 'job.json'), 'utf8')) as { device: string; distributed: { world_size: number; backend: string } };
+    expect(job.device).toBe('cuda');
+    expect(job.distributed).toMatchObject({ world_size: 2, backend: 'auto' });
+    const store = Store.open(path.join(home, 'llms-train.db'));
+    try {
+      const run = store.runs.list()[0]!;
+      expect(run.status).toBe('completed');
+      const names = new Set(store.metrics.names(run.id));
+      for (const n of ['gpu_mem_bytes', 'rank0.gpu_mem_bytes', 'rank1.gpu_mem_bytes', 'rank1.tokens_per_s']) expect(names.has(n), n).toBe(true);
+    } finally {
+      store.close();
+    }
+    const log = fs.readFileSync(path.join(out, 'train.log'), 'utf8');
+    expect(log).toMatch(/"backend":"nccl"/);
+    expect(log).toMatch(/"device":"cuda:1"/);
   }, 300_000);
 
   it('refuses a GPU index in a data-parallel job, and NCCL for CPU workers', async () => {
