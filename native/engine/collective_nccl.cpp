@@ -114,8 +114,8 @@ llmt_status load_api(NcclApi &api) {
 
 class NcclCollective : public Collective {
  public:
-  NcclCollective(NcclApi api, ncclComm_t comm, int rank, int size, int64_t timeout_ms)
-      : api_(api), comm_(comm), rank_(rank), size_(size), timeout_ms_(timeout_ms) {}
+  NcclCollective(NcclApi api, ncclComm_t comm, int rank, int size, int device, int64_t timeout_ms)
+      : api_(api), comm_(comm), rank_(rank), size_(size), device_(device), timeout_ms_(timeout_ms) {}
   ~NcclCollective() override {
     if (comm_) (broken_ ? api_.CommAbort : api_.CommDestroy)(comm_);
   }
@@ -125,12 +125,14 @@ class NcclCollective : public Collective {
 
   int allreduce_sum(void *buf, size_t count, CollDType type, void *stream) override {
     if (broken_) return unusable();
+    if (int r = bind()) return r;
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
     return finish("all-reduce", api_.AllReduce(buf, buf, count, dt, kNcclSum, comm_, stream), stream);
   }
   // one group: NCCL fuses the all-reduces of a gradient bucket into one launch, no packing copy
   int allreduce_sum_many(const std::vector<std::pair<void *, size_t>> &bufs, CollDType type, void *stream) override {
     if (broken_) return unusable();
+    if (int r = bind()) return r;
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
     ncclResult_t r = api_.GroupStart();
     for (const auto &b : bufs) {
@@ -143,6 +145,7 @@ class NcclCollective : public Collective {
   bool device_buffers() const override { return true; }
   int broadcast(void *buf, size_t count, CollDType type, int root, void *stream) override {
     if (broken_) return unusable();
+    if (int r = bind()) return r;
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
     return finish("broadcast", api_.Broadcast(buf, buf, count, dt, root, comm_, stream), stream);
   }
@@ -155,6 +158,12 @@ class NcclCollective : public Collective {
   const char *last_error() const override { return error_.c_str(); }
 
  private:
+  // The CUDA runtime's current device is per thread, and the trainer calls from its communication thread too:
+  // every call names this rank's device first (what NCCL's own examples do per thread).
+  int bind() {
+    if (cudaError_t e = api_.SetDevice(device_)) return fail("cudaSetDevice", std::to_string(device_) + ": " + api_.CudaErrorString(e));
+    return 0;
+  }
   int unusable() {
     error_ = "nccl: the communicator was aborted after an earlier error";
     return LLMT_ERR_CUDA;
@@ -184,7 +193,7 @@ class NcclCollective : public Collective {
   }
   NcclApi api_;
   ncclComm_t comm_;
-  int rank_, size_;
+  int rank_, size_, device_;
   int64_t timeout_ms_;
   bool broken_ = false;
   std::string error_;
@@ -248,7 +257,7 @@ std::unique_ptr<Collective> open_nccl(const DistEnv &env, KvStore &store, int de
     }
   }
   st = LLMT_OK;
-  return std::make_unique<NcclCollective>(api, comm, env.rank, env.world_size, timeout_ms);
+  return std::make_unique<NcclCollective>(api, comm, env.rank, env.world_size, device, timeout_ms);
 }
 
 }  // namespace llmt
