@@ -473,7 +473,7 @@ export class Core {
                 bytes: { ...est.bytes } as Record<string, number>,
                 stepSeconds: est.stepSeconds,
                 steps: spec.training.max_steps > 0 ? spec.training.max_steps : null,
-                totalSeconds: spec.training.max_steps > 0 ? est.stepSeconds * spec.training.max_steps : null,
+                totalSeconds: spec.training.max_steps > 0 && est.stepSeconds !== null ? est.stepSeconds * spec.training.max_steps : null,
               }
             : null,
         };

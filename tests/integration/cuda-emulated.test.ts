@@ -153,6 +153,32 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     expect(cpu.events.some((e) => e.event === 'warning' && /offload_optimizer applies to GPU runs/.test(e.message ?? ''))).toBe(true);
   }, 300_000);
 
+  it("the pre-flight estimate of a GPU run matches the CUDA allocator's measured peak (the context aside)", async () => {
+    const { estimateRun } = await import('../../src-main/core/runs/estimate');
+    const { parseRunSpec } = await import('../../src-main/core/runs/runspec');
+    const demo = path.join(tmp, 'demo-est');
+    expect(spawnSync(ENGINE, ['create-tiny', '--family', 'demo', '--out', demo]).status).toBe(0);
+    const info = JSON.parse(spawnSync(ENGINE, ['inspect', '--model', demo], { encoding: 'utf8' }).stdout);
+    const lora = { r: 8, alpha: 16, target_modules: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] };
+    for (const [T, mb, ckpt, precision, offload] of [[64, 4, false, 'fp32', false], [64, 4, true, 'bf16', false], [128, 2, false, 'bf16', true]] as const) {
+      const tok = path.join(tmp, `gpu-est-${T}.json`);
+      const ids = Array.from({ length: 16 }, (_, i) => Array.from({ length: T }, (_, j) => ((7 * i + j) % 300) + 4));
+      fs.writeFileSync(tok, JSON.stringify({ input_ids: ids, labels: ids }));
+      const job = path.join(tmp, 'gpu-est-job.json');
+      const training = { max_steps: 2, micro_batch_size: mb, gradient_checkpointing: ckpt, precision, offload_optimizer: offload };
+      fs.writeFileSync(job, JSON.stringify({ model: demo, device: 'cuda', lora, data: { train: tok }, training, output: { dir: path.join(tmp, `gpu-est-out-${T}-${mb}`), logging_steps: 1, save_steps: 1000 }, threads: 2 }));
+      const r = spawnSync(ENGINE, ['train', '--job', job], { encoding: 'utf8', env: emuEnv() });
+      expect(r.status, r.stderr).toBe(0);
+      const peak = Math.max(...r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Ev).filter((e) => e.event === 'step').map((e) => e.gpu_peak_mem_bytes as number));
+      const spec = parseRunSpec({ model: { path: demo }, lora: { ...lora, dropout: 0 }, data: { train: tok, max_source_length: T - 16, max_target_length: 16 }, training, devices: { kind: 'cuda', ids: [0] }, output: { dir: '/o' } });
+      const est = estimateRun(info, spec, 2);
+      expect(est.stepSeconds).toBeNull(); // a GPU's speed is not guessed
+      expect(est.bytes.process).toBe(512 * 2 ** 20); // the CUDA context, which the allocator does not see
+      const engineBytes = est.bytes.total - est.bytes.process;
+      expect(Math.abs(engineBytes - peak) / peak, `T=${T} mb=${mb} ckpt=${ckpt} ${precision} offload=${offload}: estimate ${engineBytes}, measured ${peak}`).toBeLessThan(0.15);
+    }
+  }, 300_000);
+
   it('device out-of-memory is an OOM error with a hint, and the last checkpoint stays intact', () => {
     const first = train('oom', 'cuda', 'fp32', { steps: 2 });
     expect(first.status, first.stderr).toBe(0);

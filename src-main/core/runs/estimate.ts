@@ -1,8 +1,9 @@
-// estimate.ts — the pre-flight estimate of a run's memory and step time on the CPU backend (fp32), from the
-// model's inspection (no weights loaded) and the RunSpec. It mirrors what the engine allocates: weights,
-// trainable parameters with their gradients and AdamW moments, the activations each block keeps for the
-// backward (all blocks, or only their inputs plus one block under gradient checkpointing), the backward's
-// temporaries, the logits chunk, and the process itself. Calibrated against measured peak RSS (VmHWM).
+// estimate.ts — the pre-flight estimate of a run's memory (and, on the CPU, step time), from the model's inspection
+// (no weights loaded) and the RunSpec. It mirrors what the engine allocates: weights, trainable parameters with
+// their gradients and AdamW moments, the activations each block keeps for the backward (all blocks, or only their
+// inputs plus one block under gradient checkpointing), the backward's temporaries, the logits chunk, and the process
+// itself. Calibrated against measured peak RSS (VmHWM) on the CPU, and against the CUDA backend's allocator peak
+// (under cuemu) for GPU runs, where "process" is the GPU's CUDA context instead.
 import type { ModelInspection } from '../../../native/addon/index.js';
 import type { RunSpec } from './runspec.js';
 
@@ -20,12 +21,16 @@ export interface Estimate {
   trainableParams: number;
   /** tokens per micro-batch at the longest sequence the data can produce */
   tokens: number;
-  /** a rough step time on this CPU (s), from the FLOPs and a conservative throughput */
-  stepSeconds: number;
+  /** a rough step time on this CPU (s), from the FLOPs and a conservative throughput; null for a GPU run */
+  stepSeconds: number | null;
 }
 
 const F = 4; // bytes per float (fp32)
 const PROCESS_BASELINE = 9.5 * 2 ** 20; // the engine process with its thread pool and scratch buffers
+// A GPU run: what the GPU holds beside the engine's allocations — the CUDA context with the kernel image, cuBLAS's
+// workspace (typically 300–600 MB on current GPUs and drivers). The rest of the estimate is the engine's
+// allocations, which the emulated CUDA backend measures exactly (tests/integration/cuda-emulated.test.ts).
+const GPU_CONTEXT = 512 * 2 ** 20;
 
 /** PEFT's target rule: exact name or ".name" suffix; null = the family's default. */
 function targeted(name: string, targets: string[] | null, defaults: string): boolean {
@@ -91,12 +96,15 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
   // gradient, exp_avg, exp_avg_sq; a GPU run with offload_optimizer keeps only the gradient on the GPU
   const optimizer = trainableParams * F * (spec.training.offload_optimizer && spec.devices.kind === 'cuda' ? 1 : 3);
-  const total = weights + trainable + optimizer + activations + temporaries + logits + PROCESS_BASELINE;
+  const gpu = spec.devices.kind === 'cuda';
+  const process = gpu ? GPU_CONTEXT : PROCESS_BASELINE;
+  const total = weights + trainable + optimizer + activations + temporaries + logits + process;
   // FLOPs: forward 2PN; backward 2PN for the inputs (+2PN for full weight gradients); attention 4·L·N·T·H·2
   const flops = (spec.method === 'full' ? 6 : 4) * P * N + 8 * L * N * T * H * (spec.training.gradient_checkpointing ? 1.5 : 1);
-  const stepSeconds = (flops * spec.training.gradient_accumulation_steps) / (Math.max(1, threads) * 25e9);
+  // the CPU's throughput is known well enough to guess a step; a GPU's is not (its first steps say)
+  const stepSeconds = gpu ? null : (flops * spec.training.gradient_accumulation_steps) / (Math.max(1, threads) * 25e9);
   return {
-    bytes: { weights, trainable, optimizer, activations, temporaries, logits, process: PROCESS_BASELINE, total },
+    bytes: { weights, trainable, optimizer, activations, temporaries, logits, process, total },
     trainableParams,
     tokens: N,
     stepSeconds,
@@ -109,8 +117,10 @@ export function describeEstimate(e: Estimate): string {
   const b = e.bytes;
   return (
     `memory ≈ ${mb(b.total)} (weights ${mb(b.weights)}, trainable ${mb(b.trainable)}, optimizer ${mb(b.optimizer)}, ` +
-    `activations ${mb(b.activations)}, temporaries ${mb(b.temporaries + b.logits)}, process ${mb(b.process)}); ` +
-    `step ≈ ${e.stepSeconds < 1 ? `${(e.stepSeconds * 1000).toFixed(0)} ms` : `${e.stepSeconds.toFixed(1)} s`} on this CPU`
+    `activations ${mb(b.activations)}, temporaries ${mb(b.temporaries + b.logits)}, process ${mb(b.process)})` +
+    (e.stepSeconds === null
+      ? ''
+      : `; step ≈ ${e.stepSeconds < 1 ? `${(e.stepSeconds * 1000).toFixed(0)} ms` : `${e.stepSeconds.toFixed(1)} s`} on this CPU`)
   );
 }
 
