@@ -76,7 +76,8 @@ const char *kUsage =
     "                                     bitsandbytes 4-bit, double-quantized scales; train: overrides the job field)\n"
     "options for every command: --threads N (CPU worker threads)\n"
     "forward, grad, bench: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
-    "bench: --checkpointing (gradient checkpointing in the timed backward)\n"
+    "bench: --checkpointing (gradient checkpointing in the timed backward); --offload-checkpoints (the same, with the\n"
+    "       checkpointed block inputs in host memory on a GPU)\n"
     "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
     "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
@@ -523,7 +524,7 @@ int cmd_bench(const Args &a) {
                                          a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
   if (st) return fail(st);
   if ((st = apply_device(a, h.m)) || (st = apply_precision(a, h.m))) return fail(st);
-  if ((st = llmt_model_set_checkpointing(h.m, a.has("--checkpointing") ? 1 : 0))) return fail(st);
+  if ((st = llmt_model_set_checkpointing(h.m, a.has("--offload-checkpoints") ? 2 : a.has("--checkpointing") ? 1 : 0))) return fail(st);
   char *info = nullptr;
   if ((st = llmt_model_info(h.m, &info))) return fail(st);
   Json ij;
@@ -742,7 +743,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision"}, {"--checkpointing"});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision"}, {"--checkpointing", "--offload-checkpoints"});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

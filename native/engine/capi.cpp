@@ -32,6 +32,7 @@ struct llmt_model {
   std::unique_ptr<Model> m;
   std::string adapter;
   bool checkpointing = false;  // llmt_model_set_checkpointing: llmt_model_backward recomputes each block
+  bool offload_checkpoints = false;  // ... keeping the block inputs in host memory (on = 2)
 };
 
 namespace {
@@ -358,6 +359,7 @@ llmt_status llmt_model_backward(llmt_model *model, const int32_t *ids, const int
     RunOptions o;
     o.backward = true;
     o.checkpointing = model->checkpointing;
+    o.offload_checkpoints = model->offload_checkpoints;
     o.grad_scale = 1.0f / static_cast<float>(count);
     RunResult r;
     llmt_status st = model->m->run(b, o, r);
@@ -606,7 +608,9 @@ llmt_status llmt_model_set_precision(llmt_model *model, const char *precision) {
 
 llmt_status llmt_model_set_checkpointing(llmt_model *model, int on) {
   if (!model) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_set_checkpointing: NULL model");
+  if (on < 0 || on > 2) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_set_checkpointing: on must be 0, 1 or 2");
   model->checkpointing = on != 0;
+  model->offload_checkpoints = on == 2;
   clear_error();
   return LLMT_OK;
 }

@@ -89,6 +89,18 @@ class Buf {
   int64_t size() const { return n_; }
   bool empty() const { return n_ == 0; }
   void clear() { n_ = 0; }
+  /** Gives the memory back (clear() keeps it for reuse). */
+  void free() { reset(); }
+  /** The first n floats from host memory (Backend::upload). */
+  void upload_from(const float *host, int64_t n) {
+    if (n > cap_) {
+      if (p_) be_->release(p_);
+      p_ = static_cast<float *>(be_->alloc(sizeof(float) * static_cast<size_t>(n)));
+      cap_ = n;
+    }
+    n_ = n;
+    if (n > 0) be_->upload(p_, host, sizeof(float) * static_cast<size_t>(n));
+  }
   void resize(int64_t n) {
     if (n > cap_) {
       float *q = static_cast<float *>(be_->alloc(sizeof(float) * static_cast<size_t>(n)));
@@ -181,6 +193,7 @@ struct LayerActs {
 struct Model::Impl {
   std::vector<LayerActs> acts;  // per layer (only x_in kept under checkpointing)
   LayerActs scratch;            // recomputation target under checkpointing
+  std::vector<std::vector<float>> host_x;  // checkpointed block inputs in host memory (RunOptions::offload_checkpoints)
   std::vector<int32_t> pos;
 };
 
@@ -1397,11 +1410,22 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
                          emb_rstd.data(), N, H, static_cast<float>(c.norm_eps));
   }
   if (c.embed_scale != 1.0f) be.scale_inplace(x.data(), c.embed_scale, N * H);
+  // checkpointed block inputs go to host memory (a device backend only: on the CPU they are host memory already)
+  const bool offload = ckpt && opt.offload_checkpoints && !be.host_memory();
+  if (offload) im.host_x.resize(static_cast<size_t>(c.layers));
+  else im.host_x.clear();
   for (int64_t l = 0; l < c.layers; ++l) {
     LayerActs &a = im.acts[static_cast<size_t>(l)];
-    a.x_in.copy_from(x);
+    if (offload) {
+      std::vector<float> &h = im.host_x[static_cast<size_t>(l)];
+      h.resize(static_cast<size_t>(N * H));
+      be.download(h.data(), x.data(), sizeof(float) * h.size());
+      a.x_in.free();
+    } else {
+      a.x_in.copy_from(x);
+    }
     LayerActs &work = ckpt ? im.scratch : a;
-    if (ckpt) work.x_in.copy_from(a.x_in);
+    if (ckpt) work.x_in.copy_from(x);
     block_forward(F, layers[static_cast<size_t>(l)], l, work, x.data());
   }
   Buf hf(be, N * H), fmean(be, N), frstd(be, N);
@@ -1481,7 +1505,8 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     Layer &L = layers[static_cast<size_t>(l)];
     LayerActs *ap = &im.acts[static_cast<size_t>(l)];
     if (ckpt) {
-      im.scratch.x_in.copy_from(ap->x_in);
+      if (offload) im.scratch.x_in.upload_from(im.host_x[static_cast<size_t>(l)].data(), N * H);
+      else im.scratch.x_in.copy_from(ap->x_in);
       block_forward(F, L, l, im.scratch, tmp.data());
       ap = &im.scratch;
     }

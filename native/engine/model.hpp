@@ -115,6 +115,7 @@ struct RunOptions {
   bool backward = false;        // compute gradients
   float grad_scale = 1.0f;      // d(loss_sum) multiplier, e.g. 1/token_count
   bool checkpointing = false;   // keep only each block's input, recompute in the backward
+  bool offload_checkpoints = false;  // with checkpointing on a device backend: those inputs in host memory
   uint64_t seed = 0;            // dropout RNG stream
   bool want_logits = false;     // fill RunResult::logits [B·T, V]
   /** Gradient-ready hook (data parallelism: train.cpp starts each all-reduce bucket as soon as it is complete).

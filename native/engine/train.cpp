@@ -76,6 +76,7 @@ struct Job {
   bool checkpointing = false;
   std::string precision = "fp32";  // training.precision: frozen base weights in bf16/fp16 (Model::set_precision)
   bool offload_optimizer = false;  // training.offload_optimizer: AdamW state and step in host memory (GPU runs)
+  bool offload_checkpoints = false;  // training.offload_checkpoints: checkpointed block inputs in host memory (GPU runs)
   std::string out_dir;
   int64_t logging_steps = 10, save_steps = 500, eval_steps = 0, save_total_limit = 0;
   std::string resume_from;
@@ -149,7 +150,8 @@ llmt_status parse_job(const Json &j, Job &job) {
     if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "max_steps", "num_epochs",
                                           "micro_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay",
                                           "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "gradient_checkpointing",
-                                          "loss_normalization", "eval_batch_size", "precision", "offload_optimizer"})))
+                                          "loss_normalization", "eval_batch_size", "precision", "offload_optimizer",
+                                          "offload_checkpoints"})))
       return st;
     job.lr = t.get_number("learning_rate", job.lr);
     job.schedule = t.get_string("lr_scheduler", job.schedule);
@@ -172,6 +174,11 @@ llmt_status parse_job(const Json &j, Job &job) {
     if (t.has("offload_optimizer") && !t.get("offload_optimizer").is_bool())
       return set_error(LLMT_ERR_BAD_INPUT, "job: training.offload_optimizer must be true or false");
     job.offload_optimizer = t.get_bool("offload_optimizer", false);
+    if (t.has("offload_checkpoints") && !t.get("offload_checkpoints").is_bool())
+      return set_error(LLMT_ERR_BAD_INPUT, "job: training.offload_checkpoints must be true or false");
+    job.offload_checkpoints = t.get_bool("offload_checkpoints", false);
+    if (job.offload_checkpoints && !job.checkpointing)
+      return set_error(LLMT_ERR_BAD_INPUT, "job: training.offload_checkpoints moves the checkpointed block inputs to host memory, so it needs gradient_checkpointing: true");
     if (job.precision != "fp32" && job.precision != "bf16" && job.precision != "fp16")
       return set_error(LLMT_ERR_BAD_INPUT, "job: training.precision must be \"fp32\", \"bf16\" or \"fp16\" (got \"" + job.precision + "\")");
   }
@@ -890,6 +897,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     e.set("loss_normalization", Json::string(loss_norm));
     e.set("threads", Json::integer(cpu::num_threads()));
     e.set("offload_optimizer", Json::boolean(job.offload_optimizer && !model->backend().host_memory()));
+    e.set("offload_checkpoints", Json::boolean(job.offload_checkpoints && !model->backend().host_memory()));
     e.set("start_step", Json::integer(step));
     if (!resumed.empty()) e.set("resumed_from", Json::string(resumed));
     e.set("world_size", Json::integer(W));
@@ -903,6 +911,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (job.offload_optimizer && model->backend().host_memory()) {
       Json w = ev("warning");
       w.set("message", Json::string("training.offload_optimizer applies to GPU runs: on the CPU the optimizer state is in host memory already"));
+      emit(w);
+    }
+    if (job.offload_checkpoints && model->backend().host_memory()) {
+      Json w = ev("warning");
+      w.set("message", Json::string("training.offload_checkpoints applies to GPU runs: on the CPU the checkpointed activations are in host memory already"));
       emit(w);
     }
   }
@@ -1104,6 +1117,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       o.training = true;
       o.backward = true;
       o.checkpointing = job.checkpointing;
+      o.offload_checkpoints = job.offload_checkpoints;
       o.seed = mix64(job.seed ^ mix64(static_cast<uint64_t>(step) * 1315423911ull + k + 1));
       if (loss_norm == "token_mean") o.grad_scale = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
       else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(GA)) : 0.0f;

@@ -118,7 +118,8 @@ LLMT_API llmt_status llmt_model_set_device(llmt_model *model, const char *device
  * Errors: BAD_INPUT (unknown name, a weight beyond fp16's range), UNSUPPORTED (the backend has no 16-bit GEMM). */
 LLMT_API llmt_status llmt_model_set_precision(llmt_model *model, const char *precision);
 /* Gradient checkpointing for llmt_model_backward: keep only each block's input and recompute it in the backward
- * (as training.gradient_checkpointing does for jobs). Off by default. */
+ * (as training.gradient_checkpointing does for jobs). Off by default. on = 2: also keep those inputs in host memory
+ * on a device backend (training.offload_checkpoints), uploaded again block by block in the backward. */
 LLMT_API llmt_status llmt_model_set_checkpointing(llmt_model *model, int on);
 /* Backends compiled into this library and whether each can run here, as text lines, e.g.
  * "backends: cpu, cuda(sm_80,...)\ncpu: yes\ncuda: no device (libcuda.so.1 not found)". Never NULL. */

@@ -71,6 +71,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['seed', o.seed],
     ['gradient_checkpointing', o.gradient_checkpointing ? true : undefined],
     ['offload_optimizer', o.offload_optimizer ? true : undefined],
+    ['offload_checkpoints', o.offload_checkpoints ? true : undefined],
     ['precision', o.bf16 ? 'bf16' : o.fp16 ? 'fp16' : undefined],
   ]));
   set('output', pick([
@@ -177,6 +178,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--fp16', 'fp16 mixed precision: as --bf16 with fp16, plus dynamic loss scaling')
     .option('--gradient_checkpointing', 'recompute activations in the backward pass')
     .option('--offload_optimizer', 'GPU runs: keep the AdamW state in host memory and run its step there (8 bytes less GPU memory per trainable parameter)')
+    .option('--offload_checkpoints', 'GPU runs with --gradient_checkpointing: keep the checkpointed block inputs in host memory')
     .option('--resume_from_checkpoint <dir>', 'a checkpoint-<step> folder, or "latest"')
     .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
     .option('--device <d>', 'cpu, cuda, cuda:N (one GPU) or cuda:N,M,... (several GPUs: data parallel, one worker per GPU, each holding the whole model; the batch is split across them); without a usable GPU the engine falls back to the CPU with a warning')

@@ -58,6 +58,7 @@ export function cliArgs(spec: RunSpec): string[] {
   sw('fp16', t.precision === 'fp16');
   sw('gradient_checkpointing', t.gradient_checkpointing);
   sw('offload_optimizer', t.offload_optimizer);
+  sw('offload_checkpoints', t.offload_checkpoints);
   flag('logging_steps', spec.output.logging_steps, d.output.logging_steps);
   flag('save_steps', spec.output.save_steps, d.output.save_steps);
   flag('eval_steps', spec.output.eval_steps, d.output.eval_steps);

@@ -73,7 +73,9 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   }
   // floats each block keeps per token for its backward
   const perToken = (neox ? 6 * H + 2 * I : 6 * H + 2 * kvd + 3 * I) + nh + loraPerToken;
-  const activations = (spec.training.gradient_checkpointing ? L * N * H + N * perToken : L * N * perToken) * F;
+  // checkpointing keeps each block's input (on the GPU unless offload_checkpoints moves them to host memory)
+  const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : L * N * H;
+  const activations = (spec.training.gradient_checkpointing ? kept + N * perToken : L * N * perToken) * F;
   const temporaries = N * (8 * H + 3 * I) * F + 5 * N * H * F;
   const chunk = Math.min(N, Math.floor(2 ** 22 / Math.max(V, 1)));
   const logits = chunk * V * F * 2;

@@ -61,6 +61,8 @@ export const RunSpec = z
         gradient_checkpointing: z.boolean().default(false),
         // GPU runs: the AdamW state and step in host memory (engine training.offload_optimizer)
         offload_optimizer: z.boolean().default(false),
+        // GPU runs with gradient checkpointing: the checkpointed block inputs in host memory
+        offload_checkpoints: z.boolean().default(false),
       })
       .strict()
       .prefault({}),
@@ -86,6 +88,10 @@ export const RunSpec = z
     resume_from: z.string().min(1).nullable().default(null),
   })
   .strict()
+  .refine((s) => !s.training.offload_checkpoints || s.training.gradient_checkpointing, {
+    message: 'training.offload_checkpoints moves the checkpointed block inputs to host memory: it needs gradient_checkpointing',
+    path: ['training', 'offload_checkpoints'],
+  })
   .refine((s) => s.model.quantization === 'none' || s.method === 'lora', {
     message: 'model.quantization (QLoRA) needs method "lora": the 4-bit base weights are frozen',
     path: ['model', 'quantization'],
@@ -241,6 +247,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
       seed: t.seed,
       gradient_checkpointing: t.gradient_checkpointing,
       ...(t.offload_optimizer ? { offload_optimizer: true } : {}),
+      ...(t.offload_checkpoints ? { offload_checkpoints: true } : {}),
       precision: t.precision,
     },
     output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },
