@@ -46,6 +46,7 @@ def main():
                     help="layers,hidden,heads,intermediate,vocab instead of LLaMA-7B's (smoke runs)")
     a = ap.parse_args()
     os.makedirs(a.out, exist_ok=True)
+    t_start = time.time()
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
     from peft import LoraConfig, get_peft_model
@@ -158,6 +159,11 @@ def main():
     # bitsandbytes' QLoRA recipe computes in bf16 (bnb_4bit_compute_dtype): the 4-bit GEMMs on tensor cores
     res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16"],
                                   "QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations")}
+    # and, time permitting, the longest sequence with the checkpointed block inputs in host memory (offload_checkpoints)
+    T1 = seqs[-1]
+    if time.time() - t_start < float(os.environ.get("LLMT_OFFLOAD_ROW_BEFORE_S", "420")):
+        res["ours_offload"] = {T1: ours(T1, ["--precision", "bf16", "--offload-checkpoints"],
+                                        "bf16 weights, fp32 activations, checkpoints in host memory")}
     q, b = res["ours_qlora"][T0], res["ours"].get(T0, {})
     # the QLoRA memory target is about fitting a GPU: the larger of the allocator's peak and the process's use (nvidia-smi,
     # with the CUDA context)
@@ -184,6 +190,14 @@ def main():
     qerr = res["ours_qlora"][qt["seq"]].get("error", "")[:80]
     lines += ["", "QLoRA (nf4, bf16 compute, seq %d): peak %s (target <= 6 GB), tokens/s vs our bf16 LoRA %s (target >= 0.9x) %s"
               % (qt["seq"], qmem, qspd, qerr)]
+    if "ours_offload" in res:
+        o1, h1 = res["ours_offload"][T1], res["hf"].get(T1, {})
+        om = o1["peak_mem"] / h1["peak_mem"] if o1.get("peak_mem") and h1.get("peak_mem") else None
+        os_ = o1["tokens_per_s"] / h1["tokens_per_s"] if o1.get("tokens_per_s") and h1.get("tokens_per_s") else None
+        res.setdefault("ratios", {})[f"{T1}_offload_checkpoints"] = {"speed": os_, "memory": om}
+        lines += ["", "ours with --offload-checkpoints at seq %d: %s tok/s (%s of HF), peak %s GiB (%s of HF) %s" % (
+            T1, "%.1f" % o1["tokens_per_s"] if o1.get("tokens_per_s") else "-", "%.2fx" % os_ if os_ else "-",
+            "%.1f" % (o1["peak_mem"] / 2**30) if o1.get("peak_mem") else "-", "%.2fx" % om if om else "-", o1.get("error", "")[:80])]
     lines += ["", "peak GiB: what each allocator held from the GPU (torch max_memory_reserved; ours the same), CUDA context "
               "excluded; allocated ratio: torch max_memory_allocated vs ours. Versions: " +
               ", ".join(f"{k} {v}" for k, v in res["versions"].items())]

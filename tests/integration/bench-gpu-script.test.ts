@@ -25,6 +25,7 @@ type Results = {
   hf: Record<string, Side>;
   ours: Record<string, Side>;
   ours_qlora: Record<string, Side>;
+  ours_offload: Record<string, Side>;
   ratios: Record<string, { speed: number | null; memory: number | null }>;
   qlora_targets: { seq: number; peak_mem_gb: number | null; speed_vs_our_bf16: number | null };
 };
@@ -72,7 +73,12 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     expect(q.error, JSON.stringify(q)).toBeUndefined();
     expect(q.peak_alloc!).toBeLessThan(res.ours['16']!.peak_alloc!);
     expect(res.qlora_targets.speed_vs_our_bf16).toBeCloseTo(q.tokens_per_s! / res.ours['16']!.tokens_per_s!, 6);
+    // the longest length again with the checkpointed block inputs in host memory: less GPU memory, same model
+    const off = res.ours_offload['32']!;
+    expect(off.error, JSON.stringify(off)).toBeUndefined();
+    expect(off.peak_alloc!).toBeLessThan(res.ours['32']!.peak_alloc!);
     const md = fs.readFileSync(path.join(out, 'results.md'), 'utf8');
+    expect(md).toMatch(/ours with --offload-checkpoints at seq 32: [\d.]+ tok\/s/);
     expect(md).toMatch(/\| seq \| HF\+PEFT tok\/s \| ours tok\/s \| speed ratio/);
     expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
     expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
