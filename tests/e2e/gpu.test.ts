@@ -2,18 +2,14 @@
 // the app's engine loads like a real driver: the hardware step lists the GPU, a LoRA run in bf16 on it is launched
 // from the wizard, its review shows the equivalent command line, and the run completes on the GPU backend (no
 // "CPU fallback" warning). Skipped when the engine was built without CUDA (no cuemu next to it).
-import fs from 'node:fs';
-import path from 'node:path';
 
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { callApi, type Served, startCli } from '../helpers/app';
 import { openPage, screenshot } from '../helpers/browser';
-import { NATIVE } from '../helpers/native';
+import { EMU, HAVE_EMU } from '../helpers/native';
 
-const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
-const HAVE_EMU = fs.existsSync(path.join(EMU, 'libcuda.so.1'));
 if (!HAVE_EMU) console.warn(`e2e gpu: skipped — ${EMU} is missing (this engine build has no CUDA backend)`);
 
 let app: Served;

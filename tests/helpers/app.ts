@@ -99,3 +99,16 @@ export async function post(origin: string, method: string, body: unknown, header
   });
   return { status: res.status, json: await res.json() };
 }
+
+/** `llms-train train` flags for a short LoRA run (3 steps, micro-batch 2, short sequences) of `model` on the bundled
+ *  PromptCBLUE sample, writing to `out`; `more` adds or overrides flags (commander takes the last value). */
+export function sampleTrainFlags(model: string, out: string, more: string[] = []): string[] {
+  return [
+    'train', '--model_name_or_path', model, '--use_lora', 'True',
+    '--train_file', path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo', 'dev.json'),
+    '--prompt_column', 'input', '--response_column', 'target', '--output_dir', out,
+    '--max_source_length', '32', '--max_target_length', '8', '--per_device_train_batch_size', '2',
+    '--max_steps', '3', '--logging_steps', '1', '--save_steps', '3', '--learning_rate', '1e-3', '--json',
+    ...more,
+  ];
+}

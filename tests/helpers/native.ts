@@ -1,6 +1,7 @@
 // native.ts — where the integration tests find the built engine and the reference Python, and how they read
 // what either side writes (F32 safetensors) and compare logits. LLMS_TRAIN_NATIVE_DIR points at another build of
 // llmt-engine (default native/build/bin); LLMT_PY at another Python (default .venv-test, tests/python/setup.sh).
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -33,4 +34,19 @@ export function maxAbsDiff(a: number[][][], b: number[][][]): number {
   let m = 0;
   a.forEach((row, i) => row.forEach((tok, j) => tok.forEach((x, k) => (m = Math.max(m, Math.abs(x - b[i]![j]![k]!))))));
   return m;
+}
+
+/** The emulated GPU (native/tests/cuemu) of a CUDA build: its library folder, and whether this build has it. */
+export const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
+export const HAVE_EMU = fs.existsSync(path.join(EMU, 'libcuda.so.1'));
+
+/** A tiny llama (`create-tiny`) and 24 tokenized rows of 20 tokens (the first 4 labels masked) in `dir`: what the
+ *  emulated-GPU tests train, small enough for kernels run thread by thread on the CPU. */
+export function tinyLlamaRun(dir: string): { model: string; tokens: string } {
+  const model = path.join(dir, 'model');
+  expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', model]).status).toBe(0);
+  const tokens = path.join(dir, 'train.json');
+  const ids = Array.from({ length: 24 }, (_, i) => Array.from({ length: 20 }, (_, j) => ((5 * i + 3 * j) % 200) + 4));
+  fs.writeFileSync(tokens, JSON.stringify({ input_ids: ids, labels: ids.map((r) => r.map((t, j) => (j < 4 ? -100 : t))) }));
+  return { model, tokens };
 }

@@ -11,10 +11,8 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT } from '../helpers/app';
-import { ENGINE, NATIVE, PY } from '../helpers/native';
+import { EMU, ENGINE, HAVE_EMU, PY } from '../helpers/native';
 
-const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
-const HAVE_EMU = fs.existsSync(path.join(EMU, 'libcuda.so.1'));
 if (!HAVE_EMU) console.warn(`bench-gpu-script: skipped — ${EMU} is missing (this engine build has no CUDA backend)`);
 
 type Side = { tokens_per_s?: number; step_ms?: number; loss?: number; peak_mem?: number; peak_alloc?: number; device?: string; error?: string };

@@ -11,11 +11,9 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { ROOT, runCli } from '../helpers/app';
-import { ENGINE, NATIVE, readSafetensors } from '../helpers/native';
+import { runCli, sampleTrainFlags } from '../helpers/app';
+import { EMU, ENGINE, HAVE_EMU, readSafetensors, tinyLlamaRun } from '../helpers/native';
 
-const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
-const HAVE_EMU = fs.existsSync(path.join(EMU, 'libcuda.so.1'));
 if (!HAVE_EMU) console.warn(`cuda-emulated: skipped — ${EMU} is missing (this engine build has no CUDA backend: build with nvcc, as CI does)`);
 
 let tmp: string;
@@ -62,11 +60,7 @@ function maxRel(a: number[], b: number[]): number {
 
 beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-cuemu-'));
-  model = path.join(tmp, 'model');
-  expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', model]).status).toBe(0);
-  tokens = path.join(tmp, 'train.json');
-  const ids = Array.from({ length: 24 }, (_, i) => Array.from({ length: 20 }, (_, j) => ((5 * i + 3 * j) % 200) + 4));
-  fs.writeFileSync(tokens, JSON.stringify({ input_ids: ids, labels: ids.map((r) => r.map((t, j) => (j < 4 ? -100 : t))) }));
+  ({ model, tokens } = tinyLlamaRun(tmp));
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -225,16 +219,7 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
 
   it('`llms-train train --device cuda --bf16` runs through the app CLI on the GPU', async () => {
     const out = path.join(tmp, 'cli-run');
-    const r = await runCli(
-      [
-        'train', '--model_name_or_path', model, '--use_lora', 'True',
-        '--train_file', path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo', 'dev.json'),
-        '--prompt_column', 'input', '--response_column', 'target', '--output_dir', out,
-        '--max_source_length', '48', '--max_target_length', '8', '--per_device_train_batch_size', '2',
-        '--max_steps', '3', '--logging_steps', '1', '--save_steps', '3', '--learning_rate', '1e-3',
-        '--device', 'cuda:0', '--bf16', '--json',
-      ],
-      { home: path.join(tmp, 'home'), env: { LLMT_CUDA_LIB_DIRS: EMU }, timeoutMs: 300_000 },
+    const r = await runCli(sampleTrainFlags(model, out, ['--max_source_length', '48', '--device', 'cuda:0', '--bf16']), { home: path.join(tmp, 'home'), env: { LLMT_CUDA_LIB_DIRS: EMU }, timeoutMs: 300_000 },
     );
     expect(r.code, r.stderr).toBe(0);
     expect(r.stdout + r.stderr).not.toMatch(/CUDA unavailable/);

@@ -13,10 +13,9 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
-import { ROOT, runCli } from '../helpers/app';
-import { ENGINE, NATIVE, readSafetensors } from '../helpers/native';
+import { runCli, sampleTrainFlags } from '../helpers/app';
+import { EMU, ENGINE, NATIVE, readSafetensors, tinyLlamaRun } from '../helpers/native';
 
-const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
 const EMU_NO_NCCL = path.join(NATIVE, '..', 'cuemu', 'gpu-noblas'); // the driver only: no cuBLAS, no NCCL
 const HAVE_EMU = fs.existsSync(path.join(EMU, 'libnccl.so.2'));
 const HAS_GLOO = fs.existsSync(path.join(NATIVE, 'libllmt_gloo.so'));
@@ -98,11 +97,7 @@ const losses = (r: Result) => r.events.filter((e) => e.event === 'step').map((e)
 
 beforeAll(() => {
   tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-mgpu-'));
-  model = path.join(tmp, 'model');
-  expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', model]).status).toBe(0);
-  tokens = path.join(tmp, 'train.json');
-  const ids = Array.from({ length: 24 }, (_, i) => Array.from({ length: 20 }, (_, j) => ((5 * i + 3 * j) % 200) + 4));
-  fs.writeFileSync(tokens, JSON.stringify({ input_ids: ids, labels: ids.map((r) => r.map((t, j) => (j < 4 ? -100 : t))) }));
+  ({ model, tokens } = tinyLlamaRun(tmp));
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
@@ -178,16 +173,7 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
   it('`llms-train train --device cuda:0,1` runs one worker per GPU through the app and records both', async () => {
     const home = path.join(tmp, 'home');
     const out = path.join(tmp, 'cli-2gpu');
-    const r = await runCli(
-      [
-        'train', '--model_name_or_path', model, '--use_lora', 'True',
-        '--train_file', path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo', 'dev.json'),
-        '--prompt_column', 'input', '--response_column', 'target', '--output_dir', out,
-        '--max_source_length', '32', '--max_target_length', '8', '--per_device_train_batch_size', '2',
-        '--max_steps', '3', '--logging_steps', '1', '--save_steps', '3', '--learning_rate', '1e-3',
-        '--device', 'cuda:0,1', '--bf16', '--json',
-      ],
-      { home, env: { LLMT_CUDA_LIB_DIRS: EMU, LLMT_CUEMU_DEVICES: '2' }, timeoutMs: 300_000 },
+    const r = await runCli(sampleTrainFlags(model, out, ['--device', 'cuda:0,1', '--bf16']), { home, env: { LLMT_CUDA_LIB_DIRS: EMU, LLMT_CUEMU_DEVICES: '2' }, timeoutMs: 300_000 },
     );
     expect(r.code, r.stderr + r.stdout).toBe(0);
     expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
