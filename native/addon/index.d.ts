@@ -87,7 +87,7 @@ export interface NativeModel {
   evalLoss(tokPath: string, options?: { batchSize?: number }, onProgress?: (e: { event: 'progress'; done: number; total: number }) => void): Promise<EvalLossResult>;
   /** Stops the running generate/evalLoss/generateBatch. */
   abort(): void;
-  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number };
+  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number; device: string; device_memory: { allocated: number; peak_allocated: number; reserved: number; peak_reserved: number } };
   /** Releases the weights now (else when garbage-collected). Throws while generating or evaluating. */
   free(): void;
 }
@@ -101,6 +101,8 @@ export interface LlmtAddon {
   deviceInfo(index: number): NativeDevice;
   inspect(dir: string): Promise<ModelInspection>;
   createTiny(family: 'llama' | 'baichuan' | 'gpt_neox', dir: string, seed?: number): Promise<void>;
-  loadModel(dir: string, adapter?: string): Promise<NativeModel>;
+  /** device: "cpu" (default), "cuda", "cuda:N" or "auto" (a GPU that cannot be used leaves the model on the CPU:
+   *  info().device says where it is); precision: "fp32" (default), "bf16", "fp16" (frozen weights in 16 bits). */
+  loadModel(dir: string, adapter?: string, options?: { device?: string; precision?: string }): Promise<NativeModel>;
   setThreads(n: number): void;
 }

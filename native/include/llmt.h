@@ -154,7 +154,9 @@ LLMT_API llmt_status llmt_quantize_file(const char *in_path, const char *out_pat
  * at a time. Errors: IO, BAD_INPUT (out_dir is dir or holds other weights; dir already quantized), UNSUPPORTED. */
 LLMT_API llmt_status llmt_quantize_model(const char *dir, const char *out_dir, const char *quantization, int double_quant);
 LLMT_API void llmt_model_free(llmt_model *model);
-/* JSON: {model_type, vocab, hidden, layers, parameters, trainable, adapter, eos_ids, bos_id, pad_id}. */
+/* JSON: {model_type, vocab, hidden, layers, parameters, trainable, adapter, eos_ids, bos_id, pad_id, device (the backend's
+ * name: "cpu", "cuda:0"), device_memory {allocated, peak_allocated, reserved, peak_reserved} (its allocator's bytes; 0
+ * on the CPU)}. */
 LLMT_API llmt_status llmt_model_info(llmt_model *model, char **out_json);
 
 /* Forward pass, no dropout. ids and labels are [batch * seq] row-major; labels may be NULL (no loss) and use

@@ -43,6 +43,8 @@ export const AppStatus = z.object({
   gpus: z.array(Device),
   home: z.string(),
   database: z.string(),
+  /** Where chat, predictions and evaluations run now (the settings with "auto" resolved). */
+  inference: z.object({ device: z.string(), precision: z.string() }),
 });
 export type AppStatus = z.infer<typeof AppStatus>;
 
@@ -50,6 +52,11 @@ export const Settings = z.object({
   locale: Locale,
   /** Folders scanned for local Hugging Face model folders. */
   modelDirs: z.array(z.string().min(1).max(4096)).max(64),
+  /** Where chat, predictions and evaluations run: "auto" (the first GPU when there is one, else the CPU), "cpu" or
+   *  "cuda:N". */
+  inferenceDevice: z.string().regex(/^(auto|cpu|cuda:\d{1,2})$/, 'auto, cpu or cuda:N'),
+  /** Their weights: "auto" (bf16 on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16". */
+  inferencePrecision: z.enum(['auto', 'fp32', 'bf16', 'fp16']),
 });
 export type Settings = z.infer<typeof Settings>;
 
@@ -230,6 +237,8 @@ export interface AnswerInfo {
   promptTokens: number;
   finish: 'stop' | 'length' | 'aborted';
   seconds: number;
+  /** where it was generated: "cpu", "cuda:0" */
+  device: string;
   /** the engine host had died and was restarted before this answer (why), or null */
   restarted: string | null;
 }

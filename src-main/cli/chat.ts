@@ -12,7 +12,7 @@ import type { TemplateName } from '../core/data/templates.js';
 import { EngineHost } from '../core/engine/host.js';
 import { databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
-import { type Fail, type SamplingFlags, paramsOf, posInt, samplingOptions, templateOption } from './options.js';
+import { type Fail, type SamplingFlags, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
 
 interface ChatFlags extends SamplingFlags {
   model: string;
@@ -22,10 +22,12 @@ interface ChatFlags extends SamplingFlags {
   system?: string;
   save: boolean;
   threads?: number;
+  device: string;
+  precision: string;
 }
 
 export function registerChat(program: Command, fail: Fail): void {
-  samplingOptions(
+  placementOptions(samplingOptions(
     program
       .command('chat')
       .description('chat with a model (and adapter) in the terminal; tokens stream as generated. /reset starts over, /exit quits, Ctrl-C stops the current answer')
@@ -36,10 +38,12 @@ export function registerChat(program: Command, fail: Fail): void {
       .option('--system <text>', 'system prompt')
       .option('--save', "keep the conversation as a chat session in the app's database", false)
       .option('--threads <n>', 'engine CPU threads', posInt),
-  ).action(async (o: ChatFlags) => {
+  )).action(async (o: ChatFlags) => {
     let params: SamplingParams;
+    let placement: { device: string; precision: string };
     try {
       params = paramsOf(o);
+      placement = placementOf(o);
       if (!fs.existsSync(o.model)) throw new Error(`the model folder ${o.model} does not exist`);
       if (o.adapter && !fs.existsSync(o.adapter)) throw new Error(`the adapter folder ${o.adapter} does not exist`);
     } catch (err) {
@@ -51,7 +55,7 @@ export function registerChat(program: Command, fail: Fail): void {
     } catch (err) {
       fail(err);
     }
-    const host = new EngineHost(o.threads ? { threads: o.threads } : {});
+    const host = new EngineHost({ ...(o.threads ? { threads: o.threads } : {}), placement });
     const chat = new ChatService(store, host);
     const tty = Boolean(process.stdin.isTTY && process.stdout.isTTY);
     const rl = readline.createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });

@@ -82,3 +82,15 @@ export function onInterrupt(abort: () => void): () => void {
   };
 }
 
+
+/** Where `predict`/`chat` compute: --device cpu|cuda|cuda:N|auto and --precision fp32|bf16|fp16 (the engine host's
+ *  placement; a GPU that cannot be used leaves the engine on the CPU, and the report says where it ran). */
+export function placementOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--device <d>', 'cpu, cuda, cuda:N or auto (the first usable GPU, else the CPU)').default('cpu'))
+    .addOption(new Option('--precision <p>', 'the frozen weights: fp32, or bf16/fp16 (half the memory; the GEMMs read 16-bit inputs)').choices(['fp32', 'bf16', 'fp16']).default('fp32'));
+}
+export function placementOf(o: { device: string; precision: string }): { device: string; precision: string } {
+  if (!/^(cpu|auto|cuda(:\d+)?)$/.test(o.device)) throw new Error(`--device ${o.device}: use cpu, cuda, cuda:N or auto`);
+  return { device: o.device, precision: o.precision };
+}

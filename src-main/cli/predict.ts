@@ -6,11 +6,11 @@ import { type Command, Option } from 'commander';
 import type { TemplateName } from '../core/data/templates.js';
 import { EngineHost } from '../core/engine/host.js';
 import { predict } from '../core/eval/predict.js';
-import { type Fail, type SamplingFlags, onInterrupt, paramsOf, posInt, samplingOptions, templateOption } from './options.js';
+import { type Fail, type SamplingFlags, onInterrupt, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
 import { Progress } from './progress.js';
 
 export function registerPredict(program: Command, fail: Fail): void {
-  samplingOptions(
+  placementOptions(samplingOptions(
     program
       .command('predict')
       .description("answer every record of a test file (the seed's inference script): each record is copied with its answer (PromptCBLUE: target) replaced by the generated text")
@@ -27,11 +27,17 @@ export function registerPredict(program: Command, fail: Fail): void {
       .option('--no-resume', 'start over even when <out>.partial from an interrupted run exists')
       .option('--threads <n>', 'engine CPU threads', posInt)
       .option('--json', 'print the report as JSON', false),
-  ).action(async (o: SamplingFlags & { model: string; adapter?: string; tokenizer?: string; data: string; out: string; template: TemplateName; max_source_length: number; batch_size: number; limit?: number; onError: 'fail' | 'skip'; resume: boolean; threads?: number; json: boolean }) => {
+  )).action(async (o: SamplingFlags & { model: string; adapter?: string; tokenizer?: string; data: string; out: string; template: TemplateName; max_source_length: number; batch_size: number; limit?: number; onError: 'fail' | 'skip'; resume: boolean; threads?: number; json: boolean; device: string; precision: string }) => {
     const ctl = new AbortController();
     const off = onInterrupt(() => ctl.abort());
     const bar = new Progress('predict');
-    const host = new EngineHost(o.threads ? { threads: o.threads } : {});
+    let placement: { device: string; precision: string };
+    try {
+      placement = placementOf(o);
+    } catch (err) {
+      return fail(err);
+    }
+    const host = new EngineHost({ ...(o.threads ? { threads: o.threads } : {}), placement });
     try {
       const r = await predict({
         model: o.model,
@@ -55,7 +61,7 @@ export function registerPredict(program: Command, fail: Fail): void {
       else {
         if (r.resumed) console.log(`resumed after ${r.resumed} record(s) already predicted`);
         if (r.skipped) console.log(`skipped ${r.skipped} bad record(s): ${r.errors.slice(0, 5).map((e) => `line ${e.line}: ${e.reason}`).join('; ')}${r.skipped > 5 ? '; …' : ''}`);
-        console.log(`wrote ${r.written} prediction(s) to ${r.out} in ${r.seconds.toFixed(1)} s (${r.tokens} tokens generated; ${r.finish.length} stopped at max_new_tokens)`);
+        console.log(`wrote ${r.written} prediction(s) to ${r.out} in ${r.seconds.toFixed(1)} s on ${r.device} (${r.precision}; ${r.tokens} tokens generated; ${r.finish.length} stopped at max_new_tokens)`);
       }
     } catch (err) {
       bar.done();

@@ -19,7 +19,7 @@ import { cliCommand } from './runs/cli-command.js';
 import { gpuIds, parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
 import { planRun, type RunHandle, RunService } from './runs/service.js';
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
-import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher } from './engine/host.js';
+import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher, type Placement } from './engine/host.js';
 import { type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint, listEvals } from './eval/service.js';
 import { StoreError } from './store/db.js';
 import { Store, type RunRow } from './store/store.js';
@@ -44,7 +44,7 @@ function exitText(e: ExitInfo): string {
 }
 
 function answerOf(r: HostGenerateResult): Res<'sendChat'>['answer'] {
-  return { text: r.text, tokens: r.ids.length, promptTokens: r.promptTokens, finish: r.finish, seconds: r.seconds, restarted: r.restarted ? exitText(r.restarted) : null };
+  return { text: r.text, tokens: r.ids.length, promptTokens: r.promptTokens, finish: r.finish, seconds: r.seconds, device: r.device, restarted: r.restarted ? exitText(r.restarted) : null };
 }
 
 function evalInfo(e: CheckpointEval): Res<'listEvals'>[number] {
@@ -63,7 +63,7 @@ function evalInfo(e: CheckpointEval): Res<'listEvals'>[number] {
   };
 }
 
-const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [] };
+const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [], inferenceDevice: 'auto', inferencePrecision: 'auto' };
 
 type MetricSummary = ReturnType<Store['metrics']['summaries']> extends Map<number, infer V> ? V : never;
 
@@ -187,6 +187,7 @@ export class Core {
       gpus: devices.filter((d) => d.kind === 'cuda'),
       home: this.home,
       database: this.store.file,
+      inference: this.inferencePlacement(this.settings()),
     };
   }
 
@@ -275,10 +276,22 @@ export class Core {
     this.store.models.upsert({ path: dir, name: hfId ?? path.basename(dir), family: fam?.id ?? null, modelType, ...(hfId ? { hfId } : {}) });
   }
 
+  /** Where chat, predictions and evaluations compute: the settings, with "auto" resolved against this machine (the first
+   *  usable GPU in bf16, else the CPU in fp32). */
+  inferencePlacement(s: Settings): Placement {
+    let device = s.inferenceDevice;
+    if (device === 'auto') {
+      const gpu = listDevices(this.engine).find((d) => d.kind === 'cuda');
+      device = gpu ? `cuda:${gpu.index}` : 'cpu';
+    }
+    const precision = s.inferencePrecision === 'auto' ? (device.startsWith('cuda') ? 'bf16' : 'fp32') : s.inferencePrecision;
+    return { device, precision };
+  }
+
   /** The engine host for chat and evaluation: a child process started on first use, restarted after a crash. */
   get host(): EngineHost {
     if (!this.hostInstance) {
-      this.hostInstance = new EngineHost(this.opts.hostLauncher ? { launcher: this.opts.hostLauncher } : {});
+      this.hostInstance = new EngineHost({ ...(this.opts.hostLauncher ? { launcher: this.opts.hostLauncher } : {}), placement: this.inferencePlacement(this.settings()) });
       this.hostInstance.on('exit', (e: ExitInfo) => this.events.emit('engineHost', { event: 'exit', message: `${exitText(e)}; it restarts on the next request` }));
       this.hostInstance.on('restart', (e: { reason: ExitInfo }) => this.events.emit('engineHost', { event: 'restart', message: `restarted after ${exitText(e.reason)}` }));
     }
@@ -355,11 +368,19 @@ export class Core {
     return {
       getStatus: () => this.status(),
       getSettings: () => this.settings(),
-      updateSettings: (patch) => {
+      updateSettings: async (patch) => {
         const next: Settings = { ...this.settings() };
         if (patch.locale !== undefined) next.locale = patch.locale;
         if (patch.modelDirs !== undefined) next.modelDirs = patch.modelDirs;
+        if (patch.inferenceDevice !== undefined) next.inferenceDevice = patch.inferenceDevice;
+        if (patch.inferencePrecision !== undefined) next.inferencePrecision = patch.inferencePrecision;
+        const before = this.settings();
         this.store.settings.set('app', next);
+        // the engine host loads models where the settings say: a change ends its child (the next request starts anew)
+        if (before.inferenceDevice !== next.inferenceDevice || before.inferencePrecision !== next.inferencePrecision) {
+          await this.host.setPlacement(this.inferencePlacement(next));
+          this.publishStatus();
+        }
         return next;
       },
       listExperiments: () => this.store.experiments.list(),

@@ -66,6 +66,22 @@ describe('workbench in Chromium', () => {
     expect(await page.getByTestId('nav-runs').textContent()).toBe('Runs');
   });
 
+  it('chooses where chat and predictions run, and says where that is now', async () => {
+    await page.getByTestId('nav-settings').click();
+    await page.getByTestId('settings-inference-device').waitFor();
+    // no GPU here: automatic means the CPU in fp32
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32.');
+    const options = await page.getByTestId('settings-inference-device').locator('option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
+    expect(options).toEqual(['auto', 'cpu']);
+    await page.getByTestId('settings-inference-precision').selectOption('bf16');
+    await page.getByTestId('settings-inference-saved').waitFor();
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, bf16.');
+    const saved = (await (await fetch(`${app.origin}/api/getSettings`, { method: 'POST', headers: { 'X-LLMT-Token': app.token }, body: '{}' })).json()) as { result: { inferencePrecision: string } };
+    expect(saved.result.inferencePrecision).toBe('bf16');
+    await page.getByTestId('settings-inference-precision').selectOption('auto');
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32.');
+  });
+
   it('has run so far without console errors or CSP violations', () => {
     expect(consoleErrors).toEqual([]);
   });

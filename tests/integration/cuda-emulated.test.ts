@@ -11,7 +11,8 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { runCli, sampleTrainFlags } from '../helpers/app';
+import { ensureDemoModel } from '../../src-main/core/runs/demo';
+import { callApi, post, ROOT, runCli, sampleTrainFlags, startCli } from '../helpers/app';
 import { EMU, ENGINE, HAVE_EMU, readSafetensors, tinyLlamaRun } from '../helpers/native';
 
 if (!HAVE_EMU) console.warn(`cuda-emulated: skipped — ${EMU} is missing (this engine build has no CUDA backend: build with nvcc, as CI does)`);
@@ -191,6 +192,58 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
       expect(est.bytes.process).toBe(512 * 2 ** 20); // the CUDA context, which the allocator does not see
       const engineBytes = est.bytes.total - est.bytes.process;
       expect(Math.abs(engineBytes - peak) / peak, `T=${T} mb=${mb} ckpt=${ckpt} ${precision} offload=${offload}/${offloadCkpt}: estimate ${engineBytes}, measured ${peak}`).toBeLessThan(0.15);
+    }
+  }, 300_000);
+
+  it('predict runs on the GPU it is given (same answers as the CPU) and says where it ran', async () => {
+    const home = path.join(tmp, 'home-infer');
+    const demo = ensureDemoModel(home);
+    const data = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo', 'test.json');
+    const predictOn = async (name: string, more: string[]) => {
+      const out = path.join(tmp, `${name}.jsonl`);
+      const r = await runCli(['predict', '--model', demo, '--data', data, '--out', out, '--max_new_tokens', '6', '--max_source_length', '64', '--limit', '8', ...more], {
+        home,
+        env: { LLMT_CUDA_LIB_DIRS: EMU },
+        timeoutMs: 300_000,
+      });
+      expect(r.code, r.stderr).toBe(0);
+      return { stdout: r.stdout, lines: fs.readFileSync(out, 'utf8') };
+    };
+    const cpu = await predictOn('pred-cpu', []);
+    const gpu = await predictOn('pred-gpu', ['--device', 'cuda']);
+    const gpu16 = await predictOn('pred-gpu16', ['--device', 'cuda:0', '--precision', 'bf16']);
+    expect(cpu.stdout).toMatch(/wrote 8 prediction\(s\) .* on cpu \(fp32;/);
+    expect(gpu.stdout).toMatch(/wrote 8 prediction\(s\) .* on cuda:0 \(fp32;/);
+    expect(gpu16.stdout).toMatch(/on cuda:0 \(bf16;/);
+    expect(gpu.lines).toBe(cpu.lines);
+    // a GPU that is not there: the CPU, and the report says so
+    const missing = await predictOn('pred-gpu3', ['--device', 'cuda:3']);
+    expect(missing.stdout).toMatch(/ on cpu \(fp32;/);
+    expect(missing.lines).toBe(cpu.lines);
+  }, 300_000);
+
+  it('the app runs chat where its settings say: auto takes the GPU in bf16, a change restarts the engine host there', async () => {
+    const home = path.join(tmp, 'home-app');
+    const demo = ensureDemoModel(home);
+    const app = await startCli(['serve', '--port', '0'], { home, env: { LLMT_CUDA_LIB_DIRS: EMU } });
+    try {
+      const status = await callApi<{ inference: { device: string; precision: string } }>(app, 'getStatus', {});
+      expect(status.inference).toEqual({ device: 'cuda:0', precision: 'bf16' });
+      const session = await callApi<{ id: number }>(app, 'createChatSession', { model: demo, params: { max_new_tokens: 4, do_sample: false } });
+      const a = await callApi<{ answer: { device: string; tokens: number } }>(app, 'sendChat', { id: session.id, text: 'hello' });
+      expect(a.answer.device).toBe('cuda:0');
+      expect(a.answer.tokens).toBeGreaterThan(0);
+      const s = await callApi<{ inferenceDevice: string; inferencePrecision: string }>(app, 'updateSettings', { inferenceDevice: 'cpu' });
+      expect(s).toMatchObject({ inferenceDevice: 'cpu', inferencePrecision: 'auto' });
+      expect((await callApi<{ inference: unknown }>(app, 'getStatus', {})).inference).toEqual({ device: 'cpu', precision: 'fp32' });
+      const b = await callApi<{ answer: { device: string; restarted: string | null } }>(app, 'sendChat', { id: session.id, text: 'hello again' });
+      expect(b.answer.device).toBe('cpu');
+      expect(b.answer.restarted).toBeNull(); // ended on purpose, not a crash
+      const bad = await post(app.origin, 'updateSettings', { inferenceDevice: 'gpu0' }, { 'X-LLMT-Token': app.token });
+      expect(bad.status).toBe(400);
+      expect(JSON.stringify(bad.json.error)).toMatch(/inferenceDevice/);
+    } finally {
+      await app.stop();
     }
   }, 300_000);
 

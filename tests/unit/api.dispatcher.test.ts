@@ -99,6 +99,7 @@ describe('EventHub', () => {
     gpus: [],
     home: '/h',
     database: '/h/db',
+    inference: { device: 'cpu', precision: 'fp32' },
   };
 
   it('delivers validated payloads to every listener until unsubscribed', () => {

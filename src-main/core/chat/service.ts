@@ -222,6 +222,7 @@ export class ChatService {
       promptTokens: result.promptTokens,
       finish: result.finish,
       seconds: result.seconds,
+      device: result.device,
       ...(result.restarted ? { restarted: result.restarted } : {}),
     };
     const assistant = this.store.chat.addMessage(sessionId, 'assistant', result.text, meta);

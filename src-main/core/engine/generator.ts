@@ -56,6 +56,8 @@ export interface GenerateResult {
   promptTokens: number;
   finish: FinishReason;
   seconds: number;
+  /** where it was generated: "cpu", "cuda:0" */
+  device: string;
 }
 
 export interface LoadedInfo {
@@ -67,6 +69,9 @@ export interface LoadedInfo {
   eosIds: number[];
   seconds: number;
   cached: boolean;
+  /** where it computes ("cpu", "cuda:0": a GPU that could not be used leaves it on the CPU) and its weights' precision */
+  device: string;
+  precision: string;
 }
 
 export class GenerateError extends Error {
@@ -115,7 +120,11 @@ export class Generator {
   private readonly cancelled = new Set<string>();
 
   /** `maxModels`: models kept loaded (least recently used ones are freed), 2 so A/B mode does not reload. */
-  constructor(private readonly maxModels = 2) {}
+  /** `placement`: where models load ("cpu", "cuda:N", "auto") and their frozen weights' precision. */
+  constructor(
+    private readonly maxModels = 2,
+    private readonly placement: { device: string; precision: string } = { device: 'cpu', precision: 'fp32' },
+  ) {}
 
   private addon() {
     const engine = loadEngine();
@@ -155,7 +164,7 @@ export class Generator {
     let p = this.loading.get(key);
     if (!p) {
       p = (async () => {
-        const model = await this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined);
+        const model = await this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined, this.placement);
         const e: Entry = { key, model, info: model.info(), busy: Promise.resolve(), users: 0, lastUse: Date.now() };
         this.models.set(key, e);
         await this.evict(key);
@@ -196,6 +205,8 @@ export class Generator {
       eosIds: e.info.eos_ids,
       seconds,
       cached,
+      device: e.info.device ?? 'cpu',
+      precision: this.placement.precision,
     };
   }
 
@@ -276,7 +287,7 @@ export class Generator {
       const textIds = out.ids.filter((x) => !skip.has(x));
       const last = out.ids.at(-1);
       const finish: FinishReason = out.aborted || slot.aborted ? 'aborted' : last !== undefined && stop.includes(last) ? 'stop' : 'length';
-      return { text: tok.decode(textIds), ids: out.ids, promptTokens: prompt.length, finish, seconds: (Date.now() - t0) / 1000 };
+      return { text: tok.decode(textIds), ids: out.ids, promptTokens: prompt.length, finish, seconds: (Date.now() - t0) / 1000, device: e.info.device ?? 'cpu' };
     } catch (err) {
       const x = err as Error & { code?: string };
       throw new GenerateError(x.message, x.code ?? 'INTERNAL');
@@ -339,7 +350,7 @@ export class Generator {
         return out.ids.map((ids, k) => {
           const last = ids.at(-1);
           const finish: FinishReason = out.aborted || slot.aborted ? 'aborted' : last !== undefined && stop.includes(last) ? 'stop' : 'length';
-          return { text: tok.decode(ids.filter((x) => !skip.has(x))), ids, promptTokens: prompts[k]!.length, finish, seconds };
+          return { text: tok.decode(ids.filter((x) => !skip.has(x))), ids, promptTokens: prompts[k]!.length, finish, seconds, device: e.info.device ?? 'cpu' };
         });
       } catch (err) {
         const x = err as Error & { code?: string };

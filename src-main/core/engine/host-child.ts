@@ -22,7 +22,10 @@ function errorOf(err: unknown): { message: string; code: string; hint?: string }
 }
 
 const threads = Number(process.env.LLMT_HOST_THREADS ?? 0);
-const generator = new Generator(Number(process.env.LLMT_HOST_MAX_MODELS ?? 2) || 2);
+const generator = new Generator(Number(process.env.LLMT_HOST_MAX_MODELS ?? 2) || 2, {
+  device: process.env.LLMT_HOST_DEVICE || 'cpu',
+  precision: process.env.LLMT_HOST_PRECISION || 'fp32',
+});
 
 async function handle(m: ParentMessage): Promise<void> {
   switch (m.op) {

@@ -148,6 +148,13 @@ export interface HostOptions {
   threads?: number;
   /** models kept loaded in the child (default 2: A/B mode without reloading) */
   maxModels?: number;
+  /** where the child's models compute ("cpu", "cuda:N", "auto") and their weights' precision; default cpu, fp32 */
+  placement?: Placement;
+}
+
+export interface Placement {
+  device: string;
+  precision: string;
 }
 
 export interface HostStatus {
@@ -185,6 +192,9 @@ export class EngineHost extends EventEmitter {
   /** the exit to report on the next result (cleared once reported) */
   private unreported: ExitInfo | null = null;
   private disposed = false;
+  /** a child ended on purpose (setPlacement): its exit is not a crash */
+  private retired: Child | null = null;
+  private placement: Placement;
   private readonly launcher: Launcher;
   private readonly entry: string;
 
@@ -192,6 +202,28 @@ export class EngineHost extends EventEmitter {
     super();
     this.launcher = opts.launcher ?? defaultLauncher();
     this.entry = opts.entry ?? hostChildEntry();
+    this.placement = opts.placement ?? { device: 'cpu', precision: 'fp32' };
+  }
+
+  /** Where models load from now on: a different placement ends the current child (its models were loaded for the
+   *  old one; requests in flight fail with DISPOSED), and the next request starts a fresh one. */
+  async setPlacement(p: Placement, timeoutMs = 5000): Promise<void> {
+    if (p.device === this.placement.device && p.precision === this.placement.precision) return;
+    this.placement = { ...p };
+    const c = this.child;
+    if (!c?.alive) return;
+    this.retired = c;
+    this.child = null;
+    const exited = new Promise<void>((res) => c.handle.onExit(() => res()));
+    c.handle.send({ op: 'abort', id: newId() });
+    c.handle.send({ op: 'dispose', id: newId() });
+    const timer = setTimeout(() => c.handle.kill(), timeoutMs);
+    await exited;
+    clearTimeout(timer);
+  }
+
+  getPlacement(): Placement {
+    return { ...this.placement };
   }
 
   status(): HostStatus {
@@ -220,6 +252,8 @@ export class EngineHost extends EventEmitter {
     const env: NodeJS.ProcessEnv = { ...process.env, ...this.opts.env };
     if (this.opts.threads) env.LLMT_HOST_THREADS = String(this.opts.threads);
     if (this.opts.maxModels) env.LLMT_HOST_MAX_MODELS = String(this.opts.maxModels);
+    env.LLMT_HOST_DEVICE = this.placement.device;
+    env.LLMT_HOST_PRECISION = this.placement.precision;
     const handle = this.launcher.start(this.entry, env);
     this.starts++;
     let markReady!: () => void;
@@ -249,7 +283,8 @@ export class EngineHost extends EventEmitter {
       c.alive = false;
       const info: ExitInfo = { code, signal, at: new Date().toISOString(), failedRequests: c.pending.size };
       if (this.child === c) this.child = null;
-      const expected = this.disposed;
+      const expected = this.disposed || this.retired === c;
+      if (this.retired === c) this.retired = null;
       if (!expected) {
         this.lastExit = info;
         this.unreported = info;

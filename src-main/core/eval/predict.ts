@@ -68,6 +68,9 @@ export interface PredictReport {
   finish: { stop: number; length: number };
   tokens: number;
   seconds: number;
+  /** where the engine computed ("cpu", "cuda:0") and the weights' precision */
+  device: string;
+  precision: string;
 }
 
 export class PredictError extends Error {
@@ -263,7 +266,11 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
   const mine = new AbortController();
   const onAbort = () => mine.abort();
   opt.signal?.addEventListener('abort', onAbort, { once: true });
+  let placed = { device: 'cpu', precision: 'fp32' };
   try {
+    // the model loads first (cached by the host): where it runs goes into the report
+    const info = await host.load({ model: opt.model, adapter: opt.adapter ?? null, tokenizer: opt.tokenizer ?? null });
+    placed = { device: info.device, precision: info.precision };
     progress();
     // batches of `batch` records, each one engine batch (one forward per step for all its prompts; every answer as
     // the record would get alone); the next batch is queued while one generates, so its prompts are prepared
@@ -335,5 +342,6 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
     finish,
     tokens,
     seconds: (Date.now() - t0) / 1000,
+    ...placed,
   };
 }
