@@ -11,6 +11,8 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 #define __global__
@@ -139,6 +141,15 @@ namespace cuemu {
 inline float wmma_float(float v) { return v; }
 inline float wmma_float(__nv_bfloat16 v) { return __bfloat162float(v); }
 inline float wmma_float(__half v) { return __half2float(v); }
+// CUDA's contract for wmma::load_matrix_sync / store_matrix_sync: the pointer 256-bit (32-byte) aligned, ldm a multiple
+// of 16 bytes (8 16-bit elements, 4 floats). A GPU gives a misaligned-address error or wrong tiles otherwise; here it
+// is fatal at once, naming the call.
+inline void wmma_check(const void *p, unsigned ldm, size_t element_bytes, const char *what) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 == 0 && (ldm * element_bytes) % 16 == 0) return;
+  std::fprintf(stderr, "cuemu: wmma::%s: pointer %p must be 32-byte aligned and ldm (%u elements of %zu bytes) a multiple of 16 bytes\n",
+               what, p, ldm, element_bytes);
+  std::abort();
+}
 }  // namespace cuemu
 
 namespace nvcuda {
@@ -162,17 +173,20 @@ template <class Use, int M, int N, int K, class T, class Layout, class P>
 void load_matrix_sync(fragment<Use, M, N, K, T, Layout> &f, const P *p, unsigned ldm) {
   using F = fragment<Use, M, N, K, T, Layout>;
   static_assert(!std::is_same<Use, accumulator>::value, "accumulators load with a layout_t");
+  ::cuemu::wmma_check(p, ldm, sizeof(P), "load_matrix_sync");
   for (int r = 0; r < F::R; ++r)
     for (int c = 0; c < F::C; ++c)
       f.v[r * F::C + c] = ::cuemu::wmma_float(std::is_same<Layout, row_major>::value ? p[r * ldm + c] : p[c * ldm + r]);
 }
 template <int M, int N, int K>
 void load_matrix_sync(fragment<accumulator, M, N, K, float> &f, const float *p, unsigned ldm, layout_t l) {
+  ::cuemu::wmma_check(p, ldm, sizeof(float), "load_matrix_sync");
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) f.v[r * N + c] = l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r];
 }
 template <int M, int N, int K>
 void store_matrix_sync(float *p, const fragment<accumulator, M, N, K, float> &f, unsigned ldm, layout_t l) {
+  ::cuemu::wmma_check(p, ldm, sizeof(float), "store_matrix_sync");
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) (l == mem_row_major ? p[r * ldm + c] : p[c * ldm + r]) = f.v[r * N + c];
   ::cuemu::warp_exchange(0, 0);  // the tile is the warp's only once every lane has stored (kernels __syncwarp anyway)
