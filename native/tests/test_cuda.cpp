@@ -8,7 +8,10 @@
 // training run and generation on a tiny llama quantized on load, its 4-bit weights resident on the GPU. Without a
 // usable GPU it prints why and passes (SKIP), so ctest passes on CPU-only machines; bench/gpu.sh runs it on a GPU server, where it must print "PASS".
 // Also run as `test_cuda --list` to print the checks. NOTE: written without a GPU; first GPU run pending.
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
@@ -22,6 +25,7 @@
 #include "../cpu/ops.hpp"
 #include "../cuda/cuda.hpp"
 #include "../engine/backend.hpp"
+#include "../engine/collective.hpp"
 #include "../engine/model.hpp"
 #include "../engine/quant.hpp"
 #include "../engine/rng.hpp"
@@ -1060,6 +1064,59 @@ void allocator_stats(Backend &gpu) {
   expect(gpu.memory_stats().peak_allocated == s3.peak_allocated, "releasing does not lower the peak");
 }
 
+// NCCL on this GPU with a world of one rank: every call the trainer makes (unique id through the rendezvous store, the
+// non-blocking communicator, all-reduce, a grouped all-reduce, broadcast, f32 and f64, on the backend's own stream)
+// against the real libnccl on a GPU server (bench/gpu.sh puts pip's NCCL on LLMT_CUDA_LIB_DIRS), or cuemu's.
+void nccl_single_rank(Backend &gpu) {
+  const int s = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  ::bind(s, reinterpret_cast<sockaddr *>(&a), sizeof a);
+  ::getsockname(s, reinterpret_cast<sockaddr *>(&a), &len);
+  ::close(s);
+  DistEnv e;
+  e.world_size = 1;
+  e.master_port = ntohs(a.sin_port);
+  llmt_status st;
+  auto store = open_tcp_store(e, 10000, st);
+  auto comm = store ? open_nccl(e, *store, 0, 60000, st) : nullptr;
+  if (!comm) {  // (not the word the emulated ctest treats as a failure)
+    std::printf("nccl: not checked on this machine: %s\n", llmt_last_error());
+    return;
+  }
+  auto expect = [](bool ok, const std::string &what) {
+    ++g_checks;
+    if (!ok) ++g_fail;
+    std::printf("%s nccl: %s\n", ok ? "ok  " : "FAIL", what.c_str());
+  };
+  expect(comm->device_buffers() && std::string(comm->name()) == "nccl", "a communicator on device buffers");
+  const std::vector<float> x = rnd(1000, 61), y = rnd(37, 62);
+  float *dx = static_cast<float *>(gpu.alloc(sizeof(float) * x.size())), *dy = static_cast<float *>(gpu.alloc(sizeof(float) * y.size()));
+  gpu.upload(dx, x.data(), sizeof(float) * x.size());
+  gpu.upload(dy, y.data(), sizeof(float) * y.size());
+  void *stream = gpu.stream_handle();
+  std::vector<float> gx(x.size()), gy(y.size());
+  int r = comm->allreduce_sum(dx, x.size(), CollDType::F32, stream);
+  gpu.download(gx.data(), dx, sizeof(float) * gx.size());
+  expect(r == 0 && gx == x, std::string("all-reduce of one rank leaves the values (") + comm->last_error() + ")");
+  r = comm->allreduce_sum_many({{dx, x.size()}, {dy, y.size()}}, CollDType::F32, stream);
+  gpu.download(gx.data(), dx, sizeof(float) * gx.size());
+  gpu.download(gy.data(), dy, sizeof(float) * gy.size());
+  expect(r == 0 && gx == x && gy == y, std::string("a grouped all-reduce (") + comm->last_error() + ")");
+  const std::vector<double> z = {1.5, -2.25, 1e300};
+  double *dz = static_cast<double *>(gpu.alloc(sizeof(double) * z.size()));
+  gpu.upload(dz, z.data(), sizeof(double) * z.size());
+  std::vector<double> gz(z.size());
+  r = comm->broadcast(dz, z.size(), CollDType::F64, 0, stream);
+  gpu.download(gz.data(), dz, sizeof(double) * gz.size());
+  expect(r == 0 && gz == z, std::string("a broadcast of doubles (") + comm->last_error() + ")");
+  gpu.release(dx);
+  gpu.release(dy);
+  gpu.release(dz);
+}
+
 int main(int argc, char **argv) {
   std::string why;
   Backend *gpu = cuda_backend(0, &why);
@@ -1083,6 +1140,7 @@ int main(int argc, char **argv) {
       qlora_half(*gpu, tmp);
       half_precision(*gpu, tmp);
       host_weights_roundtrip(*gpu, tmp);
+      nccl_single_rank(*gpu);
     }
   } catch (const std::exception &e) {
     ++g_fail;
