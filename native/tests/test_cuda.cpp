@@ -73,6 +73,12 @@ void compare(const std::string &what, const std::vector<float> &ref, const std::
     std::printf("ok   %-34s max|err| %.3g\n", what.c_str(), worst);
   }
 }
+// One yes/no check, counted and printed like the comparisons.
+void expect_that(bool ok, const std::string &what) {
+  ++g_checks;
+  if (!ok) ++g_fail;
+  std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+}
 void compare_scalar(const std::string &what, double ref, double got, double rtol) {
   compare(what, {float(ref)}, {float(got)}, {rtol, 1e-6});
 }
@@ -1042,11 +1048,7 @@ void host_weights_roundtrip(Backend &gpu, const std::string &tmp) {
 // The caching allocator's counters (bench's peak memory, PyTorch's memory_allocated/reserved counterparts): a freed
 // block stays reserved and is reused; peaks only grow.
 void allocator_stats(Backend &gpu) {
-  auto expect = [](bool ok, const std::string &what) {
-    ++g_checks;
-    if (!ok) ++g_fail;
-    std::printf("%s allocator: %s\n", ok ? "ok  " : "FAIL", what.c_str());
-  };
+  auto expect = [](bool ok, const std::string &what) { expect_that(ok, "allocator: " + what); };
   const int64_t mb = 3 << 20;
   const MemoryStats s0 = gpu.memory_stats();
   void *p = gpu.alloc(mb);
@@ -1086,11 +1088,7 @@ void nccl_single_rank(Backend &gpu) {
     std::printf("nccl: not checked on this machine: %s\n", llmt_last_error());
     return;
   }
-  auto expect = [](bool ok, const std::string &what) {
-    ++g_checks;
-    if (!ok) ++g_fail;
-    std::printf("%s nccl: %s\n", ok ? "ok  " : "FAIL", what.c_str());
-  };
+  auto expect = [](bool ok, const std::string &what) { expect_that(ok, "nccl: " + what); };
   expect(comm->device_buffers() && std::string(comm->name()) == "nccl", "a communicator on device buffers");
   const std::vector<float> x = rnd(1000, 61), y = rnd(37, 62);
   float *dx = static_cast<float *>(gpu.alloc(sizeof(float) * x.size())), *dy = static_cast<float *>(gpu.alloc(sizeof(float) * y.size()));
@@ -1100,18 +1098,19 @@ void nccl_single_rank(Backend &gpu) {
   std::vector<float> gx(x.size()), gy(y.size());
   int r = comm->allreduce_sum(dx, x.size(), CollDType::F32, stream);
   gpu.download(gx.data(), dx, sizeof(float) * gx.size());
-  expect(r == 0 && gx == x, std::string("all-reduce of one rank leaves the values (") + comm->last_error() + ")");
+  const auto why = [&](int rc) { return rc ? std::string(": ") + comm->last_error() : std::string(); };
+  expect(r == 0 && gx == x, "all-reduce of one rank leaves the values" + why(r));
   r = comm->allreduce_sum_many({{dx, x.size()}, {dy, y.size()}}, CollDType::F32, stream);
   gpu.download(gx.data(), dx, sizeof(float) * gx.size());
   gpu.download(gy.data(), dy, sizeof(float) * gy.size());
-  expect(r == 0 && gx == x && gy == y, std::string("a grouped all-reduce (") + comm->last_error() + ")");
+  expect(r == 0 && gx == x && gy == y, "a grouped all-reduce" + why(r));
   const std::vector<double> z = {1.5, -2.25, 1e300};
   double *dz = static_cast<double *>(gpu.alloc(sizeof(double) * z.size()));
   gpu.upload(dz, z.data(), sizeof(double) * z.size());
   std::vector<double> gz(z.size());
   r = comm->broadcast(dz, z.size(), CollDType::F64, 0, stream);
   gpu.download(gz.data(), dz, sizeof(double) * gz.size());
-  expect(r == 0 && gz == z, std::string("a broadcast of doubles (") + comm->last_error() + ")");
+  expect(r == 0 && gz == z, "a broadcast of doubles" + why(r));
   gpu.release(dx);
   gpu.release(dy);
   gpu.release(dz);

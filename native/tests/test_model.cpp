@@ -756,6 +756,19 @@ static void test_half_conversions() {
 
 // Mixed precision on the CPU backend: frozen weights in bf16/fp16 (half the bytes), LoRA fp32; loss and LoRA
 // gradients close to fp32, and exactly those of an fp32 model whose weights and GEMM inputs were rounded alike.
+// The cosine between two models' trainable gradients taken as one vector (the same parameters in the same order).
+static double grad_cosine(Model &a, Model &b) {
+  double dot = 0, na = 0, nb = 0;
+  auto pa = a.trainable_params(), pb = b.trainable_params();
+  for (size_t i = 0; i < pa.size(); ++i)
+    for (size_t j = 0; j < pa[i]->grad.size(); ++j) {
+      dot += double(pa[i]->grad[j]) * pb[i]->grad[j];
+      na += double(pa[i]->grad[j]) * pa[i]->grad[j];
+      nb += double(pb[i]->grad[j]) * pb[i]->grad[j];
+    }
+  return dot / std::sqrt(na * nb);
+}
+
 // transformers 5 writes RoPE settings as one "rope_parameters" object (rope_theta, the scaling's type and factor,
 // gpt_neox's partial_rotary_factor) instead of top-level keys: a folder in either layout computes the same logits.
 static void test_rope_parameters_layout() {
@@ -854,15 +867,7 @@ static void test_mixed_precision() {
       const double la = ra.loss_sum / double(ra.count), lb = rb.loss_sum / double(rb.count);
       CHECK(std::fabs(la - lb) < 2e-2 * std::fabs(la) && la != lb,
             std::string(family) + " " + prec + ": loss " + std::to_string(lb) + " vs fp32 " + std::to_string(la));
-      double dot = 0, na = 0, nb = 0;
-      auto pa = a->trainable_params(), pb = b->trainable_params();
-      for (size_t i = 0; i < pa.size(); ++i)
-        for (size_t j = 0; j < pa[i]->grad.size(); ++j) {
-          dot += double(pa[i]->grad[j]) * pb[i]->grad[j];
-          na += double(pa[i]->grad[j]) * pa[i]->grad[j];
-          nb += double(pb[i]->grad[j]) * pb[i]->grad[j];
-        }
-      const double cosv = dot / std::sqrt(na * nb);
+      const double cosv = grad_cosine(*a, *b);
       CHECK(cosv > 0.999, std::string(family) + " " + prec + ": LoRA gradients agree with fp32 (cosine " + std::to_string(cosv) + ")");
       // the same product by hand: W rounded, x rounded, fp32 sums
       Linear *L = b->linears.front().get();
@@ -1043,15 +1048,7 @@ static void test_qlora_precision() {
     const double rel = std::sqrt(d2 / std::max(n2, 1e-30));
     CHECK(!ra.logits.empty() && ra.logits.size() == rb.logits.size() && rel < 2e-2 && rel > 0,
           std::string("QLoRA ") + prec + ": logits within 2% of fp32 (relative L2 " + std::to_string(rel) + ")");
-    double dot = 0, na = 0, nb = 0;
-    auto pa = a->trainable_params(), pb = b->trainable_params();
-    for (size_t i = 0; i < pa.size(); ++i)
-      for (size_t j = 0; j < pa[i]->grad.size(); ++j) {
-        dot += double(pa[i]->grad[j]) * pb[i]->grad[j];
-        na += double(pa[i]->grad[j]) * pa[i]->grad[j];
-        nb += double(pb[i]->grad[j]) * pb[i]->grad[j];
-      }
-    const double cosv = dot / std::sqrt(na * nb);
+    const double cosv = grad_cosine(*a, *b);
     CHECK(cosv > 0.999, std::string("QLoRA ") + prec + ": LoRA gradients agree with fp32 (cosine " + std::to_string(cosv) + ")");
     std::printf("  QLoRA nf4dq %s: loss %.6f vs fp32 %.6f, logits relative L2 %.2e, LoRA gradient cosine %.6f\n", prec, lb, la,
                 rel, cosv);
