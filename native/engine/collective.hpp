@@ -14,6 +14,8 @@
 //    peer when known). After an error the communicator is unusable; the caller ends the run.
 //  - Collectives are called by every rank in the same order with the same sizes. One thread at a time.
 //  - Buffers are the backend's memory: host memory for Gloo, device memory (on `stream`) for NCCL.
+//  - A process using Gloo must ignore SIGPIPE (llmt-engine train does; Node does for the addon): Gloo writes to a dead
+//    peer's socket without MSG_NOSIGNAL, and the default action would end the process before its error is reported.
 #pragma once
 
 #include <cstddef>
