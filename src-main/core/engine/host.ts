@@ -214,12 +214,7 @@ export class EngineHost extends EventEmitter {
     if (!c?.alive) return;
     this.retired = c;
     this.child = null;
-    const exited = new Promise<void>((res) => c.handle.onExit(() => res()));
-    c.handle.send({ op: 'abort', id: newId() });
-    c.handle.send({ op: 'dispose', id: newId() });
-    const timer = setTimeout(() => c.handle.kill(), timeoutMs);
-    await exited;
-    clearTimeout(timer);
+    await endChild(c, timeoutMs);
   }
 
   getPlacement(): Placement {
@@ -387,13 +382,18 @@ export class EngineHost extends EventEmitter {
     this.disposed = true;
     const c = this.child;
     if (!c?.alive) return;
-    const exited = new Promise<void>((res) => c.handle.onExit(() => res()));
-    c.handle.send({ op: 'abort', id: newId() });
-    c.handle.send({ op: 'dispose', id: newId() });
-    const timer = setTimeout(() => c.handle.kill(), timeoutMs);
-    await exited;
-    clearTimeout(timer);
+    await endChild(c, timeoutMs);
   }
+}
+
+/** Asks a child to stop (aborting its generations, freeing its models) and kills it if it has not exited in time. */
+async function endChild(c: Child, timeoutMs: number): Promise<void> {
+  const exited = new Promise<void>((res) => c.handle.onExit(() => res()));
+  c.handle.send({ op: 'abort', id: newId() });
+  c.handle.send({ op: 'dispose', id: newId() });
+  const timer = setTimeout(() => c.handle.kill(), timeoutMs);
+  await exited;
+  clearTimeout(timer);
 }
 
 function toError(e: WireError): EngineHostError {
