@@ -4,7 +4,8 @@
 # (test_cuda: every op forward/backward, one LoRA step end to end, 4 LoRA steps with the state resident on the GPU
 # and the host↔device copies per step bounded), then benchmarks a LoRA step of a LLaMA-7B-shaped
 # model (random weights) against HF transformers + PEFT on the same GPU at seq 512 and 2048 (bench/hf_peft_bench.py),
-# and writes everything to OUT_DIR (results.json, results.md, logs). Budget: ~10 minutes on one H200; every phase has
+# and writes everything to OUT_DIR (results.json, results.md, logs; profile.md: one profiled step per side and length,
+# the kernel-by-kernel device time of HF+PEFT (torch.profiler) and of ours (`llmt-engine bench --profile`)). Budget: ~10 minutes on one H200; every phase has
 # its own time limit and a phase that runs out is recorded as such, not hidden.
 # Env: PYTHON (default python3), NVCC (default: nvcc on PATH or /usr/local/cuda/bin/nvcc), CUDA_ARCHS (default: this GPU's),
 # BENCH_ARGS (more arguments for bench/hf_peft_bench.py, e.g. a smoke run without a GPU:
@@ -58,4 +59,4 @@ LEFT=$(( 570 - ($(date +%s) - START) ))
 # shellcheck disable=SC2086  # BENCH_ARGS is a list of words
 timeout "$(( LEFT > 60 ? LEFT : 60 ))" "$PY" "$ROOT/bench/hf_peft_bench.py" --engine "$ENGINE" --out "$OUT" --parity "$PARITY" ${BENCH_ARGS:-} \
   2>&1 | tee -a "$OUT/gpu.log"
-log "done in $(( $(date +%s) - START )) s; results in $OUT (results.json, results.md)"
+log "done in $(( $(date +%s) - START )) s; results in $OUT (results.json, results.md, profile.md)"

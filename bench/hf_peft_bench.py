@@ -16,6 +16,11 @@ accumulation, LoRA fp32) and `--checkpointing`; activations and attention are fp
 issue 11, QLoRA (`--quantization nf4 --precision bf16`: double-quantized, quantized on load, its 4-bit GEMMs computing
 in bf16 on tensor cores as bitsandbytes' compute_dtype=bfloat16 does) at the first sequence length: its peak
 memory (target <= 6 GB at seq 512) and its tokens/s relative to our bf16 LoRA (target >= 0.9x).
+
+Profiles (profile.md, "profile" in results.json): after the timed steps, one more step per length on each side with its
+device time broken down — torch.profiler's kernel table for HF+PEFT, `llmt-engine bench --profile` (an event pair
+around every kernel and cuBLAS call, GEMM TFLOP/s per shape) for ours — so the run that measures the ratios also says
+where each side's time goes (--no-profile skips them).
 """
 import argparse, contextlib, json, os, subprocess, sys, tempfile, threading, time
 
@@ -24,6 +29,52 @@ def flops_per_token(L, d, inter, vocab, T, r):
     attn = 6 * L * d * T  # forward 2 matmuls x 2 FLOPs x d x T/2 causal keys = 2*d*T per layer, x3 with the backward
     S = L * (4 * (d + d) + 2 * (d + inter) + (inter + d))
     return 4 * N + attn + 6 * r * S
+
+def hf_profile(model, ids, dev, cuda, sync, top=25):
+    """One HF+PEFT step under torch.profiler: the kernels (self device time; CPU ops in a CPU smoke run), longest first."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync()
+    t = time.time()
+    with profile(activities=acts) as prof:
+        with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        sync()
+    wall = (time.time() - t) * 1000
+    model.zero_grad(set_to_none=True)
+    def dev_us(e):
+        for k in (("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)):
+            v = getattr(e, k, None)
+            if v is not None:
+                return float(v)
+        return 0.0
+    rows = [{"name": e.key, "calls": int(e.count), "ms": dev_us(e) / 1000} for e in prof.key_averages()]
+    rows = [r for r in rows if r["ms"] > 0]
+    rows.sort(key=lambda r: -r["ms"])
+    total = sum(r["ms"] for r in rows)
+    rest = rows[top:]
+    return {"step": "forward+backward", "wall_ms": wall, "kernel_ms": total, "rows": rows[:top],
+            "rest_ms": sum(r["ms"] for r in rest), "rest_calls": sum(r["calls"] for r in rest),
+            "time": "self device time per kernel" if cuda else "self CPU time per op (smoke run)"}
+
+def profile_md(T, side, p, top=25):
+    """A markdown section for one profile (either side)."""
+    if not p:
+        return []
+    if "error" in p:
+        return [f"### {side}, seq {T}: profile failed: {p['error']}", ""]
+    busy = p["kernel_ms"] / p["wall_ms"] if p.get("wall_ms") else 0
+    out = [f"### {side}, seq {T}: {p['kernel_ms']:.1f} ms of device time in a {p['wall_ms']:.1f} ms step "
+           f"({busy:.0%} busy)", "", "| name | calls | ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
+    for r in p["rows"][:top]:
+        tf = r.get("tflops")
+        out.append(f"| `{r['name'][:90]}` | {r['calls']} | {r['ms']:.2f} | {r['ms'] / p['kernel_ms']:.1%} | "
+                   f"{'%.1f' % tf if tf else ''} |")
+    if p.get("rest_ms"):
+        out.append(f"| (the rest) | {p['rest_calls']} | {p['rest_ms']:.2f} | {p['rest_ms'] / p['kernel_ms']:.1%} | |")
+    return out + [""]
 
 def gpu_mem_used():
     try:
@@ -42,6 +93,7 @@ def main():
     ap.add_argument("--iters", type=int, default=3)
     ap.add_argument("--device", default="cuda", help="torch device of the HF side (cpu: a smoke run of this script)")
     ap.add_argument("--engine-device", default="cuda", help="llmt-engine's --device")
+    ap.add_argument("--no-profile", action="store_true", help="skip the profiled extra step of each side")
     ap.add_argument("--dims", default=os.environ.get("LLMT_BENCH_DIMS", ""),
                     help="layers,hidden,heads,intermediate,vocab instead of LLaMA-7B's (smoke runs)")
     a = ap.parse_args()
@@ -120,11 +172,16 @@ def main():
         except (torch.cuda.OutOfMemoryError if cuda else MemoryError) as e:
             res["hf"][T] = {"error": "OOM: " + str(e)[:200]}
         print("HF+PEFT", T, res["hf"][T], flush=True)
+        if not a.no_profile and "error" not in res["hf"][T]:
+            try:
+                res.setdefault("profile", {}).setdefault(str(T), {})["hf"] = hf_profile(model, ids, dev, cuda, sync)
+            except Exception as e:  # a profiler failure must not cost the figures
+                res.setdefault("profile", {}).setdefault(str(T), {})["hf"] = {"error": repr(e)[:300]}
     del model
     if cuda:
         torch.cuda.empty_cache()
     base_mem = gpu_mem_used()
-    def ours(T, extra, label):
+    def ours(T, extra, label, prof=False):
         peak_used = [0]
         stop = threading.Event()
         def poll():
@@ -133,7 +190,7 @@ def main():
         th = threading.Thread(target=poll, daemon=True); th.start()
         cmd = [a.engine, "bench", "--model", os.path.join(work, "base"), "--adapter", os.path.join(work, "adapter"),
                "--batch", "1", "--seq", str(T), "--iters", "2", "--warmup", "1", "--device", a.engine_device,
-               "--checkpointing"] + extra
+               "--checkpointing"] + extra + (["--profile"] if prof and not a.no_profile else [])
         try:
             p = subprocess.run(cmd, capture_output=True, text=True, timeout=int(os.environ.get("LLMT_OUR_TIMEOUT", "150")))
             if p.returncode == 0:
@@ -146,6 +203,8 @@ def main():
                        "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak, "precision": label}
                 if not out["peak_mem"]:
                     out["peak_mem"] = out["process_gpu_mem"]
+                if "profile" in j:
+                    res.setdefault("profile", {}).setdefault(str(T), {})["ours " + label] = j["profile"]
             else:
                 out = {"error": (p.stderr or p.stdout)[-400:]}
         except subprocess.TimeoutExpired:
@@ -154,11 +213,11 @@ def main():
         print("llmt-engine", label, T, out, flush=True)
         return out
     for T in seqs:
-        res["ours"][T] = ours(T, ["--precision", "bf16"], "bf16 weights, fp32 activations")
+        res["ours"][T] = ours(T, ["--precision", "bf16"], "bf16 weights, fp32 activations", prof=True)
     T0 = seqs[0]
     # bitsandbytes' QLoRA recipe computes in bf16 (bnb_4bit_compute_dtype): the 4-bit GEMMs on tensor cores
     res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16"],
-                                  "QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations")}
+                                  "QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations", prof=True)}
     # and, time permitting, the longest sequence with the checkpointed block inputs in host memory (offload_checkpoints)
     T1 = seqs[-1]
     if time.time() - t_start < float(os.environ.get("LLMT_OFFLOAD_ROW_BEFORE_S", "420")):
@@ -205,6 +264,16 @@ def main():
         json.dump(res, fh, indent=1, default=str)
     with open(os.path.join(a.out, "results.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
+    if res.get("profile"):
+        pl = [f"# Where the time goes: one profiled step per side and length — {gpu}, {res['date']}", "",
+              "HF+PEFT: torch.profiler, self device time per kernel. Ours: `llmt-engine bench --profile`, an event pair "
+              "around every kernel, cuBLAS call and copy (GEMM rows carry their M x N x K and TFLOP/s). Busy = device time "
+              "/ the profiled step's wall time (the profiled step is slower than the timed ones).", ""]
+        for T, sides in res["profile"].items():
+            for side, p in sides.items():
+                pl += profile_md(T, "HF+PEFT" if side == "hf" else side, p)
+        with open(os.path.join(a.out, "profile.md"), "w") as fh:
+            fh.write("\n".join(pl) + "\n")
     print("\n".join(lines))
     subprocess.run(["rm", "-rf", work])
 

@@ -77,7 +77,8 @@ const char *kUsage =
     "options for every command: --threads N (CPU worker threads)\n"
     "forward, grad, bench: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
     "bench: --checkpointing (gradient checkpointing in the timed backward); --offload-checkpoints (the same, with the\n"
-    "       checkpointed block inputs in host memory on a GPU)\n"
+    "       checkpointed block inputs in host memory on a GPU); --profile (then one more step with every kernel and\n"
+    "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only)\n"
     "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
     "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
@@ -567,6 +568,41 @@ int cmd_bench(const Args &a) {
     o.set("train_step_ms", Json::number(bwd));
     o.set("train_tokens_per_s", Json::number(B * T / (bwd / 1000.0)));
   }
+  // --profile: one more step (the training step when there is one) with every device call timed; not in the figures
+  // above. kernel_ms against the step's wall time shows how much of the step the device was busy.
+  if (a.has("--profile")) {
+    if ((st = llmt_model_profile(h.m, 1, nullptr))) return fail(st);
+    const bool train = ij.get_int("trainable", 0) > 0;
+    const double t0 = now();
+    st = train ? llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss)
+               : llmt_model_forward(h.m, ids.data(), ids.data(), B, T, nullptr, &loss, nullptr);
+    const double wall = now() - t0;
+    char *prof = nullptr;
+    llmt_status st2 = llmt_model_profile(h.m, 0, &prof);
+    if (st) return fail(st);
+    if (st2) return fail(st2);
+    Json pj;
+    Json::parse(prof, pj, err);
+    llmt_free_string(prof);
+    Json rows = Json::array();
+    const Json &all = pj.get("rows");
+    const size_t keep = 40;
+    double rest_ms = 0;
+    int64_t rest_calls = 0;
+    for (size_t i = 0; i < all.size(); ++i) {
+      if (i < keep) rows.push(all[i]);
+      else rest_ms += all[i].get_number("ms", 0), rest_calls += all[i].get_int("calls", 0);
+    }
+    Json p = Json::object();
+    p.set("step", Json::string(train ? "forward+backward" : "forward"));
+    p.set("wall_ms", Json::number(wall));
+    p.set("kernel_ms", pj.get("kernel_ms"));
+    p.set("names", Json::integer(static_cast<int64_t>(all.size())));
+    p.set("rows", rows);
+    p.set("rest_ms", Json::number(rest_ms));
+    p.set("rest_calls", Json::integer(rest_calls));
+    o.set("profile", p);
+  }
   // the device allocator's peaks over load + all iterations (PyTorch's max_memory_allocated/reserved counterparts)
   if ((st = llmt_model_info(h.m, &info))) return fail(st);
   Json mj;
@@ -743,7 +779,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision"}, {"--checkpointing", "--offload-checkpoints"});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

@@ -132,6 +132,35 @@ class CudaBackend final : public Backend {
     return reinterpret_cast<void *>(p);
   }
   void *stream_handle() const override { return stream_; }
+
+  // ---- profile: an event pair around every launch, cuBLAS call and copy while on (backend.hpp) ----
+  bool profile_start() override {
+    if (!d_.has_events()) return false;
+    cur();
+    recycle_marks();
+    prof_ = true;
+    return true;
+  }
+  std::vector<ProfileRow> profile_stop() override {
+    if (!prof_) return {};
+    prof_ = false;
+    synchronize();
+    std::map<std::string, ProfileRow> by;
+    for (const Mark &m : marks_) {
+      float ms = 0;
+      check(d_.cuEventElapsedTime(&ms, m.a, m.b), "profile: cuEventElapsedTime");
+      ProfileRow &r = by[m.name];
+      r.name = m.name;
+      ++r.calls;
+      r.ms += ms;
+      r.flops += m.flops;
+    }
+    recycle_marks();
+    std::vector<ProfileRow> rows;
+    for (auto &e : by) rows.push_back(e.second);
+    std::stable_sort(rows.begin(), rows.end(), [](const ProfileRow &a, const ProfileRow &b) { return a.ms > b.ms; });
+    return rows;
+  }
   MemoryStats memory_stats() const override {
     std::lock_guard<std::mutex> lk(mu_);
     return mem_;
@@ -154,6 +183,7 @@ class CudaBackend final : public Backend {
     }
     ++xfer_.uploads;
     xfer_.bytes_up += static_cast<int64_t>(bytes);
+    Timed t(*this, "memcpy host to device");
     check(d_.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream_), "upload");
   }
   void download(void *dst, const void *src, size_t bytes) override {
@@ -165,7 +195,10 @@ class CudaBackend final : public Backend {
     }
     ++xfer_.downloads;
     xfer_.bytes_down += static_cast<int64_t>(bytes);
-    check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
+    {
+      Timed t(*this, "memcpy device to host");
+      check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
+    }
     synchronize();
   }
   void synchronize() override {
@@ -460,6 +493,7 @@ class CudaBackend final : public Backend {
     Stage s(*this);
     const float *ds = s.in(src, n);
     float *dd = s.out(dst, n);
+    Timed t(*this, "memcpy device to device");
     check(d_.cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dd), reinterpret_cast<CUdeviceptr>(ds), sizeof(float) * size_t(n), stream_),
           "copy");
     s.done();
@@ -525,6 +559,62 @@ class CudaBackend final : public Backend {
 
  private:
   using ll = long long;
+
+  // Profiling (profile_start): `Timed t(*this, name, flops)` brackets what follows up to its end of scope with two
+  // events on the stream; nothing when profiling is off. Events are reused between profiles.
+  struct Mark {
+    CUevent a, b;
+    std::string name;
+    double flops;
+  };
+  CUevent event() {
+    if (!free_events_.empty()) {
+      CUevent e = free_events_.back();
+      free_events_.pop_back();
+      return e;
+    }
+    CUevent e = nullptr;
+    check(d_.cuEventCreate(&e, 0), "profile: cuEventCreate");
+    return e;
+  }
+  void recycle_marks() {
+    for (Mark &m : marks_) {
+      free_events_.push_back(m.a);
+      free_events_.push_back(m.b);
+    }
+    marks_.clear();
+  }
+  class Timed {
+   public:
+    Timed(CudaBackend &be, std::string name, double flops = 0) : be_(be) {
+      if (!be_.prof_) return;
+      m_.name = std::move(name);
+      m_.flops = flops;
+      m_.a = be_.event();
+      m_.b = be_.event();
+      be_.check(be_.d_.cuEventRecord(m_.a, be_.stream_), "profile: cuEventRecord");
+      on_ = true;
+    }
+    ~Timed() {
+      if (!on_) return;
+      if (be_.d_.cuEventRecord(m_.b, be_.stream_) == 0) be_.marks_.push_back(std::move(m_));
+      else {
+        be_.free_events_.push_back(m_.a);
+        be_.free_events_.push_back(m_.b);
+      }
+    }
+    Timed(const Timed &) = delete;
+    Timed &operator=(const Timed &) = delete;
+
+   private:
+    CudaBackend &be_;
+    Mark m_{};
+    bool on_ = false;
+  };
+  static std::string shape(int64_t M, int64_t N, int64_t K) {
+    return std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
+  }
+  static const char *kind_name(int kind) { return kind == 0 ? "nt" : kind == 1 ? "nn" : "tn"; }
 
   // Per-op staging of host pointers (see the file comment). in(): device pointer to read; out(): device pointer to
   // write (inout: its current contents are uploaded first); done(): copies outputs back and completes the op when
@@ -647,6 +737,7 @@ class CudaBackend final : public Backend {
     if (gx == 0 || gy == 0 || gz == 0) return;
     void *params[] = {static_cast<void *>(&args)...};
     last_kernel_ = k;
+    Timed t(*this, k);
     check(d_.cuLaunchKernel(fn(k), gx, gy, gz, block, 1, 1, 0, stream_, params, nullptr), std::string("kernel ") + k);
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
   }
@@ -696,11 +787,13 @@ class CudaBackend final : public Backend {
       if (!acc) check(d_.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(C), 0, sizeof(float) * M * N, stream_), "gemm zero");
       return;
     }
+    const double flops = 2.0 * double(M) * double(N) * double(K);
     if (blas_ && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
       const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
       const int m = int(M), n = int(N), k = int(K);
       cublasStatus_t st;
       last_kernel_ = "cublasSgemm";
+      Timed t(*this, std::string("cublasSgemm ") + kind_name(kind) + " " + shape(M, N, K), flops);
       if (kind == 0) st = cublas().sgemm(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, B, k, A, k, &beta, C, n);
       else if (kind == 1) st = cublas().sgemm(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, B, n, A, k, &beta, C, n);
       else st = cublas().sgemm(blas_, kCublasOpN, kCublasOpT, n, m, k, &one, B, n, A, m, &beta, C, n);
@@ -717,6 +810,7 @@ class CudaBackend final : public Backend {
     int acci = acc ? 1 : 0;
     params[10] = &acci;
     last_kernel_ = "k_gemm";
+    Timed t(*this, std::string("k_gemm ") + kind_name(kind) + " " + shape(M, N, K), flops);
     check(d_.cuLaunchKernel(fn("k_gemm"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
                             nullptr),
           "kernel k_gemm");
@@ -738,6 +832,8 @@ class CudaBackend final : public Backend {
       const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
       const int m = int(M), n = int(N), k = int(K), dt = type == 2 ? kCudaR16F : kCudaR16BF;
       last_kernel_ = "cublasGemmEx";
+      Timed tm(*this, std::string("cublasGemmEx ") + (type == 2 ? "fp16 " : "bf16 ") + kind_name(kind) + " " + shape(M, N, K),
+               2.0 * double(M) * double(N) * double(K));
       const cublasStatus_t st =
           kind == 0 ? cublas().gemm_ex(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, W, dt, k, Ah, dt, k, &beta, C, kCudaR32F, n,
                                        kCublasCompute32F, kCublasGemmDefault)
@@ -755,6 +851,7 @@ class CudaBackend final : public Backend {
     int acci = acc ? 1 : 0;
     void *params[] = {&A, &W, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acci, const_cast<int *>(&type)};
     last_kernel_ = "k_gemm_half";
+    Timed tm(*this, std::string("k_gemm_half ") + kind_name(kind) + " " + shape(M, N, K), 2.0 * double(M) * double(N) * double(K));
     check(d_.cuLaunchKernel(fn("k_gemm_half"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
                             nullptr),
           "kernel k_gemm_half");
@@ -790,6 +887,7 @@ class CudaBackend final : public Backend {
       ll m = std::min<int64_t>(rows_per_launch, M - m0);
       void *params[] = {&a, &pk, &am, &qa, &a2, &c2, &off, &type, &c, &m, &n, &kk, &acci};
       last_kernel_ = k;
+      Timed tm(*this, std::string(k) + " " + shape(m, N, K), 2.0 * double(m) * double(N) * double(K));
       check(d_.cuLaunchKernel(fn(k), gx, unsigned((m + tile_m - 1) / tile_m), 1, threads, 1, 1, 0, stream_, params, nullptr),
             std::string("kernel ") + k);
       if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
@@ -819,6 +917,9 @@ class CudaBackend final : public Backend {
   }
   bool sync_each_ = false;
   std::string last_kernel_;
+  bool prof_ = false;
+  std::vector<Mark> marks_;
+  std::vector<CUevent> free_events_;
 };
 
 }  // namespace

@@ -91,6 +91,13 @@ const Driver &driver() {
               sym(h, "cuMemcpyDtoHAsync_v2", d.cuMemcpyDtoHAsync) &&
               sym(h, "cuMemcpyDtoDAsync_v2", d.cuMemcpyDtoDAsync) && sym(h, "cuMemsetD8Async", d.cuMemsetD8Async) &&
               sym(h, "cuGetErrorName", d.cuGetErrorName) && sym(h, "cuGetErrorString", d.cuGetErrorString);
+    sym(h, "cuEventCreate", d.cuEventCreate);
+    sym(h, "cuEventRecord", d.cuEventRecord);
+    sym(h, "cuEventSynchronize", d.cuEventSynchronize);
+    if (!sym(h, "cuEventElapsedTime_v2", d.cuEventElapsedTime)) sym(h, "cuEventElapsedTime", d.cuEventElapsedTime);
+    if (!sym(h, "cuEventDestroy_v2", d.cuEventDestroy)) sym(h, "cuEventDestroy", d.cuEventDestroy);
+    sym(h, "cuMemHostAlloc", d.cuMemHostAlloc);
+    sym(h, "cuMemFreeHost", d.cuMemFreeHost);
     if (!ok) {
       d.why = "libcuda.so.1 is too old (a driver API entry point is missing); update the NVIDIA driver";
       return d;

@@ -16,6 +16,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 #include "../cpu/ops.hpp"
 #include "../cpu/half.hpp"
@@ -34,6 +36,16 @@ enum class QkvSplit { Blocks, PerHead, Grouped };  // fused projection layouts, 
 // memory_allocated / memory_reserved; peaks since the backend was made. Zero on backends that use host memory.
 struct MemoryStats {
   int64_t allocated = 0, peak_allocated = 0, reserved = 0, peak_reserved = 0;
+};
+
+// One line of a device profile (Backend::profile_stop): what ran under `name` (a kernel, or a library call with its
+// shape, e.g. "cublasGemmEx bf16 nt 512x4096x4096"), how often, for how long in total on the device, and the
+// floating-point operations it did when the name implies them (GEMMs: 2·M·N·K per call; 0 otherwise).
+struct ProfileRow {
+  std::string name;
+  int64_t calls = 0;
+  double ms = 0;
+  double flops = 0;
 };
 
 struct TransferStats {
@@ -62,6 +74,11 @@ class Backend {
   virtual MemoryStats memory_stats() const { return MemoryStats(); }
   /** The device stream this backend orders its work on (a CUstream, for NCCL's collectives), or null. */
   virtual void *stream_handle() const { return nullptr; }
+  /** Starts timing each kernel and library call this backend enqueues (CUDA: an event pair around every launch —
+   *  for a profiling run, not the timed one). False when this backend cannot (the CPU backend's ops are not timed). */
+  virtual bool profile_start() { return false; }
+  /** Stops timing and returns the totals per name, longest first (waits for the device). Empty when not started. */
+  virtual std::vector<ProfileRow> profile_stop() { return {}; }
   const TransferStats &transfers() const { return xfer_; }
   void reset_transfers() { xfer_ = TransferStats(); }
 

@@ -31,6 +31,7 @@ using namespace llmt;
 struct llmt_model {
   std::unique_ptr<Model> m;
   std::string adapter;
+  bool profiling = false;      // llmt_model_profile started
   bool checkpointing = false;  // llmt_model_set_checkpointing: llmt_model_backward recomputes each block
   bool offload_checkpoints = false;  // ... keeping the block inputs in host memory (on = 2)
 };
@@ -613,6 +614,43 @@ llmt_status llmt_model_set_checkpointing(llmt_model *model, int on) {
   model->offload_checkpoints = on == 2;
   clear_error();
   return LLMT_OK;
+}
+
+llmt_status llmt_model_profile(llmt_model *model, int on, char **out_json) {
+  return guarded("profile", [&]() -> llmt_status {
+    if (!model) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_profile: NULL model");
+    Backend &be = model->m->backend();
+    if (on) {
+      if (!be.profile_start())
+        return set_error(LLMT_ERR_UNSUPPORTED, std::string("profiling times device kernels: the ") + be.name() +
+                                                   " backend has none (or the CUDA driver has no events)");
+      model->profiling = true;
+      clear_error();
+      return LLMT_OK;
+    }
+    if (!model->profiling) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_profile: stop without a start");
+    model->profiling = false;
+    const std::vector<ProfileRow> rows = be.profile_stop();
+    double total = 0;
+    Json arr = Json::array();
+    for (const ProfileRow &r : rows) {
+      total += r.ms;
+      Json o = Json::object();
+      o.set("name", Json::string(r.name));
+      o.set("calls", Json::integer(r.calls));
+      o.set("ms", Json::number(r.ms));
+      o.set("flops", Json::number(r.flops));
+      o.set("tflops", r.flops > 0 && r.ms > 0 ? Json::number(r.flops / (r.ms * 1e-3) / 1e12) : Json());
+      arr.push(o);
+    }
+    Json o = Json::object();
+    o.set("device", Json::string(be.name()));
+    o.set("kernel_ms", Json::number(total));
+    o.set("rows", arr);
+    if (out_json) *out_json = dup_string(o.dump());
+    clear_error();
+    return LLMT_OK;
+  });
 }
 
 const char *llmt_backends_info(void) {

@@ -121,6 +121,13 @@ LLMT_API llmt_status llmt_model_set_precision(llmt_model *model, const char *pre
  * (as training.gradient_checkpointing does for jobs). Off by default. on = 2: also keep those inputs in host memory
  * on a device backend (training.offload_checkpoints), uploaded again block by block in the backward. */
 LLMT_API llmt_status llmt_model_set_checkpointing(llmt_model *model, int on);
+/* Device profile of what the model runs between a start (on = 1) and a stop (on = 0): every kernel, cuBLAS call and
+ * copy the backend enqueues is timed on the device (an event pair each: for a profiling run, not a timed one). The stop
+ * returns, in *out_json (free with llmt_free_string), {"device", "kernel_ms", "rows": [{"name", "calls", "ms", "flops",
+ * "tflops"}]} — rows per kernel name or library call with its shape ("cublasGemmEx bf16 nt 512x4096x4096"), longest
+ * first; flops/tflops only for GEMMs (2·M·N·K). out_json may be NULL on start.
+ * Errors: UNSUPPORTED (the CPU backend, or a driver without events), BAD_INPUT (a stop without a start). */
+LLMT_API llmt_status llmt_model_profile(llmt_model *model, int on, char **out_json);
 /* Backends compiled into this library and whether each can run here, as text lines, e.g.
  * "backends: cpu, cuda(sm_80,...)\ncpu: yes\ncuda: no device (libcuda.so.1 not found)". Never NULL. */
 LLMT_API const char *llmt_backends_info(void);

@@ -80,6 +80,24 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     expect(md).toMatch(/\| seq \| HF\+PEFT tok\/s \| ours tok\/s \| speed ratio/);
     expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
     expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
+    // one profiled step per side and length: where the time goes, in results.json and profile.md
+    const prof = (JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as {
+      profile: Record<string, Record<string, { kernel_ms: number; wall_ms: number; rows: { name: string; ms: number }[] }>>;
+    }).profile;
+    for (const T of ['16', '32']) {
+      const sides = prof[T]!;
+      expect(Object.keys(sides)).toEqual(expect.arrayContaining(['hf', 'ours bf16 weights, fp32 activations']));
+      for (const p of Object.values(sides)) {
+        expect(p.rows.length).toBeGreaterThan(3);
+        expect(p.kernel_ms).toBeGreaterThan(0);
+      }
+      expect(sides['ours bf16 weights, fp32 activations']!.rows.map((r) => r.name)).toContain('k_attn_fwd');
+    }
+    expect(Object.keys(prof['16']!)).toContain('ours QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations');
+    const pmd = fs.readFileSync(path.join(out, 'profile.md'), 'utf8');
+    expect(pmd).toMatch(/### HF\+PEFT, seq 32: [\d.]+ ms of device time/);
+    expect(pmd).toMatch(/### ours bf16 weights, fp32 activations, seq 16: [\d.]+ ms of device time in a [\d.]+ ms step/);
+    expect(pmd).toMatch(/\| `cublasGemmEx bf16 nt 16x\d+x\d+` \| \d+ \| [\d.]+ \|/);
     // the HF folder + adapter it wrote for our side are gone
     expect(fs.readdirSync(work)).toEqual([]);
   }, 600_000);

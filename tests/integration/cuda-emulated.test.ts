@@ -169,6 +169,49 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     expect(r.stdout).toMatch(/offload_checkpoints .* needs gradient_checkpointing: true/);
   }, 300_000);
 
+  it('`bench --profile` times every kernel and cuBLAS call of a LoRA step on the device; the CPU says it cannot', () => {
+    const run = train('prof-adapter', 'cpu', 'fp32', { steps: 2 });
+    expect(run.status, run.stderr).toBe(0);
+    const args = ['bench', '--model', model, '--adapter', run.out, '--seq', '24', '--iters', '1', '--warmup', '0', '--precision', 'bf16', '--profile'];
+    const r = spawnSync(ENGINE, [...args, '--device', 'cuda'], { encoding: 'utf8', env: emuEnv(), timeout: 300_000 });
+    expect(r.status, r.stderr).toBe(0);
+    type Row = { name: string; calls: number; ms: number; flops: number; tflops: number | null };
+    const j = JSON.parse(r.stdout.trim().split('\n').at(-1)!) as {
+      device: string;
+      profile: { step: string; wall_ms: number; kernel_ms: number; names: number; rows: Row[]; rest_ms: number; rest_calls: number };
+    };
+    const p = j.profile;
+    expect(j.device).toBe('cuda:0');
+    expect(p.step).toBe('forward+backward');
+    const names = p.rows.map((x) => x.name);
+    // the step's kernels: attention forward and both backward halves, norms, the loss, the 16-bit GEMMs on cuBLAS
+    for (const k of ['k_attn_fwd', 'k_attn_bwd_dq', 'k_attn_bwd_dkdv', 'k_rms_fwd', 'k_rms_bwd', 'k_ce_fwd', 'k_ce_bwd'])
+      expect(names, k).toContain(k);
+    const gemms = p.rows.filter((x) => x.name.startsWith('cublasGemmEx bf16 '));
+    expect(gemms.length).toBeGreaterThan(0);
+    for (const g of gemms) {
+      // the name carries the shape; its FLOPs are 2·M·N·K per call
+      const [m, n, k] = g.name.split(' ').at(-1)!.split('x').map(Number);
+      expect(g.flops).toBe(2 * m! * n! * k! * g.calls);
+      expect(g.tflops!).toBeCloseTo(g.flops / (g.ms * 1e-3) / 1e12, 6);
+    }
+    // the tiny llama (2 layers, 24 tokens, frozen q/k/v/o/gate/up/down in bf16): forward q,k,v,o,gate,up,down and, in
+    // the backward, their input gradients: 7 nt + 7 nn per layer (plus the untied head, fp32 or 16-bit)
+    const nt = gemms.filter((g) => / nt 24x/.test(g.name)).reduce((a, g) => a + g.calls, 0);
+    const nn = gemms.filter((g) => / nn 24x/.test(g.name)).reduce((a, g) => a + g.calls, 0);
+    expect(nt).toBeGreaterThanOrEqual(14);
+    expect(nn).toBeGreaterThanOrEqual(14);
+    // longest first, totals consistent, the device busy for no longer than the step took
+    for (let i = 1; i < p.rows.length; ++i) expect(p.rows[i]!.ms).toBeLessThanOrEqual(p.rows[i - 1]!.ms);
+    const sum = p.rows.reduce((a, x) => a + x.ms, 0) + p.rest_ms;
+    expect(sum).toBeCloseTo(p.kernel_ms, 3);
+    expect(p.kernel_ms).toBeGreaterThan(0);
+    expect(p.kernel_ms).toBeLessThanOrEqual(p.wall_ms * 1.01);
+    const cpu = spawnSync(ENGINE, args, { encoding: 'utf8', env: emuEnv(), timeout: 300_000 });
+    expect(cpu.status).not.toBe(0);
+    expect(cpu.stderr).toMatch(/UNSUPPORTED: profiling times device kernels: the cpu backend has none/);
+  }, 300_000);
+
   it("the pre-flight estimate of a GPU run matches the CUDA allocator's measured peak (the context aside)", async () => {
     const { estimateRun } = await import('../../src-main/core/runs/estimate');
     const { parseRunSpec } = await import('../../src-main/core/runs/runspec');

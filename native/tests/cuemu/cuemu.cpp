@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <chrono>
 #include <functional>
 #include <cstdio>
 #include <cstdlib>
@@ -448,6 +449,48 @@ EXPORT int cuMemsetD8Async(CUdeviceptr dst, unsigned char v, size_t n, void *) {
   if (g_sticky) return g_sticky;
   if (int r = copy_check("cuMemsetD8", dst, n, 0, false)) return r;
   if (n) std::memset(reinterpret_cast<void *>(dst), v, n);
+  return 0;
+}
+// Events (the engine's profile): kernels run when launched here, so an event's time is the host clock when recorded.
+namespace cuemu {
+namespace {
+struct Event {
+  double ms = 0;
+  bool recorded = false;
+};
+double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+}  // namespace
+}  // namespace cuemu
+EXPORT int cuEventCreate(void **e, unsigned) {
+  *e = new Event();
+  return 0;
+}
+EXPORT int cuEventRecord(void *e, void *) {
+  if (g_sticky) return g_sticky;
+  static_cast<Event *>(e)->ms = now_ms();
+  static_cast<Event *>(e)->recorded = true;
+  return 0;
+}
+EXPORT int cuEventSynchronize(void *) { return g_sticky; }
+EXPORT int cuEventElapsedTime_v2(float *ms, void *a, void *b) {
+  const Event *x = static_cast<Event *>(a), *y = static_cast<Event *>(b);
+  if (!x->recorded || !y->recorded) return 400;  // CUDA_ERROR_INVALID_HANDLE: an event never recorded
+  *ms = static_cast<float>(y->ms - x->ms);
+  return 0;
+}
+EXPORT int cuEventDestroy_v2(void *e) {
+  delete static_cast<Event *>(e);
+  return 0;
+}
+// Page-locked host memory: plain host memory here (not device memory: a kernel given it still fails)
+EXPORT int cuMemHostAlloc(void **p, size_t bytes, unsigned) {
+  *p = std::malloc(bytes ? bytes : 1);
+  return *p ? 0 : 2;
+}
+EXPORT int cuMemFreeHost(void *p) {
+  std::free(p);
   return 0;
 }
 EXPORT int cuGetErrorName(int r, const char **s) {
