@@ -6,6 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
+// Buffers the engine sizes for overwriting are NaN-filled under test (engine/model.cpp Buf::resize_overwrite), so a
+// read of memory no op wrote fails a test instead of passing on stale or zeroed memory. Inherited by ctest, vitest and
+// every engine they start.
+process.env.LLMT_POISON_UNINIT ??= '1';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const extra = process.argv.slice(2);
 let passed = 0;

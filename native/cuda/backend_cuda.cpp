@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -132,6 +133,40 @@ class CudaBackend final : public Backend {
     return reinterpret_cast<void *>(p);
   }
   void *stream_handle() const override { return stream_; }
+  void *alloc_host(size_t bytes) override {
+    if (d_.cuMemHostAlloc && d_.cuMemFreeHost) {
+      cur();
+      void *p = nullptr;
+      if (d_.cuMemHostAlloc(&p, bytes ? bytes : 1, 0) == 0 && p) {
+        std::lock_guard<std::mutex> lk(mu_);
+        pinned_.insert(p);
+        return p;
+      }
+    }
+    return Backend::alloc_host(bytes);  // page-locked memory refused (ulimit -l, a container): plain memory still works
+  }
+  void free_host(void *p) override {
+    if (!p) return;
+    {
+      std::lock_guard<std::mutex> lk(mu_);
+      auto it = pinned_.find(p);
+      if (it == pinned_.end()) return Backend::free_host(p);
+      pinned_.erase(it);
+    }
+    d_.cuMemFreeHost(p);
+  }
+  void download_async(void *dst, const void *src, size_t bytes) override {
+    cur();
+    if (!is_dev(src)) {
+      synchronize();
+      std::memcpy(dst, src, bytes);
+      return;
+    }
+    ++xfer_.downloads;
+    xfer_.bytes_down += static_cast<int64_t>(bytes);
+    Timed t(*this, "memcpy device to host");
+    check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
+  }
 
   // ---- profile: an event pair around every launch, cuBLAS call and copy while on (backend.hpp) ----
   bool profile_start() override {
@@ -203,6 +238,7 @@ class CudaBackend final : public Backend {
   }
   void synchronize() override {
     cur();
+    ++xfer_.syncs;
     check(d_.cuStreamSynchronize(stream_), last_kernel_.empty() ? "synchronize" : ("a kernel up to " + last_kernel_).c_str());
   }
 
@@ -907,6 +943,7 @@ class CudaBackend final : public Backend {
   std::map<std::string, CUfunction> fn_;
   mutable std::mutex mu_;
   std::map<CUdeviceptr, size_t> live_;       // base → size of blocks handed out
+  std::set<void *> pinned_;                  // alloc_host blocks that are page-locked
   std::multimap<size_t, CUdeviceptr> cache_;  // size → free cached blocks
   MemoryStats mem_;                            // under mu_
   void note_alloc(int64_t handed_out, int64_t new_from_driver) {  // under mu_

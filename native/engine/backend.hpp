@@ -16,6 +16,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -52,6 +54,7 @@ struct TransferStats {
   int64_t uploads = 0, downloads = 0;      // calls
   int64_t bytes_up = 0, bytes_down = 0;
   int64_t staged = 0;                      // op arguments that were host memory (each one copy at least)
+  int64_t syncs = 0;                       // times the host waited for the device (synchronize, downloads)
 };
 
 class Backend {
@@ -67,6 +70,18 @@ class Backend {
   virtual void upload(void *dst, const void *host_src, size_t bytes) = 0;
   virtual void download(void *host_dst, const void *src, size_t bytes) = 0;
   virtual void synchronize() = 0;
+  /** Host memory for asynchronous copies: page-locked on a GPU (copies at full PCIe speed that return at once), plain
+   *  memory elsewhere. Throws std::bad_alloc. Give it back with free_host() once the device is done with it. */
+  virtual void *alloc_host(size_t bytes) {
+    void *p = std::malloc(bytes ? bytes : 1);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  virtual void free_host(void *p) { std::free(p); }
+  /** download() without waiting, into memory from alloc_host(): the bytes are there once the stream has passed this
+   *  point (after the next synchronize() or download()); the host must not read or write host_dst before. For data
+   *  only the device reads back (offloaded activations, uploaded again later on the same stream). */
+  virtual void download_async(void *host_dst, const void *src, size_t bytes) { download(host_dst, src, bytes); }
   /** True when alloc() returns plain host memory that host code may read and write directly (the CPU backend):
    *  the model then keeps its parameters in their host vectors and uses them in place (no copies). False: the
    *  model keeps its own copies in alloc() memory and moves data only with upload()/download(). */

@@ -8,7 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstddef>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <regex>
 #include <set>
 
@@ -65,13 +67,31 @@ bool peft_target_matches(const LoraSpec &spec, const std::string &module) {
 // ---- backend memory for activations ------------------------------------------------------------------------
 namespace {
 
+// LLMT_POISON_UNINIT=1 (the test suites set it): buffers sized for overwriting (Buf::resize_overwrite) are filled
+// with NaN, so an op that reads an element no op wrote turns the result into NaN instead of silently using stale
+// device memory (a real GPU's caching allocator hands out blocks with old contents).
+bool poison_uninit() {
+  static const bool on = [] {
+    const char *e = std::getenv("LLMT_POISON_UNINIT");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
+
+struct Overwrite {};  // Buf(be, n, kOverwrite): sized for an op that writes every element (no zero-fill)
+constexpr Overwrite kOverwrite{};
+
 // A float buffer in backend memory (Backend::alloc). resize() keeps the contents and zero-fills what it adds, as
-// std::vector does, so the CPU path computes exactly what it did with vectors. Grows, never shrinks; move-only.
+// std::vector does, so the CPU path computes exactly what it did with vectors; resize_overwrite() is for a buffer the
+// next op overwrites entirely (cpu/ops.hpp: outputs are overwritten unless accumulate is asked for): no fill kernel,
+// no pass over the memory — on a GPU that is one launch and one write of the buffer saved per activation and
+// temporary. Grows, never shrinks; move-only.
 class Buf {
  public:
   Buf() = default;
   explicit Buf(Backend &be) : be_(&be) {}
   Buf(Backend &be, int64_t n) : be_(&be) { resize(n); }
+  Buf(Backend &be, int64_t n, Overwrite) : be_(&be) { resize_overwrite(n); }
   Buf(const Buf &) = delete;
   Buf &operator=(const Buf &) = delete;
   Buf(Buf &&o) noexcept { swap(o); }
@@ -111,6 +131,18 @@ class Buf {
     }
     if (n > n_) be_->fill(p_ + n_, 0.0f, n - n_);
     n_ = n;
+  }
+  /** n elements whose contents do not matter: the caller's next op writes all of them. */
+  void resize_overwrite(int64_t n) {
+    if (n > cap_) {
+      if (p_) be_->release(p_);
+      p_ = nullptr;
+      cap_ = 0;
+      p_ = static_cast<float *>(be_->alloc(sizeof(float) * static_cast<size_t>(n)));
+      cap_ = n;
+    }
+    n_ = n;
+    if (n > 0 && poison_uninit()) be_->fill(p_, std::numeric_limits<float>::quiet_NaN(), n);
   }
   /** *this = o (the same length and contents). */
   void copy_from(const Buf &o) {
@@ -190,10 +222,51 @@ struct LayerActs {
   }
 };
 
+// Floats in host memory from Backend::alloc_host (page-locked on a GPU, so the offload copies run asynchronously at full
+// PCIe speed). Freed after the device is done with it. Grows, never shrinks; move-only.
+class HostBuf {
+ public:
+  HostBuf() = default;
+  HostBuf(const HostBuf &) = delete;
+  HostBuf &operator=(const HostBuf &) = delete;
+  HostBuf(HostBuf &&o) noexcept { std::swap(be_, o.be_), std::swap(p_, o.p_), std::swap(cap_, o.cap_); }
+  HostBuf &operator=(HostBuf &&o) noexcept {
+    std::swap(be_, o.be_), std::swap(p_, o.p_), std::swap(cap_, o.cap_);
+    return *this;
+  }
+  ~HostBuf() { reset(); }
+  /** At least n floats for backend `be` (contents undefined after growth). */
+  float *get(Backend &be, int64_t n) {
+    if (n > cap_ || be_ != &be) {
+      reset();
+      p_ = static_cast<float *>(be.alloc_host(sizeof(float) * static_cast<size_t>(std::max<int64_t>(n, 1))));
+      be_ = &be;
+      cap_ = n;
+    }
+    return p_;
+  }
+  float *data() const { return p_; }
+
+ private:
+  void reset() {
+    if (!p_) return;
+    try {
+      be_->synchronize();  // an asynchronous copy may still target it
+    } catch (...) {        // a failed device: its error was reported by whoever saw it first
+    }
+    be_->free_host(p_);
+    p_ = nullptr;
+    cap_ = 0;
+  }
+  Backend *be_ = nullptr;
+  float *p_ = nullptr;
+  int64_t cap_ = 0;
+};
+
 struct Model::Impl {
   std::vector<LayerActs> acts;  // per layer (only x_in kept under checkpointing)
   LayerActs scratch;            // recomputation target under checkpointing
-  std::vector<std::vector<float>> host_x;  // checkpointed block inputs in host memory (RunOptions::offload_checkpoints)
+  std::vector<HostBuf> host_x;  // checkpointed block inputs in host memory (RunOptions::offload_checkpoints)
   std::vector<int32_t> pos;
 };
 
@@ -900,20 +973,18 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
   const int64_t r = L.lora.r;
   const float *xin = x;
   if (c.training && L.lora.dropout > 0) {
-    a.xdrop.resize(N * L.in);
+    a.xdrop.resize_overwrite(N * L.in);
     a.stream = dropout_stream(c.seed, layer, L.role);
     be.dropout_forward(x, a.xdrop.data(), N * L.in, L.lora.dropout, a.stream);
     xin = a.xdrop.data();
   } else {
     a.xdrop.clear();
   }
-  a.u.resize(N * r);
+  // a.u = s·(x·Aᵀ), kept scaled: y += a.u·Bᵀ now and dB += dyᵀ·a.u in the backward use the same values
+  a.u.resize_overwrite(N * r);
   be.matmul_nt(xin, L.lora.A->w(), a.u.data(), N, r, L.in, false);
-  // y += s · u·Bᵀ : scale u into a temporary to keep `u` for the backward
-  Buf us(be);
-  us.copy_from(a.u);
-  be.scale_inplace(us.data(), L.lora.scaling, N * r);
-  be.matmul_nt(us.data(), L.lora.B->w(), y, N, L.out, r, true);
+  be.scale_inplace(a.u.data(), L.lora.scaling, N * r);
+  be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
 }
 
 // Backward of linear_forward. dx is overwritten (accumulate=false) or added to.
@@ -929,23 +1000,18 @@ void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, fl
   const int64_t r = L.lora.r;
   const float s = L.lora.scaling;
   // du = s · dy·B  [N, r]
-  Buf du(be, N * r);
+  Buf du(be, N * r, kOverwrite);
   be.matmul_nn(dy, L.lora.B->w(), du.data(), N, r, L.out, false);
   be.scale_inplace(du.data(), s, N * r);
-  if (L.lora.B->trainable) {
-    // dB += s · dyᵀ·u
-    Buf us(be);
-    us.copy_from(a.u);
-    be.scale_inplace(us.data(), s, N * r);
-    be.matmul_tn(dy, us.data(), L.lora.B->g(), L.out, r, N, true);
-  }
+  // dB += s · dyᵀ·(x·Aᵀ) = dyᵀ·a.u (a.u is kept scaled)
+  if (L.lora.B->trainable) be.matmul_tn(dy, a.u.data(), L.lora.B->g(), L.out, r, N, true);
   const float *xin = a.xdrop.empty() ? x : a.xdrop.data();
   if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->g(), r, L.in, N, true);
   // dx += dropout'(du·A)
   if (a.xdrop.empty()) {
     be.matmul_nn(du.data(), L.lora.A->w(), dx, N, L.in, r, true);
   } else {
-    Buf t(be, N * L.in);
+    Buf t(be, N * L.in, kOverwrite);
     be.matmul_nn(du.data(), L.lora.A->w(), t.data(), N, L.in, r, false);
     be.dropout_backward(t.data(), dx, N * L.in, L.lora.dropout, a.stream);
   }
@@ -986,6 +1052,7 @@ QkvSplit split_layout(QkvLayout l) {
 }
 
 void resize(Buf &v, int64_t n) { v.resize(n); }
+void resize_ow(Buf &v, int64_t n) { v.resize_overwrite(n); }
 
 // What one block call needs besides the layer's parameters: positions and the attention flavour.
 struct Fwd {
@@ -1045,19 +1112,19 @@ const float *alibi_of(const ModelConfig &c) { return c.pos == PosKind::Alibi ? c
 void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *in, float *ym) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, I = F.c.inter;
-  resize(a.act, N * I);
-  resize(a.a, N * I);
+  resize_ow(a.act, N * I);
+  resize_ow(a.a, N * I);
   switch (F.c.mlp) {
     case MlpKind::SwiGLU:
-      resize(a.b, N * I);
+      resize_ow(a.b, N * I);
       linear_forward(*L.gate, in, a.a.data(), N, F.ctx, l, a.lin[kGate]);
       linear_forward(*L.up, in, a.b.data(), N, F.ctx, l, a.lin[kUp]);
       be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
       linear_forward(*L.down, a.act.data(), ym, N, F.ctx, l, a.lin[kDown]);
       break;
     case MlpKind::SwiGLUFused: {
-      resize(a.b, N * I);
-      Buf fused(be, N * 2 * I);
+      resize_ow(a.b, N * I);
+      Buf fused(be, N * 2 * I, kOverwrite);
       linear_forward(*L.fc1, in, fused.data(), N, F.ctx, l, a.lin[kFc1]);
       be.split_cols(fused.data(), a.a.data(), a.b.data(), N, I, I, false);
       be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
@@ -1078,11 +1145,11 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
 void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const float *dym, float *dh) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, I = F.c.inter;
-  Buf dact(be, N * I);
+  Buf dact(be, N * I, kOverwrite);
   switch (F.c.mlp) {
     case MlpKind::SwiGLU: {
       linear_backward(be, *L.down, a.act.data(), dym, dact.data(), false, N, a.lin[kDown], F.ctx.half);
-      Buf dg(be, N * I), du(be, N * I);
+      Buf dg(be, N * I, kOverwrite), du(be, N * I, kOverwrite);
       be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
       linear_backward(be, *L.gate, in, dg.data(), dh, false, N, a.lin[kGate], F.ctx.half);
       linear_backward(be, *L.up, in, du.data(), dh, true, N, a.lin[kUp], F.ctx.half);
@@ -1090,7 +1157,7 @@ void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const f
     }
     case MlpKind::SwiGLUFused: {
       linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2], F.ctx.half);
-      Buf dg(be, N * I), du(be, N * I), dfused(be, N * 2 * I);
+      Buf dg(be, N * I, kOverwrite), du(be, N * I, kOverwrite), dfused(be, N * 2 * I, kOverwrite);
       be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
       be.split_cols(dfused.data(), dg.data(), du.data(), N, I, I, true);
       linear_backward(be, *L.fc1, in, dfused.data(), dh, false, N, a.lin[kFc1], F.ctx.half);
@@ -1099,7 +1166,7 @@ void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const f
     case MlpKind::Gelu:
     case MlpKind::GeluTanh: {
       linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2], F.ctx.half);
-      Buf df(be, N * I);
+      Buf df(be, N * I, kOverwrite);
       be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
       linear_backward(be, *L.fc1, in, df.data(), dh, false, N, a.lin[kFc1], F.ctx.half);
       break;
@@ -1114,15 +1181,15 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
   const int64_t N = F.ctx.N, H = c.hidden, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim;
   const int64_t qd = nh * hd, kvd = nkv * hd;
   const float s = c.branch_scale, alpha = c.residual_alpha;
-  resize(a.h1, N * H);
+  resize_ow(a.h1, N * H);
   resize(a.mean1, N);
   resize(a.rstd1, N);
   norm_forward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.h1.data(), a.mean1.data(), a.rstd1.data(), N);
-  resize(a.q, N * qd);
-  resize(a.k, N * kvd);
-  resize(a.v, N * kvd);
+  resize_ow(a.q, N * qd);
+  resize_ow(a.k, N * kvd);
+  resize_ow(a.v, N * kvd);
   if (L.qkv) {
-    Buf fused(be, N * (qd + 2 * kvd));
+    Buf fused(be, N * (qd + 2 * kvd), kOverwrite);
     linear_forward(*L.qkv, a.h1.data(), fused.data(), N, F.ctx, l, a.lin[kQKV]);
     be.qkv_split(fused.data(), a.q.data(), a.k.data(), a.v.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), false);
   } else {
@@ -1131,8 +1198,8 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
     linear_forward(*L.v, a.h1.data(), a.v.data(), N, F.ctx, l, a.lin[kV]);
   }
   apply_positions(F, a.q.data(), a.k.data(), false);
-  resize(a.attn, N * qd);
   if (!F.cached.empty()) {
+    resize(a.attn, N * qd);  // the cached sequences' rows are written; keep the rest defined
     for (const Fwd::CachedSeq &cs : F.cached) {
       const size_t li = static_cast<size_t>(l);
       float *kc = cs.cache->dk.empty() ? cs.cache->k[li].data() : cs.cache->dk[li].get();
@@ -1143,7 +1210,8 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
                           F.alibi, cs.prefix);
     }
   } else {
-    resize(a.lse, F.ctx.B * nh * F.ctx.T);
+    resize_ow(a.attn, N * qd);
+    resize_ow(a.lse, F.ctx.B * nh * F.ctx.T);
     if (F.attn_half)
       be.attention_forward_lp(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
                               F.scale, F.seg, F.alibi, F.prefix, Half(F.attn_half));
@@ -1151,13 +1219,13 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
       be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
                            F.scale, F.seg, F.alibi, F.prefix);
   }
-  Buf y(be, N * H), ym(be, N * H);
+  Buf y(be, N * H, kOverwrite), ym(be, N * H, kOverwrite);
   linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
   if (c.parallel_residual) {  // x' = x + attn(N1(x)) + mlp(N2(x)) (N2 = N1 when the layer has one norm)
     a.x_mid.clear();
     const float *mlp_in = a.h1.data();
     if (L.norm2_w) {
-      resize(a.h2, N * H);
+      resize_ow(a.h2, N * H);
       resize(a.mean2, N);
       resize(a.rstd2, N);
       norm_forward(be, c, L.norm2_w, L.norm2_b, a.x_in.data(), a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
@@ -1175,11 +1243,11 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
     return;
   }
   // sequential: x_mid = R(x) + s·attn(N1(x)); x' = R(x_mid) + s·mlp(N2(x_mid)); R = identity or α·norm output
-  resize(a.x_mid, N * H);
+  resize_ow(a.x_mid, N * H);
   if (!c.residual_from_norm && s == 1.0f) be.add(a.x_mid.data(), a.x_in.data(), y.data(), nullptr, N * H);
   else if (!c.residual_from_norm) be.axpby(a.x_mid.data(), 1.0f, a.x_in.data(), s, y.data(), N * H);
   else be.axpby(a.x_mid.data(), alpha, a.h1.data(), s, y.data(), N * H);
-  resize(a.h2, N * H);
+  resize_ow(a.h2, N * H);
   resize(a.mean2, N);
   resize(a.rstd2, N);
   norm_forward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
@@ -1194,9 +1262,9 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
   const ModelConfig &c = F.c;
   Backend &be = F.be;
   const int64_t N = F.ctx.N, nh = c.heads, nkv = c.kv_heads, hd = c.head_dim, qd = nh * hd, kvd = nkv * hd;
-  Buf dattn(be, N * qd);
+  Buf dattn(be, N * qd, kOverwrite);
   linear_backward(be, *L.o, a.attn.data(), dy, dattn.data(), false, N, a.lin[kO], F.ctx.half);
-  Buf dq(be, N * qd), dk(be, N * kvd), dv(be, N * kvd);
+  Buf dq(be, N * qd, kOverwrite), dk(be, N * kvd, kOverwrite), dv(be, N * kvd, kOverwrite);
   if (F.attn_half)
     be.attention_backward_lp(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
                              dk.data(), dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix,
@@ -1206,7 +1274,7 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
                           dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix);
   apply_positions(F, dq.data(), dk.data(), true);
   if (L.qkv) {
-    Buf dfused(be, N * (qd + 2 * kvd));
+    Buf dfused(be, N * (qd + 2 * kvd), kOverwrite);
     be.qkv_split(dfused.data(), dq.data(), dk.data(), dv.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), true);
     linear_backward(be, *L.qkv, a.h1.data(), dfused.data(), dh1, false, N, a.lin[kQKV], F.ctx.half);
   } else {
@@ -1222,8 +1290,8 @@ void block_backward(const Fwd &F, Layer &L, LayerActs &a, Buf &dx) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, H = c.hidden;
   const float s = c.branch_scale, alpha = c.residual_alpha;
-  Buf dyb(be, N * H), dh1(be, N * H), dh2(be, N * H),
-      tmp(be, N * H), dxin(be, N * H);
+  Buf dyb(be, N * H, kOverwrite), dh1(be, N * H, kOverwrite), dh2(be, N * H, kOverwrite), tmp(be, N * H, kOverwrite),
+      dxin(be, N * H, kOverwrite);
   if (c.parallel_residual) {
     const float *dbr = dx.data();  // d(branch outputs) = s·d(x_out)
     if (s != 1.0f) {
@@ -1252,7 +1320,7 @@ void block_backward(const Fwd &F, Layer &L, LayerActs &a, Buf &dx) {
   mlp_backward(F, L, a, a.h2.data(), dym, dh2.data());
   if (c.residual_from_norm) be.axpby(dh2.data(), 1.0f, dh2.data(), alpha, dx.data(), N * H);
   norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
-  Buf dmid(be, N * H);
+  Buf dmid(be, N * H, kOverwrite);
   if (c.residual_from_norm) dmid.copy_from(tmp);
   else be.add(dmid.data(), dx.data(), tmp.data(), nullptr, N * H);
   // attention half
@@ -1400,7 +1468,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   F.prefix = d_prefix.get();
 
   // ---- forward ----
-  Buf x(be, N * H), x_emb(be), emb_mean(be), emb_rstd(be);
+  Buf x(be, N * H, kOverwrite), x_emb(be), emb_mean(be), emb_rstd(be);
   embed_rows(be, *embed, d_ids.get(), x.data(), N, H);
   if (embed_norm_w) {  // bloom: LayerNorm on the embeddings
     x_emb.copy_from(x);
@@ -1417,9 +1485,9 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   for (int64_t l = 0; l < c.layers; ++l) {
     LayerActs &a = im.acts[static_cast<size_t>(l)];
     if (offload) {
-      std::vector<float> &h = im.host_x[static_cast<size_t>(l)];
-      h.resize(static_cast<size_t>(N * H));
-      be.download(h.data(), x.data(), sizeof(float) * h.size());
+      // no wait: the copy runs in stream order, and only the backward's upload (later on the same stream) reads it
+      float *h = im.host_x[static_cast<size_t>(l)].get(be, N * H);
+      be.download_async(h, x.data(), sizeof(float) * static_cast<size_t>(N * H));
       a.x_in.free();
     } else {
       a.x_in.copy_from(x);
@@ -1428,7 +1496,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     if (ckpt) work.x_in.copy_from(x);
     block_forward(F, layers[static_cast<size_t>(l)], l, work, x.data());
   }
-  Buf hf(be, N * H), fmean(be, N), frstd(be, N);
+  Buf hf(be, N * H, kOverwrite), fmean(be, N), frstd(be, N);
   norm_forward(be, c, final_w, final_b, x.data(), hf.data(), fmean.data(), frstd.data(), N);
   if (c.logit_scale != 1.0f) be.scale_inplace(hf.data(), c.logit_scale, N * H);
 
@@ -1469,7 +1537,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   Buf lg(be), lse(be), dlg(be);
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
-    resize(lg, rows * V);
+    resize_ow(lg, rows * V);
     float *logits = lg.data();
     weight_nt(be, *lm_head, hf.data() + r0 * H, logits, rows, V, H, false);
     if (opt.want_logits) be.download(out.logits.data() + r0 * V, logits, sizeof(float) * static_cast<size_t>(rows * V));
@@ -1478,7 +1546,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     for (int64_t r = r0; r < r0 + rows; ++r) cnt += targets[static_cast<size_t>(r)] >= 0;
     be.cross_entropy_forward_acc(logits, d_targets.get() + r0, lse.data(), rows, V, d_loss, d_count, r0 > 0);
     if (bwd && cnt > 0) {
-      resize(dlg, rows * V);
+      resize_ow(dlg, rows * V);
       be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
       weight_nn(be, *lm_head, dlg.data(), dhf.data() + r0 * H, rows, H, V, false);
       if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
@@ -1492,7 +1560,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   // gradient-ready hook: each stage's trainable parameters, reported once their gradients are complete
   std::vector<Param *> ready;
   if (c.logit_scale != 1.0f) be.scale_inplace(dhf.data(), c.logit_scale, N * H);
-  Buf dx(be, N * H), tmp(be, N * H);
+  Buf dx(be, N * H, kOverwrite), tmp(be, N * H, kOverwrite);
   norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
   if (opt.grad_ready) {
     ready.clear();

@@ -918,6 +918,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       w.set("message", Json::string("training.offload_checkpoints applies to GPU runs: on the CPU the checkpointed activations are in host memory already"));
       emit(w);
     }
+    if (job.zero_stage == 1 && !zero1) {  // accepted, but it shards nothing here: say so rather than ignore it
+      Json w = ev("warning");
+      w.set("message", Json::string(!dist.on() ? "distributed.zero_stage 1 shards the optimizer state across workers: a single-worker run has nothing to "
+                                                 "shard, so it has no effect (start several workers, e.g. with torchrun, to use it)"
+                                               : "distributed.zero_stage 1 applies to full fine-tuning: a LoRA run's optimizer state is small "
+                                                 "and stays whole on every worker (no effect)"));
+      emit(w);
+    }
   }
 
   std::vector<int64_t> order = epoch_order(n, job.seed, cur.epoch);

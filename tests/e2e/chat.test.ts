@@ -73,12 +73,16 @@ describe('chat in the browser', () => {
     await page.getByTestId('msg-assistant').first().waitFor({ timeout: 60_000 });
     const answer = ((await page.getByTestId('msg-assistant').first().textContent()) ?? '').trim();
     expect(rec.answer_choices).toContain(answer);
+    // under the answer: its length, time, why it ended and where it ran (the engine host's placement: the CPU here)
+    expect(await page.getByTestId('msg-meta').first().textContent()).toMatch(/^\d+ tokens in [\d.]+ s \((stop|length)\) on cpu$/);
     // saved: the session is listed with a title from the first message, and survives a reload
     const title = rec.input.split('\n')[0]!.slice(0, 12);
     expect(await page.getByTestId('chat-sessions').textContent()).toContain(title);
     await page.reload();
     await page.getByTestId('chat-sessions').getByRole('button', { name: title }).click();
     await expect.poll(() => page.getByTestId('msg-assistant').count()).toBe(1);
+    // the stored message keeps it
+    expect(await page.getByTestId('msg-meta').first().textContent()).toMatch(/ on cpu$/);
     await shot('chat');
   });
 
@@ -120,8 +124,8 @@ describe('chat in the browser', () => {
     await expect.poll(async () => page.getByTestId('chat-send').isVisible(), { timeout: 60_000 }).toBe(true);
     const a = (await page.getByTestId('ab-a').textContent()) ?? '';
     const b = (await page.getByTestId('ab-b').textContent()) ?? '';
-    expect(a).toMatch(/tokens in/);
-    expect(b).toMatch(/tokens in/);
+    expect(a).toMatch(/tokens in [\d.]+ s \(\w+\) on cpu/);
+    expect(b).toMatch(/tokens in [\d.]+ s \(\w+\) on cpu/);
     await shot('chat-ab');
   });
 

@@ -107,12 +107,13 @@ describe.skipIf(!HAS_GLOO)('data parallelism on CPU workers (Gloo)', () => {
     it(`2 workers × micro-batch 2 follow 1 worker × micro-batch 4 (${method})`, async () => {
       const one = await run(['train', '--job', (() => {
         const f = path.join(tmp, `one-${method}.json`);
-        fs.writeFileSync(f, JSON.stringify(job(path.join(tmp, `one-${method}`), method, 4)));
+        // zero_stage 1 on one worker: accepted, with a warning that it shards nothing
+        fs.writeFileSync(f, JSON.stringify(job(path.join(tmp, `one-${method}`), method, 4, { distributed: { zero_stage: 1 } })));
         return f;
       })()]);
       expect(one.code, one.stderr).toBe(0);
       // full fine-tuning also shards the optimizer state (ZeRO-1); small buckets exercise the bucketing
-      const two = await torchrunStyle(job(path.join(tmp, `two-${method}`), method, 2, { distributed: { world_size: 2, bucket_mb: 0.002, ...(method === 'full' ? { zero_stage: 1 } : {}) } }), 2);
+      const two = await torchrunStyle(job(path.join(tmp, `two-${method}`), method, 2, { distributed: { world_size: 2, bucket_mb: 0.002, zero_stage: 1 } }), 2);
       for (const r of two) expect(r.code, r.stderr).toBe(0);
       const a = events(one.stdout);
       const b = events(two[0]!.stdout);
@@ -122,6 +123,10 @@ describe.skipIf(!HAS_GLOO)('data parallelism on CPU workers (Gloo)', () => {
       expect(loss(b)).toHaveLength(6);
       loss(a).forEach((x, i) => expect(Math.abs(x - loss(b)[i]!)).toBeLessThan(1e-5));
       evl(a).forEach((x, i) => expect(Math.abs(x - evl(b)[i]!)).toBeLessThan(1e-5));
+      const warned = (es: Ev[], re: RegExp) => es.some((e) => e.event === 'warning' && re.test(String(e.message)));
+      expect(warned(a, /zero_stage 1 .*a single-worker run has nothing to shard/)).toBe(true);
+      // with 2 workers it shards a full fine-tune's optimizer state; a LoRA run's stays whole, and the run says so
+      expect(warned(b, /zero_stage 1 applies to full fine-tuning/)).toBe(method === 'lora');
       const started = b.find((e) => e.event === 'started')!;
       expect(started).toMatchObject({ world_size: 2, backend: 'gloo', global_batch_size: 8, zero_stage: method === 'full' ? 1 : 0 });
       expect((started.ranks as { pid: number }[]).map((r) => r.pid)).toHaveLength(2);

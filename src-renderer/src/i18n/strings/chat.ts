@@ -23,6 +23,7 @@ export const en = {
   'chat.stop': 'Stop',
   'chat.you': 'You',
   'chat.meta': '{tokens} tokens in {seconds} s ({finish})',
+  'chat.onDevice': ' on {device}',
   'chat.restarted': 'The engine process had stopped and was restarted: {why}',
   'chat.engineDied': 'The engine process stopped: {why}',
 } as const;
@@ -51,6 +52,7 @@ export const zh: Record<keyof typeof en, string> = {
   'chat.stop': '停止',
   'chat.you': '你',
   'chat.meta': '{tokens} 个词元，用时 {seconds} 秒（{finish}）',
+  'chat.onDevice': '，运行于 {device}',
   'chat.restarted': '引擎进程曾停止，已重新启动：{why}',
   'chat.engineDied': '引擎进程已停止：{why}',
 };
