@@ -398,6 +398,8 @@ struct Dist {
 // so the last layers are on the wire while earlier layers are still in backward. The thread packs a bucket,
 // all-reduces it and unpacks it (a bucket of one parameter is reduced in place); the main thread takes the
 // squared norm of the summed buckets in bucket order, whenever one is done, then waits for the rest in finish().
+// The norm accumulates in one double in backend memory (sum_squares_acc, stream-ordered after the bucket's
+// reduction): on a GPU no wait per tensor, one download per step in finish().
 // Bucket boundaries, the summation order and the norm's order are those of a reduction after the backward, so
 // the result is bit-identical with or without overlap.
 class GradReducer {
@@ -414,6 +416,7 @@ class GradReducer {
     }
     pending_.resize(buckets_.size());
     if (!comm.device_buffers()) flat_.resize(static_cast<size_t>(max_numel_));  // Gloo packs buckets in host memory
+    acc_ = static_cast<double *>(be_.alloc(sizeof(double)));
     thread_ = std::thread([this] { loop(); });
   }
   ~GradReducer() {
@@ -423,6 +426,7 @@ class GradReducer {
     }
     cv_.notify_all();
     thread_.join();
+    be_.release(acc_);
   }
   size_t num_buckets() const { return buckets_.size(); }
   /** Buckets handed to the thread by ready(), i.e. before the backward finished, in the last step. */
@@ -432,7 +436,8 @@ class GradReducer {
   void begin() {
     for (size_t i = 0; i < buckets_.size(); ++i) pending_[i] = buckets_[i].params.size();
     next_submit_ = next_norm_ = early_ = 0;
-    sum_sq_ = 0;
+    const double zero = 0;
+    be_.upload(acc_, &zero, sizeof zero);
   }
   /** The gradient-ready hook: these parameters' gradients are final. Never waits for the network. */
   void ready(const std::vector<Param *> &ps) {
@@ -463,7 +468,8 @@ class GradReducer {
       }
       norm(next_norm_);
     }
-    sum_sq = sum_sq_;
+    sum_sq = 0;
+    if (rc == 0) be_.download(&sum_sq, acc_, sizeof sum_sq);
     // drain what is still queued so the next step starts clean
     std::unique_lock<std::mutex> g(mu_);
     cv_.wait(g, [&] { return queue_.empty() && !busy_; });
@@ -477,7 +483,7 @@ class GradReducer {
     int64_t numel = 0;
   };
   void norm(size_t i) {
-    for (Param *p : buckets_[i].params) sum_sq_ += be_.sum_squares(p->g(), p->numel());
+    for (Param *p : buckets_[i].params) be_.sum_squares_acc(p->g(), p->numel(), acc_);
   }
   void submit(size_t i) {
     {
@@ -550,7 +556,7 @@ class GradReducer {
   // main thread only
   std::vector<size_t> pending_;  // per bucket: parameters not yet final
   size_t next_submit_ = 0, next_norm_ = 0, early_ = 0;
-  double sum_sq_ = 0;
+  double *acc_ = nullptr;  // Σ g² of the summed buckets, in backend memory
   // shared with the thread, under mu_
   std::thread thread_;
   std::mutex mu_;

@@ -296,6 +296,15 @@ using namespace cuemu;
 // ---- driver API -------------------------------------------------------------------------------------------------------
 using CUdeviceptr = unsigned long long;
 
+// LLMT_CUEMU_SKIP_WORK=1: kernels and GEMMs are checked as usual but not executed, so a run's time is the engine's
+// own host-side cost per launch (its results are garbage). For measuring that overhead only (docs/cuda.md).
+static bool skip_work() {
+  static const bool on = [] {
+    const char *e = std::getenv("LLMT_CUEMU_SKIP_WORK");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return on;
+}
 EXPORT int cuInit(unsigned) { return 0; }
 EXPORT int cuDriverGetVersion(int *v) {
   *v = 13000;
@@ -377,6 +386,7 @@ EXPORT int cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsign
   }
   if (const char *inject = std::getenv("LLMT_CUEMU_FAIL_KERNEL"))  // fault injection for the engine's error paths
     if (name == inject) return fail(719, "kernel " + name + ": failure injected by LLMT_CUEMU_FAIL_KERNEL");
+  if (skip_work()) return 0;  // host-overhead measurement: launches checked, not run
   std::string err = run_grid(k->call, k->fn, params, Dim3{gx, gy, gz}, Dim3{bx, by, bz});
   if (!err.empty()) return fail(719, "kernel " + name + ": " + err);
   return 0;
@@ -534,6 +544,7 @@ EXPORT int cublasSgemm_v2(void *, int ta, int tb, int m, int n, int k, const flo
       return 13;
     }
   }
+  if (skip_work()) return 0;
   for (int j = 0; j < n; ++j)
     for (int i = 0; i < m; ++i) {
       float s = 0.0f;
@@ -566,6 +577,7 @@ EXPORT int cublasGemmEx(void *, int ta, int tb, int m, int n, int k, const void 
       return 13;
     }
   }
+  if (skip_work()) return 0;
   auto load = [](const void *p, int type, size_t i) -> float {
     if (type == 0) return static_cast<const float *>(p)[i];
     return llmt::from_half(static_cast<const uint16_t *>(p)[i], type == 2 ? 2 : 1);
