@@ -203,6 +203,8 @@ def main():
                        "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak, "precision": label}
                 if not out["peak_mem"]:
                     out["peak_mem"] = out["process_gpu_mem"]
+                if "q4_gemm" in j:  # --q4-gemm both: the step with each 4-bit GEMM path
+                    out["q4_gemm"] = j["q4_gemm"]
                 if "profile" in j:
                     res.setdefault("profile", {}).setdefault(str(T), {})["ours " + label] = j["profile"]
             else:
@@ -216,7 +218,8 @@ def main():
         res["ours"][T] = ours(T, ["--precision", "bf16"], "bf16 weights, fp32 activations", prof=True)
     T0 = seqs[0]
     # bitsandbytes' QLoRA recipe computes in bf16 (bnb_4bit_compute_dtype): the 4-bit GEMMs on tensor cores
-    res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16"],
+    # --q4-gemm both: the fused 4-bit kernels (the default) and, for comparison, each weight decoded to bf16 then cuBLAS
+    res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16", "--q4-gemm", "both"],
                                   "QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations", prof=True)}
     # and, time permitting, the longest sequence with the checkpointed block inputs in host memory (offload_checkpoints)
     T1 = seqs[-1]
@@ -229,6 +232,8 @@ def main():
     qpeak = max(q.get("peak_mem") or 0, q.get("process_gpu_mem") or 0)
     res["qlora_targets"] = {"seq": T0, "peak_mem_gb": qpeak / 1e9 if qpeak else None,
                             "speed_vs_our_bf16": q["tokens_per_s"] / b["tokens_per_s"] if "tokens_per_s" in q and b.get("tokens_per_s") else None}
+    dq = (q.get("q4_gemm") or {}).get("dequant", {}).get("train_tokens_per_s")
+    res["qlora_targets"]["speed_vs_our_bf16_dequant_cublas"] = dq / b["tokens_per_s"] if dq and b.get("tokens_per_s") else None
     lines = [f"# LoRA step, LLaMA-7B shape ({L} layers), r=16 all linear, micro-batch 1 — {gpu}, {res['date']}",
              f"parity checks: {a.parity}", "",
              "| seq | HF+PEFT tok/s | ours tok/s | speed ratio | HF peak GiB | ours peak GiB | memory ratio | allocated ratio | HF MFU | ours MFU |",
@@ -247,8 +252,11 @@ def main():
     qmem = "-" if qt["peak_mem_gb"] is None else "%.2f GB" % qt["peak_mem_gb"]
     qspd = "-" if qt["speed_vs_our_bf16"] is None else "%.2fx" % qt["speed_vs_our_bf16"]
     qerr = res["ours_qlora"][qt["seq"]].get("error", "")[:80]
+    qdq = qt.get("speed_vs_our_bf16_dequant_cublas")
     lines += ["", "QLoRA (nf4, bf16 compute, seq %d): peak %s (target <= 6 GB), tokens/s vs our bf16 LoRA %s (target >= 0.9x) %s"
-              % (qt["seq"], qmem, qspd, qerr)]
+              % (qt["seq"], qmem, qspd, qerr),
+              "  the same step with each 4-bit weight decoded to bf16, then cuBLAS (LLMT_Q4_GEMM=dequant, bitsandbytes' way): %s"
+              % ("-" if qdq is None else "%.2fx" % qdq)]
     if "ours_offload" in res:
         o1, h1 = res["ours_offload"][T1], res["hf"].get(T1, {})
         om = o1["peak_mem"] / h1["peak_mem"] if o1.get("peak_mem") and h1.get("peak_mem") else None

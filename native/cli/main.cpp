@@ -78,7 +78,9 @@ const char *kUsage =
     "forward, grad, bench: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
     "bench: --checkpointing (gradient checkpointing in the timed backward); --offload-checkpoints (the same, with the\n"
     "       checkpointed block inputs in host memory on a GPU); --profile (then one more step with every kernel and\n"
-    "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only)\n"
+    "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only);\n"
+    "       --q4-gemm fused|dequant|both (QLoRA in bf16/fp16 on a GPU: the fused 4-bit kernels, the default; or each weight\n"
+    "       decoded to 16 bits, then cuBLAS; both: the training step timed each way, \"q4_gemm\" in the JSON)\n"
     "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
     "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
@@ -520,6 +522,11 @@ int cmd_bench(const Args &a) {
   const int64_t B = std::atoll(a.get("--batch", "1").c_str()), T = std::atoll(a.get("--seq", "128").c_str());
   const int iters = std::atoi(a.get("--iters", "5").c_str()), warmup = std::atoi(a.get("--warmup", "1").c_str());
   if (B <= 0 || T <= 1 || iters <= 0 || warmup < 0) return usage_error("bench: --batch >= 1, --seq >= 2, --iters >= 1");
+  const std::string q4 = a.get("--q4-gemm", "fused");
+  if (q4 != "fused" && q4 != "dequant" && q4 != "both") return usage_error("bench: --q4-gemm fused|dequant|both");
+  // the CUDA backend reads LLMT_Q4_GEMM at each 4-bit GEMM (docs/cuda.md)
+  if (q4 == "dequant") ::setenv("LLMT_Q4_GEMM", "dequant", 1);
+  else ::unsetenv("LLMT_Q4_GEMM");
   ModelHandle h;
   llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
                                          a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
@@ -567,6 +574,20 @@ int cmd_bench(const Args &a) {
     if (bwd < 0) return fail(static_cast<llmt_status>(-bwd));
     o.set("train_step_ms", Json::number(bwd));
     o.set("train_tokens_per_s", Json::number(B * T / (bwd / 1000.0)));
+    if (q4 == "both") {  // the same step with every 4-bit weight decoded to 16 bits, then cuBLAS
+      ::setenv("LLMT_Q4_GEMM", "dequant", 1);
+      const double dq = time_it([&] { return llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss); });
+      ::unsetenv("LLMT_Q4_GEMM");
+      if (dq < 0) return fail(static_cast<llmt_status>(-dq));
+      Json m = Json::object();
+      for (auto [name, ms] : {std::pair<const char *, double>{"fused", bwd}, {"dequant", dq}}) {
+        Json e = Json::object();
+        e.set("train_step_ms", Json::number(ms));
+        e.set("train_tokens_per_s", Json::number(B * T / (ms / 1000.0)));
+        m.set(name, e);
+      }
+      o.set("q4_gemm", m);
+    }
   }
   // --profile: one more step (the training step when there is one) with every device call timed; not in the figures
   // above. kernel_ms against the step's wall time shows how much of the step the device was busy.
@@ -779,7 +800,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision", "--q4-gemm"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

@@ -26,6 +26,7 @@
 #include "../engine/backend.hpp"
 #include "cuda.hpp"
 #include "loader.hpp"
+#include "mt.hpp"
 
 extern "C" {
 extern const unsigned char llmt_cuda_fatbin[];  // embed_fatbin.c
@@ -519,6 +520,48 @@ class CudaBackend final : public Backend {
     launch("k_sumsq_acc", 1, 1, static_cast<const double *>(part), int(nb), s.out(acc, 1, true));
     s.done();
   }
+  // ---- multi-tensor ops (backend.hpp): one table of the tensors on the device, a few launches per call ----
+  void adamw_multi(const std::vector<TensorSlot> &ts, float lr, float beta1, float beta2, float eps, float weight_decay,
+                   int64_t step) override {
+    ll chunks = 0;
+    int T = 0;
+    const MtSlot *t = mt_table(ts, true, &chunks, &T);
+    if (!t) return Backend::adamw_multi(ts, lr, beta1, beta2, eps, weight_decay, step);
+    if (!chunks) return;
+    const double bc1 = 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(step));
+    const double bc2 = 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(step));
+    const float decay = static_cast<float>(1.0 - static_cast<double>(lr) * static_cast<double>(weight_decay));
+    const float step_size = static_cast<float>(static_cast<double>(lr) / bc1);
+    const float bc2_sqrt = static_cast<float>(std::sqrt(bc2));
+    mt_launch("k_mt_adamw", chunks, t, T, beta1, beta2, 1.0f - beta1, 1.0f - beta2, eps, decay, step_size, bc2_sqrt);
+  }
+  void sum_squares_acc_multi(const std::vector<TensorSlot> &ts, double *acc) override {
+    ll chunks = 0;
+    int T = 0;
+    const MtSlot *t = mt_table(ts, false, &chunks, &T);
+    if (!t || !is_dev(acc)) return Backend::sum_squares_acc_multi(ts, acc);
+    if (!chunks) return;
+    Stage s(*this);
+    double *part = s.scratch<double>(chunks);
+    mt_launch("k_mt_sumsq", chunks, t, T, part);
+    launch("k_mt_sumsq_acc", 1, 1, static_cast<const double *>(part), chunks, acc);
+    s.done();
+  }
+  void scale_multi(const std::vector<TensorSlot> &ts, float sc) override {
+    ll chunks = 0;
+    int T = 0;
+    const MtSlot *t = mt_table(ts, false, &chunks, &T);
+    if (!t) return Backend::scale_multi(ts, sc);
+    mt_launch("k_mt_scale", chunks, t, T, sc, 0);
+  }
+  void zero_multi(const std::vector<TensorSlot> &ts) override {
+    ll chunks = 0;
+    int T = 0;
+    const MtSlot *t = mt_table(ts, false, &chunks, &T);
+    if (!t) return Backend::zero_multi(ts);
+    mt_launch("k_mt_scale", chunks, t, T, 0.0f, 1);
+  }
+
   void fill(float *x, float v, int64_t n) override {
     Stage s(*this);
     ew("k_fill", n, s.out(x, n), v, ll(n));
@@ -586,10 +629,15 @@ class CudaBackend final : public Backend {
   }
   // Mixed precision (QLoRA with compute in bf16/fp16): the tensor-core kernels, which decode the weight tile into
   // 16-bit shared memory and run WMMA with fp32 accumulation (kernels.cu q4_gemm_tc); 128×64 tiles of C.
+  // LLMT_Q4_GEMM=dequant (read per call, so `bench --q4-gemm both` can time both): decode the whole weight into a 16-bit
+  // scratch and run cublasGemmEx — bitsandbytes' way for batches, the same values (A and each decoded element rounded,
+  // fp32 sums), one transient 16-bit copy of one weight at a time. The default is the fused kernels (no such copy).
   void matmul_nt_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    if (q4_dequant_mode()) return q4_dequant_gemm(A, W, t, C, M, N, K, acc, 0);
     gemm_q4(t == Half::F16 ? "k_gemm_q4_nt_tc_f16" : "k_gemm_q4_nt_tc_bf16", A, W, C, M, N, K, acc, 128, 256);
   }
   void matmul_nn_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
+    if (q4_dequant_mode()) return q4_dequant_gemm(A, W, t, C, M, N, K, acc, 1);
     gemm_q4(t == Half::F16 ? "k_gemm_q4_nn_tc_f16" : "k_gemm_q4_nn_tc_bf16", A, W, C, M, N, K, acc, 128, 256);
   }
 
@@ -647,6 +695,51 @@ class CudaBackend final : public Backend {
     Mark m_{};
     bool on_ = false;
   };
+  // The device table of a multi-tensor call (mt.hpp), or null when a tensor is not device memory (the caller then
+  // loops over the single-tensor ops, which stage). Tables are cached by content: the trainable parameters do not move
+  // between steps, so a training run uploads each table once.
+  const MtSlot *mt_table(const std::vector<TensorSlot> &ts, bool adam, ll *chunks, int *count) {
+    std::vector<MtSlot> h;
+    h.reserve(ts.size());
+    ll c = 0;
+    for (const TensorSlot &t : ts) {
+      if (t.n <= 0) continue;
+      if (!is_dev(t.g) || (adam && (!is_dev(t.w) || !is_dev(t.m) || !is_dev(t.v)))) return nullptr;
+      MtSlot e{};
+      e.w = adam ? t.w : nullptr;
+      e.g = t.g;
+      e.m = adam ? t.m : nullptr;
+      e.v = adam ? t.v : nullptr;
+      e.n = t.n;
+      e.chunk0 = c;
+      e.decay = adam && t.decay ? 1 : 0;
+      h.push_back(e);
+      c += (t.n + kMtChunk - 1) / kMtChunk;
+    }
+    *chunks = c;
+    *count = static_cast<int>(h.size());
+    if (h.empty()) return reinterpret_cast<const MtSlot *>(this);  // nothing to do (never dereferenced)
+    const size_t bytes = sizeof(MtSlot) * h.size();
+    for (MtTable &e : mt_cache_)
+      if (e.host.size() == h.size() && std::memcmp(e.host.data(), h.data(), bytes) == 0) return e.dev;
+    if (mt_cache_.size() >= 8) {  // stream-ordered release: a kernel still reading it finishes first
+      release(const_cast<MtSlot *>(mt_cache_.front().dev));
+      mt_cache_.erase(mt_cache_.begin());
+    }
+    MtSlot *d = static_cast<MtSlot *>(alloc(bytes));
+    upload(d, h.data(), bytes);
+    mt_cache_.push_back({std::move(h), d});
+    return d;
+  }
+  template <typename... A>
+  void mt_launch(const char *k, ll chunks, A... args) {
+    if (chunks <= 0) return;
+    // block (x, y) is chunk x + y·gx (MT_CHUNK_RANGE); blocks past the last chunk return at once
+    ll max_x = 65535;
+    if (const char *e = std::getenv("LLMT_CUDA_MT_GRIDX")) max_x = std::max<ll>(1, std::atoll(e));  // tests: 2-D grids
+    const unsigned gx = static_cast<unsigned>(std::min<ll>(chunks, max_x)), gy = static_cast<unsigned>((chunks + gx - 1) / gx);
+    launch_grid(k, gx, gy, 1, 256, args...);
+  }
   static std::string shape(int64_t M, int64_t N, int64_t K) {
     return std::to_string(M) + "x" + std::to_string(N) + "x" + std::to_string(K);
   }
@@ -894,6 +987,30 @@ class CudaBackend final : public Backend {
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm_half");
   }
 
+  bool q4_dequant_mode() const {
+    const char *e = std::getenv("LLMT_Q4_GEMM");
+    return e && std::strcmp(e, "dequant") == 0 && blas_ && cublas().gemm_ex;
+  }
+  // C (+)= half(A)·op(dequant(W)) through a 16-bit scratch of the whole weight and cublasGemmEx (gemm_half); kind as gemm_half.
+  void q4_dequant_gemm(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+    if (W.n != N * K)
+      throw CudaError("k_q4_dequant_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " + std::to_string(N) +
+                      "×" + std::to_string(K));
+    if (!W.qabsmax && !W.absmax) throw CudaError("k_q4_dequant_half: the 4-bit weight has no scales");
+    Stage s(*this);
+    const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
+    const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
+    const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
+    const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
+    const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
+    const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
+    uint16_t *wh = s.scratch<uint16_t>(W.n);
+    ew("k_q4_dequant_half", (W.n + 1) / 2, pk, am, qa, a2, c2, W.offset, int(W.type == cpu::Q4Type::FP4 ? 2 : 1),
+       static_cast<unsigned short *>(wh), ll(W.n), int(t == Half::F16 ? 2 : 1));
+    gemm_half(s.in(A, M * K), wh, t, s.out(C, M * N, acc), M, N, K, acc, kind);
+    s.done();
+  }
+
   // C[M,N] (+)= A[M,K]·op(W), W 4-bit with N·K elements (op: k_gemm_q4_nt* Wᵀ, k_gemm_q4_nn* W); tiles of tile_m × 64
   // of C (k_gemm_q4_nt/nn: 64 rows, 256 threads; the tensor-core k_gemm_q4_*_tc_*: 128 rows, 256 threads).
   void gemm_q4(const char *k, const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc,
@@ -944,6 +1061,11 @@ class CudaBackend final : public Backend {
   mutable std::mutex mu_;
   std::map<CUdeviceptr, size_t> live_;       // base → size of blocks handed out
   std::set<void *> pinned_;                  // alloc_host blocks that are page-locked
+  struct MtTable {
+    std::vector<MtSlot> host;
+    const MtSlot *dev;
+  };
+  std::vector<MtTable> mt_cache_;  // multi-tensor tables by content (mt_table)
   std::multimap<size_t, CUdeviceptr> cache_;  // size → free cached blocks
   MemoryStats mem_;                            // under mu_
   void note_alloc(int64_t handed_out, int64_t new_from_driver) {  // under mu_

@@ -15,6 +15,7 @@
 typedef long long ll;
 
 #include "../cpu/half.hpp"  // bf16/fp16 rounding, bit-identical to the CPU backend's
+#include "mt.hpp"              // the multi-tensor table
 
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
@@ -781,6 +782,66 @@ __global__ void k_fill(float *x, float v, ll n) {
   GRID_STRIDE(i, n) x[i] = v;
 }
 
+// ---- multi-tensor ops: one launch over many tensors (the optimizer step's per-parameter ops) ---------------------------
+// Block c handles chunk c of the table's concatenated chunks: entry i covers chunks [chunk0_i, chunk0_{i+1}), the chunk
+// [lo, hi) of its tensor. Element by element the same arithmetic as the single-tensor kernels.
+__device__ __forceinline__ int mt_entry(const llmt::MtSlot *t, int T, ll c) {
+  int lo = 0, hi = T - 1;  // the last entry whose chunk0 <= c
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (t[mid].chunk0 <= c) lo = mid;
+    else hi = mid - 1;
+  }
+  return lo;
+}
+#define MT_CHUNK_RANGE(t, T, s, lo, hi)                                     \
+  const ll c_ = (ll)blockIdx.x + (ll)blockIdx.y * gridDim.x;              \
+  const llmt::MtSlot s = t[mt_entry(t, T, c_)];                          \
+  const ll lo = (c_ - s.chunk0) * llmt::kMtChunk;                        \
+  const ll hi = lo + llmt::kMtChunk < s.n ? lo + llmt::kMtChunk : s.n;    \
+  if (lo >= s.n) return; /* a block past the last chunk (2-D grids) */
+
+// k_adamw on every entry; decay_on for entries with decay, 1 for the others (weight_decay 0, as adamw_step gives)
+__global__ void k_mt_adamw(const llmt::MtSlot *t, int T, float beta1, float beta2, float omb1, float omb2, float eps,
+                           float decay_on, float step_size, float bc2_sqrt) {
+  MT_CHUNK_RANGE(t, T, s, lo, hi)
+  const float decay = s.decay ? decay_on : 1.0f;
+  for (ll i = lo + threadIdx.x; i < hi; i += blockDim.x) {
+    const float gi = s.g[i];
+    const float mi = beta1 * s.m[i] + omb1 * gi;
+    const float vi = beta2 * s.v[i] + omb2 * gi * gi;
+    s.m[i] = mi;
+    s.v[i] = vi;
+    s.w[i] = s.w[i] * decay - step_size * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+  }
+}
+// part[c] = Σ g² over chunk c, in double (256 threads; k_sumsq_acc then adds the parts in chunk order)
+__global__ void k_mt_sumsq(const llmt::MtSlot *t, int T, double *part) {
+  MT_CHUNK_RANGE(t, T, s, lo, hi)
+  double acc = 0.0;
+  for (ll i = lo + threadIdx.x; i < hi; i += blockDim.x) acc += (double)s.g[i] * (double)s.g[i];
+  __shared__ double sh[256];
+  sh[threadIdx.x] = acc;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  if (threadIdx.x == 0) part[c_] = sh[0];
+}
+// g = g·sc (sc != 0) or g = 0 (zero != 0)
+__global__ void k_mt_scale(const llmt::MtSlot *t, int T, float sc, int zero) {
+  MT_CHUNK_RANGE(t, T, s, lo, hi)
+  for (ll i = lo + threadIdx.x; i < hi; i += blockDim.x) s.g[i] = zero ? 0.0f : s.g[i] * sc;
+}
+// k_sumsq_acc over more parts than an int block count: acc[0] += Σ part[0..nb) in order
+__global__ void k_mt_sumsq_acc(const double *part, ll nb, double *acc) {
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  double t = 0.0;
+  for (ll i = 0; i < nb; ++i) t += part[i];
+  acc[0] += t;
+}
+
 // ---- 4-bit base weights (QLoRA): GEMMs that decode the weight per tile (q4_gemm above) -----------------------------------
 // Launch: grid (ceil(N/64), ceil(M/64)), 256 threads. type: 1 NF4, 2 FP4. absmax null ⇔ nested (qabsmax, absmax2, code2).
 // C[M,N] (+)= A[M,K]·Wᵀ, W [N,K] (the forward).
@@ -1254,4 +1315,20 @@ __global__ void k_gemm_q4_nt_tc_bf16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__nv_bfloat16,
 __global__ void k_gemm_q4_nt_tc_f16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__half, false>(LLMT_Q4TC_PASS); }
 __global__ void k_gemm_q4_nn_tc_bf16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__nv_bfloat16, true>(LLMT_Q4TC_PASS); }
 __global__ void k_gemm_q4_nn_tc_f16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__half, true>(LLMT_Q4TC_PASS); }
+
+// W (4-bit, n elements) → out[i] = code[q_i]·scale rounded to bf16 (half 1) / fp16 (half 2): exactly the tensor-core GEMMs'
+// decoding (and the CPU's q4_dequantize_half), for the dequantize-then-cuBLAS path (LLMT_Q4_GEMM=dequant). One thread per
+// byte (two elements, never in different 64-element blocks).
+__global__ void k_q4_dequant_half(const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
+                                  const float *absmax2, const float *code2, float offset, int type, unsigned short *out,
+                                  ll n, int half) {
+  GRID_STRIDE(i, (n + 1) / 2) {
+    const unsigned byte = packed[i];
+    const ll e = 2 * i;
+    const float s = q4_scale(absmax, qabsmax, absmax2, code2, offset, e >> 6);
+    const float hi = type == 2 ? kQ4Fp4[byte >> 4] : kQ4Nf4[byte >> 4], lo = type == 2 ? kQ4Fp4[byte & 15u] : kQ4Nf4[byte & 15u];
+    out[e] = llmt::to_half(hi * s, half);
+    if (e + 1 < n) out[e + 1] = llmt::to_half(lo * s, half);
+  }
+}
 }  // extern "C"

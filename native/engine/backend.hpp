@@ -50,6 +50,14 @@ struct ProfileRow {
   double flops = 0;
 };
 
+// One tensor of a multi-tensor op (Backend::*_multi): a trainable parameter's weights, gradient and AdamW moments in
+// backend memory, n elements; decay: AdamW's weight decay applies to it. Ops that need fewer pointers ignore the rest.
+struct TensorSlot {
+  float *w = nullptr, *g = nullptr, *m = nullptr, *v = nullptr;
+  int64_t n = 0;
+  bool decay = false;
+};
+
 struct TransferStats {
   int64_t uploads = 0, downloads = 0;      // calls
   int64_t bytes_up = 0, bytes_down = 0;
@@ -188,6 +196,27 @@ class Backend {
   virtual void sum_squares_acc(const float *x, int64_t n, double *acc) = 0;
   /** x[i] = value (zeroing gradients and fresh buffers). */
   virtual void fill(float *x, float value, int64_t n) = 0;
+
+  // ---- the optimizer step's per-parameter ops over many tensors at once (a GPU: a few launches instead of one per
+  // tensor and op). Each means exactly the single-tensor op applied to the slots in order; the defaults do that. ----
+  /** adamw_step on each slot, weight_decay where slot.decay (else 0). Element for element the same as adamw_step. */
+  virtual void adamw_multi(const std::vector<TensorSlot> &ts, float lr, float beta1, float beta2, float eps,
+                           float weight_decay, int64_t step) {
+    for (const TensorSlot &t : ts) adamw_step(t.w, t.g, t.m, t.v, t.n, lr, beta1, beta2, eps, t.decay ? weight_decay : 0.0f, step);
+  }
+  /** *acc += Σ over the slots of Σ g² (double). A device may split the sum differently from sum_squares_acc per slot
+   *  (rounding order), deterministically. */
+  virtual void sum_squares_acc_multi(const std::vector<TensorSlot> &ts, double *acc) {
+    for (const TensorSlot &t : ts) sum_squares_acc(t.g, t.n, acc);
+  }
+  /** g *= s on every slot (unscale, clip). */
+  virtual void scale_multi(const std::vector<TensorSlot> &ts, float s) {
+    for (const TensorSlot &t : ts) scale_inplace(t.g, s, t.n);
+  }
+  /** g = 0 on every slot (zero_grad). */
+  virtual void zero_multi(const std::vector<TensorSlot> &ts) {
+    for (const TensorSlot &t : ts) fill(t.g, 0.0f, t.n);
+  }
   /** dst[i] = src[i] within this backend's memory (bit-exact; no host round trip). */
   virtual void copy(float *dst, const float *src, int64_t n) = 0;
 

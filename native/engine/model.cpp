@@ -926,8 +926,15 @@ std::vector<Param *> Model::trainable_params() {
 
 void Model::zero_grad() {
   if (dirty_) to_device();
+  std::vector<TensorSlot> ts;
   for (auto &p : params)
-    if (p->trainable) be_->fill(p->g(), 0.0f, p->numel());
+    if (p->trainable) {
+      TensorSlot t;
+      t.g = p->g();
+      t.n = p->numel();
+      ts.push_back(t);
+    }
+  be_->zero_multi(ts);  // one launch on a GPU instead of one per tensor
 }
 
 // ---- building blocks -----------------------------------------------------------------------------------------

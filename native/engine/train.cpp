@@ -284,6 +284,25 @@ std::vector<int64_t> list_checkpoints(const std::string &out) {
   return steps;
 }
 
+// The tensors of tp that pick(i) selects, as multi-tensor slots (Backend::*_multi: the optimizer step's ops in a few
+// launches on a GPU).
+template <typename Pick>
+std::vector<TensorSlot> slots(const std::vector<Param *> &tp, Pick pick) {
+  std::vector<TensorSlot> ts;
+  for (size_t i = 0; i < tp.size(); ++i) {
+    if (!pick(i)) continue;
+    TensorSlot t;
+    t.w = tp[i]->w();
+    t.g = tp[i]->g();
+    t.m = tp[i]->m();
+    t.v = tp[i]->v();
+    t.n = tp[i]->numel();
+    t.decay = tp[i]->decay;
+    ts.push_back(t);
+  }
+  return ts;
+}
+
 // Data order: one permutation per epoch from (seed, epoch); the cursor is (epoch, index).
 struct Cursor {
   int64_t epoch = 0, index = 0;
@@ -1167,7 +1186,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         sq_acc.reset(static_cast<double *>(be.alloc(sizeof(double))), [bp](double *q) { bp->release(q); });
       }
       be.upload(sq_acc.get(), &sq, sizeof(double));
-      for (Param *p : tp) be.sum_squares_acc(p->g(), p->numel(), sq_acc.get());
+      be.sum_squares_acc_multi(slots(tp, [](size_t) { return true; }), sq_acc.get());
       be.download(&sq, sq_acc.get(), sizeof(double));
     }
     double step_loss = 0;
@@ -1205,12 +1224,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (!skip_update) {  // unscale (fp16) and clip in one pass
       double coef = 1.0 / loss_scale;
       if (job.max_grad_norm > 0 && gnorm > job.max_grad_norm) coef *= job.max_grad_norm / (gnorm + 1e-6);
-      if (coef != 1.0)
-        for (size_t i = 0; i < tp.size(); ++i)
-          if (owns(i)) model->backend().scale_inplace(tp[i]->g(), static_cast<float>(coef), tp[i]->numel());
+      if (coef != 1.0) model->backend().scale_multi(slots(tp, owns), static_cast<float>(coef));
     }
     if (scaled && !skip_update && ++clean_steps % 2000 == 0) loss_scale *= 2.0;
     const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
+    if (!skip_update && !host_adam)  // every owned tensor in one multi-tensor AdamW (a few launches on a GPU)
+      model->backend().adamw_multi(slots(tp, owns), static_cast<float>(lr), static_cast<float>(job.beta1),
+                                   static_cast<float>(job.beta2), static_cast<float>(job.eps),
+                                   static_cast<float>(job.weight_decay), step + 1);
     for (size_t i = 0; i < tp.size() && !skip_update; ++i) {
       if (!owns(i)) {
         if (zero1) std::fill(tp[i]->data.begin(), tp[i]->data.end(), 0.0f);  // refilled from its owner below
@@ -1219,18 +1240,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       Param *p = tp[i];
       Backend &be = model->backend();
       const float wd = p->decay ? static_cast<float>(job.weight_decay) : 0.0f;
-      if (host_adam) {  // the host holds the master weights and the moments; the device gets the new weights
+      if (!host_adam) continue;  // stepped above
+      {  // the host holds the master weights and the moments; the device gets the new weights
         const size_t bytes = sizeof(float) * static_cast<size_t>(p->numel());
         be.download(p->grad.data(), p->g(), bytes);
         cpu_backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(),
                                  static_cast<float>(lr), static_cast<float>(job.beta1), static_cast<float>(job.beta2),
                                  static_cast<float>(job.eps), wd, step + 1);
         be.upload(p->w(), p->data.data(), bytes);
-        continue;
       }
-      be.adamw_step(p->w(), p->g(), p->m(), p->v(), p->numel(), static_cast<float>(lr),
-                      static_cast<float>(job.beta1), static_cast<float>(job.beta2), static_cast<float>(job.eps),
-                      wd, step + 1);
     }
     if (zero1 && gather_from_owners(dist, tp, owner, 0, nullptr, bucket_elems))
       return comm_fail("the ZeRO-1 parameter all-gather of step " + std::to_string(step + 1));
