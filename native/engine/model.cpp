@@ -220,6 +220,15 @@ struct LayerActs {
       l.u.bind(be);
     }
   }
+  /** Gives back every activation buffer (x_in too unless keep_input). */
+  void release(bool keep_input) {
+    for (Buf *p : {&h1, &mean1, &rstd1, &q, &k, &v, &attn, &lse, &x_mid, &h2, &mean2, &rstd2, &a, &b, &act}) p->free();
+    if (!keep_input) x_in.free();
+    for (LinearActs &l : lin) {
+      l.xdrop.free();
+      l.u.free();
+    }
+  }
 };
 
 // Floats in host memory from Backend::alloc_host (page-locked on a GPU, so the offload copies run asynchronously at full
@@ -1489,18 +1498,26 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   const bool offload = ckpt && opt.offload_checkpoints && !be.host_memory();
   if (offload) im.host_x.resize(static_cast<size_t>(c.layers));
   else im.host_x.clear();
+  // Per layer, a backward without checkpointing keeps every activation (acts[l]); with checkpointing only the layer's
+  // input (acts[l].x_in, or host memory when offloaded); a forward alone keeps nothing — each block runs in the one
+  // scratch set. What an earlier call of another kind left per layer is given back first, so an evaluation between
+  // training steps, or a forward before a checkpointed step, never holds a model's worth of activations beside it.
+  const bool per_layer = bwd && !ckpt;
+  if (!per_layer)
+    for (LayerActs &a : im.acts) a.release(ckpt && !offload);
+  else
+    im.scratch.release(false);  // (a forward's or a checkpointed step's set: not used by this call)
   for (int64_t l = 0; l < c.layers; ++l) {
     LayerActs &a = im.acts[static_cast<size_t>(l)];
     if (offload) {
       // no wait: the copy runs in stream order, and only the backward's upload (later on the same stream) reads it
       float *h = im.host_x[static_cast<size_t>(l)].get(be, N * H);
       be.download_async(h, x.data(), sizeof(float) * static_cast<size_t>(N * H));
-      a.x_in.free();
-    } else {
+    } else if (bwd) {
       a.x_in.copy_from(x);
     }
-    LayerActs &work = ckpt ? im.scratch : a;
-    if (ckpt) work.x_in.copy_from(x);
+    LayerActs &work = per_layer ? a : im.scratch;
+    if (!per_layer) work.x_in.copy_from(x);
     block_forward(F, layers[static_cast<size_t>(l)], l, work, x.data());
   }
   Buf hf(be, N * H, kOverwrite), fmean(be, N), frstd(be, N);

@@ -768,6 +768,46 @@ void train_steps(Backend &gpu, const std::string &tmp) {
     train_compare(*a, *b, 3, "train3_offload_checkpoints", {2e-3, 1e-5}, {1e-3, 1e-5}, 2);
 }
 
+// What a call keeps in GPU memory afterwards, per kind of call (the allocator's bytes handed out): a backward without
+// checkpointing keeps every layer's activations; a forward alone or a checkpointed backward keeps one layer's worth (the
+// scratch set) plus, checkpointed, each layer's input — and either gives back what an earlier full backward kept, so
+// an evaluation or a forward before a checkpointed step does not sit beside a model's worth of activations.
+void activation_memory(Backend &gpu, const std::string &tmp) {
+  std::unique_ptr<Model> a, b;
+  if (!lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "v_proj", "o_proj", "down_proj"}, "", a, b)) return;
+  const Batch batch = test_batch(b->config().vocab);
+  const int64_t L = b->config().layers, N = batch.B * batch.T, H = b->config().hidden;
+  auto held_after = [&](bool backward, bool ckpt) {
+    RunOptions o;
+    o.backward = backward;
+    o.training = false;  // no dropout: every kind of call sizes the same buffers per layer
+    o.checkpointing = ckpt;
+    o.grad_scale = 1.0f / 40.0f;
+    RunResult res;
+    b->zero_grad();
+    if (b->run(batch, o, res) != LLMT_OK) std::printf("FAIL run: %s\n", llmt_last_error());
+    gpu.synchronize();
+    return gpu.memory_stats().allocated;
+  };
+  b->zero_grad();  // its multi-tensor table stays cached: allocate it before the baseline
+  gpu.synchronize();
+  const int64_t base = gpu.memory_stats().allocated;
+  const int64_t full = held_after(true, false) - base;
+  const int64_t fwd = held_after(false, false) - base;
+  const int64_t ckpt = held_after(true, true) - base;
+  const int64_t fwd2 = held_after(false, false) - base;
+  const int64_t full2 = held_after(true, false) - base;
+  std::printf("     activation memory held after a call (bytes): full backward %lld, forward %lld, checkpointed %lld, "
+              "forward %lld, full backward %lld\n", (long long)full, (long long)fwd, (long long)ckpt, (long long)fwd2, (long long)full2);
+  // one layer's activations are more than its input: the per-layer set of a full backward is ≥ L−1 sets more
+  expect_that(full - fwd >= (L - 1) * (fwd / L), "activation_memory: a forward gives back a full backward's per-layer set");
+  expect_that(std::llabs(ckpt - (fwd + L * N * H * int64_t(sizeof(float)))) <= fwd / 50,
+              "activation_memory: a checkpointed backward keeps the scratch set and the layer inputs only");
+  // (the caching allocator counts a reused cached block at its own size, up to 2× the request: not byte-exact)
+  expect_that(std::llabs(fwd2 - fwd) <= fwd / 50, "activation_memory: the same forward holds the same memory again");
+  expect_that(std::llabs(full2 - full) <= full / 50, "activation_memory: a full backward reallocates its per-layer set, no more");
+}
+
 // Mixed precision: the 16-bit-weight GEMMs (bf16, fp16; nt and nn; overwrite and accumulate; weight staged from the
 // host and resident on the device) vs the CPU backend — both round A the same way and 16-bit products are exact in
 // fp32, so only the summation order differs — then LoRA training steps with the frozen weights in 16 bits on the GPU.
@@ -1255,6 +1295,7 @@ int main(int argc, char **argv) {
     if (!(argc > 1 && std::strcmp(argv[1], "--ops-only") == 0)) {
       end_to_end(*gpu, tmp);
       train_steps(*gpu, tmp);
+      activation_memory(*gpu, tmp);
       qlora(*gpu, tmp);
       qlora_half(*gpu, tmp);
       ::setenv("LLMT_Q4_GEMM", "dequant", 1);
