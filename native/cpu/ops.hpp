@@ -75,12 +75,12 @@ void rope_backward(float *dx, const int32_t *pos, const float *inv_freq, int64_t
 // ---- activations ---------------------------------------------------------------------------------------------
 // SwiGLU: out[n] = silu(gate[n]) · up[n]
 void swiglu_forward(const float *gate, const float *up, float *out, int64_t n);
-// dgate, dup overwritten.
+// dgate, dup overwritten; they may be gate and up themselves (element-wise: each element is read before it is written).
 void swiglu_backward(const float *dout, const float *gate, const float *up, float *dgate, float *dup, int64_t n);
 
 enum class Gelu { Erf, Tanh };  // Erf: torch exact GELU; Tanh: 0.5x(1+tanh(0.7978845608·(x+0.044715x³)))
 void gelu_forward(const float *x, float *y, int64_t n, Gelu kind);
-// dx overwritten.
+// dx overwritten; it may be x itself (element-wise).
 void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu kind);
 
 // ---- attention ------------------------------------------------------------------------------------------------

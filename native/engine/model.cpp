@@ -1003,26 +1003,30 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
   be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
 }
 
-// Backward of linear_forward. dx is overwritten (accumulate=false) or added to.
+// Backward of linear_forward. dx is overwritten (accumulate=false) or added to. Everything that reads x comes before
+// dx is written, so with accumulate=false dx may be x's own buffer (mlp_backward puts d(act) into act).
 // half: Ctx::half (the 4-bit weight's input gradient in bf16/fp16 on tensor cores, as its forward).
 void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
                      const LinearActs &a, int half) {
+  if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->g(), L.out, L.in, N, true);
+  if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, L.out);
+  const int64_t r = L.lora.r;
+  const float s = L.lora.scaling;
+  Buf du(be);
+  if (r) {
+    // du = s · dy·B  [N, r]
+    du.resize_overwrite(N * r);
+    be.matmul_nn(dy, L.lora.B->w(), du.data(), N, r, L.out, false);
+    be.scale_inplace(du.data(), s, N * r);
+    // dB += s · dyᵀ·(x·Aᵀ) = dyᵀ·a.u (a.u is kept scaled)
+    if (L.lora.B->trainable) be.matmul_tn(dy, a.u.data(), L.lora.B->g(), L.out, r, N, true);
+    const float *xin = a.xdrop.empty() ? x : a.xdrop.data();
+    if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->g(), r, L.in, N, true);
+  }
   if (L.q4 && half) be.matmul_nn_q4_lp(dy, L.q4->view(), Half(half), dx, N, L.in, L.out, accumulate);  // frozen: no dW
   else if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);
   else weight_nn(be, *L.W, dy, dx, N, L.in, L.out, accumulate);
-  if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->g(), L.out, L.in, N, true);
-  if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, L.out);
-  if (!L.lora.r) return;
-  const int64_t r = L.lora.r;
-  const float s = L.lora.scaling;
-  // du = s · dy·B  [N, r]
-  Buf du(be, N * r, kOverwrite);
-  be.matmul_nn(dy, L.lora.B->w(), du.data(), N, r, L.out, false);
-  be.scale_inplace(du.data(), s, N * r);
-  // dB += s · dyᵀ·(x·Aᵀ) = dyᵀ·a.u (a.u is kept scaled)
-  if (L.lora.B->trainable) be.matmul_tn(dy, a.u.data(), L.lora.B->g(), L.out, r, N, true);
-  const float *xin = a.xdrop.empty() ? x : a.xdrop.data();
-  if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->g(), r, L.in, N, true);
+  if (!r) return;
   // dx += dropout'(du·A)
   if (a.xdrop.empty()) {
     be.matmul_nn(du.data(), L.lora.A->w(), dx, N, L.in, r, true);
@@ -1157,34 +1161,37 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
   }
 }
 
-// d(mlp input) into dh (overwritten) from d(mlp output) dym.
+// d(mlp input) into dh (overwritten) from d(mlp output) dym. The layer's MLP activations are not needed after their own
+// backward, so the gradients take their buffers (no N×I temporaries): d(act) goes into act (linear_backward reads x
+// before writing dx), d(gate), d(up) into a, b (element-wise in place), d(fc1 output) of GELU into a.
 void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const float *dym, float *dh) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, I = F.c.inter;
-  Buf dact(be, N * I, kOverwrite);
+  float *dact = a.act.data();
   switch (F.c.mlp) {
     case MlpKind::SwiGLU: {
-      linear_backward(be, *L.down, a.act.data(), dym, dact.data(), false, N, a.lin[kDown], F.ctx.half);
-      Buf dg(be, N * I, kOverwrite), du(be, N * I, kOverwrite);
-      be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
-      linear_backward(be, *L.gate, in, dg.data(), dh, false, N, a.lin[kGate], F.ctx.half);
-      linear_backward(be, *L.up, in, du.data(), dh, true, N, a.lin[kUp], F.ctx.half);
+      linear_backward(be, *L.down, a.act.data(), dym, dact, false, N, a.lin[kDown], F.ctx.half);
+      float *dg = a.a.data(), *du = a.b.data();
+      be.swiglu_backward(dact, a.a.data(), a.b.data(), dg, du, N * I);
+      linear_backward(be, *L.gate, in, dg, dh, false, N, a.lin[kGate], F.ctx.half);
+      linear_backward(be, *L.up, in, du, dh, true, N, a.lin[kUp], F.ctx.half);
       break;
     }
     case MlpKind::SwiGLUFused: {
-      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2], F.ctx.half);
-      Buf dg(be, N * I, kOverwrite), du(be, N * I, kOverwrite), dfused(be, N * 2 * I, kOverwrite);
-      be.swiglu_backward(dact.data(), a.a.data(), a.b.data(), dg.data(), du.data(), N * I);
-      be.split_cols(dfused.data(), dg.data(), du.data(), N, I, I, true);
+      linear_backward(be, *L.fc2, a.act.data(), dym, dact, false, N, a.lin[kFc2], F.ctx.half);
+      float *dg = a.a.data(), *du = a.b.data();
+      be.swiglu_backward(dact, a.a.data(), a.b.data(), dg, du, N * I);
+      Buf dfused(be, N * 2 * I, kOverwrite);
+      be.split_cols(dfused.data(), dg, du, N, I, I, true);
       linear_backward(be, *L.fc1, in, dfused.data(), dh, false, N, a.lin[kFc1], F.ctx.half);
       break;
     }
     case MlpKind::Gelu:
     case MlpKind::GeluTanh: {
-      linear_backward(be, *L.fc2, a.act.data(), dym, dact.data(), false, N, a.lin[kFc2], F.ctx.half);
-      Buf df(be, N * I, kOverwrite);
-      be.gelu_backward(dact.data(), a.a.data(), df.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
-      linear_backward(be, *L.fc1, in, df.data(), dh, false, N, a.lin[kFc1], F.ctx.half);
+      linear_backward(be, *L.fc2, a.act.data(), dym, dact, false, N, a.lin[kFc2], F.ctx.half);
+      float *df = a.a.data();
+      be.gelu_backward(dact, a.a.data(), df, N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
+      linear_backward(be, *L.fc1, in, df, dh, false, N, a.lin[kFc1], F.ctx.half);
       break;
     }
   }
@@ -1306,9 +1313,10 @@ void block_backward(const Fwd &F, Layer &L, LayerActs &a, Buf &dx) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, H = c.hidden;
   const float s = c.branch_scale, alpha = c.residual_alpha;
-  Buf dyb(be, N * H, kOverwrite), dh1(be, N * H, kOverwrite), dh2(be, N * H, kOverwrite), tmp(be, N * H, kOverwrite),
-      dxin(be, N * H, kOverwrite);
+  Buf dyb(be);  // s·(a branch output's gradient), only when s != 1
+  if (s != 1.0f) dyb.resize_overwrite(N * H);
   if (c.parallel_residual) {
+    Buf dh1(be, N * H, kOverwrite), dh2(be, N * H, kOverwrite), tmp(be, N * H, kOverwrite), dxin(be, N * H, kOverwrite);
     const float *dbr = dx.data();  // d(branch outputs) = s·d(x_out)
     if (s != 1.0f) {
       be.axpby(dyb.data(), s, dx.data(), 0.0f, dx.data(), N * H);
@@ -1327,29 +1335,31 @@ void block_backward(const Fwd &F, Layer &L, LayerActs &a, Buf &dx) {
     }
     return;
   }
+  // Sequential, with two N×H temporaries: g, the gradient of a norm's output, and t, of its input; d(x_mid) is built in
+  // dx itself (d(x_out) is not needed once the MLP half is done).
+  Buf g(be, N * H, kOverwrite), t(be, N * H, kOverwrite);
   // MLP half: d(ym) = s·dx; d(h2) += α·dx when the residual comes from the norm
   const float *dym = dx.data();
   if (s != 1.0f) {
     be.axpby(dyb.data(), s, dx.data(), 0.0f, dx.data(), N * H);
     dym = dyb.data();
   }
-  mlp_backward(F, L, a, a.h2.data(), dym, dh2.data());
-  if (c.residual_from_norm) be.axpby(dh2.data(), 1.0f, dh2.data(), alpha, dx.data(), N * H);
-  norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), dh2.data(), tmp.data(), N);
-  Buf dmid(be, N * H, kOverwrite);
-  if (c.residual_from_norm) dmid.copy_from(tmp);
-  else be.add(dmid.data(), dx.data(), tmp.data(), nullptr, N * H);
+  mlp_backward(F, L, a, a.h2.data(), dym, g.data());
+  if (c.residual_from_norm) be.axpby(g.data(), 1.0f, g.data(), alpha, dx.data(), N * H);
+  norm_backward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.mean2.data(), a.rstd2.data(), g.data(), t.data(), N);
+  if (c.residual_from_norm) dx.copy_from(t);  // dx = d(x_mid)
+  else be.add(dx.data(), dx.data(), t.data(), nullptr, N * H);
   // attention half
-  const float *dy = dmid.data();
+  const float *dy = dx.data();
   if (s != 1.0f) {
-    be.axpby(dyb.data(), s, dmid.data(), 0.0f, dmid.data(), N * H);
+    be.axpby(dyb.data(), s, dx.data(), 0.0f, dx.data(), N * H);
     dy = dyb.data();
   }
-  attention_branch_backward(F, L, a, dy, dh1.data());
-  if (c.residual_from_norm) be.axpby(dh1.data(), 1.0f, dh1.data(), alpha, dmid.data(), N * H);
-  norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), dh1.data(), dxin.data(), N);
-  if (c.residual_from_norm) dx.copy_from(dxin);
-  else be.add(dx.data(), dmid.data(), dxin.data(), nullptr, N * H);
+  attention_branch_backward(F, L, a, dy, g.data());
+  if (c.residual_from_norm) be.axpby(g.data(), 1.0f, g.data(), alpha, dx.data(), N * H);
+  norm_backward(be, c, L.norm1_w, L.norm1_b, a.x_in.data(), a.mean1.data(), a.rstd1.data(), g.data(), t.data(), N);
+  if (c.residual_from_norm) dx.copy_from(t);
+  else be.add(dx.data(), dx.data(), t.data(), nullptr, N * H);
 }
 
 // ChatGLM-6B v1: per row, context length (index of the first bos = <sop>) and the [gMASK] (else [MASK]) index;

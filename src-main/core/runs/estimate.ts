@@ -76,7 +76,11 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // checkpointing keeps each block's input (on the GPU unless offload_checkpoints moves them to host memory)
   const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : L * N * H;
   const activations = (spec.training.gradient_checkpointing ? kept + N * perToken : L * N * perToken) * F;
-  const temporaries = N * (8 * H + 3 * I) * F + 5 * N * H * F;
+  // the backward: dx and a recomputed block output, two norm-gradient buffers, the attention gradients, the head's
+  // hidden state and its gradient, a 16-bit copy of a GEMM input; the MLP gradients reuse its activations' buffers
+  // (mixed precision: more 16-bit copies, and, for head sizes without tensor-core attention, rounded q, k, v and dout)
+  const lowpTemps = spec.method === 'lora' && spec.training.precision !== 'fp32' ? N * (4 * H + I / 2) * F : 0;
+  const temporaries = N * (9 * H + I / 2) * F + lowpTemps;
   const chunk = Math.min(N, Math.floor(2 ** 22 / Math.max(V, 1)));
   const logits = chunk * V * F * 2;
   // QLoRA: the block linears are bitsandbytes 4-bit — 0.5 byte per weight plus per 64-weight block one scale
