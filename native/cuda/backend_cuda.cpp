@@ -259,6 +259,18 @@ class CudaBackend final : public Backend {
     gemm(s.in(A, K * M), s.in(B, K * N), s.out(C, M * N, acc), M, N, K, acc, 2);
     s.done();
   }
+  void matmul_nt_scaled(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, float alpha, bool acc) override {
+    if (!blas_) return Backend::matmul_nt_scaled(A, B, C, M, N, K, alpha, acc);
+    Stage s(*this);
+    gemm(s.in(A, M * K), s.in(B, N * K), s.out(C, M * N, acc), M, N, K, acc, 0, alpha);
+    s.done();
+  }
+  void matmul_nn_scaled(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, float alpha, bool acc) override {
+    if (!blas_) return Backend::matmul_nn_scaled(A, B, C, M, N, K, alpha, acc);
+    Stage s(*this);
+    gemm(s.in(A, M * K), s.in(B, K * N), s.out(C, M * N, acc), M, N, K, acc, 1, alpha);
+    s.done();
+  }
   bool supports_half() const override { return true; }
   void matmul_nt_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     Stage s(*this);
@@ -910,7 +922,8 @@ class CudaBackend final : public Backend {
     s.done();
   }
   // C[M,N] (+)= op(A)·op(B); kind 0 nt, 1 nn, 2 tn (cpu/ops.hpp). cuBLAS is column-major: compute Cᵀ = op(B)ᵀ·op(A)ᵀ.
-  void gemm(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+  // alpha: cuBLAS only (the *_scaled ops route around this without cuBLAS)
+  void gemm(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind, float alpha = 1.0f) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
       if (!acc) check(d_.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(C), 0, sizeof(float) * M * N, stream_), "gemm zero");
@@ -918,7 +931,7 @@ class CudaBackend final : public Backend {
     }
     const double flops = 2.0 * double(M) * double(N) * double(K);
     if (blas_ && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
-      const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+      const float one = alpha, beta = acc ? 1.0f : 0.0f;
       const int m = int(M), n = int(N), k = int(K);
       cublasStatus_t st;
       last_kernel_ = "cublasSgemm";

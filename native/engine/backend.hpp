@@ -103,12 +103,39 @@ class Backend {
   /** Stops timing and returns the totals per name, longest first (waits for the device). Empty when not started. */
   virtual std::vector<ProfileRow> profile_stop() { return {}; }
   const TransferStats &transfers() const { return xfer_; }
+  /** C (+)= alpha·P where product(out, acc) writes P into out (the defaults of the *_scaled ops). */
+  template <typename Product>
+  void scaled_product(float *C, int64_t n, float alpha, bool acc, Product product) {
+    if (alpha == 1.0f) return product(C, acc);
+    if (!acc) {
+      product(C, false);
+      scale_inplace(C, alpha, n);
+      return;
+    }
+    struct Tmp {
+      Backend &be;
+      float *p;
+      ~Tmp() { be.release(p); }
+    } t{*this, static_cast<float *>(alloc(sizeof(float) * static_cast<size_t>(n > 0 ? n : 1)))};
+    product(t.p, false);
+    axpby(C, 1.0f, C, alpha, t.p, n);
+  }
   void reset_transfers() { xfer_ = TransferStats(); }
 
   // ---- ops (cpu/ops.hpp has the contract of each) ----
   virtual void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
   virtual void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
   virtual void matmul_tn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) = 0;
+  /** C = alpha·(A·Bᵀ) (acc false) or C += alpha·(A·Bᵀ): matmul_nt with its product scaled (LoRA's scaling). Default:
+   *  the product, then scale_inplace — or, accumulating, through a temporary and axpby; the CUDA backend passes alpha
+   *  to cuBLAS (one launch, the scale applied before the product is rounded). */
+  virtual void matmul_nt_scaled(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, float alpha, bool acc) {
+    scaled_product(C, M * N, alpha, acc, [&](float *out, bool a) { matmul_nt(A, B, out, M, N, K, a); });
+  }
+  /** The same for matmul_nn. */
+  virtual void matmul_nn_scaled(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, float alpha, bool acc) {
+    scaled_product(C, M * N, alpha, acc, [&](float *out, bool a) { matmul_nn(A, B, out, M, N, K, a); });
+  }
   virtual void add_bias(float *y, const float *b, int64_t rows, int64_t cols) = 0;
   virtual void bias_backward(const float *dy, float *db, int64_t rows, int64_t cols) = 0;
   virtual void rmsnorm_forward(const float *x, const float *w, float *y, float *rstd, int64_t rows, int64_t cols, float eps) = 0;

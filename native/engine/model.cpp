@@ -996,10 +996,10 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
   } else {
     a.xdrop.clear();
   }
-  // a.u = s·(x·Aᵀ), kept scaled: y += a.u·Bᵀ now and dB += dyᵀ·a.u in the backward use the same values
+  // a.u = s·(x·Aᵀ), kept scaled: y += a.u·Bᵀ now and dB += dyᵀ·a.u in the backward use the same values (on a GPU the
+  // scale rides in the GEMM: one launch)
   a.u.resize_overwrite(N * r);
-  be.matmul_nt(xin, L.lora.A->w(), a.u.data(), N, r, L.in, false);
-  be.scale_inplace(a.u.data(), L.lora.scaling, N * r);
+  be.matmul_nt_scaled(xin, L.lora.A->w(), a.u.data(), N, r, L.in, L.lora.scaling, false);
   be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
 }
 
@@ -1016,8 +1016,7 @@ void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, fl
   if (r) {
     // du = s · dy·B  [N, r]
     du.resize_overwrite(N * r);
-    be.matmul_nn(dy, L.lora.B->w(), du.data(), N, r, L.out, false);
-    be.scale_inplace(du.data(), s, N * r);
+    be.matmul_nn_scaled(dy, L.lora.B->w(), du.data(), N, r, L.out, s, false);
     // dB += s · dyᵀ·(x·Aᵀ) = dyᵀ·a.u (a.u is kept scaled)
     if (L.lora.B->trainable) be.matmul_tn(dy, a.u.data(), L.lora.B->g(), L.out, r, N, true);
     const float *xin = a.xdrop.empty() ? x : a.xdrop.data();

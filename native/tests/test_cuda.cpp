@@ -146,6 +146,13 @@ void op_parity(Backend &gpu) {
          [&](Backend &be, auto &v) { be.matmul_nn(v[0].data(), v[1].data(), v[2].data(), M, N, K, false); });
   parity("matmul_tn", cpu, gpu, {rnd(K * M, 7), rnd(K * N, 8), rnd(M * N, 9)}, {2}, kF32Reduce,
          [&](Backend &be, auto &v) { be.matmul_tn(v[0].data(), v[1].data(), v[2].data(), M, N, K, true); });
+  // the LoRA products with their scaling (cuBLAS's alpha on the GPU, product then scale on the CPU), overwrite and accumulate
+  for (int acc = 0; acc < 2; ++acc) {
+    parity(std::string("matmul_nt_scaled") + (acc ? "_acc" : ""), cpu, gpu, {rnd(M * K, 20), rnd(N * K, 21), rnd(M * N, 22)}, {2},
+           kF32Reduce, [&](Backend &be, auto &v) { be.matmul_nt_scaled(v[0].data(), v[1].data(), v[2].data(), M, N, K, 2.5f, acc); });
+    parity(std::string("matmul_nn_scaled") + (acc ? "_acc" : ""), cpu, gpu, {rnd(M * K, 23), rnd(K * N, 24), rnd(M * N, 25)}, {2},
+           kF32Reduce, [&](Backend &be, auto &v) { be.matmul_nn_scaled(v[0].data(), v[1].data(), v[2].data(), M, N, K, 0.125f, acc); });
+  }
   const int64_t R = 29, C = 300;
   parity("add_bias", cpu, gpu, {rnd(R * C, 10), rnd(C, 11)}, {0}, kF32,
          [&](Backend &be, auto &v) { be.add_bias(v[0].data(), v[1].data(), R, C); });
