@@ -66,8 +66,9 @@ def profile_md(T, side, p, top=25):
     if "error" in p:
         return [f"### {side}, seq {T}: profile failed: {p['error']}", ""]
     busy = p["kernel_ms"] / p["wall_ms"] if p.get("wall_ms") else 0
+    calls = sum(r["calls"] for r in p["rows"]) + p.get("rest_calls", 0)
     out = [f"### {side}, seq {T}: {p['kernel_ms']:.1f} ms of device time in a {p['wall_ms']:.1f} ms step "
-           f"({busy:.0%} busy)", "", "| name | calls | ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
+           f"({busy:.0%} busy), {calls} calls", "", "| name | calls | ms | share | TFLOP/s |", "|---|---:|---:|---:|---:|"]
     for r in p["rows"][:top]:
         tf = r.get("tflops")
         out.append(f"| `{r['name'][:90]}` | {r['calls']} | {r['ms']:.2f} | {r['ms'] / p['kernel_ms']:.1%} | "
