@@ -156,18 +156,7 @@ class CudaBackend final : public Backend {
     }
     d_.cuMemFreeHost(p);
   }
-  void download_async(void *dst, const void *src, size_t bytes) override {
-    cur();
-    if (!is_dev(src)) {
-      synchronize();
-      std::memcpy(dst, src, bytes);
-      return;
-    }
-    ++xfer_.downloads;
-    xfer_.bytes_down += static_cast<int64_t>(bytes);
-    Timed t(*this, "memcpy device to host");
-    check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
-  }
+  void download_async(void *dst, const void *src, size_t bytes) override { enqueue_download(dst, src, bytes); }
 
   // ---- profile: an event pair around every launch, cuBLAS call and copy while on (backend.hpp) ----
   bool profile_start() override {
@@ -223,19 +212,22 @@ class CudaBackend final : public Backend {
     check(d_.cuMemcpyHtoDAsync(reinterpret_cast<CUdeviceptr>(dst), src, bytes, stream_), "upload");
   }
   void download(void *dst, const void *src, size_t bytes) override {
+    if (enqueue_download(dst, src, bytes)) synchronize();
+  }
+  // Copies src (device memory) to host memory in stream order and returns true; src that is host memory is copied at
+  // once, after the stream has finished (false: nothing left to wait for).
+  bool enqueue_download(void *dst, const void *src, size_t bytes) {
     cur();
     if (!is_dev(src)) {
       synchronize();
       std::memcpy(dst, src, bytes);
-      return;
+      return false;
     }
     ++xfer_.downloads;
     xfer_.bytes_down += static_cast<int64_t>(bytes);
-    {
-      Timed t(*this, "memcpy device to host");
-      check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
-    }
-    synchronize();
+    Timed t(*this, "memcpy device to host");
+    check(d_.cuMemcpyDtoHAsync(dst, reinterpret_cast<CUdeviceptr>(src), bytes, stream_), "download");
+    return true;
   }
   void synchronize() override {
     cur();

@@ -33,6 +33,20 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// Σ v over a block of ≤ 256 threads (a power of two) in double, in a fixed tree (deterministic); every thread gets it.
+__device__ double block_sum_d256(double v) {
+  __shared__ double sh[256];
+  sh[threadIdx.x] = v;
+  __syncthreads();
+  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+    if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
+    __syncthreads();
+  }
+  const double t = sh[0];
+  __syncthreads();  // sh is reused by the next call
+  return t;
+}
+
 // Block-wide sum for blockDim.x a multiple of 32 (≤ 1024); every thread gets the result.
 __device__ float block_sum(float v) {
   __shared__ float sh[32];
@@ -761,14 +775,8 @@ __global__ void k_sumsq(const float *x, ll n, double *part) {
   const ll nb = gridDim.x, lo = n * blockIdx.x / nb, hi = n * (blockIdx.x + 1) / nb;
   double s = 0.0;
   for (ll i = lo + threadIdx.x; i < hi; i += blockDim.x) s += (double)x[i] * (double)x[i];
-  __shared__ double sh[256];
-  sh[threadIdx.x] = s;
-  __syncthreads();
-  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) part[blockIdx.x] = sh[0];
+  s = block_sum_d256(s);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
 }
 
 // acc[0] += Σ part[0..nb) in order (one thread: the partial sums of k_sumsq; keeps the global norm on the device)
@@ -820,14 +828,8 @@ __global__ void k_mt_sumsq(const llmt::MtSlot *t, int T, double *part) {
   MT_CHUNK_RANGE(t, T, s, lo, hi)
   double acc = 0.0;
   for (ll i = lo + threadIdx.x; i < hi; i += blockDim.x) acc += (double)s.g[i] * (double)s.g[i];
-  __shared__ double sh[256];
-  sh[threadIdx.x] = acc;
-  __syncthreads();
-  for (int o = blockDim.x / 2; o > 0; o >>= 1) {
-    if (threadIdx.x < o) sh[threadIdx.x] += sh[threadIdx.x + o];
-    __syncthreads();
-  }
-  if (threadIdx.x == 0) part[c_] = sh[0];
+  acc = block_sum_d256(acc);
+  if (threadIdx.x == 0) part[c_] = acc;
 }
 // g = g·sc (sc != 0) or g = 0 (zero != 0)
 __global__ void k_mt_scale(const llmt::MtSlot *t, int T, float sc, int zero) {
