@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstdarg>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -78,6 +79,16 @@ void expect_that(bool ok, const std::string &what) {
   ++g_checks;
   if (!ok) ++g_fail;
   std::printf("%s %s\n", ok ? "ok  " : "FAIL", what.c_str());
+}
+// printf into a string (the descriptions of expect_that with the measured values in them)
+std::string fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
+std::string fmt(const char *f, ...) {
+  char buf[512];
+  va_list ap;
+  va_start(ap, f);
+  std::vsnprintf(buf, sizeof buf, f, ap);
+  va_end(ap);
+  return buf;
 }
 void compare_scalar(const std::string &what, double ref, double got, double rtol) {
   compare(what, {float(ref)}, {float(got)}, {rtol, 1e-6});
@@ -283,14 +294,10 @@ void op_parity(Backend &gpu) {
         gpu.release(p);
       compare_scalar(n + "_resident.loss", sr, h.l, 1e-5);
       compare_scalar(n + "_resident.count", double(cr), double(h.c), 0);
-      ++g_checks;
-      if (h.l != hl) ++g_fail;
-      std::printf("%s %s_resident.bit_identical_to_staged (deterministic)\n", h.l == hl ? "ok  " : "FAIL", n.c_str());
-      ++g_checks;
-      const bool none = x.uploads == 0 && x.downloads == 0 && x.staged == 0;
-      if (!none) ++g_fail;
-      std::printf("%s %s_resident.transfers up %lld, down %lld, staged %lld (all 0)\n", none ? "ok  " : "FAIL", n.c_str(),
-                  (long long)x.uploads, (long long)x.downloads, (long long)x.staged);
+      expect_that(h.l == hl, n + "_resident.bit_identical_to_staged (deterministic)");
+      expect_that(x.uploads == 0 && x.downloads == 0 && x.staged == 0,
+                  fmt("%s_resident.transfers up %lld, down %lld, staged %lld (all 0)", n.c_str(), (long long)x.uploads,
+                      (long long)x.downloads, (long long)x.staged));
     }
     parity("cross_entropy_backward", cpu, gpu, {logits, l1, rnd(NN * V, 0)}, {2}, kF32Reduce,
            [&](Backend &be, auto &x) { be.cross_entropy_backward(x[0].data(), t.data(), x[1].data(), x[2].data(), NN, V, 0.1f); });
@@ -450,10 +457,8 @@ void q4_op_parity(Backend &gpu) {
           ++bad;
         }
       }
-    ++g_checks;
-    if (bad) ++g_fail;
-    std::printf("%s %-34s %lld of %lld elements differ%s\n", bad ? "FAIL" : "ok  ", what.c_str(), (long long)bad,
-                (long long)(R * Cc), bad ? (" (first at " + std::to_string(first) + ")").c_str() : "");
+    expect_that(!bad, fmt("%-34s %lld of %lld elements differ%s", what.c_str(), (long long)bad, (long long)(R * Cc),
+                          bad ? (" (first at " + std::to_string(first) + ")").c_str() : ""));
   };
   for (cpu::Q4Type t : {cpu::Q4Type::NF4, cpu::Q4Type::FP4}) {
     Q4Weight q;
@@ -532,11 +537,10 @@ void q4_lp_op_parity(Backend &gpu) {
           ++bad;
         }
       }
-    ++g_checks;
-    if (bad || !rounded) ++g_fail;  // the rounding must be visible: a kernel decoding in fp32 would not pass either
-    std::printf("%s %-34s %lld of %lld elements differ (%lld changed by the rounding)%s\n", bad || !rounded ? "FAIL" : "ok  ",
-                what.c_str(), (long long)bad, (long long)(R * Cc), (long long)rounded,
-                bad ? (" (first at " + std::to_string(first) + ")").c_str() : "");
+    // the rounding must be visible: a kernel decoding in fp32 would not pass either
+    expect_that(!bad && rounded, fmt("%-34s %lld of %lld elements differ (%lld changed by the rounding)%s", what.c_str(),
+                                     (long long)bad, (long long)(R * Cc), (long long)rounded,
+                                     bad ? (" (first at " + std::to_string(first) + ")").c_str() : ""));
   };
   for (Half h : {Half::BF16, Half::F16}) {
     const std::string hn = q4_mode() + (h == Half::BF16 ? "bf16_" : "fp16_");
@@ -643,10 +647,8 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
     int64_t tb = 0;
     for (Param *p : b->trainable_params()) tb += p->numel() * int64_t(sizeof(float));
     const int64_t held = b->host_weight_bytes();
-    ++g_checks;
-    if (held != tb) ++g_fail;
-    std::printf("%s %s.host_weight_bytes %lld == trainable %lld (the CPU model holds %lld)\n", held == tb ? "ok  " : "FAIL",
-                label.c_str(), (long long)held, (long long)tb, (long long)a->host_weight_bytes());
+    expect_that(held == tb, fmt("%s.host_weight_bytes %lld == trainable %lld (the CPU model holds %lld)", label.c_str(),
+                                (long long)held, (long long)tb, (long long)a->host_weight_bytes()));
   }
   std::vector<float> la, lb;
   // worst: steps 2…; first: step 1, which also uploads the two multi-tensor tables once (gradients only: zero_grad, the
@@ -706,14 +708,11 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
       n2 += double(wa[i]) * wa[i];
     }
     const double rel = std::sqrt(d2 / std::max(n2, 1e-30));
-    ++g_checks;
-    if (!(rel <= adapter_tol.atol) || wa.size() != wb.size()) ++g_fail;
-    std::printf("%s %s.final_adapter(%zu) relative L2 distance %.3g ≤ %.3g\n", rel <= adapter_tol.atol ? "ok  " : "FAIL",
-                label.c_str(), pa.size(), rel, adapter_tol.atol);
+    expect_that(rel <= adapter_tol.atol && wa.size() == wb.size(),
+                fmt("%s.final_adapter(%zu) relative L2 distance %.3g ≤ %.3g", label.c_str(), pa.size(), rel, adapter_tol.atol));
   } else {
     compare(label + ".final_adapter(" + std::to_string(pa.size()) + ")", wa, wb, adapter_tol);
   }
-  ++g_checks;
   // per step on the GPU: ids, positions, targets, rotary table, norm accumulator up; the loss (sum and count reduced
   // on the device: one 16-byte download per run) and the grad norm down; nothing staged per op
   // offloaded block inputs add one asynchronous copy down (forward) and one up (backward) per layer, and no wait:
@@ -721,11 +720,10 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
   const int64_t layers = b->config().layers, up = 5 + (ckpt == 2 ? layers : 0), down = 2 + (ckpt == 2 ? layers : 0);
   const bool bounded = worst.uploads <= up && worst.downloads <= down && worst.staged == 0 && worst.syncs <= 3 &&
                        first.uploads <= up + 2 && first.downloads <= down && first.staged == 0 && first.syncs <= 3;
-  if (!bounded) ++g_fail;
-  std::printf("%s %s.transfers_per_step up %lld ≤ %lld (first step %lld ≤ %lld), down %lld ≤ %lld, staged %lld == 0, host "
-              "waits %lld ≤ 3\n",
-              bounded ? "ok  " : "FAIL", label.c_str(), (long long)worst.uploads, (long long)up, (long long)first.uploads,
-              (long long)up + 2, (long long)worst.downloads, (long long)down, (long long)worst.staged, (long long)worst.syncs);
+  expect_that(bounded, fmt("%s.transfers_per_step up %lld ≤ %lld (first step %lld ≤ %lld), down %lld ≤ %lld, staged %lld == 0, "
+                           "host waits %lld ≤ 3",
+                           label.c_str(), (long long)worst.uploads, (long long)up, (long long)first.uploads, (long long)up + 2,
+                           (long long)worst.downloads, (long long)down, (long long)worst.staged, (long long)worst.syncs));
 }
 
 // Two copies of the tiny llama with the same LoRA (r 4, alpha 8, dropout 0.1 on `targets`), the second on `gpu`, both
@@ -881,10 +879,8 @@ void half_precision(Backend &gpu, const std::string &tmp) {
       on_dev += p->half_type && p->dev_half;
       f32_left += p->half_type && p->dev_w;
     }
-    ++g_checks;
-    if (on_dev == 0 || f32_left) ++g_fail;
-    std::printf("%s %s.weights_16bit_on_device %lld, with an fp32 copy %lld\n", on_dev && !f32_left ? "ok  " : "FAIL", prec,
-                (long long)on_dev, (long long)f32_left);
+    expect_that(on_dev && !f32_left,
+                fmt("%s.weights_16bit_on_device %lld, with an fp32 copy %lld", prec, (long long)on_dev, (long long)f32_left));
     // 16-bit rounding of every GEMM and attention input (q, k, v, dout) turns last-bit fp32 differences between the
     // two backends into occasional one-step bf16/fp16 differences; AdamW then turns a near-zero gradient element's
     // flipped sign into a ±lr step, so the adapters are compared as whole vectors (relative L2 distance ≤ 5 %)
@@ -935,10 +931,7 @@ void qlora(Backend &gpu, const std::string &tmp) {
         resident = resident && lin->W->data.empty() && !lin->W->dev_w && lin->q4->dev_packed &&
                    (dq ? lin->q4->dev_qabsmax && lin->q4->dev_absmax2 && lin->q4->dev_code2 : lin->q4->dev_absmax != nullptr);
       }
-    ++g_checks;
-    if (!(n4 == 14 && resident)) ++g_fail;
-    std::printf("%s %s.resident: %d linears 4-bit in GPU memory, no fp32 copy\n", n4 == 14 && resident ? "ok  " : "FAIL",
-                tag.c_str(), n4);
+    expect_that(n4 == 14 && resident, fmt("%s.resident: %d linears 4-bit in GPU memory, no fp32 copy", tag.c_str(), n4));
     const Batch batch = test_batch(a->config().vocab);
     RunOptions o;
     o.backward = true;
@@ -961,10 +954,7 @@ void qlora(Backend &gpu, const std::string &tmp) {
       gb.insert(gb.end(), pb[i]->grad.begin(), pb[i]->grad.end());
     }
     compare(tag + ".lora_grads(" + std::to_string(pa.size()) + ")", ga, gb, {2e-3, 1e-5});
-    ++g_checks;
-    if (staged) ++g_fail;
-    std::printf("%s %s.staged_args %lld == 0 (the 4-bit weights are read in GPU memory)\n", staged ? "FAIL" : "ok  ",
-                tag.c_str(), (long long)staged);
+    expect_that(!staged, fmt("%s.staged_args %lld == 0 (the 4-bit weights are read in GPU memory)", tag.c_str(), (long long)staged));
     for (Model *m : {a.get(), b.get()}) {
       for (Param *p : m->trainable_params()) {
         p->adam_m.assign(size_t(p->numel()), 0.0f);
@@ -1035,10 +1025,8 @@ void qlora_half(Backend &gpu, const std::string &tmp) {
     }
     int n4 = 0;
     for (auto &lin : b->linears) n4 += lin->q4 && lin->q4->dev_packed && !lin->W->half_type && !lin->W->dev_w;
-    ++g_checks;
-    if (!ok || n4 != 14) ++g_fail;
-    std::printf("%s %s.setup: precision %s, %d linears 4-bit in GPU memory%s\n", ok && n4 == 14 ? "ok  " : "FAIL", tag.c_str(),
-                b->precision().c_str(), n4, ok ? "" : (std::string(" — ") + llmt_last_error()).c_str());
+    expect_that(ok && n4 == 14, fmt("%s.setup: precision %s, %d linears 4-bit in GPU memory%s", tag.c_str(), b->precision().c_str(),
+                                    n4, ok ? "" : (std::string(" — ") + llmt_last_error()).c_str()));
     if (!ok) continue;
     train_compare(*a, *b, 3, tag + "_train3", {-1, 5e-2}, {5e-3, 1e-5});
   }
@@ -1093,10 +1081,8 @@ void host_weights_roundtrip(Backend &gpu, const std::string &tmp) {
       continue;
     }
     compare("host_free_" + variant + ".gpu_logits", rc.logits, rg.logits, variant == "bf16" ? Tol{2e-2, 1e-3} : kF32Reduce);
-    ++g_checks;
-    if (after != tb) ++g_fail;
-    std::printf("%s host_free_%s.host_weight_bytes %lld before to_device, %lld after (= trainable %lld)\n",
-                after == tb ? "ok  " : "FAIL", variant.c_str(), (long long)before, (long long)after, (long long)tb);
+    expect_that(after == tb, fmt("host_free_%s.host_weight_bytes %lld before to_device, %lld after (= trainable %lld)",
+                                 variant.c_str(), (long long)before, (long long)after, (long long)tb));
     d->set_backend(cpu_backend());
     bool same = d->run(batch, o, rd) == LLMT_OK && rd.logits.size() == rc.logits.size() &&
                 std::memcmp(rd.logits.data(), rc.logits.data(), sizeof(float) * rc.logits.size()) == 0 &&
@@ -1110,10 +1096,8 @@ void host_weights_roundtrip(Backend &gpu, const std::string &tmp) {
       const Q4Weight &x = *c->q4_weights[i], &y = *d->q4_weights[i];
       same = x.packed == y.packed && x.absmax == y.absmax && x.qabsmax == y.qabsmax && x.absmax2 == y.absmax2;
     }
-    ++g_checks;
-    if (!same) ++g_fail;
-    std::printf("%s host_free_%s.back_on_cpu: every weight downloaded (%lld bytes), forward bit-identical to a CPU-only model\n",
-                same ? "ok  " : "FAIL", variant.c_str(), (long long)d->host_weight_bytes());
+    expect_that(same, fmt("host_free_%s.back_on_cpu: every weight downloaded (%lld bytes), forward bit-identical to a CPU-only model",
+                          variant.c_str(), (long long)d->host_weight_bytes()));
   }
 }
 
