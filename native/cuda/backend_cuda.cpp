@@ -269,6 +269,16 @@ class CudaBackend final : public Backend {
     gemm_half(s.in(A, M * K), s.in(W, N * K), t, s.out(C, M * N, acc), M, N, K, acc, 0);
     s.done();
   }
+  void matmul_nt_half_shared(const float *A, const std::vector<HalfOut> &outs, Half t, int64_t M, int64_t K) override {
+    if (!blas_ || !cublas().gemm_ex || M >= (1LL << 31) || K >= (1LL << 31)) return Backend::matmul_nt_half_shared(A, outs, t, M, K);
+    Stage s(*this);
+    const float *dA = s.in(A, M * K);
+    uint16_t *Ah = s.scratch<uint16_t>(M * K);  // A rounded once for every output
+    const int type = t == Half::F16 ? 2 : 1;
+    ew("k_to_half", M * K, dA, Ah, ll(M * K), type);
+    for (const HalfOut &o : outs) gemm_half_rounded(Ah, s.in(o.W, o.N * K), t, s.out(o.C, M * o.N), M, o.N, K, false, 0);
+    s.done();
+  }
   void matmul_nn_half(const float *A, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     Stage s(*this);
     gemm_half(s.in(A, M * K), s.in(W, K * N), t, s.out(C, M * N, acc), M, N, K, acc, 1);
@@ -964,20 +974,13 @@ class CudaBackend final : public Backend {
     if (blas_ && cublas().gemm_ex && M < (1LL << 31) && N < (1LL << 31) && K < (1LL << 31)) {
       uint16_t *Ah = static_cast<uint16_t *>(alloc(sizeof(uint16_t) * size_t(M * K)));
       ew("k_to_half", M * K, A, Ah, ll(M * K), type);
-      const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
-      const int m = int(M), n = int(N), k = int(K), dt = type == 2 ? kCudaR16F : kCudaR16BF;
-      last_kernel_ = "cublasGemmEx";
-      Timed tm(*this, std::string("cublasGemmEx ") + (type == 2 ? "fp16 " : "bf16 ") + kind_name(kind) + " " + shape(M, N, K),
-               2.0 * double(M) * double(N) * double(K));
-      const cublasStatus_t st =
-          kind == 0 ? cublas().gemm_ex(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, W, dt, k, Ah, dt, k, &beta, C, kCudaR32F, n,
-                                       kCublasCompute32F, kCublasGemmDefault)
-                    : cublas().gemm_ex(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, W, dt, n, Ah, dt, k, &beta, C, kCudaR32F, n,
-                                       kCublasCompute32F, kCublasGemmDefault);
+      try {
+        gemm_half_rounded(Ah, W, t, C, M, N, K, acc, kind);
+      } catch (...) {
+        release(Ah);
+        throw;
+      }
       release(Ah);  // stream-ordered reuse: safe with one stream
-      if (st != 0)
-        throw CudaError("cuBLAS GemmEx failed on " + name_ + ": " +
-                        (cublas().status_string ? cublas().status_string(st) : ("status " + std::to_string(st))));
       return;
     }
     ll sam = K, sak = 1, sbk, sbn;
@@ -1015,6 +1018,25 @@ class CudaBackend final : public Backend {
        static_cast<unsigned short *>(wh), ll(W.n), int(t == Half::F16 ? 2 : 1));
     gemm_half(s.in(A, M * K), wh, t, s.out(C, M * N, acc), M, N, K, acc, kind);
     s.done();
+  }
+
+  // cublasGemmEx on an A already rounded to 16 bits (Ah, [M,K]); W, kind and acc as gemm_half. Needs cuBLAS.
+  void gemm_half_rounded(const uint16_t *Ah, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+    if (M <= 0 || N <= 0) return;
+    const int type = t == Half::F16 ? 2 : 1;
+    const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
+    const int m = int(M), n = int(N), k = int(K), dt = type == 2 ? kCudaR16F : kCudaR16BF;
+    last_kernel_ = "cublasGemmEx";
+    Timed tm(*this, std::string("cublasGemmEx ") + (type == 2 ? "fp16 " : "bf16 ") + kind_name(kind) + " " + shape(M, N, K),
+             2.0 * double(M) * double(N) * double(K));
+    const cublasStatus_t st =
+        kind == 0 ? cublas().gemm_ex(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, W, dt, k, Ah, dt, k, &beta, C, kCudaR32F, n,
+                                     kCublasCompute32F, kCublasGemmDefault)
+                  : cublas().gemm_ex(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, W, dt, n, Ah, dt, k, &beta, C, kCudaR32F, n,
+                                     kCublasCompute32F, kCublasGemmDefault);
+    if (st != 0)
+      throw CudaError("cuBLAS GemmEx failed on " + name_ + ": " +
+                      (cublas().status_string ? cublas().status_string(st) : ("status " + std::to_string(st))));
   }
 
   // C[M,N] (+)= A[M,K]·op(W), W 4-bit with N·K elements (op: k_gemm_q4_nt* Wᵀ, k_gemm_q4_nn* W); tiles of tile_m × 64

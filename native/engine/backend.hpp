@@ -297,6 +297,17 @@ class Backend {
   /** C[M,N] (+)= half(A)[M,K]·Wᵀ, W [N,K] (the forward y = x·Wᵀ). */
   virtual void matmul_nt_half(const float *A, const uint16_t *W, Half type, float *C, int64_t M, int64_t N, int64_t K,
                               bool acc);
+  /** One 16-bit-weight GEMM per output from the same input (q, k, v from one norm output; gate and up): out i is
+   *  C_i[M, N_i] = half(A)[M,K]·W_iᵀ, overwritten — exactly matmul_nt_half on each (the default); the CUDA backend
+   *  rounds A to 16 bits once for all of them. */
+  struct HalfOut {
+    const uint16_t *W;
+    float *C;
+    int64_t N;
+  };
+  virtual void matmul_nt_half_shared(const float *A, const std::vector<HalfOut> &outs, Half type, int64_t M, int64_t K) {
+    for (const HalfOut &o : outs) matmul_nt_half(A, o.W, type, o.C, M, o.N, K, false);
+  }
   /** C[M,N] (+)= half(A)[M,K]·W, W [K,N] (the input gradient dx = dy·W; a frozen weight gets no gradient). */
   virtual void matmul_nn_half(const float *A, const uint16_t *W, Half type, float *C, int64_t M, int64_t N, int64_t K,
                               bool acc);

@@ -978,12 +978,36 @@ void embed_rows(Backend &be, const Param &table, const int32_t *ids, float *x, i
   else be.embedding_forward(table.w(), ids, x, N, H);
 }
 
+void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a);
+
 // y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
 void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
   if (L.q4 && c.half) be.matmul_nt_q4_lp(x, L.q4->view(), Half(c.half), y, N, L.out, L.in, false);
   else if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
   else weight_nt(be, *L.W, x, y, N, L.out, L.in, false);
+  linear_lora_forward(L, x, y, N, c, layer, a);
+}
+
+// linear_forward of several linears reading the same x (q, k, v; gate, up): with 16-bit frozen weights of one type the
+// backend rounds x once for all of their GEMMs (Backend::matmul_nt_half_shared); the same values as one by one.
+void linears_forward_shared(const std::vector<const Linear *> &ls, const float *x, const std::vector<float *> &ys, int64_t N,
+                            const Ctx &c, int64_t layer, const std::vector<LinearActs *> &as) {
+  bool shared = ls.size() > 1;
+  for (const Linear *L : ls) shared = shared && !L->q4 && L->W->half_type && L->W->half_type == ls[0]->W->half_type && L->in == ls[0]->in;
+  if (!shared) {
+    for (size_t i = 0; i < ls.size(); ++i) linear_forward(*ls[i], x, ys[i], N, c, layer, *as[i]);
+    return;
+  }
+  std::vector<Backend::HalfOut> outs;
+  for (size_t i = 0; i < ls.size(); ++i) outs.push_back({ls[i]->W->h(), ys[i], ls[i]->out});
+  c.be->matmul_nt_half_shared(x, outs, Half(ls[0]->W->half_type), N, ls[0]->in);
+  for (size_t i = 0; i < ls.size(); ++i) linear_lora_forward(*ls[i], x, ys[i], N, c, layer, *as[i]);
+}
+
+// The bias and the LoRA branch of linear_forward, added to y (the base product already in it).
+void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
+  Backend &be = *c.be;
   if (L.b) be.add_bias(y, L.b->w(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
@@ -1136,8 +1160,7 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
   switch (F.c.mlp) {
     case MlpKind::SwiGLU:
       resize_ow(a.b, N * I);
-      linear_forward(*L.gate, in, a.a.data(), N, F.ctx, l, a.lin[kGate]);
-      linear_forward(*L.up, in, a.b.data(), N, F.ctx, l, a.lin[kUp]);
+      linears_forward_shared({L.gate, L.up}, in, {a.a.data(), a.b.data()}, N, F.ctx, l, {&a.lin[kGate], &a.lin[kUp]});
       be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
       linear_forward(*L.down, a.act.data(), ym, N, F.ctx, l, a.lin[kDown]);
       break;
@@ -1215,9 +1238,8 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
     linear_forward(*L.qkv, a.h1.data(), fused.data(), N, F.ctx, l, a.lin[kQKV]);
     be.qkv_split(fused.data(), a.q.data(), a.k.data(), a.v.data(), N, nh, nkv, hd, split_layout(c.qkv_layout), false);
   } else {
-    linear_forward(*L.q, a.h1.data(), a.q.data(), N, F.ctx, l, a.lin[kQ]);
-    linear_forward(*L.k, a.h1.data(), a.k.data(), N, F.ctx, l, a.lin[kK]);
-    linear_forward(*L.v, a.h1.data(), a.v.data(), N, F.ctx, l, a.lin[kV]);
+    linears_forward_shared({L.q, L.k, L.v}, a.h1.data(), {a.q.data(), a.k.data(), a.v.data()}, N, F.ctx, l,
+                           {&a.lin[kQ], &a.lin[kK], &a.lin[kV]});
   }
   apply_positions(F, a.q.data(), a.k.data(), false);
   if (!F.cached.empty()) {

@@ -842,6 +842,43 @@ void half_precision(Backend &gpu, const std::string &tmp) {
         gpu.release(dw);
         compare(name + "_resident", ref, dev, kF32Reduce);
       }
+  // three outputs from one input (q, k, v): A rounded once, the same values as three matmul_nt_half calls (bit for bit on
+  // the GPU) and as the CPU's
+  for (Half t : {Half::BF16, Half::F16}) {
+    const int64_t M = 33, K = 72;
+    const std::vector<int64_t> Ns = {40, 24, 24};
+    const std::vector<float> A = rnd(M * K, 61, 2.0f);
+    std::vector<std::vector<uint16_t>> W;
+    std::vector<uint16_t *> dW;
+    for (size_t i = 0; i < Ns.size(); ++i) {
+      const std::vector<float> wf = rnd(Ns[i] * K, 62 + i, 0.5f);
+      W.emplace_back(wf.size());
+      for (size_t j = 0; j < wf.size(); ++j) W.back()[j] = to_half(wf[j], int(t));
+      dW.push_back(static_cast<uint16_t *>(gpu.alloc(sizeof(uint16_t) * wf.size())));
+      gpu.upload(dW.back(), W.back().data(), sizeof(uint16_t) * wf.size());
+    }
+    std::vector<std::vector<float>> ref, one, shared;
+    for (int64_t n : Ns) {
+      ref.emplace_back(size_t(M * n), -1.0f);
+      one.emplace_back(size_t(M * n), -1.0f);
+      shared.emplace_back(size_t(M * n), -1.0f);
+    }
+    std::vector<Backend::HalfOut> outs_cpu, outs_gpu;
+    for (size_t i = 0; i < Ns.size(); ++i) {
+      outs_cpu.push_back({W[i].data(), ref[i].data(), Ns[i]});
+      outs_gpu.push_back({dW[i], shared[i].data(), Ns[i]});
+      gpu.matmul_nt_half(A.data(), dW[i], t, one[i].data(), M, Ns[i], K, false);
+    }
+    cpu.matmul_nt_half_shared(A.data(), outs_cpu, t, M, K);
+    gpu.matmul_nt_half_shared(A.data(), outs_gpu, t, M, K);
+    gpu.synchronize();
+    const std::string name = std::string(t == Half::BF16 ? "bf16" : "fp16") + "_matmul_nt_half_shared";
+    for (size_t i = 0; i < Ns.size(); ++i) {
+      compare(name + "[" + std::to_string(i) + "]_vs_single", one[i], shared[i], {0, 0});
+      compare(name + "[" + std::to_string(i) + "]_vs_cpu", ref[i], shared[i], kF32Reduce);
+    }
+    for (uint16_t *p : dW) gpu.release(p);
+  }
   // the 16-bit embedding table: rows widened to fp32, exactly (host table staged, and resident on the device)
   for (Half t : {Half::BF16, Half::F16}) {
     const int64_t V = 37, H = 24, N = 19;
