@@ -1005,10 +1005,12 @@ void linears_forward_shared(const std::vector<const Linear *> &ls, const float *
   for (size_t i = 0; i < ls.size(); ++i) linear_lora_forward(*ls[i], x, ys[i], N, c, layer, *as[i]);
 }
 
-// The bias and the LoRA branch of linear_forward, added to y (the base product already in it).
+// The bias and the LoRA branch of linear_forward, added to y (the base product already in it). With y null, only what
+// linear_backward reads from `a` (dropout(x), u): a checkpointed block's recomputation does not need the output of a
+// linear that feeds nothing but the block's output (Recompute).
 void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
-  if (L.b) be.add_bias(y, L.b->w(), N, L.out);
+  if (L.b && y) be.add_bias(y, L.b->w(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
   const float *xin = x;
@@ -1024,7 +1026,12 @@ void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, c
   // scale rides in the GEMM: one launch)
   a.u.resize_overwrite(N * r);
   be.matmul_nt_scaled(xin, L.lora.A->w(), a.u.data(), N, r, L.in, L.lora.scaling, false);
-  be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
+  if (y) be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
+}
+
+// linear_forward for the backward's sake only (no y): the base GEMM — the linear's whole cost without LoRA — is skipped.
+void linear_saved_forward(const Linear &L, const float *x, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
+  linear_lora_forward(L, x, nullptr, N, c, layer, a);
 }
 
 // Backward of linear_forward. dx is overwritten (accumulate=false) or added to. Everything that reads x comes before
@@ -1152,9 +1159,14 @@ void apply_positions(const Fwd &F, float *q, float *k, bool back) {
 
 const float *alibi_of(const ModelConfig &c) { return c.pos == PosKind::Alibi ? c.alibi.data() : nullptr; }
 
+// ym null: a recomputation (block_forward without x_out) — the last linear only saves what its backward reads.
 void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *in, float *ym) {
   Backend &be = F.be;
   const int64_t N = F.ctx.N, I = F.c.inter;
+  auto last = [&](const Linear &lin, LinearActs &la) {
+    if (ym) linear_forward(lin, a.act.data(), ym, N, F.ctx, l, la);
+    else linear_saved_forward(lin, a.act.data(), N, F.ctx, l, la);
+  };
   resize_ow(a.act, N * I);
   resize_ow(a.a, N * I);
   switch (F.c.mlp) {
@@ -1162,7 +1174,7 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
       resize_ow(a.b, N * I);
       linears_forward_shared({L.gate, L.up}, in, {a.a.data(), a.b.data()}, N, F.ctx, l, {&a.lin[kGate], &a.lin[kUp]});
       be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
-      linear_forward(*L.down, a.act.data(), ym, N, F.ctx, l, a.lin[kDown]);
+      last(*L.down, a.lin[kDown]);
       break;
     case MlpKind::SwiGLUFused: {
       resize_ow(a.b, N * I);
@@ -1170,7 +1182,7 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
       linear_forward(*L.fc1, in, fused.data(), N, F.ctx, l, a.lin[kFc1]);
       be.split_cols(fused.data(), a.a.data(), a.b.data(), N, I, I, false);
       be.swiglu_forward(a.a.data(), a.b.data(), a.act.data(), N * I);
-      linear_forward(*L.fc2, a.act.data(), ym, N, F.ctx, l, a.lin[kFc2]);
+      last(*L.fc2, a.lin[kFc2]);
       break;
     }
     case MlpKind::Gelu:
@@ -1178,7 +1190,7 @@ void mlp_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, const float *i
       a.b.clear();
       linear_forward(*L.fc1, in, a.a.data(), N, F.ctx, l, a.lin[kFc1]);
       be.gelu_forward(a.a.data(), a.act.data(), N * I, F.c.mlp == MlpKind::Gelu ? cpu::Gelu::Erf : cpu::Gelu::Tanh);
-      linear_forward(*L.fc2, a.act.data(), ym, N, F.ctx, l, a.lin[kFc2]);
+      last(*L.fc2, a.lin[kFc2]);
       break;
   }
 }
@@ -1219,7 +1231,10 @@ void mlp_backward(const Fwd &F, Layer &L, LayerActs &a, const float *in, const f
   }
 }
 
-// The forward of one block from a.x_in into x_out, saving every activation the backward needs.
+// The forward of one block from a.x_in into x_out, saving every activation the backward needs. x_out null: the
+// recomputation of a checkpointed block, whose output the backward never reads — so neither the adds that make it nor
+// the linears that only feed it run their base GEMMs (the MLP's last linear; with a parallel residual, the attention
+// output projection too): a LLaMA block's recomputation skips down_proj, 22 % of its GEMM FLOPs.
 void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out) {
   const ModelConfig &c = F.c;
   Backend &be = F.be;
@@ -1263,9 +1278,15 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
       be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
                            F.scale, F.seg, F.alibi, F.prefix);
   }
-  Buf y(be, N * H, kOverwrite), ym(be, N * H, kOverwrite);
-  linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
+  Buf y(be), ym(be);
+  if (x_out) ym.resize_overwrite(N * H);
   if (c.parallel_residual) {  // x' = x + attn(N1(x)) + mlp(N2(x)) (N2 = N1 when the layer has one norm)
+    if (x_out) {
+      y.resize_overwrite(N * H);
+      linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
+    } else {
+      linear_saved_forward(*L.o, a.attn.data(), N, F.ctx, l, a.lin[kO]);
+    }
     a.x_mid.clear();
     const float *mlp_in = a.h1.data();
     if (L.norm2_w) {
@@ -1277,7 +1298,8 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
     } else {
       a.h2.clear();
     }
-    mlp_forward(F, L, l, a, mlp_in, ym.data());
+    mlp_forward(F, L, l, a, mlp_in, x_out ? ym.data() : nullptr);
+    if (!x_out) return;
     if (s == 1.0f) {
       be.add(x_out, a.x_in.data(), y.data(), ym.data(), N * H);
     } else {
@@ -1287,6 +1309,8 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
     return;
   }
   // sequential: x_mid = R(x) + s·attn(N1(x)); x' = R(x_mid) + s·mlp(N2(x_mid)); R = identity or α·norm output
+  y.resize_overwrite(N * H);
+  linear_forward(*L.o, a.attn.data(), y.data(), N, F.ctx, l, a.lin[kO]);
   resize_ow(a.x_mid, N * H);
   if (!c.residual_from_norm && s == 1.0f) be.add(a.x_mid.data(), a.x_in.data(), y.data(), nullptr, N * H);
   else if (!c.residual_from_norm) be.axpby(a.x_mid.data(), 1.0f, a.x_in.data(), s, y.data(), N * H);
@@ -1295,7 +1319,9 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
   resize(a.mean2, N);
   resize(a.rstd2, N);
   norm_forward(be, c, L.norm2_w, L.norm2_b, a.x_mid.data(), a.h2.data(), a.mean2.data(), a.rstd2.data(), N);
-  mlp_forward(F, L, l, a, a.h2.data(), ym.data());
+  y.free();
+  mlp_forward(F, L, l, a, a.h2.data(), x_out ? ym.data() : nullptr);
+  if (!x_out) return;
   if (!c.residual_from_norm && s == 1.0f) be.add(x_out, a.x_mid.data(), ym.data(), nullptr, N * H);
   else if (!c.residual_from_norm) be.axpby(x_out, 1.0f, a.x_mid.data(), s, ym.data(), N * H);
   else be.axpby(x_out, alpha, a.h2.data(), s, ym.data(), N * H);
@@ -1540,7 +1566,9 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     im.scratch.release(false);  // (a forward's or a checkpointed step's set: not used by this call)
   for (int64_t l = 0; l < c.layers; ++l) {
     LayerActs &a = im.acts[static_cast<size_t>(l)];
-    if (offload) {
+    if (ckpt && l == c.layers - 1) {
+      a.x_in.free();  // the last block's backward reads the scratch set this forward leaves behind
+    } else if (offload) {
       // no wait: the copy runs in stream order, and only the backward's upload (later on the same stream) reads it
       float *h = im.host_x[static_cast<size_t>(l)].get(be, N * H);
       be.download_async(h, x.data(), sizeof(float) * static_cast<size_t>(N * H));
@@ -1615,7 +1643,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   // gradient-ready hook: each stage's trainable parameters, reported once their gradients are complete
   std::vector<Param *> ready;
   if (c.logit_scale != 1.0f) be.scale_inplace(dhf.data(), c.logit_scale, N * H);
-  Buf dx(be, N * H, kOverwrite), tmp(be, N * H, kOverwrite);
+  Buf dx(be, N * H, kOverwrite);
   norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
   if (opt.grad_ready) {
     ready.clear();
@@ -1628,9 +1656,12 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     Layer &L = layers[static_cast<size_t>(l)];
     LayerActs *ap = &im.acts[static_cast<size_t>(l)];
     if (ckpt) {
-      if (offload) im.scratch.x_in.upload_from(im.host_x[static_cast<size_t>(l)].data(), N * H);
-      else im.scratch.x_in.copy_from(ap->x_in);
-      block_forward(F, L, l, im.scratch, tmp.data());
+      // the last block's activations are still in the scratch set from the forward: no recomputation
+      if (l != c.layers - 1) {
+        if (offload) im.scratch.x_in.upload_from(im.host_x[static_cast<size_t>(l)].data(), N * H);
+        else im.scratch.x_in.copy_from(ap->x_in);
+        block_forward(F, L, l, im.scratch, nullptr);
+      }
       ap = &im.scratch;
     }
     block_backward(F, L, *ap, dx);
@@ -1642,6 +1673,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   }
   if (c.embed_scale != 1.0f) be.scale_inplace(dx.data(), c.embed_scale, N * H);
   if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable)) {
+    Buf tmp(be, N * H, kOverwrite);
     be.layernorm_backward(dx.data(), x_emb.data(), embed_norm_w->w(), emb_mean.data(), emb_rstd.data(), tmp.data(),
                           embed_norm_w->trainable ? embed_norm_w->g() : nullptr,
                           embed_norm_b->trainable ? embed_norm_b->g() : nullptr, N, H);

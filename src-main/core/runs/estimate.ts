@@ -73,10 +73,11 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   }
   // floats each block keeps per token for its backward
   const perToken = (neox ? 6 * H + 2 * I : 6 * H + 2 * kvd + 3 * I) + nh + loraPerToken;
-  // checkpointing keeps each block's input (on the GPU unless offload_checkpoints moves them to host memory)
-  const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : L * N * H;
+  // checkpointing keeps each block's input but the last's (its backward reads the set its forward left), on the GPU
+  // unless offload_checkpoints moves them to host memory
+  const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : Math.max(L - 1, 0) * N * H;
   const activations = (spec.training.gradient_checkpointing ? kept + N * perToken : L * N * perToken) * F;
-  // the backward: dx and a recomputed block output, two norm-gradient buffers, the attention gradients, the head's
+  // the backward: dx, two norm-gradient buffers, the attention gradients, the head's
   // hidden state and its gradient, a 16-bit copy of a GEMM input; the MLP gradients reuse its activations' buffers
   // (mixed precision: more 16-bit copies, and, for head sizes without tensor-core attention, rounded q, k, v and dout)
   const lowpTemps = spec.method === 'lora' && spec.training.precision !== 'fp32' ? N * (4 * H + I / 2) * F : 0;
