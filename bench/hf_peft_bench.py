@@ -206,6 +206,8 @@ def main():
                     out["peak_mem"] = out["process_gpu_mem"]
                 if "q4_gemm" in j:  # --q4-gemm both: the step with each 4-bit GEMM path
                     out["q4_gemm"] = j["q4_gemm"]
+                if "attn_tc" in j:  # --attn both: the step with each tensor-core attention forward
+                    out["attn_tc"] = j["attn_tc"]
                 if "profile" in j:
                     res.setdefault("profile", {}).setdefault(str(T), {})["ours " + label] = j["profile"]
             else:
@@ -216,7 +218,8 @@ def main():
         print("llmt-engine", label, T, out, flush=True)
         return out
     for T in seqs:
-        res["ours"][T] = ours(T, ["--precision", "bf16"], "bf16 weights, fp32 activations", prof=True)
+        # --attn both: the 4-warp attention forward (the default) and, for comparison, the 2-warp v1
+        res["ours"][T] = ours(T, ["--precision", "bf16", "--attn", "both"], "bf16 weights, fp32 activations", prof=True)
     T0 = seqs[0]
     # bitsandbytes' QLoRA recipe computes in bf16 (bnb_4bit_compute_dtype): the 4-bit GEMMs on tensor cores
     # --q4-gemm both: the fused 4-bit kernels (the default) and, for comparison, each weight decoded to bf16 then cuBLAS
@@ -258,6 +261,13 @@ def main():
               % (qt["seq"], qmem, qspd, qerr),
               "  the same step with each 4-bit weight decoded to bf16, then cuBLAS (LLMT_Q4_GEMM=dequant, bitsandbytes' way): %s"
               % ("-" if qdq is None else "%.2fx" % qdq)]
+    for T in seqs:
+        at = (res["ours"].get(T) or {}).get("attn_tc") or {}
+        v1, v2 = (at.get("v1") or {}).get("train_tokens_per_s"), (at.get("v2") or {}).get("train_tokens_per_s")
+        if v1 and v2:
+            res.setdefault("attn_tc", {})[T] = {"v2": v2, "v1": v1}
+            lines += ["", "seq %d: our step with the 2-warp attention forward (LLMT_ATTN_TC=v1): %.1f tok/s; the default "
+                      "4-warp one: %.1f tok/s (%.2fx)" % (T, v1, v2, v2 / v1)]
     if "ours_offload" in res:
         o1, h1 = res["ours_offload"][T1], res["hf"].get(T1, {})
         om = o1["peak_mem"] / h1["peak_mem"] if o1.get("peak_mem") and h1.get("peak_mem") else None

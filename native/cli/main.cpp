@@ -81,6 +81,8 @@ const char *kUsage =
     "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only);\n"
     "       --q4-gemm fused|dequant|both (QLoRA in bf16/fp16 on a GPU: the fused 4-bit kernels, the default; or each weight\n"
     "       decoded to 16 bits, then cuBLAS; both: the training step timed each way, \"q4_gemm\" in the JSON)\n"
+    "       --attn v2|v1|both (bf16/fp16 on a GPU: the tensor-core attention forward with 4 warps and lazily rescaled\n"
+    "       accumulators, the default; or the 2-warp v1; both: the step timed each way, \"attn_tc\" in the JSON)\n"
     "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
     "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
@@ -527,6 +529,11 @@ int cmd_bench(const Args &a) {
   // the CUDA backend reads LLMT_Q4_GEMM at each 4-bit GEMM (docs/cuda.md)
   if (q4 == "dequant") ::setenv("LLMT_Q4_GEMM", "dequant", 1);
   else ::unsetenv("LLMT_Q4_GEMM");
+  const std::string attn = a.get("--attn", "v2");
+  if (attn != "v1" && attn != "v2" && attn != "both") return usage_error("bench: --attn v1|v2|both");
+  // and LLMT_ATTN_TC at each tensor-core attention forward
+  if (attn == "v1") ::setenv("LLMT_ATTN_TC", "v1", 1);
+  else ::unsetenv("LLMT_ATTN_TC");
   ModelHandle h;
   llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(),
                                          a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
@@ -574,20 +581,25 @@ int cmd_bench(const Args &a) {
     if (bwd < 0) return fail(static_cast<llmt_status>(-bwd));
     o.set("train_step_ms", Json::number(bwd));
     o.set("train_tokens_per_s", Json::number(B * T / (bwd / 1000.0)));
-    if (q4 == "both") {  // the same step with every 4-bit weight decoded to 16 bits, then cuBLAS
-      ::setenv("LLMT_Q4_GEMM", "dequant", 1);
-      const double dq = time_it([&] { return llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss); });
-      ::unsetenv("LLMT_Q4_GEMM");
-      if (dq < 0) return fail(static_cast<llmt_status>(-dq));
+    // "both": the same step again with the alternative (env var `var` = `alt`), both figures under `key`
+    auto both = [&](const char *key, const char *var, const char *main_name, const char *alt) -> llmt_status {
+      ::setenv(var, alt, 1);
+      const double ms2 = time_it([&] { return llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss); });
+      ::unsetenv(var);
+      if (ms2 < 0) return static_cast<llmt_status>(-ms2);
       Json m = Json::object();
-      for (auto [name, ms] : {std::pair<const char *, double>{"fused", bwd}, {"dequant", dq}}) {
+      for (auto [name, ms] : {std::pair<const char *, double>{main_name, bwd}, {alt, ms2}}) {
         Json e = Json::object();
         e.set("train_step_ms", Json::number(ms));
         e.set("train_tokens_per_s", Json::number(B * T / (ms / 1000.0)));
         m.set(name, e);
       }
-      o.set("q4_gemm", m);
-    }
+      o.set(key, m);
+      return LLMT_OK;
+    };
+    // every 4-bit weight decoded to 16 bits, then cuBLAS; the 2-warp attention forward (eagerly rescaled)
+    if (q4 == "both" && (st = both("q4_gemm", "LLMT_Q4_GEMM", "fused", "dequant"))) return fail(st);
+    if (attn == "both" && (st = both("attn_tc", "LLMT_ATTN_TC", "v2", "v1"))) return fail(st);
   }
   // --profile: one more step (the training step when there is one) with every device call timed; not in the figures
   // above. kernel_ms against the step's wall time shows how much of the step the device was busy.
@@ -800,7 +812,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision", "--q4-gemm"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision", "--q4-gemm", "--attn"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

@@ -392,8 +392,11 @@ class CudaBackend final : public Backend {
       return;
     }
     Stage s(*this);
-    const std::string kn = tc_name("k_attn_fwd_tc_", t, hd);
-    launch_grid(kn.c_str(), unsigned((T + 31) / 32), unsigned(nh), unsigned(B), 64, s.in(q, B * T * nh * hd),
+    // the 4-warp kernel with lazy rescaling unless LLMT_ATTN_TC=v1 (read per call: `bench --attn both` times both)
+    const bool v1 = attn_v1_mode();
+    const std::string kn = tc_name(v1 ? "k_attn_fwd_tc_" : "k_attn_fwd_tc4_", t, hd);
+    const unsigned rows = v1 ? 32 : 64;
+    launch_grid(kn.c_str(), unsigned((T + rows - 1) / rows), unsigned(nh), unsigned(B), v1 ? 64 : 128, s.in(q, B * T * nh * hd),
                 s.in(k, B * T * nkv * hd), s.in(v, B * T * nkv * hd), s.out(out, B * T * nh * hd), s.out(lse, B * nh * T), ll(T),
                 ll(nh), ll(nkv), scale, s.in(seg_start, B * T), s.in(alibi, nh), s.in(prefix, B));
     s.done();
@@ -996,6 +999,10 @@ class CudaBackend final : public Backend {
     if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm_half");
   }
 
+  static bool attn_v1_mode() {
+    const char *e = std::getenv("LLMT_ATTN_TC");
+    return e && std::strcmp(e, "v1") == 0;
+  }
   bool q4_dequant_mode() const {
     const char *e = std::getenv("LLMT_Q4_GEMM");
     return e && std::strcmp(e, "dequant") == 0 && blas_ && cublas().gemm_ex;

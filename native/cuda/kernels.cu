@@ -998,6 +998,144 @@ __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, floa
   }
 }
 
+// rows [r0, r0+ROWS) of a strided fp32 tensor → TT tile [ROWS][LD], rows ≥ T zeros; four floats per load on the GPU
+// when the rows are 16-byte aligned (HD and the stride are multiples of 4: the base decides, uniformly for the block)
+template <class TT, int HD, int LD, int ROWS>
+__device__ __forceinline__ void stage_rows4(TT *dst, const float *base, ll r0, ll T, ll stride) {
+#if defined(__CUDACC__)
+  if ((reinterpret_cast<unsigned long long>(base) & 15ull) == 0 && (stride & 3) == 0) {
+    for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += blockDim.x) {
+      const int r = idx / (HD / 4), d = (idx % (HD / 4)) * 4;
+      const ll row = r0 + r;
+      const float4 x = row < T ? *reinterpret_cast<const float4 *>(base + row * stride + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+      TT *o = dst + r * LD + d;
+      o[0] = to_tt<TT>(x.x);
+      o[1] = to_tt<TT>(x.y);
+      o[2] = to_tt<TT>(x.z);
+      o[3] = to_tt<TT>(x.w);
+    }
+    return;
+  }
+#endif
+  for (int idx = threadIdx.x; idx < ROWS * HD; idx += blockDim.x) {
+    const int r = idx / HD, d = idx % HD;
+    const ll row = r0 + r;
+    dst[r * LD + d] = to_tt<TT>(row < T ? base[row * stride + d] : 0.0f);
+  }
+}
+
+// true in every lane when v is true in any lane of the warp
+__device__ __forceinline__ bool warp_any(bool v) {
+  int x = v ? 1 : 0;
+  for (int o = 16; o > 0; o >>= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
+  return x != 0;
+}
+
+// The forward with 4 warps × 16 query rows per block (64 rows: each staged key/value tile serves twice the rows of
+// attn_fwd_tc) and the output accumulated in WMMA fragments across key tiles. A fragment's rows cannot be addressed,
+// so the online softmax rescales lazily: each row's reference max m moves only when a tile's score exceeds it by more
+// than kLazy (FlashAttention-4's trick; p = exp(s − m) ≤ e^kLazy, well inside fp16 and bf16), and only then does the
+// warp round-trip its accumulators through shared memory to rescale them — rare after the first tiles, where v1 did it
+// for every tile. The last row block starts first (causal: the longest rows). Same masks and outputs as attn_fwd_tc;
+// lse = m + log(l) with the m used.
+constexpr int kTc4Rows = 64;
+constexpr float kLazy = 8.0f;
+template <class TT, int HD>
+__device__ void attn_fwd_tc4(const float *q, const float *k, const float *v, float *out, float *lse, ll T, ll nh, ll nkv,
+                             float scale, const int *seg_start, const float *alibi, const int *prefix) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, W = kTc4Rows / 16;
+  static_assert(kTc4Rows * LD <= 2 * kTc * LD, "the query tile is staged where the key and value tiles go");
+  __shared__ __align__(32) TT KVs[2 * kTc * LD];  // the query tile first, then per step the key and value tiles
+  __shared__ __align__(32) float Ss[W * 16 * LDS];
+  __shared__ __align__(32) TT Ps[W * 16 * LDP];
+  __shared__ ll range[2];
+  TT *Ks = KVs, *Vs = KVs + kTc * LD;
+  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)(gridDim.x - 1 - blockIdx.x) * kTc4Rows, g = h / (nh / nkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
+  const float slope = alibi ? alibi[h] : 0.0f;
+  const float *qb = q + (b * T * nh + h) * HD, *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
+  if (threadIdx.x == 0) {  // the keys any of the block's rows can see
+    ll lo = T, hi = -1;
+    for (ll ii = i0; ii < min(i0 + kTc4Rows, T); ++ii) {
+      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
+      hi = max(hi, min(max(ii, P - 1), T - 1));
+    }
+    range[0] = lo;
+    range[1] = hi;
+  }
+  stage_rows4<TT, HD, LD, kTc4Rows>(KVs, qb, i0, T, nh * HD);
+  __syncthreads();
+  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT];
+  for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(qf[kk], KVs + warp * 16 * LD + kk * 16, LD);
+  __syncthreads();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> of[NT];
+  for (int nt = 0; nt < NT; ++nt) wm::fill_fragment(of[nt], 0.0f);
+  float m = -INFINITY, l = 0.0f;
+  const ll first = (i < T && seg_start) ? (ll)seg_start[b * T + i] : 0, last = i < T ? max(i, P - 1) : -1;
+  float *Sw = Ss + warp * 16 * LDS;
+  TT *Pw = Ps + warp * 16 * LDP;
+  // of[nt] rows ·= f(row) through the warp's score scratch (16×16 at a time); every lane of row r holds its factor
+  auto rescale = [&](int nt, float f) {
+    wm::store_matrix_sync(Sw, of[nt], LDS, wm::mem_row_major);
+    __syncwarp();
+    for (int c = 0; c < 8; ++c) Sw[r * LDS + half * 8 + c] *= f;
+    __syncwarp();
+    wm::load_matrix_sync(of[nt], Sw, LDS, wm::mem_row_major);
+    __syncwarp();  // every lane has loaded before the scratch is written again
+  };
+  for (ll j0 = range[0] / kTc * kTc; j0 <= range[1]; j0 += kTc) {
+    stage_rows4<TT, HD, LD, kTc>(Ks, kb, j0, T, nkv * HD);
+    stage_rows4<TT, HD, LD, kTc>(Vs, vb, j0, T, nkv * HD);
+    __syncthreads();
+    const bool warp_sees = warp_any(i < T && j0 <= last && j0 + kTc > first);
+    if (warp_sees) {  // (uniform in the warp; a warp whose rows see none of this tile skips it)
+      mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);  // S = Q·Kᵀ (16 × 32 per warp)
+      __syncwarp();
+      float sv[16], mx = -INFINITY;
+      for (int c = 0; c < 16; ++c) {
+        const ll j = j0 + half * 16 + c;
+        const bool vis = j < T && j >= first && j <= last;
+        sv[c] = vis ? Sw[r * LDS + half * 16 + c] * scale + slope * (float)j : -INFINITY;
+        mx = fmaxf(mx, sv[c]);
+      }
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      __syncwarp();  // every lane has read its scores: the scratch may be reused
+      const bool up = mx > m + kLazy;  // (m = −∞: any visible score)
+      if (warp_any(up)) {
+        const float mn = up ? mx : m;
+        const float alpha = up && m != -INFINITY ? expf(m - mn) : 1.0f;
+        l *= alpha;
+        if (warp_any(alpha != 1.0f))
+          for (int nt = 0; nt < NT; ++nt) rescale(nt, alpha);
+        m = mn;
+      }
+      float rs = 0.0f;
+      for (int c = 0; c < 16; ++c) {
+        const float p = sv[c] == -INFINITY ? 0.0f : expf(sv[c] - m);
+        rs += p;
+        Pw[r * LDP + half * 16 + c] = to_tt<TT>(p);
+      }
+      rs += __shfl_xor_sync(0xffffffffu, rs, 1);
+      l += rs;
+      __syncwarp();
+      mma_ax<TT, HD>(of, Pw, LDP, Vs, LD);  // O += P·V
+    }
+    __syncthreads();
+  }
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+  for (int nt = 0; nt < NT; ++nt) {
+    wm::store_matrix_sync(Sw, of[nt], LDS, wm::mem_row_major);
+    __syncwarp();
+    if (i < T) {
+      float *oi = out + ((b * T + i) * nh + h) * HD + nt * 16 + half * 8;
+      for (int c = 0; c < 8; ++c) oi[c] = Sw[r * LDS + half * 8 + c] * inv;
+    }
+    __syncwarp();
+  }
+  if (i < T && half == 0) lse[(b * nh + h) * T + i] = m + logf(l);
+}
+
 // dq_i = scale·Σ_j P_ij(dP_ij − D_i)·k_j for a 32-query tile (one 16-row slice per warp), keys in order.
 template <class TT, int HD>
 __device__ void attn_bwd_dq_tc(const float *dout, const float *q, const float *k, const float *v, const float *lse,
@@ -1154,6 +1292,10 @@ __global__ void k_attn_fwd_tc_bf16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__nv_bfloa
 __global__ void k_attn_fwd_tc_bf16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__nv_bfloat16, 128>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_fwd_tc_f16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__half, 64>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_fwd_tc_f16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc<__half, 128>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc4_bf16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__nv_bfloat16, 64>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc4_bf16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__nv_bfloat16, 128>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc4_f16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__half, 64>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_fwd_tc4_f16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__half, 128>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_dq_tc_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 64>(LLMT_TC_DQ_PASS); }
 __global__ void k_attn_dq_tc_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 128>(LLMT_TC_DQ_PASS); }
 __global__ void k_attn_dq_tc_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__half, 64>(LLMT_TC_DQ_PASS); }

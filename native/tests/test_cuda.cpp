@@ -113,7 +113,7 @@ struct AttnCase {
 
 // Attention forward and backward, CUDA vs CPU, for one shape: half = 0 the fp32 ops, else attention_*_lp with that
 // Half type. Packed segments start at 10 and 25 (40 when T > 40); prefix lengths 7 and 12 (40 when T > 40).
-void attention_parity(Backend &gpu, const AttnCase &cs, int half, Tol tol, uint64_t seed, float qk_scale) {
+void attention_parity(Backend &gpu, const AttnCase &cs, int half, Tol tol, uint64_t seed, float qk_scale, bool backward = true) {
   Backend &cpu = cpu_backend();
   const int64_t B = cs.B, T = cs.T, nh = cs.nh, nkv = cs.nkv, hd = cs.hd, s2 = T > 40 ? 40 : 25;
   const float scale = 1.0f / std::sqrt(float(hd));
@@ -135,6 +135,7 @@ void attention_parity(Backend &gpu, const AttnCase &cs, int half, Tol tol, uint6
   };
   parity(std::string(cs.name) + "_forward", cpu, gpu, {q, k, v, rnd(nq, 0), rnd(B * nh * T, 0)}, {3, 4}, tol,
          [&](Backend &be, auto &x) { fwd(be, x[0].data(), x[1].data(), x[2].data(), x[3].data(), x[4].data()); });
+  if (!backward) return;
   std::vector<float> out(static_cast<size_t>(nq)), lse(static_cast<size_t>(B * nh * T));
   fwd(cpu, q.data(), k.data(), v.data(), out.data(), lse.data());
   parity(std::string(cs.name) + "_backward", cpu, gpu, {rnd(nq, seed + 3), q, k, v, out, lse, rnd(nq, 0), rnd(nk, 0), rnd(nk, 0)},
@@ -231,6 +232,22 @@ void op_parity(Backend &gpu) {
       cs.name = nm.c_str();
       attention_parity(gpu, cs, int(t), t == Half::BF16 ? Tol{3e-2, 1e-2} : Tol{8e-3, 2e-3}, 50, 2.0f);
     }
+  // the forward's two kernels: 4 warps with lazily rescaled fragment accumulators (the default) and the 2-warp v1
+  // (LLMT_ATTN_TC=v1); a longer sequence (several row blocks and key tiles, the last partial), then sharp scores, so
+  // the running max jumps past the lazy threshold between tiles and the accumulators are rescaled (the forward only:
+  // with scores that sharp, dK's sums cancel to far below their terms, and the 16-bit dS of both kernels — FA2's
+  // rounding — is off the fp32 reference by more than the tolerance)
+  for (const char *mode : {"v2", "v1"}) {
+    setenv("LLMT_ATTN_TC", mode, 1);
+    for (Half t : {Half::BF16, Half::F16})
+      for (float sharp : {2.0f, 7.0f}) {
+        AttnCase cs{"", 2, 203, 4, 2, 64, true, false, false};
+        const std::string nm = std::string("tc_") + mode + (t == Half::BF16 ? "_bf16" : "_fp16") + (sharp > 2 ? "_sharp" : "_long");
+        cs.name = nm.c_str();
+        attention_parity(gpu, cs, int(t), t == Half::BF16 ? Tol{3e-2, 1e-2} : Tol{8e-3, 2e-3}, 60, sharp, sharp <= 2);
+      }
+  }
+  unsetenv("LLMT_ATTN_TC");
   {  // KV cache: 5 new tokens at p0 = 9 of a 20-row cache, GQA, ALiBi and a prefix
     const int64_t nh = 4, nkv = 2, hd = 32, p0 = 9, nn = 5, cap = 20;
     std::vector<float> alibi = {-0.5f, -0.25f, -0.125f, -0.0625f};

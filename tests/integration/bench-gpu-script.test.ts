@@ -87,6 +87,14 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
     expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
     expect(md).toMatch(/decoded to bf16, then cuBLAS \(LLMT_Q4_GEMM=dequant, bitsandbytes' way\): [\d.]+x/);
+    // the bf16 rows timed with both tensor-core attention forwards in the same process (at head_dim 16 both run the
+    // fp32 kernels: the plumbing is what this checks)
+    for (const T of ['16', '32']) {
+      const at = (res.ours[T] as { attn_tc?: Record<string, { train_tokens_per_s: number }> }).attn_tc!;
+      expect(at.v2!.train_tokens_per_s).toBeCloseTo(res.ours[T]!.tokens_per_s!, 6);
+      expect(at.v1!.train_tokens_per_s).toBeGreaterThan(0);
+    }
+    expect(md).toMatch(/seq 32: our step with the 2-warp attention forward \(LLMT_ATTN_TC=v1\): [\d.]+ tok\/s; the default 4-warp one: [\d.]+ tok\/s \([\d.]+x\)/);
     // one profiled step per side and length: where the time goes, in results.json and profile.md
     const prof = (JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as {
       profile: Record<string, Record<string, { kernel_ms: number; wall_ms: number; rows: { name: string; ms: number }[] }>>;

@@ -158,10 +158,13 @@ describe('llmt-engine subcommands', () => {
     const r5 = engine(['inspect', '--model', trunc]);
     expect(r5.status).toBe(1);
     expect(r5.stderr).toMatch(/BAD_INPUT: .*model\.safetensors/);
-     // bench: an unknown 4-bit GEMM path is a usage error; a profile without a GPU says why
+    // bench: an unknown 4-bit GEMM path or attention kernel is a usage error; a profile without a GPU says why
     const r6 = engine(['bench', '--model', path.join(tmp, 'llama'), '--q4-gemm', 'fast']);
     expect(r6.status).toBe(2);
     expect(r6.stderr).toMatch(/bench: --q4-gemm fused\|dequant\|both/);
+    const r6b = engine(['bench', '--model', path.join(tmp, 'llama'), '--attn', 'v3']);
+    expect(r6b.status).toBe(2);
+    expect(r6b.stderr).toMatch(/bench: --attn v1\|v2\|both/);
     const r7 = engine(['bench', '--model', path.join(tmp, 'llama'), '--seq', '8', '--iters', '1', '--profile']);
     expect(r7.status).toBe(1);
     expect(r7.stderr).toMatch(/UNSUPPORTED: profiling times device kernels: the cpu backend has none/);
