@@ -392,7 +392,8 @@ class CudaBackend final : public Backend {
       return;
     }
     Stage s(*this);
-    // the 4-warp kernel with lazy rescaling unless LLMT_ATTN_TC=v1 (read per call: `bench --attn both` times both)
+    // the 4-warp kernels (lazy rescaling in the forward) unless LLMT_ATTN_TC=v1 (read per call: `bench --attn both`
+    // times both)
     const bool v1 = attn_v1_mode();
     const std::string kn = tc_name(v1 ? "k_attn_fwd_tc_" : "k_attn_fwd_tc4_", t, hd);
     const unsigned rows = v1 ? 32 : 64;
@@ -421,10 +422,13 @@ class CudaBackend final : public Backend {
     const float *dal = s.in(alibi, nh);
     float *D = s.scratch<float>(B * T * nh);
     warps("k_attn_delta", B * T * nh, ddo, s.in(out, nq), D, ll(B * T * nh), ll(hd));
-    const std::string kq = tc_name("k_attn_dq_tc_", t, hd), kkv = tc_name("k_attn_dkdv_tc_", t, hd);
-    launch_grid(kq.c_str(), unsigned((T + 31) / 32), unsigned(nh), unsigned(B), 64, ddo, dq_, dk_, dv_, dl,
+    const bool v1 = attn_v1_mode();
+    const unsigned rows = v1 ? 32 : 64, threads = v1 ? 64 : 128;
+    const std::string kq = tc_name(v1 ? "k_attn_dq_tc_" : "k_attn_dq_tc4_", t, hd),
+                      kkv = tc_name(v1 ? "k_attn_dkdv_tc_" : "k_attn_dkdv_tc4_", t, hd);
+    launch_grid(kq.c_str(), unsigned((T + rows - 1) / rows), unsigned(nh), unsigned(B), threads, ddo, dq_, dk_, dv_, dl,
                 static_cast<const float *>(D), s.out(dq, nq), ll(T), ll(nh), ll(nkv), scale, dseg, dal, dpre);
-    launch_grid(kkv.c_str(), unsigned((T + 31) / 32), unsigned(nkv), unsigned(B), 64, ddo, dq_, dk_, dv_, dl,
+    launch_grid(kkv.c_str(), unsigned((T + rows - 1) / rows), unsigned(nkv), unsigned(B), threads, ddo, dq_, dk_, dv_, dl,
                 static_cast<const float *>(D), s.out(dk, nk), s.out(dv, nk), ll(T), ll(nh), ll(nkv), scale, dseg, dal, dpre);
     s.done();
   }

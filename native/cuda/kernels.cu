@@ -1273,6 +1273,163 @@ __device__ void attn_bwd_dkdv_tc(const float *dout, const float *q, const float 
     __syncwarp();
   }
 }
+// dq with 4 warps × 16 query rows per block (64 rows; each staged key/value tile serves twice the rows of
+// attn_bwd_dq_tc), longest rows first, key tiles no row of a warp sees skipped by that warp. Same sums in the same
+// order per row as attn_bwd_dq_tc.
+template <class TT, int HD>
+__device__ void attn_bwd_dq_tc4(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                                const float *D, float *dq, ll T, ll nh, ll nkv, float scale, const int *seg_start,
+                                const float *alibi, const int *prefix) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, W = kTc4Rows / 16;
+  __shared__ __align__(32) TT KVs[2 * kTc * LD];  // the query tile, then the dout tile, then per step K and V
+  __shared__ __align__(32) float Ss[W * 16 * LDS];
+  __shared__ __align__(32) float dPs[W * 16 * LDS];
+  __shared__ __align__(32) TT dSs[W * 16 * LDP];
+  __shared__ ll range[2];
+  TT *Ks = KVs, *Vs = KVs + kTc * LD;
+  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)(gridDim.x - 1 - blockIdx.x) * kTc4Rows, g = h / (nh / nkv);
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
+  const float slope = alibi ? alibi[h] : 0.0f;
+  const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
+  if (threadIdx.x == 0) {
+    ll lo = T, hi = -1;
+    for (ll ii = i0; ii < min(i0 + kTc4Rows, T); ++ii) {
+      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
+      hi = max(hi, min(max(ii, P - 1), T - 1));
+    }
+    range[0] = lo;
+    range[1] = hi;
+  }
+  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT], df[NT];
+  stage_rows4<TT, HD, LD, kTc4Rows>(KVs, q + (b * T * nh + h) * HD, i0, T, nh * HD);
+  __syncthreads();
+  for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(qf[kk], KVs + warp * 16 * LD + kk * 16, LD);
+  __syncthreads();
+  stage_rows4<TT, HD, LD, kTc4Rows>(KVs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
+  __syncthreads();
+  for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(df[kk], KVs + warp * 16 * LD + kk * 16, LD);
+  __syncthreads();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[NT];
+  for (int nt = 0; nt < NT; ++nt) wm::fill_fragment(acc[nt], 0.0f);
+  const float Li = i < T ? lse[(b * nh + h) * T + i] : 0.0f, Di = i < T ? D[(b * T + i) * nh + h] : 0.0f;
+  const ll first = (i < T && seg_start) ? (ll)seg_start[b * T + i] : 0, last = i < T ? max(i, P - 1) : -1;
+  float *Sw = Ss + warp * 16 * LDS, *dPw = dPs + warp * 16 * LDS;
+  TT *dSw = dSs + warp * 16 * LDP;
+  for (ll j0 = range[0] / kTc * kTc; j0 <= range[1]; j0 += kTc) {
+    stage_rows4<TT, HD, LD, kTc>(Ks, kb, j0, T, nkv * HD);
+    stage_rows4<TT, HD, LD, kTc>(Vs, vb, j0, T, nkv * HD);
+    __syncthreads();
+    if (warp_any(i < T && j0 <= last && j0 + kTc > first)) {
+      mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);   // S = Q·Kᵀ
+      mma_abt<TT, HD>(dPw, LDS, df, Vs, LD);  // dP = dO·Vᵀ
+      __syncwarp();
+      for (int c = 0; c < 16; ++c) {
+        const int cc = half * 16 + c;
+        const ll j = j0 + cc;
+        const bool vis = j < T && j >= first && j <= last;
+        const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Li) : 0.0f;
+        dSw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Di));
+      }
+      __syncwarp();
+      mma_ax<TT, HD>(acc, dSw, LDP, Ks, LD);  // dQ += dS·K
+    }
+    __syncthreads();
+  }
+  for (int nt = 0; nt < NT; ++nt) {
+    wm::store_matrix_sync(Sw, acc[nt], LDS, wm::mem_row_major);
+    __syncwarp();
+    if (i < T) {
+      float *di = dq + ((b * T + i) * nh + h) * HD + nt * 16 + half * 8;
+      for (int c = 0; c < 8; ++c) di[c] = Sw[r * LDS + half * 8 + c] * scale;
+    }
+    __syncwarp();
+  }
+}
+
+// dk, dv with 4 warps × 16 keys per block (64 keys; each staged query/dout tile serves twice the keys of
+// attn_bwd_dkdv_tc); a warp skips the query tiles none of its keys is visible to. Same sums in the same order.
+template <class TT, int HD>
+__device__ void attn_bwd_dkdv_tc4(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+                                  const float *D, float *dk, float *dv, ll T, ll nh, ll nkv, float scale,
+                                  const int *seg_start, const float *alibi, const int *prefix) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, W = kTc4Rows / 16;
+  __shared__ __align__(32) TT QDs[2 * kTc * LD];  // the key tile, then the value tile, then per step Q and dO
+  __shared__ __align__(32) float Ss[W * 16 * LDS];
+  __shared__ __align__(32) float dPs[W * 16 * LDS];
+  __shared__ __align__(32) TT Pts[W * 16 * LDP];
+  __shared__ __align__(32) TT dSts[W * 16 * LDP];
+  __shared__ float Ls[kTc], Ds[kTc];
+  TT *Qs = QDs, *dOs = QDs + kTc * LD;
+  const ll b = blockIdx.z, g = blockIdx.y, j0 = (ll)blockIdx.x * kTc4Rows, group = nh / nkv;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
+  const ll P = prefix ? min((ll)prefix[b], T) : 0, j = j0 + warp * 16 + r, jw = j0 + warp * 16;
+  const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
+  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> kf[NT], vf[NT];
+  stage_rows4<TT, HD, LD, kTc4Rows>(QDs, kb, j0, T, nkv * HD);
+  __syncthreads();
+  for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(kf[kk], QDs + warp * 16 * LD + kk * 16, LD);
+  __syncthreads();
+  stage_rows4<TT, HD, LD, kTc4Rows>(QDs, vb, j0, T, nkv * HD);
+  __syncthreads();
+  for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(vf[kk], QDs + warp * 16 * LD + kk * 16, LD);
+  __syncthreads();
+  wm::fragment<wm::accumulator, 16, 16, 16, float> dkf[NT], dvf[NT];
+  for (int nt = 0; nt < NT; ++nt) {
+    wm::fill_fragment(dkf[nt], 0.0f);
+    wm::fill_fragment(dvf[nt], 0.0f);
+  }
+  float *Sw = Ss + warp * 16 * LDS, *dPw = dPs + warp * 16 * LDS;
+  TT *Ptw = Pts + warp * 16 * LDP, *dStw = dSts + warp * 16 * LDP;
+  const ll qlo = j0 < P ? 0 : j0;  // causal: only queries at or after the block's first key (all under a prefix)
+  for (ll hh = 0; hh < group; ++hh) {
+    const ll h = g * group + hh;
+    const float slope = alibi ? alibi[h] : 0.0f;
+    const float *qb = q + (b * T * nh + h) * HD, *db = dout + (b * T * nh + h) * HD;
+    for (ll i0 = qlo / kTc * kTc; i0 < T; i0 += kTc) {
+      stage_rows4<TT, HD, LD, kTc>(Qs, qb, i0, T, nh * HD);
+      stage_rows4<TT, HD, LD, kTc>(dOs, db, i0, T, nh * HD);
+      if (threadIdx.x < kTc) {
+        const ll ii = i0 + threadIdx.x;
+        Ls[threadIdx.x] = ii < T ? lse[(b * nh + h) * T + ii] : 0.0f;
+        Ds[threadIdx.x] = ii < T ? D[(b * T + ii) * nh + h] : 0.0f;
+      }
+      __syncthreads();
+      // the warp's keys [jw, jw+16) see none of queries [i0, i0+32) when all of them are later (and past the prefix)
+      // or beyond T
+      if (jw < T && !(i0 + kTc <= jw && jw >= P)) {
+        mma_abt<TT, HD>(Sw, LDS, kf, Qs, LD);    // Sᵀ = K·Qᵀ (16 keys × 32 queries per warp)
+        mma_abt<TT, HD>(dPw, LDS, vf, dOs, LD);  // dPᵀ = V·dOᵀ
+        __syncwarp();
+        for (int c = 0; c < 16; ++c) {
+          const int cc = half * 16 + c;
+          const ll i = i0 + cc;
+          const bool vis = j < T && i < T && j <= max(i, P - 1) && (!seg_start || j >= (ll)seg_start[b * T + i]);
+          const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Ls[cc]) : 0.0f;
+          Ptw[r * LDP + cc] = to_tt<TT>(p);
+          dStw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Ds[cc]));
+        }
+        __syncwarp();
+        mma_ax<TT, HD>(dvf, Ptw, LDP, dOs, LD);  // dV += Pᵀ·dO
+        mma_ax<TT, HD>(dkf, dStw, LDP, Qs, LD);  // dK += dSᵀ·Q
+      }
+      __syncthreads();
+    }
+  }
+  // (each accumulator array indexed by constants only: a selected `pass ? dvf : dkf` would put both in local memory)
+  auto write = [&](const wm::fragment<wm::accumulator, 16, 16, 16, float> &f, float *dst, float sc) {
+    wm::store_matrix_sync(Sw, f, LDS, wm::mem_row_major);
+    __syncwarp();
+    if (j < T)
+      for (int c = 0; c < 8; ++c) dst[c] = Sw[r * LDS + half * 8 + c] * sc;
+    __syncwarp();
+  };
+  const ll o = ((b * T + j) * nkv + g) * HD + half * 8;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) write(dkf[nt], dk + o + nt * 16, scale);
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) write(dvf[nt], dv + o + nt * 16, 1.0f);
+}
 }  // namespace
 
 extern "C" {
@@ -1296,6 +1453,14 @@ __global__ void k_attn_fwd_tc4_bf16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__nv_bfl
 __global__ void k_attn_fwd_tc4_bf16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__nv_bfloat16, 128>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_fwd_tc4_f16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__half, 64>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_fwd_tc4_f16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__half, 128>(LLMT_TC_FWD_PASS); }
+__global__ void k_attn_dq_tc4_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__nv_bfloat16, 64>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc4_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__nv_bfloat16, 128>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc4_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__half, 64>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc4_f16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__half, 128>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dkdv_tc4_bf16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__nv_bfloat16, 64>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc4_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__nv_bfloat16, 128>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc4_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__half, 64>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc4_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__half, 128>(LLMT_TC_DKDV_PASS); }
 __global__ void k_attn_dq_tc_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 64>(LLMT_TC_DQ_PASS); }
 __global__ void k_attn_dq_tc_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 128>(LLMT_TC_DQ_PASS); }
 __global__ void k_attn_dq_tc_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__half, 64>(LLMT_TC_DQ_PASS); }
