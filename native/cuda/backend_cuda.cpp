@@ -1011,28 +1011,60 @@ class CudaBackend final : public Backend {
     const char *e = std::getenv("LLMT_Q4_GEMM");
     return e && std::strcmp(e, "dequant") == 0 && blas_ && cublas().gemm_ex;
   }
-  // C (+)= half(A)·op(dequant(W)) through a 16-bit scratch of the whole weight and cublasGemmEx (gemm_half); kind as gemm_half.
+  // C (+)= half(A)·op(dequant(W)) by slices of W: each slice of whole rows of W decoded into one 16-bit scratch of at
+  // most LLMT_Q4_SLICE_MB (default 16 MiB: it stays in the GPU's L2 cache between the decode and the GEMM that reads
+  // it, so the decode costs L2 bandwidth, not memory bandwidth, and no 16-bit copy of a whole weight ever exists), then
+  // cublasGemmEx on it. nt (kind 0, W [N,K]): a slice is output columns n0… of C; nn (kind 1, W [K,N]): a slice is
+  // reduction rows k0… of W, the products accumulated into C. A is rounded to 16 bits once per call.
   void q4_dequant_gemm(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
     if (W.n != N * K)
       throw CudaError("k_q4_dequant_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " + std::to_string(N) +
                       "×" + std::to_string(K));
     if (!W.qabsmax && !W.absmax) throw CudaError("k_q4_dequant_half: the 4-bit weight has no scales");
+    if (M <= 0 || N <= 0) return;
     Stage s(*this);
+    if (K <= 0) {  // an empty sum
+      float *dC = s.out(C, M * N, acc);
+      if (!acc) check(d_.cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(dC), 0, sizeof(float) * M * N, stream_), "gemm zero");
+      s.done();
+      return;
+    }
     const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
     const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
     const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
     const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
     const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
     const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
-    uint16_t *wh = s.scratch<uint16_t>(W.n);
-    ew("k_q4_dequant_half", (W.n + 1) / 2, pk, am, qa, a2, c2, W.offset, int(W.type == cpu::Q4Type::FP4 ? 2 : 1),
-       static_cast<unsigned short *>(wh), ll(W.n), int(t == Half::F16 ? 2 : 1));
-    gemm_half(s.in(A, M * K), wh, t, s.out(C, M * N, acc), M, N, K, acc, kind);
+    const int type = t == Half::F16 ? 2 : 1;
+    uint16_t *Ah = s.scratch<uint16_t>(M * K);
+    ew("k_to_half", M * K, s.in(A, M * K), Ah, ll(M * K), type);
+    float *dC = s.out(C, M * N, acc);
+    // W's rows: N of K elements (nt) or K of N (nn); rows per slice even in elements (whole bytes), ≥ 1
+    const int64_t rows = kind == 0 ? N : K, len = kind == 0 ? K : N;
+    int64_t per = std::max<int64_t>(1, q4_slice_bytes() / (2 * len));
+    if (per < rows && (per * len) % 2) ++per;
+    per = std::min(per, rows);
+    uint16_t *wh = s.scratch<uint16_t>(per * len);
+    for (int64_t r0 = 0; r0 < rows; r0 += per) {
+      const int64_t rr = std::min(per, rows - r0);
+      ew("k_q4_dequant_half", (rr * len + 7) / 8 * 4, pk, am, qa, a2, c2, W.offset, int(W.type == cpu::Q4Type::FP4 ? 2 : 1),
+         static_cast<unsigned short *>(wh), ll(rr * len), type, ll(r0 * len));
+      if (kind == 0)  // C[:, r0:r0+rr] (+)= Ah · whᵀ
+        gemm_lp(wh, K, Ah, K, dC + r0, N, t, M, rr, K, acc, 0);
+      else  // C (+)= Ah[:, r0:r0+rr] · wh
+        gemm_lp(wh, N, Ah + r0, K, dC, N, t, M, N, rr, acc || r0 > 0, 1);
+    }
     s.done();
   }
-
-  // cublasGemmEx on an A already rounded to 16 bits (Ah, [M,K]); W, kind and acc as gemm_half. Needs cuBLAS.
-  void gemm_half_rounded(const uint16_t *Ah, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+  static int64_t q4_slice_bytes() {
+    const char *e = std::getenv("LLMT_Q4_SLICE_MB");
+    const double mb = e && *e ? std::atof(e) : 16.0;
+    return std::max<int64_t>(4096, int64_t(mb * 1048576.0));
+  }
+  // cublasGemmEx, row-major: C[M,N] (+)= Ah[M,K]·op(W) with leading dimensions (elements): Ah lda, W ldw (kind 0: W
+  // [N,K], op = ᵀ; 1: W [K,N]), C ldc. Needs cuBLAS.
+  void gemm_lp(const uint16_t *W, int64_t ldw, const uint16_t *Ah, int64_t lda, float *C, int64_t ldc, Half t, int64_t M,
+               int64_t N, int64_t K, bool acc, int kind) {
     if (M <= 0 || N <= 0) return;
     const int type = t == Half::F16 ? 2 : 1;
     const float one = 1.0f, beta = acc ? 1.0f : 0.0f;
@@ -1041,13 +1073,18 @@ class CudaBackend final : public Backend {
     Timed tm(*this, std::string("cublasGemmEx ") + (type == 2 ? "fp16 " : "bf16 ") + kind_name(kind) + " " + shape(M, N, K),
              2.0 * double(M) * double(N) * double(K));
     const cublasStatus_t st =
-        kind == 0 ? cublas().gemm_ex(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, W, dt, k, Ah, dt, k, &beta, C, kCudaR32F, n,
-                                     kCublasCompute32F, kCublasGemmDefault)
-                  : cublas().gemm_ex(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, W, dt, n, Ah, dt, k, &beta, C, kCudaR32F, n,
-                                     kCublasCompute32F, kCublasGemmDefault);
+        kind == 0 ? cublas().gemm_ex(blas_, kCublasOpT, kCublasOpN, n, m, k, &one, W, dt, int(ldw), Ah, dt, int(lda), &beta, C,
+                                     kCudaR32F, int(ldc), kCublasCompute32F, kCublasGemmDefault)
+                  : cublas().gemm_ex(blas_, kCublasOpN, kCublasOpN, n, m, k, &one, W, dt, int(ldw), Ah, dt, int(lda), &beta, C,
+                                     kCudaR32F, int(ldc), kCublasCompute32F, kCublasGemmDefault);
     if (st != 0)
       throw CudaError("cuBLAS GemmEx failed on " + name_ + ": " +
                       (cublas().status_string ? cublas().status_string(st) : ("status " + std::to_string(st))));
+  }
+
+  // cublasGemmEx on an A already rounded to 16 bits (Ah, [M,K]); W, kind and acc as gemm_half. Needs cuBLAS.
+  void gemm_half_rounded(const uint16_t *Ah, const uint16_t *W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
+    gemm_lp(W, kind == 0 ? K : N, Ah, K, C, N, t, M, N, K, acc, kind);
   }
 
   // C[M,N] (+)= A[M,K]·op(W), W 4-bit with N·K elements (op: k_gemm_q4_nt* Wᵀ, k_gemm_q4_nn* W); tiles of tile_m × 64

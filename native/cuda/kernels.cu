@@ -998,11 +998,10 @@ __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, floa
   }
 }
 
-// rows [r0, r0+ROWS) of a strided fp32 tensor → TT tile [ROWS][LD], rows ≥ T zeros; four floats per load on the GPU
-// when the rows are 16-byte aligned (HD and the stride are multiples of 4: the base decides, uniformly for the block)
+// rows [r0, r0+ROWS) of a strided fp32 tensor → TT tile [ROWS][LD], rows ≥ T zeros; four floats per load when the
+// rows are 16-byte aligned (HD and the stride are multiples of 4: the base decides, uniformly for the block)
 template <class TT, int HD, int LD, int ROWS>
 __device__ __forceinline__ void stage_rows4(TT *dst, const float *base, ll r0, ll T, ll stride) {
-#if defined(__CUDACC__)
   if ((reinterpret_cast<unsigned long long>(base) & 15ull) == 0 && (stride & 3) == 0) {
     for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += blockDim.x) {
       const int r = idx / (HD / 4), d = (idx % (HD / 4)) * 4;
@@ -1016,7 +1015,6 @@ __device__ __forceinline__ void stage_rows4(TT *dst, const float *base, ll r0, l
     }
     return;
   }
-#endif
   for (int idx = threadIdx.x; idx < ROWS * HD; idx += blockDim.x) {
     const int r = idx / HD, d = idx % HD;
     const ll row = r0 + r;
@@ -1628,16 +1626,37 @@ __global__ void k_gemm_q4_nn_tc_f16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__half, true>(L
 // W (4-bit, n elements) → out[i] = code[q_i]·scale rounded to bf16 (half 1) / fp16 (half 2): exactly the tensor-core GEMMs'
 // decoding (and the CPU's q4_dequantize_half), for the dequantize-then-cuBLAS path (LLMT_Q4_GEMM=dequant). One thread per
 // byte (two elements, never in different 64-element blocks).
+// Elements [e0, e0+n) of the weight (e0 even: whole bytes) into out[0, n). Eight elements per thread — one 4-byte load,
+// one scale (a 64-element block holds all eight), one 16-byte store — when e0 and n are multiples of 8 and `out` is
+// 16-byte aligned (uniform for the launch); else two per thread.
 __global__ void k_q4_dequant_half(const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
                                   const float *absmax2, const float *code2, float offset, int type, unsigned short *out,
-                                  ll n, int half) {
+                                  ll n, int half, ll e0) {
+  const float *tab = type == 2 ? kQ4Fp4 : kQ4Nf4;
+  if (e0 % 8 == 0 && n % 8 == 0 && (reinterpret_cast<unsigned long long>(out) & 15ull) == 0 &&
+      (reinterpret_cast<unsigned long long>(packed) & 3ull) == 0) {
+    struct __align__(16) H8 {
+      unsigned w[4];
+    };
+    GRID_STRIDE(i, n / 8) {
+      const ll e = e0 + 8 * i;
+      const unsigned bytes = ld_u32(packed + e / 2);
+      const float s = q4_scale(absmax, qabsmax, absmax2, code2, offset, e >> 6);
+      H8 h;
+      for (int j = 0; j < 4; ++j) {
+        const unsigned byte = (bytes >> (8 * j)) & 255u;  // element e+2j in the high nibble, e+2j+1 in the low one
+        h.w[j] = unsigned(llmt::to_half(tab[byte >> 4] * s, half)) | (unsigned(llmt::to_half(tab[byte & 15u] * s, half)) << 16);
+      }
+      *reinterpret_cast<H8 *>(out + 8 * i) = h;
+    }
+    return;
+  }
   GRID_STRIDE(i, (n + 1) / 2) {
-    const unsigned byte = packed[i];
-    const ll e = 2 * i;
+    const ll e = e0 + 2 * i;
+    const unsigned byte = packed[e / 2];
     const float s = q4_scale(absmax, qabsmax, absmax2, code2, offset, e >> 6);
-    const float hi = type == 2 ? kQ4Fp4[byte >> 4] : kQ4Nf4[byte >> 4], lo = type == 2 ? kQ4Fp4[byte & 15u] : kQ4Nf4[byte & 15u];
-    out[e] = llmt::to_half(hi * s, half);
-    if (e + 1 < n) out[e + 1] = llmt::to_half(lo * s, half);
+    out[2 * i] = llmt::to_half(tab[byte >> 4] * s, half);
+    if (2 * i + 1 < n) out[2 * i + 1] = llmt::to_half(tab[byte & 15u] * s, half);
   }
 }
 }  // extern "C"

@@ -495,11 +495,14 @@ void q4_op_parity(Backend &gpu) {
 // M, N, K not multiples of the 128×64×32 tiles (K odd: the element-by-element decode; K, N multiples of 8: the
 // vectorised one with a partial last slice), overwrite and accumulate, the weight staged and resident. Then the
 // decoding alone, exactly: with A = I the GEMM returns the rounded weight, bit for bit cpu::q4_dequantize_half.
-// "dequant_" while LLMT_Q4_GEMM=dequant (the 4-bit GEMMs decode the whole weight, then cuBLAS): main() runs the 4-bit
-// mixed-precision checks in both modes, which must agree with the CPU alike.
+// "dequant_" while LLMT_Q4_GEMM=dequant (the 4-bit GEMMs decode the weight slice by slice, then cuBLAS): main() runs
+// the 4-bit mixed-precision checks in both modes, which must agree with the CPU alike
+// (and "dequant_sliced_" with LLMT_Q4_SLICE_MB set: main() runs them again with 4 KB slices — many per weight, the
+// last one partial, starting at odd rows; the element-by-element and the 8-at-a-time decodes)
 std::string q4_mode() {
   const char *e = std::getenv("LLMT_Q4_GEMM");
-  return e && std::strcmp(e, "dequant") == 0 ? "dequant_" : "";
+  if (!(e && std::strcmp(e, "dequant") == 0)) return "";
+  return std::getenv("LLMT_Q4_SLICE_MB") ? "dequant_sliced_" : "dequant_";
 }
 
 void q4_lp_op_parity(Backend &gpu) {
@@ -1337,6 +1340,9 @@ int main(int argc, char **argv) {
     q4_lp_op_parity(*gpu);
     ::setenv("LLMT_Q4_GEMM", "dequant", 1);
     q4_lp_op_parity(*gpu);
+    ::setenv("LLMT_Q4_SLICE_MB", "0.004", 1);
+    q4_lp_op_parity(*gpu);
+    ::unsetenv("LLMT_Q4_SLICE_MB");
     ::unsetenv("LLMT_Q4_GEMM");
     multi_tensor(*gpu);
     if (!(argc > 1 && std::strcmp(argv[1], "--ops-only") == 0)) {
@@ -1346,7 +1352,9 @@ int main(int argc, char **argv) {
       qlora(*gpu, tmp);
       qlora_half(*gpu, tmp);
       ::setenv("LLMT_Q4_GEMM", "dequant", 1);
+      ::setenv("LLMT_Q4_SLICE_MB", "0.004", 1);
       qlora_half(*gpu, tmp);
+      ::unsetenv("LLMT_Q4_SLICE_MB");
       ::unsetenv("LLMT_Q4_GEMM");
       half_precision(*gpu, tmp);
       host_weights_roundtrip(*gpu, tmp);

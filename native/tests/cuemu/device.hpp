@@ -126,6 +126,12 @@ inline float __fadd_rn(float a, float b) { return a + b; }
 
 #include "../../cpu/half.hpp"
 
+// CUDA's vector type for 16-byte loads (vector_types.h)
+struct __attribute__((aligned(16))) float4 {
+  float x, y, z, w;
+};
+inline float4 make_float4(float x, float y, float z, float w) { return float4{x, y, z, w}; }
+
 struct __nv_bfloat16 {
   unsigned short x;
 };
