@@ -206,7 +206,7 @@ def main():
                     out["peak_mem"] = out["process_gpu_mem"]
                 if "q4_gemm" in j:  # --q4-gemm both: the step with each 4-bit GEMM path
                     out["q4_gemm"] = j["q4_gemm"]
-                if "attn_tc" in j:  # --attn both: the step with each tensor-core attention forward
+                if "attn_tc" in j:  # --attn both: the step with each version of the tensor-core attention kernels
                     out["attn_tc"] = j["attn_tc"]
                 if "profile" in j:
                     res.setdefault("profile", {}).setdefault(str(T), {})["ours " + label] = j["profile"]
@@ -218,11 +218,11 @@ def main():
         print("llmt-engine", label, T, out, flush=True)
         return out
     for T in seqs:
-        # --attn both: the 4-warp attention forward (the default) and, for comparison, the 2-warp v1
+        # --attn both: the step again with the 4-warp attention kernels (the default) and with the 2-warp v1
         res["ours"][T] = ours(T, ["--precision", "bf16", "--attn", "both"], "bf16 weights, fp32 activations", prof=True)
     T0 = seqs[0]
     # bitsandbytes' QLoRA recipe computes in bf16 (bnb_4bit_compute_dtype): the 4-bit GEMMs on tensor cores
-    # --q4-gemm both: the fused 4-bit kernels (the default) and, for comparison, each weight decoded to bf16 then cuBLAS
+    # --q4-gemm both: the GPU's default 4-bit path, then the fused kernels and the sliced decode + cuBLAS each
     res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16", "--q4-gemm", "both"],
                                   "QLoRA nf4 (double quant), bf16 compute (tensor cores), fp32 activations", prof=True)}
     # and, time permitting, the longest sequence with the checkpointed block inputs in host memory (offload_checkpoints)
@@ -236,8 +236,9 @@ def main():
     qpeak = max(q.get("peak_mem") or 0, q.get("process_gpu_mem") or 0)
     res["qlora_targets"] = {"seq": T0, "peak_mem_gb": qpeak / 1e9 if qpeak else None,
                             "speed_vs_our_bf16": q["tokens_per_s"] / b["tokens_per_s"] if "tokens_per_s" in q and b.get("tokens_per_s") else None}
-    dq = (q.get("q4_gemm") or {}).get("dequant", {}).get("train_tokens_per_s")
-    res["qlora_targets"]["speed_vs_our_bf16_dequant_cublas"] = dq / b["tokens_per_s"] if dq and b.get("tokens_per_s") else None
+    for path, key in (("dequant", "speed_vs_our_bf16_dequant_cublas"), ("fused", "speed_vs_our_bf16_fused")):
+        v = (q.get("q4_gemm") or {}).get(path, {}).get("train_tokens_per_s")
+        res["qlora_targets"][key] = v / b["tokens_per_s"] if v and b.get("tokens_per_s") else None
     lines = [f"# LoRA step, LLaMA-7B shape ({L} layers), r=16 all linear, micro-batch 1 — {gpu}, {res['date']}",
              f"parity checks: {a.parity}", "",
              "| seq | HF+PEFT tok/s | ours tok/s | speed ratio | HF peak GiB | ours peak GiB | memory ratio | allocated ratio | HF MFU | ours MFU |",
@@ -256,18 +257,19 @@ def main():
     qmem = "-" if qt["peak_mem_gb"] is None else "%.2f GB" % qt["peak_mem_gb"]
     qspd = "-" if qt["speed_vs_our_bf16"] is None else "%.2fx" % qt["speed_vs_our_bf16"]
     qerr = res["ours_qlora"][qt["seq"]].get("error", "")[:80]
-    qdq = qt.get("speed_vs_our_bf16_dequant_cublas")
+    qdq, qfu = qt.get("speed_vs_our_bf16_dequant_cublas"), qt.get("speed_vs_our_bf16_fused")
+    pct = lambda v: "-" if v is None else "%.2fx" % v
     lines += ["", "QLoRA (nf4, bf16 compute, seq %d): peak %s (target <= 6 GB), tokens/s vs our bf16 LoRA %s (target >= 0.9x) %s"
               % (qt["seq"], qmem, qspd, qerr),
-              "  the same step with each 4-bit weight decoded to bf16, then cuBLAS (LLMT_Q4_GEMM=dequant, bitsandbytes' way): %s"
-              % ("-" if qdq is None else "%.2fx" % qdq)]
+              "  by 4-bit GEMM path (the figure above: this GPU's default): the fused tensor-core kernels (LLMT_Q4_GEMM=fused) %s; "
+              "L2-sized slices decoded to bf16, then cuBLAS (LLMT_Q4_GEMM=dequant): %s" % (pct(qfu), pct(qdq))]
     for T in seqs:
         at = (res["ours"].get(T) or {}).get("attn_tc") or {}
         v1, v2 = (at.get("v1") or {}).get("train_tokens_per_s"), (at.get("v2") or {}).get("train_tokens_per_s")
         if v1 and v2:
             res.setdefault("attn_tc", {})[T] = {"v2": v2, "v1": v1}
-            lines += ["", "seq %d: our step with the 2-warp attention forward (LLMT_ATTN_TC=v1): %.1f tok/s; the default "
-                      "4-warp one: %.1f tok/s (%.2fx)" % (T, v1, v2, v2 / v1)]
+            lines += ["", "seq %d: our step with the 2-warp attention kernels (LLMT_ATTN_TC=v1): %.1f tok/s; with the default "
+                      "4-warp ones: %.1f tok/s (%.2fx)" % (T, v1, v2, v2 / v1)]
     if "ours_offload" in res:
         o1, h1 = res["ours_offload"][T1], res["hf"].get(T1, {})
         om = o1["peak_mem"] / h1["peak_mem"] if o1.get("peak_mem") and h1.get("peak_mem") else None

@@ -12,6 +12,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <initializer_list>
 #include <iostream>
 #include <map>
 #include <string>
@@ -79,10 +80,12 @@ const char *kUsage =
     "bench: --checkpointing (gradient checkpointing in the timed backward); --offload-checkpoints (the same, with the\n"
     "       checkpointed block inputs in host memory on a GPU); --profile (then one more step with every kernel and\n"
     "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only);\n"
-    "       --q4-gemm fused|dequant|both (QLoRA in bf16/fp16 on a GPU: the fused 4-bit kernels, the default; or each weight\n"
-    "       decoded to 16 bits, then cuBLAS; both: the training step timed each way, \"q4_gemm\" in the JSON)\n"
-    "       --attn v2|v1|both (bf16/fp16 on a GPU: the tensor-core attention forward with 4 warps and lazily rescaled\n"
-    "       accumulators, the default; or the 2-warp v1; both: the step timed each way, \"attn_tc\" in the JSON)\n"
+    "       --q4-gemm auto|fused|dequant|both (QLoRA in bf16/fp16 on a GPU: the fused 4-bit kernels, or each weight\n"
+    "       decoded to 16 bits by L2-sized slices, then cuBLAS; auto: the GPU's default, dequant on compute capability\n"
+    "       9+; both: the default, then the step timed each way, \"q4_gemm\" in the JSON)\n"
+    "       --attn v2|v1|both (bf16/fp16 on a GPU: the tensor-core attention kernels with 4 warps (the forward's\n"
+    "       accumulators lazily rescaled), the default; or the 2-warp v1; both: the default, then the step timed each\n"
+    "       way, \"attn_tc\" in the JSON)\n"
     "forward, grad, bench: --device cpu|cuda|cuda:N|auto (default cpu; cuda without a usable GPU falls back to the CPU\n"
     "                                     with one line on stderr). `version` also lists the backends compiled in and runnable.\n";
 
@@ -524,10 +527,10 @@ int cmd_bench(const Args &a) {
   const int64_t B = std::atoll(a.get("--batch", "1").c_str()), T = std::atoll(a.get("--seq", "128").c_str());
   const int iters = std::atoi(a.get("--iters", "5").c_str()), warmup = std::atoi(a.get("--warmup", "1").c_str());
   if (B <= 0 || T <= 1 || iters <= 0 || warmup < 0) return usage_error("bench: --batch >= 1, --seq >= 2, --iters >= 1");
-  const std::string q4 = a.get("--q4-gemm", "fused");
-  if (q4 != "fused" && q4 != "dequant" && q4 != "both") return usage_error("bench: --q4-gemm fused|dequant|both");
-  // the CUDA backend reads LLMT_Q4_GEMM at each 4-bit GEMM (docs/cuda.md)
-  if (q4 == "dequant") ::setenv("LLMT_Q4_GEMM", "dequant", 1);
+  const std::string q4 = a.get("--q4-gemm", "auto");
+  if (q4 != "auto" && q4 != "fused" && q4 != "dequant" && q4 != "both") return usage_error("bench: --q4-gemm auto|fused|dequant|both");
+  // the CUDA backend reads LLMT_Q4_GEMM at each 4-bit GEMM (docs/cuda.md); auto and both: its default for the GPU
+  if (q4 == "fused" || q4 == "dequant") ::setenv("LLMT_Q4_GEMM", q4.c_str(), 1);
   else ::unsetenv("LLMT_Q4_GEMM");
   const std::string attn = a.get("--attn", "v2");
   if (attn != "v1" && attn != "v2" && attn != "both") return usage_error("bench: --attn v1|v2|both");
@@ -581,25 +584,26 @@ int cmd_bench(const Args &a) {
     if (bwd < 0) return fail(static_cast<llmt_status>(-bwd));
     o.set("train_step_ms", Json::number(bwd));
     o.set("train_tokens_per_s", Json::number(B * T / (bwd / 1000.0)));
-    // "both": the same step again with the alternative (env var `var` = `alt`), both figures under `key`
-    auto both = [&](const char *key, const char *var, const char *main_name, const char *alt) -> llmt_status {
-      ::setenv(var, alt, 1);
-      const double ms2 = time_it([&] { return llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss); });
-      ::unsetenv(var);
-      if (ms2 < 0) return static_cast<llmt_status>(-ms2);
+    // "both": the step timed again with env var `var` set to each of `values` (the figure above is the default's),
+    // every figure under `key`
+    auto both = [&](const char *key, const char *var, std::initializer_list<const char *> values) -> llmt_status {
       Json m = Json::object();
-      for (auto [name, ms] : {std::pair<const char *, double>{main_name, bwd}, {alt, ms2}}) {
+      for (const char *v : values) {
+        ::setenv(var, v, 1);
+        const double ms = time_it([&] { return llmt_model_backward(h.m, ids.data(), ids.data(), B, T, &loss); });
+        ::unsetenv(var);
+        if (ms < 0) return static_cast<llmt_status>(-ms);
         Json e = Json::object();
         e.set("train_step_ms", Json::number(ms));
         e.set("train_tokens_per_s", Json::number(B * T / (ms / 1000.0)));
-        m.set(name, e);
+        m.set(v, e);
       }
       o.set(key, m);
       return LLMT_OK;
     };
-    // every 4-bit weight decoded to 16 bits, then cuBLAS; the 2-warp attention forward (eagerly rescaled)
-    if (q4 == "both" && (st = both("q4_gemm", "LLMT_Q4_GEMM", "fused", "dequant"))) return fail(st);
-    if (attn == "both" && (st = both("attn_tc", "LLMT_ATTN_TC", "v2", "v1"))) return fail(st);
+    // the fused 4-bit kernels and the sliced decode + cuBLAS; the attention kernels with 4 warps and the 2-warp v1
+    if (q4 == "both" && (st = both("q4_gemm", "LLMT_Q4_GEMM", {"fused", "dequant"}))) return fail(st);
+    if (attn == "both" && (st = both("attn_tc", "LLMT_ATTN_TC", {"v2", "v1"}))) return fail(st);
   }
   // --profile: one more step (the training step when there is one) with every device call timed; not in the figures
   // above. kernel_ms against the step's wall time shows how much of the step the device was busy.

@@ -66,6 +66,7 @@ class CudaBackend final : public Backend {
     if (major < 8)
       return fail(why, "GPU " + std::to_string(index_) + " has compute capability " + std::to_string(major) + "." +
                            std::to_string(minor) + "; this engine's kernels need 8.0 or newer (Ampere+)");
+    cc_major_ = major;
     CUresult r;
     if ((r = d_.cuDevicePrimaryCtxRetain(&ctx_, dev_)) != 0) return fail(why, "cuDevicePrimaryCtxRetain: " + d_.error(r));
     if ((r = d_.cuCtxSetCurrent(ctx_)) != 0) return fail(why, "cuCtxSetCurrent: " + d_.error(r));
@@ -648,11 +649,10 @@ class CudaBackend final : public Backend {
   void matmul_nn_q4(const float *A, const cpu::Q4View &W, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     gemm_q4("k_gemm_q4_nn", A, W, C, M, N, K, acc);
   }
-  // Mixed precision (QLoRA with compute in bf16/fp16): the tensor-core kernels, which decode the weight tile into
-  // 16-bit shared memory and run WMMA with fp32 accumulation (kernels.cu q4_gemm_tc); 128×64 tiles of C.
-  // LLMT_Q4_GEMM=dequant (read per call, so `bench --q4-gemm both` can time both): decode the whole weight into a 16-bit
-  // scratch and run cublasGemmEx — bitsandbytes' way for batches, the same values (A and each decoded element rounded,
-  // fp32 sums), one transient 16-bit copy of one weight at a time. The default is the fused kernels (no such copy).
+  // Mixed precision (QLoRA with compute in bf16/fp16), two paths with the same values (A and each decoded element
+  // rounded, fp32 sums), neither holding a 16-bit copy of a whole weight: the fused tensor-core kernels, which decode
+  // the weight tile into 16-bit shared memory and run WMMA with fp32 accumulation (kernels.cu q4_gemm_tc; 128×64 tiles
+  // of C), or slices decoded into an L2-sized scratch, then cublasGemmEx (q4_dequant_gemm). q4_dequant_mode() picks.
   void matmul_nt_q4_lp(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc) override {
     if (q4_dequant_mode()) return q4_dequant_gemm(A, W, t, C, M, N, K, acc, 0);
     gemm_q4(t == Half::F16 ? "k_gemm_q4_nt_tc_f16" : "k_gemm_q4_nt_tc_bf16", A, W, C, M, N, K, acc, 128, 256);
@@ -1007,9 +1007,15 @@ class CudaBackend final : public Backend {
     const char *e = std::getenv("LLMT_ATTN_TC");
     return e && std::strcmp(e, "v1") == 0;
   }
+  // The mixed-precision 4-bit GEMMs: LLMT_Q4_GEMM=fused (our tensor-core kernels, decoding per tile) or dequant
+  // (L2-sized slices decoded, then cuBLAS), read per call; by default dequant on Hopper and newer (compute capability
+  // ≥ 9: cuBLAS's wgmma GEMMs run at about twice what WMMA can reach there), fused on Ampere and Ada.
   bool q4_dequant_mode() const {
+    if (!(blas_ && cublas().gemm_ex)) return false;
     const char *e = std::getenv("LLMT_Q4_GEMM");
-    return e && std::strcmp(e, "dequant") == 0 && blas_ && cublas().gemm_ex;
+    if (e && std::strcmp(e, "dequant") == 0) return true;
+    if (e && std::strcmp(e, "fused") == 0) return false;
+    return cc_major_ >= 9;
   }
   // C (+)= half(A)·op(dequant(W)) by slices of W: each slice of whole rows of W decoded into one 16-bit scratch of at
   // most LLMT_Q4_SLICE_MB (default 16 MiB: it stays in the GPU's L2 cache between the decode and the GEMM that reads
@@ -1126,6 +1132,7 @@ class CudaBackend final : public Backend {
 
   const Driver &d_;
   int index_;
+  int cc_major_ = 8;  // compute capability (major)
   std::string name_ = "cuda";
   CUdevice dev_ = 0;
   CUcontext ctx_ = nullptr;

@@ -501,8 +501,32 @@ void q4_op_parity(Backend &gpu) {
 // last one partial, starting at odd rows; the element-by-element and the 8-at-a-time decodes)
 std::string q4_mode() {
   const char *e = std::getenv("LLMT_Q4_GEMM");
-  if (!(e && std::strcmp(e, "dequant") == 0)) return "";
+  if (!(e && std::strcmp(e, "dequant") == 0)) return "";  // fused
   return std::getenv("LLMT_Q4_SLICE_MB") ? "dequant_sliced_" : "dequant_";
+}
+
+// Which 4-bit path runs by default: the sliced decode + cuBLAS on compute capability ≥ 9 (cuemu reports 9.0), and
+// LLMT_Q4_GEMM=fused / dequant choose — seen in the profile's kernel names.
+void q4_path_default(Backend &gpu) {
+  const Q4Weight w = quantized(64, 128, cpu::Q4Type::NF4, true, 77);
+  std::vector<float> A = rnd(8 * 128, 78), C(8 * 64);
+  auto ran = [&](const char *mode) {
+    if (mode) ::setenv("LLMT_Q4_GEMM", mode, 1);
+    else ::unsetenv("LLMT_Q4_GEMM");
+    gpu.profile_start();
+    gpu.matmul_nt_q4_lp(A.data(), w.view(), Half::BF16, C.data(), 8, 64, 128, false);
+    gpu.synchronize();
+    std::string names;
+    for (const ProfileRow &r : gpu.profile_stop()) names += r.name + ";";
+    ::unsetenv("LLMT_Q4_GEMM");
+    return names;
+  };
+  const std::string def = ran(nullptr), fused = ran("fused"), dq = ran("dequant");
+  expect_that(def.find("k_q4_dequant_half") != std::string::npos && def.find("cublasGemmEx") != std::string::npos,
+              fmt("q4_path_default: compute capability 9.0 decodes slices and runs cuBLAS (%s)", def.c_str()));
+  expect_that(fused.find("k_gemm_q4_nt_tc_bf16") != std::string::npos && fused.find("k_q4_dequant_half") == std::string::npos,
+              fmt("q4_path_default: LLMT_Q4_GEMM=fused runs the fused kernel (%s)", fused.c_str()));
+  expect_that(dq == def, fmt("q4_path_default: LLMT_Q4_GEMM=dequant runs the default here (%s)", dq.c_str()));
 }
 
 void q4_lp_op_parity(Backend &gpu) {
@@ -1337,6 +1361,8 @@ int main(int argc, char **argv) {
     allocator_stats(*gpu);
     op_parity(*gpu);
     q4_op_parity(*gpu);
+    q4_path_default(*gpu);
+    ::setenv("LLMT_Q4_GEMM", "fused", 1);
     q4_lp_op_parity(*gpu);
     ::setenv("LLMT_Q4_GEMM", "dequant", 1);
     q4_lp_op_parity(*gpu);
@@ -1350,6 +1376,7 @@ int main(int argc, char **argv) {
       train_steps(*gpu, tmp);
       activation_memory(*gpu, tmp);
       qlora(*gpu, tmp);
+      ::setenv("LLMT_Q4_GEMM", "fused", 1);
       qlora_half(*gpu, tmp);
       ::setenv("LLMT_Q4_GEMM", "dequant", 1);
       ::setenv("LLMT_Q4_SLICE_MB", "0.004", 1);

@@ -71,12 +71,13 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     expect(q.error, JSON.stringify(q)).toBeUndefined();
     expect(q.peak_alloc!).toBeLessThan(res.ours['16']!.peak_alloc!);
     expect(res.qlora_targets.speed_vs_our_bf16).toBeCloseTo(q.tokens_per_s! / res.ours['16']!.tokens_per_s!, 6);
-    // and the same step with the dequantize-then-cuBLAS 4-bit path, timed in the same process
+    // and the same step by each 4-bit GEMM path, timed in the same process
     const dq = (q as { q4_gemm?: Record<string, { train_tokens_per_s: number }> }).q4_gemm!;
-    expect(dq.fused!.train_tokens_per_s).toBeCloseTo(q.tokens_per_s!, 6);
+    expect(dq.fused!.train_tokens_per_s).toBeGreaterThan(0);
     expect(dq.dequant!.train_tokens_per_s).toBeGreaterThan(0);
-    expect((res.qlora_targets as { speed_vs_our_bf16_dequant_cublas?: number }).speed_vs_our_bf16_dequant_cublas).toBeCloseTo(
-      dq.dequant!.train_tokens_per_s / res.ours['16']!.tokens_per_s!, 6);
+    const qt = res.qlora_targets as { speed_vs_our_bf16_dequant_cublas?: number; speed_vs_our_bf16_fused?: number };
+    expect(qt.speed_vs_our_bf16_dequant_cublas).toBeCloseTo(dq.dequant!.train_tokens_per_s / res.ours['16']!.tokens_per_s!, 6);
+    expect(qt.speed_vs_our_bf16_fused).toBeCloseTo(dq.fused!.train_tokens_per_s / res.ours['16']!.tokens_per_s!, 6);
     // the longest length again with the checkpointed block inputs in host memory: less GPU memory, same model
     const off = res.ours_offload['32']!;
     expect(off.error, JSON.stringify(off)).toBeUndefined();
@@ -86,15 +87,15 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     expect(md).toMatch(/\| seq \| HF\+PEFT tok\/s \| ours tok\/s \| speed ratio/);
     expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
     expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
-    expect(md).toMatch(/decoded to bf16, then cuBLAS \(LLMT_Q4_GEMM=dequant, bitsandbytes' way\): [\d.]+x/);
-    // the bf16 rows timed with both tensor-core attention forwards in the same process (at head_dim 16 both run the
+    expect(md).toMatch(/the fused tensor-core kernels \(LLMT_Q4_GEMM=fused\) [\d.]+x; L2-sized slices decoded to bf16, then cuBLAS \(LLMT_Q4_GEMM=dequant\): [\d.]+x/);
+    // the bf16 rows timed with both tensor-core attention versions in the same process (at head_dim 16 both run the
     // fp32 kernels: the plumbing is what this checks)
     for (const T of ['16', '32']) {
       const at = (res.ours[T] as { attn_tc?: Record<string, { train_tokens_per_s: number }> }).attn_tc!;
-      expect(at.v2!.train_tokens_per_s).toBeCloseTo(res.ours[T]!.tokens_per_s!, 6);
+      expect(at.v2!.train_tokens_per_s).toBeGreaterThan(0);
       expect(at.v1!.train_tokens_per_s).toBeGreaterThan(0);
     }
-    expect(md).toMatch(/seq 32: our step with the 2-warp attention forward \(LLMT_ATTN_TC=v1\): [\d.]+ tok\/s; the default 4-warp one: [\d.]+ tok\/s \([\d.]+x\)/);
+    expect(md).toMatch(/seq 32: our step with the 2-warp attention kernels \(LLMT_ATTN_TC=v1\): [\d.]+ tok\/s; with the default 4-warp ones: [\d.]+ tok\/s \([\d.]+x\)/);
     // one profiled step per side and length: where the time goes, in results.json and profile.md
     const prof = (JSON.parse(fs.readFileSync(path.join(out, 'results.json'), 'utf8')) as {
       profile: Record<string, Record<string, { kernel_ms: number; wall_ms: number; rows: { name: string; ms: number }[] }>>;

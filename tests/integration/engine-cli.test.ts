@@ -161,7 +161,7 @@ describe('llmt-engine subcommands', () => {
     // bench: an unknown 4-bit GEMM path or attention kernel is a usage error; a profile without a GPU says why
     const r6 = engine(['bench', '--model', path.join(tmp, 'llama'), '--q4-gemm', 'fast']);
     expect(r6.status).toBe(2);
-    expect(r6.stderr).toMatch(/bench: --q4-gemm fused\|dequant\|both/);
+    expect(r6.stderr).toMatch(/bench: --q4-gemm auto\|fused\|dequant\|both/);
     const r6b = engine(['bench', '--model', path.join(tmp, 'llama'), '--attn', 'v3']);
     expect(r6b.status).toBe(2);
     expect(r6b.stderr).toMatch(/bench: --attn v1\|v2\|both/);
