@@ -159,8 +159,9 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     const b = readSafetensors(path.join(off.out, 'adapter_model.safetensors'));
     for (const [k, v] of a) expect(Buffer.from(v.buffer).equals(Buffer.from(b.get(k)!.buffer)), k).toBe(true);
     const peak = (r: typeof on) => Math.max(...r.events.filter((e) => e.event === 'step').map((e) => e.gpu_peak_mem_bytes as number));
-    // tiny llama: 2 blocks, micro-batch 3 × 20 tokens, hidden 64 — one fp32 block input each
-    expect(peak(on) - peak(off)).toBe(2 * 3 * 20 * 64 * 4);
+    // tiny llama: 2 blocks, micro-batch 3 × 20 tokens, hidden 64 — one fp32 block input for each block but the last
+    // (whose backward reads what its forward left on the GPU)
+    expect(peak(on) - peak(off)).toBe(1 * 3 * 20 * 64 * 4);
     // it needs checkpointing (there is nothing to move without it)
     const bad = path.join(tmp, 'bad-ckpt.json');
     fs.writeFileSync(bad, JSON.stringify({ model, device: 'cuda', data: { train: tokens }, training: { offload_checkpoints: true }, output: { dir: path.join(tmp, 'bad-ckpt') } }));
