@@ -1017,11 +1017,11 @@ class CudaBackend final : public Backend {
     if (e && std::strcmp(e, "fused") == 0) return false;
     return cc_major_ >= 9;
   }
-  // C (+)= half(A)·op(dequant(W)) by slices of W: each slice of whole rows of W decoded into one 16-bit scratch of at
-  // most LLMT_Q4_SLICE_MB (default 16 MiB: it stays in the GPU's L2 cache between the decode and the GEMM that reads
-  // it, so the decode costs L2 bandwidth, not memory bandwidth, and no 16-bit copy of a whole weight ever exists), then
-  // cublasGemmEx on it. nt (kind 0, W [N,K]): a slice is output columns n0… of C; nn (kind 1, W [K,N]): a slice is
-  // reduction rows k0… of W, the products accumulated into C. A is rounded to 16 bits once per call.
+  // C (+)= half(A)·op(dequant(W)) by slices of W, each decoded into one 16-bit scratch of at most LLMT_Q4_SLICE_MB
+  // (default 16 MiB: it stays in the GPU's L2 cache between the decode and the GEMM that reads it, so the decode costs
+  // L2 bandwidth, not memory bandwidth, and no 16-bit copy of a whole weight ever exists), then cublasGemmEx on it. A
+  // slice is always a block of output columns of C — nt (kind 0, W [N,K]): rows n0… of W; nn (kind 1, W [K,N]):
+  // columns n0… of W — so each element of C is written once, by one GEMM. A is rounded to 16 bits once per call.
   void q4_dequant_gemm(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
     if (W.n != N * K)
       throw CudaError("k_q4_dequant_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " + std::to_string(N) +
@@ -1041,24 +1041,26 @@ class CudaBackend final : public Backend {
     const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
     const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
     const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
-    const int type = t == Half::F16 ? 2 : 1;
+    const int type = t == Half::F16 ? 2 : 1, q4type = W.type == cpu::Q4Type::FP4 ? 2 : 1;
     uint16_t *Ah = s.scratch<uint16_t>(M * K);
     ew("k_to_half", M * K, s.in(A, M * K), Ah, ll(M * K), type);
     float *dC = s.out(C, M * N, acc);
-    // W's rows: N of K elements (nt) or K of N (nn); rows per slice even in elements (whole bytes), ≥ 1
-    const int64_t rows = kind == 0 ? N : K, len = kind == 0 ? K : N;
-    int64_t per = std::max<int64_t>(1, q4_slice_bytes() / (2 * len));
-    if (per < rows && (per * len) % 2) ++per;
-    per = std::min(per, rows);
-    uint16_t *wh = s.scratch<uint16_t>(per * len);
-    for (int64_t r0 = 0; r0 < rows; r0 += per) {
-      const int64_t rr = std::min(per, rows - r0);
-      ew("k_q4_dequant_half", (rr * len + 7) / 8 * 4, pk, am, qa, a2, c2, W.offset, int(W.type == cpu::Q4Type::FP4 ? 2 : 1),
-         static_cast<unsigned short *>(wh), ll(rr * len), type, ll(r0 * len));
-      if (kind == 0)  // C[:, r0:r0+rr] (+)= Ah · whᵀ
-        gemm_lp(wh, K, Ah, K, dC + r0, N, t, M, rr, K, acc, 0);
-      else  // C (+)= Ah[:, r0:r0+rr] · wh
-        gemm_lp(wh, N, Ah + r0, K, dC, N, t, M, N, rr, acc || r0 > 0, 1);
+    // output columns per slice: K 16-bit elements each; a multiple of 8 where N is more (the 8-at-a-time decode)
+    int64_t per = std::max<int64_t>(1, q4_slice_bytes() / (2 * K));
+    if (per >= 8) per -= per % 8;
+    per = std::min(per, N);
+    uint16_t *wh = s.scratch<uint16_t>(per * K);
+    for (int64_t n0 = 0; n0 < N; n0 += per) {
+      const int64_t w = std::min(per, N - n0);
+      if (kind == 0) {  // rows n0… of W [N,K]; C[:, n0:n0+w] (+)= Ah · whᵀ
+        ew("k_q4_dequant_half", (w * K + 7) / 8, pk, am, qa, a2, c2, W.offset, q4type, static_cast<unsigned short *>(wh), ll(w),
+           ll(K), ll(K), ll(n0), ll(0), type);
+        gemm_lp(wh, K, Ah, K, dC + n0, N, t, M, w, K, acc, 0);
+      } else {  // columns n0… of W [K,N]; C[:, n0:n0+w] (+)= Ah · wh
+        ew("k_q4_dequant_half", (K * w + 7) / 8, pk, am, qa, a2, c2, W.offset, q4type, static_cast<unsigned short *>(wh), ll(K),
+           ll(w), ll(N), ll(0), ll(n0), type);
+        gemm_lp(wh, w, Ah, K, dC + n0, N, t, M, w, K, acc, 1);
+      }
     }
     s.done();
   }

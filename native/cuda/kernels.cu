@@ -1626,20 +1626,20 @@ __global__ void k_gemm_q4_nn_tc_f16(LLMT_Q4TC_ARGS) { q4_gemm_tc<__half, true>(L
 // W (4-bit, n elements) → out[i] = code[q_i]·scale rounded to bf16 (half 1) / fp16 (half 2): exactly the tensor-core GEMMs'
 // decoding (and the CPU's q4_dequantize_half), for the dequantize-then-cuBLAS path (LLMT_Q4_GEMM=dequant). One thread per
 // byte (two elements, never in different 64-element blocks).
-// Elements [e0, e0+n) of the weight (e0 even: whole bytes) into out[0, n). Eight elements per thread — one 4-byte load,
-// one scale (a 64-element block holds all eight), one 16-byte store — when e0 and n are multiples of 8 and `out` is
-// 16-byte aligned (uniform for the launch); else two per thread.
+// The block rows [r0, r0+rows) × columns [c0, c0+w) of a 4-bit weight of `cols` columns (row-major) into out
+// [rows, w]. Eight elements per thread — one 4-byte load, one scale (a 64-element block holds all eight), one 16-byte
+// store — when c0, w and cols are multiples of 8 and `out` is 16-byte aligned (uniform for the launch); else one.
 __global__ void k_q4_dequant_half(const unsigned char *packed, const float *absmax, const unsigned char *qabsmax,
                                   const float *absmax2, const float *code2, float offset, int type, unsigned short *out,
-                                  ll n, int half, ll e0) {
+                                  ll rows, ll w, ll cols, ll r0, ll c0, int half) {
   const float *tab = type == 2 ? kQ4Fp4 : kQ4Nf4;
-  if (e0 % 8 == 0 && n % 8 == 0 && (reinterpret_cast<unsigned long long>(out) & 15ull) == 0 &&
+  if (c0 % 8 == 0 && w % 8 == 0 && cols % 8 == 0 && (reinterpret_cast<unsigned long long>(out) & 15ull) == 0 &&
       (reinterpret_cast<unsigned long long>(packed) & 3ull) == 0) {
     struct __align__(16) H8 {
       unsigned w[4];
     };
-    GRID_STRIDE(i, n / 8) {
-      const ll e = e0 + 8 * i;
+    GRID_STRIDE(i, rows * w / 8) {
+      const ll o = 8 * i, e = (r0 + o / w) * cols + c0 + o % w;
       const unsigned bytes = ld_u32(packed + e / 2);
       const float s = q4_scale(absmax, qabsmax, absmax2, code2, offset, e >> 6);
       H8 h;
@@ -1647,16 +1647,14 @@ __global__ void k_q4_dequant_half(const unsigned char *packed, const float *absm
         const unsigned byte = (bytes >> (8 * j)) & 255u;  // element e+2j in the high nibble, e+2j+1 in the low one
         h.w[j] = unsigned(llmt::to_half(tab[byte >> 4] * s, half)) | (unsigned(llmt::to_half(tab[byte & 15u] * s, half)) << 16);
       }
-      *reinterpret_cast<H8 *>(out + 8 * i) = h;
+      *reinterpret_cast<H8 *>(out + o) = h;
     }
     return;
   }
-  GRID_STRIDE(i, (n + 1) / 2) {
-    const ll e = e0 + 2 * i;
+  GRID_STRIDE(o, rows * w) {
+    const ll e = (r0 + o / w) * cols + c0 + o % w;
     const unsigned byte = packed[e / 2];
-    const float s = q4_scale(absmax, qabsmax, absmax2, code2, offset, e >> 6);
-    out[2 * i] = llmt::to_half(tab[byte >> 4] * s, half);
-    if (2 * i + 1 < n) out[2 * i + 1] = llmt::to_half(tab[byte & 15u] * s, half);
+    out[o] = llmt::to_half(tab[(e & 1) ? (byte & 15u) : (byte >> 4)] * q4_scale(absmax, qabsmax, absmax2, code2, offset, e >> 6), half);
   }
 }
 }  // extern "C"

@@ -498,7 +498,7 @@ void q4_op_parity(Backend &gpu) {
 // "dequant_" while LLMT_Q4_GEMM=dequant (the 4-bit GEMMs decode the weight slice by slice, then cuBLAS): main() runs
 // the 4-bit mixed-precision checks in both modes, which must agree with the CPU alike
 // (and "dequant_sliced_" with LLMT_Q4_SLICE_MB set: main() runs them again with 4 KB slices — many per weight, the
-// last one partial, starting at odd rows; the element-by-element and the 8-at-a-time decodes)
+// last one partial, widths of 7, 8, 21, 32 columns; the element-by-element and the 8-at-a-time decodes)
 std::string q4_mode() {
   const char *e = std::getenv("LLMT_Q4_GEMM");
   if (!(e && std::strcmp(e, "dequant") == 0)) return "";  // fused
