@@ -1616,7 +1616,10 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     }
     return LLMT_OK;
   };
-  const int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 22) / std::max<int64_t>(V, 1)));
+  // (≤ 2²² logits per chunk; rows a multiple of 128 where that allows: GEMM tiles are 64–128 rows, so a 32000-word
+  // vocabulary's 131 rows would compute 256 — 128 rows waste nothing)
+  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 22) / std::max<int64_t>(V, 1)));
+  if (chunk >= 128 && chunk < N) chunk -= chunk % 128;
   Buf lg(be), lse(be), dlg(be);
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);

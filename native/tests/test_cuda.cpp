@@ -516,8 +516,11 @@ void q4_path_default(Backend &gpu) {
     gpu.profile_start();
     gpu.matmul_nt_q4_lp(A.data(), w.view(), Half::BF16, C.data(), 8, 64, 128, false);
     gpu.synchronize();
+    std::vector<std::string> rows;  // (profile rows come longest first: sorted by name here)
+    for (const ProfileRow &r : gpu.profile_stop()) rows.push_back(r.name);
+    std::sort(rows.begin(), rows.end());
     std::string names;
-    for (const ProfileRow &r : gpu.profile_stop()) names += r.name + ";";
+    for (const std::string &r : rows) names += r + ";";
     ::unsetenv("LLMT_Q4_GEMM");
     return names;
   };
