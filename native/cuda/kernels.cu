@@ -875,14 +875,35 @@ template <> __device__ __forceinline__ __half to_tt<__half>(float v) { return __
 
 constexpr int kTc = 32;  // rows (queries or keys) per block: 2 warps × 16
 
-// rows [r0, r0+32) of a strided fp32 tensor (row r at base[r·stride]) → TT tile [32][LD]; rows ≥ T are zeros
-template <class TT, int HD, int LD>
-__device__ __forceinline__ void stage_rows(TT *dst, const float *base, ll r0, ll T, ll stride) {
-  for (int idx = threadIdx.x; idx < kTc * HD; idx += blockDim.x) {
+// rows [r0, r0+ROWS) of a strided fp32 tensor → TT tile [ROWS][LD], rows ≥ T zeros; four floats per load when the
+// rows are 16-byte aligned (HD and the stride are multiples of 4: the base decides, uniformly for the block)
+template <class TT, int HD, int LD, int ROWS>
+__device__ __forceinline__ void stage_rows4(TT *dst, const float *base, ll r0, ll T, ll stride) {
+  if ((reinterpret_cast<unsigned long long>(base) & 15ull) == 0 && (stride & 3) == 0) {
+    for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += blockDim.x) {
+      const int r = idx / (HD / 4), d = (idx % (HD / 4)) * 4;
+      const ll row = r0 + r;
+      const float4 x = row < T ? *reinterpret_cast<const float4 *>(base + row * stride + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+      TT *o = dst + r * LD + d;
+      o[0] = to_tt<TT>(x.x);
+      o[1] = to_tt<TT>(x.y);
+      o[2] = to_tt<TT>(x.z);
+      o[3] = to_tt<TT>(x.w);
+    }
+    return;
+  }
+  for (int idx = threadIdx.x; idx < ROWS * HD; idx += blockDim.x) {
     const int r = idx / HD, d = idx % HD;
     const ll row = r0 + r;
     dst[r * LD + d] = to_tt<TT>(row < T ? base[row * stride + d] : 0.0f);
   }
+}
+
+// true in every lane when v is true in any lane of the warp
+__device__ __forceinline__ bool warp_any(bool v) {
+  int x = v ? 1 : 0;
+  for (int o = 16; o > 0; o >>= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
+  return x != 0;
 }
 
 // acc[16×16·nt] (+)= A(16×K from a 16-bit row-major tile at a, ldm lda) · B where B's element (kk, n) is at
@@ -917,15 +938,123 @@ __device__ __forceinline__ void mma_ax(wm::fragment<wm::accumulator, 16, 16, 16,
   }
 }
 
-// range[0..1] = the first and last key any query row [i0, i0+32) of batch row b can see (the block's key loop)
-__device__ __forceinline__ void tc_key_range(ll *range, ll b, ll i0, ll T, ll P, const int *seg_start) {
+// range[0..1] = the first and last key any query row [i0, i0+rows) of batch row b can see (the block's key loop)
+__device__ __forceinline__ void tc_key_range(ll *range, ll b, ll i0, ll rows, ll T, ll P, const int *seg_start) {
   ll lo = T, hi = -1;
-  for (ll ii = i0; ii < min(i0 + kTc, T); ++ii) {
+  for (ll ii = i0; ii < min(i0 + rows, T); ++ii) {
     lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
     hi = max(hi, min(max(ii, P - 1), T - 1));
   }
   range[0] = lo;
   range[1] = hi;
+}
+
+// Where a thread of a query-row kernel (the forward, dQ) stands: batch row b, head h and its KV group g, the block's
+// first query row i0 (the last block of rows first: causal rows grow), the lane's row i (r: its row among the warp's
+// 16, half: which 16 columns of a tile it handles), the prefix length P and the head's ALiBi slope.
+struct TcRows {
+  ll b, h, g, i0, P, i;
+  int warp, r, half;
+  float slope;
+  __device__ TcRows(ll rows, ll T, ll nh, ll nkv, const int *prefix, const float *alibi)
+      : b(blockIdx.z), h(blockIdx.y), g(h / (nh / nkv)), i0((ll)(gridDim.x - 1 - blockIdx.x) * rows),
+        P(prefix ? min((ll)prefix[b], T) : 0), i(0), warp(int(threadIdx.x >> 5)), r(int(threadIdx.x & 31) >> 1),
+        half(int(threadIdx.x & 1)), slope(alibi ? alibi[h] : 0.0f) {
+    i = i0 + warp * 16 + r;
+  }
+};
+
+// Accumulator tile f (16×16, this warp's) times sc into dst[0..8) for lane (r, half) — row r, columns half·8… of the
+// tile — when ok, through the warp's fp32 scratch Sw (ldm 36: a fragment's rows cannot be addressed in registers).
+__device__ __forceinline__ void store_rows(float *Sw, const wm::fragment<wm::accumulator, 16, 16, 16, float> &f, float *dst,
+                                           float sc, bool ok, int r, int half) {
+  wm::store_matrix_sync(Sw, f, 36, wm::mem_row_major);
+  __syncwarp();
+  if (ok)
+    for (int c = 0; c < 8; ++c) dst[c] = Sw[r * 36 + half * 8 + c] * sc;
+  __syncwarp();
+}
+
+// The scores of one key tile for a warp's 16 query rows: S = Q·Kᵀ on tensor cores, then lane (r, half)'s 16 of row r
+// scaled, ALiBi-biased and masked (−∞) into sv; returns the row's max (both lanes of the row).
+template <class TT, int HD>
+__device__ __forceinline__ float scores_tile(const wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> *qf,
+                                             const TT *Ks, float *Sw, float *sv, ll j0, ll first, ll last, ll T, float scale,
+                                             float slope, int r, int half) {
+  constexpr int LD = HD + 8, LDS = 36;
+  mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);  // S = Q·Kᵀ (16 × 32 per warp)
+  __syncwarp();
+  float mx = -INFINITY;
+  for (int c = 0; c < 16; ++c) {
+    const ll j = j0 + half * 16 + c;
+    const bool vis = j < T && j >= first && j <= last;
+    sv[c] = vis ? Sw[r * LDS + half * 16 + c] * scale + slope * (float)j : -INFINITY;
+    mx = fmaxf(mx, sv[c]);
+  }
+  return fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+}
+
+// One key tile of dQ for a warp's 16 query rows (qf, df: their Q and dO fragments; Ks, Vs: the tile): S = Q·Kᵀ and
+// dP = dO·Vᵀ on tensor cores, dS = P(dP − D) rounded to TT, dQ += dS·K. Lane (r, half): row r, 16 columns.
+template <class TT, int HD>
+__device__ __forceinline__ void dq_tile(const wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> *qf,
+                                        const wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> *df, const TT *Ks,
+                                        const TT *Vs, float *Sw, float *dPw, TT *dSw,
+                                        wm::fragment<wm::accumulator, 16, 16, 16, float> *acc, ll j0, ll first, ll last, ll T,
+                                        float scale, float slope, float Li, float Di, int r, int half) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40;
+  mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);   // S = Q·Kᵀ
+  mma_abt<TT, HD>(dPw, LDS, df, Vs, LD);  // dP = dO·Vᵀ
+  __syncwarp();
+  for (int c = 0; c < 16; ++c) {
+    const int cc = half * 16 + c;
+    const ll j = j0 + cc;
+    const bool vis = j < T && j >= first && j <= last;
+    const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Li) : 0.0f;
+    dSw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Di));
+  }
+  __syncwarp();
+  mma_ax<TT, HD>(acc, dSw, LDP, Ks, LD);  // dQ += dS·K
+}
+
+// A query tile [i0, i0+32) of head h for dK/dV: Q and dO rounded into Qs, dOs, the rows' lse and D into Ls, Ds.
+template <class TT, int HD>
+__device__ __forceinline__ void dkdv_stage(TT *Qs, TT *dOs, float *Ls, float *Ds, const float *q, const float *dout,
+                                           const float *lse, const float *D, ll b, ll h, ll i0, ll T, ll nh) {
+  constexpr int LD = HD + 8;
+  stage_rows4<TT, HD, LD, kTc>(Qs, q + (b * T * nh + h) * HD, i0, T, nh * HD);
+  stage_rows4<TT, HD, LD, kTc>(dOs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
+  if (threadIdx.x < kTc) {
+    const ll ii = i0 + threadIdx.x;
+    Ls[threadIdx.x] = ii < T ? lse[(b * nh + h) * T + ii] : 0.0f;
+    Ds[threadIdx.x] = ii < T ? D[(b * T + ii) * nh + h] : 0.0f;
+  }
+}
+
+// One staged query tile of dK/dV for a warp's 16 keys (kf, vf: their K and V fragments; j: the lane's key): Sᵀ = K·Qᵀ,
+// dPᵀ = V·dOᵀ, P and dS rounded to TT, dV += Pᵀ·dO, dK += dSᵀ·Q.
+template <class TT, int HD>
+__device__ __forceinline__ void dkdv_tile(const wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> *kf,
+                                          const wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> *vf, const TT *Qs,
+                                          const TT *dOs, const float *Ls, const float *Ds, float *Sw, float *dPw, TT *Ptw,
+                                          TT *dStw, wm::fragment<wm::accumulator, 16, 16, 16, float> *dkf,
+                                          wm::fragment<wm::accumulator, 16, 16, 16, float> *dvf, ll b, ll i0, ll j, ll T, ll P,
+                                          const int *seg_start, float scale, float slope, int r, int half) {
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40;
+  mma_abt<TT, HD>(Sw, LDS, kf, Qs, LD);    // Sᵀ = K·Qᵀ (16 keys × 32 queries per warp)
+  mma_abt<TT, HD>(dPw, LDS, vf, dOs, LD);  // dPᵀ = V·dOᵀ
+  __syncwarp();
+  for (int c = 0; c < 16; ++c) {
+    const int cc = half * 16 + c;
+    const ll i = i0 + cc;
+    const bool vis = j < T && i < T && j <= max(i, P - 1) && (!seg_start || j >= (ll)seg_start[b * T + i]);
+    const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Ls[cc]) : 0.0f;
+    Ptw[r * LDP + cc] = to_tt<TT>(p);
+    dStw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Ds[cc]));
+  }
+  __syncwarp();
+  mma_ax<TT, HD>(dvf, Ptw, LDP, dOs, LD);  // dV += Pᵀ·dO
+  mma_ax<TT, HD>(dkf, dStw, LDP, Qs, LD);  // dK += dSᵀ·Q
 }
 
 template <class TT, int HD>
@@ -943,8 +1072,8 @@ __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, floa
   const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
   const float slope = alibi ? alibi[h] : 0.0f;
   const float *qb = q + (b * T * nh + h) * HD, *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  if (threadIdx.x == 0) tc_key_range(range, b, i0, T, P, seg_start);
-  stage_rows<TT, HD, LD>(Ks, qb, i0, T, nh * HD);
+  if (threadIdx.x == 0) tc_key_range(range, b, i0, kTc, T, P, seg_start);
+  stage_rows4<TT, HD, LD, kTc>(Ks, qb, i0, T, nh * HD);
   __syncthreads();
   wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT];
   for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(qf[kk], Ks + warp * 16 * LD + kk * 16, LD);
@@ -956,19 +1085,11 @@ __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, floa
   float *Sw = Ss + warp * 16 * LDS, *Ow = Os + warp * 16 * LDO;
   TT *Pw = Ps + warp * 16 * LDP;
   for (ll j0 = range[0] / kTc * kTc; j0 <= range[1]; j0 += kTc) {
-    stage_rows<TT, HD, LD>(Ks, kb, j0, T, nkv * HD);
-    stage_rows<TT, HD, LD>(Vs, vb, j0, T, nkv * HD);
+    stage_rows4<TT, HD, LD, kTc>(Ks, kb, j0, T, nkv * HD);
+    stage_rows4<TT, HD, LD, kTc>(Vs, vb, j0, T, nkv * HD);
     __syncthreads();
-    mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);  // S = Q·Kᵀ (16 × 32 per warp)
-    __syncwarp();
-    float sv[16], mx = -INFINITY;
-    for (int c = 0; c < 16; ++c) {
-      const ll j = j0 + half * 16 + c;
-      const bool vis = j < T && j >= first && j <= last;
-      sv[c] = vis ? Sw[r * LDS + half * 16 + c] * scale + slope * (float)j : -INFINITY;
-      mx = fmaxf(mx, sv[c]);
-    }
-    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    float sv[16];
+    const float mx = scores_tile<TT, HD>(qf, Ks, Sw, sv, j0, first, last, T, scale, slope, r, half);
     const float mn = fmaxf(m, mx);
     const float alpha = mn == -INFINITY ? 1.0f : expf(m - mn);
     float rs = 0.0f;
@@ -998,37 +1119,6 @@ __device__ void attn_fwd_tc(const float *q, const float *k, const float *v, floa
   }
 }
 
-// rows [r0, r0+ROWS) of a strided fp32 tensor → TT tile [ROWS][LD], rows ≥ T zeros; four floats per load when the
-// rows are 16-byte aligned (HD and the stride are multiples of 4: the base decides, uniformly for the block)
-template <class TT, int HD, int LD, int ROWS>
-__device__ __forceinline__ void stage_rows4(TT *dst, const float *base, ll r0, ll T, ll stride) {
-  if ((reinterpret_cast<unsigned long long>(base) & 15ull) == 0 && (stride & 3) == 0) {
-    for (int idx = threadIdx.x; idx < ROWS * HD / 4; idx += blockDim.x) {
-      const int r = idx / (HD / 4), d = (idx % (HD / 4)) * 4;
-      const ll row = r0 + r;
-      const float4 x = row < T ? *reinterpret_cast<const float4 *>(base + row * stride + d) : make_float4(0.f, 0.f, 0.f, 0.f);
-      TT *o = dst + r * LD + d;
-      o[0] = to_tt<TT>(x.x);
-      o[1] = to_tt<TT>(x.y);
-      o[2] = to_tt<TT>(x.z);
-      o[3] = to_tt<TT>(x.w);
-    }
-    return;
-  }
-  for (int idx = threadIdx.x; idx < ROWS * HD; idx += blockDim.x) {
-    const int r = idx / HD, d = idx % HD;
-    const ll row = r0 + r;
-    dst[r * LD + d] = to_tt<TT>(row < T ? base[row * stride + d] : 0.0f);
-  }
-}
-
-// true in every lane when v is true in any lane of the warp
-__device__ __forceinline__ bool warp_any(bool v) {
-  int x = v ? 1 : 0;
-  for (int o = 16; o > 0; o >>= 1) x |= __shfl_xor_sync(0xffffffffu, x, o);
-  return x != 0;
-}
-
 // The forward with 4 warps × 16 query rows per block (64 rows: each staged key/value tile serves twice the rows of
 // attn_fwd_tc) and the output accumulated in WMMA fragments across key tiles. A fragment's rows cannot be addressed,
 // so the online softmax rescales lazily: each row's reference max m moves only when a tile's score exceeds it by more
@@ -1048,20 +1138,12 @@ __device__ void attn_fwd_tc4(const float *q, const float *k, const float *v, flo
   __shared__ __align__(32) TT Ps[W * 16 * LDP];
   __shared__ ll range[2];
   TT *Ks = KVs, *Vs = KVs + kTc * LD;
-  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)(gridDim.x - 1 - blockIdx.x) * kTc4Rows, g = h / (nh / nkv);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
-  const float slope = alibi ? alibi[h] : 0.0f;
+  const TcRows at(kTc4Rows, T, nh, nkv, prefix, alibi);
+  const ll b = at.b, h = at.h, g = at.g, i0 = at.i0, P = at.P, i = at.i;
+  const int warp = at.warp, r = at.r, half = at.half;
+  const float slope = at.slope;
   const float *qb = q + (b * T * nh + h) * HD, *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  if (threadIdx.x == 0) {  // the keys any of the block's rows can see
-    ll lo = T, hi = -1;
-    for (ll ii = i0; ii < min(i0 + kTc4Rows, T); ++ii) {
-      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
-      hi = max(hi, min(max(ii, P - 1), T - 1));
-    }
-    range[0] = lo;
-    range[1] = hi;
-  }
+  if (threadIdx.x == 0) tc_key_range(range, b, i0, kTc4Rows, T, P, seg_start);
   stage_rows4<TT, HD, LD, kTc4Rows>(KVs, qb, i0, T, nh * HD);
   __syncthreads();
   wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT];
@@ -1088,16 +1170,8 @@ __device__ void attn_fwd_tc4(const float *q, const float *k, const float *v, flo
     __syncthreads();
     const bool warp_sees = warp_any(i < T && j0 <= last && j0 + kTc > first);
     if (warp_sees) {  // (uniform in the warp; a warp whose rows see none of this tile skips it)
-      mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);  // S = Q·Kᵀ (16 × 32 per warp)
-      __syncwarp();
-      float sv[16], mx = -INFINITY;
-      for (int c = 0; c < 16; ++c) {
-        const ll j = j0 + half * 16 + c;
-        const bool vis = j < T && j >= first && j <= last;
-        sv[c] = vis ? Sw[r * LDS + half * 16 + c] * scale + slope * (float)j : -INFINITY;
-        mx = fmaxf(mx, sv[c]);
-      }
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      float sv[16];
+      const float mx = scores_tile<TT, HD>(qf, Ks, Sw, sv, j0, first, last, T, scale, slope, r, half);
       __syncwarp();  // every lane has read its scores: the scratch may be reused
       const bool up = mx > m + kLazy;  // (m = −∞: any visible score)
       if (warp_any(up)) {
@@ -1122,189 +1196,39 @@ __device__ void attn_fwd_tc4(const float *q, const float *k, const float *v, flo
     __syncthreads();
   }
   const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-  for (int nt = 0; nt < NT; ++nt) {
-    wm::store_matrix_sync(Sw, of[nt], LDS, wm::mem_row_major);
-    __syncwarp();
-    if (i < T) {
-      float *oi = out + ((b * T + i) * nh + h) * HD + nt * 16 + half * 8;
-      for (int c = 0; c < 8; ++c) oi[c] = Sw[r * LDS + half * 8 + c] * inv;
-    }
-    __syncwarp();
-  }
+  float *oi = out + ((b * T + min(i, T - 1)) * nh + h) * HD + half * 8;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) store_rows(Sw, of[nt], oi + nt * 16, inv, i < T, r, half);
   if (i < T && half == 0) lse[(b * nh + h) * T + i] = m + logf(l);
 }
 
-// dq_i = scale·Σ_j P_ij(dP_ij − D_i)·k_j for a 32-query tile (one 16-row slice per warp), keys in order.
-template <class TT, int HD>
-__device__ void attn_bwd_dq_tc(const float *dout, const float *q, const float *k, const float *v, const float *lse,
-                               const float *D, float *dq, ll T, ll nh, ll nkv, float scale, const int *seg_start,
-                               const float *alibi, const int *prefix) {
-  constexpr int LD = HD + 8, LDS = 36, LDP = 40, LDO = HD + 4, NT = HD / 16;
-  __shared__ __align__(32) unsigned char kv[2 * kTc * LD * sizeof(TT)];  // K and V tiles; at the end, dq staging
-  __shared__ __align__(32) float Ss[2 * 16 * LDS];
-  __shared__ __align__(32) float dPs[2 * 16 * LDS];
-  __shared__ __align__(32) TT dSs[2 * 16 * LDP];
-  __shared__ ll range[2];
-  TT *Ks = reinterpret_cast<TT *>(kv), *Vs = Ks + kTc * LD;
-  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)blockIdx.x * kTc, g = h / (nh / nkv);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
-  const float slope = alibi ? alibi[h] : 0.0f;
-  const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  if (threadIdx.x == 0) tc_key_range(range, b, i0, T, P, seg_start);
-  stage_rows<TT, HD, LD>(Ks, q + (b * T * nh + h) * HD, i0, T, nh * HD);
-  stage_rows<TT, HD, LD>(Vs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
-  __syncthreads();
-  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT], df[NT];
-  for (int kk = 0; kk < NT; ++kk) {
-    wm::load_matrix_sync(qf[kk], Ks + warp * 16 * LD + kk * 16, LD);
-    wm::load_matrix_sync(df[kk], Vs + warp * 16 * LD + kk * 16, LD);
-  }
-  __syncthreads();
-  wm::fragment<wm::accumulator, 16, 16, 16, float> acc[NT];
-  for (int nt = 0; nt < NT; ++nt) wm::fill_fragment(acc[nt], 0.0f);
-  const float Li = i < T ? lse[(b * nh + h) * T + i] : 0.0f, Di = i < T ? D[(b * T + i) * nh + h] : 0.0f;
-  const ll first = (i < T && seg_start) ? (ll)seg_start[b * T + i] : 0, last = i < T ? max(i, P - 1) : -1;
-  float *Sw = Ss + warp * 16 * LDS, *dPw = dPs + warp * 16 * LDS;
-  TT *dSw = dSs + warp * 16 * LDP;
-  for (ll j0 = range[0] / kTc * kTc; j0 <= range[1]; j0 += kTc) {
-    stage_rows<TT, HD, LD>(Ks, kb, j0, T, nkv * HD);
-    stage_rows<TT, HD, LD>(Vs, vb, j0, T, nkv * HD);
-    __syncthreads();
-    mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);   // S = Q·Kᵀ
-    mma_abt<TT, HD>(dPw, LDS, df, Vs, LD);  // dP = dO·Vᵀ
-    __syncwarp();
-    for (int c = 0; c < 16; ++c) {
-      const int cc = half * 16 + c;
-      const ll j = j0 + cc;
-      const bool vis = j < T && j >= first && j <= last;
-      const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Li) : 0.0f;
-      dSw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Di));
-    }
-    __syncwarp();
-    mma_ax<TT, HD>(acc, dSw, LDP, Ks, LD);  // dQ += dS·K
-    __syncthreads();
-  }
-  float *Ow = reinterpret_cast<float *>(kv) + warp * 16 * LDO;
-  for (int nt = 0; nt < NT; ++nt) wm::store_matrix_sync(Ow + nt * 16, acc[nt], LDO, wm::mem_row_major);
-  __syncwarp();
-  if (i < T) {
-    float *di = dq + ((b * T + i) * nh + h) * HD + half * (HD / 2);
-    for (int d = 0; d < HD / 2; ++d) di[d] = Ow[r * LDO + half * (HD / 2) + d] * scale;
-  }
-}
-
-// dk_j = scale·Σ_(h in group, i) dS_ij q_i, dv_j = Σ P_ij dout_i for a 32-key tile (16 keys per warp): heads of the
-// group, then query tiles in order.
-template <class TT, int HD>
-__device__ void attn_bwd_dkdv_tc(const float *dout, const float *q, const float *k, const float *v, const float *lse,
-                                 const float *D, float *dk, float *dv, ll T, ll nh, ll nkv, float scale,
-                                 const int *seg_start, const float *alibi, const int *prefix) {
-  constexpr int LD = HD + 8, LDS = 36, LDP = 40, LDO = HD + 4, NT = HD / 16;
-  __shared__ __align__(32) unsigned char qd[2 * kTc * LD * sizeof(TT)];  // Q and dO tiles; at the end, staging
-  __shared__ __align__(32) float Ss[2 * 16 * LDS];
-  __shared__ __align__(32) float dPs[2 * 16 * LDS];
-  __shared__ __align__(32) TT Pts[2 * 16 * LDP];
-  __shared__ __align__(32) TT dSts[2 * 16 * LDP];
-  __shared__ float Ls[kTc], Ds[kTc];
-  TT *Qs = reinterpret_cast<TT *>(qd), *dOs = Qs + kTc * LD;
-  const ll b = blockIdx.z, g = blockIdx.y, j0 = (ll)blockIdx.x * kTc, group = nh / nkv;
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-  const ll P = prefix ? min((ll)prefix[b], T) : 0, j = j0 + warp * 16 + r;
-  const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  stage_rows<TT, HD, LD>(Qs, kb, j0, T, nkv * HD);
-  stage_rows<TT, HD, LD>(dOs, vb, j0, T, nkv * HD);
-  __syncthreads();
-  wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> kf[NT], vf[NT];
-  for (int kk = 0; kk < NT; ++kk) {
-    wm::load_matrix_sync(kf[kk], Qs + warp * 16 * LD + kk * 16, LD);
-    wm::load_matrix_sync(vf[kk], dOs + warp * 16 * LD + kk * 16, LD);
-  }
-  __syncthreads();
-  wm::fragment<wm::accumulator, 16, 16, 16, float> dkf[NT], dvf[NT];
-  for (int nt = 0; nt < NT; ++nt) {
-    wm::fill_fragment(dkf[nt], 0.0f);
-    wm::fill_fragment(dvf[nt], 0.0f);
-  }
-  float *Sw = Ss + warp * 16 * LDS, *dPw = dPs + warp * 16 * LDS;
-  TT *Ptw = Pts + warp * 16 * LDP, *dStw = dSts + warp * 16 * LDP;
-  const ll qlo = j0 < P ? 0 : j0;  // causal: only queries at or after the tile's first key (all under a prefix)
-  for (ll hh = 0; hh < group; ++hh) {
-    const ll h = g * group + hh;
-    const float slope = alibi ? alibi[h] : 0.0f;
-    const float *qb = q + (b * T * nh + h) * HD, *db = dout + (b * T * nh + h) * HD;
-    for (ll i0 = qlo; i0 < T; i0 += kTc) {
-      stage_rows<TT, HD, LD>(Qs, qb, i0, T, nh * HD);
-      stage_rows<TT, HD, LD>(dOs, db, i0, T, nh * HD);
-      if (threadIdx.x < kTc) {
-        const ll ii = i0 + threadIdx.x;
-        Ls[threadIdx.x] = ii < T ? lse[(b * nh + h) * T + ii] : 0.0f;
-        Ds[threadIdx.x] = ii < T ? D[(b * T + ii) * nh + h] : 0.0f;
-      }
-      __syncthreads();
-      mma_abt<TT, HD>(Sw, LDS, kf, Qs, LD);    // Sᵀ = K·Qᵀ (16 keys × 32 queries per warp)
-      mma_abt<TT, HD>(dPw, LDS, vf, dOs, LD);  // dPᵀ = V·dOᵀ
-      __syncwarp();
-      for (int c = 0; c < 16; ++c) {
-        const int cc = half * 16 + c;
-        const ll i = i0 + cc;
-        const bool vis = j < T && i < T && j <= max(i, P - 1) && (!seg_start || j >= (ll)seg_start[b * T + i]);
-        const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Ls[cc]) : 0.0f;
-        Ptw[r * LDP + cc] = to_tt<TT>(p);
-        dStw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Ds[cc]));
-      }
-      __syncwarp();
-      mma_ax<TT, HD>(dvf, Ptw, LDP, dOs, LD);  // dV += Pᵀ·dO
-      mma_ax<TT, HD>(dkf, dStw, LDP, Qs, LD);  // dK += dSᵀ·Q
-      __syncthreads();
-    }
-  }
-  float *Ow = reinterpret_cast<float *>(qd) + warp * 16 * LDO;
-  for (int pass = 0; pass < 2; ++pass) {
-    for (int nt = 0; nt < NT; ++nt) wm::store_matrix_sync(Ow + nt * 16, pass ? dvf[nt] : dkf[nt], LDO, wm::mem_row_major);
-    __syncwarp();
-    if (j < T) {
-      float *dst = (pass ? dv : dk) + ((b * T + j) * nkv + g) * HD + half * (HD / 2);
-      const float sc = pass ? 1.0f : scale;
-      for (int d = 0; d < HD / 2; ++d) dst[d] = Ow[r * LDO + half * (HD / 2) + d] * sc;
-    }
-    __syncwarp();
-  }
-}
-// dq with 4 warps × 16 query rows per block (64 rows; each staged key/value tile serves twice the rows of
-// attn_bwd_dq_tc), longest rows first, key tiles no row of a warp sees skipped by that warp. Same sums in the same
-// order per row as attn_bwd_dq_tc.
-template <class TT, int HD>
-__device__ void attn_bwd_dq_tc4(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+// dq_i = scale·Σ_j P_ij(dP_ij − D_i)·k_j with W warps × 16 query rows per block (v2: 4, so each staged key/value tile
+// serves 64 rows; v1: 2), key tiles of 32 in order, longest causal rows first, tiles none of a warp's rows sees
+// skipped by that warp.
+template <class TT, int HD, int W>
+__device__ void attn_bwd_dq_tcw(const float *dout, const float *q, const float *k, const float *v, const float *lse,
                                 const float *D, float *dq, ll T, ll nh, ll nkv, float scale, const int *seg_start,
                                 const float *alibi, const int *prefix) {
-  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, W = kTc4Rows / 16;
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, ROWS = 16 * W;
+  static_assert(ROWS <= 2 * kTc, "the query and dout tiles are staged where the key and value tiles go");
   __shared__ __align__(32) TT KVs[2 * kTc * LD];  // the query tile, then the dout tile, then per step K and V
   __shared__ __align__(32) float Ss[W * 16 * LDS];
   __shared__ __align__(32) float dPs[W * 16 * LDS];
   __shared__ __align__(32) TT dSs[W * 16 * LDP];
   __shared__ ll range[2];
   TT *Ks = KVs, *Vs = KVs + kTc * LD;
-  const ll b = blockIdx.z, h = blockIdx.y, i0 = (ll)(gridDim.x - 1 - blockIdx.x) * kTc4Rows, g = h / (nh / nkv);
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
-  const ll P = prefix ? min((ll)prefix[b], T) : 0, i = i0 + warp * 16 + r;
-  const float slope = alibi ? alibi[h] : 0.0f;
+  const TcRows at(ROWS, T, nh, nkv, prefix, alibi);
+  const ll b = at.b, h = at.h, g = at.g, i0 = at.i0, P = at.P, i = at.i;
+  const int warp = at.warp, r = at.r, half = at.half;
+  const float slope = at.slope;
   const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
-  if (threadIdx.x == 0) {
-    ll lo = T, hi = -1;
-    for (ll ii = i0; ii < min(i0 + kTc4Rows, T); ++ii) {
-      lo = min(lo, seg_start ? (ll)seg_start[b * T + ii] : 0LL);
-      hi = max(hi, min(max(ii, P - 1), T - 1));
-    }
-    range[0] = lo;
-    range[1] = hi;
-  }
+  if (threadIdx.x == 0) tc_key_range(range, b, i0, ROWS, T, P, seg_start);
   wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> qf[NT], df[NT];
-  stage_rows4<TT, HD, LD, kTc4Rows>(KVs, q + (b * T * nh + h) * HD, i0, T, nh * HD);
+  stage_rows4<TT, HD, LD, ROWS>(KVs, q + (b * T * nh + h) * HD, i0, T, nh * HD);
   __syncthreads();
   for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(qf[kk], KVs + warp * 16 * LD + kk * 16, LD);
   __syncthreads();
-  stage_rows4<TT, HD, LD, kTc4Rows>(KVs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
+  stage_rows4<TT, HD, LD, ROWS>(KVs, dout + (b * T * nh + h) * HD, i0, T, nh * HD);
   __syncthreads();
   for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(df[kk], KVs + warp * 16 * LD + kk * 16, LD);
   __syncthreads();
@@ -1318,40 +1242,24 @@ __device__ void attn_bwd_dq_tc4(const float *dout, const float *q, const float *
     stage_rows4<TT, HD, LD, kTc>(Ks, kb, j0, T, nkv * HD);
     stage_rows4<TT, HD, LD, kTc>(Vs, vb, j0, T, nkv * HD);
     __syncthreads();
-    if (warp_any(i < T && j0 <= last && j0 + kTc > first)) {
-      mma_abt<TT, HD>(Sw, LDS, qf, Ks, LD);   // S = Q·Kᵀ
-      mma_abt<TT, HD>(dPw, LDS, df, Vs, LD);  // dP = dO·Vᵀ
-      __syncwarp();
-      for (int c = 0; c < 16; ++c) {
-        const int cc = half * 16 + c;
-        const ll j = j0 + cc;
-        const bool vis = j < T && j >= first && j <= last;
-        const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Li) : 0.0f;
-        dSw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Di));
-      }
-      __syncwarp();
-      mma_ax<TT, HD>(acc, dSw, LDP, Ks, LD);  // dQ += dS·K
-    }
+    if (warp_any(i < T && j0 <= last && j0 + kTc > first))
+      dq_tile<TT, HD>(qf, df, Ks, Vs, Sw, dPw, dSw, acc, j0, first, last, T, scale, slope, Li, Di, r, half);
     __syncthreads();
   }
-  for (int nt = 0; nt < NT; ++nt) {
-    wm::store_matrix_sync(Sw, acc[nt], LDS, wm::mem_row_major);
-    __syncwarp();
-    if (i < T) {
-      float *di = dq + ((b * T + i) * nh + h) * HD + nt * 16 + half * 8;
-      for (int c = 0; c < 8; ++c) di[c] = Sw[r * LDS + half * 8 + c] * scale;
-    }
-    __syncwarp();
-  }
+  float *di = dq + ((b * T + min(i, T - 1)) * nh + h) * HD + half * 8;
+#pragma unroll
+  for (int nt = 0; nt < NT; ++nt) store_rows(Sw, acc[nt], di + nt * 16, scale, i < T, r, half);
 }
 
-// dk, dv with 4 warps × 16 keys per block (64 keys; each staged query/dout tile serves twice the keys of
-// attn_bwd_dkdv_tc); a warp skips the query tiles none of its keys is visible to. Same sums in the same order.
-template <class TT, int HD>
-__device__ void attn_bwd_dkdv_tc4(const float *dout, const float *q, const float *k, const float *v, const float *lse,
+// dk_j = scale·Σ_(h in group, i) dS_ij q_i, dv_j = Σ P_ij dout_i with W warps × 16 keys per block (v2: 4, so each
+// staged query/dout tile serves 64 keys; v1: 2): heads of the group, then query tiles of 32 in order; a warp skips the
+// query tiles none of its keys is visible to.
+template <class TT, int HD, int W>
+__device__ void attn_bwd_dkdv_tcw(const float *dout, const float *q, const float *k, const float *v, const float *lse,
                                   const float *D, float *dk, float *dv, ll T, ll nh, ll nkv, float scale,
                                   const int *seg_start, const float *alibi, const int *prefix) {
-  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, W = kTc4Rows / 16;
+  constexpr int LD = HD + 8, LDS = 36, LDP = 40, NT = HD / 16, ROWS = 16 * W;
+  static_assert(ROWS <= 2 * kTc, "the key and value tiles are staged where the query and dout tiles go");
   __shared__ __align__(32) TT QDs[2 * kTc * LD];  // the key tile, then the value tile, then per step Q and dO
   __shared__ __align__(32) float Ss[W * 16 * LDS];
   __shared__ __align__(32) float dPs[W * 16 * LDS];
@@ -1359,16 +1267,16 @@ __device__ void attn_bwd_dkdv_tc4(const float *dout, const float *q, const float
   __shared__ __align__(32) TT dSts[W * 16 * LDP];
   __shared__ float Ls[kTc], Ds[kTc];
   TT *Qs = QDs, *dOs = QDs + kTc * LD;
-  const ll b = blockIdx.z, g = blockIdx.y, j0 = (ll)blockIdx.x * kTc4Rows, group = nh / nkv;
+  const ll b = blockIdx.z, g = blockIdx.y, j0 = (ll)blockIdx.x * ROWS, group = nh / nkv;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, r = lane >> 1, half = lane & 1;
   const ll P = prefix ? min((ll)prefix[b], T) : 0, j = j0 + warp * 16 + r, jw = j0 + warp * 16;
   const float *kb = k + (b * T * nkv + g) * HD, *vb = v + (b * T * nkv + g) * HD;
   wm::fragment<wm::matrix_a, 16, 16, 16, TT, wm::row_major> kf[NT], vf[NT];
-  stage_rows4<TT, HD, LD, kTc4Rows>(QDs, kb, j0, T, nkv * HD);
+  stage_rows4<TT, HD, LD, ROWS>(QDs, kb, j0, T, nkv * HD);
   __syncthreads();
   for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(kf[kk], QDs + warp * 16 * LD + kk * 16, LD);
   __syncthreads();
-  stage_rows4<TT, HD, LD, kTc4Rows>(QDs, vb, j0, T, nkv * HD);
+  stage_rows4<TT, HD, LD, ROWS>(QDs, vb, j0, T, nkv * HD);
   __syncthreads();
   for (int kk = 0; kk < NT; ++kk) wm::load_matrix_sync(vf[kk], QDs + warp * 16 * LD + kk * 16, LD);
   __syncthreads();
@@ -1383,50 +1291,22 @@ __device__ void attn_bwd_dkdv_tc4(const float *dout, const float *q, const float
   for (ll hh = 0; hh < group; ++hh) {
     const ll h = g * group + hh;
     const float slope = alibi ? alibi[h] : 0.0f;
-    const float *qb = q + (b * T * nh + h) * HD, *db = dout + (b * T * nh + h) * HD;
     for (ll i0 = qlo / kTc * kTc; i0 < T; i0 += kTc) {
-      stage_rows4<TT, HD, LD, kTc>(Qs, qb, i0, T, nh * HD);
-      stage_rows4<TT, HD, LD, kTc>(dOs, db, i0, T, nh * HD);
-      if (threadIdx.x < kTc) {
-        const ll ii = i0 + threadIdx.x;
-        Ls[threadIdx.x] = ii < T ? lse[(b * nh + h) * T + ii] : 0.0f;
-        Ds[threadIdx.x] = ii < T ? D[(b * T + ii) * nh + h] : 0.0f;
-      }
+      dkdv_stage<TT, HD>(Qs, dOs, Ls, Ds, q, dout, lse, D, b, h, i0, T, nh);
       __syncthreads();
       // the warp's keys [jw, jw+16) see none of queries [i0, i0+32) when all of them are later (and past the prefix)
       // or beyond T
-      if (jw < T && !(i0 + kTc <= jw && jw >= P)) {
-        mma_abt<TT, HD>(Sw, LDS, kf, Qs, LD);    // Sᵀ = K·Qᵀ (16 keys × 32 queries per warp)
-        mma_abt<TT, HD>(dPw, LDS, vf, dOs, LD);  // dPᵀ = V·dOᵀ
-        __syncwarp();
-        for (int c = 0; c < 16; ++c) {
-          const int cc = half * 16 + c;
-          const ll i = i0 + cc;
-          const bool vis = j < T && i < T && j <= max(i, P - 1) && (!seg_start || j >= (ll)seg_start[b * T + i]);
-          const float p = vis ? expf(Sw[r * LDS + cc] * scale + slope * (float)j - Ls[cc]) : 0.0f;
-          Ptw[r * LDP + cc] = to_tt<TT>(p);
-          dStw[r * LDP + cc] = to_tt<TT>(p * (dPw[r * LDS + cc] - Ds[cc]));
-        }
-        __syncwarp();
-        mma_ax<TT, HD>(dvf, Ptw, LDP, dOs, LD);  // dV += Pᵀ·dO
-        mma_ax<TT, HD>(dkf, dStw, LDP, Qs, LD);  // dK += dSᵀ·Q
-      }
+      if (jw < T && !(i0 + kTc <= jw && jw >= P))
+        dkdv_tile<TT, HD>(kf, vf, Qs, dOs, Ls, Ds, Sw, dPw, Ptw, dStw, dkf, dvf, b, i0, j, T, P, seg_start, scale, slope, r, half);
       __syncthreads();
     }
   }
   // (each accumulator array indexed by constants only: a selected `pass ? dvf : dkf` would put both in local memory)
-  auto write = [&](const wm::fragment<wm::accumulator, 16, 16, 16, float> &f, float *dst, float sc) {
-    wm::store_matrix_sync(Sw, f, LDS, wm::mem_row_major);
-    __syncwarp();
-    if (j < T)
-      for (int c = 0; c < 8; ++c) dst[c] = Sw[r * LDS + half * 8 + c] * sc;
-    __syncwarp();
-  };
-  const ll o = ((b * T + j) * nkv + g) * HD + half * 8;
+  const ll o = ((b * T + min(j, T - 1)) * nkv + g) * HD + half * 8;
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) write(dkf[nt], dk + o + nt * 16, scale);
+  for (int nt = 0; nt < NT; ++nt) store_rows(Sw, dkf[nt], dk + o + nt * 16, scale, j < T, r, half);
 #pragma unroll
-  for (int nt = 0; nt < NT; ++nt) write(dvf[nt], dv + o + nt * 16, 1.0f);
+  for (int nt = 0; nt < NT; ++nt) store_rows(Sw, dvf[nt], dv + o + nt * 16, 1.0f, j < T, r, half);
 }
 }  // namespace
 
@@ -1451,22 +1331,22 @@ __global__ void k_attn_fwd_tc4_bf16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__nv_bfl
 __global__ void k_attn_fwd_tc4_bf16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__nv_bfloat16, 128>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_fwd_tc4_f16_64(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__half, 64>(LLMT_TC_FWD_PASS); }
 __global__ void k_attn_fwd_tc4_f16_128(LLMT_TC_FWD_ARGS) { attn_fwd_tc4<__half, 128>(LLMT_TC_FWD_PASS); }
-__global__ void k_attn_dq_tc4_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__nv_bfloat16, 64>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dq_tc4_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__nv_bfloat16, 128>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dq_tc4_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__half, 64>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dq_tc4_f16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc4<__half, 128>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dkdv_tc4_bf16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__nv_bfloat16, 64>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dkdv_tc4_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__nv_bfloat16, 128>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dkdv_tc4_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__half, 64>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dkdv_tc4_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc4<__half, 128>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dq_tc_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 64>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dq_tc_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__nv_bfloat16, 128>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dq_tc_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__half, 64>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dq_tc_f16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tc<__half, 128>(LLMT_TC_DQ_PASS); }
-__global__ void k_attn_dkdv_tc_bf16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__nv_bfloat16, 64>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dkdv_tc_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__nv_bfloat16, 128>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dkdv_tc_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__half, 64>(LLMT_TC_DKDV_PASS); }
-__global__ void k_attn_dkdv_tc_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tc<__half, 128>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dq_tc4_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__nv_bfloat16, 64, 4>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc4_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__nv_bfloat16, 128, 4>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc4_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__half, 64, 4>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc4_f16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__half, 128, 4>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dkdv_tc4_bf16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__nv_bfloat16, 64, 4>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc4_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__nv_bfloat16, 128, 4>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc4_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__half, 64, 4>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc4_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__half, 128, 4>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dq_tc_bf16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__nv_bfloat16, 64, 2>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc_bf16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__nv_bfloat16, 128, 2>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc_f16_64(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__half, 64, 2>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dq_tc_f16_128(LLMT_TC_DQ_ARGS) { attn_bwd_dq_tcw<__half, 128, 2>(LLMT_TC_DQ_PASS); }
+__global__ void k_attn_dkdv_tc_bf16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__nv_bfloat16, 64, 2>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc_bf16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__nv_bfloat16, 128, 2>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc_f16_64(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__half, 64, 2>(LLMT_TC_DKDV_PASS); }
+__global__ void k_attn_dkdv_tc_f16_128(LLMT_TC_DKDV_ARGS) { attn_bwd_dkdv_tcw<__half, 128, 2>(LLMT_TC_DKDV_PASS); }
 }  // extern "C"
 
 // ---- 4-bit base weights on tensor cores (mixed-precision QLoRA: Backend::matmul_*_q4_lp) ----------------------------
