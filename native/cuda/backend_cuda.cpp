@@ -1023,10 +1023,7 @@ class CudaBackend final : public Backend {
   // slice is always a block of output columns of C — nt (kind 0, W [N,K]): rows n0… of W; nn (kind 1, W [K,N]):
   // columns n0… of W — so each element of C is written once, by one GEMM. A is rounded to 16 bits once per call.
   void q4_dequant_gemm(const float *A, const cpu::Q4View &W, Half t, float *C, int64_t M, int64_t N, int64_t K, bool acc, int kind) {
-    if (W.n != N * K)
-      throw CudaError("k_q4_dequant_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " + std::to_string(N) +
-                      "×" + std::to_string(K));
-    if (!W.qabsmax && !W.absmax) throw CudaError("k_q4_dequant_half: the 4-bit weight has no scales");
+    q4_check(W, N, K);
     if (M <= 0 || N <= 0) return;
     Stage s(*this);
     if (K <= 0) {  // an empty sum
@@ -1035,6 +1032,38 @@ class CudaBackend final : public Backend {
       s.done();
       return;
     }
+    const uint16_t *Ah = rounded_half(s, A, M * K, t);
+    q4_dequant_slices(s, Ah, W, t, s.out(C, M * N, acc), M, N, K, acc, kind);
+    s.done();
+  }
+  // The shared-input form (matmul_nt_q4_lp_shared): A rounded once, then each weight's slices.
+  void matmul_nt_q4_lp_shared(const float *A, const std::vector<Q4Out> &outs, Half t, int64_t M, int64_t K) override {
+    if (!q4_dequant_mode() || outs.size() < 2 || M <= 0 || K <= 0) return Backend::matmul_nt_q4_lp_shared(A, outs, t, M, K);
+    Stage s(*this);
+    const uint16_t *Ah = rounded_half(s, A, M * K, t);
+    for (const Q4Out &o : outs) {
+      q4_check(*o.W, o.N, K);
+      q4_dequant_slices(s, Ah, *o.W, t, s.out(o.C, M * o.N), M, o.N, K, false, 0);
+    }
+    s.done();
+  }
+  static void q4_check(const cpu::Q4View &W, int64_t N, int64_t K) {
+    if (W.n != N * K)
+      throw CudaError("k_q4_dequant_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " + std::to_string(N) +
+                      "×" + std::to_string(K));
+    if (!W.qabsmax && !W.absmax) throw CudaError("k_q4_dequant_half: the 4-bit weight has no scales");
+  }
+  // n floats of A rounded to 16 bits in a scratch of the op
+  template <class S>
+  uint16_t *rounded_half(S &s, const float *A, int64_t n, Half t) {
+    uint16_t *Ah = s.template scratch<uint16_t>(n);
+    ew("k_to_half", n, s.in(A, n), Ah, ll(n), int(t == Half::F16 ? 2 : 1));
+    return Ah;
+  }
+  // dC[M,N] (+)= Ah·op(dequant(W)) slice by slice (q4_dequant_gemm's comment); dC in device memory.
+  template <class S>
+  void q4_dequant_slices(S &s, const uint16_t *Ah, const cpu::Q4View &W, Half t, float *dC, int64_t M, int64_t N, int64_t K,
+                         bool acc, int kind) {
     const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
     const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
     const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
@@ -1042,14 +1071,17 @@ class CudaBackend final : public Backend {
     const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
     const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
     const int type = t == Half::F16 ? 2 : 1, q4type = W.type == cpu::Q4Type::FP4 ? 2 : 1;
-    uint16_t *Ah = s.scratch<uint16_t>(M * K);
-    ew("k_to_half", M * K, s.in(A, M * K), Ah, ll(M * K), type);
-    float *dC = s.out(C, M * N, acc);
     // output columns per slice: K 16-bit elements each; a multiple of 8 where N is more (the 8-at-a-time decode)
     int64_t per = std::max<int64_t>(1, q4_slice_bytes() / (2 * K));
     if (per >= 8) per -= per % 8;
     per = std::min(per, N);
-    uint16_t *wh = s.scratch<uint16_t>(per * K);
+    // (given back at the end, in stream order: the next weight of a shared call reuses the same block)
+    struct Scratch {
+      CudaBackend &be;
+      uint16_t *p;
+      ~Scratch() { be.release(p); }
+    } sc{*this, static_cast<uint16_t *>(alloc(sizeof(uint16_t) * size_t(per * K)))};
+    uint16_t *wh = sc.p;
     for (int64_t n0 = 0; n0 < N; n0 += per) {
       const int64_t w = std::min(per, N - n0);
       if (kind == 0) {  // rows n0… of W [N,K]; C[:, n0:n0+w] (+)= Ah · whᵀ
@@ -1062,7 +1094,6 @@ class CudaBackend final : public Backend {
         gemm_lp(wh, w, Ah, K, dC + n0, N, t, M, w, K, acc, 1);
       }
     }
-    s.done();
   }
   static int64_t q4_slice_bytes() {
     const char *e = std::getenv("LLMT_Q4_SLICE_MB");

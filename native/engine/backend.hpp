@@ -288,6 +288,17 @@ class Backend {
     (void)t;
     matmul_nn_q4(A, W, C, M, N, K, acc);
   }
+  struct Q4Out {
+    const cpu::Q4View *W;
+    float *C;
+    int64_t N;
+  };
+  /** matmul_nt_q4_lp for several 4-bit weights reading the same input (q, k, v; gate, up): C_i[M, N_i] =
+   *  A·W_iᵀ, overwritten — exactly matmul_nt_q4_lp on each (the default); the CUDA backend's decode path rounds A
+   *  to 16 bits once for all of them. */
+  virtual void matmul_nt_q4_lp_shared(const float *A, const std::vector<Q4Out> &outs, Half t, int64_t M, int64_t K) {
+    for (const Q4Out &o : outs) matmul_nt_q4_lp(A, *o.W, t, o.C, M, o.N, K, false);
+  }
 
   // ---- 16-bit frozen weights (mixed precision: Model::set_precision, cpu/half.hpp) ----
   // W holds bf16 or fp16 bits in this backend's memory. A is rounded to W's type first (round-to-nearest-even, as

@@ -989,10 +989,26 @@ void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const 
   linear_lora_forward(L, x, y, N, c, layer, a);
 }
 
-// linear_forward of several linears reading the same x (q, k, v; gate, up): with 16-bit frozen weights of one type the
-// backend rounds x once for all of their GEMMs (Backend::matmul_nt_half_shared); the same values as one by one.
+// linear_forward of several linears reading the same x (q, k, v; gate, up): with 16-bit frozen weights of one type (or
+// 4-bit ones in a mixed-precision run) the backend may round x once for all of their GEMMs
+// (Backend::matmul_nt_half_shared, matmul_nt_q4_lp_shared); the same values as one by one.
 void linears_forward_shared(const std::vector<const Linear *> &ls, const float *x, const std::vector<float *> &ys, int64_t N,
                             const Ctx &c, int64_t layer, const std::vector<LinearActs *> &as) {
+  // 4-bit weights in a mixed-precision run (QLoRA): Backend::matmul_nt_q4_lp_shared
+  bool q4 = ls.size() > 1 && c.half;
+  for (const Linear *L : ls) q4 = q4 && L->q4 && L->in == ls[0]->in;
+  if (q4) {
+    std::vector<Backend::Q4Out> outs;
+    std::vector<cpu::Q4View> views;
+    views.reserve(ls.size());
+    for (size_t i = 0; i < ls.size(); ++i) {
+      views.push_back(ls[i]->q4->view());
+      outs.push_back({&views.back(), ys[i], ls[i]->out});
+    }
+    c.be->matmul_nt_q4_lp_shared(x, outs, Half(c.half), N, ls[0]->in);
+    for (size_t i = 0; i < ls.size(); ++i) linear_lora_forward(*ls[i], x, ys[i], N, c, layer, *as[i]);
+    return;
+  }
   bool shared = ls.size() > 1;
   for (const Linear *L : ls) shared = shared && !L->q4 && L->W->half_type && L->W->half_type == ls[0]->W->half_type && L->in == ls[0]->in;
   if (!shared) {

@@ -564,6 +564,18 @@ void q4_lp_op_parity(Backend &gpu) {
                      });
             }
         }
+  // several weights on one input (q, k, v): the shared form vs the CPU's one by one (the decode path rounds A once)
+  for (Half h : {Half::BF16, Half::F16}) {
+    const int64_t M = 37, K = 200, N1 = 72, N2 = 53;
+    const Q4Weight w1 = quantized(N1, K, cpu::Q4Type::NF4, true, 98), w2 = quantized(N2, K, cpu::Q4Type::FP4, false, 99);
+    DevQ4 d1(gpu, w1), d2(gpu, w2);
+    parity(std::string("matmul_nt_q4_lp_shared_") + q4_mode() + (h == Half::BF16 ? "bf16" : "fp16"), cpu, gpu,
+           {rnd(M * K, 100, 3.0f), rnd(M * N1, 101), rnd(M * N2, 102)}, {1, 2}, kF32Reduce, [&](Backend &be, auto &v) {
+             const bool c = &be == &cpu;
+             const cpu::Q4View v1 = c ? w1.view() : d1.v, v2 = c ? w2.view() : d2.v;
+             be.matmul_nt_q4_lp_shared(v[0].data(), {{&v1, v[1].data(), N1}, {&v2, v[2].data(), N2}}, h, M, K);
+           });
+  }
   // exact decoding: A = I returns the weight rounded to h (nt: C [Cc, R] = Wᵀ; nn: C [R, Cc] = W)
   auto exact = [&](const std::string &what, const Q4Weight &q, Half h) {
     const int64_t R = q.rows, Cc = q.cols;
