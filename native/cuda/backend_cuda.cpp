@@ -13,6 +13,7 @@
 // test_cuda validates it (bench/gpu.sh on a GPU server).
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -1095,9 +1096,21 @@ class CudaBackend final : public Backend {
       }
     }
   }
+  // LLMT_Q4_SLICE_MB: a positive number of MiB (≥ 4 KB used); anything else is reported once and the default used
   static int64_t q4_slice_bytes() {
     const char *e = std::getenv("LLMT_Q4_SLICE_MB");
-    const double mb = e && *e ? std::atof(e) : 16.0;
+    double mb = 16.0;
+    if (e && *e) {
+      char *end = nullptr;
+      const double v = std::strtod(e, &end);
+      if (end && *end == '\0' && v > 0 && v < 1e6) {
+        mb = v;
+      } else {
+        static bool told = false;
+        if (!told) std::fprintf(stderr, "llmt: LLMT_Q4_SLICE_MB=%s is not a positive number of MiB; using 16\n", e);
+        told = true;
+      }
+    }
     return std::max<int64_t>(4096, int64_t(mb * 1048576.0));
   }
   // cublasGemmEx, row-major: C[M,N] (+)= Ah[M,K]·op(W) with leading dimensions (elements): Ah lda, W ldw (kind 0: W

@@ -510,6 +510,7 @@ std::string q4_mode() {
 void q4_path_default(Backend &gpu) {
   const Q4Weight w = quantized(64, 128, cpu::Q4Type::NF4, true, 77);
   std::vector<float> A = rnd(8 * 128, 78), C(8 * 64);
+  int64_t decodes = 0;  // k_q4_dequant_half launches of the last call
   auto ran = [&](const char *mode) {
     if (mode) ::setenv("LLMT_Q4_GEMM", mode, 1);
     else ::unsetenv("LLMT_Q4_GEMM");
@@ -517,7 +518,11 @@ void q4_path_default(Backend &gpu) {
     gpu.matmul_nt_q4_lp(A.data(), w.view(), Half::BF16, C.data(), 8, 64, 128, false);
     gpu.synchronize();
     std::vector<std::string> rows;  // (profile rows come longest first: sorted by name here)
-    for (const ProfileRow &r : gpu.profile_stop()) rows.push_back(r.name);
+    decodes = 0;
+    for (const ProfileRow &r : gpu.profile_stop()) {
+      rows.push_back(r.name);
+      if (r.name == "k_q4_dequant_half") decodes = r.calls;
+    }
     std::sort(rows.begin(), rows.end());
     std::string names;
     for (const std::string &r : rows) names += r + ";";
@@ -533,6 +538,16 @@ void q4_path_default(Backend &gpu) {
   expect_that(in(fused, "k_gemm_q4_nt_tc_bf16") && !in(fused, "k_q4_dequant_half"),
               fmt("q4_path_default: LLMT_Q4_GEMM=fused runs the fused kernel (%s)", fused.c_str()));
   expect_that(dq == def, fmt("q4_path_default: LLMT_Q4_GEMM=dequant runs the default here (%s)", dq.c_str()));
+  if (cublas) {  // the slice size: 4 KB slices cut this 16 KB weight in 4; a value that is no number gives the default
+    ::setenv("LLMT_Q4_SLICE_MB", "0.004", 1);
+    ran("dequant");
+    const int64_t small = decodes;
+    ::setenv("LLMT_Q4_SLICE_MB", "lots", 1);
+    ran("dequant");
+    ::unsetenv("LLMT_Q4_SLICE_MB");
+    expect_that(small == 4 && decodes == 1, fmt("q4_path_default: LLMT_Q4_SLICE_MB 0.004 → %lld slices (4), \"lots\" → %lld (1: the "
+                                                "default, with a line on stderr)", (long long)small, (long long)decodes));
+  }
 }
 
 void q4_lp_op_parity(Backend &gpu) {
