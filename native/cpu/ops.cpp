@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <type_traits>
 #include <vector>
@@ -738,112 +739,197 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
 
 // ---- attention ---------------------------------------------------------------------------------------------------
 // q row (b,i,h) at q + ((b·T + i)·nh + h)·hd; k/v row (b,j,g) at k + ((b·T + j)·nkv + g)·hd; lse at (b·nh + h)·T + i.
-// Flash-style: queries and keys in blocks of kAB; a key block is transposed once (kT[hd][kAB]) so each query's
-// kAB scores are vector FMAs across keys, and the forward keeps an online softmax (running max, sum,
-// output) per query — scratch is O(kAB·hd) per thread, never a row of T scores. Work items pair block p with
-// block n−1−p so contiguous chunks carry equal work under the causal triangle.
+// Flash-style, in tiles of kAQ queries × kAK keys: every product of a tile (S = Q·Kᵀ, dP = dO·Vᵀ, P·V, Pᵀ·dO,
+// dSᵀ·Q, dS·K) runs on the GEMM micro-kernel over operands packed into its panels, and the forward keeps an
+// online softmax (running max, sum, output) per query row across key tiles — scratch is O((kAQ + kAK)·hd) per
+// thread, never a row of T scores. Each element of a product is one dot product in a fixed order, the same
+// whichever rows share its tile, and a row's softmax depends only on the key tiles (aligned at key 0), so a
+// query's result does not depend on T, B or the thread count. Work items pair block p with block n−1−p so
+// contiguous chunks carry equal work under the causal triangle.
 
 namespace {
-constexpr int64_t kAB = 16;
+constexpr int64_t kAQ = 96;  // queries per tile (a multiple of kMR)
+constexpr int64_t kAK = 64;  // keys per tile (a multiple of every NR)
 
-// dstT[d][jj] = rows[jj][d] for jj < nj (row stride `stride`), 0 for nj ≤ jj < kAB.
-void load_block_t(const float *rows, int64_t stride, int64_t nj, int64_t hd, float *__restrict dstT) {
-  for (int64_t jj = 0; jj < kAB; ++jj) {
-    const float *r = rows + jj * stride;
-    if (jj < nj) {
-      for (int64_t d = 0; d < hd; ++d) dstT[d * kAB + jj] = r[d];
-    } else {
-      for (int64_t d = 0; d < hd; ++d) dstT[d * kAB + jj] = 0.0f;
-    }
-  }
-}
+inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
-// 16 key lanes as four 4-float vectors where the compiler has vector extensions (GCC/Clang: SSE, NEON),
-// plain loops elsewhere. Written out because GCC otherwise vectorises the outer d loop with shuffles.
-#if !defined(LLMT_PORTABLE_KERNELS) && (defined(__GNUC__) || defined(__clang__))
-#define LLMT_VEC4 1
-typedef float v4f __attribute__((vector_size(16)));
-inline v4f ld4(const float *p) {
-  v4f v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-inline void st4(float *p, v4f v) { std::memcpy(p, &v, sizeof v); }
-inline v4f bc4(float x) { return v4f{x, x, x, x}; }
-#else
-#define LLMT_VEC4 0
-#endif
-
-// s[jj] = scale · Σ_d x[d]·T[d][jj] (summed over d in order), then −inf for jj > last and jj < first (masked
-// keys: the causal future, and earlier samples of a packed row).
-// slope ≠ 0 adds the ALiBi bias slope·(j0 + jj) (j0: the block's first key index in the row).
-inline void scores(const float *__restrict x, const float *__restrict T, int64_t hd, float scale, int64_t last,
-                   float *__restrict s, int64_t first = 0, float slope = 0.0f, int64_t j0 = 0) {
-#if LLMT_VEC4
-  v4f a0 = bc4(0.0f), a1 = a0, a2 = a0, a3 = a0;
-  for (int64_t d = 0; d < hd; ++d) {
-    const v4f xd = bc4(x[d]);
-    const float *t = T + d * kAB;
-    a0 += xd * ld4(t);
-    a1 += xd * ld4(t + 4);
-    a2 += xd * ld4(t + 8);
-    a3 += xd * ld4(t + 12);
-  }
-  const v4f sc = bc4(scale);
-  st4(s, sc * a0);
-  st4(s + 4, sc * a1);
-  st4(s + 8, sc * a2);
-  st4(s + 12, sc * a3);
-#else
-  float acc[kAB];
-  for (int64_t jj = 0; jj < kAB; ++jj) acc[jj] = 0.0f;
-  for (int64_t d = 0; d < hd; ++d) {
-    const float xd = x[d];
-    const float *__restrict t = T + d * kAB;
-    for (int64_t jj = 0; jj < kAB; ++jj) acc[jj] += xd * t[jj];
-  }
-  for (int64_t jj = 0; jj < kAB; ++jj) s[jj] = scale * acc[jj];
-#endif
-  if (slope != 0.0f)
-    for (int64_t jj = 0; jj < kAB; ++jj) s[jj] += slope * static_cast<float>(j0 + jj);
-  for (int64_t jj = last + 1; jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
-  for (int64_t jj = 0; jj < first && jj < kAB; ++jj) s[jj] = -std::numeric_limits<float>::infinity();
-}
-
-// aT[d][jj] += a[d]·pa[jj] and bT[d][jj] += b[d]·pb[jj] for d < hd, jj < kAB.
-inline void outer_add2(const float *__restrict a, const float *__restrict pa, float *__restrict aT,
-                       const float *__restrict b, const float *__restrict pb, float *__restrict bT, int64_t hd) {
-#if LLMT_VEC4
-  const v4f pa0 = ld4(pa), pa1 = ld4(pa + 4), pa2 = ld4(pa + 8), pa3 = ld4(pa + 12);
-  const v4f pb0 = ld4(pb), pb1 = ld4(pb + 4), pb2 = ld4(pb + 8), pb3 = ld4(pb + 12);
-  for (int64_t d = 0; d < hd; ++d) {
-    const v4f ad = bc4(a[d]), bd = bc4(b[d]);
-    float *x = aT + d * kAB, *y = bT + d * kAB;
-    st4(x, ld4(x) + ad * pa0);
-    st4(x + 4, ld4(x + 4) + ad * pa1);
-    st4(x + 8, ld4(x + 8) + ad * pa2);
-    st4(x + 12, ld4(x + 12) + ad * pa3);
-    st4(y, ld4(y) + bd * pb0);
-    st4(y + 4, ld4(y + 4) + bd * pb1);
-    st4(y + 8, ld4(y + 8) + bd * pb2);
-    st4(y + 12, ld4(y + 12) + bd * pb3);
-  }
-#else
-  for (int64_t d = 0; d < hd; ++d) {
-    const float ad = a[d], bd = b[d];
-    float *__restrict x = aT + d * kAB;
-    float *__restrict y = bT + d * kAB;
-    for (int64_t jj = 0; jj < kAB; ++jj) x[jj] += ad * pa[jj];
-    for (int64_t jj = 0; jj < kAB; ++jj) y[jj] += bd * pb[jj];
-  }
-#endif
-}
-
-// Splits item index it over (outer, inner-pair) and yields the 1 or 2 blocks of the pair.
+// The 1 or 2 blocks of work-item pair `pair` out of nblocks: p and n−1−p.
 inline int pair_blocks(int64_t pair, int64_t nblocks, int64_t out[2]) {
   out[0] = pair;
   out[1] = nblocks - 1 - pair;
   return out[1] == pair ? 1 : 2;
+}
+
+// Panels of a product's right operand, dst[p][k][nr] (kc × nr each, zero-padded):
+// pack_t: column c of the product is row c of src (stride rs) and depth k its element k — Kᵀ or Vᵀ for S, dP;
+// pack_n: depth k is row k of src (stride rs, rows ≥ kc_valid zero) and column c its element c — V, K, dO, Q.
+void pack_t(const float *src, int64_t rs, int64_t n, int64_t kc, int64_t nr, int64_t panels, float *__restrict dst) {
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t c = 0; c < nr; ++c) {
+      const int64_t col = p * nr + c;
+      float *__restrict d = dst + p * kc * nr + c;
+      if (col < n) {
+        const float *__restrict s = src + col * rs;
+        for (int64_t k = 0; k < kc; ++k) d[k * nr] = s[k];
+      } else {
+        for (int64_t k = 0; k < kc; ++k) d[k * nr] = 0.0f;
+      }
+    }
+}
+void pack_n(const float *src, int64_t rs, int64_t kc, int64_t n, int64_t nr, int64_t panels, float *__restrict dst) {
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t k = 0; k < kc; ++k) {
+      const float *__restrict s = src + k * rs + p * nr;
+      float *__restrict d = dst + (p * kc + k) * nr;
+      const int64_t w = std::min(nr, n - p * nr);
+      for (int64_t c = 0; c < w; ++c) d[c] = s[c];
+      for (int64_t c = w; c < nr; ++c) d[c] = 0.0f;
+    }
+}
+
+// C[rows, panels·nr] (+)= A[rows, kc]·Bp, A(r, k) = a[r·ars + k·acs], Bp packed by pack_t/pack_n; C has row stride
+// ldc and room for ⌈rows/kMR⌉·kMR rows (the micro-kernel writes whole tiles).
+void tile_mm(const GemmKernel &gk, const float *a, int64_t ars, int64_t acs, int64_t rows, int64_t kc, const float *bp,
+             int64_t panels, float *c, int64_t ldc, bool add) {
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t r = 0; r < rows; r += kMR)
+      gk.ukr(kc, a + r * ars, ars, acs, std::min(kMR, rows - r), bp + p * kc * gk.nr, c + r * ldc + p * gk.nr, ldc,
+             add);
+}
+
+// Every tile of the operands below packed once per call into the calling thread's scratch, shared read-only by
+// the work items: an operand x[B, T, heads, hd] (row stride heads·hd) in tiles of tr rows, by pack_t (t) or
+// pack_n; tile jt of (b, head) at dst + ((b·heads + head)·ntiles + jt)·tr·hdp.
+struct PackJob {
+  const float *x;
+  bool t;
+  float *dst;
+};
+void pack_all(const GemmKernel &gk, int64_t B, int64_t T, int64_t heads, int64_t hd, int64_t hdp, int64_t tr,
+              std::initializer_list<PackJob> jobs) {
+  const int64_t ntiles = (T + tr - 1) / tr, n = B * heads * ntiles, nr = gk.nr, rs = heads * hd;
+  par(n, chunks_for(n, 2.0 * static_cast<double>(jobs.size()) * static_cast<double>(B * T * heads * hd)),
+      [&](int64_t t0, int64_t t1) {
+        for (int64_t t = t0; t < t1; ++t) {
+          const int64_t b = t / (heads * ntiles), head = (t / ntiles) % heads, j0 = (t % ntiles) * tr;
+          const int64_t nj = std::min(tr, T - j0);
+          for (const PackJob &j : jobs) {
+            const float *src = j.x + (b * T + j0) * rs + head * hd;
+            if (j.t)
+              pack_t(src, rs, nj, hd, nr, (nj + nr - 1) / nr, j.dst + t * tr * hdp);
+            else
+              pack_n(src, rs, nj, hd, nr, hdp / nr, j.dst + t * tr * hdp);
+          }
+        }
+      });
+}
+
+// The keys of a key tile that query i sees, tile-relative [lo, hi] (hi < lo: none): causal (or the prefix for
+// every query), and not before the query's sample in a packed row.
+struct Visible {
+  int64_t lo, hi;
+};
+inline Visible visible(int64_t i, int64_t j0, int64_t nj, int64_t P, int64_t seg) {
+  return {std::max<int64_t>(seg - j0, 0), std::min(std::max(i, P - 1) - j0, nj - 1)};
+}
+
+// One head's view of the inputs and the tile geometry shared by the forward and both backward passes.
+struct AttnTile {
+  const GemmKernel &gk;
+  int64_t T, nh, nkv, hd, hdp, qs, ks;
+  float scale;
+  const int32_t *seg_start;
+  const float *alibi;
+  const int32_t *prefix;
+
+  int64_t seg(int64_t b, int64_t i) const { return seg_start ? seg_start[b * T + i] : 0; }
+  int64_t pref(int64_t b) const { return prefix ? std::min<int64_t>(prefix[b], T) : 0; }
+  // No row of queries [i0, i0+ni) sees keys [j0, j0+nj) (their samples begin after the tile).
+  bool tile_hidden(int64_t b, int64_t i0, int64_t ni, int64_t j0, int64_t nj) const {
+    if (!seg_start) return false;
+    for (int64_t r = 0; r < ni; ++r)
+      if (seg(b, i0 + r) < j0 + nj) return false;
+    return true;
+  }
+  // S[ni, kp] = x-rows · Kᵀ-panels (x row r at x + r·xs), kp = the tile's panels·nr columns.
+  void product_t(const float *x, int64_t xs, int64_t ni, const float *panels_t, int64_t panels, float *S) const {
+    tile_mm(gk, x, xs, 1, ni, hd, panels_t, panels, S, panels * gk.nr, false);
+  }
+};
+
+// The per-row softmax steps, written once and compiled twice on x86 (AVX2+FMA, and the baseline), the version
+// picked with the GEMM micro-kernel: they are a third of the work at head_dim 64 when compiled for SSE alone.
+#if defined(__GNUC__) || defined(__clang__)
+#define LLMT_INLINE inline __attribute__((always_inline))
+#else
+#define LLMT_INLINE inline
+#endif
+
+// A row of dot products → the scaled scores (ALiBi added: slope·key index in the row) on the visible keys.
+LLMT_INLINE void scale_scores(float *__restrict s, Visible vk, int64_t j0, float scale, float slope) {
+  for (int64_t jj = vk.lo; jj <= vk.hi; ++jj) s[jj] = scale * s[jj];
+  if (slope != 0.0f)
+    for (int64_t jj = vk.lo; jj <= vk.hi; ++jj) s[jj] += slope * static_cast<float>(j0 + jj);
+}
+// The row's probabilities exp(s − ref) on its visible keys, 0 on the others (up to nj).
+LLMT_INLINE void exp_visible(float *__restrict s, Visible vk, int64_t nj, float ref) {
+  for (int64_t jj = 0; jj < std::min(vk.lo, nj); ++jj) s[jj] = 0.0f;
+  for (int64_t jj = vk.lo; jj <= vk.hi; ++jj) s[jj] = exp_fast(s[jj] - ref);
+  for (int64_t jj = std::max(vk.hi + 1, vk.lo); jj < nj; ++jj) s[jj] = 0.0f;
+}
+// Forward, one row with visible keys: P = exp(s − m′) in s (zeros up to a multiple of 8 keys past nj),
+// m′ = max(*m, the row's max); *l ← *l·α + ΣP, *m ← m′; returns α = exp(m − m′) (0 while m = −inf).
+LLMT_INLINE float row_fwd_body(float *__restrict s, Visible vk, int64_t nj, int64_t j0, float scale, float slope,
+                               float *m, float *l) {
+  scale_scores(s, vk, j0, scale, slope);
+  float bm = *m;
+  for (int64_t jj = vk.lo; jj <= vk.hi; ++jj) bm = s[jj] > bm ? s[jj] : bm;
+  const float alpha = exp_fast(*m - bm);
+  // Σ P in 8 fixed lanes over whole groups of 8 keys (zeros past nj; s has room: its row is whole panels), so a key
+  // tile cut short by T sums its row as the full tile would.
+  const int64_t n8 = (nj + 7) / 8 * 8;
+  exp_visible(s, vk, n8, bm);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int64_t jj = 0; jj < n8; jj += 8)
+    for (int u = 0; u < 8; ++u) acc[u] += s[jj + u];
+  *l = *l * alpha + (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])));
+  *m = bm;
+  return alpha;
+}
+// Backward, one row: P = exp(s − lse) in s (0 where not visible), dS = P·(dP − D) in dp.
+LLMT_INLINE void row_bwd_body(float *__restrict s, float *__restrict dp, Visible vk, int64_t nj, int64_t j0,
+                              float scale, float slope, float lse, float D) {
+  scale_scores(s, vk, j0, scale, slope);
+  exp_visible(s, vk, nj, lse);
+  for (int64_t jj = 0; jj < nj; ++jj) dp[jj] = s[jj] * (dp[jj] - D);
+}
+float row_fwd_base(float *s, Visible vk, int64_t nj, int64_t j0, float scale, float slope, float *m, float *l) {
+  return row_fwd_body(s, vk, nj, j0, scale, slope, m, l);
+}
+void row_bwd_base(float *s, float *dp, Visible vk, int64_t nj, int64_t j0, float scale, float slope, float lse,
+                  float D) {
+  row_bwd_body(s, dp, vk, nj, j0, scale, slope, lse, D);
+}
+#if LLMT_X86_SIMD
+LLMT_TARGET_AVX2 float row_fwd_avx2(float *s, Visible vk, int64_t nj, int64_t j0, float scale, float slope, float *m,
+                                    float *l) {
+  return row_fwd_body(s, vk, nj, j0, scale, slope, m, l);
+}
+LLMT_TARGET_AVX2 void row_bwd_avx2(float *s, float *dp, Visible vk, int64_t nj, int64_t j0, float scale, float slope,
+                                   float lse, float D) {
+  row_bwd_body(s, dp, vk, nj, j0, scale, slope, lse, D);
+}
+#endif
+struct RowOps {
+  float (*fwd)(float *, Visible, int64_t, int64_t, float, float, float *, float *);
+  void (*bwd)(float *, float *, Visible, int64_t, int64_t, float, float, float, float);
+};
+RowOps row_ops(const GemmKernel &gk) {
+#if LLMT_X86_SIMD
+  if (gk.ukr == ukr_avx2_6x16) return {row_fwd_avx2, row_bwd_avx2};
+#endif
+  (void)gk;
+  return {row_fwd_base, row_bwd_base};
 }
 }  // namespace
 
@@ -851,55 +937,60 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
                        int64_t nh, int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
                        const int32_t *prefix) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
-  const int64_t group = nh / nkv, ks = nkv * hd, qs = nh * hd;
-  const int64_t nqb = (T + kAB - 1) / kAB, pairs = (nqb + 1) / 2, items = B * nh * pairs;
+  const GemmKernel &gk = gemm_kernel();
+  const int64_t nr = gk.nr, hdp = round_up(hd, nr), group = nh / nkv;
+  const AttnTile at{gk, T, nh, nkv, hd, hdp, nh * hd, nkv * hd, scale, seg_start, alibi, prefix};
+  const RowOps ro = row_ops(gk);
+  const int64_t nqb = (T + kAQ - 1) / kAQ, pairs = (nqb + 1) / 2, items = B * nh * pairs;
   const double work = 4.0 * static_cast<double>(B * nh) * static_cast<double>(T) * static_cast<double>(T + 1) / 2 *
                       static_cast<double>(hd + 4);
+  // Kᵀ and V of every key tile, packed once: tile jt of (b, g) at ((b·nkv + g)·nkb + jt)·kAK·hdp
+  const int64_t nkb = (T + kAK - 1) / kAK, kvsz = B * nkv * nkb * kAK * hdp;
+  float *const kTall = scratch(0, static_cast<size_t>(2 * kvsz)), *const vPall = kTall + kvsz;
+  pack_all(gk, B, T, nkv, hd, hdp, kAK, {{k, true, kTall}, {v, false, vPall}});
   par(items, chunks_for(items, work), [&](int64_t it0, int64_t it1) {
-    float *kT = scratch(2, static_cast<size_t>(hd * kAB));
-    float *acc = scratch(3, static_cast<size_t>(kAB * hd));
-    float m[kAB], l[kAB], s[kAB];
+    // S [kAQ][kAK], O [kAQ][hdp], m, l [kAQ]
+    float *S = scratch(3, static_cast<size_t>(kAQ * kAK + kAQ * hdp + 2 * kAQ));
+    float *O = S + kAQ * kAK, *m = O + kAQ * hdp, *l = m + kAQ;
     for (int64_t it = it0; it < it1; ++it) {
       const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, g = h / group;
       const float slope = alibi ? alibi[h] : 0.0f;
-      const int64_t P = prefix ? std::min<int64_t>(prefix[b], T) : 0;
+      const int64_t P = at.pref(b);
       int64_t blocks[2];
       const int nbl = pair_blocks(it % pairs, nqb, blocks);
       for (int bi = 0; bi < nbl; ++bi) {
-        const int64_t i0 = blocks[bi] * kAB, ni = std::min(kAB, T - i0);
-        for (int64_t r = 0; r < ni; ++r) {
-          m[r] = -std::numeric_limits<float>::infinity();
-          l[r] = 0.0f;
-        }
-        std::fill(acc, acc + ni * hd, 0.0f);
-        for (int64_t j0 = 0; j0 < std::max(i0 + ni, P); j0 += kAB) {
-          const int64_t nj = std::min(kAB, T - j0);
-          const float *kb = k + ((b * T + j0) * nkv + g) * hd, *vb = v + ((b * T + j0) * nkv + g) * hd;
-          load_block_t(kb, ks, nj, hd, kT);
+        const int64_t i0 = blocks[bi] * kAQ, ni = std::min(kAQ, T - i0);
+        const float *qb = q + (b * T + i0) * at.qs + h * hd;
+        std::fill(m, m + ni, -std::numeric_limits<float>::infinity());
+        std::fill(l, l + ni, 0.0f);
+        std::fill(O, O + ni * hdp, 0.0f);
+        for (int64_t j0 = 0; j0 < std::max(i0 + ni, P); j0 += kAK) {
+          const int64_t nj = std::min(kAK, T - j0), panels = (nj + nr - 1) / nr, kp = panels * nr;
+          if (at.tile_hidden(b, i0, ni, j0, nj)) continue;
+          const int64_t tile = ((b * nkv + g) * nkb + j0 / kAK) * kAK * hdp;
+          const float *kT = kTall + tile, *vP = vPall + tile;
+          at.product_t(qb, at.qs, ni, kT, panels, S);
           for (int64_t r = 0; r < ni; ++r) {
-            const int64_t i = i0 + r, last = std::min(std::max(i, P - 1) - j0, nj - 1);
-            const int64_t seg = seg_start ? seg_start[b * T + i] : 0;
-            if (last < 0) continue;        // the whole key block lies in this query's future
-            if (j0 + nj <= seg) continue;  // the whole key block lies in an earlier sample of the row
-            scores(q + (b * T + i) * qs + h * hd, kT, hd, scale, last, s, seg - j0, slope, j0);
-            float bm = m[r];
-            for (int64_t jj = 0; jj <= last; ++jj) bm = s[jj] > bm ? s[jj] : bm;
-            const float alpha = exp_fast(m[r] - bm);  // 0 on the first block (m = −inf)
-            for (int64_t jj = 0; jj < kAB; ++jj) s[jj] = exp_fast(s[jj] - bm);
-            l[r] = l[r] * alpha + sum(s, kAB);
-            float *ar = acc + r * hd;
-            if (alpha != 1.0f)
-              for (int64_t d = 0; d < hd; ++d) ar[d] *= alpha;
-            for (int64_t jj = 0; jj <= last; ++jj) axpy(ar, s[jj], vb + jj * ks, hd);
-            m[r] = bm;
+            const Visible vk = visible(i0 + r, j0, nj, P, at.seg(b, i0 + r));
+            float *s = S + r * kp;
+            if (vk.hi < vk.lo) {  // nothing visible here: the row's state stays, its P row is zero
+              std::fill(s, s + nj, 0.0f);
+              continue;
+            }
+            const float alpha = ro.fwd(s, vk, nj, j0, scale, slope, m + r, l + r);
+            if (alpha != 1.0f) {
+              float *o = O + r * hdp;
+              for (int64_t d = 0; d < hdp; ++d) o[d] *= alpha;
+            }
           }
+          tile_mm(gk, S, kp, 1, ni, nj, vP, hdp / nr, O, hdp, true);  // O += P·V
         }
         for (int64_t r = 0; r < ni; ++r) {
           const int64_t i = i0 + r;
           const float inv = 1.0f / l[r];
-          float *oi = out + (b * T + i) * qs + h * hd;
-          const float *ar = acc + r * hd;
-          for (int64_t d = 0; d < hd; ++d) oi[d] = ar[d] * inv;
+          float *oi = out + (b * T + i) * at.qs + h * hd;
+          const float *o = O + r * hdp;
+          for (int64_t d = 0; d < hd; ++d) oi[d] = o[d] * inv;
           lse[(b * nh + h) * T + i] = m[r] + std::log(l[r]);
         }
       }
@@ -910,15 +1001,32 @@ void attention_forward(const float *q, const float *k, const float *v, float *ou
 // P_ij = exp(s_ij − lse_i), dP_ij = dout_i·v_j, D_i = dout_i·out_i, dS_ij = P_ij(dP_ij − D_i):
 // dq_i = scale·Σ_j dS_ij k_j, dk_j = scale·Σ_(h in group, i≥j) dS_ij q_i, dv_j = Σ_(h, i≥j) P_ij dout_i.
 // Three passes, each element reduced by one thread in a fixed order: (0) D_i, parked in dq[row·hd] (dq is
-// overwritten at the end anyway); (1) dk, dv by key blocks over the group's heads, queries in order;
-// (2) dq by query blocks, keys in order.
+// overwritten at the end anyway); (1) dk, dv by key tiles over the group's heads, query tiles in order;
+// (2) dq by query tiles, key tiles in order.
+namespace {
+// P and dS of one tile: S[ni, kp] (queries × keys) in, P out in S and dS in dP.
+void tile_probs(const AttnTile &at, int64_t b, int64_t h, int64_t i0, int64_t ni, int64_t j0, int64_t nj, int64_t kp,
+                const float *lse, const float *D, float *S, float *dP) {
+  const RowOps ro = row_ops(at.gk);
+  const float slope = at.alibi ? at.alibi[h] : 0.0f;
+  const int64_t P = at.pref(b);
+  for (int64_t r = 0; r < ni; ++r) {
+    const int64_t i = i0 + r;
+    ro.bwd(S + r * kp, dP + r * kp, visible(i, j0, nj, P, at.seg(b, i)), nj, j0, at.scale, slope,
+           lse[(b * at.nh + h) * at.T + i], D[r]);
+  }
+}
+}  // namespace
+
 void attention_backward(const float *dout, const float *q, const float *k, const float *v, const float *out,
                         const float *lse, float *dq, float *dk, float *dv, int64_t B, int64_t T, int64_t nh,
                         int64_t nkv, int64_t hd, float scale, const int32_t *seg_start, const float *alibi,
                         const int32_t *prefix) {
   if (B <= 0 || T <= 0 || nh <= 0 || hd <= 0) return;
-  const int64_t group = nh / nkv, ks = nkv * hd;
-  const int64_t nblk = (T + kAB - 1) / kAB, pairs = (nblk + 1) / 2;
+  const GemmKernel &gk = gemm_kernel();
+  const int64_t nr = gk.nr, hdp = round_up(hd, nr), group = nh / nkv;
+  const AttnTile at{gk, T, nh, nkv, hd, hdp, nh * hd, nkv * hd, scale, seg_start, alibi, prefix};
+  const int64_t qs = at.qs, ks = at.ks;
   const double tri = static_cast<double>(T) * static_cast<double>(T + 1) / 2;
 
   // (0) D_i into dq[row·hd].
@@ -927,93 +1035,93 @@ void attention_backward(const float *dout, const float *q, const float *k, const
     for (int64_t r = r0; r < r1; ++r) dq[r * hd] = dot(dout + r * hd, out + r * hd, hd);
   });
 
-  // (1) dk, dv: item = (b, g, key-block pair).
-  const int64_t items1 = B * nkv * pairs;
+  // Every operand tile packed once: Kᵀ, Vᵀ and K by key tiles of (b, g), Q and dO by query tiles of (b, h).
+  const int64_t nkb = (T + kAK - 1) / kAK, nqb = (T + kAQ - 1) / kAQ;
+  const int64_t kvsz = B * nkv * nkb * kAK * hdp, qsz = B * nh * nqb * kAQ * hdp;
+  float *const kTall = scratch(0, static_cast<size_t>(3 * kvsz + 2 * qsz)), *const vTall = kTall + kvsz;
+  float *const kPall = vTall + kvsz, *const qPall = kPall + kvsz, *const oPall = qPall + qsz;
+  pack_all(gk, B, T, nkv, hd, hdp, kAK, {{k, true, kTall}, {v, true, vTall}, {k, false, kPall}});
+  pack_all(gk, B, T, nh, hd, hdp, kAQ, {{q, false, qPall}, {dout, false, oPall}});
+  auto ktile = [&](int64_t b, int64_t g, int64_t j0) { return ((b * nkv + g) * nkb + j0 / kAK) * kAK * hdp; };
+
+  // (1) dk, dv: item = (b, g, key-tile pair).
+  const int64_t kpairs = (nkb + 1) / 2, items1 = B * nkv * kpairs;
   par(items1, chunks_for(items1, 8.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
       [&](int64_t it0, int64_t it1) {
-        float *kT = scratch(2, static_cast<size_t>(4 * hd * kAB));
-        float *vT = kT + hd * kAB, *dkT = vT + hd * kAB, *dvT = dkT + hd * kAB;
-        float s[kAB], dp[kAB];
+        float *dK = scratch(2, static_cast<size_t>(2 * (kAK + kMR) * hdp));  // dK, dV [kAK + kMR][hdp]
+        float *dV = dK + (kAK + kMR) * hdp;
+        float *S = scratch(3, static_cast<size_t>(2 * kAQ * kAK + kAQ));
+        float *dP = S + kAQ * kAK, *D = dP + kAQ * kAK;
         for (int64_t it = it0; it < it1; ++it) {
-          const int64_t b = it / (nkv * pairs), g = (it / pairs) % nkv;
-          const int64_t P = prefix ? std::min<int64_t>(prefix[b], T) : 0;
+          const int64_t b = it / (nkv * kpairs), g = (it / kpairs) % nkv;
+          const int64_t P = at.pref(b);
           int64_t blocks[2];
-          const int nbl = pair_blocks(it % pairs, nblk, blocks);
+          const int nbl = pair_blocks(it % kpairs, nkb, blocks);
           for (int bi = 0; bi < nbl; ++bi) {
-            const int64_t j0 = blocks[bi] * kAB, nj = std::min(kAB, T - j0);
-            load_block_t(k + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, kT);
-            load_block_t(v + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, vT);
-            std::fill(dkT, dkT + 2 * hd * kAB, 0.0f);  // dkT and dvT
+            const int64_t j0 = blocks[bi] * kAK, nj = std::min(kAK, T - j0), panels = (nj + nr - 1) / nr,
+                          kp = panels * nr;
+            const float *kT = kTall + ktile(b, g, j0), *vT = vTall + ktile(b, g, j0);
+            std::fill(dK, dK + nj * hdp, 0.0f);
+            std::fill(dV, dV + nj * hdp, 0.0f);
             for (int64_t hh = 0; hh < group; ++hh) {
               const int64_t h = g * group + hh;
-              const float slope = alibi ? alibi[h] : 0.0f;
-              for (int64_t i = j0 < P ? 0 : j0; i < T; ++i) {
-                const int64_t row = (b * T + i) * nh + h;
-                const float *qi = q + row * hd, *doi = dout + row * hd;
-                const float li = lse[(b * nh + h) * T + i], Di = dq[row * hd];
-                const int64_t last = std::min(std::max(i, P - 1) - j0, nj - 1);
-                if (last < 0) continue;
-                scores(qi, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0, slope, j0);
-                scores(doi, vT, hd, 1.0f, kAB - 1, dp);
-                for (int64_t jj = 0; jj < kAB; ++jj) {
-                  s[jj] = exp_fast(s[jj] - li);  // P (0 where masked)
-                  dp[jj] = s[jj] * (dp[jj] - Di);  // dS
-                }
-                outer_add2(doi, s, dvT, qi, dp, dkT, hd);
+              for (int64_t i0 = j0 < P ? 0 : j0 / kAQ * kAQ; i0 < T; i0 += kAQ) {
+                const int64_t ni = std::min(kAQ, T - i0);
+                if (at.tile_hidden(b, i0, ni, j0, nj)) continue;
+                const float *qb = q + (b * T + i0) * qs + h * hd, *ob = dout + (b * T + i0) * qs + h * hd;
+                for (int64_t r = 0; r < ni; ++r) D[r] = dq[((b * T + i0 + r) * nh + h) * hd];
+                at.product_t(qb, qs, ni, kT, panels, S);
+                at.product_t(ob, qs, ni, vT, panels, dP);
+                tile_probs(at, b, h, i0, ni, j0, nj, kp, lse, D, S, dP);
+                const int64_t qtile = ((b * nh + h) * nqb + i0 / kAQ) * kAQ * hdp;
+                const float *qP = qPall + qtile, *oP = oPall + qtile;
+                tile_mm(gk, S, 1, kp, nj, ni, oP, hdp / nr, dV, hdp, true);   // dV += Pᵀ·dO
+                tile_mm(gk, dP, 1, kp, nj, ni, qP, hdp / nr, dK, hdp, true);  // dK += dSᵀ·Q
               }
             }
             for (int64_t jj = 0; jj < nj; ++jj) {
-              float *dkj = dk + ((b * T + j0 + jj) * nkv + g) * hd;
-              float *dvj = dv + ((b * T + j0 + jj) * nkv + g) * hd;
+              float *dkj = dk + (b * T + j0 + jj) * ks + g * hd, *dvj = dv + (b * T + j0 + jj) * ks + g * hd;
+              const float *a = dK + jj * hdp, *c = dV + jj * hdp;
               for (int64_t d = 0; d < hd; ++d) {
-                dkj[d] = scale * dkT[d * kAB + jj];
-                dvj[d] = dvT[d * kAB + jj];
+                dkj[d] = scale * a[d];
+                dvj[d] = c[d];
               }
             }
           }
         }
       });
 
-  // (2) dq: item = (b, h, query-block pair).
-  const int64_t items2 = B * nh * pairs;
+  // (2) dq: item = (b, h, query-tile pair).
+  const int64_t qpairs = (nqb + 1) / 2, items2 = B * nh * qpairs;
   par(items2, chunks_for(items2, 6.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
       [&](int64_t it0, int64_t it1) {
-        float *kT = scratch(2, static_cast<size_t>(2 * hd * kAB));
-        float *vT = kT + hd * kAB;
-        float *acc = scratch(3, static_cast<size_t>(kAB * hd + kAB));
-        float *Dr = acc + kAB * hd;
-        float s[kAB], dp[kAB];
+        float *dQ = scratch(2, static_cast<size_t>(kAQ * hdp));
+        float *S = scratch(3, static_cast<size_t>(2 * kAQ * kAK + kAQ));
+        float *dP = S + kAQ * kAK, *D = dP + kAQ * kAK;
         for (int64_t it = it0; it < it1; ++it) {
-          const int64_t b = it / (nh * pairs), h = (it / pairs) % nh, g = h / group;
-          const float slope = alibi ? alibi[h] : 0.0f;
-          const int64_t P = prefix ? std::min<int64_t>(prefix[b], T) : 0;
+          const int64_t b = it / (nh * qpairs), h = (it / qpairs) % nh, g = h / group;
+          const int64_t P = at.pref(b);
           int64_t blocks[2];
-          const int nbl = pair_blocks(it % pairs, nblk, blocks);
+          const int nbl = pair_blocks(it % qpairs, nqb, blocks);
           for (int bi = 0; bi < nbl; ++bi) {
-            const int64_t i0 = blocks[bi] * kAB, ni = std::min(kAB, T - i0);
-            for (int64_t r = 0; r < ni; ++r) Dr[r] = dq[((b * T + i0 + r) * nh + h) * hd];
-            std::fill(acc, acc + ni * hd, 0.0f);
-            for (int64_t j0 = 0; j0 < std::max(i0 + ni, P); j0 += kAB) {
-              const int64_t nj = std::min(kAB, T - j0);
-              const float *kb = k + ((b * T + j0) * nkv + g) * hd;
-              load_block_t(kb, ks, nj, hd, kT);
-              load_block_t(v + ((b * T + j0) * nkv + g) * hd, ks, nj, hd, vT);
-              for (int64_t r = 0; r < ni; ++r) {
-                const int64_t i = i0 + r, row = (b * T + i) * nh + h;
-                const int64_t last = std::min(std::max(i, P - 1) - j0, nj - 1);
-                if (last < 0) continue;
-                const float li = lse[(b * nh + h) * T + i];
-                scores(q + row * hd, kT, hd, scale, last, s, seg_start ? seg_start[b * T + i] - j0 : 0, slope, j0);
-                scores(dout + row * hd, vT, hd, 1.0f, kAB - 1, dp);
-                for (int64_t jj = 0; jj < kAB; ++jj) dp[jj] = exp_fast(s[jj] - li) * (dp[jj] - Dr[r]);  // dS
-                float *ar = acc + r * hd;
-                for (int64_t jj = 0; jj <= last; ++jj) axpy(ar, dp[jj], kb + jj * ks, hd);
-              }
+            const int64_t i0 = blocks[bi] * kAQ, ni = std::min(kAQ, T - i0);
+            const float *qb = q + (b * T + i0) * qs + h * hd, *ob = dout + (b * T + i0) * qs + h * hd;
+            for (int64_t r = 0; r < ni; ++r) D[r] = dq[((b * T + i0 + r) * nh + h) * hd];
+            std::fill(dQ, dQ + ni * hdp, 0.0f);
+            for (int64_t j0 = 0; j0 < std::max(i0 + ni, P); j0 += kAK) {
+              const int64_t nj = std::min(kAK, T - j0), panels = (nj + nr - 1) / nr, kp = panels * nr;
+              if (at.tile_hidden(b, i0, ni, j0, nj)) continue;
+              const int64_t tile = ktile(b, g, j0);
+              const float *kT = kTall + tile, *vT = vTall + tile, *kP = kPall + tile;
+              at.product_t(qb, qs, ni, kT, panels, S);
+              at.product_t(ob, qs, ni, vT, panels, dP);
+              tile_probs(at, b, h, i0, ni, j0, nj, kp, lse, D, S, dP);
+              tile_mm(gk, dP, kp, 1, ni, nj, kP, hdp / nr, dQ, hdp, true);  // dQ += dS·K
             }
             for (int64_t r = 0; r < ni; ++r) {
               float *dqi = dq + ((b * T + i0 + r) * nh + h) * hd;
-              const float *ar = acc + r * hd;
-              for (int64_t d = 0; d < hd; ++d) dqi[d] = scale * ar[d];
+              const float *a = dQ + r * hdp;
+              for (int64_t d = 0; d < hd; ++d) dqi[d] = scale * a[d];
             }
           }
         }

@@ -1078,7 +1078,9 @@ void qlora(Backend &gpu, const std::string &tmp) {
       }
       m->to_device();
     }
-    train_compare(*a, *b, 3, tag + "_train3");
+    // AdamW divides each entry by its own running RMS, so entries whose gradient is near zero (where the two
+    // backends' fp32 summation orders decide the low bits) move by a few 1e-5 after three steps: 5e-3 as below
+    train_compare(*a, *b, 3, tag + "_train3", {5e-3, 1e-5});
     // generation with the trained adapter: a prompt chunk, then single tokens (M = 1 rows through the 4-bit GEMMs)
     Model::KvCache ca, cb;
     a->init_cache(ca, 16);

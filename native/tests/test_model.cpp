@@ -248,7 +248,9 @@ static void test_family(const std::string &family) {
   for (auto &lin : m->linears)
     if (lin->lora.r) randomize(lin->lora.B, 0.3f, s++);
   CHECK(loss_of(*m, b) != base_loss, "a non-zero lora_B changes the output");
-  fd_check(*m, b, family + " LoRA");
+  // eps 2e-2: the loss here is ≈ 18 for some families (random tiny models), whose fp32 value moves by ≈ 2e-6 per
+  // rounding; at eps 1e-2 a central difference then carries ≈ 2e-4 of noise, the size of the smallest gradients
+  fd_check(*m, b, family + " LoRA", 4, 2e-2f);
 
   // gradient checkpointing gives bit-identical gradients, also with dropout (masks regenerated)
   RunOptions o;
