@@ -8,7 +8,10 @@ times, with the same number of threads, the same batch of random tokens:
 in PyTorch + PEFT (eager, fp32) and in `llmt-engine bench`. Prints a table and JSON with the ratios
 (> 1 means LLMs-train is faster).
 
-  python bench/cpu_bench.py [--threads 2] [--sizes 20m,120m] [--batch 1] [--seq 256] [--iters 5]
+  python bench/cpu_bench.py [--threads 2] [--sizes 20m,120m] [--batch 1] [--seq 256] [--iters 5] [--engine PATH ...]
+
+--engine (repeatable) times other builds of llmt-engine on the same folders in the same run, e.g. the last release's
+against this tree's; one row per engine (default: native/build/bin/llmt-engine).
 
 Needs the reference venv (tests/python/setup.sh) and a built engine (npm run build:native).
 """
@@ -73,8 +76,8 @@ def time_torch(peft_model, batch, seq, iters, vocab):
     return median(fwd) * 1000, median(step) * 1000
 
 
-def time_engine(folder, batch, seq, iters, threads):
-    r = subprocess.run([ENGINE, "bench", "--model", os.path.join(folder, "model"), "--adapter", os.path.join(folder, "adapter"),
+def time_engine(engine, folder, batch, seq, iters, threads):
+    r = subprocess.run([engine, "bench", "--model", os.path.join(folder, "model"), "--adapter", os.path.join(folder, "adapter"),
                         "--batch", str(batch), "--seq", str(seq), "--iters", str(iters), "--warmup", "1", "--threads", str(threads)],
                        capture_output=True, text=True, check=False)
     if r.returncode != 0:
@@ -90,9 +93,12 @@ def main():
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--iters", type=int, default=5)
+    ap.add_argument("--engine", action="append", help="an llmt-engine binary to time (repeatable)")
     a = ap.parse_args()
-    if not os.path.exists(ENGINE):
-        sys.exit("build the engine first: npm run build:native")
+    engines = a.engine or [ENGINE]
+    for e in engines:
+        if not os.path.exists(e):
+            sys.exit(f"no engine at {e}: build it first (npm run build:native)")
     import torch
 
     torch.set_num_threads(a.threads)
@@ -102,13 +108,19 @@ def main():
             peft_model, nparams = build(size, d)
             tf, ts = time_torch(peft_model, a.batch, a.seq, a.iters, SIZES[size]["vocab_size"])
             del peft_model
-            ef, es = time_engine(d, a.batch, a.seq, a.iters, a.threads)
-            rows.append(dict(size=size, parameters=nparams, batch=a.batch, seq=a.seq, threads=a.threads,
-                             torch_forward_ms=round(tf, 2), engine_forward_ms=round(ef, 2), forward_speedup=round(tf / ef, 3),
-                             torch_step_ms=round(ts, 2), engine_step_ms=round(es, 2), step_speedup=round(ts / es, 3)))
+            for e in engines:
+                ef, es = time_engine(e, d, a.batch, a.seq, a.iters, a.threads)
+                row = dict(size=size, parameters=nparams, batch=a.batch, seq=a.seq, threads=a.threads,
+                           torch_forward_ms=round(tf, 2), engine_forward_ms=round(ef, 2), forward_speedup=round(tf / ef, 3),
+                           torch_step_ms=round(ts, 2), engine_step_ms=round(es, 2), step_speedup=round(ts / es, 3))
+                if len(engines) > 1:
+                    row["engine"] = e
+                rows.append(row)
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch} x seq {a.seq}, LoRA r=16 on all linear modules")
     print(f"{'model':>8} {'params':>12} {'fwd torch':>10} {'fwd ours':>10} {'ratio':>6} {'step torch':>11} {'step ours':>10} {'ratio':>6}")
     for r in rows:
+        if "engine" in r:
+            print(f"  ({r['engine']})")
         print(f"{r['size']:>8} {r['parameters']:>12,} {r['torch_forward_ms']:>9.1f}ms {r['engine_forward_ms']:>9.1f}ms {r['forward_speedup']:>6.2f} "
               f"{r['torch_step_ms']:>10.1f}ms {r['engine_step_ms']:>9.1f}ms {r['step_speedup']:>6.2f}")
     print(json.dumps(rows))

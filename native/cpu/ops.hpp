@@ -84,10 +84,12 @@ void gelu_forward(const float *x, float *y, int64_t n, Gelu kind);
 void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu kind);
 
 // ---- attention ------------------------------------------------------------------------------------------------
-// Causal softmax attention with grouped KV heads (GQA/MQA), never materialising more than one row of scores
-// per thread. q[B,T,nh,hd], k,v[B,T,nkv,hd] (nh % nkv == 0; kv head g serves query heads g·(nh/nkv) …),
-// out[B,T,nh,hd]; s = scale·q·kᵀ, key j visible to query i iff j ≤ i. Saves lse[B,nh,T] (log-sum-exp of
-// the scaled scores) for the backward.
+// Causal softmax attention with grouped KV heads (GQA/MQA), never materialising more than one tile of scores
+// (96 queries × 64 keys) per thread; the operands are packed once per call (scratch of the size of k and v, and of
+// q and dout in the backward). q[B,T,nh,hd], k,v[B,T,nkv,hd] (nh % nkv == 0; kv head g serves query heads
+// g·(nh/nkv) …), out[B,T,nh,hd]; s = scale·q·kᵀ, key j visible to query i iff j ≤ i. Saves lse[B,nh,T]
+// (log-sum-exp of the scaled scores) for the backward. A query's results depend on its own row only (not on T,
+// B or the thread count), bit for bit.
 // seg_start (optional, [B·T]): packed rows — key j is visible to query i only if also j ≥ seg_start[b·T+i]
 // (the index, within the row, where query i's sample begins). Null: plain causal attention.
 // alibi (optional, [nh]): ALiBi slopes; s_ij = scale·q_i·k_j + alibi[h]·j (j = key index in the row, not
