@@ -32,6 +32,13 @@
 #define LLMT_X86_SIMD 0
 #endif
 
+// Bodies compiled twice (a plain wrapper and an LLMT_TARGET_AVX2 one) are forced inline into each wrapper.
+#if defined(__GNUC__) || defined(__clang__)
+#define LLMT_INLINE inline __attribute__((always_inline))
+#else
+#define LLMT_INLINE inline
+#endif
+
 namespace llmt::cpu::detail {
 // Defined in threadpool.cpp: fn(ctx, begin, end) over min(nchunks, threads) contiguous chunks of [0, n).
 using ChunkFn = void (*)(void *ctx, int64_t begin, int64_t end);
@@ -859,11 +866,6 @@ struct AttnTile {
 
 // The per-row softmax steps, written once and compiled twice on x86 (AVX2+FMA, and the baseline), the version
 // picked with the GEMM micro-kernel: they are a third of the work at head_dim 64 when compiled for SSE alone.
-#if defined(__GNUC__) || defined(__clang__)
-#define LLMT_INLINE inline __attribute__((always_inline))
-#else
-#define LLMT_INLINE inline
-#endif
 
 // A row of dot products → the scaled scores (ALiBi added: slope·key index in the row) on the visible keys.
 LLMT_INLINE void scale_scores(float *__restrict s, Visible vk, int64_t j0, float scale, float slope) {
@@ -1172,18 +1174,19 @@ int64_t reduce_blocks(int64_t n, int64_t min_block) {
 }
 
 // log Σ exp(x[V]) with the max subtracted; sums in double lanes.
-float row_lse(const float *__restrict x, int64_t V) {
-  float mx[8];
-  for (int u = 0; u < 8; ++u) mx[u] = -std::numeric_limits<float>::infinity();
-  float nanflag = 0.0f;  // x·0 is NaN for a NaN or ±inf logit: poisons the result as it should
+LLMT_INLINE float row_lse_body(const float *__restrict x, int64_t V) {
+  float mx[8], nf[8];
+  for (int u = 0; u < 8; ++u) mx[u] = -std::numeric_limits<float>::infinity(), nf[u] = 0.0f;
+  // x·0 is NaN for a NaN or ±inf logit: poisons the result as it should (in 8 lanes: one running sum would be a
+  // chain of V dependent adds, the slowest part of the row)
   int64_t c = 0;
   for (; c + 8 <= V; c += 8)
     for (int u = 0; u < 8; ++u) {
       mx[u] = x[c + u] > mx[u] ? x[c + u] : mx[u];
-      nanflag += x[c + u] * 0.0f;
+      nf[u] += x[c + u] * 0.0f;
     }
-  float m = -std::numeric_limits<float>::infinity();
-  for (int u = 0; u < 8; ++u) m = mx[u] > m ? mx[u] : m;
+  float m = -std::numeric_limits<float>::infinity(), nanflag = 0.0f;
+  for (int u = 0; u < 8; ++u) m = mx[u] > m ? mx[u] : m, nanflag += nf[u];
   for (; c < V; ++c) {
     m = x[c] > m ? x[c] : m;
     nanflag += x[c] * 0.0f;
@@ -1197,10 +1200,31 @@ float row_lse(const float *__restrict x, int64_t V) {
   for (; c < V; ++c) s += static_cast<double>(exp_fast(x[c] - m));
   return m + static_cast<float>(std::log(s)) + nanflag;
 }
-// d[V] = scale·exp(x[V] − l), x and d distinct.
-void softmax_row_scaled(const float *__restrict x, float *__restrict d, int64_t V, float l, float scale) {
+// d[V] = scale·exp(x[V] − l); d may be x (element-wise).
+LLMT_INLINE void softmax_row_body(const float *x, float *d, int64_t V, float l, float scale) {
   for (int64_t c = 0; c < V; ++c) d[c] = scale * exp_fast(x[c] - l);
 }
+// Both compiled twice like the attention's row steps (a vocabulary row is 32k+ exponentials): the AVX2+FMA version
+// where the GEMM uses its micro-kernel.
+float row_lse_base(const float *x, int64_t V) { return row_lse_body(x, V); }
+void softmax_row_base(const float *x, float *d, int64_t V, float l, float scale) { softmax_row_body(x, d, V, l, scale); }
+#if LLMT_X86_SIMD
+LLMT_TARGET_AVX2 float row_lse_avx2(const float *x, int64_t V) { return row_lse_body(x, V); }
+LLMT_TARGET_AVX2 void softmax_row_avx2(const float *x, float *d, int64_t V, float l, float scale) {
+  softmax_row_body(x, d, V, l, scale);
+}
+#endif
+struct LossRowOps {
+  float (*lse)(const float *, int64_t);
+  void (*softmax)(const float *, float *, int64_t, float, float);
+};
+LossRowOps loss_row_ops() {
+#if LLMT_X86_SIMD
+  if (gemm_kernel().ukr == ukr_avx2_6x16) return {row_lse_avx2, softmax_row_avx2};
+#endif
+  return {row_lse_base, softmax_row_base};
+}
+
 }  // namespace
 
 double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
@@ -1210,6 +1234,7 @@ double cross_entropy_forward(const float *logits, const int32_t *targets, float 
     return 0.0;
   }
   const int64_t nb = reduce_blocks(N, 64);
+  const LossRowOps ro = loss_row_ops();
   double part[kMaxBlocks];
   int64_t cnt[kMaxBlocks];
   par(nb, chunks_for(nb, 12.0 * static_cast<double>(N * V)), [&](int64_t b0, int64_t b1) {
@@ -1218,7 +1243,7 @@ double cross_entropy_forward(const float *logits, const int32_t *targets, float 
       int64_t c = 0;
       for (int64_t r = N * blk / nb; r < N * (blk + 1) / nb; ++r) {
         const float *xr = logits + r * V;
-        const float l = row_lse(xr, V);
+        const float l = ro.lse(xr, V);
         lse[r] = l;
         const int32_t t = targets[r];
         if (t >= 0) {
@@ -1242,6 +1267,7 @@ double cross_entropy_forward(const float *logits, const int32_t *targets, float 
 
 void cross_entropy_backward(const float *logits, const int32_t *targets, const float *lse, float *dlogits, int64_t N,
                             int64_t V, float scale) {
+  const LossRowOps ro = loss_row_ops();
   par(N, chunks_for(N, 10.0 * static_cast<double>(N * V)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r) {
       const float *xr = logits + r * V;
@@ -1253,11 +1279,7 @@ void cross_entropy_backward(const float *logits, const int32_t *targets, const f
       }
       const float l = lse[r];
       const float pt = exp_fast(xr[t] - l);  // before the row may be overwritten (dlogits == logits is fine)
-      if (dr == xr) {
-        for (int64_t c = 0; c < V; ++c) dr[c] = scale * exp_fast(dr[c] - l);
-      } else {
-        softmax_row_scaled(xr, dr, V, l, scale);
-      }
+      ro.softmax(xr, dr, V, l, scale);
       dr[t] = scale * (pt - 1.0f);
     }
   });
