@@ -6,7 +6,9 @@ times, with the same number of threads, the same batch of random tokens:
   - a forward pass with the adapter (no grad), and
   - a LoRA training step's forward + backward (gradients of the LoRA parameters only),
 in PyTorch + PEFT (eager, fp32) and in `llmt-engine bench`. Prints a table and JSON with the ratios
-(> 1 means LLMs-train is faster).
+(> 1 means LLMs-train is faster), and the peak resident memory of each side's training process (the engine's
+`bench` run; a child Python that loads the same folders with transformers + PEFT and runs two steps): the
+footprint a user sees, libraries included.
 
   python bench/cpu_bench.py [--threads 2] [--sizes 20m,120m] [--batch 1] [--seq 256] [--iters 5] [--engine PATH ...]
 
@@ -76,6 +78,16 @@ def time_torch(peft_model, batch, seq, iters, vocab):
     return median(fwd) * 1000, median(step) * 1000
 
 
+# Peak memory is each child's own VmHWM (/proc/self/status: its own pages): getrusage's ru_maxrss of a child keeps
+# the size of this process at the fork, which holds a PyTorch model by then.
+def vmhwm_mib():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
 def time_engine(engine, folder, batch, seq, iters, threads):
     r = subprocess.run([engine, "bench", "--model", os.path.join(folder, "model"), "--adapter", os.path.join(folder, "adapter"),
                         "--batch", str(batch), "--seq", str(seq), "--iters", str(iters), "--warmup", "1", "--threads", str(threads)],
@@ -83,7 +95,31 @@ def time_engine(engine, folder, batch, seq, iters, threads):
     if r.returncode != 0:
         sys.exit(f"llmt-engine bench failed: {r.stderr.strip()}")
     j = json.loads(r.stdout)
-    return j["forward_ms"], j["train_step_ms"]
+    return j["forward_ms"], j["train_step_ms"], j.get("host_peak_mib", float("nan"))
+
+
+def torch_peak(folder, batch, seq, threads):
+    """Peak resident MiB of a fresh Python that loads the folders (transformers + PEFT, fp32) and runs two LoRA steps."""
+    r = subprocess.run([sys.executable, os.path.abspath(__file__), "--torch-worker", folder, "--batch", str(batch),
+                        "--seq", str(seq), "--threads", str(threads)], capture_output=True, text=True, check=False)
+    if r.returncode != 0:
+        sys.exit(f"the PyTorch memory run failed: {r.stderr.strip()[-2000:]}")
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def torch_worker(folder, batch, seq, threads):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    torch.set_num_threads(threads)
+    model = AutoModelForCausalLM.from_pretrained(os.path.join(folder, "model"), torch_dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, os.path.join(folder, "adapter"), is_trainable=True)
+    ids = torch.randint(0, model.config.vocab_size, (batch, seq), generator=torch.Generator().manual_seed(1))
+    for _ in range(2):
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=ids).loss.backward()
+    print(vmhwm_mib())
 
 
 def main():
@@ -94,7 +130,10 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--engine", action="append", help="an llmt-engine binary to time (repeatable)")
+    ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    if a.torch_worker:
+        return torch_worker(a.torch_worker, a.batch, a.seq, a.threads)
     engines = a.engine or [ENGINE]
     for e in engines:
         if not os.path.exists(e):
@@ -108,21 +147,25 @@ def main():
             peft_model, nparams = build(size, d)
             tf, ts = time_torch(peft_model, a.batch, a.seq, a.iters, SIZES[size]["vocab_size"])
             del peft_model
+            tm = torch_peak(d, a.batch, a.seq, a.threads)
             for e in engines:
-                ef, es = time_engine(e, d, a.batch, a.seq, a.iters, a.threads)
+                ef, es, em = time_engine(e, d, a.batch, a.seq, a.iters, a.threads)
                 row = dict(size=size, parameters=nparams, batch=a.batch, seq=a.seq, threads=a.threads,
                            torch_forward_ms=round(tf, 2), engine_forward_ms=round(ef, 2), forward_speedup=round(tf / ef, 3),
-                           torch_step_ms=round(ts, 2), engine_step_ms=round(es, 2), step_speedup=round(ts / es, 3))
+                           torch_step_ms=round(ts, 2), engine_step_ms=round(es, 2), step_speedup=round(ts / es, 3),
+                           torch_peak_mib=round(tm), engine_peak_mib=round(em), memory_ratio=round(em / tm, 3))
                 if len(engines) > 1:
                     row["engine"] = e
                 rows.append(row)
     print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch} x seq {a.seq}, LoRA r=16 on all linear modules")
-    print(f"{'model':>8} {'params':>12} {'fwd torch':>10} {'fwd ours':>10} {'ratio':>6} {'step torch':>11} {'step ours':>10} {'ratio':>6}")
+    print(f"{'model':>8} {'params':>12} {'fwd torch':>10} {'fwd ours':>10} {'ratio':>6} {'step torch':>11} {'step ours':>10} {'ratio':>6}"
+          f" {'peak torch':>11} {'peak ours':>10} {'ours/torch':>10}")
     for r in rows:
         if "engine" in r:
             print(f"  ({r['engine']})")
         print(f"{r['size']:>8} {r['parameters']:>12,} {r['torch_forward_ms']:>9.1f}ms {r['engine_forward_ms']:>9.1f}ms {r['forward_speedup']:>6.2f} "
-              f"{r['torch_step_ms']:>10.1f}ms {r['engine_step_ms']:>9.1f}ms {r['step_speedup']:>6.2f}")
+              f"{r['torch_step_ms']:>10.1f}ms {r['engine_step_ms']:>9.1f}ms {r['step_speedup']:>6.2f}"
+              f" {r['torch_peak_mib']:>8}MiB {r['engine_peak_mib']:>7}MiB {r['memory_ratio']:>10.2f}")
     print(json.dumps(rows))
 
 

@@ -20,6 +20,9 @@
 #include <vector>
 
 #include <unistd.h>
+#if defined(__unix__) || defined(__APPLE__)
+#include <sys/resource.h>
+#endif
 
 #include "../engine/json.hpp"
 #include "llmt.h"
@@ -521,6 +524,29 @@ int cmd_generate(const Args &a) {
   return 0;
 }
 
+// Peak resident memory of this process in MiB: VmHWM from /proc/self/status (Linux), else getrusage; 0 if neither.
+double host_peak_mib() {
+  if (std::FILE *f = std::fopen("/proc/self/status", "r")) {
+    char line[256];
+    double kb = 0;
+    while (std::fgets(line, sizeof line, f))
+      if (std::strncmp(line, "VmHWM:", 6) == 0) kb = std::strtod(line + 6, nullptr);
+    std::fclose(f);
+    if (kb > 0) return kb / 1024.0;
+  }
+#if defined(__unix__) || defined(__APPLE__)
+  struct rusage ru {};
+  if (getrusage(RUSAGE_SELF, &ru) == 0) {
+#if defined(__APPLE__)
+    return static_cast<double>(ru.ru_maxrss) / (1024.0 * 1024.0);  // bytes
+#else
+    return static_cast<double>(ru.ru_maxrss) / 1024.0;  // KiB
+#endif
+  }
+#endif
+  return 0;
+}
+
 int cmd_bench(const Args &a) {
   const std::string model = a.get("--model"), adapter = a.get("--adapter");
   if (model.empty()) return usage_error("bench needs --model");
@@ -647,6 +673,9 @@ int cmd_bench(const Args &a) {
   llmt_free_string(info);
   o.set("device", mj.get("device"));
   o.set("device_memory", mj.get("device_memory"));
+  // this process's peak resident memory (load included): /proc/self/status VmHWM counts this image's own pages
+  // only — getrusage's ru_maxrss also keeps the parent's size when a large process forked this one
+  if (const double mib = host_peak_mib(); mib > 0) o.set("host_peak_mib", Json::number(mib));
   std::printf("%s\n", o.dump().c_str());
   return 0;
 }
