@@ -1378,6 +1378,7 @@ __device__ __forceinline__ unsigned ld_u32(const unsigned char *p) {
 #if defined(__CUDACC__)
   return *reinterpret_cast<const unsigned *>(p);
 #else
+  ::cuemu::align_check(p, 4, "ld_u32");  // cuemu: the GPU's word load faults where misaligned
   unsigned u;
   std::memcpy(&u, p, 4);
   return u;

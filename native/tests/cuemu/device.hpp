@@ -156,6 +156,12 @@ inline void wmma_check(const void *p, unsigned ldm, size_t element_bytes, const 
                what, p, ldm, element_bytes);
   std::abort();
 }
+// A load or store of `bytes` through p: a GPU faults unless p is aligned to it (x86 does not, so say so here).
+inline void align_check(const void *p, size_t bytes, const char *what) {
+  if (reinterpret_cast<uintptr_t>(p) % bytes == 0) return;
+  std::fprintf(stderr, "cuemu: %s: pointer %p is not %zu-byte aligned (a GPU faults: misaligned address)\n", what, p, bytes);
+  std::abort();
+}
 }  // namespace cuemu
 
 namespace nvcuda {
