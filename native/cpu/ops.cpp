@@ -748,8 +748,9 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
 // q row (b,i,h) at q + ((b·T + i)·nh + h)·hd; k/v row (b,j,g) at k + ((b·T + j)·nkv + g)·hd; lse at (b·nh + h)·T + i.
 // Flash-style, in tiles of kAQ queries × kAK keys: every product of a tile (S = Q·Kᵀ, dP = dO·Vᵀ, P·V, Pᵀ·dO,
 // dSᵀ·Q, dS·K) runs on the GEMM micro-kernel over operands packed into its panels, and the forward keeps an
-// online softmax (running max, sum, output) per query row across key tiles — scratch is O((kAQ + kAK)·hd) per
-// thread, never a row of T scores. Each element of a product is one dot product in a fixed order, the same
+// online softmax (running max, sum, output) per query row across key tiles — per-thread scratch O(kAQ·(kAK + hd)),
+// never a row of T scores; the packed operands (the size of K and V, and of Q and dO in the backward) are shared by
+// the threads. Each element of a product is one dot product in a fixed order, the same
 // whichever rows share its tile, and a row's softmax depends only on the key tiles (aligned at key 0), so a
 // query's result does not depend on T, B or the thread count. Work items pair block p with block n−1−p so
 // contiguous chunks carry equal work under the causal triangle.
