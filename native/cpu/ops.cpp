@@ -1047,8 +1047,12 @@ void attention_backward(const float *dout, const float *q, const float *k, const
   pack_all(gk, B, T, nh, hd, hdp, kAQ, {{q, false, qPall}, {dout, false, oPall}});
   auto ktile = [&](int64_t b, int64_t g, int64_t j0) { return ((b * nkv + g) * nkb + j0 / kAK) * kAK * hdp; };
 
-  // (1) dk, dv: item = (b, g, key-tile pair).
-  const int64_t kpairs = (nkb + 1) / 2, items1 = B * nkv * kpairs;
+  // (1) dk, dv: item = (b, g, key-tile pair). With few KV heads (MQA, GQA) and many threads the key tiles are cut into
+  // sub-tiles of 32 or 16 keys (whole panels of the packed tiles): each dK/dV element sums over the same heads and query
+  // tiles in the same order whatever the cut, so only the sharing of the work changes, not the results.
+  int64_t sub = kAK;
+  while (sub > nr && B * nkv * (((T + sub - 1) / sub + 1) / 2) < 4 * static_cast<int64_t>(num_threads())) sub /= 2;
+  const int64_t nsb = (T + sub - 1) / sub, kpairs = (nsb + 1) / 2, items1 = B * nkv * kpairs;
   par(items1, chunks_for(items1, 8.0 * static_cast<double>(B * nh) * tri * static_cast<double>(hd + 4)),
       [&](int64_t it0, int64_t it1) {
         float *dK = scratch(2, static_cast<size_t>(2 * (kAK + kMR) * hdp));  // dK, dV [kAK + kMR][hdp]
@@ -1059,11 +1063,12 @@ void attention_backward(const float *dout, const float *q, const float *k, const
           const int64_t b = it / (nkv * kpairs), g = (it / kpairs) % nkv;
           const int64_t P = at.pref(b);
           int64_t blocks[2];
-          const int nbl = pair_blocks(it % kpairs, nkb, blocks);
+          const int nbl = pair_blocks(it % kpairs, nsb, blocks);
           for (int bi = 0; bi < nbl; ++bi) {
-            const int64_t j0 = blocks[bi] * kAK, nj = std::min(kAK, T - j0), panels = (nj + nr - 1) / nr,
+            const int64_t j0 = blocks[bi] * sub, nj = std::min(sub, T - j0), panels = (nj + nr - 1) / nr,
                           kp = panels * nr;
-            const float *kT = kTall + ktile(b, g, j0), *vT = vTall + ktile(b, g, j0);
+            const int64_t at_panel = ktile(b, g, j0) + (j0 % kAK) / nr * hd * nr;  // the sub-tile's first panel
+            const float *kT = kTall + at_panel, *vT = vTall + at_panel;
             std::fill(dK, dK + nj * hdp, 0.0f);
             std::fill(dV, dV + nj * hdp, 0.0f);
             for (int64_t hh = 0; hh < group; ++hh) {

@@ -661,8 +661,7 @@ static Vec reduction_outputs() {
     matmul_nt(X.data(), W.data(), Y.data(), 64, 300, 500, false);
     add(Y);
   }
-  {
-    const AttnShape s{2, 45, 4, 2, 16};
+  for (const AttnShape s : {AttnShape{2, 45, 4, 2, 16}, AttnShape{1, 230, 4, 1, 40}}) {  // (MQA: key tiles cut by threads)
     const size_t nq = s.B * s.T * s.nh * s.hd, nk = s.B * s.T * s.nkv * s.hd;
     Vec q = rnd(nq), k = rnd(nk), v = rnd(nk), o(nq), l(s.B * s.nh * s.T), R = rnd(nq), dq(nq), dk(nk), dv(nk);
     attention_forward(q.data(), k.data(), v.data(), o.data(), l.data(), s.B, s.T, s.nh, s.nkv, s.hd, 0.25f);
