@@ -140,9 +140,22 @@ __attribute__((noinline)) void make_fiber(Fiber &f) {
   makecontext(&f.uc, fiber_main, 0);
 }
 
+// LLMT_CUEMU_REVERSE=1: blocks, and the threads of a block between scheduling points, run in descending order. A
+// kernel that reads shared memory another warp (or lane) wrote with no __syncthreads (__syncwarp) between, or that
+// counts on one block running before another, gives the same results in only one of the two orders — a GPU runs
+// them in any order.
+bool reverse_order() {
+  static const bool r = [] {
+    const char *e = std::getenv("LLMT_CUEMU_REVERSE");
+    return e && *e && std::strcmp(e, "0") != 0;
+  }();
+  return r;
+}
+
 /** Runs every block of a launch; "" or what went wrong. */
 std::string run_grid(void (*call)(void *, void **), void *fn, void **params, Dim3 grid, Dim3 block) {
   const unsigned nt = block.x * block.y * block.z;
+  const bool rev = reverse_order();
   while (g_stacks.size() < nt) {
     void *s = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
     if (s == MAP_FAILED) return "cannot map fiber stacks";
@@ -155,9 +168,11 @@ std::string run_grid(void (*call)(void *, void **), void *fn, void **params, Dim
   run.fibers.resize(nt);
   run.warps.resize((nt + 31) / 32);
   g_block = &run;
-  for (unsigned bz = 0; bz < grid.z; ++bz)
-    for (unsigned by = 0; by < grid.y; ++by)
-      for (unsigned bx = 0; bx < grid.x; ++bx) {
+  for (unsigned bz0 = 0; bz0 < grid.z; ++bz0)
+    for (unsigned by0 = 0; by0 < grid.y; ++by0)
+      for (unsigned bx0 = 0; bx0 < grid.x; ++bx0) {
+        const unsigned bz = rev ? grid.z - 1 - bz0 : bz0, by = rev ? grid.y - 1 - by0 : by0,
+                       bx = rev ? grid.x - 1 - bx0 : bx0;
         for (unsigned t = 0; t < nt; ++t) {
           Fiber &f = run.fibers[t];
           f.state = kReady;
@@ -174,11 +189,13 @@ std::string run_grid(void (*call)(void *, void **), void *fn, void **params, Dim
         }
         for (;;) {
           bool any = false;
-          for (Fiber &f : run.fibers)
+          for (unsigned i = 0; i < nt; ++i) {
+            Fiber &f = run.fibers[rev ? nt - 1 - i : i];
             if (f.state == kReady) {
               any = true;
               resume(&f);
             }
+          }
           size_t live = 0, bar = 0;
           for (Fiber &f : run.fibers) {
             if (f.state != kDone) ++live;
