@@ -36,6 +36,20 @@ export function maxAbsDiff(a: number[][][], b: number[][][]): number {
   return m;
 }
 
+/** Per tensor of `ref`: the largest |ref − ours| and the largest |ref| (the relative error is their ratio). */
+export function gradDiffs(ours: Map<string, Float32Array>, ref: Map<string, Float32Array>): { name: string; diff: number; scale: number }[] {
+  return [...ref].map(([name, r]) => {
+    const mine = ours.get(name)!;
+    let scale = 0;
+    let diff = 0;
+    for (let i = 0; i < r.length; i++) {
+      scale = Math.max(scale, Math.abs(r[i]!));
+      diff = Math.max(diff, Math.abs(r[i]! - mine[i]!));
+    }
+    return { name, diff, scale };
+  });
+}
+
 /** The emulated GPU (native/tests/cuemu) of a CUDA build: its library folder, and whether this build has it. */
 export const EMU = path.join(NATIVE, '..', 'cuemu', 'gpu');
 export const HAVE_EMU = fs.existsSync(path.join(EMU, 'libcuda.so.1'));

@@ -14,7 +14,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT } from '../helpers/app';
-import { ENGINE, maxAbsDiff, PY, readSafetensors } from '../helpers/native';
+import { ENGINE, gradDiffs, maxAbsDiff, PY, readSafetensors } from '../helpers/native';
 
 const REF = path.join(ROOT, 'tests', 'python', 'family_reference.py');
 const ENV = { ...process.env, OMP_NUM_THREADS: '1', LLMT_NUM_THREADS: '1' };
@@ -116,16 +116,9 @@ describe.each(families)('$family vs its reference', (f) => {
     const ours = readSafetensors(d('ours.safetensors'));
     const ref = readSafetensors(path.join(d('ref'), 'grads.safetensors'));
     expect([...ours.keys()].sort()).toEqual([...ref.keys()].sort());
-    for (const [k, r] of ref) {
-      const mine = ours.get(k)!;
-      let scale = 0;
-      let diff = 0;
-      for (let i = 0; i < r.length; i++) {
-        scale = Math.max(scale, Math.abs(r[i]!));
-        diff = Math.max(diff, Math.abs(r[i]! - mine[i]!));
-      }
-      expect(scale, `${k}: zero reference gradient`).toBeGreaterThan(0);
-      expect(diff / scale, `${k}: max diff ${diff}, scale ${scale}`).toBeLessThan(1e-3);
+    for (const { name, diff, scale } of gradDiffs(ours, ref)) {
+      expect(scale, `${name}: zero reference gradient`).toBeGreaterThan(0);
+      expect(diff / scale, `${name}: max diff ${diff}, scale ${scale}`).toBeLessThan(1e-3);
     }
   });
 
