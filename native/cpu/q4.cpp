@@ -195,9 +195,9 @@ void q4_dequantize_half(const Q4View &w, Half t, int64_t begin, int64_t count, f
 }
 
 namespace {
-// The decision trees of nf4_quantize_one / fp4_quantize_one as counts of the thresholds that x exceeds (the same
-// fp32 constants, the same strict '>', so the same code for every float, NaN included — test_q4 compares them):
-// no branches, so a block's 64 codes vectorise (the trees mispredict on weights; quantizing on load is ≈ 4× faster).
+// q4_quantize runs the decision trees of nf4_quantize_one / fp4_quantize_one as counts of the thresholds that x
+// exceeds (the same fp32 constants, the same strict '>', so the same code for every float, NaN included — test_q4
+// compares its output with the trees'): no branches, so a block's 64 codes vectorise (the trees mispredict on weights).
 const float kNF4Split[15] = {-0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f, -0.33967943489551544f,
                              -0.23460740596055984f, -0.13791173323988914f, -0.045525018125772476f, 0.03979014977812767f,
                              0.1202552504837513f,   0.2035212516784668f,   0.2920137718319893f,   0.3893125355243683f,
@@ -205,21 +205,7 @@ const float kNF4Split[15] = {-0.8480964004993439f,  -0.6106329262256622f,  -0.45
 const float kFP4Split[7] = {0.00260417f, 0.0859375f, 0.20833333f, 0.29166667f, 0.4166667f, 0.583333f, 0.8333333f};
 const uint8_t kFP4ByRank[8] = {0b0000, 0b0001, 0b0110, 0b0111, 0b0100, 0b0101, 0b0010, 0b0011};
 
-inline uint8_t nf4_code(float x) {
-  int q = 0;
-  for (int k = 0; k < 15; ++k) q += x > kNF4Split[k];
-  return static_cast<uint8_t>(q);
-}
-inline uint8_t fp4_code(float x) {
-  const float a = std::fabs(x);
-  int r = 0;
-  for (int k = 0; k < 7; ++k) r += a > kFP4Split[k];
-  return static_cast<uint8_t>(kFP4ByRank[r] + (x < 0 ? 0b1000 : 0));
-}
 }  // namespace
-
-uint8_t nf4_quantize_branchless(float x) { return nf4_code(x); }
-uint8_t fp4_quantize_branchless(float x) { return fp4_code(x); }
 
 void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax) {
   const int64_t nb = (n + kQ4Block - 1) / kQ4Block;
@@ -248,7 +234,8 @@ void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *ab
       // CUDA loads 0 past the end: bitsandbytes quantizes the zero padding of a partial last pair too; its nibble
       // is 0b0111 (NF4 0.0) or 0 (FP4), never read back
       for (i = 0; i < kQ4Block; ++i) a[i] = (i < len ? x[i0 + i] : 0.0f) * inv;
-      // nf4_code / fp4_code over the block, threshold by threshold (a loop the compiler vectorises)
+      // the threshold counts over the block, threshold by threshold (a loop the compiler vectorises); FP4: the rank of
+      // |x| mapped to its code, plus the sign bit
       for (int64_t i = 0; i < kQ4Block; ++i) q[i] = 0;
       if (t == Q4Type::NF4) {
         for (float split : kNF4Split)

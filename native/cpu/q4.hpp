@@ -34,9 +34,6 @@ const float *dynamic_map();
 
 uint8_t nf4_quantize_one(float x);        // dQuantizeNF4
 uint8_t fp4_quantize_one(float x);        // dQuantizeFP4
-// The same codes as the two above for every float (NaN included), without branches: what q4_quantize runs.
-uint8_t nf4_quantize_branchless(float x);
-uint8_t fp4_quantize_branchless(float x);
 uint8_t dynamic_quantize_one(const float *code, float x);  // dQuantize<0> (binary search, midpoints)
 
 /** A 4-bit tensor in the backend's memory (host memory here). Either absmax (fp32 per block) or, when
