@@ -173,6 +173,7 @@ constexpr int64_t kMaxNR = 16;
 constexpr int64_t kKC = 512;
 constexpr int64_t kMC = 96;    // multiple of kMR
 constexpr int64_t kNC = 2048;  // multiple of every NR
+constexpr int64_t kFewRows = 24;  // up to this many rows of A, B's panels are packed by the tasks that use them
 
 struct View {
   const float *p;
@@ -349,46 +350,92 @@ void pack_a(const View &A, int64_t i0, int64_t mc, int64_t k0, int64_t kc, float
   }
 }
 
+// Copies w ≤ 4 rows of kc floats (row j at s + j·ld) into 4 columns of d (row stride nr): d[k·nr + j] = row j [k].
+// Rows w..3 are zeros. Four rows at a time in 4×4 register transposes: each store writes 16 contiguous bytes, where
+// one element at a time would touch a new cache line per write (the source rows are K apart: an nt GEMM's weight).
+inline void transpose_rows4(const float *s, int64_t ld, int64_t w, int64_t kc, int64_t nr, float *__restrict d) {
+  int64_t k = 0;
+#if LLMT_X86_SIMD
+  if (w == 4) {
+    const float *s0 = s, *s1 = s + ld, *s2 = s + 2 * ld, *s3 = s + 3 * ld;
+    for (; k + 4 <= kc; k += 4) {
+      __m128 r0 = _mm_loadu_ps(s0 + k), r1 = _mm_loadu_ps(s1 + k), r2 = _mm_loadu_ps(s2 + k), r3 = _mm_loadu_ps(s3 + k);
+      _MM_TRANSPOSE4_PS(r0, r1, r2, r3);
+      _mm_storeu_ps(d + (k + 0) * nr, r0);
+      _mm_storeu_ps(d + (k + 1) * nr, r1);
+      _mm_storeu_ps(d + (k + 2) * nr, r2);
+      _mm_storeu_ps(d + (k + 3) * nr, r3);
+    }
+  }
+#endif
+  for (; k < kc; ++k) {
+    float *dk = d + k * nr;
+    for (int64_t j = 0; j < 4; ++j) dk[j] = j < w ? s[j * ld + k] : 0.0f;
+  }
+}
+
+// Packs one panel: B's columns [j, j+w) (w ≤ nr, zero-padded to nr) × depth [k0, k0+kc) into d[k][nr].
+void pack_panel(const View &B, int64_t nr, int64_t j, int64_t w, int64_t k0, int64_t kc, float *__restrict d) {
+  if (B.dec) {  // decoded B: same panel layout, elements fetched through the decoder
+    if (B.cs == 1) {
+      for (int64_t k = 0; k < kc; ++k) {
+        float *dk = d + k * nr;
+        B.dec->fn(B.dec->ctx, (k0 + k) * B.rs + j, w, dk);
+        for (int64_t jj = w; jj < nr; ++jj) dk[jj] = 0.0f;
+      }
+    } else {  // B.rs == 1 (nt): four columns decoded, then transposed into place
+      float *cols = scratch(2, static_cast<size_t>(4 * kc));
+      for (int64_t j4 = 0; j4 < nr; j4 += 4) {
+        const int64_t w4 = std::max<int64_t>(0, std::min<int64_t>(4, w - j4));
+        for (int64_t jj = 0; jj < w4; ++jj) B.dec->fn(B.dec->ctx, (j + j4 + jj) * B.cs + k0 * B.rs, kc, cols + jj * kc);
+        transpose_rows4(cols, kc, w4, kc, nr, d + j4);
+      }
+    }
+    return;
+  }
+  if (B.cs == 1) {
+    for (int64_t k = 0; k < kc; ++k) {
+      const float *__restrict s = B.p + (k0 + k) * B.rs + j;
+      float *__restrict dk = d + k * nr;
+      for (int64_t jj = 0; jj < w; ++jj) dk[jj] = s[jj];
+      for (int64_t jj = w; jj < nr; ++jj) dk[jj] = 0.0f;
+    }
+  } else if (B.rs == 1) {  // nt: column j is a contiguous row of the weight
+    for (int64_t j4 = 0; j4 < nr; j4 += 4) {
+      const int64_t w4 = std::max<int64_t>(0, std::min<int64_t>(4, w - j4));
+      transpose_rows4(B.p + (j + j4) * B.cs + k0, B.cs, w4, kc, nr, d + j4);
+    }
+  } else {
+    for (int64_t jj = 0; jj < w; ++jj) {
+      const float *__restrict s = B.p + (j + jj) * B.cs + k0 * B.rs;
+      for (int64_t k = 0; k < kc; ++k) d[k * nr + jj] = s[k * B.rs];
+    }
+    for (int64_t jj = w; jj < nr; ++jj)
+      for (int64_t k = 0; k < kc; ++k) d[k * nr + jj] = 0.0f;
+  }
+}
+
 // Packs panels [p0, p1) (nr columns each) of B's columns [j0, j0+nc) × depth [k0, k0+kc): dst[panel][k][nr].
 void pack_b(const View &B, int64_t nr, int64_t j0, int64_t nc, int64_t k0, int64_t kc, int64_t p0, int64_t p1,
             float *__restrict dst) {
   for (int64_t p = p0; p < p1; ++p) {
-    const int64_t jp = p * nr, w = std::min(nr, nc - jp);
-    float *__restrict d = dst + jp * kc;
-    if (B.dec) {  // decoded B: same panel layout, elements fetched through the decoder
-      if (B.cs == 1) {
-        for (int64_t k = 0; k < kc; ++k) {
-          float *dk = d + k * nr;
-          B.dec->fn(B.dec->ctx, (k0 + k) * B.rs + j0 + jp, w, dk);
-          for (int64_t j = w; j < nr; ++j) dk[j] = 0.0f;
-        }
-      } else {
-        float *col = scratch(2, static_cast<size_t>(kc));
-        for (int64_t j = 0; j < w; ++j) {
-          B.dec->fn(B.dec->ctx, (j0 + jp + j) * B.cs + k0 * B.rs, kc, col);  // B.rs == 1 (nt)
-          for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = col[k];
-        }
-        for (int64_t j = w; j < nr; ++j)
-          for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = 0.0f;
-      }
-      continue;
-    }
-    if (B.cs == 1) {
-      for (int64_t k = 0; k < kc; ++k) {
-        const float *__restrict s = B.p + (k0 + k) * B.rs + j0 + jp;
-        float *__restrict dk = d + k * nr;
-        for (int64_t j = 0; j < w; ++j) dk[j] = s[j];
-        for (int64_t j = w; j < nr; ++j) dk[j] = 0.0f;
-      }
-    } else {
-      for (int64_t j = 0; j < w; ++j) {
-        const float *__restrict s = B.p + (j0 + jp + j) * B.cs + k0 * B.rs;
-        for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = s[k * B.rs];
-      }
-      for (int64_t j = w; j < nr; ++j)
-        for (int64_t k = 0; k < kc; ++k) d[k * nr + j] = 0.0f;
-    }
+    const int64_t jp = p * nr;
+    pack_panel(B, nr, j0 + jp, std::min(nr, nc - jp), k0, kc, dst + jp * kc);
   }
+}
+
+// One micro-tile of C (h ≤ kMR rows, w ≤ nr columns) from a packed panel: the full-tile kernel in place, an edge
+// tile through a scratch tile with the same arithmetic.
+inline void micro_tile(Ukr ukr, int64_t nr, int64_t kc, const float *ap, int64_t ars, int64_t acs, int64_t h,
+                       const float *bp, float *c, int64_t ldc, int64_t w, bool add) {
+  if (h == kMR && w == nr) {
+    ukr(kc, ap, ars, acs, h, bp, c, ldc, add);
+    return;
+  }
+  float tile[kMR * kMaxNR];
+  ukr(kc, ap, ars, acs, h, bp, tile, nr, false);
+  for (int64_t i = 0; i < h; ++i)
+    for (int64_t j = 0; j < w; ++j) c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * nr + j] : tile[i * nr + j];
 }
 
 void gemm(const View &A, const View &B, float *C, int64_t M, int64_t N, int64_t K, bool accumulate) {
@@ -403,9 +450,13 @@ void gemm(const View &A, const View &B, float *C, int64_t M, int64_t N, int64_t 
   const Ukr ukr = gk.ukr;
   const int64_t threads = num_threads();
   const double flops = 2.0 * static_cast<double>(M) * static_cast<double>(N) * static_cast<double>(K);
+  // Few rows (a decoding step: one row per sequence): a B panel serves only them, so each task packs its panels one
+  // at a time into its own L1-sized buffer and uses each at once — a shared packed copy of all of B (a weight's
+  // size, written and read back through memory) would cost more than the products. A is read in place.
+  const bool few_rows = M <= kFewRows;
   // Narrow N: an A block would serve few panels, so packing it costs more than it saves; read it in place.
-  const bool direct_a = N <= 4 * nr;
-  float *bbuf = scratch(0, static_cast<size_t>(kKC * kNC));  // the caller's: shared read-only by the tasks
+  const bool direct_a = few_rows || N <= 4 * nr;
+  float *bbuf = few_rows ? nullptr : scratch(0, static_cast<size_t>(kKC * kNC));  // the caller's: shared by the tasks
 
   for (int64_t jc = 0; jc < N; jc += kNC) {
     const int64_t nc = std::min(kNC, N - jc);
@@ -413,18 +464,32 @@ void gemm(const View &A, const View &B, float *C, int64_t M, int64_t N, int64_t 
     // Task grid: M split into parts of whole micro-rows; when M is short, N panels are split too.
     const int64_t units = (M + kMR - 1) / kMR;
     const int64_t want = flops < 2e5 ? 1 : threads;
-    const int64_t mparts = std::min(want, units);
+    const int64_t mparts = few_rows ? 1 : std::min(want, units);
     const int64_t nparts = std::max<int64_t>(1, std::min(want / mparts, panels));
     const int64_t tasks = mparts * nparts;
 
     for (int64_t pc = 0; pc < K; pc += kKC) {
       const int64_t kc = std::min(kKC, K - pc);
       const bool add = accumulate || pc > 0;
+      if (few_rows) {
+        par(tasks, tasks, [&](int64_t t0, int64_t t1) {
+          float *pb = scratch(1, static_cast<size_t>(kKC * kMaxNR));
+          for (int64_t t = t0; t < t1; ++t) {
+            for (int64_t p = panels * t / nparts; p < panels * (t + 1) / nparts; ++p) {
+              const int64_t jp = p * nr, w = std::min(nr, nc - jp);
+              pack_panel(B, nr, jc + jp, w, pc, kc, pb);
+              for (int64_t ir = 0; ir < M; ir += kMR)
+                micro_tile(ukr, nr, kc, A.p + ir * A.rs + pc * A.cs, A.rs, A.cs, std::min(kMR, M - ir), pb,
+                           C + ir * ldc + jc + jp, ldc, w, add);
+            }
+          }
+        });
+        continue;
+      }
       par(panels, chunks_for(panels, 4.0 * static_cast<double>(kc * nc)),
           [&](int64_t p0, int64_t p1) { pack_b(B, nr, jc, nc, pc, kc, p0, p1, bbuf); });
       par(tasks, tasks, [&](int64_t t0, int64_t t1) {
         float *abuf = direct_a ? nullptr : scratch(1, static_cast<size_t>(kMC * kKC));
-        float tile[kMR * kMaxNR];
         for (int64_t t = t0; t < t1; ++t) {
           const int64_t mq = t / nparts, nq = t % nparts;
           const int64_t m0 = std::min(M, units * mq / mparts * kMR);
@@ -437,18 +502,9 @@ void gemm(const View &A, const View &B, float *C, int64_t M, int64_t N, int64_t 
               const int64_t jp = p * nr, w = std::min(nr, nc - jp);
               const float *bp = bbuf + jp * kc;
               for (int64_t ir = 0; ir < mc; ir += kMR) {
-                const int64_t h = std::min(kMR, mc - ir);
                 const float *ap = direct_a ? A.p + (ic + ir) * A.rs + pc * A.cs : abuf + ir * kc;
-                const int64_t ars = direct_a ? A.rs : 1, acs = direct_a ? A.cs : kMR;
-                float *c = C + (ic + ir) * ldc + jc + jp;
-                if (h == kMR && w == nr) {
-                  ukr(kc, ap, ars, acs, h, bp, c, ldc, add);
-                } else {  // edge tile: same arithmetic through a scratch tile
-                  ukr(kc, ap, ars, acs, h, bp, tile, nr, false);
-                  for (int64_t i = 0; i < h; ++i)
-                    for (int64_t j = 0; j < w; ++j)
-                      c[i * ldc + j] = add ? c[i * ldc + j] + tile[i * nr + j] : tile[i * nr + j];
-                }
+                micro_tile(ukr, nr, kc, ap, direct_a ? A.rs : 1, direct_a ? A.cs : kMR, std::min(kMR, mc - ir), bp,
+                           C + (ic + ir) * ldc + jc + jp, ldc, w, add);
               }
             }
           }

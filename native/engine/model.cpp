@@ -1632,11 +1632,12 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     }
     return LLMT_OK;
   };
-  // (≤ 2²² logits per chunk; rows a multiple of 128 where that allows: GEMM tiles are 64–128 rows, so a 32000-word
-  // vocabulary's 131 rows would compute 256 — 128 rows waste nothing)
-  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 22) / std::max<int64_t>(V, 1)));
+  // (≤ 2²³ logits per chunk, one buffer: the gradient of the logits overwrites them; rows a multiple of 128 where that
+  // allows: GEMM tiles are 64–128 rows, so a 32000-word vocabulary's 262 rows would compute 384 — 256 waste nothing.
+  // Each chunk packs the head's V × H weight for its GEMMs again, so fewer, larger chunks cost less)
+  int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 23) / std::max<int64_t>(V, 1)));
   if (chunk >= 128 && chunk < N) chunk -= chunk % 128;
-  Buf lg(be), lse(be), dlg(be);
+  Buf lg(be), lse(be);
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
     resize_ow(lg, rows * V);
@@ -1648,10 +1649,10 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     for (int64_t r = r0; r < r0 + rows; ++r) cnt += targets[static_cast<size_t>(r)] >= 0;
     be.cross_entropy_forward_acc(logits, d_targets.get() + r0, lse.data(), rows, V, d_loss, d_count, r0 > 0);
     if (bwd && cnt > 0) {
-      resize_ow(dlg, rows * V);
-      be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlg.data(), rows, V, opt.grad_scale);
-      weight_nn(be, *lm_head, dlg.data(), dhf.data() + r0 * H, rows, H, V, false);
-      if (lm_head->trainable) be.matmul_tn(dlg.data(), hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
+      float *dlogits = logits;  // in place: each gradient reads only its own logit and its row's lse
+      be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlogits, rows, V, opt.grad_scale);
+      weight_nn(be, *lm_head, dlogits, dhf.data() + r0 * H, rows, H, V, false);
+      if (lm_head->trainable) be.matmul_tn(dlogits, hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
     }
   }
   // without a backward the loss comes down now; with one, after it (the check then fails the call as before, the

@@ -82,9 +82,9 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // (mixed precision: more 16-bit copies, and, for head sizes without tensor-core attention, rounded q, k, v and dout)
   const lowpTemps = spec.method === 'lora' && spec.training.precision !== 'fp32' ? N * (4 * H + I / 2) * F : 0;
   const temporaries = N * (9 * H + I / 2) * F + lowpTemps;
-  let chunk = Math.max(1, Math.min(N, Math.floor(2 ** 22 / Math.max(V, 1))));
-  if (chunk >= 128 && chunk < N) chunk -= chunk % 128; // the engine's logits chunk (model.cpp)
-  const logits = chunk * V * F * 2;
+  let chunk = Math.max(1, Math.min(N, Math.floor(2 ** 23 / Math.max(V, 1))));
+  if (chunk >= 128 && chunk < N) chunk -= chunk % 128; // the engine's logits chunk (model.cpp), its gradient in place
+  const logits = chunk * V * F;
   // QLoRA: the block linears are bitsandbytes 4-bit — 0.5 byte per weight plus per 64-weight block one scale
   // (1 byte when double-quantized, + 4 bytes per 256 blocks); embeddings, norms and the head stay fp32
   const linearParams = mods.reduce((a, [, inn, out]) => a + L * inn * out, 0);
