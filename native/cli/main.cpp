@@ -51,7 +51,11 @@ const char *kUsage =
     "           [--temperature X] [--top-k K] [--top-p P] [--repetition-penalty R] [--greedy] [--seed N] [--batch]\n"
     "                                     generated ids as JSON {\"ids\": [...]}; tokens stream to stderr with --stream;\n"
     "                                     --batch: every prompt at once (--prompt-ids 1,2;3,4,5 or every row of T.json,\n"
-    "                                     rows of any length), {\"ids\": [[...], ...]}, each row as if generated alone\n"
+    "                                     rows of any length), {\"ids\": [[...], ...]}, each row as if generated alone;\n"
+    "                                     sampling defaults are the seed's (temperature 0.001, top-k 30, top-p 0.85,\n"
+    "                                     repetition penalty 1.2); --greedy: argmax with repetition penalty 1 (HF's\n"
+    "                                     do_sample=False) unless --repetition-penalty is given; generation stops at\n"
+    "                                     generation_config.json's eos_token_id(s) (else config.json's), as HF's does\n"
     "  eval --model DIR [--adapter DIR] --data FILE.tok [--batch N] [--json] [--progress]\n"
     "                                     evaluation loss and perplexity on a tokenized dataset, computed as a training\n"
     "                                     job's eval (eval_batch_size N, default 4): the same value bit for bit;\n"
@@ -402,7 +406,11 @@ Json gen_params(const Args &a) {
   if (a.has("--top-p")) p.set("top_p", Json::number(std::atof(a.get("--top-p").c_str())));
   if (a.has("--repetition-penalty")) p.set("repetition_penalty", Json::number(std::atof(a.get("--repetition-penalty").c_str())));
   if (a.has("--seed")) p.set("seed", Json::integer(std::atoll(a.get("--seed").c_str())));
-  if (a.has("--greedy")) p.set("do_sample", Json::boolean(false));
+  if (a.has("--greedy")) {
+    p.set("do_sample", Json::boolean(false));
+    // plain argmax decoding, as HF's generate(do_sample=False): no repetition penalty unless one is asked for
+    if (!a.has("--repetition-penalty")) p.set("repetition_penalty", Json::number(1.0));
+  }
   return p;
 }
 

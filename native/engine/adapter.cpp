@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <set>
 
 #include "backend.hpp"
@@ -33,6 +34,10 @@ llmt_status make_dirs(const std::string &dir) {
     i = slash + 1;
   }
   return LLMT_OK;
+}
+
+bool ends_with_str(const std::string &s, const std::string &suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 Json string_list(const std::vector<std::string> &v) {
@@ -68,13 +73,32 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   for (const auto &kv : spec_.rank_pattern) rank_pattern.set(kv.first, Json::integer(kv.second));
   cfg.set("alpha_pattern", alpha_pattern);
   cfg.set("auto_mapping", Json());
-  cfg.set("base_model_name_or_path", Json::string(dir_));
+  // an absolute path: AutoPeftModelForCausalLM.from_pretrained(adapter) finds the base from any working folder
+  std::string base = dir_;
+  if (!base.empty() && std::filesystem::path(base).is_relative()) {
+    std::error_code ec;
+    const std::filesystem::path abs = std::filesystem::absolute(base, ec);
+    if (!ec) base = abs.lexically_normal().string();
+    while (base.size() > 1 && base.back() == '/') base.pop_back();
+  }
+  cfg.set("base_model_name_or_path", Json::string(base));
   cfg.set("bias", Json::string(spec_.bias));
+  if (!spec_.exclude_regex.empty()) cfg.set("exclude_modules", Json::string(spec_.exclude_regex));
+  else if (!spec_.exclude_modules.empty()) cfg.set("exclude_modules", string_list(spec_.exclude_modules));
+  // (no null entry otherwise: PEFT before 0.14 does not know the key)
   cfg.set("fan_in_fan_out", Json::boolean(false));
   cfg.set("inference_mode", Json::boolean(true));
   cfg.set("init_lora_weights", Json::boolean(true));
-  cfg.set("layers_pattern", Json());
-  cfg.set("layers_to_transform", Json());
+  cfg.set("layers_pattern", spec_.layers_pattern.empty() ? Json()
+                            : spec_.layers_pattern.size() == 1 ? Json::string(spec_.layers_pattern[0])
+                                                               : string_list(spec_.layers_pattern));
+  if (spec_.layers_to_transform.empty()) {
+    cfg.set("layers_to_transform", Json());
+  } else {
+    Json lt = Json::array();
+    for (int64_t i : spec_.layers_to_transform) lt.push(Json::integer(i));
+    cfg.set("layers_to_transform", lt);
+  }
   cfg.set("lora_alpha", spec_.alpha == static_cast<double>(static_cast<int64_t>(spec_.alpha))
                             ? Json::integer(static_cast<int64_t>(spec_.alpha))
                             : Json::number(spec_.alpha));
@@ -96,6 +120,60 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   return write_text_file_atomic(dir + "/adapter_config.json", cfg.dump(2) + "\n");
 }
 
+llmt_status unsupported_peft_options(const Json &j, const std::string &where) {
+  auto on = [&](const char *key) {
+    const Json &v = j.get(key);
+    if (v.is_null()) return false;
+    if (v.is_bool()) return v.as_bool();
+    if (v.is_array()) return !v.items().empty();
+    if (v.is_object()) return !v.members().empty();
+    return true;
+  };
+  const struct {
+    const char *key, *what;
+  } options[] = {
+      {"lora_bias", "a bias on lora_B (lora_bias)"},
+      {"trainable_token_indices", "trainable token embeddings (trainable_token_indices)"},
+      {"layer_replication", "layer replication (layer_replication)"},
+      {"target_parameters", "LoRA on parameters (target_parameters)"},
+      {"alora_invocation_tokens", "activated LoRA (alora_invocation_tokens)"},
+      {"use_qalora", "QALoRA (use_qalora)"},
+      {"megatron_config", "Megatron-parallel layers (megatron_config)"},
+      {"arrow_config", "Arrow routing (arrow_config)"},
+  };
+  for (const auto &o : options)
+    if (on(o.key))
+      return set_error(LLMT_ERR_UNSUPPORTED, where + ": " + o.what + " is not supported by this engine; " +
+                                                 "train or save the adapter without it");
+  return LLMT_OK;
+}
+
+llmt_status peft_layer_options(const Json &j, const std::string &where, LoraSpec &s) {
+  const Json &lt = j.get("layers_to_transform");
+  if (lt.is_integer()) {
+    s.layers_to_transform.push_back(lt.as_int());
+  } else if (lt.is_array()) {
+    for (const auto &x : lt.items()) {
+      if (!x.is_integer()) return set_error(LLMT_ERR_BAD_INPUT, where + ": layers_to_transform must be an integer or a list of integers");
+      s.layers_to_transform.push_back(x.as_int());
+    }
+  } else if (!lt.is_null()) {
+    return set_error(LLMT_ERR_BAD_INPUT, where + ": layers_to_transform must be an integer or a list of integers");
+  }
+  const Json &lp = j.get("layers_pattern");
+  if (lp.is_string()) {
+    if (!lp.as_string().empty()) s.layers_pattern.push_back(lp.as_string());
+  } else if (lp.is_array()) {
+    for (const auto &x : lp.items()) {
+      if (!x.is_string()) return set_error(LLMT_ERR_BAD_INPUT, where + ": layers_pattern must be a string or a list of strings");
+      s.layers_pattern.push_back(x.as_string());
+    }
+  } else if (!lp.is_null()) {
+    return set_error(LLMT_ERR_BAD_INPUT, where + ": layers_pattern must be a string or a list of strings");
+  }
+  return LLMT_OK;
+}
+
 llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
   const std::string cfg_path = dir + "/adapter_config.json";
   std::string text;
@@ -113,10 +191,9 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
     return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": fan_in_fan_out adapters (Conv1D models) are not supported");
   }
   if (j.get_bool("use_dora", false)) return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": DoRA adapters are not supported yet");
-  if (!j.get("layers_to_transform").is_null()) {
-    return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": layers_to_transform is not supported yet");
-  }
+  if (llmt_status u = unsupported_peft_options(j, cfg_path)) return u;
   LoraSpec s;
+  if (llmt_status u = peft_layer_options(j, cfg_path, s)) return u;
   s.r = j.get_int("r", 8);
   s.alpha = j.get_number("lora_alpha", 8);
   s.dropout = j.get_number("lora_dropout", 0.0);
@@ -137,6 +214,13 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
     if (kv.second.is_integer()) s.rank_pattern[kv.first] = kv.second.as_int();
   for (const auto &kv : j.get("alpha_pattern").members())
     if (kv.second.is_number()) s.alpha_pattern[kv.first] = kv.second.as_double();
+  const Json &ex = j.get("exclude_modules");
+  if (ex.is_string()) {
+    s.exclude_regex = ex.as_string();
+  } else if (ex.is_array()) {
+    for (const auto &x : ex.items())
+      if (x.is_string()) s.exclude_modules.push_back(x.as_string());
+  }
 
   std::string wpath = dir + "/adapter_model.safetensors";
   struct stat sb;
@@ -163,6 +247,10 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
       size_t at = alt.rfind(".weight");
       if (at != std::string::npos && alt.find(".lora_") != std::string::npos) alt.insert(at, ".default");
       ti = f->find(alt);
+    }
+    if (!ti && ends_with_str(p->save_name, ".base_layer.bias")) {
+      // PEFT before 0.7 (and this engine before it followed) saved a LoRA linear's bias as <module>.bias
+      ti = f->find(p->save_name.substr(0, p->save_name.size() - 16) + ".bias");
     }
     if (!ti) {
       missing.push_back(p->save_name);

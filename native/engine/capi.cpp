@@ -85,8 +85,7 @@ Json lora_targets_json(const ModelConfig &c) {
 // Generation parameters (llmt.h, llmt_model_generate); `seeds` (may be null) receives the batch's per-row seeds.
 llmt_status parse_gen_params(const Model &m, const char *params_json, GenParams &p, std::vector<uint64_t> *seeds) {
   const ModelConfig &c = m.config();
-  if (c.eos_id >= 0) p.stop_ids.push_back(static_cast<int32_t>(c.eos_id));
-  for (auto e : c.extra_eos) p.stop_ids.push_back(static_cast<int32_t>(e));
+  for (auto e : c.stop_ids) p.stop_ids.push_back(static_cast<int32_t>(e));
   if (!params_json || !*params_json) return LLMT_OK;
   Json j;
   std::string err;
@@ -299,8 +298,7 @@ llmt_status llmt_model_info(llmt_model *model, char **out_json) {
     o.set("trainable", Json::integer(model->m->num_trainable()));
     o.set("adapter", model->adapter.empty() ? Json() : Json::string(model->adapter));
     Json eos = Json::array();
-    if (c.eos_id >= 0) eos.push(Json::integer(c.eos_id));
-    for (auto e : c.extra_eos) eos.push(Json::integer(e));
+    for (auto e : c.stop_ids) eos.push(Json::integer(e));
     o.set("eos_ids", eos);
     o.set("bos_id", Json::integer(c.bos_id));
     o.set("pad_id", Json::integer(c.pad_id));

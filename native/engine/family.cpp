@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
 
 #include "safetensors.hpp"
 #include "status.hpp"
@@ -432,6 +433,9 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
   c.bos_id = first_int(j.get("bos_token_id"), -1);
   c.eos_id = first_int(j.get("eos_token_id"), -1, &c.extra_eos);
   c.pad_id = first_int(j.get("pad_token_id"), -1);
+  c.stop_ids.clear();
+  if (c.eos_id >= 0) c.stop_ids.push_back(c.eos_id);
+  for (auto e : c.extra_eos) c.stop_ids.push_back(e);
   return LLMT_OK;
 }
 
@@ -451,7 +455,25 @@ llmt_status load_config(const std::string &dir, ModelConfig &out) {
   if (j.is_object() && rp.is_object())
     for (const char *k : {"rope_theta", "partial_rotary_factor"})
       if (!j.has(k) && rp.has(k)) j.set(k, rp.get(k));
-  return parse_config(j, path, out);
+  if ((st = parse_config(j, path, out)) != LLMT_OK) return st;
+  // generation_config.json's eos_token_id decides where HF's generate stops (a list, e.g. Llama-3-Instruct's [eos,
+  // eot]). Without that key HF would not stop at all; we keep config.json's ids (the app's tokenizer does the same).
+  // A file that does not parse is left alone here (training does not need it)
+  std::string gtext;
+  Json g;
+  std::string gerr;
+  std::error_code ec;
+  if (std::filesystem::exists(dir + "/generation_config.json", ec) && read_text_file(dir + "/generation_config.json", gtext) == LLMT_OK &&
+      Json::parse(gtext, g, gerr) && g.is_object() && g.has("eos_token_id") && !g.get("eos_token_id").is_null()) {
+    out.stop_ids.clear();
+    std::vector<int64_t> rest;
+    const int64_t first = first_int(g.get("eos_token_id"), -1, &rest);
+    if (first >= 0) out.stop_ids.push_back(first);
+    for (auto e : rest)
+      if (e >= 0) out.stop_ids.push_back(e);
+  }
+  clear_error();
+  return LLMT_OK;
 }
 
 }  // namespace llmt

@@ -104,6 +104,9 @@ struct ModelConfig {
   int64_t mask_id = -1, gmask_id = -1;  // chatglm v1 [MASK], [gMASK]
   int64_t bos_id = -1, eos_id = -1, pad_id = -1;
   std::vector<int64_t> extra_eos;  // eos_token_id given as a list
+  /** Where generation stops (HF's generate): generation_config.json's eos_token_id (an int or a list) when that
+   *  file has one, else config.json's. */
+  std::vector<int64_t> stop_ids;
 };
 
 /**

@@ -6,6 +6,7 @@
 #include "model.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <cstddef>
 #include <cstdlib>
@@ -51,17 +52,131 @@ enum Role { kQ, kK, kV, kQKV, kO, kGate, kUp, kDown, kFc1, kFc2, kNumRoles };
 
 }  // namespace
 
-bool peft_target_matches(const LoraSpec &spec, const std::string &module) {
-  if (!spec.target_regex.empty()) {
-    try {
-      return std::regex_match(module, std::regex(spec.target_regex));
-    } catch (const std::regex_error &) {
+bool python_regex(const std::string &pattern, std::regex &out, std::string &why) {
+  std::string e;
+  e.reserve(pattern.size());
+  bool in_class = false;
+  for (size_t i = 0; i < pattern.size(); ++i) {
+    const char ch = pattern[i];
+    if (ch == '\\' && i + 1 < pattern.size()) {
+      const char nx = pattern[i + 1];
+      if (!in_class && (nx == 'A' || nx == 'Z')) {
+        e += nx == 'A' ? '^' : '$';
+      } else {
+        e += ch;
+        e += nx;
+      }
+      ++i;
+      continue;
+    }
+    if (in_class) {
+      if (ch == ']') in_class = false;
+      e += ch;
+      continue;
+    }
+    if (ch == '[') {
+      in_class = true;
+      e += ch;
+      if (i + 1 < pattern.size() && pattern[i + 1] == '^') e += pattern[++i];
+      if (i + 1 < pattern.size() && pattern[i + 1] == ']') e += pattern[++i];  // a leading ']' is a literal
+      continue;
+    }
+    if (ch == '(' && i + 1 < pattern.size() && pattern[i + 1] == '?') {
+      const std::string rest = pattern.substr(i + 2, 3);
+      if (rest.compare(0, 2, "P<") == 0) {  // (?P<name>…): a plain group
+        const size_t close = pattern.find('>', i);
+        if (close == std::string::npos) {
+          why = "an unterminated (?P<name> group";
+          return false;
+        }
+        e += '(';
+        i = close;
+        continue;
+      }
+      if (rest.compare(0, 1, ":") == 0 || rest.compare(0, 1, "=") == 0 || rest.compare(0, 1, "!") == 0) {
+        e += "(?";
+        e += rest[0];
+        i += 2;
+        continue;
+      }
+      if (rest.compare(0, 2, "<=") == 0 || rest.compare(0, 2, "<!") == 0) {
+        why = "a lookbehind (" + std::string("(?") + rest.substr(0, 2) + "…)";
+      } else if (rest.compare(0, 2, "P=") == 0) {
+        why = "a named back-reference ((?P=name))";
+      } else {
+        why = "the construct (?" + rest.substr(0, 1) + "…)";
+      }
+      why += ", which only Python's re module supports";
       return false;
     }
+    e += ch;
   }
+  try {
+    out = std::regex(e, std::regex::ECMAScript);
+  } catch (const std::regex_error &err) {
+    why = std::string("it is not a valid regular expression (") + err.what() + ")";
+    return false;
+  }
+  return true;
+}
+
+namespace {
+
+bool regex_full(const std::string &pattern, const std::string &s) {
+  std::regex re;
+  std::string why;
+  return python_regex(pattern, re, why) && std::regex_match(s, re);
+}
+
+// PEFT: the layer index of a module path — the first numbered component after `pattern` (any component when no
+// pattern is given), "-1" when there is none.
+int64_t layer_index_of(const std::string &module, const std::vector<std::string> &patterns) {
+  auto index_after = [&](size_t at) -> int64_t {  // digits from `at` up to the next '.'
+    size_t end = at;
+    while (end < module.size() && std::isdigit(static_cast<unsigned char>(module[end]))) ++end;
+    if (end == at || end >= module.size() || module[end] != '.') return -1;
+    return std::atoll(module.substr(at, end - at).c_str());
+  };
+  if (patterns.empty()) {
+    // re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", key): the first ".<component>.<digits>." from the left
+    for (size_t dot = module.find('.'); dot != std::string::npos; dot = module.find('.', dot + 1)) {
+      const size_t next = module.find('.', dot + 1);
+      if (next == std::string::npos) break;
+      const int64_t idx = index_after(next + 1);
+      if (idx >= 0) return idx;
+    }
+    return -1;
+  }
+  for (const auto &p : patterns) {  // re.match(rf"(?:^|.*?\.){pattern}\.(?P<idx>\d+)\.", key), the first pattern that matches
+    std::regex re;
+    std::string why;
+    if (!python_regex("(?:^|.*?\\.)(?:" + p + ")\\.(\\d+)\\..*", re, why)) continue;
+    std::smatch m;
+    if (std::regex_match(module, m, re)) return std::atoll(m[1].str().c_str());
+  }
+  return -1;
+}
+
+}  // namespace
+
+bool peft_target_matches(const LoraSpec &spec, const std::string &module) {
+  if (!spec.exclude_regex.empty()) {
+    if (regex_full(spec.exclude_regex, module)) return false;
+  } else {
+    for (const auto &x : spec.exclude_modules)
+      if (module == x || ends_with(module, "." + x)) return false;
+  }
+  // a module trained whole (modules_to_save) never gets LoRA: re.match(rf"(^|.*\.){m}($|\..*)", key)
+  for (const auto &m : spec.modules_to_save)
+    if (regex_full("(^|.*\\.)(?:" + m + ")($|\\..*)", module)) return false;
+  if (!spec.target_regex.empty()) return regex_full(spec.target_regex, module);
+  bool found = false;
   for (const auto &t : spec.targets)
-    if (module == t || ends_with(module, "." + t)) return true;
-  return false;
+    if (module == t || ends_with(module, "." + t)) found = true;
+  if (!found || spec.layers_to_transform.empty()) return found;
+  const int64_t idx = layer_index_of(module, spec.layers_pattern);
+  return idx >= 0 && std::find(spec.layers_to_transform.begin(), spec.layers_to_transform.end(), idx) !=
+                         spec.layers_to_transform.end();
 }
 
 // ---- backend memory for activations ------------------------------------------------------------------------
@@ -786,14 +901,33 @@ llmt_status Model::attach_lora(Linear &lin, int64_t r, double alpha, double drop
 }
 
 static int64_t pattern_lookup_r(const LoraSpec &s, const std::string &module, int64_t def) {
-  for (const auto &kv : s.rank_pattern)
-    if (module == kv.first || ends_with(module, "." + kv.first)) return kv.second;
-  return def;
+  const int64_t *v = peft_pattern_value(s.rank_pattern, module);
+  return v ? *v : def;
 }
 static double pattern_lookup_alpha(const LoraSpec &s, const std::string &module, double def) {
+  const double *v = peft_pattern_value(s.alpha_pattern, module);
+  return v ? *v : def;
+}
+
+// Every regex of a LoRA spec compiles (PEFT's configs hold Python `re` patterns): an error names the field.
+static llmt_status check_lora_regexes(const LoraSpec &s) {
+  std::regex re;
+  std::string why;
+  auto bad = [&](const std::string &field, const std::string &pattern) {
+    return set_error(LLMT_ERR_BAD_INPUT, "LoRA " + field + " \"" + pattern + "\" cannot be used: " + why +
+                                             "; write it with plain groups and alternatives, or list the module names");
+  };
+  if (!s.target_regex.empty() && !python_regex(s.target_regex, re, why)) return bad("target_modules", s.target_regex);
+  if (!s.exclude_regex.empty() && !python_regex(s.exclude_regex, re, why)) return bad("exclude_modules", s.exclude_regex);
+  for (const auto &kv : s.rank_pattern)
+    if (!python_regex(kv.first, re, why)) return bad("rank_pattern key", kv.first);
   for (const auto &kv : s.alpha_pattern)
-    if (module == kv.first || ends_with(module, "." + kv.first)) return kv.second;
-  return def;
+    if (!python_regex(kv.first, re, why)) return bad("alpha_pattern key", kv.first);
+  for (const auto &m : s.modules_to_save)
+    if (!python_regex(m, re, why)) return bad("modules_to_save entry", m);
+  for (const auto &p : s.layers_pattern)
+    if (!python_regex(p, re, why)) return bad("layers_pattern", p);
+  return LLMT_OK;
 }
 
 llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) {
@@ -843,6 +977,17 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
   if (spec.r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "lora_r must be a positive integer");
   if (!(spec.dropout >= 0 && spec.dropout < 1)) return set_error(LLMT_ERR_BAD_INPUT, "lora_dropout must be in [0, 1)");
   LoraSpec s = spec;
+  std::string lower = s.target_regex;
+  for (char &ch : lower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  if (lower == "all-linear" || (s.target_regex.empty() && s.targets.size() == 1 && s.targets[0] == "all-linear")) {
+    // PEFT's shorthand: every linear layer but the output layer, saved as the expanded list of names
+    s.target_regex.clear();
+    s.targets.clear();
+    std::set<std::string> seen;
+    for (auto &lin : linears)
+      if (seen.insert(lin->short_name).second) s.targets.push_back(lin->short_name);
+  }
+  if (llmt_status st = check_lora_regexes(s)) return st;
   if (s.targets.empty() && s.target_regex.empty()) {
     // PEFT's default for the model type
     std::string d = cfg_.family->default_lora_targets;
@@ -881,13 +1026,8 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
   }
   spec_ = s;
   has_lora_ = true;
-  for (auto &lin : linears) {
-    if (!lin->lora.r) continue;
-    lin->lora.A->trainable = lin->lora.B->trainable = true;
-    if (s.bias == "lora_only" && lin->b) {
-      lin->b->trainable = true;
-      lin->b->save_name = "base_model.model." + lin->b->name;
-    }
+  if (s.bias != "none" && s.bias != "all" && s.bias != "lora_only") {
+    return set_error(LLMT_ERR_BAD_INPUT, "LoRA bias must be \"none\", \"all\" or \"lora_only\" (got \"" + s.bias + "\")");
   }
   if (s.bias == "all") {
     for (auto &p : params)
@@ -895,8 +1035,15 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
         p->trainable = true;
         p->save_name = "base_model.model." + p->name;
       }
-  } else if (s.bias != "none" && s.bias != "lora_only") {
-    return set_error(LLMT_ERR_BAD_INPUT, "LoRA bias must be \"none\", \"all\" or \"lora_only\" (got \"" + s.bias + "\")");
+  }
+  for (auto &lin : linears) {
+    if (!lin->lora.r) continue;
+    lin->lora.A->trainable = lin->lora.B->trainable = true;
+    if (s.bias != "none" && lin->b) {
+      // PEFT ≥ 0.7 wraps the linear: its bias is the wrapped layer's, saved as <module>.base_layer.bias
+      lin->b->trainable = true;
+      lin->b->save_name = "base_model.model." + lin->module + ".base_layer.bias";
+    }
   }
   llmt_status st = apply_modules_to_save(s.modules_to_save);
   if (st != LLMT_OK) return st;

@@ -15,6 +15,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -69,8 +70,12 @@ struct LoraSpec {
   std::vector<std::string> targets;    // PEFT list semantics (exact or ".{name}" suffix)
   std::string target_regex;            // PEFT string semantics (re.fullmatch); used when non-empty
   std::vector<std::string> modules_to_save;
-  std::map<std::string, int64_t> rank_pattern;
+  std::map<std::string, int64_t> rank_pattern;  // PEFT: keys are regexes matched as (.*\.)?(key)$, first match wins
   std::map<std::string, double> alpha_pattern;
+  std::vector<std::string> exclude_modules;      // PEFT ≥ 0.14: names (exact or ".{name}" suffix) never targeted
+  std::string exclude_regex;                     // the same as one regex (re.fullmatch)
+  std::vector<int64_t> layers_to_transform;      // only these layer indices (list targets only, as PEFT)
+  std::vector<std::string> layers_pattern;       // the module-path component before the layer index (empty: any)
   std::string bias = "none";
 };
 
@@ -258,7 +263,35 @@ class Model {
   std::unique_ptr<Impl> impl_;
 };
 
-/** PEFT's target matching for one module path. */
+/** PEFT's target matching for one module path (check_target_module_exists: exclude_modules, modules_to_save,
+ *  target_modules as a list or a regex, layers_to_transform). The spec's regexes must have passed
+ *  check_lora_regexes (one that does not compile matches nothing here). */
 bool peft_target_matches(const LoraSpec &spec, const std::string &module);
+
+class Json;
+
+/** Refuses, by name, the adapter_config.json options this engine cannot honour (PEFT ≥ 0.14's lora_bias,
+ *  trainable_token_indices, layer_replication, target_parameters, aLoRA, QALoRA, Megatron layers). */
+llmt_status unsupported_peft_options(const Json &cfg, const std::string &where);
+
+/** layers_to_transform (an int or a list) and layers_pattern (a string or a list) of a PEFT LoRA config into `s`. */
+llmt_status peft_layer_options(const Json &cfg, const std::string &where, LoraSpec &s);
+
+/** A Python `re` pattern (as PEFT's configs hold them) as a std::regex (ECMAScript): named groups (?P<n>…) become
+ *  plain groups, \A and \Z anchors; what ECMAScript cannot express (lookbehind, (?P=name), inline flags, …) is an
+ *  error naming the construct. False with `why` set when the pattern cannot be used. */
+bool python_regex(const std::string &pattern, std::regex &out, std::string &why);
+
+/** PEFT's rank_pattern/alpha_pattern lookup (peft.utils.other.get_pattern_key): the first key, in the dict's order
+ *  (sorted, as PEFT saves it), whose regex matches the module as (.*\.)?(key)$. Null when none does. */
+template <class Pairs>
+auto peft_pattern_value(const Pairs &patterns, const std::string &module) -> decltype(&patterns.begin()->second) {
+  for (const auto &kv : patterns) {
+    std::regex re;
+    std::string why;
+    if (python_regex("(.*\\.)?(" + kv.first + ")", re, why) && std::regex_match(module, re)) return &kv.second;
+  }
+  return nullptr;
+}
 
 }  // namespace llmt

@@ -18,6 +18,7 @@
 
 #include <unistd.h>
 
+#include "model.hpp"
 #include "safetensors.hpp"
 #include "status.hpp"
 #include "torchbin.hpp"
@@ -377,21 +378,18 @@ std::string full_key(const std::string &key, bool &copy) {
     if (dot != std::string::npos) rest = rest.substr(dot + 1);
     k = k.substr(0, m) + "." + rest;
   }
+  // PEFT ≥ 0.7: the bias of a linear that carries LoRA belongs to the wrapped layer (<module>.base_layer.bias)
+  const size_t b = k.rfind(".base_layer.");
+  if (b != std::string::npos) k = k.substr(0, b) + k.substr(b + 11);
   return k;
 }
 
 double pattern_value(const Json &patterns, const std::string &module, double def) {
-  for (const auto &kv : patterns.members()) {
-    if (!kv.second.is_number()) continue;
-    try {
-      if (std::regex_match(module, std::regex("(.*\\.)?" + kv.first))) return kv.second.as_double();
-    } catch (const std::regex_error &) {
-      if (module == kv.first || (module.size() > kv.first.size() &&
-                                 module.compare(module.size() - kv.first.size() - 1, std::string::npos, "." + kv.first) == 0))
-        return kv.second.as_double();
-    }
-  }
-  return def;
+  std::vector<std::pair<std::string, double>> numbers;  // in the file's order, as PEFT reads the dict
+  for (const auto &kv : patterns.members())
+    if (kv.second.is_number()) numbers.emplace_back(kv.first, kv.second.as_double());
+  const double *v = peft_pattern_value(numbers, module);
+  return v ? *v : def;
 }
 
 bool dtype_option(const std::string &s, DType &out) {
@@ -426,6 +424,14 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   if (acfg.get_bool("fan_in_fan_out", false))
     return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": fan_in_fan_out adapters (Conv1D models) are not supported");
   if (acfg.get_bool("use_dora", false)) return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": DoRA adapters are not supported");
+  if ((st = unsupported_peft_options(acfg, cfg_path)) != LLMT_OK) return st;
+  {
+    std::regex re;
+    std::string why;
+    for (const auto &kv : acfg.get("alpha_pattern").members())
+      if (!python_regex(kv.first, re, why))
+        return set_error(LLMT_ERR_BAD_INPUT, cfg_path + ": alpha_pattern key \"" + kv.first + "\" cannot be used: " + why);
+  }
   const double alpha = acfg.get_number("lora_alpha", 8);
   const bool rslora = acfg.get_bool("use_rslora", false);
   std::error_code ec;
@@ -489,11 +495,29 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
     if (!kv.second.A || !kv.second.B)
       return set_error(LLMT_ERR_BAD_INPUT, "the adapter in " + adapter_dir + " has only one of lora_A/lora_B for " + kv.first);
 
+  // -- tied embeddings: the base stores one table for the embedding and the head; an adapter that trains either on
+  // its own (modules_to_save: PEFT's separate copy) gives a model with two — the head is written out (the base's
+  // table where the adapter has no head) and config.json says tie_word_embeddings false --
+  bool untie = false, head_stored = false;
+  std::string head_t, embed_t;
+  {
+    ModelConfig mc;
+    if (parse_config(mcfg, model_dir + "/config.json", mc) == LLMT_OK && mc.tie_embeddings) {
+      head_t = std::string(mc.family->lm_head) + ".weight";
+      embed_t = std::string(mc.family->embed) + ".weight";
+      head_stored = ws->find(head_t) != nullptr;  // some tied checkpoints store both
+      untie = head_t != embed_t && ws->find(embed_t) && (full.count(head_t) || full.count(embed_t));
+    }
+    clear_error();  // a family this engine does not model: merged tensor by tensor as before
+  }
+  // the base tensor a name reads (the untied head starts as the table)
+  auto base_name = [&](const std::string &n) { return untie && !head_stored && n == head_t ? embed_t : n; };
+
   // -- vocabulary extension (Chinese-LLaMA-Alpaca): full embedding / lm_head with more rows --
   int64_t new_vocab = base_vocab;
   std::vector<std::string> resized;
   for (const auto &kv : full) {
-    const TensorInfo *b = ws->find(kv.first);
+    const TensorInfo *b = ws->find(base_name(kv.first));
     const TensorInfo *a = kv.second;
     if (!b) {
       return set_error(LLMT_ERR_BAD_INPUT, "adapter tensor '" + a->name + "' replaces '" + kv.first + "', which the base model in " +
@@ -515,6 +539,10 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
     new_vocab = a->shape[0];
     resized.push_back(kv.first);
   }
+  if (untie && new_vocab != base_vocab && !full.count(head_t))
+    return set_error(LLMT_ERR_BAD_INPUT, "the adapter extends the tied embedding table to " + std::to_string(new_vocab) +
+                                             " rows but carries no " + head_t + " of that size: the untied head would keep " +
+                                             std::to_string(base_vocab) + " rows");
   if (new_vocab != base_vocab) {
     // Every vocabulary-sized base tensor must be replaced (a resized embedding with untrained rows would be garbage).
     for (const auto &n : ws->names()) {
@@ -541,8 +569,11 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   std::set<std::string> used_lora, used_full;
   const Json &alpha_pat = acfg.get("alpha_pattern");
   int64_t merged = 0, replaced = 0;
-  for (const auto &name : ws->names()) {
-    const TensorInfo *b = ws->find(name);
+  std::vector<std::string> names = ws->names();
+  if (untie && !head_stored) names.push_back(head_t);
+  for (const auto &name : names) {
+    const std::string bname = base_name(name);
+    const TensorInfo *b = ws->find(bname);
     auto fi = full.find(name);
     auto li = loras.find(name);
     const TensorInfo *src = fi != full.end() ? fi->second : b;
@@ -584,7 +615,7 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
     o.fill = [=](uint8_t *dst) -> llmt_status {
       const size_t n = static_cast<size_t>(src->numel());
       std::vector<float> w(n);
-      llmt_status s = src_file ? src_file->read_f32(*src, w.data()) : wsp->read_f32(name, w.data());
+      llmt_status s = src_file ? src_file->read_f32(*src, w.data()) : wsp->read_f32(bname, w.data());
       if (s != LLMT_OK) return s;
       if (pair.A) {
         const int64_t r = pair.A->shape[0], in = pair.A->shape[1], outd = pair.B->shape[0];
@@ -634,6 +665,7 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
     return st;
   Json cfg = mcfg;
   if (new_vocab != base_vocab) cfg.set("vocab_size", Json::integer(new_vocab));
+  if (untie) cfg.set("tie_word_embeddings", Json::boolean(false));
   cfg.set("torch_dtype", Json::string(torch_dtype_name(out_dtype)));
   if ((st = write_text_file_atomic(tmp + "/config.json", cfg.dump(2) + "\n")) != LLMT_OK) return st;
   if ((st = finish_output(tmp, out)) != LLMT_OK) return st;

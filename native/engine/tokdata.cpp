@@ -150,7 +150,7 @@ std::unique_ptr<TokData> TokData::open(const std::string &path, llmt_status &st)
       }
       d->own_ids_.push_back(static_cast<int32_t>(row[t].as_int()));
       d->max_id_ = std::max<int64_t>(d->max_id_, row[t].as_int());
-      int64_t lab = -100;
+      int64_t lab = row[t].as_int();  // no labels: every token is one (HF's causal-LM collator: labels = input_ids)
       if (lrow) {
         const Json &lv = (*lrow)[t];
         if (!lv.is_integer() || (lv.as_int() != -100 && (lv.as_int() < 0 || lv.as_int() > INT32_MAX))) {

@@ -126,7 +126,9 @@ llmt_status parse_job(const Json &j, Job &job) {
   }
   const Json &l = j.get("lora");
   if (!l.is_null()) {
-    if ((st = check_keys(l, "lora", {"r", "alpha", "dropout", "target_modules", "modules_to_save", "bias", "use_rslora", "init_adapter"}))) return st;
+    if ((st = check_keys(l, "lora", {"r", "alpha", "dropout", "target_modules", "modules_to_save", "bias", "use_rslora", "init_adapter",
+                                     "rank_pattern", "alpha_pattern", "exclude_modules", "layers_to_transform", "layers_pattern"})))
+      return st;
     job.lora.r = l.get_int("r", 8);
     job.lora.alpha = l.get_number("alpha", 16);
     job.lora.dropout = l.get_number("dropout", 0.0);
@@ -138,6 +140,27 @@ llmt_status parse_job(const Json &j, Job &job) {
       if (x.is_string()) job.lora.targets.push_back(x.as_string());
     for (const auto &x : l.get("modules_to_save").items())
       if (x.is_string()) job.lora.modules_to_save.push_back(x.as_string());
+    for (const char *key : {"rank_pattern", "alpha_pattern"}) {
+      const Json &pat = l.get(key);
+      if (!pat.is_null() && !pat.is_object())
+        return set_error(LLMT_ERR_BAD_INPUT, std::string("job: lora.") + key + " must be an object {module name or regex: value}");
+      for (const auto &kv : pat.members()) {
+        const bool rank = key[0] == 'r';
+        if (rank ? !(kv.second.is_integer() && kv.second.as_int() > 0) : !kv.second.is_number())
+          return set_error(LLMT_ERR_BAD_INPUT, std::string("job: lora.") + key + "[\"" + kv.first + "\"] must be " +
+                                                   (rank ? "a positive integer" : "a number"));
+        if (rank) job.lora.rank_pattern[kv.first] = kv.second.as_int();
+        else job.lora.alpha_pattern[kv.first] = kv.second.as_double();
+      }
+    }
+    const Json &ex = l.get("exclude_modules");
+    if (ex.is_string()) {
+      job.lora.exclude_regex = ex.as_string();
+    } else {
+      for (const auto &x : ex.items())
+        if (x.is_string()) job.lora.exclude_modules.push_back(x.as_string());
+    }
+    if ((st = peft_layer_options(l, "job: lora", job.lora))) return st;
     job.init_adapter = l.get_string("init_adapter");
   }
   const Json &d = j.get("data");

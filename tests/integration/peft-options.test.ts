@@ -1,0 +1,153 @@
+// PEFT's LoRA options, both ways: adapters PEFT writes with rank/alpha patterns (regex keys), regex and
+// "all-linear" targets, exclude_modules, layers_to_transform, modules_to_save overlapping a target, trained biases
+// and tied-embedding copies give PEFT's logits in the engine — or the engine refuses the option by name; adapters
+// the engine trains with those options give the engine's logits when PEFT loads them; a merge of a tied model whose
+// embedding or head the adapter trains is a model transformers loads to the same logits; generation stops where
+// generation_config.json says.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { ROOT } from '../helpers/app';
+import { ENGINE, maxAbsDiff, PY } from '../helpers/native';
+
+const REF = path.join(ROOT, 'tests', 'python', 'peft_options_ref.py');
+let tmp: string;
+const models: Record<string, string> = {};
+type Entry = { model: string; adapter: string; logits?: number[][][]; base_diff?: number; peft_error?: string };
+let manifest: Record<string, Entry>;
+
+function run(cmd: string, args: string[], ok = true) {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
+  if (ok && r.status !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${r.status}):\n${r.stderr}\n${r.stdout}`);
+  return r;
+}
+const py = (args: string[]) => run(PY, [REF, ...args]);
+const engine = (args: string[], ok = true) => run(ENGINE, args, ok);
+const tokens = () => path.join(tmp, 'tokens.json');
+const readLogits = (f: string) => (JSON.parse(fs.readFileSync(f, 'utf8')) as { logits: number[][][] }).logits;
+
+function ours(model: string, adapter: string): number[][][] {
+  const out = path.join(tmp, `fwd-${path.basename(adapter)}.json`);
+  engine(['forward', '--model', model, '--adapter', adapter, '--tokens', tokens(), '--out', out]);
+  return readLogits(out);
+}
+
+beforeAll(() => {
+  if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\` (or set LLMT_PY)`);
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-peft-options-'));
+  fs.writeFileSync(tokens(), JSON.stringify({ input_ids: [[1, 5, 17, 33, 90, 200, 7, 64, 3, 150, 11, 42], [1, 300, 12, 8, 99, 250, 31, 2, 77, 5, 6, 19]] }));
+  for (const f of ['llama', 'bloom', 'gpt_neox']) {
+    models[f] = path.join(tmp, f);
+    engine(['create-tiny', '--family', f, '--out', models[f]!, '--seed', '5']);
+  }
+  py(['adapters', ...Object.entries(models).flatMap(([k, v]) => ['--model', `${k}=${v}`]), '--tokens', tokens(), '--out', path.join(tmp, 'peft')]);
+  manifest = JSON.parse(fs.readFileSync(path.join(tmp, 'peft', 'manifest.json'), 'utf8'));
+}, 600_000);
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+describe('adapters PEFT writes', () => {
+  const same = [
+    'plain', 'alpha_pattern_regex', 'alpha_pattern_alternation', 'rank_pattern_regex', 'target_regex_named_group', 'all_linear',
+    'exclude_modules', 'exclude_regex', 'layers_to_transform', 'layers_pattern', 'mts_overlaps_target', 'bias_all', 'bias_lora_only',
+    'bias_all_neox', 'tied_head_copy', 'tied_embed_copy',
+  ];
+  it.each(same)('%s: the engine computes PEFT\'s logits', (c) => {
+    const e = manifest[c]!;
+    expect(e.peft_error).toBeUndefined();
+    expect(e.base_diff!).toBeGreaterThan(0.1); // the adapter (and the option) moves the logits
+    expect(maxAbsDiff(ours(e.model, e.adapter), e.logits!)).toBeLessThan(1e-4);
+  });
+
+  const refused: [string, RegExp][] = [
+    ['lookbehind', /target_modules ".*" cannot be used: a lookbehind/],
+    ['lora_bias', /UNSUPPORTED: .*lora_bias/],
+    ['trainable_tokens', /UNSUPPORTED: .*trainable_token_indices/],
+    ['layer_replication', /UNSUPPORTED: .*layer_replication/],
+    ['target_parameters', /UNSUPPORTED: .*target_parameters/],
+  ];
+  it.each(refused)('%s: refused by name, by forward and by merge', (c, why) => {
+    const e = manifest[c]!;
+    if (e.peft_error) return; // an option this PEFT release does not have
+    const r = engine(['forward', '--model', e.model, '--adapter', e.adapter, '--tokens', tokens(), '--out', path.join(tmp, `${c}.json`)], false);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(why);
+    if (c === 'lookbehind') return; // the merge works tensor by tensor: it needs no target matching
+    const m = engine(['merge', '--model', e.model, '--adapter', e.adapter, '--out', path.join(tmp, `${c}-merged`)], false);
+    expect(m.status).not.toBe(0);
+    expect(m.stderr).toMatch(why);
+    expect(fs.existsSync(path.join(tmp, `${c}-merged`))).toBe(false);
+  });
+
+  it.each(['alpha_pattern_regex', 'bias_all', 'tied_head_copy', 'tied_embed_copy'])(
+    '%s: the merged model, loaded by transformers, gives the adapter\'s logits',
+    (c) => {
+      const e = manifest[c]!;
+      const out = path.join(tmp, `${c}-merged`);
+      engine(['merge', '--model', e.model, '--adapter', e.adapter, '--out', out]);
+      const cfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
+      if (c.startsWith('tied')) expect(cfg.tie_word_embeddings).toBe(false); // the table and the head differ now
+      py(['hf-logits', '--model', out, '--tokens', tokens(), '--out', path.join(out, 'hf.json')]);
+      expect(maxAbsDiff(readLogits(path.join(out, 'hf.json')), e.logits!)).toBeLessThan(1e-4);
+    },
+  );
+});
+
+describe('adapters the engine trains, read by PEFT', () => {
+  const cases: { name: string; family: string; lora: Record<string, unknown> }[] = [
+    { name: 'bias-all', family: 'bloom', lora: { r: 4, alpha: 8, target_modules: ['query_key_value'], bias: 'all' } },
+    { name: 'bias-lora-only', family: 'gpt_neox', lora: { r: 4, alpha: 8, target_modules: ['query_key_value', 'dense_h_to_4h'], bias: 'lora_only' } },
+    {
+      name: 'patterns', family: 'llama',
+      lora: { r: 4, alpha: 8, target_modules: 'all-linear', rank_pattern: { 'layers\\.1\\.mlp\\..*': 2 }, alpha_pattern: { '(q|k)_proj': 32 },
+        exclude_modules: ['o_proj'], modules_to_save: ['model.layers.0.mlp.up_proj'] },
+    },
+    { name: 'layers', family: 'llama', lora: { r: 4, alpha: 8, target_modules: ['q_proj', 'v_proj'], layers_to_transform: [0], layers_pattern: 'layers' } },
+  ];
+  it.each(cases)('$name: PEFT loads the same model', ({ name, family, lora }) => {
+    const dir = path.join(tmp, `train-${name}`);
+    fs.mkdirSync(dir);
+    const data = path.join(dir, 'rows.json');
+    fs.writeFileSync(data, JSON.stringify({ input_ids: Array.from({ length: 4 }, (_, i) => Array.from({ length: 10 }, (_, j) => 1 + ((i * 37 + j * 11) % 250))) }));
+    const job = {
+      model: models[family], method: 'lora', lora,
+      data: { train: data },
+      training: { learning_rate: 0.05, max_steps: 3, micro_batch_size: 2 },
+      output: { dir: path.join(dir, 'out'), logging_steps: 1, save_steps: 100 },
+    };
+    fs.writeFileSync(path.join(dir, 'job.json'), JSON.stringify(job));
+    engine(['train', '--job', path.join(dir, 'job.json')]);
+    const adapter = path.join(dir, 'out');
+    const cfg = JSON.parse(fs.readFileSync(path.join(adapter, 'adapter_config.json'), 'utf8'));
+    expect(path.isAbsolute(cfg.base_model_name_or_path)).toBe(true);
+    py(['peft-logits', '--model', models[family]!, '--adapter', adapter, '--tokens', tokens(), '--out', path.join(dir, 'peft.json')]);
+    const mine = ours(models[family]!, adapter);
+    const base = path.join(dir, 'base.json');
+    engine(['forward', '--model', models[family]!, '--tokens', tokens(), '--out', base]);
+    expect(maxAbsDiff(mine, readLogits(base))).toBeGreaterThan(1e-3); // training moved it
+    expect(maxAbsDiff(mine, readLogits(path.join(dir, 'peft.json')))).toBeLessThan(1e-4);
+    if (name === 'patterns') {
+      expect(cfg.target_modules).toEqual(['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj']); // all-linear, expanded as PEFT saves it
+      expect(cfg.exclude_modules).toEqual(['o_proj']);
+    }
+  });
+});
+
+describe('generation stops where generation_config.json says', () => {
+  it('an eos_token_id list there wins over config.json\'s', () => {
+    const m = path.join(tmp, 'gen-llama');
+    fs.cpSync(models.llama!, m, { recursive: true });
+    const gen = (): number[] => JSON.parse(engine(['generate', '--model', m, '--prompt-ids', '1,5,17', '--max-new-tokens', '12', '--greedy']).stdout).ids;
+    fs.rmSync(path.join(m, 'generation_config.json'), { force: true });
+    const free = gen();
+    expect(free.length).toBe(12);
+    // stop at the third and fifth tokens of the free run: the first of them that appears ends it, included
+    fs.writeFileSync(path.join(m, 'generation_config.json'), JSON.stringify({ eos_token_id: [free[4], free[2]] }));
+    const stopped = gen();
+    const cut = free.findIndex((t) => t === free[2] || t === free[4]);
+    expect(stopped).toEqual(free.slice(0, cut + 1));
+  });
+});
