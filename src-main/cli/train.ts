@@ -9,7 +9,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { Core } from '../core/core.js';
 import { dataHome } from '../core/paths.js';
-import { type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, readLoraConfig } from '../core/runs/runspec.js';
+import { LORA_OPTION_KEYS, type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, parseTargetModules, readLoraConfigFile } from '../core/runs/runspec.js';
 import type { EngineEvent } from '../core/runs/service.js';
 import { TEMPLATES } from '../core/data/templates.js';
 
@@ -26,6 +26,20 @@ const num = (v: string) => {
 const bool = (v: string | undefined) => v === undefined || /^(true|1|yes)$/i.test(v);
 
 type Flags = Record<string, string | number | boolean | undefined>;
+
+/** `--lora_options '{"use_rslora": true, "rank_pattern": {"q_proj": 16}}'`: the lora keys that have no flag of their own. */
+function loraOptions(v: string): Record<string, unknown> {
+  let j: unknown;
+  try {
+    j = JSON.parse(v);
+  } catch (err) {
+    throw new RunSpecError(`--lora_options: not JSON (${(err as Error).message})`);
+  }
+  if (typeof j !== 'object' || j === null || Array.isArray(j)) throw new RunSpecError('--lora_options: a JSON object, e.g. {"use_rslora": true}');
+  const bad = Object.keys(j).filter((k) => !(LORA_OPTION_KEYS as readonly string[]).includes(k));
+  if (bad.length) throw new RunSpecError(`--lora_options: unknown key(s) ${bad.join(', ')} (known: ${LORA_OPTION_KEYS.join(', ')}; r, alpha, dropout, target modules and modules_to_save have their own flags)`);
+  return j as Record<string, unknown>;
+}
 
 /** Seed flags (and --config) → a validated RunSpec, plus warnings. */
 export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>; warnings: string[] } {
@@ -101,23 +115,28 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['zero_stage', o.zero_stage],
   ]));
   if (o.use_lora !== undefined) spec.method = bool(String(o.use_lora)) ? 'lora' : 'full';
-  if (o.lora_config) set('lora', readLoraConfig(String(o.lora_config)) ?? {});
+  let warnings: string[] = [];
+  if (o.lora_config) {
+    const r = readLoraConfigFile(String(o.lora_config));
+    set('lora', r.lora);
+    warnings.push(...r.warnings);
+  }
   const list = (v: unknown) => String(v).split(',').map((x) => x.trim()).filter(Boolean);
+  if (o.lora_options !== undefined) set('lora', loraOptions(String(o.lora_options)));
   set('lora', pick([
     ['r', o.lora_r],
     ['alpha', o.lora_alpha],
     ['dropout', o.lora_dropout],
-    ['target_modules', o.lora_target_modules !== undefined ? list(o.lora_target_modules) : undefined],
+    ['target_modules', o.lora_target_modules !== undefined ? parseTargetModules(String(o.lora_target_modules)) : undefined],
     ['modules_to_save', o.modules_to_save !== undefined ? list(o.modules_to_save) : undefined],
   ]));
   if (o.run_name) spec.name = String(o.run_name);
   if (o.resume_from_checkpoint) spec.resume_from = String(o.resume_from_checkpoint);
-  let warnings: string[] = [];
   let input: RunSpecInput = spec as RunSpecInput;
   if (o.deepspeed) {
     const r = applyDeepspeed(input, String(o.deepspeed));
     input = r.spec;
-    warnings = r.warnings;
+    warnings = [...warnings, ...r.warnings];
   }
   const parsed = parseRunSpec(input);
   if (parsed.training.precision !== 'fp32' && parsed.method === 'full') {
@@ -165,12 +184,13 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--max_grad_norm <x>', 'gradient clipping', num)
     .option('--weight_decay <x>', 'AdamW weight decay', num)
     .option('--seed <n>', 'seed', int)
-    .option('--lora_config <file>', "the seed's LoRA config (configs/lora_config_<family>.json)")
+    .option('--lora_config <file>', "a LoRA config: the seed's (configs/lora_config_<family>.json) or a PEFT LoraConfig JSON (adapter_config.json); PEFT features the engine cannot honour (use_dora, fan_in_fan_out, layer_replication, ...) are refused by name")
     .option('--lora_r <n>', 'LoRA rank (overrides --lora_config)', int)
     .option('--lora_alpha <x>', 'LoRA alpha (overrides --lora_config)', num)
     .option('--lora_dropout <p>', 'LoRA dropout (overrides --lora_config)', num)
-    .option('--lora_target_modules <names>', 'comma-separated module names to adapt (overrides --lora_config)')
+    .option('--lora_target_modules <names>', 'modules to adapt (overrides --lora_config): comma-separated names (exact or ".name" suffix, e.g. q_proj,v_proj), "all-linear" (every linear layer but the output head), or a regex matched against the whole module path (PEFT\'s re.fullmatch); a value with any of \\ ^ $ * + ? ( ) [ ] { } | is taken as one regex, not split on commas')
     .option('--modules_to_save <names>', 'comma-separated modules trained in full and saved with the adapter')
+    .option('--lora_options <json>', `further PEFT LoraConfig keys as a JSON object: ${LORA_OPTION_KEYS.join(', ')} (e.g. '{"use_rslora": true, "rank_pattern": {"q_proj": 16}}'; overrides --lora_config)`)
     .option('--run_name <name>', 'the run\'s name in the app')
     .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False)')
     .addOption(new Option('--quantization <q>', 'QLoRA: the base model\'s block linears as 4-bit (bitsandbytes NF4/FP4, double-quantized scales); LoRA only').choices(['none', 'nf4', 'fp4']))

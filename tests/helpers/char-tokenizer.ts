@@ -8,6 +8,7 @@ export const charTok: Tokenizer = {
   vocabSize: 0x110000 + 10,
   bosId: 1,
   eosId: 2,
+  eosIds: [2],
   padId: 0,
   unkId: 3,
   specialTokens: { '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 },

@@ -10,7 +10,7 @@ import type { ChatRenderer } from '../../src-main/core/data/chat-template';
 import type { Sample } from '../../src-main/core/data/formats';
 import { TEMPLATES, answerEndIds, encodePrompt, encodeSample } from '../../src-main/core/data/templates';
 import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
-import { SEED_SAMPLING, requestTurns } from '../../src-main/core/engine/generator';
+import { SEED_SAMPLING, requestTurns, stopIds } from '../../src-main/core/engine/generator';
 import type { EngineHost } from '../../src-main/core/engine/host';
 import { StreamDecoder } from '../../src-main/core/engine/stream-decoder';
 import { Store } from '../../src-main/core/store/store';
@@ -71,6 +71,18 @@ describe('encodePrompt: the training layout up to the answer', () => {
     expect(() => encodePrompt([{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }], 'raw', charTok)).toThrow(/end with a user turn/);
     expect(() => encodePrompt([{ role: 'assistant', content: 'a' }, { role: 'user', content: 'b' }], 'raw', charTok)).toThrow(/does not alternate/);
     expect(() => encodePrompt([], 'raw', charTok)).toThrow(/end with a user turn/);
+  });
+});
+
+describe('stop ids', () => {
+  // a Llama-3-Instruct-like tokenizer: eos <|end_of_text|> (7), generation_config.json eos_token_id [7, 9] (<|eot_id|>)
+  const llama3 = { ...charTok, eosId: 7, eosIds: [7, 9] };
+  it('every eos id of a list stops, whatever the template, with the model\'s own and the template\'s answer end', () => {
+    expect(stopIds([7, 9], 'chat_template', llama3)).toEqual([7, 9]);
+    // an engine that reports fewer ids (or another model's): the tokenizer folder's list still counts whole
+    expect(stopIds([7], 'chat_template', llama3)).toEqual([7, 9]);
+    expect(stopIds([2], 'raw', llama3)).toEqual([2, 7, 9]);
+    expect(answerEndIds('chat_template', llama3)).toEqual([7, 9]);
   });
 });
 

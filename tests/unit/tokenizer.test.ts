@@ -76,7 +76,14 @@ describe('LLaMA-like folder (tokenizer.model)', () => {
   it('decodes back to the text for the whole corpus', () => {
     for (const text of CORPUS) expect(tok.decode(tok.encode(text))).toBe(text);
     expect(tok.decode([1, 15043, 3186, 2])).toBe('<s>Hello world</s>');
-    expect(() => tok.decode([32000])).toThrow(/outside the vocabulary/);
+    expect(tok.decode([32000])).toBe('');
+  });
+
+  it('decodes ids past the tokenizer (a model\'s padded embedding rows) as nothing, like HF; a non-id still throws', () => {
+    expect(tok.decode([15043, 32000, 40000, 3186, 65023])).toBe('Hello world');
+    expect(tok.decode([15043, 32000, 2])).toBe('Hello</s>');
+    expect(() => tok.decode([-1])).toThrow(/not a token id/);
+    expect(() => tok.decode([1.5])).toThrow(/not a token id/);
   });
 
   it('batch-encodes like encode', async () => {
@@ -156,6 +163,8 @@ describe('ChatGLM2-like folder (tokenizer.model + ChatGLMTokenizer)', () => {
     const ids = tok.encode('people stop eop sop [gMASK]');
     expect(ids.filter((id) => id >= 32000)).toEqual([]);
     expect(tok.decode([32001, 32003, ...tok.encode('你好')])).toBe('[gMASK]sop你好');
+    // ChatGLM2-6B's embedding has 65024 rows for 64794 tokens: an id in between renders nothing
+    expect(tok.decode([32001, 32003, 65000, ...tok.encode('你好'), 65023])).toBe('[gMASK]sop你好');
   });
 
   it('ignores code in the folder: the hash covers only tokenizer and config files', async () => {
@@ -206,7 +215,30 @@ describe('Pythia-like folder (tokenizer.json, GPT-NeoX)', () => {
     expect(ids).toEqual([tok.tokenToId('a'), 0, the]);
     for (const text of CORPUS) expect(tok.decode(tok.encode(text))).toBe(text.normalize('NFC'));
     expect(await tok.encodeBatch(CORPUS)).toEqual(CORPUS.map((t) => tok.encode(t)));
-    expect(() => tok.decode([tok.vocabSize])).toThrow(/outside the vocabulary/);
+    expect(tok.decode([tok.vocabSize])).toBe('');
+  });
+
+  it('decodes ids past the tokenizer (Pythia: 50304 embedding rows, 50277 tokens) as nothing, like HF; a non-id still throws', () => {
+    const ids = tok.encode('a the');
+    expect(tok.decode([...ids.slice(0, 1), tok.vocabSize, tok.vocabSize + 40, ...ids.slice(1), 2 ** 40])).toBe('a the');
+    expect(tok.decode([0, tok.vocabSize + 1, 0])).toBe('<|endoftext|><|endoftext|>');
+    expect(() => tok.decode([-3])).toThrow(/not a token id/);
+    expect(() => tok.decode([Number.NaN])).toThrow(/not a token id/);
+  });
+
+  it('streams text around ids past the tokenizer (chat): they add nothing and break nothing', async () => {
+    const { StreamDecoder } = await import('../../src-main/core/engine/stream-decoder.js');
+    const text = 'a the 高血压 ok';
+    const ids = tok.encode(text);
+    const d = new StreamDecoder((x) => tok.decode(x));
+    const deltas: string[] = [];
+    ids.forEach((id, i) => {
+      deltas.push(d.push(id));
+      if (i % 2 === 0) deltas.push(d.push(tok.vocabSize + i));
+    });
+    deltas.push(d.flush());
+    expect(deltas.join('')).toBe(text);
+    expect(d.text()).toBe(text);
   });
 
   it('adds a special token named in tokenizer_config.json but missing from tokenizer.json (as transformers does)', async () => {
@@ -218,6 +250,45 @@ describe('Pythia-like folder (tokenizer.json, GPT-NeoX)', () => {
     expect(t2.padId).toBe(264);
     expect(t2.vocabSize).toBe(265);
     expect(t2.encode('x[PAD]')).toEqual([t2.tokenToId('x'), 264]);
+  });
+});
+
+describe('eos ids that are a list (Llama-3-Instruct: generation_config.json eos_token_id [128001, 128009])', () => {
+  const pythia = (name: string, files: Record<string, unknown>) =>
+    load(writeFolder(path.join(tmp, name), { 'tokenizer.json': neoxTokenizerJson(), ...files }));
+
+  it('counts every id of generation_config.json\'s list as a stop id, the tokenizer\'s eos first', async () => {
+    const tok = await pythia('eos-list-gen', {
+      'tokenizer_config.json': { eos_token: '<|padding|>' },
+      'generation_config.json': { eos_token_id: [0, 1, 0] },
+      'config.json': { eos_token_id: 5 },
+    });
+    expect(tok.eosId).toBe(1);
+    expect(tok.eosIds).toEqual([1, 0]);
+  });
+
+  it('without a tokenizer eos: eosId is the first of the list, eosIds all of it', async () => {
+    const tok = await pythia('eos-list-only', { 'generation_config.json': { eos_token_id: [1, 0] } });
+    expect(tok.eosId).toBe(1);
+    expect(tok.eosIds).toEqual([1, 0]);
+  });
+
+  it('takes config.json\'s list when generation_config.json has no eos_token_id (as the engine does)', async () => {
+    const tok = await pythia('eos-list-cfg', {
+      'tokenizer_config.json': { eos_token: '<|endoftext|>' },
+      'generation_config.json': { bos_token_id: 0 },
+      'config.json': { eos_token_id: [0, 1] },
+    });
+    expect(tok.eosIds).toEqual([0, 1]);
+    const sp = await load(writeFolder(path.join(tmp, 'eos-list-sp'), { 'tokenizer.model': spModel, 'config.json': { eos_token_id: [2, 1] } }));
+    expect(sp.eosId).toBe(2);
+    expect(sp.eosIds).toEqual([2, 1]);
+  });
+
+  it('the chat_template answer ends at every eos id', async () => {
+    const { answerEndIds } = await import('../../src-main/core/data/templates.js');
+    const tok = await pythia('eos-list-chat', { 'tokenizer_config.json': { eos_token: '<|endoftext|>' }, 'generation_config.json': { eos_token_id: [0, 1] } });
+    expect(answerEndIds('chat_template', tok)).toEqual([0, 1]);
   });
 });
 

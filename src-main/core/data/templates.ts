@@ -301,9 +301,12 @@ export function encodePrompt(turns: readonly Turn[], name: TemplateName, tokeniz
   return ids;
 }
 
-/** The ids that end an answer in this template's layout (generation stops after one of them). */
+/**
+ * The ids that end an answer in this template's layout (generation stops after one of them). A model's own chat
+ * template ends a turn with one of its eos ids: all of them (Llama-3-Instruct: <|end_of_text|> and <|eot_id|>).
+ */
 export function answerEndIds(name: TemplateName, tokenizer: Tokenizer): number[] {
-  if (name === 'chat_template') return tokenizer.eosId !== null ? [tokenizer.eosId] : [];
+  if (name === 'chat_template') return [...tokenizer.eosIds];
   const spec = specs[name];
   if (!spec) throw new Error(`unknown template "${name}" (known: ${TEMPLATES.join(', ')})`);
   return spec.end(new Tok(tokenizer, name));

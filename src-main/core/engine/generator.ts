@@ -7,7 +7,7 @@ import path from 'node:path';
 import { loadChatTemplate, type ChatRenderer } from '../data/chat-template.js';
 import type { Turn } from '../data/formats.js';
 import { TEMPLATES, type TemplateName, answerEndIds, encodePrompt } from '../data/templates.js';
-import { loadTokenizer, type LoadedTokenizer } from '../data/tokenizer/index.js';
+import { loadTokenizer, type LoadedTokenizer, type Tokenizer } from '../data/tokenizer/index.js';
 import type { GenerateParams, NativeModel } from '../../../native/addon/index.js';
 import { loadEngine } from './native.js';
 import { StreamDecoder } from './stream-decoder.js';
@@ -97,6 +97,15 @@ interface Entry {
 }
 
 const keyOf = (model: string, adapter: string | null | undefined) => `${path.resolve(model)}\u0000${adapter ? path.resolve(adapter) : ''}`;
+
+/**
+ * The ids a generation stops at: the model's (the engine's `eos_ids`: generation_config.json's eos_token_id, a list
+ * counting whole), the tokenizer folder's (`eosIds`, read the same way: a tokenizer given apart from the model has
+ * its own), and the template's answer end. Without duplicates.
+ */
+export function stopIds(modelEosIds: readonly number[], template: TemplateName, tok: Tokenizer): number[] {
+  return [...new Set([...modelEosIds, ...tok.eosIds, ...answerEndIds(template, tok)])];
+}
 
 /** Turns a request into the conversation to lay out. */
 export function requestTurns(req: Pick<GenerateRequest, 'messages' | 'prompt' | 'system'>): Turn[] {
@@ -262,7 +271,7 @@ export class Generator {
   private async run(id: string, e: Entry, tok: LoadedTokenizer, prompt: number[], req: GenerateRequest, t0: number, onDelta?: (text: string) => void, aborted = false): Promise<GenerateResult> {
     const template = req.template ?? 'raw';
     if (!prompt.length) throw new GenerateError('the prompt has no tokens', 'BAD_INPUT');
-    const stop = [...new Set([...e.info.eos_ids, ...answerEndIds(template, tok)])];
+    const stop = stopIds(e.info.eos_ids, template, tok);
     const skip = new Set<number>([...stop, ...Object.values(tok.specialTokens)]);
     if (tok.bosId !== null) skip.add(tok.bosId);
     if (tok.padId !== null) skip.add(tok.padId);
@@ -331,7 +340,7 @@ export class Generator {
     e.users++;
     try {
       const template = first.template ?? 'raw';
-      const stop = [...new Set([...e.info.eos_ids, ...answerEndIds(template, tok)])];
+      const stop = stopIds(e.info.eos_ids, template, tok);
       const skip = new Set<number>([...stop, ...Object.values(tok.specialTokens)]);
       if (tok.bosId !== null) skip.add(tok.bosId);
       if (tok.padId !== null) skip.add(tok.padId);

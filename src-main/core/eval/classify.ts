@@ -32,6 +32,8 @@ export async function classificationAccuracy(modelDir: string, tokenizer: Tokeni
   let total = 0;
   let unmatched = 0;
   try {
+    // the model's eos ids (a list counts whole: Llama-3-Instruct stops at <|eot_id|> too) and the tokenizer's
+    const stop = [...new Set([...model.info().eos_ids, ...tokenizer.eosIds])];
     for (let i = 0; i < records.length; i++) {
       const r = records[i]!;
       if (!r.answer_choices || r.answer_choices.length === 0) continue;
@@ -39,8 +41,8 @@ export async function classificationAccuracy(modelDir: string, tokenizer: Tokeni
       const first = s.labels.findIndex((l) => l !== -100);
       if (first < 0) continue;
       const prompt = s.input_ids.slice(0, first + 1);
-      const out = await model.generate(prompt, { do_sample: false, max_new_tokens: maxNewTokens, ...(tokenizer.eosId !== null ? { stop_ids: [tokenizer.eosId] } : {}) });
-      const text = tokenizer.decode(out.ids.filter((id) => id !== tokenizer.eosId));
+      const out = await model.generate(prompt, { do_sample: false, max_new_tokens: maxNewTokens, ...(stop.length ? { stop_ids: stop } : {}) });
+      const text = tokenizer.decode(out.ids.filter((id) => !stop.includes(id)));
       const pred = pickChoice(text, r.answer_choices);
       total++;
       if (pred === null) unmatched++;

@@ -1,7 +1,7 @@
 // cli-command.ts — a RunSpec written back as the `llms-train train` command line with the seed's flag names,
 // so what the wizard built can be run (and scripted) from a terminal. Only what differs from the defaults is
 // written; `specFromFlags(parse(cliCommand(spec)))` gives the same RunSpec back (tested).
-import { isMultiGpu, RunSpec } from './runspec.js';
+import { isMultiGpu, isRegexLike, LORA_OPTION_KEYS, RunSpec } from './runspec.js';
 
 /** POSIX-shell quoting: bare when safe, else single quotes. */
 export function shellQuote(s: string): string {
@@ -38,8 +38,14 @@ export function cliArgs(spec: RunSpec): string[] {
     flag('lora_r', spec.lora.r, d.lora.r);
     flag('lora_alpha', spec.lora.alpha, d.lora.alpha);
     flag('lora_dropout', spec.lora.dropout, d.lora.dropout);
-    if (spec.lora.target_modules) flag('lora_target_modules', spec.lora.target_modules.join(','));
+    const tm = spec.lora.target_modules;
+    // a string is one regex (or "all-linear") for --lora_target_modules only when it reads as one: a bare name
+    // is wrapped in a group, which re.fullmatch treats the same
+    if (typeof tm === 'string') flag('lora_target_modules', tm.toLowerCase() === 'all-linear' || isRegexLike(tm) ? tm : `(?:${tm})`);
+    else if (tm) flag('lora_target_modules', tm.join(','));
     if (spec.lora.modules_to_save) flag('modules_to_save', spec.lora.modules_to_save.join(','));
+    const extra = Object.fromEntries(LORA_OPTION_KEYS.filter((k) => spec.lora[k] !== undefined).map((k) => [k, spec.lora[k]]));
+    if (Object.keys(extra).length) flag('lora_options', JSON.stringify(extra));
   }
   const t = spec.training;
   const td = d.training;

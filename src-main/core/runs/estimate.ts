@@ -32,10 +32,54 @@ const PROCESS_BASELINE = 9.5 * 2 ** 20; // the engine process with its thread po
 // allocations, which the emulated CUDA backend measures exactly (tests/integration/cuda-emulated.test.ts).
 const GPU_CONTEXT = 512 * 2 ** 20;
 
-/** PEFT's target rule: exact name or ".name" suffix; null = the family's default. */
-function targeted(name: string, targets: string[] | null, defaults: string): boolean {
-  const list = targets ?? defaults.split(',');
-  return list.some((t) => t === name);
+/** A Python regex as JS, or null where JS cannot read it (named groups (?P<..>), inline flags, ...). */
+function jsRegex(src: string): RegExp | null {
+  try {
+    return new RegExp(src);
+  } catch {
+    return null;
+  }
+}
+
+/** The module path of block linear `name` in layer `l` (HF's names for the family), for PEFT's path-based rules. */
+function modulePath(info: ModelInspection, name: string, l: number): string {
+  const mlp = /gate_proj|up_proj|down_proj|dense_h_to_4h|dense_4h_to_h/.test(name);
+  const t = info.model_type;
+  const block =
+    t === 'gpt_neox' ? `gpt_neox.layers.${l}.${mlp ? 'mlp' : 'attention'}`
+    : t === 'bloom' || t === 'falcon' ? `transformer.h.${l}.${mlp ? 'mlp' : 'self_attention'}`
+    : t === 'chatglm' ? (/ChatGLM2/.test(info.family ?? '') ? `transformer.encoder.layers.${l}.${mlp ? 'mlp' : 'self_attention'}` : `transformer.layers.${l}.${mlp ? 'mlp' : 'attention'}`)
+    : `model.layers.${l}.${mlp ? 'mlp' : 'self_attn'}`;
+  return `${block}.${name}`;
+}
+
+/** PEFT's list rule: exact name or ".name" suffix of the module path. */
+const listed = (names: string[], p: string) => names.some((t) => p === t || p.endsWith(`.${t}`));
+/** PEFT's string rule: re.fullmatch against the module path (a regex JS cannot read counts as matching: the estimate errs high). */
+const fullmatch = (re: string, p: string) => {
+  const r = jsRegex(`^(?:${re})$`);
+  return r ? r.test(p) : true;
+};
+
+/**
+ * The LoRA rank of block linear `name` in layer `l`, or 0 when it gets none: PEFT's target rules (a list, "all-linear",
+ * or a regex; null = the family's default), exclude_modules, layers_to_transform, and rank_pattern (first key
+ * matching (.*\.)?(key)$ wins).
+ */
+function loraRank(info: ModelInspection, lora: RunSpec['lora'], name: string, l: number): number {
+  const p = modulePath(info, name, l);
+  const ex = lora.exclude_modules;
+  if (ex && (typeof ex === 'string' ? fullmatch(ex, p) : listed(ex, p))) return 0;
+  const tm = lora.target_modules ?? (info.default_lora_targets ?? '').split(',').filter(Boolean);
+  if (typeof tm === 'string') {
+    if (tm.toLowerCase() !== 'all-linear' && !fullmatch(tm, p)) return 0;
+  } else {
+    if (!(tm.length === 1 && tm[0]!.toLowerCase() === 'all-linear') && !listed(tm, p)) return 0;
+    const lt = lora.layers_to_transform;
+    if (lt !== undefined && lt !== null && !(Array.isArray(lt) ? lt : [lt]).includes(l)) return 0;
+  }
+  for (const [key, r] of Object.entries(lora.rank_pattern ?? {})) if (jsRegex(`^(.*\\.)?(${key})$`)?.test(p)) return r;
+  return lora.r;
 }
 
 export function estimateRun(info: ModelInspection, spec: RunSpec, threads: number): Estimate {
@@ -60,23 +104,30 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
       ? [['W_pack', H, 3 * H], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]]
       : [['q_proj', H, H], ['k_proj', H, kvd], ['v_proj', H, kvd], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]];
   let trainableParams = P;
-  let loraPerToken = 0;
+  // floats the LoRA pairs keep per token for the backward: summed over the blocks, and the most of one block
+  let loraSum = 0;
+  let loraMax = 0;
   if (spec.method === 'lora') {
-    const r = spec.lora.r;
     trainableParams = 0;
-    for (const [name, inn, out] of mods) {
-      if (!targeted(name, spec.lora.target_modules, info.default_lora_targets ?? '')) continue;
-      trainableParams += L * r * (inn + out);
-      loraPerToken += r + (spec.lora.dropout > 0 ? inn : 0);
+    for (let l = 0; l < L; l++) {
+      let block = 0;
+      for (const [name, inn, out] of mods) {
+        const r = loraRank(info, spec.lora, name, l);
+        if (!r) continue;
+        trainableParams += r * (inn + out);
+        block += r + (spec.lora.dropout > 0 ? inn : 0);
+      }
+      loraSum += block;
+      loraMax = Math.max(loraMax, block);
     }
     for (const m of spec.lora.modules_to_save ?? []) if (/embed|lm_head|embed_out/.test(m)) trainableParams += V * H;
   }
-  // floats each block keeps per token for its backward
-  const perToken = (neox ? 6 * H + 2 * I : 6 * H + 2 * kvd + 3 * I) + nh + loraPerToken;
+  // floats each block keeps per token for its backward (LoRA's apart)
+  const perToken = (neox ? 6 * H + 2 * I : 6 * H + 2 * kvd + 3 * I) + nh;
   // checkpointing keeps each block's input but the last's (its backward reads the set its forward left), on the GPU
   // unless offload_checkpoints moves them to host memory
   const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : Math.max(L - 1, 0) * N * H;
-  const activations = (spec.training.gradient_checkpointing ? kept + N * perToken : L * N * perToken) * F;
+  const activations = (spec.training.gradient_checkpointing ? kept + N * (perToken + loraMax) : L * N * perToken + N * loraSum) * F;
   // the backward: dx, two norm-gradient buffers, the attention gradients, the head's
   // hidden state and its gradient, a 16-bit copy of a GEMM input; the MLP gradients reuse its activations' buffers
   // (mixed precision: more 16-bit copies, and, for head sizes without tensor-core attention, rounded q, k, v and dout)

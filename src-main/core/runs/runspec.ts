@@ -12,6 +12,45 @@ export const RUNSPEC_VERSION = 1;
 
 const PosInt = z.number().int().positive();
 
+const Name = z.string().min(1);
+
+/**
+ * A run's LoRA settings, with PEFT's LoraConfig meanings. target_modules: a list (exact name or ".name" suffix), or a
+ * string: "all-linear" or a regex matched against the whole module path (re.fullmatch); null: the family's default.
+ * The optional keys are left out when not given (the engine's defaults: bias "none", no rsLoRA, no patterns).
+ */
+export const LoraSpec = z
+  .object({
+    r: PosInt.default(8),
+    alpha: z.number().positive().default(32),
+    dropout: z.number().min(0).lt(1).default(0.05),
+    target_modules: z.union([z.array(Name).min(1), Name]).nullable().default(null),
+    modules_to_save: z.array(Name).nullable().default(null),
+    bias: z.enum(['none', 'all', 'lora_only']).optional(),
+    use_rslora: z.boolean().optional(),
+    // per-module rank / alpha: key = module name or regex (matched as PEFT does: (.*\.)?(key)$)
+    rank_pattern: z.record(Name, PosInt).optional(),
+    alpha_pattern: z.record(Name, z.number().positive()).optional(),
+    // never adapted: names (exact or ".name" suffix) or one regex (re.fullmatch)
+    exclude_modules: z.union([z.array(Name), Name]).nullable().optional(),
+    // only these block indices, found after a `layers_pattern` component of the module path (any when absent)
+    layers_to_transform: z.union([z.number().int().min(0), z.array(z.number().int().min(0)).min(1)]).nullable().optional(),
+    layers_pattern: z.union([Name, z.array(Name).min(1)]).nullable().optional(),
+  })
+  .strict()
+  // what PEFT's LoraConfig refuses on construction
+  .superRefine((l, ctx) => {
+    const regex = typeof l.target_modules === 'string';
+    for (const k of ['layers_to_transform', 'layers_pattern'] as const) {
+      if (regex && l[k] !== undefined && l[k] !== null) {
+        ctx.addIssue({ code: 'custom', message: `${k} needs target_modules as a list of module names (PEFT refuses it with a regex or "all-linear" string)`, path: [k] });
+      }
+    }
+    if (l.layers_pattern !== undefined && l.layers_pattern !== null && (l.layers_to_transform === undefined || l.layers_to_transform === null)) {
+      ctx.addIssue({ code: 'custom', message: 'layers_pattern only says where the layer index is: give layers_to_transform too', path: ['layers_pattern'] });
+    }
+  });
+
 export const RunSpec = z
   .object({
     version: z.literal(RUNSPEC_VERSION).default(RUNSPEC_VERSION),
@@ -20,16 +59,7 @@ export const RunSpec = z
     // scales) while the LoRA adapter trains in fp32; method stays "lora" (docs/formats.md "quantization")
     model: z.object({ path: z.string().min(1), quantization: z.enum(['none', 'nf4', 'fp4']).default('none') }).strict(),
     method: z.enum(['lora', 'full']).default('lora'),
-    lora: z
-      .object({
-        r: PosInt.default(8),
-        alpha: z.number().positive().default(32),
-        dropout: z.number().min(0).lt(1).default(0.05),
-        target_modules: z.array(z.string().min(1)).min(1).nullable().default(null),
-        modules_to_save: z.array(z.string().min(1)).nullable().default(null),
-      })
-      .strict()
-      .default({ r: 8, alpha: 32, dropout: 0.05, target_modules: null, modules_to_save: null }),
+    lora: LoraSpec.default({ r: 8, alpha: 32, dropout: 0.05, target_modules: null, modules_to_save: null }),
     data: z
       .object({
         train: z.string().min(1),
@@ -151,24 +181,113 @@ export function parseRunSpec(input: unknown): RunSpec {
   throw new RunSpecError(`invalid run spec: ${fields.map((f) => `${f.path}: ${f.message}`).join('; ')}`, fields);
 }
 
-/** The seed's LoRA config file: {lora_r, lora_alpha, lora_dropout, lora_target_modules, modules_to_save}. */
-export function readLoraConfig(file: string): RunSpecInput['lora'] {
+/** The RunSpec lora keys beyond the seed's five (PEFT names; `--lora_options` JSON on the command line). */
+export const LORA_OPTION_KEYS = ['bias', 'use_rslora', 'rank_pattern', 'alpha_pattern', 'exclude_modules', 'layers_to_transform', 'layers_pattern'] as const;
+
+/**
+ * `--lora_target_modules` as PEFT's target_modules: "all-linear" (PEFT's shorthand, any case) stays that string; a
+ * value holding a regex metacharacter (\ ^ $ * + ? ( ) [ ] { } |) is one regex matched against the whole module
+ * path (PEFT's string semantics, re.fullmatch), never split on commas; anything else is a comma-separated list of
+ * module names (exact name or ".name" suffix; a dot alone, as in self_attn.q_proj, is a path, not a regex).
+ */
+export function parseTargetModules(v: string): string[] | string {
+  const t = v.trim();
+  if (t.toLowerCase() === 'all-linear') return 'all-linear';
+  if (isRegexLike(t)) return t;
+  return t.split(',').map((x) => x.trim()).filter(Boolean);
+}
+
+export function isRegexLike(v: string): boolean {
+  return /[\\^$*+?()[\]{}|]/.test(v);
+}
+
+/** PEFT LoraConfig keys with no meaning for training here (bookkeeping), accepted as they come. */
+const PEFT_BOOKKEEPING = new Set(['peft_type', 'task_type', 'inference_mode', 'base_model_name_or_path', 'revision', 'auto_mapping', 'peft_version', 'megatron_core', 'qalora_group_size', 'runtime_config', 'init_lora_weights']);
+
+/** PEFT features the engine cannot honour: accepted only at their "off" value (absent, null, false, {} or []). */
+const PEFT_UNSUPPORTED: Record<string, string> = {
+  use_dora: 'DoRA (use_dora) is not supported',
+  fan_in_fan_out: 'fan_in_fan_out (Conv1D weights stored transposed, GPT-2 style) is not supported',
+  lora_bias: 'lora_bias (a trained bias on lora_B) is not supported',
+  use_qalora: 'QA-LoRA (use_qalora) is not supported',
+  use_bdlora: 'use_bdlora is not supported',
+  layer_replication: 'layer_replication (repeated layers sharing weights) is not supported',
+  trainable_token_indices: 'trainable_token_indices (training single embedding rows) is not supported; train the whole table with modules_to_save',
+  target_parameters: 'target_parameters (LoRA on parameters, not modules) is not supported',
+  megatron_config: 'megatron_config (Megatron parallel layers) is not supported',
+  ensure_weight_tying: 'ensure_weight_tying is not supported (a tied head listed in modules_to_save is trained as its own copy)',
+  loftq_config: 'LoftQ initialisation (loftq_config) is not supported',
+  eva_config: 'EVA initialisation (eva_config) is not supported',
+  corda_config: 'CorDA initialisation (corda_config) is not supported',
+  lora_ga_config: 'LoRA-GA initialisation (lora_ga_config) is not supported',
+  alora_invocation_tokens: 'activated LoRA (alora_invocation_tokens) is not supported',
+  arrow_config: 'Arrow routing (arrow_config) is not supported',
+  kasa_config: 'kasa_config is not supported',
+  monteclora_config: 'monteclora_config is not supported',
+  velora_config: 'velora_config is not supported',
+};
+
+const isOff = (v: unknown) => v === undefined || v === null || v === false || (typeof v === 'object' && Object.keys(v as object).length === 0);
+
+/**
+ * A LoRA config file as the RunSpec's lora settings: the seed's format ({lora_r, lora_alpha, lora_dropout,
+ * lora_target_modules, modules_to_save}) or a PEFT LoraConfig JSON (adapter_config.json, LoraConfig.to_dict()):
+ * r, lora_alpha, lora_dropout, target_modules (list or regex string), modules_to_save, bias, use_rslora,
+ * rank_pattern, alpha_pattern, exclude_modules, layers_to_transform, layers_pattern. Bookkeeping keys (task_type,
+ * peft_type "LORA", base_model_name_or_path, ...) are accepted; features the engine cannot honour (use_dora,
+ * fan_in_fan_out, layer_replication, ...) and unknown keys are refused by name. `warnings`: what is accepted but
+ * not done as written (init_lora_weights other than true, a task_type other than CAUSAL_LM).
+ */
+export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInput['lora']>; warnings: string[] } {
   let j: Record<string, unknown>;
   try {
     j = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
   } catch (err) {
     throw new RunSpecError(`cannot read the LoRA config ${file}: ${(err as Error).message}`);
   }
-  const known = new Set(['lora_r', 'lora_alpha', 'lora_dropout', 'lora_target_modules', 'modules_to_save']);
+  if (typeof j !== 'object' || j === null || Array.isArray(j)) throw new RunSpecError(`${file}: a LoRA config is a JSON object`);
+  const seedKeys = ['lora_r', 'lora_alpha', 'lora_dropout', 'lora_target_modules', 'modules_to_save'];
+  const peftKeys = ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'modules_to_save', ...LORA_OPTION_KEYS];
+  const known = new Set([...seedKeys, ...peftKeys, ...PEFT_BOOKKEEPING, ...Object.keys(PEFT_UNSUPPORTED)]);
   const unknown = Object.keys(j).filter((k) => !known.has(k));
-  if (unknown.length) throw new RunSpecError(`${file}: unknown field(s) ${unknown.join(', ')} (the seed's LoRA config has ${[...known].join(', ')})`);
+  if (unknown.length) {
+    throw new RunSpecError(`${file}: unknown field(s) ${unknown.join(', ')} (the seed's LoRA config has ${seedKeys.join(', ')}; a PEFT LoraConfig ${peftKeys.join(', ')} and its bookkeeping keys)`);
+  }
+  const refused = Object.keys(PEFT_UNSUPPORTED).filter((k) => !isOff(j[k]));
+  if (refused.length) throw new RunSpecError(`${file}: ${refused.map((k) => `${k} ${JSON.stringify(j[k])}: ${PEFT_UNSUPPORTED[k]}`).join('; ')}`);
+  if (j.peft_type !== undefined && j.peft_type !== null && j.peft_type !== 'LORA') throw new RunSpecError(`${file}: peft_type ${JSON.stringify(j.peft_type)} is not a LoRA config (only "LORA" is trained here)`);
+  for (const [seed, peft] of [['lora_r', 'r'], ['lora_target_modules', 'target_modules']] as const) {
+    if (j[seed] !== undefined && j[peft] !== undefined) throw new RunSpecError(`${file}: gives both ${seed} (the seed's name) and ${peft} (PEFT's); keep one`);
+  }
+  const warnings: string[] = [];
+  const init = j.init_lora_weights;
+  if (init === false || init === 'gaussian') {
+    warnings.push(`${file}: init_lora_weights ${JSON.stringify(init)} is not done here: LoRA starts as PEFT's default (init_lora_weights true: A Kaiming-uniform, B zero)`);
+  } else if (init !== undefined && init !== true) {
+    throw new RunSpecError(`${file}: init_lora_weights ${JSON.stringify(init)} is not supported (only true, the default; "gaussian" and false are trained with the default initialisation)`);
+  }
+  if (typeof j.task_type === 'string' && j.task_type !== 'CAUSAL_LM') warnings.push(`${file}: task_type ${j.task_type}: this trains a causal language model (the adapter is saved as CAUSAL_LM)`);
+
   const out: NonNullable<RunSpecInput['lora']> = {};
-  if (j.lora_r !== undefined) out.r = j.lora_r as number;
+  const r = j.lora_r ?? j.r;
+  if (r !== undefined) out.r = r as number;
   if (j.lora_alpha !== undefined) out.alpha = j.lora_alpha as number;
   if (j.lora_dropout !== undefined) out.dropout = j.lora_dropout as number;
-  if (j.lora_target_modules !== undefined) out.target_modules = j.lora_target_modules as string[];
+  const targets = j.lora_target_modules !== undefined ? j.lora_target_modules : j.target_modules;
+  if (targets !== undefined) out.target_modules = targets as string[] | string | null;
   if (j.modules_to_save !== undefined) out.modules_to_save = j.modules_to_save as string[] | null;
-  return out;
+  // the optional keys only when they say something (PEFT writes every key, mostly at its default)
+  if (j.bias !== undefined && j.bias !== 'none') out.bias = j.bias as 'all';
+  if (j.use_rslora !== undefined && j.use_rslora !== false) out.use_rslora = j.use_rslora as boolean;
+  for (const k of ['rank_pattern', 'alpha_pattern', 'exclude_modules', 'layers_to_transform', 'layers_pattern'] as const) {
+    if (!isOff(j[k])) (out as Record<string, unknown>)[k] = j[k];
+  }
+  return { lora: out, warnings };
+}
+
+/** The lora settings of a LoRA config file (readLoraConfigFile without its warnings). */
+export function readLoraConfig(file: string): RunSpecInput['lora'] {
+  return readLoraConfigFile(file).lora;
 }
 
 /**
@@ -218,6 +337,25 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
   return { spec: { ...spec, training, ...(Object.keys(distributed).length ? { distributed } : {}) }, warnings };
 }
 
+/** The job's "lora" object: the seed's five keys always, the others only when they say something. */
+export function engineLora(l: RunSpec['lora']): Record<string, unknown> {
+  const has = (v: unknown) => v !== undefined && v !== null && !(typeof v === 'object' && Object.keys(v).length === 0);
+  return {
+    r: l.r,
+    alpha: l.alpha,
+    dropout: l.dropout,
+    target_modules: l.target_modules ?? [],
+    modules_to_save: l.modules_to_save,
+    ...(l.bias !== undefined && l.bias !== 'none' ? { bias: l.bias } : {}),
+    ...(l.use_rslora ? { use_rslora: true } : {}),
+    ...(has(l.rank_pattern) ? { rank_pattern: l.rank_pattern } : {}),
+    ...(has(l.alpha_pattern) ? { alpha_pattern: l.alpha_pattern } : {}),
+    ...(has(l.exclude_modules) ? { exclude_modules: l.exclude_modules } : {}),
+    ...(has(l.layers_to_transform) ? { layers_to_transform: l.layers_to_transform } : {}),
+    ...(has(l.layers_pattern) ? { layers_pattern: l.layers_pattern } : {}),
+  };
+}
+
 /** The engine's job JSON for a spec whose data has been tokenized into train/eval .tok files. */
 export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | null }, resumeFrom: string | null): Record<string, unknown> {
   const t = spec.training;
@@ -229,9 +367,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     // several GPUs: "cuda" — each worker sees only the run's GPUs (CUDA_VISIBLE_DEVICES) and takes cuda:LOCAL_RANK
     device: spec.devices.kind === 'cuda' ? (isMultiGpu(spec) ? 'cuda' : `cuda:${spec.devices.ids[0] ?? 0}`) : 'cpu',
     ...(spec.model.quantization !== 'none' ? { quantization: spec.model.quantization } : {}),
-    ...(spec.method === 'lora'
-      ? { lora: { r: spec.lora.r, alpha: spec.lora.alpha, dropout: spec.lora.dropout, target_modules: spec.lora.target_modules ?? [], modules_to_save: spec.lora.modules_to_save } }
-      : {}),
+    ...(spec.method === 'lora' ? { lora: engineLora(spec.lora) } : {}),
     data: { train: tok.train, ...(tok.eval ? { eval: tok.eval } : {}) },
     training: {
       learning_rate: t.learning_rate,

@@ -154,10 +154,16 @@ export function allSpecialTokens(cfg: FolderConfig): TokenSpec[] {
   return out;
 }
 
-/** A `*_token_id` value from generation_config.json / config.json: a non-negative integer or the first of a list. */
+const isId = (v: unknown): v is number => typeof v === 'number' && Number.isInteger(v) && v >= 0;
+
+/** Every id of a `*_token_id` value from generation_config.json / config.json: an integer or a list of them. */
+export function idList(v: unknown): number[] {
+  return [...new Set((Array.isArray(v) ? v : [v]).filter(isId))];
+}
+
+/** A `*_token_id` value as one id: a non-negative integer or the first of a list (a role has one token). */
 function idValue(v: unknown): number | null {
-  if (Array.isArray(v)) v = v.find((x) => typeof x === 'number');
-  return typeof v === 'number' && Number.isInteger(v) && v >= 0 ? v : null;
+  return idList(v)[0] ?? null;
 }
 
 /**
@@ -175,4 +181,15 @@ export function resolveRoleId(cfg: FolderConfig, role: Role, lookup: (token: str
     if (id !== null) return id;
   }
   return intrinsic;
+}
+
+/**
+ * The ids that end a generation (HF `generate`'s eos_token_id): `eosId` (the tokenizer's eos) and every id of
+ * generation_config.json's `eos_token_id` — config.json's when generation_config.json has no such key (the
+ * engine reports the same ids in `info().eos_ids`). A list (Llama-3-Instruct: [128001, 128009]) counts whole.
+ */
+export function resolveEosIds(cfg: FolderConfig, eosId: number | null): number[] {
+  const gen = cfg.generationConfig;
+  const v = gen && 'eos_token_id' in gen ? gen.eos_token_id : cfg.modelConfig?.eos_token_id;
+  return [...new Set([...(eosId !== null ? [eosId] : []), ...idList(v)])];
 }

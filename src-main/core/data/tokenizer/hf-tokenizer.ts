@@ -7,7 +7,7 @@ import path from 'node:path';
 import { AddedToken, Tokenizer as RustTokenizer } from 'tokenizers';
 
 import type { Tokenizer } from './types.js';
-import { allSpecialTokens, resolveRoleId, type FolderConfig, type TokenSpec } from './config.js';
+import { allSpecialTokens, resolveEosIds, resolveRoleId, type FolderConfig, type TokenSpec } from './config.js';
 import { SyncTokenizerWorker, type ExtraToken } from './sync-worker.js';
 
 export type HfTokenizer = Tokenizer & {
@@ -80,25 +80,28 @@ export function loadHfTokenizer(file: string, text: string, json: unknown, cfg: 
     if (id !== null) maxId = Math.max(maxId, id);
   }
   const vocabSize = Math.max(rust.getVocabSize(true), maxId + 1);
-  const checkIds = (ids: number[]) => {
-    for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${vocabSize - 1})`);
-    }
-    return ids;
+  // Ids past the tokenizer (a model's padded embedding rows: Pythia 50304 vs 50277, ChatGLM2 65024 vs 64794) are
+  // no token: decode renders nothing for them, as HF's `tokenizer.decode` does. A value that is no id at all
+  // (negative, fractional) is still an error.
+  const knownIds = (ids: number[]) => {
+    for (const id of ids) if (!Number.isInteger(id) || id < 0) throw new RangeError(`${id} is not a token id (a non-negative integer)`);
+    return ids.some((id) => id >= vocabSize) ? ids.filter((id) => id < vocabSize) : ids;
   };
   const lookup = (t: string) => rust.tokenToId(t);
   const modelUnk = (json as { model?: { unk_token?: unknown } }).model?.unk_token;
+  const eosId = resolveRoleId(cfg, 'eos', lookup, null);
   const tok: HfTokenizer = {
     kind: 'tokenizers',
     hash,
     vocabSize,
     bosId: resolveRoleId(cfg, 'bos', lookup, null),
-    eosId: resolveRoleId(cfg, 'eos', lookup, null),
+    eosId,
+    eosIds: Object.freeze(resolveEosIds(cfg, eosId)),
     unkId: resolveRoleId(cfg, 'unk', lookup, typeof modelUnk === 'string' ? rust.tokenToId(modelUnk) : null),
     padId: resolveRoleId(cfg, 'pad', lookup, null),
     specialTokens: Object.freeze(specials),
     encode: (text: string) => worker.call<number[]>({ op: 'encode', text }),
-    decode: (ids: number[]) => worker.call<string>({ op: 'decode', ids: checkIds(ids) }),
+    decode: (ids: number[]) => worker.call<string>({ op: 'decode', ids: knownIds(ids) }),
     tokenToId: (token: string) => rust.tokenToId(token),
     encodeBatch: async (texts: string[]) => {
       const encs = await rust.encodeBatch(texts, { addSpecialTokens: false });

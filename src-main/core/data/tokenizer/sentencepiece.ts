@@ -2,7 +2,7 @@
 // ChatGLM-6B v1): real SentencePiece (WASM, @sctg/sentencepiece-js) for the pieces, plus what each family's
 // Python tokenizer does around it: added-token splitting, ChatGLM2's extra ids, ChatGLM v1's text preprocessing.
 import type { Tokenizer } from './types.js';
-import { allSpecialTokens, resolveRoleId, type FolderConfig, type Role, type TokenSpec } from './config.js';
+import { allSpecialTokens, resolveEosIds, resolveRoleId, type FolderConfig, type Role, type TokenSpec } from './config.js';
 import { PieceType, parseSpModel, type SpModelInfo } from './sp-model.js';
 import { AddedTokenSplitter } from './split.js';
 
@@ -77,6 +77,7 @@ class SpTokenizer implements Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number | null;
   readonly eosId: number | null;
+  readonly eosIds: readonly number[];
   readonly padId: number | null;
   readonly unkId: number | null;
   readonly specialTokens: Readonly<Record<string, number>>;
@@ -186,6 +187,7 @@ class SpTokenizer implements Tokenizer {
     const lookup = (t: string) => this.tokenToId(t);
     this.bosId = resolveRoleId(cfg, 'bos', lookup, intrinsic.bos);
     this.eosId = resolveRoleId(cfg, 'eos', lookup, intrinsic.eos);
+    this.eosIds = Object.freeze(resolveEosIds(cfg, this.eosId));
     this.unkId = resolveRoleId(cfg, 'unk', lookup, intrinsic.unk);
     this.padId = resolveRoleId(cfg, 'pad', lookup, intrinsic.pad);
   }
@@ -245,16 +247,14 @@ class SpTokenizer implements Tokenizer {
     let out = '';
     let run: number[] = [];
     for (const id of ids) {
-      if (!Number.isInteger(id) || id < 0 || id >= this.vocabSize) throw new RangeError(`token id ${id} is outside the vocabulary (0..${this.vocabSize - 1})`);
+      if (!Number.isInteger(id) || id < 0) throw new RangeError(`${id} is not a token id (a non-negative integer)`);
       const r = this.render.get(id);
       if (r !== undefined) {
         out += this.decodeRun(run) + r;
         run = [];
-      } else if (id >= this.info.pieces.length + this.offset) {
-        // An id past the model with no token (a gap): nothing to render.
-        out += this.decodeRun(run);
-        run = [];
-      } else run.push(id);
+      } else if (id < this.info.pieces.length + this.offset) run.push(id);
+      // else: an id past the model with no token (a gap, or past the tokenizer: a model's padded embedding rows,
+      // e.g. ChatGLM2's 65024 vs 64794) renders nothing and leaves the text around it whole, as HF's fast decode.
     }
     return out + this.decodeRun(run);
   }

@@ -8,13 +8,19 @@ export interface Tokenizer {
   readonly vocabSize: number;
   readonly bosId: number | null;
   readonly eosId: number | null;
+  /**
+   * Every id that ends a generation, as HF's `generate` stops: eosId, plus each id of generation_config.json's
+   * `eos_token_id` (an int or a list, e.g. Llama-3-Instruct's [128001, 128009]), or config.json's when
+   * generation_config.json has no such key. Without duplicates, eosId first.
+   */
+  readonly eosIds: readonly number[];
   readonly padId: number | null;
   readonly unkId: number | null;
   /** Special/added tokens by content, e.g. {"<s>": 1, "[gMASK]": 64790}. */
   readonly specialTokens: Readonly<Record<string, number>>;
   /** Text → ids exactly as HF's `tokenizer(text, add_special_tokens=False).input_ids` (no bos/eos added). */
   encode(text: string): number[];
-  /** ids → text, skipping nothing (special tokens are rendered). */
+  /** ids → text, skipping nothing (special tokens are rendered); an id past the vocabulary renders as '' (as HF). */
   decode(ids: number[]): string;
   /** The id of a token string (special or regular), or null. */
   tokenToId(token: string): number | null;
