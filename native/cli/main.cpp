@@ -320,6 +320,14 @@ int cmd_forward(const Args &a, bool grad) {
   int64_t count = 0;
   st = llmt_model_forward(h.m, ids.data(), has_labels ? labels.data() : nullptr, B, T, logits.data(), &loss, &count);
   if (st) return fail(st);
+  int64_t bad = 0;
+  for (float x : logits) bad += !std::isfinite(x);
+  if (bad) {  // JSON has no NaN: say what is wrong instead of writing a file no parser reads
+    std::fprintf(stderr, "llmt-engine: NAN: %lld of %lld logits are not finite (NaN or inf): the model's weights or the adapter hold "
+                         "non-finite values (a diverged checkpoint?); nothing was written\n",
+                 static_cast<long long>(bad), static_cast<long long>(logits.size()));
+    return 1;
+  }
   std::string o = "{\"loss\":";
   o += has_labels && count > 0 ? Json::number(loss).dump() : "null";
   o += ",\"tokens\":" + std::to_string(count) + ",\"logits\":[";

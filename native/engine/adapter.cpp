@@ -174,15 +174,41 @@ llmt_status peft_layer_options(const Json &j, const std::string &where, LoraSpec
   return LLMT_OK;
 }
 
-llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
-  const std::string cfg_path = dir + "/adapter_config.json";
-  std::string text;
-  llmt_status st = read_text_file(cfg_path, text);
-  if (st != LLMT_OK) return set_error(st, std::string(llmt_last_error()) + " (a PEFT adapter folder holds adapter_config.json)");
-  Json j;
-  std::string err;
-  if (!Json::parse(text, j, err)) return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " is not valid JSON: " + err);
-  if (!j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " is not a JSON object");
+llmt_status parse_peft_lora_config(const Json &j, const std::string &cfg_path, LoraSpec &s) {
+  // a present key of the wrong type is an error naming it ("lora_alpha": "32" must not load as the default 8)
+  auto typed = [&](const char *key, bool ok, const char *want) -> llmt_status {
+    if (j.get(key).is_null() || ok) return LLMT_OK;
+    return set_error(LLMT_ERR_BAD_INPUT, cfg_path + ": " + key + " must be " + want + " (got " + j.get(key).dump() + ")");
+  };
+  auto str_list = [](const Json &v) {
+    if (!v.is_array()) return false;
+    for (const auto &x : v.items())
+      if (!x.is_string()) return false;
+    return true;
+  };
+  auto values = [](const Json &v, bool ints) {
+    if (!v.is_object()) return false;
+    for (const auto &kv : v.members())
+      if (ints ? !(kv.second.is_integer() && kv.second.as_int() > 0) : !kv.second.is_number()) return false;
+    return true;
+  };
+  llmt_status st;
+  if ((st = typed("r", j.get("r").is_integer() && j.get("r").as_int() > 0, "a positive integer")) ||
+      (st = typed("lora_alpha", j.get("lora_alpha").is_number(), "a number")) ||
+      (st = typed("lora_dropout", j.get("lora_dropout").is_number(), "a number")) ||
+      (st = typed("use_rslora", j.get("use_rslora").is_bool(), "true or false")) ||
+      (st = typed("use_dora", j.get("use_dora").is_bool(), "true or false")) ||
+      (st = typed("fan_in_fan_out", j.get("fan_in_fan_out").is_bool(), "true or false")) ||
+      (st = typed("bias", j.get("bias").is_string(), "\"none\", \"all\" or \"lora_only\"")) ||
+      (st = typed("peft_type", j.get("peft_type").is_string(), "a string")) ||
+      (st = typed("target_modules", j.get("target_modules").is_string() || str_list(j.get("target_modules")),
+                  "a list of module names or a regex string")) ||
+      (st = typed("modules_to_save", str_list(j.get("modules_to_save")), "a list of module names")) ||
+      (st = typed("exclude_modules", j.get("exclude_modules").is_string() || str_list(j.get("exclude_modules")),
+                  "a list of module names or a regex string")) ||
+      (st = typed("rank_pattern", values(j.get("rank_pattern"), true), "an object of positive integers")) ||
+      (st = typed("alpha_pattern", values(j.get("alpha_pattern"), false), "an object of numbers")))
+    return st;
   std::string type = j.get_string("peft_type", "LORA");
   if (type != "LORA") {
     return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": peft_type \"" + type + "\" is not supported (only LORA)");
@@ -191,9 +217,8 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
     return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": fan_in_fan_out adapters (Conv1D models) are not supported");
   }
   if (j.get_bool("use_dora", false)) return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": DoRA adapters are not supported yet");
-  if (llmt_status u = unsupported_peft_options(j, cfg_path)) return u;
-  LoraSpec s;
-  if (llmt_status u = peft_layer_options(j, cfg_path, s)) return u;
+  if ((st = unsupported_peft_options(j, cfg_path)) != LLMT_OK) return st;
+  if ((st = peft_layer_options(j, cfg_path, s)) != LLMT_OK) return st;
   s.r = j.get_int("r", 8);
   s.alpha = j.get_number("lora_alpha", 8);
   s.dropout = j.get_number("lora_dropout", 0.0);
@@ -203,24 +228,31 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
   if (t.is_string()) {
     s.target_regex = t.as_string();
   } else if (t.is_array()) {
-    for (const auto &x : t.items())
-      if (x.is_string()) s.targets.push_back(x.as_string());
+    for (const auto &x : t.items()) s.targets.push_back(x.as_string());
   }
-  const Json &mts = j.get("modules_to_save");
-  if (mts.is_array())
-    for (const auto &x : mts.items())
-      if (x.is_string()) s.modules_to_save.push_back(x.as_string());
-  for (const auto &kv : j.get("rank_pattern").members())
-    if (kv.second.is_integer()) s.rank_pattern[kv.first] = kv.second.as_int();
-  for (const auto &kv : j.get("alpha_pattern").members())
-    if (kv.second.is_number()) s.alpha_pattern[kv.first] = kv.second.as_double();
+  for (const auto &x : j.get("modules_to_save").items()) s.modules_to_save.push_back(x.as_string());
+  for (const auto &kv : j.get("rank_pattern").members()) s.rank_pattern[kv.first] = kv.second.as_int();
+  for (const auto &kv : j.get("alpha_pattern").members()) s.alpha_pattern[kv.first] = kv.second.as_double();
   const Json &ex = j.get("exclude_modules");
   if (ex.is_string()) {
     s.exclude_regex = ex.as_string();
-  } else if (ex.is_array()) {
-    for (const auto &x : ex.items())
-      if (x.is_string()) s.exclude_modules.push_back(x.as_string());
+  } else {
+    for (const auto &x : ex.items()) s.exclude_modules.push_back(x.as_string());
   }
+  return LLMT_OK;
+}
+
+llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
+  const std::string cfg_path = dir + "/adapter_config.json";
+  std::string text;
+  llmt_status st = read_text_file(cfg_path, text);
+  if (st != LLMT_OK) return set_error(st, std::string(llmt_last_error()) + " (a PEFT adapter folder holds adapter_config.json)");
+  Json j;
+  std::string err;
+  if (!Json::parse(text, j, err)) return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " is not valid JSON: " + err);
+  if (!j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " is not a JSON object");
+  LoraSpec s;
+  if ((st = parse_peft_lora_config(j, cfg_path, s)) != LLMT_OK) return st;
 
   std::string wpath = dir + "/adapter_model.safetensors";
   struct stat sb;
@@ -257,6 +289,15 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
       continue;
     }
     if (ti->shape != p->shape) {
+      // a LoRA tensor whose other side fits: the config's rank (r / rank_pattern) is not the tensors' rank
+      const bool is_a = ends_with_str(p->save_name, ".lora_A.weight"), is_b = ends_with_str(p->save_name, ".lora_B.weight");
+      if ((is_a || is_b) && ti->shape.size() == 2 && p->shape.size() == 2 &&
+          (is_a ? ti->shape[1] == p->shape[1] : ti->shape[0] == p->shape[0])) {
+        const int64_t have = is_a ? ti->shape[0] : ti->shape[1], want = is_a ? p->shape[0] : p->shape[1];
+        return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " gives " + ti->name + " rank " + std::to_string(want) +
+                                                 " (r / rank_pattern) but the tensor in " + wpath + " has rank " + std::to_string(have) +
+                                                 ": the config and the weights do not belong together");
+      }
       std::string a = "[", b = "[";
       for (size_t i = 0; i < ti->shape.size(); ++i) a += (i ? ", " : "") + std::to_string(ti->shape[i]);
       for (size_t i = 0; i < p->shape.size(); ++i) b += (i ? ", " : "") + std::to_string(p->shape[i]);

@@ -716,6 +716,17 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
   const int64_t H = c.hidden, I = c.inter, V = c.vocab, hd = c.head_dim;
   const int64_t qd = c.heads * hd, kvd = c.kv_heads * hd;
   const bool ln = c.norm == NormKind::Layer;
+  // config.json against the weights before anything is allocated from its sizes (a vocab_size of 1e12 would
+  // otherwise end as "out of memory")
+  if (const TensorInfo *e = ws->find(std::string(f.embed) + ".weight")) {
+    if (e->shape.size() != 2 || e->shape[0] != V || e->shape[1] != H) {
+      std::string shp;
+      for (size_t i = 0; i < e->shape.size(); ++i) shp += (i ? ", " : "") + std::to_string(e->shape[i]);
+      st = set_error(LLMT_ERR_BAD_INPUT, dir + "/config.json gives a " + std::to_string(V) + "-token vocabulary of width " + std::to_string(H) +
+                                             " but the weights' " + e->name + " is [" + shp + "]: the config does not belong to these weights");
+      return nullptr;
+    }
+  }
 
   m->embed = m->new_param(std::string(f.embed) + ".weight", {V, H});
   if (half) {  // the frozen table in 16 bits too (also when tied: the head's GEMM reads it as a 16-bit weight)

@@ -274,6 +274,10 @@ class Json;
  *  trainable_token_indices, layer_replication, target_parameters, aLoRA, QALoRA, Megatron layers). */
 llmt_status unsupported_peft_options(const Json &cfg, const std::string &where);
 
+/** A PEFT adapter_config.json as a LoraSpec: the types of its keys checked (a present key of the wrong type is an
+ *  error naming it), the options this engine cannot honour refused by name. */
+llmt_status parse_peft_lora_config(const Json &cfg, const std::string &where, LoraSpec &s);
+
 /** layers_to_transform (an int or a list) and layers_pattern (a string or a list) of a PEFT LoRA config into `s`. */
 llmt_status peft_layer_options(const Json &cfg, const std::string &where, LoraSpec &s);
 

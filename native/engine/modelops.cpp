@@ -384,14 +384,6 @@ std::string full_key(const std::string &key, bool &copy) {
   return k;
 }
 
-double pattern_value(const Json &patterns, const std::string &module, double def) {
-  std::vector<std::pair<std::string, double>> numbers;  // in the file's order, as PEFT reads the dict
-  for (const auto &kv : patterns.members())
-    if (kv.second.is_number()) numbers.emplace_back(kv.first, kv.second.as_double());
-  const double *v = peft_pattern_value(numbers, module);
-  return v ? *v : def;
-}
-
 bool dtype_option(const std::string &s, DType &out) {
   if (s == "float32" || s == "F32" || s == "fp32") return out = DType::F32, true;
   if (s == "float16" || s == "F16" || s == "fp16") return out = DType::F16, true;
@@ -421,19 +413,23 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   if (acfg.get_string("peft_type", "LORA") != "LORA")
     return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": only LORA adapters can be merged (peft_type \"" +
                                                acfg.get_string("peft_type") + "\")");
-  if (acfg.get_bool("fan_in_fan_out", false))
-    return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": fan_in_fan_out adapters (Conv1D models) are not supported");
-  if (acfg.get_bool("use_dora", false)) return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": DoRA adapters are not supported");
-  if ((st = unsupported_peft_options(acfg, cfg_path)) != LLMT_OK) return st;
+  // the same reading of the config as a forward with the adapter (types, unsupported options, regexes)
+  LoraSpec spec;
+  if ((st = parse_peft_lora_config(acfg, cfg_path, spec)) != LLMT_OK) return st;
   {
     std::regex re;
     std::string why;
-    for (const auto &kv : acfg.get("alpha_pattern").members())
+    for (const auto &kv : spec.alpha_pattern)
       if (!python_regex(kv.first, re, why))
         return set_error(LLMT_ERR_BAD_INPUT, cfg_path + ": alpha_pattern key \"" + kv.first + "\" cannot be used: " + why);
+    for (const auto &kv : spec.rank_pattern)
+      if (!python_regex(kv.first, re, why))
+        return set_error(LLMT_ERR_BAD_INPUT, cfg_path + ": rank_pattern key \"" + kv.first + "\" cannot be used: " + why);
+    if (!spec.target_regex.empty() && !python_regex(spec.target_regex, re, why))
+      return set_error(LLMT_ERR_BAD_INPUT, cfg_path + ": target_modules \"" + spec.target_regex + "\" cannot be used: " + why);
   }
-  const double alpha = acfg.get_number("lora_alpha", 8);
-  const bool rslora = acfg.get_bool("use_rslora", false);
+  const double alpha = spec.alpha;
+  const bool rslora = spec.use_rslora;
   std::error_code ec;
   std::unique_ptr<SafetensorsFile> af;
   if (fs::exists(adapter_dir + "/adapter_model.safetensors", ec))
@@ -494,6 +490,24 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   for (const auto &kv : loras)
     if (!kv.second.A || !kv.second.B)
       return set_error(LLMT_ERR_BAD_INPUT, "the adapter in " + adapter_dir + " has only one of lora_A/lora_B for " + kv.first);
+  // what PEFT would load: LoRA tensors for modules the config targets, of the rank it gives them (a forward with the
+  // adapter refuses the same files)
+  std::string tlower = spec.target_regex;
+  for (char &ch : tlower) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  const bool targets_known = !(spec.targets.empty() && spec.target_regex.empty()) && tlower != "all-linear" &&
+                             !(spec.targets.size() == 1 && spec.targets[0] == "all-linear");
+  for (const auto &kv : loras) {
+    const std::string module = kv.first.substr(0, kv.first.size() - 7);
+    if (targets_known && !peft_target_matches(spec, module))
+      return set_error(LLMT_ERR_BAD_INPUT, adapter_dir + " holds LoRA tensors for " + module + ", which its adapter_config.json "
+                                               "does not target (PEFT would not load them): the config and the weights do not belong together");
+    const int64_t *pr = peft_pattern_value(spec.rank_pattern, module);
+    const int64_t want = pr ? *pr : spec.r;
+    const int64_t have = kv.second.A->shape.empty() ? -1 : kv.second.A->shape[0];
+    if (have != want)
+      return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " gives " + module + " rank " + std::to_string(want) + " but its LoRA tensors have rank " +
+                                               std::to_string(have) + ": the config and the weights do not belong together");
+  }
 
   // -- tied embeddings: the base stores one table for the embedding and the head; an adapter that trains either on
   // its own (modules_to_save: PEFT's separate copy) gives a model with two — the head is written out (the base's
@@ -567,7 +581,6 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   // -- plan the output tensors --
   std::vector<OutTensor> tensors;
   std::set<std::string> used_lora, used_full;
-  const Json &alpha_pat = acfg.get("alpha_pattern");
   int64_t merged = 0, replaced = 0;
   std::vector<std::string> names = ws->names();
   if (untie && !head_stored) names.push_back(head_t);
@@ -606,7 +619,8 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
                                                  shape_str(pair.B->shape) + ") does not fit the base weight " +
                                                  shape_str(src->shape) + ": the adapter was made for another base model");
       const std::string module = name.substr(0, name.size() - 7);
-      const double a = pattern_value(alpha_pat, module, alpha);
+      const double *pa = peft_pattern_value(spec.alpha_pattern, module);
+      const double a = pa ? *pa : alpha;
       scale = rslora ? a / std::sqrt(static_cast<double>(r)) : a / static_cast<double>(r);
     }
     const WeightSet *wsp = ws.get();

@@ -413,9 +413,12 @@ std::unique_ptr<SafetensorsFile> SafetensorsFile::open(const std::string &path, 
   tensors.reserve(header.size());
   spans.reserve(header.size());
 
+  std::set<std::string> seen;
   for (const auto &member : header.members()) {
     const std::string &name = member.first;
     const Json &entry = member.second;
+    if (!seen.insert(name).second)
+      return bad(file + " names tensor '" + name + "' twice in its header; the header is malformed");
     if (name == "__metadata__") {
       if (!entry.is_object())
         return bad(file + ": \"__metadata__\" must be an object of string values; the header is malformed");

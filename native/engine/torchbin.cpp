@@ -596,7 +596,8 @@ class Unpickler {
     if (t->kind != Kind::Tuple) return bad(std::string("a tensor's ") + what + " is not a tuple");
     out.clear();
     for (const Ref &x : t->items) {
-      if (x->kind != Kind::Int || x->i < 0) return bad(std::string("a tensor's ") + what + " holds a non-integer");
+      if (x->kind != Kind::Int) return bad(std::string("a tensor's ") + what + " holds a non-integer");
+      if (x->i < 0) return bad(std::string("a tensor's ") + what + " holds a negative value (" + std::to_string(x->i) + ")");
       out.push_back(x->i);
     }
     return true;

@@ -104,9 +104,98 @@ llmt_status check_keys(const Json &o, const std::string &where, std::initializer
   return LLMT_OK;
 }
 
+// A present field of the wrong JSON type is an error naming it (a typo such as "learning_rate": "2e-4" must not
+// train with the default); null counts as absent.
+enum class Kind { Int, Num, Bool, Str, StrList, StrOrStrList, Obj, StrOrObj, IntOrIntList };
+
+bool kind_ok(const Json &v, Kind k) {
+  auto str_list = [&] {
+    if (!v.is_array()) return false;
+    for (const auto &x : v.items())
+      if (!x.is_string()) return false;
+    return true;
+  };
+  switch (k) {
+    case Kind::Int: return v.is_integer();
+    case Kind::Num: return v.is_number();
+    case Kind::Bool: return v.is_bool();
+    case Kind::Str: return v.is_string();
+    case Kind::StrList: return str_list();
+    case Kind::StrOrStrList: return v.is_string() || str_list();
+    case Kind::Obj: return v.is_object();
+    case Kind::StrOrObj: return v.is_string() || v.is_object();
+    case Kind::IntOrIntList:
+      if (v.is_integer()) return true;
+      if (!v.is_array()) return false;
+      for (const auto &x : v.items())
+        if (!x.is_integer()) return false;
+      return true;
+  }
+  return false;
+}
+
+const char *kind_name(Kind k) {
+  switch (k) {
+    case Kind::Int: return "an integer";
+    case Kind::Num: return "a number";
+    case Kind::Bool: return "true or false";
+    case Kind::Str: return "a string";
+    case Kind::StrList: return "a list of strings";
+    case Kind::StrOrStrList: return "a string or a list of strings";
+    case Kind::Obj: return "an object";
+    case Kind::StrOrObj: return "a string or an object";
+    case Kind::IntOrIntList: return "an integer or a list of integers";
+  }
+  return "?";
+}
+
+llmt_status check_types(const Json &o, const std::string &where, std::initializer_list<std::pair<const char *, Kind>> fields) {
+  if (!o.is_object()) return LLMT_OK;
+  for (const auto &f : fields) {
+    const Json &v = o.get(f.first);
+    if (v.is_null() || kind_ok(v, f.second)) continue;
+    std::string got = v.dump();
+    if (got.size() > 60) got = got.substr(0, 57) + "...";
+    return set_error(LLMT_ERR_BAD_INPUT, "job: " + where + f.first + " must be " + kind_name(f.second) + " (got " + got + ")");
+  }
+  return LLMT_OK;
+}
+
+llmt_status check_job_types(const Json &j) {
+  llmt_status st;
+  if ((st = check_types(j, "", {{"version", Kind::Int}, {"model", Kind::StrOrObj}, {"method", Kind::Str}, {"lora", Kind::Obj},
+                                {"data", Kind::Obj}, {"training", Kind::Obj}, {"output", Kind::Obj}, {"resume_from", Kind::Str},
+                                {"threads", Kind::Int}, {"distributed", Kind::Obj}, {"quantization", Kind::StrOrObj}, {"device", Kind::Str}})))
+    return st;
+  if ((st = check_types(j.get("model"), "model.", {{"path", Kind::Str}}))) return st;
+  if ((st = check_types(j.get("quantization"), "quantization.", {{"type", Kind::Str}, {"double_quant", Kind::Bool}}))) return st;
+  if ((st = check_types(j.get("lora"), "lora.", {{"r", Kind::Int}, {"alpha", Kind::Num}, {"dropout", Kind::Num},
+                                                 {"target_modules", Kind::StrOrStrList}, {"modules_to_save", Kind::StrList},
+                                                 {"bias", Kind::Str}, {"use_rslora", Kind::Bool}, {"init_adapter", Kind::Str},
+                                                 {"rank_pattern", Kind::Obj}, {"alpha_pattern", Kind::Obj},
+                                                 {"exclude_modules", Kind::StrOrStrList}, {"layers_to_transform", Kind::IntOrIntList},
+                                                 {"layers_pattern", Kind::StrOrStrList}})))
+    return st;
+  if ((st = check_types(j.get("data"), "data.", {{"train", Kind::Str}, {"eval", Kind::Str}}))) return st;
+  if ((st = check_types(j.get("training"), "training.",
+                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num},
+                         {"max_steps", Kind::Int}, {"num_epochs", Kind::Int}, {"micro_batch_size", Kind::Int},
+                         {"gradient_accumulation_steps", Kind::Int}, {"max_grad_norm", Kind::Num}, {"weight_decay", Kind::Num},
+                         {"adam_beta1", Kind::Num}, {"adam_beta2", Kind::Num}, {"adam_epsilon", Kind::Num}, {"seed", Kind::Int},
+                         {"gradient_checkpointing", Kind::Bool}, {"loss_normalization", Kind::Str}, {"eval_batch_size", Kind::Int},
+                         {"precision", Kind::Str}, {"offload_optimizer", Kind::Bool}, {"offload_checkpoints", Kind::Bool}})))
+    return st;
+  if ((st = check_types(j.get("output"), "output.", {{"dir", Kind::Str}, {"logging_steps", Kind::Int}, {"save_steps", Kind::Int},
+                                                     {"eval_steps", Kind::Int}, {"save_total_limit", Kind::Int}})))
+    return st;
+  return check_types(j.get("distributed"), "distributed.", {{"backend", Kind::Str}, {"world_size", Kind::Int}, {"timeout_s", Kind::Num},
+                                                            {"bucket_mb", Kind::Num}, {"zero_stage", Kind::Int}, {"overlap_backward", Kind::Bool}});
+}
+
 llmt_status parse_job(const Json &j, Job &job) {
   llmt_status st = check_keys(j, "(job)", {"version", "model", "method", "lora", "data", "training", "output", "resume_from", "threads", "distributed", "quantization", "device"});
   if (st) return st;
+  if ((st = check_job_types(j))) return st;
   job.raw = j;
   job.device = j.get_string("device", "cpu");
   const Json &m = j.get("model");
@@ -875,6 +964,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     step = ts.get_int("global_step", 0);
     cur.epoch = ts.get("data_cursor").get_int("epoch", 0);
     cur.index = ts.get("data_cursor").get_int("index", 0);
+    if (!ts.get("global_step").is_integer() || step < 0 || cur.epoch < 0 || cur.index < 0)
+      return fail(set_error(LLMT_ERR_BAD_INPUT, ck + "/trainer_state.json: global_step and data_cursor must be non-negative integers "
+                                                     "(the checkpoint is damaged)"),
+                  "Pick another checkpoint-<step> folder.");
     if (ts.get("log_history").is_array()) log_history = ts.get("log_history");
     auto w = SafetensorsFile::open(ck + (job.method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors"), st);
     if (!w) return fail(st);
@@ -1026,6 +1119,17 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
     if (dist.rank() != 0) return LLMT_OK;
     model->to_host(false, true);  // weights and AdamW moments from backend memory (a no-op on the CPU backend)
+    // An update that overflowed leaves non-finite weights behind a finite loss (the loss came before it): such a
+    // checkpoint would poison every resume from "latest". Not written; the previous one stays the newest.
+    for (Param *p : tp) {
+      int64_t bad = 0;
+      for (float x : p->data) bad += !std::isfinite(x);
+      if (bad)
+        return set_error(LLMT_ERR_NAN, "after the update of step " + std::to_string(at_step) + ", " + std::to_string(bad) + " of " +
+                                           std::to_string(p->data.size()) + " values of " + p->name +
+                                           " are not finite (the update diverged); checkpoint-" + std::to_string(at_step) +
+                                           " was not written, so the newest checkpoint on disk is still a good one");
+    }
     const std::string final_dir = job.out_dir + "/checkpoint-" + std::to_string(at_step);
     const std::string tmp = final_dir + ".tmp-" + std::to_string(::getpid());
     remove_tree(tmp);

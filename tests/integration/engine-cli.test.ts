@@ -171,6 +171,96 @@ describe('llmt-engine subcommands', () => {
   });
 });
 
+describe('llmt-engine: wrong types, diverged weights, config and weights that disagree', () => {
+  const rows = () => {
+    const f = path.join(tmp, 'rows.json');
+    fs.writeFileSync(f, JSON.stringify({ input_ids: Array.from({ length: 4 }, (_, i) => [1, 10 + i, 11 + i, 12 + i, 13 + i, 2]) }));
+    return f;
+  };
+  const job = (name: string, training: Record<string, unknown>, lora: Record<string, unknown> = { r: 4, alpha: 8, target_modules: ['q_proj'] }) => {
+    const f = path.join(tmp, `${name}.json`);
+    fs.writeFileSync(f, JSON.stringify({ model: path.join(tmp, 'llama'), lora, data: { train: rows() }, training: { max_steps: 2, micro_batch_size: 2, ...training }, output: { dir: path.join(tmp, name), save_steps: 1 } }));
+    return f;
+  };
+  const lastEvent = (r: ReturnType<typeof engine>) => JSON.parse(r.stdout.trim().split('\n').at(-1)!);
+
+  it.each([
+    ['lr-string', { learning_rate: '0.002' }, undefined, /training\.learning_rate must be a number \(got "0\.002"\)/],
+    ['steps-string', { max_steps: '5' }, undefined, /training\.max_steps must be an integer/],
+    ['steps-huge', { max_steps: 1e20 }, undefined, /training\.max_steps must be an integer/],
+    ['batch-fraction', { micro_batch_size: 1.5 }, undefined, /training\.micro_batch_size must be an integer/],
+    ['rank-string', {}, { r: '4' }, /lora\.r must be an integer/],
+    ['targets-numbers', {}, { target_modules: [1, 2] }, /lora\.target_modules must be a string or a list of strings/],
+  ])('a job field of the wrong type is an error naming it: %s', (name, training, lora, why) => {
+    const r = engine(['train', '--job', job(name, training as Record<string, unknown>, lora as Record<string, unknown> | undefined)]);
+    expect(r.status).toBe(1);
+    expect(lastEvent(r)).toMatchObject({ event: 'error', code: 'BAD_INPUT' });
+    expect(lastEvent(r).message).toMatch(why);
+  });
+
+  it('a diverged update is not checkpointed: the newest checkpoint on disk stays finite', () => {
+    const r = engine(['train', '--job', job('diverge', { learning_rate: 1e38 })]);
+    expect(r.status).toBe(1);
+    expect(lastEvent(r)).toMatchObject({ event: 'error', code: 'NAN' });
+    expect(lastEvent(r).message).toMatch(/after the update of step 1, .* not finite .* checkpoint-1 was not written/);
+    expect(fs.readdirSync(path.join(tmp, 'diverge')).filter((n) => n.startsWith('checkpoint-'))).toEqual([]);
+  });
+
+  it('forward refuses to write NaN logits as JSON; adapter configs of the wrong type or rank are named', () => {
+    const ok = path.join(tmp, 'rank-ok');
+    expect(engine(['train', '--job', job('rank-ok', {})]).status).toBe(0);
+    const t = path.join(tmp, 't.json');
+    fs.writeFileSync(t, JSON.stringify({ input_ids: [[1, 5, 6, 7]] }));
+    // a NaN in the adapter: no file no JSON parser reads
+    const nan = path.join(tmp, 'nan-adapter');
+    fs.cpSync(ok, nan, { recursive: true });
+    const st = path.join(nan, 'adapter_model.safetensors');
+    const buf = fs.readFileSync(st);
+    const n = Number(buf.readBigUInt64LE(0));
+    const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8'));
+    const b = Object.entries(header).find(([k]) => k.includes('lora_B')) as [string, { data_offsets: [number, number] }];
+    buf.writeFloatLE(NaN, 8 + n + b[1].data_offsets[0]);
+    fs.writeFileSync(st, buf);
+    const out = path.join(tmp, 'nan-logits.json');
+    const r = engine(['forward', '--model', path.join(tmp, 'llama'), '--adapter', nan, '--tokens', t, '--out', out]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/NAN: \d+ of \d+ logits are not finite/);
+    expect(fs.existsSync(out)).toBe(false);
+    // lora_alpha as a string, and r that is not the tensors' rank: named, by forward and by merge alike
+    const edit = (name: string, patch: Record<string, unknown>) => {
+      const d = path.join(tmp, name);
+      fs.cpSync(ok, d, { recursive: true });
+      const cfg = JSON.parse(fs.readFileSync(path.join(d, 'adapter_config.json'), 'utf8'));
+      fs.writeFileSync(path.join(d, 'adapter_config.json'), JSON.stringify({ ...cfg, ...patch }));
+      return d;
+    };
+    for (const [d, why] of [
+      [edit('alpha-str', { lora_alpha: '32' }), /lora_alpha must be a number \(got "32"\)/],
+      [edit('r-wrong', { r: 8 }), /gives .*q_proj.* rank 8 .* rank 4: the config and the weights do not belong together/],
+      [edit('target-fewer', { target_modules: ['k_proj'] }), /lacks tensors its adapter_config.json implies/],
+    ] as const) {
+      const f = engine(['forward', '--model', path.join(tmp, 'llama'), '--adapter', d, '--tokens', t, '--out', path.join(tmp, 'x.json')]);
+      expect(f.status, d).toBe(1);
+      expect(f.stderr).toMatch(why);
+      const m = engine(['merge', '--model', path.join(tmp, 'llama'), '--adapter', d, '--out', `${d}-merged`]);
+      expect(m.status, d).toBe(1);
+      expect(m.stderr).toMatch(d.endsWith('target-fewer') ? /does not target/ : why);
+      expect(fs.existsSync(`${d}-merged`)).toBe(false);
+    }
+  });
+
+  it('a config.json whose vocabulary the weights do not have is named, not an out-of-memory', () => {
+    const m = path.join(tmp, 'vocab-lie');
+    fs.cpSync(path.join(tmp, 'llama'), m, { recursive: true });
+    const cfg = JSON.parse(fs.readFileSync(path.join(m, 'config.json'), 'utf8'));
+    fs.writeFileSync(path.join(m, 'config.json'), JSON.stringify({ ...cfg, vocab_size: 1e12 }));
+    const t = path.join(tmp, 't.json');
+    const r = engine(['forward', '--model', m, '--tokens', t, '--out', path.join(tmp, 'x.json')]);
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/BAD_INPUT: .*1000000000000-token vocabulary .* the config does not belong to these weights/);
+  });
+});
+
 describe('engine addon', () => {
   it('inspects a folder off the event loop', async () => {
     const j = await addon.inspect(path.join(tmp, 'baichuan'));
