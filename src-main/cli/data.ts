@@ -9,6 +9,7 @@ import { FORMATS, type Format } from '../core/data/formats.js';
 import { PrepareError, type PrepareReport, prepareDataset } from '../core/data/prepare.js';
 import { TEMPLATES, type TemplateName } from '../core/data/templates.js';
 import { TokReader } from '../core/data/tokfile.js';
+import { IoError, ioError, isWriteFailure } from '../core/io-error.js';
 import { loadChatTemplate } from '../core/data/chat-template.js';
 import { loadTokenizer } from '../core/data/tokenizer/index.js';
 import { dataHome } from '../core/paths.js';
@@ -44,7 +45,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .addOption(new Option('--template <template>', 'prompt template').choices([...TEMPLATES]).default('raw'))
     .option('--prompt_column <name>', 'the prompt column (columns format)')
     .option('--response_column <name>', 'the response column (columns format)')
-    .option('--history_column <name>', 'a column of [question, answer] pairs (columns format)')
+    .option('--history_column <name>', 'a column of [question, answer] pairs: earlier turns (columns and PromptCBLUE formats; Alpaca reads "history" by default)')
     .option('--max_source_length <n>', 'source tokens kept: max_source_length - 1', positiveInt, 512)
     .option('--max_target_length <n>', 'target tokens kept: max_target_length - 2', positiveInt, 64)
     .option('--train-on-prompt', 'also train on the prompt tokens', false)
@@ -92,7 +93,8 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
           if (err.hint) console.error(`hint: ${err.hint}`);
           process.exit(1);
         }
-        fail(err);
+        // a full disk or a read-only folder: one line naming the file, with what to do
+        fail(isWriteFailure(err) || err instanceof IoError ? ioError(err, err instanceof IoError ? o.out : undefined, 'write', '--out') : err);
       }
     });
 

@@ -50,6 +50,7 @@ export function registerEval(program: Command, fail: Fail): void {
       .option('--limit <n>', 'only the first N records', posInt)
       .option('--threads <n>', 'engine CPU threads', posInt)
       .option('--eval_batch_size <n>', 'samples per forward pass for the loss of --model (a run\'s evaluation uses its eval_batch_size)', posInt, 4)
+      .addOption(new Option('--on-error <policy>', 'a bad record of --data fails the evaluation (default), or is skipped and counted').choices(['fail', 'skip']).default('fail'))
       .option('--json', 'machine-readable output', false),
     'the run\'s max_target_length',
   ).action(
@@ -71,6 +72,7 @@ export function registerEval(program: Command, fail: Fail): void {
         metric?: BestMetric;
         predict: boolean;
         loss: boolean;
+        onError: 'fail' | 'skip';
         limit?: number;
         threads?: number;
         eval_batch_size: number;
@@ -97,6 +99,7 @@ export function registerEval(program: Command, fail: Fail): void {
             predict: o.predict,
             loss: o.loss,
             params: paramsOf(o),
+            onError: o.onError,
             ...(o.limit !== undefined ? { limit: o.limit } : {}),
             ...(o.threads ? { threads: o.threads } : {}),
             signal: ctl.signal,
@@ -133,13 +136,17 @@ export function registerEval(program: Command, fail: Fail): void {
             maxSourceLength: o.max_source_length,
             maxTargetLength: o.max_target_length,
             batchSize: o.eval_batch_size,
+            onError: o.onError,
             ...(o.limit !== undefined ? { limit: o.limit } : {}),
             ...(o.threads ? { threads: o.threads } : {}),
             onProgress: (d, t) => bar.update(d, t),
           });
           bar.done();
           if (o.json) console.log(JSON.stringify(r, null, 2));
-          else console.log(`eval loss ${r.loss.toFixed(4)}  perplexity ${r.perplexity.toFixed(2)}  (${r.tokens} tokens, ${r.samples} samples${r.skipped ? `, ${r.skipped} skipped` : ''})`);
+          else {
+            console.log(`eval loss ${r.loss.toFixed(4)}  perplexity ${r.perplexity.toFixed(2)}  (${r.tokens} tokens, ${r.samples} samples${r.skipped ? `, ${r.skipped} skipped` : ''})`);
+            for (const e of (r.errors ?? []).slice(0, 20)) console.log(`  skipped ${o.data}:${e.line}${e.element !== undefined ? ` (element ${e.element})` : ''}: ${e.reason}`);
+          }
           return;
         }
         throw new Error('say what to evaluate: --pred P --gold G, --model M --data D, or --run ID (--checkpoint DIR | --all) --data D');

@@ -146,6 +146,13 @@ program
     } catch (err) {
       fail(err);
     }
+    try {
+      // rows whose process died (kill -9 of a CLI train, a crashed app) are repaired first, as the app does at
+      // start; best effort (a read-only database is still listed)
+      store.runs.markInterrupted();
+    } catch {
+      /* listed as they are */
+    }
     const runs = store.runs.list();
     store.close();
     if (o.json) {

@@ -22,7 +22,24 @@ export const num = (v: string) => {
   if (!Number.isFinite(n)) throw new InvalidArgumentError('a number');
   return n;
 };
-export const bool = (v: string | undefined) => v === undefined || /^(true|1|yes)$/i.test(v);
+/**
+ * HF's string_to_bool (distutils' strtobool): y/yes/t/true/on/1 and n/no/f/false/off/0, any case; anything
+ * else is null (a typo such as "Flase" must not silently mean false).
+ */
+export function parseBool(v: string | boolean | undefined): boolean | null {
+  if (v === undefined || v === true) return true;
+  if (v === false) return false;
+  const s = v.trim().toLowerCase();
+  if (/^(y|yes|t|true|on|1)$/.test(s)) return true;
+  if (/^(n|no|f|false|off|0)$/.test(s)) return false;
+  return null;
+}
+/** A [bool] flag's argument parser: a truthy or falsy value, else commander's "option '--x [bool]' argument 'v' is invalid". */
+export const bool = (v: string | undefined): boolean => {
+  const b = parseBool(v);
+  if (b === null) throw new InvalidArgumentError('a truthy or falsy value is expected: true/false, yes/no, 1/0 (any case; also y/n, t/f, on/off).');
+  return b;
+};
 
 export interface SamplingFlags {
   max_new_tokens?: number;

@@ -12,6 +12,7 @@ import { dataHome } from '../core/paths.js';
 import { LORA_OPTION_KEYS, type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, parseTargetModules, readLoraConfigFile } from '../core/runs/runspec.js';
 import type { EngineEvent } from '../core/runs/service.js';
 import { TEMPLATES } from '../core/data/templates.js';
+import { bool, parseBool } from './options.js';
 
 const int = (v: string) => {
   const n = Number(v);
@@ -23,7 +24,6 @@ const num = (v: string) => {
   if (!Number.isFinite(n)) throw new InvalidArgumentError('a number');
   return n;
 };
-const bool = (v: string | undefined) => v === undefined || /^(true|1|yes)$/i.test(v);
 
 type Flags = Record<string, string | number | boolean | undefined>;
 
@@ -70,6 +70,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['template', o.template],
     ['format', o.format],
     ['validation_percent', o.validation_split_percentage],
+    ['on_error', o.on_error ?? o.onError],
   ]));
   set('training', pick([
     ['learning_rate', o.learning_rate],
@@ -114,7 +115,11 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['nproc_per_node', o.nproc_per_node ?? gpuWorkers],
     ['zero_stage', o.zero_stage],
   ]));
-  if (o.use_lora !== undefined) spec.method = bool(String(o.use_lora)) ? 'lora' : 'full';
+  if (o.use_lora !== undefined) {
+    const lora = parseBool(typeof o.use_lora === 'boolean' ? o.use_lora : String(o.use_lora));
+    if (lora === null) throw new RunSpecError(`--use_lora ${String(o.use_lora)}: a truthy or falsy value is expected (True/False, yes/no, 1/0)`, [{ path: 'method', message: 'True (LoRA) or False (full fine-tuning)' }]);
+    spec.method = lora ? 'lora' : 'full';
+  }
   let warnings: string[] = [];
   if (o.lora_config) {
     const r = readLoraConfigFile(String(o.lora_config));
@@ -142,6 +147,9 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   if (parsed.training.precision !== 'fp32' && parsed.method === 'full') {
     warnings.push(`--${parsed.training.precision}: a full fine-tune trains every weight, so it computes in fp32`);
   }
+  if (parsed.output.eval_steps > 0 && !parsed.data.validation && !(parsed.data.validation_percent > 0)) {
+    warnings.push(`--eval_steps ${parsed.output.eval_steps}: there is no evaluation data (no --validation_file or --validation_split_percentage), so nothing is evaluated`);
+  }
   return { spec: parsed, warnings };
 }
 
@@ -166,6 +174,8 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--history_column <name>', 'history column')
     .addOption(new Option('--template <t>', 'prompt template').choices([...TEMPLATES]))
     .option('--format <f>', 'override the detected data format')
+    .addOption(new Option('--on_error <policy>', 'a bad record in the data fails the run listing every bad line (fail, the default), or is left out and counted (skip)').choices(['fail', 'skip']))
+    .addOption(new Option('--on-error <policy>', 'the same as --on_error (the spelling of `data prepare`)').choices(['fail', 'skip']).hideHelp())
     .option('--output_dir <dir>', 'output folder (checkpoints, final adapter, runspec.json, train.log)')
     .option('--overwrite_output_dir', 'train into a non-empty output folder')
     .option('--max_source_length <n>', 'source tokens (kept: n - 1)', int)
@@ -192,7 +202,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--modules_to_save <names>', 'comma-separated modules trained in full and saved with the adapter')
     .option('--lora_options <json>', `further PEFT LoraConfig keys as a JSON object: ${LORA_OPTION_KEYS.join(', ')} (e.g. '{"use_rslora": true, "rank_pattern": {"q_proj": 16}}'; overrides --lora_config)`)
     .option('--run_name <name>', 'the run\'s name in the app')
-    .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False)')
+    .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False); true/false, yes/no, 1/0 in any case', bool)
     .addOption(new Option('--quantization <q>', 'QLoRA: the base model\'s block linears as 4-bit (bitsandbytes NF4/FP4, double-quantized scales); LoRA only').choices(['none', 'nf4', 'fp4']))
     .option('--bf16', 'bf16 mixed precision: frozen base weights kept in bf16 (half the memory), GEMM inputs rounded to bf16, fp32 accumulation; LoRA and optimizer in fp32')
     .option('--fp16', 'fp16 mixed precision: as --bf16 with fp16, plus dynamic loss scaling')
@@ -221,19 +231,34 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
       let total = spec.training.max_steps;
       let startStep = 0;
       let handle;
-      let queuedRun: number | null = null;
-      const onQueueSig = () => {
-        if (queuedRun !== null) service.cancelQueued(queuedRun);
+      // Ctrl-C while queued or preparing the data: the first stops the run there (temp files removed, the run
+      // 'stopped'); a second one exits at once, still cleaning up
+      const prep = new AbortController();
+      let prepInterrupts = 0;
+      const onPrepSig = () => {
+        prepInterrupts++;
+        if (prepInterrupts === 1) {
+          console.log(`${tty ? '\n' : ''}stopping: the run is not training yet, so it stops without a checkpoint (Ctrl-C again to quit at once)…`);
+          prep.abort();
+        } else {
+          service.abandonPreparing();
+          core.close();
+          process.exit(130);
+        }
       };
-      process.once('SIGINT', onQueueSig);
+      process.on('SIGINT', onPrepSig);
+      process.on('SIGTERM', onPrepSig);
+      // --max_steps 0 or below: HF trains num_train_epochs epochs; said once the step count is known
+      const epochNote = spec.training.max_steps <= 0 && (o.max_steps !== undefined || spec.training.max_steps !== -1);
+      let lastCheckpoint = '';
       try {
         handle = await service.start(spec, {
+          signal: prep.signal,
           cacheDir: o.cache_dir ? String(o.cache_dir) : path.join(dataHome(), 'cache', 'tok'),
           // the watchdog's thresholds can be tightened (tests, impatient users)
           ...(process.env.LLMS_TRAIN_STALL_WARN_MS ? { stallWarnMs: Number(process.env.LLMS_TRAIN_STALL_WARN_MS) } : {}),
           ...(process.env.LLMS_TRAIN_STALL_KILL_MS ? { stallKillMs: Number(process.env.LLMS_TRAIN_STALL_KILL_MS) } : {}),
           onLog: (l) => console.log(l),
-          onQueued: (id) => (queuedRun = id),
           onEvent: (e: EngineEvent) => {
             if (o.json) {
               console.log(JSON.stringify(e));
@@ -243,6 +268,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
               total = Number(e.max_steps);
               startStep = Number(e.start_step) || 0;
               console.log(`training ${e.model_type} (${e.method}): ${Number(e.trainable_params).toLocaleString()} of ${Number(e.total_params).toLocaleString()} parameters trainable; ${e.train_samples} samples; ${total} steps`);
+              if (epochNote) console.log(`note: --max_steps ${spec.training.max_steps} is not positive, so the run trains ${Math.ceil(spec.training.num_epochs)} epoch(s) (--num_train_epochs) = ${total} steps`);
             } else if (e.event === 'step') {
               const step = Number(e.step);
               const elapsed = (Date.now() - t0) / 1000;
@@ -256,7 +282,9 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
             } else if (e.event === 'eval') {
               console.log(`${tty ? '\n' : ''}eval at step ${e.step}: loss ${Number(e.eval_loss).toFixed(4)}`);
             } else if (e.event === 'checkpoint') {
-              if (!tty) console.log(`checkpoint: ${e.path}`);
+              // a stop at a save step writes that checkpoint again: one line for it
+              if (!tty && String(e.path) !== lastCheckpoint) console.log(`checkpoint: ${e.path}`);
+              lastCheckpoint = String(e.path);
             } else if (e.event === 'warning') {
               console.warn(`${tty ? '\n' : ''}warning: ${e.message}`);
             }
@@ -266,7 +294,8 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
         core.close();
         fail(err);
       }
-      process.removeListener('SIGINT', onQueueSig);
+      process.removeListener('SIGINT', onPrepSig);
+      process.removeListener('SIGTERM', onPrepSig);
       let interrupts = 0;
       const onSig = () => {
         interrupts++;
@@ -284,6 +313,10 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
         console.error(`llms-train: run #${run.id} failed: ${run.errorCode}: ${run.errorMessage}`);
         if (run.errorHint) console.error(`hint: ${run.errorHint}`);
         process.exit(1);
+      }
+      if (run.status === 'stopped' && run.errorMessage) {
+        console.log(`run #${run.id} ${run.errorMessage}; no training was done`);
+        process.exit(130);
       }
       console.log(`run #${run.id} ${run.status}; output in ${handle.outputDir}`);
       process.exit(0);

@@ -396,6 +396,8 @@ export class Core {
         if (req.experimentId !== undefined) filter.experimentId = req.experimentId;
         if (req.status !== undefined) filter.status = req.status;
         if (req.limit !== undefined) filter.limit = req.limit;
+        // rows another process left behind (killed while running or queued) are repaired before they are shown
+        if (this.store.runs.markInterrupted(undefined, (id) => this.runs.owns(id))) this.pollRuns();
         return this.summarize(this.store.runs.list(filter));
       },
       getRun: (req) => {

@@ -7,6 +7,7 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { LossError, evalLoss } from '../../src-main/core/eval/loss';
 import { llamaSpModel } from '../fixtures/tokenizers/fixtures';
 import { ROOT, runCli } from '../helpers/app';
 
@@ -85,6 +86,66 @@ describe('data prepare reproduces the seed (raw template, SentencePiece LLaMA to
       const show = await runCli(['data', 'show', out, '--index', String(i)]);
       expect(JSON.parse(show.stdout)).toEqual(want[i]);
     }
+  });
+});
+
+describe('a huge field is cut before tokenizing without changing a kept id (tokenizer.json and tokenizer.model)', () => {
+  // ~450k characters each side: far past the character budget (64 Ki + 4 Ki at these lengths), with long runs of
+  // Chinese (one pre-token for byte-level BPE), spaces, punctuation and emoji around the cut
+  const huge = (seed: number) =>
+    Array.from({ length: 5000 }, (_, i) => `第${i + seed}段：患者主诉头痛${'伴恶心呕吐'.repeat(i % 7)}。Temperature ${36 + (i % 4)}.${i % 10} °C   ====  😀👩‍⚕️ ${'x'.repeat(i % 50)}\n`).join('');
+  it.each([
+    ['tokenizer.json', () => model],
+    ['tokenizer.model', () => path.join(tmp, 'llama-sp')],
+  ])('%s: the same ids as the seed, which tokenizes every field whole', async (_kind, dir) => {
+    const tokDir = dir();
+    if (!fs.existsSync(path.join(tokDir, 'config.json'))) {
+      fs.mkdirSync(tokDir, { recursive: true });
+      fs.writeFileSync(path.join(tokDir, 'tokenizer.model'), await llamaSpModel());
+      fs.writeFileSync(path.join(tokDir, 'config.json'), JSON.stringify({ model_type: 'llama', bos_token_id: 1, eos_token_id: 2, vocab_size: 32000 }));
+    }
+    const file = path.join(tmp, 'giant.jsonl');
+    const recs = [records[0], { input: huge(0), target: 'short' }, { input: 'q', target: huge(7) }, records[3]];
+    fs.writeFileSync(file, recs.map((r) => JSON.stringify(r)).join('\n'));
+    expect(huge(0).length).toBeGreaterThan(400_000);
+    for (const [src, tgt] of [
+      [512, 64],
+      [4096, 2048], // budgets of 262 Ki and 135 Ki characters
+    ] as const) {
+      const out = path.join(tmp, `giant-${src}.tok`);
+      const r = await runCli(['data', 'prepare', '--model', tokDir, '--data', file, '--out', out, '--max_source_length', String(src), '--max_target_length', String(tgt), '--no-cache', '--json']);
+      expect(r.code, r.stderr).toBe(0);
+      const report = JSON.parse(r.stdout);
+      expect(report.truncated.estimated).toBe(2); // the two huge records; the counts of the others are exact
+      const want = seed(tokDir, file, src, tgt);
+      for (let i = 0; i < recs.length; i++) {
+        const show = await runCli(['data', 'show', out, '--index', String(i)]);
+        expect(JSON.parse(show.stdout), `sample ${i} at ${src}/${tgt}`).toEqual(want[i]);
+      }
+    }
+  });
+});
+
+describe('eval --model --data fails on bad records like every other command', () => {
+  it('names the line by default; onError skip leaves it out and counts it', async () => {
+    const bad = path.join(tmp, 'eval-bad.jsonl');
+    fs.writeFileSync(bad, [JSON.stringify(records[0]), '{"input": "x", "target": ', JSON.stringify(records[1])].join('\n'));
+    const cli = await runCli(['eval', '--model', model, '--data', bad]);
+    expect(cli.code).toBe(1);
+    expect(cli.stderr).toMatch(/1 bad record\(s\) in .*eval-bad\.jsonl:\n {2}.*eval-bad\.jsonl:2: invalid JSON/);
+    expect(cli.stderr).toMatch(/hint: .*on-error skip/);
+    const err = (await evalLoss({ model, data: bad }).catch((e: unknown) => e)) as LossError;
+    expect(err).toBeInstanceOf(LossError);
+    expect(err.code).toBe('BAD_INPUT');
+    expect(err.errors).toEqual([{ line: 2, reason: expect.stringMatching(/invalid JSON/) }]);
+    const r = await evalLoss({ model, data: bad, onError: 'skip' });
+    expect(r).toMatchObject({ samples: 2, skipped: 1, errors: [{ line: 2, reason: expect.stringMatching(/invalid JSON/) }] });
+    expect(Number.isFinite(r.loss)).toBe(true);
+    // the command line's --on-error skip: the same loss, the skipped line named
+    const skip = await runCli(['eval', '--model', model, '--data', bad, '--on-error', 'skip']);
+    expect(skip.code, skip.stderr).toBe(0);
+    expect(skip.stdout).toMatch(new RegExp(`eval loss ${r.loss.toFixed(4)} .*1 skipped`));
+    expect(skip.stdout).toMatch(/skipped .*eval-bad\.jsonl:2: invalid JSON/);
   });
 });
 

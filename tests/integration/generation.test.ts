@@ -232,6 +232,18 @@ describe('predict', () => {
     expect(r2.resumed).toBe(0);
   });
 
+  it.runIf(fs.existsSync('/dev/full'))('a full disk is one IO error naming the file, with a hint, and leaves no empty partial files', async () => {
+    const dir = path.join(home, 'pred-full');
+    fs.mkdirSync(dir, { recursive: true });
+    const out = path.join(dir, 'full.jsonl');
+    fs.symlinkSync('/dev/full', `${out}.partial`); // every write of a prediction fails with ENOSPC
+    const err = await predict({ model, data: path.join(DATA, 'test.json'), limit: 2, maxSourceLength: 128, params: { max_new_tokens: 2 }, host, out, resume: false }).catch((e: unknown) => e);
+    expect(err).toBeInstanceOf(PredictError);
+    expect(err).toMatchObject({ code: 'IO', message: `cannot write ${out}.partial: no space left on the device (ENOSPC)` });
+    expect((err as PredictError).hint).toMatch(/Free some space .*, or choose another --out/);
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
   it('names every bad record by line before generating anything; --on-error skip leaves them out', async () => {
     const bad = path.join(home, 'bad.jsonl');
     const good = fs.readFileSync(path.join(DATA, 'test.json'), 'utf8').split('\n')[0];

@@ -45,9 +45,9 @@ describe('readers', () => {
     const f = path.join(tmp, 'b.json');
     fs.writeFileSync(f, '[\n  {"input": "a, [b]", "target": "}"},\n  {\n    "input": "多行",\n    "target": "c"\n  },\n  {"bad": }\n]\n');
     const recs = await collect(f);
-    expect(recs[0]).toEqual({ line: 2, value: { input: 'a, [b]', target: '}' } });
-    expect(recs[1]).toEqual({ line: 3, value: { input: '多行', target: 'c' } });
-    expect(recs[2]).toMatchObject({ line: 7, error: expect.stringMatching(/invalid JSON/) });
+    expect(recs[0]).toEqual({ line: 2, element: 0, value: { input: 'a, [b]', target: '}' } });
+    expect(recs[1]).toEqual({ line: 3, element: 1, value: { input: '多行', target: 'c' } });
+    expect(recs[2]).toMatchObject({ line: 7, element: 2, error: expect.stringMatching(/invalid JSON/) });
   });
 
   it('reports a truncated array and text after it', async () => {
@@ -161,6 +161,63 @@ describe('.tok files', () => {
     expect(() => r.sample(2)).toThrow(/out of range/);
     fs.writeFileSync(path.join(tmp, 'cut.tok'), fs.readFileSync(f).subarray(0, 40));
     expect(() => TokReader.open(path.join(tmp, 'cut.tok'))).toThrow(/not a valid \.tok file/);
+  });
+
+  it('names a file whose offsets are damaged (the engine\'s checks), not a RangeError', async () => {
+    const f = path.join(tmp, 'off.tok');
+    const w = new TokWriter(f);
+    w.add([5, 6, 7], [false, true, true]);
+    w.add([8, 9], [false, false]);
+    await w.finish({ template: 'raw' });
+    const buf = fs.readFileSync(f);
+    const at = Math.ceil((16 + buf.readUInt32LE(12)) / 8) * 8; // the offsets table
+    const bad = (name: string, patch: (b: Buffer) => void) => {
+      const b = Buffer.from(buf);
+      patch(b);
+      fs.writeFileSync(path.join(tmp, name), b);
+      return path.join(tmp, name);
+    };
+    const huge = bad('huge.tok', (b) => b.writeBigUInt64LE(4_000_000_000_000n, at + 8));
+    expect(() => TokReader.open(huge)).toThrow(/huge\.tok is damaged: sample 1 is empty or its offsets decrease; prepare it again/);
+    const span = bad('span.tok', (b) => b.writeBigUInt64LE(4n, at + 16));
+    expect(() => TokReader.open(span)).toThrow(/is damaged: its sample offsets do not span the tokens/);
+    const down = bad('down.tok', (b) => b.writeBigUInt64LE(0n, at + 8));
+    expect(() => TokReader.open(down)).toThrow(/is damaged: sample 0 is empty or its offsets decrease/);
+  });
+
+  it.runIf(fs.existsSync('/dev/full'))('a full disk while writing is an IO error naming the file, with a hint, and no temp files', async () => {
+    const dir = path.join(tmp, 'full');
+    fs.mkdirSync(dir);
+    const f = path.join(dir, 'x.tok');
+    // the writer's temp file for ids lands on /dev/full: every write fails with ENOSPC
+    fs.symlinkSync('/dev/full', `${f}.${process.pid}.tmp.ids`);
+    const w = new TokWriter(f);
+    let err: unknown;
+    try {
+      for (let i = 0; i < 100_000; i++) {
+        w.add([5, 6, 7, 8], [false, true, true, true]);
+        if (i % 1000 === 0) await new Promise((r) => setImmediate(r));
+      }
+      await w.finish({ template: 'raw' });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toMatchObject({ code: 'IO', errno: 'ENOSPC' });
+    expect((err as Error).message).toBe(`cannot write ${f}: no space left on the device (ENOSPC)`);
+    expect((err as { hint?: string }).hint).toMatch(/Free some space/);
+    await w.abort();
+    expect(fs.readdirSync(dir)).toEqual([]);
+  });
+
+  it.runIf(fs.existsSync('/dev/full'))('prepare on a full disk rejects with the IO error and leaves no temp files', async () => {
+    const dir = path.join(tmp, 'full2');
+    fs.mkdirSync(dir);
+    const data = path.join(dir, '..', 'full2.jsonl');
+    fs.writeFileSync(data, Array.from({ length: 3000 }, (_, i) => JSON.stringify({ input: `问题${i}：这是第${i}条`, target: `答${i % 3}` })).join('\n'));
+    const out = path.join(dir, 'x.tok');
+    fs.symlinkSync('/dev/full', `${out}.${process.pid}.tmp.mask`);
+    await expect(prepareDataset({ dataFile: data, out, tokenizer: charTok, maxSourceLength: 64, maxTargetLength: 8 })).rejects.toMatchObject({ code: 'IO', message: expect.stringMatching(/cannot write .*x\.tok: no space left/) });
+    expect(fs.readdirSync(dir)).toEqual([]);
   });
 });
 

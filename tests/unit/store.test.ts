@@ -136,6 +136,32 @@ describe('Store repositories', () => {
     s2.close();
   });
 
+  it('repairs a run left queued by a dead process, never one of a live process or of its own', () => {
+    const file = dbFile();
+    const s = Store.open(file);
+    const dead = s.runs.create({ name: 'queued by a killed CLI', spec: {}, specVersion: 1, ownerPid: 4242 });
+    const live = s.runs.create({ name: 'queued by a live CLI', spec: {}, specVersion: 1, ownerPid: 4343 });
+    const legacy = s.runs.create({ name: 'queued before owners were recorded', spec: {}, specVersion: 1, ownerPid: null });
+    const mine = s.runs.create({ name: 'queued by this process', spec: {}, specVersion: 1 });
+    const reused = s.runs.create({ name: 'an earlier process with this pid', spec: {}, specVersion: 1 });
+    expect(s.runs.get(mine.id)!.workerPid).toBe(process.pid); // the owner, while queued
+    const alive = (pid: number) => pid === 4343 || pid === process.pid;
+    expect(s.runs.markInterrupted(alive, (id) => id === mine.id)).toBe(2);
+    expect(s.runs.get(dead.id)).toMatchObject({ status: 'interrupted', workerPid: null, errorMessage: expect.stringMatching(/ended before training began/) });
+    expect(s.runs.get(reused.id)).toMatchObject({ status: 'interrupted' });
+    for (const r of [live, legacy, mine]) expect(s.runs.get(r.id)!.status).toBe('queued');
+    // requeue (a resume) makes this process the owner again
+    s.runs.requeue(dead.id);
+    expect(s.runs.get(dead.id)).toMatchObject({ status: 'queued', workerPid: process.pid });
+    // running rows as before: a live worker is left alone, a dead one's row repaired
+    s.runs.markRunning(live.id, 5555);
+    s.runs.markRunning(legacy.id, 5656);
+    expect(s.runs.markInterrupted((pid) => pid === 5656, (id) => id === dead.id || id === mine.id)).toBe(1);
+    expect(s.runs.get(legacy.id)).toMatchObject({ status: 'running', workerPid: 5656 });
+    expect(s.runs.get(live.id)).toMatchObject({ status: 'interrupted', errorMessage: expect.stringMatching(/app stopped/) });
+    s.close();
+  });
+
   it('enforces the run status set and foreign keys', () => {
     const s = Store.open(dbFile());
     expect(() => s.db.prepare("INSERT INTO runs(name, spec_json, spec_version, status, created_at) VALUES ('x','{}',1,'bogus','t')").run()).toThrow(/CHECK/);

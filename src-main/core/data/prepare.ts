@@ -6,9 +6,9 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type ColumnOptions, FORMAT_HINT, type Format, type Sample, detectFormat, toSample } from './formats.js';
+import { type ColumnOptions, FORMAT_HINT, type Format, HISTORY_FORMATS, type Sample, detectFormat, fieldList, toSample } from './formats.js';
 import type { ChatRenderer } from './chat-template.js';
-import { readRecords } from './reader.js';
+import { readRecords, recordAt } from './reader.js';
 import { type TemplateName, TEMPLATES, encodeSample } from './templates.js';
 import { TokWriter } from './tokfile.js';
 import type { Tokenizer } from './tokenizer/types.js';
@@ -42,6 +42,8 @@ export interface PrepareOptions {
 
 export interface RecordError {
   line: number;
+  /** the element's index in a JSON array (0-based), which tells apart records on one line */
+  element?: number;
   reason: string;
 }
 
@@ -55,7 +57,9 @@ export interface PrepareReport {
   skipped: number;
   errors: RecordError[];
   errorCount: number;
-  truncated: { samples: number; tokens: number };
+  /** `estimated`: of those samples, how many had a field too long to tokenize whole (see templates.ts
+   *  `charBudget`), whose truncated tokens are an estimate */
+  truncated: { samples: number; tokens: number; estimated?: number };
   tokens: number;
   lengths: { min: number; max: number; mean: number; p50: number; p95: number; histogram: { upTo: number; count: number }[] };
   duplicates: number;
@@ -132,7 +136,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   let cacheKey: string | null = null;
   if (opt.cacheDir) {
     const key = {
-      v: 1,
+      v: 2, // 2: Alpaca "history", promptcblue with --history_column
       data: await fileHash(opt.dataFile),
       tokenizer: opt.tokenizer.hash,
       template,
@@ -183,19 +187,22 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   let records = 0;
   let truncSamples = 0;
   let truncTokens = 0;
+  let truncEstimated = 0;
+  let firstFields: string | null = null; // of the first record, for "no usable record"
+  let historySeen = 0; // records holding --history_column
   let tokens = 0;
   let duplicates = 0;
   const seen = new Set<number>();
   const lengths: number[] = [];
-  const fail = (line: number, reason: string) => {
+  const fail = (at: { line: number; element?: number }, reason: string) => {
     errorCount++;
-    if (errors.length < MAX_LISTED_ERRORS) errors.push({ line, reason });
+    if (errors.length < MAX_LISTED_ERRORS) errors.push({ line: at.line, ...(at.element !== undefined ? { element: at.element } : {}), reason });
   };
   try {
     // Records are processed in chunks: each chunk's texts are tokenized in one batch (encodeBatch, in
     // parallel in Rust for tokenizer.json) by running the template twice — once recording the texts it
     // encodes, once replaying their ids — so templates stay simple synchronous code.
-    const flush = async (chunk: { line: number; sample: Sample; index: number }[]) => {
+    const flush = async (chunk: { line: number; element?: number; sample: Sample; index: number }[]) => {
       const texts = new Set<string>();
       // derived objects keep the tokenizer's getters and methods; only encode differs
       const recorder = Object.assign(Object.create(opt.tokenizer) as Tokenizer, { encode: (t: string) => (texts.add(t), []) });
@@ -215,7 +222,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         try {
           encoded = encodeSample(c.sample, template, replay, opt);
         } catch (err) {
-          fail(c.line, (err as Error).message);
+          fail(c, (err as Error).message);
           continue;
         }
         // 48 bits of a hash per sample: a number, so millions of samples stay cheap to remember
@@ -225,9 +232,10 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         if (encoded.truncatedTokens > 0) {
           truncSamples++;
           truncTokens += encoded.truncatedTokens;
+          if (encoded.truncationEstimated) truncEstimated++;
         }
         if (!encoded.mask.some((m, i) => m && i > 0)) {
-          fail(c.line, 'nothing to train on after truncation (every label is -100); raise max_target_length');
+          fail(c, 'nothing to train on after truncation (every label is -100); raise max_target_length');
           continue;
         }
         tokens += encoded.ids.length;
@@ -236,22 +244,32 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         emit(target, encoded.ids, encoded.mask);
       }
     };
-    let chunk: { line: number; sample: Sample; index: number }[] = [];
+    let chunk: { line: number; element?: number; sample: Sample; index: number }[] = [];
+    const historyColumn = opt.columns?.historyColumn;
     for await (const rec of readRecords(opt.dataFile)) {
       records++;
       if ('error' in rec) {
-        fail(rec.line, rec.error);
+        fail(rec, rec.error);
         continue;
       }
       const obj = rec.value as Record<string, unknown>;
+      firstFields ??= fieldList(obj, 'the first record');
       if (!format) {
         format = detectFormat(obj, opt.columns);
         if (!format) throw new PrepareError(`cannot tell the format of ${opt.dataFile} from line ${rec.line} (fields: ${Object.keys(obj).join(', ') || 'none'}); ${FORMAT_HINT}`, []);
       }
+      if (historyColumn && !HISTORY_FORMATS.includes(format)) {
+        throw new PrepareError(
+          `--history_column "${historyColumn}" cannot be used with the ${format} format of ${opt.dataFile}${format === 'sharegpt' ? ' (a ShareGPT conversation holds its earlier rounds itself)' : ' (plain text has no rounds)'}`,
+          [],
+          `Leave out --history_column; it applies to the ${HISTORY_FORMATS.join(', ')} formats.`,
+        );
+      }
+      if (historyColumn && historyColumn in obj) historySeen++;
       try {
-        chunk.push({ line: rec.line, sample: toSample(obj, format, opt.columns), index: records - 1 });
+        chunk.push({ line: rec.line, ...(rec.element !== undefined ? { element: rec.element } : {}), sample: toSample(obj, format, opt.columns), index: records - 1 });
       } catch (err) {
-        fail(rec.line, (err as Error).message);
+        fail(rec, (err as Error).message);
         continue;
       }
       if (chunk.length >= 512) {
@@ -262,16 +280,24 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     await flush(chunk);
     for (const [w, row] of rows) if (row.ids.length) w.add(row.ids, row.mask, row.pos);
     if (!format) throw new PrepareError(`${opt.dataFile} holds no records`, []);
+    if (historyColumn && !historySeen && records > errorCount) {
+      // a typo'd --history_column would otherwise silently train without the earlier rounds
+      throw new PrepareError(`no record of ${opt.dataFile} has the history column "${historyColumn}" (--history_column); ${firstFields ?? 'the first record has no fields'}`, [], 'Check the column name, or leave out --history_column.');
+    }
     const policy = opt.onError ?? 'fail';
     if (errorCount && policy === 'fail') {
-      const shown = errors.slice(0, 20).map((e) => `  ${opt.dataFile}:${e.line}: ${e.reason}`).join('\n');
+      const shown = errors.slice(0, 20).map((e) => `  ${recordAt(opt.dataFile, e)}: ${e.reason}`).join('\n');
       throw new PrepareError(
         `${errorCount} bad record(s) in ${opt.dataFile}:\n${shown}${errorCount > 20 ? `\n  … and ${errorCount - 20} more` : ''}`,
         errors,
         'Fix the lines above, or pass --on-error skip to leave them out (they are counted in the report).',
       );
     }
-    if (train.count === 0) throw new PrepareError(`no usable record in ${opt.dataFile}`, errors);
+    if (train.count === 0) {
+      const e = errors[0];
+      const first = e ? ` (${errorCount} skipped; the first, ${recordAt(opt.dataFile, e)}: ${e.reason})` : '';
+      throw new PrepareError(`no usable record in ${opt.dataFile}${first}${firstFields && !e?.reason.includes(' has: ') ? `; ${firstFields}` : ''}`, errors);
+    }
     if (val && val.count === 0) throw new PrepareError(`the ${percent}% validation split of ${opt.dataFile} is empty; lower the percentage or give a validation file`, []);
     const header = {
       tokenizer_hash: opt.tokenizer.hash,
@@ -302,7 +328,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       skipped: errorCount,
       errors,
       errorCount,
-      truncated: { samples: truncSamples, tokens: truncTokens },
+      truncated: { samples: truncSamples, tokens: truncTokens, ...(truncEstimated ? { estimated: truncEstimated } : {}) },
       tokens,
       lengths: histogram(lengths),
       duplicates,

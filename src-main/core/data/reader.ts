@@ -4,7 +4,14 @@
 // line number, so the caller can fail or skip by policy. Plain .txt files yield one record per line.
 import fs from 'node:fs';
 
-export type RawRecord = { line: number; value: unknown } | { line: number; error: string };
+/** `element`: for a top-level JSON array, the element's index (0-based, as `data[i]`), which tells records that
+ *  start on the same line apart (a one-line array). */
+export type RawRecord = { line: number; element?: number; value: unknown } | { line: number; element?: number; error: string };
+
+/** Where a record is, for messages: "file:7", or "file:1 (element 5)" in a JSON array. */
+export function recordAt(file: string, r: { line: number; element?: number }): string {
+  return `${file}:${r.line}${r.element !== undefined ? ` (element ${r.element})` : ''}`;
+}
 
 export type FileKind = 'jsonl' | 'json-array' | 'text';
 
@@ -96,6 +103,8 @@ async function* readJsonArray(file: string): AsyncGenerator<RawRecord> {
   let elemLine = 0;
   let started = false;
   let ended = false;
+  let index = 0; // of the element being read
+  const at = (r: RawRecord): RawRecord => ({ ...r, element: index++ });
   for await (const { line, text } of lines(file)) {
     if (text === null) {
       yield { line, error: 'invalid UTF-8' };
@@ -137,7 +146,7 @@ async function* readJsonArray(file: string): AsyncGenerator<RawRecord> {
         if (depth === 0 && ch === ']') {
           elem.push(text.slice(segStart, i));
           const rec = finish(elem.join('\n'), elemLine || line);
-          if (rec) yield rec;
+          if (rec) yield at(rec);
           elem = [];
           elemLine = 0;
           ended = true;
@@ -147,7 +156,7 @@ async function* readJsonArray(file: string): AsyncGenerator<RawRecord> {
       } else if (ch === ',' && depth === 0) {
         elem.push(text.slice(segStart, i));
         const rec = finish(elem.join('\n'), elemLine || line);
-        yield rec ?? { line, error: 'empty element in the JSON array (two commas?)' };
+        yield at(rec ?? { line, error: 'empty element in the JSON array (two commas?)' });
         elem = [];
         elemLine = 0;
         segStart = i + 1;
@@ -158,7 +167,7 @@ async function* readJsonArray(file: string): AsyncGenerator<RawRecord> {
     if (started && !ended) elem.push(text.slice(segStart));
   }
   if (!started) return;
-  if (!ended) yield { line: elemLine || 1, error: 'the JSON array is not closed (truncated file?)' };
+  if (!ended) yield { line: elemLine || 1, element: index, error: 'the JSON array is not closed (truncated file?)' };
 }
 
 function finish(text: string, line: number): RawRecord | null {

@@ -24,6 +24,44 @@ export interface Encoded {
   mask: boolean[];
   /** Tokens removed by truncation (source + target). */
   truncatedTokens: number;
+  /** true when truncatedTokens is an estimate: a field longer than its character budget was cut before
+   *  tokenizing (see `charBudget`), so the tokens past the cut were never counted. */
+  truncationEstimated?: boolean;
+}
+
+/**
+ * The characters of a text that are tokenized when at most its first `keep` tokens can be kept. Truncation keeps
+ * the head of every field, so the text can be cut before tokenizing without changing the kept tokens, as long as
+ * the cut lies well past the end of the keep-th token: a token spans a few characters, rarely dozens (runs of
+ * spaces, "=====", long words), and a cut only changes the tokens of the pre-token / merge window it falls in.
+ * The budget allows 64 characters per kept token (at least 64 Ki characters), plus a margin of 4 Ki characters
+ * for the boundary — ordinary records are far below it and are tokenized whole, exactly as before; a single huge
+ * field (a 5 MB JSON line) no longer costs millions of ids in memory.
+ */
+export function charBudget(keep: number): number {
+  return Math.max(64 * Math.max(0, keep), 65536) + 4096;
+}
+
+interface Head {
+  ids: number[];
+  /** tokens of the whole text: exact unless `estimated` */
+  total: number;
+  estimated: boolean;
+}
+
+/** The ids of `text` of which at most the first `keep` are used: the whole text's, or those of its head cut at
+ *  `charBudget(keep)` characters (never inside a surrogate pair), with the whole text's count estimated. */
+function encodeHead(tokenizer: Tokenizer, text: string, keep: number): Head {
+  let end = charBudget(keep);
+  if (text.length <= end) {
+    const ids = tokenizer.encode(text);
+    return { ids, total: ids.length, estimated: false };
+  }
+  const c = text.charCodeAt(end - 1);
+  if (c >= 0xd800 && c <= 0xdbff) end--;
+  const ids = tokenizer.encode(text.slice(0, end));
+  // at the head's density; never fewer than the head holds plus one (the rest is not empty)
+  return { ids, total: Math.max(ids.length + 1, Math.round((ids.length * text.length) / end)), estimated: true };
 }
 
 type Piece = { id: number; train: boolean };
@@ -152,6 +190,8 @@ function encodeWithChatTemplate(sample: Sample, tokenizer: Tokenizer, opt: Encod
   const ids: number[] = [];
   const mask: boolean[] = [];
   let truncated = 0;
+  let estimated = false;
+  const max = opt.maxSourceLength + opt.maxTargetLength;
   const assistantAt = msgs.map((m, i) => (m.role === 'assistant' ? i : -1)).filter((i) => i >= 0);
   const trained = sample.multiTurn ? assistantAt : assistantAt.slice(-1);
   let done = '';
@@ -161,26 +201,29 @@ function encodeWithChatTemplate(sample: Sample, tokenizer: Tokenizer, opt: Encod
     if (!prefix.startsWith(done) || !full.startsWith(prefix)) {
       throw new Error('the chat_template does not render this conversation as a growing prefix; pick a built-in template');
     }
-    let src = tokenizer.encode(prefix.slice(done.length));
-    let tgt = tokenizer.encode(full.slice(prefix.length));
+    // single answer: the seed's truncation of each side; multi-turn: nothing past `max` tokens is kept
+    const srcHead = encodeHead(tokenizer, prefix.slice(done.length), sample.multiTurn ? max : opt.maxSourceLength - 1);
+    const tgtHead = encodeHead(tokenizer, full.slice(prefix.length), sample.multiTurn ? max : opt.maxTargetLength - 2);
+    estimated ||= srcHead.estimated || tgtHead.estimated;
+    let src = srcHead.ids;
+    let tgt = tgtHead.ids;
     if (!sample.multiTurn) {
       const s = src.slice(0, Math.max(0, opt.maxSourceLength - 1));
       const g = tgt.slice(0, Math.max(0, opt.maxTargetLength - 2));
-      truncated += src.length - s.length + tgt.length - g.length;
+      truncated += srcHead.total - s.length + tgtHead.total - g.length;
       src = s;
       tgt = g;
-    }
+    } else truncated += srcHead.total - src.length + tgtHead.total - tgt.length;
     for (const x of src) (ids.push(x), mask.push(Boolean(opt.trainOnPrompt)));
     for (const x of tgt) (ids.push(x), mask.push(true));
     done = full;
   }
-  const max = opt.maxSourceLength + opt.maxTargetLength;
   if (sample.multiTurn && ids.length > max) {
     truncated += ids.length - max;
     ids.length = max;
     mask.length = max;
   }
-  return { ids, mask, truncatedTokens: truncated };
+  return { ids, mask, truncatedTokens: truncated, ...(estimated ? { truncationEstimated: true } : {}) };
 }
 
 /** Baichuan-chat prefixes each user turn with 195 (not expressible as text). */
@@ -203,12 +246,12 @@ export function encodeSample(sample: Sample, name: TemplateName, tokenizer: Toke
   };
   if (sample.kind === 'text') {
     // continued pre-training: the text itself, trained on everything, then eos
-    const body = tokenizer.encode(sample.text);
     const max = opt.maxSourceLength + opt.maxTargetLength;
-    const keep = body.slice(0, Math.max(0, max - 1));
+    const body = encodeHead(tokenizer, sample.text, max - 1);
+    const keep = body.ids.slice(0, Math.max(0, max - 1));
     push(keep, true);
     push([t.need('eosId')], true);
-    return { ids, mask: mask.map(() => true), truncatedTokens: body.length - keep.length };
+    return { ids, mask: mask.map(() => true), truncatedTokens: body.total - keep.length, ...(body.estimated ? { truncationEstimated: true } : {}) };
   }
   const turns = sample.turns;
   const system = turns[0]?.role === 'system' ? turns[0].content : null;
@@ -219,33 +262,43 @@ export function encodeSample(sample: Sample, name: TemplateName, tokenizer: Toke
   push(spec.prefix(t), false);
   if (rounds.length === 1 || !sample.multiTurn) {
     const [query, answer] = rounds.at(-1)!;
-    const src = tokenizer.encode(spec.prompt(query, rounds.slice(0, -1), system));
-    const tgt = tokenizer.encode(answer);
-    const s = src.slice(0, Math.max(0, opt.maxSourceLength - 1));
-    const g = tgt.slice(0, Math.max(0, opt.maxTargetLength - 2));
-    truncated += src.length - s.length + tgt.length - g.length;
+    const src = encodeHead(tokenizer, spec.prompt(query, rounds.slice(0, -1), system), opt.maxSourceLength - 1);
+    const tgt = encodeHead(tokenizer, answer, opt.maxTargetLength - 2);
+    const s = src.ids.slice(0, Math.max(0, opt.maxSourceLength - 1));
+    const g = tgt.ids.slice(0, Math.max(0, opt.maxTargetLength - 2));
+    truncated += src.total - s.length + tgt.total - g.length;
     push(userPrefix(name), false);
     push(s, false);
     for (const p of spec.between(t)) push([p.id], p.train);
     push(g, true);
     push(spec.end(t), true);
-    return { ids, mask, truncatedTokens: truncated };
+    return { ids, mask, truncatedTokens: truncated, ...(src.estimated || tgt.estimated ? { truncationEstimated: true } : {}) };
   }
-  // multi-turn: every assistant turn is trained; the whole sequence is capped at source + target lengths
+  // multi-turn: every assistant turn is trained; the whole sequence is capped at source + target lengths, so no
+  // piece can contribute more than that many tokens (the rest of a huge piece is counted, not tokenized)
+  const max = opt.maxSourceLength + opt.maxTargetLength;
+  let uncounted = 0; // tokens past a cut piece's head: never in ids, but truncated
+  let estimated = false;
+  const piece = (text: string): number[] => {
+    const h = encodeHead(tokenizer, text, max);
+    uncounted += h.total - h.ids.length;
+    estimated ||= h.estimated;
+    return h.ids;
+  };
   rounds.forEach(([q, a], i) => {
     push(userPrefix(name), false);
-    push(tokenizer.encode(spec.round(q, i + 1, system)), false);
+    push(piece(spec.round(q, i + 1, system)), false);
     for (const p of spec.between(t)) push([p.id], p.train);
-    push(tokenizer.encode(a), true);
+    push(piece(a), true);
     push(spec.end(t), true);
   });
-  const max = opt.maxSourceLength + opt.maxTargetLength;
+  truncated = uncounted;
   if (ids.length > max) {
-    truncated = ids.length - max;
+    truncated += ids.length - max;
     ids.length = max;
     mask.length = max;
   }
-  return { ids, mask, truncatedTokens: truncated };
+  return { ids, mask, truncatedTokens: truncated, ...(estimated ? { truncationEstimated: true } : {}) };
 }
 
 export interface PromptOptions {
@@ -295,7 +348,7 @@ export function encodePrompt(turns: readonly Turn[], name: TemplateName, tokeniz
   }
   let text = spec.prompt(query, rounds, system);
   if (system !== null && name !== 'vicuna') text = `${system}\n${text}`;
-  let src = tokenizer.encode(text);
+  let src = opt.maxSourceLength !== undefined ? encodeHead(tokenizer, text, opt.maxSourceLength - 1).ids : tokenizer.encode(text);
   if (opt.maxSourceLength !== undefined) src = src.slice(0, Math.max(0, opt.maxSourceLength - 1));
   ids.push(...userPrefix(name), ...src, ...between());
   return ids;

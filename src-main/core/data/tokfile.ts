@@ -4,6 +4,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
+import { ensureDir, ioError } from '../io-error.js';
+
 const MAGIC = Buffer.from('LLMTTOK1', 'ascii');
 
 export interface TokHeader {
@@ -21,20 +23,32 @@ export class TokWriter {
   private readonly pos: fs.WriteStream | null;
   private readonly offsets: number[] = [0];
   private tokens = 0;
+  /** The first write error of a temp stream (disk full, …): add() and finish() throw it. */
+  private failed: Error | null = null;
+  /** Writers with temp files on disk (removed by removeTokTempFiles() on a hard exit). */
+  private static readonly live = new Set<TokWriter>();
 
   /** packed: rows of several samples, each row with position ids restarting at 0 per sample. */
   constructor(
     readonly file: string,
     readonly packed = false,
   ) {
-    fs.mkdirSync(path.dirname(path.resolve(file)), { recursive: true });
+    ensureDir(path.dirname(path.resolve(file)));
     const base = `${file}.${process.pid}.tmp`;
     this.tmpIds = `${base}.ids`;
     this.tmpMask = `${base}.mask`;
     this.tmpPos = `${base}.pos`;
-    this.ids = fs.createWriteStream(this.tmpIds);
-    this.mask = fs.createWriteStream(this.tmpMask);
-    this.pos = packed ? fs.createWriteStream(this.tmpPos) : null;
+    // the streams open lazily: an error (read-only folder, full disk) arrives as an 'error' event, kept here
+    const open = (f: string) => fs.createWriteStream(f).on('error', (err) => (this.failed ??= ioError(err, this.file)));
+    this.ids = open(this.tmpIds);
+    this.mask = open(this.tmpMask);
+    this.pos = packed ? open(this.tmpPos) : null;
+    TokWriter.live.add(this);
+  }
+
+  /** Removes every live writer's temp files at once (synchronous: for a process about to exit). */
+  static removeTempFiles(): void {
+    for (const w of TokWriter.live) w.cleanup();
   }
 
   get count(): number {
@@ -42,6 +56,7 @@ export class TokWriter {
   }
 
   add(ids: readonly number[], mask: readonly boolean[], positions?: readonly number[]): void {
+    if (this.failed) throw this.failed;
     if (ids.length === 0) throw new Error('a sample has no tokens');
     if (ids.length !== mask.length) throw new Error('ids and mask differ in length');
     if (this.pos) {
@@ -66,7 +81,16 @@ export class TokWriter {
 
   /** Writes the final file (header, offsets, ids, mask) to a temp name, syncs it and renames it into place. */
   async finish(header: Record<string, unknown>): Promise<TokHeader> {
-    await Promise.all([end(this.ids), end(this.mask), ...(this.pos ? [end(this.pos)] : [])]);
+    try {
+      await Promise.all([end(this.ids), end(this.mask), ...(this.pos ? [end(this.pos)] : [])]);
+    } catch (err) {
+      this.cleanup();
+      throw this.failed ?? ioError(err, this.file);
+    }
+    if (this.failed) {
+      this.cleanup();
+      throw this.failed;
+    }
     const full: TokHeader = { ...header, ...(this.pos ? { packed: true } : {}), num_samples: this.count, num_tokens: this.tokens };
     const h = Buffer.from(JSON.stringify(full), 'utf8');
     const fixed = Buffer.alloc(16);
@@ -77,7 +101,13 @@ export class TokWriter {
     const off = Buffer.alloc(this.offsets.length * 8);
     this.offsets.forEach((o, i) => off.writeBigUInt64LE(BigInt(o), i * 8));
     const tmp = `${this.file}.${process.pid}.tmp`;
-    const fd = fs.openSync(tmp, 'w');
+    let fd: number;
+    try {
+      fd = fs.openSync(tmp, 'w');
+    } catch (err) {
+      this.cleanup();
+      throw ioError(err, this.file);
+    }
     try {
       fs.writeSync(fd, fixed);
       fs.writeSync(fd, h);
@@ -97,10 +127,15 @@ export class TokWriter {
     } catch (err) {
       fs.closeSync(fd);
       this.cleanup(tmp);
-      throw new Error(`cannot write ${this.file}: ${(err as Error).message}`);
+      throw ioError(err, this.file);
     }
     fs.closeSync(fd);
-    fs.renameSync(tmp, this.file);
+    try {
+      fs.renameSync(tmp, this.file);
+    } catch (err) {
+      this.cleanup(tmp);
+      throw ioError(err, this.file);
+    }
     this.cleanup();
     return full;
   }
@@ -108,18 +143,26 @@ export class TokWriter {
   /** Removes the temporary files (after finish, or when giving up). */
   cleanup(extra?: string): void {
     for (const f of [this.tmpIds, this.tmpMask, this.tmpPos, extra]) if (f) fs.rmSync(f, { force: true });
+    TokWriter.live.delete(this);
   }
 
+  /** Gives up: closes the temp streams (their errors do not matter any more) and removes the temp files. */
   async abort(): Promise<void> {
-    await Promise.all([end(this.ids), end(this.mask), ...(this.pos ? [end(this.pos)] : [])]);
+    await Promise.all([this.ids, this.mask, ...(this.pos ? [this.pos] : [])].map((s) => end(s).catch(() => {})));
     this.cleanup();
   }
 }
 
 function end(s: fs.WriteStream): Promise<void> {
   return new Promise((resolve, reject) => {
+    if (s.destroyed) {
+      // a stream that failed is destroyed: end() would never call back
+      if (s.errored) reject(s.errored);
+      else resolve();
+      return;
+    }
     s.once('error', reject);
-    s.end(() => resolve());
+    s.end((err?: Error | null) => (err ? reject(err) : resolve()));
   });
 }
 
@@ -150,13 +193,20 @@ export class TokReader {
     } catch {
       throw bad('the header is not JSON');
     }
+    // the checks the engine makes (native/engine/tokdata.cpp), so a damaged file is named, not a RangeError
+    const damaged = (why: string) => new Error(`${file} is damaged: ${why}; prepare it again (llms-train data prepare)`);
+    if (typeof this.header !== 'object' || this.header === null || Array.isArray(this.header)) throw damaged('its header is not a JSON object');
     const off = Math.ceil((16 + hl) / 8) * 8;
     const n = this.header.num_samples;
     const m = this.header.num_tokens;
+    if (!Number.isSafeInteger(n) || !Number.isSafeInteger(m) || n < 0 || m < 0) throw damaged('its header lacks num_samples/num_tokens');
     const packed = this.header.packed === true;
-    if (off + 8 * (n + 1) + (packed ? 9 : 5) * m !== size) throw bad(`size ${size} does not match its header (truncated?)`);
+    const need = off + 8 * (n + 1) + (packed ? 9 : 5) * m;
+    if (need !== size) throw damaged(`it is ${size} bytes but its header implies ${need} (truncated?)`);
     const ob = this.read(off, 8 * (n + 1));
     this.offsets = new BigUint64Array(ob.buffer.slice(ob.byteOffset, ob.byteOffset + ob.byteLength));
+    if (this.offsets[0] !== 0n || this.offsets[n] !== BigInt(m)) throw damaged('its sample offsets do not span the tokens');
+    for (let i = 0; i < n; i++) if (this.offsets[i + 1]! <= this.offsets[i]!) throw damaged(`sample ${i} is empty or its offsets decrease`);
     this.idsAt = off + 8 * (n + 1);
     this.maskAt = this.idsAt + 4 * m;
     this.posAt = packed ? this.maskAt + m : null;

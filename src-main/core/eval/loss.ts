@@ -11,7 +11,7 @@ import path from 'node:path';
 
 import { loadChatTemplate } from '../data/chat-template.js';
 import type { ColumnOptions, Format } from '../data/formats.js';
-import { prepareDataset } from '../data/prepare.js';
+import { PrepareError, prepareDataset } from '../data/prepare.js';
 import type { TemplateName } from '../data/templates.js';
 import { TokReader, TokWriter } from '../data/tokfile.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
@@ -29,6 +29,9 @@ export interface LossOptions {
   columns?: ColumnOptions;
   /** only the first N samples */
   limit?: number;
+  /** 'fail' (default, as data prepare, train and predict): a bad record stops the evaluation, every bad line
+   *  named; 'skip': bad records (and records with nothing to score after truncation) are left out and counted */
+  onError?: 'fail' | 'skip';
   /** engine CPU threads (0: its default) */
   threads?: number;
   /** samples per forward pass (default 4); the run's eval_batch_size reproduces its eval_loss bit for bit */
@@ -45,8 +48,10 @@ export interface LossResult {
   /** tokens the loss counts (labels ≠ −100) */
   tokens: number;
   samples: number;
-  /** records that could not be prepared (bad, or nothing left to score after truncation) */
+  /** records that could not be prepared (bad, or nothing left to score after truncation); only with onError 'skip' */
   skipped: number;
+  /** the skipped records by line (the first 1000), with onError 'skip' */
+  errors?: { line: number; element?: number; reason: string }[];
   seconds: number;
 }
 
@@ -55,6 +60,8 @@ export class LossError extends Error {
     message: string,
     readonly code: string,
     readonly hint?: string,
+    /** bad records by line (code BAD_INPUT) */
+    readonly errors: { line: number; element?: number; reason: string }[] = [],
   ) {
     super(message);
     this.name = 'LossError';
@@ -138,6 +145,7 @@ export async function evalLoss(opt: LossOptions): Promise<LossResult> {
   try {
     let tokFile = path.join(tmp, 'data.tok');
     const template = opt.template ?? 'raw';
+    const onError = opt.onError ?? 'fail';
     const report = await prepareDataset({
       dataFile: opt.data,
       out: tokFile,
@@ -145,10 +153,21 @@ export async function evalLoss(opt: LossOptions): Promise<LossResult> {
       template,
       maxSourceLength: opt.maxSourceLength ?? 512,
       maxTargetLength: opt.maxTargetLength ?? 64,
-      onError: 'skip',
+      onError,
       ...(opt.format ? { format: opt.format } : {}),
       ...(opt.columns ? { columns: opt.columns } : {}),
       ...(template === 'chat_template' ? { chatTemplate: loadChatTemplate(tokDir) } : {}),
+    }).catch((err: unknown) => {
+      // the data's problems, said as eval's own (data prepare's hint names its own flag)
+      if (err instanceof PrepareError) {
+        throw new LossError(
+          err.message,
+          'BAD_INPUT',
+          err.errors.length && onError === 'fail' ? 'Fix the lines above, or skip them (eval --on-error skip; onError: \'skip\'), which leaves them out of the loss and counts them.' : err.hint,
+          err.errors,
+        );
+      }
+      throw err;
     });
     const size = report.written;
     const n = opt.limit !== undefined ? Math.min(size, Math.max(0, opt.limit)) : size;
@@ -163,7 +182,7 @@ export async function evalLoss(opt: LossOptions): Promise<LossResult> {
     opt.onProgress?.(0, n);
     const r = await engineEval(args, opt.signal, (done, total) => opt.onProgress?.(done, total));
     if (!Number.isFinite(r.loss)) throw new LossError('the loss is not finite', 'NAN');
-    return { loss: r.loss, perplexity: r.perplexity, tokens: r.tokens, samples: r.samples, skipped: report.skipped, seconds: (Date.now() - t0) / 1000 };
+    return { loss: r.loss, perplexity: r.perplexity, tokens: r.tokens, samples: r.samples, skipped: report.skipped, ...(report.errors.length ? { errors: report.errors } : {}), seconds: (Date.now() - t0) / 1000 };
   } finally {
     tokenizer.dispose?.();
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -8,11 +8,12 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type ColumnOptions, type Format, type Turn, detectFormat } from '../data/formats.js';
-import { readRecords } from '../data/reader.js';
+import { type ColumnOptions, type Format, type Turn, detectFormat, fieldList, historyColumnOf, historyTurns } from '../data/formats.js';
+import { readRecords, recordAt } from '../data/reader.js';
 import { TEMPLATES, type TemplateName } from '../data/templates.js';
 import type { GenerateParams } from '../engine/generator.js';
 import { EngineHost, EngineHostError, type HostGenerateResult } from '../engine/host.js';
+import { ensureDir, IoError, ioError } from '../io-error.js';
 
 export interface PredictOptions {
   model: string;
@@ -52,6 +53,8 @@ export interface PredictProgress {
 
 export interface RecordError {
   line: number;
+  /** the element's index in a JSON array (0-based) */
+  element?: number;
   reason: string;
 }
 
@@ -76,7 +79,7 @@ export interface PredictReport {
 export class PredictError extends Error {
   constructor(
     message: string,
-    readonly code: 'BAD_INPUT' | 'STOPPED' | 'ENGINE',
+    readonly code: 'BAD_INPUT' | 'STOPPED' | 'ENGINE' | 'IO',
     readonly errors: RecordError[] = [],
     readonly hint?: string,
   ) {
@@ -107,36 +110,25 @@ export function answerField(format: Format, cols: ColumnOptions = {}): string {
 
 function str(rec: Record<string, unknown>, key: string, allowEmpty = false): string {
   const v = rec[key];
-  if (typeof v !== 'string') throw new Error(`"${key}" must be a string${v === undefined ? ' (missing)' : ''}`);
+  if (typeof v !== 'string') throw new Error(`"${key}" must be a string${v === undefined ? ` (missing); ${fieldList(rec)}` : ''}`);
   if (!allowEmpty && !v.trim()) throw new Error(`"${key}" is empty`);
   return v;
 }
 
 /** The conversation a record asks to continue. */
 export function promptTurns(rec: Record<string, unknown>, format: Format, cols: ColumnOptions = {}): Turn[] {
+  // earlier rounds as training reads them (--history_column; Alpaca's "history")
+  const history = (): Turn[] => historyTurns(rec, historyColumnOf(format, cols));
   switch (format) {
     case 'promptcblue':
-      return [{ role: 'user', content: str(rec, 'input') }];
+      return [...history(), { role: 'user', content: str(rec, 'input') }];
     case 'alpaca': {
       const ins = str(rec, 'instruction');
       const input = typeof rec.input === 'string' ? rec.input : '';
-      return [{ role: 'user', content: input.trim() ? `${ins}\n${input}` : ins }];
+      return [...history(), { role: 'user', content: input.trim() ? `${ins}\n${input}` : ins }];
     }
-    case 'columns': {
-      const turns: Turn[] = [];
-      const h = cols.historyColumn ? rec[cols.historyColumn] : null;
-      if (h != null) {
-        if (!Array.isArray(h)) throw new Error(`"${cols.historyColumn}" must be a list of [question, answer] pairs`);
-        h.forEach((pair, i) => {
-          if (!Array.isArray(pair) || pair.length !== 2 || typeof pair[0] !== 'string' || typeof pair[1] !== 'string') {
-            throw new Error(`"${cols.historyColumn}"[${i}] must be a [question, answer] pair of strings`);
-          }
-          turns.push({ role: 'user', content: pair[0] }, { role: 'assistant', content: pair[1] });
-        });
-      }
-      turns.push({ role: 'user', content: str(rec, cols.promptColumn ?? 'prompt') });
-      return turns;
-    }
+    case 'columns':
+      return [...history(), { role: 'user', content: str(rec, cols.promptColumn ?? 'prompt') }];
     default:
       throw new PredictError(`predict answers prompts (PromptCBLUE, Alpaca, prompt/response columns), not "${format}" records`, 'BAD_INPUT');
   }
@@ -157,8 +149,9 @@ async function loadItems(opt: PredictOptions): Promise<{ items: Item[]; format: 
   let records = 0;
   for await (const r of readRecords(opt.data)) {
     records++;
+    const at = { line: r.line, ...(r.element !== undefined ? { element: r.element } : {}) };
     if ('error' in r) {
-      errors.push({ line: r.line, reason: r.error });
+      errors.push({ ...at, reason: r.error });
       continue;
     }
     const rec = r.value as Record<string, unknown>;
@@ -170,7 +163,7 @@ async function loadItems(opt: PredictOptions): Promise<{ items: Item[]; format: 
     try {
       items.push({ line: r.line, rec, turns: promptTurns(rec, format, opt.columns) });
     } catch (err) {
-      errors.push({ line: r.line, reason: (err as Error).message });
+      errors.push({ ...at, reason: (err as Error).message });
     }
   }
   if (!format) throw new PredictError(`${opt.data} holds no records`, 'BAD_INPUT');
@@ -213,7 +206,7 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
   const loaded = await loadItems(opt);
   const { format, field, errors } = loaded;
   if (errors.length && (opt.onError ?? 'fail') === 'fail') {
-    const shown = errors.slice(0, 20).map((e) => `  ${opt.data}:${e.line}: ${e.reason}`).join('\n');
+    const shown = errors.slice(0, 20).map((e) => `  ${recordAt(opt.data, e)}: ${e.reason}`).join('\n');
     throw new PredictError(
       `${errors.length} bad record(s) in ${opt.data}:\n${shown}${errors.length > 20 ? `\n  … and ${errors.length - 20} more` : ''}`,
       'BAD_INPUT',
@@ -225,7 +218,16 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
   if (!items.length) throw new PredictError(`no usable record in ${opt.data}`, 'BAD_INPUT', errors);
 
   const out = path.resolve(opt.out);
-  fs.mkdirSync(path.dirname(out), { recursive: true });
+  /** A file-system error (disk full, read-only folder) as one line naming the file, with a hint. */
+  const ioFail = (err: unknown, file = out): Error => {
+    const e = ioError(err, file, 'write', '--out');
+    return e instanceof IoError ? new PredictError(e.message, 'IO', [], e.hint) : e;
+  };
+  try {
+    ensureDir(path.dirname(out), '--out');
+  } catch (err) {
+    throw ioFail(err);
+  }
   const partial = `${out}.partial`;
   const metaFile = `${out}.partial.json`;
   const meta = JSON.stringify({
@@ -250,14 +252,31 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
       resumed = p.lines;
     }
   }
-  if (!resumed) {
-    fs.writeFileSync(partial, '');
-    fs.writeFileSync(metaFile, meta);
+  /** Removes an empty partial output and its settings (nothing to resume from). */
+  const dropEmpty = () => {
+    try {
+      if (!fs.existsSync(partial) || fs.statSync(partial).size === 0) {
+        fs.rmSync(partial, { force: true });
+        fs.rmSync(metaFile, { force: true });
+      }
+    } catch {
+      /* best effort */
+    }
+  };
+  let fd: number;
+  try {
+    if (!resumed) {
+      fs.writeFileSync(partial, '');
+      fs.writeFileSync(metaFile, meta);
+    }
+    fd = fs.openSync(partial, 'a');
+  } catch (err) {
+    dropEmpty();
+    throw ioFail(err, partial);
   }
 
   const host = opt.host ?? new EngineHost();
   const ownHost = !opt.host;
-  const fd = fs.openSync(partial, 'a');
   let tokens = 0;
   let done = resumed;
   const finish = { stop: 0, length: 0 };
@@ -310,25 +329,44 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
         finish[r.finish]++;
         tokens += r.ids.length;
         const rec = { ...items[b0 + k]!.rec, [field]: r.text };
-        fs.writeSync(fd, JSON.stringify(rec) + '\n');
+        try {
+          fs.writeSync(fd, JSON.stringify(rec) + '\n');
+        } catch (err) {
+          throw ioFail(err, partial);
+        }
         done++;
         progress();
       }
     }
-    fs.fsyncSync(fd);
+    try {
+      fs.fsyncSync(fd);
+    } catch (err) {
+      throw ioFail(err, partial);
+    }
   } catch (err) {
     mine.abort();
     if (err instanceof PredictError) {
+      if (done === 0) {
+        // nothing written: no empty partial file is left behind
+        fs.closeSync(fd);
+        fd = -1;
+        dropEmpty();
+        throw new PredictError(err.code === 'STOPPED' ? 'stopped: no prediction was written' : err.message, err.code, err.errors, err.hint);
+      }
       const kept = `${done} of ${items.length} predictions are kept in ${partial}; run the same command again to resume`;
       throw new PredictError(err.code === 'STOPPED' ? `stopped: ${kept}` : `${err.message}\n${kept}`, err.code, err.errors, err.hint);
     }
     throw err;
   } finally {
     opt.signal?.removeEventListener('abort', onAbort);
-    fs.closeSync(fd);
+    if (fd >= 0) fs.closeSync(fd);
     if (ownHost) await host.dispose();
   }
-  fs.renameSync(partial, out);
+  try {
+    fs.renameSync(partial, out);
+  } catch (err) {
+    throw ioFail(err);
+  }
   fs.rmSync(metaFile, { force: true });
   return {
     out,

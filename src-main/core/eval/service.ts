@@ -66,6 +66,8 @@ export interface EvaluateCheckpointOptions {
   loss?: boolean;
   /** only the first N records */
   limit?: number;
+  /** bad records of the test file: 'fail' (default) stops naming every bad line; 'skip' leaves them out */
+  onError?: 'fail' | 'skip';
   /** sampling for predictions: the seed's defaults, max_new_tokens = the run's max_target_length */
   params?: PredictOptions['params'];
   batchSize?: number;
@@ -189,6 +191,7 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
       ...(opt.limit !== undefined ? { limit: opt.limit } : {}),
       ...(format ? { format } : {}),
       columns,
+      ...(opt.onError ? { onError: opt.onError } : {}),
       ...(opt.host ? { host: opt.host } : {}),
       ...(opt.signal ? { signal: opt.signal } : {}),
       onProgress: (p) => opt.onProgress?.({ phase: 'predict', done: p.done, total: p.total, checkpoint: dir }),
@@ -208,6 +211,7 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
       batchSize: spec.training.eval_batch_size,
       ...(format ? { format } : {}),
       columns,
+      ...(opt.onError ? { onError: opt.onError } : {}),
       ...(opt.limit !== undefined ? { limit: opt.limit } : {}),
       ...(opt.threads ? { threads: opt.threads } : {}),
       ...(opt.signal ? { signal: opt.signal } : {}),

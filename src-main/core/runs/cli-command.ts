@@ -31,6 +31,7 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('history_column', spec.data.history_column);
   flag('max_source_length', spec.data.max_source_length, d.data.max_source_length);
   flag('max_target_length', spec.data.max_target_length, d.data.max_target_length);
+  flag('on_error', spec.data.on_error, d.data.on_error);
   flag('output_dir', spec.output.dir);
   sw('overwrite_output_dir', spec.output.overwrite);
   if (spec.method === 'full') flag('use_lora', 'False');

@@ -72,6 +72,8 @@ export const RunSpec = z
         history_column: z.string().min(1).nullable().default(null),
         max_source_length: PosInt.default(512),
         max_target_length: PosInt.default(64),
+        // a bad record: 'fail' the run listing every bad line (the default), or 'skip' it (counted in the log)
+        on_error: z.enum(['fail', 'skip']).default('fail'),
       })
       .strict(),
     training: z

@@ -15,7 +15,10 @@ import path from 'node:path';
 import readline from 'node:readline';
 
 import { prepareDataset } from '../data/prepare.js';
+import { TokWriter } from '../data/tokfile.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
+import type { Tokenizer } from '../data/tokenizer/types.js';
+import { ensureDir, IoError, ioError, isWriteFailure } from '../io-error.js';
 import { engineBinary, listDevices, loadEngine, type NativeDevice } from '../engine/native.js';
 import { describeEstimate, type Estimate, estimateRun, suggestions } from './estimate.js';
 import type { MetricPoint, RunRow, Store } from '../store/store.js';
@@ -55,6 +58,8 @@ export interface StartOptions {
   /** Continue this existing run (same id, metrics and checkpoints) instead of creating a new one. */
   runId?: number;
   tags?: string[];
+  /** Aborting it stops the run while it waits or prepares its data (temp files removed, the run 'stopped'). */
+  signal?: AbortSignal;
 }
 
 export interface RunPlan {
@@ -194,11 +199,158 @@ export function lastCheckpoint(dir: string): string | null {
   return steps.length ? path.join(dir, `checkpoint-${steps.at(-1)}`) : null;
 }
 
+/** What a run writes at the end of training, besides its checkpoint-<step> folders (engine: save_adapter / save_model). */
+const ADAPTER_OUTPUTS = ['adapter_config.json', 'adapter_model.safetensors'];
+const isModelWeights = (n: string) => /^model(-\d+-of-\d+)?\.safetensors$/.test(n) || n === 'model.safetensors.index.json';
+
+/**
+ * --overwrite_output_dir: the earlier run's checkpoint-<step> folders and final outputs in `dir`, which a fresh
+ * run must not leave behind (`--resume_from_checkpoint latest` would pick them up, and a full-FT model would sit
+ * beside a LoRA adapter). Only what a run writes: the final files only where a run wrote there (runspec.json),
+ * the full-FT model (config.json, model*.safetensors) only where the earlier run was a full fine-tune that did not
+ * read its base model from this very folder. Never anything else (the user's data, notes, ...).
+ */
+export function earlierRunOutputs(dir: string): string[] {
+  if (!fs.existsSync(dir)) return [];
+  const names = fs.readdirSync(dir);
+  const found = names.filter((n) => /^checkpoint-\d+$/.test(n) && fs.statSync(path.join(dir, n)).isDirectory());
+  if (!names.includes('runspec.json')) return found;
+  found.push(...ADAPTER_OUTPUTS.filter((n) => names.includes(n)));
+  let earlier: { method?: string; model?: { path?: string } } = {};
+  try {
+    earlier = JSON.parse(fs.readFileSync(path.join(dir, 'runspec.json'), 'utf8')) as typeof earlier;
+  } catch {
+    /* unreadable: treated as not a full fine-tune */
+  }
+  const fullCkpt = found.some((n) => n.startsWith('checkpoint-') && fs.existsSync(path.join(dir, n, 'model.safetensors')));
+  const ownBase = typeof earlier.model?.path === 'string' && path.resolve(earlier.model.path) === path.resolve(dir);
+  if ((earlier.method === 'full' || fullCkpt) && !ownBase) {
+    found.push(...names.filter(isModelWeights));
+    if (names.includes('config.json') && names.some(isModelWeights)) found.push('config.json');
+  }
+  return found;
+}
+
+/**
+ * The earlier run's files that a new attempt in the same folder rewrites (runspec.json, job.json, its data),
+ * kept aside until the engine accepts the new job: restored if the attempt fails before training starts (a
+ * resume that does not match, bad data, Ctrl-C), dropped once it has started. Only in a folder that holds an
+ * earlier run's files; a fresh folder keeps whatever the attempt wrote.
+ */
+class EarlierFiles {
+  private readonly saved: { file: string; backup: string | null }[] = [];
+  private done = false;
+
+  constructor(files: string[]) {
+    if (!files.some((f) => fs.existsSync(f))) {
+      this.done = true;
+      return;
+    }
+    for (const file of files) {
+      if (!fs.existsSync(file)) {
+        this.saved.push({ file, backup: null });
+        continue;
+      }
+      const backup = path.join(path.dirname(file), `.${path.basename(file)}.prev-${process.pid}`);
+      fs.rmSync(backup, { force: true });
+      try {
+        fs.linkSync(file, backup); // the new file is renamed into place: the link keeps the old one
+      } catch {
+        fs.copyFileSync(file, backup);
+      }
+      this.saved.push({ file, backup });
+    }
+  }
+
+  /** The new attempt is accepted: the earlier files go. */
+  commit(): void {
+    if (this.done) return;
+    this.done = true;
+    for (const s of this.saved) if (s.backup) fs.rmSync(s.backup, { force: true });
+  }
+
+  /** The new attempt failed before training: the earlier files come back (new ones that had none are removed). */
+  restore(): void {
+    if (this.done) return;
+    this.done = true;
+    for (const s of this.saved) {
+      try {
+        if (s.backup) fs.renameSync(s.backup, s.file);
+        else fs.rmSync(s.file, { force: true });
+      } catch {
+        /* best effort: a restore must not hide the error that led here */
+      }
+    }
+  }
+}
+
+/** A run's IO error (the .tok writer's, a metadata file's) gets the hint that names the run's flags. */
+function withRunHint(err: Error, out: string): Error {
+  if (!(err instanceof IoError)) return err;
+  if (err.errno === 'ENOSPC' || err.errno === 'EDQUOT') err.hint = `Free some space on the disk that holds ${out}, or choose another --output_dir (or --cache_dir for the cached tokenized data).`;
+  else if (err.errno === 'EROFS') err.hint = `${out} is on a read-only file system: choose a writable --output_dir (or --cache_dir).`;
+  else if (err.errno === 'EACCES' || err.errno === 'EPERM') err.hint = `You may not write there: fix the permissions, or choose another --output_dir (or --cache_dir).`;
+  return err;
+}
+
+class Aborted extends Error {
+  constructor() {
+    super('stopped');
+    this.name = 'Aborted';
+  }
+}
+
+/** The tokenizer, failing its next call once `signal` is aborted: how a Ctrl-C reaches prepareDataset's loop. */
+function abortable(tok: Tokenizer, signal: AbortSignal): Tokenizer {
+  const check = () => {
+    if (signal.aborted) throw new Aborted();
+  };
+  const t = Object.create(tok) as Tokenizer & { encode: Tokenizer['encode']; encodeBatch?: Tokenizer['encodeBatch'] };
+  t.encode = (text: string) => {
+    check();
+    return tok.encode(text);
+  };
+  if (tok.encodeBatch) {
+    t.encodeBatch = async (texts: string[]) => {
+      check();
+      const r = await tok.encodeBatch!(texts);
+      check();
+      return r;
+    };
+  }
+  return t;
+}
+
 export class RunService {
   constructor(
     private readonly store: Store,
     private readonly onRunChanged?: (run: RunRow) => void,
   ) {}
+
+  /** Runs this service supervises (queued or running), so a stale-row repair leaves them alone. */
+  private readonly own = new Set<number>();
+  /** Runs waiting or preparing their data: their abort, and the earlier files they would restore. */
+  private readonly preparing = new Map<number, { ac: AbortController; earlier: EarlierFiles | null }>();
+
+  /** Whether this service (this process) supervises the run. */
+  owns(runId: number): boolean {
+    return this.own.has(runId);
+  }
+
+  /**
+   * A second Ctrl-C while preparing: synchronously removes the temp files, puts the earlier files back and
+   * marks each such run stopped, for a process about to exit.
+   */
+  abandonPreparing(): void {
+    TokWriter.removeTempFiles();
+    for (const [id, p] of this.preparing) {
+      p.earlier?.restore();
+      this.store.runs.finish(id, 'stopped', { errorMessage: 'stopped during data preparation' });
+      this.own.delete(id);
+      this.changed(id);
+    }
+    this.preparing.clear();
+  }
 
   private changed(id: number): RunRow {
     const r = this.store.runs.get(id)!;
@@ -225,13 +377,14 @@ export class RunService {
 
   private stopQueued = new Set<number>();
 
-  /** Asks a queued run to leave the queue (a running one is stopped through its handle). */
+  /** Asks a queued run to leave the queue, or to stop preparing its data (a running one is stopped through its handle). */
   cancelQueued(runId: number): void {
     this.stopQueued.add(runId);
+    this.preparing.get(runId)?.ac.abort();
   }
 
   /** Waits while another live run uses the same devices (its worker process is checked, not just the row). */
-  private async waitForDevices(runId: number, spec: RunSpec, log: (l: string) => void, onQueued?: (runId: number) => void): Promise<'ok' | 'stopped'> {
+  private async waitForDevices(runId: number, spec: RunSpec, log: (l: string) => void, onQueued?: (runId: number) => void, signal?: AbortSignal): Promise<'ok' | 'stopped'> {
     const alive = (pid: number | null) => {
       if (!pid) return false;
       try {
@@ -243,7 +396,7 @@ export class RunService {
     };
     let announced = 0;
     for (;;) {
-      if (this.stopQueued.has(runId)) return 'stopped';
+      if (this.stopQueued.has(runId) || signal?.aborted) return 'stopped';
       const busy = this.store.runs
         .list({ status: 'running' })
         .find((r) => r.id !== runId && (r.spec as RunSpec | null)?.devices && devicesOverlap(r.spec as RunSpec, spec) && alive(r.workerPid));
@@ -275,7 +428,15 @@ export class RunService {
       err.hint = plan.suggestions.join('; ');
       throw err;
     }
-    fs.mkdirSync(out, { recursive: true });
+    ensureDir(out, '--output_dir');
+    try {
+      // a read-only or full folder is said now, before a run row exists
+      const probe = path.join(out, `.llmt-write-test-${process.pid}`);
+      fs.writeFileSync(probe, 'x');
+      fs.rmSync(probe, { force: true });
+    } catch (err) {
+      throw ioError(err, out, 'write to', '--output_dir');
+    }
     let run: RunRow;
     let tokensSoFar = 0;
     if (opt.runId !== undefined) {
@@ -290,6 +451,7 @@ export class RunService {
       this.store.runs.requeue(existing.id);
       this.store.db.prepare('UPDATE runs SET spec_json = ? WHERE id = ?').run(JSON.stringify(spec), existing.id);
       run = this.store.runs.get(existing.id)!;
+      this.own.add(run.id);
     } else {
       run = this.store.runs.create({
         name: spec.name ?? path.basename(out),
@@ -299,29 +461,59 @@ export class RunService {
         ...(opt.experimentId ? { experimentId: opt.experimentId } : {}),
         ...(opt.tags ? { tags: opt.tags } : {}),
       });
+      this.own.add(run.id);
     }
     this.changed(run.id);
     const logFile = fs.createWriteStream(path.join(out, 'train.log'), { flags: 'a' });
-    // the queue: one run per device set at a time, across every process that shares this database
-    const waited = await this.waitForDevices(run.id, spec, log, opt.onQueued);
-    if (waited === 'stopped') {
-      this.store.runs.finish(run.id, 'stopped', { errorMessage: 'stopped while waiting in the queue' });
-      logFile.end();
+    logFile.on('error', () => {}); // the log is best effort (a full disk is reported by the files that matter)
+    const ac = new AbortController();
+    const onAbort = () => ac.abort();
+    if (opt.signal?.aborted) ac.abort();
+    opt.signal?.addEventListener('abort', onAbort);
+    const prep: { ac: AbortController; earlier: EarlierFiles | null } = { ac, earlier: null };
+    this.preparing.set(run.id, prep);
+    const endPreparing = () => {
+      this.preparing.delete(run.id);
+      opt.signal?.removeEventListener('abort', onAbort);
+    };
+    const stopped = (why: string): RunHandle => {
+      endPreparing();
+      prep.earlier?.restore();
+      this.store.runs.finish(run.id, 'stopped', { errorMessage: why });
+      this.own.delete(run.id);
+      logFile.end(`${why}\n`);
       const r = this.changed(run.id);
       return { runId: run.id, outputDir: out, done: Promise.resolve(r), stop: () => {}, kill: () => {} };
-    }
+    };
+    // the queue: one run per device set at a time, across every process that shares this database
+    const waited = ac.signal.aborted ? 'stopped' : await this.waitForDevices(run.id, spec, log, opt.onQueued, ac.signal);
+    if (waited === 'stopped') return stopped('stopped while waiting in the queue');
     const fail = (code: string, message: string, hint?: string) => {
+      endPreparing();
+      prep.earlier?.restore();
       this.store.runs.finish(run.id, 'failed', { errorCode: code, errorMessage: message, ...(hint ? { errorHint: hint } : {}) });
+      this.own.delete(run.id);
       logFile.end(`error ${code}: ${message}\n`);
       this.changed(run.id);
     };
-    let train: string;
+    /** A file-system error said plainly, with the flags that choose another place. */
+    const asIo = (err: unknown, file: string) => withRunHint(ioError(err, file), out);
+    const jobFile = path.join(out, 'job.json');
+    const train = path.join(out, 'data', 'train.tok');
+    const evalOut = path.join(out, 'data', 'eval.tok');
     let evalTok: string | null = null;
     try {
-      fs.writeFileSync(path.join(out, 'runspec.json.tmp'), JSON.stringify(spec, null, 2));
-      fs.renameSync(path.join(out, 'runspec.json.tmp'), path.join(out, 'runspec.json'));
+      // the earlier run's files stay aside until the engine accepts this attempt (F10: a failed resume must not replace them)
+      prep.earlier = new EarlierFiles([path.join(out, 'runspec.json'), jobFile, train, evalOut]);
+      try {
+        fs.writeFileSync(path.join(out, 'runspec.json.tmp'), JSON.stringify(spec, null, 2));
+        fs.renameSync(path.join(out, 'runspec.json.tmp'), path.join(out, 'runspec.json'));
+      } catch (err) {
+        fs.rmSync(path.join(out, 'runspec.json.tmp'), { force: true });
+        throw asIo(err, path.join(out, 'runspec.json'));
+      }
       if (resume) log(`resuming from ${resume}`);
-      const tokenizer = await loadTokenizer(spec.model.path);
+      const tokenizer = abortable(await loadTokenizer(spec.model.path), ac.signal);
       const d = spec.data;
       const columns: Record<string, string> = {};
       if (d.prompt_column) columns.promptColumn = d.prompt_column;
@@ -335,34 +527,56 @@ export class RunService {
         maxTargetLength: d.max_target_length,
         ...(d.format ? { format: d.format as never } : {}),
         ...(opt.cacheDir ? { cacheDir: opt.cacheDir } : {}),
+        onError: d.on_error,
         source: { model: path.resolve(spec.model.path) },
       };
-      train = path.join(out, 'data', 'train.tok');
-      const splitOut = !d.validation && d.validation_percent > 0 ? path.join(out, 'data', 'eval.tok') : undefined;
+      const skipped = (n: number) => (n ? `; ${n} bad record(s) skipped (--on_error skip)` : '');
+      const splitOut = !d.validation && d.validation_percent > 0 ? evalOut : undefined;
       const rep = await prepareDataset({ ...common, dataFile: d.train, out: train, ...(splitOut ? { validationOut: splitOut, validationPercent: d.validation_percent, seed: spec.training.seed } : {}) });
-      log(`data: ${rep.written} training samples (${rep.truncated.samples} truncated)${rep.cached ? ' from the cache' : ''}`);
+      log(`data: ${rep.written} training samples (${rep.truncated.samples} truncated)${rep.cached ? ' from the cache' : ''}${skipped(rep.skipped)}`);
       if (splitOut) evalTok = splitOut;
       if (d.validation) {
-        evalTok = path.join(out, 'data', 'eval.tok');
+        evalTok = evalOut;
         const v = await prepareDataset({ ...common, dataFile: d.validation, out: evalTok });
-        log(`data: ${v.written} validation samples`);
+        log(`data: ${v.written} validation samples${skipped(v.skipped)}`);
+      }
+      if (ac.signal.aborted) throw new Aborted();
+      // a fresh run into a used folder: the earlier run's checkpoints and final outputs go (F3)
+      if (spec.output.overwrite && !resume) {
+        const old = earlierRunOutputs(out);
+        if (old.length) {
+          for (const n of old) fs.rmSync(path.join(out, n), { recursive: true, force: true });
+          const ck = old.filter((n) => n.startsWith('checkpoint-'));
+          const files = old.filter((n) => !n.startsWith('checkpoint-'));
+          log(`--overwrite_output_dir: removed the earlier run's ${[ck.length ? `${ck.length} checkpoint folder(s)` : '', files.join(', ')].filter(Boolean).join(' and ')} from ${out}`);
+          prep.earlier.commit(); // nothing of the earlier run is left to describe
+        }
+      }
+      const job = toEngineJob(spec, { train, eval: evalTok }, resume);
+      try {
+        fs.writeFileSync(`${jobFile}.tmp`, JSON.stringify(job, null, 2));
+        fs.renameSync(`${jobFile}.tmp`, jobFile);
+      } catch (err) {
+        fs.rmSync(`${jobFile}.tmp`, { force: true });
+        throw asIo(err, jobFile);
       }
     } catch (err) {
-      const e = err as Error & { hint?: string };
-      fail('BAD_INPUT', e.message, e.hint);
-      throw err;
+      if (err instanceof Aborted || ac.signal.aborted) return stopped('stopped during data preparation');
+      const e = withRunHint(isWriteFailure(err) ? ioError(err, undefined) : (err as Error), out) as Error & { hint?: string };
+      fail(e instanceof IoError ? 'IO' : 'BAD_INPUT', e.message, e.hint);
+      throw e;
     }
-    const job = toEngineJob(spec, { train, eval: evalTok }, resume);
-    const jobFile = path.join(out, 'job.json');
-    fs.writeFileSync(jobFile, JSON.stringify(job, null, 2));
 
     const exe = engineBinary();
     if (!fs.existsSync(exe)) {
+      prep.earlier?.restore();
       fail('UNAVAILABLE', `the engine binary is missing at ${exe}`, 'Build it with `npm run build:native`.');
       throw new Error(`the engine binary is missing at ${exe}`);
     }
     const nproc = spec.distributed.nproc_per_node;
     const port = nproc > 1 ? await freePort() : 0;
+    if (ac.signal.aborted) return stopped('stopped during data preparation');
+    endPreparing();
     const workers: ChildProcessWithoutNullStreams[] = [];
     for (let rank = 0; rank < nproc; rank++) {
       // torchrun's variables (and, on several GPUs, CUDA_VISIBLE_DEVICES); the engine reads them
@@ -428,6 +642,8 @@ export class RunService {
         this.store.checkpoints.add({ runId: run.id, step: Number(e.step), path: String(e.path) });
       } else if (e.event === 'done') {
         sawDone = e;
+      } else if (e.event === 'started') {
+        prep.earlier?.commit(); // the engine accepted the job (and the checkpoint it resumes from)
       }
     };
 
@@ -512,6 +728,8 @@ export class RunService {
           if (code !== 0) stopTheRest();
           if (--open > 0) return;
           if (reaper) clearTimeout(reaper);
+          prep.earlier?.restore(); // no-op once the engine has started
+          this.own.delete(run.id);
           clearInterval(flushTimer);
           clearInterval(watchdog);
           flushMetrics();

@@ -182,6 +182,8 @@ export interface NewRun {
   datasetId?: number | null;
   outputDir?: string | null;
   tags?: string[];
+  /** The process that will run it (worker_pid while queued; default: this one), so a dead one's row can be repaired. */
+  ownerPid?: number | null;
 }
 
 export class RunsRepo {
@@ -189,10 +191,10 @@ export class RunsRepo {
   create(r: NewRun): RunRow {
     const info = this.db
       .prepare(
-        `INSERT INTO runs(experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at, tags_json)
-         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?)`,
+        `INSERT INTO runs(experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at, tags_json, worker_pid)
+         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)`,
       )
-      .run(r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now(), JSON.stringify(r.tags ?? []));
+      .run(r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now(), JSON.stringify(r.tags ?? []), r.ownerPid === undefined ? process.pid : r.ownerPid);
     return this.get(Number(info.lastInsertRowid))!;
   }
   get(id: number): RunRow | undefined {
@@ -226,14 +228,14 @@ export class RunsRepo {
   delete(id: number): void {
     this.db.prepare('DELETE FROM runs WHERE id = ?').run(id);
   }
-  /** A stopped/failed/interrupted run goes back to the queue (resume keeps its id, metrics and checkpoints). */
+  /** A stopped/failed/interrupted run goes back to the queue (resume keeps its id, metrics and checkpoints), owned by this process. */
   requeue(id: number): void {
     this.db
       .prepare(
         `UPDATE runs SET status = 'queued', ended_at = NULL, error_code = NULL, error_message = NULL, error_hint = NULL,
-           exit_code = NULL, exit_signal = NULL WHERE id = ?`,
+           exit_code = NULL, exit_signal = NULL, worker_pid = ? WHERE id = ?`,
       )
-      .run(id);
+      .run(process.pid, id);
   }
   markRunning(id: number, pid: number | null): void {
     this.db.prepare(`UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?), worker_pid = ? WHERE id = ?`).run(now(), pid, id);
@@ -251,20 +253,32 @@ export class RunsRepo {
       .run(status, now(), detail.errorCode ?? null, detail.errorMessage ?? null, detail.errorHint ?? null, detail.exitCode ?? null, detail.exitSignal ?? null, id);
   }
   /**
-   * At start-up: runs left 'running' by a crashed app become 'interrupted' (offered for resume). A run whose
-   * worker process is still alive belongs to another live process (e.g. a CLI `train` next to the app) and
-   * is left alone; `alive` decides (default: a signal-0 probe of the worker's pid).
+   * Repairs rows no live process will finish: runs left 'running' by a crashed app or CLI, and runs left
+   * 'queued' (waiting, preparing their data) by a process that died, become 'interrupted' (offered for resume).
+   * Attribution is by pid: a running row's worker_pid is its engine worker's, a queued row's is the pid of the
+   * process that will run it (create/requeue record it). A row whose process is still alive belongs to another
+   * live process (e.g. a CLI `train` next to the app) and is left alone; `alive` decides (default: a signal-0
+   * probe). `own` names the runs this process supervises (left alone); a queued row that names this process's
+   * pid but is not its own was left by an earlier process with the same pid (a container restart). A queued row
+   * without a pid (written before owners were recorded) cannot be attributed and is left as it is.
+   * Safe to call at any time (start-up, listing runs).
    */
-  markInterrupted(alive: (pid: number) => boolean = pidAlive): number {
-    const running = this.db.prepare(`SELECT id, worker_pid AS pid FROM runs WHERE status = 'running'`).all() as { id: number; pid: number | null }[];
-    const stale = running.filter((r) => r.pid === null || !alive(r.pid));
+  markInterrupted(alive: (pid: number) => boolean = pidAlive, own: (runId: number) => boolean = () => false): number {
+    const rows = this.db.prepare(`SELECT id, status, worker_pid AS pid FROM runs WHERE status IN ('running', 'queued')`).all() as { id: number; status: 'running' | 'queued'; pid: number | null }[];
+    const stale = rows.filter((r) => {
+      if (own(r.id)) return false;
+      if (r.status === 'running') return r.pid === null || !alive(r.pid);
+      return r.pid !== null && (r.pid === process.pid || !alive(r.pid));
+    });
     const mark = this.db.prepare(
       `UPDATE runs SET status = 'interrupted', ended_at = ?, worker_pid = NULL,
-         error_message = COALESCE(error_message, 'the app stopped while this run was running') WHERE id = ? AND status = 'running'`,
+         error_message = COALESCE(error_message, ?) WHERE id = ? AND status = ? AND worker_pid IS ?`,
     );
     const t = now();
-    this.db.transaction(() => stale.forEach((r) => mark.run(t, r.id)))();
-    return stale.length;
+    const why = { running: 'the app stopped while this run was running', queued: 'the process that started this run ended before training began' };
+    let n = 0;
+    this.db.transaction(() => stale.forEach((r) => (n += mark.run(t, why[r.status], r.id, r.status, r.pid).changes)))();
+    return n;
   }
 }
 
