@@ -897,6 +897,23 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (!job.init_adapter.empty()) st = model->load_adapter(job.init_adapter, true);
     else st = model->add_lora(job.lora, job.seed);
     if (st) return fail(st);
+    // PEFT skips a list entry that matches nothing; a typo ("v_porj") would silently halve the adapter: say so
+    if (job.init_adapter.empty() && job.lora.target_regex.empty()) {
+      for (const auto &t : job.lora.targets) {
+        if (t == "all-linear") continue;
+        bool hit = false;
+        for (const auto &lin : model->linears) hit = hit || lin->module == t || (lin->module.size() > t.size() && lin->module.compare(lin->module.size() - t.size() - 1, std::string::npos, "." + t) == 0);
+        if (hit) continue;
+        std::string names;
+        std::set<std::string> seen;
+        for (const auto &lin : model->linears)
+          if (seen.insert(lin->short_name).second) names += (names.empty() ? "" : ", ") + lin->short_name;
+        Json w = ev("warning");
+        w.set("message", Json::string("LoRA target module \"" + t + "\" matches no module of this " + cfg.model_type +
+                                      " model (its linear modules: " + names + "); the other targets are trained"));
+        emit(w);
+      }
+    }
   } else {
     if ((st = model->make_all_trainable())) return fail(st);
   }

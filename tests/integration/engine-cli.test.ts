@@ -198,6 +198,13 @@ describe('llmt-engine: wrong types, diverged weights, config and weights that di
     expect(lastEvent(r).message).toMatch(why);
   });
 
+  it('a LoRA target that matches no module is a warning naming it (PEFT skips it silently)', () => {
+    const r = engine(['train', '--job', job('typo', { max_steps: 1 }, { r: 4, alpha: 8, target_modules: ['q_proj', 'v_porj'] })]);
+    expect(r.status, r.stderr).toBe(0);
+    const warnings = r.stdout.trim().split('\n').map((l) => JSON.parse(l)).filter((e) => e.event === 'warning');
+    expect(warnings.map((w) => w.message)).toContainEqual(expect.stringMatching(/LoRA target module "v_porj" matches no module of this llama model \(its linear modules: q_proj, .*v_proj/));
+  });
+
   it('a diverged update is not checkpointed: the newest checkpoint on disk stays finite', () => {
     const r = engine(['train', '--job', job('diverge', { learning_rate: 1e38 })]);
     expect(r.status).toBe(1);
