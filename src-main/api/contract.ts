@@ -119,6 +119,8 @@ export const DatasetEntry = z.object({
   format: z.string().nullable(),
   records: z.number().int().nullable(),
   addedAt: z.string(),
+  /** addDataset/importDataset only: what makes the file unusable for training (no records, none usable) */
+  warning: z.string().optional(),
 });
 
 const Empty = z.object({}).strict();
@@ -263,6 +265,8 @@ export interface CheckpointInfo {
   sizeBytes: number | null;
   isFinal: boolean;
   createdAt: string;
+  /** its folder no longer exists (deleted by hand or with an output folder) */
+  missing?: boolean;
 }
 export interface RunComparison {
   runs: (z.infer<typeof RunSummary> & { spec: unknown })[];
@@ -339,11 +343,11 @@ export const methods = {
   startRun: method(
     z.object({ spec: z.unknown(), experimentId: Id.optional(), tags: z.array(z.string().min(1).max(64)).max(32).optional(), ignoreEstimate: z.boolean().optional() }).strict(),
     RunSummary,
-    'Launches a run (queued behind other runs on the same devices).',
+    'Launches a run (queued behind other runs on the same devices). An output folder that another recorded run uses is refused (CONFLICT, naming that run) unless the spec resumes from a checkpoint (resume_from).',
   ),
   stopRun: method(z.object({ id: Id, force: z.boolean().optional() }).strict(), RunSummary, 'Stops a run gracefully (a checkpoint is written); force kills the worker.'),
   resumeRun: method(z.object({ id: Id }).strict(), RunSummary, 'Continues a stopped, failed or interrupted run from its last checkpoint (same run).'),
-  deleteRun: method(z.object({ id: Id, deleteFiles: z.boolean() }).strict(), z.object({ id: Id, filesRemoved: z.boolean() }), 'Deletes a run (and, if asked, its output folder).'),
+  deleteRun: method(z.object({ id: Id, deleteFiles: z.boolean() }).strict(), z.object({ id: Id, filesRemoved: z.boolean() }), 'Deletes a run (and, if asked, its output folder: refused with CONFLICT naming the other run when another recorded run uses that folder, one inside it or one above it).'),
   updateRun: method(
     z.object({ id: Id, name: z.string().trim().min(1).max(200).optional(), tags: z.array(z.string().trim().min(1).max(64)).max(32).optional(), notes: z.string().max(10_000).optional() }).strict(),
     RunSummary,
@@ -355,7 +359,7 @@ export const methods = {
     "A run's metric points (all, or those added after a rowid), ordered by step.",
   ),
   listCheckpoints: method(z.object({ id: Id }).strict(), z.custom<CheckpointInfo[]>(), "A run's checkpoints."),
-  getRunLog: method(z.object({ id: Id, lines: z.number().int().min(1).max(5000).optional() }).strict(), z.object({ lines: z.array(z.string()) }), "The tail of a run's train.log."),
+  getRunLog: method(z.object({ id: Id, lines: z.number().int().min(1).max(5000).optional() }).strict(), z.object({ lines: z.array(z.string()) }), "The tail of a run's log (train-<id>.log in its output folder; train.log for runs recorded before logs were per run)."),
   compareRuns: method(z.object({ ids: z.array(Id).min(1).max(16) }).strict(), z.custom<RunComparison>(), 'Several runs with their specs, the spec fields that differ, and their evaluations.'),
   listChatSessions: method(Empty, z.custom<ChatSessionInfo[]>(), 'Saved chat sessions, most recent first.'),
   createChatSession: method(
@@ -405,9 +409,9 @@ export const methods = {
     'Merges an adapter into its base and saves an HF model folder (registered as a model).',
   ),
   exportGguf: method(
-    z.object({ opId: OpId, model: z.string().min(1).max(4096), adapter: z.string().max(4096).optional(), adapterOnly: z.boolean().optional(), out: z.string().min(1).max(4096), dtype: z.enum(['f32', 'f16', 'bf16']).optional(), template: z.string().optional(), name: z.string().max(200).optional() }).strict(),
+    z.object({ opId: OpId, model: z.string().min(1).max(4096), adapter: z.string().max(4096).optional(), adapterOnly: z.boolean().optional(), out: z.string().min(1).max(4096), dtype: z.enum(['f32', 'f16', 'bf16']).optional(), template: z.string().optional(), name: z.string().max(200).optional(), overwrite: z.boolean().optional() }).strict(),
     z.custom<{ out: string; modelfile: string | null; bytes: number }>(),
-    'GGUF export (merging an adapter first) with an Ollama Modelfile matching the training template.',
+    'GGUF export (merging an adapter first) with an Ollama Modelfile matching the training template. An existing output file (.gguf or .Modelfile) is refused with code EXISTS (HTTP 409) unless overwrite is true; the output may never be inside the model or adapter folder.',
   ),
   cancelModelOp: method(z.object({ opId: OpId }).strict(), z.object({ cancelled: z.boolean() }), 'Cancels a download, conversion, merge or export (nothing half-written is left).'),
   deleteModel: method(z.object({ path: z.string().min(1).max(4096), deleteFiles: z.boolean() }).strict(), z.object({ path: z.string(), filesRemoved: z.boolean() }), "Forgets a model; with deleteFiles also removes its folder (only inside the app's model folder)."),
@@ -469,6 +473,8 @@ export const ErrorCode = z.enum([
   'CUDA',
   'UNSUPPORTED',
   'ABORTED',
+  /** the output file already exists: ask "Replace?" and retry with overwrite: true */
+  'EXISTS',
 ]);
 export type ErrorCode = z.infer<typeof ErrorCode>;
 

@@ -21,18 +21,88 @@ export type Handlers = {
   [K in MethodName]: (req: ParsedReq<K>) => Promise<Res<K>> | Res<K>;
 };
 
-/** Field-level messages from a zod error: `name: Invalid input: expected string, received number`. */
-export function fieldErrors(error: z.ZodError): FieldError[] {
-  return error.issues.map((issue) => ({
-    path: issue.path.length ? issue.path.map(String).join('.') : '(body)',
-    message: issue.message,
-  }));
+/** The names the UI and the CLI give request fields (RunSpec/CLI snake_case), where they differ from the API's. */
+const FIELD_LABELS: Record<string, string> = {
+  maxSourceLength: 'max_source_length',
+  maxTargetLength: 'max_target_length',
+  promptColumn: 'prompt_column',
+  responseColumn: 'response_column',
+  historyColumn: 'history_column',
+  modelPath: 'model',
+  checkpointPath: 'checkpoint',
+  adapterOnly: 'adapter only',
+  deleteFiles: 'delete files',
+  ignoreEstimate: 'ignore estimate',
+  experimentId: 'experiment',
+  opId: 'operation id',
+};
+
+/** A field path as a user reads it: `params.max_new_tokens` → `max_new_tokens`, `maxSourceLength` → `max_source_length`. */
+export function fieldLabel(p: string): string {
+  if (p === '(body)') return 'the request';
+  const parts = p.split('.').filter((x) => x !== 'params' && x !== 'spec');
+  return parts.map((x) => (/^\d+$/.test(x) ? `#${Number(x) + 1}` : (FIELD_LABELS[x] ?? x))).join(' ') || p;
 }
 
-export function validationError(what: string, error: z.ZodError): ApiError {
+const TYPE_WORDS: Record<string, string> = { string: 'text', number: 'a number', int: 'a whole number', boolean: 'true or false', object: 'an object', array: 'a list', bigint: 'a whole number' };
+
+function received(input: unknown): string {
+  if (input === null) return 'null';
+  if (input === undefined) return 'nothing';
+  if (Array.isArray(input)) return 'a list';
+  if (typeof input === 'number' && Number.isNaN(input)) return 'NaN';
+  return typeof input === 'string' ? 'text' : typeof input === 'number' ? 'a number' : typeof input;
+}
+
+const num = (v: unknown) => (typeof v === 'number' || typeof v === 'bigint' ? (Number(v) >= Number.MAX_SAFE_INTEGER ? 'the largest safe integer (2^53 − 1)' : String(v)) : String(v));
+
+/** A zod issue in plain words, without zod's "Too small: expected number to be >=2". */
+function issueMessage(issue: z.core.$ZodIssue): string {
+  const i = issue as z.core.$ZodIssue & { input?: unknown; expected?: string; minimum?: unknown; maximum?: unknown; inclusive?: boolean; origin?: string; keys?: string[]; values?: unknown[]; format?: string };
+  switch (i.code) {
+    case 'invalid_type':
+    {
+      // zod leaves the input out of its issues: what was received is in its message ("…, received null")
+      const got = 'input' in i ? received(i.input) : (/received (\w+)/.exec(i.message)?.[1] ?? 'something else');
+      return got === 'undefined' || got === 'nothing' ? 'is required' : `must be ${TYPE_WORDS[i.expected ?? ''] ?? i.expected} (got ${TYPE_WORDS[got] ?? got})`;
+    }
+    case 'too_small':
+      if (i.origin === 'string') return Number(i.minimum) <= 1 ? 'must not be empty' : `must be at least ${num(i.minimum)} characters long`;
+      if (i.origin === 'array' || i.origin === 'set') return `must have at least ${num(i.minimum)} item(s)`;
+      return `must be ${i.inclusive === false ? 'greater than' : 'at least'} ${num(i.minimum)}`;
+    case 'too_big':
+      if (i.origin === 'string') return `must be at most ${num(i.maximum)} characters long`;
+      if (i.origin === 'array' || i.origin === 'set') return `must have at most ${num(i.maximum)} item(s)`;
+      return `must be ${i.inclusive === false ? 'less than' : 'at most'} ${num(i.maximum)}`;
+    case 'unrecognized_keys':
+      return `unknown field(s): ${(i.keys ?? []).map(fieldLabel).join(', ')}`;
+    case 'invalid_value':
+      return `must be one of ${(i.values ?? []).map((v) => JSON.stringify(v)).join(', ')}`;
+    case 'invalid_format':
+      return i.format === 'regex' ? (i.message && !/^Invalid/.test(i.message) ? `must look like ${i.message}` : 'has the wrong form') : `must be a valid ${i.format}`;
+    case 'not_multiple_of':
+      return `must be a multiple of ${num((i as { divisor?: unknown }).divisor)}`;
+    default:
+      return i.message;
+  }
+}
+
+/** Field-level errors from a zod error: `path` as the API names the field (for a UI to place it), `message` in words. */
+export function fieldErrors(error: z.ZodError): FieldError[] {
+  const all = error.issues.map((issue) => ({
+    path: issue.path.length ? issue.path.map(String).join('.') : '(body)',
+    message: issueMessage(issue),
+  }));
+  // an integer field's implicit "at most 2^53 − 1" says nothing beside the field's own limit
+  return all.filter((f) => !/largest safe integer/.test(f.message) || !all.some((g) => g !== f && g.path === f.path));
+}
+
+/** A readable validation error: "Invalid request: max_source_length must be at least 2" (no internal method names;
+ *  `what` only for a developer-facing log). The structured field list stays in `fields`. */
+export function validationError(what: string | null, error: z.ZodError): ApiError {
   const fields = fieldErrors(error);
-  const summary = fields.map((f) => `${f.path}: ${f.message}`).join('; ');
-  return new ApiError('BAD_REQUEST', `Invalid ${what}: ${summary}`, { fields });
+  const summary = fields.map((f) => (f.path === '(body)' ? f.message : `${fieldLabel(f.path)} ${f.message}`)).join('; ');
+  return new ApiError('BAD_REQUEST', `${what ? `Invalid ${what}` : 'Invalid request'}: ${summary}`, { fields });
 }
 
 export class Dispatcher {
@@ -60,7 +130,7 @@ export class Dispatcher {
     const schema = methods[name].request as z.ZodType;
     const parsed = schema.safeParse(body === undefined ? {} : body);
     if (!parsed.success) {
-      return { ok: false, error: validationError(`request for ${name}`, parsed.error).toBody() };
+      return { ok: false, error: validationError(null, parsed.error).toBody() };
     }
     try {
       const handler = this.handlers[name] as (req: unknown) => unknown;

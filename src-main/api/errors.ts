@@ -30,7 +30,10 @@ export class ApiError extends Error {
   }
 }
 
-/** HTTP status for an error code (the server's mapping; IPC carries the code only). */
+/**
+ * HTTP status for an error code (the server's mapping; IPC carries the code only). The user's mistakes and
+ * what their paths hold are 4xx (a browser logs a 500 as a server fault); 500 stays for real internal errors.
+ */
 export function httpStatusFor(code: string): number {
   switch (code) {
     case 'BAD_REQUEST':
@@ -38,15 +41,20 @@ export function httpStatusFor(code: string): number {
       return 400;
     case 'UNAUTHORIZED':
       return 401;
+    case 'AUTH':
+      return 403;
     case 'NOT_FOUND':
       return 404;
     case 'CONFLICT':
+    case 'EXISTS': // the output file exists: the client may retry with overwrite: true
     case 'ABORTED': // cancelled by the user: the request ended as asked, not a server fault
       return 409;
     case 'UNSUPPORTED':
+    case 'IO': // a path the request names cannot be read or written (missing, a folder, read-only, full)
       return 422;
-    case 'AUTH':
-      return 403;
+    case 'HTTP': // the Hub (or the network to it) failed: not this server's fault
+    case 'CHECKSUM':
+      return 502;
     case 'UNAVAILABLE':
       return 503;
     default:

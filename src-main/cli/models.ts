@@ -144,7 +144,8 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
     .addOption(new Option('--dtype <dtype>', 'tensor type').choices(['f32', 'f16', 'bf16']).default('f16'))
     .addOption(new Option('--template <template>', 'the training template (chat template and Modelfile)').choices([...TEMPLATES]))
     .option('--name <name>', 'general.name in the GGUF')
-    .action(async (o: { model: string; adapter?: string; adapterOnly: boolean; out: string; dtype: 'f32' | 'f16' | 'bf16'; template?: TemplateName; name?: string }) => {
+    .option('--overwrite', 'replace an existing --out file (and its .Modelfile); without it an existing one is refused', false)
+    .action(async (o: { model: string; adapter?: string; adapterOnly: boolean; out: string; dtype: 'f32' | 'f16' | 'bf16'; template?: TemplateName; name?: string; overwrite: boolean }) => {
       const ac = abortOnSigint();
       try {
         const r = await models.exportModel({ ...o, signal: ac.signal, onProgress: (p) => status(opLine(p)) });

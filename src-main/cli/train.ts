@@ -176,7 +176,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--format <f>', 'override the detected data format')
     .addOption(new Option('--on_error <policy>', 'a bad record in the data fails the run listing every bad line (fail, the default), or is left out and counted (skip)').choices(['fail', 'skip']))
     .addOption(new Option('--on-error <policy>', 'the same as --on_error (the spelling of `data prepare`)').choices(['fail', 'skip']).hideHelp())
-    .option('--output_dir <dir>', 'output folder (checkpoints, final adapter, runspec.json, train.log)')
+    .option('--output_dir <dir>', 'output folder (checkpoints, final adapter, runspec.json, the run log train-<run id>.log)')
     .option('--overwrite_output_dir', 'train into a non-empty output folder')
     .option('--max_source_length <n>', 'source tokens (kept: n - 1)', int)
     .option('--max_target_length <n>', 'target tokens (kept: n - 2)', int)

@@ -17,7 +17,7 @@ import { modelsHome } from './models/download.js';
 import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
 import { gpuIds, parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
-import { planRun, type RunHandle, RunService } from './runs/service.js';
+import { lastCheckpoint, planRun, resumeMismatch, type RunHandle, RunService, runLogToRead, runsUsingFolder } from './runs/service.js';
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
 import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher, type Placement } from './engine/host.js';
 import { type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint, listEvals } from './eval/service.js';
@@ -319,15 +319,8 @@ export class Core {
         ...(opt.tags ? { tags: opt.tags } : {}),
         ...(opt.ignoreEstimate ? { ignoreEstimate: true } : {}),
         ...(opt.runId !== undefined ? { runId: opt.runId } : {}),
-        onLog: (l) => {
-          const dir = path.resolve(spec.output.dir);
-          try {
-            fs.mkdirSync(dir, { recursive: true });
-            fs.appendFileSync(path.join(dir, 'train.log'), `${l}\n`);
-          } catch {
-            /* the log is best effort; the run reports its own errors */
-          }
-        },
+        // the app never starts a second run in another run's folder (the service writes the run's own log)
+        exclusiveOutput: true,
       });
     } catch (err) {
       return badInput(err);
@@ -341,15 +334,20 @@ export class Core {
   private async registerDataset(file: string, name: string): Promise<Res<'addDataset'>> {
     let format: string | null = null;
     let records: number | null = null;
+    let warning: string | undefined;
     try {
       const p = await previewDataset({ file, rows: 0, statsLimit: 0 });
       format = p.format;
       records = p.records;
-    } catch {
-      /* unreadable files are still listed; their preview says what is wrong */
+      if (p.records === 0) warning = `${file} holds no records${p.bytes === 0 ? ' (the file is empty)' : ''}: it cannot be used for training until it has some`;
+      else if (p.errorCount >= p.records) warning = `no record of ${file} is usable (${p.errorCount} bad); open its preview to see why`;
+    } catch (err) {
+      // a binary file (model weights picked by mistake) is refused; other unreadable files are still listed
+      // (their preview says what is wrong)
+      if ((err as { code?: string }).code === 'BAD_INPUT' && /binary content/.test((err as Error).message)) return badInput(err);
     }
     const row = this.store.datasets.upsert({ path: file, name, format, records });
-    return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt };
+    return { id: row.id, path: row.path, name: row.name, format: row.format, records: row.records, addedAt: row.addedAt, ...(warning ? { warning } : {}) };
   }
 
   private normalizeSpec(input: unknown): RunSpec {
@@ -458,7 +456,10 @@ export class Core {
         const tmp = `${file}.tmp-${process.pid}`;
         fs.writeFileSync(tmp, req.content);
         fs.renameSync(tmp, file);
-        return this.registerDataset(file, req.name);
+        return this.registerDataset(file, req.name).catch((err: unknown) => {
+          fs.rmSync(file, { force: true }); // a refused upload (binary content) is not kept
+          throw err;
+        });
       },
       addDataset: (req) => {
         const file = path.resolve(req.path);
@@ -471,8 +472,18 @@ export class Core {
         if (spec.training.precision !== 'fp32' && spec.method === 'full') warnings.push(`${spec.training.precision}: a full fine-tune trains every weight, so it computes in fp32 (the precision applies to frozen base weights)`);
         const missing = gpuIds(spec).filter((i) => !this.gpuListed(i));
         if (missing.length) warnings.push(`GPU ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not usable here: the engine will fall back to the CPU`);
-        if (fs.existsSync(spec.output.dir) && fs.readdirSync(spec.output.dir).length && !spec.output.overwrite && !spec.resume_from) {
+        const owners = runsUsingFolder(this.store, spec.output.dir);
+        if (owners.length && !spec.resume_from) {
+          const o = owners.at(-1)!;
+          warnings.push(`the output folder ${path.resolve(spec.output.dir)} is the output folder of run #${o.id} (${o.name}, ${o.status}): starting will be refused; choose another output folder`);
+        } else if (fs.existsSync(spec.output.dir) && fs.readdirSync(spec.output.dir).length && !spec.output.overwrite && !spec.resume_from) {
           warnings.push(`the output folder ${spec.output.dir} is not empty: the run resumes from its last checkpoint if it has one, else it is refused (tick "overwrite")`);
+        }
+        // the checkpoint the run would resume from, checked against the new settings before launch
+        const from = spec.resume_from ? (spec.resume_from === 'latest' ? lastCheckpoint(spec.output.dir) : spec.resume_from) : spec.output.overwrite ? null : lastCheckpoint(spec.output.dir);
+        if (from && fs.existsSync(from)) {
+          const diff = resumeMismatch(spec, from);
+          if (diff.length) warnings.push(`the run would resume from ${path.resolve(from)}, which does not match these settings (${diff.join('; ')}): the engine will refuse it; choose another output folder or tick "overwrite"`);
         }
         let plan;
         try {
@@ -539,6 +550,16 @@ export class Core {
         if (r.status === 'running' || (r.status === 'queued' && this.handles.has(r.id))) throw new ApiError('CONFLICT', `run ${r.id} is ${r.status}`, { hint: 'Stop it first.' });
         let filesRemoved = false;
         if (req.deleteFiles && r.outputDir && fs.existsSync(r.outputDir)) {
+          // never a folder (or a folder above one) that another recorded run uses: it holds that run's files
+          const others = runsUsingFolder(this.store, r.outputDir, r.id, true);
+          if (others.length) {
+            const o = others[0]!;
+            throw new ApiError(
+              'CONFLICT',
+              `${r.outputDir} ${path.resolve(o.outputDir!) === path.resolve(r.outputDir) ? 'is also the output folder of' : 'holds or lies inside the output folder of'} run #${o.id} (${o.name}, ${o.status})${others.length > 1 ? ` and ${others.length - 1} other run(s)` : ''}; not deleting it`,
+              { hint: `Delete run #${r.id} without its folder, or delete run #${o.id} too first.` },
+            );
+          }
           // only a folder this run wrote: it holds the run's runspec.json
           if (!fs.existsSync(path.join(r.outputDir, 'runspec.json'))) throw new ApiError('CONFLICT', `${r.outputDir} does not look like this run's output folder (no runspec.json); not deleting it`);
           fs.rmSync(r.outputDir, { recursive: true, force: true });
@@ -568,11 +589,12 @@ export class Core {
       },
       listCheckpoints: (req) => {
         this.run(req.id);
-        return this.store.checkpoints.list(req.id).map(({ id, step, path: p, sizeBytes, isFinal, createdAt }) => ({ id, step, path: p, sizeBytes, isFinal, createdAt }));
+        // a checkpoint whose folder is gone (deleted by hand, or with another run's folder) is listed as missing
+        return this.store.checkpoints.list(req.id).map(({ id, step, path: p, sizeBytes, isFinal, createdAt }) => ({ id, step, path: p, sizeBytes, isFinal, createdAt, missing: !p || !fs.existsSync(p) }));
       },
       getRunLog: (req) => {
         const r = this.run(req.id);
-        const file = r.outputDir ? path.join(r.outputDir, 'train.log') : null;
+        const file = r.outputDir ? runLogToRead(r.outputDir, r.id) : null;
         if (!file || !fs.existsSync(file)) return { lines: [] };
         // the tail only: read at most the last 1 MiB
         const size = fs.statSync(file).size;
@@ -721,6 +743,7 @@ export class Core {
             ...(req.dtype ? { dtype: req.dtype } : {}),
             ...(req.template ? { template: req.template as never } : {}),
             ...(req.name ? { name: req.name } : {}),
+            ...(req.overwrite ? { overwrite: true } : {}),
             signal,
             onProgress: progress,
           });

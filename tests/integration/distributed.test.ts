@@ -181,7 +181,7 @@ describe.skipIf(!HAS_GLOO)('data parallelism on CPU workers (Gloo)', () => {
     expect(store.metrics.names(run0.id)).toEqual(expect.arrayContaining(['rank0.tokens_per_s', 'rank1.mem_bytes']));
     store.close();
     expect(JSON.parse(fs.readFileSync(path.join(out, 'job.json'), 'utf8')).distributed).toEqual({ world_size: 2, backend: 'gloo', zero_stage: 0 });
-    expect(fs.readFileSync(path.join(out, 'train.log'), 'utf8')).toMatch(/^\[rank 0\] \{"event":"started"/m);
+    expect(fs.readFileSync(path.join(out, `train-${run0.id}.log`), 'utf8')).toMatch(/^\[rank 0\] \{"event":"started"/m);
   });
 
   it('killing one worker stops the run with that worker\'s error, and no worker is left behind', async () => {

@@ -181,15 +181,17 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
     expect(job.device).toBe('cuda');
     expect(job.distributed).toMatchObject({ world_size: 2, backend: 'auto' });
     const store = Store.open(path.join(home, 'llms-train.db'));
+    let runId = 0;
     try {
       const run = store.runs.list()[0]!;
+      runId = run.id;
       expect(run.status).toBe('completed');
       const names = new Set(store.metrics.names(run.id));
       for (const n of ['gpu_mem_bytes', 'rank0.gpu_mem_bytes', 'rank1.gpu_mem_bytes', 'rank1.tokens_per_s']) expect(names.has(n), n).toBe(true);
     } finally {
       store.close();
     }
-    const log = fs.readFileSync(path.join(out, 'train.log'), 'utf8');
+    const log = fs.readFileSync(path.join(out, `train-${runId}.log`), 'utf8');
     expect(log).toMatch(/"backend":"nccl"/);
     expect(log).toMatch(/"device":"cuda:1"/);
   }, 300_000);

@@ -43,7 +43,7 @@ describe('llms-train train (the seed command line)', () => {
     expect(r.code, r.stderr + r.stdout).toBe(0);
     expect(r.stdout).toMatch(/run #1 completed/);
     for (const c of ['checkpoint-4', 'checkpoint-8', 'checkpoint-10']) expect(fs.existsSync(path.join(out, c, 'adapter_model.safetensors'))).toBe(true);
-    for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'runspec.json', 'train.log', 'job.json']) expect(fs.existsSync(path.join(out, f))).toBe(true);
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors', 'runspec.json', 'train-1.log', 'job.json']) expect(fs.existsSync(path.join(out, f))).toBe(true);
     const store = openStore(home);
     const run = store.runs.list()[0]!;
     expect(run).toMatchObject({ status: 'completed', outputDir: out });

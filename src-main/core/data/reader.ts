@@ -17,13 +17,42 @@ export type FileKind = 'jsonl' | 'json-array' | 'text';
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-/** Decides from the extension and the first non-space byte. */
+/** How much of a file's start is checked for binary content. */
+const SNIFF_BYTES = 64 * 1024;
+
+/**
+ * A binary file offered as a dataset (model weights, an archive, UTF-16 text): a NUL byte or invalid UTF-8 in
+ * the first 64 KiB. Without this a model.safetensors was read as a 1,546-record "text" dataset.
+ */
+export function binaryContent(head: Buffer): string | null {
+  const nul = head.indexOf(0);
+  if (nul >= 0) return `a NUL byte at offset ${nul}`;
+  try {
+    new TextDecoder('utf-8', { fatal: true }).decode(head, { stream: true }); // an incomplete last character is fine
+  } catch {
+    return 'bytes that are not UTF-8 text';
+  }
+  return null;
+}
+
+/** Refuses a binary file with a message naming it (code BAD_INPUT). */
+export function assertTextFile(file: string, head: Buffer): void {
+  const why = binaryContent(head);
+  if (why)
+    throw Object.assign(new Error(`${file} is not a text dataset: it holds binary content (${why} in its first ${Math.round(SNIFF_BYTES / 1024)} KiB)`), {
+      code: 'BAD_INPUT',
+      hint: 'Datasets are UTF-8 text: .json (an array of records), .jsonl (one JSON record per line) or .txt. Check that you picked the data file, not a model file.',
+    });
+}
+
+/** Decides from the extension and the first non-space byte; refuses binary content (see binaryContent). */
 export async function detectFileKind(file: string): Promise<FileKind> {
   const fd = await fs.promises.open(file, 'r');
   try {
-    const buf = Buffer.alloc(4096);
+    const buf = Buffer.alloc(SNIFF_BYTES);
     const { bytesRead } = await fd.read(buf, 0, buf.length, 0);
-    let s = buf.subarray(0, bytesRead).toString('utf8');
+    assertTextFile(file, buf.subarray(0, bytesRead));
+    let s = buf.subarray(0, Math.min(bytesRead, 4096)).toString('utf8');
     if (s.charCodeAt(0) === 0xfeff) s = s.slice(1);
     const first = s.trimStart()[0];
     if (first === '[') return 'json-array';

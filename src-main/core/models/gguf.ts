@@ -791,8 +791,9 @@ async function writeGguf(out: string, kv: [string, KvValue][], tensors: OutTenso
     offset += Math.ceil((n * (t.type === GGML.F32 ? 4 : 2)) / ALIGN) * ALIGN;
   }
   const pad = (n: number) => Buffer.alloc((ALIGN - (n % ALIGN)) % ALIGN);
+  refuseFolder(out);
   fs.mkdirSync(path.dirname(path.resolve(out)), { recursive: true });
-  const tmp = `${out}.tmp`;
+  const tmp = tempName(out);
   const fd = fs.openSync(tmp, 'w');
   let ok = false;
   try {
@@ -816,7 +817,41 @@ async function writeGguf(out: string, kv: [string, KvValue][], tensors: OutTenso
     fs.closeSync(fd);
     if (!ok) fs.rmSync(tmp, { force: true });
   }
-  fs.renameSync(tmp, out);
+  renameInto(tmp, out);
+}
+
+/** A temporary name beside `out`, unique to this process and call (never a user's `<out>.tmp`). */
+function tempName(out: string): string {
+  return path.join(path.dirname(path.resolve(out)), `.${path.basename(out)}.${process.pid}-${Math.random().toString(36).slice(2, 8)}.tmp`);
+}
+
+/** An export target that is a folder: said before anything is written (the rename used to fail with EISDIR). */
+function refuseFolder(out: string): void {
+  let st: fs.Stats | undefined;
+  try {
+    st = fs.statSync(out);
+  } catch {
+    return;
+  }
+  if (st.isDirectory())
+    throw Object.assign(new Error(`${path.resolve(out)} is a folder; give a file name such as ${path.join(path.resolve(out), 'model.gguf')}`), { code: 'BAD_INPUT' });
+}
+
+/** rename(tmp, out); the temporary file is removed when the rename fails (no `.tmp` is ever left behind). */
+function renameInto(tmp: string, out: string): void {
+  try {
+    fs.renameSync(tmp, out);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    const err = e as NodeJS.ErrnoException;
+    if (err.code === 'EISDIR' || err.code === 'ENOTEMPTY' || err.code === 'EEXIST') refuseFolder(out);
+    throw Object.assign(new Error(`cannot write ${path.resolve(out)}: ${err.code ?? ''} ${err.message.replace(/^[A-Z]+: /, '')}`.replace(/\s+/g, ' ')), { code: 'IO' });
+  }
+}
+
+/** Whether an export with this template writes an Ollama Modelfile beside the GGUF. */
+export function writesModelfile(template: TemplateName | undefined): boolean {
+  return template !== undefined && TURNS[template] !== undefined;
 }
 
 function readConfig(dir: string): Record<string, unknown> {
@@ -879,8 +914,14 @@ export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
   let modelfile: string | null = null;
   if (turns && o.modelfile !== false) {
     modelfile = modelfilePath(o.out);
-    fs.writeFileSync(`${modelfile}.tmp`, ollamaModelfile(path.basename(o.out), o.template!, vocab));
-    fs.renameSync(`${modelfile}.tmp`, modelfile);
+    const tmp = tempName(modelfile);
+    try {
+      fs.writeFileSync(tmp, ollamaModelfile(path.basename(o.out), o.template!, vocab));
+    } catch (e) {
+      fs.rmSync(tmp, { force: true });
+      throw e;
+    }
+    renameInto(tmp, modelfile);
   }
   return { gguf: o.out, modelfile, architecture: plan.arch, tensors: out.length, bytes: fs.statSync(o.out).size, vocab: vocab.tokens.length, tokenizer: vocab.model };
 }

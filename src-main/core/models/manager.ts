@@ -11,7 +11,7 @@ import type { TemplateName } from '../data/templates.js';
 import { engineBinary } from '../engine/native.js';
 import { dataHome } from '../paths.js';
 import { downloadModel, modelsHome, type DownloadOptions, type DownloadProgress } from './download.js';
-import { exportAdapterGguf, exportGguf, type ExportResult, type GgufDtype } from './gguf.js';
+import { exportAdapterGguf, exportGguf, type ExportResult, type GgufDtype, modelfilePath, writesModelfile } from './gguf.js';
 
 export type { DownloadProgress, ExportResult, ModelInspection };
 
@@ -170,6 +170,60 @@ export interface ExportOptions extends RunOpts {
   /** with `adapter`: write llama.cpp's LoRA adapter GGUF of the adapter alone (load it next to the base's GGUF)
    *  instead of merging; `model` is the base it was trained on */
   adapterOnly?: boolean;
+  /** replace an existing output file (the .gguf and its .Modelfile); without it an existing one is refused (EXISTS) */
+  overwrite?: boolean;
+}
+
+/** `p` with its nearest existing ancestor's real path (a symlinked folder compares as the folder it points to). */
+function realish(p: string): string {
+  let cur = path.resolve(p);
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return path.join(fs.realpathSync(cur), ...rest.reverse());
+    } catch {
+      const up = path.dirname(cur);
+      if (up === cur) return path.resolve(p);
+      rest.push(path.basename(cur));
+      cur = up;
+    }
+  }
+}
+
+/** Whether `child` is `parent` or inside it. */
+export function isWithin(child: string, parent: string): boolean {
+  const rel = path.relative(realish(parent), realish(child));
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/**
+ * The export's output, checked before anything is written: never the source model or adapter folder or a file
+ * inside it (whatever `overwrite` says: that replaced a model's own weights), never a folder, and an existing
+ * .gguf or .Modelfile only with `overwrite` (else code EXISTS, which a UI answers with "Replace?").
+ */
+export function checkExportTarget(o: Pick<ExportOptions, 'model' | 'adapter' | 'adapterOnly' | 'out' | 'template' | 'overwrite'>): void {
+  const out = path.resolve(o.out);
+  const modelfile = !o.adapterOnly && writesModelfile(o.template) ? modelfilePath(out) : null;
+  for (const [kind, src] of [['model', o.model], ['adapter', o.adapter]] as const) {
+    if (!src) continue;
+    for (const f of [out, modelfile]) {
+      if (!f || !isWithin(f, src)) continue;
+      const what = path.resolve(f) === path.resolve(src) || realish(f) === realish(src) ? `is the ${kind} folder itself` : `is inside the ${kind} folder ${path.resolve(src)}`;
+      throw new ModelOpError(`the output ${f} ${what}: the export would replace the ${kind}'s own files; choose a file outside it (such as ${path.join(path.dirname(path.resolve(src)), `${path.basename(path.resolve(src))}.gguf`)})`, 'BAD_INPUT');
+    }
+  }
+  for (const f of [out, modelfile]) {
+    if (f && fs.existsSync(f) && fs.statSync(f).isDirectory())
+      throw new ModelOpError(`${f} is a folder; give a file name such as ${path.join(f, f === out ? 'model.gguf' : 'model.Modelfile')}`, 'BAD_INPUT');
+  }
+  if (o.overwrite) return;
+  const existing = [out, modelfile].filter((f): f is string => f !== null && fs.existsSync(f));
+  if (existing.length)
+    throw new ModelOpError(
+      `${existing.join(' and ')} ${existing.length > 1 ? 'already exist' : 'already exists'}; not replacing ${existing.length > 1 ? 'them' : 'it'}`,
+      'EXISTS',
+      'Choose another file name, or ask to replace it (overwrite: true; CLI --overwrite).',
+    );
 }
 
 /** gguf.ts's errors as ModelOpError (UNSUPPORTED, ABORTED, else BAD_INPUT). */
@@ -183,6 +237,7 @@ function asOpError(e: unknown): unknown {
  *  with `adapterOnly`, the adapter alone as llama.cpp's LoRA GGUF. */
 export async function exportModel(o: ExportOptions): Promise<ExportResult> {
   if (o.adapterOnly && !o.adapter) throw new ModelOpError('adapterOnly needs an adapter folder', 'BAD_INPUT');
+  checkExportTarget(o);
   fs.mkdirSync(path.dirname(path.resolve(o.out)), { recursive: true });
   const work = fs.mkdtempSync(path.join(path.dirname(path.resolve(o.out)), '.llmt-export-'));
   const onProgress = (done: number, total: number, name: string) => o.onProgress?.({ stage: 'export', done, total, name });

@@ -1,10 +1,10 @@
 // service.ts — RunService: turns a RunSpec into a supervised engine run. It tokenizes the data (cached),
-// writes the run's files (runspec.json, job.json, train.log) into the output folder, spawns the
+// writes the run's files (runspec.json, job.json, train-<run id>.log) into the output folder, spawns the
 // `llmt-engine train` worker, turns its JSON-lines events into batched SQLite rows (metrics, checkpoints,
 // status, errors) and push events, and watches it: a graceful stop, a kill, a dead worker recorded with its
 // exit code/signal and last log lines, and a watchdog for a stalled step. Only this process writes the DB.
 // With distributed.nproc_per_node = N it starts N workers (torchrun's variables, a loopback rendezvous): one
-// run row, rank 0's events drive it, every rank's stderr lands in train.log prefixed with its rank, and if
+// run row, rank 0's events drive it, every rank's stderr lands in the run's log (train-<run id>.log) prefixed with its rank, and if
 // any rank fails all are stopped and the run records the failing rank's own error (not its peers' echoes).
 // On several GPUs (devices.ids = [i0, i1, ...]) it is the same, one worker per GPU, each seeing only the run's
 // GPUs (CUDA_VISIBLE_DEVICES) and computing on cuda:LOCAL_RANK.
@@ -60,6 +60,86 @@ export interface StartOptions {
   tags?: string[];
   /** Aborting it stops the run while it waits or prepares its data (temp files removed, the run 'stopped'). */
   signal?: AbortSignal;
+  /**
+   * The app: a new run may not use another recorded run's output folder (a later "delete with its folder" would
+   * take the other run's adapter and checkpoints) unless it asks to resume from a checkpoint (resume_from).
+   * Without it (the CLI: HF's "a non-empty output_dir resumes from its last checkpoint", a new run row per
+   * invocation) the folder is shared as long as the other run is not live. A live run's folder is always refused.
+   */
+  exclusiveOutput?: boolean;
+}
+
+/** A run's own log file in its output folder (runs sharing a folder no longer write into one train.log). */
+export function runLogFile(outputDir: string, runId: number): string {
+  return path.join(outputDir, `train-${runId}.log`);
+}
+
+/** The log to read for a run: its own, else the folder's train.log (runs recorded before logs were per run). */
+export function runLogToRead(outputDir: string, runId: number): string {
+  const own = runLogFile(outputDir, runId);
+  return fs.existsSync(own) ? own : path.join(outputDir, 'train.log');
+}
+
+function pidAlive(pid: number | null): boolean {
+  if (!pid) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Whether `child` is the folder `parent` or inside it (resolved paths). */
+export function pathWithin(child: string, parent: string): boolean {
+  const rel = path.relative(path.resolve(parent), path.resolve(child));
+  return rel === '' || (!rel.startsWith('..') && !path.isAbsolute(rel));
+}
+
+/** Other recorded runs whose output folder is `dir`, inside it, or (with `nested`) contains it. */
+export function runsUsingFolder(store: Store, dir: string, exceptId?: number, nested = false): RunRow[] {
+  return store.runs
+    .list()
+    .filter((r) => r.id !== exceptId && r.outputDir && (path.resolve(r.outputDir) === path.resolve(dir) || (nested && (pathWithin(r.outputDir, dir) || pathWithin(dir, r.outputDir)))));
+}
+
+const runLabel = (r: RunRow) => `run #${r.id} (${r.name}, ${r.status})`;
+
+/**
+ * What makes a checkpoint unfit to resume a run with `spec` (cheaply, from its files): a LoRA checkpoint for a
+ * full fine-tune or the reverse, another LoRA rank or target list (adapter_config.json), another method or
+ * quantization than the run that wrote the folder (its runspec.json). Empty when nothing is known to differ.
+ */
+export function resumeMismatch(spec: RunSpec, checkpoint: string): string[] {
+  const out: string[] = [];
+  const read = (f: string): Record<string, unknown> | null => {
+    try {
+      return JSON.parse(fs.readFileSync(f, 'utf8')) as Record<string, unknown>;
+    } catch {
+      return null;
+    }
+  };
+  const acfg = read(path.join(checkpoint, 'adapter_config.json'));
+  const full = fs.existsSync(path.join(checkpoint, 'model.safetensors')) || fs.existsSync(path.join(checkpoint, 'model.safetensors.index.json'));
+  if (acfg && spec.method === 'full') out.push('the checkpoint holds a LoRA adapter but this run is a full fine-tune');
+  else if (!acfg && full && spec.method === 'lora') out.push('the checkpoint holds a full fine-tune but this run trains LoRA');
+  if (acfg && spec.method === 'lora') {
+    if (typeof acfg.r === 'number' && acfg.r !== spec.lora.r) out.push(`LoRA r is ${acfg.r} there, ${spec.lora.r} here`);
+    const t = acfg.target_modules;
+    const want = spec.lora.target_modules;
+    if (Array.isArray(t) && Array.isArray(want)) {
+      const a = [...new Set(t.map(String))].sort();
+      const b = [...new Set(want.map(String))].sort();
+      if (a.join(',') !== b.join(',')) out.push(`the LoRA target modules are ${a.join(', ')} there, ${b.join(', ')} here`);
+    }
+  }
+  const earlier = read(path.join(path.dirname(checkpoint), 'runspec.json')) as { method?: string; model?: { quantization?: string } } | null;
+  if (earlier) {
+    if (typeof earlier.method === 'string' && earlier.method !== spec.method && !out.some((m) => m.includes('full fine-tune'))) out.push(`the run that wrote it used method ${earlier.method}, this one ${spec.method}`);
+    const q = earlier.model?.quantization ?? 'none';
+    if (q !== spec.model.quantization) out.push(`the run that wrote it used quantization ${q}, this one ${spec.model.quantization}`);
+  }
+  return out;
 }
 
 export interface RunPlan {
@@ -410,9 +490,38 @@ export class RunService {
     }
   }
 
-  async start(spec: RunSpec, opt: StartOptions = {}): Promise<RunHandle> {
-    const log = opt.onLog ?? (() => {});
+  /**
+   * A new run in a folder that another recorded run uses: refused while that run is live, and in the app
+   * (exclusiveOutput) unless the new run asks to resume from a checkpoint. The error names that run.
+   */
+  checkOutputFolder(spec: RunSpec, opt: Pick<StartOptions, 'runId' | 'exclusiveOutput'> = {}): void {
     const out = path.resolve(spec.output.dir);
+    const others = runsUsingFolder(this.store, out, opt.runId);
+    const live = others.find((r) => (r.status === 'running' || r.status === 'queued') && (this.own.has(r.id) || pidAlive(r.workerPid)));
+    if (live)
+      throw Object.assign(new Error(`the output folder ${out} is in use by ${runLabel(live)}: two runs cannot write into one folder`), {
+        code: 'CONFLICT',
+        hint: `Choose another output folder, or wait for run #${live.id} to end.`,
+      });
+    if (opt.runId !== undefined || !opt.exclusiveOutput || spec.resume_from || !others.length) return;
+    const o = others.at(-1)!;
+    throw Object.assign(new Error(`the output folder ${out} is the output folder of ${runLabel(o)}${others.length > 1 ? ` and ${others.length - 1} other run(s)` : ''}: a new run there would mix its files and checkpoints with that run's`), {
+      code: 'CONFLICT',
+      hint: `Choose another output folder${o.status === 'completed' ? '' : `, or resume run #${o.id} from its page`}.`,
+    });
+  }
+
+  async start(spec: RunSpec, opt: StartOptions = {}): Promise<RunHandle> {
+    // the log lines go to the caller and, once the run has its row, to the run's own log file
+    let logSink: fs.WriteStream | null = null;
+    const early: string[] = [];
+    const log = (l: string) => {
+      opt.onLog?.(l);
+      if (!logSink) early.push(l);
+      else if (!logSink.writableEnded) logSink.write(`${l}\n`);
+    };
+    const out = path.resolve(spec.output.dir);
+    this.checkOutputFolder(spec, opt);
     const resume = this.resolveResume(spec);
     // pre-flight: the memory and step-time estimate, and a refusal (with what to change) if it cannot fit
     const plan = await planRun(spec);
@@ -464,8 +573,10 @@ export class RunService {
       this.own.add(run.id);
     }
     this.changed(run.id);
-    const logFile = fs.createWriteStream(path.join(out, 'train.log'), { flags: 'a' });
+    const logFile = fs.createWriteStream(runLogFile(out, run.id), { flags: 'a' });
     logFile.on('error', () => {}); // the log is best effort (a full disk is reported by the files that matter)
+    for (const l of early.splice(0)) logFile.write(`${l}\n`);
+    logSink = logFile;
     const ac = new AbortController();
     const onAbort = () => ac.abort();
     if (opt.signal?.aborted) ac.abort();
@@ -694,7 +805,7 @@ export class RunService {
       const killAfter = opt.stallKillMs ?? 5 * warnAfter;
       const quiet = Date.now() - lastEventAt;
       if (quiet > killAfter) {
-        sawError = { event: 'error', code: 'STALLED', message: `the worker sent nothing for ${Math.round(quiet / 1000)} s and was stopped`, hint: 'Check train.log; a hung data loader, swap thrashing or a deadlock are the usual causes. Resume from the last checkpoint.' };
+        sawError = { event: 'error', code: 'STALLED', message: `the worker sent nothing for ${Math.round(quiet / 1000)} s and was stopped`, hint: 'Check the run log (train-<run id>.log); a hung data loader, swap thrashing or a deadlock are the usual causes. Resume from the last checkpoint.' };
         for (const w of workers) w.kill('SIGKILL');
       } else if (quiet > warnAfter && !warned) {
         warned = true;

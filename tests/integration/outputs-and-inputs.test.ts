@@ -1,0 +1,127 @@
+// Through the real export and the API: a model's own weights are never overwritten (H1),
+// export into a folder leaves no temp file (M9), a run's folder shared with another run is never deleted (H2),
+// binary and empty datasets (M7).
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { Core } from '../../src-main/core/core';
+import { exportModel } from '../../src-main/core/models/manager';
+import { parseRunSpec } from '../../src-main/core/runs/runspec';
+import { ENGINE } from '../helpers/native';
+
+let tmp: string;
+const t = (...p: string[]) => path.join(tmp, ...p);
+let core: Core;
+
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-outputs-int-'));
+  const r = spawnSync(ENGINE, ['create-tiny', '--family', 'demo', '--out', t('tiny'), '--seed', '1'], { encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(r.stderr);
+  core = new Core({ home: t('home'), mode: 'browser', statusIntervalMs: 0, runsPollMs: 0, metricsPushMs: 0 });
+});
+afterAll(() => {
+  core?.close();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+const leftovers = (dir: string) => fs.readdirSync(dir).filter((f) => f.endsWith('.tmp') || f.startsWith('.llmt-export-'));
+
+describe('GGUF export targets', () => {
+  it("refuses the model's own model.safetensors, even with overwrite, and leaves it intact", async () => {
+    const before = fs.readFileSync(t('tiny', 'model.safetensors'));
+    const files = fs.readdirSync(t('tiny')).sort();
+    for (const overwrite of [false, true])
+      await expect(exportModel({ model: t('tiny'), out: t('tiny', 'model.safetensors'), dtype: 'f32', overwrite })).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining('inside the model folder') });
+    expect(fs.readFileSync(t('tiny', 'model.safetensors')).equals(before)).toBe(true);
+    expect(fs.readdirSync(t('tiny')).sort()).toEqual(files);
+  });
+
+  it('an existing .gguf is EXISTS (HTTP 409 through the API) until overwrite is asked; the Modelfile too', async () => {
+    const out = t('exp', 'tiny.gguf');
+    const first = await exportModel({ model: t('tiny'), out, dtype: 'f32', template: 'alpaca' });
+    expect(first.modelfile).toBe(t('exp', 'tiny.Modelfile'));
+    const stamp = fs.statSync(out).mtimeMs;
+    const r = await core.dispatcher.call('exportGguf', { opId: 'x1', model: t('tiny'), out, dtype: 'f32', template: 'alpaca' });
+    expect(r).toMatchObject({ ok: false, error: { code: 'EXISTS', message: expect.stringContaining(`${out} and ${t('exp', 'tiny.Modelfile')} already exist`) } });
+    expect(fs.statSync(out).mtimeMs).toBe(stamp);
+    fs.rmSync(out);
+    const onlyModelfile = await core.dispatcher.call('exportGguf', { opId: 'x2', model: t('tiny'), out, dtype: 'f32', template: 'alpaca' });
+    expect(onlyModelfile).toMatchObject({ ok: false, error: { code: 'EXISTS' } });
+    const again = await core.dispatcher.call('exportGguf', { opId: 'x3', model: t('tiny'), out, dtype: 'f32', template: 'alpaca', overwrite: true });
+    expect(again).toMatchObject({ ok: true, result: { out } });
+    expect(leftovers(t('exp'))).toEqual([]);
+  });
+
+  it('export into an existing folder: a plain message before writing, no <out>.tmp left', async () => {
+    fs.mkdirSync(t('dir-out'), { recursive: true });
+    const r = await core.dispatcher.call('exportGguf', { opId: 'x4', model: t('tiny'), out: t('dir-out'), dtype: 'f32' });
+    expect(r).toMatchObject({ ok: false, error: { code: 'BAD_INPUT', message: `${t('dir-out')} is a folder; give a file name such as ${t('dir-out', 'model.gguf')}` } });
+    expect(leftovers(tmp)).toEqual([]);
+    expect(fs.readdirSync(t('dir-out'))).toEqual([]);
+  });
+});
+
+describe('runs sharing an output folder', () => {
+  it('deleteRun with deleteFiles never deletes a folder another run uses; a vanished checkpoint is listed as missing', async () => {
+    const dir = t('runs', 'lora1');
+    fs.mkdirSync(path.join(dir, 'checkpoint-2'), { recursive: true });
+    fs.writeFileSync(path.join(dir, 'runspec.json'), '{}');
+    fs.writeFileSync(path.join(dir, 'adapter_model.safetensors'), 'x');
+    const spec = parseRunSpec({ model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir } });
+    const done = core.store.runs.create({ name: 'lora1', spec, specVersion: 1, outputDir: dir, ownerPid: null });
+    core.store.runs.finish(done.id, 'completed', {});
+    core.store.checkpoints.add({ runId: done.id, step: 2, path: path.join(dir, 'checkpoint-2'), sizeBytes: 1, isFinal: false });
+    const failed = core.store.runs.create({ name: 'again', spec, specVersion: 1, outputDir: dir, ownerPid: null });
+    core.store.runs.finish(failed.id, 'failed', { errorCode: 'BAD_INPUT', errorMessage: 'x' });
+    const r = await core.dispatcher.call('deleteRun', { id: failed.id, deleteFiles: true });
+    expect(r).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringContaining(`run #${done.id} (lora1, completed)`) } });
+    expect(fs.existsSync(path.join(dir, 'adapter_model.safetensors'))).toBe(true);
+    // a run in a folder above another run's is not deleted with its folder either
+    const parent = core.store.runs.create({ name: 'parent', spec, specVersion: 1, outputDir: t('runs'), ownerPid: null });
+    core.store.runs.finish(parent.id, 'failed', {});
+    fs.writeFileSync(t('runs', 'runspec.json'), '{}');
+    expect(await core.dispatcher.call('deleteRun', { id: parent.id, deleteFiles: true })).toMatchObject({ ok: false, error: { code: 'CONFLICT' } });
+    expect(fs.existsSync(dir)).toBe(true);
+    // without the files, the row goes
+    expect(await core.dispatcher.call('deleteRun', { id: failed.id, deleteFiles: false })).toMatchObject({ ok: true });
+    // the starting of a new run into that folder is refused by the API, naming the run
+    const start = await core.dispatcher.call('startRun', { spec: { model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir } } });
+    expect(start).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringContaining(`run #${done.id} (lora1, completed)`) } });
+    const plan = await core.dispatcher.call('planRun', { spec: { model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir } } });
+    expect(plan.ok && (plan.result as { warnings: string[] }).warnings.join()).toMatch(new RegExp(`run #${done.id} \\(lora1`));
+    fs.rmSync(path.join(dir, 'checkpoint-2'), { recursive: true });
+    const cks = await core.dispatcher.call('listCheckpoints', { id: done.id });
+    expect(cks.ok).toBe(true);
+    expect(((cks as { result: unknown }).result as { missing: boolean }[])[0]!.missing).toBe(true);
+  });
+
+  it("getRunLog reads the run's own log, else the old train.log", async () => {
+    const dir = t('runs', 'logs');
+    fs.mkdirSync(dir, { recursive: true });
+    const spec = parseRunSpec({ model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir } });
+    const a = core.store.runs.create({ name: 'a', spec, specVersion: 1, outputDir: dir, ownerPid: null });
+    const b = core.store.runs.create({ name: 'b', spec, specVersion: 1, outputDir: dir, ownerPid: null });
+    fs.writeFileSync(path.join(dir, 'train.log'), 'old line\n');
+    fs.writeFileSync(path.join(dir, `train-${b.id}.log`), 'b line\n');
+    expect(await core.dispatcher.call('getRunLog', { id: a.id })).toEqual({ ok: true, result: { lines: ['old line'] } });
+    expect(await core.dispatcher.call('getRunLog', { id: b.id })).toEqual({ ok: true, result: { lines: ['b line'] } });
+  });
+});
+
+describe('datasets', () => {
+  it('a binary file is refused by addDataset and the preview; an empty one is added with a warning', async () => {
+    const bin = await core.dispatcher.call('addDataset', { path: t('tiny', 'model.safetensors') });
+    expect(bin).toMatchObject({ ok: false, error: { code: 'BAD_INPUT', message: expect.stringContaining(`${t('tiny', 'model.safetensors')} is not a text dataset`) } });
+    expect(await core.dispatcher.call('previewDataset', { path: t('tiny', 'model.safetensors') })).toMatchObject({ ok: false, error: { code: 'BAD_INPUT' } });
+    fs.writeFileSync(t('empty.json'), '[]');
+    fs.writeFileSync(t('zero.json'), '');
+    for (const f of ['empty.json', 'zero.json']) {
+      const r = await core.dispatcher.call('addDataset', { path: t(f) });
+      expect(r).toMatchObject({ ok: true, result: { records: 0, warning: expect.stringContaining('holds no records') } });
+    }
+  });
+});
