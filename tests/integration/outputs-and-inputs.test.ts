@@ -1,6 +1,6 @@
-// Through the real export and the API: a model's own weights are never overwritten (H1),
-// export into a folder leaves no temp file (M9), a run's folder shared with another run is never deleted (H2),
-// binary and empty datasets (M7).
+// Through the real export and the API: a model's own weights are never overwritten,
+// export into a folder leaves no temp file, a run's folder shared with another run is never deleted,
+// binary and empty datasets.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';

@@ -1,5 +1,5 @@
-// Outputs and inputs the app must guard: export targets (H1, M9), shared output folders (H2), HTTP statuses (L2), readable
-// validation errors (L3) and binary/empty datasets (M7) — the parts that need no engine.
+// Outputs and inputs the app must guard: export targets, shared output folders, HTTP statuses, readable
+// validation errors and binary/empty datasets — the parts that need no engine.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
