@@ -27,3 +27,9 @@ export function setLocale(locale: Locale): void {
 export function t(key: StringKey, params?: Record<string, string | number>): string {
   return format(tables[i18n.locale][key] ?? tables.en[key], params);
 }
+
+/** A date and time written the way the UI language writes it (not the browser's locale). */
+export function dateTime(v: string | number | Date): string {
+  const d = new Date(v);
+  return Number.isNaN(d.getTime()) ? String(v) : d.toLocaleString(i18n.locale);
+}

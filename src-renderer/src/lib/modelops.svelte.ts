@@ -25,11 +25,14 @@ export class ModelOp<K extends OpMethod> {
   progress = $state.raw<EventPayload<'modelProgress'> | null>(null);
   result = $state.raw<Res<K> | null>(null);
   error = $state.raw<OpError | null>(null);
+  /** the request as given (without its opId), so a caller can retry it (an export with overwrite: true) */
+  readonly req: Omit<Req<K>, 'opId'>;
   private cancelling = false;
 
-  constructor(method: K, subject: string, req: Omit<Req<K>, 'opId'>, onDone?: (r: Res<K>) => void) {
+  constructor(method: K, subject: string, req: Omit<Req<K>, 'opId'>, onDone?: (r: Res<K>) => void, onFail?: (e: OpError, op: ModelOp<K>) => void) {
     this.method = method;
     this.subject = subject;
+    this.req = req;
     this.opId = crypto.randomUUID();
     const off = api().on('modelProgress', (p) => {
       if (p.opId === this.opId) this.progress = p;
@@ -44,6 +47,7 @@ export class ModelOp<K extends OpMethod> {
       .catch((err: unknown) => {
         this.error = errorInfo(err);
         this.state = this.cancelling ? 'cancelled' : 'failed';
+        if (!this.cancelling) onFail?.(this.error, this);
       })
       .finally(off);
   }

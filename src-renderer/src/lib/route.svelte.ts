@@ -6,11 +6,35 @@ export interface Route {
   query: URLSearchParams;
 }
 
-function parse(hash: string): Route {
+/** decodeURIComponent that keeps a malformed segment (`%E0%A4%A`) as typed instead of throwing */
+function decodeSegment(s: string): string {
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    return s;
+  }
+}
+
+export function parse(hash: string): Route {
   const h = hash.replace(/^#\/?/, '');
-  const [p = '', q = ''] = h.split('?');
-  const parts = p.split('/').filter(Boolean).map(decodeURIComponent);
-  return { screen: parts[0] ?? '', args: parts.slice(1), query: new URLSearchParams(q) };
+  const i = h.indexOf('?');
+  const p = i < 0 ? h : h.slice(0, i);
+  const q = i < 0 ? '' : h.slice(i + 1);
+  const parts = p.split('/').filter(Boolean).map(decodeSegment);
+  let query: URLSearchParams;
+  try {
+    query = new URLSearchParams(q);
+  } catch {
+    query = new URLSearchParams();
+  }
+  return { screen: parts[0] ?? '', args: parts.slice(1), query };
+}
+
+/** A run id as routes carry it (`#/runs/12`): a positive safe integer written in decimal digits, else null. */
+export function parseRunId(arg: string | undefined): number | null {
+  if (arg === undefined || !/^[1-9]\d{0,15}$/.test(arg)) return null;
+  const n = Number(arg);
+  return Number.isSafeInteger(n) ? n : null;
 }
 
 export const route = $state<{ current: Route }>({ current: parse(typeof location === 'undefined' ? '' : location.hash) });

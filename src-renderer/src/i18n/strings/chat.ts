@@ -26,6 +26,8 @@ export const en = {
   'chat.onDevice': ' on {device}',
   'chat.restarted': 'The engine process had stopped and was restarted: {why}',
   'chat.engineDied': 'The engine process stopped: {why}',
+  'chat.deleteTitle': 'Delete “{title}”?',
+  'chat.deleteCancel': 'Cancel',
 } as const;
 
 export const zh: Record<keyof typeof en, string> = {
@@ -55,4 +57,6 @@ export const zh: Record<keyof typeof en, string> = {
   'chat.onDevice': '，运行于 {device}',
   'chat.restarted': '引擎进程曾停止，已重新启动：{why}',
   'chat.engineDied': '引擎进程已停止：{why}',
+  'chat.deleteTitle': '删除“{title}”？',
+  'chat.deleteCancel': '取消',
 };

@@ -37,6 +37,7 @@ export const en = {
   'compare.eval.final': 'final',
   'compare.eval.data': 'Data',
   'compare.open': 'Open',
+  'compare.unknownIds': 'Not compared, no such run: {ids}',
 } as const;
 
 export const zh: Record<keyof typeof en, string> = {
@@ -77,4 +78,5 @@ export const zh: Record<keyof typeof en, string> = {
   'compare.eval.final': '最终',
   'compare.eval.data': '数据',
   'compare.open': '打开',
+  'compare.unknownIds': '未参与对比，找不到这些训练：{ids}',
 } as const;

@@ -106,6 +106,11 @@ export const en = {
   'models.inspect.loraTargets': 'LoRA target modules',
   'models.inspect.defaultTargets': 'default: {targets}',
   'models.inspect.tokens': '{count} tokens',
+  'models.replace.title': 'Replace {file}?',
+  'models.replace.body': '{file} already exists. Replacing it overwrites the file (and its Ollama Modelfile).',
+  'models.replace.cancel': 'Keep it',
+  'models.replace.confirm': 'Replace',
+  'models.dirs.noneFound': 'No model was found in {dir}: check that the folder exists and holds model folders (each with a config.json).',
 } as const;
 
 export const zh: Record<keyof typeof en, string> = {
@@ -214,4 +219,9 @@ export const zh: Record<keyof typeof en, string> = {
   'models.inspect.loraTargets': 'LoRA 目标模块',
   'models.inspect.defaultTargets': '默认：{targets}',
   'models.inspect.tokens': '{count} 个词元',
+  'models.replace.title': '替换 {file}？',
+  'models.replace.body': '{file} 已存在。替换会覆盖该文件（及其 Ollama Modelfile）。',
+  'models.replace.cancel': '保留原文件',
+  'models.replace.confirm': '替换',
+  'models.dirs.noneFound': '在 {dir} 中没有找到模型：请确认该文件夹存在，且包含模型文件夹（每个都有 config.json）。',
 } as const;

@@ -92,6 +92,11 @@ export const en = {
   'run.form.cancel': 'Cancel',
   'run.output': 'The final adapter (or model) is in {dir}',
   'run.log': 'Log',
+  'run.notFound.title': 'Run not found',
+  'run.notFound.missing': 'There is no run #{id}: it may have been deleted.',
+  'run.notFound.invalid': '“{id}” is not a run number.',
+  'run.notFound.link': 'Go to the list of runs',
+  'run.eval.limitInvalid': 'A whole number of at least 1, or empty for every record.',
 } as const;
 
 export const zh: Record<keyof typeof en, string> = {
@@ -187,4 +192,9 @@ export const zh: Record<keyof typeof en, string> = {
   'run.form.cancel': '取消',
   'run.output': '最终的适配器（或模型）位于 {dir}',
   'run.log': '日志',
+  'run.notFound.title': '找不到该训练',
+  'run.notFound.missing': '没有编号为 #{id} 的训练，可能已被删除。',
+  'run.notFound.invalid': '“{id}” 不是有效的训练编号。',
+  'run.notFound.link': '返回训练列表',
+  'run.eval.limitInvalid': '请填写不小于 1 的整数；留空表示全部记录。',
 };
