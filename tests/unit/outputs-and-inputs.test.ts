@@ -102,9 +102,13 @@ describe('binary and empty datasets', () => {
     fs.writeFileSync(f, buf);
     await expect(detectFileKind(f)).rejects.toMatchObject({ code: 'BAD_INPUT', message: expect.stringContaining(`${f} is not a text dataset`) });
     await expect(previewDataset({ file: f })).rejects.toThrow(/binary content \(a NUL byte at offset 1 in its first 64 KiB\)/);
+    // a Latin-1 file (mostly not UTF-8) is refused; one stray byte in UTF-8 text is not binary: its line is named
     const latin1 = t('latin1.txt');
-    fs.writeFileSync(latin1, Buffer.from([0x61, 0xe9, 0x62, 0x0a]));
+    fs.writeFileSync(latin1, Buffer.from(Array.from({ length: 200 }, (_, i) => (i % 10 === 9 ? 0x0a : i % 2 ? 0xe9 : 0x61))));
     await expect(detectFileKind(latin1)).rejects.toThrow(/not UTF-8/);
+    const stray = t('stray.txt');
+    fs.writeFileSync(stray, Buffer.concat([Buffer.from('line one\n'), Buffer.from([0x61, 0xe9, 0x62, 0x0a]), Buffer.from('line three\n')]));
+    expect(await detectFileKind(stray)).toBe('text');
   });
 
   it('UTF-8 text (a multi-byte character cut at the sniff boundary too) is accepted; empty files have 0 records', async () => {
