@@ -53,3 +53,40 @@ export function smooth(values: readonly (number | null)[], weight: number): (num
     return last / (1 - Math.pow(weight, n));
   });
 }
+
+/**
+ * One line of a run's log as people read it: the engine's JSON events (step, eval, checkpoint, warning, error,
+ * started, done) in words; any other line (the app's own lines, a rank's stderr) as it is. A `[rank N] ` prefix is
+ * kept in front of the formatted event.
+ */
+export function logLine(line: string): string {
+  const m = /^(\[rank \d+\] )?(\{.*\})\s*$/.exec(line);
+  if (!m) return line;
+  let e: Record<string, unknown>;
+  try {
+    e = JSON.parse(m[2]!) as Record<string, unknown>;
+  } catch {
+    return line;
+  }
+  if (typeof e !== 'object' || e === null || typeof e.event !== 'string') return line;
+  const n = (v: unknown, d = 4) => (typeof v === 'number' ? num(v, d) : '—');
+  const pre = m[1] ?? '';
+  switch (e.event) {
+    case 'step':
+      return `${pre}step ${e.step}  loss ${n(e.loss)}  lr ${n(e.lr)}  grad norm ${n(e.grad_norm)}  ${typeof e.tokens_per_s === 'number' ? `${Math.round(e.tokens_per_s)} tok/s` : ''}`.trimEnd();
+    case 'eval':
+      return `${pre}eval at step ${e.step}: eval loss ${n(e.eval_loss)} (${e.eval_tokens ?? '—'} tokens)`;
+    case 'checkpoint':
+      return `${pre}checkpoint at step ${e.step}${typeof e.path === 'string' ? `: ${e.path}` : ''}`;
+    case 'warning':
+      return `${pre}warning: ${String(e.message ?? '')}`;
+    case 'error':
+      return `${pre}error ${String(e.code ?? '')}: ${String(e.message ?? '')}${typeof e.hint === 'string' && e.hint ? ` — ${e.hint}` : ''}`;
+    case 'started':
+      return `${pre}started: ${String(e.model_type ?? '')} ${String(e.method ?? '')}${e.quantization && e.quantization !== 'none' ? ` (${String(e.quantization)})` : ''}, ${count(e.trainable_params as number)} of ${count(e.total_params as number)} parameters trainable, ${e.max_steps} steps from step ${e.start_step ?? 0}`;
+    case 'done':
+      return `${pre}${String(e.status ?? 'done')} at step ${e.step ?? '—'}${typeof e.last_loss === 'number' ? `, last loss ${n(e.last_loss)}` : ''}${typeof e.output_dir === 'string' ? `: ${e.output_dir}` : ''}`;
+    default:
+      return line;
+  }
+}
