@@ -1,8 +1,8 @@
-// Renderer faults found by the GUI audit, each checked in Chromium against `llms-train serve`: the wizard's
-// recipe follows the chosen model (M1), its draft and step survive navigation, Back and reload (M3), its
-// steps cannot be skipped past invalid fields and errors show next to the fields (M6), a malformed hash or a
-// link to a run that is not there shows "Run not found" instead of a blank page or unhandled rejections
-// (M4, M5), and the charts' x-axis title follows the axis choice (M8).
+// Renderer behaviours, each checked in Chromium against `llms-train serve`: the wizard's
+// recipe follows the chosen model, its draft and step survive navigation, Back and reload, its
+// steps cannot be skipped past invalid fields and errors show next to the fields, a malformed hash or a
+// link to a run that is not there shows "Run not found" instead of a blank page or unhandled rejections,
+// and the charts' x-axis title follows the axis choice.
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -45,14 +45,14 @@ afterAll(async () => {
 });
 
 describe('routes', () => {
-  it('a malformed hash does not blank the app (M4)', async () => {
+  it('a malformed hash does not blank the app', async () => {
     await page.goto(`${app.url}#/runs/%E0%A4%A`);
     await page.getByTestId('run-not-found').waitFor();
     expect(await page.getByTestId('nav-runs').isVisible()).toBe(true);
     expect(pageErrors).toEqual([]);
   });
 
-  it('links to missing or invalid runs show one "Run not found" with a link to Runs (M5)', async () => {
+  it('links to missing or invalid runs show one "Run not found" with a link to Runs', async () => {
     for (const arg of ['abc', '-1', '1.5', '999999']) {
       await page.goto(`${app.url}#/runs/${arg}`);
       await page.getByTestId('run-not-found').waitFor();
@@ -68,7 +68,7 @@ describe('routes', () => {
     await page.getByTestId('screen-runs').waitFor();
   });
 
-  it('the x-axis title follows the axis choice (M8)', async () => {
+  it('the x-axis title follows the axis choice', async () => {
     const store = Store.open(path.join(app.home, 'llms-train.db'));
     let id: number;
     try {
@@ -89,7 +89,7 @@ describe('routes', () => {
 });
 
 describe('New fine-tune wizard', () => {
-  it('another model gets the general recipe, not the demo’s; hand edits are kept (M1), one inspection each (L1)', async () => {
+  it('another model gets the general recipe, not the demo’s; hand edits are kept, one inspection each', async () => {
     await page.goto(`${app.url}#/new`);
     await page.evaluate(() => sessionStorage.clear());
     await page.reload();
@@ -130,7 +130,7 @@ describe('New fine-tune wizard', () => {
     expect(await page.getByTestId('method-lora').isChecked()).toBe(true);
   });
 
-  it('invalid fields block Next and the step pills, and show next to the field (M6)', async () => {
+  it('invalid fields block Next and the step pills, and show next to the field', async () => {
     await page.getByTestId('wizard-step-2').click();
     const boxes = page.getByTestId('target-modules').locator('input[type=checkbox]');
     const ticked: number[] = [];
@@ -183,7 +183,20 @@ describe('New fine-tune wizard', () => {
     expect(await page.getByTestId('wizard-launch').isDisabled()).toBe(false);
   });
 
-  it('keeps the draft and the step across navigation, Back and reload (M3)', async () => {
+  it('an empty dataset is named beside its path and blocks Next', async () => {
+    const empty = path.join(app.home, 'empty.json');
+    fs.writeFileSync(empty, '[]');
+    await page.getByTestId('wizard-step-1').click();
+    const before = await value('dataset-path');
+    await page.getByTestId('dataset-path').fill(empty);
+    await page.getByTestId('field-error-data').waitFor({ timeout: 15_000 });
+    expect(await page.getByTestId('field-error-data').textContent()).toMatch(/no records/);
+    expect(await page.getByTestId('wizard-next').isDisabled()).toBe(true);
+    await page.getByTestId('dataset-path').fill(before);
+    await expect.poll(async () => page.getByTestId('field-error-data').count(), { timeout: 15_000 }).toBe(0);
+  });
+
+  it('keeps the draft and the step across navigation, Back and reload', async () => {
     await page.getByTestId('wizard-step-3').click();
     await page.getByTestId('knob-max-steps').fill('77');
     expect(await hash()).toBe('#/new?step=4');
@@ -210,7 +223,7 @@ describe('New fine-tune wizard', () => {
 });
 
 describe('chat and compare', () => {
-  it('Chat offers a base model named by the link even when it is not registered (M2)', async () => {
+  it('Chat offers a base model named by the link even when it is not registered', async () => {
     await page.goto(`${app.url}#/chat?model=${encodeURIComponent(copyPath)}`);
     const select = page.getByTestId('chat-model');
     await select.waitFor();
@@ -218,7 +231,7 @@ describe('chat and compare', () => {
     expect(await select.locator('option:checked').textContent()).toBe('tiny-copy');
   });
 
-  it('Compare names ids that are no run once and leaves them out (L12)', async () => {
+  it('Compare names ids that are no run once and leaves them out', async () => {
     await page.goto(`${app.url}#/compare?ids=abc,999`);
     await page.getByTestId('compare-unknown').waitFor();
     await expect.poll(() => page.getByTestId('compare-unknown').textContent()).toMatch(/#abc, #999/);
