@@ -109,6 +109,10 @@ describe('binary and empty datasets', () => {
     const stray = t('stray.txt');
     fs.writeFileSync(stray, Buffer.concat([Buffer.from('line one\n'), Buffer.from([0x61, 0xe9, 0x62, 0x0a]), Buffer.from('line three\n')]));
     expect(await detectFileKind(stray)).toBe('text');
+    // U+FFFD written as text (a model's undecodable bytes in predictions) is valid UTF-8, not binary
+    const fffd = t('fffd.jsonl');
+    fs.writeFileSync(fffd, `${JSON.stringify({ target: '\ufffd'.repeat(300) })}\n`);
+    expect(await detectFileKind(fffd)).toBe('jsonl');
   });
 
   it('UTF-8 text (a multi-byte character cut at the sniff boundary too) is accepted; empty files have 0 records', async () => {

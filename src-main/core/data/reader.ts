@@ -29,8 +29,11 @@ export function binaryContent(head: Buffer): string | null {
   const nul = head.indexOf(0);
   if (nul >= 0) return `a NUL byte at offset ${nul}`;
   const text = new TextDecoder('utf-8').decode(head, { stream: true }); // an incomplete last character is fine
+  // replacement characters the decoder made, not the ones the text holds (U+FFFD is valid UTF-8: EF BF BD)
   let bad = 0;
   for (let i = text.indexOf('\ufffd'); i >= 0; i = text.indexOf('\ufffd', i + 1)) bad++;
+  const literal = Buffer.from([0xef, 0xbf, 0xbd]);
+  for (let i = head.indexOf(literal); i >= 0; i = head.indexOf(literal, i + 3)) bad--;
   if (bad > Math.max(16, text.length / 50)) return `${bad} byte sequences that are not UTF-8 text`;
   return null;
 }
