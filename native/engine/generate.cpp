@@ -15,27 +15,35 @@
 
 namespace llmt {
 
-int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p, Rng &rng) {
+void apply_repetition_penalty(std::vector<float> &logits, const std::vector<int32_t> &seen, double penalty) {
+  if (penalty == 1.0) return;
   const int64_t V = static_cast<int64_t>(logits.size());
-  if (p.repetition_penalty != 1.0) {
-    std::set<int32_t> uniq(seen.begin(), seen.end());
-    const float pen = static_cast<float>(p.repetition_penalty);
-    for (int32_t t : uniq) {
-      if (t < 0 || t >= V) continue;
-      float &s = logits[static_cast<size_t>(t)];
-      s = s < 0 ? s * pen : s / pen;
-    }
+  std::set<int32_t> uniq(seen.begin(), seen.end());
+  const float pen = static_cast<float>(penalty);
+  for (int32_t t : uniq) {
+    if (t < 0 || t >= V) continue;
+    float &s = logits[static_cast<size_t>(t)];
+    s = s < 0 ? s * pen : s / pen;
   }
-  const bool greedy = !p.do_sample || p.temperature <= 0;
-  if (greedy) return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
-  const float inv_t = static_cast<float>(1.0 / p.temperature);
-  for (float &s : logits) s *= inv_t;
+}
+
+std::vector<std::pair<int32_t, double>> sampling_distribution(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p) {
+  const int64_t V = static_cast<int64_t>(logits.size());
+  apply_repetition_penalty(logits, seen, p.repetition_penalty);
+  // HF TemperatureLogitsWarper: scores / temperature (float32 division, not a multiply by the reciprocal)
+  const float t = static_cast<float>(p.temperature);
+  if (p.temperature != 1.0)
+    for (float &s : logits) s /= t;
   std::vector<int32_t> idx(static_cast<size_t>(V));
   std::iota(idx.begin(), idx.end(), 0);
   // stable sort by descending score (ties keep the lower id first)
   std::stable_sort(idx.begin(), idx.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
   int64_t keep = V;
-  if (p.top_k > 0) keep = std::min<int64_t>(keep, p.top_k);
+  if (p.top_k > 0 && p.top_k < V) {
+    // HF TopKLogitsWarper removes scores < the k-th largest: every token tied with the k-th stays
+    keep = p.top_k;
+    while (keep < V && logits[idx[keep]] == logits[idx[keep - 1]]) ++keep;
+  }
   const float mx = logits[idx[0]];
   std::vector<double> prob(static_cast<size_t>(keep));
   double sum = 0;
@@ -55,12 +63,24 @@ int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen,
     for (int64_t i = 0; i < keep; ++i) s2 += prob[i];
     for (int64_t i = 0; i < keep; ++i) prob[i] /= s2;
   }
-  double u = rng.uniform_double(), acc = 0;
-  for (int64_t i = 0; i < keep; ++i) {
-    acc += prob[i];
-    if (u < acc) return idx[i];
+  std::vector<std::pair<int32_t, double>> out(static_cast<size_t>(keep));
+  for (int64_t i = 0; i < keep; ++i) out[i] = {idx[i], prob[i]};
+  return out;
+}
+
+int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p, Rng &rng) {
+  // temperature <= 0 (HF rejects it for do_sample=True) is taken as greedy decoding, as do_sample=False is
+  if (!p.do_sample || p.temperature <= 0) {
+    apply_repetition_penalty(logits, seen, p.repetition_penalty);
+    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
   }
-  return idx[keep - 1];
+  const std::vector<std::pair<int32_t, double>> dist = sampling_distribution(logits, seen, p);
+  double u = rng.uniform_double(), acc = 0;
+  for (const auto &[id, pr] : dist) {
+    acc += pr;
+    if (u < acc) return id;
+  }
+  return dist.back().first;
 }
 
 llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenParams &p,
@@ -83,7 +103,7 @@ llmt_status generate_batch(Model &m, const std::vector<std::vector<int32_t>> &pr
     if (prompts[r].empty()) return set_error(LLMT_ERR_BAD_INPUT, R == 1 ? "generate: the prompt has no tokens" : "generate: prompt " + std::to_string(r) + " has no tokens");
   if (!seeds.empty() && static_cast<int64_t>(seeds.size()) != R) return set_error(LLMT_ERR_BAD_INPUT, "generate: one seed per prompt");
   if (p.max_new_tokens < 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: max_new_tokens must be >= 0");
-  if (p.top_p <= 0 || p.top_p > 1) return set_error(LLMT_ERR_BAD_INPUT, "generate: top_p must be in (0, 1]");
+  if (!(p.top_p >= 0 && p.top_p <= 1)) return set_error(LLMT_ERR_BAD_INPUT, "generate: top_p must be in [0, 1]");
   if (p.repetition_penalty <= 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: repetition_penalty must be positive");
   const int64_t V = m.config().vocab;
   std::vector<Model::KvCache> caches(static_cast<size_t>(R));

@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <utility>
 #include <vector>
 
 #include "llmt.h"
@@ -38,6 +39,10 @@ llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenPara
 llmt_status generate_batch(Model &m, const std::vector<std::vector<int32_t>> &prompts, const GenParams &p,
                            const std::vector<uint64_t> &seeds, const std::function<bool(int64_t, int32_t)> &on_token,
                            std::atomic<bool> *abort, std::vector<std::vector<int32_t>> &out);
+
+/** HF's processors for do_sample=True on one row of logits (modified in place): repetition penalty, temperature,
+ *  top-k (ties with the k-th kept), top-p; returns the kept ids, most likely first, with their probabilities. */
+std::vector<std::pair<int32_t, double>> sampling_distribution(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p);
 
 /** Applies the processors to one row of logits and picks the next token (exposed for tests). */
 int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen, const GenParams &p, Rng &rng);
