@@ -549,8 +549,13 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
     if (has(`${src}.bias`)) specs.push({ name: `${name}.bias`, src: `${src}.bias`, rows, vec: true });
   };
   const norm = (name: string, src: string) => addWB(name, src, undefined, true);
-  const untiedOutput = (src: string) => {
-    if (has(src) && cfg.tie_word_embeddings !== true) add('output.weight', src);
+  /** Whether the output head is the token embedding: tie_word_embeddings, else the family's default as the engine
+   *  and transformers read it (tied: minicpm, bloom, falcon; untied: llama, baichuan, gpt_neox, chatglm2). */
+  const tied = (byDefault: boolean) => (typeof cfg.tie_word_embeddings === 'boolean' ? cfg.tie_word_embeddings : byDefault);
+  /** lm_head unless tied (an lm_head.weight left in a tied checkpoint is not what the model runs); without one,
+   *  llama.cpp reuses token_embd for these architectures. */
+  const untiedOutput = (src: string, byDefault: boolean) => {
+    if (has(src) && !tied(byDefault)) add('output.weight', src);
   };
 
   if (mt === 'llama' || mt === 'baichuan' || mt === 'minicpm') {
@@ -571,18 +576,19 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
         add(`${b}attn_k.weight`, `${p}self_attn.W_pack.weight`, compose(seq(H, H), permuteRows(H, nh)));
         add(`${b}attn_v.weight`, `${p}self_attn.W_pack.weight`, seq(2 * H, H));
       } else {
-        add(`${b}attn_q.weight`, `${p}self_attn.q_proj.weight`, permuteRows(nh * hd, nh));
-        add(`${b}attn_k.weight`, `${p}self_attn.k_proj.weight`, permuteRows(nkv * hd, nkv));
-        add(`${b}attn_v.weight`, `${p}self_attn.v_proj.weight`);
+        // attention_bias / mlp_bias checkpoints keep their biases (q/k biases permuted like their rows)
+        addWB(`${b}attn_q`, `${p}self_attn.q_proj`, permuteRows(nh * hd, nh));
+        addWB(`${b}attn_k`, `${p}self_attn.k_proj`, permuteRows(nkv * hd, nkv));
+        addWB(`${b}attn_v`, `${p}self_attn.v_proj`);
       }
-      add(`${b}attn_output.weight`, `${p}self_attn.o_proj.weight`);
+      addWB(`${b}attn_output`, `${p}self_attn.o_proj`);
       norm(`${b}ffn_norm`, `${p}post_attention_layernorm`);
-      add(`${b}ffn_gate.weight`, `${p}mlp.gate_proj.weight`);
-      add(`${b}ffn_up.weight`, `${p}mlp.up_proj.weight`);
-      add(`${b}ffn_down.weight`, `${p}mlp.down_proj.weight`);
+      addWB(`${b}ffn_gate`, `${p}mlp.gate_proj`);
+      addWB(`${b}ffn_up`, `${p}mlp.up_proj`);
+      addWB(`${b}ffn_down`, `${p}mlp.down_proj`);
     }
     norm('output_norm', 'model.norm');
-    untiedOutput('lm_head.weight');
+    untiedOutput('lm_head.weight', mt === 'minicpm');
     const kv: [string, KvValue][] = [
       [`${arch}.vocab_size`, u32(V)],
       [`${arch}.context_length`, u32(num(['max_position_embeddings', 'model_max_length'], 2048))],
@@ -595,6 +601,8 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
       [`${arch}.attention.layer_norm_rms_epsilon`, f32(num('rms_norm_eps', 1e-6))],
       [`${arch}.rope.freq_base`, f32(num('rope_theta', 10000))],
     ];
+    // a head_dim other than hidden/heads: llama.cpp takes the head size from key_length/value_length
+    if (hd * nh !== H) kv.push([`${arch}.attention.key_length`, u32(hd)], [`${arch}.attention.value_length`, u32(hd)]);
     const rs = cfg.rope_scaling as { type?: string; rope_type?: string; factor?: number } | null | undefined;
     if (rs && (rs.type ?? rs.rope_type) === 'linear' && typeof rs.factor === 'number') {
       kv.push([`${arch}.rope.scaling.type`, { t: 'str', v: 'linear' }], [`${arch}.rope.scaling.factor`, f32(rs.factor)]);
@@ -625,7 +633,8 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
       addWB(`${b}ffn_down`, `${p}mlp.dense_4h_to_h`);
     }
     norm('output_norm', 'gpt_neox.final_layer_norm');
-    add('output.weight', has('embed_out.weight') ? 'embed_out.weight' : 'gpt_neox.embed_in.weight');
+    // llama.cpp's gptneox needs output.weight: the embedding when tied
+    add('output.weight', has('embed_out.weight') && !tied(false) ? 'embed_out.weight' : 'gpt_neox.embed_in.weight');
     const kv: [string, KvValue][] = [
       ['gptneox.context_length', u32(num('max_position_embeddings', 2048))],
       ['gptneox.embedding_length', u32(H)],
@@ -641,6 +650,8 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
   }
 
   if (mt === 'bloom') {
+    if (cfg.apply_residual_connection_post_layernorm === true)
+      throw unsupported('BLOOM with apply_residual_connection_post_layernorm: llama.cpp\'s "bloom" architecture adds the residual before the layer norm');
     const t = has('transformer.word_embeddings.weight') ? 'transformer.' : '';
     add('token_embd.weight', `${t}word_embeddings.weight`);
     norm('token_embd_norm', `${t}word_embeddings_layernorm`);
@@ -655,7 +666,7 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
       addWB(`${b}ffn_down`, `${p}mlp.dense_4h_to_h`);
     }
     norm('output_norm', `${t}ln_f`);
-    untiedOutput('lm_head.weight');
+    untiedOutput('lm_head.weight', true);
     const kv: [string, KvValue][] = [
       ['bloom.context_length', u32(num(['seq_length', 'n_positions', 'max_position_embeddings'], 2048))],
       ['bloom.embedding_length', u32(H)],
@@ -669,11 +680,14 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
   }
 
   if (mt === 'falcon' || mt === 'RefinedWeb' || mt === 'RefinedWebModel') {
-    const newDec = cfg.new_decoder_architecture === true;
+    // the legacy RefinedWeb/RefinedWebModel configs have no new_decoder_architecture: n_head_kv marks the 40B
+    // layout there (as transformers' conversion of them and the engine read it)
+    const newDec = mt === 'falcon' ? cfg.new_decoder_architecture === true : cfg.n_head_kv !== undefined && cfg.n_head_kv !== null;
     if (cfg.alibi === true) throw unsupported('Falcon with ALiBi (falcon-rw): llama.cpp\'s "falcon" architecture uses RoPE');
     if (cfg.bias === true) throw unsupported('Falcon with linear biases: llama.cpp\'s "falcon" architecture has none');
     if (!newDec && cfg.parallel_attn === false) throw unsupported('Falcon without parallel attention: llama.cpp\'s "falcon" architecture runs attention and MLP in parallel');
     const nkv = newDec ? num(['num_kv_heads', 'n_head_kv'], nh) : cfg.multi_query === false ? nh : 1;
+    if (nh % nkv !== 0) throw new Error(`config.json: ${nkv} kv heads do not divide ${nh} attention heads`);
     const hd = H / nh;
     const t = has('transformer.word_embeddings.weight') ? 'transformer.' : '';
     add('token_embd.weight', `${t}word_embeddings.weight`);
@@ -691,7 +705,7 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
       add(`${b}ffn_down.weight`, `${p}mlp.dense_4h_to_h.weight`);
     }
     norm('output_norm', `${t}ln_f`);
-    untiedOutput('lm_head.weight');
+    untiedOutput('lm_head.weight', true);
     const kv: [string, KvValue][] = [
       ['falcon.context_length', u32(num('max_position_embeddings', 2048))],
       ['falcon.tensor_data_layout', { t: 'str', v: 'jploski' }],
@@ -711,22 +725,29 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
       throw unsupported('ChatGLM-6B (v1): llama.cpp has no architecture for its 2-D positions and GLM blocks ("chatglm" there is ChatGLM2/3 and GLM-4); export ChatGLM2-6B or later');
     if (cfg.rmsnorm === false || cfg.post_layer_norm === false || cfg.add_bias_linear === true || cfg.apply_residual_connection_post_layernorm === true)
       throw unsupported('a ChatGLM2 variant (layer norm / linear biases / post-layernorm residual) that llama.cpp\'s "chatglm" architecture does not run');
-    const nkv = cfg.multi_query_attention === true ? num('multi_query_group_num') : nh;
-    const hd = H / nh;
+    const mqa = cfg.multi_query_attention === true;
+    const nkv = mqa ? num('multi_query_group_num', 1) : nh;
+    const hd = num('kv_channels', H / nh);
+    // llama.cpp's chatglm views Q as the first n_embd rows of the fused QKV: a head size (kv_channels) with
+    // heads·kv_channels ≠ hidden_size does not load there
+    if (hd * nh !== H)
+      throw unsupported(`ChatGLM2 with kv_channels ${hd} × ${nh} heads ≠ hidden_size ${H}: llama.cpp's "chatglm" architecture needs heads × head size = hidden size`);
     const e = 'transformer.encoder.';
     add('token_embd.weight', 'transformer.embedding.word_embeddings.weight');
     for (let l = 0; l < L; l++) {
       const p = `${e}layers.${l}.`;
       const b = `blk.${l}.`;
       norm(`${b}attn_norm`, `${p}input_layernorm`);
-      addWB(`${b}attn_qkv`, `${p}self_attention.query_key_value`);
+      // without multi-query attention the fused QKV is per head [n_head, 3, hd] (as gpt_neox): → [Q | K | V]
+      addWB(`${b}attn_qkv`, `${p}self_attention.query_key_value`, mqa ? undefined : qkvPerHead(nh, hd));
       add(`${b}attn_output.weight`, `${p}self_attention.dense.weight`);
       norm(`${b}ffn_norm`, `${p}post_attention_layernorm`);
       add(`${b}ffn_up.weight`, `${p}mlp.dense_h_to_4h.weight`);
       add(`${b}ffn_down.weight`, `${p}mlp.dense_4h_to_h.weight`);
     }
     norm('output_norm', `${e}final_layernorm`);
-    add('output.weight', 'transformer.output_layer.weight');
+    // llama.cpp's chatglm needs output.weight: the embedding when tied
+    add('output.weight', tied(false) ? 'transformer.embedding.word_embeddings.weight' : 'transformer.output_layer.weight');
     const kv: [string, KvValue][] = [
       ['chatglm.context_length', u32(num('seq_length', H))],
       ['chatglm.embedding_length', u32(H)],

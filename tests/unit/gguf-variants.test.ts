@@ -1,0 +1,270 @@
+// GGUF export of config variants the engine runs but the first exporter wrote wrongly (each checked against
+// llama.cpp through node-llama-cpp when found; here the file is read back and compared with the layout llama.cpp
+// expects, after convert_hf_to_gguf.py):
+// - ChatGLM2 without multi-query attention: the fused QKV is per head [n_head, 3, hd] and must be reordered to
+//   [Q | K | V] (weight and bias); it was written as is (llama.cpp's log-probs off by 4.2);
+// - ChatGLM2 with kv_channels × heads ≠ hidden_size: llama.cpp cannot load it (UNSUPPORTED, was a file that fails
+//   to load);
+// - legacy Falcon-40B configs (model_type RefinedWeb, n_head_kv, no new_decoder_architecture): were exported with
+//   the 7B multi-query layout (one kv head);
+// - BLOOM with apply_residual_connection_post_layernorm: llama.cpp's bloom graph cannot run it (UNSUPPORTED);
+// - the tied output head follows the family's tie_word_embeddings default (MiniCPM, BLOOM, Falcon tied): a stray
+//   lm_head.weight of a tied model was written as output.weight; tied gpt_neox / ChatGLM2 use the embedding;
+// - llama head_dim ≠ hidden/heads writes attention.key_length/value_length; attention_bias/mlp_bias keep biases
+//   (q/k biases permuted like their rows).
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { exportGguf, permuteRows } from '../../src-main/core/models/gguf';
+
+let tmp: string;
+beforeAll(() => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-gguf-var-'));
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+type Tensors = Record<string, { shape: number[]; data: Float32Array }>;
+let seed = 7;
+const rnd = (n: number) => Float32Array.from({ length: n }, () => (seed = (seed * 1103515245 + 12345) >>> 0) / 2 ** 32 - 0.5);
+const T = (...shape: number[]) => ({ shape, data: rnd(shape.reduce((a, b) => a * b, 1)) });
+
+function writeModel(name: string, config: Record<string, unknown>, tensors: Tensors): string {
+  const dir = path.join(tmp, name);
+  fs.mkdirSync(dir, { recursive: true });
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  const vocab: Record<string, number> = { '<pad>': 0, '<s>': 1, '</s>': 2, a: 3, b: 4 };
+  fs.writeFileSync(
+    path.join(dir, 'tokenizer.json'),
+    JSON.stringify({ model: { type: 'BPE', vocab, merges: [] }, pre_tokenizer: { type: 'ByteLevel' }, added_tokens: [] }),
+  );
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', pad_token: '<pad>' }));
+  const header: Record<string, unknown> = {};
+  let off = 0;
+  for (const [k, v] of Object.entries(tensors)) {
+    header[k] = { dtype: 'F32', shape: v.shape, data_offsets: [off, off + v.data.byteLength] };
+    off += v.data.byteLength;
+  }
+  let h = Buffer.from(JSON.stringify(header));
+  h = Buffer.concat([h, Buffer.alloc((8 - (h.length % 8)) % 8, 0x20)]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(h.length));
+  fs.writeFileSync(path.join(dir, 'model.safetensors'), Buffer.concat([len, h, ...Object.values(tensors).map((v) => Buffer.from(v.data.buffer))]));
+  return dir;
+}
+
+/** A GGUF v3 file read back: metadata (scalars and string/number arrays) and F32 tensors (shape in HF order). */
+function readGguf(file: string): { kv: Record<string, unknown>; tensors: Record<string, { shape: number[]; data: Float32Array }> } {
+  const b = fs.readFileSync(file);
+  let p = 0;
+  const u32 = () => ((p += 4), b.readUInt32LE(p - 4));
+  const u64 = () => ((p += 8), Number(b.readBigUInt64LE(p - 8)));
+  const str = () => {
+    const n = u64();
+    p += n;
+    return b.toString('utf8', p - n, p);
+  };
+  const val = (t: number): unknown => {
+    if (t === 4) return u32();
+    if (t === 5) return (p += 4), b.readInt32LE(p - 4);
+    if (t === 6) return (p += 4), b.readFloatLE(p - 4);
+    if (t === 7) return (p += 1), b[p - 1] === 1;
+    if (t === 8) return str();
+    if (t === 10) return u64();
+    if (t === 9) {
+      const et = u32();
+      const n = u64();
+      return Array.from({ length: n }, () => val(et));
+    }
+    throw new Error(`type ${t}`);
+  };
+  expect(b.toString('ascii', 0, 4)).toBe('GGUF');
+  p = 4;
+  expect(u32()).toBe(3);
+  const nt = u64();
+  const nkv = u64();
+  const kv: Record<string, unknown> = {};
+  for (let i = 0; i < nkv; i++) {
+    const k = str();
+    kv[k] = val(u32());
+  }
+  const infos: { name: string; shape: number[]; type: number; off: number }[] = [];
+  for (let i = 0; i < nt; i++) {
+    const name = str();
+    const nd = u32();
+    const ne = Array.from({ length: nd }, () => u64());
+    infos.push({ name, shape: ne.reverse(), type: u32(), off: u64() });
+  }
+  const base = Math.ceil(p / 32) * 32;
+  const tensors: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const t of infos) {
+    expect(t.type).toBe(0); // exported as f32 here
+    expect(t.off % 32).toBe(0);
+    const n = t.shape.reduce((a, c) => a * c, 1);
+    tensors[t.name] = { shape: t.shape, data: new Float32Array(b.buffer.slice(b.byteOffset + base + t.off, b.byteOffset + base + t.off + 4 * n)) };
+  }
+  return { kv, tensors };
+}
+
+/** rows of a [rows, cols] matrix picked by `map` */
+const rows = (w: Float32Array, cols: number, map: ArrayLike<number>) => {
+  const out = new Float32Array(map.length * cols);
+  for (let i = 0; i < map.length; i++) out.set(w.subarray(map[i]! * cols, (map[i]! + 1) * cols), i * cols);
+  return out;
+};
+/** [n_head, 3, hd] → [Q | K | V] row order */
+const perHead = (nh: number, hd: number) => {
+  const m: number[] = [];
+  for (let k = 0; k < 3; k++) for (let h = 0; h < nh; h++) for (let d = 0; d < hd; d++) m.push((h * 3 + k) * hd + d);
+  return m;
+};
+
+const V = 8;
+const H = 16;
+
+function chatglm2(name: string, extra: Record<string, unknown>, qkvRows: number, denseCols = H, more: Tensors = {}): string {
+  const t: Tensors = { 'transformer.embedding.word_embeddings.weight': T(V, H) };
+  const p = 'transformer.encoder.layers.0.';
+  Object.assign(t, {
+    [`${p}input_layernorm.weight`]: T(H),
+    [`${p}self_attention.query_key_value.weight`]: T(qkvRows, H),
+    [`${p}self_attention.query_key_value.bias`]: T(qkvRows),
+    [`${p}self_attention.dense.weight`]: T(H, denseCols),
+    [`${p}post_attention_layernorm.weight`]: T(H),
+    [`${p}mlp.dense_h_to_4h.weight`]: T(48, H),
+    [`${p}mlp.dense_4h_to_h.weight`]: T(H, 24),
+    'transformer.encoder.final_layernorm.weight': T(H),
+    ...more,
+  });
+  const cfg = { model_type: 'chatglm', padded_vocab_size: V, num_layers: 1, hidden_size: H, num_attention_heads: 2, kv_channels: 8, ffn_hidden_size: 24, add_qkv_bias: true, seq_length: 64, ...extra };
+  return writeModel(name, cfg, t);
+}
+
+describe('GGUF export of config variants', () => {
+  it('ChatGLM2 without multi-query attention: the per-head fused QKV (weight and bias) becomes [Q | K | V]', async () => {
+    const dir = chatglm2('glm-nomqa', { multi_query_attention: false }, 3 * H, H, { 'transformer.output_layer.weight': T(V, H) });
+    const r = await exportGguf({ modelDir: dir, out: path.join(tmp, 'glm-nomqa.gguf'), dtype: 'f32' });
+    const g = readGguf(r.gguf);
+    expect(g.kv['chatglm.attention.head_count_kv']).toBe(2);
+    expect(g.kv['chatglm.rope.dimension_count']).toBe(4);
+    const st = readBack(dir);
+    const w = st['transformer.encoder.layers.0.self_attention.query_key_value.weight']!;
+    const bias = st['transformer.encoder.layers.0.self_attention.query_key_value.bias']!;
+    expect(g.tensors['blk.0.attn_qkv.weight']!.data).toEqual(rows(w, H, perHead(2, 8)));
+    expect(g.tensors['blk.0.attn_qkv.bias']!.data).toEqual(rows(bias, 1, perHead(2, 8)));
+    expect(g.tensors['output.weight']!.data).toEqual(st['transformer.output_layer.weight']);
+  });
+
+  it('ChatGLM2 with multi-query attention keeps its [Q | K | V] rows; tied: the embedding is the output head', async () => {
+    const dir = chatglm2('glm-mqa-tied', { multi_query_attention: true, multi_query_group_num: 1, tie_word_embeddings: true }, H + 2 * 8);
+    const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'glm-mqa.gguf'), dtype: 'f32' })).gguf);
+    const st = readBack(dir);
+    expect(g.kv['chatglm.attention.head_count_kv']).toBe(1);
+    expect(g.tensors['blk.0.attn_qkv.weight']!.data).toEqual(st['transformer.encoder.layers.0.self_attention.query_key_value.weight']);
+    expect(g.tensors['output.weight']!.data).toEqual(st['transformer.embedding.word_embeddings.weight']);
+  });
+
+  it('ChatGLM2 whose kv_channels × heads ≠ hidden_size is UNSUPPORTED (llama.cpp does not load it)', async () => {
+    const dir = chatglm2('glm-kv', { multi_query_attention: true, multi_query_group_num: 1, kv_channels: 16 }, 2 * 16 + 2 * 16, 32, { 'transformer.output_layer.weight': T(V, H) });
+    await expect(exportGguf({ modelDir: dir, out: path.join(tmp, 'glm-kv.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('kv_channels 16') });
+    expect(fs.existsSync(path.join(tmp, 'glm-kv.gguf'))).toBe(false);
+  });
+
+  it('legacy Falcon-40B config (RefinedWeb, n_head_kv): grouped QKV with n_head_kv kv heads', async () => {
+    const nh = 4;
+    const nkv = 2;
+    const hd = 4;
+    const p = 'transformer.h.0.';
+    const dir = writeModel(
+      'rw40',
+      { model_type: 'RefinedWeb', n_embed: H, n_head: nh, n_head_kv: nkv, n_layer: 1, vocab_size: V, parallel_attn: true, bias: false, alibi: false },
+      {
+        'transformer.word_embeddings.weight': T(V, H),
+        [`${p}ln_attn.weight`]: T(H),
+        [`${p}ln_attn.bias`]: T(H),
+        [`${p}ln_mlp.weight`]: T(H),
+        [`${p}ln_mlp.bias`]: T(H),
+        [`${p}self_attention.query_key_value.weight`]: T((nh + 2 * nkv) * hd, H),
+        [`${p}self_attention.dense.weight`]: T(H, H),
+        [`${p}mlp.dense_h_to_4h.weight`]: T(4 * H, H),
+        [`${p}mlp.dense_4h_to_h.weight`]: T(H, 4 * H),
+        'transformer.ln_f.weight': T(H),
+        'transformer.ln_f.bias': T(H),
+      },
+    );
+    const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'rw40.gguf'), dtype: 'f32' })).gguf);
+    expect(g.kv['falcon.attention.head_count_kv']).toBe(nkv);
+    expect(g.tensors['blk.0.attn_norm_2.weight']).toBeDefined();
+    // [n_kv, n_head/n_kv + 2, hd] → [Q | K | V]
+    const map: number[] = [];
+    const slots = nh / nkv + 2;
+    for (let gi = 0; gi < nkv; gi++) for (let q = 0; q < nh / nkv; q++) for (let d = 0; d < hd; d++) map.push((gi * slots + q) * hd + d);
+    for (const k of [slots - 2, slots - 1]) for (let gi = 0; gi < nkv; gi++) for (let d = 0; d < hd; d++) map.push((gi * slots + k) * hd + d);
+    expect(g.tensors['blk.0.attn_qkv.weight']!.data).toEqual(rows(readBack(dir)[`${p}self_attention.query_key_value.weight`]!, H, map));
+    expect(g.tensors['output.weight']).toBeUndefined(); // tied by default: llama.cpp reuses token_embd
+  });
+
+  it('BLOOM with apply_residual_connection_post_layernorm is UNSUPPORTED', async () => {
+    const dir = writeModel('bloom-postln', { model_type: 'bloom', hidden_size: H, n_head: 2, n_layer: 1, vocab_size: V, apply_residual_connection_post_layernorm: true }, { 'word_embeddings.weight': T(V, H) });
+    await expect(exportGguf({ modelDir: dir, out: path.join(tmp, 'bloom.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('apply_residual_connection_post_layernorm') });
+  });
+
+  function llamaLike(name: string, cfg: Record<string, unknown>, hd: number, bias: boolean, head: boolean): string {
+    const nh = 2;
+    const nkv = 1;
+    const p = 'model.layers.0.';
+    const t: Tensors = {
+      'model.embed_tokens.weight': T(V, H),
+      [`${p}input_layernorm.weight`]: T(H),
+      [`${p}self_attn.q_proj.weight`]: T(nh * hd, H),
+      [`${p}self_attn.k_proj.weight`]: T(nkv * hd, H),
+      [`${p}self_attn.v_proj.weight`]: T(nkv * hd, H),
+      [`${p}self_attn.o_proj.weight`]: T(H, nh * hd),
+      [`${p}post_attention_layernorm.weight`]: T(H),
+      [`${p}mlp.gate_proj.weight`]: T(24, H),
+      [`${p}mlp.up_proj.weight`]: T(24, H),
+      [`${p}mlp.down_proj.weight`]: T(H, 24),
+      'model.norm.weight': T(H),
+    };
+    if (bias) Object.assign(t, { [`${p}self_attn.q_proj.bias`]: T(nh * hd), [`${p}self_attn.k_proj.bias`]: T(nkv * hd), [`${p}self_attn.v_proj.bias`]: T(nkv * hd) });
+    if (head) t['lm_head.weight'] = T(V, H);
+    return writeModel(name, { hidden_size: H, num_attention_heads: nh, num_key_value_heads: nkv, num_hidden_layers: 1, intermediate_size: 24, vocab_size: V, ...cfg }, t);
+  }
+
+  it('MiniCPM without tie_word_embeddings is tied (its default): a stray lm_head.weight is not the output head', async () => {
+    const dir = llamaLike('minicpm', { model_type: 'minicpm', scale_emb: 12, scale_depth: 1.4, dim_model_base: 4 }, 8, false, true);
+    const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'minicpm.gguf'), dtype: 'f32' })).gguf);
+    expect(g.tensors['output.weight']).toBeUndefined();
+    // llama keeps its untied default
+    const dir2 = llamaLike('llama-head', { model_type: 'llama' }, 8, false, true);
+    const g2 = readGguf((await exportGguf({ modelDir: dir2, out: path.join(tmp, 'llama-head.gguf'), dtype: 'f32' })).gguf);
+    expect(g2.tensors['output.weight']!.data).toEqual(readBack(dir2)['lm_head.weight']);
+  });
+
+  it('llama with head_dim ≠ hidden/heads writes key_length/value_length; attention biases are kept and permuted', async () => {
+    const dir = llamaLike('llama-hd', { model_type: 'llama', head_dim: 16, attention_bias: true }, 16, true, false);
+    const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'llama-hd.gguf'), dtype: 'f32' })).gguf);
+    expect(g.kv).toMatchObject({ 'llama.attention.key_length': 16, 'llama.attention.value_length': 16, 'llama.rope.dimension_count': 16 });
+    expect(g.tensors['blk.0.attn_q.weight']!.shape).toEqual([32, 16]);
+    const st = readBack(dir);
+    expect(g.tensors['blk.0.attn_q.bias']!.data).toEqual(rows(st['model.layers.0.self_attn.q_proj.bias']!, 1, permuteRows(32, 2)));
+    expect(g.tensors['blk.0.attn_k.bias']!.data).toEqual(rows(st['model.layers.0.self_attn.k_proj.bias']!, 1, permuteRows(16, 1)));
+    expect(g.tensors['blk.0.attn_v.bias']!.data).toEqual(st['model.layers.0.self_attn.v_proj.bias']);
+    // the usual head size writes neither key
+    const dir2 = llamaLike('llama-plain', { model_type: 'llama' }, 8, false, false);
+    const g2 = readGguf((await exportGguf({ modelDir: dir2, out: path.join(tmp, 'llama-plain.gguf'), dtype: 'f32' })).gguf);
+    expect(g2.kv['llama.attention.key_length']).toBeUndefined();
+  });
+});
+
+/** The F32 tensors of a folder's model.safetensors. */
+function readBack(dir: string): Record<string, Float32Array> {
+  const b = fs.readFileSync(path.join(dir, 'model.safetensors'));
+  const n = Number(b.readBigUInt64LE(0));
+  const h = JSON.parse(b.toString('utf8', 8, 8 + n)) as Record<string, { data_offsets: [number, number] }>;
+  const out: Record<string, Float32Array> = {};
+  for (const [k, v] of Object.entries(h)) out[k] = new Float32Array(b.buffer.slice(b.byteOffset + 8 + n + v.data_offsets[0], b.byteOffset + 8 + n + v.data_offsets[1]));
+  return out;
+}
