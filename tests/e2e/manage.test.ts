@@ -170,7 +170,20 @@ describe('checkpoints in the run view', () => {
     expect(fs.statSync(out).size).toBeGreaterThan(0);
     const modelfile = (await page.getByTestId('export-modelfile').textContent())!;
     expect(fs.existsSync(modelfile)).toBe(true);
-  }, 90_000);
+    // the same export again: the file exists, so the app asks; Cancel keeps it, Replace writes it anew
+    const before = fs.statSync(out).mtimeMs;
+    await row.getByTestId('ckpt-export').click();
+    await page.getByTestId('ckpt-start').click();
+    await page.getByTestId('replace-dialog').waitFor({ timeout: 60_000 });
+    expect(await page.getByTestId('replace-dialog').textContent()).toContain('a-step-20.gguf');
+    await page.getByTestId('replace-cancel').click();
+    expect(fs.statSync(out).mtimeMs).toBe(before);
+    await row.getByTestId('ckpt-export').click();
+    await page.getByTestId('ckpt-start').click();
+    await page.getByTestId('replace-dialog').waitFor({ timeout: 60_000 });
+    await page.getByTestId('replace-confirm').click();
+    await expect.poll(() => fs.statSync(out).mtimeMs, { timeout: 60_000 }).toBeGreaterThan(before);
+  }, 150_000);
 
   it('merges a checkpoint and the merged model is listed in Models', async () => {
     const row = page.locator('[data-testid="checkpoint-row"][data-step="10"]');
@@ -234,10 +247,10 @@ describe('models: download from a mirror, cancel, delete', () => {
     await page.getByTestId('models-notice').waitFor();
     await page.locator('[data-testid="model-local"]', { hasText: dir }).waitFor({ state: 'detached' });
     expect(fs.existsSync(dir)).toBe(false);
-    // the refused delete (400) and the cancelled download (ABORTED, 409) answered with HTTP errors, which Chromium
-    // logs; nothing else may be logged
+    // the refused delete (400), the two exports onto an existing file (EXISTS, 409) and the cancelled download
+    // (ABORTED, 409) answered with HTTP errors, which Chromium logs; nothing else may be logged
     const httpErrors = consoleErrors.filter((e) => /^Failed to load resource: the server responded with a status of/.test(e));
-    expect(httpErrors.map((e) => /status of (\d+)/.exec(e)![1]).sort()).toEqual(['400', '409']);
+    expect(httpErrors.map((e) => /status of (\d+)/.exec(e)![1]).sort()).toEqual(['400', '409', '409', '409']);
     expect(consoleErrors.filter((e) => !httpErrors.includes(e))).toEqual([]);
   });
 });

@@ -76,3 +76,9 @@ export function baseName(p: string): string {
 export function joinPath(dir: string, ...parts: string[]): string {
   return [trimEnd(dir), ...parts].join(sepOf(dir));
 }
+
+/** The same GGUF export again with overwrite: true — after the user agreed to replace the file an export was
+ *  refused for (EXISTS); `onFail` as the first attempt's. */
+export function exportAgainOverwriting(old: ModelOp<'exportGguf'>, onFail: (e: OpError, op: ModelOp<'exportGguf'>) => void): ModelOp<OpMethod> {
+  return new ModelOp('exportGguf', old.subject, { ...old.req, overwrite: true }, undefined, onFail) as unknown as ModelOp<OpMethod>;
+}
