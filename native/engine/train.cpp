@@ -993,7 +993,12 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     for (size_t i = 0; i < tp.size(); ++i) {
       Param *p = tp[i];
       const std::string key = job.method == "lora" ? p->save_name : p->name;
-      const TensorInfo *a = w->find(key), *m = opt->find(key + ".exp_avg"), *v = opt->find(key + ".exp_avg_sq");
+      std::string k = key;
+      // checkpoints written before a LoRA linear's trained bias took PEFT's name (<module>.base_layer.bias)
+      const std::string suffix = ".base_layer.bias";
+      if (!w->find(k) && k.size() > suffix.size() && k.compare(k.size() - suffix.size(), suffix.size(), suffix) == 0)
+        k = k.substr(0, k.size() - suffix.size()) + ".bias";
+      const TensorInfo *a = w->find(k), *m = opt->find(k + ".exp_avg"), *v = opt->find(k + ".exp_avg_sq");
       if (!a || !m || !v || a->numel() != p->numel() || m->numel() != p->numel() || v->numel() != p->numel()) {
         return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " does not match this job (tensor " + key +
                                                       " missing or of another shape): was it written by another run?"));
