@@ -29,6 +29,21 @@ export function readSafetensors(file: string): Map<string, Float32Array> {
   return out;
 }
 
+/** Writes tensors as an all-F32 safetensors file (the header padded to 8 bytes, as the format asks). */
+export function writeSafetensors(file: string, tensors: Record<string, { shape: number[]; data: Float32Array }>): void {
+  const header: Record<string, unknown> = {};
+  let off = 0;
+  for (const [k, v] of Object.entries(tensors)) {
+    header[k] = { dtype: 'F32', shape: v.shape, data_offsets: [off, off + v.data.byteLength] };
+    off += v.data.byteLength;
+  }
+  let h = Buffer.from(JSON.stringify(header));
+  h = Buffer.concat([h, Buffer.alloc((8 - (h.length % 8)) % 8, 0x20)]);
+  const len = Buffer.alloc(8);
+  len.writeBigUInt64LE(BigInt(h.length));
+  fs.writeFileSync(file, Buffer.concat([len, h, ...Object.values(tensors).map((v) => Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength))]));
+}
+
 /** The largest absolute difference of two [batch][token][vocab] logit arrays. */
 export function maxAbsDiff(a: number[][][], b: number[][][]): number {
   let m = 0;

@@ -17,6 +17,7 @@ import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
 import { exportGguf } from '../../src-main/core/models/gguf';
 import { llamaSpModel } from '../fixtures/tokenizers/fixtures';
 import { ROOT } from '../helpers/app';
+import { writeSafetensors } from '../helpers/native';
 import { ENGINE, NATIVE, PY } from '../helpers/native';
 
 const REF = path.join(ROOT, 'tests', 'python', 'model_manager_ref.py');
@@ -49,19 +50,6 @@ function readSafetensors(file: string): StMap {
     out[k] = { shape: v.shape, data: new Float32Array(s.buffer.slice(s.byteOffset, s.byteOffset + s.length)) };
   }
   return out;
-}
-function writeSafetensors(file: string, tensors: StMap) {
-  const header: Record<string, unknown> = {};
-  let off = 0;
-  for (const [k, v] of Object.entries(tensors)) {
-    header[k] = { dtype: 'F32', shape: v.shape, data_offsets: [off, off + v.data.byteLength] };
-    off += v.data.byteLength;
-  }
-  let h = Buffer.from(JSON.stringify(header));
-  h = Buffer.concat([h, Buffer.alloc((8 - (h.length % 8)) % 8, 0x20)]);
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(h.length));
-  fs.writeFileSync(file, Buffer.concat([len, h, ...Object.values(tensors).map((v) => Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength))]));
 }
 function maxAbsDiff(a: Logits, b: Logits): number {
   let m = 0;

@@ -19,6 +19,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { exportGguf, permuteRows } from '../../src-main/core/models/gguf';
+import { writeSafetensors } from '../helpers/native';
 
 let tmp: string;
 beforeAll(() => {
@@ -41,17 +42,7 @@ function writeModel(name: string, config: Record<string, unknown>, tensors: Tens
     JSON.stringify({ model: { type: 'BPE', vocab, merges: [] }, pre_tokenizer: { type: 'ByteLevel' }, added_tokens: [] }),
   );
   fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', pad_token: '<pad>' }));
-  const header: Record<string, unknown> = {};
-  let off = 0;
-  for (const [k, v] of Object.entries(tensors)) {
-    header[k] = { dtype: 'F32', shape: v.shape, data_offsets: [off, off + v.data.byteLength] };
-    off += v.data.byteLength;
-  }
-  let h = Buffer.from(JSON.stringify(header));
-  h = Buffer.concat([h, Buffer.alloc((8 - (h.length % 8)) % 8, 0x20)]);
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(h.length));
-  fs.writeFileSync(path.join(dir, 'model.safetensors'), Buffer.concat([len, h, ...Object.values(tensors).map((v) => Buffer.from(v.data.buffer))]));
+  writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
   return dir;
 }
 
