@@ -4,8 +4,12 @@
 //    their total token count (transformers ≥ 4.46 for models that accept num_items_in_batch: llama,
 //    gpt_neox); "mean_of_means" averages each micro-batch's mean loss over the GA micro-batches
 //    (transformers ≤ 4.45, and remote-code models such as Baichuan). "auto" picks per family;
+//  - an optimizer step never spans two epochs: the last step of an epoch takes the micro-batches that are left
+//    (transformers ≥ 4.46; mean_of_means then averages over that many), and num_epochs E gives
+//    ceil(E · ceil(micro-batches per epoch / GA)) steps (HF's max_steps, fractional E included);
 //  - logged loss: the mean of the step losses since the last log; grad_norm: the global L2 norm before
-//    clipping; lr: the rate used by this step's update;
+//    clipping; lr: the rate used by this step's update (HF logs that since transformers#36973; 4.45 logged the
+//    next step's); epoch: as HF's state.epoch, epochs done + micro-batches done / micro-batches per epoch;
 //  - AdamW (torch) with decay on all but biases and norm weights; schedules as transformers.get_scheduler.
 // Data parallelism (docs/distributed.md): N ranks each load the model; rank 0's trainable weights (and, on
 // resume, its checkpoint) are broadcast; micro-batch k of a step is the slice [r·b, (r+1)·b) of the global
@@ -71,7 +75,8 @@ struct Job {
   std::string train_path, eval_path;
   double lr = 2e-4, warmup_ratio = 0, max_grad_norm = 1.0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   std::string schedule = "linear", loss_norm = "auto";
-  int64_t warmup_steps = 0, max_steps = -1, epochs = 3, micro_batch = 4, grad_accum = 1, eval_batch = 4;
+  int64_t warmup_steps = 0, max_steps = -1, micro_batch = 4, grad_accum = 1, eval_batch = 4;
+  double epochs = 3;  // training.num_epochs: fractional as HF's num_train_epochs
   uint64_t seed = 42;
   bool checkpointing = false;
   std::string precision = "fp32";  // training.precision: frozen base weights in bf16/fp16 (Model::set_precision)
@@ -179,7 +184,7 @@ llmt_status check_job_types(const Json &j) {
   if ((st = check_types(j.get("data"), "data.", {{"train", Kind::Str}, {"eval", Kind::Str}}))) return st;
   if ((st = check_types(j.get("training"), "training.",
                         {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num},
-                         {"max_steps", Kind::Int}, {"num_epochs", Kind::Int}, {"micro_batch_size", Kind::Int},
+                         {"max_steps", Kind::Int}, {"num_epochs", Kind::Num}, {"micro_batch_size", Kind::Int},
                          {"gradient_accumulation_steps", Kind::Int}, {"max_grad_norm", Kind::Num}, {"weight_decay", Kind::Num},
                          {"adam_beta1", Kind::Num}, {"adam_beta2", Kind::Num}, {"adam_epsilon", Kind::Num}, {"seed", Kind::Int},
                          {"gradient_checkpointing", Kind::Bool}, {"loss_normalization", Kind::Str}, {"eval_batch_size", Kind::Int},
@@ -270,7 +275,7 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.warmup_steps = t.get_int("warmup_steps", 0);
     job.warmup_ratio = t.get_number("warmup_ratio", 0);
     job.max_steps = t.get_int("max_steps", -1);
-    job.epochs = t.get_int("num_epochs", 3);
+    job.epochs = t.get_number("num_epochs", 3);
     job.micro_batch = t.get_int("micro_batch_size", 4);
     job.grad_accum = t.get_int("gradient_accumulation_steps", 1);
     job.max_grad_norm = t.get_number("max_grad_norm", 1.0);
@@ -326,7 +331,8 @@ llmt_status parse_job(const Json &j, Job &job) {
       (st = positive(job.eval_batch, "training.eval_batch_size")) || (st = positive(job.logging_steps, "output.logging_steps")) ||
       (st = positive(job.save_steps, "output.save_steps")))
     return st;
-  if (job.max_steps <= 0 && job.epochs <= 0) return set_error(LLMT_ERR_BAD_INPUT, "job: set training.max_steps or training.num_epochs");
+  if (job.max_steps <= 0 && !(job.epochs > 0 && std::isfinite(job.epochs)))
+    return set_error(LLMT_ERR_BAD_INPUT, "job: set training.max_steps or a positive training.num_epochs");
   if (!(job.lr > 0) || !std::isfinite(job.lr)) return set_error(LLMT_ERR_BAD_INPUT, "job: training.learning_rate must be positive");
   const std::set<std::string> schedules = {"linear", "cosine", "constant", "constant_with_warmup"};
   if (!schedules.count(job.schedule)) return set_error(LLMT_ERR_BAD_INPUT, "job: lr_scheduler must be linear, cosine, constant or constant_with_warmup");
@@ -947,7 +953,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   const int64_t global_micro = job.micro_batch * W;  // samples of one micro-batch over all ranks
   const int64_t batches_per_epoch = (n + global_micro - 1) / global_micro;
   const int64_t steps_per_epoch = std::max<int64_t>(1, (batches_per_epoch + job.grad_accum - 1) / job.grad_accum);
-  const int64_t total = job.max_steps > 0 ? job.max_steps : job.epochs * steps_per_epoch;
+  // HF Trainer: max_steps = ceil(num_train_epochs · update steps per epoch), the last step of each epoch short
+  const int64_t total = job.max_steps > 0 ? job.max_steps
+                                          : std::max<int64_t>(1, static_cast<int64_t>(std::ceil(job.epochs * static_cast<double>(steps_per_epoch))));
+  // the epoch as HF's state.epoch reports it: epochs done + micro-batches done / micro-batches per epoch
+  auto epoch_progress = [&](const Cursor &c) {
+    return static_cast<double>(c.epoch) +
+           static_cast<double>((c.index + global_micro - 1) / global_micro) / static_cast<double>(batches_per_epoch);
+  };
   const int64_t warmup = job.warmup_steps > 0 ? job.warmup_steps : static_cast<int64_t>(std::ceil(job.warmup_ratio * total));
   std::vector<Param *> tp = model->trainable_params();
   const std::vector<int> owner = zero1 ? shard_owners(tp, W) : std::vector<int>(tp.size(), dist.rank());
@@ -1092,17 +1105,25 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   }
 
   std::vector<int64_t> order = epoch_order(n, job.seed, cur.epoch);
-  // The global micro-batch (N·b samples of the epoch order), of which this rank takes [r·b, (r+1)·b).
-  auto next_indices = [&](std::vector<int64_t> &idx) {
+  // A step starts the next epoch when this one is done; within a step the epoch never changes (its last step takes
+  // what is left of it, as HF Trainer ≥ 4.46).
+  auto start_step_epoch = [&] {
     if (cur.index >= n) {
       ++cur.epoch;
       cur.index = 0;
       order = epoch_order(n, job.seed, cur.epoch);
     }
+  };
+  // The global micro-batch (N·b samples of the epoch order), of which this rank takes [r·b, (r+1)·b); false when
+  // the epoch has no sample left for this step.
+  auto next_indices = [&](std::vector<int64_t> &idx) -> bool {
+    idx.clear();
+    if (cur.index >= n) return false;
     const int64_t take = std::min(global_micro, n - cur.index);
     const int64_t lo = std::min(take, dist.rank() * job.micro_batch), hi = std::min(take, lo + job.micro_batch);
     idx.assign(order.begin() + cur.index + lo, order.begin() + cur.index + hi);
     cur.index += take;
+    return true;
   };
 
   // Evaluation: eval batches dealt round-robin over the ranks; the sums are all-reduced.
@@ -1175,7 +1196,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     Json ts = Json::object();
     ts.set("global_step", Json::integer(at_step));
     ts.set("max_steps", Json::integer(total));
-    ts.set("epoch", Json::number(cur.epoch + static_cast<double>(cur.index) / static_cast<double>(n)));
+    ts.set("epoch", Json::number(epoch_progress(cur)));
     Json dc = Json::object();
     dc.set("epoch", Json::integer(cur.epoch));
     dc.set("index", Json::integer(cur.index));
@@ -1263,13 +1284,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       break;
     }
     model->zero_grad();
+    start_step_epoch();
     const Cursor cur_before = cur;
     std::vector<Batch> micro(GA);
     // global target-token counts per micro-batch (+ the ranks' stop votes), all-reduced before any backward
     std::vector<double> counts(GA + 1, 0.0);
+    size_t window = 0;  // global micro-batches in this step: GA, fewer in the last step of an epoch
     for (size_t k = 0; k < GA; ++k) {
       std::vector<int64_t> idx;
-      next_indices(idx);
+      if (next_indices(idx)) ++window;
       if (!idx.empty()) make_batch(*train, idx, train->pad_id(), micro[k]);
       counts[k] = static_cast<double>(count_targets(micro[k]));
     }
@@ -1302,7 +1325,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       o.offload_checkpoints = job.offload_checkpoints;
       o.seed = mix64(job.seed ^ mix64(static_cast<uint64_t>(step) * 1315423911ull + k + 1));
       if (loss_norm == "token_mean") o.grad_scale = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
-      else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(GA)) : 0.0f;
+      else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(window)) : 0.0f;
       o.grad_scale *= static_cast<float>(loss_scale);
       if (reducer && job.overlap && k == last) o.grad_ready = [&](int64_t, const std::vector<Param *> &ready) { reducer->ready(ready); };
       RunResult r;
@@ -1341,7 +1364,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     double step_loss = 0;
     for (size_t k = 0; k < GA; ++k) {
       if (loss_norm == "token_mean") step_loss += losses[k];
-      else step_loss += counts[k] > 0 ? losses[k] / counts[k] / static_cast<double>(GA) : 0.0;
+      else step_loss += counts[k] > 0 ? losses[k] / counts[k] / static_cast<double>(window) : 0.0;
     }
     const int64_t step_tokens = static_cast<int64_t>(losses[GA]);
     if (loss_norm == "token_mean") step_loss = total_tokens > 0 ? step_loss / total_tokens : NAN;
@@ -1412,7 +1435,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       const double t = now_s();
       Json e = ev("step");
       e.set("step", Json::integer(step));
-      e.set("epoch", Json::number(cur.epoch + static_cast<double>(cur.index) / static_cast<double>(n)));
+      e.set("epoch", Json::number(epoch_progress(cur)));
       e.set("loss", log_steps ? Json::number(log_loss_sum / static_cast<double>(log_steps)) : Json());
       e.set("lr", Json::number(lr));
       e.set("grad_norm", std::isfinite(gnorm) ? Json::number(gnorm) : Json());  // null: an fp16 step skipped

@@ -76,6 +76,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['learning_rate', o.learning_rate],
     ['lr_scheduler', o.lr_scheduler_type],
     ['warmup_steps', o.warmup_steps],
+    ['warmup_ratio', o.warmup_ratio],
     ['max_steps', o.max_steps],
     ['num_epochs', o.num_train_epochs],
     ['micro_batch_size', o.per_device_train_batch_size],
@@ -83,6 +84,9 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['gradient_accumulation_steps', o.gradient_accumulation_steps],
     ['max_grad_norm', o.max_grad_norm],
     ['weight_decay', o.weight_decay],
+    ['adam_beta1', o.adam_beta1],
+    ['adam_beta2', o.adam_beta2],
+    ['adam_epsilon', o.adam_epsilon],
     ['seed', o.seed],
     ['gradient_checkpointing', o.gradient_checkpointing ? true : undefined],
     ['offload_optimizer', o.offload_optimizer ? true : undefined],
@@ -191,8 +195,12 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--learning_rate <lr>', 'peak learning rate', num)
     .option('--lr_scheduler_type <s>', 'linear, cosine, constant, constant_with_warmup')
     .option('--warmup_steps <n>', 'warmup steps', int)
+    .option('--warmup_ratio <x>', 'warmup as a share of the steps (ceil(ratio × steps); --warmup_steps wins when > 0)', num)
     .option('--max_grad_norm <x>', 'gradient clipping', num)
     .option('--weight_decay <x>', 'AdamW weight decay', num)
+    .option('--adam_beta1 <x>', 'AdamW beta1 (0.9)', num)
+    .option('--adam_beta2 <x>', 'AdamW beta2 (0.999)', num)
+    .option('--adam_epsilon <x>', 'AdamW epsilon (1e-8)', num)
     .option('--seed <n>', 'seed', int)
     .option('--lora_config <file>', "a LoRA config: the seed's (configs/lora_config_<family>.json) or a PEFT LoraConfig JSON (adapter_config.json); PEFT features the engine cannot honour (use_dora, fan_in_fan_out, layer_replication, ...) are refused by name")
     .option('--lora_r <n>', 'LoRA rank (overrides --lora_config)', int)
@@ -268,7 +276,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
               total = Number(e.max_steps);
               startStep = Number(e.start_step) || 0;
               console.log(`training ${e.model_type} (${e.method}): ${Number(e.trainable_params).toLocaleString()} of ${Number(e.total_params).toLocaleString()} parameters trainable; ${e.train_samples} samples; ${total} steps`);
-              if (epochNote) console.log(`note: --max_steps ${spec.training.max_steps} is not positive, so the run trains ${Math.ceil(spec.training.num_epochs)} epoch(s) (--num_train_epochs) = ${total} steps`);
+              if (epochNote) console.log(`note: --max_steps ${spec.training.max_steps} is not positive, so the run trains ${spec.training.num_epochs} epoch(s) (--num_train_epochs) = ${total} steps`);
             } else if (e.event === 'step') {
               const step = Number(e.step);
               const elapsed = (Date.now() - t0) / 1000;

@@ -53,6 +53,7 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('learning_rate', t.learning_rate, td.learning_rate);
   flag('lr_scheduler_type', t.lr_scheduler, td.lr_scheduler);
   flag('warmup_steps', t.warmup_steps, td.warmup_steps);
+  flag('warmup_ratio', t.warmup_ratio, td.warmup_ratio);
   flag('max_steps', t.max_steps, td.max_steps);
   flag('num_train_epochs', t.num_epochs, td.num_epochs);
   flag('per_device_train_batch_size', t.micro_batch_size, td.micro_batch_size);
@@ -60,6 +61,9 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('gradient_accumulation_steps', t.gradient_accumulation_steps, td.gradient_accumulation_steps);
   flag('max_grad_norm', t.max_grad_norm, td.max_grad_norm);
   flag('weight_decay', t.weight_decay, td.weight_decay);
+  flag('adam_beta1', t.adam_beta1, td.adam_beta1);
+  flag('adam_beta2', t.adam_beta2, td.adam_beta2);
+  flag('adam_epsilon', t.adam_epsilon, td.adam_epsilon);
   flag('seed', t.seed, td.seed);
   sw('bf16', t.precision === 'bf16');
   sw('fp16', t.precision === 'fp16');

@@ -1,0 +1,51 @@
+// HF TrainingArguments that reach the engine unchanged: --warmup_ratio, --adam_beta1/2, --adam_epsilon and a
+// fractional --num_train_epochs (HF: max_steps = ceil(epochs × update steps per epoch); the app used to round the
+// epochs up first). What the engine then does with them is checked against HF Trainer in
+// tests/integration/trainer-parity.test.ts.
+import { describe, expect, it } from 'vitest';
+
+import { specFromFlags } from '../../src-main/cli/train';
+import { cliArgs } from '../../src-main/core/runs/cli-command';
+import { parseRunSpec, toEngineJob } from '../../src-main/core/runs/runspec';
+
+/** argv words as commander hands them to specFromFlags (numbers parsed). */
+function flags(args: string[]): Record<string, string | number | boolean> {
+  const o: Record<string, string | number | boolean> = {};
+  for (let i = 0; i < args.length; i++) {
+    const k = args[i]!.replace(/^--/, '');
+    const v = args[i + 1];
+    if (v === undefined || v.startsWith('--')) o[k] = true;
+    else {
+      o[k] = /^-?\d+(\.\d+)?(e-?\d+)?$/i.test(v) ? Number(v) : v;
+      i++;
+    }
+  }
+  return o;
+}
+
+const base = ['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o'];
+const training = (spec: ReturnType<typeof parseRunSpec>) => (toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { training: Record<string, unknown> }).training;
+
+describe("HF Trainer's optimizer and schedule flags", () => {
+  it('reach the engine job as given, and round-trip through the equivalent command line', () => {
+    const { spec } = specFromFlags(flags([...base, '--warmup_ratio', '0.03', '--adam_beta1', '0.8', '--adam_beta2', '0.95', '--adam_epsilon', '1e-6', '--num_train_epochs', '2.5']));
+    expect(training(spec)).toMatchObject({ warmup_ratio: 0.03, adam_beta1: 0.8, adam_beta2: 0.95, adam_epsilon: 1e-6, num_epochs: 2.5 });
+    const args = cliArgs(spec);
+    expect(args).toEqual(expect.arrayContaining(['--warmup_ratio', '0.03', '--adam_beta1', '0.8', '--adam_beta2', '0.95', '--adam_epsilon', '0.000001', '--num_train_epochs', '2.5']));
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+  });
+
+  it("default to torch's AdamW and no warmup ratio, and say nothing on the command line", () => {
+    const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' } });
+    const t = training(spec);
+    expect(t).toMatchObject({ adam_beta1: 0.9, adam_beta2: 0.999, adam_epsilon: 1e-8, num_epochs: 3 });
+    expect(t).not.toHaveProperty('warmup_ratio');
+    expect(cliArgs(spec).join(' ')).not.toMatch(/adam|warmup_ratio|num_train_epochs/);
+  });
+
+  it('refuses values HF refuses', () => {
+    for (const bad of [['--warmup_ratio', '1.5'], ['--adam_beta1', '1'], ['--adam_epsilon', '0']]) {
+      expect(() => specFromFlags(flags([...base, ...bad]))).toThrow();
+    }
+  });
+});
