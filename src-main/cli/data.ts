@@ -37,9 +37,9 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
 
   data
     .command('prepare')
-    .description('turn a dataset file (JSON / JSONL / text) into a tokenized .tok file for training')
+    .description('turn a dataset file (JSON / JSONL / CSV / TSV / text, optionally .gz) into a tokenized .tok file for training')
     .requiredOption('--model <dir>', 'HF model folder whose tokenizer to use')
-    .requiredOption('--data <file>', 'dataset file: PromptCBLUE, Alpaca, ShareGPT, columns (JSON array or JSONL), or .txt')
+    .requiredOption('--data <file>', 'dataset file: PromptCBLUE, Alpaca, ShareGPT / messages, prompt/response columns (a JSON array, an object holding one, JSONL, CSV or TSV with a header row; gzip\'d too), or .txt')
     .requiredOption('--out <file>', 'output .tok file')
     .addOption(new Option('--format <format>', 'override the detected format').choices([...FORMATS]))
     .addOption(new Option('--template <template>', 'prompt template').choices([...TEMPLATES]).default('raw'))

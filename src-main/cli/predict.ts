@@ -17,7 +17,7 @@ export function registerPredict(program: Command, fail: Fail): void {
       .requiredOption('--model <dir>', 'base model folder (HF layout)')
       .option('--adapter <dir>', 'PEFT LoRA adapter or checkpoint folder')
       .option('--tokenizer <dir>', 'tokenizer folder (default: the model folder)')
-      .requiredOption('--data <file>', 'test file (JSON or JSON Lines; PromptCBLUE, Alpaca or prompt/response records)')
+      .requiredOption('--data <file>', 'test file (JSON or JSON Lines; PromptCBLUE, Alpaca, prompt/response or prompt/completion records)')
       .requiredOption('--out <file>', 'predictions file to write (JSON Lines)')
       .addOption(templateOption())
       .option('--max_source_length <n>', 'prompt tokens kept, as in training', posInt, 512)

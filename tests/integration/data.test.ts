@@ -1,9 +1,11 @@
 // `llms-train data prepare` + `data show` against the seed's own preprocessing (tests/python/seed_preprocess.py,
-// HF tokenizers) on PromptCBLUE records; and bad files named line by line through the CLI.
+// HF tokenizers) on PromptCBLUE records, also read from CSV, TSV, gzip'd JSONL and a wrapped JSON list; and bad
+// files named line by line through the CLI.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import zlib from 'node:zlib';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
@@ -69,6 +71,31 @@ describe('data prepare reproduces the seed (raw template, tokenizer.json)', () =
     const r = spawnSync(ENGINE, ['train', '--job', job], { encoding: 'utf8' });
     expect(r.status, r.stderr + r.stdout).toBe(0);
     expect(r.stdout).toMatch(/"event":"done","status":"completed"/);
+  });
+});
+
+describe('the same records as CSV, TSV, gzip and a wrapped JSON list give the seed\'s ids', () => {
+  // RFC 4180: every field quoted, quotes doubled; the records hold commas, tabs, line breaks and emoji
+  const cell = (v: unknown) => `"${(typeof v === 'string' ? v : JSON.stringify(v)).replace(/"/g, '""')}"`;
+  const table = (sep: string) => [Object.keys(records[0]!).join(sep), ...records.map((r) => Object.values(r).map(cell).join(sep))].join('\r\n') + '\r\n';
+  it.each([
+    ['train.csv', () => table(',')],
+    ['train.tsv', () => table('\t')],
+    ['train.jsonl.gz', () => zlib.gzipSync(records.map((r) => JSON.stringify(r)).join('\n'))],
+    ['wrapped.json', () => JSON.stringify({ version: 1, data: records }, null, 2)],
+  ] as const)('%s', async (name, content) => {
+    const f = path.join(tmp, name);
+    fs.writeFileSync(f, content());
+    const out = path.join(tmp, `${name}.tok`);
+    const home = path.join(tmp, 'home');
+    const r = await runCli(['data', 'prepare', '--model', model, '--data', f, '--out', out, '--max_source_length', '24', '--max_target_length', '6', '--json'], { home });
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ format: 'promptcblue', written: 4, skipped: 0 });
+    const want = seed(model, data, 24, 6);
+    for (let i = 0; i < records.length; i++) {
+      const show = await runCli(['data', 'show', out, '--index', String(i)], { home });
+      expect(JSON.parse(show.stdout)).toEqual(want[i]);
+    }
   });
 });
 

@@ -8,7 +8,9 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { conversation } from '../../src-main/core/chat/service';
 import { prepareDataset } from '../../src-main/core/data/prepare';
+import { encodeSample } from '../../src-main/core/data/templates';
 import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
 import { EngineHost, type RestartInfo, type UtilityProcessModule, electronLauncher } from '../../src-main/core/engine/host';
 import { loadEngine } from '../../src-main/core/engine/native';
@@ -383,6 +385,21 @@ describe('llms-train chat', () => {
       // the second answer saw the first exchange: its prompt is longer than the first one's
       const metas = store.chat.messages(byId[0]!.id).filter((m) => m.role === 'assistant').map((m) => (m.meta as { promptTokens: number }).promptTokens);
       expect(metas[1]!).toBeGreaterThan(metas[0]!);
+      // and it is exactly the trained layout of the conversation so far (the first answer closed by eos, the system
+      // prompt opening the first round): as many ids as a ShareGPT sample of it has before its next answer
+      const tok = await loadTokenizer(model);
+      try {
+        const msgs = store.chat.messages(byId[0]!.id);
+        msgs.forEach((m, i) => {
+          if (m.role !== 'assistant') return;
+          const turns = conversation('你是医生', msgs.slice(0, i));
+          const e = encodeSample({ kind: 'chat', turns: [...turns, { role: 'assistant', content: 'x' }], multiTurn: true }, 'raw', tok, { maxSourceLength: 4096, maxTargetLength: 1024 });
+          const lastAnswer = e.mask.findLastIndex((t, j) => t && !e.mask[j - 1]);
+          expect((m.meta as { promptTokens: number }).promptTokens).toBe(lastAnswer + 1); // + the trained bos
+        });
+      } finally {
+        tok.dispose();
+      }
     } finally {
       store.close();
     }

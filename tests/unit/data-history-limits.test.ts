@@ -9,7 +9,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import type { ChatRenderer } from '../../src-main/core/data/chat-template';
-import { toSample } from '../../src-main/core/data/formats';
+import { type Sample, toSample } from '../../src-main/core/data/formats';
 import { PrepareError, prepareDataset } from '../../src-main/core/data/prepare';
 import { charBudget, encodePrompt, encodeSample } from '../../src-main/core/data/templates';
 import { TokReader } from '../../src-main/core/data/tokfile';
@@ -62,11 +62,15 @@ describe('Alpaca history (the LLaMA-Factory / BELLE layout) is earlier rounds', 
     expect(() => toSample({ ...rec, history: { q: 'a' } }, 'alpaca')).toThrow(/not an object/);
   });
 
-  it('the template folds the history into the prompt and trains on the last answer', () => {
+  it('the template lays out the history as a conversation\'s earlier rounds and trains on the last answer', () => {
     const e = encodeSample(toSample(rec, 'alpaca'), 'belle', charTok, { maxSourceLength: 512, maxTargetLength: 64 });
-    const prompt = 'Human: \nq1\n\nAssistant: \na1\n\nHuman: \nq2\n\nAssistant: \na2\n\nHuman: \nsay hi\n\nAssistant: \n';
-    expect(e.ids).toEqual([...enc(prompt), ...enc('hi'), 2]);
+    const round = (q: string, first = false) => enc(`${first ? '' : '\n\n'}Human: \n${q}\n\nAssistant: \n`);
+    expect(e.ids).toEqual([...round('q1', true), ...enc('a1'), 2, ...round('q2'), ...enc('a2'), 2, ...round('say hi'), ...enc('hi'), 2]);
     expect(e.mask.filter(Boolean).length).toBe(3);
+    // exactly the ShareGPT conversation's ids, whose every answer is trained
+    const conv = encodeSample({ ...toSample(rec, 'alpaca'), multiTurn: true } as Sample, 'belle', charTok, { maxSourceLength: 512, maxTargetLength: 64 });
+    expect(conv.ids).toEqual(e.ids);
+    expect(conv.mask.filter(Boolean).length).toBe(9);
   });
 
   it('data prepare writes the earlier rounds, names a malformed history by line, and predict prompts the same way', async () => {
@@ -76,7 +80,7 @@ describe('Alpaca history (the LLaMA-Factory / BELLE layout) is earlier rounds', 
     expect(r).toMatchObject({ format: 'alpaca', written: 2 });
     const tok = TokReader.open(out);
     try {
-      expect(tok.sample(0).input_ids).toEqual([...enc('q1\na1\nq2\na2\nsay hi'), 2, 1, ...enc('hi'), 2]);
+      expect(tok.sample(0).input_ids).toEqual([...enc('q1'), 2, 1, ...enc('a1'), 2, ...enc('q2'), 2, 1, ...enc('a2'), 2, ...enc('say hi'), 2, 1, ...enc('hi'), 2]);
       expect(tok.sample(1).input_ids).toEqual([...enc('say hi'), 2, 1, ...enc('hi'), 2]);
     } finally {
       tok.close();
@@ -88,7 +92,7 @@ describe('Alpaca history (the LLaMA-Factory / BELLE layout) is earlier rounds', 
     expect(err!.message).toMatch(/alpaca_hist_bad\.jsonl:3: "history"\[0\] must be a \[question, answer\] pair of strings/);
     // predict asks with the same earlier rounds training saw
     expect(promptTurns(rec, 'alpaca')).toEqual(turns.slice(0, 5));
-    expect(encodePrompt(promptTurns(rec, 'alpaca'), 'raw', charTok)).toEqual([...enc('q1\na1\nq2\na2\nsay hi'), 2, 1]);
+    expect(encodePrompt(promptTurns(rec, 'alpaca'), 'raw', charTok)).toEqual([...enc('q1'), 2, 1, ...enc('a1'), 2, ...enc('q2'), 2, 1, ...enc('a2'), 2, ...enc('say hi'), 2, 1]);
   });
 
   it('--history_column works for PromptCBLUE records too', () => {
@@ -167,9 +171,10 @@ describe('a huge field is cut to a character budget before tokenizing, keeping e
     const conv = toSample({ conversations: [{ from: 'human', value: 'x' }, { from: 'gpt', value: huge }, { from: 'human', value: 'z' }, { from: 'gpt', value: 'w' }] }, 'sharegpt');
     let tok = spyTok();
     const m = encodeSample(conv, 'baichuan-chat', tok, opt);
-    expect(tok.longest).toBeLessThanOrEqual(charBudget(576));
-    expect(m.ids).toEqual([195, ...enc('x'), 196, ...enc(huge)].slice(0, 576));
-    expect(m.truncatedTokens).toBe(3 + huge.length + 1 + 5 - 576);
+    expect(tok.longest).toBeLessThanOrEqual(charBudget(62));
+    // each round keeps the seed's rule (the answer cut to max_target_length − 2), so the second round still fits
+    expect(m.ids).toEqual([195, ...enc('x'), 196, ...enc(huge).slice(0, 62), 2, 195, ...enc('z'), 196, ...enc('w'), 2]);
+    expect(m.truncatedTokens).toBe(huge.length - 62);
     tok = spyTok();
     const t = encodeSample({ kind: 'text', text: huge }, 'raw', tok, opt);
     expect(tok.longest).toBeLessThanOrEqual(charBudget(575));
@@ -181,7 +186,8 @@ describe('a huge field is cut to a character budget before tokenizing, keeping e
     };
     tok = spyTok();
     const c = encodeSample(toSample({ input: huge, target: 'ok' }, 'promptcblue'), 'chat_template', tok, { ...opt, chatTemplate: renderer });
-    expect(tok.longest).toBeLessThanOrEqual(charBudget(511));
+    // the conversation is tokenized whole: the cut message plus the template's text around it
+    expect(tok.longest).toBeLessThanOrEqual(charBudget(576) + 64);
     expect(c.ids).toEqual([...enc(`<user>${huge}`).slice(0, 511), ...enc('ok</assistant>')]);
   });
 

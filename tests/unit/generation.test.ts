@@ -29,19 +29,21 @@ describe('encodePrompt: the training layout up to the answer', () => {
     expect(prompt).toEqual(full.slice(0, full.length - enc('有').length - end.length));
   });
 
-  it.each(builtIn)('%s: earlier rounds as the single-answer layout folds them (baichuan-chat: per round)', (name) => {
+  it.each(builtIn)('%s: earlier rounds as training lays them out, single answer with history or multi-turn alike', (name) => {
     const turns = [
       { role: 'user' as const, content: 'q1' },
       { role: 'assistant' as const, content: 'a1' },
       { role: 'user' as const, content: 'q2' },
     ];
-    const sample: Sample = { kind: 'chat', turns: [...turns, { role: 'assistant', content: 'a2' }], multiTurn: name === 'baichuan-chat' };
-    const full = encodeSample(sample, name, charTok, opt).ids;
-    const prompt = encodePrompt(turns, name, charTok, { maxSourceLength: 64 });
-    expect(prompt).toEqual(full.slice(0, full.length - 2 - answerEndIds(name, charTok).length));
+    const prompt = encodePrompt(turns, name, charTok, { maxSourceLength: 512 });
+    for (const multiTurn of [false, true]) {
+      const sample: Sample = { kind: 'chat', turns: [...turns, { role: 'assistant', content: 'a2' }], multiTurn };
+      const full = encodeSample(sample, name, charTok, { maxSourceLength: 512, maxTargetLength: 32 }).ids;
+      expect(prompt).toEqual(full.slice(0, full.length - 2 - answerEndIds(name, charTok).length));
+    }
   });
 
-  it('raw (the seed layout): prompt, then eos and bos; history as "q\\na\\n"; the system prompt opens the text', () => {
+  it('raw (the seed layout): prompt, then eos and bos; an earlier round closed by eos; the system prompt opens the text', () => {
     expect(encodePrompt([{ role: 'user', content: 'hi' }], 'raw', charTok)).toEqual([...enc('hi'), 2, 1]);
     const p = encodePrompt(
       [
@@ -53,7 +55,7 @@ describe('encodePrompt: the training layout up to the answer', () => {
       'raw',
       charTok,
     );
-    expect(charTok.decode(p)).toBe('S\na\nb\nc<2><1>');
+    expect(charTok.decode(p)).toBe('S\na<2><1>b<2>c<2><1>');
     expect(charTok.decode(encodePrompt([{ role: 'system', content: 'Be brief.' }, { role: 'user', content: 'x' }], 'vicuna', charTok))).toBe('<1>Be brief. USER: x ASSISTANT:');
   });
 

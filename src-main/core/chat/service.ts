@@ -107,16 +107,24 @@ function toMessage(m: ChatMessageRow): ChatMessage {
   return { id: m.id, role: m.role, content: m.content, meta: m.meta, createdAt: m.createdAt };
 }
 
-/** The conversation a model continues: the system prompt, then the user/assistant turns in order. */
+/**
+ * The conversation a model continues: the system prompt, then the user/assistant turns in order — what
+ * templates.ts encodePrompt lays out exactly as training lays out a conversation up to its next answer (earlier
+ * answers each closed by the template's end id, the system prompt where training puts it). An answer stopped
+ * before its first character is no answer: like a failed or deleted one, its question is replaced by the next
+ * (two user turns in a row: the later one stands), as training never holds an empty answer.
+ */
 export function conversation(system: string | null, history: readonly { role: string; content: string }[]): Turn[] {
   const turns: Turn[] = [];
   if (system && system.trim()) turns.push({ role: 'system', content: system });
   for (const m of history) {
     if (m.role !== 'user' && m.role !== 'assistant') continue;
     const last = turns.at(-1);
-    // two user turns in a row (an answer failed or was deleted): the later one stands
-    if (last && last.role === m.role && m.role === 'user') turns[turns.length - 1] = { role: 'user', content: m.content };
-    else turns.push({ role: m.role, content: m.content });
+    if (m.role === 'assistant') {
+      // an answer follows its question (never an empty one, nor a second answer)
+      if (m.content.trim() && last?.role === 'user') turns.push({ role: 'assistant', content: m.content });
+    } else if (last?.role === 'user') turns[turns.length - 1] = { role: 'user', content: m.content };
+    else turns.push({ role: 'user', content: m.content });
   }
   return turns;
 }

@@ -6,10 +6,10 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type ColumnOptions, FORMAT_HINT, type Format, HISTORY_FORMATS, type Sample, detectFormat, fieldList, toSample } from './formats.js';
-import type { ChatRenderer } from './chat-template.js';
+import { type ColumnOptions, FORMAT_HINT, type Format, HISTORY_FORMATS, type Sample, detectFormat, fieldList, sampleOf } from './formats.js';
+import { type ChatRenderer, loadChatTemplate } from './chat-template.js';
 import { readRecords, recordAt } from './reader.js';
-import { type TemplateName, TEMPLATES, encodeSample } from './templates.js';
+import { type EncodeOptions, type TemplateName, TEMPLATES, encodeSample } from './templates.js';
 import { TokWriter } from './tokfile.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
@@ -34,8 +34,11 @@ export interface PrepareOptions {
   /** Pack samples into rows of at most this many tokens (positions restart per sample; the engine keeps
    *  attention inside each sample). A sample longer than a row gets a row of its own. */
   packRowLength?: number;
-  /** The model's chat_template, for template "chat_template". */
+  /** The model's chat_template, for template "chat_template"; read from `modelDir` (else `source.model`) when
+   *  not given. */
   chatTemplate?: ChatRenderer;
+  /** The model folder (its tokenizer_config.json holds the chat_template). */
+  modelDir?: string;
   /** Recorded in the header (e.g. the model folder). */
   source?: Record<string, unknown>;
 }
@@ -122,9 +125,25 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   }
   const template = opt.template ?? 'raw';
   if (!TEMPLATES.includes(template)) throw new PrepareError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, []);
+  // the model's chat_template: given, or read from the model folder (a run's data is prepared with the folder only)
+  const modelDir = opt.modelDir ?? (typeof opt.source?.model === 'string' ? opt.source.model : undefined);
+  let chatTemplate = opt.chatTemplate;
+  if (template === 'chat_template' && !chatTemplate && modelDir) {
+    try {
+      chatTemplate = loadChatTemplate(modelDir);
+    } catch (err) {
+      throw new PrepareError((err as Error).message, [], 'Choose a built-in template that fits this model.');
+    }
+  }
+  const encOpt: EncodeOptions = {
+    maxSourceLength: opt.maxSourceLength,
+    maxTargetLength: opt.maxTargetLength,
+    ...(opt.trainOnPrompt ? { trainOnPrompt: true } : {}),
+    ...(chatTemplate ? { chatTemplate } : {}),
+  };
   try {
     // a tokenizer that lacks what the template needs is one problem, not one per record
-    encodeSample({ kind: 'chat', turns: [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }] }, template, opt.tokenizer, opt);
+    encodeSample({ kind: 'chat', turns: [{ role: 'user', content: 'a' }, { role: 'assistant', content: 'b' }] }, template, opt.tokenizer, encOpt);
   } catch (err) {
     throw new PrepareError(`${(err as Error).message}`, [], 'Choose a template that fits this model, or complete the tokenizer files (tokenizer_config.json, special_tokens_map.json).');
   }
@@ -136,11 +155,12 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   let cacheKey: string | null = null;
   if (opt.cacheDir) {
     const key = {
-      v: 2, // 2: Alpaca "history", promptcblue with --history_column
+      v: 4, // 2: Alpaca "history", promptcblue with --history_column; 3: system prompts, messages, per-round truncation;
+      // 4: history laid out round by round as conversations are (eos after each answer), ChatGLM-6B conversations folded
       data: await fileHash(opt.dataFile),
       tokenizer: opt.tokenizer.hash,
       template,
-      chatTemplate: opt.chatTemplate?.id ?? null,
+      chatTemplate: chatTemplate?.id ?? null,
       format: opt.format ?? null,
       columns: opt.columns ?? null,
       lengths: [opt.maxSourceLength, opt.maxTargetLength],
@@ -208,7 +228,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       const recorder = Object.assign(Object.create(opt.tokenizer) as Tokenizer, { encode: (t: string) => (texts.add(t), []) });
       for (const c of chunk) {
         try {
-          encodeSample(c.sample, template, recorder, opt);
+          encodeSample(c.sample, template, recorder, encOpt);
         } catch {
           /* reported in the replay */
         }
@@ -220,7 +240,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       for (const c of chunk) {
         let encoded;
         try {
-          encoded = encodeSample(c.sample, template, replay, opt);
+          encoded = encodeSample(c.sample, template, replay, encOpt);
         } catch (err) {
           fail(c, (err as Error).message);
           continue;
@@ -246,6 +266,25 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     };
     let chunk: { line: number; element?: number; sample: Sample; index: number }[] = [];
     const historyColumn = opt.columns?.historyColumn;
+    const cols = opt.columns ?? {};
+    let from = '--format'; // where the file's format came from, for messages
+    // records read while no record has told the format yet (an odd first record: a header, metadata)
+    let undetected: { rec: { line: number; element?: number }; obj: Record<string, unknown>; index: number }[] = [];
+    const take = (rec: { line: number; element?: number }, obj: Record<string, unknown>, index: number, fmt: Format) => {
+      if (historyColumn && !HISTORY_FORMATS.includes(fmt)) {
+        throw new PrepareError(
+          `--history_column "${historyColumn}" cannot be used with the ${fmt} format of ${opt.dataFile}${fmt === 'sharegpt' ? ' (a ShareGPT conversation holds its earlier rounds itself)' : ' (plain text has no rounds)'}`,
+          [],
+          `Leave out --history_column; it applies to the ${HISTORY_FORMATS.join(', ')} formats.`,
+        );
+      }
+      if (historyColumn && historyColumn in obj) historySeen++;
+      try {
+        chunk.push({ line: rec.line, ...(rec.element !== undefined ? { element: rec.element } : {}), sample: sampleOf(obj, fmt, cols, from), index });
+      } catch (err) {
+        fail(rec, (err as Error).message);
+      }
+    };
     for await (const rec of readRecords(opt.dataFile)) {
       records++;
       if ('error' in rec) {
@@ -256,26 +295,28 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       firstFields ??= fieldList(obj, 'the first record');
       if (!format) {
         format = detectFormat(obj, opt.columns);
-        if (!format) throw new PrepareError(`cannot tell the format of ${opt.dataFile} from line ${rec.line} (fields: ${Object.keys(obj).join(', ') || 'none'}); ${FORMAT_HINT}`, []);
+        if (!format) {
+          // the format is told by the first record that has a known shape (within the first 100)
+          if (undetected.length < 100) {
+            undetected.push({ rec, obj, index: records - 1 });
+            continue;
+          }
+          const u = undetected[0]!;
+          throw new PrepareError(`cannot tell the format of ${opt.dataFile} from line ${u.rec.line} (fields: ${Object.keys(u.obj).join(', ') || 'none'}) nor from the 100 records after it; ${FORMAT_HINT}`, []);
+        }
+        from = `detected from line ${rec.line}`;
+        for (const u of undetected) take(u.rec, u.obj, u.index, format);
+        undetected = [];
       }
-      if (historyColumn && !HISTORY_FORMATS.includes(format)) {
-        throw new PrepareError(
-          `--history_column "${historyColumn}" cannot be used with the ${format} format of ${opt.dataFile}${format === 'sharegpt' ? ' (a ShareGPT conversation holds its earlier rounds itself)' : ' (plain text has no rounds)'}`,
-          [],
-          `Leave out --history_column; it applies to the ${HISTORY_FORMATS.join(', ')} formats.`,
-        );
-      }
-      if (historyColumn && historyColumn in obj) historySeen++;
-      try {
-        chunk.push({ line: rec.line, ...(rec.element !== undefined ? { element: rec.element } : {}), sample: toSample(obj, format, opt.columns), index: records - 1 });
-      } catch (err) {
-        fail(rec, (err as Error).message);
-        continue;
-      }
+      take(rec, obj, records - 1, format);
       if (chunk.length >= 512) {
         await flush(chunk);
         chunk = [];
       }
+    }
+    if (!format && undetected.length) {
+      const u = undetected[0]!;
+      throw new PrepareError(`cannot tell the format of ${opt.dataFile} from line ${u.rec.line} (fields: ${Object.keys(u.obj).join(', ') || 'none'}); ${FORMAT_HINT}`, []);
     }
     await flush(chunk);
     for (const [w, row] of rows) if (row.ids.length) w.add(row.ids, row.mask, row.pos);

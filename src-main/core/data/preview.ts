@@ -3,7 +3,7 @@
 // with the trained-on tokens marked, and statistics (records, token lengths, truncation, bad lines).
 import fs from 'node:fs';
 
-import { type ColumnOptions, detectFormat, type Format, FORMAT_HINT, toSample } from './formats.js';
+import { type ColumnOptions, detectFormat, type Format, FORMAT_HINT, HISTORY_FORMATS, sampleOf } from './formats.js';
 import { histogram, type PrepareReport, type RecordError } from './prepare.js';
 import { detectFileKind, type FileKind, readRecords } from './reader.js';
 import { encodeSample, type TemplateName, TEMPLATES } from './templates.js';
@@ -59,7 +59,7 @@ export interface DatasetPreview {
 export async function previewDataset(opt: PreviewOptions): Promise<DatasetPreview> {
   if (!fs.existsSync(opt.file)) throw Object.assign(new Error(`the dataset ${opt.file} does not exist`), { hint: 'Pick the file again, or check the path.' });
   const stat = fs.statSync(opt.file);
-  if (!stat.isFile()) throw Object.assign(new Error(`${opt.file} is not a file`), { hint: 'Choose a .json/.jsonl file.' });
+  if (!stat.isFile()) throw Object.assign(new Error(`${opt.file} is not a file`), { hint: 'Choose a .json, .jsonl, .csv, .tsv or .txt file.' });
   const template = opt.template ?? 'raw';
   if (!TEMPLATES.includes(template)) throw new Error(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`);
   const kind = await detectFileKind(opt.file);
@@ -74,6 +74,7 @@ export async function previewDataset(opt: PreviewOptions): Promise<DatasetPrevie
   };
 
   let format: Format | null = opt.format ?? null;
+  let from = '--format';
   const columns = new Set<string>();
   const errors: RecordError[] = [];
   let errorCount = 0;
@@ -84,39 +85,27 @@ export async function previewDataset(opt: PreviewOptions): Promise<DatasetPrevie
   let truncated = 0;
   let trained = 0;
   let total = 0;
-  const fail = (line: number, reason: string) => {
+  const fail = (at: { line: number; element?: number }, reason: string) => {
     errorCount++;
-    if (errors.length < 200) errors.push({ line, reason });
+    if (errors.length < 200) errors.push({ line: at.line, ...(at.element !== undefined ? { element: at.element } : {}), reason });
   };
+  const historyColumn = cols.historyColumn;
 
-  for await (const r of readRecords(opt.file, kind)) {
-    records++;
-    if ('error' in r) {
-      fail(r.line, r.error);
-      continue;
+  // each record exactly as `data prepare` takes it: the same format, the same checks, the same encoding
+  const take = (r: { line: number; element?: number }, rec: Record<string, unknown>, fmt: Format) => {
+    if (historyColumn && !HISTORY_FORMATS.includes(fmt)) {
+      throw Object.assign(new Error(`the history column "${historyColumn}" cannot be used with the ${fmt} format${fmt === 'sharegpt' ? ' (a ShareGPT conversation holds its earlier rounds itself)' : ' (plain text has no rounds)'}`), {
+        hint: `Leave the history column empty; it applies to the ${HISTORY_FORMATS.join(', ')} formats.`,
+      });
     }
-    const rec = r.value;
-    if (typeof rec !== 'object' || rec === null || Array.isArray(rec)) {
-      if (kind === 'text' && typeof rec === 'string') format ??= 'text';
-      else {
-        fail(r.line, 'a record must be a JSON object');
-        continue;
-      }
-    } else if (columns.size < 64) for (const k of Object.keys(rec)) columns.add(k);
-    const obj = (typeof rec === 'object' && rec !== null ? rec : { text: rec }) as Record<string, unknown>;
-    if (!format) format = detectFormat(obj, cols);
-    if (!format) {
-      fail(r.line, 'the format cannot be recognised from this record');
-      continue;
-    }
-    if (typeof obj.type === 'string') types[obj.type] = (types[obj.type] ?? 0) + 1;
-    if (lengths.length >= limit && rows.length >= wantRows) continue; // counted, not tokenized
+    if (typeof rec.type === 'string') types[rec.type] = (types[rec.type] ?? 0) + 1;
+    if (lengths.length >= limit && rows.length >= wantRows) return; // counted, not tokenized
     let sample;
     try {
-      sample = toSample(obj, format, cols);
+      sample = sampleOf(rec, fmt, cols, from);
     } catch (err) {
-      fail(r.line, (err as Error).message);
-      continue;
+      fail(r, (err as Error).message);
+      return;
     }
     if (!opt.tokenizer) {
       const text = sample.kind === 'text' ? sample.text : sample.turns.map((t) => t.content).join('\n');
@@ -125,14 +114,18 @@ export async function previewDataset(opt: PreviewOptions): Promise<DatasetPrevie
         const segments = sample.kind === 'text' ? [{ text: sample.text, trained: true }] : sample.turns.map((t) => ({ text: `${t.content}\n`, trained: t.role === 'assistant' }));
         rows.push({ line: r.line, raw: rec, segments, tokens: 0, truncated: 0 });
       }
-      continue;
+      return;
     }
     let e;
     try {
       e = encodeSample(sample, template, opt.tokenizer, enc);
     } catch (err) {
-      fail(r.line, (err as Error).message);
-      continue;
+      fail(r, (err as Error).message);
+      return;
+    }
+    if (!e.mask.some((m, i) => m && i > 0)) {
+      fail(r, 'nothing to train on after truncation (every label is -100); raise max_target_length');
+      return;
     }
     lengths.push(e.ids.length);
     total += e.ids.length;
@@ -149,7 +142,32 @@ export async function previewDataset(opt: PreviewOptions): Promise<DatasetPrevie
       }
       rows.push({ line: r.line, raw: rec, segments, tokens: e.ids.length, truncated: e.truncatedTokens });
     }
+  };
+
+  let undetected: { r: { line: number; element?: number }; rec: Record<string, unknown> }[] = [];
+  for await (const r of readRecords(opt.file, kind)) {
+    records++;
+    if ('error' in r) {
+      fail(r, r.error);
+      continue;
+    }
+    const rec = r.value as Record<string, unknown>;
+    if (columns.size < 64) for (const k of Object.keys(rec)) columns.add(k);
+    if (!format) {
+      format = detectFormat(rec, cols);
+      if (!format) {
+        // as prepare: the first record with a known shape (within the first 100) tells the format
+        if (undetected.length < 100) undetected.push({ r, rec });
+        else fail(r, 'the format cannot be recognised from this record');
+        continue;
+      }
+      from = `detected from line ${r.line}`;
+      for (const u of undetected) take(u.r, u.rec, format);
+      undetected = [];
+    }
+    take(r, rec, format);
   }
+  for (const u of undetected) fail(u.r, 'the format cannot be recognised from this record');
   return {
     file: opt.file,
     bytes: stat.size,

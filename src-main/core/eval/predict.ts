@@ -1,5 +1,6 @@
 // predict.ts — the seed's inference script: every record of a test file answered by a model (+ adapter) and
-// written out as a copy with its answer field (PromptCBLUE: `target`) replaced by the generated text. The whole
+// written out as a copy with its answer field (PromptCBLUE `target`, Alpaca `output`, `response` or TRL's
+// `completion`) replaced by the generated text, its prompt laid out as training lays it out. The whole
 // file is checked before any generation (every bad record named by line). Output goes to `<out>.partial` record
 // by record and is renamed to `<out>` when complete; an interrupted run resumes from the partial file when the
 // data, model and settings are unchanged. Generation runs in the engine host's child process, `batchSize`
@@ -8,7 +9,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
-import { type ColumnOptions, type Format, type Turn, detectFormat, fieldList, historyColumnOf, historyTurns } from '../data/formats.js';
+import { type ColumnOptions, type Format, type Turn, detectFormat, fieldList, historyColumnOf, historyTurns, responseColumnOf } from '../data/formats.js';
 import { readRecords, recordAt } from '../data/reader.js';
 import { TEMPLATES, type TemplateName } from '../data/templates.js';
 import type { GenerateParams } from '../engine/generator.js';
@@ -92,17 +93,20 @@ interface Item {
   line: number;
   rec: Record<string, unknown>;
   turns: Turn[];
+  /** the field its answer is written to */
+  field: string;
 }
 
-/** The answer field that predict replaces, per format. */
-export function answerField(format: Format, cols: ColumnOptions = {}): string {
+/** The answer field that predict replaces, per format; for a columns record, the one training reads its answer
+ *  from (--response_column, else "response", or TRL's "completion" in a record that has that and no "response"). */
+export function answerField(format: Format, cols: ColumnOptions = {}, rec?: Record<string, unknown>): string {
   switch (format) {
     case 'promptcblue':
       return 'target';
     case 'alpaca':
       return 'output';
     case 'columns':
-      return cols.responseColumn ?? 'response';
+      return rec ? responseColumnOf(rec, cols) : (cols.responseColumn ?? 'response');
     default:
       throw new PredictError(`predict answers prompts (PromptCBLUE, Alpaca, prompt/response columns), not "${format}" records`, 'BAD_INPUT');
   }
@@ -125,7 +129,9 @@ export function promptTurns(rec: Record<string, unknown>, format: Format, cols: 
     case 'alpaca': {
       const ins = str(rec, 'instruction');
       const input = typeof rec.input === 'string' ? rec.input : '';
-      return [...history(), { role: 'user', content: input.trim() ? `${ins}\n${input}` : ins }];
+      // the "system" field, as training reads it
+      const system: Turn[] = typeof rec.system === 'string' && rec.system.trim() ? [{ role: 'system', content: rec.system }] : [];
+      return [...system, ...history(), { role: 'user', content: input.trim() ? `${ins}\n${input}` : ins }];
     }
     case 'columns':
       return [...history(), { role: 'user', content: str(rec, cols.promptColumn ?? 'prompt') }];
@@ -157,17 +163,17 @@ async function loadItems(opt: PredictOptions): Promise<{ items: Item[]; format: 
     const rec = r.value as Record<string, unknown>;
     if (!format) {
       format = detectFormat(rec, opt.columns) ?? ('input' in rec ? 'promptcblue' : null);
-      if (!format) throw new PredictError(`cannot tell the format of ${opt.data} from line ${r.line} (fields: ${Object.keys(rec).join(', ') || 'none'}); expected PromptCBLUE {"input", "target"}, Alpaca {"instruction", "input", "output"} or {"prompt", "response"}`, 'BAD_INPUT');
+      if (!format) throw new PredictError(`cannot tell the format of ${opt.data} from line ${r.line} (fields: ${Object.keys(rec).join(', ') || 'none'}); expected PromptCBLUE {"input", "target"}, Alpaca {"instruction", "input", "output"}, {"prompt", "response"} or {"prompt", "completion"}`, 'BAD_INPUT');
       answerField(format, opt.columns);
     }
     try {
-      items.push({ line: r.line, rec, turns: promptTurns(rec, format, opt.columns) });
+      items.push({ line: r.line, rec, turns: promptTurns(rec, format, opt.columns), field: answerField(format, opt.columns, rec) });
     } catch (err) {
       errors.push({ ...at, reason: (err as Error).message });
     }
   }
   if (!format) throw new PredictError(`${opt.data} holds no records`, 'BAD_INPUT');
-  return { items, format, field: answerField(format, opt.columns), errors, records };
+  return { items, format, field: items[0]?.field ?? answerField(format, opt.columns), errors, records };
 }
 
 /** Complete lines of a partial output (a torn last line is cut off); null when it cannot be used. */
@@ -328,7 +334,8 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
         if (r.finish === 'aborted' || opt.signal?.aborted) throw new PredictError('stopped', 'STOPPED');
         finish[r.finish]++;
         tokens += r.ids.length;
-        const rec = { ...items[b0 + k]!.rec, [field]: r.text };
+        const item = items[b0 + k]!;
+        const rec = { ...item.rec, [item.field]: r.text };
         try {
           fs.writeSync(fd, JSON.stringify(rec) + '\n');
         } catch (err) {

@@ -178,7 +178,7 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
   let loss: LossResult | null = null;
   if (opt.predict !== false) {
     predictions = opt.predictionsOut ?? path.join(path.dirname(store.file), 'evals', `run-${opt.runId}`, `${label}-${path.basename(data).replace(/\.(jsonl?|txt)$/i, '')}.jsonl`);
-    await predict({
+    const predicted = await predict({
       model: target.model,
       adapter: target.adapter,
       tokenizer: target.tokenizer,
@@ -196,7 +196,8 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
       ...(opt.signal ? { signal: opt.signal } : {}),
       onProgress: (p) => opt.onProgress?.({ phase: 'predict', done: p.done, total: p.total, checkpoint: dir }),
     });
-    const field = format === 'alpaca' ? 'output' : format === 'columns' ? (columns.responseColumn ?? 'response') : 'target';
+    // the field predict wrote its answers to (a TRL prompt/completion record's: "completion")
+    const field = predicted.field;
     report = await evaluateFiles(predictions, data, { field, subset: opt.limit !== undefined });
   }
   if (opt.loss !== false) {

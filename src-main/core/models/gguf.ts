@@ -299,7 +299,8 @@ const ALPACA_INTRO = 'Below is an instruction that describes a task. Write a res
 const VICUNA_SYSTEM =
   "A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful, detailed, and polite answers to the user's questions.";
 
-/** Multi-turn layouts of templates.ts (per round: user text, then the answer, then eos). */
+/** Multi-turn layouts of templates.ts (per round: user text, then the answer, then eos; a system prompt opens the
+ *  first round on a line of its own, vicuna's replaces its default) — the layout training and inference share. */
 const TURNS: Partial<Record<TemplateName, TurnSpec>> = {
   raw: { bos: false, first: '', later: '', pre: '', post: '', between: ['eos', 'bos'], stops: [] },
   alpaca: { bos: true, first: ALPACA_INTRO, later: '\n\n', pre: '### Instruction:\n', post: '\n\n### Response:\n', between: [], stops: ['### Instruction:'] },
@@ -322,6 +323,8 @@ export function jinjaTemplate(name: TemplateName): string {
   s += "{% for m in messages %}{% if m['role'] == 'system' %}{% set ns.sys = m['content'] %}";
   s += "{% elif m['role'] == 'user' %}{% if ns.n == 0 %}";
   if (t.systemDefault !== undefined) s += `{% if ns.sys is not none %}{{ ns.sys }}{% else %}${jinjaText(t.systemDefault)}{% endif %}`;
+  // training opens the first round with the system prompt on a line of its own (templates.ts roundPrompt)
+  else s += "{% if ns.sys is not none and (ns.sys | trim) %}{{ ns.sys }}{{ '\\n' }}{% endif %}";
   s += `${jinjaText(t.first)}{% else %}${jinjaText(t.later)}{% endif %}${jinjaText(t.pre)}{{ m['content'] }}${jinjaText(t.post)}`;
   s += `${t.between.map(tok).join('')}{% set ns.n = 1 %}`;
   s += "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}";
@@ -341,6 +344,7 @@ export function ollamaModelfile(ggufName: string, name: TemplateName, vocab: Pic
   const between = t.between.map((w) => (w === 'eos' ? eos : bos)).join('');
   let g = '{{- $n := 0 }}{{ range .Messages }}{{ if eq .Role "user" }}{{ if eq $n 0 }}';
   if (t.systemDefault !== undefined) g += `{{ if $.System }}{{ $.System }}{{ else }}${goEscape(t.systemDefault)}{{ end }}`;
+  else g += '{{ if $.System }}{{ $.System }}\n{{ end }}';
   g += `${goEscape(t.first)}{{ else }}${goEscape(t.later)}{{ end }}${goEscape(t.pre)}{{ .Content }}${goEscape(t.post)}${between}{{ $n = 1 }}`;
   g += `{{ else if eq .Role "assistant" }}{{ .Content }}${eos}{{ end }}{{ end }}`;
   const lines = [

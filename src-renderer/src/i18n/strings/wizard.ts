@@ -17,7 +17,7 @@ export const en = {
 
   'newRun.data.train': 'Training data',
   'newRun.data.path': 'or a file path',
-  'newRun.data.drop': 'Drop a .json / .jsonl file here',
+  'newRun.data.drop': 'Drop a .json / .jsonl / .csv / .tsv file here',
   'newRun.data.browse': 'or choose a file…',
   'newRun.data.tooLarge': 'This file is {size}; files over 64 MiB cannot be uploaded through the window — type its path instead.',
   'newRun.data.validation': 'Validation',
@@ -144,7 +144,7 @@ export const zh: Record<keyof typeof en, string> = {
 
   'newRun.data.train': '训练数据',
   'newRun.data.path': '或文件路径',
-  'newRun.data.drop': '将 .json / .jsonl 文件拖到这里',
+  'newRun.data.drop': '将 .json / .jsonl / .csv / .tsv 文件拖到这里',
   'newRun.data.browse': '或选择文件…',
   'newRun.data.tooLarge': '该文件大小为 {size}；超过 64 MiB 的文件无法通过窗口上传，请直接输入其路径。',
   'newRun.data.validation': '验证集',
