@@ -5,6 +5,7 @@
 import { z } from 'zod';
 
 import type { ModelInspection as NativeInspection } from '../../native/addon/index.js';
+import { MAX_METRIC_POINTS, METRIC_POINT_BUDGET } from './downsample.js';
 
 // ---- shared shapes -------------------------------------------------------------------------------
 
@@ -89,6 +90,8 @@ export const RunSummary = z.object({
   bestEvalStep: z.number().nullable(),
   lastStep: z.number().nullable(),
   maxSteps: z.number().nullable(),
+  /** the cumulative trained tokens (the `tokens` metric) last logged */
+  tokens: z.number().nullable(),
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 
@@ -354,9 +357,23 @@ export const methods = {
     "Renames a run or changes its tags or notes.",
   ),
   getMetrics: method(
-    z.object({ id: Id, afterRowid: z.number().int().min(0).optional(), names: z.array(z.string()).max(32).optional() }).strict(),
-    z.object({ points: z.array(MetricTuple), lastRowid: z.number().int() }),
-    "A run's metric points (all, or those added after a rowid), ordered by step.",
+    z
+      .object({
+        id: Id,
+        afterRowid: z.number().int().min(0).optional(),
+        names: z.array(z.string()).max(64).optional(),
+        fromStep: z.number().int().min(0).optional(),
+        toStep: z.number().int().min(0).optional(),
+        maxPoints: z.number().int().min(10).max(MAX_METRIC_POINTS).optional(),
+      })
+      .strict(),
+    z.object({ points: z.array(MetricTuple), lastRowid: z.number().int(), maxPoints: z.number().int(), downsampled: z.array(z.string()) }),
+    `A run's metric points ordered by step: every series (or \`names\`) over steps fromStep..toStep (default all), each series whole when it has at most maxPoints points there (default ${METRIC_POINT_BUDGET}), else its lowest, highest and first non-finite point per step bucket plus its first and last point (src-main/api/downsample.ts); \`downsampled\` names those series. With afterRowid: the points added after that rowid (budgeted the same way). lastRowid: every point up to it is accounted for (push events with a larger lastRowid are newer).`,
+  ),
+  exportMetrics: method(
+    z.object({ id: Id, format: z.enum(['csv', 'json']), out: z.string().min(1).max(4096), names: z.array(z.string()).max(64).optional(), overwrite: z.boolean().optional() }).strict(),
+    z.object({ out: z.string(), rows: z.number().int(), names: z.array(z.string()), bytes: z.number().int() }),
+    "Writes every logged point of a run (or of `names`) at full resolution to a file, one row per step: CSV (step, time, one column per metric; NaN for a non-finite value, empty where nothing was logged) or JSON (an array of {step, time, <metric>: value}; null for a non-finite value). Streamed to disk, never built in memory. An existing file is refused with code EXISTS (HTTP 409) unless overwrite is true.",
   ),
   listCheckpoints: method(z.object({ id: Id }).strict(), z.custom<CheckpointInfo[]>(), "A run's checkpoints."),
   getRunLog: method(z.object({ id: Id, lines: z.number().int().min(1).max(5000).optional() }).strict(), z.object({ lines: z.array(z.string()) }), "The tail of a run's log (train-<id>.log in its output folder; train.log for runs recorded before logs were per run)."),
@@ -433,6 +450,9 @@ export const events = {
   runChanged: RunSummary,
   /** New metric points of a run (batched, at most every 500 ms). */
   metrics: z.object({ runId: Id, points: z.array(MetricTuple), lastRowid: z.number().int() }),
+  /** More points were written at once than pushes carry (another process wrote a long history): they are not pushed;
+   *  whoever shows metrics fetches them again (getMetrics). */
+  metricsResync: z.object({ lastRowid: z.number().int() }),
   /** Generated text as it streams: a session's answer, or one side of an A/B request. */
   chatDelta: z.object({ sessionId: Id.optional(), requestId: z.string().optional(), side: z.enum(['a', 'b']).optional(), delta: z.string() }),
   /** The engine host (interactive generation) died and will restart on the next request. */

@@ -5,6 +5,7 @@ import path from 'node:path';
 
 import type { AppStatus, MetricTuple, Res, RunSummary, Settings } from '../api/contract.js';
 import { Dispatcher, EventHub, type Handlers } from '../api/dispatcher.js';
+import { downsampleMinMax, METRIC_POINT_BUDGET } from '../api/downsample.js';
 import { ApiError } from '../api/errors.js';
 import { previewDataset } from './data/preview.js';
 import type { Format } from './data/formats.js';
@@ -21,6 +22,7 @@ import { lastCheckpoint, planRun, resumeMismatch, type RunHandle, RunService, ru
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
 import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher, type Placement } from './engine/host.js';
 import { type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint, listEvals } from './eval/service.js';
+import { exportMetrics } from './runs/metrics-export.js';
 import { StoreError } from './store/db.js';
 import { Store, type RunRow } from './store/store.js';
 
@@ -63,6 +65,18 @@ function evalInfo(e: CheckpointEval): Res<'listEvals'>[number] {
   };
 }
 
+/** Lets timers, other requests and the engine workers' output lines through between chunks of a long job, so that
+ *  no request holds the main process for long (a worker blocks on a full stdout pipe after ~0.5 s of stalls). */
+const yieldToLoop = () => new Promise<void>((resolve) => setImmediate(resolve));
+/** The most points one live push carries (a normal 500 ms holds a few thousand; more waits for the next push). */
+const PUSH_LIMIT = 20_000;
+/** A run's points are deleted this many steps of one series at a time (~40 ms), other requests served in between. */
+const DELETE_CHUNK = 20_000;
+/** A backlog of more rows than this (another process wrote a history at once) is not pushed: clients refetch. */
+const BACKLOG_LIMIT = 100_000;
+/** getMetrics after a rowid: more new points than this are answered as a downsampled step range instead. */
+const TAIL_LIMIT = 50_000;
+
 const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [], inferenceDevice: 'auto', inferencePrecision: 'auto' };
 
 type MetricSummary = ReturnType<Store['metrics']['summaries']> extends Map<number, infer V> ? V : never;
@@ -89,6 +103,7 @@ export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
     bestEvalStep: m?.bestEvalStep ?? null,
     lastStep: m?.lastStep ?? null,
     maxSteps: typeof maxSteps === 'number' && maxSteps > 0 ? maxSteps : null,
+    tokens: m?.tokens ?? null,
   };
 }
 
@@ -146,6 +161,8 @@ export class Core {
   private readonly ops = new Map<string, AbortController>();
   private chatInstance: ChatService | null = null;
   private readonly metricsTimer: NodeJS.Timeout | undefined;
+  /** runs whose rows are being deleted (chunk by chunk) */
+  private readonly deleting = new Map<number, Promise<void>>();
 
   constructor(private readonly opts: CoreOptions) {
     this.home = opts.home ?? dataHome();
@@ -230,18 +247,94 @@ export class Core {
     this.events.emit('runChanged', this.summarize([r])[0]!);
   }
 
-  /** Pushes the metric points added since the last push, one event per run. */
+  /** Pushes the metric points added since the last push, one event per run: read by rowid (the table's own order,
+   *  a range seek), at most PUSH_LIMIT points per push; a backlog beyond BACKLOG_LIMIT becomes one metricsResync. */
   pushMetrics(): void {
     if (!this.store.db.open) return;
-    const changed = this.store.metrics.changedSince(this.metricsRowid);
-    if (!changed.length) return;
-    const from = this.metricsRowid;
-    for (const c of changed) {
-      const pts = this.store.metrics.all(c.runId, { afterRowid: from });
-      const points: MetricTuple[] = pts.map((p) => [p.step, p.name, p.value, p.time]);
-      this.events.emit('metrics', { runId: c.runId, points, lastRowid: c.maxRowid });
+    // the newest rows were deleted (a run deleted): SQLite hands their rowids out again, so look from there
+    const top = this.store.metrics.maxRowid();
+    if (top < this.metricsRowid) this.metricsRowid = top;
+    if (top - this.metricsRowid > BACKLOG_LIMIT) {
+      // pushing it slice by slice would hold live points back for minutes: every client fetches what it shows instead
+      this.metricsRowid = top;
+      this.events.emit('metricsResync', { lastRowid: top });
+      return;
     }
-    this.metricsRowid = Math.max(...changed.map((c) => c.maxRowid));
+    const rows = this.store.metrics.since(this.metricsRowid, PUSH_LIMIT);
+    if (!rows.length) return;
+    const byRun = new Map<number, { points: MetricTuple[]; last: number }>();
+    for (const r of rows) {
+      let e = byRun.get(r.runId);
+      if (!e) byRun.set(r.runId, (e = { points: [], last: 0 }));
+      e.points.push([r.step, r.name, r.value, r.time]);
+      e.last = r.rowid;
+    }
+    this.metricsRowid = rows[rows.length - 1]!.rowid;
+    for (const [runId, e] of byRun) {
+      e.points.sort((a, b) => a[0] - b[0]); // by step; rows of one step keep their order
+      this.events.emit('metrics', { runId, points: e.points, lastRowid: e.last });
+    }
+  }
+
+  /** Deletes a run: its output folder if asked (asynchronously: checkpoints can be gigabytes), its points chunk by
+   *  chunk (other requests served in between), then the run row with its checkpoints and evaluations. Resuming or
+   *  deleting it again meanwhile is refused. */
+  private deleteRunRows(id: number, folder: string | null): Promise<void> {
+    const p = (async () => {
+      if (folder) await fs.promises.rm(folder, { recursive: true, force: true });
+      while (this.store.metrics.deleteChunk(id, DELETE_CHUNK) > 0) await yieldToLoop();
+      this.store.runs.delete(id);
+      this.runSeen.delete(id);
+      const top = this.store.metrics.maxRowid();
+      if (top < this.metricsRowid) this.metricsRowid = top;
+    })().finally(() => this.deleting.delete(id));
+    this.deleting.set(id, p);
+    return p;
+  }
+
+  /** A run's metrics for a chart (see the contract's getMetrics). */
+  private async metrics(req: { id: number; afterRowid?: number | undefined; names?: string[] | undefined; fromStep?: number | undefined; toStep?: number | undefined; maxPoints?: number | undefined }): Promise<Res<'getMetrics'>> {
+    this.run(req.id);
+    if (req.fromStep !== undefined && req.toStep !== undefined && req.fromStep > req.toStep) {
+      throw new ApiError('BAD_REQUEST', `Invalid request: fromStep (${req.fromStep}) is after toStep (${req.toStep})`, { fields: [{ path: 'fromStep', message: 'must not be after toStep' }] });
+    }
+    const maxPoints = req.maxPoints ?? METRIC_POINT_BUDGET;
+    // every point up to here is in the answer; pushes after it carry newer ones
+    const lastRowid = this.store.metrics.maxRowid();
+    const downsampled: string[] = [];
+    let fromStep = req.fromStep;
+    if (req.afterRowid) {
+      const tail = this.store.db.prepare('SELECT COUNT(*) AS n, MIN(step) AS first FROM metrics WHERE rowid > ? AND +run_id = ?').get(req.afterRowid, req.id) as { n: number; first: number | null };
+      if (tail.n <= TAIL_LIMIT) {
+        const rows = this.store.metrics.all(req.id, { afterRowid: req.afterRowid, ...(req.names ? { names: req.names } : {}) }).filter((p) => (req.fromStep === undefined || p.step >= req.fromStep) && (req.toStep === undefined || p.step <= req.toStep));
+        const byName = new Map<string, MetricTuple[]>();
+        for (const p of rows) {
+          let l = byName.get(p.name);
+          if (!l) byName.set(p.name, (l = []));
+          l.push([p.step, p.name, p.value, p.time]);
+        }
+        const points: MetricTuple[] = [];
+        for (const [name, l] of byName) {
+          const kept = downsampleMinMax(l, maxPoints, (p) => p[0], (p) => p[2]);
+          if (kept !== l) downsampled.push(name);
+          points.push(...kept);
+        }
+        points.sort((a, b) => a[0] - b[0]);
+        return { points, lastRowid: Math.max(lastRowid, req.afterRowid), maxPoints, downsampled };
+      }
+      // far behind: the steps from the first missed one, budgeted like any range
+      fromStep = Math.max(fromStep ?? 0, tail.first ?? 0);
+    }
+    const names = req.names ?? this.store.metrics.names(req.id);
+    const points: MetricTuple[] = [];
+    for (const [i, name] of names.entries()) {
+      if (i > 0) await yieldToLoop();
+      const s = this.store.metrics.range(req.id, name, { ...(fromStep !== undefined ? { fromStep } : {}), ...(req.toStep !== undefined ? { toStep: req.toStep } : {}), maxPoints });
+      if (s.downsampled) downsampled.push(name);
+      for (const p of s.points) points.push([p.step, name, p.value, p.time]);
+    }
+    points.sort((a, b) => a[0] - b[0]); // stable: one step's points keep the series order
+    return { points, lastRowid, maxPoints, downsampled };
   }
 
   /** Runs a cancellable model operation under its opId, with progress events. */
@@ -463,7 +556,7 @@ export class Core {
       },
       addDataset: (req) => {
         const file = path.resolve(req.path);
-        if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new ApiError('NOT_FOUND', `${file} is not a file`, { hint: 'Check the path; datasets are .json or .jsonl files.' });
+        if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new ApiError('NOT_FOUND', `${file} is not a file`, { hint: 'Check the path; datasets are .json, .jsonl, .csv, .tsv or .txt files (or gzip-compressed).' });
         return this.registerDataset(file, req.name ?? path.basename(file));
       },
       planRun: async (req) => {
@@ -534,6 +627,7 @@ export class Core {
       },
       resumeRun: async (req) => {
         const r = this.run(req.id);
+        if (this.deleting.has(r.id)) throw new ApiError('CONFLICT', `run ${r.id} is being deleted`);
         if (r.status === 'running' || r.status === 'queued') throw new ApiError('CONFLICT', `run ${r.id} is ${r.status}`);
         if (r.status === 'completed') throw new ApiError('CONFLICT', `run ${r.id} has completed`, { hint: 'Start a new run with more steps instead.' });
         const spec = this.normalizeSpec({ ...(r.spec as object), resume_from: 'latest' });
@@ -545,10 +639,11 @@ export class Core {
         }
         return this.launch(spec, { runId: r.id, ignoreEstimate: true });
       },
-      deleteRun: (req) => {
+      deleteRun: async (req) => {
         const r = this.run(req.id);
+        if (this.deleting.has(r.id)) throw new ApiError('CONFLICT', `run ${r.id} is being deleted`);
         if (r.status === 'running' || (r.status === 'queued' && this.handles.has(r.id))) throw new ApiError('CONFLICT', `run ${r.id} is ${r.status}`, { hint: 'Stop it first.' });
-        let filesRemoved = false;
+        let removeFiles: string | null = null;
         if (req.deleteFiles && r.outputDir && fs.existsSync(r.outputDir)) {
           // never a folder (or a folder above one) that another recorded run uses: it holds that run's files
           const others = runsUsingFolder(this.store, r.outputDir, r.id, true);
@@ -562,12 +657,10 @@ export class Core {
           }
           // only a folder this run wrote: it holds the run's runspec.json
           if (!fs.existsSync(path.join(r.outputDir, 'runspec.json'))) throw new ApiError('CONFLICT', `${r.outputDir} does not look like this run's output folder (no runspec.json); not deleting it`);
-          fs.rmSync(r.outputDir, { recursive: true, force: true });
-          filesRemoved = true;
+          removeFiles = r.outputDir;
         }
-        this.store.runs.delete(r.id);
-        this.runSeen.delete(r.id);
-        return { id: r.id, filesRemoved };
+        await this.deleteRunRows(r.id, removeFiles);
+        return { id: r.id, filesRemoved: removeFiles !== null };
       },
       updateRun: (req) => {
         const r = this.run(req.id);
@@ -580,12 +673,14 @@ export class Core {
         this.emitRun(next);
         return this.summarize([next])[0]!;
       },
-      getMetrics: (req) => {
+      getMetrics: (req) => this.metrics(req),
+      exportMetrics: async (req) => {
         this.run(req.id);
-        const pts = this.store.metrics.all(req.id, { ...(req.afterRowid ? { afterRowid: req.afterRowid } : {}), ...(req.names ? { names: req.names } : {}) });
-        let last = req.afterRowid ?? 0;
-        for (const p of pts) if (p.rowid > last) last = p.rowid;
-        return { points: pts.map((p) => [p.step, p.name, p.value, p.time] as MetricTuple), lastRowid: last };
+        try {
+          return await exportMetrics(this.store, { runId: req.id, format: req.format, out: req.out, ...(req.names ? { names: req.names } : {}), ...(req.overwrite ? { overwrite: true } : {}) });
+        } catch (err) {
+          return badInput(err);
+        }
       },
       listCheckpoints: (req) => {
         this.run(req.id);

@@ -556,7 +556,7 @@ export class RunService {
       const from = resume ? Number(/checkpoint-(\d+)$/.exec(resume)?.[1] ?? 0) : 0;
       this.store.metrics.deleteAfter(existing.id, from);
       this.store.checkpoints.deleteAfter(existing.id, from);
-      tokensSoFar = this.store.metrics.series(existing.id, 'tokens').reduce((m, p) => Math.max(m, p.value ?? 0), 0);
+      tokensSoFar = Math.max(0, this.store.metrics.maxValue(existing.id, 'tokens') ?? 0);
       this.store.runs.requeue(existing.id);
       this.store.db.prepare('UPDATE runs SET spec_json = ? WHERE id = ?').run(JSON.stringify(spec), existing.id);
       run = this.store.runs.get(existing.id)!;

@@ -25,6 +25,13 @@ export interface OpenOptions {
   /** For tests: a different migration list. */
   migrations?: readonly Migration[];
   readonly?: boolean;
+  /** Told before each migration of an existing database (schema > 0) runs; default: one line on stderr, since
+   *  rebuilding an index over a long history takes a while (once). */
+  onMigrate?: (m: Migration, from: number) => void;
+}
+
+function migrationNotice(m: Migration, from: number): void {
+  process.stderr.write(`LLMs-train: upgrading the database (schema ${from} → ${m.version}: ${m.name}); with a long history this takes a while, once\n`);
 }
 
 export function schemaVersion(db: DB): number {
@@ -32,7 +39,7 @@ export function schemaVersion(db: DB): number {
 }
 
 /** Apply pending migrations in order, each in its own transaction. Returns the versions applied. */
-export function migrate(db: DB, list: readonly Migration[] = defaultMigrations): number[] {
+export function migrate(db: DB, list: readonly Migration[] = defaultMigrations, onMigrate?: (m: Migration, from: number) => void): number[] {
   const sorted = [...list].sort((a, b) => a.version - b.version);
   for (let i = 0; i < sorted.length; i++) {
     if (sorted[i]!.version !== i + 1) {
@@ -50,6 +57,7 @@ export function migrate(db: DB, list: readonly Migration[] = defaultMigrations):
   const applied: number[] = [];
   for (const m of sorted) {
     if (m.version <= current) continue;
+    if (current > 0) onMigrate?.(m, m.version - 1);
     const run = db.transaction(() => {
       db.exec(m.sql);
       db.pragma(`user_version = ${m.version}`);
@@ -87,7 +95,7 @@ export function openDatabase(file: string, opts: OpenOptions = {}): DB {
     db.pragma('foreign_keys = ON');
     db.pragma('busy_timeout = 5000');
     db.pragma('synchronous = NORMAL');
-    if (!opts.readonly) migrate(db, opts.migrations ?? defaultMigrations);
+    if (!opts.readonly) migrate(db, opts.migrations ?? defaultMigrations, opts.onMigrate ?? migrationNotice);
   } catch (err) {
     db.close();
     if (err instanceof StoreError) throw err;

@@ -1,5 +1,6 @@
 // store.ts — the repositories over the database: one small class per table group, typed rows in and
 // out, prepared statements reused. The rest of the core talks to SQLite only through these.
+import { bucketBounds } from '../../api/downsample.js';
 import type { DB } from './db.js';
 import { StoreError, openDatabase, type OpenOptions } from './db.js';
 
@@ -291,9 +292,23 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+/** One series of a run over a step range, as a chart gets it (see src-main/api/downsample.ts). */
+export interface SeriesSlice {
+  name: string;
+  /** step order */
+  points: MetricPoint[];
+  /** points the series has in the range */
+  total: number;
+  /** true when `points` is the min/max-per-bucket selection of `total` points */
+  downsampled: boolean;
+}
+
+type Row3 = [step: number, value: number | null, time: number];
+
 export class MetricsRepo {
   private readonly insert;
   private readonly insertMany;
+  private readonly q;
   constructor(private readonly db: DB) {
     this.insert = db.prepare('INSERT INTO metrics(run_id, step, name, value, time) VALUES (?, ?, ?, ?, ?)');
     this.insertMany = db.transaction((runId: number, points: readonly MetricPoint[]) => {
@@ -302,6 +317,35 @@ export class MetricsRepo {
         this.insert.run(runId, p.step, p.name, v, p.time);
       }
     });
+    // every statement below reads one series through the index (run_id, name, step, value, time) (migration 3)
+    const series = 'FROM metrics WHERE run_id = ? AND name = ? AND step BETWEEN ? AND ?';
+    this.q = {
+      stat: db.prepare(`SELECT COUNT(*) AS n, MIN(step) AS first, MAX(step) AS last ${series}`),
+      rows: db.prepare(`SELECT step, value, time ${series} ORDER BY step`).raw(true),
+      firstRow: db.prepare(`SELECT step, value, time ${series} ORDER BY step LIMIT 1`).raw(true),
+      lastRow: db.prepare(`SELECT step, value, time ${series} ORDER BY step DESC LIMIT 1`).raw(true),
+      // one min() or max() per query: SQLite then takes step and time from the row holding it (the earliest such row)
+      bucketMin: db.prepare(`SELECT step, MIN(value) AS value, time, COUNT(*) - COUNT(value) AS bad ${series}`).raw(true),
+      bucketMax: db.prepare(`SELECT step, MAX(value) AS value, time ${series}`).raw(true),
+      bucketBad: db.prepare(`SELECT step, value, time ${series} AND value IS NULL ORDER BY step LIMIT 1`).raw(true),
+      // the series names of a run: one index seek per name instead of a scan of every point
+      names: db.prepare(
+        `WITH RECURSIVE n(name) AS (
+           SELECT (SELECT MIN(name) FROM metrics WHERE run_id = @run)
+           UNION ALL
+           SELECT (SELECT MIN(name) FROM metrics WHERE run_id = @run AND name > n.name) FROM n WHERE n.name IS NOT NULL
+         ) SELECT name FROM n WHERE name IS NOT NULL`,
+      ).pluck(),
+      last: db.prepare('SELECT step, value FROM metrics WHERE run_id = ? AND name = ? AND value IS NOT NULL ORDER BY step DESC LIMIT 1'),
+      lastAny: db.prepare('SELECT step, value FROM metrics WHERE run_id = ? AND name = ? ORDER BY step DESC LIMIT 1'),
+      lowest: db.prepare('SELECT step, value FROM metrics WHERE run_id = ? AND name = ? AND value IS NOT NULL ORDER BY value, step LIMIT 1'),
+      maxValue: db.prepare('SELECT MAX(value) FROM metrics WHERE run_id = ? AND name = ?').pluck(),
+      nextStep: db.prepare('SELECT MIN(step) FROM metrics WHERE run_id = ? AND name = ? AND step >= ?').pluck(),
+      // the live push: by rowid (the table's own order), never by a scan of a long run's index entries
+      since: db.prepare('SELECT rowid, run_id AS runId, step, name, value, time FROM metrics WHERE rowid > ? ORDER BY rowid LIMIT ?'),
+      firstName: db.prepare('SELECT MIN(name) FROM metrics WHERE run_id = ?').pluck(),
+      deleteSteps: db.prepare('DELETE FROM metrics WHERE run_id = ? AND name = ? AND step BETWEEN ? AND ?'),
+    };
   }
   /** Bulk insert in one transaction (all or nothing). */
   add(runId: number, points: readonly MetricPoint[]): void {
@@ -312,12 +356,64 @@ export class MetricsRepo {
       .prepare('SELECT step, name, value, time FROM metrics WHERE run_id = ? AND name = ? AND step > ? ORDER BY step, rowid')
       .all(runId, name, opts.sinceStep ?? -1) as MetricPoint[];
   }
-  /** Every point of a run (optionally only the newer ones, by rowid), in insertion order. */
+  /**
+   * Every point of a run (optionally only the newer ones, by rowid), ordered by step. Unbounded: for small runs and
+   * tests; charts read `range()`, exports `window()`.
+   */
   all(runId: number, opts: { afterRowid?: number; names?: readonly string[] } = {}): (MetricPoint & { rowid: number })[] {
     const names = opts.names?.length ? ` AND name IN (${opts.names.map(() => '?').join(',')})` : '';
+    // after a rowid: the table's rowid range (`+run_id` keeps SQLite from scanning the run's whole index range instead)
+    const where = opts.afterRowid ? 'rowid > ? AND +run_id = ?' : 'run_id = ? AND rowid > ?';
+    const args = opts.afterRowid ? [opts.afterRowid, runId] : [runId, 0];
     return this.db
-      .prepare(`SELECT rowid, step, name, value, time FROM metrics WHERE run_id = ? AND rowid > ?${names} ORDER BY step, rowid`)
-      .all(runId, opts.afterRowid ?? 0, ...(opts.names ?? [])) as (MetricPoint & { rowid: number })[];
+      .prepare(`SELECT rowid, step, name, value, time FROM metrics WHERE ${where}${names} ORDER BY step, rowid`)
+      .all(...args, ...(opts.names ?? [])) as (MetricPoint & { rowid: number })[];
+  }
+  /** Points of any run logged after `rowid`, oldest first, at most `limit` of them (the live push). */
+  since(rowid: number, limit: number): (MetricPoint & { rowid: number; runId: number })[] {
+    return this.q.since.all(rowid, limit) as (MetricPoint & { rowid: number; runId: number })[];
+  }
+  /**
+   * One series over steps [fromStep, toStep] (default: all), whole when it has at most `maxPoints` points there,
+   * else min/max per bucket (src-main/api/downsample.ts: same buckets, same kept points), read bucket by bucket
+   * through the index.
+   */
+  range(runId: number, name: string, opts: { fromStep?: number; toStep?: number; maxPoints: number }): SeriesSlice {
+    const lo = opts.fromStep ?? Number.MIN_SAFE_INTEGER;
+    const hi = opts.toStep ?? Number.MAX_SAFE_INTEGER;
+    const st = this.q.stat.get(runId, name, lo, hi) as { n: number; first: number | null; last: number | null };
+    const point = (r: Row3): MetricPoint => ({ step: r[0], name, value: r[1], time: r[2] });
+    if (st.n <= opts.maxPoints) return { name, points: (this.q.rows.all(runId, name, lo, hi) as Row3[]).map(point), total: st.n, downsampled: false };
+    const kept: Row3[] = [this.q.firstRow.get(runId, name, lo, hi) as Row3, this.q.lastRow.get(runId, name, lo, hi) as Row3];
+    for (const b of bucketBounds(st.first!, st.last!, opts.maxPoints)) {
+      const min = this.q.bucketMin.get(runId, name, b.from, b.to) as [number | null, number | null, number, number];
+      if (min[0] === null) continue; // an empty bucket
+      if (min[1] !== null) kept.push([min[0], min[1], min[2]]);
+      const max = this.q.bucketMax.get(runId, name, b.from, b.to) as Row3;
+      if (max[1] !== null) kept.push(max);
+      if (min[3] > 0) kept.push(this.q.bucketBad.get(runId, name, b.from, b.to) as Row3);
+    }
+    const seen = new Set<string>();
+    const points = kept
+      .filter((r) => {
+        const k = `${r[0]}|${r[1]}|${r[2]}`;
+        return seen.has(k) ? false : (seen.add(k), true);
+      })
+      .sort((a, b) => a[0] - b[0])
+      .map(point);
+    return { name, points, total: st.n, downsampled: true };
+  }
+  /** Rows of one series with steps in [fromStep, toStep], in step order (the export reads a run window by window). */
+  window(runId: number, name: string, fromStep: number, toStep: number): Row3[] {
+    return this.q.rows.all(runId, name, fromStep, toStep) as Row3[];
+  }
+  /** The first step ≥ `step` the series has, or null. */
+  nextStep(runId: number, name: string, step: number): number | null {
+    return this.q.nextStep.get(runId, name, step) as number | null;
+  }
+  /** The largest value of a series (e.g. the cumulative `tokens`), or null. */
+  maxValue(runId: number, name: string): number | null {
+    return this.q.maxValue.get(runId, name) as number | null;
   }
   /** Runs with points added after `rowid` (for live push), with the newest rowid. */
   changedSince(rowid: number): { runId: number; maxRowid: number }[] {
@@ -328,37 +424,40 @@ export class MetricsRepo {
   }
   /** Points after a step are dropped when a run resumes from that step's checkpoint (they are recomputed). */
   deleteAfter(runId: number, step: number): number {
-    return this.db.prepare('DELETE FROM metrics WHERE run_id = ? AND step > ?').run(runId, step).changes;
+    const del = this.db.prepare('DELETE FROM metrics WHERE run_id = ? AND name = ? AND step > ?');
+    return this.db.transaction(() => this.names(runId).reduce((n, name) => n + del.run(runId, name, step).changes, 0))();
   }
-  /** Per run: the last train loss, the best (lowest) eval loss and its step, the last step and timestamps. */
+  /**
+   * Deletes the next chunk of a run's points: the first `steps` steps left of its first series (one index range, as
+   * fast per point as one DELETE of the whole run); returns how many went, 0 once none is left. A run's points go
+   * chunk by chunk so that other requests are served in between (Core.deleteRun).
+   */
+  deleteChunk(runId: number, steps: number): number {
+    const name = this.q.firstName.get(runId) as string | null;
+    if (name === null) return 0;
+    const first = this.nextStep(runId, name, Number.MIN_SAFE_INTEGER)!;
+    return this.q.deleteSteps.run(runId, name, first, first + steps - 1).changes;
+  }
+  /**
+   * Per run: the last train loss and its step, the best (lowest) eval loss and its step (the earliest, on a tie), and
+   * the cumulative tokens (the last logged value: it only grows). A few index seeks per run.
+   */
   summaries(runIds: readonly number[]): Map<number, { finalLoss: number | null; bestEvalLoss: number | null; bestEvalStep: number | null; lastStep: number | null; tokens: number | null }> {
     const out = new Map<number, { finalLoss: number | null; bestEvalLoss: number | null; bestEvalStep: number | null; lastStep: number | null; tokens: number | null }>();
-    if (!runIds.length) return out;
-    const q = runIds.map(() => '?').join(',');
-    for (const id of runIds) out.set(id, { finalLoss: null, bestEvalLoss: null, bestEvalStep: null, lastStep: null, tokens: null });
-    const last = this.db
-      .prepare(
-        `SELECT m.run_id AS runId, m.value AS value, m.step AS step FROM metrics m
-         JOIN (SELECT run_id, MAX(step) AS s FROM metrics WHERE name = 'loss' AND run_id IN (${q}) GROUP BY run_id) x
-           ON x.run_id = m.run_id AND x.s = m.step WHERE m.name = 'loss'`,
-      )
-      .all(...runIds) as { runId: number; value: number | null; step: number }[];
-    for (const r of last) Object.assign(out.get(r.runId)!, { finalLoss: r.value, lastStep: r.step });
-    const best = this.db
-      .prepare(
-        `SELECT run_id AS runId, MIN(value) AS value FROM metrics WHERE name = 'eval_loss' AND value IS NOT NULL AND run_id IN (${q}) GROUP BY run_id`,
-      )
-      .all(...runIds) as { runId: number; value: number }[];
-    const stepOf = this.db.prepare(`SELECT MIN(step) AS step FROM metrics WHERE run_id = ? AND name = 'eval_loss' AND value = ?`);
-    for (const r of best) Object.assign(out.get(r.runId)!, { bestEvalLoss: r.value, bestEvalStep: (stepOf.get(r.runId, r.value) as { step: number }).step });
-    const tok = this.db
-      .prepare(`SELECT run_id AS runId, MAX(value) AS value FROM metrics WHERE name = 'tokens' AND run_id IN (${q}) GROUP BY run_id`)
-      .all(...runIds) as { runId: number; value: number }[];
-    for (const r of tok) out.get(r.runId)!.tokens = r.value;
+    const read = this.db.transaction(() => {
+      for (const id of runIds) {
+        const last = this.q.lastAny.get(id, 'loss') as { step: number; value: number | null } | undefined;
+        const best = this.q.lowest.get(id, 'eval_loss') as { step: number; value: number } | undefined;
+        const tok = this.q.last.get(id, 'tokens') as { step: number; value: number } | undefined;
+        out.set(id, { finalLoss: last?.value ?? null, lastStep: last?.step ?? null, bestEvalLoss: best?.value ?? null, bestEvalStep: best?.step ?? null, tokens: tok?.value ?? null });
+      }
+    });
+    read(); // one read transaction: one snapshot for every run
     return out;
   }
+  /** The names of a run's series, sorted. */
   names(runId: number): string[] {
-    return (this.db.prepare('SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name').all(runId) as { name: string }[]).map((r) => r.name);
+    return this.q.names.all({ run: runId }) as string[];
   }
 }
 

@@ -2,6 +2,9 @@
 export const en = {
   'compare.pick': 'Runs',
   'compare.pickHint': 'Pick two or more runs.',
+  'compare.pickFilter': 'Filter runs',
+  'compare.pickFilterPlaceholder': 'name, #id, tag, status…',
+  'compare.pickShown': '{shown} of {total} runs · {selected} selected',
   'compare.selectRun': 'Compare run {name}',
   'compare.metric': 'Metric',
   'compare.xAxis': 'Align by',
@@ -43,6 +46,9 @@ export const en = {
 export const zh: Record<keyof typeof en, string> = {
   'compare.pick': '训练记录',
   'compare.pickHint': '请选择两个或更多训练记录。',
+  'compare.pickFilter': '筛选训练记录',
+  'compare.pickFilterPlaceholder': '名称、#编号、标签、状态…',
+  'compare.pickShown': '显示 {shown} / {total} 个训练记录 · 已选 {selected} 个',
   'compare.selectRun': '对比训练记录 {name}',
   'compare.metric': '指标',
   'compare.xAxis': '横轴对齐方式',

@@ -97,6 +97,15 @@ export const en = {
   'run.notFound.invalid': '“{id}” is not a run number.',
   'run.notFound.link': 'Go to the list of runs',
   'run.eval.limitInvalid': 'A whole number of at least 1, or empty for every record.',
+  'run.metricsExport.title': 'Export metrics',
+  'run.metricsExport.intro': 'Every logged point of this run at full resolution, one row per step (CSV: step, time and one column per metric; JSON: one object per step).',
+  'run.metricsExport.format': 'Format',
+  'run.metricsExport.out': 'File',
+  'run.metricsExport.start': 'Export metrics',
+  'run.metricsExport.running': 'Exporting…',
+  'run.metricsExport.done': 'Wrote {rows} steps ({bytes}) to',
+  'run.metricsExport.exists': '{file} already exists.',
+  'run.metricsExport.replace': 'Replace it',
 } as const;
 
 export const zh: Record<keyof typeof en, string> = {
@@ -197,4 +206,13 @@ export const zh: Record<keyof typeof en, string> = {
   'run.notFound.invalid': '“{id}” 不是有效的训练编号。',
   'run.notFound.link': '返回训练列表',
   'run.eval.limitInvalid': '请填写不小于 1 的整数；留空表示全部记录。',
+  'run.metricsExport.title': '导出指标',
+  'run.metricsExport.intro': '以完整精度导出本次训练记录的每个点，每步一行（CSV：步数、时间和每个指标一列；JSON：每步一个对象）。',
+  'run.metricsExport.format': '格式',
+  'run.metricsExport.out': '文件',
+  'run.metricsExport.start': '导出指标',
+  'run.metricsExport.running': '正在导出…',
+  'run.metricsExport.done': '已写入 {rows} 步（{bytes}）到',
+  'run.metricsExport.exists': '{file} 已存在。',
+  'run.metricsExport.replace': '替换',
 };
