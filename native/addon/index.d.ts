@@ -87,7 +87,7 @@ export interface NativeModel {
   evalLoss(tokPath: string, options?: { batchSize?: number }, onProgress?: (e: { event: 'progress'; done: number; total: number }) => void): Promise<EvalLossResult>;
   /** Stops the running generate/evalLoss/generateBatch. */
   abort(): void;
-  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number; device: string; device_memory: { allocated: number; peak_allocated: number; reserved: number; peak_reserved: number } };
+  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number; device: string; /** the model's context (config.json max_position_embeddings, seq_length, …): a hard limit of generation unless alibi */ context: number; alibi: boolean; device_memory: { allocated: number; peak_allocated: number; reserved: number; peak_reserved: number } };
   /** Releases the weights now (else when garbage-collected). Throws while generating or evaluating. */
   free(): void;
 }

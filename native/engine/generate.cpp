@@ -3,7 +3,9 @@
 // the sequence), TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper (keep the smallest set whose
 // probability mass exceeds top_p, at least one token), then a draw from the softmax. One loop serves one prompt
 // and a batch: every unfinished sequence advances by one token per Model::infer_batch call (own cache, own
-// positions, own RNG), so a row of a batch is bit-identical to its prompt generated alone.
+// positions, own RNG), so a row of a batch is bit-identical to its prompt generated alone. Models with learned or
+// rotary positions never see a position past their context (config.json max_position_embeddings, seq_length, …):
+// a prompt that fills it is refused, and an answer ends (as at max_new_tokens) when the sequence reaches it.
 #include "generate.hpp"
 
 #include <algorithm>
@@ -83,6 +85,8 @@ int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen,
   return dist.back().first;
 }
 
+int64_t context_limit(const ModelConfig &c) { return c.pos == PosKind::Alibi ? 0 : c.max_positions; }
+
 llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenParams &p,
                      const std::function<bool(int32_t)> &on_token, std::atomic<bool> *abort,
                      std::vector<int32_t> &out) {
@@ -106,11 +110,21 @@ llmt_status generate_batch(Model &m, const std::vector<std::vector<int32_t>> &pr
   if (!(p.top_p >= 0 && p.top_p <= 1)) return set_error(LLMT_ERR_BAD_INPUT, "generate: top_p must be in [0, 1]");
   if (p.repetition_penalty <= 0) return set_error(LLMT_ERR_BAD_INPUT, "generate: repetition_penalty must be positive");
   const int64_t V = m.config().vocab;
+  // learned / rotary positions: nothing past the context was trained (ALiBi has no hard limit)
+  const int64_t ctx = context_limit(m.config());
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t n = static_cast<int64_t>(prompts[r].size());
+    if (ctx > 0 && n >= ctx)
+      return set_error(LLMT_ERR_BAD_INPUT, std::string(R == 1 ? "generate: the prompt" : "generate: prompt " + std::to_string(r)) + " (" + std::to_string(n) +
+                                               " tokens) " + (n == ctx ? "fills" : "is longer than") + " the model's context (" + std::to_string(ctx) +
+                                               " positions) and leaves no room for an answer: shorten it");
+  }
   std::vector<Model::KvCache> caches(static_cast<size_t>(R));
   std::vector<std::vector<int32_t>> seen(prompts);
   std::vector<Rng> rng;
   for (int64_t r = 0; r < R; ++r) {
-    m.init_cache(caches[r], static_cast<int64_t>(prompts[r].size()) + p.max_new_tokens + 1);
+    const int64_t want = static_cast<int64_t>(prompts[r].size()) + p.max_new_tokens + 1;
+    m.init_cache(caches[r], ctx > 0 ? std::min(want, ctx) : want);
     rng.emplace_back(seeds.empty() ? p.seed : seeds[r]);
   }
   std::vector<float> logits(static_cast<size_t>(R * V)), chunk, row(static_cast<size_t>(V));
@@ -145,6 +159,8 @@ llmt_status generate_batch(Model &m, const std::vector<std::vector<int32_t>> &pr
       if (on_token && !on_token(r, tok)) continue;
       if (std::find(p.stop_ids.begin(), p.stop_ids.end(), tok) != p.stop_ids.end()) continue;
       if (i + 1 == p.max_new_tokens) continue;
+      // the sequence fills the context: the answer ends there (finish "length"), no token fed past it
+      if (ctx > 0 && static_cast<int64_t>(prompts[r].size() + out[r].size()) >= ctx) continue;
       next.push_back(r);
       toks.push_back(tok);
     }

@@ -1224,6 +1224,56 @@ static void test_sampling() {
   CHECK(pick_token(lg, {0}, p, r) == 1, "repetition penalty divides a seen positive logit");
 }
 
+// The context (config.json max_position_embeddings, seq_length, …) bounds generation for learned / rotary
+// positions: a prompt that fills it is refused with a clear error, an answer stops when the sequence reaches it,
+// and no forward is run past it. ALiBi models (no hard limit) are not bounded.
+static void test_context_limit() {
+  std::printf("context limit\n");
+  llmt_status st;
+  for (const char *f : {"llama", "chatglm2", "baichuan13b"}) {
+    const std::string family = f;
+    auto m = Model::load(tiny(family), st);
+    CHECK(m != nullptr, llmt_last_error());
+    if (!m) continue;
+    const int64_t ctx = m->config().max_positions;
+    const bool alibi = m->config().pos == PosKind::Alibi;
+    CHECK(context_limit(m->config()) == (alibi ? 0 : ctx), family + ": context_limit");
+    CHECK(ctx == 512 || (alibi && ctx > 0), family + ": the tiny model's context is read from config.json");
+    std::vector<int32_t> prompt(static_cast<size_t>(ctx), 5);
+    for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(3 + i % 50);
+    GenParams gp;
+    gp.do_sample = false;
+    gp.max_new_tokens = 8;
+    gp.stop_ids.clear();
+    std::vector<int32_t> out;
+    st = generate(*m, prompt, gp, nullptr, nullptr, out);
+    if (alibi) {
+      CHECK(st == LLMT_OK && out.size() == 8, family + ": ALiBi generates past its trained length");
+      continue;
+    }
+    CHECK(st == LLMT_ERR_BAD_INPUT && out.empty(), family + ": a prompt that fills the context is refused");
+    CHECK(std::strstr(llmt_last_error(), "(512 tokens) fills the model's context (512 positions)") != nullptr, llmt_last_error());
+    prompt.push_back(7);
+    CHECK(generate(*m, prompt, gp, nullptr, nullptr, out) == LLMT_ERR_BAD_INPUT, family + ": a longer prompt is refused");
+    CHECK(std::strstr(llmt_last_error(), "(513 tokens) is longer than the model's context") != nullptr, llmt_last_error());
+    // ctx − 3 prompt tokens: the answer ends after 3 tokens (the sequence fills the context), in a batch too
+    prompt.resize(static_cast<size_t>(ctx - 3));
+    CHECK(generate(*m, prompt, gp, nullptr, nullptr, out) == LLMT_OK, llmt_last_error());
+    CHECK(out.size() == 3, family + ": the answer stops at the context (" + std::to_string(out.size()) + " tokens)");
+    std::vector<std::vector<int32_t>> outs;
+    const std::vector<int32_t> shorter(prompt.begin(), prompt.begin() + 10);
+    CHECK(generate_batch(*m, {prompt, shorter}, gp, {}, nullptr, nullptr, outs) == LLMT_OK, llmt_last_error());
+    CHECK(outs.size() == 2 && outs[0] == out && outs[1].size() == 8, family + ": in a batch each row stops at its own limit");
+    // the forward itself refuses positions past the context
+    Model::KvCache cache;
+    m->init_cache(cache, ctx + 8);
+    std::vector<float> logits;
+    prompt.resize(static_cast<size_t>(ctx + 1), 9);
+    CHECK(m->infer(cache, prompt.data(), ctx + 1, logits) == LLMT_ERR_BAD_INPUT, family + ": infer past the context is refused");
+    CHECK(std::strstr(llmt_last_error(), "longer than the model's context") != nullptr, llmt_last_error());
+  }
+}
+
 int main() {
   char tmpl[] = "/tmp/llmt-model-XXXXXX";
   g_tmp = ::mkdtemp(tmpl);
@@ -1240,6 +1290,7 @@ int main() {
   test_dtypes_and_tying();
   test_legacy_layouts();
   test_bad_inputs();
+  test_context_limit();
   test_training_and_resume();
   test_half_conversions();
   test_rope_parameters_layout();

@@ -1,7 +1,9 @@
 // chat.ts — `llms-train chat`: the chat window in a terminal, through core/chat's ChatService (so the prompt,
 // the template and the sampling are exactly the app's). Tokens stream as generated; /reset starts a new
 // conversation, /exit quits; Ctrl-C stops the current answer (at the prompt it quits). The conversation lives in
-// memory unless --save keeps it as a session in the app's database. Lines may also come from a pipe.
+// memory unless --save keeps it as a session in the app's database. Lines may also come from a pipe. When older
+// messages no longer fit the model's context they are left out (one line says so); a message too long even alone
+// is refused with a hint and the chat goes on.
 import fs from 'node:fs';
 import readline from 'node:readline';
 
@@ -24,6 +26,11 @@ interface ChatFlags extends SamplingFlags {
   threads?: number;
   device: string;
   precision: string;
+}
+
+/** The line that says older messages were left out of the model's context. */
+export function droppedLine(dropped: number, rounds: number, context?: number): string {
+  return `(older messages left out, ${dropped} of ${rounds} earlier exchanges: the conversation no longer fits the model's context${context ? ` of ${context} tokens` : ''} with max_new_tokens)`;
 }
 
 export function registerChat(program: Command, fail: Fail): void {
@@ -103,11 +110,13 @@ export function registerChat(program: Command, fail: Fail): void {
               process.stderr.write(`(the engine was restarted: the previous one ended with ${x.signal ? `signal ${x.signal}` : `exit code ${x.code}`})\n`);
             }
             process.stdout.write(r.result.finish === 'aborted' ? ' [stopped]\n' : '\n');
+            if (r.result.dropped) process.stderr.write(`${droppedLine(r.result.dropped, r.result.rounds ?? r.result.dropped, r.result.context)}\n`);
           } catch (err) {
-            const e = err as Error & { code?: string; hint?: string };
+            const e = err as Error & { code?: string; hint?: string; reason?: string };
             process.stderr.write(`\nllms-train: ${e.message}${e.hint ? `\nhint: ${e.hint}` : ''}\n`);
-            // the engine restarts on the next message; anything else (a model that cannot load) ends the chat
-            if (e.code !== 'ENGINE_CRASHED') throw err;
+            // the engine restarts on the next message, a shorter message may fit; anything else (a model that cannot
+            // load) ends the chat
+            if (e.code !== 'ENGINE_CRASHED' && e.reason !== 'PROMPT_TOO_LONG') throw err;
           } finally {
             current = null;
           }

@@ -145,4 +145,34 @@ describe('chat in the browser', () => {
     expect(hostPid()).not.toBeNull();
     await shot('chat-restarted');
   });
+
+  it('leaves the oldest messages out of the model’s context and says so under the answer; a message too long alone is refused with a hint', async () => {
+    // the demo model's context is 512 tokens: with max_new_tokens 100, a few questions of ~110 tokens overflow it
+    const sentence = '病人咳嗽发热三天，伴有头痛和乏力，应该去哪个科室就诊？请详细说明理由。';
+    await page.getByTestId('chat-new').click();
+    await page.getByTestId('chat-setup').waitFor();
+    await page.getByTestId('chat-adapter').selectOption('');
+    await page.getByTestId('chat-max-new').fill('100');
+    await page.getByTestId('chat-start').click();
+    await page.getByTestId('chat-messages').waitFor();
+    for (let i = 1; i <= 4; i++) {
+      await page.getByTestId('chat-input').fill(`${i}: ${sentence.repeat(2)}`);
+      await page.getByTestId('chat-send').click();
+      await expect.poll(() => page.getByTestId('msg-assistant').count(), { timeout: 60_000 }).toBe(i);
+      await page.getByTestId('chat-send').waitFor({ timeout: 30_000 });
+    }
+    await expect.poll(() => page.getByTestId('msg-dropped').count()).toBeGreaterThan(0);
+    expect(await page.getByTestId('msg-dropped').first().textContent()).toMatch(/^Older messages were left out of the model’s context \(\d+ of \d+ earlier exchanges\): with max_new_tokens they no longer fit\.$/);
+    // a message that does not fit even alone: the error and its hint, the message back in the input, nothing kept
+    const long = sentence.repeat(20);
+    await page.getByTestId('chat-input').fill(long);
+    await page.getByTestId('chat-send').click();
+    await page.getByTestId('chat-error').waitFor({ timeout: 30_000 });
+    const shown = (await page.getByTestId('chat-error').textContent()) ?? '';
+    expect(shown).toMatch(/does not fit the model's context of 512 tokens/);
+    expect(shown).toMatch(/Shorten the message/);
+    expect(await page.getByTestId('msg-user').count()).toBe(4);
+    expect(await page.getByTestId('chat-input').inputValue()).toBe(long);
+    await shot('chat-context');
+  });
 });

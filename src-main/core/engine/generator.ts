@@ -6,7 +6,7 @@ import path from 'node:path';
 
 import { loadChatTemplate, type ChatRenderer } from '../data/chat-template.js';
 import type { Turn } from '../data/formats.js';
-import { TEMPLATES, type TemplateName, answerEndIds, encodePrompt } from '../data/templates.js';
+import { type LaidOutPrompt, PromptTooLongError, TEMPLATES, type TemplateName, answerEndIds, layoutPrompt } from '../data/templates.js';
 import { loadTokenizer, type LoadedTokenizer, type Tokenizer } from '../data/tokenizer/index.js';
 import type { GenerateParams, NativeModel } from '../../../native/addon/index.js';
 import { loadEngine } from './native.js';
@@ -44,6 +44,16 @@ export interface GenerateRequest extends ModelRef {
   template?: TemplateName;
   /** cut the prompt text as training does (max_source_length) */
   maxSourceLength?: number;
+  /**
+   * Fit the model's context (config.json max_position_embeddings, seq_length, …; ALiBi models: their trained
+   * length): the oldest earlier rounds are left out, whole, until prompt + the answer's room fits, by the rule of
+   * training's truncation (templates.ts layoutPrompt; the system prompt stays). The answer's room is
+   * max_new_tokens, at most half the context (answerRoom), so a large max_new_tokens never costs the whole history;
+   * a question too long to leave that room is sent alone and its answer stops at the context (finish "length").
+   * Only a question that fills the context by itself fails: BAD_INPUT (reason PROMPT_TOO_LONG) with a hint. Chat
+   * sets it.
+   */
+  fitContext?: boolean;
   params?: Omit<GenerateParams, 'stop_ids'>;
 }
 
@@ -58,6 +68,10 @@ export interface GenerateResult {
   seconds: number;
   /** where it was generated: "cpu", "cuda:0" */
   device: string;
+  /** fitContext: the earlier rounds left out (oldest first) of `rounds`, and the model's context */
+  dropped?: number;
+  rounds?: number;
+  context?: number;
 }
 
 export interface LoadedInfo {
@@ -72,6 +86,8 @@ export interface LoadedInfo {
   /** where it computes ("cpu", "cuda:0": a GPU that could not be used leaves it on the CPU) and its weights' precision */
   device: string;
   precision: string;
+  /** the model's context (its trained length) */
+  context?: number;
 }
 
 export class GenerateError extends Error {
@@ -79,6 +95,8 @@ export class GenerateError extends Error {
     message: string,
     readonly code: string,
     readonly hint?: string,
+    /** what the code does not tell: PROMPT_TOO_LONG (a message that does not fit the context even alone) */
+    readonly reason?: string,
   ) {
     super(message);
     this.name = 'GenerateError';
@@ -105,6 +123,21 @@ const keyOf = (model: string, adapter: string | null | undefined) => `${path.res
  */
 export function stopIds(modelEosIds: readonly number[], template: TemplateName, tok: Tokenizer): number[] {
   return [...new Set([...modelEosIds, ...tok.eosIds, ...answerEndIds(template, tok)])];
+}
+
+/** The room a fitted prompt leaves for the answer: max_new_tokens, at most half the context. */
+export function answerRoom(maxNewTokens: number, context: number): number {
+  return Math.max(1, Math.min(maxNewTokens, Math.floor(context / 2)));
+}
+
+/** The error for a question that fills the context by itself (no room for any answer, even without earlier rounds). */
+export function tooLong(promptTokens: number, context: number): GenerateError {
+  return new GenerateError(
+    `the message does not fit the model's context of ${context} tokens: without any earlier message its prompt is ${promptTokens} tokens, which leaves no room for an answer`,
+    'BAD_INPUT',
+    `Shorten the message: the model's context holds ${context} tokens, prompt and answer together.`,
+    'PROMPT_TOO_LONG',
+  );
 }
 
 /** Turns a request into the conversation to lay out. */
@@ -216,22 +249,42 @@ export class Generator {
       cached,
       device: e.info.device ?? 'cpu',
       precision: this.placement.precision,
+      ...(e.info.context ? { context: e.info.context } : {}),
     };
   }
 
   /** The prompt ids of a request (what generate() feeds the model). */
   async promptIds(req: GenerateRequest): Promise<number[]> {
+    return (await this.layout(req)).ids;
+  }
+
+  /**
+   * The prompt of a request laid out by its template; with `context` (fitContext), the oldest earlier rounds
+   * left out until prompt + max_new_tokens fits it, or a clear error when the question alone does not.
+   */
+  private async layout(req: GenerateRequest, context?: number): Promise<LaidOutPrompt> {
     const tokDir = req.tokenizer ?? req.model;
     const tok = await this.tokenizer(tokDir);
     const template = req.template ?? 'raw';
     if (!TEMPLATES.includes(template)) throw new GenerateError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, 'BAD_INPUT');
-    try {
-      return encodePrompt(requestTurns(req), template, tok, {
+    const maxNew = req.params?.max_new_tokens ?? SEED_SAMPLING.max_new_tokens;
+    const lay = (maxPromptTokens?: number) =>
+      layoutPrompt(requestTurns(req), template, tok, {
         ...(req.maxSourceLength !== undefined ? { maxSourceLength: req.maxSourceLength } : {}),
+        ...(maxPromptTokens !== undefined ? { maxPromptTokens } : {}),
         ...(template === 'chat_template' ? { chatTemplate: this.chatTemplate(tokDir) } : {}),
       });
+    try {
+      try {
+        return lay(context !== undefined ? context - answerRoom(maxNew, context) : undefined);
+      } catch (err) {
+        // a long question: sent alone (every earlier round left out), its answer stops at the context
+        if (err instanceof PromptTooLongError && context !== undefined && err.tokens < context) return lay(err.tokens);
+        throw err;
+      }
     } catch (err) {
       if (err instanceof GenerateError) throw err;
+      if (err instanceof PromptTooLongError && context !== undefined) throw tooLong(err.tokens, context);
       throw new GenerateError((err as Error).message, 'BAD_INPUT');
     }
   }
@@ -246,11 +299,19 @@ export class Generator {
     this.preparing.add(id);
     let e: Entry;
     let tok: LoadedTokenizer;
-    let prompt: number[];
+    let laid: LaidOutPrompt;
+    let context: number | undefined;
     try {
-      const got = await Promise.all([this.entry(req), this.tokenizer(tokDir), this.promptIds(req)]);
-      [, tok, prompt] = got;
-      e = got[0].e;
+      if (req.fitContext) {
+        // the model's context first: the prompt is laid out to fit it
+        [{ e }, tok] = await Promise.all([this.entry(req), this.tokenizer(tokDir)]);
+        context = e.info.context && e.info.context > 0 ? e.info.context : undefined;
+        laid = await this.layout(req, context);
+      } else {
+        const got = await Promise.all([this.entry(req), this.tokenizer(tokDir), this.layout(req)]);
+        [, tok, laid] = got;
+        e = got[0].e;
+      }
       // a model evicted while the prompt was prepared is loaded again
       while (this.models.get(e.key) !== e) e = (await this.entry(req)).e;
     } catch (err) {
@@ -262,7 +323,8 @@ export class Generator {
     const early = this.cancelled.delete(id);
     e.users++;
     try {
-      return await this.run(id, e, tok, prompt, req, t0, onDelta, early);
+      const r = await this.run(id, e, tok, laid.ids, req, t0, onDelta, early);
+      return req.fitContext ? { ...r, dropped: laid.dropped, rounds: laid.rounds, ...(context !== undefined ? { context } : {}) } : r;
     } finally {
       e.users--;
     }

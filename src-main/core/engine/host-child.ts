@@ -16,9 +16,14 @@ function send(msg: ChildMessage): void {
   else if (process.send) process.send(msg);
 }
 
-function errorOf(err: unknown): { message: string; code: string; hint?: string } {
-  const e = err as Error & { code?: string; hint?: string };
-  return { message: e.message ?? String(err), code: err instanceof GenerateError ? err.code : (e.code ?? 'INTERNAL'), ...(e.hint ? { hint: e.hint } : {}) };
+function errorOf(err: unknown): { message: string; code: string; hint?: string; reason?: string } {
+  const e = err as Error & { code?: string; hint?: string; reason?: string };
+  return {
+    message: e.message ?? String(err),
+    code: err instanceof GenerateError ? err.code : (e.code ?? 'INTERNAL'),
+    ...(e.hint ? { hint: e.hint } : {}),
+    ...(e.reason ? { reason: e.reason } : {}),
+  };
 }
 
 const threads = Number(process.env.LLMT_HOST_THREADS ?? 0);

@@ -16,6 +16,8 @@ export interface WireError {
   message: string;
   code: string;
   hint?: string;
+  /** GenerateError's reason (PROMPT_TOO_LONG) */
+  reason?: string;
 }
 
 export type ChildMessage =

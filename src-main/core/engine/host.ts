@@ -40,6 +40,8 @@ export class EngineHostError extends Error {
     readonly code: string,
     readonly hint?: string,
     readonly exit?: ExitInfo,
+    /** what the code does not tell: PROMPT_TOO_LONG (GenerateError's reason) */
+    readonly reason?: string,
   ) {
     super(message);
     this.name = 'EngineHostError';
@@ -397,5 +399,5 @@ async function endChild(c: Child, timeoutMs: number): Promise<void> {
 }
 
 function toError(e: WireError): EngineHostError {
-  return new EngineHostError(e.message, e.code, e.hint);
+  return new EngineHostError(e.message, e.code, e.hint, undefined, e.reason);
 }
