@@ -303,7 +303,8 @@ llmt_status llmt_model_info(llmt_model *model, char **out_json) {
     o.set("bos_id", Json::integer(c.bos_id));
     o.set("pad_id", Json::integer(c.pad_id));
     o.set("device", Json::string(model->m->backend().name()));
-    o.set("context", Json::integer(c.max_positions));  // the trained length
+    // the trained length: the hard limit (rotary/learned), ALiBi's trained length, 0 when the config names none
+    o.set("context", Json::integer(c.pos == PosKind::Alibi ? (c.max_positions_given ? c.max_positions : 0) : context_limit(c)));
     o.set("alibi", Json::boolean(c.pos == PosKind::Alibi));  // no hard limit at the context
     const MemoryStats ms = model->m->backend().memory_stats();
     Json mem = Json::object();  // the device allocator's bytes (zero on the CPU backend): see backend.hpp

@@ -427,7 +427,8 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
     }
   }
   if (!(c.norm_eps > 0) || !std::isfinite(c.norm_eps)) return set_error(LLMT_ERR_BAD_INPUT, where + ": the norm epsilon must be positive");
-  c.max_positions = field(j, {"max_position_embeddings", "model_max_length", "max_sequence_length", "seq_length", "n_positions"}).is_integer()
+  c.max_positions_given = field(j, {"max_position_embeddings", "model_max_length", "max_sequence_length", "seq_length", "n_positions"}).is_integer();
+  c.max_positions = c.max_positions_given
                         ? field(j, {"max_position_embeddings", "model_max_length", "max_sequence_length", "seq_length", "n_positions"}).as_int()
                         : 2048;
   c.bos_id = first_int(j.get("bos_token_id"), -1);

@@ -84,6 +84,7 @@ struct ModelConfig {
   double rope_linear_factor = 1.0;  // rope_scaling {"type":"linear","factor":f}
   double norm_eps = 1e-6;
   int64_t max_positions = 2048;
+  bool max_positions_given = false;  // config.json names it (else 2048 is a guess, never a limit)
   bool tie_embeddings = false;
   bool parallel_residual = false;  // gpt_neox use_parallel_residual, falcon parallel_attn
   // the block recipe, resolved from the row and config.json
@@ -124,5 +125,14 @@ std::vector<float> alibi_slopes_baichuan(int64_t heads);
 
 /** Expands "{i}" in a name pattern. */
 std::string layer_name(const char *pattern, int64_t i);
+
+/** The positions a model can be fed when they are a hard limit (learned or rotary positions): config.json's
+ *  max_position_embeddings (seq_length, …), times a linear rope_scaling factor (configs differ on whether the field
+ *  already counts it; the larger reading is taken, so a long-context model is never cut short); 0 when there is no
+ *  such limit: ALiBi (a trained length, not a limit) or a config that names no length. */
+inline int64_t context_limit(const ModelConfig &c) {
+  if (c.pos == PosKind::Alibi || !c.max_positions_given || c.max_positions <= 0) return 0;
+  return c.rope_linear_factor > 1.0 ? static_cast<int64_t>(static_cast<double>(c.max_positions) * c.rope_linear_factor) : c.max_positions;
+}
 
 }  // namespace llmt

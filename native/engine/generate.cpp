@@ -85,7 +85,6 @@ int32_t pick_token(std::vector<float> &logits, const std::vector<int32_t> &seen,
   return dist.back().first;
 }
 
-int64_t context_limit(const ModelConfig &c) { return c.pos == PosKind::Alibi ? 0 : c.max_positions; }
 
 llmt_status generate(Model &m, const std::vector<int32_t> &prompt, const GenParams &p,
                      const std::function<bool(int32_t)> &on_token, std::atomic<bool> *abort,

@@ -26,9 +26,6 @@ struct GenParams {
   std::vector<int32_t> stop_ids;  // generation ends after emitting one of these (it is included)
 };
 
-/** The positions a model can be fed (config.json max_position_embeddings, seq_length, …) when they are a hard
- *  limit (learned or rotary positions); 0 for ALiBi, which has a trained length but no limit. */
-int64_t context_limit(const ModelConfig &c);
 
 /** Generates after `prompt`. A prompt of context_limit() tokens or more is refused (BAD_INPUT); the answer ends
  *  when prompt + answer reach it, as at max_new_tokens. on_token(id) returning false stops early. Returns the generated ids. */

@@ -1911,9 +1911,9 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
       return set_error(LLMT_ERR_BAD_INPUT, "the sequence (" + std::to_string(cache.length + n[s]) + " tokens) is longer than the cache (" +
                                                std::to_string(cache.capacity) + "); lower max_new_tokens or the prompt length");
     }
-    if (c.pos != PosKind::Alibi && c.max_positions > 0 && cache.length + n[s] > c.max_positions)
+    if (const int64_t ctx = context_limit(c); ctx > 0 && cache.length + n[s] > ctx)
       return set_error(LLMT_ERR_BAD_INPUT, "the sequence (" + std::to_string(cache.length + n[s]) + " tokens) is longer than the model's context (" +
-                                               std::to_string(c.max_positions) + " positions)");
+                                               std::to_string(ctx) + " positions)");
     for (int64_t i = 0; i < n[s]; ++i)
       if (ids[s][i] < 0 || ids[s][i] >= V)
         return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(ids[s][i]) + " is outside the vocabulary (size " + std::to_string(V) + ")");

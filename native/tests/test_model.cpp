@@ -1238,6 +1238,13 @@ static void test_context_limit() {
     const int64_t ctx = m->config().max_positions;
     const bool alibi = m->config().pos == PosKind::Alibi;
     CHECK(context_limit(m->config()) == (alibi ? 0 : ctx), family + ": context_limit");
+    {  // a linear rope_scaling factor extends it; a config naming no length sets no limit
+      ModelConfig c = m->config();
+      c.rope_linear_factor = 4.0;
+      CHECK(context_limit(c) == (alibi ? 0 : 4 * ctx), family + ": context_limit with linear rope scaling");
+      c.max_positions_given = false;
+      CHECK(context_limit(c) == 0, family + ": no context limit when config.json names none");
+    }
     CHECK(ctx == 512 || (alibi && ctx > 0), family + ": the tiny model's context is read from config.json");
     std::vector<int32_t> prompt(static_cast<size_t>(ctx), 5);
     for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>(3 + i % 50);
