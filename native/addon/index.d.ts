@@ -35,7 +35,11 @@ export interface ModelInspection {
   layers?: number;
   heads?: number;
   kv_heads?: number;
+  /** config.json's length (max_position_embeddings, seq_length, …; 2048 when it names none) */
   context?: number;
+  /** the context as a hard limit (learned or rotary positions, a linear rope_scaling factor counted): what generation
+   *  refuses to pass; 0 when there is none (ALiBi, or a config that names no length) */
+  context_limit?: number;
   tie_embeddings?: boolean;
   /** a saved 4-bit (bitsandbytes layout) folder: "nf4" or "fp4"; absent or "none" otherwise */
   quantization?: string;

@@ -189,6 +189,8 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     out.set("heads", Json::integer(c.heads));
     out.set("kv_heads", Json::integer(c.kv_heads));
     out.set("context", Json::integer(c.max_positions));
+    // the hard limit of generation (learned/rotary positions; rope_scaling linear counted); 0: none (ALiBi, no length named)
+    out.set("context_limit", Json::integer(context_limit(c)));
     out.set("tie_embeddings", Json::boolean(c.tie_embeddings));
     out.set("lora_targets", lora_targets_json(c));
     out.set("default_lora_targets", Json::string(c.family->default_lora_targets));

@@ -92,6 +92,9 @@ export const RunSummary = z.object({
   maxSteps: z.number().nullable(),
   /** the cumulative trained tokens (the `tokens` metric) last logged */
   tokens: z.number().nullable(),
+  /** the spec's training.learning_rate and lora.r (null where the spec has none) */
+  lr: z.number().nullable(),
+  loraR: z.number().nullable(),
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 
@@ -127,6 +130,42 @@ export const DatasetEntry = z.object({
 });
 
 const Empty = z.object({}).strict();
+
+/** The columns a runs list sorts by, in SQL over every matching run (RunsRepo.page). */
+export const RUN_SORT_KEYS = ['created', 'finished', 'name', 'status', 'bestEval', 'finalLoss', 'lr', 'loraR', 'tokens', 'duration'] as const;
+export const RunSort = z.enum(RUN_SORT_KEYS);
+export type RunSort = z.infer<typeof RunSort>;
+export const SortDir = z.enum(['asc', 'desc']);
+export type SortDir = z.infer<typeof SortDir>;
+
+/** Which runs, in which order, from where: listRuns and listRunsPage take the same request. */
+const RunsQuery = z
+  .object({
+    experimentId: Id.optional(),
+    status: RunStatus.optional(),
+    /** runs carrying this tag */
+    tag: z.string().min(1).max(200).optional(),
+    /** words, each contained (case-insensitively) in a run's #id, name, status, model or data path, method or tags */
+    query: z.string().max(1000).optional(),
+    /** default: created; NaN and missing values come last in either direction, ties by id in the same direction */
+    sort: RunSort.optional(),
+    /** default: desc */
+    dir: SortDir.optional(),
+    offset: z.number().int().min(0).max(1_000_000_000).optional(),
+    limit: z.number().int().min(1).max(10_000).optional(),
+  })
+  .strict();
+export type RunsQuery = z.infer<typeof RunsQuery>;
+
+export const RunsPage = z.object({
+  runs: z.array(RunSummary),
+  /** how many runs match the filters (the page is `runs`, from `offset`) */
+  total: z.number().int().nonnegative(),
+  offset: z.number().int().nonnegative(),
+  /** every tag any run carries (for a tag filter over all runs, not only this page) */
+  tags: z.array(z.string()),
+});
+export type RunsPage = z.infer<typeof RunsPage>;
 
 const Sampling = z
   .object({
@@ -257,6 +296,8 @@ export interface EvalInfo {
   loss: { loss: number; perplexity: number; tokens: number } | null;
   report: unknown;
   predictions: string | null;
+  /** the predictions: records skipped as bad, answers that stopped at the model's context (null: no hard limit) */
+  generation?: { skipped: number; contextStops: number; context: number | null };
   best?: { metric: string; value: number } | false;
   seconds: number;
   createdAt: string;
@@ -294,16 +335,11 @@ export const methods = {
     Experiment,
     'Create a named group of runs. Names are unique.',
   ),
-  listRuns: method(
-    z
-      .object({
-        experimentId: Id.optional(),
-        status: RunStatus.optional(),
-        limit: z.number().int().min(1).max(10_000).optional(),
-      })
-      .strict(),
-    z.array(RunSummary),
-    'Runs, newest first.',
+  listRuns: method(RunsQuery, z.array(RunSummary), 'Runs, newest first unless sort/dir say otherwise; at most limit (default 1,000) from offset.'),
+  listRunsPage: method(
+    RunsQuery,
+    RunsPage,
+    'One page of runs (limit, default 1,000, from offset) filtered and sorted in the database over every run, with how many match in all and every tag in use.',
   ),
   getRun: method(z.object({ id: Id }).strict(), Run, 'One run with its RunSpec.'),
   listModels: method(Empty, z.array(ModelEntry), 'Models known to the workbench.'),

@@ -6,6 +6,7 @@ import { type Command, Option } from 'commander';
 import type { TemplateName } from '../core/data/templates.js';
 import { evalLoss } from '../core/eval/loss.js';
 import { evaluateFiles, formatMetricsTable } from '../core/eval/metrics.js';
+import { contextStopsLine } from '../core/eval/predict.js';
 import { BEST_METRICS, type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint } from '../core/eval/service.js';
 import { databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
@@ -21,6 +22,10 @@ function printEval(e: CheckpointEval, json: boolean): void {
   console.log(`evaluation #${e.evalId}: ${e.checkpoint}${e.step !== null ? ` (step ${e.step})` : ''} on ${e.data}`);
   if (e.loss) console.log(`eval loss ${e.loss.loss.toFixed(4)}  perplexity ${e.loss.perplexity.toFixed(2)}  (${e.loss.tokens} tokens, ${e.loss.samples} samples)`);
   if (e.report) console.log(formatMetricsTable(e.report));
+  const g = e.generation;
+  if (g?.skipped) console.log(`${g.skipped} bad record(s) skipped (--on-error skip): not predicted, not scored`);
+  const stops = g ? contextStopsLine(g.contextStops, g.context) : null;
+  if (stops) console.log(stops);
   if (e.predictions) console.log(`predictions: ${e.predictions}`);
 }
 

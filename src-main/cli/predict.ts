@@ -1,11 +1,11 @@
 // predict.ts — `llms-train predict`: the seed's inference script over a test file — each record copied with its
 // answer (PromptCBLUE: target) replaced by the model's — through core/eval/predict.ts. Progress on stderr, the
-// report on stdout; Ctrl-C stops and keeps what is done in <out>.partial for the next run to resume.
+// report on stdout (answers that stopped at the model's context counted apart); Ctrl-C stops and keeps what is done in <out>.partial for the next run to resume.
 import { type Command, Option } from 'commander';
 
 import type { TemplateName } from '../core/data/templates.js';
 import { EngineHost } from '../core/engine/host.js';
-import { predict } from '../core/eval/predict.js';
+import { contextStopsLine, predict } from '../core/eval/predict.js';
 import { type Fail, type SamplingFlags, onInterrupt, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
 import { Progress } from './progress.js';
 
@@ -61,7 +61,9 @@ export function registerPredict(program: Command, fail: Fail): void {
       else {
         if (r.resumed) console.log(`resumed after ${r.resumed} record(s) already predicted`);
         if (r.skipped) console.log(`skipped ${r.skipped} bad record(s): ${r.errors.slice(0, 5).map((e) => `line ${e.line}: ${e.reason}`).join('; ')}${r.skipped > 5 ? '; …' : ''}`);
-        console.log(`wrote ${r.written} prediction(s) to ${r.out} in ${r.seconds.toFixed(1)} s on ${r.device} (${r.precision}; ${r.tokens} tokens generated; ${r.finish.length} stopped at max_new_tokens)`);
+        console.log(`wrote ${r.written} prediction(s) to ${r.out} in ${r.seconds.toFixed(1)} s on ${r.device} (${r.precision}; ${r.tokens} tokens generated; ${r.finish.length - r.contextStops} stopped at max_new_tokens)`);
+        const stops = contextStopsLine(r.contextStops, r.context);
+        if (stops) console.log(`${stops}: their prompt left less than --max_new_tokens of room (a lower --max_source_length leaves more)`);
       }
     } catch (err) {
       bar.done();

@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import type { AppStatus, MetricTuple, Res, RunSummary, Settings } from '../api/contract.js';
+import type { AppStatus, MetricTuple, Res, RunSummary, RunsQuery, Settings } from '../api/contract.js';
 import { Dispatcher, EventHub, type Handlers } from '../api/dispatcher.js';
 import { downsampleMinMax, METRIC_POINT_BUDGET } from '../api/downsample.js';
 import { ApiError } from '../api/errors.js';
@@ -18,13 +18,13 @@ import { modelsHome } from './models/download.js';
 import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
 import { gpuIds, parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
-import { lastCheckpoint, planRun, resumeMismatch, type RunHandle, RunService, runLogToRead, runsUsingFolder } from './runs/service.js';
+import { contextWarning, lastCheckpoint, planRun, resumeMismatch, type RunHandle, RunService, runLogToRead, runsUsingFolder } from './runs/service.js';
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
 import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher, type Placement } from './engine/host.js';
 import { type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint, listEvals } from './eval/service.js';
 import { exportMetrics } from './runs/metrics-export.js';
 import { StoreError } from './store/db.js';
-import { Store, type RunRow } from './store/store.js';
+import { Store, type RunPageQuery, type RunRow } from './store/store.js';
 
 export interface CoreOptions {
   home?: string;
@@ -59,6 +59,7 @@ function evalInfo(e: CheckpointEval): Res<'listEvals'>[number] {
     loss: e.loss ? { loss: e.loss.loss, perplexity: e.loss.perplexity, tokens: e.loss.tokens } : null,
     report: e.report,
     predictions: e.predictions,
+    ...(e.generation ? { generation: { skipped: e.generation.skipped, contextStops: e.generation.contextStops, context: e.generation.context } } : {}),
     ...(e.best !== undefined ? { best: e.best } : {}),
     seconds: e.seconds,
     createdAt: e.createdAt,
@@ -104,8 +105,11 @@ export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
     lastStep: m?.lastStep ?? null,
     maxSteps: typeof maxSteps === 'number' && maxSteps > 0 ? maxSteps : null,
     tokens: m?.tokens ?? null,
+    lr: finite(spec.training?.learning_rate),
+    loraR: finite(spec.lora?.r),
   };
 }
+const finite = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);
 
 /** Dotted paths of the leaves of a JSON value (arrays are leaves). */
 function leaves(v: unknown, prefix = '', out = new Map<string, unknown>()): Map<string, unknown> {
@@ -235,6 +239,15 @@ export class Core {
       this.runSeen.set(r.id, sig);
       if (!first) this.emitRun(r);
     }
+  }
+
+  /** The runs a list asks for (filtered, sorted and paged in SQL), rows another process left behind repaired first. */
+  private runsPage(req: RunsQuery): ReturnType<Store['runs']['page']> {
+    const q: RunPageQuery = { limit: req.limit ?? 1000 };
+    for (const k of ['experimentId', 'status', 'tag', 'query', 'sort', 'dir', 'offset'] as const) if (req[k] !== undefined) (q as Record<string, unknown>)[k] = req[k];
+    // rows another process left behind (killed while running or queued) are repaired before they are shown
+    if (this.store.runs.markInterrupted(undefined, (id) => this.runs.owns(id))) this.pollRuns();
+    return this.store.runs.page(q);
   }
 
   summarize(rows: readonly RunRow[]): RunSummary[] {
@@ -482,14 +495,10 @@ export class Core {
           return asApiError(err);
         }
       },
-      listRuns: (req) => {
-        const filter: Parameters<Store['runs']['list']>[0] = {};
-        if (req.experimentId !== undefined) filter.experimentId = req.experimentId;
-        if (req.status !== undefined) filter.status = req.status;
-        if (req.limit !== undefined) filter.limit = req.limit;
-        // rows another process left behind (killed while running or queued) are repaired before they are shown
-        if (this.store.runs.markInterrupted(undefined, (id) => this.runs.owns(id))) this.pollRuns();
-        return this.summarize(this.store.runs.list(filter));
+      listRuns: (req) => this.summarize(this.runsPage(req).rows),
+      listRunsPage: (req) => {
+        const { rows, total } = this.runsPage(req);
+        return { runs: this.summarize(rows), total, offset: req.offset ?? 0, tags: this.store.runs.tags() };
       },
       getRun: (req) => {
         const r = this.run(req.id);
@@ -584,6 +593,9 @@ export class Core {
         } catch (err) {
           return badInput(err);
         }
+        // samples longer than the model's context: a warning (HF trains past it too; extending it may be the point)
+        const long = contextWarning(plan.context, spec.data.max_source_length, spec.data.max_target_length);
+        if (long) warnings.push(long);
         const est = plan.estimate;
         return {
           spec: spec as unknown as Record<string, unknown>,

@@ -88,6 +88,9 @@ export interface LoadedInfo {
   precision: string;
   /** the model's context (its trained length) */
   context?: number;
+  /** the context when it is a hard limit (learned or rotary positions): a prompt of this many tokens is refused
+   *  and an answer stops where prompt + answer reach it; absent for ALiBi models and configs that name no length */
+  contextLimit?: number;
 }
 
 export class GenerateError extends Error {
@@ -250,7 +253,25 @@ export class Generator {
       device: e.info.device ?? 'cpu',
       precision: this.placement.precision,
       ...(e.info.context ? { context: e.info.context } : {}),
+      ...(e.info.context > 0 && !e.info.alibi ? { contextLimit: e.info.context } : {}),
     };
+  }
+
+  /**
+   * The prompt length of each request (what generate() and generateBatch() would feed the model), or the reason
+   * its prompt cannot be laid out; nothing is generated and no model is loaded. Lets a caller name the records
+   * that do not fit the context before any generation.
+   */
+  async promptLengths(reqs: GenerateRequest[]): Promise<(number | { error: string })[]> {
+    const out: (number | { error: string })[] = [];
+    for (const r of reqs) {
+      try {
+        out.push((await this.layout(r)).ids.length);
+      } catch (err) {
+        out.push({ error: (err as Error).message });
+      }
+    }
+    return out;
   }
 
   /** The prompt ids of a request (what generate() feeds the model). */

@@ -59,6 +59,14 @@ async function handle(m: ParentMessage): Promise<void> {
       }
       return;
     }
+    case 'promptLengths': {
+      try {
+        send({ id: m.id, type: 'result', result: await generator.promptLengths(m.requests) });
+      } catch (err) {
+        send({ id: m.id, type: 'error', error: errorOf(err) });
+      }
+      return;
+    }
     case 'abort':
       if (m.target) generator.abort(m.target);
       else generator.abortAll();

@@ -7,6 +7,8 @@ export type ParentMessage =
   | { op: 'generate'; id: string; request: GenerateRequest }
   /** several requests in one engine batch (same model, template and params) */
   | { op: 'generateBatch'; id: string; requests: GenerateRequest[] }
+  /** the prompt length of each request (nothing generated) */
+  | { op: 'promptLengths'; id: string; requests: GenerateRequest[] }
   /** target: a generate request's id; none: every request */
   | { op: 'abort'; id: string; target?: string }
   | { op: 'unload'; id: string; ref: ModelRef }
@@ -23,5 +25,5 @@ export interface WireError {
 export type ChildMessage =
   | { type: 'ready'; pid: number }
   | { id: string; type: 'delta'; text: string }
-  | { id: string; type: 'result'; result: GenerateResult | GenerateResult[] | LoadedInfo | boolean }
+  | { id: string; type: 'result'; result: GenerateResult | GenerateResult[] | LoadedInfo | boolean | (number | { error: string })[] }
   | { id: string; type: 'error'; error: WireError };

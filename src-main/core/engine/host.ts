@@ -327,6 +327,11 @@ export class EngineHost extends EventEmitter {
     return this.call<LoadedInfo>({ op: 'load', id: newId(), ref });
   }
 
+  /** The prompt length of each request as generate() would lay it out (or why it cannot be); nothing is generated. */
+  promptLengths(requests: GenerateRequest[]): Promise<(number | { error: string })[]> {
+    return this.call<(number | { error: string })[]>({ op: 'promptLengths', id: newId(), requests });
+  }
+
   unload(ref: ModelRef): Promise<boolean> {
     if (!this.child?.alive) return Promise.resolve(false);
     return this.call<boolean>({ op: 'unload', id: newId(), ref });

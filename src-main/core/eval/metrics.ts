@@ -460,6 +460,8 @@ export class EvalInputError extends Error {
 
 interface Loaded {
   line: number;
+  /** the element's index in a JSON array (0-based) */
+  element?: number;
   rec: Record<string, unknown>;
 }
 
@@ -487,7 +489,7 @@ async function loadFile(file: string, what: string, field: string, allowEmpty: b
         if (bad.length < 20) bad.push(`  ${file}:${r.line}: "answer_choices" must be a list of strings or null`);
         continue;
       }
-      out.push({ line: r.line, rec });
+      out.push({ line: r.line, ...(r.element !== undefined ? { element: r.element } : {}), rec });
     }
   } catch (err) {
     throw new EvalInputError(`cannot read ${file}: ${(err as Error).message}`);
@@ -535,11 +537,14 @@ export function pairRecords(gold: readonly Loaded[], pred: readonly Loaded[], go
 /**
  * Reads a predictions file (PromptCBLUE: each record with `target` replaced by the model's answer) and the gold
  * file, pairs them, and computes the metrics. `field` names the answer column (default `target`); `subset`
- * scores only the gold records that have a prediction (see pairRecords).
+ * scores only the gold records that have a prediction (see pairRecords); `leaveOut`: gold records (by line and
+ * element) that were not predicted (predict's skipped bad records), left out before pairing.
  */
-export async function evaluateFiles(predFile: string, goldFile: string, opt: { field?: string; subset?: boolean } = {}): Promise<MetricsReport> {
+export async function evaluateFiles(predFile: string, goldFile: string, opt: { field?: string; subset?: boolean; leaveOut?: readonly { line: number; element?: number }[] } = {}): Promise<MetricsReport> {
   const field = opt.field ?? 'target';
-  const gold = await loadFile(goldFile, 'gold answer', field, false);
+  const key = (r: { line: number; element?: number }) => `${r.line}:${r.element ?? ''}`;
+  const out = new Set((opt.leaveOut ?? []).map(key));
+  const gold = (await loadFile(goldFile, 'gold answer', field, false)).filter((g) => !out.has(key(g)));
   const pred = await loadFile(predFile, 'prediction', field, true);
   const items = pairRecords(gold, pred, goldFile, predFile, opt.subset).map(([g, p]): EvalItem => ({
     type: typeof g.rec.type === 'string' ? g.rec.type : null,

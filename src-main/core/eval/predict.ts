@@ -1,7 +1,10 @@
 // predict.ts — the seed's inference script: every record of a test file answered by a model (+ adapter) and
 // written out as a copy with its answer field (PromptCBLUE `target`, Alpaca `output`, `response` or TRL's
 // `completion`) replaced by the generated text, its prompt laid out as training lays it out. The whole
-// file is checked before any generation (every bad record named by line). Output goes to `<out>.partial` record
+// file is checked before any generation (every bad record named by line) — for a model whose context is a hard
+// limit (learned or rotary positions) that includes a prompt that leaves no room in it for an answer; a prompt
+// that fits but leaves less than max_new_tokens is generated, its answer stopping at the context (counted in the
+// report as contextStops). Output goes to `<out>.partial` record
 // by record and is renamed to `<out>` when complete; an interrupted run resumes from the partial file when the
 // data, model and settings are unchanged. Generation runs in the engine host's child process, `batchSize`
 // records per engine batch (llmt_model_generate_batch): the same answers as one at a time, faster.
@@ -12,7 +15,7 @@ import path from 'node:path';
 import { type ColumnOptions, type Format, type Turn, detectFormat, fieldList, historyColumnOf, historyTurns, responseColumnOf } from '../data/formats.js';
 import { readRecords, recordAt } from '../data/reader.js';
 import { TEMPLATES, type TemplateName } from '../data/templates.js';
-import type { GenerateParams } from '../engine/generator.js';
+import { type GenerateParams, SEED_SAMPLING } from '../engine/generator.js';
 import { EngineHost, EngineHostError, type HostGenerateResult } from '../engine/host.js';
 import { ensureDir, IoError, ioError } from '../io-error.js';
 
@@ -75,6 +78,11 @@ export interface PredictReport {
   /** where the engine computed ("cpu", "cuda:0") and the weights' precision */
   device: string;
   precision: string;
+  /** the model's context when it is a hard limit (learned or rotary positions), else null */
+  context: number | null;
+  /** answers that stopped at the model's context before max_new_tokens (finish "length"; counted in
+   *  finish.length too): their prompt fitted, prompt + max_new_tokens did not */
+  contextStops: number;
 }
 
 export class PredictError extends Error {
@@ -91,6 +99,8 @@ export class PredictError extends Error {
 
 interface Item {
   line: number;
+  /** the element's index in a JSON array (0-based) */
+  element?: number;
   rec: Record<string, unknown>;
   turns: Turn[];
   /** the field its answer is written to */
@@ -167,13 +177,37 @@ async function loadItems(opt: PredictOptions): Promise<{ items: Item[]; format: 
       answerField(format, opt.columns);
     }
     try {
-      items.push({ line: r.line, rec, turns: promptTurns(rec, format, opt.columns), field: answerField(format, opt.columns, rec) });
+      items.push({ ...at, rec, turns: promptTurns(rec, format, opt.columns), field: answerField(format, opt.columns, rec) });
     } catch (err) {
       errors.push({ ...at, reason: (err as Error).message });
     }
   }
   if (!format) throw new PredictError(`${opt.data} holds no records`, 'BAD_INPUT');
   return { items, format, field: items[0]?.field ?? answerField(format, opt.columns), errors, records };
+}
+
+/** The reason a record's prompt of `tokens` ids is a bad record for a model whose context is `context` (a hard
+ *  limit), or null when it leaves room for an answer. */
+export function contextReason(tokens: number, context: number, maxSourceLength?: number): string | null {
+  if (!(context > 0) || tokens < context) return null;
+  const cut = maxSourceLength !== undefined ? ` and the max_source_length ${maxSourceLength} cut` : '';
+  return `the prompt is ${tokens} tokens (after the template${cut}), which ${tokens === context ? 'fills' : 'is longer than'} the model's context of ${context} tokens and leaves no room for an answer`;
+}
+
+/** The hint for records whose prompt does not fit the model's context. */
+export function contextHint(context: number): string {
+  return `The model's context holds ${context} tokens, prompt and answer together: set max_source_length (--max_source_length) low enough that the prompt, with the template's own tokens, stays below it, shorten these records, or skip them (--on-error skip).`;
+}
+
+/** The line of a summary that counts the answers that stopped at the model's context. */
+export function contextStopsLine(stops: number, context: number | null): string | null {
+  if (!stops || !context) return null;
+  return `${stops} answer${stops === 1 ? '' : 's'} stopped at the model's context (${context} tokens, prompt and answer together) before max_new_tokens`;
+}
+
+function badRecordsError(data: string, errors: RecordError[], hint: string): PredictError {
+  const shown = errors.slice(0, 20).map((e) => `  ${recordAt(data, e)}: ${e.reason}`).join('\n');
+  return new PredictError(`${errors.length} bad record(s) in ${data}:\n${shown}${errors.length > 20 ? `\n  … and ${errors.length - 20} more` : ''}`, 'BAD_INPUT', errors, hint);
 }
 
 /** Complete lines of a partial output (a torn last line is cut off); null when it cannot be used. */
@@ -203,6 +237,18 @@ function readPartial(file: string): { lines: number; bytes: number } | null {
 }
 
 export async function predict(opt: PredictOptions): Promise<PredictReport> {
+  const host = opt.host ?? new EngineHost();
+  try {
+    return await predictWith(opt, host);
+  } finally {
+    if (!opt.host) await host.dispose();
+  }
+}
+
+/** Prompts checked against the model's context per host call. */
+const CHECK_CHUNK = 256;
+
+async function predictWith(opt: PredictOptions, host: EngineHost): Promise<PredictReport> {
   const t0 = Date.now();
   const template = opt.template ?? 'raw';
   if (!TEMPLATES.includes(template)) throw new PredictError(`unknown template "${template}" (known: ${TEMPLATES.join(', ')})`, 'BAD_INPUT');
@@ -210,18 +256,51 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
   if (!(Number.isInteger(batch) && batch >= 1)) throw new PredictError('batch size must be a positive integer', 'BAD_INPUT');
   const maxSource = opt.maxSourceLength ?? 512;
   const loaded = await loadItems(opt);
-  const { format, field, errors } = loaded;
-  if (errors.length && (opt.onError ?? 'fail') === 'fail') {
-    const shown = errors.slice(0, 20).map((e) => `  ${recordAt(opt.data, e)}: ${e.reason}`).join('\n');
-    throw new PredictError(
-      `${errors.length} bad record(s) in ${opt.data}:\n${shown}${errors.length > 20 ? `\n  … and ${errors.length - 20} more` : ''}`,
-      'BAD_INPUT',
-      errors,
-      'Fix the lines above, or pass --on-error skip to leave them out.',
-    );
+  const { format, field } = loaded;
+  const errors = [...loaded.errors];
+  const failOnBad = (opt.onError ?? 'fail') === 'fail';
+  if (errors.length && failOnBad) throw badRecordsError(opt.data, errors, 'Fix the lines above, or pass --on-error skip to leave them out.');
+  const request = (it: Item) => ({
+    model: opt.model,
+    adapter: opt.adapter ?? null,
+    tokenizer: opt.tokenizer ?? null,
+    messages: it.turns,
+    template,
+    maxSourceLength: maxSource,
+    ...(opt.params ? { params: opt.params } : {}),
+  });
+  // the model loads first (cached by the host): where it runs goes into the report, and its context bounds the prompts
+  const info = await host.load({ model: opt.model, adapter: opt.adapter ?? null, tokenizer: opt.tokenizer ?? null });
+  const placed = { device: info.device, precision: info.precision };
+  const context = info.contextLimit && info.contextLimit > 0 ? info.contextLimit : 0;
+  const maxNew = opt.params?.max_new_tokens ?? SEED_SAMPLING.max_new_tokens;
+  let usable = loaded.items;
+  if (context > 0) {
+    // a prompt that leaves no room in the context is a bad record (the engine would refuse it, failing its whole
+    // batch); checked up to the records that will be generated (--limit)
+    const want = opt.limit !== undefined ? Math.max(0, opt.limit) : Infinity;
+    const bad: RecordError[] = [];
+    usable = [];
+    for (let i = 0; i < loaded.items.length && usable.length < want; i += CHECK_CHUNK) {
+      if (opt.signal?.aborted) throw new PredictError('stopped: no prediction was written', 'STOPPED');
+      const chunk = loaded.items.slice(i, i + CHECK_CHUNK);
+      const lengths = await host.promptLengths(chunk.map(request));
+      for (let k = 0; k < chunk.length && usable.length < want; k++) {
+        const it = chunk[k]!;
+        const n = lengths[k]!;
+        const reason = typeof n === 'number' ? contextReason(n, context, maxSource) : n.error;
+        if (reason) bad.push({ line: it.line, ...(it.element !== undefined ? { element: it.element } : {}), reason });
+        else usable.push(it);
+      }
+    }
+    if (bad.length && failOnBad) throw badRecordsError(opt.data, bad, contextHint(context));
+    if (bad.length) {
+      errors.push(...bad);
+      errors.sort((a, b) => a.line - b.line || (a.element ?? 0) - (b.element ?? 0));
+    }
   }
-  const items = opt.limit !== undefined ? loaded.items.slice(0, Math.max(0, opt.limit)) : loaded.items;
-  if (!items.length) throw new PredictError(`no usable record in ${opt.data}`, 'BAD_INPUT', errors);
+  const items = opt.limit !== undefined ? usable.slice(0, Math.max(0, opt.limit)) : usable;
+  if (!items.length) throw new PredictError(`no usable record in ${opt.data}`, 'BAD_INPUT', errors, errors.length ? 'Every record was bad (see errors).' : undefined);
 
   const out = path.resolve(opt.out);
   /** A file-system error (disk full, read-only folder) as one line naming the file, with a hint. */
@@ -281,36 +360,22 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
     throw ioFail(err, partial);
   }
 
-  const host = opt.host ?? new EngineHost();
-  const ownHost = !opt.host;
   let tokens = 0;
   let done = resumed;
   const finish = { stop: 0, length: 0 };
+  let contextStops = 0;
   const progress = () => opt.onProgress?.({ done, total: items.length, resumed, tokens });
   // aborts this call's requests only (the host may be shared with chat)
   const mine = new AbortController();
   const onAbort = () => mine.abort();
   opt.signal?.addEventListener('abort', onAbort, { once: true });
-  let placed = { device: 'cpu', precision: 'fp32' };
   try {
-    // the model loads first (cached by the host): where it runs goes into the report
-    const info = await host.load({ model: opt.model, adapter: opt.adapter ?? null, tokenizer: opt.tokenizer ?? null });
-    placed = { device: info.device, precision: info.precision };
     progress();
     // batches of `batch` records, each one engine batch (one forward per step for all its prompts; every answer as
     // the record would get alone); the next batch is queued while one generates, so its prompts are prepared
-    const request = (i: number) => ({
-      model: opt.model,
-      adapter: opt.adapter ?? null,
-      tokenizer: opt.tokenizer ?? null,
-      messages: items[i]!.turns,
-      template,
-      maxSourceLength: maxSource,
-      ...(opt.params ? { params: opt.params } : {}),
-    });
     const launch = (from: number): Promise<HostGenerateResult[]> => {
       const reqs = [];
-      for (let i = from; i < Math.min(items.length, from + batch); i++) reqs.push(request(i));
+      for (let i = from; i < Math.min(items.length, from + batch); i++) reqs.push(request(items[i]!));
       const p = host.generateBatch(reqs, { signal: mine.signal });
       p.catch(() => {});
       return p;
@@ -333,6 +398,8 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
         const r = results[k]!;
         if (r.finish === 'aborted' || opt.signal?.aborted) throw new PredictError('stopped', 'STOPPED');
         finish[r.finish]++;
+        // the answer ended where the sequence reached the context, short of max_new_tokens
+        if (r.finish === 'length' && context > 0 && r.ids.length < maxNew && r.promptTokens + r.ids.length >= context) contextStops++;
         tokens += r.ids.length;
         const item = items[b0 + k]!;
         const rec = { ...item.rec, [item.field]: r.text };
@@ -367,7 +434,6 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
   } finally {
     opt.signal?.removeEventListener('abort', onAbort);
     if (fd >= 0) fs.closeSync(fd);
-    if (ownHost) await host.dispose();
   }
   try {
     fs.renameSync(partial, out);
@@ -388,5 +454,7 @@ export async function predict(opt: PredictOptions): Promise<PredictReport> {
     tokens,
     seconds: (Date.now() - t0) / 1000,
     ...placed,
+    context: context || null,
+    contextStops,
   };
 }

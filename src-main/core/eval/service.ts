@@ -40,6 +40,9 @@ export interface CheckpointEvalMetrics {
   loss: Omit<LossResult, 'seconds'> | null;
   report: MetricsReport | null;
   predictions: string | null;
+  /** the predictions' counts: records skipped as bad (onError 'skip'; a prompt that leaves no room in the model's
+   *  context is one), answers that stopped at the context, and that context (null: no hard limit) */
+  generation?: { written: number; skipped: number; contextStops: number; context: number | null };
   params: PredictOptions['params'];
   limit: number | null;
   seconds: number;
@@ -176,6 +179,7 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
   let predictions: string | null = null;
   let report: MetricsReport | null = null;
   let loss: LossResult | null = null;
+  let generation: CheckpointEvalMetrics['generation'];
   if (opt.predict !== false) {
     predictions = opt.predictionsOut ?? path.join(path.dirname(store.file), 'evals', `run-${opt.runId}`, `${label}-${path.basename(data).replace(/\.(jsonl?|txt)$/i, '')}.jsonl`);
     const predicted = await predict({
@@ -198,7 +202,9 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
     });
     // the field predict wrote its answers to (a TRL prompt/completion record's: "completion")
     const field = predicted.field;
-    report = await evaluateFiles(predictions, data, { field, subset: opt.limit !== undefined });
+    // skipped records (bad, or past the model's context) have no prediction: scored without them
+    report = await evaluateFiles(predictions, data, { field, subset: opt.limit !== undefined, leaveOut: predicted.errors });
+    generation = { written: predicted.written, skipped: predicted.skipped, contextStops: predicted.contextStops, context: predicted.context };
   }
   if (opt.loss !== false) {
     loss = await evalLoss({
@@ -230,6 +236,7 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
     loss: loss ? { loss: loss.loss, perplexity: loss.perplexity, tokens: loss.tokens, samples: loss.samples, skipped: loss.skipped } : null,
     report,
     predictions,
+    ...(generation ? { generation } : {}),
     params,
     limit: opt.limit ?? null,
     seconds: (Date.now() - t0) / 1000,

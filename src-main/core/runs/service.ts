@@ -153,6 +153,30 @@ export interface RunPlan {
   summary: string | null;
   /** GPU runs: each selected GPU's free memory (0: unknown) and whether one worker's estimate fits in it. */
   gpus: GpuFit[];
+  /** The model's context when it is a hard limit (learned or rotary positions; inspect's context_limit), else null. */
+  context?: number | null;
+}
+
+/**
+ * The pre-flight warning of a run whose samples may be longer than the model's context (a hard limit: learned or
+ * rotary positions; null for ALiBi and configs that name no length): max_source_length + max_target_length above
+ * it, or (once the data is prepared) a prepared sample longer than it. A warning, not an error — HF trains past
+ * the context too, and a longer context is sometimes the point — but the positions past it were never trained,
+ * and generation stops at the context. Null when the run stays within it.
+ */
+export function contextWarning(context: number | null | undefined, maxSource: number, maxTarget: number, longest?: number): string | null {
+  if (!context || context <= 0) return null;
+  const sum = maxSource + maxTarget;
+  const over = longest !== undefined && longest > context;
+  if (sum <= context && !over) return null;
+  const lengths = `max_source_length ${maxSource} + max_target_length ${maxTarget} = ${sum} tokens`;
+  const what =
+    longest === undefined
+      ? `${lengths} exceeds the model's context of ${context} tokens`
+      : over
+        ? `the longest prepared sample is ${longest} tokens, longer than the model's context of ${context} tokens (${lengths})`
+        : `${lengths} exceeds the model's context of ${context} tokens (the longest prepared sample, ${longest} tokens, fits)`;
+  return `${what}. The tokens past it are trained anyway (as HF does), at positions the model never saw in pre-training, and generation (chat, predict, eval) stops at the context: lower max_source_length / max_target_length to stay within it, unless you mean to extend the context.`;
 }
 
 export interface GpuFit {
@@ -208,6 +232,7 @@ export async function planRun(spec: RunSpec): Promise<RunPlan> {
   if (!engine.addon) return { estimate: null, freeBytes: 0, fits: true, suggestions: [], unsupported: null, summary: null, gpus: [] };
   const info = await engine.addon.inspect(spec.model.path);
   if (!info.supported) return { estimate: null, freeBytes: 0, fits: false, suggestions: [], unsupported: info.reason ?? `model_type ${info.model_type} is not supported`, summary: null, gpus: [] };
+  const context = info.context_limit && info.context_limit > 0 ? info.context_limit : null;
   const devices = listDevices(engine);
   const cpu = devices.find((d) => d.kind === 'cpu');
   const est = estimateRun(info, spec, cpu?.threads ?? 1);
@@ -222,6 +247,7 @@ export async function planRun(spec: RunSpec): Promise<RunPlan> {
     unsupported: null,
     summary: describeEstimate(est) + (multi ? `; per GPU, on ${check.gpus.length} GPUs (${deviceLabel(spec)}), one worker each` : ''),
     gpus: check.gpus,
+    context,
   };
 }
 
@@ -646,10 +672,20 @@ export class RunService {
       const rep = await prepareDataset({ ...common, dataFile: d.train, out: train, ...(splitOut ? { validationOut: splitOut, validationPercent: d.validation_percent, seed: spec.training.seed } : {}) });
       log(`data: ${rep.written} training samples (${rep.truncated.samples} truncated)${rep.cached ? ' from the cache' : ''}${skipped(rep.skipped)}`);
       if (splitOut) evalTok = splitOut;
+      let longest = rep.lengths.max;
       if (d.validation) {
         evalTok = evalOut;
         const v = await prepareDataset({ ...common, dataFile: d.validation, out: evalTok });
         log(`data: ${v.written} validation samples${skipped(v.skipped)}`);
+        longest = Math.max(longest, v.lengths.max);
+      }
+      // samples longer than the model's context: said once, as a warning event (the CLI prints it, the run's log
+      // shows it); lengths that merely add up past it while every sample fits are the wizard's note, not the run's
+      const long = plan.context && longest > plan.context ? contextWarning(plan.context, d.max_source_length, d.max_target_length, longest) : null;
+      if (long) {
+        const w: EngineEvent = { event: 'warning', code: 'PAST_CONTEXT', message: long };
+        logFile.write(JSON.stringify(w) + '\n');
+        opt.onEvent?.(w);
       }
       if (ac.signal.aborted) throw new Aborted();
       // a fresh run into a used folder: the earlier run's checkpoints and final outputs go (F3)

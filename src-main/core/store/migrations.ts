@@ -146,6 +146,17 @@ export const migrations: readonly Migration[] = [
       DROP INDEX metrics_by_run_step;
     `,
   },
+  {
+    version: 4,
+    name: 'runs sortable by best eval loss',
+    // The runs list sorts in SQL (RunsRepo.page), every matching run's key computed: the best eval loss of a run is
+    // then one seek in this partial index instead of a scan of its eval points. Partial: only eval_loss rows (a few
+    // per thousand points) are in it, so logging a train step updates no extra index. The last loss and the tokens
+    // are seeks in metrics_series already; created/finished/status/lr/r/duration read the runs row.
+    sql: `
+      CREATE INDEX metrics_eval_loss ON metrics(run_id, value, step) WHERE name = 'eval_loss';
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = migrations.reduce((v, m) => Math.max(v, m.version), 0);

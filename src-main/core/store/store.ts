@@ -1,5 +1,6 @@
 // store.ts — the repositories over the database: one small class per table group, typed rows in and
 // out, prepared statements reused. The rest of the core talks to SQLite only through these.
+import { RUN_SORT_KEYS, type RunSort, type SortDir } from '../../api/contract.js';
 import { bucketBounds } from '../../api/downsample.js';
 import type { DB } from './db.js';
 import { StoreError, openDatabase, type OpenOptions } from './db.js';
@@ -174,6 +175,45 @@ function runFromRow(row: Record<string, unknown> | undefined): RunRow | undefine
   return { ...(row as unknown as RunRow), spec: parse(row.spec as string), tags: Array.isArray(tags) ? tags.map(String) : [] };
 }
 
+/** The columns a runs list sorts by (the contract's list, RunsRepo.page): every one computed in SQL, so a capped
+ *  list is the first page of the whole sorted set, never a sort of the newest 1,000 only. */
+export { RUN_SORT_KEYS };
+export type RunSortKey = RunSort;
+
+/** A number from the spec JSON, or NULL where the field is missing or not a number (sorted last). */
+const specNumber = (path: string) => `(CASE WHEN json_type(r.spec_json, '${path}') IN ('integer', 'real') THEN json_extract(r.spec_json, '${path}') END)`;
+/** ISO timestamps (…Z) as seconds; julianday() reads the trailing Z */
+const SORT_SQL: Record<RunSortKey, string> = {
+  created: 'r.created_at',
+  finished: 'r.ended_at',
+  name: 'llmt_fold(r.name)',
+  // the order the UI lists statuses in (waiting, live, then how it ended)
+  status: `(CASE r.status WHEN 'queued' THEN 0 WHEN 'running' THEN 1 WHEN 'completed' THEN 2 WHEN 'failed' THEN 3 WHEN 'stopped' THEN 4 ELSE 5 END)`,
+  // one seek per run in the partial index metrics_eval_loss (migration 4); NaN is stored as NULL and MIN skips it
+  bestEval: `(SELECT MIN(m.value) FROM metrics m WHERE m.run_id = r.id AND m.name = 'eval_loss')`,
+  // the last logged train loss (NULL when it was NaN, as the summary shows it): one seek in metrics_series
+  finalLoss: `(SELECT m.value FROM metrics m WHERE m.run_id = r.id AND m.name = 'loss' ORDER BY m.step DESC LIMIT 1)`,
+  lr: specNumber('$.training.learning_rate'),
+  loraR: specNumber('$.lora.r'),
+  tokens: `(SELECT m.value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens' AND m.value IS NOT NULL ORDER BY m.step DESC LIMIT 1)`,
+  // a running run's duration grows until now; one that never started has none
+  duration: `(CASE WHEN r.started_at IS NULL THEN NULL
+    ELSE julianday(COALESCE(r.ended_at, CASE WHEN r.status = 'running' THEN 'now' END, r.started_at)) - julianday(r.started_at) END)`,
+};
+
+export interface RunPageQuery {
+  experimentId?: number;
+  status?: RunStatus;
+  /** runs carrying this tag */
+  tag?: string;
+  /** words, each contained (case-insensitively) in the run's #id, name, status, model or data path, method or tags */
+  query?: string;
+  sort?: RunSortKey;
+  dir?: SortDir;
+  offset?: number;
+  limit?: number;
+}
+
 export interface NewRun {
   name: string;
   spec: unknown;
@@ -188,7 +228,10 @@ export interface NewRun {
 }
 
 export class RunsRepo {
-  constructor(private readonly db: DB) {}
+  constructor(private readonly db: DB) {
+    // JavaScript's case folding (every script, as the renderer's filters fold), for searching and sorting by name
+    db.function('llmt_fold', { deterministic: true }, (v: unknown) => (v == null ? null : String(v).toLowerCase()));
+  }
   create(r: NewRun): RunRow {
     const info = this.db
       .prepare(
@@ -201,20 +244,59 @@ export class RunsRepo {
   get(id: number): RunRow | undefined {
     return runFromRow(this.db.prepare(`SELECT ${RUN_COLUMNS} FROM runs WHERE id = ?`).get(id) as Record<string, unknown> | undefined);
   }
+  /** Runs, newest first (at most `limit`, default 1,000); `page` sorts, filters and counts. */
   list(filter: { experimentId?: number; status?: RunStatus; limit?: number } = {}): RunRow[] {
+    return this.page({ ...filter, limit: filter.limit ?? 1000 }).rows;
+  }
+  /**
+   * One page of runs matching the filters, sorted by `sort` (default: created) in `dir` (default: desc) with the id
+   * in the same direction as the tie-break (so desc is exactly asc reversed), NULL/NaN/missing values always last;
+   * `total` counts every match. The sort key is computed for every matching run in SQL (a few index seeks each: 5,000
+   * runs by best eval loss in a few tens of ms), so the page is right for the whole set, not just the rows loaded.
+   */
+  page(q: RunPageQuery = {}): { rows: RunRow[]; total: number } {
     const where: string[] = [];
     const args: unknown[] = [];
-    if (filter.experimentId !== undefined) {
-      where.push('experiment_id = ?');
-      args.push(filter.experimentId);
+    if (q.experimentId !== undefined) {
+      where.push('r.experiment_id = ?');
+      args.push(q.experimentId);
     }
-    if (filter.status !== undefined) {
-      where.push('status = ?');
-      args.push(filter.status);
+    if (q.status !== undefined) {
+      where.push('r.status = ?');
+      args.push(q.status);
     }
-    args.push(filter.limit ?? 1000);
-    const sql = `SELECT ${RUN_COLUMNS} FROM runs ${where.length ? 'WHERE ' + where.join(' AND ') : ''} ORDER BY id DESC LIMIT ?`;
-    return (this.db.prepare(sql).all(...args) as Record<string, unknown>[]).map((r) => runFromRow(r)!);
+    if (q.tag) {
+      where.push('EXISTS (SELECT 1 FROM json_each(r.tags_json) t WHERE t.value = ?)');
+      args.push(q.tag);
+    }
+    const words = (q.query ?? '').trim().toLowerCase().split(/\s+/).filter(Boolean).slice(0, 16);
+    if (words.length) {
+      // folded as the renderer folds (String.prototype.toLowerCase), not SQLite's ASCII-only lower()
+      const hay = `llmt_fold('#' || r.id || char(10) || r.name || char(10) || r.status || char(10) || COALESCE(json_extract(r.spec_json, '$.model.path'), '')
+        || char(10) || COALESCE(json_extract(r.spec_json, '$.data.train'), '') || char(10) || COALESCE(json_extract(r.spec_json, '$.method'), '')
+        || char(10) || r.tags_json)`;
+      for (const w of words) {
+        where.push(`instr(${hay}, ?) > 0`);
+        args.push(w);
+      }
+    }
+    const whereSql = where.length ? `WHERE ${where.join(' AND ')}` : '';
+    const key = SORT_SQL[q.sort ?? 'created'] ?? SORT_SQL.created;
+    const dir = q.dir === 'asc' ? 'ASC' : 'DESC';
+    const limit = Math.max(0, Math.min(q.limit ?? 1000, 1_000_000));
+    const offset = Math.max(0, q.offset ?? 0);
+    const read = this.db.transaction(() => {
+      const total = (this.db.prepare(`SELECT COUNT(*) AS n FROM runs r ${whereSql}`).get(...args) as { n: number }).n;
+      const sql = `SELECT ${RUN_COLUMNS} FROM (SELECT r.*, ${key} AS sort_key FROM runs r ${whereSql}) r
+        ORDER BY sort_key IS NULL, sort_key ${dir}, r.id ${dir} LIMIT ? OFFSET ?`;
+      const rows = (this.db.prepare(sql).all(...args, limit, offset) as Record<string, unknown>[]).map((r) => runFromRow(r)!);
+      return { rows, total };
+    });
+    return read();
+  }
+  /** Every tag any run carries, sorted (the runs list's tag filter offers them all, not only the loaded page's). */
+  tags(): string[] {
+    return this.db.prepare(`SELECT DISTINCT t.value FROM runs r, json_each(r.tags_json) t WHERE t.type = 'text' ORDER BY t.value`).pluck().all() as string[];
   }
   /** Rename, retag or annotate a run. */
   update(id: number, patch: { name?: string; tags?: string[]; notes?: string }): void {

@@ -32,7 +32,7 @@ const enBase = {
   'newRun.cli': 'From a terminal: {command}',
 
   'runs.title': 'Runs',
-  'runs.intro': 'Every fine-tune, newest first, with its status.',
+  'runs.intro': 'Every fine-tune with its status. Click a column’s header to sort by it, again to reverse the order.',
   'runs.empty': 'No runs yet. Start one from “New fine-tune”.',
   'runs.col.id': '#',
   'runs.col.name': 'Name',
@@ -125,7 +125,7 @@ const zhBase: Record<keyof typeof enBase, string> = {
   'newRun.cli': '命令行：{command}',
 
   'runs.title': '训练记录',
-  'runs.intro': '所有微调任务，按时间倒序，附带状态。',
+  'runs.intro': '所有微调任务及其状态。点击列标题按该列排序，再次点击反转顺序。',
   'runs.empty': '还没有训练记录。请在“新建微调”中开始。',
   'runs.col.id': '#',
   'runs.col.name': '名称',
