@@ -7,21 +7,8 @@ import { describe, expect, it } from 'vitest';
 import { specFromFlags } from '../../src-main/cli/train';
 import { cliArgs } from '../../src-main/core/runs/cli-command';
 import { parseRunSpec, toEngineJob } from '../../src-main/core/runs/runspec';
+import { flags } from '../helpers/cli-flags';
 
-/** argv words as commander hands them to specFromFlags (numbers parsed). */
-function flags(args: string[]): Record<string, string | number | boolean> {
-  const o: Record<string, string | number | boolean> = {};
-  for (let i = 0; i < args.length; i++) {
-    const k = args[i]!.replace(/^--/, '');
-    const v = args[i + 1];
-    if (v === undefined || v.startsWith('--')) o[k] = true;
-    else {
-      o[k] = /^-?\d+(\.\d+)?(e-?\d+)?$/i.test(v) ? Number(v) : v;
-      i++;
-    }
-  }
-  return o;
-}
 
 const base = ['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o'];
 const training = (spec: ReturnType<typeof parseRunSpec>) => (toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { training: Record<string, unknown> }).training;

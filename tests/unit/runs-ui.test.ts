@@ -13,6 +13,7 @@ import { CATALOG, familyOf, loraPresets, scanModelDirs } from '../../src-main/co
 import { cliArgs, cliCommand, shellQuote } from '../../src-main/core/runs/cli-command';
 import { parseRunSpec, toEngineJob } from '../../src-main/core/runs/runspec';
 import { Store } from '../../src-main/core/store/store';
+import { flags } from '../helpers/cli-flags';
 
 const tmps: string[] = [];
 const tmp = () => {
@@ -24,20 +25,6 @@ afterEach(() => {
   for (const d of tmps.splice(0)) fs.rmSync(d, { recursive: true, force: true });
 });
 
-/** What a shell + commander would hand specFromFlags for these argv words. */
-function flags(args: string[]): Record<string, string | number | boolean> {
-  const o: Record<string, string | number | boolean> = {};
-  for (let i = 0; i < args.length; i++) {
-    const k = args[i]!.replace(/^--/, '');
-    const v = args[i + 1];
-    if (v === undefined || v.startsWith('--')) o[k] = true;
-    else {
-      o[k] = /^-?\d+(\.\d+)?(e-?\d+)?$/i.test(v) ? Number(v) : v;
-      i++;
-    }
-  }
-  return o;
-}
 
 describe('RunSpec → CLI command', () => {
   it('round-trips a LoRA spec with every knob changed', () => {
