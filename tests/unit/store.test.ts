@@ -1,4 +1,5 @@
 // The SQLite store: pragmas, forward-only migrations in transactions, repositories, bulk metrics.
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -79,6 +80,40 @@ describe('openDatabase', () => {
     expect(db.prepare("SELECT tags_json AS t FROM runs WHERE name = 'old'").get()).toEqual({ t: '[]' });
     db.close();
   });
+
+  it('waits for another process that holds the write lock past busy_timeout, and applies nothing it already applied', async () => {
+    // the app and a CLI run opened together after an upgrade: the other process migrates (a long index build) while
+    // this one waits; before, this one failed with SQLITE_BUSY after 5 s, or re-ran the migration ("already exists")
+    const file = dbFile();
+    openDatabase(file).close();
+    const extra = { version: migrations.length + 1, name: 'a long upgrade', sql: 'CREATE TABLE upgraded(x INTEGER)' };
+    const marker = path.join(path.dirname(file), 'locked');
+    const script = `
+      const Database = require('better-sqlite3');
+      const db = new Database(${JSON.stringify(file)});
+      db.exec('BEGIN IMMEDIATE');
+      require('fs').writeFileSync(${JSON.stringify(marker)}, '1');
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 6500);
+      db.exec(${JSON.stringify(extra.sql)});
+      db.pragma('user_version = ${extra.version}');
+      db.exec('COMMIT');
+      db.close();`;
+    const child = spawn(process.execPath, ['-e', script], { cwd: path.join(__dirname, '..', '..'), stdio: ['ignore', 'ignore', 'pipe'] });
+    let childErr = '';
+    child.stderr.on('data', (d: Buffer) => (childErr += d.toString()));
+    const exited = new Promise<number | null>((resolve) => child.on('close', resolve));
+    const t0 = Date.now();
+    while (!fs.existsSync(marker) && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
+    expect(fs.existsSync(marker)).toBe(true);
+    const seen: number[] = [];
+    const db = openDatabase(file, { migrations: [...migrations, extra], onMigrate: (m) => seen.push(m.version) });
+    expect(Date.now() - t0).toBeGreaterThan(5000); // it did wait past busy_timeout
+    expect(seen).toEqual([]); // the other process applied it
+    expect(schemaVersion(db)).toBe(extra.version);
+    expect(db.prepare("SELECT COUNT(*) AS n FROM sqlite_master WHERE name = 'upgraded'").get()).toEqual({ n: 1 });
+    db.close();
+    expect(await exited, childErr).toBe(0);
+  }, 30_000);
 
   it('refuses a gap in the migration list', () => {
     const db = openDatabase(':memory:');

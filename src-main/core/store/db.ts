@@ -57,23 +57,47 @@ export function migrate(db: DB, list: readonly Migration[] = defaultMigrations, 
   const applied: number[] = [];
   for (const m of sorted) {
     if (m.version <= current) continue;
-    if (current > 0) onMigrate?.(m, m.version - 1);
+    // The write lock first (BEGIN IMMEDIATE), then the version again: another LLMs-train process (the app and a CLI
+    // run started together after an upgrade) may have applied this migration while this one waited for the lock.
     const run = db.transaction(() => {
+      if (schemaVersion(db) >= m.version) return false;
+      if (current > 0) onMigrate?.(m, m.version - 1);
       db.exec(m.sql);
       db.pragma(`user_version = ${m.version}`);
+      return true;
     });
-    try {
-      run();
-    } catch (err) {
-      throw new StoreError(
-        `database migration ${m.version} (${m.name}) failed and was rolled back: ${(err as Error).message}`,
-        'The database is unchanged. Please report this with the message above.',
-      );
+    const waitUntil = Date.now() + MIGRATION_WAIT_MS;
+    let told = false;
+    for (;;) {
+      try {
+        if (run.immediate()) applied.push(m.version);
+        break;
+      } catch (err) {
+        // busy past busy_timeout: another process holds the write lock — a long migration (a big index over a long
+        // history) or a run's metrics batch; wait for it rather than fail the app's start
+        if ((err as { code?: string }).code === 'SQLITE_BUSY' && Date.now() < waitUntil) {
+          if (!told) process.stderr.write('LLMs-train: another LLMs-train process is using the database (upgrading it?); waiting\n');
+          told = true;
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 500);
+          continue;
+        }
+        if ((err as { code?: string }).code === 'SQLITE_BUSY')
+          throw new StoreError(
+            `database migration ${m.version} (${m.name}) could not start: another process kept the database locked for ${Math.round(MIGRATION_WAIT_MS / 60_000)} minutes`,
+            'Close other LLMs-train windows and runs using this data folder, then start again. The database is unchanged.',
+          );
+        throw new StoreError(
+          `database migration ${m.version} (${m.name}) failed and was rolled back: ${(err as Error).message}`,
+          'The database is unchanged. Please report this with the message above.',
+        );
+      }
     }
-    applied.push(m.version);
   }
   return applied;
 }
+
+/** How long a migration waits for another process's write lock (beyond busy_timeout) before giving up. */
+const MIGRATION_WAIT_MS = 10 * 60_000;
 
 export function openDatabase(file: string, opts: OpenOptions = {}): DB {
   if (file !== ':memory:') fs.mkdirSync(path.dirname(file), { recursive: true });
