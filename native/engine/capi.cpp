@@ -192,6 +192,9 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     // the hard limit of generation (learned/rotary positions; rope_scaling linear counted); 0: none (ALiBi, no length named)
     out.set("context_limit", Json::integer(context_limit(c)));
     out.set("tie_embeddings", Json::boolean(c.tie_embeddings));
+    out.set("head_dim", Json::integer(c.head_dim));
+    out.set("sliding_window", Json::integer(c.sliding_window));  // 0: full causal attention
+    out.set("rope_scaling", c.rope_scaling.empty() ? Json() : Json::string(c.rope_scaling));
     out.set("lora_targets", lora_targets_json(c));
     out.set("default_lora_targets", Json::string(c.family->default_lora_targets));
     *out_json = dup_string(out.dump());

@@ -15,11 +15,20 @@ namespace llmt {
 
 const std::vector<FamilyRow> &families() {
   static const std::vector<FamilyRow> rows = {
-      {"llama", "LLaMA (Chinese-LLaMA-Alpaca, Open-LLaMA, BELLE-LLaMA, TigerBot v2)", NormKind::RMS, QkvLayout::Separate,
+      {"llama", "LLaMA (Llama 2/3.x, Chinese-LLaMA-Alpaca, Open-LLaMA, BELLE-LLaMA, TigerBot v2)", NormKind::RMS, QkvLayout::Separate,
        MlpKind::SwiGLU, false, "model.embed_tokens", "model.layers.{i}", "input_layernorm", "post_attention_layernorm",
        "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", nullptr, "self_attn.o_proj", "mlp.gate_proj",
        "mlp.up_proj", "mlp.down_proj", nullptr, nullptr, "model.norm", "lm_head", "q_proj,v_proj",
        "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"},
+      // Mistral and Qwen2/Qwen2.5: LLaMA's block and tensor names (Qwen2: q/k/v biases; Mistral v0.1: sliding window)
+      {"mistral", "Mistral", NormKind::RMS, QkvLayout::Separate, MlpKind::SwiGLU, false, "model.embed_tokens",
+       "model.layers.{i}", "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+       "self_attn.v_proj", nullptr, "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", nullptr, nullptr,
+       "model.norm", "lm_head", "q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"},
+      {"qwen2", "Qwen2 / Qwen2.5", NormKind::RMS, QkvLayout::Separate, MlpKind::SwiGLU, false, "model.embed_tokens",
+       "model.layers.{i}", "input_layernorm", "post_attention_layernorm", "self_attn.q_proj", "self_attn.k_proj",
+       "self_attn.v_proj", nullptr, "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", nullptr, nullptr,
+       "model.norm", "lm_head", "q_proj,v_proj", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"},
       {"baichuan", "Baichuan-7B", NormKind::RMS, QkvLayout::PackedBlocks, MlpKind::SwiGLU, false, "model.embed_tokens",
        "model.layers.{i}", "input_layernorm", "post_attention_layernorm", nullptr, nullptr, nullptr, "self_attn.W_pack",
        "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", nullptr, nullptr, "model.norm", "lm_head",
@@ -192,6 +201,39 @@ std::vector<float> alibi_slopes_baichuan(int64_t n) {
   return out;
 }
 
+namespace {
+// Llama 3.1's frequency-dependent RoPE scaling (transformers' _compute_llama3_parameters, fp32 as torch computes it):
+// wavelengths longer than original_max_position_embeddings / low_freq_factor are divided by `factor`, shorter than
+// … / high_freq_factor kept, and those between blended linearly in 1/wavelength. Sets c.rope_freqs.
+llmt_status llama3_inv_freq(const Json &rs, const std::string &where, ModelConfig &c) {
+  const double factor = rs.get_number("factor", 0.0), low = rs.get_number("low_freq_factor", 0.0),
+               high = rs.get_number("high_freq_factor", 0.0);
+  const Json &orig = rs.get("original_max_position_embeddings");
+  if (!(factor >= 1.0) || !(low > 0) || !(high > low) || !orig.is_integer() || orig.as_int() <= 0) {
+    return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling of type llama3 needs factor >= 1, 0 < low_freq_factor < "
+                                                 "high_freq_factor and original_max_position_embeddings (Llama 3.1: 8, 1, 4, 8192)");
+  }
+  const float f = static_cast<float>(factor), lo = static_cast<float>(low), hi = static_cast<float>(high);
+  const float old_len = static_cast<float>(orig.as_int());
+  const float low_wavelen = old_len / lo, high_wavelen = old_len / hi;
+  const float two_pi = static_cast<float>(2.0 * 3.14159265358979323846);
+  c.rope_freqs.clear();
+  for (int64_t i = 0; i < c.rot_dims / 2; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(c.rot_dims);
+    const float inv = 1.0f / static_cast<float>(std::pow(c.rope_theta, static_cast<double>(e)));
+    const float wavelen = two_pi / inv;
+    const float scaled = wavelen > low_wavelen ? inv / f : inv;  // inv_freq_llama
+    float out = scaled;
+    if (!(wavelen < high_wavelen) && !(wavelen > low_wavelen)) {  // medium frequencies: smoothed
+      const float smooth = (old_len / wavelen - lo) / (hi - lo);
+      out = (1.0f - smooth) * scaled / f + smooth * scaled;
+    }
+    c.rope_freqs.push_back(out);
+  }
+  return LLMT_OK;
+}
+}  // namespace
+
 llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c) {
   if (!j.is_object()) return set_error(LLMT_ERR_BAD_INPUT, where + " is not a JSON object");
   c.model_type = j.get_string("model_type");
@@ -264,13 +306,38 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
     c.kv_heads = kv.as_int();
     return LLMT_OK;
   };
-  if (mt == "llama" || id == "minicpm") {
+  bool bias_split = false;  // o_bias / mlp_bias set here (else both follow linear_bias)
+  const bool llama_like = mt == "llama" || mt == "mistral" || mt == "qwen2";
+  if (llama_like || id == "minicpm") {
     if ((st = kv_from(j.get("num_key_value_heads"), "num_key_value_heads"))) return st;
-    if (j.has("head_dim") && j.get("head_dim").is_integer() && j.get("head_dim").as_int() != c.head_dim) {
-      return set_error(LLMT_ERR_UNSUPPORTED, where + ": a head_dim different from hidden_size / num_attention_heads is not supported yet");
+  }
+  if (llama_like) {
+    // head_dim may differ from hidden_size / heads (Mistral-Nemo: 5120 / 32 heads of 128): q_proj has heads·head_dim
+    // rows and o_proj as many columns, as in transformers' LlamaAttention
+    const Json &hd = j.get("head_dim");
+    if (!hd.is_null()) {
+      if (!hd.is_integer() || hd.as_int() <= 0) return set_error(LLMT_ERR_BAD_INPUT, where + ": head_dim must be a positive integer");
+      c.head_dim = hd.as_int();
     }
-    if (j.get_bool("attention_bias", false) || j.get_bool("mlp_bias", false)) {
-      return set_error(LLMT_ERR_UNSUPPORTED, where + ": attention_bias/mlp_bias " + mt + " variants are not supported yet");
+    // the biases: Qwen2Attention has them on q/k/v (not o), MistralAttention nowhere — both fixed in their code, not
+    // in config.json; LlamaConfig's attention_bias puts them on q, k, v and o, its mlp_bias on the MLP
+    if (mt == "qwen2") c.qkv_bias = true;
+    if (mt == "llama") {
+      c.qkv_bias = c.o_bias = j.get_bool("attention_bias", false);
+      c.mlp_bias = j.get_bool("mlp_bias", false);
+      bias_split = true;
+    }
+    // sliding-window attention: Mistral's sliding_window (null in v0.2 and later); Qwen2's only with use_sliding_window
+    // (and then from max_window_layers on; with that below the layer count the window applies to some layers)
+    const Json &sw = j.get("sliding_window");
+    const bool windowed = mt == "mistral" ? !sw.is_null() : mt == "qwen2" && j.get_bool("use_sliding_window", false) && !sw.is_null();
+    if (windowed) {
+      if (!sw.is_integer() || sw.as_int() <= 0) return set_error(LLMT_ERR_BAD_INPUT, where + ": sliding_window must be a positive integer or null");
+      if (mt == "qwen2" && j.get_int("max_window_layers", 0) >= j.get_int("num_hidden_layers", 0)) {
+        // transformers' Qwen2 windows only the layers from max_window_layers on: none here
+      } else {
+        c.sliding_window = sw.as_int();
+      }
     }
   }
   c.rot_dims = c.head_dim;
@@ -382,7 +449,7 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
     if (j.get_bool("apply_residual_connection_post_layernorm", false)) c.residual_from_norm = true;
     if (c.head_dim % 4 != 0) return set_error(LLMT_ERR_BAD_INPUT, where + ": ChatGLM2 needs kv_channels divisible by 4");
   } else {
-    // llama-like: llama, baichuan (7B and 13B), minicpm
+    // llama-like: llama, mistral, qwen2, baichuan (7B and 13B), minicpm
     c.rope_theta = j.get_number("rope_theta", 10000.0);
     c.norm_eps = j.get_number("rms_norm_eps", 1e-6);
     c.tie_embeddings = j.get_bool("tie_word_embeddings", id == "minicpm");
@@ -416,16 +483,26 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
     if (rp.is_object() && rp.has("rope_theta")) c.rope_theta = rp.get_number("rope_theta", c.rope_theta);
     const Json &rs = !j.get("rope_scaling").is_null() ? j.get("rope_scaling") : rp;
     if (!rs.is_null()) {
-      std::string type = rs.get_string("type", rs.get_string("rope_type"));
+      // transformers ≥ 4.43 names it rope_type (and maps a "type" to it); either may be present
+      std::string type = rs.get_string("rope_type", rs.get_string("type"));
       double factor = rs.get_number("factor", 1.0);
       if (type == "linear") {
         if (!(factor >= 1.0)) return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling.factor must be >= 1");
         c.rope_linear_factor = factor;
-      } else if (type != "default") {
-        return set_error(LLMT_ERR_UNSUPPORTED, where + ": rope_scaling type \"" + type + "\" is not supported yet (only \"linear\")");
+      } else if (type == "llama3") {
+        if ((st = llama3_inv_freq(rs, where, c))) return st;
+      } else if (type == "dynamic") {
+        // dynamic NTK: transformers rescales the base only for sequences longer than max_position_embeddings; within
+        // them the frequencies are the default ones — and the engine keeps to them (context_limit)
+        if (!(factor >= 1.0)) return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling.factor must be >= 1");
+      } else if (type != "default" && !type.empty()) {
+        return set_error(LLMT_ERR_UNSUPPORTED, where + ": rope_scaling type \"" + type +
+                                                   "\" is not supported yet (supported: linear, llama3, dynamic within max_position_embeddings)");
       }
+      if (type != "default") c.rope_scaling = type;
     }
   }
+  if (!bias_split) c.o_bias = c.mlp_bias = c.linear_bias;
   if (!(c.norm_eps > 0) || !std::isfinite(c.norm_eps)) return set_error(LLMT_ERR_BAD_INPUT, where + ": the norm epsilon must be positive");
   c.max_positions_given = field(j, {"max_position_embeddings", "model_max_length", "max_sequence_length", "seq_length", "n_positions"}).is_integer();
   c.max_positions = c.max_positions_given

@@ -82,6 +82,8 @@ struct ModelConfig {
   int64_t rot_dims = 0;           // rotary dims per head (partial rotary for gpt_neox)
   double rope_theta = 10000.0;
   double rope_linear_factor = 1.0;  // rope_scaling {"type":"linear","factor":f}
+  std::string rope_scaling;         // rope_scaling's type when one is set ("linear", "llama3", "dynamic"), else empty
+  int64_t sliding_window = 0;       // Mistral / Qwen2 sliding-window attention: keys per query (0: full causal)
   double norm_eps = 1e-6;
   int64_t max_positions = 2048;
   bool max_positions_given = false;  // config.json names it (else 2048 is a guess, never a limit)
@@ -94,7 +96,9 @@ struct ModelConfig {
   NormKind norm = NormKind::RMS;
   std::string attn_norm, mlp_norm;  // norm module names in a layer; mlp_norm empty: both branches share attn_norm
   bool qkv_bias = false;            // the q/k/v (or fused) projection has a bias
-  bool linear_bias = false;         // the other linears have biases
+  bool linear_bias = false;         // the other linears have biases (o and the MLP, unless set apart below)
+  bool o_bias = false;              // the attention output projection has a bias (default: linear_bias)
+  bool mlp_bias = false;            // the MLP linears have biases (default: linear_bias)
   bool residual_from_norm = false;  // residual taken from the norm output (chatglm v1, bloom's flag)
   float residual_alpha = 1.0f;      // ... times this (chatglm v1: sqrt(2·28))
   float branch_scale = 1.0f;        // attention/MLP outputs scaled before the residual add (minicpm)
@@ -131,8 +135,14 @@ std::string layer_name(const char *pattern, int64_t i);
  *  already counts it; the larger reading is taken, so a long-context model is never cut short); 0 when there is no
  *  such limit: ALiBi (a trained length, not a limit) or a config that names no length. */
 inline int64_t context_limit(const ModelConfig &c) {
-  if (c.pos == PosKind::Alibi || !c.max_positions_given || c.max_positions <= 0) return 0;
-  return c.rope_linear_factor > 1.0 ? static_cast<int64_t>(static_cast<double>(c.max_positions) * c.rope_linear_factor) : c.max_positions;
+  int64_t lim = 0;
+  if (c.pos != PosKind::Alibi && c.max_positions_given && c.max_positions > 0)
+    lim = c.rope_linear_factor > 1.0 ? static_cast<int64_t>(static_cast<double>(c.max_positions) * c.rope_linear_factor) : c.max_positions;
+  // a sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) attends to its last `sliding_window` keys
+  // only; the engine computes full causal attention, which equals that only up to the window: the window is the
+  // limit here (Model::forward refuses longer rows)
+  if (c.sliding_window > 0 && (lim == 0 || c.sliding_window < lim)) lim = c.sliding_window;
+  return lim;
 }
 
 }  // namespace llmt

@@ -748,7 +748,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     lin->W = m->new_param(lin->module + ".weight", {out, in});
     if (quant.enabled || half) std::vector<float>().swap(lin->W->data);  // filled as 4-bit / 16-bit while loading
     if (half && !quant.enabled) lin->W->half_type = static_cast<uint8_t>(half);
-    if (role == kQKV || role == kQ || role == kK || role == kV ? c.qkv_bias : c.linear_bias) {
+    if (role == kQKV || role == kQ || role == kK || role == kV ? c.qkv_bias : role == kO ? c.o_bias : c.mlp_bias) {
       lin->b = m->new_param(lin->module + ".bias", {out});
       lin->b->decay = false;
     }
@@ -1634,6 +1634,13 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   }
   if (!batch.labels.empty() && static_cast<int64_t>(batch.labels.size()) != N) {
     return set_error(LLMT_ERR_BAD_INPUT, "labels must have the same shape as input_ids");
+  }
+  if (c.sliding_window > 0 && T > c.sliding_window) {
+    // full causal attention equals the model's windowed attention only within the window
+    return set_error(LLMT_ERR_UNSUPPORTED, "rows of " + std::to_string(T) + " tokens are longer than this model's sliding window (" +
+                                               std::to_string(c.sliding_window) + " tokens, config.json sliding_window), which the engine does not "
+                                               "implement; keep max_source_length + max_target_length (or the packed row length) at most " +
+                                               std::to_string(c.sliding_window));
   }
   for (int64_t n = 0; n < N; ++n) {
     if (batch.ids[n] < 0 || batch.ids[n] >= V) {

@@ -142,6 +142,52 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
     c.set("hidden_act", Json::string("silu"));
     c.set("rms_norm_eps", Json::number(1e-6));
     c.set("rope_theta", Json::number(10000.0));
+  } else if (family == "llama3" || family == "llama_bias") {
+    // llama3: Llama 3.1/3.2's recipe (rope_type llama3 — original length 64 here, so the 8 frequencies of a 16-wide
+    // head fall in all three bands — rope_theta 500000, a tied head as Llama-3.2-1B/3B); llama_bias: LlamaConfig's
+    // attention_bias (q, k, v, o) and a head_dim other than hidden_size / heads (24 × 4 heads on a 64-wide model)
+    arch.push(Json::string("LlamaForCausalLM"));
+    c.set("model_type", Json::string("llama"));
+    c.set("intermediate_size", Json::integer(128));
+    c.set("num_key_value_heads", Json::integer(2));
+    c.set("hidden_act", Json::string("silu"));
+    c.set("rms_norm_eps", Json::number(1e-5));
+    if (family == "llama3") {
+      c.set("rope_theta", Json::number(500000.0));
+      Json rs = Json::object();
+      rs.set("rope_type", Json::string("llama3"));
+      rs.set("factor", Json::number(8.0));
+      rs.set("low_freq_factor", Json::number(1.0));
+      rs.set("high_freq_factor", Json::number(4.0));
+      rs.set("original_max_position_embeddings", Json::integer(64));
+      c.set("rope_scaling", rs);
+    } else {
+      c.set("rope_theta", Json::number(10000.0));
+      c.set("attention_bias", Json::boolean(true));
+      c.set("mlp_bias", Json::boolean(false));
+      c.set("head_dim", Json::integer(24));
+    }
+  } else if (family == "mistral") {  // Mistral-7B-v0.1's fields; head_dim ≠ hidden / heads as Mistral-Nemo
+    arch.push(Json::string("MistralForCausalLM"));
+    c.set("model_type", Json::string("mistral"));
+    c.set("intermediate_size", Json::integer(128));
+    c.set("num_key_value_heads", Json::integer(2));
+    c.set("head_dim", Json::integer(24));
+    c.set("hidden_act", Json::string("silu"));
+    c.set("rms_norm_eps", Json::number(1e-5));
+    c.set("rope_theta", Json::number(1000000.0));
+    c.set("sliding_window", Json::integer(4096));
+  } else if (family == "qwen2") {  // Qwen2.5-0.5B's fields: q/k/v biases, tied head, window off
+    arch.push(Json::string("Qwen2ForCausalLM"));
+    c.set("model_type", Json::string("qwen2"));
+    c.set("intermediate_size", Json::integer(128));
+    c.set("num_key_value_heads", Json::integer(2));
+    c.set("hidden_act", Json::string("silu"));
+    c.set("rms_norm_eps", Json::number(1e-6));
+    c.set("rope_theta", Json::number(1000000.0));
+    c.set("use_sliding_window", Json::boolean(false));
+    c.set("sliding_window", Json::integer(4096));
+    c.set("max_window_layers", Json::integer(2));
   } else if (family == "baichuan") {
     arch.push(Json::string("BaiChuanForCausalLM"));
     c.set("model_type", Json::string("baichuan"));
@@ -253,7 +299,7 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
     c.set("prefix_projection", Json::boolean(false));
   } else {
     return set_error(LLMT_ERR_UNSUPPORTED, "create-tiny: unknown family \"" + family +
-                                               "\" (supported: llama, baichuan, baichuan13b, gpt_neox, bloom, falcon, falcon40b, minicpm, chatglm, chatglm2, demo)");
+                                               "\" (supported: llama, llama3, llama_bias, mistral, qwen2, baichuan, baichuan13b, gpt_neox, bloom, falcon, falcon40b, minicpm, chatglm, chatglm2, demo)");
   }
   const bool glm1 = family == "chatglm", glm2 = family == "chatglm2";
   c.set("architectures", arch);
@@ -264,8 +310,8 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
   }
   if (family != "bloom") c.set("num_attention_heads", Json::integer(nh));
   if (family != "baichuan13b" && family != "bloom" && !glm1 && !glm2) c.set("max_position_embeddings", Json::integer(512));
-  // tied heads: HF's defaults for bloom, falcon, minicpm and chatglm v1 (written explicitly)
-  const bool tied = family == "bloom" || family == "falcon" || family == "falcon40b" || family == "minicpm" || glm1;
+  // tied heads: HF's defaults for bloom, falcon, minicpm and chatglm v1, and the small Llama 3.2 / Qwen2.5 (written explicitly)
+  const bool tied = family == "llama3" || family == "qwen2" || family == "bloom" || family == "falcon" || family == "falcon40b" || family == "minicpm" || glm1;
   c.set("tie_word_embeddings", Json::boolean(tied));
   const int64_t bos = glm1 ? 262 : 1, eos = glm1 ? 263 : 2;
   if (!glm2) c.set("bos_token_id", Json::integer(bos));
@@ -310,14 +356,14 @@ llmt_status create_tiny(const std::string &family, const std::string &out, uint6
     } else {
       lin(f.qkv, qd + 2 * kvd, H, mc.qkv_bias);
     }
-    lin(f.o, H, qd, mc.linear_bias);
+    lin(f.o, H, qd, mc.o_bias);
     if (mc.mlp == MlpKind::SwiGLU) {
-      lin(f.gate, I, H, mc.linear_bias);
-      lin(f.up, I, H, mc.linear_bias);
-      lin(f.down, H, I, mc.linear_bias);
+      lin(f.gate, I, H, mc.mlp_bias);
+      lin(f.up, I, H, mc.mlp_bias);
+      lin(f.down, H, I, mc.mlp_bias);
     } else {
-      lin(f.fc1, mc.mlp == MlpKind::SwiGLUFused ? 2 * I : I, H, mc.linear_bias);
-      lin(f.fc2, H, I, mc.linear_bias);
+      lin(f.fc1, mc.mlp == MlpKind::SwiGLUFused ? 2 * I : I, H, mc.mlp_bias);
+      lin(f.fc2, H, I, mc.mlp_bias);
     }
   }
   shapes.push_back({std::string(f.final_norm) + ".weight", {H}});

@@ -119,6 +119,25 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     expect(maxRel(notc.losses, gpu.losses)).toBeGreaterThan(0); // the tensor-core kernels ran (they round P and dS too)
   }, 300_000);
 
+  // Llama 3's frequency-scaled RoPE table, LlamaConfig attention_bias (q, k, v, o) with 24-wide heads on a 64-wide
+  // model, Mistral's head_dim, Qwen2's q/k/v biases and tied head: the CUDA backend follows the CPU in fp32 and bf16
+  for (const family of ['llama3', 'llama_bias', 'mistral', 'qwen2']) {
+    it(`${family}: LoRA on cuda follows the CPU (fp32 and bf16)`, () => {
+      const dir = path.join(tmp, `model-${family}`);
+      expect(spawnSync(ENGINE, ['create-tiny', '--family', family, '--out', dir, '--seed', '5']).status).toBe(0);
+      const o = { steps: 4, model: dir, targets: ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'up_proj', 'down_proj'] };
+      for (const precision of ['fp32', 'bf16']) {
+        const cpu = train(`${family}-cpu-${precision}`, 'cpu', precision, o);
+        const gpu = train(`${family}-gpu-${precision}`, 'cuda', precision, o);
+        expect(cpu.status, cpu.stderr).toBe(0);
+        expect(gpu.status, gpu.stderr).toBe(0);
+        expect(gpu.events.some((e) => e.event === 'warning' && /CUDA unavailable/.test(e.message ?? ''))).toBe(false);
+        expect(cpu.losses.length).toBe(4);
+        expect(maxRel(cpu.losses, gpu.losses)).toBeLessThan(precision === 'fp32' ? 1e-4 : 1e-2);
+      }
+    }, 300_000);
+  }
+
   it('offload_optimizer: AdamW on the host gives the same run with 8 bytes per trainable parameter less on the GPU, and resumes', () => {
     const dev = train('adam-dev', 'cuda', 'fp32');
     const off = train('adam-host', 'cuda', 'fp32', { offload: true });

@@ -44,6 +44,12 @@ const families: { family: string; targets: string; save?: string }[] = [
   { family: 'llama', targets: 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj', save: 'lm_head' },
   { family: 'baichuan', targets: 'W_pack,o_proj,gate_proj,up_proj,down_proj' },
   { family: 'gpt_neox', targets: 'query_key_value,dense,dense_h_to_4h,dense_4h_to_h' },
+  // Llama 3.1/3.2 (rope_type llama3, tied head), LlamaConfig's attention_bias with head_dim ≠ hidden/heads,
+  // Mistral (head_dim 24 on a 64-wide model, as Mistral-Nemo), Qwen2/2.5 (q/k/v biases, tied head)
+  { family: 'llama3', targets: 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj' },
+  { family: 'llama_bias', targets: 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj', save: 'lm_head' },
+  { family: 'mistral', targets: 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj' },
+  { family: 'qwen2', targets: 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj', save: 'embed_tokens' },
 ];
 
 describe.each(families)('parity with HF transformers + PEFT: $family', ({ family, targets, save }) => {

@@ -205,9 +205,9 @@ def parse_list(s):
 
 def family_of(cfg):
     mt = cfg.get("model_type")
-    if mt in ("llama", "gpt_neox", "baichuan"):
+    if mt in ("llama", "gpt_neox", "baichuan", "mistral", "qwen2"):
         return mt
-    fail(f"unsupported model_type {mt!r} (llama, gpt_neox, baichuan)")
+    fail(f"unsupported model_type {mt!r} (llama, mistral, qwen2, gpt_neox, baichuan)")
 
 
 def perturb_vectors(model, gen):
