@@ -41,6 +41,13 @@ export interface ModelInspection {
    *  refuses to pass; 0 when there is none (ALiBi, or a config that names no length) */
   context_limit?: number;
   tie_embeddings?: boolean;
+  /** the attention head size (config.json head_dim when given, as in Mistral-Nemo; else hidden / heads) */
+  head_dim?: number;
+  /** sliding-window attention (Mistral v0.1, Qwen2 with use_sliding_window): keys per query; 0 for full causal. The
+   *  engine computes full causal attention, so rows longer than this are refused and context_limit is at most it */
+  sliding_window?: number;
+  /** config.json's rope_scaling type when one is set ("linear", "llama3", "dynamic"), else null */
+  rope_scaling?: string | null;
   /** a saved 4-bit (bitsandbytes layout) folder: "nf4" or "fp4"; absent or "none" otherwise */
   quantization?: string;
   /** the LoRA-targetable linear module names of a block */
@@ -104,7 +111,7 @@ export interface LlmtAddon {
   listDevices(): NativeDevice[];
   deviceInfo(index: number): NativeDevice;
   inspect(dir: string): Promise<ModelInspection>;
-  createTiny(family: 'llama' | 'baichuan' | 'gpt_neox', dir: string, seed?: number): Promise<void>;
+  createTiny(family: 'llama' | 'llama3' | 'llama_bias' | 'mistral' | 'qwen2' | 'baichuan' | 'gpt_neox', dir: string, seed?: number): Promise<void>;
   /** device: "cpu" (default), "cuda", "cuda:N" or "auto" (a GPU that cannot be used leaves the model on the CPU:
    *  info().device says where it is); precision: "fp32" (default), "bf16", "fp16" (frozen weights in 16 bits). */
   loadModel(dir: string, adapter?: string, options?: { device?: string; precision?: string }): Promise<NativeModel>;

@@ -1,0 +1,167 @@
+// Config variants of the LLaMA family the engine reads from config.json (their numerics against HF transformers + PEFT
+// are in parity.test.ts, on the GPU backend in cuda-emulated.test.ts): Llama 3.1's rope_scaling (rope_type llama3),
+// dynamic NTK scaling, unsupported scalings refused by name, Mistral's and Qwen2's sliding window (the engine computes
+// full causal attention, so the window is the model's limit: longer rows are refused, generation stops there, and
+// the app refuses a run whose samples pass it before training), Mistral's fixed bias-free projections.
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+
+import { runCli, tempHome } from '../helpers/app';
+import { ENGINE, maxAbsDiff } from '../helpers/native';
+
+let tmp: string;
+beforeAll(() => {
+  tmp = tempHome('llmt-variants-');
+});
+afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+function engine(args: string[]) {
+  return spawnSync(ENGINE, args, { encoding: 'utf8', timeout: 120_000 });
+}
+function tiny(family: string, name: string, edit?: (c: Record<string, unknown>) => void): string {
+  const dir = path.join(tmp, name);
+  expect(engine(['create-tiny', '--family', family, '--out', dir, '--seed', '7']).status).toBe(0);
+  if (edit) {
+    const f = path.join(dir, 'config.json');
+    const c = JSON.parse(fs.readFileSync(f, 'utf8')) as Record<string, unknown>;
+    edit(c);
+    fs.writeFileSync(f, JSON.stringify(c, null, 2));
+  }
+  return dir;
+}
+const inspect = (dir: string) => JSON.parse(engine(['inspect', '--model', dir]).stdout) as Record<string, unknown>;
+function forward(dir: string, T: number): { status: number | null; stderr: string; logits?: number[][][] } {
+  const ids = Array.from({ length: T }, (_, i) => 3 + ((i * 37) % 300));
+  const t = path.join(tmp, `tokens-${T}.json`);
+  fs.writeFileSync(t, JSON.stringify({ input_ids: [ids] }));
+  const out = path.join(tmp, `out-${path.basename(dir)}-${T}.json`);
+  const r = engine(['forward', '--model', dir, '--tokens', t, '--out', out]);
+  return { status: r.status, stderr: r.stderr, ...(r.status === 0 ? { logits: (JSON.parse(fs.readFileSync(out, 'utf8')) as { logits: number[][][] }).logits } : {}) };
+}
+
+describe('rope_scaling', () => {
+  it('llama3: the frequency table is scaled (positions past the original length differ from the unscaled model)', () => {
+    const scaled = tiny('llama3', 'l3');
+    const plain = tiny('llama3', 'l3-plain', (c) => delete c.rope_scaling);
+    expect(inspect(scaled).rope_scaling).toBe('llama3');
+    expect(inspect(plain).rope_scaling).toBeNull();
+    const a = forward(scaled, 120);
+    const b = forward(plain, 120);
+    expect(a.status, a.stderr).toBe(0);
+    expect(b.status, b.stderr).toBe(0);
+    // position 0 has no rotation: the same; later positions see the divided low frequencies
+    expect(maxAbsDiff([[a.logits![0]![0]!]], [[b.logits![0]![0]!]])).toBeLessThan(1e-5);
+    expect(maxAbsDiff(a.logits!, b.logits!)).toBeGreaterThan(1e-3);
+  });
+
+  it('llama3 without its fields is a clear error; type spelled "type" (older configs) is read too', () => {
+    const bad = tiny('llama3', 'l3-bad', (c) => {
+      c.rope_scaling = { rope_type: 'llama3', factor: 8 };
+    });
+    const r = engine(['inspect', '--model', bad]);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/rope_scaling of type llama3 needs factor >= 1, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings/);
+    const old = tiny('llama3', 'l3-type', (c) => {
+      const rs = c.rope_scaling as Record<string, unknown>;
+      c.rope_scaling = { ...rs, type: 'llama3', rope_type: undefined };
+    });
+    expect(inspect(old).rope_scaling).toBe('llama3');
+    expect(maxAbsDiff(forward(old, 40).logits!, forward(tiny('llama3', 'l3-again'), 40).logits!)).toBe(0);
+  });
+
+  it('dynamic NTK equals the default frequencies within max_position_embeddings; yarn is refused by name', () => {
+    const dyn = tiny('llama', 'dyn', (c) => {
+      c.rope_scaling = { type: 'dynamic', factor: 2 };
+    });
+    const plain = tiny('llama', 'dyn-plain');
+    expect(inspect(dyn).context_limit).toBe(512);
+    expect(maxAbsDiff(forward(dyn, 60).logits!, forward(plain, 60).logits!)).toBe(0);
+    const yarn = tiny('llama', 'yarn', (c) => {
+      c.rope_scaling = { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 128 };
+    });
+    expect(inspect(yarn).supported).toBe(false);
+    expect(inspect(yarn).reason).toMatch(/rope_scaling type "yarn" is not supported yet \(supported: linear, llama3, dynamic within max_position_embeddings\)/);
+  });
+});
+
+describe('sliding-window attention', () => {
+  it("Mistral's window is the model's limit: rows up to it run, longer rows are refused by name", () => {
+    const m = tiny('mistral', 'mistral-w', (c) => {
+      c.sliding_window = 48;
+    });
+    const info = inspect(m);
+    expect(info.sliding_window).toBe(48);
+    expect(info.context_limit).toBe(48);
+    expect(info.head_dim).toBe(24);
+    expect(forward(m, 48).status).toBe(0);
+    const r = forward(m, 49);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/rows of 49 tokens are longer than this model's sliding window \(48 tokens, config\.json sliding_window\)/);
+    // generation stops at the window like at any context limit
+    const g = engine(['generate', '--model', m, '--prompt-ids', Array.from({ length: 40 }, (_, i) => String(3 + i)).join(','), '--greedy', '--max-new-tokens', '30']);
+    expect(g.status, g.stderr).toBe(0);
+    expect((JSON.parse(g.stdout) as { ids: number[] }).ids.length).toBeLessThanOrEqual(8);
+    // Mistral v0.2+ (sliding_window null): no window, the context is max_position_embeddings
+    const open = tiny('mistral', 'mistral-null', (c) => {
+      c.sliding_window = null;
+    });
+    expect(inspect(open).sliding_window).toBe(0);
+    expect(inspect(open).context_limit).toBe(512);
+  });
+
+  it('Qwen2 windows only with use_sliding_window and layers from max_window_layers on', () => {
+    const off = tiny('qwen2', 'qwen-off');
+    expect(inspect(off).sliding_window).toBe(0);
+    const none = tiny('qwen2', 'qwen-none', (c) => {
+      c.use_sliding_window = true;
+      c.sliding_window = 32;
+      c.max_window_layers = 2; // = num_hidden_layers: no layer is windowed
+    });
+    expect(inspect(none).sliding_window).toBe(0);
+    const on = tiny('qwen2', 'qwen-on', (c) => {
+      c.use_sliding_window = true;
+      c.sliding_window = 32;
+      c.max_window_layers = 1;
+    });
+    expect(inspect(on).sliding_window).toBe(32);
+    expect(forward(on, 33).status).not.toBe(0);
+  });
+
+  it('Mistral has no projection biases whatever attention_bias says (MistralAttention fixes bias=False)', () => {
+    const a = tiny('mistral', 'mistral-nb');
+    const b = tiny('mistral', 'mistral-ab', (c) => {
+      c.attention_bias = true;
+    });
+    expect(inspect(b).parameters).toBe(inspect(a).parameters);
+    expect(forward(b, 10).status).toBe(0);
+  });
+
+  it('the app refuses a run whose prepared samples are longer than the window, before training', async () => {
+    const m = tiny('mistral', 'mistral-app', (c) => {
+      c.sliding_window = 64;
+    });
+    const train = path.join(tmp, 'train.jsonl');
+    fs.writeFileSync(train, [`${'abc def '.repeat(40)}`, '短的问题'].map((q, i) => JSON.stringify({ input: q, target: `答 ${i}` })).join('\n'));
+    const out = path.join(tmp, 'run-out');
+    const r = await runCli(
+      ['train', '--model_name_or_path', m, '--train_file', train, '--output_dir', out, '--max_source_length', '200', '--max_target_length', '8',
+        '--per_device_train_batch_size', '2', '--max_steps', '1', '--logging_steps', '1', '--save_steps', '100', '--device', 'cpu'],
+      { home: tmp, timeoutMs: 180_000 },
+    );
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/the longest prepared sample is \d+ tokens, longer than this model's sliding attention window of 64 tokens/);
+    expect(r.stderr).toMatch(/Lower max_source_length \/ max_target_length \(now 200 \+ 8\)/);
+    expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(false);
+    // within the window the same data trains
+    const ok = await runCli(
+      ['train', '--model_name_or_path', m, '--train_file', train, '--output_dir', `${out}-ok`, '--max_source_length', '40', '--max_target_length', '8',
+        '--per_device_train_batch_size', '2', '--max_steps', '1', '--logging_steps', '1', '--save_steps', '100', '--device', 'cpu'],
+      { home: tmp, timeoutMs: 180_000 },
+    );
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(fs.existsSync(path.join(`${out}-ok`, 'adapter_model.safetensors'))).toBe(true);
+  });
+});
