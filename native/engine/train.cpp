@@ -933,7 +933,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
   }
   std::string loss_norm = job.loss_norm;
-  if (loss_norm == "auto") loss_norm = cfg.model_type == "baichuan" ? "mean_of_means" : "token_mean";
+  // auto: what HF Trainer ≥ 4.46 does for the model's published forward — the remote-code ChatGLM v1/v2, Baichuan and
+  // MiniCPM forwards take no num_items_in_batch (mean of the micro-batch means); the in-library models do (token mean)
+  if (loss_norm == "auto")
+    loss_norm = cfg.model_type == "baichuan" || cfg.model_type == "chatglm" || cfg.model_type == "minicpm" ? "mean_of_means" : "token_mean";
 
   auto train = TokData::open(job.train_path, st);
   if (!train) return fail(st);
