@@ -187,3 +187,25 @@ describe('loss_normalization auto follows each family\'s published forward', () 
     expect(start?.loss_normalization).toBe(norm);
   });
 });
+
+// the KV-cache path (rotary table, head size, biases) against the full forward: each greedy token is the argmax of
+// the full forward's logits at the position before it
+describe('KV-cache generation follows the full forward', () => {
+  it.each(['llama3', 'llama_bias', 'mistral', 'qwen2'])('%s', (family) => {
+    const dir = tiny(family, `gen-${family}`);
+    const prompt = Array.from({ length: 70 }, (_, i) => 3 + ((i * 53) % 300));
+    const g = engine(['generate', '--model', dir, '--prompt-ids', prompt.join(','), '--greedy', '--max-new-tokens', '12']);
+    expect(g.status, g.stderr).toBe(0);
+    const ids = (JSON.parse(g.stdout) as { ids: number[] }).ids;
+    const gen = ids.length > 12 ? ids.slice(prompt.length) : ids; // the answer alone, or prompt + answer
+    expect(gen.length).toBe(12);
+    const seq = [...prompt, ...gen];
+    const t = path.join(tmp, `gen-${family}.json`);
+    fs.writeFileSync(t, JSON.stringify({ input_ids: [seq] }));
+    const out = path.join(tmp, `gen-${family}-out.json`);
+    expect(engine(['forward', '--model', dir, '--tokens', t, '--out', out]).status).toBe(0);
+    const logits = (JSON.parse(fs.readFileSync(out, 'utf8')) as { logits: number[][][] }).logits[0]!;
+    const argmax = (v: number[]) => v.reduce((b, x, i) => (x > v[b]! ? i : b), 0);
+    for (let i = 0; i < gen.length; ++i) expect(argmax(logits[prompt.length - 1 + i]!), `token ${i}`).toBe(gen[i]);
+  });
+});
