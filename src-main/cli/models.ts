@@ -136,7 +136,7 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
 
   model
     .command('export')
-    .description('GGUF for llama.cpp / Ollama / LM Studio (llama, baichuan, minicpm, gpt_neox, bloom, falcon, chatglm2), plus an Ollama <name>.Modelfile')
+    .description('GGUF for llama.cpp / Ollama / LM Studio (llama incl. Llama 3, mistral, qwen2, baichuan, minicpm, gpt_neox, bloom, falcon, chatglm2), plus an Ollama <name>.Modelfile')
     .requiredOption('--model <dir>', 'model folder (merged, or the base with --adapter)')
     .option('--adapter <dir>', 'merge this adapter first')
     .option('--adapter-only', "with --adapter: write the adapter alone as llama.cpp's LoRA GGUF (no merge)", false)

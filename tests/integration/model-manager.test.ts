@@ -4,7 +4,8 @@
 // recipe (resize_token_embeddings + PEFT merge), and the GGUF export read by llama.cpp's gguf-py and — when
 // node-llama-cpp is installed (LLMT_NODE_LLAMA_CPP=<folder with node_modules>, see docs/models.md) — run by
 // llama.cpp itself with log-probabilities compared to ours: every family llama.cpp knows, a LoRA adapter GGUF on
-// its base GGUF, and a SentencePiece tokenizer.model (token ids too).
+// its base GGUF, a SentencePiece tokenizer.model (token ids too), and the Llama 3 / Mistral / Qwen2 kinds (llama3
+// RoPE as rope_freqs, Qwen2 unpermuted, their byte-level BPE pre-tokenizers with token ids compared).
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
@@ -275,6 +276,97 @@ describe('GGUF export', () => {
     }
   });
 
+  // The model kinds the engine gained with Llama 3.x, Mistral and Qwen2 (each checked against transformers in
+  // engine.test.ts), written as convert_hf_to_gguf.py writes them: llama3 RoPE as the rope_freqs tensor (tied: no
+  // output.weight), Mistral as llama with key_length/value_length for its head_dim, Qwen2 as qwen2 with q/k/v biases
+  // and Q/K rows left in HF's order (NeoX RoPE); llama_bias keeps LlamaConfig's attention_bias on q/k/v/o.
+  const NEW_FAMILIES: [family: string, arch: string, fields: Record<string, unknown>, tensors: Record<string, number[] | null>][] = [
+    ['llama3', 'llama', { 'llama.rope.freq_base': 500000, 'llama.vocab_size': 320 }, { 'rope_freqs.weight': [8], 'output.weight': null }],
+    ['llama_bias', 'llama', { 'llama.attention.key_length': 24, 'llama.attention.value_length': 24, 'llama.rope.dimension_count': 24 }, { 'blk.0.attn_q.bias': [96], 'blk.0.attn_output.bias': [64], 'rope_freqs.weight': null }],
+    ['mistral', 'llama', { 'llama.attention.key_length': 24, 'llama.rope.freq_base': 1e6 }, { 'blk.0.attn_q.weight': [64, 96], 'blk.0.attn_q.bias': null }],
+    ['qwen2', 'qwen2', { 'qwen2.rope.freq_base': 1e6, 'qwen2.attention.head_count_kv': 2, 'qwen2.attention.layer_norm_rms_epsilon': Math.fround(1e-6) }, { 'blk.1.attn_k.bias': [32], 'blk.0.attn_output.bias': null, 'output.weight': null }],
+  ];
+  it('Llama 3 (llama3 RoPE), llama with biases and head_dim, Mistral and Qwen2 export as the converter lays them out and run in llama.cpp', async () => {
+    const llama = await getLlamaCpp();
+    // 40 positions: far enough for the llama3 frequency scaling to matter (positions × frequency)
+    const ids = Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 320);
+    for (const [family, arch, fields, tensors] of NEW_FAMILIES) {
+      const dir = t(`fam-${family}`);
+      engine(['create-tiny', '--family', family, '--out', dir, '--seed', '7']);
+      const r = await exportGguf({ modelDir: dir, out: t(`fam/${family}.gguf`), dtype: 'f32' });
+      expect(r.architecture).toBe(arch);
+      const dump = ggufDump(r.gguf);
+      expect(dump.fields).toMatchObject({ 'general.architecture': arch, ...fields });
+      for (const [name, shape] of Object.entries(tensors)) {
+        const x = dump.tensors.find((d) => d.name === name);
+        if (shape === null) expect(x, `${family}: ${name}`).toBeUndefined();
+        else expect(x, `${family}: ${name}`).toMatchObject({ shape, type: 'F32' });
+      }
+      if (!llama) continue;
+      const worst = await llamaCppDiff(llama, r.gguf, dir, { ids });
+      console.log(`llama.cpp vs engine (${family} as ${arch}, ${ids.length}×320): max |log-prob diff| ${worst.toExponential(2)}`);
+      expect(worst).toBeLessThan(1e-3);
+    }
+  });
+
+  // Llama 3's and Qwen2's tokenizer.json pre-tokenize with a Split regex before a regex-free ByteLevel (Llama 3's
+  // digits in runs of up to 3 and ignore_merges, Qwen2's digits one by one); the converter names them llama-bpe and
+  // qwen2, and Llama 3's post-processor puts bos first (add_bos_token). Given merges for "333" and a whole-word token
+  // "Ġapples" (no merges reach it: only ignore_merges takes it), llama.cpp must tokenize as HF's tokenizers do.
+  const SPLITS: [family: string, regex: string, ignoreMerges: boolean, pre: string][] = [
+    ['llama3', String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`, true, 'llama-bpe'],
+    ['qwen2', String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`, false, 'qwen2'],
+  ];
+  it('Llama 3 / Qwen2 pre-tokenizers: tokenizer.ggml.pre llama-bpe / qwen2, and llama.cpp tokenizes as we do', async () => {
+    const text = "I've 3333333 apples, you'RE sure?\n\n  12345 apples\tok";
+    const seen: number[][] = [];
+    for (const [family, regex, ignoreMerges, pre] of SPLITS) {
+      const dir = t(`tok-${family}`);
+      engine(['create-tiny', '--family', family, '--out', dir, '--seed', '7']);
+      const tj = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8')) as { model: { vocab: Record<string, number> } & Record<string, unknown> } & Record<string, unknown>;
+      tj.pre_tokenizer = {
+        type: 'Sequence',
+        pretokenizers: [
+          { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+          { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+        ],
+      };
+      Object.assign(tj.model.vocab, { '33': 260, '333': 261, 'Ġapples': 262 });
+      tj.model.merges = ['3 3', '33 3'];
+      tj.model.ignore_merges = ignoreMerges;
+      if (family === 'llama3')
+        tj.post_processor = {
+          type: 'TemplateProcessing',
+          single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+          pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+          special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
+        };
+      fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tj));
+      const r = await exportGguf({ modelDir: dir, out: t(`tok/${family}.gguf`), dtype: 'f32' });
+      const dump = ggufDump(r.gguf);
+      expect(dump.fields).toMatchObject({ 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': pre, 'tokenizer.ggml.add_bos_token': family === 'llama3' });
+      const tok = await loadTokenizer(dir);
+      const ours = tok.encode(text);
+      tok.dispose();
+      seen.push(ours);
+      // Llama 3 merges the digit runs of 3 ("333"), Qwen2 sees single digits (no merge applies)
+      if (family === 'llama3') expect(ours).toContain(261);
+      else expect(ours.filter((x) => x === 260 || x === 261)).toEqual([]);
+      const llama = await getLlamaCpp();
+      if (!llama) continue;
+      const model = await llama.loadModel({ modelPath: r.gguf });
+      expect([...model.tokenize(text)], family).toEqual(ours);
+      const worst = await llamaCppDiff(llama, r.gguf, dir, { ids: [1, ...ours], model });
+      await model.dispose();
+      console.log(`llama.cpp vs engine (${family}, pre ${pre}, ${ours.length + 1} tokens): max |log-prob diff| ${worst.toExponential(2)}`);
+      expect(worst).toBeLessThan(1e-3);
+    }
+    // the two pre-tokenizers do split this text differently (digits, ignore_merges)
+    expect(seen[0]).not.toEqual(seen[1]);
+    expect(seen[0]).toContain(262);
+    expect(seen[1]).not.toContain(262);
+  });
+
   it('families llama.cpp cannot run fail with UNSUPPORTED, naming the family', async () => {
     engine(['create-tiny', '--family', 'chatglm', '--out', t('fam-chatglm')]);
     await expect(exportGguf({ modelDir: t('fam-chatglm'), out: t('fam/chatglm.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('ChatGLM-6B (v1)') });
@@ -306,6 +398,27 @@ describe('GGUF export', () => {
     console.log(`llama.cpp base+LoRA GGUF vs engine base+adapter: max |log-prob diff| ${worst.toExponential(2)} (base alone: ${without.toExponential(2)})`);
     expect(worst).toBeLessThan(1e-3);
     expect(without).toBeGreaterThan(1e-2); // the adapter matters
+  });
+
+  it('LoRA adapter GGUFs on the Qwen2 (rows unpermuted) and Llama 3 (rope_freqs) bases give the engine\'s base+adapter', async () => {
+    const llama = await getLlamaCpp();
+    for (const family of ['qwen2', 'llama3']) {
+      const dir = t(`lora-${family}`);
+      engine(['create-tiny', '--family', family, '--out', dir, '--seed', '7']);
+      run(PY, [HF, 'make-adapter', '--model', dir, '--out', `${dir}-ad`, '--targets', 'q_proj,k_proj,v_proj,o_proj,gate_proj,down_proj', '--r', '4', '--alpha', '8']);
+      const models = await import('../../src-main/core/models/manager');
+      const ad = await models.exportModel({ model: dir, adapter: `${dir}-ad`, adapterOnly: true, out: t(`lora/${family}-ad.gguf`), dtype: 'f32' });
+      expect(ad).toMatchObject({ architecture: family === 'qwen2' ? 'qwen2' : 'llama', tensors: 24 });
+      if (!llama) continue;
+      const base = await exportGguf({ modelDir: dir, out: t(`lora/${family}-base.gguf`), dtype: 'f32' });
+      const model = await llama.loadModel({ modelPath: base.gguf });
+      const worst = await llamaCppDiff(llama, base.gguf, dir, { lora: ad.gguf, adapter: `${dir}-ad`, model });
+      const without = await llamaCppDiff(llama, base.gguf, dir, { adapter: `${dir}-ad`, model });
+      await model.dispose();
+      console.log(`llama.cpp ${family} base+LoRA GGUF vs engine base+adapter: max |log-prob diff| ${worst.toExponential(2)} (base alone: ${without.toExponential(2)})`);
+      expect(worst).toBeLessThan(1e-3);
+      expect(without).toBeGreaterThan(1e-2); // the adapter matters
+    }
   });
 
   it('a SentencePiece tokenizer.model (LLaMA-2, 32000 pieces): llama.cpp tokenizes as we do and gives our logits', async () => {

@@ -11,14 +11,23 @@
 // - the tied output head follows the family's tie_word_embeddings default (MiniCPM, BLOOM, Falcon tied): a stray
 //   lm_head.weight of a tied model was written as output.weight; tied gpt_neox / ChatGLM2 use the embedding;
 // - llama head_dim ≠ hidden/heads writes attention.key_length/value_length; attention_bias/mlp_bias keep biases
-//   (q/k biases permuted like their rows).
+//   (q/k biases permuted like their rows);
+// - Llama 3.x (rope_scaling rope_type llama3): the rope_freqs.weight tensor (head_dim/2 divisors, first, as
+//   LlamaModel.generate_extra_tensors yields it), no scaling keys (was UNSUPPORTED); dynamic NTK writes nothing;
+// - Mistral (model_type mistral): arch llama as LlamaModel converts MistralForCausalLM (was UNSUPPORTED);
+// - Qwen2 (model_type qwen2): arch qwen2, q/k/v weights and biases copied unpermuted (Qwen2Model; llama.cpp's qwen2
+//   uses NeoX RoPE), no vocab_size / rope.dimension_count keys; head_dim × heads ≠ hidden UNSUPPORTED (was
+//   UNSUPPORTED altogether);
+// - byte-level BPE tokenizer.json with Llama 3's / Qwen2's Split regex: tokenizer.ggml.pre llama-bpe (smaug-bpe
+//   without ignore_merges) / qwen2 (was "default"), add_bos_token from a TemplateProcessing post-processor (was
+//   false).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { exportGguf, permuteRows } from '../../src-main/core/models/gguf';
+import { exportGguf, llama3RopeFactors, permuteRows } from '../../src-main/core/models/gguf';
 import { writeSafetensors } from '../helpers/native';
 
 let tmp: string;
@@ -247,6 +256,152 @@ describe('GGUF export of config variants', () => {
     const dir2 = llamaLike('llama-plain', { model_type: 'llama' }, 8, false, false);
     const g2 = readGguf((await exportGguf({ modelDir: dir2, out: path.join(tmp, 'llama-plain.gguf'), dtype: 'f32' })).gguf);
     expect(g2.kv['llama.attention.key_length']).toBeUndefined();
+  });
+
+  /** transformers' _compute_llama3_parameters in double, written as llama.cpp's divisor of each base frequency. */
+  const llama3Divisors = (theta: number, dim: number, factor: number, low: number, high: number, orig: number) =>
+    Array.from({ length: dim / 2 }, (_, i) => {
+      const inv = theta ** (-(2 * i) / dim);
+      const wl = (2 * Math.PI) / inv;
+      if (wl < orig / high) return 1;
+      if (wl > orig / low) return factor;
+      const sm = (orig / wl - low) / (high - low);
+      return inv / ((1 - sm) * (inv / factor) + sm * inv); // HF's smoothed inv_freq, as a divisor
+    });
+
+  it('Llama 3 rope_scaling llama3: a rope_freqs.weight tensor of head_dim/2 divisors first, no scaling keys; tied: no output', async () => {
+    // original length 256 with head_dim 8 and base 5e5: wavelengths 6.3 (kept), 167 (blended), 4.4e3 and 1.2e5 (÷8)
+    const rs = { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 256 };
+    const dir = llamaLike('llama3', { model_type: 'llama', rope_theta: 500000, rope_scaling: rs, tie_word_embeddings: true, max_position_embeddings: 2048 }, 8, false, false);
+    const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'llama3.gguf'), dtype: 'f32' })).gguf);
+    expect(g.kv['general.architecture']).toBe('llama');
+    expect(g.kv['llama.rope.freq_base']).toBe(500000);
+    expect(Object.keys(g.kv).filter((k) => k.includes('scaling'))).toEqual([]);
+    expect(Object.keys(g.tensors)[0]).toBe('rope_freqs.weight');
+    const want = llama3Divisors(500000, 8, 8, 1, 4, 256);
+    expect(want[0]).toBe(1);
+    expect(want[1]).toBeGreaterThan(1);
+    expect(want[1]).toBeLessThan(8);
+    expect(want.slice(2)).toEqual([8, 8]);
+    const got = g.tensors['rope_freqs.weight']!;
+    expect(got.shape).toEqual([4]);
+    got.data.forEach((x, i) => expect(x).toBeCloseTo(want[i]!, 5));
+    expect(g.tensors['output.weight']).toBeUndefined();
+    expect(g.tensors['blk.0.attn_q.weight']!.data).toEqual(rows(readBack(dir)['model.layers.0.self_attn.q_proj.weight']!, H, permuteRows(16, 2)));
+    // transformers 5's rope_parameters layout gives the same file; Llama 3.1's own numbers (8192, head_dim 128)
+    const dir5 = llamaLike('llama3-tf5', { model_type: 'llama', rope_parameters: { ...rs, rope_theta: 500000 }, tie_word_embeddings: true }, 8, false, false);
+    const g5 = readGguf((await exportGguf({ modelDir: dir5, out: path.join(tmp, 'llama3-tf5.gguf'), dtype: 'f32' })).gguf);
+    expect(g5.tensors['rope_freqs.weight']!.data).toEqual(got.data);
+    const l31 = llama3RopeFactors({ rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 8192 }, 500000, 128);
+    const w31 = llama3Divisors(500000, 128, 8, 1, 4, 8192);
+    expect(l31.length).toBe(64);
+    l31.forEach((x, i) => expect(x).toBeCloseTo(w31[i]!, 4));
+    expect(w31.filter((x) => x !== 1 && x !== 8).length).toBeGreaterThan(0);
+  });
+
+  it('rope_scaling dynamic writes nothing (as the converter: the default RoPE within the context); yarn is UNSUPPORTED', async () => {
+    const dir = llamaLike('llama-dyn', { model_type: 'llama', rope_scaling: { type: 'dynamic', factor: 2 } }, 8, false, false);
+    const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'llama-dyn.gguf'), dtype: 'f32' })).gguf);
+    expect(Object.keys(g.kv).filter((k) => k.includes('scaling'))).toEqual([]);
+    expect(g.tensors['rope_freqs.weight']).toBeUndefined();
+    const dir2 = llamaLike('llama-yarn', { model_type: 'llama', rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32 } }, 8, false, false);
+    await expect(exportGguf({ modelDir: dir2, out: path.join(tmp, 'llama-yarn.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('yarn') });
+  });
+
+  it('Mistral exports as llama (LlamaModel converts MistralForCausalLM): Q/K permuted, head_dim as key_length', async () => {
+    const dir = llamaLike('mistral', { model_type: 'mistral', head_dim: 16, sliding_window: 4096, rope_theta: 1e6 }, 16, false, true);
+    const r = await exportGguf({ modelDir: dir, out: path.join(tmp, 'mistral.gguf'), dtype: 'f32' });
+    expect(r.architecture).toBe('llama');
+    const g = readGguf(r.gguf);
+    expect(g.kv).toMatchObject({ 'general.architecture': 'llama', 'llama.attention.key_length': 16, 'llama.attention.value_length': 16, 'llama.rope.dimension_count': 16, 'llama.rope.freq_base': 1e6, 'llama.vocab_size': V });
+    const st = readBack(dir);
+    expect(g.tensors['blk.0.attn_q.weight']!.data).toEqual(rows(st['model.layers.0.self_attn.q_proj.weight']!, H, permuteRows(32, 2)));
+    expect(g.tensors['blk.0.attn_k.weight']!.data).toEqual(rows(st['model.layers.0.self_attn.k_proj.weight']!, H, permuteRows(16, 1)));
+    expect(g.tensors['output.weight']!.data).toEqual(st['lm_head.weight']);
+  });
+
+  it('Qwen2 exports as qwen2: q/k/v weights and biases unpermuted, tied without output; head_dim × heads ≠ hidden is UNSUPPORTED', async () => {
+    const dir = llamaLike('qwen2', { model_type: 'qwen2', tie_word_embeddings: true, rope_theta: 1e6, rms_norm_eps: 1e-6 }, 8, true, false);
+    const r = await exportGguf({ modelDir: dir, out: path.join(tmp, 'qwen2.gguf'), dtype: 'f32' });
+    expect(r.architecture).toBe('qwen2');
+    const g = readGguf(r.gguf);
+    expect(g.kv).toMatchObject({
+      'general.architecture': 'qwen2',
+      'qwen2.context_length': 2048,
+      'qwen2.embedding_length': H,
+      'qwen2.block_count': 1,
+      'qwen2.feed_forward_length': 24,
+      'qwen2.attention.head_count': 2,
+      'qwen2.attention.head_count_kv': 1,
+      'qwen2.rope.freq_base': 1e6,
+      'qwen2.attention.layer_norm_rms_epsilon': Math.fround(1e-6),
+    });
+    expect(Object.keys(g.kv).filter((k) => k.startsWith('llama.') || k === 'qwen2.vocab_size' || k === 'qwen2.rope.dimension_count' || k.includes('key_length'))).toEqual([]);
+    const st = readBack(dir);
+    for (const m of ['q', 'k', 'v']) {
+      expect(g.tensors[`blk.0.attn_${m}.weight`]!.data, m).toEqual(st[`model.layers.0.self_attn.${m}_proj.weight`]);
+      expect(g.tensors[`blk.0.attn_${m}.bias`]!.data, m).toEqual(st[`model.layers.0.self_attn.${m}_proj.bias`]);
+    }
+    expect(Object.keys(g.tensors).sort()).toEqual(
+      ['token_embd', 'blk.0.attn_norm', 'blk.0.attn_q', 'blk.0.attn_q.bias', 'blk.0.attn_k', 'blk.0.attn_k.bias', 'blk.0.attn_v', 'blk.0.attn_v.bias', 'blk.0.attn_output', 'blk.0.ffn_norm', 'blk.0.ffn_gate', 'blk.0.ffn_up', 'blk.0.ffn_down', 'output_norm']
+        .map((n) => (n.endsWith('.bias') ? n : `${n}.weight`))
+        .sort(),
+    );
+    // untied: lm_head is the output head
+    const dir2 = llamaLike('qwen2-head', { model_type: 'qwen2', tie_word_embeddings: false }, 8, true, true);
+    expect(readGguf((await exportGguf({ modelDir: dir2, out: path.join(tmp, 'qwen2-head.gguf'), dtype: 'f32' })).gguf).tensors['output.weight']!.data).toEqual(readBack(dir2)['lm_head.weight']);
+    // llama.cpp's qwen2 sizes Q and o_proj by hidden_size; it has no rope_freqs for llama3 scaling
+    const dir3 = llamaLike('qwen2-hd', { model_type: 'qwen2', head_dim: 16 }, 16, true, false);
+    await expect(exportGguf({ modelDir: dir3, out: path.join(tmp, 'qwen2-hd.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('head_dim 16') });
+    const dir4 = llamaLike('qwen2-l3', { model_type: 'qwen2', rope_scaling: { rope_type: 'llama3', factor: 8, low_freq_factor: 1, high_freq_factor: 4, original_max_position_embeddings: 64 } }, 8, true, false);
+    await expect(exportGguf({ modelDir: dir4, out: path.join(tmp, 'qwen2-l3.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('llama3') });
+  });
+
+  const LLAMA3_RE = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+  const QWEN2_RE = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+  /** the folder's tokenizer.json with a Split(regex) + ByteLevel(use_regex false) pre-tokenizer, as Llama 3 / Qwen2 */
+  function splitTokenizer(dir: string, regex: string, ignoreMerges: boolean, bosFirst: boolean) {
+    const f = path.join(dir, 'tokenizer.json');
+    const tj = JSON.parse(fs.readFileSync(f, 'utf8')) as { model: Record<string, unknown> } & Record<string, unknown>;
+    tj.pre_tokenizer = {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ],
+    };
+    tj.model.ignore_merges = ignoreMerges;
+    if (bosFirst)
+      tj.post_processor = {
+        type: 'Sequence',
+        processors: [
+          { type: 'ByteLevel', add_prefix_space: true, trim_offsets: false, use_regex: true },
+          { type: 'TemplateProcessing', single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }], pair: [], special_tokens: {} },
+        ],
+      };
+    fs.writeFileSync(f, JSON.stringify(tj));
+  }
+
+  it("byte-level BPE pre-tokenizers: Llama 3's regex is llama-bpe (smaug-bpe without ignore_merges), Qwen2's qwen2; a bos-first post-processor sets add_bos_token", async () => {
+    const cases: [name: string, regex: string, ignoreMerges: boolean, bosFirst: boolean, pre: string, addBos: boolean][] = [
+      ['tok-llama3', LLAMA3_RE, true, true, 'llama-bpe', true],
+      ['tok-smaug', LLAMA3_RE, false, false, 'smaug-bpe', false],
+      ['tok-qwen2', QWEN2_RE, false, false, 'qwen2', false],
+      ['tok-other', String.raw`\p{N}+|\s+`, false, false, 'default', false],
+    ];
+    for (const [name, regex, im, bosFirst, pre, addBos] of cases) {
+      const dir = llamaLike(name, { model_type: name === 'tok-qwen2' ? 'qwen2' : 'llama' }, 8, name === 'tok-qwen2', false);
+      splitTokenizer(dir, regex, im, bosFirst);
+      const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, `${name}.gguf`), dtype: 'f32' })).gguf);
+      expect(g.kv, name).toMatchObject({ 'tokenizer.ggml.model': 'gpt2', 'tokenizer.ggml.pre': pre, 'tokenizer.ggml.add_bos_token': addBos, 'tokenizer.ggml.bos_token_id': 1 });
+    }
+    // the plain GPT-2 ByteLevel stays gpt-2; tokenizer_config's add_bos_token wins over the post-processor
+    const dir = llamaLike('tok-gpt2', { model_type: 'llama' }, 8, false, false);
+    expect(readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'tok-gpt2.gguf'), dtype: 'f32' })).gguf).kv['tokenizer.ggml.pre']).toBe('gpt-2');
+    const dir2 = llamaLike('tok-llama3-nobos', { model_type: 'llama' }, 8, false, false);
+    splitTokenizer(dir2, LLAMA3_RE, true, true);
+    fs.writeFileSync(path.join(dir2, 'tokenizer_config.json'), JSON.stringify({ bos_token: '<s>', eos_token: '</s>', add_bos_token: false }));
+    expect(readGguf((await exportGguf({ modelDir: dir2, out: path.join(tmp, 'tok-nobos.gguf'), dtype: 'f32' })).gguf).kv['tokenizer.ggml.add_bos_token']).toBe(false);
   });
 });
 

@@ -2,8 +2,10 @@
 // Ollama Modelfile whose TEMPLATE and stop tokens match the training template (data/templates.ts).
 // GGUF v3 as llama.cpp's gguf-py writes it: header, metadata KVs, tensor infos, data aligned to 32 bytes.
 // Llama-style Q/K rows are permuted from HF's rotate-half layout to GGML's interleaved RoPE layout.
-// Families (planFor, after convert_hf_to_gguf.py): llama, baichuan (7B as llama with W_pack split; 13B only at
-// 40 layers, where llama.cpp picks ALiBi), minicpm, gpt_neox, bloom, falcon (7B and 40B layouts), chatglm2/3;
+// Families (planFor, after convert_hf_to_gguf.py): llama (Llama 3.x's llama3 RoPE as a rope_freqs tensor), mistral
+// (as llama), qwen2 (no Q/K permutation: llama.cpp runs it with NeoX RoPE), baichuan (7B as llama with W_pack
+// split; 13B only at 40 layers, where llama.cpp picks ALiBi), minicpm, gpt_neox, bloom, falcon (7B and 40B
+// layouts), chatglm2/3;
 // anything else (ChatGLM-6B v1, falcon-rw, …) fails with code UNSUPPORTED. Fused QKV rows are reordered to
 // llama.cpp's [Q|K|V]. exportAdapterGguf writes llama.cpp's LoRA adapter GGUF for the same families.
 // Reads safetensors only (convert a pytorch_model.bin folder first). Writes `<out>.tmp` and renames it.
@@ -146,6 +148,8 @@ const TT = { normal: 1, unknown: 2, control: 3, userDefined: 4, unused: 5, byte:
 export interface GgufVocab {
   model: 'llama' | 'gpt2';
   pre?: string;
+  /** whether tokenizer.json's post-processor puts bos first (gguf-py's SpecialVocab reads it so) */
+  addBos?: boolean;
   tokens: string[];
   scores?: number[];
   types: number[];
@@ -158,6 +162,48 @@ export interface GgufVocab {
 
 function readJsonIf(file: string): Record<string, unknown> | null {
   return fs.existsSync(file) ? (JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>) : null;
+}
+
+/** The Split regexes of the byte-level BPE tokenizers llama.cpp names (llama-vocab.cpp keeps each tokenizer.json
+ *  original beside its adapted form): Llama 3's digits in runs of up to 3, Qwen2's one by one. */
+const LLAMA3_SPLIT = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+const QWEN2_SPLIT = String.raw`(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`;
+
+type PreTok = { type?: string; use_regex?: boolean; pattern?: { Regex?: string; String?: string }; pretokenizers?: PreTok[] } | null | undefined;
+
+/** tokenizer.ggml.pre for a byte-level BPE's pre-tokenizer, as convert_hf_to_gguf.py names it (it hashes a test
+ *  string's tokens; here the pre-tokenizer itself is read): a lone ByteLevel with its own (GPT-2) regex is "gpt-2";
+ *  a Split with Llama 3's regex before a regex-free ByteLevel is "llama-bpe" (Llama 3's ignore_merges: a piece that
+ *  is itself a token is taken whole) or, without ignore_merges, "smaug-bpe" (the same regex in llama.cpp); Qwen2's
+ *  regex is "qwen2"; anything else "default". */
+function bpePre(pt: PreTok, ignoreMerges: boolean): string {
+  if (pt?.type === 'ByteLevel') return pt.use_regex !== false ? 'gpt-2' : 'default';
+  const parts = pt?.type === 'Sequence' ? (pt.pretokenizers ?? []) : [];
+  const splits = parts.filter((p) => p?.type === 'Split');
+  const bl = parts.filter((p) => p?.type === 'ByteLevel');
+  if (parts.length === 2 && splits.length === 1 && bl.length === 1 && bl[0]!.use_regex === false) {
+    const re = splits[0]!.pattern?.Regex;
+    if (re === LLAMA3_SPLIT) return ignoreMerges ? 'llama-bpe' : 'smaug-bpe';
+    if (re === QWEN2_SPLIT) return 'qwen2';
+  }
+  return 'default';
+}
+
+/** gguf-py's reading of a TemplateProcessing post-processor: bos is added when the single-sequence template
+ *  starts with a special token that is the bos (or cls) token; undefined without such a template. */
+function postProcessorAddsBos(pp: unknown, bos: string | null): boolean | undefined {
+  if (!pp || typeof pp !== 'object') return undefined;
+  const o = pp as { type?: string; single?: { SpecialToken?: { id?: string } }[]; processors?: unknown[] };
+  let out: boolean | undefined;
+  for (const p of o.type === 'Sequence' && Array.isArray(o.processors) ? o.processors : [o]) {
+    const q = p as { type?: string; single?: { SpecialToken?: { id?: string } }[] };
+    if (q?.type === 'RobertaProcessing') out = true;
+    else if (q?.type === 'TemplateProcessing' && Array.isArray(q.single) && q.single.length > 1) {
+      const first = q.single[0]?.SpecialToken?.id;
+      if (first) out = bos === null || first === bos;
+    }
+  }
+  return out;
 }
 
 function tokenContent(v: unknown): string | null {
@@ -230,6 +276,7 @@ export function readVocab(dir: string, vocabSize: number): GgufVocab {
   let merges: string[] | undefined;
   let model: GgufVocab['model'];
   let pre: string | undefined;
+  let addBos: boolean | undefined;
   const special = new Set<string>();
   for (const k of ['bos_token', 'eos_token', 'unk_token', 'pad_token']) {
     const c = tokenContent(tcfg[k]) ?? tokenContent(smap[k]);
@@ -253,15 +300,17 @@ export function readVocab(dir: string, vocabSize: number): GgufVocab {
     for (const [id, t] of Object.entries(dec)) if (Number(id) >= tokens.length) put(Number(id), t.content, t.special ? TT.control : TT.userDefined);
   } else if (fs.existsSync(tjFile)) {
     const tj = JSON.parse(fs.readFileSync(tjFile, 'utf8')) as {
-      model: { type: string; vocab: Record<string, number>; merges?: (string | [string, string])[] };
+      model: { type: string; vocab: Record<string, number>; merges?: (string | [string, string])[]; ignore_merges?: boolean };
       added_tokens?: { id: number; content: string; special?: boolean }[];
-      pre_tokenizer?: { type?: string; use_regex?: boolean; pretokenizers?: { type?: string }[] } | null;
+      pre_tokenizer?: PreTok;
+      post_processor?: unknown;
     };
     if (tj.model.type !== 'BPE') throw new Error(`tokenizer.json model type ${tj.model.type} cannot be exported to GGUF yet (BPE or tokenizer.model only)`);
     model = 'gpt2';
-    const byteLevel = tj.pre_tokenizer?.type === 'ByteLevel' || (tj.pre_tokenizer?.pretokenizers ?? []).some((p) => p.type === 'ByteLevel');
+    const byteLevel = tj.pre_tokenizer?.type === 'ByteLevel' || (tj.pre_tokenizer?.pretokenizers ?? []).some((p) => p?.type === 'ByteLevel');
     if (!byteLevel) throw new Error('tokenizer.json is a BPE without a ByteLevel pre-tokenizer; llama.cpp needs a tokenizer.model for it');
-    pre = tj.pre_tokenizer?.type === 'ByteLevel' && tj.pre_tokenizer.use_regex !== false ? 'gpt-2' : 'default';
+    pre = bpePre(tj.pre_tokenizer, tj.model.ignore_merges === true);
+    addBos = postProcessorAddsBos(tj.post_processor, tokenContent(tcfg.bos_token) ?? tokenContent(smap.bos_token));
     for (const [tok, id] of Object.entries(tj.model.vocab)) put(id, tok, TT.normal);
     for (const a of tj.added_tokens ?? []) put(a.id, a.content, a.special ? TT.control : TT.userDefined);
     merges = (tj.model.merges ?? []).map((m) => (Array.isArray(m) ? `${m[0]} ${m[1]}` : m));
@@ -279,7 +328,7 @@ export function readVocab(dir: string, vocabSize: number): GgufVocab {
     const v = cfg[cfgKey];
     return typeof v === 'number' ? v : Array.isArray(v) && typeof v[0] === 'number' ? (v[0] as number) : null;
   };
-  return { model, pre, tokens, scores, types, merges, bos: idOf('bos_token', 'bos_token_id'), eos: idOf('eos_token', 'eos_token_id'), unk: idOf('unk_token', 'unk_token_id'), pad: idOf('pad_token', 'pad_token_id') };
+  return { model, pre, addBos, tokens, scores, types, merges, bos: idOf('bos_token', 'bos_token_id'), eos: idOf('eos_token', 'eos_token_id'), unk: idOf('unk_token', 'unk_token_id'), pad: idOf('pad_token', 'pad_token_id') };
 }
 
 // ---- chat templates: GGUF (Jinja) and Ollama (Go) ------------------------------------------------------------
@@ -489,12 +538,45 @@ export function permuteQK(w: Float32Array, rows: number, cols: number, nHead: nu
   return gatherRows(w, cols, permuteRows(rows, nHead));
 }
 
-/** One GGUF tensor: from HF tensor `src`, rows reordered/selected by `rows`; `vec` = 1-D (norms, biases: f32). */
+/** One GGUF tensor: from HF tensor `src`, rows reordered/selected by `rows`; `vec` = 1-D (norms, biases: f32).
+ *  `gen`: a tensor the converter computes instead of copying (Llama 3's rope_freqs; `src` is then empty). */
 interface Spec {
   name: string;
   src: string;
   rows?: RowMap;
   vec?: boolean;
+  gen?: { shape: number[]; data: () => Float32Array };
+}
+
+/** Llama 3.1's RoPE frequency scaling as llama.cpp takes it: the `rope_freqs.weight` tensor of head_dim/2 divisors
+ *  of the base frequencies (ggml_rope_ext's freq_factors), computed as convert_hf_to_gguf.py's
+ *  LlamaModel.generate_extra_tensors does in float32 (its defaults: factor 8, low_freq_factor 1, high_freq_factor 4,
+ *  original_max_position_embeddings 8192): wavelengths 2π/freq shorter than original/high keep 1, longer than
+ *  original/low take `factor`, those between 1 / ((1 − s)/factor + s) with s = (original/wavelength − low)/(high − low)
+ *  — transformers' _compute_llama3_parameters written as a divisor. */
+export function llama3RopeFactors(rs: Record<string, unknown>, theta: number, dim: number): Float32Array {
+  const f = Math.fround;
+  const n = (k: string, def: number) => (typeof rs[k] === 'number' ? (rs[k] as number) : def);
+  const factor = n('factor', 8);
+  const low = n('low_freq_factor', 1);
+  const high = n('high_freq_factor', 4);
+  const orig = n('original_max_position_embeddings', 8192);
+  if (!(factor >= 1) || !(low > 0) || !(high > low) || !(orig > 0))
+    throw new Error(`config.json: rope_scaling of type llama3 needs factor >= 1, 0 < low_freq_factor < high_freq_factor and original_max_position_embeddings > 0 (got ${JSON.stringify(rs)})`);
+  const lowWavelen = orig / low;
+  const highWavelen = orig / high;
+  const out = new Float32Array(dim / 2);
+  for (let i = 0; i < dim / 2; i++) {
+    const freq = f(1 / f(Math.pow(theta, f((2 * i) / dim))));
+    const wavelen = f(f(2 * Math.PI) / freq);
+    if (wavelen < highWavelen) out[i] = 1;
+    else if (wavelen > lowWavelen) out[i] = factor;
+    else {
+      const smooth = f(f(f(orig / wavelen) - low) / f(high - low));
+      out[i] = f(1 / f(f(f(1 - smooth) / factor) + smooth));
+    }
+  }
+  return out;
 }
 
 interface Plan {
@@ -562,14 +644,35 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
     if (has(src) && !tied(byDefault)) add('output.weight', src);
   };
 
-  if (mt === 'llama' || mt === 'baichuan' || mt === 'minicpm') {
+  if (mt === 'llama' || mt === 'mistral' || mt === 'qwen2' || mt === 'baichuan' || mt === 'minicpm') {
     const nkv = num('num_key_value_heads', nh);
     const hd = num('head_dim', H / nh);
     // Baichuan-13B (ALiBi) is told apart as the engine does: model_max_length and no max_position_embeddings.
     const alibi = mt === 'baichuan' && cfg.max_position_embeddings === undefined && cfg.model_max_length !== undefined;
     if (alibi && L !== 40)
       throw unsupported(`Baichuan-13B-style (ALiBi) model with ${L} layers: llama.cpp's "baichuan" architecture picks ALiBi only for 40-layer models`);
-    const arch = mt === 'minicpm' ? 'minicpm' : alibi ? 'baichuan' : 'llama';
+    // MistralForCausalLM is converted by LlamaModel (arch llama, Q/K permuted); Qwen2ForCausalLM by Qwen2Model: arch
+    // qwen2, tensors copied as they are (llama.cpp runs qwen2 with NeoX RoPE, HF's rotate-half layout)
+    const qwen2 = mt === 'qwen2';
+    const arch = mt === 'minicpm' ? 'minicpm' : alibi ? 'baichuan' : qwen2 ? 'qwen2' : 'llama';
+    // llama.cpp's qwen2 sizes Q and the attention output as n_embd: another head size does not load there
+    if (qwen2 && hd * nh !== H)
+      throw unsupported(`Qwen2 with head_dim ${hd} × ${nh} heads ≠ hidden_size ${H}: llama.cpp's "qwen2" architecture needs heads × head size = hidden size`);
+    const qk = (rows: number, heads: number) => (qwen2 ? undefined : permuteRows(rows, heads));
+    // RoPE scaling: linear as keys; Llama 3's llama3 as the rope_freqs tensor (no scaling keys); dynamic NTK changes
+    // nothing within max_position_embeddings (the GGUF's context_length), so — as the converter — nothing is written
+    const rs = cfg.rope_scaling as Record<string, unknown> | null | undefined;
+    const rsType = rs ? String(rs.rope_type ?? rs.type ?? '') : '';
+    const ropeKv: [string, KvValue][] = [];
+    if (rs && rsType === 'linear' && typeof rs.factor === 'number') {
+      ropeKv.push([`${arch}.rope.scaling.type`, { t: 'str', v: 'linear' }], [`${arch}.rope.scaling.factor`, f32(rs.factor)]);
+    } else if (rs && rsType.toLowerCase() === 'llama3') {
+      if (arch !== 'llama') throw unsupported(`rope_scaling of type llama3 on a ${mt} model: llama.cpp's "${arch}" architecture takes no rope_freqs tensor`);
+      const factors = llama3RopeFactors(rs, num('rope_theta', 10000), hd);
+      specs.push({ name: 'rope_freqs.weight', src: '', vec: true, gen: { shape: [factors.length], data: () => factors } });
+    } else if (rs && rsType !== 'dynamic' && rsType !== 'default' && rsType !== '') {
+      throw unsupported(`rope_scaling ${JSON.stringify(rs)} cannot be exported yet (linear, llama3 and dynamic only)`);
+    }
     add('token_embd.weight', 'model.embed_tokens.weight');
     for (let l = 0; l < L; l++) {
       const p = `model.layers.${l}.`;
@@ -580,9 +683,10 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
         add(`${b}attn_k.weight`, `${p}self_attn.W_pack.weight`, compose(seq(H, H), permuteRows(H, nh)));
         add(`${b}attn_v.weight`, `${p}self_attn.W_pack.weight`, seq(2 * H, H));
       } else {
-        // attention_bias / mlp_bias checkpoints keep their biases (q/k biases permuted like their rows)
-        addWB(`${b}attn_q`, `${p}self_attn.q_proj`, permuteRows(nh * hd, nh));
-        addWB(`${b}attn_k`, `${p}self_attn.k_proj`, permuteRows(nkv * hd, nkv));
+        // attention_bias / mlp_bias checkpoints (and Qwen2's q/k/v) keep their biases (q/k biases permuted like
+        // their rows where the rows are)
+        addWB(`${b}attn_q`, `${p}self_attn.q_proj`, qk(nh * hd, nh));
+        addWB(`${b}attn_k`, `${p}self_attn.k_proj`, qk(nkv * hd, nkv));
         addWB(`${b}attn_v`, `${p}self_attn.v_proj`);
       }
       addWB(`${b}attn_output`, `${p}self_attn.o_proj`);
@@ -594,23 +698,22 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
     norm('output_norm', 'model.norm');
     untiedOutput('lm_head.weight', mt === 'minicpm');
     const kv: [string, KvValue][] = [
-      [`${arch}.vocab_size`, u32(V)],
+      // LlamaModel's own keys (Qwen2Model writes neither: llama.cpp takes the vocabulary from the token list and the
+      // rotary width from the head size)
+      ...(qwen2 ? [] : ([[`${arch}.vocab_size`, u32(V)]] as [string, KvValue][])),
       [`${arch}.context_length`, u32(num(['max_position_embeddings', 'model_max_length'], 2048))],
       [`${arch}.embedding_length`, u32(H)],
       [`${arch}.block_count`, u32(L)],
       [`${arch}.feed_forward_length`, u32(num('intermediate_size'))],
-      [`${arch}.rope.dimension_count`, u32(hd)],
+      ...(qwen2 ? [] : ([[`${arch}.rope.dimension_count`, u32(hd)]] as [string, KvValue][])),
       [`${arch}.attention.head_count`, u32(nh)],
       [`${arch}.attention.head_count_kv`, u32(nkv)],
       [`${arch}.attention.layer_norm_rms_epsilon`, f32(num('rms_norm_eps', 1e-6))],
       [`${arch}.rope.freq_base`, f32(num('rope_theta', 10000))],
+      ...ropeKv,
     ];
     // a head_dim other than hidden/heads: llama.cpp takes the head size from key_length/value_length
     if (hd * nh !== H) kv.push([`${arch}.attention.key_length`, u32(hd)], [`${arch}.attention.value_length`, u32(hd)]);
-    const rs = cfg.rope_scaling as { type?: string; rope_type?: string; factor?: number } | null | undefined;
-    if (rs && (rs.type ?? rs.rope_type) === 'linear' && typeof rs.factor === 'number') {
-      kv.push([`${arch}.rope.scaling.type`, { t: 'str', v: 'linear' }], [`${arch}.rope.scaling.factor`, f32(rs.factor)]);
-    } else if (rs) throw unsupported(`rope_scaling ${JSON.stringify(rs)} cannot be exported yet (linear only)`);
     if (mt === 'minicpm') {
       // MiniCPM's muP scales (llama.cpp runs it with the granite graph: embeddings ×scale_emb, residual branches
       // ×scale_depth/√L, logits ÷ hidden/dim_model_base)
@@ -767,7 +870,7 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
     return { arch: 'chatglm', family: 'chatglm2', specs, kv, vocabSize: V, addBos: false };
   }
 
-  throw unsupported(`model_type "${mt}": GGUF export covers llama, baichuan, minicpm, gpt_neox, bloom, falcon and chatglm2`);
+  throw unsupported(`model_type "${mt}": GGUF export covers llama, mistral, qwen2, baichuan, minicpm, gpt_neox, bloom, falcon and chatglm2`);
 }
 
 export interface ExportOptions {
@@ -904,6 +1007,7 @@ export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
   const dtype = o.dtype ?? 'f16';
   const wtype = ggmlType(dtype);
   const out: OutTensor[] = plan.specs.map((s) => {
+    if (s.gen) return { name: s.name, shape: s.gen.shape, type: GGML.F32, data: s.gen.data };
     const t = st.get(s.src);
     if (!t) throw new Error(`the weights lack '${s.src}' (needed for ${s.name} of the ${plan.family} export)`);
     const cols = t.shape.slice(1).reduce((a, b) => a * b, 1);
@@ -931,7 +1035,7 @@ export async function exportGguf(o: ExportOptions): Promise<ExportResult> {
   if (vocab.merges) kv.push(['tokenizer.ggml.merges', { t: 'arr', of: 'str', v: vocab.merges }]);
   for (const [k, v] of [['bos', vocab.bos], ['eos', vocab.eos], ['unknown', vocab.unk], ['padding', vocab.pad]] as const)
     if (v !== null && v >= 0) kv.push([`tokenizer.ggml.${k}_token_id`, { t: 'u32', v }]);
-  const addBos = turns ? turns.bos : typeof tcfg.add_bos_token === 'boolean' ? tcfg.add_bos_token : (plan.addBos ?? vocab.model === 'llama');
+  const addBos = turns ? turns.bos : typeof tcfg.add_bos_token === 'boolean' ? tcfg.add_bos_token : (vocab.addBos ?? plan.addBos ?? vocab.model === 'llama');
   kv.push(['tokenizer.ggml.add_bos_token', { t: 'bool', v: addBos }], ['tokenizer.ggml.add_eos_token', { t: 'bool', v: false }]);
   if (chatTemplate) kv.push(['tokenizer.chat_template', { t: 'str', v: chatTemplate }]);
 
