@@ -8,9 +8,9 @@ const dir = path.resolve(__dirname, '..', '..', 'configs');
 const files = fs.readdirSync(dir).filter((f) => /^lora_config_.*\.json$/.test(f));
 
 describe('configs/lora_config_*.json', () => {
-  it('ships one per family of the seed', () => {
+  it('ships one per family of the seed, and for Llama 3.x, Qwen2.5 and Mistral', () => {
     expect(files.sort()).toEqual(
-      ['baichuan', 'bloom', 'chatglm2_6b', 'chatglm_6b', 'falcon', 'llama', 'minicpm', 'pythia'].map((f) => `lora_config_${f}.json`).sort(),
+      ['baichuan', 'bloom', 'chatglm2_6b', 'chatglm_6b', 'falcon', 'llama', 'llama3', 'minicpm', 'mistral', 'pythia', 'qwen2'].map((f) => `lora_config_${f}.json`).sort(),
     );
   });
 
@@ -30,5 +30,6 @@ describe('configs/lora_config_*.json', () => {
     expect(targets('llama')).toContain('q_proj');
     expect(targets('baichuan')).toContain('W_pack');
     expect(targets('chatglm_6b')).toContain('query_key_value');
+    for (const f of ['llama3', 'qwen2', 'mistral']) expect(targets(f)).toEqual(['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj']);
   });
 });

@@ -1,6 +1,6 @@
-// catalog.ts — the model families of the seed project's table (plus Falcon, BLOOM and MiniCPM) with their
-// Hugging Face ids, the prompt template their users train with, and the LoRA preset from configs/. The wizard
-// shows it beside the local folders found under the configured model directories.
+// catalog.ts — the model families of the seed project's table (plus Falcon, BLOOM, MiniCPM, Llama 3.x, Qwen2.5 and
+// Mistral) with their Hugging Face ids, the prompt template their users train with, and the LoRA preset from
+// configs/. The wizard shows it beside the local folders found under the configured model directories.
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -100,20 +100,77 @@ export const CATALOG: readonly CatalogFamily[] = [
     id: 'minicpm', name: 'MiniCPM', modelType: 'minicpm', language: 'zh+en', template: 'minicpm', loraConfig: 'lora_config_minicpm.json',
     models: [{ hfId: 'openbmb/MiniCPM-2B-sft-bf16', params: '2.7B' }],
   },
+  // The instruct models of these families are trained and prompted with their own chat_template (tokenizer_config.json):
+  // Llama 3.x's <|start_header_id|>…<|eot_id|>, Qwen2.5's ChatML <|im_start|>…<|im_end|>, Mistral's [INST] … [/INST].
+  // meta-llama's repositories are gated: accept the license on the Hub and give a token.
+  {
+    id: 'llama3', name: 'Llama 3.x', modelType: 'llama', language: 'en', template: 'chat_template', loraConfig: 'lora_config_llama3.json',
+    models: [
+      { hfId: 'meta-llama/Llama-3.2-1B-Instruct', params: '1.2B' },
+      { hfId: 'meta-llama/Llama-3.2-3B-Instruct', params: '3.2B' },
+      { hfId: 'meta-llama/Llama-3.1-8B-Instruct', params: '8B' },
+    ],
+  },
+  {
+    id: 'qwen2', name: 'Qwen2.5', modelType: 'qwen2', language: 'zh+en', template: 'chat_template', loraConfig: 'lora_config_qwen2.json',
+    models: [
+      { hfId: 'Qwen/Qwen2.5-0.5B-Instruct', params: '0.5B' },
+      { hfId: 'Qwen/Qwen2.5-1.5B-Instruct', params: '1.5B' },
+      { hfId: 'Qwen/Qwen2.5-7B-Instruct', params: '7.6B' },
+    ],
+  },
+  {
+    id: 'mistral', name: 'Mistral', modelType: 'mistral', language: 'en', template: 'chat_template', loraConfig: 'lora_config_mistral.json',
+    models: [{ hfId: 'mistralai/Mistral-7B-Instruct-v0.3', params: '7.2B' }],
+  },
 ];
 
-/** The catalog family a local folder belongs to, from its config.json (model_type, and a few names). */
+type Json = Record<string, unknown>;
+
+/** A JSON file of a model folder, or null (absent, unreadable, not an object). */
+function readJson(dir: string, name: string): Json | null {
+  try {
+    const v: unknown = JSON.parse(fs.readFileSync(path.join(dir, name), 'utf8'));
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Json) : null;
+  } catch {
+    return null;
+  }
+}
+
+/** A Llama 3.x config.json (model_type "llama"): rope_scaling of rope_type "llama3" (3.1 and later), or Llama 3's
+ *  128256-token vocabulary with <|begin_of_text|> = 128000 as bos (3.0). */
+export function isLlama3Config(cfg: Json | null | undefined): boolean {
+  if (!cfg) return false;
+  const rs = cfg.rope_scaling as Json | null | undefined;
+  if (rs && typeof rs === 'object' && (rs.rope_type === 'llama3' || rs.type === 'llama3')) return true;
+  return cfg.vocab_size === 128256 && (cfg.bos_token_id === 128000 || cfg.bos_token_id === undefined);
+}
+
+/**
+ * The catalog family a local folder belongs to, from its config.json (model_type, and a few names). `nameHint` is the
+ * folder's path or name; when it is a folder, its config.json tells Llama 3.x from the LLaMA 1/2 family (both are
+ * model_type "llama"), and a chat_template family whose folder has no chat_template (a base model:
+ * tokenizer_config.json without one) gets the alpaca template instead.
+ */
 export function familyOf(modelType: string | null | undefined, nameHint = ''): CatalogFamily | undefined {
   const n = nameHint.toLowerCase();
-  if (modelType === 'chatglm') return CATALOG.find((f) => f.id === (/chatglm-?6b$|chatglm-6b/.test(n) && !/chatglm2/.test(n) ? 'chatglm' : 'chatglm2'));
-  if (modelType === 'llama') {
-    if (/belle/.test(n)) return CATALOG.find((f) => f.id === 'belle');
-    if (/chinese/.test(n)) return CATALOG.find((f) => f.id === 'chinese-llama-alpaca');
-    return CATALOG.find((f) => f.id === 'open-llama');
+  const byId = (id: string) => CATALOG.find((f) => f.id === id);
+  let fam: CatalogFamily | undefined;
+  if (modelType === 'chatglm') fam = byId(/chatglm-?6b$|chatglm-6b/.test(n) && !/chatglm2/.test(n) ? 'chatglm' : 'chatglm2');
+  else if (modelType === 'llama') {
+    if (/belle/.test(n)) fam = byId('belle');
+    else if (/llama-?3(?![0-9]|b\b)/.test(n) || (nameHint && isLlama3Config(readJson(nameHint, 'config.json')))) fam = byId('llama3');
+    else if (/chinese/.test(n)) fam = byId('chinese-llama-alpaca');
+    else fam = byId('open-llama');
+  } else if (modelType === 'bloom' && /tigerbot/.test(n)) fam = byId('tigerbot');
+  else if (modelType === 'RefinedWebModel' || modelType === 'RefinedWeb') fam = byId('falcon');
+  else fam = CATALOG.find((f) => f.modelType === modelType && f.id !== 'tigerbot');
+  if (fam?.template === 'chat_template') {
+    const tc = nameHint ? readJson(nameHint, 'tokenizer_config.json') : null;
+    const tpl = tc?.chat_template;
+    if (tc && !(typeof tpl === 'string' ? tpl.trim() : Array.isArray(tpl) && tpl.length)) return { ...fam, template: 'alpaca' };
   }
-  if (modelType === 'bloom' && /tigerbot/.test(n)) return CATALOG.find((f) => f.id === 'tigerbot');
-  if (modelType === 'RefinedWebModel' || modelType === 'RefinedWeb') return CATALOG.find((f) => f.id === 'falcon');
-  return CATALOG.find((f) => f.modelType === modelType && f.id !== 'tigerbot');
+  return fam;
 }
 
 export interface LocalModel {

@@ -4,6 +4,9 @@
 // inputs plus one block under gradient checkpointing), the backward's temporaries, the logits chunk, and the process
 // itself. Calibrated against measured peak RSS (VmHWM) on the CPU, and against the CUDA backend's allocator peak
 // (under cuemu) for GPU runs, where "process" is the GPU's CUDA context instead.
+import fs from 'node:fs';
+import path from 'node:path';
+
 import type { ModelInspection } from '../../../native/addon/index.js';
 import type { RunSpec } from './runspec.js';
 
@@ -82,13 +85,56 @@ function loraRank(info: ModelInspection, lora: RunSpec['lora'], name: string, l:
   return lora.r;
 }
 
+/** config.json of the inspected folder (the bias flags the inspection does not carry), or {} when unreadable. */
+function folderConfig(info: ModelInspection): Record<string, unknown> {
+  try {
+    const v: unknown = info.path ? JSON.parse(fs.readFileSync(path.join(info.path, 'config.json'), 'utf8')) : null;
+    return v && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : {};
+  } catch {
+    return {};
+  }
+}
+
+/**
+ * The bias length of each block linear that has one, as the engine loads the family (family.cpp): Qwen2 on q/k/v;
+ * LLaMA with config.json's attention_bias on q/k/v/o and mlp_bias on the MLP; GPT-NeoX, BLOOM and ChatGLM-6B on every
+ * linear; Falcon with `bias`; ChatGLM2 with add_qkv_bias / add_bias_linear; Mistral, MiniCPM and Baichuan on none.
+ * `norms`: the LayerNorm biases (per block, and once more for the final norm) that LoRA's bias "all" trains too.
+ */
+function biases(info: ModelInspection, mods: [string, number, number][]): { linear: Map<string, number>; normsPerBlock: number; normsOnce: number } {
+  const cfg = folderConfig(info);
+  const on = (k: string) => cfg[k] === true;
+  const t = info.model_type;
+  const glm2 = t === 'chatglm' && /ChatGLM2/.test(info.family ?? '');
+  const has = (name: string): boolean => {
+    if (t === 'qwen2') return ['q_proj', 'k_proj', 'v_proj'].includes(name);
+    if (t === 'llama') return /^[qkvo]_proj$/.test(name) ? on('attention_bias') : /^(gate|up|down)_proj$/.test(name) && on('mlp_bias');
+    if (t === 'gpt_neox' || t === 'bloom' || (t === 'chatglm' && !glm2)) return true;
+    if (t === 'falcon' || t === 'RefinedWeb' || t === 'RefinedWebModel') return on('bias');
+    if (glm2) return name === 'query_key_value' ? on('add_qkv_bias') : on('add_bias_linear');
+    return false;
+  };
+  const linear = new Map<string, number>();
+  for (const [name, , out] of mods) if (has(name)) linear.set(name, out);
+  const H = info.hidden ?? 0;
+  const falcon = t === 'falcon' || t === 'RefinedWeb' || t === 'RefinedWebModel';
+  const layerNorm = t === 'gpt_neox' || t === 'bloom' || falcon || (t === 'chatglm' && !glm2);
+  // Falcon-7B's parallel block has one LayerNorm (falcon-40b's new decoder architecture two: ln_attn, ln_mlp)
+  const falconOne = falcon && !(cfg.new_decoder_architecture === true || t === 'RefinedWeb') && cfg.parallel_attn !== false;
+  return { linear, normsPerBlock: layerNorm ? (falconOne ? H : 2 * H) : 0, normsOnce: layerNorm ? (t === 'bloom' ? 2 * H : H) : 0 };
+}
+
 export function estimateRun(info: ModelInspection, spec: RunSpec, threads: number): Estimate {
   const H = info.hidden ?? 0;
   const I = info.intermediate ?? 0;
   const L = info.layers ?? 0;
   const V = info.vocab ?? 0;
   const nh = info.heads ?? 1;
-  const kvd = ((info.kv_heads ?? nh) * H) / nh;
+  // the attention widths: heads · head_dim (config.json's head_dim when it gives one, as Mistral-Nemo and Qwen3 do:
+  // then q_proj has heads · head_dim rows and o_proj as many columns, not hidden_size), kv_heads · head_dim
+  const hd = info.head_dim ?? H / nh;
+  const qd = nh * hd;
+  const kvd = (info.kv_heads ?? nh) * hd;
   const P = info.parameters ?? 0;
   const neox = info.model_type === 'gpt_neox';
   const T = spec.data.max_source_length + spec.data.max_target_length;
@@ -99,22 +145,27 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   const fusedQkv = neox || targets.has('query_key_value');
   const mods: [string, number, number][] = fusedQkv
     ? // GPT-NeoX, BLOOM, Falcon, ChatGLM: one fused qkv (grouped/multi-query KV where the family has it)
-      [['query_key_value', H, H + 2 * kvd], ['dense', H, H], ['dense_h_to_4h', H, info.model_type === 'chatglm' && /ChatGLM2/.test(info.family ?? '') ? 2 * I : I], ['dense_4h_to_h', I, H]]
+      [['query_key_value', H, qd + 2 * kvd], ['dense', qd, H], ['dense_h_to_4h', H, info.model_type === 'chatglm' && /ChatGLM2/.test(info.family ?? '') ? 2 * I : I], ['dense_4h_to_h', I, H]]
     : info.model_type === 'baichuan'
-      ? [['W_pack', H, 3 * H], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]]
-      : [['q_proj', H, H], ['k_proj', H, kvd], ['v_proj', H, kvd], ['o_proj', H, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]];
+      ? [['W_pack', H, 3 * qd], ['o_proj', qd, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]]
+      : [['q_proj', H, qd], ['k_proj', H, kvd], ['v_proj', H, kvd], ['o_proj', qd, H], ['gate_proj', H, I], ['up_proj', H, I], ['down_proj', I, H]];
   let trainableParams = P;
   // floats the LoRA pairs keep per token for the backward: summed over the blocks, and the most of one block
   let loraSum = 0;
   let loraMax = 0;
   if (spec.method === 'lora') {
     trainableParams = 0;
+    // LoRA's bias "all" trains every bias of the model, "lora_only" those of the linears that get LoRA (as PEFT)
+    const bias = spec.lora.bias ?? 'none';
+    const b = bias === 'none' ? null : biases(info, mods);
+    if (b && bias === 'all') trainableParams += L * (b.normsPerBlock + [...b.linear.values()].reduce((a, x) => a + x, 0)) + b.normsOnce;
     for (let l = 0; l < L; l++) {
       let block = 0;
       for (const [name, inn, out] of mods) {
         const r = loraRank(info, spec.lora, name, l);
         if (!r) continue;
         trainableParams += r * (inn + out);
+        if (b && bias === 'lora_only') trainableParams += b.linear.get(name) ?? 0;
         block += r + (spec.lora.dropout > 0 ? inn : 0);
       }
       loraSum += block;
@@ -122,8 +173,10 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
     }
     for (const m of spec.lora.modules_to_save ?? []) if (/embed|lm_head|embed_out/.test(m)) trainableParams += V * H;
   }
-  // floats each block keeps per token for its backward (LoRA's apart)
-  const perToken = (neox ? 6 * H + 2 * I : 6 * H + 2 * kvd + 3 * I) + nh;
+  // floats each block keeps per token for its backward (LoRA's apart): the block input, the two norm outputs and the
+  // residual (H each), q and the attention output (heads · head_dim each), k and v, the MLP's three (I each), the
+  // softmax statistics (one per head)
+  const perToken = (neox ? 4 * H + 2 * qd + 2 * I : 4 * H + 2 * qd + 2 * kvd + 3 * I) + nh;
   // checkpointing keeps each block's input but the last's (its backward reads the set its forward left), on the GPU
   // unless offload_checkpoints moves them to host memory
   const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : Math.max(L - 1, 0) * N * H;
@@ -132,7 +185,9 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // hidden state and its gradient, a 16-bit copy of a GEMM input; the MLP gradients reuse its activations' buffers
   // (mixed precision: more 16-bit copies, and, for head sizes without tensor-core attention, rounded q, k, v and dout)
   const lowpTemps = spec.method === 'lora' && spec.training.precision !== 'fp32' ? N * (4 * H + I / 2) * F : 0;
-  const temporaries = N * (9 * H + I / 2) * F + lowpTemps;
+  // (dx and the two norm-gradient buffers, H each; d(attention output) and dq, heads · head_dim each; dk and dv; the
+  // head's hidden state and its gradient, H each)
+  const temporaries = N * (5 * H + 2 * qd + 2 * kvd + I / 2) * F + lowpTemps;
   let chunk = Math.max(1, Math.min(N, Math.floor(2 ** 23 / Math.max(V, 1))));
   if (chunk >= 128 && chunk < N) chunk -= chunk % 128; // the engine's logits chunk (model.cpp), its gradient in place
   const logits = chunk * V * F;

@@ -3,7 +3,7 @@
 // Python tokenizer does around it: added-token splitting, ChatGLM2's extra ids, ChatGLM v1's text preprocessing.
 import type { Tokenizer } from './types.js';
 import { allSpecialTokens, resolveEosIds, resolveRoleId, type FolderConfig, type Role, type TokenSpec } from './config.js';
-import { PieceType, parseSpModel, type SpModelInfo } from './sp-model.js';
+import { PieceType, parseSpModel, withoutDummyPrefix, type SpModelInfo } from './sp-model.js';
 import { AddedTokenSplitter } from './split.js';
 
 export type SpFlavor = 'plain' | 'chatglm2' | 'chatglm1';
@@ -67,7 +67,14 @@ export async function loadSentencePiece(o: SpOptions): Promise<SentencePieceToke
   await sp.loadFromB64StringModel(o.modelBytes.toString('base64'));
   // The WASM wrapper drops Load()'s status; a loaded model gives at least <unk> for any text.
   if (sp.encodeIds('a').length === 0) throw new Error(`${o.modelFile}: SentencePiece could not load the model`);
-  return new SpTokenizer(o, info, sp);
+  // LlamaTokenizer with `legacy: false` (Mistral v0.3, Llama-2 folders saved by recent transformers): the "▁" before a
+  // text is placed by the pre-tokenizer, the model itself adds none
+  let bare: SpProcessor | null = null;
+  if (o.flavor === 'plain' && o.cfg.tokenizerConfig?.legacy === false) {
+    bare = new SentencePieceProcessor();
+    await bare.loadFromB64StringModel(Buffer.from(withoutDummyPrefix(o.modelBytes)).toString('base64'));
+  }
+  return new SpTokenizer(o, info, sp, bare);
 }
 
 class SpTokenizer implements Tokenizer {
@@ -91,12 +98,20 @@ class SpTokenizer implements Tokenizer {
   private readonly removeSpace: boolean;
   private readonly lowerCase: boolean;
 
+  /** `legacy: false` — how the "▁" before a text is placed (transformers' Metaspace pre-tokenizer prepend_scheme):
+   *  "first", only before a text at the very start of the input (not after a special token), or "never"
+   *  (add_prefix_space false); null: legacy, SentencePiece's own dummy prefix before every text. */
+  private readonly prependScheme: 'first' | 'never' | null;
+
   constructor(
     o: SpOptions,
     private readonly info: SpModelInfo,
     private readonly sp: SpProcessor,
+    /** the model without its dummy prefix (legacy: false) */
+    private readonly bare: SpProcessor | null = null,
   ) {
     this.flavor = o.flavor;
+    this.prependScheme = bare ? (o.cfg.tokenizerConfig?.add_prefix_space === false ? 'never' : 'first') : null;
     this.hash = o.hash;
     const cfg = o.cfg;
     const tc = cfg.tokenizerConfig ?? {};
@@ -221,12 +236,24 @@ class SpTokenizer implements Tokenizer {
     return this.sp.encodeIds(t).map((id) => id + this.offset);
   }
 
+  /**
+   * A text between added tokens as LlamaTokenizerFast with `legacy: false` encodes it (transformers converts the
+   * model with no normalizer and a Metaspace pre-tokenizer, prepend_scheme "first"): spaces become "▁", and a "▁" is
+   * put before the text only when it starts the input and does not start with one already — so "[INST] Hi" is
+   * [INST], "▁Hi", where the legacy layout gives [INST], "▁▁Hi".
+   */
+  private encodeNonLegacy(text: string, atStart: boolean): number[] {
+    let s = text.replace(/ /g, '\u2581');
+    if (this.prependScheme === 'first' && atStart && !s.startsWith('\u2581')) s = '\u2581' + s;
+    return this.bare!.encodeIds(s);
+  }
+
   encode(text: string): number[] {
     const out: number[] = [];
-    for (const p of this.splitter.split(text)) {
+    this.splitter.split(text).forEach((p, k) => {
       if ('token' in p) out.push(this.tokenToId(p.token)!);
-      else for (const id of this.encodeText(p.text)) out.push(id);
-    }
+      else for (const id of this.bare ? this.encodeNonLegacy(p.text, k === 0) : this.encodeText(p.text)) out.push(id);
+    });
     return out;
   }
 

@@ -171,3 +171,60 @@ export function parseSpModel(buf: Uint8Array): SpModelInfo {
     padId: idOf(names.pad),
   };
 }
+
+function varintBytes(n: number): number[] {
+  const out: number[] = [];
+  let v = n;
+  while (v >= 0x80) {
+    out.push((v % 0x80) | 0x80);
+    v = Math.floor(v / 0x80);
+  }
+  out.push(v);
+  return out;
+}
+
+/**
+ * The model with `normalizer_spec.add_dummy_prefix` false: SentencePiece then puts no "▁" before the text it encodes
+ * (what transformers does to the model of a LlamaTokenizer with `legacy: false`, whose pre-tokenizer places the "▁"
+ * itself). Every other field is copied byte for byte.
+ */
+export function withoutDummyPrefix(buf: Uint8Array): Uint8Array {
+  const concat = (parts: Uint8Array[]) => {
+    const out = new Uint8Array(parts.reduce((a, p) => a + p.length, 0));
+    let o = 0;
+    for (const p of parts) {
+      out.set(p, o);
+      o += p.length;
+    }
+    return out;
+  };
+  const noPrefix = Uint8Array.of(0x18, 0x00); // add_dummy_prefix (field 3, varint) = false
+  const r = new Reader(buf);
+  const parts: Uint8Array[] = [];
+  let normalizer: Uint8Array = noPrefix;
+  while (r.pos < r.end) {
+    const start = r.pos;
+    const tag = r.varint();
+    const field = Math.floor(tag / 8);
+    const wire = tag & 7;
+    if (field === 3 && wire === 2) {
+      // NormalizerSpec: its fields but add_dummy_prefix, then add_dummy_prefix = false
+      const sub = r.bytes();
+      const nr = new Reader(sub);
+      const kept: Uint8Array[] = [];
+      while (nr.pos < nr.end) {
+        const s = nr.pos;
+        const t = nr.varint();
+        nr.skip(t & 7);
+        if (Math.floor(t / 8) !== 3) kept.push(sub.subarray(s, nr.pos));
+      }
+      kept.push(noPrefix);
+      normalizer = concat(kept);
+      continue;
+    }
+    r.skip(wire);
+    parts.push(buf.subarray(start, r.pos));
+  }
+  parts.push(Uint8Array.from([0x1a, ...varintBytes(normalizer.length)]), normalizer);
+  return concat(parts);
+}
