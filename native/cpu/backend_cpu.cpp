@@ -191,6 +191,45 @@ class CpuBackend final : public Backend {
         for (int64_t i = beg; i < end; ++i) out[i] = a[i] + b[i];
     });
   }
+  void dora_scale(const float *wn2, const float *WAt, const float *B, const float *G, const float *m, float s, float *g,
+                  float *inv_n, int64_t out, int64_t r) override {
+    cpu::parallel_for(out, [&](int64_t beg, int64_t end) {
+      for (int64_t j = beg; j < end; ++j) {
+        const float *b = B + j * r;
+        double d = 0.0, q = 0.0;
+        for (int64_t k = 0; k < r; ++k) {
+          d += static_cast<double>(b[k]) * WAt[k * out + j];
+          double gb = 0.0;
+          for (int64_t l = 0; l < r; ++l) gb += static_cast<double>(G[k * r + l]) * b[l];
+          q += b[k] * gb;
+        }
+        const double n = std::sqrt(std::max(0.0, static_cast<double>(wn2[j]) + 2.0 * s * d + static_cast<double>(s) * s * q));
+        g[j] = static_cast<float>(m[j] / n);
+        inv_n[j] = static_cast<float>(1.0 / n);
+      }
+    });
+  }
+  void scale_cols(float *y, const float *x, const float *g, float offset, bool keep, int64_t N, int64_t C) override {
+    cpu::parallel_for(N, [&](int64_t beg, int64_t end) {
+      for (int64_t n = beg; n < end; ++n) {
+        float *yr = y + n * C;
+        const float *xr = x + n * C;
+        if (keep)
+          for (int64_t j = 0; j < C; ++j) yr[j] += (g[j] + offset) * xr[j];
+        else
+          for (int64_t j = 0; j < C; ++j) yr[j] = (g[j] + offset) * xr[j];
+      }
+    });
+  }
+  void col_dot(const float *dy, const float *z, const float *inv_n, float *dm, int64_t N, int64_t C) override {
+    cpu::parallel_for(C, [&](int64_t beg, int64_t end) {
+      for (int64_t j = beg; j < end; ++j) {
+        float acc = 0.0f;
+        for (int64_t n = 0; n < N; ++n) acc += dy[n * C + j] * z[n * C + j];
+        dm[j] += inv_n[j] * acc;
+      }
+    });
+  }
   void axpby(float *out, float alpha, const float *a, float beta, const float *b, int64_t n) override {
     cpu::parallel_for(n, [&](int64_t beg, int64_t end) {
       for (int64_t i = beg; i < end; ++i) out[i] = alpha * a[i] + beta * b[i];

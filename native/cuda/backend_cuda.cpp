@@ -606,6 +606,26 @@ class CudaBackend final : public Backend {
     ew("k_add", n, s.out(out, n), da, db, dc, ll(n));
     s.done();
   }
+  void dora_scale(const float *wn2, const float *WAt, const float *B, const float *G, const float *m, float sc, float *g,
+                  float *inv_n, int64_t out, int64_t r) override {
+    Stage s(*this);
+    const float *dw = s.in(wn2, out), *dwa = s.in(WAt, r * out), *db = s.in(B, out * r), *dg = s.in(G, r * r), *dm = s.in(m, out);
+    ew("k_dora_scale", out, dw, dwa, db, dg, dm, sc, s.out(g, out), s.out(inv_n, out), ll(out), ll(r));
+    s.done();
+  }
+  void scale_cols(float *y, const float *x, const float *g, float offset, bool keep, int64_t N, int64_t C) override {
+    Stage s(*this);
+    float *dy = s.out(y, N * C, keep || x == y);
+    const float *dx = x == y ? dy : s.in(x, N * C);
+    ew("k_scale_cols", N * C, dy, dx, s.in(g, C), offset, int(keep), ll(N), ll(C));
+    s.done();
+  }
+  void col_dot(const float *dy, const float *z, const float *inv_n, float *dm, int64_t N, int64_t C) override {
+    Stage s(*this);
+    const float *ddy = s.in(dy, N * C), *dz = s.in(z, N * C), *dn = s.in(inv_n, C);
+    ew("k_col_dot", C, ddy, dz, dn, s.out(dm, C, true), ll(N), ll(C));
+    s.done();
+  }
   void axpby(float *out, float alpha, const float *a, float beta, const float *b, int64_t n) override {
     Stage s(*this);
     const float *da = s.in(a, n), *db = s.in(b, n);

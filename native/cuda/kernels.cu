@@ -256,6 +256,38 @@ __global__ void k_add(float *out, const float *a, const float *b, const float *c
 __global__ void k_axpby(float *out, float alpha, const float *a, float beta, const float *b, ll n) {
   GRID_STRIDE(i, n) out[i] = alpha * a[i] + beta * b[i];
 }
+// DoRA: one thread per output row j (see Backend::dora_scale)
+__global__ void k_dora_scale(const float *wn2, const float *WAt, const float *B, const float *G, const float *m, float s,
+                             float *g, float *inv_n, ll out, ll r) {
+  GRID_STRIDE(j, out) {
+    const float *b = B + j * r;
+    double d = 0.0, q = 0.0;
+    for (ll k = 0; k < r; ++k) {
+      d += (double)b[k] * WAt[k * out + j];
+      double gb = 0.0;
+      for (ll l = 0; l < r; ++l) gb += (double)G[k * r + l] * b[l];
+      q += b[k] * gb;
+    }
+    double n2 = (double)wn2[j] + 2.0 * s * d + (double)s * s * q;
+    const double n = sqrt(n2 > 0.0 ? n2 : 0.0);
+    g[j] = (float)(m[j] / n);
+    inv_n[j] = (float)(1.0 / n);
+  }
+}
+__global__ void k_scale_cols(float *y, const float *x, const float *g, float offset, int keep, ll N, ll C) {
+  GRID_STRIDE(i, N * C) {
+    const float v = (g[i % C] + offset) * x[i];
+    y[i] = keep ? y[i] + v : v;
+  }
+}
+// dm[j] += inv_n[j]·Σ_n dy[n,j]·z[n,j] (one thread per column, rows in order)
+__global__ void k_col_dot(const float *dy, const float *z, const float *inv_n, float *dm, ll N, ll C) {
+  GRID_STRIDE(c, C) {
+    float acc = 0.0f;
+    for (ll n = 0; n < N; ++n) acc += dy[n * C + c] * z[n * C + c];
+    dm[c] += inv_n[c] * acc;
+  }
+}
 __global__ void k_scale(float *x, float s, ll n) {
   GRID_STRIDE(i, n) x[i] *= s;
 }

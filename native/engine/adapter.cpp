@@ -117,6 +117,7 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   }
   cfg.set("task_type", Json::string("CAUSAL_LM"));
   if (spec_.use_rslora) cfg.set("use_rslora", Json::boolean(true));
+  if (spec_.use_dora) cfg.set("use_dora", Json::boolean(true));
   return write_text_file_atomic(dir + "/adapter_config.json", cfg.dump(2) + "\n");
 }
 
@@ -216,13 +217,13 @@ llmt_status parse_peft_lora_config(const Json &j, const std::string &cfg_path, L
   if (j.get_bool("fan_in_fan_out", false)) {
     return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": fan_in_fan_out adapters (Conv1D models) are not supported");
   }
-  if (j.get_bool("use_dora", false)) return set_error(LLMT_ERR_UNSUPPORTED, cfg_path + ": DoRA adapters are not supported yet");
   if ((st = unsupported_peft_options(j, cfg_path)) != LLMT_OK) return st;
   if ((st = peft_layer_options(j, cfg_path, s)) != LLMT_OK) return st;
   s.r = j.get_int("r", 8);
   s.alpha = j.get_number("lora_alpha", 8);
   s.dropout = j.get_number("lora_dropout", 0.0);
   s.use_rslora = j.get_bool("use_rslora", false);
+  s.use_dora = j.get_bool("use_dora", false);
   s.bias = j.get_string("bias", "none");
   const Json &t = j.get("target_modules");
   if (t.is_string()) {

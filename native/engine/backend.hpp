@@ -252,6 +252,17 @@ class Backend {
   virtual void add(float *out, const float *a, const float *b, const float *c, int64_t n) = 0;
   /** out[i] = alpha·a[i] + beta·b[i] (residual and branch scaling: ChatGLM-6B, MiniCPM); out may alias a or b. */
   virtual void axpby(float *out, float alpha, const float *a, float beta, const float *b, int64_t n) = 0;
+  // ---- DoRA (PEFT use_dora): y = diag(m / ‖W + s·B·A‖_row)·(W + s·B·A)·x, the norm per output row, held constant ----
+  /** Per output row j of a DoRA linear: n_j = sqrt(wn2_j + 2s·Σ_k B[j,k]·WAt[k,j] + s²·Σ_kl B[j,k]·G[k,l]·B[j,l])
+   *  = ‖W_j + s·(B·A)_j‖ (wn2 = ‖W_j‖², WAt = A·Wᵀ [r, out], G = A·Aᵀ [r, r], B [out, r]); g_j = m_j / n_j and
+   *  inv_n_j = 1 / n_j. */
+  virtual void dora_scale(const float *wn2, const float *WAt, const float *B, const float *G, const float *m, float s,
+                          float *g, float *inv_n, int64_t out, int64_t r) = 0;
+  /** y[n,j] = (keep ? y[n,j] : 0) + (g[j] + offset)·x[n,j] over [N, C]; y may alias x (keep false). */
+  virtual void scale_cols(float *y, const float *x, const float *g, float offset, bool keep, int64_t N, int64_t C) = 0;
+  /** dm[j] += inv_n[j]·Σ_n dy[n,j]·z[n,j] over [N, C] (rows in order). */
+  virtual void col_dot(const float *dy, const float *z, const float *inv_n, float *dm, int64_t N, int64_t C) = 0;
+
   /** Column split of fused rows [N, wa + wb] into a[N, wa], b[N, wb] (merge = the reverse). */
   virtual void split_cols(float *fused, float *a, float *b, int64_t N, int64_t wa, int64_t wb, bool merge) = 0;
   /** Splits fused q/k/v rows [N, nh·hd + 2·nkv·hd] into q[N, nh·hd], k, v[N, nkv·hd]; merge = the reverse.

@@ -323,6 +323,8 @@ struct LinearActs {
   uint64_t stream = 0;  // dropout RNG stream (mask regenerated in the backward)
   Buf xdrop;            // dropout(x) when dropout > 0 in training (mask and 1/(1-p) applied)
   Buf u;                // dropout(x)·Aᵀ [N, r]
+  // DoRA: z = W·xin + u·Bᵀ [N, out] (what the magnitude's gradient reads), g = m/‖W + s·B·A‖ and 1/‖…‖ [out]
+  Buf z, g, inv_n;
 };
 
 struct LayerActs {
@@ -330,19 +332,15 @@ struct LayerActs {
   LinearActs lin[kNumRoles];
   void bind(Backend *be) {
     for (Buf *p : {&x_in, &h1, &mean1, &rstd1, &q, &k, &v, &attn, &lse, &x_mid, &h2, &mean2, &rstd2, &a, &b, &act}) p->bind(be);
-    for (LinearActs &l : lin) {
-      l.xdrop.bind(be);
-      l.u.bind(be);
-    }
+    for (LinearActs &l : lin)
+      for (Buf *p : {&l.xdrop, &l.u, &l.z, &l.g, &l.inv_n}) p->bind(be);
   }
   /** Gives back every activation buffer (x_in too unless keep_input). */
   void release(bool keep_input) {
     for (Buf *p : {&h1, &mean1, &rstd1, &q, &k, &v, &attn, &lse, &x_mid, &h2, &mean2, &rstd2, &a, &b, &act}) p->free();
     if (!keep_input) x_in.free();
-    for (LinearActs &l : lin) {
-      l.xdrop.free();
-      l.u.free();
-    }
+    for (LinearActs &l : lin)
+      for (Buf *p : {&l.xdrop, &l.u, &l.z, &l.g, &l.inv_n}) p->free();
   }
 };
 
@@ -387,7 +385,13 @@ class HostBuf {
   int64_t cap_ = 0;
 };
 
+// DoRA's per-row scale of a linear in a forward-only call (evaluation, generation), kept until the weights change
+struct DoraNorms {
+  Buf g, inv_n;
+};
+
 struct Model::Impl {
+  std::map<const Linear *, std::unique_ptr<DoraNorms>> dora;  // cleared by every backward call and upload
   std::vector<LayerActs> acts;  // per layer (only x_in kept under checkpointing)
   LayerActs scratch;            // recomputation target under checkpointing
   std::vector<HostBuf> host_x;  // checkpointed block inputs in host memory (RunOptions::offload_checkpoints)
@@ -496,6 +500,7 @@ void Model::set_backend(Backend &be) {
 
 void Model::to_device() {
   dirty_ = false;
+  if (impl_) impl_->dora.clear();  // host values (resume, a loaded adapter) replace the device ones
   Backend &be = *be_;
   if (be.host_memory()) return;
   auto put = [&](float *&d, const std::vector<float> &h) {
@@ -650,6 +655,7 @@ llmt_status Model::set_precision(const std::string &precision) {
     if (!be_->host_memory()) dirty_ = true;
   }
   precision_ = precision;
+  refresh_dora_norms();  // DoRA's ‖W‖² follows the weights the forward multiplies with (the 16-bit values, on the host now)
   return LLMT_OK;
 }
 
@@ -664,7 +670,8 @@ Param *Model::new_param(const std::string &name, std::vector<int64_t> shape) {
 
 int64_t Model::num_parameters() const {
   int64_t n = 0;
-  for (const auto &p : params) n += p->numel();
+  for (const auto &p : params)
+    if (!p->derived) n += p->numel();
   return n;
 }
 
@@ -898,7 +905,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
 
 // ---- LoRA -----------------------------------------------------------------------------------------------------
 
-llmt_status Model::attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora) {
+llmt_status Model::attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora, bool dora) {
   if (r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "LoRA rank for " + lin.module + " must be positive");
   lin.lora.r = r;
   lin.lora.scaling = static_cast<float>(rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r);
@@ -908,7 +915,82 @@ llmt_status Model::attach_lora(Linear &lin, int64_t r, double alpha, double drop
   lin.lora.B = new_param(lin.module + ".lora_B.weight", {lin.out, r});
   lin.lora.A->save_name = base + ".lora_A.weight";
   lin.lora.B->save_name = base + ".lora_B.weight";
+  if (dora) {
+    // PEFT ≥ 0.10 saves the magnitude (module lora_magnitude_vector.<adapter>, parameter weight) under this key;
+    // at init it is ‖W_j‖, the row norms of the base weight (B = 0), so the adapted layer starts as the base one
+    lin.lora.M = new_param(lin.module + ".lora_magnitude_vector.weight", {lin.out});
+    lin.lora.M->save_name = base + ".lora_magnitude_vector";
+    lin.lora.wn2 = new_param(lin.module + ".lora_dora_wn2", {lin.out});
+    lin.lora.wn2->derived = true;
+    const std::vector<double> n2 = weight_row_norms2(lin);
+    for (int64_t j = 0; j < lin.out; ++j) {
+      lin.lora.wn2->data[static_cast<size_t>(j)] = static_cast<float>(n2[static_cast<size_t>(j)]);
+      lin.lora.M->data[static_cast<size_t>(j)] = static_cast<float>(std::sqrt(n2[static_cast<size_t>(j)]));
+    }
+  }
   return LLMT_OK;
+}
+
+std::vector<double> Model::weight_row_norms2(const Linear &lin) const {
+  std::vector<double> out(static_cast<size_t>(lin.out), 0.0);
+  std::vector<float> row(static_cast<size_t>(lin.in));
+  if (lin.q4) {
+    Q4Weight *q = nullptr;
+    for (const auto &w : q4_weights)
+      if (w.get() == lin.q4) q = w.get();
+    if (be_ && q) q4_fetch(*be_, *q);
+    cpu::Q4View v;  // the host arrays (view() gives the device copies once uploaded)
+    v.type = lin.q4->type;
+    v.n = lin.q4->numel();
+    v.packed = lin.q4->packed.data();
+    if (lin.q4->qabsmax.empty()) {
+      v.absmax = lin.q4->absmax.data();
+    } else {
+      v.qabsmax = lin.q4->qabsmax.data();
+      v.absmax2 = lin.q4->absmax2.data();
+      v.code2 = cpu::dynamic_map();
+      v.offset = lin.q4->offset;
+    }
+    for (int64_t j = 0; j < lin.out; ++j) {
+      cpu::q4_dequantize(v, j * lin.in, lin.in, row.data());
+      double acc = 0.0;
+      for (float x : row) acc += static_cast<double>(x) * x;
+      out[static_cast<size_t>(j)] = acc;
+    }
+  } else {
+    fetch_host(*lin.W);
+    const Param &W = *lin.W;
+    for (int64_t j = 0; j < lin.out; ++j) {
+      double acc = 0.0;
+      for (int64_t i = 0; i < lin.in; ++i) {
+        const size_t k = static_cast<size_t>(j * lin.in + i);
+        const double x = W.half_type ? static_cast<double>(from_half(W.half[k], W.half_type)) : static_cast<double>(W.data[k]);
+        acc += x * x;
+      }
+      out[static_cast<size_t>(j)] = acc;
+    }
+  }
+  free_frozen_host();
+  return out;
+}
+
+void Model::refresh_dora_norms() {
+  if (impl_) impl_->dora.clear();
+  for (auto &lin : linears) {
+    if (!lin->lora.wn2) continue;
+    const std::vector<double> n2 = weight_row_norms2(*lin);
+    Param &p = *lin->lora.wn2;
+    p.data.resize(static_cast<size_t>(lin->out));
+    for (int64_t j = 0; j < lin->out; ++j) p.data[static_cast<size_t>(j)] = static_cast<float>(n2[static_cast<size_t>(j)]);
+    p.host_freed = false;
+    // an untrained adapter (B = 0) starts from the norms of these weights, as PEFT's init on a 16-bit model does
+    to_host();
+    Param &M = *lin->lora.M;
+    const std::vector<float> &B = lin->lora.B->data;
+    if (!B.empty() && std::all_of(B.begin(), B.end(), [](float x) { return x == 0.0f; }) && !M.data.empty())
+      for (int64_t j = 0; j < lin->out; ++j) M.data[static_cast<size_t>(j)] = static_cast<float>(std::sqrt(n2[static_cast<size_t>(j)]));
+    dirty_ = !be_->host_memory();
+  }
 }
 
 static int64_t pattern_lookup_r(const LoraSpec &s, const std::string &module, int64_t def) {
@@ -1017,7 +1099,7 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
   for (auto &lin : linears) {
     if (!peft_target_matches(s, lin->module)) continue;
     llmt_status st = attach_lora(*lin, pattern_lookup_r(s, lin->module, s.r),
-                                 pattern_lookup_alpha(s, lin->module, s.alpha), s.dropout, s.use_rslora);
+                                 pattern_lookup_alpha(s, lin->module, s.alpha), s.dropout, s.use_rslora, s.use_dora);
     if (st != LLMT_OK) return st;
     ++matched;
     // PEFT init: kaiming_uniform_(a=√5) on A [r, in] → U(−1/√in, 1/√in); B zeros.
@@ -1050,6 +1132,7 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
   for (auto &lin : linears) {
     if (!lin->lora.r) continue;
     lin->lora.A->trainable = lin->lora.B->trainable = true;
+    if (lin->lora.M) lin->lora.M->trainable = true;
     if (s.bias != "none" && lin->b) {
       // PEFT ≥ 0.7 wraps the linear: its bias is the wrapped layer's, saved as <module>.base_layer.bias
       lin->b->trainable = true;
@@ -1114,6 +1197,8 @@ struct Ctx {
   uint64_t seed;
   Backend *be;
   int half = 0;  // mixed precision (Model::set_precision): the 4-bit GEMMs run as matmul_*_q4_lp with this Half type
+  bool bwd = false;  // a backward follows (DoRA keeps z for it)
+  std::map<const Linear *, std::unique_ptr<DoraNorms>> *dora_cache = nullptr;  // forward-only calls: DoRA scales reused
 };
 
 uint64_t dropout_stream(uint64_t seed, int64_t layer, int role) {
@@ -1138,13 +1223,55 @@ void embed_rows(Backend &be, const Param &table, const int32_t *ids, float *x, i
 
 void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a);
 
-// y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
-void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
+// y[N,out] = x·Wᵀ with the frozen base weight as stored (fp32, 16-bit, 4-bit)
+void base_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c) {
   Backend &be = *c.be;
   if (L.q4 && c.half) be.matmul_nt_q4_lp(x, L.q4->view(), Half(c.half), y, N, L.out, L.in, false);
   else if (L.q4) be.matmul_nt_q4(x, L.q4->view(), y, N, L.out, L.in, false);
   else weight_nt(be, *L.W, x, y, N, L.out, L.in, false);
+}
+// dx (+)= dy·W with the frozen base weight (half: Ctx::half, the 4-bit weight's input gradient on tensor cores)
+void base_backward(Backend &be, const Linear &L, const float *dy, float *dx, int64_t N, bool accumulate, int half) {
+  if (L.q4 && half) be.matmul_nn_q4_lp(dy, L.q4->view(), Half(half), dx, N, L.in, L.out, accumulate);
+  else if (L.q4) be.matmul_nn_q4(dy, L.q4->view(), dx, N, L.in, L.out, accumulate);
+  else weight_nn(be, *L.W, dy, dx, N, L.in, L.out, accumulate);
+}
+
+// y[N,out] = x·Wᵀ + b + s·(drop(x)·Aᵀ)·Bᵀ ; saves LoRA intermediates into `a`.
+void linear_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
+  base_forward(L, x, y, N, c);
   linear_lora_forward(L, x, y, N, c, layer, a);
+}
+
+// DoRA's per-row scale g = m / ‖W + s·B·A‖ and 1/‖…‖ (PEFT: the norm is treated as a constant). ‖W_j + s·(BA)_j‖² is
+// ‖W_j‖² (wn2, once per weight) + 2s·B_j·(A·W_jᵀ) + s²·B_j·(A·Aᵀ)·B_jᵀ: one small GEMM with W, no W + s·B·A in memory.
+void dora_norms(const Linear &L, const Ctx &c, LinearActs &a, const float **g, const float **inv_n) {
+  Backend &be = *c.be;
+  DoraNorms *cached = nullptr;
+  if (c.dora_cache) {
+    auto it = c.dora_cache->find(&L);
+    if (it != c.dora_cache->end()) {
+      *g = it->second->g.data();
+      *inv_n = it->second->inv_n.data();
+      return;
+    }
+    auto d = std::make_unique<DoraNorms>();
+    d->g.bind(&be);
+    d->inv_n.bind(&be);
+    cached = d.get();
+    (*c.dora_cache)[&L] = std::move(d);
+  }
+  Buf &gb = cached ? cached->g : a.g, &nb = cached ? cached->inv_n : a.inv_n;
+  const int64_t r = L.lora.r;
+  gb.resize_overwrite(L.out);
+  nb.resize_overwrite(L.out);
+  Buf wat(be, r * L.out, kOverwrite), gram(be, r * r, kOverwrite);
+  base_forward(L, L.lora.A->w(), wat.data(), r, c);  // A·Wᵀ [r, out]
+  be.matmul_nt(L.lora.A->w(), L.lora.A->w(), gram.data(), r, r, L.in, false);
+  be.dora_scale(L.lora.wn2->w(), wat.data(), L.lora.B->w(), gram.data(), L.lora.M->w(), L.lora.scaling, gb.data(), nb.data(),
+                L.out, r);
+  *g = gb.data();
+  *inv_n = nb.data();
 }
 
 // linear_forward of several linears reading the same x (q, k, v; gate, up): with 16-bit frozen weights of one type (or
@@ -1184,7 +1311,8 @@ void linears_forward_shared(const std::vector<const Linear *> &ls, const float *
 // linear that feeds nothing but the block's output (Recompute).
 void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, const Ctx &c, int64_t layer, LinearActs &a) {
   Backend &be = *c.be;
-  if (L.b && y) be.add_bias(y, L.b->w(), N, L.out);
+  const bool dora = L.lora.r && L.lora.M;
+  if (L.b && y && !dora) be.add_bias(y, L.b->w(), N, L.out);
   if (!L.lora.r) return;
   const int64_t r = L.lora.r;
   const float *xin = x;
@@ -1200,7 +1328,62 @@ void linear_lora_forward(const Linear &L, const float *x, float *y, int64_t N, c
   // scale rides in the GEMM: one launch)
   a.u.resize_overwrite(N * r);
   be.matmul_nt_scaled(xin, L.lora.A->w(), a.u.data(), N, r, L.in, L.lora.scaling, false);
-  if (y) be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
+  if (!dora) {
+    if (y) be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);
+    return;
+  }
+  // DoRA (PEFT): y = x·Wᵀ + b + (g − 1)⊙(xin·Wᵀ) + g⊙(u·Bᵀ), g = m/‖W + s·B·A‖ per output; without dropout (xin = x)
+  // that is g⊙z + b with z = x·Wᵀ + u·Bᵀ. The backward reads z (= xin·Wᵀ + u·Bᵀ in both cases), g and 1/‖…‖.
+  const float *g = nullptr, *inv_n = nullptr;
+  dora_norms(L, c, a, &g, &inv_n);
+  const bool drop = !a.xdrop.empty();
+  if (!y) {  // recomputation for the backward (checkpointing): z alone
+    a.z.resize_overwrite(N * L.out);
+    base_forward(L, xin, a.z.data(), N, c);
+    be.matmul_nt(a.u.data(), L.lora.B->w(), a.z.data(), N, L.out, r, true);
+    return;
+  }
+  if (!drop) {
+    be.matmul_nt(a.u.data(), L.lora.B->w(), y, N, L.out, r, true);  // y = z
+    if (c.bwd) {
+      a.z.resize_overwrite(N * L.out);
+      be.copy(a.z.data(), y, N * L.out);
+    }
+    be.scale_cols(y, y, g, 0.0f, false, N, L.out);
+  } else {
+    a.z.resize_overwrite(N * L.out);
+    base_forward(L, xin, a.z.data(), N, c);                              // xin·Wᵀ
+    be.axpby(y, 1.0f, y, -1.0f, a.z.data(), N * L.out);                  // x·Wᵀ − xin·Wᵀ
+    be.matmul_nt(a.u.data(), L.lora.B->w(), a.z.data(), N, L.out, r, true);  // z
+    be.scale_cols(y, a.z.data(), g, 0.0f, true, N, L.out);                 // + g⊙z
+  }
+  if (L.b) be.add_bias(y, L.b->w(), N, L.out);
+}
+
+// Backward of a DoRA linear (linear_forward above, the norm held constant as PEFT does): dm += (1/‖…‖)·Σ dy⊙z; the LoRA
+// factors see g⊙dy; dx = W·(g⊙dy) + (g⊙dy)·B·A without dropout, else W·dy + drop'(W·((g − 1)⊙dy) + (g⊙dy)·B·A).
+void dora_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
+                   const LinearActs &a, int half) {
+  const int64_t r = L.lora.r, out = L.out;
+  if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, out);
+  if (L.lora.M->trainable) be.col_dot(dy, a.z.data(), a.inv_n.data(), L.lora.M->g(), N, out);
+  Buf dz(be, N * out, kOverwrite), du(be, N * r, kOverwrite);
+  be.scale_cols(dz.data(), dy, a.g.data(), 0.0f, false, N, out);
+  be.matmul_nn_scaled(dz.data(), L.lora.B->w(), du.data(), N, r, out, L.lora.scaling, false);
+  if (L.lora.B->trainable) be.matmul_tn(dz.data(), a.u.data(), L.lora.B->g(), out, r, N, true);
+  const bool drop = !a.xdrop.empty();
+  const float *xin = drop ? a.xdrop.data() : x;
+  if (L.lora.A->trainable) be.matmul_tn(du.data(), xin, L.lora.A->g(), r, L.in, N, true);
+  base_backward(be, L, drop ? dy : dz.data(), dx, N, accumulate, half);
+  if (!drop) {
+    be.matmul_nn(du.data(), L.lora.A->w(), dx, N, L.in, r, true);
+    return;
+  }
+  be.scale_cols(dz.data(), dy, a.g.data(), -1.0f, false, N, out);  // (g − 1)⊙dy
+  Buf t(be, N * L.in, kOverwrite);
+  base_backward(be, L, dz.data(), t.data(), N, false, half);
+  be.matmul_nn(du.data(), L.lora.A->w(), t.data(), N, L.in, r, true);
+  be.dropout_backward(t.data(), dx, N * L.in, L.lora.dropout, a.stream);
 }
 
 // linear_forward for the backward's sake only (no y): the base GEMM — the linear's whole cost without LoRA — is skipped.
@@ -1213,6 +1396,7 @@ void linear_saved_forward(const Linear &L, const float *x, int64_t N, const Ctx 
 // half: Ctx::half (the 4-bit weight's input gradient in bf16/fp16 on tensor cores, as its forward).
 void linear_backward(Backend &be, Linear &L, const float *x, const float *dy, float *dx, bool accumulate, int64_t N,
                      const LinearActs &a, int half) {
+  if (L.lora.r && L.lora.M) return dora_backward(be, L, x, dy, dx, accumulate, N, a, half);
   if (L.W->trainable && !L.q4) be.matmul_tn(dy, x, L.W->g(), L.out, L.in, N, true);
   if (L.b && L.b->trainable) be.bias_backward(dy, L.b->g(), N, L.out);
   const int64_t r = L.lora.r;
@@ -1657,6 +1841,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   const bool bwd = opt.backward;
   const bool ckpt = bwd && opt.checkpointing;
   if (dirty_) to_device();
+  if (bwd) impl_->dora.clear();  // a training step changes the adapter: generation computes DoRA's scales afresh
   Backend &be = *be_;
   Impl &im = *impl_;
   im.acts.resize(static_cast<size_t>(c.layers));
@@ -1710,6 +1895,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       d_targets(be, targets);
   DevArray<float> d_freqs(be, freqs), d_alibi(be, alibi_of(c), c.heads);
   Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
+  F.ctx.bwd = bwd;  // (DoRA's scales are cached for generation only: a forward here sees the weights as they are now)
   F.attn_half = precision_ == "bf16" ? int(Half::BF16) : precision_ == "fp16" ? int(Half::F16) : 0;
   F.ctx.half = F.attn_half;
   F.pos = d_pos.get();
@@ -1931,6 +2117,7 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
   std::vector<int32_t> flat(static_cast<size_t>(N)), pos(static_cast<size_t>(N)), block;
   if (c.pos == PosKind::Rope2D) block.resize(static_cast<size_t>(N));
   Fwd F(c, be, Ctx{1, N, N, false, 0, &be});
+  F.ctx.dora_cache = &impl_->dora;
   F.ctx.half = precision_ == "bf16" ? int(Half::BF16) : precision_ == "fp16" ? int(Half::F16) : 0;  // as run()
   for (int64_t s = 0, row = 0; s < S; row += n[s], ++s) {
     KvCache &cache = *caches[s];

@@ -54,6 +54,7 @@ struct Param {
   // it (set_backend, save_model, save_adapter, a weight becoming trainable, set_precision). Always false on a
   // host-memory backend.
   bool host_freed = false;
+  bool derived = false;           // a constant the model derives from its weights (DoRA's ‖W‖²): not a parameter
   const uint16_t *h() const { return dev_half ? dev_half : half.data(); }
   float *w() { return dev_w ? dev_w : data.data(); }
   const float *w() const { return dev_w ? dev_w : data.data(); }
@@ -67,6 +68,7 @@ struct LoraSpec {
   double alpha = 16;
   double dropout = 0.0;
   bool use_rslora = false;
+  bool use_dora = false;               // PEFT's DoRA: a trainable magnitude per output row of each adapted linear
   std::vector<std::string> targets;    // PEFT list semantics (exact or ".{name}" suffix)
   std::string target_regex;            // PEFT string semantics (re.fullmatch); used when non-empty
   std::vector<std::string> modules_to_save;
@@ -85,6 +87,10 @@ struct Lora {
   float dropout = 0.0f;
   Param *A = nullptr;  // [r, in]
   Param *B = nullptr;  // [out, r]
+  // DoRA (PEFT use_dora): the magnitude m [out] (trainable, saved as <module>.lora_magnitude_vector) and ‖W_j‖² of
+  // the frozen base weight per output row [out] (a derived constant, not saved; Model::prepare_dora)
+  Param *M = nullptr;
+  Param *wn2 = nullptr;
 };
 
 struct Linear {
@@ -242,7 +248,12 @@ class Model {
   Model() = default;
   struct Impl;
   Param *new_param(const std::string &name, std::vector<int64_t> shape);
-  llmt_status attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora);
+  llmt_status attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora, bool dora = false);
+  /** ‖W_j‖² per output row of a linear's frozen base weight as the forward sees it (fp32, 16-bit or 4-bit values),
+   *  computed on the host in double. */
+  std::vector<double> weight_row_norms2(const Linear &lin) const;
+  /** Recomputes every DoRA linear's wn2 from its weight as stored now (set_precision: the 16-bit values). */
+  void refresh_dora_norms();
   llmt_status apply_modules_to_save(const std::vector<std::string> &names);
   ModelConfig cfg_;
   Backend *be_ = nullptr;  // the device this model computes on (cpu_backend() unless set_backend)

@@ -176,7 +176,7 @@ llmt_status check_job_types(const Json &j) {
   if ((st = check_types(j.get("quantization"), "quantization.", {{"type", Kind::Str}, {"double_quant", Kind::Bool}}))) return st;
   if ((st = check_types(j.get("lora"), "lora.", {{"r", Kind::Int}, {"alpha", Kind::Num}, {"dropout", Kind::Num},
                                                  {"target_modules", Kind::StrOrStrList}, {"modules_to_save", Kind::StrList},
-                                                 {"bias", Kind::Str}, {"use_rslora", Kind::Bool}, {"init_adapter", Kind::Str},
+                                                 {"bias", Kind::Str}, {"use_rslora", Kind::Bool}, {"use_dora", Kind::Bool}, {"init_adapter", Kind::Str},
                                                  {"rank_pattern", Kind::Obj}, {"alpha_pattern", Kind::Obj},
                                                  {"exclude_modules", Kind::StrOrStrList}, {"layers_to_transform", Kind::IntOrIntList},
                                                  {"layers_pattern", Kind::StrOrStrList}})))
@@ -220,7 +220,7 @@ llmt_status parse_job(const Json &j, Job &job) {
   }
   const Json &l = j.get("lora");
   if (!l.is_null()) {
-    if ((st = check_keys(l, "lora", {"r", "alpha", "dropout", "target_modules", "modules_to_save", "bias", "use_rslora", "init_adapter",
+    if ((st = check_keys(l, "lora", {"r", "alpha", "dropout", "target_modules", "modules_to_save", "bias", "use_rslora", "use_dora", "init_adapter",
                                      "rank_pattern", "alpha_pattern", "exclude_modules", "layers_to_transform", "layers_pattern"})))
       return st;
     job.lora.r = l.get_int("r", 8);
@@ -228,6 +228,7 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.lora.dropout = l.get_number("dropout", 0.0);
     job.lora.bias = l.get_string("bias", "none");
     job.lora.use_rslora = l.get_bool("use_rslora", false);
+    job.lora.use_dora = l.get_bool("use_dora", false);
     const Json &t = l.get("target_modules");
     if (t.is_string()) job.lora.target_regex = t.as_string();
     for (const auto &x : t.items())

@@ -340,6 +340,23 @@ void op_parity(Backend &gpu) {
            [&](Backend &be, auto &v) { be.add(v[0].data(), v[0].data(), v[1].data(), v[2].data(), m); });
     parity("axpby", cpu, gpu, {rnd(m, 60), rnd(m, 61)}, {1}, kF32,
            [&](Backend &be, auto &v) { be.axpby(v[1].data(), 0.5f, v[0].data(), -2.0f, v[1].data(), m); });
+    {  // DoRA: the per-row scale, the column scaling (in place, kept, with an offset) and the magnitude's reduction
+      const int64_t out = 37, r = 5, NN = 23;
+      auto wn2 = rnd(out, 140), m2 = rnd(out, 141);
+      for (auto &e : wn2) e = 4.0f + std::fabs(e);
+      for (auto &e : m2) e = 2.0f + e;
+      parity("dora_scale", cpu, gpu, {wn2, rnd(r * out, 142), rnd(out * r, 143), rnd(r * r, 144), m2, rnd(out, 0), rnd(out, 0)},
+             {5, 6}, kF32, [&](Backend &be, auto &v) {
+               be.dora_scale(v[0].data(), v[1].data(), v[2].data(), v[3].data(), v[4].data(), 0.7f, v[5].data(), v[6].data(), out, r);
+             });
+      for (int keep = 0; keep < 2; ++keep)
+        parity(std::string("scale_cols") + (keep ? "_keep" : ""), cpu, gpu, {rnd(NN * out, 145), rnd(NN * out, 146), rnd(out, 147)},
+               {1}, kF32, [&](Backend &be, auto &v) { be.scale_cols(v[1].data(), v[0].data(), v[2].data(), -1.0f, keep, NN, out); });
+      parity("scale_cols_inplace", cpu, gpu, {rnd(NN * out, 148), rnd(out, 149)}, {0}, kF32,
+             [&](Backend &be, auto &v) { be.scale_cols(v[0].data(), v[0].data(), v[1].data(), 0.0f, false, NN, out); });
+      parity("col_dot", cpu, gpu, {rnd(NN * out, 150), rnd(NN * out, 151), rnd(out, 152), rnd(out, 153)}, {3}, kF32,
+             [&](Backend &be, auto &v) { be.col_dot(v[0].data(), v[1].data(), v[2].data(), v[3].data(), NN, out); });
+    }
     for (int merge = 0; merge < 2; ++merge) {
       parity(std::string("split_cols") + (merge ? "_merge" : ""), cpu, gpu, {rnd(7 * 30, 62), rnd(7 * 12, 63), rnd(7 * 18, 64)},
              {0, 1, 2}, kF32, [&](Backend &be, auto &v) { be.split_cols(v[0].data(), v[1].data(), v[2].data(), 7, 12, 18, merge); });
@@ -807,7 +824,7 @@ void train_compare(Model &ma, Model &mb, int64_t steps, const std::string &label
 // Two copies of the tiny llama with the same LoRA (r 4, alpha 8, dropout 0.1 on `targets`), the second on `gpu`, both
 // with AdamW state and uploaded; `precision` "" keeps fp32. False (a FAIL counted) when a step fails.
 bool lora_pair(Backend &gpu, const std::string &dir, const std::vector<std::string> &targets, const char *precision,
-               std::unique_ptr<Model> &a, std::unique_ptr<Model> &b) {
+               std::unique_ptr<Model> &a, std::unique_ptr<Model> &b, bool dora = false) {
   llmt_status st;
   a = Model::load(dir, st);
   b = Model::load(dir, st);
@@ -822,6 +839,7 @@ bool lora_pair(Backend &gpu, const std::string &dir, const std::vector<std::stri
   spec.alpha = 8;
   spec.dropout = 0.1;
   spec.targets = targets;
+  spec.use_dora = dora;
   for (Model *m : {a.get(), b.get()}) {
     m->add_lora(spec, 5);
     if (*precision && m->set_precision(precision) != LLMT_OK) {
@@ -849,6 +867,12 @@ void train_steps(Backend &gpu, const std::string &tmp) {
     train_compare(*a, *b, 3, "train3_checkpointing", {2e-3, 1e-5}, {1e-3, 1e-5}, 1);
   if (lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "v_proj", "o_proj", "down_proj"}, "", a, b))
     train_compare(*a, *b, 3, "train3_offload_checkpoints", {2e-3, 1e-5}, {1e-3, 1e-5}, 2);
+  // DoRA (dropout 0.1: the dropped input's base product and the magnitude's gradient), with checkpointing, in bf16
+  if (lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "v_proj", "o_proj", "down_proj"}, "", a, b, true)) train_compare(*a, *b, 4, "train4_dora");
+  if (lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "v_proj", "o_proj", "down_proj"}, "", a, b, true))
+    train_compare(*a, *b, 3, "train3_dora_checkpointing", {2e-3, 1e-5}, {1e-3, 1e-5}, 1);
+  if (lora_pair(gpu, tmp + "/tiny-llama", {"q_proj", "v_proj", "o_proj", "down_proj"}, "bf16", a, b, true))
+    train_compare(*a, *b, 3, "bf16_dora_train3", {-1, 5e-2}, {5e-3, 1e-5});
 }
 
 // What a call keeps in GPU memory afterwards, per kind of call (the allocator's bytes handed out): a backward without

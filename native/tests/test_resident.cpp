@@ -204,6 +204,19 @@ class FakeDevice final : public Backend {
     D(o), D(a), D(b), D(c);
     cpu().add(o, a, b, c, n);
   }
+  void dora_scale(const float *wn2, const float *WAt, const float *B, const float *G, const float *m, float s, float *g,
+                  float *inv_n, int64_t out, int64_t r) override {
+    D(wn2), D(WAt), D(B), D(G), D(m), D(g), D(inv_n);
+    cpu().dora_scale(wn2, WAt, B, G, m, s, g, inv_n, out, r);
+  }
+  void scale_cols(float *y, const float *x, const float *g, float offset, bool keep, int64_t N, int64_t C) override {
+    D(y), D(x), D(g);
+    cpu().scale_cols(y, x, g, offset, keep, N, C);
+  }
+  void col_dot(const float *dy, const float *z, const float *inv_n, float *dm, int64_t N, int64_t C) override {
+    D(dy), D(z), D(inv_n), D(dm);
+    cpu().col_dot(dy, z, inv_n, dm, N, C);
+  }
   void axpby(float *o, float al, const float *a, float be, const float *b, int64_t n) override {
     D(o), D(a), D(b);
     cpu().axpby(o, al, a, be, b, n);
