@@ -345,8 +345,21 @@ namespace {
 
 struct LoraPair {
   const TensorInfo *A = nullptr, *B = nullptr;
+  const TensorInfo *M = nullptr;  // DoRA's magnitude [out] (use_dora), else null
   std::string key_a;
 };
+
+// "base_model.model.<module>.lora_magnitude_vector[.<adapter>.weight]" (PEFT's DoRA) -> module; false otherwise.
+bool split_magnitude_key(const std::string &key, std::string &module) {
+  const std::string pre = "base_model.model.";
+  std::string k = key.compare(0, pre.size(), pre) == 0 ? key.substr(pre.size()) : key;
+  const size_t at = k.find(".lora_magnitude_vector");
+  if (at == std::string::npos) return false;
+  const std::string rest = k.substr(at + 22);
+  if (!rest.empty() && !(rest.size() > 7 && rest.compare(rest.size() - 7, 7, ".weight") == 0)) return false;
+  module = k.substr(0, at);
+  return true;
+}
 
 // "base_model.model.<module>.lora_A[.adapter].weight" -> module, "A"/"B"; false for other keys.
 bool split_lora_key(const std::string &key, std::string &module, char &which) {
@@ -478,6 +491,11 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
     if (split_lora_key(t.name, module, which)) {
       LoraPair &p = loras[module + ".weight"];
       (which == 'A' ? p.A : p.B) = &t;
+    } else if (split_magnitude_key(t.name, module)) {
+      if (!spec.use_dora)
+        return set_error(LLMT_ERR_BAD_INPUT, "the adapter in " + adapter_dir + " holds DoRA magnitudes (" + t.name +
+                                                 ") but its adapter_config.json does not say use_dora: the config and the weights do not belong together");
+      loras[module + ".weight"].M = &t;
     } else if (t.name.find(".original_module.") == std::string::npos) {  // PEFT's copy of the untouched base layer
       bool copy = false;
       const std::string k = full_key(t.name, copy);
@@ -487,9 +505,16 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
       }
     }
   }
-  for (const auto &kv : loras)
+  for (const auto &kv : loras) {
     if (!kv.second.A || !kv.second.B)
       return set_error(LLMT_ERR_BAD_INPUT, "the adapter in " + adapter_dir + " has only one of lora_A/lora_B for " + kv.first);
+    if (spec.use_dora && !kv.second.M)
+      return set_error(LLMT_ERR_BAD_INPUT, cfg_path + " says use_dora but " + adapter_dir + " has no lora_magnitude_vector for " +
+                                               kv.first.substr(0, kv.first.size() - 7));
+    if (kv.second.M && (kv.second.M->shape.size() != 1 || kv.second.B->shape.empty() || kv.second.M->shape[0] != kv.second.B->shape[0]))
+      return set_error(LLMT_ERR_BAD_INPUT, "the DoRA magnitude " + kv.second.M->name + " has shape " + shape_str(kv.second.M->shape) +
+                                               ", not [" + std::to_string(kv.second.B->shape.empty() ? 0 : kv.second.B->shape[0]) + "]");
+  }
   // what PEFT would load: LoRA tensors for modules the config targets, of the rank it gives them (a forward with the
   // adapter refuses the same files)
   std::string tlower = spec.target_regex;
@@ -635,6 +660,11 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
         const int64_t r = pair.A->shape[0], in = pair.A->shape[1], outd = pair.B->shape[0];
         std::vector<float> A(static_cast<size_t>(r * in)), B(static_cast<size_t>(outd * r)), row(static_cast<size_t>(in));
         if ((s = afp->read_f32(*pair.A, A.data())) != LLMT_OK || (s = afp->read_f32(*pair.B, B.data())) != LLMT_OK) return s;
+        std::vector<float> mag;
+        if (pair.M) {
+          mag.resize(static_cast<size_t>(outd));
+          if ((s = afp->read_f32(*pair.M, mag.data())) != LLMT_OK) return s;
+        }
         const float sc = static_cast<float>(scale);
         for (int64_t o2 = 0; o2 < outd; ++o2) {
           std::fill(row.begin(), row.end(), 0.0f);
@@ -645,6 +675,13 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
           }
           float *wr = &w[static_cast<size_t>(o2 * in)];
           for (int64_t i = 0; i < in; ++i) wr[i] += row[static_cast<size_t>(i)] * sc;
+          if (pair.M) {
+            // DoRA (PEFT's merge): W' = (m / ‖W + s·B·A‖_row)·(W + s·B·A), the norm of this row in double
+            double n2 = 0.0;
+            for (int64_t i = 0; i < in; ++i) n2 += static_cast<double>(wr[i]) * wr[i];
+            const double f = static_cast<double>(mag[static_cast<size_t>(o2)]) / std::sqrt(n2);
+            for (int64_t i = 0; i < in; ++i) wr[i] = static_cast<float>(wr[i] * f);
+          }
         }
       }
       for (size_t i = 0; i < n; ++i) {

@@ -3,10 +3,11 @@
 
 Subcommands (all float32, eval mode, dropout off, offline, never trust_remote_code):
   make-tiny      write a tiny random model folder (llama | gpt_neox | baichuan)
-  make-adapter   write a PEFT LoRA adapter (non-zero lora_B) for such a folder
+  make-adapter   write a PEFT LoRA adapter (non-zero lora_B) for such a folder (--use-dora: a DoRA adapter)
   forward        logits (+ HF loss when labels are given), base or base+adapter
   grad           gradients of the loss w.r.t. every trainable adapter tensor
   check-adapter  load an adapter with the unchanged PEFT API, compare logits
+  merge-weights  PeftModel.from_pretrained(...).merge_and_unload() weights as float32 safetensors
   baichuan-to-llama  write the llama folder (and adapter) equivalent to a baichuan one
 
 Exit codes: 0 ok, 1 check-adapter mismatch, 2 bad input / usage, 3 internal error.
@@ -334,6 +335,8 @@ def saved_name(param_name, adapter="default"):
     n = n.replace(f".{adapter}.", ".")
     if n.endswith(f".{adapter}"):  # ParameterDict entries (lora_embedding_A/B)
         n = n[: -len(adapter) - 1]
+    if n.endswith(".lora_magnitude_vector.weight"):  # DoRA: saved without the module's parameter name
+        n = n[: -len(".weight")]
     return n
 
 
@@ -539,7 +542,7 @@ def cmd_make_adapter(a):
         model, _, _ = load_base(a.model)
         lcfg = LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout,
                           target_modules=targets, modules_to_save=mts, bias="none",
-                          task_type="CAUSAL_LM")
+                          task_type="CAUSAL_LM", use_dora=a.use_dora, use_rslora=a.use_rslora)
         try:
             pm = get_peft_model(model, lcfg)
         except ValueError as e:
@@ -552,6 +555,8 @@ def cmd_make_adapter(a):
         pm.save_pretrained(a.out, safe_serialization=True)
         sort_adapter_config(a.out)
     else:
+        if a.use_dora or a.use_rslora:
+            fail("baichuan: --use-dora / --use-rslora are not supported here")
         for t in targets:
             if t not in BAICHUAN_LINEARS:
                 fail(f"baichuan: unsupported target {t!r} (allowed: {', '.join(BAICHUAN_LINEARS)})")
@@ -588,7 +593,7 @@ def cmd_make_adapter(a):
                           base_model_name_or_path=a.model, inference_mode=True)
         lcfg.save_pretrained(a.out)
         sort_adapter_config(a.out)
-    print(f"wrote LoRA adapter for {fam} to {a.out}")
+    print(f"wrote {'DoRA' if a.use_dora else 'LoRA'} adapter for {fam} to {a.out}")
 
 
 def cmd_forward(a):
@@ -665,6 +670,22 @@ def cmd_check_adapter(a):
     return EXIT_MISMATCH
 
 
+def cmd_merge_weights(a):
+    """PEFT's own merge: the base loaded in float32 (a bf16/f16 folder's values exactly), the adapter loaded with
+    PeftModel.from_pretrained, merge_and_unload(); every weight of the merged model written as float32."""
+    model, fam, _ = load_base(a.model)
+    if fam == "baichuan":
+        fail("merge-weights does not support baichuan (PEFT has no class for it)")
+    pm = load_adapter(model, fam, a.adapter, trainable=False)
+    with torch.no_grad():
+        merged = pm.merge_and_unload(safe_merge=True)
+        sd = {k: v.detach().to(torch.float32).clone().contiguous() for k, v in merged.state_dict().items()}
+    d = os.path.dirname(os.path.abspath(a.out))
+    os.makedirs(d, exist_ok=True)
+    safetensors_torch.save_file(dict(sorted(sd.items())), a.out, metadata={"format": "pt"})
+    print(f"wrote {len(sd)} merged tensors to {a.out}")
+
+
 def cmd_baichuan_to_llama(a):
     """Writes the Llama folder (and LoRA adapter) equivalent to a baichuan one, for cross-checks."""
     cfg = model_config_dict(a.model)
@@ -724,6 +745,9 @@ def build_parser():
                    help="lora_dropout written to the config (the tools always run with dropout off)")
     s.add_argument("--modules-to-save", help="comma list, e.g. lm_head,embed_tokens")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--use-dora", action="store_true",
+                   help="LoraConfig(use_dora=True): DoRA magnitude vectors, perturbed like the other tensors")
+    s.add_argument("--use-rslora", action="store_true", help="LoraConfig(use_rslora=True): scale alpha/sqrt(r)")
     s.set_defaults(fn=cmd_make_adapter)
 
     s = sub.add_parser("forward", help="logits and HF loss as JSON")
@@ -747,6 +771,12 @@ def build_parser():
     s.add_argument("--logits", required=True)
     s.add_argument("--atol", type=float, default=1e-4)
     s.set_defaults(fn=cmd_check_adapter)
+
+    s = sub.add_parser("merge-weights", help="PEFT merge_and_unload() weights as float32 safetensors")
+    s.add_argument("--model", required=True)
+    s.add_argument("--adapter", required=True)
+    s.add_argument("--out", required=True, help="a .safetensors file")
+    s.set_defaults(fn=cmd_merge_weights)
 
     s = sub.add_parser("baichuan-to-llama", help="equivalent llama folder (+ adapter) of a baichuan one")
     s.add_argument("--model", required=True)
