@@ -725,6 +725,9 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   report.set("out", Json::string(out));
   report.set("dtype", Json::string(torch_dtype_name(out_dtype)));
   report.set("merged_modules", Json::integer(merged));
+  int64_t dora = 0;
+  for (const auto &kv : loras) dora += kv.second.M != nullptr;
+  report.set("dora_modules", Json::integer(dora));
   report.set("replaced_tensors", Json::integer(replaced));
   report.set("vocab_before", Json::integer(base_vocab));
   report.set("vocab_after", Json::integer(new_vocab));

@@ -117,7 +117,7 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
 
   model
     .command('merge')
-    .description('merge a LoRA adapter (or a Chinese-LLaMA-Alpaca delta) into its base; writes an HF folder')
+    .description('merge a LoRA or DoRA adapter (or a Chinese-LLaMA-Alpaca delta) into its base; writes an HF folder')
     .requiredOption('--model <dir>', 'base model folder')
     .requiredOption('--adapter <dir>', 'PEFT adapter folder')
     .requiredOption('--out <dir>', 'new output folder')
@@ -127,7 +127,7 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
       try {
         const r = await models.merge({ ...o, signal: ac.signal, onProgress: (p) => status(opLine(p)) });
         const vocab = r.vocab_after !== r.vocab_before ? `, vocabulary ${r.vocab_before} → ${r.vocab_after}` : '';
-        status(`merged ${r.merged_modules} LoRA modules, replaced ${r.replaced_tensors} tensors${vocab} (${r.dtype}) into ${r.out}`, true);
+        status(`merged ${r.merged_modules} LoRA modules${r.dora_modules ? ` (${r.dora_modules} DoRA)` : ''}, replaced ${r.replaced_tensors} tensors${vocab} (${r.dtype}) into ${r.out}`, true);
       } catch (e) {
         status('', true);
         fail(e);
@@ -139,7 +139,7 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
     .description('GGUF for llama.cpp / Ollama / LM Studio (llama incl. Llama 3, mistral, qwen2, baichuan, minicpm, gpt_neox, bloom, falcon, chatglm2), plus an Ollama <name>.Modelfile')
     .requiredOption('--model <dir>', 'model folder (merged, or the base with --adapter)')
     .option('--adapter <dir>', 'merge this adapter first')
-    .option('--adapter-only', "with --adapter: write the adapter alone as llama.cpp's LoRA GGUF (no merge)", false)
+    .option('--adapter-only', "with --adapter: write the adapter alone as llama.cpp's LoRA GGUF (no merge; not for DoRA adapters)", false)
     .requiredOption('--out <file>', 'the .gguf file')
     .addOption(new Option('--dtype <dtype>', 'tensor type').choices(['f32', 'f16', 'bf16']).default('f16'))
     .addOption(new Option('--template <template>', 'the training template (chat template and Modelfile)').choices([...TEMPLATES]))

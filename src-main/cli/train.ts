@@ -37,7 +37,7 @@ function loraOptions(v: string): Record<string, unknown> {
   }
   if (typeof j !== 'object' || j === null || Array.isArray(j)) throw new RunSpecError('--lora_options: a JSON object, e.g. {"use_rslora": true}');
   const bad = Object.keys(j).filter((k) => !(LORA_OPTION_KEYS as readonly string[]).includes(k));
-  if (bad.length) throw new RunSpecError(`--lora_options: unknown key(s) ${bad.join(', ')} (known: ${LORA_OPTION_KEYS.join(', ')}; r, alpha, dropout, target modules and modules_to_save have their own flags)`);
+  if (bad.length) throw new RunSpecError(`--lora_options: unknown key(s) ${bad.join(', ')} (known: ${LORA_OPTION_KEYS.join(', ')}; r, alpha, dropout, target modules, modules_to_save and use_dora have their own flags)`);
   return j as Record<string, unknown>;
 }
 
@@ -124,6 +124,17 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     if (lora === null) throw new RunSpecError(`--use_lora ${String(o.use_lora)}: a truthy or falsy value is expected (True/False, yes/no, 1/0)`, [{ path: 'method', message: 'True (LoRA) or False (full fine-tuning)' }]);
     spec.method = lora ? 'lora' : 'full';
   }
+  let dora: boolean | undefined;
+  if (o.use_dora !== undefined) {
+    const d = parseBool(typeof o.use_dora === 'boolean' ? o.use_dora : String(o.use_dora));
+    if (d === null) throw new RunSpecError(`--use_dora ${String(o.use_dora)}: a truthy or falsy value is expected (True/False, yes/no, 1/0)`, [{ path: 'lora.use_dora', message: 'True (DoRA) or False (plain LoRA)' }]);
+    if (d && spec.method === 'full') {
+      throw new RunSpecError('--use_dora: DoRA is a kind of LoRA adapter, and --use_lora False trains every weight in full (there is no adapter); drop --use_dora, or train LoRA', [
+        { path: 'lora.use_dora', message: 'DoRA needs LoRA (--use_lora True)' },
+      ]);
+    }
+    dora = d;
+  }
   let warnings: string[] = [];
   if (o.lora_config) {
     const r = readLoraConfigFile(String(o.lora_config));
@@ -138,7 +149,10 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['dropout', o.lora_dropout],
     ['target_modules', o.lora_target_modules !== undefined ? parseTargetModules(String(o.lora_target_modules)) : undefined],
     ['modules_to_save', o.modules_to_save !== undefined ? list(o.modules_to_save) : undefined],
+    ['use_dora', dora],
   ]));
+  // DoRA off is the default: left out, as a PEFT config's use_dora false is
+  if ((spec.lora as { use_dora?: boolean } | undefined)?.use_dora === false) delete (spec.lora as { use_dora?: boolean }).use_dora;
   if (o.run_name) spec.name = String(o.run_name);
   if (o.resume_from_checkpoint) spec.resume_from = String(o.resume_from_checkpoint);
   let input: RunSpecInput = spec as RunSpecInput;
@@ -202,12 +216,13 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--adam_beta2 <x>', 'AdamW beta2 (0.999)', num)
     .option('--adam_epsilon <x>', 'AdamW epsilon (1e-8)', num)
     .option('--seed <n>', 'seed', int)
-    .option('--lora_config <file>', "a LoRA config: the seed's (configs/lora_config_<family>.json) or a PEFT LoraConfig JSON (adapter_config.json); PEFT features the engine cannot honour (use_dora, fan_in_fan_out, layer_replication, ...) are refused by name")
+    .option('--lora_config <file>', "a LoRA config: the seed's (configs/lora_config_<family>.json) or a PEFT LoraConfig JSON (adapter_config.json; use_dora, use_rslora, rank_pattern, ... are honoured); PEFT features the engine cannot honour (fan_in_fan_out, lora_bias, layer_replication, ...) are refused by name")
     .option('--lora_r <n>', 'LoRA rank (overrides --lora_config)', int)
     .option('--lora_alpha <x>', 'LoRA alpha (overrides --lora_config)', num)
     .option('--lora_dropout <p>', 'LoRA dropout (overrides --lora_config)', num)
     .option('--lora_target_modules <names>', 'modules to adapt (overrides --lora_config): comma-separated names (exact or ".name" suffix, e.g. q_proj,v_proj), "all-linear" (every linear layer but the output head), or a regex matched against the whole module path (PEFT\'s re.fullmatch); a value with any of \\ ^ $ * + ? ( ) [ ] { } | is taken as one regex, not split on commas')
     .option('--modules_to_save <names>', 'comma-separated modules trained in full and saved with the adapter')
+    .option('--use_dora [bool]', "DoRA (PEFT's use_dora): weight-decomposed LoRA, a trained magnitude per output row of each adapted linear (overrides --lora_config); a bare --use_dora is True; LoRA only", bool)
     .option('--lora_options <json>', `further PEFT LoraConfig keys as a JSON object: ${LORA_OPTION_KEYS.join(', ')} (e.g. '{"use_rslora": true, "rank_pattern": {"q_proj": 16}}'; overrides --lora_config)`)
     .option('--run_name <name>', 'the run\'s name in the app')
     .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False); true/false, yes/no, 1/0 in any case', bool)

@@ -183,6 +183,26 @@ describe('New fine-tune wizard', () => {
     expect(await page.getByTestId('wizard-launch').isDisabled()).toBe(false);
   });
 
+  it('DoRA: the LoRA step\'s checkbox reaches the RunSpec and the command line, and a full fine-tune drops it', async () => {
+    await page.getByTestId('wizard-step-2').click();
+    await page.getByTestId('method-lora').check();
+    expect(await page.getByTestId('lora-dora').isChecked()).toBe(false);
+    await page.getByTestId('lora-dora').check();
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).toContain('--use_dora');
+    // a full fine-tune has no adapter: the choice is kept for LoRA but not sent
+    await page.getByTestId('wizard-step-2').click();
+    await page.getByTestId('method-full').check();
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).not.toContain('--use_dora');
+    await page.getByTestId('wizard-step-2').click();
+    await page.getByTestId('method-lora').check();
+    expect(await page.getByTestId('lora-dora').isChecked()).toBe(true);
+    await page.getByTestId('lora-dora').uncheck();
+  });
+
   it('an empty dataset is named beside its path and blocks Next', async () => {
     const empty = path.join(app.home, 'empty.json');
     fs.writeFileSync(empty, '[]');

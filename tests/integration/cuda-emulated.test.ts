@@ -28,7 +28,7 @@ function train(
   name: string,
   device: string,
   precision: string,
-  extra: { env?: Record<string, string>; steps?: number; resume?: string; model?: string; targets?: string[]; offload?: boolean; ckpt?: 'on' | 'offload' } = {},
+  extra: { env?: Record<string, string>; steps?: number; resume?: string; model?: string; targets?: string[]; offload?: boolean; ckpt?: 'on' | 'offload'; dora?: boolean; quant?: string } = {},
 ) {
   const out = path.join(tmp, name);
   const job = path.join(tmp, `${name}.job.json`);
@@ -37,7 +37,8 @@ function train(
     JSON.stringify({
       model: extra.model ?? model,
       device,
-      lora: { r: 4, alpha: 8, dropout: 0.1, target_modules: extra.targets ?? ['q_proj', 'v_proj', 'o_proj', 'down_proj'] },
+      lora: { r: 4, alpha: 8, dropout: 0.1, target_modules: extra.targets ?? ['q_proj', 'v_proj', 'o_proj', 'down_proj'], ...(extra.dora ? { use_dora: true } : {}) },
+      ...(extra.quant ? { quantization: extra.quant } : {}),
       data: { train: tokens },
       training: {
         learning_rate: 0.01, max_steps: extra.steps ?? 6, micro_batch_size: 3, gradient_accumulation_steps: 2, seed: 3, precision,
@@ -137,6 +138,22 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
       }
     }, 300_000);
   }
+
+  // DoRA through the engine's CLI on the GPU: fp32, bf16 and QLoRA (nf4 weights, bf16 compute) follow the CPU
+  it('DoRA (use_dora) on cuda follows the CPU: fp32, bf16 and QLoRA nf4', () => {
+    for (const [precision, quant, tol] of [['fp32', undefined, 1e-4], ['bf16', undefined, 1e-2], ['bf16', 'nf4', 1e-2]] as const) {
+      const o = { steps: 4, dora: true, ...(quant ? { quant } : {}) };
+      const cpu = train(`dora-cpu-${precision}-${quant ?? 'w'}`, 'cpu', precision, o);
+      const gpu = train(`dora-gpu-${precision}-${quant ?? 'w'}`, 'cuda', precision, o);
+      expect(cpu.status, cpu.stderr).toBe(0);
+      expect(gpu.status, gpu.stderr).toBe(0);
+      expect(gpu.events.some((e) => e.event === 'warning' && /CUDA unavailable/.test(e.message ?? ''))).toBe(false);
+      expect(cpu.losses.length).toBe(4);
+      expect(maxRel(cpu.losses, gpu.losses), `${precision} ${quant ?? ''}`).toBeLessThan(tol);
+      const a = readSafetensors(path.join(gpu.out, 'adapter_model.safetensors'));
+      expect([...a.keys()].filter((k) => k.endsWith('.lora_magnitude_vector')).length).toBe(8);
+    }
+  }, 300_000);
 
   it('offload_optimizer: AdamW on the host gives the same run with 8 bytes per trainable parameter less on the GPU, and resumes', () => {
     const dev = train('adam-dev', 'cuda', 'fp32');

@@ -355,13 +355,14 @@ describe.skipIf(!fs.existsSync(ENGINE))('the memory estimate of these families',
     const all = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'];
     // create-tiny mistral has head_dim 24 (hidden 64, 4 heads): q_proj 64 → 96; qwen2 has q/k/v biases; llama_bias
     // LlamaConfig's attention_bias and mlp_bias
-    for (const [family, bias, targets] of [['mistral', 'none', all], ['qwen2', 'all', all], ['qwen2', 'lora_only', ['q_proj', 'v_proj']], ['llama_bias', 'lora_only', ['q_proj', 'down_proj']], ['llama3', 'all', all]] as const) {
+    // (a DoRA run adds a magnitude per output row of each adapted linear, and keeps an [N, out] product per linear)
+    for (const [family, bias, targets, dora] of [['mistral', 'none', all, false], ['qwen2', 'all', all, false], ['qwen2', 'lora_only', ['q_proj', 'v_proj'], false], ['llama_bias', 'lora_only', ['q_proj', 'down_proj'], false], ['llama3', 'all', all, false], ['mistral', 'none', all, true], ['qwen2', 'lora_only', ['q_proj', 'down_proj'], true]] as const) {
       const dir = path.join(tmp, `est-${family}`);
       if (!fs.existsSync(dir)) expect(spawnSync(ENGINE, ['create-tiny', '--family', family, '--out', dir]).status).toBe(0);
       const info = JSON.parse(spawnSync(ENGINE, ['inspect', '--model', dir], { encoding: 'utf8' }).stdout);
-      const lora = { r: 8, alpha: 16, target_modules: [...targets], bias };
+      const lora = { r: 8, alpha: 16, target_modules: [...targets], bias, ...(dora ? { use_dora: true } : {}) };
       const job = path.join(tmp, 'est-job.json');
-      fs.writeFileSync(job, JSON.stringify({ model: dir, method: 'lora', lora, data: { train: tok }, training: { max_steps: 2, micro_batch_size: 4 }, output: { dir: path.join(tmp, `est-out-${family}-${bias}`), logging_steps: 1, save_steps: 1000 }, threads: 2 }));
+      fs.writeFileSync(job, JSON.stringify({ model: dir, method: 'lora', lora, data: { train: tok }, training: { max_steps: 2, micro_batch_size: 4 }, output: { dir: path.join(tmp, `est-out-${family}-${bias}-${dora}`), logging_steps: 1, save_steps: 1000 }, threads: 2 }));
       const r = spawnSync(ENGINE, ['train', '--job', job], { encoding: 'utf8' });
       expect(r.status, r.stderr).toBe(0);
       const events = r.stdout.trim().split('\n').map((l) => JSON.parse(l) as Record<string, number | string>);
@@ -369,7 +370,7 @@ describe.skipIf(!fs.existsSync(ENGINE))('the memory estimate of these families',
       const peak = Math.max(...events.filter((e) => e.event === 'step').map((e) => e.peak_mem_bytes as number));
       const spec = parseRunSpec({ model: { path: dir }, lora: { ...lora, dropout: 0 }, data: { train: tok, max_source_length: 48, max_target_length: 16 }, training: { micro_batch_size: 4 }, output: { dir: '/o' } });
       const est = estimateRun(info, spec, 2);
-      const where = `${family} bias ${bias}`;
+      const where = `${family} bias ${bias}${dora ? ' DoRA' : ''}`;
       expect(est.trainableParams, where).toBe(started.trainable_params);
       expect(Math.abs(est.bytes.total - peak) / peak, where).toBeLessThan(0.25);
     }

@@ -16,9 +16,9 @@ import { TEMPLATES, type TemplateName } from '../data/templates.js';
 
 // ---- safetensors (read side) ---------------------------------------------------------------------------
 
-type StDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+export type StDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
-interface StTensor {
+export interface StTensor {
   name: string;
   dtype: StDtype;
   shape: number[];
@@ -27,7 +27,7 @@ interface StTensor {
   nbytes: number;
 }
 
-function readStHeader(file: string): StTensor[] {
+export function readStHeader(file: string): StTensor[] {
   const fd = fs.openSync(file, 'r');
   try {
     const lenBuf = Buffer.alloc(8);
@@ -86,7 +86,7 @@ function halfToFloat(h: number): number {
 
 const f32buf = new Float32Array(1);
 const u32buf = new Uint32Array(f32buf.buffer);
-function floatToHalf(v: number): number {
+export function floatToHalf(v: number): number {
   f32buf[0] = v;
   const x = u32buf[0]!;
   const sign = (x >>> 16) & 0x8000;
@@ -110,14 +110,14 @@ function floatToHalf(v: number): number {
   if (rem > 0x1000 || (rem === 0x1000 && r & 1)) r++;
   return sign | r;
 }
-function floatToBf16(v: number): number {
+export function floatToBf16(v: number): number {
   f32buf[0] = v;
   const x = u32buf[0]!;
   if ((x & 0x7fffffff) > 0x7f800000) return (x >>> 16) | 0x40;
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-function readF32(t: StTensor): Float32Array {
+export function readF32(t: StTensor): Float32Array {
   const buf = Buffer.alloc(t.nbytes);
   const fd = fs.openSync(t.file, 'r');
   try {
@@ -1087,16 +1087,26 @@ function patternValue(patterns: unknown, module: string): number | undefined {
   return undefined;
 }
 
+/** Why a DoRA adapter (use_dora true) cannot be written as llama.cpp's LoRA GGUF, and what to do instead. */
+export function doraAdapterOnlyMessage(adapterDir: string): string {
+  return (
+    `${adapterDir} is a DoRA adapter (use_dora true): llama.cpp's LoRA GGUF holds LoRA pairs only and has no place for DoRA's ` +
+    `magnitude vectors, so it cannot be exported alone. Merge it into its base first (llms-train model merge) and export the merged ` +
+    `folder, or export with --adapter (without --adapter-only), which merges it on the way`
+  );
+}
+
 /** Writes llama.cpp's LoRA adapter GGUF: general.type = adapter, adapter.type = lora, adapter.lora.alpha, and
  *  for each adapted base tensor `<gguf name>.lora_a` [r, in] and `.lora_b` [out, r] (HF order; B's rows moved
  *  like the base tensor's rows). llama.cpp scales by alpha / r of each pair, so per-module scales that differ
  *  (rsLoRA, rank_pattern, alpha_pattern) are folded into lora_b. Load it with the base GGUF of the same model. */
 export async function exportAdapterGguf(o: AdapterExportOptions): Promise<ExportResult> {
-  const cfg = readConfig(o.modelDir);
   const acfgFile = path.join(o.adapterDir, 'adapter_config.json');
   if (!fs.existsSync(acfgFile)) throw new Error(`no adapter_config.json in ${o.adapterDir}`);
   const acfg = JSON.parse(fs.readFileSync(acfgFile, 'utf8')) as Record<string, unknown>;
   if (acfg.peft_type !== undefined && acfg.peft_type !== 'LORA') throw unsupported(`adapter type ${String(acfg.peft_type)}: llama.cpp loads LoRA adapters only`);
+  if (acfg.use_dora === true) throw unsupported(doraAdapterOnlyMessage(o.adapterDir));
+  const cfg = readConfig(o.modelDir);
   const single = path.join(o.adapterDir, 'adapter_model.safetensors');
   if (!fs.existsSync(single)) {
     if (fs.existsSync(path.join(o.adapterDir, 'adapter_model.bin'))) throw new Error(`${o.adapterDir} holds adapter_model.bin only: convert it to safetensors first (llms-train model convert)`);

@@ -11,7 +11,8 @@ import type { TemplateName } from '../data/templates.js';
 import { engineBinary } from '../engine/native.js';
 import { dataHome } from '../paths.js';
 import { downloadModel, modelsHome, type DownloadOptions, type DownloadProgress } from './download.js';
-import { exportAdapterGguf, exportGguf, type ExportResult, type GgufDtype, modelfilePath, writesModelfile } from './gguf.js';
+import { isDoraAdapter } from './dora.js';
+import { doraAdapterOnlyMessage, exportAdapterGguf, exportGguf, type ExportResult, type GgufDtype, modelfilePath, writesModelfile } from './gguf.js';
 
 export type { DownloadProgress, ExportResult, ModelInspection };
 
@@ -148,9 +149,12 @@ export interface MergeResult {
   tokenizer_from: 'adapter' | 'base';
   files: string[];
   bytes: number;
+  /** how many of the merged modules were DoRA (rows scaled by the magnitude) */
+  dora_modules?: number;
 }
 
-/** Merges a LoRA adapter (or a Chinese-LLaMA-Alpaca delta) into its base as a new HF folder. */
+/** Merges a LoRA or DoRA adapter (or a Chinese-LLaMA-Alpaca delta) into its base as a new HF folder (the engine's
+ *  merge; a DoRA adapter as PEFT's merge_and_unload does it). */
 export function merge(o: MergeOptions): Promise<MergeResult> {
   return runEngine<MergeResult>(
     ['merge', '--model', o.model, '--adapter', o.adapter, '--out', o.out, '--dtype', o.dtype ?? 'auto', ...(o.maxShardBytes ? ['--max-shard-bytes', String(o.maxShardBytes)] : [])],
@@ -244,6 +248,7 @@ export async function exportModel(o: ExportOptions): Promise<ExportResult> {
   try {
     let dir = o.model;
     if (o.adapter && o.adapterOnly) {
+      if (isDoraAdapter(o.adapter)) throw new ModelOpError(`UNSUPPORTED: ${doraAdapterOnlyMessage(o.adapter)}`, 'UNSUPPORTED');
       let adapter = o.adapter;
       if (!fs.existsSync(path.join(adapter, 'adapter_model.safetensors'))) {
         adapter = path.join(work, 'adapter');

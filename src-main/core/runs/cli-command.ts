@@ -45,6 +45,7 @@ export function cliArgs(spec: RunSpec): string[] {
     if (typeof tm === 'string') flag('lora_target_modules', tm.toLowerCase() === 'all-linear' || isRegexLike(tm) ? tm : `(?:${tm})`);
     else if (tm) flag('lora_target_modules', tm.join(','));
     if (spec.lora.modules_to_save) flag('modules_to_save', spec.lora.modules_to_save.join(','));
+    sw('use_dora', spec.lora.use_dora === true);
     const extra = Object.fromEntries(LORA_OPTION_KEYS.filter((k) => spec.lora[k] !== undefined).map((k) => [k, spec.lora[k]]));
     if (Object.keys(extra).length) flag('lora_options', JSON.stringify(extra));
   }

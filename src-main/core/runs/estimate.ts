@@ -167,6 +167,11 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
         trainableParams += r * (inn + out);
         if (b && bias === 'lora_only') trainableParams += b.linear.get(name) ?? 0;
         block += r + (spec.lora.dropout > 0 ? inn : 0);
+        // DoRA: the magnitude (one per output row) and the [N, out] product its gradient reads
+        if (spec.lora.use_dora) {
+          trainableParams += out;
+          block += out;
+        }
       }
       loraSum += block;
       loraMax = Math.max(loraMax, block);

@@ -28,6 +28,8 @@ export const LoraSpec = z
     modules_to_save: z.array(Name).nullable().default(null),
     bias: z.enum(['none', 'all', 'lora_only']).optional(),
     use_rslora: z.boolean().optional(),
+    // DoRA (PEFT use_dora): weight-decomposed LoRA, a trainable magnitude per output row of each adapted linear
+    use_dora: z.boolean().optional(),
     // per-module rank / alpha: key = module name or regex (matched as PEFT does: (.*\.)?(key)$)
     rank_pattern: z.record(Name, PosInt).optional(),
     alpha_pattern: z.record(Name, z.number().positive()).optional(),
@@ -131,6 +133,10 @@ export const RunSpec = z
     message: 'training.offload_checkpoints moves the checkpointed block inputs to host memory: it needs gradient_checkpointing',
     path: ['training', 'offload_checkpoints'],
   })
+  .refine((s) => !(s.method === 'full' && s.lora.use_dora), {
+    message: 'lora.use_dora (DoRA) is a kind of LoRA adapter: it needs method "lora", not a full fine-tune (--use_lora False)',
+    path: ['lora', 'use_dora'],
+  })
   .refine((s) => s.model.quantization === 'none' || s.method === 'lora', {
     message: 'model.quantization (QLoRA) needs method "lora": the 4-bit base weights are frozen',
     path: ['model', 'quantization'],
@@ -215,7 +221,6 @@ const PEFT_BOOKKEEPING = new Set(['peft_type', 'task_type', 'inference_mode', 'b
 
 /** PEFT features the engine cannot honour: accepted only at their "off" value (absent, null, false, {} or []). */
 const PEFT_UNSUPPORTED: Record<string, string> = {
-  use_dora: 'DoRA (use_dora) is not supported',
   fan_in_fan_out: 'fan_in_fan_out (Conv1D weights stored transposed, GPT-2 style) is not supported',
   lora_bias: 'lora_bias (a trained bias on lora_B) is not supported',
   use_qalora: 'QA-LoRA (use_qalora) is not supported',
@@ -241,10 +246,10 @@ const isOff = (v: unknown) => v === undefined || v === null || v === false || (t
 /**
  * A LoRA config file as the RunSpec's lora settings: the seed's format ({lora_r, lora_alpha, lora_dropout,
  * lora_target_modules, modules_to_save}) or a PEFT LoraConfig JSON (adapter_config.json, LoraConfig.to_dict()):
- * r, lora_alpha, lora_dropout, target_modules (list or regex string), modules_to_save, bias, use_rslora,
+ * r, lora_alpha, lora_dropout, target_modules (list or regex string), modules_to_save, bias, use_rslora, use_dora,
  * rank_pattern, alpha_pattern, exclude_modules, layers_to_transform, layers_pattern. Bookkeeping keys (task_type,
- * peft_type "LORA", base_model_name_or_path, ...) are accepted; features the engine cannot honour (use_dora,
- * fan_in_fan_out, layer_replication, ...) and unknown keys are refused by name. `warnings`: what is accepted but
+ * peft_type "LORA", base_model_name_or_path, ...) are accepted; features the engine cannot honour (fan_in_fan_out,
+ * lora_bias, layer_replication, ...) and unknown keys are refused by name. `warnings`: what is accepted but
  * not done as written (init_lora_weights other than true, a task_type other than CAUSAL_LM).
  */
 export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInput['lora']>; warnings: string[] } {
@@ -256,7 +261,7 @@ export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInp
   }
   if (typeof j !== 'object' || j === null || Array.isArray(j)) throw new RunSpecError(`${file}: a LoRA config is a JSON object`);
   const seedKeys = ['lora_r', 'lora_alpha', 'lora_dropout', 'lora_target_modules', 'modules_to_save'];
-  const peftKeys = ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'modules_to_save', ...LORA_OPTION_KEYS];
+  const peftKeys = ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'modules_to_save', 'use_dora', ...LORA_OPTION_KEYS];
   const known = new Set([...seedKeys, ...peftKeys, ...PEFT_BOOKKEEPING, ...Object.keys(PEFT_UNSUPPORTED)]);
   const unknown = Object.keys(j).filter((k) => !known.has(k));
   if (unknown.length) {
@@ -288,6 +293,7 @@ export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInp
   // the optional keys only when they say something (PEFT writes every key, mostly at its default)
   if (j.bias !== undefined && j.bias !== 'none') out.bias = j.bias as 'all';
   if (j.use_rslora !== undefined && j.use_rslora !== false) out.use_rslora = j.use_rslora as boolean;
+  if (j.use_dora !== undefined && j.use_dora !== null && j.use_dora !== false) out.use_dora = j.use_dora as boolean;
   for (const k of ['rank_pattern', 'alpha_pattern', 'exclude_modules', 'layers_to_transform', 'layers_pattern'] as const) {
     if (!isOff(j[k])) (out as Record<string, unknown>)[k] = j[k];
   }
@@ -357,6 +363,7 @@ export function engineLora(l: RunSpec['lora']): Record<string, unknown> {
     modules_to_save: l.modules_to_save,
     ...(l.bias !== undefined && l.bias !== 'none' ? { bias: l.bias } : {}),
     ...(l.use_rslora ? { use_rslora: true } : {}),
+    ...(l.use_dora ? { use_dora: true } : {}),
     ...(has(l.rank_pattern) ? { rank_pattern: l.rank_pattern } : {}),
     ...(has(l.alpha_pattern) ? { alpha_pattern: l.alpha_pattern } : {}),
     ...(has(l.exclude_modules) ? { exclude_modules: l.exclude_modules } : {}),

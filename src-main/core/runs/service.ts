@@ -125,6 +125,7 @@ export function resumeMismatch(spec: RunSpec, checkpoint: string): string[] {
   else if (!acfg && full && spec.method === 'lora') out.push('the checkpoint holds a full fine-tune but this run trains LoRA');
   if (acfg && spec.method === 'lora') {
     if (typeof acfg.r === 'number' && acfg.r !== spec.lora.r) out.push(`LoRA r is ${acfg.r} there, ${spec.lora.r} here`);
+    if ((acfg.use_dora === true) !== (spec.lora.use_dora === true)) out.push(`the checkpoint holds a ${acfg.use_dora === true ? 'DoRA' : 'plain LoRA'} adapter but this run trains ${spec.lora.use_dora === true ? 'DoRA' : 'plain LoRA'}`);
     const t = acfg.target_modules;
     const want = spec.lora.target_modules;
     if (Array.isArray(t) && Array.isArray(want)) {
