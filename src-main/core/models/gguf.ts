@@ -16,9 +16,9 @@ import { TEMPLATES, type TemplateName } from '../data/templates.js';
 
 // ---- safetensors (read side) ---------------------------------------------------------------------------
 
-export type StDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
+type StDtype = 'F32' | 'F16' | 'BF16' | 'F64' | 'I64' | 'I32' | 'I16' | 'I8' | 'U8' | 'BOOL';
 
-export interface StTensor {
+interface StTensor {
   name: string;
   dtype: StDtype;
   shape: number[];
@@ -27,7 +27,7 @@ export interface StTensor {
   nbytes: number;
 }
 
-export function readStHeader(file: string): StTensor[] {
+function readStHeader(file: string): StTensor[] {
   const fd = fs.openSync(file, 'r');
   try {
     const lenBuf = Buffer.alloc(8);
@@ -86,7 +86,7 @@ function halfToFloat(h: number): number {
 
 const f32buf = new Float32Array(1);
 const u32buf = new Uint32Array(f32buf.buffer);
-export function floatToHalf(v: number): number {
+function floatToHalf(v: number): number {
   f32buf[0] = v;
   const x = u32buf[0]!;
   const sign = (x >>> 16) & 0x8000;
@@ -117,7 +117,7 @@ export function floatToBf16(v: number): number {
   return ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
 }
 
-export function readF32(t: StTensor): Float32Array {
+function readF32(t: StTensor): Float32Array {
   const buf = Buffer.alloc(t.nbytes);
   const fd = fs.openSync(t.file, 'r');
   try {
