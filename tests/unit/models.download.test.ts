@@ -10,7 +10,7 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { downloadModel, listRepoFiles, type DownloadProgress } from '../../src-main/core/models/download';
+import { defaultInclude, downloadModel, listRepoFiles, type DownloadProgress } from '../../src-main/core/models/download';
 
 const big = crypto.randomBytes(300_000);
 const config = Buffer.from('{"model_type": "llama"}\n');
@@ -126,5 +126,19 @@ describe('Hub downloads', () => {
     const ac = new AbortController();
     ac.abort();
     await expect(downloadModel({ repo: 'org/tiny', endpoint, dest: path.join(tmp, 'ab'), signal: ac.signal })).rejects.toMatchObject({ code: 'ABORTED' });
+  });
+});
+
+describe('the default file choice', () => {
+  const files = (...paths: string[]) => paths.map((p) => ({ path: p, size: 1 }));
+  const chosen = (list: { path: string; size: number }[]) => list.filter(defaultInclude(list)).map((f) => f.path);
+  it("leaves out Meta's original/ folder and mistral-inference's consolidated weights beside HF-format safetensors", () => {
+    // Llama-3.1-8B-Instruct's layout
+    expect(chosen(files('config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json', 'tokenizer.json', 'original/consolidated.00.pth', 'original/params.json', 'original/tokenizer.model'))).toEqual(['config.json', 'model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors', 'model.safetensors.index.json', 'tokenizer.json']);
+    // Mistral-7B-Instruct-v0.3's
+    expect(chosen(files('config.json', 'consolidated.safetensors', 'params.json', 'model-00001-of-00003.safetensors', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer.model.v3'))).toEqual(['config.json', 'params.json', 'model-00001-of-00003.safetensors', 'model.safetensors.index.json', 'tokenizer.model', 'tokenizer.model.v3']);
+    // a repository with only the original checkpoint keeps it (nothing else to load), and .bin beside safetensors goes
+    expect(chosen(files('consolidated.safetensors', 'params.json'))).toEqual(['consolidated.safetensors', 'params.json']);
+    expect(chosen(files('model.safetensors', 'pytorch_model.bin', 'flax_model.msgpack'))).toEqual(['model.safetensors']);
   });
 });

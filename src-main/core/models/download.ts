@@ -122,13 +122,18 @@ export async function listRepoFiles(repo: string, o: HubOptions = {}): Promise<H
   }));
 }
 
-/** Default choice: skip other frameworks' weights, and .bin weights when safetensors are there. */
+/** Default choice: skip other frameworks' weights, .bin weights when safetensors are there, and — beside the HF-format
+ *  weights (model*.safetensors) — the original checkpoints some repositories also carry: Meta's `original/` folder
+ *  (Llama 3.x: consolidated.00.pth, params.json, tokenizer.model; ≈ 16 GB for 8B) and mistral-inference's
+ *  `consolidated.safetensors` (Mistral-7B-Instruct-v0.3: ≈ 14 GB), which no HF loader reads. */
 export function defaultInclude(files: HubFile[]): (f: HubFile) => boolean {
   const hasSt = files.some((f) => f.path.endsWith('.safetensors'));
+  const hasHf = files.some((f) => /^model(-\d+-of-\d+)?\.safetensors$|^model\.safetensors\.index\.json$/.test(f.path));
   return (f) => {
     const p = f.path;
     if (/\.(h5|msgpack|ot|onnx|tflite|mlmodel|gguf)$/.test(p) || p.startsWith('.') || p.includes('/.')) return false;
     if (hasSt && /(^|\/)pytorch_model.*\.bin(\.index\.json)?$/.test(p)) return false;
+    if (hasHf && (p.startsWith('original/') || /^consolidated(\.\d+)?\.(safetensors|pth)$/.test(p))) return false;
     return true;
   };
 }
