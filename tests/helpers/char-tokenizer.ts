@@ -12,6 +12,7 @@ export const charTok: Tokenizer = {
   padId: 0,
   unkId: 3,
   specialTokens: { '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 },
+  specialIds: new Set([1, 2, 4, 5, 6]),
   encode: (t) => [...t].map((c) => c.codePointAt(0)! + 10),
   decode: (ids) => ids.map((i) => (i >= 10 ? String.fromCodePoint(i - 10) : `<${i}>`)).join(''),
   tokenToId: (s) => ({ '<s>': 1, '</s>': 2, '[gMASK]': 4, sop: 5, eop: 6 })[s] ?? null,

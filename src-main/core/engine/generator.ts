@@ -355,7 +355,7 @@ export class Generator {
     const template = req.template ?? 'raw';
     if (!prompt.length) throw new GenerateError('the prompt has no tokens', 'BAD_INPUT');
     const stop = stopIds(e.info.eos_ids, template, tok);
-    const skip = new Set<number>([...stop, ...Object.values(tok.specialTokens)]);
+    const skip = new Set<number>([...stop, ...tok.specialIds]);
     if (tok.bosId !== null) skip.add(tok.bosId);
     if (tok.padId !== null) skip.add(tok.padId);
     const params: GenerateParams = { ...SEED_SAMPLING, ...req.params, stop_ids: stop };
@@ -424,7 +424,7 @@ export class Generator {
     try {
       const template = first.template ?? 'raw';
       const stop = stopIds(e.info.eos_ids, template, tok);
-      const skip = new Set<number>([...stop, ...Object.values(tok.specialTokens)]);
+      const skip = new Set<number>([...stop, ...tok.specialIds]);
       if (tok.bosId !== null) skip.add(tok.bosId);
       if (tok.padId !== null) skip.add(tok.padId);
       const params: GenerateParams = { ...SEED_SAMPLING, ...first.params, stop_ids: stop };

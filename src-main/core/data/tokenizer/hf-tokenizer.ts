@@ -20,6 +20,7 @@ export type HfTokenizer = Tokenizer & {
 interface JsonAddedToken {
   id: number;
   content: string;
+  special?: boolean;
 }
 
 function tokenizersPath(): string {
@@ -63,7 +64,7 @@ export function loadHfTokenizer(file: string, text: string, json: unknown, cfg: 
   const rawAdded = (json as { added_tokens?: unknown }).added_tokens;
   if (Array.isArray(rawAdded)) {
     for (const t of rawAdded as Partial<JsonAddedToken>[]) {
-      if (typeof t?.content === 'string' && typeof t.id === 'number') jsonAddedList.push({ id: t.id, content: t.content });
+      if (typeof t?.content === 'string' && typeof t.id === 'number') jsonAddedList.push({ id: t.id, content: t.content, special: t.special === true });
     }
   }
   const extra = tokensToAdd(cfg, new Set(jsonAddedList.map((t) => t.content)));
@@ -80,6 +81,16 @@ export function loadHfTokenizer(file: string, text: string, json: unknown, cfg: 
     if (id !== null) maxId = Math.max(maxId, id);
   }
   const vocabSize = Math.max(rust.getVocabSize(true), maxId + 1);
+  // what decode(skip_special_tokens=True) skips: added tokens flagged special, and every token the config names
+  const specialIds = new Set<number>();
+  for (const t of [...jsonAddedList, ...extra]) {
+    const id = rust.tokenToId(t.content);
+    if (id !== null && t.special) specialIds.add(id);
+  }
+  for (const t of allSpecialTokens(cfg)) {
+    const id = rust.tokenToId(t.content);
+    if (id !== null) specialIds.add(id);
+  }
   // Ids past the tokenizer (a model's padded embedding rows: Pythia 50304 vs 50277, ChatGLM2 65024 vs 64794) are
   // no token: decode renders nothing for them, as HF's `tokenizer.decode` does. A value that is no id at all
   // (negative, fractional) is still an error.
@@ -100,6 +111,7 @@ export function loadHfTokenizer(file: string, text: string, json: unknown, cfg: 
     unkId: resolveRoleId(cfg, 'unk', lookup, typeof modelUnk === 'string' ? rust.tokenToId(modelUnk) : null),
     padId: resolveRoleId(cfg, 'pad', lookup, null),
     specialTokens: Object.freeze(specials),
+    specialIds,
     encode: (text: string) => worker.call<number[]>({ op: 'encode', text }),
     decode: (ids: number[]) => worker.call<string>({ op: 'decode', ids: knownIds(ids) }),
     tokenToId: (token: string) => rust.tokenToId(token),

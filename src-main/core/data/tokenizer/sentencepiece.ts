@@ -88,6 +88,7 @@ class SpTokenizer implements Tokenizer {
   readonly padId: number | null;
   readonly unkId: number | null;
   readonly specialTokens: Readonly<Record<string, number>>;
+  readonly specialIds: ReadonlySet<number>;
   private readonly specials: Record<string, number> = {};
   /** id → text for ids decode renders itself (specials, added tokens). */
   private readonly render = new Map<number, string>();
@@ -197,6 +198,7 @@ class SpTokenizer implements Tokenizer {
       }
     }
     this.specialTokens = Object.freeze({ ...specials });
+    this.specialIds = new Set(Object.values(specials)); // SentencePiece control and user-defined specials
     for (const id of Object.values(specials)) size = Math.max(size, id + 1);
     this.vocabSize = size;
     const lookup = (t: string) => this.tokenToId(t);

@@ -18,6 +18,10 @@ export interface Tokenizer {
   readonly unkId: number | null;
   /** Special/added tokens by content, e.g. {"<s>": 1, "[gMASK]": 64790}. */
   readonly specialTokens: Readonly<Record<string, number>>;
+  /** The ids HF's `decode(ids, skip_special_tokens=True)` leaves out: added tokens flagged special and the tokens the
+   *  config names (bos, eos, unk, pad, additional_special_tokens). Added tokens not flagged special (Qwen2.5's
+   *  `<tool_call>`, `<think>`) are text and stay. */
+  readonly specialIds: ReadonlySet<number>;
   /** Text → ids exactly as HF's `tokenizer(text, add_special_tokens=False).input_ids` (no bos/eos added). */
   encode(text: string): number[];
   /** ids → text, skipping nothing (special tokens are rendered); an id past the vocabulary renders as '' (as HF). */
