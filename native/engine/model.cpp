@@ -933,7 +933,6 @@ llmt_status Model::attach_lora(Linear &lin, int64_t r, double alpha, double drop
 
 std::vector<double> Model::weight_row_norms2(const Linear &lin) const {
   std::vector<double> out(static_cast<size_t>(lin.out), 0.0);
-  std::vector<float> row(static_cast<size_t>(lin.in));
   if (lin.q4) {
     Q4Weight *q = nullptr;
     for (const auto &w : q4_weights)
@@ -951,24 +950,29 @@ std::vector<double> Model::weight_row_norms2(const Linear &lin) const {
       v.code2 = cpu::dynamic_map();
       v.offset = lin.q4->offset;
     }
-    for (int64_t j = 0; j < lin.out; ++j) {
-      cpu::q4_dequantize(v, j * lin.in, lin.in, row.data());
-      double acc = 0.0;
-      for (float x : row) acc += static_cast<double>(x) * x;
-      out[static_cast<size_t>(j)] = acc;
-    }
+    cpu::parallel_for(lin.out, [&](int64_t beg, int64_t end) {
+      std::vector<float> row(static_cast<size_t>(lin.in));
+      for (int64_t j = beg; j < end; ++j) {
+        cpu::q4_dequantize(v, j * lin.in, lin.in, row.data());
+        double acc = 0.0;
+        for (float x : row) acc += static_cast<double>(x) * x;
+        out[static_cast<size_t>(j)] = acc;
+      }
+    });
   } else {
     fetch_host(*lin.W);
     const Param &W = *lin.W;
-    for (int64_t j = 0; j < lin.out; ++j) {
-      double acc = 0.0;
-      for (int64_t i = 0; i < lin.in; ++i) {
-        const size_t k = static_cast<size_t>(j * lin.in + i);
-        const double x = W.half_type ? static_cast<double>(from_half(W.half[k], W.half_type)) : static_cast<double>(W.data[k]);
-        acc += x * x;
+    cpu::parallel_for(lin.out, [&](int64_t beg, int64_t end) {
+      for (int64_t j = beg; j < end; ++j) {
+        double acc = 0.0;
+        for (int64_t i = 0; i < lin.in; ++i) {
+          const size_t k = static_cast<size_t>(j * lin.in + i);
+          const double x = W.half_type ? static_cast<double>(from_half(W.half[k], W.half_type)) : static_cast<double>(W.data[k]);
+          acc += x * x;
+        }
+        out[static_cast<size_t>(j)] = acc;
       }
-      out[static_cast<size_t>(j)] = acc;
-    }
+    });
   }
   free_frozen_host();
   return out;

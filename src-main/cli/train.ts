@@ -290,7 +290,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
             if (e.event === 'started') {
               total = Number(e.max_steps);
               startStep = Number(e.start_step) || 0;
-              console.log(`training ${e.model_type} (${e.method}): ${Number(e.trainable_params).toLocaleString()} of ${Number(e.total_params).toLocaleString()} parameters trainable; ${e.train_samples} samples; ${total} steps`);
+              console.log(`training ${e.model_type} (${e.method}${e.method === 'lora' && spec.lora.use_dora ? ' + DoRA' : ''}): ${Number(e.trainable_params).toLocaleString()} of ${Number(e.total_params).toLocaleString()} parameters trainable; ${e.train_samples} samples; ${total} steps`);
               if (epochNote) console.log(`note: --max_steps ${spec.training.max_steps} is not positive, so the run trains ${spec.training.num_epochs} epoch(s) (--num_train_epochs) = ${total} steps`);
             } else if (e.event === 'step') {
               const step = Number(e.step);
