@@ -282,6 +282,11 @@ class CpuBackend final : public Backend {
       }
     });
   }
+  void add_uniform_noise(float *x, int64_t n, float mag, uint64_t stream) override {
+    cpu::parallel_for(n, [&](int64_t beg, int64_t end) {
+      for (int64_t i = beg; i < end; ++i) x[i] += mag * (2.0f * uniform01(stream, static_cast<uint64_t>(i)) - 1.0f);
+    });
+  }
   void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) override {
     const float keep = 1.0f / (1.0f - p);
     cpu::parallel_for(n, [&](int64_t beg, int64_t end) {

@@ -650,6 +650,11 @@ class CudaBackend final : public Backend {
     ew("k_qkv_split", N * W, df, dq, dk, dv, ll(N), ll(nh), ll(nkv), ll(hd), lay, int(merge));
     s.done();
   }
+  void add_uniform_noise(float *x, int64_t n, float mag, uint64_t stream) override {
+    Stage s(*this);
+    ew("k_uniform_noise", n, s.out(x, n, true), ll(n), mag, static_cast<unsigned long long>(stream));
+    s.done();
+  }
   void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) override {
     Stage s(*this);
     ew("k_dropout_fwd", n, s.in(x, n), s.out(out, n), ll(n), p, static_cast<unsigned long long>(stream));

@@ -321,6 +321,9 @@ __global__ void k_qkv_split(float *fused, float *q, float *k, float *v, ll N, ll
     else *sep = fused[i];
   }
 }
+__global__ void k_uniform_noise(float *x, ll n, float mag, unsigned long long stream) {
+  GRID_STRIDE(i, n) x[i] += mag * (2.0f * uniform01(stream, (unsigned long long)i) - 1.0f);
+}
 __global__ void k_dropout_fwd(const float *x, float *out, ll n, float p, unsigned long long stream) {
   const float keep = 1.0f / (1.0f - p);
   GRID_STRIDE(i, n) out[i] = uniform01(stream, (unsigned long long)i) < p ? 0.0f : x[i] * keep;

@@ -270,6 +270,8 @@ class Backend {
    *  architecture): per kv group g [q_{g·r} … q_{g·r+r−1}, k_g, v_g], r = nh/nkv. */
   virtual void qkv_split(float *fused, float *q, float *k, float *v, int64_t N, int64_t nh, int64_t nkv, int64_t hd,
                          QkvSplit layout, bool merge) = 0;
+  /** x[i] += mag·(2·u_i − 1), u_i = uniform01(stream, i) (NEFTune's noise on the input embeddings). */
+  virtual void add_uniform_noise(float *x, int64_t n, float mag, uint64_t stream) = 0;
   /** Inverted dropout with a counter-based mask: out = x·mask/(1−p), mask_i = uniform(stream, i) ≥ p. */
   virtual void dropout_forward(const float *x, float *out, int64_t n, float p, uint64_t stream) = 0;
   /** dx += dy·mask/(1−p) with the same mask as dropout_forward(stream). */

@@ -1914,6 +1914,12 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   // ---- forward ----
   Buf x(be, N * H, kOverwrite), x_emb(be), emb_mean(be), emb_rstd(be);
   embed_rows(be, *embed, d_ids.get(), x.data(), N, H);
+  if (opt.training && opt.neftune_alpha > 0) {
+    // NEFTune (HF's neftune_post_forward_hook on the input embedding module): + U(−mag, mag), mag = alpha/sqrt(T·H); the
+    // noise is additive, so the backward is unchanged (and a checkpointed block 0 recomputes from the noisy input)
+    const float mag = static_cast<float>(opt.neftune_alpha / std::sqrt(static_cast<double>(T) * static_cast<double>(H)));
+    be.add_uniform_noise(x.data(), N * H, mag, mix64(opt.seed ^ 0x4E4546546E756E65ull));
+  }
   if (embed_norm_w) {  // bloom: LayerNorm on the embeddings
     x_emb.copy_from(x);
     emb_mean.resize(N);

@@ -123,6 +123,9 @@ struct Batch {
 
 struct RunOptions {
   bool training = false;        // dropout on
+  /** NEFTune (HF Trainer's neftune_noise_alpha) when training: the input embeddings get uniform noise in
+   *  ±alpha/sqrt(T·H) (T the batch's padded length), before any embedding norm or scaling; 0: off. */
+  float neftune_alpha = 0.0f;
   bool backward = false;        // compute gradients
   float grad_scale = 1.0f;      // d(loss_sum) multiplier, e.g. 1/token_count
   bool checkpointing = false;   // keep only each block's input, recompute in the backward

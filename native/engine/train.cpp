@@ -73,6 +73,7 @@ struct Job {
   QuantSpec quant;  // "quantization": QLoRA base weights (quant.hpp)
   LoraSpec lora;
   std::string train_path, eval_path;
+  double neftune_alpha = 0;  // NEFTune (HF Trainer's neftune_noise_alpha): noise on the input embeddings in training
   double lr = 2e-4, warmup_ratio = 0, max_grad_norm = 1.0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   std::string schedule = "linear", loss_norm = "auto";
   int64_t warmup_steps = 0, max_steps = -1, micro_batch = 4, grad_accum = 1, eval_batch = 4;
@@ -183,7 +184,7 @@ llmt_status check_job_types(const Json &j) {
     return st;
   if ((st = check_types(j.get("data"), "data.", {{"train", Kind::Str}, {"eval", Kind::Str}}))) return st;
   if ((st = check_types(j.get("training"), "training.",
-                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num},
+                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num}, {"neftune_noise_alpha", Kind::Num},
                          {"max_steps", Kind::Int}, {"num_epochs", Kind::Num}, {"micro_batch_size", Kind::Int},
                          {"gradient_accumulation_steps", Kind::Int}, {"max_grad_norm", Kind::Num}, {"weight_decay", Kind::Num},
                          {"adam_beta1", Kind::Num}, {"adam_beta2", Kind::Num}, {"adam_epsilon", Kind::Num}, {"seed", Kind::Int},
@@ -265,7 +266,7 @@ llmt_status parse_job(const Json &j, Job &job) {
   if (job.train_path.empty()) return set_error(LLMT_ERR_BAD_INPUT, "job: data.train (a .tok or JSON tokens file) is required");
   const Json &t = j.get("training");
   if (!t.is_null()) {
-    if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "max_steps", "num_epochs",
+    if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "neftune_noise_alpha", "max_steps", "num_epochs",
                                           "micro_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay",
                                           "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "gradient_checkpointing",
                                           "loss_normalization", "eval_batch_size", "precision", "offload_optimizer",
@@ -275,6 +276,9 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.schedule = t.get_string("lr_scheduler", job.schedule);
     job.warmup_steps = t.get_int("warmup_steps", 0);
     job.warmup_ratio = t.get_number("warmup_ratio", 0);
+    job.neftune_alpha = t.get_number("neftune_noise_alpha", 0);
+    if (!(job.neftune_alpha >= 0) || !std::isfinite(job.neftune_alpha))
+      return set_error(LLMT_ERR_BAD_INPUT, "job: training.neftune_noise_alpha must be a number >= 0 (HF's neftune_noise_alpha; 0 turns it off)");
     job.max_steps = t.get_int("max_steps", -1);
     job.epochs = t.get_number("num_epochs", 3);
     job.micro_batch = t.get_int("micro_batch_size", 4);
@@ -1328,6 +1332,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       o.checkpointing = job.checkpointing;
       o.offload_checkpoints = job.offload_checkpoints;
       o.seed = mix64(job.seed ^ mix64(static_cast<uint64_t>(step) * 1315423911ull + k + 1));
+      o.neftune_alpha = static_cast<float>(job.neftune_alpha);
       if (loss_norm == "token_mean") o.grad_scale = total_tokens > 0 ? 1.0f / static_cast<float>(total_tokens) : 0.0f;
       else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(window)) : 0.0f;
       o.grad_scale *= static_cast<float>(loss_scale);

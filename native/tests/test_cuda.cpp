@@ -354,6 +354,8 @@ void op_parity(Backend &gpu) {
                {1}, kF32, [&](Backend &be, auto &v) { be.scale_cols(v[1].data(), v[0].data(), v[2].data(), -1.0f, keep, NN, out); });
       parity("scale_cols_inplace", cpu, gpu, {rnd(NN * out, 148), rnd(out, 149)}, {0}, kF32,
              [&](Backend &be, auto &v) { be.scale_cols(v[0].data(), v[0].data(), v[1].data(), 0.0f, false, NN, out); });
+      parity("add_uniform_noise", cpu, gpu, {rnd(NN * out, 154)}, {0}, kF32,
+             [&](Backend &be, auto &v) { be.add_uniform_noise(v[0].data(), NN * out, 0.3f, 1234); });
       parity("col_dot", cpu, gpu, {rnd(NN * out, 150), rnd(NN * out, 151), rnd(out, 152), rnd(out, 153)}, {3}, kF32,
              [&](Backend &be, auto &v) { be.col_dot(v[0].data(), v[1].data(), v[2].data(), v[3].data(), NN, out); });
     }

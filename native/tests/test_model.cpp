@@ -440,6 +440,62 @@ static void test_dora() {
   }
 }
 
+// NEFTune (HF Trainer's neftune_noise_alpha): uniform noise of ±alpha/sqrt(T·H) on the input embeddings in training
+// only; the same seed gives the same noise (and so the same gradients under checkpointing); evaluation is untouched.
+static void test_neftune() {
+  std::printf("NEFTune\n");
+  {  // the op: bounded by mag, centred, the variance of a uniform
+    Backend &cpu = cpu_backend();
+    std::vector<float> x(200000, 0.0f);
+    cpu.add_uniform_noise(x.data(), int64_t(x.size()), 0.25f, 77);
+    double mean = 0, var = 0, mx = 0;
+    for (float v : x) mean += v, var += double(v) * v, mx = std::max(mx, double(std::fabs(v)));
+    mean /= double(x.size());
+    var /= double(x.size());
+    CHECK(mx <= 0.25 && mx > 0.249, "noise within ±mag");
+    CHECK(std::fabs(mean) < 2e-3 && std::fabs(var - 0.25 * 0.25 / 3.0) < 1e-3, "uniform: mean 0, variance mag²/3");
+    std::vector<float> y(200000, 0.0f);
+    cpu.add_uniform_noise(y.data(), int64_t(y.size()), 0.25f, 77);
+    CHECK(x == y, "the same stream gives the same noise");
+  }
+  llmt_status st;
+  auto m = Model::load(tiny("llama"), st);
+  CHECK(m != nullptr, llmt_last_error());
+  if (!m) return;
+  LoraSpec spec;
+  spec.r = 4;
+  spec.alpha = 8;
+  spec.targets = {"q_proj", "v_proj"};
+  CHECK(m->add_lora(spec, 3) == LLMT_OK, llmt_last_error());
+  uint64_t s = 900;
+  for (auto &lin : m->linears)
+    if (lin->lora.r) randomize(lin->lora.B, 0.3f, s++);
+  const Batch b = make_batch(2, 9, m->config().vocab, 21);
+  auto loss = [&](bool training, float alpha, uint64_t seed) {
+    RunOptions o;
+    o.training = training;
+    o.neftune_alpha = alpha;
+    o.seed = seed;
+    RunResult r;
+    CHECK(m->run(b, o, r) == LLMT_OK, llmt_last_error());
+    return r.loss_sum;
+  };
+  const double clean = loss(true, 0.0f, 5);
+  CHECK(loss(true, 5.0f, 5) != clean, "NEFTune changes the training loss");
+  CHECK(loss(true, 5.0f, 5) == loss(true, 5.0f, 5), "the same seed, the same noise");
+  CHECK(loss(true, 5.0f, 6) != loss(true, 5.0f, 5), "another step, other noise");
+  CHECK(loss(false, 5.0f, 5) == loss(false, 0.0f, 5), "no noise outside training");
+  RunOptions o;
+  o.training = true;
+  o.backward = true;
+  o.neftune_alpha = 5.0f;
+  o.seed = 5;
+  o.grad_scale = 0.01f;
+  const auto g1 = grads_of(*m, b, o);
+  o.checkpointing = true;
+  CHECK(grads_of(*m, b, o) == g1, "NEFTune: checkpointing changes nothing");
+}
+
 static void test_full_finetune() {
   std::printf("full fine-tuning gradients\n");
   // bloom: embedding LayerNorm; minicpm: embedding/residual/logit scales with a tied head; falcon: one norm for
@@ -1423,6 +1479,7 @@ int main() {
                         "chatglm2", "chatglm", "llama3", "llama_bias", "mistral", "qwen2"})
     test_family(f);
   test_dora();
+  test_neftune();
   test_modules_to_save();
   test_grad_ready_hook();
   test_packing();

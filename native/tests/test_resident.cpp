@@ -230,6 +230,10 @@ class FakeDevice final : public Backend {
     D(f), D(q), D(k), D(v);
     cpu().qkv_split(f, q, k, v, N, nh, nkv, hd, l, merge);
   }
+  void add_uniform_noise(float *x, int64_t n, float mag, uint64_t stream) override {
+    D(x);
+    cpu().add_uniform_noise(x, n, mag, stream);
+  }
   void dropout_forward(const float *x, float *o, int64_t n, float p, uint64_t s) override {
     D(x), D(o);
     cpu().dropout_forward(x, o, n, p, s);

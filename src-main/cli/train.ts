@@ -77,6 +77,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['lr_scheduler', o.lr_scheduler_type],
     ['warmup_steps', o.warmup_steps],
     ['warmup_ratio', o.warmup_ratio],
+    ['neftune_noise_alpha', o.neftune_noise_alpha],
     ['max_steps', o.max_steps],
     ['num_epochs', o.num_train_epochs],
     ['micro_batch_size', o.per_device_train_batch_size],
@@ -210,6 +211,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--lr_scheduler_type <s>', 'linear, cosine, constant, constant_with_warmup')
     .option('--warmup_steps <n>', 'warmup steps', int)
     .option('--warmup_ratio <x>', 'warmup as a share of the steps (ceil(ratio × steps); --warmup_steps wins when > 0)', num)
+    .option('--neftune_noise_alpha <x>', "NEFTune (HF's neftune_noise_alpha): noise on the input embeddings while training, e.g. 5; 0 turns it off", num)
     .option('--max_grad_norm <x>', 'gradient clipping', num)
     .option('--weight_decay <x>', 'AdamW weight decay', num)
     .option('--adam_beta1 <x>', 'AdamW beta1 (0.9)', num)

@@ -209,3 +209,30 @@ describe('KV-cache generation follows the full forward', () => {
     for (let i = 0; i < gen.length; ++i) expect(argmax(logits[prompt.length - 1 + i]!), `token ${i}`).toBe(gen[i]);
   });
 });
+
+// NEFTune through the job (training.neftune_noise_alpha): the training losses change from the first forward on (that
+// evaluation sees no noise: native test_neftune); a negative alpha is refused by name
+describe('training.neftune_noise_alpha', () => {
+  it('noise in training only', () => {
+    const dir = tiny('llama', 'neft');
+    const data = path.join(tmp, 'neft.json');
+    const ids = Array.from({ length: 8 }, (_, i) => Array.from({ length: 12 }, (_, j) => 3 + ((i * 31 + j * 7) % 300)));
+    fs.writeFileSync(data, JSON.stringify({ input_ids: ids, labels: ids }));
+    const run = (alpha: number | string, name: string) => {
+      const job = path.join(tmp, `${name}.job.json`);
+      fs.writeFileSync(job, JSON.stringify({ model: dir, lora: { r: 4, alpha: 8, target_modules: ['q_proj', 'v_proj'] }, data: { train: data, eval: data }, training: { max_steps: 3, micro_batch_size: 4, learning_rate: 1e-3, neftune_noise_alpha: alpha }, output: { dir: path.join(tmp, name), logging_steps: 1, save_steps: 100, eval_steps: 3 } }));
+      const r = engine(['train', '--job', job]);
+      const ev = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as Record<string, number | string>);
+      return { r, losses: ev.filter((e) => e.event === 'step').map((e) => e.loss as number), evalLoss: ev.find((e) => e.event === 'eval')?.eval_loss };
+    };
+    const off = run(0, 'neft-off');
+    const on = run(5, 'neft-on');
+    expect(off.r.status, off.r.stderr).toBe(0);
+    expect(on.r.status, on.r.stderr).toBe(0);
+    expect(on.losses[0]).not.toBe(off.losses[0]); // the very first forward already sees the noise
+    expect(on.evalLoss).toBeDefined();
+    const bad = run(-1, 'neft-bad');
+    expect(bad.r.status).not.toBe(0);
+    expect(bad.r.stderr + bad.r.stdout).toMatch(/neftune_noise_alpha must be a number >= 0/);
+  });
+});

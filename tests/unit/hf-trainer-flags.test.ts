@@ -36,3 +36,18 @@ describe("HF Trainer's optimizer and schedule flags", () => {
     }
   });
 });
+
+describe("HF Trainer's --neftune_noise_alpha (NEFTune)", () => {
+  it('reaches the engine job and round-trips; off (0) it says nothing; negative is refused', () => {
+    const { spec } = specFromFlags(flags([...base, '--neftune_noise_alpha', '5']));
+    expect(spec.training.neftune_noise_alpha).toBe(5);
+    expect(training(spec)).toMatchObject({ neftune_noise_alpha: 5 });
+    const args = cliArgs(spec);
+    expect(args).toEqual(expect.arrayContaining(['--neftune_noise_alpha', '5']));
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+    const off = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' } });
+    expect(training(off)).not.toHaveProperty('neftune_noise_alpha');
+    expect(cliArgs(off).join(' ')).not.toMatch(/neftune/);
+    expect(() => specFromFlags(flags([...base, '--neftune_noise_alpha', '-1']))).toThrow();
+  });
+});

@@ -55,6 +55,7 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('lr_scheduler_type', t.lr_scheduler, td.lr_scheduler);
   flag('warmup_steps', t.warmup_steps, td.warmup_steps);
   flag('warmup_ratio', t.warmup_ratio, td.warmup_ratio);
+  flag('neftune_noise_alpha', t.neftune_noise_alpha, td.neftune_noise_alpha);
   flag('max_steps', t.max_steps, td.max_steps);
   flag('num_train_epochs', t.num_epochs, td.num_epochs);
   flag('per_device_train_batch_size', t.micro_batch_size, td.micro_batch_size);
