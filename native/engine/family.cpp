@@ -232,6 +232,43 @@ llmt_status llama3_inv_freq(const Json &rs, const std::string &where, ModelConfi
   }
   return LLMT_OK;
 }
+// YaRN (transformers' _compute_yarn_parameters): per frequency, a blend of the original (extrapolation) and the
+// factor-divided (interpolation) inverse frequency, by a linear ramp between the dimensions that turn beta_fast and
+// beta_slow times over the original length; cos and sin are multiplied by the attention factor (0.1·ln(factor) + 1
+// unless given). The original length: rope_scaling.original_max_position_embeddings when given (transformers ≥ 4.48
+// reads it there), else max_position_embeddings (4.45) — one number when a config has both equal, as Qwen2.5's has.
+llmt_status yarn_inv_freq(const Json &rs, const Json &j, const std::string &where, ModelConfig &c) {
+  const double factor = rs.get_number("factor", 0.0);
+  const Json &orig = rs.get("original_max_position_embeddings");
+  const Json &mp = j.get("max_position_embeddings");
+  const int64_t L = orig.is_integer() ? orig.as_int() : mp.is_integer() ? mp.as_int() : 0;
+  if (!(factor >= 1.0) || L <= 0) {
+    return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling of type yarn needs factor >= 1 and a length (original_max_position_embeddings or max_position_embeddings)");
+  }
+  if (c.rot_dims != c.head_dim) {
+    return set_error(LLMT_ERR_UNSUPPORTED, where + ": YaRN with a partial rotary embedding is not supported");
+  }
+  const Json &af = rs.get("attention_factor");
+  double attention = af.is_number() ? af.as_double() : 0.1 * std::log(factor) + 1.0;
+  const double beta_fast = rs.get_number("beta_fast", 0.0) > 0 ? rs.get_number("beta_fast", 32.0) : 32.0;
+  const double beta_slow = rs.get_number("beta_slow", 0.0) > 0 ? rs.get_number("beta_slow", 1.0) : 1.0;
+  const int64_t dim = c.rot_dims;
+  const double base = c.rope_theta, pi = 3.14159265358979323846;
+  auto corr = [&](double rot) { return (static_cast<double>(dim) * std::log(static_cast<double>(L) / (rot * 2.0 * pi))) / (2.0 * std::log(base)); };
+  double low = std::max(std::floor(corr(beta_fast)), 0.0), high = std::min(std::ceil(corr(beta_slow)), static_cast<double>(dim - 1));
+  if (low == high) high += 0.001;  // (as transformers: no division by zero)
+  c.rope_freqs.clear();
+  for (int64_t i = 0; i < dim / 2; ++i) {
+    const float pos = static_cast<float>(std::pow(base, static_cast<double>(static_cast<float>(2 * i) / static_cast<float>(dim))));
+    const float extrap = 1.0f / pos, interp = 1.0f / (static_cast<float>(factor) * pos);
+    const float ramp = std::min(1.0f, std::max(0.0f, static_cast<float>((static_cast<double>(i) - low) / (high - low))));
+    const float w = 1.0f - ramp;  // the extrapolation share
+    c.rope_freqs.push_back(interp * (1.0f - w) + extrap * w);
+  }
+  c.attn_factor = static_cast<float>(attention);
+  c.rope_extended = static_cast<int64_t>(static_cast<double>(L) * factor);
+  return LLMT_OK;
+}
 }  // namespace
 
 llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c) {
@@ -491,13 +528,15 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
         c.rope_linear_factor = factor;
       } else if (type == "llama3") {
         if ((st = llama3_inv_freq(rs, where, c))) return st;
+      } else if (type == "yarn") {
+        if ((st = yarn_inv_freq(rs, j, where, c))) return st;
       } else if (type == "dynamic") {
         // dynamic NTK: transformers rescales the base only for sequences longer than max_position_embeddings; within
         // them the frequencies are the default ones — and the engine keeps to them (context_limit)
         if (!(factor >= 1.0)) return set_error(LLMT_ERR_BAD_INPUT, where + ": rope_scaling.factor must be >= 1");
       } else if (type != "default" && !type.empty()) {
         return set_error(LLMT_ERR_UNSUPPORTED, where + ": rope_scaling type \"" + type +
-                                                   "\" is not supported yet (supported: linear, llama3, dynamic within max_position_embeddings)");
+                                                   "\" is not supported yet (supported: linear, llama3, yarn, dynamic within max_position_embeddings)");
       }
       if (type != "default") c.rope_scaling = type;
     }

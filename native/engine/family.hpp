@@ -82,7 +82,9 @@ struct ModelConfig {
   int64_t rot_dims = 0;           // rotary dims per head (partial rotary for gpt_neox)
   double rope_theta = 10000.0;
   double rope_linear_factor = 1.0;  // rope_scaling {"type":"linear","factor":f}
-  std::string rope_scaling;         // rope_scaling's type when one is set ("linear", "llama3", "dynamic"), else empty
+  std::string rope_scaling;         // rope_scaling's type when one is set ("linear", "llama3", "dynamic", "yarn"), else empty
+  float attn_factor = 1.0f;         // YaRN's attention factor: cos and sin times it, so the attention scores times its square
+  int64_t rope_extended = 0;        // YaRN: the positions the scaled frequencies reach (original length × factor)
   int64_t sliding_window = 0;       // Mistral / Qwen2 sliding-window attention: keys per query (0: full causal)
   double norm_eps = 1e-6;
   int64_t max_positions = 2048;
@@ -141,6 +143,7 @@ inline int64_t context_limit(const ModelConfig &c) {
   // a sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) attends to its last `sliding_window` keys
   // only; the engine computes full causal attention, which equals that only up to the window: the window is the
   // limit here (Model::forward refuses longer rows)
+  if (lim > 0 && c.rope_extended > lim) lim = c.rope_extended;
   if (c.sliding_window > 0 && (lim == 0 || c.sliding_window < lim)) lim = c.sliding_window;
   return lim;
 }

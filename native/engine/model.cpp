@@ -1907,7 +1907,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   F.freqs = d_freqs.get();
   F.alibi = d_alibi.get();
   F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
-  F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  F.scale = c.attn_factor * c.attn_factor / std::sqrt(static_cast<float>(c.head_dim));  // (YaRN: scaled cos and sin)
   F.seg = d_seg.get();
   F.prefix = d_prefix.get();
 
@@ -2160,7 +2160,7 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
   F.freqs = d_freqs.get();
   F.alibi = d_alibi.get();
   F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
-  F.scale = 1.0f / std::sqrt(static_cast<float>(c.head_dim));
+  F.scale = c.attn_factor * c.attn_factor / std::sqrt(static_cast<float>(c.head_dim));  // (YaRN: scaled cos and sin)
 
   Buf x(be, N * H), tmp(be, N * H), mean(be, N),
       rstd(be, N);

@@ -9,8 +9,8 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { runCli, tempHome } from '../helpers/app';
-import { ENGINE, maxAbsDiff } from '../helpers/native';
+import { ROOT, runCli, tempHome } from '../helpers/app';
+import { ENGINE, maxAbsDiff, PY } from '../helpers/native';
 
 let tmp: string;
 beforeAll(() => {
@@ -72,18 +72,46 @@ describe('rope_scaling', () => {
     expect(maxAbsDiff(forward(old, 40).logits!, forward(tiny('llama3', 'l3-again'), 40).logits!)).toBe(0);
   });
 
-  it('dynamic NTK equals the default frequencies within max_position_embeddings; yarn is refused by name', () => {
+  it("yarn: HF transformers' logits over 200 positions (past max_position_embeddings 64, within 64 × factor 4)", () => {
+    const y = tiny('llama', 'yarn-hf', (c) => {
+      c.max_position_embeddings = 64;
+      c.rope_scaling = { rope_type: 'yarn', factor: 4.0 };
+    });
+    expect(inspect(y).context_limit).toBe(256);
+    expect(inspect(y).rope_scaling).toBe('yarn');
+    const ids = [Array.from({ length: 200 }, (_, i) => 3 + ((i * 37 + 7) % 300)), Array.from({ length: 200 }, (_, i) => 3 + ((i * 11 + 5) % 300))];
+    const t = path.join(tmp, 'yarn-tokens.json');
+    fs.writeFileSync(t, JSON.stringify({ input_ids: ids, labels: ids }));
+    const ours = path.join(tmp, 'yarn-ours.json');
+    const hf = path.join(tmp, 'yarn-hf.json');
+    expect(engine(['forward', '--model', y, '--tokens', t, '--out', ours]).status).toBe(0);
+    const r = spawnSync(PY, [path.join(ROOT, 'tests', 'python', 'hf_reference.py'), 'forward', '--model', y, '--tokens', t, '--out', hf], { encoding: 'utf8' });
+    expect(r.status, r.stderr).toBe(0);
+    const a = JSON.parse(fs.readFileSync(ours, 'utf8')) as { logits: number[][][]; loss: number };
+    const b = JSON.parse(fs.readFileSync(hf, 'utf8')) as { logits: number[][][]; loss: number };
+    expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-4);
+    expect(Math.abs(a.loss - b.loss)).toBeLessThan(1e-5);
+    // neither the frequencies nor the attention factor are left out
+    const noAttn = tiny('llama', 'yarn-noattn', (c) => {
+      c.max_position_embeddings = 64;
+      c.rope_scaling = { rope_type: 'yarn', factor: 4.0, attention_factor: 1.0 };
+    });
+    expect(engine(['forward', '--model', noAttn, '--tokens', t, '--out', path.join(tmp, 'yarn-noattn.json')]).status).toBe(0);
+    expect(maxAbsDiff((JSON.parse(fs.readFileSync(path.join(tmp, 'yarn-noattn.json'), 'utf8')) as { logits: number[][][] }).logits, b.logits)).toBeGreaterThan(1e-3);
+  });
+
+  it('dynamic NTK equals the default frequencies within max_position_embeddings; other types are refused by name', () => {
     const dyn = tiny('llama', 'dyn', (c) => {
       c.rope_scaling = { type: 'dynamic', factor: 2 };
     });
     const plain = tiny('llama', 'dyn-plain');
     expect(inspect(dyn).context_limit).toBe(512);
     expect(maxAbsDiff(forward(dyn, 60).logits!, forward(plain, 60).logits!)).toBe(0);
-    const yarn = tiny('llama', 'yarn', (c) => {
-      c.rope_scaling = { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 128 };
+    const longrope = tiny('llama', 'longrope', (c) => {
+      c.rope_scaling = { rope_type: 'longrope', factor: 4, short_factor: [1], long_factor: [1] };
     });
-    expect(inspect(yarn).supported).toBe(false);
-    expect(inspect(yarn).reason).toMatch(/rope_scaling type "yarn" is not supported yet \(supported: linear, llama3, dynamic within max_position_embeddings\)/);
+    expect(inspect(longrope).supported).toBe(false);
+    expect(inspect(longrope).reason).toMatch(/rope_scaling type "longrope" is not supported yet \(supported: linear, llama3, yarn, dynamic within max_position_embeddings\)/);
   });
 });
 
