@@ -74,6 +74,7 @@ struct Job {
   LoraSpec lora;
   std::string train_path, eval_path;
   double neftune_alpha = 0;  // NEFTune (HF Trainer's neftune_noise_alpha): noise on the input embeddings in training
+  double loraplus_ratio = 0;  // LoRA+ (PEFT's create_loraplus_optimizer): lora_B and 1-D parameters at lr × this
   double lr = 2e-4, warmup_ratio = 0, max_grad_norm = 1.0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   std::string schedule = "linear", loss_norm = "auto";
   int64_t warmup_steps = 0, max_steps = -1, micro_batch = 4, grad_accum = 1, eval_batch = 4;
@@ -184,7 +185,7 @@ llmt_status check_job_types(const Json &j) {
     return st;
   if ((st = check_types(j.get("data"), "data.", {{"train", Kind::Str}, {"eval", Kind::Str}}))) return st;
   if ((st = check_types(j.get("training"), "training.",
-                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num}, {"neftune_noise_alpha", Kind::Num},
+                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num}, {"neftune_noise_alpha", Kind::Num}, {"loraplus_lr_ratio", Kind::Num},
                          {"max_steps", Kind::Int}, {"num_epochs", Kind::Num}, {"micro_batch_size", Kind::Int},
                          {"gradient_accumulation_steps", Kind::Int}, {"max_grad_norm", Kind::Num}, {"weight_decay", Kind::Num},
                          {"adam_beta1", Kind::Num}, {"adam_beta2", Kind::Num}, {"adam_epsilon", Kind::Num}, {"seed", Kind::Int},
@@ -266,7 +267,7 @@ llmt_status parse_job(const Json &j, Job &job) {
   if (job.train_path.empty()) return set_error(LLMT_ERR_BAD_INPUT, "job: data.train (a .tok or JSON tokens file) is required");
   const Json &t = j.get("training");
   if (!t.is_null()) {
-    if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "neftune_noise_alpha", "max_steps", "num_epochs",
+    if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "neftune_noise_alpha", "loraplus_lr_ratio", "max_steps", "num_epochs",
                                           "micro_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay",
                                           "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "gradient_checkpointing",
                                           "loss_normalization", "eval_batch_size", "precision", "offload_optimizer",
@@ -277,6 +278,9 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.warmup_steps = t.get_int("warmup_steps", 0);
     job.warmup_ratio = t.get_number("warmup_ratio", 0);
     job.neftune_alpha = t.get_number("neftune_noise_alpha", 0);
+    job.loraplus_ratio = t.get_number("loraplus_lr_ratio", 0);
+    if (!(job.loraplus_ratio >= 0) || !std::isfinite(job.loraplus_ratio))
+      return set_error(LLMT_ERR_BAD_INPUT, "job: training.loraplus_lr_ratio must be a number >= 0 (LoRA+'s lr_B / lr_A, e.g. 16; 0 turns it off)");
     if (!(job.neftune_alpha >= 0) || !std::isfinite(job.neftune_alpha))
       return set_error(LLMT_ERR_BAD_INPUT, "job: training.neftune_noise_alpha must be a number >= 0 (HF's neftune_noise_alpha; 0 turns it off)");
     job.max_steps = t.get_int("max_steps", -1);
@@ -971,6 +975,12 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   };
   const int64_t warmup = job.warmup_steps > 0 ? job.warmup_steps : static_cast<int64_t>(std::ceil(job.warmup_ratio * total));
   std::vector<Param *> tp = model->trainable_params();
+  // LoRA+ (PEFT's create_loraplus_optimizer, LLaMA-Factory's loraplus_lr_ratio): lora_B and every 1-D trainable tensor
+  // (biases, norm weights, DoRA magnitudes) step at lr × ratio, the rest at lr; weight decay as without it
+  const bool loraplus = job.loraplus_ratio > 0 && job.method == "lora";
+  std::vector<char> loraplus_b(tp.size(), 0);
+  for (size_t i = 0; i < tp.size(); ++i)
+    loraplus_b[i] = tp[i]->name.find("lora_B") != std::string::npos || tp[i]->shape.size() == 1;
   const std::vector<int> owner = zero1 ? shard_owners(tp, W) : std::vector<int>(tp.size(), dist.rank());
   auto owns = [&](size_t i) { return owner[i] == dist.rank(); };
   for (size_t i = 0; i < tp.size(); ++i) {
@@ -1409,10 +1419,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
     if (scaled && !skip_update && ++clean_steps % 2000 == 0) loss_scale *= 2.0;
     const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
-    if (!skip_update && !host_adam)  // every owned tensor in one multi-tensor AdamW (a few launches on a GPU)
-      model->backend().adamw_multi(slots(tp, owns), static_cast<float>(lr), static_cast<float>(job.beta1),
-                                   static_cast<float>(job.beta2), static_cast<float>(job.eps),
-                                   static_cast<float>(job.weight_decay), step + 1);
+    if (!skip_update && !host_adam)  // every owned tensor in one multi-tensor AdamW per learning rate (a few launches on a GPU)
+      for (const bool plus : {false, true}) {
+        if (plus && !loraplus) break;
+        auto pick = [&](size_t i) { return owns(i) && (loraplus && loraplus_b[i]) == plus; };
+        model->backend().adamw_multi(slots(tp, pick), static_cast<float>(plus ? lr * job.loraplus_ratio : lr), static_cast<float>(job.beta1),
+                                     static_cast<float>(job.beta2), static_cast<float>(job.eps),
+                                     static_cast<float>(job.weight_decay), step + 1);
+      }
     for (size_t i = 0; i < tp.size() && !skip_update; ++i) {
       if (!owns(i)) {
         if (zero1) std::fill(tp[i]->data.begin(), tp[i]->data.end(), 0.0f);  // refilled from its owner below
@@ -1426,7 +1440,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         const size_t bytes = sizeof(float) * static_cast<size_t>(p->numel());
         be.download(p->grad.data(), p->g(), bytes);
         cpu_backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(),
-                                 static_cast<float>(lr), static_cast<float>(job.beta1), static_cast<float>(job.beta2),
+                                 static_cast<float>(loraplus && loraplus_b[i] ? lr * job.loraplus_ratio : lr), static_cast<float>(job.beta1), static_cast<float>(job.beta2),
                                  static_cast<float>(job.eps), wd, step + 1);
         be.upload(p->w(), p->data.data(), bytes);
       }

@@ -78,6 +78,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['warmup_steps', o.warmup_steps],
     ['warmup_ratio', o.warmup_ratio],
     ['neftune_noise_alpha', o.neftune_noise_alpha],
+    ['loraplus_lr_ratio', o.loraplus_lr_ratio],
     ['max_steps', o.max_steps],
     ['num_epochs', o.num_train_epochs],
     ['micro_batch_size', o.per_device_train_batch_size],
@@ -211,6 +212,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--lr_scheduler_type <s>', 'linear, cosine, constant, constant_with_warmup')
     .option('--warmup_steps <n>', 'warmup steps', int)
     .option('--warmup_ratio <x>', 'warmup as a share of the steps (ceil(ratio × steps); --warmup_steps wins when > 0)', num)
+    .option('--loraplus_lr_ratio <x>', "LoRA+ (LLaMA-Factory's loraplus_lr_ratio, PEFT's create_loraplus_optimizer): lora_B and 1-D parameters at learning_rate × this, e.g. 16; 0 turns it off", num)
     .option('--neftune_noise_alpha <x>', "NEFTune (HF's neftune_noise_alpha): noise on the input embeddings while training, e.g. 5; 0 turns it off", num)
     .option('--max_grad_norm <x>', 'gradient clipping', num)
     .option('--weight_decay <x>', 'AdamW weight decay', num)

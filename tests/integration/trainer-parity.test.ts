@@ -79,6 +79,13 @@ const VARIANTS: Variant[] = [
     logging_steps: 4,
   },
   {
+    // LoRA+ (training.loraplus_lr_ratio) against PEFT's create_loraplus_optimizer in the stock Trainer: lora_B at lr × 16
+    name: 'loraplus-ratio16',
+    targets: ['q_proj', 'v_proj', 'down_proj'],
+    training: { learning_rate: 2e-3, lr_scheduler: 'linear', warmup_steps: 1, weight_decay: 0.01, max_grad_norm: 1.0, max_steps: 8, micro_batch_size: 4, seed: 5, loraplus_lr_ratio: 16 },
+    logging_steps: 1,
+  },
+  {
     // every weight trains: LayerNorm weights and all biases stay out of weight decay, embeddings and the head are in
     name: 'gpt-neox-full-finetune',
     family: 'gpt_neox',

@@ -288,13 +288,25 @@ def run_variant(v):
         disable_tqdm=True,
     )
     collator = Collator(pad_id)
+    optimizer = None
+    if float(v.get("loraplus_lr_ratio", 0) or 0) > 0:
+        # LoRA+: PEFT's own optimizer factory (lora_B and 1-D parameters at lr × ratio), handed to the stock Trainer
+        from peft.optimizers import create_loraplus_optimizer
+        optimizer = create_loraplus_optimizer(model, torch.optim.AdamW, lr=float(v["learning_rate"]),
+                                              loraplus_lr_ratio=float(v["loraplus_lr_ratio"]),
+                                              loraplus_weight_decay=float(v.get("weight_decay", 0.0)),
+                                              betas=(float(v.get("adam_beta1", 0.9)), float(v.get("adam_beta2", 0.999))),
+                                              eps=float(v.get("adam_epsilon", 1e-8)))
     trainer = Trainer_(model=model, args=args, train_dataset=ListDataset(train_rows),
                        eval_dataset=ListDataset(eval_rows) if eval_rows else None, data_collator=collator,
-                       callbacks=[Recorder()])
+                       callbacks=[Recorder()], optimizers=(optimizer, None))
     trainer.create_optimizer()
-    # the two parameter groups create_optimizer makes (get_decay_parameter_names: not LayerNorm/RMSNorm, not bias)
-    decayed = set(id(p) for p in trainer.optimizer.param_groups[0]["params"])
-    assert all(id(p) not in decayed for p in trainer.optimizer.param_groups[1]["params"])
+    if optimizer is None:
+        # the two parameter groups create_optimizer makes (get_decay_parameter_names: not LayerNorm/RMSNorm, not bias)
+        decayed = set(id(p) for p in trainer.optimizer.param_groups[0]["params"])
+        assert all(id(p) not in decayed for p in trainer.optimizer.param_groups[1]["params"])
+    else:
+        decayed = set(id(p) for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"])
     names = {"decay": [], "no_decay": []}
     for name, p in model.named_parameters():
         if p.requires_grad:

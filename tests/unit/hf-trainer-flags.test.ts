@@ -51,3 +51,16 @@ describe("HF Trainer's --neftune_noise_alpha (NEFTune)", () => {
     expect(() => specFromFlags(flags([...base, '--neftune_noise_alpha', '-1']))).toThrow();
   });
 });
+
+describe('--loraplus_lr_ratio (LoRA+)', () => {
+  it('reaches the engine job and round-trips; a full fine-tune leaves it out; negative is refused', () => {
+    const { spec } = specFromFlags(flags([...base, '--loraplus_lr_ratio', '16']));
+    expect(training(spec)).toMatchObject({ loraplus_lr_ratio: 16 });
+    const args = cliArgs(spec);
+    expect(args).toEqual(expect.arrayContaining(['--loraplus_lr_ratio', '16']));
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+    const full = specFromFlags(flags([...base, '--loraplus_lr_ratio', '16', '--use_lora', 'False'])).spec;
+    expect(training(full)).not.toHaveProperty('loraplus_lr_ratio');
+    expect(() => specFromFlags(flags([...base, '--loraplus_lr_ratio', '-2']))).toThrow();
+  });
+});

@@ -56,6 +56,7 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('warmup_steps', t.warmup_steps, td.warmup_steps);
   flag('warmup_ratio', t.warmup_ratio, td.warmup_ratio);
   flag('neftune_noise_alpha', t.neftune_noise_alpha, td.neftune_noise_alpha);
+  flag('loraplus_lr_ratio', t.loraplus_lr_ratio, td.loraplus_lr_ratio);
   flag('max_steps', t.max_steps, td.max_steps);
   flag('num_train_epochs', t.num_epochs, td.num_epochs);
   flag('per_device_train_batch_size', t.micro_batch_size, td.micro_batch_size);

@@ -87,6 +87,8 @@ export const RunSpec = z
         warmup_ratio: z.number().min(0).max(1).default(0),
         // HF's neftune_noise_alpha (NEFTune): uniform noise ±alpha/sqrt(T·H) on the input embeddings while training; 0 off
         neftune_noise_alpha: z.number().min(0).default(0),
+        // LoRA+ (PEFT's create_loraplus_optimizer, LLaMA-Factory's loraplus_lr_ratio): lora_B and 1-D parameters at lr × ratio
+        loraplus_lr_ratio: z.number().min(0).default(0),
         max_steps: z.number().int().default(-1),
         // HF's num_train_epochs, fractional too: ceil(epochs × update steps per epoch) steps
         num_epochs: z.number().positive().default(3),
@@ -393,6 +395,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
       warmup_steps: t.warmup_steps,
       ...(t.warmup_ratio > 0 ? { warmup_ratio: t.warmup_ratio } : {}),
       ...(t.neftune_noise_alpha > 0 ? { neftune_noise_alpha: t.neftune_noise_alpha } : {}),
+      ...(t.loraplus_lr_ratio > 0 && spec.method === 'lora' ? { loraplus_lr_ratio: t.loraplus_lr_ratio } : {}),
       max_steps: t.max_steps,
       num_epochs: t.num_epochs,
       micro_batch_size: t.micro_batch_size,
