@@ -16,6 +16,11 @@ namespace llmt {
 
 /** Samples `idx` of `data` as one right-padded batch (ids: pad, labels: −100; packed files: positions). */
 void make_batch(const TokData &data, const std::vector<int64_t> &idx, int64_t pad, Batch &b);
+/** The same samples without most of the padding: rows as long as the longest sample, the samples placed first-fit
+ *  in decreasing length, positions restarting at 0 with each (attention never crosses a sample: Batch::pos). Every
+ *  sample is computed as in make_batch's batch — the same losses and gradients up to rounding — in fewer rows. Falls
+ *  back to make_batch when that saves no row (and for packed files). Returns the number of rows saved. */
+int64_t make_batch_padding_free(const TokData &data, const std::vector<int64_t> &idx, int64_t pad, Batch &b);
 
 struct EvalProgress {
   std::function<bool()> aborted;                           // polled after each batch; true: LLMT_ERR_ABORTED

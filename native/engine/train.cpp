@@ -74,6 +74,7 @@ struct Job {
   LoraSpec lora;
   std::string train_path, eval_path;
   double neftune_alpha = 0;  // NEFTune (HF Trainer's neftune_noise_alpha): noise on the input embeddings in training
+  bool padding_free = true;  // micro-batches packed into fewer rows (make_batch_padding_free): same numbers, less padding
   double loraplus_ratio = 0;  // LoRA+ (PEFT's create_loraplus_optimizer): lora_B and 1-D parameters at lr × this
   double lr = 2e-4, warmup_ratio = 0, max_grad_norm = 1.0, weight_decay = 0, beta1 = 0.9, beta2 = 0.999, eps = 1e-8;
   std::string schedule = "linear", loss_norm = "auto";
@@ -185,7 +186,7 @@ llmt_status check_job_types(const Json &j) {
     return st;
   if ((st = check_types(j.get("data"), "data.", {{"train", Kind::Str}, {"eval", Kind::Str}}))) return st;
   if ((st = check_types(j.get("training"), "training.",
-                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num}, {"neftune_noise_alpha", Kind::Num}, {"loraplus_lr_ratio", Kind::Num},
+                        {{"learning_rate", Kind::Num}, {"lr_scheduler", Kind::Str}, {"warmup_steps", Kind::Int}, {"warmup_ratio", Kind::Num}, {"neftune_noise_alpha", Kind::Num}, {"loraplus_lr_ratio", Kind::Num}, {"padding_free", Kind::Bool},
                          {"max_steps", Kind::Int}, {"num_epochs", Kind::Num}, {"micro_batch_size", Kind::Int},
                          {"gradient_accumulation_steps", Kind::Int}, {"max_grad_norm", Kind::Num}, {"weight_decay", Kind::Num},
                          {"adam_beta1", Kind::Num}, {"adam_beta2", Kind::Num}, {"adam_epsilon", Kind::Num}, {"seed", Kind::Int},
@@ -267,7 +268,7 @@ llmt_status parse_job(const Json &j, Job &job) {
   if (job.train_path.empty()) return set_error(LLMT_ERR_BAD_INPUT, "job: data.train (a .tok or JSON tokens file) is required");
   const Json &t = j.get("training");
   if (!t.is_null()) {
-    if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "neftune_noise_alpha", "loraplus_lr_ratio", "max_steps", "num_epochs",
+    if ((st = check_keys(t, "training", {"learning_rate", "lr_scheduler", "warmup_steps", "warmup_ratio", "neftune_noise_alpha", "loraplus_lr_ratio", "padding_free", "max_steps", "num_epochs",
                                           "micro_batch_size", "gradient_accumulation_steps", "max_grad_norm", "weight_decay",
                                           "adam_beta1", "adam_beta2", "adam_epsilon", "seed", "gradient_checkpointing",
                                           "loss_normalization", "eval_batch_size", "precision", "offload_optimizer",
@@ -279,6 +280,7 @@ llmt_status parse_job(const Json &j, Job &job) {
     job.warmup_ratio = t.get_number("warmup_ratio", 0);
     job.neftune_alpha = t.get_number("neftune_noise_alpha", 0);
     job.loraplus_ratio = t.get_number("loraplus_lr_ratio", 0);
+    job.padding_free = t.get_bool("padding_free", true);
     if (!(job.loraplus_ratio >= 0) || !std::isfinite(job.loraplus_ratio))
       return set_error(LLMT_ERR_BAD_INPUT, "job: training.loraplus_lr_ratio must be a number >= 0 (LoRA+'s lr_B / lr_A, e.g. 16; 0 turns it off)");
     if (!(job.neftune_alpha >= 0) || !std::isfinite(job.neftune_alpha))
@@ -975,6 +977,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   };
   const int64_t warmup = job.warmup_steps > 0 ? job.warmup_steps : static_cast<int64_t>(std::ceil(job.warmup_ratio * total));
   std::vector<Param *> tp = model->trainable_params();
+  // padding-free micro-batches (make_batch_padding_free): the same samples and numbers in fewer rows; not for ChatGLM-6B,
+  // whose 2-D positions and prefix mask come per row from its [gMASK]/<sop>
+  const bool padding_free = job.padding_free && cfg.pos != PosKind::Rope2D;
   // LoRA+ (PEFT's create_loraplus_optimizer, LLaMA-Factory's loraplus_lr_ratio): lora_B and every 1-D trainable tensor
   // (biases, norm weights, DoRA magnitudes) step at lr × ratio, the rest at lr; weight decay as without it
   const bool loraplus = job.loraplus_ratio > 0 && job.method == "lora";
@@ -1311,7 +1316,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     for (size_t k = 0; k < GA; ++k) {
       std::vector<int64_t> idx;
       if (next_indices(idx)) ++window;
-      if (!idx.empty()) make_batch(*train, idx, train->pad_id(), micro[k]);
+      if (!idx.empty()) {
+        if (padding_free) make_batch_padding_free(*train, idx, train->pad_id(), micro[k]);
+        else make_batch(*train, idx, train->pad_id(), micro[k]);
+      }
       counts[k] = static_cast<double>(count_targets(micro[k]));
     }
     if (dist.on()) {

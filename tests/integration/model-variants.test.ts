@@ -10,7 +10,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT, runCli, tempHome } from '../helpers/app';
-import { ENGINE, maxAbsDiff, PY } from '../helpers/native';
+import { ENGINE, maxAbsDiff, PY, readSafetensors } from '../helpers/native';
 
 let tmp: string;
 beforeAll(() => {
@@ -262,5 +262,45 @@ describe('training.neftune_noise_alpha', () => {
     const bad = run(-1, 'neft-bad');
     expect(bad.r.status).not.toBe(0);
     expect(bad.r.stderr + bad.r.stdout).toMatch(/neftune_noise_alpha must be a number >= 0/);
+  });
+});
+
+// Padding-free micro-batches (training.padding_free, on by default): a micro-batch's samples packed first-fit into rows
+// as long as its longest one, positions restarting per sample — the same losses and adapter as padded rows, up to
+// rounding; ChatGLM-6B (2-D positions per row) keeps padded rows. An ALiBi family (bloom) and a rotary one (llama).
+describe('training.padding_free', () => {
+  it.each(['llama', 'bloom', 'chatglm'])('%s: the same run as padded rows', (family) => {
+    const dir = tiny(family, `pf-${family}`);
+    const data = path.join(tmp, `pf-${family}.json`);
+    let s = 7;
+    const rnd = (m: number) => ((s = (s * 1103515245 + 12345) % 2147483648), s % m);
+    const ids = Array.from({ length: 16 }, (_, i) => {
+      const row = Array.from({ length: 4 + rnd(24) }, () => 3 + rnd(250));
+      if (family === 'chatglm') row.splice(1 + (i % 2), 0, 261, 262); // [gMASK] <sop> in every ChatGLM-6B sample
+      return row;
+    });
+    fs.writeFileSync(data, JSON.stringify({ input_ids: ids, labels: ids.map((r) => r.map((t, j) => (j < 3 ? -100 : t))) }));
+    const run = (pf: boolean) => {
+      const out = path.join(tmp, `pf-${family}-${pf}`);
+      const job = path.join(tmp, `pf-${family}-${pf}.job.json`);
+      fs.writeFileSync(job, JSON.stringify({ model: dir, lora: { r: 4, alpha: 8, target_modules: 'all-linear' }, data: { train: data }, training: { max_steps: 6, micro_batch_size: 8, gradient_accumulation_steps: 1, learning_rate: 5e-3, seed: 3, padding_free: pf }, output: { dir: out, logging_steps: 1, save_steps: 100 } }));
+      const r = engine(['train', '--job', job]);
+      expect(r.status, r.stderr).toBe(0);
+      const steps = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; loss: number; tokens: number }).filter((e) => e.event === 'step');
+      return { out, losses: steps.map((e) => e.loss), tokens: steps.map((e) => e.tokens) };
+    };
+    const padded = run(false);
+    const free = run(true);
+    expect(free.losses.length).toBe(6);
+    free.losses.forEach((l, i) => expect(Math.abs(l - padded.losses[i]!) / Math.abs(padded.losses[i]!), `step ${i + 1}`).toBeLessThan(1e-5));
+    const a = readSafetensors(path.join(padded.out, 'adapter_model.safetensors'));
+    const b = readSafetensors(path.join(free.out, 'adapter_model.safetensors'));
+    let worst = 0;
+    for (const [k, v] of a) v.forEach((x, i) => (worst = Math.max(worst, Math.abs(x - b.get(k)![i]!))));
+    expect(worst).toBeLessThan(1e-4);
+    // fewer tokens computed (rows × length) — except ChatGLM-6B, which keeps its padded rows
+    const sum = (x: number[]) => x.reduce((p, q) => p + q, 0);
+    if (family === 'chatglm') expect(sum(free.tokens)).toBe(sum(padded.tokens));
+    else expect(sum(free.tokens)).toBeLessThan(0.8 * sum(padded.tokens));
   });
 });
