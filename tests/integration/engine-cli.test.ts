@@ -281,7 +281,7 @@ describe('engine addon', () => {
     fs.writeFileSync(path.join(d, 'config.json'), JSON.stringify({ model_type: 'rwkv' }));
     const j = await addon.inspect(d);
     expect(j.supported).toBe(false);
-    expect(j.reason).toMatch(/supported: llama, baichuan, gpt_neox/);
+    expect(j.reason).toMatch(/supported: llama, mistral, qwen2, baichuan, gpt_neox/);
   });
 
   it('streams generated tokens and can be aborted', async () => {
