@@ -10,8 +10,10 @@ in PyTorch + PEFT (eager, fp32) and in `llmt-engine bench`. Prints a table and J
 `bench` run; a child Python that loads the same folders with transformers + PEFT and runs two steps): the
 footprint a user sees, libraries included.
 
-  python bench/cpu_bench.py [--threads 2] [--sizes 20m,120m] [--batch 1] [--seq 256] [--iters 5] [--engine PATH ...]
+  python bench/cpu_bench.py [--threads 2] [--sizes 20m,120m] [--batch 1] [--seq 256] [--iters 5] [--engine PATH ...] [--dora]
 
+--dora: the adapter is DoRA (PEFT's use_dora: a magnitude per output row; PEFT recomputes ‖W + s·B·A‖ from the
+full-size W + s·B·A in every forward, the engine from ‖W‖² and two rank-sized products).
 --engine (repeatable) times other builds of llmt-engine on the same folders in the same run, e.g. the last release's
 against this tree's; one row per engine (default: native/build/bin/llmt-engine).
 
@@ -35,7 +37,7 @@ SIZES = {
 }
 
 
-def build(size, out):
+def build(size, out, dora=False):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -44,7 +46,7 @@ def build(size, out):
     cfg = LlamaConfig(max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False, **SIZES[size])
     model = LlamaForCausalLM(cfg).float().eval()
     model.save_pretrained(os.path.join(out, "model"), safe_serialization=True)
-    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM")
+    lcfg = LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"], task_type="CAUSAL_LM", use_dora=dora)
     peft_model = get_peft_model(model, lcfg)
     peft_model.save_pretrained(os.path.join(out, "adapter"), safe_serialization=True)
     return peft_model, sum(p.numel() for p in model.parameters())
@@ -130,6 +132,7 @@ def main():
     ap.add_argument("--seq", type=int, default=256)
     ap.add_argument("--iters", type=int, default=5)
     ap.add_argument("--engine", action="append", help="an llmt-engine binary to time (repeatable)")
+    ap.add_argument("--dora", action="store_true", help="a DoRA adapter (use_dora) on both sides")
     ap.add_argument("--torch-worker", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.torch_worker:
@@ -144,7 +147,7 @@ def main():
     rows = []
     for size in a.sizes.split(","):
         with tempfile.TemporaryDirectory(prefix=f"llmt-bench-{size}-") as d:
-            peft_model, nparams = build(size, d)
+            peft_model, nparams = build(size, d, a.dora)
             tf, ts = time_torch(peft_model, a.batch, a.seq, a.iters, SIZES[size]["vocab_size"])
             del peft_model
             tm = torch_peak(d, a.batch, a.seq, a.threads)
@@ -157,7 +160,7 @@ def main():
                 if len(engines) > 1:
                     row["engine"] = e
                 rows.append(row)
-    print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch} x seq {a.seq}, LoRA r=16 on all linear modules")
+    print(f"torch {torch.__version__}, {a.threads} threads, batch {a.batch} x seq {a.seq}, {'DoRA' if a.dora else 'LoRA'} r=16 on all linear modules")
     print(f"{'model':>8} {'params':>12} {'fwd torch':>10} {'fwd ours':>10} {'ratio':>6} {'step torch':>11} {'step ours':>10} {'ratio':>6}"
           f" {'peak torch':>11} {'peak ours':>10} {'ours/torch':>10}")
     for r in rows:
