@@ -211,6 +211,31 @@ static void test_batched_generation(Model &m, const std::string &family) {
   check(sample, {}, "sampling with one seed");
 }
 
+// KV-cache generation == argmax of the full forward at every step (greedy, no repetition penalty)
+static void check_greedy_follows_forward(Model &m, const std::vector<int32_t> &prompt, int64_t n, const std::string &what) {
+  GenParams gp;
+  gp.do_sample = false;
+  gp.max_new_tokens = n;
+  gp.repetition_penalty = 1.0;
+  std::vector<int32_t> out;
+  CHECK(generate(m, prompt, gp, nullptr, nullptr, out) == LLMT_OK, llmt_last_error());
+  RunOptions fo;
+  fo.want_logits = true;
+  std::vector<int32_t> seq = prompt;
+  for (size_t i = 0; i < out.size(); ++i) {
+    Batch g;
+    g.B = 1;
+    g.T = static_cast<int64_t>(seq.size());
+    g.ids = seq;
+    RunResult rr;
+    m.run(g, fo, rr);
+    const int64_t V = m.config().vocab;
+    const float *last = rr.logits.data() + (g.T - 1) * V;
+    CHECK(static_cast<int32_t>(std::max_element(last, last + V) - last) == out[i], what + ": greedy token " + std::to_string(i) + " matches the full forward");
+    seq.push_back(out[i]);
+  }
+}
+
 static void test_family(const std::string &family) {
   std::printf("family %s\n", family.c_str());
   llmt_status st;
@@ -291,28 +316,7 @@ static void test_family(const std::string &family) {
   m2->run(b, fo, r2);
   CHECK(r1.logits == r2.logits, "a saved and reloaded adapter gives identical logits");
 
-  // KV-cache generation == argmax of the full forward at every step
-  std::vector<int32_t> prompt(b.ids.begin(), b.ids.begin() + 5);
-  GenParams gp;
-  gp.do_sample = false;
-  gp.max_new_tokens = 6;
-  gp.repetition_penalty = 1.0;
-  std::vector<int32_t> out;
-  CHECK(generate(*m2, prompt, gp, nullptr, nullptr, out) == LLMT_OK, llmt_last_error());
-  std::vector<int32_t> seq = prompt;
-  for (size_t i = 0; i < out.size(); ++i) {
-    Batch g;
-    g.B = 1;
-    g.T = static_cast<int64_t>(seq.size());
-    g.ids = seq;
-    RunResult rr;
-    m2->run(g, fo, rr);
-    const int64_t V = m2->config().vocab;
-    const float *last = rr.logits.data() + (g.T - 1) * V;
-    const int32_t best = static_cast<int32_t>(std::max_element(last, last + V) - last);
-    CHECK(best == out[i], "greedy token " + std::to_string(i) + " matches the full forward");
-    seq.push_back(out[i]);
-  }
+  check_greedy_follows_forward(*m2, std::vector<int32_t>(b.ids.begin(), b.ids.begin() + 5), 6, family);
   test_batched_generation(*m2, family);
 }
 
@@ -399,26 +403,7 @@ static void test_dora() {
     m->run(b, fo, r1);
     m2->run(b, fo, r2);
     CHECK(r1.logits == r2.logits, "a saved and reloaded DoRA adapter gives identical logits");
-    std::vector<int32_t> prompt(b.ids.begin(), b.ids.begin() + 5);
-    GenParams gp;
-    gp.do_sample = false;
-    gp.max_new_tokens = 5;
-    gp.repetition_penalty = 1.0;
-    std::vector<int32_t> out;
-    CHECK(generate(*m2, prompt, gp, nullptr, nullptr, out) == LLMT_OK, llmt_last_error());
-    std::vector<int32_t> seq = prompt;
-    for (size_t i = 0; i < out.size(); ++i) {
-      Batch g;
-      g.B = 1;
-      g.T = static_cast<int64_t>(seq.size());
-      g.ids = seq;
-      RunResult rr;
-      m2->run(g, fo, rr);
-      const int64_t V = m2->config().vocab;
-      const float *last = rr.logits.data() + (g.T - 1) * V;
-      CHECK(static_cast<int32_t>(std::max_element(last, last + V) - last) == out[i], "DoRA: greedy token " + std::to_string(i) + " matches the full forward");
-      seq.push_back(out[i]);
-    }
+    check_greedy_follows_forward(*m2, std::vector<int32_t>(b.ids.begin(), b.ids.begin() + 5), 5, std::string("DoRA ") + family);
   }
   // 16-bit and 4-bit base weights: ‖W‖² of the values the forward uses, so a fresh adapter changes nothing there either
   for (const char *prec : {"bf16", "nf4"}) {
