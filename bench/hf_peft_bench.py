@@ -240,6 +240,12 @@ def main():
     if time.time() - t_start < float(os.environ.get("LLMT_OFFLOAD_ROW_BEFORE_S", "420")):
         res["ours_offload"] = {T1: ours(T1, ["--precision", "bf16", "--offload-checkpoints"],
                                         "bf16 weights, fp32 activations, checkpoints in host memory")}
+    # and, time permitting, QLoRA with the 4-bit layer cache (each recomputed block's weights decoded to bf16 once for
+    # its recomputation and backward: one layer's weights in bf16 at a time), in its own process so that the row above
+    # keeps the default's peak memory
+    if time.time() - t_start < float(os.environ.get("LLMT_Q4CACHE_ROW_BEFORE_S", "450")):
+        res["ours_qlora_cache"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16", "--q4-cache", "on"],
+                                            "QLoRA nf4 (double quant), bf16 compute, 4-bit layer cache")}
     q, b = res["ours_qlora"][T0], res["ours"].get(T0, {})
     # the QLoRA memory target is about fitting a GPU: the larger of the allocator's peak and the process's use (nvidia-smi,
     # with the CUDA context)
@@ -249,6 +255,10 @@ def main():
     for path, key in (("dequant", "speed_vs_our_bf16_dequant_cublas"), ("fused", "speed_vs_our_bf16_fused")):
         v = (q.get("q4_gemm") or {}).get(path, {}).get("train_tokens_per_s")
         res["qlora_targets"][key] = v / b["tokens_per_s"] if v and b.get("tokens_per_s") else None
+    qc = (res.get("ours_qlora_cache") or {}).get(T0) or {}
+    res["qlora_targets"]["speed_vs_our_bf16_layer_cache"] = qc["tokens_per_s"] / b["tokens_per_s"] if qc.get("tokens_per_s") and b.get("tokens_per_s") else None
+    qcpeak = max(qc.get("peak_mem") or 0, qc.get("process_gpu_mem") or 0)
+    res["qlora_targets"]["peak_mem_gb_layer_cache"] = qcpeak / 1e9 if qcpeak else None
     lines = [f"# LoRA step, LLaMA-7B shape ({L} layers), r=16 all linear, micro-batch 1 — {gpu}, {res['date']}",
              f"parity checks: {a.parity}", "",
              "| seq | HF+PEFT tok/s | ours tok/s | speed ratio | HF peak GiB | ours peak GiB | memory ratio | allocated ratio | HF MFU | ours MFU |",
@@ -272,7 +282,12 @@ def main():
     lines += ["", "QLoRA (nf4, bf16 compute, seq %d): peak %s (target <= 6 GB), tokens/s vs our bf16 LoRA %s (target >= 0.9x) %s"
               % (qt["seq"], qmem, qspd, qerr),
               "  by 4-bit GEMM path (the figure above: this GPU's default): the fused tensor-core kernels (LLMT_Q4_GEMM=fused) %s; "
-              "L2-sized slices decoded to bf16, then cuBLAS (LLMT_Q4_GEMM=dequant): %s" % (pct(qfu), pct(qdq))]
+              "L2-sized slices decoded to bf16, then cuBLAS (LLMT_Q4_GEMM=dequant): %s" % (pct(qfu), pct(qdq)),
+              "  with the 4-bit layer cache (--q4-cache on: each recomputed block's weights decoded to bf16 once for its "
+              "recomputation and backward, one layer's weights in bf16 at a time): %s, peak %s %s"
+              % (pct(qt.get("speed_vs_our_bf16_layer_cache")),
+                 "-" if qt.get("peak_mem_gb_layer_cache") is None else "%.2f GB" % qt["peak_mem_gb_layer_cache"],
+                 "" if "ours_qlora_cache" in res else "(not run: out of time)")]
     for T in seqs:
         at = (res["ours"].get(T) or {}).get("attn_tc") or {}
         v1, v2 = (at.get("v1") or {}).get("train_tokens_per_s"), (at.get("v2") or {}).get("train_tokens_per_s")

@@ -92,6 +92,10 @@ const char *kUsage =
     "       --q4-gemm auto|fused|dequant|both (QLoRA in bf16/fp16 on a GPU: the fused 4-bit kernels, or each weight\n"
     "       decoded to 16 bits by L2-sized slices, then cuBLAS; auto: the GPU's default, dequant on compute capability\n"
     "       9+; both: the default, then the step timed each way, \"q4_gemm\" in the JSON)\n"
+    "       --q4-cache auto|on|off|both (QLoRA in bf16/fp16 with --checkpointing: each recomputed block's 4-bit\n"
+    "       weights decoded to 16 bits once for its recomputation and backward, one layer's weights in 16 bits at a\n"
+    "       time; auto: LLMT_Q4_LAYER_CACHE=1 turns it on, else off; both: the default, then the step timed off and\n"
+    "       on, \"q4_cache\" in the JSON)\n"
     "       --attn v2|v1|both (bf16/fp16 on a GPU: the tensor-core attention kernels with 4 warps (the forward's\n"
     "       accumulators lazily rescaled), the default; or the 2-warp v1; both: the default, then the step timed each\n"
     "       way, \"attn_tc\" in the JSON)\n"
@@ -576,6 +580,10 @@ int cmd_bench(const Args &a) {
   // the CUDA backend reads LLMT_Q4_GEMM at each 4-bit GEMM (docs/cuda.md); auto and both: its default for the GPU
   if (q4 == "fused" || q4 == "dequant") ::setenv("LLMT_Q4_GEMM", q4.c_str(), 1);
   else ::unsetenv("LLMT_Q4_GEMM");
+  const std::string q4c = a.get("--q4-cache", "auto");
+  if (q4c != "auto" && q4c != "on" && q4c != "off" && q4c != "both") return usage_error("bench: --q4-cache auto|on|off|both");
+  // and LLMT_Q4_LAYER_CACHE at each checkpointed backward (RunOptions::q4_layer_cache)
+  if (q4c == "on" || q4c == "off") ::setenv("LLMT_Q4_LAYER_CACHE", q4c == "on" ? "1" : "0", 1);
   const std::string attn = a.get("--attn", "v2");
   if (attn != "v1" && attn != "v2" && attn != "both") return usage_error("bench: --attn v1|v2|both");
   // and LLMT_ATTN_TC at each tensor-core attention forward
@@ -648,6 +656,7 @@ int cmd_bench(const Args &a) {
     // the fused 4-bit kernels and the sliced decode + cuBLAS; the attention kernels with 4 warps and the 2-warp v1
     if (q4 == "both" && (st = both("q4_gemm", "LLMT_Q4_GEMM", {"fused", "dequant"}))) return fail(st);
     if (attn == "both" && (st = both("attn_tc", "LLMT_ATTN_TC", {"v2", "v1"}))) return fail(st);
+    if (q4c == "both" && (st = both("q4_cache", "LLMT_Q4_LAYER_CACHE", {"0", "1"}))) return fail(st);
   }
   // --profile: one more step (the training step when there is one) with every device call timed; not in the figures
   // above. kernel_ms against the step's wall time shows how much of the step the device was busy.
@@ -863,7 +872,7 @@ int run_main(int argc, char **argv) {
     return cmd_eval(a);
   }
   if (cmd == "bench") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision", "--q4-gemm", "--attn"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--batch", "--seq", "--iters", "--warmup", "--threads", "--quantization", "--device", "--precision", "--q4-gemm", "--attn", "--q4-cache"}, {"--checkpointing", "--offload-checkpoints", "--profile"});
     if (!a.error.empty()) return usage_error("bench: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_bench(a);

@@ -1073,6 +1073,21 @@ class CudaBackend final : public Backend {
     }
     s.done();
   }
+  // The whole weight decoded once into 16 bits (out: device memory from alloc), the same kernel as a slice
+  void q4_dequantize_half(const cpu::Q4View &W, Half t, uint16_t *out, int64_t N, int64_t K) override {
+    q4_check(W, N, K);
+    if (N <= 0 || K <= 0) return;
+    Stage s(*this);
+    const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
+    const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
+    const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
+    const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
+    const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
+    const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
+    ew("k_q4_dequant_half", (N * K + 7) / 8, pk, am, qa, a2, c2, W.offset, W.type == cpu::Q4Type::FP4 ? 2 : 1,
+       reinterpret_cast<unsigned short *>(s.out(out, N * K)), ll(N), ll(K), ll(K), ll(0), ll(0), t == Half::F16 ? 2 : 1);
+    s.done();
+  }
   static void q4_check(const cpu::Q4View &W, int64_t N, int64_t K) {
     if (W.n != N * K)
       throw CudaError("k_q4_dequant_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " + std::to_string(N) +

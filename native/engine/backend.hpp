@@ -301,6 +301,10 @@ class Backend {
     (void)t;
     matmul_nn_q4(A, W, C, M, N, K, acc);
   }
+  /** out[N·K] (this backend's memory) = the whole 4-bit weight [N,K] decoded and rounded to t: the 16-bit values
+   *  matmul_*_q4_lp multiply by, so matmul_*_half on `out` gives what they give. The model decodes one checkpointed
+   *  layer's weights once for its recomputation and backward (Model::run, RunOptions::q4_layer_cache). */
+  virtual void q4_dequantize_half(const cpu::Q4View &W, Half t, uint16_t *out, int64_t N, int64_t K);
   struct Q4Out {
     const cpu::Q4View *W;
     float *C;

@@ -1813,6 +1813,62 @@ void block_params(std::vector<Param *> &v, const Layer &L) {
 
 // ---- forward / backward of a batch ---------------------------------------------------------------------------
 
+// RunOptions::q4_layer_cache: −1 reads LLMT_Q4_LAYER_CACHE ("1": on; unset, "0" or anything else: off)
+bool q4_layer_cache_on(const RunOptions &opt) {
+  if (opt.q4_layer_cache >= 0) return opt.q4_layer_cache > 0;
+  const char *e = std::getenv("LLMT_Q4_LAYER_CACHE");
+  return e && std::strcmp(e, "1") == 0;
+}
+
+// One layer's 4-bit weights decoded to 16 bits for as long as this object lives (RunOptions::q4_layer_cache): each
+// such Linear is the 16-bit weight it decodes to meanwhile (W->half_type, W->dev_half: the mixed-precision path of a
+// bf16/fp16 model, cuBLAS on the whole weight), and gets its 4-bit weight back at the end, also when an op throws.
+// t == 0: nothing to do.
+class Q4LayerDecoded {
+ public:
+  Q4LayerDecoded(Backend &be, Layer &L, Half t) : be_(be) {
+    if (int(t) == 0) return;
+    try {
+      for (Linear *lin : {L.q, L.k, L.v, L.qkv, L.o, L.gate, L.up, L.down, L.fc1, L.fc2}) {
+        if (!lin || !lin->q4) continue;
+        Saved sv{lin, lin->q4, lin->W->half_type, lin->W->dev_half, nullptr};
+        sv.buf = static_cast<uint16_t *>(be_.alloc(sizeof(uint16_t) * static_cast<size_t>(std::max<int64_t>(lin->out * lin->in, 1))));
+        saved_.push_back(sv);
+        be_.q4_dequantize_half(sv.q4->view(), t, sv.buf, lin->out, lin->in);
+        lin->W->half_type = static_cast<uint8_t>(t);
+        lin->W->dev_half = sv.buf;
+        lin->q4 = nullptr;
+      }
+    } catch (...) {  // (out of memory): the model as it was, then the error
+      restore();
+      throw;
+    }
+  }
+  ~Q4LayerDecoded() { restore(); }
+  Q4LayerDecoded(const Q4LayerDecoded &) = delete;
+  Q4LayerDecoded &operator=(const Q4LayerDecoded &) = delete;
+
+ private:
+  void restore() {
+    for (const Saved &sv : saved_) {
+      sv.lin->q4 = sv.q4;
+      sv.lin->W->half_type = sv.half_type;
+      sv.lin->W->dev_half = sv.dev_half;
+      be_.release(sv.buf);
+    }
+    saved_.clear();
+  }
+  struct Saved {
+    Linear *lin;
+    const Q4Weight *q4;
+    uint8_t half_type;
+    uint16_t *dev_half;
+    uint16_t *buf;
+  };
+  Backend &be_;
+  std::vector<Saved> saved_;
+};
+
 llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out) {
   const ModelConfig &c = cfg_;
   const int64_t B = batch.B, T = batch.T, N = B * T, H = c.hidden, V = c.vocab;
@@ -2033,9 +2089,12 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     push_trainable(ready, final_b);
     opt.grad_ready(c.layers, ready);
   }
+  const bool q4_cache = ckpt && F.ctx.half && !q4_weights.empty() && q4_layer_cache_on(opt);
   for (int64_t l = c.layers - 1; l >= 0; --l) {
     Layer &L = layers[static_cast<size_t>(l)];
     LayerActs *ap = &im.acts[static_cast<size_t>(l)];
+    // (the last block is not recomputed: its backward alone decodes each weight once either way)
+    Q4LayerDecoded decoded(be, L, q4_cache && l != c.layers - 1 ? Half(F.ctx.half) : Half(0));
     if (ckpt) {
       // the last block's activations are still in the scratch set from the forward: no recomputation
       if (l != c.layers - 1) {

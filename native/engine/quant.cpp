@@ -8,6 +8,8 @@
 #include <memory>
 #include <set>
 #include <stdexcept>
+#include <vector>
+#include <algorithm>
 
 #include "json.hpp"
 #include "safetensors.hpp"
@@ -25,6 +27,19 @@ void Backend::matmul_nt_q4(const float *, const cpu::Q4View &, float *, int64_t,
 }
 void Backend::matmul_nn_q4(const float *, const cpu::Q4View &, float *, int64_t, int64_t, int64_t, bool) {
   throw std::logic_error(std::string("the ") + name() + " backend has no 4-bit matmul");
+}
+
+void Backend::q4_dequantize_half(const cpu::Q4View &W, Half t, uint16_t *out, int64_t N, int64_t K) {
+  if (!host_memory()) throw std::logic_error(std::string("the ") + name() + " backend has no 4-bit decode");
+  if (W.n != N * K)
+    throw std::invalid_argument("q4_dequantize_half: the 4-bit weight has " + std::to_string(W.n) + " elements, not " +
+                                std::to_string(N) + "×" + std::to_string(K));
+  std::vector<float> f(static_cast<size_t>(std::min<int64_t>(W.n, int64_t(1) << 16)));
+  for (int64_t b = 0; b < W.n; b += static_cast<int64_t>(f.size())) {
+    const int64_t n = std::min<int64_t>(static_cast<int64_t>(f.size()), W.n - b);
+    cpu::q4_dequantize_half(W, t, b, n, f.data());  // already rounded to t: the conversion below is exact
+    for (int64_t i = 0; i < n; ++i) out[b + i] = to_half(f[static_cast<size_t>(i)], int(t));
+  }
 }
 
 void Backend::matmul_nt_half(const float *, const uint16_t *, Half, float *, int64_t, int64_t, int64_t, bool) {

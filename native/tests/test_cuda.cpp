@@ -1138,9 +1138,11 @@ void qlora_half(Backend &gpu, const std::string &tmp) {
     cpu::Q4Type t;
     bool dq;
     const char *prec;
+    int ckpt;  // checkpointing, with the GPU's recomputed blocks decoding their 4-bit weights once (q4_layer_cache)
   };
-  for (const Case &cs : {Case{cpu::Q4Type::NF4, true, "bf16"}, Case{cpu::Q4Type::FP4, false, "fp16"}}) {
-    const std::string tag = q4_mode() + "qlora_" + q4_name(cs.t, cs.dq) + "_" + cs.prec;
+  for (const Case &cs : {Case{cpu::Q4Type::NF4, true, "bf16", 0}, Case{cpu::Q4Type::FP4, false, "fp16", 0},
+                         Case{cpu::Q4Type::NF4, true, "bf16", 1}}) {
+    const std::string tag = q4_mode() + "qlora_" + q4_name(cs.t, cs.dq) + "_" + cs.prec + (cs.ckpt ? "_ckpt" : "");
     QuantSpec qs;
     qs.enabled = true;
     qs.type = cs.t;
@@ -1172,7 +1174,52 @@ void qlora_half(Backend &gpu, const std::string &tmp) {
     expect_that(ok && n4 == 14, fmt("%s.setup: precision %s, %d linears 4-bit in GPU memory%s", tag.c_str(), b->precision().c_str(),
                                     n4, ok ? "" : (std::string(" — ") + llmt_last_error()).c_str()));
     if (!ok) continue;
-    train_compare(*a, *b, 3, tag + "_train3", {-1, 5e-2}, {5e-3, 1e-5});
+    if (cs.ckpt) ::setenv("LLMT_Q4_LAYER_CACHE", "1", 1);  // (training with it; the comparison below: off and on)
+    train_compare(*a, *b, 3, tag + "_train3", {-1, 5e-2}, {5e-3, 1e-5}, cs.ckpt);
+    ::unsetenv("LLMT_Q4_LAYER_CACHE");
+    if (!cs.ckpt) continue;
+    // the layer cache at work: with it, the recomputed block (layer 0 of 2) decodes each of its 7 weights once, whole
+    // (k_q4_dequant_half, N·K/8 threads), and its recomputation and backward run on 16-bit weights (cublasGemmEx); the
+    // 4-bit GEMMs then run only in the forward and in the last block's backward. Without it (0): every GEMM 4-bit.
+    const Batch batch = test_batch(b->config().vocab);
+    std::vector<float> g[2];
+    int64_t decodes[2] = {0, 0}, q4gemms[2] = {0, 0};
+    for (int on : {0, 1}) {
+      RunOptions o;
+      o.backward = o.training = o.checkpointing = true;
+      o.seed = 9;
+      o.grad_scale = 1.0f / 40.0f;
+      o.q4_layer_cache = on;
+      b->zero_grad();
+      gpu.profile_start();
+      RunResult res;
+      const bool ran = b->run(batch, o, res) == LLMT_OK;
+      gpu.synchronize();
+      for (const ProfileRow &r : gpu.profile_stop()) {
+        if (r.name == "k_q4_dequant_half") decodes[on] += r.calls;
+        if (r.name.rfind("k_gemm_q4_", 0) == 0) q4gemms[on] += r.calls;
+      }
+      if (!ran) {
+        ++g_fail;
+        std::printf("FAIL run: %s\n", llmt_last_error());
+        break;
+      }
+      b->to_host(true, false);
+      for (Param *p : b->trainable_params()) g[on].insert(g[on].end(), p->grad.begin(), p->grad.end());
+    }
+    int still4 = 0;
+    for (auto &lin : b->linears) still4 += lin->q4 && lin->q4->dev_packed && !lin->W->half_type && !lin->W->dev_half;
+    if (!*q4_mode().c_str()) {  // fused 4-bit GEMMs: the cache's decodes are the only ones
+      expect_that(decodes[0] == 0 && decodes[1] == 7 && q4gemms[1] < q4gemms[0] && still4 == 14,
+                  fmt("%s.layer_cache: decodes %lld → %lld (7: layer 0's weights once), 4-bit GEMMs %lld → %lld, 4-bit again "
+                      "after: %d of 14", tag.c_str(), (long long)decodes[0], (long long)decodes[1], (long long)q4gemms[0],
+                      (long long)q4gemms[1], still4));
+    } else {  // sliced decode + cuBLAS: the cache replaces the recomputation's and the backward's slices of layer 0
+      expect_that(decodes[1] < decodes[0] && still4 == 14,
+                  fmt("%s.layer_cache: decodes %lld → %lld, 4-bit again after: %d of 14", tag.c_str(), (long long)decodes[0],
+                      (long long)decodes[1], still4));
+    }
+    compare(tag + ".layer_cache_grads", g[0], g[1], kF32Reduce);
   }
 }
 

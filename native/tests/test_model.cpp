@@ -1250,6 +1250,32 @@ static void test_qlora_precision() {
     std::vector<float> full(wr.size());
     cpu::q4_dequantize(w, 0, L->out * L->in, full.data());
     CHECK(full != wr, std::string(prec) + ": the rounding of the decoded weight is visible");
+    // the layer cache (RunOptions::q4_layer_cache: a recomputed block's 4-bit weights decoded to 16 bits once for its
+    // recomputation and backward) gives the gradients of the 4-bit GEMMs bit for bit, dropout included, and leaves
+    // every linear 4-bit afterwards
+    std::vector<uint16_t> dec(size_t(L->out * L->in));
+    cpu_backend().q4_dequantize_half(w, t, dec.data(), L->out, L->in);
+    bool same = true;
+    for (size_t i = 0; i < dec.size(); ++i) same = same && from_half(dec[i], int(t)) == wr[i];
+    CHECK(same, std::string(prec) + ": q4_dequantize_half (the whole weight in 16 bits) holds the rounded decoded values");
+    for (auto &lin : b->linears)
+      if (lin->lora.r) lin->lora.dropout = 0.2f;
+    RunOptions co;
+    co.backward = co.training = co.checkpointing = true;
+    co.seed = 4;
+    co.grad_scale = 0.05f;
+    co.q4_layer_cache = 0;
+    const auto g_plain = grads_of(*b, batch, co);
+    co.q4_layer_cache = 1;
+    const auto g_cached = grads_of(*b, batch, co);
+    co.checkpointing = false;
+    const auto g_nockpt = grads_of(*b, batch, co);
+    int still4 = 0;
+    for (auto &lin : b->linears) still4 += lin->q4 && !lin->W->half_type && !lin->W->dev_half;
+    CHECK(g_plain == g_cached && g_plain == g_nockpt && !g_plain.empty(),
+          std::string(prec) + ": the 4-bit layer cache under checkpointing gives the same gradients bit for bit");
+    CHECK(still4 == n4, std::string(prec) + ": after a step with the layer cache every linear is 4-bit again (" +
+                            std::to_string(still4) + " of " + std::to_string(n4) + ")");
   }
   // a QLoRA job with training.precision bf16 trains (nothing refuses the combination)
   const std::string data = g_tmp + "/train-qlora-prec.json";

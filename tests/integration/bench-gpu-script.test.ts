@@ -78,6 +78,13 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     const qt = res.qlora_targets as { speed_vs_our_bf16_dequant_cublas?: number; speed_vs_our_bf16_fused?: number };
     expect(qt.speed_vs_our_bf16_dequant_cublas).toBeCloseTo(dq.dequant!.train_tokens_per_s / res.ours['16']!.tokens_per_s!, 6);
     expect(qt.speed_vs_our_bf16_fused).toBeCloseTo(dq.fused!.train_tokens_per_s / res.ours['16']!.tokens_per_s!, 6);
+    // and QLoRA again with the 4-bit layer cache (recomputed blocks' weights decoded once), in its own process: the
+    // one layer of 16-bit weights it holds shows in its peak
+    const qc = (res as unknown as { ours_qlora_cache: Record<string, { tokens_per_s?: number; peak_alloc?: number; error?: string }> }).ours_qlora_cache['16']!;
+    expect(qc.error, JSON.stringify(qc)).toBeUndefined();
+    expect(qc.peak_alloc!).toBeGreaterThan(q.peak_alloc!);
+    const qtc = res.qlora_targets as { speed_vs_our_bf16_layer_cache?: number };
+    expect(qtc.speed_vs_our_bf16_layer_cache).toBeCloseTo(qc.tokens_per_s! / res.ours['16']!.tokens_per_s!, 6);
     // the longest length again with the checkpointed block inputs in host memory: less GPU memory, same model
     const off = res.ours_offload['32']!;
     expect(off.error, JSON.stringify(off)).toBeUndefined();
@@ -88,6 +95,7 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
     expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
     expect(md).toMatch(/the fused tensor-core kernels \(LLMT_Q4_GEMM=fused\) [\d.]+x; L2-sized slices decoded to bf16, then cuBLAS \(LLMT_Q4_GEMM=dequant\): [\d.]+x/);
+    expect(md).toMatch(/with the 4-bit layer cache \(--q4-cache on: [^)]*\): [\d.]+x, peak [\d.]+ GB/);
     // the bf16 rows timed with both tensor-core attention versions in the same process (at head_dim 16 both run the
     // fp32 kernels: the plumbing is what this checks)
     for (const T of ['16', '32']) {
