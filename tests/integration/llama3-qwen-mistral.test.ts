@@ -41,6 +41,7 @@ const EXTRA = [
   'The retinopathy screened annually; mellitus. Screened!',
   'ÅÅÅ ﬁ café\u0301 e\u0301 Å',
   "I'M YOU'LL we'd 12345678 1,234.5 ١٢٣",
+  "Word-split text : yes . no , why ? stop ! I do n't , I 'm , it 's , we 've , they 're , ' quoted ' .",
 ];
 const TEXTS = [...CORPUS, ...EXTRA];
 

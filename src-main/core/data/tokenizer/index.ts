@@ -33,6 +33,33 @@ export function hashFiles(files: Map<string, Buffer>): string {
   return h.digest('hex');
 }
 
+/**
+ * transformers' `clean_up_tokenization` (PreTrainedTokenizerBase): the spaces English word-level tokenizers left
+ * before punctuation and contractions, removed by `decode` when the tokenizer's `clean_up_tokenization_spaces` is
+ * true. Llama 3's tokenizer_config.json sets it; transformers ≥ 4.45 defaults to false, so only an explicit true
+ * turns it on (as there). The same replacements in the same order, each over the whole text.
+ */
+export function cleanUpTokenization(text: string): string {
+  return text
+    .replaceAll(' .', '.')
+    .replaceAll(' ?', '?')
+    .replaceAll(' !', '!')
+    .replaceAll(' ,', ',')
+    .replaceAll(" ' ", "'")
+    .replaceAll(" n't", "n't")
+    .replaceAll(" 'm", "'m")
+    .replaceAll(" 's", "'s")
+    .replaceAll(" 've", "'ve")
+    .replaceAll(" 're", "'re");
+}
+
+/** decode as HF's: cleaned up when tokenizer_config.json says `clean_up_tokenization_spaces: true`. */
+function withCleanUp<T extends LoadedTokenizer>(tok: T, cfg: FolderConfig): T {
+  if (cfg.tokenizerConfig?.clean_up_tokenization_spaces !== true) return tok;
+  const decode = tok.decode.bind(tok);
+  return Object.assign(tok, { decode: (ids: number[]) => cleanUpTokenization(decode(ids)) });
+}
+
 function isChatGlm(cfg: FolderConfig): boolean {
   const tc = cfg.tokenizerConfig ?? {};
   const mc = cfg.modelConfig ?? {};
@@ -66,8 +93,8 @@ export async function loadTokenizer(modelDir: string): Promise<LoadedTokenizer> 
       throw new Error(`${file} is not a valid tokenizer.json: ${(e as Error).message}`);
     }
     if (typeof json !== 'object' || json === null || !('model' in json)) throw new Error(`${file} is not a valid tokenizer.json: no "model"`);
-    return loadHfTokenizer(file, text, json, cfg, hash);
+    return withCleanUp(loadHfTokenizer(file, text, json, cfg, hash), cfg);
   }
   const flavor: SpFlavor = name === 'ice_text.model' ? 'chatglm1' : isChatGlm(cfg) ? 'chatglm2' : 'plain';
-  return loadSentencePiece({ flavor, modelFile: file, modelBytes: bytes, cfg, hash });
+  return withCleanUp(await loadSentencePiece({ flavor, modelFile: file, modelBytes: bytes, cfg, hash }), cfg);
 }
