@@ -1078,15 +1078,30 @@ class CudaBackend final : public Backend {
     q4_check(W, N, K);
     if (N <= 0 || K <= 0) return;
     Stage s(*this);
-    const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
-    const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
-    const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
-    const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
-    const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
-    const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
-    ew("k_q4_dequant_half", (N * K + 7) / 8, pk, am, qa, a2, c2, W.offset, W.type == cpu::Q4Type::FP4 ? 2 : 1,
+    const Q4In q = q4_inputs(s, W);
+    ew("k_q4_dequant_half", (N * K + 7) / 8, q.pk, q.am, q.qa, q.a2, q.c2, W.offset, W.type == cpu::Q4Type::FP4 ? 2 : 1,
        reinterpret_cast<unsigned short *>(s.out(out, N * K)), ll(N), ll(K), ll(K), ll(0), ll(0), t == Half::F16 ? 2 : 1);
     s.done();
+  }
+  // A 4-bit weight's arrays in device memory for k_q4_dequant_half: codes, then fp32 absmax or (double quantization)
+  // the 8-bit scales with their fp32 block scales and code book
+  struct Q4In {
+    const unsigned char *pk, *qa;
+    const float *am, *a2, *c2;
+  };
+  template <class S>
+  static Q4In q4_inputs(S &s, const cpu::Q4View &W) {
+    const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
+    Q4In q{};
+    q.pk = s.in(W.packed, (W.n + 1) / 2);
+    if (W.qabsmax) {
+      q.qa = s.in(W.qabsmax, nb);
+      q.a2 = s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2);
+      q.c2 = s.in(W.code2, 256);
+    } else {
+      q.am = s.in(W.absmax, nb);
+    }
+    return q;
   }
   static void q4_check(const cpu::Q4View &W, int64_t N, int64_t K) {
     if (W.n != N * K)
@@ -1105,12 +1120,7 @@ class CudaBackend final : public Backend {
   template <class S>
   void q4_dequant_slices(S &s, const uint16_t *Ah, const cpu::Q4View &W, Half t, float *dC, int64_t M, int64_t N, int64_t K,
                          bool acc, int kind) {
-    const int64_t nb = (W.n + cpu::kQ4Block - 1) / cpu::kQ4Block;
-    const unsigned char *pk = s.in(W.packed, (W.n + 1) / 2);
-    const float *am = W.qabsmax ? nullptr : s.in(W.absmax, nb);
-    const unsigned char *qa = W.qabsmax ? s.in(W.qabsmax, nb) : nullptr;
-    const float *a2 = W.qabsmax ? s.in(W.absmax2, (nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2) : nullptr;
-    const float *c2 = W.qabsmax ? s.in(W.code2, 256) : nullptr;
+    const Q4In q = q4_inputs(s, W);
     const int type = t == Half::F16 ? 2 : 1, q4type = W.type == cpu::Q4Type::FP4 ? 2 : 1;
     // output columns per slice: K 16-bit elements each; a multiple of 8 where N is more (the 8-at-a-time decode)
     int64_t per = std::max<int64_t>(1, q4_slice_bytes() / (2 * K));
@@ -1126,11 +1136,11 @@ class CudaBackend final : public Backend {
     for (int64_t n0 = 0; n0 < N; n0 += per) {
       const int64_t w = std::min(per, N - n0);
       if (kind == 0) {  // rows n0… of W [N,K]; C[:, n0:n0+w] (+)= Ah · whᵀ
-        ew("k_q4_dequant_half", (w * K + 7) / 8, pk, am, qa, a2, c2, W.offset, q4type, static_cast<unsigned short *>(wh), ll(w),
+        ew("k_q4_dequant_half", (w * K + 7) / 8, q.pk, q.am, q.qa, q.a2, q.c2, W.offset, q4type, static_cast<unsigned short *>(wh), ll(w),
            ll(K), ll(K), ll(n0), ll(0), type);
         gemm_lp(wh, K, Ah, K, dC + n0, N, t, M, w, K, acc, 0);
       } else {  // columns n0… of W [K,N]; C[:, n0:n0+w] (+)= Ah · wh
-        ew("k_q4_dequant_half", (K * w + 7) / 8, pk, am, qa, a2, c2, W.offset, q4type, static_cast<unsigned short *>(wh), ll(K),
+        ew("k_q4_dequant_half", (K * w + 7) / 8, q.pk, q.am, q.qa, q.a2, q.c2, W.offset, q4type, static_cast<unsigned short *>(wh), ll(K),
            ll(w), ll(N), ll(0), ll(n0), type);
         gemm_lp(wh, w, Ah, K, dC + n0, N, t, M, w, K, acc, 1);
       }

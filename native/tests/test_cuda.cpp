@@ -1209,7 +1209,9 @@ void qlora_half(Backend &gpu, const std::string &tmp) {
     }
     int still4 = 0;
     for (auto &lin : b->linears) still4 += lin->q4 && lin->q4->dev_packed && !lin->W->half_type && !lin->W->dev_half;
-    if (!*q4_mode().c_str()) {  // fused 4-bit GEMMs: the cache's decodes are the only ones
+    // fused 4-bit GEMMs (the default here, and LLMT_Q4_GEMM=dequant without cuBLAS: the sliced path needs it, and then
+    // the 4-bit GEMMs decode nothing): the cache's decodes are the only ones
+    if (!*q4_mode().c_str() || (decodes[0] == 0 && q4gemms[0] > 0)) {
       expect_that(decodes[0] == 0 && decodes[1] == 7 && q4gemms[1] < q4gemms[0] && still4 == 14,
                   fmt("%s.layer_cache: decodes %lld → %lld (7: layer 0's weights once), 4-bit GEMMs %lld → %lld, 4-bit again "
                       "after: %d of 14", tag.c_str(), (long long)decodes[0], (long long)decodes[1], (long long)q4gemms[0],

@@ -309,6 +309,37 @@ describe('GGUF export', () => {
     }
   });
 
+  // YaRN (rope_scaling type yarn, as Qwen2.5 ships for long contexts): the scaling type, factor and original context
+  // length as keys; llama.cpp then computes the same blended frequencies and attention factor as the engine (which
+  // follows transformers) — checked at 40 positions, well past the original length of 16, where the interpolated
+  // frequencies matter; the same weights exported without the keys are far off, so the keys are what llama.cpp runs.
+  it('YaRN RoPE (llama and qwen2) exports as rope.scaling keys and runs in llama.cpp as in the engine', async () => {
+    const llama = await getLlamaCpp();
+    const ids = Array.from({ length: 40 }, (_, i) => (i * 37 + 11) % 320);
+    for (const [family, arch] of [['llama', 'llama'], ['qwen2', 'qwen2']] as const) {
+      const plain = t(`yarn-plain-${family}`);
+      engine(['create-tiny', '--family', family, '--out', plain, '--seed', '5']);
+      const dir = t(`yarn-${family}`);
+      fs.cpSync(plain, dir, { recursive: true });
+      const cfgFile = path.join(dir, 'config.json');
+      const cfg = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as Record<string, unknown>;
+      cfg.rope_scaling = { type: 'yarn', factor: 4, original_max_position_embeddings: 16 };
+      fs.writeFileSync(cfgFile, JSON.stringify(cfg));
+      const r = await exportGguf({ modelDir: dir, out: t(`yarn/${family}.gguf`), dtype: 'f32' });
+      expect(r.architecture).toBe(arch);
+      expect(ggufDump(r.gguf).fields).toMatchObject({
+        [`${arch}.rope.scaling.type`]: 'yarn', [`${arch}.rope.scaling.factor`]: 4, [`${arch}.rope.scaling.original_context_length`]: 16,
+      });
+      if (!llama) continue;
+      const worst = await llamaCppDiff(llama, r.gguf, dir, { ids });
+      const plainGguf = (await exportGguf({ modelDir: plain, out: t(`yarn/${family}-plain.gguf`), dtype: 'f32' })).gguf;
+      const without = await llamaCppDiff(llama, plainGguf, dir, { ids });
+      console.log(`llama.cpp vs engine (${family}, YaRN ×4 from 16): max |log-prob diff| ${worst.toExponential(2)} (exported without YaRN: ${without.toExponential(2)})`);
+      expect(worst).toBeLessThan(1e-3);
+      expect(without).toBeGreaterThan(2e-2);
+    }
+  });
+
   // Llama 3's and Qwen2's tokenizer.json pre-tokenize with a Split regex before a regex-free ByteLevel (Llama 3's
   // digits in runs of up to 3 and ignore_merges, Qwen2's digits one by one); the converter names them llama-bpe and
   // qwen2, and Llama 3's post-processor puts bos first (add_bos_token). Given merges for "333" and a whole-word token

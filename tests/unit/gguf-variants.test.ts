@@ -13,7 +13,8 @@
 // - llama head_dim ≠ hidden/heads writes attention.key_length/value_length; attention_bias/mlp_bias keep biases
 //   (q/k biases permuted like their rows);
 // - Llama 3.x (rope_scaling rope_type llama3): the rope_freqs.weight tensor (head_dim/2 divisors, first, as
-//   LlamaModel.generate_extra_tensors yields it), no scaling keys (was UNSUPPORTED); dynamic NTK writes nothing;
+//   LlamaModel.generate_extra_tensors yields it), no scaling keys (was UNSUPPORTED); dynamic NTK writes nothing; YaRN
+//   as rope.scaling.type/factor/original_context_length (was UNSUPPORTED), non-default betas etc. UNSUPPORTED;
 // - Mistral (model_type mistral): arch llama as LlamaModel converts MistralForCausalLM (was UNSUPPORTED);
 // - Qwen2 (model_type qwen2): arch qwen2, q/k/v weights and biases copied unpermuted (Qwen2Model; llama.cpp's qwen2
 //   uses NeoX RoPE), no vocab_size / rope.dimension_count keys; head_dim × heads ≠ hidden UNSUPPORTED (was
@@ -299,13 +300,41 @@ describe('GGUF export of config variants', () => {
     expect(w31.filter((x) => x !== 1 && x !== 8).length).toBeGreaterThan(0);
   });
 
-  it('rope_scaling dynamic writes nothing (as the converter: the default RoPE within the context); yarn is UNSUPPORTED', async () => {
+  it('rope_scaling dynamic writes nothing (as the converter: the default RoPE within the context)', async () => {
     const dir = llamaLike('llama-dyn', { model_type: 'llama', rope_scaling: { type: 'dynamic', factor: 2 } }, 8, false, false);
     const g = readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, 'llama-dyn.gguf'), dtype: 'f32' })).gguf);
     expect(Object.keys(g.kv).filter((k) => k.includes('scaling'))).toEqual([]);
     expect(g.tensors['rope_freqs.weight']).toBeUndefined();
-    const dir2 = llamaLike('llama-yarn', { model_type: 'llama', rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32 } }, 8, false, false);
-    await expect(exportGguf({ modelDir: dir2, out: path.join(tmp, 'llama-yarn.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining('yarn') });
+  });
+
+  it('rope_scaling yarn: type, factor and original context length as keys; what llama.cpp cannot express is UNSUPPORTED', async () => {
+    const yarn = async (name: string, cfg: Record<string, unknown>) => {
+      const dir = llamaLike(name, { model_type: 'llama', ...cfg }, 8, false, false);
+      return readGguf((await exportGguf({ modelDir: dir, out: path.join(tmp, `${name}.gguf`), dtype: 'f32' })).gguf);
+    };
+    const g = await yarn('llama-yarn', { rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32 }, max_position_embeddings: 128 });
+    expect(Object.fromEntries(Object.entries(g.kv).filter(([k]) => k.includes('scaling')))).toEqual({
+      'llama.rope.scaling.type': 'yarn', 'llama.rope.scaling.factor': 4, 'llama.rope.scaling.original_context_length': 32,
+    });
+    expect(g.tensors['rope_freqs.weight']).toBeUndefined();
+    // transformers 4.45's layout: no original length in rope_scaling, max_position_embeddings is it (as the engine
+    // reads it); transformers 5's rope_parameters; the defaults written out explicitly change nothing
+    const old = await yarn('llama-yarn-old', { rope_scaling: { type: 'yarn', factor: 2 }, max_position_embeddings: 64 });
+    expect(old.kv['llama.rope.scaling.original_context_length']).toBe(64);
+    expect(old.kv['llama.rope.scaling.factor']).toBe(2);
+    const tf5 = await yarn('llama-yarn-tf5', { rope_parameters: { rope_type: 'yarn', rope_theta: 1e6, factor: 4, original_max_position_embeddings: 32, beta_fast: 32, beta_slow: 1, attention_factor: 0.1 * Math.log(4) + 1 } });
+    expect(tf5.kv['llama.rope.scaling.type']).toBe('yarn');
+    expect(tf5.kv['llama.rope.freq_base']).toBe(1e6);
+    for (const [extra, says] of [
+      [{ beta_fast: 16 }, 'beta_fast 16'], [{ beta_slow: 2 }, 'beta_slow 2'], [{ attention_factor: 1 }, 'attention_factor 1'],
+      [{ mscale: 0.707, mscale_all_dim: 0.707 }, 'mscale 0.707'], [{ truncate: false }, 'truncate false'],
+    ] as const) {
+      const dir = llamaLike('llama-yarn-x', { model_type: 'llama', rope_scaling: { rope_type: 'yarn', factor: 4, original_max_position_embeddings: 32, ...extra } }, 8, false, false);
+      await expect(exportGguf({ modelDir: dir, out: path.join(tmp, 'llama-yarn-x.gguf') })).rejects.toMatchObject({ code: 'UNSUPPORTED', message: expect.stringContaining(says) });
+    }
+    const bad = llamaLike('llama-yarn-bad', { model_type: 'llama', rope_scaling: { rope_type: 'yarn', factor: 0.5, original_max_position_embeddings: 32 } }, 8, false, false);
+    await expect(exportGguf({ modelDir: bad, out: path.join(tmp, 'llama-yarn-bad.gguf') })).rejects.toThrow(/factor >= 1/);
+    expect(fs.existsSync(path.join(tmp, 'llama-yarn-bad.gguf'))).toBe(false);
   });
 
   it('Mistral exports as llama (LlamaModel converts MistralForCausalLM): Q/K permuted, head_dim as key_length', async () => {

@@ -592,6 +592,39 @@ interface Plan {
   addBos?: boolean;
 }
 
+/** YaRN (Qwen2.5's long-context setting, rope_scaling type yarn) as llama.cpp takes it: the scaling type, the factor
+ *  and the original context length as keys (convert_hf_to_gguf.py's add_rope_scaling_type / _factor /
+ *  _orig_ctx_len); llama.cpp then blends the interpolated and extrapolated frequencies over the same ramp as
+ *  transformers (beta_fast 32, beta_slow 1) and scales cos and sin by 0.1·ln(factor) + 1. The original length is the
+ *  engine's: rope_scaling.original_max_position_embeddings, else max_position_embeddings. Settings llama.cpp's
+ *  defaults cannot express (other betas, an explicit attention_factor, DeepSeek's mscale, a partial rotary
+ *  embedding) are refused rather than exported to a model that would compute something else. */
+export function yarnRopeKv(arch: string, rs: Record<string, unknown>, cfg: Record<string, unknown>): [string, KvValue][] {
+  const factor = rs.factor;
+  const orig = typeof rs.original_max_position_embeddings === 'number' ? rs.original_max_position_embeddings : cfg.max_position_embeddings;
+  if (typeof factor !== 'number' || !(factor >= 1) || typeof orig !== 'number' || !Number.isInteger(orig) || orig <= 0)
+    throw new Error(`config.json: rope_scaling of type yarn needs factor >= 1 and a length (original_max_position_embeddings or max_position_embeddings) (got ${JSON.stringify(rs)})`);
+  const notDefault: string[] = [];
+  const differs = (k: string, def: number) => rs[k] !== undefined && rs[k] !== null && !(typeof rs[k] === 'number' && (rs[k] as number) === def);
+  if (differs('beta_fast', 32)) notDefault.push(`beta_fast ${String(rs.beta_fast)}`);
+  if (differs('beta_slow', 1)) notDefault.push(`beta_slow ${String(rs.beta_slow)}`);
+  const defaultAttn = 0.1 * Math.log(factor) + 1;
+  if (rs.attention_factor !== undefined && rs.attention_factor !== null &&
+      !(typeof rs.attention_factor === 'number' && Math.abs(rs.attention_factor - defaultAttn) <= 1e-6 * defaultAttn))
+    notDefault.push(`attention_factor ${String(rs.attention_factor)} (llama.cpp uses 0.1·ln(factor) + 1 = ${defaultAttn.toFixed(6)})`);
+  for (const k of ['mscale', 'mscale_all_dim']) if (rs[k] !== undefined && rs[k] !== null && rs[k] !== 0) notDefault.push(`${k} ${String(rs[k])}`);
+  if (rs.truncate === false) notDefault.push('truncate false');
+  const partial = typeof cfg.partial_rotary_factor === 'number' && cfg.partial_rotary_factor !== 1;
+  if (partial) notDefault.push(`partial_rotary_factor ${String(cfg.partial_rotary_factor)}`);
+  if (notDefault.length)
+    throw unsupported(`rope_scaling of type yarn with ${notDefault.join(', ')}: the GGUF would run another RoPE in llama.cpp (only the factor and the original length are exported)`);
+  return [
+    [`${arch}.rope.scaling.type`, { t: 'str', v: 'yarn' }],
+    [`${arch}.rope.scaling.factor`, { t: 'f32', v: factor }],
+    [`${arch}.rope.scaling.original_context_length`, { t: 'u32', v: orig }],
+  ];
+}
+
 /** An error with a status code the CLI and the API show (UNSUPPORTED: llama.cpp cannot run it). */
 function unsupported(msg: string): Error {
   return Object.assign(new Error(`UNSUPPORTED: ${msg}`), { code: 'UNSUPPORTED' });
@@ -670,8 +703,10 @@ function planFor(config: Record<string, unknown>, has: (name: string) => boolean
       if (arch !== 'llama') throw unsupported(`rope_scaling of type llama3 on a ${mt} model: llama.cpp's "${arch}" architecture takes no rope_freqs tensor`);
       const factors = llama3RopeFactors(rs, num('rope_theta', 10000), hd);
       specs.push({ name: 'rope_freqs.weight', src: '', vec: true, gen: { shape: [factors.length], data: () => factors } });
+    } else if (rs && rsType === 'yarn') {
+      ropeKv.push(...yarnRopeKv(arch, rs, cfg));
     } else if (rs && rsType !== 'dynamic' && rsType !== 'default' && rsType !== '') {
-      throw unsupported(`rope_scaling ${JSON.stringify(rs)} cannot be exported yet (linear, llama3 and dynamic only)`);
+      throw unsupported(`rope_scaling ${JSON.stringify(rs)} cannot be exported yet (linear, llama3, yarn and dynamic only)`);
     }
     add('token_embd.weight', 'model.embed_tokens.weight');
     for (let l = 0; l < L; l++) {
