@@ -160,8 +160,8 @@ class CpuBackend final : public Backend {
                             seg_start, alibi, prefix);
   }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
-    cpu::attention_cached(q, kc, vc, out, p0, n, nh, nkv, hd, scale, alibi, prefix);
+                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix, int64_t window) override {
+    cpu::attention_cached(q, kc, vc, out, p0, n, nh, nkv, hd, scale, alibi, prefix, window);
   }
   double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V, int64_t *count) override {
     return cpu::cross_entropy_forward(logits, targets, lse, N, V, count);

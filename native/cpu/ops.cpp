@@ -1193,7 +1193,7 @@ void attention_backward(const float *dout, const float *q, const float *k, const
 }
 
 void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
-                      int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) {
+                      int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix, int64_t window) {
   const int64_t qd = nh * hd, kvd = nkv * hd, group = nh / nkv;
   par(n * nh, chunks_for(n * nh, 4.0 * static_cast<double>(n * nh) * static_cast<double>(p0 + n) * static_cast<double>(hd)),
       [&](int64_t beg, int64_t end) {
@@ -1201,24 +1201,25 @@ void attention_cached(const float *q, const float *kc, const float *vc, float *o
         for (int64_t w = beg; w < end; ++w) {
           const int64_t i = w / nh, hh = w % nh, g = hh / group;
           const int64_t last = std::min(std::max(p0 + i, prefix - 1), p0 + n - 1);
+          const int64_t first = window > 0 ? std::max<int64_t>(0, p0 + i - window + 1) : 0;
           const float slope = alibi ? alibi[hh] : 0.0f;
           const float *qi = q + i * qd + hh * hd;
           float mx = -INFINITY;
-          for (int64_t j = 0; j <= last; ++j) {
+          for (int64_t j = first; j <= last; ++j) {
             const float d = dot(qi, kc + j * kvd + g * hd, hd);  // 8 fixed lanes: vectorised, a fixed order
             s[j] = d * scale;
             if (alibi) s[j] += slope * static_cast<float>(j);
             mx = std::max(mx, s[j]);
           }
           double z = 0;
-          for (int64_t j = 0; j <= last; ++j) {
+          for (int64_t j = first; j <= last; ++j) {
             s[j] = std::exp(s[j] - mx);
             z += s[j];
           }
           float *o = out + i * qd + hh * hd;
           for (int64_t e = 0; e < hd; ++e) o[e] = 0;
           const float inv = static_cast<float>(1.0 / z);
-          for (int64_t j = 0; j <= last; ++j) axpy(o, s[j] * inv, vc + j * kvd + g * hd, hd);
+          for (int64_t j = first; j <= last; ++j) axpy(o, s[j] * inv, vc + j * kvd + g * hd, hd);
         }
       });
 }

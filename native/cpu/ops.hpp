@@ -106,9 +106,10 @@ void attention_backward(const float *dout, const float *q, const float *k, const
                         const float *alibi = nullptr, const int32_t *prefix = nullptr);
 // One decoding chunk against a KV cache: queries q[n, nh, hd] at positions p0…p0+n−1 attend to cache rows
 // 0…max(own position, prefix−1) of kc, vc [capacity, nkv, hd]; out[n, nh, hd]. alibi as above (j = cache row).
+// window > 0 (sliding-window attention, Mistral v0.1 / Qwen2): a query at position p sees rows p−window+1…p only.
 void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,
                       int64_t nh, int64_t nkv, int64_t hd, float scale, const float *alibi = nullptr,
-                      int64_t prefix = 0);
+                      int64_t prefix = 0, int64_t window = 0);
 
 // ---- loss ---------------------------------------------------------------------------------------------------
 // Cross-entropy over logits[N,V] against targets[N] (targets < 0 are ignored, e.g. −100).

@@ -435,12 +435,12 @@ class CudaBackend final : public Backend {
     s.done();
   }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
+                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix, int64_t window) override {
     check_hd(hd);
     Stage s(*this);
     const int64_t rows = std::max(p0 + n, prefix);  // cache rows any query can see
     warps("k_attn_cached", n * nh, s.in(q, n * nh * hd), s.in(kc, rows * nkv * hd), s.in(vc, rows * nkv * hd),
-          s.out(out, n * nh * hd), ll(p0), ll(n), ll(nh), ll(nkv), ll(hd), scale, s.in(alibi, nh), ll(prefix));
+          s.out(out, n * nh * hd), ll(p0), ll(n), ll(nh), ll(nkv), ll(hd), scale, s.in(alibi, nh), ll(prefix), ll(window));
     s.done();
   }
   double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,

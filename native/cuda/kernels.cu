@@ -648,14 +648,15 @@ __global__ void k_attn_bwd_dkdv(const float *dout, const float *q, const float *
   }
 }
 
-// KV-cache decoding: queries q[n,nh,hd] at positions p0+i attend to cache rows 0…min(max(p0+i, prefix−1), p0+n−1).
+// KV-cache decoding: queries q[n,nh,hd] at positions p0+i attend to cache rows 0…min(max(p0+i, prefix−1), p0+n−1)
+// (from p0+i−window+1 on when window > 0: sliding-window attention).
 __global__ void k_attn_cached(const float *q, const float *kc, const float *vc, float *out, ll p0, ll n, ll nh, ll nkv,
-                              ll hd, float scale, const float *alibi, ll prefix) {
+                              ll hd, float scale, const float *alibi, ll prefix, ll window) {
   const ll warp = ((ll)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
   const int lane = threadIdx.x & 31;
   if (warp >= n * nh) return;
   const ll i = warp / nh, h = warp % nh, g = h / (nh / nkv), qd = nh * hd, kvd = nkv * hd;
-  const ll last = min(max(p0 + i, prefix - 1), p0 + n - 1);
+  const ll last = min(max(p0 + i, prefix - 1), p0 + n - 1), first = window > 0 ? max(0LL, p0 + i - window + 1) : 0LL;
   const float slope = alibi ? alibi[h] : 0.0f;
   float qv[kMaxHdPerLane], acc[kMaxHdPerLane];
 #pragma unroll
@@ -665,7 +666,7 @@ __global__ void k_attn_cached(const float *q, const float *kc, const float *vc, 
     acc[e] = 0.0f;
   }
   float m = -INFINITY, l = 0.0f;
-  for (ll j = 0; j <= last; ++j) {
+  for (ll j = first; j <= last; ++j) {
     const float *kj = kc + j * kvd + g * hd, *vj = vc + j * kvd + g * hd;
     float s = 0.0f;
 #pragma unroll

@@ -181,7 +181,7 @@ class Backend {
   }
   virtual void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n,
                                 int64_t nh, int64_t nkv, int64_t hd, float scale, const float *alibi,
-                                int64_t prefix) = 0;
+                                int64_t prefix, int64_t window) = 0;
   virtual double cross_entropy_forward(const float *logits, const int32_t *targets, float *lse, int64_t N, int64_t V,
                                        int64_t *count) = 0;
   /** The same loss, kept in this backend's memory: *loss_acc (one double) and *count_acc (one int64) receive this

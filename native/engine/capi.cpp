@@ -194,6 +194,7 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     out.set("tie_embeddings", Json::boolean(c.tie_embeddings));
     out.set("head_dim", Json::integer(c.head_dim));
     out.set("sliding_window", Json::integer(c.sliding_window));  // 0: full causal attention
+    out.set("window_from_layer", Json::integer(c.window_from_layer));  // the first windowed layer
     out.set("rope_scaling", c.rope_scaling.empty() ? Json() : Json::string(c.rope_scaling));
     out.set("lora_targets", lora_targets_json(c));
     out.set("default_lora_targets", Json::string(c.family->default_lora_targets));

@@ -364,16 +364,17 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
       c.mlp_bias = j.get_bool("mlp_bias", false);
       bias_split = true;
     }
-    // sliding-window attention: Mistral's sliding_window (null in v0.2 and later); Qwen2's only with use_sliding_window
-    // (and then from max_window_layers on; with that below the layer count the window applies to some layers)
+    // sliding-window attention: Mistral's sliding_window (null in v0.2 and later) in every layer; Qwen2's only with
+    // use_sliding_window, and then in the layers from max_window_layers on (Qwen2Config's default 28; transformers'
+    // layer_types): with that at or past the layer count no layer is windowed
     const Json &sw = j.get("sliding_window");
     const bool windowed = mt == "mistral" ? !sw.is_null() : mt == "qwen2" && j.get_bool("use_sliding_window", false) && !sw.is_null();
     if (windowed) {
       if (!sw.is_integer() || sw.as_int() <= 0) return set_error(LLMT_ERR_BAD_INPUT, where + ": sliding_window must be a positive integer or null");
-      if (mt == "qwen2" && j.get_int("max_window_layers", 0) >= j.get_int("num_hidden_layers", 0)) {
-        // transformers' Qwen2 windows only the layers from max_window_layers on: none here
-      } else {
+      const int64_t from = mt == "qwen2" ? std::max<int64_t>(0, j.get_int("max_window_layers", 28)) : 0;
+      if (from < j.get_int("num_hidden_layers", 0)) {
         c.sliding_window = sw.as_int();
+        c.window_from_layer = from;
       }
     }
   }

@@ -86,6 +86,7 @@ struct ModelConfig {
   float attn_factor = 1.0f;         // YaRN's attention factor: cos and sin times it, so the attention scores times its square
   int64_t rope_extended = 0;        // YaRN: the positions the scaled frequencies reach (original length × factor)
   int64_t sliding_window = 0;       // Mistral / Qwen2 sliding-window attention: keys per query (0: full causal)
+  int64_t window_from_layer = 0;    // the first layer with that window (Qwen2: max_window_layers; earlier ones: full)
   double norm_eps = 1e-6;
   int64_t max_positions = 2048;
   bool max_positions_given = false;  // config.json names it (else 2048 is a guess, never a limit)
@@ -140,11 +141,9 @@ inline int64_t context_limit(const ModelConfig &c) {
   int64_t lim = 0;
   if (c.pos != PosKind::Alibi && c.max_positions_given && c.max_positions > 0)
     lim = c.rope_linear_factor > 1.0 ? static_cast<int64_t>(static_cast<double>(c.max_positions) * c.rope_linear_factor) : c.max_positions;
-  // a sliding-window model (Mistral v0.1, Qwen2 with use_sliding_window) attends to its last `sliding_window` keys
-  // only; the engine computes full causal attention, which equals that only up to the window: the window is the
-  // limit here (Model::forward refuses longer rows)
+  // (a sliding window — Mistral v0.1, Qwen2 with use_sliding_window — is no limit: past it each query attends to its
+  // last `sliding_window` keys, in training and in generation)
   if (lim > 0 && c.rope_extended > lim) lim = c.rope_extended;
-  if (c.sliding_window > 0 && (lim == 0 || c.sliding_window < lim)) lim = c.sliding_window;
   return lim;
 }
 

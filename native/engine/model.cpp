@@ -795,6 +795,7 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
       L.fc1 = add_linear(l, f.fc1, c.mlp == MlpKind::SwiGLUFused ? 2 * I : I, H, kFc1);
       L.fc2 = add_linear(l, f.fc2, H, I, kFc2);
     }
+    L.windowed = c.sliding_window > 0 && l >= c.window_from_layer;
     m->layers.push_back(L);
   }
   m->final_w = m->new_param(std::string(f.final_norm) + ".weight", {H});
@@ -1480,6 +1481,10 @@ struct Fwd {
   int attn_half = 0;  // mixed precision (Model::set_precision): attention_*_lp with this Half type
   // training attention (B, T from ctx)
   const int32_t *seg = nullptr, *prefix = nullptr;
+  // seg with the sliding window folded in (key j visible to query i only if j > i − window), for the windowed
+  // layers; null when no row is longer than the window (then the window hides nothing)
+  const int32_t *seg_window = nullptr;
+  const int32_t *seg_of(const Layer &L) const { return L.windowed && seg_window ? seg_window : seg; }
   // cached attention (inference): per sequence, its rows [row0, row0+n) of the chunk go to cache rows p0… of
   // layer l and attend to that cache (ChatGLM-6B: with its prefix)
   struct CachedSeq {
@@ -1628,17 +1633,17 @@ void block_forward(const Fwd &F, Layer &L, int64_t l, LayerActs &a, float *x_out
       be.copy(kc + cs.p0 * kvd, a.k.data() + cs.row0 * kvd, cs.n * kvd);
       be.copy(vc + cs.p0 * kvd, a.v.data() + cs.row0 * kvd, cs.n * kvd);
       be.attention_cached(a.q.data() + cs.row0 * qd, kc, vc, a.attn.data() + cs.row0 * qd, cs.p0, cs.n, nh, nkv, hd, F.scale,
-                          F.alibi, cs.prefix);
+                          F.alibi, cs.prefix, L.windowed ? c.sliding_window : 0);
     }
   } else {
     resize_ow(a.attn, N * qd);
     resize_ow(a.lse, F.ctx.B * nh * F.ctx.T);
     if (F.attn_half)
       be.attention_forward_lp(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
-                              F.scale, F.seg, F.alibi, F.prefix, Half(F.attn_half));
+                              F.scale, F.seg_of(L), F.alibi, F.prefix, Half(F.attn_half));
     else
       be.attention_forward(a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), F.ctx.B, F.ctx.T, nh, nkv, hd,
-                           F.scale, F.seg, F.alibi, F.prefix);
+                           F.scale, F.seg_of(L), F.alibi, F.prefix);
   }
   Buf y(be), ym(be);
   if (x_out) ym.resize_overwrite(N * H);
@@ -1699,11 +1704,11 @@ void attention_branch_backward(const Fwd &F, Layer &L, LayerActs &a, const float
   Buf dq(be, N * qd, kOverwrite), dk(be, N * kvd, kOverwrite), dv(be, N * kvd, kOverwrite);
   if (F.attn_half)
     be.attention_backward_lp(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(),
-                             dk.data(), dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix,
+                             dk.data(), dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg_of(L), F.alibi, F.prefix,
                              Half(F.attn_half));
   else
     be.attention_backward(dattn.data(), a.q.data(), a.k.data(), a.v.data(), a.attn.data(), a.lse.data(), dq.data(), dk.data(),
-                          dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg, F.alibi, F.prefix);
+                          dv.data(), F.ctx.B, F.ctx.T, nh, nkv, hd, F.scale, F.seg_of(L), F.alibi, F.prefix);
   apply_positions(F, dq.data(), dk.data(), true);
   if (L.qkv) {
     Buf dfused(be, N * (qd + 2 * kvd), kOverwrite);
@@ -1879,13 +1884,6 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   if (!batch.labels.empty() && static_cast<int64_t>(batch.labels.size()) != N) {
     return set_error(LLMT_ERR_BAD_INPUT, "labels must have the same shape as input_ids");
   }
-  if (c.sliding_window > 0 && T > c.sliding_window) {
-    // full causal attention equals the model's windowed attention only within the window
-    return set_error(LLMT_ERR_UNSUPPORTED, "rows of " + std::to_string(T) + " tokens are longer than this model's sliding window (" +
-                                               std::to_string(c.sliding_window) + " tokens, config.json sliding_window), which the engine does not "
-                                               "implement; keep max_source_length + max_target_length (or the packed row length) at most " +
-                                               std::to_string(c.sliding_window));
-  }
   for (int64_t n = 0; n < N; ++n) {
     if (batch.ids[n] < 0 || batch.ids[n] >= V) {
       return set_error(LLMT_ERR_BAD_INPUT, "token id " + std::to_string(batch.ids[n]) + " at position " +
@@ -1943,6 +1941,18 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   } else {
     for (int64_t n = 0; n < N; ++n) im.pos[n] = static_cast<int32_t>(n % T);
   }
+  // sliding-window attention (Mistral v0.1, Qwen2 with use_sliding_window; transformers' sliding-window causal mask):
+  // query i sees keys i−window+1 … i — its sample's start, or that, whichever is later; rows no longer than the
+  // window are unaffected
+  std::vector<int32_t> seg_window;
+  if (c.sliding_window > 0 && T > c.sliding_window) {
+    seg_window.resize(static_cast<size_t>(N));
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < T; ++t) {
+        const int64_t from = std::max<int64_t>(seg.empty() ? 0 : seg[b * T + t], t - c.sliding_window + 1);
+        seg_window[b * T + t] = static_cast<int32_t>(from);
+      }
+  }
   // targets: labels shifted left by one within each row (HF: shift_labels = labels[..., 1:])
   std::vector<int32_t> targets(static_cast<size_t>(N), -100);
   if (!batch.labels.empty())
@@ -1952,7 +1962,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   // the host arrays the ops read, in backend memory once per call (token I/O)
   const std::vector<float> freqs = inv_freq(c);
   DevArray<int32_t> d_ids(be, batch.ids), d_pos(be, im.pos), d_block(be, block), d_seg(be, seg), d_prefix(be, prefix),
-      d_targets(be, targets);
+      d_targets(be, targets), d_seg_window(be, seg_window);
   DevArray<float> d_freqs(be, freqs), d_alibi(be, alibi_of(c), c.heads);
   Fwd F(c, be, Ctx{B, T, N, opt.training, opt.seed, &be});
   F.ctx.bwd = bwd;  // (DoRA's scales are cached for generation only: a forward here sees the weights as they are now)
@@ -1965,6 +1975,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   F.pos_scale = static_cast<float>(1.0 / c.rope_linear_factor);
   F.scale = c.attn_factor * c.attn_factor / std::sqrt(static_cast<float>(c.head_dim));  // (YaRN: scaled cos and sin)
   F.seg = d_seg.get();
+  F.seg_window = d_seg_window.get();
   F.prefix = d_prefix.get();
 
   // ---- forward ----

@@ -110,6 +110,8 @@ struct Layer {
   // by role; unused roles are null
   Linear *q = nullptr, *k = nullptr, *v = nullptr, *qkv = nullptr, *o = nullptr;
   Linear *gate = nullptr, *up = nullptr, *down = nullptr, *fc1 = nullptr, *fc2 = nullptr;
+  // sliding-window attention in this layer (ModelConfig::sliding_window; Qwen2: from max_window_layers on)
+  bool windowed = false;
 };
 
 struct Batch {

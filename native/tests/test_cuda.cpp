@@ -109,6 +109,7 @@ struct AttnCase {
   const char *name;
   int64_t B, T, nh, nkv, hd;
   bool seg, alibi, prefix;
+  int64_t window = 0;  // > 0: sliding-window attention, folded into seg_start as the model does (j > i − window)
 };
 
 // Attention forward and backward, CUDA vs CPU, for one shape: half = 0 the fp32 ops, else attention_*_lp with that
@@ -119,9 +120,12 @@ void attention_parity(Backend &gpu, const AttnCase &cs, int half, Tol tol, uint6
   const float scale = 1.0f / std::sqrt(float(hd));
   std::vector<int32_t> seg, prefix;
   std::vector<float> alibi;
-  if (cs.seg)
+  if (cs.seg || cs.window > 0)
     for (int64_t b = 0; b < B; ++b)
-      for (int64_t i = 0; i < T; ++i) seg.push_back(int32_t(i < 10 ? 0 : i < s2 ? 10 : s2));
+      for (int64_t i = 0; i < T; ++i) {
+        const int64_t start = cs.seg ? (i < 10 ? 0 : i < s2 ? 10 : s2) : 0;
+        seg.push_back(int32_t(cs.window > 0 ? std::max(start, i - cs.window + 1) : start));
+      }
   if (cs.prefix) prefix = {7, int32_t(T > 40 ? 40 : 12)};
   if (cs.alibi)
     for (int64_t h = 0; h < nh; ++h) alibi.push_back(-std::pow(2.0f, -float(h + 1)));
@@ -221,13 +225,16 @@ void op_parity(Backend &gpu) {
                              AttnCase{"attn_mqa", 1, 40, 4, 1, 64, false, false, false},
                              AttnCase{"attn_mha_seg", 2, 37, 3, 3, 16, true, false, false},
                              AttnCase{"attn_alibi", 1, 29, 4, 4, 16, false, true, false},
-                             AttnCase{"attn_prefix", 2, 31, 2, 2, 128, false, false, true}})
+                             AttnCase{"attn_prefix", 2, 31, 2, 2, 128, false, false, true},
+                             AttnCase{"attn_window", 1, 45, 4, 2, 32, false, false, false, 7},
+                             AttnCase{"attn_window_seg", 2, 70, 2, 1, 64, true, false, false, 12}})
     attention_parity(gpu, cs, 0, kF32Reduce, 40, 1.0f);
   // mixed-precision attention (the tensor-core kernels, head_dim 64/128) vs the CPU's: both read q, k, v (and dout)
   // rounded to bf16/fp16; the GPU also rounds P and dS for their products (FlashAttention-2), hence the tolerance
   for (Half t : {Half::BF16, Half::F16})
     for (AttnCase cs : {AttnCase{"gqa", 2, 45, 4, 2, 64, false, false, false}, AttnCase{"mqa_seg", 2, 70, 4, 1, 128, true, false, false},
-                        AttnCase{"alibi_prefix", 2, 37, 2, 2, 64, false, true, true}, AttnCase{"mha_short", 1, 5, 2, 2, 128, false, false, false}}) {
+                        AttnCase{"alibi_prefix", 2, 37, 2, 2, 64, false, true, true}, AttnCase{"mha_short", 1, 5, 2, 2, 128, false, false, false},
+                        AttnCase{"gqa_window", 1, 150, 4, 2, 64, false, false, false, 40}, AttnCase{"mqa_window_seg", 2, 90, 2, 1, 128, true, false, false, 20}}) {
       const std::string nm = std::string("tc_") + (t == Half::BF16 ? "bf16_" : "fp16_") + cs.name;
       cs.name = nm.c_str();
       attention_parity(gpu, cs, int(t), t == Half::BF16 ? Tol{3e-2, 1e-2} : Tol{8e-3, 2e-3}, 50, 2.0f);
@@ -256,8 +263,14 @@ void op_parity(Backend &gpu) {
              {rnd(nn * nh * hd, 44), rnd(cap * nkv * hd, 45), rnd(cap * nkv * hd, 46), rnd(nn * nh * hd, 0)}, {3}, kF32Reduce,
              [&](Backend &be, auto &x) {
                be.attention_cached(x[0].data(), x[1].data(), x[2].data(), x[3].data(), p0, nn, nh, nkv, hd, 0.17f,
-                                   prefix ? alibi.data() : nullptr, prefix);
+                                   prefix ? alibi.data() : nullptr, prefix, 0);
              });
+    // a sliding window of 4: the new tokens see cache rows p−3 … p only
+    parity("attention_cached_window4", cpu, gpu,
+           {rnd(nn * nh * hd, 47), rnd(cap * nkv * hd, 48), rnd(cap * nkv * hd, 49), rnd(nn * nh * hd, 0)}, {3}, kF32Reduce,
+           [&](Backend &be, auto &x) {
+             be.attention_cached(x[0].data(), x[1].data(), x[2].data(), x[3].data(), p0, nn, nh, nkv, hd, 0.17f, nullptr, 0, 4);
+           });
   }
   {  // cross-entropy (ignored rows included), embedding
     const int64_t NN = 13, V = 1000;

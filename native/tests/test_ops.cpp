@@ -793,6 +793,24 @@ static void test_attention_ex(const AttnShape &s, bool use_alibi, bool use_prefi
     attention_cached(q.data() + p * qd, k.data(), v.data(), cached.data() + p * qd, p, 1, s.nh, s.nkv, s.hd, scale, al,
                      use_prefix ? prefix[0] : 0);
   expect_close(std::string(tag) + " cached", cached, ref, 1e-4, 1e-5);
+  if (use_prefix || s.T < 8) return;
+  // sliding-window attention (the model folds the window into seg_start: key j visible to query i iff j > i − W):
+  // the KV-cache kernel with `window` W — a prompt chunk, then a token at a time — gives the windowed rows too
+  const int64_t W = 5;
+  std::vector<int32_t> wseg;
+  for (int64_t t = 0; t < s.T; ++t) wseg.push_back(static_cast<int32_t>(std::max<int64_t>(0, t - W + 1)));
+  std::vector<double> wref;
+  naive_attention_ex(s, q, k, v, scale, al, nullptr, wseg.data(), wref);
+  Vec wout(nq), wlse(s.B * s.nh * s.T), wcached(nq);
+  attention_forward(q.data(), k.data(), v.data(), wout.data(), wlse.data(), s.B, s.T, s.nh, s.nkv, s.hd, scale, wseg.data(), al);
+  expect_close(std::string(tag) + " window out", wout, wref, 1e-4, 1e-5);
+  attention_cached(q.data(), k.data(), v.data(), wcached.data(), 0, first, s.nh, s.nkv, s.hd, scale, al, 0, W);
+  for (int64_t p = first; p < s.T; ++p)
+    attention_cached(q.data() + p * qd, k.data(), v.data(), wcached.data() + p * qd, p, 1, s.nh, s.nkv, s.hd, scale, al, 0, W);
+  expect_close(std::string(tag) + " window cached", wcached, wref, 1e-4, 1e-5);
+  double moved = 0;  // (and the window matters: rows past it differ from full attention)
+  for (size_t e = 0; e < wref.size(); ++e) moved = std::max(moved, std::abs(wref[e] - ref[e]));
+  CHECK(moved > 1e-3, "%s: the window changes nothing (max diff %g)", tag, moved);
 }
 
 // The forward and backward in double, straight from the definitions (P, dP, D, dS), every mask option: the

@@ -149,9 +149,9 @@ class FakeDevice final : public Backend {
     cpu().attention_backward(dout, q, k, v, out, lse, dq, dk, dv, B, T, nh, nkv, hd, scale, seg, alibi, prefix);
   }
   void attention_cached(const float *q, const float *kc, const float *vc, float *out, int64_t p0, int64_t n, int64_t nh,
-                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix) override {
+                        int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix, int64_t window) override {
     D(q), D(kc), D(vc), D(out), D(alibi);
-    cpu().attention_cached(q, kc, vc, out, p0, n, nh, nkv, hd, scale, alibi, prefix);
+    cpu().attention_cached(q, kc, vc, out, p0, n, nh, nkv, hd, scale, alibi, prefix, window);
   }
   double cross_entropy_forward(const float *lg, const int32_t *t, float *lse, int64_t N, int64_t V, int64_t *count) override {
     D(lg), D(t), D(lse);
