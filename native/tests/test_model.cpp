@@ -12,6 +12,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <limits>
 #include <map>
 #include <string>
@@ -572,11 +573,31 @@ static void test_grad_ready_hook() {
   }
 }
 
-// A packed row (two samples, positions restarting at 0) computes exactly what the samples give alone.
-static void test_packing() {
-  std::printf("packed rows\n");
+// A tiny Mistral with a sliding window of `window` keys (config.json sliding_window; create-tiny writes 4096)
+static std::string windowed_tiny(int64_t window) {
+  const std::string dir = g_tmp + "/mistral-window" + std::to_string(window);
+  struct stat sb;
+  if (::stat(dir.c_str(), &sb) == 0) return dir;
+  CHECK(llmt_create_tiny("mistral", dir.c_str(), 3) == LLMT_OK, llmt_last_error());
+  std::ifstream in(dir + "/config.json");
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  Json j;
+  std::string err;
+  CHECK(Json::parse(text, j, err), err);
+  j.set("sliding_window", Json::integer(window));
+  std::ofstream(dir + "/config.json") << j.dump(2);
+  return dir;
+}
+
+// A packed row (two samples, positions restarting at 0) computes exactly what the samples give alone — also under a
+// sliding window shorter than the samples (window > 0: Mistral with that window), where each query sees the later of
+// its sample's start and its window's.
+static void test_packing(int64_t window = 0) {
+  std::printf("packed rows%s\n", window ? (" (sliding window " + std::to_string(window) + ")").c_str() : "");
   llmt_status st;
-  auto m = Model::load(tiny("llama"), st);
+  auto m = Model::load(window ? windowed_tiny(window) : tiny("llama"), st);
+  CHECK(m != nullptr, llmt_last_error());
+  if (!m) return;
   LoraSpec spec;
   spec.r = 2;
   spec.targets = {"q_proj", "v_proj", "down_proj"};
@@ -622,6 +643,40 @@ static void test_packing() {
   Batch bad = p;
   bad.pos[3] = 7;
   CHECK(m->run(bad, o, rp) == LLMT_ERR_BAD_INPUT, "positions that skip are rejected");
+}
+
+// Sliding-window attention (Mistral v0.1): rows longer than the window run (no refusal); only the positions past the
+// window change against the same weights without one; greedy generation past the window follows the windowed
+// forward at every step (the KV-cache attention sees the last `window` rows); Qwen2 windows the layers from
+// max_window_layers on only.
+static void test_sliding_window() {
+  std::printf("sliding window\n");
+  llmt_status st;
+  auto w = Model::load(windowed_tiny(6), st);
+  CHECK(w != nullptr, llmt_last_error());
+  const std::string open_dir = g_tmp + "/mistral-open";
+  CHECK(llmt_create_tiny("mistral", open_dir.c_str(), 3) == LLMT_OK, llmt_last_error());
+  auto full = Model::load(open_dir, st);  // the same weights (seed 3), window 4096: full causal attention here
+  CHECK(full != nullptr, llmt_last_error());
+  if (!w || !full) return;
+  CHECK(w->config().sliding_window == 6 && w->config().window_from_layer == 0, "mistral: window 6 in every layer");
+  const Batch b = make_batch(2, 20, w->config().vocab, 31);
+  RunOptions o;
+  o.want_logits = true;
+  RunResult rw, rf;
+  CHECK(w->run(b, o, rw) == LLMT_OK, llmt_last_error());
+  CHECK(full->run(b, o, rf) == LLMT_OK, llmt_last_error());
+  const int64_t V = w->config().vocab;
+  double within = 0, past = 0;
+  for (int64_t r = 0; r < b.B * b.T; ++r)
+    for (int64_t v = 0; v < V; ++v) {
+      const double d = std::fabs(rw.logits[r * V + v] - rf.logits[r * V + v]);
+      (r % b.T < 6 ? within : past) = std::max(r % b.T < 6 ? within : past, d);
+    }
+  CHECK(within == 0, "the first 6 positions are the full attention's, bit for bit (max diff " + std::to_string(within) + ")");
+  CHECK(past > 1e-3, "later positions see only their window (max diff " + std::to_string(past) + ")");
+  check_greedy_follows_forward(*w, std::vector<int32_t>(b.ids.begin(), b.ids.begin() + 4), 12, "sliding window 6");
+  check_greedy_follows_forward(*w, std::vector<int32_t>(b.ids.begin(), b.ids.begin() + 15), 4, "sliding window 6, long prompt");
 }
 
 static void test_modules_to_save() {
@@ -1494,6 +1549,8 @@ int main() {
   test_modules_to_save();
   test_grad_ready_hook();
   test_packing();
+  test_packing(7);
+  test_sliding_window();
   test_full_finetune();
   test_dtypes_and_tying();
   test_legacy_layouts();

@@ -156,9 +156,6 @@ export interface RunPlan {
   gpus: GpuFit[];
   /** The model's context when it is a hard limit (learned or rotary positions; inspect's context_limit), else null. */
   context?: number | null;
-  /** A sliding-window model's window (Mistral v0.1, Qwen2 with use_sliding_window), else null: the engine attends
-   *  causally over whole rows, which equals the model's attention only within it, so longer samples are refused. */
-  slidingWindow?: number | null;
 }
 
 /**
@@ -168,15 +165,6 @@ export interface RunPlan {
  * the context too, and a longer context is sometimes the point — but the positions past it were never trained,
  * and generation stops at the context. Null when the run stays within it.
  */
-/** The refusal of a run whose prepared samples are longer than a sliding-window model's window (see RunPlan). */
-export function slidingWindowError(window: number, maxSource: number, maxTarget: number, longest: number): string {
-  return (
-    `the longest prepared sample is ${longest} tokens, longer than this model's sliding attention window of ${window} tokens ` +
-    `(config.json sliding_window), which the engine does not implement: past the window its attention would differ from the ` +
-    `model's. Lower max_source_length / max_target_length (now ${maxSource} + ${maxTarget}) so that samples stay within ${window} tokens.`
-  );
-}
-
 export function contextWarning(context: number | null | undefined, maxSource: number, maxTarget: number, longest?: number): string | null {
   if (!context || context <= 0) return null;
   const sum = maxSource + maxTarget;
@@ -246,7 +234,6 @@ export async function planRun(spec: RunSpec): Promise<RunPlan> {
   const info = await engine.addon.inspect(spec.model.path);
   if (!info.supported) return { estimate: null, freeBytes: 0, fits: false, suggestions: [], unsupported: info.reason ?? `model_type ${info.model_type} is not supported`, summary: null, gpus: [] };
   const context = info.context_limit && info.context_limit > 0 ? info.context_limit : null;
-  const slidingWindow = info.sliding_window && info.sliding_window > 0 ? info.sliding_window : null;
   const devices = listDevices(engine);
   const cpu = devices.find((d) => d.kind === 'cpu');
   const est = estimateRun(info, spec, cpu?.threads ?? 1);
@@ -262,7 +249,6 @@ export async function planRun(spec: RunSpec): Promise<RunPlan> {
     summary: describeEstimate(est) + (multi ? `; per GPU, on ${check.gpus.length} GPUs (${deviceLabel(spec)}), one worker each` : ''),
     gpus: check.gpus,
     context,
-    slidingWindow,
   };
 }
 
@@ -696,7 +682,6 @@ export class RunService {
       }
       // samples longer than the model's context: said once, as a warning event (the CLI prints it, the run's log
       // shows it); lengths that merely add up past it while every sample fits are the wizard's note, not the run's
-      if (plan.slidingWindow && longest > plan.slidingWindow) throw new Error(slidingWindowError(plan.slidingWindow, d.max_source_length, d.max_target_length, longest));
       const long = plan.context && longest > plan.context ? contextWarning(plan.context, d.max_source_length, d.max_target_length, longest) : null;
       if (long) {
         const w: EngineEvent = { event: 'warning', code: 'PAST_CONTEXT', message: long };
