@@ -91,7 +91,9 @@ void gelu_backward(const float *dy, const float *x, float *dx, int64_t n, Gelu k
 // (log-sum-exp of the scaled scores) for the backward. A query's results depend on its own row only (not on T,
 // B or the thread count), bit for bit.
 // seg_start (optional, [B·T]): packed rows — key j is visible to query i only if also j ≥ seg_start[b·T+i]
-// (the index, within the row, where query i's sample begins). Null: plain causal attention.
+// (the index, within the row, where query i's sample begins; with a sliding window W the model passes
+// max(that, i − W + 1)). Never decreasing along a row (the CUDA backward stops at the first query past a key).
+// Null: plain causal attention.
 // alibi (optional, [nh]): ALiBi slopes; s_ij = scale·q_i·k_j + alibi[h]·j (j = key index in the row, not
 // scaled — BLOOM's baddbmm, Baichuan-13B's mask; shift-invariant per query, so packed rows need no offset).
 // prefix (optional, [B]): prefix-LM (ChatGLM-6B): keys j < prefix[b] are visible to every query of row b,

@@ -611,7 +611,7 @@ __global__ void k_attn_bwd_dkdv(const float *dout, const float *q, const float *
     const ll h = g * group + hh;
     const float slope = alibi ? alibi[h] : 0.0f;
     for (ll i = i0; i < T; ++i) {
-      if (seg_start && j < (ll)seg_start[b * T + i]) continue;
+      if (seg_start && j < (ll)seg_start[b * T + i]) break;  // (seg_start never decreases along a row)
       if (j > max(i, P - 1)) continue;
       const ll row = (b * T + i) * nh + h;
       const float *qi = q + row * hd, *doi = dout + row * hd;
@@ -1328,6 +1328,9 @@ __device__ void attn_bwd_dkdv_tcw(const float *dout, const float *q, const float
     const ll h = g * group + hh;
     const float slope = alibi ? alibi[h] : 0.0f;
     for (ll i0 = qlo / kTc * kTc; i0 < T; i0 += kTc) {
+      // seg_start never decreases along a row (packed samples in order, a sliding window): once the tile's first query
+      // starts past the block's last key, no later query sees any of its keys (block-uniform: before any barrier)
+      if (seg_start && (ll)seg_start[b * T + i0] >= j0 + ROWS) break;
       dkdv_stage<TT, HD>(Qs, dOs, Ls, Ds, q, dout, lse, D, b, h, i0, T, nh);
       __syncthreads();
       // the warp's keys [jw, jw+16) see none of queries [i0, i0+32) when all of them are later (and past the prefix)
