@@ -43,9 +43,11 @@ export interface ModelInspection {
   tie_embeddings?: boolean;
   /** the attention head size (config.json head_dim when given, as in Mistral-Nemo; else hidden / heads) */
   head_dim?: number;
-  /** sliding-window attention (Mistral v0.1, Qwen2 with use_sliding_window): keys per query; 0 for full causal. The
-   *  engine computes full causal attention, so rows longer than this are refused and context_limit is at most it */
+  /** sliding-window attention (Mistral v0.1, Qwen2 with use_sliding_window): keys per query; 0 for full causal. Past
+   *  it each query attends to its last sliding_window keys (training and generation); no limit on the context */
   sliding_window?: number;
+  /** the first layer with that window (Qwen2: max_window_layers; 0 for Mistral) */
+  window_from_layer?: number;
   /** config.json's rope_scaling type when one is set ("linear", "llama3", "dynamic"), else null */
   rope_scaling?: string | null;
   /** a saved 4-bit (bitsandbytes layout) folder: "nf4" or "fp4"; absent or "none" otherwise */
