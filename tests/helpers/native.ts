@@ -1,8 +1,9 @@
 // native.ts — where the integration tests find the built engine and the reference Python, and how they read
 // what either side writes (F32 safetensors) and compare logits. LLMS_TRAIN_NATIVE_DIR points at another build of
 // llmt-engine (default native/build/bin); LLMT_PY at another Python (default .venv-test, tests/python/setup.sh).
-import { spawnSync } from 'node:child_process';
+import { spawnSync, type SpawnSyncReturns } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 
 import { expect } from 'vitest';
@@ -12,6 +13,40 @@ import { ROOT } from './app';
 export const NATIVE = process.env.LLMS_TRAIN_NATIVE_DIR || path.join(ROOT, 'native', 'build', 'bin');
 export const ENGINE = path.join(NATIVE, 'llmt-engine');
 export const PY = process.env.LLMT_PY || path.join(ROOT, '.venv-test', 'bin', 'python');
+/** The HF transformers + PEFT reference (tests/python/hf_reference.py), run with PY. */
+export const HF_REF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
+
+/** Runs a command (OpenMP on 2 threads, 5 minutes at most); a failure throws with its output. */
+export function runOk(cmd: string, args: string[]): SpawnSyncReturns<string> {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
+  if (r.status !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${r.status}):\n${r.stderr}\n${r.stdout}`);
+  return r;
+}
+/** hf_reference.py's stdout (runOk). */
+export const refPy = (args: string[]): string => runOk(PY, [HF_REF, ...args]).stdout;
+/** llmt-engine's stdout (runOk). */
+export const engineOk = (args: string[]): string => runOk(ENGINE, args).stdout;
+
+/** The parity tests' batch: two rows of 10 tokens, prompt tokens masked (-100) in the labels. */
+export const PARITY_TOKENS = {
+  input_ids: [
+    [1, 37, 99, 14, 250, 61, 8, 77, 300, 12],
+    [1, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+  ],
+  labels: [
+    [-100, -100, -100, 14, 250, 61, 8, 77, 300, 12],
+    [-100, 5, 6, 7, 8, 9, 10, 11, 12, 13],
+  ],
+};
+
+/** A fresh temp folder for a reference comparison (PARITY_TOKENS in its tokens.json), after checking that the
+ *  reference Python exists. */
+export function referenceTmp(prefix: string): string {
+  if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\` (or set LLMT_PY)`);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), prefix));
+  fs.writeFileSync(path.join(dir, 'tokens.json'), JSON.stringify(PARITY_TOKENS));
+  return dir;
+}
 
 /** Every tensor of an all-F32 safetensors file (fails the test on another dtype). */
 export function readSafetensors(file: string): Map<string, Float32Array> {

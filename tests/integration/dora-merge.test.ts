@@ -5,7 +5,6 @@
 // bf16 values; a plain LoRA adapter still merges byte for byte as the engine merges it; `model export --adapter`
 // of a DoRA adapter exports the DoRA merge; and end to end, `llms-train train --use_dora` (the engine's DoRA training)
 // writes an adapter PEFT loads with the engine's logits, whose merge is PEFT's.
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -15,17 +14,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { exportGguf, floatToBf16 } from '../../src-main/core/models/gguf';
 import * as models from '../../src-main/core/models/manager';
 import { CLI, ROOT, runCli } from '../helpers/app';
-import { ENGINE, PY, readSafetensors, writeSafetensors } from '../helpers/native';
+import { ENGINE, HF_REF, PY, readSafetensors, runOk, writeSafetensors } from '../helpers/native';
 
-const HF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
+const HF = HF_REF;
 let tmp: string;
 const t = (...p: string[]) => path.join(tmp, ...p);
 
-function run(cmd: string, args: string[]) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
-  if (r.status !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${r.status}):\n${r.stderr}\n${r.stdout}`);
-  return r;
-}
+const run = runOk;
 
 type Tensor = { dtype: string; shape: number[]; data: Float64Array; raw: Buffer };
 /** Every tensor of a folder's model.safetensors (or a .safetensors file), decoded to float64 (F32, F16, BF16). */

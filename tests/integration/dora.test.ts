@@ -3,42 +3,19 @@
 // every A, B and magnitude equal PEFT's (its norm ‖W + s·B·A‖ held constant, as PEFT does); an adapter our engine
 // trains with use_dora (dropout on) loads in PEFT unchanged and gives our logits. Families: a llama (separate q/k/v),
 // Qwen2 (q/k/v biases), GPT-NeoX (fused qkv with biases, LayerNorm).
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
-import { ROOT } from '../helpers/app';
-import { ENGINE, gradDiffs, maxAbsDiff, PY, readSafetensors } from '../helpers/native';
+import { engineOk, gradDiffs, maxAbsDiff, readSafetensors, referenceTmp, refPy } from '../helpers/native';
 
-const REF = path.join(ROOT, 'tests', 'python', 'hf_reference.py');
 let tmp: string;
-
-function run(cmd: string, args: string[]) {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', timeout: 300_000, env: { ...process.env, OMP_NUM_THREADS: '2' } });
-  if (r.status !== 0) throw new Error(`${path.basename(cmd)} ${args.join(' ')} failed (${r.status}):\n${r.stderr}\n${r.stdout}`);
-  return r.stdout;
-}
-const py = (args: string[]) => run(PY, [REF, ...args]);
-const engine = (args: string[]) => run(ENGINE, args);
-
-const tokens = {
-  input_ids: [
-    [1, 37, 99, 14, 250, 61, 8, 77, 300, 12],
-    [1, 5, 6, 7, 8, 9, 10, 11, 12, 13],
-  ],
-  labels: [
-    [-100, -100, -100, 14, 250, 61, 8, 77, 300, 12],
-    [-100, 5, 6, 7, 8, 9, 10, 11, 12, 13],
-  ],
-};
+const py = refPy;
+const engine = engineOk;
 
 beforeAll(() => {
-  if (!fs.existsSync(PY)) throw new Error(`the reference Python (${PY}) is missing: run \`bash tests/python/setup.sh\` (or set LLMT_PY)`);
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-dora-'));
-  fs.writeFileSync(path.join(tmp, 'tokens.json'), JSON.stringify(tokens));
+  tmp = referenceTmp('llmt-dora-');
 });
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
 
