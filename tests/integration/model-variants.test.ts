@@ -1,7 +1,8 @@
 // Config variants of the LLaMA family the engine reads from config.json (their numerics against HF transformers + PEFT
 // are in parity.test.ts, on the GPU backend in cuda-emulated.test.ts): Llama 3.1's rope_scaling (rope_type llama3),
 // dynamic NTK scaling, unsupported scalings refused by name, Mistral's and Qwen2's sliding window (checked against
-// HF transformers past the window: logits, loss, LoRA gradients, greedy generation; Qwen2's per-layer window),
+// HF transformers past the window: logits, loss, LoRA gradients, greedy generation; Qwen2's window in the layers
+// from max_window_layers on, as transformers' layer_types),
 // Mistral's fixed bias-free projections.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -208,6 +209,25 @@ describe('sliding-window attention', () => {
     expect(maxAbsDiff(head(b), head(c))).toBe(0);
     expect(maxAbsDiff(a!.logits!, b!.logits!)).toBeGreaterThan(1e-4);
     expect(maxAbsDiff(b!.logits!, c!.logits!)).toBeGreaterThan(1e-4);
+    // and each is what transformers computes (its Qwen2 layer_types; on 4.45, whose eager/SDPA Qwen2 ignores the
+    // window, hf_reference.py gives those layers the same sliding-window mask): logits, loss and LoRA gradients
+    const t = path.join(tmp, 'qwen-window-tokens.json');
+    fs.writeFileSync(t, JSON.stringify({ input_ids: rows, labels: rows }));
+    for (const [name, dir] of [['second', second], ['both', both]] as const) {
+      const ours = path.join(tmp, `qwen-window-${name}.json`);
+      const ref = path.join(tmp, `qwen-window-${name}-hf.json`);
+      expect(engine(['forward', '--model', dir, '--tokens', t, '--out', ours]).status).toBe(0);
+      hf(['forward', '--model', dir, '--tokens', t, '--out', ref]);
+      expect(maxAbsDiff(json(ours).logits, json(ref).logits), name).toBeLessThan(1e-4);
+      expect(Math.abs(json(ours).loss - json(ref).loss), name).toBeLessThan(1e-5);
+    }
+    const adapter = path.join(tmp, 'qwen-window-adapter');
+    hf(['make-adapter', '--model', second, '--out', adapter, '--targets', 'q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj', '--r', '4', '--alpha', '8', '--seed', '9']);
+    expect(engine(['grad', '--model', second, '--adapter', adapter, '--tokens', t, '--out', path.join(tmp, 'qwen-window-ours.safetensors')]).status).toBe(0);
+    hf(['grad', '--model', second, '--adapter', adapter, '--tokens', t, '--out', path.join(tmp, 'qwen-window-hf.safetensors')]);
+    const diffs = gradDiffs(readSafetensors(path.join(tmp, 'qwen-window-ours.safetensors')), readSafetensors(path.join(tmp, 'qwen-window-hf.safetensors')));
+    expect(diffs.length).toBe(2 * 7 * 2);
+    for (const { name, diff, scale } of diffs) expect(diff / Math.max(scale, 1e-12), `${name}: max diff ${diff}, scale ${scale}`).toBeLessThan(1e-3);
   });
 
   it('Mistral has no projection biases whatever attention_bias says (MistralAttention fixes bias=False)', () => {

@@ -324,7 +324,38 @@ def load_base(model_dir):
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             fail(f"cannot load model {model_dir}: {e}")
     model.eval()
+    window_qwen2_layers(model, cfg)
     return model, fam, cfg
+
+
+def window_qwen2_layers(model, cfg):
+    """Qwen2 with use_sliding_window: transformers >= 4.53 windows the layers from max_window_layers on (layer_types,
+    the sliding-window causal mask: key j visible to query i iff i - window < j <= i); 4.45 does so only in its
+    flash-attention path and runs eager/SDPA fully causal, with a warning. On such a transformers the same mask is
+    given here to those layers' attention, so the reference computes what current transformers does."""
+    if cfg.get("model_type") != "qwen2" or not cfg.get("use_sliding_window") or not cfg.get("sliding_window"):
+        return
+    if getattr(model.config, "layer_types", None) is not None:
+        return  # this transformers windows them itself
+    window, first = int(cfg["sliding_window"]), int(cfg.get("max_window_layers", 28))
+    for idx, layer in enumerate(model.model.layers):
+        if idx < first:
+            continue
+        attn = layer.self_attn
+
+        def windowed(*args, _orig=attn.forward, **kw):
+            hs = kw["hidden_states"] if "hidden_states" in kw else args[0]
+            T = hs.shape[1]
+            i = torch.arange(T)[:, None]
+            j = torch.arange(T)[None, :]
+            allowed = (j <= i) & (j > i - window)
+            mask = torch.zeros(T, T, dtype=hs.dtype).masked_fill(~allowed, torch.finfo(hs.dtype).min)
+            mask = mask[None, None].expand(hs.shape[0], 1, T, T)
+            given = kw.get("attention_mask")
+            kw["attention_mask"] = mask if given is None else torch.minimum(mask, given)
+            return _orig(*args, **kw)
+
+        attn.forward = windowed
 
 
 # --------------------------------------------------------------------------- adapters
