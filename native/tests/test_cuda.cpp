@@ -19,6 +19,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <string>
 #include <vector>
@@ -674,7 +675,8 @@ void q4_lp_op_parity(Backend &gpu) {
 void end_to_end(Backend &gpu, const std::string &tmp) {
   for (const char *family : {"llama", "gpt_neox", "mistral"}) {
     const bool windowed = std::strcmp(family, "mistral") == 0;
-    const std::string dir = tmp + "/tiny-" + family + (windowed ? "-window10" : "");
+    // (the windowed copy is this process's own: ctest runs several test_cuda at once on the shared folder)
+    const std::string dir = tmp + "/tiny-" + family + (windowed ? "-window10-" + std::to_string(::getpid()) : "");
     struct stat sb;
     if (::stat(dir.c_str(), &sb) != 0 && llmt_create_tiny(family, dir.c_str(), 7) != LLMT_OK) {
       ++g_fail;
@@ -702,6 +704,13 @@ void end_to_end(Backend &gpu, const std::string &tmp) {
         std::fclose(f);
       }
     }
+    struct Cleanup {  // the windowed copy goes when this iteration ends
+      std::string dir;
+      ~Cleanup() {
+        std::error_code ec;
+        if (!dir.empty()) std::filesystem::remove_all(dir, ec);
+      }
+    } cleanup{windowed ? dir : std::string()};
     llmt_status st;
     auto a = Model::load(dir, st), b = Model::load(dir, st);
     if (!a || !b) {
