@@ -731,6 +731,44 @@ std::vector<int> shard_owners(const std::vector<Param *> &tp, int world) {
   return owner;
 }
 
+// The ZeRO-1 parameter exchange after a step on a device backend (the CUDA backend): every rank's weights in backend
+// memory, the non-owners' zeroed, are summed in place in buckets — with NCCL on the device as one group per bucket
+// (no copy), with Gloo staged through one host buffer per bucket. Same bucket boundaries and the same exact sums
+// (owner's value + zeros) as gather_from_owners on host memory.
+int gather_params_device(Dist &d, Backend &be, const std::vector<Param *> &tp, const std::vector<int> &owner, int64_t bucket_elems) {
+  for (size_t k = 0; k < tp.size(); ++k)
+    if (owner[k] != d.rank()) be.fill(tp[k]->w(), 0.0f, tp[k]->numel());
+  std::vector<float> flat;
+  size_t i = 0;
+  while (i < tp.size()) {
+    size_t j = i;
+    int64_t n = 0;
+    while (j < tp.size() && (n == 0 || n + tp[j]->numel() <= bucket_elems)) n += tp[j++]->numel();
+    const double t0 = mono_s();
+    if (d.comm->device_buffers()) {
+      std::vector<std::pair<void *, size_t>> bufs;
+      for (size_t k = i; k < j; ++k) bufs.emplace_back(tp[k]->w(), static_cast<size_t>(tp[k]->numel()));
+      if (int r = d.comm->allreduce_sum_many(bufs, CollDType::F32, be.stream_handle())) return r;
+    } else {
+      flat.resize(static_cast<size_t>(n));
+      int64_t at = 0;
+      for (size_t k = i; k < j; ++k) {
+        be.download(flat.data() + at, tp[k]->w(), sizeof(float) * static_cast<size_t>(tp[k]->numel()));
+        at += tp[k]->numel();
+      }
+      if (int r = d.comm->allreduce_sum(flat.data(), flat.size(), CollDType::F32)) return r;
+      at = 0;
+      for (size_t k = i; k < j; ++k) {
+        if (owner[k] != d.rank()) be.upload(tp[k]->w(), flat.data() + at, sizeof(float) * static_cast<size_t>(tp[k]->numel()));
+        at += tp[k]->numel();
+      }
+    }
+    d.comm_wait_s += mono_s() - t0;
+    i = j;
+  }
+  return 0;
+}
+
 // Moves every parameter (or, with which = 1/2, its AdamW m/v) so that each rank has the owner's values:
 // non-owners contribute zeros to a bucketed all-reduce. Ranks without the state pass empty vectors.
 int gather_from_owners(Dist &d, const std::vector<Param *> &tp, const std::vector<int> &owner, int which,
@@ -897,8 +935,6 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (model->quantization().enabled && !be->supports_q4())  // CPU and CUDA both have 4-bit kernels
       return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("the ") + be->name() +
                                                       " backend has no 4-bit (QLoRA) kernels. Use \"device\": \"cpu\" or \"quantization\": \"none\""));
-    if (zero1 && !be->host_memory())
-      return fail(set_error(LLMT_ERR_UNSUPPORTED, std::string("distributed.zero_stage 1 runs on the CPU backend only for now; use zero_stage 0 on ") + be->name()));
     model->set_backend(*be);
     if (!fallback.empty()) {
       Json w = ev("warning");
@@ -1170,6 +1206,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   auto save_checkpoint = [&](int64_t at_step) -> llmt_status {
     std::vector<std::vector<float>> gm, gv;
     if (zero1) {
+      // each owner's moments into its host vectors first (on a device backend: a download; with offload_optimizer they
+      // are there already), then gathered to rank 0 through the host (Dist stages them for NCCL)
+      model->to_host(false, true);
       gm.resize(tp.size());
       gv.resize(tp.size());
       if (dist.rank() == 0)
@@ -1437,7 +1476,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       }
     for (size_t i = 0; i < tp.size() && !skip_update; ++i) {
       if (!owns(i)) {
-        if (zero1) std::fill(tp[i]->data.begin(), tp[i]->data.end(), 0.0f);  // refilled from its owner below
+        if (zero1 && model->backend().host_memory()) std::fill(tp[i]->data.begin(), tp[i]->data.end(), 0.0f);  // refilled from its owner below
         continue;
       }
       Param *p = tp[i];
@@ -1453,7 +1492,8 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         be.upload(p->w(), p->data.data(), bytes);
       }
     }
-    if (zero1 && gather_from_owners(dist, tp, owner, 0, nullptr, bucket_elems))
+    if (zero1 && (model->backend().host_memory() ? gather_from_owners(dist, tp, owner, 0, nullptr, bucket_elems)
+                                                 : gather_params_device(dist, model->backend(), tp, owner, bucket_elems)))
       return comm_fail("the ZeRO-1 parameter all-gather of step " + std::to_string(step + 1));
     ++step;
     if (total_tokens > 0) {

@@ -240,7 +240,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
     .option('--device <d>', 'cpu, cuda, cuda:N (one GPU) or cuda:N,M,... (several GPUs: data parallel, one worker per GPU, each holding the whole model; the batch is split across them); without a usable GPU the engine falls back to the CPU with a warning')
     .option('--nproc_per_node <n>', 'data-parallel workers on this machine (torchrun\'s flag); each takes --per_device_train_batch_size samples per micro-batch. On the CPU: any count; with --device cuda:N,M,...: the number of GPUs (implied; may be left out)', int)
-    .option('--zero_stage <n>', 'CPU workers only (--nproc_per_node > 1, full fine-tuning): 1 shards the optimizer state over the workers', int)
+    .option('--zero_stage <n>', 'full fine-tuning on several workers (--nproc_per_node > 1 CPU workers, or --device cuda:0,1,…): 1 shards the AdamW state over them (ZeRO-1)', int)
     .option('--json', 'print engine events as JSON lines', false)
     .action(async (o: Flags) => {
       let spec;

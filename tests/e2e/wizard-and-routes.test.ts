@@ -203,6 +203,29 @@ describe('New fine-tune wizard', () => {
     await page.getByTestId('lora-dora').uncheck();
   });
 
+  it('ZeRO-1 is offered for a full fine-tune on several workers only, and reaches the command line', async () => {
+    await page.getByTestId('wizard-step-2').click();
+    await page.getByTestId('method-full').check();
+    await page.getByTestId('wizard-step-4').click();
+    await page.getByTestId('cpu-workers').fill('1');
+    expect(await page.getByTestId('knob-zero').count()).toBe(0); // one worker: nothing to shard
+    await page.getByTestId('cpu-workers').fill('2');
+    await page.getByTestId('knob-zero').check();
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).toMatch(/--nproc_per_node 2\b[\s\S]*--zero_stage 1\b|--zero_stage 1\b[\s\S]*--nproc_per_node 2\b/);
+    // LoRA: its optimizer state is small, the choice is kept but not sent
+    await page.getByTestId('wizard-step-2').click();
+    await page.getByTestId('method-lora').check();
+    await page.getByTestId('wizard-step-4').click();
+    expect(await page.getByTestId('knob-zero').count()).toBe(0);
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).not.toContain('--zero_stage');
+    await page.getByTestId('wizard-step-4').click();
+    await page.getByTestId('cpu-workers').fill('1');
+  });
+
   it('an empty dataset is named beside its path and blocks Next', async () => {
     const empty = path.join(app.home, 'empty.json');
     fs.writeFileSync(empty, '[]');

@@ -3,7 +3,8 @@
 // over device buffers (cuemu's NCCL works between processes through shared memory with NCCL's semantics: device
 // buffers only, rank-order sums, a dead peer is an error). What must hold: 2 GPUs × micro-batch b follow 1 GPU ×
 // 2b; NCCL and Gloo (host-staged) give the same adapter bit for bit; without NCCL the run falls back to Gloo with a
-// warning; a killed rank stops its peer with a peer-lost error (no hang); misconfigured jobs are refused clearly.
+// warning; ZeRO-1 shards a full fine-tune's optimizer state over the GPUs (same run bit for bit, less memory, resumable);
+// a killed rank stops its peer with a peer-lost error (no hang); misconfigured jobs are refused clearly.
 import { type ChildProcess, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -41,19 +42,25 @@ function port(): Promise<number> {
   });
 }
 
-function writeJob(name: string, o: { device?: string; world?: number; mb: number; backend?: string; steps?: number }) {
+type JobOpts = { device?: string; world?: number; mb: number; backend?: string; steps?: number; full?: boolean; zero?: 0 | 1; save?: number; resume?: string; bucketMb?: number };
+function writeJob(name: string, o: JobOpts) {
   const file = path.join(tmp, `${name}.json`);
   fs.writeFileSync(
     file,
     JSON.stringify({
       model,
       device: o.device ?? 'cuda',
-      lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj', 'o_proj', 'down_proj'] },
+      ...(o.full
+        ? { method: 'full' }
+        : { lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj', 'o_proj', 'down_proj'] } }),
       data: { train: tokens },
-      training: { learning_rate: 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3 },
-      output: { dir: path.join(tmp, name), logging_steps: 1, save_steps: 100 },
+      training: { learning_rate: o.full ? 0.002 : 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3 },
+      output: { dir: path.join(tmp, name), logging_steps: 1, save_steps: o.save ?? 100 },
       threads: 1,
-      ...(o.world && o.world > 1 ? { distributed: { world_size: o.world, backend: o.backend ?? 'auto', timeout_s: 60 } } : {}),
+      ...(o.resume ? { resume_from: o.resume } : {}),
+      ...(o.world && o.world > 1
+        ? { distributed: { world_size: o.world, backend: o.backend ?? 'auto', timeout_s: 60, zero_stage: o.zero ?? 0, ...(o.bucketMb ? { bucket_mb: o.bucketMb } : {}) } }
+        : {}),
     }),
   );
   return file;
@@ -195,6 +202,52 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
     expect(log).toMatch(/"backend":"nccl"/);
     expect(log).toMatch(/"device":"cuda:1"/);
   }, 300_000);
+
+  // ZeRO-1 on GPU workers: each rank keeps the AdamW moments of its share of the parameters in GPU memory, updates
+  // only those and the new values reach every rank through the device all-reduce where the others contribute zeros
+  // (exact), so the run is the same run as without it, bit for bit, in less GPU memory per rank.
+  it('ZeRO-1 on 2 GPUs: the same full fine-tune bit for bit as without it, in less GPU memory per rank; over Gloo too', async () => {
+    // small buckets: several parameter buckets per exchange
+    const plain = await ranks(writeJob('z0', { world: 2, mb: 2, full: true, zero: 0, save: 2, bucketMb: 0.05 }), 2);
+    const zero = await ranks(writeJob('z1', { world: 2, mb: 2, full: true, zero: 1, save: 2, bucketMb: 0.05 }), 2);
+    for (const r of [...plain, ...zero]) expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(zero[0]!.events.find((e) => e.event === 'started')).toMatchObject({ backend: 'nccl', zero_stage: 1, world_size: 2 });
+    expect(plain[0]!.events.find((e) => e.event === 'started')).toMatchObject({ zero_stage: 0 });
+    expect(zero[0]!.events.some((e) => e.event === 'warning')).toBe(false);
+    expect(losses(zero[0]!)).toEqual(losses(plain[0]!));
+    const same = (a: string, b: string) => fs.readFileSync(path.join(tmp, a)).equals(fs.readFileSync(path.join(tmp, b)));
+    expect(same('z1/model.safetensors', 'z0/model.safetensors')).toBe(true);
+    // the checkpoint's optimizer state, gathered from both ranks' GPUs, is the unsharded run's
+    expect(same('z1/checkpoint-2/optimizer.safetensors', 'z0/checkpoint-2/optimizer.safetensors')).toBe(true);
+    // each rank holds about half the moments (8 bytes per parameter → ≈ 4): its GPU memory drops by about 4 bytes per parameter
+    const params = zero[0]!.events.find((e) => e.event === 'started')!.trainable_params as number;
+    const gpuMem = (r: Result, rank: number) => ((r.events.find((e) => e.event === 'rank_stats')!.ranks as { gpu_mem_bytes: number }[])[rank]!.gpu_mem_bytes);
+    for (const rank of [0, 1]) {
+      const saved = gpuMem(plain[0]!, rank) - gpuMem(zero[0]!, rank);
+      expect(saved, `rank ${rank}`).toBeGreaterThan(params * 4 * 0.8);
+      expect(saved, `rank ${rank}`).toBeLessThan(params * 4 * 1.2);
+    }
+    if (!HAS_GLOO) return;
+    // Gloo on the GPUs: each bucket staged through host memory, the same weights
+    const gloo = await ranks(writeJob('z1g', { world: 2, mb: 2, full: true, zero: 1, backend: 'gloo', save: 2, bucketMb: 0.05 }), 2);
+    for (const r of gloo) expect(r.code, r.stderr).toBe(0);
+    expect(gloo[0]!.events.find((e) => e.event === 'started')).toMatchObject({ backend: 'gloo', zero_stage: 1 });
+    expect(same('z1g/model.safetensors', 'z0/model.safetensors')).toBe(true);
+  }, 600_000);
+
+  it('resumes a ZeRO-1 GPU checkpoint on 2 GPUs to the uninterrupted run\'s weights, and on 1 GPU', async () => {
+    const ck = path.join(tmp, 'z1', 'checkpoint-2');
+    const two = await ranks(writeJob('z1r', { world: 2, mb: 2, full: true, zero: 1, resume: ck }), 2);
+    for (const r of two) expect(r.code, r.stderr).toBe(0);
+    expect(two[0]!.events.find((e) => e.event === 'started')).toMatchObject({ start_step: 2, zero_stage: 1 });
+    expect(fs.readFileSync(path.join(tmp, 'z1r', 'model.safetensors')).equals(fs.readFileSync(path.join(tmp, 'z1', 'model.safetensors')))).toBe(true);
+    // any world size resumes it: one GPU with micro-batch 4 takes the same samples per step
+    const [one] = await ranks(writeJob('z1r1', { mb: 4, full: true, resume: ck }), 1);
+    expect(one!.code, one!.stderr).toBe(0);
+    const a = losses(one!), b = losses(two[0]!);
+    expect(a).toHaveLength(2);
+    for (let i = 0; i < a.length; i++) expect(Math.abs(a[i]! - b[i]!)).toBeLessThan(1e-5);
+  }, 600_000);
 
   it('refuses a GPU index in a data-parallel job, and NCCL for CPU workers', async () => {
     const idx = await ranks(writeJob('idx', { world: 2, mb: 2, device: 'cuda:1' }), 2);

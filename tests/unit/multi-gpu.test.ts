@@ -1,12 +1,13 @@
 // Several local GPUs in one run (data parallel, one worker per GPU): what the RunSpec accepts and refuses (with
 // the field named), the engine job it becomes, the per-GPU memory check, the workers' environments
-// (CUDA_VISIBLE_DEVICES for multi-GPU runs only), the device queue, and the seed's DeepSpeed ZeRO on GPUs.
+// (CUDA_VISIBLE_DEVICES for multi-GPU runs only), the device queue, and ZeRO-1 (the seed's DeepSpeed ZeRO) on GPUs.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 
 import { describe, expect, it } from 'vitest';
 
+import { estimateRun } from '../../src-main/core/runs/estimate';
 import { applyDeepspeed, deviceLabel, parseRunSpec, RunSpecError, toEngineJob } from '../../src-main/core/runs/runspec';
 import { devicesOverlap, fitCheck, gpuShortfall, workerEnv } from '../../src-main/core/runs/service';
 
@@ -47,20 +48,34 @@ describe('RunSpec on several GPUs', () => {
     expect(refused({ ...base, devices: { kind: 'cuda', ids: [0, 0] }, distributed: { nproc_per_node: 2 } })).toEqual([{ path: 'devices.ids', message: expect.stringMatching(/each GPU may be listed once/) }]);
   });
 
-  it('refuses ZeRO-1 on several GPUs (CPU workers only) and keeps it for CPU workers', () => {
-    expect(refused({ ...base, method: 'full', devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2, zero_stage: 1 } })).toEqual([
-      { path: 'distributed.zero_stage', message: expect.stringMatching(/ZeRO-1 .*CPU workers only/) },
-    ]);
+  it('accepts ZeRO-1 on several GPUs as on CPU workers, and the job carries it', () => {
+    const spec = parseRunSpec({ ...base, method: 'full', devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2, zero_stage: 1 } });
+    expect(spec.distributed).toEqual({ nproc_per_node: 2, zero_stage: 1 });
+    expect((toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { distributed: unknown }).distributed).toEqual({ world_size: 2, backend: 'auto', zero_stage: 1 });
     expect(parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: 2, zero_stage: 1 } }).distributed.zero_stage).toBe(1);
   });
 
-  it("maps the seed's DeepSpeed ZeRO to nothing on GPUs, with a warning", () => {
+  it('the memory estimate gives each ZeRO-1 worker the AdamW moments of its share only (full fine-tuning)', () => {
+    const info = { path: '/m', supported: true, model_type: 'llama', hidden: 256, intermediate: 688, layers: 4, vocab: 32000, heads: 8, parameters: 19_860_736 } as Parameters<typeof estimateRun>[0];
+    const est = (ids: number[], zero: 0 | 1, method = 'full', offload = false) =>
+      estimateRun(info, parseRunSpec({ ...base, method, devices: { kind: 'cuda', ids }, distributed: { nproc_per_node: Math.max(1, ids.length), zero_stage: zero }, training: { offload_optimizer: offload } }), 1).bytes.optimizer;
+    const P = 19_860_736;
+    expect(est([0, 1], 0)).toBe(P * 4 * 3); // gradient + exp_avg + exp_avg_sq
+    expect(est([0, 1], 1)).toBe(P * 4 * 2); // gradient + half of the moments
+    expect(est([0, 1, 2, 3], 1)).toBe(P * 4 * 1.5);
+    expect(est([0, 1], 1, 'full', true)).toBe(P * 4); // the moments in host memory
+    expect(est([0], 1)).toBe(P * 4 * 3); // one worker: nothing to shard
+    // CPU workers alike
+    expect(estimateRun(info, parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: 4, zero_stage: 1 } }), 1).bytes.optimizer).toBe(P * 4 * 1.5);
+  });
+
+  it("maps the seed's DeepSpeed ZeRO (stage ≥ 1) to ZeRO-1 on GPUs too, saying what stages 2 and 3 add", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-mgpu-'));
     const f = path.join(dir, 'ds.json');
     fs.writeFileSync(f, JSON.stringify({ zero_optimization: { stage: 2 } }));
-    const r = applyDeepspeed({ ...base, devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 } }, f);
-    expect(parseRunSpec(r.spec).distributed).toEqual({ nproc_per_node: 2, zero_stage: 0 });
-    expect(r.warnings.join('\n')).toMatch(/ZeRO is not done on GPUs/);
+    const r = applyDeepspeed({ ...base, method: 'full', devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 } }, f);
+    expect(parseRunSpec(r.spec).distributed).toEqual({ nproc_per_node: 2, zero_stage: 1 });
+    expect(r.warnings.join('\n')).toMatch(/stage 2: the engine shards optimizer state only \(ZeRO-1/);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });

@@ -133,8 +133,8 @@ describe('RunSpec → CLI command', () => {
     expect(() => specFromFlags(flags([...base, '--device', 'cuda:0,1', '--nproc_per_node', '3']))).toThrow(/--nproc_per_node 3: .* must be 2/);
     // one GPU, several workers: refused by the spec with the field named
     expect(() => specFromFlags(flags([...base, '--device', 'cuda:0', '--nproc_per_node', '2']))).toThrow(/distributed\.nproc_per_node: one worker per GPU/);
-    // ZeRO-1 is for CPU workers
-    expect(() => specFromFlags(flags([...base, '--device', 'cuda:0,1', '--use_lora', 'False', '--zero_stage', '1']))).toThrow(/distributed\.zero_stage: ZeRO-1 .* CPU workers only/);
+    // ZeRO-1 over the GPUs' workers
+    expect(specFromFlags(flags([...base, '--device', 'cuda:0,1', '--use_lora', 'False', '--zero_stage', '1'])).spec.distributed).toEqual({ nproc_per_node: 2, zero_stage: 1 });
     // CPU workers keep --nproc_per_node as given
     expect(specFromFlags(flags([...base, '--device', 'cpu', '--nproc_per_node', '3'])).spec.distributed.nproc_per_node).toBe(3);
   });

@@ -213,8 +213,12 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   const half16 = lowp ? (q4 ? 0 : Math.min(linearParams, P)) + embedHalf + headHalf : 0;
   const weights = (P - q4 - half16) * F + q4 * (0.5 + 1 / 64 + 4 / (64 * 256)) + half16 * 2;
   const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
-  // gradient, exp_avg, exp_avg_sq; a GPU run with offload_optimizer keeps only the gradient on the GPU
-  const optimizer = trainableParams * F * (spec.training.offload_optimizer && spec.devices.kind === 'cuda' ? 1 : 3);
+  // gradient, exp_avg, exp_avg_sq; a GPU run with offload_optimizer keeps only the gradient on the GPU; ZeRO-1 (a full
+  // fine-tune on several workers) leaves each worker the moments of its 1/N of the parameters
+  const workers = spec.devices.kind === 'cuda' ? Math.max(1, spec.devices.ids.length) : spec.distributed.nproc_per_node;
+  const zero1 = spec.distributed.zero_stage === 1 && spec.method === 'full' && workers > 1;
+  const moments = spec.training.offload_optimizer && spec.devices.kind === 'cuda' ? 0 : zero1 ? 2 / workers : 2;
+  const optimizer = trainableParams * F * (1 + moments);
   const gpu = spec.devices.kind === 'cuda';
   const process = gpu ? GPU_CONTEXT : PROCESS_BASELINE;
   const total = weights + trainable + optimizer + activations + temporaries + logits + process;

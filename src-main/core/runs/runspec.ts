@@ -156,9 +156,6 @@ export const RunSpec = z
     } else if (ids.length < 2 && n > 1) {
       ctx.addIssue({ code: 'custom', message: `one worker per GPU: ${n} workers on one GPU are not supported; to train on several GPUs list them in devices.ids (--device cuda:0,1)`, path: ['distributed', 'nproc_per_node'] });
     }
-    if (ids.length >= 2 && s.distributed.zero_stage !== 0) {
-      ctx.addIssue({ code: 'custom', message: 'ZeRO-1 (zero_stage 1) is supported for CPU workers only: on several GPUs every worker keeps the whole optimizer state; use zero_stage 0', path: ['distributed', 'zero_stage'] });
-    }
   });
 
 /** Whether the spec trains on several GPUs (one worker per GPU, CUDA_VISIBLE_DEVICES set per worker). */
@@ -338,10 +335,7 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
       if (typeof v === 'number') training.gradient_accumulation_steps = v;
     } else if (k === 'zero_optimization') {
       const stage = typeof v === 'object' && v !== null ? (v as { stage?: unknown }).stage : undefined;
-      if (typeof stage === 'number' && stage >= 1 && spec.devices?.kind === 'cuda') {
-        // the engine shards optimizer state on CPU workers only: GPU workers each keep all of it
-        warnings.push(`deepspeed zero_optimization.stage ${stage}: ZeRO is not done on GPUs (each GPU worker keeps the whole optimizer state); ignored`);
-      } else if (typeof stage === 'number' && stage >= 1) {
+      if (typeof stage === 'number' && stage >= 1) {
         distributed = { ...distributed, zero_stage: 1 };
         if (stage > 1) warnings.push(`deepspeed zero_optimization.stage ${stage}: the engine shards optimizer state only (ZeRO-1, full fine-tuning); gradients and parameters stay whole on each worker`);
       }
