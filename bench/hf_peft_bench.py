@@ -188,18 +188,55 @@ def main():
                 res.setdefault("profile", {}).setdefault(str(T), {})["hf"] = hf_profile(model, ids, dev, cuda, sync)
             except Exception as e:  # a profiler failure must not cost the figures
                 res.setdefault("profile", {}).setdefault(str(T), {})["hf"] = {"error": repr(e)[:300]}
+    # DoRA (PEFT's use_dora) at the first length, time permitting: the same base with its LoRA layers removed, a DoRA
+    # adapter of the same shape (magnitudes from the weights' column norms), saved for our side's DoRA row
+    T0 = seqs[0]
+    if time.time() - t_start < float(os.environ.get("LLMT_DORA_HF_BEFORE_S", "240")):
+        try:
+            base = model.unload()
+            del model
+            if cuda:
+                torch.cuda.empty_cache()
+            model = get_peft_model(base, LoraConfig(r=r, lora_alpha=2 * r, target_modules=targets, lora_dropout=0.0, use_dora=True))
+            for n, p in model.named_parameters():
+                if p.requires_grad:
+                    p.data = p.data.float()
+            model.save_pretrained(os.path.join(work, "adapter_dora"))
+            model.train()
+            ids = torch.randint(0, vocab, (1, T0), device=dev)
+            if cuda:
+                torch.cuda.reset_peak_memory_stats()
+            times = []
+            for i in range(1 + a.iters):
+                sync(); t = time.time()
+                with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
+                    loss = model(input_ids=ids, labels=ids).loss
+                loss.backward()
+                sync()
+                if i: times.append(time.time() - t)
+                model.zero_grad(set_to_none=True)
+            ms = sorted(times)[len(times) // 2] * 1000
+            res["hf_dora"] = {T0: {"step_ms": ms, "tokens_per_s": T0 / (ms / 1000), "loss": float(loss)}}
+            if cuda:
+                res["hf_dora"][T0].update(peak_mem=torch.cuda.max_memory_reserved(), peak_alloc=torch.cuda.max_memory_allocated())
+        except (torch.cuda.OutOfMemoryError if cuda else MemoryError) as e:
+            res["hf_dora"] = {T0: {"error": "OOM: " + str(e)[:200]}}
+        except Exception as e:  # recorded; the rest of the run goes on
+            traceback.print_exc()
+            res["hf_dora"] = {T0: {"error": repr(e)[:200]}}
+        print("HF+PEFT DoRA", T0, res["hf_dora"][T0], flush=True)
     del model
     if cuda:
         torch.cuda.empty_cache()
     base_mem = gpu_mem_used()
-    def ours(T, extra, label, prof=False):
+    def ours(T, extra, label, prof=False, adapter="adapter"):
         peak_used = [0]
         stop = threading.Event()
         def poll():
             while not stop.is_set():
                 peak_used[0] = max(peak_used[0], gpu_mem_used()); time.sleep(0.2)
         th = threading.Thread(target=poll, daemon=True); th.start()
-        cmd = [a.engine, "bench", "--model", os.path.join(work, "base"), "--adapter", os.path.join(work, "adapter"),
+        cmd = [a.engine, "bench", "--model", os.path.join(work, "base"), "--adapter", os.path.join(work, adapter),
                "--batch", "1", "--seq", str(T), "--iters", "2", "--warmup", "1", "--device", a.engine_device,
                "--checkpointing"] + extra + (["--profile"] if prof and not a.no_profile else [])
         try:
@@ -230,7 +267,6 @@ def main():
     for T in seqs:
         # --attn both: the step again with the 4-warp attention kernels (the default) and with the 2-warp v1
         res["ours"][T] = ours(T, ["--precision", "bf16", "--attn", "both"], "bf16 weights, fp32 activations", prof=True)
-    T0 = seqs[0]
     # bitsandbytes' QLoRA recipe computes in bf16 (bnb_4bit_compute_dtype): the 4-bit GEMMs on tensor cores
     # --q4-gemm both: the GPU's default 4-bit path, then the fused kernels and the sliced decode + cuBLAS each
     res["ours_qlora"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16", "--q4-gemm", "both"],
@@ -246,6 +282,10 @@ def main():
     if time.time() - t_start < float(os.environ.get("LLMT_Q4CACHE_ROW_BEFORE_S", "450")):
         res["ours_qlora_cache"] = {T0: ours(T0, ["--quantization", "nf4", "--precision", "bf16", "--q4-cache", "on"],
                                             "QLoRA nf4 (double quant), bf16 compute, 4-bit layer cache")}
+    # and, time permitting, DoRA against PEFT's DoRA (the adapter the HF side saved)
+    if "hf_dora" in res and "error" not in res["hf_dora"][T0] and \
+            time.time() - t_start < float(os.environ.get("LLMT_DORA_ROW_BEFORE_S", "480")):
+        res["ours_dora"] = {T0: ours(T0, ["--precision", "bf16"], "DoRA, bf16 weights, fp32 activations", adapter="adapter_dora")}
     q, b = res["ours_qlora"][T0], res["ours"].get(T0, {})
     # the QLoRA memory target is about fitting a GPU: the larger of the allocator's peak and the process's use (nvidia-smi,
     # with the CUDA context)
@@ -303,6 +343,16 @@ def main():
         lines += ["", "ours with --offload-checkpoints at seq %d: %s tok/s (%s of HF), peak %s GiB (%s of HF) %s" % (
             T1, "%.1f" % o1["tokens_per_s"] if o1.get("tokens_per_s") else "-", "%.2fx" % os_ if os_ else "-",
             "%.1f" % (o1["peak_mem"] / 2**30) if o1.get("peak_mem") else "-", "%.2fx" % om if om else "-", o1.get("error", "")[:80])]
+    if "hf_dora" in res:
+        hd, od = res["hf_dora"][T0], (res.get("ours_dora") or {}).get(T0, {})
+        dsr = od["tokens_per_s"] / hd["tokens_per_s"] if od.get("tokens_per_s") and hd.get("tokens_per_s") else None
+        dmr = od["peak_mem"] / hd["peak_mem"] if od.get("peak_mem") and hd.get("peak_mem") else None
+        res.setdefault("ratios", {})[f"{T0}_dora"] = {"speed": dsr, "memory": dmr}
+        fmt = lambda x, k, s=1.0, f="{:.1f}": f.format(x[k] / s) if x.get(k) else "-"
+        lines += ["", "DoRA (use_dora, r=16 all linear) at seq %d: HF+PEFT %s tok/s, ours %s tok/s (%s); peak HF %s GiB, ours %s GiB (%s) %s" % (
+            T0, fmt(hd, "tokens_per_s"), fmt(od, "tokens_per_s"), "%.2fx" % dsr if dsr else "-",
+            fmt(hd, "peak_mem", 2**30), fmt(od, "peak_mem", 2**30), "%.2fx" % dmr if dmr else "-",
+            (hd.get("error") or od.get("error") or ("" if "ours_dora" in res else "(ours not run: out of time)"))[:80])]
     if res.get("hf_checkpointing") is not True:
         lines += ["", "NOTE: HF+PEFT ran WITHOUT gradient checkpointing (%s): its figures are not comparable" % res.get("hf_checkpointing")]
     lines += ["", "peak GiB: what each allocator held from the GPU (torch max_memory_reserved; ours the same), CUDA context "

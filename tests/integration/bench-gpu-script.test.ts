@@ -89,9 +89,20 @@ describe.skipIf(!HAVE_EMU)('bench/hf_peft_bench.py (smoke run: CPU torch vs the 
     const off = res.ours_offload['32']!;
     expect(off.error, JSON.stringify(off)).toBeUndefined();
     expect(off.peak_alloc!).toBeLessThan(res.ours['32']!.peak_alloc!);
+    // DoRA at the first length on both sides: PEFT's use_dora model, and ours on the adapter it saved
+    const dr = res as unknown as { hf_dora: Record<string, Side>; ours_dora: Record<string, Side> };
+    expect(dr.hf_dora['16']!.error, JSON.stringify(dr.hf_dora)).toBeUndefined();
+    expect(dr.hf_dora['16']!.tokens_per_s).toBeGreaterThan(0);
+    expect(Math.abs(dr.hf_dora['16']!.loss! - Math.log(256))).toBeLessThan(0.5);
+    expect(dr.ours_dora['16']!.error, JSON.stringify(dr.ours_dora)).toBeUndefined();
+    expect(dr.ours_dora['16']!.device).toBe('cuda:0');
+    // the DoRA magnitudes and norms: more than the plain LoRA step holds
+    expect(dr.ours_dora['16']!.peak_alloc!).toBeGreaterThan(res.ours['16']!.peak_alloc!);
+    expect(res.ratios['16_dora']!.speed).toBeCloseTo(dr.ours_dora['16']!.tokens_per_s! / dr.hf_dora['16']!.tokens_per_s!, 6);
     const md = fs.readFileSync(path.join(out, 'results.md'), 'utf8');
     expect(md).toMatch(/ours with --offload-checkpoints at seq 32: [\d.]+ tok\/s/);
     expect(md).toMatch(/\| seq \| HF\+PEFT tok\/s \| ours tok\/s \| speed ratio/);
+    expect(md).toMatch(/DoRA \(use_dora, r=16 all linear\) at seq 16: HF\+PEFT [\d.]+ tok\/s, ours [\d.]+ tok\/s \([\d.]+x\)/);
     expect(md).toMatch(/^\| 32 \| [\d.]+ \| [\d.]+ \| [\d.]+x \|/m);
     expect(md).toMatch(/QLoRA \(nf4, bf16 compute, seq 16\): peak [\d.]+ GB/);
     expect(md).toMatch(/the fused tensor-core kernels \(LLMT_Q4_GEMM=fused\) [\d.]+x; L2-sized slices decoded to bf16, then cuBLAS \(LLMT_Q4_GEMM=dequant\): [\d.]+x/);
