@@ -42,7 +42,7 @@ function port(): Promise<number> {
   });
 }
 
-type JobOpts = { device?: string; world?: number; mb: number; backend?: string; steps?: number; full?: boolean; zero?: 0 | 1; save?: number; resume?: string; bucketMb?: number };
+type JobOpts = { device?: string; world?: number; mb: number; backend?: string; steps?: number; full?: boolean; zero?: 0 | 1; save?: number; resume?: string; bucketMb?: number; offload?: boolean };
 function writeJob(name: string, o: JobOpts) {
   const file = path.join(tmp, `${name}.json`);
   fs.writeFileSync(
@@ -54,7 +54,7 @@ function writeJob(name: string, o: JobOpts) {
         ? { method: 'full' }
         : { lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj', 'o_proj', 'down_proj'] } }),
       data: { train: tokens },
-      training: { learning_rate: o.full ? 0.002 : 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3 },
+      training: { learning_rate: o.full ? 0.002 : 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3, ...(o.offload ? { offload_optimizer: true } : {}) },
       output: { dir: path.join(tmp, name), logging_steps: 1, save_steps: o.save ?? 100 },
       threads: 1,
       ...(o.resume ? { resume_from: o.resume } : {}),
@@ -227,6 +227,14 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
       expect(saved, `rank ${rank}`).toBeGreaterThan(params * 4 * 0.8);
       expect(saved, `rank ${rank}`).toBeLessThan(params * 4 * 1.2);
     }
+    // with offload_optimizer (the AdamW step on the host): each rank steps and keeps the moments of its share only, in
+    // host memory; the same weights and checkpointed state as the unsharded offloaded run
+    const plainOff = await ranks(writeJob('z0o', { world: 2, mb: 2, full: true, zero: 0, save: 2, offload: true }), 2);
+    const zeroOff = await ranks(writeJob('z1o', { world: 2, mb: 2, full: true, zero: 1, save: 2, offload: true }), 2);
+    for (const r of [...plainOff, ...zeroOff]) expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(zeroOff[0]!.events.find((e) => e.event === 'started')).toMatchObject({ zero_stage: 1, offload_optimizer: true });
+    expect(same('z1o/model.safetensors', 'z0o/model.safetensors')).toBe(true);
+    expect(same('z1o/checkpoint-2/optimizer.safetensors', 'z0o/checkpoint-2/optimizer.safetensors')).toBe(true);
     if (!HAS_GLOO) return;
     // Gloo on the GPUs: each bucket staged through host memory, the same weights
     const gloo = await ranks(writeJob('z1g', { world: 2, mb: 2, full: true, zero: 1, backend: 'gloo', save: 2, bucketMb: 0.05 }), 2);
