@@ -42,7 +42,7 @@ function port(): Promise<number> {
   });
 }
 
-type JobOpts = { device?: string; world?: number; mb: number; backend?: string; steps?: number; full?: boolean; zero?: 0 | 1; save?: number; resume?: string; bucketMb?: number; offload?: boolean };
+type JobOpts = { device?: string; world?: number; mb: number; backend?: string; steps?: number; full?: boolean; zero?: 0 | 1; save?: number; resume?: string; bucketMb?: number; offload?: boolean; extra?: { job?: object; training?: object; lora?: object } };
 function writeJob(name: string, o: JobOpts) {
   const file = path.join(tmp, `${name}.json`);
   fs.writeFileSync(
@@ -52,12 +52,13 @@ function writeJob(name: string, o: JobOpts) {
       device: o.device ?? 'cuda',
       ...(o.full
         ? { method: 'full' }
-        : { lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj', 'o_proj', 'down_proj'] } }),
+        : { lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj', 'o_proj', 'down_proj'], ...o.extra?.lora } }),
       data: { train: tokens },
-      training: { learning_rate: o.full ? 0.002 : 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3, ...(o.offload ? { offload_optimizer: true } : {}) },
+      training: { learning_rate: o.full ? 0.002 : 0.01, max_steps: o.steps ?? 4, micro_batch_size: o.mb, gradient_accumulation_steps: 1, seed: 3, ...(o.offload ? { offload_optimizer: true } : {}), ...o.extra?.training },
       output: { dir: path.join(tmp, name), logging_steps: 1, save_steps: o.save ?? 100 },
       threads: 1,
       ...(o.resume ? { resume_from: o.resume } : {}),
+      ...o.extra?.job,
       ...(o.world && o.world > 1
         ? { distributed: { world_size: o.world, backend: o.backend ?? 'auto', timeout_s: 60, zero_stage: o.zero ?? 0, ...(o.bucketMb ? { bucket_mb: o.bucketMb } : {}) } }
         : {}),
@@ -202,6 +203,39 @@ describe.skipIf(!HAVE_EMU)('data parallelism over emulated GPUs (NCCL)', () => {
     expect(log).toMatch(/"backend":"nccl"/);
     expect(log).toMatch(/"device":"cuda:1"/);
   }, 300_000);
+
+  // What one GPU does, two do data-parallel: the mixed-precision and memory options each take their own paths through the
+  // backward and the optimizer step (16-bit and 4-bit weights, DoRA's magnitudes, fp16 loss scaling with its skipped
+  // steps, recomputed blocks with their inputs in host memory); with each, 2 GPUs × micro-batch 2 must be the run of 1 GPU
+  // × micro-batch 2 × 2 accumulated micro-batches: the same samples, the gradients summed in the same order (cuemu's
+  // NCCL sums in rank order, as accumulation does), so the same run bit for bit. (Against
+  // 1 GPU × micro-batch 4 the 16-bit runs drift apart by the rounding of differently summed values: 5e-4 in the loss of
+  // the 4th bf16 step on one GPU alone, micro-batch 4 vs 2 × 2.)
+  const variants: [string, NonNullable<JobOpts['extra']>][] = [
+    ['QLoRA nf4, bf16', { job: { quantization: 'nf4' }, training: { precision: 'bf16' } }],
+    ['DoRA, bf16, checkpointing', { lora: { use_dora: true }, training: { precision: 'bf16', gradient_checkpointing: true } }],
+    ['fp16 with loss scaling', { training: { precision: 'fp16' } }],
+    ['checkpoints offloaded to host memory, clipping', { training: { gradient_checkpointing: true, offload_checkpoints: true, max_grad_norm: 0.05 } }],
+  ];
+  for (const [name, extra] of variants) {
+    it(`2 GPUs follow 1 GPU with ${name}`, async () => {
+      const tag = name.replace(/[^a-z0-9]+/gi, '-');
+      const [one] = await ranks(writeJob(`v1-${tag}`, { mb: 2, extra: { ...extra, training: { ...extra.training, gradient_accumulation_steps: 2 } } }), 1);
+      expect(one!.code, one!.stderr + one!.stdout).toBe(0);
+      const two = await ranks(writeJob(`v2-${tag}`, { world: 2, mb: 2, extra }), 2);
+      for (const r of two) expect(r.code, r.stderr + r.stdout).toBe(0);
+      expect(two[0]!.events.find((e) => e.event === 'started')).toMatchObject({ backend: 'nccl', world_size: 2 });
+      const a = losses(one!), b = losses(two[0]!);
+      expect(b).toHaveLength(4);
+      expect(b).toEqual(a);
+      const warnings = (r: Result) => r.events.filter((e) => e.event === 'warning').map((e) => e.message);
+      expect(warnings(two[0]!)).toEqual(warnings(one!));
+      // (the norm's double sum runs bucket by bucket on 2 GPUs, tensor by tensor on 1: the last bits may differ)
+      const norms = (r: Result) => r.events.filter((e) => e.event === 'step').map((e) => e.grad_norm as number);
+      norms(one!).forEach((g, i) => expect(Math.abs(g - norms(two[0]!)[i]!) / g).toBeLessThan(1e-12));
+      expect(fs.readFileSync(path.join(tmp, `v2-${tag}`, 'adapter_model.safetensors')).equals(fs.readFileSync(path.join(tmp, `v1-${tag}`, 'adapter_model.safetensors')))).toBe(true);
+    }, 300_000);
+  }
 
   // ZeRO-1 on GPU workers: each rank keeps the AdamW moments of its share of the parameters in GPU memory, updates
   // only those and the new values reach every rank through the device all-reduce where the others contribute zeros
