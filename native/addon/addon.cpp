@@ -490,23 +490,25 @@ struct AddonData {
   Napi::FunctionReference model_ctor;
 };
 
-// loadModel(dir, adapter?, {device?, precision?}): device "cpu" (default), "cuda", "cuda:N" or "auto" — a GPU that
-// cannot be used leaves the model on the CPU (info().device says where it is); precision "fp32" (default), "bf16" or
-// "fp16" streams the frozen weights in as 16-bit values.
+// loadModel(dir, adapter?, {device?, precision?, quantization?}): device "cpu" (default), "cuda", "cuda:N" or "auto" — a
+// GPU that cannot be used leaves the model on the CPU (info().device says where it is); precision "fp32" (default),
+// "bf16" or "fp16" streams the frozen weights in as 16-bit values; quantization "none" (default), "nf4" or "fp4" (or
+// the job's object form as JSON text) quantizes the block linears to 4 bits while loading, as QLoRA trains them.
 Napi::Value LoadModel(const Napi::CallbackInfo &info) {
-  std::string dir, adapter, device = "cpu", precision = "fp32";
+  std::string dir, adapter, device = "cpu", precision = "fp32", quantization;
   if (!need_string(info, 0, "loadModel(dir, adapter?, options?): dir", dir)) return info.Env().Undefined();
   if (info.Length() > 1 && info[1].IsString()) adapter = info[1].As<Napi::String>().Utf8Value();
   if (info.Length() > 2 && info[2].IsObject()) {
     Napi::Object o = info[2].As<Napi::Object>();
     if (o.Has("device") && o.Get("device").IsString()) device = o.Get("device").As<Napi::String>().Utf8Value();
     if (o.Has("precision") && o.Get("precision").IsString()) precision = o.Get("precision").As<Napi::String>().Utf8Value();
+    if (o.Has("quantization") && o.Get("quantization").IsString()) quantization = o.Get("quantization").As<Napi::String>().Utf8Value();
   }
   auto model = std::make_shared<llmt_model *>(nullptr);
   auto *w = new JsonWorker(
       info.Env(),
-      [dir, adapter, device, precision, model](std::string &) {
-        llmt_status st = llmt_model_load_mixed(dir.c_str(), adapter.empty() ? nullptr : adapter.c_str(), "", precision.c_str(), model.get());
+      [dir, adapter, device, precision, quantization, model](std::string &) {
+        llmt_status st = llmt_model_load_mixed(dir.c_str(), adapter.empty() ? nullptr : adapter.c_str(), quantization.c_str(), precision.c_str(), model.get());
         if (st) return st;
         char note[512] = {0};
         if ((st = llmt_model_set_device(*model, device.c_str(), note, sizeof note))) {

@@ -100,7 +100,7 @@ export interface NativeModel {
   evalLoss(tokPath: string, options?: { batchSize?: number }, onProgress?: (e: { event: 'progress'; done: number; total: number }) => void): Promise<EvalLossResult>;
   /** Stops the running generate/evalLoss/generateBatch. */
   abort(): void;
-  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number; device: string; /** the model's context (config.json max_position_embeddings, seq_length, …): a hard limit of generation unless alibi */ context: number; alibi: boolean; device_memory: { allocated: number; peak_allocated: number; reserved: number; peak_reserved: number } };
+  info(): { model_type: string; vocab: number; hidden: number; layers: number; parameters: number; trainable: number; adapter: string | null; eos_ids: number[]; bos_id: number; pad_id: number; device: string; /** "none", or the 4-bit type of the block linears ("nf4", "fp4") */ quantization: string; /** the model's context (config.json max_position_embeddings, seq_length, …): a hard limit of generation unless alibi */ context: number; alibi: boolean; device_memory: { allocated: number; peak_allocated: number; reserved: number; peak_reserved: number } };
   /** Releases the weights now (else when garbage-collected). Throws while generating or evaluating. */
   free(): void;
 }
@@ -115,7 +115,9 @@ export interface LlmtAddon {
   inspect(dir: string): Promise<ModelInspection>;
   createTiny(family: 'llama' | 'llama3' | 'llama_bias' | 'mistral' | 'qwen2' | 'baichuan' | 'gpt_neox', dir: string, seed?: number): Promise<void>;
   /** device: "cpu" (default), "cuda", "cuda:N" or "auto" (a GPU that cannot be used leaves the model on the CPU:
-   *  info().device says where it is); precision: "fp32" (default), "bf16", "fp16" (frozen weights in 16 bits). */
-  loadModel(dir: string, adapter?: string, options?: { device?: string; precision?: string }): Promise<NativeModel>;
+   *  info().device says where it is); precision: "fp32" (default), "bf16", "fp16" (frozen weights in 16 bits);
+   *  quantization: "none" (default), "nf4", "fp4", or the job's object form as JSON text (QLoRA: the block linears
+   *  quantized to 4 bits while loading; info().quantization says what the model holds). */
+  loadModel(dir: string, adapter?: string, options?: { device?: string; precision?: string; quantization?: string }): Promise<NativeModel>;
   setThreads(n: number): void;
 }

@@ -82,10 +82,10 @@ const char *kUsage =
     "                                     merge a LoRA adapter (or a vocabulary-extending delta) into its base; HF folder\n"
     "  help                               this text\n"
     "\n"
-    "options for forward, grad, train and bench: --quantization nf4|fp4|none (QLoRA: the block linears as\n"
-    "                                     bitsandbytes 4-bit, double-quantized scales; train: overrides the job field)\n"
+    "options for forward, grad, train, bench, generate and eval: --quantization nf4|fp4|none (QLoRA: the block linears\n"
+    "                                     as bitsandbytes 4-bit, double-quantized scales; train: overrides the job field)\n"
     "options for every command: --threads N (CPU worker threads)\n"
-    "forward, grad, bench: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
+    "forward, grad, bench, generate, eval: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
     "bench: --checkpointing (gradient checkpointing in the timed backward); --offload-checkpoints (the same, with the\n"
     "       checkpointed block inputs in host memory on a GPU); --profile (then one more step with every kernel and\n"
     "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only);\n"
@@ -468,7 +468,8 @@ int cmd_generate_batch(const Args &a) {
   }
   const Json p = gen_params(a);
   ModelHandle h;
-  llmt_status st = llmt_model_load(a.get("--model").c_str(), a.has("--adapter") ? a.get("--adapter").c_str() : nullptr, &h.m);
+  llmt_status st = llmt_model_load_mixed(a.get("--model").c_str(), a.has("--adapter") ? a.get("--adapter").c_str() : nullptr,
+                                         a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
   if (st) return fail(st);
   std::signal(SIGINT, on_signal);
   const int64_t cap = std::max<int64_t>(1, p.get_int("max_new_tokens", 512)), R = static_cast<int64_t>(lengths.size());
@@ -525,7 +526,8 @@ int cmd_generate(const Args &a) {
   }
   const Json p = gen_params(a);
   ModelHandle h;
-  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), a.get("--quantization").c_str(),
+                                         a.get("--precision").c_str(), &h.m);
   if (st) return fail(st);
   std::signal(SIGINT, on_signal);
   const int64_t cap = p.get_int("max_new_tokens", 512);
@@ -714,7 +716,8 @@ int cmd_eval(const Args &a) {
   const long long batch = std::strtoll(a.get("--batch", "4").c_str(), &end, 10);
   if (*end || batch < 1) return usage_error("eval: --batch must be a positive integer");
   ModelHandle h;
-  llmt_status st = llmt_model_load(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), &h.m);
+  llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), a.get("--quantization").c_str(),
+                                         a.get("--precision").c_str(), &h.m);
   if (st) return fail(st);
   std::signal(SIGTERM, on_signal);
   std::signal(SIGINT, on_signal);
@@ -859,14 +862,14 @@ int run_main(int argc, char **argv) {
   if (cmd == "generate") {
     Args a = parse_args(argc, argv, 2,
                         {"--model", "--adapter", "--prompt-ids", "--tokens", "--max-new-tokens", "--temperature", "--top-k",
-                         "--top-p", "--repetition-penalty", "--seed", "--threads"},
+                         "--top-p", "--repetition-penalty", "--seed", "--threads", "--quantization", "--precision"},
                         {"--greedy", "--stream", "--batch"});
     if (!a.error.empty()) return usage_error("generate: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_generate(a);
   }
   if (cmd == "eval") {
-    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--data", "--batch", "--threads"}, {"--json", "--progress"});
+    Args a = parse_args(argc, argv, 2, {"--model", "--adapter", "--data", "--batch", "--threads", "--quantization", "--precision"}, {"--json", "--progress"});
     if (!a.error.empty()) return usage_error("eval: " + a.error);
     if (int r = apply_threads(a)) return r;
     return cmd_eval(a);

@@ -309,6 +309,7 @@ llmt_status llmt_model_info(llmt_model *model, char **out_json) {
     o.set("bos_id", Json::integer(c.bos_id));
     o.set("pad_id", Json::integer(c.pad_id));
     o.set("device", Json::string(model->m->backend().name()));
+    o.set("quantization", Json::string(quant_name(model->m->quantization())));  // 4-bit block linears (quantized on load or stored)
     // the trained length: the hard limit (rotary/learned), ALiBi's trained length, 0 when the config names none
     o.set("context", Json::integer(c.pos == PosKind::Alibi ? (c.max_positions_given ? c.max_positions : 0) : context_limit(c)));
     o.set("alibi", Json::boolean(c.pos == PosKind::Alibi));  // no hard limit at the context

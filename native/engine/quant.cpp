@@ -55,6 +55,23 @@ void Backend::embedding_forward_half(const uint16_t *, Half, const int32_t *, fl
 llmt_status parse_quant_spec(const std::string &s, QuantSpec &out) {
   out = QuantSpec();
   if (s.empty() || s == "none") return LLMT_OK;
+  if (s[0] == '{') {  // a job's object form, {"type": "nf4", "double_quant": false}, as text
+    Json j;
+    std::string err;
+    if (!Json::parse(s, j, err) || !j.is_object())
+      return set_error(LLMT_ERR_BAD_INPUT, "quantization " + s + ": not a JSON object (" + err + ")");
+    for (const auto &kv : j.members())
+      if (kv.first != "type" && kv.first != "double_quant")
+        return set_error(LLMT_ERR_BAD_INPUT, "quantization: unknown key \"" + kv.first + "\" (known: type, double_quant)");
+    if (!j.get("type").is_null() && !j.get("type").is_string()) return set_error(LLMT_ERR_BAD_INPUT, "quantization.type must be \"nf4\" or \"fp4\"");
+    if (!j.get("double_quant").is_null() && !j.get("double_quant").is_bool()) return set_error(LLMT_ERR_BAD_INPUT, "quantization.double_quant must be true or false");
+    const std::string t = j.get_string("type", "nf4");
+    if (t != "nf4" && t != "fp4") return set_error(LLMT_ERR_BAD_INPUT, "quantization.type must be \"nf4\" or \"fp4\" (got \"" + t + "\")");
+    out.enabled = true;
+    out.type = t == "nf4" ? cpu::Q4Type::NF4 : cpu::Q4Type::FP4;
+    out.double_quant = j.get_bool("double_quant", true);
+    return LLMT_OK;
+  }
   if (s == "nf4" || s == "fp4") {
     out.enabled = true;
     out.type = s == "nf4" ? cpu::Q4Type::NF4 : cpu::Q4Type::FP4;

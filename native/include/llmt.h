@@ -139,7 +139,7 @@ LLMT_API const char *llmt_backends_info(void);
 LLMT_API llmt_status llmt_model_load(const char *dir, const char *adapter_dir, llmt_model **out);
 /* The same with the linear weights of the transformer blocks quantized to 4 bits while loading (QLoRA;
  * bitsandbytes' NF4/FP4 with blocksize 64 and double-quantized scales): quantization is "nf4", "fp4" or
- * "none"/NULL (= llmt_model_load). Embeddings, norms and the LM head stay fp32; the adapter is fp32.
+ * "none"/NULL (= llmt_model_load), or a job's object form as JSON text: {"type": "nf4", "double_quant": false}. Embeddings, norms and the LM head stay fp32; the adapter is fp32.
  * Errors: as llmt_model_load, plus BAD_INPUT (unknown quantization), UNSUPPORTED (backend without 4-bit ops). */
 /* As llmt_model_load_quantized, with mixed precision applied while the weights stream in: precision "bf16"/"fp16" keeps
  * the frozen base weights (block linears that are not 4-bit, an untied head) only as 16-bit values, so the fp32 model

@@ -45,7 +45,7 @@ export const AppStatus = z.object({
   home: z.string(),
   database: z.string(),
   /** Where chat, predictions and evaluations run now (the settings with "auto" resolved). */
-  inference: z.object({ device: z.string(), precision: z.string() }),
+  inference: z.object({ device: z.string(), precision: z.string(), quantization: z.string() }),
 });
 export type AppStatus = z.infer<typeof AppStatus>;
 
@@ -58,6 +58,9 @@ export const Settings = z.object({
   inferenceDevice: z.string().regex(/^(auto|cpu|cuda:\d{1,2})$/, 'auto, cpu or cuda:N'),
   /** Their weights: "auto" (bf16 on a GPU, fp32 on the CPU), "fp32", "bf16" or "fp16". */
   inferencePrecision: z.enum(['auto', 'fp32', 'bf16', 'fp16']),
+  /** The base's block linears in 4 bits: "auto" (as the adapter was trained: QLoRA adapters answer on the 4-bit base
+   *  they were trained with), "none", "nf4" or "fp4". */
+  inferenceQuantization: z.enum(['auto', 'none', 'nf4', 'fp4']),
 });
 export type Settings = z.infer<typeof Settings>;
 

@@ -11,7 +11,7 @@ import type { Command } from 'commander';
 
 import { ChatService, type SamplingParams } from '../core/chat/service.js';
 import type { TemplateName } from '../core/data/templates.js';
-import { EngineHost } from '../core/engine/host.js';
+import { EngineHost, type Placement } from '../core/engine/host.js';
 import { databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
 import { type Fail, type SamplingFlags, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
@@ -47,7 +47,7 @@ export function registerChat(program: Command, fail: Fail): void {
       .option('--threads <n>', 'engine CPU threads', posInt),
   )).action(async (o: ChatFlags) => {
     let params: SamplingParams;
-    let placement: { device: string; precision: string };
+    let placement: Placement;
     try {
       params = paramsOf(o);
       placement = placementOf(o);

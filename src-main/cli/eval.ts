@@ -12,6 +12,7 @@ import { databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
 import { type Fail, type SamplingFlags, onInterrupt, paramsOf, posInt, samplingOptions, templateOption } from './options.js';
 import { Progress } from './progress.js';
+import type { InferenceQuantization } from '../core/engine/quantization.js';
 
 function openStore(): Store {
   return Store.open(databaseFile(dataHome()));
@@ -55,6 +56,8 @@ export function registerEval(program: Command, fail: Fail): void {
       .option('--limit <n>', 'only the first N records', posInt)
       .option('--threads <n>', 'engine CPU threads', posInt)
       .option('--eval_batch_size <n>', 'samples per forward pass for the loss of --model (a run\'s evaluation uses its eval_batch_size)', posInt, 4)
+      .addOption(new Option('--quantization <q>', "the loss of --model: the base's block linears in 4 bits (QLoRA) — auto = as the adapter's run trained them, none, nf4 or fp4 (a run's evaluation uses the run's)").choices(['auto', 'none', 'nf4', 'fp4']).default('auto'))
+      .addOption(new Option('--precision <p>', "the loss of --model: the frozen weights in fp32, bf16 or fp16 (a run's evaluation uses the run's)").choices(['fp32', 'bf16', 'fp16']).default('fp32'))
       .addOption(new Option('--on-error <policy>', 'a bad record of --data fails the evaluation (default), or is skipped and counted').choices(['fail', 'skip']).default('fail'))
       .option('--json', 'machine-readable output', false),
     'the run\'s max_target_length',
@@ -81,6 +84,8 @@ export function registerEval(program: Command, fail: Fail): void {
         limit?: number;
         threads?: number;
         eval_batch_size: number;
+        quantization: InferenceQuantization;
+        precision: 'fp32' | 'bf16' | 'fp16';
         json: boolean;
       },
     ) => {
@@ -141,6 +146,8 @@ export function registerEval(program: Command, fail: Fail): void {
             maxSourceLength: o.max_source_length,
             maxTargetLength: o.max_target_length,
             batchSize: o.eval_batch_size,
+            quantization: o.quantization,
+            precision: o.precision,
             onError: o.onError,
             ...(o.limit !== undefined ? { limit: o.limit } : {}),
             ...(o.threads ? { threads: o.threads } : {}),

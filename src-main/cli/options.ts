@@ -4,6 +4,8 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { samplingParams, type SamplingParams } from '../core/chat/service.js';
 import { TEMPLATES } from '../core/data/templates.js';
+import type { Placement } from '../core/engine/host.js';
+import { INFERENCE_QUANTIZATIONS } from '../core/engine/quantization.js';
 
 export type Fail = (err: unknown) => never;
 
@@ -100,14 +102,22 @@ export function onInterrupt(abort: () => void): () => void {
 }
 
 
-/** Where `predict`/`chat` compute: --device cpu|cuda|cuda:N|auto and --precision fp32|bf16|fp16 (the engine host's
- *  placement; a GPU that cannot be used leaves the engine on the CPU, and the report says where it ran). */
+/** Where `predict`/`chat` compute: --device cpu|cuda|cuda:N|auto, --precision fp32|bf16|fp16 and --quantization
+ *  auto|none|nf4|fp4 (the engine host's placement; a GPU that cannot be used leaves the engine on the CPU, and the report
+ *  says where it ran). */
 export function placementOptions(cmd: Command): Command {
   return cmd
     .addOption(new Option('--device <d>', 'cpu, cuda, cuda:N or auto (the first usable GPU, else the CPU)').default('cpu'))
-    .addOption(new Option('--precision <p>', 'the frozen weights: fp32, or bf16/fp16 (half the memory; the GEMMs read 16-bit inputs)').choices(['fp32', 'bf16', 'fp16']).default('fp32'));
+    .addOption(new Option('--precision <p>', 'the frozen weights: fp32, or bf16/fp16 (half the memory; the GEMMs read 16-bit inputs)').choices(['fp32', 'bf16', 'fp16']).default('fp32'))
+    .addOption(
+      new Option('--quantization <q>', "the base's block linears in 4 bits (QLoRA): auto = as the adapter's run trained them (its job.json), none, nf4 or fp4")
+        .choices(['auto', 'none', 'nf4', 'fp4'])
+        .default('auto'),
+    );
 }
-export function placementOf(o: { device: string; precision: string }): { device: string; precision: string } {
+export function placementOf(o: { device: string; precision: string; quantization?: string }): Placement {
   if (!/^(cpu|auto|cuda(:\d+)?)$/.test(o.device)) throw new Error(`--device ${o.device}: use cpu, cuda, cuda:N or auto`);
-  return { device: o.device, precision: o.precision };
+  const quantization = INFERENCE_QUANTIZATIONS.find((q) => q === (o.quantization ?? 'auto'));
+  if (!quantization) throw new Error(`--quantization ${o.quantization}: use auto, none, nf4 or fp4`);
+  return { device: o.device, precision: o.precision, quantization };
 }

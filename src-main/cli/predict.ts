@@ -4,7 +4,7 @@
 import { type Command, Option } from 'commander';
 
 import type { TemplateName } from '../core/data/templates.js';
-import { EngineHost } from '../core/engine/host.js';
+import { EngineHost, type Placement } from '../core/engine/host.js';
 import { contextStopsLine, predict } from '../core/eval/predict.js';
 import { type Fail, type SamplingFlags, onInterrupt, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
 import { Progress } from './progress.js';
@@ -31,7 +31,7 @@ export function registerPredict(program: Command, fail: Fail): void {
     const ctl = new AbortController();
     const off = onInterrupt(() => ctl.abort());
     const bar = new Progress('predict');
-    let placement: { device: string; precision: string };
+    let placement: Placement;
     try {
       placement = placementOf(o);
     } catch (err) {
@@ -61,7 +61,7 @@ export function registerPredict(program: Command, fail: Fail): void {
       else {
         if (r.resumed) console.log(`resumed after ${r.resumed} record(s) already predicted`);
         if (r.skipped) console.log(`skipped ${r.skipped} bad record(s): ${r.errors.slice(0, 5).map((e) => `line ${e.line}: ${e.reason}`).join('; ')}${r.skipped > 5 ? '; …' : ''}`);
-        console.log(`wrote ${r.written} prediction(s) to ${r.out} in ${r.seconds.toFixed(1)} s on ${r.device} (${r.precision}; ${r.tokens} tokens generated; ${r.finish.length - r.contextStops} stopped at max_new_tokens)`);
+        console.log(`wrote ${r.written} prediction(s) to ${r.out} in ${r.seconds.toFixed(1)} s on ${r.device} (${r.precision}${r.quantization !== 'none' ? `, ${r.quantization} base weights` : ''}; ${r.tokens} tokens generated; ${r.finish.length - r.contextStops} stopped at max_new_tokens)`);
         const stops = contextStopsLine(r.contextStops, r.context);
         if (stops) console.log(`${stops}: their prompt left less than --max_new_tokens of room (a lower --max_source_length leaves more)`);
       }

@@ -78,7 +78,7 @@ const BACKLOG_LIMIT = 100_000;
 /** getMetrics after a rowid: more new points than this are answered as a downsampled step range instead. */
 const TAIL_LIMIT = 50_000;
 
-const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [], inferenceDevice: 'auto', inferencePrecision: 'auto' };
+const DEFAULT_SETTINGS: Settings = { locale: 'en', modelDirs: [], inferenceDevice: 'auto', inferencePrecision: 'auto', inferenceQuantization: 'auto' };
 
 type MetricSummary = ReturnType<Store['metrics']['summaries']> extends Map<number, infer V> ? V : never;
 
@@ -384,14 +384,14 @@ export class Core {
 
   /** Where chat, predictions and evaluations compute: the settings, with "auto" resolved against this machine (the first
    *  usable GPU in bf16, else the CPU in fp32). */
-  inferencePlacement(s: Settings): Placement {
+  inferencePlacement(s: Settings): Placement & { quantization: Settings['inferenceQuantization'] } {
     let device = s.inferenceDevice;
     if (device === 'auto') {
       const gpu = listDevices(this.engine).find((d) => d.kind === 'cuda');
       device = gpu ? `cuda:${gpu.index}` : 'cpu';
     }
     const precision = s.inferencePrecision === 'auto' ? (device.startsWith('cuda') ? 'bf16' : 'fp32') : s.inferencePrecision;
-    return { device, precision };
+    return { device, precision, quantization: s.inferenceQuantization };
   }
 
   /** The engine host for chat and evaluation: a child process started on first use, restarted after a crash. */
@@ -478,10 +478,11 @@ export class Core {
         if (patch.modelDirs !== undefined) next.modelDirs = patch.modelDirs;
         if (patch.inferenceDevice !== undefined) next.inferenceDevice = patch.inferenceDevice;
         if (patch.inferencePrecision !== undefined) next.inferencePrecision = patch.inferencePrecision;
+        if (patch.inferenceQuantization !== undefined) next.inferenceQuantization = patch.inferenceQuantization;
         const before = this.settings();
         this.store.settings.set('app', next);
         // the engine host loads models where the settings say: a change ends its child (the next request starts anew)
-        if (before.inferenceDevice !== next.inferenceDevice || before.inferencePrecision !== next.inferencePrecision) {
+        if (before.inferenceDevice !== next.inferenceDevice || before.inferencePrecision !== next.inferencePrecision || before.inferenceQuantization !== next.inferenceQuantization) {
           await this.host.setPlacement(this.inferencePlacement(next));
           this.publishStatus();
         }

@@ -70,16 +70,22 @@ describe('workbench in Chromium', () => {
     await page.getByTestId('nav-settings').click();
     await page.getByTestId('settings-inference-device').waitFor();
     // no GPU here: automatic means the CPU in fp32
-    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32.');
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32, 4-bit base weights for QLoRA adapters.');
     const options = await page.getByTestId('settings-inference-device').locator('option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
     expect(options).toEqual(['auto', 'cpu']);
     await page.getByTestId('settings-inference-precision').selectOption('bf16');
     await page.getByTestId('settings-inference-saved').waitFor();
-    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, bf16.');
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, bf16, 4-bit base weights for QLoRA adapters.');
     const saved = (await (await fetch(`${app.origin}/api/getSettings`, { method: 'POST', headers: { 'X-LLMT-Token': app.token }, body: '{}' })).json()) as { result: { inferencePrecision: string } };
     expect(saved.result.inferencePrecision).toBe('bf16');
     await page.getByTestId('settings-inference-precision').selectOption('auto');
-    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32.');
+    // the base in 4 bits for every model, or as stored even for QLoRA adapters
+    await page.getByTestId('settings-inference-quantization').selectOption('nf4');
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32, base weights in 4 bits (nf4).');
+    await page.getByTestId('settings-inference-quantization').selectOption('none');
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32, base weights as stored.');
+    await page.getByTestId('settings-inference-quantization').selectOption('auto');
+    await expect.poll(async () => page.getByTestId('settings-inference-now').textContent()).toBe('Now: cpu, fp32, 4-bit base weights for QLoRA adapters.');
   });
 
   it('has run so far without console errors or CSP violations', () => {

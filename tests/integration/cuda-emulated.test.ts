@@ -297,6 +297,11 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     expect(gpu.stdout).toMatch(/wrote 8 prediction\(s\) .* on cuda:0 \(fp32;/);
     expect(gpu16.stdout).toMatch(/on cuda:0 \(bf16;/);
     expect(gpu.lines).toBe(cpu.lines);
+    // the base in 4 bits (QLoRA's NF4) on the GPU: the 4-bit kernels answer as the CPU's 4-bit path does
+    const cpu4 = await predictOn('pred-cpu4', ['--quantization', 'nf4']);
+    const gpu4 = await predictOn('pred-gpu4', ['--device', 'cuda:0', '--quantization', 'nf4']);
+    expect(gpu4.stdout).toMatch(/on cuda:0 \(fp32, nf4 base weights;/);
+    expect(gpu4.lines).toBe(cpu4.lines);
     // a GPU that is not there: the CPU, and the report says so
     const missing = await predictOn('pred-gpu3', ['--device', 'cuda:3']);
     expect(missing.stdout).toMatch(/ on cpu \(fp32;/);
@@ -309,17 +314,24 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     const app = await startCli(['serve', '--port', '0'], { home, env: { LLMT_CUDA_LIB_DIRS: EMU } });
     try {
       const status = await callApi<{ inference: { device: string; precision: string } }>(app, 'getStatus', {});
-      expect(status.inference).toEqual({ device: 'cuda:0', precision: 'bf16' });
+      expect(status.inference).toEqual({ device: 'cuda:0', precision: 'bf16', quantization: 'auto' });
       const session = await callApi<{ id: number }>(app, 'createChatSession', { model: demo, params: { max_new_tokens: 4, do_sample: false } });
       const a = await callApi<{ answer: { device: string; tokens: number } }>(app, 'sendChat', { id: session.id, text: 'hello' });
       expect(a.answer.device).toBe('cuda:0');
       expect(a.answer.tokens).toBeGreaterThan(0);
       const s = await callApi<{ inferenceDevice: string; inferencePrecision: string }>(app, 'updateSettings', { inferenceDevice: 'cpu' });
       expect(s).toMatchObject({ inferenceDevice: 'cpu', inferencePrecision: 'auto' });
-      expect((await callApi<{ inference: unknown }>(app, 'getStatus', {})).inference).toEqual({ device: 'cpu', precision: 'fp32' });
+      expect((await callApi<{ inference: unknown }>(app, 'getStatus', {})).inference).toEqual({ device: 'cpu', precision: 'fp32', quantization: 'auto' });
       const b = await callApi<{ answer: { device: string; restarted: string | null } }>(app, 'sendChat', { id: session.id, text: 'hello again' });
       expect(b.answer.device).toBe('cpu');
       expect(b.answer.restarted).toBeNull(); // ended on purpose, not a crash
+      // the base in 4 bits for every model: the engine host restarts with it, and the next answer comes from it
+      const q = await callApi<{ inferenceQuantization: string }>(app, 'updateSettings', { inferenceQuantization: 'nf4' });
+      expect(q.inferenceQuantization).toBe('nf4');
+      expect((await callApi<{ inference: unknown }>(app, 'getStatus', {})).inference).toEqual({ device: 'cpu', precision: 'fp32', quantization: 'nf4' });
+      const c = await callApi<{ answer: { device: string; tokens: number; restarted: string | null } }>(app, 'sendChat', { id: session.id, text: 'and again' });
+      expect(c.answer).toMatchObject({ device: 'cpu', restarted: null });
+      expect(c.answer.tokens).toBeGreaterThan(0);
       const bad = await post(app.origin, 'updateSettings', { inferenceDevice: 'gpu0' }, { 'X-LLMT-Token': app.token });
       expect(bad.status).toBe(400);
       expect(JSON.stringify(bad.json.error)).toMatch(/inferenceDevice/);

@@ -13,6 +13,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
 import { ROOT, runCli } from '../helpers/app';
+import { loadEngine } from '../../src-main/core/engine/native';
 import { ENGINE, NATIVE, PY } from '../helpers/native';
 
 const DATA = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
@@ -138,4 +139,73 @@ describe('QLoRA', () => {
     expect(bad.code).not.toBe(0);
     expect(bad.stderr + bad.stdout).toMatch(/quantization/);
   }, 180_000);
+
+  // A QLoRA adapter was trained against the 4-bit base: answering on that base gives the numbers it was trained with
+  // and fits the GPU it was trained on. Chat, predict and eval load it so by default ("auto": the run's job.json).
+  it('a QLoRA adapter answers on the 4-bit base it was trained with (auto from its run), or as asked', async () => {
+    const out = path.join(tmp, 'out'); // the QLoRA run above
+    const home = path.join(tmp, 'home');
+    const env = { ...process.env, LLMS_TRAIN_NATIVE_DIR: NATIVE };
+    const predict = async (q: string | null) => {
+      const file = path.join(tmp, `pred-${q ?? 'default'}.jsonl`);
+      const r = await runCli(['predict', '--model', model, '--adapter', out, '--data', path.join(DATA, 'dev.json'), '--out', file,
+        '--limit', '3', '--max_new_tokens', '4', '--greedy', '--max_source_length', '64', '--json', ...(q ? ['--quantization', q] : [])], { home, env, timeoutMs: 120_000 });
+      expect(r.code, r.stderr + r.stdout).toBe(0);
+      return { report: JSON.parse(r.stdout) as { quantization: string; written: number }, text: fs.readFileSync(file, 'utf8') };
+    };
+    const auto = await predict(null);
+    expect(auto.report).toMatchObject({ quantization: 'nf4', written: 3 });
+    const nf4 = await predict('nf4');
+    expect(nf4.text).toBe(auto.text);
+    expect((await predict('none')).report.quantization).toBe('none');
+    const line = await runCli(['predict', '--model', model, '--adapter', out, '--data', path.join(DATA, 'dev.json'), '--out', path.join(tmp, 'pred-line.jsonl'),
+      '--limit', '1', '--max_new_tokens', '2', '--greedy'], { home, env, timeoutMs: 120_000 });
+    expect(line.stdout).toMatch(/on cpu \(fp32, nf4 base weights;/);
+    const badQ = await runCli(['predict', '--model', model, '--data', path.join(DATA, 'dev.json'), '--out', path.join(tmp, 'x.jsonl'), '--quantization', 'int8'], { home, env });
+    expect(badQ.code).not.toBe(0);
+    expect(badQ.stderr).toMatch(/--quantization.*int8.*(auto, none, nf4, fp4|Allowed choices)/s);
+
+    // exactly the 4-bit model: quantized on load = the folder `llmt-engine quantize` writes (loaded as stored), with the
+    // adapter — the same greedy answer and evaluation loss bit for bit, and not the fp32 base's loss
+    const q4 = path.join(tmp, 'q4-infer');
+    expect(spawnSync(ENGINE, ['quantize', '--model', model, '--out', q4, '--type', 'nf4']).status).toBe(0);
+    const tok = path.join(tmp, 'dev.tok');
+    const prep = await runCli(['data', 'prepare', '--model', model, '--data', path.join(DATA, 'dev.json'), '--out', tok, '--max_source_length', '32', '--max_target_length', '8'], { home, env });
+    expect(prep.code, prep.stderr).toBe(0);
+    const addon = loadEngine().addon!;
+    const onLoad = await addon.loadModel(model, out, { quantization: 'nf4' });
+    const stored = await addon.loadModel(q4, out);
+    const full = await addon.loadModel(model, out);
+    try {
+      expect(onLoad.info().quantization).toBe('nf4');
+      expect(stored.info().quantization).toBe('nf4');
+      expect(full.info().quantization).toBe('none');
+      const prompt = [5, 9, 11, 30, 7];
+      const ids = (m: typeof onLoad) => m.generate(prompt, { max_new_tokens: 8, do_sample: false }).then((r) => r.ids);
+      expect(await ids(onLoad)).toEqual(await ids(stored));
+      const [a, b, c] = [await onLoad.evalLoss(tok), await stored.evalLoss(tok), await full.evalLoss(tok)];
+      expect(a.loss).toBe(b.loss);
+      expect(a.loss).not.toBe(c.loss);
+      // the engine's CLI the same way (`llmt-engine eval --quantization`), and `llms-train eval` follows the run (auto)
+      const cli = spawnSync(ENGINE, ['eval', '--model', model, '--adapter', out, '--data', tok, '--quantization', 'nf4', '--json'], { encoding: 'utf8' });
+      expect(cli.status, cli.stderr).toBe(0);
+      expect((JSON.parse(cli.stdout) as { loss: number }).loss).toBe(a.loss);
+      const evalCli = async (q: string[]) => {
+        const r = await runCli(['eval', '--model', model, '--adapter', out, '--data', path.join(DATA, 'dev.json'), '--max_source_length', '32', '--max_target_length', '8', '--limit', '8', '--json', ...q], { home, env, timeoutMs: 120_000 });
+        expect(r.code, r.stderr + r.stdout).toBe(0);
+        return (JSON.parse(r.stdout) as { loss: number }).loss;
+      };
+      const autoLoss = await evalCli([]);
+      expect(autoLoss).toBe(await evalCli(['--quantization', 'nf4']));
+      expect(autoLoss).not.toBe(await evalCli(['--quantization', 'none']));
+      // the job's object form (no double quantization) is accepted as JSON text; unknown kinds are refused by name
+      const single = await addon.loadModel(model, out, { quantization: JSON.stringify({ type: 'nf4', double_quant: false }) });
+      expect(single.info().quantization).toBe('nf4');
+      expect((await single.evalLoss(tok)).loss).not.toBe(a.loss);
+      single.free();
+      await expect(addon.loadModel(model, out, { quantization: 'int8' })).rejects.toThrow(/quantization must be "nf4", "fp4" or "none"/);
+    } finally {
+      for (const m of [onLoad, stored, full]) m.free();
+    }
+  }, 300_000);
 });

@@ -99,7 +99,7 @@ describe('EventHub', () => {
     gpus: [],
     home: '/h',
     database: '/h/db',
-    inference: { device: 'cpu', precision: 'fp32' },
+    inference: { device: 'cpu', precision: 'fp32', quantization: 'auto' },
   };
 
   it('delivers validated payloads to every listener until unsubscribed', () => {

@@ -10,6 +10,7 @@ import { type LaidOutPrompt, PromptTooLongError, TEMPLATES, type TemplateName, a
 import { loadTokenizer, type LoadedTokenizer, type Tokenizer } from '../data/tokenizer/index.js';
 import type { GenerateParams, NativeModel } from '../../../native/addon/index.js';
 import { loadEngine } from './native.js';
+import { type InferenceQuantization, resolveQuantization } from './quantization.js';
 import { StreamDecoder } from './stream-decoder.js';
 
 export type { GenerateParams };
@@ -32,6 +33,16 @@ export interface ModelRef {
   adapter?: string | null;
   /** folder holding the tokenizer (default: the model folder) */
   tokenizer?: string | null;
+  /** the base's block linears in 4 bits (QLoRA): "auto" (as the adapter's run trained it; the placement's choice when
+   *  absent), "none", "nf4" or "fp4" (quantization.ts) */
+  quantization?: InferenceQuantization | null;
+}
+
+/** Where models load and how: device, the frozen weights' precision, and their 4-bit quantization (default "auto"). */
+export interface GeneratorPlacement {
+  device: string;
+  precision: string;
+  quantization?: InferenceQuantization;
 }
 
 export interface GenerateRequest extends ModelRef {
@@ -86,6 +97,8 @@ export interface LoadedInfo {
   /** where it computes ("cpu", "cuda:0": a GPU that could not be used leaves it on the CPU) and its weights' precision */
   device: string;
   precision: string;
+  /** "none", or the 4-bit type its block linears were loaded as ("nf4", "fp4": QLoRA) */
+  quantization: string;
   /** the model's context (its trained length) */
   context?: number;
   /** the context when it is a hard limit (learned or rotary positions): a prompt of this many tokens is refused
@@ -117,7 +130,8 @@ interface Entry {
   lastUse: number;
 }
 
-const keyOf = (model: string, adapter: string | null | undefined) => `${path.resolve(model)}\u0000${adapter ? path.resolve(adapter) : ''}`;
+const keyOf = (model: string, adapter: string | null | undefined, quantization = 'none') =>
+  `${path.resolve(model)}\u0000${adapter ? path.resolve(adapter) : ''}\u0000${quantization}`;
 
 /**
  * The ids a generation stops at: the model's (the engine's `eos_ids`: generation_config.json's eos_token_id, a list
@@ -168,8 +182,14 @@ export class Generator {
   /** `placement`: where models load ("cpu", "cuda:N", "auto") and their frozen weights' precision. */
   constructor(
     private readonly maxModels = 2,
-    private readonly placement: { device: string; precision: string } = { device: 'cpu', precision: 'fp32' },
+    private readonly placement: GeneratorPlacement = { device: 'cpu', precision: 'fp32' },
   ) {}
+
+  /** The engine's quantization argument for a request's model: its own choice, else the placement's; "auto" follows
+   *  the adapter's run (quantization.ts). */
+  private quantizationOf(ref: ModelRef): string {
+    return resolveQuantization(ref.quantization ?? this.placement.quantization, ref.adapter);
+  }
 
   private addon() {
     const engine = loadEngine();
@@ -199,7 +219,8 @@ export class Generator {
   }
 
   private async entry(ref: ModelRef): Promise<{ e: Entry; cached: boolean; seconds: number }> {
-    const key = keyOf(ref.model, ref.adapter);
+    const quantization = this.quantizationOf(ref);
+    const key = keyOf(ref.model, ref.adapter, quantization);
     const have = this.models.get(key);
     if (have) {
       have.lastUse = Date.now();
@@ -209,7 +230,11 @@ export class Generator {
     let p = this.loading.get(key);
     if (!p) {
       p = (async () => {
-        const model = await this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined, this.placement);
+        const model = await this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined, {
+          device: this.placement.device,
+          precision: this.placement.precision,
+          quantization,
+        });
         const e: Entry = { key, model, info: model.info(), busy: Promise.resolve(), users: 0, lastUse: Date.now() };
         this.models.set(key, e);
         await this.evict(key);
@@ -252,6 +277,7 @@ export class Generator {
       cached,
       device: e.info.device ?? 'cpu',
       precision: this.placement.precision,
+      quantization: e.info.quantization ?? 'none',
       ...(e.info.context ? { context: e.info.context } : {}),
       ...(e.info.context > 0 && !e.info.alibi ? { contextLimit: e.info.context } : {}),
     };
@@ -398,7 +424,7 @@ export class Generator {
     const first = reqs[0];
     if (!first) throw new GenerateError('generateBatch: no requests', 'BAD_INPUT');
     const same = (r: GenerateRequest) =>
-      keyOf(r.model, r.adapter) === keyOf(first.model, first.adapter) &&
+      keyOf(r.model, r.adapter, this.quantizationOf(r)) === keyOf(first.model, first.adapter, this.quantizationOf(first)) &&
       (r.tokenizer ?? r.model) === (first.tokenizer ?? first.model) &&
       (r.template ?? 'raw') === (first.template ?? 'raw') &&
       JSON.stringify(r.params ?? {}) === JSON.stringify(first.params ?? {});
@@ -474,7 +500,7 @@ export class Generator {
 
   /** Frees a model now (after its generation ends). */
   async unload(ref: ModelRef): Promise<boolean> {
-    const e = this.models.get(keyOf(ref.model, ref.adapter));
+    const e = this.models.get(keyOf(ref.model, ref.adapter, this.quantizationOf(ref)));
     if (!e) return false;
     this.models.delete(e.key);
     await e.busy.catch(() => {});

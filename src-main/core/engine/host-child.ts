@@ -3,6 +3,7 @@
 // process.parentPort) or a Node child (process.send / 'message'). It exits when its parent goes away.
 import { GenerateError, Generator } from './generator.js';
 import type { ChildMessage, ParentMessage } from './host-protocol.js';
+import { INFERENCE_QUANTIZATIONS } from './quantization.js';
 
 interface ParentPort {
   on(event: 'message', fn: (e: { data: unknown }) => void): void;
@@ -30,6 +31,7 @@ const threads = Number(process.env.LLMT_HOST_THREADS ?? 0);
 const generator = new Generator(Number(process.env.LLMT_HOST_MAX_MODELS ?? 2) || 2, {
   device: process.env.LLMT_HOST_DEVICE || 'cpu',
   precision: process.env.LLMT_HOST_PRECISION || 'fp32',
+  quantization: INFERENCE_QUANTIZATIONS.find((q) => q === process.env.LLMT_HOST_QUANTIZATION) ?? 'auto',
 });
 
 async function handle(m: ParentMessage): Promise<void> {

@@ -11,6 +11,7 @@ import path from 'node:path';
 import { appRoot } from '../paths.js';
 import type { GenerateRequest, GenerateResult, LoadedInfo, ModelRef } from './generator.js';
 import type { ChildMessage, ParentMessage, WireError } from './host-protocol.js';
+import type { InferenceQuantization } from './quantization.js';
 
 export type { GenerateRequest, GenerateResult, LoadedInfo, ModelRef };
 
@@ -157,6 +158,8 @@ export interface HostOptions {
 export interface Placement {
   device: string;
   precision: string;
+  /** the base's 4-bit quantization for models whose request names none (default "auto": as the adapter was trained) */
+  quantization?: InferenceQuantization;
 }
 
 export interface HostStatus {
@@ -210,7 +213,7 @@ export class EngineHost extends EventEmitter {
   /** Where models load from now on: a different placement ends the current child (its models were loaded for the
    *  old one; requests in flight fail with DISPOSED), and the next request starts a fresh one. */
   async setPlacement(p: Placement, timeoutMs = 5000): Promise<void> {
-    if (p.device === this.placement.device && p.precision === this.placement.precision) return;
+    if (p.device === this.placement.device && p.precision === this.placement.precision && (p.quantization ?? 'auto') === (this.placement.quantization ?? 'auto')) return;
     this.placement = { ...p };
     const c = this.child;
     if (!c?.alive) return;
@@ -251,6 +254,7 @@ export class EngineHost extends EventEmitter {
     if (this.opts.maxModels) env.LLMT_HOST_MAX_MODELS = String(this.opts.maxModels);
     env.LLMT_HOST_DEVICE = this.placement.device;
     env.LLMT_HOST_PRECISION = this.placement.precision;
+    env.LLMT_HOST_QUANTIZATION = this.placement.quantization ?? 'auto';
     const handle = this.launcher.start(this.entry, env);
     this.starts++;
     let markReady!: () => void;

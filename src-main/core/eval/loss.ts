@@ -16,6 +16,7 @@ import type { TemplateName } from '../data/templates.js';
 import { TokReader, TokWriter } from '../data/tokfile.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
 import { engineBinary } from '../engine/native.js';
+import { type InferenceQuantization, resolveQuantization } from '../engine/quantization.js';
 
 export interface LossOptions {
   model: string;
@@ -34,8 +35,14 @@ export interface LossOptions {
   onError?: 'fail' | 'skip';
   /** engine CPU threads (0: its default) */
   threads?: number;
-  /** samples per forward pass (default 4); the run's eval_batch_size reproduces its eval_loss bit for bit */
+  /** samples per forward pass (default 4); the run's eval_batch_size reproduces its eval_loss bit for bit (with the
+   *  run's quantization and precision) */
   batchSize?: number;
+  /** the base's block linears in 4 bits: "auto" (default: as the adapter's run trained them, quantization.ts), "none",
+   *  "nf4", "fp4", or the engine's JSON text form */
+  quantization?: InferenceQuantization | string;
+  /** the frozen base weights: "fp32" (default), "bf16" or "fp16" (a LoRA run's training.precision) */
+  precision?: 'fp32' | 'bf16' | 'fp16';
   /** @deprecated ignored: the engine's eval entry point returns no logits */
   maxLogits?: number;
   signal?: AbortSignal;
@@ -179,6 +186,9 @@ export async function evalLoss(opt: LossOptions): Promise<LossResult> {
     }
     const args = ['eval', '--model', path.resolve(opt.model), ...(opt.adapter ? ['--adapter', path.resolve(opt.adapter)] : []), '--data', tokFile, '--batch', String(batchSize), '--json', '--progress'];
     if (opt.threads) args.push('--threads', String(opt.threads));
+    const quantization = resolveQuantization((opt.quantization ?? 'auto') as InferenceQuantization, opt.adapter);
+    if (quantization !== 'none') args.push('--quantization', quantization);
+    if (opt.precision && opt.precision !== 'fp32') args.push('--precision', opt.precision);
     opt.onProgress?.(0, n);
     const r = await engineEval(args, opt.signal, (done, total) => opt.onProgress?.(done, total));
     if (!Number.isFinite(r.loss)) throw new LossError('the loss is not finite', 'NAN');

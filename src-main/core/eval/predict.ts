@@ -78,6 +78,8 @@ export interface PredictReport {
   /** where the engine computed ("cpu", "cuda:0") and the weights' precision */
   device: string;
   precision: string;
+  /** "none", or the 4-bit type of the base's block linears ("nf4", "fp4": a QLoRA adapter answers on its 4-bit base) */
+  quantization: string;
   /** the model's context when it is a hard limit (learned or rotary positions), else null */
   context: number | null;
   /** answers that stopped at the model's context before max_new_tokens (finish "length"; counted in
@@ -271,7 +273,7 @@ async function predictWith(opt: PredictOptions, host: EngineHost): Promise<Predi
   });
   // the model loads first (cached by the host): where it runs goes into the report, and its context bounds the prompts
   const info = await host.load({ model: opt.model, adapter: opt.adapter ?? null, tokenizer: opt.tokenizer ?? null });
-  const placed = { device: info.device, precision: info.precision };
+  const placed = { device: info.device, precision: info.precision, quantization: info.quantization };
   const context = info.contextLimit && info.contextLimit > 0 ? info.contextLimit : 0;
   const maxNew = opt.params?.max_new_tokens ?? SEED_SAMPLING.max_new_tokens;
   let usable = loaded.items;

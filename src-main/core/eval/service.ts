@@ -216,6 +216,9 @@ export async function evaluateCheckpoint(store: Store, opt: EvaluateCheckpointOp
       maxSourceLength: spec.data.max_source_length,
       maxTargetLength: spec.data.max_target_length,
       batchSize: spec.training.eval_batch_size,
+      // as the run computed its eval_loss: its 4-bit base (QLoRA) and a LoRA run's 16-bit frozen weights
+      quantization: spec.model.quantization,
+      precision: spec.method === 'lora' ? spec.training.precision : 'fp32',
       ...(format ? { format } : {}),
       columns,
       ...(opt.onError ? { onError: opt.onError } : {}),
