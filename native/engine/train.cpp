@@ -1062,6 +1062,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (!w) return fail(st);
     auto opt = SafetensorsFile::open(ck + "/optimizer.safetensors", st);
     if (!opt) return fail(st);
+    std::set<std::string> used;  // the checkpoint's tensors this job reads
     for (size_t i = 0; i < tp.size(); ++i) {
       Param *p = tp[i];
       const std::string key = job.method == "lora" ? p->save_name : p->name;
@@ -1075,6 +1076,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " does not match this job (tensor " + key +
                                                       " missing or of another shape): was it written by another run?"));
       }
+      used.insert(k);
+      used.insert(k + ".exp_avg");
+      used.insert(k + ".exp_avg_sq");
       if (!owns(i)) {  // ZeRO-1: read into scratch, sent to the owner below
         full_m.resize(tp.size());
         full_v.resize(tp.size());
@@ -1085,6 +1089,18 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       float *vdst = owns(i) ? p->adam_v.data() : full_v[i].data();
       if ((st = w->read_f32(*a, p->data.data())) || (st = opt->read_f32(*m, mdst)) || (st = opt->read_f32(*v, vdst))) return fail(st);
     }
+    // ...and nothing else: a checkpoint that trained more (other target modules, modules_to_save, biases) would lose
+    // those tensors' training silently when this job writes its adapter
+    std::vector<std::string> extra;
+    for (const SafetensorsFile *f : {job.method == "lora" ? w.get() : nullptr, opt.get()})
+      if (f)
+        for (const TensorInfo &t : f->tensors())
+          if (!used.count(t.name)) extra.push_back(t.name);
+    if (!extra.empty())
+      return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " holds " + std::to_string(extra.size()) + " tensor(s) this job does not train (" +
+                                                    extra.front() + (extra.size() > 1 ? ", …" : "") +
+                                                    "): it was written with another configuration (LoRA target modules, modules_to_save, bias) or model"),
+                  "Resume with the configuration the checkpoint was trained with, or start afresh (--overwrite_output_dir, or another output folder).");
     resumed = ck;
   }
 
@@ -1151,6 +1167,13 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (job.offload_checkpoints && model->backend().host_memory()) {
       Json w = ev("warning");
       w.set("message", Json::string("training.offload_checkpoints applies to GPU runs: on the CPU the checkpointed activations are in host memory already"));
+      emit(w);
+    }
+    if (!resumed.empty() && step >= total) {  // HF Trainer trains nothing then either; say so rather than look like a run
+      Json w = ev("warning");
+      w.set("message", Json::string("resumed from " + resumed + " at step " + std::to_string(step) + ", which is already max_steps (" + std::to_string(total) +
+                                    ") or beyond: nothing is left to train; the outputs are the checkpoint's weights (raise max_steps or "
+                                    "num_train_epochs to train on)"));
       emit(w);
     }
     if (job.zero_stage == 1 && !zero1) {  // accepted, but it shards nothing here: say so rather than ignore it

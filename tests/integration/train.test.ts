@@ -107,6 +107,25 @@ describe('llms-train train (the seed command line)', () => {
     expect(r.stderr).toMatch(/failed: BAD_INPUT: .*optimizer\.safetensors/);
   });
 
+  it('never resumes into a checkpoint of another configuration (nothing overwritten); a finished one trains nothing, and says so', async () => {
+    const home = path.join(tmp, 'home-reconf');
+    const out = path.join(tmp, 'reconf');
+    expect((await runCli(seedFlags(out, 4), { home, timeoutMs: 120_000 })).code).toBe(0);
+    const adapter = path.join(out, 'adapter_model.safetensors');
+    const before = fs.readFileSync(adapter);
+    // HF's rule resumes the folder's last checkpoint; one trained on all seven modules cannot continue as q/v only
+    const other = await runCli(seedFlags(out, 8, ['--lora_target_modules', 'q_proj,v_proj']), { home, timeoutMs: 120_000 });
+    expect(other.code).toBe(1);
+    expect(other.stderr).toMatch(/checkpoint-4 holds \d+ tensor\(s\) this job does not train \(.*lora_.*\): it was written with another configuration/);
+    expect(other.stderr).toMatch(/--overwrite_output_dir/);
+    expect(fs.readFileSync(adapter).equals(before)).toBe(true);
+    // the same configuration with max_steps at or below the checkpoint's step: nothing to train, a warning, the same weights
+    const done = await runCli(seedFlags(out, 2), { home, timeoutMs: 120_000 });
+    expect(done.code, done.stderr).toBe(0);
+    expect(done.stdout + done.stderr).toMatch(/at step 4, which is already max_steps \(2\) or beyond: nothing is left to train/);
+    expect(fs.readFileSync(adapter).equals(before)).toBe(true);
+  });
+
   it('keeps the database consistent when the main process is killed, and marks the run interrupted', async () => {
     const home = path.join(tmp, 'home6');
     const child: ChildProcess = spawn(process.execPath, [CLI, ...seedFlags(path.join(tmp, 'orphan'), 400)], { env: { ...process.env, LLMS_TRAIN_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
