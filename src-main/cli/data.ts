@@ -22,10 +22,11 @@ function positiveInt(v: string): number {
 
 function printReport(r: PrepareReport): void {
   console.log(`${r.out}: ${r.written} samples, ${r.tokens} tokens (format ${r.format}, template ${r.template}${r.cached ? ', from the cache' : ''})`);
-  if (r.validation) console.log(`${r.validation.out}: ${r.validation.written} validation samples`);
+  const v = r.validation;
+  if (v) console.log(`${v.out}: ${v.written} validation samples, ${v.tokens ?? '?'} tokens${v.truncated ? ` (${v.truncated.samples} truncated)` : ''}`);
   console.log(`records read: ${r.records}; skipped: ${r.skipped}; duplicates: ${r.duplicates}${r.packedSamples ? `; ${r.packedSamples} samples packed into the rows` : ''}`);
-  const pct = r.written ? ((100 * r.truncated.samples) / (r.written + (r.validation?.written ?? 0))).toFixed(1) : '0';
-  console.log(`truncated: ${r.truncated.samples} samples (${pct}%), ${r.truncated.tokens} tokens`);
+  const pct = r.written ? ((100 * r.truncated.samples) / r.written).toFixed(1) : '0';
+  console.log(`truncated: ${r.truncated.samples} samples (${pct}%), ${r.truncated.tokens} tokens${v ? ' (training file)' : ''}`);
   console.log(`length: min ${r.lengths.min}, mean ${r.lengths.mean}, p50 ${r.lengths.p50}, p95 ${r.lengths.p95}, max ${r.lengths.max}`);
   const top = Math.max(1, ...r.lengths.histogram.map((b) => b.count));
   for (const b of r.lengths.histogram) console.log(`  ≤${String(b.upTo).padStart(6)} ${'█'.repeat(Math.ceil((30 * b.count) / top))} ${b.count}`);

@@ -41,6 +41,21 @@ function loraOptions(v: string): Record<string, unknown> {
   return j as Record<string, unknown>;
 }
 
+/** The spec's paths made absolute against this working directory: the run is stored with them, and later commands
+ *  (eval --run, resume from the app) run elsewhere. A model "path" that is no folder here (a Hub id) stays as given. */
+function absolutePaths(input: RunSpecInput): RunSpecInput {
+  const abs = (p: unknown) => (typeof p === 'string' && p ? path.resolve(p) : p);
+  const out = { ...input } as RunSpecInput & Record<string, unknown>;
+  const model = out.model as { path?: unknown } | undefined;
+  if (model && typeof model.path === 'string' && fs.existsSync(model.path)) out.model = { ...model, path: path.resolve(model.path) } as never;
+  const data = out.data as { train?: unknown; validation?: unknown } | undefined;
+  if (data) out.data = { ...data, ...(data.train ? { train: abs(data.train) } : {}), ...(data.validation ? { validation: abs(data.validation) } : {}) } as never;
+  const output = out.output as { dir?: unknown } | undefined;
+  if (output?.dir) out.output = { ...output, dir: abs(output.dir) } as never;
+  if (typeof out.resume_from === 'string' && out.resume_from !== 'latest') out.resume_from = path.resolve(out.resume_from);
+  return out;
+}
+
 /** Seed flags (and --config) → a validated RunSpec, plus warnings. */
 export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>; warnings: string[] } {
   let base: RunSpecInput | Record<string, never> = {};
@@ -160,9 +175,27 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   let input: RunSpecInput = spec as RunSpecInput;
   if (o.deepspeed) {
     const r = applyDeepspeed(input, String(o.deepspeed));
+    // as HF's DeepSpeed integration: a value the file sets that contradicts a flag given on the command line is an
+    // error, not a silent override ("auto" in the file follows the flag)
+    const flagged: [keyof NonNullable<RunSpecInput['training']>, string, unknown][] = [
+      ['micro_batch_size', '--per_device_train_batch_size', o.per_device_train_batch_size],
+      ['gradient_accumulation_steps', '--gradient_accumulation_steps', o.gradient_accumulation_steps],
+      ['max_grad_norm', '--max_grad_norm', o.max_grad_norm],
+      ['precision', o.bf16 ? '--bf16' : '--fp16', o.bf16 ? 'bf16' : o.fp16 ? 'fp16' : undefined],
+    ];
+    for (const [key, flag, given] of flagged) {
+      const ds = (r.spec.training as Record<string, unknown> | undefined)?.[key];
+      if (given !== undefined && ds !== undefined && ds !== given) {
+        throw new RunSpecError(
+          `--deepspeed ${String(o.deepspeed)} sets ${key} to ${JSON.stringify(ds)} but ${flag} says ${JSON.stringify(given)}: make them agree, or write "auto" in the DeepSpeed file to follow the flag`,
+          [{ path: `training.${key}`, message: `${flag} and --deepspeed disagree` }],
+        );
+      }
+    }
     input = r.spec;
     warnings = [...warnings, ...r.warnings];
   }
+  input = absolutePaths(input);
   const parsed = parseRunSpec(input);
   if (parsed.training.precision !== 'fp32' && parsed.method === 'full') {
     warnings.push(`--${parsed.training.precision}: a full fine-tune trains every weight, so it computes in fp32`);

@@ -261,6 +261,16 @@ describe('prepare', () => {
     expect(r.truncated.samples).toBeGreaterThan(150); // prompts are longer than 7 characters
     expect(r.lengths.max).toBe(7 + 2 + 2 + 1);
     expect(r.cached).toBe(false);
+    // the report's counts are the training file's, the split's its own (they add up to the whole set)
+    const trainTok = TokReader.open(opts.out);
+    const valTok = TokReader.open(opts.validationOut);
+    const idsOf = (t: ReturnType<typeof TokReader.open>) => Array.from({ length: t.size }, (_, i) => t.length(i)).reduce((a, b) => a + b, 0);
+    expect(r.tokens).toBe(idsOf(trainTok));
+    expect(r.validation!.tokens).toBe(idsOf(valTok));
+    expect(r.truncated.samples).toBeLessThanOrEqual(r.written);
+    expect(r.truncated.samples + r.validation!.truncated.samples).toBe(199); // every prompt is cut here
+    expect(r.lengths.histogram.reduce((a, b) => a + b.count, 0)).toBe(r.written);
+    expect(r.validation!.maxLength).toBe(7 + 2 + 2 + 1);
     const again = await prepareDataset(opts);
     expect(again.cached).toBe(true);
     expect(again.written).toBe(r.written);

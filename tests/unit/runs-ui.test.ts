@@ -253,3 +253,47 @@ describe('store: runs for the UI', () => {
     }
   });
 });
+
+describe('llms-train train: what the stored run needs later', () => {
+  it('stores absolute paths (a later eval --run or resume runs from another folder); a Hub id stays as given', () => {
+    const dir = tmp();
+    fs.mkdirSync(path.join(dir, 'tiny'));
+    const cwd = process.cwd();
+    process.chdir(dir);
+    try {
+      const s = specFromFlags(flags(['--model_name_or_path', 'tiny', '--train_file', 'data/train.json', '--validation_file', 'dev.json', '--output_dir', 'out', '--resume_from_checkpoint', 'out/checkpoint-4'])).spec;
+      // (macOS-style /private symlinks aside, the working directory as node sees it)
+      const here = process.cwd();
+      expect(s.model.path).toBe(path.join(here, 'tiny'));
+      expect(s.data.train).toBe(path.join(here, 'data', 'train.json'));
+      expect(s.data.validation).toBe(path.join(here, 'dev.json'));
+      expect(s.output.dir).toBe(path.join(here, 'out'));
+      expect(s.resume_from).toBe(path.join(here, 'out', 'checkpoint-4'));
+      expect(specFromFlags(flags(['--model_name_or_path', 'THUDM/chatglm2-6b', '--train_file', 't.json', '--output_dir', 'o', '--resume_from_checkpoint', 'latest'])).spec).toMatchObject({
+        model: { path: 'THUDM/chatglm2-6b' },
+        resume_from: 'latest',
+      });
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
+  it('--deepspeed: a value contradicting a flag given on the command line is refused (as HF does); "auto" and agreement are fine', () => {
+    const dir = tmp();
+    const ds = (o: object) => {
+      const f = path.join(dir, `ds-${Math.random().toString(36).slice(2)}.json`);
+      fs.writeFileSync(f, JSON.stringify(o));
+      return f;
+    };
+    const base = ['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o'];
+    expect(() => specFromFlags(flags([...base, '--per_device_train_batch_size', '5', '--deepspeed', ds({ train_micro_batch_size_per_gpu: 3 })]))).toThrow(
+      /sets micro_batch_size to 3 but --per_device_train_batch_size says 5: make them agree, or write "auto"/,
+    );
+    expect(() => specFromFlags(flags([...base, '--gradient_accumulation_steps', '2', '--deepspeed', ds({ gradient_accumulation_steps: 8 })]))).toThrow(/--gradient_accumulation_steps says 2/);
+    expect(() => specFromFlags(flags([...base, '--fp16', '--deepspeed', ds({ bf16: { enabled: true } })]))).toThrow(/sets precision to "bf16" but --fp16 says "fp16"/);
+    expect(specFromFlags(flags([...base, '--per_device_train_batch_size', '5', '--deepspeed', ds({ train_micro_batch_size_per_gpu: 'auto' })])).spec.training.micro_batch_size).toBe(5);
+    expect(specFromFlags(flags([...base, '--per_device_train_batch_size', '3', '--deepspeed', ds({ train_micro_batch_size_per_gpu: 3 })])).spec.training.micro_batch_size).toBe(3);
+    // no flag: the file's value
+    expect(specFromFlags(flags([...base, '--deepspeed', ds({ train_micro_batch_size_per_gpu: 3 })])).spec.training.micro_batch_size).toBe(3);
+  });
+});

@@ -56,7 +56,9 @@ export interface PrepareReport {
   template: TemplateName;
   records: number;
   written: number;
-  validation: { out: string; written: number } | null;
+  /** the validation split's file (written, tokens and truncation of its samples; the report's other counts are the
+   *  training file's) */
+  validation: { out: string; written: number; tokens: number; truncated: { samples: number; tokens: number }; maxLength: number } | null;
   skipped: number;
   errors: RecordError[];
   errorCount: number;
@@ -155,8 +157,9 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   let cacheKey: string | null = null;
   if (opt.cacheDir) {
     const key = {
-      v: 4, // 2: Alpaca "history", promptcblue with --history_column; 3: system prompts, messages, per-round truncation;
-      // 4: history laid out round by round as conversations are (eos after each answer), ChatGLM-6B conversations folded
+      v: 5, // 2: Alpaca "history", promptcblue with --history_column; 3: system prompts, messages, per-round truncation;
+      // 4: history laid out round by round as conversations are (eos after each answer), ChatGLM-6B conversations folded;
+      // 5: with a validation split, the report's counts are the training file's (the split's its own)
       data: await fileHash(opt.dataFile),
       tokenizer: opt.tokenizer.hash,
       template,
@@ -208,6 +211,9 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
   let truncSamples = 0;
   let truncTokens = 0;
   let truncEstimated = 0;
+  const valTrunc = { samples: 0, tokens: 0 };
+  let valTokens = 0;
+  let valMax = 0;
   let firstFields: string | null = null; // of the first record, for "no usable record"
   let historySeen = 0; // records holding --history_column
   let tokens = 0;
@@ -249,19 +255,31 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         const key = crypto.createHash('sha1').update(Int32Array.from(encoded.ids)).digest().readUIntLE(0, 6);
         if (seen.has(key)) duplicates++;
         else seen.add(key);
-        if (encoded.truncatedTokens > 0) {
-          truncSamples++;
-          truncTokens += encoded.truncatedTokens;
-          if (encoded.truncationEstimated) truncEstimated++;
-        }
         if (!encoded.mask.some((m, i) => m && i > 0)) {
           fail(c, 'nothing to train on after truncation (every label is -100); raise max_target_length');
           continue;
         }
-        tokens += encoded.ids.length;
-        lengths.push(encoded.ids.length);
-        const target = val && inValidation(c.index, percent, seed) ? val : train;
-        emit(target, encoded.ids, encoded.mask);
+        // the report's counts are the training file's; the validation split's are its own
+        const toVal = Boolean(val && inValidation(c.index, percent, seed));
+        if (encoded.truncatedTokens > 0) {
+          if (toVal) {
+            valTrunc.samples++;
+            valTrunc.tokens += encoded.truncatedTokens;
+          } else {
+            truncSamples++;
+            truncTokens += encoded.truncatedTokens;
+            if (encoded.truncationEstimated) truncEstimated++;
+          }
+        }
+        if (toVal) {
+          valTokens += encoded.ids.length;
+          valMax = Math.max(valMax, encoded.ids.length);
+        }
+        else {
+          tokens += encoded.ids.length;
+          lengths.push(encoded.ids.length);
+        }
+        emit(toVal ? val! : train, encoded.ids, encoded.mask);
       }
     };
     let chunk: { line: number; element?: number; sample: Sample; index: number }[] = [];
@@ -357,7 +375,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     let validation: PrepareReport['validation'] = null;
     if (val) {
       await val.finish({ ...header, split: 'validation' });
-      validation = { out: opt.validationOut!, written: val.count };
+      validation = { out: opt.validationOut!, written: val.count, tokens: valTokens, truncated: valTrunc, maxLength: valMax };
     }
     const report: PrepareReport = {
       out: opt.out,

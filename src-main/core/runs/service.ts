@@ -672,8 +672,9 @@ export class RunService {
       const splitOut = !d.validation && d.validation_percent > 0 ? evalOut : undefined;
       const rep = await prepareDataset({ ...common, dataFile: d.train, out: train, ...(splitOut ? { validationOut: splitOut, validationPercent: d.validation_percent, seed: spec.training.seed } : {}) });
       log(`data: ${rep.written} training samples (${rep.truncated.samples} truncated)${rep.cached ? ' from the cache' : ''}${skipped(rep.skipped)}`);
+      if (rep.validation) log(`data: ${rep.validation.written} validation samples split off (${rep.validation.truncated.samples} truncated)`);
       if (splitOut) evalTok = splitOut;
-      let longest = rep.lengths.max;
+      let longest = Math.max(rep.lengths.max, rep.validation?.maxLength ?? 0);
       if (d.validation) {
         evalTok = evalOut;
         const v = await prepareDataset({ ...common, dataFile: d.validation, out: evalTok });
