@@ -356,7 +356,35 @@ llmt_status Model::save_model(const std::string &dir) const {
   std::string text;
   st = read_text_file(dir_ + "/config.json", text);
   if (st != LLMT_OK) return st;
-  return write_text_file_atomic(dir + "/config.json", text);
+  if ((st = write_text_file_atomic(dir + "/config.json", text)) != LLMT_OK) return st;
+  // the rest of a loadable HF folder, as save_pretrained + the tokenizer's save do: the tokenizer's files, the generation
+  // config and a remote-code family's modules (copied as files, never run); weights and other files stay behind
+  return copy_model_side_files(dir_, dir);
+}
+
+bool is_model_side_file(const std::string &name) {
+  auto ends = [&](const char *suffix) {
+    const size_t n = std::strlen(suffix);
+    return name.size() >= n && name.compare(name.size() - n, n, suffix) == 0;
+  };
+  if (name.rfind("tokenizer", 0) == 0) return !ends(".safetensors") && !ends(".bin");  // tokenizer.json/.model/_config.json
+  static const std::set<std::string> exact = {"special_tokens_map.json", "added_tokens.json", "generation_config.json", "chat_template.json",
+                                              "chat_template.jinja", "vocab.json", "vocab.txt", "merges.txt", "spiece.model",
+                                              "ice_text.model", "sentencepiece.bpe.model"};
+  return exact.count(name) > 0 || ends(".tiktoken") || ends(".py");
+}
+
+llmt_status copy_model_side_files(const std::string &from, const std::string &to) {
+  std::error_code ec;
+  for (const auto &e : std::filesystem::directory_iterator(from, ec)) {
+    const std::string name = e.path().filename().string();
+    if (!e.is_regular_file(ec) || !is_model_side_file(name)) continue;
+    std::string bytes;
+    if (llmt_status st = read_text_file(e.path().string(), bytes)) return st;
+    if (llmt_status st = write_text_file_atomic(to + "/" + name, bytes)) return st;
+  }
+  if (ec) return set_error(LLMT_ERR_IO, "cannot list " + from + ": " + ec.message());
+  return LLMT_OK;
 }
 
 }  // namespace llmt

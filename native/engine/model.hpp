@@ -217,7 +217,8 @@ class Model {
   llmt_status load_adapter(const std::string &dir, bool trainable);
   /** Writes a PEFT adapter folder atomically: adapter_config.json + adapter_model.safetensors. */
   llmt_status save_adapter(const std::string &dir) const;
-  /** Writes the whole model as an HF folder (config.json + model.safetensors), atomically per file. */
+  /** Writes the whole model as an HF folder (config.json + model.safetensors, and the source folder's tokenizer files,
+   *  generation_config.json and remote-code modules: copy_model_side_files), atomically per file. */
   llmt_status save_model(const std::string &dir) const;
   /** Makes every parameter trainable (full fine-tuning). */
   /** Every weight trainable (full fine-tuning); 16-bit weights are re-read in fp32 first (IO errors). */
@@ -320,5 +321,12 @@ auto peft_pattern_value(const Pairs &patterns, const std::string &module) -> dec
   }
   return nullptr;
 }
+
+/** The files of an HF model folder that are neither weights nor config.json but belong to a loadable copy of it: the
+ *  tokenizer's (tokenizer*.json/.model, vocab/merges, special/added tokens, *.tiktoken), generation_config.json, chat
+ *  templates and remote-code modules (*.py: copied, never run). */
+bool is_model_side_file(const std::string &name);
+/** Copies those files of `from` into `to` (atomically per file). */
+llmt_status copy_model_side_files(const std::string &from, const std::string &to);
 
 }  // namespace llmt

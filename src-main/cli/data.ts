@@ -52,6 +52,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .option('--train-on-prompt', 'also train on the prompt tokens', false)
     .option('--pack <row_length>', 'pack samples into rows of at most this many tokens (continued pre-training)', positiveInt)
     .addOption(new Option('--on-error <policy>', 'a bad record fails the file, or is skipped and counted').choices(['fail', 'skip']).default('fail'))
+    .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).hideHelp())
     .option('--validation-out <file>', 'also write a validation split here')
     .option('--validation-percent <p>', 'share of records for the validation split', (v) => Number(v), 5)
     .option('--seed <n>', 'seed of the validation split', (v) => Number(v), 42)
@@ -59,7 +60,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .option('--json', 'print the report as JSON', false)
     .action(async (o: {
       model: string; data: string; out: string; format?: Format; template: TemplateName; prompt_column?: string; response_column?: string;
-      history_column?: string; max_source_length: number; max_target_length: number; trainOnPrompt: boolean; onError: 'fail' | 'skip';
+      history_column?: string; max_source_length: number; max_target_length: number; trainOnPrompt: boolean; onError: 'fail' | 'skip'; on_error?: 'fail' | 'skip';
       validationOut?: string; validationPercent: number; seed: number; cache: boolean; json: boolean; pack?: number;
     }) => {
       try {
@@ -80,7 +81,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
           maxTargetLength: o.max_target_length,
           trainOnPrompt: o.trainOnPrompt,
           ...(o.pack ? { packRowLength: o.pack } : {}),
-          onError: o.onError,
+          onError: o.on_error ?? o.onError,
           ...(o.validationOut ? { validationOut: o.validationOut, validationPercent: o.validationPercent } : {}),
           seed: o.seed,
           ...(o.cache ? { cacheDir: path.join(dataHome(), 'cache', 'tok') } : {}),

@@ -4,7 +4,8 @@ import path from 'node:path';
 
 import { type Command, Option } from 'commander';
 
-import { TEMPLATES, type TemplateName } from '../core/data/templates.js';
+import type { TemplateName } from '../core/data/templates.js';
+import { EXPORT_TEMPLATES } from '../core/models/gguf.js';
 import type { DownloadProgress } from '../core/models/download.js';
 import * as models from '../core/models/manager.js';
 
@@ -136,13 +137,15 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
 
   model
     .command('export')
-    .description('GGUF for llama.cpp / Ollama / LM Studio (llama incl. Llama 3, mistral, qwen2, baichuan, minicpm, gpt_neox, bloom, falcon, chatglm2), plus an Ollama <name>.Modelfile')
+    .description('GGUF for llama.cpp / Ollama / LM Studio (llama incl. Llama 3, mistral, qwen2, baichuan, minicpm, gpt_neox, bloom, falcon, chatglm2), plus an Ollama <name>.Modelfile with --template raw|alpaca|belle|vicuna')
     .requiredOption('--model <dir>', 'model folder (merged, or the base with --adapter)')
     .option('--adapter <dir>', 'merge this adapter first')
     .option('--adapter-only', "with --adapter: write the adapter alone as llama.cpp's LoRA GGUF (no merge; not for DoRA adapters)", false)
     .requiredOption('--out <file>', 'the .gguf file')
     .addOption(new Option('--dtype <dtype>', 'tensor type').choices(['f32', 'f16', 'bf16']).default('f16'))
-    .addOption(new Option('--template <template>', 'the training template (chat template and Modelfile)').choices([...TEMPLATES]))
+    .addOption(
+      new Option('--template <template>', "the training template: raw, alpaca, belle, vicuna (the GGUF's chat template and an Ollama Modelfile), or chat_template (the model's own, kept in the GGUF; no Modelfile)").choices([...EXPORT_TEMPLATES, 'chat_template']),
+    )
     .option('--name <name>', 'general.name in the GGUF')
     .option('--overwrite', 'replace an existing --out file (and its .Modelfile); without it an existing one is refused', false)
     .action(async (o: { model: string; adapter?: string; adapterOnly: boolean; out: string; dtype: 'f32' | 'f16' | 'bf16'; template?: TemplateName; name?: string; overwrite: boolean }) => {
@@ -152,6 +155,10 @@ export function registerModels(program: Command, fail: (err: unknown) => never):
         if (o.adapterOnly) status(`wrote ${r.gguf} (${human(r.bytes)}, ${r.tensors} LoRA tensors, ${r.architecture}): load it with the base model's GGUF (llama.cpp --lora)`, true);
         else status(`wrote ${r.gguf} (${human(r.bytes)}, ${r.architecture}, ${r.tensors} tensors, ${r.tokenizer} tokenizer, ${r.vocab} tokens)`, true);
         if (r.modelfile) console.log(`Ollama: cd ${path.dirname(r.gguf)} && ollama create my-model -f ${path.basename(r.modelfile)}`);
+        else if (!o.adapterOnly)
+          console.log(
+            `no Ollama Modelfile: it needs the layout the model was trained with — give --template raw, alpaca, belle or vicuna; ${o.template === 'chat_template' ? 'the GGUF carries the model\'s own chat template' : "without --template the GGUF keeps the model's own chat_template, if it has one"}`,
+          );
       } catch (e) {
         status('', true);
         fail(e);

@@ -24,10 +24,11 @@ export function registerPredict(program: Command, fail: Fail): void {
       .option('--batch_size <n>', 'records generated together in one engine batch (the same answers as one at a time, faster)', posInt, 4)
       .option('--limit <n>', 'only the first N records', posInt)
       .addOption(new Option('--on-error <policy>', 'bad records: fail before generating, or skip them').choices(['fail', 'skip']).default('fail'))
+      .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).hideHelp())
       .option('--no-resume', 'start over even when <out>.partial from an interrupted run exists')
       .option('--threads <n>', 'engine CPU threads', posInt)
       .option('--json', 'print the report as JSON', false),
-  )).action(async (o: SamplingFlags & { model: string; adapter?: string; tokenizer?: string; data: string; out: string; template: TemplateName; max_source_length: number; batch_size: number; limit?: number; onError: 'fail' | 'skip'; resume: boolean; threads?: number; json: boolean; device: string; precision: string }) => {
+  )).action(async (o: SamplingFlags & { model: string; adapter?: string; tokenizer?: string; data: string; out: string; template: TemplateName; max_source_length: number; batch_size: number; limit?: number; onError: 'fail' | 'skip'; on_error?: 'fail' | 'skip'; resume: boolean; threads?: number; json: boolean; device: string; precision: string }) => {
     const ctl = new AbortController();
     const off = onInterrupt(() => ctl.abort());
     const bar = new Progress('predict');
@@ -50,8 +51,9 @@ export function registerPredict(program: Command, fail: Fail): void {
         params: paramsOf(o),
         batchSize: o.batch_size,
         ...(o.limit !== undefined ? { limit: o.limit } : {}),
-        onError: o.onError,
+        onError: o.on_error ?? o.onError,
         resume: o.resume,
+        stalePartial: 'refuse',
         host,
         signal: ctl.signal,
         onProgress: (p) => bar.update(p.done, p.total, p.resumed, `${p.tokens} tokens`),

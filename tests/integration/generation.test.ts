@@ -232,6 +232,17 @@ describe('predict', () => {
     // other settings: start over
     const r2 = await predict({ ...base, out, params: { max_new_tokens: 2 } });
     expect(r2.resumed).toBe(0);
+    // ...unless asked to keep an interrupted run's answers (the CLI): a partial of other settings is refused, kept whole
+    const out3 = path.join(home, 'pred', 'kept.jsonl');
+    const ctl3 = new AbortController();
+    await predict({ ...base, out: out3, signal: ctl3.signal, onProgress: (p) => p.done === 3 && ctl3.abort() }).catch(() => {});
+    const kept = fs.readFileSync(`${out3}.partial`, 'utf8');
+    const refused = await predict({ ...base, out: out3, params: { max_new_tokens: 2 }, stalePartial: 'refuse' }).catch((e: unknown) => e);
+    expect(refused).toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(/kept\.jsonl\.partial holds 3 answer\(s\) of an interrupted run made with other data or settings; it is kept/), hint: expect.stringMatching(/--no-resume/) });
+    expect(fs.readFileSync(`${out3}.partial`, 'utf8')).toBe(kept);
+    // the same settings resume it; resume: false (--no-resume) replaces it
+    expect((await predict({ ...base, out: out3, stalePartial: 'refuse' })).resumed).toBe(3);
+    expect(fs.readFileSync(out3, 'utf8')).toBe(fs.readFileSync(whole, 'utf8'));
   });
 
   it.runIf(fs.existsSync('/dev/full'))('a full disk is one IO error naming the file, with a hint, and leaves no empty partial files', async () => {

@@ -17,7 +17,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadTokenizer } from '../../src-main/core/data/tokenizer/index';
 import { exportGguf } from '../../src-main/core/models/gguf';
 import { llamaSpModel } from '../fixtures/tokenizers/fixtures';
-import { ROOT } from '../helpers/app';
+import { ROOT, runCli } from '../helpers/app';
 import { writeSafetensors } from '../helpers/native';
 import { ENGINE, NATIVE, PY } from '../helpers/native';
 
@@ -210,6 +210,21 @@ function ggufDump(file: string): Dump {
 }
 
 describe('GGUF export', () => {
+  it('`llms-train model export`: a Modelfile with an exportable template; without one it says why there is none; other templates are not offered', async () => {
+    const out = t('cli-export');
+    const a = await runCli(['model', 'export', '--model', t('merged'), '--out', path.join(out, 'plain.gguf'), '--dtype', 'f32']);
+    expect(a.code, a.stderr).toBe(0);
+    expect(a.stdout).toMatch(/no Ollama Modelfile: it needs the layout the model was trained with — give --template raw, alpaca, belle or vicuna/);
+    expect(fs.readdirSync(out)).toEqual(['plain.gguf']);
+    const b = await runCli(['model', 'export', '--model', t('merged'), '--out', path.join(out, 'alp.gguf'), '--dtype', 'f32', '--template', 'alpaca']);
+    expect(b.code, b.stderr).toBe(0);
+    expect(b.stdout).toMatch(/Ollama: cd .* && ollama create my-model -f alp\.Modelfile/);
+    const c = await runCli(['model', 'export', '--model', t('merged'), '--out', path.join(out, 'glm.gguf'), '--template', 'chatglm2']);
+    expect(c.code).not.toBe(0);
+    expect(c.stderr).toMatch(/--template.*chatglm2.*Allowed choices are raw, alpaca, belle, vicuna, chat_template/s);
+    expect(fs.existsSync(path.join(out, 'glm.gguf'))).toBe(false);
+  });
+
   it('writes llama-architecture GGUF (+ <name>.Modelfile) that llama.cpp reads, with logits close to ours', async () => {
     const gguf = t('export/model.gguf');
     const res = await exportGguf({ modelDir: t('merged'), out: gguf, dtype: 'f32', template: 'alpaca' });

@@ -126,6 +126,22 @@ describe('llms-train train (the seed command line)', () => {
     expect(fs.readFileSync(adapter).equals(before)).toBe(true);
   });
 
+  it('a full fine-tune writes a loadable HF folder: weights, config, the tokenizer and generation config (predict needs no --tokenizer)', async () => {
+    const home = path.join(tmp, 'home-full');
+    const out = path.join(tmp, 'full');
+    const r = await runCli(seedFlags(out, 2, ['--use_lora', 'False', '--save_steps', '2']), { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
+    for (const dir of [out, path.join(out, 'checkpoint-2')]) {
+      for (const f of ['model.safetensors', 'config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json']) {
+        expect(fs.existsSync(path.join(dir, f)), `${dir}/${f}`).toBe(true);
+      }
+      expect(fs.readFileSync(path.join(dir, 'tokenizer.json')).equals(fs.readFileSync(path.join(model, 'tokenizer.json')))).toBe(true);
+    }
+    const p = await runCli(['predict', '--model', out, '--data', path.join(DATA, 'test.json'), '--out', path.join(tmp, 'full-pred.jsonl'), '--limit', '2', '--max_new_tokens', '3'], { home, timeoutMs: 120_000 });
+    expect(p.code, p.stderr).toBe(0);
+    expect(p.stdout).toMatch(/wrote 2 prediction\(s\)/);
+  });
+
   it('keeps the database consistent when the main process is killed, and marks the run interrupted', async () => {
     const home = path.join(tmp, 'home6');
     const child: ChildProcess = spawn(process.execPath, [CLI, ...seedFlags(path.join(tmp, 'orphan'), 400)], { env: { ...process.env, LLMS_TRAIN_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });

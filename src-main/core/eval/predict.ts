@@ -34,6 +34,9 @@ export interface PredictOptions {
   batchSize?: number;
   /** continue from `<out>.partial` when it was made with the same data and settings (default true) */
   resume?: boolean;
+  /** a non-empty `<out>.partial` made with other data or settings (resume not false): 'replace' it (default), or
+   *  'refuse' — nothing of it is lost, the error names it (the CLI: an interrupted run's answers are someone's work) */
+  stalePartial?: 'replace' | 'refuse';
   /** 'fail' (default): any bad record stops before generating; 'skip': leave bad records out and report them */
   onError?: 'fail' | 'skip';
   /** only the first N usable records */
@@ -337,6 +340,17 @@ async function predictWith(opt: PredictOptions, host: EngineHost): Promise<Predi
     if (p && p.lines <= items.length) {
       fs.truncateSync(partial, p.bytes);
       resumed = p.lines;
+    }
+  }
+  if (!resumed && opt.resume !== false && opt.stalePartial === 'refuse') {
+    const p = fs.existsSync(partial) ? readPartial(partial) : null;
+    if (p && p.lines > 0) {
+      throw new PredictError(
+        `${partial} holds ${p.lines} answer(s) of an interrupted run made with other data or settings; it is kept`,
+        'BAD_INPUT',
+        [],
+        'Run the interrupted command again to finish it, or pass --no-resume to start over (the partial answers are then replaced), or choose another --out.',
+      );
     }
   }
   /** Removes an empty partial output and its settings (nothing to resume from). */
