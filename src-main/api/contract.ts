@@ -182,7 +182,7 @@ const Sampling = z
   })
   .strict();
 const OpId = z.string().min(1).max(64);
-const ChatTarget = z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), template: z.string().optional() }).strict();
+const ChatTarget = z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), tokenizer: z.string().max(4096).nullable().optional(), template: z.string().optional() }).strict();
 
 /** A metric point as sent to the UI: [step, name, value (null = non-finite), unix seconds]. */
 export const MetricTuple = z.tuple([z.number(), z.string(), z.number().nullable(), z.number()]);
@@ -419,9 +419,9 @@ export const methods = {
   compareRuns: method(z.object({ ids: z.array(Id).min(1).max(16) }).strict(), z.custom<RunComparison>(), 'Several runs with their specs, the spec fields that differ, and their evaluations.'),
   listChatSessions: method(Empty, z.custom<ChatSessionInfo[]>(), 'Saved chat sessions, most recent first.'),
   createChatSession: method(
-    z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), template: z.string().optional(), system: z.string().max(20_000).nullable().optional(), title: z.string().max(200).optional(), params: Sampling.optional() }).strict(),
+    z.object({ model: z.string().min(1).max(4096), adapter: z.string().max(4096).nullable().optional(), tokenizer: z.string().max(4096).nullable().optional(), template: z.string().optional(), system: z.string().max(20_000).nullable().optional(), title: z.string().max(200).optional(), params: Sampling.optional() }).strict(),
     z.custom<ChatSessionInfo>(),
-    'A new chat with a base model and an adapter or checkpoint (or none), a template, a system prompt and sampling settings.',
+    "A new chat with a base model and an adapter or checkpoint (or none) — or a full fine-tune's checkpoint as the model, with the base's tokenizer when it has none — a template, a system prompt and sampling settings.",
   ),
   getChatSession: method(z.object({ id: Id }).strict(), z.custom<ChatSessionInfo & { messages: ChatMessageInfo[] }>(), 'A chat session with its messages.'),
   updateChatSession: method(

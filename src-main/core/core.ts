@@ -724,6 +724,7 @@ export class Core {
           return this.chat.createSession({
             model: req.model,
             ...(req.adapter ? { adapter: req.adapter } : {}),
+            ...(req.tokenizer ? { tokenizer: req.tokenizer } : {}),
             ...(req.template ? { template: req.template as never } : {}),
             ...(req.system !== undefined ? { system: req.system } : {}),
             ...(req.title ? { title: req.title } : {}),
@@ -765,7 +766,7 @@ export class Core {
       },
       compareAnswers: async (req) => {
         try {
-          const target = (t: typeof req.a) => ({ model: t.model, ...(t.adapter ? { adapter: t.adapter } : {}), ...(t.template ? { template: t.template as never } : {}) });
+          const target = (t: typeof req.a) => ({ model: t.model, ...(t.adapter ? { adapter: t.adapter } : {}), ...(t.tokenizer ? { tokenizer: t.tokenizer } : {}), ...(t.template ? { template: t.template as never } : {}) });
           const r = await compareAnswers(
             this.host,
             { a: target(req.a), b: target(req.b), prompt: req.prompt, ...(req.system !== undefined ? { system: req.system } : {}), ...(req.params ? { params: req.params as SamplingParams } : {}) },

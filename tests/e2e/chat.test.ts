@@ -175,4 +175,54 @@ describe('chat in the browser', () => {
     expect(await page.getByTestId('chat-input').inputValue()).toBe(long);
     await shot('chat-context');
   });
+
+  it("a run's adapter is prompted in the run's template; a full fine-tune's checkpoint is chosen as the model and answers", async () => {
+    const demo = path.join(app.home, 'models', 'llms-train-demo');
+    const train = async (name: string, extra: string[]) => {
+      const r = await runCli(['train', '--model_name_or_path', demo, '--train_file', path.join(data, 'dev.json'), '--output_dir', path.join(app.home, 'runs', name),
+        '--run_name', name, '--template', 'alpaca', '--max_steps', '2', '--save_steps', '2', '--max_source_length', '32', '--max_target_length', '8',
+        '--per_device_train_batch_size', '2', ...extra], { home: app.home, timeoutMs: 120_000 });
+      expect(r.code, r.stderr).toBe(0);
+    };
+    await train('alp lora', ['--lora_r', '4']);
+    await train('alp full', ['--use_lora', 'False']);
+    await page.goto(`${app.url}#/chat`);
+    await page.reload();
+    await page.getByTestId('chat-new').click();
+    await page.getByTestId('chat-setup').waitFor();
+    await expect.poll(async () => (await page.getByTestId('chat-adapter').locator('option').allTextContents()).join('|')).toMatch(/alp lora: final/);
+    // the full fine-tune is no adapter: it is offered as a model
+    expect((await page.getByTestId('chat-adapter').locator('option').allTextContents()).join('|')).not.toMatch(/alp full/);
+    const lora = await page.getByTestId('chat-adapter').locator('option', { hasText: 'alp lora: final' }).getAttribute('value');
+    await page.getByTestId('chat-adapter').selectOption(lora!);
+    expect(await page.getByTestId('chat-template').inputValue()).toBe('alpaca');
+    const full = await page.getByTestId('chat-model').locator('option', { hasText: 'alp full: final' }).getAttribute('value');
+    expect(full).toBe(path.join(app.home, 'runs', 'alp full'));
+    await page.getByTestId('chat-template').selectOption('raw');
+    await page.getByTestId('chat-model').selectOption(full!);
+    expect(await page.getByTestId('chat-adapter').inputValue()).toBe('');
+    expect(await page.getByTestId('chat-template').inputValue()).toBe('alpaca');
+    await page.getByTestId('chat-max-new').fill('4');
+    await page.getByTestId('chat-start').click();
+    await page.getByTestId('chat-messages').waitFor();
+    await page.getByTestId('chat-input').fill('你好');
+    await page.getByTestId('chat-send').click();
+    await expect.poll(() => page.getByTestId('msg-assistant').count(), { timeout: 60_000 }).toBe(1);
+    expect(await page.getByTestId('chat-error').count()).toBe(0);
+    // the run view's "Chat" on a full fine-tune's checkpoint: the checkpoint as the model, the base's tokenizer, the run's template
+    const runs = (await (await fetch(`${app.origin}/api/listRuns`, { method: 'POST', headers: { 'X-LLMT-Token': app.token }, body: '{}' })).json()) as { result: { id: number; name: string }[] };
+    const id = runs.result.find((r) => r.name === 'alp full')!.id;
+    await page.goto(`${app.url}#/runs/${id}`);
+    await page.getByRole('button', { name: 'Chat' }).first().click();
+    await page.getByTestId('chat-setup').waitFor();
+    await expect.poll(() => page.getByTestId('chat-model').inputValue()).toBe(path.join(app.home, 'runs', 'alp full', 'checkpoint-2'));
+    expect(await page.getByTestId('chat-adapter').inputValue()).toBe('');
+    expect(await page.getByTestId('chat-template').inputValue()).toBe('alpaca');
+    expect(new URL(page.url().replace('#/', '')).searchParams.get('tokenizer')).toBe(demo);
+    await page.getByTestId('chat-start').click();
+    await page.getByTestId('chat-input').fill('你好');
+    await page.getByTestId('chat-send').click();
+    await expect.poll(() => page.getByTestId('msg-assistant').count(), { timeout: 60_000 }).toBe(1);
+    expect(await page.getByTestId('chat-error').count()).toBe(0);
+  }, 240_000);
 });
