@@ -87,6 +87,8 @@ export const RunSummary = z.object({
   modelPath: z.string().nullable(),
   dataPath: z.string().nullable(),
   method: z.string().nullable(),
+  /** QLoRA: the base's 4-bit type ("nf4", "fp4"); null for a full-precision base */
+  quantization: z.string().nullable(),
   /** the last logged train loss, the lowest eval loss (and its step), the last logged step */
   finalLoss: z.number().nullable(),
   bestEvalLoss: z.number().nullable(),

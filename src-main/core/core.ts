@@ -99,6 +99,7 @@ export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
     modelPath: spec.model?.path ?? null,
     dataPath: spec.data?.train ?? null,
     method: spec.method ?? null,
+    quantization: spec.model?.quantization && spec.model.quantization !== 'none' ? spec.model.quantization : null,
     finalLoss: m?.finalLoss ?? null,
     bestEvalLoss: m?.bestEvalLoss ?? null,
     bestEvalStep: m?.bestEvalStep ?? null,
@@ -106,7 +107,8 @@ export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
     maxSteps: typeof maxSteps === 'number' && maxSteps > 0 ? maxSteps : null,
     tokens: m?.tokens ?? null,
     lr: finite(spec.training?.learning_rate),
-    loraR: finite(spec.lora?.r),
+    // a full fine-tune has no adapter: its spec's LoRA defaults mean nothing
+    loraR: spec.method === 'full' ? null : finite(spec.lora?.r),
   };
 }
 const finite = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);

@@ -226,6 +226,17 @@ describe('New fine-tune wizard', () => {
     await page.getByTestId('cpu-workers').fill('1');
   });
 
+  it('a run name typed on the review reaches its command line (what Save as config and Launch use)', async () => {
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).not.toContain('--run_name');
+    await page.getByTestId('run-name').fill('lr sweep a');
+    await expect.poll(async () => page.getByTestId('review-cli').textContent(), { timeout: 10_000 }).toContain("--run_name 'lr sweep a'");
+    expect(await page.getByTestId('review-spec').textContent()).toContain('"name": "lr sweep a"');
+    await page.getByTestId('run-name').fill('');
+    await expect.poll(async () => page.getByTestId('review-cli').textContent(), { timeout: 10_000 }).not.toContain('--run_name');
+  });
+
   it('an empty dataset is named beside its path and blocks Next', async () => {
     const empty = path.join(app.home, 'empty.json');
     fs.writeFileSync(empty, '[]');

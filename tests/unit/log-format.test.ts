@@ -19,6 +19,10 @@ describe('logLine', () => {
     );
     expect(logLine('{"event":"done","status":"completed","step":3,"output_dir":"/o","last_loss":4.5}')).toBe('completed at step 3, last loss 4.5: /o');
     expect(logLine('[rank 0] {"event":"step","step":1,"loss":6.3,"lr":0.001,"grad_norm":null}')).toBe('[rank 0] step 1  loss 6.3  lr 0.001  grad norm —');
+    // several workers: one short line per step instead of the raw event
+    expect(
+      logLine('[rank 0] {"event":"rank_stats","step":1,"interval_s":0.606,"ranks":[{"rank":0,"tokens_per_s":812.4,"comm_wait_s":0.0123,"mem_bytes":1},{"rank":1,"tokens_per_s":799.6,"comm_wait_s":0.2,"mem_bytes":1}]}'),
+    ).toBe('[rank 0] workers at step 1 — 0: 812 tok/s, waited 0.01 s; 1: 800 tok/s, waited 0.2 s');
   });
 
   it('leaves everything else as it is', () => {

@@ -194,7 +194,8 @@ const SORT_SQL: Record<RunSortKey, string> = {
   // the last logged train loss (NULL when it was NaN, as the summary shows it): one seek in metrics_series
   finalLoss: `(SELECT m.value FROM metrics m WHERE m.run_id = r.id AND m.name = 'loss' ORDER BY m.step DESC LIMIT 1)`,
   lr: specNumber('$.training.learning_rate'),
-  loraR: specNumber('$.lora.r'),
+  // (a full fine-tune's LoRA defaults are no rank: NULL, sorted with the runs that have none)
+  loraR: `(CASE WHEN json_extract(r.spec_json, '$.method') = 'full' THEN NULL ELSE ${specNumber('$.lora.r')} END)`,
   tokens: `(SELECT m.value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens' AND m.value IS NOT NULL ORDER BY m.step DESC LIMIT 1)`,
   // a running run's duration grows until now; one that never started has none
   duration: `(CASE WHEN r.started_at IS NULL THEN NULL
