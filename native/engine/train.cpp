@@ -1314,9 +1314,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
     return LLMT_OK;
   };
+  // the step whose checkpoint this run has written: a stop right after a save_steps checkpoint does not write (and
+  // announce) the same checkpoint twice. The same on every rank (a checkpoint is a collective under ZeRO-1).
+  int64_t saved_at = -1;
   auto checkpoint = [&](int64_t at_step) -> llmt_status {
+    if (at_step == saved_at) return LLMT_OK;
     llmt_status s = save_checkpoint(at_step);
     if (s && save_comm_failed) return comm_fail("the optimizer-state gather for checkpoint-" + std::to_string(at_step));
+    if (!s) saved_at = at_step;
     return s ? fail(s) : LLMT_OK;
   };
 

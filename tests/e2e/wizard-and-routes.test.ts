@@ -237,6 +237,28 @@ describe('New fine-tune wizard', () => {
     await expect.poll(async () => page.getByTestId('review-cli').textContent(), { timeout: 10_000 }).not.toContain('--run_name');
   });
 
+  it('a dataset with a bad line: named, blocks Next until the user chooses to leave bad records out (on_error skip)', async () => {
+    const bad = path.join(app.home, 'bad.jsonl');
+    const good = (i: number) => JSON.stringify({ input: `问题 ${i}：这是什么？`, target: `答案 ${i}` });
+    fs.writeFileSync(bad, [good(1), '{"input": "broken', good(2), good(3)].join('\n') + '\n');
+    await page.getByTestId('wizard-step-1').click();
+    const before = await value('dataset-path');
+    await page.getByTestId('dataset-path').fill(bad);
+    await page.getByTestId('dataset-errors').waitFor({ timeout: 15_000 });
+    expect(await page.getByTestId('dataset-errors').textContent()).toMatch(/line 2/);
+    expect(await page.getByTestId('wizard-next').isDisabled()).toBe(true);
+    expect(await page.getByTestId('skip-bad-help').textContent()).toMatch(/fix the file, or leave them out/);
+    await page.getByTestId('skip-bad').check();
+    await expect.poll(async () => page.getByTestId('wizard-next').isDisabled()).toBe(false);
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).toContain('--on_error skip');
+    await page.getByTestId('wizard-step-1').click();
+    await page.getByTestId('skip-bad').uncheck();
+    await page.getByTestId('dataset-path').fill(before);
+    await expect.poll(async () => page.getByTestId('dataset-errors').count(), { timeout: 15_000 }).toBe(0);
+  });
+
   it('an empty dataset is named beside its path and blocks Next', async () => {
     const empty = path.join(app.home, 'empty.json');
     fs.writeFileSync(empty, '[]');

@@ -33,6 +33,8 @@ export const en = {
   'newRun.data.maxSource': 'max_source_length',
   'newRun.data.maxTarget': 'max_target_length',
   'newRun.data.lengthsHelp': 'Prompts longer than max_source_length and answers longer than max_target_length tokens are cut (the preview shows how many).',
+  'newRun.data.skipBad': 'Leave the {n} bad record(s) out and train on the rest ({total} read)',
+  'newRun.data.skipBadHelp': 'A run stops on bad records (each is named above): fix the file, or leave them out.',
 
   'newRun.method.title': 'Fine-tuning method',
   'newRun.method.lora': 'small low-rank adapters on chosen layers; the base stays frozen (fast, little memory, a few MB to save).',
@@ -165,6 +167,8 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.data.maxSource': '输入最大长度 max_source_length',
   'newRun.data.maxTarget': '输出最大长度 max_target_length',
   'newRun.data.lengthsHelp': '超过 max_source_length 的输入和超过 max_target_length 的输出会被截断（预览中显示截断数量）。',
+  'newRun.data.skipBad': '跳过 {n} 条错误记录，用其余数据训练（共读取 {total} 条）',
+  'newRun.data.skipBadHelp': '训练遇到错误记录会停止（上面逐条列出）：请修正文件，或跳过这些记录。',
 
   'newRun.method.title': '微调方法',
   'newRun.method.lora': '在选定的层上加入小型低秩适配器，基座模型保持冻结（快、省显存，保存仅几 MB）。',
