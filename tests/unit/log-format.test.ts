@@ -17,7 +17,7 @@ describe('logLine', () => {
     expect(logLine('{"event":"started","model_type":"llama","method":"lora","quantization":"nf4","total_params":116032,"trainable_params":1024,"max_steps":3,"start_step":0}')).toMatch(
       /^started: llama lora \(nf4\), .* of .* parameters trainable, 3 steps from step 0$/,
     );
-    expect(logLine('{"event":"done","status":"completed","step":3,"output_dir":"/o","last_loss":4.5}')).toBe('completed at step 3, last loss 4.5: /o');
+    expect(logLine('{"event":"done","status":"completed","step":3,"output_dir":"/o","last_loss":4.5}')).toBe('completed at step 3, loss of the last step 4.5: /o');
     expect(logLine('[rank 0] {"event":"step","step":1,"loss":6.3,"lr":0.001,"grad_norm":null}')).toBe('[rank 0] step 1  loss 6.3  lr 0.001  grad norm —');
     // several workers: one short line per step instead of the raw event
     expect(

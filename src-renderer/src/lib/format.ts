@@ -85,7 +85,7 @@ export function logLine(line: string): string {
     case 'started':
       return `${pre}started: ${String(e.model_type ?? '')} ${String(e.method ?? '')}${e.quantization && e.quantization !== 'none' ? ` (${String(e.quantization)})` : ''}, ${count(e.trainable_params as number)} of ${count(e.total_params as number)} parameters trainable, ${e.max_steps} steps from step ${e.start_step ?? 0}`;
     case 'done':
-      return `${pre}${String(e.status ?? 'done')} at step ${e.step ?? '—'}${typeof e.last_loss === 'number' ? `, last loss ${n(e.last_loss)}` : ''}${typeof e.output_dir === 'string' ? `: ${e.output_dir}` : ''}`;
+      return `${pre}${String(e.status ?? 'done')} at step ${e.step ?? '—'}${typeof e.last_loss === 'number' ? `, loss of the last step ${n(e.last_loss)}` : ''}${typeof e.output_dir === 'string' ? `: ${e.output_dir}` : ''}`;
     case 'rank_stats': {
       // several workers: each rank's throughput and time waiting on the others, one short line (the charts have the rest)
       const ranks = Array.isArray(e.ranks) ? (e.ranks as Record<string, unknown>[]) : [];
