@@ -142,7 +142,16 @@ describe('screens in Chromium', () => {
     await expect.poll(async () => Number(await page.getByTestId('compare-chart').getAttribute('data-points'))).toBe(20);
     await page.getByTestId('compare-metric').selectOption('eval_loss');
     await expect.poll(async () => (await seriesPoints()).every((n) => n > 0)).toBe(true);
+    // the chart's choices are in the address: a reload (or a shared link) shows the same chart
+    await page.getByTestId('compare-axis').selectOption('time');
+    await expect.poll(() => page.url()).toMatch(/[?&]metric=eval_loss\b.*[?&]x=time\b/);
+    await page.reload();
+    await page.getByTestId('compare-metric').waitFor();
+    expect(await page.getByTestId('compare-metric').inputValue()).toBe('eval_loss');
+    expect(await page.getByTestId('compare-axis').inputValue()).toBe('time');
+    await page.getByTestId('compare-axis').selectOption('step');
     await page.getByTestId('compare-metric').selectOption('loss');
+    await expect.poll(() => page.url()).not.toMatch(/metric=|x=/);
 
     const lr = page.locator('[data-testid="compare-diff-row"][data-path="training.learning_rate"]');
     await lr.waitFor();
