@@ -100,6 +100,10 @@ export const RunSummary = z.object({
   /** the spec's training.learning_rate and lora.r (null where the spec has none) */
   lr: z.number().nullable(),
   loraR: z.number().nullable(),
+  /** seconds spent training over the finished attempts (a stopped and resumed run's pause not counted), and the
+   *  running attempt's start; null activeSeconds: a run recorded before this was kept (started…ended is all there is) */
+  activeSeconds: z.number().nullable(),
+  attemptStartedAt: z.string().nullable(),
 });
 export type RunSummary = z.infer<typeof RunSummary>;
 

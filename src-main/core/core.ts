@@ -109,6 +109,8 @@ export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
     lr: finite(spec.training?.learning_rate),
     // a full fine-tune has no adapter: its spec's LoRA defaults mean nothing
     loraR: spec.method === 'full' ? null : finite(spec.lora?.r),
+    activeSeconds: r.activeSeconds ?? null,
+    attemptStartedAt: r.attemptStartedAt ?? null,
   };
 }
 const finite = (v: unknown): number | null => (typeof v === 'number' && Number.isFinite(v) ? v : null);

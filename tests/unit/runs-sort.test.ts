@@ -102,11 +102,16 @@ describe('RunsRepo.page: sorting in SQL', () => {
     // a queued run has neither an end nor a duration: last both ways
     expect(names(s, 'finished', 'asc').at(-1)).toBe('gamma');
     expect(names(s, 'finished', 'desc').at(-1)).toBe('gamma');
-    s.db.prepare("UPDATE runs SET started_at = '2024-01-01T00:00:00.000Z', ended_at = ? WHERE name = ?").run('2024-01-01T00:00:10.000Z', 'beta');
-    s.db.prepare("UPDATE runs SET started_at = '2024-01-01T00:00:00.000Z', ended_at = ? WHERE name = ?").run('2024-01-01T01:00:00.000Z', 'Alpha');
-    s.db.prepare("UPDATE runs SET started_at = '2024-01-01T00:00:00.000Z', ended_at = ? WHERE name = ?").run('2024-01-01T00:05:00.000Z', 'delta');
+    // runs recorded before attempts were timed (no active_s): started … ended
+    s.db.prepare("UPDATE runs SET active_s = NULL, started_at = '2024-01-01T00:00:00.000Z', ended_at = ? WHERE name = ?").run('2024-01-01T00:00:10.000Z', 'beta');
+    s.db.prepare("UPDATE runs SET active_s = NULL, started_at = '2024-01-01T00:00:00.000Z', ended_at = ? WHERE name = ?").run('2024-01-01T01:00:00.000Z', 'Alpha');
+    s.db.prepare("UPDATE runs SET active_s = NULL, started_at = '2024-01-01T00:00:00.000Z', ended_at = ? WHERE name = ?").run('2024-01-01T00:05:00.000Z', 'delta');
     expect(names(s, 'duration', 'desc')).toEqual(['Alpha', 'delta', 'beta', 'gamma']);
     expect(names(s, 'duration', 'asc')).toEqual(['beta', 'delta', 'Alpha', 'gamma']);
+    // timed attempts: the training time, not the span (Alpha trained 20 s over an hour with a long pause)
+    s.db.prepare('UPDATE runs SET active_s = ? WHERE name = ?').run(20, 'Alpha');
+    s.db.prepare('UPDATE runs SET active_s = ? WHERE name = ?').run(60, 'beta');
+    expect(names(s, 'duration', 'desc')).toEqual(['delta', 'beta', 'Alpha', 'gamma']);
     expect(names(s, 'finished', 'desc')).toEqual(['Alpha', 'delta', 'beta', 'gamma']);
   });
 

@@ -155,6 +155,36 @@ describe('Store repositories', () => {
     s.close();
   });
 
+  it("times a run's attempts: a pause between a stop and a resume is not training time", () => {
+    const s = Store.open(dbFile());
+    const r = s.runs.create({ name: 'timed', spec: {}, specVersion: 1 });
+    expect(s.runs.get(r.id)).toMatchObject({ activeSeconds: null, attemptStartedAt: null });
+    const ago = (sec: number) => new Date(Date.now() - sec * 1000).toISOString();
+    s.runs.markRunning(r.id, 1);
+    expect(s.runs.get(r.id)!.attemptStartedAt).not.toBeNull();
+    s.db.prepare('UPDATE runs SET attempt_started_at = ?, started_at = ? WHERE id = ?').run(ago(10), ago(3600), r.id); // trained 10 s
+    s.runs.finish(r.id, 'stopped');
+    const first = s.runs.get(r.id)!;
+    expect(first.activeSeconds).toBeGreaterThan(9.5);
+    expect(first.activeSeconds).toBeLessThan(11);
+    expect(first.attemptStartedAt).toBeNull();
+    // an hour later: resumed, 5 s more, then the app dies (interrupted) — 15 s in all, not the hour
+    s.runs.requeue(r.id);
+    s.runs.markRunning(r.id, 2);
+    s.db.prepare('UPDATE runs SET attempt_started_at = ? WHERE id = ?').run(ago(5), r.id);
+    s.runs.markInterrupted(() => false);
+    const second = s.runs.get(r.id)!;
+    expect(second.status).toBe('interrupted');
+    expect(second.activeSeconds).toBeGreaterThan(14.5);
+    expect(second.activeSeconds).toBeLessThan(16.5);
+    // a run from before attempts were timed: its earlier span counts once, then its attempts add up
+    const old = s.runs.create({ name: 'old', spec: {}, specVersion: 1 });
+    s.db.prepare("UPDATE runs SET status = 'stopped', started_at = '2024-01-01T00:00:00.000Z', ended_at = '2024-01-01T00:01:40.000Z' WHERE id = ?").run(old.id);
+    s.runs.requeue(old.id);
+    expect(s.runs.get(old.id)!.activeSeconds).toBeCloseTo(100, 3);
+    s.close();
+  });
+
   it('marks runs left running as interrupted at start-up', () => {
     const file = dbFile();
     const s = Store.open(file);

@@ -157,6 +157,17 @@ export const migrations: readonly Migration[] = [
       CREATE INDEX metrics_eval_loss ON metrics(run_id, value, step) WHERE name = 'eval_loss';
     `,
   },
+  {
+    version: 5,
+    name: 'runs: time spent training over all attempts',
+    // A stopped (or killed) run resumed later keeps its id: started_at … ended_at then counts the pause too. active_s
+    // sums each attempt's running time (markRunning → finish/markInterrupted); attempt_started_at is the open attempt's
+    // start. NULL active_s: a run from before (its duration stays started_at … ended_at until it is resumed).
+    sql: `
+      ALTER TABLE runs ADD COLUMN active_s REAL;
+      ALTER TABLE runs ADD COLUMN attempt_started_at TEXT;
+    `,
+  },
 ];
 
 export const LATEST_SCHEMA_VERSION = migrations.reduce((v, m) => Math.max(v, m.version), 0);

@@ -38,6 +38,10 @@ export interface RunRow {
   exitSignal: string | null;
   tags: string[];
   notes: string;
+  /** seconds its worker ran over the finished attempts (a resumed run's pauses not counted); null: not recorded */
+  activeSeconds: number | null;
+  /** the running attempt's start (null when none runs) */
+  attemptStartedAt: string | null;
 }
 
 export interface MetricPoint {
@@ -163,11 +167,15 @@ export class ExperimentsRepo {
   }
 }
 
+/** SET clause ending the open attempt at the next bound time (a parameter): its seconds added to active_s. */
+const CLOSE_ATTEMPT = `active_s = CASE WHEN attempt_started_at IS NOT NULL
+    THEN COALESCE(active_s, 0) + (julianday(?) - julianday(attempt_started_at)) * 86400 ELSE active_s END, attempt_started_at = NULL`;
+
 const RUN_COLUMNS = `id, experiment_id AS experimentId, model_id AS modelId, dataset_id AS datasetId, name,
   spec_json AS spec, spec_version AS specVersion, status, output_dir AS outputDir, created_at AS createdAt,
   started_at AS startedAt, ended_at AS endedAt, error_code AS errorCode, error_message AS errorMessage,
   error_hint AS errorHint, worker_pid AS workerPid, exit_code AS exitCode, exit_signal AS exitSignal,
-  tags_json AS tags, notes`;
+  tags_json AS tags, notes, active_s AS activeSeconds, attempt_started_at AS attemptStartedAt`;
 
 function runFromRow(row: Record<string, unknown> | undefined): RunRow | undefined {
   if (!row) return undefined;
@@ -198,7 +206,10 @@ const SORT_SQL: Record<RunSortKey, string> = {
   loraR: `(CASE WHEN json_extract(r.spec_json, '$.method') = 'full' THEN NULL ELSE ${specNumber('$.lora.r')} END)`,
   tokens: `(SELECT m.value FROM metrics m WHERE m.run_id = r.id AND m.name = 'tokens' AND m.value IS NOT NULL ORDER BY m.step DESC LIMIT 1)`,
   // a running run's duration grows until now; one that never started has none
+  // (in days, as julianday differences) the attempts' running time; a run from before active_s: started … ended
   duration: `(CASE WHEN r.started_at IS NULL THEN NULL
+    WHEN r.active_s IS NOT NULL THEN (r.active_s + CASE WHEN r.status = 'running' AND r.attempt_started_at IS NOT NULL
+      THEN (julianday('now') - julianday(r.attempt_started_at)) * 86400 ELSE 0 END) / 86400.0
     ELSE julianday(COALESCE(r.ended_at, CASE WHEN r.status = 'running' THEN 'now' END, r.started_at)) - julianday(r.started_at) END)`,
 };
 
@@ -317,24 +328,32 @@ export class RunsRepo {
     this.db
       .prepare(
         `UPDATE runs SET status = 'queued', ended_at = NULL, error_code = NULL, error_message = NULL, error_hint = NULL,
-           exit_code = NULL, exit_signal = NULL, worker_pid = ? WHERE id = ?`,
+           exit_code = NULL, exit_signal = NULL, worker_pid = ?,
+           -- a run from before active_s: its earlier attempts as one (the best there is), from here on counted
+           active_s = COALESCE(active_s, CASE WHEN started_at IS NOT NULL AND ended_at IS NOT NULL
+             THEN (julianday(ended_at) - julianday(started_at)) * 86400 END)
+         WHERE id = ?`,
       )
       .run(process.pid, id);
   }
   markRunning(id: number, pid: number | null): void {
-    this.db.prepare(`UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?), worker_pid = ? WHERE id = ?`).run(now(), pid, id);
+    const t = now();
+    this.db
+      .prepare(`UPDATE runs SET status = 'running', started_at = COALESCE(started_at, ?), worker_pid = ?, attempt_started_at = ?, active_s = COALESCE(active_s, 0) WHERE id = ?`)
+      .run(t, pid, t, id);
   }
   finish(
     id: number,
     status: Exclude<RunStatus, 'queued' | 'running'>,
     detail: { errorCode?: string; errorMessage?: string; errorHint?: string; exitCode?: number | null; exitSignal?: string | null } = {},
   ): void {
+    const t = now();
     this.db
       .prepare(
         `UPDATE runs SET status = ?, ended_at = ?, error_code = ?, error_message = ?, error_hint = ?,
-           exit_code = ?, exit_signal = ?, worker_pid = NULL WHERE id = ?`,
+           exit_code = ?, exit_signal = ?, worker_pid = NULL, ${CLOSE_ATTEMPT} WHERE id = ?`,
       )
-      .run(status, now(), detail.errorCode ?? null, detail.errorMessage ?? null, detail.errorHint ?? null, detail.exitCode ?? null, detail.exitSignal ?? null, id);
+      .run(status, t, detail.errorCode ?? null, detail.errorMessage ?? null, detail.errorHint ?? null, detail.exitCode ?? null, detail.exitSignal ?? null, t, id);
   }
   /**
    * Repairs rows no live process will finish: runs left 'running' by a crashed app or CLI, and runs left
@@ -356,12 +375,12 @@ export class RunsRepo {
     });
     const mark = this.db.prepare(
       `UPDATE runs SET status = 'interrupted', ended_at = ?, worker_pid = NULL,
-         error_message = COALESCE(error_message, ?) WHERE id = ? AND status = ? AND worker_pid IS ?`,
+         error_message = COALESCE(error_message, ?), ${CLOSE_ATTEMPT} WHERE id = ? AND status = ? AND worker_pid IS ?`,
     );
     const t = now();
     const why = { running: 'the app stopped while this run was running', queued: 'the process that started this run ended before training began' };
     let n = 0;
-    this.db.transaction(() => stale.forEach((r) => (n += mark.run(t, why[r.status], r.id, r.status, r.pid).changes)))();
+    this.db.transaction(() => stale.forEach((r) => (n += mark.run(t, why[r.status], t, r.id, r.status, r.pid).changes)))();
     return n;
   }
 }

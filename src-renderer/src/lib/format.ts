@@ -26,6 +26,22 @@ export function elapsed(start: string | null, end: string | null): number | null
   return ((end ? Date.parse(end) : Date.now()) - Date.parse(start)) / 1000;
 }
 
+/** A run's training time in seconds: its attempts' running time (a stopped, killed or interrupted run resumed later
+ *  does not count the pause), the running attempt up to `now`; a run recorded before attempts were timed: started …
+ *  ended. Null when it never started. */
+export function runSeconds(
+  r: { status: string; startedAt: string | null; endedAt: string | null; activeSeconds?: number | null; attemptStartedAt?: string | null },
+  now = Date.now(),
+): number | null {
+  if (!r.startedAt) return null;
+  if (typeof r.activeSeconds === 'number') {
+    const open = r.status === 'running' && r.attemptStartedAt ? Math.max(0, (now - Date.parse(r.attemptStartedAt)) / 1000) : 0;
+    return r.activeSeconds + open;
+  }
+  if (r.status === 'running') return (now - Date.parse(r.startedAt)) / 1000;
+  return elapsed(r.startedAt, r.endedAt ?? r.startedAt);
+}
+
 export function num(v: number | null | undefined, digits = 4): string {
   if (v === null || v === undefined) return '—';
   if (!Number.isFinite(v)) return String(v);
