@@ -80,6 +80,7 @@ export const en = {
   'newRun.hw.title': 'Devices',
   'newRun.hw.cpu': '{threads} threads · {free} free of {total}',
   'newRun.hw.gpu': '{free} free of {total}',
+  'newRun.hw.freeUnknown': 'unknown',
   'newRun.hw.noGpu': 'No NVIDIA GPU was found: training runs on the CPU.',
   'newRun.hw.multiGpu':
     'Pick one GPU or several. Each selected GPU runs one worker that holds the whole model, so every GPU needs room for all of it; each step\'s batch is split across them (per_device_train_batch_size samples per GPU) and their gradients are summed.',
@@ -214,6 +215,7 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.hw.title': '设备',
   'newRun.hw.cpu': '{threads} 个线程 · 可用 {free}，共 {total}',
   'newRun.hw.gpu': '可用 {free}，共 {total}',
+  'newRun.hw.freeUnknown': '未知',
   'newRun.hw.noGpu': '未发现 NVIDIA GPU：训练将在 CPU 上运行。',
   'newRun.hw.multiGpu': '可选择一块或多块 GPU。每块选中的 GPU 运行一个工作进程，各自持有完整的模型，因此每块 GPU 都要放得下整个模型；每一步的批次在它们之间切分（每块 GPU 处理 per_device_train_batch_size 个样本），梯度相加。',
   'newRun.hw.gpuWorkers': '工作进程：{count} 个，每块选中的 GPU 一个（GPU {ids}）',
