@@ -156,26 +156,32 @@ def main():
         res["hf_checkpointing"] = "could not be enabled: " + repr(e)[:300]
         traceback.print_exc()
     model.train()
+
+    def hf_step(model, ids):
+        """One warm-up and a.iters timed bf16-autocast training steps: the median step, tokens/s, loss, peak memory."""
+        T = ids.shape[1]
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for i in range(1 + a.iters):
+            sync(); t = time.time()
+            with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
+                loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            sync()
+            if i: times.append(time.time() - t)
+            model.zero_grad(set_to_none=True)
+        ms = sorted(times)[len(times) // 2] * 1000
+        out = {"step_ms": ms, "tokens_per_s": T / (ms / 1000), "loss": float(loss)}
+        if cuda:
+            out.update(peak_mem=torch.cuda.max_memory_reserved(), peak_alloc=torch.cuda.max_memory_allocated())
+        return out
+
     for T in seqs:
         ids = torch.randint(0, vocab, (1, T), device=dev)
         try:
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for i in range(1 + a.iters):
-                sync(); t = time.time()
-                with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
-                    loss = model(input_ids=ids, labels=ids).loss
-                loss.backward()
-                sync()
-                if i: times.append(time.time() - t)
-                model.zero_grad(set_to_none=True)
-            ms = sorted(times)[len(times) // 2] * 1000
-            tps = T / (ms / 1000)
-            res["hf"][T] = {"step_ms": ms, "tokens_per_s": tps, "loss": float(loss),
-                            "mfu": tps * flops_per_token(L, d, inter, vocab, T, r) / peak}
-            if cuda:
-                res["hf"][T].update(peak_mem=torch.cuda.max_memory_reserved(), peak_alloc=torch.cuda.max_memory_allocated())
+            res["hf"][T] = hf_step(model, ids)
+            res["hf"][T]["mfu"] = res["hf"][T]["tokens_per_s"] * flops_per_token(L, d, inter, vocab, T, r) / peak
         except (torch.cuda.OutOfMemoryError if cuda else MemoryError) as e:
             res["hf"][T] = {"error": "OOM: " + str(e)[:200]}
         except Exception as e:  # anything else on the HF side: recorded; our side still runs
@@ -203,22 +209,7 @@ def main():
                     p.data = p.data.float()
             model.save_pretrained(os.path.join(work, "adapter_dora"))
             model.train()
-            ids = torch.randint(0, vocab, (1, T0), device=dev)
-            if cuda:
-                torch.cuda.reset_peak_memory_stats()
-            times = []
-            for i in range(1 + a.iters):
-                sync(); t = time.time()
-                with torch.autocast(dev.split(":")[0], dtype=torch.bfloat16):
-                    loss = model(input_ids=ids, labels=ids).loss
-                loss.backward()
-                sync()
-                if i: times.append(time.time() - t)
-                model.zero_grad(set_to_none=True)
-            ms = sorted(times)[len(times) // 2] * 1000
-            res["hf_dora"] = {T0: {"step_ms": ms, "tokens_per_s": T0 / (ms / 1000), "loss": float(loss)}}
-            if cuda:
-                res["hf_dora"][T0].update(peak_mem=torch.cuda.max_memory_reserved(), peak_alloc=torch.cuda.max_memory_allocated())
+            res["hf_dora"] = {T0: hf_step(model, torch.randint(0, vocab, (1, T0), device=dev))}
         except (torch.cuda.OutOfMemoryError if cuda else MemoryError) as e:
             res["hf_dora"] = {T0: {"error": "OOM: " + str(e)[:200]}}
         except Exception as e:  # recorded; the rest of the run goes on

@@ -731,6 +731,15 @@ std::vector<int> shard_owners(const std::vector<Param *> &tp, int world) {
   return owner;
 }
 
+// The end of the bucket of the ZeRO-1 exchanges that starts at tp[i]: parameters in order, about bucket_elems
+// values each (a larger parameter alone); `n` gets its values. Both exchanges below bucket alike.
+size_t bucket_end(const std::vector<Param *> &tp, size_t i, int64_t bucket_elems, int64_t &n) {
+  size_t j = i;
+  n = 0;
+  while (j < tp.size() && (n == 0 || n + tp[j]->numel() <= bucket_elems)) n += tp[j++]->numel();
+  return j;
+}
+
 // The ZeRO-1 parameter exchange after a step on a device backend (the CUDA backend): every rank's weights in backend
 // memory, the non-owners' zeroed, are summed in place in buckets — with NCCL on the device as one group per bucket
 // (no copy), with Gloo staged through one host buffer per bucket. Same bucket boundaries and the same exact sums
@@ -741,9 +750,8 @@ int gather_params_device(Dist &d, Backend &be, const std::vector<Param *> &tp, c
   std::vector<float> flat;
   size_t i = 0;
   while (i < tp.size()) {
-    size_t j = i;
     int64_t n = 0;
-    while (j < tp.size() && (n == 0 || n + tp[j]->numel() <= bucket_elems)) n += tp[j++]->numel();
+    const size_t j = bucket_end(tp, i, bucket_elems, n);
     const double t0 = mono_s();
     if (d.comm->device_buffers()) {
       std::vector<std::pair<void *, size_t>> bufs;
@@ -776,9 +784,8 @@ int gather_from_owners(Dist &d, const std::vector<Param *> &tp, const std::vecto
   std::vector<float> flat;
   size_t i = 0;
   while (i < tp.size()) {
-    size_t j = i;
     int64_t n = 0;
-    while (j < tp.size() && (n == 0 || n + tp[j]->numel() <= bucket_elems)) n += tp[j++]->numel();
+    const size_t j = bucket_end(tp, i, bucket_elems, n);
     flat.assign(static_cast<size_t>(n), 0.0f);
     int64_t at = 0;
     for (size_t k = i; k < j; ++k) {

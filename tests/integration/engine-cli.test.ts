@@ -81,48 +81,39 @@ describe('llmt-engine subcommands', () => {
     expect(fs.existsSync(path.join(out, 'checkpoint-10', 'optimizer.safetensors'))).toBe(true);
   });
 
-  it('stops gracefully on "stop" from stdin, with a checkpoint', async () => {
-    const data = path.join(tmp, 'train2.json');
+  /** A long job (one sample, endless steps) sent "stop" on stdin once its stdout shows `after`; its exit code and events. */
+  async function stopAfter(name: string, saveSteps: number, after: string): Promise<{ code: number | null; events: { event: string; step?: number; status?: string }[]; out: string }> {
+    const data = path.join(tmp, `${name}.train.json`);
     fs.writeFileSync(data, JSON.stringify({ input_ids: [[1, 5, 6, 7, 8, 9, 10, 11]], labels: [[1, 5, 6, 7, 8, 9, 10, 11]] }));
-    const job = path.join(tmp, 'job2.json');
-    const out = path.join(tmp, 'run2');
-    fs.writeFileSync(job, JSON.stringify({ model: path.join(tmp, 'llama'), data: { train: data }, training: { max_steps: 100000, micro_batch_size: 1 }, output: { dir: out, logging_steps: 1, save_steps: 100000 } }));
+    const job = path.join(tmp, `${name}.job.json`);
+    const out = path.join(tmp, name);
+    fs.writeFileSync(job, JSON.stringify({ model: path.join(tmp, 'llama'), data: { train: data }, training: { max_steps: 100000, micro_batch_size: 1 }, output: { dir: out, logging_steps: 1, save_steps: saveSteps } }));
     const child = spawn(exe, ['train', '--job', job], { stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     const done = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
     await new Promise<void>((resolve) =>
       child.stdout.on('data', (d: Buffer) => {
         stdout += d.toString();
-        if (stdout.includes('"event":"step"')) resolve();
+        if (stdout.includes(after)) resolve();
       }),
     );
     child.stdin.write('stop\n');
-    expect(await done).toBe(0);
-    const events = stdout.trim().split('\n').map((l) => JSON.parse(l));
-    const last = events.at(-1);
+    const code = await done;
+    return { code, events: stdout.trim().split('\n').map((l) => JSON.parse(l)), out };
+  }
+
+  it('stops gracefully on "stop" from stdin, with a checkpoint', async () => {
+    const { code, events, out } = await stopAfter('run2', 100000, '"event":"step"');
+    expect(code).toBe(0);
+    const last = events.at(-1)!;
     expect(last).toMatchObject({ event: 'done', status: 'stopped' });
     expect(fs.existsSync(path.join(out, `checkpoint-${last.step}`, 'adapter_model.safetensors'))).toBe(true);
   });
 
   it('a stop right after a save_steps checkpoint writes that checkpoint once', async () => {
-    const data = path.join(tmp, 'train3.json');
-    fs.writeFileSync(data, JSON.stringify({ input_ids: [[1, 5, 6, 7, 8, 9, 10, 11]], labels: [[1, 5, 6, 7, 8, 9, 10, 11]] }));
-    const job = path.join(tmp, 'job3.json');
-    const out = path.join(tmp, 'run3');
     // a checkpoint after every step: the stop always comes right after one
-    fs.writeFileSync(job, JSON.stringify({ model: path.join(tmp, 'llama'), data: { train: data }, training: { max_steps: 100000, micro_batch_size: 1 }, output: { dir: out, logging_steps: 1, save_steps: 1 } }));
-    const child = spawn(exe, ['train', '--job', job], { stdio: ['pipe', 'pipe', 'pipe'] });
-    let stdout = '';
-    const done = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
-    await new Promise<void>((resolve) =>
-      child.stdout.on('data', (d: Buffer) => {
-        stdout += d.toString();
-        if (stdout.includes('"event":"checkpoint"')) resolve();
-      }),
-    );
-    child.stdin.write('stop\n');
-    expect(await done).toBe(0);
-    const events = stdout.trim().split('\n').map((l) => JSON.parse(l) as { event: string; step?: number; status?: string });
+    const { code, events } = await stopAfter('run3', 1, '"event":"checkpoint"');
+    expect(code).toBe(0);
     const saved = events.filter((e) => e.event === 'checkpoint').map((e) => e.step);
     expect(saved.length).toBeGreaterThan(0);
     expect(new Set(saved).size).toBe(saved.length);
