@@ -308,6 +308,38 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     expect(missing.lines).toBe(cpu.lines);
   }, 300_000);
 
+  it('A/B on the GPU: two models answer one prompt, taking turns on the device (no crash), each as it answers alone', async () => {
+    const home = path.join(tmp, 'home-ab');
+    const demo = ensureDemoModel(home);
+    const other = path.join(tmp, 'ab-llama');
+    expect(spawnSync(ENGINE, ['create-tiny', '--family', 'llama', '--out', other]).status).toBe(0);
+    const app = await startCli(['serve', '--port', '0'], { home, env: { LLMT_CUDA_LIB_DIRS: EMU } });
+    try {
+      const params = { max_new_tokens: 6, do_sample: false };
+      type Side = { text?: string; device?: string; error?: { message: string } };
+      const ab = () => callApi<{ a: Side; b: Side }>(app, 'compareAnswers', { requestId: `ab-${Math.random()}`, a: { model: demo }, b: { model: other }, prompt: 'hello', params });
+      const first = await ab();
+      for (let i = 0; i < 3; i++) {
+        const r = i === 0 ? first : await ab();
+        for (const side of [r.a, r.b]) {
+          expect(side.error, JSON.stringify(side.error)).toBeUndefined();
+          expect(side.device).toBe('cuda:0');
+        }
+        expect(r.a.text).toBe(first.a.text);
+        expect(r.b.text).toBe(first.b.text);
+      }
+      // each side as a chat of its own answers it
+      const alone = async (model: string) => {
+        const s = await callApi<{ id: number }>(app, 'createChatSession', { model, params });
+        return (await callApi<{ answer: { text: string } }>(app, 'sendChat', { id: s.id, text: 'hello' })).answer.text;
+      };
+      expect(await alone(demo)).toBe(first.a.text);
+      expect(await alone(other)).toBe(first.b.text);
+    } finally {
+      await app.stop();
+    }
+  }, 300_000);
+
   it('the app runs chat where its settings say: auto takes the GPU in bf16, a change restarts the engine host there', async () => {
     const home = path.join(tmp, 'home-app');
     const demo = ensureDemoModel(home);

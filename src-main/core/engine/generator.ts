@@ -191,6 +191,29 @@ export class Generator {
     return resolveQuantization(ref.quantization ?? this.placement.quantization, ref.adapter);
   }
 
+  /**
+   * One GPU backend serves one engine thread at a time (its stream, caching allocator and current context are
+   * per-device state): models on a GPU take turns — loads, generations and frees in one queue — where models on the
+   * CPU run side by side (A/B mode answers both at once there). On the CPU this queue is not used.
+   */
+  private deviceQueue: Promise<unknown> = Promise.resolve();
+  private onDevice<T>(gpu: boolean, fn: () => Promise<T>): Promise<T> {
+    if (!gpu) return fn();
+    const run = this.deviceQueue.then(fn);
+    this.deviceQueue = run.catch(() => {});
+    return run;
+  }
+  /** The model's next operation, after its previous one (and, on a GPU, after every other model's there). */
+  private chain<T>(e: Entry, fn: () => Promise<T>): Promise<T> {
+    const gpu = (e.info.device ?? 'cpu') !== 'cpu';
+    const run = e.busy.then(() => this.onDevice(gpu, fn));
+    e.busy = run.catch(() => {});
+    return run;
+  }
+  private free(e: Entry): Promise<void> {
+    return this.chain(e, async () => e.model.free()).catch(() => {});
+  }
+
   private addon() {
     const engine = loadEngine();
     if (!engine.addon) throw new GenerateError(engine.error ?? 'the engine is unavailable', 'ENGINE_UNAVAILABLE', 'Build the engine with `npm run build:native`.');
@@ -230,11 +253,13 @@ export class Generator {
     let p = this.loading.get(key);
     if (!p) {
       p = (async () => {
-        const model = await this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined, {
-          device: this.placement.device,
-          precision: this.placement.precision,
-          quantization,
-        });
+        const model = await this.onDevice(this.placement.device !== 'cpu', () =>
+          this.addon().loadModel(path.resolve(ref.model), ref.adapter ? path.resolve(ref.adapter) : undefined, {
+            device: this.placement.device,
+            precision: this.placement.precision,
+            quantization,
+          }),
+        );
         const e: Entry = { key, model, info: model.info(), busy: Promise.resolve(), users: 0, lastUse: Date.now() };
         this.models.set(key, e);
         await this.evict(key);
@@ -258,8 +283,7 @@ export class Generator {
     while (others.length && this.models.size > this.maxModels) {
       const e = others.shift()!;
       this.models.delete(e.key);
-      await e.busy.catch(() => {});
-      e.model.free();
+      await this.free(e);
     }
   }
 
@@ -387,7 +411,7 @@ export class Generator {
     const params: GenerateParams = { ...SEED_SAMPLING, ...req.params, stop_ids: stop };
     const slot = { model: e.model, aborted };
     this.running.set(id, slot);
-    const run = e.busy.then(async () => {
+    const run = this.chain(e, async () => {
       if (slot.aborted) return { ids: [] as number[], aborted: true };
       e.lastUse = Date.now();
       const dec = new StreamDecoder((ids) => tok.decode(ids), skip);
@@ -399,7 +423,6 @@ export class Generator {
       if (rest && onDelta) onDelta(rest);
       return out;
     });
-    e.busy = run.catch(() => {});
     try {
       const out = await run;
       const textIds = out.ids.filter((x) => !skip.has(x));
@@ -456,12 +479,11 @@ export class Generator {
       const params: GenerateParams = { ...SEED_SAMPLING, ...first.params, stop_ids: stop };
       const slot = { model: e.model, aborted: early };
       this.running.set(id, slot);
-      const run = e.busy.then(async () => {
+      const run = this.chain(e, async () => {
         if (slot.aborted) return { ids: prompts.map(() => [] as number[]), aborted: true };
         e.lastUse = Date.now();
         return e.model.generateBatch(prompts, params);
       });
-      e.busy = run.catch(() => {});
       try {
         const out = await run;
         const seconds = (Date.now() - t0) / 1000;
@@ -503,8 +525,7 @@ export class Generator {
     const e = this.models.get(keyOf(ref.model, ref.adapter, this.quantizationOf(ref)));
     if (!e) return false;
     this.models.delete(e.key);
-    await e.busy.catch(() => {});
-    e.model.free();
+    await this.free(e);
     return true;
   }
 
@@ -512,8 +533,7 @@ export class Generator {
     this.abortAll();
     for (const e of [...this.models.values()]) {
       this.models.delete(e.key);
-      await e.busy.catch(() => {});
-      e.model.free();
+      await this.free(e);
     }
     for (const t of this.tokenizers.values()) {
       try {
