@@ -86,6 +86,7 @@ const char *kUsage =
     "                                     as bitsandbytes 4-bit, double-quantized scales; train: overrides the job field)\n"
     "options for every command: --threads N (CPU worker threads)\n"
     "forward, grad, bench, generate, eval: --precision fp32|bf16|fp16 (frozen base weights in 16 bits, fp32 accumulation)\n"
+    "forward, grad, bench, generate: --device cpu|cuda|cuda:N|auto (a GPU that cannot be used: the CPU, one line says so)\n"
     "bench: --checkpointing (gradient checkpointing in the timed backward); --offload-checkpoints (the same, with the\n"
     "       checkpointed block inputs in host memory on a GPU); --profile (then one more step with every kernel and\n"
     "       cuBLAS call timed on the device: \"profile\" in the JSON, the 40 longest rows, GEMM TFLOP/s; GPU only);\n"
@@ -470,7 +471,7 @@ int cmd_generate_batch(const Args &a) {
   ModelHandle h;
   llmt_status st = llmt_model_load_mixed(a.get("--model").c_str(), a.has("--adapter") ? a.get("--adapter").c_str() : nullptr,
                                          a.get("--quantization").c_str(), a.get("--precision").c_str(), &h.m);
-  if (st) return fail(st);
+  if (st || (st = apply_device(a, h.m))) return fail(st);
   std::signal(SIGINT, on_signal);
   const int64_t cap = std::max<int64_t>(1, p.get_int("max_new_tokens", 512)), R = static_cast<int64_t>(lengths.size());
   std::vector<int32_t> out(static_cast<size_t>(cap * R));
@@ -528,7 +529,7 @@ int cmd_generate(const Args &a) {
   ModelHandle h;
   llmt_status st = llmt_model_load_mixed(model.c_str(), adapter.empty() ? nullptr : adapter.c_str(), a.get("--quantization").c_str(),
                                          a.get("--precision").c_str(), &h.m);
-  if (st) return fail(st);
+  if (st || (st = apply_device(a, h.m))) return fail(st);
   std::signal(SIGINT, on_signal);
   const int64_t cap = p.get_int("max_new_tokens", 512);
   std::vector<int32_t> out(static_cast<size_t>(std::max<int64_t>(cap, 1)));
@@ -862,7 +863,7 @@ int run_main(int argc, char **argv) {
   if (cmd == "generate") {
     Args a = parse_args(argc, argv, 2,
                         {"--model", "--adapter", "--prompt-ids", "--tokens", "--max-new-tokens", "--temperature", "--top-k",
-                         "--top-p", "--repetition-penalty", "--seed", "--threads", "--quantization", "--precision"},
+                         "--top-p", "--repetition-penalty", "--seed", "--threads", "--quantization", "--precision", "--device"},
                         {"--greedy", "--stream", "--batch"});
     if (!a.error.empty()) return usage_error("generate: " + a.error);
     if (int r = apply_threads(a)) return r;

@@ -1065,6 +1065,16 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
                                                      "(the checkpoint is damaged)"),
                   "Pick another checkpoint-<step> folder.");
     if (ts.get("log_history").is_array()) log_history = ts.get("log_history");
+    const char *reconfigured = "Resume with the configuration the checkpoint was trained with, or start afresh (--overwrite_output_dir, or another output folder).";
+    {  // a LoRA run's checkpoint for a full fine-tune (or the other way round): say so, not "cannot open …"
+      struct stat sb;
+      const auto has = [&](const char *f) { return ::stat((ck + f).c_str(), &sb) == 0; };
+      const bool lora_ck = has("/adapter_model.safetensors"), full_ck = has("/model.safetensors");
+      if (job.method == "full" && lora_ck && !full_ck)
+        return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " holds a LoRA adapter, and this job is a full fine-tune (method \"full\")"), reconfigured);
+      if (job.method == "lora" && full_ck && !lora_ck)
+        return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " holds a full fine-tune's weights, and this job trains a LoRA adapter"), reconfigured);
+    }
     auto w = SafetensorsFile::open(ck + (job.method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors"), st);
     if (!w) return fail(st);
     auto opt = SafetensorsFile::open(ck + "/optimizer.safetensors", st);
@@ -1081,7 +1091,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       const TensorInfo *a = w->find(k), *m = opt->find(k + ".exp_avg"), *v = opt->find(k + ".exp_avg_sq");
       if (!a || !m || !v || a->numel() != p->numel() || m->numel() != p->numel() || v->numel() != p->numel()) {
         return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " does not match this job (tensor " + key +
-                                                      " missing or of another shape): was it written by another run?"));
+                                                      " missing or of another shape): it was written with another configuration (LoRA rank, "
+                                                      "target modules) or model"),
+                    reconfigured);
       }
       used.insert(k);
       used.insert(k + ".exp_avg");
@@ -1107,7 +1119,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       return fail(set_error(LLMT_ERR_BAD_INPUT, "checkpoint " + ck + " holds " + std::to_string(extra.size()) + " tensor(s) this job does not train (" +
                                                     extra.front() + (extra.size() > 1 ? ", …" : "") +
                                                     "): it was written with another configuration (LoRA target modules, modules_to_save, bias) or model"),
-                  "Resume with the configuration the checkpoint was trained with, or start afresh (--overwrite_output_dir, or another output folder).");
+                  reconfigured);
     resumed = ck;
   }
 

@@ -125,7 +125,9 @@ program
     const gpus = devices.filter((d) => d.kind === 'cuda');
     if (!gpus.length) console.log('CPU only (no CUDA GPU found)');
     for (const d of devices) {
-      console.log(`[${d.index}] ${d.kind.toUpperCase()} ${d.name}: ${(d.memoryTotal / 2 ** 30).toFixed(1)} GiB total, ${(d.memoryFree / 2 ** 30).toFixed(1)} GiB free`);
+      // (0 free: the driver could not say — no NVML — not an empty GPU)
+      const free = d.memoryFree > 0 ? `${(d.memoryFree / 2 ** 30).toFixed(1)} GiB free` : 'free memory unknown';
+      console.log(`[${d.index}] ${d.kind.toUpperCase()} ${d.name}: ${(d.memoryTotal / 2 ** 30).toFixed(1)} GiB total, ${free}`);
     }
   });
 

@@ -192,6 +192,12 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
         );
       }
     }
+    const dsZero = (r.spec.distributed as { zero_stage?: unknown } | undefined)?.zero_stage;
+    if (o.zero_stage !== undefined && dsZero !== undefined && dsZero !== Number(o.zero_stage)) {
+      throw new RunSpecError(`--deepspeed ${String(o.deepspeed)} asks for ZeRO (zero_optimization.stage ≥ 1: zero_stage 1 here) but --zero_stage says ${String(o.zero_stage)}: make them agree, or drop one`, [
+        { path: 'distributed.zero_stage', message: '--zero_stage and --deepspeed disagree' },
+      ]);
+    }
     input = r.spec;
     warnings = [...warnings, ...r.warnings];
   }

@@ -302,6 +302,16 @@ describe.skipIf(!HAVE_EMU)('CUDA backend on cuemu (emulated GPU)', () => {
     const gpu4 = await predictOn('pred-gpu4', ['--device', 'cuda:0', '--quantization', 'nf4']);
     expect(gpu4.stdout).toMatch(/on cuda:0 \(fp32, nf4 base weights;/);
     expect(gpu4.lines).toBe(cpu4.lines);
+    // the engine's own CLI the same way: generate --device --precision --quantization
+    const gen = (device: string) => {
+      const r = spawnSync(ENGINE, ['generate', '--model', demo, '--prompt-ids', '1,40,41', '--max-new-tokens', '5', '--greedy', '--device', device, '--precision', 'bf16', '--quantization', 'nf4'], {
+        encoding: 'utf8',
+        env: { ...process.env, LLMT_CUDA_LIB_DIRS: EMU },
+      });
+      expect(r.status, r.stderr).toBe(0);
+      return (JSON.parse(r.stdout) as { ids: number[] }).ids;
+    };
+    expect(gen('cuda:0')).toEqual(gen('cpu'));
     // a GPU that is not there: the CPU, and the report says so
     const missing = await predictOn('pred-gpu3', ['--device', 'cuda:3']);
     expect(missing.stdout).toMatch(/ on cpu \(fp32;/);

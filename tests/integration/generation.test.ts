@@ -240,6 +240,14 @@ describe('predict', () => {
     const refused = await predict({ ...base, out: out3, params: { max_new_tokens: 2 }, stalePartial: 'refuse' }).catch((e: unknown) => e);
     expect(refused).toMatchObject({ code: 'BAD_INPUT', message: expect.stringMatching(/kept\.jsonl\.partial holds 3 answer\(s\) of an interrupted run made with other data or settings; it is kept/), hint: expect.stringMatching(/--no-resume/) });
     expect(fs.readFileSync(`${out3}.partial`, 'utf8')).toBe(kept);
+    // the base in another precision is other settings too: its answers are not mixed into the file
+    const bf16 = new EngineHost({ placement: { device: 'cpu', precision: 'bf16' } });
+    try {
+      await expect(predict({ ...base, host: bf16, out: out3, stalePartial: 'refuse' })).rejects.toMatchObject({ code: 'BAD_INPUT' });
+    } finally {
+      await bf16.dispose();
+    }
+    expect(fs.readFileSync(`${out3}.partial`, 'utf8')).toBe(kept);
     // the same settings resume it; resume: false (--no-resume) replaces it
     expect((await predict({ ...base, out: out3, stalePartial: 'refuse' })).resumed).toBe(3);
     expect(fs.readFileSync(out3, 'utf8')).toBe(fs.readFileSync(whole, 'utf8'));

@@ -119,6 +119,14 @@ describe('llms-train train (the seed command line)', () => {
     expect(other.stderr).toMatch(/checkpoint-4 holds \d+ tensor\(s\) this job does not train \(.*lora_.*\): it was written with another configuration/);
     expect(other.stderr).toMatch(/--overwrite_output_dir/);
     expect(fs.readFileSync(adapter).equals(before)).toBe(true);
+    // a full fine-tune into it, or another rank: named as such, with the way on
+    const full = await runCli(seedFlags(out, 8, ['--use_lora', 'False']), { home, timeoutMs: 120_000 });
+    expect(full.code).toBe(1);
+    expect(full.stderr).toMatch(/checkpoint-4 holds a LoRA adapter, and this job is a full fine-tune.*--overwrite_output_dir/s);
+    const rank = await runCli(seedFlags(out, 8, ['--lora_r', '4']), { home, timeoutMs: 120_000 });
+    expect(rank.code).toBe(1);
+    expect(rank.stderr).toMatch(/does not match this job .*another configuration.*--overwrite_output_dir/s);
+    expect(fs.readFileSync(adapter).equals(before)).toBe(true);
     // the same configuration with max_steps at or below the checkpoint's step: nothing to train, a warning, the same weights
     const done = await runCli(seedFlags(out, 2), { home, timeoutMs: 120_000 });
     expect(done.code, done.stderr).toBe(0);

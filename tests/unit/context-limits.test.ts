@@ -56,6 +56,12 @@ describe('scoring without the skipped records', () => {
       const r = await evaluateFiles(pred, gold, { leaveOut: [{ line: 2 }] });
       expect(r.overall.generation?.exactMatch).toBe(1);
       expect(r.overall.generation?.count).toBe(2);
+      // a skipped record that is not even valid JSON (predict --on-error skip named it) is left out unread
+      const broken = path.join(dir, 'broken.jsonl');
+      fs.writeFileSync(broken, [JSON.stringify({ input: 'q a', target: 'a' }), 'not json', JSON.stringify({ input: 'q c', target: 'c' })].join('\n'));
+      await expect(evaluateFiles(pred, broken)).rejects.toThrow(/1 bad record\(s\) in .*broken\.jsonl:\n.*:2: /);
+      const b = await evaluateFiles(pred, broken, { leaveOut: [{ line: 2 }] });
+      expect(b.overall.generation?.count).toBe(2);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });
     }

@@ -465,12 +465,14 @@ interface Loaded {
   rec: Record<string, unknown>;
 }
 
-async function loadFile(file: string, what: string, field: string, allowEmpty: boolean): Promise<Loaded[]> {
+async function loadFile(file: string, what: string, field: string, allowEmpty: boolean, leaveOut?: ReadonlySet<string>): Promise<Loaded[]> {
   const out: Loaded[] = [];
   const bad: string[] = [];
   let total = 0;
   try {
     for await (const r of readRecords(file)) {
+      // records left out by the caller (predict's skipped bad records): not read, whatever they hold
+      if (leaveOut?.has(`${r.line}:${r.element ?? ''}`)) continue;
       if ('error' in r) {
         total++;
         if (bad.length < 20) bad.push(`  ${file}:${r.line}: ${r.error}`);
@@ -544,7 +546,7 @@ export async function evaluateFiles(predFile: string, goldFile: string, opt: { f
   const field = opt.field ?? 'target';
   const key = (r: { line: number; element?: number }) => `${r.line}:${r.element ?? ''}`;
   const out = new Set((opt.leaveOut ?? []).map(key));
-  const gold = (await loadFile(goldFile, 'gold answer', field, false)).filter((g) => !out.has(key(g)));
+  const gold = await loadFile(goldFile, 'gold answer', field, false, out);
   const pred = await loadFile(predFile, 'prediction', field, true);
   const items = pairRecords(gold, pred, goldFile, predFile, opt.subset).map(([g, p]): EvalItem => ({
     type: typeof g.rec.type === 'string' ? g.rec.type : null,

@@ -333,6 +333,9 @@ async function predictWith(opt: PredictOptions, host: EngineHost): Promise<Predi
     format,
     columns: opt.columns ?? null,
     skipped: errors.length,
+    // what the base computed in: answers of another precision or quantization are not mixed into one file
+    precision: placed.precision,
+    quantization: placed.quantization,
   });
   let resumed = 0;
   if (opt.resume !== false && fs.existsSync(metaFile) && fs.readFileSync(metaFile, 'utf8') === meta) {
