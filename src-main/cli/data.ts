@@ -52,7 +52,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .option('--train-on-prompt', 'also train on the prompt tokens', false)
     .option('--pack <row_length>', 'pack samples into rows of at most this many tokens (continued pre-training)', positiveInt)
     .addOption(new Option('--on-error <policy>', 'a bad record fails the file, or is skipped and counted').choices(['fail', 'skip']).default('fail'))
-    .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).hideHelp())
+    .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).conflicts('onError').hideHelp())
     .option('--validation-out <file>', 'also write a validation split here')
     .option('--validation-percent <p>', 'share of records for the validation split', (v) => Number(v), 5)
     .option('--seed <n>', 'seed of the validation split', (v) => Number(v), 42)

@@ -59,7 +59,7 @@ export function registerEval(program: Command, fail: Fail): void {
       .addOption(new Option('--quantization <q>', "the loss of --model: the base's block linears in 4 bits (QLoRA) — auto = as the adapter's run trained them, none, nf4 or fp4 (a run's evaluation uses the run's)").choices(['auto', 'none', 'nf4', 'fp4']).default('auto'))
       .addOption(new Option('--precision <p>', "the loss of --model: the frozen weights in fp32, bf16 or fp16 (a run's evaluation uses the run's)").choices(['fp32', 'bf16', 'fp16']).default('fp32'))
       .addOption(new Option('--on-error <policy>', 'a bad record of --data fails the evaluation (default), or is skipped and counted').choices(['fail', 'skip']).default('fail'))
-      .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).hideHelp())
+      .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).conflicts('onError').hideHelp())
       .option('--json', 'machine-readable output', false),
     'the run\'s max_target_length',
   ).action(

@@ -24,7 +24,7 @@ export function registerPredict(program: Command, fail: Fail): void {
       .option('--batch_size <n>', 'records generated together in one engine batch (the same answers as one at a time, faster)', posInt, 4)
       .option('--limit <n>', 'only the first N records', posInt)
       .addOption(new Option('--on-error <policy>', 'bad records: fail before generating, or skip them').choices(['fail', 'skip']).default('fail'))
-      .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).hideHelp())
+      .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).conflicts('onError').hideHelp())
       .option('--no-resume', 'start over even when <out>.partial from an interrupted run exists')
       .option('--threads <n>', 'engine CPU threads', posInt)
       .option('--json', 'print the report as JSON', false),

@@ -234,7 +234,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .addOption(new Option('--template <t>', 'prompt template').choices([...TEMPLATES]))
     .option('--format <f>', 'override the detected data format')
     .addOption(new Option('--on_error <policy>', 'a bad record in the data fails the run listing every bad line (fail, the default), or is left out and counted (skip)').choices(['fail', 'skip']))
-    .addOption(new Option('--on-error <policy>', 'the same as --on_error (the spelling of `data prepare`)').choices(['fail', 'skip']).hideHelp())
+    .addOption(new Option('--on-error <policy>', 'the same as --on_error (the spelling of `data prepare`)').choices(['fail', 'skip']).conflicts('on_error').hideHelp())
     .option('--output_dir <dir>', 'output folder (checkpoints, final adapter, runspec.json, the run log train-<run id>.log)')
     .option('--overwrite_output_dir', 'train into a non-empty output folder')
     .option('--max_source_length <n>', 'source tokens (kept: n - 1)', int)

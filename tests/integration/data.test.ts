@@ -211,6 +211,12 @@ describe('data prepare with bad files', () => {
     const s = await runCli(['data', 'prepare', '--model', model, '--data', bad, '--out', out, '--on-error', 'skip', '--json']);
     expect(s.code, s.stderr).toBe(0);
     expect(JSON.parse(s.stdout)).toMatchObject({ written: 2, skipped: 3, errorCount: 3 });
+    // train's spelling works too; both spellings at once are a contradiction, refused
+    const u = await runCli(['data', 'prepare', '--model', model, '--data', bad, '--out', out, '--on_error', 'skip', '--json']);
+    expect(JSON.parse(u.stdout)).toMatchObject({ written: 2, skipped: 3 });
+    const both = await runCli(['data', 'prepare', '--model', model, '--data', bad, '--out', out, '--on_error', 'skip', '--on-error', 'fail']);
+    expect(both.code).not.toBe(0);
+    expect(both.stderr).toMatch(/cannot be used with option/);
   });
 
   it('data show and stats explain a missing or damaged file', async () => {
