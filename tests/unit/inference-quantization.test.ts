@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { placementOf } from '../../src-main/cli/options';
-import { quantizationLabel, resolveQuantization, trainedQuantization } from '../../src-main/core/engine/quantization';
+import { resolveQuantization, trainedQuantization } from '../../src-main/core/engine/quantization';
 
 let tmp: string;
 const run = (name: string, job: object | string | null) => {
@@ -35,8 +35,6 @@ describe('the quantization an adapter was trained with', () => {
     expect(trainedQuantization(run('obj', { quantization: { type: 'nf4', double_quant: false } }))).toBe('{"type":"nf4","double_quant":false}');
     expect(trainedQuantization(run('obj2', { quantization: { type: 'fp4' } }))).toBe('fp4');
     expect(trainedQuantization(run('obj3', { quantization: { double_quant: true } }))).toBe('nf4');
-    expect(quantizationLabel('{"type":"nf4","double_quant":false}')).toBe('nf4 (no double quantization)');
-    expect(quantizationLabel('fp4')).toBe('fp4');
   });
 
   it('is none for a plain LoRA run, no run, a damaged job.json, or a folder whose parent is a run but not its checkpoint', () => {

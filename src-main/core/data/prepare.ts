@@ -274,8 +274,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         if (toVal) {
           valTokens += encoded.ids.length;
           valMax = Math.max(valMax, encoded.ids.length);
-        }
-        else {
+        } else {
           tokens += encoded.ids.length;
           lengths.push(encoded.ids.length);
         }

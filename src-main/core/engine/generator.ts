@@ -447,7 +447,9 @@ export class Generator {
     const first = reqs[0];
     if (!first) throw new GenerateError('generateBatch: no requests', 'BAD_INPUT');
     const same = (r: GenerateRequest) =>
-      keyOf(r.model, r.adapter, this.quantizationOf(r)) === keyOf(first.model, first.adapter, this.quantizationOf(first)) &&
+      // (the same adapter and the same asked quantization resolve alike: no job.json read per request)
+      keyOf(r.model, r.adapter) === keyOf(first.model, first.adapter) &&
+      (r.quantization ?? null) === (first.quantization ?? null) &&
       (r.tokenizer ?? r.model) === (first.tokenizer ?? first.model) &&
       (r.template ?? 'raw') === (first.template ?? 'raw') &&
       JSON.stringify(r.params ?? {}) === JSON.stringify(first.params ?? {});

@@ -42,16 +42,3 @@ export function resolveQuantization(asked: InferenceQuantization | null | undefi
   if (q === 'auto') return trainedQuantization(adapter) ?? 'none';
   return q;
 }
-
-/** "nf4" for the JSON form too (what a report shows). */
-export function quantizationLabel(q: string): string {
-  if (q.startsWith('{')) {
-    try {
-      const o = JSON.parse(q) as { type?: string; double_quant?: boolean };
-      return `${o.type ?? 'nf4'}${o.double_quant === false ? ' (no double quantization)' : ''}`;
-    } catch {
-      return q;
-    }
-  }
-  return q;
-}
