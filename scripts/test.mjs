@@ -60,6 +60,14 @@ if (fs.existsSync(report)) {
   const r = JSON.parse(fs.readFileSync(report, 'utf8'));
   passed += r.numPassedTests ?? 0;
   failed += r.numFailedTests ?? 0;
+  // a file that fails outside its tests (an import error, a throwing beforeAll) has no failed test of its own but
+  // fails the run: counted as one failure, so the summary never says "0 failed" on a red run
+  for (const f of r.testResults ?? []) {
+    if (f.status === 'failed' && !(f.assertionResults ?? []).some((a) => a.status === 'failed')) {
+      failed += 1;
+      console.error(`npm test: ${path.relative(root, f.name)} failed to run: ${String(f.message ?? '').split('\n')[0]}`);
+    }
+  }
   skipped += (r.numPendingTests ?? 0) + (r.numTodoTests ?? 0);
   if ((r.numTotalTests ?? 0) === 0) ok = false;
 } else {

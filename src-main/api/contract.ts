@@ -311,6 +311,32 @@ export interface EvalInfo {
   seconds: number;
   createdAt: string;
 }
+/** A PEFT adapter folder that a new run can continue training (lora.init_adapter): what it holds. */
+export interface AdapterInspection {
+  path: string;
+  r: number;
+  alpha: number;
+  dropout: number;
+  /** a list of module names, one regex / "all-linear", or null (the family's default) */
+  targetModules: string[] | string | null;
+  modulesToSave: string[] | null;
+  useDora: boolean;
+  useRslora: boolean;
+  /** the PEFT options beyond those above that it sets (rank_pattern, bias, …) */
+  options: string[];
+  /** adapter_config.json's base_model_name_or_path (null when absent) */
+  baseModel: string | null;
+  /** the adapter's LoRA settings as a RunSpec's lora object (init_adapter included) */
+  lora: Record<string, unknown>;
+}
+/** An adapter a recorded LoRA run wrote: its final output or one of its checkpoints. */
+export interface TrainedAdapter {
+  path: string;
+  runId: number;
+  runName: string;
+  /** null: the run's final adapter */
+  step: number | null;
+}
 export interface CheckpointInfo {
   id: number;
   step: number;
@@ -359,6 +385,16 @@ export const methods = {
     "The seed's model families with their HF ids, local model folders (registered and found under the model directories), templates and LoRA presets.",
   ),
   inspectModel: method(z.object({ path: z.string().min(1).max(4096) }).strict(), z.custom<ModelInspection>(), 'Architecture, size, dtype, vocabulary, context, LoRA target names and whether the engine supports a model folder.'),
+  inspectAdapter: method(
+    z.object({ path: z.string().min(1).max(4096) }).strict(),
+    z.custom<AdapterInspection>(),
+    'A PEFT adapter folder to continue training from (the seed\'s --peft_path): its LoRA configuration and base model, or why it cannot be trained.',
+  ),
+  listAdapters: method(
+    z.object({ model: z.string().min(1).max(4096) }).strict(),
+    z.custom<TrainedAdapter[]>(),
+    'The adapters that recorded LoRA runs on this base model wrote (final outputs and checkpoints whose folders still exist), newest run first.',
+  ),
   previewDataset: method(
     z
       .object({

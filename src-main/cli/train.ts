@@ -9,7 +9,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { Core } from '../core/core.js';
 import { dataHome } from '../core/paths.js';
-import { LORA_OPTION_KEYS, type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, parseTargetModules, readLoraConfigFile } from '../core/runs/runspec.js';
+import { LORA_OPTION_KEYS, type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, parseTargetModules, readLoraConfigFile, resolveInitAdapter } from '../core/runs/runspec.js';
 import type { EngineEvent } from '../core/runs/service.js';
 import { TEMPLATES } from '../core/data/templates.js';
 import { bool, parseBool } from './options.js';
@@ -168,6 +168,15 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['modules_to_save', o.modules_to_save !== undefined ? list(o.modules_to_save) : undefined],
     ['use_dora', dora],
   ]));
+  // the seed's --peft_path: training continues from this adapter, with its own LoRA configuration
+  if (o.peft_path !== undefined) {
+    if (spec.method === 'full') {
+      throw new RunSpecError(`--peft_path ${String(o.peft_path)} continues training a LoRA adapter, but --use_lora False trains every weight in full: drop one (to fine-tune a model with the adapter in it, merge first: llms-train model merge)`, [
+        { path: 'lora.init_adapter', message: '--peft_path needs LoRA (--use_lora True)' },
+      ]);
+    }
+    set('lora', { init_adapter: path.resolve(String(o.peft_path)) });
+  }
   // DoRA off is the default: left out, as a PEFT config's use_dora false is
   if ((spec.lora as { use_dora?: boolean } | undefined)?.use_dora === false) delete (spec.lora as { use_dora?: boolean }).use_dora;
   if (o.run_name) spec.name = String(o.run_name);
@@ -202,7 +211,10 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     warnings = [...warnings, ...r.warnings];
   }
   input = absolutePaths(input);
-  const parsed = parseRunSpec(input);
+  const given = input.lora ? { ...(input.lora as Record<string, unknown>) } : null;
+  const resolved = resolveInitAdapter(parseRunSpec(input), given);
+  const parsed = resolved.spec;
+  warnings.push(...resolved.warnings);
   if (parsed.training.precision !== 'fp32' && parsed.method === 'full') {
     warnings.push(`--${parsed.training.precision}: a full fine-tune trains every weight, so it computes in fp32`);
   }
@@ -268,6 +280,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--use_dora [bool]', "DoRA (PEFT's use_dora): weight-decomposed LoRA, a trained magnitude per output row of each adapted linear (overrides --lora_config); a bare --use_dora is True; LoRA only", bool)
     .option('--lora_options <json>', `further PEFT LoraConfig keys as a JSON object: ${LORA_OPTION_KEYS.join(', ')} (e.g. '{"use_rslora": true, "rank_pattern": {"q_proj": 16}}'; overrides --lora_config)`)
     .option('--run_name <name>', 'the run\'s name in the app')
+    .option('--peft_path <dir>', 'continue training an existing PEFT LoRA adapter (a run\'s output or checkpoint folder, or any adapter_config.json + adapter_model.safetensors folder): its own LoRA configuration is trained, so --lora_config/--lora_r/... are not used')
     .option('--use_lora [bool]', 'LoRA (True, the default) or full fine-tuning (False); true/false, yes/no, 1/0 in any case', bool)
     .addOption(new Option('--quantization <q>', 'QLoRA: the base model\'s block linears as 4-bit (bitsandbytes NF4/FP4, double-quantized scales); LoRA only').choices(['none', 'nf4', 'fp4']))
     .option('--bf16', 'bf16 mixed precision: frozen base weights kept in bf16 (half the memory), GEMM inputs rounded to bf16, fp32 accumulation; LoRA and optimizer in fp32')

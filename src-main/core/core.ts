@@ -17,7 +17,7 @@ import * as models from './models/manager.js';
 import { modelsHome } from './models/download.js';
 import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
-import { gpuIds, parseRunSpec, type RunSpec, RunSpecError } from './runs/runspec.js';
+import { gpuIds, parseRunSpec, readAdapterFolder, resolveInitAdapter, type RunSpec, RunSpecError } from './runs/runspec.js';
 import { contextWarning, lastCheckpoint, planRun, resumeMismatch, type RunHandle, RunService, runLogToRead, runsUsingFolder } from './runs/service.js';
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
 import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher, type Placement } from './engine/host.js';
@@ -468,6 +468,17 @@ export class Core {
     }
   }
 
+  /** A new run's spec: validated, and an adapter it continues (lora.init_adapter) read for its LoRA configuration. */
+  private newRunSpec(input: unknown): { spec: RunSpec; warnings: string[] } {
+    const spec = this.normalizeSpec(input);
+    const given = (input as { lora?: unknown } | null)?.lora;
+    try {
+      return resolveInitAdapter(spec, given && typeof given === 'object' ? (given as Record<string, unknown>) : null);
+    } catch (err) {
+      return badInput(err);
+    }
+  }
+
   settings(): Settings {
     return { ...DEFAULT_SETTINGS, ...this.store.settings.get<Partial<Settings>>('app', {}) };
   }
@@ -530,6 +541,48 @@ export class Core {
           return badInput(err);
         }
       },
+      inspectAdapter: (req) => {
+        try {
+          const a = readAdapterFolder(req.path);
+          const l = a.lora;
+          const options = (['bias', 'rank_pattern', 'alpha_pattern', 'exclude_modules', 'layers_to_transform', 'layers_pattern'] as const).filter((k) => l[k] !== undefined && l[k] !== null);
+          return {
+            path: a.dir,
+            r: l.r,
+            alpha: l.alpha,
+            dropout: l.dropout,
+            targetModules: l.target_modules,
+            modulesToSave: l.modules_to_save,
+            useDora: l.use_dora === true,
+            useRslora: l.use_rslora === true,
+            options,
+            baseModel: a.baseModel,
+            lora: l as unknown as Record<string, unknown>,
+          };
+        } catch (err) {
+          return badInput(err);
+        }
+      },
+      listAdapters: (req) => {
+        const model = path.resolve(req.model);
+        const out: { path: string; runId: number; runName: string; step: number | null }[] = [];
+        const seen = new Set<string>();
+        const add = (p: string | null, runId: number, runName: string, step: number | null) => {
+          if (!p) return;
+          const abs = path.resolve(p);
+          if (seen.has(abs) || !fs.existsSync(path.join(abs, 'adapter_config.json'))) return;
+          seen.add(abs);
+          out.push({ path: abs, runId, runName, step });
+        };
+        for (const r of this.store.runs.list()) {
+          const spec = r.spec as { method?: string; model?: { path?: string } } | null;
+          if (spec?.method !== 'lora' || typeof spec.model?.path !== 'string' || path.resolve(spec.model.path) !== model) continue;
+          if (r.status === 'completed') add(r.outputDir, r.id, r.name, null);
+          for (const c of this.store.checkpoints.list(r.id).slice().reverse()) add(c.path, r.id, r.name, c.isFinal ? null : c.step);
+          if (out.length >= 200) break;
+        }
+        return out;
+      },
       previewDataset: async (req) => {
         try {
           let tokenizer = null;
@@ -574,8 +627,7 @@ export class Core {
         return this.registerDataset(file, req.name ?? path.basename(file));
       },
       planRun: async (req) => {
-        const spec = this.normalizeSpec(req.spec);
-        const warnings: string[] = [];
+        const { spec, warnings } = this.newRunSpec(req.spec);
         if (spec.training.precision !== 'fp32' && spec.method === 'full') warnings.push(`${spec.training.precision}: a full fine-tune trains every weight, so it computes in fp32 (the precision applies to frozen base weights)`);
         const missing = gpuIds(spec).filter((i) => !this.gpuListed(i));
         if (missing.length) warnings.push(`GPU ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not usable here: the engine will fall back to the CPU`);
@@ -623,7 +675,7 @@ export class Core {
         };
       },
       startRun: async (req) => {
-        const spec = this.normalizeSpec(req.spec);
+        const { spec } = this.newRunSpec(req.spec);
         return this.launch(spec, { ...(req.experimentId ? { experimentId: req.experimentId } : {}), ...(req.tags ? { tags: req.tags } : {}), ...(req.ignoreEstimate ? { ignoreEstimate: true } : {}) });
       },
       stopRun: (req) => {

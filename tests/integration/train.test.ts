@@ -287,3 +287,60 @@ describe('the app sees CLI runs live', () => {
     }
   });
 });
+
+describe('continuing an adapter (--peft_path, the seed\'s PeftModel.from_pretrained(is_trainable=True))', () => {
+  it("starts from the adapter's weights with its own LoRA configuration, and the app lists and reads it", async () => {
+    const { readSafetensors } = await import('../helpers/native');
+    const home = path.join(tmp, 'home-peft');
+    const first = path.join(tmp, 'peft-first');
+    // the first run: r 4 on q/v (not the preset's r 8 on all seven linears)
+    const r1 = await runCli(seedFlags(first, 4, ['--lora_r', '4', '--lora_alpha', '8', '--lora_target_modules', 'q_proj,v_proj', '--save_steps', '2']), { home, timeoutMs: 120_000 });
+    expect(r1.code, r1.stderr + r1.stdout).toBe(0);
+    const from = path.join(first, 'checkpoint-2');
+    const start = readSafetensors(path.join(from, 'adapter_model.safetensors'));
+    // the second: one step at a learning rate too small to move anything, from checkpoint-2; its --lora_config and
+    // --lora_r are not used (as the seed's --peft_path leaves --lora_config unused), and it says so
+    const second = path.join(tmp, 'peft-second');
+    const r2 = await runCli(seedFlags(second, 1, ['--peft_path', from, '--lora_r', '16', '--learning_rate', '1e-12', '--warmup_steps', '0']), { home, timeoutMs: 120_000 });
+    expect(r2.code, r2.stderr + r2.stdout).toBe(0);
+    expect(r2.stderr + r2.stdout).toMatch(/continuing the adapter in .*checkpoint-2: its own LoRA configuration is trained, so these settings are not used: r 16 \(the adapter's: 4\)/);
+    // r 4 on q_proj (64→64) and v_proj (64→32, grouped KV heads) of 2 layers: 2·4·(64+64 + 64+32) = 1,792, not r 16's
+    expect(r2.stdout).toMatch(/training llama \(lora\): 1,792 of/);
+    const cfg = JSON.parse(fs.readFileSync(path.join(second, 'adapter_config.json'), 'utf8')) as { r: number; lora_alpha: number; target_modules: string[] };
+    expect(cfg.r).toBe(4);
+    expect(cfg.lora_alpha).toBe(8);
+    expect([...cfg.target_modules].sort()).toEqual(['q_proj', 'v_proj']);
+    const end = readSafetensors(path.join(second, 'adapter_model.safetensors'));
+    expect([...end.keys()].sort()).toEqual([...start.keys()].sort());
+    let moved = 0;
+    let bNorm = 0;
+    for (const [k, v] of start) {
+      const w = end.get(k)!;
+      for (let i = 0; i < v.length; i++) moved = Math.max(moved, Math.abs(w[i]! - v[i]!));
+      if (k.includes('lora_B')) for (const x of v) bNorm += x * x;
+    }
+    expect(bNorm).toBeGreaterThan(0); // trained B (a fresh adapter's B is zero)
+    expect(moved).toBeLessThan(1e-6); // the second run started exactly there
+    // the stored run: the adapter's settings and where it came from
+    const store = openStore(home);
+    const run = store.runs.list()[0]!;
+    expect((run.spec as { lora: Record<string, unknown> }).lora).toMatchObject({ r: 4, alpha: 8, target_modules: ['q_proj', 'v_proj'], init_adapter: from });
+    store.close();
+    // the app: the wizard's list of adapters on this model, and its reading of one
+    const { startCli, callApi } = await import('../helpers/app');
+    const app = await startCli(['serve', '--port', '0'], { home });
+    try {
+      const list = await callApi<{ path: string; runId: number; step: number | null }[]>(app, 'listAdapters', { model });
+      expect(list.map((a) => a.path)).toEqual(expect.arrayContaining([second, first, from]));
+      expect(list.find((a) => a.path === from)).toMatchObject({ runId: 1, step: 2 });
+      expect(list.find((a) => a.path === first)).toMatchObject({ runId: 1, step: null });
+      expect(list.findIndex((a) => a.path === second)).toBeLessThan(list.findIndex((a) => a.path === first)); // newest run first
+      const info = await callApi<{ r: number; alpha: number; targetModules: string[]; baseModel: string }>(app, 'inspectAdapter', { path: from });
+      expect(info).toMatchObject({ r: 4, alpha: 8, baseModel: model });
+      expect([...info.targetModules].sort()).toEqual(['q_proj', 'v_proj']);
+      await expect(callApi(app, 'inspectAdapter', { path: model })).rejects.toThrow(/not a PEFT adapter folder/);
+    } finally {
+      await app.stop();
+    }
+  }, 240_000);
+});

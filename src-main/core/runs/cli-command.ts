@@ -35,6 +35,8 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('output_dir', spec.output.dir);
   sw('overwrite_output_dir', spec.output.overwrite);
   if (spec.method === 'full') flag('use_lora', 'False');
+  // continuing an adapter: its own configuration is trained, the lora flags would not be used
+  else if (spec.lora.init_adapter) flag('peft_path', spec.lora.init_adapter);
   else {
     flag('lora_r', spec.lora.r, d.lora.r);
     flag('lora_alpha', spec.lora.alpha, d.lora.alpha);

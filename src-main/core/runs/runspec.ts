@@ -2,6 +2,7 @@
 // the CLI's seed flags, `--config run.json`, the seed's LoRA config files and its DeepSpeed JSON (and, later,
 // the wizard). It is stored with the run and turned into the engine's job file (docs/formats.md).
 import fs from 'node:fs';
+import path from 'node:path';
 
 import { z } from 'zod';
 
@@ -38,6 +39,9 @@ export const LoraSpec = z
     // only these block indices, found after a `layers_pattern` component of the module path (any when absent)
     layers_to_transform: z.union([z.number().int().min(0), z.array(z.number().int().min(0)).min(1)]).nullable().optional(),
     layers_pattern: z.union([Name, z.array(Name).min(1)]).nullable().optional(),
+    // continue training an existing PEFT adapter (the seed's --peft_path: PeftModel.from_pretrained(is_trainable=True)):
+    // its folder; the adapter's own configuration then replaces the settings above (resolveInitAdapter)
+    init_adapter: z.string().min(1).nullable().optional(),
   })
   .strict()
   // what PEFT's LoraConfig refuses on construction
@@ -301,6 +305,88 @@ export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInp
   return { lora: out, warnings };
 }
 
+/** What an existing PEFT adapter folder holds: its LoRA settings as the RunSpec's, and the base it names. */
+export interface AdapterFolder {
+  dir: string;
+  lora: RunSpec['lora'];
+  /** adapter_config.json's base_model_name_or_path (null when absent) */
+  baseModel: string | null;
+  /** the weights file: adapter_model.safetensors, or adapter_model.bin (PEFT before 0.7 and the seed's era) */
+  weights: string;
+}
+
+/**
+ * Reads a PEFT adapter folder for continued training (`lora.init_adapter`, the seed's --peft_path): its
+ * adapter_config.json as the RunSpec's lora settings (readLoraConfigFile's rules: features the engine lacks are
+ * refused by name) and its weights file. Errors name the folder and the field `lora.init_adapter`.
+ */
+export function readAdapterFolder(dir: string): AdapterFolder {
+  const abs = path.resolve(dir);
+  const field = (message: string) => [{ path: 'lora.init_adapter', message }];
+  if (!fs.existsSync(abs)) throw new RunSpecError(`the adapter to continue, ${abs}, does not exist`, field('no such folder'));
+  if (!fs.statSync(abs).isDirectory()) throw new RunSpecError(`the adapter to continue, ${abs}, is a file: give its folder (the one holding adapter_config.json)`, field('not a folder'));
+  const cfg = path.join(abs, 'adapter_config.json');
+  if (!fs.existsSync(cfg)) {
+    throw new RunSpecError(`${abs} holds no adapter_config.json, so it is not a PEFT adapter folder (a LoRA run's output folder and its checkpoint-N folders are)`, field('no adapter_config.json'));
+  }
+  const weights = ['adapter_model.safetensors', 'adapter_model.bin'].map((f) => path.join(abs, f)).find((f) => fs.existsSync(f));
+  if (!weights) throw new RunSpecError(`${abs} has adapter_config.json but no adapter_model.safetensors (or adapter_model.bin): the adapter's weights are missing`, field('no adapter weights'));
+  let base: unknown = null;
+  try {
+    base = (JSON.parse(fs.readFileSync(cfg, 'utf8')) as { base_model_name_or_path?: unknown }).base_model_name_or_path;
+  } catch {
+    /* readLoraConfigFile says what is wrong with the file */
+  }
+  let lora: NonNullable<RunSpecInput['lora']>;
+  try {
+    lora = readLoraConfigFile(cfg).lora;
+  } catch (err) {
+    throw new RunSpecError((err as Error).message, field('not an adapter this engine can train'));
+  }
+  const parsed = LoraSpec.safeParse({ ...lora, init_adapter: abs });
+  if (!parsed.success) throw new RunSpecError(`${cfg}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, field('invalid adapter_config.json'));
+  return { dir: abs, lora: parsed.data, baseModel: typeof base === 'string' && base ? base : null, weights };
+}
+
+/** The lora keys an adapter's configuration decides when training continues from it. */
+const ADAPTER_KEYS = ['r', 'alpha', 'dropout', 'target_modules', 'modules_to_save', 'use_dora', 'bias', 'use_rslora', 'rank_pattern', 'alpha_pattern', 'exclude_modules', 'layers_to_transform', 'layers_pattern'] as const;
+
+/**
+ * A spec that continues an adapter (`lora.init_adapter`), with the adapter's own LoRA configuration in place of its
+ * lora settings — as the seed's --peft_path loads it with PeftModel.from_pretrained(is_trainable=True) and leaves its
+ * --lora_config unused — so the estimate, the stored run and the resume checks see what is trained. `given`: the lora
+ * settings as the user wrote them; each that the adapter overrides with another value is named in a warning. Refused:
+ * a full fine-tune from an adapter, and an adapter inside the run's output folder (a fresh run there would remove it).
+ */
+export function resolveInitAdapter(spec: RunSpec, given?: Record<string, unknown> | null): { spec: RunSpec; warnings: string[] } {
+  const dir = spec.lora.init_adapter;
+  if (!dir) return { spec, warnings: [] };
+  if (spec.method !== 'lora') {
+    throw new RunSpecError('lora.init_adapter continues training a LoRA adapter, but this run is a full fine-tune (method "full"): train LoRA, or merge the adapter into the model first (llms-train model merge) and fine-tune that', [
+      { path: 'lora.init_adapter', message: 'needs method lora' },
+    ]);
+  }
+  const a = readAdapterFolder(dir);
+  const out = path.resolve(spec.output.dir);
+  if (a.dir === out || a.dir.startsWith(out + path.sep)) {
+    throw new RunSpecError(`the adapter to continue, ${a.dir}, ${a.dir === out ? 'is' : 'is inside'} the output folder ${out}: the new run would write over the adapter it starts from; choose another output folder (to go on with a stopped run, resume it instead)`, [
+      { path: 'lora.init_adapter', message: 'overlaps the output folder' },
+    ]);
+  }
+  const warnings: string[] = [];
+  const norm = (k: string, v: unknown) => JSON.stringify(Array.isArray(v) && (k === 'target_modules' || k === 'modules_to_save') ? [...new Set(v.map(String))].sort() : v ?? null);
+  const differ: string[] = [];
+  for (const k of ADAPTER_KEYS) {
+    if (!given || given[k] === undefined) continue;
+    const mine = (a.lora as Record<string, unknown>)[k];
+    const off = (v: unknown) => v === undefined || v === null || v === false || v === 'none';
+    if (off(given[k]) && off(mine)) continue;
+    if (norm(k, given[k]) !== norm(k, mine)) differ.push(`${k} ${JSON.stringify(given[k])} (the adapter's: ${JSON.stringify(mine ?? null)})`);
+  }
+  if (differ.length) warnings.push(`continuing the adapter in ${a.dir}: its own LoRA configuration is trained, so these settings are not used: ${differ.join(', ')}`);
+  return { spec: { ...spec, lora: a.lora }, warnings };
+}
+
 /** The lora settings of a LoRA config file (readLoraConfigFile without its warnings). */
 export function readLoraConfig(file: string): RunSpecInput['lora'] {
   return readLoraConfigFile(file).lora;
@@ -351,7 +437,7 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
 }
 
 /** The job's "lora" object: the seed's five keys always, the others only when they say something. */
-export function engineLora(l: RunSpec['lora']): Record<string, unknown> {
+export function engineLora(l: RunSpec['lora'], resuming = false): Record<string, unknown> {
   const has = (v: unknown) => v !== undefined && v !== null && !(typeof v === 'object' && Object.keys(v).length === 0);
   return {
     r: l.r,
@@ -367,6 +453,8 @@ export function engineLora(l: RunSpec['lora']): Record<string, unknown> {
     ...(has(l.exclude_modules) ? { exclude_modules: l.exclude_modules } : {}),
     ...(has(l.layers_to_transform) ? { layers_to_transform: l.layers_to_transform } : {}),
     ...(has(l.layers_pattern) ? { layers_pattern: l.layers_pattern } : {}),
+    // a resumed run restores every adapter tensor from its checkpoint: the adapter it started from is not read again
+    ...(l.init_adapter && !resuming ? { init_adapter: l.init_adapter } : {}),
   };
 }
 
@@ -381,7 +469,7 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
     // several GPUs: "cuda" — each worker sees only the run's GPUs (CUDA_VISIBLE_DEVICES) and takes cuda:LOCAL_RANK
     device: spec.devices.kind === 'cuda' ? (isMultiGpu(spec) ? 'cuda' : `cuda:${spec.devices.ids[0] ?? 0}`) : 'cpu',
     ...(spec.model.quantization !== 'none' ? { quantization: spec.model.quantization } : {}),
-    ...(spec.method === 'lora' ? { lora: engineLora(spec.lora) } : {}),
+    ...(spec.method === 'lora' ? { lora: engineLora(spec.lora, resumeFrom !== null) } : {}),
     data: { train: tok.train, ...(tok.eval ? { eval: tok.eval } : {}) },
     training: {
       learning_rate: t.learning_rate,

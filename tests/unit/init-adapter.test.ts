@@ -1,0 +1,158 @@
+// Continuing an existing PEFT adapter (`lora.init_adapter`; the seed's --peft_path, which loads it with
+// PeftModel.from_pretrained(is_trainable=True) and leaves --lora_config unused): the folder is read, its own LoRA
+// configuration replaces the run's lora settings (a setting it overrides is named), the engine job carries the folder
+// (not when resuming: the checkpoint holds every adapter tensor), and bad folders are refused with the field named.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+import { afterEach, describe, expect, it } from 'vitest';
+
+import { specFromFlags } from '../../src-main/cli/train';
+import { cliArgs } from '../../src-main/core/runs/cli-command';
+import { parseRunSpec, readAdapterFolder, resolveInitAdapter, RunSpecError, toEngineJob } from '../../src-main/core/runs/runspec';
+import { flags } from '../helpers/cli-flags';
+
+const tmps: string[] = [];
+afterEach(() => {
+  for (const d of tmps.splice(0)) fs.rmSync(d, { recursive: true, force: true });
+});
+function tmpDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-init-adapter-'));
+  tmps.push(d);
+  return d;
+}
+
+/** What PEFT's save_pretrained writes for LoraConfig(r=16, lora_alpha=32, target_modules=[q_proj, v_proj], use_dora=True). */
+const PEFT_CONFIG = {
+  alpha_pattern: {},
+  auto_mapping: null,
+  base_model_name_or_path: '/models/llama-7b',
+  bias: 'none',
+  fan_in_fan_out: false,
+  inference_mode: true,
+  init_lora_weights: true,
+  layer_replication: null,
+  layers_pattern: null,
+  layers_to_transform: null,
+  loftq_config: {},
+  lora_alpha: 32,
+  lora_bias: false,
+  lora_dropout: 0.1,
+  megatron_config: null,
+  megatron_core: 'megatron.core',
+  modules_to_save: ['lm_head'],
+  peft_type: 'LORA',
+  r: 16,
+  rank_pattern: { q_proj: 8 },
+  revision: null,
+  target_modules: ['v_proj', 'q_proj'],
+  task_type: 'CAUSAL_LM',
+  use_dora: true,
+  use_rslora: false,
+};
+
+function adapter(cfg: unknown = PEFT_CONFIG, weights: string | null = 'adapter_model.safetensors'): string {
+  const d = path.join(tmpDir(), 'adapter');
+  fs.mkdirSync(d);
+  fs.writeFileSync(path.join(d, 'adapter_config.json'), JSON.stringify(cfg));
+  if (weights) fs.writeFileSync(path.join(d, weights), 'x');
+  return d;
+}
+
+const base = (out: string) => ({ model_name_or_path: '/m', train_file: '/t.json', output_dir: out });
+
+describe('--peft_path / lora.init_adapter', () => {
+  it("trains the adapter's own configuration, names the flags it overrides, and the job carries the folder", () => {
+    const a = adapter();
+    const out = path.join(tmpDir(), 'out');
+    const { spec, warnings } = specFromFlags({ ...base(out), peft_path: a, lora_r: 4, lora_alpha: 32 });
+    expect(spec.lora).toEqual({
+      r: 16,
+      alpha: 32,
+      dropout: 0.1,
+      target_modules: ['v_proj', 'q_proj'],
+      modules_to_save: ['lm_head'],
+      use_dora: true,
+      rank_pattern: { q_proj: 8 },
+      init_adapter: a,
+    });
+    // r 4 differs from the adapter's 16 and is named; alpha 32 agrees and is not
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toContain(`continuing the adapter in ${a}`);
+    expect(warnings[0]).toContain("r 4 (the adapter's: 16)");
+    expect(warnings[0]).not.toContain('alpha');
+    const job = toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { lora: Record<string, unknown> };
+    expect(job.lora.init_adapter).toBe(a);
+    expect(job.lora.r).toBe(16);
+    expect(job.lora.use_dora).toBe(true);
+    // resuming: every adapter tensor comes from the checkpoint, the folder it started from is not read again
+    const resumed = toEngineJob(spec, { train: '/t.tok', eval: null }, path.join(out, 'checkpoint-10')) as { lora: Record<string, unknown> };
+    expect(resumed.lora.init_adapter).toBeUndefined();
+    expect(resumed.lora.r).toBe(16);
+  });
+
+  it('gives no warning without lora flags, and a relative --peft_path becomes absolute', () => {
+    const a = adapter();
+    const cwd = process.cwd();
+    process.chdir(path.dirname(a));
+    try {
+      const { spec, warnings } = specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: 'adapter' });
+      expect(warnings).toEqual([]);
+      expect(spec.lora.init_adapter).toBe(fs.realpathSync(a));
+    } finally {
+      process.chdir(cwd);
+    }
+  });
+
+  it('writes --peft_path (and no lora flags) in the command line, which gives the same spec back', () => {
+    const a = adapter();
+    const { spec } = specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: a });
+    const args = cliArgs(spec);
+    expect(args).toContain('--peft_path');
+    expect(args).not.toContain('--lora_r');
+    expect(args).not.toContain('--use_dora');
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+  });
+
+  it('refuses what cannot be continued, naming lora.init_adapter', () => {
+    const out = path.join(tmpDir(), 'out');
+    const refused = (o: Record<string, unknown>, re: RegExp) => {
+      let err: unknown;
+      try {
+        specFromFlags({ ...base(out), ...o });
+      } catch (e) {
+        err = e;
+      }
+      expect(err).toBeInstanceOf(RunSpecError);
+      expect((err as Error).message).toMatch(re);
+      return err as RunSpecError;
+    };
+    expect(refused({ peft_path: path.join(out, 'nope') }, /does not exist/).fields[0]!.path).toBe('lora.init_adapter');
+    const noCfg = tmpDir();
+    expect(refused({ peft_path: noCfg }, /holds no adapter_config\.json, so it is not a PEFT adapter folder/).fields[0]!.path).toBe('lora.init_adapter');
+    refused({ peft_path: adapter(PEFT_CONFIG, null) }, /no adapter_model\.safetensors/);
+    // the seed era's adapter_model.bin is accepted (the engine reads it without running pickle code)
+    expect(readAdapterFolder(adapter(PEFT_CONFIG, 'adapter_model.bin')).weights).toMatch(/adapter_model\.bin$/);
+    refused({ peft_path: adapter({ ...PEFT_CONFIG, fan_in_fan_out: true }) }, /fan_in_fan_out/);
+    refused({ peft_path: adapter({ ...PEFT_CONFIG, peft_type: 'IA3' }) }, /not a LoRA config/);
+    refused({ peft_path: adapter(), use_lora: 'False' }, /--use_lora False trains every weight in full/);
+    // an adapter inside (or being) the output folder: a fresh run there would remove it
+    const a = adapter();
+    refused({ peft_path: a, output_dir: path.dirname(a) }, /is inside the output folder/);
+    refused({ peft_path: a, output_dir: a }, /is the output folder/);
+  });
+
+  it('resolves a spec from the app the same way (a full fine-tune from an adapter is refused)', () => {
+    const a = adapter();
+    const out = path.join(tmpDir(), 'out');
+    const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t' }, output: { dir: out }, lora: { init_adapter: a } });
+    const r = resolveInitAdapter(spec, { init_adapter: a });
+    expect(r.warnings).toEqual([]);
+    expect(r.spec.lora.r).toBe(16);
+    // resolving twice changes nothing (a stored spec resumed later)
+    expect(resolveInitAdapter(r.spec, null).spec).toEqual(r.spec);
+    const full = parseRunSpec({ model: { path: '/m' }, data: { train: '/t' }, output: { dir: out }, method: 'full', lora: { init_adapter: a } });
+    expect(() => resolveInitAdapter(full)).toThrow(/full fine-tune/);
+  });
+});
