@@ -87,6 +87,10 @@ struct Job {
   bool offload_checkpoints = false;  // training.offload_checkpoints: checkpointed block inputs in host memory (GPU runs)
   std::string out_dir;
   int64_t logging_steps = 10, save_steps = 500, eval_steps = 0, save_total_limit = 0;
+  // HF Trainer's load_best_model_at_end (metric: eval_loss, lower is better) and EarlyStoppingCallback
+  bool load_best = false;
+  int64_t es_patience = 0;
+  double es_threshold = 0;
   std::string resume_from;
   int64_t threads = 0;
   std::string device = "cpu";  // "cpu", "cuda", "cuda:N", "auto" (cuda/cuda.hpp select_backend)
@@ -194,7 +198,9 @@ llmt_status check_job_types(const Json &j) {
                          {"precision", Kind::Str}, {"offload_optimizer", Kind::Bool}, {"offload_checkpoints", Kind::Bool}})))
     return st;
   if ((st = check_types(j.get("output"), "output.", {{"dir", Kind::Str}, {"logging_steps", Kind::Int}, {"save_steps", Kind::Int},
-                                                     {"eval_steps", Kind::Int}, {"save_total_limit", Kind::Int}})))
+                                                     {"eval_steps", Kind::Int}, {"save_total_limit", Kind::Int},
+                                                     {"load_best_model_at_end", Kind::Bool}, {"early_stopping_patience", Kind::Int},
+                                                     {"early_stopping_threshold", Kind::Num}})))
     return st;
   return check_types(j.get("distributed"), "distributed.", {{"backend", Kind::Str}, {"world_size", Kind::Int}, {"timeout_s", Kind::Num},
                                                             {"bucket_mb", Kind::Num}, {"zero_stage", Kind::Int}, {"overlap_backward", Kind::Bool}});
@@ -311,13 +317,29 @@ llmt_status parse_job(const Json &j, Job &job) {
       return set_error(LLMT_ERR_BAD_INPUT, "job: training.precision must be \"fp32\", \"bf16\" or \"fp16\" (got \"" + job.precision + "\")");
   }
   const Json &o = j.get("output");
-  if ((st = check_keys(o, "output", {"dir", "logging_steps", "save_steps", "eval_steps", "save_total_limit"}))) return st;
+  if ((st = check_keys(o, "output", {"dir", "logging_steps", "save_steps", "eval_steps", "save_total_limit", "load_best_model_at_end",
+                                      "early_stopping_patience", "early_stopping_threshold"})))
+    return st;
   job.out_dir = o.get_string("dir");
   if (job.out_dir.empty()) return set_error(LLMT_ERR_BAD_INPUT, "job: output.dir is required");
   job.logging_steps = o.get_int("logging_steps", 10);
   job.save_steps = o.get_int("save_steps", 500);
   job.eval_steps = o.get_int("eval_steps", 0);
   job.save_total_limit = o.get_int("save_total_limit", 0);
+  job.load_best = o.get_bool("load_best_model_at_end", false);
+  job.es_patience = o.get_int("early_stopping_patience", 0);
+  job.es_threshold = o.get_number("early_stopping_threshold", 0);
+  if (job.save_total_limit < 0) return set_error(LLMT_ERR_BAD_INPUT, "job: output.save_total_limit must be 0 (keep every checkpoint) or more");
+  if (job.es_patience < 0 || !(job.es_threshold >= 0))
+    return set_error(LLMT_ERR_BAD_INPUT, "job: output.early_stopping_patience and early_stopping_threshold must be 0 (off) or more");
+  if (job.load_best || job.es_patience > 0) {
+    const std::string what = job.load_best ? "output.load_best_model_at_end" : "output.early_stopping_patience";
+    if (job.eval_path.empty() || job.eval_steps <= 0)
+      return set_error(LLMT_ERR_BAD_INPUT, "job: " + what + " compares evaluation losses, so it needs evaluation data (data.eval) and output.eval_steps > 0");
+    if (job.load_best && job.save_steps % job.eval_steps != 0)
+      return set_error(LLMT_ERR_BAD_INPUT, "job: output.load_best_model_at_end needs a checkpoint at evaluations: save_steps (" + std::to_string(job.save_steps) +
+                                               ") must be a multiple of eval_steps (" + std::to_string(job.eval_steps) + "), as HF Trainer requires");
+  }
   job.resume_from = j.get_string("resume_from");
   job.threads = j.get_int("threads", 0);
   const Json &dj = j.get("distributed");
@@ -1045,6 +1067,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   Json log_history = Json::array();
   std::string resumed;
   std::vector<std::vector<float>> full_m, full_v;  // ZeRO-1 on rank 0: the whole AdamW state, for resume/save
+  // evaluations so far (HF's state.best_metric: the lowest eval_loss, every evaluation; the early-stopping counter) and
+  // the best checkpointed one (HF's best_model_checkpoint: what load_best_model_at_end loads and rotation keeps)
+  double best_eval = INFINITY, best_ckpt_eval = INFINITY;
+  int64_t best_eval_step = -1, best_ckpt = -1, es_counter = 0;
   if (!job.resume_from.empty() && dist.rank() == 0) {
     std::string ck = job.resume_from;
     if (ck == "latest") {
@@ -1065,6 +1091,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
                                                      "(the checkpoint is damaged)"),
                   "Pick another checkpoint-<step> folder.");
     if (ts.get("log_history").is_array()) log_history = ts.get("log_history");
+    if (ts.get("best_global_step").is_integer() && ts.get("best_metric").is_number()) {
+      best_ckpt = ts.get_int("best_global_step", -1);
+      best_ckpt_eval = ts.get_number("best_metric", INFINITY);
+    }
+    if (ts.get("llmt_best_eval").is_object()) {
+      best_eval = ts.get("llmt_best_eval").get_number("eval_loss", INFINITY);
+      best_eval_step = ts.get("llmt_best_eval").get_int("step", -1);
+    }
+    es_counter = ts.get("stateful_callbacks").get("EarlyStoppingCallback").get("attributes").get_int("early_stopping_patience_counter", 0);
     const char *reconfigured = "Resume with the configuration the checkpoint was trained with, or start afresh (--overwrite_output_dir, or another output folder).";
     {  // a LoRA run's checkpoint for a full fine-tune (or the other way round): say so, not "cannot open …"
       struct stat sb;
@@ -1125,11 +1160,17 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
 
   // ---- one start for every rank: rank 0's trainable weights, its resume point and optimizer state ----
   if (dist.on()) {
-    double meta[4] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0};
-    if (dist.broadcast(meta, 4)) return comm_fail("the start-up broadcast");
+    double meta[9] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0,
+                      best_eval, static_cast<double>(best_eval_step), best_ckpt_eval, static_cast<double>(best_ckpt), static_cast<double>(es_counter)};
+    if (dist.broadcast(meta, 9)) return comm_fail("the start-up broadcast");
     step = static_cast<int64_t>(meta[0]);
     cur.epoch = static_cast<int64_t>(meta[1]);
     cur.index = static_cast<int64_t>(meta[2]);
+    best_eval = meta[4];
+    best_eval_step = static_cast<int64_t>(meta[5]);
+    best_ckpt_eval = meta[6];
+    best_ckpt = static_cast<int64_t>(meta[7]);
+    es_counter = static_cast<int64_t>(meta[8]);
     for (Param *p : tp)
       if (dist.broadcast(p->data.data(), static_cast<size_t>(p->numel()))) return comm_fail("the broadcast of rank 0's weights");
     if (meta[3] != 0) {  // resumed: AdamW state from rank 0 (to its owner under ZeRO-1)
@@ -1308,6 +1349,27 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     ts.set("seed", Json::integer(static_cast<int64_t>(job.seed)));
     if (W > 1) ts.set("world_size", Json::integer(W));
     ts.set("log_history", log_history);
+    if (best_ckpt > 0) {  // HF's names: what load_best_model_at_end loads
+      ts.set("best_metric", Json::number(best_ckpt_eval));
+      ts.set("best_global_step", Json::integer(best_ckpt));
+      ts.set("best_model_checkpoint", Json::string(job.out_dir + "/checkpoint-" + std::to_string(best_ckpt)));
+    }
+    if (best_eval_step > 0) {
+      Json be = Json::object();
+      be.set("eval_loss", Json::number(best_eval));
+      be.set("step", Json::integer(best_eval_step));
+      ts.set("llmt_best_eval", be);
+    }
+    if (job.es_patience > 0) {  // HF's EarlyStoppingCallback state
+      Json args = Json::object(), attrs = Json::object(), cb = Json::object(), scb = Json::object();
+      args.set("early_stopping_patience", Json::integer(job.es_patience));
+      args.set("early_stopping_threshold", Json::number(job.es_threshold));
+      attrs.set("early_stopping_patience_counter", Json::integer(es_counter));
+      cb.set("args", args);
+      cb.set("attributes", attrs);
+      scb.set("EarlyStoppingCallback", cb);
+      ts.set("stateful_callbacks", scb);
+    }
     if ((s = write_text_file_atomic(tmp + "/trainer_state.json", ts.dump(2) + "\n"))) return s;
     Json rng = Json::object();
     rng.set("seed", Json::integer(static_cast<int64_t>(job.seed)));
@@ -1324,11 +1386,22 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     e.set("step", Json::integer(at_step));
     e.set("path", Json::string(final_dir));
     emit(e);
-    if (job.save_total_limit > 0) {
-      auto steps = list_checkpoints(job.out_dir);
-      while (static_cast<int64_t>(steps.size()) > job.save_total_limit) {
-        remove_tree(job.out_dir + "/checkpoint-" + std::to_string(steps.front()));
-        steps.erase(steps.begin());
+    if (job.save_total_limit > 0) {  // HF's rotation: the oldest go first; with load_best_model_at_end never the best
+      const auto steps = list_checkpoints(job.out_dir);
+      const bool keep_best = job.load_best && std::find(steps.begin(), steps.end(), best_ckpt) != steps.end();
+      int64_t limit = job.save_total_limit;
+      if (keep_best && limit == 1 && steps.back() != best_ckpt) limit = 2;  // the best and the newest (as HF)
+      int64_t excess = static_cast<int64_t>(steps.size()) - limit;
+      for (size_t i = 0; i < steps.size() && excess > 0; ++i) {
+        if ((keep_best && steps[i] == best_ckpt) || steps[i] == at_step) continue;
+        const std::string dir = job.out_dir + "/checkpoint-" + std::to_string(steps[i]);
+        remove_tree(dir);
+        Json r = ev("checkpoint_removed");
+        r.set("step", Json::integer(steps[i]));
+        r.set("path", Json::string(dir));
+        r.set("reason", Json::string("save_total_limit " + std::to_string(job.save_total_limit)));
+        emit(r);
+        --excess;
       }
     }
     return LLMT_OK;
@@ -1336,8 +1409,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   // the step whose checkpoint this run has written: a stop right after a save_steps checkpoint does not write (and
   // announce) the same checkpoint twice. The same on every rank (a checkpoint is a collective under ZeRO-1).
   int64_t saved_at = -1;
+  double last_eval = NAN;
+  int64_t last_eval_step = -1;
   auto checkpoint = [&](int64_t at_step) -> llmt_status {
     if (at_step == saved_at) return LLMT_OK;
+    // the evaluation of this very step, if any, makes it the best checkpoint when it beats the earlier ones
+    if (last_eval_step == at_step && std::isfinite(last_eval) && last_eval < best_ckpt_eval) {
+      best_ckpt_eval = last_eval;
+      best_ckpt = at_step;
+    }
     llmt_status s = save_checkpoint(at_step);
     if (s && save_comm_failed) return comm_fail("the optimizer-state gather for checkpoint-" + std::to_string(at_step));
     if (!s) saved_at = at_step;
@@ -1357,6 +1437,20 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     h.set("step", Json::integer(step));
     h.set("eval_loss", Json::number(el));
     log_history.push(h);
+    last_eval = el;
+    last_eval_step = step;
+    if (std::isfinite(el)) {
+      // HF's EarlyStoppingCallback: the counter restarts only when the loss beats the best so far by more than the
+      // threshold; the best (state.best_metric) follows any improvement, after the comparison
+      if (best_eval_step < 0 || (el < best_eval && best_eval - el > job.es_threshold)) es_counter = 0;
+      else ++es_counter;
+      if (el < best_eval) {
+        best_eval = el;
+        best_eval_step = step;
+      }
+    } else {
+      ++es_counter;
+    }
     return LLMT_OK;
   };
 
@@ -1385,6 +1479,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   double loss_scale = scaled ? 65536.0 : 1.0;
   int64_t clean_steps = 0;
   const size_t GA = static_cast<size_t>(job.grad_accum);
+  bool early_stopped = false;
   while (step < total) {
     if (ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
     bool want_stop = ctl.poll && ctl.poll() == 1;
@@ -1628,11 +1723,34 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       log_tokens = 0;
       log_t0 = t;
     }
+    bool early_stop = false;
     if (eval && job.eval_steps > 0 && step % job.eval_steps == 0) {
       if ((st = eval_and_emit())) return st;
+      early_stop = job.es_patience > 0 && es_counter >= job.es_patience && step < total;
     }
     if (step % job.save_steps == 0 && step < total) {
       if ((st = checkpoint(step))) return st;
+    }
+    if (early_stop) {  // HF's EarlyStoppingCallback: training ends here, as a completed run
+      early_stopped = true;
+      Json e = ev("early_stopping");
+      e.set("step", Json::integer(step));
+      e.set("patience", Json::integer(job.es_patience));
+      e.set("best_eval_loss", Json::number(best_eval));
+      e.set("best_step", Json::integer(best_eval_step));
+      char best_txt[32];
+      std::snprintf(best_txt, sizeof best_txt, "%.4f", best_eval);
+      std::string by;
+      if (job.es_threshold > 0) {
+        char th[32];
+        std::snprintf(th, sizeof th, "%g", job.es_threshold);
+        by = std::string(" by more than ") + th;
+      }
+      e.set("message", Json::string("early stopping at step " + std::to_string(step) + " of " + std::to_string(total) + ": " + std::to_string(es_counter) +
+                                    " evaluation(s) in a row without the eval loss improving" + by + " (early_stopping_patience " +
+                                    std::to_string(job.es_patience) + "); the lowest was " + best_txt + " at step " + std::to_string(best_eval_step)));
+      emit(e);
+      break;
     }
   }
   reducer.reset();
@@ -1641,8 +1759,20 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   }
   // the final state is always checkpointed, so a finished run can be extended and a stopped one resumed
   if ((st = checkpoint(step))) return st;
+  const bool best_at_end = !stopped && job.load_best && best_ckpt > 0 && best_ckpt != step;
   if (!stopped && dist.rank() == 0) {
     model->to_host();
+    if (best_at_end) {  // HF's load_best_model_at_end: the best checkpoint's trained tensors are what the run outputs
+      const std::string ck = job.out_dir + "/checkpoint-" + std::to_string(best_ckpt);
+      auto w = SafetensorsFile::open(ck + (job.method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors"), st);
+      if (!w) return fail(st, "load_best_model_at_end reads the best checkpoint, " + ck + ": leave it in place while the run trains");
+      for (Param *p : tp) {
+        const TensorInfo *a = w->find(job.method == "lora" ? p->save_name : p->name);
+        if (!a || a->numel() != p->numel())
+          return fail(set_error(LLMT_ERR_BAD_INPUT, "the best checkpoint " + ck + " lacks " + (job.method == "lora" ? p->save_name : p->name) + " (it was changed on disk)"));
+        if ((st = w->read_f32(*a, p->data.data()))) return fail(st);
+      }
+    }
     st = job.method == "lora" ? model->save_adapter(job.out_dir) : model->save_model(job.out_dir);
     if (st) return fail(st);
   }
@@ -1653,6 +1783,12 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   e.set("step", Json::integer(step));
   e.set("output_dir", Json::string(job.out_dir));
   e.set("last_loss", std::isfinite(last_loss) ? Json::number(last_loss) : Json());
+  if (early_stopped) e.set("early_stopped", Json::boolean(true));
+  if (job.load_best && best_ckpt > 0) {  // which checkpoint the output holds
+    e.set("best_checkpoint", Json::string(job.out_dir + "/checkpoint-" + std::to_string(best_ckpt)));
+    e.set("best_eval_loss", Json::number(best_ckpt_eval));
+    e.set("output_from_best", Json::boolean(best_at_end || best_ckpt == step));
+  }
   emit(e);
   return LLMT_OK;
 }

@@ -27,6 +27,13 @@ const num = (v: string) => {
 
 type Flags = Record<string, string | number | boolean | undefined>;
 
+/** A flag given as `--flag` (true) or `--flag VALUE` (True/False, yes/no, 1/0 in any case). */
+function boolFlag(name: string, v: unknown, field: string): boolean {
+  const b = parseBool(typeof v === 'boolean' ? v : String(v));
+  if (b === null) throw new RunSpecError(`${name} ${String(v)}: a truthy or falsy value is expected (True/False, yes/no, 1/0)`, [{ path: field, message: 'True or False' }]);
+  return b;
+}
+
 /** `--lora_options '{"use_rslora": true, "rank_pattern": {"q_proj": 16}}'`: the lora keys that have no flag of their own. */
 function loraOptions(v: string): Record<string, unknown> {
   let j: unknown;
@@ -116,6 +123,10 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     ['save_steps', o.save_steps],
     ['eval_steps', o.eval_steps],
     ['overwrite', o.overwrite_output_dir ? true : undefined],
+    ['save_total_limit', o.save_total_limit],
+    ['load_best_model_at_end', o.load_best_model_at_end === undefined ? undefined : boolFlag('--load_best_model_at_end', o.load_best_model_at_end, 'output.load_best_model_at_end')],
+    ['early_stopping_patience', o.early_stopping_patience],
+    ['early_stopping_threshold', o.early_stopping_threshold],
   ]));
   let gpus: number[] | null = null; // the GPUs --device names (null: no GPU --device)
   if (o.device) {
@@ -259,6 +270,10 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--logging_steps <n>', 'log every n steps', int)
     .option('--save_steps <n>', 'checkpoint every n steps', int)
     .option('--eval_steps <n>', 'evaluate every n steps', int)
+    .option('--save_total_limit <n>', 'keep at most n checkpoint-N folders, removing the oldest (0: all; with --load_best_model_at_end the best is kept too)', int)
+    .option('--load_best_model_at_end [bool]', 'the output is the checkpoint with the lowest eval loss, not the last step (needs evaluation data and --eval_steps; --save_steps a multiple of it)')
+    .option('--early_stopping_patience <n>', 'stop once the eval loss has not improved for n evaluations in a row (HF EarlyStoppingCallback)', int)
+    .option('--early_stopping_threshold <x>', 'the least improvement of the eval loss that counts, for --early_stopping_patience', num)
     .option('--learning_rate <lr>', 'peak learning rate', num)
     .option('--lr_scheduler_type <s>', 'linear, cosine, constant, constant_with_warmup')
     .option('--warmup_steps <n>', 'warmup steps', int)
@@ -366,6 +381,12 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
               lastCheckpoint = String(e.path);
             } else if (e.event === 'warning') {
               console.warn(`${tty ? '\n' : ''}warning: ${e.message}`);
+            } else if (e.event === 'checkpoint_removed') {
+              if (!tty) console.log(`removed ${e.path} (${e.reason})`);
+            } else if (e.event === 'early_stopping') {
+              console.log(`${tty ? '\n' : ''}${e.message}`);
+            } else if (e.event === 'done' && typeof e.best_checkpoint === 'string') {
+              console.log(`${tty ? '\n' : ''}best checkpoint: ${e.best_checkpoint} (eval loss ${Number(e.best_eval_loss).toFixed(4)})${e.output_from_best ? '; the output holds its weights (--load_best_model_at_end)' : ''}`);
             }
           },
         });

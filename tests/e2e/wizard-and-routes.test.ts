@@ -226,6 +226,33 @@ describe('New fine-tune wizard', () => {
     await page.getByTestId('cpu-workers').fill('1');
   });
 
+  it('checkpoint retention, the best checkpoint and early stopping reach the command line, and need evaluations', async () => {
+    await page.getByTestId('wizard-step-3').click();
+    await page.getByTestId('knob-save-total-limit').fill('2');
+    await page.getByTestId('knob-es-patience').fill('3');
+    await page.getByTestId('knob-es-threshold').fill('0.01');
+    await page.getByTestId('knob-load-best').check();
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    const cli = (await page.getByTestId('review-cli').textContent()) ?? '';
+    for (const f of ['--save_total_limit 2', '--load_best_model_at_end', '--early_stopping_patience 3', '--early_stopping_threshold 0.01']) expect(cli).toContain(f);
+    // without validation data there is no eval loss to compare: both are named at their fields and block Next
+    await page.getByTestId('wizard-step-1').click();
+    await page.locator('input[type=radio][value=none]').check();
+    await page.getByTestId('wizard-step-3').click();
+    await page.getByTestId('field-error-load-best').waitFor();
+    expect(await page.getByTestId('field-error-load-best').textContent()).toMatch(/choose validation data/);
+    expect(await page.getByTestId('field-error-es-patience').textContent()).toMatch(/choose validation data/);
+    expect(await page.getByTestId('wizard-next').isDisabled()).toBe(true);
+    await page.getByTestId('wizard-step-1').click();
+    await page.locator('input[type=radio][value=file]').check();
+    await page.getByTestId('wizard-step-3').click();
+    expect(await page.getByTestId('field-error-load-best').count()).toBe(0);
+    await page.getByTestId('knob-load-best').uncheck();
+    await page.getByTestId('knob-es-patience').fill('0');
+    await page.getByTestId('knob-save-total-limit').fill('0');
+  });
+
   it('a run name typed on the review reaches its command line (what Save as config and Launch use)', async () => {
     await page.getByTestId('wizard-step-5').click();
     await page.getByTestId('review-cli').waitFor();

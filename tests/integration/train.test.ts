@@ -344,3 +344,79 @@ describe('continuing an adapter (--peft_path, the seed\'s PeftModel.from_pretrai
     }
   }, 240_000);
 });
+
+describe('checkpoint retention, the best checkpoint and early stopping (HF Trainer\'s save_total_limit, load_best_model_at_end, EarlyStoppingCallback)', () => {
+  // a tiny task whose eval loss dips and rises again at this learning rate (constant: a shorter run is a prefix of a longer one)
+  let data: { train: string; dev: string };
+  beforeAll(() => {
+    const rows = (n: number, f: (i: number) => object) => Array.from({ length: n }, (_, i) => JSON.stringify(f(i))).join('\n') + '\n';
+    data = { train: path.join(tmp, 'best-train.json'), dev: path.join(tmp, 'best-dev.json') };
+    fs.writeFileSync(data.train, rows(40, (i) => ({ input: `问题 ${i} 加 ${i + 1}`, target: `答案 ${2 * i + 1}` })));
+    fs.writeFileSync(data.dev, rows(12, (i) => ({ input: `问题 ${i} 加 ${i + 2}`, target: `答案 ${2 * i + 2}` })));
+  });
+  const flags = (out: string, steps: number, extra: string[] = []) => [
+    'train', '--model_name_or_path', model, '--train_file', data.train, '--validation_file', data.dev, '--output_dir', out,
+    '--max_steps', String(steps), '--logging_steps', '4', '--save_steps', '2', '--eval_steps', '2', '--learning_rate', '1.0',
+    '--lr_scheduler_type', 'constant', '--lora_r', '4', '--device', 'cpu', ...extra,
+  ];
+  const ckpts = (dir: string) => fs.readdirSync(dir).filter((n) => /^checkpoint-\d+$/.test(n)).map((n) => Number(n.slice(11))).sort((a, b) => a - b);
+  const bytes = (f: string) => fs.readFileSync(f);
+
+  it('keeps the best checkpoint and the newest, outputs the best, and a resumed run picks the same one', async () => {
+    const home = path.join(tmp, 'home-best');
+    const a = path.join(tmp, 'best-a');
+    const r = await runCli(flags(a, 12, ['--save_total_limit', '2', '--load_best_model_at_end']), { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    // the eval losses of the checkpointed steps decide: the lowest one's checkpoint is the output
+    const store = openStore(home);
+    const run = store.runs.list()[0]!;
+    const evals = store.metrics.series(run.id, 'eval_loss');
+    const best = evals.reduce((x, y) => (y.value! < x.value! ? y : x));
+    expect(best.step, 'this task is meant to get worse after its best evaluation').toBeLessThan(12);
+    expect(r.stdout).toContain(`best checkpoint: ${a}/checkpoint-${best.step} (eval loss ${best.value!.toFixed(4)}); the output holds its weights`);
+    expect(ckpts(a)).toEqual([best.step, 12]); // rotation (limit 2) never removed the best
+    expect(bytes(path.join(a, 'adapter_model.safetensors')).equals(bytes(path.join(a, `checkpoint-${best.step}`, 'adapter_model.safetensors')))).toBe(true);
+    expect(bytes(path.join(a, 'adapter_model.safetensors')).equals(bytes(path.join(a, 'checkpoint-12', 'adapter_model.safetensors')))).toBe(false);
+    // the database forgets the removed checkpoints
+    expect(store.checkpoints.list(run.id).map((c) => c.step)).toEqual([best.step, 12]);
+    const state = JSON.parse(fs.readFileSync(path.join(a, 'checkpoint-12', 'trainer_state.json'), 'utf8')) as Record<string, unknown>;
+    expect(state).toMatchObject({ best_global_step: best.step, best_model_checkpoint: `${a}/checkpoint-${best.step}` });
+    store.close();
+    // the same run stopped at step 10 and resumed to 12: the best found before the resume is still the best
+    const b = path.join(tmp, 'best-b');
+    expect((await runCli(flags(b, 10, ['--save_total_limit', '2', '--load_best_model_at_end']), { home, timeoutMs: 120_000 })).code).toBe(0);
+    const r2 = await runCli(flags(b, 12, ['--save_total_limit', '2', '--load_best_model_at_end']), { home, timeoutMs: 120_000 });
+    expect(r2.code, r2.stderr + r2.stdout).toBe(0);
+    expect(r2.stdout).toMatch(/resuming from .*checkpoint-10/);
+    expect(ckpts(b)).toEqual([best.step, 12]);
+    expect(bytes(path.join(b, 'adapter_model.safetensors')).equals(bytes(path.join(a, 'adapter_model.safetensors')))).toBe(true);
+  }, 240_000);
+
+  it('stops early after `patience` evaluations without an improvement above the threshold, as a completed run', async () => {
+    const home = path.join(tmp, 'home-es');
+    const out = path.join(tmp, 'es');
+    // no drop of the eval loss is worth 10: the first evaluation sets the best, the next two do not improve on it
+    const r = await runCli(flags(out, 12, ['--early_stopping_patience', '2', '--early_stopping_threshold', '10']), { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    expect(r.stdout).toMatch(/early stopping at step 6 of 12: 2 evaluation\(s\) in a row without the eval loss improving by more than 10 \(early_stopping_patience 2\)/);
+    const store = openStore(home);
+    const run = store.runs.list()[0]!;
+    expect(run.status).toBe('completed');
+    expect(store.metrics.series(run.id, 'eval_loss').map((p) => p.step)).toEqual([2, 4, 6]);
+    store.close();
+    expect(ckpts(out)).toEqual([2, 4, 6]);
+    expect(fs.existsSync(path.join(out, 'adapter_model.safetensors'))).toBe(true);
+  }, 120_000);
+
+  it('refuses settings that cannot work, naming the field', async () => {
+    const noEval = await runCli(['train', '--model_name_or_path', model, '--train_file', data.train, '--output_dir', path.join(tmp, 'x1'), '--load_best_model_at_end'], { timeoutMs: 60_000 });
+    expect(noEval.code).not.toBe(0);
+    expect(noEval.stderr).toMatch(/output\.load_best_model_at_end keeps the checkpoint with the lowest eval loss: it needs evaluation data/);
+    const odd = await runCli(flags(path.join(tmp, 'x2'), 4, ['--save_steps', '3', '--load_best_model_at_end']), { timeoutMs: 60_000 });
+    expect(odd.code).not.toBe(0);
+    expect(odd.stderr).toMatch(/save_steps \(3\) must be a multiple of eval_steps \(2\)/);
+    const es = await runCli(flags(path.join(tmp, 'x3'), 4, ['--eval_steps', '0', '--early_stopping_patience', '2']), { timeoutMs: 60_000 });
+    expect(es.code).not.toBe(0);
+    expect(es.stderr).toMatch(/early_stopping_patience stops when the eval loss stops improving: it needs evaluations during training/);
+  }, 120_000);
+});

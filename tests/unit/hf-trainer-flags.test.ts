@@ -64,3 +64,33 @@ describe('--loraplus_lr_ratio (LoRA+)', () => {
     expect(() => specFromFlags(flags([...base, '--loraplus_lr_ratio', '-2']))).toThrow();
   });
 });
+
+describe('--save_total_limit, --load_best_model_at_end, --early_stopping_patience/threshold', () => {
+  const output = (spec: ReturnType<typeof parseRunSpec>) => (toEngineJob(spec, { train: '/t.tok', eval: '/e.tok' }, null) as { output: Record<string, unknown> }).output;
+  const withEval = [...base, '--validation_file', '/v.json', '--eval_steps', '10', '--save_steps', '20'];
+
+  it('reach the engine job and round-trip; off they say nothing', () => {
+    const { spec } = specFromFlags(flags([...withEval, '--save_total_limit', '3', '--load_best_model_at_end', '--early_stopping_patience', '4', '--early_stopping_threshold', '0.01']));
+    expect(output(spec)).toMatchObject({ save_total_limit: 3, load_best_model_at_end: true, early_stopping_patience: 4, early_stopping_threshold: 0.01 });
+    const args = cliArgs(spec);
+    expect(args).toEqual(expect.arrayContaining(['--save_total_limit', '3', '--load_best_model_at_end', '--early_stopping_patience', '4', '--early_stopping_threshold', '0.01']));
+    expect(specFromFlags(flags(args)).spec).toEqual(spec);
+    // HF's spelling with a value
+    expect(specFromFlags(flags([...withEval, '--load_best_model_at_end', 'False'])).spec.output.load_best_model_at_end).toBe(false);
+    const plain = parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' } });
+    const o = output(plain);
+    for (const k of ['save_total_limit', 'load_best_model_at_end', 'early_stopping_patience', 'early_stopping_threshold']) expect(o).not.toHaveProperty(k);
+    expect(cliArgs(plain).join(' ')).not.toMatch(/save_total_limit|load_best|early_stopping/);
+  });
+
+  it('refuse what HF refuses: no evaluation to compare, checkpoints off the evaluations, negative values', () => {
+    expect(() => specFromFlags(flags([...base, '--load_best_model_at_end']))).toThrow(/load_best_model_at_end keeps the checkpoint with the lowest eval loss: it needs evaluation data/);
+    expect(() => specFromFlags(flags([...base, '--validation_split_percentage', '5', '--load_best_model_at_end']))).toThrow(/it needs evaluations during training \(output\.eval_steps > 0\)/);
+    expect(() => specFromFlags(flags([...withEval, '--save_steps', '15', '--load_best_model_at_end']))).toThrow(/save_steps \(15\) must be a multiple of eval_steps \(10\)/);
+    expect(() => specFromFlags(flags([...base, '--early_stopping_patience', '3']))).toThrow(/early_stopping_patience stops when the eval loss stops improving: it needs evaluation data/);
+    expect(() => specFromFlags(flags([...withEval, '--save_total_limit', '-1']))).toThrow(/save_total_limit/);
+    expect(() => specFromFlags(flags([...withEval, '--load_best_model_at_end', 'maybe']))).toThrow(/--load_best_model_at_end maybe: a truthy or falsy value/);
+    // early stopping alone keeps the last step's weights: no save_steps rule
+    expect(specFromFlags(flags([...withEval, '--save_steps', '15', '--early_stopping_patience', '2'])).spec.output.early_stopping_patience).toBe(2);
+  });
+});

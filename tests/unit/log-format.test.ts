@@ -18,6 +18,14 @@ describe('logLine', () => {
       /^started: llama lora \(nf4\), .* of .* parameters trainable, 3 steps from step 0$/,
     );
     expect(logLine('{"event":"done","status":"completed","step":3,"output_dir":"/o","last_loss":4.5}')).toBe('completed at step 3, loss of the last step 4.5: /o');
+    // checkpoint retention, the best checkpoint and early stopping
+    expect(logLine('{"event":"checkpoint_removed","step":2,"path":"/o/checkpoint-2","reason":"save_total_limit 2"}')).toBe('removed checkpoint at step 2 (save_total_limit 2)');
+    expect(logLine('{"event":"early_stopping","step":6,"message":"early stopping at step 6 of 12: 2 evaluation(s) in a row without the eval loss improving"}')).toBe(
+      'early stopping at step 6 of 12: 2 evaluation(s) in a row without the eval loss improving',
+    );
+    expect(logLine('{"event":"done","status":"completed","step":12,"output_dir":"/o","last_loss":4.5,"early_stopped":true,"best_checkpoint":"/o/checkpoint-8","best_eval_loss":5.61654,"output_from_best":true}')).toBe(
+      'completed at step 12 (early stopping), loss of the last step 4.5: /o; best checkpoint /o/checkpoint-8 (eval loss 5.6165), which the output holds',
+    );
     expect(logLine('[rank 0] {"event":"step","step":1,"loss":6.3,"lr":0.001,"grad_norm":null}')).toBe('[rank 0] step 1  loss 6.3  lr 0.001  grad norm —');
     // several workers: one short line per step instead of the raw event
     expect(

@@ -78,6 +78,10 @@ export function cliArgs(spec: RunSpec): string[] {
   flag('logging_steps', spec.output.logging_steps, d.output.logging_steps);
   flag('save_steps', spec.output.save_steps, d.output.save_steps);
   flag('eval_steps', spec.output.eval_steps, d.output.eval_steps);
+  flag('save_total_limit', spec.output.save_total_limit, d.output.save_total_limit);
+  sw('load_best_model_at_end', spec.output.load_best_model_at_end);
+  flag('early_stopping_patience', spec.output.early_stopping_patience, d.output.early_stopping_patience);
+  flag('early_stopping_threshold', spec.output.early_stopping_threshold, d.output.early_stopping_threshold);
   flag('device', spec.devices.kind === 'cuda' && spec.devices.ids.length ? `cuda:${spec.devices.ids.join(',')}` : spec.devices.kind, 'cpu');
   // several GPUs: one worker each, so --device cuda:0,1 says the worker count too
   if (!isMultiGpu(spec)) flag('nproc_per_node', spec.distributed.nproc_per_node, d.distributed.nproc_per_node);

@@ -132,6 +132,14 @@ export const RunSpec = z
         save_steps: PosInt.default(500),
         eval_steps: z.number().int().min(0).default(0),
         overwrite: z.boolean().default(false),
+        // HF Trainer's: keep at most this many checkpoint-N folders (0: all), the oldest removed first
+        save_total_limit: z.number().int().min(0).default(0),
+        // HF Trainer's: the output is the checkpoint with the lowest eval loss (which rotation never removes)
+        load_best_model_at_end: z.boolean().default(false),
+        // HF's EarlyStoppingCallback: stop once the eval loss has not improved (by more than the threshold) for this
+        // many evaluations in a row (0: off)
+        early_stopping_patience: z.number().int().min(0).default(0),
+        early_stopping_threshold: z.number().min(0).default(0),
       })
       .strict(),
     resume_from: z.string().min(1).nullable().default(null),
@@ -148,6 +156,22 @@ export const RunSpec = z
   .refine((s) => s.model.quantization === 'none' || s.method === 'lora', {
     message: 'model.quantization (QLoRA) needs method "lora": the 4-bit base weights are frozen',
     path: ['model', 'quantization'],
+  })
+  // the best checkpoint and early stopping compare evaluation losses (HF Trainer's rules)
+  .superRefine((s, ctx) => {
+    const o = s.output;
+    const evalData = s.data.validation !== null || s.data.validation_percent > 0;
+    for (const [on, key, what] of [
+      [o.load_best_model_at_end, 'load_best_model_at_end', 'keeps the checkpoint with the lowest eval loss'],
+      [o.early_stopping_patience > 0, 'early_stopping_patience', 'stops when the eval loss stops improving'],
+    ] as const) {
+      if (!on) continue;
+      if (!evalData) ctx.addIssue({ code: 'custom', message: `output.${key} ${what}: it needs evaluation data (data.validation or data.validation_percent)`, path: ['output', key] });
+      else if (o.eval_steps <= 0) ctx.addIssue({ code: 'custom', message: `output.${key} ${what}: it needs evaluations during training (output.eval_steps > 0)`, path: ['output', key] });
+    }
+    if (o.load_best_model_at_end && o.eval_steps > 0 && o.save_steps % o.eval_steps !== 0) {
+      ctx.addIssue({ code: 'custom', message: `output.load_best_model_at_end needs a checkpoint at evaluations: save_steps (${o.save_steps}) must be a multiple of eval_steps (${o.eval_steps}), as HF Trainer requires`, path: ['output', 'save_steps'] });
+    }
   })
   // GPUs: one worker per GPU, each holding the whole model; several GPUs are data parallel (docs/distributed.md)
   .superRefine((s, ctx) => {
@@ -494,7 +518,17 @@ export function toEngineJob(spec: RunSpec, tok: { train: string; eval: string | 
       ...(t.offload_checkpoints ? { offload_checkpoints: true } : {}),
       precision: t.precision,
     },
-    output: { dir: spec.output.dir, logging_steps: spec.output.logging_steps, save_steps: spec.output.save_steps, eval_steps: spec.output.eval_steps },
+    output: {
+      dir: spec.output.dir,
+      logging_steps: spec.output.logging_steps,
+      save_steps: spec.output.save_steps,
+      eval_steps: spec.output.eval_steps,
+      ...(spec.output.save_total_limit > 0 ? { save_total_limit: spec.output.save_total_limit } : {}),
+      ...(spec.output.load_best_model_at_end ? { load_best_model_at_end: true } : {}),
+      ...(spec.output.early_stopping_patience > 0
+        ? { early_stopping_patience: spec.output.early_stopping_patience, ...(spec.output.early_stopping_threshold > 0 ? { early_stopping_threshold: spec.output.early_stopping_threshold } : {}) }
+        : {}),
+    },
     ...(resumeFrom ? { resume_from: resumeFrom } : {}),
     ...(spec.distributed.nproc_per_node > 1
       ? // GPU workers: "auto" — NCCL, or Gloo (with a warning event) where NCCL cannot load

@@ -789,6 +789,8 @@ export class RunService {
       } else if (e.event === 'checkpoint') {
         flushMetrics();
         this.store.checkpoints.add({ runId: run.id, step: Number(e.step), path: String(e.path) });
+      } else if (e.event === 'checkpoint_removed') {
+        this.store.checkpoints.remove(run.id, Number(e.step));
       } else if (e.event === 'done') {
         sawDone = e;
       } else if (e.event === 'started') {

@@ -584,6 +584,10 @@ export class CheckpointsRepo {
       .all(runId) as (Omit<CheckpointRow, 'isFinal'> & { isFinal: number })[];
     return rows.map((r) => ({ ...r, isFinal: r.isFinal === 1 }));
   }
+  /** A checkpoint the engine removed (save_total_limit): its row goes too (an evaluation of it keeps its numbers). */
+  remove(runId: number, step: number): void {
+    this.db.prepare('DELETE FROM checkpoints WHERE run_id = ? AND step = ?').run(runId, step);
+  }
   /** Checkpoint rows after a step are dropped when a run resumes from an earlier one. */
   deleteAfter(runId: number, step: number): void {
     this.db.prepare('DELETE FROM checkpoints WHERE run_id = ? AND step > ?').run(runId, step);

@@ -101,7 +101,13 @@ export function logLine(line: string): string {
     case 'started':
       return `${pre}started: ${String(e.model_type ?? '')} ${String(e.method ?? '')}${e.quantization && e.quantization !== 'none' ? ` (${String(e.quantization)})` : ''}, ${count(e.trainable_params as number)} of ${count(e.total_params as number)} parameters trainable, ${e.max_steps} steps from step ${e.start_step ?? 0}`;
     case 'done':
-      return `${pre}${String(e.status ?? 'done')} at step ${e.step ?? '—'}${typeof e.last_loss === 'number' ? `, loss of the last step ${n(e.last_loss)}` : ''}${typeof e.output_dir === 'string' ? `: ${e.output_dir}` : ''}`;
+      return `${pre}${String(e.status ?? 'done')} at step ${e.step ?? '—'}${e.early_stopped === true ? ' (early stopping)' : ''}${typeof e.last_loss === 'number' ? `, loss of the last step ${n(e.last_loss)}` : ''}${typeof e.output_dir === 'string' ? `: ${e.output_dir}` : ''}${
+        typeof e.best_checkpoint === 'string' ? `; best checkpoint ${e.best_checkpoint} (eval loss ${n(e.best_eval_loss)})${e.output_from_best === true ? ', which the output holds' : ''}` : ''
+      }`;
+    case 'checkpoint_removed':
+      return `${pre}removed checkpoint at step ${e.step}${typeof e.reason === 'string' ? ` (${e.reason})` : ''}`;
+    case 'early_stopping':
+      return `${pre}${String(e.message ?? `early stopping at step ${e.step}`)}`;
     case 'rank_stats': {
       // several workers: each rank's throughput and time waiting on the others, one short line (the charts have the rest)
       const ranks = Array.isArray(e.ranks) ? (e.ranks as Record<string, unknown>[]) : [];
