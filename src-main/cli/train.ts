@@ -27,6 +27,16 @@ const num = (v: string) => {
 
 type Flags = Record<string, string | number | boolean | undefined>;
 
+/**
+ * `--train_file`: one file, or several separated by commas (each prepared on its own, then trained on together). A
+ * value that names an existing file is that file, commas and all.
+ */
+export function trainFileList(v: string): string | string[] {
+  if (!v.includes(',') || fs.existsSync(v)) return v;
+  const parts = v.split(',').map((x) => x.trim()).filter(Boolean);
+  return parts.length === 1 ? parts[0]! : parts;
+}
+
 /** A flag given as `--flag` (true) or `--flag VALUE` (True/False, yes/no, 1/0 in any case). */
 function boolFlag(name: string, v: unknown, field: string): boolean {
   const b = parseBool(typeof v === 'boolean' ? v : String(v));
@@ -56,7 +66,8 @@ function absolutePaths(input: RunSpecInput): RunSpecInput {
   const model = out.model as { path?: unknown } | undefined;
   if (model && typeof model.path === 'string' && fs.existsSync(model.path)) out.model = { ...model, path: path.resolve(model.path) } as never;
   const data = out.data as { train?: unknown; validation?: unknown } | undefined;
-  if (data) out.data = { ...data, ...(data.train ? { train: abs(data.train) } : {}), ...(data.validation ? { validation: abs(data.validation) } : {}) } as never;
+  const train = data?.train;
+  if (data) out.data = { ...data, ...(train ? { train: Array.isArray(train) ? train.map(abs) : abs(train) } : {}), ...(data.validation ? { validation: abs(data.validation) } : {}) } as never;
   const output = out.output as { dir?: unknown } | undefined;
   if (output?.dir) out.output = { ...output, dir: abs(output.dir) } as never;
   if (typeof out.resume_from === 'string' && out.resume_from !== 'latest') out.resume_from = path.resolve(out.resume_from);
@@ -82,7 +93,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   if (o.model_name_or_path) set('model', { path: String(o.model_name_or_path) });
   if (o.quantization !== undefined) set('model', { quantization: String(o.quantization) });
   set('data', pick([
-    ['train', o.train_file],
+    ['train', o.train_file === undefined ? undefined : trainFileList(String(o.train_file))],
     ['validation', o.validation_file],
     ['prompt_column', o.prompt_column],
     ['response_column', o.response_column],
@@ -247,7 +258,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .description("fine-tune with the seed project's flags (or --config run.json); the run is recorded in the app's database")
     .option('--config <file>', 'a RunSpec JSON file (flags override its fields)')
     .option('--model_name_or_path <dir>', 'HF model folder')
-    .option('--train_file <file>', 'training data (PromptCBLUE, Alpaca, ShareGPT, columns, text)')
+    .option('--train_file <file>', 'training data (PromptCBLUE, Alpaca, ShareGPT, columns, text); several files comma-separated (a,b.json): each prepared in its own format, then trained on together')
     .option('--validation_file <file>', 'validation data')
     .option('--validation_split_percentage <p>', 'split this share off the training data when no validation file is given', num)
     .option('--cache_dir <dir>', 'where tokenized data is cached')

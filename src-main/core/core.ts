@@ -97,7 +97,8 @@ export function toSummary(r: RunRow, m?: MetricSummary): RunSummary {
     errorMessage: r.errorMessage,
     tags: r.tags ?? [],
     modelPath: spec.model?.path ?? null,
-    dataPath: spec.data?.train ?? null,
+    // several training files: listed, comma-separated
+    dataPath: Array.isArray(spec.data?.train) ? spec.data.train.join(', ') : (spec.data?.train ?? null),
     method: spec.method ?? null,
     quantization: spec.model?.quantization && spec.model.quantization !== 'none' ? spec.model.quantization : null,
     finalLoss: m?.finalLoss ?? null,

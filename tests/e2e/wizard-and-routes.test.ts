@@ -11,7 +11,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { Store } from '../../src-main/core/store/store';
 import { callApi, type Served, startCli } from '../helpers/app';
-import { openPage } from '../helpers/browser';
+import { openPage, screenshot } from '../helpers/browser';
 
 let app: Served;
 let browser: Browser;
@@ -224,6 +224,33 @@ describe('New fine-tune wizard', () => {
     expect(await page.getByTestId('review-cli').textContent()).not.toContain('--zero_stage');
     await page.getByTestId('wizard-step-4').click();
     await page.getByTestId('cpu-workers').fill('1');
+  });
+
+  it('more training files: each is checked as it is added, and the run trains on all of them', async () => {
+    await page.getByTestId('wizard-step-1').click();
+    const values = await page.getByTestId('extra-data-select').locator('option').evaluateAll((os) => os.map((o) => (o as HTMLOptionElement).value));
+    const testJson = values.find((v) => /test\.json$/.test(v))!;
+    expect(testJson, values.join(' ')).toBeTruthy();
+    await page.getByTestId('extra-data-select').selectOption(testJson);
+    await page.getByTestId('extra-data-add').click();
+    await expect.poll(async () => page.getByTestId('extra-data-row').textContent(), { timeout: 10_000 }).toMatch(/150 records, promptcblue/);
+    await screenshot(page, 'wizard-more-data');
+    // a file that is not there is named and blocks Next
+    await page.getByTestId('extra-data-path').fill('/nowhere/more.json');
+    await page.getByTestId('extra-data-add').click();
+    await page.getByTestId('field-error-extra-data').waitFor();
+    expect(await page.getByTestId('field-error-extra-data').textContent()).toContain('/nowhere/more.json');
+    expect(await page.getByTestId('wizard-next').isDisabled()).toBe(true);
+    await page.getByTestId('extra-data-row').nth(1).getByTestId('extra-data-remove').click();
+    expect(await page.getByTestId('wizard-next').isDisabled()).toBe(false);
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    expect(await page.getByTestId('review-cli').textContent()).toMatch(new RegExp(`--train_file \\S*train\\.json,${testJson.replace(/[.*+?^${}()|[\]\\/]/g, '\\$&')}`));
+    const spec = JSON.parse((await page.getByTestId('review-spec').textContent()) ?? '{}') as { data: { train: unknown } };
+    expect(spec.data.train).toEqual([expect.stringMatching(/train\.json$/), testJson]);
+    await page.getByTestId('wizard-step-1').click();
+    await page.getByTestId('extra-data-remove').click();
+    expect(await page.getByTestId('extra-data-row').count()).toBe(0);
   });
 
   it('checkpoint retention, the best checkpoint and early stopping reach the command line, and need evaluations', async () => {

@@ -420,3 +420,27 @@ describe('checkpoint retention, the best checkpoint and early stopping (HF Train
     expect(es.stderr).toMatch(/early_stopping_patience stops when the eval loss stops improving: it needs evaluations during training/);
   }, 120_000);
 });
+
+describe('several training files (--train_file a,b)', () => {
+  it('trains on both, each read in its own format, and the run lists them', async () => {
+    const home = path.join(tmp, 'home-multi');
+    const alpaca = path.join(tmp, 'multi-alpaca.json');
+    fs.writeFileSync(alpaca, JSON.stringify(Array.from({ length: 9 }, (_, i) => ({ instruction: `翻译 ${i}`, input: '', output: `translation ${i}` }))));
+    const cblue = path.join(DATA, 'dev.json');
+    const out = path.join(tmp, 'multi');
+    const r = await runCli(['train', '--model_name_or_path', model, '--train_file', `${cblue},${alpaca}`, '--output_dir', out, '--max_steps', '2', '--max_source_length', '96', '--max_target_length', '16', '--device', 'cpu'], { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr + r.stdout).toBe(0);
+    const one = /data: .*dev\.json: (\d+) samples \(promptcblue;/.exec(r.stdout);
+    const two = /data: .*multi-alpaca\.json: (\d+) samples \(alpaca;/.exec(r.stdout);
+    expect(one && two, r.stdout).toBeTruthy();
+    const total = Number(one![1]) + Number(two![1]);
+    expect(two![1]).toBe('9');
+    expect(r.stdout).toContain(`data: ${total} training samples`);
+    expect(r.stdout).toMatch(new RegExp(`training llama \\(lora\\): .*; ${total} samples; 2 steps`));
+    // no part files left behind; the run's spec names both files
+    expect(fs.readdirSync(path.join(out, 'data'))).toEqual(['train.tok']);
+    const store = openStore(home);
+    expect((store.runs.list()[0]!.spec as { data: { train: unknown } }).data.train).toEqual([cblue, alpaca]);
+    store.close();
+  }, 120_000);
+});

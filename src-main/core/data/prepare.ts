@@ -10,7 +10,7 @@ import { type ColumnOptions, FORMAT_HINT, type Format, HISTORY_FORMATS, type Sam
 import { type ChatRenderer, loadChatTemplate } from './chat-template.js';
 import { readRecords, recordAt } from './reader.js';
 import { type EncodeOptions, type TemplateName, TEMPLATES, encodeSample } from './templates.js';
-import { TokWriter } from './tokfile.js';
+import { TokReader, TokWriter } from './tokfile.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
 export interface PrepareOptions {
@@ -415,4 +415,50 @@ function copyAtomic(from: string, to: string): void {
   const tmp = `${to}.${process.pid}.tmp`;
   fs.copyFileSync(from, tmp);
   fs.renameSync(tmp, to);
+}
+
+/**
+ * The report of several files prepared one by one and put together into `out` (and `validationOut`): counts summed,
+ * the lengths read back from the combined file, the format when they share one ("mixed" otherwise).
+ */
+export function combineReports(parts: readonly PrepareReport[], out: string, validationOut: string | null): PrepareReport {
+  const sum = (f: (r: PrepareReport) => number) => parts.reduce((a, r) => a + f(r), 0);
+  const r = TokReader.open(out);
+  let lengths: number[];
+  try {
+    lengths = Array.from({ length: r.size }, (_, i) => r.length(i));
+  } finally {
+    r.close();
+  }
+  const vals = parts.map((p) => p.validation).filter((v): v is NonNullable<PrepareReport['validation']> => v !== null);
+  const formats = [...new Set(parts.map((p) => p.format))];
+  const templates = [...new Set(parts.map((p) => p.template))];
+  const estimated = sum((p) => p.truncated.estimated ?? 0);
+  return {
+    out,
+    format: (formats.length === 1 ? formats[0] : 'mixed') as Format,
+    template: templates[0]!,
+    records: sum((p) => p.records),
+    written: sum((p) => p.written),
+    validation:
+      validationOut && vals.length
+        ? {
+            out: validationOut,
+            written: vals.reduce((a, v) => a + v.written, 0),
+            tokens: vals.reduce((a, v) => a + v.tokens, 0),
+            truncated: { samples: vals.reduce((a, v) => a + v.truncated.samples, 0), tokens: vals.reduce((a, v) => a + v.truncated.tokens, 0) },
+            maxLength: Math.max(...vals.map((v) => v.maxLength)),
+          }
+        : null,
+    skipped: sum((p) => p.skipped),
+    errors: parts.flatMap((p) => p.errors).slice(0, MAX_LISTED_ERRORS),
+    errorCount: sum((p) => p.errorCount),
+    truncated: { samples: sum((p) => p.truncated.samples), tokens: sum((p) => p.truncated.tokens), ...(estimated ? { estimated } : {}) },
+    tokens: sum((p) => p.tokens),
+    lengths: histogram(lengths),
+    duplicates: sum((p) => p.duplicates),
+    packedSamples: sum((p) => p.packedSamples),
+    cached: parts.every((p) => p.cached),
+    seconds: sum((p) => p.seconds),
+  };
 }

@@ -266,3 +266,50 @@ export class TokReader {
     return Number(this.offsets[i + 1]! - this.offsets[i]!);
   }
 }
+
+/**
+ * Several prepared files as one (the samples of each in order): a run's training files, each prepared on its own
+ * (its own format, its own cache entry), become the one .tok the engine reads. The header is the first file's,
+ * with `source.data` listing every file and `format` each one's when they differ. Written atomically, as TokWriter
+ * writes; all inputs must share the tokenizer and be packed alike.
+ */
+export async function concatTok(inputs: readonly string[], out: string): Promise<TokHeader> {
+  if (!inputs.length) throw new Error('concatTok: no input file');
+  const readers = inputs.map((f) => TokReader.open(f));
+  try {
+    const first = readers[0]!.header;
+    const packed = first.packed === true;
+    for (const r of readers) {
+      if (r.header.tokenizer_hash !== first.tokenizer_hash) throw new Error(`${r.file} was prepared with another tokenizer than ${readers[0]!.file}`);
+      if ((r.header.packed === true) !== packed) throw new Error(`${r.file} is ${packed ? 'not ' : ''}packed, unlike ${readers[0]!.file}`);
+    }
+    const w = new TokWriter(out, packed);
+    try {
+      for (const r of readers)
+        for (let i = 0; i < r.size; i++) {
+          const s = r.sample(i);
+          w.add(
+            s.input_ids,
+            s.labels.map((l) => l !== -100),
+            s.position_ids,
+          );
+        }
+    } catch (err) {
+      await w.abort();
+      throw err;
+    }
+    const src = (h: TokHeader) => (h.source && typeof h.source === 'object' ? (h.source as Record<string, unknown>) : {});
+    const formats = [...new Set(readers.map((r) => r.header.format))];
+    const { num_samples: _n, num_tokens: _t, packed: _p, ...rest } = first;
+    void _n;
+    void _t;
+    void _p;
+    return await w.finish({
+      ...rest,
+      format: formats.length === 1 ? formats[0] : readers.map((r) => r.header.format),
+      source: { ...src(first), data: readers.map((r) => src(r.header).data ?? r.file) },
+    });
+  } finally {
+    for (const r of readers) r.close();
+  }
+}

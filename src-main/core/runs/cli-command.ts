@@ -21,7 +21,7 @@ export function cliArgs(spec: RunSpec): string[] {
   if (spec.name) flag('run_name', spec.name);
   flag('model_name_or_path', spec.model.path);
   flag('quantization', spec.model.quantization, d.model.quantization);
-  flag('train_file', spec.data.train);
+  flag('train_file', Array.isArray(spec.data.train) ? spec.data.train.join(',') : spec.data.train);
   flag('validation_file', spec.data.validation);
   flag('validation_split_percentage', spec.data.validation_percent, d.data.validation_percent);
   flag('format', spec.data.format);

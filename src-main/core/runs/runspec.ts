@@ -68,7 +68,8 @@ export const RunSpec = z
     lora: LoraSpec.default({ r: 8, alpha: 32, dropout: 0.05, target_modules: null, modules_to_save: null }),
     data: z
       .object({
-        train: z.string().min(1),
+        // one file, or several (each prepared on its own — its own format when format is null — then put together)
+        train: z.union([z.string().min(1), z.array(z.string().min(1)).min(1)]),
         validation: z.string().min(1).nullable().default(null),
         validation_percent: z.number().min(0).lt(100).default(0),
         format: z.enum(FORMATS as [string, ...string[]]).nullable().default(null),
@@ -185,6 +186,11 @@ export const RunSpec = z
       ctx.addIssue({ code: 'custom', message: `one worker per GPU: ${n} workers on one GPU are not supported; to train on several GPUs list them in devices.ids (--device cuda:0,1)`, path: ['distributed', 'nproc_per_node'] });
     }
   });
+
+/** A spec's training files (data.train is one path or a list). */
+export function trainFiles(spec: { data: { train: string | string[] } }): string[] {
+  return Array.isArray(spec.data.train) ? [...spec.data.train] : [spec.data.train];
+}
 
 /** Whether the spec trains on several GPUs (one worker per GPU, CUDA_VISIBLE_DEVICES set per worker). */
 export function isMultiGpu(spec: Pick<RunSpec, 'devices'>): boolean {

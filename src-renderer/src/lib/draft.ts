@@ -61,7 +61,8 @@ export function draftFromSpec(specIn: unknown, continueFrom: string | null = nul
   const method = spec.method === 'full' ? 'full' : quant && quant !== 'none' ? 'qlora' : 'lora';
   const out: Obj = {
     modelPath: str(model.path),
-    dataPath: str(d.train),
+    dataPath: Array.isArray(d.train) ? str(d.train[0]) : str(d.train),
+    extraData: Array.isArray(d.train) ? d.train.slice(1).filter((x): x is string => typeof x === 'string') : [],
     validationMode: d.validation ? 'file' : typeof d.validation_percent === 'number' && d.validation_percent > 0 ? 'split' : 'none',
     validationPath: str(d.validation),
     validationPercent: typeof d.validation_percent === 'number' && d.validation_percent > 0 ? d.validation_percent : undefined,
