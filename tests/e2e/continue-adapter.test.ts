@@ -53,6 +53,35 @@ afterAll(async () => {
   await app?.stop();
 });
 
+describe('early stopping and the best checkpoint on the run page', () => {
+  it('says the run ended early and which checkpoint the output holds', async () => {
+    const models = await api<{ path: string }[]>('listModels', {});
+    const demo = models.find((m) => /llms-train-demo/.test(m.path))!.path;
+    const data = path.join(ROOT, 'resources', 'datasets', 'promptcblue-demo');
+    const run = await api<{ id: number }>('startRun', {
+      spec: {
+        name: 'early',
+        model: { path: demo },
+        method: 'lora',
+        lora: { r: 4, alpha: 8, dropout: 0, target_modules: ['q_proj', 'v_proj'] },
+        data: { train: path.join(data, 'train.json'), validation: path.join(data, 'test.json'), max_source_length: 64, max_target_length: 16 },
+        training: { max_steps: 12, micro_batch_size: 4, learning_rate: 1e-3, warmup_steps: 0 },
+        // no drop of the eval loss is worth 10: the third evaluation ends the run
+        output: { dir: path.join(app.home, 'runs', 'early'), logging_steps: 1, save_steps: 2, eval_steps: 2, save_total_limit: 1, load_best_model_at_end: true, early_stopping_patience: 2, early_stopping_threshold: 10 },
+      },
+    });
+    await page.goto(`${app.url}#/runs/${run.id}`);
+    await expect.poll(async () => page.getByTestId('run-status').textContent(), { timeout: 120_000, interval: 500 }).toBe('completed');
+    await expect.poll(async () => (await page.getByTestId('run-output-note').allTextContents()).join(' | '), { timeout: 10_000 }).toMatch(
+      /^Ended early at step 6 of 12: the eval loss stopped improving \(early_stopping_patience 2\)\. \| The output holds the best checkpoint \(load_best_model_at_end\): step \d+, eval loss [\d.]+/,
+    );
+    // rotation (save_total_limit 1): the best and the newest checkpoints are left, and listed
+    const steps = await page.getByTestId('checkpoint-row').evaluateAll((rows) => rows.map((r) => Number(r.getAttribute('data-step'))));
+    expect(steps.length).toBeLessThanOrEqual(2);
+    expect(steps).toContain(6);
+  }, 180_000);
+});
+
 describe('Train further', () => {
   it("opens the wizard on the run's settings with the checkpoint as the adapter to continue", async () => {
     await page.goto(`${app.url}#/runs/${firstRun}`);
