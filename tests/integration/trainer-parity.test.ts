@@ -7,7 +7,9 @@
 // decay), cosine with warmup_ratio (+ lm_head and embed_tokens in modules_to_save, decayed), constant with PEFT's own
 // init (B = 0), custom betas/epsilon, no clipping and a fractional num_epochs, gradient accumulation under both loss
 // normalisations (token_mean against transformers ≥ 4.46's rule, mean_of_means against 4.45.2 as it is; a logging
-// window of 4 steps), and a full fine-tune of a tiny GPT-NeoX (LayerNorm weights and every bias out of weight decay).
+// window of 4 steps), checkpoints with save_total_limit + load_best_model_at_end + EarlyStoppingCallback (the same
+// checkpoints left, the same best one as the output, the same step to stop at), and a full fine-tune of a tiny
+// GPT-NeoX (LayerNorm weights and every bias out of weight decay).
 // Tolerances: loss and grad_norm 1e-5 relative over the first 5 steps, 1e-4 after; lr 1e-9; final weights 1e-4 of
 // each tensor's largest entry (measured: ≤ 5e-7, ≤ 5e-7 and ≤ 3e-5). Runs in about 10 s on 2 cores.
 // Documented differences (docs/formats.md "Compared with HF Trainer"), checked here as such:
@@ -37,6 +39,11 @@ interface Variant {
   training: Record<string, number | string>;
   logging_steps: number;
   eval_steps?: number;
+  // checkpoints (HF: save_strategy "steps"), their rotation, the best checkpoint and EarlyStoppingCallback
+  output?: { save_steps: number; save_total_limit?: number; load_best_model_at_end?: boolean; early_stopping_patience?: number; early_stopping_threshold?: number };
+  // evaluation rows with the same number of label tokens each: Trainer's eval_loss (batch-size-weighted mean of batch
+  // means) then equals our token mean, so both sides pick the same best checkpoint
+  uniformEval?: boolean;
 }
 
 const VARIANTS: Variant[] = [
@@ -86,6 +93,17 @@ const VARIANTS: Variant[] = [
     logging_steps: 1,
   },
   {
+    // save_total_limit + load_best_model_at_end + EarlyStoppingCallback: the same checkpoints left, the same best one
+    // as the output, the same step to stop at (a learning rate high enough for the eval loss to turn back up)
+    name: 'best-checkpoint-early-stopping',
+    targets: ['q_proj', 'v_proj', 'down_proj'],
+    training: { learning_rate: 3e-2, lr_scheduler: 'constant', max_grad_norm: 1.0, max_steps: 30, micro_batch_size: 4, eval_batch_size: 4, seed: 13 },
+    logging_steps: 1,
+    eval_steps: 2,
+    uniformEval: true,
+    output: { save_steps: 2, save_total_limit: 2, load_best_model_at_end: true, early_stopping_patience: 3 },
+  },
+  {
     // every weight trains: LayerNorm weights and all biases stay out of weight decay, embeddings and the head are in
     name: 'gpt-neox-full-finetune',
     family: 'gpt_neox',
@@ -112,6 +130,12 @@ function rows(n: number) {
     labels.push(ids.map((t, j) => (j < masked ? -100 : t)));
   }
   return { input_ids, labels, pad_id: 0 };
+}
+
+/** Rows of 12 tokens with the first 4 masked: 8 predicted tokens each. */
+function uniformRows(n: number) {
+  const input_ids = Array.from({ length: n }, () => Array.from({ length: 12 }, () => 3 + rnd(300)));
+  return { input_ids, labels: input_ids.map((ids) => ids.map((t, j) => (j < 4 ? -100 : t))), pad_id: 0 };
 }
 
 /** Tensor shapes of a safetensors file. */
@@ -197,6 +221,8 @@ beforeAll(async () => {
   const evalf = path.join(tmp, 'eval.json');
   fs.writeFileSync(train, JSON.stringify(rows(22)));
   fs.writeFileSync(evalf, JSON.stringify(rows(10)));
+  const uniformEvalf = path.join(tmp, 'eval-uniform.json');
+  fs.writeFileSync(uniformEvalf, JSON.stringify(uniformRows(12)));
   const spec = { threads: 1, variants: [] as Record<string, unknown>[] };
   const jobs: string[] = [];
   VARIANTS.forEach((v, i) => {
@@ -205,17 +231,18 @@ beforeAll(async () => {
     const init = path.join(tmp, `${v.name}-init`);
     if (!full) writeAdapter(init, m, v, 1000 + i);
     const hasEval = (v.eval_steps ?? 0) > 0;
+    const ev = v.uniformEval ? uniformEvalf : evalf;
     const job = {
       model: m, threads: 1,
       ...(full ? { method: 'full' } : { lora: { init_adapter: init } }),
-      data: { train, ...(hasEval ? { eval: evalf } : {}) },
+      data: { train, ...(hasEval ? { eval: ev } : {}) },
       training: v.training,
-      output: { dir: path.join(tmp, `${v.name}-ours`), logging_steps: v.logging_steps, save_steps: 1000, eval_steps: v.eval_steps ?? 0 },
+      output: { dir: path.join(tmp, `${v.name}-ours`), logging_steps: v.logging_steps, save_steps: 1000, eval_steps: v.eval_steps ?? 0, ...(v.output ?? {}) },
     };
     const jf = path.join(tmp, `${v.name}-job.json`);
     fs.writeFileSync(jf, JSON.stringify(job));
     jobs.push(jf);
-    spec.variants.push({ name: v.name, model: m, method: v.method ?? 'lora', ...(full ? {} : { init_adapter: init }), train, ...(hasEval ? { eval: evalf } : {}), out: path.join(tmp, `${v.name}-hf`), logging_steps: v.logging_steps, eval_steps: v.eval_steps ?? 0, ...v.training });
+    spec.variants.push({ name: v.name, model: m, method: v.method ?? 'lora', ...(full ? {} : { init_adapter: init }), train, ...(hasEval ? { eval: ev } : {}), out: path.join(tmp, `${v.name}-hf`), logging_steps: v.logging_steps, eval_steps: v.eval_steps ?? 0, ...v.training, ...(v.output ?? {}) });
   });
   const specFile = path.join(tmp, 'spec.json');
   const resFile = path.join(tmp, 'ref.json');
@@ -248,15 +275,21 @@ describe.each(VARIANTS)('HF Trainer parity: $name', (v) => {
   const early = (step: number) => step <= 5;
 
   it('HF was fed the engine\'s sample order', () => {
-    expect(ref().order_seen).toEqual(ref().order_expected);
+    // (the micro-batches of the steps trained: a run that stopped early was planned for more; accelerate's loader
+    // fetches one batch ahead)
+    const n = ref().steps.length * Number(v.training.gradient_accumulation_steps ?? 1);
+    expect(ref().order_seen.length).toBeGreaterThanOrEqual(n);
+    expect(ref().order_seen.slice(0, n)).toEqual(ref().order_expected.slice(0, n));
   });
 
   it('per optimizer step: loss, learning rate, pre-clip gradient norm and epoch', () => {
     const steps = ev('step');
-    const maxSteps = ref().steps.length; // HF's own count (max_steps, or derived from num_train_epochs)
+    const trained = ref().steps.length; // HF's own count (max_steps, or derived from num_train_epochs; fewer when it stopped early)
+    const maxSteps = v.output?.early_stopping_patience ? Number(v.training.max_steps) : trained;
     expect((ev('started')[0] as unknown as { max_steps: number }).max_steps).toBe(maxSteps);
     if (v.training.max_steps) expect(maxSteps).toBe(v.training.max_steps);
-    expect(steps.map((e) => e.step)).toEqual(Array.from({ length: maxSteps / v.logging_steps }, (_, i) => (i + 1) * v.logging_steps));
+    // the same steps, and with early stopping the same last one
+    expect(steps.map((e) => e.step)).toEqual(Array.from({ length: trained / v.logging_steps }, (_, i) => (i + 1) * v.logging_steps));
     const byStep = new Map(ref().steps.map((s) => [s.step, s]));
     const logs = new Map(ref().logs.map((l) => [l.step, l]));
     const errs: string[] = [];
@@ -330,6 +363,27 @@ describe.each(VARIANTS)('HF Trainer parity: $name', (v) => {
     for (const n of g.no_decay) expect(n).toMatch(/norm|bias/);
     for (const n of g.decay) expect(n).not.toMatch(/norm|bias/);
     if (v.modules_to_save?.includes('model.norm')) expect(g.no_decay.some((n) => n.includes('model.norm.modules_to_save'))).toBe(true);
+  });
+
+  it.runIf(Boolean(v.output))('checkpoints left (save_total_limit), the best one (load_best_model_at_end) and the step it stopped at (EarlyStoppingCallback): as HF Trainer', () => {
+    const r = ref() as Ref & { checkpoints: number[]; best_model_checkpoint: number | null; global_step: number };
+    const o = v.output!;
+    const done = ev('done')[0] as unknown as { step: number; best_checkpoint?: string; early_stopped?: boolean; output_from_best?: boolean };
+    expect(done.step).toBe(r.global_step);
+    if (o.early_stopping_patience) {
+      expect(r.global_step, 'the run is meant to stop early').toBeLessThan(Number(v.training.max_steps));
+      expect(done.early_stopped).toBe(true);
+    }
+    const dir = path.join(tmp, `${v.name}-ours`);
+    const left = fs.readdirSync(dir).filter((n) => /^checkpoint-\d+$/.test(n)).map((n) => Number(n.slice(11))).sort((a, b) => a - b);
+    expect(left).toEqual(r.checkpoints);
+    if (o.save_total_limit) expect(left.length).toBeLessThanOrEqual(Math.max(2, o.save_total_limit));
+    if (o.load_best_model_at_end) {
+      expect(Number(/checkpoint-(\d+)$/.exec(done.best_checkpoint ?? '')?.[1])).toBe(r.best_model_checkpoint);
+      expect(r.best_model_checkpoint, 'the best checkpoint is meant to be an earlier one').not.toBe(r.global_step);
+      expect(done.output_from_best).toBe(true);
+      // (the final weights test above compares the output with HF's, which Trainer loaded from the best checkpoint)
+    }
   });
 
   it.skipIf(!v.eval_steps)('eval loss: our token mean, and HF Trainer\'s batch-size-weighted mean of batch means', () => {

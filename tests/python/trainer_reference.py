@@ -8,7 +8,10 @@ our engine trains on, for tests/integration/trainer-parity.test.ts.
 SPEC: {"threads": 1, "variants": [{"name", "model", "method" ("lora" | "full"), "init_adapter" (lora), "train", "eval"?, "out",
   "micro_batch_size", "gradient_accumulation_steps", "learning_rate", "lr_scheduler", "warmup_steps",
   "warmup_ratio", "weight_decay", "max_grad_norm", "adam_beta1", "adam_beta2", "adam_epsilon", "max_steps" | "num_epochs",
-  "logging_steps", "eval_steps", "eval_batch_size", "seed", "loss_normalization"}, ...]}
+  "logging_steps", "eval_steps", "eval_batch_size", "seed", "loss_normalization",
+  "save_steps"?, "save_total_limit"?, "load_best_model_at_end"?, "early_stopping_patience"?, "early_stopping_threshold"?}, ...]}
+(with save_steps: HF's checkpoints, rotation, best checkpoint and EarlyStoppingCallback, metric eval_loss; the result
+ then also has "checkpoints" (the steps of the checkpoint-N folders left), "best_model_checkpoint" and "global_step").
 (train/eval: the engine's JSON tokens files, {"input_ids": [[...]], "labels": [[...]], "pad_id"?}).
 
 What is HF's own code and what is ours:
@@ -113,7 +116,7 @@ class Collator:
 
 def run_variant(v):
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, Trainer, TrainerCallback, TrainingArguments
+    from transformers import AutoModelForCausalLM, EarlyStoppingCallback, Trainer, TrainerCallback, TrainingArguments
 
     train_rows, pad_id = read_tokens(v["train"])
     for i, r in enumerate(train_rows):
@@ -256,6 +259,7 @@ def run_variant(v):
             rec["evals"].append({"step": state.global_step, "eval_loss": float(metrics["eval_loss"]), "batches": per})
 
     eval_steps = int(v.get("eval_steps", 0) or 0)
+    save_steps = int(v.get("save_steps", 0) or 0)
     args = TrainingArguments(
         output_dir=v["out"] + "-trainer",
         overwrite_output_dir=True,
@@ -277,7 +281,11 @@ def run_variant(v):
         logging_steps=int(v.get("logging_steps", 1)),
         eval_strategy="steps" if (eval_rows and eval_steps > 0) else "no",
         eval_steps=eval_steps if eval_steps > 0 else None,
-        save_strategy="no",
+        save_strategy="steps" if save_steps else "no",
+        **({"save_steps": save_steps, "save_total_limit": int(v.get("save_total_limit", 0)) or None,
+            "load_best_model_at_end": bool(v.get("load_best_model_at_end", False)),
+            "metric_for_best_model": "eval_loss", "greater_is_better": False,
+            "save_safetensors": True} if save_steps else {}),
         report_to=[],
         seed=seed,
         optim="adamw_torch",
@@ -299,7 +307,9 @@ def run_variant(v):
                                               eps=float(v.get("adam_epsilon", 1e-8)))
     trainer = Trainer_(model=model, args=args, train_dataset=ListDataset(train_rows),
                        eval_dataset=ListDataset(eval_rows) if eval_rows else None, data_collator=collator,
-                       callbacks=[Recorder()], optimizers=(optimizer, None))
+                       callbacks=[Recorder()] + ([EarlyStoppingCallback(int(v["early_stopping_patience"]), float(v.get("early_stopping_threshold", 0.0)))]
+                                                 if int(v.get("early_stopping_patience", 0) or 0) > 0 else []),
+                       optimizers=(optimizer, None))
     trainer.create_optimizer()
     if optimizer is None:
         # the two parameter groups create_optimizer makes (get_decay_parameter_names: not LayerNorm/RMSNorm, not bias)
@@ -320,6 +330,12 @@ def run_variant(v):
     rec["decay_groups"] = names
     rec["adapter"] = v["out"]  # adapter_model.safetensors, or model.safetensors for "full"
     rec["transformers"] = transformers.__version__
+    if save_steps:
+        ck = args.output_dir
+        rec["checkpoints"] = sorted(int(n[len("checkpoint-"):]) for n in os.listdir(ck) if n.startswith("checkpoint-"))
+        best = trainer.state.best_model_checkpoint
+        rec["best_model_checkpoint"] = int(os.path.basename(best)[len("checkpoint-"):]) if best else None
+        rec["global_step"] = trainer.state.global_step
     return rec
 
 
