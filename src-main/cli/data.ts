@@ -6,13 +6,14 @@ import path from 'node:path';
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { FORMATS, type Format } from '../core/data/formats.js';
-import { PrepareError, type PrepareReport, prepareDataset } from '../core/data/prepare.js';
+import { PrepareError, type PrepareReport, prepareFiles } from '../core/data/prepare.js';
 import { TEMPLATES, type TemplateName } from '../core/data/templates.js';
 import { TokReader } from '../core/data/tokfile.js';
 import { IoError, ioError, isWriteFailure } from '../core/io-error.js';
 import { loadChatTemplate } from '../core/data/chat-template.js';
 import { loadTokenizer } from '../core/data/tokenizer/index.js';
 import { dataHome } from '../core/paths.js';
+import { trainFileList } from '../core/runs/runspec.js';
 
 function positiveInt(v: string): number {
   const n = Number(v);
@@ -40,7 +41,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .command('prepare')
     .description('turn a dataset file (JSON / JSONL / CSV / TSV / text, optionally .gz) into a tokenized .tok file for training')
     .requiredOption('--model <dir>', 'HF model folder whose tokenizer to use')
-    .requiredOption('--data <file>', 'dataset file: PromptCBLUE, Alpaca, ShareGPT / messages, prompt/response columns (a JSON array, an object holding one, JSONL, CSV or TSV with a header row; gzip\'d too), or .txt')
+    .requiredOption('--data <file>', 'dataset file: PromptCBLUE, Alpaca, ShareGPT / messages, prompt/response columns (a JSON array, an object holding one, JSONL, CSV or TSV with a header row; gzip\'d too), or .txt; several comma-separated (a,b.json): each read in its own format, the samples put together')
     .requiredOption('--out <file>', 'output .tok file')
     .addOption(new Option('--format <format>', 'override the detected format').choices([...FORMATS]))
     .addOption(new Option('--template <template>', 'prompt template').choices([...TEMPLATES]).default('raw'))
@@ -69,8 +70,10 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
         if (o.prompt_column) columns.promptColumn = o.prompt_column;
         if (o.response_column) columns.responseColumn = o.response_column;
         if (o.history_column) columns.historyColumn = o.history_column;
-        const report = await prepareDataset({
-          dataFile: o.data,
+        const files = trainFileList(o.data);
+        const many = Array.isArray(files);
+        const report = await prepareFiles({
+          dataFiles: many ? files : [files],
           out: o.out,
           tokenizer,
           ...(o.format ? { format: o.format } : {}),
@@ -86,7 +89,7 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
           seed: o.seed,
           ...(o.cache ? { cacheDir: path.join(dataHome(), 'cache', 'tok') } : {}),
           source: { model: path.resolve(o.model) },
-        });
+        }, many && !o.json ? (file, r) => console.log(`${file}: ${r.written} samples (format ${r.format}${r.cached ? ', from the cache' : ''})`) : undefined);
         if (o.json) console.log(JSON.stringify(report));
         else printReport(report);
       } catch (err) {

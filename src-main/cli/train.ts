@@ -9,7 +9,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { Core } from '../core/core.js';
 import { dataHome } from '../core/paths.js';
-import { LORA_OPTION_KEYS, type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, parseTargetModules, readLoraConfigFile, resolveInitAdapter } from '../core/runs/runspec.js';
+import { LORA_OPTION_KEYS, type RunSpecInput, RunSpecError, applyDeepspeed, parseRunSpec, parseTargetModules, readLoraConfigFile, resolveInitAdapter, trainFileList } from '../core/runs/runspec.js';
 import type { EngineEvent } from '../core/runs/service.js';
 import { TEMPLATES } from '../core/data/templates.js';
 import { bool, parseBool } from './options.js';
@@ -27,15 +27,7 @@ const num = (v: string) => {
 
 type Flags = Record<string, string | number | boolean | undefined>;
 
-/**
- * `--train_file`: one file, or several separated by commas (each prepared on its own, then trained on together). A
- * value that names an existing file is that file, commas and all.
- */
-export function trainFileList(v: string): string | string[] {
-  if (!v.includes(',') || fs.existsSync(v)) return v;
-  const parts = v.split(',').map((x) => x.trim()).filter(Boolean);
-  return parts.length === 1 ? parts[0]! : parts;
-}
+export { trainFileList } from '../core/runs/runspec.js';
 
 /** A flag given as `--flag` (true) or `--flag VALUE` (True/False, yes/no, 1/0 in any case). */
 function boolFlag(name: string, v: unknown, field: string): boolean {

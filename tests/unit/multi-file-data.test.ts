@@ -8,7 +8,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { specFromFlags, trainFileList } from '../../src-main/cli/train';
-import { combineReports, prepareDataset } from '../../src-main/core/data/prepare';
+import { combineReports, prepareDataset, prepareFiles } from '../../src-main/core/data/prepare';
 import { concatTok, TokReader, TokWriter } from '../../src-main/core/data/tokfile';
 import { cliArgs } from '../../src-main/core/runs/cli-command';
 import { parseRunSpec, trainFiles } from '../../src-main/core/runs/runspec';
@@ -54,6 +54,27 @@ describe('several training files', () => {
     expect(rep.validation!.written).toBe(ra.validation!.written + rb.validation!.written);
     expect(rep.lengths.max).toBe(Math.max(ra.lengths.max, rb.lengths.max));
     expect(samples(path.join(tmp, 'all.val.tok')).length).toBe(rep.validation!.written);
+  });
+
+  it('prepareFiles (what a run and `data prepare --data a,b` use) gives the same file, each file heard, no parts left', async () => {
+    const a = path.join(tmp, 'cblue.jsonl');
+    const b = path.join(tmp, 'alpaca.json');
+    const heard: string[] = [];
+    const dir = path.join(tmp, 'pf');
+    fs.mkdirSync(dir);
+    const out = path.join(dir, 'train.tok');
+    const rep = await prepareFiles({ tokenizer: charTok, maxSourceLength: 64, maxTargetLength: 16, dataFiles: [a, b], out, validationOut: path.join(dir, 'val.tok'), validationPercent: 30, seed: 7 }, (f) => heard.push(f));
+    expect(heard).toEqual([a, b]);
+    expect(samples(out)).toEqual(samples(path.join(tmp, 'all.tok')));
+    expect(samples(path.join(dir, 'val.tok'))).toEqual(samples(path.join(tmp, 'all.val.tok')));
+    expect(rep.written).toBe(samples(out).length);
+    expect(fs.readdirSync(dir).sort()).toEqual(['train.tok', 'val.tok']);
+    // a bad record in the second file: named with its file, and nothing half-written left
+    const bad = path.join(tmp, 'bad.jsonl');
+    fs.writeFileSync(bad, '{"instruction": "a", "output": "b"}\n{"instruction": oops\n');
+    const out2 = path.join(dir, 'bad.tok');
+    await expect(prepareFiles({ tokenizer: charTok, maxSourceLength: 64, maxTargetLength: 16, dataFiles: [a, bad], out: out2 })).rejects.toThrow(/1 bad record\(s\) in .*bad\.jsonl/);
+    expect(fs.readdirSync(dir).sort()).toEqual(['train.tok', 'val.tok']);
   });
 
   it('refuses files of another tokenizer or packing, and writes nothing then', async () => {

@@ -10,7 +10,7 @@ import { type ColumnOptions, FORMAT_HINT, type Format, HISTORY_FORMATS, type Sam
 import { type ChatRenderer, loadChatTemplate } from './chat-template.js';
 import { readRecords, recordAt } from './reader.js';
 import { type EncodeOptions, type TemplateName, TEMPLATES, encodeSample } from './templates.js';
-import { TokReader, TokWriter } from './tokfile.js';
+import { concatTok, TokReader, TokWriter } from './tokfile.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
 export interface PrepareOptions {
@@ -461,4 +461,29 @@ export function combineReports(parts: readonly PrepareReport[], out: string, val
     cached: parts.every((p) => p.cached),
     seconds: sum((p) => p.seconds),
   };
+}
+
+/**
+ * One or several dataset files into one .tok (and one validation split): each file prepared on its own — its own
+ * format when none is given, its own cache entry, its bad records named with its path — then the samples put together
+ * in the order given. `onFile` hears each file's own report. One file is prepareDataset itself.
+ */
+export async function prepareFiles(opt: Omit<PrepareOptions, 'dataFile'> & { dataFiles: readonly string[] }, onFile?: (file: string, report: PrepareReport) => void): Promise<PrepareReport> {
+  const { dataFiles: files, ...rest } = opt;
+  if (!files.length) throw new PrepareError('no dataset file given', []);
+  if (files.length === 1) return prepareDataset({ ...rest, dataFile: files[0]! });
+  const part = (kind: string, k: number) => `${opt.out}.part${k}.${kind}`;
+  const parts: PrepareReport[] = [];
+  try {
+    for (const [k, file] of files.entries()) {
+      const r = await prepareDataset({ ...rest, dataFile: file, out: part('tok', k), ...(opt.validationOut ? { validationOut: part('val', k) } : {}) });
+      onFile?.(file, r);
+      parts.push(r);
+    }
+    await concatTok(files.map((_, k) => part('tok', k)), opt.out);
+    if (opt.validationOut) await concatTok(files.map((_, k) => part('val', k)), opt.validationOut);
+  } finally {
+    for (const k of files.keys()) for (const kind of ['tok', 'val']) fs.rmSync(part(kind, k), { force: true });
+  }
+  return combineReports(parts, opt.out, opt.validationOut ?? null);
 }

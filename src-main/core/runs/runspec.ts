@@ -187,6 +187,16 @@ export const RunSpec = z
     }
   });
 
+/**
+ * `--train_file` / `data prepare --data`: one file, or several separated by commas (each prepared on its own, then trained on together). A
+ * value that names an existing file is that file, commas and all.
+ */
+export function trainFileList(v: string): string | string[] {
+  if (!v.includes(',') || fs.existsSync(v)) return v;
+  const parts = v.split(',').map((x) => x.trim()).filter(Boolean);
+  return parts.length === 1 ? parts[0]! : parts;
+}
+
 /** A spec's training files (data.train is one path or a list). */
 export function trainFiles(spec: { data: { train: string | string[] } }): string[] {
   return Array.isArray(spec.data.train) ? [...spec.data.train] : [spec.data.train];

@@ -14,8 +14,8 @@ import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
 
-import { combineReports, type PrepareReport, prepareDataset } from '../data/prepare.js';
-import { concatTok, TokWriter } from '../data/tokfile.js';
+import { prepareDataset, prepareFiles } from '../data/prepare.js';
+import { TokWriter } from '../data/tokfile.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
 import type { Tokenizer } from '../data/tokenizer/types.js';
 import { ensureDir, IoError, ioError, isWriteFailure } from '../io-error.js';
@@ -672,27 +672,11 @@ export class RunService {
       const splitOut = !d.validation && d.validation_percent > 0 ? evalOut : undefined;
       const split = (o: string | undefined) => (o ? { validationOut: o, validationPercent: d.validation_percent, seed: spec.training.seed } : {});
       const files = trainFiles(spec);
-      let rep: PrepareReport;
-      if (files.length === 1) rep = await prepareDataset({ ...common, dataFile: files[0]!, out: train, ...split(splitOut) });
-      else {
-        // several training files: each prepared on its own (its format, its cache entry, its bad lines named with
-        // its path), then put together in the order given; the validation split is taken from each
-        const parts: PrepareReport[] = [];
-        const partFile = (kind: string, k: number) => path.join(out, 'data', `${kind}-part${k}.tok`);
-        try {
-          for (const [k, file] of files.entries()) {
-            if (ac.signal.aborted) throw new Aborted();
-            const p = await prepareDataset({ ...common, dataFile: file, out: partFile('train', k), ...split(splitOut ? partFile('split', k) : undefined) });
-            log(`data: ${file}: ${p.written} samples (${p.format}; ${p.truncated.samples} truncated)${p.cached ? ' from the cache' : ''}${skipped(p.skipped)}`);
-            parts.push(p);
-          }
-          await concatTok(files.map((_, k) => partFile('train', k)), train);
-          if (splitOut) await concatTok(files.map((_, k) => partFile('split', k)), splitOut);
-        } finally {
-          for (const k of files.keys()) for (const kind of ['train', 'split']) fs.rmSync(partFile(kind, k), { force: true });
-        }
-        rep = combineReports(parts, train, splitOut ?? null);
-      }
+      // several training files: each prepared on its own (its format, its cache entry, its bad lines named with its
+      // path), then put together in the order given; the validation split is taken from each
+      const rep = await prepareFiles({ ...common, dataFiles: files, out: train, ...split(splitOut) }, (file, p) =>
+        log(`data: ${file}: ${p.written} samples (${p.format}; ${p.truncated.samples} truncated)${p.cached ? ' from the cache' : ''}${skipped(p.skipped)}`),
+      );
       log(`data: ${rep.written} training samples (${rep.truncated.samples} truncated)${rep.cached ? ' from the cache' : ''}${skipped(rep.skipped)}`);
       if (rep.validation) log(`data: ${rep.validation.written} validation samples split off (${rep.validation.truncated.samples} truncated)`);
       if (splitOut) evalTok = splitOut;
