@@ -225,7 +225,9 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     warnings = [...warnings, ...r.warnings];
   }
   input = absolutePaths(input);
-  const given = input.lora ? { ...(input.lora as Record<string, unknown>) } : null;
+  const given: Record<string, unknown> | null = input.lora ? { ...(input.lora as Record<string, unknown>) } : null;
+  // (--use_dora False was left out of the spec as the default; against an adapter it still says something)
+  if (given && dora === false) given.use_dora = false;
   const resolved = resolveInitAdapter(parseRunSpec(input), given);
   const parsed = resolved.spec;
   warnings.push(...resolved.warnings);

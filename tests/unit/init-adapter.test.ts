@@ -60,7 +60,8 @@ function adapter(cfg: unknown = PEFT_CONFIG, weights: string | null = 'adapter_m
   return d;
 }
 
-const base = (out: string) => ({ model_name_or_path: '/m', train_file: '/t.json', output_dir: out });
+// the model the adapters below were made for (their base_model_name_or_path)
+const base = (out: string) => ({ model_name_or_path: '/models/llama-7b', train_file: '/t.json', output_dir: out });
 
 describe('--peft_path / lora.init_adapter', () => {
   it("trains the adapter's own configuration, names the flags it overrides, and the job carries the folder", () => {
@@ -146,7 +147,7 @@ describe('--peft_path / lora.init_adapter', () => {
   it('resolves a spec from the app the same way (a full fine-tune from an adapter is refused)', () => {
     const a = adapter();
     const out = path.join(tmpDir(), 'out');
-    const spec = parseRunSpec({ model: { path: '/m' }, data: { train: '/t' }, output: { dir: out }, lora: { init_adapter: a } });
+    const spec = parseRunSpec({ model: { path: '/models/llama-7b' }, data: { train: '/t' }, output: { dir: out }, lora: { init_adapter: a } });
     const r = resolveInitAdapter(spec, { init_adapter: a });
     expect(r.warnings).toEqual([]);
     expect(r.spec.lora.r).toBe(16);
@@ -154,5 +155,64 @@ describe('--peft_path / lora.init_adapter', () => {
     expect(resolveInitAdapter(r.spec, null).spec).toEqual(r.spec);
     const full = parseRunSpec({ model: { path: '/m' }, data: { train: '/t' }, output: { dir: out }, method: 'full', lora: { init_adapter: a } });
     expect(() => resolveInitAdapter(full)).toThrow(/full fine-tune/);
+  });
+
+  it('follows symbolic links when it checks that the output folder does not hold the adapter', () => {
+    const a = adapter();
+    const link = path.join(tmpDir(), 'link');
+    fs.symlinkSync(path.dirname(a), link);
+    expect(() => specFromFlags({ ...base(link), peft_path: a })).toThrow(/is inside the output folder .* \(through a symbolic link\)/);
+    const link2 = path.join(tmpDir(), 'link-to-adapter');
+    fs.symlinkSync(a, link2);
+    expect(() => specFromFlags({ ...base(link2), peft_path: a })).toThrow(/is the output folder/);
+  });
+
+  it('a run that resumes does not need the adapter it started from: its checkpoint holds the configuration', () => {
+    const a = adapter();
+    const out = path.join(tmpDir(), 'out');
+    const ck = path.join(out, 'checkpoint-20');
+    fs.mkdirSync(ck, { recursive: true });
+    fs.writeFileSync(path.join(ck, 'adapter_config.json'), JSON.stringify(PEFT_CONFIG));
+    fs.writeFileSync(path.join(ck, 'adapter_model.safetensors'), 'x');
+    fs.writeFileSync(path.join(ck, 'trainer_state.json'), '{"global_step": 20}');
+    fs.rmSync(a, { recursive: true });
+    const { spec, warnings } = specFromFlags({ ...base(out), peft_path: a });
+    expect(spec.lora).toMatchObject({ r: 16, alpha: 32, use_dora: true, init_adapter: a });
+    expect(warnings.join('\n')).toMatch(/is not there any more: the run resumes from .*checkpoint-20/);
+    // the job of that resumed attempt does not name it
+    expect((toEngineJob(spec, { train: '/t.tok', eval: null }, ck) as { lora: Record<string, unknown> }).lora.init_adapter).toBeUndefined();
+    // starting afresh, it is needed
+    expect(() => specFromFlags({ ...base(out), peft_path: a, overwrite_output_dir: true })).toThrow(/does not exist/);
+  });
+
+  it("reads what other PEFT versions wrote: unknown keys and a trained adapter's initialisation are ignored, a base-changing one is refused", () => {
+    const seedEra = adapter({ ...PEFT_CONFIG, enable_lora: null, merge_weights: false, some_future_key: 1 });
+    const r = specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: seedEra });
+    expect(r.spec.lora.r).toBe(16);
+    expect(r.warnings.join('\n')).toMatch(/some_future_key are not known here and are ignored/);
+    expect(() => specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, enable_lora: [true, false, true] }) })).toThrow(/enable_lora/);
+    for (const init of ['orthogonal', 'gaussian', false]) expect(specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: init }) }).spec.lora.r).toBe(16);
+    expect(specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: 'eva', eva_config: { rho: 2 } }) }).spec.lora.r).toBe(16);
+    expect(() => specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: 'pissa' }) })).toThrow(/changed the base weights .* convert it to a plain LoRA adapter first/);
+    // a config file given to set a run up is still checked for typos
+    expect(() => specFromFlags({ ...base('/o'), lora_config: path.join(seedEra, 'adapter_config.json') })).toThrow(/unknown field\(s\) some_future_key/);
+  });
+
+  it('names --use_dora False against a DoRA adapter, and an adapter made for another base', () => {
+    const a = adapter();
+    const r = specFromFlags({ ...base(path.join(tmpDir(), 'out')), model_name_or_path: '/m', peft_path: a, use_dora: 'False' });
+    expect(r.spec.lora.use_dora).toBe(true);
+    expect(r.warnings.join('\n')).toMatch(/use_dora false \(the adapter's: true\)/);
+    // made for /models/llama-7b: this run's /m is another model; the same folder name elsewhere is not
+    expect(r.warnings.join('\n')).toMatch(/was made for \/models\/llama-7b .* and this run's model is \/m/);
+    const same = specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: a, model_name_or_path: '/elsewhere/llama-7b' });
+    expect(same.warnings.join('\n')).not.toMatch(/was made for/);
+  });
+
+  it('a whole model folder is not an adapter: the error says to use it as the model', () => {
+    const d = tmpDir();
+    fs.writeFileSync(path.join(d, 'config.json'), '{}');
+    fs.writeFileSync(path.join(d, 'model.safetensors'), 'x');
+    expect(() => specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: d })).toThrow(/holds a whole model .* give it as the model \(--model_name_or_path\)/);
   });
 });

@@ -262,10 +262,11 @@ export function isRegexLike(v: string): boolean {
 }
 
 /** PEFT LoraConfig keys with no meaning for training here (bookkeeping), accepted as they come. */
-const PEFT_BOOKKEEPING = new Set(['peft_type', 'task_type', 'inference_mode', 'base_model_name_or_path', 'revision', 'auto_mapping', 'peft_version', 'megatron_core', 'qalora_group_size', 'runtime_config', 'init_lora_weights']);
+const PEFT_BOOKKEEPING = new Set(['peft_type', 'task_type', 'inference_mode', 'base_model_name_or_path', 'revision', 'auto_mapping', 'peft_version', 'megatron_core', 'qalora_group_size', 'runtime_config', 'init_lora_weights', 'merge_weights']);
 
 /** PEFT features the engine cannot honour: accepted only at their "off" value (absent, null, false, {} or []). */
 const PEFT_UNSUPPORTED: Record<string, string> = {
+  enable_lora: "enable_lora (PEFT 0.2's LoRA on parts of a fused projection) is not supported",
   fan_in_fan_out: 'fan_in_fan_out (Conv1D weights stored transposed, GPT-2 style) is not supported',
   lora_bias: 'lora_bias (a trained bias on lora_B) is not supported',
   use_qalora: 'QA-LoRA (use_qalora) is not supported',
@@ -297,7 +298,7 @@ const isOff = (v: unknown) => v === undefined || v === null || v === false || (t
  * lora_bias, layer_replication, ...) and unknown keys are refused by name. `warnings`: what is accepted but
  * not done as written (init_lora_weights other than true, a task_type other than CAUSAL_LM).
  */
-export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInput['lora']>; warnings: string[] } {
+export function readLoraConfigFile(file: string, opts: { trainedAdapter?: boolean } = {}): { lora: NonNullable<RunSpecInput['lora']>; warnings: string[] } {
   let j: Record<string, unknown>;
   try {
     j = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
@@ -308,19 +309,30 @@ export function readLoraConfigFile(file: string): { lora: NonNullable<RunSpecInp
   const seedKeys = ['lora_r', 'lora_alpha', 'lora_dropout', 'lora_target_modules', 'modules_to_save'];
   const peftKeys = ['r', 'lora_alpha', 'lora_dropout', 'target_modules', 'modules_to_save', 'use_dora', ...LORA_OPTION_KEYS];
   const known = new Set([...seedKeys, ...peftKeys, ...PEFT_BOOKKEEPING, ...Object.keys(PEFT_UNSUPPORTED)]);
+  const warnings: string[] = [];
   const unknown = Object.keys(j).filter((k) => !known.has(k));
-  if (unknown.length) {
+  // a trained adapter's config (continued training): keys another PEFT version wrote are ignored, as PEFT ignores
+  // them when it loads the adapter; a config file given to set up a run is checked for typos
+  if (unknown.length && opts.trainedAdapter) warnings.push(`${file}: field(s) ${unknown.join(', ')} are not known here and are ignored (as PEFT ignores keys it does not know)`);
+  else if (unknown.length) {
     throw new RunSpecError(`${file}: unknown field(s) ${unknown.join(', ')} (the seed's LoRA config has ${seedKeys.join(', ')}; a PEFT LoraConfig ${peftKeys.join(', ')} and its bookkeeping keys)`);
   }
-  const refused = Object.keys(PEFT_UNSUPPORTED).filter((k) => !isOff(j[k]));
+  // how a trained adapter was initialised no longer matters, unless the initialisation changed the base weights
+  // (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA: such an adapter needs its own residual base); EVA's data is bookkeeping then
+  const trainedInit = opts.trainedAdapter ? new Set(['eva_config']) : new Set<string>();
+  const refused = Object.keys(PEFT_UNSUPPORTED).filter((k) => !isOff(j[k]) && !trainedInit.has(k));
   if (refused.length) throw new RunSpecError(`${file}: ${refused.map((k) => `${k} ${JSON.stringify(j[k])}: ${PEFT_UNSUPPORTED[k]}`).join('; ')}`);
   if (j.peft_type !== undefined && j.peft_type !== null && j.peft_type !== 'LORA') throw new RunSpecError(`${file}: peft_type ${JSON.stringify(j.peft_type)} is not a LoRA config (only "LORA" is trained here)`);
   for (const [seed, peft] of [['lora_r', 'r'], ['lora_target_modules', 'target_modules']] as const) {
     if (j[seed] !== undefined && j[peft] !== undefined) throw new RunSpecError(`${file}: gives both ${seed} (the seed's name) and ${peft} (PEFT's); keep one`);
   }
-  const warnings: string[] = [];
   const init = j.init_lora_weights;
-  if (init === false || init === 'gaussian') {
+  const baseChanging = typeof init === 'string' && /^(pissa|olora|corda|loftq|lora[-_]ga)/i.test(init);
+  if (opts.trainedAdapter && !baseChanging) {
+    /* the weights come from the adapter's file: its initialisation is history */
+  } else if (opts.trainedAdapter) {
+    throw new RunSpecError(`${file}: init_lora_weights ${JSON.stringify(init)} changed the base weights when the adapter was made (a residual base goes with it), so it cannot be continued on the original model; convert it to a plain LoRA adapter first (PEFT: save_pretrained(..., path_initial_model_for_weight_conversion=...))`);
+  } else if (init === false || init === 'gaussian') {
     warnings.push(`${file}: init_lora_weights ${JSON.stringify(init)} is not done here: LoRA starts as PEFT's default (init_lora_weights true: A Kaiming-uniform, B zero)`);
   } else if (init !== undefined && init !== true) {
     throw new RunSpecError(`${file}: init_lora_weights ${JSON.stringify(init)} is not supported (only true, the default; "gaussian" and false are trained with the default initialisation)`);
@@ -353,6 +365,8 @@ export interface AdapterFolder {
   baseModel: string | null;
   /** the weights file: adapter_model.safetensors, or adapter_model.bin (PEFT before 0.7 and the seed's era) */
   weights: string;
+  /** what its config holds that is ignored here */
+  warnings: string[];
 }
 
 /**
@@ -367,7 +381,11 @@ export function readAdapterFolder(dir: string): AdapterFolder {
   if (!fs.statSync(abs).isDirectory()) throw new RunSpecError(`the adapter to continue, ${abs}, is a file: give its folder (the one holding adapter_config.json)`, field('not a folder'));
   const cfg = path.join(abs, 'adapter_config.json');
   if (!fs.existsSync(cfg)) {
-    throw new RunSpecError(`${abs} holds no adapter_config.json, so it is not a PEFT adapter folder (a LoRA run's output folder and its checkpoint-N folders are)`, field('no adapter_config.json'));
+    const full = fs.existsSync(path.join(abs, 'config.json')) && fs.readdirSync(abs).some((n) => /^(model|pytorch_model).*\.(safetensors|bin)$/.test(n));
+    throw new RunSpecError(
+      `${abs} holds no adapter_config.json, so it is not a PEFT adapter folder (a LoRA run's output folder and its checkpoint-N folders are)${full ? '; it holds a whole model (a full fine-tune\'s output?): to train on from it, give it as the model (--model_name_or_path) instead' : ''}`,
+      field('no adapter_config.json'),
+    );
   }
   const weights = ['adapter_model.safetensors', 'adapter_model.bin'].map((f) => path.join(abs, f)).find((f) => fs.existsSync(f));
   if (!weights) throw new RunSpecError(`${abs} has adapter_config.json but no adapter_model.safetensors (or adapter_model.bin): the adapter's weights are missing`, field('no adapter weights'));
@@ -378,14 +396,15 @@ export function readAdapterFolder(dir: string): AdapterFolder {
     /* readLoraConfigFile says what is wrong with the file */
   }
   let lora: NonNullable<RunSpecInput['lora']>;
+  let warnings: string[];
   try {
-    lora = readLoraConfigFile(cfg).lora;
+    ({ lora, warnings } = readLoraConfigFile(cfg, { trainedAdapter: true }));
   } catch (err) {
     throw new RunSpecError((err as Error).message, field('not an adapter this engine can train'));
   }
   const parsed = LoraSpec.safeParse({ ...lora, init_adapter: abs });
   if (!parsed.success) throw new RunSpecError(`${cfg}: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`, field('invalid adapter_config.json'));
-  return { dir: abs, lora: parsed.data, baseModel: typeof base === 'string' && base ? base : null, weights };
+  return { dir: abs, lora: parsed.data, baseModel: typeof base === 'string' && base ? base : null, weights, warnings };
 }
 
 /** The lora keys an adapter's configuration decides when training continues from it. */
@@ -406,14 +425,33 @@ export function resolveInitAdapter(spec: RunSpec, given?: Record<string, unknown
       { path: 'lora.init_adapter', message: 'needs method lora' },
     ]);
   }
-  const a = readAdapterFolder(dir);
-  const out = path.resolve(spec.output.dir);
-  if (a.dir === out || a.dir.startsWith(out + path.sep)) {
-    throw new RunSpecError(`the adapter to continue, ${a.dir}, ${a.dir === out ? 'is' : 'is inside'} the output folder ${out}: the new run would write over the adapter it starts from; choose another output folder (to go on with a stopped run, resume it instead)`, [
-      { path: 'lora.init_adapter', message: 'overlaps the output folder' },
-    ]);
-  }
   const warnings: string[] = [];
+  let a: AdapterFolder;
+  const resumable = fs.existsSync(path.resolve(dir)) ? null : resumableCheckpoint(spec);
+  if (resumable) {
+    // gone (moved, deleted) since the run started: a resumed run restores every adapter tensor from its checkpoint,
+    // whose adapter_config.json is the adapter's configuration as trained
+    const c = readAdapterFolder(resumable);
+    a = { ...c, dir: path.resolve(dir), lora: { ...c.lora, init_adapter: path.resolve(dir) } };
+    warnings.push(`the adapter this run started from, ${path.resolve(dir)}, is not there any more: the run resumes from ${resumable}, which holds every adapter tensor (its LoRA settings are used)`);
+  } else {
+    a = readAdapterFolder(dir);
+    warnings.push(...a.warnings);
+    // a run whose output folder is (or holds) the adapter would remove it when it starts afresh; symbolic links included
+    const out = realPath(spec.output.dir);
+    const ad = realPath(a.dir);
+    if (ad === out || ad.startsWith(out + path.sep)) {
+      throw new RunSpecError(`the adapter to continue, ${a.dir}, ${ad === out ? 'is' : 'is inside'} the output folder ${spec.output.dir}${ad !== a.dir || out !== path.resolve(spec.output.dir) ? ' (through a symbolic link)' : ''}: the new run would write over the adapter it starts from; choose another output folder (to go on with a stopped run, resume it instead)`, [
+        { path: 'lora.init_adapter', message: 'overlaps the output folder' },
+      ]);
+    }
+  }
+  // the base it was made for (adapter_config.json), when it plainly names another model: shapes that happen to fit
+  // would train without a word
+  const last = (p: string) => p.replace(/[\\/]+$/, '').split(/[\\/]/).at(-1)!.toLowerCase();
+  if (a.baseModel && path.resolve(a.baseModel) !== path.resolve(spec.model.path) && last(a.baseModel) !== last(spec.model.path)) {
+    warnings.push(`the adapter in ${a.dir} was made for ${a.baseModel} (its adapter_config.json), and this run's model is ${spec.model.path}: if they are not the same model, the adapter does not fit it`);
+  }
   const norm = (k: string, v: unknown) => JSON.stringify(Array.isArray(v) && (k === 'target_modules' || k === 'modules_to_save') ? [...new Set(v.map(String))].sort() : v ?? null);
   const differ: string[] = [];
   for (const k of ADAPTER_KEYS) {
@@ -425,6 +463,40 @@ export function resolveInitAdapter(spec: RunSpec, given?: Record<string, unknown
   }
   if (differ.length) warnings.push(`continuing the adapter in ${a.dir}: its own LoRA configuration is trained, so these settings are not used: ${differ.join(', ')}`);
   return { spec: { ...spec, lora: a.lora }, warnings };
+}
+
+/** A path with its symbolic links resolved (its nearest existing ancestor's, for a folder not made yet). */
+function realPath(p: string): string {
+  const abs = path.resolve(p);
+  let head = abs;
+  const rest: string[] = [];
+  while (!fs.existsSync(head)) {
+    const up = path.dirname(head);
+    if (up === head) return abs;
+    rest.unshift(path.basename(head));
+    head = up;
+  }
+  try {
+    return path.join(fs.realpathSync(head), ...rest);
+  } catch {
+    return abs;
+  }
+}
+
+/** The checkpoint a run with `spec` would resume from (resume_from, or the output folder's last, unless overwriting). */
+function resumableCheckpoint(spec: RunSpec): string | null {
+  const ok = (d: string) => fs.existsSync(path.join(d, 'trainer_state.json')) && fs.existsSync(path.join(d, 'adapter_config.json'));
+  if (spec.resume_from && spec.resume_from !== 'latest') return ok(path.resolve(spec.resume_from)) ? path.resolve(spec.resume_from) : null;
+  if (spec.output.overwrite && spec.resume_from !== 'latest') return null;
+  const out = path.resolve(spec.output.dir);
+  if (!fs.existsSync(out)) return null;
+  const steps = fs
+    .readdirSync(out)
+    .map((n) => /^checkpoint-(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null && ok(path.join(out, m[0])))
+    .map((m) => Number(m[1]))
+    .sort((x, y) => x - y);
+  return steps.length ? path.join(out, `checkpoint-${steps.at(-1)}`) : null;
 }
 
 /** The lora settings of a LoRA config file (readLoraConfigFile without its warnings). */
