@@ -1071,6 +1071,8 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   // the best checkpointed one (HF's best_model_checkpoint: what load_best_model_at_end loads and rotation keeps)
   double best_eval = INFINITY, best_ckpt_eval = INFINITY;
   int64_t best_eval_step = -1, best_ckpt = -1, es_counter = 0;
+  std::string best_ckpt_path;  // rank 0: where the best checkpoint is (HF's best_model_checkpoint; a resumed run's may be elsewhere)
+  bool ended_early = false;    // the checkpoint resumed from is where early stopping ended the training
   if (!job.resume_from.empty() && dist.rank() == 0) {
     std::string ck = job.resume_from;
     if (ck == "latest") {
@@ -1094,7 +1096,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (ts.get("best_global_step").is_integer() && ts.get("best_metric").is_number()) {
       best_ckpt = ts.get_int("best_global_step", -1);
       best_ckpt_eval = ts.get_number("best_metric", INFINITY);
+      best_ckpt_path = ts.get_string("best_model_checkpoint", job.out_dir + "/checkpoint-" + std::to_string(best_ckpt));
     }
+    ended_early = ts.get_bool("llmt_early_stopped", false);
     if (ts.get("llmt_best_eval").is_object()) {
       best_eval = ts.get("llmt_best_eval").get_number("eval_loss", INFINITY);
       best_eval_step = ts.get("llmt_best_eval").get_int("step", -1);
@@ -1160,9 +1164,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
 
   // ---- one start for every rank: rank 0's trainable weights, its resume point and optimizer state ----
   if (dist.on()) {
-    double meta[9] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0,
-                      best_eval, static_cast<double>(best_eval_step), best_ckpt_eval, static_cast<double>(best_ckpt), static_cast<double>(es_counter)};
-    if (dist.broadcast(meta, 9)) return comm_fail("the start-up broadcast");
+    double meta[10] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0,
+                       best_eval, static_cast<double>(best_eval_step), best_ckpt_eval, static_cast<double>(best_ckpt), static_cast<double>(es_counter),
+                       ended_early ? 1.0 : 0.0};
+    if (dist.broadcast(meta, 10)) return comm_fail("the start-up broadcast");
     step = static_cast<int64_t>(meta[0]);
     cur.epoch = static_cast<int64_t>(meta[1]);
     cur.index = static_cast<int64_t>(meta[2]);
@@ -1171,6 +1176,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     best_ckpt_eval = meta[6];
     best_ckpt = static_cast<int64_t>(meta[7]);
     es_counter = static_cast<int64_t>(meta[8]);
+    ended_early = meta[9] != 0;
     for (Param *p : tp)
       if (dist.broadcast(p->data.data(), static_cast<size_t>(p->numel()))) return comm_fail("the broadcast of rank 0's weights");
     if (meta[3] != 0) {  // resumed: AdamW state from rank 0 (to its owner under ZeRO-1)
@@ -1286,7 +1292,8 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
 
   // Every rank calls this at the same steps (under ZeRO-1 the AdamW state is gathered to rank 0); only rank 0 writes.
   bool save_comm_failed = false;
-  auto save_checkpoint = [&](int64_t at_step) -> llmt_status {
+  bool early_stopped = false;  // set at the step early stopping ends the run (its checkpoint records it)
+  auto save_checkpoint = [&](int64_t at_step, bool scheduled) -> llmt_status {
     std::vector<std::vector<float>> gm, gv;
     if (zero1) {
       // each owner's moments into its host vectors first (on a device backend: a download; with offload_optimizer they
@@ -1352,8 +1359,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (best_ckpt > 0) {  // HF's names: what load_best_model_at_end loads
       ts.set("best_metric", Json::number(best_ckpt_eval));
       ts.set("best_global_step", Json::integer(best_ckpt));
-      ts.set("best_model_checkpoint", Json::string(job.out_dir + "/checkpoint-" + std::to_string(best_ckpt)));
+      ts.set("best_model_checkpoint", Json::string(best_ckpt_path));
     }
+    if (early_stopped) ts.set("llmt_early_stopped", Json::boolean(true));  // a resume trains no further
     if (best_eval_step > 0) {
       Json be = Json::object();
       be.set("eval_loss", Json::number(best_eval));
@@ -1386,9 +1394,12 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     e.set("step", Json::integer(at_step));
     e.set("path", Json::string(final_dir));
     emit(e);
-    if (job.save_total_limit > 0) {  // HF's rotation: the oldest go first; with load_best_model_at_end never the best
+    // HF's rotation, after each save it makes (a stop's checkpoint is ours alone and rotates nothing): the oldest go
+    // first; with load_best_model_at_end never the best
+    if (scheduled && job.save_total_limit > 0) {
       const auto steps = list_checkpoints(job.out_dir);
-      const bool keep_best = job.load_best && std::find(steps.begin(), steps.end(), best_ckpt) != steps.end();
+      const bool keep_best = job.load_best && best_ckpt_path == job.out_dir + "/checkpoint-" + std::to_string(best_ckpt) &&
+                             std::find(steps.begin(), steps.end(), best_ckpt) != steps.end();
       int64_t limit = job.save_total_limit;
       if (keep_best && limit == 1 && steps.back() != best_ckpt) limit = 2;  // the best and the newest (as HF)
       int64_t excess = static_cast<int64_t>(steps.size()) - limit;
@@ -1411,14 +1422,19 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   int64_t saved_at = -1;
   double last_eval = NAN;
   int64_t last_eval_step = -1;
-  auto checkpoint = [&](int64_t at_step) -> llmt_status {
+  // `scheduled`: a save HF Trainer makes too (every save_steps, and at max_steps); a stop's or early stop's checkpoint
+  // between them is ours alone: it neither becomes the best nor rotates others out
+  auto checkpoint = [&](int64_t at_step, bool scheduled) -> llmt_status {
     if (at_step == saved_at) return LLMT_OK;
-    // the evaluation of this very step, if any, makes it the best checkpoint when it beats the earlier ones
-    if (last_eval_step == at_step && std::isfinite(last_eval) && last_eval < best_ckpt_eval) {
+    // the scheduled evaluation of this very step, if any, makes it the best checkpoint when it beats the earlier ones
+    // (the extra evaluation at a last step that is not an eval step is not one: HF does not evaluate there)
+    if (scheduled && last_eval_step == at_step && job.eval_steps > 0 && at_step % job.eval_steps == 0 && std::isfinite(last_eval) &&
+        last_eval < best_ckpt_eval) {
       best_ckpt_eval = last_eval;
       best_ckpt = at_step;
+      best_ckpt_path = job.out_dir + "/checkpoint-" + std::to_string(at_step);
     }
-    llmt_status s = save_checkpoint(at_step);
+    llmt_status s = save_checkpoint(at_step, scheduled);
     if (s && save_comm_failed) return comm_fail("the optimizer-state gather for checkpoint-" + std::to_string(at_step));
     if (!s) saved_at = at_step;
     return s ? fail(s) : LLMT_OK;
@@ -1479,8 +1495,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   double loss_scale = scaled ? 65536.0 : 1.0;
   int64_t clean_steps = 0;
   const size_t GA = static_cast<size_t>(job.grad_accum);
-  bool early_stopped = false;
-  while (step < total) {
+  if (ended_early && step < total) {  // HF's EarlyStoppingCallback ended this training: a resume has nothing to add
+    early_stopped = true;
+    Json w = ev("warning");
+    w.set("message", Json::string("resumed from " + resumed + ", where early stopping ended the training at step " + std::to_string(step) +
+                                  ": nothing is left to train; the outputs are written again (start afresh, e.g. --overwrite_output_dir, to train anew)"));
+    emit(w);
+  }
+  while (step < total && !ended_early) {
     if (ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
     bool want_stop = ctl.poll && ctl.poll() == 1;
     if (!dist.on() && want_stop) {
@@ -1727,12 +1749,12 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (eval && job.eval_steps > 0 && step % job.eval_steps == 0) {
       if ((st = eval_and_emit())) return st;
       early_stop = job.es_patience > 0 && es_counter >= job.es_patience && step < total;
+      early_stopped = early_stop;  // (recorded in this step's checkpoint)
     }
     if (step % job.save_steps == 0 && step < total) {
-      if ((st = checkpoint(step))) return st;
+      if ((st = checkpoint(step, true))) return st;
     }
     if (early_stop) {  // HF's EarlyStoppingCallback: training ends here, as a completed run
-      early_stopped = true;
       Json e = ev("early_stopping");
       e.set("step", Json::integer(step));
       e.set("patience", Json::integer(job.es_patience));
@@ -1757,20 +1779,36 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   if (!stopped && eval && (job.eval_steps <= 0 || step % job.eval_steps != 0)) {
     if ((st = eval_and_emit())) return st;
   }
-  // the final state is always checkpointed, so a finished run can be extended and a stopped one resumed
-  if ((st = checkpoint(step))) return st;
-  const bool best_at_end = !stopped && job.load_best && best_ckpt > 0 && best_ckpt != step;
+  // the final state is always checkpointed, so a finished run can be extended and a stopped one resumed (HF saves
+  // at max_steps too: that one is scheduled)
+  if ((st = checkpoint(step, !stopped && !early_stopped && step == total))) return st;
+  bool from_best = false;  // rank 0: the output holds the best checkpoint's weights
   if (!stopped && dist.rank() == 0) {
     model->to_host();
-    if (best_at_end) {  // HF's load_best_model_at_end: the best checkpoint's trained tensors are what the run outputs
-      const std::string ck = job.out_dir + "/checkpoint-" + std::to_string(best_ckpt);
-      auto w = SafetensorsFile::open(ck + (job.method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors"), st);
-      if (!w) return fail(st, "load_best_model_at_end reads the best checkpoint, " + ck + ": leave it in place while the run trains");
-      for (Param *p : tp) {
-        const TensorInfo *a = w->find(job.method == "lora" ? p->save_name : p->name);
-        if (!a || a->numel() != p->numel())
-          return fail(set_error(LLMT_ERR_BAD_INPUT, "the best checkpoint " + ck + " lacks " + (job.method == "lora" ? p->save_name : p->name) + " (it was changed on disk)"));
-        if ((st = w->read_f32(*a, p->data.data()))) return fail(st);
+    if (job.load_best && best_ckpt > 0 && best_ckpt == step && best_ckpt_path == job.out_dir + "/checkpoint-" + std::to_string(step)) {
+      from_best = true;  // the last step is the best
+    } else if (job.load_best && best_ckpt > 0) {
+      // HF's load_best_model_at_end: the best checkpoint's trained tensors are what the run outputs; a best checkpoint
+      // that is gone (removed by hand, or rotated out before load_best_model_at_end was asked for) leaves the last
+      // step's, as HF does ("Could not locate the best model")
+      const std::string ck = best_ckpt_path;
+      const std::string file = ck + (job.method == "lora" ? "/adapter_model.safetensors" : "/model.safetensors");
+      struct stat sb;
+      if (::stat(file.c_str(), &sb) != 0) {
+        Json w = ev("warning");
+        w.set("message", Json::string("load_best_model_at_end: the best checkpoint, " + ck + " (eval loss " + std::to_string(best_ckpt_eval) +
+                                      "), is not there any more; the output holds the last step's weights"));
+        emit(w);
+      } else {
+        auto w = SafetensorsFile::open(file, st);
+        if (!w) return fail(st, "load_best_model_at_end reads the best checkpoint, " + ck + ": leave it in place while the run trains");
+        for (Param *p : tp) {
+          const TensorInfo *a = w->find(job.method == "lora" ? p->save_name : p->name);
+          if (!a || a->numel() != p->numel())
+            return fail(set_error(LLMT_ERR_BAD_INPUT, "the best checkpoint " + ck + " lacks " + (job.method == "lora" ? p->save_name : p->name) + " (it was changed on disk)"));
+          if ((st = w->read_f32(*a, p->data.data()))) return fail(st);
+        }
+        from_best = true;
       }
     }
     st = job.method == "lora" ? model->save_adapter(job.out_dir) : model->save_model(job.out_dir);
@@ -1785,9 +1823,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   e.set("last_loss", std::isfinite(last_loss) ? Json::number(last_loss) : Json());
   if (early_stopped) e.set("early_stopped", Json::boolean(true));
   if (job.load_best && best_ckpt > 0) {  // which checkpoint the output holds
-    e.set("best_checkpoint", Json::string(job.out_dir + "/checkpoint-" + std::to_string(best_ckpt)));
+    e.set("best_checkpoint", Json::string(best_ckpt_path));
     e.set("best_eval_loss", Json::number(best_ckpt_eval));
-    e.set("output_from_best", Json::boolean(best_at_end || best_ckpt == step));
+    e.set("output_from_best", Json::boolean(from_best));
   }
   emit(e);
   return LLMT_OK;

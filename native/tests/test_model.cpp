@@ -1535,6 +1535,114 @@ static void test_context_limit() {
   }
 }
 
+// HF Trainer's checkpoint retention, best checkpoint and early stopping, where a stop or a resume comes in between:
+// a stop's checkpoint (not a save HF makes) never becomes the best nor rotates others out; a stopped run does not say
+// its output holds the best; a resumed run finds its best checkpoint where it was written (another output folder
+// too); a run that early stopping ended trains nothing more when resumed.
+struct StopAt {
+  std::vector<std::string> events;
+  std::string when;  // stop once an event holding this text arrived
+  bool stop = false;
+};
+static void test_best_checkpoint_and_stops() {
+  std::printf("best checkpoint, early stopping, stops and resumes\n");
+  const std::string train = g_tmp + "/best-train.json", evalf = g_tmp + "/best-eval.json";
+  write_tokens(train, 12, 10, 3);
+  {  // evaluation rows of another pattern: their loss falls, then rises as the training pattern is learnt
+    std::string s = "{\"input_ids\": [", l = "\"labels\": [";
+    Rng r(99);
+    for (int i = 0; i < 8; ++i) {
+      s += i ? ",[" : "[";
+      l += i ? ",[" : "[";
+      for (int t = 0; t < 10; ++t) {
+        const int id = 4 + static_cast<int>(r.below(50));
+        s += (t ? "," : "") + std::to_string(id);
+        l += (t ? "," : "") + std::to_string(t < 2 ? -100 : id);
+      }
+      s += "]";
+      l += "]";
+    }
+    write_all(evalf, s + "], " + l + "]}");
+  }
+  auto job = [&](const std::string &out, int steps, const std::string &extra, const std::string &resume = "") {
+    return std::string("{\"model\": \"") + tiny("llama") + "\", \"lora\": {\"r\": 4, \"alpha\": 8, \"dropout\": 0, \"target_modules\": [\"q_proj\", \"v_proj\", \"down_proj\"]}," +
+           "\"data\": {\"train\": \"" + train + "\", \"eval\": \"" + evalf + "\"}, \"training\": {\"learning_rate\": 0.05, \"lr_scheduler\": \"constant\", \"max_steps\": " +
+           std::to_string(steps) + ", \"micro_batch_size\": 4, \"seed\": 5}, \"output\": {\"dir\": \"" + out + "\", \"logging_steps\": 1, \"save_steps\": 10, \"eval_steps\": 5" +
+           extra + "}" + (resume.empty() ? "" : ", \"resume_from\": \"" + resume + "\"") + "}";
+  };
+  auto run_stop = [&](const std::string &j, const std::string &when) {
+    StopAt sa;
+    sa.when = when;
+    llmt_status st = llmt_train(
+        j.c_str(),
+        [](void *u, const char *e) {
+          auto *x = static_cast<StopAt *>(u);
+          x->events.push_back(e);
+          if (!x->when.empty() && std::strstr(e, x->when.c_str())) x->stop = true;
+        },
+        [](void *u) { return static_cast<StopAt *>(u)->stop ? 1 : 0; }, &sa);
+    CHECK(st == LLMT_OK, std::string("training failed: ") + llmt_last_error());
+    return sa.events;
+  };
+  auto find = [](const std::vector<std::string> &ev, const char *what) -> std::string {
+    for (auto &e : ev)
+      if (e.find(what) != std::string::npos) return e;
+    return "";
+  };
+  auto ts_of = [&](const std::string &ck) {
+    Json t;
+    std::string err;
+    Json::parse(read_all(ck + "/trainer_state.json"), t, err);
+    return t;
+  };
+  const std::string best = ", \"save_total_limit\": 2, \"load_best_model_at_end\": true";
+  // the reference: 40 steps without a stop
+  const std::string a = g_tmp + "/best-a";
+  auto ea = run_job(job(a, 40, best));
+  const std::string done_a = find(ea, "\"done\"");
+  CHECK(done_a.find("\"output_from_best\":true") != std::string::npos, "the output holds the best checkpoint: " + done_a);
+  // (eval losses at 5…40 here: 6.026 6.161 6.231 6.158 6.029 6.133 6.136 6.188 — the saves' best is 30, and the
+  // evaluation at 25, which has no save, is lower than any save's)
+  CHECK(ts_of(a + "/checkpoint-40").get_int("best_global_step", -1) == 30, "the best save is step 30's");
+  // stopped right after the evaluation at step 25 (no save there): its checkpoint is not a best candidate
+  const std::string b = g_tmp + "/best-b";
+  auto eb = run_stop(job(b, 40, best), "\"event\":\"eval\",\"step\":25");
+  const std::string done_b = find(eb, "\"done\"");
+  CHECK(done_b.find("\"status\":\"stopped\"") != std::string::npos && done_b.find("\"step\":25") != std::string::npos, "stopped at 25: " + done_b);
+  CHECK(done_b.find("output_from_best\":true") == std::string::npos, "a stopped run does not claim its output holds the best: " + done_b);
+  CHECK(ts_of(b + "/checkpoint-25").get_int("best_global_step", -1) == 20, "the stop's checkpoint-25 is not the best: step 20's save is");
+  // resumed to the end: the same output, the same checkpoints left as the run never stopped
+  run_job(job(b, 40, best, "latest"));
+  CHECK(read_all(a + "/adapter_model.safetensors") == read_all(b + "/adapter_model.safetensors"), "stop at 25 + resume = the uninterrupted run's output");
+  CHECK(ts_of(a + "/checkpoint-40").get_int("best_global_step", -1) == ts_of(b + "/checkpoint-40").get_int("best_global_step", -2), "the same best checkpoint");
+  // resumed from a's checkpoint-30 into another folder: the best it knew (a's checkpoint-30) is read where it was written
+  const std::string c = g_tmp + "/best-c";
+  auto ec = run_job(job(c, 40, best, a + "/checkpoint-30"));
+  const std::string done_c = find(ec, "\"done\"");
+  CHECK(done_c.find("\"status\":\"completed\"") != std::string::npos, "a run resumed from another folder completes: " + done_c);
+  CHECK(read_all(a + "/adapter_model.safetensors") == read_all(c + "/adapter_model.safetensors"), "and outputs the same best weights");
+  // early stopping: no drop of the eval loss is worth 10, so the third evaluation (step 15) ends the run
+  const std::string d = g_tmp + "/best-d";
+  const std::string es = ", \"early_stopping_patience\": 2, \"early_stopping_threshold\": 10";
+  auto ed = run_job(job(d, 40, es));
+  CHECK(find(ed, "\"done\"").find("\"step\":15") != std::string::npos && !find(ed, "\"early_stopping\"").empty(), "early stopping at 15");
+  CHECK(ts_of(d + "/checkpoint-15").get_bool("llmt_early_stopped", false), "its checkpoint records it");
+  struct stat sb;
+  CHECK(::stat((d + "/checkpoint-10").c_str(), &sb) == 0, "the save at 10 stays (no rotation asked)");
+  const std::string out_d = read_all(d + "/adapter_model.safetensors");
+  // the same job again (the CLI's auto-resume): nothing more is trained
+  auto ed2 = run_job(job(d, 40, es, "latest"));
+  int steps = 0;
+  for (auto &e : ed2) steps += e.find("\"event\":\"step\"") != std::string::npos;
+  CHECK(steps == 0 && find(ed2, "nothing is left to train").size() > 0, "a resume after early stopping trains nothing");
+  CHECK(read_all(d + "/adapter_model.safetensors") == out_d, "and writes the same output");
+  // rotation with early stopping at a step that is not a save: the stop's own checkpoint rotates nothing out
+  const std::string e2 = g_tmp + "/best-e";
+  run_job(job(e2, 40, es + ", \"save_total_limit\": 1"));
+  CHECK(::stat((e2 + "/checkpoint-10").c_str(), &sb) == 0 && ::stat((e2 + "/checkpoint-15").c_str(), &sb) == 0,
+        "save_total_limit 1 keeps the save at 10 (HF's last) beside the early stop's checkpoint-15");
+}
+
 int main() {
   char tmpl[] = "/tmp/llmt-model-XXXXXX";
   g_tmp = ::mkdtemp(tmpl);
@@ -1557,6 +1665,7 @@ int main() {
   test_bad_inputs();
   test_context_limit();
   test_training_and_resume();
+  test_best_checkpoint_and_stops();
   test_half_conversions();
   test_rope_parameters_layout();
   test_mixed_precision();

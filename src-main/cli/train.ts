@@ -234,6 +234,9 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
   if (parsed.training.precision !== 'fp32' && parsed.method === 'full') {
     warnings.push(`--${parsed.training.precision}: a full fine-tune trains every weight, so it computes in fp32`);
   }
+  if (parsed.output.early_stopping_threshold > 0 && parsed.output.early_stopping_patience === 0) {
+    warnings.push(`--early_stopping_threshold ${parsed.output.early_stopping_threshold}: it only matters with --early_stopping_patience, which is not given (no early stopping)`);
+  }
   if (parsed.output.eval_steps > 0 && !parsed.data.validation && !(parsed.data.validation_percent > 0)) {
     warnings.push(`--eval_steps ${parsed.output.eval_steps}: there is no evaluation data (no --validation_file or --validation_split_percentage), so nothing is evaluated`);
   }

@@ -390,6 +390,12 @@ describe('checkpoint retention, the best checkpoint and early stopping (HF Train
     expect(r2.stdout).toMatch(/resuming from .*checkpoint-10/);
     expect(ckpts(b)).toEqual([best.step, 12]);
     expect(bytes(path.join(b, 'adapter_model.safetensors')).equals(bytes(path.join(a, 'adapter_model.safetensors')))).toBe(true);
+    // the second command is a new run row: the checkpoints its rotation removed go from the first run's rows too
+    const s2 = openStore(home);
+    const rows = s2.runs.list().flatMap((x) => s2.checkpoints.list(x.id)).filter((c) => c.path.startsWith(b + path.sep));
+    s2.close();
+    expect(rows.length).toBeGreaterThan(0);
+    for (const c of rows) expect(fs.existsSync(c.path), `a row for ${c.path}, which rotation removed`).toBe(true);
   }, 240_000);
 
   it('stops early after `patience` evaluations without an improvement above the threshold, as a completed run', async () => {
@@ -411,13 +417,13 @@ describe('checkpoint retention, the best checkpoint and early stopping (HF Train
   it('refuses settings that cannot work, naming the field', async () => {
     const noEval = await runCli(['train', '--model_name_or_path', model, '--train_file', data.train, '--output_dir', path.join(tmp, 'x1'), '--load_best_model_at_end'], { timeoutMs: 60_000 });
     expect(noEval.code).not.toBe(0);
-    expect(noEval.stderr).toMatch(/output\.load_best_model_at_end keeps the checkpoint with the lowest eval loss: it needs evaluation data/);
+    expect(noEval.stderr).toMatch(/output\.load_best_model_at_end: keeping the checkpoint with the lowest eval loss needs evaluation data: a validation file \(--validation_file\)/);
     const odd = await runCli(flags(path.join(tmp, 'x2'), 4, ['--save_steps', '3', '--load_best_model_at_end']), { timeoutMs: 60_000 });
     expect(odd.code).not.toBe(0);
     expect(odd.stderr).toMatch(/save_steps \(3\) must be a multiple of eval_steps \(2\)/);
     const es = await runCli(flags(path.join(tmp, 'x3'), 4, ['--eval_steps', '0', '--early_stopping_patience', '2']), { timeoutMs: 60_000 });
     expect(es.code).not.toBe(0);
-    expect(es.stderr).toMatch(/early_stopping_patience stops when the eval loss stops improving: it needs evaluations during training/);
+    expect(es.stderr).toMatch(/early_stopping_patience: stopping when the eval loss stops improving needs evaluations during training: eval_steps above 0 \(--eval_steps\)/);
   }, 120_000);
 });
 

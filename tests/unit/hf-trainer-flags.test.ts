@@ -84,10 +84,10 @@ describe('--save_total_limit, --load_best_model_at_end, --early_stopping_patienc
   });
 
   it('refuse what HF refuses: no evaluation to compare, checkpoints off the evaluations, negative values', () => {
-    expect(() => specFromFlags(flags([...base, '--load_best_model_at_end']))).toThrow(/load_best_model_at_end keeps the checkpoint with the lowest eval loss: it needs evaluation data/);
-    expect(() => specFromFlags(flags([...base, '--validation_split_percentage', '5', '--load_best_model_at_end']))).toThrow(/it needs evaluations during training \(output\.eval_steps > 0\)/);
+    expect(() => specFromFlags(flags([...base, '--load_best_model_at_end']))).toThrow(/output\.load_best_model_at_end: keeping the checkpoint with the lowest eval loss needs evaluation data/);
+    expect(() => specFromFlags(flags([...base, '--validation_split_percentage', '5', '--load_best_model_at_end']))).toThrow(/needs evaluations during training: eval_steps above 0 \(--eval_steps\)/);
     expect(() => specFromFlags(flags([...withEval, '--save_steps', '15', '--load_best_model_at_end']))).toThrow(/save_steps \(15\) must be a multiple of eval_steps \(10\)/);
-    expect(() => specFromFlags(flags([...base, '--early_stopping_patience', '3']))).toThrow(/early_stopping_patience stops when the eval loss stops improving: it needs evaluation data/);
+    expect(() => specFromFlags(flags([...base, '--early_stopping_patience', '3']))).toThrow(/output\.early_stopping_patience: stopping when the eval loss stops improving needs evaluation data/);
     expect(() => specFromFlags(flags([...withEval, '--save_total_limit', '-1']))).toThrow(/save_total_limit/);
     expect(() => specFromFlags(flags([...withEval, '--load_best_model_at_end', 'maybe']))).toThrow(/--load_best_model_at_end maybe: a truthy or falsy value/);
     // early stopping alone keeps the last step's weights: no save_steps rule

@@ -28,6 +28,8 @@ export interface PrepareOptions {
   /** Write a validation split here, taking validationPercent of the records (deterministic by seed). */
   validationOut?: string;
   validationPercent?: number;
+  /** An empty validation split is not an error (one of several files: the others may give some). */
+  allowEmptyValidation?: boolean;
   seed?: number;
   /** Folder of cached results; none when undefined. */
   cacheDir?: string;
@@ -356,7 +358,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       const first = e ? ` (${errorCount} skipped; the first, ${recordAt(opt.dataFile, e)}: ${e.reason})` : '';
       throw new PrepareError(`no usable record in ${opt.dataFile}${first}${firstFields && !e?.reason.includes(' has: ') ? `; ${firstFields}` : ''}`, errors);
     }
-    if (val && val.count === 0) throw new PrepareError(`the ${percent}% validation split of ${opt.dataFile} is empty; lower the percentage or give a validation file`, []);
+    if (val && val.count === 0 && !opt.allowEmptyValidation) throw new PrepareError(`the ${percent}% validation split of ${opt.dataFile} is empty; lower the percentage or give a validation file`, []);
     const header = {
       tokenizer_hash: opt.tokenizer.hash,
       template,
@@ -472,13 +474,20 @@ export async function prepareFiles(opt: Omit<PrepareOptions, 'dataFile'> & { dat
   const { dataFiles: files, ...rest } = opt;
   if (!files.length) throw new PrepareError('no dataset file given', []);
   if (files.length === 1) return prepareDataset({ ...rest, dataFile: files[0]! });
+  const missing = files.find((f) => !fs.existsSync(f));
+  if (missing) {
+    throw new PrepareError(`the dataset ${missing} does not exist`, [], `The training files were read as ${files.length} paths separated by commas (${files.join(' | ')}); a file whose name holds a comma can only be given alone, or in a --config run.json list.`);
+  }
   const part = (kind: string, k: number) => `${opt.out}.part${k}.${kind}`;
   const parts: PrepareReport[] = [];
   try {
     for (const [k, file] of files.entries()) {
-      const r = await prepareDataset({ ...rest, dataFile: file, out: part('tok', k), ...(opt.validationOut ? { validationOut: part('val', k) } : {}) });
+      const r = await prepareDataset({ ...rest, dataFile: file, out: part('tok', k), ...(opt.validationOut ? { validationOut: part('val', k), allowEmptyValidation: true } : {}) });
       onFile?.(file, r);
       parts.push(r);
+    }
+    if (opt.validationOut && parts.every((r) => !r.validation?.written)) {
+      throw new PrepareError(`the ${opt.validationPercent ?? 5}% validation split of ${files.join(', ')} is empty; lower the percentage or give a validation file`, []);
     }
     await concatTok(files.map((_, k) => part('tok', k)), opt.out);
     if (opt.validationOut) await concatTok(files.map((_, k) => part('val', k)), opt.validationOut);

@@ -163,15 +163,15 @@ export const RunSpec = z
     const o = s.output;
     const evalData = s.data.validation !== null || s.data.validation_percent > 0;
     for (const [on, key, what] of [
-      [o.load_best_model_at_end, 'load_best_model_at_end', 'keeps the checkpoint with the lowest eval loss'],
-      [o.early_stopping_patience > 0, 'early_stopping_patience', 'stops when the eval loss stops improving'],
+      [o.load_best_model_at_end, 'load_best_model_at_end', 'keeping the checkpoint with the lowest eval loss'],
+      [o.early_stopping_patience > 0, 'early_stopping_patience', 'stopping when the eval loss stops improving'],
     ] as const) {
       if (!on) continue;
-      if (!evalData) ctx.addIssue({ code: 'custom', message: `output.${key} ${what}: it needs evaluation data (data.validation or data.validation_percent)`, path: ['output', key] });
-      else if (o.eval_steps <= 0) ctx.addIssue({ code: 'custom', message: `output.${key} ${what}: it needs evaluations during training (output.eval_steps > 0)`, path: ['output', key] });
+      if (!evalData) ctx.addIssue({ code: 'custom', message: `${what} needs evaluation data: a validation file (--validation_file) or a split (--validation_split_percentage)`, path: ['output', key] });
+      else if (o.eval_steps <= 0) ctx.addIssue({ code: 'custom', message: `${what} needs evaluations during training: eval_steps above 0 (--eval_steps)`, path: ['output', key] });
     }
     if (o.load_best_model_at_end && o.eval_steps > 0 && o.save_steps % o.eval_steps !== 0) {
-      ctx.addIssue({ code: 'custom', message: `output.load_best_model_at_end needs a checkpoint at evaluations: save_steps (${o.save_steps}) must be a multiple of eval_steps (${o.eval_steps}), as HF Trainer requires`, path: ['output', 'save_steps'] });
+      ctx.addIssue({ code: 'custom', message: `load_best_model_at_end needs a checkpoint at evaluations: save_steps (${o.save_steps}) must be a multiple of eval_steps (${o.eval_steps}), as HF Trainer requires`, path: ['output', 'save_steps'] });
     }
   })
   // GPUs: one worker per GPU, each holding the whole model; several GPUs are data parallel (docs/distributed.md)

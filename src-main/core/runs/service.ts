@@ -382,8 +382,11 @@ class EarlierFiles {
     this.done = true;
     for (const s of this.saved) {
       try {
-        if (s.backup) fs.renameSync(s.backup, s.file);
-        else fs.rmSync(s.file, { force: true });
+        if (s.backup) {
+          fs.renameSync(s.backup, s.file);
+          // rename() between two links to one file (the attempt never replaced it) does nothing: the backup stays
+          fs.rmSync(s.backup, { force: true });
+        } else fs.rmSync(s.file, { force: true });
       } catch {
         /* best effort: a restore must not hide the error that led here */
       }
@@ -671,6 +674,9 @@ export class RunService {
       const skipped = (n: number) => (n ? `; ${n} bad record(s) skipped (--on_error skip)` : '');
       const splitOut = !d.validation && d.validation_percent > 0 ? evalOut : undefined;
       const split = (o: string | undefined) => (o ? { validationOut: o, validationPercent: d.validation_percent, seed: spec.training.seed } : {});
+      // what an attempt killed while preparing left behind (part files, the writers' temporary files)
+      const dataDir = path.join(out, 'data');
+      if (fs.existsSync(dataDir)) for (const n of fs.readdirSync(dataDir)) if (/\.part\d+\.(tok|val)|\.\d+\.tmp(\.|$)/.test(n)) fs.rmSync(path.join(dataDir, n), { force: true });
       const files = trainFiles(spec);
       // several training files: each prepared on its own (its format, its cache entry, its bad lines named with its
       // path), then put together in the order given; the validation split is taken from each
@@ -796,7 +802,8 @@ export class RunService {
         flushMetrics();
         this.store.checkpoints.add({ runId: run.id, step: Number(e.step), path: String(e.path) });
       } else if (e.event === 'checkpoint_removed') {
-        this.store.checkpoints.remove(run.id, Number(e.step));
+        // by its folder: a resumed attempt (a new run row from the command line) removes earlier rows' checkpoints too
+        this.store.checkpoints.removePath(String(e.path));
       } else if (e.event === 'done') {
         sawDone = e;
       } else if (e.event === 'started') {

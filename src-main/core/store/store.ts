@@ -584,9 +584,10 @@ export class CheckpointsRepo {
       .all(runId) as (Omit<CheckpointRow, 'isFinal'> & { isFinal: number })[];
     return rows.map((r) => ({ ...r, isFinal: r.isFinal === 1 }));
   }
-  /** A checkpoint the engine removed (save_total_limit): its row goes too (an evaluation of it keeps its numbers). */
-  remove(runId: number, step: number): void {
-    this.db.prepare('DELETE FROM checkpoints WHERE run_id = ? AND step = ?').run(runId, step);
+  /** A checkpoint folder the engine removed (save_total_limit): every row naming it goes (an evaluation of it keeps its
+   *  numbers); several runs name one folder when a run in it was resumed from the command line. */
+  removePath(p: string): void {
+    this.db.prepare('DELETE FROM checkpoints WHERE path = ?').run(p);
   }
   /** Checkpoint rows after a step are dropped when a run resumes from an earlier one. */
   deleteAfter(runId: number, step: number): void {
