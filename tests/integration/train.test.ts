@@ -448,5 +448,15 @@ describe('several training files (--train_file a,b)', () => {
     const store = openStore(home);
     expect((store.runs.list()[0]!.spec as { data: { train: unknown } }).data.train).toEqual([cblue, alpaca]);
     store.close();
+    // a later attempt in that folder that fails on its data puts the earlier run's files back and leaves no backup
+    const bad = path.join(tmp, 'multi-bad.jsonl');
+    fs.writeFileSync(bad, '{"instruction": "a", "output": "b"}\n{"instruction": oops\n');
+    const before = fs.readFileSync(path.join(out, 'runspec.json'), 'utf8');
+    const r2 = await runCli(['train', '--model_name_or_path', model, '--train_file', `${cblue},${bad}`, '--output_dir', out, '--max_steps', '2', '--device', 'cpu'], { home, timeoutMs: 120_000 });
+    expect(r2.code).not.toBe(0);
+    expect(r2.stderr).toMatch(/bad record\(s\) in .*multi-bad\.jsonl/);
+    expect(fs.readFileSync(path.join(out, 'runspec.json'), 'utf8')).toBe(before);
+    const leftovers = [...fs.readdirSync(out), ...fs.readdirSync(path.join(out, 'data'))].filter((n) => /\.prev-|\.part\d|\.tmp/.test(n));
+    expect(leftovers).toEqual([]);
   }, 120_000);
 });

@@ -77,6 +77,20 @@ describe('several training files', () => {
     expect(fs.readdirSync(dir).sort()).toEqual(['train.tok', 'val.tok']);
   });
 
+  it("one file's empty validation split is not an error while another gives some; all empty is", async () => {
+    const tiny = path.join(tmp, 'tiny.jsonl');
+    fs.writeFileSync(tiny, JSON.stringify({ input: '问', target: '答' }) + '\n');
+    const a = path.join(tmp, 'cblue.jsonl');
+    const dir = path.join(tmp, 'split');
+    fs.mkdirSync(dir);
+    const opts = { tokenizer: charTok, maxSourceLength: 64, maxTargetLength: 16, validationPercent: 30, seed: 7 };
+    const rep = await prepareFiles({ ...opts, dataFiles: [a, tiny], out: path.join(dir, 't.tok'), validationOut: path.join(dir, 'v.tok') });
+    expect(rep.validation!.written).toBeGreaterThan(0);
+    await expect(prepareFiles({ ...opts, dataFiles: [tiny, tiny], out: path.join(dir, 't2.tok'), validationOut: path.join(dir, 'v2.tok') })).rejects.toThrow(/validation split of .*tiny\.jsonl, .*tiny\.jsonl is empty/);
+    // a path list with a missing file says how the value was read
+    await expect(prepareFiles({ ...opts, dataFiles: [a, path.join(tmp, 'x')], out: path.join(dir, 't3.tok') })).rejects.toMatchObject({ hint: expect.stringMatching(/read as 2 paths separated by commas/) });
+  });
+
   it('refuses files of another tokenizer or packing, and writes nothing then', async () => {
     const other = new TokWriter(path.join(tmp, 'other.tok'));
     other.add([5, 6, 7], [false, true, true]);
