@@ -458,5 +458,12 @@ describe('several training files (--train_file a,b)', () => {
     expect(fs.readFileSync(path.join(out, 'runspec.json'), 'utf8')).toBe(before);
     const leftovers = [...fs.readdirSync(out), ...fs.readdirSync(path.join(out, 'data'))].filter((n) => /\.prev-|\.part\d|\.tmp/.test(n));
     expect(leftovers).toEqual([]);
+    // what a worker killed while preparing left (its part and temporary files) goes with the next attempt there
+    const dead = path.join(out, 'data', 'train.tok.part1.tok.999999.tmp.ids');
+    fs.writeFileSync(dead, 'x');
+    fs.writeFileSync(path.join(out, 'data', 'train.tok.part0.tok'), 'x');
+    const r3 = await runCli(['train', '--model_name_or_path', model, '--train_file', `${cblue},${alpaca}`, '--output_dir', out, '--max_steps', '2', '--overwrite_output_dir', '--device', 'cpu'], { home, timeoutMs: 120_000 });
+    expect(r3.code, r3.stderr).toBe(0);
+    expect(fs.readdirSync(path.join(out, 'data'))).toEqual(['train.tok']);
   }, 120_000);
 });

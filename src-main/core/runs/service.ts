@@ -674,9 +674,14 @@ export class RunService {
       const skipped = (n: number) => (n ? `; ${n} bad record(s) skipped (--on_error skip)` : '');
       const splitOut = !d.validation && d.validation_percent > 0 ? evalOut : undefined;
       const split = (o: string | undefined) => (o ? { validationOut: o, validationPercent: d.validation_percent, seed: spec.training.seed } : {});
-      // what an attempt killed while preparing left behind (part files, the writers' temporary files)
+      // what an attempt killed while preparing left behind (part files, the writers' temporary files, named by the
+      // pid of the process that wrote them: a live one's are left alone)
       const dataDir = path.join(out, 'data');
-      if (fs.existsSync(dataDir)) for (const n of fs.readdirSync(dataDir)) if (/\.part\d+\.(tok|val)|\.\d+\.tmp(\.|$)/.test(n)) fs.rmSync(path.join(dataDir, n), { force: true });
+      if (fs.existsSync(dataDir))
+        for (const n of fs.readdirSync(dataDir)) {
+          const m = /\.(\d+)\.tmp(\.|$)/.exec(n);
+          if (m ? !pidAlive(Number(m[1])) : /\.part\d+\.(tok|val)$/.test(n)) fs.rmSync(path.join(dataDir, n), { force: true });
+        }
       const files = trainFiles(spec);
       // several training files: each prepared on its own (its format, its cache entry, its bad lines named with its
       // path), then put together in the order given; the validation split is taken from each
