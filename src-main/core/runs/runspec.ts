@@ -483,20 +483,25 @@ function realPath(p: string): string {
   }
 }
 
+/** The newest complete checkpoint-<step> folder in `dir` (one with trainer_state.json), or null. */
+export function lastCheckpoint(dir: string): string | null {
+  if (!fs.existsSync(dir)) return null;
+  const steps = fs
+    .readdirSync(dir)
+    .map((n) => /^checkpoint-(\d+)$/.exec(n))
+    .filter((m): m is RegExpExecArray => m !== null)
+    .map((m) => Number(m[1]))
+    .filter((s) => fs.existsSync(path.join(dir, `checkpoint-${s}`, 'trainer_state.json')))
+    .sort((a, b) => a - b);
+  return steps.length ? path.join(dir, `checkpoint-${steps.at(-1)}`) : null;
+}
+
 /** The checkpoint a run with `spec` would resume from (resume_from, or the output folder's last, unless overwriting). */
 function resumableCheckpoint(spec: RunSpec): string | null {
-  const ok = (d: string) => fs.existsSync(path.join(d, 'trainer_state.json')) && fs.existsSync(path.join(d, 'adapter_config.json'));
-  if (spec.resume_from && spec.resume_from !== 'latest') return ok(path.resolve(spec.resume_from)) ? path.resolve(spec.resume_from) : null;
+  const ok = (d: string | null) => (d && fs.existsSync(path.join(d, 'trainer_state.json')) && fs.existsSync(path.join(d, 'adapter_config.json')) ? d : null);
+  if (spec.resume_from && spec.resume_from !== 'latest') return ok(path.resolve(spec.resume_from));
   if (spec.output.overwrite && spec.resume_from !== 'latest') return null;
-  const out = path.resolve(spec.output.dir);
-  if (!fs.existsSync(out)) return null;
-  const steps = fs
-    .readdirSync(out)
-    .map((n) => /^checkpoint-(\d+)$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null && ok(path.join(out, m[0])))
-    .map((m) => Number(m[1]))
-    .sort((x, y) => x - y);
-  return steps.length ? path.join(out, `checkpoint-${steps.at(-1)}`) : null;
+  return ok(lastCheckpoint(path.resolve(spec.output.dir)));
 }
 
 /** The lora settings of a LoRA config file (readLoraConfigFile without its warnings). */

@@ -22,7 +22,9 @@ import { ensureDir, IoError, ioError, isWriteFailure } from '../io-error.js';
 import { engineBinary, listDevices, loadEngine, type NativeDevice } from '../engine/native.js';
 import { describeEstimate, type Estimate, estimateRun, suggestions } from './estimate.js';
 import type { MetricPoint, RunRow, Store } from '../store/store.js';
-import { deviceLabel, gpuIds, isMultiGpu, type RunSpec, RUNSPEC_VERSION, toEngineJob, trainFiles } from './runspec.js';
+import { deviceLabel, gpuIds, isMultiGpu, lastCheckpoint, type RunSpec, RUNSPEC_VERSION, toEngineJob, trainFiles } from './runspec.js';
+
+export { lastCheckpoint };
 
 export interface EngineEvent {
   event: string;
@@ -291,19 +293,6 @@ export function freePort(): Promise<number> {
       srv.close(() => resolve(port));
     });
   });
-}
-
-/** The newest complete checkpoint-<step> folder of an output dir, or null. */
-export function lastCheckpoint(dir: string): string | null {
-  if (!fs.existsSync(dir)) return null;
-  const steps = fs
-    .readdirSync(dir)
-    .map((n) => /^checkpoint-(\d+)$/.exec(n))
-    .filter((m): m is RegExpExecArray => m !== null)
-    .map((m) => Number(m[1]))
-    .filter((s) => fs.existsSync(path.join(dir, `checkpoint-${s}`, 'trainer_state.json')))
-    .sort((a, b) => a - b);
-  return steps.length ? path.join(dir, `checkpoint-${steps.at(-1)}`) : null;
 }
 
 /** What a run writes at the end of training, besides its checkpoint-<step> folders (engine: save_adapter / save_model). */
