@@ -64,3 +64,19 @@ export function dataHome(env = process.env): string {
 export function databaseFile(home = dataHome()): string {
   return path.join(home, 'llms-train.db');
 }
+
+/** `p` with its nearest existing ancestor's real path (a symlinked folder compares as the folder it points to). */
+export function realish(p: string): string {
+  let cur = path.resolve(p);
+  const rest: string[] = [];
+  for (;;) {
+    try {
+      return path.join(fs.realpathSync(cur), ...rest.reverse());
+    } catch {
+      const up = path.dirname(cur);
+      if (up === cur) return path.resolve(p);
+      rest.push(path.basename(cur));
+      cur = up;
+    }
+  }
+}

@@ -9,7 +9,7 @@ import path from 'node:path';
 import type { ModelInspection } from '../../../native/addon/index.js';
 import type { TemplateName } from '../data/templates.js';
 import { engineBinary } from '../engine/native.js';
-import { dataHome } from '../paths.js';
+import { dataHome, realish } from '../paths.js';
 import { downloadModel, modelsHome, type DownloadOptions, type DownloadProgress } from './download.js';
 import { isDoraAdapter } from './dora.js';
 import { doraAdapterOnlyMessage, exportAdapterGguf, exportGguf, type ExportResult, type GgufDtype, modelfilePath, writesModelfile } from './gguf.js';
@@ -178,21 +178,6 @@ export interface ExportOptions extends RunOpts {
   overwrite?: boolean;
 }
 
-/** `p` with its nearest existing ancestor's real path (a symlinked folder compares as the folder it points to). */
-function realish(p: string): string {
-  let cur = path.resolve(p);
-  const rest: string[] = [];
-  for (;;) {
-    try {
-      return path.join(fs.realpathSync(cur), ...rest.reverse());
-    } catch {
-      const up = path.dirname(cur);
-      if (up === cur) return path.resolve(p);
-      rest.push(path.basename(cur));
-      cur = up;
-    }
-  }
-}
 
 /** Whether `child` is `parent` or inside it. */
 export function isWithin(child: string, parent: string): boolean {

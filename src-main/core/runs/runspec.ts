@@ -7,6 +7,7 @@ import path from 'node:path';
 import { z } from 'zod';
 
 import { FORMATS } from '../data/formats.js';
+import { realish } from '../paths.js';
 import { TEMPLATES } from '../data/templates.js';
 
 export const RUNSPEC_VERSION = 1;
@@ -438,8 +439,8 @@ export function resolveInitAdapter(spec: RunSpec, given?: Record<string, unknown
     a = readAdapterFolder(dir);
     warnings.push(...a.warnings);
     // a run whose output folder is (or holds) the adapter would remove it when it starts afresh; symbolic links included
-    const out = realPath(spec.output.dir);
-    const ad = realPath(a.dir);
+    const out = realish(spec.output.dir);
+    const ad = realish(a.dir);
     if (ad === out || ad.startsWith(out + path.sep)) {
       throw new RunSpecError(`the adapter to continue, ${a.dir}, ${ad === out ? 'is' : 'is inside'} the output folder ${spec.output.dir}${ad !== a.dir || out !== path.resolve(spec.output.dir) ? ' (through a symbolic link)' : ''}: the new run would write over the adapter it starts from; choose another output folder (to go on with a stopped run, resume it instead)`, [
         { path: 'lora.init_adapter', message: 'overlaps the output folder' },
@@ -465,23 +466,6 @@ export function resolveInitAdapter(spec: RunSpec, given?: Record<string, unknown
   return { spec: { ...spec, lora: a.lora }, warnings };
 }
 
-/** A path with its symbolic links resolved (its nearest existing ancestor's, for a folder not made yet). */
-function realPath(p: string): string {
-  const abs = path.resolve(p);
-  let head = abs;
-  const rest: string[] = [];
-  while (!fs.existsSync(head)) {
-    const up = path.dirname(head);
-    if (up === head) return abs;
-    rest.unshift(path.basename(head));
-    head = up;
-  }
-  try {
-    return path.join(fs.realpathSync(head), ...rest);
-  } catch {
-    return abs;
-  }
-}
 
 /** The newest complete checkpoint-<step> folder in `dir` (one with trainer_state.json), or null. */
 export function lastCheckpoint(dir: string): string | null {
