@@ -4,10 +4,9 @@
 // adapter-only GGUF refuses a DoRA adapter (no magnitude vectors there) with a hint to merge. The merge itself is
 // checked against PEFT in tests/integration/dora-merge.test.ts.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { specFromFlags } from '../../src-main/cli/train';
 import * as models from '../../src-main/core/models/manager';
@@ -17,16 +16,9 @@ import { parseRunSpec, readLoraConfigFile, toEngineJob } from '../../src-main/co
 import { resumeMismatch } from '../../src-main/core/runs/service';
 import { flags } from '../helpers/cli-flags';
 import { writeSafetensors } from '../helpers/native';
+import { tempDirs } from '../helpers/tmp';
 
-const tmps: string[] = [];
-afterEach(() => {
-  for (const d of tmps.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
-function tmpDir(): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-dora-'));
-  tmps.push(d);
-  return d;
-}
+const tmpDir = tempDirs('dora');
 function writeJson(obj: unknown, name = 'adapter_config.json'): string {
   const f = path.join(tmpDir(), name);
   fs.writeFileSync(f, JSON.stringify(obj));

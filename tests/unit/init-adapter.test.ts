@@ -3,54 +3,21 @@
 // configuration replaces the run's lora settings (a setting it overrides is named), the engine job carries the folder
 // (not when resuming: the checkpoint holds every adapter tensor), and bad folders are refused with the field named.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { specFromFlags } from '../../src-main/cli/train';
 import { cliArgs } from '../../src-main/core/runs/cli-command';
 import { parseRunSpec, readAdapterFolder, resolveInitAdapter, RunSpecError, toEngineJob } from '../../src-main/core/runs/runspec';
 import { flags } from '../helpers/cli-flags';
+import { PEFT_SAVED, tempDirs } from '../helpers/tmp';
 
-const tmps: string[] = [];
-afterEach(() => {
-  for (const d of tmps.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
-function tmpDir(): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-init-adapter-'));
-  tmps.push(d);
-  return d;
-}
+const tmpDir = tempDirs('init-adapter');
 
-/** What PEFT's save_pretrained writes for LoraConfig(r=16, lora_alpha=32, target_modules=[q_proj, v_proj], use_dora=True). */
-const PEFT_CONFIG = {
-  alpha_pattern: {},
-  auto_mapping: null,
-  base_model_name_or_path: '/models/llama-7b',
-  bias: 'none',
-  fan_in_fan_out: false,
-  inference_mode: true,
-  init_lora_weights: true,
-  layer_replication: null,
-  layers_pattern: null,
-  layers_to_transform: null,
-  loftq_config: {},
-  lora_alpha: 32,
-  lora_bias: false,
-  lora_dropout: 0.1,
-  megatron_config: null,
-  megatron_core: 'megatron.core',
-  modules_to_save: ['lm_head'],
-  peft_type: 'LORA',
-  r: 16,
-  rank_pattern: { q_proj: 8 },
-  revision: null,
-  target_modules: ['v_proj', 'q_proj'],
-  task_type: 'CAUSAL_LM',
-  use_dora: true,
-  use_rslora: false,
-};
+/** What PEFT's save_pretrained writes for LoraConfig(r=16, lora_alpha=32, lora_dropout=0.1, target_modules=[q_proj, v_proj],
+ *  modules_to_save=[lm_head], use_dora=True, rank_pattern={q_proj: 8}). */
+const PEFT_CONFIG = { ...PEFT_SAVED, r: 16, lora_alpha: 32, lora_dropout: 0.1, modules_to_save: ['lm_head'], rank_pattern: { q_proj: 8 }, use_dora: true };
 
 function adapter(cfg: unknown = PEFT_CONFIG, weights: string | null = 'adapter_model.safetensors'): string {
   const d = path.join(tmpDir(), 'adapter');

@@ -2,64 +2,23 @@
 // by name, what is only warned about), --lora_target_modules as a list, "all-linear" or a regex, --lora_options,
 // the RunSpec rules PEFT has, the engine job's "lora" object, the CLI round trip and the memory estimate.
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 
 import { specFromFlags } from '../../src-main/cli/train';
 import { cliArgs, cliCommand } from '../../src-main/core/runs/cli-command';
 import { estimateRun } from '../../src-main/core/runs/estimate';
 import { parseRunSpec, parseTargetModules, readLoraConfigFile, toEngineJob } from '../../src-main/core/runs/runspec';
+import { PEFT_SAVED, tempDirs } from '../helpers/tmp';
 
-const tmps: string[] = [];
-afterEach(() => {
-  for (const d of tmps.splice(0)) fs.rmSync(d, { recursive: true, force: true });
-});
+const tmpDir = tempDirs('lora');
 function writeJson(obj: unknown): string {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-lora-'));
-  tmps.push(d);
-  const f = path.join(d, 'adapter_config.json');
+  const f = path.join(tmpDir(), 'adapter_config.json');
   fs.writeFileSync(f, JSON.stringify(obj));
   return f;
 }
 
-/** What `LoraConfig(...).save_pretrained()` writes (PEFT 0.17), every key at PEFT's default but the ones set. */
-const PEFT_SAVED = {
-  alpha_pattern: {},
-  auto_mapping: null,
-  base_model_name_or_path: '/models/llama-7b',
-  bias: 'none',
-  corda_config: null,
-  eva_config: null,
-  exclude_modules: null,
-  fan_in_fan_out: false,
-  inference_mode: true,
-  init_lora_weights: true,
-  layer_replication: null,
-  layers_pattern: null,
-  layers_to_transform: null,
-  loftq_config: {},
-  lora_alpha: 16,
-  lora_bias: false,
-  lora_dropout: 0.05,
-  megatron_config: null,
-  megatron_core: 'megatron.core',
-  modules_to_save: null,
-  peft_type: 'LORA',
-  qalora_group_size: 16,
-  r: 8,
-  rank_pattern: {},
-  revision: null,
-  runtime_config: { ephemeral_gpu_offload: false },
-  target_modules: ['v_proj', 'q_proj'],
-  target_parameters: null,
-  task_type: 'CAUSAL_LM',
-  trainable_token_indices: null,
-  use_dora: false,
-  use_qalora: false,
-  use_rslora: false,
-};
 const base = { model_name_or_path: '/m', train_file: '/t.json', output_dir: '/o' };
 const job = (spec: ReturnType<typeof parseRunSpec>) => (toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { lora: Record<string, unknown> }).lora;
 
