@@ -41,7 +41,7 @@ const FIELD_LABELS: Record<string, string> = {
 export function fieldLabel(p: string): string {
   if (p === '(body)') return 'the request';
   const parts = p.split('.').filter((x) => x !== 'params' && x !== 'spec');
-  return parts.map((x) => (/^\d+$/.test(x) ? `#${Number(x) + 1}` : (FIELD_LABELS[x] ?? x))).join(' ') || p;
+  return parts.map((x) => (/^\d+$/.test(x) ? `#${Number(x) + 1}` : (Object.hasOwn(FIELD_LABELS, x) ? FIELD_LABELS[x]! : x))).join(' ') || p;
 }
 
 const TYPE_WORDS: Record<string, string> = { string: 'text', number: 'a number', int: 'a whole number', boolean: 'true or false', object: 'an object', array: 'a list', bigint: 'a whole number' };

@@ -3,13 +3,14 @@
 // denied), with the API contract served over IPC by ipc.ts. The only folder that imports `electron`.
 import fs from 'node:fs';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 
 import { BrowserWindow, app, dialog, net, protocol, session, shell, utilityProcess } from 'electron';
 
 import { Core } from '../core/core.js';
 import { electronLauncher } from '../core/engine/host.js';
 import { appRoot, rendererDir } from '../core/paths.js';
-import { CONTENT_SECURITY_POLICY } from '../server/security.js';
+import { CONTENT_SECURITY_POLICY, rendererFile } from '../server/security.js';
 import { registerDefaults } from '../core/defaults.js';
 import { registerIpc } from './ipc.js';
 
@@ -31,12 +32,9 @@ function electronSqliteBinding(): string | undefined {
 function serveRenderer(): void {
   const root = path.resolve(rendererDir());
   protocol.handle(SCHEME, async (request) => {
-    const url = new URL(request.url);
-    let rel = decodeURIComponent(url.pathname);
-    if (rel === '/' || rel === '') rel = '/index.html';
-    const file = path.resolve(root, '.' + path.posix.normalize(rel));
-    if (!file.startsWith(root + path.sep)) return new Response('not found', { status: 404 });
-    const res = await net.fetch(`file://${file}`);
+    const file = rendererFile(root, new URL(request.url).pathname);
+    if (!file) return new Response('not found', { status: 404 });
+    const res = await net.fetch(pathToFileURL(file).href);
     const headers = new Headers(res.headers);
     headers.set('Content-Security-Policy', CONTENT_SECURITY_POLICY);
     headers.set('X-Content-Type-Options', 'nosniff');

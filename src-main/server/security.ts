@@ -3,6 +3,7 @@
 // and cross-site pages, and the Content-Security-Policy shared with the Electron window.
 import crypto from 'node:crypto';
 import net from 'node:net';
+import path from 'node:path';
 
 /** The CSP of every page we serve (also set by the Electron window for app:// responses). */
 export const CONTENT_SECURITY_POLICY = [
@@ -66,7 +67,32 @@ export function cookieValue(header: string | undefined, name: string): string | 
   if (!header) return null;
   for (const part of header.split(';')) {
     const i = part.indexOf('=');
-    if (i > 0 && part.slice(0, i).trim() === name) return decodeURIComponent(part.slice(i + 1).trim());
+    if (i > 0 && part.slice(0, i).trim() === name) {
+      try {
+        return decodeURIComponent(part.slice(i + 1).trim());
+      } catch {
+        return null; // not percent-encoding (another page on this host may set any cookie): no token
+      }
+    }
   }
   return null;
+}
+
+/**
+ * The file of the built renderer that a request path names, or null (then: 404). Shared by browser mode and the
+ * desktop window's app:// handler. Percent-decoded once; NUL, backslashes (a separator on Windows and in file URLs,
+ * not to path.posix), `?` and `#` are never in the renderer's file names and are refused before the path is
+ * resolved, so no spelling of `..` leaves `root`.
+ */
+export function rendererFile(root: string, pathname: string): string | null {
+  let rel: string;
+  try {
+    rel = decodeURIComponent(pathname);
+  } catch {
+    return null;
+  }
+  if (/[\0\\?#]/.test(rel)) return null;
+  if (rel === '' || rel.endsWith('/')) rel += 'index.html';
+  const file = path.resolve(root, '.' + path.posix.normalize(rel.startsWith('/') ? rel : '/' + rel));
+  return file.startsWith(root + path.sep) ? file : null;
 }

@@ -18,6 +18,7 @@ import {
   allowedOrigin,
   cookieValue,
   isLoopbackHost,
+  rendererFile,
   newToken,
   tokenMatches,
 } from './security.js';
@@ -79,22 +80,36 @@ function sendError(res: http.ServerResponse, code: string, message: string, hint
 
 const UNAUTHORIZED_HINT = 'Open the URL printed by `llms-train serve` or `npm start`: it carries ?token=… for this launch.';
 
+class BodyTooLarge extends Error {}
+
+/**
+ * The request body as text. One larger than `max` is read to its end and dropped (not kept in memory), so the
+ * client gets the 413 and its message rather than a reset connection.
+ */
 function readBody(req: http.IncomingMessage, max = MAX_BODY): Promise<string> {
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let size = 0;
     req.on('data', (c: Buffer) => {
       size += c.length;
-      if (size > max) {
-        reject(new Error(`request body is larger than ${max} bytes`));
-        req.destroy();
-        return;
-      }
-      chunks.push(c);
+      if (size <= max) chunks.push(c);
+      else chunks.length = 0;
     });
-    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('end', () => {
+      if (size > max) reject(new BodyTooLarge(`the request body (${size} bytes) is larger than the ${max} bytes this call takes`));
+      else resolve(Buffer.concat(chunks).toString('utf8'));
+    });
     req.on('error', reject);
   });
+}
+
+/** The request's URL, or null when it cannot be parsed (e.g. `GET http://[`): answered 400, never thrown. */
+function requestUrl(req: http.IncomingMessage): URL | null {
+  try {
+    return new URL(req.url ?? '/', 'http://localhost');
+  } catch {
+    return null;
+  }
 }
 
 export async function startServer(core: Core, opts: ServeOptions): Promise<RunningServer> {
@@ -126,16 +141,8 @@ export async function startServer(core: Core, opts: ServeOptions): Promise<Runni
       sendError(res, 'NOT_FOUND', `${req.method} ${url.pathname} is not served`);
       return;
     }
-    let rel: string;
-    try {
-      rel = decodeURIComponent(url.pathname);
-    } catch {
-      sendError(res, 'BAD_REQUEST', 'malformed path');
-      return;
-    }
-    if (rel.endsWith('/')) rel += 'index.html';
-    const file = path.resolve(rendererRoot, '.' + path.posix.normalize(rel));
-    if (file !== rendererRoot && !file.startsWith(rendererRoot + path.sep)) {
+    const file = rendererFile(rendererRoot, url.pathname);
+    if (!file) {
       sendError(res, 'NOT_FOUND', 'not found');
       return;
     }
@@ -161,13 +168,19 @@ export async function startServer(core: Core, opts: ServeOptions): Promise<Runni
         res.end();
         return;
       }
-      fs.createReadStream(file).pipe(res);
+      fs.createReadStream(file)
+        .on('error', () => res.destroy()) // removed or rebuilt between stat and read: end this response only
+        .pipe(res);
     });
   };
 
-  const server = http.createServer((req, res) => {
+  const handle = (req: http.IncomingMessage, res: http.ServerResponse) => {
     securityHeaders(res);
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    const url = requestUrl(req);
+    if (!url) {
+      sendError(res, 'BAD_REQUEST', 'malformed request URL');
+      return;
+    }
     if (!allowedHostHeader(req.headers.host, port, loopback)) {
       sendError(res, 'BAD_REQUEST', `unexpected Host header '${req.headers.host ?? ''}'`, 'Use the printed URL (127.0.0.1 or localhost).');
       return;
@@ -206,7 +219,21 @@ export async function startServer(core: Core, opts: ServeOptions): Promise<Runni
         if (env.ok) sendJson(res, 200, { result: env.result });
         else sendJson(res, httpStatusFor(env.error.code), { error: env.error });
       })
-      .catch((err: Error) => sendError(res, 'BAD_REQUEST', err.message));
+      .catch((err: Error) => {
+        if (res.headersSent) return res.destroy();
+        if (err instanceof BodyTooLarge) sendJson(res, 413, { error: { code: 'BAD_REQUEST', message: err.message, hint: method === 'importDataset' ? 'Import large datasets by path instead of uploading them.' : undefined } });
+        else sendError(res, 'BAD_REQUEST', err.message);
+      });
+  };
+  const server = http.createServer((req, res) => {
+    // whatever a request holds, it never takes the server down (and the runs it supervises with it)
+    try {
+      handle(req, res);
+    } catch (err) {
+      log(`request ${req.method ?? ''} ${(req.url ?? '').slice(0, 200)} failed: ${(err as Error).message}`);
+      if (!res.headersSent) sendError(res, 'INTERNAL', 'the request could not be handled');
+      else res.destroy();
+    }
   });
 
   const wss = new WebSocketServer({ noServer: true, maxPayload: 64 * 1024 });
@@ -217,10 +244,12 @@ export async function startServer(core: Core, opts: ServeOptions): Promise<Runni
   });
 
   server.on('upgrade', (req, socket, head) => {
-    const url = new URL(req.url ?? '/', 'http://localhost');
+    const url = requestUrl(req);
     const reject = (status: number, text: string) => {
       socket.end(`HTTP/1.1 ${status} ${text}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n`);
     };
+    socket.on('error', () => socket.destroy());
+    if (!url) return reject(400, 'Bad Request');
     if (url.pathname !== '/api/events') return reject(404, 'Not Found');
     if (!allowedHostHeader(req.headers.host, port, loopback)) return reject(400, 'Bad Request');
     if (!allowedOrigin(req.headers.origin, req.headers.host)) return reject(403, 'Forbidden');

@@ -114,6 +114,30 @@ describe('llms-train serve', () => {
     expect(status).toMatch(/400/);
   });
 
+  it('survives malformed requests: a bad URL, a cookie that is not percent-encoding, a NUL in the path, an oversized body', async () => {
+    const port = Number(new URL(app.origin).port);
+    const raw = (request: string) =>
+      new Promise<string>((resolve, reject) => {
+        const s = net.connect(port, '127.0.0.1', () => s.write(request));
+        let buf = '';
+        s.on('data', (d) => (buf += d.toString()));
+        s.on('end', () => resolve(buf.split('\r\n')[0]!));
+        s.on('error', reject);
+      });
+    const host = `Host: 127.0.0.1:${port}\r\nConnection: close`;
+    expect(await raw(`GET http://[ HTTP/1.1\r\n${host}\r\n\r\n`)).toMatch(/ 400 /);
+    expect(await raw(`GET http://[ HTTP/1.1\r\n${host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n`)).toMatch(/ 400 /);
+    // another page on 127.0.0.1 (any port: cookies do not keep ports apart) can set this cookie in the user's browser
+    expect(await raw(`GET / HTTP/1.1\r\n${host}\r\nCookie: llmt_token_${port}=%E0\r\n\r\n`)).toMatch(/ 401 /);
+    expect(await raw(`GET /index.html%00.png?token=${app.token} HTTP/1.1\r\n${host}\r\n\r\n`)).toMatch(/ 404 /);
+    expect(await raw(`GET /..%5C..%5C..%5Cetc%5Cpasswd?token=${app.token} HTTP/1.1\r\n${host}\r\n\r\n`)).toMatch(/ 404 /);
+    const big = await post(app.origin, 'getStatus', { pad: 'x'.repeat(2 << 20) }, { 'X-LLMT-Token': app.token });
+    expect(big.status).toBe(413);
+    expect(big.json.error.message).toMatch(/larger than/);
+    // and the server is still there
+    expect((await post(app.origin, 'getStatus', {}, { 'X-LLMT-Token': app.token })).status).toBe(200);
+  });
+
   it('pushes the status event over the WebSocket, only with the token and our origin', async () => {
     const wsUrl = `${app.origin.replace('http', 'ws')}/api/events`;
     const first = await new Promise<{ event: string; payload: { gpus: unknown[] } }>((resolve, reject) => {

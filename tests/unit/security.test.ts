@@ -1,7 +1,9 @@
 // Browser-mode guards: token comparison, loopback detection, Host and Origin checks, cookies.
+import path from 'node:path';
+
 import { describe, expect, it } from 'vitest';
 
-import { allowedHostHeader, allowedOrigin, cookieValue, isLoopbackHost, newToken, tokenMatches } from '../../src-main/server/security';
+import { allowedHostHeader, allowedOrigin, cookieValue, isLoopbackHost, newToken, rendererFile, tokenMatches } from '../../src-main/server/security';
 
 describe('security', () => {
   it('makes long, distinct, URL-safe tokens', () => {
@@ -46,5 +48,29 @@ describe('security', () => {
     expect(cookieValue('a=1; llmt_token_80=abc%3D; b=2', 'llmt_token_80')).toBe('abc=');
     expect(cookieValue('xllmt_token_80=no', 'llmt_token_80')).toBeNull();
     expect(cookieValue(undefined, 'a')).toBeNull();
+    // any page on this host can set a cookie: one that is not percent-encoding is no token, never an exception
+    expect(cookieValue('llmt_token_80=%E0; b=2', 'llmt_token_80')).toBeNull();
+    expect(cookieValue('llmt_token_80=%', 'llmt_token_80')).toBeNull();
+  });
+
+  it('maps request paths to renderer files, never outside the renderer folder', () => {
+    const root = path.resolve('/srv/renderer');
+    expect(rendererFile(root, '/')).toBe(path.join(root, 'index.html'));
+    expect(rendererFile(root, '')).toBe(path.join(root, 'index.html'));
+    expect(rendererFile(root, '/assets/app%20x.js')).toBe(path.join(root, 'assets', 'app x.js'));
+    expect(rendererFile(root, '/assets/')).toBe(path.join(root, 'assets', 'index.html'));
+    for (const bad of [
+      '/../etc/passwd',
+      '/%2e%2e/%2e%2e/etc/passwd',
+      '/assets/..%2f..%2f..%2fetc%2fpasswd',
+      '/..%5C..%5C..%5Cetc%5Cpasswd', // backslashes: separators in file URLs and on Windows
+      '/index.html%00.png', // NUL: fs throws on it
+      '/index.html%3F.js',
+      '/%E0%A4%A', // not UTF-8 percent-encoding
+    ]) {
+      const f = rendererFile(root, bad);
+      expect(f === null || f.startsWith(root + path.sep), bad).toBe(true);
+      if (/%5C|%00|%3F|%E0/.test(bad)) expect(f, bad).toBeNull();
+    }
   });
 });
