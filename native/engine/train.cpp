@@ -1328,8 +1328,15 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     const std::string final_dir = job.out_dir + "/checkpoint-" + std::to_string(at_step);
     const std::string tmp = final_dir + ".tmp-" + std::to_string(::getpid());
     remove_tree(tmp);
+    // a failed save (a full disk, a vanished folder) leaves nothing half-written behind, and says which checkpoint it was
+    auto not_saved = [&](llmt_status st) {
+      const std::string why = llmt_last_error();
+      remove_tree(tmp);
+      return set_error(st, "checkpoint-" + std::to_string(at_step) + " was not saved: " + why +
+                               " (its temporary folder is removed; the checkpoints saved before it are intact)");
+    };
     llmt_status s = job.method == "lora" ? model->save_adapter(tmp) : model->save_model(tmp);
-    if (s) return s;
+    if (s) return not_saved(s);
     std::vector<TensorToWrite> opt;
     std::vector<std::string> names;
     names.reserve(tp.size() * 2);
@@ -1344,7 +1351,7 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       opt.push_back({names[2 * i], DType::F32, tp[i]->shape, m});
       opt.push_back({names[2 * i + 1], DType::F32, tp[i]->shape, v});
     }
-    if ((s = write_safetensors(tmp + "/optimizer.safetensors", opt, {{"step", std::to_string(at_step)}}))) return s;
+    if ((s = write_safetensors(tmp + "/optimizer.safetensors", opt, {{"step", std::to_string(at_step)}}))) return not_saved(s);
     Json ts = Json::object();
     ts.set("global_step", Json::integer(at_step));
     ts.set("max_steps", Json::integer(total));
@@ -1378,17 +1385,18 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       scb.set("EarlyStoppingCallback", cb);
       ts.set("stateful_callbacks", scb);
     }
-    if ((s = write_text_file_atomic(tmp + "/trainer_state.json", ts.dump(2) + "\n"))) return s;
+    if ((s = write_text_file_atomic(tmp + "/trainer_state.json", ts.dump(2) + "\n"))) return not_saved(s);
     Json rng = Json::object();
     rng.set("seed", Json::integer(static_cast<int64_t>(job.seed)));
     rng.set("data_epoch", Json::integer(cur.epoch));
     rng.set("data_index", Json::integer(cur.index));
     rng.set("dropout_stream", Json::string("mix64(seed, step, micro_batch)"));
-    if ((s = write_text_file_atomic(tmp + "/rng_state.json", rng.dump(2) + "\n"))) return s;
-    if ((s = write_text_file_atomic(tmp + "/training_args.json", job.raw.dump(2) + "\n"))) return s;
+    if ((s = write_text_file_atomic(tmp + "/rng_state.json", rng.dump(2) + "\n"))) return not_saved(s);
+    if ((s = write_text_file_atomic(tmp + "/training_args.json", job.raw.dump(2) + "\n"))) return not_saved(s);
     remove_tree(final_dir);
     if (std::rename(tmp.c_str(), final_dir.c_str()) != 0) {
-      return set_error(LLMT_ERR_IO, "cannot move checkpoint into place at " + final_dir + ": " + std::strerror(errno));
+      const int err = errno;
+      return not_saved(set_error(LLMT_ERR_IO, "cannot move it into place at " + final_dir + ": " + std::strerror(err)));
     }
     Json e = ev("checkpoint");
     e.set("step", Json::integer(at_step));

@@ -431,7 +431,7 @@ export const methods = {
   ),
   stopRun: method(z.object({ id: Id, force: z.boolean().optional() }).strict(), RunSummary, 'Stops a run gracefully (a checkpoint is written); force kills the worker.'),
   resumeRun: method(z.object({ id: Id }).strict(), RunSummary, 'Continues a stopped, failed or interrupted run from its last checkpoint (same run).'),
-  deleteRun: method(z.object({ id: Id, deleteFiles: z.boolean() }).strict(), z.object({ id: Id, filesRemoved: z.boolean() }), 'Deletes a run (and, if asked, its output folder: refused with CONFLICT naming the other run when another recorded run uses that folder, one inside it or one above it).'),
+  deleteRun: method(z.object({ id: Id, deleteFiles: z.boolean() }).strict(), z.object({ id: Id, filesRemoved: z.boolean(), keptFiles: z.array(z.string()).optional() }), 'Deletes a run (and, if asked, the files it wrote in its output folder — the folder too when nothing else is left; keptFiles names what stays, e.g. a base model the run wrote its adapter beside — refused with CONFLICT naming the other run when another recorded run uses that folder, one inside it or one above it).'),
   updateRun: method(
     z.object({ id: Id, name: z.string().trim().min(1).max(200).optional(), tags: z.array(z.string().trim().min(1).max(64)).max(32).optional(), notes: z.string().max(10_000).optional() }).strict(),
     RunSummary,

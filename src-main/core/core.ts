@@ -18,7 +18,7 @@ import { modelsHome } from './models/download.js';
 import { appRoot, appVersion, databaseFile, dataHome } from './paths.js';
 import { cliCommand } from './runs/cli-command.js';
 import { gpuIds, parseRunSpec, readAdapterFolder, resolveInitAdapter, type RunSpec, RunSpecError } from './runs/runspec.js';
-import { contextWarning, lastCheckpoint, planRun, resumeMismatch, type RunHandle, RunService, runLogToRead, runsUsingFolder } from './runs/service.js';
+import { contextWarning, lastCheckpoint, outputFolderProblem, planRun, resumeMismatch, type RunHandle, RunService, runLogToRead, runsUsingFolder, runWrittenFiles } from './runs/service.js';
 import { ChatService, compareAnswers, type SamplingParams } from './chat/service.js';
 import { EngineHost, type ExitInfo, type HostGenerateResult, type Launcher, type Placement } from './engine/host.js';
 import { type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint, listEvals } from './eval/service.js';
@@ -171,7 +171,7 @@ export class Core {
   private chatInstance: ChatService | null = null;
   private readonly metricsTimer: NodeJS.Timeout | undefined;
   /** runs whose rows are being deleted (chunk by chunk) */
-  private readonly deleting = new Map<number, Promise<void>>();
+  private readonly deleting = new Map<number, Promise<unknown>>();
 
   constructor(private readonly opts: CoreOptions) {
     this.home = opts.home ?? dataHome();
@@ -297,14 +297,28 @@ export class Core {
   /** Deletes a run: its output folder if asked (asynchronously: checkpoints can be gigabytes), its points chunk by
    *  chunk (other requests served in between), then the run row with its checkpoints and evaluations. Resuming or
    *  deleting it again meanwhile is refused. */
-  private deleteRunRows(id: number, folder: string | null): Promise<void> {
+  private deleteRunRows(id: number, folder: string | null): Promise<string[]> {
     const p = (async () => {
-      if (folder) await fs.promises.rm(folder, { recursive: true, force: true });
+      // the run's own files only; the folder goes when nothing else is left in it (a model beside its adapter, the
+      // user's notes or data stay, and are named)
+      let kept: string[] = [];
+      if (folder) {
+        for (const n of runWrittenFiles(folder)) await fs.promises.rm(path.join(folder, n), { recursive: true, force: true });
+        for (const d of [path.join(folder, 'data'), folder]) {
+          try {
+            if (fs.readdirSync(d).length === 0) await fs.promises.rmdir(d);
+          } catch {
+            /* gone already */
+          }
+        }
+        kept = fs.existsSync(folder) ? fs.readdirSync(folder).sort() : [];
+      }
       while (this.store.metrics.deleteChunk(id, DELETE_CHUNK) > 0) await yieldToLoop();
       this.store.runs.delete(id);
       this.runSeen.delete(id);
       const top = this.store.metrics.maxRowid();
       if (top < this.metricsRowid) this.metricsRowid = top;
+      return kept;
     })().finally(() => this.deleting.delete(id));
     this.deleting.set(id, p);
     return p;
@@ -629,6 +643,8 @@ export class Core {
       },
       planRun: async (req) => {
         const { spec, warnings } = this.newRunSpec(req.spec);
+        const bad = outputFolderProblem(spec);
+        if (bad) throw new ApiError(bad.code, bad.message, { hint: bad.hint, fields: [{ path: 'output.dir', message: bad.code === 'IO' ? 'is a file' : "is the base model's folder" }] });
         if (spec.training.precision !== 'fp32' && spec.method === 'full') warnings.push(`${spec.training.precision}: a full fine-tune trains every weight, so it computes in fp32 (the precision applies to frozen base weights)`);
         const missing = gpuIds(spec).filter((i) => !this.gpuListed(i));
         if (missing.length) warnings.push(`GPU ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not usable here: the engine will fall back to the CPU`);
@@ -729,8 +745,8 @@ export class Core {
           if (!fs.existsSync(path.join(r.outputDir, 'runspec.json'))) throw new ApiError('CONFLICT', `${r.outputDir} does not look like this run's output folder (no runspec.json); not deleting it`);
           removeFiles = r.outputDir;
         }
-        await this.deleteRunRows(r.id, removeFiles);
-        return { id: r.id, filesRemoved: removeFiles !== null };
+        const kept = await this.deleteRunRows(r.id, removeFiles);
+        return { id: r.id, filesRemoved: removeFiles !== null, ...(kept.length ? { keptFiles: kept } : {}) };
       },
       updateRun: (req) => {
         const r = this.run(req.id);

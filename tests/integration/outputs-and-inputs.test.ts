@@ -99,6 +99,50 @@ describe('runs sharing an output folder', () => {
     expect(((cks as { result: unknown }).result as { missing: boolean }[])[0]!.missing).toBe(true);
   });
 
+  it('deleteRun with deleteFiles removes only what runs write: a base model, notes and a data/ of the user beside them stay, and are named', async () => {
+    // a LoRA run whose output folder is a copy of its base model (the adapter beside the weights), with the user's notes
+    const dir = t('del', 'beside-model');
+    fs.cpSync(t('tiny'), dir, { recursive: true });
+    const model = fs.readdirSync(dir).sort();
+    fs.writeFileSync(path.join(dir, 'NOTES.txt'), 'mine');
+    fs.mkdirSync(path.join(dir, 'data'));
+    fs.writeFileSync(path.join(dir, 'data', 'my.json'), '{}');
+    for (const f of ['runspec.json', 'job.json', 'train-99.log', 'adapter_config.json', 'adapter_model.safetensors', 'data/train.tok', 'data/eval.tok', 'checkpoint-2/adapter_model.safetensors', 'checkpoint-4.tmp-999999999/adapter_model.safetensors']) {
+      fs.mkdirSync(path.dirname(path.join(dir, f)), { recursive: true });
+      fs.writeFileSync(path.join(dir, f), f === 'runspec.json' ? JSON.stringify({ method: 'lora', model: { path: dir } }) : 'x');
+    }
+    const spec = parseRunSpec({ model: { path: dir }, data: { train: '/t.json' }, output: { dir } });
+    const run = core.store.runs.create({ name: 'beside', spec, specVersion: 1, outputDir: dir, ownerPid: null });
+    core.store.runs.finish(run.id, 'completed', {});
+    const r = await core.dispatcher.call('deleteRun', { id: run.id, deleteFiles: true });
+    expect(r).toMatchObject({ ok: true, result: { filesRemoved: true, keptFiles: [...model, 'NOTES.txt', 'data'].sort() } });
+    expect(fs.readdirSync(dir).sort()).toEqual([...model, 'NOTES.txt', 'data'].sort());
+    expect(fs.readdirSync(path.join(dir, 'data'))).toEqual(['my.json']);
+    expect(fs.readFileSync(path.join(dir, 'model.safetensors')).equals(fs.readFileSync(t('tiny', 'model.safetensors')))).toBe(true);
+
+    // a full fine-tune's own folder: everything in it is the run's (its saved model and the tokenizer it copied), so it goes
+    const full = t('del', 'full1');
+    fs.mkdirSync(path.join(full, 'checkpoint-2'), { recursive: true });
+    fs.writeFileSync(path.join(full, 'runspec.json'), JSON.stringify({ method: 'full', model: { path: t('tiny') } }));
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'train-5.log', 'checkpoint-2/model.safetensors'])
+      fs.writeFileSync(path.join(full, f), 'x');
+    const fr = core.store.runs.create({ name: 'full1', spec: parseRunSpec({ method: 'full', model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir: full } }), specVersion: 1, outputDir: full, ownerPid: null });
+    core.store.runs.finish(fr.id, 'completed', {});
+    expect(await core.dispatcher.call('deleteRun', { id: fr.id, deleteFiles: true })).toEqual({ ok: true, result: { id: fr.id, filesRemoved: true } });
+    expect(fs.existsSync(full)).toBe(false);
+  });
+
+  it("refuses an output folder that is a file, and a full fine-tune into its base model's folder (planRun and startRun)", async () => {
+    fs.mkdirSync(t('runs'), { recursive: true });
+    fs.writeFileSync(t('runs', 'a-file'), 'x');
+    for (const call of ['planRun', 'startRun'] as const) {
+      const file = await core.dispatcher.call(call, { spec: { model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir: t('runs', 'a-file') } } });
+      expect(file).toMatchObject({ ok: false, error: { code: 'IO', message: expect.stringContaining('is a file, not a folder') } });
+      const own = await core.dispatcher.call(call, { spec: { method: 'full', model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir: t('tiny'), overwrite: true } } });
+      expect(own).toMatchObject({ ok: false, error: { code: 'BAD_INPUT', message: expect.stringContaining("the base model's own folder") } });
+    }
+  });
+
   it("getRunLog reads the run's own log, else the old train.log", async () => {
     const dir = t('runs', 'logs');
     fs.mkdirSync(dir, { recursive: true });

@@ -149,6 +149,32 @@ describe('llms-train train: an existing output folder', () => {
     expect(res.stdout).toMatch(/resuming from .*checkpoint-2\n/);
   });
 
+  it('a checkpoint that cannot be written (a file-size limit as a full disk) leaves no half-written folder; a dead attempt\'s one is removed by the next run', async () => {
+    const home = path.join(tmp, 'home-ckfull');
+    const out = path.join(tmp, 'ckfull');
+    const first = await runCli(flags(out, 2), { home, timeoutMs: 120_000 });
+    expect(first.code, first.stderr).toBe(0);
+    // the same job into another folder, run by the engine with writes capped at 4 KiB (EFBIG; SIGXFSZ ignored):
+    // the first checkpoint's adapter (16 KiB) cannot be written
+    const job = JSON.parse(fs.readFileSync(path.join(out, 'job.json'), 'utf8')) as { output: { dir: string } };
+    const out2 = path.join(tmp, 'ckfull2');
+    fs.mkdirSync(out2);
+    job.output.dir = out2;
+    fs.writeFileSync(path.join(out2, 'job.json'), JSON.stringify(job));
+    const r = spawnSync('bash', ['-c', `trap '' XFSZ; ulimit -f 4; exec "${ENGINE}" train --job "${path.join(out2, 'job.json')}"`], { encoding: 'utf8' });
+    expect(r.status).not.toBe(0);
+    const err = r.stdout.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { event: string; message?: string }).find((e) => e.event === 'error');
+    expect(err?.message).toMatch(/^checkpoint-2 was not saved: cannot write .*: .*\(its temporary folder is removed; the checkpoints saved before it are intact\)$/);
+    expect(fs.readdirSync(out2).filter((n) => n.startsWith('checkpoint-'))).toEqual([]);
+    // what a killed engine leaves (checkpoint-N.tmp-<dead pid>) goes when the next run starts in that folder
+    fs.mkdirSync(path.join(out, 'checkpoint-4.tmp-999999999'));
+    fs.writeFileSync(path.join(out, 'checkpoint-4.tmp-999999999', 'adapter_model.safetensors'), 'half');
+    const again = await runCli(flags(out, 4), { home, timeoutMs: 120_000 });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).toMatch(/removed 1 half-written checkpoint folder\(s\) an earlier attempt left: checkpoint-4\.tmp-999999999/);
+    expect(fs.readdirSync(out).filter((n) => n.startsWith('checkpoint-')).sort()).toEqual(['checkpoint-2', 'checkpoint-4']);
+  });
+
   it('a read-only output folder is one line naming it and the cause, with a hint', async () => {
     const ro = path.join(tmp, 'ro');
     fs.mkdirSync(ro);

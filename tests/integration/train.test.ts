@@ -262,6 +262,23 @@ describe('pre-flight estimate', () => {
   }, 120_000);
 });
 
+describe('two starts into one folder at the same moment', () => {
+  it('one trains, the other is refused naming it; the folder holds one run', async () => {
+    const home = path.join(tmp, 'home-race');
+    const out = path.join(tmp, 'race');
+    const [a, b] = await Promise.all([runCli(seedFlags(out, 2), { home, timeoutMs: 120_000 }), runCli(seedFlags(out, 2), { home, timeoutMs: 120_000 })]);
+    expect([a.code, b.code].sort()).toEqual([0, 1]);
+    const loser = a.code === 1 ? a : b;
+    expect(loser.stderr).toMatch(/is in use by run #\d+|is the output folder of run #\d+/);
+    const store = openStore(home);
+    try {
+      expect(store.runs.list().filter((r) => r.outputDir === out).map((r) => r.status)).toEqual(['completed']);
+    } finally {
+      store.close();
+    }
+  }, 180_000);
+});
+
 describe('the app sees CLI runs live', () => {
   it('pushes runChanged over the WebSocket while `llms-train train` runs in another process', async () => {
     const { startCli } = await import('../helpers/app');

@@ -19,6 +19,7 @@ import { TokWriter } from '../data/tokfile.js';
 import { loadTokenizer } from '../data/tokenizer/index.js';
 import type { Tokenizer } from '../data/tokenizer/types.js';
 import { ensureDir, IoError, ioError, isWriteFailure } from '../io-error.js';
+import { realish } from '../paths.js';
 import { engineBinary, listDevices, loadEngine, type NativeDevice } from '../engine/native.js';
 import { describeEstimate, type Estimate, estimateRun, suggestions } from './estimate.js';
 import type { MetricPoint, RunRow, Store } from '../store/store.js';
@@ -106,6 +107,33 @@ export function runsUsingFolder(store: Store, dir: string, exceptId?: number, ne
 }
 
 const runLabel = (r: RunRow) => `run #${r.id} (${r.name}, ${r.status})`;
+
+/**
+ * What makes a run's output folder unusable whatever else the spec says, or null: a path that is a file, and a
+ * full fine-tune whose output is its own base model's folder (it saves model.safetensors and config.json there,
+ * over the weights it trains from; a LoRA run writes only its adapter beside them, which is fine).
+ */
+export function outputFolderProblem(spec: Pick<RunSpec, 'method' | 'model' | 'output'>): { message: string; hint: string; code: 'BAD_INPUT' | 'IO' } | null {
+  const out = path.resolve(spec.output.dir);
+  if (fs.existsSync(out) && !fs.statSync(out).isDirectory())
+    return { code: 'IO', message: `the output folder ${out} is a file, not a folder`, hint: 'Give --output_dir a folder path (it is created if missing).' };
+  if (spec.method === 'full' && realish(out) === realish(spec.model.path))
+    return {
+      code: 'BAD_INPUT',
+      message: `the output folder ${out} is the base model's own folder: a full fine-tune saves the trained model (model.safetensors, config.json) there, over the model it trains from`,
+      hint: 'Choose another --output_dir (a LoRA run may write its adapter beside the model; a full fine-tune may not).',
+    };
+  return null;
+}
+
+/** Names a run leaves in its output folder besides its own files that no run writes: checkpoint-N.tmp-PID of a dead engine. */
+export function staleCheckpointTemps(dir: string): string[] {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return [];
+  return fs.readdirSync(dir).filter((n) => {
+    const m = /^checkpoint-\d+\.tmp-(\d+)$/.exec(n);
+    return m !== null && !pidAlive(Number(m[1]));
+  });
+}
 
 /**
  * What makes a checkpoint unfit to resume a run with `spec` (cheaply, from its files): a LoRA checkpoint for a
@@ -327,6 +355,38 @@ export function earlierRunOutputs(dir: string): string[] {
   return found;
 }
 
+/** The tokenizer, generation config and remote-code files that a full fine-tune copies beside its saved model (the engine's is_model_side_file). */
+function isModelSideFile(n: string): boolean {
+  if (n.startsWith('tokenizer')) return !/\.(safetensors|bin)$/.test(n);
+  return (
+    ['special_tokens_map.json', 'added_tokens.json', 'generation_config.json', 'chat_template.json', 'chat_template.jinja', 'vocab.json', 'vocab.txt', 'merges.txt', 'spiece.model', 'ice_text.model', 'sentencepiece.bpe.model'].includes(n) ||
+    n.endsWith('.tiktoken') ||
+    n.endsWith('.py')
+  );
+}
+
+/**
+ * Everything in a run's output folder that runs write (relative paths), for deleting a run with its files: its
+ * checkpoints (and a dead engine's half-written checkpoint-N.tmp-PID), final outputs (as earlierRunOutputs finds
+ * them: a full fine-tune's model only where it did not train from this very folder, then with the tokenizer files
+ * it copied), runspec.json, job.json, the run logs and the prepared data under data/ — never anything else, so a
+ * folder that also holds the user's files (a model, notes, a data/ of their own) keeps them.
+ */
+export function runWrittenFiles(dir: string): string[] {
+  if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) return [];
+  const names = fs.readdirSync(dir);
+  const outputs = earlierRunOutputs(dir);
+  const found = new Set(outputs);
+  for (const n of names) {
+    if (/^checkpoint-\d+\.tmp-\d+$/.test(n) || /^train(-\d+)?\.log$/.test(n) || /^(runspec|job)\.json(\.tmp)?$/.test(n) || /^\.llmt-write-test-\d+$/.test(n)) found.add(n);
+  }
+  if (outputs.some(isModelWeights)) for (const n of names) if (isModelSideFile(n)) found.add(n);
+  const data = path.join(dir, 'data');
+  if (fs.existsSync(data) && fs.statSync(data).isDirectory())
+    for (const n of fs.readdirSync(data)) if (/^(train|eval)\.tok(\.|$)|\.part\d+\.(tok|val)$/.test(n)) found.add(`data/${n}`);
+  return [...found];
+}
+
 /**
  * The earlier run's files that a new attempt in the same folder rewrites (runspec.json, job.json, its data),
  * kept aside until the engine accepts the new job: restored if the attempt fails before training starts (a
@@ -515,6 +575,8 @@ export class RunService {
    */
   checkOutputFolder(spec: RunSpec, opt: Pick<StartOptions, 'runId' | 'exclusiveOutput'> = {}): void {
     const out = path.resolve(spec.output.dir);
+    const bad = outputFolderProblem(spec);
+    if (bad) throw Object.assign(new Error(bad.message), { code: bad.code, hint: bad.hint });
     const others = runsUsingFolder(this.store, out, opt.runId);
     const live = others.find((r) => (r.status === 'running' || r.status === 'queued') && (this.own.has(r.id) || pidAlive(r.workerPid)));
     if (live)
@@ -590,6 +652,19 @@ export class RunService {
         ...(opt.tags ? { tags: opt.tags } : {}),
       });
       this.own.add(run.id);
+      // two starts into one folder at the same moment (two terminals, two clicks) both passed the check above before
+      // either had a row: now that this one has its row, the earlier live row wins and this one withdraws
+      const rival = runsUsingFolder(this.store, out, run.id).find(
+        (r) => r.id < run.id && (r.status === 'running' || r.status === 'queued') && (this.own.has(r.id) || pidAlive(r.workerPid)),
+      );
+      if (rival) {
+        this.own.delete(run.id);
+        this.store.runs.delete(run.id);
+        throw Object.assign(new Error(`the output folder ${out} is in use by ${runLabel(rival)}, started at the same moment: two runs cannot write into one folder`), {
+          code: 'CONFLICT',
+          hint: `Choose another output folder, or wait for run #${rival.id} to end.`,
+        });
+      }
     }
     this.changed(run.id);
     const logFile = fs.createWriteStream(runLogFile(out, run.id), { flags: 'a' });
@@ -671,6 +746,10 @@ export class RunService {
           const m = /\.(\d+)\.tmp(\.|$)/.exec(n);
           if (m ? !pidAlive(Number(m[1])) : /\.part\d+\.(tok|val)$/.test(n)) fs.rmSync(path.join(dataDir, n), { force: true });
         }
+      // a checkpoint an engine was writing when it was killed (or the disk filled): never complete, never resumed from
+      const halfWritten = staleCheckpointTemps(out);
+      for (const n of halfWritten) fs.rmSync(path.join(out, n), { recursive: true, force: true });
+      if (halfWritten.length) log(`removed ${halfWritten.length} half-written checkpoint folder(s) an earlier attempt left: ${halfWritten.join(', ')}`);
       const files = trainFiles(spec);
       // several training files: each prepared on its own (its format, its cache entry, its bad lines named with its
       // path), then put together in the order given; the validation split is taken from each

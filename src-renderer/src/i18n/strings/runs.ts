@@ -42,12 +42,13 @@ export const en = {
   'runs.deleteLabel': 'Delete run {name}',
   'runs.delete.title': 'Delete run “{name}”?',
   'runs.delete.body': 'The run, its metrics and checkpoints are removed from the workbench. This cannot be undone.',
-  'runs.delete.files': 'Also delete its output folder',
+  'runs.delete.files': 'Also delete the files it wrote (its output folder, unless other files are there)',
   'runs.delete.noFolder': 'This run has no output folder.',
   'runs.delete.confirm': 'Delete',
   'runs.delete.cancel': 'Cancel',
   'runs.delete.done': 'Run {name} deleted.',
   'runs.delete.doneFiles': 'Run {name} and its output folder deleted.',
+  'runs.delete.doneFilesKept': 'Run {name} and the files it wrote deleted. Its folder {dir} stays: it also holds {files}, which the run did not write.',
   'runs.errorCode': 'Error {code}',
 } as const;
 
@@ -94,11 +95,12 @@ export const zh: Record<keyof typeof en, string> = {
   'runs.deleteLabel': '删除训练记录 {name}',
   'runs.delete.title': '删除训练记录“{name}”？',
   'runs.delete.body': '该训练记录及其指标和检查点将从工作台中移除，此操作无法撤销。',
-  'runs.delete.files': '同时删除其输出文件夹',
+  'runs.delete.files': '同时删除它写入的文件（输出文件夹中若无其他文件，则连同文件夹一起删除）',
   'runs.delete.noFolder': '该训练记录没有输出文件夹。',
   'runs.delete.confirm': '删除',
   'runs.delete.cancel': '取消',
   'runs.delete.done': '已删除训练记录 {name}。',
   'runs.delete.doneFiles': '已删除训练记录 {name} 及其输出文件夹。',
+  'runs.delete.doneFilesKept': '已删除训练记录 {name} 及其写入的文件。文件夹 {dir} 保留：其中还有并非由该训练写入的 {files}。',
   'runs.errorCode': '错误 {code}',
 } as const;
