@@ -8,7 +8,7 @@ import { type Command, InvalidArgumentError, Option } from 'commander';
 import { FORMATS, type Format } from '../core/data/formats.js';
 import { PrepareError, type PrepareReport, prepareFiles } from '../core/data/prepare.js';
 import { TEMPLATES, type TemplateName } from '../core/data/templates.js';
-import { TokReader } from '../core/data/tokfile.js';
+import { TokReader, TokWriter } from '../core/data/tokfile.js';
 import { IoError, ioError, isWriteFailure } from '../core/io-error.js';
 import { loadChatTemplate } from '../core/data/chat-template.js';
 import { loadTokenizer } from '../core/data/tokenizer/index.js';
@@ -31,7 +31,7 @@ function printReport(r: PrepareReport): void {
   console.log(`length: min ${r.lengths.min}, mean ${r.lengths.mean}, p50 ${r.lengths.p50}, p95 ${r.lengths.p95}, max ${r.lengths.max}`);
   const top = Math.max(1, ...r.lengths.histogram.map((b) => b.count));
   for (const b of r.lengths.histogram) console.log(`  ≤${String(b.upTo).padStart(6)} ${'█'.repeat(Math.ceil((30 * b.count) / top))} ${b.count}`);
-  for (const e of r.errors.slice(0, 20)) console.log(`  skipped line ${e.line}: ${e.reason}`);
+  for (const e of r.errors.slice(0, 20)) console.log(`  skipped ${e.file ? `${e.file}:${e.line}` : `line ${e.line}`}: ${e.reason}`);
 }
 
 export function registerData(program: Command, fail: (err: unknown) => never): void {
@@ -64,6 +64,22 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
       history_column?: string; max_source_length: number; max_target_length: number; trainOnPrompt: boolean; onError: 'fail' | 'skip'; on_error?: 'fail' | 'skip';
       validationOut?: string; validationPercent: number; seed: number; cache: boolean; json: boolean; pack?: number;
     }) => {
+      // Ctrl-C (or a kill) while tokenizing: the writers' temp files and the finished parts of several files go, as a
+      // failed preparation leaves nothing behind either
+      const interrupted = (sig: NodeJS.Signals) => {
+        TokWriter.removeTempFiles();
+        const dir = path.dirname(path.resolve(o.out));
+        const base = path.basename(o.out);
+        try {
+          for (const n of fs.readdirSync(dir)) if (n.startsWith(`${base}.part`) && /\.part\d+\.(tok|val)$/.test(n)) fs.rmSync(path.join(dir, n), { force: true });
+        } catch {
+          /* the folder is gone: nothing to remove */
+        }
+        console.error(`\nllms-train: data prepare stopped (${sig}); ${o.out} was not written (a file there before is unchanged)`);
+        process.exit(sig === 'SIGINT' ? 130 : 143);
+      };
+      process.once('SIGINT', interrupted);
+      process.once('SIGTERM', interrupted);
       try {
         const tokenizer = await loadTokenizer(o.model);
         const columns: Record<string, string> = {};
@@ -107,7 +123,10 @@ export function registerData(program: Command, fail: (err: unknown) => never): v
     .command('show')
     .description('print one tokenized sample as {"input_ids", "labels"} (labels -100 where not trained on)')
     .argument('<file>', '.tok file')
-    .requiredOption('--index <i>', 'sample index (0-based)', (v) => Number(v))
+    .requiredOption('--index <i>', 'sample index (0-based)', (v) => {
+      if (!/^\d+$/.test(v.trim())) throw new InvalidArgumentError('a sample index is a whole number from 0');
+      return Number(v);
+    })
     .option('--json', 'JSON output (the default; kept for scripts)', true)
     .action((file: string, o: { index: number }) => {
       try {

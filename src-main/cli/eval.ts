@@ -10,7 +10,7 @@ import { contextStopsLine } from '../core/eval/predict.js';
 import { BEST_METRICS, type BestMetric, type CheckpointEval, evaluateAllCheckpoints, evaluateCheckpoint } from '../core/eval/service.js';
 import { databaseFile, dataHome } from '../core/paths.js';
 import { Store } from '../core/store/store.js';
-import { type Fail, type SamplingFlags, onInterrupt, paramsOf, posInt, samplingOptions, templateOption } from './options.js';
+import { type ColumnFlags, type Fail, type SamplingFlags, columnsOf, dataColumnOptions, onInterrupt, paramsOf, posInt, samplingOptions, templateOption } from './options.js';
 import { Progress } from './progress.js';
 import type { InferenceQuantization } from '../core/engine/quantization.js';
 
@@ -31,7 +31,7 @@ function printEval(e: CheckpointEval, json: boolean): void {
 }
 
 export function registerEval(program: Command, fail: Fail): void {
-  samplingOptions(
+  samplingOptions(dataColumnOptions(
     program
       .command('eval')
       .description(
@@ -61,10 +61,11 @@ export function registerEval(program: Command, fail: Fail): void {
       .addOption(new Option('--on-error <policy>', 'a bad record of --data fails the evaluation (default), or is skipped and counted').choices(['fail', 'skip']).default('fail'))
       .addOption(new Option('--on_error <policy>', 'the same as --on-error (the spelling of `train`)').choices(['fail', 'skip']).conflicts('onError').hideHelp())
       .option('--json', 'machine-readable output', false),
+  ),
     'the run\'s max_target_length',
   ).action(
     async (
-      o: SamplingFlags & {
+      o: SamplingFlags & ColumnFlags & {
         pred?: string;
         gold?: string;
         field: string;
@@ -100,6 +101,8 @@ export function registerEval(program: Command, fail: Fail): void {
         }
         if (o.run !== undefined) {
           if (!o.data) throw new Error('a run evaluation needs --data (the test file)');
+          const given = Object.keys(columnsOf(o));
+          if (given.length) throw new Error('a run evaluation reads the test file as the run read its data (its format and columns): leave out --format and the column flags');
           if (!o.all && !o.checkpoint) throw new Error('give --checkpoint DIR (one checkpoint of the run) or --all');
           const store = openStore();
           const ctl = new AbortController();
@@ -144,6 +147,7 @@ export function registerEval(program: Command, fail: Fail): void {
             adapter: o.adapter ?? null,
             tokenizer: o.tokenizer ?? null,
             data: o.data,
+            ...columnsOf(o),
             template: o.template,
             maxSourceLength: o.max_source_length,
             maxTargetLength: o.max_target_length,

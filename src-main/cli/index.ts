@@ -44,6 +44,13 @@ function electronBinary(): { path: string | null; why: string } {
   }
 }
 
+// `llms-train … | head -1`: a reader that goes away is not an error of ours (no stack trace); what is still running
+// (a training, say) goes on, its further output dropped
+for (const stream of [process.stdout, process.stderr])
+  stream.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code !== 'EPIPE') throw err;
+  });
+
 const program = new Command();
 program
   .name('llms-train')

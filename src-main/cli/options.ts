@@ -3,6 +3,7 @@
 import { type Command, InvalidArgumentError, Option } from 'commander';
 
 import { samplingParams, type SamplingParams } from '../core/chat/service.js';
+import { type ColumnOptions, FORMATS, type Format } from '../core/data/formats.js';
 import { TEMPLATES } from '../core/data/templates.js';
 import type { Placement } from '../core/engine/host.js';
 import { INFERENCE_QUANTIZATIONS } from '../core/engine/quantization.js';
@@ -82,6 +83,32 @@ export function paramsOf(o: SamplingFlags): SamplingParams {
 }
 
 export const templateOption = () => new Option('--template <name>', 'prompt template (the one the adapter was trained with)').choices(TEMPLATES as unknown as string[]).default('raw');
+
+/** How a test file's records are read, as `train` reads its data: --format and the column flags. */
+export function dataColumnOptions(cmd: Command): Command {
+  return cmd
+    .addOption(new Option('--format <format>', 'the records\' format (default: detected from the first record)').choices([...FORMATS]))
+    .option('--prompt_column <name>', 'the prompt column (as in training)')
+    .option('--response_column <name>', 'the answer column (as in training)')
+    .option('--history_column <name>', 'a column of [question, answer] pairs: earlier turns (as in training)');
+}
+
+export interface ColumnFlags {
+  format?: Format;
+  prompt_column?: string;
+  response_column?: string;
+  history_column?: string;
+}
+
+/** The format and columns of dataColumnOptions' flags, for predict and the loss. */
+export function columnsOf(o: ColumnFlags): { format?: Format; columns?: ColumnOptions } {
+  const columns: ColumnOptions = {
+    ...(o.prompt_column ? { promptColumn: o.prompt_column } : {}),
+    ...(o.response_column ? { responseColumn: o.response_column } : {}),
+    ...(o.history_column ? { historyColumn: o.history_column } : {}),
+  };
+  return { ...(o.format ? { format: o.format } : {}), ...(Object.keys(columns).length ? { columns } : {}) };
+}
 
 /** First Ctrl-C: abort (work so far is kept); a second one: exit at once. */
 export function onInterrupt(abort: () => void): () => void {

@@ -6,11 +6,11 @@ import { type Command, Option } from 'commander';
 import type { TemplateName } from '../core/data/templates.js';
 import { EngineHost, type Placement } from '../core/engine/host.js';
 import { contextStopsLine, predict } from '../core/eval/predict.js';
-import { type Fail, type SamplingFlags, onInterrupt, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
+import { type ColumnFlags, type Fail, type SamplingFlags, columnsOf, dataColumnOptions, onInterrupt, paramsOf, placementOf, placementOptions, posInt, samplingOptions, templateOption } from './options.js';
 import { Progress } from './progress.js';
 
 export function registerPredict(program: Command, fail: Fail): void {
-  placementOptions(samplingOptions(
+  placementOptions(samplingOptions(dataColumnOptions(
     program
       .command('predict')
       .description("answer every record of a test file (the seed's inference script): each record is copied with its answer (PromptCBLUE: target) replaced by the generated text")
@@ -28,7 +28,7 @@ export function registerPredict(program: Command, fail: Fail): void {
       .option('--no-resume', 'start over even when <out>.partial from an interrupted run exists')
       .option('--threads <n>', 'engine CPU threads', posInt)
       .option('--json', 'print the report as JSON', false),
-  )).action(async (o: SamplingFlags & { model: string; adapter?: string; tokenizer?: string; data: string; out: string; template: TemplateName; max_source_length: number; batch_size: number; limit?: number; onError: 'fail' | 'skip'; on_error?: 'fail' | 'skip'; resume: boolean; threads?: number; json: boolean; device: string; precision: string }) => {
+  ))).action(async (o: SamplingFlags & ColumnFlags & { model: string; adapter?: string; tokenizer?: string; data: string; out: string; template: TemplateName; max_source_length: number; batch_size: number; limit?: number; onError: 'fail' | 'skip'; on_error?: 'fail' | 'skip'; resume: boolean; threads?: number; json: boolean; device: string; precision: string }) => {
     const ctl = new AbortController();
     const off = onInterrupt(() => ctl.abort());
     const bar = new Progress('predict');
@@ -46,6 +46,7 @@ export function registerPredict(program: Command, fail: Fail): void {
         tokenizer: o.tokenizer ?? null,
         data: o.data,
         out: o.out,
+        ...columnsOf(o),
         template: o.template,
         maxSourceLength: o.max_source_length,
         params: paramsOf(o),

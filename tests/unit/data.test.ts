@@ -339,14 +339,24 @@ describe('packing', () => {
     expect(r.packedSamples).toBe(4);
     const tok = TokReader.open(out);
     expect(tok.header.packed).toBe(true);
-    // rows: [abc</s> defgh</s>] (10), [ij</s>] then klmn… (12 > 10 - 3) → own row
+    // rows: [abc</s> defgh</s>] (10); klmnopqrstu</s> (12) is longer than a row: its first 10 tokens are a row of their
+    // own (written while [ij</s>] is open), the rest u</s> joins [ij</s>]. No row is longer than 10.
     expect(tok.size).toBe(3);
+    for (let i = 0; i < tok.size; i++) expect(tok.sample(i).input_ids.length).toBeLessThanOrEqual(10);
     const row0 = tok.sample(0);
     expect(row0.input_ids).toEqual([...enc('abc'), 2, ...enc('defgh'), 2]);
     expect(row0.position_ids).toEqual([0, 1, 2, 3, 0, 1, 2, 3, 4, 5]);
     expect(row0.labels[0]).toBe(-100);
     expect(row0.labels[4]).toBe(-100);
     expect(row0.labels[5]).toBe(enc('e')[0]);
-    expect(tok.sample(2).input_ids).toEqual([...enc('klmnopqrstu'), 2]);
+    const piece = tok.sample(1);
+    expect(piece.input_ids).toEqual(enc('klmnopqrst'));
+    expect(piece.position_ids).toEqual([0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    expect(piece.labels[0]).toBe(-100);
+    expect(piece.labels.slice(1)).toEqual(enc('lmnopqrst'));
+    const last = tok.sample(2);
+    expect(last.input_ids).toEqual([...enc('ij'), 2, ...enc('u'), 2]);
+    expect(last.position_ids).toEqual([0, 1, 2, 0, 1]);
+    expect(last.labels).toEqual([-100, ...enc('j'), 2, -100, 2]);
   });
 });

@@ -10,6 +10,7 @@ import { type ColumnOptions, FORMAT_HINT, type Format, HISTORY_FORMATS, type Sam
 import { type ChatRenderer, loadChatTemplate } from './chat-template.js';
 import { readRecords, recordAt } from './reader.js';
 import { type EncodeOptions, type TemplateName, TEMPLATES, encodeSample } from './templates.js';
+import { realish } from '../paths.js';
 import { concatTok, TokReader, TokWriter } from './tokfile.js';
 import type { Tokenizer } from './tokenizer/types.js';
 
@@ -46,6 +47,8 @@ export interface PrepareOptions {
 }
 
 export interface RecordError {
+  /** the dataset file, where several were prepared together */
+  file?: string;
   line: number;
   /** the element's index in a JSON array (0-based), which tells apart records on one line */
   element?: number;
@@ -124,6 +127,7 @@ function inValidation(index: number, percent: number, seed: number): boolean {
 export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport> {
   const t0 = Date.now();
   if (!fs.existsSync(opt.dataFile)) throw new PrepareError(`the dataset ${opt.dataFile} does not exist`, []);
+  if (fs.statSync(opt.dataFile).isDirectory()) throw new PrepareError(`the dataset ${opt.dataFile} is a folder, not a data file`, [], 'Give the JSON/JSONL/CSV file inside it.');
   if (!(opt.maxSourceLength >= 2) || !(opt.maxTargetLength >= 3)) {
     throw new PrepareError('max_source_length must be at least 2 and max_target_length at least 3', []);
   }
@@ -195,6 +199,14 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       return;
     }
     packedSamples++;
+    // a sample longer than a row: whole rows of it first, each piece a sequence of its own (as HF's group_texts cuts
+    // the stream into blocks; the first token of a piece is not predicted), the rest packed like a sample
+    if (ids.length > pack) {
+      let off = 0;
+      for (; ids.length - off > pack; off += pack) w.add(ids.slice(off, off + pack), [false, ...mask.slice(off + 1, off + pack)], Array.from({ length: pack }, (_, i) => i));
+      ids = ids.slice(off);
+      mask = mask.slice(off);
+    }
     let row = rows.get(w);
     if (row && row.ids.length + ids.length > pack) {
       w.add(row.ids, row.mask, row.pos);
@@ -258,7 +270,8 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
         if (seen.has(key)) duplicates++;
         else seen.add(key);
         if (!encoded.mask.some((m, i) => m && i > 0)) {
-          fail(c, 'nothing to train on after truncation (every label is -100); raise max_target_length');
+          const unweighted = c.sample.kind === 'chat' && c.sample.turns.some((t) => t.role === 'assistant') && c.sample.turns.every((t) => t.role !== 'assistant' || t.train === false);
+          fail(c, unweighted ? 'nothing to train on: every answer of the conversation has "weight": 0' : 'nothing to train on after truncation (every label is -100); raise max_target_length');
           continue;
         }
         // the report's counts are the training file's; the validation split's are its own
@@ -339,16 +352,22 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
     }
     await flush(chunk);
     for (const [w, row] of rows) if (row.ids.length) w.add(row.ids, row.mask, row.pos);
-    if (!format) throw new PrepareError(`${opt.dataFile} holds no records`, []);
+    // (a record's format problems are found as it is read, its tokenization problems a chunk later: in file order again)
+    errors.sort((a, b) => a.line - b.line || (a.element ?? 0) - (b.element ?? 0));
+    const listed = () => errors.slice(0, 20).map((e) => `  ${recordAt(opt.dataFile, e)}: ${e.reason}`).join('\n') + (errorCount > 20 ? `\n  … and ${errorCount - 20} more` : '');
+    if (!format) {
+      // every record failed before one could tell the format (Python-style quotes, a cut gzip): those errors, not "no records"
+      if (errorCount) throw new PrepareError(`no record of ${opt.dataFile} could be read; ${errorCount} bad record(s):\n${listed()}`, errors, 'Fix the lines above (each record one JSON object, with double quotes as JSON requires).');
+      throw new PrepareError(`${opt.dataFile} holds no records`, []);
+    }
     if (historyColumn && !historySeen && records > errorCount) {
       // a typo'd --history_column would otherwise silently train without the earlier rounds
       throw new PrepareError(`no record of ${opt.dataFile} has the history column "${historyColumn}" (--history_column); ${firstFields ?? 'the first record has no fields'}`, [], 'Check the column name, or leave out --history_column.');
     }
     const policy = opt.onError ?? 'fail';
     if (errorCount && policy === 'fail') {
-      const shown = errors.slice(0, 20).map((e) => `  ${recordAt(opt.dataFile, e)}: ${e.reason}`).join('\n');
       throw new PrepareError(
-        `${errorCount} bad record(s) in ${opt.dataFile}:\n${shown}${errorCount > 20 ? `\n  … and ${errorCount - 20} more` : ''}`,
+        `${errorCount} bad record(s) in ${opt.dataFile}:\n${listed()}`,
         errors,
         'Fix the lines above, or pass --on-error skip to leave them out (they are counted in the report).',
       );
@@ -358,7 +377,7 @@ export async function prepareDataset(opt: PrepareOptions): Promise<PrepareReport
       const first = e ? ` (${errorCount} skipped; the first, ${recordAt(opt.dataFile, e)}: ${e.reason})` : '';
       throw new PrepareError(`no usable record in ${opt.dataFile}${first}${firstFields && !e?.reason.includes(' has: ') ? `; ${firstFields}` : ''}`, errors);
     }
-    if (val && val.count === 0 && !opt.allowEmptyValidation) throw new PrepareError(`the ${percent}% validation split of ${opt.dataFile} is empty; lower the percentage or give a validation file`, []);
+    if (val && val.count === 0 && !opt.allowEmptyValidation) throw new PrepareError(`the ${percent}% validation split of ${opt.dataFile} is empty (too few records for that share): raise the percentage or give a validation file`, []);
     const header = {
       tokenizer_hash: opt.tokenizer.hash,
       template,
@@ -423,7 +442,7 @@ function copyAtomic(from: string, to: string): void {
  * The report of several files prepared one by one and put together into `out` (and `validationOut`): counts summed,
  * the lengths read back from the combined file, the format when they share one ("mixed" otherwise).
  */
-export function combineReports(parts: readonly PrepareReport[], out: string, validationOut: string | null): PrepareReport {
+export function combineReports(parts: readonly PrepareReport[], out: string, validationOut: string | null, files?: readonly string[]): PrepareReport {
   const sum = (f: (r: PrepareReport) => number) => parts.reduce((a, r) => a + f(r), 0);
   const r = TokReader.open(out);
   let lengths: number[];
@@ -453,7 +472,7 @@ export function combineReports(parts: readonly PrepareReport[], out: string, val
           }
         : null,
     skipped: sum((p) => p.skipped),
-    errors: parts.flatMap((p) => p.errors).slice(0, MAX_LISTED_ERRORS),
+    errors: parts.flatMap((p, k) => (files?.[k] !== undefined ? p.errors.map((e) => ({ file: files[k]!, ...e })) : p.errors)).slice(0, MAX_LISTED_ERRORS),
     errorCount: sum((p) => p.errorCount),
     truncated: { samples: sum((p) => p.truncated.samples), tokens: sum((p) => p.truncated.tokens), ...(estimated ? { estimated } : {}) },
     tokens: sum((p) => p.tokens),
@@ -466,6 +485,29 @@ export function combineReports(parts: readonly PrepareReport[], out: string, val
 }
 
 /**
+ * What the outputs of a preparation may not be, said before any record is read (a whole file tokenized only to fail
+ * at the rename, or a dataset overwritten): a folder, one of the dataset files, the same file for the training data
+ * and the validation split (their writers would share temp files); and a validation share outside (0, 100).
+ */
+function checkTargets(opt: { dataFiles: readonly string[]; out: string; validationOut?: string | undefined; validationPercent?: number | undefined }): void {
+  const outs = [
+    { file: opt.out, flag: '--out' },
+    ...(opt.validationOut ? [{ file: opt.validationOut, flag: '--validation-out' }] : []),
+  ];
+  for (const { file, flag } of outs) {
+    if (fs.existsSync(file) && fs.statSync(file).isDirectory())
+      throw new PrepareError(`${file} is a folder; the output (${flag}) is a .tok file, e.g. ${path.join(file, 'train.tok')}`, []);
+    const same = opt.dataFiles.find((d) => fs.existsSync(d) && realish(d) === realish(file));
+    if (same) throw new PrepareError(`the output ${file} (${flag}) is the dataset ${same} itself: preparing would overwrite your data`, [], 'Write the .tok file elsewhere, e.g. next to it with a .tok extension.');
+  }
+  if (opt.validationOut && realish(opt.validationOut) === realish(opt.out))
+    throw new PrepareError(`the validation split and the training data would both be written to ${opt.out}`, [], 'Give --validation-out another file.');
+  const p = opt.validationPercent;
+  if (opt.validationOut && p !== undefined && !(Number.isFinite(p) && p > 0 && p < 100))
+    throw new PrepareError(`the validation share must be a percentage above 0 and below 100, not ${String(p)}`, [], 'e.g. --validation-percent 5');
+}
+
+/**
  * One or several dataset files into one .tok (and one validation split): each file prepared on its own — its own
  * format when none is given, its own cache entry, its bad records named with its path — then the samples put together
  * in the order given. `onFile` hears each file's own report. One file is prepareDataset itself.
@@ -473,6 +515,7 @@ export function combineReports(parts: readonly PrepareReport[], out: string, val
 export async function prepareFiles(opt: Omit<PrepareOptions, 'dataFile'> & { dataFiles: readonly string[] }, onFile?: (file: string, report: PrepareReport) => void): Promise<PrepareReport> {
   const { dataFiles: files, ...rest } = opt;
   if (!files.length) throw new PrepareError('no dataset file given', []);
+  checkTargets(opt);
   if (files.length === 1) return prepareDataset({ ...rest, dataFile: files[0]! });
   const missing = files.find((f) => !fs.existsSync(f));
   if (missing) {
@@ -487,12 +530,12 @@ export async function prepareFiles(opt: Omit<PrepareOptions, 'dataFile'> & { dat
       parts.push(r);
     }
     if (opt.validationOut && parts.every((r) => !r.validation?.written)) {
-      throw new PrepareError(`the ${opt.validationPercent ?? 5}% validation split of ${files.join(', ')} is empty; lower the percentage or give a validation file`, []);
+      throw new PrepareError(`the ${opt.validationPercent ?? 5}% validation split of ${files.join(', ')} is empty (too few records for that share): raise the percentage or give a validation file`, []);
     }
     await concatTok(files.map((_, k) => part('tok', k)), opt.out);
     if (opt.validationOut) await concatTok(files.map((_, k) => part('val', k)), opt.validationOut);
   } finally {
     for (const k of files.keys()) for (const kind of ['tok', 'val']) fs.rmSync(part(kind, k), { force: true });
   }
-  return combineReports(parts, opt.out, opt.validationOut ?? null);
+  return combineReports(parts, opt.out, opt.validationOut ?? null, files);
 }

@@ -88,6 +88,8 @@ function kindName(file: string): string {
 
 /** The first `n` bytes of the file's content: decompressed when it is gzip'd (`gz`). */
 async function readHead(file: string, n = SNIFF_BYTES): Promise<{ bytes: Buffer; gz: boolean; full: boolean }> {
+  // (every reader of a dataset starts here: a folder given as the dataset is said so, not as EISDIR)
+  if ((await fs.promises.stat(file)).isDirectory()) throw badInput(`the dataset ${file} is a folder, not a data file`, 'Give the JSON/JSONL/CSV file inside it.');
   const fd = await fs.promises.open(file, 'r');
   let raw: Buffer;
   try {

@@ -224,6 +224,8 @@ export class TokReader {
   }
 
   static open(file: string): TokReader {
+    if (!fs.existsSync(file)) throw Object.assign(new Error(`${file} does not exist`), { code: 'BAD_INPUT' });
+    if (fs.statSync(file).isDirectory()) throw Object.assign(new Error(`${file} is a folder, not a .tok file`), { code: 'BAD_INPUT', hint: 'A run keeps its prepared data in <output folder>/data/train.tok.' });
     const fd = fs.openSync(file, 'r');
     try {
       return new TokReader(fd, file);

@@ -469,6 +469,8 @@ async function loadFile(file: string, what: string, field: string, allowEmpty: b
   const out: Loaded[] = [];
   const bad: string[] = [];
   let total = 0;
+  // the answer field of other layouts, seen where `field` is missing (an Alpaca file's "output"): named in the hint
+  let other: string | null = null;
   try {
     for await (const r of readRecords(file)) {
       // records left out by the caller (predict's skipped bad records): not read, whatever they hold
@@ -481,6 +483,7 @@ async function loadFile(file: string, what: string, field: string, allowEmpty: b
       const rec = r.value as Record<string, unknown>;
       const v = rec[field];
       if (typeof v !== 'string' || (!allowEmpty && !v.trim())) {
+        if (v === undefined) other ??= ['target', 'output', 'response', 'completion', 'answer'].find((k) => k !== field && typeof rec[k] === 'string') ?? null;
         total++;
         if (bad.length < 20) bad.push(`  ${file}:${r.line}: "${field}" must be a ${allowEmpty ? '' : 'non-empty '}string (the ${what})`);
         continue;
@@ -496,7 +499,11 @@ async function loadFile(file: string, what: string, field: string, allowEmpty: b
   } catch (err) {
     throw new EvalInputError(`cannot read ${file}: ${(err as Error).message}`);
   }
-  if (total) throw new EvalInputError(`${total} bad record(s) in ${file}:\n${bad.join('\n')}${total > bad.length ? `\n  … and ${total - bad.length} more` : ''}`);
+  if (total)
+    throw new EvalInputError(
+      `${total} bad record(s) in ${file}:\n${bad.join('\n')}${total > bad.length ? `\n  … and ${total - bad.length} more` : ''}`,
+      other ? `The records have no "${field}" but have "${other}": compare that field with --field ${other}.` : undefined,
+    );
   if (!out.length) throw new EvalInputError(`${file} holds no records`);
   return out;
 }

@@ -17,6 +17,7 @@ import { readRecords, recordAt } from '../data/reader.js';
 import { TEMPLATES, type TemplateName } from '../data/templates.js';
 import { type GenerateParams, SEED_SAMPLING } from '../engine/generator.js';
 import { EngineHost, EngineHostError, type HostGenerateResult } from '../engine/host.js';
+import { realish } from '../paths.js';
 import { ensureDir, IoError, ioError } from '../io-error.js';
 
 export interface PredictOptions {
@@ -187,7 +188,11 @@ async function loadItems(opt: PredictOptions): Promise<{ items: Item[]; format: 
       errors.push({ ...at, reason: (err as Error).message });
     }
   }
-  if (!format) throw new PredictError(`${opt.data} holds no records`, 'BAD_INPUT');
+  if (!format) {
+    // no record could be read (e.g. Python-style quotes on every line): those errors, not "no records"
+    if (errors.length) throw badRecordsError(opt.data, errors, 'Fix the lines above: no record of the file could be read.');
+    throw new PredictError(`${opt.data} holds no records`, 'BAD_INPUT');
+  }
   return { items, format, field: items[0]?.field ?? answerField(format, opt.columns), errors, records };
 }
 
@@ -260,6 +265,12 @@ async function predictWith(opt: PredictOptions, host: EngineHost): Promise<Predi
   const batch = opt.batchSize ?? 4;
   if (!(Number.isInteger(batch) && batch >= 1)) throw new PredictError('batch size must be a positive integer', 'BAD_INPUT');
   const maxSource = opt.maxSourceLength ?? 512;
+  // where the answers go, checked before anything is read or generated
+  const outAbs = path.resolve(opt.out);
+  if (fs.existsSync(outAbs) && fs.statSync(outAbs).isDirectory())
+    throw new PredictError(`${opt.out} is a folder; --out is the predictions file, e.g. ${path.join(opt.out, 'predictions.jsonl')}`, 'BAD_INPUT');
+  if (fs.existsSync(opt.data) && realish(opt.data) === realish(outAbs))
+    throw new PredictError(`--out ${opt.out} is the test file itself: the predictions would replace your data (and the gold answers eval compares them with)`, 'BAD_INPUT', [], 'Write the predictions to another file, e.g. predictions.jsonl.');
   const loaded = await loadItems(opt);
   const { format, field } = loaded;
   const errors = [...loaded.errors];
