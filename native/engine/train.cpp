@@ -1092,6 +1092,25 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       return fail(set_error(LLMT_ERR_BAD_INPUT, ck + "/trainer_state.json: global_step and data_cursor must be non-negative integers "
                                                      "(the checkpoint is damaged)"),
                   "Pick another checkpoint-<step> folder.");
+    {  // values no run writes: a checkpoint-<K> folder holds global_step K, an epoch takes at least one step, and the
+       // cursor lies within the data (a checkpoint of other data, or a damaged file, would train from nowhere)
+      const std::string base = ck.substr(ck.find_last_of('/') + 1);
+      int64_t named = -1;
+      if (base.rfind("checkpoint-", 0) == 0 && base.size() > 11 && base.find_first_not_of("0123456789", 11) == std::string::npos && base.size() < 11 + 19)
+        named = std::stoll(base.substr(11));
+      if (named >= 0 && named != step)
+        return fail(set_error(LLMT_ERR_BAD_INPUT, ck + "/trainer_state.json: global_step " + std::to_string(step) + " is not the step of " + base +
+                                                       " (the checkpoint is damaged)"),
+                    "Pick another checkpoint-<step> folder.");
+      if (cur.epoch > step)
+        return fail(set_error(LLMT_ERR_BAD_INPUT, ck + "/trainer_state.json: data_cursor.epoch " + std::to_string(cur.epoch) + " is more than its global_step " +
+                                                       std::to_string(step) + " (the checkpoint is damaged)"),
+                    "Pick another checkpoint-<step> folder.");
+      if (cur.index > n)
+        return fail(set_error(LLMT_ERR_BAD_INPUT, ck + "/trainer_state.json: data_cursor.index " + std::to_string(cur.index) + " is past the end of the training data (" +
+                                                       std::to_string(n) + " samples): the checkpoint was trained on other data, or is damaged"),
+                    "Resume with the data it was trained on, or start afresh (--overwrite_output_dir, or another output folder).");
+    }
     if (ts.get("log_history").is_array()) log_history = ts.get("log_history");
     if (ts.get("best_global_step").is_integer() && ts.get("best_metric").is_number()) {
       best_ckpt = ts.get_int("best_global_step", -1);

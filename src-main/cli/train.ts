@@ -423,7 +423,12 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
         process.exit(1);
       }
       if (run.status === 'stopped' && run.errorMessage) {
-        console.log(`run #${run.id} ${run.errorMessage}; no training was done`);
+        if (/^stopped (during|while)/.test(run.errorMessage)) console.log(`run #${run.id} ${run.errorMessage}; no training was done`);
+        else {
+          // killed by a second Ctrl-C: where it can go on from
+          console.log(`run #${run.id} stopped: ${run.errorMessage}`);
+          if (run.errorHint) console.log(`hint: ${run.errorHint}`);
+        }
         process.exit(130);
       }
       console.log(`run #${run.id} ${run.status}; output in ${handle.outputDir}`);

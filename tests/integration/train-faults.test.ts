@@ -9,6 +9,9 @@ import path from 'node:path';
 
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
+import { specFromFlags } from '../../src-main/cli/train';
+import { flags as cliFlags } from '../helpers/cli-flags';
+import { RunService } from '../../src-main/core/runs/service';
 import { Store } from '../../src-main/core/store/store';
 import { CLI, ROOT, runCli } from '../helpers/app';
 
@@ -173,6 +176,71 @@ describe('llms-train train: an existing output folder', () => {
     expect(again.code, again.stderr).toBe(0);
     expect(again.stdout).toMatch(/removed 1 half-written checkpoint folder\(s\) an earlier attempt left: checkpoint-4\.tmp-999999999/);
     expect(fs.readdirSync(out).filter((n) => n.startsWith('checkpoint-')).sort()).toEqual(['checkpoint-2', 'checkpoint-4']);
+  });
+
+  it('a kill asked for (a second Ctrl-C) leaves the run "stopped" with where to go on from; a kill -9 before any checkpoint is re-run by the same command', async () => {
+    const home = path.join(tmp, 'home-kill');
+    const out = path.join(tmp, 'kill2');
+    fs.mkdirSync(home, { recursive: true });
+    // the handle's kill(), which the CLI's second Ctrl-C and the app's "force stop" call: deterministic through the service
+    const store = openStore(home);
+    try {
+      const { spec } = specFromFlags(cliFlags(flags(out, 2000, ['--save_steps', '1000']).slice(1)));
+      const svc = new RunService(store);
+      let steps = 0;
+      let killed!: () => void;
+      const twoSteps = new Promise<void>((resolve) => (killed = resolve));
+      const handle = await svc.start(spec, { onEvent: (e) => e.event === 'step' && ++steps === 2 && killed() });
+      await twoSteps;
+      handle.kill();
+      const run = await handle.done;
+      expect(run).toMatchObject({ status: 'stopped', errorCode: null, errorMessage: "killed at the user's request, before any checkpoint was saved", errorHint: 'No checkpoint was saved before it ended: run the same command again to start afresh.' });
+    } finally {
+      store.close();
+    }
+    // the worker killed from outside (kill -9) before any checkpoint: failed, with the same hint, and the same command
+    // then starts afresh (the folder holds only what the attempt wrote before training)
+    const child = spawn(process.execPath, [CLI, ...flags(out, 2000, ['--save_steps', '1000'])], { env: { ...process.env, LLMS_TRAIN_HOME: home }, stdio: ['ignore', 'pipe', 'pipe'] });
+    let text = '';
+    const exited = new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+    await new Promise<void>((resolve) => {
+      const on = (d: Buffer) => ((text += d.toString()), text.includes('step 2/') && resolve());
+      child.stdout!.on('data', on);
+      child.stderr!.on('data', on);
+    });
+    const s2 = openStore(home);
+    const pid = s2.runs.list().find((r) => r.status === 'running')!.workerPid!;
+    s2.close();
+    process.kill(pid, 'SIGKILL');
+    expect(await exited).toBe(1);
+    expect(text).toMatch(/failed: WORKER_DIED: .*killed by SIGKILL[^]*hint: No checkpoint was saved before it ended: run the same command again to start afresh/);
+    const again = await runCli(flags(out, 2), { home, timeoutMs: 120_000 });
+    expect(again.code, again.stderr).toBe(0);
+    expect(again.stdout).not.toMatch(/resuming/);
+  });
+
+  it('a checkpoint whose trainer_state.json no run writes (a step that is not its folder\'s, a cursor past the data) is refused by name', async () => {
+    const home = path.join(tmp, 'home-state');
+    const out = path.join(tmp, 'state');
+    expect((await runCli(flags(out, 2), { home, timeoutMs: 120_000 })).code).toBe(0);
+    const file = path.join(out, 'checkpoint-2', 'trainer_state.json');
+    const good = fs.readFileSync(file, 'utf8');
+    const edit = (f: (s: { global_step: number; data_cursor: { epoch: number; index: number } }) => void) => {
+      const st = JSON.parse(good) as { global_step: number; data_cursor: { epoch: number; index: number } };
+      f(st);
+      fs.writeFileSync(file, JSON.stringify(st));
+    };
+    edit((st) => (st.global_step = 2 ** 62));
+    let r = await runCli(flags(out, 4), { home, timeoutMs: 120_000 });
+    expect(r.code).toBe(1);
+    expect(r.stderr).toMatch(/trainer_state\.json: global_step 46116860184273\d+ is not the step of checkpoint-2 \(the checkpoint is damaged\)/);
+    edit((st) => (st.data_cursor.index = 1e12));
+    r = await runCli(flags(out, 4), { home, timeoutMs: 120_000 });
+    expect(r.stderr).toMatch(/data_cursor\.index 1000000000000 is past the end of the training data \(\d+ samples\)/);
+    expect(fs.readdirSync(out).filter((n) => n.startsWith('checkpoint-'))).toEqual(['checkpoint-2']);
+    fs.writeFileSync(file, good);
+    r = await runCli(flags(out, 4), { home, timeoutMs: 120_000 });
+    expect(r.code, r.stderr).toBe(0);
   });
 
   it('a read-only output folder is one line naming it and the cause, with a hint', async () => {

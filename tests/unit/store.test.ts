@@ -155,6 +155,22 @@ describe('Store repositories', () => {
     s.close();
   });
 
+  it('never gives a run id twice, even after the newest run is deleted (its log file and folder may stay)', () => {
+    const file = dbFile();
+    const s = Store.open(file);
+    const ids = [1, 2, 3].map((i) => s.runs.create({ name: `r${i}`, spec: {}, specVersion: 1 }).id);
+    s.runs.delete(ids[2]!);
+    s.runs.delete(ids[1]!);
+    const next = s.runs.create({ name: 'after', spec: {}, specVersion: 1 }).id;
+    expect(next).toBe(ids[2]! + 1);
+    s.close();
+    // across processes (the high-water mark is in the database)
+    const again = Store.open(file);
+    again.runs.delete(next);
+    expect(again.runs.create({ name: 'later', spec: {}, specVersion: 1 }).id).toBe(next + 1);
+    again.close();
+  });
+
   it("times a run's attempts: a pause between a stop and a resume is not training time", () => {
     const s = Store.open(dbFile());
     const r = s.runs.create({ name: 'timed', spec: {}, specVersion: 1 });

@@ -527,10 +527,14 @@ export class RunService {
       return path.resolve(p);
     }
     if (spec.output.overwrite || !fs.existsSync(spec.output.dir)) return null;
-    const entries = fs.readdirSync(spec.output.dir).filter((n) => !n.startsWith('.'));
-    if (!entries.length) return null;
     const last = lastCheckpoint(spec.output.dir);
     if (last) return last;
+    // what an attempt writes before its first checkpoint (runspec.json, job.json, its log, data/*.tok) does not make
+    // the folder "not empty": an attempt killed before any checkpoint is re-run by the same command
+    const ours = new Set(runWrittenFiles(spec.output.dir).filter((n) => !earlierRunOutputs(spec.output.dir).includes(n)));
+    const dataOurs = (n: string) => n === 'data' && fs.readdirSync(path.join(spec.output.dir, n)).every((f) => ours.has(`data/${f}`));
+    const entries = fs.readdirSync(spec.output.dir).filter((n) => !n.startsWith('.') && !ours.has(n) && !dataOurs(n));
+    if (!entries.length) return null;
     throw new Error(`the output directory ${spec.output.dir} exists and is not empty; use --overwrite_output_dir to train into it anyway`);
   }
 
@@ -835,6 +839,7 @@ export class RunService {
     interface RankState { error: EngineEvent | null; errorAt: number; code: number | null; signal: NodeJS.Signals | null; closed: boolean; closedAt: number }
     const ranks: RankState[] = workers.map(() => ({ error: null, errorAt: 0, code: null, signal: null, closed: false, closedAt: 0 }));
     let killedByUs = false;
+    let userKilled = false; // the handle's kill(): the user asked for it (a second Ctrl-C, "force stop")
     let sawError: EngineEvent | null = null; // set by the watchdog
     let sawDone: EngineEvent | null = null;
     const stderrTail: string[] = [];
@@ -975,8 +980,20 @@ export class RunService {
           const cause = rootCause();
           const who = (r: number) => (nproc > 1 ? `rank ${r}: ` : '');
           const watch = sawError as EngineEvent | null;
+          // where the run can go on from: its newest checkpoint, or nowhere (then the same command starts it afresh)
+          const ckpt = lastCheckpoint(out);
+          const again = ckpt
+            ? `Resume from ${path.basename(ckpt)}: run the same command again (or --resume_from_checkpoint latest; "Resume" in the app).`
+            : 'No checkpoint was saved before it ended: run the same command again to start afresh.';
           if (fin && allOk) {
             this.store.runs.finish(run.id, fin.status === 'stopped' ? 'stopped' : 'completed', { exitCode: 0 });
+          } else if (userKilled && !watch) {
+            this.store.runs.finish(run.id, 'stopped', {
+              errorMessage: `killed at the user's request${ckpt ? `; its newest checkpoint is ${path.basename(ckpt)}` : ', before any checkpoint was saved'}`,
+              errorHint: again,
+              exitCode: ranks[0]!.code,
+              exitSignal: ranks[0]!.signal,
+            });
           } else if (watch || cause?.error) {
             const err = (watch ?? cause!.error)!;
             const r = watch ? 0 : cause!.rank;
@@ -994,7 +1011,7 @@ export class RunService {
             this.store.runs.finish(run.id, 'failed', {
               errorCode: 'WORKER_DIED',
               errorMessage: `the engine worker${nproc > 1 ? ` of rank ${r} (pid ${workers[r]!.pid})` : ''} ${sig ? `was killed by ${sig}` : `exited with code ${c}`} without finishing${tail ? `; last output: ${tail}` : ''}`,
-              errorHint: 'Resume from the last checkpoint (llms-train train ... --resume_from_checkpoint latest).',
+              errorHint: again,
               exitCode: c,
               exitSignal: sig,
             });
@@ -1014,6 +1031,7 @@ export class RunService {
       },
       kill: () => {
         killedByUs = true;
+        userKilled = true;
         for (const w of workers) w.kill('SIGKILL');
       },
     };

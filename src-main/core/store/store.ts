@@ -239,19 +239,35 @@ export interface NewRun {
   ownerPid?: number | null;
 }
 
+/** The settings key holding the highest run id ever given (RunsRepo.create). */
+const RUN_ID_KEY = 'store.last_run_id';
+
 export class RunsRepo {
   constructor(private readonly db: DB) {
     // JavaScript's case folding (every script, as the renderer's filters fold), for searching and sorting by name
     db.function('llmt_fold', { deterministic: true }, (v: unknown) => (v == null ? null : String(v).toLowerCase()));
   }
+  /**
+   * A new run row. Ids are never given twice, even after the newest run was deleted (SQLite would reuse MAX(id)+1):
+   * a run's id names its log file (train-<id>.log) and its checkpoints in the output folder that a deletion may keep,
+   * so the highest id ever given is kept in the settings table and the next one is above both.
+   */
   create(r: NewRun): RunRow {
-    const info = this.db
-      .prepare(
-        `INSERT INTO runs(experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at, tags_json, worker_pid)
-         VALUES (?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)`,
-      )
-      .run(r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now(), JSON.stringify(r.tags ?? []), r.ownerPid === undefined ? process.pid : r.ownerPid);
-    return this.get(Number(info.lastInsertRowid))!;
+    const id = this.db.transaction(() => {
+      const top = Math.max(
+        Number(this.db.prepare('SELECT COALESCE(MAX(id), 0) FROM runs').pluck().get()),
+        Number(JSON.parse(String(this.db.prepare(`SELECT value FROM settings WHERE key = '${RUN_ID_KEY}'`).pluck().get() ?? '0'))) || 0,
+      );
+      this.db
+        .prepare(
+          `INSERT INTO runs(id, experiment_id, model_id, dataset_id, name, spec_json, spec_version, status, output_dir, created_at, tags_json, worker_pid)
+           VALUES (?, ?, ?, ?, ?, ?, ?, 'queued', ?, ?, ?, ?)`,
+        )
+        .run(top + 1, r.experimentId ?? null, r.modelId ?? null, r.datasetId ?? null, r.name, JSON.stringify(r.spec), r.specVersion, r.outputDir ?? null, now(), JSON.stringify(r.tags ?? []), r.ownerPid === undefined ? process.pid : r.ownerPid);
+      this.db.prepare(`INSERT INTO settings(key, value) VALUES ('${RUN_ID_KEY}', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value`).run(String(top + 1));
+      return top + 1;
+    }).immediate();
+    return this.get(id)!;
   }
   get(id: number): RunRow | undefined {
     return runFromRow(this.db.prepare(`SELECT ${RUN_COLUMNS} FROM runs WHERE id = ?`).get(id) as Record<string, unknown> | undefined);
