@@ -63,6 +63,14 @@ export function registerChat(program: Command, fail: Fail): void {
       fail(err);
     }
     const host = new EngineHost({ ...(o.threads ? { threads: o.threads } : {}), placement });
+    // the model (and adapter) load before the prompt: a wrong folder is said now, not after the first message
+    try {
+      await host.load({ model: o.model, adapter: o.adapter ?? null, tokenizer: o.tokenizer ?? null });
+    } catch (err) {
+      await host.dispose();
+      store.close();
+      fail(err);
+    }
     const chat = new ChatService(store, host);
     const tty = Boolean(process.stdin.isTTY && process.stdout.isTTY);
     const rl = readline.createInterface({ input: process.stdin, output: tty ? process.stdout : undefined, terminal: tty });

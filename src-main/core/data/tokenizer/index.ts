@@ -78,7 +78,24 @@ export async function loadTokenizer(modelDir: string): Promise<LoadedTokenizer> 
   }
   if (!st.isDirectory()) throw new Error(`${dir} is not a folder`);
   const name = TOKENIZER_FILES.find((f) => fs.existsSync(path.join(dir, f)));
-  if (!name) throw new Error(`no tokenizer in ${dir}: looked for ${TOKENIZER_FILES.join(', ')}`);
+  if (!name) {
+    // a PEFT adapter folder given as the model (it holds adapter_config.json, no config.json): say what it is
+    const adapterCfg = path.join(dir, 'adapter_config.json');
+    if (fs.existsSync(adapterCfg) && !fs.existsSync(path.join(dir, 'config.json'))) {
+      let base = '';
+      try {
+        const b = (JSON.parse(fs.readFileSync(adapterCfg, 'utf8')) as { base_model_name_or_path?: unknown }).base_model_name_or_path;
+        if (typeof b === 'string' && b) base = b;
+      } catch {
+        /* an unreadable config: the adapter's loader says what is wrong with it */
+      }
+      throw Object.assign(new Error(`${dir} is a PEFT adapter${base ? ` for ${base}` : ''}, not a model folder`), {
+        code: 'BAD_INPUT',
+        hint: `Give it as the adapter (--adapter ${dir}) and its base model${base ? ` (${base})` : ''} as the model (--model).`,
+      });
+    }
+    throw new Error(`no tokenizer in ${dir}: looked for ${TOKENIZER_FILES.join(', ')}`);
+  }
   const file = path.join(dir, name);
   const cfg = readFolderConfig(dir);
   const bytes = fs.readFileSync(file);
