@@ -80,6 +80,24 @@ describe('unreadable records and wrong paths', () => {
   });
 });
 
+describe('an adapter where the model goes', () => {
+  it('predict, eval --model and chat name it as an adapter for its base model, before any prompt', async () => {
+    const ad = t('an-adapter');
+    fs.mkdirSync(ad);
+    fs.writeFileSync(path.join(ad, 'adapter_config.json'), JSON.stringify({ peft_type: 'LORA', base_model_name_or_path: model, r: 4, lora_alpha: 8, target_modules: ['q_proj'] }));
+    fs.writeFileSync(path.join(ad, 'adapter_model.safetensors'), '');
+    const want = new RegExp(`${ad} is a PEFT adapter for ${model}, not a model folder\\nhint: Give it as the adapter \\(--adapter ${ad}\\) and its base model \\(${model}\\) as the model \\(--model\\)`);
+    const p = await runCli(['predict', '--model', ad, '--data', t('pc.jsonl'), '--out', t('ad.jsonl')], { home: home() });
+    const e = await runCli(['eval', '--model', ad, '--data', t('pc.jsonl')], { home: home() });
+    const c = await runCli(['chat', '--model', ad], { home: home() });
+    for (const r of [p, e, c]) {
+      expect(r.code).toBe(1);
+      expect(r.stderr).toMatch(want);
+    }
+    expect(c.stdout).not.toMatch(/^chat with/m);
+  });
+});
+
 describe('interrupts and pipes', () => {
   it('Ctrl-C while tokenizing leaves no temp file; a closed stdout pipe is no stack trace', async () => {
     const big = t('big.jsonl');
