@@ -1073,6 +1073,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   int64_t best_eval_step = -1, best_ckpt = -1, es_counter = 0;
   std::string best_ckpt_path;  // rank 0: where the best checkpoint is (HF's best_model_checkpoint; a resumed run's may be elsewhere)
   bool ended_early = false;    // the checkpoint resumed from is where early stopping ended the training
+  // optimizer steps taken (HF's scheduler steps only when the optimizer ran, and AdamW counts only its updates: an fp16
+  // step skipped on overflow advances neither), and the fp16 loss scale with its clean-step count (torch's GradScaler
+  // state): in the checkpoint, so a resumed run goes on exactly as the uninterrupted one. -1: not in the checkpoint.
+  int64_t updates = -1, clean_steps = 0;
+  double resumed_scale = 0;
   if (!job.resume_from.empty() && dist.rank() == 0) {
     std::string ck = job.resume_from;
     if (ck == "latest") {
@@ -1118,6 +1123,16 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       best_ckpt_path = ts.get_string("best_model_checkpoint", job.out_dir + "/checkpoint-" + std::to_string(best_ckpt));
     }
     ended_early = ts.get_bool("llmt_early_stopped", false);
+    if (ts.get("llmt_optimizer_steps").is_integer()) updates = ts.get_int("llmt_optimizer_steps", -1);
+    if (updates < -1 || updates > step)
+      return fail(set_error(LLMT_ERR_BAD_INPUT, ck + "/trainer_state.json: llmt_optimizer_steps " + std::to_string(updates) + " is not between 0 and global_step " +
+                                                     std::to_string(step) + " (the checkpoint is damaged)"),
+                  "Pick another checkpoint-<step> folder.");
+    if (ts.get("llmt_loss_scale").is_object()) {
+      resumed_scale = ts.get("llmt_loss_scale").get_number("scale", 0);
+      clean_steps = ts.get("llmt_loss_scale").get_int("growth_tracker", 0);
+      if (!(resumed_scale >= 1.0) || !std::isfinite(resumed_scale) || clean_steps < 0) resumed_scale = 0, clean_steps = 0;  // damaged: start over at 2¹⁶
+    }
     if (ts.get("llmt_best_eval").is_object()) {
       best_eval = ts.get("llmt_best_eval").get_number("eval_loss", INFINITY);
       best_eval_step = ts.get("llmt_best_eval").get_int("step", -1);
@@ -1183,10 +1198,13 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
 
   // ---- one start for every rank: rank 0's trainable weights, its resume point and optimizer state ----
   if (dist.on()) {
-    double meta[10] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0,
+    double meta[13] = {static_cast<double>(step), static_cast<double>(cur.epoch), static_cast<double>(cur.index), resumed.empty() ? 0.0 : 1.0,
                        best_eval, static_cast<double>(best_eval_step), best_ckpt_eval, static_cast<double>(best_ckpt), static_cast<double>(es_counter),
-                       ended_early ? 1.0 : 0.0};
-    if (dist.broadcast(meta, 10)) return comm_fail("the start-up broadcast");
+                       ended_early ? 1.0 : 0.0, static_cast<double>(updates), resumed_scale, static_cast<double>(clean_steps)};
+    if (dist.broadcast(meta, 13)) return comm_fail("the start-up broadcast");
+    updates = static_cast<int64_t>(meta[10]);
+    resumed_scale = meta[11];
+    clean_steps = static_cast<int64_t>(meta[12]);
     step = static_cast<int64_t>(meta[0]);
     cur.epoch = static_cast<int64_t>(meta[1]);
     cur.index = static_cast<int64_t>(meta[2]);
@@ -1312,6 +1330,12 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   // Every rank calls this at the same steps (under ZeRO-1 the AdamW state is gathered to rank 0); only rank 0 writes.
   bool save_comm_failed = false;
   bool early_stopped = false;  // set at the step early stopping ends the run (its checkpoint records it)
+  // fp16: dynamic loss scaling as torch.cuda.amp.GradScaler (init 2¹⁶, ×0.5 and the step skipped on an inf/NaN
+  // gradient, ×2 after 2000 clean steps): the gradients reaching the fp16-rounded GEMM inputs stay in range.
+  const bool scaled = job.precision == "fp16" && job.method == "lora";
+  double loss_scale = scaled ? (resumed_scale >= 1.0 ? resumed_scale : 65536.0) : 1.0;
+  if (!scaled) clean_steps = 0;
+  if (updates < 0) updates = step;  // a checkpoint from before the count was kept: every step was an update
   auto save_checkpoint = [&](int64_t at_step, bool scheduled) -> llmt_status {
     std::vector<std::vector<float>> gm, gv;
     if (zero1) {
@@ -1388,6 +1412,13 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       ts.set("best_model_checkpoint", Json::string(best_ckpt_path));
     }
     if (early_stopped) ts.set("llmt_early_stopped", Json::boolean(true));  // a resume trains no further
+    ts.set("llmt_optimizer_steps", Json::integer(updates));               // the schedule's and AdamW's count
+    if (scaled) {                                                          // torch GradScaler's state
+      Json ls = Json::object();
+      ls.set("scale", Json::number(loss_scale));
+      ls.set("growth_tracker", Json::integer(clean_steps));
+      ts.set("llmt_loss_scale", ls);
+    }
     if (best_eval_step > 0) {
       Json be = Json::object();
       be.set("eval_loss", Json::number(best_eval));
@@ -1516,11 +1547,6 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   double my_tokens = 0, my_compute_s = 0, my_grad_wait_s = 0, my_t0 = mono_s();
   double my_buckets = 0, my_buckets_early = 0;  // gradient buckets reduced, and of those started during the backward
   bool stopped = false;
-  // fp16: dynamic loss scaling as torch.cuda.amp.GradScaler (init 2¹⁶, ×0.5 and the step skipped on an inf/NaN
-  // gradient, ×2 after 2000 clean steps): the gradients reaching the fp16-rounded GEMM inputs stay in range.
-  const bool scaled = job.precision == "fp16" && job.method == "lora";
-  double loss_scale = scaled ? 65536.0 : 1.0;
-  int64_t clean_steps = 0;
   const size_t GA = static_cast<size_t>(job.grad_accum);
   if (ended_early && step < total) {  // HF's EarlyStoppingCallback ended this training: a resume has nothing to add
     early_stopped = true;
@@ -1656,14 +1682,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       if (coef != 1.0) model->backend().scale_multi(slots(tp, owns), static_cast<float>(coef));
     }
     if (scaled && !skip_update && ++clean_steps % 2000 == 0) loss_scale *= 2.0;
-    const double lr = job.lr * lr_factor(job.schedule, step, warmup, total);
+    const double lr = job.lr * lr_factor(job.schedule, updates, warmup, total);
     if (!skip_update && !host_adam)  // every owned tensor in one multi-tensor AdamW per learning rate (a few launches on a GPU)
       for (const bool plus : {false, true}) {
         if (plus && !loraplus) break;
         auto pick = [&](size_t i) { return owns(i) && (loraplus && loraplus_b[i]) == plus; };
         model->backend().adamw_multi(slots(tp, pick), static_cast<float>(plus ? lr * job.loraplus_ratio : lr), static_cast<float>(job.beta1),
                                      static_cast<float>(job.beta2), static_cast<float>(job.eps),
-                                     static_cast<float>(job.weight_decay), step + 1);
+                                     static_cast<float>(job.weight_decay), updates + 1);
       }
     for (size_t i = 0; i < tp.size() && !skip_update; ++i) {
       if (!owns(i)) {
@@ -1679,13 +1705,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
         be.download(p->grad.data(), p->g(), bytes);
         cpu_backend().adamw_step(p->data.data(), p->grad.data(), p->adam_m.data(), p->adam_v.data(), p->numel(),
                                  static_cast<float>(loraplus && loraplus_b[i] ? lr * job.loraplus_ratio : lr), static_cast<float>(job.beta1), static_cast<float>(job.beta2),
-                                 static_cast<float>(job.eps), wd, step + 1);
+                                 static_cast<float>(job.eps), wd, updates + 1);
         be.upload(p->w(), p->data.data(), bytes);
       }
     }
     if (zero1 && (model->backend().host_memory() ? gather_from_owners(dist, tp, owner, 0, nullptr, bucket_elems)
                                                  : gather_params_device(dist, model->backend(), tp, owner, bucket_elems)))
       return comm_fail("the ZeRO-1 parameter all-gather of step " + std::to_string(step + 1));
+    if (!skip_update) ++updates;
     ++step;
     if (total_tokens > 0) {
       log_loss_sum += step_loss;
