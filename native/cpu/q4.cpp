@@ -3,6 +3,7 @@
 #include "q4.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -207,8 +208,9 @@ const uint8_t kFP4ByRank[8] = {0b0000, 0b0001, 0b0110, 0b0111, 0b0100, 0b0101, 0
 
 }  // namespace
 
-void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax) {
+int64_t q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax) {
   const int64_t nb = (n + kQ4Block - 1) / kQ4Block;
+  std::atomic<int64_t> first_bad{n};  // the first NaN/±inf (n: none)
   parallel_for(nb, [&](int64_t b0, int64_t b1) {
     int32_t q[kQ4Block];
     float a[kQ4Block];
@@ -234,6 +236,18 @@ void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *ab
       // CUDA loads 0 past the end: bitsandbytes quantizes the zero padding of a partial last pair too; its nibble
       // is 0b0111 (NF4 0.0) or 0 (FP4), never read back
       for (i = 0; i < kQ4Block; ++i) a[i] = (i < len ? x[i0 + i] : 0.0f) * inv;
+      // a NaN or ±inf in the block leaves a NaN in x·(1/absmax) (inf makes absmax inf, and inf·0 is NaN); so does an
+      // all-zero block (0·inf): a NaN there sends us to look at x itself. One vectorised pass over the 64 scaled
+      // values while they are in registers (≈ +12% on this kernel, one core), not another pass over the weight.
+      int32_t nan_seen = 0;
+      for (i = 0; i < kQ4Block; ++i) nan_seen |= a[i] != a[i] ? 1 : 0;
+      if (nan_seen) {
+        int64_t at = i0;
+        while (at < i0 + len && std::fabs(x[at]) <= std::numeric_limits<float>::max()) ++at;
+        int64_t cur = first_bad.load(std::memory_order_relaxed);  // the lowest index over the threads
+        while (at < i0 + len && at < cur && !first_bad.compare_exchange_weak(cur, at, std::memory_order_relaxed)) {
+        }
+      }
       // the threshold counts over the block, threshold by threshold (a loop the compiler vectorises); FP4: the rank of
       // |x| mapped to its code, plus the sign bit
       for (int64_t i = 0; i < kQ4Block; ++i) q[i] = 0;
@@ -248,6 +262,8 @@ void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *ab
       for (int64_t i = 0; i < len; i += 2) packed[(i0 + i) >> 1] = static_cast<uint8_t>((q[i] << 4) | q[i + 1]);
     }
   });
+  const int64_t at = first_bad.load();
+  return at < n ? at : -1;
 }
 
 void q8_quantize_blockwise(const float *x, int64_t n, int64_t block, const float *code, uint8_t *q, float *absmax) {

@@ -61,8 +61,10 @@ void q4_dequantize(const Q4View &w, int64_t begin, int64_t count, float *out);
  *  weight as a 16-bit tensor-core GEMM reads it after decoding (Backend::matmul_*_q4_lp). */
 void q4_dequantize_half(const Q4View &w, Half t, int64_t begin, int64_t count, float *out);
 
-/** 4-bit blockwise quantization of x[n]: packed[(n+1)/2], absmax[ceil(n/64)]. Multi-threaded, deterministic. */
-void q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax);
+/** 4-bit blockwise quantization of x[n]: packed[(n+1)/2], absmax[ceil(n/64)]. Multi-threaded, deterministic.
+ *  Returns the index of the first element that is NaN or ±inf, else −1 (the codes are bitsandbytes' either way:
+ *  a NaN drops out of its block's absmax, so without this check a damaged weight would load as a finite one). */
+int64_t q4_quantize(const float *x, int64_t n, Q4Type t, uint8_t *packed, float *absmax);
 /** 8-bit blockwise quantization with a 256-value code (bitsandbytes quantize_blockwise): q[n], absmax[ceil(n/block)]. */
 void q8_quantize_blockwise(const float *x, int64_t n, int64_t block, const float *code, uint8_t *q, float *absmax);
 /** Double quantization of the 4-bit scales absmax[nb]: qabsmax[nb], absmax2[ceil(nb/256)], *offset. */

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -61,6 +62,10 @@ llmt_status Model::save_adapter(const std::string &dir) const {
     fetch_host(*p);  // an adapter loaded frozen lives on the device only
     tensors.push_back({p->save_name, DType::F32, p->shape, p->data.data()});
   }
+  // ensure_weight_tying kept the table tied: written under the head's name too, as PEFT saves it
+  const bool tied_copy = spec_.ensure_weight_tying && lm_head == embed && !embed->save_name.empty();
+  if (tied_copy)
+    tensors.push_back({"base_model.model." + std::string(cfg_.family->lm_head) + ".weight", DType::F32, embed->shape, embed->data.data()});
   st = write_safetensors(dir + "/adapter_model.safetensors", tensors, {{"format", "pt"}});
   free_frozen_host();
   if (st != LLMT_OK) return st;
@@ -83,6 +88,7 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   }
   cfg.set("base_model_name_or_path", Json::string(base));
   cfg.set("bias", Json::string(spec_.bias));
+  if (tied_copy) cfg.set("ensure_weight_tying", Json::boolean(true));  // (only then: older PEFT releases do not know the key)
   if (!spec_.exclude_regex.empty()) cfg.set("exclude_modules", Json::string(spec_.exclude_regex));
   else if (!spec_.exclude_modules.empty()) cfg.set("exclude_modules", string_list(spec_.exclude_modules));
   // (no null entry otherwise: PEFT before 0.14 does not know the key)
@@ -121,6 +127,14 @@ llmt_status Model::save_adapter(const std::string &dir) const {
   return write_text_file_atomic(dir + "/adapter_config.json", cfg.dump(2) + "\n");
 }
 
+bool inert_adapter_tensor(const LoraSpec &s, const std::string &name) {
+  for (const auto &t : s.inert_tensors) {
+    const size_t at = name.find("." + t);
+    if (at != std::string::npos && (at + 1 + t.size() == name.size() || name[at + 1 + t.size()] == '.')) return true;
+  }
+  return false;
+}
+
 llmt_status unsupported_peft_options(const Json &j, const std::string &where) {
   auto on = [&](const char *key) {
     const Json &v = j.get(key);
@@ -146,6 +160,38 @@ llmt_status unsupported_peft_options(const Json &j, const std::string &where) {
     if (on(o.key))
       return set_error(LLMT_ERR_UNSUPPORTED, where + ": " + o.what + " is not supported by this engine; " +
                                                  "train or save the adapter without it");
+  // variants whose adapted weight is not base + scaling·B·A on the unchanged base; PEFT turns them on with any
+  // sub-config, {} included (its defaults)
+  auto given = [&](const char *key) {
+    const Json &v = j.get(key);
+    return !v.is_null() && !(v.is_bool() && !v.as_bool());
+  };
+  if (given("kasa_config"))
+    return set_error(LLMT_ERR_UNSUPPORTED, where + ": KaSA (kasa_config) is not supported by this engine: it truncates the base "
+                                                   "weights' smallest singular values and scales B·A by a trained diagonal (lora_diag); "
+                                                   "train the adapter without it");
+  if (given("use_bdlora"))
+    return set_error(LLMT_ERR_UNSUPPORTED, where + ": block-diagonal LoRA (use_bdlora) is not supported by this engine: its lora_A / lora_B "
+                                                   "are stored as diagonal blocks; train the adapter without it");
+  // an initialisation that rewrote the base weights (W_res = W − scaling·B₀A₀ for PiSSA/OLoRA/CorDA/LoRA-GA, a quantized W
+  // for LoftQ): PEFT redoes it on the base when it loads the adapter, so the trained A and B belong to that residual
+  // base, not to the model as stored. PEFT's conversion leaves a plain LoRA adapter (init_lora_weights true).
+  const Json &init = j.get("init_lora_weights");
+  if (init.is_string()) {
+    std::string v = init.as_string();
+    for (char &ch : v) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    const bool loftq = v.rfind("loftq", 0) == 0;
+    if (loftq || v.rfind("pissa", 0) == 0 || v.rfind("olora", 0) == 0 || v.rfind("corda", 0) == 0 || v.rfind("lora_ga", 0) == 0 ||
+        v.rfind("lora-ga", 0) == 0)
+      return set_error(LLMT_ERR_UNSUPPORTED,
+                       where + ": init_lora_weights \"" + init.as_string() + "\" changed the base weights when the adapter was made, so its " +
+                           "A and B do not apply to the original model; " +
+                           (loftq ? std::string("save the base model LoftQ made and set init_lora_weights to true in adapter_config.json "
+                                                "(as PEFT's LoftQ example does), then give that base as the model")
+                                  : std::string("convert it to a plain LoRA adapter first (PEFT: save_pretrained(..., "
+                                                "path_initial_model_for_weight_conversion=<the initial adapter>), which writes "
+                                                "init_lora_weights true)")));
+  }
   return LLMT_OK;
 }
 
@@ -208,7 +254,10 @@ llmt_status parse_peft_lora_config(const Json &j, const std::string &cfg_path, L
       (st = typed("exclude_modules", j.get("exclude_modules").is_string() || str_list(j.get("exclude_modules")),
                   "a list of module names or a regex string")) ||
       (st = typed("rank_pattern", values(j.get("rank_pattern"), true), "an object of positive integers")) ||
-      (st = typed("alpha_pattern", values(j.get("alpha_pattern"), false), "an object of numbers")))
+      (st = typed("alpha_pattern", values(j.get("alpha_pattern"), false), "an object of numbers")) ||
+      (st = typed("init_lora_weights", j.get("init_lora_weights").is_bool() || j.get("init_lora_weights").is_string(),
+                  "true, false or an initialisation name")) ||
+      (st = typed("ensure_weight_tying", j.get("ensure_weight_tying").is_bool(), "true or false")))
     return st;
   std::string type = j.get_string("peft_type", "LORA");
   if (type != "LORA") {
@@ -240,6 +289,15 @@ llmt_status parse_peft_lora_config(const Json &j, const std::string &cfg_path, L
   } else {
     for (const auto &x : ex.items()) s.exclude_modules.push_back(x.as_string());
   }
+  s.ensure_weight_tying = j.get_bool("ensure_weight_tying", false);
+  // VeLoRA changes only the backward of training and MonteCLoRA samples A only in training: outside it both are
+  // plain LoRA, and the state they save (a buffer per module) is not read
+  auto set = [&](const char *key) {
+    const Json &v = j.get(key);
+    return v.is_object() || (v.is_bool() && v.as_bool());
+  };
+  if (set("velora_config")) s.inert_tensors.push_back("lora_velora_embed");
+  if (set("monteclora_config")) s.inert_tensors.push_back("lora_monteclora_sampler");
   return LLMT_OK;
 }
 
@@ -271,6 +329,11 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
   if (st != LLMT_OK) return set_error(st, "adapter " + dir + " does not fit the model in " + dir_ + ": " + llmt_last_error());
   std::set<std::string> used;
   std::vector<std::string> missing;
+  // ensure_weight_tying on a tied model: PEFT saves the one trained table under the head's name too
+  if (s.ensure_weight_tying && lm_head == embed && !embed->save_name.empty())
+    if (const TensorInfo *h = f->find("base_model.model." + std::string(cfg_.family->lm_head) + ".weight")) used.insert(h->name);
+  for (const auto &ti : f->tensors())
+    if (inert_adapter_tensor(s, ti.name)) used.insert(ti.name);
   for (auto &p : params) {
     if (p->save_name.empty()) continue;
     const TensorInfo *ti = f->find(p->save_name);

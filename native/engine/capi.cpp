@@ -129,8 +129,8 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     if (!dir || !out_json) return set_error(LLMT_ERR_BAD_INPUT, "llmt_model_inspect: NULL argument");
     std::string d = dir;
     std::string text;
-    llmt_status st = read_text_file(d + "/config.json", text);
-    if (st) return set_error(st, std::string(llmt_last_error()) + " (a Hugging Face model folder must contain config.json)");
+    llmt_status st = read_model_config(d, text);
+    if (st) return st;
     Json cj;
     std::string err;
     if (!Json::parse(text, cj, err)) return set_error(LLMT_ERR_BAD_INPUT, d + "/config.json is not valid JSON: " + err);
@@ -150,6 +150,9 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     if (st) return st;
     QuantSpec quant;
     if ((st = folder_quant_spec(cj, d + "/config.json", quant))) return st;
+    // the sizes below feed the memory estimate of a run: first that config.json agrees with the weights' headers (a
+    // layer count or intermediate_size the weights do not have would estimate hundreds of GiB instead of saying so)
+    if ((st = Model::check_folder(d))) return st;
     auto ws = WeightSet::open_dir(d, st);
     if (!ws) return st;
     int64_t params = 0;

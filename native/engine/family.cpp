@@ -378,11 +378,21 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
       }
     }
   }
+  // the per-head tables (ALiBi slopes, RoPE frequencies) are built below, before any weight is seen: a head count or
+  // size no model comes near (1e9 heads: gigabytes of slopes) is refused here; the load checks the real sizes against
+  // the weights' headers
+  constexpr int64_t kMaxPerHead = int64_t(1) << 20;
+  if (c.heads > kMaxPerHead || c.head_dim > kMaxPerHead) {
+    return set_error(LLMT_ERR_BAD_INPUT, where + ": " + std::to_string(c.heads) + " attention heads of size " +
+                                             std::to_string(c.head_dim) + " is far beyond any model (at most " +
+                                             std::to_string(kMaxPerHead) + " of each); is config.json damaged?");
+  }
   c.rot_dims = c.head_dim;
   c.rope_theta = 10000.0;
   if (mt == "gpt_neox") {
-    // transformers ≥ 4.45 also writes partial_rotary_factor (and newer configs may carry only it)
-    double pct = j.get_number("rotary_pct", j.get_number("partial_rotary_factor", 1.0));
+    // transformers ≥ 4.45 also writes partial_rotary_factor (and newer configs may carry only it); with neither,
+    // GPTNeoXConfig's default rotary_pct is 0.25 (a quarter of each head rotated), not the whole head
+    double pct = j.get_number("rotary_pct", j.get_number("partial_rotary_factor", 0.25));
     c.rot_dims = static_cast<int64_t>(c.head_dim * pct);  // int(head_dim * rotary_pct), as HF
     c.rope_theta = j.get_number("rotary_emb_base", j.get_number("rope_theta", 10000.0));
     c.norm_eps = j.get_number("layer_norm_eps", 1e-5);
@@ -557,13 +567,30 @@ llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &c
   return LLMT_OK;
 }
 
+llmt_status read_model_config(const std::string &dir, std::string &text) {
+  llmt_status st = read_text_file(dir + "/config.json", text);
+  if (st == LLMT_OK) return st;
+  const std::string why = llmt_last_error();
+  // an adapter folder given where the model goes (a common slip: the run's output folder holds only the adapter)
+  std::string atext, err;
+  Json a;
+  std::error_code ec;
+  if (std::filesystem::exists(dir + "/adapter_config.json", ec) && read_text_file(dir + "/adapter_config.json", atext) == LLMT_OK &&
+      Json::parse(atext, a, err) && a.is_object()) {
+    const std::string base = a.get_string("base_model_name_or_path");
+    return set_error(LLMT_ERR_BAD_INPUT, dir + " is a PEFT adapter (it holds adapter_config.json, no config.json), not a model: " +
+                                             "give it as the adapter (--adapter " + dir + ") and its base model" +
+                                             (base.empty() ? "" : " (" + base + ", from its adapter_config.json)") + " as the model");
+  }
+  clear_error();
+  return set_error(st, why + " (a Hugging Face model folder must contain config.json)");
+}
+
 llmt_status load_config(const std::string &dir, ModelConfig &out) {
   std::string path = dir + "/config.json";
   std::string text;
-  llmt_status st = read_text_file(path, text);
-  if (st != LLMT_OK) {
-    return set_error(st, std::string(llmt_last_error()) + " (a Hugging Face model folder must contain config.json)");
-  }
+  llmt_status st = read_model_config(dir, text);
+  if (st != LLMT_OK) return st;
   Json j;
   std::string err;
   if (!Json::parse(text, j, err)) return set_error(LLMT_ERR_BAD_INPUT, path + " is not valid JSON: " + err);

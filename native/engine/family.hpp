@@ -123,6 +123,9 @@ struct ModelConfig {
  * not in the table — the message lists the supported ones — or a rope_scaling type we do not implement).
  */
 llmt_status load_config(const std::string &dir, ModelConfig &out);
+/** The text of `dir/config.json`. Errors: IO naming the file; where the folder has no config.json but holds a PEFT
+ *  adapter (adapter_config.json), the message says so, names the adapter's base model and how to give both. */
+llmt_status read_model_config(const std::string &dir, std::string &text);
 llmt_status parse_config(const Json &j, const std::string &where, ModelConfig &out);
 
 /** ALiBi slopes per head: BLOOM's recipe (fp32 powers) and Baichuan-13B's (_get_interleave, double then fp32);

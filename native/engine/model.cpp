@@ -659,11 +659,11 @@ llmt_status Model::set_precision(const std::string &precision) {
   return LLMT_OK;
 }
 
-Param *Model::new_param(const std::string &name, std::vector<int64_t> shape) {
+Param *Model::new_param(const std::string &name, std::vector<int64_t> shape, bool alloc) {
   auto p = std::make_unique<Param>();
   p->name = name;
   p->shape = std::move(shape);
-  p->data.assign(static_cast<size_t>(p->numel()), 0.0f);
+  if (alloc) p->data.assign(static_cast<size_t>(p->numel()), 0.0f);
   params.push_back(std::move(p));
   return params.back().get();
 }
@@ -690,6 +690,17 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
 
 std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, const QuantSpec &requested,
                                    const std::string &precision) {
+  return load_impl(dir, st, requested, precision, false);
+}
+
+llmt_status Model::check_folder(const std::string &dir) {
+  llmt_status st;
+  load_impl(dir, st, QuantSpec(), "fp32", true);
+  return st;
+}
+
+std::unique_ptr<Model> Model::load_impl(const std::string &dir, llmt_status &st, const QuantSpec &requested,
+                                        const std::string &precision, bool headers_only) {
   int half = 0;  // 16-bit type the frozen weights stream into (0: fp32)
   if (precision == "bf16") half = int(Half::BF16);
   else if (precision == "fp16") half = int(Half::F16);
@@ -723,6 +734,24 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
   const int64_t H = c.hidden, I = c.inter, V = c.vocab, hd = c.head_dim;
   const int64_t qd = c.heads * hd, kvd = c.kv_heads * hd;
   const bool ln = c.norm == NormKind::Layer;
+  // checkpoints saved from the bare base model (e.g. bigscience/bloom-560m) lack the "transformer." prefix
+  const std::string bare = f.bare_prefix ? f.bare_prefix : "";
+  auto file_name = [&](const std::string &name) -> std::string {
+    if (ws->find(name) || bare.empty() || name.compare(0, bare.size(), bare) != 0) return name;
+    return name.substr(bare.size());
+  };
+  // the layer count before a layer is built from it (num_hidden_layers 1e12 would build layers until memory ran out):
+  // the weights must hold the last layer config.json implies
+  auto layer_in_weights = [&](int64_t l) { return ws->find(file_name(layer_name(f.layer, l) + "." + c.attn_norm + ".weight")) != nullptr; };
+  if (c.layers > 0 && !layer_in_weights(c.layers - 1)) {
+    int64_t have = 0;
+    while (have < c.layers && layer_in_weights(have)) ++have;  // (at most one step per tensor in the weights)
+    st = set_error(LLMT_ERR_BAD_INPUT, dir + "/config.json gives num_hidden_layers " + std::to_string(c.layers) + " but the weights hold " +
+                                           std::to_string(have) + " layer(s) (no tensor '" +
+                                           file_name(layer_name(f.layer, c.layers - 1) + "." + c.attn_norm + ".weight") +
+                                           "'): config.json and the weights do not belong together (or the download is incomplete)");
+    return nullptr;
+  }
   // config.json against the weights before anything is allocated from its sizes (a vocab_size of 1e12 would
   // otherwise end as "out of memory")
   if (const TensorInfo *e = ws->find(std::string(f.embed) + ".weight")) {
@@ -735,14 +764,15 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     }
   }
 
-  m->embed = m->new_param(std::string(f.embed) + ".weight", {V, H});
-  if (half) {  // the frozen table in 16 bits too (also when tied: the head's GEMM reads it as a 16-bit weight)
-    std::vector<float>().swap(m->embed->data);
-    m->embed->half_type = static_cast<uint8_t>(half);
-  }
+  // The skeleton first: every parameter with its shape, none allocated (new_param(..., false)) until the weights'
+  // headers agree with config.json below — an intermediate_size of 1e8 must end as a shape mismatch, not out of memory.
+  std::set<const Param *> q4_params;  // the block linears stored or made 4-bit
+  m->embed = m->new_param(std::string(f.embed) + ".weight", {V, H}, false);
+  // the frozen table in 16 bits too (also when tied: the head's GEMM reads it as a 16-bit weight)
+  if (half) m->embed->half_type = static_cast<uint8_t>(half);
   if (f.embed_norm) {
-    m->embed_norm_w = m->new_param(std::string(f.embed_norm) + ".weight", {H});
-    m->embed_norm_b = m->new_param(std::string(f.embed_norm) + ".bias", {H});
+    m->embed_norm_w = m->new_param(std::string(f.embed_norm) + ".weight", {H}, false);
+    m->embed_norm_b = m->new_param(std::string(f.embed_norm) + ".bias", {H}, false);
     m->embed_norm_w->decay = m->embed_norm_b->decay = false;
   }
   auto add_linear = [&](int64_t layer, const char *name, int64_t out, int64_t in, int role) -> Linear * {
@@ -752,11 +782,11 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     lin->in = in;
     lin->out = out;
     lin->role = role;
-    lin->W = m->new_param(lin->module + ".weight", {out, in});
-    if (quant.enabled || half) std::vector<float>().swap(lin->W->data);  // filled as 4-bit / 16-bit while loading
+    lin->W = m->new_param(lin->module + ".weight", {out, in}, false);  // filled as fp32, 4-bit or 16-bit while loading
+    if (quant.enabled) q4_params.insert(lin->W);
     if (half && !quant.enabled) lin->W->half_type = static_cast<uint8_t>(half);
     if (role == kQKV || role == kQ || role == kK || role == kV ? c.qkv_bias : role == kO ? c.o_bias : c.mlp_bias) {
-      lin->b = m->new_param(lin->module + ".bias", {out});
+      lin->b = m->new_param(lin->module + ".bias", {out}, false);
       lin->b->decay = false;
     }
     m->linears.push_back(std::move(lin));
@@ -765,17 +795,17 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
   for (int64_t l = 0; l < c.layers; ++l) {
     Layer L;
     std::string pre = layer_name(f.layer, l) + ".";
-    L.norm1_w = m->new_param(pre + c.attn_norm + ".weight", {H});
+    L.norm1_w = m->new_param(pre + c.attn_norm + ".weight", {H}, false);
     L.norm1_w->decay = false;
     if (ln) {
-      L.norm1_b = m->new_param(pre + c.attn_norm + ".bias", {H});
+      L.norm1_b = m->new_param(pre + c.attn_norm + ".bias", {H}, false);
       L.norm1_b->decay = false;
     }
     if (!c.mlp_norm.empty()) {
-      L.norm2_w = m->new_param(pre + c.mlp_norm + ".weight", {H});
+      L.norm2_w = m->new_param(pre + c.mlp_norm + ".weight", {H}, false);
       L.norm2_w->decay = false;
       if (ln) {
-        L.norm2_b = m->new_param(pre + c.mlp_norm + ".bias", {H});
+        L.norm2_b = m->new_param(pre + c.mlp_norm + ".bias", {H}, false);
         L.norm2_b->decay = false;
       }
     }
@@ -798,32 +828,23 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
     L.windowed = c.sliding_window > 0 && l >= c.window_from_layer;
     m->layers.push_back(L);
   }
-  m->final_w = m->new_param(std::string(f.final_norm) + ".weight", {H});
+  m->final_w = m->new_param(std::string(f.final_norm) + ".weight", {H}, false);
   m->final_w->decay = false;
   if (ln) {
-    m->final_b = m->new_param(std::string(f.final_norm) + ".bias", {H});
+    m->final_b = m->new_param(std::string(f.final_norm) + ".bias", {H}, false);
     m->final_b->decay = false;
   }
   const std::string head_name = std::string(f.lm_head) + ".weight";
   if (c.tie_embeddings) {
     m->lm_head = m->embed;
   } else {
-    m->lm_head = m->new_param(head_name, {V, H});
-    if (half) {
-      std::vector<float>().swap(m->lm_head->data);
-      m->lm_head->half_type = static_cast<uint8_t>(half);
-    }
+    m->lm_head = m->new_param(head_name, {V, H}, false);
+    if (half) m->lm_head->half_type = static_cast<uint8_t>(half);
   }
 
-  // Load every parameter; collect what is missing or mis-shaped.
+  // The headers against the skeleton, before a byte is allocated or read: what is missing, what has another shape.
   std::vector<std::string> missing;
   std::set<std::string> expected;
-  // checkpoints saved from the bare base model (e.g. bigscience/bloom-560m) lack the "transformer." prefix
-  const std::string bare = f.bare_prefix ? f.bare_prefix : "";
-  auto file_name = [&](const std::string &name) -> std::string {
-    if (ws->find(name) || bare.empty() || name.compare(0, bare.size(), bare) != 0) return name;
-    return name.substr(bare.size());
-  };
   for (auto &p : m->params) {
     const std::string fname = file_name(p->name);
     expected.insert(fname);
@@ -832,7 +853,42 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
       missing.push_back(p->name);
       continue;
     }
-    if (prequantized && p->data.empty() && !p->half_type) {  // a block linear stored 4-bit: used as stored, no re-quantization
+    if (prequantized && q4_params.count(p.get())) {
+      // stored 4-bit: uint8 [(n+1)/2, 1] for the [out, in] config.json implies (read_q4_weight checks the rest)
+      if (t->dtype == DType::U8 && t->numel() != (p->numel() + 1) / 2) {
+        st = set_error(LLMT_ERR_BAD_INPUT, "4-bit weight '" + p->name + "' in " + ws->file_of(fname) + " packs " +
+                                               std::to_string(t->numel() * 2) + " values but config.json implies " + shape_str(p->shape) +
+                                               "; config.json and the weights do not belong together");
+        return nullptr;
+      }
+      continue;
+    }
+    if (t->shape != p->shape) {
+      st = set_error(LLMT_ERR_BAD_INPUT, "tensor '" + p->name + "' in " + ws->file_of(fname) + " has shape " +
+                                             shape_str(t->shape) + " but config.json implies " + shape_str(p->shape) +
+                                             "; config.json and the weights do not belong together");
+      return nullptr;
+    }
+  }
+  if (!missing.empty()) {
+    std::string list;
+    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
+    if (missing.size() > 8) list += ", … (" + std::to_string(missing.size()) + " in all)";
+    st = set_error(LLMT_ERR_BAD_INPUT, "the weights in " + dir + " lack tensors the " + f.model_type +
+                                           " architecture needs: " + list +
+                                           ". Is the download complete and config.json the right one?");
+    return nullptr;
+  }
+  if (headers_only) {
+    st = LLMT_OK;
+    clear_error();
+    return nullptr;
+  }
+
+  // Load every parameter, one tensor at a time.
+  for (auto &p : m->params) {
+    const std::string fname = file_name(p->name);
+    if (prequantized && q4_params.count(p.get())) {  // a block linear stored 4-bit: used as stored, no re-quantization
       auto q = std::make_unique<Q4Weight>();
       std::vector<std::string> used;
       if ((st = read_q4_weight(*ws, fname, p->shape, quant, *q, used)) != LLMT_OK) return nullptr;
@@ -841,12 +897,6 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
         if (lin->W == p.get()) lin->q4 = q.get();
       m->q4_weights.push_back(std::move(q));
       continue;
-    }
-    if (t->shape != p->shape) {
-      st = set_error(LLMT_ERR_BAD_INPUT, "tensor '" + p->name + "' in " + ws->file_of(fname) + " has shape " +
-                                             shape_str(t->shape) + " but config.json implies " + shape_str(p->shape) +
-                                             "; config.json and the weights do not belong together");
-      return nullptr;
     }
     if (p->half_type && p->half.empty()) {  // mixed precision: stream in, round to 16 bits, drop the fp32 tensor
       std::vector<float> tmp(static_cast<size_t>(p->numel()));
@@ -862,27 +912,24 @@ std::unique_ptr<Model> Model::load(const std::string &dir, llmt_status &st, cons
       }
       continue;
     }
-    if (quant.enabled && p->data.empty()) {  // a block linear of a QLoRA load: stream in, quantize, drop
+    if (quant.enabled && q4_params.count(p.get())) {  // a block linear of a QLoRA load: stream in, quantize, drop
       std::vector<float> tmp(static_cast<size_t>(p->numel()));
       if ((st = ws->read_f32(fname, tmp.data())) != LLMT_OK) return nullptr;
       auto q = std::make_unique<Q4Weight>();
-      quantize_weight(tmp.data(), p->shape[0], p->shape[1], quant, *q);
+      // a NaN/inf would vanish into finite 4-bit codes (fp32 and 16-bit loads keep it, and the forward reports NAN)
+      const int64_t bad = quantize_weight(tmp.data(), p->shape[0], p->shape[1], quant, *q);
+      if (bad >= 0) {
+        st = non_finite_weight_error(p->name, ws->file_of(fname), p->shape, bad, tmp[static_cast<size_t>(bad)]);
+        return nullptr;
+      }
       for (auto &lin : m->linears)
         if (lin->W == p.get()) lin->q4 = q.get();
       m->q4_weights.push_back(std::move(q));
       continue;
     }
+    p->data.assign(static_cast<size_t>(p->numel()), 0.0f);
     st = ws->read_f32(fname, p->data.data());
     if (st != LLMT_OK) return nullptr;
-  }
-  if (!missing.empty()) {
-    std::string list;
-    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
-    if (missing.size() > 8) list += ", … (" + std::to_string(missing.size()) + " in all)";
-    st = set_error(LLMT_ERR_BAD_INPUT, "the weights in " + dir + " lack tensors the " + f.model_type +
-                                           " architecture needs: " + list +
-                                           ". Is the download complete and config.json the right one?");
-    return nullptr;
   }
   std::vector<std::string> unexpected;
   for (const auto &n : ws->names()) {
@@ -1030,20 +1077,37 @@ static llmt_status check_lora_regexes(const LoraSpec &s) {
 
 llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) {
   if (names.empty()) return LLMT_OK;
-  // Untie a tied head when either side is trained on its own (PEFT trains a separate copy).
   const std::string head_module = cfg_.family->lm_head;
   const std::string embed_module = cfg_.family->embed;
+  // PEFT wraps every module whose name ends with an entry (key.endswith(entry)), a container ("layers.1.mlp") as
+  // well as a leaf: a parameter is trained when its module or a module above it is listed (a linear inside a listed
+  // container gets no LoRA: peft_target_matches)
   auto listed = [&](const std::string &module) {
-    for (const auto &n : names)
-      if (ends_with(module, n)) return true;  // PEFT: key.endswith(target_key)
-    return false;
+    for (std::string m = module;;) {
+      for (const auto &n : names)
+        if (ends_with(m, n)) return true;
+      const size_t dot = m.rfind('.');
+      if (dot == std::string::npos) return false;
+      m.resize(dot);
+    }
+  };
+  // A tied embedding/head where either side is listed: PEFT's ensure_weight_tying keeps them tied (when an entry is
+  // embed_tokens or lm_head, its EMBEDDING_LAYER_NAMES), one trained table serving both; otherwise PEFT trains a
+  // separate copy of the listed side, so the head is untied.
+  bool keep_tied = false;
+  if (lm_head == embed && spec_.ensure_weight_tying)
+    for (const auto &n : names) {
+      const std::string last = n.substr(n.rfind('.') == std::string::npos ? 0 : n.rfind('.') + 1);
+      if (last == "embed_tokens" || last == "lm_head") keep_tied = true;
+    }
+  auto trained = [&](const Param &p) {
+    return p.name.find(".lora_") == std::string::npos && (listed(p.name.substr(0, p.name.rfind('.'))) || (keep_tied && &p == embed));
   };
   for (auto &p : params) {  // a 16-bit frozen weight that becomes trainable is re-read in fp32
-    if (!p->half_type || p->name.find(".lora_") != std::string::npos) continue;
-    if (!listed(p->name.substr(0, p->name.rfind('.')))) continue;
+    if (!p->half_type || !trained(*p)) continue;
     if (llmt_status st = restore_fp32(*p)) return st;
   }
-  if (lm_head == embed && (listed(head_module) || listed(embed_module))) {
+  if (lm_head == embed && !keep_tied && (listed(head_module) || listed(embed_module))) {
     Param *head = new_param(head_module + ".weight", embed->shape);
     // the untied copy starts from the table's fp32 values: a 16-bit frozen table is re-read in fp32 (and stays so)
     if (llmt_status st = restore_fp32(*embed)) return st;
@@ -1053,9 +1117,7 @@ llmt_status Model::apply_modules_to_save(const std::vector<std::string> &names) 
   }
   bool any = false;
   for (auto &p : params) {
-    if (p->name.find(".lora_") != std::string::npos) continue;
-    std::string module = p->name.substr(0, p->name.rfind('.'));
-    if (!listed(module)) continue;
+    if (!trained(*p)) continue;
     fetch_host(*p);  // a frozen weight freed on the host after its upload: trainable state lives on both sides
     p->trainable = true;
     p->save_name = "base_model.model." + p->name;

@@ -79,6 +79,12 @@ struct LoraSpec {
   std::vector<int64_t> layers_to_transform;      // only these layer indices (list targets only, as PEFT)
   std::vector<std::string> layers_pattern;       // the module-path component before the layer index (empty: any)
   std::string bias = "none";
+  // PEFT's ensure_weight_tying: a tied embedding/head listed in modules_to_save stays tied, one trained copy serving
+  // both (saved under both names); without it PEFT trains a separate copy of the listed side
+  bool ensure_weight_tying = false;
+  // tensors the adapter file may hold that the forward does not read (PEFT variants whose inference is plain LoRA:
+  // VeLoRA's lora_velora_embed, MonteCLoRA's sampler state): matched as ".<suffix>" or ".<suffix>." in a key
+  std::vector<std::string> inert_tensors;
 };
 
 struct Lora {
@@ -174,6 +180,10 @@ class Model {
    *  fp32 from the folder. Errors as set_precision. */
   static std::unique_ptr<Model> load(const std::string &dir, llmt_status &st, const QuantSpec &quant,
                                      const std::string &precision);
+  /** The checks a load makes before it allocates or reads a weight — config.json's sizes against the weights'
+   *  headers: the layer count, each tensor's presence and shape (a 4-bit folder's packed sizes) — without loading
+   *  anything (inspect). OK, or the error a load would give. */
+  static llmt_status check_folder(const std::string &dir);
   const QuantSpec &quantization() const { return quant_; }
   /** Mixed precision: "bf16" or "fp16" keeps every frozen base weight (block linears and an untied, frozen LM head;
    *  not the embedding, norms, biases, LoRA factors or anything trainable) as 16-bit values — half the memory — and
@@ -260,7 +270,10 @@ class Model {
  private:
   Model() = default;
   struct Impl;
-  Param *new_param(const std::string &name, std::vector<int64_t> shape);
+  /** A parameter of `shape`, zero-filled fp32 unless !alloc (load: allocated once the headers are checked). */
+  Param *new_param(const std::string &name, std::vector<int64_t> shape, bool alloc = true);
+  static std::unique_ptr<Model> load_impl(const std::string &dir, llmt_status &st, const QuantSpec &quant,
+                                          const std::string &precision, bool headers_only);
   llmt_status attach_lora(Linear &lin, int64_t r, double alpha, double dropout, bool rslora, bool dora = false);
   /** ‖W_j‖² per output row of a linear's frozen base weight as the forward sees it (fp32, 16-bit or 4-bit values),
    *  computed on the host in double. */
@@ -295,12 +308,16 @@ bool peft_target_matches(const LoraSpec &spec, const std::string &module);
 class Json;
 
 /** Refuses, by name, the adapter_config.json options this engine cannot honour (PEFT ≥ 0.14's lora_bias,
- *  trainable_token_indices, layer_replication, target_parameters, aLoRA, QALoRA, Megatron layers). */
+ *  trainable_token_indices, layer_replication, target_parameters, aLoRA, QALoRA, Megatron layers, Arrow, KaSA,
+ *  block-diagonal LoRA) and an init_lora_weights that rewrote the base weights (PiSSA, OLoRA, CorDA, LoRA-GA,
+ *  LoftQ: the message names PEFT's conversion to a plain LoRA adapter). */
 llmt_status unsupported_peft_options(const Json &cfg, const std::string &where);
 
 /** A PEFT adapter_config.json as a LoraSpec: the types of its keys checked (a present key of the wrong type is an
  *  error naming it), the options this engine cannot honour refused by name. */
 llmt_status parse_peft_lora_config(const Json &cfg, const std::string &where, LoraSpec &s);
+/** True for an adapter tensor the forward does not read (LoraSpec::inert_tensors: a variant's training state). */
+bool inert_adapter_tensor(const LoraSpec &s, const std::string &name);
 
 /** layers_to_transform (an int or a list) and layers_pattern (a string or a list) of a PEFT LoRA config into `s`. */
 llmt_status peft_layer_options(const Json &cfg, const std::string &where, LoraSpec &s);

@@ -454,8 +454,7 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   if (!af) return st;
 
   // -- the base --
-  if ((st = read_text_file(model_dir + "/config.json", text)) != LLMT_OK)
-    return set_error(st, std::string(llmt_last_error()) + " (a Hugging Face model folder must contain config.json)");
+  if ((st = read_model_config(model_dir, text)) != LLMT_OK) return st;
   Json mcfg;
   if (!Json::parse(text, mcfg, err) || !mcfg.is_object())
     return set_error(LLMT_ERR_BAD_INPUT, model_dir + "/config.json is not a valid JSON object " + err);
@@ -486,6 +485,7 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   for (const auto &t : af->tensors()) {
     std::string module;
     char which = 0;
+    if (inert_adapter_tensor(spec, t.name)) continue;  // a variant's training state (VeLoRA, MonteCLoRA): no part of the weight
     if (t.name.find("lora_embedding_") != std::string::npos)
       return set_error(LLMT_ERR_UNSUPPORTED, "adapter tensor '" + t.name + "': LoRA on embeddings cannot be merged yet");
     if (split_lora_key(t.name, module, which)) {

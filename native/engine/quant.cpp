@@ -2,6 +2,7 @@
 // reading its weights back as stored), and the Backend defaults for 4-bit ops.
 #include "quant.hpp"
 
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -106,7 +107,25 @@ cpu::Q4View Q4Weight::view() const {
   return v;
 }
 
-void quantize_weight(const float *w, int64_t rows, int64_t cols, const QuantSpec &spec, Q4Weight &out) {
+llmt_status non_finite_weight_error(const std::string &tensor, const std::string &file, const std::vector<int64_t> &shape,
+                                    int64_t flat_index, float value) {
+  // the element as [row, col] (a weight is a matrix here)
+  std::string at;
+  int64_t rest = flat_index;
+  std::vector<int64_t> idx(shape.size(), 0);
+  for (size_t d = shape.size(); d-- > 0;) {
+    const int64_t n = shape[d] > 0 ? shape[d] : 1;
+    idx[d] = rest % n;
+    rest /= n;
+  }
+  for (size_t d = 0; d < idx.size(); ++d) at += (d ? ", " : "") + std::to_string(idx[d]);
+  const std::string v = std::isnan(value) ? "NaN" : value > 0 ? "inf" : "-inf";
+  return set_error(LLMT_ERR_BAD_INPUT, "tensor '" + tensor + "' in " + file + " holds " + v + " (element [" + at +
+                                           "]): the model file is damaged (a broken download or a diverged save); "
+                                           "re-download or re-export the model — 4-bit quantization would hide it");
+}
+
+int64_t quantize_weight(const float *w, int64_t rows, int64_t cols, const QuantSpec &spec, Q4Weight &out) {
   out = Q4Weight();
   out.type = spec.type;
   out.rows = rows;
@@ -114,13 +133,14 @@ void quantize_weight(const float *w, int64_t rows, int64_t cols, const QuantSpec
   const int64_t n = rows * cols, nb = (n + cpu::kQ4Block - 1) / cpu::kQ4Block;
   out.packed.assign(static_cast<size_t>((n + 1) / 2), 0);
   out.absmax.assign(static_cast<size_t>(nb), 0.0f);
-  cpu::q4_quantize(w, n, spec.type, out.packed.data(), out.absmax.data());
+  const int64_t bad = cpu::q4_quantize(w, n, spec.type, out.packed.data(), out.absmax.data());
   if (spec.double_quant) {
     out.qabsmax.assign(static_cast<size_t>(nb), 0);
     out.absmax2.assign(static_cast<size_t>((nb + cpu::kQ4Block2 - 1) / cpu::kQ4Block2), 0.0f);
     cpu::q4_double_quantize(out.absmax.data(), nb, out.qabsmax.data(), out.absmax2.data(), &out.offset);
     std::vector<float>().swap(out.absmax);
   }
+  return bad;
 }
 
 std::vector<float> dequantize_weight(const Q4Weight &q) {
@@ -144,12 +164,14 @@ struct Q4Item {
 
 const char *qt_name(cpu::Q4Type t) { return t == cpu::Q4Type::NF4 ? "nf4" : "fp4"; }
 
-// Quantizes x (the tensor `name` of `shape`, originally `dtype`) into `item` and appends its tensors to `t`.
-void add_q4_tensors(const std::string &name, const std::vector<int64_t> &shape, DType dtype, const float *x,
-                    const QuantSpec &spec, bool dequantized, Q4Item &m, std::vector<TensorToWrite> &t) {
+// Quantizes x (the tensor `name` of `shape`, originally `dtype`, read from `file`) into `item` and appends its
+// tensors to `t`. A NaN/inf element is refused by name (the 4-bit codes would turn it into finite values).
+llmt_status add_q4_tensors(const std::string &name, const std::string &file, const std::vector<int64_t> &shape, DType dtype,
+                           const float *x, const QuantSpec &spec, bool dequantized, Q4Item &m, std::vector<TensorToWrite> &t) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
-  quantize_weight(x, n, 1, spec, m.q);  // flat: the layout does not depend on the shape
+  const int64_t bad = quantize_weight(x, n, 1, spec, m.q);  // flat: the layout does not depend on the shape
+  if (bad >= 0) return non_finite_weight_error(name, file, shape, bad, x[bad]);
   const int64_t nb = (n + cpu::kQ4Block - 1) / cpu::kQ4Block;
   // the keys in bitsandbytes' QuantState.as_dict order
   Json js = Json::object();
@@ -179,6 +201,7 @@ void add_q4_tensors(const std::string &name, const std::vector<int64_t> &shape, 
   t.push_back({name + ".quant_map", DType::F32, {16}, cpu::q4_code(spec.type)});
   t.push_back({name + ".quant_state.bitsandbytes__" + qt, DType::U8, {static_cast<int64_t>(m.state.size())}, m.state.data()});
   if (dequantized) t.push_back({name + ".dequantized", DType::F32, shape, m.deq.data()});
+  return LLMT_OK;
 }
 
 bool ends_with(const std::string &s, const std::string &suffix) {
@@ -239,7 +262,7 @@ llmt_status quantize_safetensors(const std::string &in, const std::string &out, 
     std::vector<float> x(static_cast<size_t>(ti.numel()));
     if ((st = f->read_f32(ti, x.data()))) return st;
     items.push_back(std::make_unique<Q4Item>());
-    add_q4_tensors(ti.name, ti.shape, ti.dtype, x.data(), spec, dequantized, *items.back(), t);
+    if ((st = add_q4_tensors(ti.name, in, ti.shape, ti.dtype, x.data(), spec, dequantized, *items.back(), t))) return st;
   }
   return write_safetensors(out, t, {{"format", "pt"}});
 }
@@ -384,7 +407,7 @@ llmt_status quantize_model_dir(const std::string &in_dir, const std::string &out
   if (fs::equivalent(in_dir, out_dir, ec))
     return set_error(LLMT_ERR_BAD_INPUT, "quantize: --out must be a new folder, not the model's own (" + out_dir + ")");
   std::string text;
-  llmt_status st = read_text_file(in_dir + "/config.json", text);
+  llmt_status st = read_model_config(in_dir, text);
   if (st) return st;
   Json cj;
   std::string err;
@@ -423,7 +446,7 @@ llmt_status quantize_model_dir(const std::string &in_dir, const std::string &out
     x.resize(static_cast<size_t>(ti->numel()));
     if ((st = ws->read_f32(name, x.data()))) return st;
     items.push_back(std::make_unique<Q4Item>());
-    add_q4_tensors(name, ti->shape, ti->dtype, x.data(), spec, false, *items.back(), t);
+    if ((st = add_q4_tensors(name, ws->file_of(name), ti->shape, ti->dtype, x.data(), spec, false, *items.back(), t))) return st;
     ++quantized;
   }
   std::vector<float>().swap(x);

@@ -54,8 +54,12 @@ struct Q4Weight {
 };
 
 /** Quantizes w[rows·cols] (fp32, row-major) as bitsandbytes.functional.quantize_4bit(w, blocksize=64,
- *  quant_type, compress_statistics=double_quant) does. */
-void quantize_weight(const float *w, int64_t rows, int64_t cols, const QuantSpec &spec, Q4Weight &out);
+ *  quant_type, compress_statistics=double_quant) does. Returns the flat index of the first NaN/±inf element, −1
+ *  when all are finite (the check rides on the quantization itself: see cpu::q4_quantize); callers refuse such a weight. */
+int64_t quantize_weight(const float *w, int64_t rows, int64_t cols, const QuantSpec &spec, Q4Weight &out);
+/** The error for a weight quantize_weight found non-finite: BAD_INPUT naming the tensor, the element, its file. */
+llmt_status non_finite_weight_error(const std::string &tensor, const std::string &file, const std::vector<int64_t> &shape,
+                                    int64_t flat_index, float value);
 /** The dequantized weight (tests and tools only: the model never builds it). */
 std::vector<float> dequantize_weight(const Q4Weight &q);
 

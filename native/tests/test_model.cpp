@@ -919,6 +919,234 @@ static void test_bad_inputs() {
   CHECK(st == LLMT_ERR_BAD_INPUT && std::strstr(llmt_last_error(), "q_proj"), llmt_last_error());
 }
 
+// A copy of a tiny model folder with config.json edited (`from` → `to`, which must occur) and the same weights.
+static std::string edited_copy(const std::string &src, const std::string &name, const std::string &from, const std::string &to) {
+  const std::string d = g_tmp + "/" + name;
+  ::mkdir(d.c_str(), 0755);
+  std::string cfg = read_all(src + "/config.json");
+  const size_t at = cfg.find(from);
+  CHECK(at != std::string::npos, src + "/config.json has " + from);
+  if (at != std::string::npos) cfg.replace(at, from.size(), to);
+  write_all(d + "/config.json", cfg);
+  write_all(d + "/model.safetensors", read_all(src + "/model.safetensors"));
+  return d;
+}
+
+static bool error_has(const char *what) { return std::strstr(llmt_last_error(), what) != nullptr; }
+
+// Faults where another tool's file met the engine (each check failed before its fix): adapters whose initialisation
+// rewrote the base weights or whose PEFT variant the engine cannot compute, and the variants it can; config.json
+// sizes allocated before they were checked against the weights' headers; a NaN weight hidden by 4-bit quantization;
+// gpt_neox's rotary_pct default; an adapter folder given as the model.
+static void test_interop_faults() {
+  std::printf("interop faults\n");
+  llmt_status st;
+  auto parse = [](const std::string &text, LoraSpec &s) {
+    Json j;
+    std::string err;
+    CHECK(Json::parse(text, j, err), text + ": " + err);
+    return parse_peft_lora_config(j, "x/adapter_config.json", s);
+  };
+  // -- init_lora_weights that changed the base (PiSSA, OLoRA, CorDA, LoRA-GA, LoftQ): refused, with the way out --
+  for (const char *init : {"pissa", "pissa_niter_4", "olora", "corda", "lora_ga", "loftq"}) {
+    LoraSpec s;
+    st = parse(std::string("{\"r\": 4, \"target_modules\": [\"q_proj\"], \"init_lora_weights\": \"") + init + "\"}", s);
+    CHECK(st == LLMT_ERR_UNSUPPORTED && error_has("x/adapter_config.json: init_lora_weights") && error_has("changed the base weights") &&
+              error_has(std::string(init) == "loftq" ? "init_lora_weights to true" : "path_initial_model_for_weight_conversion"),
+          std::string(init) + ": " + llmt_last_error());
+  }
+  // the initialisations that leave the base alone load as plain LoRA (PEFT's conversion writes true)
+  for (const char *init : {"true", "false", "\"gaussian\"", "\"eva\"", "\"orthogonal\"", "\"mica\""}) {
+    LoraSpec s;
+    CHECK(parse(std::string("{\"r\": 4, \"init_lora_weights\": ") + init + "}", s) == LLMT_OK, std::string(init) + ": " + llmt_last_error());
+  }
+  {
+    LoraSpec s;
+    CHECK(parse("{\"init_lora_weights\": 1}", s) == LLMT_ERR_BAD_INPUT && error_has("init_lora_weights must be"), llmt_last_error());
+  }
+  // -- variants: KaSA and block-diagonal LoRA refused by name ({} is PEFT's defaults: on); VeLoRA and MonteCLoRA are
+  // plain LoRA outside training, their saved state not read --
+  for (const char *v : {"\"kasa_config\": {}", "\"kasa_config\": {\"beta\": 0.0001}", "\"use_bdlora\": {\"nblocks\": 2}"}) {
+    LoraSpec s;
+    st = parse(std::string("{\"r\": 4, ") + v + "}", s);
+    const std::string key = std::string(v).substr(1, std::string(v).find('"', 1) - 1);
+    CHECK(st == LLMT_ERR_UNSUPPORTED && error_has(("(" + key + ") is not supported").c_str()), std::string(v) + ": " + llmt_last_error());
+  }
+  {
+    LoraSpec s;
+    CHECK(parse("{\"r\": 4, \"kasa_config\": null, \"use_bdlora\": null, \"velora_config\": {}, \"monteclora_config\": {\"num_experts\": 8}}", s) == LLMT_OK,
+          llmt_last_error());
+    CHECK(inert_adapter_tensor(s, "base_model.model.model.layers.0.self_attn.q_proj.lora_velora_embed") &&
+              inert_adapter_tensor(s, "base_model.model.model.layers.0.self_attn.q_proj.lora_monteclora_sampler.std_prior") &&
+              !inert_adapter_tensor(s, "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight") &&
+              !inert_adapter_tensor(s, "base_model.model.model.layers.0.self_attn.q_proj.lora_velora_embedding"),
+          "VeLoRA / MonteCLoRA state tensors are the inert ones");
+  }
+  const Batch b = make_batch(2, 6, 320, 21);
+  auto logits_with = [&](const std::string &model, const std::string &adapter) -> std::vector<float> {
+    auto m = Model::load(model, st);
+    CHECK(m && m->load_adapter(adapter, false) == LLMT_OK, adapter + ": " + llmt_last_error());
+    if (!m) return {};
+    RunOptions o;
+    o.want_logits = true;
+    RunResult r;
+    CHECK(m->run(b, o, r) == LLMT_OK, llmt_last_error());
+    return r.logits;
+  };
+  auto logits_now = [&](Model &m) {
+    RunOptions o;
+    o.want_logits = true;
+    RunResult r;
+    CHECK(m.run(b, o, r) == LLMT_OK, llmt_last_error());
+    return r.logits;
+  };
+  // -- ensure_weight_tying on a tied model (tiny qwen2): the table stays tied, one trained copy saved under both names --
+  {
+    const std::string src = tiny("qwen2");
+    auto a = Model::load(src, st);
+    CHECK(a && a->lm_head == a->embed, "tiny qwen2 is tied");
+    LoraSpec spec;
+    spec.r = 2;
+    spec.alpha = 4;
+    spec.targets = {"q_proj"};
+    spec.modules_to_save = {"embed_tokens"};
+    spec.ensure_weight_tying = true;
+    CHECK(a && a->add_lora(spec, 1) == LLMT_OK, llmt_last_error());
+    if (a) {
+      CHECK(a->lm_head == a->embed && a->embed->trainable, "ensure_weight_tying keeps the head on the trained table");
+      for (Param *p : a->trainable_params()) randomize(p, 0.05f, 5);
+      const std::string ad = g_tmp + "/adapter-tied";
+      CHECK(a->save_adapter(ad) == LLMT_OK, llmt_last_error());
+      auto f = SafetensorsFile::open(ad + "/adapter_model.safetensors", st);
+      CHECK(f && f->find("base_model.model.lm_head.weight") && f->find("base_model.model.model.embed_tokens.weight"),
+            "the tied table is saved under both names, as PEFT saves it");
+      CHECK(read_all(ad + "/adapter_config.json").find("\"ensure_weight_tying\": true") != std::string::npos, "the config says so");
+      CHECK(logits_with(src, ad) == logits_now(*a), "a reload of the tied adapter computes the same logits");
+    }
+    spec.ensure_weight_tying = false;  // PEFT's default: the listed table is its own copy, the head keeps the base's
+    auto u = Model::load(src, st);
+    CHECK(u && u->add_lora(spec, 1) == LLMT_OK && u->lm_head != u->embed && u->embed->trainable && !u->lm_head->trainable,
+          "without ensure_weight_tying the head is untied");
+  }
+  // -- a container in modules_to_save: every weight under it trained, a linear inside gets no LoRA --
+  {
+    const std::string src = tiny("llama");
+    auto a = Model::load(src, st);
+    LoraSpec spec;
+    spec.r = 2;
+    spec.alpha = 4;
+    spec.targets = {"q_proj", "gate_proj"};
+    spec.modules_to_save = {"layers.1.mlp"};
+    CHECK(a && a->add_lora(spec, 1) == LLMT_OK, llmt_last_error());
+    if (a) {
+      const Layer &l0 = a->layers[0], &l1 = a->layers[1];
+      CHECK(l1.gate->W->trainable && l1.up->W->trainable && l1.down->W->trainable && !l1.q->W->trainable && !l0.up->W->trainable,
+            "layers.1.mlp trains its three linears whole, nothing else");
+      CHECK(l1.gate->lora.r == 0 && l0.gate->lora.r == 2 && l1.q->lora.r == 2, "no LoRA inside the container");
+      CHECK(l1.down->W->save_name == "base_model.model.model.layers.1.mlp.down_proj.weight", "saved under PEFT's key");
+      for (Param *p : a->trainable_params()) randomize(p, 0.05f, 6);
+      const std::string ad = g_tmp + "/adapter-container";
+      CHECK(a->save_adapter(ad) == LLMT_OK, llmt_last_error());
+      CHECK(logits_with(src, ad) == logits_now(*a), "a reload of the container adapter computes the same logits");
+    }
+  }
+  // -- config.json sizes against the weights' headers, before anything is allocated from them --
+  {
+    const std::string src = tiny("llama");
+    const std::string many = edited_copy(src, "layers-1e12", "\"num_hidden_layers\": 2", "\"num_hidden_layers\": 1000000000000");
+    auto m = Model::load(many, st);
+    CHECK(!m && st == LLMT_ERR_BAD_INPUT && error_has("gives num_hidden_layers 1000000000000 but the weights hold 2 layer(s)") &&
+              error_has("model.layers.999999999999.input_layernorm.weight"),
+          llmt_last_error());
+    CHECK(Model::check_folder(many) == LLMT_ERR_BAD_INPUT && error_has("num_hidden_layers"), "inspect's check says the same");
+    char *json = nullptr;
+    CHECK(llmt_model_inspect(many.c_str(), &json) == LLMT_ERR_BAD_INPUT && error_has("num_hidden_layers"), "inspect refuses it");
+    std::free(json);
+    const std::string wide = edited_copy(src, "inter-1e8", "\"intermediate_size\": 128", "\"intermediate_size\": 100000000");
+    m = Model::load(wide, st);
+    CHECK(!m && st == LLMT_ERR_BAD_INPUT && error_has("'model.layers.0.mlp.gate_proj.weight'") && error_has("has shape [128, 64]") &&
+              error_has("config.json implies [100000000, 64]"),
+          std::string("a shape mismatch, not out of memory: ") + llmt_last_error());
+    json = nullptr;
+    CHECK(llmt_model_inspect(wide.c_str(), &json) == LLMT_ERR_BAD_INPUT && error_has("[100000000, 64]"),
+          "inspect (the run estimate's source) refuses it too");
+    std::free(json);
+    CHECK(Model::check_folder(src) == LLMT_OK, std::string("a good folder passes: ") + llmt_last_error());
+    const std::string heads = edited_copy(edited_copy(src, "heads-a", "\"hidden_size\": 64", "\"hidden_size\": 1000000000"), "heads-1e9",
+                                          "\"num_attention_heads\": 4", "\"num_attention_heads\": 1000000000");
+    m = Model::load(heads, st);
+    CHECK(!m && st == LLMT_ERR_BAD_INPUT && error_has("far beyond any model"), llmt_last_error());
+    // a 4-bit folder: the packed sizes against config.json's
+    QuantSpec qs;
+    qs.enabled = true;
+    const std::string q = g_tmp + "/q4-inter";
+    CHECK(quantize_model_dir(src, q, qs) == LLMT_OK, llmt_last_error());
+    const std::string q2 = edited_copy(q, "q4-inter-256", "\"intermediate_size\": 128", "\"intermediate_size\": 256");
+    m = Model::load(q2, st);
+    CHECK(!m && st == LLMT_ERR_BAD_INPUT && error_has("packs 8192 values but config.json implies [256, 64]"), llmt_last_error());
+    m = Model::load(q, st);
+    CHECK(m != nullptr, std::string("the 4-bit folder itself loads: ") + llmt_last_error());
+  }
+  // -- a NaN/inf weight is refused by name when it is quantized (its 4-bit codes would be finite) --
+  {
+    const std::string src = tiny("llama");
+    for (const char *bad : {"nan", "inf"}) {
+      const std::string d = g_tmp + "/weight-" + bad;
+      rewrite_model(src, d, read_all(src + "/config.json"), [](const std::string &n) { return n; });
+      auto f = SafetensorsFile::open(d + "/model.safetensors", st);
+      std::vector<std::vector<float>> keep;
+      std::vector<TensorToWrite> out;
+      for (const auto &t : f->tensors()) {
+        keep.emplace_back(static_cast<size_t>(t.numel()));
+        f->read_f32(t, keep.back().data());
+        if (t.name == "model.layers.1.self_attn.q_proj.weight") keep.back()[64 * 3 + 5] = std::string(bad) == "nan" ? NAN : -INFINITY;
+      }
+      size_t i = 0;
+      for (const auto &t : f->tensors()) out.push_back({t.name, DType::F32, t.shape, keep[i++].data()});
+      f.reset();
+      CHECK(write_safetensors(d + "/model.safetensors", out, {{"format", "pt"}}) == LLMT_OK, llmt_last_error());
+      const std::string want = std::string("tensor 'model.layers.1.self_attn.q_proj.weight' in ") + d + "/model.safetensors holds " +
+                               (std::string(bad) == "nan" ? "NaN" : "-inf") + " (element [3, 5])";
+      for (cpu::Q4Type t : {cpu::Q4Type::NF4, cpu::Q4Type::FP4}) {
+        QuantSpec qs;
+        qs.enabled = true;
+        qs.type = t;
+        auto m = Model::load(d, st, qs);
+        CHECK(!m && st == LLMT_ERR_BAD_INPUT && error_has(want.c_str()) && error_has("damaged"), llmt_last_error());
+        CHECK(quantize_model_dir(d, d + "-q4", qs) == LLMT_ERR_BAD_INPUT && error_has(want.c_str()), llmt_last_error());
+      }
+      auto full = Model::load(d, st);  // fp32 keeps the value: the forward reports NAN (test_bad_inputs)
+      CHECK(full != nullptr, llmt_last_error());
+    }
+  }
+  // -- gpt_neox without rotary_pct: GPTNeoXConfig's default 0.25, as the tiny model's own value --
+  {
+    const std::string src = tiny("gpt_neox");
+    const std::string d = edited_copy(src, "neox-no-rotary-pct", "\"rotary_pct\": 0.25,", "");
+    ModelConfig c;
+    CHECK(load_config(d, c) == LLMT_OK && c.rot_dims == c.head_dim / 4, "rotary_pct defaults to 0.25 (a quarter of the head)");
+    CHECK(logits_of(d, b) == logits_of(src, b), "the same logits as with rotary_pct 0.25 written out");
+  }
+  // -- an adapter folder given as the model: named as one, with its base --
+  {
+    auto m = Model::load(tiny("llama"), st);
+    LoraSpec spec;
+    spec.r = 2;
+    spec.targets = {"q_proj"};
+    const std::string ad = g_tmp + "/adapter-as-model";
+    CHECK(m && m->add_lora(spec, 1) == LLMT_OK && m->save_adapter(ad) == LLMT_OK, llmt_last_error());
+    auto x = Model::load(ad, st);
+    CHECK(!x && st == LLMT_ERR_BAD_INPUT && error_has("is a PEFT adapter") && error_has(("--adapter " + ad).c_str()) &&
+              error_has((tiny("llama") + ", from its adapter_config.json").c_str()),
+          llmt_last_error());
+    char *json = nullptr;
+    CHECK(llmt_model_inspect(ad.c_str(), &json) == LLMT_ERR_BAD_INPUT && error_has("is a PEFT adapter"), llmt_last_error());
+    std::free(json);
+    x = Model::load(g_tmp + "/no-such-folder", st);
+    CHECK(!x && st == LLMT_ERR_IO && error_has("must contain config.json"), llmt_last_error());
+  }
+}
+
 static void write_tokens(const std::string &path, int n, int T, uint64_t seed) {
   std::string s = "{\"input_ids\": [";
   std::string l = "\"labels\": [";
@@ -1663,6 +1891,7 @@ int main() {
   test_dtypes_and_tying();
   test_legacy_layouts();
   test_bad_inputs();
+  test_interop_faults();
   test_context_limit();
   test_training_and_resume();
   test_best_checkpoint_and_stops();

@@ -114,7 +114,23 @@ static void test_codes() {
       v = (static_cast<float>(st >> 40) / static_cast<float>(1ULL << 24) - 0.5f) * 0.3f;
     }
     for (int64_t i = 64 * 5; i < 64 * 6; ++i) w[static_cast<size_t>(i)] = 0.0f;
+    // the first non-finite element is reported (the loaders refuse such a weight: a NaN would vanish into the codes)
+    std::vector<uint8_t> pk(w.size() / 2 + 1);
+    std::vector<float> am(w.size() / 64 + 1);
+    const int64_t n = static_cast<int64_t>(w.size());
+    CHECK(cpu::q4_quantize(w.data(), n, t, pk.data(), am.data()) == -1, "all finite: -1");
+    w[64 * 30 + 7] = -INFINITY;
+    w[n - 1] = INFINITY;
     w[64 * 9 + 3] = std::nanf("");
+    CHECK(cpu::q4_quantize(w.data(), n, t, pk.data(), am.data()) == 64 * 9 + 3, "the first NaN/inf, over every thread's blocks");
+    w[64 * 5 + 10] = std::nanf("");  // in the all-zero block (absmax 0: every scaled value is NaN there anyway)
+    CHECK(cpu::q4_quantize(w.data(), n, t, pk.data(), am.data()) == 64 * 5 + 10, "a NaN among zeros");
+    w[64 * 5 + 10] = 0.0f;
+    std::vector<float> tiny_block(64, 1e-40f);  // subnormal absmax: 1/absmax overflows to inf, no NaN anywhere
+    tiny_block[7] = 0.0f;
+    CHECK(cpu::q4_quantize(tiny_block.data(), 64, t, pk.data(), am.data()) == -1, "subnormal weights are finite");
+    w[64 * 30 + 7] = 0.01f;
+    w[n - 1] = 0.01f;
     const int bad = tree_mismatches(w, t);
     CHECK(bad == 0, std::string(t == cpu::Q4Type::NF4 ? "nf4" : "fp4") +
                         ": q4_quantize's codes, scales and padding equal the trees' (" + std::to_string(bad) + " differ)");

@@ -161,6 +161,12 @@ describe('--peft_path / lora.init_adapter', () => {
     for (const init of ['orthogonal', 'gaussian', false]) expect(specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: init }) }).spec.lora.r).toBe(16);
     expect(specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: 'eva', eva_config: { rho: 2 } }) }).spec.lora.r).toBe(16);
     expect(() => specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: 'pissa' }) })).toThrow(/changed the base weights .* convert it to a plain LoRA adapter first/);
+    // PEFT's conversion to a plain adapter writes init_lora_weights true and leaves the initialiser's settings
+    for (const k of ['corda_config', 'lora_ga_config', 'loftq_config'])
+      expect(specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, init_lora_weights: true, [k]: { rank: 16 } }) }).spec.lora.r, k).toBe(16);
+    // KaSA and block-diagonal LoRA are on with any sub-config, {} included (PEFT's defaults)
+    for (const [k, v] of [['kasa_config', {}], ['use_bdlora', {}], ['use_bdlora', true]] as const)
+      expect(() => specFromFlags({ ...base(path.join(tmpDir(), 'out')), peft_path: adapter({ ...PEFT_CONFIG, [k]: v }) }), k).toThrow(new RegExp(`${k} .*is not supported`));
     // a config file given to set a run up is still checked for typos
     expect(() => specFromFlags({ ...base('/o'), lora_config: path.join(seedEra, 'adapter_config.json') })).toThrow(/unknown field\(s\) some_future_key/);
   });

@@ -288,7 +288,10 @@ const PEFT_UNSUPPORTED: Record<string, string> = {
   velora_config: 'velora_config is not supported',
 };
 
-const isOff = (v: unknown) => v === undefined || v === null || v === false || (typeof v === 'object' && Object.keys(v as object).length === 0);
+/** Options PEFT turns on with any sub-config, `{}` included (its defaults): only absent, null or false is off. */
+const ON_WHEN_GIVEN = new Set(['kasa_config', 'use_bdlora']);
+const isOff = (v: unknown, key?: string) =>
+  v === undefined || v === null || v === false || (!(key && ON_WHEN_GIVEN.has(key)) && typeof v === 'object' && Object.keys(v as object).length === 0);
 
 /**
  * A LoRA config file as the RunSpec's lora settings: the seed's format ({lora_r, lora_alpha, lora_dropout,
@@ -319,9 +322,11 @@ export function readLoraConfigFile(file: string, opts: { trainedAdapter?: boolea
     throw new RunSpecError(`${file}: unknown field(s) ${unknown.join(', ')} (the seed's LoRA config has ${seedKeys.join(', ')}; a PEFT LoraConfig ${peftKeys.join(', ')} and its bookkeeping keys)`);
   }
   // how a trained adapter was initialised no longer matters, unless the initialisation changed the base weights
-  // (PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA: such an adapter needs its own residual base); EVA's data is bookkeeping then
-  const trainedInit = opts.trainedAdapter ? new Set(['eva_config']) : new Set<string>();
-  const refused = Object.keys(PEFT_UNSUPPORTED).filter((k) => !isOff(j[k]) && !trainedInit.has(k));
+  // (init_lora_weights PiSSA, OLoRA, CorDA, LoftQ, LoRA-GA: such an adapter needs its own residual base, refused
+  // below); the initialisers' settings are bookkeeping then — PEFT's conversion to a plain adapter sets
+  // init_lora_weights true and leaves corda_config / lora_ga_config / loftq_config as they were
+  const trainedInit = opts.trainedAdapter ? new Set(['eva_config', 'corda_config', 'lora_ga_config', 'loftq_config']) : new Set<string>();
+  const refused = Object.keys(PEFT_UNSUPPORTED).filter((k) => !isOff(j[k], k) && !trainedInit.has(k));
   if (refused.length) throw new RunSpecError(`${file}: ${refused.map((k) => `${k} ${JSON.stringify(j[k])}: ${PEFT_UNSUPPORTED[k]}`).join('; ')}`);
   if (j.peft_type !== undefined && j.peft_type !== null && j.peft_type !== 'LORA') throw new RunSpecError(`${file}: peft_type ${JSON.stringify(j.peft_type)} is not a LoRA config (only "LORA" is trained here)`);
   for (const [seed, peft] of [['lora_r', 'r'], ['lora_target_modules', 'target_modules']] as const) {
