@@ -400,7 +400,19 @@ llmt_status read_q4_weight(const WeightSet &ws, const std::string &name, const s
   return LLMT_OK;
 }
 
+static llmt_status quantize_model_dir_impl(const std::string &in_dir, const std::string &out_dir, const QuantSpec &spec);
+
+// A failed quantization leaves no folder of its own behind (one that existed before stays, with what it held).
 llmt_status quantize_model_dir(const std::string &in_dir, const std::string &out_dir, const QuantSpec &spec) {
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  const bool existed = fs::exists(out_dir, ec);
+  const llmt_status st = quantize_model_dir_impl(in_dir, out_dir, spec);
+  if (st && !existed && fs::is_directory(out_dir, ec) && fs::is_empty(out_dir, ec)) fs::remove(out_dir, ec);
+  return st;
+}
+
+static llmt_status quantize_model_dir_impl(const std::string &in_dir, const std::string &out_dir, const QuantSpec &spec) {
   namespace fs = std::filesystem;
   if (!spec.enabled) return set_error(LLMT_ERR_BAD_INPUT, "quantize: the type must be \"nf4\" or \"fp4\"");
   std::error_code ec;

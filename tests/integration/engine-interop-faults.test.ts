@@ -235,6 +235,7 @@ describe('a NaN weight and 4-bit quantization', () => {
     const r = engine(['quantize', '--model', dir, '--out', path.join(tmp, 'nan-q4')], false);
     expect(r.status).not.toBe(0);
     expect(r.stderr).toMatch(named);
+    expect(fs.existsSync(path.join(tmp, 'nan-q4')), 'a failed quantization leaves no folder of its own').toBe(false);
     const f = engine(['forward', '--model', dir, '--tokens', tokens(), '--out', path.join(tmp, 'x.json')], false);
     expect(f.stderr).toMatch(/NAN: .*not finite/);
   });
