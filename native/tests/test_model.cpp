@@ -793,11 +793,16 @@ static void rewrite_model(const std::string &src, const std::string &dir, const 
   CHECK(write_safetensors(dir + "/model.safetensors", out, {{"format", "pt"}}) == LLMT_OK, llmt_last_error());
 }
 
-static std::vector<float> logits_of(const std::string &dir, const Batch &b) {
+static std::vector<float> logits_of(const std::string &dir, const Batch &b, const std::string &adapter = "") {
   llmt_status st;
   auto m = Model::load(dir, st);
   CHECK(m != nullptr, dir + ": " + llmt_last_error());
   if (!m) return {};
+  if (!adapter.empty()) {
+    const bool ok = m->load_adapter(adapter, false) == LLMT_OK;
+    CHECK(ok, adapter + ": " + llmt_last_error());
+    if (!ok) return {};
+  }
   RunOptions o;
   o.want_logits = true;
   RunResult r;
@@ -983,16 +988,7 @@ static void test_interop_faults() {
           "VeLoRA / MonteCLoRA state tensors are the inert ones");
   }
   const Batch b = make_batch(2, 6, 320, 21);
-  auto logits_with = [&](const std::string &model, const std::string &adapter) -> std::vector<float> {
-    auto m = Model::load(model, st);
-    CHECK(m && m->load_adapter(adapter, false) == LLMT_OK, adapter + ": " + llmt_last_error());
-    if (!m) return {};
-    RunOptions o;
-    o.want_logits = true;
-    RunResult r;
-    CHECK(m->run(b, o, r) == LLMT_OK, llmt_last_error());
-    return r.logits;
-  };
+  auto logits_with = [&](const std::string &model, const std::string &adapter) { return logits_of(model, b, adapter); };
   auto logits_now = [&](Model &m) {
     RunOptions o;
     o.want_logits = true;
