@@ -66,25 +66,32 @@ export function isWriteFailure(err: unknown): boolean {
 }
 
 /**
- * mkdir -p with the real cause when it fails: Node's recursive mkdir reports ENOENT for a folder it cannot
- * create on a read-only file system; creating the first missing ancestor on its own gives EROFS/EACCES.
+ * mkdir -p, one level at a time from the nearest existing folder, with the real cause when it fails. Not Node's
+ * recursive mkdir: it reports ENOENT for a folder it cannot create on a read-only file system, and loops forever on
+ * procfs (`/proc/x` froze the whole server on the main thread); creating each missing folder on its own gives
+ * EROFS/EACCES/ENOENT at once.
  */
 export function ensureDir(dir: string, flags = ''): void {
+  const abs = path.resolve(dir);
+  const missing: string[] = [];
+  let p = abs;
+  while (!fs.existsSync(p)) {
+    missing.unshift(p);
+    const up = path.dirname(p);
+    if (up === p) break;
+    p = up;
+  }
   try {
-    fs.mkdirSync(dir, { recursive: true });
-    return;
-  } catch (err) {
-    let first = path.resolve(dir);
-    while (!fs.existsSync(path.dirname(first)) && path.dirname(first) !== first) first = path.dirname(first);
-    let real: unknown = err;
-    if (!fs.existsSync(first)) {
+    if (fs.existsSync(p) && !fs.statSync(p).isDirectory()) throw Object.assign(new Error(`ENOTDIR: not a directory, mkdir '${abs}'`), { code: 'ENOTDIR' });
+    for (const m of missing) {
       try {
-        fs.mkdirSync(first);
-        fs.rmdirSync(first);
-      } catch (e2) {
-        real = e2;
+        fs.mkdirSync(m);
+      } catch (err) {
+        // made meanwhile by someone else (two runs preparing at once): fine when it is a folder
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || !fs.statSync(m).isDirectory()) throw err;
       }
     }
-    throw ioError(real, dir, 'create the folder', flags);
+  } catch (err) {
+    throw ioError(err, dir, 'create the folder', flags);
   }
 }

@@ -97,5 +97,15 @@ describe('file-system errors', () => {
   it('ensureDir says why a folder cannot be created', () => {
     fs.writeFileSync(path.join(tmp, 'afile'), '');
     expect(() => ensureDir(path.join(tmp, 'afile', 'sub', 'dir'), '--output_dir')).toThrow(/^cannot create the folder .*afile\/sub\/dir: a part of its path is a file, not a folder \(ENOTDIR\)$/);
+    expect(() => ensureDir(path.join(tmp, 'afile'))).toThrow(/ENOTDIR/);
+    ensureDir(path.join(tmp, 'new', 'a', 'b'));
+    expect(fs.statSync(path.join(tmp, 'new', 'a', 'b')).isDirectory()).toBe(true);
+    ensureDir(path.join(tmp, 'new', 'a', 'b')); // there already: nothing to do
+  });
+
+  it.runIf(fs.existsSync('/proc/self'))('ensureDir under /proc fails at once (Node\'s recursive mkdir loops forever there, freezing the server)', () => {
+    const t0 = Date.now();
+    expect(() => ensureDir('/proc/llmt-out/sub', '--output_dir')).toThrow(/^cannot create the folder \/proc\/llmt-out\/sub: /);
+    expect(Date.now() - t0).toBeLessThan(2000);
   });
 });
