@@ -336,6 +336,12 @@ export interface TrainedAdapter {
   runName: string;
   /** null: the run's final adapter */
   step: number | null;
+  /** the base model it was trained on */
+  model: string;
+  /** the prompt template its data was laid out in (chat and predict prompt it the same way) */
+  template: string | null;
+  /** a full fine-tune's saved model (listed with includeFull), not an adapter */
+  full: boolean;
 }
 export interface CheckpointInfo {
   id: number;
@@ -391,9 +397,9 @@ export const methods = {
     'A PEFT adapter folder to continue training from (the seed\'s --peft_path): its LoRA configuration and base model, or why it cannot be trained.',
   ),
   listAdapters: method(
-    z.object({ model: z.string().min(1).max(4096) }).strict(),
+    z.object({ model: z.string().min(1).max(4096).optional(), includeFull: z.boolean().optional() }).strict(),
     z.custom<TrainedAdapter[]>(),
-    'The adapters that recorded LoRA runs on this base model wrote (final outputs and checkpoints whose folders still exist), newest run first.',
+    'The adapters that recorded LoRA runs wrote (final outputs and checkpoints whose folders still exist), newest run first: on one base model, or (without model) on every model, at most 500; includeFull adds the models full fine-tunes saved.',
   ),
   previewDataset: method(
     z
@@ -414,9 +420,16 @@ export const methods = {
     'Detected format, columns, the first rows through the template with trained tokens marked, length statistics and bad lines.',
   ),
   importDataset: method(
-    z.object({ name: z.string().trim().min(1).max(255), content: z.string().max(64 * 2 ** 20) }).strict(),
+    z
+      .object({
+        name: z.string().trim().min(1).max(255),
+        // a 64 MiB file: as text, or base64 (4/3 larger) for a gzip-compressed one
+        content: z.string().max(88 * 2 ** 20),
+        encoding: z.enum(['utf8', 'base64']).optional(),
+      })
+      .strict(),
     DatasetEntry,
-    "Saves an uploaded dataset file into the app's data folder and registers it (browser file picker, drag-and-drop).",
+    "Saves an uploaded dataset file into the app's data folder and registers it (browser file picker, drag-and-drop); a gzip-compressed file comes as base64 (encoding).",
   ),
   addDataset: method(z.object({ path: z.string().min(1).max(4096), name: z.string().max(255).optional() }).strict(), DatasetEntry, 'Registers a dataset file by path.'),
   planRun: method(

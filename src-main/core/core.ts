@@ -3,7 +3,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 
-import type { AppStatus, MetricTuple, Res, RunSummary, RunsQuery, Settings } from '../api/contract.js';
+import type { AppStatus, MetricTuple, Res, RunSummary, RunsQuery, Settings, TrainedAdapter } from '../api/contract.js';
 import { Dispatcher, EventHub, type Handlers } from '../api/dispatcher.js';
 import { downsampleMinMax, METRIC_POINT_BUDGET } from '../api/downsample.js';
 import { ApiError } from '../api/errors.js';
@@ -579,24 +579,28 @@ export class Core {
         }
       },
       listAdapters: (req) => {
-        const model = path.resolve(req.model);
-        const out: { path: string; runId: number; runName: string; step: number | null }[] = [];
+        const model = req.model ? path.resolve(req.model) : null;
+        const out: TrainedAdapter[] = [];
         const seen = new Set<string>();
-        const add = (p: string | null, runId: number, runName: string, step: number | null) => {
-          if (!p) return;
-          const abs = path.resolve(p);
-          if (seen.has(abs) || !fs.existsSync(path.join(abs, 'adapter_config.json'))) return;
-          seen.add(abs);
-          out.push({ path: abs, runId, runName, step });
-        };
-        for (const r of this.store.runs.list()) {
-          const spec = r.spec as { method?: string; model?: { path?: string } } | null;
-          if (spec?.method !== 'lora' || typeof spec.model?.path !== 'string' || path.resolve(spec.model.path) !== model) continue;
-          if (r.status === 'completed') add(r.outputDir, r.id, r.name, null);
-          for (const c of this.store.checkpoints.list(r.id).slice().reverse()) add(c.path, r.id, r.name, c.isFinal ? null : c.step);
-          if (out.length >= 200) break;
+        const limit = model ? 200 : 500;
+        for (const r of this.store.runs.list({ limit: 100_000 })) {
+          const spec = r.spec as { method?: string; model?: { path?: string }; data?: { template?: string } } | null;
+          const full = spec?.method === 'full';
+          if ((spec?.method !== 'lora' && !(full && req.includeFull)) || typeof spec?.model?.path !== 'string') continue;
+          const base = path.resolve(spec.model.path);
+          if (model && base !== model) continue;
+          const add = (p: string | null, step: number | null) => {
+            if (!p) return;
+            const abs = path.resolve(p);
+            if (seen.has(abs) || !fs.existsSync(path.join(abs, full ? 'config.json' : 'adapter_config.json'))) return;
+            seen.add(abs);
+            out.push({ path: abs, runId: r.id, runName: r.name, step, model: base, template: spec.data?.template ?? null, full });
+          };
+          if (r.status === 'completed') add(r.outputDir, null);
+          for (const c of this.store.checkpoints.list(r.id).slice().reverse()) add(c.path, c.isFinal ? null : c.step);
+          if (out.length >= limit) break;
         }
-        return out;
+        return out.slice(0, limit);
       },
       previewDataset: async (req) => {
         try {
@@ -629,7 +633,7 @@ export class Core {
         let file = path.join(dir, safe);
         for (let i = 2; fs.existsSync(file); i++) file = path.join(dir, safe.replace(/(\.[^.]*)?$/, `-${i}$1`));
         const tmp = `${file}.tmp-${process.pid}`;
-        fs.writeFileSync(tmp, req.content);
+        fs.writeFileSync(tmp, req.encoding === 'base64' ? Buffer.from(req.content, 'base64') : req.content);
         fs.renameSync(tmp, file);
         return this.registerDataset(file, req.name).catch((err: unknown) => {
           fs.rmSync(file, { force: true }); // a refused upload (binary content) is not kept
@@ -721,7 +725,7 @@ export class Core {
         try {
           this.runs.resolveResume(spec);
         } catch (err) {
-          throw new ApiError('CONFLICT', (err as Error).message, { hint: 'Without a checkpoint the run starts over: launch it again from the wizard (Copy as config).' });
+          throw new ApiError('CONFLICT', (err as Error).message, { hint: 'Without a checkpoint there is nothing to resume from: start it again with “New run from these settings” on its page.' });
         }
         return this.launch(spec, { runId: r.id, ignoreEstimate: true });
       },

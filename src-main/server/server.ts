@@ -79,6 +79,13 @@ function sendError(res: http.ServerResponse, code: string, message: string, hint
 }
 
 const UNAUTHORIZED_HINT = 'Open the URL printed by `llms-train serve` or `npm start`: it carries ?token=… for this launch.';
+const UNAUTHORIZED_PAGE = `<!doctype html><html lang="en"><head><meta charset="utf-8"><title>LLMs-train: open the printed link</title></head><body>
+<h1>LLMs-train</h1>
+<p>This page needs the link that <code>llms-train serve</code> (or <code>npm start</code>) printed when it started: it carries
+<code>?token=…</code> for that launch. A link of an earlier launch does not work once the server has restarted.</p>
+<p lang="zh-CN">请打开 <code>llms-train serve</code>（或 <code>npm start</code>）启动时打印的链接：其中的 <code>?token=…</code> 只对本次启动有效。</p>
+</body></html>
+`;
 
 class BodyTooLarge extends Error {}
 
@@ -187,6 +194,12 @@ export async function startServer(core: Core, opts: ServeOptions): Promise<Runni
     }
     const isApi = url.pathname === '/api' || url.pathname.startsWith('/api/');
     if (!authorized(req, url, !isApi)) {
+      // a person opening the page without the link's token (or with one of an earlier launch) reads a page, not JSON
+      if (!isApi && /text\/html/.test(req.headers.accept ?? '')) {
+        res.writeHead(401, { 'Content-Type': 'text/html; charset=utf-8', 'Cache-Control': 'no-store' });
+        res.end(UNAUTHORIZED_PAGE);
+        return;
+      }
       sendError(res, 'UNAUTHORIZED', 'missing or wrong token', UNAUTHORIZED_HINT);
       return;
     }

@@ -3,6 +3,7 @@
 import { type ChildProcess, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 
 import type { Browser, Page } from 'playwright-core';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -242,6 +243,20 @@ describe('screens in Chromium', () => {
     await page.getByTestId('datasets-notice').getByText('dropped.jsonl').waitFor();
     await expect.poll(() => page.getByTestId('dataset-format').textContent()).toBe('alpaca');
     await expect.poll(() => page.getByTestId('dataset-item').count()).toBe(5);
+
+    // a gzip-compressed file through the picker: its bytes arrive as they are (base64), not mangled as text
+    const gz = zlib.gzipSync(Buffer.from([JSON.stringify({ input: '压缩的问题', target: '答' }), JSON.stringify({ input: 'q2', target: 'a2' })].join('\n')));
+    await page.getByTestId('dataset-file-input').setInputFiles({ name: 'packed.jsonl.gz', mimeType: 'application/gzip', buffer: gz });
+    await page.getByTestId('datasets-notice').getByText('packed.jsonl.gz').waitFor();
+    await expect.poll(() => page.getByTestId('dataset-records').textContent()).toBe('2');
+    expect(fs.readFileSync(path.join(app.home, 'datasets', 'packed.jsonl.gz')).equals(gz)).toBe(true);
+
+    // the wheel over the sidebar never scrolls the window: the frame stays in place (the screen-reader-only spans
+    // once made the document taller than the window)
+    await page.mouse.move(60, 400);
+    await page.mouse.wheel(0, 3000);
+    await page.waitForTimeout(100);
+    expect(await page.evaluate(() => ({ y: window.scrollY, over: document.documentElement.scrollHeight - window.innerHeight }))).toEqual({ y: 0, over: 0 });
   });
 
   it('deletes a run with its output folder after confirmation, and refuses a running one with the API error', async () => {

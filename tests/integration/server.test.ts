@@ -27,6 +27,12 @@ describe('llms-train serve', () => {
   it('answers 401 without the token, for the page and for the API', async () => {
     const page = await fetch(`${app.origin}/`);
     expect(page.status).toBe(401);
+    // a person's browser (Accept: text/html) reads what to do, not JSON
+    const html = await fetch(`${app.origin}/`, { headers: { Accept: 'text/html,application/xhtml+xml' } });
+    expect(html.status).toBe(401);
+    expect(html.headers.get('content-type')).toMatch(/text\/html/);
+    expect(html.headers.get('content-security-policy')).toMatch(/default-src 'self'/);
+    expect(await html.text()).toMatch(/needs the link that <code>llms-train serve<\/code>/);
     const api = await post(app.origin, 'getStatus', {});
     expect(api.status).toBe(401);
     expect(api.json.error.code).toBe('UNAUTHORIZED');
