@@ -247,6 +247,8 @@ export interface RunPlan {
   cli: string;
   warnings: string[];
   unsupported: string | null;
+  /** why starting it will be refused as it stands (its output folder is another recorded run's), or null */
+  blocked: string | null;
   fits: boolean;
   /** free memory of the run's device; several GPUs: the least free among them */
   freeBytes: number;

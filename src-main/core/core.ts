@@ -653,9 +653,10 @@ export class Core {
         const missing = gpuIds(spec).filter((i) => !this.gpuListed(i));
         if (missing.length) warnings.push(`GPU ${missing.join(', ')} ${missing.length > 1 ? 'are' : 'is'} not usable here: the engine will fall back to the CPU`);
         const owners = runsUsingFolder(this.store, spec.output.dir);
+        let blocked: string | null = null;
         if (owners.length && !spec.resume_from) {
           const o = owners.at(-1)!;
-          warnings.push(`the output folder ${path.resolve(spec.output.dir)} is the output folder of run #${o.id} (${o.name}, ${o.status}): starting will be refused; choose another output folder`);
+          blocked = `the output folder ${path.resolve(spec.output.dir)} is the output folder of run #${o.id} (${o.name}, ${o.status}): starting will be refused; choose another output folder`;
         } else if (fs.existsSync(spec.output.dir) && fs.readdirSync(spec.output.dir).length && !spec.output.overwrite && !spec.resume_from) {
           warnings.push(`the output folder ${spec.output.dir} is not empty: the run resumes from its last checkpoint if it has one, else it is refused (tick "overwrite")`);
         }
@@ -680,6 +681,7 @@ export class Core {
           cli: cliCommand(spec),
           warnings,
           unsupported: plan.unsupported,
+          blocked,
           fits: plan.fits,
           freeBytes: plan.freeBytes,
           gpus: plan.gpus,

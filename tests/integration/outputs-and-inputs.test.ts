@@ -92,7 +92,7 @@ describe('runs sharing an output folder', () => {
     const start = await core.dispatcher.call('startRun', { spec: { model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir } } });
     expect(start).toMatchObject({ ok: false, error: { code: 'CONFLICT', message: expect.stringContaining(`run #${done.id} (lora1, completed)`) } });
     const plan = await core.dispatcher.call('planRun', { spec: { model: { path: t('tiny') }, data: { train: '/t.json' }, output: { dir } } });
-    expect(plan.ok && (plan.result as { warnings: string[] }).warnings.join()).toMatch(new RegExp(`run #${done.id} \\(lora1`));
+    expect(plan.ok && (plan.result as { blocked: string | null }).blocked).toMatch(new RegExp(`run #${done.id} \\(lora1.*starting will be refused`));
     fs.rmSync(path.join(dir, 'checkpoint-2'), { recursive: true });
     const cks = await core.dispatcher.call('listCheckpoints', { id: done.id });
     expect(cks.ok).toBe(true);
