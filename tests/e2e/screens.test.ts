@@ -154,6 +154,13 @@ describe('screens in Chromium', () => {
     await page.getByTestId('compare-metric').selectOption('loss');
     await expect.poll(() => page.url()).not.toMatch(/metric=|x=/);
 
+    // an address pasted while the view is open (a shared link) replaces the selection
+    const both = /ids=(\d+),(\d+)/.exec(page.url())!;
+    await page.evaluate((id) => (location.hash = `#/compare?ids=${id}`), both[1]);
+    await expect.poll(seriesPoints).toEqual([10]);
+    await page.evaluate((ids) => (location.hash = `#/compare?ids=${ids}`), `${both[1]},${both[2]}`);
+    await expect.poll(seriesPoints).toEqual([10, 10]);
+
     const lr = page.locator('[data-testid="compare-diff-row"][data-path="training.learning_rate"]');
     await lr.waitFor();
     expect((await lr.locator('td').allTextContents()).sort()).toEqual(['0.0002', '0.001']);
