@@ -103,11 +103,12 @@ describe('workbench in Chromium', () => {
     expect(result.badBody.error.fields[0].path).toBe('name');
   });
 
-  it('shows 401 for the page without the token', async () => {
+  it('shows 401 for the page without the token, with what to open instead', async () => {
     const other = await browser.newPage();
     const res = await other.goto(app.origin + '/');
     expect(res?.status()).toBe(401);
-    expect(await other.textContent('body')).toMatch(/UNAUTHORIZED/);
+    expect(await other.textContent('body')).toMatch(/needs the link that llms-train serve \(or npm start\) printed/);
+    expect(await other.evaluate(() => document.scripts.length)).toBe(0);
     await other.close();
   });
 
