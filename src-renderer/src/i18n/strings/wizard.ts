@@ -58,6 +58,7 @@ export const en = {
   'newRun.method.modulesToSave': 'modules_to_save',
   'newRun.method.dora': 'DoRA (weight-decomposed LoRA)',
   'newRun.method.continue': 'Continue training an existing adapter',
+  'newRun.model.isAdapter': 'Pick its base model here, then give this folder on the method step under “{option}”.',
   'newRun.method.continueHelp': "Start from a PEFT adapter — an earlier run's output or checkpoint, or any folder with adapter_config.json — instead of a fresh one (the seed's --peft_path). Its own LoRA settings are trained.",
   'newRun.method.adapterPath': 'Adapter folder',
   'newRun.method.adapterPick': 'Adapters of earlier runs on this model',
@@ -159,6 +160,7 @@ export const en = {
   'newRun.review.bytes.logits': 'logits',
   'newRun.review.bytes.process': 'process',
   'newRun.startOver': 'Start over',
+  'newRun.startOverConfirm': 'Start over from the defaults? Every setting of this fine-tune is cleared.',
 } as const;
 
 export const zh: Record<keyof typeof en, string> = {
@@ -220,6 +222,7 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.method.modulesToSave': '额外保存的模块 modules_to_save',
   'newRun.method.dora': 'DoRA（权重分解的 LoRA）',
   'newRun.method.continue': '在已有适配器上继续训练',
+  'newRun.model.isAdapter': '请在此选择它的基座模型，然后在“方法”一步的“{option}”中填写这个文件夹。',
   'newRun.method.continueHelp': '从一个 PEFT 适配器（之前某次训练的输出或检查点，或任何含 adapter_config.json 的文件夹）开始，而不是新建适配器（即原项目的 --peft_path）。训练时沿用它自己的 LoRA 设置。',
   'newRun.method.adapterPath': '适配器文件夹',
   'newRun.method.adapterPick': '该模型上之前训练得到的适配器',
@@ -320,4 +323,5 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.review.bytes.logits': '输出 logits',
   'newRun.review.bytes.process': '进程开销',
   'newRun.startOver': '重新开始',
+  'newRun.startOverConfirm': '要从默认设置重新开始吗？本次微调的所有设置都将被清除。',
 };
