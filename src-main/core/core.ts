@@ -630,10 +630,15 @@ export class Core {
         const safe = path.basename(req.name).replace(/[^\w.\-\u4e00-\u9fff]+/g, '_').replace(/^\.+/, '') || 'dataset.json';
         const dir = path.join(this.home, 'datasets');
         fs.mkdirSync(dir, { recursive: true });
+        const bytes = req.encoding === 'base64' ? Buffer.from(req.content, 'base64') : Buffer.from(req.content, 'utf8');
         let file = path.join(dir, safe);
-        for (let i = 2; fs.existsSync(file); i++) file = path.join(dir, safe.replace(/(\.[^.]*)?$/, `-${i}$1`));
+        for (let i = 2; fs.existsSync(file); i++) {
+          // the same file imported again (same bytes under this name or a numbered one): its entry, not a copy
+          if (fs.statSync(file).size === bytes.length && fs.readFileSync(file).equals(bytes)) return this.registerDataset(file, req.name);
+          file = path.join(dir, safe.replace(/(\.[^.]*)?$/, `-${i}$1`));
+        }
         const tmp = `${file}.tmp-${process.pid}`;
-        fs.writeFileSync(tmp, req.encoding === 'base64' ? Buffer.from(req.content, 'base64') : req.content);
+        fs.writeFileSync(tmp, bytes);
         fs.renameSync(tmp, file);
         return this.registerDataset(file, req.name).catch((err: unknown) => {
           fs.rmSync(file, { force: true }); // a refused upload (binary content) is not kept

@@ -257,6 +257,15 @@ describe('screens in Chromium', () => {
     await page.getByTestId('datasets-notice').getByText('packed.jsonl.gz').waitFor();
     await expect.poll(() => page.getByTestId('dataset-records').textContent()).toBe('2');
     expect(fs.readFileSync(path.join(app.home, 'datasets', 'packed.jsonl.gz')).equals(gz)).toBe(true);
+    const items = await page.getByTestId('dataset-item').count();
+    // the same file again is the same entry, not a second copy; an empty file is added with a warning that says so
+    await page.getByTestId('dataset-file-input').setInputFiles({ name: 'packed.jsonl.gz', mimeType: 'application/gzip', buffer: gz });
+    await page.getByTestId('datasets-notice').getByText('packed.jsonl.gz').waitFor();
+    expect(await page.getByTestId('dataset-item').count()).toBe(items);
+    expect(fs.readdirSync(path.join(app.home, 'datasets')).filter((n) => n.startsWith('packed'))).toEqual(['packed.jsonl.gz']);
+    await page.getByTestId('dataset-file-input').setInputFiles({ name: 'empty.jsonl', mimeType: 'application/json', buffer: Buffer.alloc(0) });
+    await page.getByTestId('datasets-warning').waitFor();
+    expect(await page.getByTestId('datasets-warning').textContent()).toMatch(/holds no records \(the file is empty\)/);
 
     // the wheel over the sidebar never scrolls the window: the frame stays in place (the screen-reader-only spans
     // once made the document taller than the window)
