@@ -348,6 +348,12 @@ describe('New fine-tune wizard', () => {
     await page.getByTestId('knob-max-steps').waitFor();
     await page.goForward();
     await page.getByTestId('method').waitFor();
+    // away through the sidebar and back through it (#/new, no step): the step the draft was left at
+    await page.getByTestId('nav-runs').click();
+    await page.getByTestId('screen-runs').waitFor();
+    await page.getByTestId('nav-new').click();
+    await page.getByTestId('method').waitFor();
+    expect(await hash()).toBe('#/new?step=3');
     expect(pageErrors).toEqual([]);
   });
 });
