@@ -434,6 +434,11 @@ export const methods = {
     "Saves an uploaded dataset file into the app's data folder and registers it (browser file picker, drag-and-drop); a gzip-compressed file comes as base64 (encoding).",
   ),
   addDataset: method(z.object({ path: z.string().min(1).max(4096), name: z.string().max(255).optional() }).strict(), DatasetEntry, 'Registers a dataset file by path.'),
+  removeDataset: method(
+    z.object({ id: Id, deleteFile: z.boolean() }).strict(),
+    z.object({ id: Id, fileRemoved: z.boolean() }),
+    "Forgets a dataset; with deleteFile also removes its file when it is a copy the app imported (inside its datasets folder) — a file elsewhere is the user's and stays.",
+  ),
   planRun: method(
     z.object({ spec: z.unknown() }).strict(),
     z.custom<RunPlan>(),

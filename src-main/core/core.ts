@@ -645,6 +645,15 @@ export class Core {
           throw err;
         });
       },
+      removeDataset: (req) => {
+        const d = this.store.datasets.list().find((x) => x.id === req.id);
+        if (!d) throw new ApiError('NOT_FOUND', `dataset ${req.id} does not exist`);
+        const imported = path.resolve(d.path).startsWith(path.join(this.home, 'datasets') + path.sep);
+        this.store.datasets.delete(d.id);
+        const fileRemoved = req.deleteFile && imported && fs.existsSync(d.path);
+        if (fileRemoved) fs.rmSync(d.path, { force: true });
+        return { id: d.id, fileRemoved };
+      },
       addDataset: (req) => {
         const file = path.resolve(req.path);
         if (!fs.existsSync(file) || !fs.statSync(file).isFile()) throw new ApiError('NOT_FOUND', `${file} is not a file`, { hint: 'Check the path; datasets are .json, .jsonl, .csv, .tsv or .txt files (or gzip-compressed).' });

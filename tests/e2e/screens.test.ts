@@ -266,6 +266,13 @@ describe('screens in Chromium', () => {
     await page.getByTestId('dataset-file-input').setInputFiles({ name: 'empty.jsonl', mimeType: 'application/json', buffer: Buffer.alloc(0) });
     await page.getByTestId('datasets-warning').waitFor();
     expect(await page.getByTestId('datasets-warning').textContent()).toMatch(/holds no records \(the file is empty\)/);
+    // removed after a confirmation: the entry and the imported copy go
+    const before = await page.getByTestId('dataset-item').count();
+    page.once('dialog', (d) => void d.accept());
+    await page.locator('[data-testid="dataset-item"]', { hasText: 'empty.jsonl' }).getByTestId('dataset-remove').click();
+    await expect.poll(() => page.getByTestId('dataset-item').count()).toBe(before - 1);
+    expect(await page.getByTestId('datasets-notice').textContent()).toMatch(/Removed empty\.jsonl and its imported copy/);
+    expect(fs.existsSync(path.join(app.home, 'datasets', 'empty.jsonl'))).toBe(false);
 
     // the wheel over the sidebar never scrolls the window: the frame stays in place (the screen-reader-only spans
     // once made the document taller than the window)

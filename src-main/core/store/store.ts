@@ -646,6 +646,10 @@ export class DatasetsRepo {
       .run(d.path, d.name, d.format ?? null, d.records ?? null, json(d.info), now());
     return this.list().find((r) => r.path === d.path)!;
   }
+  /** Forgets a dataset (runs that used it keep their data path; their dataset link becomes null). */
+  delete(id: number): boolean {
+    return this.db.prepare('DELETE FROM datasets WHERE id = ?').run(id).changes > 0;
+  }
   list(): DatasetRow[] {
     const rows = this.db
       .prepare(
