@@ -109,7 +109,7 @@ export async function listRepoFiles(repo: string, o: HubOptions = {}): Promise<H
     res = await fetch(url, { headers: headers(o), signal: o.signal });
   } catch (e) {
     if (o.signal?.aborted) throw aborted();
-    throw new DownloadError(`cannot reach ${endpointOf(o)}: ${(e as Error).message}`, 'HTTP', 'check the network, or set HF_ENDPOINT to a mirror');
+    throw new DownloadError(`cannot reach ${endpointOf(o)}: ${(e as Error).message}`, 'HTTP', 'check the network, or use a Hub mirror (the endpoint field in the app, --endpoint or $HF_ENDPOINT; e.g. https://hf-mirror.com)');
   }
   if (!res.ok) throw httpError(res.status, `listing ${repo}`, repo);
   const j = (await res.json()) as { siblings?: { rfilename: string; size?: number; blobId?: string; lfs?: { sha256?: string; size?: number } }[] };
