@@ -699,6 +699,14 @@ llmt_status Model::check_folder(const std::string &dir) {
   return st;
 }
 
+// The first eight names of a list for a message, and how many there are in all.
+static std::string first_names(const std::vector<std::string> &names) {
+  std::string list;
+  for (size_t i = 0; i < names.size() && i < 8; ++i) list += (i ? ", " : "") + names[i];
+  if (names.size() > 8) list += ", … (" + std::to_string(names.size()) + " in all)";
+  return list;
+}
+
 std::unique_ptr<Model> Model::load_impl(const std::string &dir, llmt_status &st, const QuantSpec &requested,
                                         const std::string &precision, bool headers_only) {
   int half = 0;  // 16-bit type the frozen weights stream into (0: fp32)
@@ -871,11 +879,8 @@ std::unique_ptr<Model> Model::load_impl(const std::string &dir, llmt_status &st,
     }
   }
   if (!missing.empty()) {
-    std::string list;
-    for (size_t i = 0; i < missing.size() && i < 8; ++i) list += (i ? ", " : "") + missing[i];
-    if (missing.size() > 8) list += ", … (" + std::to_string(missing.size()) + " in all)";
     st = set_error(LLMT_ERR_BAD_INPUT, "the weights in " + dir + " lack tensors the " + f.model_type +
-                                           " architecture needs: " + list +
+                                           " architecture needs: " + first_names(missing) +
                                            ". Is the download complete and config.json the right one?");
     return nullptr;
   }
@@ -938,11 +943,8 @@ std::unique_ptr<Model> Model::load_impl(const std::string &dir, llmt_status &st,
     unexpected.push_back(n);
   }
   if (!unexpected.empty()) {
-    std::string list;
-    for (size_t i = 0; i < unexpected.size() && i < 8; ++i) list += (i ? ", " : "") + unexpected[i];
-    if (unexpected.size() > 8) list += ", … (" + std::to_string(unexpected.size()) + " in all)";
     st = set_error(LLMT_ERR_BAD_INPUT, "the weights in " + dir + " hold tensors a " + f.model_type +
-                                           " model does not have: " + list +
+                                           " model does not have: " + first_names(unexpected) +
                                            ". Does config.json's model_type match the weights?");
     return nullptr;
   }
