@@ -16,7 +16,7 @@ import { parseRunSpec, readLoraConfigFile, toEngineJob } from '../../src-main/co
 import { resumeMismatch } from '../../src-main/core/runs/service';
 import { flags } from '../helpers/cli-flags';
 import { writeSafetensors } from '../helpers/native';
-import { tempDirs } from '../helpers/tmp';
+import { PEFT_SAVED, tempDirs } from '../helpers/tmp';
 
 const tmpDir = tempDirs('dora');
 function writeJson(obj: unknown, name = 'adapter_config.json'): string {
@@ -26,31 +26,7 @@ function writeJson(obj: unknown, name = 'adapter_config.json'): string {
 }
 
 /** What PEFT 0.21's LoraConfig(use_dora=True, ...).save_pretrained() writes (the keys the app reads and refuses). */
-const PEFT_DORA = {
-  alpha_pattern: {},
-  base_model_name_or_path: '/models/llama-7b',
-  bias: 'none',
-  exclude_modules: null,
-  fan_in_fan_out: false,
-  inference_mode: true,
-  init_lora_weights: true,
-  layer_replication: null,
-  layers_pattern: null,
-  layers_to_transform: null,
-  loftq_config: {},
-  lora_alpha: 16,
-  lora_bias: false,
-  lora_dropout: 0.05,
-  modules_to_save: null,
-  peft_type: 'LORA',
-  peft_version: '0.21.2',
-  r: 8,
-  rank_pattern: {},
-  target_modules: ['v_proj', 'q_proj'],
-  task_type: 'CAUSAL_LM',
-  use_dora: true,
-  use_rslora: false,
-};
+const PEFT_DORA = { ...PEFT_SAVED, peft_version: '0.21.2', use_dora: true };
 const base = ['--model_name_or_path', '/m', '--train_file', '/t.json', '--output_dir', '/o'];
 const job = (spec: ReturnType<typeof parseRunSpec>) => (toEngineJob(spec, { train: '/t.tok', eval: null }, null) as { lora?: Record<string, unknown> }).lora;
 

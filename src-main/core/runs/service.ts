@@ -531,7 +531,8 @@ export class RunService {
     if (last) return last;
     // what an attempt writes before its first checkpoint (runspec.json, job.json, its log, data/*.tok) does not make
     // the folder "not empty": an attempt killed before any checkpoint is re-run by the same command
-    const ours = new Set(runWrittenFiles(spec.output.dir).filter((n) => !earlierRunOutputs(spec.output.dir).includes(n)));
+    const outputs = new Set(earlierRunOutputs(spec.output.dir));
+    const ours = new Set(runWrittenFiles(spec.output.dir).filter((n) => !outputs.has(n)));
     const dataOurs = (n: string) => n === 'data' && fs.readdirSync(path.join(spec.output.dir, n)).every((f) => ours.has(`data/${f}`));
     const entries = fs.readdirSync(spec.output.dir).filter((n) => !n.startsWith('.') && !ours.has(n) && !dataOurs(n));
     if (!entries.length) return null;
