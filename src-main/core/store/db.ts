@@ -114,10 +114,23 @@ export function openDatabase(file: string, opts: OpenOptions = {}): DB {
     );
   }
   try {
-    // Fails on a file that is not SQLite at all ("file is not a database").
-    if (!opts.readonly) db.pragma('journal_mode = WAL');
-    db.pragma('foreign_keys = ON');
+    // the busy handler first: two processes opening a new database at once (two `llms-train train` started together)
+    // both switch it to WAL, which needs a moment of exclusive access — without it the second got "database is locked"
     db.pragma('busy_timeout = 5000');
+    // Fails on a file that is not SQLite at all ("file is not a database").
+    if (!opts.readonly) {
+      const until = Date.now() + 30_000;
+      for (;;) {
+        try {
+          db.pragma('journal_mode = WAL');
+          break;
+        } catch (err) {
+          if ((err as { code?: string }).code !== 'SQLITE_BUSY' || Date.now() > until) throw err;
+          Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 50);
+        }
+      }
+    }
+    db.pragma('foreign_keys = ON');
     db.pragma('synchronous = NORMAL');
     if (!opts.readonly) migrate(db, opts.migrations ?? defaultMigrations, opts.onMigrate ?? migrationNotice);
   } catch (err) {
