@@ -1247,7 +1247,7 @@ void Model::zero_grad() {
   if (dirty_) to_device();
   std::vector<TensorSlot> ts;
   for (auto &p : params)
-    if (p->trainable) {
+    if (p->trainable && !p->grad_staged) {
       TensorSlot t;
       t.g = p->g();
       t.n = p->numel();
@@ -1877,8 +1877,25 @@ void block_params(std::vector<Param *> &v, const Layer &L) {
   for (Param *p : {L.norm1_w, L.norm1_b, L.norm2_w, L.norm2_b}) push_trainable(v, p);
   for (const Linear *lin : {L.q, L.k, L.v, L.qkv, L.o, L.gate, L.up, L.down, L.fc1, L.fc2}) push_linear(v, lin);
 }
-
 }  // namespace
+
+std::vector<std::pair<int64_t, std::vector<Param *>>> Model::grad_stages() const {
+  std::vector<std::pair<int64_t, std::vector<Param *>>> out;
+  const int64_t n = static_cast<int64_t>(layers.size());
+  out.emplace_back(n, std::vector<Param *>());
+  if (lm_head != embed) push_trainable(out.back().second, lm_head);  // a tied head also collects the embedding's gradient
+  push_trainable(out.back().second, final_w);
+  push_trainable(out.back().second, final_b);
+  for (int64_t l = n - 1; l >= 0; --l) {
+    out.emplace_back(l, std::vector<Param *>());
+    block_params(out.back().second, layers[static_cast<size_t>(l)]);
+  }
+  out.emplace_back(-1, std::vector<Param *>());
+  push_trainable(out.back().second, embed);
+  push_trainable(out.back().second, embed_norm_w);
+  push_trainable(out.back().second, embed_norm_b);
+  return out;
+}
 
 // ---- forward / backward of a batch ---------------------------------------------------------------------------
 
@@ -2129,6 +2146,16 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   // Each chunk packs the head's V × H weight for its GEMMs again, so fewer, larger chunks cost less)
   int64_t chunk = std::max<int64_t>(1, std::min<int64_t>(N, (int64_t(1) << 23) / std::max<int64_t>(V, 1)));
   if (chunk >= 128 && chunk < N) chunk -= chunk % 128;
+  // the gradient stages of the hooks (grad_stages(): the head, blocks layers−1 … 0, the embeddings), in that order
+  std::vector<std::pair<int64_t, std::vector<Param *>>> stages;
+  if (bwd && (opt.grad_ready || opt.grad_bind)) stages = grad_stages();
+  auto bind = [&](size_t i) {
+    if (opt.grad_bind) opt.grad_bind(stages[i].first, stages[i].second);
+  };
+  auto ready = [&](size_t i) {
+    if (opt.grad_ready) opt.grad_ready(stages[i].first, stages[i].second);
+  };
+  if (bwd) bind(0);  // the head's chunks below write lm_head's gradient
   Buf lg(be), lse(be);
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
@@ -2152,18 +2179,11 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   if (!bwd) return loss_out();
 
   // ---- backward ----
-  // gradient-ready hook: each stage's trainable parameters, reported once their gradients are complete
-  std::vector<Param *> ready;
+  // gradient hooks: each stage's trainable parameters, bound before its first gradient and reported once complete
   if (c.logit_scale != 1.0f) be.scale_inplace(dhf.data(), c.logit_scale, N * H);
   Buf dx(be, N * H, kOverwrite);
   norm_backward(be, c, final_w, final_b, x.data(), fmean.data(), frstd.data(), dhf.data(), dx.data(), N);
-  if (opt.grad_ready) {
-    ready.clear();
-    if (lm_head != embed) push_trainable(ready, lm_head);  // a tied head also collects the embedding's gradient
-    push_trainable(ready, final_w);
-    push_trainable(ready, final_b);
-    opt.grad_ready(c.layers, ready);
-  }
+  ready(0);
   const bool q4_cache = ckpt && F.ctx.half && !q4_weights.empty() && q4_layer_cache_on(opt);
   for (int64_t l = c.layers - 1; l >= 0; --l) {
     Layer &L = layers[static_cast<size_t>(l)];
@@ -2179,13 +2199,13 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       }
       ap = &im.scratch;
     }
+    const size_t stage = static_cast<size_t>(c.layers - l);
+    bind(stage);
     block_backward(F, L, *ap, dx);
-    if (opt.grad_ready) {
-      ready.clear();
-      block_params(ready, L);
-      opt.grad_ready(l, ready);
-    }
+    ready(stage);
   }
+  const size_t emb_stage = static_cast<size_t>(c.layers + 1);
+  bind(emb_stage);
   if (c.embed_scale != 1.0f) be.scale_inplace(dx.data(), c.embed_scale, N * H);
   if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable)) {
     Buf tmp(be, N * H, kOverwrite);
@@ -2195,13 +2215,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     dx.swap(tmp);
   }
   if (embed->trainable) be.embedding_backward(dx.data(), d_ids.get(), embed->g(), N, H, V);
-  if (opt.grad_ready) {
-    ready.clear();
-    push_trainable(ready, embed);
-    push_trainable(ready, embed_norm_w);
-    push_trainable(ready, embed_norm_b);
-    opt.grad_ready(-1, ready);
-  }
+  ready(emb_stage);
   return loss_out();
 }
 

@@ -45,6 +45,11 @@ struct Param {
   std::string save_name;          // key in adapter_model.safetensors when trainable
   int64_t numel() const;
   float *dev_w = nullptr, *dev_g = nullptr, *dev_m = nullptr, *dev_v = nullptr;  // backend copies [numel] or null
+  // ZeRO-2 (train.cpp, full fine-tuning on several workers): a parameter another rank owns has no gradient buffer of
+  // its own (grad_staged; `grad` empty, no dev_g); during the backward stage that computes its gradient, the trainer
+  // binds stage_g to a slot of a staging buffer (RunOptions::grad_bind), and takes it away once the slot is reduced.
+  bool grad_staged = false;
+  float *stage_g = nullptr;
   // Mixed precision (Model::set_precision): a frozen weight kept as bf16/fp16 bits; `data` is empty then.
   uint8_t half_type = 0;          // 0: fp32 in data; else a Half (cpu/half.hpp)
   std::vector<uint16_t> half;     // [numel] 16-bit weight (host copy)
@@ -58,7 +63,7 @@ struct Param {
   const uint16_t *h() const { return dev_half ? dev_half : half.data(); }
   float *w() { return dev_w ? dev_w : data.data(); }
   const float *w() const { return dev_w ? dev_w : data.data(); }
-  float *g() { return dev_g ? dev_g : grad.data(); }
+  float *g() { return stage_g ? stage_g : dev_g ? dev_g : grad.data(); }
   float *m() { return dev_m ? dev_m : adam_m.data(); }
   float *v() { return dev_v ? dev_v : adam_v.data(); }
 };
@@ -156,6 +161,10 @@ struct RunOptions {
    *  call. Set it only on the last call before the gradients are used (the last micro-batch of an accumulation
    *  step): earlier micro-batches' gradients are not final. Empty (the default): no cost. */
   std::function<void(int64_t stage, const std::vector<Param *> &ready)> grad_ready;
+  /** Gradient-bind hook (ZeRO-2): called before each stage of the backward writes its first gradient (the head's
+   *  before the loss, whose chunks already accumulate lm_head's gradient), with the same stages and lists as
+   *  grad_ready, so the trainer can point the stage's staged parameters (Param::stage_g) at zeroed memory. */
+  std::function<void(int64_t stage, const std::vector<Param *> &params)> grad_bind;
 };
 
 struct RunResult {
@@ -237,6 +246,12 @@ class Model {
   const LoraSpec &lora_spec() const { return spec_; }
 
   std::vector<Param *> trainable_params();
+  /** The gradient stages of the backward in the order it runs them (the stages of RunOptions::grad_ready: the head,
+   *  blocks layers−1 … 0, the embeddings), each with its trainable parameters. A tied head's weight is listed with
+   *  the embeddings, yet the head's stage writes to its gradient too (head_tied()). */
+  std::vector<std::pair<int64_t, std::vector<Param *>>> grad_stages() const;
+  bool head_tied() const { return lm_head == embed; }
+  /** Zeroes every trainable parameter's gradient (a staged one, without a buffer of its own, is skipped). */
   void zero_grad();
 
   /** Forward (and optionally backward) of one batch. */

@@ -33,6 +33,7 @@
 #include <dirent.h>
 #include <map>
 #include <condition_variable>
+#include <deque>
 #include <memory>
 #include <mutex>
 #include <set>
@@ -355,7 +356,8 @@ llmt_status parse_job(const Json &j, Job &job) {
       return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.backend must be auto, gloo or nccl");
     if (!(job.dist_timeout_s > 0)) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.timeout_s must be positive");
     if (!(job.bucket_mb > 0)) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.bucket_mb must be positive");
-    if (job.zero_stage != 0 && job.zero_stage != 1) return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.zero_stage must be 0 or 1");
+    if (job.zero_stage < 0 || job.zero_stage > 2)
+      return set_error(LLMT_ERR_BAD_INPUT, "job: distributed.zero_stage must be 0, 1 or 2 (ZeRO-3, parameter sharding, is not supported)");
   }
   auto positive = [](int64_t v, const char *name) -> llmt_status {
     return v > 0 ? LLMT_OK : set_error(LLMT_ERR_BAD_INPUT, std::string("job: ") + name + " must be a positive integer");
@@ -561,6 +563,35 @@ struct Dist {
   }
 };
 
+// The gradient memory of `ps`, as (pointer, count) pairs.
+std::vector<std::pair<void *, size_t>> grad_bufs(const std::vector<Param *> &ps) {
+  std::vector<std::pair<void *, size_t>> bufs;
+  for (Param *p : ps) bufs.emplace_back(p->g(), static_cast<size_t>(p->numel()));
+  return bufs;
+}
+
+// Sums float buffers over the ranks in place, as one group. NCCL: on the device, in the backend's stream. Gloo
+// reduces host memory: buffers in backend memory are staged through `flat` (download → reduce → upload; it must hold
+// them all); on a host-memory backend a single buffer is reduced in place.
+int allreduce_grads(Collective &comm, Backend &be, const std::vector<std::pair<void *, size_t>> &bufs, std::vector<float> &flat) {
+  if (comm.device_buffers()) return comm.allreduce_sum_many(bufs, CollDType::F32, be.stream_handle());
+  if (bufs.size() == 1 && be.host_memory()) return comm.allreduce_sum(bufs[0].first, bufs[0].second, CollDType::F32);
+  size_t total = 0;
+  for (const auto &b : bufs) total += b.second;
+  float *dst = flat.data();
+  for (const auto &b : bufs) {
+    be.download(dst, b.first, sizeof(float) * b.second);
+    dst += b.second;
+  }
+  if (int r = comm.allreduce_sum(flat.data(), total, CollDType::F32)) return r;
+  const float *src = flat.data();
+  for (const auto &b : bufs) {
+    be.upload(b.first, src, sizeof(float) * b.second);
+    src += b.second;
+  }
+  return 0;
+}
+
 // Sums gradients over the ranks in buckets of about bucket_mb on a communication thread, overlapped with the
 // backward pass. Buckets follow the parameters in reverse (the order a backward finishes them: head, last block
 // … first block, embeddings). On the last micro-batch of a step, Model::run's gradient-ready hook calls ready()
@@ -672,30 +703,7 @@ class GradReducer {
     cv_.wait(g, [&] { return done_.count(i) > 0; });
     return done_[i];
   }
-  int reduce(size_t i) {
-    const Bucket &b = buckets_[i];
-    if (comm_.device_buffers()) {  // NCCL: each gradient in place on the device, the bucket as one group
-      std::vector<std::pair<void *, size_t>> bufs;
-      for (Param *p : b.params) bufs.emplace_back(p->g(), static_cast<size_t>(p->numel()));
-      return comm_.allreduce_sum_many(bufs, CollDType::F32, be_.stream_handle());
-    }
-    // Gloo reduces host memory: gradients in backend memory are staged through flat_ (download → reduce → upload);
-    // on a host-memory backend a single-tensor bucket is reduced in place. (NCCL can take device pointers later.)
-    if (b.params.size() == 1 && be_.host_memory())
-      return comm_.allreduce_sum(b.params[0]->g(), static_cast<size_t>(b.numel), CollDType::F32);
-    float *dst = flat_.data();
-    for (Param *p : b.params) {
-      be_.download(dst, p->g(), sizeof(float) * static_cast<size_t>(p->numel()));
-      dst += p->numel();
-    }
-    if (int r = comm_.allreduce_sum(flat_.data(), static_cast<size_t>(b.numel), CollDType::F32)) return r;
-    const float *src = flat_.data();
-    for (Param *p : b.params) {
-      be_.upload(p->g(), src, sizeof(float) * static_cast<size_t>(p->numel()));
-      src += p->numel();
-    }
-    return 0;
-  }
+  int reduce(size_t i) { return allreduce_grads(comm_, be_, grad_bufs(buckets_[i].params), flat_); }
   void loop() {
     for (;;) {
       size_t i;
@@ -734,6 +742,194 @@ class GradReducer {
   std::vector<size_t> queue_;
   std::map<size_t, int> done_;
   bool busy_ = false, quit_ = false, failed_ = false;
+};
+
+// ZeRO-2 (distributed.zero_stage 2, full fine-tuning): the gradients are sharded too, as DeepSpeed's stage 2 does.
+// Each rank keeps a gradient buffer only for the parameters it owns (shard_owners: the same groups as its AdamW
+// state). A parameter another rank owns gets gradient memory only while the backward stage that computes it runs
+// (Model::grad_stages: the head, each block, the embeddings): Model::run's bind hook points it at one of two staging
+// slots, zeroed, each as large as the largest stage's staged parameters; the ready hook hands the stage's gradients
+// (owned and staged) to the communication thread, which sums them over the ranks in place, and the slot is used again
+// two stages later, once that sum is done — so one stage computes while the one before is on the wire. Every
+// micro-batch is reduced this way (no rank can keep another's gradient until the step ends): an owner's buffer
+// holds the sum of the earlier micro-batches plus its own new contribution, the others send theirs alone, so the
+// owner ends with the step's total — each rank's gradient memory is its share plus the two slots, instead of the
+// whole model's. A rank without data in a global micro-batch still takes part, with zeros. Kept whole on every rank
+// (own buffer, zeroed before each micro-batch when another rank owns it): a tied head's weight (two stages write
+// it) and any trainable parameter no stage lists (reduced after the backward). The sums are the ones of an
+// all-reduce, so a non-owner's slot receives the total too and drops it.
+class StageReducer {
+ public:
+  /** Which parameters a rank stages (another rank owns them, one stage writes them), and the slot size: the largest
+   *  stage's staged elements. */
+  struct Plan {
+    std::set<const Param *> staged, listed;
+    int64_t slot_elems = 0;
+  };
+  static Plan plan(const Model &m, const std::vector<Param *> &tp, const std::vector<int> &owner, int rank) {
+    std::map<const Param *, bool> own;
+    for (size_t i = 0; i < tp.size(); ++i) own[tp[i]] = owner[i] == rank;
+    Plan pl;
+    for (auto &st : m.grad_stages()) {
+      int64_t n = 0;
+      for (Param *p : st.second) {
+        pl.listed.insert(p);
+        if (own[p] || (m.head_tied() && p == m.embed)) continue;
+        pl.staged.insert(p);
+        n += p->numel();
+      }
+      pl.slot_elems = std::max(pl.slot_elems, n);
+    }
+    return pl;
+  }
+  StageReducer(Collective &comm, Backend &be, const Model &m, const std::vector<Param *> &tp, const std::vector<int> &owner, int rank, bool overlap)
+      : comm_(comm), be_(be), overlap_(overlap) {
+    const Plan pl = plan(m, tp, owner, rank);
+    slot_elems_ = pl.slot_elems;
+    for (auto &st : m.grad_stages()) stages_[st.first] = st.second;
+    for (Param *p : tp) p->grad_staged = pl.staged.count(p) > 0;
+    const std::set<const Param *> &listed = pl.listed;
+    for (size_t i = 0; i < tp.size(); ++i) {
+      Param *p = tp[i];
+      if (!listed.count(p)) rest_.push_back(p);
+      if (p->grad_staged) {  // its gradient memory is a slot's
+        std::vector<float>().swap(p->grad);
+        if (p->dev_g) be_.release(p->dev_g), p->dev_g = nullptr;
+        staged_.push_back(p);
+      } else if (owner[i] != rank) {
+        zeroed_.push_back(p);
+      }
+      if (!be.host_memory() && !comm.device_buffers()) flat_elems_ = std::max(flat_elems_, p->numel());
+    }
+    flat_.resize(static_cast<size_t>(flat_elems_));
+    for (float *&sl : slots_) sl = slot_elems_ ? static_cast<float *>(be_.alloc(sizeof(float) * static_cast<size_t>(slot_elems_))) : nullptr;
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~StageReducer() {
+    {
+      std::lock_guard<std::mutex> g(mu_);
+      quit_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+    for (Param *p : staged_) p->stage_g = nullptr;
+    for (float *sl : slots_)
+      if (sl) be_.release(sl);
+  }
+  size_t stages() const { return stages_.size() + (rest_.empty() ? 0 : 1); }
+
+  /** A micro-batch starts: the whole-kept gradients of parameters other ranks own start from zero. */
+  void micro_begin() {
+    std::vector<TensorSlot> ts;
+    for (Param *p : zeroed_) {
+      TensorSlot t;
+      t.g = p->g();
+      t.n = p->numel();
+      ts.push_back(t);
+    }
+    if (!ts.empty()) be_.zero_multi(ts);
+  }
+  /** The bind hook: the stage's staged parameters get zeroed memory in the next slot (once its last sum is done). */
+  void bind(const std::vector<Param *> &ps) {
+    cur_ = turn_++ % 2;
+    if (slot_job_[cur_] != 0) wait(slot_job_[cur_]);
+    int64_t at = 0;
+    for (Param *p : ps)
+      if (p->grad_staged) {
+        p->stage_g = slots_[cur_] + at;
+        at += p->numel();
+      }
+    if (at > 0) {
+      TensorSlot t;
+      t.g = slots_[cur_];
+      t.n = at;
+      be_.zero_multi({t});
+    }
+  }
+  /** The ready hook: the stage's gradients go to the communication thread. */
+  void ready(const std::vector<Param *> &ps) {
+    slot_job_[cur_] = submit(grad_bufs(ps));
+    if (!overlap_) wait(slot_job_[cur_]);
+  }
+  /** A micro-batch this rank has no data for: every stage contributes zeros (and the owned sums so far). */
+  void zero_pass() {
+    for (auto it = stages_.rbegin(); it != stages_.rend(); ++it) {  // backward order: head (largest stage id) first
+      bind(it->second);
+      ready(it->second);
+    }
+  }
+  /** After the backward: the parameters no stage lists, then waits for every sum. 0 or the collective's error. */
+  int micro_end(double &wait_s, std::string &err) {
+    if (!rest_.empty()) submit(grad_bufs(rest_));
+    const double t = mono_s();
+    std::unique_lock<std::mutex> g(mu_);
+    cv_.wait(g, [&] { return done_ == submitted_; });
+    wait_s = mono_s() - t;
+    slot_job_[0] = slot_job_[1] = 0;
+    for (Param *p : staged_) p->stage_g = nullptr;
+    if (failed_) err = comm_.last_error();
+    return failed_ ? LLMT_ERR_IO : 0;
+  }
+
+ private:
+  uint64_t submit(std::vector<std::pair<void *, size_t>> bufs) {
+    std::lock_guard<std::mutex> g(mu_);
+    queue_.push_back(std::move(bufs));
+    cv_.notify_all();
+    return ++submitted_;
+  }
+  void wait(uint64_t job) {
+    std::unique_lock<std::mutex> g(mu_);
+    cv_.wait(g, [&] { return done_ >= job; });
+  }
+  int reduce(const std::vector<std::pair<void *, size_t>> &bufs) {
+    if (comm_.device_buffers() || !be_.host_memory()) {
+      if (comm_.device_buffers()) return allreduce_grads(comm_, be_, bufs, flat_);
+      for (const auto &b : bufs)  // Gloo from device memory: one tensor at a time through flat_
+        if (int r = allreduce_grads(comm_, be_, {b}, flat_)) return r;
+      return 0;
+    }
+    for (const auto &b : bufs)  // host memory: each tensor in place, no packing buffer
+      if (int r = allreduce_grads(comm_, be_, {b}, flat_)) return r;
+    return 0;
+  }
+  void loop() {
+    for (;;) {
+      std::vector<std::pair<void *, size_t>> job;
+      {
+        std::unique_lock<std::mutex> g(mu_);
+        cv_.wait(g, [&] { return quit_ || !queue_.empty(); });
+        if (quit_) return;
+        job = std::move(queue_.front());
+        queue_.pop_front();
+      }
+      const bool fail = failed_ || reduce(job) != 0;
+      {
+        std::lock_guard<std::mutex> g(mu_);
+        if (fail) failed_ = true;
+        ++done_;
+      }
+      cv_.notify_all();
+    }
+  }
+  Collective &comm_;
+  Backend &be_;
+  const bool overlap_;
+  std::map<int64_t, std::vector<Param *>> stages_;  // by stage id (−1 the embeddings … layers the head)
+  std::vector<Param *> staged_, zeroed_, rest_;
+  int64_t slot_elems_ = 0, flat_elems_ = 0;
+  float *slots_[2] = {nullptr, nullptr};
+  std::vector<float> flat_;
+  // main thread only
+  size_t turn_ = 0, cur_ = 0;
+  uint64_t slot_job_[2] = {0, 0};  // the job that last used each slot (0: none in this micro-batch)
+  // shared with the thread, under mu_
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::vector<std::pair<void *, size_t>>> queue_;
+  uint64_t submitted_ = 0, done_ = 0;
+  bool quit_ = false, failed_ = false;
 };
 
 // ZeRO-1-like optimizer-state sharding (full fine-tuning, distributed.zero_stage 1): parameters are split
@@ -954,7 +1150,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     }
   }
   const int W = dist.world();
-  const bool zero1 = dist.on() && job.zero_stage == 1 && job.method == "full";
+  // ZeRO-1 (optimizer state sharded) and ZeRO-2 (gradients too): full fine-tuning on several workers
+  const bool zero1 = dist.on() && job.zero_stage >= 1 && job.method == "full";
+  const bool zero2 = zero1 && job.zero_stage == 2;
 
   // LoRA in bf16/fp16: the frozen weights stream in as 16-bit (the fp32 model never exists in memory); a full
   // fine-tune loads fp32 (every weight trains)
@@ -1258,7 +1456,9 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     if (dist.on()) {
       e.set("backend", Json::string(backend_name));
       e.set("global_batch_size", Json::integer(global_micro * job.grad_accum));
-      e.set("zero_stage", Json::integer(zero1 ? 1 : 0));
+      e.set("zero_stage", Json::integer(zero1 ? job.zero_stage : 0));
+      // ZeRO-2: this rank's two gradient staging slots (its gradient memory: its share's buffers and these)
+      if (zero2) e.set("zero2_slot_bytes", Json::integer(2 * sizeof(float) * StageReducer::plan(*model, tp, owner, dist.rank()).slot_elems));
       e.set("ranks", rank_info);
     }
     emit(e);
@@ -1279,12 +1479,14 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
                                     "num_train_epochs to train on)"));
       emit(w);
     }
-    if (job.zero_stage == 1 && !zero1) {  // accepted, but it shards nothing here: say so rather than ignore it
+    if (job.zero_stage >= 1 && !zero1) {  // accepted, but it shards nothing here: say so rather than ignore it
+      const std::string z = "distributed.zero_stage " + std::to_string(job.zero_stage);
+      const std::string what = job.zero_stage == 1 ? "the optimizer state" : "the optimizer state and the gradients";
       Json w = ev("warning");
-      w.set("message", Json::string(!dist.on() ? "distributed.zero_stage 1 shards the optimizer state across workers: a single-worker run has nothing to "
-                                                 "shard, so it has no effect (start several workers, e.g. with torchrun, to use it)"
-                                               : "distributed.zero_stage 1 applies to full fine-tuning: a LoRA run's optimizer state is small "
-                                                 "and stays whole on every worker (no effect)"));
+      w.set("message", Json::string(!dist.on() ? z + " shards " + what + " across workers: a single-worker run has nothing to "
+                                                     "shard, so it has no effect (start several workers, e.g. with torchrun, to use it)"
+                                               : z + " applies to full fine-tuning: a LoRA run's optimizer state and gradients are small "
+                                                     "and stay whole on every worker (no effect)"));
       emit(w);
     }
   }
@@ -1535,9 +1737,16 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   // gradients down and the updated weights up (8 bytes of GPU memory per trainable parameter saved).
   const bool host_adam = job.offload_optimizer && !model->backend().host_memory();
   for (Param *p : tp) p->host_optimizer = host_adam;
+  if (zero2) {  // ZeRO-2: the gradients other ranks own get no memory of their own (StageReducer)
+    const StageReducer::Plan pl = StageReducer::plan(*model, tp, owner, dist.rank());
+    for (Param *p : tp)
+      if (pl.staged.count(p)) p->grad_staged = true, std::vector<float>().swap(p->grad);
+  }
   model->to_device();
   std::shared_ptr<double> sq_acc;  // the grad-norm accumulator in backend memory
-  if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb, model->backend());
+  std::unique_ptr<StageReducer> stager;  // ZeRO-2: gradients reduced stage by stage into their owners' buffers
+  if (zero2) stager = std::make_unique<StageReducer>(*dist.comm, model->backend(), *model, tp, owner, dist.rank(), job.overlap);
+  else if (dist.on()) reducer = std::make_unique<GradReducer>(*dist.comm, tp, job.bucket_mb, model->backend());
 
   double log_loss_sum = 0;
   int64_t log_steps = 0, log_tokens = 0;
@@ -1569,9 +1778,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
     // global target-token counts per micro-batch (+ the ranks' stop votes), all-reduced before any backward
     std::vector<double> counts(GA + 1, 0.0);
     size_t window = 0;  // global micro-batches in this step: GA, fewer in the last step of an epoch
+    std::vector<char> global(GA, 0);  // micro-batch k exists on some rank
     for (size_t k = 0; k < GA; ++k) {
       std::vector<int64_t> idx;
-      if (next_indices(idx)) ++window;
+      if (next_indices(idx)) ++window, global[k] = 1;
       if (!idx.empty()) {
         if (padding_free) make_batch_padding_free(*train, idx, train->pad_id(), micro[k]);
         else make_batch(*train, idx, train->pad_id(), micro[k]);
@@ -1598,7 +1808,19 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       if (micro[k].B > 0) last = k;
     if (reducer) reducer->begin();
     const double tc0 = mono_s();
+    double stage_wait_s = 0;
     for (size_t k = 0; k < GA; ++k) {
+      if (stager && global[k]) {  // ZeRO-2: every global micro-batch is reduced, by every rank (with zeros if it has no data)
+        stager->micro_begin();
+        if (micro[k].B == 0) {
+          stager->zero_pass();
+          double w = 0;
+          std::string err;
+          if (stager->micro_end(w, err)) return comm_fail("the ZeRO-2 gradient reduction of step " + std::to_string(step + 1));
+          stage_wait_s += w;
+          continue;
+        }
+      }
       if (micro[k].B == 0) continue;  // the epoch's last global micro-batch left this rank nothing
       RunOptions o;
       o.training = true;
@@ -1611,20 +1833,51 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       else o.grad_scale = counts[k] > 0 ? 1.0f / (static_cast<float>(counts[k]) * static_cast<float>(window)) : 0.0f;
       o.grad_scale *= static_cast<float>(loss_scale);
       if (reducer && job.overlap && k == last) o.grad_ready = [&](int64_t, const std::vector<Param *> &ready) { reducer->ready(ready); };
+      if (stager) {
+        o.grad_bind = [&](int64_t, const std::vector<Param *> &ps) { stager->bind(ps); };
+        o.grad_ready = [&](int64_t, const std::vector<Param *> &ps) { stager->ready(ps); };
+      }
       RunResult r;
       if ((st = model->run(micro[k], o, r))) {
         if (st == LLMT_ERR_NAN) set_error(st, std::string(llmt_last_error()) + " (step " + std::to_string(step + 1) + ")");
         return fail(st);
       }
+      if (stager) {
+        double w = 0;
+        std::string err;
+        if (stager->micro_end(w, err)) return comm_fail("the ZeRO-2 gradient reduction of step " + std::to_string(step + 1));
+        stage_wait_s += w;
+      }
       losses[k] = r.loss_sum;
       losses[GA] += static_cast<double>(micro[k].B * micro[k].T);
       // (not after the last: its buckets are on the wire; the abort is seen at the top of the next step)
-      if (!(reducer && k == last) && ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
+      if (!(reducer && k == last) && !stager && ctl.poll && ctl.poll() == 2) return fail(set_error(LLMT_ERR_ABORTED, "training aborted at step " + std::to_string(step)));
     }
     my_compute_s += mono_s() - tc0;
     my_tokens += losses[GA];
     double sq = 0;
-    if (dist.on()) {
+    if (stager) {
+      // each rank holds the summed gradients it owns: Σg² over those, summed over the ranks with the losses
+      Backend &be = model->backend();
+      if (!sq_acc) {
+        Backend *bp = &be;
+        sq_acc.reset(static_cast<double *>(be.alloc(sizeof(double))), [bp](double *q) { bp->release(q); });
+      }
+      be.upload(sq_acc.get(), &sq, sizeof(double));
+      be.sum_squares_acc_multi(slots(tp, owns), sq_acc.get());
+      be.download(&sq, sq_acc.get(), sizeof(double));
+      losses.push_back(sq);
+      dist.comm_wait_s += stage_wait_s;
+      my_grad_wait_s += stage_wait_s;
+      const double per_micro = static_cast<double>(stager->stages());
+      double micro_n = 0;
+      for (size_t k = 0; k < GA; ++k) micro_n += global[k] ? 1 : 0;
+      my_buckets += per_micro * micro_n;
+      my_buckets_early += (per_micro - 1) * micro_n;
+      if (dist.allreduce(losses.data(), losses.size())) return comm_fail("the loss all-reduce of step " + std::to_string(step + 1));
+      sq = losses.back();
+      losses.pop_back();
+    } else if (dist.on()) {
       double wait_s = 0;
       std::string err;
       if (reducer->finish(sq, wait_s, err)) return comm_fail("the gradient all-reduce of step " + std::to_string(step + 1));

@@ -217,7 +217,7 @@ export function specFromFlags(o: Flags): { spec: ReturnType<typeof parseRunSpec>
     }
     const dsZero = (r.spec.distributed as { zero_stage?: unknown } | undefined)?.zero_stage;
     if (o.zero_stage !== undefined && dsZero !== undefined && dsZero !== Number(o.zero_stage)) {
-      throw new RunSpecError(`--deepspeed ${String(o.deepspeed)} asks for ZeRO (zero_optimization.stage ≥ 1: zero_stage 1 here) but --zero_stage says ${String(o.zero_stage)}: make them agree, or drop one`, [
+      throw new RunSpecError(`--deepspeed ${String(o.deepspeed)} asks for ZeRO (zero_stage ${String(dsZero)} here) but --zero_stage says ${String(o.zero_stage)}: make them agree, or drop one`, [
         { path: 'distributed.zero_stage', message: '--zero_stage and --deepspeed disagree' },
       ]);
     }
@@ -315,7 +315,7 @@ export function registerTrain(program: Command, fail: (err: unknown) => never): 
     .option('--deepspeed <file>', "the seed's DeepSpeed JSON: meaningful fields are mapped, the rest warned about")
     .option('--device <d>', 'cpu, cuda, cuda:N (one GPU) or cuda:N,M,... (several GPUs: data parallel, one worker per GPU, each holding the whole model; the batch is split across them); without a usable GPU the engine falls back to the CPU with a warning')
     .option('--nproc_per_node <n>', 'data-parallel workers on this machine (torchrun\'s flag); each takes --per_device_train_batch_size samples per micro-batch. On the CPU: any count; with --device cuda:N,M,...: the number of GPUs (implied; may be left out)', int)
-    .option('--zero_stage <n>', 'full fine-tuning on several workers (--nproc_per_node > 1 CPU workers, or --device cuda:0,1,…): 1 shards the AdamW state over them (ZeRO-1)', int)
+    .option('--zero_stage <n>', 'full fine-tuning on several workers (--nproc_per_node > 1 CPU workers, or --device cuda:0,1,…): 1 shards the AdamW state over them (ZeRO-1), 2 the gradients too (ZeRO-2)', int)
     .option('--json', 'print engine events as JSON lines', false)
     .action(async (o: Flags) => {
       let spec;

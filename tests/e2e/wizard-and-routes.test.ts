@@ -203,17 +203,22 @@ describe('New fine-tune wizard', () => {
     await page.getByTestId('lora-dora').uncheck();
   });
 
-  it('ZeRO-1 is offered for a full fine-tune on several workers only, and reaches the command line', async () => {
+  it('ZeRO-1 and ZeRO-2 are offered for a full fine-tune on several workers only, and reach the command line', async () => {
     await page.getByTestId('wizard-step-2').click();
     await page.getByTestId('method-full').check();
     await page.getByTestId('wizard-step-4').click();
     await page.getByTestId('cpu-workers').fill('1');
     expect(await page.getByTestId('knob-zero').count()).toBe(0); // one worker: nothing to shard
     await page.getByTestId('cpu-workers').fill('2');
-    await page.getByTestId('knob-zero').check();
+    await page.getByTestId('knob-zero').selectOption('1');
     await page.getByTestId('wizard-step-5').click();
     await page.getByTestId('review-cli').waitFor();
     expect(await page.getByTestId('review-cli').textContent()).toMatch(/--nproc_per_node 2\b[\s\S]*--zero_stage 1\b|--zero_stage 1\b[\s\S]*--nproc_per_node 2\b/);
+    await page.getByTestId('wizard-step-4').click();
+    await page.getByTestId('knob-zero').selectOption('2');
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    await expect.poll(async () => page.getByTestId('review-cli').textContent()).toMatch(/--zero_stage 2\b/);
     // LoRA: its optimizer state is small, the choice is kept but not sent
     await page.getByTestId('wizard-step-2').click();
     await page.getByTestId('method-lora').check();

@@ -79,6 +79,34 @@ export function writeSafetensors(file: string, tensors: Record<string, { shape: 
   fs.writeFileSync(file, Buffer.concat([len, h, ...Object.values(tensors).map((v) => Buffer.from(v.data.buffer, v.data.byteOffset, v.data.byteLength))]));
 }
 
+/** A deeper copy of an HF llama-style folder with all-F32 weights (`model.layers.N.` names): `layers` blocks, block l
+ *  a copy of block l mod (the original count), its values scaled by 1 + l/100 so that no two blocks are equal. */
+export function deepenModel(src: string, dst: string, layers: number): void {
+  fs.mkdirSync(dst, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(src, 'config.json'), 'utf8')) as { num_hidden_layers: number };
+  const orig = cfg.num_hidden_layers;
+  fs.writeFileSync(path.join(dst, 'config.json'), JSON.stringify({ ...cfg, num_hidden_layers: layers }));
+  const file = path.join(src, 'model.safetensors');
+  const buf = fs.readFileSync(file);
+  const n = Number(buf.readBigUInt64LE(0));
+  const header = JSON.parse(buf.subarray(8, 8 + n).toString('utf8')) as Record<string, { shape: number[] }>;
+  const values = readSafetensors(file);
+  const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+  for (const [k, data] of values) {
+    const m = /^model\.layers\.(\d+)\.(.*)$/.exec(k);
+    if (!m) {
+      out[k] = { shape: header[k]!.shape, data };
+      continue;
+    }
+    if (Number(m[1]) !== 0) continue;
+    for (let l = 0; l < layers; l++) {
+      const from = values.get(`model.layers.${l % orig}.${m[2]}`)!;
+      out[`model.layers.${l}.${m[2]}`] = { shape: header[k]!.shape, data: from.map((x) => x * (1 + l / 100)) };
+    }
+  }
+  writeSafetensors(path.join(dst, 'model.safetensors'), out);
+}
+
 /** The largest absolute difference of two [batch][token][vocab] logit arrays. */
 export function maxAbsDiff(a: number[][][], b: number[][][]): number {
   let m = 0;

@@ -69,13 +69,31 @@ describe('RunSpec on several GPUs', () => {
     expect(estimateRun(info, parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: 4, zero_stage: 1 } }), 1).bytes.optimizer).toBe(P * 4 * 1.5);
   });
 
-  it("maps the seed's DeepSpeed ZeRO (stage ≥ 1) to ZeRO-1 on GPUs too, saying what stages 2 and 3 add", () => {
+  it('ZeRO-2 leaves each worker the gradients of its share and two staging slots of the largest stage', () => {
+    const info = { path: '/m', supported: true, model_type: 'llama', hidden: 256, intermediate: 688, layers: 4, vocab: 32000, heads: 8, parameters: 19_860_736 } as Parameters<typeof estimateRun>[0];
+    const P = 19_860_736;
+    const est = (n: number, zero: 0 | 1 | 2) => estimateRun(info, parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: n, zero_stage: zero } }), 1).bytes.optimizer;
+    // the largest stage: the 32000 × 256 embedding (a block's linears: 4·256² + 3·256·688 = 790,528)
+    const slots = (n: number) => 2 * 32000 * 256 * (1 - 1 / n);
+    expect(est(4, 2)).toBe((P / 4 + slots(4) + P * 0.5) * 4);
+    expect(est(4, 2)).toBeLessThan(est(4, 1));
+    expect(est(2, 2)).toBe((P / 2 + slots(2) + P) * 4);
+    expect(est(1, 2)).toBe(P * 4 * 3); // one worker: nothing to shard
+  });
+
+  it("maps the seed's DeepSpeed ZeRO stages onto ZeRO-1 and ZeRO-2, saying what stage 3 would add", () => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-mgpu-'));
     const f = path.join(dir, 'ds.json');
-    fs.writeFileSync(f, JSON.stringify({ zero_optimization: { stage: 2 } }));
-    const r = applyDeepspeed({ ...base, method: 'full', devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 } }, f);
-    expect(parseRunSpec(r.spec).distributed).toEqual({ nproc_per_node: 2, zero_stage: 1 });
-    expect(r.warnings.join('\n')).toMatch(/stage 2: the engine shards optimizer state only \(ZeRO-1/);
+    const map = (stage: number) => {
+      fs.writeFileSync(f, JSON.stringify({ zero_optimization: { stage } }));
+      const r = applyDeepspeed({ ...base, method: 'full', devices: { kind: 'cuda', ids: [0, 1] }, distributed: { nproc_per_node: 2 } }, f);
+      return { zero: parseRunSpec(r.spec).distributed.zero_stage, warnings: r.warnings.join('\n') };
+    };
+    expect(map(1)).toEqual({ zero: 1, warnings: '' });
+    expect(map(2)).toEqual({ zero: 2, warnings: '' });
+    const three = map(3);
+    expect(three.zero).toBe(2);
+    expect(three.warnings).toMatch(/stage 3: the engine shards optimizer state and gradients \(ZeRO-2.*the parameters stay whole/);
     fs.rmSync(dir, { recursive: true, force: true });
   });
 });

@@ -295,8 +295,9 @@ describe('llms-train train: what the stored run needs later', () => {
     expect(specFromFlags(flags([...base, '--per_device_train_batch_size', '3', '--deepspeed', ds({ train_micro_batch_size_per_gpu: 3 })])).spec.training.micro_batch_size).toBe(3);
     // no flag: the file's value
     expect(specFromFlags(flags([...base, '--deepspeed', ds({ train_micro_batch_size_per_gpu: 3 })])).spec.training.micro_batch_size).toBe(3);
-    // ZeRO: the file's stage 2 maps to zero_stage 1; an explicit --zero_stage 0 contradicts it
-    expect(() => specFromFlags(flags([...base, '--use_lora', 'False', '--nproc_per_node', '2', '--zero_stage', '0', '--deepspeed', ds({ zero_optimization: { stage: 2 } })]))).toThrow(/--zero_stage says 0/);
-    expect(specFromFlags(flags([...base, '--use_lora', 'False', '--nproc_per_node', '2', '--zero_stage', '1', '--deepspeed', ds({ zero_optimization: { stage: 2 } })])).spec.distributed.zero_stage).toBe(1);
+    // ZeRO: the file's stage 2 is zero_stage 2; an explicit --zero_stage 0 or 1 contradicts it
+    expect(() => specFromFlags(flags([...base, '--use_lora', 'False', '--nproc_per_node', '2', '--zero_stage', '0', '--deepspeed', ds({ zero_optimization: { stage: 2 } })]))).toThrow(/asks for ZeRO \(zero_stage 2 here\) but --zero_stage says 0/);
+    expect(() => specFromFlags(flags([...base, '--use_lora', 'False', '--nproc_per_node', '2', '--zero_stage', '1', '--deepspeed', ds({ zero_optimization: { stage: 2 } })]))).toThrow(/--zero_stage says 1/);
+    expect(specFromFlags(flags([...base, '--use_lora', 'False', '--nproc_per_node', '2', '--zero_stage', '2', '--deepspeed', ds({ zero_optimization: { stage: 2 } })])).spec.distributed.zero_stage).toBe(2);
   });
 });

@@ -214,11 +214,16 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   const weights = (P - q4 - half16) * F + q4 * (0.5 + 1 / 64 + 4 / (64 * 256)) + half16 * 2;
   const trainable = spec.method === 'full' ? 0 : trainableParams * F; // full: the weights are the parameters
   // gradient, exp_avg, exp_avg_sq; a GPU run with offload_optimizer keeps only the gradient on the GPU; ZeRO-1 (a full
-  // fine-tune on several workers) leaves each worker the moments of its 1/N of the parameters
+  // fine-tune on several workers) leaves each worker the moments of its 1/N of the parameters, ZeRO-2 the gradients too
   const workers = spec.devices.kind === 'cuda' ? Math.max(1, spec.devices.ids.length) : spec.distributed.nproc_per_node;
-  const zero1 = spec.distributed.zero_stage === 1 && spec.method === 'full' && workers > 1;
+  const zero1 = spec.distributed.zero_stage >= 1 && spec.method === 'full' && workers > 1;
   const moments = spec.training.offload_optimizer && spec.devices.kind === 'cuda' ? 0 : zero1 ? 2 / workers : 2;
-  const optimizer = trainableParams * F * (1 + moments);
+  // ZeRO-2 also leaves each worker the gradients of its share only, plus two staging slots for the others' parameters
+  // of one backward stage (the largest: a block's linears or the embedding/head table)
+  const stageMax = Math.max(L > 0 ? linearParams / L : 0, V * H);
+  const gradients =
+    zero1 && spec.distributed.zero_stage === 2 ? Math.min(trainableParams, trainableParams / workers + 2 * stageMax * (1 - 1 / workers)) : trainableParams;
+  const optimizer = (gradients + trainableParams * moments) * F;
   const gpu = spec.devices.kind === 'cuda';
   const process = gpu ? GPU_CONTEXT : PROCESS_BASELINE;
   const total = weights + trainable + optimizer + activations + temporaries + logits + process;

@@ -119,11 +119,12 @@ export const RunSpec = z
       .prefault({}),
     devices: z.object({ kind: z.enum(['cpu', 'cuda']).default('cpu'), ids: z.array(z.number().int().min(0)).default([]) }).strict().default({ kind: 'cpu', ids: [] }),
     // data parallelism on this machine: nproc_per_node workers (torchrun's flag), one per device; rank 0 reports
-    // the run. zero_stage 1 shards AdamW state over the workers (full fine-tuning only). docs/distributed.md
+    // the run. zero_stage 1 shards AdamW state over the workers, 2 the gradients too (full fine-tuning only).
+    // docs/distributed.md
     distributed: z
       .object({
         nproc_per_node: PosInt.max(64).default(1),
-        zero_stage: z.union([z.literal(0), z.literal(1)]).default(0),
+        zero_stage: z.union([z.literal(0), z.literal(1), z.literal(2)]).default(0),
       })
       .strict()
       .default({ nproc_per_node: 1, zero_stage: 0 }),
@@ -528,8 +529,8 @@ export function applyDeepspeed(spec: RunSpecInput, file: string): { spec: RunSpe
     } else if (k === 'zero_optimization') {
       const stage = typeof v === 'object' && v !== null ? (v as { stage?: unknown }).stage : undefined;
       if (typeof stage === 'number' && stage >= 1) {
-        distributed = { ...distributed, zero_stage: 1 };
-        if (stage > 1) warnings.push(`deepspeed zero_optimization.stage ${stage}: the engine shards optimizer state only (ZeRO-1, full fine-tuning); gradients and parameters stay whole on each worker`);
+        distributed = { ...distributed, zero_stage: stage >= 2 ? 2 : 1 };
+        if (stage > 2) warnings.push(`deepspeed zero_optimization.stage ${stage}: the engine shards optimizer state and gradients (ZeRO-2, full fine-tuning); the parameters stay whole on each worker`);
       }
       const rest = typeof v === 'object' && v !== null ? Object.keys(v).filter((x) => x !== 'stage') : [];
       if (rest.length) warnings.push(`deepspeed zero_optimization.${rest.join(', ')}: no meaning for the LLMs-train engine; ignored`);

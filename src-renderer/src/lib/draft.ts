@@ -115,7 +115,7 @@ export function draftFromSpec(specIn: unknown, continueFrom: string | null = nul
     deviceKind: dev.kind === 'cuda' ? 'cuda' : 'cpu',
     gpuIds: Array.isArray(dev.ids) ? dev.ids : [],
     cpuWorkers: dev.kind === 'cuda' ? 1 : dist.nproc_per_node,
-    zeroStage: dist.zero_stage === 1 ? 1 : 0,
+    zeroStage: dist.zero_stage === 1 || dist.zero_stage === 2 ? dist.zero_stage : 0,
     runName: '',
     tags: '',
   };

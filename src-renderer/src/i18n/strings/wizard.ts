@@ -113,7 +113,10 @@ export const en = {
   'newRun.hw.gpuWorkers': 'Workers: {count}, one per selected GPU (GPU {ids})',
   'newRun.hw.workers': 'CPU worker processes',
   'newRun.hw.workersHelp': 'Data parallel: each worker takes its share of every batch and the gradients are summed (same curve as one worker with the whole batch).',
-  'newRun.hw.zero': 'Shard the optimizer state over the workers (ZeRO-1): less memory per worker',
+  'newRun.hw.zero': 'Sharding over the workers (ZeRO): less memory per worker',
+  'newRun.hw.zero0': 'off: every worker holds everything',
+  'newRun.hw.zero1': 'ZeRO-1: the optimizer state',
+  'newRun.hw.zero2': 'ZeRO-2: the optimizer state and the gradients',
 
   'newRun.review.name': 'Run name',
   'newRun.review.tags': 'Tags (comma-separated)',
@@ -276,7 +279,10 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.hw.gpuWorkers': '工作进程：{count} 个，每块选中的 GPU 一个（GPU {ids}）',
   'newRun.hw.workers': 'CPU 工作进程数',
   'newRun.hw.workersHelp': '数据并行：每个进程处理每个批次中的一份，梯度相加（与单进程处理整个批次的曲线相同）。',
-  'newRun.hw.zero': '将优化器状态分片到各工作进程（ZeRO-1）：每个进程占用更少内存',
+  'newRun.hw.zero': '分片到各工作进程（ZeRO）：每个进程占用更少内存',
+  'newRun.hw.zero0': '关闭：每个进程保存全部',
+  'newRun.hw.zero1': 'ZeRO-1：优化器状态',
+  'newRun.hw.zero2': 'ZeRO-2：优化器状态和梯度',
 
   'newRun.review.name': '训练名称',
   'newRun.review.tags': '标签（逗号分隔）',
