@@ -573,6 +573,79 @@ static void test_grad_ready_hook() {
   }
 }
 
+// The gradient-bind hook (RunOptions::grad_bind, ZeRO-2): before each stage of the backward it gets that stage's
+// list (the one grad_ready reports after it); a parameter whose gradient memory is bound only then (Param::stage_g,
+// grad_staged) receives every contribution of the call inside its stage — bit for bit the gradient of a run without
+// hooks — and none before its bind or after its ready (those would land in a trap buffer that must stay zero). A tied
+// head's weight, written by two stages, keeps its own buffer, as train.cpp's StageReducer keeps it. Every family.
+static void test_grad_bind_hook() {
+  std::printf("gradient-bind hook\n");
+  for (const char *family : {"llama", "llama3", "llama_bias", "mistral", "qwen2", "baichuan", "baichuan13b", "gpt_neox", "bloom", "falcon",
+                             "falcon40b", "minicpm", "chatglm", "chatglm2"}) {
+    llmt_status st;
+    auto m = Model::load(tiny(family), st);
+    CHECK(m != nullptr, llmt_last_error());
+    if (!m) continue;
+    m->make_all_trainable();
+    Batch b = make_batch(2, 6, m->config().vocab, 21);
+    if (m->config().pos == PosKind::Rope2D)  // ChatGLM-6B rows: prompt, [gMASK], <sop>, answer
+      for (int64_t r = 0; r < b.B; ++r) {
+        b.ids[r * b.T + 2] = static_cast<int32_t>(m->config().gmask_id);
+        b.ids[r * b.T + 3] = static_cast<int32_t>(m->config().bos_id);
+      }
+    RunOptions o;
+    o.training = true;
+    o.backward = true;
+    o.grad_scale = 0.05f;
+    RunResult r;
+    m->zero_grad();
+    CHECK(m->run(b, o, r) == LLMT_OK, llmt_last_error());
+    const std::vector<Param *> tp = m->trainable_params();
+    std::map<const Param *, std::vector<float>> ref, got;
+    int64_t biggest = 0;
+    for (Param *p : tp) ref[p] = p->grad, biggest = std::max(biggest, p->numel());
+    std::vector<float> trap(static_cast<size_t>(biggest), 0.0f);
+    std::map<const Param *, std::vector<float>> mem;
+    for (Param *p : tp)
+      if (!(m->head_tied() && p == m->embed)) p->grad_staged = true, p->stage_g = trap.data();
+    m->zero_grad();  // the tied weight only
+    std::vector<int64_t> bound;
+    bool same_lists = true;
+    std::vector<Param *> last_bound;
+    o.grad_bind = [&](int64_t stage, const std::vector<Param *> &ps) {
+      bound.push_back(stage);
+      last_bound = ps;
+      for (Param *p : ps)
+        if (p->grad_staged) {
+          mem[p].assign(static_cast<size_t>(p->numel()), 0.0f);
+          p->stage_g = mem[p].data();
+        }
+    };
+    o.grad_ready = [&](int64_t stage, const std::vector<Param *> &ps) {
+      same_lists = same_lists && !bound.empty() && bound.back() == stage && ps == last_bound;
+      for (Param *p : ps) {
+        got[p] = p->grad_staged ? mem[p] : p->grad;
+        if (p->grad_staged) p->stage_g = trap.data();
+      }
+    };
+    CHECK(m->run(b, o, r) == LLMT_OK, llmt_last_error());
+    const std::string what = family;
+    std::vector<int64_t> want;
+    for (int64_t l = m->config().layers; l >= -1; --l) want.push_back(l);
+    CHECK(bound == want, what + ": one bind per stage, in backward order");
+    CHECK(same_lists, what + ": each ready follows its own stage's bind with the same list");
+    size_t differ = 0;
+    for (Param *p : tp) {
+      auto it = got.find(p);
+      if (it == got.end() || it->second != ref[p]) ++differ;
+    }
+    CHECK(differ == 0, what + ": " + std::to_string(differ) + " gradients differ from a run without hooks (or were never reported)");
+    CHECK(std::all_of(trap.begin(), trap.end(), [](float x) { return x == 0.0f; }), what + ": a gradient was written outside its stage");
+    for (Param *p : tp) p->grad_staged = false, p->stage_g = nullptr;
+    std::printf("  %s: %zu stages, %zu parameters, each written inside its stage only\n", family, bound.size(), tp.size());
+  }
+}
+
 // A tiny Mistral with a sliding window of `window` keys (config.json sliding_window; create-tiny writes 4096)
 static std::string windowed_tiny(int64_t window) {
   const std::string dir = g_tmp + "/mistral-window" + std::to_string(window);
@@ -1880,6 +1953,7 @@ int main() {
   test_neftune();
   test_modules_to_save();
   test_grad_ready_hook();
+  test_grad_bind_hook();
   test_packing();
   test_packing(7);
   test_sliding_window();
