@@ -2,8 +2,11 @@
 // with the all-reduce started bucket by bucket during the backward (distributed.overlap_backward, the default)
 // and after it (overlap_backward: false). Full fine-tuning of a random 19.6M-parameter llama (hidden 512, 6 layers,
 // MLP 1408, vocab 320: 78 MB of fp32 gradients per step, 25 MB buckets). Prints the per-step medians of rank_stats.
-//   node bench/dist_overlap.mjs [native bin dir, default native/build/bin] [steps, default 8] [--old]
+//   node bench/dist_overlap.mjs [native bin dir, default native/build/bin] [steps, default 8] [--old] [--zero]
 // --old: a build from before the overlap (no overlap_backward key; only comm_wait_s exists there).
+// --zero: instead, ZeRO stages 0, 1 and 2 (overlap on) of a deeper model (16 layers, 51M parameters): each rank's peak
+// memory (rank_stats peak_mem_bytes: the process's peak RSS) and step time — ZeRO-1 drops half the AdamW moments,
+// ZeRO-2 half the gradients too, less its two staging slots of one block.
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -14,13 +17,14 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const args = process.argv.slice(2).filter((a) => !a.startsWith('--'));
 const old = process.argv.includes('--old');
+const zeroMode = process.argv.includes('--zero');
 const bin = path.resolve(args[0] ?? path.join(root, 'native/build/bin'));
 const steps = Number(args[1] ?? 8);
 const engine = path.join(bin, 'llmt-engine');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'llmt-bench-ovl-'));
 
 // ---- the model: create-tiny's llama files (tokenizer, config keys), scaled up, random N(0, 0.02) weights ----
-const V = 320, H = 512, L = 6, I = 1408, NH = 8;
+const V = 320, H = 512, L = zeroMode ? 16 : 6, I = 1408, NH = 8;
 const model = path.join(tmp, 'model');
 if (spawnSync(engine, ['create-tiny', '--family', 'llama', '--out', model]).status !== 0) throw new Error('create-tiny failed');
 const cfg = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8'));
@@ -108,7 +112,31 @@ async function measure(overlap) {
     `  buckets ${fmt(pick('buckets'), 0)} (overlapped ${fmt(pick('buckets_overlapped'), 0)})   [rank 0 / rank 1, medians of steps 2–${steps}]`);
 }
 
-if (old) await measure(false);
+async function measureZero(stage) {
+  const job = {
+    model,
+    method: 'full',
+    data: { train: tokens },
+    training: { learning_rate: 1e-4, max_steps: steps, micro_batch_size: 2, gradient_accumulation_steps: 1, seed: 1 },
+    output: { dir: path.join(tmp, `out-z${stage}`), logging_steps: 1, save_steps: 100000 },
+    distributed: { world_size: 2, zero_stage: stage },
+  };
+  const file = path.join(tmp, `job-z${stage}.json`);
+  fs.writeFileSync(file, JSON.stringify(job));
+  const port = await freePort();
+  const rs = await Promise.all([0, 1].map((r) => runRank(file, r, port)));
+  for (const r of rs) if (r.code !== 0) throw new Error(r.err || r.out);
+  const events = rs[0].out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
+  const stats = events.filter((e) => e.event === 'rank_stats');
+  const last = stats.at(-1);
+  const mib = (b) => (b / 2 ** 20).toFixed(1);
+  const slots = events.find((e) => e.event === 'started').zero2_slot_bytes;
+  console.log(`zero_stage ${stage}: peak memory ${[0, 1].map((r) => mib(last.ranks[r].peak_mem_bytes)).join(' / ')} MiB` +
+    `  step ${median(stats.slice(1).map((e) => e.interval_s)).toFixed(3)} s` + (slots ? `  (slots ${mib(slots)} MiB)` : '') + '   [rank 0 / rank 1]');
+}
+
+if (zeroMode) for (const stage of [0, 1, 2]) await measureZero(stage);
+else if (old) await measure(false);
 else {
   await measure(false);
   await measure(true);
