@@ -26,6 +26,9 @@ export interface Estimate {
   tokens: number;
   /** a rough step time on this CPU (s), from the FLOPs and a conservative throughput; null for a GPU run */
   stepSeconds: number | null;
+  /** what `bytes` is of: this machine's memory (one CPU worker's) or one GPU's (one GPU worker's: `process` is then the
+   *  CUDA context, an assumption, not a measurement) */
+  device: 'cpu' | 'cuda';
 }
 
 const F = 4; // bytes per float (fp32)
@@ -267,16 +270,21 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
     trainableParams,
     tokens: N,
     stepSeconds,
+    device: gpu ? 'cuda' : 'cpu',
   };
 }
 
-const mb = (b: number) => `${(b / 2 ** 20).toFixed(b < 2 ** 30 ? 1 : 0)} MB`;
+// binary units, named as such (the fit check and the refusal say GiB too)
+const mib = (b: number) => (b < 2 ** 30 ? `${(b / 2 ** 20).toFixed(1)} MiB` : `${(b / 2 ** 30).toFixed(2)} GiB`);
 
+/** One line: the peak while training (the weight files, mapped while they load, are not counted: the kernel can drop
+ *  those pages) and its parts; on a GPU, of each GPU's memory, the CUDA context an assumed figure. */
 export function describeEstimate(e: Estimate): string {
   const b = e.bytes;
+  const gpu = e.device === 'cuda';
   return (
-    `memory ≈ ${mb(b.total)} (weights ${mb(b.weights)}, trainable ${mb(b.trainable)}, optimizer ${mb(b.optimizer)}, ` +
-    `activations ${mb(b.activations)}, temporaries ${mb(b.temporaries + b.logits)}, process ${mb(b.process)})` +
+    `${gpu ? 'GPU memory' : 'memory'} ≈ ${mib(b.total)} (weights ${mib(b.weights)}, trainable ${mib(b.trainable)}, optimizer ${mib(b.optimizer)}, ` +
+    `activations ${mib(b.activations)}, temporaries ${mib(b.temporaries + b.logits)}, ${gpu ? `CUDA context ≈ ${mib(b.process)} assumed` : `process ${mib(b.process)}`})` +
     (e.stepSeconds === null
       ? ''
       : `; step ≈ ${e.stepSeconds < 1 ? `${(e.stepSeconds * 1000).toFixed(0)} ms` : `${e.stepSeconds.toFixed(1)} s`} on this CPU`)
