@@ -70,15 +70,21 @@ describe('RunSpec on several GPUs', () => {
   });
 
   it('ZeRO-2 leaves each worker the gradients of its share and two staging slots of the largest stage', () => {
-    const info = { path: '/m', supported: true, model_type: 'llama', hidden: 256, intermediate: 688, layers: 4, vocab: 32000, heads: 8, parameters: 19_860_736 } as Parameters<typeof estimateRun>[0];
-    const P = 19_860_736;
+    const [H, I, L, V] = [256, 688, 40, 32000];
+    const P = 2 * V * H + L * (4 * H * H + 3 * H * I + 2 * H) + H; // 48.0M: the two tables are a third of it
+    const info = { path: '/m', supported: true, model_type: 'llama', hidden: H, intermediate: I, layers: L, vocab: V, heads: 8, parameters: P } as Parameters<typeof estimateRun>[0];
     const est = (n: number, zero: 0 | 1 | 2) => estimateRun(info, parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: n, zero_stage: zero } }), 1).bytes.optimizer;
-    // the largest stage: the 32000 × 256 embedding (a block's linears: 4·256² + 3·256·688 = 790,528)
-    const slots = (n: number) => 2 * 32000 * 256 * (1 - 1 / n);
-    expect(est(4, 2)).toBe((P / 4 + slots(4) + P * 0.5) * 4);
-    expect(est(4, 2)).toBeLessThan(est(4, 1));
-    expect(est(2, 2)).toBe((P / 2 + slots(2) + P) * 4);
+    // the largest stage: the 32000 × 256 embedding (a block's linears: 4·256² + 3·256·688 = 790,528), which some
+    // rank's share leaves out whole
+    const slots = 2 * V * H;
+    expect(est(4, 2)).toBe((P / 4 + slots + (P * 2) / 4) * 4);
+    expect(est(2, 2)).toBe((P / 2 + slots + P) * 4);
+    expect(est(2, 2)).toBeLessThan(est(2, 1));
     expect(est(1, 2)).toBe(P * 4 * 3); // one worker: nothing to shard
+    // a model whose tables outweigh a worker's share: the slots cost what the share saves, and no more is claimed
+    const small = { ...info, layers: 4, parameters: 2 * V * H + 4 * (4 * H * H + 3 * H * I + 2 * H) + H };
+    const e = (zero: 1 | 2) => estimateRun(small, parseRunSpec({ ...base, method: 'full', distributed: { nproc_per_node: 2, zero_stage: zero } }), 1).bytes.optimizer;
+    expect(e(2)).toBe(e(1));
   });
 
   it("maps the seed's DeepSpeed ZeRO stages onto ZeRO-1 and ZeRO-2, saying what stage 3 would add", () => {

@@ -26,6 +26,9 @@ export interface Estimate {
   tokens: number;
   /** a rough step time on this CPU (s), from the FLOPs and a conservative throughput; null for a GPU run */
   stepSeconds: number | null;
+  /** what `bytes` is of: this machine's memory (one CPU worker's) or one GPU's (one GPU worker's: `process` is then the
+   *  CUDA context, an assumption, not a measurement) */
+  device: 'cpu' | 'cuda';
 }
 
 const F = 4; // bytes per float (fp32)
@@ -34,6 +37,8 @@ const PROCESS_BASELINE = 9.5 * 2 ** 20; // the engine process with its thread po
 // workspace (typically 300–600 MB on current GPUs and drivers). The rest of the estimate is the engine's
 // allocations, which the emulated CUDA backend measures exactly (tests/integration/cuda-emulated.test.ts).
 const GPU_CONTEXT = 512 * 2 ** 20;
+/** The engine's gradient bucket for several workers (job distributed.bucket_mb, 25 MB, which the RunSpec leaves at its default), in floats. */
+const BUCKET_FLOATS = (25 * 2 ** 20) / F;
 
 /** A Python regex as JS, or null where JS cannot read it (named groups (?P<..>), inline flags, ...). */
 function jsRegex(src: string): RegExp | null {
@@ -120,8 +125,27 @@ function biases(info: ModelInspection, mods: [string, number, number][]): { line
   const falcon = t === 'falcon' || t === 'RefinedWeb' || t === 'RefinedWebModel';
   const layerNorm = t === 'gpt_neox' || t === 'bloom' || falcon || (t === 'chatglm' && !glm2);
   // Falcon-7B's parallel block has one LayerNorm (falcon-40b's new decoder architecture two: ln_attn, ln_mlp)
-  const falconOne = falcon && !(cfg.new_decoder_architecture === true || t === 'RefinedWeb') && cfg.parallel_attn !== false;
-  return { linear, normsPerBlock: layerNorm ? (falconOne ? H : 2 * H) : 0, normsOnce: layerNorm ? (t === 'bloom' ? 2 * H : H) : 0 };
+  const one = blockShape(info, cfg).oneNorm;
+  return { linear, normsPerBlock: layerNorm ? (one ? H : 2 * H) : 0, normsOnce: layerNorm ? (t === 'bloom' ? 2 * H : H) : 0 };
+}
+
+/**
+ * How the engine builds a block of the family (family.cpp): a gated MLP (SwiGLU: gate, up and their product kept, I
+ * each) or a GELU one (its pre-activation and activation); a parallel residual (GPT-NeoX's use_parallel_residual,
+ * Falcon's parallel_attn: no x_mid); one norm feeding both branches (falcon-7b, or the new decoder architecture with
+ * num_ln_in_parallel_attn 1); the q/k/v as one fused GEMM (whose [N, qd + 2·kvd] output and gradient are temporaries).
+ */
+function blockShape(info: ModelInspection, cfg: Record<string, unknown>): { gated: boolean; parallel: boolean; oneNorm: boolean } {
+  const t = info.model_type;
+  const falcon = t === 'falcon' || t === 'RefinedWeb' || t === 'RefinedWebModel';
+  const glm1 = t === 'chatglm' && !/ChatGLM2/.test(info.family ?? '');
+  const gated = !(t === 'gpt_neox' || t === 'bloom' || falcon || glm1);
+  const parallel = (t === 'gpt_neox' && cfg.use_parallel_residual !== false) || (falcon && cfg.parallel_attn !== false);
+  // legacy RW configs: the new decoder architecture ⇔ n_head_kv present
+  const newArch = t === 'falcon' ? cfg.new_decoder_architecture === true : falcon && cfg.n_head_kv !== undefined && cfg.n_head_kv !== null;
+  const nln = cfg.num_ln_in_parallel_attn;
+  const oneNorm = falcon && parallel && (!newArch || (typeof nln === 'number' && nln !== 2));
+  return { gated, parallel, oneNorm };
 }
 
 export function estimateRun(info: ModelInspection, spec: RunSpec, threads: number): Estimate {
@@ -178,10 +202,12 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
     }
     for (const m of spec.lora.modules_to_save ?? []) if (/embed|lm_head|embed_out/.test(m)) trainableParams += V * H;
   }
-  // floats each block keeps per token for its backward (LoRA's apart): the block input, the two norm outputs and the
-  // residual (H each), q and the attention output (heads · head_dim each), k and v, the MLP's three (I each), the
-  // softmax statistics (one per head)
-  const perToken = (neox ? 4 * H + 2 * qd + 2 * I : 4 * H + 2 * qd + 2 * kvd + 3 * I) + nh;
+  // floats each block keeps per token for its backward (LoRA's apart): the block input, the norm outputs (two, or one
+  // where a parallel block has one norm) and the residual between the halves of a sequential block (H each), q and the
+  // attention output (heads · head_dim each), k and v (kv_heads · head_dim each), the MLP's three (gated: gate, up,
+  // their product) or two (GELU: pre-activation, activation) of I each, the softmax statistics (one per head)
+  const shape = blockShape(info, folderConfig(info));
+  const perToken = (2 + (shape.oneNorm ? 0 : 1) + (shape.parallel ? 0 : 1)) * H + 2 * qd + 2 * kvd + (shape.gated ? 3 : 2) * I + nh;
   // checkpointing keeps each block's input but the last's (its backward reads the set its forward left), on the GPU
   // unless offload_checkpoints moves them to host memory
   const kept = spec.training.offload_checkpoints && spec.devices.kind === 'cuda' ? 0 : Math.max(L - 1, 0) * N * H;
@@ -190,12 +216,13 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   // hidden state and its gradient, a 16-bit copy of a GEMM input; the MLP gradients reuse its activations' buffers
   // (mixed precision: more 16-bit copies, and, for head sizes without tensor-core attention, rounded q, k, v and dout)
   const lowpTemps = spec.method === 'lora' && spec.training.precision !== 'fp32' ? N * (4 * H + I / 2) * F : 0;
-  // (dx and the two norm-gradient buffers, H each; d(attention output) and dq, heads · head_dim each; dk and dv; the
+  // (dx and the two norm-gradient buffers, H each — four in a parallel block, whose branches' gradients meet at the
+  // end; d(attention output) and dq, heads · head_dim each; dk and dv; a fused q/k/v's gradient, qd + 2·kvd; the
   // head's hidden state and its gradient, H each)
-  const temporaries = N * (5 * H + 2 * qd + 2 * kvd + I / 2) * F + lowpTemps;
+  const temporaries = N * ((shape.parallel ? 7 : 5) * H + 2 * qd + 2 * kvd + (fusedQkv || info.model_type === 'baichuan' ? qd + 2 * kvd : 0) + I / 2) * F + lowpTemps;
   let chunk = Math.max(1, Math.min(N, Math.floor(2 ** 23 / Math.max(V, 1))));
   if (chunk >= 128 && chunk < N) chunk -= chunk % 128; // the engine's logits chunk (model.cpp), its gradient in place
-  const logits = chunk * V * F;
+  const logitsChunk = chunk * V;
   // QLoRA: the block linears are bitsandbytes 4-bit — 0.5 byte per weight plus per 64-weight block one scale
   // (1 byte when double-quantized, + 4 bytes per 256 blocks); embeddings, norms and the head stay fp32
   const linearParams = mods.reduce((a, [, inn, out]) => a + L * inn * out, 0);
@@ -219,13 +246,28 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
   const zero1 = spec.distributed.zero_stage >= 1 && spec.method === 'full' && workers > 1;
   const moments = spec.training.offload_optimizer && spec.devices.kind === 'cuda' ? 0 : zero1 ? 2 / workers : 2;
   // ZeRO-2 also leaves each worker the gradients of its share only, plus two staging slots for the others' parameters
-  // of one backward stage (the largest: a block's linears or the embedding/head table)
+  // of one backward stage (the largest: a block's linears or the embedding/head table, which some rank's share leaves
+  // out whole)
   const stageMax = Math.max(L > 0 ? linearParams / L : 0, V * H);
-  const gradients =
-    zero1 && spec.distributed.zero_stage === 2 ? Math.min(trainableParams, trainableParams / workers + 2 * stageMax * (1 - 1 / workers)) : trainableParams;
+  const zero2 = zero1 && spec.distributed.zero_stage === 2;
+  const gradients = zero2 ? Math.min(trainableParams, trainableParams / workers + 2 * stageMax) : trainableParams;
   const optimizer = (gradients + trainableParams * moments) * F;
   const gpu = spec.devices.kind === 'cuda';
-  const process = gpu ? GPU_CONTEXT : PROCESS_BASELINE;
+  // the logits chunk, its gradient in place; a 16-bit head (mixed precision: an untied frozen head, or the frozen
+  // tied table) takes d(hidden) = d(logits)·W through a rounded copy of the chunk's gradient — fp32 on the CPU
+  // (round_half), 16-bit on the GPU
+  const head16 = info.tie_embeddings ? embedHalf > 0 : headHalf > 0;
+  const logits = logitsChunk * F + (head16 ? logitsChunk * (gpu ? 2 : F) : 0);
+  // data parallelism over CPU workers (Gloo): the gradient reducer packs each bucket (bucket_mb, 25 MB, or one larger
+  // parameter alone: a full fine-tune's embedding table) into a host buffer the size of the largest bucket, which
+  // Gloo's ring all-reduce works through with a scratch of about 1/(2·workers) of it, plus its threads and sockets.
+  // NCCL (GPU workers) reduces the gradients in place, and so does ZeRO-2 on CPU workers (tensor by tensor: only
+  // Gloo's scratch of the largest).
+  const largest = spec.method === 'full' ? Math.max(V * H, I * H, (qd + 2 * kvd) * H) : 0;
+  const bucket = zero2 ? 0 : Math.max(Math.min(trainableParams, BUCKET_FLOATS), largest > BUCKET_FLOATS ? largest : 0);
+  const scratch = (zero2 ? largest : bucket) / (2 * spec.distributed.nproc_per_node);
+  const reducer = !gpu && spec.distributed.nproc_per_node > 1 ? (bucket + scratch) * F + 2 * 2 ** 20 : 0;
+  const process = (gpu ? GPU_CONTEXT : PROCESS_BASELINE) + reducer;
   const total = weights + trainable + optimizer + activations + temporaries + logits + process;
   // FLOPs: forward 2PN; backward 2PN for the inputs (+2PN for full weight gradients); attention 4·L·N·T·H·2
   const flops = (spec.method === 'full' ? 6 : 4) * P * N + 8 * L * N * T * H * (spec.training.gradient_checkpointing ? 1.5 : 1);
@@ -236,16 +278,21 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
     trainableParams,
     tokens: N,
     stepSeconds,
+    device: gpu ? 'cuda' : 'cpu',
   };
 }
 
-const mb = (b: number) => `${(b / 2 ** 20).toFixed(b < 2 ** 30 ? 1 : 0)} MB`;
+// binary units, named as such (the fit check and the refusal say GiB too)
+const mib = (b: number) => (b < 2 ** 30 ? `${(b / 2 ** 20).toFixed(1)} MiB` : `${(b / 2 ** 30).toFixed(2)} GiB`);
 
+/** One line: the peak while training (the weight files, mapped while they load, are not counted: the kernel can drop
+ *  those pages) and its parts; on a GPU, of each GPU's memory, the CUDA context an assumed figure. */
 export function describeEstimate(e: Estimate): string {
   const b = e.bytes;
+  const gpu = e.device === 'cuda';
   return (
-    `memory ≈ ${mb(b.total)} (weights ${mb(b.weights)}, trainable ${mb(b.trainable)}, optimizer ${mb(b.optimizer)}, ` +
-    `activations ${mb(b.activations)}, temporaries ${mb(b.temporaries + b.logits)}, process ${mb(b.process)})` +
+    `${gpu ? 'GPU memory' : 'memory'} ≈ ${mib(b.total)} (weights ${mib(b.weights)}, trainable ${mib(b.trainable)}, optimizer ${mib(b.optimizer)}, ` +
+    `activations ${mib(b.activations)}, temporaries ${mib(b.temporaries + b.logits)}, ${gpu ? `CUDA context ≈ ${mib(b.process)} assumed` : `process ${mib(b.process)}`})` +
     (e.stepSeconds === null
       ? ''
       : `; step ≈ ${e.stepSeconds < 1 ? `${(e.stepSeconds * 1000).toFixed(0)} ms` : `${e.stepSeconds.toFixed(1)} s`} on this CPU`)

@@ -162,6 +162,7 @@ export const en = {
   'newRun.review.bytes.temporaries': 'temporaries',
   'newRun.review.bytes.logits': 'logits',
   'newRun.review.bytes.process': 'process',
+  'newRun.review.bytes.cudaContext': 'CUDA context (assumed)',
   'newRun.startOver': 'Start over',
   'newRun.startOverConfirm': 'Start over from the defaults? Every setting of this fine-tune is cleared.',
 } as const;
@@ -328,6 +329,7 @@ export const zh: Record<keyof typeof en, string> = {
   'newRun.review.bytes.temporaries': '临时缓冲',
   'newRun.review.bytes.logits': '输出 logits',
   'newRun.review.bytes.process': '进程开销',
+  'newRun.review.bytes.cudaContext': 'CUDA 上下文（估计值）',
   'newRun.startOver': '重新开始',
   'newRun.startOverConfirm': '要从默认设置重新开始吗？本次微调的所有设置都将被清除。',
 };
