@@ -126,7 +126,15 @@ describe('chat in the browser', () => {
     const b = (await page.getByTestId('ab-b').textContent()) ?? '';
     expect(a).toMatch(/tokens in [\d.]+ s \(\w+\) on cpu/);
     expect(b).toMatch(/tokens in [\d.]+ s \(\w+\) on cpu/);
+    // at 1280 × 800, with the sampling fields open and both answers shown, the composer stays above the status bar
+    // (the setup and answers scroll in their own box)
+    await page.setViewportSize({ width: 1280, height: 800 });
+    const composer = (await page.getByTestId('chat-input').boundingBox())!;
+    const status = (await page.getByTestId('statusbar').boundingBox())!;
+    expect(composer.y + composer.height).toBeLessThanOrEqual(status.y);
+    expect(composer.y).toBeGreaterThan(0);
     await shot('chat-ab');
+    await page.setViewportSize({ width: 1280, height: 860 });
   });
 
   it('survives the engine process dying: the page says so, and the next message restarts it', async () => {
