@@ -1,5 +1,5 @@
 // gloo.cpp — the Gloo plug-in (libllmt_gloo.so): the Collective interface of engine/collective.hpp over
-// Debian's libgloo (TCP transport, ring all-reduce, one-to-all broadcast, barrier). It is loaded at run time
+// Debian's libgloo (TCP transport, ring all-reduce, ring reduce to a root, one-to-all broadcast, barrier). It is loaded at run time
 // by the engine only when a job has several CPU ranks, so the engine and the addon never need libgloo
 // otherwise. No Gloo exception crosses the C entry point: each one becomes a status and a message.
 // The rendezvous goes through the engine's KvStore (rank 0's TCP store), wrapped as Gloo's
@@ -8,6 +8,7 @@
 #include <gloo/barrier.h>
 #include <gloo/broadcast.h>
 #include <gloo/math.h>
+#include <gloo/reduce.h>
 #include <gloo/rendezvous/context.h>
 #include <gloo/rendezvous/prefix_store.h>
 #include <gloo/rendezvous/store.h>
@@ -70,6 +71,25 @@ class GlooCollective : public llmt::Collective {
         o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<double>));
       }
       gloo::allreduce(o);
+    });
+  }
+
+  // ring reduce-scatter, then the chunks to root (gloo::reduce, in place: no input buffer set)
+  int reduce_sum(void *buf, size_t count, CollDType type, int root, void *) override {
+    if (count == 0) return 0;
+    return guarded("reduce", [&] {
+      gloo::ReduceOptions o(ctx_);
+      o.setTag(next_tag());
+      o.setTimeout(timeout_);
+      o.setRoot(root);
+      if (type == CollDType::F32) {
+        o.setOutput(static_cast<float *>(buf), count);
+        o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<float>));
+      } else {
+        o.setOutput(static_cast<double *>(buf), count);
+        o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<double>));
+      }
+      gloo::reduce(o);
     });
   }
 

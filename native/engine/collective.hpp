@@ -57,6 +57,24 @@ class Collective {
       if (int r = allreduce_sum(b.first, b.second, type, stream)) return r;
     return 0;
   }
+  /** In place on `root`: its buf becomes Σ over ranks of buf; the others' buf may be left holding partial sums
+   *  (scratch). Half the bytes of an all-reduce where the library has a reduce (NCCL, Gloo); the default is an
+   *  all-reduce (a superset). */
+  virtual int reduce_sum(void *buf, size_t count, CollDType type, int root, void *stream = nullptr) {
+    (void)root;
+    return allreduce_sum(buf, count, type, stream);
+  }
+  struct Rooted {
+    void *buf;
+    size_t count;
+    int root;
+  };
+  /** reduce_sum of several buffers, each to its own root, as one operation where the library can (NCCL: a group). */
+  virtual int reduce_sum_many(const std::vector<Rooted> &bufs, CollDType type, void *stream = nullptr) {
+    for (const auto &b : bufs)
+      if (int r = reduce_sum(b.buf, b.count, type, b.root, stream)) return r;
+    return 0;
+  }
   /** True when buffers must be device memory (NCCL: the CUDA backend's, ordered on `stream`), false for host memory
    *  (Gloo). */
   virtual bool device_buffers() const { return false; }
@@ -98,7 +116,7 @@ std::unique_ptr<Collective> open_collective(const std::string &backend, const Di
 std::unique_ptr<Collective> open_nccl(const DistEnv &env, KvStore &store, int device, int64_t timeout_ms, llmt_status &st);
 
 // ---- the Gloo plug-in's C entry point (dist/gloo.cpp); both sides are built from this header ----
-constexpr int kGlooPluginAbi = 1;
+constexpr int kGlooPluginAbi = 2;  // 2: Collective::reduce_sum
 /** Returns 0 and *out, or an llmt_status with the message in err. `host` is the address to listen on. */
 using GlooCreateFn = int (*)(int abi, int rank, int size, KvStore *store, const char *host, const char *iface,
                              int64_t timeout_ms, Collective **out, char *err, size_t err_len);

@@ -52,6 +52,7 @@ struct NcclApi {
   ncclResult_t (*CommInitRankConfig)(ncclComm_t *, int, ncclUniqueId, int, ncclConfig214 *) = nullptr;  // NCCL >= 2.14
   ncclResult_t (*AllReduce)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
   ncclResult_t (*Broadcast)(const void *, void *, size_t, int, int, ncclComm_t, void *) = nullptr;
+  ncclResult_t (*Reduce)(const void *, void *, size_t, int, int, int, ncclComm_t, void *) = nullptr;
   ncclResult_t (*GroupStart)() = nullptr;
   ncclResult_t (*GroupEnd)() = nullptr;
   ncclResult_t (*CommDestroy)(ncclComm_t) = nullptr;
@@ -109,6 +110,7 @@ llmt_status load_api(NcclApi &api) {
             sym(rt, "cudaGetErrorString", api.CudaErrorString);
   if (!ok) return set_error(LLMT_ERR_UNSUPPORTED, "libnccl.so.2 or libcudart lacks a needed function (NCCL >= 2.4 is required)");
   sym(nccl, "ncclCommInitRankConfig", api.CommInitRankConfig);  // optional: without it, no start-up timeout
+  sym(nccl, "ncclReduce", api.Reduce);  // in every NCCL 2; without it reduce_sum falls back to an all-reduce
   return LLMT_OK;
 }
 
@@ -141,6 +143,20 @@ class NcclCollective : public Collective {
     }
     const ncclResult_t e = api_.GroupEnd();  // always closes the group, even after a failed enqueue
     return finish("grouped all-reduce", r != kNcclSuccess && r != kNcclInProgress ? r : e, stream);
+  }
+  int reduce_sum(void *buf, size_t count, CollDType type, int root, void *stream) override { return reduce_sum_many({{buf, count, root}}, type, stream); }
+  // one group of rooted reduces (each gradient to the rank that owns it: ZeRO-2)
+  int reduce_sum_many(const std::vector<Rooted> &bufs, CollDType type, void *stream) override {
+    if (broken_) return unusable();
+    if (int r = bind()) return r;
+    const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
+    ncclResult_t r = api_.GroupStart();
+    for (const auto &b : bufs) {
+      if (r != kNcclSuccess && r != kNcclInProgress) break;
+      r = api_.Reduce ? api_.Reduce(b.buf, b.buf, b.count, dt, kNcclSum, b.root, comm_, stream) : api_.AllReduce(b.buf, b.buf, b.count, dt, kNcclSum, comm_, stream);
+    }
+    const ncclResult_t e = api_.GroupEnd();
+    return finish("grouped reduce", r != kNcclSuccess && r != kNcclInProgress ? r : e, stream);
   }
   bool device_buffers() const override { return true; }
   int broadcast(void *buf, size_t count, CollDType type, int root, void *stream) override {

@@ -750,14 +750,15 @@ class GradReducer {
 // (Model::grad_stages: the head, each block, the embeddings): Model::run's bind hook points it at one of two staging
 // slots, zeroed, each as large as the largest stage's staged parameters; the ready hook hands the stage's gradients
 // (owned and staged) to the communication thread, which sums them over the ranks in place, and the slot is used again
-// two stages later, once that sum is done — so one stage computes while the one before is on the wire. Every
+// two stages later, once that sum is done — so one stage computes while the one before is on the wire. Each
+// gradient is summed into its owner only (a rooted reduce: NCCL's ncclReduce, Gloo's ring reduce — half the bytes of
+// an all-reduce); the others' copies are left holding partial sums, which nothing reads. Every
 // micro-batch is reduced this way (no rank can keep another's gradient until the step ends): an owner's buffer
 // holds the sum of the earlier micro-batches plus its own new contribution, the others send theirs alone, so the
 // owner ends with the step's total — each rank's gradient memory is its share plus the two slots, instead of the
 // whole model's. A rank without data in a global micro-batch still takes part, with zeros. Kept whole on every rank
 // (own buffer, zeroed before each micro-batch when another rank owns it): a tied head's weight (two stages write
-// it) and any trainable parameter no stage lists (reduced after the backward). The sums are the ones of an
-// all-reduce, so a non-owner's slot receives the total too and drops it.
+// it) and any trainable parameter no stage lists (reduced after the backward).
 class StageReducer {
  public:
   /** Which parameters a rank stages (another rank owns them, one stage writes them), and the slot size: the largest
@@ -788,6 +789,7 @@ class StageReducer {
     slot_elems_ = pl.slot_elems;
     for (auto &st : m.grad_stages()) stages_[st.first] = st.second;
     for (Param *p : tp) p->grad_staged = pl.staged.count(p) > 0;
+    for (size_t i = 0; i < tp.size(); ++i) owner_[tp[i]] = owner[i];
     const std::set<const Param *> &listed = pl.listed;
     for (size_t i = 0; i < tp.size(); ++i) {
       Param *p = tp[i];
@@ -848,7 +850,7 @@ class StageReducer {
   }
   /** The ready hook: the stage's gradients go to the communication thread. */
   void ready(const std::vector<Param *> &ps) {
-    slot_job_[cur_] = submit(grad_bufs(ps));
+    slot_job_[cur_] = submit(rooted(ps));
     if (!overlap_) wait(slot_job_[cur_]);
   }
   /** A micro-batch this rank has no data for: every stage contributes zeros (and the owned sums so far). */
@@ -860,7 +862,7 @@ class StageReducer {
   }
   /** After the backward: the parameters no stage lists, then waits for every sum. 0 or the collective's error. */
   int micro_end(double &wait_s, std::string &err) {
-    if (!rest_.empty()) submit(grad_bufs(rest_));
+    if (!rest_.empty()) submit(rooted(rest_));
     const double t = mono_s();
     std::unique_lock<std::mutex> g(mu_);
     cv_.wait(g, [&] { return done_ == submitted_; });
@@ -872,7 +874,13 @@ class StageReducer {
   }
 
  private:
-  uint64_t submit(std::vector<std::pair<void *, size_t>> bufs) {
+  // each gradient with the rank it is summed into
+  std::vector<Collective::Rooted> rooted(const std::vector<Param *> &ps) {
+    std::vector<Collective::Rooted> v;
+    for (Param *p : ps) v.push_back({p->g(), static_cast<size_t>(p->numel()), owner_.at(p)});
+    return v;
+  }
+  uint64_t submit(std::vector<Collective::Rooted> bufs) {
     std::lock_guard<std::mutex> g(mu_);
     queue_.push_back(std::move(bufs));
     cv_.notify_all();
@@ -882,20 +890,23 @@ class StageReducer {
     std::unique_lock<std::mutex> g(mu_);
     cv_.wait(g, [&] { return done_ >= job; });
   }
-  int reduce(const std::vector<std::pair<void *, size_t>> &bufs) {
-    if (comm_.device_buffers() || !be_.host_memory()) {
-      if (comm_.device_buffers()) return allreduce_grads(comm_, be_, bufs, flat_);
-      for (const auto &b : bufs)  // Gloo from device memory: one tensor at a time through flat_
-        if (int r = allreduce_grads(comm_, be_, {b}, flat_)) return r;
-      return 0;
+  int reduce(const std::vector<Collective::Rooted> &bufs) {
+    if (comm_.device_buffers()) return comm_.reduce_sum_many(bufs, CollDType::F32, be_.stream_handle());  // NCCL: one group
+    for (const auto &b : bufs) {
+      if (be_.host_memory()) {  // each tensor in place, no packing buffer
+        if (int r = comm_.reduce_sum(b.buf, b.count, CollDType::F32, b.root)) return r;
+        continue;
+      }
+      // Gloo from device memory: one tensor at a time through flat_, back up on its owner only
+      be_.download(flat_.data(), b.buf, sizeof(float) * b.count);
+      if (int r = comm_.reduce_sum(flat_.data(), b.count, CollDType::F32, b.root)) return r;
+      if (b.root == comm_.rank()) be_.upload(b.buf, flat_.data(), sizeof(float) * b.count);
     }
-    for (const auto &b : bufs)  // host memory: each tensor in place, no packing buffer
-      if (int r = allreduce_grads(comm_, be_, {b}, flat_)) return r;
     return 0;
   }
   void loop() {
     for (;;) {
-      std::vector<std::pair<void *, size_t>> job;
+      std::vector<Collective::Rooted> job;
       {
         std::unique_lock<std::mutex> g(mu_);
         cv_.wait(g, [&] { return quit_ || !queue_.empty(); });
@@ -917,6 +928,7 @@ class StageReducer {
   const bool overlap_;
   std::map<int64_t, std::vector<Param *>> stages_;  // by stage id (−1 the embeddings … layers the head)
   std::vector<Param *> staged_, zeroed_, rest_;
+  std::map<const Param *, int> owner_;
   int64_t slot_elems_ = 0, flat_elems_ = 0;
   float *slots_[2] = {nullptr, nullptr};
   std::vector<float> flat_;
@@ -927,7 +939,7 @@ class StageReducer {
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable cv_;
-  std::deque<std::vector<std::pair<void *, size_t>>> queue_;
+  std::deque<std::vector<Collective::Rooted>> queue_;
   uint64_t submitted_ = 0, done_ = 0;
   bool quit_ = false, failed_ = false;
 };

@@ -155,7 +155,7 @@ static bool plugin_present(const char *argv0) {
   return ::access(((dir.empty() ? "." : dir) + "/libllmt_gloo.so").c_str(), R_OK) == 0;
 }
 
-// Rank `rank` of a 2-rank world: all-reduce, broadcast, barrier; rank 1 dies after the first round when
+// Rank `rank` of a 2-rank world: all-reduce, broadcast, rooted reduce, barrier; rank 1 dies after the first round when
 // `die` is set. Returns a process exit code (0 ok) and reports through stderr.
 static int gloo_rank(int rank, int port, bool die, std::string &report) {
   DistEnv e;
@@ -175,6 +175,15 @@ static int gloo_rank(int rank, int port, bool die, std::string &report) {
   if (c->broadcast(d.data(), d.size(), CollDType::F64, 0)) return report = c->last_error(), 14;
   for (size_t i = 0; i < d.size(); ++i)
     if (d[i] != static_cast<double>(i)) return report = "broadcast wrong", 15;
+  // rooted reduce (ZeRO-2): root's buffer gets the sum, in place; sizes that are not a multiple of the ring's chunks
+  for (int root : {0, 1}) {
+    std::vector<float> g(1000003);
+    for (size_t i = 0; i < g.size(); ++i) g[i] = static_cast<float>((i % 97) * (rank + 1));
+    if (c->reduce_sum(g.data(), g.size(), CollDType::F32, root)) return report = c->last_error(), 21;
+    if (rank == root)
+      for (size_t i = 0; i < g.size(); ++i)
+        if (g[i] != static_cast<float>((i % 97) * 3)) return report = "reduce to rank " + std::to_string(root) + " wrong at " + std::to_string(i), 22;
+  }
   if (c->barrier()) return report = c->last_error(), 16;
   if (die && rank == 1) ::_exit(0);  // a peer that vanishes without a word
   const auto t0 = std::chrono::steady_clock::now();

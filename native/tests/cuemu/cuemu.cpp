@@ -797,21 +797,22 @@ EXPORT int ncclCommAbort(void *p) {
 }
 EXPORT int ncclGroupStart() { return 0; }
 EXPORT int ncclGroupEnd() { return 0; }
-EXPORT int ncclAllReduce(const void *send, void *recv, size_t count, int dt, int op, void *comm, void *) {
+// ncclAllReduce (root −1: every rank receives the sum) and ncclReduce (only root's recv is written)
+static int reduce_sum(const char *what, const void *send, void *recv, size_t count, int dt, int op, int root, void *comm) {
   auto &c = *static_cast<NcclComm *>(comm);
   const size_t es = nccl_size(dt);
-  if (!es || op != 0) return 4;  // sums of f32/f64 only (what the engine uses)
+  if (!es || op != 0 || root >= c.nranks) return 4;  // sums of f32/f64 only (what the engine uses)
   if (g_sticky) return 1;
-  if (!device_range(send, count * es) || !device_range(recv, count * es)) {
-    fail(1, "ncclAllReduce: a buffer is not device memory");
+  if (!device_range(send, count * es) || ((root < 0 || c.rank == root) && !device_range(recv, count * es))) {
+    fail(1, std::string(what) + ": a buffer is not device memory");
     return 4;
   }
   const size_t per = kSlot / es;
   for (size_t off = 0; off < count; off += per) {
     const size_t n = std::min(per, count - off);
     std::memcpy(c.slots + kSlot * size_t(c.rank), static_cast<const char *>(send) + off * es, n * es);
-    if (int r = barrier(c, "ncclAllReduce")) return r;
-    for (size_t i = 0; i < n; ++i) {
+    if (int r = barrier(c, what)) return r;
+    for (size_t i = 0; i < n && (root < 0 || c.rank == root); ++i) {
       if (es == 4) {
         float s = 0.0f;
         for (int k = 0; k < c.nranks; ++k) s += reinterpret_cast<const float *>(c.slots + kSlot * size_t(k))[i];
@@ -822,9 +823,16 @@ EXPORT int ncclAllReduce(const void *send, void *recv, size_t count, int dt, int
         static_cast<double *>(recv)[off + i] = s;
       }
     }
-    if (int r = barrier(c, "ncclAllReduce")) return r;  // slots are reused only after everyone has read them
+    if (int r = barrier(c, what)) return r;  // slots are reused only after everyone has read them
   }
   return 0;
+}
+EXPORT int ncclAllReduce(const void *send, void *recv, size_t count, int dt, int op, void *comm, void *) {
+  return reduce_sum("ncclAllReduce", send, recv, count, dt, op, -1, comm);
+}
+EXPORT int ncclReduce(const void *send, void *recv, size_t count, int dt, int op, int root, void *comm, void *) {
+  if (root < 0) return 4;
+  return reduce_sum("ncclReduce", send, recv, count, dt, op, root, comm);
 }
 EXPORT int ncclBroadcast(const void *send, void *recv, size_t count, int dt, int root, void *comm, void *) {
   auto &c = *static_cast<NcclComm *>(comm);
