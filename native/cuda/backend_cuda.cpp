@@ -953,7 +953,11 @@ class CudaBackend final : public Backend {
     const int64_t half = rot / 2;
     if (half <= 0 || rows <= 0 || heads <= 0) return;
     Stage s(*this);
-    ew("k_rope", rows * heads * half, s.out(x, rows * heads * head_dim, true), s.in(pos, rows), s.in(inv_freq, half), ll(rows),
+    // the elements the kernel touches: x may point into a row (ChatGLM's 2-D rotary rotates the second half of each
+    // head through x + head_dim/2), so a staged copy must end at the last head's last rotated element, not a whole
+    // head_dim further (that read, and wrote back, past the end of the caller's buffer)
+    const int64_t extent = (rows * heads - 1) * head_dim + 2 * half;
+    ew("k_rope", rows * heads * half, s.out(x, extent, true), s.in(pos, rows), s.in(inv_freq, half), ll(rows),
        ll(heads), ll(head_dim), ll(half), ps, sign, int(il));
     s.done();
   }

@@ -10,6 +10,7 @@
 // Also run as `test_cuda --list` to print the checks. NOTE: written without a GPU; first GPU run pending.
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -209,6 +210,38 @@ void op_parity(Backend &gpu) {
                else be.rope_forward(v[0].data(), pos.data(), inv.data(), rows, heads, hd, rot, 0.5f, il);
              });
     }
+  {  // ChatGLM-6B's 2-D rotary: the second half of every head through x + hd/2 (model.cpp apply_positions), staged
+     // from a host buffer that ends where an unreadable page begins — a staged copy reaching past the last rotated
+     // element faults (it used to copy hd/2 floats beyond the buffer and write them back: heap corruption)
+    const int64_t rows = 9, heads = 3, hd = 64, rot = hd / 2, n = rows * heads * hd;
+    std::vector<int32_t> pos(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) pos[static_cast<size_t>(r)] = int32_t(r * 5 % 7);
+    std::vector<float> inv(static_cast<size_t>(rot / 2));
+    for (int64_t i = 0; i < rot / 2; ++i) inv[static_cast<size_t>(i)] = float(std::pow(10000.0, -2.0 * double(i) / double(rot)));
+    const size_t page = size_t(::sysconf(_SC_PAGESIZE)), bytes = sizeof(float) * size_t(n), span = (bytes + page - 1) / page * page;
+    void *map = ::mmap(nullptr, span + page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (map == MAP_FAILED || ::mprotect(static_cast<char *>(map) + span, page, PROT_NONE) != 0) {
+      expect_that(false, "rope_2d_offset_staged: guard page");
+    } else {
+      float *g = reinterpret_cast<float *>(static_cast<char *>(map) + span - bytes);  // ends at the guard page
+      for (int back = 0; back < 2; ++back) {
+        std::vector<float> ref = rnd(n, 25);
+        std::memcpy(g, ref.data(), bytes);
+        for (int64_t off : {int64_t(0), hd / 2}) {
+          if (back) {
+            cpu.rope_backward(ref.data() + off, pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, false);
+            gpu.rope_backward(g + off, pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, false);
+          } else {
+            cpu.rope_forward(ref.data() + off, pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, false);
+            gpu.rope_forward(g + off, pos.data(), inv.data(), rows, heads, hd, rot, 1.0f, false);
+          }
+        }
+        gpu.synchronize();
+        compare(std::string("rope_2d_offset_staged") + (back ? "_backward" : "_forward"), ref, std::vector<float>(g, g + n), kF32Reduce);
+      }
+      ::munmap(map, span + page);
+    }
+  }
   const int64_t n = 5000;
   parity("swiglu_forward", cpu, gpu, {rnd(n, 25, 6), rnd(n, 26), rnd(n, 0)}, {2}, kF32,
          [&](Backend &be, auto &v) { be.swiglu_forward(v[0].data(), v[1].data(), v[2].data(), n); });
