@@ -988,15 +988,28 @@ class CudaBackend final : public Backend {
     if (kind == 0) sam = K, sak = 1, sbk = 1, sbn = K;
     else if (kind == 1) sam = K, sak = 1, sbk = N, sbn = 1;
     else sam = 1, sak = M, sbk = N, sbn = 1;
-    void *params[] = {&A, &B, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acc};
     int acci = acc ? 1 : 0;
-    params[10] = &acci;
     last_kernel_ = "k_gemm";
     Timed t(*this, std::string("k_gemm ") + kind_name(kind) + " " + shape(M, N, K), flops);
-    check(d_.cuLaunchKernel(fn("k_gemm"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
-                            nullptr),
-          "kernel k_gemm");
-    if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm");
+    own_gemm_rows("k_gemm", M, N, [&](int64_t m0, ll m, unsigned gx, unsigned gy) {
+      const float *a = A + m0 * sam;
+      float *c = C + m0 * N;
+      ll n = N, k = K;
+      void *params[] = {&a, &B, &c, &m, &n, &k, &sam, &sak, &sbk, &sbn, &acci};
+      check(d_.cuLaunchKernel(fn("k_gemm"), gx, gy, 1, 16, 16, 1, 0, stream_, params, nullptr), "kernel k_gemm");
+    });
+  }
+  // The fatbin's 16×16-tile GEMMs (k_gemm, k_gemm_half) over C's rows in launches of at most 65 535 row tiles (the
+  // grid's y limit: one launch would fail from M = 1 048 561 rows on, e.g. 8 sequences of 128 K tokens):
+  // launch(m0, rows, grid x, grid y) per block of rows.
+  template <class F>
+  void own_gemm_rows(const char *k, int64_t M, int64_t N, F launch) {
+    const int64_t per = max_grid_y() * 16;
+    for (int64_t m0 = 0; m0 < M; m0 += per) {
+      const ll m = std::min<int64_t>(per, M - m0);
+      launch(m0, m, unsigned((N + 15) / 16), unsigned((m + 15) / 16));
+      if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
+    }
   }
 
   // C[M,N] (+)= half(A)·op(W), W 16-bit; kind 0: W [N,K] (nt), 1: W [K,N] (nn). With cuBLAS: A is rounded into a
@@ -1023,14 +1036,16 @@ class CudaBackend final : public Backend {
     ll sam = K, sak = 1, sbk, sbn;
     if (kind == 0) sbk = 1, sbn = K;
     else sbk = N, sbn = 1;
-    int acci = acc ? 1 : 0;
-    void *params[] = {&A, &W, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acci, const_cast<int *>(&type)};
+    int acci = acc ? 1 : 0, typ = type;
     last_kernel_ = "k_gemm_half";
     Timed tm(*this, std::string("k_gemm_half ") + kind_name(kind) + " " + shape(M, N, K), 2.0 * double(M) * double(N) * double(K));
-    check(d_.cuLaunchKernel(fn("k_gemm_half"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
-                            nullptr),
-          "kernel k_gemm_half");
-    if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm_half");
+    own_gemm_rows("k_gemm_half", M, N, [&](int64_t m0, ll m, unsigned gx, unsigned gy) {
+      const float *a = A + m0 * sam;
+      float *c = C + m0 * N;
+      ll n = N, k = K;
+      void *params[] = {&a, &W, &c, &m, &n, &k, &sam, &sak, &sbk, &sbn, &acci, &typ};
+      check(d_.cuLaunchKernel(fn("k_gemm_half"), gx, gy, 1, 16, 16, 1, 0, stream_, params, nullptr), "kernel k_gemm_half");
+    });
   }
 
   static bool attn_v1_mode() {
@@ -1215,7 +1230,7 @@ class CudaBackend final : public Backend {
     int type = W.type == cpu::Q4Type::FP4 ? 2 : 1, acci = acc ? 1 : 0;
     ll n = N, kk = K;
     const unsigned gx = unsigned((N + 63) / 64);
-    const int64_t rows_per_launch = 65535LL * tile_m;  // grid.y limit
+    const int64_t rows_per_launch = max_grid_y() * tile_m;  // grid.y limit
     for (int64_t m0 = 0; m0 < M; m0 += rows_per_launch) {
       const float *a = dA + m0 * K;
       float *c = dC + m0 * N;
@@ -1230,6 +1245,13 @@ class CudaBackend final : public Backend {
     s.done();
   }
 
+  // a launch's grid y (and z) limit; LLMT_CUDA_GRIDY_MAX, read per call, lowers it (tests: the row-block loops without
+  // giant tensors)
+  static int64_t max_grid_y() {
+    const char *e = std::getenv("LLMT_CUDA_GRIDY_MAX");
+    const long long v = e ? std::atoll(e) : 0;
+    return v > 0 && v < 65535 ? int64_t(v) : int64_t(65535);
+  }
   const Driver &d_;
   int index_;
   int cc_major_ = 8;  // compute capability (major)

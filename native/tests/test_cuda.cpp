@@ -155,6 +155,8 @@ void attention_parity(Backend &gpu, const AttnCase &cs, int half, Tol tol, uint6
          });
 }
 
+Q4Weight quantized(int64_t rows, int64_t cols, cpu::Q4Type t, bool dq, uint64_t seed);
+
 void op_parity(Backend &gpu) {
   Backend &cpu = cpu_backend();
   const int64_t M = 37, N = 53, K = 61;
@@ -170,6 +172,37 @@ void op_parity(Backend &gpu) {
            kF32Reduce, [&](Backend &be, auto &v) { be.matmul_nt_scaled(v[0].data(), v[1].data(), v[2].data(), M, N, K, 2.5f, acc); });
     parity(std::string("matmul_nn_scaled") + (acc ? "_acc" : ""), cpu, gpu, {rnd(M * K, 23), rnd(K * N, 24), rnd(M * N, 25)}, {2},
            kF32Reduce, [&](Backend &be, auto &v) { be.matmul_nn_scaled(v[0].data(), v[1].data(), v[2].data(), M, N, K, 0.125f, acc); });
+  }
+  {  // more rows than one launch of the own GEMMs (no cuBLAS: 16-row tiles) can cover — CUDA refuses a grid y over
+     // 65 535, so they go in blocks of rows: 1 048 577 rows (one launch would need 65 537 tiles; 8 sequences of 128 K
+     // tokens are 1 048 576), then blocks of 3 tiles (LLMT_CUDA_GRIDY_MAX) for every kind, the 16-bit GEMM and the
+     // 4-bit ones, M not a multiple of the block
+    const int64_t MB = 1048577;
+    parity("matmul_nt_1048577_rows", cpu, gpu, {rnd(MB, 26), rnd(1, 27), rnd(MB, 28)}, {2}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nt(v[0].data(), v[1].data(), v[2].data(), MB, 1, 1, true); });
+    ::setenv("LLMT_CUDA_GRIDY_MAX", "3", 1);
+    const int64_t Mr = 101, Nr = 19, Kr = 23;
+    parity("matmul_nt_row_blocks", cpu, gpu, {rnd(Mr * Kr, 29), rnd(Nr * Kr, 30), rnd(Mr * Nr, 31)}, {2}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nt(v[0].data(), v[1].data(), v[2].data(), Mr, Nr, Kr, true); });
+    parity("matmul_nn_row_blocks", cpu, gpu, {rnd(Mr * Kr, 32), rnd(Kr * Nr, 33), rnd(Mr * Nr, 34)}, {2}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nn(v[0].data(), v[1].data(), v[2].data(), Mr, Nr, Kr, false); });
+    parity("matmul_tn_row_blocks", cpu, gpu, {rnd(Kr * Mr, 35), rnd(Kr * Nr, 36), rnd(Mr * Nr, 37)}, {2}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_tn(v[0].data(), v[1].data(), v[2].data(), Mr, Nr, Kr, true); });
+    std::vector<uint16_t> wh(static_cast<size_t>(Nr * Kr));
+    const std::vector<float> wf = rnd(Nr * Kr, 38);
+    for (size_t i = 0; i < wh.size(); ++i) wh[i] = to_half(wf[i], int(Half::F16));
+    parity("matmul_nt_half_row_blocks", cpu, gpu, {rnd(Mr * Kr, 39), rnd(Mr * Nr, 40)}, {1}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nt_half(v[0].data(), wh.data(), Half::F16, v[1].data(), Mr, Nr, Kr, true); });
+    parity("matmul_nn_half_row_blocks", cpu, gpu, {rnd(Mr * Nr, 41), rnd(Mr * Kr, 42)}, {1}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nn_half(v[0].data(), wh.data(), Half::F16, v[1].data(), Mr, Kr, Nr, false); });
+    const Q4Weight q = quantized(Nr, Kr, cpu::Q4Type::NF4, true, 43);
+    parity("matmul_nt_q4_row_blocks", cpu, gpu, {rnd(400 * Kr, 44), rnd(400 * Nr, 45)}, {1}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nt_q4(v[0].data(), q.view(), v[1].data(), 400, Nr, Kr, true); });
+    ::setenv("LLMT_Q4_GEMM", "fused", 1);
+    parity("matmul_nt_q4_lp_row_blocks", cpu, gpu, {rnd(800 * Kr, 46), rnd(800 * Nr, 47)}, {1}, kF32Reduce,
+           [&](Backend &be, auto &v) { be.matmul_nt_q4_lp(v[0].data(), q.view(), Half::BF16, v[1].data(), 800, Nr, Kr, false); });
+    ::unsetenv("LLMT_Q4_GEMM");
+    ::unsetenv("LLMT_CUDA_GRIDY_MAX");
   }
   const int64_t R = 29, C = 300;
   parity("add_bias", cpu, gpu, {rnd(R * C, 10), rnd(C, 11)}, {0}, kF32,
