@@ -438,7 +438,10 @@ class CudaBackend final : public Backend {
                         int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix, int64_t window) override {
     check_hd(hd);
     Stage s(*this);
-    const int64_t rows = std::max(p0 + n, prefix);  // cache rows any query can see
+    // cache rows any query can see: the kernel (as the CPU) stops at the chunk's last row p0+n−1 even under a longer
+    // prefix, so a staged cache is copied up to there — not up to the prefix, past the cache's filled rows and
+    // possibly its end (a host cache of capacity p0+n under a prefix beyond it was read out of bounds)
+    const int64_t rows = p0 + n;
     warps("k_attn_cached", n * nh, s.in(q, n * nh * hd), s.in(kc, rows * nkv * hd), s.in(vc, rows * nkv * hd),
           s.out(out, n * nh * hd), ll(p0), ll(n), ll(nh), ll(nkv), ll(hd), scale, s.in(alibi, nh), ll(prefix), ll(window));
     s.done();

@@ -332,6 +332,28 @@ void op_parity(Backend &gpu) {
                be.attention_cached(x[0].data(), x[1].data(), x[2].data(), x[3].data(), p0, nn, nh, nkv, hd, 0.17f,
                                    prefix ? alibi.data() : nullptr, prefix, 0);
              });
+    // a prefix beyond the chunk's last row (p0 + n = 14 < 18) on a host cache of exactly p0 + n rows that ends where an
+    // unreadable page begins: nothing past row p0 + n − 1 is read (the staged copy used to reach the prefix: a fault)
+    {
+      const int64_t rows = p0 + nn, kvn = rows * nkv * hd;
+      const size_t page = size_t(::sysconf(_SC_PAGESIZE)), bytes = sizeof(float) * size_t(kvn), span = (bytes + page - 1) / page * page;
+      void *map = ::mmap(nullptr, 2 * (span + page), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+      char *m = static_cast<char *>(map);
+      if (map == MAP_FAILED || ::mprotect(m + span, page, PROT_NONE) != 0 || ::mprotect(m + 2 * span + page, page, PROT_NONE) != 0) {
+        expect_that(false, "attention_cached_prefix_past_chunk: guard pages");
+      } else {
+        float *gk = reinterpret_cast<float *>(m + span - bytes), *gv = reinterpret_cast<float *>(m + 2 * span + page - bytes);
+        const std::vector<float> q = rnd(nn * nh * hd, 50), kk = rnd(kvn, 51), vv = rnd(kvn, 52);
+        std::memcpy(gk, kk.data(), bytes);
+        std::memcpy(gv, vv.data(), bytes);
+        std::vector<float> ref(static_cast<size_t>(nn * nh * hd)), got(ref.size());
+        cpu.attention_cached(q.data(), kk.data(), vv.data(), ref.data(), p0, nn, nh, nkv, hd, 0.17f, alibi.data(), 18, 0);
+        gpu.attention_cached(q.data(), gk, gv, got.data(), p0, nn, nh, nkv, hd, 0.17f, alibi.data(), 18, 0);
+        gpu.synchronize();
+        compare("attention_cached_prefix_past_chunk", ref, got, kF32Reduce);
+      }
+      if (map != MAP_FAILED) ::munmap(map, 2 * (span + page));
+    }
     // a sliding window of 4: the new tokens see cache rows p−3 … p only
     parity("attention_cached_window4", cpu, gpu,
            {rnd(nn * nh * hd, 47), rnd(cap * nkv * hd, 48), rnd(cap * nkv * hd, 49), rnd(nn * nh * hd, 0)}, {3}, kF32Reduce,
