@@ -438,7 +438,10 @@ class CudaBackend final : public Backend {
                         int64_t nkv, int64_t hd, float scale, const float *alibi, int64_t prefix, int64_t window) override {
     check_hd(hd);
     Stage s(*this);
-    const int64_t rows = std::max(p0 + n, prefix);  // cache rows any query can see
+    // cache rows any query can see: the kernel (as the CPU) stops at the chunk's last row p0+n−1 even under a longer
+    // prefix, so a staged cache is copied up to there — not up to the prefix, past the cache's filled rows and
+    // possibly its end (a host cache of capacity p0+n under a prefix beyond it was read out of bounds)
+    const int64_t rows = p0 + n;
     warps("k_attn_cached", n * nh, s.in(q, n * nh * hd), s.in(kc, rows * nkv * hd), s.in(vc, rows * nkv * hd),
           s.out(out, n * nh * hd), ll(p0), ll(n), ll(nh), ll(nkv), ll(hd), scale, s.in(alibi, nh), ll(prefix), ll(window));
     s.done();
@@ -953,7 +956,11 @@ class CudaBackend final : public Backend {
     const int64_t half = rot / 2;
     if (half <= 0 || rows <= 0 || heads <= 0) return;
     Stage s(*this);
-    ew("k_rope", rows * heads * half, s.out(x, rows * heads * head_dim, true), s.in(pos, rows), s.in(inv_freq, half), ll(rows),
+    // the elements the kernel touches: x may point into a row (ChatGLM's 2-D rotary rotates the second half of each
+    // head through x + head_dim/2), so a staged copy must end at the last head's last rotated element, not a whole
+    // head_dim further (that read, and wrote back, past the end of the caller's buffer)
+    const int64_t extent = (rows * heads - 1) * head_dim + 2 * half;
+    ew("k_rope", rows * heads * half, s.out(x, extent, true), s.in(pos, rows), s.in(inv_freq, half), ll(rows),
        ll(heads), ll(head_dim), ll(half), ps, sign, int(il));
     s.done();
   }
@@ -984,15 +991,28 @@ class CudaBackend final : public Backend {
     if (kind == 0) sam = K, sak = 1, sbk = 1, sbn = K;
     else if (kind == 1) sam = K, sak = 1, sbk = N, sbn = 1;
     else sam = 1, sak = M, sbk = N, sbn = 1;
-    void *params[] = {&A, &B, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acc};
     int acci = acc ? 1 : 0;
-    params[10] = &acci;
     last_kernel_ = "k_gemm";
     Timed t(*this, std::string("k_gemm ") + kind_name(kind) + " " + shape(M, N, K), flops);
-    check(d_.cuLaunchKernel(fn("k_gemm"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
-                            nullptr),
-          "kernel k_gemm");
-    if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm");
+    own_gemm_rows("k_gemm", M, N, [&](int64_t m0, ll m, unsigned gx, unsigned gy) {
+      const float *a = A + m0 * sam;
+      float *c = C + m0 * N;
+      ll n = N, k = K;
+      void *params[] = {&a, &B, &c, &m, &n, &k, &sam, &sak, &sbk, &sbn, &acci};
+      check(d_.cuLaunchKernel(fn("k_gemm"), gx, gy, 1, 16, 16, 1, 0, stream_, params, nullptr), "kernel k_gemm");
+    });
+  }
+  // The fatbin's 16×16-tile GEMMs (k_gemm, k_gemm_half) over C's rows in launches of at most 65 535 row tiles (the
+  // grid's y limit: one launch would fail from M = 1 048 561 rows on, e.g. 8 sequences of 128 K tokens):
+  // launch(m0, rows, grid x, grid y) per block of rows.
+  template <class F>
+  void own_gemm_rows(const char *k, int64_t M, int64_t N, F launch) {
+    const int64_t per = max_grid_y() * 16;
+    for (int64_t m0 = 0; m0 < M; m0 += per) {
+      const ll m = std::min<int64_t>(per, M - m0);
+      launch(m0, m, unsigned((N + 15) / 16), unsigned((m + 15) / 16));
+      if (sync_each_) check(d_.cuStreamSynchronize(stream_), std::string("kernel ") + k);
+    }
   }
 
   // C[M,N] (+)= half(A)·op(W), W 16-bit; kind 0: W [N,K] (nt), 1: W [K,N] (nn). With cuBLAS: A is rounded into a
@@ -1019,14 +1039,16 @@ class CudaBackend final : public Backend {
     ll sam = K, sak = 1, sbk, sbn;
     if (kind == 0) sbk = 1, sbn = K;
     else sbk = N, sbn = 1;
-    int acci = acc ? 1 : 0;
-    void *params[] = {&A, &W, &C, &M, &N, &K, &sam, &sak, &sbk, &sbn, &acci, const_cast<int *>(&type)};
+    int acci = acc ? 1 : 0, typ = type;
     last_kernel_ = "k_gemm_half";
     Timed tm(*this, std::string("k_gemm_half ") + kind_name(kind) + " " + shape(M, N, K), 2.0 * double(M) * double(N) * double(K));
-    check(d_.cuLaunchKernel(fn("k_gemm_half"), unsigned((N + 15) / 16), unsigned((M + 15) / 16), 1, 16, 16, 1, 0, stream_, params,
-                            nullptr),
-          "kernel k_gemm_half");
-    if (sync_each_) check(d_.cuStreamSynchronize(stream_), "kernel k_gemm_half");
+    own_gemm_rows("k_gemm_half", M, N, [&](int64_t m0, ll m, unsigned gx, unsigned gy) {
+      const float *a = A + m0 * sam;
+      float *c = C + m0 * N;
+      ll n = N, k = K;
+      void *params[] = {&a, &W, &c, &m, &n, &k, &sam, &sak, &sbk, &sbn, &acci, &typ};
+      check(d_.cuLaunchKernel(fn("k_gemm_half"), gx, gy, 1, 16, 16, 1, 0, stream_, params, nullptr), "kernel k_gemm_half");
+    });
   }
 
   static bool attn_v1_mode() {
@@ -1211,7 +1233,7 @@ class CudaBackend final : public Backend {
     int type = W.type == cpu::Q4Type::FP4 ? 2 : 1, acci = acc ? 1 : 0;
     ll n = N, kk = K;
     const unsigned gx = unsigned((N + 63) / 64);
-    const int64_t rows_per_launch = 65535LL * tile_m;  // grid.y limit
+    const int64_t rows_per_launch = max_grid_y() * tile_m;  // grid.y limit
     for (int64_t m0 = 0; m0 < M; m0 += rows_per_launch) {
       const float *a = dA + m0 * K;
       float *c = dC + m0 * N;
@@ -1226,6 +1248,13 @@ class CudaBackend final : public Backend {
     s.done();
   }
 
+  // a launch's grid y (and z) limit; LLMT_CUDA_GRIDY_MAX, read per call, lowers it (tests: the row-block loops without
+  // giant tensors)
+  static int64_t max_grid_y() {
+    const char *e = std::getenv("LLMT_CUDA_GRIDY_MAX");
+    const long long v = e ? std::atoll(e) : 0;
+    return v > 0 && v < 65535 ? int64_t(v) : int64_t(65535);
+  }
   const Driver &d_;
   int index_;
   int cc_major_ = 8;  // compute capability (major)
