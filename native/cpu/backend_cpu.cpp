@@ -60,6 +60,7 @@ class CpuBackend final : public Backend {
   void sum_squares_acc(const float *x, int64_t n, double *acc) override { cpu::sum_squares_acc(x, n, acc); }
   void fill(float *x, float value, int64_t n) override { cpu::fill(x, value, n); }
   void copy(float *dst, const float *src, int64_t n) override { cpu::copy(dst, src, n); }
+  void transpose(const float *in, float *out, int64_t rows, int64_t cols, bool acc) override { cpu::transpose(in, out, rows, cols, acc); }
 
   void matmul_nt(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nt(A, B, C, M, N, K, acc); }
   void matmul_nn(const float *A, const float *B, float *C, int64_t M, int64_t N, int64_t K, bool acc) override { cpu::matmul_nn(A, B, C, M, N, K, acc); }

@@ -1444,6 +1444,18 @@ void fill(float *x, float value, int64_t n) {
   if (n > 0) std::fill(x, x + n, value);
 }
 
+void transpose(const float *in, float *out, int64_t rows, int64_t cols, bool acc) {
+  // 32×32 tiles: both sides touch whole cache lines
+  constexpr int64_t T = 32;
+  for (int64_t r0 = 0; r0 < rows; r0 += T)
+    for (int64_t c0 = 0; c0 < cols; c0 += T)
+      for (int64_t c = c0; c < std::min(cols, c0 + T); ++c)
+        for (int64_t r = r0; r < std::min(rows, r0 + T); ++r) {
+          const float v = in[r * cols + c];
+          out[c * rows + r] = acc ? out[c * rows + r] + v : v;
+        }
+}
+
 void copy(float *dst, const float *src, int64_t n) {
   if (n > 0 && dst != src) std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(n));
 }

@@ -149,5 +149,7 @@ void sum_squares_acc(const float *x, int64_t n, double *acc);
 void fill(float *x, float value, int64_t n);
 // dst[i] = src[i] (non-overlapping)
 void copy(float *dst, const float *src, int64_t n);
+// out [cols, rows] (+)= in [rows, cols]ᵀ
+void transpose(const float *in, float *out, int64_t rows, int64_t cols, bool acc);
 
 }  // namespace llmt::cpu

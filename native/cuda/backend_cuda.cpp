@@ -603,6 +603,12 @@ class CudaBackend final : public Backend {
           "copy");
     s.done();
   }
+  void transpose(const float *in, float *out, int64_t rows, int64_t cols, bool acc) override {
+    Stage s(*this);
+    const float *di = s.in(in, rows * cols);
+    ew("k_transpose", rows * cols, di, s.out(out, rows * cols, acc), ll(rows), ll(cols), int(acc));
+    s.done();
+  }
   void add(float *out, const float *a, const float *b, const float *c, int64_t n) override {
     Stage s(*this);
     const float *da = s.in(a, n), *db = s.in(b, n), *dc = s.in(c, n);

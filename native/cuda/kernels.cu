@@ -253,6 +253,14 @@ __global__ void k_col_sum(const float *dy, float *db, ll rows, ll cols) {
 __global__ void k_add(float *out, const float *a, const float *b, const float *c, ll n) {
   GRID_STRIDE(i, n) out[i] = c ? a[i] + b[i] + c[i] : a[i] + b[i];
 }
+// out [cols, rows] (+)= in [rows, cols]ᵀ, one thread per output element (coalesced writes)
+__global__ void k_transpose(const float *in, float *out, ll rows, ll cols, int acc) {
+  GRID_STRIDE(i, rows * cols) {
+    const ll c = i / rows, r = i % rows;
+    const float v = in[r * cols + c];
+    out[i] = acc ? out[i] + v : v;
+  }
+}
 __global__ void k_axpby(float *out, float alpha, const float *a, float beta, const float *b, ll n) {
   GRID_STRIDE(i, n) out[i] = alpha * a[i] + beta * b[i];
 }

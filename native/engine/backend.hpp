@@ -246,6 +246,9 @@ class Backend {
   }
   /** dst[i] = src[i] within this backend's memory (bit-exact; no host round trip). */
   virtual void copy(float *dst, const float *src, int64_t n) = 0;
+  /** out[c·rows + r] = in[r·cols + c] (acc: +=) — in [rows, cols] → out [cols, rows]; bit-exact (LoRA on an embedding:
+   *  PEFT's lora_embedding_A [r, V] looked up by token as rows of its transpose). */
+  virtual void transpose(const float *in, float *out, int64_t rows, int64_t cols, bool acc) = 0;
 
   // ---- element-wise and layout ops the model needs between the big ones ----
   /** out[i] = a[i] + b[i] (+ c[i] when c is not null); out may alias a. */

@@ -442,6 +442,9 @@ void op_parity(Backend &gpu) {
            [&](Backend &be, auto &v) { be.add(v[0].data(), v[0].data(), v[1].data(), v[2].data(), m); });
     parity("axpby", cpu, gpu, {rnd(m, 60), rnd(m, 61)}, {1}, kF32,
            [&](Backend &be, auto &v) { be.axpby(v[1].data(), 0.5f, v[0].data(), -2.0f, v[1].data(), m); });
+    for (const bool acc : {false, true})  // LoRA on an embedding: lora_embedding_A [r, V] ↔ its transpose; odd sizes
+      parity(std::string("transpose") + (acc ? "_acc" : ""), cpu, gpu, {rnd(7 * 1003, 66), rnd(1003 * 7, 67)}, {1}, Tol{0, 0},
+             [&](Backend &be, auto &v) { be.transpose(v[0].data(), v[1].data(), 7, 1003, acc); });
     {  // DoRA: the per-row scale, the column scaling (in place, kept, with an offset) and the magnitude's reduction
       const int64_t out = 37, r = 5, NN = 23;
       auto wn2 = rnd(out, 140), m2 = rnd(out, 141);

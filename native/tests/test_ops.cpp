@@ -602,6 +602,23 @@ static void test_embedding() {
   fd_check("embedding dtable", table, grad, loss);
 }
 
+// transpose (LoRA on an embedding looks lora_embedding_A [r, V] up through it): sizes off the 32×32 tiles, += too
+static void test_transpose() {
+  const int64_t R = 37, C = 70;
+  const Vec in = rnd(R * C), base = rnd(C * R);
+  Vec out(C * R), acc = base;
+  transpose(in.data(), out.data(), R, C, false);
+  transpose(in.data(), acc.data(), R, C, true);
+  bool ok = true, ok_acc = true;
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c) {
+      ok = ok && out[c * R + r] == in[r * C + c];
+      ok_acc = ok_acc && acc[c * R + r] == base[c * R + r] + in[r * C + c];
+    }
+  CHECK(ok, "transpose: out[c][r] = in[r][c]");
+  CHECK(ok_acc, "transpose with acc adds to out");
+}
+
 // ---- optimizer and reductions -----------------------------------------------------------------------------------
 
 static void test_adamw() {
@@ -1022,6 +1039,7 @@ int main() {
   test_rope_variants();
   test_cross_entropy();
   test_embedding();
+  test_transpose();
   test_adamw();
   test_reductions();
   test_determinism();

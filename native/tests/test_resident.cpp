@@ -200,6 +200,10 @@ class FakeDevice final : public Backend {
     D(dst), D(src);
     cpu().copy(dst, src, n);
   }
+  void transpose(const float *in, float *o, int64_t rows, int64_t cols, bool acc) override {
+    D(in), D(o);
+    cpu().transpose(in, o, rows, cols, acc);
+  }
   void add(float *o, const float *a, const float *b, const float *c, int64_t n) override {
     D(o), D(a), D(b), D(c);
     cpu().add(o, a, b, c, n);
