@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <set>
 
+#include "../cpu/half.hpp"
 #include "backend.hpp"
 #include "json.hpp"
 #include "model.hpp"
@@ -334,6 +335,32 @@ llmt_status Model::load_adapter(const std::string &dir, bool trainable) {
     if (const TensorInfo *h = f->find("base_model.model." + std::string(cfg_.family->lm_head) + ".weight")) used.insert(h->name);
   for (const auto &ti : f->tensors())
     if (inert_adapter_tensor(s, ti.name)) used.insert(ti.name);
+  // PEFT (save_embedding_layers "auto") saves the embedding and the head it put LoRA on as <module>.base_layer.weight,
+  // the weights it loads in place of the model's: mostly the base's own values; others (a retrained table) replace
+  // the model's here as they do there
+  struct BaseLayer {
+    const Lora *lora;
+    std::string module;
+    Param *param;
+  };
+  for (const BaseLayer &bl : {BaseLayer{&embed_lora, cfg_.family->embed, embed}, BaseLayer{&head_lora, cfg_.family->lm_head, lm_head}}) {
+    if (!bl.lora->r) continue;
+    const TensorInfo *ti = f->find("base_model.model." + bl.module + ".base_layer.weight");
+    if (!ti) continue;
+    used.insert(ti->name);
+    if (ti->shape != bl.param->shape)
+      return set_error(LLMT_ERR_BAD_INPUT, "adapter tensor '" + ti->name + "' in " + wpath + " has shape [" + std::to_string(ti->shape.empty() ? 0 : ti->shape[0]) +
+                                               ", …] but this model's " + bl.module + " has " + std::to_string(bl.param->shape[0]) +
+                                               " rows: the adapter was trained with another vocabulary (merge it into its own base model instead)");
+    const size_t n = static_cast<size_t>(bl.param->numel());
+    std::vector<float> w(n), cur(n);
+    if ((st = f->read_f32(*ti, w.data())) != LLMT_OK) return st;
+    fetch_host(*bl.param);
+    for (size_t i = 0; i < n; ++i) cur[i] = bl.param->half_type ? from_half(bl.param->half[i], bl.param->half_type) : bl.param->data[i];
+    if (w == cur) continue;
+    if ((st = restore_fp32(*bl.param)) != LLMT_OK) return st;
+    bl.param->data.swap(w);
+  }
   for (auto &p : params) {
     if (p->save_name.empty()) continue;
     const TensorInfo *ti = f->find(p->save_name);

@@ -1161,10 +1161,47 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
       at = comma + 1;
     }
   }
-  if (peft_target_matches(s, cfg_.family->lm_head) || peft_target_matches(s, cfg_.family->embed)) {
-    return set_error(LLMT_ERR_UNSUPPORTED, "LoRA on the embedding or the LM head is not supported yet; train them with modules_to_save instead");
-  }
+  // the LM head and the input embedding take LoRA too when listed (PEFT: a Linear and a lora.Embedding)
+  const std::string head_module = cfg_.family->lm_head, embed_module = cfg_.family->embed;
+  const bool on_head = peft_target_matches(s, head_module), on_embed = peft_target_matches(s, embed_module);
+  if ((on_head || on_embed) && s.use_dora)
+    return set_error(LLMT_ERR_UNSUPPORTED, "DoRA on the " + std::string(on_embed ? "embedding (" + embed_module : "LM head (" + head_module) +
+                                               ") is not supported: leave it out of target_modules, or train it whole with modules_to_save");
   int matched = 0;
+  if (on_head) {
+    const int64_t r = pattern_lookup_r(s, head_module, s.r);
+    if (r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "LoRA rank for " + head_module + " must be positive");
+    const double alpha = pattern_lookup_alpha(s, head_module, s.alpha);
+    head_lora.r = r;
+    head_lora.scaling = static_cast<float>(s.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r);
+    head_lora.dropout = static_cast<float>(s.dropout);
+    head_lora.A = new_param(head_module + ".lora_A.weight", {r, cfg_.hidden});
+    head_lora.B = new_param(head_module + ".lora_B.weight", {cfg_.vocab, r});
+    head_lora.A->save_name = "base_model.model." + head_module + ".lora_A.weight";
+    head_lora.B->save_name = "base_model.model." + head_module + ".lora_B.weight";
+    Rng rng(seed ^ fnv1a(head_module));  // as a linear: A ~ U(−1/√in, 1/√in), B = 0
+    const float bound = 1.0f / std::sqrt(static_cast<float>(cfg_.hidden));
+    for (float &x : head_lora.A->data) x = (rng.uniform() * 2.0f - 1.0f) * bound;
+    ++matched;
+  }
+  if (on_embed) {
+    const int64_t r = pattern_lookup_r(s, embed_module, s.r);
+    if (r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "LoRA rank for " + embed_module + " must be positive");
+    const double alpha = pattern_lookup_alpha(s, embed_module, s.alpha);
+    embed_lora.r = r;
+    embed_lora.scaling = static_cast<float>(s.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r);
+    embed_lora.A = new_param(embed_module + ".lora_embedding_A", {r, cfg_.vocab});
+    embed_lora.B = new_param(embed_module + ".lora_embedding_B", {cfg_.hidden, r});
+    embed_lora.A->save_name = "base_model.model." + embed_module + ".lora_embedding_A";
+    embed_lora.B->save_name = "base_model.model." + embed_module + ".lora_embedding_B";
+    // PEFT's lora.Embedding: A = 0, B ~ N(0, 1) (the reverse of a linear's)
+    Rng rng(seed ^ fnv1a(embed_module));
+    for (float &x : embed_lora.B->data) {
+      const double u1 = 1.0 - rng.uniform_double(), u2 = rng.uniform_double();
+      x = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
+    }
+    ++matched;
+  }
   for (auto &lin : linears) {
     if (!peft_target_matches(s, lin->module)) continue;
     llmt_status st = attach_lora(*lin, pattern_lookup_r(s, lin->module, s.r),
@@ -1198,6 +1235,8 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
         p->save_name = "base_model.model." + p->name;
       }
   }
+  for (Lora *l : {&head_lora, &embed_lora})
+    if (l->r) l->A->trainable = l->B->trainable = true;
   for (auto &lin : linears) {
     if (!lin->lora.r) continue;
     lin->lora.A->trainable = lin->lora.B->trainable = true;
@@ -1530,6 +1569,57 @@ QkvSplit split_layout(QkvLayout l) {
 
 void resize(Buf &v, int64_t n) { v.resize(n); }
 void resize_ow(Buf &v, int64_t n) { v.resize_overwrite(n); }
+
+// LoRA on the input embedding (PEFT's lora.Embedding): x[N, H] += s·A[:, ids]ᵀ·Bᵀ, no dropout. u [N, r] keeps
+// s·A[:, ids]ᵀ for the backward (rows of Aᵀ, which a transpose of A [r, V] lays out for the lookup).
+void embed_lora_forward(Backend &be, const Lora &L, const int32_t *ids, float *x, Buf &u, int64_t N, int64_t H, int64_t V) {
+  const int64_t r = L.r;
+  Buf at(be, V * r, kOverwrite);
+  be.transpose(L.A->w(), at.data(), r, V, false);
+  u.resize_overwrite(N * r);
+  be.embedding_forward(at.data(), ids, u.data(), N, r);
+  be.scale_inplace(u.data(), L.scaling, N * r);
+  be.matmul_nt(u.data(), L.B->w(), x, N, H, r, true);
+}
+// Its backward from d(embedding output) dx [N, H]: dB += dxᵀ·u, dA[:, v] += Σ_{n: ids[n]=v} s·(dx·B)[n, :].
+void embed_lora_backward(Backend &be, Lora &L, const int32_t *ids, const float *dx, const Buf &u, int64_t N, int64_t H, int64_t V) {
+  const int64_t r = L.r;
+  if (L.B->trainable) be.matmul_tn(dx, u.data(), L.B->g(), H, r, N, true);
+  if (!L.A->trainable) return;
+  Buf du(be, N * r, kOverwrite), dat(be, V * r);  // dat: zeroed, the lookup's gradient accumulates into it
+  be.matmul_nn_scaled(dx, L.B->w(), du.data(), N, r, H, L.scaling, false);
+  be.embedding_backward(du.data(), ids, dat.data(), N, r, V);
+  be.transpose(dat.data(), L.A->g(), V, r, true);
+}
+
+// LoRA on the LM head (a Linear in PEFT): logits[rows, V] += s·(drop(h)·Aᵀ)·Bᵀ. u [rows, r] keeps s·drop(h)·Aᵀ, and hd
+// the dropped-out input when dropout applies (training with lora_dropout > 0), both for the backward.
+void head_lora_forward(Backend &be, const Lora &L, const float *h, float *logits, float *u, float *hd, int64_t rows, int64_t V,
+                       int64_t H, uint64_t stream) {
+  const float *in = h;
+  if (hd) {
+    be.dropout_forward(h, hd, rows * H, L.dropout, stream);
+    in = hd;
+  }
+  be.matmul_nt_scaled(in, L.A->w(), u, rows, L.r, H, L.scaling, false);
+  be.matmul_nt(u, L.B->w(), logits, rows, V, L.r, true);
+}
+// Its backward: dB += dlogitsᵀ·u; du = s·dlogits·B; dA += duᵀ·drop(h); dh += drop'(du·A).
+void head_lora_backward(Backend &be, Lora &L, const float *h, const float *hd, const float *u, const float *dlogits, float *dh,
+                        int64_t rows, int64_t V, int64_t H, uint64_t stream) {
+  const int64_t r = L.r;
+  Buf du(be, rows * r, kOverwrite);
+  if (L.B->trainable) be.matmul_tn(dlogits, u, L.B->g(), V, r, rows, true);
+  be.matmul_nn_scaled(dlogits, L.B->w(), du.data(), rows, r, V, L.scaling, false);
+  if (L.A->trainable) be.matmul_tn(du.data(), hd ? hd : h, L.A->g(), r, H, rows, true);
+  if (!hd) {
+    be.matmul_nn(du.data(), L.A->w(), dh, rows, H, r, true);
+    return;
+  }
+  Buf t(be, rows * H, kOverwrite);
+  be.matmul_nn(du.data(), L.A->w(), t.data(), rows, H, r, false);
+  be.dropout_backward(t.data(), dh, rows * H, L.dropout, stream);
+}
 
 // What one block call needs besides the layer's parameters: positions and the attention flavour.
 struct Fwd {
@@ -1886,6 +1976,8 @@ std::vector<std::pair<int64_t, std::vector<Param *>>> Model::grad_stages() const
   if (lm_head != embed) push_trainable(out.back().second, lm_head);  // a tied head also collects the embedding's gradient
   push_trainable(out.back().second, final_w);
   push_trainable(out.back().second, final_b);
+  push_trainable(out.back().second, head_lora.A);
+  push_trainable(out.back().second, head_lora.B);
   for (int64_t l = n - 1; l >= 0; --l) {
     out.emplace_back(l, std::vector<Param *>());
     block_params(out.back().second, layers[static_cast<size_t>(l)]);
@@ -1894,6 +1986,8 @@ std::vector<std::pair<int64_t, std::vector<Param *>>> Model::grad_stages() const
   push_trainable(out.back().second, embed);
   push_trainable(out.back().second, embed_norm_w);
   push_trainable(out.back().second, embed_norm_b);
+  push_trainable(out.back().second, embed_lora.A);
+  push_trainable(out.back().second, embed_lora.B);
   return out;
 }
 
@@ -2060,8 +2154,9 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   F.prefix = d_prefix.get();
 
   // ---- forward ----
-  Buf x(be, N * H, kOverwrite), x_emb(be), emb_mean(be), emb_rstd(be);
+  Buf x(be, N * H, kOverwrite), x_emb(be), emb_mean(be), emb_rstd(be), emb_u(be);
   embed_rows(be, *embed, d_ids.get(), x.data(), N, H);
+  if (embed_lora.r) embed_lora_forward(be, embed_lora, d_ids.get(), x.data(), emb_u, N, H, V);
   if (opt.training && opt.neftune_alpha > 0) {
     // NEFTune (HF's neftune_post_forward_hook on the input embedding module): + U(−mag, mag), mag = alpha/sqrt(T·H); the
     // noise is additive, so the backward is unchanged (and a checkpointed block 0 recomputes from the noisy input)
@@ -2156,12 +2251,19 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     if (opt.grad_ready) opt.grad_ready(stages[i].first, stages[i].second);
   };
   if (bwd) bind(0);  // the head's chunks below write lm_head's gradient
-  Buf lg(be), lse(be);
+  Buf lg(be), lse(be), hu(be), hd(be);
+  const bool head_drop = head_lora.r && opt.training && head_lora.dropout > 0;
   for (int64_t r0 = 0; r0 < N; r0 += chunk) {
     const int64_t rows = std::min(chunk, N - r0);
     resize_ow(lg, rows * V);
     float *logits = lg.data();
     weight_nt(be, *lm_head, hf.data() + r0 * H, logits, rows, V, H, false);
+    const uint64_t head_stream = mix64(opt.seed ^ 0x4C4D48454144ull ^ static_cast<uint64_t>(r0));  // the head's dropout mask
+    if (head_lora.r) {
+      resize_ow(hu, rows * head_lora.r);
+      if (head_drop) resize_ow(hd, rows * H);
+      head_lora_forward(be, head_lora, hf.data() + r0 * H, logits, hu.data(), head_drop ? hd.data() : nullptr, rows, V, H, head_stream);
+    }
     if (opt.want_logits) be.download(out.logits.data() + r0 * V, logits, sizeof(float) * static_cast<size_t>(rows * V));
     resize(lse, rows);
     int64_t cnt = 0;
@@ -2172,6 +2274,9 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
       be.cross_entropy_backward(logits, d_targets.get() + r0, lse.data(), dlogits, rows, V, opt.grad_scale);
       weight_nn(be, *lm_head, dlogits, dhf.data() + r0 * H, rows, H, V, false);
       if (lm_head->trainable) be.matmul_tn(dlogits, hf.data() + r0 * H, lm_head->g(), V, H, rows, true);
+      if (head_lora.r)
+        head_lora_backward(be, head_lora, hf.data() + r0 * H, head_drop ? hd.data() : nullptr, hu.data(), dlogits, dhf.data() + r0 * H, rows, V, H,
+                           head_stream);
     }
   }
   // without a backward the loss comes down now; with one, after it (the check then fails the call as before, the
@@ -2207,7 +2312,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
   const size_t emb_stage = static_cast<size_t>(c.layers + 1);
   bind(emb_stage);
   if (c.embed_scale != 1.0f) be.scale_inplace(dx.data(), c.embed_scale, N * H);
-  if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable)) {
+  if (embed_norm_w && (embed->trainable || embed_norm_w->trainable || embed_norm_b->trainable || embed_lora.r)) {
     Buf tmp(be, N * H, kOverwrite);
     be.layernorm_backward(dx.data(), x_emb.data(), embed_norm_w->w(), emb_mean.data(), emb_rstd.data(), tmp.data(),
                           embed_norm_w->trainable ? embed_norm_w->g() : nullptr,
@@ -2215,6 +2320,7 @@ llmt_status Model::run(const Batch &batch, const RunOptions &opt, RunResult &out
     dx.swap(tmp);
   }
   if (embed->trainable) be.embedding_backward(dx.data(), d_ids.get(), embed->g(), N, H, V);
+  if (embed_lora.r) embed_lora_backward(be, embed_lora, d_ids.get(), dx.data(), emb_u, N, H, V);
   ready(emb_stage);
   return loss_out();
 }
@@ -2313,6 +2419,10 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
   Buf x(be, N * H), tmp(be, N * H), mean(be, N),
       rstd(be, N);
   embed_rows(be, *embed, d_ids.get(), x.data(), N, H);
+  if (embed_lora.r) {
+    Buf u(be);
+    embed_lora_forward(be, embed_lora, d_ids.get(), x.data(), u, N, H, V);
+  }
   if (embed_norm_w) {
     be.layernorm_forward(x.data(), embed_norm_w->w(), embed_norm_b->w(), tmp.data(), mean.data(), rstd.data(),
                          N, H, static_cast<float>(c.norm_eps));
@@ -2337,6 +2447,10 @@ llmt_status Model::infer_batch(KvCache *const *caches, const int32_t *const *ids
   last_logits.resize(static_cast<size_t>(S * V));
   Buf lg(be, S * V);
   weight_nt(be, *lm_head, h.data(), lg.data(), S, V, H, false);
+  if (head_lora.r) {
+    Buf u(be, S * head_lora.r, kOverwrite);
+    head_lora_forward(be, head_lora, h.data(), lg.data(), u.data(), nullptr, S, V, H, 0);
+  }
   be.download(last_logits.data(), lg.data(), sizeof(float) * last_logits.size());  // the sampler reads them on the host
   for (float z : last_logits)
     if (!std::isfinite(z)) return set_error(LLMT_ERR_NAN, "the model produced non-finite logits");

@@ -276,6 +276,10 @@ class Model {
 
   std::vector<Layer> layers;
   std::vector<std::unique_ptr<Linear>> linears;
+  /** LoRA on the LM head (PEFT: a Linear — lora_A [r, H], lora_B [V, r], lora_dropout on its input) and on the input
+   *  embedding (PEFT's lora.Embedding — lora_embedding_A [r, V], lora_embedding_B [H, r], no dropout; its rows are
+   *  looked up per token through Aᵀ); r == 0: none. Listed in target_modules by their module names. */
+  Lora head_lora, embed_lora;
   Param *embed = nullptr, *final_w = nullptr, *final_b = nullptr, *lm_head = nullptr;
   Param *embed_norm_w = nullptr, *embed_norm_b = nullptr;  // bloom's word_embeddings_layernorm
   std::vector<std::unique_ptr<Param>> params;

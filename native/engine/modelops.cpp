@@ -347,7 +347,25 @@ struct LoraPair {
   const TensorInfo *A = nullptr, *B = nullptr;
   const TensorInfo *M = nullptr;  // DoRA's magnitude [out] (use_dora), else null
   std::string key_a;
+  std::string module;      // the adapted module (its alpha_pattern entry), even when merged into another tensor (a tied head)
+  bool embedding = false;  // PEFT's lora.Embedding: A = lora_embedding_A [r, V], B = lora_embedding_B [H, r]; W [V, H] += s·(B·A)ᵀ
 };
+
+// "base_model.model.<module>.lora_embedding_A[.<adapter>]" (PEFT's LoRA on an embedding) -> module, "A"/"B".
+bool split_lora_embedding_key(const std::string &key, std::string &module, char &which) {
+  const std::string pre = "base_model.model.";
+  std::string k = key.compare(0, pre.size(), pre) == 0 ? key.substr(pre.size()) : key;
+  for (const char *tag : {".lora_embedding_A", ".lora_embedding_B"}) {
+    const size_t at = k.find(tag);
+    if (at == std::string::npos) continue;
+    const std::string rest = k.substr(at + 17);
+    if (!rest.empty() && (rest[0] != '.' || rest.find('.', 1) != std::string::npos)) return false;
+    module = k.substr(0, at);
+    which = tag[16];
+    return true;
+  }
+  return false;
+}
 
 // "base_model.model.<module>.lora_magnitude_vector[.<adapter>.weight]" (PEFT's DoRA) -> module; false otherwise.
 bool split_magnitude_key(const std::string &key, std::string &module) {
@@ -486,11 +504,15 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
     std::string module;
     char which = 0;
     if (inert_adapter_tensor(spec, t.name)) continue;  // a variant's training state (VeLoRA, MonteCLoRA): no part of the weight
-    if (t.name.find("lora_embedding_") != std::string::npos)
-      return set_error(LLMT_ERR_UNSUPPORTED, "adapter tensor '" + t.name + "': LoRA on embeddings cannot be merged yet");
-    if (split_lora_key(t.name, module, which)) {
+    if (split_lora_embedding_key(t.name, module, which)) {
       LoraPair &p = loras[module + ".weight"];
       (which == 'A' ? p.A : p.B) = &t;
+      p.embedding = true;
+      p.module = module;
+    } else if (split_lora_key(t.name, module, which)) {
+      LoraPair &p = loras[module + ".weight"];
+      (which == 'A' ? p.A : p.B) = &t;
+      p.module = module;
     } else if (split_magnitude_key(t.name, module)) {
       if (!spec.use_dora)
         return set_error(LLMT_ERR_BAD_INPUT, "the adapter in " + adapter_dir + " holds DoRA magnitudes (" + t.name +
@@ -535,7 +557,7 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
   }
 
   // -- tied embeddings: the base stores one table for the embedding and the head; an adapter that trains either on
-  // its own (modules_to_save: PEFT's separate copy) gives a model with two — the head is written out (the base's
+  // its own (modules_to_save: PEFT's separate copy; or LoRA on either) gives a model with two — the head is written out (the base's
   // table where the adapter has no head) and config.json says tie_word_embeddings false --
   bool untie = false, head_stored = false;
   std::string head_t, embed_t;
@@ -545,7 +567,10 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
       head_t = std::string(mc.family->lm_head) + ".weight";
       embed_t = std::string(mc.family->embed) + ".weight";
       head_stored = ws->find(head_t) != nullptr;  // some tied checkpoints store both
-      untie = head_t != embed_t && ws->find(embed_t) && (full.count(head_t) || full.count(embed_t));
+      // (LoRA on the tied head or the embedding as well: PEFT's own merge would write either delta into the one shared
+      // table, changing the other side too — untied, the merged model computes what the adapter does)
+      untie = head_t != embed_t && ws->find(embed_t) &&
+              (full.count(head_t) || full.count(embed_t) || loras.count(head_t) || loras.count(embed_t));
     }
     clear_error();  // a family this engine does not model: merged tensor by tensor as before
   }
@@ -638,12 +663,14 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
       used_lora.insert(name);
       ++merged;
       const int64_t r = pair.A->shape.size() == 2 ? pair.A->shape[0] : 0;
-      if (src->shape.size() != 2 || pair.A->shape.size() != 2 || pair.B->shape.size() != 2 || pair.A->shape[1] != src->shape[1] ||
-          pair.B->shape[0] != src->shape[0] || pair.B->shape[1] != r || r <= 0)
+      // a linear: A [r, in], B [out, r] against W [out, in]; an embedding: A [r, V], B [H, r] against W [V, H]
+      const size_t ai = pair.embedding ? 0 : 1, bo = pair.embedding ? 1 : 0;
+      if (src->shape.size() != 2 || pair.A->shape.size() != 2 || pair.B->shape.size() != 2 || pair.A->shape[1] != src->shape[ai] ||
+          pair.B->shape[0] != src->shape[bo] || pair.B->shape[1] != r || r <= 0)
         return set_error(LLMT_ERR_BAD_INPUT, "the adapter's LoRA for '" + name + "' (A " + shape_str(pair.A->shape) + ", B " +
                                                  shape_str(pair.B->shape) + ") does not fit the base weight " +
                                                  shape_str(src->shape) + ": the adapter was made for another base model");
-      const std::string module = name.substr(0, name.size() - 7);
+      const std::string module = pair.module.empty() ? name.substr(0, name.size() - 7) : pair.module;
       const double *pa = peft_pattern_value(spec.alpha_pattern, module);
       const double a = pa ? *pa : alpha;
       scale = rslora ? a / std::sqrt(static_cast<double>(r)) : a / static_cast<double>(r);
@@ -656,7 +683,22 @@ llmt_status merge_adapter(const std::string &model_dir, const std::string &adapt
       std::vector<float> w(n);
       llmt_status s = src_file ? src_file->read_f32(*src, w.data()) : wsp->read_f32(bname, w.data());
       if (s != LLMT_OK) return s;
-      if (pair.A) {
+      if (pair.A && pair.embedding) {  // W[v, h] += s·Σ_k B[h, k]·A[k, v]
+        const int64_t r = pair.A->shape[0], V = pair.A->shape[1], H = pair.B->shape[0];
+        std::vector<float> A(static_cast<size_t>(r * V)), B(static_cast<size_t>(H * r));
+        if ((s = afp->read_f32(*pair.A, A.data())) != LLMT_OK || (s = afp->read_f32(*pair.B, B.data())) != LLMT_OK) return s;
+        const float sc = static_cast<float>(scale);
+        std::vector<float> row(static_cast<size_t>(H));
+        for (int64_t v = 0; v < V; ++v) {
+          std::fill(row.begin(), row.end(), 0.0f);
+          for (int64_t k = 0; k < r; ++k) {
+            const float ak = A[static_cast<size_t>(k * V + v)];
+            for (int64_t h = 0; h < H; ++h) row[static_cast<size_t>(h)] += B[static_cast<size_t>(h * r + k)] * ak;
+          }
+          float *wr = &w[static_cast<size_t>(v * H)];
+          for (int64_t h = 0; h < H; ++h) wr[h] += row[static_cast<size_t>(h)] * sc;
+        }
+      } else if (pair.A) {
         const int64_t r = pair.A->shape[0], in = pair.A->shape[1], outd = pair.B->shape[0];
         std::vector<float> A(static_cast<size_t>(r * in)), B(static_cast<size_t>(outd * r)), row(static_cast<size_t>(in));
         if ((s = afp->read_f32(*pair.A, A.data())) != LLMT_OK || (s = afp->read_f32(*pair.B, B.data())) != LLMT_OK) return s;

@@ -1194,7 +1194,11 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
       for (const auto &t : job.lora.targets) {
         if (t == "all-linear") continue;
         bool hit = false;
-        for (const auto &lin : model->linears) hit = hit || lin->module == t || (lin->module.size() > t.size() && lin->module.compare(lin->module.size() - t.size() - 1, std::string::npos, "." + t) == 0);
+        auto matches = [&](const std::string &module) {
+          return module == t || (module.size() > t.size() && module.compare(module.size() - t.size() - 1, std::string::npos, "." + t) == 0);
+        };
+        for (const auto &lin : model->linears) hit = hit || matches(lin->module);
+        hit = hit || (model->head_lora.r && matches(cfg.family->lm_head)) || (model->embed_lora.r && matches(cfg.family->embed));
         if (hit) continue;
         std::string names;
         std::set<std::string> seen;
@@ -1258,6 +1262,10 @@ llmt_status run_training(const Json &job_json, TrainControl &ctl) {
   // LoRA+ (PEFT's create_loraplus_optimizer, LLaMA-Factory's loraplus_lr_ratio): lora_B and every 1-D trainable tensor
   // (biases, norm weights, DoRA magnitudes) step at lr × ratio, the rest at lr; weight decay as without it
   const bool loraplus = job.loraplus_ratio > 0 && job.method == "lora";
+  if (loraplus && model->embed_lora.r)  // PEFT's create_loraplus_optimizer puts them in a group of their own (lr 1e-6)
+    return fail(set_error(LLMT_ERR_UNSUPPORTED, "LoRA+ (training.loraplus_lr_ratio) with LoRA on the embedding: PEFT trains lora_embedding_A/B at "
+                                                "loraplus_lr_embedding (1e-6), which this engine does not offer; leave the embedding out of "
+                                                "target_modules, or turn LoRA+ off"));
   std::vector<char> loraplus_b(tp.size(), 0);
   for (size_t i = 0; i < tp.size(); ++i)
     loraplus_b[i] = tp[i]->name.find("lora_B") != std::string::npos || tp[i]->shape.size() == 1;

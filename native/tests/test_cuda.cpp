@@ -814,8 +814,12 @@ void end_to_end(Backend &gpu, const std::string &tmp) {
     spec.alpha = 8;
     spec.targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "query_key_value", "dense",
                     "dense_h_to_4h", "dense_4h_to_h"};
+    // and LoRA on the head and the embedding (transpose, the [N, r] lookup, the head's chunked products)
+    spec.targets.push_back(a->config().family->lm_head);
+    spec.targets.push_back(a->config().family->embed);
     a->add_lora(spec, 5);
     b->add_lora(spec, 5);
+    expect_that(a->head_lora.r == 4 && a->embed_lora.r == 4, std::string("e2e_") + family + ": LoRA on the head and the embedding");
     // B = 0 at init would make dA vanish: give B values so every gradient is exercised
     auto pa = a->trainable_params(), pb = b->trainable_params();
     for (size_t i = 0; i < pa.size(); ++i) {

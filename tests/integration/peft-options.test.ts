@@ -12,7 +12,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT } from '../helpers/app';
-import { ENGINE, maxAbsDiff, PY } from '../helpers/native';
+import { ENGINE, gradDiffs, maxAbsDiff, PY, readSafetensors, refPy } from '../helpers/native';
 
 const REF = path.join(ROOT, 'tests', 'python', 'peft_options_ref.py');
 let tmp: string;
@@ -53,7 +53,7 @@ describe('adapters PEFT writes', () => {
   const same = [
     'plain', 'alpha_pattern_regex', 'alpha_pattern_alternation', 'rank_pattern_regex', 'target_regex_named_group', 'all_linear',
     'exclude_modules', 'exclude_regex', 'layers_to_transform', 'layers_pattern', 'mts_overlaps_target', 'bias_all', 'bias_lora_only',
-    'bias_all_neox', 'tied_head_copy', 'tied_embed_copy',
+    'bias_all_neox', 'tied_head_copy', 'tied_embed_copy', 'embed_head', 'embed_head_patterns', 'embed_head_tied', 'embed_head_neox',
   ];
   it.each(same)('%s: the engine computes PEFT\'s logits', (c) => {
     const e = manifest[c]!;
@@ -82,18 +82,59 @@ describe('adapters PEFT writes', () => {
     expect(fs.existsSync(path.join(tmp, `${c}-merged`))).toBe(false);
   });
 
-  it.each(['alpha_pattern_regex', 'bias_all', 'tied_head_copy', 'tied_embed_copy'])(
+  it.each(['alpha_pattern_regex', 'bias_all', 'tied_head_copy', 'tied_embed_copy', 'embed_head', 'embed_head_patterns', 'embed_head_tied'])(
     '%s: the merged model, loaded by transformers, gives the adapter\'s logits',
     (c) => {
       const e = manifest[c]!;
       const out = path.join(tmp, `${c}-merged`);
       engine(['merge', '--model', e.model, '--adapter', e.adapter, '--out', out]);
       const cfg = JSON.parse(fs.readFileSync(path.join(out, 'config.json'), 'utf8'));
-      if (c.startsWith('tied')) expect(cfg.tie_word_embeddings).toBe(false); // the table and the head differ now
+      // the table and the head differ now (PEFT's own merge would write LoRA on either into the one shared table)
+      if (c.startsWith('tied') || c === 'embed_head_tied') expect(cfg.tie_word_embeddings).toBe(false);
       py(['hf-logits', '--model', out, '--tokens', tokens(), '--out', path.join(out, 'hf.json')]);
       expect(maxAbsDiff(readLogits(path.join(out, 'hf.json')), e.logits!)).toBeLessThan(1e-4);
     },
   );
+});
+
+describe('LoRA on the embedding and the LM head', () => {
+  // every gradient of such an adapter, the embedding's and the head's included, as HF transformers + PEFT compute it
+  it.each(['embed_head', 'embed_head_patterns', 'embed_head_neox'])('%s: gradients within 1e-3 relative of PEFT\'s', (c) => {
+    const e = manifest[c]!;
+    const t = path.join(tmp, `${c}-labels.json`);
+    const ids = (JSON.parse(fs.readFileSync(tokens(), 'utf8')) as { input_ids: number[][] }).input_ids;
+    fs.writeFileSync(t, JSON.stringify({ input_ids: ids, labels: ids.map((r) => r.map((x, j) => (j < 3 ? -100 : x))) }));
+    const a = path.join(tmp, `${c}-ours.safetensors`);
+    const b = path.join(tmp, `${c}-peft.safetensors`);
+    engine(['grad', '--model', e.model, '--adapter', e.adapter, '--tokens', t, '--out', a]);
+    refPy(['grad', '--model', e.model, '--adapter', e.adapter, '--tokens', t, '--out', b]);
+    const ours = readSafetensors(a);
+    const ref = readSafetensors(b);
+    expect([...ours.keys()].sort()).toEqual([...ref.keys()].sort());
+    expect([...ref.keys()].some((k) => k.endsWith('lora_embedding_A'))).toBe(true);
+    for (const { name, diff, scale } of gradDiffs(ours, ref))
+      expect(diff / Math.max(scale, 1e-12), `${name}: max diff ${diff}, scale ${scale}`).toBeLessThan(1e-3);
+  });
+
+  it('DoRA on them and LoRA+ with the embedding are refused by name', () => {
+    const m = models.llama!;
+    const dir = path.join(tmp, 'embed-refusals');
+    fs.mkdirSync(dir);
+    const data = path.join(dir, 'rows.json');
+    fs.writeFileSync(data, JSON.stringify({ input_ids: [[1, 5, 9, 33, 2], [1, 7, 8, 90, 2]] }));
+    const job = (lora: object, training: object = {}) => {
+      const f = path.join(dir, `job-${Math.random().toString(36).slice(2)}.json`);
+      fs.writeFileSync(f, JSON.stringify({ model: m, method: 'lora', lora: { r: 4, alpha: 8, ...lora }, data: { train: data },
+        training: { learning_rate: 0.01, max_steps: 1, micro_batch_size: 2, ...training }, output: { dir: path.join(dir, 'out') } }));
+      return f;
+    };
+    const dora = engine(['train', '--job', job({ target_modules: ['q_proj', 'lm_head'], use_dora: true })], false);
+    expect(dora.status).not.toBe(0);
+    expect(dora.stdout).toMatch(/DoRA on the LM head \(lm_head\) is not supported/);
+    const plus = engine(['train', '--job', job({ target_modules: ['q_proj', 'embed_tokens'] }, { loraplus_lr_ratio: 16 })], false);
+    expect(plus.status).not.toBe(0);
+    expect(plus.stdout).toMatch(/LoRA\+ .*with LoRA on the embedding.*loraplus_lr_embedding/);
+  });
 });
 
 describe('adapters the engine trains, read by PEFT', () => {
@@ -106,6 +147,9 @@ describe('adapters the engine trains, read by PEFT', () => {
         exclude_modules: ['o_proj'], modules_to_save: ['model.layers.0.mlp.up_proj'] },
     },
     { name: 'layers', family: 'llama', lora: { r: 4, alpha: 8, target_modules: ['q_proj', 'v_proj'], layers_to_transform: [0], layers_pattern: 'layers' } },
+    // LoRA on the embedding and the head (lora_embedding_A starts at zero, B at N(0, 1); the head's B at zero)
+    { name: 'embed-head', family: 'llama', lora: { r: 4, alpha: 8, target_modules: ['q_proj', 'embed_tokens', 'lm_head'] } },
+    { name: 'embed-head-tied', family: 'bloom', lora: { r: 4, alpha: 8, dropout: 0.1, target_modules: ['word_embeddings', 'lm_head'] } },
   ];
   it.each(cases)('$name: PEFT loads the same model', ({ name, family, lora }) => {
     const dir = path.join(tmp, `train-${name}`);

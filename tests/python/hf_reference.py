@@ -661,7 +661,8 @@ def cmd_grad(a):
     if fam == "baichuan":
         grads = llama_lora_to_baichuan(grads)
     with safetensors_torch.safe_open(os.path.join(a.adapter, "adapter_model.safetensors"), "pt") as f:
-        saved = set(f.keys())
+        # (an embedding or head with LoRA: PEFT's save_embedding_layers also writes its frozen base weight)
+        saved = {k for k in f.keys() if not k.endswith(".base_layer.weight")}
     if set(grads) != saved:
         raise RuntimeError(f"grad keys differ from the adapter file keys: "
                            f"{sorted(set(grads) ^ saved)[:6]}")

@@ -44,6 +44,13 @@ CASES = {
     "bias_all_neox": ("gpt_neox", dict(r=4, lora_alpha=8, target_modules=["query_key_value"], bias="all")),
     "tied_head_copy": ("bloom", dict(r=4, lora_alpha=8, target_modules=["query_key_value"], modules_to_save=["lm_head"])),
     "tied_embed_copy": ("bloom", dict(r=4, lora_alpha=8, target_modules=["query_key_value"], modules_to_save=["word_embeddings"])),
+    # LoRA on the input embedding (PEFT's lora.Embedding) and the LM head (a Linear): untied, tied, GPT-NeoX's names,
+    # with rank/alpha patterns on them
+    "embed_head": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "embed_tokens", "lm_head"])),
+    "embed_head_patterns": ("llama", dict(r=4, lora_alpha=8, target_modules=["embed_tokens", "lm_head"],
+                                          rank_pattern={"lm_head": 2}, alpha_pattern={"embed_tokens": 32})),
+    "embed_head_tied": ("bloom", dict(r=4, lora_alpha=8, target_modules=["query_key_value", "word_embeddings", "lm_head"])),
+    "embed_head_neox": ("gpt_neox", dict(r=4, lora_alpha=8, target_modules=["query_key_value", "embed_in", "embed_out"])),
     # options the engine refuses by name
     "lookbehind": ("llama", dict(r=4, lora_alpha=8, target_modules=r".*(?<!k)_proj")),
     "lora_bias": ("llama", dict(r=4, lora_alpha=8, target_modules=["q_proj"], lora_bias=True)),
