@@ -55,6 +55,9 @@ export interface ModelInspection {
   /** the LoRA-targetable linear module names of a block */
   lora_targets?: string[];
   default_lora_targets?: string;
+  /** the input embedding's and the LM head's module paths ("model.embed_tokens", "lm_head"): LoRA targets too */
+  embed_module?: string;
+  lm_head_module?: string;
 }
 
 export interface GenerateParams {

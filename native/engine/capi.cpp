@@ -200,6 +200,9 @@ llmt_status llmt_model_inspect(const char *dir, char **out_json) {
     out.set("window_from_layer", Json::integer(c.window_from_layer));  // the first windowed layer
     out.set("rope_scaling", c.rope_scaling.empty() ? Json() : Json::string(c.rope_scaling));
     out.set("lora_targets", lora_targets_json(c));
+    // LoRA on the input embedding and the LM head: their module paths (PEFT matches a listed name as a suffix)
+    out.set("embed_module", Json::string(c.family->embed));
+    out.set("lm_head_module", Json::string(c.family->lm_head));
     out.set("default_lora_targets", Json::string(c.family->default_lora_targets));
     *out_json = dup_string(out.dump());
     clear_error();

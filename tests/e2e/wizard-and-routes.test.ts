@@ -200,7 +200,16 @@ describe('New fine-tune wizard', () => {
     await page.getByTestId('wizard-step-2').click();
     await page.getByTestId('method-lora').check();
     expect(await page.getByTestId('lora-dora').isChecked()).toBe(true);
+    // LoRA on the LM head: offered beside the linears; with DoRA it is named as an issue, without it reaches the command line
+    await page.getByTestId('target-lm_head').check();
+    await expect.poll(async () => page.getByTestId('field-error-targets').textContent()).toMatch(/DoRA does not apply to lm_head/);
     await page.getByTestId('lora-dora').uncheck();
+    await expect.poll(async () => page.getByTestId('field-error-targets').count()).toBe(0);
+    await page.getByTestId('wizard-step-5').click();
+    await page.getByTestId('review-cli').waitFor();
+    await expect.poll(async () => page.getByTestId('review-cli').textContent()).toMatch(/--lora_target_modules \S*lm_head/);
+    await page.getByTestId('wizard-step-2').click();
+    await page.getByTestId('target-lm_head').uncheck();
   });
 
   it('ZeRO-1 and ZeRO-2 are offered for a full fine-tune on several workers only, and reach the command line', async () => {

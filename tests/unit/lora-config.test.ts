@@ -167,4 +167,16 @@ describe('the memory estimate with PEFT target rules', () => {
     // a regex JavaScript cannot read (Python's named group) does not crash the estimate
     expect(est({ target_modules: '(?P<m>q_proj)' }).trainableParams).toBeGreaterThan(0);
   });
+  it('counts LoRA on the embedding and the LM head: r·(V + H) each, by name, regex and rank_pattern; not by all-linear', () => {
+    const withMods = { ...info, embed_module: 'model.embed_tokens', lm_head_module: 'lm_head' } as Parameters<typeof estimateRun>[0];
+    const e = (lora: Record<string, unknown>) => estimateRun(withMods, parseRunSpec({ model: { path: '/m' }, data: { train: '/t.json' }, output: { dir: '/o' }, lora: { r: 16, dropout: 0, ...lora } }), 1).trainableParams;
+    const table = 16 * (32000 + 4096);
+    expect(e({ target_modules: ['q_proj', 'v_proj'] })).toBe(qv);
+    expect(e({ target_modules: ['q_proj', 'v_proj', 'embed_tokens', 'lm_head'] })).toBe(qv + 2 * table);
+    expect(e({ target_modules: ['q_proj', 'v_proj', 'lm_head'], rank_pattern: { lm_head: 4 } })).toBe(qv + table / 4);
+    expect(e({ target_modules: '.*(q_proj|v_proj|embed_tokens)' })).toBe(qv + table);
+    expect(e({ target_modules: 'all-linear' })).toBe(39_976_960);
+    // trained whole instead (modules_to_save): no LoRA on it, its table counted once
+    expect(e({ target_modules: ['q_proj', 'v_proj', 'lm_head'], modules_to_save: ['lm_head'] })).toBe(qv + 32000 * 4096);
+  });
 });

@@ -90,6 +90,20 @@ function loraRank(info: ModelInspection, lora: RunSpec['lora'], name: string, l:
   return lora.r;
 }
 
+/** The LoRA rank a whole-model module (the embedding, the LM head) gets from target_modules, or 0 (as PEFT matches it:
+ *  a listed name equal to the path or a suffix after a dot, a string as a full-match regex; never by all-linear or
+ *  layers_to_transform, and not when modules_to_save trains it whole). */
+function moduleRank(info: ModelInspection, lora: RunSpec['lora'], p: string): number {
+  const tm = lora.target_modules ?? (info.default_lora_targets ?? '').split(',').filter(Boolean);
+  const ex = lora.exclude_modules;
+  if (ex && (typeof ex === 'string' ? fullmatch(ex, p) : listed(ex, p))) return 0;
+  if ((lora.modules_to_save ?? []).some((m) => jsRegex(`^(.*\\.)?(?:${m})($|\\..*)`)?.test(p))) return 0;
+  if (typeof tm === 'string' ? tm.toLowerCase() === 'all-linear' || !fullmatch(tm, p) : !listed(tm, p)) return 0;
+  if (typeof tm !== 'string' && lora.layers_to_transform !== undefined && lora.layers_to_transform !== null) return 0;
+  for (const [key, r] of Object.entries(lora.rank_pattern ?? {})) if (jsRegex(`^(.*\\.)?(${key})$`)?.test(p)) return r;
+  return lora.r;
+}
+
 /** config.json of the inspected folder (the bias flags the inspection does not carry), or {} when unreadable. */
 function folderConfig(info: ModelInspection): Record<string, unknown> {
   try {
@@ -201,6 +215,8 @@ export function estimateRun(info: ModelInspection, spec: RunSpec, threads: numbe
       loraMax = Math.max(loraMax, block);
     }
     for (const m of spec.lora.modules_to_save ?? []) if (/embed|lm_head|embed_out/.test(m)) trainableParams += V * H;
+    // LoRA on the input embedding (lora_embedding_A [r, V], B [H, r]) and on the LM head (A [r, H], B [V, r])
+    for (const module of [info.embed_module, info.lm_head_module]) if (module) trainableParams += moduleRank(info, spec.lora, module) * (V + H);
   }
   // floats each block keeps per token for its backward (LoRA's apart): the block input, the norm outputs (two, or one
   // where a parallel block has one norm) and the residual between the halves of a sequential block (H each), q and the
