@@ -89,20 +89,26 @@ const median = (xs) => {
   return v.length ? (v[(v.length - 1) >> 1] + v[v.length >> 1]) / 2 : NaN;
 };
 
-async function measure(overlap) {
+// the job both ranks run: a full fine-tune of the model with `distributed` (world_size 2 added); its ranks' outputs
+async function runBoth(tag, distributed) {
   const job = {
     model,
     method: 'full',
     data: { train: tokens },
     training: { learning_rate: 1e-4, max_steps: steps, micro_batch_size: 2, gradient_accumulation_steps: 1, seed: 1 },
-    output: { dir: path.join(tmp, `out-${overlap}`), logging_steps: 1, save_steps: 100000 },
-    distributed: { world_size: 2, ...(old ? {} : { overlap_backward: overlap }) },
+    output: { dir: path.join(tmp, `out-${tag}`), logging_steps: 1, save_steps: 100000 },
+    distributed: { world_size: 2, ...distributed },
   };
-  const file = path.join(tmp, `job-${overlap}.json`);
+  const file = path.join(tmp, `job-${tag}.json`);
   fs.writeFileSync(file, JSON.stringify(job));
   const port = await freePort();
   const rs = await Promise.all([0, 1].map((r) => runRank(file, r, port)));
   for (const r of rs) if (r.code !== 0) throw new Error(r.err || r.out);
+  return rs;
+}
+
+async function measure(overlap) {
+  const rs = await runBoth(String(overlap), old ? {} : { overlap_backward: overlap });
   const stats = rs[0].out.split('\n').filter((l) => l.startsWith('{"event":"rank_stats"')).map((l) => JSON.parse(l)).slice(1);  // step 1 warms up
   const pick = (f) => [0, 1].map((r) => median(stats.map((e) => e.ranks[r][f] ?? NaN)));
   const fmt = (xs, d = 3) => xs.map((x) => (Number.isFinite(x) ? x.toFixed(d) : '-')).join(' / ');
@@ -113,19 +119,7 @@ async function measure(overlap) {
 }
 
 async function measureZero(stage) {
-  const job = {
-    model,
-    method: 'full',
-    data: { train: tokens },
-    training: { learning_rate: 1e-4, max_steps: steps, micro_batch_size: 2, gradient_accumulation_steps: 1, seed: 1 },
-    output: { dir: path.join(tmp, `out-z${stage}`), logging_steps: 1, save_steps: 100000 },
-    distributed: { world_size: 2, zero_stage: stage },
-  };
-  const file = path.join(tmp, `job-z${stage}.json`);
-  fs.writeFileSync(file, JSON.stringify(job));
-  const port = await freePort();
-  const rs = await Promise.all([0, 1].map((r) => runRank(file, r, port)));
-  for (const r of rs) if (r.code !== 0) throw new Error(r.err || r.out);
+  const rs = await runBoth(`z${stage}`, { zero_stage: stage });
   const events = rs[0].out.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l));
   const stats = events.filter((e) => e.event === 'rank_stats');
   const last = stats.at(-1);

@@ -61,15 +61,7 @@ class GlooCollective : public llmt::Collective {
     if (count == 0) return 0;
     return guarded("all-reduce", [&] {
       gloo::AllreduceOptions o(ctx_);
-      o.setTag(next_tag());
-      o.setTimeout(timeout_);
-      if (type == CollDType::F32) {
-        o.setOutput(static_cast<float *>(buf), count);
-        o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<float>));
-      } else {
-        o.setOutput(static_cast<double *>(buf), count);
-        o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<double>));
-      }
+      summing(o, buf, count, type);
       gloo::allreduce(o);
     });
   }
@@ -79,16 +71,8 @@ class GlooCollective : public llmt::Collective {
     if (count == 0) return 0;
     return guarded("reduce", [&] {
       gloo::ReduceOptions o(ctx_);
-      o.setTag(next_tag());
-      o.setTimeout(timeout_);
+      summing(o, buf, count, type);
       o.setRoot(root);
-      if (type == CollDType::F32) {
-        o.setOutput(static_cast<float *>(buf), count);
-        o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<float>));
-      } else {
-        o.setOutput(static_cast<double *>(buf), count);
-        o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<double>));
-      }
       gloo::reduce(o);
     });
   }
@@ -124,6 +108,19 @@ class GlooCollective : public llmt::Collective {
 
  private:
   uint32_t next_tag() { return tag_++ & 0x7fffffffu; }
+  // an in-place sum of buf (all-reduce or reduce options): tag, timeout, the buffer and gloo::sum of its type
+  template <typename Options>
+  void summing(Options &o, void *buf, size_t count, CollDType type) {
+    o.setTag(next_tag());
+    o.setTimeout(timeout_);
+    if (type == CollDType::F32) {
+      o.setOutput(static_cast<float *>(buf), count);
+      o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<float>));
+    } else {
+      o.setOutput(static_cast<double *>(buf), count);
+      o.setReduceFunction(static_cast<void (*)(void *, const void *, const void *, size_t)>(&gloo::sum<double>));
+    }
+  }
   template <typename F>
   int guarded(const char *what, F &&f) {
     if (broken_) {

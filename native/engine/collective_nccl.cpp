@@ -133,30 +133,18 @@ class NcclCollective : public Collective {
   }
   // one group: NCCL fuses the all-reduces of a gradient bucket into one launch, no packing copy
   int allreduce_sum_many(const std::vector<std::pair<void *, size_t>> &bufs, CollDType type, void *stream) override {
-    if (broken_) return unusable();
-    if (int r = bind()) return r;
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
-    ncclResult_t r = api_.GroupStart();
-    for (const auto &b : bufs) {
-      if (r != kNcclSuccess && r != kNcclInProgress) break;
-      r = api_.AllReduce(b.first, b.first, b.second, dt, kNcclSum, comm_, stream);
-    }
-    const ncclResult_t e = api_.GroupEnd();  // always closes the group, even after a failed enqueue
-    return finish("grouped all-reduce", r != kNcclSuccess && r != kNcclInProgress ? r : e, stream);
+    return grouped("grouped all-reduce", bufs.size(), stream,
+                   [&](size_t i) { return api_.AllReduce(bufs[i].first, bufs[i].first, bufs[i].second, dt, kNcclSum, comm_, stream); });
   }
   int reduce_sum(void *buf, size_t count, CollDType type, int root, void *stream) override { return reduce_sum_many({{buf, count, root}}, type, stream); }
   // one group of rooted reduces (each gradient to the rank that owns it: ZeRO-2)
   int reduce_sum_many(const std::vector<Rooted> &bufs, CollDType type, void *stream) override {
-    if (broken_) return unusable();
-    if (int r = bind()) return r;
     const int dt = type == CollDType::F32 ? kNcclFloat32 : kNcclFloat64;
-    ncclResult_t r = api_.GroupStart();
-    for (const auto &b : bufs) {
-      if (r != kNcclSuccess && r != kNcclInProgress) break;
-      r = api_.Reduce ? api_.Reduce(b.buf, b.buf, b.count, dt, kNcclSum, b.root, comm_, stream) : api_.AllReduce(b.buf, b.buf, b.count, dt, kNcclSum, comm_, stream);
-    }
-    const ncclResult_t e = api_.GroupEnd();
-    return finish("grouped reduce", r != kNcclSuccess && r != kNcclInProgress ? r : e, stream);
+    return grouped("grouped reduce", bufs.size(), stream, [&](size_t i) {
+      const Rooted &b = bufs[i];
+      return api_.Reduce ? api_.Reduce(b.buf, b.buf, b.count, dt, kNcclSum, b.root, comm_, stream) : api_.AllReduce(b.buf, b.buf, b.count, dt, kNcclSum, comm_, stream);
+    });
   }
   bool device_buffers() const override { return true; }
   int broadcast(void *buf, size_t count, CollDType type, int root, void *stream) override {
@@ -179,6 +167,16 @@ class NcclCollective : public Collective {
   int bind() {
     if (cudaError_t e = api_.SetDevice(device_)) return fail("cudaSetDevice", std::to_string(device_) + ": " + api_.CudaErrorString(e));
     return 0;
+  }
+  // n calls of `enqueue` as one NCCL group (GroupEnd always closes it, even after a failed enqueue)
+  template <typename F>
+  int grouped(const char *what, size_t n, void *stream, F &&enqueue) {
+    if (broken_) return unusable();
+    if (int r = bind()) return r;
+    ncclResult_t r = api_.GroupStart();
+    for (size_t i = 0; i < n && (r == kNcclSuccess || r == kNcclInProgress); ++i) r = enqueue(i);
+    const ncclResult_t e = api_.GroupEnd();
+    return finish(what, r != kNcclSuccess && r != kNcclInProgress ? r : e, stream);
   }
   int unusable() {
     error_ = "nccl: the communicator was aborted after an earlier error";

@@ -1168,39 +1168,39 @@ llmt_status Model::add_lora(const LoraSpec &spec, uint64_t seed) {
     return set_error(LLMT_ERR_UNSUPPORTED, "DoRA on the " + std::string(on_embed ? "embedding (" + embed_module : "LM head (" + head_module) +
                                                ") is not supported: leave it out of target_modules, or train it whole with modules_to_save");
   int matched = 0;
+  // one whole-model module's pair: rank and alpha from the patterns, PEFT's names under `a_name` / `b_name`
+  auto attach_whole = [&](Lora &l, const std::string &module, const char *a_name, std::vector<int64_t> a_shape, const char *b_name,
+                          std::vector<int64_t> b_shape) -> llmt_status {
+    const int64_t r = pattern_lookup_r(s, module, s.r);
+    if (r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "LoRA rank for " + module + " must be positive");
+    const double alpha = pattern_lookup_alpha(s, module, s.alpha);
+    l.r = r;
+    l.scaling = static_cast<float>(s.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r);
+    a_shape[0] = r;
+    b_shape[1] = r;
+    l.A = new_param(module + a_name, a_shape);
+    l.B = new_param(module + b_name, b_shape);
+    l.A->save_name = "base_model.model." + module + a_name;
+    l.B->save_name = "base_model.model." + module + b_name;
+    ++matched;
+    return LLMT_OK;
+  };
   if (on_head) {
-    const int64_t r = pattern_lookup_r(s, head_module, s.r);
-    if (r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "LoRA rank for " + head_module + " must be positive");
-    const double alpha = pattern_lookup_alpha(s, head_module, s.alpha);
-    head_lora.r = r;
-    head_lora.scaling = static_cast<float>(s.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r);
+    if (llmt_status st = attach_whole(head_lora, head_module, ".lora_A.weight", {0, cfg_.hidden}, ".lora_B.weight", {cfg_.vocab, 0})) return st;
     head_lora.dropout = static_cast<float>(s.dropout);
-    head_lora.A = new_param(head_module + ".lora_A.weight", {r, cfg_.hidden});
-    head_lora.B = new_param(head_module + ".lora_B.weight", {cfg_.vocab, r});
-    head_lora.A->save_name = "base_model.model." + head_module + ".lora_A.weight";
-    head_lora.B->save_name = "base_model.model." + head_module + ".lora_B.weight";
     Rng rng(seed ^ fnv1a(head_module));  // as a linear: A ~ U(−1/√in, 1/√in), B = 0
     const float bound = 1.0f / std::sqrt(static_cast<float>(cfg_.hidden));
     for (float &x : head_lora.A->data) x = (rng.uniform() * 2.0f - 1.0f) * bound;
-    ++matched;
   }
   if (on_embed) {
-    const int64_t r = pattern_lookup_r(s, embed_module, s.r);
-    if (r <= 0) return set_error(LLMT_ERR_BAD_INPUT, "LoRA rank for " + embed_module + " must be positive");
-    const double alpha = pattern_lookup_alpha(s, embed_module, s.alpha);
-    embed_lora.r = r;
-    embed_lora.scaling = static_cast<float>(s.use_rslora ? alpha / std::sqrt(static_cast<double>(r)) : alpha / r);
-    embed_lora.A = new_param(embed_module + ".lora_embedding_A", {r, cfg_.vocab});
-    embed_lora.B = new_param(embed_module + ".lora_embedding_B", {cfg_.hidden, r});
-    embed_lora.A->save_name = "base_model.model." + embed_module + ".lora_embedding_A";
-    embed_lora.B->save_name = "base_model.model." + embed_module + ".lora_embedding_B";
+    if (llmt_status st = attach_whole(embed_lora, embed_module, ".lora_embedding_A", {0, cfg_.vocab}, ".lora_embedding_B", {cfg_.hidden, 0}))
+      return st;
     // PEFT's lora.Embedding: A = 0, B ~ N(0, 1) (the reverse of a linear's)
     Rng rng(seed ^ fnv1a(embed_module));
     for (float &x : embed_lora.B->data) {
       const double u1 = 1.0 - rng.uniform_double(), u2 = rng.uniform_double();
       x = static_cast<float>(std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2));
     }
-    ++matched;
   }
   for (auto &lin : linears) {
     if (!peft_target_matches(s, lin->module)) continue;
