@@ -12,7 +12,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 
 import { ROOT } from '../helpers/app';
-import { ENGINE, gradDiffs, maxAbsDiff, PY, readSafetensors, refPy } from '../helpers/native';
+import { ENGINE, gradDiffs, maxAbsDiff, PY, readSafetensors, refPy, writeSafetensors } from '../helpers/native';
 
 const REF = path.join(ROOT, 'tests', 'python', 'peft_options_ref.py');
 let tmp: string;
@@ -114,6 +114,36 @@ describe('LoRA on the embedding and the LM head', () => {
     expect([...ref.keys()].some((k) => k.endsWith('lora_embedding_A'))).toBe(true);
     for (const { name, diff, scale } of gradDiffs(ours, ref))
       expect(diff / Math.max(scale, 1e-12), `${name}: max diff ${diff}, scale ${scale}`).toBeLessThan(1e-3);
+  });
+
+  // PEFT saves the embedding and head it put LoRA on (<module>.base_layer.weight) and loads them in place of the base's:
+  // a retrained table is read as PEFT reads it; one of another vocabulary is refused by name
+  it('the base_layer weights PEFT saves beside them: other values replace the base\'s, another vocabulary is refused', () => {
+    const e = manifest.embed_head!;
+    const shapes = (f: string) => {
+      const buf = fs.readFileSync(f);
+      return JSON.parse(buf.subarray(8, 8 + Number(buf.readBigUInt64LE(0))).toString('utf8')) as Record<string, { shape: number[] }>;
+    };
+    const write = (dir: string, edit: (k: string, x: Float32Array, shape: number[]) => { shape: number[]; data: Float32Array }) => {
+      fs.mkdirSync(dir, { recursive: true });
+      fs.copyFileSync(path.join(e.adapter, 'adapter_config.json'), path.join(dir, 'adapter_config.json'));
+      const f = path.join(e.adapter, 'adapter_model.safetensors');
+      const sh = shapes(f);
+      const out: Record<string, { shape: number[]; data: Float32Array }> = {};
+      for (const [k, x] of readSafetensors(f)) out[k] = edit(k, x, sh[k]!.shape);
+      writeSafetensors(path.join(dir, 'adapter_model.safetensors'), out);
+    };
+    const retrained = path.join(tmp, 'embed-head-retrained');
+    write(retrained, (k, x, shape) => ({ shape, data: k.endsWith('lm_head.base_layer.weight') ? x.map((v) => v * 1.5) : x }));
+    py(['peft-logits', '--model', e.model, '--adapter', retrained, '--tokens', tokens(), '--out', path.join(retrained, 'peft.json')]);
+    const peft = readLogits(path.join(retrained, 'peft.json'));
+    expect(maxAbsDiff(peft, e.logits!)).toBeGreaterThan(0.1); // PEFT did load the other head
+    expect(maxAbsDiff(ours(e.model, retrained), peft)).toBeLessThan(1e-4);
+    const cut = path.join(tmp, 'embed-head-cut');
+    write(cut, (k, x, shape) => (k.endsWith('embed_tokens.base_layer.weight') ? { shape: [shape[0]! - 1, shape[1]!], data: x.slice(0, (shape[0]! - 1) * shape[1]!) } : { shape, data: x }));
+    const r = engine(['forward', '--model', e.model, '--adapter', cut, '--tokens', tokens(), '--out', path.join(cut, 'o.json')], false);
+    expect(r.status).not.toBe(0);
+    expect(r.stderr).toMatch(/embed_tokens\.base_layer\.weight.*has shape \[319, …\] but this model's model\.embed_tokens has 320 rows: the adapter was trained with another vocabulary/);
   });
 
   it('DoRA on them and LoRA+ with the embedding are refused by name', () => {
